@@ -1,0 +1,249 @@
+"""``Client``: every export call of the Visual Layer API, returning typed records."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tqdm.auto import tqdm
+
+from . import download, errors
+from .auth import TokenProvider
+from .config import progress_enabled, resolve_client_settings
+from .records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
+from .transport import RetryPolicy, Transport
+
+logger = logging.getLogger("vl_datasets")
+
+EXPORT_FORMATS = ("parquet", "json")
+DEFAULT_EXPORT_TIMEOUT_S = 3 * 3600.0
+# The official examples poll every 5 s and the web app every 2 s: start fast, settle at 10 s.
+POLL_START_S, POLL_GROWTH, POLL_MAX_S = 2.0, 1.5, 10.0
+
+
+class Client:
+    """A connection to a Visual Layer API (cloud, on-prem, or the local service).
+
+    Arguments fall back to ``VL_API_URL`` (default ``https://app.visual-layer.com``),
+    ``VL_API_KEY``, ``VL_API_SECRET`` and ``VL_API_TOKEN``, read when the client is built. With no
+    credentials the client runs in on-prem mode and sends no Authorization header.
+
+    ``sleep``, ``clock`` and ``wall_clock`` exist so tests never wait; leave them alone otherwise.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        progress: bool | None = None,
+        env: Mapping[str, str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = resolve_client_settings(base_url, api_key=api_key, api_secret=api_secret, token=token, env=env)
+        if timeout_s <= 0 or max_retries < 0:
+            raise errors.ConfigurationError("timeout_s must be positive and max_retries at least 0.")
+        tokens = None
+        if not self.settings.on_prem:
+            tokens = TokenProvider(api_key=self.settings.api_key, api_secret=self.settings.api_secret,
+                                   token=self.settings.token, wall_clock=wall_clock)
+        self._transport = Transport(tokens=tokens, timeout_s=timeout_s, retry=RetryPolicy(max_retries=max_retries),
+                                    sleep=sleep)
+        self.progress = progress_enabled(progress, env)
+        self._sleep = sleep
+        self._clock = clock
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+    def __repr__(self) -> str:
+        if self.settings.on_prem:
+            auth = "none"
+        elif self.settings.token:
+            auth = "token"
+        else:
+            auth = f"key {self.settings.api_key!r}"
+        return f"Client(base_url={self.base_url!r}, auth={auth})"
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def get_dataset(self, dataset_id: str) -> DatasetInfo:
+        """The dataset's status and counts (``GET /api/v1/dataset/{id}``)."""
+        url = self._api_url(dataset_id)
+        payload = self._get_json(url, what=f"Dataset {dataset_id!r}")
+        return DatasetInfo.from_json(payload, url=url)
+
+    def start_export(
+        self,
+        dataset_id: str,
+        *,
+        export_format: str = "parquet",
+        include_images: bool = True,
+        file_name: str = "export.zip",
+    ) -> ExportTask:
+        """Start exporting the whole dataset; returns the task to pass to ``wait_for_export``."""
+        params = {"file_name": file_name, **_export_params(export_format, include_images)}
+        url = self._api_url(dataset_id, "export_context_async")
+        payload = self._get_json(url, what=f"Export of dataset {dataset_id!r}", params=params, idempotent=False)
+        return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
+
+    def start_selective_export(
+        self,
+        dataset_id: str,
+        *,
+        media_ids: Iterable[str] | None = None,
+        cluster_ids: Iterable[str] | None = None,
+        export_format: str = "parquet",
+        include_images: bool = True,
+    ) -> ExportTask:
+        """Start exporting only the given media items, or the items of the given clusters."""
+        body = _selection_body(media_ids, cluster_ids)
+        url = self._api_url(dataset_id, "export_entities_async")
+        payload = self._get_json(url, what=f"Selective export of dataset {dataset_id!r}", method="POST",
+                                 params=_export_params(export_format, include_images), json=body, idempotent=False)
+        return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
+
+    def get_export_status(self, dataset_id: str, task_id: str) -> ExportTask:
+        """The export task as it stands now."""
+        url = self._api_url(dataset_id, "export_status")
+        payload = self._get_json(url, what=f"Export task {task_id!r} of dataset {dataset_id!r}",
+                                 params={"export_task_id": task_id})
+        return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
+
+    # -- workflow ----------------------------------------------------------------------------
+
+    def wait_for_export(
+        self,
+        dataset_id: str,
+        task_id: str,
+        *,
+        timeout_s: float | None = DEFAULT_EXPORT_TIMEOUT_S,
+        on_progress: Callable[[ExportTask], None] | None = None,
+    ) -> ExportTask:
+        """Poll until the export completes; return the COMPLETED task.
+
+        Raises ``ExportFailedError`` (FAILED, REJECTED, CANCELED) with the server's
+        ``result_message``, and ``ExportTimeoutError`` (carrying ``task_id``, so waiting can resume)
+        when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes.
+        """
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        interval = POLL_START_S
+        scale = _ProgressScale()
+        warned: set[str] = set()
+        with tqdm(total=100, unit="%", desc=f"export {task_id[:8]}", disable=not self.progress, leave=False) as bar:
+            while True:
+                task = self.get_export_status(dataset_id, task_id)
+                bar.n = scale.percent(task)
+                bar.refresh()
+                if on_progress is not None:
+                    on_progress(task)
+                if task.is_terminal:
+                    return _completed_or_raise(task)
+                if task.status not in KNOWN_EXPORT_STATUSES and task.status not in warned:
+                    warned.add(task.status)
+                    logger.warning("Export %s has unknown status %r; still waiting", task_id, task.status)
+                if deadline is not None and self._clock() + interval > deadline:
+                    raise errors.ExportTimeoutError(
+                        f"Export {task_id} of dataset {dataset_id!r} is still {task.status} after {timeout_s:g}s; "
+                        f"it keeps running: call wait_for_export({dataset_id!r}, {task_id!r}) to resume.",
+                        task_id=task_id, dataset_id=dataset_id,
+                    )
+                self._sleep(interval)
+                interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
+    def download_export(self, task: ExportTask, dest: str | os.PathLike, *, lock_timeout_s: float | None = None) -> Path:
+        """Download a completed export's ZIP to ``dest`` (resumable; see ``vl_datasets.download``)."""
+
+        def refresh(stale: ExportTask) -> ExportTask:
+            return _completed_or_raise(self.get_export_status(stale.dataset_id, stale.id))
+
+        return download.download_export(self._transport, task, dest, base_url=self.base_url, refresh_task=refresh,
+                                        progress=self.progress, lock_timeout_s=lock_timeout_s)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _api_url(self, dataset_id: str, action: str | None = None) -> str:
+        if not isinstance(dataset_id, str) or not dataset_id.strip():
+            raise errors.ConfigurationError(f"dataset_id must be a non-empty string, got {dataset_id!r}.")
+        url = f"{self.base_url}/api/v1/dataset/{quote(dataset_id, safe='')}"
+        return f"{url}/{action}" if action else url
+
+    def _get_json(self, url: str, *, what: str, method: str = "GET", idempotent: bool = True, **kwargs: Any) -> Any:
+        response = self._transport.request(method, url, what=what, idempotent=idempotent, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.ResponseValidationError(
+                f"{what}: the answer is not JSON (HTTP {response.status_code}, "
+                f"{response.headers.get('Content-Type', 'no content type')}).", url=url,
+            ) from None
+
+
+def _export_params(export_format: str, include_images: bool) -> dict[str, str]:
+    if export_format not in EXPORT_FORMATS:
+        raise errors.ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
+    return {"export_format": export_format, "include_images": "true" if include_images else "false"}
+
+
+def _selection_body(media_ids: Iterable[str] | None, cluster_ids: Iterable[str] | None) -> dict[str, list[str]]:
+    if (media_ids is None) == (cluster_ids is None):
+        raise errors.ConfigurationError("Give exactly one of media_ids or cluster_ids.")
+    name, ids = ("media_ids", media_ids) if media_ids is not None else ("cluster_ids", cluster_ids)
+    if isinstance(ids, (str, bytes)):
+        raise errors.ConfigurationError(f"{name} must be a list of ids, not a single string.")
+    values = sorted({str(i) for i in ids})  # order and repeats carry no meaning
+    if not values:
+        raise errors.ConfigurationError(f"{name} is empty: nothing to export.")
+    return {name: values}
+
+
+def _completed_or_raise(task: ExportTask) -> ExportTask:
+    if task.succeeded:
+        return task
+    if task.is_terminal:
+        reason = task.result_message or "no reason given"
+        raise errors.ExportFailedError(
+            f"Export {task.id} of dataset {task.dataset_id!r} ended {task.status}: {reason}",
+            task_id=task.id, dataset_id=task.dataset_id, status=task.status, result_message=task.result_message,
+        )
+    return task
+
+
+class _ProgressScale:
+    """Turn the server's progress into percent; its scale (0-1 or 0-100) is not documented.
+
+    Values above 1 mean percent; until one is seen, values are read as fractions.
+    """
+
+    def __init__(self) -> None:
+        self.percent_scale = False
+
+    def percent(self, task: ExportTask) -> float:
+        if task.succeeded:
+            return 100.0
+        if task.progress is None:
+            return 0.0
+        self.percent_scale = self.percent_scale or task.progress > 1.0
+        value = task.progress if self.percent_scale else task.progress * 100.0
+        return max(0.0, min(value, 100.0))

@@ -1,0 +1,113 @@
+"""Resolve settings once, when an object is built: explicit argument, then environment, then default.
+
+Nothing here reads the environment at import time, so tests and long-lived processes can change
+``os.environ`` (or pass ``env=``) without patching module constants.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_API_URL = "https://app.visual-layer.com"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the API is and how to authenticate. The secret and token are hidden from ``repr``."""
+
+    base_url: str
+    api_key: str | None = None
+    api_secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def on_prem(self) -> bool:
+        """True when no credentials are set: requests carry no Authorization header."""
+        return self.token is None and self.api_secret is None
+
+
+def resolve_client_settings(
+    base_url: str | None = None,
+    *,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ClientSettings:
+    """Build the client's settings from arguments, then ``VL_API_*`` variables, then defaults."""
+    env = os.environ if env is None else env
+    url = normalize_base_url(base_url or env.get("VL_API_URL") or DEFAULT_API_URL)
+    key = api_key or env.get("VL_API_KEY") or None
+    secret = api_secret or env.get("VL_API_SECRET") or None
+    tok = token or env.get("VL_API_TOKEN") or None
+    if token is not None:  # an explicit token wins over signing credentials from the environment
+        key, secret = api_key, api_secret
+    if tok is None and (key is None) != (secret is None):
+        missing = "api_secret (VL_API_SECRET)" if secret is None else "api_key (VL_API_KEY)"
+        raise ConfigurationError(f"Signing a token needs both an API key and secret; {missing} is not set.")
+    return ClientSettings(base_url=url, api_key=key, api_secret=secret, token=tok)
+
+
+def normalize_base_url(url: str) -> str:
+    """Accept ``host:port``, ``http(s)://host[:port]`` or a URL ending in ``/api/v1``; return the origin."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url if _looks_local(url) else "https://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"Invalid Visual Layer API URL {url!r}: expected http(s)://host[:port].")
+    path = parts.path
+    if path.endswith("/api/v1"):
+        path = path[: -len("/api/v1")]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _looks_local(host: str) -> bool:
+    return host.startswith(("localhost", "127.", "[::1]", "0.0.0.0"))
+
+
+def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool | None:
+    """Read a boolean environment variable; None when unset. Rejects values it cannot read."""
+    env = os.environ if env is None else env
+    raw = env.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off.")
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Cache root: argument, then ``VL_DATASETS_CACHE``, then the user cache folder.
+
+    May be an fsspec URL (``s3://bucket/prefix``); local paths come back absolute.
+    """
+    env = os.environ if env is None else env
+    chosen = cache_dir if cache_dir is not None else env.get("VL_DATASETS_CACHE")
+    if not chosen:
+        base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        chosen = str(Path(base) / "vl_datasets")
+    chosen = os.fspath(chosen)
+    if "://" in chosen:
+        return chosen.rstrip("/")
+    return str(Path(chosen).expanduser().resolve())
+
+
+def progress_enabled(progress: bool | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """Progress bars: argument, then ``VL_DATASETS_PROGRESS``, else on."""
+    if progress is not None:
+        return progress
+    flag = env_flag("VL_DATASETS_PROGRESS", env)
+    return True if flag is None else flag

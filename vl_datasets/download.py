@@ -1,0 +1,197 @@
+"""Download an export's ZIP to a path, resumably, and never leave a half-written file there.
+
+Bytes stream into a hidden partial file beside the destination, named after the export task (the
+same task always serves the same bytes), under a lock so two processes never write it at once.
+After a broken connection the next attempt, in this process or a later one, asks for the rest
+with ``Range``; a server that ignores ``Range`` gets a fresh start. The length is checked against
+what the server announced, then the partial file is renamed into place. An expired presigned URL
+(the storage answers 403) is replaced by polling the task for a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+from tqdm.auto import tqdm
+
+from . import errors
+from .locks import hold_lock
+from .records import ExportTask
+from .transport import Transport, redact_url
+
+logger = logging.getLogger("vl_datasets")
+
+CHUNK_BYTES = 1 << 20
+MAX_URL_REFRESHES = 3
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def partial_path(dest: Path, task_id: str) -> Path:
+    """Where the bytes of ``task_id`` accumulate before they become ``dest``."""
+    return dest.with_name(f".{dest.name}.{task_id}.incomplete")
+
+
+def download_export(
+    transport: Transport,
+    task: ExportTask,
+    dest: str | os.PathLike,
+    *,
+    base_url: str,
+    refresh_task: Callable[[ExportTask], ExportTask],
+    progress: bool = True,
+    lock_timeout_s: float | None = None,
+) -> Path:
+    """Fetch ``task``'s archive into ``dest`` and return ``dest``; see the module docstring."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with hold_lock(dest.with_name(f".{dest.name}.lock"), timeout_s=lock_timeout_s, what=f"download of {dest}"):
+        _Download(transport, task, dest, base_url, refresh_task, progress).run()
+    return dest
+
+
+class _Download:
+    """One download's state: the task (its URL may be refreshed), the partial file, the retries."""
+
+    def __init__(self, transport, task, dest, base_url, refresh_task, progress) -> None:
+        self.transport = transport
+        self.task = task
+        self.dest = dest
+        self.partial = partial_path(dest, task.id)
+        self.base_url = base_url
+        self.refresh_task = refresh_task
+        self.progress = progress
+        self.url_refreshes = 0
+        self.failures = 0  # consecutive breaks without new bytes
+        self.size_at_last_failure = -1
+
+    def run(self) -> None:
+        if self.task.download_uri is None:
+            self.task = self.refresh_task(self.task)
+        while True:
+            try:
+                total = self._attempt()
+            except errors.PermissionDeniedError:
+                self._renew_url()
+                continue
+            except requests.RequestException as exc:  # the body broke off: resume from what we have
+                self._after_broken_stream(exc)
+                continue
+            if total is not None and self._have() < total:
+                self._after_broken_stream(None)
+                continue
+            break
+        if total is not None and self._have() != total:
+            self.partial.unlink(missing_ok=True)
+            raise errors.DownloadError(
+                f"Download of export {self.task.id} is {self._have()} bytes, expected {total}; discarded.",
+                url=redact_url(self._url()),
+            )
+        os.replace(self.partial, self.dest)
+
+    def _url(self) -> str:
+        if not self.task.download_uri:
+            raise errors.ResponseValidationError(
+                f"Export {self.task.id} is {self.task.status} but has no download_uri; wait for it to complete."
+            )
+        # On-prem answers a server-relative path; cloud a presigned absolute URL.
+        return urljoin(self.base_url + "/", self.task.download_uri)
+
+    def _have(self) -> int:
+        try:
+            return self.partial.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _attempt(self) -> int | None:
+        """Stream once, appending to the partial file; return the archive's total size if known."""
+        url, have = self._url(), self._have()
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            response = self.transport.request(
+                "GET", url, what=f"Download of export {self.task.id}", authenticate=False, stream=True,
+                headers=headers,
+            )
+        except errors.APIError as exc:
+            if exc.status_code == 416:  # our partial file is not a prefix the server recognizes
+                self.partial.unlink(missing_ok=True)
+                return self._attempt() if have else self._fail(exc)
+            if isinstance(exc, errors.PermissionDeniedError):
+                raise
+            return self._fail(exc)
+        with response:
+            start, total = _range_of(response, have)
+            if start != have:  # Range ignored (200) or answered from elsewhere: start over
+                logger.info("Server did not resume at byte %d; restarting the download", have)
+                have = 0
+            self._check_disk_space(total, have)
+            mode = "ab" if have else "wb"
+            with open(self.partial, mode) as out, self._bar(total, have) as bar:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+        return total
+
+    def _fail(self, exc: errors.APIError):
+        raise errors.DownloadError(f"Download of export {self.task.id} failed: {exc}", url=exc.url) from None
+
+    def _renew_url(self) -> None:
+        self.url_refreshes += 1
+        if self.url_refreshes > MAX_URL_REFRESHES:
+            raise errors.DownloadError(
+                f"Download of export {self.task.id} was refused (403) {MAX_URL_REFRESHES + 1} times, "
+                "even with fresh URLs.", url=redact_url(self._url()),
+            )
+        logger.info("Download URL refused (expired?); asking for a fresh one")
+        self.task = self.refresh_task(self.task)
+
+    def _after_broken_stream(self, exc: Exception | None) -> None:
+        # Only breaks that make no progress count: a huge file over a flaky link still finishes.
+        if self._have() > self.size_at_last_failure:
+            self.failures = 0
+        self.size_at_last_failure = self._have()
+        self.failures += 1
+        reason = type(exc).__name__ if exc else "connection closed early"
+        if self.failures > self.transport.retry.max_retries:
+            raise errors.DownloadError(
+                f"Download of export {self.task.id} broke off {self.failures} times ({reason}); "
+                f"{self._have()} bytes are kept in {self.partial} and the next attempt resumes from there.",
+                url=redact_url(self._url()),
+            )
+        logger.info("Download broke off at byte %d (%s); resuming", self._have(), reason)
+        self.transport.sleep(self.transport.retry.delay_s(self.failures - 1, None))
+
+    def _check_disk_space(self, total: int | None, have: int) -> None:
+        if total is None:
+            return
+        need = total - have
+        free = shutil.disk_usage(self.dest.parent).free
+        if need > free:
+            raise errors.InsufficientDiskSpaceError(
+                f"Export {self.task.id} needs {need:,} bytes but {self.dest.parent} has {free:,} free.",
+                required_bytes=need, free_bytes=free,
+            )
+
+    def _bar(self, total: int | None, have: int):
+        return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=f"export {self.task.id[:8]}", disable=not self.progress, leave=False)
+
+
+def _range_of(response: requests.Response, have: int) -> tuple[int, int | None]:
+    """(first byte this answer carries, size of the whole archive or None)."""
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if match:
+            total = None if match.group(3) == "*" else int(match.group(3))
+            return int(match.group(1)), total
+        return have, None
+    length = response.headers.get("Content-Length")
+    return 0, int(length) if length and length.isdigit() else None

@@ -1,0 +1,241 @@
+"""HTTP to the Visual Layer API: one retry loop, one place that turns a response into an error.
+
+Retries follow the good SDKs: connection errors, 408, 429 and 5xx are retried with exponential
+backoff and jitter, honouring ``Retry-After``, up to ``max_retries``. A request that is not
+idempotent (starting an export) is retried only when the server cannot have acted on it: the
+connection was never made, or the answer was 408, 429 or 503. A 401 renews a signed token once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+from . import errors
+from ._version import __version__
+from .auth import TokenProvider
+
+logger = logging.getLogger("vl_datasets")
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Answers that mean "not processed": safe to resend even a request that starts work.
+NOT_PROCESSED_STATUSES = frozenset({408, 429, 503})
+USER_AGENT = f"vl_datasets/{__version__}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failed request is sent again."""
+
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+
+    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.retry_after_max_s)
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        return ceiling * random.uniform(0.5, 1.0)  # jitter spreads out ranks that failed together
+
+
+def redact_url(url: str) -> str:
+    """Drop the query string: presigned URLs carry a signature there."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds, from either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def error_detail(response: requests.Response) -> Any:
+    """The server's ``detail``: FastAPI JSON when present, else a short text of an HTML/XML body."""
+    try:
+        payload = response.json()
+    except ValueError:
+        text = " ".join(response.text.split())
+        return text[:300] or None
+    if isinstance(payload, dict) and "detail" in payload:
+        return payload["detail"]
+    return payload
+
+
+def _detail_text(detail: Any) -> str:
+    if isinstance(detail, list):  # 422: [{"loc": [...], "msg": ..., "type": ...}, ...]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p is not None)
+                parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return "" if detail is None else str(detail)
+
+
+_STATUS_ERRORS: dict[int, type[errors.APIError]] = {
+    400: errors.BadRequestError,
+    401: errors.AuthenticationError,
+    403: errors.PermissionDeniedError,
+    404: errors.DatasetNotFoundError,
+    409: errors.DatasetNotReadyError,
+    422: errors.BadRequestError,
+    429: errors.RateLimitError,
+}
+
+_HINTS = {
+    401: "check VL_API_KEY and VL_API_SECRET (or the token), and that the clock is right",
+    403: "these credentials may not access this dataset",
+    409: "the dataset is not READY; wait for indexing to finish",
+}
+
+
+def raise_for_response(response: requests.Response, *, what: str) -> None:
+    """Raise the library's error for a non-2xx answer; ``what`` names the thing asked for."""
+    status = response.status_code
+    if status < 400:
+        return
+    detail = error_detail(response)
+    cls = _STATUS_ERRORS.get(status) or (errors.ServerError if status >= 500 else errors.APIError)
+    message = f"{what}: HTTP {status}"
+    if text := _detail_text(detail):
+        message += f": {text}"
+    if hint := _HINTS.get(status):
+        message += f" ({hint})"
+    url = redact_url(response.url)
+    raise cls(message, status_code=status, detail=detail, method=response.request.method, url=url)
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the connection was never established, so the server saw nothing."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, NewConnectionError)
+
+
+class Transport:
+    """A ``requests`` session per process, with authentication, timeouts and retries."""
+
+    def __init__(
+        self,
+        *,
+        tokens: TokenProvider | None,
+        timeout_s: float,
+        retry: RetryPolicy,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.tokens = tokens
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.sleep = sleep
+        self._session: requests.Session | None = None
+        self._session_pid: int | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        # A session's pooled sockets must not be shared across fork: make one per process.
+        if self._session is None or self._session_pid != os.getpid():
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = USER_AGENT
+            self._session_pid = os.getpid()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None and self._session_pid == os.getpid():
+            self._session.close()
+        self._session = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_session": None, "_session_pid": None}
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        authenticate: bool = True,
+        idempotent: bool = True,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send with retries; return a 2xx (or 3xx with redirects off) response, else raise.
+
+        ``authenticate=False`` sends no Authorization header: used for download hosts.
+        """
+        attempt = 0
+        renewed = False
+        while True:
+            headers = dict(kwargs.pop("headers", None) or {})
+            if authenticate and self.tokens is not None:
+                headers["Authorization"] = f"Bearer {self.tokens.bearer()}"
+            kwargs["headers"] = headers
+            try:
+                response = self.session.request(
+                    method, url, timeout=(min(10.0, self.timeout_s), self.timeout_s), stream=stream, **kwargs
+                )
+            except requests.RequestException as exc:
+                if attempt >= self.retry.max_retries or not (idempotent or _never_sent(exc)):
+                    raise self._connection_error(exc, method, url, what) from None
+                self._pause(attempt, None, f"{what}: {type(exc).__name__}")
+                attempt += 1
+                continue
+            logger.debug("%s %s -> %s", method, redact_url(url), response.status_code)
+            status = response.status_code
+            if status == 401 and authenticate and not renewed and self.tokens and self.tokens.can_renew:
+                response.close()
+                self.tokens.invalidate()
+                renewed = True
+                continue
+            retryable = status in RETRYABLE_STATUSES and (idempotent or status in NOT_PROCESSED_STATUSES)
+            if retryable and attempt < self.retry.max_retries:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+                self._pause(attempt, retry_after, f"{what}: HTTP {status}")
+                attempt += 1
+                continue
+            if status >= 400:
+                try:
+                    raise_for_response(response, what=what)
+                finally:
+                    response.close()
+            return response
+
+    def _pause(self, attempt: int, retry_after_s: float | None, reason: str) -> None:
+        delay = self.retry.delay_s(attempt, retry_after_s)
+        logger.info("%s; retry %d/%d in %.1fs", reason, attempt + 1, self.retry.max_retries, delay)
+        self.sleep(delay)
+
+    @staticmethod
+    def _connection_error(exc: Exception, method: str, url: str, what: str) -> errors.APIConnectionError:
+        cls = errors.APITimeoutError if isinstance(exc, requests.Timeout) else errors.APIConnectionError
+        # The exception text of requests can embed the full URL; name only its redacted form.
+        return cls(f"{what}: could not reach {redact_url(url)} ({type(exc).__name__})", method=method,
+                   url=redact_url(url))
