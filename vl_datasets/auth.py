@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import jwt
+
+# PyJWT >= 2.10 warns about HMAC keys under 32 bytes.
+_KEY_LENGTH_WARNING = getattr(getattr(jwt, "warnings", None), "InsecureKeyLengthWarning", None)
 
 TOKEN_LIFETIME_S = 600
 RENEW_MARGIN_S = 60
@@ -66,7 +70,11 @@ class TokenProvider:
         now = int(self._wall_clock())
         claims = {"sub": self._api_key, "iat": now, "exp": now + TOKEN_LIFETIME_S, "iss": "sdk"}
         headers = {"kid": self._api_key, "typ": "JWT"}
-        self._token = jwt.encode(claims, self._api_secret, algorithm="HS256", headers=headers)
+        with warnings.catch_warnings():
+            # The secret's length is the platform's choice, not the user's: do not warn on every token.
+            if _KEY_LENGTH_WARNING is not None:
+                warnings.simplefilter("ignore", _KEY_LENGTH_WARNING)
+            self._token = jwt.encode(claims, self._api_secret, algorithm="HS256", headers=headers)
         self._expires_at = now + TOKEN_LIFETIME_S
 
     # Locks do not pickle; a provider copied into a worker gets its own lock and signs its own token.

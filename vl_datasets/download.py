@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
+import urllib3
 from tqdm.auto import tqdm
 
 from . import errors
@@ -80,7 +81,7 @@ class _Download:
             except errors.PermissionDeniedError:
                 self._renew_url()
                 continue
-            except requests.RequestException as exc:  # the body broke off: resume from what we have
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # broke off: resume
                 self._after_broken_stream(exc)
                 continue
             if total is not None and self._have() < total:
@@ -133,7 +134,8 @@ class _Download:
             self._check_disk_space(total, have)
             mode = "ab" if have else "wb"
             with open(self.partial, mode) as out, self._bar(total, have) as bar:
-                for chunk in response.iter_content(CHUNK_BYTES):
+                # read1 hands over whatever has arrived, so bytes before a break are kept for the resume.
+                while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                     out.write(chunk)
                     bar.update(len(chunk))
                 out.flush()
