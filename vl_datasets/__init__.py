@@ -29,6 +29,8 @@ from .errors import (
     UnsafeArchiveError,
     VLDatasetsError,
 )
+from .cache import ExportKey, LocalExport
+from .fetch import fetch_export
 from .records import DatasetInfo, ExportTask
 
 __all__ = [
@@ -36,6 +38,9 @@ __all__ = [
     "Client",
     "DatasetInfo",
     "ExportTask",
+    "ExportKey",
+    "LocalExport",
+    "fetch_export",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",

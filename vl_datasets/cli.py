@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import errors
+from . import cache_admin, errors
 from ._version import __version__
 
 # One exit code per error family, so scripts can branch on what went wrong.
@@ -91,6 +91,47 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="export a dataset into the cache (or reuse the cached copy)")
+    export.add_argument("dataset_id")
+    export.add_argument("--format", dest="export_format", choices=("parquet", "json"), default="parquet")
+    export.add_argument("--no-images", dest="include_images", action="store_false")
+    selection = export.add_mutually_exclusive_group()
+    selection.add_argument("--media-ids", nargs="+", metavar="ID")
+    selection.add_argument("--cluster-ids", nargs="+", metavar="ID")
+    export.add_argument("--cache-dir")
+    export.add_argument("--refresh", action="store_true", help="start a new export even if one is cached")
+    export.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
+    export.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .fetch import fetch_export
+
+    entry = fetch_export(args.dataset_id, cache_dir=args.cache_dir, export_format=args.export_format,
+                         include_images=args.include_images, media_ids=args.media_ids, cluster_ids=args.cluster_ids,
+                         refresh=args.refresh, offline=args.offline)
+    print(entry.path)
+    return 0
+
+
+def _add_cache(commands: argparse._SubParsersAction) -> None:
+    cache = commands.add_parser("cache", help="list, remove or prune cached exports")
+    actions = cache.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list cached exports")
+    remove = actions.add_parser("rm", help="remove cached exports by key or dataset")
+    target = remove.add_mutually_exclusive_group(required=True)
+    target.add_argument("key", nargs="?", help="the key (or a unique prefix of it) shown by 'cache list'")
+    target.add_argument("--dataset", help="remove every cached export of this dataset id")
+    prune = actions.add_parser("prune", help="remove old exports, or the oldest until the cache fits a size")
+    limit = prune.add_mutually_exclusive_group(required=True)
+    limit.add_argument("--older-than", type=float, metavar="DAYS")
+    limit.add_argument("--max-size", type=cache_admin.parse_size, metavar="SIZE", help="e.g. 500M, 20G")
+    for parser, run in ((listing, cache_admin.run_list), (remove, cache_admin.run_rm), (prune, cache_admin.run_prune)):
+        parser.add_argument("--cache-dir")
+        parser.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl-datasets", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
@@ -98,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     _add_demo(commands)
+    _add_export(commands)
+    _add_cache(commands)
     return parser
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import download, errors
 from .auth import TokenProvider
-from .config import progress_enabled, resolve_client_settings
+from .config import env_number, progress_enabled, resolve_client_settings
 from .records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
 from .transport import RetryPolicy, Transport
 
@@ -30,8 +30,9 @@ class Client:
     """A connection to a Visual Layer API (cloud, on-prem, or the local service).
 
     Arguments fall back to ``VL_API_URL`` (default ``https://app.visual-layer.com``),
-    ``VL_API_KEY``, ``VL_API_SECRET`` and ``VL_API_TOKEN``, read when the client is built. With no
-    credentials the client runs in on-prem mode and sends no Authorization header.
+    ``VL_API_KEY``, ``VL_API_SECRET``, ``VL_API_TOKEN``, ``VL_API_TIMEOUT_S`` (30) and
+    ``VL_API_MAX_RETRIES`` (5), read when the client is built. With no credentials the client
+    runs in on-prem mode and sends no Authorization header.
 
     ``sleep``, ``clock`` and ``wall_clock`` exist so tests never wait; leave them alone otherwise.
     """
@@ -43,8 +44,8 @@ class Client:
         api_key: str | None = None,
         api_secret: str | None = None,
         token: str | None = None,
-        timeout_s: float = 30.0,
-        max_retries: int = 5,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
         progress: bool | None = None,
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -52,6 +53,8 @@ class Client:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = resolve_client_settings(base_url, api_key=api_key, api_secret=api_secret, token=token, env=env)
+        timeout_s = env_number("VL_API_TIMEOUT_S", timeout_s, 30.0, env)
+        max_retries = int(env_number("VL_API_MAX_RETRIES", max_retries, 5, env))
         if timeout_s <= 0 or max_retries < 0:
             raise errors.ConfigurationError("timeout_s must be positive and max_retries at least 0.")
         tokens = None

@@ -89,6 +89,20 @@ def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool | None:
     raise ConfigurationError(f"{name}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off.")
 
 
+def env_number(name: str, value: float | None, default: float, env: Mapping[str, str] | None = None) -> float:
+    """``value`` if given, else the number in environment variable ``name``, else ``default``."""
+    if value is not None:
+        return value
+    env = os.environ if env is None else env
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number.") from None
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
     """Cache root: argument, then ``VL_DATASETS_CACHE``, then the user cache folder.
 

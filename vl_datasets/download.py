@@ -133,12 +133,12 @@ class _Download:
                 have = 0
             self._check_disk_space(total, have)
             mode = "ab" if have else "wb"
-            with open(self.partial, mode) as out, self._bar(total, have) as bar:
+            # Unbuffered: bytes received are on disk for the next run even if this process is killed.
+            with open(self.partial, mode, buffering=0) as out, self._bar(total, have) as bar:
                 # read1 hands over whatever has arrived, so bytes before a break are kept for the resume.
                 while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                     out.write(chunk)
                     bar.update(len(chunk))
-                out.flush()
                 os.fsync(out.fileno())
         return total
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 from http.server import ThreadingHTTPServer
@@ -24,6 +25,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, handler, service) -> None:
         super().__init__(address, handler)
         self.service = service
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up mid-answer (a killed fetch, a broken download) is normal here.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class LocalVisualLayer:
