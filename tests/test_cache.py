@@ -376,3 +376,22 @@ def test_cli_bad_credentials_and_unreachable_api(local_vl_auth, tmp_path, monkey
     monkeypatch.setenv("VL_API_MAX_RETRIES", "0")
     assert main(["-v", "export", "ds-ready", "--cache-dir", str(tmp_path)]) == 8
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
+    import filelock
+
+    from vl_datasets import locks
+
+    class NoFlock(filelock.FileLock):
+        def _acquire(self):
+            raise NotImplementedError("flock not supported on this filesystem")
+
+    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)
+    path = tmp_path / "entry.lock"
+    with locks.hold_lock(path, timeout_s=5, what="test"):
+        assert Path(str(path) + ".soft").exists()
+        with pytest.raises(errors.LockTimeoutError, match="entry.lock"):
+            with locks.hold_lock(path, timeout_s=0.2, what="test"):
+                pass
+    assert not Path(str(path) + ".soft").exists()

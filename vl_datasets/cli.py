@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import traceback
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,8 +38,14 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
     return 1, ""
 
 
+# --verbose works before or after the command; SUPPRESS keeps a subcommand from resetting it.
+VERBOSE = argparse.ArgumentParser(add_help=False)
+VERBOSE.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="log details and show tracebacks")
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="run the local Visual Layer service over a folder of datasets")
+    serve = commands.add_parser("serve", parents=[VERBOSE], help="run the local Visual Layer service over a folder of datasets")
     serve.add_argument("--root", type=Path, required=True, help="folder holding one folder per dataset id")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=2080)
@@ -61,38 +65,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="export a sample dataset from an embedded local service, end to end")
-    demo.add_argument("--format", dest="export_format", choices=("parquet", "json"), default="parquet")
-    demo.add_argument("--items", type=int, default=24, help="number of sample images")
-    demo.set_defaults(run=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from .client import Client
-    from .server import LocalVisualLayer, write_dataset
-
-    with tempfile.TemporaryDirectory(prefix="vl_datasets_demo_") as tmp:
-        root = Path(tmp) / "datasets"
-        write_dataset(root, "sample", n_items=args.items)
-        with LocalVisualLayer(root) as service, Client(service.url) as client:
-            print(f"Local Visual Layer service at {service.url}")
-            info = client.get_dataset("sample")
-            print(f"Dataset {info.id!r}: {info.status}, {info.n_images} images")
-            task = client.start_export("sample", export_format=args.export_format, include_images=True)
-            task = client.wait_for_export("sample", task.id)
-            archive = client.download_export(task, Path(tmp) / "export.zip")
-            with zipfile.ZipFile(archive) as zf:
-                names = zf.namelist()
-            images = sum(1 for n in names if n.startswith("images/"))
-            metadata = [n for n in names if n.startswith("metadata.")]
-            print(f"Export {task.id}: {task.entities_count} items, {archive.stat().st_size:,} bytes, "
-                  f"{metadata[0] if metadata else 'no metadata'} + {images} images")
-    return 0
-
-
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    export = commands.add_parser("export", help="export a dataset into the cache (or reuse the cached copy)")
+    export = commands.add_parser("export", parents=[VERBOSE], help="export a dataset into the cache (or reuse the cached copy)")
     export.add_argument("dataset_id")
     export.add_argument("--format", dest="export_format", choices=("parquet", "json"), default="parquet")
     export.add_argument("--no-images", dest="include_images", action="store_false")
@@ -116,14 +90,14 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_cache(commands: argparse._SubParsersAction) -> None:
-    cache = commands.add_parser("cache", help="list, remove or prune cached exports")
+    cache = commands.add_parser("cache", parents=[VERBOSE], help="list, remove or prune cached exports")
     actions = cache.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="list cached exports")
-    remove = actions.add_parser("rm", help="remove cached exports by key or dataset")
+    listing = actions.add_parser("list", parents=[VERBOSE], help="list cached exports")
+    remove = actions.add_parser("rm", parents=[VERBOSE], help="remove cached exports by key or dataset")
     target = remove.add_mutually_exclusive_group(required=True)
     target.add_argument("key", nargs="?", help="the key (or a unique prefix of it) shown by 'cache list'")
     target.add_argument("--dataset", help="remove every cached export of this dataset id")
-    prune = actions.add_parser("prune", help="remove old exports, or the oldest until the cache fits a size")
+    prune = actions.add_parser("prune", parents=[VERBOSE], help="remove old exports, or the oldest until the cache fits a size")
     limit = prune.add_mutually_exclusive_group(required=True)
     limit.add_argument("--older-than", type=float, metavar="DAYS")
     limit.add_argument("--max-size", type=cache_admin.parse_size, metavar="SIZE", help="e.g. 500M, 20G")
@@ -133,12 +107,11 @@ def _add_cache(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vl-datasets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vl-datasets", parents=[VERBOSE],
+                                     description="Visual Layer exports for PyTorch: serve, export, cache.")
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
-    _add_demo(commands)
     _add_export(commands)
     _add_cache(commands)
     return parser
@@ -146,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

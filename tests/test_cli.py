@@ -1,0 +1,46 @@
+"""``vl-datasets serve`` as a separate process, reached over HTTP like any Visual Layer."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from vl_datasets import Client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_serve_runs_the_service_until_interrupted(dataset_root, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "vl_datasets", "serve", "--root", str(dataset_root),
+                             "--port", str(port), "--api-key", "k1", "--api-secret", "s" * 32],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://\S+", line).group(0)
+        assert url == f"http://127.0.0.1:{port}"
+        assert requests.get(f"{url}/api/v1/dataset/ds-ready", timeout=10).status_code == 401
+        client = Client(url, api_key="k1", api_secret="s" * 32, progress=False, env={})
+        task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
+        assert client.download_export(task, tmp_path / "x.zip").stat().st_size > 0
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_serve_refuses_half_credentials(dataset_root, capsys):
+    from vl_datasets.cli import main
+
+    assert main(["serve", "--root", str(dataset_root), "--api-key", "k1"]) == 2
+    assert "--api-secret" in capsys.readouterr().err
