@@ -59,8 +59,10 @@ class Client:
             raise errors.ConfigurationError("timeout_s must be positive and max_retries at least 0.")
         tokens = None
         if not self.settings.on_prem:
-            tokens = TokenProvider(api_key=self.settings.api_key, api_secret=self.settings.api_secret,
-                                   token=self.settings.token, wall_clock=wall_clock)
+            # A pre-made token cannot be re-signed, so it never comes with the secret.
+            secret = None if self.settings.token else self.settings.api_secret
+            tokens = TokenProvider(api_key=self.settings.api_key, api_secret=secret, token=self.settings.token,
+                                   wall_clock=wall_clock)
         self._transport = Transport(tokens=tokens, timeout_s=timeout_s, retry=RetryPolicy(max_retries=max_retries),
                                     sleep=sleep)
         self.progress = progress_enabled(progress, env)

@@ -106,7 +106,9 @@ def _build_entry(client: Client, store: CacheStore, key: ExportKey, export_timeo
         metadata_file, rows = _verify_metadata(staging, files, task, zip_path)
         entry = store.publish(key, staging, task=task, metadata_file=metadata_file, row_count=rows, files=files)
     except errors.CorruptArchiveError:
-        zip_path.unlink(missing_ok=True)  # a bad download must not be resumed into the next try
+        # Neither the bad download nor its task may be resumed: the next run starts afresh.
+        zip_path.unlink(missing_ok=True)
+        store.remember_task(key, None)
         raise
     finally:
         if staging.exists():
