@@ -1,0 +1,125 @@
+"""Curation rules on a normalized metadata table: what each rule keeps, removes and refuses."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from vl_datasets.curation import CurationRules, curate, selected_labels
+from vl_datasets.errors import CurationError
+
+ISSUE = pa.struct([("issue_type", pa.string()), ("confidence", pa.float64()), ("duplicate_group_id", pa.string()),
+                   ("duplicate_threshold", pa.float64()), ("suggested_label", pa.string())])
+LABEL = pa.struct([("category_name", pa.string()), ("source", pa.string()), ("original_id", pa.int64())])
+
+
+def issue(kind, confidence, group=None, threshold=None, suggested=None):
+    return {"issue_type": kind, "confidence": confidence, "duplicate_group_id": group,
+            "duplicate_threshold": threshold, "suggested_label": suggested}
+
+
+def label(name, source="User"):
+    return {"category_name": name, "source": source, "original_id": -1}
+
+
+def make_table(rows):
+    return pa.table({
+        "media_id": [r["id"] for r in rows],
+        "uniqueness_score": pa.array([r.get("score") for r in rows], pa.float64()),
+        "width": [r.get("width", 100) for r in rows],
+        "labels": pa.array([r.get("labels", []) for r in rows], pa.list_(LABEL)),
+        "issues": pa.array([r.get("issues", []) for r in rows], pa.list_(ISSUE)),
+    })
+
+
+@pytest.fixture
+def table():
+    return make_table([
+        {"id": "a", "score": 0.9, "labels": [label("cat")],
+         "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)]},
+        {"id": "b", "score": 0.2, "labels": [label("cat")],
+         "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)]},
+        {"id": "c", "score": 0.5, "labels": [label("dog")], "issues": [issue("duplicates", 0.97, "g1", 0.96)]},
+        {"id": "d", "score": 0.7, "labels": [label("dog"), label("cat", "Model")], "issues": [issue("blur", 0.85)]},
+        {"id": "e", "score": 0.1, "labels": [label("bird")], "issues": [issue("blur", 0.5)]},
+        {"id": "f", "score": 0.6, "labels": [], "issues": [issue("mislabels", 0.9, suggested="cat")]},
+    ])
+
+
+def kept_ids(table, rules):
+    rows, summary = curate(table, rules)
+    return table.column("media_id").take(pa.array(rows)).to_pylist(), summary
+
+
+def test_no_rules_keeps_everything(table):
+    ids, summary = kept_ids(table, CurationRules())
+    assert ids == list("abcdef") and summary.kept == 6 and summary.removed_by == {}
+
+
+def test_min_uniqueness_keeps_scores_at_or_above_the_threshold(table):
+    ids, summary = kept_ids(table, CurationRules(min_uniqueness=0.5))
+    assert ids == ["a", "c", "d", "f"] and summary.removed_by == {"min_uniqueness=0.5": 2}
+
+
+def test_unscored_items_need_an_explicit_choice():
+    partly = make_table([{"id": "a", "score": 0.9}, {"id": "b", "score": None}])
+    with pytest.raises(CurationError, match="keep_unscored"):
+        curate(partly, CurationRules(min_uniqueness=0.5))
+    assert kept_ids(partly, CurationRules(min_uniqueness=0.5, keep_unscored=True))[0] == ["a", "b"]
+    assert kept_ids(partly, CurationRules(min_uniqueness=0.5, keep_unscored=False))[0] == ["a"]
+    unscored = make_table([{"id": "a"}, {"id": "b"}])
+    with pytest.raises(CurationError, match="no item"):
+        curate(unscored, CurationRules(min_uniqueness=0.5, keep_unscored=True))
+
+
+def test_drop_issues_by_type_and_confidence(table):
+    ids, summary = kept_ids(table, CurationRules(drop_issues={"blur": 0.8, "mislabels": 0.95}))
+    assert ids == ["a", "b", "c", "e", "f"] and summary.removed_by == {"drop_issues": 1}
+    ids, _ = kept_ids(table, CurationRules(drop_issues={"duplicates": 0.99}))
+    assert ids == ["c", "d", "e", "f"]  # a and b carry a duplicates issue with confidence 1.0
+
+
+def test_a_misspelt_issue_type_is_an_error(table):
+    with pytest.raises(CurationError, match="'duplicate'"):
+        curate(table, CurationRules(drop_issues={"duplicate": 0.9}))
+    assert kept_ids(table, CurationRules(drop_issues={"dark": 0.5}))[0] == list("abcdef")  # known, absent
+
+
+def test_dedupe_keeps_the_most_unique_of_each_group(table):
+    ids, summary = kept_ids(table, CurationRules(dedupe=True))  # lowest threshold: g1 = {a, b, c}
+    assert ids == ["a", "d", "e", "f"] and summary.removed_by == {"dedupe": 2}
+    ids, _ = kept_ids(table, CurationRules(dedupe=1.0))  # h1 = {a, b}
+    assert ids == ["a", "c", "d", "e", "f"]
+    with pytest.raises(CurationError, match="0.96, 1"):
+        curate(table, CurationRules(dedupe=0.5))
+
+
+def test_dedupe_chooses_among_items_earlier_rules_kept(table):
+    ids, summary = kept_ids(table, CurationRules(labels=["dog"], dedupe=True))
+    assert ids == ["c", "d"] and summary.removed_by == {"labels": 4, "dedupe": 0}
+
+
+def test_labels_and_label_source(table):
+    assert kept_ids(table, CurationRules(labels=["cat"]))[0] == ["a", "b", "d"]
+    assert kept_ids(table, CurationRules(labels=["cat"], label_source="User"))[0] == ["a", "b"]
+    names = selected_labels(table, "Model").to_pylist()
+    assert names == [[], [], [], ["cat"], [], []]
+
+
+def test_where_expression(table):
+    ids, summary = kept_ids(table, CurationRules(where=pc.field("uniqueness_score") < 0.55))
+    assert ids == ["b", "c", "e"] and summary.removed_by == {"where": 3}
+    with pytest.raises(CurationError, match="where"):
+        curate(table, CurationRules(where=pc.field("no_such_column") > 1))
+
+
+def test_the_rule_that_empties_the_set_is_named(table):
+    with pytest.raises(CurationError, match="min_uniqueness=0.95 rule removed the last 3"):
+        curate(table, CurationRules(labels=["cat"], min_uniqueness=0.95))
+
+
+def test_summary_reads_as_a_table(table):
+    _, summary = curate(table, CurationRules(min_uniqueness=0.5, dedupe=True))
+    text = str(summary)
+    assert "6  items" in text and "removed by dedupe" in text and text.splitlines()[-1].strip() == "3  kept"
