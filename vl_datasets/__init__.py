@@ -16,6 +16,7 @@ from .errors import (
     DatasetNotReadyError,
     DownloadError,
     ExportFailedError,
+    ExportNotFoundError,
     ExportTimeoutError,
     ImageDecodeError,
     ImageNotFoundError,
@@ -30,11 +31,27 @@ from .errors import (
     VLDatasetsError,
 )
 from .cache import ExportKey, LocalExport
+from .curation import CurationSummary
 from .fetch import fetch_export
 from .records import DatasetInfo, ExportTask
 
+# The dataset side imports torch; load it on first use so the client and CLI start fast.
+_LAZY = {"VisualLayerDataset": "dataset"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    "VisualLayerDataset",
+    "CurationSummary",
+    "ExportNotFoundError",
     "Client",
     "DatasetInfo",
     "ExportTask",

@@ -20,6 +20,7 @@
     ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder
     ├── CorruptArchiveError (ValueError)         a ZIP that is truncated or fails its CRCs
     ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
+    ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
     ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
     ├── SchemaError (ValueError)                 metadata lacks a required column or field
     ├── ImageNotFoundError (FileNotFoundError)   a row's image is missing or ambiguous
@@ -173,6 +174,12 @@ class CacheMissError(VLDatasetsError, FileNotFoundError):
     """Offline, and no complete cache entry exists for the requested export."""
 
     key: str | None = None
+
+
+class ExportNotFoundError(VLDatasetsError, FileNotFoundError):
+    """A local export path (ZIP or folder) that does not exist."""
+
+    path: str | None = None
 
 
 class LockTimeoutError(VLDatasetsError, TimeoutError):
