@@ -1,0 +1,208 @@
+"""VisualLayerDataset end to end: export from the local service, curate, decode, load, shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from vl_datasets import Client, errors
+from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.testing import LocalVisualLayer, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
+    metadata = [{"type": "image_label", "properties": {"category_name": name, "source": source,
+                                                       "original_id": -1}}
+                for name, source in ((l, "User") if isinstance(l, str) else l for l in labels)]
+    metadata += [{"type": "issue", "properties": dict(p)} for p in issues]
+    metadata += [{"type": "object_label", "properties": dict(o)} for o in objects]
+    return {"media_id": f"m{i:03d}", "media_type": "image", "file_name": f"img_{i}.jpg",
+            "file_path": path or f"folder/img_{i}.jpg", "height": 40, "width": 60, "uniqueness_score": score,
+            "cluster_id": f"c{i % 2}", "url": "", "metadata_items": metadata}
+
+
+@pytest.fixture
+def service(dataset_root):
+    with LocalVisualLayer(dataset_root, export_polls=0) as service:
+        yield service
+
+
+@pytest.fixture
+def client(service):
+    return Client(service.url, progress=False, env={}, sleep=lambda s: None)
+
+
+def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=32)
+    assert len(ds) == 8 and ds.classes == ["bird", "cat", "dog"]
+    assert ds.class_to_idx == {"bird": 0, "cat": 1, "dog": 2}
+    image, label = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert isinstance(label, int) and ds.classes[label] == ds.table.column("labels")[0].as_py()[0]["category_name"]
+    assert len(ds.media_ids) == 8 and "VisualLayerDataset(items=8" in repr(ds)
+    again = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, min_uniqueness=0.5,
+                               keep_unscored=False, dedupe=True)
+    summary = again.curation_summary()
+    assert summary.total == 8 and summary.kept == len(again) < 8
+    assert set(summary.removed_by) == {"min_uniqueness=0.5", "dedupe"}
+    assert service.count("export") == 1  # the second dataset reused the cached export
+
+
+def test_from_export_opens_a_zip_or_folder_without_network(client, tmp_path):
+    task = client.wait_for_export("ds-ready", client.start_export("ds-ready", export_format="json").id)
+    archive = client.download_export(task, tmp_path / "export.zip")
+    from_zip = VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache", image_size=16)
+    assert len(from_zip) == 8 and from_zip[3][0].shape == (3, 16, 16)
+    folder = from_zip.export_dir
+    assert (folder / ".vl_datasets_normalized.parquet").is_file()  # JSON normalized once, kept
+    reopened = VisualLayerDataset.from_export(folder)
+    assert reopened.media_ids == from_zip.media_ids
+    with pytest.raises(errors.ExportNotFoundError):
+        VisualLayerDataset.from_export(tmp_path / "missing.zip")
+
+
+def test_unsafe_or_corrupt_zip_is_refused(tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../metadata.json", "{}")
+    with pytest.raises(errors.UnsafeArchiveError):
+        VisualLayerDataset.from_export(bad, cache_dir=tmp_path / "cache")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    with pytest.raises(errors.CorruptArchiveError, match="truncated.zip"):
+        VisualLayerDataset.from_export(truncated, cache_dir=tmp_path / "cache")
+
+
+def export_folder(tmp_path, items, name="custom") -> Path:
+    write_dataset(tmp_path / "src", name, media_items=items)
+    folder = tmp_path / "src" / name
+    return folder
+
+
+def test_label_rules_classes_and_invalid_labels(tmp_path):
+    items = [item(0, ["cat"]), item(1, ["dog"]), item(2, []), item(3, ["cat", "dog"]),
+             item(4, ["cat", ("dog", "Model")]), item(5, [("cat", "User"), ("cat", "Model")])]
+    folder = export_folder(tmp_path, items)
+    with pytest.raises(errors.CurationError, match="1 with no label.*2 with several labels"):
+        VisualLayerDataset.from_export(folder)
+    ds = VisualLayerDataset.from_export(folder, invalid_labels="drop", label_source="User")
+    assert ds.media_ids == ["m000", "m001", "m004", "m005"]
+    assert ds.curation_summary().removed_by == {"invalid_labels": 2}
+    fixed = VisualLayerDataset.from_export(folder, invalid_labels="drop", label_source="User",
+                                           classes=["dog", "cat", "bird"])
+    assert [fixed[i][1] for i in range(len(fixed))] == [1, 0, 1, 1]
+    multi = VisualLayerDataset.from_export(folder, task="multilabel")
+    assert multi.classes == ["cat", "dog"] and multi[3][1].tolist() == [1.0, 1.0] and multi[2][1].sum() == 0
+
+
+def test_detection_targets_are_xyxy_with_object_issue_filter(tmp_path):
+    objects = [{"bbox": [10, 5, 20, 10], "category_name": "car", "source": "User", "original_id": -1,
+                "metadata_items": []},
+               {"bbox": [0, 0, 4, 4], "category_name": "person", "source": "User", "original_id": -1,
+                "metadata_items": [{"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.9}}]}]
+    folder = export_folder(tmp_path, [item(0, [], objects=objects), item(1, [], objects=objects[:1])])
+    ds = VisualLayerDataset.from_export(folder, task="detection", object_drop_issues={"blur": 0.8})
+    assert ds.classes == ["car", "person"]
+    _, target = ds[0]
+    assert target["boxes"].tolist() == [[10.0, 5.0, 30.0, 15.0]] and target["labels"].tolist() == [0]
+    assert target["media_id"] == "m000" and target["boxes"].dtype == torch.float32
+    images, targets = next(iter(ds.dataloader(2, shuffle=False, num_workers=0)))
+    assert len(targets) == 2 and images.shape[0] == 2
+
+
+def test_task_none_gives_metadata_rows(tmp_path):
+    folder = export_folder(tmp_path, [item(0, ["cat"], score=0.7)])
+    image, row = VisualLayerDataset.from_export(folder, task=None)[0]
+    assert row["media_id"] == "m000" and row["uniqueness_score"] == 0.7 and image.shape == (3, 40, 60)
+
+
+def test_where_and_issue_rules_reach_the_dataset(tmp_path):
+    items = [item(i, ["cat"], score=i / 10, issues=[{"issue_type": "blur", "confidence": 0.9}] if i == 2 else [])
+             for i in range(6)]
+    folder = export_folder(tmp_path, items)
+    ds = VisualLayerDataset.from_export(folder, drop_issues={"blur": 0.8}, where=pc.field("uniqueness_score") > 0.05)
+    assert ds.media_ids == ["m001", "m003", "m004", "m005"]
+    with pytest.raises(errors.CurationError, match="min_uniqueness=0.9"):
+        VisualLayerDataset.from_export(folder, min_uniqueness=0.9)
+
+
+def test_missing_and_corrupt_images(tmp_path):
+    folder = export_folder(tmp_path, [item(i) for i in range(4)])
+    (folder / "images" / "folder" / "img_1.jpg").unlink()
+    with pytest.raises(errors.ImageNotFoundError, match="m001"):
+        VisualLayerDataset.from_export(folder)
+    ds = VisualLayerDataset.from_export(folder, missing_images="drop")
+    assert ds.media_ids == ["m000", "m002", "m003"] and ds.curation_summary().removed_by == {"missing_images": 1}
+    corrupt = folder / "images" / "folder" / "img_2.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    with pytest.raises(errors.ImageDecodeError, match="m002") as caught:
+        ds[1]
+    assert str(corrupt) in str(caught.value)
+    skipping = VisualLayerDataset.from_export(folder, missing_images="drop", on_error="skip", image_size=8)
+    loader = skipping.dataloader(2, shuffle=False, num_workers=0)
+    batches = list(loader)
+    assert sum(len(labels) for _, labels in batches) == 2
+    assert [s.media_id for s in loader.skipped] == ["m002"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_batches(service, client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=24)
+    loader = ds.dataloader(3, num_workers=num_workers, seed=1)
+    assert loader.persistent_workers == (num_workers > 0)
+    first = [labels.tolist() for _, labels in loader]
+    second = [labels.tolist() for _, labels in loader]
+    images, labels = next(iter(loader))
+    assert images.shape == (3, 3, 24, 24) and labels.dtype == torch.int64
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) and len(first) == 3
+
+
+def test_dataset_pickles_without_live_resources(service, client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.media_ids == ds.media_ids and torch.equal(copy[0][0], ds[0][0])
+
+
+def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "import torch.distributed as dist\n"
+        "from vl_datasets import Client\n"
+        "from vl_datasets.dataset import VisualLayerDataset\n"
+        "dist.init_process_group('gloo')\n"
+        "client = Client(os.environ['VL_TEST_URL'], progress=False)\n"
+        "ds = VisualLayerDataset('ds-ready', client=client, cache_dir=os.environ['VL_TEST_CACHE'], image_size=8)\n"
+        "loader = ds.dataloader(2, num_workers=0, seed=3)\n"
+        "epochs = []\n"
+        "for _ in range(2):\n"
+        "    seen = []\n"
+        "    for images, labels in loader:\n"
+        "        seen += [0] * len(labels)\n"
+        "    epochs.append([ds.media_ids[i] for i in loader.sampler])\n"
+        "out = os.path.join(os.environ['VL_TEST_OUT'], f'rank{dist.get_rank()}.json')\n"
+        "json.dump(epochs, open(out, 'w'))\n"
+        "dist.destroy_process_group()\n")
+    env = dict(os.environ, VL_TEST_URL=service.url, VL_TEST_CACHE=str(tmp_path / "cache"), VL_TEST_OUT=str(tmp_path),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for epoch in range(2):
+        assert len(rank0[epoch]) == len(rank1[epoch]) == 4
+        assert not set(rank0[epoch]) & set(rank1[epoch])
+        assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8
+    assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
+    assert service.count("export") == 1

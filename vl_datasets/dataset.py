@@ -1,0 +1,283 @@
+"""``VisualLayerDataset``: a curated Visual Layer export as a ``torch.utils.data.Dataset``.
+
+Per-item state lives in Arrow and numpy buffers, never in per-item Python objects, so forked
+DataLoader workers share it instead of copying it (pytorch/pytorch#13246), and the dataset pickles
+fast. It holds no session, open file or lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Dataset
+
+from . import images, targets
+from .curation import CurationRules, CurationSummary, curate
+from .errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
+from .fetch import fetch_export
+from .loader import SkippedSample, VLDataLoader, make_dataloader
+from .metadata import find_metadata_file, read_metadata_file, read_normalized, resolve_image_paths, write_normalized
+from .opening import open_export
+
+logger = logging.getLogger("vl_datasets")
+
+NORMALIZED_CACHE = ".vl_datasets_normalized.parquet"
+IMAGE_COLUMN = "__image_path__"  # travels with the rows through every filter, then moves out
+
+
+class VisualLayerDataset(Dataset):
+    """Images and targets of a curated Visual Layer export.
+
+    ``VisualLayerDataset("dataset-id", min_uniqueness=0.3, drop_issues={"blur": 0.8}, image_size=224)``
+    fetches (or reuses) the export and curates it; ``VisualLayerDataset.from_export(path)`` opens a
+    local export (ZIP or folder) with no network. Samples are ``(image, target)``: a uint8 CHW
+    tensor and, by ``task``, a class index, a multi-hot vector, a detection dict, or (``task=None``)
+    the item's metadata row.
+    """
+
+    def __init__(self, dataset_id: str, *, client=None, cache_dir: str | os.PathLike | None = None,
+                 offline: bool | None = None, export_format: str = "parquet", media_ids: Iterable[str] | None = None,
+                 cluster_ids: Iterable[str] | None = None, refresh: bool = False, **options: Any) -> None:
+        entry = fetch_export(dataset_id, client=client, cache_dir=cache_dir, offline=offline,
+                             export_format=export_format, include_images=True, media_ids=media_ids,
+                             cluster_ids=cluster_ids, refresh=refresh)
+        self._open(entry.path, **options)
+
+    @classmethod
+    def from_export(cls, path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                    **options: Any) -> VisualLayerDataset:
+        """Open a local export: a ZIP (checked and unpacked into the cache) or its extracted folder."""
+        dataset = cls.__new__(cls)
+        dataset._open(open_export(path, cache_dir=cache_dir), **options)
+        return dataset
+
+    def _open(self, export_dir: Path, *, task: str | None = "classification", classes: Sequence[str] | None = None,
+              label_source: str | Iterable[str] | None = None, invalid_labels: str = "raise",
+              min_uniqueness: float | None = None, keep_unscored: bool | None = None,
+              drop_issues: Mapping[str, float] | None = None, dedupe: bool | float = False,
+              labels: Iterable[str] | None = None, where: pc.Expression | None = None,
+              image_size: int | tuple[int, int] | None = None, transform: Callable | None = None,
+              target_transform: Callable | None = None, decode: str = "tensor", on_error: str = "raise",
+              missing_images: str = "raise", images_root: str | os.PathLike | None = None,
+              object_drop_issues: Mapping[str, float] | None = None) -> None:
+        _check_choice("task", task, targets.TASKS)
+        _check_choice("invalid_labels", invalid_labels, targets.INVALID_LABEL_CHOICES)
+        _check_choice("decode", decode, ("tensor", "pil"))
+        _check_choice("on_error", on_error, ("raise", "skip"))
+        _check_choice("missing_images", missing_images, ("raise", "drop"))
+        self.export_dir = Path(export_dir)
+        self.task, self.image_size, self.decode, self.on_error = task, image_size, decode, on_error
+        self.transform, self.target_transform = transform, target_transform
+        self.label_source, self.object_drop_issues = label_source, dict(object_drop_issues or {})
+
+        self._root = str(Path(images_root) if images_root is not None else self.export_dir / "images")
+        table = _load_rows(self.export_dir, self._root, cache=images_root is None)
+        rules = CurationRules(min_uniqueness=min_uniqueness, keep_unscored=keep_unscored, drop_issues=drop_issues,
+                              dedupe=dedupe, labels=labels, label_source=label_source, where=where)
+        rows, summary = curate(table, rules)
+        table, summary = _require_images(table.take(pa.array(rows)), missing_images, summary)
+        table, summary = self._build_targets(table, classes, invalid_labels, summary)
+        if len(table) == 0:
+            raise CurationError(f"No item is left to load from {self.export_dir}: {summary.removed_by}")
+        self._paths = table.column(IMAGE_COLUMN).combine_chunks()
+        self._table = table.drop_columns([IMAGE_COLUMN])
+        self._summary = summary
+
+    def _build_targets(self, table: pa.Table, classes, invalid_labels: str,
+                       summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
+        self.classes: list[str] = []
+        self._targets: np.ndarray | pa.ListArray | None = None
+        if self.task in ("classification", "multilabel"):
+            names = targets.distinct_labels(table, self.label_source)
+            self.classes = targets.resolve_classes(pc.list_flatten(names), classes)
+            if self.task == "multilabel":
+                self._targets = targets.multilabel_indices(names, self.classes)
+                return table, summary
+            index, keep = targets.classification_targets(table, names, self.classes, invalid_labels)
+            if not keep.all():
+                table = table.filter(pa.array(keep))
+                summary = _count(summary, "invalid_labels", int((~keep).sum()))
+            self._targets = index[keep]
+        elif self.task == "detection":
+            self.classes = targets.resolve_classes(targets.object_labels(table, self.label_source), classes)
+        return table, summary
+
+    # -- what users inspect --------------------------------------------------------------------
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    @property
+    def table(self) -> pa.Table:
+        """The curated, normalized metadata: one row per index."""
+        return self._table
+
+    @property
+    def media_ids(self) -> list[str]:
+        """The media id of each index."""
+        return self._table.column("media_id").to_pylist()
+
+    def curation_summary(self) -> CurationSummary:
+        """How many items each curation rule removed."""
+        return self._summary
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        classes = f", classes={len(self.classes)}" if self.classes else ""
+        return f"{type(self).__name__}(items={len(self)}, task={self.task!r}{classes}, export={str(self.export_dir)!r})"
+
+    # -- samples -------------------------------------------------------------------------------
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        if isinstance(image, SkippedSample):
+            return image
+        if self.transform is not None:
+            image = self.transform(image)
+        target = self.target(index)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self._root, self._paths[index].as_py())
+
+    def load_image(self, index: int):
+        """The decoded image of ``index``; a ``SkippedSample`` if it is unreadable and ``on_error="skip"``."""
+        path = self.image_path(index)
+        media_id = self._table.column("media_id")[index].as_py()
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if self.decode == "pil":
+                image = images.decode_pil(data, media_id=media_id, path=path)
+                return image if self.image_size is None else image.resize(_pil_size(self.image_size),
+                                                                          PIL.Image.BILINEAR)
+            return images.decode_image(data, size=self.image_size, media_id=media_id, path=path)
+        except (OSError, ImageDecodeError) as exc:
+            error = exc if isinstance(exc, ImageDecodeError) else ImageDecodeError(
+                f"Cannot read the image of media_id {media_id!r} at {path}: {exc}", media_id=media_id, path=path)
+            if self.on_error == "raise":
+                raise error from None
+            logger.warning("Skipping media_id %s: %s", media_id, error)
+            return SkippedSample(media_id, path, str(error))
+
+    def target(self, index: int):
+        if self.task == "classification":
+            return int(self._targets[index])
+        if self.task == "multilabel":
+            vector = torch.zeros(len(self.classes), dtype=torch.float32)
+            vector[torch.tensor(self._targets[index].values.to_numpy(), dtype=torch.int64)] = 1.0
+            return vector
+        if self.task == "detection":
+            return self._detection_target(index)
+        return self._table.slice(index, 1).to_pylist()[0]
+
+    def _detection_target(self, index: int) -> dict:
+        class_to_idx = self.class_to_idx
+        sources = None if self.label_source is None else set(targets.label_sources(self.label_source))
+        boxes, labels = [], []
+        for obj in self._table.column("objects")[index].as_py():
+            if sources is not None and obj.get("source") not in sources:
+                continue
+            if obj.get("category_name") not in class_to_idx or _has_issue(obj, self.object_drop_issues):
+                continue
+            x, y, w, h = obj["bbox"]
+            boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
+            labels.append(class_to_idx[obj["category_name"]])
+        return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "media_id": self._table.column("media_id")[index].as_py()}
+
+    def dataloader(self, batch_size: int, *, shuffle: bool = True, num_workers: int | None = None,
+                   seed: int | None = None, drop_last: bool = False, **kwargs: Any) -> VLDataLoader:
+        """A DataLoader with sensible defaults (persistent workers, one thread per worker, the task's
+        collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``."""
+        return make_dataloader(self, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
+                               drop_last=drop_last, **kwargs)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary:
+    return CurationSummary(total=summary.total, kept=summary.kept - removed,
+                           removed_by={**summary.removed_by, rule: removed})
+
+
+def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[1], size[0])
+
+
+def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
+    return any(issue.get("issue_type") in thresholds and (issue.get("confidence") or 0) >= thresholds[issue["issue_type"]]
+               for issue in obj.get("issues") or [])
+
+
+def _load_rows(export_dir: Path, images_root: str, *, cache: bool) -> pa.Table:
+    """The normalized table plus each row's image path (null when it has none).
+
+    Both are kept beside the export (a cache entry never changes once published), so the next
+    open reads one parquet file instead of parsing JSON and listing every image again.
+    """
+    source = find_metadata_file(export_dir)
+    cache_path = export_dir / NORMALIZED_CACHE if cache and os.access(export_dir, os.W_OK) else None
+    if cache_path is not None:
+        cached = read_normalized(cache_path, source=source)
+        if cached is not None and IMAGE_COLUMN in cached.column_names:
+            return cached
+    table = read_metadata_file(source)
+    members = [f"images/{rel}" for rel in _list_files(images_root)]
+    resolved = resolve_image_paths(table, members, on_missing="null")  # an ambiguous name still raises
+    table = table.append_column(IMAGE_COLUMN, pc.utf8_slice_codeunits(resolved, len("images/")))
+    if cache_path is not None:
+        write_normalized(table, cache_path)
+    return table
+
+
+def _require_images(table: pa.Table, missing_images: str, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
+    """Rows whose image is missing: an error naming one, or dropped and counted."""
+    present = pc.is_valid(table.column(IMAGE_COLUMN))
+    missing = len(table) - (pc.sum(present).as_py() or 0)
+    if not missing:
+        return table, summary
+    if missing_images == "raise":
+        row = pc.index(present, False).as_py()
+        media_id = table.column("media_id")[row].as_py()
+        raise ImageNotFoundError(
+            f"No image in the export for media_id {media_id!r} (file_path "
+            f"{table.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
+            "include_images=True, pass images_root= for a local copy, or missing_images='drop'.",
+            media_id=media_id)
+    return table.filter(present), _count(summary, "missing_images", missing)
+
+
+def _list_files(root: str) -> list[str]:
+    """Every file under ``root``, as a path relative to it (``/``-separated)."""
+    found, stack = [], [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.is_file():
+                found.append(os.path.relpath(entry.path, root).replace(os.sep, "/"))
+    return found

@@ -1,0 +1,110 @@
+"""DataLoaders with the defaults a VisualLayerDataset wants, on one process or many ranks.
+
+- Workers are persistent (no re-fork and re-import each epoch) and run one intra-op thread each,
+  so two workers on two cores do not fight over OpenMP threads.
+- Under ``torch.distributed`` every rank gets an equal, disjoint shard, reshuffled every epoch
+  without the caller having to call ``set_epoch``.
+- With ``on_error="skip"`` unreadable images are dropped from their batch and reported when the
+  epoch ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data._utils.collate import default_collate
+
+logger = logging.getLogger("vl_datasets")
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class SkippedSample(NamedTuple):
+    """What ``__getitem__`` returns for an unreadable image when ``on_error="skip"``."""
+
+    media_id: str
+    path: str
+    reason: str
+
+
+class _Batch(NamedTuple):
+    """A collated batch plus the samples left out of it; the loader unwraps it."""
+
+    data: Any
+    skipped: list
+
+
+def _split(batch: list) -> tuple[list, list]:
+    kept = [s for s in batch if not isinstance(s, SkippedSample)]
+    return kept, [s for s in batch if isinstance(s, SkippedSample)]
+
+
+def collate_samples(batch: list) -> _Batch:
+    """Stack (image, target) pairs with torch's default collate."""
+    kept, skipped = _split(batch)
+    return _Batch(default_collate(kept) if kept else None, skipped)
+
+
+def collate_lists(batch: list) -> _Batch:
+    """Images stacked when they share a size (else a list); targets as a list (detection dicts, rows)."""
+    kept, skipped = _split(batch)
+    if not kept:
+        return _Batch(None, skipped)
+    images = [image for image, _ in kept]
+    same_size = all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images)
+    return _Batch(((torch.stack(images) if same_size else images), [target for _, target in kept]), skipped)
+
+
+class VLDataLoader(DataLoader):
+    """A DataLoader that reshuffles its distributed shard each epoch and reports skipped samples.
+
+    ``skipped`` lists the samples left out during the last epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+        self.skipped: list[SkippedSample] = []
+
+    def __iter__(self):
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        skipped: list[SkippedSample] = []
+        for batch in super().__iter__():
+            skipped.extend(batch.skipped)
+            if batch.data is not None:
+                yield batch.data
+        self.skipped = skipped
+        if skipped:
+            shown = ", ".join(s.media_id for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+            logger.warning("Epoch %d skipped %d unreadable images (media ids: %s); see loader.skipped",
+                           self.epoch, len(skipped), shown)
+
+
+def make_dataloader(dataset, batch_size: int, *, shuffle: bool = True, num_workers: int | None = None,
+                    seed: int | None = None, drop_last: bool = False, **kwargs: Any) -> VLDataLoader:
+    """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults."""
+    if num_workers is None:
+        num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed or 0, drop_last=drop_last)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    collate = collate_lists if dataset.task in ("detection", None) else collate_samples
+    options = dict(batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                   collate_fn=collate, persistent_workers=num_workers > 0, generator=generator,
+                   worker_init_fn=_one_thread_per_worker if num_workers > 0 else None)
+    options.update(kwargs)
+    return VLDataLoader(dataset, **options)
