@@ -65,7 +65,7 @@ def test_from_export_opens_a_zip_or_folder_without_network(client, tmp_path):
     from_zip = VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache", image_size=16)
     assert len(from_zip) == 8 and from_zip[3][0].shape == (3, 16, 16)
     folder = from_zip.export_dir
-    assert (folder / ".vl_datasets_normalized.parquet").is_file()  # JSON normalized once, kept
+    assert (folder / ".vl_datasets_normalized.arrow").is_file()  # JSON normalized once, kept
     reopened = VisualLayerDataset.from_export(folder)
     assert reopened.media_ids == from_zip.media_ids
     with pytest.raises(errors.ExportNotFoundError):
@@ -206,3 +206,14 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
         assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8
     assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
     assert service.count("export") == 1
+
+
+def test_transforms_follow_torchvision_conventions(tmp_path):
+    folder = export_folder(tmp_path, [item(0, ["cat"]), item(1, ["dog"])])
+    ds = VisualLayerDataset.from_export(folder, decode="pil", image_size=(20, 30),
+                                        transform=lambda image: ("pil", image.size, image.mode),
+                                        target_transform=lambda label: label + 100)
+    assert ds[0] == (("pil", (30, 20), "RGB"), 100)
+    tensors = VisualLayerDataset.from_export(folder, image_size=16, transform=lambda t: t.float() / 255)
+    image, label = tensors[1]
+    assert image.dtype == torch.float32 and image.max() <= 1.0 and label == 1

@@ -357,8 +357,8 @@ def test_schema_error_pickles_with_its_field():
 # ---- the normalized cache -------------------------------------------------------------------------
 
 def test_normalized_round_trip(tmp_path, expected):
-    write_normalized(expected, tmp_path / "n.parquet")
-    again = read_normalized(tmp_path / "n.parquet")
+    write_normalized(expected, tmp_path / "n.arrow")
+    again = read_normalized(tmp_path / "n.arrow")
     assert again.schema.equals(expected.schema, check_metadata=True)
     assert again.equals(expected)
     assert info_of(again) == INFO
@@ -366,20 +366,21 @@ def test_normalized_round_trip(tmp_path, expected):
 
 def test_cache_from_another_version_is_rebuilt(tmp_path, expected):
     stale = expected.replace_schema_metadata({**expected.schema.metadata, VERSION_KEY: b"0"})
-    pq.write_table(stale, tmp_path / "n.parquet")
-    assert read_normalized(tmp_path / "n.parquet") is None
-    assert read_normalized(tmp_path / "missing.parquet") is None
-    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    assert read_normalized(tmp_path / "junk.parquet") is None
+    with pa.ipc.new_file(str(tmp_path / "n.arrow"), stale.schema) as writer:  # a readable file, older version
+        writer.write_table(stale)
+    assert read_normalized(tmp_path / "n.arrow") is None
+    assert read_normalized(tmp_path / "missing.arrow") is None
+    (tmp_path / "junk.arrow").write_bytes(b"not an arrow file")
+    assert read_normalized(tmp_path / "junk.arrow") is None
     with pytest.raises(SchemaError):
-        write_normalized(stale, tmp_path / "other.parquet")
+        write_normalized(stale, tmp_path / "other.arrow")
 
 
 def test_read_metadata_reuses_and_invalidates_its_cache(tmp_path, monkeypatch):
     from vl_datasets import metadata
 
     export = write_json_export(tmp_path / "export").parent
-    cache = tmp_path / "normalized.parquet"
+    cache = tmp_path / "normalized.arrow"
     first = read_metadata(export, cache_path=cache)
     assert cache.is_file() and not list(tmp_path.glob(".*.tmp"))
     calls = []

@@ -30,7 +30,7 @@ from .opening import open_export
 
 logger = logging.getLogger("vl_datasets")
 
-NORMALIZED_CACHE = ".vl_datasets_normalized.parquet"
+NORMALIZED_CACHE = ".vl_datasets_normalized.arrow"
 IMAGE_COLUMN = "__image_path__"  # travels with the rows through every filter, then moves out
 
 
@@ -98,7 +98,9 @@ class VisualLayerDataset(Dataset):
         self._targets: np.ndarray | pa.ListArray | None = None
         if self.task in ("classification", "multilabel"):
             names = targets.distinct_labels(table, self.label_source)
-            self.classes = targets.resolve_classes(pc.list_flatten(names), classes)
+            # Classification draws its classes from the items it can use: those with one label.
+            usable = names if self.task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
+            self.classes = targets.resolve_classes(pc.list_flatten(usable), classes)
             if self.task == "multilabel":
                 self._targets = targets.multilabel_indices(names, self.classes)
                 return table, summary
