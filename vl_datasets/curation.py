@@ -46,6 +46,13 @@ class CurationSummary:
         return "\n".join(lines)
 
 
+def list_offsets(parents: np.ndarray, n_rows: int) -> pa.Array:
+    """Offsets of a list array whose values belong to rows ``parents`` (sorted), for ``n_rows`` rows."""
+    offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents, minlength=n_rows), out=offsets[1:])
+    return pa.array(offsets)
+
+
 def _row_mask_from_parents(parents: pa.Array, n_rows: int) -> np.ndarray:
     mask = np.zeros(n_rows, dtype=bool)
     mask[np.asarray(parents.to_numpy(zero_copy_only=False), dtype=np.int64)] = True
@@ -68,19 +75,21 @@ def label_sources(source: str | Iterable[str] | None) -> list[str] | None:
 def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.ListArray:
     """Each row's label names, counting only labels whose ``source`` is chosen (all by default)."""
     labels = table.column("labels").combine_chunks()
+    sources = label_sources(source)
+    all_names = pc.struct_field(labels.values, "category_name")
+    if sources is None and all_names.null_count == 0:
+        # Every label counts and has a name: reuse the list offsets, no copy.
+        return pa.ListArray.from_arrays(labels.offsets, all_names)
     flat = pc.list_flatten(labels)
     parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
     names = flat.field("category_name")
-    sources = label_sources(source)
     keep = pc.is_valid(names)
     if sources is not None:
         keep = pc.and_(keep, pc.is_in(flat.field("source"), value_set=pa.array(sources, pa.string())))
     keep_np = keep.to_numpy(zero_copy_only=False)
     kept_parents = parents[keep_np]
-    offsets = np.zeros(len(table) + 1, dtype=np.int32)
-    np.add.at(offsets, kept_parents + 1, 1)
-    np.cumsum(offsets, out=offsets)
-    return pa.ListArray.from_arrays(pa.array(offsets), names.filter(keep))
+    offsets = list_offsets(kept_parents, len(table))
+    return pa.ListArray.from_arrays(offsets, names.filter(keep))
 
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:

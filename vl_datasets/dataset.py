@@ -84,7 +84,9 @@ class VisualLayerDataset(Dataset):
         rules = CurationRules(min_uniqueness=min_uniqueness, keep_unscored=keep_unscored, drop_issues=drop_issues,
                               dedupe=dedupe, labels=labels, label_source=label_source, where=where)
         rows, summary = curate(table, rules)
-        table, summary = _require_images(table.take(pa.array(rows)), missing_images, summary)
+        if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed
+            table = table.take(pa.array(rows))
+        table, summary = _require_images(table, missing_images, summary)
         table, summary = self._build_targets(table, classes, invalid_labels, summary)
         if len(table) == 0:
             raise CurationError(f"No item is left to load from {self.export_dir}: {summary.removed_by}")

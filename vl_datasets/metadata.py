@@ -293,7 +293,8 @@ def write_normalized(table: pa.Table, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+            # One record batch: readers then get single-chunk columns they can use without copying.
+            writer.write_table(table.combine_chunks(), max_chunksize=max(len(table), 1))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .curation import label_sources, selected_labels
+from .curation import label_sources, list_offsets, selected_labels
 from .errors import CurationError
 
 TASKS = ("classification", "multilabel", "detection", None)
@@ -22,14 +22,14 @@ INVALID_LABEL_CHOICES = ("raise", "drop")
 def distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.ListArray:
     """Each row's distinct label names (an item may carry the same label from several sources)."""
     names = selected_labels(table, label_source)
+    if pc.max(pc.list_value_length(names)).as_py() in (None, 0, 1):
+        return names  # the common case: nothing to deduplicate
     parents = pc.list_parent_indices(names)
     pairs = pa.table({"row": parents, "name": pc.list_flatten(names)}).group_by(["row", "name"]).aggregate([])
     pairs = pairs.sort_by([("row", "ascending"), ("name", "ascending")])
     rows = pairs.column("row").to_numpy()
-    offsets = np.zeros(len(table) + 1, dtype=np.int32)
-    np.add.at(offsets, rows + 1, 1)
-    np.cumsum(offsets, out=offsets)
-    return pa.ListArray.from_arrays(pa.array(offsets), pairs.column("name").combine_chunks())
+    offsets = list_offsets(rows, len(table))
+    return pa.ListArray.from_arrays(offsets, pairs.column("name").combine_chunks())
 
 
 def object_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.Array:
@@ -85,7 +85,5 @@ def multilabel_indices(labels: pa.ListArray, classes: list[str]) -> pa.ListArray
     flat = pc.index_in(pc.list_flatten(labels), value_set=pa.array(classes, pa.string()))
     parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
     known = pc.is_valid(flat).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(labels) + 1, dtype=np.int32)
-    np.add.at(offsets, parents[known] + 1, 1)
-    np.cumsum(offsets, out=offsets)
-    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(known)).cast(pa.int64()))
+    offsets = list_offsets(parents[known], len(labels))
+    return pa.ListArray.from_arrays(offsets, flat.filter(pa.array(known)).cast(pa.int64()))
