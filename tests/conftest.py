@@ -20,6 +20,13 @@ def local_vl(dataset_root):
 
 
 @pytest.fixture
+def quick_vl(dataset_root):
+    """Exports complete at the first poll: for code under test that waits with real sleeps."""
+    with LocalVisualLayer(dataset_root, export_polls=0) as service:
+        yield service
+
+
+@pytest.fixture
 def local_vl_auth(dataset_root):
     with LocalVisualLayer(dataset_root, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789") as service:
         yield service

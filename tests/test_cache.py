@@ -18,16 +18,14 @@ from vl_datasets.archive import ArchiveLimits, extract_archive
 from vl_datasets.cache import CacheStore, ExportKey
 from vl_datasets.cli import main
 from vl_datasets.locks import hold_lock
-from vl_datasets.testing import LocalVisualLayer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def local_vl(dataset_root):
-    """Exports complete at the first poll: subprocesses and the CLI wait with real sleeps."""
-    with LocalVisualLayer(dataset_root, export_polls=0) as service:
-        yield service
+def local_vl(quick_vl):
+    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
+    return quick_vl
 
 
 @pytest.fixture

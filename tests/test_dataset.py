@@ -16,7 +16,7 @@ import torch
 
 from vl_datasets import Client, errors
 from vl_datasets.dataset import VisualLayerDataset
-from vl_datasets.testing import LocalVisualLayer, write_dataset
+from vl_datasets.testing import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,8 @@ def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
 
 
 @pytest.fixture
-def service(dataset_root):
-    with LocalVisualLayer(dataset_root, export_polls=0) as service:
-        yield service
+def service(quick_vl):
+    return quick_vl
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""Run every benchmark in one go and write benchmarks/RESULTS.md.
+
+    pip install scikit-image   # corpora's source photos; torchvision / datasets join as peers if installed
+    python benchmarks/run.py
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _versions() -> str:
+    import numpy
+    import PIL
+    import pyarrow
+    import simplejpeg
+    import torch
+
+    return (f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow {pyarrow.__version__}, "
+            f"Pillow {PIL.__version__}, simplejpeg {simplejpeg.__version__}, numpy {numpy.__version__}")
+
+
+def main() -> None:
+    parts = [HERE / "RESULTS_loader.md", HERE / "RESULTS_metadata.md"]
+    for script, out in zip(("bench_loader.py", "bench_metadata.py"), parts):
+        subprocess.run([sys.executable, str(HERE / script), "--out", str(out)], check=True, cwd=HERE)
+    header = [
+        "# Benchmark results",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"{_versions()}. Written by `python benchmarks/run.py`; the machines are shared, so compare ratios "
+        "within one run, not absolute numbers across runs.",
+        "",
+    ]
+    # Each part starts with a top-level heading; nest it under this file's title.
+    body = [part.read_text().replace("# ", "## ", 1) for part in parts]
+    (HERE / "RESULTS.md").write_text("\n".join(header) + "\n".join(body))
+    for part in parts:
+        part.unlink()
+    print((HERE / "RESULTS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
