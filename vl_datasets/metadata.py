@@ -56,8 +56,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ConfigurationError, ImageNotFoundError, SchemaError
-from .metadata_items import (ITEM_FIELDS, SCALAR_INPUT_TYPES, extract_item_columns, gc_paused, read_json_export,
-                             table_from_media_items)
+from .metadata_items import (ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns, gc_paused,
+                             read_json_export, table_from_media_items)
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
     def column(name: str, type_: pa.DataType) -> pa.ChunkedArray:
         if name not in names:
             return pa.chunked_array([pa.nulls(n, type_)])
-        return _cast_column(raw.column(name), type_, name, source)
+        return cast_or_raise(raw.column(name), type_, name, source)
 
     media_id = column("media_id", pa.string())
     _check_ids(media_id, source)
@@ -228,16 +228,6 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
         out[target] = raw.column(name)
         fields.append(raw.schema.field(name).with_name(target))
     return pa.table(out, schema=pa.schema(fields))
-
-
-def _cast_column(column: pa.ChunkedArray, type_: pa.DataType, name: str, source: str) -> pa.ChunkedArray:
-    if column.type == type_:
-        return column
-    try:
-        return column.cast(type_)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise SchemaError(f"{source}: column {name!r} has type {column.type} and values that cannot be read "
-                          f"as {type_} ({exc}).", field=name) from None
 
 
 def _check_ids(media_id: pa.ChunkedArray, source: str) -> None:

@@ -360,7 +360,7 @@ def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
     elif not pa.types.is_null(flat.type):
         raise SchemaError(f"{source}: {where} holds {flat.type} values; expected objects with "
                           "'type' and 'properties'.", field=where)
-    types = _cast(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source)
+    types = cast_or_raise(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source)
     raw_props = fields.get("properties", pa.nulls(n))
     present: dict[str, pa.Array] = {}
     if pa.types.is_struct(raw_props.type):
@@ -376,17 +376,19 @@ def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
         elif name == "metadata_items":
             props[name] = array  # raw; only object labels' are flattened, by _objects
         else:
-            props[name] = _cast(array, type_, f"{where}.properties.{name}", source)
+            props[name] = cast_or_raise(array, type_, f"{where}.properties.{name}", source)
     return _Items(len(lists), parent, types, props)
 
 
-def _cast(array: pa.Array, type_: pa.DataType, field: str, source: str) -> pa.Array:
-    if array.type == type_:
-        return array
+def cast_or_raise(values, type_: pa.DataType, field: str, source: str):
+    """``values`` (an Array or ChunkedArray) as ``type_``, or a SchemaError naming the field."""
+    if values.type == type_:
+        return values
     try:
-        return array.cast(type_)
+        return values.cast(type_)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise SchemaError(f"{source}: {field} has values that are not {type_} ({exc}).", field=field) from None
+        raise SchemaError(f"{source}: {field} has type {values.type} and values that cannot be read as {type_} "
+                          f"({exc}).", field=field) from None
 
 
 def _select(items: _Items, kind: str) -> tuple[pa.Array, np.ndarray]:
