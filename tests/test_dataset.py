@@ -216,3 +216,13 @@ def test_transforms_follow_torchvision_conventions(tmp_path):
     tensors = VisualLayerDataset.from_export(folder, image_size=16, transform=lambda t: t.float() / 255)
     image, label = tensors[1]
     assert image.dtype == torch.float32 and image.max() <= 1.0 and label == 1
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=(20, 28))
+    images, labels = next(iter(ds.dataloader(4, shuffle=False, num_workers=num_workers)))
+    expected = torch.stack([ds[i][0] for i in range(4)])
+    assert images.shape == (4, 3, 20, 28) and torch.equal(images, expected)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.tolist() == [ds[i][1] for i in range(4)]
