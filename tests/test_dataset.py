@@ -226,3 +226,9 @@ def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, clien
     assert images.shape == (4, 3, 20, 28) and torch.equal(images, expected)
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert labels.tolist() == [ds[i][1] for i in range(4)]
+
+
+def test_dataloader_accepts_the_callers_collate(service, client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
+    loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
+    assert next(iter(loader)) == [ds[i][1] for i in range(3)]

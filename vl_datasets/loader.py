@@ -109,6 +109,9 @@ class VLDataLoader(DataLoader):
         self.epoch += 1
         skipped: list[SkippedSample] = []
         for batch in super().__iter__():
+            if not isinstance(batch, _Batch):  # the caller's own collate_fn
+                yield batch
+                continue
             skipped.extend(batch.skipped)
             if batch.data is not None:
                 yield batch.data
