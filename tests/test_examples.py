@@ -23,4 +23,5 @@ def test_export_example_runs_offline_on_the_local_service(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "local Visual Layer service" in result.stdout
     assert "12 items, 12 images" in result.stdout and "metadata.parquet" in result.stdout
+    assert "removed by dedupe" in result.stdout and "first batch: images (8, 3, 224, 224) torch.uint8" in result.stdout
     assert not (tmp_path / "user-cache").exists()  # a local demo leaves the user's cache alone

@@ -41,7 +41,7 @@ class CurationSummary:
 
     def __str__(self) -> str:
         lines = [f"{self.total:>9,}  items in the export"]
-        lines += [f"{-n:>9,}  removed by {rule}" for rule, n in self.removed_by.items()]
+        lines += [f"{n:>9,}  removed by {rule}" for rule, n in self.removed_by.items()]
         lines.append(f"{self.kept:>9,}  kept")
         return "\n".join(lines)
 
