@@ -28,8 +28,8 @@ def _versions() -> str:
 
 
 def main() -> None:
-    parts = [HERE / "RESULTS_loader.md", HERE / "RESULTS_metadata.md"]
-    for script, out in zip(("bench_loader.py", "bench_metadata.py"), parts):
+    parts = [HERE / "RESULTS_decode.md", HERE / "RESULTS_loader.md", HERE / "RESULTS_metadata.md"]
+    for script, out in zip(("bench_decode.py", "bench_loader.py", "bench_metadata.py"), parts):
         subprocess.run([sys.executable, str(HERE / script), "--out", str(out)], check=True, cwd=HERE)
     header = [
         "# Benchmark results",
