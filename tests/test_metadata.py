@@ -220,6 +220,39 @@ def test_json_export_with_odd_types_falls_back_to_json_load(tmp_path, expected):
     assert info_of(table) == INFO
 
 
+def test_json_strings_read_with_inferred_types_slice_by_slice(monkeypatch, expected):
+    calls = []
+    real = metadata_items._read_json_fast
+    monkeypatch.setattr(metadata_items, "_read_json_fast",
+                        lambda strings, *, infer: calls.append(infer) or real(strings, infer=infer))
+    monkeypatch.setattr(metadata_items, "JSON_SLICE_ROWS", 1)  # every row's types inferred apart (bbox: int, float)
+    assert normalize(json_strings_table()).to_pylist() == expected.to_pylist()
+    assert calls == [True] * 4  # assigned_date, inferred as a timestamp, forces no slower re-read
+
+
+def test_date_like_text_stays_text(tmp_path):
+    media = items()[:1]
+    media[0]["file_name"] = "2025-01-01"
+    media[0]["metadata_items"] = [{"type": "caption", "properties": {"text": "2025-01-01", "source": "User"}},
+                                  {"type": "user_tag", "properties": {"tag_name": "2025-01-02T10:00:00"}}]
+    for table in (read_metadata(write_json_export(tmp_path / "json", media).parent),
+                  normalize(json_strings_table(media)), normalize(nested_table(media))):
+        row = table.to_pylist()[0]
+        assert row["file_name"] == "2025-01-01"
+        assert row["captions"] == [{"text": "2025-01-01", "source": "User"}]
+        assert row["tags"] == ["2025-01-02T10:00:00"]
+
+
+def test_item_types_that_change_between_items(tmp_path, expected):
+    media = items()
+    media[0]["metadata_items"][3]["properties"]["confidence"] = "0.97"  # a string among numbers
+    media[3]["metadata_items"] = []
+    want = expected.to_pylist()
+    assert read_metadata(write_json_export(tmp_path / "json", media).parent).to_pylist() == want
+    assert normalize(json_strings_table(media)).to_pylist() == want
+    assert normalize(media).to_pylist() == want
+
+
 def test_older_image_filename_column(tmp_path):
     media = items()
     columns = raw_columns(media, [n for n in SCALARS if n not in ("file_path", "file_name")])
