@@ -152,6 +152,18 @@ def test_sixteen_bit_grayscale_keeps_its_top_byte():
     assert torch.equal(out[0], torch.arange(256, dtype=torch.uint8).reshape(16, 16))
 
 
+@pytest.mark.parametrize("width,height", [(200, 150), (2000, 1500)])
+def test_jpegs_with_stray_bytes_decode_as_pillow_decodes_them(width, height):
+    # libjpeg warns "N extraneous bytes before marker 0xd9"; Pillow and torchvision decode such
+    # files (ImageNet has some), so decode_image must not drop them.
+    data = jpeg(width, height)
+    data = data[:-2] + b"\0" * 40 + data[-2:]
+    with pytest.raises(ValueError, match="extraneous"):
+        simplejpeg.decode_jpeg(data, strict=True)
+    assert mean_abs_diff(decode_image(data, size=224), pillow_reference(data, (224, 224))) < 2.0
+    assert torch.equal(decode_image(data), torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1))
+
+
 BROKEN = {
     "truncated JPEG": jpeg(200, 150)[:-2000],
     "JPEG missing its EOI marker": jpeg(200, 150)[:-2],
@@ -213,7 +225,7 @@ def test_max_pixels_is_the_callers_to_choose():
     assert decode_image(data, max_pixels=120_000).shape == (3, 300, 400)
 
 
-@pytest.mark.parametrize("size", [0, -5, (224, 0), True])
+@pytest.mark.parametrize("size", [0, -5, (224, 0), True, 22.4, (1, 2, 3), "224"])
 def test_bad_sizes_are_configuration_errors(size):
     with pytest.raises(ConfigurationError):
         decode_image(jpeg(64, 48), size=size)

@@ -20,8 +20,10 @@ Decisions:
   copies into one contiguous batch anyway. Call ``.contiguous()`` if you need a dense CHW tensor.
 - Transparent pixels are composited onto white (how viewers show them), not left at their hidden
   colour as ``convert("RGB")`` would; 16-bit greyscale keeps its top 8 bits instead of clipping.
-- Truncated images raise, as Pillow does by default (``LOAD_TRUNCATED_IMAGES`` is never set;
-  simplejpeg runs ``strict``, which turns libjpeg's "premature end" warning into an error).
+- Truncated images raise, as Pillow does by default (``LOAD_TRUNCATED_IMAGES`` is never set).
+  simplejpeg runs ``strict``, which turns every libjpeg warning into an error; a JPEG it refuses
+  is handed to Pillow, so exactly the JPEGs ``decode_pil`` accepts decode (a truncated one
+  raises; one with stray bytes before a marker, common in scraped data, does not).
   Images declaring more than ``max_pixels`` are refused from their header, before any decoding.
 - Nothing is cached at module level, so the functions are safe under fork, spawn and threads.
 """
@@ -29,6 +31,7 @@ Decisions:
 from __future__ import annotations
 
 import io
+import operator
 import struct
 
 import numpy as np
@@ -55,10 +58,14 @@ def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """``size`` as (height, width), or None to keep the native size."""
     if size is None:
         return None
-    height, width = (size, size) if isinstance(size, int) else size
-    if isinstance(height, bool) or isinstance(width, bool) or int(height) <= 0 or int(width) <= 0:
+    try:
+        height, width = size if isinstance(size, (tuple, list)) else (size, size)
+        height, width = operator.index(height), operator.index(width)  # ints, numpy ints; not floats
+    except (TypeError, ValueError):
+        height = width = 0
+    if isinstance(size, bool) or height <= 0 or width <= 0:
         raise ConfigurationError(f"size must be a positive int or (height, width), got {size!r}")
-    return int(height), int(width)
+    return height, width
 
 
 def _fail(reason: object, media_id: str | None, path: str | None) -> ImageDecodeError:
@@ -89,11 +96,11 @@ def _dct_scaled_size(height: int, width: int, target: tuple[int, int] | None) ->
 
 
 def _decode_jpeg(data: bytes, target, max_pixels: int, media_id, path) -> np.ndarray | None:
-    """HWC RGB pixels, or None when the JPEG's colour space needs Pillow."""
+    """HWC RGB pixels, or None to let Pillow decide (CMYK, or anything libjpeg-turbo warned about)."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
-        raise _fail(exc, media_id, path) from None
+    except ValueError:
+        return None  # Pillow parses the header again and names what is wrong
     _check_pixels(height, width, max_pixels, media_id, path)
     if colorspace in _PIL_ONLY_COLORSPACES:
         return None
@@ -102,8 +109,11 @@ def _decode_jpeg(data: bytes, target, max_pixels: int, media_id, path) -> np.nda
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_height, min_width=min_width,
                                       strict=True)
-    except ValueError as exc:
-        raise _fail(exc, media_id, path) from None
+    except ValueError:
+        # strict fails on every libjpeg warning: truncation, which Pillow refuses too, but also
+        # "N extraneous bytes before marker", which Pillow (and every other loader) accepts and
+        # real datasets contain. Pillow's strict decode is the arbiter; this path is rare.
+        return None
 
 
 def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -128,6 +138,10 @@ def _open_pil(data: bytes, max_pixels: int, media_id, path) -> PIL.Image.Image:
         return _to_rgb(image)
     except ImageDecodeError:
         raise
+    except PIL.UnidentifiedImageError:
+        # Pillow's own message names only a BytesIO object's address; the first bytes say more.
+        raise _fail(f"not an image in any format Pillow reads (starts with {bytes(data[:8])!r})",
+                    media_id, path) from None
     except _PIL_ERRORS as exc:
         raise _fail(exc, media_id, path) from None
 
