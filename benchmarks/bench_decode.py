@@ -6,7 +6,8 @@
 Corpora (benchmarks/corpus.py, built once under benchmarks/data/, git-ignored): JPEGs made from
 scikit-image's bundled real photos. ``imagenet``: 500x375-class images like PERF_BASELINE §1
 (random crops, Lanczos-resized, flipped, colour-jittered, sharpened, mild noise, quality 90,
-4:2:0). ``large``: 2000x1500 camera-size originals, quality 90. Only the first N files of each
+4:2:0). ``large``: 2000x1500 camera-size "originals" (the photos upsampled, with noise
+added so the encoder sees full-resolution detail), quality 90. Only the first N files of each
 corpus are timed.
 
 Setup as in PERF_BASELINE §2: the process is pinned to one core (``sched_setaffinity``), torch
