@@ -4,9 +4,14 @@ import pytest
 
 from vl_datasets.testing import LocalVisualLayer, write_dataset
 
+API_KEY = "key-123"
+# 32+ bytes: PyJWT warns about shorter HS256 keys (InsecureKeyLengthWarning) on every sign and verify.
+API_SECRET = "secret-456-0123456789abcdef0123456789"
+
 
 @pytest.fixture
 def dataset_root(tmp_path_factory):
+    """Two datasets: "ds-ready" (8 items, 3 clusters, real JPEGs) and "ds-indexing" (not exportable)."""
     root = tmp_path_factory.mktemp("datasets")
     write_dataset(root, "ds-ready", n_items=8, n_clusters=3)
     write_dataset(root, "ds-indexing", n_items=2, status="INDEXING", seed=1)
@@ -15,6 +20,7 @@ def dataset_root(tmp_path_factory):
 
 @pytest.fixture
 def local_vl(dataset_root):
+    """An on-prem service (no auth) over dataset_root."""
     with LocalVisualLayer(dataset_root) as service:
         yield service
 
@@ -28,5 +34,6 @@ def quick_vl(dataset_root):
 
 @pytest.fixture
 def local_vl_auth(dataset_root):
-    with LocalVisualLayer(dataset_root, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789") as service:
+    """A cloud-style service: every /api/v1 request needs a token signed for API_KEY with API_SECRET."""
+    with LocalVisualLayer(dataset_root, api_key=API_KEY, api_secret=API_SECRET) as service:
         yield service

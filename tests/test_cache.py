@@ -29,8 +29,8 @@ def local_vl(quick_vl):
 
 
 @pytest.fixture
-def client(local_vl):
-    return Client(local_vl.url, progress=False, env={}, sleep=lambda s: None)
+def client(quick_client):
+    return quick_client
 
 
 def downloads(service) -> int:

@@ -38,8 +38,8 @@ def service(quick_vl):
 
 
 @pytest.fixture
-def client(service):
-    return Client(service.url, progress=False, env={}, sleep=lambda s: None)
+def client(quick_client):
+    return quick_client
 
 
 def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
