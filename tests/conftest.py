@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from vl_datasets import Client
 from vl_datasets.testing import LocalVisualLayer, write_dataset
 
 API_KEY = "key-123"
@@ -30,6 +31,12 @@ def quick_vl(dataset_root):
     """Exports complete at the first poll: for code under test that waits with real sleeps."""
     with LocalVisualLayer(dataset_root, export_polls=0) as service:
         yield service
+
+
+@pytest.fixture
+def quick_client(quick_vl):
+    """A client of quick_vl that never sleeps between polls or retries, and reads no VL_* variables."""
+    return Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
 
 
 @pytest.fixture
