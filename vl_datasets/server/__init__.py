@@ -1,10 +1,20 @@
 """A local Visual Layer service implementing the export API contract over real HTTP.
 
-It shares only the contract with the client, never its code, so each checks the other.
+It shares only the contract (docs/API contract) with the client, never its code, so each
+checks the other. Modules, in the order a request travels:
+
+    service    LocalVisualLayer: both origins in threads; serve() in the foreground
+    api        the API origin (dataset, export start, export status, /cdn redirect)
+    tokens     bearer-token checks (cloud mode)
+    datasets   the dataset folders it serves; synthetic: write_dataset
+    jobs       export tasks and their deterministic progress; archive: the ZIPs
+    signing    presigned URLs; storage: the S3-like download origin
+    faults     failures switched on from Python; log: what was received
+    handler    what both origins share at the HTTP level
 """
 
-from .datasets import write_dataset
-from .http import RecordedRequest
+from .log import RecordedRequest
 from .service import LocalVisualLayer, serve
+from .synthetic import write_dataset
 
 __all__ = ["LocalVisualLayer", "RecordedRequest", "serve", "write_dataset"]

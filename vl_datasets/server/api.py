@@ -1,14 +1,20 @@
-"""The API origin: dataset status, export start (full and selective), export status, /cdn redirect."""
+"""The API origin: dataset status, export start (full and selective), export status, /cdn redirect.
+
+Errors follow FastAPI, which the platform runs on: ``{"detail": "..."}``, and for 422 a list of
+``{"type", "loc", "msg", "input"}``. Checks run in FastAPI's order: auth, then parameter
+validation, then what the endpoint itself decides (404 dataset, 409 not READY).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
-import jwt
-
-from .datasets import load_dataset
-from .http import Handler
+from .archive import EXPORT_FORMATS
+from .datasets import StoredDataset
+from .handler import Handler
 
 _ROUTES = [
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)$"), "dataset"),
@@ -17,133 +23,136 @@ _ROUTES = [
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)/export_status$"), "export_status"),
     ("GET", re.compile(r"^/cdn/([^/]+)/images/([^/]+)/([^/]+)\.zip$"), "cdn"),
 ]
+SELECTION_KEYS = ("media_ids", "cluster_ids")
 
 
-def _validation_error(field: str, msg: str, where: str = "query") -> list[dict]:
-    return [{"loc": [where, field], "msg": msg, "type": "value_error"}]
+def invalid(loc: list[Any], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
+    """One entry of a FastAPI 422 ``detail`` list."""
+    return {"type": kind, "loc": loc, "msg": msg, "input": value}
 
 
 class ApiHandler(Handler):
+    """Answers the contract's endpoints under /api/v1, and /cdn downloads (on-prem style)."""
+
     origin = "api"
 
-    def do_GET(self) -> None:
-        self._dispatch()
+    def refuse(self, status: int, message: Any, *, code: str | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        """Errors as FastAPI sends them: ``{"detail": message}``."""
+        self.send_json(status, {"detail": message}, headers)
 
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        self.parse()
+    def route_request(self) -> None:
         for method, pattern, name in _ROUTES:
             match = pattern.match(self.route)
             if match is None:
                 continue
-            if method != self.command:
-                return self.send_detail(405, "Method Not Allowed")
+            if self.command != method:
+                return self.refuse(405, "Method Not Allowed", headers={"Allow": method})
             self.endpoint = name
             forced = self.service.faults.take_forced(name)
             if forced is not None:
                 return self.send_forced(forced)
-            if name != "cdn" and (refusal := self._refuse_auth()) is not None:
-                return self.send_detail(401, refusal)
-            return getattr(self, f"_{name}")(*match.groups())
-        self.send_detail(404, "Not Found")
+            # /cdn is reached by following a redirect without the bearer: it needs none.
+            if name != "cdn" and (refusal := self.service.auth_refusal(self.headers.get("Authorization"))):
+                return self.refuse(401, refusal, headers={"WWW-Authenticate": "Bearer"})
+            return getattr(self, f"_{name}")(*(unquote(group) for group in match.groups()))
+        self.refuse(404, "Not Found")
 
-    def _refuse_auth(self) -> str | None:
-        """None when the request may proceed; else why it is refused (on-prem: never)."""
-        key, secret = self.service.api_key, self.service.api_secret
-        if key is None:
-            return None
-        header = self.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return "Not authenticated"
-        token = header[len("Bearer "):]
-        try:
-            if jwt.get_unverified_header(token).get("kid") != key:
-                return "Invalid token: unknown key id"
-            claims = jwt.decode(token, secret, algorithms=["HS256"], issuer="sdk",
-                                options={"require": ["exp", "iat", "sub", "iss"]})
-        except jwt.ExpiredSignatureError:
-            return "Token has expired"
-        except jwt.InvalidTokenError:
-            return "Invalid token"
-        return None if claims.get("sub") == key else "Invalid token: wrong subject"
-
-    def _dataset_or_404(self, dataset_id: str):
-        dataset = load_dataset(self.service.root, dataset_id)
-        if dataset is None:
-            self.send_detail(404, f"Dataset {dataset_id} not found")
-        return dataset
+    # -- endpoints -------------------------------------------------------------------------
 
     def _dataset(self, dataset_id: str) -> None:
         if (dataset := self._dataset_or_404(dataset_id)) is not None:
             self.send_json(200, dataset.as_json())
 
-    def _export_options(self) -> tuple[str, bool] | None:
-        fmt = self.query.get("export_format", "json")
-        images = self.query.get("include_images", "false")
-        if fmt not in ("json", "parquet"):
-            self.send_detail(422, _validation_error("export_format", "Input should be 'json' or 'parquet'"))
-            return None
-        if images not in ("true", "false"):
-            self.send_detail(422, _validation_error("include_images", "Input should be a valid boolean"))
-            return None
-        return fmt, images == "true"
-
-    def _start(self, dataset_id: str, select) -> None:
-        dataset = self._dataset_or_404(dataset_id)
-        if dataset is None:
-            return
-        options = self._export_options()
-        if options is None:
-            return
-        if dataset.status != "READY":
-            return self.send_detail(409, f"Dataset {dataset_id} is not in READY status (status: {dataset.status})")
-        items = select(dataset.media_items)
-        if items is None:
-            return
-        job = self.service.jobs.start(dataset, items, export_format=options[0], include_images=options[1])
-        self.send_json(200, {"id": job.id} if self.service.minimal_start_response else self.service.task_json(job))
-
     def _export(self, dataset_id: str) -> None:
-        self._start(dataset_id, list)
+        export_format, include_images, errors = self._export_options()
+        if errors:
+            return self.refuse(422, errors)
+        if (dataset := self._exportable(dataset_id)) is not None:
+            self._start(dataset, dataset.media_items, export_format, include_images)
 
     def _selective_export(self, dataset_id: str) -> None:
-        self._start(dataset_id, self._select)
-
-    def _select(self, items: list[dict]) -> list[dict] | None:
-        body = self.body_json
-        keys = [k for k in ("media_ids", "cluster_ids") if isinstance(body, dict) and k in body]
-        if len(keys) != 1:
-            self.send_detail(422, _validation_error("media_ids", "Give exactly one of media_ids or cluster_ids",
-                                                    "body"))
-            return None
-        wanted: Any = body[keys[0]]
-        if not isinstance(wanted, list) or not all(isinstance(v, str) for v in wanted):
-            self.send_detail(422, _validation_error(keys[0], "Input should be a list of strings", "body"))
-            return None
-        field = "media_id" if keys[0] == "media_ids" else "cluster_id"
-        chosen = set(wanted)
-        return [item for item in items if item.get(field) in chosen]
+        export_format, include_images, errors = self._export_options()
+        selection, body_errors = self._selection()
+        if errors or body_errors:
+            return self.refuse(422, errors + body_errors)
+        if (dataset := self._exportable(dataset_id)) is not None:
+            key, wanted = selection
+            field = "media_id" if key == "media_ids" else "cluster_id"
+            self._start(dataset, [item for item in dataset.media_items if item.get(field) in wanted],
+                        export_format, include_images)
 
     def _export_status(self, dataset_id: str) -> None:
         task_id = self.query.get("export_task_id")
         if not task_id:
-            return self.send_detail(422, _validation_error("export_task_id", "Field required"))
+            return self.refuse(422, [invalid(["query", "export_task_id"], "Field required", "missing")])
         job = self.service.jobs.get(task_id)
         if job is None or job.dataset_id != dataset_id:
-            return self.send_detail(404, f"Export task {task_id} not found")
+            return self.refuse(404, f"Export task {task_id} not found")
         self.send_json(200, self.service.task_json(self.service.jobs.poll(job), host=self.headers.get("Host")))
 
     def _cdn(self, dataset_id: str, task_id: str, file_task_id: str) -> None:
         job = self.service.jobs.get(task_id)
         if job is None or job.dataset_id != dataset_id or file_task_id != task_id or job.status != "COMPLETED":
-            return self.send_detail(404, "Not Found")
-        url = self.service.presign(job, host=self.headers.get("Host"))
-        self.send(302, b"", "text/plain", {"Location": url})
+            return self.refuse(404, "Not Found")
+        # Signed at each request: a client whose URL expired comes back here for a fresh one.
+        self.send(302, b"", "text/plain", {"Location": self.service.presign(job, host=self.headers.get("Host"))})
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _dataset_or_404(self, dataset_id: str) -> StoredDataset | None:
+        dataset = self.service.datasets.get(dataset_id)
+        if dataset is None:
+            self.refuse(404, f"Dataset {dataset_id} not found")
+        return dataset
+
+    def _exportable(self, dataset_id: str) -> StoredDataset | None:
+        """The dataset, or None once 404 or 409 has been answered."""
+        dataset = self._dataset_or_404(dataset_id)
+        if dataset is not None and not dataset.ready:
+            self.refuse(409, f"Dataset {dataset_id} is not in READY status (status: {dataset.status})")
+            return None
+        return dataset
+
+    def _start(self, dataset: StoredDataset, items: list[dict[str, Any]], export_format: str,
+               include_images: bool) -> None:
+        state = self.service.jobs.start(dataset, items, export_format=export_format, include_images=include_images)
+        # The docs show start answers that hold only the id: the option serves that variant.
+        self.send_json(200, {"id": state.id} if self.service.minimal_start_response else self.service.task_json(state))
+
+    def _export_options(self) -> tuple[str, bool, list[dict[str, Any]]]:
+        """``export_format`` and ``include_images`` from the query, and the 422 entries if invalid."""
+        errors = []
+        export_format = self.query.get("export_format", "json")
+        if export_format not in EXPORT_FORMATS:
+            errors.append(invalid(["query", "export_format"], "Input should be 'json' or 'parquet'", "enum",
+                                  export_format))
+        # Strictly lowercase true/false, as the contract says the client sends them.
+        include_images = self.query.get("include_images", "false")
+        if include_images not in ("true", "false"):
+            errors.append(invalid(["query", "include_images"],
+                                  "Input should be a valid boolean, unable to interpret input", "bool_parsing",
+                                  include_images))
+        return export_format, include_images == "true", errors
+
+    def _selection(self) -> tuple[tuple[str, set[str]], list[dict[str, Any]]]:
+        """``(key, ids)`` of the selective export body, and the 422 entries if it is invalid."""
+        if not self.body:
+            return ("", set()), [invalid(["body"], "Field required", "missing")]
+        try:
+            body = json.loads(self.body)
+        except ValueError as exc:
+            return ("", set()), [invalid(["body", getattr(exc, "pos", 0)], "JSON decode error", "json_invalid")]
+        if not isinstance(body, dict):
+            return ("", set()), [invalid(["body"], "Input should be a valid dictionary or object to extract fields "
+                                                   "from", "model_attributes_type", body)]
+        keys = [key for key in SELECTION_KEYS if key in body]
+        if len(keys) != 1:
+            return ("", set()), [invalid(["body"], "Value error, give exactly one of media_ids or cluster_ids",
+                                         "value_error", body)]
+        key, wanted = keys[0], body[keys[0]]
+        if not isinstance(wanted, list):
+            return ("", set()), [invalid(["body", key], "Input should be a valid list", "list_type", wanted)]
+        errors = [invalid(["body", key, i], "Input should be a valid string", "string_type", value)
+                  for i, value in enumerate(wanted) if not isinstance(value, str)]
+        return (key, set(wanted) if not errors else set()), errors

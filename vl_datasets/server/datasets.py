@@ -1,150 +1,148 @@
 """Datasets at rest, as the local service serves them: one folder per dataset id.
 
-    <root>/<dataset_id>/metadata.json    Visual Layer's JSON export schema
+    <root>/<dataset_id>/metadata.json    Visual Layer's JSON export schema ({"info", "media_items"})
     <root>/<dataset_id>/images/<file_path>
     <root>/<dataset_id>/dataset.json     optional dataset-object fields (READY when absent)
 """
 
 from __future__ import annotations
 
-import io
 import json
-import random
 import re
-import uuid
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from PIL import Image
+# Folder names only: a dataset id must never reach outside the root (``..``, slashes).
+_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def normalize_status(value: object) -> str:
-    return re.sub(r"[\s_\-]+", "_", str(value).strip()).upper()
+def status_key(value: object) -> str:
+    """A status compared the contract's way: ignoring case, spaces, underscores (``READ ONLY``)."""
+    return re.sub(r"[\s_-]+", "", str(value)).upper()
 
 
 @dataclass(frozen=True)
 class StoredDataset:
-    """One dataset folder, read once when first asked for."""
+    """One dataset folder, parsed."""
 
     id: str
     folder: Path
-    info: dict
-    media_items: list[dict]
-    fields: dict
+    info: dict[str, Any]
+    media_items: list[dict[str, Any]]
+    fields: dict[str, Any]
+    """What ``dataset.json`` holds: it wins over every derived field of the dataset object."""
+    created_at: str
+    """Derived creation time, used when neither dataset.json nor info gives one."""
 
     @property
     def status(self) -> str:
-        return normalize_status(self.fields.get("status_new") or self.fields.get("status") or "READY")
+        """The status as written (``status_new``, then the legacy ``status``), READY by default."""
+        return str(self.fields.get("status_new") or self.fields.get("status") or "READY")
 
-    def as_json(self) -> dict:
+    @property
+    def ready(self) -> bool:
+        """Only a READY dataset can be exported."""
+        return status_key(self.status) == "READY"
+
+    def as_json(self) -> dict[str, Any]:
         """The dataset object of the contract (§3)."""
-        created = self.fields.get("created_at") or self.info.get("dataset_creation_time") or "2025-01-01T00:00:00"
         body = {
             "id": self.id,
             "display_name": self.info.get("dataset") or self.id,
-            "description": self.info.get("description", ""),
-            "created_at": created,
+            "description": self.info.get("description") or "",
+            "created_at": self.info.get("dataset_creation_time") or self.created_at,
             "status_new": self.status,
             "status": self.status,
-            "progress": 100 if self.status == "READY" else 0,
+            "progress": 100.0 if self.ready else 0.0,
             "n_images": sum(1 for m in self.media_items if m.get("media_type", "image") == "image"),
-            "n_videos": 0,
-            "n_objects": sum(1 for m in self.media_items for i in m.get("metadata_items", [])
+            "n_videos": len(_video_names(self.media_items)),
+            "n_objects": sum(1 for m in self.media_items for i in m.get("metadata_items") or []
                              if i.get("type") == "object_label"),
             "fatal_error_msg": None,
         }
         body.update(self.fields)
         return body
 
-    def image_path(self, item: dict) -> Path:
+    def image_path(self, item: dict[str, Any]) -> Path:
+        """Where an item's image lies on disk."""
         return self.folder / "images" / item["file_path"]
 
 
-def load_dataset(root: Path, dataset_id: str) -> StoredDataset | None:
-    """The dataset folder ``dataset_id`` under ``root``, or None when there is none."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", dataset_id) or dataset_id.startswith("."):
+def _video_names(items: list[dict[str, Any]]) -> set[str]:
+    # Real exports name a frame's video in video_info (video_name; the docs also show video_id).
+    names = set()
+    for item in items:
+        for entry in item.get("metadata_items") or []:
+            if entry.get("type") == "video_info":
+                props = entry.get("properties") or {}
+                name = props.get("video_name") or props.get("video_id")
+                if name:
+                    names.add(str(name))
+    return names
+
+
+class DatasetStore:
+    """The datasets under ``root``, each parsed once and parsed again only when its files change.
+
+    Status polls arrive every few seconds; re-reading a million-item metadata.json for each
+    would make the service slower than the platform it stands in for.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple, StoredDataset]] = {}
+
+    def ids(self) -> list[str]:
+        """The dataset ids found under the root, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if _DATASET_ID.fullmatch(p.name) and (p / "metadata.json").is_file())
+
+    def get(self, dataset_id: str) -> StoredDataset | None:
+        """The dataset ``dataset_id``, or None when there is no such folder."""
+        if not _DATASET_ID.fullmatch(dataset_id):
+            return None
+        folder = self.root / dataset_id
+        stamp = _stamp(folder / "metadata.json", folder / "dataset.json")
+        if stamp is None:
+            return None
+        with self._lock:
+            cached = self._cache.get(dataset_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        dataset = _read(folder, dataset_id)
+        with self._lock:
+            self._cache[dataset_id] = (stamp, dataset)
+        return dataset
+
+
+def _stamp(metadata: Path, extra: Path) -> tuple | None:
+    try:
+        meta = metadata.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    folder = root / dataset_id
+    try:
+        more = extra.stat()
+        extra_stamp: tuple = (more.st_mtime_ns, more.st_size)
+    except (FileNotFoundError, NotADirectoryError):
+        extra_stamp = ()
+    return (meta.st_mtime_ns, meta.st_size, extra_stamp)
+
+
+def _read(folder: Path, dataset_id: str) -> StoredDataset:
     metadata = folder / "metadata.json"
-    if not metadata.is_file():
-        return None
     payload = json.loads(metadata.read_text(encoding="utf-8"))
+    # A bare list of media items is accepted too: hand-made folders often start that way.
     items = payload.get("media_items", []) if isinstance(payload, dict) else payload
     info = payload.get("info", {}) if isinstance(payload, dict) else {}
     extra = folder / "dataset.json"
     fields = json.loads(extra.read_text(encoding="utf-8")) if extra.is_file() else {}
-    return StoredDataset(dataset_id, folder, info, items, fields)
-
-
-def human_size(n_bytes: int) -> str:
-    """Visual Layer writes sizes like ``"48.27KB"``."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.2f}{unit}"
-    return f"{n_bytes}B"
-
-
-LABELS = ("cat", "dog", "bird")
-
-
-def _synthetic_items(rng: random.Random, n_items: int, n_clusters: int, size: tuple[int, int]) -> list[dict]:
-    clusters = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(max(n_clusters, 1))]
-    items = []
-    for i in range(n_items):
-        label = LABELS[i % len(LABELS)]
-        split = "train" if i % 4 else "val"
-        media_id = str(uuid.UUID(int=rng.getrandbits(128)))
-        metadata_items = [{"type": "image_label",
-                           "properties": {"category_name": label, "source": "User", "original_id": i}}]
-        if i % 3 == 0:
-            metadata_items.append({"type": "issue", "properties": {
-                "issue_type": "duplicates", "confidence": round(0.9 + 0.01 * (i % 10), 3),
-                "duplicate_group_id": f"group-{i // 6}", "duplicate_threshold": 0.96}})
-        if i % 5 == 0:
-            metadata_items.append({"type": "issue", "properties": {"issue_type": "blur",
-                                                                   "confidence": round(rng.random(), 3)}})
-        items.append({
-            "media_id": media_id,
-            "media_type": "image",
-            "file_name": f"img_{i:04d}.jpg",
-            "file_path": f"{split}/{label}/img_{i:04d}.jpg",
-            "height": size[1],
-            "width": size[0],
-            "uniqueness_score": round(rng.random(), 4),
-            "url": f"https://app.visual-layer.com/dataset/synthetic/data?media_id={media_id}",
-            "cluster_id": clusters[i % len(clusters)],
-            "metadata_items": metadata_items,
-        })
-    return items
-
-
-def write_dataset(root: str | Path, dataset_id: str, *, n_items: int = 8, n_clusters: int = 3,
-                  status: str = "READY", media_items: list[dict] | None = None,
-                  image_size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
-    """Write a dataset the local service can serve: real JPEGs and Visual Layer metadata.
-
-    With ``media_items`` those items are written as given, with an image made for each
-    ``file_path``. Deterministic for a ``seed``. Returns the dataset's folder.
-    """
-    rng = random.Random(seed)
-    folder = Path(root) / dataset_id
-    items = media_items if media_items is not None else _synthetic_items(rng, n_items, n_clusters, image_size)
-    for item in items:
-        width, height = item.get("width", image_size[0]), item.get("height", image_size[1])
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        buffer = io.BytesIO()
-        Image.new("RGB", (width, height), colour).save(buffer, format="JPEG", quality=90)
-        target = folder / "images" / item["file_path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.getvalue())
-        item.setdefault("file_size", human_size(len(buffer.getvalue())))
-    info = {"schema_version": "1.1", "dataset": dataset_id, "description": "synthetic dataset",
-            "dataset_url": f"https://app.visual-layer.com/dataset/{dataset_id}",
-            "export_time": datetime(2025, 1, 1).isoformat(), "dataset_creation_time": "2025-01-01T00:00:00",
-            "exported_by": "vl_datasets", "total_media_items": len(items)}
-    (folder / "metadata.json").write_text(json.dumps({"info": info, "media_items": items}, indent=1),
-                                          encoding="utf-8")
-    if normalize_status(status) != "READY":
-        (folder / "dataset.json").write_text(json.dumps({"status_new": status}), encoding="utf-8")
-    return folder
+    if not isinstance(items, list) or not isinstance(info, dict) or not isinstance(fields, dict):
+        raise ValueError(f"{metadata} is not a Visual Layer JSON export ({{'info': ..., 'media_items': [...]}}).")
+    created = datetime.fromtimestamp(metadata.stat().st_mtime).isoformat(timespec="microseconds")
+    return StoredDataset(dataset_id, folder, info, items, fields, created)

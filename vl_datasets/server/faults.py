@@ -1,62 +1,85 @@
-"""Faults the tests switch on from Python; the server applies them to the requests it answers."""
+"""Faults the tests switch on from Python; the server applies them to the requests it answers.
+
+Switching faults on the server side means the client under test sends nothing test-only.
+Every switch is thread-safe: the test thread flips it, handler and job threads consume it.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 ENDPOINTS = ("dataset", "export", "selective_export", "export_status", "cdn", "storage")
+JOB_FAILURES = ("FAILED", "REJECTED")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForcedAnswer:
     """An answer to give instead of the real one."""
 
     status: int
     retry_after: float | None = None
     detail: Any = None
-    body: str | None = None
+    body: str | bytes | None = None
     content_type: str | None = None
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """How an export job ends instead of COMPLETED."""
+
+    status: str
+    result_message: str
+
+
 class Faults:
-    """Thread-safe switches. Each ``times`` counts down as requests consume the fault."""
+    """Switches for the local service. Each ``times`` counts down as requests consume the fault."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self.reset()
 
     def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
+        """Switch every fault off; stalled downloads and held exports go on at once."""
+        with self._lock:
             self._forced: dict[str, list[ForcedAnswer]] = {name: [] for name in ENDPOINTS}
             self._breaks: list[int] = []
             self._stalls: list[tuple[int, float]] = []
             self._ignore_range: int | None = 0
             self._expired_urls = 0
-            self._job_failure: tuple[str, str, int | None] | None = None
-            self.hold_seconds: float | None = 0.0
-            self._released = threading.Event()
-            self._released.set()
+            self._job_failure: JobFailure | None = None
+            self._job_failures_left: int | None = None
+            self._hold_s: float | None = 0.0
+            self._hold_since = 0.0
+            # A stall sleeps on this event: setting it wakes every stalled download at once.
+            self._wake.set()
+            self._wake = threading.Event()
 
     # -- switching on ----------------------------------------------------------------------
 
     def fail_next(self, endpoint: str, status: int, *, times: int = 1, retry_after: float | None = None,
-                  detail: Any = None, body: str | None = None, content_type: str | None = None) -> None:
-        """The next ``times`` calls of ``endpoint`` answer ``status``."""
+                  detail: Any = None, body: str | bytes | None = None, content_type: str | None = None) -> None:
+        """The next ``times`` calls of ``endpoint`` answer ``status``.
+
+        The answer is ``{"detail": detail}`` (XML on the storage origin) unless ``body`` is given,
+        sent as ``content_type`` (e.g. an HTML page from a proxy). ``retry_after`` adds the header.
+        """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"Unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}.")
+        answer = ForcedAnswer(status, retry_after, detail, body, content_type)
         with self._lock:
-            self._forced[endpoint].extend(ForcedAnswer(status, retry_after, detail, body, content_type)
-                                          for _ in range(times))
+            self._forced[endpoint].extend([answer] * times)
 
     def break_download_after(self, n_bytes: int, *, times: int = 1) -> None:
-        """The storage origin closes the connection after ``n_bytes`` of body."""
+        """The storage origin sends full headers, then closes the connection after ``n_bytes`` of body."""
         with self._lock:
             self._breaks.extend([n_bytes] * times)
 
     def stall_download_after(self, n_bytes: int, seconds: float, *, times: int = 1) -> None:
-        """The storage origin sends ``n_bytes``, then waits ``seconds`` before the rest."""
+        """The storage origin sends ``n_bytes``, then waits ``seconds`` (or until ``reset``) for the rest."""
         with self._lock:
             self._stalls.extend([(n_bytes, seconds)] * times)
 
@@ -72,38 +95,51 @@ class Faults:
 
     def fail_exports(self, result_message: str = "Export failed", status: str = "FAILED",
                      times: int | None = None) -> None:
-        """Export jobs end with ``status`` and ``result_message`` (None: every job until reset)."""
+        """The next ``times`` export jobs end with ``status`` and ``result_message`` (None: until reset)."""
+        if status not in JOB_FAILURES:
+            raise ValueError(f"status must be one of {JOB_FAILURES}, not {status!r}.")
         with self._lock:
-            self._job_failure = (status, result_message, times)
+            self._job_failure = JobFailure(status, result_message) if times is None or times > 0 else None
+            self._job_failures_left = times
 
     def hold_exports(self, seconds: float | None = None) -> None:
-        """Jobs stay IN_PROGRESS for ``seconds`` (None: until ``release_exports``)."""
+        """Jobs stay IN_PROGRESS ``seconds`` after they start or after this call, whichever is later.
+
+        With None they stay until ``release_exports()`` (or ``reset()``).
+        """
         with self._lock:
-            self.hold_seconds = seconds
-            if seconds is None:
-                self._released.clear()
+            self._hold_s = seconds
+            self._hold_since = time.monotonic()
 
     def release_exports(self) -> None:
+        """End a hold: held jobs complete at their next status poll."""
         with self._lock:
-            self.hold_seconds = 0.0
-            self._released.set()
+            self._hold_s = 0.0
 
     # -- consumed by the server ------------------------------------------------------------
 
     def take_forced(self, endpoint: str) -> ForcedAnswer | None:
+        """The forced answer for this call of ``endpoint``, if one is queued."""
         with self._lock:
             queue = self._forced[endpoint]
             return queue.pop(0) if queue else None
 
     def take_break(self) -> int | None:
+        """Bytes of body to send before dropping this download, or None."""
         with self._lock:
             return self._breaks.pop(0) if self._breaks else None
 
-    def take_stall(self) -> tuple[int, float] | None:
+    def take_stall(self) -> tuple[int, float, threading.Event] | None:
+        """(bytes, seconds, wake) of a stall for this download, or None.
+
+        The download sleeps with ``wake.wait(seconds)``: the event is the one current now, so a
+        ``reset`` at any later moment cuts the sleep short.
+        """
         with self._lock:
-            return self._stalls.pop(0) if self._stalls else None
+            return (*self._stalls.pop(0), self._wake) if self._stalls else None
 
     def take_ignore_range(self) -> bool:
+        """True when this ranged download must be answered 200 with the whole file."""
         with self._lock:
             if self._ignore_range is None:
                 return True
@@ -113,24 +149,26 @@ class Faults:
             return False
 
     def take_expired_url(self) -> bool:
+        """True when the URL being signed now must be already expired."""
         with self._lock:
             if self._expired_urls > 0:
                 self._expired_urls -= 1
                 return True
             return False
 
-    def take_job_failure(self) -> tuple[str, str] | None:
+    def take_job_failure(self) -> JobFailure | None:
+        """How the job starting now must end, or None to let it complete."""
         with self._lock:
-            if self._job_failure is None:
-                return None
-            status, message, times = self._job_failure
-            if times is not None:
-                self._job_failure = (status, message, times - 1) if times > 1 else None
-            return status, message
+            failure = self._job_failure
+            if failure is not None and self._job_failures_left is not None:
+                self._job_failures_left -= 1
+                if self._job_failures_left <= 0:
+                    self._job_failure = None
+            return failure
 
-    def jobs_held(self, age_s: float) -> bool:
-        """True while a job of this age must still report IN_PROGRESS."""
+    def jobs_held(self, started: float) -> bool:
+        """True while a job started at ``started`` (time.monotonic) must still report IN_PROGRESS."""
         with self._lock:
-            if not self._released.is_set():
+            if self._hold_s is None:
                 return True
-            return self.hold_seconds is not None and age_s < self.hold_seconds
+            return time.monotonic() - max(started, self._hold_since) < self._hold_s

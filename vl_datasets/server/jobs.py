@@ -1,4 +1,9 @@
-"""Export jobs: built in a background thread, reported INIT -> IN_PROGRESS -> COMPLETED."""
+"""Export jobs: built in a background thread, reported INIT -> IN_PROGRESS -> COMPLETED.
+
+Progress is driven by status polls, not by the clock, so tests see the same sequence every run:
+a job answers COMPLETED only once its ZIP is built AND it has answered ``export_polls`` polls
+as IN_PROGRESS. A job that must fail or be rejected follows the same path and ends that way.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,51 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .archive import build_export_zip
 from .datasets import StoredDataset
-from .faults import Faults
+from .faults import Faults, JobFailure
+
+TERMINAL = ("COMPLETED", "FAILED", "REJECTED")
+EMPTY_SELECTION = "The selection is empty: no media item matched the given ids."
+# A poll that finds the ZIP not built yet waits this long before answering IN_PROGRESS: long enough
+# that small test exports never depend on thread timing, short of any client's request timeout.
+BUILD_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A consistent view of a job at one instant, for one answer."""
+
+    id: str
+    dataset_id: str
+    created_at: str
+    status: str
+    progress: float
+    """A fraction, 0 to 1; the service scales it."""
+    entities_count: int
+    result_message: str | None
 
 
 @dataclass
 class ExportJob:
-    """One export. ``polls`` counts status answers so progress is deterministic for tests."""
+    """One export task and its ZIP."""
 
     id: str
     dataset_id: str
-    items: list[dict]
+    items: list[dict[str, Any]]
     zip_path: Path
-    created_at: str = field(default_factory=lambda: datetime.now().isoformat())
+    outcome: JobFailure | None = None
+    """How it must end instead of COMPLETED (empty selection, injected failure)."""
+    created_at: str = field(default_factory=lambda: datetime.now().isoformat(timespec="microseconds"))
     started: float = field(default_factory=time.monotonic)
     status: str = "INIT"
     result_message: str | None = None
     polls: int = 0
     built: threading.Event = field(default_factory=threading.Event)
     build_error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class JobRunner:
@@ -42,58 +71,80 @@ class JobRunner:
         self.image_layout = image_layout
         self.parquet_metadata_items = parquet_metadata_items
         self._jobs: dict[str, ExportJob] = {}
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def start(self, dataset: StoredDataset, items: list[dict], *, export_format: str, include_images: bool) -> ExportJob:
+    def start(self, dataset: StoredDataset, items: list[dict[str, Any]], *, export_format: str,
+              include_images: bool) -> TaskState:
+        """Register a job for ``items`` and start building its ZIP; return its first state (INIT)."""
         task_id = str(uuid.uuid4())
-        job = ExportJob(task_id, dataset.id, items, self.work_dir / f"{task_id}.zip")
+        outcome = JobFailure("REJECTED", EMPTY_SELECTION) if not items else self.faults.take_job_failure()
+        job = ExportJob(task_id, dataset.id, items, self.work_dir / f"{task_id}.zip", outcome)
         with self._lock:
             self._jobs[task_id] = job
-        if not items:
-            job.status, job.result_message = "REJECTED", "The selection is empty: no media matched the request."
-            return job
-        failure = self.faults.take_job_failure()
-        if failure is not None:
-            job.status, job.result_message = failure
-            return job
-        thread = threading.Thread(target=self._build, args=(job, dataset, export_format, include_images), daemon=True)
-        thread.start()
-        return job
+        if outcome is None:
+            thread = threading.Thread(target=self._build, args=(job, dataset, export_format, include_images),
+                                      name=f"vl-export-{task_id[:8]}", daemon=True)
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+        else:
+            job.built.set()  # nothing to build: the job only has to reach its end
+        return self._state(job)
 
     def _build(self, job: ExportJob, dataset: StoredDataset, export_format: str, include_images: bool) -> None:
         try:
             build_export_zip(dataset, job.items, job.zip_path, export_format=export_format,
                              include_images=include_images, image_layout=self.image_layout,
                              parquet_metadata_items=self.parquet_metadata_items)
-        except Exception as exc:  # the job reports it, as the platform would
-            job.build_error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # reported as a FAILED task, as the platform would
+            job.build_error = f"Export failed: {exc}"
         finally:
             job.built.set()
 
     def get(self, task_id: str) -> ExportJob | None:
+        """The job ``task_id``, or None."""
         with self._lock:
             return self._jobs.get(task_id)
 
-    def poll(self, job: ExportJob) -> ExportJob:
-        """Advance a job by one status poll; return it."""
-        with self._lock:
-            if job.status in ("COMPLETED", "FAILED", "REJECTED"):
-                return job
+    def poll(self, job: ExportJob) -> TaskState:
+        """Advance a job by one status poll and return its state."""
+        with job.lock:  # per job: a slow build never blocks polls of other jobs
+            if job.status in TERMINAL:
+                return self._state(job)
             job.polls += 1
-            held = self.faults.jobs_held(time.monotonic() - job.started)
-            if job.polls > self.export_polls and not held and job.built.wait(timeout=30):
-                if job.build_error:
-                    job.status, job.result_message = "FAILED", job.build_error
-                else:
-                    job.status = "COMPLETED"
+            rejected = job.outcome is not None and job.outcome.status == "REJECTED" and job.polls == 1
+            due = job.polls > self.export_polls and not self.faults.jobs_held(job.started)
+            if (rejected or due) and job.built.wait(BUILD_WAIT_S):
+                self._finish(job)
             else:
                 job.status = "IN_PROGRESS"
-            return job
+            return self._state(job)
 
-    def progress(self, job: ExportJob) -> float:
-        """Progress as a fraction: 1 when done, rising with polls while running."""
+    def _finish(self, job: ExportJob) -> None:
+        if job.outcome is not None:
+            job.status, job.result_message = job.outcome.status, job.outcome.result_message
+        elif job.build_error is not None:
+            job.status, job.result_message = "FAILED", job.build_error
+        else:
+            job.status = "COMPLETED"
+
+    def _state(self, job: ExportJob) -> TaskState:
+        return TaskState(job.id, job.dataset_id, job.created_at, job.status, self._progress(job),
+                         len(job.items), job.result_message)
+
+    def _progress(self, job: ExportJob) -> float:
+        # Rising with each poll, never 1 before the end: a client's progress bar sees it move.
         if job.status == "COMPLETED":
             return 1.0
         if job.status == "IN_PROGRESS":
             return min(job.polls / (self.export_polls + 1), 0.95)
         return 0.0
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for builds still running, so the work folder can be removed under no writer."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
