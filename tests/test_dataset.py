@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from vl_datasets import Client, errors
+from vl_datasets import errors
 from vl_datasets.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
