@@ -161,9 +161,11 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
     return mask
 
 
-def curate(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationSummary]:
-    """Return the indices of the rows to keep and a summary of what each rule removed."""
+def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str], dict[str, int]]:
+    """Each row's first removing rule (an index into the returned names; -1 when kept)."""
     kept = np.ones(len(table), dtype=bool)
+    removed_at = np.full(len(table), -1, dtype=np.int8)
+    names: list[str] = []
     removed: dict[str, int] = {}
     steps = [
         ("labels", rules.labels is not None, lambda: _labels_mask(table, rules)),
@@ -177,12 +179,29 @@ def curate(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationS
         if not active:
             continue
         before = int(kept.sum())
-        kept &= compute()
-        removed[name] = before - int(kept.sum())
+        newly_removed = kept & ~compute()
+        kept &= ~newly_removed
+        removed_at[newly_removed] = len(names)
+        names.append(name)
+        removed[name] = int(newly_removed.sum())
         if before and not kept.any():
             raise CurationError(f"The {name} rule removed the last {before:,} items: nothing is left to load. "
                                 f"Removed so far: {removed}.")
-    return np.flatnonzero(kept), CurationSummary(total=len(table), kept=int(kept.sum()), removed_by=removed)
+    return removed_at, names, removed
+
+
+def curate(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationSummary]:
+    """Return the indices of the rows to keep and a summary of what each rule removed."""
+    removed_at, _, removed = _apply(table, rules)
+    kept = np.flatnonzero(removed_at < 0)
+    return kept, CurationSummary(total=len(table), kept=len(kept), removed_by=removed)
+
+
+def removal_reasons(table: pa.Table, rules: CurationRules) -> pa.Array:
+    """For every row, the name of the rule that removed it (the first one, in rule order), or null."""
+    removed_at, names, _ = _apply(table, rules)
+    return pa.DictionaryArray.from_arrays(pa.array(removed_at, mask=removed_at < 0),
+                                          pa.array(names, pa.string())).cast(pa.string())
 
 
 def _where_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:

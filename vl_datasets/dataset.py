@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import images, targets
-from .curation import CurationRules, CurationSummary, curate
+from .curation import CurationRules, CurationSummary, curate, removal_reasons
 from .errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
 from .fetch import fetch_export
 from .loader import SkippedSample, VLDataLoader, make_dataloader
@@ -83,6 +83,7 @@ class VisualLayerDataset(Dataset):
         table = _load_rows(self.export_dir, self._root, cache=images_root is None)
         rules = CurationRules(min_uniqueness=min_uniqueness, keep_unscored=keep_unscored, drop_issues=drop_issues,
                               dedupe=dedupe, labels=labels, label_source=label_source, where=where)
+        self._rules, self._cache_rows = rules, images_root is None
         rows, summary = curate(table, rules)
         if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed
             table = table.take(pa.array(rows))
@@ -134,6 +135,26 @@ class VisualLayerDataset(Dataset):
     def curation_summary(self) -> CurationSummary:
         """How many items each curation rule removed."""
         return self._summary
+
+    def curation_details(self) -> pa.Table:
+        """Every item of the export, kept or not: the normalized metadata plus ``image_path``
+        (absolute; null when the export has no image for it) and ``removed_by`` (the first rule
+        that removed the item, or null when it is in the dataset). For reports and audits."""
+        table = _load_rows(self.export_dir, self._root, cache=self._cache_rows)
+        reasons = removal_reasons(table, self._rules)
+        kept = pc.is_in(table.column("media_id"), value_set=self._table.column("media_id"))
+        # What curation kept but the dataset does not hold went at a later step: no image, or
+        # not a usable label for the task (the summary names which of these ran).
+        later = pc.if_else(pc.is_valid(table.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
+        reasons = pc.if_else(kept, pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
+        paths = pc.binary_join_element_wise(self._root, table.column(IMAGE_COLUMN), os.sep)
+        return table.drop_columns([IMAGE_COLUMN]).append_column("image_path", paths).append_column("removed_by", reasons)
+
+    def report(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Write a self-contained HTML curation report to ``path``; see ``vl_datasets.report``."""
+        from .report import write_report  # matplotlib is an optional extra: import it only when asked
+
+        return write_report(self, path, **options)
 
     def __len__(self) -> int:
         return len(self._table)
