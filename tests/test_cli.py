@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from vl_datasets import Client
@@ -44,3 +45,36 @@ def test_serve_refuses_half_credentials(dataset_root, capsys):
 
     assert main(["serve", "--root", str(dataset_root), "--api-key", "k1"]) == 2
     assert "--api-secret" in capsys.readouterr().err
+
+
+def test_serve_takes_exactly_one_of_root_or_sample(capsys):
+    from vl_datasets.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--sample"]).sample is True
+    for argv in (["serve"], ["serve", "--sample", "--root", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "one of the arguments --root --sample is required" in err and "not allowed with" in err
+
+
+def test_serve_root_is_the_folder_or_the_shipped_sample(dataset_root, tmp_path, monkeypatch):
+    import vl_datasets.sample
+    from vl_datasets.cli import build_parser, serve_root
+
+    assert serve_root(build_parser().parse_args(["serve", "--root", str(dataset_root)])) == dataset_root
+    # The sample's data is package data built separately: point the constant at a stand-in.
+    monkeypatch.setattr(vl_datasets.sample, "SAMPLE_ROOT", dataset_root)
+    assert serve_root(build_parser().parse_args(["serve", "--sample"])) == dataset_root
+
+
+def test_serve_names_a_missing_folder_before_starting(tmp_path, monkeypatch, capsys):
+    import vl_datasets.sample
+    from vl_datasets.cli import main
+
+    assert main(["serve", "--root", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    monkeypatch.setattr(vl_datasets.sample, "SAMPLE_ROOT", tmp_path / "nope")
+    assert main(["serve", "--sample"]) == 1
+    assert "sample dataset is missing" in capsys.readouterr().err

@@ -46,7 +46,9 @@ VERBOSE.add_argument("-v", "--verbose", action="store_true", default=argparse.SU
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", parents=[VERBOSE], help="run the local Visual Layer service over a folder of datasets")
-    serve.add_argument("--root", type=Path, required=True, help="folder holding one folder per dataset id")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", type=Path, help="folder holding one folder per dataset id")
+    source.add_argument("--sample", action="store_true", help="serve the sample dataset shipped with the package")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=2080)
     serve.add_argument("--storage-port", type=int, default=0, help="port of the download origin (0: any free)")
@@ -60,9 +62,22 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     if (args.api_key is None) != (args.api_secret is None):
         raise errors.ConfigurationError("--api-key and --api-secret go together.")
-    serve(args.root, host=args.host, port=args.port, storage_port=args.storage_port,
+    serve(serve_root(args), host=args.host, port=args.port, storage_port=args.storage_port,
           api_key=args.api_key, api_secret=args.api_secret)
     return 0
+
+
+def serve_root(args: argparse.Namespace) -> Path:
+    """The folder ``serve`` serves: ``--root``, or the package's sample data for ``--sample``."""
+    if not args.sample:
+        if not args.root.is_dir():
+            raise errors.ConfigurationError(f"--root {args.root} is not a folder.")
+        return args.root
+    from .sample import SAMPLE_ROOT
+
+    if not SAMPLE_ROOT.is_dir():  # a checkout or build that left the package data out
+        raise errors.VLDatasetsError(f"The sample dataset is missing from this installation ({SAMPLE_ROOT}).")
+    return SAMPLE_ROOT
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
