@@ -1,0 +1,217 @@
+"""The HTML curation report: its content, the ``report`` command, and how a real browser renders it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vl_datasets import errors
+from vl_datasets.cli import build_parser, main
+from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.testing import write_dataset
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium runs as root in CI containers, without a GPU, and must not phone home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RULES = {"min_uniqueness": 0.3, "drop_issues": {"blur": 0.5}, "dedupe": True, "task": None}
+
+
+@pytest.fixture
+def export(tmp_path):
+    """A 40-item synthetic export folder (cat/dog/bird, duplicates and blur issues)."""
+    return write_dataset(tmp_path, "x", n_items=40)
+
+
+def edit_metadata(folder: Path, edit) -> None:
+    path = folder / "metadata.json"
+    data = json.loads(path.read_text())
+    for item in data["media_items"]:
+        edit(item)
+    path.write_text(json.dumps(data))
+
+
+def thumbnails(page: str) -> int:
+    return page.count("data:image/jpeg;base64,")
+
+
+def test_report_shows_counts_rules_plots_and_thumbnails(export, tmp_path):
+    ds = VisualLayerDataset.from_export(export, **RULES)
+    summary = ds.curation_summary()
+    out = ds.report(tmp_path / "out" / "report.html", max_thumbnails=4)
+    page = out.read_text(encoding="utf-8")
+
+    assert out == tmp_path / "out" / "report.html" and os.listdir(out.parent) == ["report.html"]  # no temp file left
+    assert "<title>Curation report: x</title>" in page
+    assert f"<td class=n>{summary.total:,}</td>" in page and f"<td class=n>{summary.kept:,}</td>" in page
+    for rule, count in summary.removed_by.items():
+        assert f"<td>Removed by {rule}</td><td class=n>{count:,}</td>" in page
+        assert f"<h2>Removed by {rule}: {count:,} item(s)" in page
+    # One grid per rule that removed something, one of kept items; at most 4 thumbnails each.
+    expected = sum(min(n, 4) for n in summary.removed_by.values()) + min(summary.kept, 4)
+    assert thumbnails(page) == page.count("<figure") == expected
+    assert not re.search(r'(?:src|href)="(?!data:)', page)  # self-contained: nothing to fetch
+    plots = [base64.b64decode(b).decode() for b in re.findall(r'data:image/svg\+xml;base64,([^"]+)', page)]
+    assert len(plots) == 2  # the histogram and the label bars
+    assert "min_uniqueness=0.3" in plots[0]  # the threshold line's legend (matplotlib keeps text in comments)
+    assert all(name in plots[1] for name in ("cat", "dog", "bird"))
+
+
+def test_captions_show_id_label_score_and_issues(tmp_path):
+    item = {"media_id": "0123456789abcdef", "media_type": "image", "file_name": "a.jpg", "file_path": "a/a.jpg",
+            "height": 30, "width": 40, "uniqueness_score": 0.25, "cluster_id": "c", "url": "",
+            "metadata_items": [{"type": "image_label", "properties": {"category_name": "cat", "source": "User"}},
+                               {"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.875}}]}
+    folder = write_dataset(tmp_path, "one", media_items=[item])
+    page = VisualLayerDataset.from_export(folder, task=None).report(tmp_path / "r.html").read_text()
+    assert "<figcaption>01234567<br>cat<br>uniqueness 0.250<br>blur 0.875</figcaption>" in page
+
+
+def test_text_from_the_export_is_escaped(export, tmp_path):
+    def label_script(item):
+        if item["file_name"] == "img_0000.jpg":
+            item["metadata_items"][0]["properties"]["category_name"] = "<script>alert(1)</script>"
+
+    edit_metadata(export, label_script)
+    page = VisualLayerDataset.from_export(export, task=None).report(
+        tmp_path / "r.html", title="a & <b>", max_thumbnails=40).read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<h1>a &amp; &lt;b&gt;</h1>" in page
+
+
+def test_unreadable_or_missing_image_gets_a_placeholder(export, tmp_path):
+    (export / "images/val/cat/img_0000.jpg").write_bytes(b"not a jpeg")
+    (export / "images/train/dog/img_0001.jpg").unlink()
+    ds = VisualLayerDataset.from_export(export, task=None, missing_images="drop")
+    page = ds.report(tmp_path / "r.html", max_thumbnails=40).read_text()
+    assert "<h2>Removed by missing_images: 1 item(s)</h2>" in page
+    assert page.count("<div class=missing>no image</div>") == 1
+    assert page.count("<div class=missing>unreadable image</div>") == 1
+    assert thumbnails(page) == 38
+
+
+def test_unlabeled_unscored_export_gets_notes_instead_of_plots(export, tmp_path):
+    def strip(item):
+        item["uniqueness_score"] = None
+        item["metadata_items"] = [m for m in item["metadata_items"] if m["type"] != "image_label"]
+
+    edit_metadata(export, strip)
+    page = VisualLayerDataset.from_export(export, task=None).report(tmp_path / "r.html").read_text()
+    assert "No item of this export has a uniqueness score." in page
+    assert "No item of this export has a label." in page
+    assert "data:image/svg" not in page and "no label" in page and "unscored" in page
+
+
+def test_missing_matplotlib_says_what_to_install(export, tmp_path, monkeypatch):
+    ds = VisualLayerDataset.from_export(export, task=None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # None in sys.modules makes the import fail
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(errors.ConfigurationError, match=re.escape('pip install "vl_datasets[report]"')):
+        ds.report(tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_bad_report_options_are_refused(export, tmp_path):
+    ds = VisualLayerDataset.from_export(export, task=None)
+    with pytest.raises(errors.ConfigurationError, match="max_thumbnails"):
+        ds.report(tmp_path / "r.html", max_thumbnails=-1)
+
+
+# -- the report command --------------------------------------------------------------------------
+
+
+def test_report_command_writes_the_report(export, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    code = main(["report", str(export), "--out", str(out), "--min-uniqueness", "0.3", "--drop-issue", "blur=0.5",
+                 "--dedupe", "--labels", "cat", "dog", "--title", "digits"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(out)
+    page = out.read_text()
+    assert "<h1>digits</h1>" in page
+    assert all(f"<td>Removed by {rule}</td>" in page for rule in ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe"))
+
+
+def test_report_command_opens_a_zip(export, tmp_path):
+    archive = tmp_path / "x.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", export)
+    out = tmp_path / "report.html"
+    assert main(["report", str(archive), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert thumbnails(out.read_text()) == 40
+
+
+def test_report_command_fetches_a_dataset_id(quick_vl, tmp_path, monkeypatch):
+    monkeypatch.setenv("VL_API_URL", quick_vl.url)
+    out = tmp_path / "report.html"
+    assert main(["report", "ds-ready", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "<td>Items in the export</td><td class=n>8</td>" in out.read_text()
+    assert quick_vl.count("export") == 1
+
+
+@pytest.mark.parametrize("value", ["blur", "blur=high", "=0.5", "blur=80"])
+def test_report_command_refuses_bad_drop_issue(export, tmp_path, capsys, value):
+    assert main(["report", str(export), "--out", str(tmp_path / "r.html"), "--drop-issue", value]) == 2
+    assert "--drop-issue takes TYPE=CONFIDENCE" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_command_dedupe_threshold_is_optional():
+    def parse(*extra):
+        return build_parser().parse_args(["report", "x", "--out", "r.html", *extra])
+
+    assert parse().dedupe is False and parse("--dedupe").dedupe is True and parse("--dedupe", "0.98").dedupe == 0.98
+    assert parse("--drop-issue", "blur=0.8", "dark=0.9", "--drop-issue", "bright=1").drop_issues == [
+        "blur=0.8", "dark=0.9", "bright=1"]
+
+
+# -- in a real browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by playwright; skipped where it is missing, unless CI requires it."""
+    required = os.environ.get("VL_DATASETS_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        (pytest.fail if required else pytest.skip)("playwright is not installed")
+    if not CHROMIUM.exists():
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_report_renders_in_a_browser(browser, export, tmp_path):
+    (export / "images/val/cat/img_0000.jpg").write_bytes(b"not a jpeg")
+    ds = VisualLayerDataset.from_export(export, **RULES)
+    report = ds.report(tmp_path / "report.html", max_thumbnails=40)
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors_seen, requests = [], []
+    page.on("console", lambda message: message.type == "error" and errors_seen.append(message.text))
+    page.on("pageerror", lambda error: errors_seen.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(report.as_uri(), wait_until="load")
+    decoded = page.evaluate("""() => Promise.all(Array.from(document.images, image =>
+        image.decode().then(() => image.naturalWidth, () => 0)))""")
+    screenshot = page.screenshot(full_page=True)
+    (tmp_path / "report.png").write_bytes(screenshot)  # to look at when this test fails
+
+    assert errors_seen == []
+    assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
+    assert len(decoded) == 2 + 39  # two plots; every item shown, one of them as a placeholder
+    assert all(width > 0 for width in decoded)
+    image = Image.open(io.BytesIO(screenshot)).convert("RGB")
+    assert image.height > 900  # the whole page, not a blank first screen
+    assert len(image.getcolors(maxcolors=1 << 24)) > 200  # plots and thumbnails, not an empty page

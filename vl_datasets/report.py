@@ -1,0 +1,226 @@
+"""The curation report: one HTML file that shows what curation kept, what it removed, and why.
+
+Plots and thumbnails are embedded as base64 data URIs and the page has no script, so the file can
+be attached to a ticket or opened offline and fetches nothing when viewed. matplotlib is an
+optional extra (``pip install "vl_datasets[report]"``): loading data for training never needs it.
+
+The dataset is taken duck-typed (``curation_summary()``, ``curation_details()``, ``label_source``),
+so this module does not import ``dataset``: imports run one way, from the data to its reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import uuid
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import images
+from .curation import selected_labels
+from .errors import ConfigurationError, ImageDecodeError
+
+MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out
+
+_PAGE = Template("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>$title</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}
+td.n{text-align:right}.grid{display:flex;flex-wrap:wrap;gap:.6em}
+figure{margin:0;width:${cell}px;font-size:11px;line-height:1.3;overflow-wrap:anywhere}
+figure img,.missing{display:block;width:${size}px;height:${size}px;object-fit:contain;background:#eee}
+.missing{display:flex;align-items:center;justify-content:center;text-align:center;color:#a00;
+border:2px dashed #a00;box-sizing:border-box}.note{color:#666}
+</style></head><body>
+<h1>$title</h1>
+$body
+</body></html>
+""")
+
+
+def write_report(dataset: Any, path: str | os.PathLike, *, title: str | None = None, max_thumbnails: int = 48,
+                 thumbnail_size: int = 96) -> Path:
+    """Write a self-contained HTML report of ``dataset``'s curation to ``path``, and return the path.
+
+    It shows the item counts before and after curation, how many items each rule removed, the
+    uniqueness-score histogram (with the ``min_uniqueness`` threshold), the label distribution
+    before and after, and thumbnails: up to ``max_thumbnails`` of what each rule removed and of
+    what was kept, each captioned with its media id, label, uniqueness score and issues.
+    """
+    figure = _figure_class()  # before any work: a missing extra should fail fast
+    if max_thumbnails < 0 or thumbnail_size < 8:
+        raise ConfigurationError(f"max_thumbnails must be >= 0 and thumbnail_size >= 8, "
+                                 f"got {max_thumbnails} and {thumbnail_size}.")
+    summary, details = dataset.curation_summary(), dataset.curation_details()
+    names = selected_labels(details, dataset.label_source)
+    removed_by = details.column("removed_by")
+    kept = pc.is_null(removed_by).to_numpy(zero_copy_only=False)
+    if title is None:
+        title = f"Curation report: {Path(getattr(dataset, 'export_dir', '')).name or 'dataset'}"
+    sections = [_counts_section(summary),
+                _histogram_section(figure, details, kept, _uniqueness_threshold(dataset)),
+                _labels_section(figure, names, kept)]
+    rules = removed_by.to_numpy(zero_copy_only=False)
+    for rule, count in summary.removed_by.items():
+        if count:
+            sections.append(_grid_section(f"Removed by {rule}", np.flatnonzero(rules == rule), details, names,
+                                          max_thumbnails, thumbnail_size))
+    sections.append(_grid_section("Kept", np.flatnonzero(kept), details, names, max_thumbnails, thumbnail_size))
+    page = _PAGE.substitute(title=html.escape(title), body="\n".join(sections), size=thumbnail_size,
+                            cell=max(thumbnail_size, 120))
+    return _write_atomic(Path(path), page)
+
+
+def _figure_class() -> type:
+    # Figure itself, not pyplot: no global backend or pyplot state to set, and nothing to close.
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigurationError('The curation report draws its plots with matplotlib: '
+                                 'pip install "vl_datasets[report]"') from None
+    return Figure
+
+
+def _uniqueness_threshold(dataset: Any) -> float | None:
+    # The exact threshold lives only in the dataset's private CurationRules (the summary's rule
+    # name rounds it with ":g"). Read duck-typed: an object without it just gets no line.
+    rules = getattr(dataset, "_rules", None)
+    return getattr(rules, "min_uniqueness", None)
+
+
+def _counts_section(summary: Any) -> str:
+    rows = [("Items in the export", summary.total)]
+    rows += [(f"Removed by {rule}", count) for rule, count in summary.removed_by.items()]
+    rows.append(("Kept", summary.kept))
+    cells = "".join(f"<tr><td>{html.escape(name)}</td><td class=n>{count:,}</td>"
+                    f"<td class=n>{_percent(count, summary.total)}</td></tr>" for name, count in rows)
+    return f"<h2>Counts</h2>\n<table><tr><th>Step</th><th>Items</th><th>Share</th></tr>{cells}</table>"
+
+
+def _percent(count: int, total: int) -> str:
+    return f"{100 * count / total:.1f}%" if total else "-"
+
+
+def _histogram_section(figure: type, details: pa.Table, kept: np.ndarray, threshold: float | None) -> str:
+    scores = details.column("uniqueness_score").to_numpy(zero_copy_only=False).astype(float)
+    scored = ~np.isnan(scores)
+    if not scored.any():
+        return "<h2>Uniqueness scores</h2>\n<p class=note>No item of this export has a uniqueness score.</p>"
+    fig = figure(figsize=(7, 3), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(min(0.0, scores[scored].min()), max(1.0, scores[scored].max()), 41)
+    ax.hist(scores[scored], bins=bins, color="#bbb", label="all items")
+    ax.hist(scores[scored & kept], bins=bins, color="#3b75af", label="kept")
+    if threshold is not None:
+        ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"min_uniqueness={threshold:g}")
+    ax.set(xlabel="uniqueness score", ylabel="items")
+    _legend_above(ax)
+    unscored = f"<p class=note>{(~scored).sum():,} item(s) have no score.</p>" if not scored.all() else ""
+    return f"<h2>Uniqueness scores</h2>\n{_img(_svg(fig), 'uniqueness-score histogram')}{unscored}"
+
+
+def _labels_section(figure: type, names: pa.ListArray, kept: np.ndarray) -> str:
+    before = _label_counts(pc.list_flatten(names))
+    if not before:
+        return "<h2>Labels</h2>\n<p class=note>No item of this export has a label.</p>"
+    after = _label_counts(pc.list_flatten(names.filter(pa.array(kept))))
+    shown = sorted(before, key=lambda name: (-before[name], name))[:MAX_LABEL_BARS]
+    fig = figure(figsize=(7, 0.8 + 0.3 * len(shown)), layout="constrained")
+    ax = fig.subplots()
+    rows = np.arange(len(shown))
+    ax.barh(rows - 0.2, [before[n] for n in shown], height=0.4, color="#bbb", label="before curation")
+    ax.barh(rows + 0.2, [after.get(n, 0) for n in shown], height=0.4, color="#3b75af", label="after curation")
+    ax.set_yticks(rows, shown)
+    ax.invert_yaxis()  # most frequent on top
+    ax.set_xlabel("items")
+    _legend_above(ax)
+    left_out = len(before) - len(shown)
+    note = f"<p class=note>{left_out:,} less frequent label(s) not shown.</p>" if left_out else ""
+    return f"<h2>Labels</h2>\n{_img(_svg(fig), 'label distribution before and after curation')}{note}"
+
+
+def _label_counts(flat: pa.Array) -> dict[str, int]:
+    counts = pc.value_counts(flat.drop_null()) if len(flat) else []
+    return {entry["values"].as_py(): entry["counts"].as_py() for entry in counts}
+
+
+def _legend_above(ax: Any) -> None:
+    # Above the axes, never over the bars: where the data lies varies from export to export.
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=3, frameon=False)
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same data, the same file
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{src}" alt="{html.escape(alt)}">'
+
+
+def _grid_section(heading: str, rows: np.ndarray, details: pa.Table, names: pa.ListArray,
+                  max_thumbnails: int, size: int) -> str:
+    sample = _spread_sample(rows, max_thumbnails)
+    shown = f" (showing {len(sample):,})" if len(sample) < len(rows) else ""
+    subset = details.take(pa.array(sample, pa.int64())).to_pylist()
+    labels = names.take(pa.array(sample, pa.int64())).to_pylist()
+    cells = "".join(_cell(row, row_labels or [], size) for row, row_labels in zip(subset, labels))
+    return f"<h2>{html.escape(heading)}: {len(rows):,} item(s){shown}</h2>\n<div class=grid>{cells}</div>"
+
+
+def _spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` of ``rows``, evenly spread: exports are often sorted by label or folder."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
+
+
+def _cell(row: dict, labels: list[str], size: int) -> str:
+    src = _thumbnail(row.get("image_path"), row.get("media_id"), size)
+    media_id = str(row.get("media_id") or "")
+    picture = (_img(src, f"media {media_id}") if src is not None
+               else f"<div class=missing>{'unreadable image' if row.get('image_path') else 'no image'}</div>")
+    score = row.get("uniqueness_score")
+    issues = {(issue["issue_type"], issue.get("confidence")) for issue in row.get("issues") or []}
+    lines = [media_id[:8], ", ".join(labels) or "no label", "unscored" if score is None else f"uniqueness {score:.3f}"]
+    lines += [f"{kind} {confidence:.3f}" if confidence is not None else str(kind)
+              for kind, confidence in sorted(issues, key=lambda pair: str(pair[0]))]
+    caption = "<br>".join(html.escape(line) for line in lines)
+    tooltip = html.escape(str(row.get("file_path") or row.get("file_name") or media_id))
+    return f'<figure title="{tooltip}">{picture}<figcaption>{caption}</figcaption></figure>'
+
+
+def _thumbnail(path: str | None, media_id: str | None, size: int) -> str | None:
+    """A JPEG data URI of the image shrunk to fit ``size``; None when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            image = images.decode_pil(handle.read(), media_id=media_id, path=path)  # the bomb checks too
+    except (OSError, ImageDecodeError):
+        return None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
