@@ -1,7 +1,9 @@
 """vl_datasets: Visual Layer exports, cached and curated, as PyTorch datasets."""
 
 from ._version import __version__
+from .cache import ExportKey, LocalExport
 from .client import Client
+from .curation import CurationSummary
 from .errors import (
     APIConnectionError,
     APIError,
@@ -30,10 +32,9 @@ from .errors import (
     UnsafeArchiveError,
     VLDatasetsError,
 )
-from .cache import ExportKey, LocalExport
-from .curation import CurationSummary
 from .fetch import fetch_export
 from .records import DatasetInfo, ExportTask
+from .splits import leakage_safe_split
 
 # The dataset side imports torch; load it on first use so the client and CLI start fast.
 _LAZY = {"VisualLayerDataset": "dataset"}
@@ -48,6 +49,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "leakage_safe_split",
     "__version__",
     "VisualLayerDataset",
     "CurationSummary",

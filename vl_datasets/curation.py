@@ -1,7 +1,7 @@
 """Curation rules over the normalized metadata table, vectorized with pyarrow.
 
 Rules apply in a fixed order, each to what the previous ones kept, so the summary can say how
-many items each rule removed: ``labels``, ``min_uniqueness``, ``drop_issues``, ``dedupe``,
+many items each rule removed: ``subset``, ``labels``, ``min_uniqueness``, ``drop_issues``, ``dedupe``,
 ``where``. Nothing is ever silently left unfiltered: a rule that cannot apply raises
 ``CurationError``, and so does a set of rules that removes every item.
 """
@@ -22,6 +22,8 @@ from .errors import CurationError
 class CurationRules:
     """What to keep. Every field's default keeps everything."""
 
+    subset: Iterable[str] | None = None
+    """Media ids to keep before any other rule: one part of a split, say."""
     min_uniqueness: float | None = None
     keep_unscored: bool | None = None
     drop_issues: Mapping[str, float] | None = None
@@ -90,6 +92,18 @@ def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.L
     kept_parents = parents[keep_np]
     offsets = list_offsets(kept_parents, len(table))
     return pa.ListArray.from_arrays(offsets, names.filter(keep))
+
+
+def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
+    wanted = pa.array(list(dict.fromkeys(rules.subset)), pa.string())
+    media_ids = table.column("media_id")
+    found = pc.is_in(wanted, value_set=media_ids)
+    if not pc.all(found).as_py():
+        # Ids from another export (or another version of it) would shrink the split silently.
+        unknown = wanted.filter(pc.invert(found))
+        raise CurationError(f"subset names {len(unknown):,} media id(s) not in this export, "
+                            f"e.g. {unknown[0].as_py()!r}.")
+    return pc.is_in(media_ids, value_set=wanted).to_numpy(zero_copy_only=False)
 
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
@@ -168,6 +182,7 @@ def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str]
     names: list[str] = []
     removed: dict[str, int] = {}
     steps = [
+        ("subset", rules.subset is not None, lambda: _subset_mask(table, rules)),
         ("labels", rules.labels is not None, lambda: _labels_mask(table, rules)),
         (f"min_uniqueness={rules.min_uniqueness:g}" if rules.min_uniqueness is not None else "min_uniqueness",
          rules.min_uniqueness is not None, lambda: _uniqueness_mask(table, rules)),

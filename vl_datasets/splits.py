@@ -1,0 +1,143 @@
+"""Leakage-safe splits: near-duplicates and look-alikes never straddle train and test.
+
+A random split of a raw image dataset leaks: an image's near-duplicate lands in the test split
+and the test score measures memory, not generalisation. Visual Layer already groups such images:
+every duplicate group (at any threshold) and every similarity cluster. ``leakage_safe_split``
+keeps each connected set of those groups whole, then deals the sets to splits by fraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import ConfigurationError, SchemaError
+
+
+def leakage_safe_split(table: pa.Table, fractions: Mapping[str, float], *, seed: int = 0,
+                       stratify: bool = True) -> dict[str, list[str]]:
+    """Split the items of a normalized metadata table into named parts of about ``fractions``.
+
+    Items linked by a shared ``cluster_id`` or a shared duplicate group (any threshold), directly
+    or through other items, go to the same part. The result maps each name to its media ids (in
+    table order) and is the same for the same table and seed. Pass a part to a dataset with
+    ``subset=``, for example ``VisualLayerDataset(..., subset=parts["train"], min_uniqueness=0.3)``.
+    Parts come out close to their fractions when no group is large next to the dataset. With
+    ``stratify`` (the default), groups are dealt per class (the first label of a group's first
+    item), so every part gets about its fraction of each class.
+    """
+    names, targets = _check_fractions(fractions)
+    if "media_id" not in table.column_names:
+        raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
+    component = _linked_components(table)
+    roots, first_row, inverse, sizes = np.unique(component, return_index=True, return_inverse=True,
+                                                 return_counts=True)
+    strata = _first_labels(table, first_row) if stratify else np.zeros(len(roots), dtype=np.int64)
+    shuffled = np.random.default_rng(seed).permutation(len(roots))
+    part_of_group = np.empty(len(roots), dtype=np.int64)
+    for stratum in np.unique(strata):
+        order = shuffled[strata[shuffled] == stratum]
+        # Deal the stratum's groups, in shuffled order, along their cumulative item count: a
+        # group goes to the part whose share of the total holds the group's midpoint.
+        midpoints = (np.cumsum(sizes[order]) - sizes[order] / 2) / sizes[order].sum()
+        part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=len(names) - 1)
+    part_of_item = part_of_group[inverse]
+    media_ids = np.asarray(table.column("media_id").to_pylist(), dtype=object)
+    return {name: media_ids[part_of_item == i].tolist() for i, name in enumerate(names)}
+
+
+def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str]) -> pa.Table:
+    """The items of ``eval_ids`` that share a cluster or a duplicate group with an item of ``train_ids``.
+
+    One row per leaking item: ``media_id``, ``shared`` (``"cluster_id"`` or ``"duplicate_group"``),
+    ``group`` (its id) and ``train_media_id`` (one training item in that group).
+    """
+    memberships = _memberships_table(table)
+    in_train = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(train_ids), pa.string()))
+    in_eval = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(eval_ids), pa.string()))
+    train = memberships.filter(in_train).rename_columns(["train_media_id", "shared", "group"])
+    joined = memberships.filter(in_eval).join(train, keys=["shared", "group"], join_type="inner")
+    # A shared duplicate group is the worse leak: report it before a shared cluster.
+    joined = joined.sort_by([("media_id", "ascending"), ("shared", "descending"), ("train_media_id", "ascending")])
+    _, first = np.unique(joined.column("media_id").to_numpy(zero_copy_only=False), return_index=True)
+    return joined.take(pa.array(first)).select(["media_id", "shared", "group", "train_media_id"])
+
+
+def _memberships_table(table: pa.Table) -> pa.Table:
+    media_ids = table.column("media_id").combine_chunks()
+    parts = []
+    for kind, keys, rows in _group_memberships(table):
+        valid = pc.is_valid(keys)
+        parts.append(pa.table({"media_id": media_ids.take(pa.array(rows)).filter(valid),
+                               "shared": pa.array([kind] * int(pc.sum(valid).as_py() or 0), pa.string()),
+                               "group": keys.filter(valid).cast(pa.string())}))
+    return pa.concat_tables(parts) if parts else pa.table({"media_id": pa.array([], pa.string()),
+                                                           "shared": pa.array([], pa.string()),
+                                                           "group": pa.array([], pa.string())})
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+    if not fractions:
+        raise ConfigurationError("leakage_safe_split needs at least one fraction, e.g. {'train': 0.8, 'test': 0.2}.")
+    names = list(fractions)
+    values = np.array([float(fractions[n]) for n in names])
+    if (values <= 0).any() or not np.isclose(values.sum(), 1.0):
+        raise ConfigurationError(f"Split fractions must be positive and add up to 1, got {dict(fractions)}.")
+    return names, values
+
+
+def _first_labels(table: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """A class code for each of ``rows``: its first label, or one shared code for unlabeled rows."""
+    if "labels" not in table.column_names:
+        return np.zeros(len(rows), dtype=np.int64)
+    labels = table.column("labels").combine_chunks().take(pa.array(rows))
+    first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
+    codes = pc.dictionary_encode(pc.struct_field(first, "category_name")).indices
+    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _linked_components(table: pa.Table) -> np.ndarray:
+    """For each row, a component id shared by every row it is linked to."""
+    n = len(table)
+    items, groups = [], []  # edges between an item and a group node
+    next_node = n
+    for _, keys, rows in _group_memberships(table):
+        encoded = pc.dictionary_encode(keys)
+        valid = pc.is_valid(encoded).to_numpy(zero_copy_only=False)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        items.append(rows[valid])
+        groups.append(codes[valid].astype(np.int64) + next_node)
+        next_node += len(encoded.dictionary)
+    parent = np.arange(next_node)
+    if items:
+        a, b = np.concatenate(items), np.concatenate(groups)
+        while True:  # union by smaller root, with path halving, until every edge is inside one tree
+            ra, rb = _roots(parent, a), _roots(parent, b)
+            differ = ra != rb
+            if not differ.any():
+                break
+            np.minimum.at(parent, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
+    return _roots(parent, np.arange(n))
+
+
+def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent[nodes]
+        parent[:] = grand
+
+
+def _group_memberships(table: pa.Table):
+    """(kind, group key per membership, row of that membership) for clusters and duplicate groups."""
+    if "cluster_id" in table.column_names:
+        yield "cluster_id", table.column("cluster_id").combine_chunks(), np.arange(len(table))
+    if "issues" in table.column_names:
+        issues = table.column("issues").combine_chunks()
+        flat = pc.list_flatten(issues)
+        rows = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
+        is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
+        yield "duplicate_group", flat.field("duplicate_group_id").filter(is_dup), rows[is_dup.to_numpy(zero_copy_only=False)]
