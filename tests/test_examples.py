@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,43 @@ def _clean_env(tmp_path: Path) -> dict:
     return env
 
 
-def test_export_example_runs_offline_on_the_local_service(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "export_dataset.py")], capture_output=True,
-                            text=True, timeout=120, env=_clean_env(tmp_path))
+def _run(tmp_path: Path, script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], capture_output=True,
+                            text=True, timeout=300, env=_clean_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "local Visual Layer service" in result.stdout
-    assert "12 items, 12 images" in result.stdout and "metadata.parquet" in result.stdout
-    assert "removed by dedupe" in result.stdout and "first batch: images (8, 3, 224, 224) torch.uint8" in result.stdout
+    return result.stdout
+
+
+def test_export_example_runs_offline_on_the_local_service(tmp_path):
+    out = _run(tmp_path, "export_dataset.py")
+    assert "serving the sample dataset on a local Visual Layer service" in out
+    assert "2017 items, 2017 images" in out and "metadata.parquet" in out
+    assert "removed by dedupe" in out and "first batch: images (8, 3, 64, 64) torch.uint8" in out
     assert not (tmp_path / "user-cache").exists()  # a local demo leaves the user's cache alone
+
+
+def _row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(name))
+    return line[len(name):].split()
+
+
+def test_main_command_trains_a_curated_model_at_least_as_accurate(tmp_path):
+    """The README's main command, shortened by --epochs only: export, split, curate, train, compare."""
+    out = _run(tmp_path, "train_classifier.py", "--epochs", "24", "--report")
+    assert "leakage-safe split" in out
+    for rule in ("min_uniqueness=0.05", "drop_issues", "dedupe"):
+        assert int(_row(out, f"removed by {rule}")[1].replace(",", "")) > 0
+    plain, curated = (float(v.rstrip("%")) for v in _row(out, "test accuracy"))
+    assert curated >= plain > 50
+    n_plain, n_curated = (int(v.replace(",", "")) for v in _row(out, "items trained on"))
+    assert n_curated < n_plain
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"curated.pt", "uncurated.pt", "report.html"}
+
+    evaluation = _run(tmp_path, "evaluate.py", "runs/curated.pt")
+    accuracy = float(re.search(r"^accuracy ([\d.]+)%", evaluation, re.M).group(1))
+    assert abs(accuracy - curated) < 0.05  # the same model on the same cleaned test split
+    assert re.search(r"^9 +\d+ +[\d.]+%$", evaluation, re.M)  # a per-class row
+    assert "most confused (true -> predicted)" in evaluation
+    assert re.search(r"leakage check: 0 of \d+ evaluated items", evaluation)
+    random_leaks = int(re.search(r"random split of the same sizes would leak (\d+)", evaluation).group(1))
+    assert random_leaks > 0
