@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -10,6 +11,12 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# What each notebook must show a user; a notebook added without an entry fails here.
+EXPECTED = {
+    "export_walkthrough.ipynb": ["kept", "torch.uint8"],
+    "fine_tuning.ipynb": ["removed by drop_issues", "after fine-tuning on the curated data", "report.html",
+                          "<Figure size"],
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -21,4 +28,9 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "kept" in outputs and "torch.uint8" in outputs
+    for expected in EXPECTED[path.name]:
+        assert expected in outputs
+    if path.name == "fine_tuning.ipynb":
+        before = float(re.search(r"trained on the uncurated data: ([\d.]+)%", outputs).group(1))
+        after = float(re.search(r"after fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))
+        assert after >= before
