@@ -66,6 +66,16 @@ def test_report_shows_counts_rules_plots_and_thumbnails(export, tmp_path):
     assert all(name in plots[1] for name in ("cat", "dog", "bird"))
 
 
+def test_a_subset_is_counted_but_its_outside_is_not_shown_as_removed(export, tmp_path):
+    everything = VisualLayerDataset.from_export(export, task=None)
+    subset = everything.media_ids[:25]
+    ds = VisualLayerDataset.from_export(export, subset=subset, **RULES)
+    page = ds.report(tmp_path / "r.html", max_thumbnails=100).read_text(encoding="utf-8")
+    assert "<td>Removed by subset</td><td class=n>15</td>" in page
+    assert "<h2>Removed by subset" not in page
+    assert thumbnails(page) == 25  # every item of the subset, removed or kept; none from outside
+
+
 def test_captions_show_id_label_score_and_issues(tmp_path):
     item = {"media_id": "0123456789abcdef", "media_type": "image", "file_name": "a.jpg", "file_path": "a/a.jpg",
             "height": 30, "width": 40, "uniqueness_score": 0.25, "cluster_id": "c", "url": "",

@@ -50,6 +50,7 @@ class VisualLayerDataset(Dataset):
         entry = fetch_export(dataset_id, client=client, cache_dir=cache_dir, offline=offline,
                              export_format=export_format, include_images=True, media_ids=media_ids,
                              cluster_ids=cluster_ids, refresh=refresh)
+        self.dataset_id: str | None = dataset_id
         self._open(entry.path, **options)
 
     @classmethod
@@ -57,6 +58,7 @@ class VisualLayerDataset(Dataset):
                     **options: Any) -> VisualLayerDataset:
         """Open a local export: a ZIP (checked and unpacked into the cache) or its extracted folder."""
         dataset = cls.__new__(cls)
+        dataset.dataset_id = None
         dataset._open(open_export(path, cache_dir=cache_dir), **options)
         return dataset
 
@@ -131,6 +133,11 @@ class VisualLayerDataset(Dataset):
     def media_ids(self) -> list[str]:
         """The media id of each index."""
         return self._table.column("media_id").to_pylist()
+
+    @property
+    def curation_rules(self) -> CurationRules:
+        """The curation rules this dataset was built with."""
+        return self._rules
 
     def curation_summary(self) -> CurationSummary:
         """How many items each curation rule removed."""

@@ -60,17 +60,20 @@ def write_report(dataset: Any, path: str | os.PathLike, *, title: str | None = N
         raise ConfigurationError(f"max_thumbnails must be >= 0 and thumbnail_size >= 8, "
                                  f"got {max_thumbnails} and {thumbnail_size}.")
     summary, details = dataset.curation_summary(), dataset.curation_details()
+    # subset= scopes the dataset to one part of a split: the other parts were never candidates,
+    # so they are counted but left out of the plots and grids.
+    details = details.filter(pc.fill_null(pc.not_equal(details.column("removed_by"), "subset"), True))
     names = selected_labels(details, dataset.label_source)
     removed_by = details.column("removed_by")
     kept = pc.is_null(removed_by).to_numpy(zero_copy_only=False)
     if title is None:
-        title = f"Curation report: {Path(getattr(dataset, 'export_dir', '')).name or 'dataset'}"
+        title = f"Curation report: {dataset.dataset_id or Path(dataset.export_dir).name}"
     sections = [_counts_section(summary),
                 _histogram_section(figure, details, kept, _uniqueness_threshold(dataset)),
                 _labels_section(figure, names, kept)]
     rules = removed_by.to_numpy(zero_copy_only=False)
     for rule, count in summary.removed_by.items():
-        if count:
+        if count and rule != "subset":
             sections.append(_grid_section(f"Removed by {rule}", np.flatnonzero(rules == rule), details, names,
                                           max_thumbnails, thumbnail_size))
     sections.append(_grid_section("Kept", np.flatnonzero(kept), details, names, max_thumbnails, thumbnail_size))
@@ -90,10 +93,7 @@ def _figure_class() -> type:
 
 
 def _uniqueness_threshold(dataset: Any) -> float | None:
-    # The exact threshold lives only in the dataset's private CurationRules (the summary's rule
-    # name rounds it with ":g"). Read duck-typed: an object without it just gets no line.
-    rules = getattr(dataset, "_rules", None)
-    return getattr(rules, "min_uniqueness", None)
+    return dataset.curation_rules.min_uniqueness
 
 
 def _counts_section(summary: Any) -> str:
