@@ -57,8 +57,10 @@ def main() -> None:
     with platform_or_sample(args.dataset_id, args.cache_dir) as (client, dataset_id, cache_dir):
         def dataset(**options) -> VisualLayerDataset:
             # Every call reuses the one cached export: no second export, no second download.
+            # Classification needs one label per item; items with none or several are dropped
+            # (and counted as invalid_labels) rather than stopping a run on a real dataset.
             return VisualLayerDataset(dataset_id, client=client, cache_dir=cache_dir, image_size=args.image_size,
-                                      **options)
+                                      invalid_labels="drop", **options)
 
         everything = dataset(task=None)
         parts = leakage_safe_split(everything.table, FRACTIONS, seed=args.seed)

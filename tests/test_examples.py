@@ -58,3 +58,24 @@ def test_main_command_trains_a_curated_model_at_least_as_accurate(tmp_path):
     assert re.search(r"leakage check: 0 of \d+ evaluated items", evaluation)
     random_leaks = int(re.search(r"random split of the same sizes would leak (\d+)", evaluation).group(1))
     assert random_leaks > 0
+
+
+def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
+    """VL_API_URL/KEY/SECRET and --dataset-id: the same script, signed requests, no local sample service."""
+    from vl_datasets.sample import SAMPLE_ROOT
+    from vl_datasets.testing import LocalVisualLayer
+
+    key, secret = "key-main", "secret-main-0123456789abcdef0123456789"
+    with LocalVisualLayer(SAMPLE_ROOT, api_key=key, api_secret=secret, export_polls=0) as platform:
+        env = _clean_env(tmp_path) | {"VL_API_URL": platform.url, "VL_API_KEY": key, "VL_API_SECRET": secret}
+        result = subprocess.run([sys.executable, str(REPO / "examples" / "train_classifier.py"), "--dataset-id",
+                                 "sample-digits", "--epochs", "1", "--image-size", "16", "--cache-dir",
+                                 str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, env=env,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "No credentials set" not in result.stdout and "test accuracy" in result.stdout
+        api = [r for r in platform.requests if r.path.startswith("/api/v1/dataset/")]
+        assert api and all(r.status < 400 for r in api)  # every API call carried a valid signed token
+        assert all((r.header("Authorization") or "").startswith("Bearer ") for r in api), \
+            [(r.path, r.status) for r in api if not r.header("Authorization")]
+        assert secret not in result.stdout + result.stderr
