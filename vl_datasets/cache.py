@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._version import __version__
+from .atomic import replacing
 from .records import ExportTask
 
 MANIFEST = "manifest.json"
@@ -93,12 +94,10 @@ def _utcnow() -> datetime:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` to a process-unique temp file beside ``path``, fsync, and rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=1, sort_keys=True)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 class CacheStore:

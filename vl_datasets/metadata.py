@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .atomic import replacing
 from .errors import ConfigurationError, ImageNotFoundError, SchemaError
 from .metadata_items import (ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns, gc_paused,
                              read_json_export, table_from_media_items)
@@ -279,15 +279,9 @@ def write_normalized(table: pa.Table, path: str | os.PathLike) -> None:
     if not is_normalized(table):
         raise SchemaError("write_normalized takes a table returned by normalize() or read_metadata().",
                           field="vl_datasets.normalized_version")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            # One record batch: readers then get single-chunk columns they can use without copying.
-            writer.write_table(table.combine_chunks(), max_chunksize=max(len(table), 1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        # One record batch: readers then get single-chunk columns they can use without copying.
+        writer.write_table(table.combine_chunks(), max_chunksize=max(len(table), 1))
 
 
 def read_normalized(path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> pa.Table | None:

@@ -14,7 +14,6 @@ import base64
 import html
 import io
 import os
-import uuid
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import images
+from .atomic import replacing
 from .curation import selected_labels
 from .errors import ConfigurationError, ImageDecodeError
 
@@ -217,10 +217,6 @@ def _thumbnail(path: str | None, media_id: str | None, size: int) -> str | None:
 def _write_atomic(path: Path, text: str) -> Path:
     """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
