@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from common import accuracy, credentials_set, platform_or_sample, train
 
-from vl_datasets import VisualLayerDataset, leakage_safe_split
+from vl_datasets import ConfigurationError, VisualLayerDataset, leakage_safe_split
+from vl_datasets.cli import parse_drop_issues
 
 FRACTIONS = {"train": 0.8, "test": 0.2}
 
@@ -41,17 +42,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def issue_thresholds(specs: list[str] | None) -> dict[str, float]:
-    if not specs:
-        return {"mislabels": 0.6, "blur": 0.5, "outliers": 0.5}
-    pairs = [spec.split("=", 1) for spec in specs]
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"--drop-issue takes TYPE=CONFIDENCE, got {specs}")
-    return {name: float(value) for name, value in pairs}
+    # The same TYPE=CONFIDENCE syntax and checks as `vl-datasets report --drop-issue`.
+    try:
+        return parse_drop_issues(specs or []) or {"mislabels": 0.6, "blur": 0.5, "outliers": 0.5}
+    except ConfigurationError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:
     args = parse_args()
     args.image_size = args.image_size or (64 if credentials_set() else 16)
+    drop_issues = issue_thresholds(args.drop_issue)  # before any export: a typo fails at once
     started = time.perf_counter()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     with platform_or_sample(args.dataset_id, args.cache_dir) as (client, dataset_id, cache_dir):
@@ -65,7 +66,7 @@ def main() -> None:
         everything = dataset(task=None)
         parts = leakage_safe_split(everything.table, FRACTIONS, seed=args.seed)
         curation = {"min_uniqueness": args.min_uniqueness, "keep_unscored": True,
-                    "drop_issues": issue_thresholds(args.drop_issue), "dedupe": True}
+                    "drop_issues": drop_issues, "dedupe": True}
         curated = dataset(subset=parts["train"], **curation)
         uncurated = dataset(subset=parts["train"], classes=curated.classes)
         # One test set for both models, cleaned by the same rules: a flipped label in the test
