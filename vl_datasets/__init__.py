@@ -49,7 +49,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "leakage_safe_split",
     "__version__",
     "VisualLayerDataset",
     "CurationSummary",
@@ -60,6 +59,7 @@ __all__ = [
     "ExportKey",
     "LocalExport",
     "fetch_export",
+    "leakage_safe_split",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",

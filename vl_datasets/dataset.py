@@ -65,7 +65,8 @@ class VisualLayerDataset(Dataset):
     def _open(self, export_dir: Path, *, task: str | None = "classification", classes: Sequence[str] | None = None,
               label_source: str | Iterable[str] | None = None, invalid_labels: str = "raise",
               subset: Iterable[str] | None = None, min_uniqueness: float | None = None,
-              keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None, dedupe: bool | float = False,
+              keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
+              dedupe: bool | float = False,
               labels: Iterable[str] | None = None, where: pc.Expression | None = None,
               image_size: int | tuple[int, int] | None = None, transform: Callable | None = None,
               target_transform: Callable | None = None, decode: str = "tensor", on_error: str = "raise",
@@ -84,7 +85,8 @@ class VisualLayerDataset(Dataset):
         self._root = str(Path(images_root) if images_root is not None else self.export_dir / "images")
         table = _load_rows(self.export_dir, self._root, cache=images_root is None)
         rules = CurationRules(subset=subset, min_uniqueness=min_uniqueness, keep_unscored=keep_unscored,
-                              drop_issues=drop_issues, dedupe=dedupe, labels=labels, label_source=label_source, where=where)
+                              drop_issues=drop_issues, dedupe=dedupe, labels=labels, label_source=label_source,
+                              where=where)
         self._rules, self._cache_rows = rules, images_root is None
         rows, summary = curate(table, rules)
         if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed

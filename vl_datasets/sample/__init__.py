@@ -2,8 +2,8 @@
 
 ``SAMPLE_ROOT`` is a folder in the local service's layout (one folder per dataset id), so
 ``LocalVisualLayer(SAMPLE_ROOT)`` or ``vl-datasets serve --sample`` serves it as
-``SAMPLE_DATASET_ID``. ``build.py`` (not shipped) makes it; its docstring says how the metadata
-is computed.
+``SAMPLE_DATASET_ID``. ``scripts/build_sample_dataset.py`` in the repository (not shipped) makes
+it; its docstring says how the metadata is computed.
 """
 
 from __future__ import annotations
