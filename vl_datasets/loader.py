@@ -2,6 +2,12 @@
 
 - Workers are persistent (no re-fork and re-import each epoch) and run one intra-op thread each,
   so two workers on two cores do not fight over OpenMP threads.
+- With workers, prefetching runs across epoch boundaries: the workers see one endless stream of
+  epochs, and each ``iter(loader)`` takes the next epoch's batches from it. A plain DataLoader
+  stops prefetching at the end of an epoch, so while the last batch is decoded the other
+  workers idle, and the next epoch starts with an empty pipeline. Batches and their order are
+  the same as without the stream; an epoch left unfinished (``break``) drops what was prefetched
+  after it, as a plain DataLoader does, so the next epoch still starts cleanly.
 - Under ``torch.distributed`` every rank gets an equal, disjoint shard, reshuffled every epoch
   without the caller having to call ``set_epoch``.
 - With ``on_error="skip"`` unreadable images are dropped from their batch and reported when the
@@ -10,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, NamedTuple
@@ -92,23 +99,79 @@ def collate_lists(batch: list) -> _Batch:
     return _Batch(((stack_images(images) if same_size else images), [target for _, target in kept]), skipped)
 
 
-class VLDataLoader(DataLoader):
-    """A DataLoader that reshuffles its distributed shard each epoch and reports skipped samples.
+class _EpochStream:
+    """A per-epoch index sampler repeated forever, from epoch ``first_epoch`` on.
 
-    ``skipped`` lists the samples left out during the last epoch.
+    The DataLoader's iterator draws indices from it, so workers prefetch into the next epoch.
+    A DistributedSampler gets ``set_epoch`` as each epoch begins. It holds no reference to the
+    loader: a cycle through the loader's iterator would keep workers alive after the loader is
+    dropped, to be shut down later by whichever process collects the cycle.
+    """
+
+    def __init__(self, per_epoch, sampler) -> None:
+        self.per_epoch = per_epoch
+        self.sampler = sampler
+        self.first_epoch = 0
+
+    def __iter__(self):
+        for epoch in itertools.count(self.first_epoch):
+            if isinstance(self.sampler, DistributedSampler):
+                self.sampler.set_epoch(epoch)
+            yield from self.per_epoch
+
+    def __len__(self) -> int:
+        return len(self.per_epoch)
+
+
+class VLDataLoader(DataLoader):
+    """A DataLoader that prefetches across epochs, reshuffles its distributed shard each epoch and
+    reports skipped samples.
+
+    ``epoch`` counts the epochs begun; ``skipped`` lists the samples left out during the last epoch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._epoch_stream = None  # set below, once DataLoader has built the per-epoch sampler
         super().__init__(*args, **kwargs)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
+        self._stream = None  # the workers' endless iterator, once started
+        self._epoch_unfinished = False
+        per_epoch = super()._index_sampler
+        streams = (self.num_workers > 0 and self.persistent_workers and getattr(self, "in_order", True)
+                   and hasattr(per_epoch, "__len__"))
+        self._epoch_stream = _EpochStream(per_epoch, self.sampler) if streams else None
+
+    @property
+    def _index_sampler(self):
+        # What DataLoader's iterator draws indices from.
+        return self._epoch_stream if self._epoch_stream is not None else super()._index_sampler
+
+    def __len__(self) -> int:
+        return len(self._epoch_stream) if self._epoch_stream is not None else super().__len__()
+
+    def _epoch_batches(self):
+        """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
+        epoch = self.epoch
+        self.epoch += 1
+        if self._epoch_stream is None:
+            if isinstance(self.sampler, DistributedSampler):
+                self.sampler.set_epoch(epoch)
+            yield from super().__iter__()
+            return
+        if self._stream is None or self._epoch_unfinished:
+            # First epoch, or the last one was left unfinished: (re)start the stream here.
+            # DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
+            self._epoch_stream.first_epoch = epoch
+            self._stream = super().__iter__()
+        self._epoch_unfinished = True
+        for _ in range(len(self._epoch_stream)):
+            yield next(self._stream)
+        self._epoch_unfinished = False
 
     def __iter__(self):
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(self.epoch)
-        self.epoch += 1
         skipped: list[SkippedSample] = []
-        for batch in super().__iter__():
+        for batch in self._epoch_batches():
             if not isinstance(batch, _Batch):  # the caller's own collate_fn
                 yield batch
                 continue
@@ -127,12 +190,16 @@ def make_dataloader(dataset, batch_size: int, *, shuffle: bool = True, num_worke
     """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults."""
     if num_workers is None:
         num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
+    base_seed = seed if seed is not None else torch.initial_seed() % 2**63
+    # The epochs' order has a generator of its own: DataLoader draws its workers' base seed from
+    # ``generator`` each time it starts an iterator (every epoch with 0 workers, once with
+    # persistent ones), which would otherwise make the order depend on num_workers.
+    order = torch.Generator().manual_seed(base_seed)
+    generator = torch.Generator().manual_seed((base_seed + 1) % 2**63)
     if dist.is_available() and dist.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed or 0, drop_last=drop_last)
     elif shuffle:
-        sampler = RandomSampler(dataset, generator=generator)
+        sampler = RandomSampler(dataset, generator=order)
     else:
         sampler = SequentialSampler(dataset)
     collate = collate_lists if dataset.task in ("detection", None) else collate_samples
