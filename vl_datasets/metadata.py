@@ -56,8 +56,8 @@ import pyarrow.parquet as pq
 
 from .atomic import replacing
 from .errors import ConfigurationError, ImageNotFoundError, SchemaError
-from .metadata_items import (ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns, gc_paused,
-                             read_json_export, table_from_media_items)
+from .metadata_items import ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns, gc_paused
+from .metadata_json import read_json_export, table_from_media_items
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,4 @@
-"""Raw JSON into Arrow, and ``metadata_items`` into typed Arrow columns, with no Python loop per row.
-
-A JSON export is parsed by Arrow's JSON reader in one block (``read_json_export``), falling back to
-``json.load`` + ``table_from_media_items`` when the reader refuses it.
+"""``metadata_items`` into typed Arrow columns, with no Python loop per row.
 
 ``metadata_items`` arrives in three shapes (contract §6): Python lists of ``{"type", "properties"}``
 dicts (JSON export), one JSON string per row (parquet), or ``list<struct<type, properties>>``
@@ -25,7 +22,6 @@ import gc
 import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,7 +73,7 @@ _ISSUE_PROPS = [("issue_type", pa.string()), ("confidence", pa.float64()), ("dup
 # An object's own metadata_items: its issues and tags.
 _NESTED_PROPS = _ISSUE_PROPS + [("tag_name", pa.string())]
 RAW_NESTED_ITEMS = pa.list_(pa.struct([("type", pa.string()), ("properties", pa.struct(_NESTED_PROPS))]))
-_PROPS = _ISSUE_PROPS + [
+ITEM_PROPS = _ISSUE_PROPS + [
     ("category_name", pa.string()), ("source", pa.string()), ("original_id", pa.int64()),
     ("bbox", pa.list_(pa.float64())), ("uniqueness_score", pa.float64()), ("url", pa.string()),
     ("metadata_items", RAW_NESTED_ITEMS),
@@ -86,19 +82,12 @@ _PROPS = _ISSUE_PROPS + [
     ("frame_number", pa.int64()), ("timestamp", pa.string()),
     ("text", pa.string()), ("caption", pa.string()),
 ]
-RAW_ITEMS = pa.list_(pa.struct([("type", pa.string()), ("properties", pa.struct(_PROPS))]))
+RAW_ITEMS = pa.list_(pa.struct([("type", pa.string()), ("properties", pa.struct(ITEM_PROPS))]))
 
 # The documented scalar fields of a media item, as the JSON export writes them.
 _STRING_FIELDS = ("media_id", "media_type", "file_name", "file_path", "image_filename", "cluster_id", "url")
 SCALAR_INPUT_TYPES = {**{name: pa.string() for name in _STRING_FIELDS}, "height": pa.int64(), "width": pa.int64(),
                       "uniqueness_score": pa.float64(), "file_size": pa.string()}
-_MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
-# Typed, so that the reader leaves the ISO times as text; other keys are inferred (a time among
-# them becomes a datetime, kept in the info as str(datetime)).
-_INFO_TYPE = pa.struct([(name, pa.string()) for name in (
-    "schema_version", "dataset", "description", "dataset_url", "export_time", "dataset_creation_time",
-    "exported_by")] + [("total_media_items", pa.int64())])
-
 # Rows per json-reader call: keeps a refused slice (and its slow re-parse) small.
 JSON_SLICE_ROWS = 65_536
 _JSON_BLOCK_BYTES = 16 << 20
@@ -122,108 +111,16 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
     for chunk in column.chunks or [pa.nulls(0, RAW_ITEMS)]:
         # Parsed JSON strings come as slices whose inferred types may differ: each is flattened apart.
         for lists in _as_list_parts(chunk, "metadata_items", source, row):
-            chunks.append(_item_columns(_flatten(lists, _PROPS, "metadata_items", source), source))
+            chunks.append(_item_columns(_flatten(lists, ITEM_PROPS, "metadata_items", source), source))
         row += len(chunk)
     return {f.name: pa.chunked_array([c[f.name] for c in chunks], f.type) for f in ITEM_FIELDS}
 
 
-# ---- a JSON export's media items ------------------------------------------------------------------
-
-def read_json_export(path: Path) -> tuple[pa.Table, Any] | None:
-    """The raw media-items table and the ``info`` of a JSON export, parsed by Arrow's JSON reader.
-
-    The file is one object, so it is parsed as one block: single-threaded, but 2-3x faster than
-    ``json.load`` and a third of its memory (1M items: 14 s and 1.5 GiB against 37 s and 4.8 GiB).
-    The media items' types are inferred (15% faster than reading every documented field into an
-    explicit schema); when the inference fails (a field whose type changes between items) or
-    yields timestamps, the file is read again with the explicit schema. None when the reader
-    cannot take it (over 2 GiB, a bare list, invalid JSON...): the caller then falls back to
-    ``json.load`` and ``table_from_media_items``.
-    """
-    size = path.stat().st_size
-    if size >= _MAX_BLOCK_BYTES:
-        return None
-    parsed = _read_json_export(path, size, infer=True)
-    return _read_json_export(path, size, infer=False) if parsed == "retry" else parsed
-
-
-def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, Any] | str | None:
-    """``read_json_export`` with inferred or explicit item types; "retry" when the inferred ones fail."""
-    item = pa.struct([*SCALAR_INPUT_TYPES.items(), ("metadata_items", RAW_ITEMS)])
-    schema = pa.schema([("info", _INFO_TYPE)] + ([] if infer else [("media_items", pa.list_(item))]))
-    try:
-        table = pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=max(size + 1, 1 << 20)),
-                                  parse_options=pa_json.ParseOptions(explicit_schema=schema, newlines_in_values=True,
-                                                                     unexpected_field_behavior="infer"))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        return "retry" if infer and "changed from" in str(exc) else None
-    if table.num_rows != 1 or "media_items" not in table.column_names:
-        return None
-    lists = table.column("media_items").combine_chunks()
-    if not pa.types.is_list(lists.type) or lists.null_count:
-        return None
-    items = lists.flatten()
-    if not pa.types.is_struct(items.type):  # "media_items": [] is inferred as list<null>
-        return (pa.table({"media_id": pa.array([], pa.string())}), _info(table)) if not len(items) else None
-    columns = {}
-    for field, array in zip(items.type, items.flatten()):
-        if field.name in SCALAR_INPUT_TYPES and 0 < len(array) == array.null_count:
-            continue  # the explicit schema adds every known field: keep only those the file has
-        if field.name == "metadata_items" and infer:
-            if not _inferred_items_usable(field.type, _PROPS):
-                return "retry"
-        elif _has_timestamp(field.type) and (infer or field.name not in SCALAR_INPUT_TYPES):
-            # The reader turned ISO strings into timestamps; the explicit schema or json.load keeps them as text.
-            return "retry" if infer and field.name in SCALAR_INPUT_TYPES else None
-        columns[field.name] = array
-    table_out = pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
-    return table_out, _info(table)
-
-
-def _info(table: pa.Table) -> Any:
-    info = table.column("info")[0].as_py()
-    if info is not None:  # the explicit schema adds the documented keys; drop those the file lacks
-        info = {key: value for key, value in info.items() if value is not None or key not in _INFO_TYPE.names}
-    return info
-
-
-def _has_timestamp(type_: pa.DataType) -> bool:
+def has_timestamp(type_: pa.DataType) -> bool:
+    """Whether ``type_`` holds a timestamp or date: what Arrow's JSON reader makes of ISO-looking text."""
     if pa.types.is_timestamp(type_) or pa.types.is_date(type_):
         return True
-    return any(_has_timestamp(type_.field(i).type) for i in range(type_.num_fields))
-
-
-def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
-    """A raw table (not yet normalized) from JSON media items: one column per key seen."""
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise SchemaError(f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.",
-                              field="media_items")
-    keys: dict[str, None] = {}
-    for item in items:
-        keys.update(dict.fromkeys(item))
-    known = [name for name in keys if name in SCALAR_INPUT_TYPES]
-    columns: dict[str, pa.Array] = {}
-    try:  # one C++ pass for the documented scalar fields, when their types are what the docs say
-        struct = pa.array(items, type=pa.struct([(name, SCALAR_INPUT_TYPES[name]) for name in known]))
-        columns.update(zip(known, struct.flatten()))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        columns.update((name, _infer([item.get(name) for item in items])) for name in known)
-    for name in keys:
-        if name == "metadata_items":
-            columns[name] = python_items([item.get(name) for item in items], source)
-        elif name not in columns:
-            columns[name] = _infer([item.get(name) for item in items])
-    return pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
-
-
-def _infer(values: list) -> pa.Array:
-    """Arrow's own inference; values of mixed types become text (JSON for objects and lists), which
-    a numeric column then casts back or refuses with a SchemaError naming it."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+    return any(has_timestamp(type_.field(i).type) for i in range(type_.num_fields))
 
 
 # ---- parsing the three input shapes ----------------------------------------------------------------
@@ -312,12 +209,12 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
     if infer:
         if pa.types.is_null(column.type):
             return pa.nulls(len(strings), RAW_ITEMS)
-        if not _inferred_items_usable(column.type, _PROPS):
+        if not inferred_items_usable(column.type, ITEM_PROPS):
             return None
     return column.combine_chunks()
 
 
-def _inferred_items_usable(type_: pa.DataType, spec: list) -> bool:
+def inferred_items_usable(type_: pa.DataType, spec: list) -> bool:
     """Whether inferred ``metadata_items`` are a list of objects whose ``type`` and documented
     properties are not timestamps: the reader turns ISO-looking text ("2025-01-01") into
     timestamps, which would come back as other text. (Undocumented keys, like ``assigned_date``,
@@ -333,7 +230,7 @@ def _inferred_items_usable(type_: pa.DataType, spec: list) -> bool:
         return False
     documented = {name for name, _ in spec}
     for field in item:
-        if field.name == "type" and _has_timestamp(field.type):
+        if field.name == "type" and has_timestamp(field.type):
             return False
         if field.name != "properties" or pa.types.is_null(field.type):
             continue
@@ -341,9 +238,9 @@ def _inferred_items_usable(type_: pa.DataType, spec: list) -> bool:
             return False
         for prop in field.type:
             if prop.name == "metadata_items" and "metadata_items" in documented:
-                if not _inferred_items_usable(prop.type, _NESTED_PROPS):
+                if not inferred_items_usable(prop.type, _NESTED_PROPS):
                     return False
-            elif prop.name in documented and _has_timestamp(prop.type):
+            elif prop.name in documented and has_timestamp(prop.type):
                 return False
     return True
 
@@ -388,7 +285,7 @@ def _coerce_row(value: Any, source: str, row: int) -> list | None:
     if not isinstance(value, list):
         raise SchemaError(f"{source}: metadata_items of row {row} is a {type(value).__name__}, not a list.",
                           field="metadata_items")
-    return [_coerce_item(item, _PROPS, source, row) for item in value]
+    return [_coerce_item(item, ITEM_PROPS, source, row) for item in value]
 
 
 def _coerce_item(item: Any, spec: list, source: str, row: int) -> dict | None:

@@ -1,0 +1,117 @@
+"""A JSON export's ``media_items`` into a raw Arrow table, one column per key.
+
+Arrow's JSON reader parses the file in one block (``read_json_export``); when it refuses the file,
+``json.load`` + ``table_from_media_items`` take over. Either way ``metadata_items`` becomes a list
+array that ``metadata_items.extract_item_columns`` turns into typed columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+from .errors import SchemaError
+from .metadata_items import (ITEM_PROPS, RAW_ITEMS, SCALAR_INPUT_TYPES, has_timestamp, inferred_items_usable,
+                             python_items)
+
+_MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
+# Typed, so that the reader leaves the ISO times as text; other keys are inferred (a time among
+# them becomes a datetime, kept in the info as str(datetime)).
+_INFO_TYPE = pa.struct([(name, pa.string()) for name in (
+    "schema_version", "dataset", "description", "dataset_url", "export_time", "dataset_creation_time",
+    "exported_by")] + [("total_media_items", pa.int64())])
+
+
+def read_json_export(path: Path) -> tuple[pa.Table, Any] | None:
+    """The raw media-items table and the ``info`` of a JSON export, parsed by Arrow's JSON reader.
+
+    The file is one object, so it is parsed as one block: single-threaded, but 2-3x faster than
+    ``json.load`` and a third of its memory (1M items: 14 s and 1.5 GiB against 37 s and 4.8 GiB).
+    The media items' types are inferred (15% faster than reading every documented field into an
+    explicit schema); when the inference fails (a field whose type changes between items) or
+    yields timestamps, the file is read again with the explicit schema. None when the reader
+    cannot take it (over 2 GiB, a bare list, invalid JSON...): the caller then falls back to
+    ``json.load`` and ``table_from_media_items``.
+    """
+    size = path.stat().st_size
+    if size >= _MAX_BLOCK_BYTES:
+        return None
+    parsed = _read_json_export(path, size, infer=True)
+    return _read_json_export(path, size, infer=False) if parsed == "retry" else parsed
+
+
+def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, Any] | str | None:
+    """``read_json_export`` with inferred or explicit item types; "retry" when the inferred ones fail."""
+    item = pa.struct([*SCALAR_INPUT_TYPES.items(), ("metadata_items", RAW_ITEMS)])
+    schema = pa.schema([("info", _INFO_TYPE)] + ([] if infer else [("media_items", pa.list_(item))]))
+    try:
+        table = pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=max(size + 1, 1 << 20)),
+                                  parse_options=pa_json.ParseOptions(explicit_schema=schema, newlines_in_values=True,
+                                                                     unexpected_field_behavior="infer"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        return "retry" if infer and "changed from" in str(exc) else None
+    if table.num_rows != 1 or "media_items" not in table.column_names:
+        return None
+    lists = table.column("media_items").combine_chunks()
+    if not pa.types.is_list(lists.type) or lists.null_count:
+        return None
+    items = lists.flatten()
+    if not pa.types.is_struct(items.type):  # "media_items": [] is inferred as list<null>
+        return (pa.table({"media_id": pa.array([], pa.string())}), _info(table)) if not len(items) else None
+    columns = {}
+    for field, array in zip(items.type, items.flatten()):
+        if field.name in SCALAR_INPUT_TYPES and 0 < len(array) == array.null_count:
+            continue  # the explicit schema adds every known field: keep only those the file has
+        if field.name == "metadata_items" and infer:
+            if not inferred_items_usable(field.type, ITEM_PROPS):
+                return "retry"
+        elif has_timestamp(field.type) and (infer or field.name not in SCALAR_INPUT_TYPES):
+            # The reader turned ISO strings into timestamps; the explicit schema or json.load keeps them as text.
+            return "retry" if infer and field.name in SCALAR_INPUT_TYPES else None
+        columns[field.name] = array
+    table_out = pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
+    return table_out, _info(table)
+
+
+def _info(table: pa.Table) -> Any:
+    info = table.column("info")[0].as_py()
+    if info is not None:  # the explicit schema adds the documented keys; drop those the file lacks
+        info = {key: value for key, value in info.items() if value is not None or key not in _INFO_TYPE.names}
+    return info
+
+
+def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
+    """A raw table (not yet normalized) from JSON media items: one column per key seen."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise SchemaError(f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.",
+                              field="media_items")
+    keys: dict[str, None] = {}
+    for item in items:
+        keys.update(dict.fromkeys(item))
+    known = [name for name in keys if name in SCALAR_INPUT_TYPES]
+    columns: dict[str, pa.Array] = {}
+    try:  # one C++ pass for the documented scalar fields, when their types are what the docs say
+        struct = pa.array(items, type=pa.struct([(name, SCALAR_INPUT_TYPES[name]) for name in known]))
+        columns.update(zip(known, struct.flatten()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        columns.update((name, _infer([item.get(name) for item in items])) for name in known)
+    for name in keys:
+        if name == "metadata_items":
+            columns[name] = python_items([item.get(name) for item in items], source)
+        elif name not in columns:
+            columns[name] = _infer([item.get(name) for item in items])
+    return pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
+
+
+def _infer(values: list) -> pa.Array:
+    """Arrow's own inference; values of mixed types become text (JSON for objects and lists), which
+    a numeric column then casts back or refuses with a SchemaError naming it."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
