@@ -5,12 +5,18 @@
 
 Corpora (benchmarks/corpus.py): ImageNet-like 500x375 JPEGs and 2000x1500 originals. Each
 loader yields uint8 3x224x224 images and int64 labels at batch 64, shuffled, with 0 and 2
-workers; img/s is the median over 3 timed epochs after a warm-up epoch. With 0 workers the main
-process runs one intra-op thread for every loader (PERF_BASELINE §3: the second thread only
-spins). Peers: the plain Pillow dataset that torchvision's ImageFolder amounts to (open, convert,
-resize, to tensor), and, when installed, torchvision's ImageFolder and Hugging Face datasets.
-The decode ceiling is the fastest decoder's single-core rate on the same files (bytes in RAM,
-pinned to one core) times the number of cores.
+workers, each with its own defaults (the peers' workers are not persistent, as in most training
+scripts). A rate is the images of the timed epochs over their total time, after a warm-up epoch:
+epochs may overlap, since VisualLayerDataset's workers prefetch across them. With 0 workers
+the main process runs one intra-op thread for every loader (PERF_BASELINE §3: the second
+thread only spins). Peers: the plain Pillow dataset that torchvision's ImageFolder amounts to
+(open, convert, resize, to tensor), and, when installed, torchvision's ImageFolder and Hugging
+Face datasets. The decode ceiling is decode_image's rate on the same files, bytes in RAM, one
+process pinned to each core.
+
+The shared machines drift by 10-20% over minutes, so the numbers behind the targets (plain
+Pillow and VisualLayerDataset at 2 workers, and the ceiling) are measured in interleaved rounds,
+and each target is the median of its per-round ratios.
 
 Targets: >= 1.7x the plain Pillow dataset at 2 workers on 500x375, >= 4x on the originals,
 >= 85% of the decode ceiling on 2 cores.
@@ -36,6 +42,10 @@ from vl_datasets.images import decode_image
 HERE = Path(__file__).resolve().parent
 SIZE = 224
 BATCH = 64
+ROUNDS = 3
+# Timed epochs per corpus: at least ~1,200 images, so a rate spans several batches per worker.
+EPOCHS = {"imagenet": 1, "large": 4}
+SPEEDUP_TARGETS = {"imagenet": 1.7, "large": 4.0}
 
 
 class PlainPillowDataset(Dataset):
@@ -93,18 +103,18 @@ def _available(name: str) -> bool:
         return False
 
 
-def measure(make, folder: Path, workers: int, epochs: int = 3) -> float:
-    """Median img/s over ``epochs`` timed epochs after one warm-up."""
+def measure(make, folder: Path, workers: int, epochs: int) -> float:
+    """img/s over ``epochs`` timed epochs after a warm-up epoch: all their images over all their time."""
     loader = make(folder, workers)
-    rates = []
+    seen = 0
     for epoch in range(epochs + 1):
-        start, seen = time.perf_counter(), 0
+        if epoch == 1:
+            start, seen = time.perf_counter(), 0
         for batch in loader:
             seen += len(batch[1] if isinstance(batch, (tuple, list)) else batch["label"])
-        if epoch:
-            rates.append(seen / (time.perf_counter() - start))
+    rate = seen / (time.perf_counter() - start)
     del loader
-    return statistics.median(rates)
+    return rate
 
 
 def _decode_rate(blobs: list[bytes], core: int, passes: int, results=None) -> float:
@@ -149,6 +159,42 @@ def decode_ceilings(folder: Path, passes: int = 5) -> tuple[float, float]:
     return one, total
 
 
+def _corpus_section(kind: str, count: int, loaders: dict, cores: int) -> list[str]:
+    folder = corpus.build(kind, count)
+    epochs = EPOCHS[kind]
+    torch.set_num_threads(1)  # for the 0-worker runs; workers set their own
+    rates = {name: {0: measure(make, folder, 0, epochs)} for name, make in loaders.items()}
+    for name in set(loaders) - {"plain Pillow dataset", "VisualLayerDataset"}:
+        rates[name][2] = measure(loaders[name], folder, 2, epochs)
+    rounds = []  # (plain, ours, one core, all cores), interleaved
+    for _ in range(ROUNDS):
+        one_core, all_cores = decode_ceilings(folder, passes=2)
+        plain = measure(loaders["plain Pillow dataset"], folder, 2, epochs)
+        ours = measure(loaders["VisualLayerDataset"], folder, 2, epochs)
+        rounds.append((plain, ours, one_core, all_cores))
+    plain, ours, one_core, all_cores = (statistics.median(column) for column in zip(*rounds))
+    rates["plain Pillow dataset"][2], rates["VisualLayerDataset"][2] = plain, ours
+    speedup = statistics.median(o / p for p, o, _, _ in rounds)
+    of_two = statistics.median(o / (one * cores) for _, o, one, _ in rounds)
+    of_all = statistics.median(o / every for _, o, _, every in rounds)
+    lines = [f"## {kind} corpus ({count} images; {epochs} timed epoch{'s' if epochs > 1 else ''})", "",
+             "| loader | 0 workers | 2 workers |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {rate[0]:,.0f} | {rate[2]:,.0f} |" for name, rate in rates.items()]
+    lines += ["", f"At 2 workers, {ROUNDS} interleaved rounds (plain Pillow, VisualLayerDataset, decode ceiling "
+              "on one core and on all cores at once):", ""]
+    lines += [f"- round {i + 1}: {p:,.0f} / {o:,.0f} img/s = {o / p:.2f}x; ceiling {one:,.0f} on one core, "
+              f"{every:,.0f} on {cores} at once" for i, (p, o, one, every) in enumerate(rounds)]
+    lines += ["", f"- VisualLayerDataset / plain Pillow at 2 workers: **{speedup:.2f}x** (median of rounds)",
+              f"- VisualLayerDataset at 2 workers: **{of_two:.0%}** of {cores} x the one-core ceiling, "
+              f"**{of_all:.0%}** of the ceiling measured on {cores} cores at once (medians of rounds)"]
+    target = SPEEDUP_TARGETS[kind]
+    if target * plain > all_cores:
+        lines.append(f"- the {target:g}x target is out of reach here: {target:g} x plain Pillow's {plain:,.0f} img/s is "
+                     f"{target * plain:,.0f} img/s, above the {all_cores:,.0f} img/s that decode_image reaches on all "
+                     f"{cores} cores with the bytes already in RAM")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--imagenet", type=int, default=2000, help="images in the 500x375 corpus")
@@ -161,23 +207,9 @@ def main() -> None:
         loaders["torchvision ImageFolder"] = _torchvision
     if _available("datasets"):
         loaders["HF datasets imagefolder"] = _huggingface
-    lines = [f"# DataLoader benchmark ({cores} cores, batch {BATCH}, 224x224 uint8, median img/s of 3 epochs)", ""]
+    lines = [f"# DataLoader benchmark ({cores} cores, batch {BATCH}, 224x224 uint8, img/s)", ""]
     for kind, count in (("imagenet", args.imagenet), ("large", args.large)):
-        folder = corpus.build(kind, count)
-        one_core, all_cores = decode_ceilings(folder)
-        lines += [f"## {kind} corpus ({count} images)", "", "| loader | 0 workers | 2 workers |", "| --- | ---: | ---: |"]
-        results = {}
-        for name, make in loaders.items():
-            torch.set_num_threads(1)  # for the 0-worker runs; workers set their own
-            results[name] = [measure(make, folder, workers) for workers in (0, 2)]
-            lines.append(f"| {name} | {results[name][0]:,.0f} | {results[name][1]:,.0f} |")
-        ours, plain = results["VisualLayerDataset"][1], results["plain Pillow dataset"][1]
-        lines += ["", f"- VisualLayerDataset / plain Pillow at 2 workers: **{ours / plain:.2f}x**",
-                  f"- decode ceiling (decode_image, bytes in RAM): {one_core:,.0f} img/s on one core; "
-                  f"{cores} x that = {one_core * cores:,.0f}; measured with all {cores} cores decoding at once: "
-                  f"{all_cores:,.0f}",
-                  f"- VisualLayerDataset at 2 workers: **{ours / (one_core * cores):.0%}** of {cores} x one core, "
-                  f"**{ours / all_cores:.0%}** of the measured {cores}-core ceiling", ""]
+        lines += _corpus_section(kind, count, loaders, cores)
         print("\n".join(lines), flush=True)
     args.out.write_text("\n".join(lines) + "\n")
 
