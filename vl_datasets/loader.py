@@ -231,9 +231,10 @@ def _batch_slots(dataset, options: dict) -> BatchSlots | None:
     decoding). Persistent workers only: when an unfinished epoch resets them, DataLoader reads
     and drops what they prefetched, which frees those slots; workers shut down mid-epoch would
     leave their batches unread and their slots taken."""
-    size = dataset.image_size
+    size = getattr(dataset, "image_size", None)  # any map-style dataset with a ``task`` may come here
     if (not options["num_workers"] or not options["persistent_workers"] or not options["batch_size"]
-            or options.get("pin_memory") or size is None or dataset.transform is not None or dataset.decode == "pil"):
+            or options.get("pin_memory") or size is None or getattr(dataset, "transform", None) is not None
+            or getattr(dataset, "decode", "pil") == "pil"):
         return None
     height, width = (size, size) if isinstance(size, int) else size
     context = options.get("multiprocessing_context")
