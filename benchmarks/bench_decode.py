@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import corpus
-from vl_datasets.images import decode_image
+from vl_datasets.loading.images import decode_image
 
 SIZE = 224
 AGREEMENT_IMAGES = 50

@@ -46,8 +46,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import corpus
-from vl_datasets.dataset import VisualLayerDataset
-from vl_datasets.images import decode_image
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.images import decode_image
 
 HERE = Path(__file__).resolve().parent
 SIZE = 224

@@ -88,7 +88,7 @@ print(json.dumps({{"s": s, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 OPEN = """
 import json, pickle, resource, time
 import pyarrow.dataset, torch
-from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.loading.dataset import VisualLayerDataset
 t = time.perf_counter(); ds = VisualLayerDataset.from_export({folder!r}); s = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter(); blob = pickle.dumps(ds); p = time.perf_counter() - t
@@ -98,7 +98,7 @@ print(json.dumps({{"s": s, "n": len(ds), "rss": rss, "pickle_s": p, "pickle_mib"
 WORKERS = """
 import json, multiprocessing, torch
 from torch.utils.data import Dataset
-from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.loading.dataset import VisualLayerDataset
 
 class MetadataOnly(VisualLayerDataset):
     def __getitem__(self, index):  # touch the per-item state, skip the pixels
@@ -117,7 +117,7 @@ def uss(pid):
     return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
 
 def growth(dataset):
-    from vl_datasets.loader import make_dataloader
+    from vl_datasets.loading.loader import make_dataloader
     loader = make_dataloader(dataset, 1000, num_workers=2, seed=0, multiprocessing_context="fork")
     it = iter(loader)
     next(it)

@@ -18,7 +18,7 @@ import torch
 from common import SmallCNN, platform_or_sample, predict
 
 from vl_datasets import VisualLayerDataset
-from vl_datasets.splits import find_leaks
+from vl_datasets.metadata.splits import find_leaks
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from vl_datasets import Client, errors, fetch_export
-from vl_datasets.archive import ArchiveLimits, extract_archive
-from vl_datasets.cache import CacheStore, ExportKey
+from vl_datasets.cache.archive import ArchiveLimits, extract_archive
+from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
 from vl_datasets.locks import hold_lock
 
@@ -119,7 +119,7 @@ def test_broken_download_resumes_and_ignored_range_restarts(local_vl, client, tm
 def test_not_enough_disk_space_fails_before_downloading(local_vl, client, tmp_path, monkeypatch):
     import shutil as real_shutil
 
-    from vl_datasets import download
+    from vl_datasets.api import download
 
     usage = real_shutil.disk_usage(tmp_path)
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=100))
@@ -153,8 +153,8 @@ def test_damaged_manifest_is_not_an_entry(local_vl, client, tmp_path):
 
 
 def test_row_count_must_match_the_task(local_vl, client, tmp_path):
-    from vl_datasets.fetch import _verify_metadata
-    from vl_datasets.records import ExportTask
+    from vl_datasets.exports import _verify_metadata
+    from vl_datasets.api.records import ExportTask
 
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     task = ExportTask(id="t", dataset_id="ds-ready", status="COMPLETED", entities_count=9)

@@ -12,7 +12,7 @@ import pytest
 
 import vl_datasets
 from vl_datasets import Client, errors
-from vl_datasets.records import ExportTask
+from vl_datasets.api.records import ExportTask
 
 
 class FakeTime:
@@ -180,7 +180,7 @@ def test_contract_variants_of_the_task(dataset_root, fake_time, tmp_path, server
 
 
 def test_progress_scale_is_inferred():
-    from vl_datasets.client import _ProgressScale
+    from vl_datasets.api.client import _ProgressScale
 
     def task(progress, status="IN_PROGRESS"):
         return ExportTask(id="t", dataset_id="d", status=status, progress=progress)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from vl_datasets.curation import CurationRules, curate, selected_labels
+from vl_datasets.metadata.curation import CurationRules, curate, selected_labels
 from vl_datasets.errors import CurationError
 
 ISSUE = pa.struct([("issue_type", pa.string()), ("confidence", pa.float64()), ("duplicate_group_id", pa.string()),

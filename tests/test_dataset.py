@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vl_datasets import errors
-from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
         "import json, os, sys\n"
         "import torch.distributed as dist\n"
         "from vl_datasets import Client\n"
-        "from vl_datasets.dataset import VisualLayerDataset\n"
+        "from vl_datasets.loading.dataset import VisualLayerDataset\n"
         "dist.init_process_group('gloo')\n"
         "client = Client(os.environ['VL_TEST_URL'], progress=False)\n"
         "ds = VisualLayerDataset('ds-ready', client=client, cache_dir=os.environ['VL_TEST_CACHE'], image_size=8)\n"

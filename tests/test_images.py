@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vl_datasets.errors import ConfigurationError, ImageDecodeError
-from vl_datasets.images import _dct_scaled_size, decode_image, decode_pil
+from vl_datasets.loading.images import _dct_scaled_size, decode_image, decode_pil
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
 ITEMS = 11  # with batch 3: four batches, the last one short

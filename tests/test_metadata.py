@@ -10,21 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vl_datasets import metadata_items
+from vl_datasets.metadata import items as metadata_items
 from vl_datasets.errors import ConfigurationError, ImageNotFoundError, SchemaError
-from vl_datasets.metadata import (
-    INFO_KEY,
-    NORMALIZED_SCHEMA,
-    VERSION_KEY,
-    info_of,
-    is_normalized,
-    normalize,
-    read_metadata,
-    read_metadata_file,
-    read_normalized,
-    resolve_image_paths,
-    write_normalized,
-)
+from vl_datasets.metadata.image_paths import resolve_image_paths
+from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, VERSION_KEY, info_of, is_normalized, normalize
+from vl_datasets.metadata.read import read_metadata, read_metadata_file
+from vl_datasets.metadata.table_file import read_normalized, write_normalized
 
 INFO = {"schema_version": "1.1", "dataset": "pets", "description": "", "dataset_url": "https://app.visual-layer.com/d",
         "export_time": "2025-02-10T14:41:14", "dataset_creation_time": "2025-02-01T00:00:00",
@@ -410,7 +401,7 @@ def test_cache_from_another_version_is_rebuilt(tmp_path, expected):
 
 
 def test_read_metadata_reuses_and_invalidates_its_cache(tmp_path, monkeypatch):
-    from vl_datasets import metadata
+    from vl_datasets.metadata import read as metadata
 
     export = write_json_export(tmp_path / "export").parent
     cache = tmp_path / "normalized.arrow"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vl_datasets import errors
 from vl_datasets.cli import build_parser, main
-from vl_datasets.dataset import VisualLayerDataset
+from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
 CHROMIUM = Path("/usr/bin/chromium")

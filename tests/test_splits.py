@@ -14,8 +14,8 @@ from vl_datasets import (
     VisualLayerDataset,
     leakage_safe_split,
 )
-from vl_datasets.metadata_items import ISSUE_TYPE, LABEL_TYPE
-from vl_datasets.splits import find_leaks
+from vl_datasets.metadata.items import ISSUE_TYPE, LABEL_TYPE
+from vl_datasets.metadata.splits import find_leaks
 from vl_datasets.testing import write_dataset
 
 

@@ -1,88 +1,62 @@
-"""vl_datasets: Visual Layer exports, cached and curated, as PyTorch datasets."""
+"""vl_datasets: Visual Layer exports, cached and curated, as PyTorch datasets.
 
+The package has four sides, and imports run one way, from the network edge to the tensors::
+
+    api/       auth, transport, client, records, download      a request becomes a task and a ZIP
+    cache/     store, archive, remote, opened                   a ZIP becomes a published cache entry
+    metadata/  read, normalize, image_paths, curation, ...      an entry becomes a curated Arrow table
+    loading/   images, dataset, loader, batch_slots             a table becomes tensors
+    exports.py fetch_export: the one module that joins the API side to the cache
+
+The metadata and loading sides never import the API side, so a local export opens with no
+network library loaded. This facade is lazy: ``import vl_datasets`` loads only the error tree,
+and each name below is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import errors
 from ._version import __version__
-from .cache import ExportKey, LocalExport
-from .client import Client
-from .curation import CurationSummary
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    CacheMissError,
-    ConfigurationError,
-    CorruptArchiveError,
-    CurationError,
-    DatasetNotFoundError,
-    DatasetNotReadyError,
-    DownloadError,
-    ExportFailedError,
-    ExportNotFoundError,
-    ExportTimeoutError,
-    ImageDecodeError,
-    ImageNotFoundError,
-    InsufficientDiskSpaceError,
-    LockTimeoutError,
-    PermissionDeniedError,
-    RateLimitError,
-    ResponseValidationError,
-    SchemaError,
-    ServerError,
-    UnsafeArchiveError,
-    VLDatasetsError,
-)
-from .fetch import fetch_export
-from .records import DatasetInfo, ExportTask
-from .splits import leakage_safe_split
+from .errors import *  # noqa: F403  (the error tree is part of the public face)
 
-# The dataset side imports torch; load it on first use so the client and CLI start fast.
-_LAZY = {"VisualLayerDataset": "dataset"}
+if TYPE_CHECKING:
+    from .api.client import Client
+    from .api.records import DatasetInfo, ExportTask
+    from .cache.store import ExportKey, LocalExport
+    from .exports import fetch_export
+    from .loading.dataset import VisualLayerDataset
+    from .metadata.curation import CurationRules, CurationSummary
+    from .metadata.splits import leakage_safe_split
+
+# Public name -> the module that defines it, imported on first access.
+_LAZY = {
+    "Client": ".api.client",
+    "DatasetInfo": ".api.records",
+    "ExportTask": ".api.records",
+    "ExportKey": ".cache.store",
+    "LocalExport": ".cache.store",
+    "fetch_export": ".exports",
+    "VisualLayerDataset": ".loading.dataset",
+    "CurationRules": ".metadata.curation",
+    "CurationSummary": ".metadata.curation",
+    "leakage_safe_split": ".metadata.splits",
+}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = [
-    "__version__",
-    "VisualLayerDataset",
-    "CurationSummary",
-    "ExportNotFoundError",
-    "Client",
-    "DatasetInfo",
-    "ExportTask",
-    "ExportKey",
-    "LocalExport",
-    "fetch_export",
-    "leakage_safe_split",
-    "APIConnectionError",
-    "APIError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
-    "CacheMissError",
-    "ConfigurationError",
-    "CorruptArchiveError",
-    "CurationError",
-    "DatasetNotFoundError",
-    "DatasetNotReadyError",
-    "DownloadError",
-    "ExportFailedError",
-    "ExportTimeoutError",
-    "ImageDecodeError",
-    "ImageNotFoundError",
-    "InsufficientDiskSpaceError",
-    "LockTimeoutError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "ResponseValidationError",
-    "SchemaError",
-    "ServerError",
-    "UnsafeArchiveError",
-    "VLDatasetsError",
-]
+__all__ = sorted(["__version__", "errors", *_LAZY, *errors.__all__])

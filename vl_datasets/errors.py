@@ -1,35 +1,40 @@
-"""Every exception the library raises.
+"""Every exception the library raises, in four families a caller can catch as a group.
 
     VLDatasetsError
-    ├── ConfigurationError (ValueError)          bad argument or environment value
-    ├── APIError                                 the API answered with an error status
-    │   ├── BadRequestError (ValueError)         400, 422
-    │   ├── AuthenticationError (PermissionError) 401
-    │   ├── PermissionDeniedError (PermissionError) 403
-    │   ├── DatasetNotFoundError (LookupError)   404
-    │   ├── DatasetNotReadyError                 409, or a dataset whose status is not READY
-    │   ├── RateLimitError                       429 after the retries ran out
-    │   └── ServerError                          5xx after the retries ran out
-    ├── APIConnectionError (ConnectionError)     no answer at all
-    │   └── APITimeoutError (TimeoutError)
-    ├── ResponseValidationError (ValueError)     an answer we cannot read
-    ├── ExportFailedError                        the export ended FAILED or REJECTED
-    ├── ExportTimeoutError (TimeoutError)        the export outlived the caller's deadline
-    ├── DownloadError (OSError)                  the archive could not be fetched intact
-    │   └── InsufficientDiskSpaceError
-    ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder
-    ├── CorruptArchiveError (ValueError)         a ZIP that is truncated or fails its CRCs
-    ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
-    ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
-    ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
-    ├── SchemaError (ValueError)                 metadata lacks a required column or field
-    ├── ImageNotFoundError (FileNotFoundError)   a row's image is missing or ambiguous
-    ├── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
-    └── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
+    ├── ConfigurationError (ValueError)              bad argument or environment value
+    ├── APIError                                     talking to the Visual Layer API failed
+    │   ├── APIStatusError                           the API answered with an error status
+    │   │   ├── BadRequestError (ValueError)         400, 422
+    │   │   ├── AuthenticationError (PermissionError)   401
+    │   │   ├── PermissionDeniedError (PermissionError) 403
+    │   │   ├── DatasetNotFoundError (LookupError)   404: no such dataset
+    │   │   ├── ExportTaskNotFoundError (LookupError)   404: the dataset exists, the export task does not
+    │   │   ├── DatasetNotReadyError                 409, or a dataset whose status is not READY
+    │   │   ├── RateLimitError                       429 after the retries ran out
+    │   │   └── ServerError                          5xx after the retries ran out
+    │   ├── APIConnectionError (ConnectionError)     no answer at all
+    │   │   └── APITimeoutError (TimeoutError)
+    │   └── ResponseValidationError (ValueError)     an answer we cannot read
+    ├── ExportError                                  the export did not produce an archive
+    │   ├── ExportFailedError                        it ended FAILED, REJECTED or CANCELED
+    │   ├── ExportTimeoutError (TimeoutError)        it outlived the caller's deadline
+    │   └── DownloadError (OSError)                  its archive could not be fetched intact
+    │       └── InsufficientDiskSpaceError
+    ├── CacheError                                   the cache and the archives put into it
+    │   ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
+    │   ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
+    │   ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
+    │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder
+    │   └── CorruptArchiveError (ValueError)         a ZIP that is truncated or fails its CRCs
+    └── DataError                                    the metadata and the images of an export
+        ├── SchemaError (ValueError)                 metadata lacks a required column or field
+        ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
+        ├── ImageNotFoundError (FileNotFoundError)   a row's image is missing or ambiguous
+        └── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
 
-Every class is constructible from one message string and pickles: a DataLoader worker re-raises
-an exception in the main process as ``type(exc)(message)``, and multiprocessing pickles it.
-Extra context lives in keyword-only attributes that default to ``None``.
+Every class is constructible from one message string and pickles with its attributes: a
+DataLoader worker re-raises an exception in the main process as ``type(exc)(message)``, and
+multiprocessing pickles it. Context lives in keyword-only attributes that default to ``None``.
 """
 
 from __future__ import annotations
@@ -40,20 +45,18 @@ from typing import Any
 class VLDatasetsError(Exception):
     """Root of every exception raised by vl_datasets."""
 
-    def __init__(self, message: str = "", **context: Any) -> None:
+    def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
-        for name, value in context.items():
-            setattr(self, name, value)
 
-    def __reduce__(self):  # keep the context attributes across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the context attributes across pickling
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
     def __str__(self) -> str:
         return self.message
 
 
-def _rebuild(cls: type, message: str, state: dict) -> VLDatasetsError:
+def _rebuild(cls: type[VLDatasetsError], message: str, state: dict[str, Any]) -> VLDatasetsError:
     exc = cls(message)
     exc.__dict__.update(state)
     return exc
@@ -63,149 +66,222 @@ class ConfigurationError(VLDatasetsError, ValueError):
     """An argument or environment variable has a value the library cannot use."""
 
 
-class APIError(VLDatasetsError):
-    """The Visual Layer API answered with an error status.
+# -- the API --------------------------------------------------------------------------------------
 
-    Attributes: ``status_code``, ``detail`` (the server's ``detail``: a string, or the list of
-    ``{"loc", "msg", "type"}`` entries of a 422), ``method``, ``url`` (query string removed).
+
+class APIError(VLDatasetsError):
+    """Talking to the Visual Layer API failed: an error status, no answer, or an unreadable one."""
+
+    def __init__(self, message: str = "", *, method: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url  # the request's URL, query string removed
+
+
+class APIStatusError(APIError):
+    """The API answered with an error status.
+
+    ``detail`` is the server's ``detail``: a string, or the list of ``{"loc", "msg", "type"}``
+    entries of a 422.
     """
 
-    status_code: int | None = None
-    detail: Any = None
-    method: str | None = None
-    url: str | None = None
+    def __init__(self, message: str = "", *, status_code: int | None = None, detail: Any = None,
+                 method: str | None = None, url: str | None = None) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status_code = status_code
+        self.detail = detail
 
 
-class BadRequestError(APIError, ValueError):
+class BadRequestError(APIStatusError, ValueError):
     """400 or 422: the request's parameters were refused."""
 
 
-class AuthenticationError(APIError, PermissionError):
+class AuthenticationError(APIStatusError, PermissionError):
     """401: the token is missing, invalid or expired, or the credentials are wrong."""
 
 
-class PermissionDeniedError(APIError, PermissionError):
+class PermissionDeniedError(APIStatusError, PermissionError):
     """403: the credentials are valid but may not touch this dataset."""
 
 
-class DatasetNotFoundError(APIError, LookupError):
+class DatasetNotFoundError(APIStatusError, LookupError):
     """404: no dataset with this id (or not visible to these credentials)."""
 
-    dataset_id: str | None = None
+
+class ExportTaskNotFoundError(APIStatusError, LookupError):
+    """404 on an export task of a dataset that exists: the server does not know (or forgot) the task."""
+
+    def __init__(self, message: str = "", *, task_id: str | None = None, dataset_id: str | None = None,
+                 status_code: int | None = None, detail: Any = None, method: str | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message, status_code=status_code, detail=detail, method=method, url=url)
+        self.task_id = task_id
+        self.dataset_id = dataset_id
 
 
-class DatasetNotReadyError(APIError):
+class DatasetNotReadyError(APIStatusError):
     """409, or a dataset whose status is not READY: it cannot be exported yet."""
 
-    dataset_id: str | None = None
-    dataset_status: str | None = None
+    def __init__(self, message: str = "", *, dataset_id: str | None = None, dataset_status: str | None = None,
+                 status_code: int | None = None, detail: Any = None, method: str | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message, status_code=status_code, detail=detail, method=method, url=url)
+        self.dataset_id = dataset_id
+        self.dataset_status = dataset_status
 
 
-class RateLimitError(APIError):
+class RateLimitError(APIStatusError):
     """429 that persisted through every retry."""
 
 
-class ServerError(APIError):
+class ServerError(APIStatusError):
     """5xx that persisted through every retry, or one that could not be retried safely."""
 
 
-class APIConnectionError(VLDatasetsError, ConnectionError):
+class APIConnectionError(APIError, ConnectionError):
     """The API could not be reached, or the connection broke before an answer."""
-
-    url: str | None = None
 
 
 class APITimeoutError(APIConnectionError, TimeoutError):
     """The API did not answer within the client's ``timeout_s``."""
 
 
-class ResponseValidationError(VLDatasetsError, ValueError):
+class ResponseValidationError(APIError, ValueError):
     """The API answered 2xx with a body that does not match the contract."""
 
-    url: str | None = None
+
+# -- the export -----------------------------------------------------------------------------------
 
 
-class ExportFailedError(VLDatasetsError):
+class ExportError(VLDatasetsError):
+    """An export did not produce an intact archive."""
+
+
+class ExportFailedError(ExportError):
     """The export ended FAILED, REJECTED or CANCELED; ``result_message`` says why."""
 
-    task_id: str | None = None
-    dataset_id: str | None = None
-    status: str | None = None
-    result_message: str | None = None
+    def __init__(self, message: str = "", *, task_id: str | None = None, dataset_id: str | None = None,
+                 status: str | None = None, result_message: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.dataset_id = dataset_id
+        self.status = status
+        self.result_message = result_message
 
 
-class ExportTimeoutError(VLDatasetsError, TimeoutError):
+class ExportTimeoutError(ExportError, TimeoutError):
     """The export was still running at the caller's deadline.
 
     The export keeps running on the server: pass ``task_id`` to ``Client.wait_for_export`` to
     resume waiting instead of starting another.
     """
 
-    task_id: str | None = None
-    dataset_id: str | None = None
+    def __init__(self, message: str = "", *, task_id: str | None = None, dataset_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.dataset_id = dataset_id
 
 
-class DownloadError(VLDatasetsError, OSError):
+class DownloadError(ExportError, OSError):
     """The export archive could not be downloaded intact."""
 
-    url: str | None = None
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class InsufficientDiskSpaceError(DownloadError):
     """Not enough free space for the archive; nothing was downloaded."""
 
-    required_bytes: int | None = None
-    free_bytes: int | None = None
+    def __init__(self, message: str = "", *, required_bytes: int | None = None, free_bytes: int | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.required_bytes = required_bytes
+        self.free_bytes = free_bytes
 
 
-class UnsafeArchiveError(VLDatasetsError, ValueError):
-    """An archive member would escape its folder (absolute path, ``..``, link) or is a ZIP bomb."""
-
-    member: str | None = None
+# -- the cache and its archives -------------------------------------------------------------------
 
 
-class CorruptArchiveError(VLDatasetsError, ValueError):
-    """An archive is truncated, not a ZIP, or fails its CRC checks."""
-
-    path: str | None = None
+class CacheError(VLDatasetsError):
+    """The cache, or an archive on its way into it, cannot be used."""
 
 
-class CacheMissError(VLDatasetsError, FileNotFoundError):
+class CacheMissError(CacheError, FileNotFoundError):
     """Offline, and no complete cache entry exists for the requested export."""
 
-    key: str | None = None
+    def __init__(self, message: str = "", *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
-class ExportNotFoundError(VLDatasetsError, FileNotFoundError):
-    """A local export path (ZIP or folder) that does not exist."""
-
-    path: str | None = None
-
-
-class LockTimeoutError(VLDatasetsError, TimeoutError):
+class LockTimeoutError(CacheError, TimeoutError):
     """Another process held the cache entry's lock past the wait limit."""
 
-    lock_path: str | None = None
+    def __init__(self, message: str = "", *, lock_path: str | None = None) -> None:
+        super().__init__(message)
+        self.lock_path = lock_path
 
 
-class SchemaError(VLDatasetsError, ValueError):
+class ExportNotFoundError(CacheError, FileNotFoundError):
+    """A local export path (ZIP or folder) that does not exist."""
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsafeArchiveError(CacheError, ValueError):
+    """An archive member would escape its folder (absolute path, ``..``, link) or is a ZIP bomb."""
+
+    def __init__(self, message: str = "", *, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class CorruptArchiveError(CacheError, ValueError):
+    """An archive is truncated, not a ZIP, or fails its CRC checks."""
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# -- the data -------------------------------------------------------------------------------------
+
+
+class DataError(VLDatasetsError):
+    """The metadata or the images of an export cannot be used as asked."""
+
+
+class SchemaError(DataError, ValueError):
     """The export's metadata lacks a required column or field, or has one of the wrong type."""
 
-    field: str | None = None
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-class ImageNotFoundError(VLDatasetsError, FileNotFoundError):
+class CurationError(DataError, ValueError):
+    """A curation rule cannot be applied, or the rules left no item."""
+
+
+class ImageNotFoundError(DataError, FileNotFoundError):
     """A row's image is missing from the export, or its file name matches several images."""
 
-    media_id: str | None = None
+    def __init__(self, message: str = "", *, media_id: str | None = None) -> None:
+        super().__init__(message)
+        self.media_id = media_id
 
 
-class ImageDecodeError(VLDatasetsError, ValueError):
+class ImageDecodeError(DataError, ValueError):
     """An image is corrupt, truncated, in an unreadable format, or a decompression bomb."""
 
-    media_id: str | None = None
-    path: str | None = None
+    def __init__(self, message: str = "", *, media_id: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.media_id = media_id
+        self.path = path
 
 
-class CurationError(VLDatasetsError, ValueError):
-    """A curation rule cannot be applied, or the rules left no item."""
+__all__ = sorted(name for name, value in globals().items()
+                 if isinstance(value, type) and issubclass(value, VLDatasetsError))

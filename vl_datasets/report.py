@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import images
+from .loading import images
 from .atomic import replacing
-from .curation import selected_labels
+from .metadata.curation import selected_labels
 from .errors import ConfigurationError, ImageDecodeError
 
 MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from . import errors
-from ._version import __version__
+from .. import errors
+from .._version import __version__
 from .auth import TokenProvider
 
 logger = logging.getLogger("vl_datasets")
@@ -97,7 +97,7 @@ def _detail_text(detail: Any) -> str:
     return "" if detail is None else str(detail)
 
 
-_STATUS_ERRORS: dict[int, type[errors.APIError]] = {
+_STATUS_ERRORS: dict[int, type[errors.APIStatusError]] = {
     400: errors.BadRequestError,
     401: errors.AuthenticationError,
     403: errors.PermissionDeniedError,
@@ -120,7 +120,7 @@ def raise_for_response(response: requests.Response, *, what: str) -> None:
     if status < 400:
         return
     detail = error_detail(response)
-    cls = _STATUS_ERRORS.get(status) or (errors.ServerError if status >= 500 else errors.APIError)
+    cls = _STATUS_ERRORS.get(status) or (errors.ServerError if status >= 500 else errors.APIStatusError)
     message = f"{what}: HTTP {status}"
     if text := _detail_text(detail):
         message += f": {text}"

@@ -20,13 +20,17 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from . import images, targets
-from .curation import CurationRules, CurationSummary, curate, removal_reasons
-from .errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
-from .fetch import fetch_export
+from . import images
+
+from ..metadata import targets
+from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons
+from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
+from ..exports import fetch_export
 from .loader import SkippedSample, VLDataLoader, make_dataloader
-from .metadata import find_metadata_file, read_metadata_file, read_normalized, resolve_image_paths, write_normalized
-from .opening import open_export
+from ..metadata.image_paths import resolve_image_paths
+from ..metadata.read import find_metadata_file, read_metadata_file
+from ..metadata.table_file import read_normalized, write_normalized
+from ..cache.opened import open_export
 
 logger = logging.getLogger("vl_datasets")
 
@@ -161,7 +165,7 @@ class VisualLayerDataset(Dataset):
 
     def report(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write a self-contained HTML curation report to ``path``; see ``vl_datasets.report``."""
-        from .report import write_report  # matplotlib is an optional extra: import it only when asked
+        from ..report import write_report  # matplotlib is an optional extra: import it only when asked
 
         return write_report(self, path, **options)
 

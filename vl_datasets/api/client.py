@@ -12,9 +12,11 @@ from urllib.parse import quote
 
 from tqdm.auto import tqdm
 
-from . import download, errors
+from . import download
+
+from .. import errors
 from .auth import TokenProvider
-from .config import env_number, progress_enabled, resolve_client_settings
+from ..config import env_number, progress_enabled, resolve_client_settings
 from .records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
 from .transport import RetryPolicy, Transport
 
@@ -130,10 +132,20 @@ class Client:
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
 
     def get_export_status(self, dataset_id: str, task_id: str) -> ExportTask:
-        """The export task as it stands now."""
+        """The export task as it stands now.
+
+        A 404 raises ``ExportTaskNotFoundError`` when the dataset exists (the server does not know
+        the task) and ``DatasetNotFoundError`` when it does not: the dataset is asked to tell them apart.
+        """
         url = self._api_url(dataset_id, "export_status")
-        payload = self._get_json(url, what=f"Export task {task_id!r} of dataset {dataset_id!r}",
-                                 params={"export_task_id": task_id})
+        what = f"Export task {task_id!r} of dataset {dataset_id!r}"
+        try:
+            payload = self._get_json(url, what=what, params={"export_task_id": task_id})
+        except errors.DatasetNotFoundError as exc:
+            self.get_dataset(dataset_id)  # raises DatasetNotFoundError if the dataset is what is missing
+            raise errors.ExportTaskNotFoundError(
+                f"{what}: the server has no such export task (HTTP 404).", task_id=task_id, dataset_id=dataset_id,
+                status_code=exc.status_code, detail=exc.detail, method=exc.method, url=exc.url) from None
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
 
     # -- workflow ----------------------------------------------------------------------------

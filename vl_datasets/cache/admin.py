@@ -6,9 +6,9 @@ import argparse
 import re
 from datetime import datetime, timedelta, timezone
 
-from .cache import CacheStore, LocalExport
-from .config import resolve_cache_dir
-from .errors import ConfigurationError
+from .store import CacheStore, LocalExport
+from ..config import resolve_cache_dir
+from ..errors import ConfigurationError
 from .remote import RemoteCache
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

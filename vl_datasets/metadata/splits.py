@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ConfigurationError, SchemaError
+from ..errors import ConfigurationError, SchemaError
 
 
 def leakage_safe_split(table: pa.Table, fractions: Mapping[str, float], *, seed: int = 0,

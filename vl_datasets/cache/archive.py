@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import CorruptArchiveError, InsufficientDiskSpaceError, UnsafeArchiveError
+from ..errors import CorruptArchiveError, InsufficientDiskSpaceError, UnsafeArchiveError
 
 COPY_CHUNK_BYTES = 1 << 20
 

@@ -22,8 +22,8 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
-from . import errors
-from .locks import hold_lock
+from .. import errors
+from ..locks import hold_lock
 from .records import ExportTask
 from .transport import Transport, redact_url
 
@@ -119,7 +119,7 @@ class _Download:
                 "GET", url, what=f"Download of export {self.task.id}", authenticate=False, stream=True,
                 headers=headers,
             )
-        except errors.APIError as exc:
+        except errors.APIStatusError as exc:
             if exc.status_code == 416:  # our partial file is not a prefix the server recognizes
                 self.partial.unlink(missing_ok=True)
                 return self._attempt() if have else self._fail(exc)
@@ -142,7 +142,7 @@ class _Download:
                 os.fsync(out.fileno())
         return total
 
-    def _fail(self, exc: errors.APIError):
+    def _fail(self, exc: errors.APIStatusError):
         raise errors.DownloadError(f"Download of export {self.task.id} failed: {exc}", url=exc.url) from None
 
     def _renew_url(self) -> None:

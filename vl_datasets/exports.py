@@ -18,13 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import errors
-from .archive import extract_archive
-from .cache import CacheStore, ExportKey, LocalExport
-from .client import EXPORT_FORMATS, Client
+from .cache.archive import extract_archive
+from .cache.store import CacheStore, ExportKey, LocalExport
+from .api.client import EXPORT_FORMATS, Client
 from .config import env_flag, resolve_cache_dir
 from .locks import hold_lock
-from .records import ExportTask
-from .remote import RemoteCache
+from .api.records import ExportTask
+from .cache.remote import RemoteCache
 
 logger = logging.getLogger("vl_datasets")
 
@@ -128,8 +128,10 @@ def _start_or_resume(client: Client, store: CacheStore, key: ExportKey) -> Expor
             if task.status not in ("FAILED", "REJECTED", "CANCELED"):
                 logger.info("Resuming export %s of dataset %r", task_id, key.dataset_id)
                 return task
-        except errors.APIError as exc:
-            if exc.status_code not in (404, 410, 422):
+        except errors.ExportTaskNotFoundError:
+            pass  # the server forgot the task: start another
+        except errors.APIStatusError as exc:
+            if exc.status_code not in (410, 422):
                 raise
     if key.media_ids is not None or key.cluster_ids is not None:
         task = client.start_selective_export(key.dataset_id, media_ids=key.media_ids, cluster_ids=key.cluster_ids,

@@ -12,8 +12,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cache_admin, errors
-from ._version import __version__
+from ..cache import admin as cache_admin
+
+from .. import errors
+from .._version import __version__
 
 # One exit code per error family, so scripts can branch on what went wrong.
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -58,7 +60,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from ..server import serve
 
     if (args.api_key is None) != (args.api_secret is None):
         raise errors.ConfigurationError("--api-key and --api-secret go together.")
@@ -73,7 +75,7 @@ def serve_root(args: argparse.Namespace) -> Path:
         if not args.root.is_dir():
             raise errors.ConfigurationError(f"--root {args.root} is not a folder.")
         return args.root
-    from .sample import SAMPLE_ROOT
+    from ..sample import SAMPLE_ROOT
 
     if not SAMPLE_ROOT.is_dir():  # a checkout or build that left the package data out
         raise errors.VLDatasetsError(f"The sample dataset is missing from this installation ({SAMPLE_ROOT}).")
@@ -95,7 +97,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .fetch import fetch_export
+    from ..exports import fetch_export
 
     entry = fetch_export(args.dataset_id, cache_dir=args.cache_dir, export_format=args.export_format,
                          include_images=args.include_images, media_ids=args.media_ids, cluster_ids=args.cluster_ids,
@@ -141,7 +143,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .dataset import VisualLayerDataset
+    from ..loading.dataset import VisualLayerDataset
 
     # task=None: a report needs no targets, so unlabeled exports work too; missing images are
     # counted (a "missing_images" rule in the report) instead of stopping it at the first one.

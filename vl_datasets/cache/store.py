@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ._version import __version__
-from .atomic import replacing
-from .records import ExportTask
+from .._version import __version__
+from ..atomic import replacing
+from ..api.records import ExportTask
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

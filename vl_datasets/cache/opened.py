@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from .archive import extract_archive
-from .config import resolve_cache_dir
-from .errors import ConfigurationError, ExportNotFoundError
+from ..config import resolve_cache_dir
+from ..errors import ConfigurationError, ExportNotFoundError
 
 OPENED = "opened"
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 # ---- output types ---------------------------------------------------------------------------------
 

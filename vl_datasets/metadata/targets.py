@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .curation import label_sources, list_offsets, selected_labels
-from .errors import CurationError
+from ..errors import CurationError
 
 TASKS = ("classification", "multilabel", "detection", None)
 INVALID_LABEL_CHOICES = ("raise", "drop")

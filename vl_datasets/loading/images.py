@@ -40,7 +40,7 @@ import simplejpeg
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigurationError, ImageDecodeError
+from ..errors import ConfigurationError, ImageDecodeError
 
 # Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; refuse at the same size.
 MAX_PIXELS = 2 * 89_478_485

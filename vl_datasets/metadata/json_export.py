@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from .errors import SchemaError
-from .metadata_items import (ITEM_PROPS, RAW_ITEMS, SCALAR_INPUT_TYPES, has_timestamp, inferred_items_usable,
+from ..errors import SchemaError
+from .items import (ITEM_PROPS, RAW_ITEMS, SCALAR_INPUT_TYPES, has_timestamp, inferred_items_usable,
                              python_items)
 
 _MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32

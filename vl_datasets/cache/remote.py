@@ -16,9 +16,9 @@ from pathlib import Path
 
 import fsspec
 
-from .cache import MANIFEST, CacheStore, ExportKey, LocalExport, _safe_name
-from .config import resolve_cache_dir
-from .records import ExportTask
+from .store import MANIFEST, CacheStore, ExportKey, LocalExport, _safe_name
+from ..config import resolve_cache_dir
+from ..api.records import ExportTask
 
 logger = logging.getLogger("vl_datasets")
 

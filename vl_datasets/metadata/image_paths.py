@@ -1,0 +1,161 @@
+"""Which file of an export is each row's image (contract §5), vectorized over the whole table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigurationError, ImageNotFoundError
+from .normalize import basename
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif")
+
+
+def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_missing: str = "raise") -> pa.Array:
+    """Each row's image as a path inside the export (e.g. ``images/train/cat/x.jpg``), contract §5:
+
+    1. ``images/<file_path>`` (then ``<file_path>`` itself if it already starts with ``images/``);
+    2. ``images/<file_name>`` (then ``<file_name>`` if it starts with ``images/``);
+    3. the one member whose base name is the file name's base name;
+    4. ``images/<media_id>.<ext>`` for an image extension.
+
+    Steps 2-3 never hand one file to two rows: a file name that several files or several rows share,
+    and that no other step settles, raises ``ImageNotFoundError`` naming the media_id and the
+    candidates, whatever ``on_missing`` says (an ambiguous name is never resolved silently). A row
+    with no image raises ``ImageNotFoundError`` (``on_missing="raise"``) or gets null (``"null"``),
+    so the caller can drop it. ``table`` is a normalized table; ``member_names`` are the export's
+    files relative to its root (a ZIP's names, or paths under the extracted folder).
+    """
+    if on_missing not in ("raise", "null"):
+        raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
+    members = _member_array(member_names)
+    media_id = table.column("media_id").combine_chunks()
+    file_path = table.column("file_path").combine_chunks()
+    file_name = table.column("file_name").combine_chunks()
+    resolved, ambiguous = _exact_steps(file_path, file_name, members)
+    pending = pc.indices_nonzero(pc.is_null(resolved))
+    if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
+        # A member another row found by its exact path is that row's image, whatever its name.
+        members = members.filter(pc.invert(pc.is_in(members, value_set=pc.drop_null(resolved))))
+        member_base = basename(members)
+        by_base, base_ambiguous = _unique_match(basename(file_name.take(pending)), member_base, members)
+        by_id, id_ambiguous = _unique_match(media_id.take(pending), _media_id_stems(members, member_base), members)
+        resolved = _scatter(resolved, pending, pc.coalesce(by_base, by_id))
+        ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending),
+                                                        pc.or_(base_ambiguous, id_ambiguous)))
+    unresolved = pc.is_null(resolved)
+    ambiguous = pc.and_(unresolved, ambiguous)
+    if pc.any(ambiguous).as_py():
+        row = pc.index(ambiguous, True).as_py()
+        _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), members, file_name)
+    if on_missing == "raise" and pc.any(unresolved).as_py():
+        row = pc.index(unresolved, True).as_py()
+        count = pc.sum(unresolved).as_py()
+        raise ImageNotFoundError(
+            f"No image in the export for media_id {media_id[row].as_py()!r} (file_path "
+            f"{file_path[row].as_py()!r}, file_name {file_name[row].as_py()!r}); {count} row(s) have none. "
+            "Export with include_images=true, or pass on_missing='null' to drop them.",
+            media_id=media_id[row].as_py())
+    return resolved
+
+
+_NO_STRING = pa.scalar(None, pa.string())
+
+
+def _member_array(member_names: Iterable[str]) -> pa.Array:
+    if isinstance(member_names, pa.ChunkedArray):
+        members = member_names.combine_chunks()
+    elif isinstance(member_names, pa.Array):
+        members = member_names
+    else:
+        members = pa.array(list(member_names), pa.string())
+    members = pc.replace_substring(members.cast(pa.string()), "\\", "/")
+    return pc.drop_null(members) if members.null_count else members
+
+
+def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Steps 1 and 2: ``images/<file_path>`` for every row, the other candidates only where it fails.
+
+    Also says which rows are ambiguous: those whose step-2 file another row claims too (frames named
+    ``output_000001.jpg`` in an export laid out by file name).
+    """
+    resolved = _exact(pc.binary_join_element_wise("images/", file_path, ""), members)
+    no_conflict = pa.array(np.zeros(len(resolved), dtype=bool))
+    pending = pc.indices_nonzero(pc.is_null(resolved))
+    if not len(pending):
+        return resolved, no_conflict
+    path, name = file_path.take(pending), file_name.take(pending)
+    by_name = pc.binary_join_element_wise("images/", name, "")
+    candidates = [_as_root_path(path),
+                  pc.if_else(pc.fill_null(pc.equal(name, path), False), _NO_STRING, by_name),  # already tried
+                  _as_root_path(name)]
+    n = len(pending)
+    tried = [c for c in candidates if c.null_count < n]
+    if not tried:
+        return resolved, no_conflict
+    found = _exact(pa.concat_arrays(tried), members)  # one hash of the members for every step
+    found = pc.coalesce(*(found.slice(i * n, n) for i in range(len(tried))))
+    if found.null_count == n:
+        return resolved, no_conflict
+    shared = pc.and_(pc.is_valid(found), _repeated(found, pc.drop_null(pc.coalesce(resolved, _scatter(
+        pa.nulls(len(resolved), pa.string()), pending, found)))))
+    return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)),
+            _scatter(no_conflict, pending, shared))
+
+
+def _as_root_path(value: pa.Array) -> pa.Array:
+    return pc.if_else(pc.fill_null(pc.starts_with(value, "images/"), False), value, _NO_STRING)
+
+
+def _exact(candidates: pa.Array, members: pa.Array) -> pa.Array:
+    return pc.if_else(pc.fill_null(pc.is_in(candidates, value_set=members), False), candidates, _NO_STRING)
+
+
+def _unique_match(keys: pa.Array, member_keys: pa.Array, members: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """For each key: the member with that key when exactly one member and one row have it (else
+    null), and whether the key is ambiguous: several members have it, or several rows share it."""
+    wanted = pc.fill_null(pc.is_in(member_keys, value_set=pc.drop_null(keys)), False)
+    member_keys, members = member_keys.filter(wanted), members.filter(wanted)
+    first = members.take(pc.index_in(keys, member_keys))
+    several = pc.and_(pc.is_valid(first), pc.or_(_repeated(keys, keys), _repeated(keys, member_keys)))
+    return pc.if_else(several, _NO_STRING, first), several
+
+
+def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:
+    """Whether each key occurs more than once in ``among``."""
+    counts = pc.value_counts(among)
+    if not len(counts) or pc.max(counts.field("counts")).as_py() == 1:
+        return pa.array(np.zeros(len(keys), dtype=bool))
+    return pc.fill_null(pc.greater(counts.field("counts").take(pc.index_in(keys, counts.field("values"))), 1), False)
+
+
+def _media_id_stems(members: pa.Array, member_base: pa.Array) -> pa.Array:
+    """``<stem>`` of each member ``images/<stem>.<image extension>``; null for every other member."""
+    lower = pc.utf8_lower(member_base)
+    is_image = pc.equal(members, pc.binary_join_element_wise("images/", member_base, ""))
+    has_extension = pc.ends_with(lower, f".{IMAGE_EXTENSIONS[0]}")
+    for ext in IMAGE_EXTENSIONS[1:]:
+        has_extension = pc.or_(has_extension, pc.ends_with(lower, f".{ext}"))
+    stems = pc.list_element(pc.split_pattern(member_base, ".", max_splits=1, reverse=True), 0)
+    return pc.if_else(pc.and_(is_image, has_extension), stems, _NO_STRING)
+
+
+def _scatter(target: pa.Array, positions: pa.Array, values: pa.Array) -> pa.Array:
+    """``target`` with ``values`` written at ``positions``."""
+    index = np.arange(len(target), dtype=np.int64)
+    index[positions.to_numpy()] = len(target) + np.arange(len(positions), dtype=np.int64)
+    return pa.concat_arrays([target, values.cast(target.type)]).take(pa.array(index))
+
+
+def _raise_ambiguous(media_id: str, file_name: str | None, members: pa.Array, file_names: pa.Array) -> None:
+    base = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    candidates = [m for m in members.to_pylist() if m.rsplit("/", 1)[-1] == base
+                  or m.rsplit("/", 1)[-1].split(".", 1)[0] == media_id]
+    shown = ", ".join(sorted(candidates)[:10]) + (" ..." if len(candidates) > 10 else "")
+    sharing = pc.sum(pc.equal(basename(file_names), base)).as_py() or 0
+    raise ImageNotFoundError(
+        f"The image of media_id {media_id!r} is ambiguous: there is no images/<file_path>, and its file name "
+        f"{base!r}, shared by {sharing} row(s), matches {len(candidates)} file(s): {shown}.", media_id=media_id)

@@ -1,0 +1,190 @@
+"""Read a Visual Layer export's metadata, in every variant of contract §6, into one Arrow table.
+
+One row per media item, columns in this order (``NORMALIZED_SCHEMA``), then the export's unknown
+top-level columns as they were (renamed ``raw_<name>`` if one collides with a name below):
+
+    media_id            string, never null, unique
+    media_type          string           "image" or "video_frame"
+    file_name           string           as exported; the base name of file_path when absent
+    file_path           string           file_path, else the older image_filename; never rewritten
+    file_size_bytes     int64            "48.27KB" -> 49428 (binary units: 1 KB = 1024 B, see below)
+    height, width       int32
+    uniqueness_score    float64          null when the column or the value is absent
+    cluster_id, url     string
+    labels              list<struct<category_name, source, original_id: int64>>        image_label items
+    issues              list<struct<issue_type, confidence, duplicate_group_id,       issue items, every
+                             duplicate_threshold, suggested_label, description>>        one (duplicates: one
+                                                                                       per threshold)
+    objects             list<struct<bbox: list<float64> [x, y, w, h], category_name,  object_label items
+                             source, original_id, uniqueness_score, url,
+                             issues: list<issue>, tags: list<string>>>
+    captions            list<struct<text, source>>        caption items ("text" or "caption")
+    tags                list<string>                      user_tag items' tag_name
+    video_name, video_id  string                          the first video_info item, either spelling
+    frame_timestamp_s   float64          frame_timestamp, else timestamp "00:00:00.567" in seconds
+    frame_number        int64
+
+List columns are never null (an item without metadata_items has empty lists). The schema
+metadata holds ``vl_datasets.normalized_version`` and, for a JSON export, ``vl_datasets.info``
+(its ``info`` object as JSON bytes).
+
+Decisions where the contract is silent:
+- File sizes use binary units (KB = 1024 B, MB = 1024**2 ...), the convention of the file-size
+  formatters these exports come from (and of our local server's ``human_size``); two decimals
+  round away the exact byte count in either base, so the choice only has to be consistent.
+  A bare number is bytes; anything else unreadable becomes null, never an error.
+- ``file_path`` keeps a leading ``images/``: the contract calls it a path inside the dataset's
+  source, where a folder named ``images`` is legitimate. Instead ``resolve_image_paths`` also tries
+  such a value as a path from the export root, right after ``images/<value>``.
+- ``suggested_label`` is only set for ``mislabels`` issues (the only type the contract says carries
+  a suggested label); ``description`` keeps ``issues_description`` for every type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import SchemaError
+from .items import ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns
+from .json_export import table_from_media_items
+
+NORMALIZED_VERSION = "1"
+VERSION_KEY = b"vl_datasets.normalized_version"
+INFO_KEY = b"vl_datasets.info"
+
+NORMALIZED_SCHEMA = pa.schema([
+    pa.field("media_id", pa.string(), nullable=False),
+    pa.field("media_type", pa.string()),
+    pa.field("file_name", pa.string()),
+    pa.field("file_path", pa.string()),
+    pa.field("file_size_bytes", pa.int64()),
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("uniqueness_score", pa.float64()),
+    pa.field("cluster_id", pa.string()),
+    pa.field("url", pa.string()),
+    *ITEM_FIELDS,
+])
+
+
+# Input columns this module maps; every other column is kept as it is.
+_CONSUMED = set(SCALAR_INPUT_TYPES) | {"metadata_items"}
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_PATTERN = r"(?i)^\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<u>(?:[KMGT]i?)?B?)\s*$"
+
+def normalize(data: pa.Table | pa.RecordBatch | list | Mapping, *, source: str = "metadata") -> pa.Table:
+    """The normalized table (module docstring) of a raw metadata table, a list of media items, or a
+    JSON export's ``{"info": ..., "media_items": [...]}``. An already normalized table is returned as is.
+
+    ``source`` names the data in error messages (the file path, when there is one).
+    """
+    info = None
+    if isinstance(data, Mapping):
+        if not isinstance(data.get("media_items"), list):
+            raise SchemaError(f"{source}: the JSON export has no 'media_items' list.", field="media_items")
+        info, data = data.get("info"), data["media_items"]
+    if isinstance(data, list):
+        data = table_from_media_items(data, source)
+    elif isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    elif not isinstance(data, pa.Table):
+        raise SchemaError(f"{source}: metadata must be a table, a list of media items or a JSON export, "
+                          f"not {type(data).__name__}.", field="media_items")
+    return data if is_normalized(data) else normalize_raw(data, source, info)
+
+
+def normalize_raw(raw: pa.Table, source: str, info: Any) -> pa.Table:
+    extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
+    if info is not None:
+        extra[INFO_KEY] = json.dumps(info, default=str).encode()
+    return with_schema_metadata(_normalize_table(raw, source), extra)
+
+
+def is_normalized(table: pa.Table) -> bool:
+    """Whether ``table`` was normalized by this version of the library."""
+    return (table.schema.metadata or {}).get(VERSION_KEY) == NORMALIZED_VERSION.encode()
+
+
+def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
+    names = set(raw.column_names)
+    if "media_id" not in names:
+        raise SchemaError(f"{source}: required column 'media_id' is missing (columns: {sorted(names)}).",
+                          field="media_id")
+    if raw.num_rows and not names & {"file_path", "file_name", "image_filename"}:
+        raise SchemaError(f"{source}: no 'file_path', 'file_name' or 'image_filename' column to find the "
+                          "images by.", field="file_path")
+    n = raw.num_rows
+
+    def column(name: str, type_: pa.DataType) -> pa.ChunkedArray:
+        if name not in names:
+            return pa.chunked_array([pa.nulls(n, type_)])
+        return cast_or_raise(raw.column(name), type_, name, source)
+
+    media_id = column("media_id", pa.string())
+    _check_ids(media_id, source)
+    file_path = pc.coalesce(column("file_path", pa.string()), column("image_filename", pa.string()))
+    file_name = pc.coalesce(column("file_name", pa.string()), basename(file_path))
+    out = {
+        "media_id": media_id,
+        "media_type": column("media_type", pa.string()),
+        "file_name": file_name,
+        "file_path": file_path,
+        "file_size_bytes": _file_size_bytes(raw.column("file_size") if "file_size" in names else None, n),
+        "height": column("height", pa.int32()),
+        "width": column("width", pa.int32()),
+        "uniqueness_score": column("uniqueness_score", pa.float64()),
+        "cluster_id": column("cluster_id", pa.string()),
+        "url": column("url", pa.string()),
+    }
+    out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None,
+                                    n, source))
+    fields = list(NORMALIZED_SCHEMA)
+    for name in raw.column_names:
+        if name in _CONSUMED or name.startswith("__index_level_"):
+            continue
+        target = name if name not in out else f"raw_{name}"
+        out[target] = raw.column(name)
+        fields.append(raw.schema.field(name).with_name(target))
+    return pa.table(out, schema=pa.schema(fields))
+
+
+def _check_ids(media_id: pa.ChunkedArray, source: str) -> None:
+    if media_id.null_count:
+        row = pc.index(pc.is_null(media_id), True).as_py()
+        raise SchemaError(f"{source}: row {row} has no media_id.", field="media_id")
+    if pc.count_distinct(media_id).as_py() != len(media_id):
+        counts = pc.value_counts(media_id)
+        duplicate = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))[0].as_py()
+        raise SchemaError(f"{source}: media_id {duplicate!r} appears more than once.", field="media_id")
+
+
+def basename(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return pc.replace_substring_regex(paths, r"^.*[/\\]", "")
+
+
+def _file_size_bytes(column: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
+    """Human-readable sizes ("48.27KB", "3.38MB", "512B", "1.2GB") as bytes; null when unreadable."""
+    if column is not None and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return pc.round(column.cast(pa.float64())).cast(pa.int64())
+    if column is None or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return pa.chunked_array([pa.nulls(n, pa.int64())])
+    parts = pc.extract_regex(column, _SIZE_PATTERN)
+    number = pc.struct_field(parts, "n").cast(pa.float64())
+    unit = pc.utf8_slice_codeunits(pc.utf8_upper(pc.struct_field(parts, "u")), 0, 1)
+    scale = pc.take(pa.array(list(_SIZE_UNITS.values()), pa.float64()), pc.index_in(unit, pa.array(list(_SIZE_UNITS))))
+    return pc.round(pc.multiply(number, scale)).cast(pa.int64())
+
+
+def with_schema_metadata(table: pa.Table, extra: dict[bytes, bytes]) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+
+
+def info_of(table: pa.Table) -> dict | None:
+    """The JSON export's ``info`` object kept in the table's schema metadata, if any."""
+    raw = (table.schema.metadata or {}).get(INFO_KEY)
+    return None if raw is None else json.loads(raw)

@@ -1,0 +1,81 @@
+"""Find and read an export's metadata file (``metadata.parquet`` or ``metadata.json``) into the
+normalized table of ``normalize``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import SchemaError
+from .items import gc_paused
+from .json_export import read_json_export
+from .normalize import normalize, normalize_raw
+from .table_file import read_normalized, stamp_source, write_normalized
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE_NAMES = ("metadata.parquet", "metadata.json")
+
+
+def find_metadata_file(export_dir: str | os.PathLike) -> Path:
+    """``metadata.parquet`` (preferred) or ``metadata.json`` at the export folder's root."""
+    folder = Path(export_dir)
+    for name in METADATA_FILE_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    raise SchemaError(f"No metadata.parquet or metadata.json at the root of the export folder {folder}.",
+                      field="metadata.parquet")
+
+
+def read_metadata(export_dir: str | os.PathLike, *, cache_path: str | os.PathLike | None = None) -> pa.Table:
+    """The normalized table of an export folder.
+
+    With ``cache_path``, a normalized copy there is reused when it was written by this version of
+    the library from the same metadata file (name, size, mtime), and is (re)written otherwise.
+    """
+    source = find_metadata_file(export_dir)
+    if cache_path is not None:
+        cached = read_normalized(cache_path, source=source)
+        if cached is not None:
+            return cached
+    table = read_metadata_file(source)
+    if cache_path is not None:
+        try:
+            write_normalized(table, cache_path)
+        except OSError as exc:  # a read-only or full cache folder costs the next load time, not this one
+            logger.warning("Could not cache the normalized metadata at %s: %s", cache_path, exc)
+    return table
+
+
+def read_metadata_file(path: str | os.PathLike) -> pa.Table:
+    """The normalized table of one ``metadata.parquet`` or ``metadata.json`` file."""
+    path = Path(path)
+    with open(path, "rb") as stream:
+        is_parquet = stream.read(4) == b"PAR1"
+    if is_parquet:
+        try:
+            raw = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata") from None
+        table = normalize(raw, source=str(path))
+    else:
+        parsed = read_json_export(path)
+        table = normalize(_load_json(path), source=str(path)) if parsed is None else \
+            normalize_raw(parsed[0], str(path), parsed[1])
+    return stamp_source(table, path)
+
+
+
+def _load_json(path: Path) -> Any:
+    with open(path, "rb") as stream, gc_paused():
+        try:
+            return json.load(stream)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+
