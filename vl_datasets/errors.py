@@ -85,8 +85,15 @@ class APIStatusError(APIError):
     entries of a 422.
     """
 
-    def __init__(self, message: str = "", *, status_code: int | None = None, detail: Any = None,
-                 method: str | None = None, url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status_code: int | None = None,
+        detail: Any = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
         super().__init__(message, method=method, url=url)
         self.status_code = status_code
         self.detail = detail
@@ -111,9 +118,17 @@ class DatasetNotFoundError(APIStatusError, LookupError):
 class ExportTaskNotFoundError(APIStatusError, LookupError):
     """404 on an export task of a dataset that exists: the server does not know (or forgot) the task."""
 
-    def __init__(self, message: str = "", *, task_id: str | None = None, dataset_id: str | None = None,
-                 status_code: int | None = None, detail: Any = None, method: str | None = None,
-                 url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        task_id: str | None = None,
+        dataset_id: str | None = None,
+        status_code: int | None = None,
+        detail: Any = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
         super().__init__(message, status_code=status_code, detail=detail, method=method, url=url)
         self.task_id = task_id
         self.dataset_id = dataset_id
@@ -122,9 +137,17 @@ class ExportTaskNotFoundError(APIStatusError, LookupError):
 class DatasetNotReadyError(APIStatusError):
     """409, or a dataset whose status is not READY: it cannot be exported yet."""
 
-    def __init__(self, message: str = "", *, dataset_id: str | None = None, dataset_status: str | None = None,
-                 status_code: int | None = None, detail: Any = None, method: str | None = None,
-                 url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        dataset_id: str | None = None,
+        dataset_status: str | None = None,
+        status_code: int | None = None,
+        detail: Any = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
         super().__init__(message, status_code=status_code, detail=detail, method=method, url=url)
         self.dataset_id = dataset_id
         self.dataset_status = dataset_status
@@ -160,8 +183,15 @@ class ExportError(VLDatasetsError):
 class ExportFailedError(ExportError):
     """The export ended FAILED, REJECTED or CANCELED; ``result_message`` says why."""
 
-    def __init__(self, message: str = "", *, task_id: str | None = None, dataset_id: str | None = None,
-                 status: str | None = None, result_message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        task_id: str | None = None,
+        dataset_id: str | None = None,
+        status: str | None = None,
+        result_message: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.task_id = task_id
         self.dataset_id = dataset_id
@@ -193,8 +223,14 @@ class DownloadError(ExportError, OSError):
 class InsufficientDiskSpaceError(DownloadError):
     """Not enough free space for the archive; nothing was downloaded."""
 
-    def __init__(self, message: str = "", *, required_bytes: int | None = None, free_bytes: int | None = None,
-                 url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        required_bytes: int | None = None,
+        free_bytes: int | None = None,
+        url: str | None = None,
+    ) -> None:
         super().__init__(message, url=url)
         self.required_bytes = required_bytes
         self.free_bytes = free_bytes
@@ -283,5 +319,6 @@ class ImageDecodeError(DataError, ValueError):
         self.path = path
 
 
-__all__ = sorted(name for name, value in globals().items()
-                 if isinstance(value, type) and issubclass(value, VLDatasetsError))
+__all__ = sorted(
+    name for name, value in globals().items() if isinstance(value, type) and issubclass(value, VLDatasetsError)
+)

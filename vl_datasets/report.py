@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .loading import images
 from .atomic import replacing
-from .metadata.curation import selected_labels
 from .errors import ConfigurationError, ImageDecodeError
+from .loading import images
+from .metadata.curation import selected_labels
 
 MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out
 
@@ -46,8 +46,14 @@ $body
 """)
 
 
-def write_report(dataset: Any, path: str | os.PathLike, *, title: str | None = None, max_thumbnails: int = 48,
-                 thumbnail_size: int = 96) -> Path:
+def write_report(
+    dataset: Any,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    max_thumbnails: int = 48,
+    thumbnail_size: int = 96,
+) -> Path:
     """Write a self-contained HTML report of ``dataset``'s curation to ``path``, and return the path.
 
     It shows the item counts before and after curation, how many items each rule removed, the
@@ -57,8 +63,9 @@ def write_report(dataset: Any, path: str | os.PathLike, *, title: str | None = N
     """
     figure = _figure_class()  # before any work: a missing extra should fail fast
     if max_thumbnails < 0 or thumbnail_size < 8:
-        raise ConfigurationError(f"max_thumbnails must be >= 0 and thumbnail_size >= 8, "
-                                 f"got {max_thumbnails} and {thumbnail_size}.")
+        raise ConfigurationError(
+            f"max_thumbnails must be >= 0 and thumbnail_size >= 8, got {max_thumbnails} and {thumbnail_size}."
+        )
     summary, details = dataset.curation_summary(), dataset.curation_details()
     # subset= scopes the dataset to one part of a split: the other parts were never candidates,
     # so they are counted but left out of the plots and grids.
@@ -68,17 +75,23 @@ def write_report(dataset: Any, path: str | os.PathLike, *, title: str | None = N
     kept = pc.is_null(removed_by).to_numpy(zero_copy_only=False)
     if title is None:
         title = f"Curation report: {dataset.dataset_id or Path(dataset.export_dir).name}"
-    sections = [_counts_section(summary),
-                _histogram_section(figure, details, kept, _uniqueness_threshold(dataset)),
-                _labels_section(figure, names, kept)]
+    sections = [
+        _counts_section(summary),
+        _histogram_section(figure, details, kept, _uniqueness_threshold(dataset)),
+        _labels_section(figure, names, kept),
+    ]
     rules = removed_by.to_numpy(zero_copy_only=False)
     for rule, count in summary.removed_by.items():
         if count and rule != "subset":
-            sections.append(_grid_section(f"Removed by {rule}", np.flatnonzero(rules == rule), details, names,
-                                          max_thumbnails, thumbnail_size))
+            sections.append(
+                _grid_section(
+                    f"Removed by {rule}", np.flatnonzero(rules == rule), details, names, max_thumbnails, thumbnail_size
+                )
+            )
     sections.append(_grid_section("Kept", np.flatnonzero(kept), details, names, max_thumbnails, thumbnail_size))
-    page = _PAGE.substitute(title=html.escape(title), body="\n".join(sections), size=thumbnail_size,
-                            cell=max(thumbnail_size, 120))
+    page = _PAGE.substitute(
+        title=html.escape(title), body="\n".join(sections), size=thumbnail_size, cell=max(thumbnail_size, 120)
+    )
     return _write_atomic(Path(path), page)
 
 
@@ -87,8 +100,9 @@ def _figure_class() -> type:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigurationError('The curation report draws its plots with matplotlib: '
-                                 'pip install "vl_datasets[report]"') from None
+        raise ConfigurationError(
+            'The curation report draws its plots with matplotlib: pip install "vl_datasets[report]"'
+        ) from None
     return Figure
 
 
@@ -100,8 +114,11 @@ def _counts_section(summary: Any) -> str:
     rows = [("Items in the export", summary.total)]
     rows += [(f"Removed by {rule}", count) for rule, count in summary.removed_by.items()]
     rows.append(("Kept", summary.kept))
-    cells = "".join(f"<tr><td>{html.escape(name)}</td><td class=n>{count:,}</td>"
-                    f"<td class=n>{_percent(count, summary.total)}</td></tr>" for name, count in rows)
+    cells = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class=n>{count:,}</td>"
+        f"<td class=n>{_percent(count, summary.total)}</td></tr>"
+        for name, count in rows
+    )
     return f"<h2>Counts</h2>\n<table><tr><th>Step</th><th>Items</th><th>Share</th></tr>{cells}</table>"
 
 
@@ -167,8 +184,9 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _grid_section(heading: str, rows: np.ndarray, details: pa.Table, names: pa.ListArray,
-                  max_thumbnails: int, size: int) -> str:
+def _grid_section(
+    heading: str, rows: np.ndarray, details: pa.Table, names: pa.ListArray, max_thumbnails: int, size: int
+) -> str:
     sample = _spread_sample(rows, max_thumbnails)
     shown = f" (showing {len(sample):,})" if len(sample) < len(rows) else ""
     subset = details.take(pa.array(sample, pa.int64())).to_pylist()
@@ -187,13 +205,18 @@ def _spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
 def _cell(row: dict, labels: list[str], size: int) -> str:
     src = _thumbnail(row.get("image_path"), row.get("media_id"), size)
     media_id = str(row.get("media_id") or "")
-    picture = (_img(src, f"media {media_id}") if src is not None
-               else f"<div class=missing>{'unreadable image' if row.get('image_path') else 'no image'}</div>")
+    picture = (
+        _img(src, f"media {media_id}")
+        if src is not None
+        else f"<div class=missing>{'unreadable image' if row.get('image_path') else 'no image'}</div>"
+    )
     score = row.get("uniqueness_score")
     issues = {(issue["issue_type"], issue.get("confidence")) for issue in row.get("issues") or []}
     lines = [media_id[:8], ", ".join(labels) or "no label", "unscored" if score is None else f"uniqueness {score:.3f}"]
-    lines += [f"{kind} {confidence:.3f}" if confidence is not None else str(kind)
-              for kind, confidence in sorted(issues, key=lambda pair: str(pair[0]))]
+    lines += [
+        f"{kind} {confidence:.3f}" if confidence is not None else str(kind)
+        for kind, confidence in sorted(issues, key=lambda pair: str(pair[0]))
+    ]
     caption = "<br>".join(html.escape(line) for line in lines)
     tooltip = html.escape(str(row.get("file_path") or row.get("file_name") or media_id))
     return f'<figure title="{tooltip}">{picture}<figcaption>{caption}</figcaption></figure>'

@@ -67,6 +67,8 @@ class TokenProvider:
             self._token = None
 
     def _sign(self) -> None:
+        if self._api_secret is None:  # the Client never builds one so; jwt.encode would raise TypeError too
+            raise TypeError("A TokenProvider without a pre-made token needs api_secret to sign one.")
         now = int(self._wall_clock())
         claims = {"sub": self._api_key, "iat": now, "exp": now + TOKEN_LIFETIME_S, "iss": "sdk"}
         headers = {"kid": self._api_key, "typ": "JWT"}

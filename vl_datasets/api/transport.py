@@ -237,5 +237,6 @@ class Transport:
     def _connection_error(exc: Exception, method: str, url: str, what: str) -> errors.APIConnectionError:
         cls = errors.APITimeoutError if isinstance(exc, requests.Timeout) else errors.APIConnectionError
         # The exception text of requests can embed the full URL; name only its redacted form.
-        return cls(f"{what}: could not reach {redact_url(url)} ({type(exc).__name__})", method=method,
-                   url=redact_url(url))
+        return cls(
+            f"{what}: could not reach {redact_url(url)} ({type(exc).__name__})", method=method, url=redact_url(url)
+        )

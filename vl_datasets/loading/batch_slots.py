@@ -83,8 +83,10 @@ class BatchSlots:
         """In a worker: copy same-shape uint8 CHW images into a free slot; None if they cannot go."""
         if get_worker_info() is None or not images or len(images) > self.pixels.shape[1]:
             return None
-        if not all(isinstance(i, torch.Tensor) and i.dtype == torch.uint8 and tuple(i.shape) == self.image_shape
-                   for i in images):
+        if not all(
+            isinstance(i, torch.Tensor) and i.dtype == torch.uint8 and tuple(i.shape) == self.image_shape
+            for i in images
+        ):
             return None
         slot = self._acquire()
         if slot is None:

@@ -50,8 +50,7 @@ _PIL_ONLY_COLORSPACES = ("CMYK", "YCCK")
 # The scaled IDCTs that beat a full decode; larger denominators first (smallest output).
 _DCT_DENOMINATORS = (8, 4, 2)
 # What Pillow's decoders raise for broken files; anything else is a bug worth seeing.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-               PIL.Image.DecompressionBombError)
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, PIL.Image.DecompressionBombError)
 
 
 def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -70,14 +69,18 @@ def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 def _fail(reason: object, media_id: str | None, path: str | None) -> ImageDecodeError:
     where = f" at {path}" if path else ""
-    return ImageDecodeError(f"Cannot decode the image of media_id {media_id!r}{where}: {reason}",
-                            media_id=media_id, path=path)
+    return ImageDecodeError(
+        f"Cannot decode the image of media_id {media_id!r}{where}: {reason}", media_id=media_id, path=path
+    )
 
 
 def _check_pixels(height: int, width: int, max_pixels: int, media_id, path) -> None:
     if height * width > max_pixels:
-        raise _fail(f"it declares {width}x{height} pixels, over the {max_pixels:,} limit (a decompression bomb?)",
-                    media_id, path)
+        raise _fail(
+            f"it declares {width}x{height} pixels, over the {max_pixels:,} limit (a decompression bomb?)",
+            media_id,
+            path,
+        )
 
 
 def _dct_scaled_size(height: int, width: int, target: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -107,8 +110,7 @@ def _decode_jpeg(data: bytes, target, max_pixels: int, media_id, path) -> np.nda
     # simplejpeg picks the smallest scale meeting both minimums: exactly the one chosen here.
     min_height, min_width = _dct_scaled_size(height, width, target) or (0, 0)
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_height, min_width=min_width,
-                                      strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_height, min_width=min_width, strict=True)
     except ValueError:
         # strict fails on every libjpeg warning: truncation, which Pillow refuses too, but also
         # "N extraneous bytes before marker", which Pillow (and every other loader) accepts and
@@ -140,8 +142,9 @@ def _open_pil(data: bytes, max_pixels: int, media_id, path) -> PIL.Image.Image:
         raise
     except PIL.UnidentifiedImageError:
         # Pillow's own message names only a BytesIO object's address; the first bytes say more.
-        raise _fail(f"not an image in any format Pillow reads (starts with {bytes(data[:8])!r})",
-                    media_id, path) from None
+        raise _fail(
+            f"not an image in any format Pillow reads (starts with {bytes(data[:8])!r})", media_id, path
+        ) from None
     except _PIL_ERRORS as exc:
         raise _fail(exc, media_id, path) from None
 
@@ -154,8 +157,14 @@ def _to_chw(hwc: np.ndarray, target: tuple[int, int] | None) -> torch.Tensor:
     return nchw[0]
 
 
-def decode_image(data: bytes, *, size: int | tuple[int, int] | None = None, media_id: str | None = None,
-                 path: str | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def decode_image(
+    data: bytes,
+    *,
+    size: int | tuple[int, int] | None = None,
+    media_id: str | None = None,
+    path: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> torch.Tensor:
     """Decode to a uint8 3xHxW RGB tensor (a channels-last view).
 
     ``size``: an int for a size x size square, (height, width), or None for the native size; the
@@ -173,8 +182,9 @@ def decode_image(data: bytes, *, size: int | tuple[int, int] | None = None, medi
     return _to_chw(pixels, target)
 
 
-def decode_pil(data: bytes, *, media_id: str | None = None, path: str | None = None,
-               max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
+def decode_pil(
+    data: bytes, *, media_id: str | None = None, path: str | None = None, max_pixels: int = MAX_PIXELS
+) -> PIL.Image.Image:
     """Decode to a native-size RGB Pillow image, for transforms written against PIL.
 
     Same conversions and errors as ``decode_image``; EXIF orientation is likewise ignored.

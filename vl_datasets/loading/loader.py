@@ -23,11 +23,19 @@ import itertools
 import logging
 import multiprocessing
 import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    get_worker_info,
+)
 from torch.utils.data._utils.collate import default_collate
 
 from .batch_slots import BatchSlots, SlotBatch
@@ -70,9 +78,12 @@ def stack_images(images: list) -> torch.Tensor:
     does, so it reaches the main process without another copy.
     """
     first = images[0]
-    channels_last = (isinstance(first, torch.Tensor) and first.dim() == 3 and first.stride(0) == 1
-                     and all(isinstance(i, torch.Tensor) and i.shape == first.shape and i.dtype == first.dtype
-                             for i in images))
+    channels_last = (
+        isinstance(first, torch.Tensor)
+        and first.dim() == 3
+        and first.stride(0) == 1
+        and all(isinstance(i, torch.Tensor) and i.shape == first.shape and i.dtype == first.dtype for i in images)
+    )
     if not channels_last:
         return default_collate(images)
     c, h, w = first.shape
@@ -101,7 +112,7 @@ class TaskCollate:
             return _Batch(None, skipped)
         images = [image for image, _ in kept]
         targets = [target for _, target in kept]
-        stacked = self.slots.put(images) if self.slots is not None else None
+        stacked: SlotBatch | torch.Tensor | list | None = self.slots.put(images) if self.slots is not None else None
         if stacked is None:
             same_size = all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images)
             stacked = stack_images(images) if same_size or not self.targets_as_list else images
@@ -140,15 +151,19 @@ class VLDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._epoch_stream = None  # set below, once DataLoader has built the per-epoch sampler
+        self._epoch_stream: _EpochStream | None = None  # set below, once DataLoader has built the per-epoch sampler
         super().__init__(*args, **kwargs)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
-        self._stream = None  # the workers' endless iterator, once started
+        self._stream: Iterator[Any] | None = None  # the workers' endless iterator, once started
         self._epoch_unfinished = False
         per_epoch = super()._index_sampler
-        streams = (self.num_workers > 0 and self.persistent_workers and getattr(self, "in_order", True)
-                   and hasattr(per_epoch, "__len__"))
+        streams = (
+            self.num_workers > 0
+            and self.persistent_workers
+            and getattr(self, "in_order", True)
+            and hasattr(per_epoch, "__len__")
+        )
         self._epoch_stream = _EpochStream(per_epoch, self.sampler) if streams else None
 
     @property
@@ -189,17 +204,31 @@ class VLDataLoader(DataLoader):
                 continue
             images, targets = batch.data
             if isinstance(images, SlotBatch):
+                # Only a TaskCollate with slots returns a SlotBatch.
+                assert isinstance(self.collate_fn, TaskCollate) and self.collate_fn.slots is not None
                 images = self.collate_fn.slots.take(images)
             yield images, targets
         self.skipped = skipped
         if skipped:
             shown = ", ".join(s.media_id for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-            logger.warning("Epoch %d skipped %d unreadable images (media ids: %s); see loader.skipped",
-                           self.epoch, len(skipped), shown)
+            logger.warning(
+                "Epoch %d skipped %d unreadable images (media ids: %s); see loader.skipped",
+                self.epoch,
+                len(skipped),
+                shown,
+            )
 
 
-def make_dataloader(dataset, batch_size: int, *, shuffle: bool = True, num_workers: int | None = None,
-                    seed: int | None = None, drop_last: bool = False, **kwargs: Any) -> VLDataLoader:
+def make_dataloader(
+    dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    num_workers: int | None = None,
+    seed: int | None = None,
+    drop_last: bool = False,
+    **kwargs: Any,
+) -> VLDataLoader:
     """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults."""
     if num_workers is None:
         num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
@@ -209,6 +238,7 @@ def make_dataloader(dataset, batch_size: int, *, shuffle: bool = True, num_worke
     # persistent ones), which would otherwise make the order depend on num_workers.
     order = torch.Generator().manual_seed(base_seed)
     generator = torch.Generator().manual_seed((base_seed + 1) % 2**63)
+    sampler: Sampler[int]
     if dist.is_available() and dist.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed or 0, drop_last=drop_last)
     elif shuffle:
@@ -216,9 +246,16 @@ def make_dataloader(dataset, batch_size: int, *, shuffle: bool = True, num_worke
     else:
         sampler = SequentialSampler(dataset)
     collate = TaskCollate(targets_as_list=dataset.task in ("detection", None))
-    options = dict(batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                   collate_fn=collate, persistent_workers=num_workers > 0, generator=generator,
-                   worker_init_fn=_one_thread_per_worker if num_workers > 0 else None)
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "sampler": sampler,
+        "num_workers": num_workers,
+        "drop_last": drop_last,
+        "collate_fn": collate,
+        "persistent_workers": num_workers > 0,
+        "generator": generator,
+        "worker_init_fn": _one_thread_per_worker if num_workers > 0 else None,
+    }
     options.update(kwargs)
     if options["collate_fn"] is collate:
         collate.slots = _batch_slots(dataset, options)
@@ -232,9 +269,15 @@ def _batch_slots(dataset, options: dict) -> BatchSlots | None:
     and drops what they prefetched, which frees those slots; workers shut down mid-epoch would
     leave their batches unread and their slots taken."""
     size = getattr(dataset, "image_size", None)  # any map-style dataset with a ``task`` may come here
-    if (not options["num_workers"] or not options["persistent_workers"] or not options["batch_size"]
-            or options.get("pin_memory") or size is None or getattr(dataset, "transform", None) is not None
-            or getattr(dataset, "decode", "pil") == "pil"):
+    if (
+        not options["num_workers"]
+        or not options["persistent_workers"]
+        or not options["batch_size"]
+        or options.get("pin_memory")
+        or size is None
+        or getattr(dataset, "transform", None) is not None
+        or getattr(dataset, "decode", "pil") == "pil"
+    ):
         return None
     height, width = (size, size) if isinstance(size, int) else size
     context = options.get("multiprocessing_context")

@@ -44,8 +44,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         by_base, base_ambiguous = _unique_match(basename(file_name.take(pending)), member_base, members)
         by_id, id_ambiguous = _unique_match(media_id.take(pending), _media_id_stems(members, member_base), members)
         resolved = _scatter(resolved, pending, pc.coalesce(by_base, by_id))
-        ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending),
-                                                        pc.or_(base_ambiguous, id_ambiguous)))
+        ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending), pc.or_(base_ambiguous, id_ambiguous)))
     unresolved = pc.is_null(resolved)
     ambiguous = pc.and_(unresolved, ambiguous)
     if pc.any(ambiguous).as_py():
@@ -58,7 +57,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
             f"No image in the export for media_id {media_id[row].as_py()!r} (file_path "
             f"{file_path[row].as_py()!r}, file_name {file_name[row].as_py()!r}); {count} row(s) have none. "
             "Export with include_images=true, or pass on_missing='null' to drop them.",
-            media_id=media_id[row].as_py())
+            media_id=media_id[row].as_py(),
+        )
     return resolved
 
 
@@ -89,9 +89,11 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
         return resolved, no_conflict
     path, name = file_path.take(pending), file_name.take(pending)
     by_name = pc.binary_join_element_wise("images/", name, "")
-    candidates = [_as_root_path(path),
-                  pc.if_else(pc.fill_null(pc.equal(name, path), False), _NO_STRING, by_name),  # already tried
-                  _as_root_path(name)]
+    candidates = [
+        _as_root_path(path),
+        pc.if_else(pc.fill_null(pc.equal(name, path), False), _NO_STRING, by_name),  # already tried
+        _as_root_path(name),
+    ]
     n = len(pending)
     tried = [c for c in candidates if c.null_count < n]
     if not tried:
@@ -100,10 +102,13 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
     found = pc.coalesce(*(found.slice(i * n, n) for i in range(len(tried))))
     if found.null_count == n:
         return resolved, no_conflict
-    shared = pc.and_(pc.is_valid(found), _repeated(found, pc.drop_null(pc.coalesce(resolved, _scatter(
-        pa.nulls(len(resolved), pa.string()), pending, found)))))
-    return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)),
-            _scatter(no_conflict, pending, shared))
+    shared = pc.and_(
+        pc.is_valid(found),
+        _repeated(
+            found, pc.drop_null(pc.coalesce(resolved, _scatter(pa.nulls(len(resolved), pa.string()), pending, found)))
+        ),
+    )
+    return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)), _scatter(no_conflict, pending, shared))
 
 
 def _as_root_path(value: pa.Array) -> pa.Array:
@@ -152,10 +157,15 @@ def _scatter(target: pa.Array, positions: pa.Array, values: pa.Array) -> pa.Arra
 
 def _raise_ambiguous(media_id: str, file_name: str | None, members: pa.Array, file_names: pa.Array) -> None:
     base = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    candidates = [m for m in members.to_pylist() if m.rsplit("/", 1)[-1] == base
-                  or m.rsplit("/", 1)[-1].split(".", 1)[0] == media_id]
+    candidates = [
+        m
+        for m in members.to_pylist()
+        if m.rsplit("/", 1)[-1] == base or m.rsplit("/", 1)[-1].split(".", 1)[0] == media_id
+    ]
     shown = ", ".join(sorted(candidates)[:10]) + (" ..." if len(candidates) > 10 else "")
     sharing = pc.sum(pc.equal(basename(file_names), base)).as_py() or 0
     raise ImageNotFoundError(
         f"The image of media_id {media_id!r} is ambiguous: there is no images/<file_path>, and its file name "
-        f"{base!r}, shared by {sharing} row(s), matches {len(candidates)} file(s): {shown}.", media_id=media_id)
+        f"{base!r}, shared by {sharing} row(s), matches {len(candidates)} file(s): {shown}.",
+        media_id=media_id,
+    )

@@ -33,25 +33,29 @@ from ..errors import SchemaError
 
 # ---- output types ---------------------------------------------------------------------------------
 
-ISSUE_TYPE = pa.struct([
-    ("issue_type", pa.string()),
-    ("confidence", pa.float64()),
-    ("duplicate_group_id", pa.string()),
-    ("duplicate_threshold", pa.float64()),
-    ("suggested_label", pa.string()),  # a mislabels issue's issues_description
-    ("description", pa.string()),  # issues_description as exported, whatever the issue type
-])
+ISSUE_TYPE = pa.struct(
+    [
+        ("issue_type", pa.string()),
+        ("confidence", pa.float64()),
+        ("duplicate_group_id", pa.string()),
+        ("duplicate_threshold", pa.float64()),
+        ("suggested_label", pa.string()),  # a mislabels issue's issues_description
+        ("description", pa.string()),  # issues_description as exported, whatever the issue type
+    ]
+)
 LABEL_TYPE = pa.struct([("category_name", pa.string()), ("source", pa.string()), ("original_id", pa.int64())])
-OBJECT_TYPE = pa.struct([
-    ("bbox", pa.list_(pa.float64())),  # [x, y, width, height] in pixels, top-left origin, as exported
-    ("category_name", pa.string()),
-    ("source", pa.string()),
-    ("original_id", pa.int64()),
-    ("uniqueness_score", pa.float64()),
-    ("url", pa.string()),
-    ("issues", pa.list_(ISSUE_TYPE)),
-    ("tags", pa.list_(pa.string())),
-])
+OBJECT_TYPE = pa.struct(
+    [
+        ("bbox", pa.list_(pa.float64())),  # [x, y, width, height] in pixels, top-left origin, as exported
+        ("category_name", pa.string()),
+        ("source", pa.string()),
+        ("original_id", pa.int64()),
+        ("uniqueness_score", pa.float64()),
+        ("url", pa.string()),
+        ("issues", pa.list_(ISSUE_TYPE)),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
 CAPTION_TYPE = pa.struct([("text", pa.string()), ("source", pa.string())])
 
 ITEM_FIELDS = [
@@ -68,26 +72,45 @@ ITEM_FIELDS = [
 
 # ---- what raw items are read into: every documented property, typed ------------------------------
 
-_ISSUE_PROPS = [("issue_type", pa.string()), ("confidence", pa.float64()), ("duplicate_group_id", pa.string()),
-                ("duplicate_threshold", pa.float64()), ("issues_description", pa.string())]
+_ISSUE_PROPS = [
+    ("issue_type", pa.string()),
+    ("confidence", pa.float64()),
+    ("duplicate_group_id", pa.string()),
+    ("duplicate_threshold", pa.float64()),
+    ("issues_description", pa.string()),
+]
 # An object's own metadata_items: its issues and tags.
-_NESTED_PROPS = _ISSUE_PROPS + [("tag_name", pa.string())]
+_NESTED_PROPS = [*_ISSUE_PROPS, ("tag_name", pa.string())]
 RAW_NESTED_ITEMS = pa.list_(pa.struct([("type", pa.string()), ("properties", pa.struct(_NESTED_PROPS))]))
-ITEM_PROPS = _ISSUE_PROPS + [
-    ("category_name", pa.string()), ("source", pa.string()), ("original_id", pa.int64()),
-    ("bbox", pa.list_(pa.float64())), ("uniqueness_score", pa.float64()), ("url", pa.string()),
+ITEM_PROPS = [
+    *_ISSUE_PROPS,
+    ("category_name", pa.string()),
+    ("source", pa.string()),
+    ("original_id", pa.int64()),
+    ("bbox", pa.list_(pa.float64())),
+    ("uniqueness_score", pa.float64()),
+    ("url", pa.string()),
     ("metadata_items", RAW_NESTED_ITEMS),
     ("tag_name", pa.string()),
-    ("video_name", pa.string()), ("video_id", pa.string()), ("frame_timestamp", pa.float64()),
-    ("frame_number", pa.int64()), ("timestamp", pa.string()),
-    ("text", pa.string()), ("caption", pa.string()),
+    ("video_name", pa.string()),
+    ("video_id", pa.string()),
+    ("frame_timestamp", pa.float64()),
+    ("frame_number", pa.int64()),
+    ("timestamp", pa.string()),
+    ("text", pa.string()),
+    ("caption", pa.string()),
 ]
 RAW_ITEMS = pa.list_(pa.struct([("type", pa.string()), ("properties", pa.struct(ITEM_PROPS))]))
 
 # The documented scalar fields of a media item, as the JSON export writes them.
 _STRING_FIELDS = ("media_id", "media_type", "file_name", "file_path", "image_filename", "cluster_id", "url")
-SCALAR_INPUT_TYPES = {**{name: pa.string() for name in _STRING_FIELDS}, "height": pa.int64(), "width": pa.int64(),
-                      "uniqueness_score": pa.float64(), "file_size": pa.string()}
+SCALAR_INPUT_TYPES = {
+    **{name: pa.string() for name in _STRING_FIELDS},
+    "height": pa.int64(),
+    "width": pa.int64(),
+    "uniqueness_score": pa.float64(),
+    "file_size": pa.string(),
+}
 # Rows per json-reader call: keeps a refused slice (and its slow re-parse) small.
 JSON_SLICE_ROWS = 65_536
 _JSON_BLOCK_BYTES = 16 << 20
@@ -125,6 +148,7 @@ def has_timestamp(type_: pa.DataType) -> bool:
 
 # ---- parsing the three input shapes ----------------------------------------------------------------
 
+
 def _as_lists(array: pa.Array, where: str, source: str, row_offset: int = 0) -> pa.Array:
     """A list array from a list, JSON-string or all-null column; SchemaError for anything else."""
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
@@ -140,8 +164,9 @@ def _as_list_parts(array: pa.Array, where: str, source: str, row_offset: int = 0
         return _parse_json_parts(array, source, row_offset=row_offset, infer=True)
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         return [array]
-    raise SchemaError(f"{source}: {where} has type {array.type}; expected a list of items or a JSON string.",
-                      field=where)
+    raise SchemaError(
+        f"{source}: {where} has type {array.type}; expected a list of items or a JSON string.", field=where
+    )
 
 
 def parse_json_items(strings: pa.Array, source: str, *, row_offset: int = 0) -> pa.Array:
@@ -199,8 +224,12 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
         table = pa_json.read_json(
             pa.BufferReader(body),
             read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK_BYTES),
-            parse_options=pa_json.ParseOptions(explicit_schema=schema, newlines_in_values=bool(newlines),
-                                               unexpected_field_behavior="infer" if infer else "ignore"))
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema,
+                newlines_in_values=bool(newlines),
+                unexpected_field_behavior="infer" if infer else "ignore",
+            ),
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     if table.num_rows != len(strings) or "m" not in table.column_names:  # a value closed its wrapper early
@@ -251,8 +280,9 @@ def _loads_row(text: str | None, source: str, row: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchemaError(f"{source}: metadata_items of row {row} is not valid JSON ({exc}).",
-                          field="metadata_items") from None
+        raise SchemaError(
+            f"{source}: metadata_items of row {row} is not valid JSON ({exc}).", field="metadata_items"
+        ) from None
 
 
 @contextmanager
@@ -283,8 +313,9 @@ def _coerce_row(value: Any, source: str, row: int) -> list | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise SchemaError(f"{source}: metadata_items of row {row} is a {type(value).__name__}, not a list.",
-                          field="metadata_items")
+        raise SchemaError(
+            f"{source}: metadata_items of row {row} is a {type(value).__name__}, not a list.", field="metadata_items"
+        )
     return [_coerce_item(item, ITEM_PROPS, source, row) for item in value]
 
 
@@ -292,12 +323,13 @@ def _coerce_item(item: Any, spec: list, source: str, row: int) -> dict | None:
     if item is None:
         return None
     if not isinstance(item, dict):
-        raise SchemaError(f"{source}: an item in metadata_items of row {row} is not an object.",
-                          field="metadata_items")
+        raise SchemaError(f"{source}: an item in metadata_items of row {row} is not an object.", field="metadata_items")
     props = item.get("properties") or {}
     if not isinstance(props, dict):
-        raise SchemaError(f"{source}: metadata_items of row {row} has 'properties' that is not an object.",
-                          field="metadata_items.properties")
+        raise SchemaError(
+            f"{source}: metadata_items of row {row} has 'properties' that is not an object.",
+            field="metadata_items.properties",
+        )
     out = {}
     for name, type_ in spec:
         value = props.get(name)
@@ -306,8 +338,10 @@ def _coerce_item(item: Any, spec: list, source: str, row: int) -> dict | None:
         if name == "metadata_items":
             nested = _loads_row(value, source, row) if isinstance(value, str) else value
             if not isinstance(nested, list):
-                raise SchemaError(f"{source}: an object label in row {row} has metadata_items that is not a list.",
-                                  field="metadata_items.properties.metadata_items")
+                raise SchemaError(
+                    f"{source}: an object label in row {row} has metadata_items that is not a list.",
+                    field="metadata_items.properties.metadata_items",
+                )
             out[name] = [_coerce_item(i, _NESTED_PROPS, source, row) for i in nested]
         else:
             out[name] = _coerce_value(value, type_, name, source, row)
@@ -330,11 +364,14 @@ def _coerce_value(value: Any, type_: pa.DataType, name: str, source: str, row: i
             return int(number)
         return number
     except (TypeError, ValueError) as exc:
-        raise SchemaError(f"{source}: metadata_items of row {row} has property {name!r} = {value!r}, "
-                          f"which is not a {type_} ({exc}).", field=f"metadata_items.properties.{name}") from None
+        raise SchemaError(
+            f"{source}: metadata_items of row {row} has property {name!r} = {value!r}, which is not a {type_} ({exc}).",
+            field=f"metadata_items.properties.{name}",
+        ) from None
 
 
 # ---- flattening ------------------------------------------------------------------------------------
+
 
 def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
     """Flatten a list<struct<type, properties>> of any inferred types; cast the ``spec`` properties."""
@@ -345,16 +382,18 @@ def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
     if pa.types.is_struct(flat.type):
         fields = {flat.type.field(i).name: child for i, child in enumerate(flat.flatten())}
     elif not pa.types.is_null(flat.type):
-        raise SchemaError(f"{source}: {where} holds {flat.type} values; expected objects with "
-                          "'type' and 'properties'.", field=where)
+        raise SchemaError(
+            f"{source}: {where} holds {flat.type} values; expected objects with 'type' and 'properties'.", field=where
+        )
     types = cast_or_raise(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source)
     raw_props = fields.get("properties", pa.nulls(n))
     present: dict[str, pa.Array] = {}
     if pa.types.is_struct(raw_props.type):
         present = {raw_props.type.field(i).name: c for i, c in enumerate(raw_props.flatten())}
     elif not pa.types.is_null(raw_props.type):
-        raise SchemaError(f"{source}: {where}.properties is {raw_props.type}, not an object.",
-                          field=f"{where}.properties")
+        raise SchemaError(
+            f"{source}: {where}.properties is {raw_props.type}, not an object.", field=f"{where}.properties"
+        )
     props = {}
     for name, type_ in spec:
         array = present.get(name)
@@ -374,8 +413,9 @@ def cast_or_raise(values, type_: pa.DataType, field: str, source: str):
     try:
         return values.cast(type_)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise SchemaError(f"{source}: {field} has type {values.type} and values that cannot be read as {type_} "
-                          f"({exc}).", field=field) from None
+        raise SchemaError(
+            f"{source}: {field} has type {values.type} and values that cannot be read as {type_} ({exc}).", field=field
+        ) from None
 
 
 def _select(items: _Items, kind: str) -> tuple[pa.Array, np.ndarray]:
@@ -387,8 +427,9 @@ def _select(items: _Items, kind: str) -> tuple[pa.Array, np.ndarray]:
     return index, offsets
 
 
-def _lists(items: _Items, kind: str, names: Sequence[str],
-           build: Callable[[dict[str, pa.Array]], pa.Array]) -> pa.Array:
+def _lists(
+    items: _Items, kind: str, names: Sequence[str], build: Callable[[dict[str, pa.Array]], pa.Array]
+) -> pa.Array:
     index, offsets = _select(items, kind)
     values = build({name: items.props[name].take(index) for name in names})
     return pa.ListArray.from_arrays(pa.array(offsets), values)
@@ -402,8 +443,11 @@ _ISSUE_NAMES = [name for name, _ in _ISSUE_PROPS]
 
 
 def _issue_values(p: dict[str, pa.Array]) -> pa.Array:
-    suggested = pc.if_else(pc.fill_null(pc.equal(p["issue_type"], "mislabels"), False),
-                           p["issues_description"], pa.scalar(None, pa.string()))
+    suggested = pc.if_else(
+        pc.fill_null(pc.equal(p["issue_type"], "mislabels"), False),
+        p["issues_description"],
+        pa.scalar(None, pa.string()),
+    )
     return _struct(dict(p, suggested_label=suggested, description=p["issues_description"]), ISSUE_TYPE)
 
 
@@ -421,8 +465,12 @@ def _item_columns(items: _Items, source: str) -> dict[str, pa.Array]:
     columns = {
         "labels": _lists(items, "image_label", LABEL_TYPE.names, lambda p: _struct(p, LABEL_TYPE)),
         "issues": _lists(items, "issue", _ISSUE_NAMES, _issue_values),
-        "objects": _lists(items, "object_label", ["bbox", "category_name", "source", "original_id",
-                                                  "uniqueness_score", "url", "metadata_items"], objects),
+        "objects": _lists(
+            items,
+            "object_label",
+            ["bbox", "category_name", "source", "original_id", "uniqueness_score", "url", "metadata_items"],
+            objects,
+        ),
         "captions": _lists(items, "caption", ["text", "caption", "source"], captions),
         "tags": _lists(items, "user_tag", ["tag_name"], lambda p: p["tag_name"]),
     }
@@ -438,11 +486,16 @@ def _video_columns(items: _Items) -> dict[str, pa.Array]:
     take = np.full(items.n_rows, -1, dtype=np.int64)
     take[rows] = positions[first]
     take_array = pa.array(take, mask=take < 0)
-    p = {name: items.props[name].take(take_array) for name in
-         ("video_name", "video_id", "frame_timestamp", "frame_number", "timestamp")}
-    return {"video_name": p["video_name"], "video_id": p["video_id"],
-            "frame_timestamp_s": pc.coalesce(p["frame_timestamp"], parse_seconds(p["timestamp"])),
-            "frame_number": p["frame_number"]}
+    p = {
+        name: items.props[name].take(take_array)
+        for name in ("video_name", "video_id", "frame_timestamp", "frame_number", "timestamp")
+    }
+    return {
+        "video_name": p["video_name"],
+        "video_id": p["video_id"],
+        "frame_timestamp_s": pc.coalesce(p["frame_timestamp"], parse_seconds(p["timestamp"])),
+        "frame_number": p["frame_number"],
+    }
 
 
 def parse_seconds(text: pa.Array) -> pa.Array:

@@ -9,21 +9,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.json as pa_json
 
 from ..errors import SchemaError
-from .items import (ITEM_PROPS, RAW_ITEMS, SCALAR_INPUT_TYPES, has_timestamp, inferred_items_usable,
-                             python_items)
+from .items import ITEM_PROPS, RAW_ITEMS, SCALAR_INPUT_TYPES, has_timestamp, inferred_items_usable, python_items
 
 _MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
 # Typed, so that the reader leaves the ISO times as text; other keys are inferred (a time among
 # them becomes a datetime, kept in the info as str(datetime)).
-_INFO_TYPE = pa.struct([(name, pa.string()) for name in (
-    "schema_version", "dataset", "description", "dataset_url", "export_time", "dataset_creation_time",
-    "exported_by")] + [("total_media_items", pa.int64())])
+_INFO_TYPE = pa.struct(
+    [
+        (name, pa.string())
+        for name in (
+            "schema_version",
+            "dataset",
+            "description",
+            "dataset_url",
+            "export_time",
+            "dataset_creation_time",
+            "exported_by",
+        )
+    ]
+    + [("total_media_items", pa.int64())]
+)
 
 
 def read_json_export(path: Path) -> tuple[pa.Table, Any] | None:
@@ -44,14 +55,22 @@ def read_json_export(path: Path) -> tuple[pa.Table, Any] | None:
     return _read_json_export(path, size, infer=False) if parsed == "retry" else parsed
 
 
-def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, Any] | str | None:
+@overload
+def _read_json_export(path: Path, size: int, *, infer: Literal[False]) -> tuple[pa.Table, Any] | None: ...
+@overload
+def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, Any] | Literal["retry"] | None: ...
+def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, Any] | Literal["retry"] | None:
     """``read_json_export`` with inferred or explicit item types; "retry" when the inferred ones fail."""
     item = pa.struct([*SCALAR_INPUT_TYPES.items(), ("metadata_items", RAW_ITEMS)])
     schema = pa.schema([("info", _INFO_TYPE)] + ([] if infer else [("media_items", pa.list_(item))]))
     try:
-        table = pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=max(size + 1, 1 << 20)),
-                                  parse_options=pa_json.ParseOptions(explicit_schema=schema, newlines_in_values=True,
-                                                                     unexpected_field_behavior="infer"))
+        table = pa_json.read_json(
+            path,
+            read_options=pa_json.ReadOptions(block_size=max(size + 1, 1 << 20)),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, newlines_in_values=True, unexpected_field_behavior="infer"
+            ),
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         return "retry" if infer and "changed from" in str(exc) else None
     if table.num_rows != 1 or "media_items" not in table.column_names:
@@ -88,8 +107,9 @@ def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
     """A raw table (not yet normalized) from JSON media items: one column per key seen."""
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise SchemaError(f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.",
-                              field="media_items")
+            raise SchemaError(
+                f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.", field="media_items"
+            )
     keys: dict[str, None] = {}
     for item in items:
         keys.update(dict.fromkeys(item))

@@ -57,25 +57,28 @@ NORMALIZED_VERSION = "1"
 VERSION_KEY = b"vl_datasets.normalized_version"
 INFO_KEY = b"vl_datasets.info"
 
-NORMALIZED_SCHEMA = pa.schema([
-    pa.field("media_id", pa.string(), nullable=False),
-    pa.field("media_type", pa.string()),
-    pa.field("file_name", pa.string()),
-    pa.field("file_path", pa.string()),
-    pa.field("file_size_bytes", pa.int64()),
-    pa.field("height", pa.int32()),
-    pa.field("width", pa.int32()),
-    pa.field("uniqueness_score", pa.float64()),
-    pa.field("cluster_id", pa.string()),
-    pa.field("url", pa.string()),
-    *ITEM_FIELDS,
-])
+NORMALIZED_SCHEMA = pa.schema(
+    [
+        pa.field("media_id", pa.string(), nullable=False),
+        pa.field("media_type", pa.string()),
+        pa.field("file_name", pa.string()),
+        pa.field("file_path", pa.string()),
+        pa.field("file_size_bytes", pa.int64()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("uniqueness_score", pa.float64()),
+        pa.field("cluster_id", pa.string()),
+        pa.field("url", pa.string()),
+        *ITEM_FIELDS,
+    ]
+)
 
 
 # Input columns this module maps; every other column is kept as it is.
 _CONSUMED = set(SCALAR_INPUT_TYPES) | {"metadata_items"}
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_PATTERN = r"(?i)^\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<u>(?:[KMGT]i?)?B?)\s*$"
+
 
 def normalize(data: pa.Table | pa.RecordBatch | list | Mapping, *, source: str = "metadata") -> pa.Table:
     """The normalized table (module docstring) of a raw metadata table, a list of media items, or a
@@ -93,8 +96,10 @@ def normalize(data: pa.Table | pa.RecordBatch | list | Mapping, *, source: str =
     elif isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     elif not isinstance(data, pa.Table):
-        raise SchemaError(f"{source}: metadata must be a table, a list of media items or a JSON export, "
-                          f"not {type(data).__name__}.", field="media_items")
+        raise SchemaError(
+            f"{source}: metadata must be a table, a list of media items or a JSON export, not {type(data).__name__}.",
+            field="media_items",
+        )
     return data if is_normalized(data) else normalize_raw(data, source, info)
 
 
@@ -113,11 +118,14 @@ def is_normalized(table: pa.Table) -> bool:
 def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
     names = set(raw.column_names)
     if "media_id" not in names:
-        raise SchemaError(f"{source}: required column 'media_id' is missing (columns: {sorted(names)}).",
-                          field="media_id")
+        raise SchemaError(
+            f"{source}: required column 'media_id' is missing (columns: {sorted(names)}).", field="media_id"
+        )
     if raw.num_rows and not names & {"file_path", "file_name", "image_filename"}:
-        raise SchemaError(f"{source}: no 'file_path', 'file_name' or 'image_filename' column to find the "
-                          "images by.", field="file_path")
+        raise SchemaError(
+            f"{source}: no 'file_path', 'file_name' or 'image_filename' column to find the images by.",
+            field="file_path",
+        )
     n = raw.num_rows
 
     def column(name: str, type_: pa.DataType) -> pa.ChunkedArray:
@@ -141,8 +149,7 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
         "cluster_id": column("cluster_id", pa.string()),
         "url": column("url", pa.string()),
     }
-    out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None,
-                                    n, source))
+    out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None, n, source))
     fields = list(NORMALIZED_SCHEMA)
     for name in raw.column_names:
         if name in _CONSUMED or name.startswith("__index_level_"):

@@ -29,8 +29,9 @@ def find_metadata_file(export_dir: str | os.PathLike) -> Path:
     for name in METADATA_FILE_NAMES:
         if (folder / name).is_file():
             return folder / name
-    raise SchemaError(f"No metadata.parquet or metadata.json at the root of the export folder {folder}.",
-                      field="metadata.parquet")
+    raise SchemaError(
+        f"No metadata.parquet or metadata.json at the root of the export folder {folder}.", field="metadata.parquet"
+    )
 
 
 def read_metadata(export_dir: str | os.PathLike, *, cache_path: str | os.PathLike | None = None) -> pa.Table:
@@ -66,10 +67,12 @@ def read_metadata_file(path: str | os.PathLike) -> pa.Table:
         table = normalize(raw, source=str(path))
     else:
         parsed = read_json_export(path)
-        table = normalize(_load_json(path), source=str(path)) if parsed is None else \
-            normalize_raw(parsed[0], str(path), parsed[1])
+        table = (
+            normalize(_load_json(path), source=str(path))
+            if parsed is None
+            else normalize_raw(parsed[0], str(path), parsed[1])
+        )
     return stamp_source(table, path)
-
 
 
 def _load_json(path: Path) -> Any:
@@ -78,4 +81,3 @@ def _load_json(path: Path) -> Any:
             return json.load(stream)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
-

@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 from ..errors import ConfigurationError, SchemaError
 
 
-def leakage_safe_split(table: pa.Table, fractions: Mapping[str, float], *, seed: int = 0,
-                       stratify: bool = True) -> dict[str, list[str]]:
+def leakage_safe_split(
+    table: pa.Table, fractions: Mapping[str, float], *, seed: int = 0, stratify: bool = True
+) -> dict[str, list[str]]:
     """Split the items of a normalized metadata table into named parts of about ``fractions``.
 
     Items linked by a shared ``cluster_id`` or a shared duplicate group (any threshold), directly
@@ -33,8 +34,7 @@ def leakage_safe_split(table: pa.Table, fractions: Mapping[str, float], *, seed:
     if "media_id" not in table.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
     component = _linked_components(table)
-    roots, first_row, inverse, sizes = np.unique(component, return_index=True, return_inverse=True,
-                                                 return_counts=True)
+    roots, first_row, inverse, sizes = np.unique(component, return_index=True, return_inverse=True, return_counts=True)
     strata = _first_labels(table, first_row) if stratify else np.zeros(len(roots), dtype=np.int64)
     shuffled = np.random.default_rng(seed).permutation(len(roots))
     part_of_group = np.empty(len(roots), dtype=np.int64)
@@ -71,12 +71,26 @@ def _memberships_table(table: pa.Table) -> pa.Table:
     parts = []
     for kind, keys, rows in _group_memberships(table):
         valid = pc.is_valid(keys)
-        parts.append(pa.table({"media_id": media_ids.take(pa.array(rows)).filter(valid),
-                               "shared": pa.array([kind] * int(pc.sum(valid).as_py() or 0), pa.string()),
-                               "group": keys.filter(valid).cast(pa.string())}))
-    return pa.concat_tables(parts) if parts else pa.table({"media_id": pa.array([], pa.string()),
-                                                           "shared": pa.array([], pa.string()),
-                                                           "group": pa.array([], pa.string())})
+        parts.append(
+            pa.table(
+                {
+                    "media_id": media_ids.take(pa.array(rows)).filter(valid),
+                    "shared": pa.array([kind] * int(pc.sum(valid).as_py() or 0), pa.string()),
+                    "group": keys.filter(valid).cast(pa.string()),
+                }
+            )
+        )
+    return (
+        pa.concat_tables(parts)
+        if parts
+        else pa.table(
+            {
+                "media_id": pa.array([], pa.string()),
+                "shared": pa.array([], pa.string()),
+                "group": pa.array([], pa.string()),
+            }
+        )
+    )
 
 
 def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
@@ -140,4 +154,8 @@ def _group_memberships(table: pa.Table):
         flat = pc.list_flatten(issues)
         rows = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
         is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
-        yield "duplicate_group", flat.field("duplicate_group_id").filter(is_dup), rows[is_dup.to_numpy(zero_copy_only=False)]
+        yield (
+            "duplicate_group",
+            flat.field("duplicate_group_id").filter(is_dup),
+            rows[is_dup.to_numpy(zero_copy_only=False)],
+        )

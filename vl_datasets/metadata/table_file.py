@@ -29,8 +29,10 @@ def stamp_source(table: pa.Table, source: str | os.PathLike) -> pa.Table:
 def write_normalized(table: pa.Table, path: str | os.PathLike) -> None:
     """Write a normalized table to ``path`` atomically (temp file, rename)."""
     if not is_normalized(table):
-        raise SchemaError("write_normalized takes a table returned by normalize() or read_metadata().",
-                          field="vl_datasets.normalized_version")
+        raise SchemaError(
+            "write_normalized takes a table returned by normalize() or read_metadata().",
+            field="vl_datasets.normalized_version",
+        )
     with replacing(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         # One record batch: readers then get single-chunk columns they can use without copying.
         writer.write_table(table.combine_chunks(), max_chunksize=max(len(table), 1))
@@ -56,4 +58,3 @@ def read_normalized(path: str | os.PathLike, *, source: str | os.PathLike | None
 def _fingerprint(path: Path) -> dict:
     stat = path.stat()
     return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-

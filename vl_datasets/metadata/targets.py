@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .curation import label_sources, list_offsets, selected_labels
 from ..errors import CurationError
+from .curation import label_sources, list_offsets, selected_labels
 
 TASKS = ("classification", "multilabel", "detection", None)
 INVALID_LABEL_CHOICES = ("raise", "drop")
@@ -51,8 +51,9 @@ def resolve_classes(names: pa.Array, classes: Sequence[str] | None) -> list[str]
     return sorted(pc.unique(pc.drop_null(names)).to_pylist())
 
 
-def classification_targets(table: pa.Table, labels: pa.ListArray, classes: list[str],
-                           invalid_labels: str) -> tuple[np.ndarray, np.ndarray]:
+def classification_targets(
+    table: pa.Table, labels: pa.ListArray, classes: list[str], invalid_labels: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(class index per row, rows to keep). Rows with no label, several, or an unknown one are
     an error naming how many there are, or are dropped when ``invalid_labels="drop"``."""
     counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
@@ -60,7 +61,8 @@ def classification_targets(table: pa.Table, labels: pa.ListArray, classes: list[
     first = pc.list_element(labels.filter(pa.array(single)), 0) if single.any() else pa.array([], pa.string())
     index = np.full(len(table), -1, dtype=np.int64)
     index[single] = pc.fill_null(pc.index_in(first, value_set=pa.array(classes, pa.string())), -1).to_numpy(
-        zero_copy_only=False)
+        zero_copy_only=False
+    )
     keep = index >= 0
     if invalid_labels == "raise" and not keep.all():
         raise CurationError(_invalid_message(table, counts, single & ~keep))
@@ -70,14 +72,23 @@ def classification_targets(table: pa.Table, labels: pa.ListArray, classes: list[
 def _invalid_message(table: pa.Table, counts: np.ndarray, unknown: np.ndarray) -> str:
     media = table.column("media_id")
     parts = []
-    for what, mask in (("no label", counts == 0), ("several labels", counts > 1), ("a label outside classes=", unknown)):
+    for what, mask in (
+        ("no label", counts == 0),
+        ("several labels", counts > 1),
+        ("a label outside classes=", unknown),
+    ):
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
-            parts.append(f"{int(mask.sum()):,} with {what} (e.g. media_id {media[row].as_py()!r}"
-                         + (f", {int(counts[row])} labels)" if what == "several labels" else ")"))
-    return ("Classification needs exactly one label per item: " + "; ".join(parts)
-            + ". Pass invalid_labels='drop' to leave them out, label_source= to count only one source's "
-              "labels, or task='multilabel'.")
+            parts.append(
+                f"{int(mask.sum()):,} with {what} (e.g. media_id {media[row].as_py()!r}"
+                + (f", {int(counts[row])} labels)" if what == "several labels" else ")")
+            )
+    return (
+        "Classification needs exactly one label per item: "
+        + "; ".join(parts)
+        + ". Pass invalid_labels='drop' to leave them out, label_source= to count only one source's "
+        "labels, or task='multilabel'."
+    )
 
 
 def multilabel_indices(labels: pa.ListArray, classes: list[str]) -> pa.ListArray:

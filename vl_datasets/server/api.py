@@ -36,8 +36,9 @@ class ApiHandler(Handler):
 
     origin = "api"
 
-    def refuse(self, status: int, message: Any, *, code: str | None = None,
-               headers: dict[str, str] | None = None) -> None:
+    def refuse(
+        self, status: int, message: Any, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         """Errors as FastAPI sends them: ``{"detail": message}``."""
         self.send_json(status, {"detail": message}, headers)
 
@@ -79,8 +80,12 @@ class ApiHandler(Handler):
         if (dataset := self._exportable(dataset_id)) is not None:
             key, wanted = selection
             field = "media_id" if key == "media_ids" else "cluster_id"
-            self._start(dataset, [item for item in dataset.media_items if item.get(field) in wanted],
-                        export_format, include_images)
+            self._start(
+                dataset,
+                [item for item in dataset.media_items if item.get(field) in wanted],
+                export_format,
+                include_images,
+            )
 
     def _export_status(self, dataset_id: str) -> None:
         task_id = self.query.get("export_task_id")
@@ -114,8 +119,9 @@ class ApiHandler(Handler):
             return None
         return dataset
 
-    def _start(self, dataset: StoredDataset, items: list[dict[str, Any]], export_format: str,
-               include_images: bool) -> None:
+    def _start(
+        self, dataset: StoredDataset, items: list[dict[str, Any]], export_format: str, include_images: bool
+    ) -> None:
         state = self.service.jobs.start(dataset, items, export_format=export_format, include_images=include_images)
         # The docs show start answers that hold only the id: the option serves that variant.
         self.send_json(200, {"id": state.id} if self.service.minimal_start_response else self.service.task_json(state))
@@ -125,14 +131,20 @@ class ApiHandler(Handler):
         errors = []
         export_format = self.query.get("export_format", "json")
         if export_format not in EXPORT_FORMATS:
-            errors.append(invalid(["query", "export_format"], "Input should be 'json' or 'parquet'", "enum",
-                                  export_format))
+            errors.append(
+                invalid(["query", "export_format"], "Input should be 'json' or 'parquet'", "enum", export_format)
+            )
         # Strictly lowercase true/false, as the contract says the client sends them.
         include_images = self.query.get("include_images", "false")
         if include_images not in ("true", "false"):
-            errors.append(invalid(["query", "include_images"],
-                                  "Input should be a valid boolean, unable to interpret input", "bool_parsing",
-                                  include_images))
+            errors.append(
+                invalid(
+                    ["query", "include_images"],
+                    "Input should be a valid boolean, unable to interpret input",
+                    "bool_parsing",
+                    include_images,
+                )
+            )
         return export_format, include_images == "true", errors
 
     def _selection(self) -> tuple[tuple[str, set[str]], list[dict[str, Any]]]:
@@ -144,15 +156,25 @@ class ApiHandler(Handler):
         except ValueError as exc:
             return ("", set()), [invalid(["body", getattr(exc, "pos", 0)], "JSON decode error", "json_invalid")]
         if not isinstance(body, dict):
-            return ("", set()), [invalid(["body"], "Input should be a valid dictionary or object to extract fields "
-                                                   "from", "model_attributes_type", body)]
+            return ("", set()), [
+                invalid(
+                    ["body"],
+                    "Input should be a valid dictionary or object to extract fields from",
+                    "model_attributes_type",
+                    body,
+                )
+            ]
         keys = [key for key in SELECTION_KEYS if key in body]
         if len(keys) != 1:
-            return ("", set()), [invalid(["body"], "Value error, give exactly one of media_ids or cluster_ids",
-                                         "value_error", body)]
+            return ("", set()), [
+                invalid(["body"], "Value error, give exactly one of media_ids or cluster_ids", "value_error", body)
+            ]
         key, wanted = keys[0], body[keys[0]]
         if not isinstance(wanted, list):
             return ("", set()), [invalid(["body", key], "Input should be a valid list", "list_type", wanted)]
-        errors = [invalid(["body", key, i], "Input should be a valid string", "string_type", value)
-                  for i, value in enumerate(wanted) if not isinstance(value, str)]
+        errors = [
+            invalid(["body", key, i], "Input should be a valid string", "string_type", value)
+            for i, value in enumerate(wanted)
+            if not isinstance(value, str)
+        ]
         return (key, set(wanted) if not errors else set()), errors

@@ -15,8 +15,18 @@ import pyarrow.parquet as pq
 
 from .datasets import StoredDataset
 
-SCALAR_FIELDS = ("media_id", "media_type", "file_name", "file_path", "file_size", "height", "width",
-                 "uniqueness_score", "url", "cluster_id")
+SCALAR_FIELDS = (
+    "media_id",
+    "media_type",
+    "file_name",
+    "file_path",
+    "file_size",
+    "height",
+    "width",
+    "uniqueness_score",
+    "url",
+    "cluster_id",
+)
 IMAGE_LAYOUTS = ("file_path", "file_name", "media_id")
 METADATA_ITEM_ENCODINGS = ("json", "nested")
 EXPORT_FORMATS = ("json", "parquet")
@@ -53,8 +63,9 @@ def parquet_bytes(items: list[dict[str, Any]], metadata_items: str = "json") -> 
     ``metadata_items="json"`` writes a JSON string per row; ``"nested"`` a list<struct<type,
     properties: struct>> column (pyarrow unions the property keys it sees across rows).
     """
-    columns: dict[str, list[Any]] = {name: [item.get(name) for item in items] for name in SCALAR_FIELDS
-                                     if any(name in item for item in items)}
+    columns: dict[str, list[Any]] = {
+        name: [item.get(name) for item in items] for name in SCALAR_FIELDS if any(name in item for item in items)
+    }
     entries = [item.get("metadata_items") or [] for item in items]
     columns["metadata_items"] = entries if metadata_items == "nested" else [json.dumps(e) for e in entries]
     buffer = io.BytesIO()
@@ -62,9 +73,16 @@ def parquet_bytes(items: list[dict[str, Any]], metadata_items: str = "json") -> 
     return buffer.getvalue()
 
 
-def build_export_zip(dataset: StoredDataset, items: list[dict[str, Any]], dest: Path, *, export_format: str,
-                     include_images: bool, image_layout: str = "file_path",
-                     parquet_metadata_items: str = "json") -> None:
+def build_export_zip(
+    dataset: StoredDataset,
+    items: list[dict[str, Any]],
+    dest: Path,
+    *,
+    export_format: str,
+    include_images: bool,
+    image_layout: str = "file_path",
+    parquet_metadata_items: str = "json",
+) -> None:
     """Write the ZIP of ``items`` (already selected) to ``dest``."""
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         if export_format == "json":

@@ -1,8 +1,8 @@
 """Datasets at rest, as the local service serves them: one folder per dataset id.
 
-    <root>/<dataset_id>/metadata.json    Visual Layer's JSON export schema ({"info", "media_items"})
-    <root>/<dataset_id>/images/<file_path>
-    <root>/<dataset_id>/dataset.json     optional dataset-object fields (READY when absent)
+<root>/<dataset_id>/metadata.json    Visual Layer's JSON export schema ({"info", "media_items"})
+<root>/<dataset_id>/images/<file_path>
+<root>/<dataset_id>/dataset.json     optional dataset-object fields (READY when absent)
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ class StoredDataset:
             "progress": 100.0 if self.ready else 0.0,
             "n_images": sum(1 for m in self.media_items if m.get("media_type", "image") == "image"),
             "n_videos": len(_video_names(self.media_items)),
-            "n_objects": sum(1 for m in self.media_items for i in m.get("metadata_items") or []
-                             if i.get("type") == "object_label"),
+            "n_objects": sum(
+                1 for m in self.media_items for i in m.get("metadata_items") or [] if i.get("type") == "object_label"
+            ),
             "fatal_error_msg": None,
         }
         body.update(self.fields)
@@ -100,8 +101,9 @@ class DatasetStore:
         """The dataset ids found under the root, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if _DATASET_ID.fullmatch(p.name) and (p / "metadata.json").is_file())
+        return sorted(
+            p.name for p in self.root.iterdir() if _DATASET_ID.fullmatch(p.name) and (p / "metadata.json").is_file()
+        )
 
     def get(self, dataset_id: str) -> StoredDataset | None:
         """The dataset ``dataset_id``, or None when there is no such folder."""

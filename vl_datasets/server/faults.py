@@ -60,8 +60,17 @@ class Faults:
 
     # -- switching on ----------------------------------------------------------------------
 
-    def fail_next(self, endpoint: str, status: int, *, times: int = 1, retry_after: float | None = None,
-                  detail: Any = None, body: str | bytes | None = None, content_type: str | None = None) -> None:
+    def fail_next(
+        self,
+        endpoint: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        detail: Any = None,
+        body: str | bytes | None = None,
+        content_type: str | None = None,
+    ) -> None:
         """The next ``times`` calls of ``endpoint`` answer ``status``.
 
         The answer is ``{"detail": detail}`` (XML on the storage origin) unless ``body`` is given,
@@ -93,8 +102,9 @@ class Faults:
         with self._lock:
             self._expired_urls += times
 
-    def fail_exports(self, result_message: str = "Export failed", status: str = "FAILED",
-                     times: int | None = None) -> None:
+    def fail_exports(
+        self, result_message: str = "Export failed", status: str = "FAILED", times: int | None = None
+    ) -> None:
         """The next ``times`` export jobs end with ``status`` and ``result_message`` (None: until reset)."""
         if status not in JOB_FAILURES:
             raise ValueError(f"status must be one of {JOB_FAILURES}, not {status!r}.")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
     # Defaults for answers sent before (or instead of) ``parse``: a malformed request line.
     route = ""
     answered = False
-    query: dict[str, str] = {}
+    query: Mapping[str, str] = MappingProxyType({})  # read-only: a shared default must not be filled
     endpoint: str | None = None
     body = b""
     body_json: Any = None
@@ -88,8 +91,9 @@ class Handler(BaseHTTPRequestHandler):
     def route_request(self) -> None:  # pragma: no cover - every origin overrides it
         raise NotImplementedError
 
-    def refuse(self, status: int, message: Any, *, code: str | None = None,
-               headers: dict[str, str] | None = None) -> None:  # pragma: no cover - overridden
+    def refuse(
+        self, status: int, message: Any, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @property
@@ -118,10 +122,8 @@ class Handler(BaseHTTPRequestHandler):
         self.query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         self.body = self._read_body()
         if self.body:
-            try:
+            with contextlib.suppress(ValueError):  # the API decides whether a non-JSON body is an error
                 self.body_json = json.loads(self.body)
-            except ValueError:
-                pass  # the API decides whether a non-JSON body is an error
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -160,12 +162,26 @@ class Handler(BaseHTTPRequestHandler):
         """Log this request with the status it is answered."""
         self.answered = True
         headers = getattr(self, "headers", None)
-        self.service.log.add(RecordedRequest(
-            self.origin, self.endpoint, self.command or "", self.route, dict(self.query),
-            Headers(headers.items() if headers is not None else ()), status, self.body_json))
+        self.service.log.add(
+            RecordedRequest(
+                self.origin,
+                self.endpoint,
+                self.command or "",
+                self.route,
+                dict(self.query),
+                Headers(headers.items() if headers is not None else ()),
+                status,
+                self.body_json,
+            )
+        )
 
-    def send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-             headers: dict[str, str] | None = None) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Answer with ``body`` (not sent for HEAD) and its Content-Length."""
         self.record(status)  # before answering: a client that has its answer sees the record
         self.send_response(status)

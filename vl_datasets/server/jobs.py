@@ -63,8 +63,9 @@ class ExportJob:
 class JobRunner:
     """Creates jobs, builds their ZIPs, and advances their status as they are polled."""
 
-    def __init__(self, work_dir: Path, faults: Faults, *, export_polls: int, image_layout: str,
-                 parquet_metadata_items: str) -> None:
+    def __init__(
+        self, work_dir: Path, faults: Faults, *, export_polls: int, image_layout: str, parquet_metadata_items: str
+    ) -> None:
         self.work_dir = work_dir
         self.faults = faults
         self.export_polls = export_polls
@@ -74,8 +75,9 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def start(self, dataset: StoredDataset, items: list[dict[str, Any]], *, export_format: str,
-              include_images: bool) -> TaskState:
+    def start(
+        self, dataset: StoredDataset, items: list[dict[str, Any]], *, export_format: str, include_images: bool
+    ) -> TaskState:
         """Register a job for ``items`` and start building its ZIP; return its first state (INIT)."""
         task_id = str(uuid.uuid4())
         outcome = JobFailure("REJECTED", EMPTY_SELECTION) if not items else self.faults.take_job_failure()
@@ -83,8 +85,12 @@ class JobRunner:
         with self._lock:
             self._jobs[task_id] = job
         if outcome is None:
-            thread = threading.Thread(target=self._build, args=(job, dataset, export_format, include_images),
-                                      name=f"vl-export-{task_id[:8]}", daemon=True)
+            thread = threading.Thread(
+                target=self._build,
+                args=(job, dataset, export_format, include_images),
+                name=f"vl-export-{task_id[:8]}",
+                daemon=True,
+            )
             with self._lock:
                 self._threads.append(thread)
             thread.start()
@@ -94,9 +100,15 @@ class JobRunner:
 
     def _build(self, job: ExportJob, dataset: StoredDataset, export_format: str, include_images: bool) -> None:
         try:
-            build_export_zip(dataset, job.items, job.zip_path, export_format=export_format,
-                             include_images=include_images, image_layout=self.image_layout,
-                             parquet_metadata_items=self.parquet_metadata_items)
+            build_export_zip(
+                dataset,
+                job.items,
+                job.zip_path,
+                export_format=export_format,
+                include_images=include_images,
+                image_layout=self.image_layout,
+                parquet_metadata_items=self.parquet_metadata_items,
+            )
         except Exception as exc:  # reported as a FAILED task, as the platform would
             job.build_error = f"Export failed: {exc}"
         finally:
@@ -130,8 +142,9 @@ class JobRunner:
             job.status = "COMPLETED"
 
     def _state(self, job: ExportJob) -> TaskState:
-        return TaskState(job.id, job.dataset_id, job.created_at, job.status, self._progress(job),
-                         len(job.items), job.result_message)
+        return TaskState(
+            job.id, job.dataset_id, job.created_at, job.status, self._progress(job), len(job.items), job.result_message
+        )
 
     def _progress(self, job: ExportJob) -> float:
         # Rising with each poll, never 1 before the end: a client's progress bar sees it move.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import sys
@@ -52,10 +53,8 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by its client
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its client
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-answer (a killed fetch, an injected break) is normal here.
@@ -77,16 +76,30 @@ class LocalVisualLayer:
     "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``.
     """
 
-    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0, storage_port: int = 0,
-                 api_key: str | None = None, api_secret: str | None = None, download_uri_style: str = "relative",
-                 progress_scale: float = 100, export_polls: int = 2, presign_ttl_s: float = 300,
-                 image_layout: str = "file_path", parquet_metadata_items: str = "json",
-                 minimal_start_response: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        storage_port: int = 0,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        download_uri_style: str = "relative",
+        progress_scale: float = 100,
+        export_polls: int = 2,
+        presign_ttl_s: float = 300,
+        image_layout: str = "file_path",
+        parquet_metadata_items: str = "json",
+        minimal_start_response: bool = False,
+    ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together: give both (cloud auth) or neither (on-prem).")
-        for name, value, allowed in (("download_uri_style", download_uri_style, DOWNLOAD_URI_STYLES),
-                                     ("image_layout", image_layout, IMAGE_LAYOUTS),
-                                     ("parquet_metadata_items", parquet_metadata_items, METADATA_ITEM_ENCODINGS)):
+        for name, value, allowed in (
+            ("download_uri_style", download_uri_style, DOWNLOAD_URI_STYLES),
+            ("image_layout", image_layout, IMAGE_LAYOUTS),
+            ("parquet_metadata_items", parquet_metadata_items, METADATA_ITEM_ENCODINGS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}.")
         if export_polls < 0 or presign_ttl_s <= 0 or progress_scale <= 0:
@@ -100,7 +113,8 @@ class LocalVisualLayer:
         self.parquet_metadata_items = parquet_metadata_items
         self.minimal_start_response = minimal_start_response
         self.api_key = api_key
-        self._verifier = TokenVerifier(api_key, api_secret) if api_key is not None else None
+        # Both or neither (checked above).
+        self._verifier = TokenVerifier(api_key, api_secret) if api_key is not None and api_secret is not None else None
         self.faults = Faults()
         self.log = RequestLog()
         self.datasets = DatasetStore(self.root)
@@ -122,8 +136,13 @@ class LocalVisualLayer:
             raise RuntimeError("This LocalVisualLayer is already started.")
         # Exports live in a folder of their own, removed on stop: nothing is written under root.
         self._work_dir = Path(tempfile.mkdtemp(prefix="vl_local_service_"))
-        self.jobs = JobRunner(self._work_dir, self.faults, export_polls=self.export_polls,
-                              image_layout=self.image_layout, parquet_metadata_items=self.parquet_metadata_items)
+        self.jobs = JobRunner(
+            self._work_dir,
+            self.faults,
+            export_polls=self.export_polls,
+            image_layout=self.image_layout,
+            parquet_metadata_items=self.parquet_metadata_items,
+        )
         try:
             self._servers.append(_Server((self.host, self.port), ApiHandler, self))
             self._servers.append(_Server((self.host, self.storage_port), StorageHandler, self))
@@ -131,8 +150,12 @@ class LocalVisualLayer:
             self.stop()
             raise
         for server, name in zip(self._servers, ("api", "storage")):
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL_S},
-                             name=f"vl-local-{name}", daemon=True).start()
+            threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": POLL_INTERVAL_S},
+                name=f"vl-local-{name}",
+                daemon=True,
+            ).start()
         return self
 
     def stop(self) -> None:
@@ -217,23 +240,41 @@ class LocalVisualLayer:
                 uri = self.presign(state, host=host)  # signed at every poll, like the cloud
             else:
                 uri = f"/cdn/{state.dataset_id}/images/{state.id}/{state.id}.zip"
-        return {"id": state.id, "dataset_id": state.dataset_id, "created_at": state.created_at,
-                "download_uri": uri, "progress": round(state.progress * self.progress_scale, 4),
-                "status": state.status, "entities_count": state.entities_count,
-                "result_message": state.result_message}
+        return {
+            "id": state.id,
+            "dataset_id": state.dataset_id,
+            "created_at": state.created_at,
+            "download_uri": uri,
+            "progress": round(state.progress * self.progress_scale, 4),
+            "status": state.status,
+            "entities_count": state.entities_count,
+            "result_message": state.result_message,
+        }
 
 
-def serve(root: str | Path, *, host: str = "127.0.0.1", port: int = 2080, storage_port: int = 0,
-          api_key: str | None = None, api_secret: str | None = None, **options: Any) -> None:
+def serve(
+    root: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 2080,
+    storage_port: int = 0,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    **options: Any,
+) -> None:
     """Run the service in the foreground until Ctrl-C; ``options`` go to ``LocalVisualLayer``."""
     if not Path(root).is_dir():
         raise NotADirectoryError(f"Dataset root {root} is not a folder.")
-    service = LocalVisualLayer(root, host=host, port=port, storage_port=storage_port, api_key=api_key,
-                               api_secret=api_secret, **options).start()
+    service = LocalVisualLayer(
+        root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
+    ).start()
     ids = service.datasets.ids()
-    print(f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
-          f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
-          "Ctrl-C stops it.", flush=True)
+    print(
+        f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
+        f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 EXPIRED = "Request has expired"
@@ -31,7 +32,7 @@ class Signer:
         expires = str(now - 60 if expired else now + int(self.ttl_s))
         return f"{base_url}{path}?{urlencode({'X-Expires': expires, 'X-Signature': self._signature(path, expires)})}"
 
-    def refusal(self, path: str, query: dict[str, str]) -> str | None:
+    def refusal(self, path: str, query: Mapping[str, str]) -> str | None:
         """None when the signed URL is valid now, else why it is refused (S3's wording)."""
         expires, signature = query.get("X-Expires", ""), query.get("X-Signature", "")
         expected = self._signature(path, expires)

@@ -14,14 +14,23 @@ EXPORT_PATH = "/exports/{dataset_id}/{task_id}.zip"
 _PATH = re.compile(r"^/exports/([^/]+)/([^/]+)\.zip$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 64 * 1024
-_CODES = {400: "InvalidArgument", 403: "AccessDenied", 404: "NoSuchKey", 405: "MethodNotAllowed",
-          416: "InvalidRange", 500: "InternalError", 503: "SlowDown"}
+_CODES = {
+    400: "InvalidArgument",
+    403: "AccessDenied",
+    404: "NoSuchKey",
+    405: "MethodNotAllowed",
+    416: "InvalidRange",
+    500: "InternalError",
+    503: "SlowDown",
+}
 
 
 def xml_error(code: str, message: str) -> bytes:
     """An S3-style error document."""
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
+    ).encode()
 
 
 def parse_range(header: str | None, total: int) -> tuple[int, int, int]:
@@ -52,8 +61,9 @@ class StorageHandler(Handler):
 
     origin = "storage"
 
-    def refuse(self, status: int, message: Any, *, code: str | None = None,
-               headers: dict[str, str] | None = None) -> None:
+    def refuse(
+        self, status: int, message: Any, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         """Errors as S3 sends them: XML, never JSON."""
         body = xml_error(code or _CODES.get(status, "Error"), str(message))
         self.send(status, body, "application/xml", headers)
@@ -64,14 +74,20 @@ class StorageHandler(Handler):
         if forced is not None:
             return self.send_forced(forced)
         if self.command not in ("GET", "HEAD"):
-            return self.refuse(405, "The specified method is not allowed against this resource.",
-                               headers={"Allow": "GET, HEAD"})
+            return self.refuse(
+                405, "The specified method is not allowed against this resource.", headers={"Allow": "GET, HEAD"}
+            )
         if self.headers.get("Authorization") is not None:
             # S3 refuses a request that carries a presigned query AND a header: a leaked bearer shows here.
-            return self.refuse(400, "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
-                                    "Signature query string parameter or the Authorization header should be specified")
+            return self.refuse(
+                400,
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                "Signature query string parameter or the Authorization header should be specified",
+            )
         match = _PATH.match(self.route)
-        refusal = self.service.signer.refusal(self.route, self.query) if match else "Access Denied"
+        if match is None:
+            return self.refuse(403, "Access Denied")
+        refusal = self.service.signer.refusal(self.route, self.query)
         if refusal is not None:
             return self.refuse(403, refusal)
         job = self.service.jobs.get(match.group(2))
@@ -88,8 +104,12 @@ class StorageHandler(Handler):
         if status == 206 and self.service.faults.take_ignore_range():
             status, start, end = 200, 0, total - 1
         if status == 416:
-            return self.send(416, xml_error("InvalidRange", "The requested range is not satisfiable"),
-                             "application/xml", {"Content-Range": f"bytes */{total}", "Accept-Ranges": "bytes"})
+            return self.send(
+                416,
+                xml_error("InvalidRange", "The requested range is not satisfiable"),
+                "application/xml",
+                {"Content-Range": f"bytes */{total}", "Accept-Ranges": "bytes"},
+            )
         length = end - start + 1
         self.record(status)
         self.send_response(status)

@@ -27,8 +27,13 @@ class TokenVerifier:
         try:
             if jwt.get_unverified_header(token).get("kid") != self.api_key:
                 return "Invalid token: unknown key id"
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=ISSUER,
-                                options={"require": ["exp", "iat", "sub", "iss"]})
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+            )
         except jwt.ExpiredSignatureError:
             return "Token has expired"
         except jwt.InvalidTokenError as exc:
