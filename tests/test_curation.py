@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from vl_datasets.metadata.curation import CurationRules, curate, selected_labels
-from vl_datasets.errors import CurationError
+from vl_datasets.errors import ConfigurationError, CurationError
 
 ISSUE = pa.struct([("issue_type", pa.string()), ("confidence", pa.float64()), ("duplicate_group_id", pa.string()),
                    ("duplicate_threshold", pa.float64()), ("suggested_label", pa.string())])
@@ -123,3 +125,43 @@ def test_summary_reads_as_a_table(table):
     _, summary = curate(table, CurationRules(min_uniqueness=0.5, dedupe=True))
     text = str(summary)
     assert "6  items" in text and "removed by dedupe" in text and text.splitlines()[-1].strip() == "3  kept"
+
+
+def test_rules_keep_a_copy_of_what_they_are_given(table):
+    subset, labels, drop_issues = ["a", "b", "d", "e"], ["cat", "dog"], {"blur": 0.8}
+    rules = CurationRules(subset=subset, labels=labels, drop_issues=drop_issues)
+    subset.append("c")
+    labels.remove("dog")
+    drop_issues["blur"] = 0.1
+    assert kept_ids(table, rules)[0] == ["a", "b"]
+    with pytest.raises(TypeError):
+        rules.drop_issues["blur"] = 0.1  # read-only: a shared rules object cannot be changed under a dataset
+    once = CurationRules(labels=iter(["dog"]), subset=(m for m in "abcd"))
+    assert kept_ids(table, once)[0] == kept_ids(table, once)[0] == ["c", "d"]
+
+
+def test_rules_pickle_with_their_values(table):
+    rules = CurationRules(subset=["f", "a"], drop_issues={"blur": 0.8}, dedupe=1, where=pc.field("width") > 0)
+    copy = pickle.loads(pickle.dumps(rules))
+    assert copy.subset == ("f", "a") and dict(copy.drop_issues) == {"blur": 0.8} and copy.dedupe == 1.0
+    assert kept_ids(table, copy)[0] == kept_ids(table, rules)[0] == ["a", "f"]
+
+
+@pytest.mark.parametrize(("rules", "field_at_fault"), [
+    ({"subset": "abc"}, "subset"),
+    ({"subset": ["a", 1]}, "subset"),
+    ({"labels": "cat"}, "labels"),
+    ({"label_source": ["User", None]}, "label_source"),
+    ({"min_uniqueness": "0.5"}, "min_uniqueness"),
+    ({"min_uniqueness": 1.5}, "min_uniqueness"),
+    ({"min_uniqueness": float("nan")}, "min_uniqueness"),
+    ({"keep_unscored": "false"}, "keep_unscored"),
+    ({"drop_issues": {"blur": 80}}, "drop_issues"),
+    ({"drop_issues": ["blur"]}, "drop_issues"),
+    ({"dedupe": "yes"}, "dedupe"),
+    ({"dedupe": -0.1}, "dedupe"),
+    ({"where": "uniqueness_score > 0.5"}, "where"),
+])
+def test_bad_rules_are_refused_naming_the_field(rules, field_at_fault):
+    with pytest.raises(ConfigurationError, match=f"^{field_at_fault}"):
+        CurationRules(**rules)

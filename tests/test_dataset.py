@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
@@ -14,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from vl_datasets import errors
+from vl_datasets import CurationRules, errors
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
@@ -232,3 +233,57 @@ def test_dataloader_accepts_the_callers_collate(service, client, tmp_path):
     ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
     loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
     assert next(iter(loader)) == [ds[i][1] for i in range(3)]
+
+
+CURATION_OPTIONS = ["curation", "subset", "labels", "label_source", "min_uniqueness", "keep_unscored", "drop_issues",
+                    "dedupe", "where"]
+VIEW_OPTIONS = [*CURATION_OPTIONS, "task", "classes", "invalid_labels", "object_drop_issues", "target_transform",
+                "image_size", "decode", "transform", "on_error", "missing_images", "images_root"]
+FETCH_OPTIONS = ["client", "cache_dir", "offline", "export_format", "media_ids", "cluster_ids", "refresh"]
+
+
+@pytest.mark.parametrize(("entry_point", "first", "options"), [
+    (VisualLayerDataset, "dataset_id", FETCH_OPTIONS + VIEW_OPTIONS),
+    (VisualLayerDataset.from_export, "path", ["cache_dir", *VIEW_OPTIONS]),
+])
+def test_every_option_is_in_the_signature_and_the_docs(entry_point, first, options):
+    parameters = inspect.signature(entry_point).parameters
+    assert sorted(parameters) == sorted([first, *options])
+    assert parameters[first].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
+    for name in options:
+        assert f"{name}: " in VisualLayerDataset.__doc__ + entry_point.__doc__, name
+
+
+def test_subset_from_a_generator_builds_the_dataset_and_its_audit(tmp_path):
+    folder = export_folder(tmp_path, [item(i) for i in range(4)])
+    ds = VisualLayerDataset.from_export(folder, subset=(media_id for media_id in ["m002", "m000", "m002"]))
+    assert len(ds) == 2 and ds.media_ids == ["m000", "m002"]
+    details = ds.curation_details()
+    assert details.column("removed_by").to_pylist() == [None, "subset", None, "subset"]
+    assert ds.curation_rules.subset == ("m002", "m000")
+
+
+def test_curation_rules_as_one_object_also_choose_the_targets_labels(tmp_path):
+    items = [item(0, ["cat"]), item(1, ["dog"]), item(2, ["cat", ("dog", "Model")]), item(3, [("bird", "Model")])]
+    folder = export_folder(tmp_path, items)
+    rules = CurationRules(labels=["cat", "dog"], label_source="User", drop_issues={"blur": 0.8})
+    ds = VisualLayerDataset.from_export(folder, curation=rules)
+    # Item 2's Model label is not counted, so it has one label: no error, and it is a cat.
+    assert ds.media_ids == ["m000", "m001", "m002"] and [ds[i][1] for i in range(3)] == [0, 1, 0]
+    assert ds.curation_rules is rules and ds.label_source == "User"
+    copy = pickle.loads(pickle.dumps(ds))  # as DataLoader workers get it
+    assert copy.curation_rules == rules and copy.curation_details().equals(ds.curation_details())
+    alone = VisualLayerDataset.from_export(folder, labels=["cat", "dog"], label_source="User")
+    assert alone.media_ids == ds.media_ids
+
+
+def test_curation_given_twice_is_refused_before_any_export(service, client, tmp_path):
+    with pytest.raises(errors.ConfigurationError, match="min_uniqueness, label_source"):
+        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, curation=CurationRules(dedupe=True),
+                           min_uniqueness=0.5, label_source="User")
+    with pytest.raises(errors.ConfigurationError, match="dedupe"):
+        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, curation=CurationRules(), dedupe=0.9)
+    with pytest.raises(errors.ConfigurationError, match="decode"):
+        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, decode="numpy")
+    assert service.count("export") == 0

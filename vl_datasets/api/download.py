@@ -1,7 +1,9 @@
 """Download an export's ZIP to a path, resumably, and never leave a half-written file there.
 
 Bytes stream into a hidden partial file beside the destination, named after the export task (the
-same task always serves the same bytes), under a lock so two processes never write it at once.
+same task always serves the same bytes), under a lock so two processes never write it at once. The
+lock lives in a private per-user folder under the temp dir, so a finished download leaves nothing
+in the user's folder but the archive.
 After a broken connection the next attempt, in this process or a later one, asks for the rest
 with ``Range``; a server that ignores ``Range`` gets a fresh start. The length is checked against
 what the server announced, then the partial file is renamed into place. An expired presigned URL
@@ -10,10 +12,14 @@ what the server announced, then the partial file is renamed into place. An expir
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import logging
 import os
 import re
 import shutil
+import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
@@ -39,6 +45,28 @@ def partial_path(dest: Path, task_id: str) -> Path:
     return dest.with_name(f".{dest.name}.{task_id}.incomplete")
 
 
+def lock_path(dest: Path) -> Path:
+    """The lock that downloads to ``dest`` take: one per destination (resolved), private to the user."""
+    user = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
+    folder = Path(tempfile.gettempdir()) / f"vl_datasets-locks-{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    _check_private(folder)
+    return folder / f"{hashlib.sha256(os.fsencode(dest.resolve())).hexdigest()}.lock"
+
+
+def _check_private(folder: Path) -> None:
+    # The temp dir is shared: whoever else can write to this folder can swap our lock files for
+    # links to files of ours, which taking the lock would then open for writing.
+    if not hasattr(os, "getuid"):
+        return  # Windows: the temp dir is already the user's own
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise errors.ConfigurationError(
+            f"The download lock folder {folder} is not a private folder of this user (owner uid {info.st_uid}, "
+            f"mode {stat.filemode(info.st_mode)}): remove it, or point TMPDIR elsewhere."
+        )
+
+
 def download_export(
     transport: Transport,
     task: ExportTask,
@@ -52,7 +80,7 @@ def download_export(
     """Fetch ``task``'s archive into ``dest`` and return ``dest``; see the module docstring."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with hold_lock(dest.with_name(f".{dest.name}.lock"), timeout_s=lock_timeout_s, what=f"download of {dest}"):
+    with hold_lock(lock_path(dest), timeout_s=lock_timeout_s, what=f"download of {dest}"):
         _Download(transport, task, dest, base_url, refresh_task, progress).run()
     return dest
 

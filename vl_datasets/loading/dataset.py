@@ -7,11 +7,13 @@ fast. It holds no session, open file or lock.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import PIL.Image
@@ -23,7 +25,7 @@ from torch.utils.data import Dataset
 from . import images
 
 from ..metadata import targets
-from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons
+from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons, resolve_rules
 from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
 from ..exports import fetch_export
 from .loader import SkippedSample, VLDataLoader, make_dataloader
@@ -32,7 +34,17 @@ from ..metadata.read import find_metadata_file, read_metadata_file
 from ..metadata.table_file import read_normalized, write_normalized
 from ..cache.opened import open_export
 
+if TYPE_CHECKING:
+    from ..api.client import Client
+
 logger = logging.getLogger("vl_datasets")
+
+Task = Literal["classification", "multilabel", "detection", None]
+InvalidLabels = Literal["raise", "drop"]
+Decode = Literal["tensor", "pil"]
+OnError = Literal["raise", "skip"]
+MissingImages = Literal["raise", "drop"]
+ExportFormat = Literal["parquet", "json"]
 
 NORMALIZED_CACHE = ".vl_datasets_normalized.arrow"
 IMAGE_COLUMN = "__image_path__"  # travels with the rows through every filter, then moves out
@@ -45,12 +57,71 @@ class VisualLayerDataset(Dataset):
     fetches (or reuses) the export and curates it; ``VisualLayerDataset.from_export(path)`` opens a
     local export (ZIP or folder) with no network. Samples are ``(image, target)``: a uint8 CHW
     tensor and, by ``task``, a class index, a multi-hot vector, a detection dict, or (``task=None``)
-    the item's metadata row.
+    the item's metadata row. Every option is keyword-only.
+
+    Fetching (the constructor only; see ``vl_datasets.fetch_export``):
+        client: the ``Client`` to export with; default None, a ``Client()`` set up from ``VL_*`` variables.
+        cache_dir: where exports are cached, a folder or an fsspec URL; default None,
+            ``VL_DATASETS_CACHE`` or else ``~/.cache/vl_datasets``.
+        offline: True to use only the cache, with no network call; default None, ``VL_DATASETS_OFFLINE``.
+        export_format: the export's metadata format, ``"parquet"`` or ``"json"``; default ``"parquet"``.
+        media_ids: export only these items; default None, all.
+        cluster_ids: export only the items of these clusters; default None, all.
+        refresh: start a new export even when one is cached; default False.
+
+    Curation (what to keep; see ``CurationRules``), in this order:
+        curation: all the rules below as one ``CurationRules``, not to be combined with any of them;
+            default None.
+        subset: media ids to keep before any other rule (a part of a split); default None, all.
+        labels: keep items with at least one of these label names; default None, all.
+        label_source: count only labels from this source (or these sources), for ``labels`` and for
+            the targets; default None, every source.
+        min_uniqueness: keep items whose uniqueness score is at least this (0 to 1); default None.
+        keep_unscored: with ``min_uniqueness``, keep (True) or drop (False) items with no score;
+            default None, an error if there are any.
+        drop_issues: issue type -> confidence (0 to 1): drop items with such an issue at least that
+            sure; default None.
+        dedupe: keep the most unique item of each duplicate group: True at the export's lowest
+            duplicate threshold, or a threshold (0 to 1); default False.
+        where: a ``pyarrow.compute`` expression over the metadata: keep the rows it matches;
+            default None.
+
+    Targets:
+        task: ``"classification"``, ``"multilabel"``, ``"detection"`` or None (the metadata row);
+            default ``"classification"``.
+        classes: the class names, in index order; default None, the sorted names present.
+        invalid_labels: for classification, ``"raise"`` on items without exactly one known label, or
+            ``"drop"`` them; default ``"raise"``.
+        object_drop_issues: for detection, issue type -> confidence: leave out boxes with such an
+            issue; default None.
+        target_transform: a callable applied to each target; default None.
+
+    Images:
+        image_size: resize to this: an int for a square, or (height, width); default None, as stored.
+        decode: ``"tensor"`` (uint8 CHW) or ``"pil"`` (a PIL image); default ``"tensor"``.
+        transform: a callable applied to each decoded image; default None.
+        on_error: ``"raise"`` on an unreadable image, or ``"skip"`` it in the DataLoader; default ``"raise"``.
+        missing_images: ``"raise"`` when an item has no image file, or ``"drop"`` the item; default ``"raise"``.
+        images_root: a local copy of the export's ``images`` folder to read instead; default None.
     """
 
-    def __init__(self, dataset_id: str, *, client=None, cache_dir: str | os.PathLike | None = None,
-                 offline: bool | None = None, export_format: str = "parquet", media_ids: Iterable[str] | None = None,
-                 cluster_ids: Iterable[str] | None = None, refresh: bool = False, **options: Any) -> None:
+    def __init__(
+        self, dataset_id: str, *,
+        client: Client | None = None, cache_dir: str | os.PathLike | None = None, offline: bool | None = None,
+        export_format: ExportFormat = "parquet", media_ids: Iterable[str] | None = None,
+        cluster_ids: Iterable[str] | None = None, refresh: bool = False,
+        curation: CurationRules | None = None,
+        subset: Iterable[str] | None = None, labels: Iterable[str] | None = None,
+        label_source: str | Iterable[str] | None = None, min_uniqueness: float | None = None,
+        keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
+        dedupe: bool | float = False, where: pc.Expression | None = None,
+        task: Task = "classification", classes: Sequence[str] | None = None, invalid_labels: InvalidLabels = "raise",
+        object_drop_issues: Mapping[str, float] | None = None, target_transform: Callable[[Any], Any] | None = None,
+        image_size: int | tuple[int, int] | None = None, decode: Decode = "tensor",
+        transform: Callable[[Any], Any] | None = None, on_error: OnError = "raise",
+        missing_images: MissingImages = "raise", images_root: str | os.PathLike | None = None,
+    ) -> None:
+        options = _open_options(locals())  # before the fetch: a bad option should not cost an export
         entry = fetch_export(dataset_id, client=client, cache_dir=cache_dir, offline=offline,
                              export_format=export_format, include_images=True, media_ids=media_ids,
                              cluster_ids=cluster_ids, refresh=refresh)
@@ -58,39 +129,46 @@ class VisualLayerDataset(Dataset):
         self._open(entry.path, **options)
 
     @classmethod
-    def from_export(cls, path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                    **options: Any) -> VisualLayerDataset:
-        """Open a local export: a ZIP (checked and unpacked into the cache) or its extracted folder."""
+    def from_export(
+        cls, path: str | os.PathLike, *,
+        cache_dir: str | os.PathLike | None = None,
+        curation: CurationRules | None = None,
+        subset: Iterable[str] | None = None, labels: Iterable[str] | None = None,
+        label_source: str | Iterable[str] | None = None, min_uniqueness: float | None = None,
+        keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
+        dedupe: bool | float = False, where: pc.Expression | None = None,
+        task: Task = "classification", classes: Sequence[str] | None = None, invalid_labels: InvalidLabels = "raise",
+        object_drop_issues: Mapping[str, float] | None = None, target_transform: Callable[[Any], Any] | None = None,
+        image_size: int | tuple[int, int] | None = None, decode: Decode = "tensor",
+        transform: Callable[[Any], Any] | None = None, on_error: OnError = "raise",
+        missing_images: MissingImages = "raise", images_root: str | os.PathLike | None = None,
+    ) -> VisualLayerDataset:
+        """Open a local export, with no network: a ZIP (checked and unpacked into the cache) or its
+        extracted folder.
+
+        cache_dir: the local folder a ZIP is unpacked into; default None, ``VL_DATASETS_CACHE`` or
+            else ``~/.cache/vl_datasets``. Unused for a folder.
+        Every other option (curation, targets, images) is the class's: see ``VisualLayerDataset``.
+        """
+        options = _open_options(locals())
         dataset = cls.__new__(cls)
         dataset.dataset_id = None
         dataset._open(open_export(path, cache_dir=cache_dir), **options)
         return dataset
 
-    def _open(self, export_dir: Path, *, task: str | None = "classification", classes: Sequence[str] | None = None,
-              label_source: str | Iterable[str] | None = None, invalid_labels: str = "raise",
-              subset: Iterable[str] | None = None, min_uniqueness: float | None = None,
-              keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
-              dedupe: bool | float = False,
-              labels: Iterable[str] | None = None, where: pc.Expression | None = None,
-              image_size: int | tuple[int, int] | None = None, transform: Callable | None = None,
-              target_transform: Callable | None = None, decode: str = "tensor", on_error: str = "raise",
-              missing_images: str = "raise", images_root: str | os.PathLike | None = None,
-              object_drop_issues: Mapping[str, float] | None = None) -> None:
-        _check_choice("task", task, targets.TASKS)
-        _check_choice("invalid_labels", invalid_labels, targets.INVALID_LABEL_CHOICES)
-        _check_choice("decode", decode, ("tensor", "pil"))
-        _check_choice("on_error", on_error, ("raise", "skip"))
-        _check_choice("missing_images", missing_images, ("raise", "drop"))
+    def _open(self, export_dir: Path, *, rules: CurationRules, task: Task, classes: Sequence[str] | None,
+              invalid_labels: InvalidLabels, object_drop_issues: Mapping[str, float] | None,
+              target_transform: Callable[[Any], Any] | None, image_size: int | tuple[int, int] | None,
+              decode: Decode, transform: Callable[[Any], Any] | None, on_error: OnError,
+              missing_images: MissingImages, images_root: str | os.PathLike | None) -> None:
         self.export_dir = Path(export_dir)
         self.task, self.image_size, self.decode, self.on_error = task, image_size, decode, on_error
         self.transform, self.target_transform = transform, target_transform
-        self.label_source, self.object_drop_issues = label_source, dict(object_drop_issues or {})
+        # The rules' label_source, alone or inside curation=: targets count the labels curation counted.
+        self.label_source, self.object_drop_issues = rules.label_source, dict(object_drop_issues or {})
 
         self._root = str(Path(images_root) if images_root is not None else self.export_dir / "images")
         table = _load_rows(self.export_dir, self._root, cache=images_root is None)
-        rules = CurationRules(subset=subset, min_uniqueness=min_uniqueness, keep_unscored=keep_unscored,
-                              drop_issues=drop_issues, dedupe=dedupe, labels=labels, label_source=label_source,
-                              where=where)
         self._rules, self._cache_rows = rules, images_root is None
         rows, summary = curate(table, rules)
         if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed
@@ -245,6 +323,26 @@ class VisualLayerDataset(Dataset):
         collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``."""
         return make_dataloader(self, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
                                drop_last=drop_last, **kwargs)
+
+
+# Read off _open's signature, so an option added there reaches it from both entry points.
+_OPEN_OPTIONS = tuple(name for name, parameter in inspect.signature(VisualLayerDataset._open).parameters.items()
+                      if parameter.kind is parameter.KEYWORD_ONLY and name != "rules")
+_CURATION_OPTIONS = tuple(f.name for f in fields(CurationRules))
+_CHOICES = {"task": targets.TASKS, "invalid_labels": targets.INVALID_LABEL_CHOICES, "decode": get_args(Decode),
+            "on_error": get_args(OnError), "missing_images": get_args(MissingImages)}
+
+
+def _open_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``_open``'s keywords, checked, from an entry point's ``locals()``.
+
+    Each entry point spells every option out in its signature, for help(), IDEs and type
+    checkers; taking them here by name spares a copy of the whole list in each of its bodies.
+    """
+    for name, choices in _CHOICES.items():
+        _check_choice(name, arguments[name], choices)
+    rules = resolve_rules(arguments["curation"], {name: arguments[name] for name in _CURATION_OPTIONS})
+    return {"rules": rules, **{name: arguments[name] for name in _OPEN_OPTIONS}}
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

@@ -8,29 +8,145 @@ many items each rule removed: ``subset``, ``labels``, ``min_uniqueness``, ``drop
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import CurationError
+from ..errors import ConfigurationError, CurationError
 
 
 @dataclass(frozen=True)
 class CurationRules:
-    """What to keep. Every field's default keeps everything."""
+    """What to keep. Every field's default keeps everything.
+
+    The rules hold copies of what they are given, in fixed forms, so a generator or a list the
+    caller changes later cannot alter them after a dataset is built from them.
+    """
 
     subset: Iterable[str] | None = None
-    """Media ids to keep before any other rule: one part of a split, say."""
+    """Media ids to keep before any other rule: one part of a split, say. Held as a tuple, in
+    the given order, each id once."""
     min_uniqueness: float | None = None
+    """Keep items whose ``uniqueness_score`` is at least this (0 to 1)."""
     keep_unscored: bool | None = None
+    """With ``min_uniqueness``: keep (True) or drop (False) items that have no score."""
     drop_issues: Mapping[str, float] | None = None
+    """Issue type -> confidence (0 to 1): drop items with an issue of that type at least that
+    sure. Held as a read-only mapping."""
     dedupe: bool | float = False
+    """Keep only the most unique item of each duplicate group: True for the export's lowest
+    duplicate threshold, or a threshold (0 to 1)."""
     labels: Iterable[str] | None = None
+    """Keep items with at least one of these label names. Held as a frozenset."""
     label_source: str | Iterable[str] | None = None
+    """Count only labels from this source (or these sources), for ``labels`` and for targets.
+    Held as a str or a tuple."""
     where: pc.Expression | None = None
+    """A pyarrow expression over the normalized metadata; keep the rows it matches."""
+
+    def __post_init__(self) -> None:
+        normalized = {
+            "subset": _strings("subset", self.subset, tuple),
+            "min_uniqueness": None if self.min_uniqueness is None else _fraction("min_uniqueness", self.min_uniqueness),
+            "keep_unscored": None if self.keep_unscored is None else _flag("keep_unscored", self.keep_unscored),
+            "drop_issues": _thresholds("drop_issues", self.drop_issues),
+            "dedupe": _flag("dedupe", self.dedupe) if isinstance(self.dedupe, (bool, np.bool_))
+            else _fraction("dedupe", self.dedupe),
+            "labels": _strings("labels", self.labels, frozenset),
+            "label_source": self.label_source if isinstance(self.label_source, str)
+            else _strings("label_source", self.label_source, tuple),
+            "where": _expression("where", self.where),
+        }
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)  # the dataclass is frozen; these are its first values
+
+    # A mappingproxy does not pickle, and DataLoader workers pickle the dataset holding these rules.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.drop_issues is not None:
+            state["drop_issues"] = dict(self.drop_issues)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        if self.drop_issues is not None:
+            object.__setattr__(self, "drop_issues", MappingProxyType(dict(self.drop_issues)))
+
+
+def _strings(name: str, values: Iterable[str] | None, kind: type) -> Any:
+    """``values`` copied into ``kind`` (a tuple keeps their order), each once, each checked to be a str."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        # A lone str would otherwise pass as a collection of one-letter names.
+        raise ConfigurationError(f"{name} must be a collection of strings such as [\"a\", \"b\"], got {values!r}.")
+    copied = list(values)
+    for value in copied:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must hold strings only, got {value!r} ({type(value).__name__}).")
+    return kind(dict.fromkeys(copied))
+
+
+def _fraction(name: str, value: Any) -> float:
+    # bool is a number to Python, but True as a threshold is a mistake, not 1.0.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"{name} must be a number from 0 to 1, got {value!r} ({type(value).__name__}).")
+    if not 0.0 <= float(value) <= 1.0:  # NaN fails this too
+        raise ConfigurationError(f"{name} must be from 0 to 1, got {value!r}.")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    # A str such as "false" is truthy: taking it as a flag would do the opposite of what was meant.
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
+def _expression(name: str, value: Any) -> pc.Expression | None:
+    if value is not None and not isinstance(value, pc.Expression):
+        raise ConfigurationError(f"{name} must be a pyarrow.compute expression such as "
+                                 f"pc.field(\"uniqueness_score\") > 0.5, got {type(value).__name__}.")
+    return value
+
+
+def _thresholds(name: str, values: Mapping[str, float] | None) -> Mapping[str, float] | None:
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise ConfigurationError(f"{name} must map issue types to thresholds, such as {{\"blur\": 0.8}}, "
+                                 f"got {type(values).__name__}.")
+    copied = {}
+    for key, threshold in values.items():
+        if not isinstance(key, str):
+            raise ConfigurationError(f"{name} keys must be issue type strings, got {key!r}.")
+        copied[key] = _fraction(f"{name}[{key!r}]", threshold)
+    return MappingProxyType(copied)
+
+
+def resolve_rules(curation: CurationRules | None, options: Mapping[str, Any]) -> CurationRules:
+    """The rules a dataset applies: ``curation``, or else the rules made of the single ``options``.
+
+    Each of ``options`` names a ``CurationRules`` field; one set to other than its default beside
+    ``curation`` is an error, since one of the two would be ignored.
+    """
+    if curation is None:
+        return CurationRules(**options)
+    if not isinstance(curation, CurationRules):
+        raise ConfigurationError(f"curation must be a CurationRules, got {type(curation).__name__}.")
+    defaults = {f.name: f.default for f in fields(CurationRules)}
+    clashing = [name for name, value in options.items() if value is not defaults[name]]
+    if clashing:
+        raise ConfigurationError(f"curation= is given, and so is {', '.join(clashing)}: put "
+                                 f"{'it' if len(clashing) == 1 else 'them'} inside the CurationRules instead.")
+    return curation
 
 
 @dataclass(frozen=True)
@@ -95,7 +211,7 @@ def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.L
 
 
 def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    wanted = pa.array(list(dict.fromkeys(rules.subset)), pa.string())
+    wanted = pa.array(rules.subset, pa.string())
     media_ids = table.column("media_id")
     found = pc.is_in(wanted, value_set=media_ids)
     if not pc.all(found).as_py():
@@ -107,7 +223,7 @@ def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
 
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    wanted = pa.array(sorted(set(rules.labels)), pa.string())
+    wanted = pa.array(sorted(rules.labels), pa.string())
     names = selected_labels(table, rules.label_source)
     parents = pc.list_parent_indices(names)
     hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
