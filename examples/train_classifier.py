@@ -19,7 +19,7 @@ import torch
 from common import accuracy, credentials_set, platform_or_sample, train
 
 from vl_datasets import ConfigurationError, VisualLayerDataset, leakage_safe_split
-from vl_datasets.cli import parse_drop_issues
+from vl_datasets.cli.report import parse_drop_issues
 
 FRACTIONS = {"train": 0.8, "test": 0.2}
 

@@ -43,11 +43,13 @@ def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
     assert len([p for p in entry.images_dir.rglob("*.jpg")]) == 8
     assert entry.task.id and entry.task.entities_count == 8 and entry.row_count == 8
     assert entry.library_version and entry.created_at is not None
-    manifest = json.loads((entry.path.parent / "manifest.json").read_text())
+    manifest = json.loads((entry.entry_dir / f"{entry.version}.manifest.json").read_text())
     assert manifest["key"]["dataset_id"] == "ds-ready" and "download_uri" not in manifest["task"]
     assert local_vl.count("export") == 1 and downloads(local_vl) == 1
-    leftovers = [p.name for p in entry.path.parent.iterdir() if p.name.startswith((".staging", ".download"))]
-    assert leftovers == []
+    leftovers = [p.name for p in entry.entry_dir.iterdir() if p.name.startswith((".staging", ".download"))]
+    assert leftovers == [], "the build left work files behind"
+    assert entry.index_path is not None and entry.index_path.is_file(), "the entry was published without its index"
+    assert (tmp_path / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
 
 
 def test_warm_hit_makes_no_request(local_vl, client, tmp_path):
@@ -79,8 +81,14 @@ def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_pat
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == old  # untouched
     local_vl.faults.reset()
     new = fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
-    assert new.task.id != old.task.id and new.path != old.path and not old.path.exists()
+    assert new.task.id != old.task.id and new.path != old.path
     assert local_vl.count("export") == 3
+    # The refresh published a new version; a job reading the old one keeps its files until a prune.
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == new
+    assert old.metadata_path.is_file() and len(list(old.images_dir.rglob("*.jpg"))) == 8, "refresh deleted the old version"
+    assert CacheStore(tmp_path).lookup(old.key, version=old.version) == old
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
+    assert not old.path.exists() and new.metadata_path.is_file(), "prune must drop only the superseded version"
 
 
 def test_offline_hit_and_miss(local_vl, client, tmp_path, monkeypatch):
@@ -126,14 +134,14 @@ def test_not_enough_disk_space_fails_before_downloading(local_vl, client, tmp_pa
     with pytest.raises(errors.InsufficientDiskSpaceError, match="needs"):
         fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     assert not list(tmp_path.rglob("*.incomplete")) or all(p.stat().st_size == 0 for p in tmp_path.rglob("*.incomplete"))
-    assert not list(tmp_path.rglob("manifest.json"))
+    assert not list(tmp_path.rglob("*.manifest.json"))
 
 
 def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
     key = ExportKey.build(client.base_url, "ds-ready", "parquet", True)
     store = CacheStore(tmp_path)
     store.entry_dir(key).mkdir(parents=True)
-    with hold_lock(store.lock_path(key), timeout_s=1, what="test"):
+    with hold_lock(store.lock_path(store.entry_dir(key)), timeout_s=1, what="test"):
         code = ("import sys; from vl_datasets import Client, fetch_export\n"
                 f"fetch_export('ds-ready', client=Client({local_vl.url!r}, progress=False), "
                 f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)")
@@ -145,7 +153,7 @@ def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
 
 def test_damaged_manifest_is_not_an_entry(local_vl, client, tmp_path):
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    manifest = entry.path.parent / "manifest.json"
+    manifest = entry.entry_dir / f"{entry.version}.manifest.json"
     manifest.write_text(manifest.read_text()[:40])
     assert CacheStore(tmp_path).lookup(entry.key) is None
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path).row_count == 8
@@ -153,13 +161,18 @@ def test_damaged_manifest_is_not_an_entry(local_vl, client, tmp_path):
 
 
 def test_row_count_must_match_the_task(local_vl, client, tmp_path):
-    from vl_datasets.exports import _verify_metadata
-    from vl_datasets.api.records import ExportTask
+    import shutil
+
+    from vl_datasets.records import ExportTask
 
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    store = CacheStore(tmp_path)
     task = ExportTask(id="t", dataset_id="ds-ready", status="COMPLETED", entities_count=9)
-    with pytest.raises(errors.CorruptArchiveError, match="announced 9"):
-        _verify_metadata(entry.path, {"metadata.parquet": 1}, task, Path("x.zip"))
+    with store.staging(entry.entry_dir) as staging:
+        shutil.copytree(entry.path, staging, dirs_exist_ok=True)
+        with pytest.raises(errors.CorruptArchiveError, match="announced 9"):
+            store.publish(entry.entry_dir, staging, key=entry.key, task=task, expected_rows=task.entities_count)
+    assert store.versions(entry.entry_dir) == [entry], "a refused version must not be published"
 
 
 # -- many processes ---------------------------------------------------------------------------
@@ -393,3 +406,124 @@ def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
             with locks.hold_lock(path, timeout_s=0.2, what="test"):
                 pass
     assert not Path(str(path) + ".soft").exists()
+
+
+# -- layout, versions, hosts ------------------------------------------------------------------
+
+
+def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, client, tmp_path, monkeypatch,
+                                                                     caplog):
+    monkeypatch.delenv("VL_API_URL", raising=False)
+    filled = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.clear_requests()
+    assert fetch_export("ds-ready", cache_dir=tmp_path, offline=True) == filled, \
+        "an offline lookup with no host asked for must find the entry cached from 127.0.0.1"
+    # Asked for another host explicitly: a miss that names the host that has it, and VL_API_URL.
+    monkeypatch.setenv("VL_API_URL", local_vl.url.replace("127.0.0.1", "localhost"))
+    with pytest.raises(errors.CacheMissError) as caught:
+        fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
+    assert "VL_API_URL" in str(caught.value) and filled.key.api_host in str(caught.value)
+    # Filled from a second host too: the newest wins, and a warning names both hosts.
+    fetch_export("ds-ready", client=Client(os.environ["VL_API_URL"], progress=False, env={}), cache_dir=tmp_path)
+    monkeypatch.delenv("VL_API_URL")
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        newest = fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
+    assert newest.key.api_host.startswith("localhost")
+    assert "127.0.0.1" in caplog.text and "localhost" in caplog.text
+    assert local_vl.count("export") == 1, "offline lookups must not call the API"
+
+
+def test_dataset_ids_cannot_take_reserved_names(local_vl, client, tmp_path, dataset_root):
+    from vl_datasets.testing import write_dataset
+
+    for name in ("opened", "mirrors", "exports", "CACHEDIR.TAG"):
+        write_dataset(dataset_root, name, n_items=2)
+        entry = fetch_export(name, client=client, cache_dir=tmp_path, include_images=False)
+        assert entry.path.is_relative_to(tmp_path / "exports"), f"dataset {name!r} landed outside exports/"
+    assert (tmp_path / "CACHEDIR.TAG").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CACHEDIR.TAG", "exports"]
+
+
+def test_killed_build_leftovers_are_listed_and_collected(local_vl, client, tmp_path, capsys):
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    orphan = entry.entry_dir / "v20990101T000000-deadbeef"  # moved into place, manifest never written
+    orphan.mkdir()
+    (orphan / "metadata.parquet").write_bytes(b"x")
+    staging = entry.entry_dir / ".staging-1-abcdef12"
+    staging.mkdir()
+    assert CacheStore(tmp_path).lookup(entry.key) == entry, "an unmanifested version must not count"
+    assert main(["cache", "list", "--all", "--cache-dir", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert str(orphan) in listing and str(staging) in listing
+    fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+    assert not orphan.exists() and not staging.exists(), "the next build of the key must collect leftovers"
+    staging.mkdir()
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
+    assert not staging.exists(), "cache prune must collect leftovers"
+
+
+def test_cache_list_shows_hosts_and_mirrored_entries(local_vl, s3_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine"))
+    monkeypatch.delenv("VL_DATASETS_CACHE", raising=False)
+    client = Client(local_vl.url, progress=False, env={})
+    fetch_export("ds-ready", client=client, cache_dir=s3_root, include_images=False)
+    fetch_export("ds-ready", client=client, cache_dir=tmp_path / "machine" / "vl_datasets")
+    assert main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    host = ExportKey.build(local_vl.url, "ds-ready", "parquet", True).api_host
+    assert listing.count(host) == 2, f"the local and the mirrored entry should both be listed:\n{listing}"
+    assert main(["cache", "prune", "--max-size", "0"]) == 0
+    assert "pruned 2 of 2" in capsys.readouterr().out
+
+
+def test_opening_a_folder_writes_nothing_into_it(tmp_path):
+    from vl_datasets.cache.opened import open_export
+    from vl_datasets.testing import write_dataset
+
+    folder = tmp_path / "export"
+    write_dataset(folder.parent, folder.name, n_items=4)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    entry = open_export(folder, cache_dir=tmp_path / "cache")
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, "open_export wrote into the folder"
+    assert entry.path == folder and entry.index_path.is_relative_to(tmp_path / "cache" / "opened")
+    assert open_export(folder, cache_dir=tmp_path / "cache") == entry, "a second open must reuse the index"
+    # The user edits the metadata: the stale index is not reused.
+    metadata = folder / "metadata.json"
+    metadata.write_text(metadata.read_text().replace('"media_items"', '"media_items" '))
+    assert open_export(folder, cache_dir=tmp_path / "cache").version != entry.version
+
+
+def test_side_imports_run_one_way(tmp_path):
+    """import vl_datasets loads no network library; opening a local export loads none either."""
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "export", n_items=3)
+    # tqdm is not checked after the open: torch itself imports it.
+    network = ("requests", "urllib3", "jwt", "fsspec", "vl_datasets.api.client", "vl_datasets.api.transport")
+    code = ("import sys\n"
+            "import vl_datasets\n"
+            f"print(sorted(m for m in {network + ('tqdm', 'torch')!r} if m in sys.modules))\n"
+            "from vl_datasets import VisualLayerDataset\n"
+            f"ds = VisualLayerDataset.from_export({str(tmp_path / 'export')!r}, cache_dir={str(tmp_path / 'c')!r})\n"
+            "assert len(ds) == 3\n"
+            f"print(sorted(m for m in {network!r} if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=_child_env())
+    assert result.returncode == 0, result.stderr
+    after_import, after_open = result.stdout.split("\n")[:2]
+    assert after_import == "[]", f"import vl_datasets loaded {after_import}"
+    assert after_open == "[]", f"opening a local export loaded {after_open}"
+
+
+def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path):
+    fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    code = ("import sys\n"
+            "from vl_datasets import VisualLayerDataset\n"
+            f"ds = VisualLayerDataset('ds-ready', cache_dir={str(tmp_path)!r})\n"
+            "assert len(ds) == 8\n"
+            "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n")
+    env = {**_child_env(), "VL_API_URL": local_vl.url}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"a cache hit loaded the API side: {result.stdout}"
+    assert local_vl.count("export") == 1

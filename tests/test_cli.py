@@ -61,7 +61,8 @@ def test_serve_takes_exactly_one_of_root_or_sample(capsys):
 
 def test_serve_root_is_the_folder_or_the_shipped_sample(dataset_root, tmp_path, monkeypatch):
     import vl_datasets.sample
-    from vl_datasets.cli import build_parser, serve_root
+    from vl_datasets.cli import build_parser
+    from vl_datasets.cli.serve import serve_root
 
     assert serve_root(build_parser().parse_args(["serve", "--root", str(dataset_root)])) == dataset_root
     # The sample's data is package data built separately: point the constant at a stand-in.

@@ -12,7 +12,7 @@ import pytest
 
 import vl_datasets
 from vl_datasets import Client, errors
-from vl_datasets.api.records import ExportTask
+from vl_datasets.records import ExportTask
 
 
 class FakeTime:

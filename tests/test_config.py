@@ -6,7 +6,7 @@ import pytest
 
 from vl_datasets import Client, errors
 from vl_datasets.config import normalize_base_url, resolve_cache_dir, resolve_client_settings
-from vl_datasets.api.records import DatasetInfo, ExportTask, normalize_status
+from vl_datasets.records import DatasetInfo, ExportTask, normalize_status
 from vl_datasets.api.transport import parse_retry_after
 
 

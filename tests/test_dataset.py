@@ -65,8 +65,8 @@ def test_from_export_opens_a_zip_or_folder_without_network(client, tmp_path):
     from_zip = VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache", image_size=16)
     assert len(from_zip) == 8 and from_zip[3][0].shape == (3, 16, 16)
     folder = from_zip.export_dir
-    assert (folder / ".vl_datasets_normalized.arrow").is_file()  # JSON normalized once, kept
-    reopened = VisualLayerDataset.from_export(folder)
+    assert from_zip.entry.index_path.is_file(), "the JSON was not normalized once, when the ZIP was published"
+    reopened = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache")
     assert reopened.media_ids == from_zip.media_ids
     with pytest.raises(errors.ExportNotFoundError):
         VisualLayerDataset.from_export(tmp_path / "missing.zip")

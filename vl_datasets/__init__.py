@@ -2,7 +2,7 @@
 
 The package has four sides, and imports run one way, from the network edge to the tensors::
 
-    api/       auth, transport, client, records, download      a request becomes a task and a ZIP
+    api/       auth, transport, client, download               a request becomes a task and a ZIP
     cache/     store, archive, remote, opened                   a ZIP becomes a published cache entry
     metadata/  read, normalize, image_paths, curation, ...      an entry becomes a curated Arrow table
     loading/   images, dataset, loader, batch_slots             a table becomes tensors
@@ -24,7 +24,7 @@ from .errors import *  # noqa: F403  (the error tree is part of the public face)
 
 if TYPE_CHECKING:
     from .api.client import Client
-    from .api.records import DatasetInfo, ExportTask
+    from .records import DatasetInfo, ExportTask
     from .cache.store import ExportKey, LocalExport
     from .exports import fetch_export
     from .loading.dataset import VisualLayerDataset
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
     "Client": ".api.client",
-    "DatasetInfo": ".api.records",
-    "ExportTask": ".api.records",
+    "DatasetInfo": ".records",
+    "ExportTask": ".records",
     "ExportKey": ".cache.store",
     "LocalExport": ".cache.store",
     "fetch_export": ".exports",

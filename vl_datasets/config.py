@@ -114,9 +114,17 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[s
         base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         chosen = str(Path(base) / "vl_datasets")
     chosen = os.fspath(chosen)
-    if "://" in chosen:
+    if is_remote(chosen):
         return chosen.rstrip("/")
     return str(Path(chosen).expanduser().resolve())
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``) rather than a local path.
+
+    The one place that decides: the cache root, a mirror, and an image root all ask here.
+    """
+    return "://" in os.fspath(location)
 
 
 def progress_enabled(progress: bool | None = None, env: Mapping[str, str] | None = None) -> bool:

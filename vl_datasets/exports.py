@@ -1,30 +1,30 @@
-"""``fetch_export``: start an export only when no usable copy exists, and share it safely.
+"""``fetch_export``: the one module that joins the API side to the cache.
 
-One process per cache key builds the entry under a file lock; the others wait and then read what
-it published. A killed run leaves its export task id and its partial download behind, and the
-next run resumes both instead of starting over.
+A cached export is found without importing the API side at all; the client is built only when an
+export has to be started. One process per cache key builds the entry under a file lock; the
+others wait and then read what it published. A killed run leaves its export task id and its
+partial download behind, and the next run resumes both instead of starting over.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-from datetime import datetime, timezone
 from collections.abc import Iterable
-from pathlib import Path
-
-import pyarrow.parquet as pq
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from . import errors
 from .cache.archive import extract_archive
+from .cache.opened import local_store
 from .cache.store import CacheStore, ExportKey, LocalExport
-from .api.client import EXPORT_FORMATS, Client
-from .config import env_flag, resolve_cache_dir
+from .config import env_flag, is_remote, resolve_cache_dir, resolve_client_settings
 from .locks import hold_lock
-from .api.records import ExportTask
-from .cache.remote import RemoteCache
+from .records import EXPORT_FORMATS, ExportTask
+
+if TYPE_CHECKING:
+    from .api.client import Client
+    from .cache.remote import RemoteCache
 
 logger = logging.getLogger("vl_datasets")
 
@@ -35,7 +35,7 @@ def fetch_export(
     dataset_id: str,
     *,
     client: Client | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     export_format: str = "parquet",
     include_images: bool = True,
     media_ids: Iterable[str] | None = None,
@@ -49,40 +49,65 @@ def fetch_export(
 
     ``cache_dir`` (else ``VL_DATASETS_CACHE``, else ``~/.cache/vl_datasets``) may be an fsspec
     URL such as ``s3://bucket/prefix``: entries are then shared through it and mirrored locally.
-    ``offline=True`` (or ``VL_DATASETS_OFFLINE=1``) makes no network call at all.
-    ``refresh=True`` starts a new export and replaces the entry once the new one is complete.
+    ``offline=True`` (or ``VL_DATASETS_OFFLINE=1``) makes no network call at all; with no client
+    and no ``VL_API_URL`` it takes the newest copy cached from any API host.
+    ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
+    previous version stays on disk, for jobs still reading it, until ``vl-datasets cache prune``.
     """
     if export_format not in EXPORT_FORMATS:
         raise errors.ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
     if media_ids is not None and cluster_ids is not None:
         raise errors.ConfigurationError("Give at most one of media_ids or cluster_ids.")
     offline = env_flag("VL_DATASETS_OFFLINE") if offline is None else offline
-    client = client if client is not None else Client()
-    key = ExportKey.build(client.base_url, dataset_id, export_format, include_images, media_ids, cluster_ids)
-    root = resolve_cache_dir(cache_dir)
-    remote = RemoteCache(root) if "://" in root else None
-    store = CacheStore(remote.local_root if remote else root)
+    explicit_host = client is not None or bool(os.environ.get("VL_API_URL"))
+    base_url = client.base_url if client is not None else resolve_client_settings().base_url
+    key = ExportKey.build(base_url, dataset_id, export_format, include_images, media_ids, cluster_ids)
+    store = local_store(cache_dir)
 
     if not refresh and (entry := store.lookup(key)) is not None:
-        return entry  # the common case: no lock, no network
+        return entry  # the common case: no lock, no network, no API import
     if offline:
-        raise errors.CacheMissError(
-            f"Offline and no complete cache entry for {_describe(key)} in {store.root} (key {key.digest}). "
-            "Run once with network access (offline=False, VL_DATASETS_OFFLINE unset) to fill it.",
-            key=key.digest,
-        )
+        return _offline_lookup(store, key, explicit_host)
+    root = resolve_cache_dir(cache_dir)
+    remote = _remote(root) if is_remote(root) else None
     asked_at = datetime.now(timezone.utc)
-    store.entry_dir(key).mkdir(parents=True, exist_ok=True)
-    with hold_lock(store.lock_path(key), timeout_s=lock_timeout_s, what=f"export of {_describe(key)}"):
+    entry_dir = store.entry_dir(key)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    with hold_lock(store.lock_path(entry_dir), timeout_s=lock_timeout_s, what=f"export of {_describe(key)}"):
         entry = store.lookup(key)
-        if entry is not None and (not refresh or entry.created_at >= asked_at):
+        if entry is not None and (not refresh or (entry.created_at is not None and entry.created_at >= asked_at)):
             return entry  # another process published it (or refreshed it) while we waited
+        store.remove_leftovers(entry_dir, keep_download=True)  # a killed build's, but its download resumes
         if remote is not None and not refresh and (entry := remote.mirror(key, store)) is not None:
             return entry
         entry = _build_entry(client, store, key, export_timeout_s, lock_timeout_s)
         if remote is not None:
-            remote.upload(key, entry, store)
+            remote.upload(key, entry)
         return entry
+
+
+def _remote(root: str) -> RemoteCache:
+    from .cache.remote import RemoteCache  # fsspec's protocols load only for a shared root
+
+    return RemoteCache(root)
+
+
+def _offline_lookup(store: CacheStore, key: ExportKey, explicit_host: bool) -> LocalExport:
+    """Offline: the entry of this host, or with no host asked for, the newest from any host."""
+    others = store.lookup_any_host(key)
+    hosts = sorted({e.key.api_host for e in others if e.key is not None})
+    if others and not explicit_host:
+        newest = others[-1]
+        if len(hosts) > 1:
+            logger.warning("Offline: dataset %r is cached from several API hosts (%s); using the newest (%s). "
+                           "Set VL_API_URL to choose.", key.dataset_id, ", ".join(hosts), newest.version)
+        return newest
+    hint = (f" It is cached from {', '.join(hosts)}: set VL_API_URL to that host, or leave it unset."
+            if hosts else " Run once with network access (offline=False, VL_DATASETS_OFFLINE unset) to fill it.")
+    raise errors.CacheMissError(
+        f"Offline and no complete cache entry for {_describe(key)} in {store.root} (key {key.digest}).{hint}",
+        key=key.digest,
+    )
 
 
 def _describe(key: ExportKey) -> str:
@@ -95,26 +120,28 @@ def _describe(key: ExportKey) -> str:
     return f"dataset {key.dataset_id!r} on {key.api_host} ({key.export_format}, {images}{selection})"
 
 
-def _build_entry(client: Client, store: CacheStore, key: ExportKey, export_timeout_s, lock_timeout_s) -> LocalExport:
+def _build_entry(client: Client | None, store: CacheStore, key: ExportKey, export_timeout_s: float | None,
+                 lock_timeout_s: float | None) -> LocalExport:
+    if client is None:
+        from .api.client import Client  # the network stack loads only when an export must be made
+
+        client = Client()
     task = _start_or_resume(client, store, key)
     task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s)
-    zip_path = store.download_path(key)
+    entry_dir = store.entry_dir(key)
+    zip_path = store.download_path(entry_dir)
     client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s)
-    staging = store.new_staging_dir(key)
     try:
-        files = extract_archive(zip_path, staging)
-        metadata_file, rows = _verify_metadata(staging, files, task, zip_path)
-        entry = store.publish(key, staging, task=task, metadata_file=metadata_file, row_count=rows, files=files)
+        with store.staging(entry_dir) as staging:
+            extract_archive(zip_path, staging)
+            entry = store.publish(entry_dir, staging, key=key, task=task, expected_rows=task.entities_count)
     except errors.CorruptArchiveError:
         # Neither the bad download nor its task may be resumed: the next run starts afresh.
         zip_path.unlink(missing_ok=True)
         store.remember_task(key, None)
         raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     store.remember_task(key, None)
-    store.clean_work_files(key)
+    store.remove_leftovers(entry_dir)  # the download, now unpacked
     logger.info("Cached export %s of dataset %r at %s", task.id, key.dataset_id, entry.path)
     return entry
 
@@ -141,28 +168,3 @@ def _start_or_resume(client: Client, store: CacheStore, key: ExportKey) -> Expor
                                    include_images=key.include_images)
     store.remember_task(key, task.id)
     return task
-
-
-def _verify_metadata(staging: Path, files: dict[str, int], task: ExportTask, zip_path: Path) -> tuple[str, int]:
-    """The metadata file must be present and readable, with the row count the task announced."""
-    name = next((n for n in ("metadata.parquet", "metadata.json") if n in files), None)
-    if name is None:
-        raise errors.CorruptArchiveError(f"{zip_path} holds no metadata.parquet or metadata.json.", path=str(zip_path))
-    try:
-        if name.endswith(".parquet"):
-            rows = pq.read_metadata(staging / name).num_rows
-        else:
-            with open(staging / name, encoding="utf-8") as handle:
-                payload = json.load(handle)
-            items = payload.get("media_items") if isinstance(payload, dict) else payload
-            if not isinstance(items, list):
-                raise ValueError("no media_items list")
-            rows = len(items)
-    except (OSError, ValueError) as exc:
-        raise errors.CorruptArchiveError(f"{name} in {zip_path} cannot be read: {exc}", path=str(zip_path)) from None
-    if task.entities_count is not None and rows != task.entities_count:
-        raise errors.CorruptArchiveError(
-            f"{name} in {zip_path} has {rows} rows but export {task.id} announced {task.entities_count}.",
-            path=str(zip_path),
-        )
-    return name, rows

@@ -17,12 +17,11 @@ from . import download
 from .. import errors
 from .auth import TokenProvider
 from ..config import env_number, progress_enabled, resolve_client_settings
-from .records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
+from ..records import EXPORT_FORMATS, KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
 from .transport import RetryPolicy, Transport
 
 logger = logging.getLogger("vl_datasets")
 
-EXPORT_FORMATS = ("parquet", "json")
 DEFAULT_EXPORT_TIMEOUT_S = 3 * 3600.0
 # The official examples poll every 5 s and the web app every 2 s: start fast, settle at 10 s.
 POLL_START_S, POLL_GROWTH, POLL_MAX_S = 2.0, 1.5, 10.0

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import errors
 from ..locks import hold_lock
-from .records import ExportTask
+from ..records import ExportTask
 from .transport import Transport, redact_url
 
 logger = logging.getLogger("vl_datasets")

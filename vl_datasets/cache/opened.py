@@ -1,48 +1,72 @@
-"""Open a local export the user hands us: an extracted folder as it is, a ZIP unpacked safely.
+"""Open a local export the user hands us, through the same publication as a downloaded one.
 
-A ZIP is unpacked once into the cache (keyed by its path, size and modification time), through
-the same checks as a downloaded export, and published by an atomic rename.
+A ZIP is unpacked once into the cache, through the same checks as a downloaded export. An
+extracted folder is read where it is: only its index goes into the cache. Nothing is ever written
+into the user's folder (nor into the installed package, when the sample is opened in place).
+Both kinds are keyed by the source's path; a ZIP or a metadata file that changed since makes a
+new version.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
+from ..config import is_remote, resolve_cache_dir
+from ..errors import ExportNotFoundError
+from ..locks import hold_lock
+from ..metadata.index import read_index
 from .archive import extract_archive
-from ..config import resolve_cache_dir
-from ..errors import ConfigurationError, ExportNotFoundError
+from .store import CacheStore, LocalExport
 
-OPENED = "opened"
+logger = logging.getLogger("vl_datasets")
+
+OPEN_LOCK_TIMEOUT_S = 3600.0  # unpacking a large ZIP takes a while; waiters must outlast it
 
 
-def open_export(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding the export at ``path`` (a folder, or a ZIP unpacked into the cache)."""
-    path = Path(path).expanduser().resolve()
-    if path.is_dir():
-        return path
-    if not path.is_file():
-        raise ExportNotFoundError(f"No export at {path}: expected a ZIP file or an extracted export folder.",
-                                  path=str(path))
+def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> LocalExport:
+    """The published cache entry of the local export at ``path`` (a ZIP file or an extracted folder)."""
+    source = Path(path).expanduser().resolve()
+    if not source.exists():
+        raise ExportNotFoundError(f"No export at {source}: expected a ZIP file or an extracted export folder.",
+                                  path=str(source))
+    store = local_store(cache_dir)
+    entry_dir = store.opened_dir(source)
+    current = _current(store, entry_dir, source)
+    if current is not None:
+        return current
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    with hold_lock(store.lock_path(entry_dir), timeout_s=OPEN_LOCK_TIMEOUT_S, what=f"opening {source}"):
+        current = _current(store, entry_dir, source)  # another process may have published it meanwhile
+        if current is not None:
+            return current
+        store.remove_leftovers(entry_dir)
+        with store.staging(entry_dir) as staging:
+            if source.is_dir():
+                return store.publish(entry_dir, staging, opened_from=source)
+            extract_archive(source, staging)
+            return store.publish(entry_dir, staging)
+
+
+def local_store(cache_dir: str | os.PathLike[str] | None) -> CacheStore:
+    """The local cache: the root itself, or this machine's mirror of a shared (fsspec) root."""
     root = resolve_cache_dir(cache_dir)
-    if "://" in root:
-        raise ConfigurationError("Opening a ZIP needs a local cache_dir to unpack it into.")
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
-    target = Path(root) / OPENED / f"{path.stem[:40]}-{digest}"
-    if target.is_dir():
-        return target
-    staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        extract_archive(path, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process published the same archive first
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    if is_remote(root):
+        from .remote import RemoteCache  # fsspec is only imported for a shared root
+
+        return CacheStore(RemoteCache(root).local_root)
+    return CacheStore(root)
+
+
+def _current(store: CacheStore, entry_dir: Path, source: Path) -> LocalExport | None:
+    """The newest version, unless ``source`` is a folder whose metadata file changed since its index
+    was built (a ZIP that changed has another entry folder altogether)."""
+    versions = store.versions(entry_dir)
+    if not versions:
+        return None
+    entry = versions[-1]
+    if source.is_dir() and entry.index_path is not None and read_index(entry.index_path,
+                                                                       source=entry.metadata_path) is None:
+        return None
+    return entry

@@ -1,23 +1,29 @@
-"""The export cache on disk: keys, entries, manifests, atomic publication.
+"""The export cache on disk, and the one owner of its protocol: stage, verify, publish, clean up.
 
 Layout under the cache root::
 
-    <dataset>/<digest>/manifest.json     the commit marker, written last (atomic replace)
-    <dataset>/<digest>/<version>/        the unpacked export: metadata file, images/
-    <dataset>/<digest>/.lock             held while one process builds the entry
-    <dataset>/<digest>/.task.json        the export task in flight, so a killed run resumes it
-    <dataset>/<digest>/.download/        the ZIP and its resumable partial file
-    <dataset>/<digest>/.staging-*/       process-unique unpacking folders
+    CACHEDIR.TAG                         tells backup tools the folder can be rebuilt
+    exports/<dataset>/<digest>/          one entry per ExportKey (API host, dataset, format, ...)
+        <version>/                       an unpacked export (metadata file, images/) and its index
+        <version>.manifest.json          the version's commit marker, written last
+        .lock  .task.json  .download/  .staging-*/     a build in progress (see exports.py)
+    opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
+    mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
 
-An entry exists only when its manifest exists, parses, names this key and points to a version
-folder whose metadata file has the recorded size. A crash at any point leaves either the old
-entry or none, never a half-written one.
+Dataset ids live one level down, so no id can take a reserved name. A version exists only when
+its manifest exists, parses, and its metadata file has the recorded size; the current version of
+an entry is the newest. Publishing never deletes: an older version stays, for the jobs still
+reading it, until ``cache prune`` or ``cache rm``. A crash leaves complete versions and work files
+that the next build of the entry (or ``cache prune``) collects, never a version that reads as
+complete when it is not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,14 +32,24 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._version import __version__
 from ..atomic import replacing
-from ..api.records import ExportTask
+from ..errors import CorruptArchiveError, ImageNotFoundError
+from ..metadata.index import INDEX_FILE, build_index, write_index
+from ..metadata.read import METADATA_FILE_NAMES
+from ..records import ExportTask
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+logger = logging.getLogger("vl_datasets")
+
+FORMAT_VERSION = 2
+MANIFEST_SUFFIX = ".manifest.json"
+EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
+CACHEDIR_TAG = "CACHEDIR.TAG"
+_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+             "# This file marks a cache folder of vl_datasets; see https://bford.info/cachedir/\n")
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class ExportKey:
     @classmethod
     def build(cls, base_url: str, dataset_id: str, export_format: str, include_images: bool,
               media_ids: Iterable[str] | None = None, cluster_ids: Iterable[str] | None = None) -> ExportKey:
-        def canonical(ids):  # selections are sets: order and repeats do not matter
+        def canonical(ids: Iterable[str] | None) -> tuple[str, ...] | None:  # selections are sets
             return None if ids is None else tuple(sorted({str(i) for i in ids}))
 
         return cls(api_host=urlsplit(base_url).netloc.lower(), dataset_id=dataset_id, export_format=export_format,
@@ -61,17 +77,27 @@ class ExportKey:
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
-    def as_json(self) -> dict:
+    def on_host(self, api_host: str) -> ExportKey:
+        """The same export asked of another API host."""
+        return ExportKey(api_host, self.dataset_id, self.export_format, self.include_images,
+                         self.media_ids, self.cluster_ids)
+
+    def as_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data: dict) -> ExportKey:
+    def from_json(cls, data: dict[str, Any]) -> ExportKey:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
 class LocalExport:
-    """A complete export in the cache (or a folder the user opened)."""
+    """One complete version of a cache entry.
+
+    ``path`` is the export folder (for an opened folder: the user's own, which is never written
+    to); ``index_path`` the memory-mappable index of its rows and images, or None when it could
+    not be built at publication (an ambiguous image name: opening the dataset says which).
+    """
 
     path: Path
     metadata_path: Path
@@ -82,9 +108,14 @@ class LocalExport:
     key: ExportKey | None = None
     row_count: int | None = None
     total_bytes: int | None = None
+    version: str | None = None
+    entry_dir: Path | None = None
+    index_path: Path | None = None
+    opened_from: str | None = None
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """A folder name made of ``text``: other characters become ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
 
 
@@ -92,7 +123,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to a process-unique temp file beside ``path``, fsync, and rename it into place."""
     with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=1, sort_keys=True)
@@ -103,102 +134,203 @@ def write_json_atomic(path: Path, data: dict) -> None:
 class CacheStore:
     """A cache root on the local filesystem."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
+    # -- where things live -----------------------------------------------------------------
+
     def entry_dir(self, key: ExportKey) -> Path:
-        return self.root / _safe_name(key.dataset_id) / key.digest
+        return self.root / EXPORTS / safe_name(key.dataset_id) / key.digest
 
-    def lock_path(self, key: ExportKey) -> Path:
-        return self.entry_dir(key) / ".lock"
+    def opened_dir(self, source: Path) -> Path:
+        """The entry of an export the user opened from ``source``: a folder by its path, a ZIP by its
+        path, size and modification time (a ZIP replaced in place is another export)."""
+        stamp = "" if source.is_dir() else f"|{source.stat().st_size}|{source.stat().st_mtime_ns}"
+        digest = hashlib.sha256(f"{source}{stamp}".encode()).hexdigest()[:20]
+        return self.root / OPENED / f"{safe_name(source.stem)[:40]}-{digest}"
 
-    def download_path(self, key: ExportKey) -> Path:
-        return self.entry_dir(key) / ".download" / "export.zip"
+    def lock_path(self, entry_dir: Path) -> Path:
+        return entry_dir / ".lock"
 
-    def new_staging_dir(self, key: ExportKey) -> Path:
-        path = self.entry_dir(key) / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
-        return path
+    def download_path(self, entry_dir: Path) -> Path:
+        return entry_dir / ".download" / "export.zip"
+
+    def mirror_stores(self) -> list[CacheStore]:
+        """The local copies of shared cache roots kept under this root."""
+        folder = self.root / MIRRORS
+        return [CacheStore(p) for p in sorted(folder.iterdir()) if p.is_dir()] if folder.is_dir() else []
 
     # -- reading ---------------------------------------------------------------------------
 
-    def lookup(self, key: ExportKey) -> LocalExport | None:
-        """The complete entry for ``key``, or None. Never raises for a damaged entry."""
-        entry = self.read_entry(self.entry_dir(key))
-        return entry if entry is not None and entry.key == key else None
+    def lookup(self, key: ExportKey, *, version: str | None = None) -> LocalExport | None:
+        """The current version of ``key``'s entry (or exactly ``version``), or None. Never raises for
+        a damaged entry: a damaged version is not a version."""
+        versions = [v for v in self.versions(self.entry_dir(key)) if v.key == key]
+        if version is not None:
+            versions = [v for v in versions if v.version == version]
+        return versions[-1] if versions else None
 
-    def read_entry(self, entry_dir: Path) -> LocalExport | None:
+    def lookup_any_host(self, key: ExportKey) -> list[LocalExport]:
+        """The current version of the same export from every API host that has one, newest last."""
+        found = []
+        for entry_dir in sorted((self.root / EXPORTS / safe_name(key.dataset_id)).glob("*")):
+            versions = [v for v in self.versions(entry_dir) if v.key is not None and v.key.on_host(key.api_host) == key]
+            if versions:
+                found.append(versions[-1])
+        return sorted(found, key=_age_order)
+
+    def versions(self, entry_dir: Path) -> list[LocalExport]:
+        """Every complete version of the entry at ``entry_dir``, oldest first."""
+        if not entry_dir.is_dir():
+            return []
+        found = (self.read_version(m) for m in entry_dir.glob(f"*{MANIFEST_SUFFIX}"))
+        return sorted((v for v in found if v is not None), key=_age_order)
+
+    def read_version(self, manifest_path: Path) -> LocalExport | None:
         try:
-            manifest = json.loads((entry_dir / MANIFEST).read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             if manifest.get("format_version") != FORMAT_VERSION:
                 return None
-            version_dir = entry_dir / manifest["version"]
-            metadata_path = version_dir / manifest["metadata_file"]
+            version_dir = manifest_path.parent / manifest["version"]
+            export_dir = Path(manifest["opened_from"]) if manifest.get("opened_from") else version_dir
+            metadata_path = export_dir / manifest["metadata_file"]
             if metadata_path.stat().st_size != manifest["metadata_bytes"]:
                 return None
-            task = manifest.get("task")
+            task, key = manifest.get("task"), manifest.get("key")
+            index = manifest.get("index")
             return LocalExport(
-                path=version_dir,
+                path=export_dir,
                 metadata_path=metadata_path,
-                images_dir=version_dir / "images" if manifest["images"] else None,
-                task=ExportTask.from_json(task, dataset_id=manifest["key"]["dataset_id"]) if task else None,
+                images_dir=export_dir / "images" if manifest["images"] else None,
+                task=ExportTask.from_json(task, dataset_id=key["dataset_id"]) if task and key else None,
                 created_at=datetime.fromisoformat(manifest["created_at"]),
                 library_version=manifest.get("library_version"),
-                key=ExportKey.from_json(manifest["key"]),
+                key=ExportKey.from_json(key) if key else None,
                 row_count=manifest.get("row_count"),
                 total_bytes=manifest.get("total_bytes"),
+                version=manifest["version"],
+                entry_dir=manifest_path.parent,
+                index_path=version_dir / index if index else None,
+                opened_from=manifest.get("opened_from"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def entry_dirs(self) -> Iterator[Path]:
+        """Every entry folder under this root: exports and opened ones (mirrors are stores of their own)."""
+        yield from sorted((self.root / EXPORTS).glob("*/*"))
+        yield from sorted((self.root / OPENED).glob("*"))
+
     def entries(self) -> Iterator[LocalExport]:
-        """Every complete entry under the root."""
-        if not self.root.is_dir():
-            return
-        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
-            entry = self.read_entry(manifest.parent)
-            if entry is not None:
-                yield entry
+        """The current version of every complete entry under the root."""
+        for entry_dir in self.entry_dirs():
+            versions = self.versions(entry_dir)
+            if versions:
+                yield versions[-1]
+
+    def leftovers(self, entry_dir: Path) -> list[Path]:
+        """What a killed build left in ``entry_dir``: staging folders, downloads, and version folders
+        that never got their manifest. Only safe to remove while holding the entry's lock."""
+        published = {v.version for v in self.versions(entry_dir)}
+        found = []
+        for path in sorted(entry_dir.iterdir()) if entry_dir.is_dir() else []:
+            if path.name.startswith((".staging-", ".download")):
+                found.append(path)
+            elif path.is_dir() and not path.name.startswith(".") and path.name not in published:
+                found.append(path)
+        return found
 
     # -- writing ---------------------------------------------------------------------------
 
-    def publish(self, key: ExportKey, staging: Path, *, task: ExportTask, metadata_file: str, row_count: int,
-                files: dict[str, int]) -> LocalExport:
-        """Move a verified staging folder into place, then write the manifest that makes it exist."""
-        entry_dir = self.entry_dir(key)
-        previous = self.read_entry(entry_dir)
-        version = f"v-{_safe_name(task.id)[:40]}-{uuid.uuid4().hex[:6]}"
+    @contextlib.contextmanager
+    def staging(self, entry_dir: Path) -> Iterator[Path]:
+        """A process-unique folder inside ``entry_dir`` (same filesystem, so publishing is a
+        rename), removed when the block ends, whether or not it was published."""
+        self._tag_root()
+        path = entry_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, entry_dir: Path, staging: Path, *, key: ExportKey | None = None, task: ExportTask | None = None,
+                expected_rows: int | None = None, opened_from: Path | None = None,
+                version: str | None = None) -> LocalExport:
+        """Make the export in ``staging`` (or, with ``opened_from``, the user's folder it indexes) a
+        new version of the entry: verify its metadata, write its index, move the folder into place,
+        then write the manifest that makes it exist. Older versions are kept. ``version`` names the
+        new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
+        export_dir = opened_from if opened_from is not None else staging
+        metadata_file = next((n for n in METADATA_FILE_NAMES if (export_dir / n).is_file()), None)
+        if metadata_file is None:
+            raise CorruptArchiveError(f"{export_dir} holds no metadata.parquet or metadata.json at its root.",
+                                      path=str(export_dir))
+        index_name, rows = _write_index(export_dir, staging)
+        if expected_rows is not None and rows != expected_rows:
+            raise CorruptArchiveError(
+                f"{metadata_file} of {_describe_source(key, task, export_dir)} has {rows} rows but the export "
+                f"announced {expected_rows}.", path=str(export_dir))
+        files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
+        metadata_bytes = (export_dir / metadata_file).stat().st_size
+        has_images = (export_dir / "images").is_dir()
+        version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
-        task_record = {k: v for k, v in task.raw.items() if k != "download_uri"}  # presigned URLs are secrets
-        task_record.setdefault("id", task.id)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "key": key.as_json(),
+            "key": key.as_json() if key is not None else None,
+            "opened_from": str(opened_from) if opened_from is not None else None,
             "version": version,
-            "task": task_record,
+            "task": _task_record(task),
             "created_at": _utcnow().isoformat(),
             "library_version": __version__,
             "metadata_file": metadata_file,
-            "metadata_bytes": files[metadata_file],
-            "images": any(name.startswith("images/") for name in files),
-            "row_count": row_count,
+            "metadata_bytes": metadata_bytes,
+            "images": has_images,
+            "index": index_name,
+            "row_count": rows,
             "file_count": len(files),
             "total_bytes": sum(files.values()),
             "files": {name: size for name, size in files.items() if not name.startswith("images/")},
         }
-        write_json_atomic(entry_dir / MANIFEST, manifest)
-        if previous is not None and previous.path != entry_dir / version:
-            # Readers of the old version that are still running lose their files: documented on refresh.
-            shutil.rmtree(previous.path, ignore_errors=True)
-        entry = self.read_entry(entry_dir)
-        assert entry is not None
+        write_json_atomic(entry_dir / f"{version}{MANIFEST_SUFFIX}", manifest)
+        entry = self.read_version(entry_dir / f"{version}{MANIFEST_SUFFIX}")
+        if entry is None:
+            raise CorruptArchiveError(f"The version just published at {entry_dir / version} does not read back.",
+                                      path=str(entry_dir / version))
         return entry
 
-    def remove(self, entry: LocalExport) -> None:
-        """Delete an entry: the manifest first, so a half-deleted entry is never taken for complete."""
-        entry_dir = entry.path.parent
-        (entry_dir / MANIFEST).unlink(missing_ok=True)
+    def remove_version(self, entry: LocalExport) -> None:
+        """Delete one version: its manifest first, so a half-deleted version is never taken for complete."""
+        if entry.entry_dir is None or entry.version is None:
+            raise ValueError("remove_version takes a version read from this store")
+        (entry.entry_dir / f"{entry.version}{MANIFEST_SUFFIX}").unlink(missing_ok=True)
+        shutil.rmtree(entry.entry_dir / entry.version, ignore_errors=True)
+
+    def remove(self, entry_dir: Path) -> None:
+        """Delete a whole entry, every version: the manifests first."""
+        for manifest in entry_dir.glob(f"*{MANIFEST_SUFFIX}"):
+            manifest.unlink(missing_ok=True)
         shutil.rmtree(entry_dir, ignore_errors=True)
+
+    def remove_leftovers(self, entry_dir: Path, *, keep_download: bool = False) -> list[Path]:
+        """Delete what ``leftovers`` lists (but a resumable download, with ``keep_download``); the
+        caller holds the entry's lock."""
+        doomed = [p for p in self.leftovers(entry_dir) if not (keep_download and p.name == ".download")]
+        for path in doomed:
+            logger.info("Removing %s, left by an interrupted or finished build", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return doomed
+
+    def _tag_root(self) -> None:
+        tag = self.root / CACHEDIR_TAG
+        if not tag.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            with replacing(tag) as tmp:
+                tmp.write_text(_TAG_TEXT, encoding="utf-8")
 
     # -- the task in flight ----------------------------------------------------------------
 
@@ -217,9 +349,44 @@ class CacheStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {"key": key.as_json(), "task_id": task_id})
 
-    def clean_work_files(self, key: ExportKey) -> None:
-        """Drop downloads and staging folders once an entry is published."""
-        entry_dir = self.entry_dir(key)
-        shutil.rmtree(entry_dir / ".download", ignore_errors=True)
-        for staging in entry_dir.glob(".staging-*"):
-            shutil.rmtree(staging, ignore_errors=True)
+
+def _age_order(entry: LocalExport) -> tuple[datetime, str]:
+    return (entry.created_at or datetime.min.replace(tzinfo=timezone.utc), entry.version or "")
+
+
+def _task_record(task: ExportTask | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    record = {k: v for k, v in task.raw.items() if k != "download_uri"}  # presigned URLs are secrets
+    record.setdefault("id", task.id)
+    return record
+
+
+def _write_index(export_dir: Path, staging: Path) -> tuple[str | None, int]:
+    """Index the export into ``staging``; return the index's file name (None when an ambiguous image
+    name keeps it from being built) and the number of rows, which verifies the metadata too."""
+    try:
+        index = build_index(export_dir)
+    except ImageNotFoundError as exc:
+        logger.warning("Publishing %s without an index: %s", export_dir, exc)
+        from ..metadata.read import read_metadata_file  # the rows still have to be counted and checked
+
+        return None, read_metadata_file(export_dir / next(
+            n for n in METADATA_FILE_NAMES if (export_dir / n).is_file())).num_rows
+    write_index(index, staging / INDEX_FILE)
+    return INDEX_FILE, index.num_rows
+
+
+def _file_sizes(export_dir: Path) -> dict[str, int]:
+    sizes = {}
+    for folder, _, names in os.walk(export_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            sizes[os.path.relpath(path, export_dir).replace(os.sep, "/")] = os.path.getsize(path)
+    return sizes
+
+
+def _describe_source(key: ExportKey | None, task: ExportTask | None, export_dir: Path) -> str:
+    if task is not None:
+        return f"export {task.id}"
+    return f"dataset {key.dataset_id!r}" if key is not None else str(export_dir)

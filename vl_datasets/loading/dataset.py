@@ -22,17 +22,14 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from . import images
-
+from ..cache.opened import open_export
+from ..cache.store import LocalExport
+from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata import targets
 from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons, resolve_rules
-from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
-from ..exports import fetch_export
+from ..metadata.index import IMAGE_COLUMN, build_index, read_index
+from . import images
 from .loader import SkippedSample, VLDataLoader, make_dataloader
-from ..metadata.image_paths import resolve_image_paths
-from ..metadata.read import find_metadata_file, read_metadata_file
-from ..metadata.table_file import read_normalized, write_normalized
-from ..cache.opened import open_export
 
 if TYPE_CHECKING:
     from ..api.client import Client
@@ -46,8 +43,6 @@ OnError = Literal["raise", "skip"]
 MissingImages = Literal["raise", "drop"]
 ExportFormat = Literal["parquet", "json"]
 
-NORMALIZED_CACHE = ".vl_datasets_normalized.arrow"
-IMAGE_COLUMN = "__image_path__"  # travels with the rows through every filter, then moves out
 
 
 class VisualLayerDataset(Dataset):
@@ -122,11 +117,13 @@ class VisualLayerDataset(Dataset):
         missing_images: MissingImages = "raise", images_root: str | os.PathLike | None = None,
     ) -> None:
         options = _open_options(locals())  # before the fetch: a bad option should not cost an export
+        from ..exports import fetch_export  # the API side loads only if the cache has no copy
+
         entry = fetch_export(dataset_id, client=client, cache_dir=cache_dir, offline=offline,
                              export_format=export_format, include_images=True, media_ids=media_ids,
                              cluster_ids=cluster_ids, refresh=refresh)
         self.dataset_id: str | None = dataset_id
-        self._open(entry.path, **options)
+        self._open(entry, **options)
 
     @classmethod
     def from_export(
@@ -156,20 +153,22 @@ class VisualLayerDataset(Dataset):
         dataset._open(open_export(path, cache_dir=cache_dir), **options)
         return dataset
 
-    def _open(self, export_dir: Path, *, rules: CurationRules, task: Task, classes: Sequence[str] | None,
+    def _open(self, entry: LocalExport, *, rules: CurationRules, task: Task, classes: Sequence[str] | None,
               invalid_labels: InvalidLabels, object_drop_issues: Mapping[str, float] | None,
               target_transform: Callable[[Any], Any] | None, image_size: int | tuple[int, int] | None,
               decode: Decode, transform: Callable[[Any], Any] | None, on_error: OnError,
               missing_images: MissingImages, images_root: str | os.PathLike | None) -> None:
-        self.export_dir = Path(export_dir)
+        self.entry = entry  # the cache entry's exact version: what a checkpoint pins
+        self.export_dir = entry.path
         self.task, self.image_size, self.decode, self.on_error = task, image_size, decode, on_error
         self.transform, self.target_transform = transform, target_transform
         # The rules' label_source, alone or inside curation=: targets count the labels curation counted.
         self.label_source, self.object_drop_issues = rules.label_source, dict(object_drop_issues or {})
 
-        self._root = str(Path(images_root) if images_root is not None else self.export_dir / "images")
-        table = _load_rows(self.export_dir, self._root, cache=images_root is None)
-        self._rules, self._cache_rows = rules, images_root is None
+        self._images_root = None if images_root is None else Path(images_root)
+        self._root = str(self._images_root if self._images_root is not None else self.export_dir / "images")
+        table = _load_rows(entry, self._images_root)
+        self._rules = rules
         rows, summary = curate(table, rules)
         if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed
             table = table.take(pa.array(rows))
@@ -231,7 +230,7 @@ class VisualLayerDataset(Dataset):
         """Every item of the export, kept or not: the normalized metadata plus ``image_path``
         (absolute; null when the export has no image for it) and ``removed_by`` (the first rule
         that removed the item, or null when it is in the dataset). For reports and audits."""
-        table = _load_rows(self.export_dir, self._root, cache=self._cache_rows)
+        table = _load_rows(self.entry, self._images_root)
         reasons = removal_reasons(table, self._rules)
         kept = pc.is_in(table.column("media_id"), value_set=self._table.column("media_id"))
         # What curation kept but the dataset does not hold went at a later step: no image, or
@@ -364,25 +363,18 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
                for issue in obj.get("issues") or [])
 
 
-def _load_rows(export_dir: Path, images_root: str, *, cache: bool) -> pa.Table:
-    """The normalized table plus each row's image path (null when it has none).
+def _load_rows(entry: LocalExport, images_root: Path | None) -> pa.Table:
+    """The export's index: its normalized metadata plus each row's image path (null when it has none).
 
-    Both are kept beside the export (a cache entry never changes once published), so the next
-    open reads one parquet file instead of parsing JSON and listing every image again.
+    The cache built it when it published the entry, so this is a memory map. Images read from
+    another root, or an index the cache could not build (an ambiguous image name, which this
+    then reports), are resolved here instead.
     """
-    source = find_metadata_file(export_dir)
-    cache_path = export_dir / NORMALIZED_CACHE if cache and os.access(export_dir, os.W_OK) else None
-    if cache_path is not None:
-        cached = read_normalized(cache_path, source=source)
-        if cached is not None and IMAGE_COLUMN in cached.column_names:
-            return cached
-    table = read_metadata_file(source)
-    members = [f"images/{rel}" for rel in _list_files(images_root)]
-    resolved = resolve_image_paths(table, members, on_missing="null")  # an ambiguous name still raises
-    table = table.append_column(IMAGE_COLUMN, pc.utf8_slice_codeunits(resolved, len("images/")))
-    if cache_path is not None:
-        write_normalized(table, cache_path)
-    return table
+    if images_root is None and entry.index_path is not None:
+        table = read_index(entry.index_path)
+        if table is not None:
+            return table
+    return build_index(entry.path, images_dir=images_root)
 
 
 def _require_images(table: pa.Table, missing_images: str, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
@@ -400,20 +392,3 @@ def _require_images(table: pa.Table, missing_images: str, summary: CurationSumma
             "include_images=True, pass images_root= for a local copy, or missing_images='drop'.",
             media_id=media_id)
     return table.filter(present), _count(summary, "missing_images", missing)
-
-
-def _list_files(root: str) -> list[str]:
-    """Every file under ``root``, as a path relative to it (``/``-separated)."""
-    found, stack = [], [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif entry.is_file():
-                found.append(os.path.relpath(entry.path, root).replace(os.sep, "/"))
-    return found

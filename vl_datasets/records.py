@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..errors import ResponseValidationError
+from .errors import ResponseValidationError
 
+EXPORT_FORMATS = ("parquet", "json")
 TERMINAL_EXPORT_STATUSES = frozenset({"COMPLETED", "FAILED", "REJECTED", "CANCELED"})
 KNOWN_EXPORT_STATUSES = TERMINAL_EXPORT_STATUSES | {"INIT", "IN_PROGRESS"}
 

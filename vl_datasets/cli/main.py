@@ -1,0 +1,70 @@
+"""``vl-datasets``: the parser, and the one place that turns an exception into an exit code.
+
+Each error family exits with its own code and a one-line hint; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import errors
+from .._version import __version__
+from . import cache, export, report, serve
+
+# One exit code per error family, so scripts can branch on what went wrong.
+EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
+    (errors.AuthenticationError, 3, "check VL_API_KEY / VL_API_SECRET (or VL_API_TOKEN)"),
+    (errors.PermissionDeniedError, 3, "these credentials may not access this dataset"),
+    (errors.DatasetNotFoundError, 4, "check the dataset id and the API URL (VL_API_URL)"),
+    (errors.DatasetNotReadyError, 5, "wait until the dataset is READY on Visual Layer"),
+    (errors.ExportTaskNotFoundError, 6, "the server no longer knows this export task; run the command again"),
+    (errors.ExportFailedError, 6, "the export failed on the server; see its message"),
+    (errors.ExportTimeoutError, 6, "the export is still running; run the command again to resume waiting"),
+    (errors.CacheMissError, 7, "run once without --offline to fill the cache"),
+    (errors.APIConnectionError, 8, "the API cannot be reached; check the URL and network"),
+    (errors.ConfigurationError, 2, "check the command's arguments and VL_* environment variables"),
+    (errors.VLDatasetsError, 1, ""),
+]
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str]:
+    """The exit code and hint for an exception (1 and no hint when unknown)."""
+    for cls, code, hint in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code, hint
+    return 1, ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --verbose works before or after the command; SUPPRESS keeps a subcommand from resetting it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log details and show tracebacks")
+    parser = argparse.ArgumentParser(prog="vl-datasets", parents=[verbose],
+                                     description="Visual Layer exports for PyTorch: serve, export, cache, report.")
+    parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in (serve, export, cache, report):
+        group.add_commands(commands, parents=[verbose])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except errors.VLDatasetsError as exc:
+        code, hint = exit_code_for(exc)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {exc}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+        return code
