@@ -527,3 +527,23 @@ def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"a cache hit loaded the API side: {result.stdout}"
     assert local_vl.count("export") == 1
+
+
+def test_metadata_and_loading_never_import_the_api_side():
+    """Imports run one way: the metadata and loading sides may import the cache, never the API."""
+    import ast
+
+    package = REPO / "vl_datasets"
+    offenders = []
+    for side in ("metadata", "loading", "cache"):
+        for module in (package / side).glob("*.py"):
+            tree = ast.parse(module.read_text())
+            # Names imported for type checking only never load at run time.
+            typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                           and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+            for node in ast.walk(tree):
+                if id(node) in typing_only:
+                    continue
+                if isinstance(node, ast.ImportFrom) and node.level >= 2 and (node.module or "").startswith("api"):
+                    offenders.append(f"{side}/{module.name}: from {'.' * node.level}{node.module}")
+    assert offenders == [], f"these modules import the API side: {offenders}"

@@ -80,6 +80,33 @@ def test_unknown_dataset_raises_not_found_with_server_detail(client):
     assert type(again) is errors.DatasetNotFoundError and again.status_code == 404 and str(again) == str(exc)
 
 
+def test_unknown_export_task_has_its_own_error(client):
+    with pytest.raises(errors.ExportTaskNotFoundError) as caught:
+        client.get_export_status("ds-ready", "no-such-task")
+    error = caught.value
+    assert isinstance(error, LookupError) and isinstance(error, errors.APIStatusError)
+    assert not isinstance(error, errors.DatasetNotFoundError), "an unknown task is not an unknown dataset"
+    assert error.task_id == "no-such-task" and error.dataset_id == "ds-ready" and error.status_code == 404
+    with pytest.raises(errors.DatasetNotFoundError):
+        client.get_export_status("no-such-dataset", "no-such-task")
+
+
+def test_error_families_group_the_leaves():
+    families = {errors.APIError: [errors.AuthenticationError, errors.APITimeoutError, errors.ResponseValidationError],
+                errors.ExportError: [errors.ExportFailedError, errors.InsufficientDiskSpaceError],
+                errors.CacheError: [errors.CacheMissError, errors.CorruptArchiveError, errors.LockTimeoutError],
+                errors.DataError: [errors.SchemaError, errors.ImageDecodeError, errors.CurationError]}
+    for family, leaves in families.items():
+        for leaf in leaves:
+            assert issubclass(leaf, family), f"{leaf.__name__} is not caught by {family.__name__}"
+    # Each leaf keeps its keyword fields across pickling, as DataLoader workers need.
+    error = errors.ImageDecodeError("bad", media_id="m1", path="/x.jpg")
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.media_id, again.path) == (errors.ImageDecodeError, "bad", "m1", "/x.jpg")
+    with pytest.raises(TypeError):
+        errors.ImageDecodeError("bad", media=1)  # keywords are explicit: a misspelt one is refused
+
+
 def test_422_detail_list_is_kept_and_readable(local_vl, client):
     local_vl.faults.fail_next("dataset", 422, detail=[{"loc": ["path", "dataset_id"], "msg": "bad id", "type": "x"}])
     with pytest.raises(errors.BadRequestError) as caught:

@@ -20,16 +20,48 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._version import __version__
-from .errors import *  # noqa: F403  (the error tree is part of the public face)
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    CacheError,
+    CacheMissError,
+    ConfigurationError,
+    CorruptArchiveError,
+    CurationError,
+    DataError,
+    DatasetNotFoundError,
+    DatasetNotReadyError,
+    DownloadError,
+    ExportError,
+    ExportFailedError,
+    ExportNotFoundError,
+    ExportTaskNotFoundError,
+    ExportTimeoutError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    InsufficientDiskSpaceError,
+    LockTimeoutError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    SchemaError,
+    ServerError,
+    UnsafeArchiveError,
+    VLDatasetsError,
+)
 
 if TYPE_CHECKING:
     from .api.client import Client
-    from .records import DatasetInfo, ExportTask
     from .cache.store import ExportKey, LocalExport
     from .exports import fetch_export
     from .loading.dataset import VisualLayerDataset
     from .metadata.curation import CurationRules, CurationSummary
     from .metadata.splits import leakage_safe_split
+    from .records import DatasetInfo, ExportTask
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
@@ -59,4 +91,48 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted(["__version__", "errors", *_LAZY, *errors.__all__])
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CacheError",
+    "CacheMissError",
+    "Client",
+    "ConfigurationError",
+    "CorruptArchiveError",
+    "CurationError",
+    "CurationRules",
+    "CurationSummary",
+    "DataError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "DatasetNotReadyError",
+    "DownloadError",
+    "ExportError",
+    "ExportFailedError",
+    "ExportKey",
+    "ExportNotFoundError",
+    "ExportTask",
+    "ExportTaskNotFoundError",
+    "ExportTimeoutError",
+    "ImageDecodeError",
+    "ImageNotFoundError",
+    "InsufficientDiskSpaceError",
+    "LocalExport",
+    "LockTimeoutError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "SchemaError",
+    "ServerError",
+    "UnsafeArchiveError",
+    "VLDatasetsError",
+    "VisualLayerDataset",
+    "__version__",
+    "errors",
+    "fetch_export",
+    "leakage_safe_split",
+]

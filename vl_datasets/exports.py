@@ -99,11 +99,19 @@ def _offline_lookup(store: CacheStore, key: ExportKey, explicit_host: bool) -> L
     if others and not explicit_host:
         newest = others[-1]
         if len(hosts) > 1:
-            logger.warning("Offline: dataset %r is cached from several API hosts (%s); using the newest (%s). "
-                           "Set VL_API_URL to choose.", key.dataset_id, ", ".join(hosts), newest.version)
+            logger.warning(
+                "Offline: dataset %r is cached from several API hosts (%s); using the newest (%s). "
+                "Set VL_API_URL to choose.",
+                key.dataset_id,
+                ", ".join(hosts),
+                newest.version,
+            )
         return newest
-    hint = (f" It is cached from {', '.join(hosts)}: set VL_API_URL to that host, or leave it unset."
-            if hosts else " Run once with network access (offline=False, VL_DATASETS_OFFLINE unset) to fill it.")
+    hint = (
+        f" It is cached from {', '.join(hosts)}: set VL_API_URL to that host, or leave it unset."
+        if hosts
+        else " Run once with network access (offline=False, VL_DATASETS_OFFLINE unset) to fill it."
+    )
     raise errors.CacheMissError(
         f"Offline and no complete cache entry for {_describe(key)} in {store.root} (key {key.digest}).{hint}",
         key=key.digest,
@@ -120,8 +128,13 @@ def _describe(key: ExportKey) -> str:
     return f"dataset {key.dataset_id!r} on {key.api_host} ({key.export_format}, {images}{selection})"
 
 
-def _build_entry(client: Client | None, store: CacheStore, key: ExportKey, export_timeout_s: float | None,
-                 lock_timeout_s: float | None) -> LocalExport:
+def _build_entry(
+    client: Client | None,
+    store: CacheStore,
+    key: ExportKey,
+    export_timeout_s: float | None,
+    lock_timeout_s: float | None,
+) -> LocalExport:
     if client is None:
         from .api.client import Client  # the network stack loads only when an export must be made
 
@@ -161,10 +174,14 @@ def _start_or_resume(client: Client, store: CacheStore, key: ExportKey) -> Expor
             if exc.status_code not in (410, 422):
                 raise
     if key.media_ids is not None or key.cluster_ids is not None:
-        task = client.start_selective_export(key.dataset_id, media_ids=key.media_ids, cluster_ids=key.cluster_ids,
-                                             export_format=key.export_format, include_images=key.include_images)
+        task = client.start_selective_export(
+            key.dataset_id,
+            media_ids=key.media_ids,
+            cluster_ids=key.cluster_ids,
+            export_format=key.export_format,
+            include_images=key.include_images,
+        )
     else:
-        task = client.start_export(key.dataset_id, export_format=key.export_format,
-                                   include_images=key.include_images)
+        task = client.start_export(key.dataset_id, export_format=key.export_format, include_images=key.include_images)
     store.remember_task(key, task.id)
     return task

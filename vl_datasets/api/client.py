@@ -12,12 +12,11 @@ from urllib.parse import quote
 
 from tqdm.auto import tqdm
 
-from . import download
-
 from .. import errors
-from .auth import TokenProvider
 from ..config import env_number, progress_enabled, resolve_client_settings
 from ..records import EXPORT_FORMATS, KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
+from . import download
+from .auth import TokenProvider
 from .transport import RetryPolicy, Transport
 
 logger = logging.getLogger("vl_datasets")
@@ -62,10 +61,12 @@ class Client:
         if not self.settings.on_prem:
             # A pre-made token cannot be re-signed, so it never comes with the secret.
             secret = None if self.settings.token else self.settings.api_secret
-            tokens = TokenProvider(api_key=self.settings.api_key, api_secret=secret, token=self.settings.token,
-                                   wall_clock=wall_clock)
-        self._transport = Transport(tokens=tokens, timeout_s=timeout_s, retry=RetryPolicy(max_retries=max_retries),
-                                    sleep=sleep)
+            tokens = TokenProvider(
+                api_key=self.settings.api_key, api_secret=secret, token=self.settings.token, wall_clock=wall_clock
+            )
+        self._transport = Transport(
+            tokens=tokens, timeout_s=timeout_s, retry=RetryPolicy(max_retries=max_retries), sleep=sleep
+        )
         self.progress = progress_enabled(progress, env)
         self._sleep = sleep
         self._clock = clock
@@ -126,8 +127,14 @@ class Client:
         """Start exporting only the given media items, or the items of the given clusters."""
         body = _selection_body(media_ids, cluster_ids)
         url = self._api_url(dataset_id, "export_entities_async")
-        payload = self._get_json(url, what=f"Selective export of dataset {dataset_id!r}", method="POST",
-                                 params=_export_params(export_format, include_images), json=body, idempotent=False)
+        payload = self._get_json(
+            url,
+            what=f"Selective export of dataset {dataset_id!r}",
+            method="POST",
+            params=_export_params(export_format, include_images),
+            json=body,
+            idempotent=False,
+        )
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
 
     def get_export_status(self, dataset_id: str, task_id: str) -> ExportTask:
@@ -143,8 +150,14 @@ class Client:
         except errors.DatasetNotFoundError as exc:
             self.get_dataset(dataset_id)  # raises DatasetNotFoundError if the dataset is what is missing
             raise errors.ExportTaskNotFoundError(
-                f"{what}: the server has no such export task (HTTP 404).", task_id=task_id, dataset_id=dataset_id,
-                status_code=exc.status_code, detail=exc.detail, method=exc.method, url=exc.url) from None
+                f"{what}: the server has no such export task (HTTP 404).",
+                task_id=task_id,
+                dataset_id=dataset_id,
+                status_code=exc.status_code,
+                detail=exc.detail,
+                method=exc.method,
+                url=exc.url,
+            ) from None
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
 
     # -- workflow ----------------------------------------------------------------------------
@@ -183,19 +196,29 @@ class Client:
                     raise errors.ExportTimeoutError(
                         f"Export {task_id} of dataset {dataset_id!r} is still {task.status} after {timeout_s:g}s; "
                         f"it keeps running: call wait_for_export({dataset_id!r}, {task_id!r}) to resume.",
-                        task_id=task_id, dataset_id=dataset_id,
+                        task_id=task_id,
+                        dataset_id=dataset_id,
                     )
                 self._sleep(interval)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
-    def download_export(self, task: ExportTask, dest: str | os.PathLike, *, lock_timeout_s: float | None = None) -> Path:
+    def download_export(
+        self, task: ExportTask, dest: str | os.PathLike, *, lock_timeout_s: float | None = None
+    ) -> Path:
         """Download a completed export's ZIP to ``dest`` (resumable; see ``vl_datasets.download``)."""
 
         def refresh(stale: ExportTask) -> ExportTask:
             return _completed_or_raise(self.get_export_status(stale.dataset_id, stale.id))
 
-        return download.download_export(self._transport, task, dest, base_url=self.base_url, refresh_task=refresh,
-                                        progress=self.progress, lock_timeout_s=lock_timeout_s)
+        return download.download_export(
+            self._transport,
+            task,
+            dest,
+            base_url=self.base_url,
+            refresh_task=refresh,
+            progress=self.progress,
+            lock_timeout_s=lock_timeout_s,
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -212,7 +235,8 @@ class Client:
         except ValueError:
             raise errors.ResponseValidationError(
                 f"{what}: the answer is not JSON (HTTP {response.status_code}, "
-                f"{response.headers.get('Content-Type', 'no content type')}).", url=url,
+                f"{response.headers.get('Content-Type', 'no content type')}).",
+                url=url,
             ) from None
 
 
@@ -223,9 +247,12 @@ def _export_params(export_format: str, include_images: bool) -> dict[str, str]:
 
 
 def _selection_body(media_ids: Iterable[str] | None, cluster_ids: Iterable[str] | None) -> dict[str, list[str]]:
-    if (media_ids is None) == (cluster_ids is None):
+    if media_ids is not None and cluster_ids is None:
+        name, ids = "media_ids", media_ids
+    elif cluster_ids is not None and media_ids is None:
+        name, ids = "cluster_ids", cluster_ids
+    else:
         raise errors.ConfigurationError("Give exactly one of media_ids or cluster_ids.")
-    name, ids = ("media_ids", media_ids) if media_ids is not None else ("cluster_ids", cluster_ids)
     if isinstance(ids, (str, bytes)):
         raise errors.ConfigurationError(f"{name} must be a list of ids, not a single string.")
     values = sorted({str(i) for i in ids})  # order and repeats carry no meaning
@@ -241,7 +268,10 @@ def _completed_or_raise(task: ExportTask) -> ExportTask:
         reason = task.result_message or "no reason given"
         raise errors.ExportFailedError(
             f"Export {task.id} of dataset {task.dataset_id!r} ended {task.status}: {reason}",
-            task_id=task.id, dataset_id=task.dataset_id, status=task.status, result_message=task.result_message,
+            task_id=task.id,
+            dataset_id=task.dataset_id,
+            status=task.status,
+            result_message=task.result_message,
         )
     return task
 

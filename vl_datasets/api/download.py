@@ -144,7 +144,11 @@ class _Download:
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             response = self.transport.request(
-                "GET", url, what=f"Download of export {self.task.id}", authenticate=False, stream=True,
+                "GET",
+                url,
+                what=f"Download of export {self.task.id}",
+                authenticate=False,
+                stream=True,
                 headers=headers,
             )
         except errors.APIStatusError as exc:
@@ -178,7 +182,8 @@ class _Download:
         if self.url_refreshes > MAX_URL_REFRESHES:
             raise errors.DownloadError(
                 f"Download of export {self.task.id} was refused (403) {MAX_URL_REFRESHES + 1} times, "
-                "even with fresh URLs.", url=redact_url(self._url()),
+                "even with fresh URLs.",
+                url=redact_url(self._url()),
             )
         logger.info("Download URL refused (expired?); asking for a fresh one")
         self.task = self.refresh_task(self.task)
@@ -207,12 +212,21 @@ class _Download:
         if need > free:
             raise errors.InsufficientDiskSpaceError(
                 f"Export {self.task.id} needs {need:,} bytes but {self.dest.parent} has {free:,} free.",
-                required_bytes=need, free_bytes=free,
+                required_bytes=need,
+                free_bytes=free,
             )
 
     def _bar(self, total: int | None, have: int):
-        return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=f"export {self.task.id[:8]}", disable=not self.progress, leave=False)
+        return tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"export {self.task.id[:8]}",
+            disable=not self.progress,
+            leave=False,
+        )
 
 
 def _range_of(response: requests.Response, have: int) -> tuple[int, int | None]:

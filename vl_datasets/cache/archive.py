@@ -33,8 +33,7 @@ def safe_member_path(name: str) -> PurePosixPath:
     normalized = name.replace("\\", "/")
     path = PurePosixPath(normalized)
     if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or ".." in path.parts:
-        raise UnsafeArchiveError(f"Archive member {name!r} would be written outside the export folder.",
-                                 member=name)
+        raise UnsafeArchiveError(f"Archive member {name!r} would be written outside the export folder.", member=name)
     return path
 
 
@@ -65,8 +64,9 @@ def check_archive(zf: zipfile.ZipFile, limits: ArchiveLimits, source: str) -> li
     return files
 
 
-def extract_archive(zip_path: str | os.PathLike, dest: str | os.PathLike, *,
-                    limits: ArchiveLimits = ArchiveLimits()) -> dict[str, int]:
+def extract_archive(
+    zip_path: str | os.PathLike, dest: str | os.PathLike, *, limits: ArchiveLimits = ArchiveLimits()
+) -> dict[str, int]:
     """Unpack ``zip_path`` into the folder ``dest``; return ``{relative path: size}`` of the files.
 
     Every member's CRC is verified while it is copied. On any error, what was written stays in
@@ -80,8 +80,11 @@ def extract_archive(zip_path: str | os.PathLike, dest: str | os.PathLike, *,
             dest.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(dest).free
             if need > free:
-                raise InsufficientDiskSpaceError(f"Unpacking {zip_path} needs {need:,} bytes; {dest} has {free:,} free.",
-                                                 required_bytes=need, free_bytes=free)
+                raise InsufficientDiskSpaceError(
+                    f"Unpacking {zip_path} needs {need:,} bytes; {dest} has {free:,} free.",
+                    required_bytes=need,
+                    free_bytes=free,
+                )
             sizes = {}
             for info in files:
                 rel = safe_member_path(info.filename)

@@ -29,8 +29,9 @@ def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[st
     """The published cache entry of the local export at ``path`` (a ZIP file or an extracted folder)."""
     source = Path(path).expanduser().resolve()
     if not source.exists():
-        raise ExportNotFoundError(f"No export at {source}: expected a ZIP file or an extracted export folder.",
-                                  path=str(source))
+        raise ExportNotFoundError(
+            f"No export at {source}: expected a ZIP file or an extracted export folder.", path=str(source)
+        )
     store = local_store(cache_dir)
     entry_dir = store.opened_dir(source)
     current = _current(store, entry_dir, source)
@@ -66,7 +67,10 @@ def _current(store: CacheStore, entry_dir: Path, source: Path) -> LocalExport | 
     if not versions:
         return None
     entry = versions[-1]
-    if source.is_dir() and entry.index_path is not None and read_index(entry.index_path,
-                                                                       source=entry.metadata_path) is None:
+    if (
+        source.is_dir()
+        and entry.index_path is not None
+        and read_index(entry.index_path, source=entry.metadata_path) is None
+    ):
         return None
     return entry

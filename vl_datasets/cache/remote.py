@@ -47,7 +47,9 @@ class RemoteCache:
                 manifest = json.loads(self.fs.cat_file(path))
             except (FileNotFoundError, ValueError):
                 continue
-            if manifest.get("key") == key.as_json() and (newest is None or manifest["created_at"] > newest["created_at"]):
+            if manifest.get("key") == key.as_json() and (
+                newest is None or manifest["created_at"] > newest["created_at"]
+            ):
                 newest = manifest
         return newest
 
@@ -70,8 +72,9 @@ class RemoteCache:
                 return None
             task = ExportTask.from_json(manifest["task"], dataset_id=key.dataset_id) if manifest.get("task") else None
             logger.info("Mirrored shared export %s from %s", manifest["version"], self.url)
-            return store.publish(entry_dir, staging, key=key, task=task, expected_rows=manifest["row_count"],
-                                 version=manifest["version"])
+            return store.publish(
+                entry_dir, staging, key=key, task=task, expected_rows=manifest["row_count"], version=manifest["version"]
+            )
 
     def upload(self, key: ExportKey, entry: LocalExport) -> None:
         """Publish a local version to the shared root: every file first, the manifest last."""

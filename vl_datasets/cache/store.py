@@ -48,8 +48,10 @@ FORMAT_VERSION = 2
 MANIFEST_SUFFIX = ".manifest.json"
 EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
 CACHEDIR_TAG = "CACHEDIR.TAG"
-_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
-             "# This file marks a cache folder of vl_datasets; see https://bford.info/cachedir/\n")
+_TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file marks a cache folder of vl_datasets; see https://bford.info/cachedir/\n"
+)
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,26 @@ class ExportKey:
     cluster_ids: tuple[str, ...] | None = None
 
     @classmethod
-    def build(cls, base_url: str, dataset_id: str, export_format: str, include_images: bool,
-              media_ids: Iterable[str] | None = None, cluster_ids: Iterable[str] | None = None) -> ExportKey:
+    def build(
+        cls,
+        base_url: str,
+        dataset_id: str,
+        export_format: str,
+        include_images: bool,
+        media_ids: Iterable[str] | None = None,
+        cluster_ids: Iterable[str] | None = None,
+    ) -> ExportKey:
         def canonical(ids: Iterable[str] | None) -> tuple[str, ...] | None:  # selections are sets
             return None if ids is None else tuple(sorted({str(i) for i in ids}))
 
-        return cls(api_host=urlsplit(base_url).netloc.lower(), dataset_id=dataset_id, export_format=export_format,
-                   include_images=include_images, media_ids=canonical(media_ids), cluster_ids=canonical(cluster_ids))
+        return cls(
+            api_host=urlsplit(base_url).netloc.lower(),
+            dataset_id=dataset_id,
+            export_format=export_format,
+            include_images=include_images,
+            media_ids=canonical(media_ids),
+            cluster_ids=canonical(cluster_ids),
+        )
 
     @property
     def digest(self) -> str:
@@ -79,15 +94,26 @@ class ExportKey:
 
     def on_host(self, api_host: str) -> ExportKey:
         """The same export asked of another API host."""
-        return ExportKey(api_host, self.dataset_id, self.export_format, self.include_images,
-                         self.media_ids, self.cluster_ids)
+        return ExportKey(
+            api_host, self.dataset_id, self.export_format, self.include_images, self.media_ids, self.cluster_ids
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ExportKey:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        def ids(value: list[str] | None) -> tuple[str, ...] | None:
+            return None if value is None else tuple(value)
+
+        return cls(
+            api_host=data["api_host"],
+            dataset_id=data["dataset_id"],
+            export_format=data["export_format"],
+            include_images=bool(data["include_images"]),
+            media_ids=ids(data.get("media_ids")),
+            cluster_ids=ids(data.get("cluster_ids")),
+        )
 
 
 @dataclass(frozen=True)
@@ -232,13 +258,10 @@ class CacheStore:
         """What a killed build left in ``entry_dir``: staging folders, downloads, and version folders
         that never got their manifest. Only safe to remove while holding the entry's lock."""
         published = {v.version for v in self.versions(entry_dir)}
-        found = []
-        for path in sorted(entry_dir.iterdir()) if entry_dir.is_dir() else []:
-            if path.name.startswith((".staging-", ".download")):
-                found.append(path)
-            elif path.is_dir() and not path.name.startswith(".") and path.name not in published:
-                found.append(path)
-        return found
+        children = sorted(entry_dir.iterdir()) if entry_dir.is_dir() else []
+        work_files = [p for p in children if p.name.startswith((".staging-", ".download"))]
+        orphans = [p for p in children if p.is_dir() and not p.name.startswith(".") and p.name not in published]
+        return work_files + orphans
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -254,9 +277,17 @@ class CacheStore:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def publish(self, entry_dir: Path, staging: Path, *, key: ExportKey | None = None, task: ExportTask | None = None,
-                expected_rows: int | None = None, opened_from: Path | None = None,
-                version: str | None = None) -> LocalExport:
+    def publish(
+        self,
+        entry_dir: Path,
+        staging: Path,
+        *,
+        key: ExportKey | None = None,
+        task: ExportTask | None = None,
+        expected_rows: int | None = None,
+        opened_from: Path | None = None,
+        version: str | None = None,
+    ) -> LocalExport:
         """Make the export in ``staging`` (or, with ``opened_from``, the user's folder it indexes) a
         new version of the entry: verify its metadata, write its index, move the folder into place,
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
@@ -264,13 +295,16 @@ class CacheStore:
         export_dir = opened_from if opened_from is not None else staging
         metadata_file = next((n for n in METADATA_FILE_NAMES if (export_dir / n).is_file()), None)
         if metadata_file is None:
-            raise CorruptArchiveError(f"{export_dir} holds no metadata.parquet or metadata.json at its root.",
-                                      path=str(export_dir))
+            raise CorruptArchiveError(
+                f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
+            )
         index_name, rows = _write_index(export_dir, staging)
         if expected_rows is not None and rows != expected_rows:
             raise CorruptArchiveError(
                 f"{metadata_file} of {_describe_source(key, task, export_dir)} has {rows} rows but the export "
-                f"announced {expected_rows}.", path=str(export_dir))
+                f"announced {expected_rows}.",
+                path=str(export_dir),
+            )
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
         metadata_bytes = (export_dir / metadata_file).stat().st_size
         has_images = (export_dir / "images").is_dir()
@@ -296,8 +330,10 @@ class CacheStore:
         write_json_atomic(entry_dir / f"{version}{MANIFEST_SUFFIX}", manifest)
         entry = self.read_version(entry_dir / f"{version}{MANIFEST_SUFFIX}")
         if entry is None:
-            raise CorruptArchiveError(f"The version just published at {entry_dir / version} does not read back.",
-                                      path=str(entry_dir / version))
+            raise CorruptArchiveError(
+                f"The version just published at {entry_dir / version} does not read back.",
+                path=str(entry_dir / version),
+            )
         return entry
 
     def remove_version(self, entry: LocalExport) -> None:
@@ -371,8 +407,9 @@ def _write_index(export_dir: Path, staging: Path) -> tuple[str | None, int]:
         logger.warning("Publishing %s without an index: %s", export_dir, exc)
         from ..metadata.read import read_metadata_file  # the rows still have to be counted and checked
 
-        return None, read_metadata_file(export_dir / next(
-            n for n in METADATA_FILE_NAMES if (export_dir / n).is_file())).num_rows
+        return None, read_metadata_file(
+            export_dir / next(n for n in METADATA_FILE_NAMES if (export_dir / n).is_file())
+        ).num_rows
     write_index(index, staging / INDEX_FILE)
     return INDEX_FILE, index.num_rows
 

@@ -20,14 +20,21 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     cache = commands.add_parser("cache", parents=parents, help="list, remove or prune cached exports")
     actions = cache.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=parents, help="list cached exports")
-    listing.add_argument("--all", dest="show_all", action="store_true",
-                         help="also list superseded versions and what interrupted builds left")
+    listing.add_argument(
+        "--all",
+        dest="show_all",
+        action="store_true",
+        help="also list superseded versions and what interrupted builds left",
+    )
     remove = actions.add_parser("rm", parents=parents, help="remove cached exports (every version) by key or dataset")
     target = remove.add_mutually_exclusive_group(required=True)
     target.add_argument("key", nargs="?", help="the key (or a unique prefix of it) shown by 'cache list'")
     target.add_argument("--dataset", help="remove every cached export of this dataset id")
-    prune = actions.add_parser("prune", parents=parents,
-                               help="remove superseded versions and leftovers; with a limit, old or excess exports too")
+    prune = actions.add_parser(
+        "prune",
+        parents=parents,
+        help="remove superseded versions and leftovers; with a limit, old or excess exports too",
+    )
     limit = prune.add_mutually_exclusive_group()
     limit.add_argument("--older-than", type=float, metavar="DAYS")
     limit.add_argument("--max-size", type=parse_size, metavar="SIZE", help="e.g. 500M, 20G")
@@ -112,25 +119,39 @@ def _entries(cache_dir: str | None) -> list[Entry]:
 
 def run_list(args: argparse.Namespace) -> int:
     entries = _entries(args.cache_dir)
-    leftovers = [(store, folder) for store in _stores(args.cache_dir) for folder in store.entry_dirs()
-                 if store.leftovers(folder)] if args.show_all else []
+    leftovers = (
+        [
+            (store, folder)
+            for store in _stores(args.cache_dir)
+            for folder in store.entry_dirs()
+            if store.leftovers(folder)
+        ]
+        if args.show_all
+        else []
+    )
     if not entries and not leftovers:
         print(f"No cached exports in {local_store(args.cache_dir).root}")
         return 0
     now = datetime.now(timezone.utc)
-    print(f"{'KEY':<20}  {'HOST':<22} {'DATASET':<24} {'FORMAT':<7} {'IMAGES':<6} {'ITEMS':>7} {'SIZE':>8} "
-          f"{'AGE':>5} {'VERSIONS':>8}")
+    print(
+        f"{'KEY':<20}  {'HOST':<22} {'DATASET':<24} {'FORMAT':<7} {'IMAGES':<6} {'ITEMS':>7} {'SIZE':>8} "
+        f"{'AGE':>5} {'VERSIONS':>8}"
+    )
     for entry in entries:
         key, current = entry.current.key, entry.current
-        print(f"{entry.key[:20]:<20}  {entry.host[:22]:<22} {entry.dataset[:24]:<24} "
-              f"{key.export_format if key else '-':<7} {_yes_no(current.images_dir is not None):<6} "
-              f"{current.row_count or 0:>7} {human_size(entry.total_bytes):>8} {_age(current.created_at, now):>5} "
-              f"{len(entry.versions):>8}")
+        print(
+            f"{entry.key[:20]:<20}  {entry.host[:22]:<22} {entry.dataset[:24]:<24} "
+            f"{key.export_format if key else '-':<7} {_yes_no(current.images_dir is not None):<6} "
+            f"{current.row_count or 0:>7} {human_size(entry.total_bytes):>8} {_age(current.created_at, now):>5} "
+            f"{len(entry.versions):>8}"
+        )
         if args.show_all:
             for version in entry.versions:
                 state = "current" if version is current else "superseded"
-                print(f"    {version.version}  {state:<10} {human_size(version.total_bytes):>8} "
-                      f"{_age(version.created_at, now):>5}  {version.path}")
+                print(
+                    f"    {version.version}  {state:<10} {human_size(version.total_bytes):>8} "
+                    f"{_age(version.created_at, now):>5}  {version.path}"
+                )
     for store, folder in leftovers:
         for path in store.leftovers(folder):
             print(f"    leftover  {path}")
@@ -160,8 +181,9 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    entries = sorted(_entries(args.cache_dir), key=lambda e: e.current.created_at or datetime.min.replace(
-        tzinfo=timezone.utc))
+    entries = sorted(
+        _entries(args.cache_dir), key=lambda e: e.current.created_at or datetime.min.replace(tzinfo=timezone.utc)
+    )
     freed = _prune_superseded(entries)
     _prune_leftovers(_stores(args.cache_dir))
     doomed: list[Entry] = []

@@ -6,8 +6,9 @@ import argparse
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    export = commands.add_parser("export", parents=parents,
-                                 help="export a dataset into the cache (or reuse the cached copy)")
+    export = commands.add_parser(
+        "export", parents=parents, help="export a dataset into the cache (or reuse the cached copy)"
+    )
     export.add_argument("dataset_id")
     export.add_argument("--format", dest="export_format", choices=("parquet", "json"), default="parquet")
     export.add_argument("--no-images", dest="include_images", action="store_false")
@@ -15,8 +16,11 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     selection.add_argument("--media-ids", nargs="+", metavar="ID")
     selection.add_argument("--cluster-ids", nargs="+", metavar="ID")
     export.add_argument("--cache-dir")
-    export.add_argument("--refresh", action="store_true",
-                        help="start a new export even if one is cached (the cached version stays until pruned)")
+    export.add_argument(
+        "--refresh",
+        action="store_true",
+        help="start a new export even if one is cached (the cached version stays until pruned)",
+    )
     export.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
     export.set_defaults(run=run_export)
 
@@ -24,8 +28,15 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
 def run_export(args: argparse.Namespace) -> int:
     from ..exports import fetch_export
 
-    entry = fetch_export(args.dataset_id, cache_dir=args.cache_dir, export_format=args.export_format,
-                         include_images=args.include_images, media_ids=args.media_ids, cluster_ids=args.cluster_ids,
-                         refresh=args.refresh, offline=args.offline)
+    entry = fetch_export(
+        args.dataset_id,
+        cache_dir=args.cache_dir,
+        export_format=args.export_format,
+        include_images=args.include_images,
+        media_ids=args.media_ids,
+        cluster_ids=args.cluster_ids,
+        refresh=args.refresh,
+        offline=args.offline,
+    )
     print(entry.path)
     return 0

@@ -42,10 +42,14 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
 def build_parser() -> argparse.ArgumentParser:
     # --verbose works before or after the command; SUPPRESS keeps a subcommand from resetting it.
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                         help="log details and show tracebacks")
-    parser = argparse.ArgumentParser(prog="vl-datasets", parents=[verbose],
-                                     description="Visual Layer exports for PyTorch: serve, export, cache, report.")
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log details and show tracebacks"
+    )
+    parser = argparse.ArgumentParser(
+        prog="vl-datasets",
+        parents=[verbose],
+        description="Visual Layer exports for PyTorch: serve, export, cache, report.",
+    )
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (serve, export, cache, report):
@@ -56,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -9,7 +9,9 @@ from .. import errors
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser("serve", parents=parents, help="run the local Visual Layer service over a folder of datasets")
+    serve = commands.add_parser(
+        "serve", parents=parents, help="run the local Visual Layer service over a folder of datasets"
+    )
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", type=Path, help="folder holding one folder per dataset id")
     source.add_argument("--sample", action="store_true", help="serve the sample dataset shipped with the package")
@@ -26,8 +28,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if (args.api_key is None) != (args.api_secret is None):
         raise errors.ConfigurationError("--api-key and --api-secret go together.")
-    serve(serve_root(args), host=args.host, port=args.port, storage_port=args.storage_port,
-          api_key=args.api_key, api_secret=args.api_secret)
+    serve(
+        serve_root(args),
+        host=args.host,
+        port=args.port,
+        storage_port=args.storage_port,
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+    )
     return 0
 
 

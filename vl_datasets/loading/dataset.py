@@ -44,7 +44,6 @@ MissingImages = Literal["raise", "drop"]
 ExportFormat = Literal["parquet", "json"]
 
 
-
 class VisualLayerDataset(Dataset):
     """Images and targets of a curated Visual Layer export.
 
@@ -101,44 +100,80 @@ class VisualLayerDataset(Dataset):
     """
 
     def __init__(
-        self, dataset_id: str, *,
-        client: Client | None = None, cache_dir: str | os.PathLike | None = None, offline: bool | None = None,
-        export_format: ExportFormat = "parquet", media_ids: Iterable[str] | None = None,
-        cluster_ids: Iterable[str] | None = None, refresh: bool = False,
+        self,
+        dataset_id: str,
+        *,
+        client: Client | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        offline: bool | None = None,
+        export_format: ExportFormat = "parquet",
+        media_ids: Iterable[str] | None = None,
+        cluster_ids: Iterable[str] | None = None,
+        refresh: bool = False,
         curation: CurationRules | None = None,
-        subset: Iterable[str] | None = None, labels: Iterable[str] | None = None,
-        label_source: str | Iterable[str] | None = None, min_uniqueness: float | None = None,
-        keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
-        dedupe: bool | float = False, where: pc.Expression | None = None,
-        task: Task = "classification", classes: Sequence[str] | None = None, invalid_labels: InvalidLabels = "raise",
-        object_drop_issues: Mapping[str, float] | None = None, target_transform: Callable[[Any], Any] | None = None,
-        image_size: int | tuple[int, int] | None = None, decode: Decode = "tensor",
-        transform: Callable[[Any], Any] | None = None, on_error: OnError = "raise",
-        missing_images: MissingImages = "raise", images_root: str | os.PathLike | None = None,
+        subset: Iterable[str] | None = None,
+        labels: Iterable[str] | None = None,
+        label_source: str | Iterable[str] | None = None,
+        min_uniqueness: float | None = None,
+        keep_unscored: bool | None = None,
+        drop_issues: Mapping[str, float] | None = None,
+        dedupe: bool | float = False,
+        where: pc.Expression | None = None,
+        task: Task = "classification",
+        classes: Sequence[str] | None = None,
+        invalid_labels: InvalidLabels = "raise",
+        object_drop_issues: Mapping[str, float] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        decode: Decode = "tensor",
+        transform: Callable[[Any], Any] | None = None,
+        on_error: OnError = "raise",
+        missing_images: MissingImages = "raise",
+        images_root: str | os.PathLike | None = None,
     ) -> None:
         options = _open_options(locals())  # before the fetch: a bad option should not cost an export
         from ..exports import fetch_export  # the API side loads only if the cache has no copy
 
-        entry = fetch_export(dataset_id, client=client, cache_dir=cache_dir, offline=offline,
-                             export_format=export_format, include_images=True, media_ids=media_ids,
-                             cluster_ids=cluster_ids, refresh=refresh)
+        entry = fetch_export(
+            dataset_id,
+            client=client,
+            cache_dir=cache_dir,
+            offline=offline,
+            export_format=export_format,
+            include_images=True,
+            media_ids=media_ids,
+            cluster_ids=cluster_ids,
+            refresh=refresh,
+        )
         self.dataset_id: str | None = dataset_id
         self._open(entry, **options)
 
     @classmethod
     def from_export(
-        cls, path: str | os.PathLike, *,
+        cls,
+        path: str | os.PathLike,
+        *,
         cache_dir: str | os.PathLike | None = None,
         curation: CurationRules | None = None,
-        subset: Iterable[str] | None = None, labels: Iterable[str] | None = None,
-        label_source: str | Iterable[str] | None = None, min_uniqueness: float | None = None,
-        keep_unscored: bool | None = None, drop_issues: Mapping[str, float] | None = None,
-        dedupe: bool | float = False, where: pc.Expression | None = None,
-        task: Task = "classification", classes: Sequence[str] | None = None, invalid_labels: InvalidLabels = "raise",
-        object_drop_issues: Mapping[str, float] | None = None, target_transform: Callable[[Any], Any] | None = None,
-        image_size: int | tuple[int, int] | None = None, decode: Decode = "tensor",
-        transform: Callable[[Any], Any] | None = None, on_error: OnError = "raise",
-        missing_images: MissingImages = "raise", images_root: str | os.PathLike | None = None,
+        subset: Iterable[str] | None = None,
+        labels: Iterable[str] | None = None,
+        label_source: str | Iterable[str] | None = None,
+        min_uniqueness: float | None = None,
+        keep_unscored: bool | None = None,
+        drop_issues: Mapping[str, float] | None = None,
+        dedupe: bool | float = False,
+        where: pc.Expression | None = None,
+        task: Task = "classification",
+        classes: Sequence[str] | None = None,
+        invalid_labels: InvalidLabels = "raise",
+        object_drop_issues: Mapping[str, float] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        decode: Decode = "tensor",
+        transform: Callable[[Any], Any] | None = None,
+        on_error: OnError = "raise",
+        missing_images: MissingImages = "raise",
+        images_root: str | os.PathLike | None = None,
     ) -> VisualLayerDataset:
         """Open a local export, with no network: a ZIP (checked and unpacked into the cache) or its
         extracted folder.
@@ -153,11 +188,23 @@ class VisualLayerDataset(Dataset):
         dataset._open(open_export(path, cache_dir=cache_dir), **options)
         return dataset
 
-    def _open(self, entry: LocalExport, *, rules: CurationRules, task: Task, classes: Sequence[str] | None,
-              invalid_labels: InvalidLabels, object_drop_issues: Mapping[str, float] | None,
-              target_transform: Callable[[Any], Any] | None, image_size: int | tuple[int, int] | None,
-              decode: Decode, transform: Callable[[Any], Any] | None, on_error: OnError,
-              missing_images: MissingImages, images_root: str | os.PathLike | None) -> None:
+    def _open(
+        self,
+        entry: LocalExport,
+        *,
+        rules: CurationRules,
+        task: Task,
+        classes: Sequence[str] | None,
+        invalid_labels: InvalidLabels,
+        object_drop_issues: Mapping[str, float] | None,
+        target_transform: Callable[[Any], Any] | None,
+        image_size: int | tuple[int, int] | None,
+        decode: Decode,
+        transform: Callable[[Any], Any] | None,
+        on_error: OnError,
+        missing_images: MissingImages,
+        images_root: str | os.PathLike | None,
+    ) -> None:
         self.entry = entry  # the cache entry's exact version: what a checkpoint pins
         self.export_dir = entry.path
         self.task, self.image_size, self.decode, self.on_error = task, image_size, decode, on_error
@@ -180,8 +227,9 @@ class VisualLayerDataset(Dataset):
         self._table = table.drop_columns([IMAGE_COLUMN])
         self._summary = summary
 
-    def _build_targets(self, table: pa.Table, classes, invalid_labels: str,
-                       summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
+    def _build_targets(
+        self, table: pa.Table, classes, invalid_labels: str, summary: CurationSummary
+    ) -> tuple[pa.Table, CurationSummary]:
         self.classes: list[str] = []
         self._targets: np.ndarray | pa.ListArray | None = None
         if self.task in ("classification", "multilabel"):
@@ -238,7 +286,9 @@ class VisualLayerDataset(Dataset):
         later = pc.if_else(pc.is_valid(table.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
         reasons = pc.if_else(kept, pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
         paths = pc.binary_join_element_wise(self._root, table.column(IMAGE_COLUMN), os.sep)
-        return table.drop_columns([IMAGE_COLUMN]).append_column("image_path", paths).append_column("removed_by", reasons)
+        return (
+            table.drop_columns([IMAGE_COLUMN]).append_column("image_path", paths).append_column("removed_by", reasons)
+        )
 
     def report(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write a self-contained HTML curation report to ``path``; see ``vl_datasets.report``."""
@@ -278,31 +328,40 @@ class VisualLayerDataset(Dataset):
                 data = handle.read()
             if self.decode == "pil":
                 image = images.decode_pil(data, media_id=media_id, path=path)
-                return image if self.image_size is None else image.resize(_pil_size(self.image_size),
-                                                                          PIL.Image.BILINEAR)
+                return (
+                    image
+                    if self.image_size is None
+                    else image.resize(_pil_size(self.image_size), PIL.Image.Resampling.BILINEAR)
+                )
             return images.decode_image(data, size=self.image_size, media_id=media_id, path=path)
         except (OSError, ImageDecodeError) as exc:
-            error = exc if isinstance(exc, ImageDecodeError) else ImageDecodeError(
-                f"Cannot read the image of media_id {media_id!r} at {path}: {exc}", media_id=media_id, path=path)
+            error = (
+                exc
+                if isinstance(exc, ImageDecodeError)
+                else ImageDecodeError(
+                    f"Cannot read the image of media_id {media_id!r} at {path}: {exc}", media_id=media_id, path=path
+                )
+            )
             if self.on_error == "raise":
                 raise error from None
             logger.warning("Skipping media_id %s: %s", media_id, error)
             return SkippedSample(media_id, path, str(error))
 
     def target(self, index: int):
-        if self.task == "classification":
-            return int(self._targets[index])
-        if self.task == "multilabel":
-            vector = torch.zeros(len(self.classes), dtype=torch.float32)
-            vector[torch.tensor(self._targets[index].values.to_numpy(), dtype=torch.int64)] = 1.0
-            return vector
         if self.task == "detection":
             return self._detection_target(index)
-        return self._table.slice(index, 1).to_pylist()[0]
+        if self.task is None:
+            return self._table.slice(index, 1).to_pylist()[0]
+        assert self._targets is not None  # built for classification and multilabel
+        if self.task == "classification":
+            return int(self._targets[index])
+        vector = torch.zeros(len(self.classes), dtype=torch.float32)  # multilabel: multi-hot
+        vector[torch.tensor(self._targets[index].values.to_numpy(), dtype=torch.int64)] = 1.0
+        return vector
 
     def _detection_target(self, index: int) -> dict:
         class_to_idx = self.class_to_idx
-        sources = None if self.label_source is None else set(targets.label_sources(self.label_source))
+        sources = None if self.label_source is None else set(targets.label_sources(self.label_source) or ())
         boxes, labels = [], []
         for obj in self._table.column("objects")[index].as_py():
             if sources is not None and obj.get("source") not in sources:
@@ -312,24 +371,43 @@ class VisualLayerDataset(Dataset):
             x, y, w, h = obj["bbox"]
             boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
             labels.append(class_to_idx[obj["category_name"]])
-        return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.tensor(labels, dtype=torch.int64),
-                "media_id": self._table.column("media_id")[index].as_py()}
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "media_id": self._table.column("media_id")[index].as_py(),
+        }
 
-    def dataloader(self, batch_size: int, *, shuffle: bool = True, num_workers: int | None = None,
-                   seed: int | None = None, drop_last: bool = False, **kwargs: Any) -> VLDataLoader:
+    def dataloader(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        num_workers: int | None = None,
+        seed: int | None = None,
+        drop_last: bool = False,
+        **kwargs: Any,
+    ) -> VLDataLoader:
         """A DataLoader with sensible defaults (persistent workers, one thread per worker, the task's
         collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``."""
-        return make_dataloader(self, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
-                               drop_last=drop_last, **kwargs)
+        return make_dataloader(
+            self, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed, drop_last=drop_last, **kwargs
+        )
 
 
 # Read off _open's signature, so an option added there reaches it from both entry points.
-_OPEN_OPTIONS = tuple(name for name, parameter in inspect.signature(VisualLayerDataset._open).parameters.items()
-                      if parameter.kind is parameter.KEYWORD_ONLY and name != "rules")
+_OPEN_OPTIONS = tuple(
+    name
+    for name, parameter in inspect.signature(VisualLayerDataset._open).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY and name != "rules"
+)
 _CURATION_OPTIONS = tuple(f.name for f in fields(CurationRules))
-_CHOICES = {"task": targets.TASKS, "invalid_labels": targets.INVALID_LABEL_CHOICES, "decode": get_args(Decode),
-            "on_error": get_args(OnError), "missing_images": get_args(MissingImages)}
+_CHOICES = {
+    "task": targets.TASKS,
+    "invalid_labels": targets.INVALID_LABEL_CHOICES,
+    "decode": get_args(Decode),
+    "on_error": get_args(OnError),
+    "missing_images": get_args(MissingImages),
+}
 
 
 def _open_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,8 +428,9 @@ def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary:
-    return CurationSummary(total=summary.total, kept=summary.kept - removed,
-                           removed_by={**summary.removed_by, rule: removed})
+    return CurationSummary(
+        total=summary.total, kept=summary.kept - removed, removed_by={**summary.removed_by, rule: removed}
+    )
 
 
 def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -359,8 +438,10 @@ def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
-    return any(issue.get("issue_type") in thresholds and (issue.get("confidence") or 0) >= thresholds[issue["issue_type"]]
-               for issue in obj.get("issues") or [])
+    return any(
+        issue.get("issue_type") in thresholds and (issue.get("confidence") or 0) >= thresholds[issue["issue_type"]]
+        for issue in obj.get("issues") or []
+    )
 
 
 def _load_rows(entry: LocalExport, images_root: Path | None) -> pa.Table:
@@ -390,5 +471,6 @@ def _require_images(table: pa.Table, missing_images: str, summary: CurationSumma
             f"No image in the export for media_id {media_id!r} (file_path "
             f"{table.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
             "include_images=True, pass images_root= for a local copy, or missing_images='drop'.",
-            media_id=media_id)
+            media_id=media_id,
+        )
     return table.filter(present), _count(summary, "missing_images", missing)

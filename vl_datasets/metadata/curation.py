@@ -56,10 +56,12 @@ class CurationRules:
             "min_uniqueness": None if self.min_uniqueness is None else _fraction("min_uniqueness", self.min_uniqueness),
             "keep_unscored": None if self.keep_unscored is None else _flag("keep_unscored", self.keep_unscored),
             "drop_issues": _thresholds("drop_issues", self.drop_issues),
-            "dedupe": _flag("dedupe", self.dedupe) if isinstance(self.dedupe, (bool, np.bool_))
+            "dedupe": _flag("dedupe", self.dedupe)
+            if isinstance(self.dedupe, (bool, np.bool_))
             else _fraction("dedupe", self.dedupe),
             "labels": _strings("labels", self.labels, frozenset),
-            "label_source": self.label_source if isinstance(self.label_source, str)
+            "label_source": self.label_source
+            if isinstance(self.label_source, str)
             else _strings("label_source", self.label_source, tuple),
             "where": _expression("where", self.where),
         }
@@ -86,7 +88,7 @@ def _strings(name: str, values: Iterable[str] | None, kind: type) -> Any:
         return None
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         # A lone str would otherwise pass as a collection of one-letter names.
-        raise ConfigurationError(f"{name} must be a collection of strings such as [\"a\", \"b\"], got {values!r}.")
+        raise ConfigurationError(f'{name} must be a collection of strings such as ["a", "b"], got {values!r}.')
     copied = list(values)
     for value in copied:
         if not isinstance(value, str):
@@ -112,8 +114,10 @@ def _flag(name: str, value: Any) -> bool:
 
 def _expression(name: str, value: Any) -> pc.Expression | None:
     if value is not None and not isinstance(value, pc.Expression):
-        raise ConfigurationError(f"{name} must be a pyarrow.compute expression such as "
-                                 f"pc.field(\"uniqueness_score\") > 0.5, got {type(value).__name__}.")
+        raise ConfigurationError(
+            f"{name} must be a pyarrow.compute expression such as "
+            f'pc.field("uniqueness_score") > 0.5, got {type(value).__name__}.'
+        )
     return value
 
 
@@ -121,8 +125,9 @@ def _thresholds(name: str, values: Mapping[str, float] | None) -> Mapping[str, f
     if values is None:
         return None
     if not isinstance(values, Mapping):
-        raise ConfigurationError(f"{name} must map issue types to thresholds, such as {{\"blur\": 0.8}}, "
-                                 f"got {type(values).__name__}.")
+        raise ConfigurationError(
+            f'{name} must map issue types to thresholds, such as {{"blur": 0.8}}, got {type(values).__name__}.'
+        )
     copied = {}
     for key, threshold in values.items():
         if not isinstance(key, str):
@@ -144,8 +149,10 @@ def resolve_rules(curation: CurationRules | None, options: Mapping[str, Any]) ->
     defaults = {f.name: f.default for f in fields(CurationRules)}
     clashing = [name for name, value in options.items() if value is not defaults[name]]
     if clashing:
-        raise ConfigurationError(f"curation= is given, and so is {', '.join(clashing)}: put "
-                                 f"{'it' if len(clashing) == 1 else 'them'} inside the CurationRules instead.")
+        raise ConfigurationError(
+            f"curation= is given, and so is {', '.join(clashing)}: put "
+            f"{'it' if len(clashing) == 1 else 'them'} inside the CurationRules instead."
+        )
     return curation
 
 
@@ -217,13 +224,14 @@ def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     if not pc.all(found).as_py():
         # Ids from another export (or another version of it) would shrink the split silently.
         unknown = wanted.filter(pc.invert(found))
-        raise CurationError(f"subset names {len(unknown):,} media id(s) not in this export, "
-                            f"e.g. {unknown[0].as_py()!r}.")
+        raise CurationError(
+            f"subset names {len(unknown):,} media id(s) not in this export, e.g. {unknown[0].as_py()!r}."
+        )
     return pc.is_in(media_ids, value_set=wanted).to_numpy(zero_copy_only=False)
 
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    wanted = pa.array(sorted(rules.labels), pa.string())
+    wanted = pa.array(sorted(rules.labels or ()), pa.string())
     names = selected_labels(table, rules.label_source)
     parents = pc.list_parent_indices(names)
     hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
@@ -250,15 +258,19 @@ KNOWN_ISSUE_TYPES = frozenset({"duplicates", "outliers", "blur", "dark", "bright
 def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     flat, parents = _flat_issues(table)
     present = set(pc.unique(flat.field("issue_type")).to_pylist()) - {None}
-    for issue_type in rules.drop_issues:
+    drop_issues = rules.drop_issues or {}
+    for issue_type in drop_issues:
         # A typo ("duplicate") would otherwise remove nothing without a word.
         if issue_type not in present | KNOWN_ISSUE_TYPES:
-            raise CurationError(f"drop_issues names an unknown issue type {issue_type!r}; this export has "
-                                f"{sorted(present) or 'no issues'}.")
+            raise CurationError(
+                f"drop_issues names an unknown issue type {issue_type!r}; this export has "
+                f"{sorted(present) or 'no issues'}."
+            )
     doomed = np.zeros(len(flat), dtype=bool)
-    for issue_type, threshold in rules.drop_issues.items():
-        hit = pc.and_(pc.equal(flat.field("issue_type"), issue_type),
-                      pc.greater_equal(flat.field("confidence"), float(threshold)))
+    for issue_type, threshold in drop_issues.items():
+        hit = pc.and_(
+            pc.equal(flat.field("issue_type"), issue_type), pc.greater_equal(flat.field("confidence"), float(threshold))
+        )
         doomed |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
     mask = np.ones(len(table), dtype=bool)
     mask[parents[doomed]] = False
@@ -275,8 +287,10 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
         raise CurationError("dedupe is set but no item carries a duplicates issue with a duplicate_threshold.")
     chosen = present.min() if rules.dedupe is True else float(rules.dedupe)
     if not np.isclose(present, chosen).any():
-        raise CurationError(f"dedupe={rules.dedupe!r}: no duplicate groups at that threshold; "
-                            f"this export has {', '.join(f'{t:g}' for t in present)}.")
+        raise CurationError(
+            f"dedupe={rules.dedupe!r}: no duplicate groups at that threshold; "
+            f"this export has {', '.join(f'{t:g}' for t in present)}."
+        )
     has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
     member = is_dup & has_group & np.isclose(thresholds, chosen) & kept[parents]
     groups = pc.dictionary_encode(flat.field("duplicate_group_id").filter(pa.array(member)))
@@ -300,8 +314,11 @@ def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str]
     steps = [
         ("subset", rules.subset is not None, lambda: _subset_mask(table, rules)),
         ("labels", rules.labels is not None, lambda: _labels_mask(table, rules)),
-        (f"min_uniqueness={rules.min_uniqueness:g}" if rules.min_uniqueness is not None else "min_uniqueness",
-         rules.min_uniqueness is not None, lambda: _uniqueness_mask(table, rules)),
+        (
+            f"min_uniqueness={rules.min_uniqueness:g}" if rules.min_uniqueness is not None else "min_uniqueness",
+            rules.min_uniqueness is not None,
+            lambda: _uniqueness_mask(table, rules),
+        ),
         ("drop_issues", bool(rules.drop_issues), lambda: _issues_mask(table, rules)),
         ("dedupe", rules.dedupe is not False, lambda: _dedupe_mask(table, rules, kept)),
         ("where", rules.where is not None, lambda: _where_mask(table, rules)),
@@ -316,8 +333,10 @@ def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str]
         names.append(name)
         removed[name] = int(newly_removed.sum())
         if before and not kept.any():
-            raise CurationError(f"The {name} rule removed the last {before:,} items: nothing is left to load. "
-                                f"Removed so far: {removed}.")
+            raise CurationError(
+                f"The {name} rule removed the last {before:,} items: nothing is left to load. "
+                f"Removed so far: {removed}."
+            )
     return removed_at, names, removed
 
 
@@ -331,8 +350,9 @@ def curate(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationS
 def removal_reasons(table: pa.Table, rules: CurationRules) -> pa.Array:
     """For every row, the name of the rule that removed it (the first one, in rule order), or null."""
     removed_at, names, _ = _apply(table, rules)
-    return pa.DictionaryArray.from_arrays(pa.array(removed_at, mask=removed_at < 0),
-                                          pa.array(names, pa.string())).cast(pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(removed_at, mask=removed_at < 0), pa.array(names, pa.string())).cast(
+        pa.string()
+    )
 
 
 def _where_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
