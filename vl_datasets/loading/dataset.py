@@ -178,8 +178,9 @@ class VisualLayerDataset(Dataset):
         """Open a local export, with no network: a ZIP (checked and unpacked into the cache) or its
         extracted folder.
 
-        cache_dir: the local folder a ZIP is unpacked into; default None, ``VL_DATASETS_CACHE`` or
-            else ``~/.cache/vl_datasets``. Unused for a folder.
+        cache_dir: the cache a ZIP is unpacked into, and a folder's index is kept in (nothing is
+            ever written into the folder itself); default None, ``VL_DATASETS_CACHE`` or else
+            ``~/.cache/vl_datasets``.
         Every other option (curation, targets, images) is the class's: see ``VisualLayerDataset``.
         """
         options = _open_options(locals())
