@@ -44,3 +44,29 @@ def local_vl_auth(dataset_root):
     """A cloud-style service: every /api/v1 request needs a token signed for API_KEY with API_SECRET."""
     with LocalVisualLayer(dataset_root, api_key=API_KEY, api_secret=API_SECRET) as service:
         yield service
+
+
+@pytest.fixture
+def s3_root(monkeypatch):
+    """A bucket on a real S3 API (moto) on loopback, set as fsspec's s3 endpoint: a cache root shared by machines."""
+    import fsspec.config
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint, "skip_instance_cache": True})
+    assert requests.put(f"{endpoint}/shared-bucket", timeout=10).status_code == 200
+    yield "s3://shared-bucket/vl-cache"
+    server.stop()
+
+
+@pytest.fixture
+def export(tmp_path):
+    """A 40-item synthetic export folder (cat/dog/bird, duplicates and blur issues)."""
+    return write_dataset(tmp_path, "x", n_items=40)

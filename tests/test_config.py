@@ -1,4 +1,4 @@
-"""Settings resolution and record parsing: the variants the contract says to accept."""
+"""Settings resolution: explicit argument, then environment, then default; the variants the contract accepts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import pytest
 
 from vl_datasets import Client, errors
 from vl_datasets.config import normalize_base_url, resolve_cache_dir, resolve_client_settings
-from vl_datasets.records import DatasetInfo, ExportTask, normalize_status
-from vl_datasets.api.transport import parse_retry_after
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -64,35 +62,3 @@ def test_cache_dir_resolution(tmp_path):
     assert resolve_cache_dir(tmp_path / "x", env={}) == str(tmp_path / "x")
     assert resolve_cache_dir(env={"VL_DATASETS_CACHE": "s3://b/p/"}) == "s3://b/p"
     assert resolve_cache_dir(env={"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "vl_datasets")
-
-
-@pytest.mark.parametrize("raw,expected", [("READ ONLY", "READ_ONLY"), ("read_only", "READ_ONLY"),
-                                          ("Partial Index", "PARTIAL_INDEX"), ("CANCELLED", "CANCELED")])
-def test_status_spellings(raw, expected):
-    assert normalize_status(raw) == expected
-
-
-def test_dataset_prefers_status_new_over_legacy_status():
-    info = DatasetInfo.from_json({"id": "d", "status_new": "Ready", "status": "INDEXING", "n_images": 3,
-                                  "created_at": "2025-02-10T14:41:14.390429"})
-    assert info.ready and info.n_images == 3 and info.created_at.year == 2025
-    assert DatasetInfo.from_json({"id": "d", "status": "INDEXING"}).status == "INDEXING"
-
-
-def test_export_task_variants():
-    minimal = ExportTask.from_json({"id": "t"}, dataset_id="d")
-    assert minimal.status == "INIT" and minimal.dataset_id == "d" and not minimal.is_terminal
-    real = ExportTask.from_json({"id": "t", "dataset_id": "d2", "created_at": "2025-02-10T14:41:14.390429",
-                                 "download_uri": None, "progress": 0.0, "status": "INIT", "entities_count": 4203,
-                                 "result_message": None}, dataset_id="d")
-    assert real.dataset_id == "d2" and real.entities_count == 4203
-    with pytest.raises(errors.ResponseValidationError):
-        ExportTask.from_json({"status": "INIT"}, dataset_id="d")
-    with pytest.raises(errors.ResponseValidationError):
-        ExportTask.from_json(["not", "an", "object"], dataset_id="d")
-
-
-def test_retry_after_forms():
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None

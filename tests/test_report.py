@@ -1,4 +1,4 @@
-"""The HTML curation report: its content, the ``report`` command, and how a real browser renders it."""
+"""The HTML curation report: its content, and how a real browser renders it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,21 +14,21 @@ import pytest
 from PIL import Image
 
 from vl_datasets import errors
-from vl_datasets.cli import build_parser, main
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
 
+from tests.helpers import thumbnails
+
+
 CHROMIUM = Path("/usr/bin/chromium")
+
+
 # Debian's Chromium runs as root in CI containers, without a GPU, and must not phone home.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
 RULES = {"min_uniqueness": 0.3, "drop_issues": {"blur": 0.5}, "dedupe": True, "task": None}
-
-
-@pytest.fixture
-def export(tmp_path):
-    """A 40-item synthetic export folder (cat/dog/bird, duplicates and blur issues)."""
-    return write_dataset(tmp_path, "x", n_items=40)
 
 
 def edit_metadata(folder: Path, edit) -> None:
@@ -38,10 +37,6 @@ def edit_metadata(folder: Path, edit) -> None:
     for item in data["media_items"]:
         edit(item)
     path.write_text(json.dumps(data))
-
-
-def thumbnails(page: str) -> int:
-    return page.count("data:image/jpeg;base64,")
 
 
 def test_report_shows_counts_rules_plots_and_thumbnails(export, tmp_path):
@@ -136,52 +131,7 @@ def test_bad_report_options_are_refused(export, tmp_path):
         ds.report(tmp_path / "r.html", max_thumbnails=-1)
 
 
-# -- the report command --------------------------------------------------------------------------
-
-
-def test_report_command_writes_the_report(export, tmp_path, capsys):
-    out = tmp_path / "report.html"
-    code = main(["report", str(export), "--out", str(out), "--min-uniqueness", "0.3", "--drop-issue", "blur=0.5",
-                 "--dedupe", "--labels", "cat", "dog", "--title", "digits"])
-    assert code == 0 and capsys.readouterr().out.strip() == str(out)
-    page = out.read_text()
-    assert "<h1>digits</h1>" in page
-    assert all(f"<td>Removed by {rule}</td>" in page for rule in ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe"))
-
-
-def test_report_command_opens_a_zip(export, tmp_path):
-    archive = tmp_path / "x.zip"
-    shutil.make_archive(str(archive.with_suffix("")), "zip", export)
-    out = tmp_path / "report.html"
-    assert main(["report", str(archive), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert thumbnails(out.read_text()) == 40
-
-
-def test_report_command_fetches_a_dataset_id(quick_vl, tmp_path, monkeypatch):
-    monkeypatch.setenv("VL_API_URL", quick_vl.url)
-    out = tmp_path / "report.html"
-    assert main(["report", "ds-ready", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert "<td>Items in the export</td><td class=n>8</td>" in out.read_text()
-    assert quick_vl.count("export") == 1
-
-
-@pytest.mark.parametrize("value", ["blur", "blur=high", "=0.5", "blur=80"])
-def test_report_command_refuses_bad_drop_issue(export, tmp_path, capsys, value):
-    assert main(["report", str(export), "--out", str(tmp_path / "r.html"), "--drop-issue", value]) == 2
-    assert "--drop-issue takes TYPE=CONFIDENCE" in capsys.readouterr().err
-    assert not (tmp_path / "r.html").exists()
-
-
-def test_report_command_dedupe_threshold_is_optional():
-    def parse(*extra):
-        return build_parser().parse_args(["report", "x", "--out", "r.html", *extra])
-
-    assert parse().dedupe is False and parse("--dedupe").dedupe is True and parse("--dedupe", "0.98").dedupe == 0.98
-    assert parse("--drop-issue", "blur=0.8", "dark=0.9", "--drop-issue", "bright=1").drop_issues == [
-        "blur=0.8", "dark=0.9", "bright=1"]
-
-
-# -- in a real browser ---------------------------------------------------------------------------
+# -- in a real browser ------------------------------------------------------------------------
 
 
 @pytest.fixture

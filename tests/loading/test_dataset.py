@@ -1,13 +1,9 @@
-"""VisualLayerDataset end to end: export from the local service, curate, decode, load, shard."""
+"""VisualLayerDataset end to end: export from the local service or a local file, curate, decode, audit."""
 
 from __future__ import annotations
 
 import inspect
-import json
-import os
 import pickle
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,11 +11,9 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from vl_datasets import CurationRules, errors
+from vl_datasets import CurationError, CurationRules, errors, leakage_safe_split
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
@@ -156,56 +150,10 @@ def test_missing_and_corrupt_images(tmp_path):
     assert [s.media_id for s in loader.skipped] == ["m002"]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_dataloader_batches(service, client, tmp_path, num_workers):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=24)
-    loader = ds.dataloader(3, num_workers=num_workers, seed=1)
-    assert loader.persistent_workers == (num_workers > 0)
-    first = [labels.tolist() for _, labels in loader]
-    second = [labels.tolist() for _, labels in loader]
-    images, labels = next(iter(loader))
-    assert images.shape == (3, 3, 24, 24) and labels.dtype == torch.int64
-    assert sorted(sum(first, [])) == sorted(sum(second, [])) and len(first) == 3
-
-
 def test_dataset_pickles_without_live_resources(service, client, tmp_path):
     ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
     copy = pickle.loads(pickle.dumps(ds))
     assert copy.media_ids == ds.media_ids and torch.equal(copy[0][0], ds[0][0])
-
-
-def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
-    script = tmp_path / "ranks.py"
-    script.write_text(
-        "import json, os, sys\n"
-        "import torch.distributed as dist\n"
-        "from vl_datasets import Client\n"
-        "from vl_datasets.loading.dataset import VisualLayerDataset\n"
-        "dist.init_process_group('gloo')\n"
-        "client = Client(os.environ['VL_TEST_URL'], progress=False)\n"
-        "ds = VisualLayerDataset('ds-ready', client=client, cache_dir=os.environ['VL_TEST_CACHE'], image_size=8)\n"
-        "loader = ds.dataloader(2, num_workers=0, seed=3)\n"
-        "epochs = []\n"
-        "for _ in range(2):\n"
-        "    seen = []\n"
-        "    for images, labels in loader:\n"
-        "        seen += [0] * len(labels)\n"
-        "    epochs.append([ds.media_ids[i] for i in loader.sampler])\n"
-        "out = os.path.join(os.environ['VL_TEST_OUT'], f'rank{dist.get_rank()}.json')\n"
-        "json.dump(epochs, open(out, 'w'))\n"
-        "dist.destroy_process_group()\n")
-    env = dict(os.environ, VL_TEST_URL=service.url, VL_TEST_CACHE=str(tmp_path / "cache"), VL_TEST_OUT=str(tmp_path),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script)], capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    for epoch in range(2):
-        assert len(rank0[epoch]) == len(rank1[epoch]) == 4
-        assert not set(rank0[epoch]) & set(rank1[epoch])
-        assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8
-    assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
-    assert service.count("export") == 1
 
 
 def test_transforms_follow_torchvision_conventions(tmp_path):
@@ -219,26 +167,14 @@ def test_transforms_follow_torchvision_conventions(tmp_path):
     assert image.dtype == torch.float32 and image.max() <= 1.0 and label == 1
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, client, tmp_path, num_workers):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=(20, 28))
-    images, labels = next(iter(ds.dataloader(4, shuffle=False, num_workers=num_workers)))
-    expected = torch.stack([ds[i][0] for i in range(4)])
-    assert images.shape == (4, 3, 20, 28) and torch.equal(images, expected)
-    assert images.is_contiguous(memory_format=torch.channels_last)
-    assert labels.tolist() == [ds[i][1] for i in range(4)]
-
-
-def test_dataloader_accepts_the_callers_collate(service, client, tmp_path):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
-    loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
-    assert next(iter(loader)) == [ds[i][1] for i in range(3)]
-
-
 CURATION_OPTIONS = ["curation", "subset", "labels", "label_source", "min_uniqueness", "keep_unscored", "drop_issues",
                     "dedupe", "where"]
+
+
 VIEW_OPTIONS = [*CURATION_OPTIONS, "task", "classes", "invalid_labels", "object_drop_issues", "target_transform",
                 "image_size", "decode", "transform", "on_error", "missing_images", "images_root"]
+
+
 FETCH_OPTIONS = ["client", "cache_dir", "offline", "export_format", "media_ids", "cluster_ids", "refresh"]
 
 
@@ -287,3 +223,26 @@ def test_curation_given_twice_is_refused_before_any_export(service, client, tmp_
     with pytest.raises(errors.ConfigurationError, match="decode"):
         VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, decode="numpy")
     assert service.count("export") == 0
+
+
+# -- the subset rule, applying a split --------------------------------------------------------
+
+
+def test_subset_keeps_one_part_before_the_other_rules(tmp_path):
+    write_dataset(tmp_path, "x", n_items=30, n_clusters=6)
+    everything = VisualLayerDataset.from_export(tmp_path / "x", task=None)
+    parts = leakage_safe_split(everything.table, {"train": 0.5, "test": 0.5}, seed=0)
+    train = VisualLayerDataset.from_export(tmp_path / "x", subset=parts["train"], dedupe=True)
+    summary = train.curation_summary()
+    assert list(summary.removed_by)[:2] == ["subset", "dedupe"]
+    assert summary.removed_by["subset"] == len(parts["test"])
+    assert set(train.media_ids) <= set(parts["train"])
+    details = train.curation_details()
+    removed = dict(zip(details.column("media_id").to_pylist(), details.column("removed_by").to_pylist()))
+    assert all(removed[m] == "subset" for m in parts["test"])
+
+
+def test_subset_with_an_id_from_elsewhere_is_an_error_not_a_smaller_split(tmp_path):
+    write_dataset(tmp_path, "x", n_items=6)
+    with pytest.raises(CurationError, match="not-in-this-export"):
+        VisualLayerDataset.from_export(tmp_path / "x", subset=["not-in-this-export"])

@@ -1,4 +1,4 @@
-"""Leakage-safe splits and the subset rule that applies them."""
+"""Leakage-safe splits: no cluster or duplicate group straddles the parts."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import random
 import pyarrow as pa
 import pytest
 
-from vl_datasets import (
-    ConfigurationError,
-    CurationError,
-    VisualLayerDataset,
-    leakage_safe_split,
-)
+from vl_datasets import ConfigurationError, leakage_safe_split
 from vl_datasets.metadata.items import ISSUE_TYPE, LABEL_TYPE
 from vl_datasets.metadata.splits import find_leaks
-from vl_datasets.testing import write_dataset
 
 
 def _dup(group: str, threshold: float = 0.97) -> dict:
@@ -100,23 +94,3 @@ def test_find_leaks_names_the_shared_group_preferring_duplicates():
         {"media_id": "b", "shared": "duplicate_group", "group": "g1", "train_media_id": "a"},
         {"media_id": "d", "shared": "cluster_id", "group": "c2", "train_media_id": "c"},
     ]
-
-
-def test_subset_keeps_one_part_before_the_other_rules(tmp_path):
-    write_dataset(tmp_path, "x", n_items=30, n_clusters=6)
-    everything = VisualLayerDataset.from_export(tmp_path / "x", task=None)
-    parts = leakage_safe_split(everything.table, {"train": 0.5, "test": 0.5}, seed=0)
-    train = VisualLayerDataset.from_export(tmp_path / "x", subset=parts["train"], dedupe=True)
-    summary = train.curation_summary()
-    assert list(summary.removed_by)[:2] == ["subset", "dedupe"]
-    assert summary.removed_by["subset"] == len(parts["test"])
-    assert set(train.media_ids) <= set(parts["train"])
-    details = train.curation_details()
-    removed = dict(zip(details.column("media_id").to_pylist(), details.column("removed_by").to_pylist()))
-    assert all(removed[m] == "subset" for m in parts["test"])
-
-
-def test_subset_with_an_id_from_elsewhere_is_an_error_not_a_smaller_split(tmp_path):
-    write_dataset(tmp_path, "x", n_items=6)
-    with pytest.raises(CurationError, match="not-in-this-export"):
-        VisualLayerDataset.from_export(tmp_path / "x", subset=["not-in-this-export"])

@@ -1,0 +1,164 @@
+"""The client against the local Visual Layer service over loopback: no mocks, faults switched on server-side."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+
+import vl_datasets
+from vl_datasets import errors
+from vl_datasets.records import ExportTask
+
+from tests.api.helpers import export_and_download, make_client
+
+
+# -- dataset status and errors ----------------------------------------------------------------
+
+
+def test_get_dataset_returns_a_typed_record(client):
+    info = client.get_dataset("ds-ready")
+    assert isinstance(info, vl_datasets.DatasetInfo)
+    assert info.id == "ds-ready" and info.status == "READY" and info.ready
+    assert info.n_images == 8
+
+
+def test_not_ready_dataset_reports_its_status_and_refuses_export(client):
+    assert client.get_dataset("ds-indexing").status == "INDEXING"
+    with pytest.raises(errors.DatasetNotReadyError) as caught:
+        client.start_export("ds-indexing")
+    assert caught.value.status_code == 409
+
+
+def test_unknown_dataset_raises_not_found_with_server_detail(client):
+    with pytest.raises(errors.DatasetNotFoundError) as caught:
+        client.get_dataset("nope")
+    exc = caught.value
+    assert isinstance(exc, LookupError) and exc.status_code == 404 and exc.detail
+    assert "nope" in str(exc)
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is errors.DatasetNotFoundError and again.status_code == 404 and str(again) == str(exc)
+
+
+def test_unknown_export_task_has_its_own_error(client):
+    with pytest.raises(errors.ExportTaskNotFoundError) as caught:
+        client.get_export_status("ds-ready", "no-such-task")
+    error = caught.value
+    assert isinstance(error, LookupError) and isinstance(error, errors.APIStatusError)
+    assert not isinstance(error, errors.DatasetNotFoundError), "an unknown task is not an unknown dataset"
+    assert error.task_id == "no-such-task" and error.dataset_id == "ds-ready" and error.status_code == 404
+    with pytest.raises(errors.DatasetNotFoundError):
+        client.get_export_status("no-such-dataset", "no-such-task")
+
+
+def test_invalid_arguments_fail_before_any_request(local_vl, client):
+    with pytest.raises(errors.ConfigurationError):
+        client.start_export("ds-ready", export_format="csv")
+    with pytest.raises(errors.ConfigurationError):
+        client.start_selective_export("ds-ready", media_ids=["a"], cluster_ids=["b"])
+    with pytest.raises(errors.ConfigurationError):
+        client.get_dataset("")
+    assert local_vl.requests == []
+
+
+# -- the export workflow ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("export_format,include_images", [("parquet", True), ("json", False)])
+def test_full_export_round_trip(client, tmp_path, fake_time, export_format, include_images):
+    seen: list[ExportTask] = []
+    task = client.start_export("ds-ready", export_format=export_format, include_images=include_images)
+    assert task.status in ("INIT", "IN_PROGRESS") and task.dataset_id == "ds-ready"
+    done = client.wait_for_export("ds-ready", task.id, on_progress=seen.append)
+    assert done.succeeded and done.entities_count == 8 and done.download_uri
+    assert [t.status for t in seen][-1] == "COMPLETED" and "IN_PROGRESS" in [t.status for t in seen]
+    assert fake_time.sleeps and all(s > 0 for s in fake_time.sleeps)
+    path = client.download_export(done, tmp_path / "out" / "export.zip")
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+        assert f"metadata.{export_format}" in names
+        assert sum(n.startswith("images/") for n in names) == (8 if include_images else 0)
+        if export_format == "parquet":
+            assert pq.read_table(io.BytesIO(zf.read("metadata.parquet"))).num_rows == 8
+    assert [p.name for p in path.parent.iterdir()] == ["export.zip"] or not [
+        p for p in path.parent.iterdir() if p.name.endswith(".incomplete")
+    ]
+
+
+def test_selective_export_by_media_and_cluster_ids(client, tmp_path, dataset_root):
+    import json
+
+    items = json.loads((dataset_root / "ds-ready" / "metadata.json").read_text())["media_items"]
+    media_ids = [items[0]["media_id"], items[3]["media_id"]]
+    task = client.start_selective_export("ds-ready", media_ids=media_ids, export_format="json")
+    task = client.wait_for_export("ds-ready", task.id)
+    assert task.entities_count == 2
+    cluster = items[0]["cluster_id"]
+    expected = sum(1 for i in items if i["cluster_id"] == cluster)
+    task = client.start_selective_export("ds-ready", cluster_ids=[cluster])
+    task = client.wait_for_export("ds-ready", task.id)
+    assert task.entities_count == expected
+    path = client.download_export(task, tmp_path / "sel.zip")
+    with zipfile.ZipFile(path) as zf:
+        assert pq.read_table(io.BytesIO(zf.read("metadata.parquet"))).num_rows == expected
+
+
+def test_empty_selection_is_rejected_with_the_server_reason(client):
+    task = client.start_selective_export("ds-ready", media_ids=["no-such-media"])
+    with pytest.raises(errors.ExportFailedError) as caught:
+        client.wait_for_export("ds-ready", task.id)
+    assert caught.value.status == "REJECTED" and caught.value.result_message
+    assert caught.value.result_message in str(caught.value)
+
+
+def test_failed_export_carries_result_message(local_vl, client):
+    local_vl.faults.fail_exports(result_message="disk quota exceeded")
+    task = client.start_export("ds-ready")
+    with pytest.raises(errors.ExportFailedError, match="disk quota exceeded") as caught:
+        client.wait_for_export("ds-ready", task.id)
+    assert caught.value.task_id == task.id and caught.value.status == "FAILED"
+
+
+def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
+    local_vl.faults.hold_exports()
+    task = client.start_export("ds-ready")
+    with pytest.raises(errors.ExportTimeoutError) as caught:
+        client.wait_for_export("ds-ready", task.id, timeout_s=60)
+    assert caught.value.task_id == task.id and isinstance(caught.value, TimeoutError)
+    assert task.id in str(caught.value)
+    local_vl.faults.release_exports()
+    done = client.wait_for_export("ds-ready", caught.value.task_id)
+    assert done.succeeded
+    assert local_vl.count("export") == 1
+
+
+@pytest.mark.parametrize("server_kwargs", [{"minimal_start_response": True}, {"progress_scale": 1}])
+def test_contract_variants_of_the_task(dataset_root, fake_time, tmp_path, server_kwargs):
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root, **server_kwargs) as service, make_client(service, fake_time) as client:
+        _, data = export_and_download(client, tmp_path)
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+
+
+def test_progress_scale_is_inferred():
+    from vl_datasets.api.client import _ProgressScale
+
+    def task(progress, status="IN_PROGRESS"):
+        return ExportTask(id="t", dataset_id="d", status=status, progress=progress)
+
+    fraction = _ProgressScale()
+    assert fraction.percent(task(0.25)) == 25.0
+    percent = _ProgressScale()
+    assert percent.percent(task(40.0)) == 40.0 and percent.percent(task(1.0)) == 1.0
+    assert percent.percent(task(None, "COMPLETED")) == 100.0
+
+
+def test_client_pickles_without_its_session(local_vl, client):
+    client.get_dataset("ds-ready")
+    copy = pickle.loads(pickle.dumps(client))
+    assert copy.get_dataset("ds-ready").ready

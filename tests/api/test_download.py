@@ -1,0 +1,149 @@
+"""Downloads resume, restart, renew expired URLs and check the disk first; they leave nothing half-written
+at the destination, and their lock lives elsewhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+
+import pytest
+
+from vl_datasets import errors, fetch_export
+from vl_datasets.api.download import lock_path
+from vl_datasets.locks import hold_lock
+from vl_datasets.records import ExportTask
+
+from tests.api.helpers import export_and_download, make_client
+
+
+@pytest.fixture
+def reference_zip(local_vl, client, tmp_path) -> tuple[ExportTask, bytes]:
+    task, data = export_and_download(client, tmp_path / "ref")
+    local_vl.clear_requests()
+    return task, data
+
+
+def _range_headers(service) -> list[str | None]:
+    return [{k.lower(): v for k, v in r.headers.items()}.get("range") for r in service.requests if r.origin == "storage"]
+
+
+def test_broken_download_resumes_with_range(local_vl, client, reference_zip, tmp_path):
+    task, expected = reference_zip
+    local_vl.faults.break_download_after(1000, times=2)
+    path = client.download_export(task, tmp_path / "a.zip")
+    assert path.read_bytes() == expected
+    assert _range_headers(local_vl) == [None, "bytes=1000-", "bytes=2000-"]
+
+
+def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_path):
+    task, expected = reference_zip
+    local_vl.faults.break_download_after(1000, times=1)
+    local_vl.faults.ignore_range()
+    assert client.download_export(task, tmp_path / "b.zip").read_bytes() == expected
+
+
+def test_download_that_keeps_breaking_leaves_nothing_at_dest_and_resumes_later(local_vl, fake_time, reference_zip,
+                                                                                 tmp_path):
+    task, expected = reference_zip
+    dest = tmp_path / "c.zip"
+    local_vl.faults.break_download_after(0, times=100)
+    with make_client(local_vl, fake_time, max_retries=2) as client, pytest.raises(errors.DownloadError):
+        client.download_export(task, dest)
+    assert not dest.exists()
+    local_vl.faults.reset()
+    local_vl.faults.break_download_after(500)
+    with make_client(local_vl, fake_time, max_retries=0) as client, pytest.raises(errors.DownloadError):
+        client.download_export(task, dest)
+    assert not dest.exists()
+    local_vl.faults.reset()
+    local_vl.clear_requests()
+    with make_client(local_vl, fake_time) as client:  # a later run picks up the partial file
+        assert client.download_export(task, dest).read_bytes() == expected
+    assert _range_headers(local_vl) == ["bytes=500-"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".incomplete")]
+
+
+def test_expired_presigned_url_is_renewed(dataset_root, fake_time, tmp_path):
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root, download_uri_style="absolute") as service, \
+            make_client(service, fake_time) as client:
+        task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
+        assert task.download_uri.startswith(service.storage_url)
+        service.faults.expire_urls(times=1)
+        task = client.get_export_status("ds-ready", task.id)  # now holds an expired URL
+        path = client.download_export(task, tmp_path / "d.zip")
+        assert zipfile.ZipFile(path).testzip() is None
+        statuses = [r.status for r in service.requests if r.origin == "storage"]
+        assert statuses == [403, 200]
+
+
+def test_relative_download_uri_is_joined_to_the_base_url(local_vl, client, reference_zip):
+    task, _ = reference_zip
+    assert task.download_uri.startswith("/")
+    assert local_vl.count("cdn") == 0
+    assert any(r.endpoint == "cdn" for r in local_vl.requests) is False
+
+
+def test_download_refused_for_good_leaves_nothing(dataset_root, fake_time, tmp_path):
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root, download_uri_style="absolute") as service, \
+            make_client(service, fake_time) as client:
+        task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
+        service.faults.fail_next("storage", 403, times=20)
+        with pytest.raises(errors.DownloadError):
+            client.download_export(task, tmp_path / "e.zip")
+    assert not (tmp_path / "e.zip").exists()
+
+
+def test_not_enough_disk_space_fails_before_downloading(quick_client, tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from vl_datasets.api import download
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    with pytest.raises(errors.InsufficientDiskSpaceError, match="needs"):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.incomplete")) or all(p.stat().st_size == 0 for p in tmp_path.rglob("*.incomplete"))
+    assert not list(tmp_path.rglob("*.manifest.json"))
+
+
+# -- the destination folder and the download lock ---------------------------------------------
+
+
+@pytest.fixture
+def task(quick_client):
+    return quick_client.wait_for_export("ds-ready", quick_client.start_export("ds-ready").id)
+
+
+def test_a_finished_download_leaves_only_the_archive_in_the_folder(quick_client, task, tmp_path):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    dest = quick_client.download_export(task, folder / "e.zip")
+    assert os.listdir(folder) == ["e.zip"]
+    assert zipfile.ZipFile(dest).testzip() is None
+
+
+def test_a_download_waits_for_another_to_the_same_file(quick_client, task, tmp_path):
+    dest = tmp_path / "e.zip"
+    with hold_lock(lock_path(dest), timeout_s=5, what="a test's download"), \
+            pytest.raises(errors.LockTimeoutError) as caught:
+        quick_client.download_export(task, dest, lock_timeout_s=0.2)
+    assert os.path.dirname(caught.value.lock_path) != str(tmp_path)
+    assert os.listdir(tmp_path) == []  # the waiter wrote nothing
+    assert quick_client.download_export(task, dest, lock_timeout_s=0.2) == dest  # free once released
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_lock_folder_others_can_write_to_is_refused(quick_client, task, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"vl_datasets-locks-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(errors.ConfigurationError, match=re.escape(str(shared))):
+        quick_client.download_export(task, tmp_path / "out" / "e.zip")
+    assert not (tmp_path / "out" / "e.zip").exists()

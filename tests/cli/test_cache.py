@@ -1,0 +1,52 @@
+"""``vl-datasets cache list | rm | prune``, over what ``vl-datasets export`` put in the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vl_datasets import Client, fetch_export
+from vl_datasets.cache.store import ExportKey
+from vl_datasets.cli import main
+
+
+@pytest.fixture
+def local_vl(quick_vl):
+    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
+    return quick_vl
+
+
+def test_cli_export_list_rm_prune(local_vl, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VL_API_URL", local_vl.url)
+    monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
+    cache = str(tmp_path / "cache")
+    assert main(["export", "ds-ready", "--cache-dir", cache]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert (path / "metadata.parquet").is_file()
+    assert main(["export", "ds-ready", "--format", "json", "--no-images", "--cache-dir", cache]) == 0
+    capsys.readouterr()
+    assert main(["cache", "list", "--cache-dir", cache]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("ds-ready") == 2 and "parquet" in listing and "json" in listing
+    key = ExportKey.build(local_vl.url, "ds-ready", "json", False).digest
+    assert main(["cache", "rm", key[:8], "--cache-dir", cache]) == 0
+    assert main(["cache", "rm", "--dataset", "ds-ready", "--cache-dir", cache]) == 0
+    assert main(["export", "ds-ready", "--cache-dir", cache]) == 0
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", cache]) == 0
+    assert "pruned 1 of 1" in capsys.readouterr().out
+    assert main(["cache", "prune", "--older-than", "1", "--cache-dir", cache]) == 0
+
+
+def test_cache_list_shows_hosts_and_mirrored_entries(local_vl, s3_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine"))
+    monkeypatch.delenv("VL_DATASETS_CACHE", raising=False)
+    client = Client(local_vl.url, progress=False, env={})
+    fetch_export("ds-ready", client=client, cache_dir=s3_root, include_images=False)
+    fetch_export("ds-ready", client=client, cache_dir=tmp_path / "machine" / "vl_datasets")
+    assert main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    host = ExportKey.build(local_vl.url, "ds-ready", "parquet", True).api_host
+    assert listing.count(host) == 2, f"the local and the mirrored entry should both be listed:\n{listing}"
+    assert main(["cache", "prune", "--max-size", "0"]) == 0
+    assert "pruned 2 of 2" in capsys.readouterr().out

@@ -1,0 +1,49 @@
+"""The command line's one exit point: each error family exits with its own code and a one-line hint."""
+
+from __future__ import annotations
+
+import pytest
+
+from vl_datasets.cli import main
+
+
+@pytest.fixture
+def local_vl(quick_vl):
+    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
+    return quick_vl
+
+
+@pytest.mark.parametrize("args,setup,code", [
+    (["export", "nope"], None, 4),
+    (["export", "ds-indexing"], None, 5),
+    (["export", "ds-ready", "--offline"], None, 7),
+    (["export", "ds-ready"], "fail", 6),
+    (["cache", "rm", "nokey"], None, 2),
+])
+def test_cli_exit_codes_and_hints(local_vl, tmp_path, monkeypatch, capsys, args, setup, code):
+    monkeypatch.setenv("VL_API_URL", local_vl.url)
+    monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
+    if setup == "fail":
+        local_vl.faults.fail_exports(result_message="too many entities")
+    assert main(args + ["--cache-dir", str(tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
+
+
+def test_cli_bad_credentials_and_unreachable_api(local_vl_auth, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VL_API_URL", local_vl_auth.url)
+    monkeypatch.setenv("VL_API_KEY", "key-123")
+    monkeypatch.setenv("VL_API_SECRET", "not-the-secret-0123456789abcdef0123")
+    assert main(["export", "ds-ready", "--cache-dir", str(tmp_path)]) == 3
+    assert "not-the-secret" not in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("VL_API_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("VL_API_KEY")
+    monkeypatch.delenv("VL_API_SECRET")
+    monkeypatch.setenv("VL_API_MAX_RETRIES", "0")
+    assert main(["-v", "export", "ds-ready", "--cache-dir", str(tmp_path)]) == 8
+    assert "Traceback" in capsys.readouterr().err

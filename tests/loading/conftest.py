@@ -1,0 +1,15 @@
+"""Fixtures of the loading tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from vl_datasets.testing import write_dataset
+
+from tests.loading.helpers import ITEMS, make_items
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_dataset(tmp_path, "loader", media_items=make_items(ITEMS))
+    return tmp_path / "loader"

@@ -1,0 +1,155 @@
+"""The DataLoader: workers prefetch across epochs, yet every epoch is complete and reproducible, on one rank or many."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from vl_datasets.loading.dataset import VisualLayerDataset
+
+from tests.helpers import REPO
+from tests.loading.helpers import ITEMS
+
+
+def epoch_ids(loader):
+    return [row["media_id"] for _, rows in loader for row in rows]
+
+
+class CountingTransform:
+    """Counts decoded images across worker processes (shared by fork)."""
+
+    def __init__(self):
+        self.count = multiprocessing.get_context("fork").Value("i", 0)
+
+    def __call__(self, image):
+        with self.count.get_lock():
+            self.count.value += 1
+        return image
+
+
+def test_epochs_are_the_same_with_or_without_workers(folder):
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    single = ds.dataloader(3, num_workers=0, seed=5)
+    expected = [epoch_ids(single) for _ in range(3)]
+    assert all(sorted(ids) == ds.media_ids for ids in expected)
+    assert expected[0] != expected[1] != expected[2]  # reshuffled every epoch
+    workers = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
+    assert len(workers) == 4
+    assert [epoch_ids(workers) for _ in range(3)] == expected
+
+
+def test_workers_prefetch_the_next_epoch_before_it_is_asked_for(folder):
+    counter = CountingTransform()
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8, transform=counter)
+    loader = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
+    assert len(epoch_ids(loader)) == ITEMS
+    deadline = time.monotonic() + 60
+    while counter.count.value <= ITEMS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counter.count.value > ITEMS  # decoding of epoch 2 began while the caller was elsewhere
+    assert sorted(epoch_ids(loader)) == ds.media_ids
+
+
+def test_an_unfinished_epoch_does_not_leak_into_the_next(folder):
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    loader = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
+    for _ in range(2):
+        _, rows = next(iter(loader))  # a notebook peeking at one batch
+        assert len(rows) == 3
+    for _ in range(2):
+        assert sorted(epoch_ids(loader)) == ds.media_ids
+    assert loader.epoch == 4
+
+
+def test_a_distributed_shard_is_reshuffled_each_epoch_with_workers(folder):
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, seed=3)
+    loader = ds.dataloader(2, num_workers=2, sampler=sampler, multiprocessing_context="fork")
+    epochs = [epoch_ids(loader) for _ in range(3)]
+    for epoch, ids in enumerate(epochs):
+        sampler.set_epoch(epoch)
+        assert ids == [ds.media_ids[i] for i in sampler]
+    assert epochs[0] != epochs[1]
+
+
+# -- datasets fetched from the local service --------------------------------------------------
+
+
+@pytest.fixture
+def service(quick_vl):
+    return quick_vl
+
+
+@pytest.fixture
+def client(quick_client):
+    return quick_client
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_batches(service, client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=24)
+    loader = ds.dataloader(3, num_workers=num_workers, seed=1)
+    assert loader.persistent_workers == (num_workers > 0)
+    first = [labels.tolist() for _, labels in loader]
+    second = [labels.tolist() for _, labels in loader]
+    images, labels = next(iter(loader))
+    assert images.shape == (3, 3, 24, 24) and labels.dtype == torch.int64
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) and len(first) == 3
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=(20, 28))
+    images, labels = next(iter(ds.dataloader(4, shuffle=False, num_workers=num_workers)))
+    expected = torch.stack([ds[i][0] for i in range(4)])
+    assert images.shape == (4, 3, 20, 28) and torch.equal(images, expected)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.tolist() == [ds[i][1] for i in range(4)]
+
+
+def test_dataloader_accepts_the_callers_collate(service, client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
+    loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
+    assert next(iter(loader)) == [ds[i][1] for i in range(3)]
+
+
+def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "import torch.distributed as dist\n"
+        "from vl_datasets import Client\n"
+        "from vl_datasets.loading.dataset import VisualLayerDataset\n"
+        "dist.init_process_group('gloo')\n"
+        "client = Client(os.environ['VL_TEST_URL'], progress=False)\n"
+        "ds = VisualLayerDataset('ds-ready', client=client, cache_dir=os.environ['VL_TEST_CACHE'], image_size=8)\n"
+        "loader = ds.dataloader(2, num_workers=0, seed=3)\n"
+        "epochs = []\n"
+        "for _ in range(2):\n"
+        "    seen = []\n"
+        "    for images, labels in loader:\n"
+        "        seen += [0] * len(labels)\n"
+        "    epochs.append([ds.media_ids[i] for i in loader.sampler])\n"
+        "out = os.path.join(os.environ['VL_TEST_OUT'], f'rank{dist.get_rank()}.json')\n"
+        "json.dump(epochs, open(out, 'w'))\n"
+        "dist.destroy_process_group()\n")
+    env = dict(os.environ, VL_TEST_URL=service.url, VL_TEST_CACHE=str(tmp_path / "cache"), VL_TEST_OUT=str(tmp_path),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for epoch in range(2):
+        assert len(rank0[epoch]) == len(rank1[epoch]) == 4
+        assert not set(rank0[epoch]) & set(rank1[epoch])
+        assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8
+    assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
+    assert service.count("export") == 1

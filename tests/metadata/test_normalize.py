@@ -1,0 +1,147 @@
+"""Metadata in every variant of contract §6 normalizes to one table, or fails naming the field at fault."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, info_of, is_normalized, normalize
+from vl_datasets.metadata.read import read_metadata, read_metadata_file
+
+from tests.metadata.helpers import (
+    CAT,
+    INFO,
+    SCALARS,
+    items,
+    json_strings_table,
+    nested_table,
+    raw_columns,
+    rows,
+    schema_error,
+    write_json_export,
+    write_parquet,
+)
+
+
+def test_json_export_normalizes_every_item_type(expected):
+    assert expected.schema.equals(NORMALIZED_SCHEMA, check_metadata=False)
+    assert is_normalized(expected)
+    assert info_of(expected) == INFO
+    cat = rows(expected)[CAT]
+    assert cat["file_size_bytes"] == round(48.27 * 1024)
+    assert (cat["height"], cat["width"], cat["uniqueness_score"]) == (375, 500, 0.8123)
+    assert cat["labels"] == [{"category_name": "cat", "source": "User", "original_id": 3},
+                             {"category_name": "animal", "source": "Model", "original_id": -1},
+                             {"category_name": "tabby", "source": "Visual Layer", "original_id": -1}]
+    duplicates = [i for i in cat["issues"] if i["issue_type"] == "duplicates"]
+    assert [(i["duplicate_group_id"], i["duplicate_threshold"], i["confidence"]) for i in duplicates] == [
+        ("g-1", 0.96, 0.97), ("g-2", 1.0, 1.0)]
+    assert [i["issue_type"] for i in cat["issues"]] == ["duplicates", "duplicates", "blur", "mislabels"]
+    mislabel = cat["issues"][3]
+    assert (mislabel["suggested_label"], mislabel["description"]) == ("dog", "dog")
+    assert cat["issues"][2]["suggested_label"] is None
+    [obj] = cat["objects"]
+    assert obj["bbox"] == [10.0, 20.0, 110.0, 95.5]
+    assert (obj["category_name"], obj["source"], obj["original_id"], obj["uniqueness_score"]) == ("cat", "User", 7, 0.5)
+    assert [i["issue_type"] for i in obj["issues"]] == ["label_outlier"]
+    assert obj["tags"] == ["crop"]
+    assert cat["tags"] == ["reviewed"]
+    assert cat["captions"] == [{"text": "a tabby cat on a sofa", "source": "Visual Layer"}]
+    assert cat["video_name"] is None and cat["frame_timestamp_s"] is None
+
+
+@pytest.mark.parametrize("variant", ["json_strings", "nested", "nested_chunked", "bare_list", "python_list"])
+def test_every_variant_normalizes_to_the_same_table(tmp_path, expected, variant):
+    if variant == "json_strings":
+        table = read_metadata(write_parquet(tmp_path, json_strings_table()).parent)
+    elif variant == "nested":
+        table = read_metadata(write_parquet(tmp_path, nested_table()).parent)
+    elif variant == "nested_chunked":
+        table = read_metadata_file(write_parquet(tmp_path, nested_table(), row_group_size=1))
+        assert table.column("labels").num_chunks > 1
+    elif variant == "bare_list":  # json.load fallback: Arrow's reader takes objects, not a bare list
+        (tmp_path / "metadata.json").write_text(json.dumps(items()), encoding="utf-8")
+        table = read_metadata(tmp_path)
+    else:
+        table = normalize(items())
+    assert table.schema.equals(expected.schema, check_metadata=False)
+    assert table.to_pylist() == expected.to_pylist()
+
+
+def test_older_image_filename_column(tmp_path):
+    media = items()
+    columns = raw_columns(media, [n for n in SCALARS if n not in ("file_path", "file_name")])
+    columns["image_filename"] = [m["file_path"] for m in media]
+    table = read_metadata(write_parquet(tmp_path, pa.table(columns)).parent)
+    assert table.column("file_path").to_pylist() == [m["file_path"] for m in media]
+    assert table.column("file_name").to_pylist() == [m["file_name"] for m in media]  # the base name
+    assert "image_filename" not in table.column_names
+    assert table.column("labels").to_pylist() == [[], [], [], []]
+
+
+def test_absent_uniqueness_score_is_null(tmp_path):
+    columns = raw_columns(items(), [n for n in SCALARS if n != "uniqueness_score"])
+    table = read_metadata(write_parquet(tmp_path, pa.table(columns)).parent)
+    assert table.schema.field("uniqueness_score").type == pa.float64()
+    assert table.column("uniqueness_score").null_count == 4
+
+
+def test_unknown_columns_are_kept_after_the_known_ones(tmp_path):
+    table = nested_table().append_column("split", pa.array(["train", "val", "val", "test"]))
+    table = table.append_column("labels", pa.array([1, 2, 3, 4]))  # collides with a normalized name
+    normalized = read_metadata(write_parquet(tmp_path, table).parent)
+    assert normalized.column_names[:len(NORMALIZED_SCHEMA)] == NORMALIZED_SCHEMA.names
+    assert normalized.column_names[len(NORMALIZED_SCHEMA):] == ["split", "raw_labels"]
+    assert normalized.column("split").to_pylist() == ["train", "val", "val", "test"]
+    media = items()
+    media[0]["license"] = {"name": "cc-by"}
+    assert normalize(media).column("license").to_pylist()[0] == {"name": "cc-by"}
+
+
+def test_empty_export(tmp_path):
+    table = read_metadata(write_json_export(tmp_path, []).parent)
+    assert table.num_rows == 0
+    assert table.schema.equals(NORMALIZED_SCHEMA, check_metadata=False)
+
+
+@pytest.mark.parametrize("text, size", [
+    ("48.27KB", 49428), ("3.38MB", 3544187), ("512B", 512), ("1.2GB", 1288490189), ("12 kb", 12288),
+    ("5KiB", 5120), ("1024", 1024), ("0.5 TB", 549755813888), ("", None), ("big", None), ("3MBB", None),
+    ("-1KB", None), (None, None),
+])
+def test_file_sizes_use_binary_units(text, size):
+    media = items()[:1]
+    media[0]["file_size"] = text
+    assert normalize(media).column("file_size_bytes").to_pylist() == [size]
+
+
+def test_normalize_is_idempotent(expected):
+    assert normalize(expected) is expected
+    assert INFO_KEY in expected.schema.metadata
+
+
+def test_missing_media_id(tmp_path):
+    error = schema_error(tmp_path, nested_table().drop_columns(["media_id"]))
+    assert error.field == "media_id" and "media_id" in str(error)
+
+
+def test_missing_every_image_name_column(tmp_path):
+    error = schema_error(tmp_path, nested_table().drop_columns(["file_path", "file_name"]))
+    assert error.field == "file_path" and "image_filename" in str(error)
+
+
+def test_non_numeric_uniqueness_score(tmp_path):
+    table = nested_table().set_column(7, "uniqueness_score", pa.array(["high", "low", None, "0.5"]))
+    error = schema_error(tmp_path, table)
+    assert error.field == "uniqueness_score" and "uniqueness_score" in str(error)
+
+
+def test_duplicate_and_null_media_ids(tmp_path):
+    media = items()
+    media[3]["media_id"] = CAT
+    error = schema_error(tmp_path / "dup", nested_table(media))
+    assert error.field == "media_id" and CAT in str(error)
+    media[3]["media_id"] = None
+    assert schema_error(tmp_path / "null", nested_table(media)).field == "media_id"

@@ -1,0 +1,202 @@
+"""fetch_export against the local service: cold and warm fetches, the key, refresh, offline, resumes, many processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vl_datasets import Client, errors, fetch_export
+from vl_datasets.cache.store import CacheStore, ExportKey
+from vl_datasets.cli import main
+from vl_datasets.locks import hold_lock
+
+from tests.helpers import child_env
+
+
+@pytest.fixture
+def local_vl(quick_vl):
+    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
+    return quick_vl
+
+
+@pytest.fixture
+def client(quick_client):
+    return quick_client
+
+
+def downloads(service) -> int:
+    return sum(1 for r in service.requests if r.origin == "storage" and r.status in (200, 206))
+
+
+def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    assert entry.metadata_path == entry.path / "metadata.parquet" and entry.metadata_path.is_file()
+    assert len([p for p in entry.images_dir.rglob("*.jpg")]) == 8
+    assert entry.task.id and entry.task.entities_count == 8 and entry.row_count == 8
+    assert entry.library_version and entry.created_at is not None
+    manifest = json.loads((entry.entry_dir / f"{entry.version}.manifest.json").read_text())
+    assert manifest["key"]["dataset_id"] == "ds-ready" and "download_uri" not in manifest["task"]
+    assert local_vl.count("export") == 1 and downloads(local_vl) == 1
+    leftovers = [p.name for p in entry.entry_dir.iterdir() if p.name.startswith((".staging", ".download"))]
+    assert leftovers == [], "the build left work files behind"
+    assert entry.index_path is not None and entry.index_path.is_file(), "the entry was published without its index"
+    assert (tmp_path / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+
+
+def test_warm_hit_makes_no_request(local_vl, client, tmp_path):
+    first = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.clear_requests()
+    again = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    assert again == first and local_vl.requests == []
+
+
+def test_key_covers_format_images_and_selection(local_vl, client, tmp_path, dataset_root):
+    items = json.loads((dataset_root / "ds-ready" / "metadata.json").read_text())["media_items"]
+    ids = [items[1]["media_id"], items[2]["media_id"]]
+    full = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    as_json = fetch_export("ds-ready", client=client, cache_dir=tmp_path, export_format="json", include_images=False)
+    picked = fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids)
+    assert len({full.path, as_json.path, picked.path}) == 3
+    assert as_json.metadata_path.name == "metadata.json" and as_json.images_dir is None
+    assert picked.row_count == 2
+    local_vl.clear_requests()
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids[::-1] + ids) == picked
+    assert local_vl.requests == []
+
+
+def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_path):
+    old = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.faults.fail_exports(result_message="export service down")
+    with pytest.raises(errors.ExportFailedError):
+        fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == old  # untouched
+    local_vl.faults.reset()
+    new = fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+    assert new.task.id != old.task.id and new.path != old.path
+    assert local_vl.count("export") == 3
+    # The refresh published a new version; a job reading the old one keeps its files until a prune.
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == new
+    assert old.metadata_path.is_file() and len(list(old.images_dir.rglob("*.jpg"))) == 8, "refresh deleted the old version"
+    assert CacheStore(tmp_path).lookup(old.key, version=old.version) == old
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
+    assert not old.path.exists() and new.metadata_path.is_file(), "prune must drop only the superseded version"
+
+
+def test_offline_hit_and_miss(local_vl, client, tmp_path, monkeypatch):
+    with pytest.raises(errors.CacheMissError) as caught:
+        fetch_export("ds-ready", client=client, cache_dir=tmp_path, offline=True)
+    assert isinstance(caught.value, FileNotFoundError) and caught.value.key in str(caught.value)
+    assert "ds-ready" in str(caught.value)
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.clear_requests()
+    monkeypatch.setenv("VL_DATASETS_OFFLINE", "1")
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == entry
+    with pytest.raises(errors.CacheMissError):
+        fetch_export("ds-ready", client=client, cache_dir=tmp_path, export_format="json")
+    assert local_vl.requests == []
+
+
+def test_refresh_with_the_api_down_keeps_the_entry(local_vl, client, tmp_path):
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.faults.fail_next("export", 503, times=50)
+    with pytest.raises(errors.ServerError):
+        fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+    assert CacheStore(tmp_path).lookup(entry.key) == entry
+
+
+def test_broken_download_resumes_and_ignored_range_restarts(local_vl, client, tmp_path):
+    local_vl.faults.break_download_after(3000, times=2)
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    assert entry.row_count == 8
+    ranges = [r.header("range") for r in local_vl.requests if r.origin == "storage"]
+    assert ranges == [None, "bytes=3000-", "bytes=6000-"]
+    local_vl.faults.break_download_after(3000)
+    local_vl.faults.ignore_range()
+    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True).row_count == 8
+
+
+def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
+    key = ExportKey.build(client.base_url, "ds-ready", "parquet", True)
+    store = CacheStore(tmp_path)
+    store.entry_dir(key).mkdir(parents=True)
+    with hold_lock(store.lock_path(store.entry_dir(key)), timeout_s=1, what="test"):
+        code = ("import sys; from vl_datasets import Client, fetch_export\n"
+                f"fetch_export('ds-ready', client=Client({local_vl.url!r}, progress=False), "
+                f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                env=child_env())
+    assert result.returncode != 0 and "LockTimeoutError" in result.stderr and ".lock" in result.stderr
+    assert local_vl.count("export") == 0
+
+
+def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, client, tmp_path, monkeypatch,
+                                                                     caplog):
+    monkeypatch.delenv("VL_API_URL", raising=False)
+    filled = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    local_vl.clear_requests()
+    assert fetch_export("ds-ready", cache_dir=tmp_path, offline=True) == filled, \
+        "an offline lookup with no host asked for must find the entry cached from 127.0.0.1"
+    # Asked for another host explicitly: a miss that names the host that has it, and VL_API_URL.
+    monkeypatch.setenv("VL_API_URL", local_vl.url.replace("127.0.0.1", "localhost"))
+    with pytest.raises(errors.CacheMissError) as caught:
+        fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
+    assert "VL_API_URL" in str(caught.value) and filled.key.api_host in str(caught.value)
+    # Filled from a second host too: the newest wins, and a warning names both hosts.
+    fetch_export("ds-ready", client=Client(os.environ["VL_API_URL"], progress=False, env={}), cache_dir=tmp_path)
+    monkeypatch.delenv("VL_API_URL")
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        newest = fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
+    assert newest.key.api_host.startswith("localhost")
+    assert "127.0.0.1" in caplog.text and "localhost" in caplog.text
+    assert local_vl.count("export") == 1, "offline lookups must not call the API"
+
+
+# -- many processes ---------------------------------------------------------------------------
+
+
+def _fetch_code(url: str, cache_dir: Path) -> str:
+    return ("from vl_datasets import Client, fetch_export\n"
+            f"entry = fetch_export('ds-ready', client=Client({url!r}, progress=False), cache_dir={str(cache_dir)!r})\n"
+            "print(entry.path, flush=True)\n")
+
+
+def test_concurrent_processes_share_one_export(local_vl, tmp_path):
+    local_vl.faults.hold_exports(seconds=1.0)  # keep the export running while the others arrive
+    procs = [subprocess.Popen([sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=child_env()) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outputs]
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1 and Path(paths.pop()).is_dir()
+    assert local_vl.count("export") == 1 and downloads(local_vl) == 1
+
+
+def test_killed_fetch_resumes_its_export_and_download(local_vl, tmp_path):
+    local_vl.faults.stall_download_after(2000, seconds=30)
+    proc = subprocess.Popen([sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=child_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partials = list(tmp_path.rglob("*.incomplete"))
+        if partials and partials[0].stat().st_size >= 2000:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"the fetch never got 2000 bytes in: {proc.communicate()}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    local_vl.faults.reset()
+    client = Client(local_vl.url, progress=False, env={})
+    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    assert entry.row_count == 8
+    assert local_vl.count("export") == 1  # the killed run's export was resumed, not restarted
+    ranges = [r.header("range") for r in local_vl.requests if r.origin == "storage"]
+    assert ranges == [None, "bytes=2000-"]

@@ -1,0 +1,107 @@
+"""Imports run one way across the sides (api -> cache -> metadata -> loading), and the server shares no code."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vl_datasets.server
+from vl_datasets import fetch_export
+
+from tests.helpers import REPO, child_env
+
+
+@pytest.fixture
+def local_vl(quick_vl):
+    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
+    return quick_vl
+
+
+@pytest.fixture
+def client(quick_client):
+    return quick_client
+
+
+def test_side_imports_run_one_way(tmp_path):
+    """import vl_datasets loads no network library; opening a local export loads none either."""
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "export", n_items=3)
+    # tqdm is not checked after the open: torch itself imports it.
+    network = ("requests", "urllib3", "jwt", "fsspec", "vl_datasets.api.client", "vl_datasets.api.transport")
+    code = ("import sys\n"
+            "import vl_datasets\n"
+            f"print(sorted(m for m in {network + ('tqdm', 'torch')!r} if m in sys.modules))\n"
+            "from vl_datasets import VisualLayerDataset\n"
+            f"ds = VisualLayerDataset.from_export({str(tmp_path / 'export')!r}, cache_dir={str(tmp_path / 'c')!r})\n"
+            "assert len(ds) == 3\n"
+            f"print(sorted(m for m in {network!r} if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=child_env())
+    assert result.returncode == 0, result.stderr
+    after_import, after_open = result.stdout.split("\n")[:2]
+    assert after_import == "[]", f"import vl_datasets loaded {after_import}"
+    assert after_open == "[]", f"opening a local export loaded {after_open}"
+
+
+def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path):
+    fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    code = ("import sys\n"
+            "from vl_datasets import VisualLayerDataset\n"
+            f"ds = VisualLayerDataset('ds-ready', cache_dir={str(tmp_path)!r})\n"
+            "assert len(ds) == 8\n"
+            "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n")
+    env = {**child_env(), "VL_API_URL": local_vl.url}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"a cache hit loaded the API side: {result.stdout}"
+    assert local_vl.count("export") == 1
+
+
+def test_metadata_and_loading_never_import_the_api_side():
+    """Imports run one way: the metadata and loading sides may import the cache, never the API."""
+    import ast
+
+    package = REPO / "vl_datasets"
+    offenders = []
+    for side in ("metadata", "loading", "cache"):
+        for module in (package / side).glob("*.py"):
+            tree = ast.parse(module.read_text())
+            # Names imported for type checking only never load at run time.
+            typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                           and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+            for node in ast.walk(tree):
+                if id(node) in typing_only:
+                    continue
+                if isinstance(node, ast.ImportFrom) and node.level >= 2 and (node.module or "").startswith("api"):
+                    offenders.append(f"{side}/{module.name}: from {'.' * node.level}{node.module}")
+    assert offenders == [], f"these modules import the API side: {offenders}"
+
+
+def test_module_imports_no_torch_or_requests():
+    import subprocess
+    import sys
+
+    # The package root imports the client (requests); load metadata under a bare package instead.
+    code = ("import sys, types; pkg = types.ModuleType('vl_datasets'); pkg.__path__ = ['vl_datasets']; "
+            "sys.modules['vl_datasets'] = pkg; import vl_datasets.metadata; "
+            "print(sorted(m for m in ('torch', 'requests') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_server_shares_no_code_with_the_client():
+    # Only the contract is shared: a client bug must not be able to hide behind the same code here.
+    for module in Path(vl_datasets.server.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level in (0, 1), f"{module.name} imports from outside the server package"
+                assert node.level == 1 or not (node.module or "").startswith("vl_datasets"), module.name
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("vl_datasets") for alias in node.names), module.name

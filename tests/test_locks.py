@@ -1,0 +1,28 @@
+"""Cross-process locks: a soft lock where the filesystem has no flock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vl_datasets import errors
+
+
+def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
+    import filelock
+
+    from vl_datasets import locks
+
+    class NoFlock(filelock.FileLock):
+        def _acquire(self):
+            raise NotImplementedError("flock not supported on this filesystem")
+
+    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)
+    path = tmp_path / "entry.lock"
+    with locks.hold_lock(path, timeout_s=5, what="test"):
+        assert Path(str(path) + ".soft").exists()
+        with pytest.raises(errors.LockTimeoutError, match="entry.lock"):
+            with locks.hold_lock(path, timeout_s=0.2, what="test"):
+                pass
+    assert not Path(str(path) + ".soft").exists()
