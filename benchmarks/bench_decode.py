@@ -122,8 +122,10 @@ def agreement(blobs: list[bytes]) -> dict[str, float]:
 
 def table(results: dict[str, dict[str, float]], diffs: dict[str, dict[str, float]]) -> list[str]:
     kinds = list(results)
-    lines = ["| pipeline | " + " | ".join(f"{k} img/s | ms/img | diff" for k in kinds) + " |",
-             "| --- | " + " | ".join("---: | ---: | ---:" for _ in kinds) + " |"]
+    lines = [
+        "| pipeline | " + " | ".join(f"{k} img/s | ms/img | diff" for k in kinds) + " |",
+        "| --- | " + " | ".join("---: | ---: | ---:" for _ in kinds) + " |",
+    ]
     for name in PIPELINES:
         cells = []
         for kind in kinds:
@@ -148,20 +150,32 @@ def main() -> None:
     results = {kind: rates(blobs, args.passes) for kind, blobs in corpora.items()}
     diffs = {kind: agreement(blobs[:AGREEMENT_IMAGES]) for kind, blobs in corpora.items()}
     ours_name = "**decode_image(size=224)**"
-    lines = [f"# Single-core decode to 224x224 (core {args.core}, 1 torch thread, bytes in RAM, "
-             f"median img/s of {args.passes} passes)", ""] + table(results, diffs) + [""]
+    lines = (
+        [
+            f"# Single-core decode to 224x224 (core {args.core}, 1 torch thread, bytes in RAM, "
+            f"median img/s of {args.passes} passes)",
+            "",
+        ]
+        + table(results, diffs)
+        + [""]
+    )
     for kind, rate in results.items():
-        lines.append(f"- {kind}: decode_image is **{rate[ours_name] / rate[REFERENCE]:.2f}x** the Pillow pipeline, "
-                     f"{rate[ours_name] / rate['Pillow draft(224) + convert + resize(224) + tensor']:.2f}x Pillow with "
-                     f"draft, {rate[ours_name] / rate['simplejpeg full decode + torch resize(224)']:.2f}x simplejpeg "
-                     "full decode + torch resize")
-    lines += ["", "Pillow's 2000x1500 rates depend on glibc's allocator: each decoded image (12 MB) is a fresh "
-              "mmap, page-faulted on every decode, until glibc's dynamic mmap threshold rises above that size, which "
-              "happens in some long-lived processes and not in fresh DataLoader workers (run with "
-              "`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456` to see Pillow without those "
-              "faults). decode_image decodes these "
-              "at 1/4 scale, into buffers small enough to be reused. The DataLoader benchmark measures the plain "
-              "Pillow dataset both ways."]
+        lines.append(
+            f"- {kind}: decode_image is **{rate[ours_name] / rate[REFERENCE]:.2f}x** the Pillow pipeline, "
+            f"{rate[ours_name] / rate['Pillow draft(224) + convert + resize(224) + tensor']:.2f}x Pillow with "
+            f"draft, {rate[ours_name] / rate['simplejpeg full decode + torch resize(224)']:.2f}x simplejpeg "
+            "full decode + torch resize"
+        )
+    lines += [
+        "",
+        "Pillow's 2000x1500 rates depend on glibc's allocator: each decoded image (12 MB) is a fresh "
+        "mmap, page-faulted on every decode, until glibc's dynamic mmap threshold rises above that size, which "
+        "happens in some long-lived processes and not in fresh DataLoader workers (run with "
+        "`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456` to see Pillow without those "
+        "faults). decode_image decodes these "
+        "at 1/4 scale, into buffers small enough to be reused. The DataLoader benchmark measures the plain "
+        "Pillow dataset both ways.",
+    ]
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

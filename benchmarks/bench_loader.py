@@ -79,8 +79,9 @@ class PlainPillowDataset(Dataset):
 
 
 def _plain(folder: Path, workers: int):
-    return DataLoader(PlainPillowDataset(corpus.image_paths(folder)), batch_size=BATCH, shuffle=True,
-                      num_workers=workers)
+    return DataLoader(
+        PlainPillowDataset(corpus.image_paths(folder)), batch_size=BATCH, shuffle=True, num_workers=workers
+    )
 
 
 def _ours(folder: Path, workers: int):
@@ -91,8 +92,12 @@ def _torchvision(folder: Path, workers: int):
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.PILToTensor()])
-    return DataLoader(datasets.ImageFolder(str(folder / "imagefolder"), transform=tf), batch_size=BATCH,
-                      shuffle=True, num_workers=workers)
+    return DataLoader(
+        datasets.ImageFolder(str(folder / "imagefolder"), transform=tf),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+    )
 
 
 def _huggingface(folder: Path, workers: int):
@@ -101,8 +106,10 @@ def _huggingface(folder: Path, workers: int):
     hf = datasets.load_dataset("imagefolder", data_dir=str(folder / "imagefolder"), split="train")
 
     def to_tensor(batch):
-        batch["image"] = [torch.from_numpy(np.asarray(i.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)))
-                          .permute(2, 0, 1) for i in batch["image"]]
+        batch["image"] = [
+            torch.from_numpy(np.asarray(i.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))).permute(2, 0, 1)
+            for i in batch["image"]
+        ]
         return batch
 
     hf.set_transform(to_tensor)
@@ -126,8 +133,10 @@ def loaders() -> dict:
 
 def measure_fresh(name: str, folder: Path, workers: int, epochs: int) -> float:
     """``measure`` of loader ``name`` in a fresh interpreter (one intra-op thread in its main process)."""
-    code = ("import torch, bench_loader as b; from pathlib import Path; torch.set_num_threads(1); "
-            f"print(b.measure(b.loaders()[{name!r}], Path({str(folder)!r}), {workers}, {epochs}))")
+    code = (
+        "import torch, bench_loader as b; from pathlib import Path; torch.set_num_threads(1); "
+        f"print(b.measure(b.loaders()[{name!r}], Path({str(folder)!r}), {workers}, {epochs}))"
+    )
     env = {**os.environ, **(WARMED_ALLOCATOR if name == WARMED else {})}
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -200,30 +209,52 @@ def _corpus_section(kind: str, count: int, names: list[str], cores: int) -> list
     rounds = []  # (plain, plain warmed, ours, one core, all cores), interleaved
     for _ in range(ROUNDS):
         one_core, all_cores = decode_ceilings(folder, passes=2)
-        rounds.append((measure_fresh(PLAIN, folder, 2, epochs), measure_fresh(WARMED, folder, 2, epochs),
-                       measure_fresh(OURS, folder, 2, epochs), one_core, all_cores))
+        rounds.append(
+            (
+                measure_fresh(PLAIN, folder, 2, epochs),
+                measure_fresh(WARMED, folder, 2, epochs),
+                measure_fresh(OURS, folder, 2, epochs),
+                one_core,
+                all_cores,
+            )
+        )
     plain, warmed, ours, one_core, all_cores = (statistics.median(column) for column in zip(*rounds))
     rates[PLAIN][2], rates[WARMED][2], rates[OURS][2] = plain, warmed, ours
     speedup = statistics.median(o / max(p, w) for p, w, o, _, _ in rounds)
     of_two = statistics.median(o / (one * cores) for _, _, o, one, _ in rounds)
     of_all = statistics.median(o / every for _, _, o, _, every in rounds)
-    lines = [f"## {kind} corpus ({count} images; {epochs} timed epoch{'s' if epochs > 1 else ''})", "",
-             "| loader | 0 workers | 2 workers |", "| --- | ---: | ---: |"]
+    lines = [
+        f"## {kind} corpus ({count} images; {epochs} timed epoch{'s' if epochs > 1 else ''})",
+        "",
+        "| loader | 0 workers | 2 workers |",
+        "| --- | ---: | ---: |",
+    ]
     lines += [f"| {name} | {rate[0]:,.0f} | {rate[2]:,.0f} |" for name, rate in rates.items()]
-    lines += ["", f"At 2 workers, {ROUNDS} interleaved rounds (plain Pillow as started / with a warmed allocator, "
-              "VisualLayerDataset, decode ceiling on one core and on all cores at once):", ""]
-    lines += [f"- round {i + 1}: {p:,.0f} / {w:,.0f} / {o:,.0f} img/s = {o / max(p, w):.2f}x the faster plain; "
-              f"ceiling {one:,.0f} on one core, {every:,.0f} on {cores} at once"
-              for i, (p, w, o, one, every) in enumerate(rounds)]
-    lines += ["", f"- VisualLayerDataset / the faster plain Pillow at 2 workers: **{speedup:.2f}x** (median of rounds)",
-              f"- VisualLayerDataset at 2 workers: **{of_two:.0%}** of {cores} x the one-core ceiling, "
-              f"**{of_all:.0%}** of the ceiling measured on {cores} cores at once (medians of rounds)"]
+    lines += [
+        "",
+        f"At 2 workers, {ROUNDS} interleaved rounds (plain Pillow as started / with a warmed allocator, "
+        "VisualLayerDataset, decode ceiling on one core and on all cores at once):",
+        "",
+    ]
+    lines += [
+        f"- round {i + 1}: {p:,.0f} / {w:,.0f} / {o:,.0f} img/s = {o / max(p, w):.2f}x the faster plain; "
+        f"ceiling {one:,.0f} on one core, {every:,.0f} on {cores} at once"
+        for i, (p, w, o, one, every) in enumerate(rounds)
+    ]
+    lines += [
+        "",
+        f"- VisualLayerDataset / the faster plain Pillow at 2 workers: **{speedup:.2f}x** (median of rounds)",
+        f"- VisualLayerDataset at 2 workers: **{of_two:.0%}** of {cores} x the one-core ceiling, "
+        f"**{of_all:.0%}** of the ceiling measured on {cores} cores at once (medians of rounds)",
+    ]
     target = SPEEDUP_TARGETS[kind]
     fastest_plain = max(plain, warmed)
     if target * fastest_plain > all_cores:
-        lines.append(f"- the {target:g}x target is out of reach here: {target:g} x plain Pillow's {fastest_plain:,.0f} "
-                     f"img/s is {target * fastest_plain:,.0f} img/s, above the {all_cores:,.0f} img/s that decode_image "
-                     f"reaches on all {cores} cores with the bytes already in RAM")
+        lines.append(
+            f"- the {target:g}x target is out of reach here: {target:g} x plain Pillow's {fastest_plain:,.0f} "
+            f"img/s is {target * fastest_plain:,.0f} img/s, above the {all_cores:,.0f} img/s that decode_image "
+            f"reaches on all {cores} cores with the bytes already in RAM"
+        )
     return lines + [""]
 
 

@@ -56,19 +56,37 @@ def build_export(rows: int) -> Path:
         os.link(seed, images / f"{i:07d}.jpg")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, rows)
-    items = [json.dumps([{"type": "image_label", "properties": {"category_name": f"class_{label}", "source": "User"}}]
-                        + ([{"type": "issue", "properties": {"issue_type": "duplicates", "confidence": 0.97,
-                                                             "duplicate_group_id": f"g{i // 3}",
-                                                             "duplicate_threshold": 0.96}}] if i % 7 == 0 else []))
-             for i, label in enumerate(labels)]
-    table = pa.table({
-        "media_id": [f"{i:024x}" for i in range(rows)],
-        "media_type": pa.array(["image"] * rows),
-        "file_name": [f"{i:07d}.jpg" for i in range(rows)],
-        "file_path": [f"all/{i:07d}.jpg" for i in range(rows)],
-        "uniqueness_score": rng.random(rows),
-        "metadata_items": items,
-    })
+    items = [
+        json.dumps(
+            [{"type": "image_label", "properties": {"category_name": f"class_{label}", "source": "User"}}]
+            + (
+                [
+                    {
+                        "type": "issue",
+                        "properties": {
+                            "issue_type": "duplicates",
+                            "confidence": 0.97,
+                            "duplicate_group_id": f"g{i // 3}",
+                            "duplicate_threshold": 0.96,
+                        },
+                    }
+                ]
+                if i % 7 == 0
+                else []
+            )
+        )
+        for i, label in enumerate(labels)
+    ]
+    table = pa.table(
+        {
+            "media_id": [f"{i:024x}" for i in range(rows)],
+            "media_type": pa.array(["image"] * rows),
+            "file_name": [f"{i:07d}.jpg" for i in range(rows)],
+            "file_path": [f"all/{i:07d}.jpg" for i in range(rows)],
+            "uniqueness_score": rng.random(rows),
+            "metadata_items": items,
+        }
+    )
     pq.write_table(table, folder / "metadata.parquet")
     return folder
 
@@ -165,8 +183,7 @@ def main() -> None:
         f"{', '.join(f'{g:+.1f} MiB' for g in workers['stateless'])} | reference |",
         f"| same, VisualLayerDataset touching every item's path and label | "
         f"{', '.join(f'{g:+.1f} MiB' for g in workers['ours'])} | |",
-        f"| growth due to the dataset's per-item state | {', '.join(f'{g:+.2f} MiB' for g in extra)} "
-        f"| < 1 MiB each |",
+        f"| growth due to the dataset's per-item state | {', '.join(f'{g:+.2f} MiB' for g in extra)} | < 1 MiB each |",
     ]
     report = "\n".join(lines) + "\n"
     args.out.write_text(report)

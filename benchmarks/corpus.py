@@ -33,8 +33,20 @@ LABELS = [f"class_{i}" for i in range(10)]
 def source_photos() -> list[Image.Image]:
     import skimage.data as data
 
-    photos = [getattr(data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-                                                 "retina", "immunohistochemistry", "cat", "colorwheel")]
+    photos = [
+        getattr(data, name)()
+        for name in (
+            "astronaut",
+            "chelsea",
+            "coffee",
+            "rocket",
+            "hubble_deep_field",
+            "retina",
+            "immunohistochemistry",
+            "cat",
+            "colorwheel",
+        )
+    ]
     tints = [(1.0, 0.8, 0.6), (0.6, 1.0, 0.7), (0.8, 0.7, 1.0)]
     for name, tint in zip(("brick", "grass", "gravel"), tints):
         gray = getattr(data, name)().astype(np.float32)
@@ -78,10 +90,18 @@ def build(kind: str, count: int, *, seed: int = 0) -> Path:
             (folder / root / label).mkdir(parents=True, exist_ok=True)
         image.save(folder / "images" / rel, format="JPEG", quality=90)
         os.link(folder / "images" / rel, folder / "imagefolder" / rel)
-        items.append({"media_id": f"{i:024x}", "media_type": "image", "file_name": Path(rel).name, "file_path": rel,
-                      "width": size[0], "height": size[1], "uniqueness_score": float(rng.random()),
-                      "metadata_items": [{"type": "image_label",
-                                          "properties": {"category_name": label, "source": "User"}}]})
+        items.append(
+            {
+                "media_id": f"{i:024x}",
+                "media_type": "image",
+                "file_name": Path(rel).name,
+                "file_path": rel,
+                "width": size[0],
+                "height": size[1],
+                "uniqueness_score": float(rng.random()),
+                "metadata_items": [{"type": "image_label", "properties": {"category_name": label, "source": "User"}}],
+            }
+        )
     info = {"schema_version": "1.1", "dataset": f"benchmark-{kind}", "total_media_items": count}
     (folder / "metadata.json").write_text(json.dumps({"info": info, "media_items": items}))
     return folder
@@ -90,5 +110,10 @@ def build(kind: str, count: int, *, seed: int = 0) -> Path:
 def image_paths(folder: Path) -> list[tuple[str, int]]:
     """(path, class index) of every image, for the plain baseline dataset."""
     items = json.loads((folder / "metadata.json").read_text())["media_items"]
-    return [(str(folder / "images" / item["file_path"]),
-             LABELS.index(item["metadata_items"][0]["properties"]["category_name"])) for item in items]
+    return [
+        (
+            str(folder / "images" / item["file_path"]),
+            LABELS.index(item["metadata_items"][0]["properties"]["category_name"]),
+        )
+        for item in items
+    ]

@@ -2,6 +2,8 @@
 
     pip install scikit-image   # corpora's source photos; torchvision / datasets join as peers if installed
     python benchmarks/run.py
+
+Each benchmark runs in its own process and writes its part; the parts are joined into one file.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def _versions() -> str:
     import simplejpeg
     import torch
 
-    return (f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow {pyarrow.__version__}, "
-            f"Pillow {PIL.__version__}, simplejpeg {simplejpeg.__version__}, numpy {numpy.__version__}")
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow {pyarrow.__version__}, "
+        f"Pillow {PIL.__version__}, simplejpeg {simplejpeg.__version__}, numpy {numpy.__version__}"
+    )
 
 
 def main() -> None:

@@ -34,13 +34,22 @@ def main() -> None:
         print(f"export {entry.task.id}: {entry.row_count} items, {images} images at {entry.path}")
         print(f"metadata: {Path(entry.metadata_path).name}")
         # The same cached export, curated: no second export, no second download.
-        dataset = VisualLayerDataset(dataset_id, client=client, cache_dir=cache_dir, export_format=args.format,
-                                     min_uniqueness=args.min_uniqueness, keep_unscored=False, dedupe=True,
-                                     image_size=args.image_size)
+        dataset = VisualLayerDataset(
+            dataset_id,
+            client=client,
+            cache_dir=cache_dir,
+            export_format=args.format,
+            min_uniqueness=args.min_uniqueness,
+            keep_unscored=False,
+            dedupe=True,
+            image_size=args.image_size,
+        )
         print(dataset.curation_summary())
         images, labels = next(iter(dataset.dataloader(8, num_workers=0, seed=0)))
-        print(f"first batch: images {tuple(images.shape)} {images.dtype}, labels {labels.tolist()} "
-              f"of classes {dataset.classes}")
+        print(
+            f"first batch: images {tuple(images.shape)} {images.dtype}, labels {labels.tolist()} "
+            f"of classes {dataset.classes}"
+        )
 
 
 if __name__ == "__main__":

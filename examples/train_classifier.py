@@ -30,12 +30,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int,
-                        help="side in pixels (default: 16 for the sample's 8x8 digit scans, 64 on the platform)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="side in pixels (default: 16 for the sample's 8x8 digit scans, 64 on the platform)",
+    )
     parser.add_argument("--min-uniqueness", type=float, default=0.05)
-    parser.add_argument("--drop-issue", action="append", metavar="TYPE=CONFIDENCE",
-                        help="drop items with this issue at this confidence or more (repeatable; "
-                             "default: mislabels=0.6 blur=0.5 outliers=0.5)")
+    parser.add_argument(
+        "--drop-issue",
+        action="append",
+        metavar="TYPE=CONFIDENCE",
+        help="drop items with this issue at this confidence or more (repeatable; "
+        "default: mislabels=0.6 blur=0.5 outliers=0.5)",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("runs"), help="where checkpoints (and the report) go")
     parser.add_argument("--report", action="store_true", help="also write out-dir/report.html (needs matplotlib)")
     return parser.parse_args()
@@ -56,24 +63,37 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     with platform_or_sample(args.dataset_id, args.cache_dir) as (client, dataset_id, cache_dir):
+
         def dataset(**options) -> VisualLayerDataset:
             # Every call reuses the one cached export: no second export, no second download.
             # Classification needs one label per item; items with none or several are dropped
             # (and counted as invalid_labels) rather than stopping a run on a real dataset.
-            return VisualLayerDataset(dataset_id, client=client, cache_dir=cache_dir, image_size=args.image_size,
-                                      invalid_labels="drop", **options)
+            return VisualLayerDataset(
+                dataset_id,
+                client=client,
+                cache_dir=cache_dir,
+                image_size=args.image_size,
+                invalid_labels="drop",
+                **options,
+            )
 
         everything = dataset(task=None)
         parts = leakage_safe_split(everything.table, FRACTIONS, seed=args.seed)
-        curation = {"min_uniqueness": args.min_uniqueness, "keep_unscored": True,
-                    "drop_issues": drop_issues, "dedupe": True}
+        curation = {
+            "min_uniqueness": args.min_uniqueness,
+            "keep_unscored": True,
+            "drop_issues": drop_issues,
+            "dedupe": True,
+        }
         curated = dataset(subset=parts["train"], **curation)
         uncurated = dataset(subset=parts["train"], classes=curated.classes)
         # One test set for both models, cleaned by the same rules: a flipped label in the test
         # split would mark a right answer wrong for both.
         test = dataset(subset=parts["test"], classes=curated.classes, **curation)
-        print(f"\n{dataset_id}: {len(everything):,} items; leakage-safe split "
-              f"{len(parts['train']):,} train / {len(parts['test']):,} test (seed {args.seed})\n")
+        print(
+            f"\n{dataset_id}: {len(everything):,} items; leakage-safe split "
+            f"{len(parts['train']):,} train / {len(parts['test']):,} test (seed {args.seed})\n"
+        )
 
         results = {}
         for name, train_set in (("uncurated", uncurated), ("curated", curated)):
@@ -88,17 +108,29 @@ def main() -> None:
 
 def save_checkpoint(path: Path, model, train_set, parts, dataset_id: str, args, curation: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "classes": train_set.classes, "image_size": args.image_size,
-                "dataset_id": dataset_id, "curation": curation, "split": parts,
-                "trained_on": train_set.media_ids}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "classes": train_set.classes,
+            "image_size": args.image_size,
+            "dataset_id": dataset_id,
+            "curation": curation,
+            "split": parts,
+            "trained_on": train_set.media_ids,
+        },
+        path,
+    )
 
 
-def print_table(results: dict[str, tuple[int, float]], removed_by: dict[str, int], n_train_split: int,
-                n_test: int) -> None:
+def print_table(
+    results: dict[str, tuple[int, float]], removed_by: dict[str, int], n_train_split: int, n_test: int
+) -> None:
     rows = [("train split items", f"{n_train_split:,}", f"{n_train_split:,}")]
     rows += [(f"removed by {rule}", "-", f"{n:,}") for rule, n in removed_by.items() if rule != "subset"]
-    rows += [("items trained on", *(f"{results[m][0]:,}" for m in ("uncurated", "curated"))),
-             ("test accuracy", *(f"{results[m][1]:.1%}" for m in ("uncurated", "curated")))]
+    rows += [
+        ("items trained on", *(f"{results[m][0]:,}" for m in ("uncurated", "curated"))),
+        ("test accuracy", *(f"{results[m][1]:.1%}" for m in ("uncurated", "curated"))),
+    ]
     print(f"{'':<32}{'uncurated':>11}{'curated':>11}")
     for name, plain, curated in rows:
         print(f"{name:<32}{plain:>11}{curated:>11}")

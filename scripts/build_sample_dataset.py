@@ -82,14 +82,14 @@ def _make_images(rng: np.random.Generator):
         true_labels.append(true_labels[i])
         kinds.append("near_duplicate")
         sources.append(int(i))
-    for i in originals[N_DUPLICATES:N_DUPLICATES + N_BLURRED]:
+    for i in originals[N_DUPLICATES : N_DUPLICATES + N_BLURRED]:
         images.append(images[i].filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.6, 2.4)))))
         true_labels.append(true_labels[i])
         kinds.append("blurred")
         sources.append(int(i))
     labels = list(true_labels)
     # Flip labels only on originals with no injected copy, so every defect has one cause.
-    untouched = originals[N_DUPLICATES + N_BLURRED:]
+    untouched = originals[N_DUPLICATES + N_BLURRED :]
     flipped = sorted(int(i) for i in rng.choice(untouched, size=int(FLIP_SHARE * len(digits.data)), replace=False))
     for i in flipped:
         labels[i] = int((labels[i] + rng.integers(1, 10)) % 10)
@@ -152,8 +152,14 @@ def _issues(images, labels, rng_uuid) -> tuple[list[list[dict]], np.ndarray, np.
                 continue
             group_id = rng_uuid()
             for m in members:
-                issues[m].append({"issue_type": "duplicates", "confidence": round(float(sim[m, members].max()), 4),
-                                  "duplicate_group_id": group_id, "duplicate_threshold": threshold})
+                issues[m].append(
+                    {
+                        "issue_type": "duplicates",
+                        "confidence": round(float(sim[m, members].max()), 4),
+                        "duplicate_group_id": group_id,
+                        "duplicate_threshold": threshold,
+                    }
+                )
 
     variance = np.array([_laplacian_variance(im) for im in images])
     median = float(np.median(variance))
@@ -172,8 +178,9 @@ def _issues(images, labels, rng_uuid) -> tuple[list[list[dict]], np.ndarray, np.
         winner = int(votes.argmax())
         share = votes[winner] / len(neighbours)
         if winner != labels[i] and share > 0.5:
-            issues[i].append({"issue_type": "mislabels", "confidence": round(float(share), 4),
-                              "issues_description": str(winner)})
+            issues[i].append(
+                {"issue_type": "mislabels", "confidence": round(float(share), 4), "issues_description": str(winner)}
+            )
     return issues, uniqueness, emb
 
 
@@ -207,29 +214,38 @@ def build(root: Path = SAMPLE_ROOT) -> Path:
         name = f"{i:05d}.jpg"
         (folder / "images" / f"{labels[i]}").mkdir(exist_ok=True)
         (folder / "images" / f"{labels[i]}" / name).write_bytes(data)
-        media_items.append({
-            "media_id": media_id,
-            "media_type": "image",
-            "file_name": name,
-            "file_path": f"{labels[i]}/{name}",
-            "file_size": _human_size(len(data)),
-            "height": SIZE,
-            "width": SIZE,
-            "uniqueness_score": round(float(uniqueness[i]), 4),
-            "url": f"https://app.visual-layer.com/dataset/{SAMPLE_DATASET_ID}/data?media_id={media_id}",
-            "cluster_id": cluster_ids[clusters[i]],
-            "metadata_items": [
-                {"type": "image_label", "properties": {"category_name": str(labels[i]), "source": "User",
-                                                      "original_id": i}},
-                *({"type": "issue", "properties": issue} for issue in issues[i]),
-            ],
-        })
-    info = {"schema_version": "1.1", "dataset": "Sample: handwritten digits",
-            "description": "scikit-learn's 1,797 handwritten digits with injected duplicates, blur and "
-                           "flipped labels; metadata computed by scripts/build_sample_dataset.py",
-            "dataset_url": f"https://app.visual-layer.com/dataset/{SAMPLE_DATASET_ID}",
-            "export_time": "2026-01-01T00:00:00", "dataset_creation_time": "2026-01-01T00:00:00",
-            "exported_by": "vl_datasets", "total_media_items": len(media_items)}
+        media_items.append(
+            {
+                "media_id": media_id,
+                "media_type": "image",
+                "file_name": name,
+                "file_path": f"{labels[i]}/{name}",
+                "file_size": _human_size(len(data)),
+                "height": SIZE,
+                "width": SIZE,
+                "uniqueness_score": round(float(uniqueness[i]), 4),
+                "url": f"https://app.visual-layer.com/dataset/{SAMPLE_DATASET_ID}/data?media_id={media_id}",
+                "cluster_id": cluster_ids[clusters[i]],
+                "metadata_items": [
+                    {
+                        "type": "image_label",
+                        "properties": {"category_name": str(labels[i]), "source": "User", "original_id": i},
+                    },
+                    *({"type": "issue", "properties": issue} for issue in issues[i]),
+                ],
+            }
+        )
+    info = {
+        "schema_version": "1.1",
+        "dataset": "Sample: handwritten digits",
+        "description": "scikit-learn's 1,797 handwritten digits with injected duplicates, blur and "
+        "flipped labels; metadata computed by scripts/build_sample_dataset.py",
+        "dataset_url": f"https://app.visual-layer.com/dataset/{SAMPLE_DATASET_ID}",
+        "export_time": "2026-01-01T00:00:00",
+        "dataset_creation_time": "2026-01-01T00:00:00",
+        "exported_by": "vl_datasets",
+        "total_media_items": len(media_items),
+    }
     (folder / "metadata.json").write_text(json.dumps({"info": info, "media_items": media_items}, separators=(",", ":")))
     defects = {
         "near_duplicate": {media_ids[i]: media_ids[s] for i, s in enumerate(sources) if kinds[i] == "near_duplicate"},

@@ -8,13 +8,16 @@ from vl_datasets import Client, errors
 from vl_datasets.config import normalize_base_url, resolve_cache_dir, resolve_client_settings
 
 
-@pytest.mark.parametrize("given,expected", [
-    ("https://app.visual-layer.com", "https://app.visual-layer.com"),
-    ("https://app.visual-layer.com/api/v1/", "https://app.visual-layer.com"),
-    ("localhost:2080", "http://localhost:2080"),
-    ("10.0.0.5:2080", "https://10.0.0.5:2080"),
-    ("http://onprem:2080/", "http://onprem:2080"),
-])
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("https://app.visual-layer.com", "https://app.visual-layer.com"),
+        ("https://app.visual-layer.com/api/v1/", "https://app.visual-layer.com"),
+        ("localhost:2080", "http://localhost:2080"),
+        ("10.0.0.5:2080", "https://10.0.0.5:2080"),
+        ("http://onprem:2080/", "http://onprem:2080"),
+    ],
+)
 def test_base_url_forms(given, expected):
     assert normalize_base_url(given) == expected
 

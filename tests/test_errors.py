@@ -11,10 +11,12 @@ from vl_datasets.errors import SchemaError
 
 
 def test_error_families_group_the_leaves():
-    families = {errors.APIError: [errors.AuthenticationError, errors.APITimeoutError, errors.ResponseValidationError],
-                errors.ExportError: [errors.ExportFailedError, errors.InsufficientDiskSpaceError],
-                errors.CacheError: [errors.CacheMissError, errors.CorruptArchiveError, errors.LockTimeoutError],
-                errors.DataError: [errors.SchemaError, errors.ImageDecodeError, errors.CurationError]}
+    families = {
+        errors.APIError: [errors.AuthenticationError, errors.APITimeoutError, errors.ResponseValidationError],
+        errors.ExportError: [errors.ExportFailedError, errors.InsufficientDiskSpaceError],
+        errors.CacheError: [errors.CacheMissError, errors.CorruptArchiveError, errors.LockTimeoutError],
+        errors.DataError: [errors.SchemaError, errors.ImageDecodeError, errors.CurationError],
+    }
     for family, leaves in families.items():
         for leaf in leaves:
             assert issubclass(leaf, family), f"{leaf.__name__} is not caught by {family.__name__}"

@@ -19,8 +19,14 @@ def _clean_env(tmp_path: Path) -> dict:
 
 
 def _run(tmp_path: Path, script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], capture_output=True,
-                            text=True, timeout=300, env=_clean_env(tmp_path), cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -35,7 +41,7 @@ def test_export_example_runs_offline_on_the_local_service(tmp_path):
 
 def _row(out: str, name: str) -> list[str]:
     line = next(line for line in out.splitlines() if line.startswith(name))
-    return line[len(name):].split()
+    return line[len(name) :].split()
 
 
 def test_main_command_trains_a_curated_model_at_least_as_accurate(tmp_path):
@@ -68,14 +74,30 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
     key, secret = "key-main", "secret-main-0123456789abcdef0123456789"
     with LocalVisualLayer(SAMPLE_ROOT, api_key=key, api_secret=secret, export_polls=0) as platform:
         env = _clean_env(tmp_path) | {"VL_API_URL": platform.url, "VL_API_KEY": key, "VL_API_SECRET": secret}
-        result = subprocess.run([sys.executable, str(REPO / "examples" / "train_classifier.py"), "--dataset-id",
-                                 "sample-digits", "--epochs", "1", "--image-size", "16", "--cache-dir",
-                                 str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, env=env,
-                                cwd=tmp_path)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "examples" / "train_classifier.py"),
+                "--dataset-id",
+                "sample-digits",
+                "--epochs",
+                "1",
+                "--image-size",
+                "16",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr
         assert "No credentials set" not in result.stdout and "test accuracy" in result.stdout
         api = [r for r in platform.requests if r.path.startswith("/api/v1/dataset/")]
         assert api and all(r.status < 400 for r in api)  # every API call carried a valid signed token
-        assert all((r.header("Authorization") or "").startswith("Bearer ") for r in api), \
-            [(r.path, r.status) for r in api if not r.header("Authorization")]
+        assert all((r.header("Authorization") or "").startswith("Bearer ") for r in api), [
+            (r.path, r.status) for r in api if not r.header("Authorization")
+        ]
         assert secret not in result.stdout + result.stderr

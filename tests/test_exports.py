@@ -83,7 +83,9 @@ def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_pat
     assert local_vl.count("export") == 3
     # The refresh published a new version; a job reading the old one keeps its files until a prune.
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == new
-    assert old.metadata_path.is_file() and len(list(old.images_dir.rglob("*.jpg"))) == 8, "refresh deleted the old version"
+    assert old.metadata_path.is_file() and len(list(old.images_dir.rglob("*.jpg"))) == 8, (
+        "refresh deleted the old version"
+    )
     assert CacheStore(tmp_path).lookup(old.key, version=old.version) == old
     assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
     assert not old.path.exists() and new.metadata_path.is_file(), "prune must drop only the superseded version"
@@ -127,22 +129,25 @@ def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
     store = CacheStore(tmp_path)
     store.entry_dir(key).mkdir(parents=True)
     with hold_lock(store.lock_path(store.entry_dir(key)), timeout_s=1, what="test"):
-        code = ("import sys; from vl_datasets import Client, fetch_export\n"
-                f"fetch_export('ds-ready', client=Client({local_vl.url!r}, progress=False), "
-                f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                                env=child_env())
+        code = (
+            "import sys; from vl_datasets import Client, fetch_export\n"
+            f"fetch_export('ds-ready', client=Client({local_vl.url!r}, progress=False), "
+            f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
+        )
     assert result.returncode != 0 and "LockTimeoutError" in result.stderr and ".lock" in result.stderr
     assert local_vl.count("export") == 0
 
 
-def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, client, tmp_path, monkeypatch,
-                                                                     caplog):
+def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, client, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("VL_API_URL", raising=False)
     filled = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     local_vl.clear_requests()
-    assert fetch_export("ds-ready", cache_dir=tmp_path, offline=True) == filled, \
+    assert fetch_export("ds-ready", cache_dir=tmp_path, offline=True) == filled, (
         "an offline lookup with no host asked for must find the entry cached from 127.0.0.1"
+    )
     # Asked for another host explicitly: a miss that names the host that has it, and VL_API_URL.
     monkeypatch.setenv("VL_API_URL", local_vl.url.replace("127.0.0.1", "localhost"))
     with pytest.raises(errors.CacheMissError) as caught:
@@ -162,15 +167,25 @@ def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, c
 
 
 def _fetch_code(url: str, cache_dir: Path) -> str:
-    return ("from vl_datasets import Client, fetch_export\n"
-            f"entry = fetch_export('ds-ready', client=Client({url!r}, progress=False), cache_dir={str(cache_dir)!r})\n"
-            "print(entry.path, flush=True)\n")
+    return (
+        "from vl_datasets import Client, fetch_export\n"
+        f"entry = fetch_export('ds-ready', client=Client({url!r}, progress=False), cache_dir={str(cache_dir)!r})\n"
+        "print(entry.path, flush=True)\n"
+    )
 
 
 def test_concurrent_processes_share_one_export(local_vl, tmp_path):
     local_vl.faults.hold_exports(seconds=1.0)  # keep the export running while the others arrive
-    procs = [subprocess.Popen([sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=child_env()) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outputs]
     paths = {out.strip() for out, _ in outputs}
@@ -180,8 +195,12 @@ def test_concurrent_processes_share_one_export(local_vl, tmp_path):
 
 def test_killed_fetch_resumes_its_export_and_download(local_vl, tmp_path):
     local_vl.faults.stall_download_after(2000, seconds=30)
-    proc = subprocess.Popen([sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         partials = list(tmp_path.rglob("*.incomplete"))

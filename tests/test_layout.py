@@ -34,15 +34,16 @@ def test_side_imports_run_one_way(tmp_path):
     write_dataset(tmp_path, "export", n_items=3)
     # tqdm is not checked after the open: torch itself imports it.
     network = ("requests", "urllib3", "jwt", "fsspec", "vl_datasets.api.client", "vl_datasets.api.transport")
-    code = ("import sys\n"
-            "import vl_datasets\n"
-            f"print(sorted(m for m in {network + ('tqdm', 'torch')!r} if m in sys.modules))\n"
-            "from vl_datasets import VisualLayerDataset\n"
-            f"ds = VisualLayerDataset.from_export({str(tmp_path / 'export')!r}, cache_dir={str(tmp_path / 'c')!r})\n"
-            "assert len(ds) == 3\n"
-            f"print(sorted(m for m in {network!r} if m in sys.modules))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env=child_env())
+    code = (
+        "import sys\n"
+        "import vl_datasets\n"
+        f"print(sorted(m for m in {network + ('tqdm', 'torch')!r} if m in sys.modules))\n"
+        "from vl_datasets import VisualLayerDataset\n"
+        f"ds = VisualLayerDataset.from_export({str(tmp_path / 'export')!r}, cache_dir={str(tmp_path / 'c')!r})\n"
+        "assert len(ds) == 3\n"
+        f"print(sorted(m for m in {network!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
     assert result.returncode == 0, result.stderr
     after_import, after_open = result.stdout.split("\n")[:2]
     assert after_import == "[]", f"import vl_datasets loaded {after_import}"
@@ -51,11 +52,13 @@ def test_side_imports_run_one_way(tmp_path):
 
 def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path):
     fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    code = ("import sys\n"
-            "from vl_datasets import VisualLayerDataset\n"
-            f"ds = VisualLayerDataset('ds-ready', cache_dir={str(tmp_path)!r})\n"
-            "assert len(ds) == 8\n"
-            "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "from vl_datasets import VisualLayerDataset\n"
+        f"ds = VisualLayerDataset('ds-ready', cache_dir={str(tmp_path)!r})\n"
+        "assert len(ds) == 8\n"
+        "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n"
+    )
     env = {**child_env(), "VL_API_URL": local_vl.url}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
@@ -73,8 +76,12 @@ def test_metadata_and_loading_never_import_the_api_side():
         for module in (package / side).glob("*.py"):
             tree = ast.parse(module.read_text())
             # Names imported for type checking only never load at run time.
-            typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                           and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+            typing_only = {
+                id(n)
+                for block in ast.walk(tree)
+                if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+                for n in ast.walk(block)
+            }
             for node in ast.walk(tree):
                 if id(node) in typing_only:
                     continue
@@ -88,9 +95,11 @@ def test_module_imports_no_torch_or_requests():
     import sys
 
     # The package root imports the client (requests); load metadata under a bare package instead.
-    code = ("import sys, types; pkg = types.ModuleType('vl_datasets'); pkg.__path__ = ['vl_datasets']; "
-            "sys.modules['vl_datasets'] = pkg; import vl_datasets.metadata; "
-            "print(sorted(m for m in ('torch', 'requests') if m in sys.modules))")
+    code = (
+        "import sys, types; pkg = types.ModuleType('vl_datasets'); pkg.__path__ = ['vl_datasets']; "
+        "sys.modules['vl_datasets'] = pkg; import vl_datasets.metadata; "
+        "print(sorted(m for m in ('torch', 'requests') if m in sys.modules))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

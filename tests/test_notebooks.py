@@ -14,8 +14,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 # What each notebook must show a user; a notebook added without an entry fails here.
 EXPECTED = {
     "export_walkthrough.ipynb": ["kept", "torch.uint8"],
-    "fine_tuning.ipynb": ["removed by drop_issues", "after fine-tuning on the curated data", "report.html",
-                          "<Figure size"],
+    "fine_tuning.ipynb": [
+        "removed by drop_issues",
+        "after fine-tuning on the curated data",
+        "report.html",
+        "<Figure size",
+    ],
 }
 
 
@@ -25,9 +29,15 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
     for name in [k for k in os.environ if k.startswith(("VL_API_", "VL_DATASETS_"))]:
         monkeypatch.delenv(name)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                      for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
     for expected in EXPECTED[path.name]:
         assert expected in outputs
     if path.name == "fine_tuning.ipynb":

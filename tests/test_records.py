@@ -8,15 +8,29 @@ from vl_datasets import errors
 from vl_datasets.records import DatasetInfo, ExportTask, normalize_status
 
 
-@pytest.mark.parametrize("raw,expected", [("READ ONLY", "READ_ONLY"), ("read_only", "READ_ONLY"),
-                                          ("Partial Index", "PARTIAL_INDEX"), ("CANCELLED", "CANCELED")])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("READ ONLY", "READ_ONLY"),
+        ("read_only", "READ_ONLY"),
+        ("Partial Index", "PARTIAL_INDEX"),
+        ("CANCELLED", "CANCELED"),
+    ],
+)
 def test_status_spellings(raw, expected):
     assert normalize_status(raw) == expected
 
 
 def test_dataset_prefers_status_new_over_legacy_status():
-    info = DatasetInfo.from_json({"id": "d", "status_new": "Ready", "status": "INDEXING", "n_images": 3,
-                                  "created_at": "2025-02-10T14:41:14.390429"})
+    info = DatasetInfo.from_json(
+        {
+            "id": "d",
+            "status_new": "Ready",
+            "status": "INDEXING",
+            "n_images": 3,
+            "created_at": "2025-02-10T14:41:14.390429",
+        }
+    )
     assert info.ready and info.n_images == 3 and info.created_at.year == 2025
     assert DatasetInfo.from_json({"id": "d", "status": "INDEXING"}).status == "INDEXING"
 
@@ -24,9 +38,19 @@ def test_dataset_prefers_status_new_over_legacy_status():
 def test_export_task_variants():
     minimal = ExportTask.from_json({"id": "t"}, dataset_id="d")
     assert minimal.status == "INIT" and minimal.dataset_id == "d" and not minimal.is_terminal
-    real = ExportTask.from_json({"id": "t", "dataset_id": "d2", "created_at": "2025-02-10T14:41:14.390429",
-                                 "download_uri": None, "progress": 0.0, "status": "INIT", "entities_count": 4203,
-                                 "result_message": None}, dataset_id="d")
+    real = ExportTask.from_json(
+        {
+            "id": "t",
+            "dataset_id": "d2",
+            "created_at": "2025-02-10T14:41:14.390429",
+            "download_uri": None,
+            "progress": 0.0,
+            "status": "INIT",
+            "entities_count": 4203,
+            "result_message": None,
+        },
+        dataset_id="d",
+    )
     assert real.dataset_id == "d2" and real.entities_count == 4203
     with pytest.raises(errors.ResponseValidationError):
         ExportTask.from_json({"status": "INIT"}, dataset_id="d")

@@ -24,8 +24,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 # Debian's Chromium runs as root in CI containers, without a GPU, and must not phone home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 RULES = {"min_uniqueness": 0.3, "drop_issues": {"blur": 0.5}, "dedupe": True, "task": None}
@@ -72,10 +79,21 @@ def test_a_subset_is_counted_but_its_outside_is_not_shown_as_removed(export, tmp
 
 
 def test_captions_show_id_label_score_and_issues(tmp_path):
-    item = {"media_id": "0123456789abcdef", "media_type": "image", "file_name": "a.jpg", "file_path": "a/a.jpg",
-            "height": 30, "width": 40, "uniqueness_score": 0.25, "cluster_id": "c", "url": "",
-            "metadata_items": [{"type": "image_label", "properties": {"category_name": "cat", "source": "User"}},
-                               {"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.875}}]}
+    item = {
+        "media_id": "0123456789abcdef",
+        "media_type": "image",
+        "file_name": "a.jpg",
+        "file_path": "a/a.jpg",
+        "height": 30,
+        "width": 40,
+        "uniqueness_score": 0.25,
+        "cluster_id": "c",
+        "url": "",
+        "metadata_items": [
+            {"type": "image_label", "properties": {"category_name": "cat", "source": "User"}},
+            {"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.875}},
+        ],
+    }
     folder = write_dataset(tmp_path, "one", media_items=[item])
     page = VisualLayerDataset.from_export(folder, task=None).report(tmp_path / "r.html").read_text()
     assert "<figcaption>01234567<br>cat<br>uniqueness 0.250<br>blur 0.875</figcaption>" in page
@@ -87,8 +105,11 @@ def test_text_from_the_export_is_escaped(export, tmp_path):
             item["metadata_items"][0]["properties"]["category_name"] = "<script>alert(1)</script>"
 
     edit_metadata(export, label_script)
-    page = VisualLayerDataset.from_export(export, task=None).report(
-        tmp_path / "r.html", title="a & <b>", max_thumbnails=40).read_text()
+    page = (
+        VisualLayerDataset.from_export(export, task=None)
+        .report(tmp_path / "r.html", title="a & <b>", max_thumbnails=40)
+        .read_text()
+    )
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<h1>a &amp; &lt;b&gt;</h1>" in page
 

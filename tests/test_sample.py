@@ -67,8 +67,12 @@ def test_mislabels_rule_finds_flipped_labels_and_suggests_the_true_one(sample):
     flipped = defects["flipped_label"]
     assert sum(1 for m in flipped if removed[m] == "drop_issues") >= 0.8 * len(flipped)
     table = VisualLayerDataset.from_export(folder, task=None).table
-    suggested = {row["media_id"]: issue["suggested_label"] for row in table.select(["media_id", "issues"]).to_pylist()
-                 for issue in row["issues"] if issue["issue_type"] == "mislabels"}
+    suggested = {
+        row["media_id"]: issue["suggested_label"]
+        for row in table.select(["media_id", "issues"]).to_pylist()
+        for issue in row["issues"]
+        if issue["issue_type"] == "mislabels"
+    }
     right = sum(1 for m, truth in flipped.items() if suggested.get(m) == truth["true_label"])
     assert right >= 0.8 * len(flipped)
 
@@ -91,8 +95,12 @@ def _free_port() -> int:
 def test_serve_sample_exports_it_over_http(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VL_")}
-    server = subprocess.Popen([sys.executable, "-m", "vl_datasets", "serve", "--sample", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vl_datasets", "serve", "--sample", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -16,17 +16,25 @@ def _bearer(record) -> str | None:
 
 
 def test_signed_token_has_the_contract_claims(local_vl_auth, fake_time):
-    with make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789") as client:
+    with make_client(
+        local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789"
+    ) as client:
         assert client.get_dataset("ds-ready").ready
     token = _bearer(local_vl_auth.requests[-1])
     header = jwt.get_unverified_header(token)
-    claims = jwt.decode(token, "secret-456-0123456789abcdef0123456789", algorithms=["HS256"], options={"verify_exp": False})
+    claims = jwt.decode(
+        token, "secret-456-0123456789abcdef0123456789", algorithms=["HS256"], options={"verify_exp": False}
+    )
     assert header["alg"] == "HS256" and header["kid"] == "key-123"
     assert claims["sub"] == "key-123" and claims["iss"] == "sdk" and claims["exp"] - claims["iat"] == 600
 
 
 def test_credentials_come_from_the_environment_at_construction(local_vl_auth, fake_time):
-    env = {"VL_API_URL": local_vl_auth.url, "VL_API_KEY": "key-123", "VL_API_SECRET": "secret-456-0123456789abcdef0123456789"}
+    env = {
+        "VL_API_URL": local_vl_auth.url,
+        "VL_API_KEY": "key-123",
+        "VL_API_SECRET": "secret-456-0123456789abcdef0123456789",
+    }
     client = Client(env=env, progress=False, sleep=fake_time.sleep)
     assert client.base_url == local_vl_auth.url and client.get_dataset("ds-ready").ready
 
@@ -41,7 +49,9 @@ def test_wrong_secret_is_an_authentication_error_after_one_renewal(local_vl_auth
 
 def test_a_401_renews_the_token_once(local_vl_auth, fake_time):
     local_vl_auth.faults.fail_next("dataset", 401)
-    with make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789") as client:
+    with make_client(
+        local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789"
+    ) as client:
         assert client.get_dataset("ds-ready").ready
     assert local_vl_auth.count("dataset") == 2 and fake_time.sleeps == []
 
@@ -50,8 +60,13 @@ def test_token_is_renewed_before_it_expires(local_vl_auth, fake_time):
     import time
 
     wall = [time.time() - 560]  # the first token expires 40 s from now: inside the renewal margin
-    client = make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789",
-                         wall_clock=lambda: wall[0])
+    client = make_client(
+        local_vl_auth,
+        fake_time,
+        api_key="key-123",
+        api_secret="secret-456-0123456789abcdef0123456789",
+        wall_clock=lambda: wall[0],
+    )
     client.get_dataset("ds-ready")
     wall[0] += 100  # 460 s before expiry as far as the client knows: reused
     client.get_dataset("ds-ready")
@@ -70,7 +85,9 @@ def test_token_never_leaks(local_vl_auth, fake_time, tmp_path, caplog):
     import logging
 
     caplog.set_level(logging.DEBUG)
-    with make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789") as client:
+    with make_client(
+        local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789"
+    ) as client:
         export_and_download(client, tmp_path)
         local_vl_auth.faults.fail_next("dataset", 500, times=10)
         with pytest.raises(errors.ServerError) as caught:
@@ -92,8 +109,12 @@ def test_fixed_token_is_sent_as_is(local_vl_auth, fake_time):
     import time
 
     now = int(time.time())
-    token = jwt.encode({"sub": "key-123", "iat": now, "exp": now + 600, "iss": "sdk"}, "secret-456-0123456789abcdef0123456789",
-                       algorithm="HS256", headers={"kid": "key-123"})
+    token = jwt.encode(
+        {"sub": "key-123", "iat": now, "exp": now + 600, "iss": "sdk"},
+        "secret-456-0123456789abcdef0123456789",
+        algorithm="HS256",
+        headers={"kid": "key-123"},
+    )
     with make_client(local_vl_auth, fake_time, token=token) as client:
         assert client.get_dataset("ds-ready").ready
         assert "key" not in repr(client).replace("auth=token", "")

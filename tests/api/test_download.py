@@ -26,7 +26,9 @@ def reference_zip(local_vl, client, tmp_path) -> tuple[ExportTask, bytes]:
 
 
 def _range_headers(service) -> list[str | None]:
-    return [{k.lower(): v for k, v in r.headers.items()}.get("range") for r in service.requests if r.origin == "storage"]
+    return [
+        {k.lower(): v for k, v in r.headers.items()}.get("range") for r in service.requests if r.origin == "storage"
+    ]
 
 
 def test_broken_download_resumes_with_range(local_vl, client, reference_zip, tmp_path):
@@ -44,8 +46,9 @@ def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_p
     assert client.download_export(task, tmp_path / "b.zip").read_bytes() == expected
 
 
-def test_download_that_keeps_breaking_leaves_nothing_at_dest_and_resumes_later(local_vl, fake_time, reference_zip,
-                                                                                 tmp_path):
+def test_download_that_keeps_breaking_leaves_nothing_at_dest_and_resumes_later(
+    local_vl, fake_time, reference_zip, tmp_path
+):
     task, expected = reference_zip
     dest = tmp_path / "c.zip"
     local_vl.faults.break_download_after(0, times=100)
@@ -68,8 +71,10 @@ def test_download_that_keeps_breaking_leaves_nothing_at_dest_and_resumes_later(l
 def test_expired_presigned_url_is_renewed(dataset_root, fake_time, tmp_path):
     from vl_datasets.testing import LocalVisualLayer
 
-    with LocalVisualLayer(dataset_root, download_uri_style="absolute") as service, \
-            make_client(service, fake_time) as client:
+    with (
+        LocalVisualLayer(dataset_root, download_uri_style="absolute") as service,
+        make_client(service, fake_time) as client,
+    ):
         task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
         assert task.download_uri.startswith(service.storage_url)
         service.faults.expire_urls(times=1)
@@ -90,8 +95,10 @@ def test_relative_download_uri_is_joined_to_the_base_url(local_vl, client, refer
 def test_download_refused_for_good_leaves_nothing(dataset_root, fake_time, tmp_path):
     from vl_datasets.testing import LocalVisualLayer
 
-    with LocalVisualLayer(dataset_root, download_uri_style="absolute") as service, \
-            make_client(service, fake_time) as client:
+    with (
+        LocalVisualLayer(dataset_root, download_uri_style="absolute") as service,
+        make_client(service, fake_time) as client,
+    ):
         task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
         service.faults.fail_next("storage", 403, times=20)
         with pytest.raises(errors.DownloadError):
@@ -108,7 +115,9 @@ def test_not_enough_disk_space_fails_before_downloading(quick_client, tmp_path, 
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=100))
     with pytest.raises(errors.InsufficientDiskSpaceError, match="needs"):
         fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
-    assert not list(tmp_path.rglob("*.incomplete")) or all(p.stat().st_size == 0 for p in tmp_path.rglob("*.incomplete"))
+    assert not list(tmp_path.rglob("*.incomplete")) or all(
+        p.stat().st_size == 0 for p in tmp_path.rglob("*.incomplete")
+    )
     assert not list(tmp_path.rglob("*.manifest.json"))
 
 
@@ -130,8 +139,10 @@ def test_a_finished_download_leaves_only_the_archive_in_the_folder(quick_client,
 
 def test_a_download_waits_for_another_to_the_same_file(quick_client, task, tmp_path):
     dest = tmp_path / "e.zip"
-    with hold_lock(lock_path(dest), timeout_s=5, what="a test's download"), \
-            pytest.raises(errors.LockTimeoutError) as caught:
+    with (
+        hold_lock(lock_path(dest), timeout_s=5, what="a test's download"),
+        pytest.raises(errors.LockTimeoutError) as caught,
+    ):
         quick_client.download_export(task, dest, lock_timeout_s=0.2)
     assert os.path.dirname(caught.value.lock_path) != str(tmp_path)
     assert os.listdir(tmp_path) == []  # the waiter wrote nothing

@@ -24,8 +24,9 @@ def test_retryable_status_is_retried_honouring_retry_after(local_vl, client, fak
 
 
 def test_retries_are_capped(local_vl, fake_time):
-    local_vl.faults.fail_next("dataset", 502, times=50, body="<html><h1>502 Bad Gateway</h1></html>",
-                              content_type="text/html")
+    local_vl.faults.fail_next(
+        "dataset", 502, times=50, body="<html><h1>502 Bad Gateway</h1></html>", content_type="text/html"
+    )
     with make_client(local_vl, fake_time, max_retries=3) as client, pytest.raises(errors.ServerError) as caught:
         client.get_dataset("ds-ready")
     assert local_vl.count("dataset") == 4 and len(fake_time.sleeps) == 3
@@ -34,9 +35,16 @@ def test_retries_are_capped(local_vl, fake_time):
     assert all(0 < d <= 30 for d in delays) and delays[2] > delays[0]  # exponential, jittered
 
 
-@pytest.mark.parametrize("status,error", [(401, errors.AuthenticationError), (403, errors.PermissionDeniedError),
-                                          (404, errors.DatasetNotFoundError), (409, errors.DatasetNotReadyError),
-                                          (422, errors.BadRequestError)])
+@pytest.mark.parametrize(
+    "status,error",
+    [
+        (401, errors.AuthenticationError),
+        (403, errors.PermissionDeniedError),
+        (404, errors.DatasetNotFoundError),
+        (409, errors.DatasetNotReadyError),
+        (422, errors.BadRequestError),
+    ],
+)
 def test_client_errors_are_never_retried(local_vl, client, fake_time, status, error):
     local_vl.faults.fail_next("export", status, times=5)
     with pytest.raises(error):

@@ -17,18 +17,21 @@ def _zip(path: Path, members: dict[str, bytes], *, symlink: str | None = None) -
             zf.writestr(name, data)
         if symlink is not None:
             info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, "/etc/passwd")
     return path
 
 
-@pytest.mark.parametrize("members,symlink", [
-    ({"/abs/evil.txt": b"x"}, None),
-    ({"../evil.txt": b"x"}, None),
-    ({"images/../../evil.txt": b"x"}, None),
-    ({"C:/evil.txt": b"x"}, None),
-    ({"metadata.json": b"{}"}, "images/link.jpg"),
-])
+@pytest.mark.parametrize(
+    "members,symlink",
+    [
+        ({"/abs/evil.txt": b"x"}, None),
+        ({"../evil.txt": b"x"}, None),
+        ({"images/../../evil.txt": b"x"}, None),
+        ({"C:/evil.txt": b"x"}, None),
+        ({"metadata.json": b"{}"}, "images/link.jpg"),
+    ],
+)
 def test_unsafe_archives_are_refused_and_write_nothing(tmp_path, members, symlink):
     archive = _zip(tmp_path / "bad.zip", members, symlink=symlink)
     staging = tmp_path / "work" / "staging"

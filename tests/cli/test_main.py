@@ -13,13 +13,16 @@ def local_vl(quick_vl):
     return quick_vl
 
 
-@pytest.mark.parametrize("args,setup,code", [
-    (["export", "nope"], None, 4),
-    (["export", "ds-indexing"], None, 5),
-    (["export", "ds-ready", "--offline"], None, 7),
-    (["export", "ds-ready"], "fail", 6),
-    (["cache", "rm", "nokey"], None, 2),
-])
+@pytest.mark.parametrize(
+    "args,setup,code",
+    [
+        (["export", "nope"], None, 4),
+        (["export", "ds-indexing"], None, 5),
+        (["export", "ds-ready", "--offline"], None, 7),
+        (["export", "ds-ready"], "fail", 6),
+        (["cache", "rm", "nokey"], None, 2),
+    ],
+)
 def test_cli_exit_codes_and_hints(local_vl, tmp_path, monkeypatch, capsys, args, setup, code):
     monkeypatch.setenv("VL_API_URL", local_vl.url)
     monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")

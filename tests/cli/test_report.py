@@ -13,12 +13,30 @@ from tests.helpers import thumbnails
 
 def test_report_command_writes_the_report(export, tmp_path, capsys):
     out = tmp_path / "report.html"
-    code = main(["report", str(export), "--out", str(out), "--min-uniqueness", "0.3", "--drop-issue", "blur=0.5",
-                 "--dedupe", "--labels", "cat", "dog", "--title", "digits"])
+    code = main(
+        [
+            "report",
+            str(export),
+            "--out",
+            str(out),
+            "--min-uniqueness",
+            "0.3",
+            "--drop-issue",
+            "blur=0.5",
+            "--dedupe",
+            "--labels",
+            "cat",
+            "dog",
+            "--title",
+            "digits",
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     page = out.read_text()
     assert "<h1>digits</h1>" in page
-    assert all(f"<td>Removed by {rule}</td>" in page for rule in ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe"))
+    assert all(
+        f"<td>Removed by {rule}</td>" in page for rule in ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe")
+    )
 
 
 def test_report_command_opens_a_zip(export, tmp_path):
@@ -50,4 +68,7 @@ def test_report_command_dedupe_threshold_is_optional():
 
     assert parse().dedupe is False and parse("--dedupe").dedupe is True and parse("--dedupe", "0.98").dedupe == 0.98
     assert parse("--drop-issue", "blur=0.8", "dark=0.9", "--drop-issue", "bright=1").drop_issues == [
-        "blur=0.8", "dark=0.9", "bright=1"]
+        "blur=0.8",
+        "dark=0.9",
+        "bright=1",
+    ]

@@ -22,9 +22,26 @@ def test_serve_runs_the_service_until_interrupted(dataset_root, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "vl_datasets", "serve", "--root", str(dataset_root),
-                             "--port", str(port), "--api-key", "k1", "--api-secret", "s" * 32],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vl_datasets",
+            "serve",
+            "--root",
+            str(dataset_root),
+            "--port",
+            str(port),
+            "--api-key",
+            "k1",
+            "--api-secret",
+            "s" * 32,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://\S+", line).group(0)

@@ -7,6 +7,18 @@ ITEMS = 11  # with batch 3: four batches, the last one short
 
 
 def make_items(count):
-    return [{"media_id": f"m{i:03d}", "media_type": "image", "file_name": f"img_{i}.jpg",
-             "file_path": f"folder/img_{i}.jpg", "height": 12, "width": 16, "uniqueness_score": 0.5,
-             "cluster_id": "c0", "url": "", "metadata_items": []} for i in range(count)]
+    return [
+        {
+            "media_id": f"m{i:03d}",
+            "media_type": "image",
+            "file_name": f"img_{i}.jpg",
+            "file_path": f"folder/img_{i}.jpg",
+            "height": 12,
+            "width": 16,
+            "uniqueness_score": 0.5,
+            "cluster_id": "c0",
+            "url": "",
+            "metadata_items": [],
+        }
+        for i in range(count)
+    ]

@@ -17,14 +17,24 @@ from vl_datasets.testing import write_dataset
 
 
 def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
-    metadata = [{"type": "image_label", "properties": {"category_name": name, "source": source,
-                                                       "original_id": -1}}
-                for name, source in ((l, "User") if isinstance(l, str) else l for l in labels)]
+    metadata = [
+        {"type": "image_label", "properties": {"category_name": name, "source": source, "original_id": -1}}
+        for name, source in ((l, "User") if isinstance(l, str) else l for l in labels)
+    ]
     metadata += [{"type": "issue", "properties": dict(p)} for p in issues]
     metadata += [{"type": "object_label", "properties": dict(o)} for o in objects]
-    return {"media_id": f"m{i:03d}", "media_type": "image", "file_name": f"img_{i}.jpg",
-            "file_path": path or f"folder/img_{i}.jpg", "height": 40, "width": 60, "uniqueness_score": score,
-            "cluster_id": f"c{i % 2}", "url": "", "metadata_items": metadata}
+    return {
+        "media_id": f"m{i:03d}",
+        "media_type": "image",
+        "file_name": f"img_{i}.jpg",
+        "file_path": path or f"folder/img_{i}.jpg",
+        "height": 40,
+        "width": 60,
+        "uniqueness_score": score,
+        "cluster_id": f"c{i % 2}",
+        "url": "",
+        "metadata_items": metadata,
+    }
 
 
 @pytest.fixture
@@ -45,8 +55,9 @@ def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
     assert isinstance(label, int) and ds.classes[label] == ds.table.column("labels")[0].as_py()[0]["category_name"]
     assert len(ds.media_ids) == 8 and "VisualLayerDataset(items=8" in repr(ds)
-    again = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, min_uniqueness=0.5,
-                               keep_unscored=False, dedupe=True)
+    again = VisualLayerDataset(
+        "ds-ready", client=client, cache_dir=tmp_path, min_uniqueness=0.5, keep_unscored=False, dedupe=True
+    )
     summary = again.curation_summary()
     assert summary.total == 8 and summary.kept == len(again) < 8
     assert set(summary.removed_by) == {"min_uniqueness=0.5", "dedupe"}
@@ -85,26 +96,39 @@ def export_folder(tmp_path, items, name="custom") -> Path:
 
 
 def test_label_rules_classes_and_invalid_labels(tmp_path):
-    items = [item(0, ["cat"]), item(1, ["dog"]), item(2, []), item(3, ["cat", "dog"]),
-             item(4, ["cat", ("dog", "Model")]), item(5, [("cat", "User"), ("cat", "Model")])]
+    items = [
+        item(0, ["cat"]),
+        item(1, ["dog"]),
+        item(2, []),
+        item(3, ["cat", "dog"]),
+        item(4, ["cat", ("dog", "Model")]),
+        item(5, [("cat", "User"), ("cat", "Model")]),
+    ]
     folder = export_folder(tmp_path, items)
     with pytest.raises(errors.CurationError, match="1 with no label.*2 with several labels"):
         VisualLayerDataset.from_export(folder)
     ds = VisualLayerDataset.from_export(folder, invalid_labels="drop", label_source="User")
     assert ds.media_ids == ["m000", "m001", "m004", "m005"]
     assert ds.curation_summary().removed_by == {"invalid_labels": 2}
-    fixed = VisualLayerDataset.from_export(folder, invalid_labels="drop", label_source="User",
-                                           classes=["dog", "cat", "bird"])
+    fixed = VisualLayerDataset.from_export(
+        folder, invalid_labels="drop", label_source="User", classes=["dog", "cat", "bird"]
+    )
     assert [fixed[i][1] for i in range(len(fixed))] == [1, 0, 1, 1]
     multi = VisualLayerDataset.from_export(folder, task="multilabel")
     assert multi.classes == ["cat", "dog"] and multi[3][1].tolist() == [1.0, 1.0] and multi[2][1].sum() == 0
 
 
 def test_detection_targets_are_xyxy_with_object_issue_filter(tmp_path):
-    objects = [{"bbox": [10, 5, 20, 10], "category_name": "car", "source": "User", "original_id": -1,
-                "metadata_items": []},
-               {"bbox": [0, 0, 4, 4], "category_name": "person", "source": "User", "original_id": -1,
-                "metadata_items": [{"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.9}}]}]
+    objects = [
+        {"bbox": [10, 5, 20, 10], "category_name": "car", "source": "User", "original_id": -1, "metadata_items": []},
+        {
+            "bbox": [0, 0, 4, 4],
+            "category_name": "person",
+            "source": "User",
+            "original_id": -1,
+            "metadata_items": [{"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.9}}],
+        },
+    ]
     folder = export_folder(tmp_path, [item(0, [], objects=objects), item(1, [], objects=objects[:1])])
     ds = VisualLayerDataset.from_export(folder, task="detection", object_drop_issues={"blur": 0.8})
     assert ds.classes == ["car", "person"]
@@ -122,8 +146,10 @@ def test_task_none_gives_metadata_rows(tmp_path):
 
 
 def test_where_and_issue_rules_reach_the_dataset(tmp_path):
-    items = [item(i, ["cat"], score=i / 10, issues=[{"issue_type": "blur", "confidence": 0.9}] if i == 2 else [])
-             for i in range(6)]
+    items = [
+        item(i, ["cat"], score=i / 10, issues=[{"issue_type": "blur", "confidence": 0.9}] if i == 2 else [])
+        for i in range(6)
+    ]
     folder = export_folder(tmp_path, items)
     ds = VisualLayerDataset.from_export(folder, drop_issues={"blur": 0.8}, where=pc.field("uniqueness_score") > 0.05)
     assert ds.media_ids == ["m001", "m003", "m004", "m005"]
@@ -158,30 +184,58 @@ def test_dataset_pickles_without_live_resources(service, client, tmp_path):
 
 def test_transforms_follow_torchvision_conventions(tmp_path):
     folder = export_folder(tmp_path, [item(0, ["cat"]), item(1, ["dog"])])
-    ds = VisualLayerDataset.from_export(folder, decode="pil", image_size=(20, 30),
-                                        transform=lambda image: ("pil", image.size, image.mode),
-                                        target_transform=lambda label: label + 100)
+    ds = VisualLayerDataset.from_export(
+        folder,
+        decode="pil",
+        image_size=(20, 30),
+        transform=lambda image: ("pil", image.size, image.mode),
+        target_transform=lambda label: label + 100,
+    )
     assert ds[0] == (("pil", (30, 20), "RGB"), 100)
     tensors = VisualLayerDataset.from_export(folder, image_size=16, transform=lambda t: t.float() / 255)
     image, label = tensors[1]
     assert image.dtype == torch.float32 and image.max() <= 1.0 and label == 1
 
 
-CURATION_OPTIONS = ["curation", "subset", "labels", "label_source", "min_uniqueness", "keep_unscored", "drop_issues",
-                    "dedupe", "where"]
+CURATION_OPTIONS = [
+    "curation",
+    "subset",
+    "labels",
+    "label_source",
+    "min_uniqueness",
+    "keep_unscored",
+    "drop_issues",
+    "dedupe",
+    "where",
+]
 
 
-VIEW_OPTIONS = [*CURATION_OPTIONS, "task", "classes", "invalid_labels", "object_drop_issues", "target_transform",
-                "image_size", "decode", "transform", "on_error", "missing_images", "images_root"]
+VIEW_OPTIONS = [
+    *CURATION_OPTIONS,
+    "task",
+    "classes",
+    "invalid_labels",
+    "object_drop_issues",
+    "target_transform",
+    "image_size",
+    "decode",
+    "transform",
+    "on_error",
+    "missing_images",
+    "images_root",
+]
 
 
 FETCH_OPTIONS = ["client", "cache_dir", "offline", "export_format", "media_ids", "cluster_ids", "refresh"]
 
 
-@pytest.mark.parametrize(("entry_point", "first", "options"), [
-    (VisualLayerDataset, "dataset_id", FETCH_OPTIONS + VIEW_OPTIONS),
-    (VisualLayerDataset.from_export, "path", ["cache_dir", *VIEW_OPTIONS]),
-])
+@pytest.mark.parametrize(
+    ("entry_point", "first", "options"),
+    [
+        (VisualLayerDataset, "dataset_id", FETCH_OPTIONS + VIEW_OPTIONS),
+        (VisualLayerDataset.from_export, "path", ["cache_dir", *VIEW_OPTIONS]),
+    ],
+)
 def test_every_option_is_in_the_signature_and_the_docs(entry_point, first, options):
     parameters = inspect.signature(entry_point).parameters
     assert sorted(parameters) == sorted([first, *options])
@@ -216,8 +270,14 @@ def test_curation_rules_as_one_object_also_choose_the_targets_labels(tmp_path):
 
 def test_curation_given_twice_is_refused_before_any_export(service, client, tmp_path):
     with pytest.raises(errors.ConfigurationError, match="min_uniqueness, label_source"):
-        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, curation=CurationRules(dedupe=True),
-                           min_uniqueness=0.5, label_source="User")
+        VisualLayerDataset(
+            "ds-ready",
+            client=client,
+            cache_dir=tmp_path,
+            curation=CurationRules(dedupe=True),
+            min_uniqueness=0.5,
+            label_source="User",
+        )
     with pytest.raises(errors.ConfigurationError, match="dedupe"):
         VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, curation=CurationRules(), dedupe=0.9)
     with pytest.raises(errors.ConfigurationError, match="decode"):

@@ -24,7 +24,7 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     pixels = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin((x + y) / 37)], axis=-1)
-    pixels[height // 4: height // 2, width // 3: width // 2] = (240, 40, 30)
+    pixels[height // 4 : height // 2, width // 3 : width // 2] = (240, 40, 30)
     pixels += rng.normal(0, 3, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -51,14 +51,17 @@ def mean_abs_diff(tensor: torch.Tensor, reference: np.ndarray) -> float:
     return float(np.abs(tensor.permute(1, 2, 0).numpy().astype(np.float32) - reference).mean())
 
 
-@pytest.mark.parametrize("source,size", [
-    ((500, 375), 224),          # ImageNet-like: full decode + torch resize
-    ((375, 500), 224),          # portrait
-    ((2000, 1500), 224),        # large original: decoded at 1/4 scale
-    ((500, 375), (160, 200)),   # (height, width)
-    ((500, 375), (400, 600)),   # upsampling
-    ((500, 375), None),         # native size
-])
+@pytest.mark.parametrize(
+    "source,size",
+    [
+        ((500, 375), 224),  # ImageNet-like: full decode + torch resize
+        ((375, 500), 224),  # portrait
+        ((2000, 1500), 224),  # large original: decoded at 1/4 scale
+        ((500, 375), (160, 200)),  # (height, width)
+        ((500, 375), (400, 600)),  # upsampling
+        ((500, 375), None),  # native size
+    ],
+)
 def test_jpeg_matches_pillow(source, size):
     data = jpeg(*source)
     out = decode_image(data, size=size)
@@ -67,14 +70,17 @@ def test_jpeg_matches_pillow(source, size):
     assert mean_abs_diff(out, pillow_reference(data, expected if size else None)) < 2.0
 
 
-@pytest.mark.parametrize("source,target,decoded", [
-    ((1500, 2000), (224, 224), (375, 500)),   # 1/4
-    ((600, 800), (224, 224), (300, 400)),     # 1/2, not the slower 3/8 (225x300)
-    ((375, 500), (224, 224), None),           # 1/2 would give a 188-pixel side: full decode
-    ((3000, 4000), (224, 224), (375, 500)),   # 1/8
-    ((1500, 2000), (224, 1200), None),        # one side too close to the target
-    ((1500, 2000), None, None),
-])
+@pytest.mark.parametrize(
+    "source,target,decoded",
+    [
+        ((1500, 2000), (224, 224), (375, 500)),  # 1/4
+        ((600, 800), (224, 224), (300, 400)),  # 1/2, not the slower 3/8 (225x300)
+        ((375, 500), (224, 224), None),  # 1/2 would give a 188-pixel side: full decode
+        ((3000, 4000), (224, 224), (375, 500)),  # 1/8
+        ((1500, 2000), (224, 1200), None),  # one side too close to the target
+        ((1500, 2000), None, None),
+    ],
+)
 def test_dct_scale_is_a_power_of_two_that_never_undershoots(source, target, decoded):
     assert _dct_scaled_size(*source, target) == decoded
 
@@ -86,8 +92,10 @@ def test_simplejpeg_decodes_at_the_chosen_scale(width, height):
     assert pixels.shape[:2] == scaled
 
 
-@pytest.mark.parametrize("mode,options", [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True}),
-                                          ("RGB", {"subsampling": 0}), ("RGB", {"subsampling": 1})])
+@pytest.mark.parametrize(
+    "mode,options",
+    [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True}), ("RGB", {"subsampling": 0}), ("RGB", {"subsampling": 1})],
+)
 def test_grayscale_cmyk_progressive_and_subsampled_jpegs_come_out_rgb(mode, options):
     data = encode(photo(320, 240).convert(mode), quality=92, **options)
     for size in (112, None):
@@ -111,15 +119,18 @@ def test_exif_orientation_is_ignored_on_every_path():
     assert mean_abs_diff(decode_image(data), np.asarray(decode_pil(data), dtype=np.float32)) < 0.5
 
 
-@pytest.mark.parametrize("fmt,image,options", [
-    ("PNG", photo(120, 90), {}),
-    ("GIF", photo(120, 90).convert("P"), {}),
-    ("WEBP", photo(120, 90), {"lossless": True}),
-    ("WEBP", photo(120, 90), {"quality": 90}),
-    ("BMP", photo(120, 90), {}),
-    ("TIFF", photo(120, 90), {}),
-    ("PNG", photo(120, 90).convert("L"), {}),
-])
+@pytest.mark.parametrize(
+    "fmt,image,options",
+    [
+        ("PNG", photo(120, 90), {}),
+        ("GIF", photo(120, 90).convert("P"), {}),
+        ("WEBP", photo(120, 90), {"lossless": True}),
+        ("WEBP", photo(120, 90), {"quality": 90}),
+        ("BMP", photo(120, 90), {}),
+        ("TIFF", photo(120, 90), {}),
+        ("PNG", photo(120, 90).convert("L"), {}),
+    ],
+)
 def test_other_formats_match_pillow(fmt, image, options):
     data = encode(image, fmt, **options)
     out = decode_image(data, size=(45, 60))
@@ -194,20 +205,21 @@ def test_broken_images_raise_naming_media_and_path(name):
 def _jpeg_declaring(width: int, height: int) -> bytes:
     data = bytearray(jpeg(64, 48))
     sof = data.index(b"\xff\xc0")  # baseline SOF0: marker, length (2), precision (1), height, width
-    data[sof + 5: sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 def _png_declaring(width: int, height: int) -> bytes:
     data = bytearray(encode(photo(64, 48), "PNG"))
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr: ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     return bytes(data)
 
 
-@pytest.mark.parametrize("data", [_jpeg_declaring(60_000, 60_000), _png_declaring(100_000, 100_000)],
-                         ids=["jpeg", "png"])
+@pytest.mark.parametrize(
+    "data", [_jpeg_declaring(60_000, 60_000), _png_declaring(100_000, 100_000)], ids=["jpeg", "png"]
+)
 def test_decompression_bombs_are_refused_from_the_header(data):
     # 3.6e9 and 1e10 declared pixels: decoding would allocate 10-30 GB before failing.
     with pytest.raises(ImageDecodeError, match="limit"):

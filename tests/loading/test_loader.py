@@ -140,11 +140,22 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
         "    epochs.append([ds.media_ids[i] for i in loader.sampler])\n"
         "out = os.path.join(os.environ['VL_TEST_OUT'], f'rank{dist.get_rank()}.json')\n"
         "json.dump(epochs, open(out, 'w'))\n"
-        "dist.destroy_process_group()\n")
-    env = dict(os.environ, VL_TEST_URL=service.url, VL_TEST_CACHE=str(tmp_path / "cache"), VL_TEST_OUT=str(tmp_path),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script)], capture_output=True, text=True, timeout=300, env=env)
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(
+        os.environ,
+        VL_TEST_URL=service.url,
+        VL_TEST_CACHE=str(tmp_path / "cache"),
+        VL_TEST_OUT=str(tmp_path),
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for epoch in range(2):

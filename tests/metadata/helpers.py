@@ -13,9 +13,16 @@ from vl_datasets.errors import SchemaError
 from vl_datasets.metadata.read import read_metadata_file
 
 
-INFO = {"schema_version": "1.1", "dataset": "pets", "description": "", "dataset_url": "https://app.visual-layer.com/d",
-        "export_time": "2025-02-10T14:41:14", "dataset_creation_time": "2025-02-01T00:00:00",
-        "exported_by": "someone", "total_media_items": 4}
+INFO = {
+    "schema_version": "1.1",
+    "dataset": "pets",
+    "description": "",
+    "dataset_url": "https://app.visual-layer.com/d",
+    "export_time": "2025-02-10T14:41:14",
+    "dataset_creation_time": "2025-02-01T00:00:00",
+    "exported_by": "someone",
+    "total_media_items": 4,
+}
 
 
 CAT, VIDEO_A, VIDEO_B, BARE = ("9f1c1c8e-0000-4000-8000-00000000000" + str(i) for i in range(4))
@@ -31,50 +38,101 @@ def _issue(issue_type, confidence, **extra):
 
 MEDIA_ITEMS = [
     {
-        "media_id": CAT, "media_type": "image", "file_name": "cat_01.jpg", "file_path": "train/cat/cat_01.jpg",
-        "file_size": "48.27KB", "height": 375, "width": 500, "uniqueness_score": 0.8123,
-        "url": f"https://app.visual-layer.com/dataset/d/data?media_id={CAT}", "cluster_id": "c-1",
+        "media_id": CAT,
+        "media_type": "image",
+        "file_name": "cat_01.jpg",
+        "file_path": "train/cat/cat_01.jpg",
+        "file_size": "48.27KB",
+        "height": 375,
+        "width": 500,
+        "uniqueness_score": 0.8123,
+        "url": f"https://app.visual-layer.com/dataset/d/data?media_id={CAT}",
+        "cluster_id": "c-1",
         "metadata_items": [
-            _label("cat", "User", 3), _label("animal", "Model"), _label("tabby", "Visual Layer"),
+            _label("cat", "User", 3),
+            _label("animal", "Model"),
+            _label("tabby", "Visual Layer"),
             _issue("duplicates", 0.97, duplicate_group_id="g-1", duplicate_threshold=0.96),
             _issue("duplicates", 1, duplicate_group_id="g-2", duplicate_threshold=1.0),
             _issue("blur", 0.31),
             _issue("mislabels", 0.88, issues_description="dog"),
-            {"type": "object_label", "properties": {
-                "bbox": [10, 20, 110, 95.5], "category_name": "cat", "source": "User", "original_id": 7,
-                "uniqueness_score": 0.5, "url": "https://app.visual-layer.com/o/1",
-                "metadata_items": [
-                    _issue("label_outlier", 0.6),
-                    {"type": "user_tag", "properties": {"tag_name": "crop", "assigned_date": "2025-01-01"}}]}},
+            {
+                "type": "object_label",
+                "properties": {
+                    "bbox": [10, 20, 110, 95.5],
+                    "category_name": "cat",
+                    "source": "User",
+                    "original_id": 7,
+                    "uniqueness_score": 0.5,
+                    "url": "https://app.visual-layer.com/o/1",
+                    "metadata_items": [
+                        _issue("label_outlier", 0.6),
+                        {"type": "user_tag", "properties": {"tag_name": "crop", "assigned_date": "2025-01-01"}},
+                    ],
+                },
+            },
             {"type": "user_tag", "properties": {"tag_name": "reviewed", "assigned_date": "2025-01-02T10:00:00"}},
             {"type": "caption", "properties": {"text": "a tabby cat on a sofa", "source": "Visual Layer"}},
         ],
     },
     {
-        "media_id": VIDEO_A, "media_type": "video_frame", "file_name": "output_000001.jpg",
-        "file_path": "videos/a.mp4/output_000001.jpg", "file_size": "3.38MB", "height": 720, "width": 1280,
-        "uniqueness_score": 0.25, "url": "u2", "cluster_id": "c-2",
+        "media_id": VIDEO_A,
+        "media_type": "video_frame",
+        "file_name": "output_000001.jpg",
+        "file_path": "videos/a.mp4/output_000001.jpg",
+        "file_size": "3.38MB",
+        "height": 720,
+        "width": 1280,
+        "uniqueness_score": 0.25,
+        "url": "u2",
+        "cluster_id": "c-2",
         "metadata_items": [
             {"type": "video_info", "properties": {"video_name": "a.mp4", "frame_timestamp": 1.5}},
             {"type": "caption", "properties": {"caption": "a street", "source": "BLIP"}},
         ],
     },
     {
-        "media_id": VIDEO_B, "media_type": "video_frame", "file_name": "output_000001.jpg",
-        "file_path": "videos/b.mp4/output_000001.jpg", "file_size": "512B", "height": 720, "width": 1280,
-        "uniqueness_score": None, "url": "u3", "cluster_id": "c-2",
-        "metadata_items": [{"type": "video_info", "properties": {
-            "frame_number": 17, "video_id": "vid-b", "timestamp": "00:01:02.567"}}],
+        "media_id": VIDEO_B,
+        "media_type": "video_frame",
+        "file_name": "output_000001.jpg",
+        "file_path": "videos/b.mp4/output_000001.jpg",
+        "file_size": "512B",
+        "height": 720,
+        "width": 1280,
+        "uniqueness_score": None,
+        "url": "u3",
+        "cluster_id": "c-2",
+        "metadata_items": [
+            {"type": "video_info", "properties": {"frame_number": 17, "video_id": "vid-b", "timestamp": "00:01:02.567"}}
+        ],
     },
     {
-        "media_id": BARE, "media_type": "image", "file_name": "bare.png", "file_path": "bare.png",
-        "file_size": "1.2GB", "height": 10, "width": 12, "uniqueness_score": 0.5, "url": "u4", "cluster_id": "c-3",
+        "media_id": BARE,
+        "media_type": "image",
+        "file_name": "bare.png",
+        "file_path": "bare.png",
+        "file_size": "1.2GB",
+        "height": 10,
+        "width": 12,
+        "uniqueness_score": 0.5,
+        "url": "u4",
+        "cluster_id": "c-3",
     },
 ]
 
 
-SCALARS = ("media_id", "media_type", "file_name", "file_path", "file_size", "height", "width", "uniqueness_score",
-           "url", "cluster_id")
+SCALARS = (
+    "media_id",
+    "media_type",
+    "file_name",
+    "file_path",
+    "file_size",
+    "height",
+    "width",
+    "uniqueness_score",
+    "url",
+    "cluster_id",
+)
 
 
 def items():

@@ -11,14 +11,26 @@ import pytest
 from vl_datasets.metadata.curation import CurationRules, curate, selected_labels
 from vl_datasets.errors import ConfigurationError, CurationError
 
-ISSUE = pa.struct([("issue_type", pa.string()), ("confidence", pa.float64()), ("duplicate_group_id", pa.string()),
-                   ("duplicate_threshold", pa.float64()), ("suggested_label", pa.string())])
+ISSUE = pa.struct(
+    [
+        ("issue_type", pa.string()),
+        ("confidence", pa.float64()),
+        ("duplicate_group_id", pa.string()),
+        ("duplicate_threshold", pa.float64()),
+        ("suggested_label", pa.string()),
+    ]
+)
 LABEL = pa.struct([("category_name", pa.string()), ("source", pa.string()), ("original_id", pa.int64())])
 
 
 def issue(kind, confidence, group=None, threshold=None, suggested=None):
-    return {"issue_type": kind, "confidence": confidence, "duplicate_group_id": group,
-            "duplicate_threshold": threshold, "suggested_label": suggested}
+    return {
+        "issue_type": kind,
+        "confidence": confidence,
+        "duplicate_group_id": group,
+        "duplicate_threshold": threshold,
+        "suggested_label": suggested,
+    }
 
 
 def label(name, source="User"):
@@ -26,27 +38,39 @@ def label(name, source="User"):
 
 
 def make_table(rows):
-    return pa.table({
-        "media_id": [r["id"] for r in rows],
-        "uniqueness_score": pa.array([r.get("score") for r in rows], pa.float64()),
-        "width": [r.get("width", 100) for r in rows],
-        "labels": pa.array([r.get("labels", []) for r in rows], pa.list_(LABEL)),
-        "issues": pa.array([r.get("issues", []) for r in rows], pa.list_(ISSUE)),
-    })
+    return pa.table(
+        {
+            "media_id": [r["id"] for r in rows],
+            "uniqueness_score": pa.array([r.get("score") for r in rows], pa.float64()),
+            "width": [r.get("width", 100) for r in rows],
+            "labels": pa.array([r.get("labels", []) for r in rows], pa.list_(LABEL)),
+            "issues": pa.array([r.get("issues", []) for r in rows], pa.list_(ISSUE)),
+        }
+    )
 
 
 @pytest.fixture
 def table():
-    return make_table([
-        {"id": "a", "score": 0.9, "labels": [label("cat")],
-         "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)]},
-        {"id": "b", "score": 0.2, "labels": [label("cat")],
-         "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)]},
-        {"id": "c", "score": 0.5, "labels": [label("dog")], "issues": [issue("duplicates", 0.97, "g1", 0.96)]},
-        {"id": "d", "score": 0.7, "labels": [label("dog"), label("cat", "Model")], "issues": [issue("blur", 0.85)]},
-        {"id": "e", "score": 0.1, "labels": [label("bird")], "issues": [issue("blur", 0.5)]},
-        {"id": "f", "score": 0.6, "labels": [], "issues": [issue("mislabels", 0.9, suggested="cat")]},
-    ])
+    return make_table(
+        [
+            {
+                "id": "a",
+                "score": 0.9,
+                "labels": [label("cat")],
+                "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)],
+            },
+            {
+                "id": "b",
+                "score": 0.2,
+                "labels": [label("cat")],
+                "issues": [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 1.0, "h1", 1.0)],
+            },
+            {"id": "c", "score": 0.5, "labels": [label("dog")], "issues": [issue("duplicates", 0.97, "g1", 0.96)]},
+            {"id": "d", "score": 0.7, "labels": [label("dog"), label("cat", "Model")], "issues": [issue("blur", 0.85)]},
+            {"id": "e", "score": 0.1, "labels": [label("bird")], "issues": [issue("blur", 0.5)]},
+            {"id": "f", "score": 0.6, "labels": [], "issues": [issue("mislabels", 0.9, suggested="cat")]},
+        ]
+    )
 
 
 def kept_ids(table, rules):
@@ -147,21 +171,24 @@ def test_rules_pickle_with_their_values(table):
     assert kept_ids(table, copy)[0] == kept_ids(table, rules)[0] == ["a", "f"]
 
 
-@pytest.mark.parametrize(("rules", "field_at_fault"), [
-    ({"subset": "abc"}, "subset"),
-    ({"subset": ["a", 1]}, "subset"),
-    ({"labels": "cat"}, "labels"),
-    ({"label_source": ["User", None]}, "label_source"),
-    ({"min_uniqueness": "0.5"}, "min_uniqueness"),
-    ({"min_uniqueness": 1.5}, "min_uniqueness"),
-    ({"min_uniqueness": float("nan")}, "min_uniqueness"),
-    ({"keep_unscored": "false"}, "keep_unscored"),
-    ({"drop_issues": {"blur": 80}}, "drop_issues"),
-    ({"drop_issues": ["blur"]}, "drop_issues"),
-    ({"dedupe": "yes"}, "dedupe"),
-    ({"dedupe": -0.1}, "dedupe"),
-    ({"where": "uniqueness_score > 0.5"}, "where"),
-])
+@pytest.mark.parametrize(
+    ("rules", "field_at_fault"),
+    [
+        ({"subset": "abc"}, "subset"),
+        ({"subset": ["a", 1]}, "subset"),
+        ({"labels": "cat"}, "labels"),
+        ({"label_source": ["User", None]}, "label_source"),
+        ({"min_uniqueness": "0.5"}, "min_uniqueness"),
+        ({"min_uniqueness": 1.5}, "min_uniqueness"),
+        ({"min_uniqueness": float("nan")}, "min_uniqueness"),
+        ({"keep_unscored": "false"}, "keep_unscored"),
+        ({"drop_issues": {"blur": 80}}, "drop_issues"),
+        ({"drop_issues": ["blur"]}, "drop_issues"),
+        ({"dedupe": "yes"}, "dedupe"),
+        ({"dedupe": -0.1}, "dedupe"),
+        ({"where": "uniqueness_score > 0.5"}, "where"),
+    ],
+)
 def test_bad_rules_are_refused_naming_the_field(rules, field_at_fault):
     with pytest.raises(ConfigurationError, match=f"^{field_at_fault}"):
         CurationRules(**rules)

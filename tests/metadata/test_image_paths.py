@@ -17,28 +17,49 @@ def _resolve(members, **kwargs):
 
 
 def test_resolution_prefers_file_path_then_file_name():
-    members = ["images/train/cat/cat_01.jpg", "images/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg",
-               "images/videos/b.mp4/output_000001.jpg", "images/bare.png"]
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/videos/b.mp4/output_000001.jpg",
+        "images/bare.png",
+    ]
     assert _resolve(members) == members[:1] + members[2:]
     assert _resolve(members[1:])[0] == "images/cat_01.jpg"
 
 
 def test_resolution_by_unique_base_name_and_by_media_id():
-    members = ["images/elsewhere/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg",
-               "images/videos/b.mp4/output_000001.jpg", f"images/{BARE}.PNG", "metadata.json"]
+    members = [
+        "images/elsewhere/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/videos/b.mp4/output_000001.jpg",
+        f"images/{BARE}.PNG",
+        "metadata.json",
+    ]
     assert _resolve(members) == [members[0], members[1], members[2], members[3]]
 
 
 def test_root_relative_paths_that_already_start_with_images():
-    table = normalize([{"media_id": "m1", "file_name": "images/x/a.jpg"},
-                       {"media_id": "m2", "file_path": "images/y/b.jpg", "file_name": "b.jpg"}])
+    table = normalize(
+        [
+            {"media_id": "m1", "file_name": "images/x/a.jpg"},
+            {"media_id": "m2", "file_path": "images/y/b.jpg", "file_name": "b.jpg"},
+        ]
+    )
     assert resolve_image_paths(table, ["images/x/a.jpg", "images/y/b.jpg", "images/z/b.jpg"]).to_pylist() == [
-        "images/x/a.jpg", "images/y/b.jpg"]
+        "images/x/a.jpg",
+        "images/y/b.jpg",
+    ]
 
 
 def test_ambiguous_file_name_names_media_id_and_candidates():
-    members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/x/output_000001.jpg",
-               "images/y/output_000001.jpg", "images/bare.png"]
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/x/output_000001.jpg",
+        "images/y/output_000001.jpg",
+        "images/bare.png",
+    ]
     with pytest.raises(ImageNotFoundError) as caught:
         _resolve(members, on_missing="null")  # ambiguity is never dropped silently
     assert caught.value.media_id == VIDEO_B
@@ -61,8 +82,14 @@ def test_export_laid_out_by_file_name_never_gives_two_rows_one_image():
 
 
 def test_ambiguous_name_settled_by_media_id():
-    members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/x/output_000001.jpg",
-               "images/y/output_000001.jpg", f"images/{VIDEO_B}.jpg", "images/bare.png"]
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/x/output_000001.jpg",
+        "images/y/output_000001.jpg",
+        f"images/{VIDEO_B}.jpg",
+        "images/bare.png",
+    ]
     assert _resolve(members)[2] == f"images/{VIDEO_B}.jpg"
 
 
@@ -78,6 +105,12 @@ def test_missing_image_raises_or_is_null():
 
 
 def test_resolution_accepts_arrow_members_and_backslashes():
-    members = pa.array(["images\\train\\cat\\cat_01.jpg", "images/videos/a.mp4/output_000001.jpg",
-                        "images/videos/b.mp4/output_000001.jpg", "images/bare.png"])
+    members = pa.array(
+        [
+            "images\\train\\cat\\cat_01.jpg",
+            "images/videos/a.mp4/output_000001.jpg",
+            "images/videos/b.mp4/output_000001.jpg",
+            "images/bare.png",
+        ]
+    )
     assert _resolve(members)[0] == "images/train/cat/cat_01.jpg"

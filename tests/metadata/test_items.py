@@ -31,14 +31,14 @@ def test_both_video_info_and_caption_spellings(expected):
     assert (b["video_id"], b["frame_number"]) == ("vid-b", 17)
     assert b["frame_timestamp_s"] == pytest.approx(62.567)
     assert a["captions"] == [{"text": "a street", "source": "BLIP"}]
-    assert (a["file_size_bytes"], b["file_size_bytes"]) == (round(3.38 * 1024 ** 2), 512)
+    assert (a["file_size_bytes"], b["file_size_bytes"]) == (round(3.38 * 1024**2), 512)
     assert b["uniqueness_score"] is None
 
 
 def test_item_without_metadata_items_has_empty_lists(expected):
     bare = rows(expected)[BARE]
     assert [bare[c] for c in ("labels", "issues", "objects", "captions", "tags")] == [[], [], [], [], []]
-    assert bare["file_size_bytes"] == round(1.2 * 1024 ** 3)
+    assert bare["file_size_bytes"] == round(1.2 * 1024**3)
 
 
 def test_json_strings_the_fast_reader_refuses_are_coerced_per_slice(monkeypatch, expected):
@@ -53,8 +53,9 @@ def test_json_strings_the_fast_reader_refuses_are_coerced_per_slice(monkeypatch,
 def test_json_strings_read_with_inferred_types_slice_by_slice(monkeypatch, expected):
     calls = []
     real = metadata_items._read_json_fast
-    monkeypatch.setattr(metadata_items, "_read_json_fast",
-                        lambda strings, *, infer: calls.append(infer) or real(strings, infer=infer))
+    monkeypatch.setattr(
+        metadata_items, "_read_json_fast", lambda strings, *, infer: calls.append(infer) or real(strings, infer=infer)
+    )
     monkeypatch.setattr(metadata_items, "JSON_SLICE_ROWS", 1)  # every row's types inferred apart (bbox: int, float)
     assert normalize(json_strings_table()).to_pylist() == expected.to_pylist()
     assert calls == [True] * 4  # assigned_date, inferred as a timestamp, forces no slower re-read
@@ -63,10 +64,15 @@ def test_json_strings_read_with_inferred_types_slice_by_slice(monkeypatch, expec
 def test_date_like_text_stays_text(tmp_path):
     media = items()[:1]
     media[0]["file_name"] = "2025-01-01"
-    media[0]["metadata_items"] = [{"type": "caption", "properties": {"text": "2025-01-01", "source": "User"}},
-                                  {"type": "user_tag", "properties": {"tag_name": "2025-01-02T10:00:00"}}]
-    for table in (read_metadata(write_json_export(tmp_path / "json", media).parent),
-                  normalize(json_strings_table(media)), normalize(nested_table(media))):
+    media[0]["metadata_items"] = [
+        {"type": "caption", "properties": {"text": "2025-01-01", "source": "User"}},
+        {"type": "user_tag", "properties": {"tag_name": "2025-01-02T10:00:00"}},
+    ]
+    for table in (
+        read_metadata(write_json_export(tmp_path / "json", media).parent),
+        normalize(json_strings_table(media)),
+        normalize(nested_table(media)),
+    ):
         row = table.to_pylist()[0]
         assert row["file_name"] == "2025-01-01"
         assert row["captions"] == [{"text": "2025-01-01", "source": "User"}]
@@ -87,8 +93,9 @@ def test_invalid_json_string_in_metadata_items(tmp_path):
     table = json_strings_table()
     strings = table.column("metadata_items").to_pylist()
     strings[1] = strings[1][:-3]
-    error = schema_error(tmp_path, table.set_column(table.column_names.index("metadata_items"), "metadata_items",
-                                                      pa.array(strings)))
+    error = schema_error(
+        tmp_path, table.set_column(table.column_names.index("metadata_items"), "metadata_items", pa.array(strings))
+    )
     assert error.field == "metadata_items" and "row 1" in str(error)
 
 
@@ -98,7 +105,14 @@ def test_wrongly_typed_item_property(tmp_path):
     with pytest.raises(SchemaError) as caught:
         normalize(media, source="x.json")
     assert caught.value.field == "metadata_items.properties.confidence"
-    nested = pa.table({"media_id": ["a"], "file_name": ["a.jpg"], "metadata_items": pa.array(
-        [[{"type": "issue", "properties": {"issue_type": "blur", "confidence": "very"}}]])})
+    nested = pa.table(
+        {
+            "media_id": ["a"],
+            "file_name": ["a.jpg"],
+            "metadata_items": pa.array(
+                [[{"type": "issue", "properties": {"issue_type": "blur", "confidence": "very"}}]]
+            ),
+        }
+    )
     error = schema_error(tmp_path, nested)
     assert error.field == "metadata_items.properties.confidence"

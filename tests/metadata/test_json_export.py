@@ -22,8 +22,12 @@ from tests.metadata.helpers import (
 def test_pretty_printed_json_and_json_strings_with_newlines(tmp_path, expected):
     assert read_metadata(write_json_export(tmp_path / "a", indent=2).parent).to_pylist() == expected.to_pylist()
     media = items()
-    table = pa.table(dict(raw_columns(media), metadata_items=[
-        json.dumps(m["metadata_items"], indent=1) if "metadata_items" in m else "" for m in media]))
+    table = pa.table(
+        dict(
+            raw_columns(media),
+            metadata_items=[json.dumps(m["metadata_items"], indent=1) if "metadata_items" in m else "" for m in media],
+        )
+    )
     assert normalize(table).to_pylist() == expected.to_pylist()
 
 

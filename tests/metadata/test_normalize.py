@@ -32,12 +32,16 @@ def test_json_export_normalizes_every_item_type(expected):
     cat = rows(expected)[CAT]
     assert cat["file_size_bytes"] == round(48.27 * 1024)
     assert (cat["height"], cat["width"], cat["uniqueness_score"]) == (375, 500, 0.8123)
-    assert cat["labels"] == [{"category_name": "cat", "source": "User", "original_id": 3},
-                             {"category_name": "animal", "source": "Model", "original_id": -1},
-                             {"category_name": "tabby", "source": "Visual Layer", "original_id": -1}]
+    assert cat["labels"] == [
+        {"category_name": "cat", "source": "User", "original_id": 3},
+        {"category_name": "animal", "source": "Model", "original_id": -1},
+        {"category_name": "tabby", "source": "Visual Layer", "original_id": -1},
+    ]
     duplicates = [i for i in cat["issues"] if i["issue_type"] == "duplicates"]
     assert [(i["duplicate_group_id"], i["duplicate_threshold"], i["confidence"]) for i in duplicates] == [
-        ("g-1", 0.96, 0.97), ("g-2", 1.0, 1.0)]
+        ("g-1", 0.96, 0.97),
+        ("g-2", 1.0, 1.0),
+    ]
     assert [i["issue_type"] for i in cat["issues"]] == ["duplicates", "duplicates", "blur", "mislabels"]
     mislabel = cat["issues"][3]
     assert (mislabel["suggested_label"], mislabel["description"]) == ("dog", "dog")
@@ -92,8 +96,8 @@ def test_unknown_columns_are_kept_after_the_known_ones(tmp_path):
     table = nested_table().append_column("split", pa.array(["train", "val", "val", "test"]))
     table = table.append_column("labels", pa.array([1, 2, 3, 4]))  # collides with a normalized name
     normalized = read_metadata(write_parquet(tmp_path, table).parent)
-    assert normalized.column_names[:len(NORMALIZED_SCHEMA)] == NORMALIZED_SCHEMA.names
-    assert normalized.column_names[len(NORMALIZED_SCHEMA):] == ["split", "raw_labels"]
+    assert normalized.column_names[: len(NORMALIZED_SCHEMA)] == NORMALIZED_SCHEMA.names
+    assert normalized.column_names[len(NORMALIZED_SCHEMA) :] == ["split", "raw_labels"]
     assert normalized.column("split").to_pylist() == ["train", "val", "val", "test"]
     media = items()
     media[0]["license"] = {"name": "cc-by"}
@@ -106,11 +110,24 @@ def test_empty_export(tmp_path):
     assert table.schema.equals(NORMALIZED_SCHEMA, check_metadata=False)
 
 
-@pytest.mark.parametrize("text, size", [
-    ("48.27KB", 49428), ("3.38MB", 3544187), ("512B", 512), ("1.2GB", 1288490189), ("12 kb", 12288),
-    ("5KiB", 5120), ("1024", 1024), ("0.5 TB", 549755813888), ("", None), ("big", None), ("3MBB", None),
-    ("-1KB", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("48.27KB", 49428),
+        ("3.38MB", 3544187),
+        ("512B", 512),
+        ("1.2GB", 1288490189),
+        ("12 kb", 12288),
+        ("5KiB", 5120),
+        ("1024", 1024),
+        ("0.5 TB", 549755813888),
+        ("", None),
+        ("big", None),
+        ("3MBB", None),
+        ("-1KB", None),
+        (None, None),
+    ],
+)
 def test_file_sizes_use_binary_units(text, size):
     media = items()[:1]
     media[0]["file_size"] = text

@@ -14,19 +14,29 @@ from vl_datasets.metadata.splits import find_leaks
 
 
 def _dup(group: str, threshold: float = 0.97) -> dict:
-    return {"issue_type": "duplicates", "confidence": 0.99, "duplicate_group_id": group,
-            "duplicate_threshold": threshold, "suggested_label": None, "description": None}
+    return {
+        "issue_type": "duplicates",
+        "confidence": 0.99,
+        "duplicate_group_id": group,
+        "duplicate_threshold": threshold,
+        "suggested_label": None,
+        "description": None,
+    }
 
 
 def _table(rows: list[tuple[str, str | None, list[dict], str | None]]) -> pa.Table:
     """(media_id, cluster_id, issues, label) rows in the normalized schema's shape."""
-    return pa.table({
-        "media_id": pa.array([r[0] for r in rows], pa.string()),
-        "cluster_id": pa.array([r[1] for r in rows], pa.string()),
-        "issues": pa.array([r[2] for r in rows], pa.list_(ISSUE_TYPE)),
-        "labels": pa.array([[{"category_name": r[3], "source": "User", "original_id": -1}] if r[3] else []
-                            for r in rows], pa.list_(LABEL_TYPE)),
-    })
+    return pa.table(
+        {
+            "media_id": pa.array([r[0] for r in rows], pa.string()),
+            "cluster_id": pa.array([r[1] for r in rows], pa.string()),
+            "issues": pa.array([r[2] for r in rows], pa.list_(ISSUE_TYPE)),
+            "labels": pa.array(
+                [[{"category_name": r[3], "source": "User", "original_id": -1}] if r[3] else [] for r in rows],
+                pa.list_(LABEL_TYPE),
+            ),
+        }
+    )
 
 
 def _groups_of(table: pa.Table) -> dict[str, set[str]]:
@@ -87,8 +97,15 @@ def test_bad_fractions_raise_a_configuration_error(chained, fractions):
 
 
 def test_find_leaks_names_the_shared_group_preferring_duplicates():
-    table = _table([("a", "c1", [_dup("g1")], "x"), ("b", "c1", [_dup("g1")], "x"),
-                    ("c", "c2", [], "x"), ("d", "c2", [], "x"), ("e", "c3", [], "x")])
+    table = _table(
+        [
+            ("a", "c1", [_dup("g1")], "x"),
+            ("b", "c1", [_dup("g1")], "x"),
+            ("c", "c2", [], "x"),
+            ("d", "c2", [], "x"),
+            ("e", "c3", [], "x"),
+        ]
+    )
     leaks = find_leaks(table, train_ids=["a", "c"], eval_ids=["b", "d", "e"])
     assert leaks.to_pylist() == [
         {"media_id": "b", "shared": "duplicate_group", "group": "g1", "train_media_id": "a"},

@@ -15,8 +15,12 @@ from tests.server.helpers import (
 
 
 def test_404_409_405_are_json_details(local_vl):
-    for answer in (requests.get(api(local_vl, "nope")), requests.get(api(local_vl, "nope/export_context_async")),
-                   requests.get(f"{local_vl.url}/api/v2/anything"), requests.get(api(local_vl, "../../etc"))):
+    for answer in (
+        requests.get(api(local_vl, "nope")),
+        requests.get(api(local_vl, "nope/export_context_async")),
+        requests.get(f"{local_vl.url}/api/v2/anything"),
+        requests.get(api(local_vl, "../../etc")),
+    ):
         assert answer.status_code == 404 and isinstance(answer.json()["detail"], str)
         assert answer.headers["Content-Type"] == "application/json"
     busy = requests.get(api(local_vl, "ds-indexing/export_context_async"))
@@ -28,16 +32,19 @@ def test_404_409_405_are_json_details(local_vl):
     assert unknown_task.status_code == 404 and "x" in unknown_task.json()["detail"]
 
 
-@pytest.mark.parametrize("params,body,loc", [
-    ({"export_format": "csv"}, {"media_ids": ["a"]}, ["query", "export_format"]),
-    ({"include_images": "True"}, {"media_ids": ["a"]}, ["query", "include_images"]),
-    ({}, None, ["body"]),
-    ({}, {"media_ids": ["a"], "cluster_ids": ["b"]}, ["body"]),
-    ({}, {"other": ["a"]}, ["body"]),
-    ({}, ["a"], ["body"]),
-    ({}, {"media_ids": "a"}, ["body", "media_ids"]),
-    ({}, {"cluster_ids": ["a", 3]}, ["body", "cluster_ids", 1]),
-])
+@pytest.mark.parametrize(
+    "params,body,loc",
+    [
+        ({"export_format": "csv"}, {"media_ids": ["a"]}, ["query", "export_format"]),
+        ({"include_images": "True"}, {"media_ids": ["a"]}, ["query", "include_images"]),
+        ({}, None, ["body"]),
+        ({}, {"media_ids": ["a"], "cluster_ids": ["b"]}, ["body"]),
+        ({}, {"other": ["a"]}, ["body"]),
+        ({}, ["a"], ["body"]),
+        ({}, {"media_ids": "a"}, ["body", "media_ids"]),
+        ({}, {"cluster_ids": ["a", 3]}, ["body", "cluster_ids", 1]),
+    ],
+)
 def test_422_details_are_fastapi_lists(local_vl, params, body, loc):
     answer = start_selective(local_vl, body, **params)
     assert answer.status_code == 422
@@ -46,8 +53,9 @@ def test_422_details_are_fastapi_lists(local_vl, params, body, loc):
 
 
 def test_422_for_a_body_that_is_not_json_and_a_missing_task_id(local_vl):
-    garbage = requests.post(api(local_vl, "ds-ready/export_entities_async"), data=b"{nope",
-                            headers={"Content-Type": "application/json"})
+    garbage = requests.post(
+        api(local_vl, "ds-ready/export_entities_async"), data=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert garbage.status_code == 422 and garbage.json()["detail"][0]["type"] == "json_invalid"
     missing = requests.get(api(local_vl, "ds-ready/export_status"))
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["query", "export_task_id"]

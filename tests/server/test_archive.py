@@ -28,8 +28,16 @@ def test_full_json_export_with_images(local_vl, dataset_root):
         first = zf.read(f"images/{payload['media_items'][0]['file_path']}")
     items = items_of(dataset_root)
     assert payload["media_items"] == items
-    assert set(payload["info"]) >= {"schema_version", "dataset", "description", "dataset_url", "export_time",
-                                    "dataset_creation_time", "exported_by", "total_media_items"}
+    assert set(payload["info"]) >= {
+        "schema_version",
+        "dataset",
+        "description",
+        "dataset_url",
+        "export_time",
+        "dataset_creation_time",
+        "exported_by",
+        "total_media_items",
+    }
     assert payload["info"]["schema_version"] == "1.1" and payload["info"]["total_media_items"] == 8
     assert images == {f"images/{m['file_path']}" for m in items}
     assert first == (dataset_root / "ds-ready" / "images" / items[0]["file_path"]).read_bytes()
@@ -40,8 +48,19 @@ def test_full_parquet_export_without_images(local_vl, dataset_root):
     with open_zip(local_vl, task) as zf:
         assert zf.namelist() == ["metadata.parquet"]
         table = pq.read_table(io.BytesIO(zf.read("metadata.parquet")))
-    assert set(table.column_names) == {"media_id", "media_type", "file_name", "file_path", "file_size", "height",
-                                       "width", "uniqueness_score", "url", "cluster_id", "metadata_items"}
+    assert set(table.column_names) == {
+        "media_id",
+        "media_type",
+        "file_name",
+        "file_path",
+        "file_size",
+        "height",
+        "width",
+        "uniqueness_score",
+        "url",
+        "cluster_id",
+        "metadata_items",
+    }
     items = items_of(dataset_root)
     assert table.column("media_id").to_pylist() == [m["media_id"] for m in items]
     assert [json.loads(v) for v in table.column("metadata_items").to_pylist()] == [m["metadata_items"] for m in items]
@@ -51,17 +70,22 @@ def test_full_parquet_export_without_images(local_vl, dataset_root):
 def test_selective_export_by_media_ids_holds_only_those(dataset_root, layout, nested):
     items = items_of(dataset_root)
     wanted = [items[0]["media_id"], items[5]["media_id"]]
-    with LocalVisualLayer(dataset_root, image_layout=layout,
-                          parquet_metadata_items="nested" if nested else "json") as service:
-        task = finished(service, start_selective(service, {"media_ids": wanted}, export_format="parquet",
-                                                 include_images="true"))
+    with LocalVisualLayer(
+        dataset_root, image_layout=layout, parquet_metadata_items="nested" if nested else "json"
+    ) as service:
+        task = finished(
+            service, start_selective(service, {"media_ids": wanted}, export_format="parquet", include_images="true")
+        )
         assert task["entities_count"] == 2 and task["progress"] == 100
         with open_zip(service, task) as zf:
             table = pq.read_table(io.BytesIO(zf.read("metadata.parquet")))
             images = sorted(n for n in zf.namelist() if n.startswith("images/"))
     assert table.column("media_id").to_pylist() == wanted
-    expected = {"file_path": f"images/{items[0]['file_path']}", "file_name": f"images/{items[0]['file_name']}",
-                "media_id": f"images/{items[0]['media_id']}.jpg"}[layout]
+    expected = {
+        "file_path": f"images/{items[0]['file_path']}",
+        "file_name": f"images/{items[0]['file_name']}",
+        "media_id": f"images/{items[0]['media_id']}.jpg",
+    }[layout]
     assert expected in images and len(images) == 2
     first = table.column("metadata_items")[0].as_py()
     entries = first if nested else json.loads(first)

@@ -17,8 +17,19 @@ def test_dataset_object_has_the_contract_fields(local_vl):
     answer = requests.get(api(local_vl, "ds-ready"))
     body = answer.json()
     assert answer.headers["Content-Type"] == "application/json"
-    assert set(body) >= {"id", "display_name", "description", "created_at", "status_new", "status", "progress",
-                         "n_images", "n_videos", "n_objects", "fatal_error_msg"}
+    assert set(body) >= {
+        "id",
+        "display_name",
+        "description",
+        "created_at",
+        "status_new",
+        "status",
+        "progress",
+        "n_images",
+        "n_videos",
+        "n_objects",
+        "fatal_error_msg",
+    }
     assert body["id"] == "ds-ready" and body["status_new"] == "READY" and body["n_images"] == 8
     assert body["n_videos"] == 0 and body["n_objects"] == 0 and body["progress"] == 100
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?", body["created_at"])  # no time zone
@@ -26,8 +37,9 @@ def test_dataset_object_has_the_contract_fields(local_vl):
 
 
 def test_dataset_json_fields_win_and_changes_are_seen(local_vl, dataset_root):
-    (dataset_root / "ds-indexing" / "dataset.json").write_text(json.dumps({"display_name": "birds",
-                                                                           "status_new": "READ ONLY"}))
+    (dataset_root / "ds-indexing" / "dataset.json").write_text(
+        json.dumps({"display_name": "birds", "status_new": "READ ONLY"})
+    )
     body = requests.get(api(local_vl, "ds-indexing")).json()
     assert body["display_name"] == "birds" and body["status_new"] == "READ ONLY"
     assert requests.get(api(local_vl, "ds-indexing/export_context_async")).status_code == 409

@@ -34,8 +34,7 @@ def test_fail_next_answers_the_status_then_recovers(local_vl):
     local_vl.faults.fail_next("cdn", 500)
     local_vl.faults.fail_next("export_status", 429, retry_after=1)
     task_id = start_full(local_vl).json()["id"]
-    assert requests.get(api(local_vl, "ds-ready/export_status"),
-                        params={"export_task_id": task_id}).status_code == 429
+    assert requests.get(api(local_vl, "ds-ready/export_status"), params={"export_task_id": task_id}).status_code == 429
     task = finished(local_vl, start_full(local_vl))
     assert download(local_vl, task).status_code == 500
     slow = download(local_vl, task)

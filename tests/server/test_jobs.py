@@ -15,8 +15,16 @@ from tests.server.helpers import (
 )
 
 
-TASK_FIELDS = {"id", "dataset_id", "created_at", "download_uri", "progress", "status", "entities_count",
-               "result_message"}
+TASK_FIELDS = {
+    "id",
+    "dataset_id",
+    "created_at",
+    "download_uri",
+    "progress",
+    "status",
+    "entities_count",
+    "result_message",
+}
 
 
 def test_export_progresses_deterministically(local_vl):
@@ -32,8 +40,10 @@ def test_export_progresses_deterministically(local_vl):
     assert seen[2]["entities_count"] == 8 and seen[2]["dataset_id"] == "ds-ready"
 
 
-@pytest.mark.parametrize("options,first,end", [({"export_polls": 0}, "COMPLETED", 100),
-                                               ({"progress_scale": 1, "export_polls": 1}, "IN_PROGRESS", 1)])
+@pytest.mark.parametrize(
+    "options,first,end",
+    [({"export_polls": 0}, "COMPLETED", 100), ({"progress_scale": 1, "export_polls": 1}, "IN_PROGRESS", 1)],
+)
 def test_progress_variants(dataset_root, options, first, end):
     with LocalVisualLayer(dataset_root, **options) as service:
         start = start_full(service)

@@ -16,8 +16,12 @@ from tests.server.helpers import (
 
 def test_request_log_records_what_was_received(local_vl_auth):
     bearer = f"Bearer {token()}"
-    requests.post(api(local_vl_auth, "ds-ready/export_entities_async"), params={"export_format": "json"},
-                  json={"media_ids": ["x"]}, headers={"Authorization": bearer})
+    requests.post(
+        api(local_vl_auth, "ds-ready/export_entities_async"),
+        params={"export_format": "json"},
+        json={"media_ids": ["x"]},
+        headers={"Authorization": bearer},
+    )
     requests.get(api(local_vl_auth, "ds-ready"))
     first, second = local_vl_auth.requests
     assert (first.origin, first.endpoint, first.method, first.status) == ("api", "selective_export", "POST", 200)

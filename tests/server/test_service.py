@@ -37,8 +37,13 @@ def test_service_lifecycle_and_arguments(dataset_root):
     with pytest.raises(requests.ConnectionError):  # its pooled keep-alive connection was closed too
         session.get(f"{url}/api/v1/dataset/ds-ready", timeout=5)
     service.stop()  # twice is fine
-    for bad in ({"api_key": "k"}, {"download_uri_style": "cloud"}, {"image_layout": "flat"},
-                {"parquet_metadata_items": "xml"}, {"export_polls": -1}):
+    for bad in (
+        {"api_key": "k"},
+        {"download_uri_style": "cloud"},
+        {"image_layout": "flat"},
+        {"parquet_metadata_items": "xml"},
+        {"export_polls": -1},
+    ):
         with pytest.raises(ValueError):
             LocalVisualLayer(dataset_root, **bad)
 
@@ -51,8 +56,9 @@ def test_repr_hides_the_secret(dataset_root):
 
 def test_serve_runs_in_the_foreground_until_interrupted(dataset_root):
     code = "import sys; from vl_datasets.server import serve; serve(sys.argv[1], port=0)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(dataset_root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(dataset_root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         banner = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", banner).group(0)

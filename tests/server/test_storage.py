@@ -32,8 +32,9 @@ def test_absolute_download_uri_is_presigned_afresh_at_each_poll(cloud_vl):
     assert download(cloud_vl, task).content == download(cloud_vl, again).content
     # The presigned host is the one the client used for the API.
     local = cloud_vl.url.replace("127.0.0.1", "localhost")
-    by_name = requests.get(f"{local}/api/v1/dataset/ds-ready/export_status",
-                           params={"export_task_id": start.json()["id"]}).json()
+    by_name = requests.get(
+        f"{local}/api/v1/dataset/ds-ready/export_status", params={"export_task_id": start.json()["id"]}
+    ).json()
     assert urlsplit(by_name["download_uri"]).hostname == "localhost"
 
 
@@ -43,8 +44,11 @@ def test_storage_refuses_tokens_bad_signatures_and_expired_urls(cloud_vl):
     with_token = requests.get(url, headers={"Authorization": "Bearer abc"})
     assert with_token.status_code == 400 and b"<Code>InvalidArgument</Code>" in with_token.content
     assert b"Only one auth mechanism allowed" in with_token.content
-    for bad in (url.replace("X-Signature=", "X-Signature=0"), url.split("?")[0],
-                url.replace("/exports/ds-ready/", "/exports/ds-indexing/")):
+    for bad in (
+        url.replace("X-Signature=", "X-Signature=0"),
+        url.split("?")[0],
+        url.replace("/exports/ds-ready/", "/exports/ds-indexing/"),
+    ):
         refused = requests.get(bad)
         assert refused.status_code == 403 and refused.headers["Content-Type"] == "application/xml"
         assert b"<Code>AccessDenied</Code>" in refused.content
@@ -62,11 +66,15 @@ def test_storage_ranges(cloud_vl):
     size = len(whole.content)
     assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes"
     assert int(whole.headers["Content-Length"]) == size and whole.headers["Content-Type"] == "application/zip"
-    cases = {"bytes=10-19": (10, 19), "bytes=100-": (100, size - 1), "bytes=-30": (size - 30, size - 1),
-             f"bytes=5-{size + 50}": (5, size - 1)}
+    cases = {
+        "bytes=10-19": (10, 19),
+        "bytes=100-": (100, size - 1),
+        "bytes=-30": (size - 30, size - 1),
+        f"bytes=5-{size + 50}": (5, size - 1),
+    }
     for asked, (first, last) in cases.items():
         part = requests.get(url, headers={"Range": asked})
-        assert part.status_code == 206 and part.content == whole.content[first:last + 1]
+        assert part.status_code == 206 and part.content == whole.content[first : last + 1]
         assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
         assert int(part.headers["Content-Length"]) == last - first + 1 and part.headers["Accept-Ranges"] == "bytes"
     beyond = requests.get(url, headers={"Range": f"bytes={size}-"})

@@ -28,14 +28,24 @@ def test_write_dataset_is_deterministic_and_shaped_like_an_export(tmp_path):
         assert re.fullmatch(r"\d+(\.\d\d)?(B|KB|MB)", item["file_size"]) and "/" in item["file_path"]
     kinds = {(e["type"], e["properties"].get("issue_type")) for m in items for e in m["metadata_items"]}
     assert kinds == {("image_label", None), ("issue", "duplicates"), ("issue", "blur")}
-    duplicates = [e["properties"] for m in items for e in m["metadata_items"]
-                  if e["properties"].get("issue_type") == "duplicates"]
+    duplicates = [
+        e["properties"] for m in items for e in m["metadata_items"] if e["properties"].get("issue_type") == "duplicates"
+    ]
     assert all({"duplicate_group_id", "duplicate_threshold", "confidence"} <= set(d) for d in duplicates)
 
 
 def test_write_dataset_with_given_items_and_status(tmp_path):
-    given = [{"media_id": "m1", "media_type": "image", "file_name": "a.jpg", "file_path": "x/a.jpg",
-              "height": 10, "width": 20, "metadata_items": []}]
+    given = [
+        {
+            "media_id": "m1",
+            "media_type": "image",
+            "file_name": "a.jpg",
+            "file_path": "x/a.jpg",
+            "height": 10,
+            "width": 20,
+            "metadata_items": [],
+        }
+    ]
     folder = write_dataset(tmp_path, "mine", media_items=given, status="INDEXING")
     assert items_of(tmp_path, "mine") == given and "file_size" not in given[0]
     assert (folder / "images" / "x" / "a.jpg").is_file()
