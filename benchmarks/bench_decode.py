@@ -150,15 +150,13 @@ def main() -> None:
     results = {kind: rates(blobs, args.passes) for kind, blobs in corpora.items()}
     diffs = {kind: agreement(blobs[:AGREEMENT_IMAGES]) for kind, blobs in corpora.items()}
     ours_name = "**decode_image(size=224)**"
-    lines = (
-        [
-            f"# Single-core decode to 224x224 (core {args.core}, 1 torch thread, bytes in RAM, "
-            f"median img/s of {args.passes} passes)",
-            "",
-        ]
-        + table(results, diffs)
-        + [""]
-    )
+    lines = [
+        f"# Single-core decode to 224x224 (core {args.core}, 1 torch thread, bytes in RAM, "
+        f"median img/s of {args.passes} passes)",
+        "",
+        *table(results, diffs),
+        "",
+    ]
     for kind, rate in results.items():
         lines.append(
             f"- {kind}: decode_image is **{rate[ours_name] / rate[REFERENCE]:.2f}x** the Pillow pipeline, "

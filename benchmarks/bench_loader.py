@@ -255,7 +255,7 @@ def _corpus_section(kind: str, count: int, names: list[str], cores: int) -> list
             f"img/s is {target * fastest_plain:,.0f} img/s, above the {all_cores:,.0f} img/s that decode_image "
             f"reaches on all {cores} cores with the bytes already in RAM"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def main() -> None:

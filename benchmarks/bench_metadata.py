@@ -173,9 +173,11 @@ def main() -> None:
         "",
         "| measurement | value | target |",
         "| --- | ---: | --- |",
-        f"| bare `pq.read_table` of metadata.parquet | {bare_s:.3f} s (peak RSS {statistics.median(r['rss'] for r in bare):.0f} MiB) | reference |",
+        f"| bare `pq.read_table` of metadata.parquet | {bare_s:.3f} s "
+        f"(peak RSS {statistics.median(r['rss'] for r in bare):.0f} MiB) | reference |",
         f"| first open (normalizes, resolves images, caches) | {first['s']:.2f} s | once per export |",
-        f"| cached open `VisualLayerDataset.from_export` | {open_s:.3f} s (peak RSS {statistics.median(r['rss'] for r in opened):.0f} MiB) | |",
+        f"| cached open `VisualLayerDataset.from_export` | {open_s:.3f} s "
+        f"(peak RSS {statistics.median(r['rss'] for r in opened):.0f} MiB) | |",
         f"| cached open / bare read | {open_s / bare_s:.2f}x | <= 2x |",
         f"| pickle.dumps(dataset) | {statistics.median(r['pickle_s'] for r in opened):.3f} s, "
         f"{statistics.median(r['pickle_mib'] for r in opened):.0f} MiB | fast |",

@@ -38,7 +38,8 @@ def main() -> None:
     header = [
         "# Benchmark results",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), "
         f"{_versions()}. Written by `python benchmarks/run.py`; the machines are shared, so compare ratios "
         "within one run, not absolute numbers across runs.",
         "",

@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 
 import torch
-from common import SmallCNN, platform_or_sample, predict
 
+from common import SmallCNN, platform_or_sample, predict
 from vl_datasets import VisualLayerDataset
 from vl_datasets.metadata.splits import find_leaks
 

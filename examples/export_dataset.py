@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 from common import platform_or_sample
-
 from vl_datasets import VisualLayerDataset, fetch_export
 
 

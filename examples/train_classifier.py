@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import accuracy, credentials_set, platform_or_sample, train
 
+from common import accuracy, credentials_set, platform_or_sample, train
 from vl_datasets import ConfigurationError, VisualLayerDataset, leakage_safe_split
 from vl_datasets.cli.report import parse_drop_issues
 

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import child_env
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
 from vl_datasets.locks import hold_lock
-
-from tests.helpers import child_env
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def downloads(service) -> int:
 def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     assert entry.metadata_path == entry.path / "metadata.parquet" and entry.metadata_path.is_file()
-    assert len([p for p in entry.images_dir.rglob("*.jpg")]) == 8
+    assert len(list(entry.images_dir.rglob("*.jpg"))) == 8
     assert entry.task.id and entry.task.entities_count == 8 and entry.row_count == 8
     assert entry.library_version and entry.created_at is not None
     manifest = json.loads((entry.entry_dir / f"{entry.version}.manifest.json").read_text())

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import vl_datasets.server
-from vl_datasets import fetch_export
-
 from tests.helpers import REPO, child_env
+from vl_datasets import fetch_export
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def test_side_imports_run_one_way(tmp_path):
     code = (
         "import sys\n"
         "import vl_datasets\n"
-        f"print(sorted(m for m in {network + ('tqdm', 'torch')!r} if m in sys.modules))\n"
+        f"print(sorted(m for m in {(*network, 'tqdm', 'torch')!r} if m in sys.modules))\n"
         "from vl_datasets import VisualLayerDataset\n"
         f"ds = VisualLayerDataset.from_export({str(tmp_path / 'export')!r}, cache_dir={str(tmp_path / 'c')!r})\n"
         "assert len(ds) == 3\n"

@@ -22,7 +22,9 @@ def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
     path = tmp_path / "entry.lock"
     with locks.hold_lock(path, timeout_s=5, what="test"):
         assert Path(str(path) + ".soft").exists()
-        with pytest.raises(errors.LockTimeoutError, match="entry.lock"):
-            with locks.hold_lock(path, timeout_s=0.2, what="test"):
-                pass
+        with (
+            pytest.raises(errors.LockTimeoutError, match=r"entry\.lock"),
+            locks.hold_lock(path, timeout_s=0.2, what="test"),
+        ):
+            pass
     assert not Path(str(path) + ".soft").exists()

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.helpers import thumbnails
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
-
-from tests.helpers import thumbnails
-
 
 CHROMIUM = Path("/usr/bin/chromium")
 

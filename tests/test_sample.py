@@ -38,7 +38,7 @@ def test_sample_is_small_real_and_in_the_export_schema(sample):
     assert size < 4 * 2**20
     dataset = VisualLayerDataset.from_export(folder)
     assert dataset.classes == [str(d) for d in range(10)]
-    image, label = dataset[0]
+    image, _ = dataset[0]
     assert tuple(image.shape) == (3, 32, 32) and image.float().std() > 10  # a real drawing, not a blank
     assert len(defects["flipped_label"]) >= 0.2 * 1797
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from vl_datasets import Client
 from vl_datasets.records import ExportTask
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from vl_datasets import Client, errors
-
 from tests.api.helpers import export_and_download, make_client
+from vl_datasets import Client, errors
 
 
 def _bearer(record) -> str | None:
@@ -40,9 +39,11 @@ def test_credentials_come_from_the_environment_at_construction(local_vl_auth, fa
 
 
 def test_wrong_secret_is_an_authentication_error_after_one_renewal(local_vl_auth, fake_time):
-    with make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="wrong") as client:
-        with pytest.raises(errors.AuthenticationError) as caught:
-            client.get_dataset("ds-ready")
+    with (
+        make_client(local_vl_auth, fake_time, api_key="key-123", api_secret="wrong") as client,
+        pytest.raises(errors.AuthenticationError) as caught,
+    ):
+        client.get_dataset("ds-ready")
     assert isinstance(caught.value, PermissionError) and caught.value.status_code == 401
     assert local_vl_auth.count("dataset") == 2
 

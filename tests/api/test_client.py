@@ -10,11 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import vl_datasets
+from tests.api.helpers import export_and_download, make_client
 from vl_datasets import errors
 from vl_datasets.records import ExportTask
-
-from tests.api.helpers import export_and_download, make_client
-
 
 # -- dataset status and errors ----------------------------------------------------------------
 

@@ -10,12 +10,11 @@ import zipfile
 
 import pytest
 
+from tests.api.helpers import export_and_download, make_client
 from vl_datasets import errors, fetch_export
 from vl_datasets.api.download import lock_path
 from vl_datasets.locks import hold_lock
 from vl_datasets.records import ExportTask
-
-from tests.api.helpers import export_and_download, make_client
 
 
 @pytest.fixture

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.helpers import make_client
 from vl_datasets import Client, errors
 from vl_datasets.api.transport import parse_retry_after
-
-from tests.api.helpers import make_client
 
 
 def test_retry_after_forms():

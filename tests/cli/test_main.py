@@ -28,7 +28,7 @@ def test_cli_exit_codes_and_hints(local_vl, tmp_path, monkeypatch, capsys, args,
     monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
     if setup == "fail":
         local_vl.faults.fail_exports(result_message="too many entities")
-    assert main(args + ["--cache-dir", str(tmp_path)]) == code
+    assert main([*args, "--cache-dir", str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
 

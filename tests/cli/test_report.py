@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from vl_datasets.cli import build_parser, main
-
 from tests.helpers import thumbnails
+from vl_datasets.cli import build_parser, main
 
 
 def test_report_command_writes_the_report(export, tmp_path, capsys):

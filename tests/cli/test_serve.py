@@ -10,9 +10,8 @@ import sys
 import pytest
 import requests
 
-from vl_datasets import Client
-
 from tests.helpers import REPO
+from vl_datasets import Client
 
 
 def test_serve_runs_the_service_until_interrupted(dataset_root, tmp_path):

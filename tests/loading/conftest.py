@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vl_datasets.testing import write_dataset
-
 from tests.loading.helpers import ITEMS, make_items
+from vl_datasets.testing import write_dataset
 
 
 @pytest.fixture

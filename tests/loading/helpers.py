@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 ITEMS = 11  # with batch 3: four batches, the last one short
 
 

@@ -6,9 +6,8 @@ import gc
 
 import torch
 
-from vl_datasets.loading.dataset import VisualLayerDataset
-
 from tests.loading.helpers import ITEMS
+from vl_datasets.loading.dataset import VisualLayerDataset
 
 
 def _in_slots(images, loader):

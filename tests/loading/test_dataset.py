@@ -19,7 +19,7 @@ from vl_datasets.testing import write_dataset
 def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
     metadata = [
         {"type": "image_label", "properties": {"category_name": name, "source": source, "original_id": -1}}
-        for name, source in ((l, "User") if isinstance(l, str) else l for l in labels)
+        for name, source in ((label, "User") if isinstance(label, str) else label for label in labels)
     ]
     metadata += [{"type": "issue", "properties": dict(p)} for p in issues]
     metadata += [{"type": "object_label", "properties": dict(o)} for o in objects]
@@ -85,7 +85,7 @@ def test_unsafe_or_corrupt_zip_is_refused(tmp_path):
         VisualLayerDataset.from_export(bad, cache_dir=tmp_path / "cache")
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(b"PK\x03\x04" + b"\0" * 20)
-    with pytest.raises(errors.CorruptArchiveError, match="truncated.zip"):
+    with pytest.raises(errors.CorruptArchiveError, match=r"truncated\.zip"):
         VisualLayerDataset.from_export(truncated, cache_dir=tmp_path / "cache")
 
 
@@ -105,7 +105,7 @@ def test_label_rules_classes_and_invalid_labels(tmp_path):
         item(5, [("cat", "User"), ("cat", "Model")]),
     ]
     folder = export_folder(tmp_path, items)
-    with pytest.raises(errors.CurationError, match="1 with no label.*2 with several labels"):
+    with pytest.raises(errors.CurationError, match=r"1 with no label.*2 with several labels"):
         VisualLayerDataset.from_export(folder)
     ds = VisualLayerDataset.from_export(folder, invalid_labels="drop", label_source="User")
     assert ds.media_ids == ["m000", "m001", "m004", "m005"]
@@ -153,7 +153,7 @@ def test_where_and_issue_rules_reach_the_dataset(tmp_path):
     folder = export_folder(tmp_path, items)
     ds = VisualLayerDataset.from_export(folder, drop_issues={"blur": 0.8}, where=pc.field("uniqueness_score") > 0.05)
     assert ds.media_ids == ["m001", "m003", "m004", "m005"]
-    with pytest.raises(errors.CurationError, match="min_uniqueness=0.9"):
+    with pytest.raises(errors.CurationError, match=r"min_uniqueness=0\.9"):
         VisualLayerDataset.from_export(folder, min_uniqueness=0.9)
 
 

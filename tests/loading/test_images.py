@@ -18,7 +18,7 @@ from vl_datasets.errors import ConfigurationError, ImageDecodeError
 from vl_datasets.loading.images import _dct_scaled_size, decode_image, decode_pil
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """Smooth gradients, a few shapes and mild noise: compresses and resamples like a photo."""
     rng = np.random.default_rng(seed)
@@ -35,7 +35,7 @@ def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
     return buffer.getvalue()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jpeg(width: int, height: int, **options) -> bytes:
     return encode(photo(width, height), quality=90, **options)
 

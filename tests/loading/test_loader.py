@@ -8,15 +8,15 @@ import os
 import subprocess
 import sys
 import time
+from itertools import chain
 
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from vl_datasets.loading.dataset import VisualLayerDataset
-
 from tests.helpers import REPO
 from tests.loading.helpers import ITEMS
+from vl_datasets.loading.dataset import VisualLayerDataset
 
 
 def epoch_ids(loader):
@@ -102,7 +102,7 @@ def test_dataloader_batches(service, client, tmp_path, num_workers):
     second = [labels.tolist() for _, labels in loader]
     images, labels = next(iter(loader))
     assert images.shape == (3, 3, 24, 24) and labels.dtype == torch.int64
-    assert sorted(sum(first, [])) == sorted(sum(second, [])) and len(first) == 3
+    assert sorted(chain.from_iterable(first)) == sorted(chain.from_iterable(second)) and len(first) == 3
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vl_datasets.metadata.read import read_metadata
-
 from tests.metadata.helpers import write_json_export
+from vl_datasets.metadata.read import read_metadata
 
 
 @pytest.fixture

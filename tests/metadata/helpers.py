@@ -12,7 +12,6 @@ import pytest
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata.read import read_metadata_file
 
-
 INFO = {
     "schema_version": "1.1",
     "dataset": "pets",

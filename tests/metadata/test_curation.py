@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from vl_datasets.metadata.curation import CurationRules, curate, selected_labels
 from vl_datasets.errors import ConfigurationError, CurationError
+from vl_datasets.metadata.curation import CurationRules, curate, selected_labels
 
 ISSUE = pa.struct(
     [
@@ -117,7 +117,7 @@ def test_dedupe_keeps_the_most_unique_of_each_group(table):
     assert ids == ["a", "d", "e", "f"] and summary.removed_by == {"dedupe": 2}
     ids, _ = kept_ids(table, CurationRules(dedupe=1.0))  # h1 = {a, b}
     assert ids == ["a", "c", "d", "e", "f"]
-    with pytest.raises(CurationError, match="0.96, 1"):
+    with pytest.raises(CurationError, match=r"0\.96, 1"):
         curate(table, CurationRules(dedupe=0.5))
 
 
@@ -141,7 +141,7 @@ def test_where_expression(table):
 
 
 def test_the_rule_that_empties_the_set_is_named(table):
-    with pytest.raises(CurationError, match="min_uniqueness=0.95 rule removed the last 3"):
+    with pytest.raises(CurationError, match=r"min_uniqueness=0\.95 rule removed the last 3"):
         curate(table, CurationRules(labels=["cat"], min_uniqueness=0.95))
 
 

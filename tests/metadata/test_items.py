@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-
 import pyarrow as pa
 import pytest
-
-from vl_datasets.errors import SchemaError
-from vl_datasets.metadata import items as metadata_items
-from vl_datasets.metadata.normalize import normalize
-from vl_datasets.metadata.read import read_metadata
 
 from tests.metadata.helpers import (
     BARE,
@@ -22,6 +16,10 @@ from tests.metadata.helpers import (
     schema_error,
     write_json_export,
 )
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata import items as metadata_items
+from vl_datasets.metadata.normalize import normalize
+from vl_datasets.metadata.read import read_metadata
 
 
 def test_both_video_info_and_caption_spellings(expected):

@@ -7,16 +7,15 @@ import json
 import pyarrow as pa
 import pytest
 
-from vl_datasets.errors import SchemaError
-from vl_datasets.metadata.normalize import info_of, normalize
-from vl_datasets.metadata.read import read_metadata
-
 from tests.metadata.helpers import (
     INFO,
     items,
     raw_columns,
     write_json_export,
 )
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata.normalize import info_of, normalize
+from vl_datasets.metadata.read import read_metadata
 
 
 def test_pretty_printed_json_and_json_strings_with_newlines(tmp_path, expected):
@@ -42,7 +41,7 @@ def test_json_export_with_odd_types_falls_back_to_json_load(tmp_path, expected):
 
 def test_invalid_json_names_the_file(tmp_path):
     (tmp_path / "metadata.json").write_text('{"info": {}, "media_items": [{"media_id": "a",', encoding="utf-8")
-    with pytest.raises(SchemaError, match="metadata.json"):
+    with pytest.raises(SchemaError, match=r"metadata\.json"):
         read_metadata(tmp_path)
 
 

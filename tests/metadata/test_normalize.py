@@ -7,9 +7,6 @@ import json
 import pyarrow as pa
 import pytest
 
-from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, info_of, is_normalized, normalize
-from vl_datasets.metadata.read import read_metadata, read_metadata_file
-
 from tests.metadata.helpers import (
     CAT,
     INFO,
@@ -23,6 +20,8 @@ from tests.metadata.helpers import (
     write_json_export,
     write_parquet,
 )
+from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, info_of, is_normalized, normalize
+from vl_datasets.metadata.read import read_metadata, read_metadata_file
 
 
 def test_json_export_normalizes_every_item_type(expected):

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-from vl_datasets.errors import SchemaError
-from vl_datasets.metadata.read import read_metadata
 
 from tests.metadata.helpers import (
     items,
@@ -14,6 +10,8 @@ from tests.metadata.helpers import (
     write_json_export,
     write_parquet,
 )
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata.read import read_metadata
 
 
 def test_parquet_preferred_over_json(tmp_path):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-
 import pyarrow as pa
 import pytest
-
-from vl_datasets.errors import SchemaError
-from vl_datasets.metadata.normalize import info_of
 
 from tests.metadata.helpers import (
     INFO,
 )
-from vl_datasets.metadata.normalize import VERSION_KEY
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata.normalize import VERSION_KEY, info_of
 from vl_datasets.metadata.table_file import read_normalized, write_normalized
 
 

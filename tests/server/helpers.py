@@ -11,7 +11,6 @@ from pathlib import Path
 import jwt
 import requests
 
-
 KEY, SECRET = "key-123", "secret-456-0123456789abcdef0123456789"
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
 import requests
-
 
 from tests.server.helpers import (
     api,

@@ -8,8 +8,6 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from vl_datasets.testing import LocalVisualLayer
-
 from tests.server.helpers import (
     finished,
     items_of,
@@ -17,6 +15,7 @@ from tests.server.helpers import (
     start_full,
     start_selective,
 )
+from vl_datasets.testing import LocalVisualLayer
 
 
 def test_full_json_export_with_images(local_vl, dataset_root):

@@ -7,7 +7,6 @@ import re
 
 import requests
 
-
 from tests.server.helpers import (
     api,
 )

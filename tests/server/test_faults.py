@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-
 from tests.server.helpers import (
     api,
     download,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-from vl_datasets.testing import LocalVisualLayer
 
 from tests.server.helpers import (
     finished,
@@ -13,7 +10,7 @@ from tests.server.helpers import (
     start_full,
     start_selective,
 )
-
+from vl_datasets.testing import LocalVisualLayer
 
 TASK_FIELDS = {
     "id",

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import requests
 
-
 from tests.server.helpers import (
     api,
     token,

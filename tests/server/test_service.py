@@ -10,14 +10,13 @@ import sys
 import pytest
 import requests
 
-from vl_datasets.testing import LocalVisualLayer
-
 from tests.server.helpers import (
     KEY,
     SECRET,
     finished,
     start_full,
 )
+from vl_datasets.testing import LocalVisualLayer
 
 
 def test_service_lifecycle_and_arguments(dataset_root):

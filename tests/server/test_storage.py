@@ -7,14 +7,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from vl_datasets.testing import LocalVisualLayer
-
 from tests.server.helpers import (
     download,
     finished,
     poll,
     start_full,
 )
+from vl_datasets.testing import LocalVisualLayer
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-
-from vl_datasets.testing import write_dataset
-
 from tests.server.helpers import (
     items_of,
 )
+from vl_datasets.testing import write_dataset
 
 
 def test_write_dataset_is_deterministic_and_shaped_like_an_export(tmp_path):

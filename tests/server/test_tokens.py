@@ -7,7 +7,6 @@ import time
 import pytest
 import requests
 
-
 from tests.server.helpers import (
     api,
     download,
