@@ -39,7 +39,8 @@ def test_arguments_win_over_environment_which_wins_over_defaults():
 
 def test_an_explicit_token_ignores_signing_credentials_from_the_environment():
     settings = resolve_client_settings(token="t", env={"VL_API_KEY": "ek", "VL_API_SECRET": "es"})
-    assert settings.token == "t" and settings.api_secret is None
+    assert settings.token == "t"
+    assert settings.api_secret is None
 
 
 def test_half_credentials_are_refused_without_echoing_the_secret():
@@ -56,7 +57,8 @@ def test_secrets_stay_out_of_reprs():
 
 def test_numeric_settings_from_the_environment():
     client = Client(env={"VL_API_TIMEOUT_S": "5", "VL_API_MAX_RETRIES": "0"})
-    assert client._transport.timeout_s == 5 and client._transport.retry.max_retries == 0
+    assert client._transport.timeout_s == 5
+    assert client._transport.retry.max_retries == 0
     with pytest.raises(errors.ConfigurationError, match="VL_API_MAX_RETRIES"):
         Client(env={"VL_API_MAX_RETRIES": "many"})
 

@@ -34,8 +34,10 @@ def _run(tmp_path: Path, script: str, *args: str) -> str:
 def test_export_example_runs_offline_on_the_local_service(tmp_path):
     out = _run(tmp_path, "export_dataset.py")
     assert "serving the sample dataset on a local Visual Layer service" in out
-    assert "2017 items, 2017 images" in out and "metadata.parquet" in out
-    assert "removed by dedupe" in out and "first batch: images (8, 3, 64, 64) torch.uint8" in out
+    assert "2017 items, 2017 images" in out
+    assert "metadata.parquet" in out
+    assert "removed by dedupe" in out
+    assert "first batch: images (8, 3, 64, 64) torch.uint8" in out
     assert not (tmp_path / "user-cache").exists()  # a local demo leaves the user's cache alone
 
 
@@ -49,7 +51,7 @@ def test_main_command_trains_a_curated_model_at_least_as_accurate(tmp_path):
     out = _run(tmp_path, "train_classifier.py", "--epochs", "24", "--report")
     assert "leakage-safe split" in out
     for rule in ("min_uniqueness=0.05", "drop_issues", "dedupe"):
-        assert int(_row(out, f"removed by {rule}")[1].replace(",", "")) > 0
+        assert int(_row(out, f"removed by {rule}")[1].replace(",", "")) > 0, f"{rule} removed nothing"
     plain, curated = (float(v.rstrip("%")) for v in _row(out, "test accuracy"))
     assert curated >= plain > 50
     n_plain, n_curated = (int(v.replace(",", "")) for v in _row(out, "items trained on"))
@@ -59,9 +61,9 @@ def test_main_command_trains_a_curated_model_at_least_as_accurate(tmp_path):
     evaluation = _run(tmp_path, "evaluate.py", "runs/curated.pt")
     accuracy = float(re.search(r"^accuracy ([\d.]+)%", evaluation, re.M).group(1))
     assert abs(accuracy - curated) < 0.05  # the same model on the same cleaned test split
-    assert re.search(r"^9 +\d+ +[\d.]+%$", evaluation, re.M)  # a per-class row
+    assert re.search(r"^9 +\d+ +[\d.]+%$", evaluation, re.M), "evaluate.py printed no per-class row"
     assert "most confused (true -> predicted)" in evaluation
-    assert re.search(r"leakage check: 0 of \d+ evaluated items", evaluation)
+    assert re.search(r"leakage check: 0 of \d+ evaluated items", evaluation), "no clean leakage check printed"
     random_leaks = int(re.search(r"random split of the same sizes would leak (\d+)", evaluation).group(1))
     assert random_leaks > 0
 
@@ -94,9 +96,13 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
             cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr
-        assert "No credentials set" not in result.stdout and "test accuracy" in result.stdout
+        assert "No credentials set" not in result.stdout
+        assert "test accuracy" in result.stdout
         api = [r for r in platform.requests if r.path.startswith("/api/v1/dataset/")]
-        assert api and all(r.status < 400 for r in api)  # every API call carried a valid signed token
+        assert api, "the script made no API call to the platform"
+        assert all(r.status < 400 for r in api), [  # every API call carried a valid signed token
+            (r.path, r.status) for r in api if r.status >= 400
+        ]
         assert all((r.header("Authorization") or "").startswith("Bearer ") for r in api), [
             (r.path, r.status) for r in api if not r.header("Authorization")
         ]

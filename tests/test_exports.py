@@ -36,13 +36,19 @@ def downloads(service) -> int:
 
 def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    assert entry.metadata_path == entry.path / "metadata.parquet" and entry.metadata_path.is_file()
+    assert entry.metadata_path == entry.path / "metadata.parquet"
+    assert entry.metadata_path.is_file()
     assert len(list(entry.images_dir.rglob("*.jpg"))) == 8
-    assert entry.task.id and entry.task.entities_count == 8 and entry.row_count == 8
-    assert entry.library_version and entry.created_at is not None
+    assert entry.task.id
+    assert entry.task.entities_count == 8
+    assert entry.row_count == 8
+    assert entry.library_version
+    assert entry.created_at is not None
     manifest = json.loads((entry.entry_dir / f"{entry.version}.manifest.json").read_text())
-    assert manifest["key"]["dataset_id"] == "ds-ready" and "download_uri" not in manifest["task"]
-    assert local_vl.count("export") == 1 and downloads(local_vl) == 1
+    assert manifest["key"]["dataset_id"] == "ds-ready"
+    assert "download_uri" not in manifest["task"]
+    assert local_vl.count("export") == 1
+    assert downloads(local_vl) == 1
     leftovers = [p.name for p in entry.entry_dir.iterdir() if p.name.startswith((".staging", ".download"))]
     assert leftovers == [], "the build left work files behind"
     assert entry.index_path is not None and entry.index_path.is_file(), "the entry was published without its index"
@@ -53,7 +59,8 @@ def test_warm_hit_makes_no_request(local_vl, client, tmp_path):
     first = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     local_vl.clear_requests()
     again = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    assert again == first and local_vl.requests == []
+    assert again == first
+    assert local_vl.requests == []
 
 
 def test_key_covers_format_images_and_selection(local_vl, client, tmp_path, dataset_root):
@@ -63,7 +70,8 @@ def test_key_covers_format_images_and_selection(local_vl, client, tmp_path, data
     as_json = fetch_export("ds-ready", client=client, cache_dir=tmp_path, export_format="json", include_images=False)
     picked = fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids)
     assert len({full.path, as_json.path, picked.path}) == 3
-    assert as_json.metadata_path.name == "metadata.json" and as_json.images_dir is None
+    assert as_json.metadata_path.name == "metadata.json"
+    assert as_json.images_dir is None
     assert picked.row_count == 2
     local_vl.clear_requests()
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids[::-1] + ids) == picked
@@ -78,7 +86,8 @@ def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_pat
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == old  # untouched
     local_vl.faults.reset()
     new = fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
-    assert new.task.id != old.task.id and new.path != old.path
+    assert new.task.id != old.task.id
+    assert new.path != old.path
     assert local_vl.count("export") == 3
     # The refresh published a new version; a job reading the old one keeps its files until a prune.
     assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == new
@@ -93,7 +102,8 @@ def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_pat
 def test_offline_hit_and_miss(local_vl, client, tmp_path, monkeypatch):
     with pytest.raises(errors.CacheMissError) as caught:
         fetch_export("ds-ready", client=client, cache_dir=tmp_path, offline=True)
-    assert isinstance(caught.value, FileNotFoundError) and caught.value.key in str(caught.value)
+    assert isinstance(caught.value, FileNotFoundError)
+    assert caught.value.key in str(caught.value)
     assert "ds-ready" in str(caught.value)
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     local_vl.clear_requests()
@@ -136,7 +146,9 @@ def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
         result = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
         )
-    assert result.returncode != 0 and "LockTimeoutError" in result.stderr and ".lock" in result.stderr
+    assert result.returncode != 0, "the fetch did not give up waiting for the held lock"
+    assert "LockTimeoutError" in result.stderr
+    assert ".lock" in result.stderr
     assert local_vl.count("export") == 0
 
 
@@ -151,14 +163,16 @@ def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, c
     monkeypatch.setenv("VL_API_URL", local_vl.url.replace("127.0.0.1", "localhost"))
     with pytest.raises(errors.CacheMissError) as caught:
         fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
-    assert "VL_API_URL" in str(caught.value) and filled.key.api_host in str(caught.value)
+    assert "VL_API_URL" in str(caught.value)
+    assert filled.key.api_host in str(caught.value)
     # Filled from a second host too: the newest wins, and a warning names both hosts.
     fetch_export("ds-ready", client=Client(os.environ["VL_API_URL"], progress=False, env={}), cache_dir=tmp_path)
     monkeypatch.delenv("VL_API_URL")
     with caplog.at_level("WARNING", logger="vl_datasets"):
         newest = fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
     assert newest.key.api_host.startswith("localhost")
-    assert "127.0.0.1" in caplog.text and "localhost" in caplog.text
+    assert "127.0.0.1" in caplog.text
+    assert "localhost" in caplog.text
     assert local_vl.count("export") == 1, "offline lookups must not call the API"
 
 
@@ -188,8 +202,10 @@ def test_concurrent_processes_share_one_export(local_vl, tmp_path):
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outputs]
     paths = {out.strip() for out, _ in outputs}
-    assert len(paths) == 1 and Path(paths.pop()).is_dir()
-    assert local_vl.count("export") == 1 and downloads(local_vl) == 1
+    assert len(paths) == 1
+    assert Path(paths.pop()).is_dir()
+    assert local_vl.count("export") == 1
+    assert downloads(local_vl) == 1
 
 
 def test_killed_fetch_resumes_its_export_and_download(local_vl, tmp_path):

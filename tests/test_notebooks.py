@@ -26,7 +26,9 @@ EXPECTED = {
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        f"{path.name} is committed with outputs: clear them"
+    )
     for name in [k for k in os.environ if k.startswith(("VL_API_", "VL_DATASETS_"))]:
         monkeypatch.delenv(name)
     NotebookClient(
@@ -39,7 +41,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
         for o in cell.outputs
     )
     for expected in EXPECTED[path.name]:
-        assert expected in outputs
+        assert expected in outputs, f"{path.name} never showed {expected!r}"
     if path.name == "fine_tuning.ipynb":
         before = float(re.search(r"trained on the uncurated data: ([\d.]+)%", outputs).group(1))
         after = float(re.search(r"after fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))

@@ -31,13 +31,17 @@ def test_dataset_prefers_status_new_over_legacy_status():
             "created_at": "2025-02-10T14:41:14.390429",
         }
     )
-    assert info.ready and info.n_images == 3 and info.created_at.year == 2025
+    assert info.ready
+    assert info.n_images == 3
+    assert info.created_at.year == 2025
     assert DatasetInfo.from_json({"id": "d", "status": "INDEXING"}).status == "INDEXING"
 
 
 def test_export_task_variants():
     minimal = ExportTask.from_json({"id": "t"}, dataset_id="d")
-    assert minimal.status == "INIT" and minimal.dataset_id == "d" and not minimal.is_terminal
+    assert minimal.status == "INIT"
+    assert minimal.dataset_id == "d"
+    assert not minimal.is_terminal
     real = ExportTask.from_json(
         {
             "id": "t",
@@ -51,7 +55,8 @@ def test_export_task_variants():
         },
         dataset_id="d",
     )
-    assert real.dataset_id == "d2" and real.entities_count == 4203
+    assert real.dataset_id == "d2"
+    assert real.entities_count == 4203
     with pytest.raises(errors.ResponseValidationError):
         ExportTask.from_json({"status": "INIT"}, dataset_id="d")
     with pytest.raises(errors.ResponseValidationError):

@@ -50,20 +50,25 @@ def test_report_shows_counts_rules_plots_and_thumbnails(export, tmp_path):
     out = ds.report(tmp_path / "out" / "report.html", max_thumbnails=4)
     page = out.read_text(encoding="utf-8")
 
-    assert out == tmp_path / "out" / "report.html" and os.listdir(out.parent) == ["report.html"]  # no temp file left
+    assert out == tmp_path / "out" / "report.html"
+    assert os.listdir(out.parent) == ["report.html"]  # no temp file left
     assert "<title>Curation report: x</title>" in page
-    assert f"<td class=n>{summary.total:,}</td>" in page and f"<td class=n>{summary.kept:,}</td>" in page
+    assert f"<td class=n>{summary.total:,}</td>" in page
+    assert f"<td class=n>{summary.kept:,}</td>" in page
     for rule, count in summary.removed_by.items():
         assert f"<td>Removed by {rule}</td><td class=n>{count:,}</td>" in page
         assert f"<h2>Removed by {rule}: {count:,} item(s)" in page
     # One grid per rule that removed something, one of kept items; at most 4 thumbnails each.
     expected = sum(min(n, 4) for n in summary.removed_by.values()) + min(summary.kept, 4)
     assert thumbnails(page) == page.count("<figure") == expected
-    assert not re.search(r'(?:src|href)="(?!data:)', page)  # self-contained: nothing to fetch
+    # Self-contained: nothing to fetch.
+    assert not re.search(r'(?:src|href)="(?!data:)', page), "the report links to a resource outside itself"
     plots = [base64.b64decode(b).decode() for b in re.findall(r'data:image/svg\+xml;base64,([^"]+)', page)]
     assert len(plots) == 2  # the histogram and the label bars
     assert "min_uniqueness=0.3" in plots[0]  # the threshold line's legend (matplotlib keeps text in comments)
-    assert all(name in plots[1] for name in ("cat", "dog", "bird"))
+    assert all(name in plots[1] for name in ("cat", "dog", "bird")), (
+        f"the label plot lacks {[name for name in ('cat', 'dog', 'bird') if name not in plots[1]]}"
+    )
 
 
 def test_a_subset_is_counted_but_its_outside_is_not_shown_as_removed(export, tmp_path):
@@ -109,7 +114,8 @@ def test_text_from_the_export_is_escaped(export, tmp_path):
         .read_text()
     )
     assert "<script>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<h1>a &amp; &lt;b&gt;</h1>" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<h1>a &amp; &lt;b&gt;</h1>" in page
 
 
 def test_unreadable_or_missing_image_gets_a_placeholder(export, tmp_path):
@@ -132,7 +138,9 @@ def test_unlabeled_unscored_export_gets_notes_instead_of_plots(export, tmp_path)
     page = VisualLayerDataset.from_export(export, task=None).report(tmp_path / "r.html").read_text()
     assert "No item of this export has a uniqueness score." in page
     assert "No item of this export has a label." in page
-    assert "data:image/svg" not in page and "no label" in page and "unscored" in page
+    assert "data:image/svg" not in page
+    assert "no label" in page
+    assert "unscored" in page
 
 
 def test_missing_matplotlib_says_what_to_install(export, tmp_path, monkeypatch):
@@ -190,7 +198,7 @@ def test_report_renders_in_a_browser(browser, export, tmp_path):
     assert errors_seen == []
     assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
     assert len(decoded) == 2 + 39  # two plots; every item shown, one of them as a placeholder
-    assert all(width > 0 for width in decoded)
+    assert all(width > 0 for width in decoded), f"{decoded.count(0)} of {len(decoded)} images did not decode"
     image = Image.open(io.BytesIO(screenshot)).convert("RGB")
     assert image.height > 900  # the whole page, not a blank first screen
     assert len(image.getcolors(maxcolors=1 << 24)) > 200  # plots and thumbnails, not an empty page

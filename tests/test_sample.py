@@ -39,7 +39,8 @@ def test_sample_is_small_real_and_in_the_export_schema(sample):
     dataset = VisualLayerDataset.from_export(folder)
     assert dataset.classes == [str(d) for d in range(10)]
     image, _ = dataset[0]
-    assert tuple(image.shape) == (3, 32, 32) and image.float().std() > 10  # a real drawing, not a blank
+    assert tuple(image.shape) == (3, 32, 32)
+    assert image.float().std() > 10  # a real drawing, not a blank
     assert len(defects["flipped_label"]) >= 0.2 * 1797
 
 

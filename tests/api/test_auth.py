@@ -24,8 +24,11 @@ def test_signed_token_has_the_contract_claims(local_vl_auth, fake_time):
     claims = jwt.decode(
         token, "secret-456-0123456789abcdef0123456789", algorithms=["HS256"], options={"verify_exp": False}
     )
-    assert header["alg"] == "HS256" and header["kid"] == "key-123"
-    assert claims["sub"] == "key-123" and claims["iss"] == "sdk" and claims["exp"] - claims["iat"] == 600
+    assert header["alg"] == "HS256"
+    assert header["kid"] == "key-123"
+    assert claims["sub"] == "key-123"
+    assert claims["iss"] == "sdk"
+    assert claims["exp"] - claims["iat"] == 600
 
 
 def test_credentials_come_from_the_environment_at_construction(local_vl_auth, fake_time):
@@ -35,7 +38,8 @@ def test_credentials_come_from_the_environment_at_construction(local_vl_auth, fa
         "VL_API_SECRET": "secret-456-0123456789abcdef0123456789",
     }
     client = Client(env=env, progress=False, sleep=fake_time.sleep)
-    assert client.base_url == local_vl_auth.url and client.get_dataset("ds-ready").ready
+    assert client.base_url == local_vl_auth.url
+    assert client.get_dataset("ds-ready").ready
 
 
 def test_wrong_secret_is_an_authentication_error_after_one_renewal(local_vl_auth, fake_time):
@@ -44,7 +48,8 @@ def test_wrong_secret_is_an_authentication_error_after_one_renewal(local_vl_auth
         pytest.raises(errors.AuthenticationError) as caught,
     ):
         client.get_dataset("ds-ready")
-    assert isinstance(caught.value, PermissionError) and caught.value.status_code == 401
+    assert isinstance(caught.value, PermissionError)
+    assert caught.value.status_code == 401
     assert local_vl_auth.count("dataset") == 2
 
 
@@ -54,7 +59,8 @@ def test_a_401_renews_the_token_once(local_vl_auth, fake_time):
         local_vl_auth, fake_time, api_key="key-123", api_secret="secret-456-0123456789abcdef0123456789"
     ) as client:
         assert client.get_dataset("ds-ready").ready
-    assert local_vl_auth.count("dataset") == 2 and fake_time.sleeps == []
+    assert local_vl_auth.count("dataset") == 2
+    assert fake_time.sleeps == []
 
 
 def test_token_is_renewed_before_it_expires(local_vl_auth, fake_time):
@@ -79,7 +85,10 @@ def test_token_is_renewed_before_it_expires(local_vl_auth, fake_time):
 
 def test_on_prem_sends_no_authorization_header(local_vl, client, tmp_path):
     export_and_download(client, tmp_path)
-    assert local_vl.requests and all(_bearer(r) is None for r in local_vl.requests)
+    assert local_vl.requests, "the export made no request to check"
+    assert all(_bearer(r) is None for r in local_vl.requests), (
+        f"an on-prem client sent a bearer token to {[r.path for r in local_vl.requests if _bearer(r) is not None]}"
+    )
 
 
 def test_token_never_leaks(local_vl_auth, fake_time, tmp_path, caplog):
@@ -95,15 +104,17 @@ def test_token_never_leaks(local_vl_auth, fake_time, tmp_path, caplog):
             client.get_dataset("ds-ready")
         text = repr(client) + str(caught.value) + repr(caught.value) + repr(client.settings)
     tokens = {_bearer(r) for r in local_vl_auth.requests if r.origin == "api"} - {None}
-    assert tokens
+    assert tokens, "no API request carried a bearer token, so there is nothing to look for"
     secrets = tokens | {"secret-456-0123456789abcdef0123456789"}
     storage = [r for r in local_vl_auth.requests if r.origin == "storage"]
-    assert storage and all(_bearer(r) is None for r in storage)
+    assert storage, "the export was never downloaded from storage"
+    assert all(_bearer(r) is None for r in storage), "the API's bearer token was sent to storage"
     for secret in secrets:
-        assert secret not in text and secret not in caplog.text
+        assert secret not in text, "a token or the secret leaked into a repr or an error message"
+        assert secret not in caplog.text, "a token or the secret leaked into the log"
         for path in tmp_path.rglob("*"):
             if path.is_file():
-                assert secret.encode() not in path.read_bytes()
+                assert secret.encode() not in path.read_bytes(), f"a token or the secret leaked into {path}"
 
 
 def test_fixed_token_is_sent_as_is(local_vl_auth, fake_time):

@@ -20,7 +20,9 @@ from vl_datasets.records import ExportTask
 def test_get_dataset_returns_a_typed_record(client):
     info = client.get_dataset("ds-ready")
     assert isinstance(info, vl_datasets.DatasetInfo)
-    assert info.id == "ds-ready" and info.status == "READY" and info.ready
+    assert info.id == "ds-ready"
+    assert info.status == "READY"
+    assert info.ready
     assert info.n_images == 8
 
 
@@ -35,19 +37,26 @@ def test_unknown_dataset_raises_not_found_with_server_detail(client):
     with pytest.raises(errors.DatasetNotFoundError) as caught:
         client.get_dataset("nope")
     exc = caught.value
-    assert isinstance(exc, LookupError) and exc.status_code == 404 and exc.detail
+    assert isinstance(exc, LookupError)
+    assert exc.status_code == 404
+    assert exc.detail
     assert "nope" in str(exc)
     again = pickle.loads(pickle.dumps(exc))
-    assert type(again) is errors.DatasetNotFoundError and again.status_code == 404 and str(again) == str(exc)
+    assert type(again) is errors.DatasetNotFoundError
+    assert again.status_code == 404
+    assert str(again) == str(exc)
 
 
 def test_unknown_export_task_has_its_own_error(client):
     with pytest.raises(errors.ExportTaskNotFoundError) as caught:
         client.get_export_status("ds-ready", "no-such-task")
     error = caught.value
-    assert isinstance(error, LookupError) and isinstance(error, errors.APIStatusError)
+    assert isinstance(error, LookupError)
+    assert isinstance(error, errors.APIStatusError)
     assert not isinstance(error, errors.DatasetNotFoundError), "an unknown task is not an unknown dataset"
-    assert error.task_id == "no-such-task" and error.dataset_id == "ds-ready" and error.status_code == 404
+    assert error.task_id == "no-such-task"
+    assert error.dataset_id == "ds-ready"
+    assert error.status_code == 404
     with pytest.raises(errors.DatasetNotFoundError):
         client.get_export_status("no-such-dataset", "no-such-task")
 
@@ -69,11 +78,16 @@ def test_invalid_arguments_fail_before_any_request(local_vl, client):
 def test_full_export_round_trip(client, tmp_path, fake_time, export_format, include_images):
     seen: list[ExportTask] = []
     task = client.start_export("ds-ready", export_format=export_format, include_images=include_images)
-    assert task.status in ("INIT", "IN_PROGRESS") and task.dataset_id == "ds-ready"
+    assert task.status in ("INIT", "IN_PROGRESS")
+    assert task.dataset_id == "ds-ready"
     done = client.wait_for_export("ds-ready", task.id, on_progress=seen.append)
-    assert done.succeeded and done.entities_count == 8 and done.download_uri
-    assert [t.status for t in seen][-1] == "COMPLETED" and "IN_PROGRESS" in [t.status for t in seen]
-    assert fake_time.sleeps and all(s > 0 for s in fake_time.sleeps)
+    assert done.succeeded
+    assert done.entities_count == 8
+    assert done.download_uri
+    assert [t.status for t in seen][-1] == "COMPLETED"
+    assert "IN_PROGRESS" in [t.status for t in seen]
+    assert fake_time.sleeps, "waiting for the export never slept between polls"
+    assert all(s > 0 for s in fake_time.sleeps), f"a poll interval is not positive: {fake_time.sleeps}"
     path = client.download_export(done, tmp_path / "out" / "export.zip")
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() is None
@@ -84,7 +98,7 @@ def test_full_export_round_trip(client, tmp_path, fake_time, export_format, incl
             assert pq.read_table(io.BytesIO(zf.read("metadata.parquet"))).num_rows == 8
     assert [p.name for p in path.parent.iterdir()] == ["export.zip"] or not [
         p for p in path.parent.iterdir() if p.name.endswith(".incomplete")
-    ]
+    ], f"the download left partial files beside export.zip: {sorted(p.name for p in path.parent.iterdir())}"
 
 
 def test_selective_export_by_media_and_cluster_ids(client, tmp_path, dataset_root):
@@ -109,7 +123,8 @@ def test_empty_selection_is_rejected_with_the_server_reason(client):
     task = client.start_selective_export("ds-ready", media_ids=["no-such-media"])
     with pytest.raises(errors.ExportFailedError) as caught:
         client.wait_for_export("ds-ready", task.id)
-    assert caught.value.status == "REJECTED" and caught.value.result_message
+    assert caught.value.status == "REJECTED"
+    assert caught.value.result_message
     assert caught.value.result_message in str(caught.value)
 
 
@@ -118,7 +133,8 @@ def test_failed_export_carries_result_message(local_vl, client):
     task = client.start_export("ds-ready")
     with pytest.raises(errors.ExportFailedError, match="disk quota exceeded") as caught:
         client.wait_for_export("ds-ready", task.id)
-    assert caught.value.task_id == task.id and caught.value.status == "FAILED"
+    assert caught.value.task_id == task.id
+    assert caught.value.status == "FAILED"
 
 
 def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
@@ -126,7 +142,8 @@ def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
     task = client.start_export("ds-ready")
     with pytest.raises(errors.ExportTimeoutError) as caught:
         client.wait_for_export("ds-ready", task.id, timeout_s=60)
-    assert caught.value.task_id == task.id and isinstance(caught.value, TimeoutError)
+    assert caught.value.task_id == task.id
+    assert isinstance(caught.value, TimeoutError)
     assert task.id in str(caught.value)
     local_vl.faults.release_exports()
     done = client.wait_for_export("ds-ready", caught.value.task_id)
@@ -152,7 +169,8 @@ def test_progress_scale_is_inferred():
     fraction = _ProgressScale()
     assert fraction.percent(task(0.25)) == 25.0
     percent = _ProgressScale()
-    assert percent.percent(task(40.0)) == 40.0 and percent.percent(task(1.0)) == 1.0
+    assert percent.percent(task(40.0)) == 40.0
+    assert percent.percent(task(1.0)) == 1.0
     assert percent.percent(task(None, "COMPLETED")) == 100.0
 
 

@@ -116,8 +116,11 @@ def test_not_enough_disk_space_fails_before_downloading(quick_client, tmp_path, 
         fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     assert not list(tmp_path.rglob("*.incomplete")) or all(
         p.stat().st_size == 0 for p in tmp_path.rglob("*.incomplete")
+    ), (
+        "bytes were downloaded before the disk check: "
+        f"{[(p.name, p.stat().st_size) for p in tmp_path.rglob('*.incomplete')]}"
     )
-    assert not list(tmp_path.rglob("*.manifest.json"))
+    assert not list(tmp_path.rglob("*.manifest.json")), "an entry was published although the download was refused"
 
 
 # -- the destination folder and the download lock ---------------------------------------------

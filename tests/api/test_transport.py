@@ -12,7 +12,8 @@ from vl_datasets.api.transport import parse_retry_after
 def test_retry_after_forms():
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
 
 
 def test_retryable_status_is_retried_honouring_retry_after(local_vl, client, fake_time):
@@ -28,10 +29,12 @@ def test_retries_are_capped(local_vl, fake_time):
     )
     with make_client(local_vl, fake_time, max_retries=3) as client, pytest.raises(errors.ServerError) as caught:
         client.get_dataset("ds-ready")
-    assert local_vl.count("dataset") == 4 and len(fake_time.sleeps) == 3
+    assert local_vl.count("dataset") == 4
+    assert len(fake_time.sleeps) == 3
     assert "502 Bad Gateway" in str(caught.value)
     delays = fake_time.sleeps
-    assert all(0 < d <= 30 for d in delays) and delays[2] > delays[0]  # exponential, jittered
+    assert all(0 < d <= 30 for d in delays), f"a retry delay is outside (0, 30] seconds: {delays}"
+    assert delays[2] > delays[0]  # exponential, jittered
 
 
 @pytest.mark.parametrize(
@@ -48,7 +51,8 @@ def test_client_errors_are_never_retried(local_vl, client, fake_time, status, er
     local_vl.faults.fail_next("export", status, times=5)
     with pytest.raises(error):
         client.start_export("ds-ready")
-    assert local_vl.count("export") == 1 and fake_time.sleeps == []
+    assert local_vl.count("export") == 1
+    assert fake_time.sleeps == []
 
 
 def test_export_start_is_not_resent_when_the_server_may_have_acted(local_vl, client):
@@ -63,7 +67,8 @@ def test_export_start_is_resent_when_the_server_did_not_act(local_vl, client, fa
     local_vl.faults.fail_next("selective_export", 503)
     assert client.start_export("ds-ready").id
     assert client.start_selective_export("ds-ready", cluster_ids=["x"]).id
-    assert local_vl.count("export") == 2 and local_vl.count("selective_export") == 2
+    assert local_vl.count("export") == 2
+    assert local_vl.count("selective_export") == 2
     assert fake_time.sleeps[0] == 3
 
 
@@ -76,7 +81,8 @@ def test_unreachable_api_raises_connection_error(fake_time):
     client = Client(f"http://127.0.0.1:{port}", sleep=fake_time.sleep, max_retries=2, progress=False, env={})
     with pytest.raises(errors.APIConnectionError) as caught:
         client.get_dataset("ds-ready")
-    assert isinstance(caught.value, ConnectionError) and len(fake_time.sleeps) == 2
+    assert isinstance(caught.value, ConnectionError)
+    assert len(fake_time.sleeps) == 2
     with pytest.raises(errors.APIConnectionError):  # never sent, so even an export start is retried
         client.start_export("ds-ready")
     assert len(fake_time.sleeps) == 4

@@ -37,8 +37,11 @@ def test_unsafe_archives_are_refused_and_write_nothing(tmp_path, members, symlin
     staging = tmp_path / "work" / "staging"
     with pytest.raises(errors.UnsafeArchiveError):
         extract_archive(archive, staging)
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work" / "evil.txt").exists()
-    assert not staging.exists() or not any(staging.rglob("*"))
+    assert not (tmp_path / "evil.txt").exists(), "a member was written outside the target folder"
+    assert not (tmp_path / "work" / "evil.txt").exists(), "a member was written outside the target folder"
+    assert not staging.exists() or not any(staging.rglob("*")), (
+        f"the refused archive left files behind: {sorted(str(p) for p in staging.rglob('*'))}"
+    )
 
 
 def test_zip_bombs_and_oversized_archives_are_refused(tmp_path):

@@ -12,7 +12,8 @@ def test_opening_a_folder_writes_nothing_into_it(tmp_path):
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     entry = open_export(folder, cache_dir=tmp_path / "cache")
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, "open_export wrote into the folder"
-    assert entry.path == folder and entry.index_path.is_relative_to(tmp_path / "cache" / "opened")
+    assert entry.path == folder
+    assert entry.index_path.is_relative_to(tmp_path / "cache" / "opened")
     assert open_export(folder, cache_dir=tmp_path / "cache") == entry, "a second open must reuse the index"
     # The user edits the metadata: the stale index is not reused.
     metadata = folder / "metadata.json"

@@ -23,7 +23,8 @@ def test_shared_object_storage_root_serves_a_second_machine(local_vl, s3_root, t
     second = fetch_export("ds-ready", client=client, cache_dir=s3_root)
     assert local_vl.requests == []  # no export, no download: it came from object storage
     assert str(second.path).startswith(str(tmp_path / "machine-b"))
-    assert second.task.id == first.task.id and second.row_count == 8
+    assert second.task.id == first.task.id
+    assert second.row_count == 8
     assert len(list(second.images_dir.rglob("*.jpg"))) == 8
     assert second.metadata_path.read_bytes() == first.metadata_path.read_bytes()
 
@@ -35,4 +36,5 @@ def test_memory_filesystem_root_works_too(local_vl, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
     local_vl.clear_requests()
     entry = fetch_export("ds-ready", client=client, cache_dir="memory://vl-test-cache", include_images=False)
-    assert entry.row_count == 8 and local_vl.requests == []
+    assert entry.row_count == 8
+    assert local_vl.requests == []

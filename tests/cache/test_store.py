@@ -65,7 +65,8 @@ def test_killed_build_leftovers_are_listed_and_collected(local_vl, client, tmp_p
     assert CacheStore(tmp_path).lookup(entry.key) == entry, "an unmanifested version must not count"
     assert main(["cache", "list", "--all", "--cache-dir", str(tmp_path)]) == 0
     listing = capsys.readouterr().out
-    assert str(orphan) in listing and str(staging) in listing
+    assert str(orphan) in listing
+    assert str(staging) in listing
     fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
     assert not orphan.exists() and not staging.exists(), "the next build of the key must collect leftovers"
     staging.mkdir()

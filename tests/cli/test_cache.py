@@ -28,7 +28,9 @@ def test_cli_export_list_rm_prune(local_vl, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["cache", "list", "--cache-dir", cache]) == 0
     listing = capsys.readouterr().out
-    assert listing.count("ds-ready") == 2 and "parquet" in listing and "json" in listing
+    assert listing.count("ds-ready") == 2
+    assert "parquet" in listing
+    assert "json" in listing
     key = ExportKey.build(local_vl.url, "ds-ready", "json", False).digest
     assert main(["cache", "rm", key[:8], "--cache-dir", cache]) == 0
     assert main(["cache", "rm", "--dataset", "ds-ready", "--cache-dir", cache]) == 0

@@ -30,7 +30,9 @@ def test_cli_exit_codes_and_hints(local_vl, tmp_path, monkeypatch, capsys, args,
         local_vl.faults.fail_exports(result_message="too many entities")
     assert main([*args, "--cache-dir", str(tmp_path)]) == code
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
+    assert err.startswith("error: ")
+    assert "hint: " in err
+    assert "Traceback" not in err
 
 
 def test_cli_bad_credentials_and_unreachable_api(local_vl_auth, tmp_path, monkeypatch, capsys):

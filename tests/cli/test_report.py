@@ -30,11 +30,13 @@ def test_report_command_writes_the_report(export, tmp_path, capsys):
             "digits",
         ]
     )
-    assert code == 0 and capsys.readouterr().out.strip() == str(out)
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
     page = out.read_text()
     assert "<h1>digits</h1>" in page
-    assert all(
-        f"<td>Removed by {rule}</td>" in page for rule in ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe")
+    rules = ("labels", "min_uniqueness=0.3", "drop_issues", "dedupe")
+    assert all(f"<td>Removed by {rule}</td>" in page for rule in rules), (
+        f"rules missing from the summary table: {[r for r in rules if f'<td>Removed by {r}</td>' not in page]}"
     )
 
 
@@ -65,7 +67,9 @@ def test_report_command_dedupe_threshold_is_optional():
     def parse(*extra):
         return build_parser().parse_args(["report", "x", "--out", "r.html", *extra])
 
-    assert parse().dedupe is False and parse("--dedupe").dedupe is True and parse("--dedupe", "0.98").dedupe == 0.98
+    assert parse().dedupe is False
+    assert parse("--dedupe").dedupe is True
+    assert parse("--dedupe", "0.98").dedupe == 0.98
     assert parse("--drop-issue", "blur=0.8", "dark=0.9", "--drop-issue", "bright=1").drop_issues == [
         "blur=0.8",
         "dark=0.9",

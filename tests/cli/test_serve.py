@@ -52,7 +52,7 @@ def test_serve_runs_the_service_until_interrupted(dataset_root, tmp_path):
     finally:
         proc.send_signal(2)  # Ctrl-C
         proc.wait(timeout=30)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, f"serve did not exit cleanly on Ctrl-C: {proc.stderr.read()}"
 
 
 def test_serve_refuses_half_credentials(dataset_root, capsys):
@@ -69,9 +69,10 @@ def test_serve_takes_exactly_one_of_root_or_sample(capsys):
     for argv in (["serve"], ["serve", "--sample", "--root", "x"]):
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args(argv)
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 2, f"{argv} should be refused as a usage error"
     err = capsys.readouterr().err
-    assert "one of the arguments --root --sample is required" in err and "not allowed with" in err
+    assert "one of the arguments --root --sample is required" in err
+    assert "not allowed with" in err
 
 
 def test_serve_root_is_the_folder_or_the_shipped_sample(dataset_root, tmp_path, monkeypatch):

@@ -49,17 +49,22 @@ def client(quick_client):
 
 def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
     ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=32)
-    assert len(ds) == 8 and ds.classes == ["bird", "cat", "dog"]
+    assert len(ds) == 8
+    assert ds.classes == ["bird", "cat", "dog"]
     assert ds.class_to_idx == {"bird": 0, "cat": 1, "dog": 2}
     image, label = ds[0]
-    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
-    assert isinstance(label, int) and ds.classes[label] == ds.table.column("labels")[0].as_py()[0]["category_name"]
-    assert len(ds.media_ids) == 8 and "VisualLayerDataset(items=8" in repr(ds)
+    assert image.dtype == torch.uint8
+    assert image.shape == (3, 32, 32)
+    assert isinstance(label, int)
+    assert ds.classes[label] == ds.table.column("labels")[0].as_py()[0]["category_name"]
+    assert len(ds.media_ids) == 8
+    assert "VisualLayerDataset(items=8" in repr(ds)
     again = VisualLayerDataset(
         "ds-ready", client=client, cache_dir=tmp_path, min_uniqueness=0.5, keep_unscored=False, dedupe=True
     )
     summary = again.curation_summary()
-    assert summary.total == 8 and summary.kept == len(again) < 8
+    assert summary.total == 8
+    assert summary.kept == len(again) < 8
     assert set(summary.removed_by) == {"min_uniqueness=0.5", "dedupe"}
     assert service.count("export") == 1  # the second dataset reused the cached export
 
@@ -68,7 +73,8 @@ def test_from_export_opens_a_zip_or_folder_without_network(client, tmp_path):
     task = client.wait_for_export("ds-ready", client.start_export("ds-ready", export_format="json").id)
     archive = client.download_export(task, tmp_path / "export.zip")
     from_zip = VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache", image_size=16)
-    assert len(from_zip) == 8 and from_zip[3][0].shape == (3, 16, 16)
+    assert len(from_zip) == 8
+    assert from_zip[3][0].shape == (3, 16, 16)
     folder = from_zip.export_dir
     assert from_zip.entry.index_path.is_file(), "the JSON was not normalized once, when the ZIP was published"
     reopened = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache")
@@ -115,7 +121,9 @@ def test_label_rules_classes_and_invalid_labels(tmp_path):
     )
     assert [fixed[i][1] for i in range(len(fixed))] == [1, 0, 1, 1]
     multi = VisualLayerDataset.from_export(folder, task="multilabel")
-    assert multi.classes == ["cat", "dog"] and multi[3][1].tolist() == [1.0, 1.0] and multi[2][1].sum() == 0
+    assert multi.classes == ["cat", "dog"]
+    assert multi[3][1].tolist() == [1.0, 1.0]
+    assert multi[2][1].sum() == 0
 
 
 def test_detection_targets_are_xyxy_with_object_issue_filter(tmp_path):
@@ -133,16 +141,21 @@ def test_detection_targets_are_xyxy_with_object_issue_filter(tmp_path):
     ds = VisualLayerDataset.from_export(folder, task="detection", object_drop_issues={"blur": 0.8})
     assert ds.classes == ["car", "person"]
     _, target = ds[0]
-    assert target["boxes"].tolist() == [[10.0, 5.0, 30.0, 15.0]] and target["labels"].tolist() == [0]
-    assert target["media_id"] == "m000" and target["boxes"].dtype == torch.float32
+    assert target["boxes"].tolist() == [[10.0, 5.0, 30.0, 15.0]]
+    assert target["labels"].tolist() == [0]
+    assert target["media_id"] == "m000"
+    assert target["boxes"].dtype == torch.float32
     images, targets = next(iter(ds.dataloader(2, shuffle=False, num_workers=0)))
-    assert len(targets) == 2 and images.shape[0] == 2
+    assert len(targets) == 2
+    assert images.shape[0] == 2
 
 
 def test_task_none_gives_metadata_rows(tmp_path):
     folder = export_folder(tmp_path, [item(0, ["cat"], score=0.7)])
     image, row = VisualLayerDataset.from_export(folder, task=None)[0]
-    assert row["media_id"] == "m000" and row["uniqueness_score"] == 0.7 and image.shape == (3, 40, 60)
+    assert row["media_id"] == "m000"
+    assert row["uniqueness_score"] == 0.7
+    assert image.shape == (3, 40, 60)
 
 
 def test_where_and_issue_rules_reach_the_dataset(tmp_path):
@@ -163,7 +176,8 @@ def test_missing_and_corrupt_images(tmp_path):
     with pytest.raises(errors.ImageNotFoundError, match="m001"):
         VisualLayerDataset.from_export(folder)
     ds = VisualLayerDataset.from_export(folder, missing_images="drop")
-    assert ds.media_ids == ["m000", "m002", "m003"] and ds.curation_summary().removed_by == {"missing_images": 1}
+    assert ds.media_ids == ["m000", "m002", "m003"]
+    assert ds.curation_summary().removed_by == {"missing_images": 1}
     corrupt = folder / "images" / "folder" / "img_2.jpg"
     corrupt.write_bytes(corrupt.read_bytes()[:100])
     with pytest.raises(errors.ImageDecodeError, match="m002") as caught:
@@ -179,7 +193,8 @@ def test_missing_and_corrupt_images(tmp_path):
 def test_dataset_pickles_without_live_resources(service, client, tmp_path):
     ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
     copy = pickle.loads(pickle.dumps(ds))
-    assert copy.media_ids == ds.media_ids and torch.equal(copy[0][0], ds[0][0])
+    assert copy.media_ids == ds.media_ids
+    assert torch.equal(copy[0][0], ds[0][0]), "the unpickled dataset decodes a different first image"
 
 
 def test_transforms_follow_torchvision_conventions(tmp_path):
@@ -194,7 +209,9 @@ def test_transforms_follow_torchvision_conventions(tmp_path):
     assert ds[0] == (("pil", (30, 20), "RGB"), 100)
     tensors = VisualLayerDataset.from_export(folder, image_size=16, transform=lambda t: t.float() / 255)
     image, label = tensors[1]
-    assert image.dtype == torch.float32 and image.max() <= 1.0 and label == 1
+    assert image.dtype == torch.float32
+    assert image.max() <= 1.0
+    assert label == 1
 
 
 CURATION_OPTIONS = [
@@ -240,7 +257,9 @@ def test_every_option_is_in_the_signature_and_the_docs(entry_point, first, optio
     parameters = inspect.signature(entry_point).parameters
     assert sorted(parameters) == sorted([first, *options])
     assert parameters[first].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options), (
+        f"not keyword-only: {[n for n in options if parameters[n].kind is not inspect.Parameter.KEYWORD_ONLY]}"
+    )
     for name in options:
         assert f"{name}: " in VisualLayerDataset.__doc__ + entry_point.__doc__, name
 
@@ -248,7 +267,8 @@ def test_every_option_is_in_the_signature_and_the_docs(entry_point, first, optio
 def test_subset_from_a_generator_builds_the_dataset_and_its_audit(tmp_path):
     folder = export_folder(tmp_path, [item(i) for i in range(4)])
     ds = VisualLayerDataset.from_export(folder, subset=(media_id for media_id in ["m002", "m000", "m002"]))
-    assert len(ds) == 2 and ds.media_ids == ["m000", "m002"]
+    assert len(ds) == 2
+    assert ds.media_ids == ["m000", "m002"]
     details = ds.curation_details()
     assert details.column("removed_by").to_pylist() == [None, "subset", None, "subset"]
     assert ds.curation_rules.subset == ("m002", "m000")
@@ -260,10 +280,13 @@ def test_curation_rules_as_one_object_also_choose_the_targets_labels(tmp_path):
     rules = CurationRules(labels=["cat", "dog"], label_source="User", drop_issues={"blur": 0.8})
     ds = VisualLayerDataset.from_export(folder, curation=rules)
     # Item 2's Model label is not counted, so it has one label: no error, and it is a cat.
-    assert ds.media_ids == ["m000", "m001", "m002"] and [ds[i][1] for i in range(3)] == [0, 1, 0]
-    assert ds.curation_rules is rules and ds.label_source == "User"
+    assert ds.media_ids == ["m000", "m001", "m002"]
+    assert [ds[i][1] for i in range(3)] == [0, 1, 0]
+    assert ds.curation_rules is rules
+    assert ds.label_source == "User"
     copy = pickle.loads(pickle.dumps(ds))  # as DataLoader workers get it
-    assert copy.curation_rules == rules and copy.curation_details().equals(ds.curation_details())
+    assert copy.curation_rules == rules
+    assert copy.curation_details().equals(ds.curation_details()), "the unpickled dataset's curation audit differs"
     alone = VisualLayerDataset.from_export(folder, labels=["cat", "dog"], label_source="User")
     assert alone.media_ids == ds.media_ids
 
@@ -299,7 +322,10 @@ def test_subset_keeps_one_part_before_the_other_rules(tmp_path):
     assert set(train.media_ids) <= set(parts["train"])
     details = train.curation_details()
     removed = dict(zip(details.column("media_id").to_pylist(), details.column("removed_by").to_pylist()))
-    assert all(removed[m] == "subset" for m in parts["test"])
+    assert all(removed[m] == "subset" for m in parts["test"]), (
+        "items outside the subset credited to another rule: "
+        f"{[(m, removed[m]) for m in parts['test'] if removed[m] != 'subset']}"
+    )
 
 
 def test_subset_with_an_id_from_elsewhere_is_an_error_not_a_smaller_split(tmp_path):

@@ -66,7 +66,8 @@ def test_jpeg_matches_pillow(source, size):
     data = jpeg(*source)
     out = decode_image(data, size=size)
     expected = (size, size) if isinstance(size, int) else size or (source[1], source[0])
-    assert out.dtype == torch.uint8 and tuple(out.shape) == (3, *expected)
+    assert out.dtype == torch.uint8
+    assert tuple(out.shape) == (3, *expected)
     assert mean_abs_diff(out, pillow_reference(data, expected if size else None)) < 2.0
 
 
@@ -100,8 +101,8 @@ def test_grayscale_cmyk_progressive_and_subsampled_jpegs_come_out_rgb(mode, opti
     data = encode(photo(320, 240).convert(mode), quality=92, **options)
     for size in (112, None):
         out = decode_image(data, size=size)
-        assert out.shape == (3, *((112, 112) if size else (240, 320)))
-        assert mean_abs_diff(out, pillow_reference(data, (112, 112) if size else None)) < 2.0
+        assert out.shape == (3, *((112, 112) if size else (240, 320))), f"size={size}"
+        assert mean_abs_diff(out, pillow_reference(data, (112, 112) if size else None)) < 2.0, f"size={size}"
 
 
 def test_progressive_large_jpeg_on_the_scaled_path():
@@ -134,9 +135,12 @@ def test_exif_orientation_is_ignored_on_every_path():
 def test_other_formats_match_pillow(fmt, image, options):
     data = encode(image, fmt, **options)
     out = decode_image(data, size=(45, 60))
-    assert out.shape == (3, 45, 60) and out.dtype == torch.uint8
+    assert out.shape == (3, 45, 60)
+    assert out.dtype == torch.uint8
     assert mean_abs_diff(out, pillow_reference(data, (45, 60))) < 2.0
-    assert torch.equal(decode_image(data), torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1))
+    assert torch.equal(decode_image(data), torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)), (
+        "at native size, decode_image and decode_pil disagree"
+    )
 
 
 def test_alpha_is_composited_onto_white():
@@ -160,7 +164,9 @@ def test_animated_gif_gives_its_first_frame():
 def test_sixteen_bit_grayscale_keeps_its_top_byte():
     levels = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)  # 0..65535 in 256 steps
     out = decode_image(encode(Image.fromarray(levels), "PNG"))
-    assert torch.equal(out[0], torch.arange(256, dtype=torch.uint8).reshape(16, 16))
+    assert torch.equal(out[0], torch.arange(256, dtype=torch.uint8).reshape(16, 16)), (
+        f"the 16-bit levels did not map to their top byte: {out[0].flatten()[:8].tolist()}..."
+    )
 
 
 @pytest.mark.parametrize("width,height", [(200, 150), (2000, 1500)])
@@ -172,7 +178,9 @@ def test_jpegs_with_stray_bytes_decode_as_pillow_decodes_them(width, height):
     with pytest.raises(ValueError, match="extraneous"):
         simplejpeg.decode_jpeg(data, strict=True)
     assert mean_abs_diff(decode_image(data, size=224), pillow_reference(data, (224, 224))) < 2.0
-    assert torch.equal(decode_image(data), torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1))
+    assert torch.equal(decode_image(data), torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)), (
+        "at native size, decode_image and decode_pil disagree"
+    )
 
 
 BROKEN = {
@@ -192,11 +200,15 @@ BROKEN = {
 def test_broken_images_raise_naming_media_and_path(name):
     with pytest.raises(ImageDecodeError) as caught:
         decode_image(BROKEN[name], size=64, media_id="m-42", path="/data/x.jpg")
-    assert "m-42" in str(caught.value) and "/data/x.jpg" in str(caught.value)
-    assert caught.value.media_id == "m-42" and caught.value.path == "/data/x.jpg"
+    assert "m-42" in str(caught.value)
+    assert "/data/x.jpg" in str(caught.value)
+    assert caught.value.media_id == "m-42"
+    assert caught.value.path == "/data/x.jpg"
     again = pickle.loads(pickle.dumps(caught.value))
-    assert type(again) is ImageDecodeError and str(again) == str(caught.value)
-    assert again.media_id == "m-42" and again.path == "/data/x.jpg"
+    assert type(again) is ImageDecodeError
+    assert str(again) == str(caught.value)
+    assert again.media_id == "m-42"
+    assert again.path == "/data/x.jpg"
     assert type(ImageDecodeError(str(caught.value))) is ImageDecodeError  # how DataLoader re-raises
     with pytest.raises(ImageDecodeError, match="m-42"):
         decode_pil(BROKEN[name], media_id="m-42")
@@ -247,9 +259,11 @@ def test_output_is_a_channels_last_view_that_collates():
     out = decode_image(jpeg(500, 375), size=224)
     assert out.stride() == (1, 224 * 3, 3)  # no per-sample contiguous copy
     batch = torch.stack([out, decode_image(encode(photo(120, 90), "PNG"), size=224)])
-    assert batch.shape == (2, 3, 224, 224) and torch.equal(batch[0], out)
+    assert batch.shape == (2, 3, 224, 224)
+    assert torch.equal(batch[0], out), "stacking changed the image"
 
 
 def test_decode_pil_gives_rgb_images():
     image = decode_pil(encode(photo(64, 48).convert("L")))
-    assert image.mode == "RGB" and image.size == (64, 48)
+    assert image.mode == "RGB"
+    assert image.size == (64, 48)

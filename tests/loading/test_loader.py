@@ -39,7 +39,7 @@ def test_epochs_are_the_same_with_or_without_workers(folder):
     ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
     single = ds.dataloader(3, num_workers=0, seed=5)
     expected = [epoch_ids(single) for _ in range(3)]
-    assert all(sorted(ids) == ds.media_ids for ids in expected)
+    assert all(sorted(ids) == ds.media_ids for ids in expected), "an epoch without workers missed or repeated items"
     assert expected[0] != expected[1] != expected[2]  # reshuffled every epoch
     workers = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
     assert len(workers) == 4
@@ -65,7 +65,7 @@ def test_an_unfinished_epoch_does_not_leak_into_the_next(folder):
         _, rows = next(iter(loader))  # a notebook peeking at one batch
         assert len(rows) == 3
     for _ in range(2):
-        assert sorted(epoch_ids(loader)) == ds.media_ids
+        assert sorted(epoch_ids(loader)) == ds.media_ids, "an epoch after a peeked-at one missed or repeated items"
     assert loader.epoch == 4
 
 
@@ -76,7 +76,7 @@ def test_a_distributed_shard_is_reshuffled_each_epoch_with_workers(folder):
     epochs = [epoch_ids(loader) for _ in range(3)]
     for epoch, ids in enumerate(epochs):
         sampler.set_epoch(epoch)
-        assert ids == [ds.media_ids[i] for i in sampler]
+        assert ids == [ds.media_ids[i] for i in sampler], f"epoch {epoch} does not follow the sampler's order"
     assert epochs[0] != epochs[1]
 
 
@@ -101,8 +101,10 @@ def test_dataloader_batches(service, client, tmp_path, num_workers):
     first = [labels.tolist() for _, labels in loader]
     second = [labels.tolist() for _, labels in loader]
     images, labels = next(iter(loader))
-    assert images.shape == (3, 3, 24, 24) and labels.dtype == torch.int64
-    assert sorted(chain.from_iterable(first)) == sorted(chain.from_iterable(second)) and len(first) == 3
+    assert images.shape == (3, 3, 24, 24)
+    assert labels.dtype == torch.int64
+    assert sorted(chain.from_iterable(first)) == sorted(chain.from_iterable(second))
+    assert len(first) == 3
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -110,8 +112,9 @@ def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, clien
     ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=(20, 28))
     images, labels = next(iter(ds.dataloader(4, shuffle=False, num_workers=num_workers)))
     expected = torch.stack([ds[i][0] for i in range(4)])
-    assert images.shape == (4, 3, 20, 28) and torch.equal(images, expected)
-    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert images.shape == (4, 3, 20, 28)
+    assert torch.equal(images, expected), "the batch does not hold exactly the dataset's first 4 images"
+    assert images.is_contiguous(memory_format=torch.channels_last), f"the batch's strides are {images.stride()}"
     assert labels.tolist() == [ds[i][1] for i in range(4)]
 
 
@@ -159,8 +162,8 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for epoch in range(2):
-        assert len(rank0[epoch]) == len(rank1[epoch]) == 4
-        assert not set(rank0[epoch]) & set(rank1[epoch])
-        assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8
+        assert len(rank0[epoch]) == len(rank1[epoch]) == 4, f"epoch {epoch}: shards of unequal or wrong size"
+        assert not set(rank0[epoch]) & set(rank1[epoch]), f"epoch {epoch}: both ranks got the same items"
+        assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8, f"epoch {epoch}: the ranks together missed items"
     assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
     assert service.count("export") == 1

@@ -80,12 +80,15 @@ def kept_ids(table, rules):
 
 def test_no_rules_keeps_everything(table):
     ids, summary = kept_ids(table, CurationRules())
-    assert ids == list("abcdef") and summary.kept == 6 and summary.removed_by == {}
+    assert ids == list("abcdef")
+    assert summary.kept == 6
+    assert summary.removed_by == {}
 
 
 def test_min_uniqueness_keeps_scores_at_or_above_the_threshold(table):
     ids, summary = kept_ids(table, CurationRules(min_uniqueness=0.5))
-    assert ids == ["a", "c", "d", "f"] and summary.removed_by == {"min_uniqueness=0.5": 2}
+    assert ids == ["a", "c", "d", "f"]
+    assert summary.removed_by == {"min_uniqueness=0.5": 2}
 
 
 def test_unscored_items_need_an_explicit_choice():
@@ -101,7 +104,8 @@ def test_unscored_items_need_an_explicit_choice():
 
 def test_drop_issues_by_type_and_confidence(table):
     ids, summary = kept_ids(table, CurationRules(drop_issues={"blur": 0.8, "mislabels": 0.95}))
-    assert ids == ["a", "b", "c", "e", "f"] and summary.removed_by == {"drop_issues": 1}
+    assert ids == ["a", "b", "c", "e", "f"]
+    assert summary.removed_by == {"drop_issues": 1}
     ids, _ = kept_ids(table, CurationRules(drop_issues={"duplicates": 0.99}))
     assert ids == ["c", "d", "e", "f"]  # a and b carry a duplicates issue with confidence 1.0
 
@@ -114,7 +118,8 @@ def test_a_misspelt_issue_type_is_an_error(table):
 
 def test_dedupe_keeps_the_most_unique_of_each_group(table):
     ids, summary = kept_ids(table, CurationRules(dedupe=True))  # lowest threshold: g1 = {a, b, c}
-    assert ids == ["a", "d", "e", "f"] and summary.removed_by == {"dedupe": 2}
+    assert ids == ["a", "d", "e", "f"]
+    assert summary.removed_by == {"dedupe": 2}
     ids, _ = kept_ids(table, CurationRules(dedupe=1.0))  # h1 = {a, b}
     assert ids == ["a", "c", "d", "e", "f"]
     with pytest.raises(CurationError, match=r"0\.96, 1"):
@@ -123,7 +128,8 @@ def test_dedupe_keeps_the_most_unique_of_each_group(table):
 
 def test_dedupe_chooses_among_items_earlier_rules_kept(table):
     ids, summary = kept_ids(table, CurationRules(labels=["dog"], dedupe=True))
-    assert ids == ["c", "d"] and summary.removed_by == {"labels": 4, "dedupe": 0}
+    assert ids == ["c", "d"]
+    assert summary.removed_by == {"labels": 4, "dedupe": 0}
 
 
 def test_labels_and_label_source(table):
@@ -135,7 +141,8 @@ def test_labels_and_label_source(table):
 
 def test_where_expression(table):
     ids, summary = kept_ids(table, CurationRules(where=pc.field("uniqueness_score") < 0.55))
-    assert ids == ["b", "c", "e"] and summary.removed_by == {"where": 3}
+    assert ids == ["b", "c", "e"]
+    assert summary.removed_by == {"where": 3}
     with pytest.raises(CurationError, match="where"):
         curate(table, CurationRules(where=pc.field("no_such_column") > 1))
 
@@ -148,7 +155,9 @@ def test_the_rule_that_empties_the_set_is_named(table):
 def test_summary_reads_as_a_table(table):
     _, summary = curate(table, CurationRules(min_uniqueness=0.5, dedupe=True))
     text = str(summary)
-    assert "6  items" in text and "removed by dedupe" in text and text.splitlines()[-1].strip() == "3  kept"
+    assert "6  items" in text
+    assert "removed by dedupe" in text
+    assert text.splitlines()[-1].strip() == "3  kept"
 
 
 def test_rules_keep_a_copy_of_what_they_are_given(table):
@@ -167,7 +176,9 @@ def test_rules_keep_a_copy_of_what_they_are_given(table):
 def test_rules_pickle_with_their_values(table):
     rules = CurationRules(subset=["f", "a"], drop_issues={"blur": 0.8}, dedupe=1, where=pc.field("width") > 0)
     copy = pickle.loads(pickle.dumps(rules))
-    assert copy.subset == ("f", "a") and dict(copy.drop_issues) == {"blur": 0.8} and copy.dedupe == 1.0
+    assert copy.subset == ("f", "a")
+    assert dict(copy.drop_issues) == {"blur": 0.8}
+    assert copy.dedupe == 1.0
     assert kept_ids(table, copy)[0] == kept_ids(table, rules)[0] == ["a", "f"]
 
 

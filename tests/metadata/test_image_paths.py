@@ -62,7 +62,8 @@ def test_ambiguous_file_name_names_media_id_and_candidates():
     with pytest.raises(ImageNotFoundError) as caught:
         _resolve(members, on_missing="null")  # ambiguity is never dropped silently
     assert caught.value.media_id == VIDEO_B
-    assert "images/x/output_000001.jpg" in str(caught.value) and "images/y/output_000001.jpg" in str(caught.value)
+    assert "images/x/output_000001.jpg" in str(caught.value)
+    assert "images/y/output_000001.jpg" in str(caught.value)
 
 
 def test_one_file_for_two_rows_of_the_same_name_is_ambiguous():
@@ -96,7 +97,8 @@ def test_missing_image_raises_or_is_null():
     members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/bare.png"]
     with pytest.raises(ImageNotFoundError) as caught:
         _resolve(members)
-    assert caught.value.media_id == VIDEO_B and VIDEO_B in str(caught.value)
+    assert caught.value.media_id == VIDEO_B
+    assert VIDEO_B in str(caught.value)
     assert _resolve(members, on_missing="null") == [members[0], members[1], None, members[2]]
     assert _resolve([], on_missing="null") == [None] * 4
     with pytest.raises(ConfigurationError):

@@ -66,15 +66,16 @@ def test_date_like_text_stays_text(tmp_path):
         {"type": "caption", "properties": {"text": "2025-01-01", "source": "User"}},
         {"type": "user_tag", "properties": {"tag_name": "2025-01-02T10:00:00"}},
     ]
-    for table in (
-        read_metadata(write_json_export(tmp_path / "json", media).parent),
-        normalize(json_strings_table(media)),
-        normalize(nested_table(media)),
-    ):
+    variants = {
+        "JSON export": read_metadata(write_json_export(tmp_path / "json", media).parent),
+        "parquet, JSON strings": normalize(json_strings_table(media)),
+        "parquet, nested": normalize(nested_table(media)),
+    }
+    for variant, table in variants.items():
         row = table.to_pylist()[0]
-        assert row["file_name"] == "2025-01-01"
-        assert row["captions"] == [{"text": "2025-01-01", "source": "User"}]
-        assert row["tags"] == ["2025-01-02T10:00:00"]
+        assert row["file_name"] == "2025-01-01", variant
+        assert row["captions"] == [{"text": "2025-01-01", "source": "User"}], variant
+        assert row["tags"] == ["2025-01-02T10:00:00"], variant
 
 
 def test_item_types_that_change_between_items(tmp_path, expected):
@@ -94,7 +95,8 @@ def test_invalid_json_string_in_metadata_items(tmp_path):
     error = schema_error(
         tmp_path, table.set_column(table.column_names.index("metadata_items"), "metadata_items", pa.array(strings))
     )
-    assert error.field == "metadata_items" and "row 1" in str(error)
+    assert error.field == "metadata_items"
+    assert "row 1" in str(error)
 
 
 def test_wrongly_typed_item_property(tmp_path):

@@ -25,7 +25,7 @@ from vl_datasets.metadata.read import read_metadata, read_metadata_file
 
 
 def test_json_export_normalizes_every_item_type(expected):
-    assert expected.schema.equals(NORMALIZED_SCHEMA, check_metadata=False)
+    assert expected.schema.equals(NORMALIZED_SCHEMA, check_metadata=False), f"got the schema\n{expected.schema}"
     assert is_normalized(expected)
     assert info_of(expected) == INFO
     cat = rows(expected)[CAT]
@@ -52,7 +52,8 @@ def test_json_export_normalizes_every_item_type(expected):
     assert obj["tags"] == ["crop"]
     assert cat["tags"] == ["reviewed"]
     assert cat["captions"] == [{"text": "a tabby cat on a sofa", "source": "Visual Layer"}]
-    assert cat["video_name"] is None and cat["frame_timestamp_s"] is None
+    assert cat["video_name"] is None
+    assert cat["frame_timestamp_s"] is None
 
 
 @pytest.mark.parametrize("variant", ["json_strings", "nested", "nested_chunked", "bare_list", "python_list"])
@@ -106,7 +107,7 @@ def test_unknown_columns_are_kept_after_the_known_ones(tmp_path):
 def test_empty_export(tmp_path):
     table = read_metadata(write_json_export(tmp_path, []).parent)
     assert table.num_rows == 0
-    assert table.schema.equals(NORMALIZED_SCHEMA, check_metadata=False)
+    assert table.schema.equals(NORMALIZED_SCHEMA, check_metadata=False), f"got the schema\n{table.schema}"
 
 
 @pytest.mark.parametrize(
@@ -140,24 +141,28 @@ def test_normalize_is_idempotent(expected):
 
 def test_missing_media_id(tmp_path):
     error = schema_error(tmp_path, nested_table().drop_columns(["media_id"]))
-    assert error.field == "media_id" and "media_id" in str(error)
+    assert error.field == "media_id"
+    assert "media_id" in str(error)
 
 
 def test_missing_every_image_name_column(tmp_path):
     error = schema_error(tmp_path, nested_table().drop_columns(["file_path", "file_name"]))
-    assert error.field == "file_path" and "image_filename" in str(error)
+    assert error.field == "file_path"
+    assert "image_filename" in str(error)
 
 
 def test_non_numeric_uniqueness_score(tmp_path):
     table = nested_table().set_column(7, "uniqueness_score", pa.array(["high", "low", None, "0.5"]))
     error = schema_error(tmp_path, table)
-    assert error.field == "uniqueness_score" and "uniqueness_score" in str(error)
+    assert error.field == "uniqueness_score"
+    assert "uniqueness_score" in str(error)
 
 
 def test_duplicate_and_null_media_ids(tmp_path):
     media = items()
     media[3]["media_id"] = CAT
     error = schema_error(tmp_path / "dup", nested_table(media))
-    assert error.field == "media_id" and CAT in str(error)
+    assert error.field == "media_id"
+    assert CAT in str(error)
     media[3]["media_id"] = None
     assert schema_error(tmp_path / "null", nested_table(media)).field == "media_id"

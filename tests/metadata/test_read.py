@@ -31,11 +31,12 @@ def test_read_metadata_reuses_and_invalidates_its_cache(tmp_path, monkeypatch):
     export = write_json_export(tmp_path / "export").parent
     cache = tmp_path / "normalized.arrow"
     first = read_metadata(export, cache_path=cache)
-    assert cache.is_file() and not list(tmp_path.glob(".*.tmp"))
+    assert cache.is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
     calls = []
     real = metadata.read_metadata_file
     monkeypatch.setattr(metadata, "read_metadata_file", lambda path: calls.append(path) or real(path))
-    assert read_metadata(export, cache_path=cache).equals(first)
+    assert read_metadata(export, cache_path=cache).equals(first), "the cached table differs from the first read"
     assert calls == []
     write_json_export(export, items()[:2])  # another export in the same folder: another size
     assert read_metadata(export, cache_path=cache).num_rows == 2

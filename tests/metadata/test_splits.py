@@ -69,9 +69,13 @@ def test_no_cluster_or_duplicate_group_crosses_parts(chained):
     part_of = {media_id: name for name, ids in parts.items() for media_id in ids}
     assert sorted(part_of) == sorted(chained.column("media_id").to_pylist())  # every item, once
     for members in _groups_of(chained).values():
-        assert len({part_of[m] for m in members}) == 1
+        assert len({part_of[m] for m in members}) == 1, (
+            f"a group straddles {sorted({part_of[m] for m in members})}: {sorted(members)}"
+        )
     sizes = {name: len(ids) for name, ids in parts.items()}
-    assert abs(sizes["train"] - 700) < 40 and abs(sizes["val"] - 100) < 40 and abs(sizes["test"] - 200) < 40
+    assert abs(sizes["train"] - 700) < 40
+    assert abs(sizes["val"] - 100) < 40
+    assert abs(sizes["test"] - 200) < 40
     assert find_leaks(chained, parts["train"], parts["test"]).num_rows == 0
 
 

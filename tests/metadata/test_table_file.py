@@ -16,8 +16,8 @@ from vl_datasets.metadata.table_file import read_normalized, write_normalized
 def test_normalized_round_trip(tmp_path, expected):
     write_normalized(expected, tmp_path / "n.arrow")
     again = read_normalized(tmp_path / "n.arrow")
-    assert again.schema.equals(expected.schema, check_metadata=True)
-    assert again.equals(expected)
+    assert again.schema.equals(expected.schema, check_metadata=True), "the schema or its metadata changed"
+    assert again.equals(expected), "the table read back differs from the one written"
     assert info_of(again) == INFO
 
 

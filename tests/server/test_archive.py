@@ -37,7 +37,8 @@ def test_full_json_export_with_images(local_vl, dataset_root):
         "exported_by",
         "total_media_items",
     }
-    assert payload["info"]["schema_version"] == "1.1" and payload["info"]["total_media_items"] == 8
+    assert payload["info"]["schema_version"] == "1.1"
+    assert payload["info"]["total_media_items"] == 8
     assert images == {f"images/{m['file_path']}" for m in items}
     assert first == (dataset_root / "ds-ready" / "images" / items[0]["file_path"]).read_bytes()
 
@@ -75,7 +76,8 @@ def test_selective_export_by_media_ids_holds_only_those(dataset_root, layout, ne
         task = finished(
             service, start_selective(service, {"media_ids": wanted}, export_format="parquet", include_images="true")
         )
-        assert task["entities_count"] == 2 and task["progress"] == 100
+        assert task["entities_count"] == 2
+        assert task["progress"] == 100
         with open_zip(service, task) as zf:
             table = pq.read_table(io.BytesIO(zf.read("metadata.parquet")))
             images = sorted(n for n in zf.namelist() if n.startswith("images/"))
@@ -85,10 +87,12 @@ def test_selective_export_by_media_ids_holds_only_those(dataset_root, layout, ne
         "file_name": f"images/{items[0]['file_name']}",
         "media_id": f"images/{items[0]['media_id']}.jpg",
     }[layout]
-    assert expected in images and len(images) == 2
+    assert expected in images
+    assert len(images) == 2
     first = table.column("metadata_items")[0].as_py()
     entries = first if nested else json.loads(first)
-    assert entries[0]["type"] == "image_label" and entries[0]["properties"]["category_name"]
+    assert entries[0]["type"] == "image_label"
+    assert entries[0]["properties"]["category_name"]
 
 
 def test_selective_export_by_cluster_ids(local_vl, dataset_root):
@@ -98,4 +102,5 @@ def test_selective_export_by_cluster_ids(local_vl, dataset_root):
         assert zf.namelist() == ["metadata.json"]
         payload = json.loads(zf.read("metadata.json"))
     expected = [m for m in items_of(dataset_root) if m["cluster_id"] == cluster]
-    assert payload["media_items"] == expected and task["entities_count"] == len(expected) < 8
+    assert payload["media_items"] == expected
+    assert task["entities_count"] == len(expected) < 8

@@ -29,8 +29,12 @@ def test_dataset_object_has_the_contract_fields(local_vl):
         "n_objects",
         "fatal_error_msg",
     }
-    assert body["id"] == "ds-ready" and body["status_new"] == "READY" and body["n_images"] == 8
-    assert body["n_videos"] == 0 and body["n_objects"] == 0 and body["progress"] == 100
+    assert body["id"] == "ds-ready"
+    assert body["status_new"] == "READY"
+    assert body["n_images"] == 8
+    assert body["n_videos"] == 0
+    assert body["n_objects"] == 0
+    assert body["progress"] == 100
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?", body["created_at"])  # no time zone
     assert requests.get(api(local_vl, "ds-indexing")).json()["status_new"] == "INDEXING"
 
@@ -40,7 +44,8 @@ def test_dataset_json_fields_win_and_changes_are_seen(local_vl, dataset_root):
         json.dumps({"display_name": "birds", "status_new": "READ ONLY"})
     )
     body = requests.get(api(local_vl, "ds-indexing")).json()
-    assert body["display_name"] == "birds" and body["status_new"] == "READ ONLY"
+    assert body["display_name"] == "birds"
+    assert body["status_new"] == "READ ONLY"
     assert requests.get(api(local_vl, "ds-indexing/export_context_async")).status_code == 409
     (dataset_root / "ds-indexing" / "dataset.json").write_text(json.dumps({"status_new": "ready"}))
     assert requests.get(api(local_vl, "ds-indexing/export_context_async")).status_code == 200
@@ -50,5 +55,6 @@ def test_unreadable_dataset_is_a_500_and_the_service_goes_on(local_vl, dataset_r
     (dataset_root / "broken").mkdir()
     (dataset_root / "broken" / "metadata.json").write_text("{not json")
     broken = requests.get(api(local_vl, "broken"))
-    assert broken.status_code == 500 and isinstance(broken.json()["detail"], str)
+    assert broken.status_code == 500
+    assert isinstance(broken.json()["detail"], str)
     assert requests.get(api(local_vl, "ds-ready")).status_code == 200

@@ -22,10 +22,12 @@ def test_fail_next_answers_the_status_then_recovers(local_vl):
     local_vl.faults.fail_next("dataset", 503, times=2, retry_after=4)
     answers = [requests.get(api(local_vl, "ds-ready")) for _ in range(3)]
     assert [a.status_code for a in answers] == [503, 503, 200]
-    assert answers[0].headers["Retry-After"] == "4" and "Retry-After" not in answers[2].headers
+    assert answers[0].headers["Retry-After"] == "4"
+    assert "Retry-After" not in answers[2].headers
     local_vl.faults.fail_next("export", 502, body="<html>bad gateway</html>", content_type="text/html")
     proxy = start_full(local_vl)
-    assert proxy.status_code == 502 and proxy.headers["Content-Type"] == "text/html"
+    assert proxy.status_code == 502
+    assert proxy.headers["Content-Type"] == "text/html"
     assert proxy.text == "<html>bad gateway</html>"
     local_vl.faults.fail_next("selective_export", 422, detail=[{"loc": ["body"], "msg": "m", "type": "t"}])
     assert start_selective(local_vl, {"media_ids": ["a"]}).json()["detail"][0]["msg"] == "m"
@@ -37,7 +39,8 @@ def test_fail_next_answers_the_status_then_recovers(local_vl):
     task = finished(local_vl, start_full(local_vl))
     assert download(local_vl, task).status_code == 500
     slow = download(local_vl, task)
-    assert slow.status_code == 503 and slow.headers["Content-Type"] == "application/xml"
+    assert slow.status_code == 503
+    assert slow.headers["Content-Type"] == "application/xml"
     assert download(local_vl, task).status_code == 200
     with pytest.raises(ValueError, match="endpoint"):
         local_vl.faults.fail_next("datasets", 500)
@@ -55,7 +58,8 @@ def test_break_download_after(local_vl):
         while chunk := sock.recv(65536):
             received += chunk
     head, body = received.split(b"\r\n\r\n", 1)
-    assert f"Content-Length: {size}".encode() in head and len(body) == 100
+    assert f"Content-Length: {size}".encode() in head
+    assert len(body) == 100
     assert len(download(local_vl, task).content) == size  # times=1: the next one is whole
 
 
@@ -74,14 +78,17 @@ def test_expire_urls_on_the_cdn_redirect(local_vl):
     task = finished(local_vl, start_full(local_vl))
     local_vl.faults.expire_urls(times=1)
     expired = download(local_vl, task)
-    assert expired.status_code == 403 and b"expired" in expired.content
+    assert expired.status_code == 403
+    assert b"expired" in expired.content
     assert download(local_vl, task).status_code == 200
 
 
 def test_fail_exports(local_vl):
     local_vl.faults.fail_exports(result_message="boom", times=1)
     failed = finished(local_vl, start_full(local_vl))
-    assert failed["status"] == "FAILED" and failed["result_message"] == "boom" and failed["download_uri"] is None
+    assert failed["status"] == "FAILED"
+    assert failed["result_message"] == "boom"
+    assert failed["download_uri"] is None
     assert finished(local_vl, start_full(local_vl))["status"] == "COMPLETED"
     local_vl.faults.fail_exports(result_message="too many entities", status="REJECTED")
     assert [finished(local_vl, start_full(local_vl))["status"] for _ in range(2)] == ["REJECTED"] * 2

@@ -34,9 +34,10 @@ def test_keep_alive_survives_errors_bodies_and_chunked_uploads(local_vl):
         statuses.append(answer.status)
         assert int(answer.getheader("Content-Length")) == (
             len(payload) if method != "HEAD" else int(answer.getheader("Content-Length"))
-        )
+        ), f"{method} {url}: Content-Length does not match the body"
     conn.close()
-    assert statuses == [200, 405, 404, 422, 200, 405, 200] and len(sockets) == 1
+    assert statuses == [200, 405, 404, 422, 200, 405, 200]
+    assert len(sockets) == 1
     records = local_vl.requests
     assert [r.endpoint for r in records] == [
         "dataset",
@@ -57,4 +58,6 @@ def test_malformed_request_gets_a_json_400(local_vl):
         received = b""
         while chunk := sock.recv(65536):  # the server closes after a malformed request
             received += chunk
-    assert received.startswith(b"HTTP/1.1 400") and b"application/json" in received and b'"detail"' in received
+    assert received.startswith(b"HTTP/1.1 400")
+    assert b"application/json" in received
+    assert b'"detail"' in received

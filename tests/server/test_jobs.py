@@ -27,14 +27,17 @@ TASK_FIELDS = {
 def test_export_progresses_deterministically(local_vl):
     start = start_full(local_vl)
     assert set(start.json()) == TASK_FIELDS
-    assert start.json()["status"] == "INIT" and start.json()["download_uri"] is None
+    assert start.json()["status"] == "INIT"
+    assert start.json()["download_uri"] is None
     seen = [poll(local_vl, start.json()["id"]) for _ in range(4)]
     assert [t["status"] for t in seen] == ["IN_PROGRESS", "IN_PROGRESS", "COMPLETED", "COMPLETED"]
     progress = [t["progress"] for t in seen]
-    assert progress == sorted(progress) and 0 < progress[0] < progress[1] < 100 == progress[2]
+    assert progress == sorted(progress)
+    assert 0 < progress[0] < progress[1] < 100 == progress[2]
     assert seen[1]["download_uri"] is None
     assert seen[2]["download_uri"] == f"/cdn/ds-ready/images/{start.json()['id']}/{start.json()['id']}.zip"
-    assert seen[2]["entities_count"] == 8 and seen[2]["dataset_id"] == "ds-ready"
+    assert seen[2]["entities_count"] == 8
+    assert seen[2]["dataset_id"] == "ds-ready"
 
 
 @pytest.mark.parametrize(
@@ -52,7 +55,9 @@ def test_empty_selection_is_rejected(local_vl):
     start = start_selective(local_vl, {"media_ids": ["none"]})
     assert start.json()["status"] == "INIT"
     task = poll(local_vl, start.json()["id"])
-    assert task["status"] == "REJECTED" and "empty" in task["result_message"] and task["download_uri"] is None
+    assert task["status"] == "REJECTED"
+    assert "empty" in task["result_message"]
+    assert task["download_uri"] is None
 
 
 def test_minimal_start_response_variant(dataset_root):

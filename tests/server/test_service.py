@@ -28,7 +28,8 @@ def test_service_lifecycle_and_arguments(dataset_root):
     try:
         url, work_dir = service.url, service._work_dir
         finished(service, start_full(service))
-        assert any(work_dir.iterdir()) and url != service.storage_url
+        assert any(work_dir.iterdir()), "the export left nothing in the service's work folder"
+        assert url != service.storage_url
         assert session.get(f"{url}/api/v1/dataset/ds-ready").status_code == 200
     finally:
         service.stop()
@@ -49,7 +50,9 @@ def test_service_lifecycle_and_arguments(dataset_root):
 
 def test_repr_hides_the_secret(dataset_root):
     with LocalVisualLayer(dataset_root, api_key=KEY, api_secret=SECRET) as service:
-        assert SECRET not in repr(service) and KEY in repr(service) and service.url in repr(service)
+        assert SECRET not in repr(service)
+        assert KEY in repr(service)
+        assert service.url in repr(service)
         assert SECRET not in repr(vars(service))
 
 
@@ -61,7 +64,8 @@ def test_serve_runs_in_the_foreground_until_interrupted(dataset_root):
     try:
         banner = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", banner).group(0)
-        assert "ds-ready" in banner and "no auth" in banner
+        assert "ds-ready" in banner
+        assert "no auth" in banner
         assert requests.get(f"{url}/api/v1/dataset/ds-ready", timeout=5).json()["n_images"] == 8
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0, proc.stderr.read()

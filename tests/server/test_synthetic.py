@@ -18,18 +18,25 @@ def test_write_dataset_is_deterministic_and_shaped_like_an_export(tmp_path):
     assert (first / "metadata.json").read_bytes() == (again / "metadata.json").read_bytes()
     assert (first / "metadata.json").read_bytes() != (other / "metadata.json").read_bytes()
     items = items_of(tmp_path / "a", "ds")
-    assert len(items) == 6 and len({m["cluster_id"] for m in items}) == 2 and not (first / "dataset.json").exists()
+    assert len(items) == 6
+    assert len({m["cluster_id"] for m in items}) == 2
+    assert not (first / "dataset.json").exists()
     for item in items:
         image = first / "images" / item["file_path"]
-        assert image.read_bytes()[:2] == b"\xff\xd8"  # a real JPEG
-        assert image.read_bytes() == (again / "images" / item["file_path"]).read_bytes()
-        assert re.fullmatch(r"\d+(\.\d\d)?(B|KB|MB)", item["file_size"]) and "/" in item["file_path"]
+        assert image.read_bytes()[:2] == b"\xff\xd8", f"{image} is not a JPEG"  # a real JPEG
+        assert image.read_bytes() == (again / "images" / item["file_path"]).read_bytes(), (
+            f"{item['file_path']} differs between two runs with the same seed"
+        )
+        assert re.fullmatch(r"\d+(\.\d\d)?(B|KB|MB)", item["file_size"]), f"file_size {item['file_size']!r}"
+        assert "/" in item["file_path"], f"{item['file_path']} is not in a folder"
     kinds = {(e["type"], e["properties"].get("issue_type")) for m in items for e in m["metadata_items"]}
     assert kinds == {("image_label", None), ("issue", "duplicates"), ("issue", "blur")}
     duplicates = [
         e["properties"] for m in items for e in m["metadata_items"] if e["properties"].get("issue_type") == "duplicates"
     ]
-    assert all({"duplicate_group_id", "duplicate_threshold", "confidence"} <= set(d) for d in duplicates)
+    assert all({"duplicate_group_id", "duplicate_threshold", "confidence"} <= set(d) for d in duplicates), (
+        f"a duplicates issue lacks a field: {duplicates}"
+    )
 
 
 def test_write_dataset_with_given_items_and_status(tmp_path):
@@ -45,6 +52,7 @@ def test_write_dataset_with_given_items_and_status(tmp_path):
         }
     ]
     folder = write_dataset(tmp_path, "mine", media_items=given, status="INDEXING")
-    assert items_of(tmp_path, "mine") == given and "file_size" not in given[0]
+    assert items_of(tmp_path, "mine") == given
+    assert "file_size" not in given[0]
     assert (folder / "images" / "x" / "a.jpg").is_file()
     assert json.loads((folder / "dataset.json").read_text()) == {"status_new": "INDEXING"}
