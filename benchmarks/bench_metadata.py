@@ -8,8 +8,8 @@ for some items, a duplicates issue) and N image files, hard links to a few copie
 folder costs inodes, not gigabytes. Then, each in fresh processes (median of 5):
 
 1. the bare ``pyarrow.parquet.read_table`` of the export's metadata file (the reference);
-2. ``VisualLayerDataset.from_export(folder)`` once its normalized table is cached beside the
-   export (every open after the first one), with its peak RSS;
+2. ``VisualLayerDataset.from_export(folder)`` once the cache holds the folder's index (every
+   open after the first one, which reads the metadata and lists the images), with its peak RSS;
 3. the private memory (USS) each of 2 forked DataLoader workers gains over one shuffled epoch in
    which ``__getitem__`` touches only the per-item state (path, label), not pixels, next to the
    same loader over a stateless dataset of the same length: the DataLoader's own workers grow by
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,7 +108,9 @@ OPEN = """
 import json, pickle, resource, time
 import pyarrow.dataset, torch
 from vl_datasets.loading.dataset import VisualLayerDataset
-t = time.perf_counter(); ds = VisualLayerDataset.from_export({folder!r}); s = time.perf_counter() - t
+t = time.perf_counter()
+ds = VisualLayerDataset.from_export({folder!r}, cache_dir={cache!r})
+s = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter(); blob = pickle.dumps(ds); p = time.perf_counter() - t
 print(json.dumps({{"s": s, "n": len(ds), "rss": rss, "pickle_s": p, "pickle_mib": len(blob) / 2**20}}))
@@ -147,7 +150,7 @@ def growth(dataset):
     del it, loader
     return result
 
-ds = VisualLayerDataset.from_export({folder!r})
+ds = VisualLayerDataset.from_export({folder!r}, cache_dir={cache!r})
 ds.__class__ = MetadataOnly
 print(json.dumps({{"stateless": growth(Stateless(len(ds))), "ours": growth(ds)}}))
 """
@@ -160,11 +163,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_metadata.md")
     args = parser.parse_args()
     folder = build_export(args.rows)
-    (folder / ".vl_datasets_normalized.arrow").unlink(missing_ok=True)
-    first = _child(OPEN.format(folder=str(folder)))  # builds the normalized cache beside the export
+    cache = DATA / "cache"  # the folder's index goes here, never into the folder
+    shutil.rmtree(cache, ignore_errors=True)
+    first = _child(OPEN.format(folder=str(folder), cache=str(cache)))  # indexes the export into the cache
     bare = [_child(BARE.format(path=str(folder / "metadata.parquet"))) for _ in range(args.runs)]
-    opened = [_child(OPEN.format(folder=str(folder))) for _ in range(args.runs)]
-    workers = _child(WORKERS.format(folder=str(folder)))
+    opened = [_child(OPEN.format(folder=str(folder), cache=str(cache))) for _ in range(args.runs)]
+    workers = _child(WORKERS.format(folder=str(folder), cache=str(cache)))
     bare_s = statistics.median(r["s"] for r in bare)
     open_s = statistics.median(r["s"] for r in opened)
     extra = [ours - base for ours, base in zip(workers["ours"], workers["stateless"])]
