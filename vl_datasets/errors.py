@@ -24,8 +24,10 @@
     │   ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
     │   ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
     │   ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
-    │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder
-    │   └── CorruptArchiveError (ValueError)         a ZIP that is truncated or fails its CRCs
+    │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder, or
+    │   │                                            whose member names collide or are too long
+    │   └── CorruptArchiveError (ValueError)         a ZIP that is truncated, fails its CRCs, or
+    │                                                holds a member that cannot be decompressed
     └── DataError                                    the metadata and the images of an export
         ├── SchemaError (ValueError)                 metadata lacks a required column or field
         ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
@@ -268,7 +270,8 @@ class ExportNotFoundError(CacheError, FileNotFoundError):
 
 
 class UnsafeArchiveError(CacheError, ValueError):
-    """An archive member would escape its folder (absolute path, ``..``, link) or is a ZIP bomb."""
+    """An archive member would escape its folder (absolute path, ``..``, link), collides with
+    another (a file where a folder is), has a name too long for the file system, or is a ZIP bomb."""
 
     def __init__(self, message: str = "", *, member: str | None = None) -> None:
         super().__init__(message)
@@ -276,11 +279,13 @@ class UnsafeArchiveError(CacheError, ValueError):
 
 
 class CorruptArchiveError(CacheError, ValueError):
-    """An archive is truncated, not a ZIP, or fails its CRC checks."""
+    """An archive is truncated, not a ZIP, or fails its CRC checks; ``member`` names the member
+    whose data cannot be read, when one is at fault."""
 
-    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+    def __init__(self, message: str = "", *, path: str | None = None, member: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.member = member
 
 
 # -- the data -------------------------------------------------------------------------------------
@@ -291,11 +296,13 @@ class DataError(VLDatasetsError):
 
 
 class SchemaError(DataError, ValueError):
-    """The export's metadata lacks a required column or field, or has one of the wrong type."""
+    """The export's metadata lacks a required column or field, has one of the wrong type, or a value
+    out of its range; ``media_id`` names the item at fault, when one is."""
 
-    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+    def __init__(self, message: str = "", *, field: str | None = None, media_id: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.media_id = media_id
 
 
 class CurationError(DataError, ValueError):
