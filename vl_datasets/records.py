@@ -10,12 +10,20 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ResponseValidationError
 
 EXPORT_FORMATS = ("parquet", "json")
 TERMINAL_EXPORT_STATUSES = frozenset({"COMPLETED", "FAILED", "REJECTED", "CANCELED"})
 KNOWN_EXPORT_STATUSES = TERMINAL_EXPORT_STATUSES | {"INIT", "IN_PROGRESS"}
+
+
+def redact_url(url: str) -> str:
+    """Drop the query string and any user:password: presigned URLs carry their signature there."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # user:password@ is a credential too
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def normalize_status(value: Any) -> str | None:
@@ -107,6 +115,14 @@ class ExportTask:
     result_message: str | None = None
     created_at: datetime | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        # A presigned download URI is a bearer secret until it expires: show it without its signature.
+        uri = None if self.download_uri is None else redact_url(self.download_uri)
+        return (
+            f"ExportTask(id={self.id!r}, dataset_id={self.dataset_id!r}, status={self.status!r}, "
+            f"progress={self.progress!r}, download_uri={uri!r}, entities_count={self.entities_count!r})"
+        )
 
     @property
     def is_terminal(self) -> bool:

@@ -160,3 +160,51 @@ def test_a_lock_folder_others_can_write_to_is_refused(quick_client, task, tmp_pa
     with pytest.raises(errors.ConfigurationError, match=re.escape(str(shared))):
         quick_client.download_export(task, tmp_path / "out" / "e.zip")
     assert not (tmp_path / "out" / "e.zip").exists()
+
+
+def test_a_redirect_without_location_is_named_as_such(tmp_path):
+    import http.server
+    import threading
+
+    class NoLocation(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLocation)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/export.zip?X-Signature=abc"
+        task = ExportTask(id="t1", dataset_id="ds", status="COMPLETED", download_uri=url)
+        from vl_datasets import Client
+
+        client = Client(f"http://127.0.0.1:{server.server_port}", progress=False, env={}, sleep=lambda s: None)
+        with pytest.raises(errors.DownloadError, match="without a Location") as caught:
+            client.download_export(task, tmp_path / "e.zip")
+        assert "X-Signature" not in str(caught.value), "the error shows the presigned signature"
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "e.zip").exists(), "a redirect's empty body was saved as the archive"
+
+
+def test_a_task_id_that_is_no_file_name_still_downloads(client, tmp_path):
+    from vl_datasets.api.download import partial_path
+
+    for task_id in ("a/b", "../up", "x" * 300):
+        path = partial_path(tmp_path / "e.zip", task_id)
+        assert path.parent == tmp_path, f"task id {task_id!r} moved the partial file out of the folder"
+        assert len(path.name) < 200
+    assert partial_path(tmp_path / "e.zip", "a/b") != partial_path(tmp_path / "e.zip", "a_b"), "two ids collide"
+    task, _ = export_and_download(client, tmp_path / "ref")
+    odd = ExportTask(
+        id=f"{task.id}/1",
+        dataset_id=task.dataset_id,
+        status=task.status,
+        download_uri=task.download_uri,
+        entities_count=task.entities_count,
+    )
+    assert client.download_export(odd, tmp_path / "odd.zip").is_file()

@@ -100,3 +100,63 @@ def test_422_detail_list_is_kept_and_readable(local_vl, client):
         client.get_dataset("ds-ready")
     assert caught.value.detail[0]["msg"] == "bad id"
     assert "path.dataset_id: bad id" in str(caught.value)
+
+
+def _strings_reachable_from(error: BaseException, limit: int = 200_000) -> list[str]:
+    """Every str/bytes an error reporter could reach from ``error``: its attributes, its
+    __cause__/__context__ chain and everything those hold, frames and code aside."""
+    import gc
+    import types
+
+    skip = (types.FrameType, types.TracebackType, types.ModuleType, types.FunctionType, types.CodeType, type)
+    seen, found, stack = set(), [], [error]
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (str, bytes)):
+            found.append(obj if isinstance(obj, str) else obj.decode("latin-1"))
+            continue
+        if isinstance(obj, BaseException):
+            stack.extend(o for o in (obj.__cause__, obj.__context__) if o is not None)
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def test_no_token_or_secret_is_reachable_from_a_connection_error(fake_time):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "s3cret-value-0123456789abcdef0123456789"
+    client = Client(
+        f"http://127.0.0.1:{port}",
+        api_key="k",
+        api_secret=secret,
+        sleep=fake_time.sleep,
+        max_retries=1,
+        progress=False,
+        env={},
+    )
+    with pytest.raises(errors.APIConnectionError) as caught:
+        client.get_dataset("ds-ready")
+    assert caught.value.__context__ is None, "requests' exception (with the request's headers) rides along"
+    leaked = [s for s in _strings_reachable_from(caught.value) if secret in s or "Bearer " in s or "eyJ" in s]
+    assert leaked == [], f"the token or secret is reachable from the raised error: {leaked[:3]}"
+
+
+def test_presigned_signatures_stay_out_of_urllib3_debug_lines(dataset_root, tmp_path, caplog):
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root, export_polls=0, download_uri_style="absolute") as service:
+        client = Client(service.url, progress=False, env={}, sleep=lambda s: None)
+        task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
+        assert "Signature" in task.download_uri, "the service should hand out a presigned URL here"
+        assert "Signature" not in repr(task), "repr(ExportTask) shows the presigned signature"
+        with caplog.at_level("DEBUG"):
+            client.download_export(task, tmp_path / "e.zip")
+    storage_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("GET" in line for line in storage_lines), "urllib3 logged no request line to check"
+    assert not [line for line in storage_lines if "Signature" in line], "a signature reached a log line"

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from .. import errors
 from ..locks import hold_lock
-from ..records import ExportTask
-from .transport import Transport, redact_url
+from ..records import ExportTask, redact_url
+from .transport import Transport
 
 logger = logging.getLogger("vl_datasets")
 
@@ -41,8 +41,12 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 def partial_path(dest: Path, task_id: str) -> Path:
-    """Where the bytes of ``task_id`` accumulate before they become ``dest``."""
-    return dest.with_name(f".{dest.name}.{task_id}.incomplete")
+    """Where the bytes of ``task_id`` accumulate before they become ``dest``. The id comes from the
+    server: one that is no file name (a ``/``, say) is made one, told apart by a hash."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", task_id)[:64]
+    if name != task_id:
+        name = f"{name}-{hashlib.sha256(task_id.encode()).hexdigest()[:12]}"
+    return dest.with_name(f".{dest.name}.{name}.incomplete")
 
 
 def lock_path(dest: Path) -> Path:
@@ -159,6 +163,14 @@ class _Download:
                 raise
             return self._fail(exc)
         with response:
+            if response.is_redirect or 300 <= response.status_code < 400:
+                # requests follows a redirect only when it says where to: the body of one that does
+                # not is no archive, and saving it would blame the archive for the server's answer.
+                raise errors.DownloadError(
+                    f"Download of export {self.task.id}: the storage answered HTTP {response.status_code} "
+                    "without a Location header to follow.",
+                    url=redact_url(url),
+                )
             start, total = _range_of(response, have)
             if start != have:  # Range ignored (200) or answered from elsewhere: start over
                 logger.info("Server did not resume at byte %d; restarting the download", have)

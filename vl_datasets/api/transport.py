@@ -16,16 +16,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from .. import errors
 from .._version import __version__
+from ..records import redact_url
 from .auth import TokenProvider
 
 logger = logging.getLogger("vl_datasets")
+
+
+class _RedactQueryStrings(logging.Filter):
+    """urllib3 logs every request line at DEBUG with its path and query string, and a presigned
+    download URL's signature is in that query: blank it before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def _without_query(text: str) -> str:
+    return text.split("?", 1)[0] + "?<redacted>" if "?" in text else text
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueryStrings())
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Answers that mean "not processed": safe to resend even a request that starts work.
@@ -48,12 +65,6 @@ class RetryPolicy:
             return min(max(retry_after_s, 0.0), self.retry_after_max_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return ceiling * random.uniform(0.5, 1.0)  # jitter spreads out ranks that failed together
-
-
-def redact_url(url: str) -> str:
-    """Drop the query string: presigned URLs carry a signature there."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -192,21 +203,16 @@ class Transport:
         """
         attempt = 0
         renewed = False
+        extra_headers = dict(kwargs.pop("headers", None) or {})
         while True:
-            headers = dict(kwargs.pop("headers", None) or {})
-            if authenticate and self.tokens is not None:
-                headers["Authorization"] = f"Bearer {self.tokens.bearer()}"
-            kwargs["headers"] = headers
-            try:
-                response = self.session.request(
-                    method, url, timeout=(min(10.0, self.timeout_s), self.timeout_s), stream=stream, **kwargs
-                )
-            except requests.RequestException as exc:
-                if attempt >= self.retry.max_retries or not (idempotent or _never_sent(exc)):
-                    raise self._connection_error(exc, method, url, what) from None
-                self._pause(attempt, None, f"{what}: {type(exc).__name__}")
+            outcome = self._send(method, url, extra_headers, authenticate, stream, kwargs)
+            if isinstance(outcome, _Failure):
+                if attempt >= self.retry.max_retries or not (idempotent or outcome.never_sent):
+                    raise self._connection_error(outcome, method, url, what)
+                self._pause(attempt, None, f"{what}: {outcome.kind}")
                 attempt += 1
                 continue
+            response = outcome
             logger.debug("%s %s -> %s", method, redact_url(url), response.status_code)
             status = response.status_code
             if status == 401 and authenticate and not renewed and self.tokens and self.tokens.can_renew:
@@ -233,10 +239,47 @@ class Transport:
         logger.info("%s; retry %d/%d in %.1fs", reason, attempt + 1, self.retry.max_retries, delay)
         self.sleep(delay)
 
+    def _send(
+        self,
+        method: str,
+        url: str,
+        extra_headers: dict[str, str],
+        authenticate: bool,
+        stream: bool,
+        kwargs: dict[str, Any],
+    ) -> requests.Response | _Failure:
+        """One attempt. A failure comes back as plain facts, never as requests' exception: that one
+        holds the prepared request with its Authorization header, and would ride along as the
+        ``__context__`` of the error we raise, reachable by any error reporter that walks chains."""
+        try:
+            return self.session.request(
+                method,
+                url,
+                headers=self._headers(extra_headers, authenticate),
+                timeout=(min(10.0, self.timeout_s), self.timeout_s),
+                stream=stream,
+                **kwargs,
+            )
+        except requests.RequestException as exc:
+            return _Failure(type(exc).__name__, isinstance(exc, requests.Timeout), _never_sent(exc))
+
+    def _headers(self, extra: dict[str, str], authenticate: bool) -> dict[str, str]:
+        # Built per call and handed straight to requests: no frame of ours keeps the bearer token.
+        if authenticate and self.tokens is not None:
+            return {**extra, "Authorization": f"Bearer {self.tokens.bearer()}"}
+        return dict(extra)
+
     @staticmethod
-    def _connection_error(exc: Exception, method: str, url: str, what: str) -> errors.APIConnectionError:
-        cls = errors.APITimeoutError if isinstance(exc, requests.Timeout) else errors.APIConnectionError
+    def _connection_error(failure: _Failure, method: str, url: str, what: str) -> errors.APIConnectionError:
+        cls = errors.APITimeoutError if failure.timed_out else errors.APIConnectionError
         # The exception text of requests can embed the full URL; name only its redacted form.
-        return cls(
-            f"{what}: could not reach {redact_url(url)} ({type(exc).__name__})", method=method, url=redact_url(url)
-        )
+        return cls(f"{what}: could not reach {redact_url(url)} ({failure.kind})", method=method, url=redact_url(url))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What an attempt that got no answer tells the retry loop."""
+
+    kind: str  # the name of requests' exception, for messages
+    timed_out: bool
+    never_sent: bool  # the connection was never made, so the server saw nothing
