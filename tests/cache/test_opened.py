@@ -19,3 +19,48 @@ def test_opening_a_folder_writes_nothing_into_it(tmp_path):
     metadata = folder / "metadata.json"
     metadata.write_text(metadata.read_text().replace('"media_items"', '"media_items" '))
     assert open_export(folder, cache_dir=tmp_path / "cache").version != entry.version
+
+
+def test_a_symlink_out_of_the_export_is_never_followed(tmp_path):
+    import json
+
+    import pytest
+
+    from vl_datasets import VisualLayerDataset, errors
+    from vl_datasets.testing import write_dataset
+
+    folder = tmp_path / "export"
+    write_dataset(folder.parent, folder.name, n_items=3)
+    secret = tmp_path / "outside.txt"
+    secret.write_bytes(b"PRIVATE-BYTES-OF-ANOTHER-FILE")
+    items = json.loads((folder / "metadata.json").read_text())["media_items"]
+    victim = folder / "images" / items[0]["file_path"]
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(errors.ImageNotFoundError) as caught:
+        VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None)
+    assert caught.value.media_id == items[0]["media_id"], "the error should name the item whose image is a link"
+    kept = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None, missing_images="drop")
+    assert len(kept) == 2 and kept.curation_summary().removed_by == {"missing_images": 1}
+    assert items[0]["media_id"] not in kept.media_ids, "the linked file was read as the item's image"
+
+
+def test_a_killed_unpack_leaves_nothing_for_good(tmp_path):
+    import zipfile
+
+    from vl_datasets.cache.opened import local_store, open_export
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "export", n_items=2)
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in (tmp_path / "export").rglob("*"):
+            zf.write(path, path.relative_to(tmp_path / "export"))
+    store = local_store(tmp_path / "cache")
+    entry_dir = store.opened_dir(archive.resolve())
+    stale = entry_dir / ".staging-999999-deadbeef"  # what a kill during unpacking leaves
+    stale.mkdir(parents=True)
+    (stale / "metadata.json").write_text("{")
+    entry = open_export(archive, cache_dir=tmp_path / "cache")
+    assert entry.row_count == 2
+    assert not stale.exists(), "the next open of the same ZIP must collect the killed unpack's folder"

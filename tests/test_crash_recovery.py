@@ -1,0 +1,165 @@
+"""A fetch killed with SIGKILL anywhere leaves a cache that the next fetch turns into a clean entry.
+
+Each seeded trial kills a child process running ``fetch_export`` at one point: while it polls the
+export, in the middle of the download, in the middle of unpacking, or between the steps of
+publication (before the version folder moves, before its index is written, before its manifest
+is written). The points inside the library are reached by the child wrapping one library function
+so that it kills its own process there; the server and the network are real. After each kill a
+fresh fetch must give an entry with the same rows and image bytes as a clean fetch, and the cache
+must hold nothing else: no staging folder, download, pending task or unmanifested version.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import child_env
+from vl_datasets import Client, fetch_export
+from vl_datasets.metadata.read import read_metadata_file
+
+TRIALS_PER_POINT = 4
+WAIT_S = 60.0
+
+# Child-side wrappers: each replaces one library function with one that kills the process when
+# it is called for the K-th time (K is drawn by the trial).
+_DIE_AT = """
+import os, signal
+def die_at(module, name, k):
+    real, calls = getattr(module, name), [0]
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(module, name, wrapper)
+"""
+POINTS = {
+    # point: (object holding the function, its name, largest K) -- None: killed from outside instead
+    "polling": None,
+    "download": None,
+    "unpack": ("vl_datasets.cache.archive", "_copy_member", 8),  # once per member: 9 in all
+    "before the version moves": ("vl_datasets.cache.store.os", "rename", 1),
+    "before the index": ("vl_datasets.cache.store", "write_index", 1),
+    "before the manifest": ("vl_datasets.cache.store", "write_json_atomic", 1),
+}
+
+
+def _child_code(url: str, cache_dir: Path, point: str, k: int) -> str:
+    code = [_DIE_AT, "import vl_datasets.cache.archive, vl_datasets.cache.store"]
+    if (target := POINTS[point]) is not None:
+        holder, name, _ = target
+        code.append(f"die_at({holder}, {name!r}, {k})")
+    code += [
+        "from vl_datasets import Client, fetch_export",
+        f"fetch_export('ds-ready', client=Client({url!r}, progress=False), cache_dir={str(cache_dir)!r})",
+    ]
+    return "\n".join(code)
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the fetch ended (code {proc.returncode}) before {what}: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"waited {WAIT_S:.0f}s for {what}")
+
+
+def _kill_one_fetch(service, cache_dir: Path, point: str, rng: random.Random) -> None:
+    target = POINTS[point]
+    k = rng.randint(1, target[2]) if target is not None else 0
+    if point == "polling":
+        service.faults.hold_exports()
+    elif point == "download":
+        service.faults.stall_download_after(rng.randint(200, 3000), seconds=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _child_code(service.url, cache_dir, point, k)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        if point == "polling":
+            _wait_for(lambda: any(cache_dir.rglob(".task.json")), "the export task to be recorded", proc)
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+        elif point == "download":
+            _wait_for(
+                lambda: any(p.stat().st_size for p in cache_dir.rglob("*.incomplete")),
+                "the first bytes of the download",
+                proc,
+            )
+            time.sleep(rng.uniform(0.0, 0.1))
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        service.faults.reset()
+    assert proc.returncode == -signal.SIGKILL, f"the fetch was not killed at {point!r} (k={k}): {err[-2000:]}"
+
+
+def _content(entry) -> tuple:
+    images = sorted(
+        (p.relative_to(entry.images_dir).as_posix(), p.read_bytes()) for p in entry.images_dir.rglob("*") if p.is_file()
+    )
+    return read_metadata_file(entry.metadata_path).to_pylist(), images
+
+
+def _unexpected_files(cache_dir: Path, entry) -> list[str]:
+    allowed = {
+        cache_dir / "CACHEDIR.TAG",
+        entry.entry_dir / ".lock",
+        entry.entry_dir / f"{entry.version}.manifest.json",
+    }
+    found = []
+    for path in cache_dir.rglob("*"):
+        if path.is_dir() or path in allowed or path.is_relative_to(entry.path):
+            continue
+        found.append(str(path.relative_to(cache_dir)))
+    found += [str(p.relative_to(cache_dir)) for p in entry.entry_dir.iterdir() if p.is_dir() and p != entry.path]
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, dataset_root_module):
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root_module, export_polls=0) as service:
+        entry = fetch_export(
+            "ds-ready", client=Client(service.url, progress=False, env={}), cache_dir=tmp_path_factory.mktemp("clean")
+        )
+        return _content(entry)
+
+
+@pytest.fixture(scope="module")
+def dataset_root_module(tmp_path_factory):
+    from vl_datasets.testing import write_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    write_dataset(root, "ds-ready", n_items=8, n_clusters=3)
+    return root
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize("trial", range(TRIALS_PER_POINT))
+def test_a_killed_fetch_leaves_nothing_the_next_fetch_cannot_clean(point, trial, clean, dataset_root_module, tmp_path):
+    from vl_datasets.testing import LocalVisualLayer
+
+    rng = random.Random(f"{point}-{trial}")
+    with LocalVisualLayer(dataset_root_module, export_polls=0) as service:
+        _kill_one_fetch(service, tmp_path, point, rng)
+        entry = fetch_export("ds-ready", client=Client(service.url, progress=False, env={}), cache_dir=tmp_path)
+    assert _content(entry) == clean, f"after a kill at {point!r}, the entry differs from a clean one"
+    assert _unexpected_files(tmp_path, entry) == [], f"after a kill at {point!r}, the cache holds leftovers"
