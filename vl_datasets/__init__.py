@@ -33,6 +33,7 @@ from .errors import (
     CorruptArchiveError,
     CurationError,
     DataError,
+    DatasetMismatchError,
     DatasetNotFoundError,
     DatasetNotReadyError,
     DownloadError,
@@ -51,6 +52,7 @@ from .errors import (
     SchemaError,
     ServerError,
     UnsafeArchiveError,
+    VersionNotFoundError,
     VLDatasetsError,
 )
 
@@ -108,6 +110,7 @@ __all__ = [
     "CurationSummary",
     "DataError",
     "DatasetInfo",
+    "DatasetMismatchError",
     "DatasetNotFoundError",
     "DatasetNotReadyError",
     "DownloadError",
@@ -130,6 +133,7 @@ __all__ = [
     "ServerError",
     "UnsafeArchiveError",
     "VLDatasetsError",
+    "VersionNotFoundError",
     "VisualLayerDataset",
     "__version__",
     "errors",

@@ -22,6 +22,7 @@
     │       └── InsufficientDiskSpaceError
     ├── CacheError                                   the cache and the archives put into it
     │   ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
+    │   │   └── VersionNotFoundError                 the export version asked for is not in the cache
     │   ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
     │   ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
     │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder, or
@@ -32,7 +33,8 @@
         ├── SchemaError (ValueError)                 metadata lacks a required column or field
         ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
         ├── ImageNotFoundError (FileNotFoundError)   a row's image is missing or ambiguous
-        └── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
+        ├── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
+        └── DatasetMismatchError (ValueError)        a loader state saved on other items than the dataset's
 
 Every class is constructible from one message string and pickles with its attributes: a
 DataLoader worker re-raises an exception in the main process as ``type(exc)(message)``, and
@@ -253,6 +255,15 @@ class CacheMissError(CacheError, FileNotFoundError):
         self.key = key
 
 
+class VersionNotFoundError(CacheMissError):
+    """The export version asked for (``version=``, as a loader state pins it) is not in the cache:
+    pruned, or fetched on another machine."""
+
+    def __init__(self, message: str = "", *, key: str | None = None, version: str | None = None) -> None:
+        super().__init__(message, key=key)
+        self.version = version
+
+
 class LockTimeoutError(CacheError, TimeoutError):
     """Another process held the cache entry's lock past the wait limit."""
 
@@ -324,6 +335,16 @@ class ImageDecodeError(DataError, ValueError):
         super().__init__(message)
         self.media_id = media_id
         self.path = path
+
+
+class DatasetMismatchError(DataError, ValueError):
+    """A loader state was saved on other items than this dataset's: another export version, or other
+    curation rules. ``version`` and ``fingerprint`` are the state's."""
+
+    def __init__(self, message: str = "", *, version: str | None = None, fingerprint: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+        self.fingerprint = fingerprint
 
 
 __all__ = sorted(
