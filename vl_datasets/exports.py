@@ -18,6 +18,14 @@ from . import errors
 from .cache.archive import extract_archive
 from .cache.opened import local_store
 from .cache.store import CacheStore, ExportKey, LocalExport
+from .chunks import (
+    DEFAULT_CHUNKS_IN_FLIGHT,
+    DEFAULT_IMAGES_PER_EXPORT,
+    build_chunked,
+    is_too_large,
+    limit_named_in,
+    planned_chunk_size,
+)
 from .config import env_flag, is_remote, resolve_cache_dir, resolve_client_settings
 from .locks import hold_lock
 from .records import EXPORT_FORMATS, ExportTask
@@ -44,6 +52,8 @@ def fetch_export(
     offline: bool | None = None,
     export_timeout_s: float | None = 3 * 3600.0,
     lock_timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S,
+    max_images_per_export: int | None = None,
+    chunks_in_flight: int = DEFAULT_CHUNKS_IN_FLIGHT,
 ) -> LocalExport:
     """Return a complete local copy of the export, starting one only when none is cached.
 
@@ -53,11 +63,18 @@ def fetch_export(
     and no ``VL_API_URL`` it takes the newest copy cached from any API host.
     ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
     previous version stays on disk, for jobs still reading it, until ``vl-datasets cache prune``.
+
+    Images beyond what one export may carry come in chunks (see ``vl_datasets.chunks``): when the
+    platform rejects the export as too large, or when ``max_images_per_export`` says so before
+    asking, the metadata is exported alone and the images by selective exports of at most that
+    many media ids, ``chunks_in_flight`` at a time, into one entry.
     """
     if export_format not in EXPORT_FORMATS:
         raise errors.ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
     if media_ids is not None and cluster_ids is not None:
         raise errors.ConfigurationError("Give at most one of media_ids or cluster_ids.")
+    if max_images_per_export is not None and max_images_per_export < 1:
+        raise errors.ConfigurationError(f"max_images_per_export must be at least 1, got {max_images_per_export}.")
     offline = env_flag("VL_DATASETS_OFFLINE") if offline is None else offline
     explicit_host = client is not None or bool(os.environ.get("VL_API_URL"))
     base_url = client.base_url if client is not None else resolve_client_settings().base_url
@@ -69,21 +86,107 @@ def fetch_export(
     if offline:
         return _offline_lookup(store, key, explicit_host)
     root = resolve_cache_dir(cache_dir)
-    remote = _remote(root) if is_remote(root) else None
-    asked_at = datetime.now(timezone.utc)
-    entry_dir = store.entry_dir(key)
-    entry_dir.mkdir(parents=True, exist_ok=True)
-    with hold_lock(store.lock_path(entry_dir), timeout_s=lock_timeout_s, what=f"export of {_describe(key)}"):
-        entry = store.lookup(key)
-        if entry is not None and (not refresh or (entry.created_at is not None and entry.created_at >= asked_at)):
-            return entry  # another process published it (or refreshed it) while we waited
-        store.remove_leftovers(entry_dir, keep_download=True)  # a killed build's, but its download resumes
-        if remote is not None and not refresh and (entry := remote.mirror(key, store)) is not None:
+    job = _Fetch(
+        client,
+        store,
+        _remote(root) if is_remote(root) else None,
+        export_timeout_s,
+        lock_timeout_s,
+        max_images_per_export,
+        chunks_in_flight,
+    )
+    return job.entry(key, refresh=refresh)
+
+
+class _Fetch:
+    """One ``fetch_export`` call's settings, shared by the entries it may need (a chunked export
+    needs the metadata-only entry too)."""
+
+    def __init__(
+        self,
+        client: Client | None,
+        store: CacheStore,
+        remote: RemoteCache | None,
+        export_timeout_s: float | None,
+        lock_timeout_s: float | None,
+        max_images_per_export: int | None,
+        chunks_in_flight: int,
+    ) -> None:
+        self._client, self.store, self.remote = client, store, remote
+        self.export_timeout_s, self.lock_timeout_s = export_timeout_s, lock_timeout_s
+        self.max_images_per_export, self.chunks_in_flight = max_images_per_export, chunks_in_flight
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            from .api.client import Client  # the network stack loads only when an export must be made
+
+            self._client = Client()
+        return self._client
+
+    def entry(self, key: ExportKey, *, refresh: bool = False) -> LocalExport:
+        """The entry of ``key``: cached, mirrored from the shared root, or built, under its lock."""
+        store = self.store
+        if not refresh and (entry := store.lookup(key)) is not None:
             return entry
-        entry = _build_entry(client, store, key, export_timeout_s, lock_timeout_s)
-        if remote is not None:
-            remote.upload(key, entry)
-        return entry
+        asked_at = datetime.now(timezone.utc)
+        entry_dir = store.entry_dir(key)
+        entry_dir.mkdir(parents=True, exist_ok=True)
+        with hold_lock(store.lock_path(entry_dir), timeout_s=self.lock_timeout_s, what=f"export of {_describe(key)}"):
+            entry = store.lookup(key)
+            if entry is not None and (not refresh or (entry.created_at is not None and entry.created_at >= asked_at)):
+                return entry  # another process published it (or refreshed it) while we waited
+            store.remove_leftovers(entry_dir, keep_resumable=True)  # a killed build's; its downloads resume
+            if self.remote is not None and not refresh and (entry := self.remote.mirror(key, store)) is not None:
+                return entry
+            entry = self._build(key)
+            if self.remote is not None:
+                self.remote.upload(key, entry)
+            return entry
+
+    def _build(self, key: ExportKey) -> LocalExport:
+        limit = self.max_images_per_export
+        if key.include_images and (planned := planned_chunk_size(self.store.entry_dir(key))) is not None:
+            return self._build_chunked(key, planned)  # a killed run's chunks: finish them
+        if key.include_images and self._over(key, limit):
+            return self._build_chunked(key, limit or DEFAULT_IMAGES_PER_EXPORT)
+        try:
+            return _build_entry(self.client, self.store, key, self.export_timeout_s, self.lock_timeout_s)
+        except errors.ExportFailedError as exc:
+            if not (key.include_images and is_too_large(exc)):
+                raise
+            self.store.remember_task(key, None)
+            learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
+            logger.info(
+                "Export of %s rejected as too large (%s); exporting its images in chunks of %d",
+                _describe(key),
+                exc.result_message,
+                learned,
+            )
+            return self._build_chunked(key, learned)
+
+    def _over(self, key: ExportKey, limit: int | None) -> bool:
+        """Whether the export is known to exceed ``limit`` before asking for it."""
+        if limit is None:
+            return False
+        if key.media_ids is not None:
+            return len(key.media_ids) > limit
+        return (self.client.get_dataset(key.dataset_id).n_images or 0) > limit
+
+    def _build_chunked(self, key: ExportKey, images_per_export: int) -> LocalExport:
+        metadata = self.entry(
+            ExportKey(key.api_host, key.dataset_id, key.export_format, False, key.media_ids, key.cluster_ids)
+        )
+        return build_chunked(
+            self.client,
+            self.store,
+            key,
+            metadata,
+            images_per_export,
+            in_flight=self.chunks_in_flight,
+            export_timeout_s=self.export_timeout_s,
+            lock_timeout_s=self.lock_timeout_s,
+        )
 
 
 def _remote(root: str) -> RemoteCache:
@@ -129,16 +232,12 @@ def _describe(key: ExportKey) -> str:
 
 
 def _build_entry(
-    client: Client | None,
+    client: Client,
     store: CacheStore,
     key: ExportKey,
     export_timeout_s: float | None,
     lock_timeout_s: float | None,
 ) -> LocalExport:
-    if client is None:
-        from .api.client import Client  # the network stack loads only when an export must be made
-
-        client = Client()
     task = _start_or_resume(client, store, key)
     task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s)
     entry_dir = store.entry_dir(key)

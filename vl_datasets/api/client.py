@@ -169,18 +169,22 @@ class Client:
         *,
         timeout_s: float | None = DEFAULT_EXPORT_TIMEOUT_S,
         on_progress: Callable[[ExportTask], None] | None = None,
+        progress: bool | None = None,
     ) -> ExportTask:
         """Poll until the export completes; return the COMPLETED task.
 
         Raises ``ExportFailedError`` (FAILED, REJECTED, CANCELED) with the server's
         ``result_message``, and ``ExportTimeoutError`` (carrying ``task_id``, so waiting can resume)
-        when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes.
+        when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes. ``progress``
+        overrides the client's setting for this call's bar.
         """
         deadline = None if timeout_s is None else self._clock() + timeout_s
         interval = POLL_START_S
         scale = _ProgressScale()
         warned: set[str] = set()
-        with tqdm(total=100, unit="%", desc=f"export {task_id[:8]}", disable=not self.progress, leave=False) as bar:
+        with tqdm(
+            total=100, unit="%", desc=f"export {task_id[:8]}", disable=not _shown(progress, self.progress), leave=False
+        ) as bar:
             while True:
                 task = self.get_export_status(dataset_id, task_id)
                 bar.n = scale.percent(task)
@@ -203,7 +207,12 @@ class Client:
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
     def download_export(
-        self, task: ExportTask, dest: str | os.PathLike, *, lock_timeout_s: float | None = None
+        self,
+        task: ExportTask,
+        dest: str | os.PathLike,
+        *,
+        lock_timeout_s: float | None = None,
+        progress: bool | None = None,
     ) -> Path:
         """Download a completed export's ZIP to ``dest`` (resumable; see ``vl_datasets.download``)."""
 
@@ -216,7 +225,7 @@ class Client:
             dest,
             base_url=self.base_url,
             refresh_task=refresh,
-            progress=self.progress,
+            progress=_shown(progress, self.progress),
             lock_timeout_s=lock_timeout_s,
         )
 
@@ -238,6 +247,10 @@ class Client:
                 f"{response.headers.get('Content-Type', 'no content type')}).",
                 url=url,
             ) from None
+
+
+def _shown(progress: bool | None, default: bool) -> bool:
+    return default if progress is None else progress
 
 
 def _export_params(export_format: str, include_images: bool) -> dict[str, str]:

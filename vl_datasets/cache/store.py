@@ -7,6 +7,7 @@ Layout under the cache root::
         <version>/                       an unpacked export (metadata file, images/) and its index
         <version>.manifest.json          the version's commit marker, written last
         .lock  .task.json  .download/  .staging-*/     a build in progress (see exports.py)
+        .chunks/                         the selective exports of a chunked export (see chunks.py)
     opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
     mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
 
@@ -48,6 +49,7 @@ FORMAT_VERSION = 2
 MANIFEST_SUFFIX = ".manifest.json"
 EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
 CACHEDIR_TAG = "CACHEDIR.TAG"
+CHUNKS = ".chunks"  # the selective exports a chunked export is built from, until it is published
 _TAG_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file marks a cache folder of vl_datasets; see https://bford.info/cachedir/\n"
@@ -259,7 +261,7 @@ class CacheStore:
         that never got their manifest. Only safe to remove while holding the entry's lock."""
         published = {v.version for v in self.versions(entry_dir)}
         children = sorted(entry_dir.iterdir()) if entry_dir.is_dir() else []
-        work_files = [p for p in children if p.name.startswith((".staging-", ".download"))]
+        work_files = [p for p in children if p.name.startswith((".staging-", ".download", CHUNKS))]
         orphans = [p for p in children if p.is_dir() and not p.name.startswith(".") and p.name not in published]
         return work_files + orphans
 
@@ -349,10 +351,11 @@ class CacheStore:
             manifest.unlink(missing_ok=True)
         shutil.rmtree(entry_dir, ignore_errors=True)
 
-    def remove_leftovers(self, entry_dir: Path, *, keep_download: bool = False) -> list[Path]:
-        """Delete what ``leftovers`` lists (but a resumable download, with ``keep_download``); the
-        caller holds the entry's lock."""
-        doomed = [p for p in self.leftovers(entry_dir) if not (keep_download and p.name == ".download")]
+    def remove_leftovers(self, entry_dir: Path, *, keep_resumable: bool = False) -> list[Path]:
+        """Delete what ``leftovers`` lists (but, with ``keep_resumable``, a download or the chunks of
+        a chunked export, which the next build resumes); the caller holds the entry's lock."""
+        resumable = (".download", CHUNKS)
+        doomed = [p for p in self.leftovers(entry_dir) if not (keep_resumable and p.name in resumable)]
         for path in doomed:
             logger.info("Removing %s, left by an interrupted or finished build", path)
             if path.is_dir():

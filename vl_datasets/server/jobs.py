@@ -21,6 +21,11 @@ from .faults import Faults, JobFailure
 
 TERMINAL = ("COMPLETED", "FAILED", "REJECTED")
 EMPTY_SELECTION = "The selection is empty: no media item matched the given ids."
+# The platform's limits (contract §5): images travel in an export only up to a number, and
+# metadata-only exports have a limit of their own. Its REJECTED message says "exceeds threshold",
+# the words clients of the real platform look for.
+DEFAULT_MAX_IMAGES_PER_EXPORT = 5_000
+DEFAULT_MAX_ENTITIES_PER_EXPORT = 10_000_000
 # A poll that finds the ZIP not built yet waits this long before answering IN_PROGRESS: long enough
 # that small test exports never depend on thread timing, short of any client's request timeout.
 BUILD_WAIT_S = 5.0
@@ -64,8 +69,18 @@ class JobRunner:
     """Creates jobs, builds their ZIPs, and advances their status as they are polled."""
 
     def __init__(
-        self, work_dir: Path, faults: Faults, *, export_polls: int, image_layout: str, parquet_metadata_items: str
+        self,
+        work_dir: Path,
+        faults: Faults,
+        *,
+        export_polls: int,
+        image_layout: str,
+        parquet_metadata_items: str,
+        max_images_per_export: int = DEFAULT_MAX_IMAGES_PER_EXPORT,
+        max_entities_per_export: int = DEFAULT_MAX_ENTITIES_PER_EXPORT,
     ) -> None:
+        self.max_images_per_export = max_images_per_export
+        self.max_entities_per_export = max_entities_per_export
         self.work_dir = work_dir
         self.faults = faults
         self.export_polls = export_polls
@@ -80,7 +95,7 @@ class JobRunner:
     ) -> TaskState:
         """Register a job for ``items`` and start building its ZIP; return its first state (INIT)."""
         task_id = str(uuid.uuid4())
-        outcome = JobFailure("REJECTED", EMPTY_SELECTION) if not items else self.faults.take_job_failure()
+        outcome = self._refusal(items, include_images) or self.faults.take_job_failure()
         job = ExportJob(task_id, dataset.id, items, self.work_dir / f"{task_id}.zip", outcome)
         with self._lock:
             self._jobs[task_id] = job
@@ -97,6 +112,19 @@ class JobRunner:
         else:
             job.built.set()  # nothing to build: the job only has to reach its end
         return self._state(job)
+
+    def _refusal(self, items: list[dict[str, Any]], include_images: bool) -> JobFailure | None:
+        """Why the platform would reject this export outright: nothing selected, or too much."""
+        if not items:
+            return JobFailure("REJECTED", EMPTY_SELECTION)
+        limit, what = (
+            (self.max_images_per_export, "images") if include_images else (self.max_entities_per_export, "entities")
+        )
+        if len(items) > limit:
+            return JobFailure(
+                "REJECTED", f"Export rejected: {len(items):,} {what} exceeds threshold of {limit} {what} per export."
+            )
+        return None
 
     def _build(self, job: ExportJob, dataset: StoredDataset, export_format: str, include_images: bool) -> None:
         try:

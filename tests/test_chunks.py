@@ -1,0 +1,121 @@
+"""Chunked exports: a dataset with more images than one export may carry still becomes one entry."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import child_env
+from vl_datasets import Client, errors, fetch_export
+from vl_datasets.metadata.read import read_metadata_file
+from vl_datasets.testing import LocalVisualLayer, write_dataset
+
+N_ITEMS = 10
+
+
+@pytest.fixture
+def big_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    write_dataset(root, "big", n_items=N_ITEMS, n_clusters=3)
+    return root
+
+
+@pytest.fixture
+def capped(big_root):
+    """The local service with the platform's limit on images per export set to 3."""
+    with LocalVisualLayer(big_root, export_polls=0) as service:
+        service.jobs.max_images_per_export = 3
+        yield service
+
+
+def _client(service) -> Client:
+    return Client(service.url, progress=False, env={}, sleep=lambda s: None)
+
+
+def _starts(service, *, images: bool) -> list:
+    """Export starts that asked for images (full or selective) or not."""
+    flag = "true" if images else "false"
+    return [
+        r
+        for r in service.requests
+        if r.origin == "api" and "_async" in r.path and r.query.get("include_images", "").lower() == flag
+    ]
+
+
+def _content(entry) -> tuple:
+    images = sorted(
+        (p.relative_to(entry.images_dir).as_posix(), p.read_bytes()) for p in entry.images_dir.rglob("*") if p.is_file()
+    )
+    rows = sorted(read_metadata_file(entry.metadata_path).to_pylist(), key=lambda row: row["media_id"])
+    return rows, images
+
+
+def test_a_rejected_export_is_built_from_chunks_under_the_learned_limit(big_root, capped, tmp_path):
+    with LocalVisualLayer(big_root, export_polls=0) as uncapped:
+        reference = fetch_export("big", client=_client(uncapped), cache_dir=tmp_path / "reference")
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path / "cache")
+    assert entry.row_count == N_ITEMS
+    assert _content(entry) == _content(reference), "the chunked entry differs from one export of everything"
+    with_images = _starts(capped, images=True)
+    # One full export, rejected; then one selective export per chunk of 3 (the limit the answer named).
+    assert len(with_images) == 1 + 4, [r.path for r in with_images]
+    assert len(_starts(capped, images=False)) == 1, "the metadata should come from one export without images"
+    assert sorted(p.name for p in entry.entry_dir.iterdir() if not p.name.startswith(".lock")) == [
+        entry.version,
+        f"{entry.version}.manifest.json",
+    ], "the chunks were not cleaned up after publishing"
+    capped.clear_requests()
+    assert fetch_export("big", client=_client(capped), cache_dir=tmp_path / "cache") == entry
+    assert capped.requests == [], "a cached chunked export must be reused without any request"
+
+
+def test_a_known_limit_skips_the_doomed_full_export(capped, tmp_path):
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path, max_images_per_export=3)
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+    full = [r for r in _starts(capped, images=True) if "export_context_async" in r.path]
+    assert full == [], "with max_images_per_export the full export with images should not be tried"
+
+
+def test_chunks_still_too_large_are_cut_smaller(capped, tmp_path):
+    capped.jobs.max_images_per_export = 2
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path, max_images_per_export=4)
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+
+
+def test_a_rejection_that_is_not_about_size_stays_an_error(capped, tmp_path):
+    capped.jobs.max_images_per_export = 100  # this rejection comes from elsewhere
+    capped.faults.fail_exports(result_message="The selection is empty", status="REJECTED")
+    with pytest.raises(errors.ExportFailedError, match="selection is empty"):
+        fetch_export("big", client=_client(capped), cache_dir=tmp_path)
+    assert len(_starts(capped, images=False)) == 0, "a rejection not about size must not start chunking"
+
+
+def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp_path):
+    # The child dies while checking its third chunk, one chunk at a time: chunks 0 and 1 are in,
+    # chunk 2 is downloaded but unchecked, chunk 3 never started.
+    code = (
+        "import os, signal\n"
+        "import vl_datasets.chunks as chunks\n"
+        "real, calls = chunks._check_chunk, [0]\n"
+        "def check(*args):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*args)\n"
+        "chunks._check_chunk = check\n"
+        "from vl_datasets import Client, fetch_export\n"
+        f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
+        "chunks_in_flight=1)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert result.returncode == -signal.SIGKILL, f"the child was not killed at its third chunk: {result.stderr}"
+    chunk_dirs = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir() and not p.name.startswith("."))
+    assert chunk_dirs == ["0", "1"], f"expected chunks 0 and 1 kept after the kill, found {chunk_dirs}"
+    started_before = len([r for r in _starts(capped, images=True) if "entities" in r.path])
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path, chunks_in_flight=1)
+    started_after = len([r for r in _starts(capped, images=True) if "entities" in r.path]) - started_before
+    assert started_after == 1, f"the resumed run started {started_after} chunk exports; only chunk 3 was missing"
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS

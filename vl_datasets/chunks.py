@@ -1,0 +1,285 @@
+"""Chunked exports: the images of a selection too large for one export, in exports under the limit.
+
+Visual Layer includes images in an export only up to a limit (contract §5) and rejects a larger
+one with a message that says "exceeds threshold". The metadata then comes from one export
+without images (a cache entry of its own), and the images from selective exports of its media
+ids, cut into chunks under the limit and run several at a time. Each chunk is its own task,
+recorded when it starts and kept once it is unpacked and checked, so a run killed after 7 of 20
+chunks finishes only the other 13. When every media id has arrived exactly once, the chunks are
+linked into one staging folder and published as one entry, manifest last.
+
+Under the entry's folder, until then::
+
+    .chunks/plan.json          what the chunks were cut from: the metadata version, the chunk size
+    .chunks/<i>.task           chunk i's export task while it runs
+    .chunks/<i>.zip            its download (resumable)
+    .chunks/<i>/               chunk i, unpacked and checked
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from . import errors
+from .cache.archive import extract_archive
+from .cache.store import CHUNKS, CacheStore, ExportKey, LocalExport, write_json_atomic
+from .metadata.index import read_index
+from .metadata.read import find_metadata_file, read_metadata_file
+from .records import ExportTask
+
+if TYPE_CHECKING:
+    from .api.client import Client
+
+logger = logging.getLogger("vl_datasets")
+
+DEFAULT_IMAGES_PER_EXPORT = 5_000  # the web app's documented limit, when the answer names none
+DEFAULT_CHUNKS_IN_FLIGHT = 4
+# How clients of the real platform recognise "too large" (contract §4).
+_TOO_LARGE = re.compile(r"exceeds\s+threshold|entities.*rejected|rejected.*entities", re.IGNORECASE | re.DOTALL)
+_THRESHOLD = re.compile(r"threshold\D{0,24}?(\d[\d,]*)", re.IGNORECASE)
+
+
+def is_too_large(error: errors.ExportFailedError) -> bool:
+    """Whether an export was rejected for its size (any other rejection is final)."""
+    return error.status == "REJECTED" and bool(_TOO_LARGE.search(error.result_message or ""))
+
+
+def limit_named_in(error: errors.ExportFailedError) -> int | None:
+    """The threshold a "too large" answer names, if it names one."""
+    match = _THRESHOLD.search(error.result_message or "")
+    if match is None:
+        return None
+    return int(match.group(1).replace(",", "")) or None
+
+
+class _ChunkTooLarge(Exception):
+    """A chunk was rejected for its size: the limit is lower than the chunks were cut for."""
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def build_chunked(
+    client: Client,
+    store: CacheStore,
+    key: ExportKey,
+    metadata: LocalExport,
+    images_per_export: int,
+    *,
+    in_flight: int = DEFAULT_CHUNKS_IN_FLIGHT,
+    export_timeout_s: float | None,
+    lock_timeout_s: float | None,
+) -> LocalExport:
+    """Publish the entry of ``key`` (an export with images) from the metadata-only entry
+    ``metadata`` and selective exports of at most ``images_per_export`` images each. The caller
+    holds the entry's lock."""
+    ids = _media_ids(metadata)
+    folder = store.entry_dir(key) / CHUNKS
+    size = images_per_export
+    while True:
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        _plan(folder, metadata, size)
+        try:
+            _fetch_all(client, key, folder, chunks, in_flight, export_timeout_s, lock_timeout_s)
+            break
+        except _ChunkTooLarge as exc:
+            smaller = exc.limit if exc.limit is not None and exc.limit < size else size // 2
+            if smaller < 1:
+                raise errors.ExportFailedError(
+                    f"Dataset {key.dataset_id!r}: even an export of one image is rejected as too large.",
+                    dataset_id=key.dataset_id,
+                    status="REJECTED",
+                ) from None
+            logger.warning("Chunks of %d images are still too large; cutting chunks of %d", size, smaller)
+            size = smaller
+    entry_dir = store.entry_dir(key)
+    with store.staging(entry_dir) as staging:
+        _assemble(staging, metadata, folder, len(chunks))
+        entry = store.publish(entry_dir, staging, key=key, task=metadata.task, expected_rows=len(ids))
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("Cached dataset %r from %d chunked exports at %s", key.dataset_id, len(chunks), entry.path)
+    return entry
+
+
+def _media_ids(metadata: LocalExport) -> list[str]:
+    """The metadata's media ids, sorted: the same chunks on every run."""
+    index = read_index(metadata.index_path) if metadata.index_path is not None else None
+    table = index if index is not None else read_metadata_file(metadata.metadata_path)
+    return sorted(table.column("media_id").to_pylist())
+
+
+def planned_chunk_size(entry_dir: Path) -> int | None:
+    """The chunk size of a chunked export an earlier run left under ``entry_dir``, if any: a
+    resumed run cuts the same chunks, so those already in are kept."""
+    try:
+        size = json.loads((entry_dir / CHUNKS / "plan.json").read_text(encoding="utf-8"))["chunk_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _plan(folder: Path, metadata: LocalExport, size: int) -> None:
+    """Keep the chunks of an earlier run only if they were cut the same way from the same metadata."""
+    plan = {"metadata_version": metadata.version, "chunk_size": size}
+    try:
+        if json.loads((folder / "plan.json").read_text(encoding="utf-8")) == plan:
+            return
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "plan.json", plan)
+
+
+def _fetch_all(
+    client: Client,
+    key: ExportKey,
+    folder: Path,
+    chunks: list[list[str]],
+    in_flight: int,
+    export_timeout_s: float | None,
+    lock_timeout_s: float | None,
+) -> None:
+    pending = [i for i in range(len(chunks)) if not (folder / str(i)).is_dir()]
+    if len(pending) < len(chunks):
+        logger.info("Resuming a chunked export: %d of %d chunks are in", len(chunks) - len(pending), len(chunks))
+    desc = f"images of {key.dataset_id}"
+    with (
+        tqdm(
+            total=len(chunks), initial=len(chunks) - len(pending), unit="chunk", desc=desc, disable=not client.progress
+        ) as bar,
+        ThreadPoolExecutor(max(1, in_flight)) as pool,
+    ):
+        received = 0
+        futures = [
+            pool.submit(_fetch_chunk, client, key, folder, i, chunks[i], export_timeout_s, lock_timeout_s)
+            for i in pending
+        ]
+        remaining = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
+            for future in done:
+                failure = future.exception()
+                if failure is not None:
+                    for other in remaining:
+                        other.cancel()  # chunks not started stay for the next run; started ones finish
+                    raise failure
+                received += future.result()
+                bar.update(1)
+                bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
+
+
+def _fetch_chunk(
+    client: Client,
+    key: ExportKey,
+    folder: Path,
+    i: int,
+    ids: Sequence[str],
+    export_timeout_s: float | None,
+    lock_timeout_s: float | None,
+) -> int:
+    """Export, download, unpack and check chunk ``i``; return its size in bytes."""
+    task_file = folder / f"{i}.task"
+    task = _start_or_resume(client, key, task_file, ids)
+    try:
+        task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s, progress=False)
+    except errors.ExportFailedError as exc:
+        task_file.unlink(missing_ok=True)
+        if is_too_large(exc):
+            raise _ChunkTooLarge(limit_named_in(exc)) from None
+        raise
+    zip_path = folder / f"{i}.zip"
+    client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s, progress=False)
+    size = zip_path.stat().st_size
+    staging = folder / f".{i}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        extract_archive(zip_path, staging)
+        _check_chunk(staging, ids, i, task)
+        os.rename(staging, folder / str(i))
+    except errors.CorruptArchiveError:
+        zip_path.unlink(missing_ok=True)  # a bad download is not resumed
+        task_file.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    zip_path.unlink(missing_ok=True)
+    task_file.unlink(missing_ok=True)
+    return size
+
+
+def _start_or_resume(client: Client, key: ExportKey, task_file: Path, ids: Sequence[str]) -> ExportTask:
+    try:
+        task_id = json.loads(task_file.read_text(encoding="utf-8"))["task_id"]
+    except (OSError, ValueError, KeyError):
+        task_id = None
+    if task_id is not None:
+        try:
+            task = client.get_export_status(key.dataset_id, task_id)
+            if task.status not in ("FAILED", "REJECTED", "CANCELED"):
+                return task
+        except errors.ExportTaskNotFoundError:
+            pass  # forgotten by the server: start this chunk again
+    task = client.start_selective_export(
+        key.dataset_id, media_ids=ids, export_format=key.export_format, include_images=True
+    )
+    write_json_atomic(task_file, {"task_id": task.id})
+    return task
+
+
+def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask) -> None:
+    """A chunk must hold the rows of exactly its media ids: none missing, none from elsewhere."""
+    try:
+        got = read_metadata_file(find_metadata_file(staging)).column("media_id").to_pylist()
+    except errors.SchemaError as exc:
+        raise errors.CorruptArchiveError(
+            f"Chunk {i} (export {task.id}) has unreadable metadata: {exc}", path=str(staging)
+        ) from None
+    missing, extra = set(ids) - set(got), set(got) - set(ids)
+    if missing or extra or len(got) != len(ids):
+        example = next(iter(missing or extra), None)
+        raise errors.CorruptArchiveError(
+            f"Chunk {i} (export {task.id}) holds {len(got)} rows for {len(ids)} media ids: "
+            f"{len(missing)} missing and {len(extra)} unexpected, e.g. {example!r}.",
+            path=str(staging),
+        )
+
+
+def _assemble(staging: Path, metadata: LocalExport, folder: Path, n_chunks: int) -> None:
+    """Link the metadata file and every chunk's images into ``staging``. Links, not moves: a kill
+    here leaves the chunks whole for the next run."""
+    _link(metadata.metadata_path, staging / metadata.metadata_path.name)
+    owner: dict[str, int] = {}
+    for i in range(n_chunks):
+        images = folder / str(i) / "images"
+        for source in sorted(images.rglob("*")) if images.is_dir() else []:
+            if source.is_dir():
+                continue
+            rel = source.relative_to(images).as_posix()
+            if rel in owner:
+                raise errors.CorruptArchiveError(
+                    f"Chunks {owner[rel]} and {i} both hold images/{rel}: the images cannot be told apart.",
+                    path=str(source),
+                )
+            owner[rel] = i
+            target = staging / "images" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link(source, target)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(source, target)
