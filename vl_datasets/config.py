@@ -7,6 +7,7 @@ Nothing here reads the environment at import time, so tests and long-lived proce
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,21 @@ def is_remote(location: str | os.PathLike) -> bool:
     The one place that decides: the cache root, a mirror, and an image root all ask here.
     """
     return "://" in os.fspath(location)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"20G"``, ``"1.5T"``, ``"1024"`` -> bytes (binary units).
+
+    Here rather than in the CLI, so the loading side (``image_cache="50G"``) reads sizes the way
+    ``vl-datasets cache prune --max-size`` does without importing the CLI.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*", str(text).upper())
+    if match is None:
+        raise ConfigurationError(f"{text!r} is not a size such as 500M or 20G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def progress_enabled(progress: bool | None = None, env: Mapping[str, str] | None = None) -> bool:

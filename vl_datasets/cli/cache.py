@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..cache.opened import local_store
 from ..cache.store import CacheStore, LocalExport
+from ..config import parse_size
 from ..errors import ConfigurationError, LockTimeoutError
 from ..locks import hold_lock
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -71,14 +69,6 @@ class Entry:
     @property
     def total_bytes(self) -> int:
         return sum(v.total_bytes or 0 for v in self.versions)
-
-
-def parse_size(text: str) -> int:
-    """``"500M"``, ``"20G"``, ``"1.5T"``, ``"1024"`` -> bytes (binary units)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)(?:I?B)?\s*", text.upper())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500M or 20G")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def human_size(n_bytes: float | None) -> str:
