@@ -10,6 +10,7 @@ Layout under the cache root::
         .chunks/                         the selective exports of a chunked export (see chunks.py)
     opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
     mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
+    images/<digest>/                     images read from an images_root, kept under a size limit
 
 Dataset ids live one level down, so no id can take a reserved name. A version exists only when
 its manifest exists, parses, and its metadata file has the recorded size; the current version of
@@ -48,6 +49,8 @@ logger = logging.getLogger("vl_datasets")
 FORMAT_VERSION = 2
 MANIFEST_SUFFIX = ".manifest.json"
 EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
+# Node-local copies of images read from an images_root (vl_datasets.loading.image_cache).
+IMAGES = "images"
 CACHEDIR_TAG = "CACHEDIR.TAG"
 CHUNKS = ".chunks"  # the selective exports a chunked export is built from, until it is published
 _TAG_TEXT = (
