@@ -39,11 +39,17 @@ def finished(service, start: requests.Response, **kwargs) -> dict:
 
 
 def start_full(service, **params) -> requests.Response:
-    return requests.get(api(service, "ds-ready/export_context_async"), params={"file_name": "export.zip", **params})
+    """Start a full export with the parameters the docs show as required (overridable)."""
+    return requests.get(
+        api(service, "ds-ready/export_context_async"),
+        params={"file_name": "export.zip", "export_format": "json", **params},
+    )
 
 
 def start_selective(service, body, **params) -> requests.Response:
-    return requests.post(api(service, "ds-ready/export_entities_async"), params=params, json=body)
+    return requests.post(
+        api(service, "ds-ready/export_entities_async"), params={"export_format": "json", **params}, json=body
+    )
 
 
 def download(service, task: dict, **kwargs) -> requests.Response:

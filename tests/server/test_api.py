@@ -15,14 +15,18 @@ from tests.server.helpers import (
 def test_404_409_405_are_json_details(local_vl):
     for answer in (
         requests.get(api(local_vl, "nope")),
-        requests.get(api(local_vl, "nope/export_context_async")),
+        requests.get(
+            api(local_vl, "nope/export_context_async"), params={"file_name": "x.zip", "export_format": "json"}
+        ),
         requests.get(f"{local_vl.url}/api/v2/anything"),
         requests.get(api(local_vl, "../../etc")),
     ):
         assert answer.status_code == 404, answer.url
         assert isinstance(answer.json()["detail"], str), answer.url
         assert answer.headers["Content-Type"] == "application/json", answer.url
-    busy = requests.get(api(local_vl, "ds-indexing/export_context_async"))
+    busy = requests.get(
+        api(local_vl, "ds-indexing/export_context_async"), params={"file_name": "x.zip", "export_format": "json"}
+    )
     assert busy.status_code == 409
     assert "READY" in busy.json()["detail"]
     wrong = requests.post(api(local_vl, "ds-ready"))
@@ -39,7 +43,7 @@ def test_404_409_405_are_json_details(local_vl):
     "params,body,loc",
     [
         ({"export_format": "csv"}, {"media_ids": ["a"]}, ["query", "export_format"]),
-        ({"include_images": "True"}, {"media_ids": ["a"]}, ["query", "include_images"]),
+        ({"include_images": "maybe"}, {"media_ids": ["a"]}, ["query", "include_images"]),
         ({}, None, ["body"]),
         ({}, {"media_ids": ["a"], "cluster_ids": ["b"]}, ["body"]),
         ({}, {"other": ["a"]}, ["body"]),

@@ -46,9 +46,11 @@ def test_dataset_json_fields_win_and_changes_are_seen(local_vl, dataset_root):
     body = requests.get(api(local_vl, "ds-indexing")).json()
     assert body["display_name"] == "birds"
     assert body["status_new"] == "READ ONLY"
-    assert requests.get(api(local_vl, "ds-indexing/export_context_async")).status_code == 409
+    start = api(local_vl, "ds-indexing/export_context_async")
+    params = {"file_name": "export.zip", "export_format": "json"}
+    assert requests.get(start, params=params).status_code == 409
     (dataset_root / "ds-indexing" / "dataset.json").write_text(json.dumps({"status_new": "ready"}))
-    assert requests.get(api(local_vl, "ds-indexing/export_context_async")).status_code == 200
+    assert requests.get(start, params=params).status_code == 200
 
 
 def test_unreadable_dataset_is_a_500_and_the_service_goes_on(local_vl, dataset_root):

@@ -15,10 +15,15 @@ def test_keep_alive_survives_errors_bodies_and_chunked_uploads(local_vl):
         ("GET", path, None, {}),
         ("POST", path, b'{"a": 1}', {"Content-Type": "application/json"}),
         ("GET", "/nowhere", None, {}),
-        ("POST", f"{path}/export_entities_async", b'{"media_ids": 5}', {"Content-Type": "application/json"}),
         (
             "POST",
-            f"{path}/export_entities_async",
+            f"{path}/export_entities_async?export_format=json",
+            b'{"media_ids": 5}',
+            {"Content-Type": "application/json"},
+        ),
+        (
+            "POST",
+            f"{path}/export_entities_async?export_format=json",
             iter([b'{"media_ids": ', b'["none"]}']),
             {"Content-Type": "application/json"},
         ),

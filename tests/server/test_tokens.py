@@ -46,7 +46,11 @@ def test_every_api_endpoint_needs_the_token_but_cdn_does_not(local_vl_auth):
     assert start_full(local_vl_auth).status_code == 401
     assert start_selective(local_vl_auth, {"media_ids": ["a"]}).status_code == 401
     auth = {"Authorization": f"Bearer {token()}"}
-    start = requests.get(api(local_vl_auth, "ds-ready/export_context_async"), headers=auth)
+    start = requests.get(
+        api(local_vl_auth, "ds-ready/export_context_async"),
+        params={"file_name": "export.zip", "export_format": "json"},
+        headers=auth,
+    )
     assert (
         requests.get(
             api(local_vl_auth, "ds-ready/export_status"), params={"export_task_id": start.json()["id"]}

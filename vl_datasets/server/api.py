@@ -1,13 +1,14 @@
 """The API origin: dataset status, export start (full and selective), export status, /cdn redirect.
 
-Errors follow FastAPI, which the platform runs on: ``{"detail": "..."}``, and for 422 a list of
-``{"type", "loc", "msg", "input"}``. Checks run in FastAPI's order: auth, then parameter
-validation, then what the endpoint itself decides (404 dataset, 409 not READY).
+Errors follow FastAPI, which the platform runs on: ``{"detail": "..."}``, and for 422 pydantic's
+list of ``{"type", "loc", "msg", "input"[, "ctx"]}`` (``validation``). Checks run in FastAPI's
+order: auth, then parameter validation, then what the endpoint itself decides (404 dataset,
+409 not READY). Required, as the docs show them: ``file_name`` and ``export_format`` to start a
+full export, ``export_format`` to start a selective one, ``export_task_id`` to poll.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -15,6 +16,17 @@ from urllib.parse import unquote
 from .archive import EXPORT_FORMATS
 from .datasets import StoredDataset
 from .handler import Handler
+from .validation import (
+    BodyParseError,
+    Errors,
+    json_body,
+    model_fields,
+    query_bool,
+    query_enum,
+    query_str,
+    string_list,
+    value_error,
+)
 
 _ROUTES = [
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)$"), "dataset"),
@@ -24,11 +36,6 @@ _ROUTES = [
     ("GET", re.compile(r"^/cdn/([^/]+)/images/([^/]+)/([^/]+)\.zip$"), "cdn"),
 ]
 SELECTION_KEYS = ("media_ids", "cluster_ids")
-
-
-def invalid(loc: list[Any], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
-    """One entry of a FastAPI 422 ``detail`` list."""
-    return {"type": kind, "loc": loc, "msg": msg, "input": value}
 
 
 class ApiHandler(Handler):
@@ -66,17 +73,29 @@ class ApiHandler(Handler):
             self.send_json(200, dataset.as_json())
 
     def _export(self, dataset_id: str) -> None:
-        export_format, include_images, errors = self._export_options()
-        if errors:
+        errors: Errors = []
+        # Declared in the order the docs' URL gives them: FastAPI reports errors in declaration order.
+        query_str(self.query, "file_name", errors)
+        export_format = query_enum(self.query, "export_format", errors, EXPORT_FORMATS)
+        include_images = query_bool(self.query, "include_images", errors, default=False)
+        # entity_type and vql (an unofficial SDK sends them) pass through: nothing documents their rules.
+        if errors or export_format is None:
             return self.refuse(422, errors)
         if (dataset := self._exportable(dataset_id)) is not None:
             self._start(dataset, dataset.media_items, export_format, include_images)
 
     def _selective_export(self, dataset_id: str) -> None:
-        export_format, include_images, errors = self._export_options()
-        selection, body_errors = self._selection()
-        if errors or body_errors:
-            return self.refuse(422, errors + body_errors)
+        try:
+            body, errors = json_body(self.headers.get("Content-Type"), self.body)
+        except BodyParseError as exc:
+            return self.refuse(400, exc.detail)
+        if errors:  # FastAPI stops at a body it cannot decode, before it validates any parameter
+            return self.refuse(422, errors)
+        export_format = query_enum(self.query, "export_format", errors, EXPORT_FORMATS)
+        include_images = query_bool(self.query, "include_images", errors, default=False)
+        selection = parse_selection(body, errors)  # body errors follow query errors, as in FastAPI
+        if errors or export_format is None or selection is None:
+            return self.refuse(422, errors)
         if (dataset := self._exportable(dataset_id)) is not None:
             key, wanted = selection
             field = "media_id" if key == "media_ids" else "cluster_id"
@@ -88,9 +107,10 @@ class ApiHandler(Handler):
             )
 
     def _export_status(self, dataset_id: str) -> None:
-        task_id = self.query.get("export_task_id")
-        if not task_id:
-            return self.refuse(422, [invalid(["query", "export_task_id"], "Field required", "missing")])
+        errors: Errors = []
+        task_id = query_str(self.query, "export_task_id", errors)
+        if errors:
+            return self.refuse(422, errors)
         job = self.service.jobs.get(task_id)
         if job is None or job.dataset_id != dataset_id:
             return self.refuse(404, f"Export task {task_id} not found")
@@ -126,55 +146,24 @@ class ApiHandler(Handler):
         # The docs show start answers that hold only the id: the option serves that variant.
         self.send_json(200, {"id": state.id} if self.service.minimal_start_response else self.service.task_json(state))
 
-    def _export_options(self) -> tuple[str, bool, list[dict[str, Any]]]:
-        """``export_format`` and ``include_images`` from the query, and the 422 entries if invalid."""
-        errors = []
-        export_format = self.query.get("export_format", "json")
-        if export_format not in EXPORT_FORMATS:
-            errors.append(
-                invalid(["query", "export_format"], "Input should be 'json' or 'parquet'", "enum", export_format)
-            )
-        # Strictly lowercase true/false, as the contract says the client sends them.
-        include_images = self.query.get("include_images", "false")
-        if include_images not in ("true", "false"):
-            errors.append(
-                invalid(
-                    ["query", "include_images"],
-                    "Input should be a valid boolean, unable to interpret input",
-                    "bool_parsing",
-                    include_images,
-                )
-            )
-        return export_format, include_images == "true", errors
 
-    def _selection(self) -> tuple[tuple[str, set[str]], list[dict[str, Any]]]:
-        """``(key, ids)`` of the selective export body, and the 422 entries if it is invalid."""
-        if not self.body:
-            return ("", set()), [invalid(["body"], "Field required", "missing")]
-        try:
-            body = json.loads(self.body)
-        except ValueError as exc:
-            return ("", set()), [invalid(["body", getattr(exc, "pos", 0)], "JSON decode error", "json_invalid")]
-        if not isinstance(body, dict):
-            return ("", set()), [
-                invalid(
-                    ["body"],
-                    "Input should be a valid dictionary or object to extract fields from",
-                    "model_attributes_type",
-                    body,
-                )
-            ]
-        keys = [key for key in SELECTION_KEYS if key in body]
-        if len(keys) != 1:
-            return ("", set()), [
-                invalid(["body"], "Value error, give exactly one of media_ids or cluster_ids", "value_error", body)
-            ]
-        key, wanted = keys[0], body[keys[0]]
-        if not isinstance(wanted, list):
-            return ("", set()), [invalid(["body", key], "Input should be a valid list", "list_type", wanted)]
-        errors = [
-            invalid(["body", key, i], "Input should be a valid string", "string_type", value)
-            for i, value in enumerate(wanted)
-            if not isinstance(value, str)
-        ]
-        return (key, set(wanted) if not errors else set()), errors
+def parse_selection(body: Any, errors: Errors) -> tuple[str, set[str]] | None:
+    """``(key, ids)`` of a selective export's body, as a model ``{media_ids?: list[str], cluster_ids?:
+    list[str]}`` with "exactly one" checked after the fields; None once its entries are in ``errors``."""
+    fields = model_fields(body, errors)
+    if fields is None:
+        return None
+    before = len(errors)
+    given = {}
+    for key in SELECTION_KEYS:
+        if fields.get(key) is not None:  # null is an unset optional field, as in pydantic
+            ids = string_list(fields[key], ["body", key], errors)
+            if ids is not None:
+                given[key] = ids
+    if len(errors) > before:
+        return None  # pydantic runs a model's own validator only once its fields are valid
+    if len(given) != 1:
+        errors.append(value_error(["body"], "give exactly one of media_ids or cluster_ids", body))
+        return None
+    ((key, ids),) = given.items()
+    return key, set(ids)

@@ -19,6 +19,14 @@ from .log import Headers, RecordedRequest
 MAX_BODY_BYTES = 16 << 20
 
 
+def json_bytes(payload: Any) -> bytes:
+    """JSON the way Starlette's JSONResponse writes it: compact, UTF-8, no NaN.
+
+    Byte-exactness matters: the docs' shell scripts read fields with ``grep -o '"id":"[^"]*'``.
+    """
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
 class BadRequest(Exception):
     """The request cannot be read: answered 400 and the connection closed."""
 
@@ -119,7 +127,8 @@ class Handler(BaseHTTPRequestHandler):
         """Split the path, decode the query, and read the whole body so keep-alive stays in step."""
         parts = urlsplit(self.path)
         self.route = parts.path
-        self.query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        # The last value of a repeated name wins, as in Starlette's QueryParams.
+        self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         self.body = self._read_body()
         if self.body:
             with contextlib.suppress(ValueError):  # the API decides whether a non-JSON body is an error
@@ -194,8 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        """Answer a JSON document."""
-        self.send(status, json.dumps(payload).encode(), "application/json", headers)
+        """Answer a JSON document, byte for byte as FastAPI's JSONResponse renders it."""
+        self.send(status, json_bytes(payload), "application/json", headers)
 
     def send_forced(self, forced: ForcedAnswer) -> None:
         """Answer a fault switched on with ``Faults.fail_next``."""
