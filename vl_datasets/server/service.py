@@ -72,7 +72,9 @@ class LocalVisualLayer:
     an on-prem server with no auth. The other arguments select the contract's variants:
     ``download_uri_style`` "relative" (on-prem /cdn path) or "absolute" (cloud presigned URL);
     ``progress_scale`` 100 or 1; ``export_polls``, the IN_PROGRESS polls before COMPLETED;
-    ``image_layout`` "file_path" | "file_name" | "media_id"; ``parquet_metadata_items``
+    ``image_layout`` "platform" (the docs' layout per format: ``images/<file_path>`` for JSON, a flat
+    ``images/<image_filename>`` for Parquet) or one naming forced on both formats, "file_path" |
+    "file_name" | "media_id"; ``parquet_metadata_items``
     "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``.
     """
 
@@ -89,7 +91,7 @@ class LocalVisualLayer:
         progress_scale: float = 100,
         export_polls: int = 2,
         presign_ttl_s: float = 300,
-        image_layout: str = "file_path",
+        image_layout: str = "platform",
         parquet_metadata_items: str = "json",
         minimal_start_response: bool = False,
     ) -> None:
