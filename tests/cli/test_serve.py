@@ -2,64 +2,107 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
+import signal
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import REPO
-from vl_datasets import Client
+from tests.server.helpers import finished, start_full
+from tests.server.process import ServeProcess
+from vl_datasets import Client, errors
 
 
-def test_serve_runs_the_service_until_interrupted(dataset_root, tmp_path):
-    import socket
+@pytest.mark.parametrize("sigint_at_start", ["default", "ignored"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_and_exits_0_on_sigterm_and_sigint(dataset_root, tmp_path, sig, sigint_at_start):
+    # "ignored": how a shell starts a background job. The handlers must replace that disposition.
+    work = tmp_path / "tmp"
+    work.mkdir()
+    with ServeProcess("--root", str(dataset_root), sigint=sigint_at_start, tmpdir=work) as serve:
+        task = finished(serve, start_full(serve, include_images="true"))
+        assert task["status"] == "COMPLETED", task
+        assert any(work.iterdir()), "the export left nothing in the service's work folder"
+        code = serve.stop(sig)
+    assert code == 0, f"serve exited {code} on {sig.name} (SIGINT {sigint_at_start} at start): {serve.stderr}"
+    assert f"stopped ({sig.name})" in serve.stderr
+    assert "Traceback" not in serve.stderr
+    assert list(work.iterdir()) == [], "serve left its exports behind: it did not stop cleanly"
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vl_datasets",
-            "serve",
-            "--root",
-            str(dataset_root),
-            "--port",
-            str(port),
-            "--api-key",
-            "k1",
-            "--api-secret",
-            "s" * 32,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = proc.stdout.readline()
-        url = re.search(r"http://\S+", line).group(0)
-        assert url == f"http://127.0.0.1:{port}"
-        assert requests.get(f"{url}/api/v1/dataset/ds-ready", timeout=10).status_code == 401
-        client = Client(url, api_key="k1", api_secret="s" * 32, progress=False, env={})
+
+def test_serve_reads_its_secret_from_the_environment_and_ps_never_shows_it(dataset_root, tmp_path):
+    secret = "env-secret-0123456789abcdef0123456789"
+    with ServeProcess("--root", str(dataset_root), "--api-key", "k1", env={"VL_API_SECRET": secret}) as serve:
+        command_line = Path(f"/proc/{serve.proc.pid}/cmdline").read_bytes()
+        assert b"k1" in command_line, command_line  # the right process
+        assert secret.encode() not in command_line
+        assert requests.get(f"{serve.url}/api/v1/dataset/ds-ready", timeout=10).status_code == 401
+        client = Client(serve.url, api_key="k1", api_secret=secret, progress=False, env={}, sleep=lambda s: None)
         task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
         assert client.download_export(task, tmp_path / "x.zip").stat().st_size > 0
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        proc.wait(timeout=30)
-    assert proc.returncode == 0, f"serve did not exit cleanly on Ctrl-C: {proc.stderr.read()}"
+        assert serve.stop() == 0, serve.stderr
+    assert "token auth" in serve.banner
+    assert secret not in serve.banner + serve.stderr
 
 
-def test_serve_refuses_half_credentials(dataset_root, capsys):
+def _serve_args(*argv: str):
+    from vl_datasets.cli import build_parser
+
+    return build_parser().parse_args(["serve", "--sample", *argv])
+
+
+def test_serve_secret_sources(tmp_path, capsys):
+    from vl_datasets.cli.serve import api_secret
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file \n")  # the final newline goes; the space is the secret's
+    assert api_secret(_serve_args("--api-key", "k", "--api-secret-file", str(secret_file)), {}) == "from-a-file "
+    assert api_secret(_serve_args("--api-key", "k"), {"VL_API_SECRET": "from-env"}) == "from-env"
+    # The flag wins over the environment, which a client in the same shell may be reading.
+    assert api_secret(_serve_args("--api-key", "k", "--api-secret", "flag"), {"VL_API_SECRET": "env"}) == "flag"
+    assert "--api-secret shows the secret" in capsys.readouterr().err
+    # Without --api-key the service is on-prem, whatever the environment holds.
+    assert api_secret(_serve_args(), {"VL_API_SECRET": "from-env"}) is None
+
+
+@pytest.mark.parametrize(
+    "argv,environ,message",
+    [
+        (["--api-key", "k"], {}, "set VL_API_SECRET"),
+        (["--api-key", "k"], {"VL_API_SECRET": ""}, "set VL_API_SECRET"),
+        (["--api-secret", "s"], {}, "need --api-key"),
+        (["--api-secret-file", "f"], {}, "need --api-key"),
+        (["--api-key", "k", "--api-secret-file", "{missing}"], {}, "cannot be read"),
+        (["--api-key", "k", "--api-secret-file", "{empty}"], {"VL_API_SECRET": "unused"}, "found none in"),
+    ],
+)
+def test_serve_secret_errors_name_the_source_never_a_value(tmp_path, argv, environ, message):
+    from vl_datasets.cli.serve import api_secret
+
+    (tmp_path / "empty").write_text("\n")
+    argv = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in argv]
+    with pytest.raises(errors.ConfigurationError, match=message) as caught:
+        api_secret(_serve_args(*argv), environ)
+    assert "unused" not in str(caught.value)
+
+
+def test_serve_takes_the_secret_from_one_place_only(capsys):
+    from vl_datasets.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(
+            ["serve", "--sample", "--api-key", "k", "--api-secret", "s", "--api-secret-file", "x"]
+        )
+    assert exit_info.value.code == 2, "a secret given twice should be a usage error"
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_serve_refuses_half_credentials(dataset_root, capsys, monkeypatch):
     from vl_datasets.cli import main
 
+    monkeypatch.delenv("VL_API_SECRET", raising=False)
     assert main(["serve", "--root", str(dataset_root), "--api-key", "k1"]) == 2
-    assert "--api-secret" in capsys.readouterr().err
+    assert "VL_API_SECRET" in capsys.readouterr().err
 
 
 def test_serve_takes_exactly_one_of_root_or_sample(capsys):

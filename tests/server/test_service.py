@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
+import threading
+import time
 
 import pytest
 import requests
@@ -16,6 +15,7 @@ from tests.server.helpers import (
     finished,
     start_full,
 )
+from vl_datasets.server import serve
 from vl_datasets.testing import LocalVisualLayer
 
 
@@ -56,19 +56,27 @@ def test_repr_hides_the_secret(dataset_root):
         assert SECRET not in repr(vars(service))
 
 
-def test_serve_runs_in_the_foreground_until_interrupted(dataset_root):
-    code = "import sys; from vl_datasets.server import serve; serve(sys.argv[1], port=0)"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(dataset_root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def test_serve_runs_in_the_foreground_until_asked_to_stop(dataset_root, capfd):
+    # Signals are the CLI's test (tests/cli/test_serve.py); here serve() runs in a thread, where it
+    # installs no handler, and stops when its event is set.
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(dataset_root,), kwargs={"port": 0, "stop": stop}, daemon=True)
+    thread.start()
+    banner = ""
+    deadline = time.monotonic() + 30
+    while "http://" not in banner and time.monotonic() < deadline:
+        banner += capfd.readouterr().out
+        time.sleep(0.01)
     try:
-        banner = proc.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", banner).group(0)
+        url = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        assert url is not None, f"serve printed no URL within 30 s: {banner!r}"
         assert "ds-ready" in banner
         assert "no auth" in banner
-        assert requests.get(f"{url}/api/v1/dataset/ds-ready", timeout=5).json()["n_images"] == 8
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+        assert requests.get(f"{url.group(0)}/api/v1/dataset/ds-ready", timeout=5).json()["n_images"] == 8
     finally:
-        proc.kill()
-        proc.communicate()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "serve() did not return within 30 s of its stop event"
+    assert "stopped (request)" in capfd.readouterr().err
+    with pytest.raises(NotADirectoryError):
+        serve(dataset_root / "nope", port=0, stop=stop)

@@ -1,11 +1,21 @@
-"""``vl-datasets serve``: run the local Visual Layer service over a folder of datasets, or the sample."""
+"""``vl-datasets serve``: run the local Visual Layer service over a folder of datasets, or the sample.
+
+The secret that verifies tokens comes from ``VL_API_SECRET`` or ``--api-secret-file``: a command
+line is visible to every user of the machine (``ps``), so ``--api-secret`` is kept for old scripts
+only, with a warning.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from .. import errors
+
+SECRET_ENV = "VL_API_SECRET"
+DOWNLOAD_URI_STYLES = ("relative", "absolute")
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -16,27 +26,79 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     source.add_argument("--root", type=Path, help="folder holding one folder per dataset id")
     source.add_argument("--sample", action="store_true", help="serve the sample dataset shipped with the package")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=2080)
+    serve.add_argument("--port", type=int, default=2080, help="port of the API (0: any free one, printed at start)")
     serve.add_argument("--storage-port", type=int, default=0, help="port of the download origin (0: any free)")
-    serve.add_argument("--api-key", help="require tokens signed for this key (default: on-prem, no auth)")
-    serve.add_argument("--api-secret", help="secret that signs the tokens")
+    serve.add_argument(
+        "--download-uri",
+        choices=DOWNLOAD_URI_STYLES,
+        default="relative",
+        help="relative: the on-prem /cdn/... path (default); absolute: a presigned URL on the storage origin, "
+        "as the cloud answers",
+    )
+    serve.add_argument(
+        "--api-key",
+        help=f"require tokens signed for this key (default: on-prem, no auth); the secret is read from {SECRET_ENV}",
+    )
+    secret = serve.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--api-secret-file", type=Path, help=f"file holding the secret that signs the tokens (instead of {SECRET_ENV})"
+    )
+    secret.add_argument(
+        "--api-secret", help=f"the secret itself: visible to every user in `ps`; prefer {SECRET_ENV} or a file"
+    )
     serve.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from ..server import serve
 
-    if (args.api_key is None) != (args.api_secret is None):
-        raise errors.ConfigurationError("--api-key and --api-secret go together.")
+    secret = api_secret(args, os.environ)
     serve(
         serve_root(args),
         host=args.host,
         port=args.port,
         storage_port=args.storage_port,
         api_key=args.api_key,
-        api_secret=args.api_secret,
+        api_secret=secret,
+        download_uri_style=args.download_uri,
     )
     return 0
+
+
+def api_secret(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """The secret for ``--api-key``: ``--api-secret-file``, ``--api-secret``, then ``VL_API_SECRET``.
+
+    None without ``--api-key`` (on-prem): a ``VL_API_SECRET`` set for a client in the same shell does
+    not switch auth on. Errors name where the secret was looked for, never its value.
+    """
+    given = args.api_secret_file is not None or args.api_secret is not None
+    if args.api_key is None:
+        if given:
+            raise errors.ConfigurationError("--api-secret and --api-secret-file need --api-key.")
+        return None
+    if args.api_secret_file is not None:
+        try:
+            # Only the line ending a file's last line is dropped: any other character may be the secret's.
+            secret = args.api_secret_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise errors.ConfigurationError(
+                f"--api-secret-file {args.api_secret_file} cannot be read ({type(exc).__name__})."
+            ) from None
+        where = f"--api-secret-file {args.api_secret_file}"
+    elif args.api_secret is not None:
+        print(
+            f"warning: --api-secret shows the secret to every user of this machine; set {SECRET_ENV} "
+            "or use --api-secret-file instead.",
+            file=sys.stderr,
+        )
+        secret, where = args.api_secret, "--api-secret"
+    else:
+        secret, where = environ.get(SECRET_ENV, ""), SECRET_ENV
+    if not secret:
+        raise errors.ConfigurationError(
+            f"--api-key needs a secret: set {SECRET_ENV}, or pass --api-secret-file (found none in {where})."
+        )
+    return secret
 
 
 def serve_root(args: argparse.Namespace) -> Path:

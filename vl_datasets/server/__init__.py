@@ -3,8 +3,9 @@
 It shares only the contract (docs/API contract) with the client, never its code, so each
 checks the other. Modules, in the order a request travels:
 
-    service    LocalVisualLayer: both origins in threads; serve() in the foreground
+    service    LocalVisualLayer: both origins in threads; foreground: serve() until a signal
     api        the API origin (dataset, export start, export status, /cdn redirect)
+    validation query and body parsing with FastAPI's rules and pydantic's 422 entries
     tokens     bearer-token checks (cloud mode)
     datasets   the dataset folders it serves; synthetic: write_dataset
     jobs       export tasks and their deterministic progress; archive: the ZIPs
@@ -13,8 +14,9 @@ checks the other. Modules, in the order a request travels:
     handler    what both origins share at the HTTP level
 """
 
+from .foreground import serve
 from .log import RecordedRequest
-from .service import LocalVisualLayer, serve
+from .service import LocalVisualLayer
 from .synthetic import write_dataset
 
 __all__ = ["LocalVisualLayer", "RecordedRequest", "serve", "write_dataset"]

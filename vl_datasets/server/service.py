@@ -252,34 +252,3 @@ class LocalVisualLayer:
             "entities_count": state.entities_count,
             "result_message": state.result_message,
         }
-
-
-def serve(
-    root: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 2080,
-    storage_port: int = 0,
-    api_key: str | None = None,
-    api_secret: str | None = None,
-    **options: Any,
-) -> None:
-    """Run the service in the foreground until Ctrl-C; ``options`` go to ``LocalVisualLayer``."""
-    if not Path(root).is_dir():
-        raise NotADirectoryError(f"Dataset root {root} is not a folder.")
-    service = LocalVisualLayer(
-        root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
-    ).start()
-    ids = service.datasets.ids()
-    print(
-        f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
-        f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
-        "Ctrl-C stops it.",
-        flush=True,
-    )
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.stop()

@@ -1,0 +1,88 @@
+"""``serve``: the local service in the foreground, until SIGTERM or SIGINT, then a clean stop.
+
+Both signals get handlers of their own. SIGTERM is what ``docker stop``, systemd and CI runners
+send, and Python's default for it is to die at once, leaving the export folder behind. SIGINT is
+ignored in a process that a shell started in the background, so waiting for a KeyboardInterrupt
+would wait forever there: installing a handler replaces that inherited SIG_IGN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .service import LocalVisualLayer
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How often the foreground loop looks at the stop flag; a signal handler only sets that flag.
+WAKE_S = 0.05
+
+
+class _StopRequest:
+    """Set by a signal handler. A plain attribute on purpose: a handler that took a lock (an Event's)
+    could deadlock on the main thread that it interrupted while that thread held the same lock."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(request: _StopRequest) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers: a caller elsewhere stops us with ``stop``
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        request.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            # None: a handler installed from C, which Python cannot put back; the default is closest.
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def serve(
+    root: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 2080,
+    storage_port: int = 0,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    stop: threading.Event | None = None,
+    **options: Any,
+) -> None:
+    """Run the service in the foreground until SIGTERM, SIGINT (Ctrl-C) or ``stop`` is set.
+
+    ``options`` go to ``LocalVisualLayer``. Returns normally once the service has stopped and its
+    exports are removed, so a command wrapping it exits 0.
+    """
+    if not Path(root).is_dir():
+        raise NotADirectoryError(f"Dataset root {root} is not a folder.")
+    request = _StopRequest()
+    with _stop_on_signals(request):  # before the banner: whoever reads it may signal at once
+        service = LocalVisualLayer(
+            root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
+        ).start()
+        try:
+            ids = service.datasets.ids()
+            print(
+                f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
+                f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
+                "Ctrl-C or SIGTERM stops it.",
+                flush=True,
+            )
+            while request.signum is None and not (stop is not None and stop.is_set()):
+                time.sleep(WAKE_S)
+        finally:
+            service.stop()
+    reason = signal.Signals(request.signum).name if request.signum is not None else "request"
+    print(f"Local Visual Layer service stopped ({reason}).", file=sys.stderr, flush=True)
