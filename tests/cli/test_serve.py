@@ -138,3 +138,23 @@ def test_serve_names_a_missing_folder_before_starting(tmp_path, monkeypatch, cap
     monkeypatch.setattr(vl_datasets.sample, "SAMPLE_ROOT", tmp_path / "nope")
     assert main(["serve", "--sample"]) == 1
     assert "sample dataset is missing" in capsys.readouterr().err
+
+
+def test_serve_rejects_exports_over_its_limits_as_the_platform_does(dataset_root):
+    from vl_datasets.cli import serve as serve_cli
+    from vl_datasets.server import jobs
+
+    assert (serve_cli.DEFAULT_MAX_IMAGES_PER_EXPORT, serve_cli.DEFAULT_MAX_ENTITIES_PER_EXPORT) == (
+        jobs.DEFAULT_MAX_IMAGES_PER_EXPORT,
+        jobs.DEFAULT_MAX_ENTITIES_PER_EXPORT,
+    ), "serve's defaults drifted from the service's"
+    with ServeProcess(
+        "--root", str(dataset_root), "--max-images-per-export", "3", "--max-entities-per-export", "5"
+    ) as serve:
+        with_images = finished(serve, start_full(serve, include_images="true"))
+        without = finished(serve, start_full(serve, include_images="false"))
+        assert serve.stop() == 0, serve.stderr
+    assert with_images["status"] == "REJECTED"
+    assert "8 images exceeds threshold of 3" in with_images["result_message"]
+    assert without["status"] == "REJECTED"
+    assert "8 entities exceeds threshold of 5" in without["result_message"]

@@ -43,6 +43,8 @@ def test_service_lifecycle_and_arguments(dataset_root):
         {"image_layout": "flat"},
         {"parquet_metadata_items": "xml"},
         {"export_polls": -1},
+        {"max_images_per_export": 0},
+        {"max_entities_per_export": 0},
     ):
         with pytest.raises(ValueError):
             LocalVisualLayer(dataset_root, **bad)

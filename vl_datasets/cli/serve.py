@@ -16,6 +16,10 @@ from .. import errors
 
 SECRET_ENV = "VL_API_SECRET"
 DOWNLOAD_URI_STYLES = ("relative", "absolute")
+# The service's own defaults, repeated here: importing the server to read them would start no
+# thread, but would load http.server and pyarrow for every `vl-datasets --help`.
+DEFAULT_MAX_IMAGES_PER_EXPORT = 5_000
+DEFAULT_MAX_ENTITIES_PER_EXPORT = 10_000_000
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -34,6 +38,18 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         default="relative",
         help="relative: the on-prem /cdn/... path (default); absolute: a presigned URL on the storage origin, "
         "as the cloud answers",
+    )
+    serve.add_argument(
+        "--max-images-per-export",
+        type=int,
+        default=DEFAULT_MAX_IMAGES_PER_EXPORT,
+        help=f"reject a larger export with images, as the platform does (default {DEFAULT_MAX_IMAGES_PER_EXPORT:,})",
+    )
+    serve.add_argument(
+        "--max-entities-per-export",
+        type=int,
+        default=DEFAULT_MAX_ENTITIES_PER_EXPORT,
+        help=f"reject a larger export without images (default {DEFAULT_MAX_ENTITIES_PER_EXPORT:,})",
     )
     serve.add_argument(
         "--api-key",
@@ -61,6 +77,8 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         api_secret=secret,
         download_uri_style=args.download_uri,
+        max_images_per_export=args.max_images_per_export,
+        max_entities_per_export=args.max_entities_per_export,
     )
     return 0
 

@@ -16,7 +16,7 @@ from .api import ApiHandler
 from .archive import IMAGE_LAYOUTS, METADATA_ITEM_ENCODINGS
 from .datasets import DatasetStore
 from .faults import Faults
-from .jobs import ExportJob, JobRunner, TaskState
+from .jobs import DEFAULT_MAX_ENTITIES_PER_EXPORT, DEFAULT_MAX_IMAGES_PER_EXPORT, ExportJob, JobRunner, TaskState
 from .log import RecordedRequest, RequestLog
 from .signing import Signer
 from .storage import EXPORT_PATH, StorageHandler
@@ -75,7 +75,9 @@ class LocalVisualLayer:
     ``image_layout`` "platform" (the docs' layout per format: ``images/<file_path>`` for JSON, a flat
     ``images/<image_filename>`` for Parquet) or one naming forced on both formats, "file_path" |
     "file_name" | "media_id"; ``parquet_metadata_items``
-    "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``.
+    "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``;
+    ``max_images_per_export`` and ``max_entities_per_export``, the platform's limits: a larger export
+    (with images, or without) ends REJECTED with "exceeds threshold", as clients expect.
     """
 
     def __init__(
@@ -94,6 +96,8 @@ class LocalVisualLayer:
         image_layout: str = "platform",
         parquet_metadata_items: str = "json",
         minimal_start_response: bool = False,
+        max_images_per_export: int = DEFAULT_MAX_IMAGES_PER_EXPORT,
+        max_entities_per_export: int = DEFAULT_MAX_ENTITIES_PER_EXPORT,
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together: give both (cloud auth) or neither (on-prem).")
@@ -106,6 +110,8 @@ class LocalVisualLayer:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}.")
         if export_polls < 0 or presign_ttl_s <= 0 or progress_scale <= 0:
             raise ValueError("export_polls must be >= 0; presign_ttl_s and progress_scale > 0.")
+        if max_images_per_export < 1 or max_entities_per_export < 1:
+            raise ValueError("max_images_per_export and max_entities_per_export must be >= 1.")
         self.root = Path(root)
         self.host, self.port, self.storage_port = host, port, storage_port
         self.download_uri_style = download_uri_style
@@ -114,6 +120,7 @@ class LocalVisualLayer:
         self.image_layout = image_layout
         self.parquet_metadata_items = parquet_metadata_items
         self.minimal_start_response = minimal_start_response
+        self.max_images_per_export, self.max_entities_per_export = max_images_per_export, max_entities_per_export
         self.api_key = api_key
         # Both or neither (checked above).
         self._verifier = TokenVerifier(api_key, api_secret) if api_key is not None and api_secret is not None else None
@@ -144,6 +151,8 @@ class LocalVisualLayer:
             export_polls=self.export_polls,
             image_layout=self.image_layout,
             parquet_metadata_items=self.parquet_metadata_items,
+            max_images_per_export=self.max_images_per_export,
+            max_entities_per_export=self.max_entities_per_export,
         )
         try:
             self._servers.append(_Server((self.host, self.port), ApiHandler, self))
