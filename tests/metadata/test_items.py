@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 
 from tests.metadata.helpers import (
     BARE,
+    CAT,
     VIDEO_A,
     VIDEO_B,
     items,
@@ -15,6 +18,7 @@ from tests.metadata.helpers import (
     rows,
     schema_error,
     write_json_export,
+    write_parquet,
 )
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata import items as metadata_items
@@ -116,3 +120,117 @@ def test_wrongly_typed_item_property(tmp_path):
     )
     error = schema_error(tmp_path, nested)
     assert error.field == "metadata_items.properties.confidence"
+
+
+def _read(tmp_path, variant, media):
+    if variant == "json export":  # Arrow's JSON reader
+        return read_metadata(write_json_export(tmp_path, media).parent)
+    if variant == "bare list":  # json.load and python_items
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "metadata.json").write_text(json.dumps(media), encoding="utf-8")
+        return read_metadata(tmp_path)
+    if variant == "parquet, JSON strings":
+        return read_metadata(write_parquet(tmp_path, json_strings_table(media)).parent)
+    if variant == "parquet, nested":
+        return read_metadata(write_parquet(tmp_path, nested_table(media)).parent)
+    return normalize(media, source="python items")
+
+
+JSON_VARIANTS = ["json export", "bare list", "parquet, JSON strings", "python list"]
+VARIANTS = [*JSON_VARIANTS, "parquet, nested"]  # nested: Arrow converts a Python true among floats to 1.0
+
+
+def _object(media):
+    return media[0]["metadata_items"][7]["properties"]
+
+
+def _cases(values, variants):
+    return [(variant, value) for value in values for variant in variants]
+
+
+BAD_UNIT = [float("nan"), -0.1, 1.5]
+BOOLEANS = [True, False]
+
+
+@pytest.mark.parametrize("variant,value", _cases(BAD_UNIT, VARIANTS) + _cases(BOOLEANS, JSON_VARIANTS))
+@pytest.mark.parametrize(
+    "where,field",
+    [
+        (lambda m: m[0]["metadata_items"][5]["properties"], "metadata_items.properties.confidence"),
+        (lambda m: _object(m), "metadata_items.properties.uniqueness_score"),
+        (
+            lambda m: _object(m)["metadata_items"][0]["properties"],
+            "metadata_items.properties.metadata_items.properties.confidence",
+        ),
+    ],
+    ids=["issue confidence", "object uniqueness_score", "object issue confidence"],
+)
+def test_scores_and_confidences_outside_0_to_1_name_the_media_id_and_field(tmp_path, variant, value, where, field):
+    media = items()
+    name = field.rsplit(".", 1)[1]
+    where(media)[name] = value
+    with pytest.raises(SchemaError) as caught:
+        _read(tmp_path, variant, media)
+    assert caught.value.field == field
+    assert caught.value.media_id == CAT
+    assert CAT in str(caught.value), f"the message does not name the media id: {caught.value}"
+
+
+@pytest.mark.parametrize(
+    "variant,bbox",
+    _cases([[10, 20], [10, 20, 30], [10, 20, 30, 40, 50], [], [1, 2, -3, 4], [1, 2, 3, -4]], VARIANTS)
+    + _cases([[1, float("inf"), 3, 4], [float("nan"), 2, 3, 4], [1, None, 3, 4]], ["json export", "python list"])
+    + _cases([[1, True, 3, 4], "10,20,30,40", 7], JSON_VARIANTS),
+)
+def test_bbox_that_is_not_4_finite_numbers_is_refused_when_read(tmp_path, variant, bbox):
+    media = items()
+    _object(media)["bbox"] = bbox  # [10, 20] used to open, then fail in ds[i] with "not enough values to unpack"
+    with pytest.raises(SchemaError) as caught:
+        _read(tmp_path, variant, media)
+    assert caught.value.field == "metadata_items.properties.bbox"
+    assert CAT in str(caught.value), f"the message does not name the media id: {caught.value}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bbox_with_zero_size_negative_origin_or_absent_is_kept(tmp_path, variant):
+    media = items()
+    _object(media)["bbox"] = [-5, -2.5, 0, 0]
+    media[1]["metadata_items"].append({"type": "object_label", "properties": {"category_name": "car", "bbox": None}})
+    by_id = rows(_read(tmp_path, variant, media))
+    assert by_id[CAT]["objects"][0]["bbox"] == [-5.0, -2.5, 0.0, 0.0]
+    assert by_id[VIDEO_A]["objects"][0]["bbox"] is None
+
+
+def test_booleans_in_typed_parquet_items_are_refused(tmp_path):
+    def table(props):
+        return pa.table(
+            {
+                "media_id": ["a", "b"],
+                "file_name": ["a.jpg", "b.jpg"],
+                "metadata_items": [[], [{"type": "issue", **props}]],
+            }
+        )
+
+    # A writer of true makes a boolean column, which Arrow would cast to 1.0.
+    error = schema_error(tmp_path / "conf", table({"properties": {"issue_type": "blur", "confidence": True}}))
+    assert (error.field, error.media_id) == ("metadata_items.properties.confidence", "b")
+    bbox = pa.table(
+        {
+            "media_id": ["a", "b"],
+            "file_name": ["a.jpg", "b.jpg"],
+            "metadata_items": [[], [{"type": "object_label", "properties": {"bbox": [True, False, True, True]}}]],
+        }
+    )
+    error = schema_error(tmp_path / "bbox", bbox)
+    assert (error.field, error.media_id) == ("metadata_items.properties.bbox", "b")
+
+
+def test_a_wrongly_typed_property_names_the_first_media_id_at_fault(tmp_path):
+    media = items()
+    for item in media[1:]:
+        item["metadata_items"] = [{"type": "issue", "properties": {"issue_type": "blur", "confidence": "0.5"}}]
+    media[2]["metadata_items"][0]["properties"]["confidence"] = "very"
+    table = json_strings_table(media)
+    error = schema_error(tmp_path, table)
+    assert error.field == "metadata_items.properties.confidence"
+    assert error.media_id == VIDEO_B

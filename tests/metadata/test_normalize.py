@@ -11,6 +11,7 @@ from tests.metadata.helpers import (
     CAT,
     INFO,
     SCALARS,
+    VIDEO_A,
     items,
     json_strings_table,
     nested_table,
@@ -20,6 +21,7 @@ from tests.metadata.helpers import (
     write_json_export,
     write_parquet,
 )
+from vl_datasets.errors import SchemaError
 from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, info_of, is_normalized, normalize
 from vl_datasets.metadata.read import read_metadata, read_metadata_file
 
@@ -166,3 +168,74 @@ def test_duplicate_and_null_media_ids(tmp_path):
     assert CAT in str(error)
     media[3]["media_id"] = None
     assert schema_error(tmp_path / "null", nested_table(media)).field == "media_id"
+
+
+def _read_variant(tmp_path, variant, media):
+    """``media`` read the way one variant of contract §6 is read: from a file, or from Python."""
+    if variant == "json export":  # Arrow's JSON reader
+        return read_metadata(write_json_export(tmp_path, media).parent)
+    if variant == "bare list":  # json.load and table_from_media_items
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "metadata.json").write_text(json.dumps(media), encoding="utf-8")
+        return read_metadata(tmp_path)
+    if variant == "parquet, JSON strings":
+        return read_metadata(write_parquet(tmp_path, json_strings_table(media)).parent)
+    return normalize(media, source="python items")
+
+
+# Where a value may have any JSON type; a parquet column has one type (tested apart).
+JSON_VARIANTS = ["json export", "bare list", "python list"]
+VARIANTS = [*JSON_VARIANTS, "parquet, JSON strings"]
+
+
+@pytest.mark.parametrize(
+    "variant,score",
+    [(v, s) for v in VARIANTS for s in (float("nan"), -0.7, 5.0)]
+    + [(v, s) for v in JSON_VARIANTS for s in (True, False)],
+)
+def test_uniqueness_score_outside_0_to_1_names_the_media_id(tmp_path, variant, score):
+    media = items()
+    media[1]["uniqueness_score"] = score  # true is not read as 1.0, nor NaN counted as below any threshold
+    with pytest.raises(SchemaError) as caught:
+        _read_variant(tmp_path, variant, media)
+    assert caught.value.field == "uniqueness_score"
+    assert caught.value.media_id == VIDEO_A
+    assert VIDEO_A in str(caught.value), f"the message does not name the media id: {caught.value}"
+    assert "uniqueness_score" in str(caught.value)
+
+
+@pytest.mark.parametrize("column", [[None, float("nan"), 0.5, 0.5], [0.5, -0.1, 0.5, 0.5], [None, True, None, None]])
+def test_parquet_uniqueness_score_outside_0_to_1_names_the_media_id(tmp_path, column):
+    type_ = pa.bool_() if True in column else pa.float64()  # a boolean column, as a writer of true would make
+    table = nested_table().set_column(7, "uniqueness_score", pa.array(column, type_))
+    error = schema_error(tmp_path, table)
+    assert (error.field, error.media_id) == ("uniqueness_score", VIDEO_A)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scores_of_0_and_1_and_absent_scores_are_kept(tmp_path, variant):
+    media = items()
+    media[0]["uniqueness_score"], media[1]["uniqueness_score"] = 0, 1.0
+    del media[3]["uniqueness_score"]
+    media[0]["metadata_items"][5]["properties"]["confidence"] = 0  # the blur issue
+    table = _read_variant(tmp_path, variant, media)
+    assert table.column("uniqueness_score").to_pylist() == [0.0, 1.0, None, None]
+    assert rows(table)[CAT]["issues"][2]["confidence"] == 0.0
+
+
+@pytest.mark.parametrize("variant", JSON_VARIANTS)
+@pytest.mark.parametrize("media_id", [5, 5.5, True, ["a"], {"id": "a"}])
+def test_media_id_that_is_not_a_string(tmp_path, variant, media_id):
+    media = items()
+    media[2]["media_id"] = media_id  # Arrow would read 5 as "5"
+    with pytest.raises(SchemaError) as caught:
+        _read_variant(tmp_path, variant, media)
+    assert caught.value.field == "media_id"
+    assert "row 2" in str(caught.value), f"the message does not name the row: {caught.value}"
+
+
+def test_parquet_media_ids_that_are_numbers(tmp_path):
+    table = nested_table().set_column(0, "media_id", pa.array([10, 11, 12, 13]))
+    error = schema_error(tmp_path, table)
+    assert error.field == "media_id"
+    assert "10" in str(error)

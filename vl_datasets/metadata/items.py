@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -117,11 +117,37 @@ _JSON_BLOCK_BYTES = 16 << 20
 _SECONDS = r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?)$"
 
 
+class RowSchemaError(SchemaError):
+    """A SchemaError about one row of the metadata. This module knows rows, not media ids:
+    ``named`` turns it into a plain SchemaError that names the row's media id, once the caller
+    has them."""
+
+    row: int
+    source: str
+    detail: str
+
+
+def row_error(source: str, row: int, detail: str, field: str) -> RowSchemaError:
+    error = RowSchemaError(f"{source}: row {row}: {detail}", field=field)
+    error.row, error.source, error.detail = row, source, detail
+    return error
+
+
+def named(error: RowSchemaError, media_id: Any) -> SchemaError:
+    """``error`` as a SchemaError naming the media id of its row."""
+    return SchemaError(
+        f"{error.source}: media_id {media_id!r} (row {error.row}): {error.detail}",
+        field=error.field,
+        media_id=media_id if isinstance(media_id, str) else None,
+    )
+
+
 class _Items(NamedTuple):
     """Every item of a list array, one entry each: its row, its type and its (cast) properties."""
 
     n_rows: int
-    parent: np.ndarray  # int64, ascending
+    parent: np.ndarray  # int64, ascending: the item's list
+    rows: np.ndarray  # int64: the item's row in the whole table, for error messages
     types: pa.Array
     props: dict[str, pa.Array]
 
@@ -134,8 +160,9 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
     for chunk in column.chunks or [pa.nulls(0, RAW_ITEMS)]:
         # Parsed JSON strings come as slices whose inferred types may differ: each is flattened apart.
         for lists in _as_list_parts(chunk, "metadata_items", source, row):
-            chunks.append(_item_columns(_flatten(lists, ITEM_PROPS, "metadata_items", source), source))
-        row += len(chunk)
+            items = _flatten(lists, ITEM_PROPS, "metadata_items", source, row_offset=row)
+            chunks.append(_item_columns(items, source))
+            row += len(lists)
     return {f.name: pa.chunked_array([c[f.name] for c in chunks], f.type) for f in ITEM_FIELDS}
 
 
@@ -280,9 +307,7 @@ def _loads_row(text: str | None, source: str, row: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchemaError(
-            f"{source}: metadata_items of row {row} is not valid JSON ({exc}).", field="metadata_items"
-        ) from None
+        raise row_error(source, row, f"metadata_items is not valid JSON ({exc}).", "metadata_items") from None
 
 
 @contextmanager
@@ -301,10 +326,79 @@ def python_items(values: Sequence[Any], source: str, *, row_offset: int = 0) -> 
     """A ``RAW_ITEMS`` array from one list of item dicts (or None, or a JSON string) per row."""
     with gc_paused():
         try:
-            return pa.array(values, type=RAW_ITEMS)
+            array = pa.array(values, type=RAW_ITEMS)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
             rows = [_coerce_row(v, source, row_offset + i) for i, v in enumerate(values)]
             return pa.array(rows, type=RAW_ITEMS)
+    _refuse_booleans(values, _rows_with_0_or_1(array), source, row_offset)
+    return array
+
+
+# The float properties of RAW_ITEMS: Arrow's conversion of Python values reads a true or false
+# there as 1.0 or 0.0 (a confidence of 1 out of nowhere). Integer ones refuse booleans already.
+_FLOAT_PROPS = tuple(name for name, type_ in ITEM_PROPS if pa.types.is_floating(type_))
+_NESTED_FLOAT_PROPS = tuple(name for name, type_ in _NESTED_PROPS if pa.types.is_floating(type_))
+
+
+def _rows_with_0_or_1(array: pa.Array) -> np.ndarray:
+    """The rows of a ``RAW_ITEMS`` array converted from Python values where a float property
+    (bbox numbers and an object's own issues included) is 0 or 1: the only rows where a boolean
+    can hide. Found vectorized, so that the Python walk of ``_refuse_booleans`` visits them alone."""
+    items = array.flatten()
+    props = items.field("properties")
+    hit = np.zeros(len(items), dtype=bool)
+    for name in _FLOAT_PROPS:
+        hit |= _is_0_or_1(props.field(name))
+    for lists, names in ((props.field("bbox"), None), (props.field("metadata_items"), _NESTED_FLOAT_PROPS)):
+        owner = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        values = lists.flatten()
+        if names is None:
+            hit[owner[_is_0_or_1(values)]] = True
+        else:
+            for name in names:
+                hit[owner[_is_0_or_1(values.field("properties").field(name))]] = True
+    return np.unique(pc.list_parent_indices(array).to_numpy(zero_copy_only=False)[hit])
+
+
+def _is_0_or_1(values: pa.Array) -> np.ndarray:
+    found = pc.is_in(values, value_set=pa.array([0.0, 1.0]))
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _refuse_booleans(values: Sequence[Any], rows: np.ndarray, source: str, row_offset: int) -> None:
+    """SchemaError for the first true or false among the float properties of Python items, looked
+    for in ``rows`` only (``_rows_with_0_or_1``)."""
+    for i in rows.tolist():
+        for props in _properties(values[i]):
+            where, name = "metadata_items", _boolean_prop(props, _FLOAT_PROPS)
+            if name is None:  # an object label's own issues
+                where = "metadata_items.properties.metadata_items"
+                inner = (_boolean_prop(p, _NESTED_FLOAT_PROPS) for p in _properties(props.get("metadata_items")))
+                name = next((found for found in inner if found is not None), None)
+            if name is not None:
+                field = f"{where}.properties.{name}"
+                raise row_error(source, row_offset + i, f"{field} is true or false where a number belongs.", field)
+
+
+def _properties(items: Any) -> Iterator[dict]:
+    """The ``properties`` of each item of a list of Python items; whatever is not one is skipped
+    (Arrow's conversion has already accepted it)."""
+    if isinstance(items, list):
+        for item in items:
+            props = item.get("properties") if isinstance(item, dict) else None
+            if isinstance(props, dict):
+                yield props
+
+
+def _boolean_prop(props: dict, names: Sequence[str]) -> str | None:
+    for name in names:
+        value = props.get(name)
+        if value is True or value is False:
+            return name
+    bbox = props.get("bbox")
+    if isinstance(bbox, list) and any(v is True or v is False for v in bbox):
+        return "bbox"
+    return None
 
 
 def _coerce_row(value: Any, source: str, row: int) -> list | None:
@@ -313,23 +407,18 @@ def _coerce_row(value: Any, source: str, row: int) -> list | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise SchemaError(
-            f"{source}: metadata_items of row {row} is a {type(value).__name__}, not a list.", field="metadata_items"
-        )
-    return [_coerce_item(item, ITEM_PROPS, source, row) for item in value]
+        raise row_error(source, row, f"metadata_items is a {type(value).__name__}, not a list.", "metadata_items")
+    return [_coerce_item(item, ITEM_PROPS, source, row, "metadata_items") for item in value]
 
 
-def _coerce_item(item: Any, spec: list, source: str, row: int) -> dict | None:
+def _coerce_item(item: Any, spec: list, source: str, row: int, where: str) -> dict | None:
     if item is None:
         return None
     if not isinstance(item, dict):
-        raise SchemaError(f"{source}: an item in metadata_items of row {row} is not an object.", field="metadata_items")
+        raise row_error(source, row, f"an item in {where} is not an object.", where)
     props = item.get("properties") or {}
     if not isinstance(props, dict):
-        raise SchemaError(
-            f"{source}: metadata_items of row {row} has 'properties' that is not an object.",
-            field="metadata_items.properties",
-        )
+        raise row_error(source, row, f"{where} has 'properties' that is not an object.", f"{where}.properties")
     out = {}
     for name, type_ in spec:
         value = props.get(name)
@@ -337,24 +426,25 @@ def _coerce_item(item: Any, spec: list, source: str, row: int) -> dict | None:
             continue
         if name == "metadata_items":
             nested = _loads_row(value, source, row) if isinstance(value, str) else value
+            nested_where = f"{where}.properties.metadata_items"
             if not isinstance(nested, list):
-                raise SchemaError(
-                    f"{source}: an object label in row {row} has metadata_items that is not a list.",
-                    field="metadata_items.properties.metadata_items",
-                )
-            out[name] = [_coerce_item(i, _NESTED_PROPS, source, row) for i in nested]
+                raise row_error(source, row, "an object label's metadata_items is not a list.", nested_where)
+            out[name] = [_coerce_item(i, _NESTED_PROPS, source, row, nested_where) for i in nested]
         else:
-            out[name] = _coerce_value(value, type_, name, source, row)
+            out[name] = _coerce_value(value, type_, f"{where}.properties.{name}", source, row)
     kind = item.get("type")
     return {"type": None if kind is None else str(kind), "properties": out}
 
 
-def _coerce_value(value: Any, type_: pa.DataType, name: str, source: str, row: int) -> Any:
+def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: int) -> Any:
     try:
         if pa.types.is_string(type_):
             if isinstance(value, (dict, list)):
                 raise TypeError("an object or list")
             return str(value)
+        # float(True) is 1.0: a boolean is refused, not read as a number.
+        if value is True or value is False or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise TypeError("true or false")
         if pa.types.is_list(type_):
             return [float(v) for v in value]
         number = float(value)
@@ -364,18 +454,21 @@ def _coerce_value(value: Any, type_: pa.DataType, name: str, source: str, row: i
             return int(number)
         return number
     except (TypeError, ValueError) as exc:
-        raise SchemaError(
-            f"{source}: metadata_items of row {row} has property {name!r} = {value!r}, which is not a {type_} ({exc}).",
-            field=f"metadata_items.properties.{name}",
-        ) from None
+        raise row_error(source, row, f"{field} = {value!r}, which is not a {type_} ({exc}).", field) from None
 
 
 # ---- flattening ------------------------------------------------------------------------------------
 
 
-def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
-    """Flatten a list<struct<type, properties>> of any inferred types; cast the ``spec`` properties."""
+def _flatten(
+    lists: pa.Array, spec: list, where: str, source: str, *, row_offset: int = 0, rows: np.ndarray | None = None
+) -> _Items:
+    """Flatten a list<struct<type, properties>> of any inferred types; cast the ``spec`` properties.
+
+    The table row of list ``i`` is ``row_offset + i``, or ``rows[i]`` for the lists of nested items.
+    """
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    item_rows = parent + row_offset if rows is None else rows[parent]
     flat = lists.flatten()
     n = len(flat)
     fields: dict[str, pa.Array] = {}
@@ -385,7 +478,7 @@ def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
         raise SchemaError(
             f"{source}: {where} holds {flat.type} values; expected objects with 'type' and 'properties'.", field=where
         )
-    types = cast_or_raise(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source)
+    types = cast_or_raise(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source, rows=item_rows)
     raw_props = fields.get("properties", pa.nulls(n))
     present: dict[str, pa.Array] = {}
     if pa.types.is_struct(raw_props.type):
@@ -402,20 +495,117 @@ def _flatten(lists: pa.Array, spec: list, where: str, source: str) -> _Items:
         elif name == "metadata_items":
             props[name] = array  # raw; only object labels' are flattened, by _objects
         else:
-            props[name] = cast_or_raise(array, type_, f"{where}.properties.{name}", source)
-    return _Items(len(lists), parent, types, props)
+            props[name] = cast_or_raise(array, type_, f"{where}.properties.{name}", source, rows=item_rows)
+    return _Items(len(lists), parent, item_rows, types, props)
 
 
-def cast_or_raise(values, type_: pa.DataType, field: str, source: str):
-    """``values`` (an Array or ChunkedArray) as ``type_``, or a SchemaError naming the field."""
+def cast_or_raise(values, type_: pa.DataType, field: str, source: str, *, rows: np.ndarray | None = None):
+    """``values`` (an Array or ChunkedArray) as ``type_``, or a SchemaError naming the field and
+    the row of the first value at fault (a ``RowSchemaError``: value ``i`` is in row ``rows[i]``,
+    or ``i`` without ``rows``).
+
+    Booleans are refused where a number belongs: Arrow casts true to 1, which would make a
+    uniqueness score or a confidence of 1 out of a value of another kind.
+    """
     if values.type == type_:
         return values
+    if _holds(values.type, pa.types.is_boolean) and _holds(type_, _is_number):
+        at = _first_true(pc.is_valid(values)) if not _is_list(values.type) else _first_true(_non_empty(values))
+        if at is not None:
+            raise _value_error(values, at, f"{field} is true or false where a number belongs.", field, source, rows)
     try:
         return values.cast(type_)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise SchemaError(
-            f"{source}: {field} has type {values.type} and values that cannot be read as {type_} ({exc}).", field=field
-        ) from None
+        detail = f"{field} has type {values.type} and values that cannot be read as {type_} ({exc})."
+        if pa.types.is_nested(values.type):  # a bisection over nested values would cast their children over and over
+            raise SchemaError(f"{source}: {detail}", field=field) from None
+        at = first_failing(values, lambda part: part.cast(type_))
+        raise _value_error(values, at, detail, field, source, rows) from None
+
+
+def _is_number(type_: pa.DataType) -> bool:
+    return pa.types.is_integer(type_) or pa.types.is_floating(type_)
+
+
+def _is_list(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_)
+
+
+def _holds(type_: pa.DataType, test: Callable[[pa.DataType], bool]) -> bool:
+    """Whether ``type_``, or a type nested in it, passes ``test``."""
+    return test(type_) or any(_holds(type_.field(i).type, test) for i in range(type_.num_fields))
+
+
+def _non_empty(lists):
+    return pc.greater(pc.fill_null(pc.list_value_length(lists), 0), 0)
+
+
+def _first_true(mask) -> int | None:
+    """The position of the first true value of a boolean Array or ChunkedArray (nulls are false)."""
+    at = pc.index(pc.fill_null(mask, False), True).as_py()
+    return None if at < 0 else at
+
+
+def first_failing(values, operation: Callable[[Any], Any]) -> int | None:
+    """The position of the first value on which ``operation`` raises, by bisection: each step runs
+    it over half of what is left, so the search costs about two runs over all the values. Only
+    for an error message: it runs once the whole has failed."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    low, high = 0, len(values)  # the first failing value is in [low, high)
+    errors = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+    try:
+        operation(values)
+        return None
+    except errors:
+        pass
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            operation(values.slice(low, middle - low))
+            low = middle
+        except errors:
+            high = middle
+    return low
+
+
+def _value_error(values, at: int | None, detail: str, field: str, source: str, rows: np.ndarray | None):
+    if at is None:
+        return SchemaError(f"{source}: {detail}", field=field)
+    return row_error(source, int(at if rows is None else rows[at]), detail, field)
+
+
+def check_unit_interval(values, field: str, source: str, rows: np.ndarray | None = None) -> None:
+    """A RowSchemaError for the first value of ``values`` (float64) outside 0..1, or NaN; nulls
+    (absent values) pass. Value ``i`` is in row ``rows[i]``, or ``i`` without ``rows``."""
+    # NaN compares false both ways: it fails the test like a value out of range.
+    inside = pc.and_(pc.greater_equal(values, 0.0), pc.less_equal(values, 1.0))
+    if pc.all(inside).as_py() is not False:  # all() skips nulls; None when there is nothing to test
+        return
+    at = _first_true(pc.invert(inside))
+    assert at is not None
+    raise _value_error(values, at, f"{field} is {values[at].as_py()}, not a number from 0 to 1.", field, source, rows)
+
+
+def check_boxes(boxes: pa.Array, field: str, source: str, rows: np.ndarray) -> None:
+    """A RowSchemaError for the first bbox that is not [x, y, width, height]: 4 finite numbers with
+    width and height not negative. A null bbox (absent) passes. Box ``i`` is in row ``rows[i]``."""
+    if not len(boxes):
+        return
+    lengths = pc.list_value_length(boxes)
+    at = _first_true(pc.not_equal(lengths, 4))
+    if at is None:
+        present = np.flatnonzero(pc.is_valid(boxes).to_numpy(zero_copy_only=False))
+        # Every present box holds 4 values, in order; a null number becomes NaN, and fails isfinite too.
+        xywh = boxes.flatten().to_numpy(zero_copy_only=False).reshape(-1, 4)
+        bad = ~np.isfinite(xywh).all(axis=1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+        if not bad.any():
+            return
+        at = int(present[np.argmax(bad)])
+    detail = (
+        f"{field} is {boxes[at].as_py()}, not [x, y, width, height]: "
+        "4 finite numbers, with width and height not negative."
+    )
+    raise _value_error(boxes, at, detail, field, source, rows)
 
 
 def _select(items: _Items, kind: str) -> tuple[pa.Array, np.ndarray]:
@@ -428,11 +618,16 @@ def _select(items: _Items, kind: str) -> tuple[pa.Array, np.ndarray]:
 
 
 def _lists(
-    items: _Items, kind: str, names: Sequence[str], build: Callable[[dict[str, pa.Array]], pa.Array]
+    items: _Items,
+    kind: str,
+    names: Sequence[str],
+    build: Callable[[dict[str, pa.Array], np.ndarray], pa.Array],
 ) -> pa.Array:
+    """The ``kind`` items of each row as a list array: ``build`` makes the list values from the
+    items' ``names`` properties and the table row of each item (for error messages)."""
     index, offsets = _select(items, kind)
-    values = build({name: items.props[name].take(index) for name in names})
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
+    props = {name: items.props[name].take(index) for name in names}
+    return pa.ListArray.from_arrays(pa.array(offsets), build(props, items.rows[index.to_numpy()]))
 
 
 def _struct(arrays: dict[str, pa.Array], type_: pa.StructType) -> pa.Array:
@@ -452,19 +647,30 @@ def _issue_values(p: dict[str, pa.Array]) -> pa.Array:
 
 
 def _item_columns(items: _Items, source: str) -> dict[str, pa.Array]:
-    def objects(p: dict[str, pa.Array]) -> pa.Array:
+    # Values are checked as they are read, so that a bad one is refused, naming its row, when the
+    # export is opened, instead of being met by the loader or counted by a curation rule.
+    def issues(where: str) -> Callable[[dict[str, pa.Array], np.ndarray], pa.Array]:
+        def build(p: dict[str, pa.Array], rows: np.ndarray) -> pa.Array:
+            check_unit_interval(p["confidence"], f"{where}.properties.confidence", source, rows)
+            return _issue_values(p)
+
+        return build
+
+    def objects(p: dict[str, pa.Array], rows: np.ndarray) -> pa.Array:
+        check_boxes(p["bbox"], "metadata_items.properties.bbox", source, rows)
+        check_unit_interval(p["uniqueness_score"], "metadata_items.properties.uniqueness_score", source, rows)
         where = "metadata_items.properties.metadata_items"
-        nested = _flatten(_as_lists(p["metadata_items"], where, source), _NESTED_PROPS, where, source)
-        p["issues"] = _lists(nested, "issue", _ISSUE_NAMES, _issue_values)
-        p["tags"] = _lists(nested, "user_tag", ["tag_name"], lambda q: q["tag_name"])
+        nested = _flatten(_as_lists(p["metadata_items"], where, source), _NESTED_PROPS, where, source, rows=rows)
+        p["issues"] = _lists(nested, "issue", _ISSUE_NAMES, issues(where))
+        p["tags"] = _lists(nested, "user_tag", ["tag_name"], lambda q, _: q["tag_name"])
         return _struct(p, OBJECT_TYPE)
 
-    def captions(p: dict[str, pa.Array]) -> pa.Array:
+    def captions(p: dict[str, pa.Array], _: np.ndarray) -> pa.Array:
         return _struct({"text": pc.coalesce(p["text"], p["caption"]), "source": p["source"]}, CAPTION_TYPE)
 
     columns = {
-        "labels": _lists(items, "image_label", LABEL_TYPE.names, lambda p: _struct(p, LABEL_TYPE)),
-        "issues": _lists(items, "issue", _ISSUE_NAMES, _issue_values),
+        "labels": _lists(items, "image_label", LABEL_TYPE.names, lambda p, _: _struct(p, LABEL_TYPE)),
+        "issues": _lists(items, "issue", _ISSUE_NAMES, issues("metadata_items")),
         "objects": _lists(
             items,
             "object_label",
@@ -472,7 +678,7 @@ def _item_columns(items: _Items, source: str) -> dict[str, pa.Array]:
             objects,
         ),
         "captions": _lists(items, "caption", ["text", "caption", "source"], captions),
-        "tags": _lists(items, "user_tag", ["tag_name"], lambda p: p["tag_name"]),
+        "tags": _lists(items, "user_tag", ["tag_name"], lambda p, _: p["tag_name"]),
     }
     columns.update(_video_columns(items))
     return columns

@@ -46,11 +46,22 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import SchemaError
-from .items import ITEM_FIELDS, SCALAR_INPUT_TYPES, cast_or_raise, extract_item_columns
+from .items import (
+    ITEM_FIELDS,
+    SCALAR_INPUT_TYPES,
+    RowSchemaError,
+    cast_or_raise,
+    check_unit_interval,
+    extract_item_columns,
+    first_failing,
+    named,
+    row_error,
+)
 from .json_export import table_from_media_items
 
 NORMALIZED_VERSION = "1"
@@ -107,7 +118,11 @@ def normalize_raw(raw: pa.Table, source: str, info: Any) -> pa.Table:
     extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
     if info is not None:
         extra[INFO_KEY] = json.dumps(info, default=str).encode()
-    return with_schema_metadata(_normalize_table(raw, source), extra)
+    try:
+        table = _normalize_table(raw, source)
+    except RowSchemaError as error:  # raised once media_id is known to be valid text: name the row by it
+        raise named(error, raw.column("media_id")[error.row].as_py()) from None
+    return with_schema_metadata(table, extra)
 
 
 def is_normalized(table: pa.Table) -> bool:
@@ -116,6 +131,7 @@ def is_normalized(table: pa.Table) -> bool:
 
 
 def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
+    _check_text(raw, source)
     names = set(raw.column_names)
     if "media_id" not in names:
         raise SchemaError(
@@ -133,6 +149,7 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
             return pa.chunked_array([pa.nulls(n, type_)])
         return cast_or_raise(raw.column(name), type_, name, source)
 
+    _check_id_type(raw.column("media_id"), source)
     media_id = column("media_id", pa.string())
     _check_ids(media_id, source)
     file_path = pc.coalesce(column("file_path", pa.string()), column("image_filename", pa.string()))
@@ -149,6 +166,7 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
         "cluster_id": column("cluster_id", pa.string()),
         "url": column("url", pa.string()),
     }
+    check_unit_interval(out["uniqueness_score"], "uniqueness_score", source)
     out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None, n, source))
     fields = list(NORMALIZED_SCHEMA)
     for name in raw.column_names:
@@ -158,6 +176,61 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
         out[target] = raw.column(name)
         fields.append(raw.schema.field(name).with_name(target))
     return pa.table(out, schema=pa.schema(fields))
+
+
+def _check_text(raw: pa.Table, source: str) -> None:
+    """SchemaError for a column name or a text value that is not UTF-8.
+
+    Arrow's readers do not check it (nor do all parquet writers), and such bytes would raise a
+    bare UnicodeDecodeError wherever they are turned into Python, even while an error message is
+    built. Arrow's full validation checks every string at memory speed; only when it fails are
+    the column and the row at fault looked for.
+    """
+    for i, field in enumerate(raw.schema):
+        if not _names_are_utf8(field):
+            raise SchemaError(f"{source}: the name of column {i}, or of a field in it, is not UTF-8.", field="metadata")
+    try:
+        raw.validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    columns = sorted(raw.column_names, key=lambda name: name != "media_id")  # media_id first: it names the others
+    for name in columns:
+        row = first_failing(raw.column(name), _validate_alone)
+        if row is None:
+            continue
+        detail = f"column {name!r} holds text that is not UTF-8."
+        if name == "media_id" or "media_id" not in raw.column_names:
+            raise SchemaError(f"{source}: row {row}: {detail}", field=name)
+        raise row_error(source, row, detail, name)
+
+
+def _validate_alone(part: pa.Array) -> None:
+    # A slice of a nested array is validated with all of its children: take() copies the slice alone.
+    part.take(pa.array(np.arange(len(part)))).validate(full=True)
+
+
+def _names_are_utf8(field: pa.Field) -> bool:
+    try:
+        field.name  # noqa: B018 (decoding the name is the test)
+    except UnicodeDecodeError:
+        return False
+    return all(_names_are_utf8(field.type.field(i)) for i in range(field.type.num_fields))
+
+
+def _check_id_type(ids: pa.ChunkedArray, source: str) -> None:
+    """SchemaError unless the media ids are text: a number would be read as text silently."""
+    type_ = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_null(type_):
+        return
+    if getattr(pa.types, "is_string_view", lambda _: False)(type_):  # pyarrow >= 16
+        return
+    row = pc.index(pc.is_valid(ids), True).as_py()
+    if row < 0:
+        return  # no id at all: _check_ids names the first row
+    raise SchemaError(
+        f"{source}: media_id {ids[row].as_py()!r} (row {row}) has type {type_}, not string.", field="media_id"
+    )
 
 
 def _check_ids(media_id: pa.ChunkedArray, source: str) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ..errors import SchemaError
 from .items import gc_paused
-from .json_export import read_json_export
+from .json_export import check_utf8, not_utf8, read_json_export
 from .normalize import normalize, normalize_raw
 from .table_file import read_normalized, stamp_source, write_normalized
 
@@ -62,10 +62,11 @@ def read_metadata_file(path: str | os.PathLike) -> pa.Table:
     if is_parquet:
         try:
             raw = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
             raise SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata") from None
         table = normalize(raw, source=str(path))
     else:
+        check_utf8(path)  # both readers below would take bytes that are not UTF-8
         parsed = read_json_export(path)
         table = (
             normalize(_load_json(path), source=str(path))
@@ -76,8 +77,16 @@ def read_metadata_file(path: str | os.PathLike) -> pa.Table:
 
 
 def _load_json(path: Path) -> Any:
-    with open(path, "rb") as stream, gc_paused():
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        # Decoded here as UTF-8: json.load would guess UTF-16 or UTF-32 from the first bytes.
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:  # check_utf8 ran first; the file changed since
+        raise not_utf8(path, exc.start, exc.reason) from None
+    del data
+    with gc_paused():
         try:
-            return json.load(stream)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
             raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
