@@ -38,6 +38,11 @@ Decisions where the contract is silent:
   such a value as a path from the export root, right after ``images/<value>``.
 - ``suggested_label`` is only set for ``mislabels`` issues (the only type the contract says carries
   a suggested label); ``description`` keeps ``issues_description`` for every type.
+- Values are checked as they are read, and a SchemaError names the media id and the field of the
+  first one at fault: a media_id that is not text; a uniqueness score (item or object) or an
+  issue's confidence outside 0..1 or NaN; an object's bbox that is not 4 finite numbers with
+  width and height not negative; true or false where a number belongs (never read as 1 or 0);
+  text that is not UTF-8. An absent (null) value is never an error, a null bbox included.
 """
 
 from __future__ import annotations
