@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .. import errors
@@ -83,7 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def api_secret(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> str | None:
+def api_secret(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
     """The secret for ``--api-key``: ``--api-secret-file``, ``--api-secret``, then ``VL_API_SECRET``.
 
     None without ``--api-key`` (on-prem): a ``VL_API_SECRET`` set for a client in the same shell does
