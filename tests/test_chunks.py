@@ -26,8 +26,7 @@ def big_root(tmp_path_factory):
 @pytest.fixture
 def capped(big_root):
     """The local service with the platform's limit on images per export set to 3."""
-    with LocalVisualLayer(big_root, export_polls=0) as service:
-        service.jobs.max_images_per_export = 3
+    with LocalVisualLayer(big_root, export_polls=0, max_images_per_export=3) as service:
         yield service
 
 
@@ -119,3 +118,15 @@ def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp
     started_after = len([r for r in _starts(capped, images=True) if "entities" in r.path]) - started_before
     assert started_after == 1, f"the resumed run started {started_after} chunk exports; only chunk 3 was missing"
     assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+
+
+def test_the_cli_exports_in_chunks_from_the_start(capped, tmp_path, monkeypatch, capsys):
+    from vl_datasets.cli import main
+
+    monkeypatch.setenv("VL_API_URL", capped.url)
+    monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
+    assert main(["export", "big", "--max-images-per-export", "4", "--cache-dir", str(tmp_path)]) == 0
+    folder = capsys.readouterr().out.strip()
+    assert len(list((tmp_path / "exports").rglob("*.jpg"))) == N_ITEMS, f"images missing under {folder}"
+    full = [r for r in _starts(capped, images=True) if "export_context_async" in r.path]
+    assert full == [], "--max-images-per-export should skip the full export with images"

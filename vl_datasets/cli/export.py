@@ -22,6 +22,12 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="start a new export even if one is cached (the cached version stays until pruned)",
     )
     export.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
+    export.add_argument(
+        "--max-images-per-export",
+        type=int,
+        metavar="N",
+        help="export images in chunks of at most N from the start (default: only when the platform rejects one)",
+    )
     export.set_defaults(run=run_export)
 
 
@@ -37,6 +43,7 @@ def run_export(args: argparse.Namespace) -> int:
         cluster_ids=args.cluster_ids,
         refresh=args.refresh,
         offline=args.offline,
+        max_images_per_export=args.max_images_per_export,
     )
     print(entry.path)
     return 0
