@@ -240,6 +240,8 @@ VIEW_OPTIONS = [
     "on_error",
     "missing_images",
     "images_root",
+    "storage_options",
+    "image_cache",
 ]
 
 

@@ -11,7 +11,9 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, as_completed
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -28,8 +30,11 @@ from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageN
 from ..metadata import targets
 from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons, resolve_rules
 from ..metadata.index import IMAGE_COLUMN, build_index, read_index
+from ..metadata.read import find_metadata_file, read_metadata_file
 from . import images
 from .loader import SkippedSample, VLDataLoader, make_dataloader
+from .reads import Reads
+from .sources import check_source_options, image_error, open_source, with_source_paths
 
 if TYPE_CHECKING:
     from ..api.client import Client
@@ -96,7 +101,14 @@ class VisualLayerDataset(Dataset):
         transform: a callable applied to each decoded image; default None.
         on_error: ``"raise"`` on an unreadable image, or ``"skip"`` it in the DataLoader; default ``"raise"``.
         missing_images: ``"raise"`` when an item has no image file, or ``"drop"`` the item; default ``"raise"``.
-        images_root: a local copy of the export's ``images`` folder to read instead; default None.
+        images_root: where the images live, read as ``<images_root>/<file_path>``: a folder, or an fsspec
+            URL (``s3://bucket/prefix``, ``gs://...``, ``https://...``); the export is then fetched without
+            images, and nothing is listed. Default None, the export's own images.
+        storage_options: options for the fsspec filesystem of an ``images_root`` URL (credentials,
+            ``endpoint_url``, ...); default None.
+        image_cache: keep the images read from ``images_root`` on this machine, under the cache,
+            up to this size (``"50G"``, or bytes), least recently used evicted first, so later
+            epochs do not read them again; default None, no copy.
     """
 
     def __init__(
@@ -130,6 +142,8 @@ class VisualLayerDataset(Dataset):
         on_error: OnError = "raise",
         missing_images: MissingImages = "raise",
         images_root: str | os.PathLike | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        image_cache: str | int | None = None,
     ) -> None:
         options = _open_options(locals())  # before the fetch: a bad option should not cost an export
         from ..exports import fetch_export  # the API side loads only if the cache has no copy
@@ -140,7 +154,7 @@ class VisualLayerDataset(Dataset):
             cache_dir=cache_dir,
             offline=offline,
             export_format=export_format,
-            include_images=True,
+            include_images=images_root is None,
             media_ids=media_ids,
             cluster_ids=cluster_ids,
             refresh=refresh,
@@ -174,6 +188,8 @@ class VisualLayerDataset(Dataset):
         on_error: OnError = "raise",
         missing_images: MissingImages = "raise",
         images_root: str | os.PathLike | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        image_cache: str | int | None = None,
     ) -> VisualLayerDataset:
         """Open a local export, with no network: a ZIP (checked and unpacked into the cache) or its
         extracted folder.
@@ -205,6 +221,9 @@ class VisualLayerDataset(Dataset):
         on_error: OnError,
         missing_images: MissingImages,
         images_root: str | os.PathLike | None,
+        storage_options: Mapping[str, Any] | None,
+        image_cache: str | int | None,
+        cache_dir: str | os.PathLike | None,
     ) -> None:
         self.entry = entry  # the cache entry's exact version: what a checkpoint pins
         self.export_dir = entry.path
@@ -213,8 +232,16 @@ class VisualLayerDataset(Dataset):
         # The rules' label_source, alone or inside curation=: targets count the labels curation counted.
         self.label_source, self.object_drop_issues = rules.label_source, dict(object_drop_issues or {})
 
-        self._images_root = None if images_root is None else Path(images_root)
-        self._root = str(self._images_root if self._images_root is not None else self.export_dir / "images")
+        self._images_root = None if images_root is None else os.fspath(images_root)
+        self._source = open_source(
+            self.export_dir / "images",
+            images_root=images_root,
+            storage_options=storage_options,
+            image_cache=image_cache,
+            cache_dir=cache_dir,
+        )
+        self._root = self._source.display_root  # never a credential: it reaches reprs and reports
+        self._reads = Reads()  # its threads start in the process that reads, after any fork
         table = _load_rows(entry, self._images_root)
         self._rules = rules
         rows, summary = curate(table, rules)
@@ -286,7 +313,7 @@ class VisualLayerDataset(Dataset):
         # not a usable label for the task (the summary names which of these ran).
         later = pc.if_else(pc.is_valid(table.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
         reasons = pc.if_else(kept, pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
-        paths = pc.binary_join_element_wise(self._root, table.column(IMAGE_COLUMN), os.sep)
+        paths = pc.binary_join_element_wise(self._root, table.column(IMAGE_COLUMN), self._source.separator)
         return (
             table.drop_columns([IMAGE_COLUMN]).append_column("image_path", paths).append_column("removed_by", reasons)
         )
@@ -307,7 +334,51 @@ class VisualLayerDataset(Dataset):
     # -- samples -------------------------------------------------------------------------------
 
     def __getitem__(self, index: int):
-        image = self.load_image(index)
+        return self._sample(index, self.load_image(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The samples of a batch (torch's fetcher hands a worker the whole batch): with an
+        images_root every read starts at once and each image is decoded as its bytes arrive.
+
+        ``indices`` may carry ``next_indices`` (``vl_datasets.loading.prefetch.BatchWithNext``): the
+        batch this worker loads next, whose reads then start too, while this one decodes.
+        """
+        if not self._reads_in_flight():
+            return [self[index] for index in indices]
+        reads: dict[Future, list[int]] = {}
+        for position, index in enumerate(indices):
+            read = self._reads.take(index) or self._reads.start(partial(self._read, index))
+            reads.setdefault(read, []).append(position)
+        self.prefetch(getattr(indices, "next_indices", None) or ())
+        samples: list = [None] * len(indices)
+        try:
+            for read in as_completed(reads):
+                for position in reads[read]:
+                    samples[position] = self._sample(indices[position], self._image(indices[position], read))
+        except BaseException:
+            for read in reads:
+                read.cancel()  # those not started yet; the others finish unread
+            raise
+        return samples
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Start reading the images of ``indices`` ahead of need, for a later ``__getitems__`` or
+        ``__getitem__`` to take; a bounded number are held (``vl_datasets.loading.reads``). Only with
+        an images_root: the export's own images are read when needed."""
+        if self._reads_in_flight():
+            self._reads.ahead([(int(index), partial(self._read, int(index))) for index in indices])
+
+    def _reads_in_flight(self) -> bool:
+        # Reads run on threads only from an images_root, and only through this class's own
+        # per-item methods: a subclass that overrides them gets them called one by one.
+        cls = type(self)
+        return (
+            self._images_root is not None
+            and cls.__getitem__ is VisualLayerDataset.__getitem__
+            and cls.load_image is VisualLayerDataset.load_image
+        )
+
+    def _sample(self, index: int, image):
         if isinstance(image, SkippedSample):
             return image
         if self.transform is not None:
@@ -318,15 +389,35 @@ class VisualLayerDataset(Dataset):
         return image, target
 
     def image_path(self, index: int) -> str:
-        return os.path.join(self._root, self._paths[index].as_py())
+        """Where the image of ``index`` is: a path, or a URL without credentials or query string."""
+        return self._source.location(self._paths[index].as_py())
 
     def load_image(self, index: int):
         """The decoded image of ``index``; a ``SkippedSample`` if it is unreadable and ``on_error="skip"``."""
-        path = self.image_path(index)
-        media_id = self._table.column("media_id")[index].as_py()
+        ahead = self._reads.take(index) if self._images_root is not None else None
+        if ahead is not None:
+            return self._image(index, ahead)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = self._read(index)
+        except Exception as exc:  # any filesystem's failure: image_error names the image and types it
+            return self._failed(index, exc)
+        return self._decoded(index, data)
+
+    def _read(self, index: int) -> bytes:
+        return self._source.read(self._paths[index].as_py())
+
+    def _image(self, index: int, read: Future):
+        """The decoded image of a read started earlier (or what ``on_error`` makes of its failure)."""
+        try:
+            data = read.result()
+        except Exception as exc:
+            return self._failed(index, exc)
+        return self._decoded(index, data)
+
+    def _decoded(self, index: int, data: bytes):
+        media_id = self._table.column("media_id")[index].as_py()
+        path = self.image_path(index)
+        try:
             if self.decode == "pil":
                 image = images.decode_pil(data, media_id=media_id, path=path)
                 return (
@@ -335,18 +426,18 @@ class VisualLayerDataset(Dataset):
                     else image.resize(_pil_size(self.image_size), PIL.Image.Resampling.BILINEAR)
                 )
             return images.decode_image(data, size=self.image_size, media_id=media_id, path=path)
-        except (OSError, ImageDecodeError) as exc:
-            error = (
-                exc
-                if isinstance(exc, ImageDecodeError)
-                else ImageDecodeError(
-                    f"Cannot read the image of media_id {media_id!r} at {path}: {exc}", media_id=media_id, path=path
-                )
-            )
-            if self.on_error == "raise":
-                raise error from None
-            logger.warning("Skipping media_id %s: %s", media_id, error)
-            return SkippedSample(media_id, path, str(error))
+        except ImageDecodeError as exc:
+            return self._failed(index, exc)
+
+    def _failed(self, index: int, exc: BaseException):
+        """Raise the typed error for ``index``'s image, or with ``on_error="skip"`` return its ``SkippedSample``."""
+        media_id = self._table.column("media_id")[index].as_py()
+        path = self._paths[index].as_py()
+        error = image_error(exc, media_id=media_id, source=self._source, path=path)
+        if self.on_error == "raise":
+            raise error from None  # the cause may hold a URL's query string: the message has what matters
+        logger.warning("Skipping media_id %s: %s", media_id, error)
+        return SkippedSample(media_id, self._source.location(path), str(error))
 
     def target(self, index: int):
         if self.task == "detection":
@@ -419,6 +510,7 @@ def _open_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """
     for name, choices in _CHOICES.items():
         _check_choice(name, arguments[name], choices)
+    check_source_options(arguments["images_root"], arguments["storage_options"], arguments["image_cache"])
     rules = resolve_rules(arguments["curation"], {name: arguments[name] for name in _CURATION_OPTIONS})
     return {"rules": rules, **{name: arguments[name] for name in _OPEN_OPTIONS}}
 
@@ -445,18 +537,20 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
     )
 
 
-def _load_rows(entry: LocalExport, images_root: Path | None) -> pa.Table:
+def _load_rows(entry: LocalExport, images_root: str | None) -> pa.Table:
     """The export's index: its normalized metadata plus each row's image path (null when it has none).
 
-    The cache built it when it published the entry, so this is a memory map. Images read from
-    another root, or an index the cache could not build (an ambiguous image name, which this
-    then reports), are resolved here instead.
+    The cache built it when it published the entry, so this is a memory map. With an images_root
+    each row's path is its ``file_path``, never looked up in a listing (contract §7). An index the
+    cache could not build (an ambiguous image name, which this then reports) is built here instead.
     """
-    if images_root is None and entry.index_path is not None:
+    if entry.index_path is not None:
         table = read_index(entry.index_path)
         if table is not None:
-            return table
-    return build_index(entry.path, images_dir=images_root)
+            return table if images_root is None else with_source_paths(table)
+    if images_root is not None:
+        return with_source_paths(read_metadata_file(find_metadata_file(entry.path)))
+    return build_index(entry.path)
 
 
 def _require_images(table: pa.Table, missing_images: str, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:

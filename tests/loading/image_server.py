@@ -1,0 +1,91 @@
+"""A static HTTP server of images on 127.0.0.1 for the remote-source tests: real sockets, no mocks.
+
+Faults are switched on the server side (a first-byte latency, the next N answers a 503), and it
+records every path asked for, so a test can count what reached the network. It stops itself after
+``lifetime_s`` even if a test forgets to, so a hung test cannot leave it serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+class ImageServer:
+    """Serves the files under ``root`` at ``url``; use as a context manager."""
+
+    def __init__(self, root: Path, *, latency_s: float = 0.0, lifetime_s: float = 60.0) -> None:
+        self.root, self.latency_s, self.lifetime_s = Path(root), latency_s, lifetime_s
+        self.requests: list[str] = []
+        self.in_flight = self.most_in_flight = 0
+        self._failures: list[int] = []
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        """Answer the next ``count`` requests with ``status``."""
+        with self._lock:
+            self._failures += [status] * count
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def __enter__(self) -> ImageServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._timer = threading.Timer(self.lifetime_s, self._server.shutdown)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _answer(self, raw_path: str) -> tuple[int, bytes]:
+        parts = urlsplit(raw_path)
+        with self._lock:
+            self.requests.append(raw_path)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            status = self._failures.pop(0) if self._failures else None
+        try:
+            time.sleep(self.latency_s)
+            if status is not None:
+                return status, b"SlowDown"
+            path = (self.root / unquote(parts.path).lstrip("/")).resolve()
+            if not path.is_file() or self.root.resolve() not in path.parents:
+                return 404, b"not found"
+            return 200, path.read_bytes()
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a batch's connections opened at once,
+    # and the client's retransmission a second later would read as read latency.
+    request_queue_size = 128
+
+
+def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as object storage does
+
+        def do_GET(self) -> None:
+            status, body = server._answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args) -> None:  # quiet: pytest shows what matters
+            pass
+
+    return Handler

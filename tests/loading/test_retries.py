@@ -1,0 +1,59 @@
+"""Which read failures are retried, how long the waits are, and that the retries end."""
+
+from __future__ import annotations
+
+import errno
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from vl_datasets.loading.retries import RetryPolicy, is_transient
+
+
+def http_error(status: int, **headers: str) -> aiohttp.ClientResponseError:
+    return aiohttp.ClientResponseError(None, (), status=status, headers=CIMultiDict(headers))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        http_error(503),
+        http_error(429),
+        ConnectionResetError(),
+        TimeoutError(),
+        OSError(errno.EBUSY, "SlowDown"),  # what s3fs makes of a 503 SlowDown
+        aiohttp.ServerDisconnectedError(),
+    ],
+)
+def test_transient(exc):
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [FileNotFoundError("gone"), PermissionError("no"), http_error(404), http_error(403), ValueError("bad"), OSError()],
+)
+def test_not_transient(exc):
+    assert not is_transient(exc)
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap_and_honours_retry_after():
+    policy = RetryPolicy(base_s=0.1, cap_s=1.0, random=lambda: 0.5)
+    assert [policy.delay_s(n, ConnectionResetError()) for n in range(5)] == [0.05, 0.1, 0.2, 0.4, 0.5]
+    assert policy.delay_s(0, http_error(503, **{"Retry-After": "0.7"})) == 0.7
+    assert policy.delay_s(0, http_error(503, **{"Retry-After": "120"})) == 1.0
+
+
+def test_retries_are_bounded_and_keep_the_last_error():
+    waits = []
+    calls = []
+    policy = RetryPolicy(attempts=3, sleep=waits.append)
+
+    def read():
+        calls.append(1)
+        raise ConnectionResetError(f"reset {len(calls)}")
+
+    with pytest.raises(ConnectionResetError, match="reset 3"):
+        policy.call(read)
+    assert (len(calls), len(waits)) == (3, 2)

@@ -1,0 +1,145 @@
+"""Images read from where they live: a folder, a bucket (moto's real S3 API), an HTTP server; never listed."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from tests.loading.image_server import ImageServer
+from vl_datasets import errors
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.testing import write_dataset
+
+
+@pytest.fixture
+def split_export(tmp_path):
+    """(an export folder holding only its metadata, the folder its images were uploaded from)."""
+    export = write_dataset(tmp_path, "x", n_items=12)
+    source = tmp_path / "source"
+    shutil.move(export / "images", source)
+    return export, source
+
+
+def expected(export, source, size=16):
+    """Each item's image as the export with its images inside decodes it, by media id."""
+    full = export.parent / "full"
+    shutil.copytree(export, full)
+    shutil.copytree(source, full / "images")
+    ds = VisualLayerDataset.from_export(full, image_size=size, cache_dir=export.parent / "c-full")
+    return {media_id: ds[i][0] for i, media_id in enumerate(ds.media_ids)}
+
+
+def test_a_local_folder_images_root_reads_file_path_under_it(split_export, tmp_path):
+    export, source = split_export
+    ds = VisualLayerDataset.from_export(export, images_root=source, image_size=16, cache_dir=tmp_path / "c")
+    assert len(ds) == 12
+    reference = expected(export, source)
+    assert all(torch.equal(ds[i][0], reference[m]) for i, m in enumerate(ds.media_ids))
+    batch = ds.__getitems__([3, 0, 3, 11])
+    assert [torch.equal(image, ds[i][0]) for (image, _), i in zip(batch, [3, 0, 3, 11])] == [True] * 4
+    assert ds.image_path(0) == str(source / ds.table.column("file_path")[0].as_py())
+    details = ds.curation_details()
+    assert details.column("image_path").to_pylist() == [ds.image_path(i) for i in range(12)]
+
+
+def test_images_in_a_bucket(split_export, s3_root, tmp_path):
+    import fsspec
+
+    export, source = split_export
+    fs = fsspec.filesystem("s3")
+    fs.put(str(source), "shared-bucket/photos", recursive=True)
+    ds = VisualLayerDataset.from_export(
+        export, images_root="s3://shared-bucket/photos/", image_size=16, cache_dir=tmp_path / "c"
+    )
+    reference = expected(export, source)
+    samples = ds.__getitems__(list(range(12)))
+    assert all(torch.equal(image, reference[m]) for (image, _), m in zip(samples, ds.media_ids))
+    assert ds.image_path(1) == f"s3://shared-bucket/photos/{ds.table.column('file_path')[1].as_py()}"
+    copy = pickle.loads(pickle.dumps(ds))  # as a spawned worker gets it: it opens its own filesystem
+    assert torch.equal(copy[5][0], reference[ds.media_ids[5]])
+    fs.rm(f"shared-bucket/photos/{ds.table.column('file_path')[2].as_py()}")
+    with pytest.raises(errors.ImageNotFoundError, match=ds.media_ids[2]) as caught:
+        copy[2]
+    assert ds.image_path(2) in str(caught.value)
+
+
+def test_the_constructor_fetches_the_export_without_images(quick_vl, quick_client, dataset_root, tmp_path):
+    ds = VisualLayerDataset(
+        "ds-ready", client=quick_client, cache_dir=tmp_path, images_root=dataset_root / "ds-ready" / "images"
+    )
+    assert len(ds) == 8
+    assert ds.entry.key.include_images is False
+    assert not (ds.export_dir / "images").exists(), "the export carried images it did not need"
+    assert ds[7][0].dtype == torch.uint8
+
+
+def test_nothing_is_listed_each_row_is_its_file_path(split_export, tmp_path):
+    export, source = split_export
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(export, images_root=server.url + "/", cache_dir=tmp_path / "c")
+        assert server.count() == 0, f"opening the dataset asked the server for {server.requests}"
+        ds[4]
+        assert server.requests == ["/" + ds.table.column("file_path")[4].as_py()]
+
+
+def test_a_missing_image_names_media_id_and_url_without_the_query(split_export, tmp_path):
+    export, source = split_export
+    (source / "train").rename(source / "elsewhere")  # every train/ image is gone
+    with ImageServer(source) as server:
+        root = server.url.replace("http://", "http://user:hunter2@") + "/?sig=SECRET-TOKEN"
+        ds = VisualLayerDataset.from_export(export, images_root=root, image_size=8, cache_dir=tmp_path / "c")
+        missing = [i for i in range(len(ds)) if ds.table.column("file_path")[i].as_py().startswith("train/")]
+        with pytest.raises(errors.ImageNotFoundError) as caught:
+            ds.__getitems__(missing[:3])
+        message = str(caught.value)
+        assert caught.value.media_id in {ds.media_ids[i] for i in missing[:3]}
+        assert f"{server.url}/train/" in message, message
+        assert "SECRET-TOKEN" not in message and "hunter2" not in message, message
+        assert all("sig=SECRET-TOKEN" in path for path in server.requests), "the query did not reach the server"
+        assert "SECRET-TOKEN" not in repr(ds) and "hunter2" not in repr(ds)
+        assert "SECRET-TOKEN" not in ds.image_path(0)
+
+        skipping = VisualLayerDataset.from_export(
+            export, images_root=root, image_size=8, on_error="skip", cache_dir=tmp_path / "c"
+        )
+        loader = skipping.dataloader(4, shuffle=False, num_workers=0)
+        kept = sum(len(labels) for _, labels in loader)
+    assert kept == len(ds) - len(missing)
+    assert sorted(s.media_id for s in loader.skipped) == sorted(ds.media_ids[i] for i in missing)
+    assert all("SECRET" not in s.path and "SECRET" not in s.reason for s in loader.skipped)
+
+
+def test_an_unreadable_image_is_a_decode_error_naming_it(split_export, tmp_path):
+    export, source = split_export
+    ds = VisualLayerDataset.from_export(export, images_root=source, cache_dir=tmp_path / "c")
+    (source / ds.table.column("file_path")[0].as_py()).write_bytes(b"not a jpeg")
+    with pytest.raises(errors.ImageDecodeError, match=ds.media_ids[0]) as caught:
+        ds.__getitems__([0, 1])
+    assert caught.value.path == ds.image_path(0)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"storage_options": {"anon": True}}, "storage_options apply to an fsspec URL"),
+        ({"images_root": "/no/such/folder"}, "not a folder"),
+        ({"images_root": "nope://bucket/x"}, "no protocol 'nope'"),
+        ({"images_root": "memory://x", "image_cache": "lots"}, "not a size"),
+        ({"images_root": "memory://x", "image_cache": 0}, "positive size"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_any_export(split_export, tmp_path, options, match):
+    _, source = split_export
+    options = {"images_root": source, **options}
+    with pytest.raises(errors.ConfigurationError, match=match):
+        VisualLayerDataset("never-fetched", cache_dir=tmp_path, offline=True, **options)
+
+
+def test_storage_options_and_image_cache_need_an_images_root(split_export, tmp_path):
+    export, _ = split_export
+    for options in ({"storage_options": {}}, {"image_cache": "1G"}):
+        with pytest.raises(errors.ConfigurationError, match="applies to images read from an images_root"):
+            VisualLayerDataset.from_export(export, cache_dir=tmp_path, **options)

@@ -1,0 +1,156 @@
+"""A node-local copy of images read from an images_root, under a size limit, shared by every process.
+
+Every DataLoader worker of every rank on the node reads and fills the same folder, with no
+coordination on the read path:
+
+- An image is written to a process-unique temp file and renamed into place (``atomic.replacing``),
+  so a reader sees a whole file or none. Two processes fetching the same image both write it; the
+  second rename replaces identical bytes.
+- Files are named by a digest of the image's path under the root, never by the path itself, so no
+  ``file_path`` can reach outside the folder, and names stay short.
+- Least recently used first: a hit bumps the file's mtime (at most every ``touch_after_s``, to
+  spare the disk a metadata write per read), and eviction removes the oldest mtimes.
+- Eviction is bounded work per write. Each write appends one byte per 4 KiB written to a shared
+  ledger file (O_APPEND writes of a few bytes are atomic on a local disk, so its size counts every
+  process's writes). Once the ledger holds a tenth of the limit, the process that sees it scans
+  the folder under a non-blocking lock (another process scanning means this one needn't), removes
+  the oldest files down to 90% of the limit, and empties the ledger. A scan is thus paid once per
+  tenth of the limit written on the node, whatever the number of processes.
+- A file removed by a scan while another process looks for it is a miss there, read again from
+  the root: the cache changes speed, never results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import filelock
+
+from ..atomic import replacing
+
+logger = logging.getLogger("vl_datasets")
+
+LEDGER, LOCK = ".written", ".evict.lock"
+LEDGER_UNIT = 4096  # bytes written per ledger byte
+SCAN_EVERY = 0.1  # a scan per this fraction of the limit written
+LOW_WATER = 0.9  # a scan evicts down to this fraction of the limit, so the next one is not at once
+STALE_TEMP_S = 3600.0  # a temp file this old belongs to a process that died mid-write
+
+
+class ImageCache:
+    """Image bytes under ``folder``, at most about ``limit_bytes`` of them.
+
+    Safe to share between processes and threads; pickles to its settings (the ledger is reopened
+    in each process).
+    """
+
+    touch_after_s = 10.0
+
+    def __init__(self, folder: str | os.PathLike, limit_bytes: int) -> None:
+        self.folder = Path(folder)
+        self.limit_bytes = int(limit_bytes)
+        self._ledger: int | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "limit_bytes": self.limit_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"], state["limit_bytes"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"ImageCache({str(self.folder)!r}, limit_bytes={self.limit_bytes})"
+
+    def path(self, key: str) -> Path:
+        """Where the image at ``key`` (its path under the root) is kept."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.folder / digest[:2] / digest[2:32]
+
+    def get(self, key: str) -> bytes | None:
+        """The cached bytes of ``key``, or None."""
+        path = self.path(key)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+                mtime = os.fstat(handle.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+        if not data:
+            return None  # a rename whose data a power loss never flushed: fetch it again
+        if time.time() - mtime > self.touch_after_s:
+            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: the bytes are still good
+                os.utime(path)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        """Keep ``data`` as ``key``'s bytes, and evict if the node has written enough since the last scan."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+        ledger = self._ledger_fd()
+        os.write(ledger, b"\0" * -(-len(data) // LEDGER_UNIT))
+        if os.fstat(ledger).st_size * LEDGER_UNIT >= max(1, int(self.limit_bytes * SCAN_EVERY)):
+            self.evict()
+
+    def evict(self) -> None:
+        """Remove the least recently used files down to ``LOW_WATER`` of the limit, unless another
+        process is doing it now."""
+        lock = filelock.FileLock(str(self.folder / LOCK))
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return
+        try:
+            os.truncate(self.folder / LEDGER, 0)  # first: writes during the scan count toward the next
+            files, total = self._scan()
+            if total > self.limit_bytes:
+                files.sort()
+                goal = self.limit_bytes * LOW_WATER
+                for _, size, path in files:
+                    if total <= goal:
+                        break
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                        total -= size
+        finally:
+            lock.release()
+
+    def size_bytes(self) -> int:
+        """The bytes the cached images take now (a scan)."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[list[tuple[float, int, str]], int]:
+        """(mtime, size, path) of every cached image, and their total size; stale temp files removed."""
+        files: list[tuple[float, int, str]] = []
+        total = 0
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.folder) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(FileNotFoundError):  # another scan removed it
+                            stat = entry.stat(follow_symlinks=False)
+                            if entry.name.endswith(".tmp"):
+                                if now - stat.st_mtime > STALE_TEMP_S:
+                                    os.unlink(entry.path)
+                                continue
+                            files.append((stat.st_mtime, stat.st_size, entry.path))
+                            total += stat.st_size
+        return files, total
+
+    def _ledger_fd(self) -> int:
+        # Opened lazily in each process: a descriptor inherited through fork would work, but one
+        # from a pickled copy would not exist, so every process opens its own.
+        if self._ledger is None or self._pid != os.getpid():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._ledger = os.open(self.folder / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+        return self._ledger

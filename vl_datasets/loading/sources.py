@@ -1,0 +1,300 @@
+"""Where a dataset's image bytes come from: the export's own images, a folder, any fsspec URL, and the
+node-local copy in front of a remote one.
+
+With ``images_root``, an image is ``<images_root>/<file_path>`` (contract §7): the row's
+``file_path`` alone says where it is, so nothing is listed, and opening a million-item export
+costs what reading its metadata costs. A source is picklable (DataLoader workers under spawn get a
+copy) and opens its filesystem lazily in each process, after any fork. What a source shows
+(``location``, ``display_root``, error messages, ``repr``) never holds a credential: storage
+options stay out of every repr, and URLs are shown without user info or query string (an https
+root may carry a SAS token there, which each image's URL then carries too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..cache.opened import local_store
+from ..cache.store import IMAGES
+from ..config import is_remote, parse_size
+from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
+from ..metadata.index import IMAGE_COLUMN
+from ..records import redact_url
+from .image_cache import ImageCache
+from .retries import RetryPolicy
+
+logger = logging.getLogger("vl_datasets")
+
+# The optional dependency that brings each protocol, for the message when it is missing.
+EXTRAS = {
+    **dict.fromkeys(("s3", "s3a"), "s3"),
+    **dict.fromkeys(("gs", "gcs"), "gcs"),
+    **dict.fromkeys(("az", "abfs", "abfss"), "azure"),
+    **dict.fromkeys(("http", "https"), "http"),
+}
+HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
+
+
+class ImageSource(Protocol):
+    """Image bytes by path under a root."""
+
+    display_root: str  # the root as shown to people: no credentials
+    separator: str  # between the root and a path, in ``location``
+
+    def read(self, path: str) -> bytes: ...
+
+    def location(self, path: str) -> str: ...
+
+    def scrub(self, text: str) -> str: ...
+
+
+class LocalFolder:
+    """Images under a folder of this machine (the export's own ``images/``, or a mounted disk)."""
+
+    separator = os.sep
+
+    def __init__(self, root: str | os.PathLike, *, retry: RetryPolicy | None = None) -> None:
+        self.display_root = str(root)
+        self.retry = retry or RetryPolicy()
+
+    def read(self, path: str) -> bytes:
+        def read_file() -> bytes:
+            with open(self.location(path), "rb") as handle:
+                return handle.read()
+
+        return self.retry.call(read_file)  # a network mount can time out too
+
+    def location(self, path: str) -> str:
+        return os.path.join(self.display_root, path)
+
+    def scrub(self, text: str) -> str:
+        return text
+
+    def __repr__(self) -> str:
+        return f"LocalFolder({self.display_root!r})"
+
+
+class FsspecRoot:
+    """Images under an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``https://host/path``, ...).
+
+    ``storage_options`` go to fsspec. For S3, unless they say otherwise, the connection pool is
+    sized for ``reads_in_flight`` (botocore's default of 10 would queue the rest).
+    """
+
+    separator = "/"
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        reads_in_flight: int = 64,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.protocol = _checked_protocol(url)
+        parts = urlsplit(url)
+        # An https root's query (a SAS token, say) belongs after each image's path, not in it.
+        self._query = parts.query if self.protocol in ("http", "https") else ""
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) if self._query else url
+        self._base = base.rstrip("/")
+        self.display_root = redact_url(self._base)
+        self.storage_options = _with_pool_size(self.protocol, dict(storage_options or {}), reads_in_flight)
+        self.retry = retry or RetryPolicy()
+        self._filesystem: tuple[Any, str] | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_filesystem": None, "_pid": None}  # a live filesystem stays in its process
+
+    def __repr__(self) -> str:
+        return f"FsspecRoot({self.display_root!r})"  # never the storage options: they may hold keys
+
+    def read(self, path: str) -> bytes:
+        fs, root = self._open()
+        url = f"{root}/{path}" + (f"?{self._query}" if self._query else "")
+        return self.retry.call(lambda: fs.cat_file(url))
+
+    def location(self, path: str) -> str:
+        return f"{self.display_root}/{path}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` (an error message) without this root's query string or user info."""
+        secrets = [self._query, urlsplit(self._base).netloc.rpartition("@")[0]]
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    def _open(self) -> tuple[Any, str]:
+        # Per process: an async filesystem's event loop and connections do not survive a fork.
+        # Two threads racing here both build one; fsspec's instance cache usually makes it the same.
+        if self._filesystem is None or self._pid != os.getpid():
+            import fsspec
+
+            options = dict(self.storage_options)
+            if self.protocol in ("http", "https") and "timeout" not in options.get("client_kwargs", {}):
+                import aiohttp
+
+                timeout = aiohttp.ClientTimeout(
+                    total=None, sock_connect=HTTP_READ_TIMEOUT_S, sock_read=HTTP_READ_TIMEOUT_S
+                )
+                options["client_kwargs"] = {**options.get("client_kwargs", {}), "timeout": timeout}
+            fs, root = fsspec.core.url_to_fs(self._base, **options)
+            self._filesystem, self._pid = (fs, root.rstrip("/")), os.getpid()
+        return self._filesystem
+
+
+class CachedSource:
+    """``source`` with a node-local copy of what it read in front of it (see ``image_cache``)."""
+
+    def __init__(self, source: ImageSource, cache: ImageCache) -> None:
+        self.source, self.cache = source, cache
+        self.display_root, self.separator = source.display_root, source.separator
+        self._warned = False
+
+    def read(self, path: str) -> bytes:
+        data = self.cache.get(path)
+        if data is not None:
+            return data
+        data = self.source.read(path)
+        try:
+            self.cache.put(path, data)
+        except OSError as exc:  # a full local disk slows the next epoch down; it must not stop this one
+            if not self._warned:
+                logger.warning(
+                    "Cannot keep images in %s (%s); reading them from %s", self.cache.folder, exc, self.display_root
+                )
+                self._warned = True
+        return data
+
+    def location(self, path: str) -> str:
+        return self.source.location(path)
+
+    def scrub(self, text: str) -> str:
+        return self.source.scrub(text)
+
+    def __repr__(self) -> str:
+        return f"CachedSource({self.source!r}, {self.cache!r})"
+
+
+def check_source_options(
+    images_root: str | os.PathLike | None,
+    storage_options: Mapping[str, Any] | None,
+    image_cache: str | int | None,
+) -> None:
+    """Refuse options that cannot work together, before anything is fetched or read."""
+    if images_root is None:
+        for name, value in (("storage_options", storage_options), ("image_cache", image_cache)):
+            if value is not None:
+                raise ConfigurationError(f"{name} applies to images read from an images_root; none was given.")
+        return
+    if is_remote(images_root):
+        _checked_protocol(os.fspath(images_root))
+    else:
+        if storage_options is not None:
+            raise ConfigurationError(f"storage_options apply to an fsspec URL; images_root {images_root} is a folder.")
+        root = Path(images_root).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigurationError(f"images_root {root} is not a folder.")
+    if image_cache is not None:
+        _size_limit(image_cache)
+
+
+def open_source(
+    export_images: Path,
+    *,
+    images_root: str | os.PathLike | None,
+    storage_options: Mapping[str, Any] | None,
+    image_cache: str | int | None,
+    cache_dir: str | os.PathLike | None,
+) -> ImageSource:
+    """Where a dataset reads its images: the export's own ``images/``, or ``images_root``, with the
+    node-local copy when ``image_cache`` gives its size limit."""
+    check_source_options(images_root, storage_options, image_cache)
+    if images_root is None:
+        return LocalFolder(export_images)
+    source: ImageSource = (
+        FsspecRoot(os.fspath(images_root), storage_options)
+        if is_remote(images_root)
+        else LocalFolder(Path(images_root).expanduser().resolve())
+    )
+    if image_cache is None:
+        return source
+    folder = local_store(cache_dir).root / IMAGES / _root_digest(source.display_root, storage_options)
+    return CachedSource(source, ImageCache(folder, _size_limit(image_cache)))
+
+
+def _size_limit(image_cache: str | int) -> int:
+    limit = parse_size(image_cache) if isinstance(image_cache, str) else image_cache
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ConfigurationError(f"image_cache must be a positive size such as 50G, got {image_cache!r}.")
+    return limit
+
+
+def with_source_paths(table: pa.Table) -> pa.Table:
+    """``table`` with each row's image path under an images_root: its ``file_path``, ``/``-separated
+    and relative (null when it has none, so ``missing_images`` applies). Nothing is listed."""
+    path = pc.replace_substring(table.column("file_path"), "\\", "/")
+    path = pc.utf8_ltrim(path, characters="/")
+    path = pc.if_else(pc.equal(path, ""), pa.scalar(None, pa.string()), path)
+    if IMAGE_COLUMN in table.column_names:
+        return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
+    return table.append_column(IMAGE_COLUMN, path)
+
+
+def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path: str) -> Exception:
+    """The typed error for a failed read of ``media_id``'s image: ``ImageNotFoundError`` for a missing
+    one, else ``ImageDecodeError``; both name the media id and the image's location, with no secret."""
+    if isinstance(exc, ImageDecodeError):
+        return exc
+    location = source.location(path)
+    reason = source.scrub(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, FileNotFoundError):
+        return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
+    return ImageDecodeError(
+        f"Cannot read the image of media_id {media_id!r} at {location}: {reason}", media_id=media_id, path=location
+    )
+
+
+def _checked_protocol(url: str) -> str:
+    """``url``'s protocol, once fsspec is known to have a filesystem for it here."""
+    import fsspec
+
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        extra = EXTRAS.get(protocol)
+        hint = f"pip install 'vl_datasets[{extra}]'" if extra else "install the fsspec implementation it names"
+        raise ConfigurationError(f"images_root {redact_url(url)} needs a package: {exc}; {hint}.") from None
+    except ValueError:
+        raise ConfigurationError(f"images_root {redact_url(url)}: fsspec knows no protocol {protocol!r}.") from None
+    return protocol
+
+
+def _with_pool_size(protocol: str, options: dict[str, Any], reads: int) -> dict[str, Any]:
+    if protocol not in ("s3", "s3a"):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("max_pool_connections", reads)
+    return {**options, "config_kwargs": config}
+
+
+def _root_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+    """The image cache folder of a root: the same bucket behind another endpoint is another store.
+
+    Only the endpoint joins the root: credentials rotate without changing what is stored.
+    """
+    options = storage_options or {}
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    blob = json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
