@@ -1,0 +1,131 @@
+"""Each epoch's order as index arithmetic, so that an epoch can be resumed part-way on any number of ranks.
+
+An epoch has one global order of the dataset's n items, drawn from the seed and the epoch number
+alone. A rank takes every ``world_size``-th item of it, from its rank on, as ``DistributedSampler``
+deals them; so once every rank has taken k items, the first ``k * world_size`` items of the global
+order are done, whatever the world size. That count, the epoch's global ``position``, is all a
+resume needs: the epoch resumed there deals the rest of its order among the ranks there are now,
+with none lost and none repeated, and on as many ranks as before each rank gets exactly the items
+it would have had. Nothing before the position is drawn, decoded or replayed.
+
+The rest is padded to equal shards with items from the start of the epoch's order, as
+``DistributedSampler`` pads a whole epoch; with ``drop_last`` it is cut to a multiple of the world
+size instead. So the only repeats are that padding, and only when the items left do not divide
+among the ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+from typing import Literal, get_args
+
+import torch
+from torch.utils.data import DistributedSampler
+
+# Which torch sampler's order an epoch follows (an EpochSampler gives exactly the same indices):
+#   "random"       RandomSampler with a generator seeded once: epoch e is the generator's (2e+1)-th
+#                  permutation, as RandomSampler draws a second, empty one as each epoch ends
+#   "distributed"  DistributedSampler: a permutation seeded with seed + epoch
+#   "sequential"   SequentialSampler: 0 .. n-1
+Order = Literal["random", "distributed", "sequential"]
+ORDERS: tuple[str, ...] = get_args(Order)
+
+
+class EpochSampler(DistributedSampler):
+    """This rank's indices of each epoch (see the module's docstring), from ``resume_at``'s position
+    in the epoch it names.
+
+    A ``DistributedSampler`` (``set_epoch``, ``num_replicas``, ``rank``, ``seed``, ``shuffle``), so
+    code that checks for one, as Lightning does before it would swap in its own, keeps it.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        *,
+        order: Order,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            dataset,  # type: ignore[arg-type]  # only its length is used
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=order != "sequential",
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.order: Order = order
+        self.size = len(dataset)
+        self.resume_epoch, self.resume_position = 0, 0
+        self._drawn: tuple[torch.Generator, int] | None = None  # "random": the generator and its draws so far
+        self._last: tuple[int, torch.Tensor] | None = None  # the last epoch's order, for a second read
+
+    def resume_at(self, *, epoch: int, position: int, order: Order, seed: int) -> None:
+        """Start ``epoch`` at ``position`` of its global order, drawn the way ``order`` and ``seed`` say."""
+        if (order, seed) != (self.order, self.seed):
+            self.order, self.seed, self.shuffle = order, seed, order != "sequential"
+            self._drawn = self._last = None
+        self.resume_epoch, self.resume_position = epoch, position
+        self.epoch = epoch
+
+    def start(self, epoch: int) -> int:
+        """Where ``epoch`` starts in its global order: 0, or the resume position."""
+        return min(self.resume_position, self.size) if epoch == self.resume_epoch else 0
+
+    def rank_length(self, epoch: int) -> int:
+        """How many indices this rank takes in ``epoch``: the same on every rank."""
+        rest = self.size - self.start(epoch)
+        return rest // self.num_replicas if self.drop_last else math.ceil(rest / self.num_replicas)
+
+    def position_after(self, epoch: int, taken: int) -> int:
+        """The epoch's global position once every rank has taken ``taken`` of its indices."""
+        done = self.start(epoch) + min(taken, self.rank_length(epoch)) * self.num_replicas
+        return min(done, self.size)  # past the end is padding: the epoch is done
+
+    def global_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's order of every item, as the torch sampler named by ``order`` draws it."""
+        if self._last is not None and self._last[0] == epoch:
+            return self._last[1]
+        if self.order == "sequential":
+            order = torch.arange(self.size)
+        elif self.order == "distributed":
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = self._random_order(epoch)
+        self._last = (epoch, order)
+        return order
+
+    def _random_order(self, epoch: int) -> torch.Tensor:
+        # Epoch after epoch this draws what RandomSampler draws; a resume in epoch e replays the
+        # 2e permutations before it (~10 ms each per million items), never the items themselves.
+        generator, draws = self._drawn if self._drawn is not None else (None, 0)
+        if generator is None or draws > 2 * epoch:
+            generator, draws = torch.Generator().manual_seed(self.seed), 0
+        for _ in range(2 * epoch - draws):
+            torch.randperm(self.size, generator=generator)
+        order = torch.randperm(self.size, generator=generator)
+        self._drawn = (generator, 2 * epoch + 1)
+        return order
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's indices of ``epoch``, from its start."""
+        order = self.global_order(epoch)
+        rest = order[self.start(epoch) :]
+        if len(rest) == 0:
+            return rest
+        if self.drop_last:
+            rest = rest[: len(rest) - len(rest) % self.num_replicas]
+        elif len(rest) % self.num_replicas:
+            pad = self.num_replicas - len(rest) % self.num_replicas
+            rest = torch.cat([rest, order.repeat(math.ceil(pad / len(order)))[:pad]])
+        return rest[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.rank_length(self.epoch)
