@@ -52,6 +52,7 @@ def fetch_export(
     offline: bool | None = None,
     export_timeout_s: float | None = 3 * 3600.0,
     lock_timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S,
+    version: str | None = None,
     max_images_per_export: int | None = None,
     chunks_in_flight: int = DEFAULT_CHUNKS_IN_FLIGHT,
 ) -> LocalExport:
@@ -63,6 +64,8 @@ def fetch_export(
     and no ``VL_API_URL`` it takes the newest copy cached from any API host.
     ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
     previous version stays on disk, for jobs still reading it, until ``vl-datasets cache prune``.
+    ``version`` opens exactly that version of the entry (the one a loader state names), from the
+    cache alone: ``VersionNotFoundError`` when it is not there.
 
     Images beyond what one export may carry come in chunks (see ``vl_datasets.chunks``): when the
     platform rejects the export as too large, or when ``max_images_per_export`` says so before
@@ -80,6 +83,8 @@ def fetch_export(
     base_url = client.base_url if client is not None else resolve_client_settings().base_url
     key = ExportKey.build(base_url, dataset_id, export_format, include_images, media_ids, cluster_ids)
     store = local_store(cache_dir)
+    if version is not None:
+        return _exact_version(store, key, version, refresh=refresh)
 
     if not refresh and (entry := store.lookup(key)) is not None:
         return entry  # the common case: no lock, no network, no API import
@@ -218,6 +223,25 @@ def _offline_lookup(store: CacheStore, key: ExportKey, explicit_host: bool) -> L
     raise errors.CacheMissError(
         f"Offline and no complete cache entry for {_describe(key)} in {store.root} (key {key.digest}).{hint}",
         key=key.digest,
+    )
+
+
+def _exact_version(store: CacheStore, key: ExportKey, version: str, *, refresh: bool) -> LocalExport:
+    """Exactly ``version`` of the entry, from the cache alone: a pinned version is never exported again."""
+    if refresh:
+        raise errors.ConfigurationError(
+            "Give refresh=True or version=, not both: a pinned version is never exported again."
+        )
+    entry = store.lookup(key, version=version)
+    if entry is not None:
+        return entry
+    held = [v.version or "?" for v in store.versions(store.entry_dir(key)) if v.key == key]
+    raise errors.VersionNotFoundError(
+        f"Version {version!r} of {_describe(key)} is not in the cache at {store.root}: it was pruned "
+        "(`vl-datasets cache prune` keeps only the newest version) or fetched on another machine. "
+        f"Versions cached: {', '.join(held) or 'none'}.",
+        key=key.digest,
+        version=version,
     )
 
 

@@ -245,7 +245,7 @@ VIEW_OPTIONS = [
 ]
 
 
-FETCH_OPTIONS = ["client", "cache_dir", "offline", "export_format", "media_ids", "cluster_ids", "refresh"]
+FETCH_OPTIONS = ["client", "cache_dir", "offline", "export_format", "media_ids", "cluster_ids", "refresh", "version"]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from . import images
 from .loader import SkippedSample, VLDataLoader, make_dataloader
 from .reads import Reads
 from .sources import check_source_options, image_error, open_source, with_source_paths
+from .state import fingerprint_ids
 
 if TYPE_CHECKING:
     from ..api.client import Client
@@ -67,6 +68,8 @@ class VisualLayerDataset(Dataset):
         media_ids: export only these items; default None, all.
         cluster_ids: export only the items of these clusters; default None, all.
         refresh: start a new export even when one is cached; default False.
+        version: open exactly this version of the cached export (``ds.entry.version``, as a loader
+            state names it), from the cache alone; default None, the newest.
 
     Curation (what to keep; see ``CurationRules``), in this order:
         curation: all the rules below as one ``CurationRules``, not to be combined with any of them;
@@ -122,6 +125,7 @@ class VisualLayerDataset(Dataset):
         media_ids: Iterable[str] | None = None,
         cluster_ids: Iterable[str] | None = None,
         refresh: bool = False,
+        version: str | None = None,
         curation: CurationRules | None = None,
         subset: Iterable[str] | None = None,
         labels: Iterable[str] | None = None,
@@ -158,6 +162,7 @@ class VisualLayerDataset(Dataset):
             media_ids=media_ids,
             cluster_ids=cluster_ids,
             refresh=refresh,
+            version=version,
         )
         self.dataset_id: str | None = dataset_id
         self._open(entry, **options)
@@ -254,6 +259,7 @@ class VisualLayerDataset(Dataset):
         self._paths = table.column(IMAGE_COLUMN).combine_chunks()
         self._table = table.drop_columns([IMAGE_COLUMN])
         self._summary = summary
+        self._fingerprint: str | None = None  # computed when a loader state first asks for it
 
     def _build_targets(
         self, table: pa.Table, classes, invalid_labels: str, summary: CurationSummary
@@ -297,6 +303,13 @@ class VisualLayerDataset(Dataset):
     def curation_rules(self) -> CurationRules:
         """The curation rules this dataset was built with."""
         return self._rules
+
+    def fingerprint(self) -> str:
+        """A hash of the curated item list (the media ids in index order): what a loader state pins,
+        so that it is never loaded into a dataset whose indices mean other items."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_ids(self._table.column("media_id"))
+        return self._fingerprint
 
     def curation_summary(self) -> CurationSummary:
         """How many items each curation rule removed."""
