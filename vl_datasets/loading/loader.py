@@ -15,12 +15,19 @@
   without the caller having to call ``set_epoch``.
 - With ``on_error="skip"`` unreadable images are dropped from their batch and reported when the
   epoch ends.
+- ``state_dict()`` / ``load_state_dict()`` as torchdata's ``StatefulDataLoader`` names them: the
+  state after the batches yielded so far, loaded before the next ``iter(loader)``, which then
+  yields exactly the rest of the interrupted epoch, on any number of ranks and workers (see
+  ``vl_datasets.loading.state`` and ``vl_datasets.loading.sampler``).
+- An error of ours raised in a worker reaches the main process with its fields
+  (``vl_datasets.loading.worker_errors``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -28,23 +35,16 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import (
-    DataLoader,
-    DistributedSampler,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-    get_worker_info,
-)
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from ..errors import ConfigurationError
 from .batch_slots import BatchSlots, SlotBatch
+from .sampler import EpochSampler
+from .state import STATE_FORMAT, check_state, dataset_identity
+from .worker_errors import RaisedInWorker, WorkerInit, raise_in_main
 
 logger = logging.getLogger("vl_datasets")
-
-
-def _one_thread_per_worker(worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 class SkippedSample(NamedTuple):
@@ -56,10 +56,12 @@ class SkippedSample(NamedTuple):
 
 
 class _Batch(NamedTuple):
-    """A collated batch plus the samples left out of it; the loader unwraps it."""
+    """A collated batch plus the samples left out of it, or the error of ours that reading it
+    raised in a worker; the loader unwraps it."""
 
     data: Any
     skipped: list
+    error: RaisedInWorker | None = None
 
 
 def _split(batch: list) -> tuple[list, list]:
@@ -107,6 +109,8 @@ class TaskCollate:
         self.slots = slots
 
     def __call__(self, batch: list) -> _Batch:
+        if batch and isinstance(batch[0], RaisedInWorker):
+            return _Batch(None, [], batch[0])
         kept, skipped = _split(batch)
         if not kept:
             return _Batch(None, skipped)
@@ -119,8 +123,22 @@ class TaskCollate:
         return _Batch((stacked, targets if self.targets_as_list else default_collate(targets)), skipped)
 
 
+class _Rest:
+    """An epoch's index batches after the first ``skip``: a resume with a sampler of the caller's own."""
+
+    def __init__(self, batches, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.batches) - self.skip, 0)
+
+
 class _EpochStream:
-    """A per-epoch index sampler repeated forever, from epoch ``first_epoch`` on.
+    """A per-epoch index sampler repeated forever, from epoch ``first_epoch`` on (after its first
+    ``skip_first`` batches: a resume with a sampler of the caller's own).
 
     The DataLoader's iterator draws indices from it, so workers prefetch into the next epoch.
     A DistributedSampler gets ``set_epoch`` as each epoch begins. It holds no reference to the
@@ -132,31 +150,42 @@ class _EpochStream:
         self.per_epoch = per_epoch
         self.sampler = sampler
         self.first_epoch = 0
+        self.skip_first = 0
 
     def __iter__(self):
         for epoch in itertools.count(self.first_epoch):
             if isinstance(self.sampler, DistributedSampler):
                 self.sampler.set_epoch(epoch)
-            yield from self.per_epoch
+            skip = self.skip_first if epoch == self.first_epoch else 0
+            yield from _Rest(self.per_epoch, skip) if skip else self.per_epoch
 
     def __len__(self) -> int:
         return len(self.per_epoch)
 
 
 class VLDataLoader(DataLoader):
-    """A DataLoader that prefetches across epochs, reshuffles its distributed shard each epoch and
-    reports skipped samples.
+    """A DataLoader that prefetches across epochs, reshuffles its distributed shard each epoch,
+    reports skipped samples, and resumes part-way through an epoch.
 
     ``epoch`` counts the epochs begun; ``skipped`` lists the samples left out during the last epoch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._epoch_stream: _EpochStream | None = None  # set below, once DataLoader has built the per-epoch sampler
+        self._skip_batches = 0  # the resumed epoch's batches to skip, with a sampler of the caller's own
         super().__init__(*args, **kwargs)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
         self._stream: Iterator[Any] | None = None  # the workers' endless iterator, once started
         self._epoch_unfinished = False
+        # Where the epoch in progress stands, for state_dict: batches taken from the index sampler
+        # (the last one yielded included, and any that every image was skipped from), batches
+        # yielded, and the samples skipped so far.
+        self._finished = True  # no epoch in progress: the last one ended, or none began
+        self._taken = 0
+        self._yielded = 0
+        self._skipped: list[SkippedSample] = []
+        self._pending: dict[str, Any] | None = None  # a loaded state, for the next iter
         per_epoch = super()._index_sampler
         streams = (
             self.num_workers > 0
@@ -169,37 +198,143 @@ class VLDataLoader(DataLoader):
     @property
     def _index_sampler(self):
         # What DataLoader's iterator draws indices from.
-        return self._epoch_stream if self._epoch_stream is not None else super()._index_sampler
+        if self._epoch_stream is not None:
+            return self._epoch_stream
+        per_epoch = super()._index_sampler
+        return _Rest(per_epoch, self._skip_batches) if self._skip_batches else per_epoch
 
     def __len__(self) -> int:
         return len(self._epoch_stream) if self._epoch_stream is not None else super().__len__()
 
-    def _epoch_batches(self):
-        """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands, after the batches it has yielded so far: a small dict of plain
+        values (see ``vl_datasets.loading.state``) for ``load_state_dict`` in a later run.
+
+        Every rank's state holds the same epoch and global position: any one of them resumes every
+        rank, at any world size. Only ``skipped`` is the rank's own.
+        """
+        if self._pending is not None:
+            return dict(self._pending)  # loaded, not yet iterated: still the loaded one
+        epoch = self.epoch if self._finished else self.epoch - 1
+        position = 0 if self._finished else self._position(epoch)
+        rank, world_size = _rank_of(self.sampler)
+        own = self.sampler if isinstance(self.sampler, EpochSampler) else None
+        return {
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "position": position,
+            "batches_yielded": 0 if self._finished else self._yielded,
+            "order": own.order if own is not None else "custom",
+            "seed": own.seed if own is not None else None,
+            "world_size": world_size,
+            "rank": rank,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "dataset": dataset_identity(self.dataset),
+            "skipped": [] if self._finished else [list(s) for s in self._skipped],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()``'s state: the next ``iter(loader)`` yields exactly the rest of
+        its epoch, and the epochs after it as they would have come. ``{}`` leaves the loader as it is.
+
+        Raises ``DatasetMismatchError`` when the state was saved on other items than this dataset's,
+        and ``ConfigurationError`` when it is not a loader state.
+        """
+        if state == {}:
+            return
+        check_state(state, self.dataset)
+        if (state["order"] == "custom") == isinstance(self.sampler, EpochSampler):
+            raise ConfigurationError(
+                "This loader state and this loader disagree on the sampler: one uses a sampler of the "
+                "caller's own (sampler= or batch_sampler=), the other the loader's. Build both the same way."
+            )
+        self._pending = dict(state)
+        self.epoch = state["epoch"]
+
+    def _position(self, epoch: int) -> int:
+        """How far the epoch in progress is: items of its global order done by all ranks together,
+        or with a sampler of the caller's own, index batches done by this rank."""
+        if isinstance(self.sampler, EpochSampler):
+            return self.sampler.position_after(epoch, self._taken * (self.batch_size or 1))
+        return self._skip_batches + self._taken
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        """Make the next epoch begun the state's, from its position."""
+        epoch = state["epoch"]
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.resume_at(epoch=epoch, position=state["position"], order=state["order"], seed=state["seed"])
+        else:
+            self._skip_batches = state["position"]
+        self.epoch = epoch
+        self._yielded = state["batches_yielded"]
+        rank, _ = _rank_of(self.sampler)
+        # A rank's skipped samples are its own: another rank's state resumes the order, not them.
+        self._skipped = [SkippedSample(*s) for s in state["skipped"]] if state["rank"] == rank else []
+
+    def _batches_in(self, epoch: int) -> int:
+        """How many batches ``epoch`` has on this rank, from its start (a resume's position included)."""
+        if isinstance(self.sampler, EpochSampler) and self.batch_size:
+            items = self.sampler.rank_length(epoch)
+            return items // self.batch_size if self.drop_last else math.ceil(items / self.batch_size)
+        return len(_Rest(super()._index_sampler, self._skip_batches))
+
+    # -- epochs ----------------------------------------------------------------------------------
+
+    def _begin_epoch(self) -> tuple[int, bool]:
+        """Count an epoch begun: the loaded state's, or the next. Returns it, and whether it is resumed."""
+        state, self._pending = self._pending, None
+        if state is not None:
+            self._resume(state)
+        else:
+            self._skip_batches = 0
+            self._yielded = 0
+            self._skipped = []
         epoch = self.epoch
         self.epoch += 1
+        self._taken = 0
+        self._finished = False
+        return epoch, state is not None
+
+    def _epoch_batches(self):
+        """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
+        epoch, resumed = self._begin_epoch()
         if self._epoch_stream is None:
             if isinstance(self.sampler, DistributedSampler):
                 self.sampler.set_epoch(epoch)
             yield from super().__iter__()
             return
-        if self._stream is None or self._epoch_unfinished:
-            # First epoch, or the last one was left unfinished: (re)start the stream here.
-            # DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
+        if self._stream is None or self._epoch_unfinished or resumed:
+            # First epoch, the last one was left unfinished, or a state was loaded: (re)start the
+            # stream here. DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
             self._epoch_stream.first_epoch = epoch
+            self._epoch_stream.skip_first = self._skip_batches
             self._stream = super().__iter__()
         self._epoch_unfinished = True
-        for _ in range(len(self._epoch_stream)):
+        for _ in range(self._batches_in(epoch)):
             yield next(self._stream)
         self._epoch_unfinished = False
 
     def __iter__(self):
-        skipped: list[SkippedSample] = []
         for batch in self._epoch_batches():
             if not isinstance(batch, _Batch):  # the caller's own collate_fn
+                self._taken += 1
+                self._yielded += 1
                 yield batch
                 continue
-            skipped.extend(batch.skipped)
+            if batch.error is not None:
+                raised, batch = batch.error, None
+                try:
+                    raise_in_main(raised)
+                finally:
+                    # No cycle from the error back through this frame: the workers shut down when the
+                    # caller lets go of the error, not at some later garbage collection, where torch's
+                    # shutdown finds its queues collected and waits 5 s for each worker.
+                    del raised
+            self._taken += 1
+            self._skipped.extend(batch.skipped)
             if batch.data is None:
                 continue
             images, targets = batch.data
@@ -207,8 +342,10 @@ class VLDataLoader(DataLoader):
                 # Only a TaskCollate with slots returns a SlotBatch.
                 assert isinstance(self.collate_fn, TaskCollate) and self.collate_fn.slots is not None
                 images = self.collate_fn.slots.take(images)
+            self._yielded += 1
             yield images, targets
-        self.skipped = skipped
+        self._finished = True
+        self.skipped = skipped = self._skipped
         if skipped:
             shown = ", ".join(s.media_id for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
             logger.warning(
@@ -217,6 +354,13 @@ class VLDataLoader(DataLoader):
                 len(skipped),
                 shown,
             )
+
+
+def _rank_of(sampler) -> tuple[int, int]:
+    """(rank, world size) of a sampler: a DistributedSampler's, else (0, 1)."""
+    if isinstance(sampler, DistributedSampler):
+        return sampler.rank, sampler.num_replicas
+    return 0, 1
 
 
 def make_dataloader(
@@ -233,18 +377,23 @@ def make_dataloader(
     if num_workers is None:
         num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
     base_seed = seed if seed is not None else torch.initial_seed() % 2**63
-    # The epochs' order has a generator of its own: DataLoader draws its workers' base seed from
-    # ``generator`` each time it starts an iterator (every epoch with 0 workers, once with
-    # persistent ones), which would otherwise make the order depend on num_workers.
-    order = torch.Generator().manual_seed(base_seed)
+    # The epochs' order comes from the seed and the epoch alone (see EpochSampler), never from
+    # ``generator``: DataLoader draws its workers' base seed from that each time it starts an
+    # iterator (every epoch with 0 workers, once with persistent ones), which would otherwise make
+    # the order depend on num_workers.
     generator = torch.Generator().manual_seed((base_seed + 1) % 2**63)
-    sampler: Sampler[int]
     if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed or 0, drop_last=drop_last)
-    elif shuffle:
-        sampler = RandomSampler(dataset, generator=order)
+        # DistributedSampler's order: every rank must draw the same, so no per-process default seed.
+        sampler = EpochSampler(
+            dataset,
+            order="distributed" if shuffle else "sequential",
+            seed=seed or 0,
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            drop_last=drop_last,
+        )
     else:
-        sampler = SequentialSampler(dataset)
+        sampler = EpochSampler(dataset, order="random" if shuffle else "sequential", seed=base_seed)
     collate = TaskCollate(targets_as_list=dataset.task in ("detection", None))
     options: dict[str, Any] = {
         "batch_size": batch_size,
@@ -254,11 +403,14 @@ def make_dataloader(
         "collate_fn": collate,
         "persistent_workers": num_workers > 0,
         "generator": generator,
-        "worker_init_fn": _one_thread_per_worker if num_workers > 0 else None,
+        "worker_init_fn": WorkerInit() if num_workers > 0 else None,
     }
     options.update(kwargs)
     if options["collate_fn"] is collate:
         collate.slots = _batch_slots(dataset, options)
+        if options["num_workers"] > 0 and not isinstance(options["worker_init_fn"], WorkerInit):
+            # The caller's init runs in place of ours, as before; our errors still come back whole.
+            options["worker_init_fn"] = WorkerInit(options["worker_init_fn"], one_thread=False)
     return VLDataLoader(dataset, **options)
 
 

@@ -1,0 +1,240 @@
+"""Loader state: the exact rest of an interrupted epoch, with any number of workers, on the export version it pins."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import time
+
+import pyarrow as pa
+import pytest
+import torch
+
+from tests.loading.helpers import ITEMS
+from vl_datasets import errors, fetch_export
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.state import KEYS, fingerprint_ids
+
+EPOCHS = 4  # a resume in epoch 3 has three whole epochs before it
+
+
+def ids(batch):
+    return [row["media_id"] for row in batch[1]]
+
+
+def loader_of(ds, num_workers, seed=5, **options):
+    context = {"multiprocessing_context": "fork"} if num_workers else {}
+    return ds.dataloader(3, num_workers=num_workers, seed=seed, **context, **options)
+
+
+def epochs_of(loader, count):
+    return [[ids(batch) for batch in loader] for _ in range(count)]
+
+
+def through_json_and_torch(state):
+    buffer = io.BytesIO()
+    torch.save(json.loads(json.dumps(state)), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)  # weights_only=True, torch's default
+
+
+@pytest.fixture
+def ds(folder, tmp_path):
+    return VisualLayerDataset.from_export(folder, task=None, image_size=8, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def uninterrupted(ds):
+    return epochs_of(loader_of(ds, 0), EPOCHS)
+
+
+class CountingTransform:
+    """Counts decoded images across worker processes (shared by fork)."""
+
+    def __init__(self):
+        self.count = multiprocessing.get_context("fork").Value("i", 0)
+
+    def __call__(self, image):
+        with self.count.get_lock():
+            self.count.value += 1
+        return image
+
+
+def test_the_state_is_plain_values_that_torch_load_and_json_give_back(ds):
+    loader = loader_of(ds, 0)
+    batches = iter(loader)
+    next(batches)
+    state = loader.state_dict()
+    assert sorted(state) == sorted(KEYS)
+    assert through_json_and_torch(state) == state
+    assert (state["epoch"], state["position"], state["batches_yielded"]) == (0, 3, 1)
+    assert state["dataset"]["fingerprint"] == ds.fingerprint()
+    assert state["dataset"]["version"] == ds.entry.version
+
+
+@pytest.mark.parametrize(
+    ("epoch", "cut", "workers_before", "workers_after"),
+    [(0, 1, 0, 2), (0, 3, 2, 0), (3, 2, 2, 2), (3, 1, 0, 0), (3, 2, 2, 0)],
+)
+def test_a_resumed_epoch_yields_exactly_the_rest_and_later_epochs_follow(
+    ds, uninterrupted, epoch, cut, workers_before, workers_after
+):
+    before = loader_of(ds, workers_before)
+    done = epochs_of(before, epoch)
+    batches = iter(before)
+    part = [ids(next(batches)) for _ in range(cut)]
+    state = through_json_and_torch(before.state_dict())
+    after = loader_of(ds, workers_after, seed=999)  # the state's seed wins: the order is the interrupted run's
+    after.load_state_dict(state)
+    assert after.epoch == epoch
+    rest = [ids(batch) for batch in after]
+    assert [*done, part + rest] == uninterrupted[: epoch + 1], f"epoch {epoch} cut after batch {cut} resumed wrongly"
+    assert epochs_of(after, EPOCHS - epoch - 1) == uninterrupted[epoch + 1 :], "the epochs after the resumed one differ"
+
+
+def test_the_state_counts_only_batches_handed_over_not_those_prefetched(ds, uninterrupted):
+    counter = CountingTransform()
+    counted = VisualLayerDataset.from_export(
+        ds.entry.path, task=None, image_size=8, cache_dir=ds.entry.path.parent, transform=counter
+    )
+    loader = loader_of(counted, 2)
+    assert epochs_of(loader, 1) == uninterrupted[:1]
+    deadline = time.monotonic() + 60
+    while counter.count.value <= ITEMS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counter.count.value > ITEMS, "the workers never prefetched into the next epoch"
+    state = loader.state_dict()
+    assert (state["epoch"], state["position"]) == (1, 0), "prefetched batches of epoch 1 were counted"
+    resumed = loader_of(counted, 0)
+    resumed.load_state_dict(state)
+    assert epochs_of(resumed, 1) == uninterrupted[1:2]
+
+
+def test_a_state_saved_after_the_last_batch_resumes_to_an_empty_rest_then_the_next_epoch(ds, uninterrupted):
+    loader = loader_of(ds, 0)
+    batches = iter(loader)
+    for _ in range(len(loader)):
+        next(batches)  # a training loop checkpointing after its last step, before the loop ends
+    state = loader.state_dict()
+    assert (state["epoch"], state["position"]) == (0, ITEMS)
+    resumed = loader_of(ds, 2)
+    resumed.load_state_dict(state)
+    assert epochs_of(resumed, 2) == [[], uninterrupted[1]]
+
+
+def test_load_state_dict_takes_effect_at_the_next_iter_and_empty_is_a_no_op(ds, uninterrupted):
+    loader = loader_of(ds, 0)
+    fresh = loader.state_dict()
+    assert (fresh["epoch"], fresh["position"]) == (0, 0)
+    loader.load_state_dict({})
+    assert epochs_of(loader, 1) == uninterrupted[:1]
+    state = {**fresh, "epoch": 2, "position": 6, "batches_yielded": 2}
+    loader.load_state_dict(state)
+    assert loader.state_dict() == state, "a loaded state not yet iterated is the state"
+    assert [ids(batch) for batch in loader] == uninterrupted[2][2:]
+
+
+def test_resuming_decodes_only_the_rest_of_the_epoch(ds):
+    counter = CountingTransform()
+    counted = VisualLayerDataset.from_export(
+        ds.entry.path, task=None, image_size=8, cache_dir=ds.entry.path.parent, transform=counter
+    )
+    state = {**loader_of(counted, 0).state_dict(), "epoch": 3, "position": 9, "batches_yielded": 3}
+    loader = loader_of(counted, 0)
+    loader.load_state_dict(state)
+    assert len([ids(batch) for batch in loader]) == 1
+    assert counter.count.value == ITEMS - 9, "the resume decoded images of the part already done"
+
+
+def test_images_skipped_before_the_cut_are_reported_when_the_resumed_epoch_ends(folder, tmp_path):
+    corrupt = folder / "images" / "folder" / "img_4.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8, on_error="skip", cache_dir=tmp_path / "c")
+    position = {media_id: i for i, media_id in enumerate(ds.media_ids)}["m004"]
+    loader = ds.dataloader(3, num_workers=0, shuffle=False)
+    batches = iter(loader)
+    for _ in range(position // 3 + 1):  # up to and including the batch that skips m004
+        next(batches)
+    state = loader.state_dict()
+    assert [s[0] for s in state["skipped"]] == ["m004"]
+    resumed = ds.dataloader(3, num_workers=2, shuffle=False, multiprocessing_context="fork")
+    resumed.load_state_dict(through_json_and_torch(state))
+    list(resumed)
+    assert [s.media_id for s in resumed.skipped] == ["m004"], "the skip before the cut was not reported"
+    assert resumed.epoch == 1
+    list(resumed)
+    assert [s.media_id for s in resumed.skipped] == ["m004"], "the next epoch reported the skip twice"
+
+
+def test_a_state_saved_on_other_items_is_refused_naming_its_version(folder, ds):
+    state = loader_of(ds, 0).state_dict()
+    fewer = VisualLayerDataset.from_export(folder, task=None, image_size=8, subset=ds.media_ids[1:])
+    with pytest.raises(errors.DatasetMismatchError, match="version=") as caught:
+        loader_of(fewer, 0).load_state_dict(state)
+    assert caught.value.version == ds.entry.version
+    assert caught.value.fingerprint == ds.fingerprint()
+    assert isinstance(caught.value, errors.DataError)
+    with pytest.raises(errors.ConfigurationError, match="Not a vl_datasets loader state"):
+        loader_of(ds, 0).load_state_dict({"_num_yielded": 3})
+
+
+def test_the_fingerprint_is_the_ids_in_order_however_chunked():
+    ids_ = ["a", "bb", "", "ccc"]
+    one = fingerprint_ids(pa.chunked_array([ids_]))
+    assert fingerprint_ids(pa.chunked_array([ids_[:1], ids_[1:3], ids_[3:]])) == one
+    assert fingerprint_ids(pa.array(["x", *ids_]).slice(1)) == one
+    assert fingerprint_ids(pa.chunked_array([["a", "bb", "ccc", ""]])) != one, "the order is not in the fingerprint"
+    assert fingerprint_ids(pa.chunked_array([["abb", "", "", "ccc"]])) != one, "the boundaries are not in it"
+
+
+def test_a_callers_own_sampler_is_fast_forwarded_by_index(ds):
+    from torch.utils.data import DistributedSampler
+
+    def build():
+        sampler = DistributedSampler(ds, num_replicas=2, rank=1, seed=3)
+        return ds.dataloader(2, num_workers=0, sampler=sampler)
+
+    whole = epochs_of(build(), 3)
+    loader = build()
+    epochs_of(loader, 2)
+    batches = iter(loader)
+    first = ids(next(batches))
+    resumed = build()
+    resumed.load_state_dict(loader.state_dict())
+    assert [first] + [ids(batch) for batch in resumed] == whole[2]
+    with pytest.raises(errors.ConfigurationError, match="sampler"):
+        loader_of(ds, 0).load_state_dict(loader.state_dict())
+
+
+# -- a pinned export version ------------------------------------------------------------------
+
+
+def test_a_dataset_reopens_exactly_the_version_a_state_names(quick_vl, quick_client, tmp_path):
+    old = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, task=None, image_size=8)
+    state = old.dataloader(3, num_workers=0, seed=1).state_dict()
+    newer = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
+    assert newer.version != old.entry.version
+    again = VisualLayerDataset(
+        "ds-ready",
+        client=quick_client,
+        cache_dir=tmp_path,
+        task=None,
+        image_size=8,
+        version=state["dataset"]["version"],
+    )
+    assert again.entry.version == old.entry.version
+    assert again.entry.path == old.entry.path, "the old version's folder is not the one reopened"
+    again.dataloader(3, num_workers=0).load_state_dict(state)
+    assert quick_vl.count("export") == 2, "reopening a pinned version started an export"
+
+
+def test_a_version_gone_from_the_cache_is_a_typed_miss_naming_it(quick_vl, quick_client, tmp_path):
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    with pytest.raises(errors.VersionNotFoundError, match="v-gone") as caught:
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, version="v-gone")
+    assert (caught.value.version, caught.value.key) == ("v-gone", entry.key.digest)
+    assert entry.version in str(caught.value), "the message does not list the versions there are"
+    assert isinstance(caught.value, errors.CacheMissError)
+    with pytest.raises(errors.ConfigurationError, match="refresh"):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, version=entry.version, refresh=True)
