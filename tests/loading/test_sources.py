@@ -99,6 +99,7 @@ def test_a_missing_image_names_media_id_and_url_without_the_query(split_export, 
         assert f"{server.url}/train/" in message, message
         assert "SECRET-TOKEN" not in message and "hunter2" not in message, message
         assert all("sig=SECRET-TOKEN" in path for path in server.requests), "the query did not reach the server"
+        assert f"images_root='{server.url}'" in repr(ds)
         assert "SECRET-TOKEN" not in repr(ds) and "hunter2" not in repr(ds)
         assert "SECRET-TOKEN" not in ds.image_path(0)
 

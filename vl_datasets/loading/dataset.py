@@ -342,7 +342,11 @@ class VisualLayerDataset(Dataset):
 
     def __repr__(self) -> str:
         classes = f", classes={len(self.classes)}" if self.classes else ""
-        return f"{type(self).__name__}(items={len(self)}, task={self.task!r}{classes}, export={str(self.export_dir)!r})"
+        images = f", images_root={self._root!r}" if self._images_root is not None else ""  # shown without secrets
+        return (
+            f"{type(self).__name__}(items={len(self)}, task={self.task!r}{classes}, "
+            f"export={str(self.export_dir)!r}{images})"
+        )
 
     # -- samples -------------------------------------------------------------------------------
 
@@ -578,7 +582,7 @@ def _require_images(table: pa.Table, missing_images: str, summary: CurationSumma
         raise ImageNotFoundError(
             f"No image in the export for media_id {media_id!r} (file_path "
             f"{table.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
-            "include_images=True, pass images_root= for a local copy, or missing_images='drop'.",
+            "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
             media_id=media_id,
         )
     return table.filter(present), _count(summary, "missing_images", missing)
