@@ -32,8 +32,9 @@ def _versions() -> str:
 
 
 def main() -> None:
-    parts = [HERE / "RESULTS_decode.md", HERE / "RESULTS_loader.md", HERE / "RESULTS_metadata.md"]
-    for script, out in zip(("bench_decode.py", "bench_loader.py", "bench_metadata.py"), parts):
+    scripts = ("bench_decode.py", "bench_loader.py", "bench_metadata.py", "bench_remote.py")
+    parts = [HERE / f"RESULTS_{script[len('bench_') : -len('.py')]}.md" for script in scripts]
+    for script, out in zip(scripts, parts):
         subprocess.run([sys.executable, str(HERE / script), "--out", str(out)], check=True, cwd=HERE)
     header = [
         "# Benchmark results",

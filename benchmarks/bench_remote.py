@@ -1,0 +1,308 @@
+"""Images read from where they live: a remote source with 50 ms latency against local disk, and opening
+a million-item metadata-only export with ``images_root``.
+
+    pip install scikit-image             # the corpus's source photos (benchmarks only)
+    python benchmarks/bench_remote.py    # writes benchmarks/RESULTS_remote.md
+
+The remote source is static_server.py: the 500x375 corpus (benchmarks/corpus.py) served over HTTP
+from RAM, by a process of its own, one server answering at once and one with a first-byte latency
+of 50 ms (what S3 answers in). The export is the corpus's metadata without its images, opened with
+``images_root=<server URL>``. At 2 workers, batch 64 and 224 px (``ds.dataloader``), each variant
+in a fresh interpreter, img/s over 2 timed epochs after a warm-up epoch:
+
+- local disk: the corpus as an export with its own images (the reference);
+- the same files through ``images_root=<folder>`` (the thread-pool path, with no latency);
+- HTTP with no latency, and with 50 ms;
+- HTTP with 50 ms and read-ahead: the loader's batches carry the batch each worker loads next
+  (``vl_datasets.loading.prefetch.Lookahead`` around the loader's index sampler), the hook the
+  loader is to call; here it is set on the loader from outside;
+- HTTP with 50 ms and ``image_cache``: the warm-up epoch fills the node-local copy, and the timed
+  epochs read from it.
+
+The server shares the machine's cores with the loader, which a real bucket does not: its CPU time
+is reported next to the rates. Workers' memory is read from /proc at the end of the timed epochs.
+Rounds are interleaved and the ratios are medians of per-round ratios, as in bench_loader.py.
+
+Targets (issue 11): with 50 ms, >= 90% of the same source with no latency and >= 60% of local disk;
+with image_cache, later epochs >= 95% of local disk. A 1,000,000-item metadata-only export opened
+with ``images_root``: report the first open; later opens within 2x a bare pyarrow read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+SIZE, BATCH, WORKERS, LATENCY_MS = 224, 64, 2, 50
+TIMED_EPOCHS = 2
+LOCAL, FOLDER, HTTP0, HTTP50, AHEAD, CACHED = (
+    "local disk (the export's own images)",
+    "images_root=<local folder>",
+    "HTTP, no latency",
+    f"HTTP, {LATENCY_MS} ms",
+    f"HTTP, {LATENCY_MS} ms, read-ahead hook",
+    f"HTTP, {LATENCY_MS} ms, image_cache (later epochs)",
+)
+
+
+# -- the image loaders, each measured in a fresh interpreter ------------------------------------
+
+
+def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str) -> dict:
+    """img/s of ``variant`` over the timed epochs after a warm-up one, and its workers' memory."""
+    import multiprocessing
+    import time
+
+    import torch
+
+    from vl_datasets.loading.dataset import VisualLayerDataset
+
+    torch.set_num_threads(1)
+    options: dict = {"image_size": SIZE, "cache_dir": cache_dir}
+    if variant == LOCAL:
+        ds = VisualLayerDataset.from_export(corpus_dir, **options)
+    else:
+        cache = {"image_cache": "4G"} if variant == CACHED else {}
+        ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options, **cache)
+    loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
+    if variant == AHEAD:
+        loader.__class__ = _with_read_ahead(type(loader))
+    seen = 0
+    for epoch in range(1 + TIMED_EPOCHS):
+        if epoch == 1:
+            start, seen = time.perf_counter(), 0
+        for _, labels in loader:
+            seen += len(labels)
+    rate = seen / (time.perf_counter() - start)
+    workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
+    return {"rate": rate, "workers": workers}
+
+
+def _with_read_ahead(loader_class: type) -> type:
+    """The loader's class, its index sampler wrapped in ``Lookahead``: what the loader's hook does."""
+    from vl_datasets.loading.prefetch import Lookahead
+
+    class ReadAhead(loader_class):  # type: ignore[valid-type, misc]
+        @property
+        def _index_sampler(self):
+            return Lookahead(super()._index_sampler, self.num_workers)
+
+    return ReadAhead
+
+
+def _memory_mib(pid: int) -> dict:
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    kib = {k: int(fields[k].split()[0]) for k in ("Rss", "Pss", "Private_Clean", "Private_Dirty")}
+    return {"rss": kib["Rss"] / 1024, "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
+
+
+def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path) -> dict:
+    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir))
+    code = f"import json, bench_remote as b; print(json.dumps(b.measure({variant!r}, {args})))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"measuring {variant} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def static_server(root: Path, latency_ms: float) -> Iterator[tuple[str, int]]:
+    """(URL, pid) of a static_server.py serving ``root``; it stops when the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "static_server.py"), str(root), "--latency-ms", str(latency_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        port = int(process.stdout.readline().split()[1])
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the server's signal to stop
+        process.wait(timeout=30)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metadata_only(corpus_dir: Path) -> Path:
+    """The corpus's export without its images: what ``include_images=False`` fetches."""
+    folder = DATA / f"{corpus_dir.name}_metadata_only"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(corpus_dir / "metadata.json", folder / "metadata.json")
+    return folder
+
+
+def loader_section(count: int, rounds: int) -> list[str]:
+    import corpus
+
+    corpus_dir = corpus.build("imagenet", count)
+    export_dir = metadata_only(corpus_dir)
+    images = corpus_dir / "images"
+    variants = [LOCAL, FOLDER, HTTP0, HTTP50, AHEAD, CACHED]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    with static_server(images, 0) as (fast, fast_pid), static_server(images, LATENCY_MS) as (slow, slow_pid):
+        roots = {LOCAL: "", FOLDER: str(images), HTTP0: fast, HTTP50: slow, AHEAD: slow, CACHED: slow}
+        servers = {HTTP0: fast_pid}
+        for _ in range(rounds):
+            for variant in variants:
+                pid = servers.get(variant, slow_pid)
+                cache_dir = DATA / "remote_cache"
+                shutil.rmtree(cache_dir, ignore_errors=True)  # every cached run fills its own copy
+                before = _cpu_s(pid)
+                result = measure_fresh(variant, corpus_dir, export_dir, roots[variant], cache_dir)
+                result["server_cpu_s"] = _cpu_s(pid) - before if variant != LOCAL and variant != FOLDER else 0.0
+                results[variant].append(result)
+                print(f"{variant}: {result['rate']:,.0f} img/s", flush=True)
+    shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
+    return _loader_report(count, rounds, variants, results)
+
+
+def _loader_report(count: int, rounds: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x["rate"] / y["rate"] for x, y in zip(results[a], results[b]))
+
+    lines = [
+        f"## Loader ({count} images of 500x375, {WORKERS} workers, batch {BATCH}, {SIZE} px, "
+        f"{TIMED_EPOCHS} timed epochs after a warm-up, median of {rounds} interleaved rounds)",
+        "",
+        "| source | img/s | per round | worker RSS / USS (MiB) | server CPU s |",
+        "| --- | ---: | --- | --- | ---: |",
+    ]
+    for v in variants:
+        rates = [r["rate"] for r in results[v]]
+        last = results[v][-1]["workers"]
+        memory = ", ".join(f"{w['rss']:.0f} / {w['uss']:.0f}" for w in last)
+        cpu = statistics.median(r["server_cpu_s"] for r in results[v])
+        per_round = ", ".join(f"{r:,.0f}" for r in rates)
+        lines.append(f"| {v} | {statistics.median(rates):,.0f} | {per_round} | {memory} | {cpu:.1f} |")
+    lines += [
+        "",
+        f"- {HTTP50} / {HTTP0}: **{ratio(HTTP50, HTTP0):.0%}** without read-ahead, "
+        f"**{ratio(AHEAD, HTTP0):.0%}** with the read-ahead hook (target >= 90%)",
+        f"- {HTTP50} / local disk: **{ratio(HTTP50, LOCAL):.0%}** without read-ahead, "
+        f"**{ratio(AHEAD, LOCAL):.0%}** with it (target >= 60%)",
+        f"- image_cache, later epochs / local disk: **{ratio(CACHED, LOCAL):.0%}** (target >= 95%)",
+        f"- images_root=<local folder> / local disk: {ratio(FOLDER, LOCAL):.0%}; "
+        f"{HTTP0} / local disk: {ratio(HTTP0, LOCAL):.0%}",
+        "",
+    ]
+    return lines
+
+
+# -- opening a million-item metadata-only export -------------------------------------------------
+
+
+def build_metadata_export(rows: int) -> Path:
+    """A metadata-only export of ``rows`` items (bench_metadata.py's schema) and no images at all."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = DATA / f"metadata_only_{rows}"
+    if (folder / "metadata.parquet").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, rows)
+    label = '[{{"type": "image_label", "properties": {{"category_name": "class_{}", "source": "User"}}}}]'
+    table = pa.table(
+        {
+            "media_id": [f"{i:024x}" for i in range(rows)],
+            "media_type": pa.array(["image"] * rows),
+            "file_name": [f"{i:07d}.jpg" for i in range(rows)],
+            "file_path": [f"all/{i:07d}.jpg" for i in range(rows)],
+            "uniqueness_score": rng.random(rows),
+            "metadata_items": [label.format(n) for n in labels],
+        }
+    )
+    pq.write_table(table, folder / "metadata.parquet")
+    return folder
+
+
+BARE = """
+import json, time
+import pyarrow.parquet as pq, pyarrow.dataset  # imported up front, as the library does
+t = time.perf_counter(); table = pq.read_table({path!r}); s = time.perf_counter() - t
+print(json.dumps({{"s": s}}))
+"""
+
+OPEN = """
+import json, time
+t = time.perf_counter()
+import pyarrow.dataset, torch, fsspec.implementations.http  # imported up front: the reference's imports too
+imports = time.perf_counter() - t
+from vl_datasets.loading.dataset import VisualLayerDataset
+t = time.perf_counter()
+ds = VisualLayerDataset.from_export({folder!r}, cache_dir={cache!r}, images_root="https://images.example.com/photos")
+s = time.perf_counter() - t
+assert ds.image_path(0) == "https://images.example.com/photos/all/0000000.jpg", ds.image_path(0)
+print(json.dumps({{"s": s, "n": len(ds), "imports": imports}}))
+"""
+
+
+def _child(code: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def metadata_section(rows: int, runs: int) -> list[str]:
+    folder = build_metadata_export(rows)
+    cache = DATA / "metadata_only_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    first = _child(OPEN.format(folder=str(folder), cache=str(cache)))
+    bare, opened = [], []
+    for _ in range(runs):  # interleaved: the machine drifts
+        bare.append(_child(BARE.format(path=str(folder / "metadata.parquet")))["s"])
+        opened.append(_child(OPEN.format(folder=str(folder), cache=str(cache)))["s"])
+    shutil.rmtree(cache, ignore_errors=True)
+    ratio = statistics.median(o / b for o, b in zip(opened, bare))
+    return [
+        f"## Opening a {rows:,}-item metadata-only export with images_root (median of {runs} fresh processes)",
+        "",
+        "| measurement | value | target |",
+        "| --- | ---: | --- |",
+        f"| bare `pq.read_table` of metadata.parquet | {statistics.median(bare):.3f} s | reference |",
+        f"| first open (normalizes and indexes into the cache; nothing listed) | {first['s']:.2f} s | report |",
+        f"| later opens | {statistics.median(opened):.3f} s | |",
+        f"| later open / bare read | {ratio:.2f}x | <= 2x |",
+        "",
+        f"The opens exclude the imports of torch, pyarrow.dataset and fsspec's HTTP filesystem "
+        f"({first['imports']:.2f} s, once per process), as bench_metadata.py's do.",
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="images in the 500x375 corpus")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="items of the metadata-only export")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS_remote.md")
+    args = parser.parse_args()
+    lines = [f"# Images from where they live ({len(os.sched_getaffinity(0))} cores)", ""]
+    lines += loader_section(args.images, args.rounds)
+    print("\n".join(lines), flush=True)
+    lines += metadata_section(args.rows, args.runs)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
