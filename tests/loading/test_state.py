@@ -238,3 +238,59 @@ def test_a_version_gone_from_the_cache_is_a_typed_miss_naming_it(quick_vl, quick
     assert isinstance(caught.value, errors.CacheMissError)
     with pytest.raises(errors.ConfigurationError, match="refresh"):
         fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, version=entry.version, refresh=True)
+
+
+# -- ranks, simulated in one process ------------------------------------------------------------
+
+
+def rank_loaders(ds, monkeypatch, world_size, num_workers=0):
+    """One loader per rank of a ``world_size`` job, built as make_dataloader builds them under torchrun."""
+    from vl_datasets.loading import loader as loader_module
+
+    loaders = []
+    for rank in range(world_size):
+        monkeypatch.setattr(loader_module.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(loader_module.dist, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(loader_module.dist, "get_world_size", lambda: world_size)
+        loaders.append(loader_of(ds, num_workers, seed=3))
+    monkeypatch.undo()
+    return loaders
+
+
+@pytest.fixture
+def ds24(tmp_path):
+    from tests.loading.helpers import make_items
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "ranks", media_items=make_items(24))
+    return VisualLayerDataset.from_export(tmp_path / "ranks", task=None, image_size=8, cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize(("before", "after", "cut"), [(4, 2, 1), (2, 1, 1), (2, 4, 2), (2, 2, 1)])
+def test_the_rest_of_an_epoch_is_split_among_another_world_size_with_none_lost_or_repeated(
+    ds24, monkeypatch, before, after, cut
+):
+    old = rank_loaders(ds24, monkeypatch, before)
+    epochs_of(old[0], 1)  # every rank: the cut is in epoch 1
+    for loader in old[1:]:
+        epochs_of(loader, 1)
+    iterators = [iter(loader) for loader in old]
+    done = [media_id for batches in iterators for _ in range(cut) for media_id in ids(next(batches))]
+    state = old[before - 1].state_dict()  # any rank's state resumes every rank
+    assert (state["epoch"], state["position"]) == (1, 3 * cut * before)
+    new = rank_loaders(ds24, monkeypatch, after)
+    rest = []
+    for loader in new:
+        loader.load_state_dict(state)
+        rest.append([media_id for batch in loader for media_id in ids(batch)])
+    assert len({len(shard) for shard in rest}) == 1, f"unequal shards {[len(s) for s in rest]}"
+    together = done + [media_id for shard in rest for media_id in shard]
+    assert sorted(together) == ds24.media_ids, f"{before} -> {after} ranks lost or repeated items"
+    if before == after:
+        whole = []
+        for loader in rank_loaders(ds24, monkeypatch, after):
+            epochs_of(loader, 1)
+            whole.append([media_id for batch in loader for media_id in ids(batch)])
+        assert rest == [shard[3 * cut :] for shard in whole], (
+            "at the same world size a rank did not continue its own shard"
+        )

@@ -1,0 +1,89 @@
+"""A training job for the resume tests, run by torchrun (or alone, as one rank).
+
+Each rank "trains" on the media ids of its batches and checkpoints after every step, as a real job
+checkpoints its model: the loader's state and what the rank has trained on since this run began.
+A checkpoint is complete once ``latest.json`` names it: every rank writes
+``<checkpoints>/<run>/step-<k>/rank-<r>.json``, and after a barrier rank 0 writes ``latest.json``.
+Every file is written to a temporary name and moved into place, so a SIGKILL leaves either the
+old file or the new one. A run that finds ``latest.json`` resumes from it: each rank loads its own
+rank's state, or rank 0's when that rank did not exist (another world size): any rank's state
+resumes every rank.
+
+    python resume_job.py EXPORT CACHE CHECKPOINTS RUN --epochs 4 --workers 2 --step-s 0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from vl_datasets.loading.dataset import VisualLayerDataset
+
+BATCH_SIZE = 2
+SEED = 7
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)
+
+
+def resume_point(checkpoints: Path, rank: int) -> tuple[dict | None, int]:
+    """(the loader state to load or None, the step to count on from)."""
+    latest = checkpoints / "latest.json"
+    if not latest.exists():
+        return None, 0
+    pointer = json.loads(latest.read_text())
+    step_dir = checkpoints / pointer["run"] / f"step-{pointer['step']}"
+    own = step_dir / f"rank-{rank}.json"
+    saved = json.loads((own if own.exists() else step_dir / "rank-0.json").read_text())
+    return saved["state"], pointer["step"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("export")
+    parser.add_argument("cache")
+    parser.add_argument("checkpoints", type=Path)
+    parser.add_argument("run")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--step-s", type=float, default=0.02)
+    args = parser.parse_args()
+    distributed = "RANK" in os.environ
+    if distributed:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if distributed else 0
+    # torchrun starts each rank in a session of its own: the test kills each rank's group by this pid.
+    write_json(args.checkpoints / "pids" / args.run / f"rank-{rank}.json", os.getpid())
+    ds = VisualLayerDataset.from_export(args.export, cache_dir=args.cache, task=None, image_size=8)
+    context = {"multiprocessing_context": "fork"} if args.workers else {}
+    loader = ds.dataloader(BATCH_SIZE, num_workers=args.workers, seed=SEED, **context)
+    state, step = resume_point(args.checkpoints, rank)
+    if state is not None:
+        loader.load_state_dict(state)
+    seen: list[list] = []
+    for epoch in range(loader.epoch, args.epochs):
+        for _, rows in loader:
+            seen += [[epoch, row["media_id"]] for row in rows]
+            step += 1
+            time.sleep(args.step_s)  # the training step
+            step_dir = args.checkpoints / args.run / f"step-{step}"
+            write_json(step_dir / f"rank-{rank}.json", {"state": loader.state_dict(), "seen": seen})
+            if distributed:
+                dist.barrier()
+            if rank == 0:
+                write_json(args.checkpoints / "latest.json", {"run": args.run, "step": step})
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""A real torchrun job killed with SIGKILL at random steps and resumed from its last checkpoint, on
+2 ranks and then on 1: each rank continues exactly, and every item of every epoch is trained on once.
+
+The job is ``tests/loading/resume_job.py``; a kill takes every process of it at once (the agent, the
+ranks and their DataLoader workers), as a lost node would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, child_env
+from tests.loading.helpers import make_items
+from tests.loading.resume_job import BATCH_SIZE, SEED
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.sampler import EpochSampler
+from vl_datasets.testing import write_dataset
+
+ITEMS = 24  # divides among 4, 2 and 1 ranks: no padding, so "exactly once" is exact
+EPOCHS = 4
+JOB = Path(__file__).with_name("resume_job.py")
+START_TIMEOUT_S = 120  # a cold torchrun on 2 busy cores imports torch in every process
+FINISH_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def job(tmp_path):
+    """(export folder, cache folder, checkpoints folder), the export opened once so no rank builds its index."""
+    write_dataset(tmp_path, "export", media_items=make_items(ITEMS))
+    VisualLayerDataset.from_export(tmp_path / "export", cache_dir=tmp_path / "cache", task=None)
+    return tmp_path / "export", tmp_path / "cache", tmp_path / "checkpoints"
+
+
+def start(job, run: str, *, ranks: int, workers: int, logs: Path) -> subprocess.Popen:
+    export, cache, checkpoints = job
+    command = [str(JOB), str(export), str(cache), str(checkpoints), run, "--epochs", str(EPOCHS)]
+    command += ["--workers", str(workers)]
+    if ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--nnodes=1"]
+        launcher += ["--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    else:
+        launcher = [sys.executable]
+    env = {**child_env(), "OMP_NUM_THREADS": "1"}
+    with (logs / f"{run}.log").open("w") as out:
+        return subprocess.Popen(
+            launcher + command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
+
+
+def latest_step(checkpoints: Path) -> tuple[str, int]:
+    """(run, step) of the last complete checkpoint; ("", -1) before the first."""
+    path = checkpoints / "latest.json"
+    if not path.exists():
+        return "", -1
+    pointer = json.loads(path.read_text())
+    return pointer["run"], pointer["step"]
+
+
+def log_tail(logs: Path, run: str) -> str:
+    return (logs / f"{run}.log").read_text()[-3000:]
+
+
+def kill(process: subprocess.Popen, checkpoints: Path, run: str) -> None:
+    """SIGKILL every process of the job. torchrun starts each rank in a session of its own, so the
+    agent's group holds no rank: each rank's group (the rank and its DataLoader workers) goes too."""
+    for pid_file in (checkpoints / "pids" / run).glob("rank-*.json"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(json.loads(pid_file.read_text()), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def kill_at(process: subprocess.Popen, job, run: str, step: int, logs: Path) -> None:
+    """Kill the job once its checkpoint of ``step`` (or a later one) is complete."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while latest_step(job[2]) < (run, step):  # runs are named in order: "a", "b", ...
+            assert process.poll() is None, f"run {run} ended (rc {process.returncode}) before step {step}:\n" + (
+                log_tail(logs, run)
+            )
+            assert time.monotonic() < deadline, f"run {run} reached no step {step} in {START_TIMEOUT_S} s"
+            time.sleep(0.01)
+    finally:
+        kill(process, job[2], run)
+
+
+def finish(process: subprocess.Popen, job, run: str, logs: Path) -> None:
+    try:
+        process.wait(timeout=FINISH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill(process, job[2], run)
+        raise AssertionError(f"run {run} did not finish in {FINISH_TIMEOUT_S} s:\n{log_tail(logs, run)}") from None
+    assert process.returncode == 0, f"run {run} failed:\n{log_tail(logs, run)}"
+
+
+def trained_on(checkpoints: Path, run: str) -> Counter:
+    """What ``run`` trained on, as its last complete checkpoint records it: (epoch, media id) counts."""
+    pointer_run, step = latest_step(checkpoints)
+    assert pointer_run == run, f"the last complete checkpoint is {pointer_run!r}'s, not {run!r}'s"
+    counts: Counter = Counter()
+    for path in (checkpoints / run / f"step-{step}").glob("rank-*.json"):
+        counts.update(tuple(pair) for pair in json.loads(path.read_text())["seen"])
+    return counts
+
+
+def every_item_once(counts: Counter) -> None:
+    expected = {(epoch, f"m{i:03d}") for epoch in range(EPOCHS) for i in range(ITEMS)}
+    missing = sorted(expected - set(counts))
+    repeated = sorted(key for key, count in counts.items() if count > 1)
+    assert not missing, f"items never trained on: {missing[:10]}"
+    assert not repeated, f"items trained on twice: {repeated[:10]}"
+    assert set(counts) == expected
+
+
+def rank_sequences(checkpoints: Path, run: str, ranks: int) -> list[list]:
+    """Each rank's (epoch, media id) in the order it trained on them, as ``run``'s last checkpoint records."""
+    _, step = latest_step(checkpoints)
+    step_dir = checkpoints / run / f"step-{step}"
+    return [[tuple(p) for p in json.loads((step_dir / f"rank-{r}.json").read_text())["seen"]] for r in range(ranks)]
+
+
+def uninterrupted(export: Path, cache: Path, ranks: int) -> list[list]:
+    """Each rank's (epoch, media id) of an uninterrupted job, by the same arithmetic the loader uses."""
+    ds = VisualLayerDataset.from_export(export, cache_dir=cache, task=None)
+    out = []
+    for rank in range(ranks):
+        sampler = EpochSampler(ds, order="distributed", seed=SEED, rank=rank, world_size=ranks)
+        out.append([])
+        for epoch in range(EPOCHS):
+            sampler.set_epoch(epoch)
+            out[-1] += [(epoch, ds.media_ids[i]) for i in sampler]
+    return out
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_two_ranks_killed_twice_then_one_rank_train_on_every_item_once(job, tmp_path, trial):
+    """Killed part-way through epoch 0 or 1, then through epoch 3, then finished on one rank without workers."""
+    rng = random.Random(trial)
+    steps_per_epoch = ITEMS // 2 // BATCH_SIZE
+    kills = {
+        "a": rng.randint(1, 2 * steps_per_epoch - 1),
+        "b": rng.randint(3 * steps_per_epoch + 1, 4 * steps_per_epoch - 1),
+    }
+    counts: Counter = Counter()
+    sequences = [[], []]
+    for run, kill in kills.items():
+        kill_at(start(job, run, ranks=2, workers=2, logs=tmp_path), job, run, kill, tmp_path)
+        counts += trained_on(job[2], run)
+        for rank, sequence in enumerate(rank_sequences(job[2], run, 2)):
+            sequences[rank] += sequence
+    expected = uninterrupted(job[0], job[1], 2)
+    for rank in range(2):
+        assert sequences[rank] == expected[rank][: len(sequences[rank])], f"rank {rank} did not continue exactly"
+    finish(start(job, "c", ranks=1, workers=0, logs=tmp_path), job, "c", tmp_path)
+    counts += trained_on(job[2], "c")
+    every_item_once(counts)
