@@ -122,3 +122,22 @@ def test_a_resume_draws_only_the_epochs_permutations_and_later_epochs_are_unaffe
     resumed.set_epoch(1)  # back in time: drawn again from the seed
     assert list(resumed) == expected[1]
     assert resumed.position_after(3, 100) == 10, "a rank past its end did not finish the epoch"
+
+
+def test_a_random_state_resumes_without_drawing_the_epochs_before_from_the_seed():
+    original = EpochSampler(range(10), order="random", seed=4)
+    orders = []
+    for epoch in range(5):
+        original.set_epoch(epoch)
+        orders.append(list(original))
+    for saved_at in (3, 4):  # the state before epoch 3's draw, or before epoch 4's as a prefetch leaves it
+        state = original.random_state(saved_at)
+        assert state[0] == saved_at
+        resumed = EpochSampler(range(10), order="random", seed=4)
+        # A wrong seed shows the generator state, not the seed, drew the order.
+        resumed.resume_at(epoch=4, position=2, order="random", seed=999, random_state=state)
+        assert list(resumed) == orders[4][2:], f"the rest of epoch 4 from the state saved at epoch {saved_at}"
+    damaged = EpochSampler(range(10), order="random", seed=4)
+    damaged.resume_at(epoch=3, position=0, order="random", seed=4, random_state=[3, "bm90IGEgc3RhdGU="])
+    assert list(damaged) == orders[3], "a state this torch cannot read did not fall back to the seed"
+    assert EpochSampler(range(10), order="distributed", seed=4).random_state(0) is None

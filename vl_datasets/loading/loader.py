@@ -228,6 +228,7 @@ class VLDataLoader(DataLoader):
             "batches_yielded": 0 if self._finished else self._yielded,
             "order": own.order if own is not None else "custom",
             "seed": own.seed if own is not None else None,
+            "random_state": own.random_state(epoch) if own is not None else None,
             "world_size": world_size,
             "rank": rank,
             "batch_size": self.batch_size,
@@ -265,7 +266,13 @@ class VLDataLoader(DataLoader):
         """Make the next epoch begun the state's, from its position."""
         epoch = state["epoch"]
         if isinstance(self.sampler, EpochSampler):
-            self.sampler.resume_at(epoch=epoch, position=state["position"], order=state["order"], seed=state["seed"])
+            self.sampler.resume_at(
+                epoch=epoch,
+                position=state["position"],
+                order=state["order"],
+                seed=state["seed"],
+                random_state=state["random_state"],
+            )
         else:
             self._skip_batches = state["position"]
         self.epoch = epoch

@@ -10,6 +10,8 @@ then ``torch.load`` (``weights_only=True``) and JSON both give it back unchanged
     order, seed       how each epoch's order is drawn (see ``vl_datasets.loading.sampler``); order
                       "custom" for a sampler of the caller's own, which is fast-forwarded by index
                       instead: position then counts this rank's index batches
+    random_state      for order "random", [e, base64]: the generator's state before epoch e's draw,
+                      so that a resume draws the epoch's order at once (None otherwise)
     world_size, rank  who saved it: any rank's state resumes every rank, at any world size
     batch_size, drop_last
     dataset           the cache entry (dataset_id, key digest, version) and the curated item list
@@ -43,6 +45,7 @@ KEYS = (
     "batches_yielded",
     "order",
     "seed",
+    "random_state",
     "world_size",
     "rank",
     "batch_size",
