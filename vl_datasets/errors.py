@@ -27,8 +27,10 @@
     │   ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
     │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder, or
     │   │                                            whose member names collide or are too long
-    │   └── CorruptArchiveError (ValueError)         a ZIP that is truncated, fails its CRCs, or
-    │                                                holds a member that cannot be decompressed
+    │   ├── CorruptArchiveError (ValueError)         a ZIP that is truncated, fails its CRCs, or
+    │   │                                            holds a member that cannot be decompressed
+    │   └── PreparedStoreError                       a prepared-image store is damaged or gone
+    │       └── PrepareTimeoutError (TimeoutError)   the node's other ranks stopped preparing their share
     └── DataError                                    the metadata and the images of an export
         ├── SchemaError (ValueError)                 metadata lacks a required column or field
         ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
@@ -297,6 +299,18 @@ class CorruptArchiveError(CacheError, ValueError):
         super().__init__(message)
         self.path = path
         self.member = member
+
+
+class PreparedStoreError(CacheError):
+    """A prepared-image store (``prepare=``) is damaged or was removed while in use; ``path`` is the store."""
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PrepareTimeoutError(PreparedStoreError, TimeoutError):
+    """``prepare()`` waited for the images other ranks on the node prepare, and they stopped coming."""
 
 
 # -- the data -------------------------------------------------------------------------------------

@@ -1,0 +1,492 @@
+"""The prepared-image store: each image decoded once, at a bounded size, in a few large shard files.
+
+``VisualLayerDataset(..., prepare=S)`` keeps every image with its shorter side resized to ``S``
+(``vl_datasets.loading.prepared_source`` makes the pixels; ``vl_datasets.loading.prepare`` fills
+the store ahead of training). This module is the store on disk. It lives beside the cache entry it
+was prepared from, one per export version and preparation settings, so a refreshed export gets a
+new one::
+
+    <entry_dir>/.prepared/<version>-<settings digest>/
+        store.json             the version and settings it holds, written when it is created
+        parts/<writer>.pixels  raw pixels, one image after another: one file per writing process
+        parts/<writer>.index   40 bytes per image: its key, offset, height, width and a check
+        manifest.json          written last by a finished preparation: counts, parts, bytes
+
+The folder starts with a dot, so the cache's sweep of unpublished versions (``CacheStore.leftovers``)
+never takes it for one; ``vl-datasets cache list`` and ``prune`` show and remove it.
+
+Format: raw RGB pixels (height x width x 3 bytes), not re-encoded JPEG. Measured on 2 cores at
+``S=256`` (benchmarks/bench_prepared.py): reading a raw image and resizing it to 224 costs ~0.35 ms,
+decoding a 256-pixel JPEG ~0.7-1.3 ms, about as much as the 500x375 original it replaces; and JPEG's
+loss at quality 90-95 adds 0.7-1.3 grey levels on top of the resizing, past the 1.5 allowed against
+the direct path. Raw costs 3 x S x (S x aspect) bytes: ~256 KiB an image at ``S=256``.
+
+Keys are a 128-bit hash of the image's path under its root: two rows with one image share it, and
+the store does not depend on curation, so every dataset cut from the export version shares it.
+
+Writing needs no lock. Every process (a DataLoader worker, a ``prepare()`` process, any rank on the
+node) appends to its own part. An image's pixels are written before its index record, and a reader
+takes a record only once the record is whole (its check matches) and its pixels lie inside the
+pixel file. A process killed anywhere thus leaves records that are complete or absent, and the next
+run goes on from there. Nothing is fsynced but the manifest (that would wait for a full writeback,
+longer than the preparation itself on a slow disk); after a machine crash, pixels that never
+reached the disk lie past the end of their file (ext4 and XFS extend a file only once its data is
+written), so their records are dropped too.
+
+A store pickles to its location; each process opens its own files (after any fork).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..cache.store import LocalExport, safe_name, write_json_atomic
+from ..errors import ConfigurationError, PreparedStoreError
+
+logger = logging.getLogger("vl_datasets")
+
+FORMAT = 1  # of the files below; a new format is a new settings digest, so a new store
+PREPARED = ".prepared"
+STORE_FILE, MANIFEST_FILE, PARTS = "store.json", "manifest.json", "parts"
+PIXELS, INDEX = ".pixels", ".index"
+# How images are shrunk (prepared_source.py): part of the settings, so a change makes a new store.
+RESAMPLE = "dct-scaled decode + antialiased bicubic"
+RECORD = np.dtype(
+    [("hi", "<u8"), ("lo", "<u8"), ("offset", "<u8"), ("height", "<u4"), ("width", "<u4"), ("check", "<u8")]
+)
+_SALT = 0x766C5F7072657061  # "vl_prepa": an all-zero (never written) record fails its check
+# New records wait in a dict until there are this many, then join the sorted arrays: a merge
+# sorts everything, so merging each new record would cost a sort per image in the first epoch.
+MERGE_AT = 65536
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What a store's images are: the shorter side ``size``, from images under ``source`` (None:
+    the export's own images; else the images_root's identity, without credentials)."""
+
+    size: int
+    source: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "size": self.size, "resample": RESAMPLE, "pixels": "rgb8", "source": self.source}
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def image_key(path: str) -> tuple[int, int]:
+    """The store's key of the image at ``path`` (under its root): 128 bits, as two uint64."""
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+def store_path(entry: LocalExport, settings: StoreSettings) -> Path:
+    """Where the store of ``entry``'s version with ``settings`` lives."""
+    if entry.entry_dir is None or entry.version is None:
+        raise ConfigurationError(f"prepare= needs an export published in the cache; {entry.path} is not one.")
+    return entry.entry_dir / PREPARED / f"{entry.version}-{settings.digest}"
+
+
+def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
+    """The store of ``entry``'s version with ``settings``, created (empty) if there is none yet."""
+    path = store_path(entry, settings)
+    identity = {"version": entry.version, "settings": settings.as_json()}
+    if not (path / STORE_FILE).is_file():
+        (path / PARTS).mkdir(parents=True, exist_ok=True)
+        # Every process creating it at once writes the same bytes; the renames replace each other.
+        write_json_atomic(path / STORE_FILE, {**identity, "created_at": _now(), "library_version": __version__})
+    found = _read_json(path / STORE_FILE)
+    if {k: found.get(k) for k in identity} != identity:
+        raise PreparedStoreError(
+            f"{path / STORE_FILE} describes another store ({found.get('version')}, {found.get('settings')}); "
+            f"remove {path} to prepare it again.",
+            path=str(path),
+        )
+    return PreparedStore(path, settings)
+
+
+class PreparedStore:
+    """Reads and writes the records of one store; safe to share between threads and processes."""
+
+    def __init__(self, path: str | os.PathLike, settings: StoreSettings) -> None:
+        self.path, self.settings = Path(path), settings
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._writer: _Writer | None = None
+        self._parts: list[_Part] = []
+        self._by_name: dict[str, int] = {}
+        self._recent: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # key -> part, offset, h, w
+        self._arrays = np.empty(0, _ARRAYS)  # the other records, sorted by key
+        self._hi = np.empty(0, np.uint64)  # their keys' first halves, contiguous for searchsorted
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "settings": self.settings}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["settings"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"PreparedStore({str(self.path)!r}, size={self.settings.size})"
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, path: str) -> np.ndarray | None:
+        """The prepared pixels (height x width x 3, uint8) of the image at ``path``, or None."""
+        key = image_key(path)
+        with self._process_lock():
+            found = self._lookup(key)
+            if found is None:
+                self._refresh()  # another process may have prepared it since
+                found = self._lookup(key)
+            if found is None:
+                return None
+            part = self._parts[found[0]]
+        _, offset, height, width = found
+        pixels = np.empty((height, width, 3), np.uint8)
+        if _read_into(part.pixel_fd(self.path), pixels, offset) != pixels.nbytes:
+            raise PreparedStoreError(
+                f"{part.pixel_path(self.path)} is shorter than its index says: it was truncated. "
+                f"Remove {self.path} to prepare it again.",
+                path=str(self.path),
+            )
+        return pixels
+
+    def status(self, keys: np.ndarray) -> np.ndarray:
+        """For each of ``keys`` (``keys_of``): 1 if its image is in the store, 2 if preparing it
+        failed, else 0. Every process's latest records count."""
+        with self._process_lock():
+            self._refresh()
+            self._merge()
+            arrays, hi = self._arrays, self._hi
+        result = np.zeros(len(keys), np.int8)
+        if len(arrays) == 0:
+            return result
+        at = np.minimum(np.searchsorted(hi, keys[:, 0]), len(arrays) - 1)
+        same_hi = hi[at] == keys[:, 0]
+        found = same_hi & (arrays["lo"][at] == keys[:, 1])
+        result[found] = np.where(arrays["height"][at[found]] == 0, 2, 1)
+        # Two keys sharing their first 64 bits (about 1 in 10^7 at a million images): look each up.
+        for i in np.flatnonzero(same_hi & ~found):
+            with self._process_lock():
+                record = self._lookup((int(keys[i, 0]), int(keys[i, 1])), failed_too=True)
+            result[i] = 0 if record is None else 2 if record[2] == 0 else 1
+        return result
+
+    def counts(self) -> tuple[int, int]:
+        """(images in the store, images whose preparation failed and that are not in it)."""
+        with self._process_lock():
+            self._refresh()
+            self._merge()
+            arrays = self._arrays
+        # Sorted by key with an image's prepared records first: each key's first record says.
+        first = np.ones(len(arrays), bool)
+        first[1:] = (arrays["hi"][1:] != arrays["hi"][:-1]) | (arrays["lo"][1:] != arrays["lo"][:-1])
+        prepared = first & (arrays["height"] > 0)
+        return int(prepared.sum()), int((first & ~prepared).sum())
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put(self, path: str, pixels: np.ndarray) -> None:
+        """Add the prepared ``pixels`` (height x width x 3, uint8, C-contiguous) of the image at ``path``."""
+        height, width, channels = pixels.shape
+        if channels != 3 or pixels.dtype != np.uint8 or not pixels.flags.c_contiguous:
+            raise ValueError(f"prepared pixels must be C-contiguous uint8 HxWx3, got {pixels.dtype} {pixels.shape}")
+        self._append(image_key(path), pixels, height, width)
+
+    def put_failed(self, path: str) -> None:
+        """Note that the image at ``path`` could not be prepared, so ranks waiting for it stop waiting.
+        Readers still try it again (a failed read may be transient)."""
+        self._append(image_key(path), None, 0, 0)
+
+    def write_manifest(self, **facts: Any) -> dict[str, Any]:
+        """Mark the store finished, with its counts and parts: written last, atomically.
+
+        Readers trust the records alone (each is checked); the manifest says that a preparation
+        finished, for the cache commands and for people."""
+        images, failed = self.counts()
+        parts = {}
+        for index in sorted((self.path / PARTS).glob(f"*{INDEX}")):
+            name = index.name[: -len(INDEX)]
+            pixel_bytes = index.with_name(name + PIXELS).stat().st_size
+            parts[name] = {"records": index.stat().st_size // RECORD.itemsize, "pixel_bytes": pixel_bytes}
+        manifest = {
+            "format": FORMAT,
+            "settings": self.settings.as_json(),
+            "images": images,
+            "failed": failed,
+            "bytes": sum(p["pixel_bytes"] + p["records"] * RECORD.itemsize for p in parts.values()),
+            "parts": parts,
+            "created_at": _now(),
+            "library_version": __version__,
+            **facts,
+        }
+        write_json_atomic(self.path / MANIFEST_FILE, manifest)
+        return manifest
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        if self._pid != os.getpid():
+            # A forked child: the view (arrays, open descriptors) stays valid, but a lock held by
+            # another thread at the fork would never be released, and the writer's part is the
+            # parent's: this process writes its own.
+            self._pid, self._lock, self._writer = os.getpid(), threading.Lock(), None
+        with self._lock:
+            yield
+
+    def _append(self, key: tuple[int, int], pixels: np.ndarray | None, height: int, width: int) -> None:
+        with self._process_lock():
+            if self._writer is None:
+                self._writer = _Writer(self.path / PARTS)
+                self._register(self._writer.name)
+            offset = self._writer.append(key, pixels, height, width)
+            number = self._by_name[self._writer.name]
+            self._parts[number].consumed += RECORD.itemsize  # taken in here: no refresh reads it back
+            self._add_one(key, (number, offset, height, width))
+
+    def _lookup(self, key: tuple[int, int], *, failed_too: bool = False) -> tuple[int, int, int, int] | None:
+        record = self._recent.get(key)
+        if record is None:
+            at = int(np.searchsorted(self._hi, np.uint64(key[0])))
+            while at < len(self._hi) and int(self._hi[at]) == key[0]:
+                row = self._arrays[at]
+                if int(row["lo"]) == key[1]:
+                    record = (int(row["part"]), int(row["offset"]), int(row["height"]), int(row["width"]))
+                    break
+                at += 1
+        if record is not None and record[2] == 0 and not failed_too:
+            return None
+        return record
+
+    def _refresh(self) -> None:
+        """Take in the records every process has appended since the last refresh."""
+        try:
+            names = sorted(n[: -len(INDEX)] for n in os.listdir(self.path / PARTS) if n.endswith(INDEX))
+        except FileNotFoundError:
+            raise PreparedStoreError(
+                f"The prepared-image store {self.path} is gone (removed by 'vl-datasets cache rm' or 'prune'?).",
+                path=str(self.path),
+            ) from None
+        for name in names:
+            if name not in self._by_name:
+                with contextlib.suppress(FileNotFoundError):  # a part removed meanwhile has nothing to give
+                    self._register(name)
+        for number, part in enumerate(self._parts):
+            self._take(number, part)
+
+    def _register(self, name: str) -> None:
+        index_fd = os.open(self.path / PARTS / (name + INDEX), os.O_RDONLY)
+        self._by_name[name] = len(self._parts)
+        self._parts.append(_Part(name, index_fd))
+
+    def _take(self, number: int, part: _Part) -> None:
+        whole = (os.fstat(part.index_fd).st_size - part.consumed) // RECORD.itemsize * RECORD.itemsize
+        if whole <= 0:  # nothing new, or only a record still being written: next time
+            return
+        records = np.frombuffer(os.pread(part.index_fd, whole, part.consumed), RECORD)
+        part.consumed += whole
+        good = _valid(records, os.fstat(part.pixel_fd(self.path)).st_size)
+        if not good.all():
+            logger.warning(
+                "Dropping %d damaged record(s) of %s (a crash?); those images are prepared again",
+                int((~good).sum()),
+                part.index_path(self.path),
+            )
+        self._add_many(records[good], number)
+
+    def _add_one(self, key: tuple[int, int], record: tuple[int, int, int, int]) -> None:
+        old = self._recent.get(key)
+        if old is None or old[2] == 0:  # an image prepared wins over an earlier failure
+            self._recent[key] = record
+        if len(self._recent) >= MERGE_AT:
+            self._merge()
+
+    def _add_many(self, records: np.ndarray, part: int) -> None:
+        if len(records) + len(self._recent) >= MERGE_AT:
+            self._merge(_arrays_of(records, part))
+            return
+        columns = [records[name].tolist() for name in ("hi", "lo", "offset", "height", "width")]
+        for hi, lo, offset, height, width in zip(*columns):
+            self._add_one((hi, lo), (part, offset, height, width))
+
+    def _merge(self, more: np.ndarray | None = None) -> None:
+        """Fold the recent records (and ``more``) into the sorted arrays."""
+        recent = np.array([(*k, *r) for k, r in self._recent.items()], dtype=_ARRAYS).reshape(-1)
+        joined = np.concatenate([self._arrays, recent, *([] if more is None else [more])])
+        # Sorted by key, an image's prepared record before its failures: a lookup finds it first.
+        self._arrays = joined[np.lexsort((joined["height"] == 0, joined["lo"], joined["hi"]))]
+        self._hi = np.ascontiguousarray(self._arrays["hi"])
+        self._recent = {}
+
+
+# A record in memory: its key, part number, offset and size.
+_ARRAYS = np.dtype(
+    [("hi", "<u8"), ("lo", "<u8"), ("part", "<i4"), ("offset", "<u8"), ("height", "<u4"), ("width", "<u4")]
+)
+
+
+def _arrays_of(records: np.ndarray, part: int) -> np.ndarray:
+    arrays = np.empty(len(records), _ARRAYS)
+    for name in ("hi", "lo", "offset", "height", "width"):
+        arrays[name] = records[name]
+    arrays["part"] = part
+    return arrays
+
+
+def _valid(records: np.ndarray, pixel_bytes: int) -> np.ndarray:
+    """Which index records are whole (their check matches) and point inside the pixel file."""
+    ends = records["offset"] + records["height"].astype(np.uint64) * records["width"] * 3
+    return (_checks(records) == records["check"]) & (ends <= pixel_bytes)
+
+
+def keys_of(paths: list[str]) -> np.ndarray:
+    """The keys of the images at ``paths``, as an (n, 2) uint64 array for ``PreparedStore.status``."""
+    return np.array([image_key(p) for p in paths], dtype=np.uint64).reshape(-1, 2)
+
+
+def _checks(records: np.ndarray) -> np.ndarray:
+    """The check of each record: a torn or zeroed index record fails it."""
+    size = (records["height"].astype(np.uint64) << 32) | records["width"]
+    return records["hi"] ^ records["lo"] ^ records["offset"] ^ size ^ np.uint64(_SALT)
+
+
+class _Part:
+    """One writer's pair of files, as a reader sees them: descriptors opened once per process."""
+
+    def __init__(self, name: str, index_fd: int) -> None:
+        self.name, self.index_fd = name, index_fd
+        self._pixel_fd: int | None = None
+        self.consumed = 0  # index bytes taken in so far
+
+    def index_path(self, store: Path) -> Path:
+        return store / PARTS / (self.name + INDEX)
+
+    def pixel_path(self, store: Path) -> Path:
+        return store / PARTS / (self.name + PIXELS)
+
+    def pixel_fd(self, store: Path) -> int:
+        if self._pixel_fd is None:
+            try:
+                self._pixel_fd = os.open(self.pixel_path(store), os.O_RDONLY)
+            except FileNotFoundError:
+                raise PreparedStoreError(
+                    f"{self.pixel_path(store)} is missing but its index is not: the store is damaged. "
+                    f"Remove {store} to prepare it again.",
+                    path=str(store),
+                ) from None
+        return self._pixel_fd
+
+
+class _Writer:
+    """This process's own part: pixels appended, then the record that points at them."""
+
+    def __init__(self, parts: Path) -> None:
+        self.name = f"{safe_name(socket.gethostname())[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        # The pixel file first: a reader that finds the index finds its pixels.
+        self.pixel_fd = os.open(parts / (self.name + PIXELS), flags, 0o644)
+        self.index_fd = os.open(parts / (self.name + INDEX), flags, 0o644)
+        self.size = 0
+
+    def append(self, key: tuple[int, int], pixels: np.ndarray | None, height: int, width: int) -> int:
+        offset = self.size if pixels is not None else 0
+        if pixels is not None:
+            _write_all(self.pixel_fd, pixels.data.cast("B"))
+            self.size += pixels.nbytes
+        record = np.array([(*key, offset, height, width, 0)], RECORD)
+        record["check"] = _checks(record)
+        _write_all(self.index_fd, memoryview(record.tobytes()))  # one write: a kill cannot split it
+        return offset
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _read_into(fd: int, pixels: np.ndarray, offset: int) -> int:
+    if hasattr(os, "preadv"):  # straight into the array: one copy from the page cache
+        return os.preadv(fd, [pixels.data], offset)
+    data = os.pread(fd, pixels.nbytes, offset)
+    pixels.reshape(-1)[: len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PreparedStoreError(f"Cannot read {path}: {exc}", path=str(path.parent)) from None
+
+
+# -- what the cache commands see ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """A store as ``vl-datasets cache list`` shows it; ``complete`` once a preparation finished it."""
+
+    path: Path
+    version: str | None
+    size: int | None
+    images: int
+    bytes: int
+    complete: bool
+
+
+def list_stores(entry_dir: Path) -> list[StoreInfo]:
+    """Every prepared-image store of the cache entry at ``entry_dir``."""
+    found = []
+    for path in sorted((entry_dir / PREPARED).glob("*")):
+        try:
+            identity = json.loads((path / STORE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            identity = {}  # a store created by a process killed before its store.json: still listed
+        try:
+            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = None
+        files = [p for p in (path / PARTS).glob("*") if p.is_file()]
+        # Without a manifest, the index records count the images (a failure or a repeat counts too).
+        records = sum(p.stat().st_size for p in files if p.name.endswith(INDEX)) // RECORD.itemsize
+        found.append(
+            StoreInfo(
+                path=path,
+                version=identity.get("version"),
+                size=(identity.get("settings") or {}).get("size"),
+                images=manifest["images"] if manifest else records,
+                bytes=sum(p.stat().st_size for p in files),
+                complete=manifest is not None,
+            )
+        )
+    return found
+
+
+def remove_store(path: Path) -> None:
+    """Delete a store: its manifest first, so a half-deleted store is never taken for complete."""
+    (path / MANIFEST_FILE).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
