@@ -208,7 +208,7 @@ def _fetch_chunk(
         extract_archive(zip_path, staging)
         _check_chunk(staging, ids, i, task)
         os.rename(staging, folder / str(i))
-    except errors.CorruptArchiveError:
+    except (errors.CorruptArchiveError, errors.UnsafeArchiveError):
         zip_path.unlink(missing_ok=True)  # a bad download is not resumed
         task_file.unlink(missing_ok=True)
         raise

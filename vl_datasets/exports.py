@@ -271,7 +271,7 @@ def _build_entry(
         with store.staging(entry_dir) as staging:
             extract_archive(zip_path, staging)
             entry = store.publish(entry_dir, staging, key=key, task=task, expected_rows=task.entities_count)
-    except errors.CorruptArchiveError:
+    except (errors.CorruptArchiveError, errors.UnsafeArchiveError):
         # Neither the bad download nor its task may be resumed: the next run starts afresh.
         zip_path.unlink(missing_ok=True)
         store.remember_task(key, None)

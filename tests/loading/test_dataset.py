@@ -126,6 +126,16 @@ def test_label_rules_classes_and_invalid_labels(tmp_path):
     assert multi[2][1].sum() == 0
 
 
+def test_an_object_without_a_box_is_left_out_of_the_detection_target(tmp_path):
+    objects = [
+        {"bbox": None, "category_name": "car", "source": "User", "original_id": -1, "metadata_items": []},
+        {"bbox": [1, 2, 3, 4], "category_name": "car", "source": "User", "original_id": -1, "metadata_items": []},
+    ]
+    folder = export_folder(tmp_path, [item(0, [], objects=objects)])
+    _, target = VisualLayerDataset.from_export(folder, task="detection")[0]
+    assert target["boxes"].tolist() == [[1.0, 2.0, 4.0, 6.0]], "the box-less object should be left out"
+
+
 def test_detection_targets_are_xyxy_with_object_issue_filter(tmp_path):
     objects = [
         {"bbox": [10, 5, 20, 10], "category_name": "car", "source": "User", "original_id": -1, "metadata_items": []},

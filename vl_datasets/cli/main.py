@@ -27,6 +27,9 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.CacheMissError, 7, "run once without --offline to fill the cache"),
     (errors.APIConnectionError, 8, "the API cannot be reached; check the URL and network"),
     (errors.ConfigurationError, 2, "check the command's arguments and VL_* environment variables"),
+    (errors.CorruptArchiveError, 1, "the archive is damaged: download or export it again"),
+    (errors.UnsafeArchiveError, 1, "the archive was refused before anything was unpacked; export it again"),
+    (errors.SchemaError, 1, "the export's metadata breaks the contract; the message names the item and field"),
     (errors.VLDatasetsError, 1, ""),
 ]
 

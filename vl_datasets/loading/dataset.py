@@ -477,6 +477,8 @@ class VisualLayerDataset(Dataset):
                 continue
             if obj.get("category_name") not in class_to_idx or _has_issue(obj, self.object_drop_issues):
                 continue
+            if obj.get("bbox") is None:  # a labelled object with no box (the metadata allows it) is no target box
+                continue
             x, y, w, h = obj["bbox"]
             boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
             labels.append(class_to_idx[obj["category_name"]])
