@@ -7,17 +7,26 @@ uniqueness, issues and duplicate groups, training on the CPU, and a comparison t
 
     python examples/train_classifier.py
     VL_API_KEY=... VL_API_SECRET=... python examples/train_classifier.py --dataset-id <id> --image-size 64
+
+With --resume, each model's weights, optimizer, schedule and DataLoader position are saved to
+out-dir/<model>.resume.pt every --checkpoint-every steps; run the same command again after a
+preemption and each model picks up exactly where its last checkpoint left it (a model that had
+finished is not trained again).
+
+    python examples/train_classifier.py --resume      # kill it at any point, then run it again
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from common import accuracy, credentials_set, platform_or_sample, train
+from common import SmallCNN, accuracy, credentials_set, platform_or_sample, train
 from vl_datasets import ConfigurationError, VisualLayerDataset, leakage_safe_split
 from vl_datasets.cli.report import parse_drop_issues
 
@@ -45,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out-dir", type=Path, default=Path("runs"), help="where checkpoints (and the report) go")
     parser.add_argument("--report", action="store_true", help="also write out-dir/report.html (needs matplotlib)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="checkpoint every --checkpoint-every steps to out-dir/<model>.resume.pt, and continue from there",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=20, metavar="STEPS")
     return parser.parse_args()
 
 
@@ -60,6 +75,7 @@ def main() -> None:
     args = parse_args()
     args.image_size = args.image_size or (64 if credentials_set() else 16)
     drop_issues = issue_thresholds(args.drop_issue)  # before any export: a typo fails at once
+    version = pinned_version(args)
     started = time.perf_counter()
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     with platform_or_sample(args.dataset_id, args.cache_dir) as (client, dataset_id, cache_dir):
@@ -74,6 +90,7 @@ def main() -> None:
                 cache_dir=cache_dir,
                 image_size=args.image_size,
                 invalid_labels="drop",
+                version=version,
                 **options,
             )
 
@@ -97,13 +114,72 @@ def main() -> None:
 
         results = {}
         for name, train_set in (("uncurated", uncurated), ("curated", curated)):
-            model = train(train_set, epochs=args.epochs, seed=args.seed)
+            if args.resume:
+                model = train_resumable(train_set, name, args)
+            else:
+                model = train(train_set, epochs=args.epochs, seed=args.seed)
             results[name] = (len(train_set), accuracy(model, test))
             save_checkpoint(args.out_dir / f"{name}.pt", model, train_set, parts, dataset_id, args, curation)
         print_table(results, curated.curation_summary().removed_by, len(parts["train"]), len(test))
         if args.report:
             print(f"report: {curated.report(args.out_dir / 'report.html')}")
     print(f"checkpoints in {args.out_dir}/; done in {time.perf_counter() - started:.0f} s")
+
+
+def train_resumable(dataset, name: str, args, batch_size: int = 64) -> SmallCNN:
+    """common.train, checkpointed: the same model, optimizer, schedule and batches, so a run cut at
+    any step and resumed ends with the model an uninterrupted run would have."""
+    torch.manual_seed(args.seed)
+    model = SmallCNN(len(dataset.classes))
+    loader = dataset.dataloader(batch_size, shuffle=True, num_workers=0, seed=args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=args.epochs * len(loader))
+    path, step = resume_path(args, name), 0
+    if path.exists():
+        saved = torch.load(path)  # weights_only: tensors and the loader's plain values
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        loader.load_state_dict(saved["loader"])  # the next iter(loader) yields the rest of its epoch
+        step = saved["step"]
+        print(f"{name}: resumed from {path} at epoch {loader.epoch}, step {step}")
+
+    def checkpoint() -> None:
+        # Written whole, then moved into place: a kill while saving leaves the previous checkpoint.
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        state |= {"loader": loader.state_dict(), "step": step}
+        torch.save(state, path.with_name(path.name + ".partial"))
+        os.replace(path.with_name(path.name + ".partial"), path)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.train()
+    for _ in range(loader.epoch, args.epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step % args.checkpoint_every == 0:
+                checkpoint()
+    checkpoint()
+    return model
+
+
+def resume_path(args, name: str) -> Path:
+    return args.out_dir / f"{name}.resume.pt"
+
+
+def pinned_version(args) -> str | None:
+    """With --resume on Visual Layer, the export version the checkpoints were trained on, reopened
+    exactly even if the dataset was exported again since. (The local sample service is a new host
+    each run: its checkpoints are checked against the curated items' fingerprint alone.)"""
+    if not args.resume or not credentials_set():
+        return None
+    for name in ("uncurated", "curated"):
+        if resume_path(args, name).exists():
+            return torch.load(resume_path(args, name))["loader"]["dataset"]["version"]
+    return None
 
 
 def save_checkpoint(path: Path, model, train_set, parts, dataset_id: str, args, curation: dict) -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,3 +111,34 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
             (r.path, r.status) for r in api if not r.header("Authorization")
         ]
         assert secret not in result.stdout + result.stderr
+
+
+def test_resume_picks_up_a_killed_run_and_trains_the_same_models(tmp_path):
+    """--resume: SIGKILL the run part-way through the second model, run it again; the first model
+    comes from its checkpoint, the second goes on from its last one, and both come out as an
+    uninterrupted run's, to the printed digit."""
+    args = ["--epochs", "1", "--checkpoint-every", "5"]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    uninterrupted = _run(reference, "train_classifier.py", *args)
+    command = [sys.executable, str(REPO / "examples" / "train_classifier.py"), *args, "--resume"]
+    with (tmp_path / "killed.log").open("w") as log:
+        killed = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_clean_env(tmp_path), cwd=tmp_path)
+    checkpoint = tmp_path / "runs" / "curated.resume.pt"
+    deadline = time.monotonic() + 240
+    try:
+        while not checkpoint.exists():  # written at the curated model's 5th step, part-way through its epoch
+            assert killed.poll() is None, (
+                "the run ended before the checkpoint to kill at:\n" + ((tmp_path / "killed.log").read_text()[-3000:])
+            )
+            assert time.monotonic() < deadline, "no checkpoint of the curated model after 240 s"
+            time.sleep(0.02)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    cut = torch.load(checkpoint)
+    assert cut["loader"]["position"] < cut["loader"]["dataset"]["items"], "the kill came after the epoch's end"
+    resumed = _run(tmp_path, "train_classifier.py", *args, "--resume")
+    assert f"curated: resumed from {Path('runs') / 'curated.resume.pt'} at epoch 0, step {cut['step']}" in resumed
+    assert "uncurated: resumed from" in resumed, "the finished first model was not taken from its checkpoint"
+    assert _row(resumed, "test accuracy") == _row(uninterrupted, "test accuracy")
