@@ -252,6 +252,7 @@ VIEW_OPTIONS = [
     "images_root",
     "storage_options",
     "image_cache",
+    "prepare",
 ]
 
 

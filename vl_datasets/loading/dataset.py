@@ -33,12 +33,14 @@ from ..metadata.index import IMAGE_COLUMN, build_index, read_index
 from ..metadata.read import find_metadata_file, read_metadata_file
 from . import images
 from .loader import SkippedSample, VLDataLoader, make_dataloader
+from .prepared_source import PreparedImage, check_prepare, prepared_source
 from .reads import Reads
 from .sources import check_source_options, image_error, open_source, with_source_paths
 from .state import fingerprint_ids
 
 if TYPE_CHECKING:
     from ..api.client import Client
+    from .prepare import PrepareSummary
 
 logger = logging.getLogger("vl_datasets")
 
@@ -112,6 +114,10 @@ class VisualLayerDataset(Dataset):
         image_cache: keep the images read from ``images_root`` on this machine, under the cache,
             up to this size (``"50G"``, or bytes), least recently used evicted first, so later
             epochs do not read them again; default None, no copy.
+        prepare: decode each image once, shrunk so its shorter side is this many pixels (never
+            enlarged), into a store of a few large files in the cache, and read it from there in
+            every later epoch; ``ds.prepare()`` fills it ahead, else the first epoch does. Leave
+            room for crops: see the README's "Prepared images". Default None, decode every epoch.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class VisualLayerDataset(Dataset):
         images_root: str | os.PathLike | None = None,
         storage_options: Mapping[str, Any] | None = None,
         image_cache: str | int | None = None,
+        prepare: int | None = None,
     ) -> None:
         options = _open_options(locals())  # before the fetch: a bad option should not cost an export
         from ..exports import fetch_export  # the API side loads only if the cache has no copy
@@ -195,6 +202,7 @@ class VisualLayerDataset(Dataset):
         images_root: str | os.PathLike | None = None,
         storage_options: Mapping[str, Any] | None = None,
         image_cache: str | int | None = None,
+        prepare: int | None = None,
     ) -> VisualLayerDataset:
         """Open a local export, with no network: a ZIP (checked and unpacked into the cache) or its
         extracted folder.
@@ -228,6 +236,7 @@ class VisualLayerDataset(Dataset):
         images_root: str | os.PathLike | None,
         storage_options: Mapping[str, Any] | None,
         image_cache: str | int | None,
+        prepare: int | None,
         cache_dir: str | os.PathLike | None,
     ) -> None:
         self.entry = entry  # the cache entry's exact version: what a checkpoint pins
@@ -245,6 +254,10 @@ class VisualLayerDataset(Dataset):
             image_cache=image_cache,
             cache_dir=cache_dir,
         )
+        if prepare is not None:  # images read once, then from the prepared store (loading/prepared_source.py)
+            self._source = prepared_source(
+                self._source, prepare, entry=entry, images_root=images_root, storage_options=storage_options
+            )
         self._root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
         table = _load_rows(entry, self._images_root)
@@ -432,6 +445,8 @@ class VisualLayerDataset(Dataset):
         return self._decoded(index, data)
 
     def _decoded(self, index: int, data: bytes):
+        if isinstance(data, PreparedImage):  # pixels from the prepared store: nothing to decode
+            return data.image(self.decode, self.image_size)
         media_id = self._table.column("media_id")[index].as_py()
         path = self.image_path(index)
         try:
@@ -488,6 +503,18 @@ class VisualLayerDataset(Dataset):
             "media_id": self._table.column("media_id")[index].as_py(),
         }
 
+    def prepare(self, *, num_workers: int | None = None, progress: bool | None = None) -> PrepareSummary:
+        """Fill the prepared-image store (``prepare=S``) now, a process per core (``num_workers``),
+        with a progress bar; under torchrun the node's ranks split the work and each returns once
+        all of it is done. Unreadable images raise, or are skipped and listed, as ``on_error`` says.
+        See ``vl_datasets.loading.prepare``."""
+        from .prepare import prepare_images  # the job's pool and progress bar: only when asked
+
+        media_ids = self._table.column("media_id")
+        return prepare_images(
+            self._source, self._paths, media_ids, on_error=self.on_error, num_workers=num_workers, progress=progress
+        )
+
     def dataloader(
         self,
         batch_size: int,
@@ -530,6 +557,7 @@ def _open_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     for name, choices in _CHOICES.items():
         _check_choice(name, arguments[name], choices)
     check_source_options(arguments["images_root"], arguments["storage_options"], arguments["image_cache"])
+    check_prepare(arguments["prepare"], arguments["image_size"])
     rules = resolve_rules(arguments["curation"], {name: arguments[name] for name in _CURATION_OPTIONS})
     return {"rules": rules, **{name: arguments[name] for name in _OPEN_OPTIONS}}
 

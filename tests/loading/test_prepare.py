@@ -1,0 +1,203 @@
+"""VisualLayerDataset(prepare=S): images decoded once into the store, then read from it, with the
+dataset behaving as without prepare; ds.prepare() on every core and split between a node's ranks."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+
+import PIL.Image
+import pytest
+import torch
+
+from vl_datasets import ConfigurationError, ImageDecodeError, PrepareTimeoutError
+from vl_datasets.loading import prepare as prepare_job
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.prepared import MANIFEST_FILE, keys_of, list_stores
+from vl_datasets.testing import write_dataset
+
+ITEMS = 12
+FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def export(tmp_path):
+    return write_dataset(tmp_path, "ds", n_items=ITEMS, image_size=(80, 60))
+
+
+def open_prepared(export, tmp_path, **options):
+    return VisualLayerDataset.from_export(export, cache_dir=tmp_path / "cache", prepare=48, **options)
+
+
+def every_image(ds):
+    return [ds[i][0] for i in range(len(ds))]
+
+
+def in_store(ds):
+    store = ds._source.store
+    return store.status(keys_of(ds._paths.to_pylist()))
+
+
+def test_after_prepare_the_originals_are_never_read(export, tmp_path):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    summary = ds.prepare(num_workers=2, progress=False)
+    assert (summary.images, summary.prepared, summary.skipped) == (ITEMS, ITEMS, [])
+    assert (summary.store / MANIFEST_FILE).is_file(), "a finished preparation leaves no manifest"
+    before = every_image(ds)
+    shutil.rmtree(export / "images")
+    reopened = open_prepared(export, tmp_path, image_size=40)
+    after = every_image(reopened)
+    assert all(a.shape == (3, 40, 40) for a in after)
+    assert all(torch.equal(a, b) for a, b in zip(after, before)), "a reopened dataset reads other pixels"
+    assert reopened.prepare(progress=False).prepared == 0, "prepared images are prepared again"
+
+
+def test_the_first_epoch_fills_the_store_and_later_epochs_read_it(export, tmp_path):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    loader = ds.dataloader(4, shuffle=False, num_workers=2)
+    first = torch.cat([images for images, _ in loader])
+    assert (in_store(ds) == 1).all(), "the first epoch left images unprepared"
+    assert len(list((ds._source.store.path / "parts").glob("*.index"))) <= 2, "more parts than writing workers"
+    shutil.rmtree(export / "images")
+    second = torch.cat([images for images, _ in loader])
+    assert torch.equal(first, second), "the first epoch's images differ from the store's"
+
+
+def test_targets_transforms_and_pil_behave_as_without_prepare(export, tmp_path):
+    options = {"target_transform": lambda label: label + 100, "transform": lambda image: image.float() / 255}
+    direct = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "cache", image_size=40, **options)
+    prepared = open_prepared(export, tmp_path, image_size=40, **options)
+    for i in range(len(direct)):
+        (want, want_target), (got, got_target) = direct[i], prepared[i]
+        assert got_target == want_target
+        assert got.dtype == torch.float32
+        assert got.shape == want.shape
+        assert (got - want).abs().mean() < 2 / 255, f"item {i} differs from the direct path"
+    pil = open_prepared(export, tmp_path, decode="pil", image_size=(30, 40))[0][0]
+    assert isinstance(pil, PIL.Image.Image)
+    assert pil.size == (40, 30)
+    native = open_prepared(export, tmp_path, decode="pil")[0][0]
+    assert native.size == (64, 48), "without image_size, the prepared image (shorter side 48) comes out"
+    assert open_prepared(export, tmp_path)[0][0].shape == (3, 48, 64)
+
+
+@pytest.fixture
+def corrupt(export):
+    """The export with its fourth image's file garbled; returns its media id."""
+    items = json.loads((export / "metadata.json").read_text())["media_items"]
+    (export / "images" / items[3]["file_path"]).write_bytes(b"\xff\xd8\xff not a jpeg")
+    return items[3]["media_id"]
+
+
+def test_a_corrupt_original_is_reported_with_its_media_id(export, tmp_path, corrupt):
+    ds = open_prepared(export, tmp_path)
+    with pytest.raises(ImageDecodeError) as raised:
+        ds.prepare(num_workers=2, progress=False)
+    assert raised.value.media_id == corrupt
+    assert corrupt in str(raised.value)
+    assert (in_store(ds) == 1).sum() == ITEMS - 1, "the other images were not prepared"
+    index = ds.media_ids.index(corrupt)
+    with pytest.raises(ImageDecodeError) as raised:
+        ds[index]
+    assert raised.value.media_id == corrupt
+
+
+def test_with_on_error_skip_a_corrupt_original_is_listed(export, tmp_path, corrupt):
+    ds = open_prepared(export, tmp_path, on_error="skip", image_size=40)
+    summary = ds.prepare(num_workers=0, progress=False)
+    assert [s.media_id for s in summary.skipped] == [corrupt]
+    assert summary.images == ITEMS - 1
+    loader = ds.dataloader(5, num_workers=0)
+    assert sum(len(labels) for _, labels in loader) == ITEMS - 1
+    assert [s.media_id for s in loader.skipped] == [corrupt]
+
+
+def test_a_refreshed_export_gets_a_new_store(export, tmp_path):
+    old = open_prepared(export, tmp_path)
+    old.prepare(progress=False)
+    metadata = json.loads((export / "metadata.json").read_text())
+    metadata["media_items"] = metadata["media_items"][:-1]
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    new = open_prepared(export, tmp_path)
+    assert new.entry.version != old.entry.version
+    assert new._source.store.path != old._source.store.path
+    assert (in_store(new) == 0).all()
+    assert {s.version for s in list_stores(new.entry.entry_dir)} == {old.entry.version, new.entry.version}
+
+
+def test_prepare_goes_on_from_what_is_there(export, tmp_path):
+    ds = open_prepared(export, tmp_path)
+    for i in range(5):
+        ds[i]
+    summary = ds.prepare(num_workers=1, progress=False)
+    assert (summary.prepared, summary.images) == (ITEMS - 5, ITEMS)
+
+
+def rank_prepares(export, tmp_path, rank, results) -> None:
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    summary = open_prepared(export, tmp_path).prepare(num_workers=1, progress=False)
+    results.put((rank, summary.prepared, summary.images))
+
+
+def test_a_nodes_ranks_split_the_work_and_each_returns_with_all_of_it(export, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_job, "POLL_S", 0.05)  # the forked ranks inherit it
+    open_prepared(export, tmp_path)  # the export opened once, as torchrun's ranks find it
+    results = FORK.Queue()
+    ranks = [FORK.Process(target=rank_prepares, args=(export, tmp_path, rank, results)) for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=60)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    done = sorted(results.get(timeout=1) for _ in ranks)
+    assert [images for _, _, images in done] == [ITEMS, ITEMS], "a rank returned before the node was done"
+    assert sum(prepared for _, prepared, _ in done) == ITEMS, "the ranks did not split the images"
+    assert all(prepared > 0 for _, prepared, _ in done)
+
+
+def test_a_rank_stops_waiting_when_the_others_stop(export, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_job, "POLL_S", 0.02)
+    ds = open_prepared(export, tmp_path)
+    with pytest.raises(PrepareTimeoutError, match="never arrived") as raised:
+        prepare_job.prepare_images(
+            ds._source,
+            ds._paths,
+            ds.table.column("media_id"),
+            num_workers=0,
+            progress=False,
+            stall_timeout_s=0.2,
+            env={"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"},
+        )
+    assert raised.value.path == str(ds._source.store.path)
+
+
+def test_images_from_another_root_get_their_own_store(export, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(export / "images", copy)
+    from_export_images = open_prepared(export, tmp_path)
+    from_root = open_prepared(export, tmp_path, images_root=copy, image_size=40)
+    assert from_root._source.store.path != from_export_images._source.store.path
+    from_root.prepare(num_workers=0, progress=False)
+    shutil.rmtree(copy)
+    assert from_root[0][0].shape == (3, 40, 40)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prepare": 0}, "positive int"),
+        ({"prepare": True}, "positive int"),
+        ({"prepare": 32, "image_size": (24, 40)}, "smaller than image_size"),
+    ],
+)
+def test_a_bad_prepare_is_refused_before_anything_is_opened(tmp_path, options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        VisualLayerDataset.from_export(tmp_path / "nothing-here", **options)
+
+
+def test_prepare_needs_a_dataset_opened_with_prepare(export, tmp_path):
+    ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "cache")
+    with pytest.raises(ConfigurationError, match="prepare=S"):
+        ds.prepare()

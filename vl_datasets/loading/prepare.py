@@ -1,0 +1,244 @@
+"""``ds.prepare()``: fill the prepared-image store ahead of training, on every core of the node.
+
+A dataset opened with ``prepare=S`` fills its store during the first epoch anyway; preparing ahead
+spreads the work over every core (a process each) with a progress bar, instead of over the
+DataLoader's workers while training waits, and leaves the store marked complete.
+
+Under ``torchrun`` the ranks of a node share one store (it lives in the node's cache), so each
+takes every ``LOCAL_WORLD_SIZE``-th image from ``LOCAL_RANK`` on, with the node's cores divided
+between them, and then waits until the others' images are there too: every rank returns with the
+whole dataset prepared. Each node prepares its own store. The wait is bounded: when no image has
+arrived for ``stall_timeout_s``, a rank gives up with ``PrepareTimeoutError``.
+
+Work already in the store is kept: a preparation killed at any point goes on from where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from ..config import progress_enabled
+from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, PrepareTimeoutError
+from .loader import SkippedSample
+from .prepared import keys_of
+from .prepared_source import PreparedSource, prepare_pixels
+from .sources import image_error
+
+logger = logging.getLogger("vl_datasets")
+
+STALL_TIMEOUT_S = 1800.0  # a rank waiting for the others' images gives up after this long without one
+POLL_S = 2.0
+LOG_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What ``prepare()`` did: the store, the dataset's images now in it, how many of them this call
+    prepared (this rank), this rank's images that could not be prepared (``on_error="skip"``), and
+    the store's size on disk."""
+
+    store: Path
+    images: int
+    prepared: int
+    skipped: list[SkippedSample] = field(default_factory=list)
+    bytes_on_disk: int = 0
+
+
+def prepare_images(
+    source: Any,
+    paths: pa.Array,
+    media_ids: pa.Array,
+    *,
+    on_error: str = "raise",
+    num_workers: int | None = None,
+    progress: bool | None = None,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+) -> PrepareSummary:
+    """Prepare the images at ``paths`` (``media_ids`` name them in errors) into ``source``'s store.
+
+    ``num_workers`` processes (default: this rank's share of the cores; 0 runs in this process).
+    An image that cannot be read or decoded raises its typed error naming its media id once the
+    rest are prepared, or with ``on_error="skip"`` is listed in the summary's ``skipped``.
+    """
+    if not isinstance(source, PreparedSource):
+        raise ConfigurationError("prepare() fills the store of a dataset opened with prepare=S; this one has none.")
+    rank, ranks = node_rank(env)
+    paths_list, ids = _distinct_images(paths.to_pylist(), media_ids.to_pylist())
+    keys = keys_of(paths_list)
+    mine = np.arange(rank, len(paths_list), ranks)
+    todo = mine[source.store.status(keys[mine]) != 1]
+    workers = _worker_count(num_workers, ranks)
+    failures: list[tuple[Exception, str]] = []
+    bar = tqdm(
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        unit="img",
+        desc=f"Preparing images at {source.store.settings.size}px",
+        disable=not progress_enabled(progress),
+    )
+    with bar:
+        for done, failed in _run(source, [paths_list[i] for i in todo], [ids[i] for i in todo], workers):
+            failures += failed
+            bar.update(done)
+    if ranks > 1:
+        _wait_for_node(source, keys, rank=rank, ranks=ranks, stall_timeout_s=stall_timeout_s)
+    images, _ = _count(source, keys)
+    manifest = source.store.write_manifest(dataset_images=len(keys)) if rank == 0 else None
+    skipped = _report(failures, on_error)
+    return PrepareSummary(
+        store=source.store.path,
+        images=images,
+        prepared=len(todo) - len(failures),
+        skipped=skipped,
+        bytes_on_disk=manifest["bytes"] if manifest else _bytes_on_disk(source.store.path),
+    )
+
+
+def node_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(this process's rank among its node's, the node's number of ranks): torchrun's ``LOCAL_RANK``
+    and ``LOCAL_WORLD_SIZE``, else (0, 1)."""
+    env = os.environ if env is None else env
+    if "LOCAL_WORLD_SIZE" not in env:
+        if "LOCAL_RANK" in env:
+            logger.warning(
+                "LOCAL_RANK is set but LOCAL_WORLD_SIZE is not (a launcher other than torchrun?): this rank "
+                "prepares every image itself; the other ranks of the node repeat the work."
+            )
+        return 0, 1
+    try:
+        rank, ranks = int(env.get("LOCAL_RANK", "0")), int(env["LOCAL_WORLD_SIZE"])
+    except ValueError:
+        raise ConfigurationError(
+            f"LOCAL_RANK={env.get('LOCAL_RANK')!r} and LOCAL_WORLD_SIZE={env['LOCAL_WORLD_SIZE']!r} are not integers."
+        ) from None
+    if not 0 <= rank < ranks:
+        raise ConfigurationError(f"LOCAL_RANK={rank} is not a rank of LOCAL_WORLD_SIZE={ranks}.")
+    return rank, ranks
+
+
+def _distinct_images(paths: list[str], media_ids: list[str]) -> tuple[list[str], list[str]]:
+    """Each image once (rows may share one), with the media id of its first row, in dataset order."""
+    first: dict[str, str] = {}
+    for path, media_id in zip(paths, media_ids):
+        first.setdefault(path, media_id)
+    return list(first), list(first.values())
+
+
+def _worker_count(num_workers: int | None, ranks: int) -> int:
+    if num_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // ranks)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigurationError(f"num_workers must be an int >= 0, got {num_workers!r}.")
+    return num_workers
+
+
+def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers: int):
+    """Prepare every image, yielding (images done, their failures) as each chunk ends."""
+    chunks = _chunks(len(paths), workers)
+    if workers == 0:
+        _start(source, paths, media_ids)
+        yield from map(_prepare_chunk, chunks)
+        return
+    # fork shares the job with the workers as it is; elsewhere it is pickled (a source pickles).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    pool = multiprocessing.get_context(method).Pool(workers, initializer=_start, initargs=(source, paths, media_ids))
+    try:
+        yield from pool.imap_unordered(_prepare_chunk, chunks)
+        pool.close()
+    finally:
+        pool.terminate()  # stops the rest at once on an error or Ctrl-C; what was written stays good
+        pool.join()
+
+
+def _chunks(count: int, workers: int) -> list[range]:
+    # Small enough that the processes finish together and the bar moves; big enough to keep
+    # the pool's messages rare next to the images.
+    size = max(1, min(64, count // (max(workers, 1) * 8)))
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+_JOB: dict[str, Any] = {}  # this process's share of the work, set by _start
+
+
+def _start(source: PreparedSource, paths: list[str], media_ids: list[str]) -> None:
+    torch.set_num_threads(1)  # a process per core: intra-op threads would only compete
+    _JOB.update(source=source, paths=paths, media_ids=media_ids)
+
+
+def _prepare_chunk(chunk: range) -> tuple[int, list[tuple[Exception, str]]]:
+    """Prepare the images of ``chunk``: (how many, and the failures with each image's location)."""
+    source: PreparedSource = _JOB["source"]
+    failures: list[tuple[Exception, str]] = []
+    for i in chunk:
+        path, media_id = _JOB["paths"][i], _JOB["media_ids"][i]
+        try:
+            try:
+                data = source.source.read(path)
+            except Exception as exc:  # any filesystem's failure, typed and named as the dataset's reads are
+                raise image_error(exc, media_id=media_id, source=source, path=path) from None
+            pixels = prepare_pixels(data, source.store.settings.size, media_id=media_id, path=source.location(path))
+        except (ImageDecodeError, ImageNotFoundError) as error:
+            source.store.put_failed(path)  # so ranks waiting for it stop waiting
+            failures.append((error, source.location(path)))
+            continue
+        source.store.put(path, pixels)  # a full disk stops the job: every later image would fail too
+    return len(chunk), failures
+
+
+def _wait_for_node(source: PreparedSource, keys: np.ndarray, *, rank: int, ranks: int, stall_timeout_s: float) -> None:
+    """Wait until every image is prepared (or failed) by some rank of the node."""
+    missing, since, logged = -1, time.monotonic(), time.monotonic()
+    while True:
+        now_missing = int((source.store.status(keys) == 0).sum())
+        if now_missing == 0:
+            return
+        now = time.monotonic()
+        if now_missing != missing:
+            missing, since = now_missing, now
+        elif now - since > stall_timeout_s:
+            raise PrepareTimeoutError(
+                f"Rank {rank} of {ranks} on this node waited {now - since:.0f}s for the other ranks' images in "
+                f"{source.store.path}; {missing:,} never arrived. Did a rank die? Run prepare() again to finish.",
+                path=str(source.store.path),
+            )
+        if now - logged > LOG_EVERY_S:
+            logger.warning("Waiting for the node's other ranks to prepare %d more images", missing)
+            logged = now
+        time.sleep(POLL_S)
+
+
+def _count(source: PreparedSource, keys: np.ndarray) -> tuple[int, int]:
+    status = source.store.status(keys)
+    return int((status == 1).sum()), int((status == 2).sum())
+
+
+def _report(failures: list[tuple[Exception, str]], on_error: str) -> list[SkippedSample]:
+    """Raise the first failure (``on_error="raise"``), or list them all as skipped samples."""
+    if failures and on_error == "raise":
+        if len(failures) > 1:
+            logger.warning("%d images could not be prepared; raising the first", len(failures))
+        raise failures[0][0]
+    skipped = []
+    for error, location in failures:
+        media_id = getattr(error, "media_id", None) or ""
+        logger.warning("Skipping media_id %s: %s", media_id, error)
+        skipped.append(SkippedSample(media_id, location, str(error)))
+    return skipped
+
+
+def _bytes_on_disk(store: Path) -> int:
+    return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
