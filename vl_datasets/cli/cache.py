@@ -11,6 +11,7 @@ from ..cache.opened import local_store
 from ..cache.store import CacheStore, LocalExport
 from ..config import parse_size
 from ..errors import ConfigurationError, LockTimeoutError
+from ..loading.prepared import list_stores, remove_store
 from ..locks import hold_lock
 
 
@@ -69,6 +70,11 @@ class Entry:
     @property
     def total_bytes(self) -> int:
         return sum(v.total_bytes or 0 for v in self.versions)
+
+    @property
+    def prepared_bytes(self) -> int:
+        """What its prepared-image stores (``prepare=``) take."""
+        return sum(store.bytes for store in list_stores(self.folder))
 
 
 def human_size(n_bytes: float | None) -> str:
@@ -142,6 +148,10 @@ def run_list(args: argparse.Namespace) -> int:
                     f"    {version.version}  {state:<10} {human_size(version.total_bytes):>8} "
                     f"{_age(version.created_at, now):>5}  {version.path}"
                 )
+        for prepared in list_stores(entry.folder):  # always: they are often the largest thing in the cache
+            size, state = f"{prepared.size or '?'}px", "complete" if prepared.complete else "partial"
+            on_disk = human_size(prepared.bytes)
+            print(f"    prepared {size:<7} {prepared.images:>9,} images {state:<8} {on_disk:>8}  {prepared.path}")
     for store, folder in leftovers:
         for path in store.leftovers(folder):
             print(f"    leftover  {path}")
@@ -174,22 +184,22 @@ def run_prune(args: argparse.Namespace) -> int:
     entries = sorted(
         _entries(args.cache_dir), key=lambda e: e.current.created_at or datetime.min.replace(tzinfo=timezone.utc)
     )
-    freed = _prune_superseded(entries)
+    freed = _prune_superseded(entries) + _prune_prepared(entries)
     _prune_leftovers(_stores(args.cache_dir))
     doomed: list[Entry] = []
     if args.older_than is not None:
         cutoff = datetime.now(timezone.utc) - timedelta(days=args.older_than)
         doomed = [e for e in entries if e.current.created_at is not None and e.current.created_at < cutoff]
     elif args.max_size is not None:
-        total = sum(e.current.total_bytes or 0 for e in entries)
+        total = sum((e.current.total_bytes or 0) + e.prepared_bytes for e in entries)
         for entry in entries:  # oldest first
             if total <= args.max_size:
                 break
             doomed.append(entry)
-            total -= entry.current.total_bytes or 0
+            total -= (entry.current.total_bytes or 0) + entry.prepared_bytes
     for entry in doomed:
+        freed += (entry.current.total_bytes or 0) + entry.prepared_bytes
         entry.store.remove(entry.folder)
-        freed += entry.current.total_bytes or 0
         print(f"removed {entry.key} ({entry.dataset}, {human_size(entry.current.total_bytes)})")
     print(f"pruned {len(doomed)} of {len(entries)} cached exports; freed {human_size(freed)}")
     return 0
@@ -203,6 +213,19 @@ def _prune_superseded(entries: list[Entry]) -> int:
             entry.store.remove_version(version)
             freed += version.total_bytes or 0
             print(f"removed superseded version {version.version} of {entry.key} ({entry.dataset})")
+    return freed
+
+
+def _prune_prepared(entries: list[Entry]) -> int:
+    """Remove the prepared-image stores of every version but the current one (as with superseded
+    versions, a job may still read one: prune is the user's call)."""
+    freed = 0
+    for entry in entries:
+        for store in list_stores(entry.folder):
+            if store.version != entry.current.version:
+                remove_store(store.path)
+                freed += store.bytes
+                print(f"removed prepared images {store.path.name} of {entry.key} ({entry.dataset})")
     return freed
 
 

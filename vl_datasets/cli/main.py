@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import errors
 from .._version import __version__
-from . import cache, export, report, serve
+from . import cache, export, prepare, report, serve
 
 # One exit code per error family, so scripts can branch on what went wrong.
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -51,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vl-datasets",
         parents=[verbose],
-        description="Visual Layer exports for PyTorch: serve, export, cache, report.",
+        description="Visual Layer exports for PyTorch: serve, export, cache, prepare, report.",
     )
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, export, cache, report):
+    for group in (serve, export, cache, prepare, report):
         group.add_commands(commands, parents=[verbose])
     return parser
 

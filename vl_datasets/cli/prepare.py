@@ -1,0 +1,62 @@
+"""``vl-datasets prepare``: decode a dataset's images once into its prepared-image store, as
+``VisualLayerDataset(..., prepare=S).prepare()`` does, so training reads them from there."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    prepare = commands.add_parser(
+        "prepare", parents=parents, help="decode the images once, shrunk to a size, into the cache for fast epochs"
+    )
+    prepare.add_argument("source", help="a local export (ZIP or folder), or else a dataset id to export")
+    prepare.add_argument(
+        "--size",
+        type=int,
+        required=True,
+        metavar="S",
+        help="the shorter side in pixels, as the training job's prepare=S (images are never enlarged)",
+    )
+    prepare.add_argument("--images-root", help="read the images from here (a folder or an fsspec URL), as images_root=")
+    prepare.add_argument(
+        "--workers", type=int, metavar="N", help="processes (default: one per core, shared among a node's ranks)"
+    )
+    prepare.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an unreadable image fails the command (after the others are prepared), or is listed and skipped",
+    )
+    prepare.add_argument("--cache-dir")
+    prepare.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
+    prepare.set_defaults(run=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ..loading.dataset import VisualLayerDataset
+    from .cache import human_size
+
+    # task=None: preparing needs no targets, so unlabeled exports work too; every item with an
+    # image is prepared, so any curation of this export version later finds its images there.
+    options = {
+        "task": None,
+        "missing_images": "drop",
+        "on_error": args.on_error,
+        "images_root": args.images_root,
+        "prepare": args.size,
+    }
+    if Path(args.source).exists():
+        dataset = VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
+    else:
+        dataset = VisualLayerDataset(args.source, cache_dir=args.cache_dir, offline=args.offline, **options)
+    summary = dataset.prepare(num_workers=args.workers)
+    missing = dataset.curation_summary().removed_by.get("missing_images", 0)
+    for skipped in summary.skipped:
+        print(f"skipped {skipped.media_id}: {skipped.reason}")
+    print(
+        f"{summary.images:,} images at {args.size}px ({summary.prepared:,} prepared now, {len(summary.skipped):,} "
+        f"skipped, {missing:,} without an image), {human_size(summary.bytes_on_disk)} in {summary.store}"
+    )
+    return 0
