@@ -150,7 +150,7 @@ def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers
     """Prepare every image, yielding (images done, their failures) as each chunk ends."""
     chunks = _chunks(len(paths), workers)
     if workers == 0:
-        _start(source, paths, media_ids)
+        _JOB.update(source=source, paths=paths, media_ids=media_ids)  # in this process, its threads as they are
         yield from map(_prepare_chunk, chunks)
         return
     # fork shares the job with the workers as it is; elsewhere it is pickled (a source pickles).
