@@ -35,7 +35,7 @@ from . import images
 from .loader import SkippedSample, VLDataLoader, make_dataloader
 from .prepared_source import PreparedImage, check_prepare, prepared_source
 from .reads import Reads
-from .sources import check_source_options, image_error, open_source, with_source_paths
+from .sources import check_source_options, image_error, local_copy, open_source, with_source_paths
 from .state import fingerprint_ids
 
 if TYPE_CHECKING:
@@ -376,12 +376,22 @@ class VisualLayerDataset(Dataset):
         if not self._reads_in_flight():
             return [self[index] for index in indices]
         reads: dict[Future, list[int]] = {}
+        samples: list = [None] * len(indices)
+        local: list[tuple[int, bytes]] = []
         for position, index in enumerate(indices):
-            read = self._reads.take(index) or self._reads.start(partial(self._read, index))
+            read = self._reads.take(index)
+            if read is None:
+                # A node-local copy is read here: a thread's hand-off would cost more than the read.
+                data = local_copy(self._source, self._paths[index].as_py())
+                if data is not None:
+                    local.append((position, data))
+                    continue
+                read = self._reads.start(partial(self._read, index))
             reads.setdefault(read, []).append(position)
         self.prefetch(getattr(indices, "next_indices", None) or ())
-        samples: list = [None] * len(indices)
         try:
+            for position, data in local:
+                samples[position] = self._sample(indices[position], self._decoded(indices[position], data))
             for read in as_completed(reads):
                 for position in reads[read]:
                     samples[position] = self._sample(indices[position], self._image(indices[position], read))
@@ -396,7 +406,11 @@ class VisualLayerDataset(Dataset):
         ``__getitem__`` to take; a bounded number are held (``vl_datasets.loading.reads``). Only with
         an images_root: the export's own images are read when needed."""
         if self._reads_in_flight():
-            self._reads.ahead([(int(index), partial(self._read, int(index))) for index in indices])
+            self._reads.ahead([(int(index), self._read_ahead(int(index))) for index in indices])
+
+    def _read_ahead(self, index: int) -> Callable[[], bytes] | bytes:
+        """The bytes of a node-local copy, read now; else the read to start on a thread."""
+        return local_copy(self._source, self._paths[index].as_py()) or partial(self._read, index)
 
     def _reads_in_flight(self) -> bool:
         # Reads run on threads only from an images_root, and only through this class's own

@@ -18,6 +18,9 @@ coordination on the read path:
   tenth of the limit written on the node, whatever the number of processes.
 - A file removed by a scan while another process looks for it is a miss there, read again from
   the root: the cache changes speed, never results.
+- Files are not fsynced (a sync per image would cost more than the read it saves). Each ends with
+  a trailer holding its length instead, so what a power loss leaves behind (an empty or torn file
+  renamed before its data reached the disk) fails the check, reads as a miss, and is replaced.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ LEDGER_UNIT = 4096  # bytes written per ledger byte
 SCAN_EVERY = 0.1  # a scan per this fraction of the limit written
 LOW_WATER = 0.9  # a scan evicts down to this fraction of the limit, so the next one is not at once
 STALE_TEMP_S = 3600.0  # a temp file this old belongs to a process that died mid-write
+TRAILER_MAGIC = b"VLic"  # then the data's length, 8 bytes little-endian
+TRAILER_SIZE = len(TRAILER_MAGIC) + 8
 
 
 class ImageCache:
@@ -76,12 +81,14 @@ class ImageCache:
         path = self.path(key)
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
+                stored = handle.read()
                 mtime = os.fstat(handle.fileno()).st_mtime
         except FileNotFoundError:
             return None
-        if not data:
-            return None  # a rename whose data a power loss never flushed: fetch it again
+        data = _unwrap(stored)
+        if data is None:
+            logger.debug("Dropping the torn copy %s (%d bytes)", path, len(stored))
+            return None  # the next put replaces it
         if time.time() - mtime > self.touch_after_s:
             with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: the bytes are still good
                 os.utime(path)
@@ -91,8 +98,9 @@ class ImageCache:
         """Keep ``data`` as ``key``'s bytes, and evict if the node has written enough since the last scan."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:
-            tmp.write_bytes(data)
+        with replacing(path) as tmp, open(tmp, "wb") as out:
+            out.write(data)
+            out.write(TRAILER_MAGIC + len(data).to_bytes(8, "little"))
         ledger = self._ledger_fd()
         os.write(ledger, b"\0" * -(-len(data) // LEDGER_UNIT))
         if os.fstat(ledger).st_size * LEDGER_UNIT >= max(1, int(self.limit_bytes * SCAN_EVERY)):
@@ -154,3 +162,11 @@ class ImageCache:
             self._ledger = os.open(self.folder / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._pid = os.getpid()
         return self._ledger
+
+
+def _unwrap(stored: bytes) -> bytes | None:
+    """The data of a stored file, or None when its trailer does not match it (a torn write)."""
+    if len(stored) < TRAILER_SIZE or stored[-TRAILER_SIZE:-8] != TRAILER_MAGIC:
+        return None
+    length = int.from_bytes(stored[-8:], "little")
+    return stored[:-TRAILER_SIZE] if length == len(stored) - TRAILER_SIZE else None

@@ -69,9 +69,12 @@ class Reads:
         with self._lock:
             return self._ahead.pop(key, None)
 
-    def ahead(self, reads: list[tuple[Hashable, Callable[[], bytes]]]) -> None:
-        """Start the reads of keys not already in flight ahead, making room by dropping the oldest."""
-        executor = self._executor()
+    def ahead(self, reads: list[tuple[Hashable, Callable[[], bytes] | bytes]]) -> None:
+        """Start the reads of keys not already in flight ahead, making room by dropping the oldest.
+
+        A read given as bytes (from a copy on this machine) is held as done, with no thread.
+        """
+        self._in_this_process()
         with self._lock:
             held = sum(_size(f) for f in self._ahead.values())
             for key, read in reads:
@@ -81,7 +84,7 @@ class Reads:
                     _, oldest = self._ahead.popitem(last=False)
                     oldest.cancel()
                     held -= _size(oldest)
-                self._ahead[key] = executor.submit(read)
+                self._ahead[key] = self._executor().submit(read) if callable(read) else _done(read)
 
     def pending(self) -> int:
         """How many read-aheads wait to be taken."""
@@ -107,3 +110,9 @@ def _size(future: Future) -> int:
     if not future.done() or future.cancelled() or future.exception() is not None:
         return 0
     return len(future.result())
+
+
+def _done(data: bytes) -> Future:
+    future: Future = Future()
+    future.set_result(data)
+    return future

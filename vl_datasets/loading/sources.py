@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -56,6 +56,20 @@ class ImageSource(Protocol):
     def location(self, path: str) -> str: ...
 
     def scrub(self, text: str) -> str: ...
+
+
+@runtime_checkable
+class WithLocalCopy(Protocol):
+    """A source that may hold a copy of an image on this machine (``CachedSource``)."""
+
+    def cached(self, path: str) -> bytes | None:
+        """The copy's bytes, cheap enough to read in the caller's thread; None when there is none."""
+        ...
+
+
+def local_copy(source: ImageSource, path: str) -> bytes | None:
+    """The bytes of ``path`` from a copy on this machine, if ``source`` keeps one and has it."""
+    return source.cached(path) if isinstance(source, WithLocalCopy) else None
 
 
 class LocalFolder:
@@ -175,6 +189,9 @@ class CachedSource:
                 )
                 self._warned = True
         return data
+
+    def cached(self, path: str) -> bytes | None:
+        return self.cache.get(path)
 
     def location(self, path: str) -> str:
         return self.source.location(path)
