@@ -20,7 +20,9 @@ in a fresh interpreter, img/s over 2 timed epochs after a warm-up epoch:
   epochs read from it.
 
 The server shares the machine's cores with the loader, which a real bucket does not: its CPU time
-is reported next to the rates. Workers' memory is read from /proc at the end of the timed epochs.
+is reported next to the rates, and so is the loader's own CPU time per image (main process and
+workers), which other work on a shared machine does not change. Workers' memory is read from
+/proc at the end of the timed epochs.
 Rounds are interleaved and the ratios are medians of per-round ratios, as in bench_loader.py.
 
 Targets (issue 11): with 50 ms, >= 90% of the same source with no latency and >= 60% of local disk;
@@ -80,12 +82,14 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
     seen = 0
     for epoch in range(1 + TIMED_EPOCHS):
         if epoch == 1:
-            start, seen = time.perf_counter(), 0
+            pids = [os.getpid(), *(p.pid for p in multiprocessing.active_children())]
+            start, cpu, seen = time.perf_counter(), sum(map(_cpu_s, pids)), 0
         for _, labels in loader:
             seen += len(labels)
     rate = seen / (time.perf_counter() - start)
+    cpu_ms = (sum(map(_cpu_s, pids)) - cpu) * 1000 / seen  # the loader's own cost, whatever else runs
     workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
-    return {"rate": rate, "workers": workers}
+    return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers}
 
 
 def _with_read_ahead(loader_class: type) -> type:
@@ -181,8 +185,8 @@ def _loader_report(count: int, rounds: int, variants: list[str], results: dict[s
         f"## Loader ({count} images of 500x375, {WORKERS} workers, batch {BATCH}, {SIZE} px, "
         f"{TIMED_EPOCHS} timed epochs after a warm-up, median of {rounds} interleaved rounds)",
         "",
-        "| source | img/s | per round | worker RSS / USS (MiB) | server CPU s |",
-        "| --- | ---: | --- | --- | ---: |",
+        "| source | img/s | per round | loader CPU ms/img | worker RSS / USS (MiB) | server CPU s |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
     ]
     for v in variants:
         rates = [r["rate"] for r in results[v]]
@@ -190,7 +194,8 @@ def _loader_report(count: int, rounds: int, variants: list[str], results: dict[s
         memory = ", ".join(f"{w['rss']:.0f} / {w['uss']:.0f}" for w in last)
         cpu = statistics.median(r["server_cpu_s"] for r in results[v])
         per_round = ", ".join(f"{r:,.0f}" for r in rates)
-        lines.append(f"| {v} | {statistics.median(rates):,.0f} | {per_round} | {memory} | {cpu:.1f} |")
+        cpu_ms = statistics.median(r["cpu_ms"] for r in results[v])
+        lines.append(f"| {v} | {statistics.median(rates):,.0f} | {per_round} | {cpu_ms:.2f} | {memory} | {cpu:.1f} |")
     lines += [
         "",
         f"- {HTTP50} / {HTTP0}: **{ratio(HTTP50, HTTP0):.0%}** without read-ahead, "
@@ -292,14 +297,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="images in the 500x375 corpus")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="items of the metadata-only export")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="items of the metadata-only export (0: skip)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_remote.md")
     args = parser.parse_args()
     lines = [f"# Images from where they live ({len(os.sched_getaffinity(0))} cores)", ""]
     lines += loader_section(args.images, args.rounds)
     print("\n".join(lines), flush=True)
-    lines += metadata_section(args.rows, args.runs)
+    if args.rows:
+        lines += metadata_section(args.rows, args.runs)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -41,6 +41,8 @@ async def serve(files: dict[str, bytes], latency_s: float, lifetime_s: float) ->
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass  # the client closed the connection, or sent something that is not a request
+        except asyncio.CancelledError:
+            pass  # the server is stopping; Python 3.11 prints a traceback for each cancelled handler otherwise
         finally:
             writer.close()
 
