@@ -160,9 +160,10 @@ class PreparedStore:
             if found is None:
                 return None
             part = self._parts[found[0]]
+            fd = part.pixel_fd(self.path)  # opened once per process, so under the lock
         _, offset, height, width = found
         pixels = np.empty((height, width, 3), np.uint8)
-        if _read_into(part.pixel_fd(self.path), pixels, offset) != pixels.nbytes:
+        if _read_into(fd, pixels, offset) != pixels.nbytes:
             raise PreparedStoreError(
                 f"{part.pixel_path(self.path)} is shorter than its index says: it was truncated. "
                 f"Remove {self.path} to prepare it again.",
