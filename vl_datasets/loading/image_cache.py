@@ -87,7 +87,7 @@ class ImageCache:
             return None
         data = _unwrap(stored)
         if data is None:
-            logger.debug("Dropping the torn copy %s (%d bytes)", path, len(stored))
+            logger.debug("Ignoring the torn copy %s (%d bytes)", path, len(stored))
             return None  # the next put replaces it
         if time.time() - mtime > self.touch_after_s:
             with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: the bytes are still good
