@@ -15,11 +15,13 @@ new one::
 The folder starts with a dot, so the cache's sweep of unpublished versions (``CacheStore.leftovers``)
 never takes it for one; ``vl-datasets cache list`` and ``prune`` show and remove it.
 
-Format: raw RGB pixels (height x width x 3 bytes), not re-encoded JPEG. Measured on 2 cores at
-``S=256`` (benchmarks/bench_prepared.py): reading a raw image and resizing it to 224 costs ~0.35 ms,
-decoding a 256-pixel JPEG ~0.7-1.3 ms, about as much as the 500x375 original it replaces; and JPEG's
-loss at quality 90-95 adds 0.7-1.3 grey levels on top of the resizing, past the 1.5 allowed against
-the direct path. Raw costs 3 x S x (S x aspect) bytes: ~256 KiB an image at ``S=256``.
+Format: raw RGB pixels (height x width x 3 bytes), not re-encoded JPEG, for speed, since speed is
+the store's point. Measured at ``S=256`` on 2 cores (benchmarks/bench_prepared.py): a raw image
+becomes a 224 px tensor in 0.13 ms on a core, a JPEG in 0.35-0.6 ms (quality 90 4:2:0 to 95
+4:4:4), 3-4x longer, so epochs would run at a fraction of the rate; and JPEG's loss puts it 1.1-2.1
+grey levels from the direct path, against 0.6-1.0 for raw (the limit is 1.5; only quality 95 4:4:4
+stays under it). Raw costs 3 x S x (S x aspect) bytes: ~256 KiB an image at ``S=256``, where
+quality 95 4:4:4 would take ~50 KiB.
 
 Keys are a 128-bit hash of the image's path under its root: two rows with one image share it, and
 the store does not depend on curation, so every dataset cut from the export version shares it.

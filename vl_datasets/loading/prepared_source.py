@@ -15,8 +15,8 @@ How an image is shrunk: decoded by ``decode_image`` at the DCT scale that keeps 
 (1/2, 1/4 or 1/8), then resized by torch's antialiased *bicubic* kernel, never upscaled. Bicubic,
 because the prepared image is resized a second time, to ``image_size``, by the dataset's bilinear
 kernel: a bilinear store blurs twice (measured at ``S=256``, 224 px: 1.8 grey levels of mean
-absolute difference against the direct path on 500x375 JPEGs), a bicubic one stays near one (1.1;
-0.6 on 2000x1500 originals).
+absolute difference against the direct path on 500x375 JPEGs), a bicubic one stays under one
+(0.95; 0.64 on 2000x1500 originals; benchmarks/bench_prepared.py).
 """
 
 from __future__ import annotations
