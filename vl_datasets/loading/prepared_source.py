@@ -139,7 +139,9 @@ def prepared_source(
         options = storage_options or {}
         endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
         root = json.dumps({"root": source.display_root, "endpoint": endpoint}, sort_keys=True)
-    return PreparedSource(source, open_store(entry, StoreSettings(size, root)))
+    store = open_store(entry, StoreSettings(size, root))
+    store.load()  # here, before any fork: the workers share what is already prepared
+    return PreparedSource(source, store)
 
 
 def prepare_pixels(data: bytes, size: int, *, media_id: str | None = None, path: str | None = None) -> np.ndarray:
