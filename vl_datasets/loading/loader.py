@@ -30,7 +30,7 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -40,6 +40,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from ..errors import ConfigurationError
 from .batch_slots import BatchSlots, SlotBatch
+from .prefetch import Lookahead
 from .sampler import EpochSampler
 from .state import STATE_FORMAT, check_state, dataset_identity
 from .worker_errors import RaisedInWorker, WorkerInit, raise_in_main
@@ -197,11 +198,16 @@ class VLDataLoader(DataLoader):
 
     @property
     def _index_sampler(self):
-        # What DataLoader's iterator draws indices from.
+        # What DataLoader's iterator draws indices from. Each batch also names the batch its worker
+        # loads next, so a dataset that reads from remote storage starts those reads while it
+        # decodes this one (vl_datasets.loading.prefetch); the batches themselves are unchanged.
+        batches: Iterable[Any]
         if self._epoch_stream is not None:
-            return self._epoch_stream
-        per_epoch = super()._index_sampler
-        return _Rest(per_epoch, self._skip_batches) if self._skip_batches else per_epoch
+            batches = self._epoch_stream
+        else:
+            per_epoch = super()._index_sampler
+            batches = _Rest(per_epoch, self._skip_batches) if self._skip_batches else per_epoch
+        return Lookahead(batches, self.num_workers) if self.batch_size is not None else batches
 
     def __len__(self) -> int:
         return len(self._epoch_stream) if self._epoch_stream is not None else super().__len__()
