@@ -343,6 +343,8 @@ class PreparedStore:
 
     def _merge(self, more: dict[str, np.ndarray] | None = None) -> None:
         """Fold the recent records (and ``more``) into the sorted columns."""
+        if not self._recent and more is None:
+            return  # nothing new: spare a sort of everything (status polls while ranks wait)
         recent = {name: np.array([r[i] for r in self._recent.values()], dtype) for i, (name, dtype) in _RECENT}
         recent["hi"] = np.array([k[0] for k in self._recent], np.uint64)
         recent["lo"] = np.array([k[1] for k in self._recent], np.uint64)
