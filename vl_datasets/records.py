@@ -10,20 +10,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ResponseValidationError
+from .redaction import redact_url
 
 EXPORT_FORMATS = ("parquet", "json")
 TERMINAL_EXPORT_STATUSES = frozenset({"COMPLETED", "FAILED", "REJECTED", "CANCELED"})
 KNOWN_EXPORT_STATUSES = TERMINAL_EXPORT_STATUSES | {"INIT", "IN_PROGRESS"}
-
-
-def redact_url(url: str) -> str:
-    """Drop the query string and any user:password: presigned URLs carry their signature there."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]  # user:password@ is a credential too
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def normalize_status(value: Any) -> str | None:

@@ -52,3 +52,9 @@ def test_cache_list_shows_hosts_and_mirrored_entries(local_vl, s3_root, tmp_path
     assert listing.count(host) == 2, f"the local and the mirrored entry should both be listed:\n{listing}"
     assert main(["cache", "prune", "--max-size", "0"]) == 0
     assert "pruned 2 of 2" in capsys.readouterr().out
+
+
+def test_a_bad_cache_size_on_the_command_line_says_what_a_size_looks_like(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["cache", "prune", "--max-size", "5Q", "--cache-dir", str(tmp_path)])
+    assert "is not a size such as 500M or 20G" in capsys.readouterr().err

@@ -144,3 +144,21 @@ def test_storage_options_and_image_cache_need_an_images_root(split_export, tmp_p
     for options in ({"storage_options": {}}, {"image_cache": "1G"}):
         with pytest.raises(errors.ConfigurationError, match="applies to images read from an images_root"):
             VisualLayerDataset.from_export(export, cache_dir=tmp_path, **options)
+
+
+def test_a_file_path_climbing_out_of_the_root_is_never_read(split_export, tmp_path):
+    import json
+
+    export, source = split_export
+    (tmp_path / "secret.jpg").write_bytes(next(source.rglob("*.jpg")).read_bytes())  # outside the root
+    metadata = json.loads((export / "metadata.json").read_text())
+    metadata["media_items"][0]["file_path"] = "../secret.jpg"
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    victim = metadata["media_items"][0]["media_id"]
+    with pytest.raises(errors.ImageNotFoundError) as caught:
+        VisualLayerDataset.from_export(export, images_root=source, cache_dir=tmp_path / "c", task=None)
+    assert caught.value.media_id == victim, "the row whose path climbs out should be the one named"
+    kept = VisualLayerDataset.from_export(
+        export, images_root=source, cache_dir=tmp_path / "c", task=None, missing_images="drop"
+    )
+    assert victim not in kept.media_ids and len(kept) == 11, "a file outside images_root was read"

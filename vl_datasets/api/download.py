@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .. import errors
 from ..locks import hold_lock
-from ..records import ExportTask, redact_url
+from ..records import ExportTask
+from ..redaction import redact_url
 from .transport import Transport
 
 logger = logging.getLogger("vl_datasets")

@@ -22,27 +22,13 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from .. import errors
 from .._version import __version__
-from ..records import redact_url
+from ..redaction import redact_logs_of, redact_url
 from .auth import TokenProvider
 
 logger = logging.getLogger("vl_datasets")
 
 
-class _RedactQueryStrings(logging.Filter):
-    """urllib3 logs every request line at DEBUG with its path and query string, and a presigned
-    download URL's signature is in that query: blank it before any handler sees the record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_without_query(arg) if isinstance(arg, str) else arg for arg in record.args)
-        return True
-
-
-def _without_query(text: str) -> str:
-    return text.split("?", 1)[0] + "?<redacted>" if "?" in text else text
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueryStrings())
+redact_logs_of("urllib3.connectionpool")  # its DEBUG request lines carry presigned signatures
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Answers that mean "not processed": safe to resend even a request that starts work.

@@ -36,10 +36,18 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     limit = prune.add_mutually_exclusive_group()
     limit.add_argument("--older-than", type=float, metavar="DAYS")
-    limit.add_argument("--max-size", type=parse_size, metavar="SIZE", help="e.g. 500M, 20G")
+    limit.add_argument("--max-size", type=_size, metavar="SIZE", help="e.g. 500M, 20G")
     for parser, run in ((listing, run_list), (remove, run_rm), (prune, run_prune)):
         parser.add_argument("--cache-dir")
         parser.set_defaults(run=run)
+
+
+def _size(text: str) -> int:
+    """``parse_size`` for argparse, whose usage line names the bad value."""
+    try:
+        return parse_size(text)
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500M or 20G") from None
 
 
 @dataclass(frozen=True)

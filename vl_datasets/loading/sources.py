@@ -29,7 +29,7 @@ from ..cache.store import IMAGES
 from ..config import is_remote, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.index import IMAGE_COLUMN
-from ..records import redact_url
+from ..redaction import redact_logs_of, redact_url
 from .image_cache import ImageCache
 from .retries import RetryPolicy
 
@@ -126,6 +126,7 @@ class FsspecRoot:
         self.retry = retry or RetryPolicy()
         self._filesystem: tuple[Any, str] | None = None
         self._pid: int | None = None
+        redact_logs_of("fsspec.http", "aiohttp.client")  # their DEBUG lines hold full URLs, tokens included
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_filesystem": None, "_pid": None}  # a live filesystem stays in its process
@@ -262,7 +263,9 @@ def with_source_paths(table: pa.Table) -> pa.Table:
     and relative (null when it has none, so ``missing_images`` applies). Nothing is listed."""
     path = pc.replace_substring(table.column("file_path"), "\\", "/")
     path = pc.utf8_ltrim(path, characters="/")
-    path = pc.if_else(pc.equal(path, ""), pa.scalar(None, pa.string()), path)
+    # A ".." segment would read outside the root: such a row has no image there.
+    outside = pc.match_substring_regex(path, r"(^|/)\.\.(/|$)")
+    path = pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
     if IMAGE_COLUMN in table.column_names:
         return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
     return table.append_column(IMAGE_COLUMN, path)
