@@ -32,7 +32,14 @@ def _versions() -> str:
 
 
 def main() -> None:
-    scripts = ("bench_decode.py", "bench_loader.py", "bench_metadata.py", "bench_remote.py", "bench_prepared.py")
+    scripts = (
+        "bench_decode.py",
+        "bench_loader.py",
+        "bench_metadata.py",
+        "bench_remote.py",
+        "bench_prepared.py",
+        "bench_chunked.py",
+    )
     parts = [HERE / f"RESULTS_{script[len('bench_') : -len('.py')]}.md" for script in scripts]
     for script, out in zip(scripts, parts):
         subprocess.run([sys.executable, str(HERE / script), "--out", str(out)], check=True, cwd=HERE)
