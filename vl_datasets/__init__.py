@@ -4,9 +4,9 @@ The package has four sides, and imports run one way, from the network edge to th
 
     api/       auth, transport, client, download               a request becomes a task and a ZIP
     cache/     store, archive, remote, opened                   a ZIP becomes a published cache entry
-    metadata/  read, normalize, image_paths, curation, ...      an entry becomes a curated Arrow table
-    loading/   images, dataset, loader, batch_slots             a table becomes tensors
-    exports.py fetch_export: the one module that joins the API side to the cache
+    metadata/  read, normalize, index, curation, ...            an entry becomes a curated Arrow table
+    loading/   dataset, sources, reads, loader, sampler, ...    a table becomes tensors
+    exports.py, chunks.py   fetch_export: the modules that join the API side to the cache
 
 The metadata and loading sides never import the API side, so a local export opens with no
 network library loaded. This facade is lazy: ``import vl_datasets`` loads only the error tree,
