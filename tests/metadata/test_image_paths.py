@@ -115,3 +115,23 @@ def test_resolution_accepts_arrow_members_and_backslashes():
         ]
     )
     assert _resolve(members)[0] == "images/train/cat/cat_01.jpg"
+
+
+def test_image_filename_beside_file_path_names_the_flat_image():
+    import pyarrow as pa
+
+    from vl_datasets.metadata.normalize import normalize
+
+    # The docs' parquet layout: file_path is where the image lives in the source, image_filename
+    # where it lies in the export; names that repeat were made unique in a way no rule could guess.
+    raw = pa.table(
+        {
+            "media_id": ["a", "b", "c"],
+            "file_path": ["videos/1/frame.jpg", "videos/2/frame.jpg", "cats/x.jpg"],
+            "image_filename": ["frame.jpg", "frame_1.jpg", "x.jpg"],
+        }
+    )
+    table = normalize(raw)
+    assert table.column("file_path").to_pylist()[0] == "videos/1/frame.jpg", "file_path must stay as exported"
+    members = ["images/frame.jpg", "images/frame_1.jpg", "images/x.jpg"]
+    assert resolve_image_paths(table, members).to_pylist() == members, "image_filename should name each image"

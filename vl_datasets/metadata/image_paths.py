@@ -17,6 +17,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "
 def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_missing: str = "raise") -> pa.Array:
     """Each row's image as a path inside the export (e.g. ``images/train/cat/x.jpg``), contract §5:
 
+    0. ``images/<image_filename>``, where the export has that column beside ``file_path`` (the
+       docs' parquet layout: every image in one flat folder, named by that column);
     1. ``images/<file_path>`` (then ``<file_path>`` itself if it already starts with ``images/``);
     2. ``images/<file_name>`` (then ``<file_name>`` if it starts with ``images/``);
     3. the one member whose base name is the file name's base name;
@@ -36,6 +38,11 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     file_path = table.column("file_path").combine_chunks()
     file_name = table.column("file_name").combine_chunks()
     resolved, ambiguous = _exact_steps(file_path, file_name, members)
+    if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
+        flat = _exact(
+            pc.binary_join_element_wise("images/", table.column("image_filename").combine_chunks(), ""), members
+        )
+        resolved = pc.coalesce(flat, resolved)
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
         # A member another row found by its exact path is that row's image, whatever its name.

@@ -69,7 +69,7 @@ from .items import (
 )
 from .json_export import table_from_media_items
 
-NORMALIZED_VERSION = "1"
+NORMALIZED_VERSION = "2"  # 2: values validated when read; image_filename kept beside file_path
 VERSION_KEY = b"vl_datasets.normalized_version"
 INFO_KEY = b"vl_datasets.info"
 
@@ -175,7 +175,10 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
     out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None, n, source))
     fields = list(NORMALIZED_SCHEMA)
     for name in raw.column_names:
-        if name in _CONSUMED or name.startswith("__index_level_"):
+        # With a file_path too, image_filename names the image inside the export's flat images/
+        # folder (the docs' parquet layout): it stays, for resolve_image_paths.
+        kept = name == "image_filename" and "file_path" in names
+        if (name in _CONSUMED and not kept) or name.startswith("__index_level_"):
             continue
         target = name if name not in out else f"raw_{name}"
         out[target] = raw.column(name)
