@@ -126,6 +126,20 @@ def test_label_rules_classes_and_invalid_labels(tmp_path):
     assert multi[2][1].sum() == 0
 
 
+def test_detection_boxes_follow_the_image_when_it_is_resized(tmp_path):
+    objects = [{"bbox": [10, 5, 20, 10], "category_name": "car", "source": "User", "original_id": -1}]
+    folder = export_folder(tmp_path, [item(0, [], objects=objects)])  # a 60x40 image
+    image, target = VisualLayerDataset.from_export(folder, task="detection", image_size=(20, 30))[0]
+    assert tuple(image.shape[-2:]) == (20, 30)
+    assert target["boxes"].tolist() == [[5.0, 2.5, 15.0, 7.5]], "the boxes were not scaled with the image"
+    pil_image, pil_target = VisualLayerDataset.from_export(folder, task="detection", image_size=(20, 30), decode="pil")[
+        0
+    ]
+    assert pil_image.size == (30, 20) and pil_target["boxes"].tolist() == [[5.0, 2.5, 15.0, 7.5]]
+    _, as_stored = VisualLayerDataset.from_export(folder, task="detection")[0]
+    assert as_stored["boxes"].tolist() == [[10.0, 5.0, 30.0, 15.0]], "an image at its own size keeps its boxes"
+
+
 def test_an_object_without_a_box_is_left_out_of_the_detection_target(tmp_path):
     objects = [
         {"bbox": None, "category_name": "car", "source": "User", "original_id": -1, "metadata_items": []},

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..cache.opened import open_export
 from ..cache.store import LocalExport
-from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError
+from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError, SchemaError
 from ..metadata import targets
 from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons, resolve_rules
 from ..metadata.index import IMAGE_COLUMN, build_index, read_index
@@ -425,9 +425,11 @@ class VisualLayerDataset(Dataset):
     def _sample(self, index: int, image):
         if isinstance(image, SkippedSample):
             return image
+        target = self.target(index)
+        if self.task == "detection":
+            target = self._fit_boxes(index, target, image)  # before the transform: the decoded pixels
         if self.transform is not None:
             image = self.transform(image)
-        target = self.target(index)
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
@@ -496,6 +498,23 @@ class VisualLayerDataset(Dataset):
         vector = torch.zeros(len(self.classes), dtype=torch.float32)  # multilabel: multi-hot
         vector[torch.tensor(self._targets[index].values.to_numpy(), dtype=torch.int64)] = 1.0
         return vector
+
+    def _fit_boxes(self, index: int, target: dict, image) -> dict:
+        """The boxes in the pixels of the image as decoded: the metadata gives them in the original's
+        pixels, and ``image_size`` (or a prepared copy) resizes the image."""
+        height, width = (image.size[1], image.size[0]) if isinstance(image, PIL.Image.Image) else image.shape[-2:]
+        original_w, original_h = (self._table.column(name)[index].as_py() for name in ("width", "height"))
+        if (original_w, original_h) == (width, height) or not len(target["boxes"]):
+            return target
+        if not original_w or not original_h:
+            raise SchemaError(
+                f"media_id {target['media_id']!r}: its boxes cannot be scaled to the {width}x{height} image it is "
+                "decoded to, for the metadata gives no width and height.",
+                field="width",
+                media_id=target["media_id"],
+            )
+        scale = torch.tensor([width / original_w, height / original_h] * 2, dtype=torch.float32)
+        return {**target, "boxes": target["boxes"] * scale}
 
     def _detection_target(self, index: int) -> dict:
         class_to_idx = self.class_to_idx
