@@ -202,3 +202,18 @@ def test_report_renders_in_a_browser(browser, export, tmp_path):
     image = Image.open(io.BytesIO(screenshot)).convert("RGB")
     assert image.height > 900  # the whole page, not a blank first screen
     assert len(image.getcolors(maxcolors=1 << 24)) > 200  # plots and thumbnails, not an empty page
+
+
+def test_thumbnails_of_images_behind_a_remote_root_are_shown(tmp_path):
+    import shutil
+
+    from tests.loading.image_server import ImageServer
+
+    export = write_dataset(tmp_path, "remote", n_items=6)
+    source = tmp_path / "source"
+    shutil.move(export / "images", source)
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(export, images_root=server.url + "/", cache_dir=tmp_path / "c", task=None)
+        page = ds.report(tmp_path / "report.html").read_text()
+    assert thumbnails(page) == 6, "the images read over HTTP should appear as thumbnails"
+    assert "unreadable image" not in page

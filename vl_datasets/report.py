@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .atomic import replacing
-from .errors import ConfigurationError, ImageDecodeError
+from .errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from .loading import images
 from .metadata.curation import selected_labels
 
@@ -81,14 +82,12 @@ def write_report(
         _labels_section(figure, names, kept),
     ]
     rules = removed_by.to_numpy(zero_copy_only=False)
+    # Images are read the dataset's way when it has one (a bucket's, with its storage options).
+    grid = _Grid(details, names, max_thumbnails, thumbnail_size, getattr(dataset, "read_image", None) or _read_file)
     for rule, count in summary.removed_by.items():
         if count and rule != "subset":
-            sections.append(
-                _grid_section(
-                    f"Removed by {rule}", np.flatnonzero(rules == rule), details, names, max_thumbnails, thumbnail_size
-                )
-            )
-    sections.append(_grid_section("Kept", np.flatnonzero(kept), details, names, max_thumbnails, thumbnail_size))
+            sections.append(grid.section(f"Removed by {rule}", np.flatnonzero(rules == rule)))
+    sections.append(grid.section("Kept", np.flatnonzero(kept)))
     page = _PAGE.substitute(
         title=html.escape(title), body="\n".join(sections), size=thumbnail_size, cell=max(thumbnail_size, 120)
     )
@@ -184,15 +183,24 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _grid_section(
-    heading: str, rows: np.ndarray, details: pa.Table, names: pa.ListArray, max_thumbnails: int, size: int
-) -> str:
-    sample = _spread_sample(rows, max_thumbnails)
-    shown = f" (showing {len(sample):,})" if len(sample) < len(rows) else ""
-    subset = details.take(pa.array(sample, pa.int64())).to_pylist()
-    labels = names.take(pa.array(sample, pa.int64())).to_pylist()
-    cells = "".join(_cell(row, row_labels or [], size) for row, row_labels in zip(subset, labels))
-    return f"<h2>{html.escape(heading)}: {len(rows):,} item(s){shown}</h2>\n<div class=grid>{cells}</div>"
+class _Grid:
+    """Thumbnail grids of the details' rows, each image read by ``read``."""
+
+    def __init__(
+        self, details: pa.Table, names: pa.ListArray, max_thumbnails: int, size: int, read: Callable[[str], bytes]
+    ) -> None:
+        self.details, self.names, self.max_thumbnails, self.size, self.read = details, names, max_thumbnails, size, read
+
+    def section(self, heading: str, rows: np.ndarray) -> str:
+        sample = _spread_sample(rows, self.max_thumbnails)
+        shown = f" (showing {len(sample):,})" if len(sample) < len(rows) else ""
+        subset = self.details.take(pa.array(sample, pa.int64())).to_pylist()
+        labels = self.names.take(pa.array(sample, pa.int64())).to_pylist()
+        cells = "".join(self._cell(row, row_labels or []) for row, row_labels in zip(subset, labels))
+        return f"<h2>{html.escape(heading)}: {len(rows):,} item(s){shown}</h2>\n<div class=grid>{cells}</div>"
+
+    def _cell(self, row: dict, labels: list[str]) -> str:
+        return _cell(row, labels, self.size, self.read)
 
 
 def _spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
@@ -202,8 +210,8 @@ def _spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
 
 
-def _cell(row: dict, labels: list[str], size: int) -> str:
-    src = _thumbnail(row.get("image_path"), row.get("media_id"), size)
+def _cell(row: dict, labels: list[str], size: int, read: Callable[[str], bytes]) -> str:
+    src = _thumbnail(row.get("image_path"), row.get("media_id"), size, read)
     media_id = str(row.get("media_id") or "")
     picture = (
         _img(src, f"media {media_id}")
@@ -222,14 +230,18 @@ def _cell(row: dict, labels: list[str], size: int) -> str:
     return f'<figure title="{tooltip}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
-def _thumbnail(path: str | None, media_id: str | None, size: int) -> str | None:
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _thumbnail(path: str | None, media_id: str | None, size: int, read: Callable[[str], bytes]) -> str | None:
     """A JPEG data URI of the image shrunk to fit ``size``; None when it cannot be read."""
     if path is None:
         return None
     try:
-        with open(path, "rb") as handle:
-            image = images.decode_pil(handle.read(), media_id=media_id, path=path)  # the bomb checks too
-    except (OSError, ImageDecodeError):
+        image = images.decode_pil(read(path), media_id=media_id, path=path)  # the bomb checks too
+    except (OSError, ImageDecodeError, ImageNotFoundError):
         return None
     image.thumbnail((size, size))
     buffer = io.BytesIO()

@@ -344,6 +344,14 @@ class VisualLayerDataset(Dataset):
             table.drop_columns([IMAGE_COLUMN]).append_column("image_path", paths).append_column("removed_by", reasons)
         )
 
+    def read_image(self, image_path: str) -> bytes:
+        """The bytes at an ``image_path`` of ``curation_details()``, read from where the images live
+        (an images_root in a bucket included, with its storage options): for reports and audits."""
+        prefix = self._root + self._source.separator
+        if not image_path.startswith(prefix):
+            raise ImageNotFoundError(f"{image_path} is not under this dataset's images ({self._root}).")
+        return self._source.read(image_path[len(prefix) :])
+
     def report(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write a self-contained HTML curation report to ``path``; see ``vl_datasets.report``."""
         from ..report import write_report  # matplotlib is an optional extra: import it only when asked
