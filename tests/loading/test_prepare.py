@@ -201,3 +201,12 @@ def test_prepare_needs_a_dataset_opened_with_prepare(export, tmp_path):
     ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "cache")
     with pytest.raises(ConfigurationError, match="prepare=S"):
         ds.prepare()
+
+
+def test_the_report_shows_the_originals_and_prepares_nothing(export, tmp_path):
+    from tests.helpers import thumbnails
+
+    ds = open_prepared(export, tmp_path, task=None)
+    page = ds.report(tmp_path / "report.html").read_text()
+    assert thumbnails(page) == ITEMS and "unreadable image" not in page, "thumbnails must come from the originals"
+    assert not in_store(ds).any(), "writing the report prepared images"

@@ -254,6 +254,7 @@ class VisualLayerDataset(Dataset):
             image_cache=image_cache,
             cache_dir=cache_dir,
         )
+        self._originals = self._source  # where the images themselves live, prepared or not
         if prepare is not None:  # images read once, then from the prepared store (loading/prepared_source.py)
             self._source = prepared_source(
                 self._source, prepare, entry=entry, images_root=images_root, storage_options=storage_options
@@ -350,7 +351,7 @@ class VisualLayerDataset(Dataset):
         prefix = self._root + self._source.separator
         if not image_path.startswith(prefix):
             raise ImageNotFoundError(f"{image_path} is not under this dataset's images ({self._root}).")
-        return self._source.read(image_path[len(prefix) :])
+        return self._originals.read(image_path[len(prefix) :])  # the original, never a prepared copy
 
     def report(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write a self-contained HTML curation report to ``path``; see ``vl_datasets.report``."""
