@@ -246,7 +246,8 @@ class VisualLayerDataset(Dataset):
         # The rules' label_source, alone or inside curation=: targets count the labels curation counted.
         self.label_source, self.object_drop_issues = rules.label_source, dict(object_drop_issues or {})
 
-        self._images_root = None if images_root is None else os.fspath(images_root)
+        # Only whether images come from a root of their own: the root itself may carry a credential.
+        self._own_root = images_root is not None
         self._source = open_source(
             self.export_dir / "images",
             images_root=images_root,
@@ -261,7 +262,7 @@ class VisualLayerDataset(Dataset):
             )
         self._root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
-        table = _load_rows(entry, self._images_root)
+        table = _load_rows(entry, own_root=self._own_root)
         self._rules = rules
         rows, summary = curate(table, rules)
         if len(rows) < len(table):  # a take copies every column: skip it when nothing was removed
@@ -333,7 +334,7 @@ class VisualLayerDataset(Dataset):
         """Every item of the export, kept or not: the normalized metadata plus ``image_path``
         (absolute; null when the export has no image for it) and ``removed_by`` (the first rule
         that removed the item, or null when it is in the dataset). For reports and audits."""
-        table = _load_rows(self.entry, self._images_root)
+        table = _load_rows(self.entry, own_root=self._own_root)
         reasons = removal_reasons(table, self._rules)
         kept = pc.is_in(table.column("media_id"), value_set=self._table.column("media_id"))
         # What curation kept but the dataset does not hold went at a later step: no image, or
@@ -364,7 +365,7 @@ class VisualLayerDataset(Dataset):
 
     def __repr__(self) -> str:
         classes = f", classes={len(self.classes)}" if self.classes else ""
-        images = f", images_root={self._root!r}" if self._images_root is not None else ""  # shown without secrets
+        images = f", images_root={self._root!r}" if self._own_root else ""  # shown without secrets
         return (
             f"{type(self).__name__}(items={len(self)}, task={self.task!r}{classes}, "
             f"export={str(self.export_dir)!r}{images})"
@@ -426,7 +427,7 @@ class VisualLayerDataset(Dataset):
         # per-item methods: a subclass that overrides them gets them called one by one.
         cls = type(self)
         return (
-            self._images_root is not None
+            self._own_root
             and cls.__getitem__ is VisualLayerDataset.__getitem__
             and cls.load_image is VisualLayerDataset.load_image
         )
@@ -449,7 +450,7 @@ class VisualLayerDataset(Dataset):
 
     def load_image(self, index: int):
         """The decoded image of ``index``; a ``SkippedSample`` if it is unreadable and ``on_error="skip"``."""
-        ahead = self._reads.take(index) if self._images_root is not None else None
+        ahead = self._reads.take(index) if self._own_root else None
         if ahead is not None:
             return self._image(index, ahead)
         try:
@@ -626,7 +627,7 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
     )
 
 
-def _load_rows(entry: LocalExport, images_root: str | None) -> pa.Table:
+def _load_rows(entry: LocalExport, *, own_root: bool) -> pa.Table:
     """The export's index: its normalized metadata plus each row's image path (null when it has none).
 
     The cache built it when it published the entry, so this is a memory map. With an images_root
@@ -636,8 +637,8 @@ def _load_rows(entry: LocalExport, images_root: str | None) -> pa.Table:
     if entry.index_path is not None:
         table = read_index(entry.index_path)
         if table is not None:
-            return table if images_root is None else with_source_paths(table)
-    if images_root is not None:
+            return with_source_paths(table) if own_root else table
+    if own_root:
         return with_source_paths(read_metadata_file(find_metadata_file(entry.path)))
     return build_index(entry.path)
 
