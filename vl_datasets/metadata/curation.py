@@ -184,7 +184,7 @@ def _row_mask_from_parents(parents: pa.Array, n_rows: int) -> np.ndarray:
     return mask
 
 
-def _flat_issues(table: pa.Table) -> tuple[pa.StructArray, np.ndarray]:
+def flat_issues(table: pa.Table) -> tuple[pa.StructArray, np.ndarray]:
     """Every issue of every row, with the index of the row it belongs to."""
     issues = table.column("issues").combine_chunks()
     parents = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
@@ -256,7 +256,7 @@ KNOWN_ISSUE_TYPES = frozenset({"duplicates", "outliers", "blur", "dark", "bright
 
 
 def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    flat, parents = _flat_issues(table)
+    flat, parents = flat_issues(table)
     present = set(pc.unique(flat.field("issue_type")).to_pylist()) - {None}
     drop_issues = rules.drop_issues or {}
     for issue_type in drop_issues:
@@ -279,7 +279,7 @@ def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
 
 def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.ndarray:
     """Keep the most unique item of each duplicate group (ties: the first row)."""
-    flat, parents = _flat_issues(table)
+    flat, parents = flat_issues(table)
     is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
     thresholds = flat.field("duplicate_threshold").to_numpy(zero_copy_only=False)
     present = np.unique(thresholds[is_dup & ~np.isnan(thresholds)]) if is_dup.any() else np.array([])

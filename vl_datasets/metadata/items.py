@@ -168,9 +168,7 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
 
 def has_timestamp(type_: pa.DataType) -> bool:
     """Whether ``type_`` holds a timestamp or date: what Arrow's JSON reader makes of ISO-looking text."""
-    if pa.types.is_timestamp(type_) or pa.types.is_date(type_):
-        return True
-    return any(has_timestamp(type_.field(i).type) for i in range(type_.num_fields))
+    return _holds(type_, lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
 # ---- parsing the three input shapes ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
+from .curation import flat_issues
 
 
 def leakage_safe_split(
@@ -150,9 +151,7 @@ def _group_memberships(table: pa.Table):
     if "cluster_id" in table.column_names:
         yield "cluster_id", table.column("cluster_id").combine_chunks(), np.arange(len(table))
     if "issues" in table.column_names:
-        issues = table.column("issues").combine_chunks()
-        flat = pc.list_flatten(issues)
-        rows = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
+        flat, rows = flat_issues(table)
         is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
         yield (
             "duplicate_group",
