@@ -74,15 +74,12 @@ def image_filenames(items: list[dict[str, Any]], everything: list[dict[str, Any]
     return [by_id[item.get("media_id")] for item in items]
 
 
-def image_members(
-    items: list[dict[str, Any]], layout: str, export_format: str, everything: list[dict[str, Any]]
-) -> list[str]:
-    """Where each item's image goes inside the ZIP (contract §5 leaves the naming open)."""
-    if layout == "platform":
-        if export_format == "parquet":
-            return [f"images/{name}" for name in image_filenames(items, everything)]
-        layout = "file_path"
-    return [image_member(item, layout) for item in items]
+def image_members(items: list[dict[str, Any]], layout: str, flat_names: list[str | None] | None) -> list[str]:
+    """Where each item's image goes inside the ZIP (contract §5 leaves the naming open):
+    ``flat_names`` (a parquet export's ``image_filename`` column) when there are any."""
+    if flat_names is not None:
+        return [f"images/{name}" for name in flat_names]
+    return [image_member(item, "file_path" if layout == "platform" else layout) for item in items]
 
 
 def image_member(item: dict[str, Any], layout: str) -> str:
@@ -143,16 +140,17 @@ def build_export_zip(
 ) -> None:
     """Write the ZIP of ``items`` (already selected) to ``dest``."""
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        # The platform's parquet names each row's image in one flat folder, even without images.
+        flat = export_format == "parquet" and image_layout == "platform"
+        names = image_filenames(items, dataset.media_items) if flat else None
         if export_format == "json":
             payload = {"info": export_info(dataset, len(items)), "media_items": items}
             zf.writestr("metadata.json", json.dumps(payload))
         else:
-            # The column names each row's image even without images: where it goes when they are included.
-            names = image_filenames(items, dataset.media_items) if image_layout == "platform" else None
             zf.writestr("metadata.parquet", parquet_bytes(items, parquet_metadata_items, names))
         if not include_images:
             return
-        members = image_members(items, image_layout, export_format, dataset.media_items)
+        members = image_members(items, image_layout, names)
         written: set[str] = set()
         for item, member in zip(items, members):
             if member in written:
