@@ -1,6 +1,13 @@
-"""The loader tests' export: items that differ only by id, so batches are easy to check."""
+"""What the loading tests share: the loader tests' items (they differ only by id, so batches are easy
+to check), a transform that counts decodes across workers, and an export split from its images."""
 
 from __future__ import annotations
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+from vl_datasets.testing import write_dataset
 
 ITEMS = 11  # with batch 3: four batches, the last one short
 
@@ -21,3 +28,23 @@ def make_items(count):
         }
         for i in range(count)
     ]
+
+
+class CountingTransform:
+    """Counts decoded images across worker processes (shared by fork)."""
+
+    def __init__(self):
+        self.count = multiprocessing.get_context("fork").Value("i", 0)
+
+    def __call__(self, image):
+        with self.count.get_lock():
+            self.count.value += 1
+        return image
+
+
+def split_export(tmp_path: Path, n_items: int) -> tuple[Path, Path]:
+    """(an export folder holding only its metadata, the folder its images were uploaded from)."""
+    export = write_dataset(tmp_path, "x", n_items=n_items)
+    source = tmp_path / "source"
+    shutil.move(export / "images", source)
+    return export, source

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,15 +14,6 @@ from vl_datasets.config import parse_size
 from vl_datasets.errors import ConfigurationError
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.image_cache import LEDGER, ImageCache
-from vl_datasets.testing import write_dataset
-
-
-@pytest.fixture
-def split_export(tmp_path):
-    export = write_dataset(tmp_path, "x", n_items=12)
-    source = tmp_path / "source"
-    shutil.move(export / "images", source)
-    return export, source
 
 
 def cached_files(cache_dir):

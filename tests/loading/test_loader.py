@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,24 +14,12 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from tests.helpers import REPO
-from tests.loading.helpers import ITEMS
+from tests.loading.helpers import ITEMS, CountingTransform
 from vl_datasets.loading.dataset import VisualLayerDataset
 
 
 def epoch_ids(loader):
     return [row["media_id"] for _, rows in loader for row in rows]
-
-
-class CountingTransform:
-    """Counts decoded images across worker processes (shared by fork)."""
-
-    def __init__(self):
-        self.count = multiprocessing.get_context("fork").Value("i", 0)
-
-    def __call__(self, image):
-        with self.count.get_lock():
-            self.count.value += 1
-        return image
 
 
 def test_epochs_are_the_same_with_or_without_workers(folder):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 import threading
 import time
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from tests.loading.helpers import split_export as split_export_of
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
@@ -18,17 +18,13 @@ from vl_datasets.loading.loader import TaskCollate
 from vl_datasets.loading.prefetch import BatchWithNext, Lookahead
 from vl_datasets.loading.reads import Reads
 from vl_datasets.loading.retries import RetryPolicy
-from vl_datasets.testing import write_dataset
 
 LATENCY_S = 0.2
 
 
 @pytest.fixture
 def split_export(tmp_path):
-    export = write_dataset(tmp_path, "x", n_items=32)
-    source = tmp_path / "source"
-    shutil.move(export / "images", source)
-    return export, source
+    return split_export_of(tmp_path, 32)  # batches of 16 want more than the shared 12
 
 
 def open_remote(export, server, tmp_path, **options):

@@ -11,16 +11,6 @@ import torch
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.testing import write_dataset
-
-
-@pytest.fixture
-def split_export(tmp_path):
-    """(an export folder holding only its metadata, the folder its images were uploaded from)."""
-    export = write_dataset(tmp_path, "x", n_items=12)
-    source = tmp_path / "source"
-    shutil.move(export / "images", source)
-    return export, source
 
 
 def expected(export, source, size=16):

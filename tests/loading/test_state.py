@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import time
 
 import pyarrow as pa
 import pytest
 import torch
 
-from tests.loading.helpers import ITEMS
+from tests.loading.helpers import ITEMS, CountingTransform
 from vl_datasets import errors, fetch_export
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.state import KEYS, fingerprint_ids
@@ -47,18 +46,6 @@ def ds(folder, tmp_path):
 @pytest.fixture
 def uninterrupted(ds):
     return epochs_of(loader_of(ds, 0), EPOCHS)
-
-
-class CountingTransform:
-    """Counts decoded images across worker processes (shared by fork)."""
-
-    def __init__(self):
-        self.count = multiprocessing.get_context("fork").Value("i", 0)
-
-    def __call__(self, image):
-        with self.count.get_lock():
-            self.count.value += 1
-        return image
 
 
 def test_the_state_is_plain_values_that_torch_load_and_json_give_back(ds):
