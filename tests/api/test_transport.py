@@ -6,7 +6,7 @@ import pytest
 
 from tests.api.helpers import make_client
 from vl_datasets import Client, errors
-from vl_datasets.api.transport import parse_retry_after
+from vl_datasets.backoff import parse_retry_after
 
 
 def test_retry_after_forms():

@@ -43,6 +43,8 @@ def test_backoff_grows_with_jitter_up_to_the_cap_and_honours_retry_after():
     assert [policy.delay_s(n, ConnectionResetError()) for n in range(5)] == [0.05, 0.1, 0.2, 0.4, 0.5]
     assert policy.delay_s(0, http_error(503, **{"Retry-After": "0.7"})) == 0.7
     assert policy.delay_s(0, http_error(503, **{"Retry-After": "120"})) == 1.0
+    # An HTTP date is read as the API client reads it: a date long past asks for no wait at all.
+    assert policy.delay_s(0, http_error(503, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
 
 
 def test_retries_are_bounded_and_keep_the_last_error():

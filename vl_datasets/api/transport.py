@@ -8,7 +8,6 @@ connection was never made, or the answer was 408, 429 or 503. A 401 renews a sig
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import random
@@ -22,6 +21,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from .. import errors
 from .._version import __version__
+from ..backoff import RETRYABLE_STATUSES, parse_retry_after
 from ..redaction import redact_logs_of, redact_url
 from .auth import TokenProvider
 
@@ -30,7 +30,6 @@ logger = logging.getLogger("vl_datasets")
 
 redact_logs_of("urllib3.connectionpool")  # its DEBUG request lines carry presigned signatures
 
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Answers that mean "not processed": safe to resend even a request that starts work.
 NOT_PROCESSED_STATUSES = frozenset({408, 429, 503})
 USER_AGENT = f"vl_datasets/{__version__}"
@@ -51,22 +50,6 @@ class RetryPolicy:
             return min(max(retry_after_s, 0.0), self.retry_after_max_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return ceiling * random.uniform(0.5, 1.0)  # jitter spreads out ranks that failed together
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds, from either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def error_detail(response: requests.Response) -> Any:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..backoff import RETRYABLE_STATUSES, parse_retry_after
+
 T = TypeVar("T")
 
-# 408 Request Timeout, 429 Too Many Requests, and the 5xx a store answers while overloaded.
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # s3fs turns SlowDown and ServiceUnavailable into EBUSY, InternalError into EREMOTEIO.
 TRANSIENT_ERRNOS = frozenset(
     getattr(errno, name)
@@ -55,7 +55,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     status = getattr(exc, "status", None)
     if isinstance(status, int):  # aiohttp's ClientResponseError, through fsspec's HTTP filesystem
-        return status in TRANSIENT_STATUSES
+        return status in RETRYABLE_STATUSES
     if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
         return True
     aiohttp = sys.modules.get("aiohttp")
@@ -65,10 +65,7 @@ def is_transient(exc: BaseException) -> bool:
 def _retry_after_s(exc: BaseException) -> float | None:
     headers = getattr(exc, "headers", None)
     value = headers.get("Retry-After") if headers is not None and hasattr(headers, "get") else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except (TypeError, ValueError):
-        return None  # an HTTP date: rare for object storage, and the backoff covers it
+    return parse_retry_after(str(value)) if value is not None else None
 
 
 @dataclass(frozen=True)
