@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vl_datasets.errors import ConfigurationError, ImageDecodeError
-from vl_datasets.loading.images import _dct_scaled_size, decode_image, decode_pil
+from vl_datasets.loading.images import dct_scaled_size, decode_image, decode_pil
 
 
 @functools.cache
@@ -83,12 +83,12 @@ def test_jpeg_matches_pillow(source, size):
     ],
 )
 def test_dct_scale_is_a_power_of_two_that_never_undershoots(source, target, decoded):
-    assert _dct_scaled_size(*source, target) == decoded
+    assert dct_scaled_size(*source, target) == decoded
 
 
 @pytest.mark.parametrize("width,height", [(2000, 1500), (800, 600)])
 def test_simplejpeg_decodes_at_the_chosen_scale(width, height):
-    scaled = _dct_scaled_size(height, width, (224, 224))
+    scaled = dct_scaled_size(height, width, (224, 224))
     pixels = simplejpeg.decode_jpeg(jpeg(width, height), min_height=scaled[0], min_width=scaled[1])
     assert pixels.shape[:2] == scaled
 

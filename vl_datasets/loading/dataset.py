@@ -481,7 +481,7 @@ class VisualLayerDataset(Dataset):
                 return (
                     image
                     if self.image_size is None
-                    else image.resize(_pil_size(self.image_size), PIL.Image.Resampling.BILINEAR)
+                    else image.resize(images.pil_size(self.image_size), PIL.Image.Resampling.BILINEAR)
                 )
             return images.decode_image(data, size=self.image_size, media_id=media_id, path=path)
         except ImageDecodeError as exc:
@@ -614,10 +614,6 @@ def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary
     return CurationSummary(
         total=summary.total, kept=summary.kept - removed, removed_by={**summary.removed_by, rule: removed}
     )
-
-
-def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (size[1], size[0])
 
 
 def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:

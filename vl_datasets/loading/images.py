@@ -44,7 +44,7 @@ from ..errors import ConfigurationError, ImageDecodeError
 
 # Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; refuse at the same size.
 MAX_PIXELS = 2 * 89_478_485
-_JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_MAGIC = b"\xff\xd8\xff"
 # libjpeg-turbo cannot convert these to RGB itself; Pillow can (and undoes Adobe's inversion).
 _PIL_ONLY_COLORSPACES = ("CMYK", "YCCK")
 # The scaled IDCTs that beat a full decode; larger denominators first (smallest output).
@@ -83,7 +83,7 @@ def _check_pixels(height: int, width: int, max_pixels: int, media_id, path) -> N
         )
 
 
-def _dct_scaled_size(height: int, width: int, target: tuple[int, int] | None) -> tuple[int, int] | None:
+def dct_scaled_size(height: int, width: int, target: tuple[int, int] | None) -> tuple[int, int] | None:
     """The (height, width) to decode a ``height`` x ``width`` JPEG at for ``target``, or None for full size.
 
     The smallest 1/8, 1/4 or 1/2 scale that keeps both sides at or above the target, so the
@@ -108,7 +108,7 @@ def _decode_jpeg(data: bytes, target, max_pixels: int, media_id, path) -> np.nda
     if colorspace in _PIL_ONLY_COLORSPACES:
         return None
     # simplejpeg picks the smallest scale meeting both minimums: exactly the one chosen here.
-    min_height, min_width = _dct_scaled_size(height, width, target) or (0, 0)
+    min_height, min_width = dct_scaled_size(height, width, target) or (0, 0)
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_height, min_width=min_width, strict=True)
     except ValueError:
@@ -149,7 +149,12 @@ def _open_pil(data: bytes, max_pixels: int, media_id, path) -> PIL.Image.Image:
         raise _fail(exc, media_id, path) from None
 
 
-def _to_chw(hwc: np.ndarray, target: tuple[int, int] | None) -> torch.Tensor:
+def pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``image_size`` as Pillow's (width, height)."""
+    return (size, size) if isinstance(size, int) else (size[1], size[0])
+
+
+def to_chw(hwc: np.ndarray, target: tuple[int, int] | None) -> torch.Tensor:
     """View HWC pixels as CHW, resized to ``target`` when given."""
     nchw = torch.from_numpy(hwc)[None].permute(0, 3, 1, 2)  # canonical channels-last: the fast kernel's layout
     if target is not None and tuple(nchw.shape[2:]) != target:
@@ -175,11 +180,11 @@ def decode_image(
     """
     target = _target(size)
     pixels = None
-    if data[:3] == _JPEG_MAGIC:
+    if data[:3] == JPEG_MAGIC:
         pixels = _decode_jpeg(data, target, max_pixels, media_id, path)
     if pixels is None:
         pixels = np.array(_open_pil(data, max_pixels, media_id, path))  # a writable copy torch can own
-    return _to_chw(pixels, target)
+    return to_chw(pixels, target)
 
 
 def decode_pil(

@@ -37,14 +37,11 @@ import torch.nn.functional as F
 
 from ..cache.store import LocalExport
 from ..errors import ConfigurationError, ImageDecodeError
-from .images import decode_image
+from .images import JPEG_MAGIC, dct_scaled_size, decode_image, pil_size, to_chw
 from .prepared import PreparedStore, StoreSettings, open_store
 from .sources import ImageSource
 
 logger = logging.getLogger("vl_datasets")
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_DCT_DENOMINATORS = (8, 4, 2)  # the scales decode_image decodes JPEGs at; larger first
 
 
 class PreparedImage(bytes):
@@ -67,12 +64,8 @@ class PreparedImage(bytes):
         ``"pil"`` a Pillow image resized by Pillow's bilinear filter, as the dataset does."""
         if decode == "pil":
             image = PIL.Image.fromarray(self.pixels)
-            return image if size is None else image.resize(_pil_size(size), PIL.Image.Resampling.BILINEAR)
-        nchw = torch.from_numpy(self.pixels)[None].permute(0, 3, 1, 2)
-        target = _hw(size) if size is not None else None
-        if target is not None and tuple(nchw.shape[2:]) != target:
-            nchw = F.interpolate(nchw, size=target, mode="bilinear", antialias=True, align_corners=False)
-        return nchw[0]
+            return image if size is None else image.resize(pil_size(size), PIL.Image.Resampling.BILINEAR)
+        return to_chw(self.pixels, _hw(size) if size is not None else None)
 
 
 class PreparedSource:
@@ -172,7 +165,7 @@ def shorter_side(native: tuple[int, int], size: int) -> tuple[int, int]:
 def _native_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from the header, or None when it cannot be read."""
     try:
-        if data[:3] == _JPEG_MAGIC:
+        if data[:3] == JPEG_MAGIC:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
             return height, width
         with PIL.Image.open(io.BytesIO(data)) as image:  # reads the header only
@@ -184,14 +177,9 @@ def _native_size(data: bytes) -> tuple[int, int] | None:
 def _decode_size(data: bytes, native: tuple[int, int], size: int) -> tuple[int, int] | None:
     """What to ask ``decode_image`` for: a JPEG's smallest DCT-scaled size still at least the
     prepared one (decoded as such, with no resize), else None for the native size."""
-    if data[:3] != _JPEG_MAGIC:
+    if data[:3] != JPEG_MAGIC:
         return None
-    target = shorter_side(native, size)
-    for denominator in _DCT_DENOMINATORS:
-        scaled = (-(-native[0] // denominator), -(-native[1] // denominator))  # libjpeg rounds up
-        if scaled[0] >= target[0] and scaled[1] >= target[1]:
-            return scaled
-    return None
+    return dct_scaled_size(*native, shorter_side(native, size))
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -199,8 +187,3 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
         return size, size
     height, width = size
     return operator.index(height), operator.index(width)
-
-
-def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    height, width = _hw(size)
-    return width, height
