@@ -120,6 +120,11 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[s
     return str(Path(chosen).expanduser().resolve())
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells), at least one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def is_remote(location: str | os.PathLike) -> bool:
     """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``) rather than a local path.
 

@@ -29,7 +29,6 @@ import itertools
 import logging
 import math
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -38,6 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from ..config import usable_cores
 from ..errors import ConfigurationError
 from .batch_slots import BatchSlots, SlotBatch
 from .prefetch import Lookahead
@@ -388,7 +388,7 @@ def make_dataloader(
 ) -> VLDataLoader:
     """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults."""
     if num_workers is None:
-        num_workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        num_workers = min(usable_cores(), 8)
     base_seed = seed if seed is not None else torch.initial_seed() % 2**63
     # The epochs' order comes from the seed and the epoch alone (see EpochSampler), never from
     # ``generator``: DataLoader draws its workers' base seed from that each time it starts an

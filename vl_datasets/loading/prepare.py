@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from ..config import progress_enabled
+from ..config import progress_enabled, usable_cores
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, PrepareTimeoutError
 from .loader import SkippedSample
 from .prepared import keys_of
@@ -139,7 +139,7 @@ def _distinct_images(paths: list[str], media_ids: list[str]) -> tuple[list[str],
 
 def _worker_count(num_workers: int | None, ranks: int) -> int:
     if num_workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
         return max(1, cores // ranks)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigurationError(f"num_workers must be an int >= 0, got {num_workers!r}.")
