@@ -19,23 +19,12 @@ from vl_datasets.cli import main
 from vl_datasets.locks import hold_lock
 
 
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
-@pytest.fixture
-def client(quick_client):
-    return quick_client
-
-
 def downloads(service) -> int:
     return sum(1 for r in service.requests if r.origin == "storage" and r.status in (200, 206))
 
 
-def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_cold_fetch_publishes_a_complete_entry(quick_vl, quick_client, tmp_path):
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     assert entry.metadata_path == entry.path / "metadata.parquet"
     assert entry.metadata_path.is_file()
     assert len(list(entry.images_dir.rglob("*.jpg"))) == 8
@@ -47,50 +36,52 @@ def test_cold_fetch_publishes_a_complete_entry(local_vl, client, tmp_path):
     manifest = json.loads((entry.entry_dir / f"{entry.version}.manifest.json").read_text())
     assert manifest["key"]["dataset_id"] == "ds-ready"
     assert "download_uri" not in manifest["task"]
-    assert local_vl.count("export") == 1
-    assert downloads(local_vl) == 1
+    assert quick_vl.count("export") == 1
+    assert downloads(quick_vl) == 1
     leftovers = [p.name for p in entry.entry_dir.iterdir() if p.name.startswith((".staging", ".download"))]
     assert leftovers == [], "the build left work files behind"
     assert entry.index_path is not None and entry.index_path.is_file(), "the entry was published without its index"
     assert (tmp_path / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
 
 
-def test_warm_hit_makes_no_request(local_vl, client, tmp_path):
-    first = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    local_vl.clear_requests()
-    again = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_warm_hit_makes_no_request(quick_vl, quick_client, tmp_path):
+    first = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.clear_requests()
+    again = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     assert again == first
-    assert local_vl.requests == []
+    assert quick_vl.requests == []
 
 
-def test_key_covers_format_images_and_selection(local_vl, client, tmp_path, dataset_root):
+def test_key_covers_format_images_and_selection(quick_vl, quick_client, tmp_path, dataset_root):
     items = json.loads((dataset_root / "ds-ready" / "metadata.json").read_text())["media_items"]
     ids = [items[1]["media_id"], items[2]["media_id"]]
-    full = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    as_json = fetch_export("ds-ready", client=client, cache_dir=tmp_path, export_format="json", include_images=False)
-    picked = fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids)
+    full = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    as_json = fetch_export(
+        "ds-ready", client=quick_client, cache_dir=tmp_path, export_format="json", include_images=False
+    )
+    picked = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, media_ids=ids)
     assert len({full.path, as_json.path, picked.path}) == 3
     assert as_json.metadata_path.name == "metadata.json"
     assert as_json.images_dir is None
     assert picked.row_count == 2
-    local_vl.clear_requests()
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path, media_ids=ids[::-1] + ids) == picked
-    assert local_vl.requests == []
+    quick_vl.clear_requests()
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, media_ids=ids[::-1] + ids) == picked
+    assert quick_vl.requests == []
 
 
-def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_path):
-    old = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    local_vl.faults.fail_exports(result_message="export service down")
+def test_refresh_replaces_the_entry_only_when_complete(quick_vl, quick_client, tmp_path):
+    old = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.faults.fail_exports(result_message="export service down")
     with pytest.raises(errors.ExportFailedError):
-        fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == old  # untouched
-    local_vl.faults.reset()
-    new = fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path) == old  # untouched
+    quick_vl.faults.reset()
+    new = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
     assert new.task.id != old.task.id
     assert new.path != old.path
-    assert local_vl.count("export") == 3
+    assert quick_vl.count("export") == 3
     # The refresh published a new version; a job reading the old one keeps its files until a prune.
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == new
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path) == new
     assert old.metadata_path.is_file() and len(list(old.images_dir.rglob("*.jpg"))) == 8, (
         "refresh deleted the old version"
     )
@@ -99,48 +90,48 @@ def test_refresh_replaces_the_entry_only_when_complete(local_vl, client, tmp_pat
     assert not old.path.exists() and new.metadata_path.is_file(), "prune must drop only the superseded version"
 
 
-def test_offline_hit_and_miss(local_vl, client, tmp_path, monkeypatch):
+def test_offline_hit_and_miss(quick_vl, quick_client, tmp_path, monkeypatch):
     with pytest.raises(errors.CacheMissError) as caught:
-        fetch_export("ds-ready", client=client, cache_dir=tmp_path, offline=True)
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, offline=True)
     assert isinstance(caught.value, FileNotFoundError)
     assert caught.value.key in str(caught.value)
     assert "ds-ready" in str(caught.value)
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    local_vl.clear_requests()
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.clear_requests()
     monkeypatch.setenv("VL_DATASETS_OFFLINE", "1")
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path) == entry
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path) == entry
     with pytest.raises(errors.CacheMissError):
-        fetch_export("ds-ready", client=client, cache_dir=tmp_path, export_format="json")
-    assert local_vl.requests == []
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, export_format="json")
+    assert quick_vl.requests == []
 
 
-def test_refresh_with_the_api_down_keeps_the_entry(local_vl, client, tmp_path):
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    local_vl.faults.fail_next("export", 503, times=50)
+def test_refresh_with_the_api_down_keeps_the_entry(quick_vl, quick_client, tmp_path):
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.faults.fail_next("export", 503, times=50)
     with pytest.raises(errors.ServerError):
-        fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
     assert CacheStore(tmp_path).lookup(entry.key) == entry
 
 
-def test_broken_download_resumes_and_ignored_range_restarts(local_vl, client, tmp_path):
-    local_vl.faults.break_download_after(3000, times=2)
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_broken_download_resumes_and_ignored_range_restarts(quick_vl, quick_client, tmp_path):
+    quick_vl.faults.break_download_after(3000, times=2)
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     assert entry.row_count == 8
-    ranges = [r.header("range") for r in local_vl.requests if r.origin == "storage"]
+    ranges = [r.header("range") for r in quick_vl.requests if r.origin == "storage"]
     assert ranges == [None, "bytes=3000-", "bytes=6000-"]
-    local_vl.faults.break_download_after(3000)
-    local_vl.faults.ignore_range()
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True).row_count == 8
+    quick_vl.faults.break_download_after(3000)
+    quick_vl.faults.ignore_range()
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True).row_count == 8
 
 
-def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
-    key = ExportKey.build(client.base_url, "ds-ready", "parquet", True)
+def test_lock_wait_times_out_with_a_clear_error(quick_vl, quick_client, tmp_path):
+    key = ExportKey.build(quick_client.base_url, "ds-ready", "parquet", True)
     store = CacheStore(tmp_path)
     store.entry_dir(key).mkdir(parents=True)
     with hold_lock(store.lock_path(store.entry_dir(key)), timeout_s=1, what="test"):
         code = (
             "import sys; from vl_datasets import Client, fetch_export\n"
-            f"fetch_export('ds-ready', client=Client({local_vl.url!r}, progress=False), "
+            f"fetch_export('ds-ready', client=Client({quick_vl.url!r}, progress=False), "
             f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)"
         )
         result = subprocess.run(
@@ -149,18 +140,20 @@ def test_lock_wait_times_out_with_a_clear_error(local_vl, client, tmp_path):
     assert result.returncode != 0, "the fetch did not give up waiting for the held lock"
     assert "LockTimeoutError" in result.stderr
     assert ".lock" in result.stderr
-    assert local_vl.count("export") == 0
+    assert quick_vl.count("export") == 0
 
 
-def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, client, tmp_path, monkeypatch, caplog):
+def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(
+    quick_vl, quick_client, tmp_path, monkeypatch, caplog
+):
     monkeypatch.delenv("VL_API_URL", raising=False)
-    filled = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
-    local_vl.clear_requests()
+    filled = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.clear_requests()
     assert fetch_export("ds-ready", cache_dir=tmp_path, offline=True) == filled, (
         "an offline lookup with no host asked for must find the entry cached from 127.0.0.1"
     )
     # Asked for another host explicitly: a miss that names the host that has it, and VL_API_URL.
-    monkeypatch.setenv("VL_API_URL", local_vl.url.replace("127.0.0.1", "localhost"))
+    monkeypatch.setenv("VL_API_URL", quick_vl.url.replace("127.0.0.1", "localhost"))
     with pytest.raises(errors.CacheMissError) as caught:
         fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
     assert "VL_API_URL" in str(caught.value)
@@ -173,7 +166,7 @@ def test_offline_finds_an_entry_from_any_host_when_none_is_asked_for(local_vl, c
     assert newest.key.api_host.startswith("localhost")
     assert "127.0.0.1" in caplog.text
     assert "localhost" in caplog.text
-    assert local_vl.count("export") == 1, "offline lookups must not call the API"
+    assert quick_vl.count("export") == 1, "offline lookups must not call the API"
 
 
 # -- many processes ---------------------------------------------------------------------------
@@ -187,11 +180,11 @@ def _fetch_code(url: str, cache_dir: Path) -> str:
     )
 
 
-def test_concurrent_processes_share_one_export(local_vl, tmp_path):
-    local_vl.faults.hold_exports(seconds=1.0)  # keep the export running while the others arrive
+def test_concurrent_processes_share_one_export(quick_vl, tmp_path):
+    quick_vl.faults.hold_exports(seconds=1.0)  # keep the export running while the others arrive
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)],
+            [sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -204,14 +197,14 @@ def test_concurrent_processes_share_one_export(local_vl, tmp_path):
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
     assert Path(paths.pop()).is_dir()
-    assert local_vl.count("export") == 1
-    assert downloads(local_vl) == 1
+    assert quick_vl.count("export") == 1
+    assert downloads(quick_vl) == 1
 
 
-def test_killed_fetch_resumes_its_export_and_download(local_vl, tmp_path):
-    local_vl.faults.stall_download_after(2000, seconds=30)
+def test_killed_fetch_resumes_its_export_and_download(quick_vl, tmp_path):
+    quick_vl.faults.stall_download_after(2000, seconds=30)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _fetch_code(local_vl.url, tmp_path)],
+        [sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env(),
@@ -227,10 +220,10 @@ def test_killed_fetch_resumes_its_export_and_download(local_vl, tmp_path):
         pytest.fail(f"the fetch never got 2000 bytes in: {proc.communicate()}")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    local_vl.faults.reset()
-    client = Client(local_vl.url, progress=False, env={})
+    quick_vl.faults.reset()
+    client = Client(quick_vl.url, progress=False, env={})
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
     assert entry.row_count == 8
-    assert local_vl.count("export") == 1  # the killed run's export was resumed, not restarted
-    ranges = [r.header("range") for r in local_vl.requests if r.origin == "storage"]
+    assert quick_vl.count("export") == 1  # the killed run's export was resumed, not restarted
+    ranges = [r.header("range") for r in quick_vl.requests if r.origin == "storage"]
     assert ranges == [None, "bytes=2000-"]

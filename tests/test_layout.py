@@ -8,22 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import vl_datasets.server
 from tests.helpers import REPO, child_env
 from vl_datasets import fetch_export
-
-
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
-@pytest.fixture
-def client(quick_client):
-    return quick_client
 
 
 def test_side_imports_run_one_way(tmp_path):
@@ -49,8 +36,8 @@ def test_side_imports_run_one_way(tmp_path):
     assert after_open == "[]", f"opening a local export loaded {after_open}"
 
 
-def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path):
-    fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_a_cached_dataset_opens_without_the_api_side(quick_vl, quick_client, tmp_path):
+    fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     code = (
         "import sys\n"
         "from vl_datasets import VisualLayerDataset\n"
@@ -58,11 +45,11 @@ def test_a_cached_dataset_opens_without_the_api_side(local_vl, client, tmp_path)
         "assert len(ds) == 8\n"
         "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n"
     )
-    env = {**child_env(), "VL_API_URL": local_vl.url}
+    env = {**child_env(), "VL_API_URL": quick_vl.url}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"a cache hit loaded the API side: {result.stdout}"
-    assert local_vl.count("export") == 1
+    assert quick_vl.count("export") == 1
 
 
 def test_metadata_and_loading_never_import_the_api_side():
@@ -116,7 +103,7 @@ def test_the_package_root_exports_every_error():
 
 
 def test_the_server_shares_no_code_with_the_client():
-    # Only the contract is shared: a client bug must not be able to hide behind the same code here.
+    # Only the contract is shared: a quick_client bug must not be able to hide behind the same code here.
     for module in Path(vl_datasets.server.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.ImportFrom):

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-
 from vl_datasets import Client, fetch_export
 
 
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
-def test_shared_object_storage_root_serves_a_second_machine(local_vl, s3_root, tmp_path, monkeypatch):
-    client = Client(local_vl.url, progress=False, env={})
+def test_shared_object_storage_root_serves_a_second_machine(quick_vl, s3_root, tmp_path, monkeypatch):
+    client = Client(quick_vl.url, progress=False, env={})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
     first = fetch_export("ds-ready", client=client, cache_dir=s3_root)
     assert str(first.path).startswith(str(tmp_path / "machine-a"))
-    local_vl.clear_requests()
+    quick_vl.clear_requests()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
     second = fetch_export("ds-ready", client=client, cache_dir=s3_root)
-    assert local_vl.requests == []  # no export, no download: it came from object storage
+    assert quick_vl.requests == []  # no export, no download: it came from object storage
     assert str(second.path).startswith(str(tmp_path / "machine-b"))
     assert second.task.id == first.task.id
     assert second.row_count == 8
@@ -29,12 +21,12 @@ def test_shared_object_storage_root_serves_a_second_machine(local_vl, s3_root, t
     assert second.metadata_path.read_bytes() == first.metadata_path.read_bytes()
 
 
-def test_memory_filesystem_root_works_too(local_vl, tmp_path, monkeypatch):
-    client = Client(local_vl.url, progress=False, env={})
+def test_memory_filesystem_root_works_too(quick_vl, tmp_path, monkeypatch):
+    client = Client(quick_vl.url, progress=False, env={})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
     fetch_export("ds-ready", client=client, cache_dir="memory://vl-test-cache", include_images=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
-    local_vl.clear_requests()
+    quick_vl.clear_requests()
     entry = fetch_export("ds-ready", client=client, cache_dir="memory://vl-test-cache", include_images=False)
     assert entry.row_count == 8
-    assert local_vl.requests == []
+    assert quick_vl.requests == []

@@ -9,32 +9,21 @@ from vl_datasets.cache.store import CacheStore
 from vl_datasets.cli import main
 
 
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
-@pytest.fixture
-def client(quick_client):
-    return quick_client
-
-
-def test_damaged_manifest_is_not_an_entry(local_vl, client, tmp_path):
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_damaged_manifest_is_not_an_entry(quick_vl, quick_client, tmp_path):
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     manifest = entry.entry_dir / f"{entry.version}.manifest.json"
     manifest.write_text(manifest.read_text()[:40])
     assert CacheStore(tmp_path).lookup(entry.key) is None
-    assert fetch_export("ds-ready", client=client, cache_dir=tmp_path).row_count == 8
-    assert local_vl.count("export") == 2
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path).row_count == 8
+    assert quick_vl.count("export") == 2
 
 
-def test_row_count_must_match_the_task(local_vl, client, tmp_path):
+def test_row_count_must_match_the_task(quick_vl, quick_client, tmp_path):
     import shutil
 
     from vl_datasets.records import ExportTask
 
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     store = CacheStore(tmp_path)
     task = ExportTask(id="t", dataset_id="ds-ready", status="COMPLETED", entities_count=9)
     with store.staging(entry.entry_dir) as staging:
@@ -44,19 +33,19 @@ def test_row_count_must_match_the_task(local_vl, client, tmp_path):
     assert store.versions(entry.entry_dir) == [entry], "a refused version must not be published"
 
 
-def test_dataset_ids_cannot_take_reserved_names(local_vl, client, tmp_path, dataset_root):
+def test_dataset_ids_cannot_take_reserved_names(quick_vl, quick_client, tmp_path, dataset_root):
     from vl_datasets.testing import write_dataset
 
     for name in ("opened", "mirrors", "exports", "CACHEDIR.TAG"):
         write_dataset(dataset_root, name, n_items=2)
-        entry = fetch_export(name, client=client, cache_dir=tmp_path, include_images=False)
+        entry = fetch_export(name, client=quick_client, cache_dir=tmp_path, include_images=False)
         assert entry.path.is_relative_to(tmp_path / "exports"), f"dataset {name!r} landed outside exports/"
     assert (tmp_path / "CACHEDIR.TAG").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CACHEDIR.TAG", "exports"]
 
 
-def test_killed_build_leftovers_are_listed_and_collected(local_vl, client, tmp_path, capsys):
-    entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)
+def test_killed_build_leftovers_are_listed_and_collected(quick_vl, quick_client, tmp_path, capsys):
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     orphan = entry.entry_dir / "v20990101T000000-deadbeef"  # moved into place, manifest never written
     orphan.mkdir()
     (orphan / "metadata.parquet").write_bytes(b"x")
@@ -67,7 +56,7 @@ def test_killed_build_leftovers_are_listed_and_collected(local_vl, client, tmp_p
     listing = capsys.readouterr().out
     assert str(orphan) in listing
     assert str(staging) in listing
-    fetch_export("ds-ready", client=client, cache_dir=tmp_path, refresh=True)
+    fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
     assert not orphan.exists() and not staging.exists(), "the next build of the key must collect leftovers"
     staging.mkdir()
     assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0

@@ -11,14 +11,8 @@ from vl_datasets.cache.store import ExportKey
 from vl_datasets.cli import main
 
 
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
-def test_cli_export_list_rm_prune(local_vl, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VL_API_URL", local_vl.url)
+def test_cli_export_list_rm_prune(quick_vl, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VL_API_URL", quick_vl.url)
     monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
     cache = str(tmp_path / "cache")
     assert main(["export", "ds-ready", "--cache-dir", cache]) == 0
@@ -31,7 +25,7 @@ def test_cli_export_list_rm_prune(local_vl, tmp_path, monkeypatch, capsys):
     assert listing.count("ds-ready") == 2
     assert "parquet" in listing
     assert "json" in listing
-    key = ExportKey.build(local_vl.url, "ds-ready", "json", False).digest
+    key = ExportKey.build(quick_vl.url, "ds-ready", "json", False).digest
     assert main(["cache", "rm", key[:8], "--cache-dir", cache]) == 0
     assert main(["cache", "rm", "--dataset", "ds-ready", "--cache-dir", cache]) == 0
     assert main(["export", "ds-ready", "--cache-dir", cache]) == 0
@@ -40,15 +34,15 @@ def test_cli_export_list_rm_prune(local_vl, tmp_path, monkeypatch, capsys):
     assert main(["cache", "prune", "--older-than", "1", "--cache-dir", cache]) == 0
 
 
-def test_cache_list_shows_hosts_and_mirrored_entries(local_vl, s3_root, tmp_path, monkeypatch, capsys):
+def test_cache_list_shows_hosts_and_mirrored_entries(quick_vl, s3_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine"))
     monkeypatch.delenv("VL_DATASETS_CACHE", raising=False)
-    client = Client(local_vl.url, progress=False, env={})
+    client = Client(quick_vl.url, progress=False, env={})
     fetch_export("ds-ready", client=client, cache_dir=s3_root, include_images=False)
     fetch_export("ds-ready", client=client, cache_dir=tmp_path / "machine" / "vl_datasets")
     assert main(["cache", "list"]) == 0
     listing = capsys.readouterr().out
-    host = ExportKey.build(local_vl.url, "ds-ready", "parquet", True).api_host
+    host = ExportKey.build(quick_vl.url, "ds-ready", "parquet", True).api_host
     assert listing.count(host) == 2, f"the local and the mirrored entry should both be listed:\n{listing}"
     assert main(["cache", "prune", "--max-size", "0"]) == 0
     assert "pruned 2 of 2" in capsys.readouterr().out

@@ -7,12 +7,6 @@ import pytest
 from vl_datasets.cli import main
 
 
-@pytest.fixture
-def local_vl(quick_vl):
-    """Subprocesses and the CLI wait with real sleeps: use the service whose exports finish at once."""
-    return quick_vl
-
-
 @pytest.mark.parametrize(
     "args,setup,code",
     [
@@ -23,11 +17,11 @@ def local_vl(quick_vl):
         (["cache", "rm", "nokey"], None, 2),
     ],
 )
-def test_cli_exit_codes_and_hints(local_vl, tmp_path, monkeypatch, capsys, args, setup, code):
-    monkeypatch.setenv("VL_API_URL", local_vl.url)
+def test_cli_exit_codes_and_hints(quick_vl, tmp_path, monkeypatch, capsys, args, setup, code):
+    monkeypatch.setenv("VL_API_URL", quick_vl.url)
     monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
     if setup == "fail":
-        local_vl.faults.fail_exports(result_message="too many entities")
+        quick_vl.faults.fail_exports(result_message="too many entities")
     assert main([*args, "--cache-dir", str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert err.startswith("error: ")

@@ -37,18 +37,8 @@ def item(i, labels=("cat",), score=0.5, issues=(), objects=(), path=None):
     }
 
 
-@pytest.fixture
-def service(quick_vl):
-    return quick_vl
-
-
-@pytest.fixture
-def client(quick_client):
-    return quick_client
-
-
-def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=32)
+def test_fetches_curates_and_yields_tensors(quick_vl, quick_client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=32)
     assert len(ds) == 8
     assert ds.classes == ["bird", "cat", "dog"]
     assert ds.class_to_idx == {"bird": 0, "cat": 1, "dog": 2}
@@ -60,18 +50,18 @@ def test_fetches_curates_and_yields_tensors(service, client, tmp_path):
     assert len(ds.media_ids) == 8
     assert "VisualLayerDataset(items=8" in repr(ds)
     again = VisualLayerDataset(
-        "ds-ready", client=client, cache_dir=tmp_path, min_uniqueness=0.5, keep_unscored=False, dedupe=True
+        "ds-ready", client=quick_client, cache_dir=tmp_path, min_uniqueness=0.5, keep_unscored=False, dedupe=True
     )
     summary = again.curation_summary()
     assert summary.total == 8
     assert summary.kept == len(again) < 8
     assert set(summary.removed_by) == {"min_uniqueness=0.5", "dedupe"}
-    assert service.count("export") == 1  # the second dataset reused the cached export
+    assert quick_vl.count("export") == 1  # the second dataset reused the cached export
 
 
-def test_from_export_opens_a_zip_or_folder_without_network(client, tmp_path):
-    task = client.wait_for_export("ds-ready", client.start_export("ds-ready", export_format="json").id)
-    archive = client.download_export(task, tmp_path / "export.zip")
+def test_from_export_opens_a_zip_or_folder_without_network(quick_client, tmp_path):
+    task = quick_client.wait_for_export("ds-ready", quick_client.start_export("ds-ready", export_format="json").id)
+    archive = quick_client.download_export(task, tmp_path / "export.zip")
     from_zip = VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache", image_size=16)
     assert len(from_zip) == 8
     assert from_zip[3][0].shape == (3, 16, 16)
@@ -214,8 +204,8 @@ def test_missing_and_corrupt_images(tmp_path):
     assert [s.media_id for s in loader.skipped] == ["m002"]
 
 
-def test_dataset_pickles_without_live_resources(service, client, tmp_path):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
+def test_dataset_pickles_without_live_resources(quick_vl, quick_client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=8)
     copy = pickle.loads(pickle.dumps(ds))
     assert copy.media_ids == ds.media_ids
     assert torch.equal(copy[0][0], ds[0][0]), "the unpickled dataset decodes a different first image"
@@ -318,21 +308,21 @@ def test_curation_rules_as_one_object_also_choose_the_targets_labels(tmp_path):
     assert alone.media_ids == ds.media_ids
 
 
-def test_curation_given_twice_is_refused_before_any_export(service, client, tmp_path):
+def test_curation_given_twice_is_refused_before_any_export(quick_vl, quick_client, tmp_path):
     with pytest.raises(errors.ConfigurationError, match="min_uniqueness, label_source"):
         VisualLayerDataset(
             "ds-ready",
-            client=client,
+            client=quick_client,
             cache_dir=tmp_path,
             curation=CurationRules(dedupe=True),
             min_uniqueness=0.5,
             label_source="User",
         )
     with pytest.raises(errors.ConfigurationError, match="dedupe"):
-        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, curation=CurationRules(), dedupe=0.9)
+        VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, curation=CurationRules(), dedupe=0.9)
     with pytest.raises(errors.ConfigurationError, match="decode"):
-        VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, decode="numpy")
-    assert service.count("export") == 0
+        VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, decode="numpy")
+    assert quick_vl.count("export") == 0
 
 
 # -- the subset rule, applying a split --------------------------------------------------------

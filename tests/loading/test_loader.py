@@ -67,22 +67,12 @@ def test_a_distributed_shard_is_reshuffled_each_epoch_with_workers(folder):
     assert epochs[0] != epochs[1]
 
 
-# -- datasets fetched from the local service --------------------------------------------------
-
-
-@pytest.fixture
-def service(quick_vl):
-    return quick_vl
-
-
-@pytest.fixture
-def client(quick_client):
-    return quick_client
+# -- datasets fetched from the local quick_vl --------------------------------------------------
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_dataloader_batches(service, client, tmp_path, num_workers):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=24)
+def test_dataloader_batches(quick_vl, quick_client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=24)
     loader = ds.dataloader(3, num_workers=num_workers, seed=1)
     assert loader.persistent_workers == (num_workers > 0)
     first = [labels.tolist() for _, labels in loader]
@@ -95,8 +85,8 @@ def test_dataloader_batches(service, client, tmp_path, num_workers):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, client, tmp_path, num_workers):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=(20, 28))
+def test_batches_hold_exactly_the_samples_in_channels_last_memory(quick_vl, quick_client, tmp_path, num_workers):
+    ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=(20, 28))
     images, labels = next(iter(ds.dataloader(4, shuffle=False, num_workers=num_workers)))
     expected = torch.stack([ds[i][0] for i in range(4)])
     assert images.shape == (4, 3, 20, 28)
@@ -105,13 +95,13 @@ def test_batches_hold_exactly_the_samples_in_channels_last_memory(service, clien
     assert labels.tolist() == [ds[i][1] for i in range(4)]
 
 
-def test_dataloader_accepts_the_callers_collate(service, client, tmp_path):
-    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8)
+def test_dataloader_accepts_the_callers_collate(quick_vl, quick_client, tmp_path):
+    ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=8)
     loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
     assert next(iter(loader)) == [ds[i][1] for i in range(3)]
 
 
-def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
+def test_torchrun_two_ranks_get_equal_disjoint_shards(quick_vl, tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(
         "import json, os, sys\n"
@@ -134,7 +124,7 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
     )
     env = dict(
         os.environ,
-        VL_TEST_URL=service.url,
+        VL_TEST_URL=quick_vl.url,
         VL_TEST_CACHE=str(tmp_path / "cache"),
         VL_TEST_OUT=str(tmp_path),
         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -153,4 +143,4 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(service, tmp_path):
         assert not set(rank0[epoch]) & set(rank1[epoch]), f"epoch {epoch}: both ranks got the same items"
         assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8, f"epoch {epoch}: the ranks together missed items"
     assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
-    assert service.count("export") == 1
+    assert quick_vl.count("export") == 1
