@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -179,9 +180,7 @@ class _Fetch:
         return (self.client.get_dataset(key.dataset_id).n_images or 0) > limit
 
     def _build_chunked(self, key: ExportKey, images_per_export: int) -> LocalExport:
-        metadata = self.entry(
-            ExportKey(key.api_host, key.dataset_id, key.export_format, False, key.media_ids, key.cluster_ids)
-        )
+        metadata = self.entry(replace(key, include_images=False))
         return build_chunked(
             self.client,
             self.store,

@@ -18,7 +18,7 @@ from ..errors import ExportNotFoundError
 from ..locks import hold_lock
 from ..metadata.index import read_index
 from .archive import extract_archive
-from .store import CacheStore, LocalExport
+from .store import CacheStore, LocalExport, mirror_root
 
 logger = logging.getLogger("vl_datasets")
 
@@ -53,11 +53,7 @@ def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[st
 def local_store(cache_dir: str | os.PathLike[str] | None) -> CacheStore:
     """The local cache: the root itself, or this machine's mirror of a shared (fsspec) root."""
     root = resolve_cache_dir(cache_dir)
-    if is_remote(root):
-        from .remote import RemoteCache  # fsspec is only imported for a shared root
-
-        return CacheStore(RemoteCache(root).local_root)
-    return CacheStore(root)
+    return CacheStore(mirror_root(root) if is_remote(root) else root)
 
 
 def _current(store: CacheStore, entry_dir: Path, source: Path) -> LocalExport | None:

@@ -7,7 +7,6 @@ a reader that finds a manifest finds every file it names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,9 +15,8 @@ from typing import Any
 
 import fsspec
 
-from ..config import resolve_cache_dir
 from ..records import ExportTask
-from .store import EXPORTS, MANIFEST_SUFFIX, MIRRORS, CacheStore, ExportKey, LocalExport, safe_name
+from .store import EXPORTS, MANIFEST_SUFFIX, CacheStore, ExportKey, LocalExport, mirror_root, safe_name
 
 logger = logging.getLogger("vl_datasets")
 
@@ -30,11 +28,7 @@ class RemoteCache:
         self.url = url
         self.fs, prefix = fsspec.core.url_to_fs(url)
         self.prefix = prefix.rstrip("/")
-        # The mirror lives in the user's local cache folder, whatever VL_DATASETS_CACHE points to,
-        # so `vl-datasets cache list` there shows it.
-        mirror_id = hashlib.sha256(url.encode()).hexdigest()[:16]
-        local_cache = resolve_cache_dir(None, env={k: v for k, v in os.environ.items() if k != "VL_DATASETS_CACHE"})
-        self.local_root = Path(local_root) if local_root is not None else Path(local_cache) / MIRRORS / mirror_id
+        self.local_root = Path(local_root) if local_root is not None else mirror_root(url)
 
     def _entry_dir(self, key: ExportKey) -> str:
         return f"{self.prefix}/{EXPORTS}/{safe_name(key.dataset_id)}/{key.digest}"

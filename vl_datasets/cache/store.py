@@ -31,7 +31,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,10 @@ from urllib.parse import urlsplit
 
 from .._version import __version__
 from ..atomic import replacing
-from ..errors import CorruptArchiveError, ImageNotFoundError
+from ..config import resolve_cache_dir
+from ..errors import CorruptArchiveError, ImageNotFoundError, SchemaError
 from ..metadata.index import INDEX_FILE, build_index, write_index
-from ..metadata.read import METADATA_FILE_NAMES
+from ..metadata.read import find_metadata_file, read_metadata_file
 from ..records import ExportTask
 
 logger = logging.getLogger("vl_datasets")
@@ -99,9 +100,7 @@ class ExportKey:
 
     def on_host(self, api_host: str) -> ExportKey:
         """The same export asked of another API host."""
-        return ExportKey(
-            api_host, self.dataset_id, self.export_format, self.include_images, self.media_ids, self.cluster_ids
-        )
+        return replace(self, api_host=api_host)
 
     def as_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -148,6 +147,14 @@ class LocalExport:
 def safe_name(text: str) -> str:
     """A folder name made of ``text``: other characters become ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
+
+
+def mirror_root(url: str) -> Path:
+    """This machine's mirror of the shared root ``url``: in the user's local cache folder, whatever
+    VL_DATASETS_CACHE points to, so `vl-datasets cache list` there shows it. Needs no fsspec, so a
+    cache hit on a shared root loads no filesystem."""
+    local_cache = resolve_cache_dir(None, env={k: v for k, v in os.environ.items() if k != "VL_DATASETS_CACHE"})
+    return Path(local_cache) / MIRRORS / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def _utcnow() -> datetime:
@@ -252,13 +259,6 @@ class CacheStore:
         yield from sorted((self.root / EXPORTS).glob("*/*"))
         yield from sorted((self.root / OPENED).glob("*"))
 
-    def entries(self) -> Iterator[LocalExport]:
-        """The current version of every complete entry under the root."""
-        for entry_dir in self.entry_dirs():
-            versions = self.versions(entry_dir)
-            if versions:
-                yield versions[-1]
-
     def leftovers(self, entry_dir: Path) -> list[Path]:
         """What a killed build left in ``entry_dir``: staging folders, downloads, and version folders
         that never got their manifest. Only safe to remove while holding the entry's lock."""
@@ -298,12 +298,13 @@ class CacheStore:
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
-        metadata_file = next((n for n in METADATA_FILE_NAMES if (export_dir / n).is_file()), None)
-        if metadata_file is None:
+        try:
+            metadata_file = find_metadata_file(export_dir).name
+        except SchemaError:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
                 f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
-            )
-        index_name, rows = _write_index(export_dir, staging)
+            ) from None
+        index_name, rows = _write_index(export_dir, metadata_file, staging)
         if expected_rows is not None and rows != expected_rows:
             raise CorruptArchiveError(
                 f"{metadata_file} of {_describe_source(key, task, export_dir)} has {rows} rows but the export "
@@ -404,18 +405,14 @@ def _task_record(task: ExportTask | None) -> dict[str, Any] | None:
     return record
 
 
-def _write_index(export_dir: Path, staging: Path) -> tuple[str | None, int]:
+def _write_index(export_dir: Path, metadata_file: str, staging: Path) -> tuple[str | None, int]:
     """Index the export into ``staging``; return the index's file name (None when an ambiguous image
     name keeps it from being built) and the number of rows, which verifies the metadata too."""
     try:
         index = build_index(export_dir)
     except ImageNotFoundError as exc:
         logger.warning("Publishing %s without an index: %s", export_dir, exc)
-        from ..metadata.read import read_metadata_file  # the rows still have to be counted and checked
-
-        return None, read_metadata_file(
-            export_dir / next(n for n in METADATA_FILE_NAMES if (export_dir / n).is_file())
-        ).num_rows
+        return None, read_metadata_file(export_dir / metadata_file).num_rows  # still counted and checked
     write_index(index, staging / INDEX_FILE)
     return INDEX_FILE, index.num_rows
 
