@@ -227,7 +227,7 @@ def _start_or_resume(client: Client, key: ExportKey, task_file: Path, ids: Seque
     if task_id is not None:
         try:
             task = client.get_export_status(key.dataset_id, task_id)
-            if task.status not in ("FAILED", "REJECTED", "CANCELED"):
+            if not task.failed:
                 return task
         except errors.ExportTaskNotFoundError:
             pass  # forgotten by the server: start this chunk again

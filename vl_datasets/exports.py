@@ -29,7 +29,7 @@ from .chunks import (
 )
 from .config import env_flag, is_remote, resolve_cache_dir, resolve_client_settings
 from .locks import hold_lock
-from .records import EXPORT_FORMATS, ExportTask
+from .records import ExportTask, check_export_format
 
 if TYPE_CHECKING:
     from .api.client import Client
@@ -73,8 +73,7 @@ def fetch_export(
     asking, the metadata is exported alone and the images by selective exports of at most that
     many media ids, ``chunks_in_flight`` at a time, into one entry.
     """
-    if export_format not in EXPORT_FORMATS:
-        raise errors.ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
+    check_export_format(export_format)
     if media_ids is not None and cluster_ids is not None:
         raise errors.ConfigurationError("Give at most one of media_ids or cluster_ids.")
     if max_images_per_export is not None and max_images_per_export < 1:
@@ -287,7 +286,7 @@ def _start_or_resume(client: Client, store: CacheStore, key: ExportKey) -> Expor
     if task_id is not None:
         try:
             task = client.get_export_status(key.dataset_id, task_id)
-            if task.status not in ("FAILED", "REJECTED", "CANCELED"):
+            if not task.failed:
                 logger.info("Resuming export %s of dataset %r", task_id, key.dataset_id)
                 return task
         except errors.ExportTaskNotFoundError:

@@ -11,10 +11,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import ResponseValidationError
+from .errors import ConfigurationError, ResponseValidationError
 from .redaction import redact_url
 
 EXPORT_FORMATS = ("parquet", "json")
+
+
+def check_export_format(export_format: str) -> None:
+    """ConfigurationError unless ``export_format`` is one the API exports."""
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
+
+
 TERMINAL_EXPORT_STATUSES = frozenset({"COMPLETED", "FAILED", "REJECTED", "CANCELED"})
 KNOWN_EXPORT_STATUSES = TERMINAL_EXPORT_STATUSES | {"INIT", "IN_PROGRESS"}
 
@@ -124,6 +132,11 @@ class ExportTask:
     @property
     def succeeded(self) -> bool:
         return self.status == "COMPLETED"
+
+    @property
+    def failed(self) -> bool:
+        """Ended without an archive (FAILED, REJECTED, CANCELED): nothing to resume."""
+        return self.is_terminal and not self.succeeded
 
     @classmethod
     def from_json(cls, payload: Any, *, dataset_id: str, url: str | None = None) -> ExportTask:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import errors
 from ..config import env_number, progress_enabled, resolve_client_settings
-from ..records import EXPORT_FORMATS, KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask
+from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
 from .auth import TokenProvider
 from .transport import RetryPolicy, Transport
@@ -254,8 +254,7 @@ def _shown(progress: bool | None, default: bool) -> bool:
 
 
 def _export_params(export_format: str, include_images: bool) -> dict[str, str]:
-    if export_format not in EXPORT_FORMATS:
-        raise errors.ConfigurationError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}.")
+    check_export_format(export_format)
     return {"export_format": export_format, "include_images": "true" if include_images else "false"}
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..records import EXPORT_FORMATS
+
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     export = commands.add_parser(
         "export", parents=parents, help="export a dataset into the cache (or reuse the cached copy)"
     )
     export.add_argument("dataset_id")
-    export.add_argument("--format", dest="export_format", choices=("parquet", "json"), default="parquet")
+    export.add_argument("--format", dest="export_format", choices=EXPORT_FORMATS, default="parquet")
     export.add_argument("--no-images", dest="include_images", action="store_false")
     selection = export.add_mutually_exclusive_group()
     selection.add_argument("--media-ids", nargs="+", metavar="ID")
