@@ -202,7 +202,7 @@ def _fetch_chunk(
     zip_path = folder / f"{i}.zip"
     client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s, progress=False)
     size = zip_path.stat().st_size
-    staging = folder / f".{i}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = folder / f".{i}.unpacking-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         extract_archive(zip_path, staging)
         _check_chunk(staging, ids, i, task)

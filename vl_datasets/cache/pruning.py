@@ -23,7 +23,7 @@ def plan(info: CacheInfo, policy: PrunePolicy) -> PruneStrategy:
     for entry in info.entries:
         removals += [Removal("version", v.path, v.size_on_disk, entry, v) for v in entry.versions[:-1]]
         superseded = [d for d in entry.derived if d.version != entry.current.version]
-        removals += [Removal("derived", d.path, d.size_on_disk, entry) for d in superseded]
+        removals += [Removal("derived store", d.path, d.size_on_disk, entry) for d in superseded]
     removals += [Removal("leftover", x.path, x.size_on_disk, leftover=x) for x in info.leftovers]
     removals += _by_policy(info, policy, datetime.now(timezone.utc))
     return PruneStrategy(tuple(removals), len(info.entries))
@@ -86,7 +86,7 @@ def remove(removal: Removal) -> bool:
     what, path = removal.what, removal.path
     if what == "version" and removal.entry is not None and removal.version is not None:
         CacheStore(removal.entry.store_root).remove_version(removal.version.export)
-    elif what == "derived":
+    elif what == "derived store":
         (path / DERIVED_MANIFEST).unlink(missing_ok=True)  # first: a half-removed store is never complete
         remove_tree(path)
     elif what == "leftover" and removal.leftover is not None:

@@ -169,7 +169,7 @@ class PrunePolicy:
 
 @dataclass(frozen=True)
 class Removal:
-    """One thing a prune removes: ``what`` is "version", "derived", "leftover", "entry",
+    """One thing a prune removes: ``what`` is "version", "derived store", "leftover", "entry",
     "image cache" (a whole area) or "image files" (the oldest ``files`` of an area)."""
 
     what: str

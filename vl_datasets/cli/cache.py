@@ -156,7 +156,7 @@ def _describe(removal: Removal) -> str:
     of = f"of {entry.key} ({entry.dataset})" if entry is not None else ""
     if removal.what == "version" and removal.version is not None:
         return f"removed superseded version {removal.version.version} {of}"
-    if removal.what == "derived":
+    if removal.what == "derived store":
         kind = "prepared images" if removal.path.parent.name == "prepared" else removal.path.parent.name
         return f"removed {kind} {removal.path.name} {of}"
     if removal.what == "entry" and entry is not None:
