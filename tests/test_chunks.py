@@ -130,3 +130,22 @@ def test_the_cli_exports_in_chunks_from_the_start(capped, tmp_path, monkeypatch,
     assert len(list((tmp_path / "exports").rglob("*.jpg"))) == N_ITEMS, f"images missing under {folder}"
     full = [r for r in _starts(capped, images=True) if "export_context_async" in r.path]
     assert full == [], "--max-images-per-export should skip the full export with images"
+
+
+@pytest.mark.parametrize("status", [404, 410, 422])
+def test_a_chunk_whose_recorded_task_is_forgotten_is_started_again(capped, tmp_path, status):
+    """Whole and chunked exports resume through one path: a task the server no longer has (404, 410
+    or 422 on its status) is started again, not reported as an error."""
+    client = _client(capped)
+    fetch_export("big", client=client, cache_dir=tmp_path, include_images=False)  # the metadata, cached
+    capped.faults.fail_next("export_status", 503, times=50)  # chunk 0 starts, then its polls fail
+    with pytest.raises(errors.ServerError):
+        fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
+    # Chunk 0 started (and chunk 1 too, when the pool took it before the failure was seen).
+    assert len(_starts(capped, images=True)) >= 1, "chunk 0 should have started before the failure"
+    capped.faults.reset()
+    capped.faults.fail_next("export_status", status)  # the recorded task of chunk 0 is gone
+    entry = fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+    # Every chunk started once, but chunk 0 twice: the others recorded were resumed.
+    assert len(_starts(capped, images=True)) == 1 + 4, "chunk 0 should start again, and no other chunk twice"

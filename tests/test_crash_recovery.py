@@ -46,13 +46,13 @@ POINTS = {
     "download": None,
     "unpack": ("vl_datasets.cache.archive", "_copy_member", 8),  # once per member: 9 in all
     "before the version moves": ("vl_datasets.cache.store.os", "rename", 1),
-    "before the index": ("vl_datasets.cache.store", "write_index", 1),
+    "before the index": ("vl_datasets.metadata.index", "write_index", 1),
     "before the manifest": ("vl_datasets.cache.store", "write_json_atomic", 1),
 }
 
 
 def _child_code(url: str, cache_dir: Path, point: str, k: int) -> str:
-    code = [_DIE_AT, "import vl_datasets.cache.archive, vl_datasets.cache.store"]
+    code = [_DIE_AT, "import vl_datasets.cache.archive, vl_datasets.cache.store, vl_datasets.metadata.index"]
     if (target := POINTS[point]) is not None:
         holder, name, _ = target
         code.append(f"die_at({holder}, {name!r}, {k})")

@@ -113,6 +113,27 @@ def test_refresh_with_the_api_down_keeps_the_entry(quick_vl, quick_client, tmp_p
     assert CacheStore(tmp_path).lookup(entry.key) == entry
 
 
+@pytest.mark.parametrize("status", [404, 410, 422])
+def test_a_recorded_task_the_server_forgot_is_started_again(quick_vl, quick_client, tmp_path, status):
+    quick_vl.faults.fail_next("export_status", 503, times=50)  # the task starts, then its polls fail
+    with pytest.raises(errors.ServerError):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    assert quick_vl.count("export") == 1
+    quick_vl.faults.reset()
+    quick_vl.faults.fail_next("export_status", status)  # the recorded task is gone
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path).row_count == 8
+    assert quick_vl.count("export") == 2, "the forgotten task should be started again, once"
+
+
+def test_a_recorded_task_is_resumed_while_the_server_has_it(quick_vl, quick_client, tmp_path):
+    quick_vl.faults.fail_next("export_status", 503, times=50)
+    with pytest.raises(errors.ServerError):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.faults.reset()
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path).row_count == 8
+    assert quick_vl.count("export") == 1, "the recorded task should be resumed, not started again"
+
+
 def test_broken_download_resumes_and_ignored_range_restarts(quick_vl, quick_client, tmp_path):
     quick_vl.faults.break_download_after(3000, times=2)
     entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)

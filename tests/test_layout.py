@@ -111,3 +111,143 @@ def test_the_server_shares_no_code_with_the_client():
                 assert node.level == 1 or not (node.module or "").startswith("vl_datasets"), module.name
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("vl_datasets") for alias in node.names), module.name
+
+
+# -- the documented direction, checked on every module's imports ------------------------------------
+
+BASE = {"errors", "config", "records", "redaction", "atomic", "locks", "backoff", "_version"}
+# For each side: the first-level names of the package it may import (the base always).
+ALLOWED = {
+    "base": BASE,
+    "api": BASE | {"api"},
+    "cache": BASE | {"cache"},
+    "metadata": BASE | {"metadata"},
+    "loading": BASE | {"cache", "metadata", "loading"},
+    "exports": BASE | {"api", "cache", "metadata", "exports", "chunks", "tasks"},
+    "report": BASE | {"metadata", "loading"},
+}
+SIDES = {**dict.fromkeys(BASE, "base"), "chunks": "exports", "tasks": "exports"}
+# Crossings the README names: the cache publishes through the metadata's one indexing function;
+# a dataset opened by id fetches it, and writes its report, through imports made only when called.
+MAY_CALL = {
+    "cache": {("metadata.index", "index_export")},
+    "loading": {("exports", "fetch_export"), ("report", "write_report")},
+}
+PACKAGE = REPO / "vl_datasets"
+
+
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The nodes under ``if TYPE_CHECKING``: their imports never run."""
+    return {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for n in ast.walk(block)
+    }
+
+
+def _runtime_imports(module: Path, package_dir: Path = PACKAGE) -> list[tuple[str, str | None]]:
+    """(package module, imported name or None) for every import of ``vl_datasets`` that runs,
+    in functions too, e.g. ``("cache.store", "CacheStore")`` or ``("errors", None)``."""
+    tree = ast.parse(module.read_text())
+    skip = _typing_only(tree)
+    package = module.relative_to(package_dir).parent.parts
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+            for alias in node.names:
+                as_module = ".".join(p for p in (target, alias.name) if p)
+                is_module = (package_dir / (as_module.replace(".", "/") + ".py")).exists() or not target
+                found.append((as_module, None) if is_module else (target, alias.name))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vl_datasets."):
+            found += [(node.module.removeprefix("vl_datasets."), alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("vl_datasets.")]
+            found += [(name.removeprefix("vl_datasets."), None) for name in names]
+    return found
+
+
+def _side(module: Path, package_dir: Path) -> str | None:
+    top = module.relative_to(package_dir).parts[0].removesuffix(".py")
+    return SIDES.get(top, top if top in ALLOWED else None)
+
+
+def _direction_offenders(package_dir: Path = PACKAGE) -> list[str]:
+    offenders = []
+    for module in sorted(package_dir.rglob("*.py")):
+        side = _side(module, package_dir)
+        if side is None:  # the facade, cli/, server/ (checked above), testing.py, sample/
+            continue
+        for target, name in _runtime_imports(module, package_dir):
+            if target.split(".")[0] in ALLOWED[side] or (target, name) in MAY_CALL.get(side, set()):
+                continue
+            offenders.append(
+                f"{module.relative_to(package_dir.parent)} ({side}) imports {target}{'.' + name if name else ''}"
+            )
+    return offenders
+
+
+def test_every_side_imports_only_in_the_documented_direction():
+    """errors/config/records <- api <- exports/chunks; the cache imports nothing of the api,
+    metadata (but its one indexing function) or loading; metadata nothing of loading or api;
+    loading nothing of the api; report.py above loading; nothing below imports the cli."""
+    offenders = _direction_offenders()
+    assert offenders == [], "imports against the documented direction:\n" + "\n".join(offenders)
+
+
+# The layout's names: only cache/ may spell them, so only cache/ builds a path inside the root.
+LAYOUT_NAMES = (".chunks", ".prepared", "CACHEDIR.TAG", "exports/", "opened/", "mirrors/", ".task.json", ".staging-")
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """Every string constant but docstrings (which may describe the layout)."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    constants = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return [n.value for n in constants if id(n) not in docstrings]
+
+
+def _layout_offenders(package_dir: Path = PACKAGE) -> list[str]:
+    offenders = []
+    for module in sorted(package_dir.rglob("*.py")):
+        rel = module.relative_to(package_dir)
+        if rel.parts[0] in ("cache", "server"):  # the server keeps its files in no cache root
+            continue
+        for text in _strings(ast.parse(module.read_text())):
+            if any(name in text for name in LAYOUT_NAMES) or text == "derived" or text.startswith("derived/"):
+                offenders.append(f"{rel} spells {text!r}")
+        for target, name in _runtime_imports(module, package_dir):
+            if target == "cache.layout" or (target.startswith("cache.") and name is not None and name.isupper()):
+                offenders.append(f"{rel} imports the layout's {target}{'.' + name if name else ''}")
+    return offenders
+
+
+def test_no_module_outside_the_cache_builds_a_path_inside_its_root():
+    offenders = _layout_offenders()
+    assert offenders == [], "only the cache store lays out its root:\n" + "\n".join(offenders)
+
+
+def test_the_layout_checks_catch_an_offender(tmp_path):
+    """A module that imports the API from loading/ and spells a layout name is caught by both."""
+    package = tmp_path / "vl_datasets"
+    for name in ("api/client.py", "cache/store.py"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).touch()
+    probe = package / "loading" / "probe.py"
+    probe.parent.mkdir()
+    probe.write_text('from ..api.client import Client\nfrom ..cache.store import EXPORTS\nFOLDER = ".chunks"\n')
+    assert _direction_offenders(package) == ["vl_datasets/loading/probe.py (loading) imports api.client.Client"]
+    assert _layout_offenders(package) == [
+        "loading/probe.py spells '.chunks'",
+        "loading/probe.py imports the layout's cache.store.EXPORTS",
+    ]

@@ -3,7 +3,8 @@
 The package has four sides, and imports run one way, from the network edge to the tensors::
 
     api/       auth, transport, client, download               a request becomes a task and a ZIP
-    cache/     store, archive, remote, opened                   a ZIP becomes a published cache entry
+    cache/     layout, store, archive, remote, opened, scan    a ZIP becomes a published cache entry;
+               pruning                                          what is on disk, counted and pruned
     metadata/  read, normalize, index, curation, ...            an entry becomes a curated Arrow table
     loading/   dataset, sources, reads, loader, sampler, ...    a table becomes tensors
     exports.py, chunks.py   fetch_export: the modules that join the API side to the cache
@@ -60,6 +61,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api.client import Client
+    from .cache.scan import CacheInfo, PrunePolicy, PruneResult, PruneStrategy, prune, scan
     from .cache.store import ExportKey, LocalExport
     from .exports import fetch_export
     from .loading.dataset import VisualLayerDataset
@@ -74,6 +76,12 @@ _LAZY = {
     "ExportTask": ".records",
     "ExportKey": ".cache.store",
     "LocalExport": ".cache.store",
+    "scan": ".cache.scan",
+    "prune": ".cache.scan",
+    "CacheInfo": ".cache.scan",
+    "PrunePolicy": ".cache.scan",
+    "PruneResult": ".cache.scan",
+    "PruneStrategy": ".cache.scan",
     "fetch_export": ".exports",
     "VisualLayerDataset": ".loading.dataset",
     "CurationRules": ".metadata.curation",
@@ -103,6 +111,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CacheError",
+    "CacheInfo",
     "CacheMissError",
     "Client",
     "ConfigurationError",
@@ -131,6 +140,9 @@ __all__ = [
     "PermissionDeniedError",
     "PrepareTimeoutError",
     "PreparedStoreError",
+    "PrunePolicy",
+    "PruneResult",
+    "PruneStrategy",
     "RateLimitError",
     "ResponseValidationError",
     "SchemaError",
@@ -143,4 +155,6 @@ __all__ = [
     "errors",
     "fetch_export",
     "leakage_safe_split",
+    "prune",
+    "scan",
 ]

@@ -8,12 +8,12 @@ recorded when it starts and kept once it is unpacked and checked, so a run kille
 chunks finishes only the other 13. When every media id has arrived exactly once, the chunks are
 linked into one staging folder and published as one entry, manifest last.
 
-Under the entry's folder, until then::
+In the entry's work area (``CacheStore.work_area``), until then::
 
-    .chunks/plan.json          what the chunks were cut from: the metadata version, the chunk size
-    .chunks/<i>.task           chunk i's export task while it runs
-    .chunks/<i>.zip            its download (resumable)
-    .chunks/<i>/               chunk i, unpacked and checked
+    plan.json          what the chunks were cut from: the metadata version, the chunk size
+    <i>.task           chunk i's export task while it runs (``CacheStore.task_record``)
+    <i>.zip            its download (resumable)
+    <i>/               chunk i, unpacked and checked
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 
 from . import errors
 from .cache.archive import extract_archive
-from .cache.store import CHUNKS, CacheStore, ExportKey, LocalExport, write_json_atomic
+from .cache.store import CacheStore, ExportKey, LocalExport, read_json, write_json_atomic
 from .metadata.index import read_index
 from .metadata.read import find_metadata_file, read_metadata_file
 from .records import ExportTask
+from .tasks import start_or_resume
 
 if TYPE_CHECKING:
     from .api.client import Client
@@ -86,13 +87,13 @@ def build_chunked(
     ``metadata`` and selective exports of at most ``images_per_export`` images each. The caller
     holds the entry's lock."""
     ids = _media_ids(metadata)
-    folder = store.entry_dir(key) / CHUNKS
+    folder = store.work_area(key)
     size = images_per_export
     while True:
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
         _plan(folder, metadata, size)
         try:
-            _fetch_all(client, key, folder, chunks, in_flight, export_timeout_s, lock_timeout_s)
+            _fetch_all(client, store, key, chunks, in_flight, export_timeout_s, lock_timeout_s)
             break
         except _ChunkTooLarge as exc:
             smaller = exc.limit if exc.limit is not None and exc.limit < size else size // 2
@@ -120,13 +121,10 @@ def _media_ids(metadata: LocalExport) -> list[str]:
     return sorted(table.column("media_id").to_pylist())
 
 
-def planned_chunk_size(entry_dir: Path) -> int | None:
-    """The chunk size of a chunked export an earlier run left under ``entry_dir``, if any: a
-    resumed run cuts the same chunks, so those already in are kept."""
-    try:
-        size = json.loads((entry_dir / CHUNKS / "plan.json").read_text(encoding="utf-8"))["chunk_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def planned_chunk_size(store: CacheStore, key: ExportKey) -> int | None:
+    """The chunk size of a chunked export of ``key`` an earlier run left, if any: a resumed run
+    cuts the same chunks, so those already in are kept."""
+    size = (read_json(store.work_area(key) / "plan.json") or {}).get("chunk_size")
     return size if isinstance(size, int) and size > 0 else None
 
 
@@ -145,13 +143,14 @@ def _plan(folder: Path, metadata: LocalExport, size: int) -> None:
 
 def _fetch_all(
     client: Client,
+    store: CacheStore,
     key: ExportKey,
-    folder: Path,
     chunks: list[list[str]],
     in_flight: int,
     export_timeout_s: float | None,
     lock_timeout_s: float | None,
 ) -> None:
+    folder = store.work_area(key)
     pending = [i for i in range(len(chunks)) if not (folder / str(i)).is_dir()]
     if len(pending) < len(chunks):
         logger.info("Resuming a chunked export: %d of %d chunks are in", len(chunks) - len(pending), len(chunks))
@@ -164,7 +163,7 @@ def _fetch_all(
     ):
         received = 0
         futures = [
-            pool.submit(_fetch_chunk, client, key, folder, i, chunks[i], export_timeout_s, lock_timeout_s)
+            pool.submit(_fetch_chunk, client, store, key, i, chunks[i], export_timeout_s, lock_timeout_s)
             for i in pending
         ]
         remaining = set(futures)
@@ -183,59 +182,40 @@ def _fetch_all(
 
 def _fetch_chunk(
     client: Client,
+    store: CacheStore,
     key: ExportKey,
-    folder: Path,
     i: int,
     ids: Sequence[str],
     export_timeout_s: float | None,
     lock_timeout_s: float | None,
 ) -> int:
     """Export, download, unpack and check chunk ``i``; return its size in bytes."""
-    task_file = folder / f"{i}.task"
-    task = _start_or_resume(client, key, task_file, ids)
+    folder, record = store.work_area(key), store.task_record(key, chunk=i)
+    task = start_or_resume(client, record, key, media_ids=ids)
     try:
         task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s, progress=False)
     except errors.ExportFailedError as exc:
-        task_file.unlink(missing_ok=True)
+        record.clear()
         if is_too_large(exc):
             raise _ChunkTooLarge(limit_named_in(exc)) from None
         raise
     zip_path = folder / f"{i}.zip"
     client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s, progress=False)
     size = zip_path.stat().st_size
-    staging = folder / f".{i}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = folder / f".{i}.unpacking-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         extract_archive(zip_path, staging)
         _check_chunk(staging, ids, i, task)
         os.rename(staging, folder / str(i))
     except (errors.CorruptArchiveError, errors.UnsafeArchiveError):
         zip_path.unlink(missing_ok=True)  # a bad download is not resumed
-        task_file.unlink(missing_ok=True)
+        record.clear()
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     zip_path.unlink(missing_ok=True)
-    task_file.unlink(missing_ok=True)
+    record.clear()
     return size
-
-
-def _start_or_resume(client: Client, key: ExportKey, task_file: Path, ids: Sequence[str]) -> ExportTask:
-    try:
-        task_id = json.loads(task_file.read_text(encoding="utf-8"))["task_id"]
-    except (OSError, ValueError, KeyError):
-        task_id = None
-    if task_id is not None:
-        try:
-            task = client.get_export_status(key.dataset_id, task_id)
-            if not task.failed:
-                return task
-        except errors.ExportTaskNotFoundError:
-            pass  # forgotten by the server: start this chunk again
-    task = client.start_selective_export(
-        key.dataset_id, media_ids=ids, export_format=key.export_format, include_images=True
-    )
-    write_json_atomic(task_file, {"task_id": task.id})
-    return task
 
 
 def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask) -> None:

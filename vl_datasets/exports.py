@@ -29,7 +29,8 @@ from .chunks import (
 )
 from .config import env_flag, is_remote, resolve_cache_dir, resolve_client_settings
 from .locks import hold_lock
-from .records import ExportTask, check_export_format
+from .records import check_export_format
+from .tasks import start_or_resume
 
 if TYPE_CHECKING:
     from .api.client import Client
@@ -151,7 +152,7 @@ class _Fetch:
 
     def _build(self, key: ExportKey) -> LocalExport:
         limit = self.max_images_per_export
-        if key.include_images and (planned := planned_chunk_size(self.store.entry_dir(key))) is not None:
+        if key.include_images and (planned := planned_chunk_size(self.store, key)) is not None:
             return self._build_chunked(key, planned)  # a killed run's chunks: finish them
         if key.include_images and self._over(key, limit):
             return self._build_chunked(key, limit or DEFAULT_IMAGES_PER_EXPORT)
@@ -160,7 +161,7 @@ class _Fetch:
         except errors.ExportFailedError as exc:
             if not (key.include_images and is_too_large(exc)):
                 raise
-            self.store.remember_task(key, None)
+            self.store.task_record(key).clear()
             learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
             logger.info(
                 "Export of %s rejected as too large (%s); exporting its images in chunks of %d",
@@ -260,7 +261,8 @@ def _build_entry(
     export_timeout_s: float | None,
     lock_timeout_s: float | None,
 ) -> LocalExport:
-    task = _start_or_resume(client, store, key)
+    record = store.task_record(key)
+    task = start_or_resume(client, record, key)
     task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s)
     entry_dir = store.entry_dir(key)
     zip_path = store.download_path(entry_dir)
@@ -272,37 +274,9 @@ def _build_entry(
     except (errors.CorruptArchiveError, errors.UnsafeArchiveError):
         # Neither the bad download nor its task may be resumed: the next run starts afresh.
         zip_path.unlink(missing_ok=True)
-        store.remember_task(key, None)
+        record.clear()
         raise
-    store.remember_task(key, None)
+    record.clear()
     store.remove_leftovers(entry_dir)  # the download, now unpacked
     logger.info("Cached export %s of dataset %r at %s", task.id, key.dataset_id, entry.path)
     return entry
-
-
-def _start_or_resume(client: Client, store: CacheStore, key: ExportKey) -> ExportTask:
-    """Reuse the export a killed run started, if the server still has it; else start one."""
-    task_id = store.pending_task(key)
-    if task_id is not None:
-        try:
-            task = client.get_export_status(key.dataset_id, task_id)
-            if not task.failed:
-                logger.info("Resuming export %s of dataset %r", task_id, key.dataset_id)
-                return task
-        except errors.ExportTaskNotFoundError:
-            pass  # the server forgot the task: start another
-        except errors.APIStatusError as exc:
-            if exc.status_code not in (410, 422):
-                raise
-    if key.media_ids is not None or key.cluster_ids is not None:
-        task = client.start_selective_export(
-            key.dataset_id,
-            media_ids=key.media_ids,
-            cluster_ids=key.cluster_ids,
-            export_format=key.export_format,
-            include_images=key.include_images,
-        )
-    else:
-        task = client.start_export(key.dataset_id, export_format=key.export_format, include_images=key.include_images)
-    store.remember_task(key, task.id)
-    return task

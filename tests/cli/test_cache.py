@@ -52,3 +52,21 @@ def test_a_bad_cache_size_on_the_command_line_says_what_a_size_looks_like(tmp_pa
     with pytest.raises(SystemExit):
         main(["cache", "prune", "--max-size", "5Q", "--cache-dir", str(tmp_path)])
     assert "is not a size such as 500M or 20G" in capsys.readouterr().err
+
+
+def test_cache_list_and_prune_cover_the_image_cache(tmp_path, capsys):
+    from vl_datasets.cache.opened import local_store
+    from vl_datasets.loading.image_cache import ImageCache
+
+    cache = tmp_path / "cache"
+    images = ImageCache(local_store(cache).node_area("images", "0123456789abcdef0123"), 10**9)
+    for i in range(3):
+        images.put(f"photo_{i}.jpg", b"x" * 2000)
+    assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert "image cache" in listing and str(images.folder) in listing, listing
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert images.folder.is_dir(), "without a limit the image cache stays"
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(cache)]) == 0
+    assert "removed image cache" in capsys.readouterr().out
+    assert not images.folder.exists()

@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 
 from vl_datasets import PreparedStoreError
-from vl_datasets.cache.store import LocalExport
+from vl_datasets.cache.store import LocalExport, derived_dir
 from vl_datasets.loading import prepared
 from vl_datasets.loading.images import decode_image
 from vl_datasets.loading.prepared import StoreSettings, keys_of, list_stores, open_store, remove_store
@@ -74,7 +74,8 @@ def test_a_store_is_keyed_by_version_and_settings(tmp_path):
     again = open_store(entry(tmp_path), StoreSettings(32)).get("a.jpg")
     assert again is not None
     assert np.array_equal(again, pixels_for(1))
-    assert first.path.parent == tmp_path / ".prepared", "the store lives beside its cache entry"
+    assert first.path == derived_dir(entry(tmp_path), "prepared", StoreSettings(32).digest), "the cache places it"
+    assert first.path.is_relative_to(tmp_path), "the store lives beside its cache entry"
 
 
 def writer_killed_mid_stream(store_path: Path) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 from ..config import is_remote, resolve_cache_dir
 from ..errors import ExportNotFoundError
 from ..locks import hold_lock
-from ..metadata.index import read_index
 from .archive import extract_archive
-from .store import CacheStore, LocalExport, mirror_root
+from .store import CacheStore, LocalExport
 
 logger = logging.getLogger("vl_datasets")
 
@@ -53,20 +52,14 @@ def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[st
 def local_store(cache_dir: str | os.PathLike[str] | None) -> CacheStore:
     """The local cache: the root itself, or this machine's mirror of a shared (fsspec) root."""
     root = resolve_cache_dir(cache_dir)
-    return CacheStore(mirror_root(root) if is_remote(root) else root)
+    return CacheStore.mirror_of(root) if is_remote(root) else CacheStore(root)
 
 
 def _current(store: CacheStore, entry_dir: Path, source: Path) -> LocalExport | None:
-    """The newest version, unless ``source`` is a folder whose metadata file changed since its index
-    was built (a ZIP that changed has another entry folder altogether)."""
+    """The newest version, unless ``source`` is a folder whose metadata file changed since it was
+    published (a ZIP that changed has another entry folder altogether)."""
     versions = store.versions(entry_dir)
     if not versions:
         return None
     entry = versions[-1]
-    if (
-        source.is_dir()
-        and entry.index_path is not None
-        and read_index(entry.index_path, source=entry.metadata_path) is None
-    ):
-        return None
-    return entry
+    return None if source.is_dir() and store.source_changed(entry) else entry

@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 
 from ..records import ExportTask
-from .store import EXPORTS, MANIFEST_SUFFIX, CacheStore, ExportKey, LocalExport, mirror_root, safe_name
+from .store import CacheStore, ExportKey, LocalExport
 
 logger = logging.getLogger("vl_datasets")
 
@@ -28,15 +28,15 @@ class RemoteCache:
         self.url = url
         self.fs, prefix = fsspec.core.url_to_fs(url)
         self.prefix = prefix.rstrip("/")
-        self.local_root = Path(local_root) if local_root is not None else mirror_root(url)
+        self.local_root = Path(local_root) if local_root is not None else CacheStore.mirror_of(url).root
 
     def _entry_dir(self, key: ExportKey) -> str:
-        return f"{self.prefix}/{EXPORTS}/{safe_name(key.dataset_id)}/{key.digest}"
+        return f"{self.prefix}/{CacheStore.entry_name(key)}"
 
     def read_manifest(self, key: ExportKey) -> dict[str, Any] | None:
         """The manifest of the shared entry's newest complete version for ``key``, or None."""
         newest: dict[str, Any] | None = None
-        for path in self.fs.glob(f"{self._entry_dir(key)}/*{MANIFEST_SUFFIX}"):
+        for path in self.fs.glob(f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
             try:
                 manifest = json.loads(self.fs.cat_file(path))
             except (FileNotFoundError, ValueError):
@@ -72,9 +72,9 @@ class RemoteCache:
 
     def upload(self, key: ExportKey, entry: LocalExport) -> None:
         """Publish a local version to the shared root: every file first, the manifest last."""
-        assert entry.entry_dir is not None and entry.version is not None
-        manifest_name = f"{entry.version}{MANIFEST_SUFFIX}"
-        manifest = (entry.entry_dir / manifest_name).read_bytes()
+        assert entry.version is not None
+        manifest_name = CacheStore.manifest_name(entry.version)
+        manifest = CacheStore.manifest_of(entry).read_bytes()
         remote_version = f"{self._entry_dir(key)}/{entry.version}"
         local_files = [p for p in entry.path.rglob("*") if p.is_file()]
         remote_files = [f"{remote_version}/{p.relative_to(entry.path).as_posix()}" for p in local_files]

@@ -1,23 +1,13 @@
 """The export cache on disk, and the one owner of its protocol: stage, verify, publish, clean up.
 
-Layout under the cache root::
-
-    CACHEDIR.TAG                         tells backup tools the folder can be rebuilt
-    exports/<dataset>/<digest>/          one entry per ExportKey (API host, dataset, format, ...)
-        <version>/                       an unpacked export (metadata file, images/) and its index
-        <version>.manifest.json          the version's commit marker, written last
-        .lock  .task.json  .download/  .staging-*/     a build in progress (see exports.py)
-        .chunks/                         the selective exports of a chunked export (see chunks.py)
-    opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
-    mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
-    images/<digest>/                     images read from an images_root, kept under a size limit
-
-Dataset ids live one level down, so no id can take a reserved name. A version exists only when
-its manifest exists, parses, and its metadata file has the recorded size; the current version of
-an entry is the newest. Publishing never deletes: an older version stays, for the jobs still
-reading it, until ``cache prune`` or ``cache rm``. A crash leaves complete versions and work files
-that the next build of the entry (or ``cache prune``) collects, never a version that reads as
-complete when it is not.
+The layout is drawn in ``cache/layout.py``. Dataset ids live one level down, so no id can take a
+reserved name. A version exists only when its manifest exists, parses, and its metadata file has
+the recorded size; the current version of an entry is the newest. Publishing never deletes: an
+older version stays, for the jobs still reading it, until ``prune`` or ``cache rm``. A crash
+leaves complete versions and work files that the next build of the entry (or ``prune``)
+collects, never a version that reads as complete when it is not. Every other side asks the store
+for its folders: an entry's versions, its task record and work area, the derived stores of a
+version, and the node-level areas.
 """
 
 from __future__ import annotations
@@ -27,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -39,21 +28,34 @@ from urllib.parse import urlsplit
 
 from .._version import __version__
 from ..atomic import replacing
-from ..config import resolve_cache_dir
-from ..errors import CorruptArchiveError, ImageNotFoundError, SchemaError
-from ..metadata.index import INDEX_FILE, build_index, write_index
-from ..metadata.read import find_metadata_file, read_metadata_file
+from ..errors import CorruptArchiveError
+from ..metadata.index import index_export
 from ..records import ExportTask
+from .layout import (
+    CACHEDIR_TAG,
+    DERIVED,
+    DOWNLOAD,
+    EXPORTS,
+    FORMAT_VERSION,
+    LEGACY_DERIVED,
+    LOCK,
+    MANIFEST_SUFFIX,
+    MIRRORS,
+    NODE_AREAS,
+    OPENED,
+    STAGING,
+    TASK,
+    WORK_AREA,
+    TaskRecord,
+    derived_dir,
+    mirror_root,
+    read_json,
+    safe_name,
+    write_json_atomic,
+)
 
 logger = logging.getLogger("vl_datasets")
 
-FORMAT_VERSION = 2
-MANIFEST_SUFFIX = ".manifest.json"
-EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
-# Node-local copies of images read from an images_root (vl_datasets.loading.image_cache).
-IMAGES = "images"
-CACHEDIR_TAG = "CACHEDIR.TAG"
-CHUNKS = ".chunks"  # the selective exports a chunked export is built from, until it is published
 _TAG_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file marks a cache folder of vl_datasets; see https://bford.info/cachedir/\n"
@@ -144,29 +146,8 @@ class LocalExport:
     opened_from: str | None = None
 
 
-def safe_name(text: str) -> str:
-    """A folder name made of ``text``: other characters become ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
-
-
-def mirror_root(url: str) -> Path:
-    """This machine's mirror of the shared root ``url``: in the user's local cache folder, whatever
-    VL_DATASETS_CACHE points to, so `vl-datasets cache list` there shows it. Needs no fsspec, so a
-    cache hit on a shared root loads no filesystem."""
-    local_cache = resolve_cache_dir(None, env={k: v for k, v in os.environ.items() if k != "VL_DATASETS_CACHE"})
-    return Path(local_cache) / MIRRORS / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to a process-unique temp file beside ``path``, fsync, and rename it into place."""
-    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 class CacheStore:
@@ -178,7 +159,12 @@ class CacheStore:
     # -- where things live -----------------------------------------------------------------
 
     def entry_dir(self, key: ExportKey) -> Path:
-        return self.root / EXPORTS / safe_name(key.dataset_id) / key.digest
+        return self.root / self.entry_name(key)
+
+    @staticmethod
+    def entry_name(key: ExportKey) -> str:
+        """Where ``key``'s entry lies under any root, ``/``-separated (a shared root is laid out the same)."""
+        return f"{EXPORTS}/{safe_name(key.dataset_id)}/{key.digest}"
 
     def opened_dir(self, source: Path) -> Path:
         """The entry of an export the user opened from ``source``: a folder by its path, a ZIP by its
@@ -187,16 +173,66 @@ class CacheStore:
         digest = hashlib.sha256(f"{source}{stamp}".encode()).hexdigest()[:20]
         return self.root / OPENED / f"{safe_name(source.stem)[:40]}-{digest}"
 
+    @staticmethod
+    def manifest_name(version: str) -> str:
+        """The file name of ``version``'s manifest, beside the version's folder."""
+        return f"{version}{MANIFEST_SUFFIX}"
+
+    @classmethod
+    def manifest_of(cls, entry: LocalExport) -> Path:
+        """The manifest of a version read from a store."""
+        if entry.entry_dir is None or entry.version is None:
+            raise ValueError("manifest_of takes a version read from a store")
+        return entry.entry_dir / cls.manifest_name(entry.version)
+
     def lock_path(self, entry_dir: Path) -> Path:
-        return entry_dir / ".lock"
+        return entry_dir / LOCK
 
     def download_path(self, entry_dir: Path) -> Path:
-        return entry_dir / ".download" / "export.zip"
+        return entry_dir / DOWNLOAD / "export.zip"
+
+    def task_record(self, key: ExportKey, *, chunk: int | None = None) -> TaskRecord:
+        """The record of the export task building ``key``'s entry, or with ``chunk``, the task of
+        that chunk of a chunked export (in the entry's work area)."""
+        if chunk is None:
+            return TaskRecord(self.entry_dir(key) / TASK, key=key.as_json())
+        return TaskRecord(self.work_area(key) / f"{chunk}.task")
+
+    def work_area(self, key: ExportKey) -> Path:
+        """The folder a chunked export of ``key`` is built in, kept across runs until it is
+        published (a leftover to the sweep, except to the build of the entry, which resumes it)."""
+        return self.entry_dir(key) / WORK_AREA
+
+    def derived_dir(self, entry: LocalExport, kind: str, settings_digest: str) -> Path:
+        """See ``layout.derived_dir``: what is derived from ``entry``'s version with those settings."""
+        return derived_dir(entry, kind, settings_digest)
+
+    @staticmethod
+    def derived_dirs(entry_dir: Path, kind: str | None = None) -> list[Path]:
+        """Every derived store of the entry at ``entry_dir`` (of ``kind``, or of every kind)."""
+        pattern = f"{kind}/*" if kind is not None else "*/*"
+        return [p for p in sorted((entry_dir / DERIVED).glob(pattern)) if p.is_dir()]
+
+    def node_area(self, kind: str, digest: str) -> Path:
+        """A folder shared by every job on this node, outside any entry: ``images`` for the copies
+        of an images_root's files (``digest`` names the root)."""
+        if kind not in NODE_AREAS:
+            raise ValueError(f"Unknown node-level area {kind!r}; expected one of {NODE_AREAS}.")
+        return self.root / kind / safe_name(digest)
+
+    def node_areas(self) -> list[tuple[str, Path]]:
+        """Every node-level area under this root, as (kind, folder)."""
+        return [(kind, p) for kind in NODE_AREAS for p in sorted((self.root / kind).glob("*")) if p.is_dir()]
 
     def mirror_stores(self) -> list[CacheStore]:
         """The local copies of shared cache roots kept under this root."""
         folder = self.root / MIRRORS
         return [CacheStore(p) for p in sorted(folder.iterdir()) if p.is_dir()] if folder.is_dir() else []
+
+    @classmethod
+    def mirror_of(cls, url: str) -> CacheStore:
+        """This machine's mirror of the shared root ``url``."""
+        return cls(mirror_root(url))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -264,8 +300,10 @@ class CacheStore:
         that never got their manifest. Only safe to remove while holding the entry's lock."""
         published = {v.version for v in self.versions(entry_dir)}
         children = sorted(entry_dir.iterdir()) if entry_dir.is_dir() else []
-        work_files = [p for p in children if p.name.startswith((".staging-", ".download", CHUNKS))]
-        orphans = [p for p in children if p.is_dir() and not p.name.startswith(".") and p.name not in published]
+        work_files = [p for p in children if p.name.startswith((STAGING, DOWNLOAD, WORK_AREA, *LEGACY_DERIVED))]
+        # By rule, not by a leading dot: derived/ is the entry's own, whatever it holds.
+        reserved = {DERIVED, *published}
+        orphans = [p for p in children if p.is_dir() and not p.name.startswith(".") and p.name not in reserved]
         return work_files + orphans
 
     # -- writing ---------------------------------------------------------------------------
@@ -298,13 +336,12 @@ class CacheStore:
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
-        try:
-            metadata_file = find_metadata_file(export_dir).name
-        except SchemaError:  # an archive without its metadata is a broken archive
+        indexed = index_export(export_dir, staging)
+        if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
                 f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
-            ) from None
-        index_name, rows = _write_index(export_dir, metadata_file, staging)
+            )
+        metadata_file, rows = indexed.metadata_file, indexed.rows
         if expected_rows is not None and rows != expected_rows:
             raise CorruptArchiveError(
                 f"{metadata_file} of {_describe_source(key, task, export_dir)} has {rows} rows but the export "
@@ -312,7 +349,7 @@ class CacheStore:
                 path=str(export_dir),
             )
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
-        metadata_bytes = (export_dir / metadata_file).stat().st_size
+        metadata_stat = (export_dir / metadata_file).stat()
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
@@ -325,16 +362,17 @@ class CacheStore:
             "created_at": _utcnow().isoformat(),
             "library_version": __version__,
             "metadata_file": metadata_file,
-            "metadata_bytes": metadata_bytes,
+            "metadata_bytes": metadata_stat.st_size,
+            "metadata_mtime_ns": metadata_stat.st_mtime_ns,
             "images": has_images,
-            "index": index_name,
+            "index": indexed.index_file,
             "row_count": rows,
             "file_count": len(files),
             "total_bytes": sum(files.values()),
             "files": {name: size for name, size in files.items() if not name.startswith("images/")},
         }
-        write_json_atomic(entry_dir / f"{version}{MANIFEST_SUFFIX}", manifest)
-        entry = self.read_version(entry_dir / f"{version}{MANIFEST_SUFFIX}")
+        write_json_atomic(entry_dir / self.manifest_name(version), manifest)
+        entry = self.read_version(entry_dir / self.manifest_name(version))
         if entry is None:
             raise CorruptArchiveError(
                 f"The version just published at {entry_dir / version} does not read back.",
@@ -346,7 +384,7 @@ class CacheStore:
         """Delete one version: its manifest first, so a half-deleted version is never taken for complete."""
         if entry.entry_dir is None or entry.version is None:
             raise ValueError("remove_version takes a version read from this store")
-        (entry.entry_dir / f"{entry.version}{MANIFEST_SUFFIX}").unlink(missing_ok=True)
+        self.manifest_of(entry).unlink(missing_ok=True)
         shutil.rmtree(entry.entry_dir / entry.version, ignore_errors=True)
 
     def remove(self, entry_dir: Path) -> None:
@@ -355,10 +393,21 @@ class CacheStore:
             manifest.unlink(missing_ok=True)
         shutil.rmtree(entry_dir, ignore_errors=True)
 
+    def source_changed(self, entry: LocalExport) -> bool:
+        """Whether the metadata file of an export opened from a folder changed since ``entry`` was
+        published from it (a manifest that did not record it counts as changed)."""
+        if entry.entry_dir is None or entry.version is None:
+            return True
+        manifest = read_json(self.manifest_of(entry)) or {}
+        try:
+            return manifest.get("metadata_mtime_ns") != entry.metadata_path.stat().st_mtime_ns
+        except OSError:
+            return True
+
     def remove_leftovers(self, entry_dir: Path, *, keep_resumable: bool = False) -> list[Path]:
         """Delete what ``leftovers`` lists (but, with ``keep_resumable``, a download or the chunks of
         a chunked export, which the next build resumes); the caller holds the entry's lock."""
-        resumable = (".download", CHUNKS)
+        resumable = (DOWNLOAD, WORK_AREA)
         doomed = [p for p in self.leftovers(entry_dir) if not (keep_resumable and p.name in resumable)]
         for path in doomed:
             logger.info("Removing %s, left by an interrupted or finished build", path)
@@ -375,23 +424,6 @@ class CacheStore:
             with replacing(tag) as tmp:
                 tmp.write_text(_TAG_TEXT, encoding="utf-8")
 
-    # -- the task in flight ----------------------------------------------------------------
-
-    def pending_task(self, key: ExportKey) -> str | None:
-        try:
-            data = json.loads((self.entry_dir(key) / ".task.json").read_text(encoding="utf-8"))
-            return data["task_id"] if data.get("key") == key.as_json() else None
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def remember_task(self, key: ExportKey, task_id: str | None) -> None:
-        path = self.entry_dir(key) / ".task.json"
-        if task_id is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"key": key.as_json(), "task_id": task_id})
-
 
 def _age_order(entry: LocalExport) -> tuple[datetime, str]:
     return (entry.created_at or datetime.min.replace(tzinfo=timezone.utc), entry.version or "")
@@ -403,18 +435,6 @@ def _task_record(task: ExportTask | None) -> dict[str, Any] | None:
     record = {k: v for k, v in task.raw.items() if k != "download_uri"}  # presigned URLs are secrets
     record.setdefault("id", task.id)
     return record
-
-
-def _write_index(export_dir: Path, metadata_file: str, staging: Path) -> tuple[str | None, int]:
-    """Index the export into ``staging``; return the index's file name (None when an ambiguous image
-    name keeps it from being built) and the number of rows, which verifies the metadata too."""
-    try:
-        index = build_index(export_dir)
-    except ImageNotFoundError as exc:
-        logger.warning("Publishing %s without an index: %s", export_dir, exc)
-        return None, read_metadata_file(export_dir / metadata_file).num_rows  # still counted and checked
-    write_index(index, staging / INDEX_FILE)
-    return INDEX_FILE, index.num_rows
 
 
 def _file_sizes(export_dir: Path) -> dict[str, int]:

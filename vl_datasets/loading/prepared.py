@@ -4,16 +4,16 @@
 (``vl_datasets.loading.prepared_source`` makes the pixels; ``vl_datasets.loading.prepare`` fills
 the store ahead of training). This module is the store on disk. It lives beside the cache entry it
 was prepared from, one per export version and preparation settings, so a refreshed export gets a
-new one::
+new one. The cache hands out its folder (``derived_dir(entry, "prepared", settings digest)``)::
 
-    <entry_dir>/.prepared/<version>-<settings digest>/
+    <the store's folder>/
         store.json             the version and settings it holds, written when it is created
         parts/<writer>.pixels  raw pixels, one image after another: one file per writing process
         parts/<writer>.index   40 bytes per image: its key, offset, height, width and a check
         manifest.json          written last by a finished preparation: counts, parts, bytes
 
-The folder starts with a dot, so the cache's sweep of unpublished versions (``CacheStore.leftovers``)
-never takes it for one; ``vl-datasets cache list`` and ``prune`` show and remove it.
+``vl_datasets.cache.scan`` reads the two JSON files (store.json says how to count a partial
+store's images), so ``vl-datasets cache list`` and ``prune`` show and remove the store.
 
 Format: raw RGB pixels (height x width x 3 bytes), not re-encoded JPEG, for speed, since speed is
 the store's point. Measured at ``S=256`` on 2 cores (benchmarks/bench_prepared.py): a raw image
@@ -58,13 +58,13 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..cache.store import LocalExport, safe_name, write_json_atomic
+from ..cache.store import CacheStore, LocalExport, derived_dir, safe_name, write_json_atomic
 from ..errors import ConfigurationError, PreparedStoreError
 
 logger = logging.getLogger("vl_datasets")
 
 FORMAT = 1  # of the files below; a new format is a new settings digest, so a new store
-PREPARED = ".prepared"
+KIND = "prepared"  # the kind of derived store this is, to the cache
 STORE_FILE, MANIFEST_FILE, PARTS = "store.json", "manifest.json", "parts"
 PIXELS, INDEX = ".pixels", ".index"
 # How images are shrunk (prepared_source.py): part of the settings, so a change makes a new store.
@@ -76,6 +76,9 @@ _SALT = 0x766C5F7072657061  # "vl_prepa": an all-zero (never written) record fai
 # New records wait in a dict until there are this many, then join the sorted arrays: a merge
 # sorts everything, so merging each new record would cost a sort per image in the first epoch.
 MERGE_AT = 65536
+# How the cache's scan counts a partial store's images without knowing the format (a failure or
+# a repeat counts too); a finished store's manifest says "images".
+_COUNT = {"what": "images", "files": f"{PARTS}/*{INDEX}", "bytes_each": RECORD.itemsize}
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def store_path(entry: LocalExport, settings: StoreSettings) -> Path:
     """Where the store of ``entry``'s version with ``settings`` lives."""
     if entry.entry_dir is None or entry.version is None:
         raise ConfigurationError(f"prepare= needs an export published in the cache; {entry.path} is not one.")
-    return entry.entry_dir / PREPARED / f"{entry.version}-{settings.digest}"
+    return derived_dir(entry, KIND, settings.digest)
 
 
 def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
@@ -115,7 +118,8 @@ def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
     if not (path / STORE_FILE).is_file():
         (path / PARTS).mkdir(parents=True, exist_ok=True)
         # Every process creating it at once writes the same bytes; the renames replace each other.
-        write_json_atomic(path / STORE_FILE, {**identity, "created_at": _now(), "library_version": __version__})
+        facts = {"created_at": _now(), "library_version": __version__, "count": _COUNT}
+        write_json_atomic(path / STORE_FILE, {**identity, **facts})
     found = _read_json(path / STORE_FILE)
     if {k: found.get(k) for k in identity} != identity:
         raise PreparedStoreError(
@@ -476,7 +480,7 @@ class StoreInfo:
 def list_stores(entry_dir: Path) -> list[StoreInfo]:
     """Every prepared-image store of the cache entry at ``entry_dir``."""
     found = []
-    for path in sorted((entry_dir / PREPARED).glob("*")):
+    for path in CacheStore.derived_dirs(entry_dir, KIND):
         try:
             identity = json.loads((path / STORE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):

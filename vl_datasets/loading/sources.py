@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..cache.opened import local_store
-from ..cache.store import IMAGES
 from ..config import is_remote, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.index import IMAGE_COLUMN
@@ -247,7 +246,7 @@ def open_source(
     )
     if image_cache is None:
         return source
-    folder = local_store(cache_dir).root / IMAGES / _root_digest(source.display_root, storage_options)
+    folder = local_store(cache_dir).node_area("images", _root_digest(source.display_root, storage_options))
     return CachedSource(source, ImageCache(folder, _size_limit(image_cache)))
 
 

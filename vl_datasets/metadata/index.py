@@ -8,18 +8,50 @@ through every filter until the dataset moves it out.
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import ImageNotFoundError, SchemaError
 from .image_paths import resolve_image_paths
 from .read import find_metadata_file, read_metadata_file
 from .table_file import read_normalized, write_normalized
 
+logger = logging.getLogger("vl_datasets")
+
 IMAGE_COLUMN = "__image_path__"
 INDEX_FILE = ".vl_datasets_index.arrow"  # hidden, so no export member can take its name
+
+
+@dataclass(frozen=True)
+class IndexedExport:
+    """What ``index_export`` found: the metadata file's name, its rows, and the index written
+    (None when an ambiguous image name kept it from being built)."""
+
+    metadata_file: str
+    rows: int
+    index_file: str | None
+
+
+def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> IndexedExport | None:
+    """Read and count the export folder's metadata and write its index into ``out_dir``: the one
+    function the cache calls to publish a version. None when the folder has no metadata file at
+    its root; a metadata file that does not parse raises ``SchemaError``."""
+    try:
+        metadata = find_metadata_file(export_dir)
+    except SchemaError:
+        return None
+    try:
+        index = build_index(export_dir)
+    except ImageNotFoundError as exc:
+        logger.warning("Publishing %s without an index: %s", export_dir, exc)
+        return IndexedExport(metadata.name, read_metadata_file(metadata).num_rows, None)  # still counted and checked
+    write_index(index, Path(out_dir) / INDEX_FILE)
+    return IndexedExport(metadata.name, index.num_rows, INDEX_FILE)
 
 
 def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.PathLike[str] | None = None) -> pa.Table:

@@ -1,0 +1,127 @@
+"""The names and places of everything in a cache root: only ``cache/`` spells them.
+
+Layout under the cache root::
+
+    CACHEDIR.TAG                         tells backup tools the folder can be rebuilt
+    exports/<dataset>/<digest>/          one entry per ExportKey (API host, dataset, format, ...)
+        <version>/                       an unpacked export (metadata file, images/) and its index
+        <version>.manifest.json          the version's commit marker, written last
+        derived/<kind>/<version>-<settings digest>/
+                                         what is built from a version (prepared images, ...)
+        .lock  .task.json  .download/  .staging-*/     a build in progress (see exports.py)
+        .chunks/                         the work area of a chunked export (see chunks.py)
+    opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
+    mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
+    images/<digest>/                     a node-level area: images read from an images_root
+
+Other sides ask the store (``CacheStore``, ``derived_dir``) for a folder; none of them joins
+these names itself (tests/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..atomic import replacing
+from ..config import resolve_cache_dir
+
+if TYPE_CHECKING:
+    from .store import LocalExport
+
+FORMAT_VERSION = 2
+MANIFEST_SUFFIX = ".manifest.json"
+EXPORTS, OPENED, MIRRORS = "exports", "opened", "mirrors"
+CACHEDIR_TAG = "CACHEDIR.TAG"
+LOCK, TASK, DOWNLOAD, STAGING = ".lock", ".task.json", ".download", ".staging-"
+WORK_AREA = ".chunks"  # the selective exports a chunked export is built from, until it is published
+DERIVED = "derived"
+# Where prepared images lived before derived/ (a previous layout): now a leftover, pruned.
+LEGACY_DERIVED = (".prepared",)
+# What derived stores there are, and the node-level areas (shared by every entry on the node).
+DERIVED_KINDS = ("prepared", "items")
+NODE_AREAS = ("images",)
+# The two files a derived store's owner writes for the scan: who it is (at creation), and that
+# it is complete (last). Both are JSON objects; the scan reads them without knowing the format.
+DERIVED_IDENTITY, DERIVED_MANIFEST = "store.json", "manifest.json"
+
+
+def safe_name(text: str) -> str:
+    """A folder name made of ``text``: other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
+
+
+def mirror_root(url: str) -> Path:
+    """This machine's mirror of the shared root ``url``: in the user's local cache folder, whatever
+    VL_DATASETS_CACHE points to, so `vl-datasets cache list` there shows it. Needs no fsspec, so a
+    cache hit on a shared root loads no filesystem."""
+    local_cache = resolve_cache_dir(None, env={k: v for k, v in os.environ.items() if k != "VL_DATASETS_CACHE"})
+    return Path(local_cache) / MIRRORS / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to a process-unique temp file beside ``path``, fsync, and rename it into place."""
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=1, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def derived_dir(entry: LocalExport, kind: str, settings_digest: str) -> Path:
+    """The folder of what is derived from ``entry``'s version with the settings of digest
+    ``settings_digest`` (e.g. its prepared images). Keyed by version, so a refreshed export gets
+    a new one; inside the entry, so it goes with it, and ``derived/`` is never taken for a version."""
+    if kind not in DERIVED_KINDS:
+        raise ValueError(f"Unknown derived store kind {kind!r}; expected one of {DERIVED_KINDS}.")
+    if entry.entry_dir is None or entry.version is None:
+        raise ValueError(f"A derived store needs a version published in the cache; {entry.path} is not one.")
+    if not re.fullmatch(r"[0-9a-f]{4,64}", settings_digest):
+        raise ValueError(f"A settings digest is lowercase hex, got {settings_digest!r}.")
+    return entry.entry_dir / DERIVED / kind / f"{entry.version}-{settings_digest}"
+
+
+def split_derived_name(name: str) -> tuple[str, str]:
+    """(version, settings digest) of a derived store's folder name."""
+    version, _, digest = name.rpartition("-")
+    return version, digest
+
+
+class TaskRecord:
+    """The export task a build started, in one small JSON file, so a killed run resumes it.
+
+    ``key`` (an ``ExportKey.as_json()``) guards against a record left by another key's build.
+    """
+
+    def __init__(self, path: Path, *, key: dict[str, Any] | None = None) -> None:
+        self.path, self.key = path, key
+
+    def __repr__(self) -> str:
+        return f"TaskRecord({str(self.path)!r})"
+
+    def read(self) -> str | None:
+        """The recorded task id, or None when there is none (or it belongs to another key)."""
+        data = read_json(self.path)
+        if data is None or (self.key is not None and data.get("key") != self.key):
+            return None
+        task_id = data.get("task_id")
+        return task_id if isinstance(task_id, str) and task_id else None
+
+    def write(self, task_id: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"task_id": task_id, **({"key": self.key} if self.key is not None else {})})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
