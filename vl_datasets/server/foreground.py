@@ -58,7 +58,7 @@ def banner(service: LocalVisualLayer, *, api_key: str | None) -> str:
         f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
         f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
         "Ctrl-C or SIGTERM stops it.",
-        "Point clients at it (vl-datasets export/prepare/report, Client(), the notebooks) with:",
+        "Point clients at it (vl-datasets export, prepare and report; Client()) with:",
         f"  export VL_API_URL={service.url}",
     ]
     if api_key:
