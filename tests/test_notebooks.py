@@ -1,12 +1,23 @@
-"""Notebooks run top to bottom in a fresh kernel, as a user runs them (committed without outputs)."""
+"""The notebooks are committed executed, as GitHub shows them, and a fresh run gives the same outputs.
+
+Each notebook runs top to bottom in a fresh kernel, as a user runs it; its text outputs must match
+the committed ones (numbers within a tolerance: a float may round the other way on another CPU) and
+its figures the committed PNGs by decoded pixels. ``python scripts/execute_notebooks.py`` saves new
+outputs after a notebook changes.
+"""
 
 from __future__ import annotations
 
+import base64
+import copy
+import io
 import os
 import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import PIL.Image
 import pytest
 from nbclient import NotebookClient
 
@@ -21,27 +32,104 @@ EXPECTED = {
         "<Figure size",
     ],
 }
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+# Numbers printed by a re-run may differ from the committed ones by this much (relative).
+NUMBER_TOLERANCE = 0.02
+# A re-drawn figure may differ from the committed PNG by this mean absolute difference per channel (of 255).
+PIXEL_TOLERANCE = 4.0
+# Folders in the temp dir that outlive any one process by design: the download locks' (private to the
+# user, see vl_datasets.api.download.lock_path) and torch's compile cache.
+PER_USER_TMP = ("vl_datasets-locks-", "torchinductor_")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
-    notebook = nbformat.read(path, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
-        f"{path.name} is committed with outputs: clear them"
+def _run(notebook: nbformat.NotebookNode, cwd) -> None:
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+
+
+def _same_text(committed: str, rerun: str) -> bool:
+    """Equal but for numbers, and those within NUMBER_TOLERANCE."""
+    if NUMBER.sub("#", committed) != NUMBER.sub("#", rerun):
+        return False
+    pairs = zip(NUMBER.findall(committed), NUMBER.findall(rerun))
+    return all(
+        abs(float(a.replace(",", "")) - float(b.replace(",", "")))
+        <= NUMBER_TOLERANCE * max(abs(float(a.replace(",", ""))), 1.0)
+        for a, b in pairs
     )
-    for name in [k for k in os.environ if k.startswith(("VL_API_", "VL_DATASETS_"))]:
-        monkeypatch.delenv(name)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    outputs = "".join(
+
+
+def _pixels(png_base64: str) -> np.ndarray:
+    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("RGB"), dtype=np.float32)
+
+
+def _compare(cell_number: int, committed: dict, rerun: dict) -> list[str]:
+    """What differs between one committed output and the re-run's."""
+    where = f"cell {cell_number}, {committed['output_type']}"
+    if committed["output_type"] != rerun["output_type"]:
+        return [f"{where}: the re-run gave a {rerun['output_type']}"]
+    if committed["output_type"] == "stream":
+        same = committed["name"] == rerun["name"] and _same_text(committed["text"], rerun["text"])
+        return [] if same else [f"{where}: {committed['text']!r} became {rerun['text']!r}"]
+    problems = []
+    old, new = committed.get("data", {}), rerun.get("data", {})
+    if not _same_text(str(old.get("text/plain", "")), str(new.get("text/plain", ""))):
+        problems.append(f"{where}: {old.get('text/plain')!r} became {new.get('text/plain')!r}")
+    if "image/png" in old or "image/png" in new:
+        if "image/png" not in old or "image/png" not in new:
+            return [*problems, f"{where}: a figure appeared or disappeared"]
+        before, after = _pixels(old["image/png"]), _pixels(new["image/png"])
+        if before.shape != after.shape:
+            problems.append(f"{where}: the figure is {after.shape[1::-1]} px, committed {before.shape[1::-1]}")
+        elif (diff := float(np.abs(before - after).mean())) > PIXEL_TOLERANCE:
+            problems.append(
+                f"{where}: the figure differs by {diff:.1f} per pixel channel (tolerance {PIXEL_TOLERANCE})"
+            )
+    return problems
+
+
+def _outputs_text(notebook: nbformat.NotebookNode) -> str:
+    return "".join(
         str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
         for cell in notebook.cells
         if cell.cell_type == "code"
         for o in cell.outputs
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_reruns_to_its_committed_outputs(path, tmp_path, monkeypatch):
+    committed = nbformat.read(path, as_version=4)
+    code = [cell for cell in committed.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code), (
+        f"{path.name} is committed unexecuted: run scripts/execute_notebooks.py"
+    )
+    stderr = [o["text"] for cell in code for o in cell.outputs if o.get("name") == "stderr"]
+    assert stderr == [], f"{path.name} shows warnings or errors: {stderr}"
+    for name in [k for k in os.environ if k.startswith(("VL_API_", "VL_DATASETS_"))]:
+        monkeypatch.delenv(name)
+    scratch, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    scratch.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # what the notebook's kernel makes with tempfile lands here
+
+    rerun = copy.deepcopy(committed)
+    _run(rerun, cwd)
+
+    outputs = _outputs_text(rerun)
     for expected in EXPECTED[path.name]:
         assert expected in outputs, f"{path.name} never showed {expected!r}"
+    assert "IProgress" not in outputs
+    problems = []
+    for number, (old, new) in enumerate(zip(code, [c for c in rerun.cells if c.cell_type == "code"]), start=1):
+        if len(old.outputs) != len(new.outputs):
+            problems.append(f"cell {number}: {len(new.outputs)} outputs, committed {len(old.outputs)}")
+            continue
+        for committed_output, rerun_output in zip(old.outputs, new.outputs):
+            problems += _compare(number, committed_output, rerun_output)
+    assert problems == [], f"{path.name} no longer gives its committed outputs:\n" + "\n".join(problems)
+    left = sorted(p.name for p in scratch.iterdir() if not p.name.startswith(PER_USER_TMP))
+    assert left == [], f"{path.name} left temporary folders behind: {left}"
+    assert list(cwd.iterdir()) == [], f"{path.name} wrote into its working folder: {list(cwd.iterdir())}"
     if path.name == "fine_tuning.ipynb":
         before = float(re.search(r"trained on the uncurated data: ([\d.]+)%", outputs).group(1))
         after = float(re.search(r"after fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))

@@ -163,8 +163,9 @@ class _Fetch:
                 raise
             self.store.task_record(key).clear()
             learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
-            logger.info(
-                "Export of %s rejected as too large (%s); exporting its images in chunks of %d",
+            logger.warning(
+                "Visual Layer rejected the export of %s as too large (%s); exporting its metadata, then its "
+                "images in chunks of %d (pass max_images_per_export / --max-images-per-export to start that way)",
                 _describe(key),
                 exc.result_message,
                 learned,

@@ -56,11 +56,34 @@ def test_report_command_fetches_a_dataset_id(quick_vl, tmp_path, monkeypatch):
     assert quick_vl.count("export") == 1
 
 
-@pytest.mark.parametrize("value", ["blur", "blur=high", "=0.5", "blur=80"])
-def test_report_command_refuses_bad_drop_issue(export, tmp_path, capsys, value):
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("blur", "--drop-issue takes TYPE=CONFIDENCE"),
+        ("blur=high", "--drop-issue takes TYPE=CONFIDENCE"),
+        ("=0.5", "--drop-issue takes TYPE=CONFIDENCE"),
+        ("blur=80", "--drop-issue takes TYPE=CONFIDENCE"),
+        ("blur=-0.1", "--drop-issue takes TYPE=CONFIDENCE"),
+        ("duplicate=0.9", "unknown issue type 'duplicate'"),
+    ],
+)
+def test_report_command_refuses_bad_drop_issue(export, tmp_path, capsys, value, message):
+    from vl_datasets.metadata.curation import KNOWN_ISSUE_TYPES
+
     assert main(["report", str(export), "--out", str(tmp_path / "r.html"), "--drop-issue", value]) == 2
-    assert "--drop-issue takes TYPE=CONFIDENCE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "the issue types are " + ", ".join(sorted(KNOWN_ISSUE_TYPES)) in err, err
+    assert "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_command_refuses_an_unknown_issue_type_before_exporting(quick_vl, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    argv = ["report", "ds-ready", "--out", str(out), "--api-url", quick_vl.url, "--drop-issue", "blurry=0.5"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "unknown issue type 'blurry'" in capsys.readouterr().err
+    assert quick_vl.count("export") == 0, "a typo in --drop-issue cost an export"
 
 
 def test_report_command_dedupe_threshold_is_optional():

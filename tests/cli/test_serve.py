@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -158,3 +159,25 @@ def test_serve_rejects_exports_over_its_limits_as_the_platform_does(dataset_root
     assert "8 images exceeds threshold of 3" in with_images["result_message"]
     assert without["status"] == "REJECTED"
     assert "8 entities exceeds threshold of 5" in without["result_message"]
+
+
+@pytest.mark.parametrize("api_key", [None, "k1"], ids=["on-prem", "token-auth"])
+def test_serve_banner_gives_the_lines_a_client_shell_needs_never_the_secret(dataset_root, capsys, api_key):
+    import threading
+
+    from vl_datasets.server import serve
+
+    secret = "banner-secret-0123456789abcdef0123456789" if api_key else None
+    stopped = threading.Event()
+    stopped.set()  # the banner is printed, then the service stops at once
+    serve(dataset_root, port=0, api_key=api_key, api_secret=secret, stop=stopped)
+    first, *rest = capsys.readouterr().out.splitlines()
+    url = re.search(r"service at (http://\S+) ", first).group(1)
+    assert f"  export VL_API_URL={url}" in rest
+    key_lines = [line for line in rest if "VL_API_KEY" in line]
+    if api_key is None:
+        assert key_lines == []
+    else:
+        assert len(key_lines) == 1 and key_lines[0].startswith("  export VL_API_KEY=k1 ")
+        assert "VL_API_SECRET" in key_lines[0]
+        assert secret not in first + "\n".join(rest)

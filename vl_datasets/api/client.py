@@ -24,6 +24,9 @@ logger = logging.getLogger("vl_datasets")
 DEFAULT_EXPORT_TIMEOUT_S = 3 * 3600.0
 # The official examples poll every 5 s and the web app every 2 s: start fast, settle at 10 s.
 POLL_START_S, POLL_GROWTH, POLL_MAX_S = 2.0, 1.5, 10.0
+# "export 1a2b3c4d:  40%|████      | 00:12 waited". The bar counts the server's percent, so tqdm's
+# default n/total and rate ("37.5/100 [2383.37%/s]") would read as nonsense.
+EXPORT_BAR_FORMAT = "{l_bar}{bar}| {elapsed} waited"
 
 
 class Client:
@@ -183,7 +186,11 @@ class Client:
         scale = _ProgressScale()
         warned: set[str] = set()
         with tqdm(
-            total=100, unit="%", desc=f"export {task_id[:8]}", disable=not _shown(progress, self.progress), leave=False
+            total=100,
+            desc=f"export {task_id[:8]}",
+            bar_format=EXPORT_BAR_FORMAT,
+            disable=not _shown(progress, self.progress),
+            leave=False,
         ) as bar:
             while True:
                 task = self.get_export_status(dataset_id, task_id)

@@ -236,7 +236,7 @@ class _Download:
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
-            desc=f"export {self.task.id[:8]}",
+            desc=f"download {self.task.id[:8]}",
             disable=not self.progress,
             leave=False,
         )

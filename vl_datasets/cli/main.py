@@ -32,6 +32,19 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.SchemaError, 1, "the export's metadata breaks the contract; the message names the item and field"),
     (errors.VLDatasetsError, 1, ""),
 ]
+# What each code means, for --help: the families above, grouped as a script branches on them.
+EXIT_CODE_MEANINGS = {
+    0: "success",
+    1: "anything else (a damaged or refused archive, metadata that breaks the contract, ...)",
+    2: "bad arguments or VL_* settings",
+    3: "authentication or permission",
+    4: "dataset not found",
+    5: "dataset not ready",
+    6: "export failed or timed out (or its task unknown to the server)",
+    7: "cache miss while offline",
+    8: "API unreachable",
+    130: "interrupted (Ctrl-C)",
+}
 
 
 def exit_code_for(exc: BaseException) -> tuple[int, str]:
@@ -52,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vl-datasets",
         parents=[verbose],
         description="Visual Layer exports for PyTorch: serve, export, cache, prepare, report.",
+        epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

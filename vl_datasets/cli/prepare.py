@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_api_options, client_for
+
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     prepare = commands.add_parser(
@@ -29,8 +31,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         default="raise",
         help="an unreadable image fails the command (after the others are prepared), or is listed and skipped",
     )
-    prepare.add_argument("--cache-dir")
-    prepare.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
+    add_api_options(prepare, for_dataset_id=True)
     prepare.set_defaults(run=run_prepare)
 
 
@@ -50,7 +51,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     if Path(args.source).exists():
         dataset = VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
     else:
-        dataset = VisualLayerDataset(args.source, cache_dir=args.cache_dir, offline=args.offline, **options)
+        dataset = VisualLayerDataset(
+            args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
+        )
     summary = dataset.prepare(num_workers=args.workers)
     missing = dataset.curation_summary().removed_by.get("missing_images", 0)
     for skipped in summary.skipped:

@@ -30,7 +30,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", type=Path, help="folder holding one folder per dataset id")
     source.add_argument("--sample", action="store_true", help="serve the sample dataset shipped with the package")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)"
+    )
     serve.add_argument("--port", type=int, default=2080, help="port of the API (0: any free one, printed at start)")
     serve.add_argument("--storage-port", type=int, default=0, help="port of the download origin (0: any free)")
     serve.add_argument(

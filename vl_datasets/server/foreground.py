@@ -49,6 +49,23 @@ def _stop_on_signals(request: _StopRequest) -> Iterator[None]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def banner(service: LocalVisualLayer, *, api_key: str | None) -> str:
+    """What ``serve`` prints at start: where it listens (on the first line, which scripts parse), then
+    the lines a client's shell needs. It names the key, never the secret: the shell that started the
+    service already has that, and a terminal's scrollback is no place for it."""
+    ids = service.datasets.ids()
+    lines = [
+        f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
+        f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
+        "Ctrl-C or SIGTERM stops it.",
+        "Point clients at it (vl-datasets export, prepare and report; Client()) with:",
+        f"  export VL_API_URL={service.url}",
+    ]
+    if api_key:
+        lines.append(f"  export VL_API_KEY={api_key}   # and VL_API_SECRET, the secret this service verifies with")
+    return "\n".join(lines)
+
+
 def serve(
     root: str | Path,
     *,
@@ -73,13 +90,7 @@ def serve(
             root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
         ).start()
         try:
-            ids = service.datasets.ids()
-            print(
-                f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "
-                f"{'token auth' if api_key else 'no auth'}; datasets: {', '.join(ids) or 'none found'}. "
-                "Ctrl-C or SIGTERM stops it.",
-                flush=True,
-            )
+            print(banner(service, api_key=api_key), flush=True)
             while request.signum is None and not (stop is not None and stop.is_set()):
                 time.sleep(WAKE_S)
         finally:

@@ -1,0 +1,50 @@
+"""The options several commands share, worded once: where the API is, where the cache is, offline.
+
+``client_for`` turns ``--api-url`` into the client the command exports with, so the flag wins over
+``VL_API_URL`` the same way a ``Client(base_url)`` argument does in Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..api.client import Client
+
+
+def add_api_options(parser: argparse.ArgumentParser, *, for_dataset_id: bool = False) -> None:
+    """``--api-url``, ``--cache-dir`` and ``--offline``, for a command that may export a dataset."""
+    when = " (for a dataset id)" if for_dataset_id else ""
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        help=f"the Visual Layer API to export from{when}, e.g. http://127.0.0.1:2080 for `vl-datasets serve`; "
+        "overrides VL_API_URL (default: VL_API_URL, else the Visual Layer cloud)",
+    )
+    add_cache_dir(parser)
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="use the cache only, no network call (default: VL_DATASETS_OFFLINE, else off)",
+    )
+
+
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: the one wording of where the cache lives."""
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="the cache root, a folder or an fsspec URL (default: VL_DATASETS_CACHE, else ~/.cache/vl_datasets)",
+    )
+
+
+def client_for(args: argparse.Namespace) -> Client | None:
+    """A client of ``--api-url`` (credentials still from ``VL_API_*``), or None to let the library
+    build one from the environment when, and only if, it must make a call."""
+    if not args.api_url:
+        return None
+    from ..api.client import Client
+
+    return Client(args.api_url)
