@@ -27,8 +27,6 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, ar
 
 
 COMMANDS = _commands(build_parser())
-# cli/cache.py is being rewritten elsewhere; its --older-than and --cache-dir get their help there.
-UNDER_REWRITE = {"cache list", "cache rm", "cache prune"}
 
 
 def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
@@ -40,15 +38,7 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="cli/cache.py is being rewritten"))
-        if name in UNDER_REWRITE
-        else name
-        for name in sorted(COMMANDS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_argument_has_help_text(name):
     assert _undocumented(COMMANDS[name]) == [], f"`vl-datasets {name}` arguments without help text"
 

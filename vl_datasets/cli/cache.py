@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from ..cache.scan import CacheInfo, EntryInfo, PrunePolicy, PruneResult, Removal, prune, remove_entry, scan
 from ..config import parse_size
 from ..errors import ConfigurationError
+from .options import add_cache_dir
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -30,10 +31,17 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="remove superseded versions and leftovers; with a limit, old or excess exports too",
     )
     limit = prune.add_mutually_exclusive_group()
-    limit.add_argument("--older-than", type=float, metavar="DAYS")
-    limit.add_argument("--max-size", type=_size, metavar="SIZE", help="e.g. 500M, 20G")
+    limit.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="also remove exports made more than DAYS days ago"
+    )
+    limit.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="also remove the oldest exports and image-cache files until the cache fits in SIZE (e.g. 500M, 20G)",
+    )
     for parser, run in ((listing, run_list), (remove, run_rm), (prune, run_prune)):
-        parser.add_argument("--cache-dir")
+        add_cache_dir(parser)
         parser.set_defaults(run=run)
 
 
