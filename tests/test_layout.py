@@ -1,4 +1,5 @@
-"""Imports run one way across the sides (api -> cache -> metadata -> loading), and the server shares no code."""
+"""Imports run one way across the sides (see the README's layout), the server shares no code, and only
+cache/ lays out the cache root."""
 
 from __future__ import annotations
 

@@ -61,3 +61,25 @@ def test_killed_build_leftovers_are_listed_and_collected(quick_vl, quick_client,
     staging.mkdir()
     assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
     assert not staging.exists(), "cache prune must collect leftovers"
+
+
+def test_a_task_record_is_read_back_only_for_its_own_key(tmp_path):
+    from vl_datasets.cache.store import ExportKey
+
+    store = CacheStore(tmp_path)
+    parquet = ExportKey.build("http://vl", "ds", "parquet", True)
+    record = store.task_record(parquet)
+    assert record.read() is None
+    record.write("task-1")
+    assert store.task_record(parquet).read() == "task-1"
+    json_key = ExportKey.build("http://vl", "ds", "json", True)
+    other = store.task_record(json_key)
+    other.path.parent.mkdir(parents=True, exist_ok=True)
+    other.path.write_bytes(record.path.read_bytes())  # a record that names another key
+    assert other.read() is None, "a task started for another key must not be resumed"
+    chunk = store.task_record(parquet, chunk=3)
+    chunk.write("task-2")
+    assert chunk.read() == "task-2" and chunk.path.parent == store.work_area(parquet)
+    record.clear()
+    chunk.clear()
+    assert record.read() is None and chunk.read() is None

@@ -110,7 +110,7 @@ def _print_entry(entry: EntryInfo, now: datetime, *, show_all: bool) -> None:
                 f"{_age(version.created_at, now):>5}  {version.path}"
             )
     for derived in entry.derived:  # always: they are often the largest thing in the cache
-        size = f"{derived.settings.get('size') or '?'}px"
+        size = f"{derived.settings['size']}px" if derived.settings.get("size") else "-"
         count = f"{derived.items:>9,}" if derived.items is not None else f"{'?':>9}"
         state = "complete" if derived.complete else "partial"
         print(
