@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import posixpath
 import shutil
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
@@ -152,3 +155,91 @@ def test_a_file_path_climbing_out_of_the_root_is_never_read(split_export, tmp_pa
         export, images_root=source, cache_dir=tmp_path / "c", task=None, missing_images="drop"
     )
     assert victim not in kept.media_ids and len(kept) == 11, "a file outside images_root was read"
+
+
+# -- file names as they are, and never a file outside the root ----------------------------------
+
+LITERAL_NAMES = ["photo #1.jpg", "q?x.jpg", "100%25 done.jpg", "a+b&c=d;e.jpg"]
+CLIMBING = [
+    "../secret.jpg",
+    "%2e%2e/secret.jpg",
+    "%2E%2E/secret.jpg",
+    ".%2e/secret.jpg",
+    "%252e%252e/secret.jpg",  # decoded twice: by the client, then by a server
+    "train/../../secret.jpg",
+    "..\\secret.jpg",
+    "..%2fsecret.jpg",
+    "..%5csecret.jpg",
+    "%2e%2e%2fsecret.jpg",
+    "./%2e%2e/secret.jpg",
+    "...%2f..%2fsecret.jpg",
+    "/%2e%2e/secret.jpg",
+    "secret.jpg%00.png",
+]
+
+
+def rewrite_file_paths(export, source, paths):
+    """Give the first rows of ``export`` these file_paths (each row's image moved to its name, when it is one)."""
+    metadata = json.loads((export / "metadata.json").read_text())
+    for item, path in zip(metadata["media_items"], paths):
+        if path in LITERAL_NAMES:
+            (source / item["file_path"]).rename(source / path)
+        item["file_path"] = path
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    return [item["media_id"] for item in metadata["media_items"][: len(paths)]]
+
+
+def test_file_names_with_url_characters_are_read_as_those_files_over_http(split_export, tmp_path):
+    export, source = split_export
+    renamed = rewrite_file_paths(export, source, LITERAL_NAMES)
+    # What a name cut at "#" or "?" would read instead: other images, so a wrong read shows.
+    others = sorted(source.rglob("*.jpg"))[-2:]
+    shutil.copy(others[0], source / "photo ")
+    shutil.copy(others[1], source / "q")
+    local = VisualLayerDataset.from_export(export, images_root=source, image_size=16, cache_dir=tmp_path / "c")
+    with ImageServer(source) as server:
+        remote = VisualLayerDataset.from_export(export, images_root=server.url, image_size=16, cache_dir=tmp_path / "c")
+        assert remote.media_ids[:4] == renamed
+        for i, name in enumerate(LITERAL_NAMES):
+            assert torch.equal(remote[i][0], local[i][0]), f"{name!r} over http is not the file of that name"
+        assert remote.image_path(0) == f"{server.url}/photo #1.jpg"
+    asked = [unquote(urlsplit(request).path) for request in server.requests]
+    assert asked == [f"/{name}" for name in LITERAL_NAMES], f"the server was asked for {server.requests}"
+
+
+@pytest.mark.parametrize("root", ["http", "folder", "s3"])
+def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export, tmp_path, request, root):
+    export, source = split_export
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.move(source, served / "photos")
+    secret = served / "secret.jpg"  # beside the root, where every path of CLIMBING points
+    secret.write_bytes(next((served / "photos").rglob("*.jpg")).read_bytes())
+    victims = rewrite_file_paths(export, served / "photos", CLIMBING[:10])  # two rows keep their images
+    if root == "s3":
+        import fsspec
+
+        request.getfixturevalue("s3_root")
+        fsspec.filesystem("s3").put(str(served), "shared-bucket/served", recursive=True)
+    with ImageServer(served) as server:
+        images_root = {
+            "http": f"{server.url}/photos",
+            "folder": served / "photos",
+            "s3": "s3://shared-bucket/served/photos",
+        }
+        with pytest.raises(errors.ImageNotFoundError) as caught:
+            VisualLayerDataset.from_export(export, images_root=images_root[root], cache_dir=tmp_path / "c", task=None)
+        assert caught.value.media_id == victims[0]
+        kept = VisualLayerDataset.from_export(
+            export, images_root=images_root[root], cache_dir=tmp_path / "c", task=None, missing_images="drop"
+        )
+        assert sorted(set(kept.media_ids) & set(victims)) == [], "a row whose path climbs out kept an image"
+        kept.__getitems__(list(range(len(kept))))
+        assert len(kept) == 2
+        for path in CLIMBING:  # the same rule for a path asked for directly
+            with pytest.raises(errors.ImageNotFoundError, match="outside images_root"):
+                kept.read_image(kept.image_path(0).replace(kept.table.column("file_path")[0].as_py(), path))
+    outside = [
+        r for r in server.requests if not posixpath.normpath(unquote(unquote(urlsplit(r).path))).startswith("/photos/")
+    ]
+    assert outside == [], f"the server was asked for files outside the root: {outside}"

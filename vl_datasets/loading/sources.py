@@ -16,10 +16,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +43,12 @@ EXTRAS = {
     **dict.fromkeys(("az", "abfs", "abfss"), "azure"),
     **dict.fromkeys(("http", "https"), "http"),
 }
+# A file_path that could name a file outside its root, under some source: a segment of dots alone
+# ("." or "..") in any number of percent-encodings (a URL library decodes "%2e%2e" and resolves
+# it, and a server may decode again), or a separator or NUL smuggled in encoded. RE2 syntax, so
+# that Arrow applies it to a whole column and ``re`` to one path alike.
+_DOT = r"(?:\.|%(?:25)*2[eE])"
+OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
 
 
@@ -82,8 +89,10 @@ class LocalFolder:
         self.retry = retry or RetryPolicy()
 
     def read(self, path: str) -> bytes:
+        file = object_path(self.display_root, path, protocol="file")
+
         def read_file() -> bytes:
-            with open(self.location(path), "rb") as handle:
+            with open(file, "rb") as handle:
                 return handle.read()
 
         return self.retry.call(read_file)  # a network mount can time out too
@@ -136,7 +145,7 @@ class FsspecRoot:
 
     def read(self, path: str) -> bytes:
         fs, root = self._open()
-        url = f"{root}/{path}" + (f"?{self._query}" if self._query else "")
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
         return self.retry.call(lambda: fs.cat_file(url))
 
     def location(self, path: str) -> str:
@@ -260,15 +269,39 @@ def _size_limit(image_cache: str | int) -> int:
 
 def with_source_paths(table: pa.Table) -> pa.Table:
     """``table`` with each row's image path under an images_root: its ``file_path``, ``/``-separated
-    and relative (null when it has none, so ``missing_images`` applies). Nothing is listed."""
+    and relative (null when it has none, so ``missing_images`` applies). Nothing is listed.
+
+    A ``file_path`` that ``object_path`` would refuse (one that could leave the root) is no image
+    there either: its row is named by ``missing_images``, and nothing is ever asked for it.
+    """
     path = pc.replace_substring(table.column("file_path"), "\\", "/")
     path = pc.utf8_ltrim(path, characters="/")
-    # A ".." segment would read outside the root: such a row has no image there.
-    outside = pc.match_substring_regex(path, r"(^|/)\.\.(/|$)")
+    outside = pc.match_substring_regex(path, OUTSIDE_ROOT)
     path = pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
     if IMAGE_COLUMN in table.column_names:
         return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
     return table.append_column(IMAGE_COLUMN, path)
+
+
+def object_path(root: str, path: str, *, protocol: str) -> str:
+    """Where ``path`` (a row's image path under the root, ``/``-separated) is read: the one join of a
+    root and a path, for every protocol, that never leaves the root.
+
+    A path with a dot segment or an encoded separator or NUL, however encoded (``OUTSIDE_ROOT``),
+    raises ``ImageNotFoundError`` and is never read. Under an http(s) root each segment is
+    percent-encoded, so that "photo #1.jpg", "q?x.jpg" or "100%.jpg" reach the server as those
+    names rather than as a fragment, a query or an escape. Other protocols take the name as it is:
+    s3fs, gcsfs and the local disk treat a key or a file name literally.
+    """
+    path = path.replace("\\", "/").lstrip("/")
+    if not path or re.search(OUTSIDE_ROOT, path):
+        raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
+    segments = path.split("/")
+    if protocol in ("http", "https"):
+        segments = [quote(segment, safe="") for segment in segments]
+    if protocol == "file":
+        return os.path.join(root, *segments)
+    return f"{root.rstrip('/')}/{'/'.join(segments)}"
 
 
 def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path: str) -> Exception:
