@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import posixpath
 import shutil
@@ -243,3 +244,58 @@ def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export
         r for r in server.requests if not posixpath.normpath(unquote(unquote(urlsplit(r).path))).startswith("/photos/")
     ]
     assert outside == [], f"the server was asked for files outside the root: {outside}"
+
+
+# -- secrets in an images_root URL -------------------------------------------------------------
+
+PASSWORD = "pa55-Word-7"
+SIGNATURE = "AB%2Bcd%2Fef%3DQ9zSECRET"  # "AB+cd/ef=Q9zSECRET": a URL library re-encodes it half-way
+SECRET_FORMS = (PASSWORD, "Q9zSECRET", "AB%2Bcd", "AB+cd", "cd/ef", "cd%2Fef")
+
+
+def leaks(text: str) -> list[str]:
+    return [form for form in SECRET_FORMS if form in text]
+
+
+def test_no_secret_of_an_https_root_reaches_a_log_an_error_or_the_loader_state(split_export, tmp_path, caplog):
+    export, source = split_export
+    paths = json.loads((export / "metadata.json").read_text())["media_items"]
+    (source / paths[1]["file_path"]).write_bytes(b"not a jpeg")  # a decode failure
+    (source / paths[2]["file_path"]).unlink()  # a 404
+    caplog.set_level(logging.DEBUG)  # every logger, fsspec's and aiohttp's included
+    with ImageServer(source) as server:
+        root = server.url.replace("http://", f"http://reader:{PASSWORD}@") + f"/?sv=2025-01-05&sig={SIGNATURE}"
+        ds = VisualLayerDataset.from_export(export, images_root=root, image_size=8, cache_dir=tmp_path / "c")
+        errors_raised = []
+        server.fail_next(1, 503)  # retried, then read
+        ds[0]
+        for index, status in ((1, None), (2, None), (3, 403)):  # a refused read: aiohttp's error holds the URL
+            if status:
+                server.fail_next(1, status)
+            with pytest.raises((errors.ImageDecodeError, errors.ImageNotFoundError)) as caught:
+                ds[index]
+            errors_raised.append(caught.value)
+        assert all("sig=AB%2Bcd" in request for request in server.requests), "the query did not reach the server"
+        skipping = VisualLayerDataset.from_export(
+            export, images_root=root, image_size=8, cache_dir=tmp_path / "c", on_error="skip"
+        )
+        for workers in (0, 2):
+            context = {"multiprocessing_context": "fork"} if workers else {}
+            loader = skipping.dataloader(2, num_workers=workers, shuffle=False, **context)
+            batches = iter(loader)
+            for _ in range(2):
+                next(batches)
+            state = json.dumps(loader.state_dict())
+            rest = list(batches)
+            assert len(rest) == len(loader) - 2
+            assert len(loader.skipped) == 2 and "skipped" in state
+            assert leaks(state) == [], f"the loader state holds {leaks(state)}"
+            assert leaks(repr(loader.skipped)) == [], f"loader.skipped holds {leaks(repr(loader.skipped))}"
+    assert any(r.name.startswith("fsspec") for r in caplog.records), "fsspec logged no request line to check"
+    for record in caplog.records:
+        assert leaks(record.getMessage()) == [], f"{record.name} logged {record.getMessage()!r}"
+    assert leaks(caplog.text) == [], "a secret reached a log line or its traceback"
+    for error in errors_raised:
+        shown = f"{error} {error!r} {error.args!r} {vars(error)!r}"
+        assert leaks(shown) == [], f"{type(error).__name__} carries {leaks(shown)}: {shown}"
+    assert "403" in str(errors_raised[2]) and ds.media_ids[3] in str(errors_raised[2])

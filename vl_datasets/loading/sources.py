@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +30,7 @@ from ..cache.store import IMAGES
 from ..config import is_remote, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.index import IMAGE_COLUMN
-from ..redaction import redact_logs_of, redact_url
+from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
 from .retries import RetryPolicy
 
@@ -135,10 +135,14 @@ class FsspecRoot:
         self.retry = retry or RetryPolicy()
         self._filesystem: tuple[Any, str] | None = None
         self._pid: int | None = None
-        redact_logs_of("fsspec.http", "aiohttp.client")  # their DEBUG lines hold full URLs, tokens included
+        redact_logs_of()  # fsspec's and aiohttp's DEBUG lines hold full URLs, tokens included
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_filesystem": None, "_pid": None}  # a live filesystem stays in its process
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        redact_logs_of()  # a spawned worker starts with logging as Python leaves it
 
     def __repr__(self) -> str:
         return f"FsspecRoot({self.display_root!r})"  # never the storage options: they may hold keys
@@ -152,10 +156,17 @@ class FsspecRoot:
         return f"{self.display_root}/{path}"
 
     def scrub(self, text: str) -> str:
-        """``text`` (an error message) without this root's query string or user info."""
-        secrets = [self._query, urlsplit(self._base).netloc.rpartition("@")[0]]
-        for secret in filter(None, secrets):
-            text = text.replace(secret, "[redacted]")
+        """``text`` (an error message) without this root's query string or user info: every URL and
+        credential parameter redacted (``redact_text``), then this root's own secrets wherever they
+        are left, as written and percent-decoded."""
+        text = redact_text(text)
+        user_info = urlsplit(self._base).netloc.rpartition("@")[0]
+        signatures = [value for _, _, value in _parameters(self._query) if len(value) >= 16]  # not "sv=2024"
+        secrets = {
+            form for secret in (self._query, user_info, *signatures) if secret for form in (secret, unquote(secret))
+        }
+        for secret in sorted(secrets, key=len, reverse=True):  # the whole query before a value in it
+            text = text.replace(secret, REDACTED)
         return text
 
     def _open(self) -> tuple[Any, str]:
@@ -310,12 +321,17 @@ def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path:
     if isinstance(exc, ImageDecodeError):
         return exc
     location = source.location(path)
-    reason = source.scrub(f"{type(exc).__name__}: {exc}")
+    reason = source.scrub(redact_text(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, FileNotFoundError):
         return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
     return ImageDecodeError(
         f"Cannot read the image of media_id {media_id!r} at {location}: {reason}", media_id=media_id, path=location
     )
+
+
+def _parameters(query: str) -> list[tuple[str, str, str]]:
+    """(name, "=", value) of each parameter of a query string, as written."""
+    return [part.partition("=") for part in query.split("&") if part]
 
 
 def _checked_protocol(url: str) -> str:
