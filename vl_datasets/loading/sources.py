@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -33,8 +32,6 @@ from ..metadata.index import IMAGE_COLUMN
 from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
 from .retries import RetryPolicy
-
-logger = logging.getLogger("vl_datasets")
 
 # The optional dependency that brings each protocol, for the message when it is missing.
 EXTRAS = {
@@ -194,21 +191,13 @@ class CachedSource:
     def __init__(self, source: ImageSource, cache: ImageCache) -> None:
         self.source, self.cache = source, cache
         self.display_root, self.separator = source.display_root, source.separator
-        self._warned = False
 
     def read(self, path: str) -> bytes:
         data = self.cache.get(path)
         if data is not None:
             return data
         data = self.source.read(path)
-        try:
-            self.cache.put(path, data)
-        except OSError as exc:  # a full local disk slows the next epoch down; it must not stop this one
-            if not self._warned:
-                logger.warning(
-                    "Cannot keep images in %s (%s); reading them from %s", self.cache.folder, exc, self.display_root
-                )
-                self._warned = True
+        self.cache.put(path, data)  # a cache it cannot write warns once and slows later epochs, nothing more
         return data
 
     def cached(self, path: str) -> bytes | None:
