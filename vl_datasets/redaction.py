@@ -91,7 +91,7 @@ def _redact_record(record: logging.LogRecord) -> None:
         message = record.getMessage()
     except Exception:  # msg and args that do not fit: logging reports it; it must not show them
         message = f"{record.msg!s} {record.args!r}"
-    record.msg, record.args = redact_text(message), None
+    record.msg, record.args = redact_text(message), ()
     if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
         record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
     if record.stack_info:
