@@ -1,14 +1,41 @@
-"""Keep secrets out of text: URLs without their signatures, log records without query strings.
+"""Keep secrets out of text: URLs without their credentials, messages and log records without them.
 
 A presigned download URL, or an images_root with a SAS token, carries its credential in the query
-string (and sometimes ``user:password@``); these are the one place that takes them out, for our
-messages and for the DEBUG lines of the HTTP libraries we drive.
+string, and a URL may carry ``user:password@``. These are the one place that takes them out:
+``redact_url`` for a URL we show, ``redact_text`` for any text that may hold URLs (an exception's
+message, a log line), and ``redact_logs_of`` for the log records of our own logger and of the
+libraries we drive, whose DEBUG lines hold full request URLs.
+
+Text is redacted in every form a URL takes on its way through them: a URL with its user info or
+its query in it, a query string after a bare path (a request line), and a credential parameter
+(``sig=``, ``X-Amz-Signature=``, ...) wherever it stands, its ``=`` percent-encoded too, as after
+a URL is quoted into another one.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+REDACTED = "[redacted]"
+# A URL in running text: a scheme, then anything up to a space, a quote or a bracket.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
+# A query string outside a whole URL ("GET /path?X-Amz-Signature=... HTTP/1.1"): a "?", then
+# parameters, at least one with a value.
+_QUERY = re.compile(r"\?[^\s'\"<>?]*=[^\s'\"<>]*")
+# A parameter that holds a credential, in a query or anywhere else, "=" in any percent-encoding.
+_CREDENTIAL = re.compile(
+    r"(?i)\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
+    r"x-goog-credential|access_token|token|api_key|apikey|access_key|secret|client_secret|password)"
+    r"(=|%(?:25)*3d)[^&\s'\"<>]*"
+)
+# Our logger and those of the libraries that reach storage and the API: their records (and those of
+# their child loggers, "fsspec.http" under "fsspec") are redacted as they are made.
+DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s3fs", "botocore", "gcsfs", "adlfs")
 
 
 def redact_url(url: str) -> str:
@@ -18,24 +45,72 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class _RedactQueryStrings(logging.Filter):
-    """Blanks the query string of every text argument of a record before any handler sees it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_without_query(arg) if isinstance(arg, str) else arg for arg in record.args)
-        elif isinstance(record.msg, str) and "?" in record.msg and not record.args:
-            record.msg = _without_query(record.msg)
-        return True
+def redact_text(text: str) -> str:
+    """``text`` with every URL's user info and query string, and every credential parameter, blanked."""
+    text = _QUERY.sub(f"?{REDACTED}", _URL.sub(_redacted_url, text))
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
 
-def _without_query(text: str) -> str:
-    return text.split("?", 1)[0] + "?<redacted>" if "?" in text else text
+def _redacted_url(match: re.Match) -> str:
+    url = match.group()
+    if url.endswith("?"):  # already redacted: the marker ends the match ("[" is not in a URL here)
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+    except ValueError:  # an unbalanced IPv6 bracket, say: cut at the first "?" and any "@" instead
+        head = url.split("?", 1)[0]
+        scheme, _, rest = head.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}" + (f"?{REDACTED}" if "?" in url else "")
+    query = REDACTED if parts.query else ""
+    fragment = REDACTED if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+class _RedactingFactory:
+    """A log record factory that redacts the records of the loggers named (and their children) as
+    they are made, before any filter or handler sees them: the final message (``msg % args``, or a
+    message that is no string at all) and the traceback text of ``exc_info``."""
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+        self.prefixes: set[str] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        if self.redacts(record.name):
+            _redact_record(record)
+        return record
+
+    def redacts(self, name: str) -> bool:
+        return any(name == prefix or name.startswith(prefix + ".") for prefix in self.prefixes)
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # msg and args that do not fit: logging reports it; it must not show them
+        message = f"{record.msg!s} {record.args!r}"
+    record.msg, record.args = redact_text(message), ()
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redact_text(record.stack_info)
+
+
+_install_lock = threading.Lock()
 
 
 def redact_logs_of(*logger_names: str) -> None:
-    """Install the filter on third-party loggers that write request URLs (urllib3, fsspec's HTTP)."""
-    for name in logger_names:
-        target = logging.getLogger(name)
-        if not any(isinstance(f, _RedactQueryStrings) for f in target.filters):
-            target.addFilter(_RedactQueryStrings())
+    """Redact every record of ``logger_names`` (and of ``DEFAULT_LOGGERS``), children included.
+
+    A record factory rather than a logger filter: a filter on "fsspec" never sees the records of
+    "fsspec.http", and one on a handler would have to be on every handler an application adds.
+    The factory that was in place keeps making the records; this one only rewrites their text.
+    """
+    with _install_lock:
+        factory = logging.getLogRecordFactory()
+        if not isinstance(factory, _RedactingFactory):
+            factory = _RedactingFactory(factory)
+            logging.setLogRecordFactory(factory)
+        factory.prefixes.update((*DEFAULT_LOGGERS, *logger_names))

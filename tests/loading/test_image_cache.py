@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.loading.helpers import split_export
 from tests.loading.image_server import ImageServer
 from vl_datasets.config import parse_size
 from vl_datasets.errors import ConfigurationError
@@ -134,3 +140,86 @@ def test_sizes_read_as_the_cli_reads_them(text, size):
 def test_a_size_that_is_not_one_is_refused():
     with pytest.raises(ConfigurationError, match="not a size"):
         parse_size("lots")
+
+
+# -- a cache this process cannot write or touch ------------------------------------------------
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def as_another_user():
+    """Run the block as a user who owns none of the cache's files. Tests run as root in CI, where
+    permission bits (chmod) stop nothing: the effective user becomes nobody for the block, so the
+    cache's files are another user's (no access-time update) and its folders read-only to it."""
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root (CI runs as root)")
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder nobody may read (pytest's tmp_path is root's alone), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="vl-image-cache-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_a_cache_another_user_owns_serves_its_images_and_warns_once(shared_folder, caplog):
+    export, source = split_export(shared_folder, 12)
+    cache_dir = shared_folder / "cache"
+    with ImageServer(source) as server:
+        options = {"images_root": server.url, "image_cache": "10M", "image_size": 8, "cache_dir": cache_dir}
+        filled = VisualLayerDataset.from_export(export, **options)
+        reference = [filled[i][0] for i in range(len(filled))]
+        files = cached_files(cache_dir)
+        assert len(files) == len(filled)
+        for file in files:  # last used long ago: each hit would update its time
+            os.utime(file, (time.time() - 3600, time.time() - 3600))
+        ds = VisualLayerDataset.from_export(export, **options)
+        skipping = VisualLayerDataset.from_export(export, on_error="skip", **options)
+        fetched = server.count()
+        with caplog.at_level(logging.WARNING, logger="vl_datasets"), as_another_user():
+            images = [ds[i][0] for i in range(len(ds))]
+            loader = skipping.dataloader(4, num_workers=2, shuffle=False, multiprocessing_context="fork")
+            batches = [images for images, _ in loader]
+        assert all(torch.equal(a, b) for a, b in zip(images, reference)), "a cached image came back different"
+        assert loader.skipped == [], f"good images were skipped: {loader.skipped}"
+        assert sum(len(batch) for batch in batches) == len(ds)
+        assert server.count() == fetched, "copies the cache holds were read from the root again"
+        touched = [r for r in caplog.records if "mark as recently used" in r.getMessage()]
+        assert len(touched) == 1 and str(ds._source.cache.folder) in touched[0].getMessage(), caplog.text
+
+        for file in files:  # no copies left: every image comes from the root, none can be kept
+            file.unlink()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vl_datasets"), as_another_user():
+            images = [ds[i][0] for i in range(len(ds))]
+        assert all(torch.equal(a, b) for a, b in zip(images, reference))
+        assert server.count() == fetched + len(ds)
+        assert caplog.records == [], f"the folder's failures were reported twice in one process: {caplog.text}"
+        assert cached_files(cache_dir) == []
+
+
+def test_a_cache_folder_that_cannot_be_made_falls_back_to_the_root(split_export, tmp_path, caplog):
+    export, source = split_export
+    cache_dir = tmp_path / "cache"
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(
+            export, images_root=server.url, image_cache="10M", image_size=8, cache_dir=cache_dir
+        )
+        folder = ds._source.cache.folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.write_bytes(b"")  # a file where the cache's folder belongs: any user's writes fail
+        with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+            images = [ds[i][0] for i in range(len(ds))] + [ds[i][0] for i in range(len(ds))]
+        assert len(images) == 2 * len(ds)
+    assert [r.getMessage().count(str(folder)) for r in caplog.records] == [1], caplog.text
+    assert server.count() == 2 * len(ds)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
+import posixpath
 import shutil
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
@@ -152,3 +156,146 @@ def test_a_file_path_climbing_out_of_the_root_is_never_read(split_export, tmp_pa
         export, images_root=source, cache_dir=tmp_path / "c", task=None, missing_images="drop"
     )
     assert victim not in kept.media_ids and len(kept) == 11, "a file outside images_root was read"
+
+
+# -- file names as they are, and never a file outside the root ----------------------------------
+
+LITERAL_NAMES = ["photo #1.jpg", "q?x.jpg", "100%25 done.jpg", "a+b&c=d;e.jpg"]
+CLIMBING = [
+    "../secret.jpg",
+    "%2e%2e/secret.jpg",
+    "%2E%2E/secret.jpg",
+    ".%2e/secret.jpg",
+    "%252e%252e/secret.jpg",  # decoded twice: by the client, then by a server
+    "train/../../secret.jpg",
+    "..\\secret.jpg",
+    "..%2fsecret.jpg",
+    "..%5csecret.jpg",
+    "%2e%2e%2fsecret.jpg",
+    "./%2e%2e/secret.jpg",
+    "...%2f..%2fsecret.jpg",
+    "/%2e%2e/secret.jpg",
+    "secret.jpg%00.png",
+]
+
+
+def rewrite_file_paths(export, source, paths):
+    """Give the first rows of ``export`` these file_paths (each row's image moved to its name, when it is one)."""
+    metadata = json.loads((export / "metadata.json").read_text())
+    for item, path in zip(metadata["media_items"], paths):
+        if path in LITERAL_NAMES:
+            (source / item["file_path"]).rename(source / path)
+        item["file_path"] = path
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    return [item["media_id"] for item in metadata["media_items"][: len(paths)]]
+
+
+def test_file_names_with_url_characters_are_read_as_those_files_over_http(split_export, tmp_path):
+    export, source = split_export
+    renamed = rewrite_file_paths(export, source, LITERAL_NAMES)
+    # What a name cut at "#" or "?" would read instead: other images, so a wrong read shows.
+    others = sorted(source.rglob("*.jpg"))[-2:]
+    shutil.copy(others[0], source / "photo ")
+    shutil.copy(others[1], source / "q")
+    local = VisualLayerDataset.from_export(export, images_root=source, image_size=16, cache_dir=tmp_path / "c")
+    with ImageServer(source) as server:
+        remote = VisualLayerDataset.from_export(export, images_root=server.url, image_size=16, cache_dir=tmp_path / "c")
+        assert remote.media_ids[:4] == renamed
+        for i, name in enumerate(LITERAL_NAMES):
+            assert torch.equal(remote[i][0], local[i][0]), f"{name!r} over http is not the file of that name"
+        assert remote.image_path(0) == f"{server.url}/photo #1.jpg"
+    asked = [unquote(urlsplit(request).path) for request in server.requests]
+    assert asked == [f"/{name}" for name in LITERAL_NAMES], f"the server was asked for {server.requests}"
+
+
+@pytest.mark.parametrize("root", ["http", "folder", "s3"])
+def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export, tmp_path, request, root):
+    export, source = split_export
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.move(source, served / "photos")
+    secret = served / "secret.jpg"  # beside the root, where every path of CLIMBING points
+    secret.write_bytes(next((served / "photos").rglob("*.jpg")).read_bytes())
+    victims = rewrite_file_paths(export, served / "photos", CLIMBING[:10])  # two rows keep their images
+    if root == "s3":
+        import fsspec
+
+        request.getfixturevalue("s3_root")
+        fsspec.filesystem("s3").put(str(served), "shared-bucket/served", recursive=True)
+    with ImageServer(served) as server:
+        images_root = {
+            "http": f"{server.url}/photos",
+            "folder": served / "photos",
+            "s3": "s3://shared-bucket/served/photos",
+        }
+        with pytest.raises(errors.ImageNotFoundError) as caught:
+            VisualLayerDataset.from_export(export, images_root=images_root[root], cache_dir=tmp_path / "c", task=None)
+        assert caught.value.media_id == victims[0]
+        kept = VisualLayerDataset.from_export(
+            export, images_root=images_root[root], cache_dir=tmp_path / "c", task=None, missing_images="drop"
+        )
+        assert sorted(set(kept.media_ids) & set(victims)) == [], "a row whose path climbs out kept an image"
+        kept.__getitems__(list(range(len(kept))))
+        assert len(kept) == 2
+        for path in CLIMBING:  # the same rule for a path asked for directly
+            with pytest.raises(errors.ImageNotFoundError, match="outside images_root"):
+                kept.read_image(kept.image_path(0).replace(kept.table.column("file_path")[0].as_py(), path))
+    outside = [
+        r for r in server.requests if not posixpath.normpath(unquote(unquote(urlsplit(r).path))).startswith("/photos/")
+    ]
+    assert outside == [], f"the server was asked for files outside the root: {outside}"
+
+
+# -- secrets in an images_root URL -------------------------------------------------------------
+
+PASSWORD = "pa55-Word-7"
+SIGNATURE = "AB%2Bcd%2Fef%3DQ9zSECRET"  # "AB+cd/ef=Q9zSECRET": a URL library re-encodes it half-way
+SECRET_FORMS = (PASSWORD, "Q9zSECRET", "AB%2Bcd", "AB+cd", "cd/ef", "cd%2Fef")
+
+
+def leaks(text: str) -> list[str]:
+    return [form for form in SECRET_FORMS if form in text]
+
+
+def test_no_secret_of_an_https_root_reaches_a_log_an_error_or_the_loader_state(split_export, tmp_path, caplog):
+    export, source = split_export
+    paths = json.loads((export / "metadata.json").read_text())["media_items"]
+    (source / paths[1]["file_path"]).write_bytes(b"not a jpeg")  # a decode failure
+    (source / paths[2]["file_path"]).unlink()  # a 404
+    caplog.set_level(logging.DEBUG)  # every logger, fsspec's and aiohttp's included
+    with ImageServer(source) as server:
+        root = server.url.replace("http://", f"http://reader:{PASSWORD}@") + f"/?sv=2025-01-05&sig={SIGNATURE}"
+        ds = VisualLayerDataset.from_export(export, images_root=root, image_size=8, cache_dir=tmp_path / "c")
+        errors_raised = []
+        server.fail_next(1, 503)  # retried, then read
+        ds[0]
+        for index, status in ((1, None), (2, None), (3, 403)):  # a refused read: aiohttp's error holds the URL
+            if status:
+                server.fail_next(1, status)
+            with pytest.raises((errors.ImageDecodeError, errors.ImageNotFoundError)) as caught:
+                ds[index]
+            errors_raised.append(caught.value)
+        assert all("sig=AB%2Bcd" in request for request in server.requests), "the query did not reach the server"
+        skipping = VisualLayerDataset.from_export(
+            export, images_root=root, image_size=8, cache_dir=tmp_path / "c", on_error="skip"
+        )
+        for workers in (0, 2):
+            context = {"multiprocessing_context": "fork"} if workers else {}
+            loader = skipping.dataloader(2, num_workers=workers, shuffle=False, **context)
+            batches = iter(loader)
+            for _ in range(2):
+                next(batches)
+            state = json.dumps(loader.state_dict())
+            rest = list(batches)
+            assert len(rest) == len(loader) - 2
+            assert len(loader.skipped) == 2 and "skipped" in state
+            assert leaks(state) == [], f"the loader state holds {leaks(state)}"
+            assert leaks(repr(loader.skipped)) == [], f"loader.skipped holds {leaks(repr(loader.skipped))}"
+    assert any(r.name.startswith("fsspec") for r in caplog.records), "fsspec logged no request line to check"
+    for record in caplog.records:
+        assert leaks(record.getMessage()) == [], f"{record.name} logged {record.getMessage()!r}"
+    assert leaks(caplog.text) == [], "a secret reached a log line or its traceback"
+    for error in errors_raised:
+        shown = f"{error} {error!r} {error.args!r} {vars(error)!r}"
+        assert leaks(shown) == [], f"{type(error).__name__} carries {leaks(shown)}: {shown}"
+    assert "403" in str(errors_raised[2]) and ds.media_ids[3] in str(errors_raised[2])

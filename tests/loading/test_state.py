@@ -281,3 +281,81 @@ def test_the_rest_of_an_epoch_is_split_among_another_world_size_with_none_lost_o
         assert rest == [shard[3 * cut :] for shard in whole], (
             "at the same world size a rank did not continue its own shard"
         )
+
+
+# -- a damaged or hand-edited state -------------------------------------------------------------
+
+
+def _saved(ds):
+    loader = loader_of(ds, 0)
+    batches = iter(loader)
+    next(batches)
+    return through_json_and_torch(loader.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("position", -3),  # once yielded ITEMS + 3 items and shifted the next epoch
+        ("position", ITEMS + 1),
+        ("position", 10**12),  # once an empty rest
+        ("position", "3"),
+        ("position", 3.0),
+        ("position", True),
+        ("epoch", -1),
+        ("epoch", 10**9),  # once redrew two billion permutations: the next iter never came
+        ("epoch", 2.0),
+        ("epoch", None),
+        ("batches_yielded", -1),
+        ("seed", "5"),
+        ("seed", 1 << 64),
+        ("order", "shuffled"),
+        ("order", ["random"]),
+        ("random_state", [5, "AAAA"]),  # a generator state saved after the state's epoch
+        ("random_state", "AAAA"),
+        ("random_state", [0, "A" * (1 << 20)]),
+        ("world_size", 0),
+        ("rank", 1),  # of a world of one
+        ("batch_size", 0),
+        ("drop_last", "no"),
+        ("skipped", None),
+        ("skipped", [["m000", "path"]]),
+        ("skipped", [["m000", None, "reason"]]),
+        ("skipped", "m000"),
+        ("dataset", {}),
+        ("dataset", None),
+        ("dataset", "x" * 10_000),
+    ],
+)
+def test_a_damaged_state_is_refused_naming_the_field_before_anything_moves(ds, field, value):
+    state = _saved(ds)
+    state[field] = value
+    loader = loader_of(ds, 0)
+    with pytest.raises(errors.ConfigurationError, match=rf"\b{field}\b") as caught:
+        loader.load_state_dict(state)
+    assert len(str(caught.value)) < 400, "the message echoes a huge value"
+    assert loader.state_dict()["position"] == 0 and loader.epoch == 0, "a refused state moved the loader"
+    assert len([media_id for batch in loader for media_id in ids(batch)]) == ITEMS
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("items", "11"), ("items", -1), ("fingerprint", 12), ("version", ["v1"]), ("key", None)],
+)
+def test_a_damaged_dataset_identity_is_refused_naming_its_key(ds, key, value):
+    state = _saved(ds)
+    if value is None:
+        del state["dataset"][key]
+    else:
+        state["dataset"][key] = value
+    with pytest.raises(errors.ConfigurationError, match=key):
+        loader_of(ds, 0).load_state_dict(state)
+
+
+def test_every_position_of_a_real_epoch_resumes_to_exactly_its_rest(ds, uninterrupted):
+    whole = [media_id for batch in uninterrupted[1] for media_id in batch]
+    for position in (0, 1, ITEMS - 1, ITEMS):  # the bounds a check must keep open
+        state = {**_saved(ds), "epoch": 1, "position": position, "random_state": None}
+        loader = loader_of(ds, 0)
+        loader.load_state_dict(state)
+        assert [media_id for batch in loader for media_id in ids(batch)] == whole[position:]

@@ -12,6 +12,7 @@ from tests.metadata.helpers import (
     items,
     raw_columns,
     write_json_export,
+    write_parquet,
 )
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata.normalize import info_of, normalize
@@ -118,3 +119,135 @@ def test_json_load_fallback_refuses_what_is_not_utf8_too(tmp_path, monkeypatch):
     (tmp_path / "metadata.json").write_bytes(data)
     with pytest.raises(SchemaError, match=f"offset {offset:,}"):
         read_metadata(tmp_path)
+
+
+# -- nesting: a bounded depth, checked before any parser recurses ----------------------------------
+
+_READ_AT_DEPTHS = """
+import json, sys
+from pathlib import Path
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata.read import read_metadata_file
+for path in sys.argv[1:]:
+    try:
+        read_metadata_file(Path(path))
+        print("read")
+    except SchemaError as exc:
+        print(json.dumps({"field": exc.field, "message": str(exc)}))
+    sys.stdout.flush()
+"""
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _deep_exports(tmp_path, where: str) -> list:
+    paths = []
+    for depth in (1_000, 10_000, 100_000):
+        folder = tmp_path / f"{where}-{depth}"
+        media = items()
+        if where == "an unknown key of a media item":
+            media[1]["extra"] = "NESTED"
+        elif where == "a metadata item's properties":
+            media[0]["metadata_items"][0]["properties"]["extra"] = "NESTED"
+        elif where == "metadata_items in parquet":
+            media[2]["metadata_items"] = "NESTED"
+            strings = [json.dumps(m["metadata_items"]) if "metadata_items" in m else None for m in media]
+            strings = [s.replace('"NESTED"', _nested(depth)) if s else s for s in strings]
+            table = pa.table(dict(raw_columns(media), metadata_items=strings))
+            paths.append(write_parquet(folder, table))
+            continue
+        info = {**INFO, "extra": "NESTED"} if where == "info" else INFO
+        path = write_json_export(folder, media, info=info)
+        path.write_text(path.read_text().replace('"NESTED"', _nested(depth)))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "where", ["an unknown key of a media item", "a metadata item's properties", "info", "metadata_items in parquet"]
+)
+def test_metadata_nested_a_thousand_to_100000_deep_is_a_schema_error_not_a_crash(tmp_path, where):
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    paths = _deep_exports(tmp_path, where)
+    # A child process: Arrow's reader once overflowed the C stack at 100,000 levels (SIGSEGV).
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_AT_DEPTHS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+    )
+    assert result.returncode == 0, f"reading {where} nested deep killed the process: {result.stderr[-2000:]}"
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 3, result.stdout
+    for path, answer in zip(paths, answers):
+        assert str(path) in answer["message"], answer
+        assert "levels deep" in answer["message"] and "limit is 64" in answer["message"], answer
+        assert answer["field"] in ("metadata", "metadata_items"), answer
+    if where == "metadata_items in parquet":
+        assert all(items()[2]["media_id"] in answer["message"] for answer in answers), "the row is not named"
+
+
+def test_nesting_up_to_the_limit_and_brackets_inside_strings_are_read(tmp_path, expected):
+    from vl_datasets.metadata.json_depth import MAX_DEPTH
+
+    media = items()
+    media[0]["file_name"] = "[{" * 5_000 + '\\"]'  # text, not nesting
+    media[1]["extra"] = "NESTED"  # the export, media_items and the item are three levels
+    path = write_json_export(tmp_path, media)
+    path.write_text(path.read_text().replace('"NESTED"', _nested(MAX_DEPTH - 3)))
+    table = read_metadata(tmp_path)
+    assert table.column("file_name")[0].as_py() == media[0]["file_name"]
+    assert table.column("media_id").to_pylist() == expected.column("media_id").to_pylist()
+    path.write_text(path.read_text().replace(_nested(MAX_DEPTH - 3), _nested(MAX_DEPTH - 2)))
+    with pytest.raises(SchemaError, match=f"nests {MAX_DEPTH + 1} levels deep"):
+        read_metadata(tmp_path)
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict | list):
+        return 1 + max((_depth(v) for v in (value.values() if isinstance(value, dict) else value)), default=0)
+    return 0
+
+
+def test_the_depth_bound_holds_however_the_text_is_sliced():
+    """An incremental reader feeds slices: a string, an escape or a run of backslashes cut between
+    two slices must not hide a level or invent one."""
+    import random
+
+    from vl_datasets.metadata.json_depth import DepthScanner, first_too_deep
+
+    rng = random.Random(0)
+    tricky = ['a"b\\', "[{", '\\"]]', 'x\\\\"y', "}}}", "\\\\\\", 1, None]
+
+    def value(levels):
+        if not levels or rng.random() < 0.3:
+            return rng.choice(tricky)
+        if rng.random() < 0.5:
+            return [value(levels - 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "[", '\\"{']): value(levels - 1) for _ in range(rng.randint(0, 3))}
+
+    documents = [value(rng.randint(0, 10)) for _ in range(300)]
+    for document in documents:
+        text, depth = json.dumps(document).encode(), _depth(document)
+        for limit in {depth, max(depth - 1, 0)}:
+            for size in (1, 2, 5, len(text)):
+                scanner = DepthScanner("doc", max_depth=limit)
+                try:
+                    for start in range(0, len(text), size):
+                        scanner.feed(text[start : start + size])
+                    refused = False
+                except SchemaError:
+                    refused = True
+                assert refused == (depth > limit), f"{text!r} ({depth} deep) in slices of {size}, limit {limit}"
+    strings = pa.array([json.dumps(d) for d in documents])
+    depths = [_depth(d) for d in documents]
+    for limit in (2, 5, 8):
+        found = first_too_deep(strings.slice(3), max_depth=limit)
+        assert (found and found[0]) == next((i for i, d in enumerate(depths[3:]) if d > limit), None)

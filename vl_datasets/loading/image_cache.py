@@ -18,6 +18,10 @@ coordination on the read path:
   tenth of the limit written on the node, whatever the number of processes.
 - A file removed by a scan while another process looks for it is a miss there, read again from
   the root: the cache changes speed, never results.
+- A cache it cannot write or touch (a read-only disk, files of another user) changes speed, never
+  results either: a failed access-time update or write is logged once per process, naming the
+  folder, and the image is served all the same, from the copy when it reads, else from the root;
+  after a refused write (read-only, no permission) this process stops writing there.
 - Files are not fsynced (a sync per image would cost more than the read it saves). Each ends with
   a trailer holding its length instead, so what a power loss leaves behind (an empty or torn file
   renamed before its data reached the disk) fails the check, reads as a miss, and is replaced.
@@ -26,6 +30,7 @@ coordination on the read path:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -45,6 +50,9 @@ LOW_WATER = 0.9  # a scan evicts down to this fraction of the limit, so the next
 STALE_TEMP_S = 3600.0  # a temp file this old belongs to a process that died mid-write
 TRAILER_MAGIC = b"VLic"  # then the data's length, 8 bytes little-endian
 TRAILER_SIZE = len(TRAILER_MAGIC) + 8
+# Write failures that will not pass while this process runs: it stops writing to the folder.
+REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+_warned: set[tuple[int, str]] = set()  # (process, folder): one warning each
 
 
 class ImageCache:
@@ -61,6 +69,7 @@ class ImageCache:
         self.limit_bytes = int(limit_bytes)
         self._ledger: int | None = None
         self._pid: int | None = None
+        self._writable = True
 
     def __getstate__(self) -> dict:
         return {"folder": self.folder, "limit_bytes": self.limit_bytes}
@@ -77,7 +86,7 @@ class ImageCache:
         return self.folder / digest[:2] / digest[2:32]
 
     def get(self, key: str) -> bytes | None:
-        """The cached bytes of ``key``, or None."""
+        """The cached bytes of ``key``, or None (no copy, or one this process cannot read)."""
         path = self.path(key)
         try:
             with open(path, "rb") as handle:
@@ -85,17 +94,35 @@ class ImageCache:
                 mtime = os.fstat(handle.fileno()).st_mtime
         except FileNotFoundError:
             return None
+        except OSError as exc:  # another user's file, a failing disk: read from the root instead
+            self._warn_once("read", exc)
+            return None
         data = _unwrap(stored)
         if data is None:
             logger.debug("Ignoring the torn copy %s (%d bytes)", path, len(stored))
             return None  # the next put replaces it
         if time.time() - mtime > self.touch_after_s:
-            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: the bytes are still good
+            try:
                 os.utime(path)
+            except FileNotFoundError:  # evicted meanwhile: the bytes are still good
+                pass
+            except OSError as exc:  # a read-only disk: eviction order suffers, this read does not
+                self._warn_once("mark as recently used", exc)
         return data
 
     def put(self, key: str, data: bytes) -> None:
-        """Keep ``data`` as ``key``'s bytes, and evict if the node has written enough since the last scan."""
+        """Keep ``data`` as ``key``'s bytes, and evict if the node has written enough since the last
+        scan. A write that fails is logged (once per process) and dropped: never an error here."""
+        if not self._writable:
+            return
+        try:
+            self._put(key, data)
+        except OSError as exc:
+            self._warn_once("write", exc)
+            if exc.errno in REFUSED:
+                self._writable = False
+
+    def _put(self, key: str, data: bytes) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as tmp, open(tmp, "wb") as out:
@@ -105,6 +132,20 @@ class ImageCache:
         os.write(ledger, b"\0" * -(-len(data) // LEDGER_UNIT))
         if os.fstat(ledger).st_size * LEDGER_UNIT >= max(1, int(self.limit_bytes * SCAN_EVERY)):
             self.evict()
+
+    def _warn_once(self, action: str, exc: OSError) -> None:
+        if (os.getpid(), str(self.folder)) in _warned:
+            return
+        _warned.add((os.getpid(), str(self.folder)))
+        logger.warning(
+            "Cannot %s images in the image cache %s (%s: %s). Images are served all the same, from the "
+            "root when the cache has no copy this process can read; this process reports no more of "
+            "this folder's failures.",
+            action,
+            self.folder,
+            type(exc).__name__,
+            exc.strerror or exc,
+        )
 
     def evict(self) -> None:
         """Remove the least recently used files down to ``LOW_WATER`` of the limit, unless another

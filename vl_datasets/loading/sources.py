@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,11 +28,9 @@ from ..cache.opened import local_store
 from ..config import is_remote, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.index import IMAGE_COLUMN
-from ..redaction import redact_logs_of, redact_url
+from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
 from .retries import RetryPolicy
-
-logger = logging.getLogger("vl_datasets")
 
 # The optional dependency that brings each protocol, for the message when it is missing.
 EXTRAS = {
@@ -41,6 +39,12 @@ EXTRAS = {
     **dict.fromkeys(("az", "abfs", "abfss"), "azure"),
     **dict.fromkeys(("http", "https"), "http"),
 }
+# A file_path that could name a file outside its root, under some source: a segment of dots alone
+# ("." or "..") in any number of percent-encodings (a URL library decodes "%2e%2e" and resolves
+# it, and a server may decode again), or a separator or NUL smuggled in encoded. RE2 syntax, so
+# that Arrow applies it to a whole column and ``re`` to one path alike.
+_DOT = r"(?:\.|%(?:25)*2[eE])"
+OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
 
 
@@ -81,8 +85,10 @@ class LocalFolder:
         self.retry = retry or RetryPolicy()
 
     def read(self, path: str) -> bytes:
+        file = object_path(self.display_root, path, protocol="file")
+
         def read_file() -> bytes:
-            with open(self.location(path), "rb") as handle:
+            with open(file, "rb") as handle:
                 return handle.read()
 
         return self.retry.call(read_file)  # a network mount can time out too
@@ -125,27 +131,38 @@ class FsspecRoot:
         self.retry = retry or RetryPolicy()
         self._filesystem: tuple[Any, str] | None = None
         self._pid: int | None = None
-        redact_logs_of("fsspec.http", "aiohttp.client")  # their DEBUG lines hold full URLs, tokens included
+        redact_logs_of()  # fsspec's and aiohttp's DEBUG lines hold full URLs, tokens included
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_filesystem": None, "_pid": None}  # a live filesystem stays in its process
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        redact_logs_of()  # a spawned worker starts with logging as Python leaves it
 
     def __repr__(self) -> str:
         return f"FsspecRoot({self.display_root!r})"  # never the storage options: they may hold keys
 
     def read(self, path: str) -> bytes:
         fs, root = self._open()
-        url = f"{root}/{path}" + (f"?{self._query}" if self._query else "")
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
         return self.retry.call(lambda: fs.cat_file(url))
 
     def location(self, path: str) -> str:
         return f"{self.display_root}/{path}"
 
     def scrub(self, text: str) -> str:
-        """``text`` (an error message) without this root's query string or user info."""
-        secrets = [self._query, urlsplit(self._base).netloc.rpartition("@")[0]]
-        for secret in filter(None, secrets):
-            text = text.replace(secret, "[redacted]")
+        """``text`` (an error message) without this root's query string or user info: every URL and
+        credential parameter redacted (``redact_text``), then this root's own secrets wherever they
+        are left, as written and percent-decoded."""
+        text = redact_text(text)
+        user_info = urlsplit(self._base).netloc.rpartition("@")[0]
+        signatures = [value for _, _, value in _parameters(self._query) if len(value) >= 16]  # not "sv=2024"
+        secrets = {
+            form for secret in (self._query, user_info, *signatures) if secret for form in (secret, unquote(secret))
+        }
+        for secret in sorted(secrets, key=len, reverse=True):  # the whole query before a value in it
+            text = text.replace(secret, REDACTED)
         return text
 
     def _open(self) -> tuple[Any, str]:
@@ -173,21 +190,13 @@ class CachedSource:
     def __init__(self, source: ImageSource, cache: ImageCache) -> None:
         self.source, self.cache = source, cache
         self.display_root, self.separator = source.display_root, source.separator
-        self._warned = False
 
     def read(self, path: str) -> bytes:
         data = self.cache.get(path)
         if data is not None:
             return data
         data = self.source.read(path)
-        try:
-            self.cache.put(path, data)
-        except OSError as exc:  # a full local disk slows the next epoch down; it must not stop this one
-            if not self._warned:
-                logger.warning(
-                    "Cannot keep images in %s (%s); reading them from %s", self.cache.folder, exc, self.display_root
-                )
-                self._warned = True
+        self.cache.put(path, data)  # a cache it cannot write warns once and slows later epochs, nothing more
         return data
 
     def cached(self, path: str) -> bytes | None:
@@ -259,15 +268,39 @@ def _size_limit(image_cache: str | int) -> int:
 
 def with_source_paths(table: pa.Table) -> pa.Table:
     """``table`` with each row's image path under an images_root: its ``file_path``, ``/``-separated
-    and relative (null when it has none, so ``missing_images`` applies). Nothing is listed."""
+    and relative (null when it has none, so ``missing_images`` applies). Nothing is listed.
+
+    A ``file_path`` that ``object_path`` would refuse (one that could leave the root) is no image
+    there either: its row is named by ``missing_images``, and nothing is ever asked for it.
+    """
     path = pc.replace_substring(table.column("file_path"), "\\", "/")
     path = pc.utf8_ltrim(path, characters="/")
-    # A ".." segment would read outside the root: such a row has no image there.
-    outside = pc.match_substring_regex(path, r"(^|/)\.\.(/|$)")
+    outside = pc.match_substring_regex(path, OUTSIDE_ROOT)
     path = pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
     if IMAGE_COLUMN in table.column_names:
         return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
     return table.append_column(IMAGE_COLUMN, path)
+
+
+def object_path(root: str, path: str, *, protocol: str) -> str:
+    """Where ``path`` (a row's image path under the root, ``/``-separated) is read: the one join of a
+    root and a path, for every protocol, that never leaves the root.
+
+    A path with a dot segment or an encoded separator or NUL, however encoded (``OUTSIDE_ROOT``),
+    raises ``ImageNotFoundError`` and is never read. Under an http(s) root each segment is
+    percent-encoded, so that "photo #1.jpg", "q?x.jpg" or "100%.jpg" reach the server as those
+    names rather than as a fragment, a query or an escape. Other protocols take the name as it is:
+    s3fs, gcsfs and the local disk treat a key or a file name literally.
+    """
+    path = path.replace("\\", "/").lstrip("/")
+    if not path or re.search(OUTSIDE_ROOT, path):
+        raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
+    segments = path.split("/")
+    if protocol in ("http", "https"):
+        segments = [quote(segment, safe="") for segment in segments]
+    if protocol == "file":
+        return os.path.join(root, *segments)
+    return f"{root.rstrip('/')}/{'/'.join(segments)}"
 
 
 def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path: str) -> Exception:
@@ -276,12 +309,17 @@ def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path:
     if isinstance(exc, ImageDecodeError):
         return exc
     location = source.location(path)
-    reason = source.scrub(f"{type(exc).__name__}: {exc}")
+    reason = source.scrub(redact_text(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, FileNotFoundError):
         return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
     return ImageDecodeError(
         f"Cannot read the image of media_id {media_id!r} at {location}: {reason}", media_id=media_id, path=location
     )
+
+
+def _parameters(query: str) -> list[tuple[str, str, str]]:
+    """(name, "=", value) of each parameter of a query string, as written."""
+    return [part.partition("=") for part in query.split("&") if part]
 
 
 def _checked_protocol(url: str) -> str:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import SchemaError
+from .json_depth import describe, first_too_deep
 
 # ---- output types ---------------------------------------------------------------------------------
 
@@ -212,6 +213,7 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     parts = [pa.array([], RAW_ITEMS)] if not len(strings) else []
     for start in range(0, len(strings), JSON_SLICE_ROWS):
         part = _json_lines_input(strings.slice(start, JSON_SLICE_ROWS))
+        _check_depth(part, source, row_offset + start)
         parsed = _read_json_fast(part, infer=True) if infer else None
         if parsed is None:
             parsed = _read_json_fast(part, infer=False)
@@ -221,6 +223,15 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
             parsed = python_items(values, source, row_offset=row_offset + start)
         parts.append(parsed)
     return parts
+
+
+def _check_depth(strings: pa.Array, source: str, row_offset: int) -> None:
+    """A row whose JSON nests past ``json_depth.MAX_DEPTH`` is refused before a parser recurses into it."""
+    found = first_too_deep(strings)
+    if found is not None:
+        row, depth, offset = found
+        detail = f"metadata_items is not JSON this library reads: it {describe(depth, offset)}"
+        raise row_error(source, row_offset + row, detail, "metadata_items")
 
 
 def _json_lines_input(strings: pa.Array) -> pa.Array:
