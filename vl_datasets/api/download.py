@@ -107,7 +107,7 @@ class _Download:
         self.progress = progress
         self.url_refreshes = 0
         self.attempts = transport.retry.start(f"Download of export {task.id}")
-        self.size_at_last_failure = -1
+        self.size_at_last_failure = self._have()  # bytes a break must add to count as progress
 
     def run(self) -> None:
         if self.task.download_uri is None:

@@ -43,8 +43,9 @@ EXTRAS = {
     **dict.fromkeys(("az", "abfs", "abfss"), "azure"),
     **dict.fromkeys(("http", "https"), "http"),
 }
-# botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours count.
-S3_SINGLE_ATTEMPT = {"max_attempts": 1, "mode": "standard"}
+# botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours
+# count. ("max_attempts" there counts retries, not attempts: 1 would mean two requests.)
+S3_SINGLE_ATTEMPT = {"total_max_attempts": 1, "mode": "standard"}
 
 
 class ImageSource(Protocol):
@@ -198,11 +199,14 @@ class FsspecRoot:
                     self.display_root,
                     self.retry.max_attempts,
                 )
-            config.setdefault("retries", S3_SINGLE_ATTEMPT)
+            config.setdefault("retries", dict(S3_SINGLE_ATTEMPT))  # a copy: botocore edits it in place
             if timeout_s is not None:
                 config.setdefault("connect_timeout", timeout_s)
                 config.setdefault("read_timeout", timeout_s)
             options["config_kwargs"] = config
+            # Above 1, s3fs sends a HEAD before each GET to see whether to split it: a second round
+            # trip per image, for images far below its 50 MiB chunks.
+            options.setdefault("max_concurrency", 1)
         return options
 
 
