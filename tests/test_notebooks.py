@@ -8,7 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from tests.helpers import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # What each notebook must show a user; a notebook added without an entry fails here.
@@ -31,9 +32,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     )
     for name in [k for k in os.environ if k.startswith(("VL_API_", "VL_DATASETS_"))]:
         monkeypatch.delenv(name)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    notebook = run_notebook(path, tmp_path)
     outputs = "".join(
         str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
         for cell in notebook.cells
