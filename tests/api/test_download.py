@@ -230,3 +230,18 @@ def test_a_download_that_keeps_moving_is_never_given_up(local_vl, fake_time, ref
     local_vl.faults.break_download_after(200, times=4)
     with make_client(local_vl, fake_time, max_retries=2) as client:
         assert client.download_export(task, tmp_path / "e.zip").read_bytes() == expected
+
+
+def test_a_storage_that_hangs_mid_download_costs_the_attempts_each_cut_at_the_timeout(
+    local_vl, fake_time, reference_zip, tmp_path
+):
+    task, _ = reference_zip
+    local_vl.faults.stall_download_after(0, 60, times=100)  # headers, then nothing
+    with (
+        make_client(local_vl, fake_time, max_retries=2, timeout_s=0.5) as client,
+        pytest.raises(errors.DownloadError) as caught,
+    ):
+        client.download_export(task, tmp_path / "f.zip")
+    local_vl.faults.reset()  # wakes the stalled answers
+    assert len(_range_headers(local_vl)) == 3
+    assert "gave up after 3 of 3 attempts" in str(caught.value)
