@@ -4,8 +4,8 @@ A ``RetryPolicy`` says how many attempts an operation gets in all, how long to w
 (exponential backoff with jitter, a server's ``Retry-After`` honoured up to a cap) and, optionally,
 an overall deadline. Each operation counts its attempts in one ``Attempts``: a layer that hands
 its ``Attempts`` down (a download to each of its requests) spends from the same count, so the
-layers never multiply. Standard library only, so the loading side can use it without loading the
-API side's network stack. ``sleep``, ``clock`` and ``random`` are injectable so tests never wait.
+layers never multiply. It needs nothing beyond the standard library, so the loading side can use it
+without loading the API side's network stack. ``sleep``, ``clock`` and ``random`` are injectable so tests never wait.
 """
 
 from __future__ import annotations
@@ -165,8 +165,11 @@ def image_read_policy(env: Mapping[str, str] | None = None, **overrides) -> Retr
     """The policy of image reads: ``overrides``, then ``VL_DATASETS_READ_ATTEMPTS`` (6),
     ``VL_DATASETS_READ_TIMEOUT_S`` (60, one attempt) and ``VL_DATASETS_READ_DEADLINE_S`` (180, one
     image across its attempts), then the defaults; waits of 0.1 s doubling up to 5 s."""
+    attempts = env_number("VL_DATASETS_READ_ATTEMPTS", None, IMAGE_READ_ATTEMPTS, env)
+    if attempts != int(attempts):
+        raise ConfigurationError(f"VL_DATASETS_READ_ATTEMPTS must be a whole number, got {attempts!r}.")
     settings = {
-        "max_attempts": int(env_number("VL_DATASETS_READ_ATTEMPTS", None, IMAGE_READ_ATTEMPTS, env)),
+        "max_attempts": int(attempts),
         "attempt_timeout_s": env_number("VL_DATASETS_READ_TIMEOUT_S", None, IMAGE_READ_TIMEOUT_S, env),
         "deadline_s": env_number("VL_DATASETS_READ_DEADLINE_S", None, IMAGE_READ_DEADLINE_S, env),
         "base_s": 0.1,

@@ -32,6 +32,8 @@ def test_the_read_policy_is_set_by_environment_and_checked(monkeypatch):
         image_read_policy(env={"VL_DATASETS_READ_DEADLINE_S": "-1"})
     with pytest.raises(errors.ConfigurationError, match="max_attempts"):
         image_read_policy(env={"VL_DATASETS_READ_ATTEMPTS": "0"})
+    with pytest.raises(errors.ConfigurationError, match="VL_DATASETS_READ_ATTEMPTS"):
+        image_read_policy(env={"VL_DATASETS_READ_ATTEMPTS": "2.5"})
 
 
 def test_a_503_storm_on_http_costs_the_policy_attempts(split_export, tmp_path, monkeypatch):

@@ -185,12 +185,12 @@ class Transport:
         authenticate: bool,
         stream: bool,
         kwargs: dict[str, Any],
-        deadline_s: float | None,
+        time_left_s: float | None,
     ) -> requests.Response | _Failure:
         """One attempt. A failure comes back as plain facts, never as requests' exception: that one
         holds the prepared request with its Authorization header, and would ride along as the
         ``__context__`` of the error we raise, reachable by any error reporter that walks chains."""
-        read_s = self.timeout_s if deadline_s is None else min(self.timeout_s, deadline_s)
+        read_s = self.timeout_s if time_left_s is None else min(self.timeout_s, time_left_s)
         try:
             return self.session.request(
                 method,
