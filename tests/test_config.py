@@ -58,7 +58,7 @@ def test_secrets_stay_out_of_reprs():
 def test_numeric_settings_from_the_environment():
     client = Client(env={"VL_API_TIMEOUT_S": "5", "VL_API_MAX_RETRIES": "0"})
     assert client._transport.timeout_s == 5
-    assert client._transport.retry.max_retries == 0
+    assert client._transport.retry.max_attempts == 1  # no retry: the first attempt only
     with pytest.raises(errors.ConfigurationError, match="VL_API_MAX_RETRIES"):
         Client(env={"VL_API_MAX_RETRIES": "many"})
 

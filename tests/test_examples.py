@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from tests.helpers import run_child
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,14 +25,7 @@ def _clean_env(tmp_path: Path) -> dict:
 
 
 def _run(tmp_path: Path, script: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_clean_env(tmp_path),
-        cwd=tmp_path,
-    )
+    result = run_child([sys.executable, str(REPO / "examples" / script), *args], env=_clean_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -80,7 +75,7 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
     key, secret = "key-main", "secret-main-0123456789abcdef0123456789"
     with LocalVisualLayer(SAMPLE_ROOT, api_key=key, api_secret=secret, export_polls=0) as platform:
         env = _clean_env(tmp_path) | {"VL_API_URL": platform.url, "VL_API_KEY": key, "VL_API_SECRET": secret}
-        result = subprocess.run(
+        result = run_child(
             [
                 sys.executable,
                 str(REPO / "examples" / "train_classifier.py"),
@@ -93,9 +88,6 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
                 "--cache-dir",
                 str(tmp_path / "cache"),
             ],
-            capture_output=True,
-            text=True,
-            timeout=300,
             env=env,
             cwd=tmp_path,
         )

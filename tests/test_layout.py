@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import vl_datasets.server
-from tests.helpers import REPO, child_env
+from tests.helpers import REPO, child_env, run_child
 from vl_datasets import fetch_export
 
 
@@ -30,7 +30,7 @@ def test_side_imports_run_one_way(tmp_path):
         "assert len(ds) == 3\n"
         f"print(sorted(m for m in {network!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == 0, result.stderr
     after_import, after_open = result.stdout.split("\n")[:2]
     assert after_import == "[]", f"import vl_datasets loaded {after_import}"
@@ -47,7 +47,7 @@ def test_a_cached_dataset_opens_without_the_api_side(quick_vl, quick_client, tmp
         "print(sorted(m for m in ('requests', 'urllib3', 'jwt', 'vl_datasets.api.client') if m in sys.modules))\n"
     )
     env = {**child_env(), "VL_API_URL": quick_vl.url}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = run_child([sys.executable, "-c", code], env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"a cache hit loaded the API side: {result.stdout}"
     assert quick_vl.count("export") == 1
@@ -78,7 +78,6 @@ def test_metadata_and_loading_never_import_the_api_side():
 
 
 def test_the_metadata_side_loads_neither_torch_nor_the_network():
-    import subprocess
     import sys
 
     # The package root is lazy, so the metadata modules import as they are, with nothing faked.

@@ -9,7 +9,6 @@ outputs after a notebook changes.
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import os
 import re
@@ -19,7 +18,8 @@ import nbformat
 import numpy as np
 import PIL.Image
 import pytest
-from nbclient import NotebookClient
+
+from tests.helpers import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # What each notebook must show a user; a notebook added without an entry fails here.
@@ -40,10 +40,6 @@ PIXEL_TOLERANCE = 4.0
 # Folders in the temp dir that outlive any one process by design: the download locks' (private to the
 # user, see vl_datasets.api.download.lock_path) and torch's compile cache.
 PER_USER_TMP = ("vl_datasets-locks-", "torchinductor_")
-
-
-def _run(notebook: nbformat.NotebookNode, cwd) -> None:
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
 
 
 def _same_text(committed: str, rerun: str) -> bool:
@@ -112,8 +108,7 @@ def test_notebook_reruns_to_its_committed_outputs(path, tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))  # what the notebook's kernel makes with tempfile lands here
 
-    rerun = copy.deepcopy(committed)
-    _run(rerun, cwd)
+    rerun = run_notebook(path, cwd, executed=tmp_path / f"executed-{path.name}")
 
     outputs = _outputs_text(rerun)
     for expected in EXPECTED[path.name]:

@@ -36,6 +36,8 @@
         ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
         ├── ImageNotFoundError (FileNotFoundError)   a row's image is missing or ambiguous
         ├── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
+        │   └── ImageReadError                       its storage kept failing: the attempts or the
+        │                                            read deadline ran out
         └── DatasetMismatchError (ValueError)        a loader state saved on other items than the dataset's
 
 Every class is constructible from one message string and pickles with its attributes: a
@@ -349,6 +351,17 @@ class ImageDecodeError(DataError, ValueError):
         super().__init__(message)
         self.media_id = media_id
         self.path = path
+
+
+class ImageReadError(ImageDecodeError):
+    """An image's storage kept failing (503s, resets, timeouts) until the read's attempts or its
+    deadline ran out; the message says which, and ``attempts`` how many were made."""
+
+    def __init__(
+        self, message: str = "", *, media_id: str | None = None, path: str | None = None, attempts: int | None = None
+    ) -> None:
+        super().__init__(message, media_id=media_id, path=path)
+        self.attempts = attempts
 
 
 class DatasetMismatchError(DataError, ValueError):

@@ -208,3 +208,40 @@ def test_a_task_id_that_is_no_file_name_still_downloads(client, tmp_path):
         entities_count=task.entities_count,
     )
     assert client.download_export(odd, tmp_path / "odd.zip").is_file()
+
+
+def test_failed_requests_and_broken_streams_spend_one_count_of_attempts(local_vl, fake_time, reference_zip, tmp_path):
+    """A storage that answers 503 twice, then breaks every stream: 4 requests for 4 attempts, not
+    the transport's 4 for each of the download's 4 tries."""
+    task, _ = reference_zip
+    local_vl.faults.fail_next("storage", 503, times=2)
+    local_vl.faults.break_download_after(0, times=100)
+    waits_before = len(fake_time.sleeps)  # the export's polls
+    with make_client(local_vl, fake_time, max_retries=3) as client, pytest.raises(errors.DownloadError) as caught:
+        client.download_export(task, tmp_path / "d.zip")
+    assert len(_range_headers(local_vl)) == 4, "the download's retries multiplied the transport's"
+    assert len(fake_time.sleeps) - waits_before == 3
+    assert "gave up after 4 of 4 attempts" in str(caught.value)
+
+
+def test_a_download_that_keeps_moving_is_never_given_up(local_vl, fake_time, reference_zip, tmp_path):
+    """Bytes received give the count back: more breaks than attempts, each after new bytes, still finish."""
+    task, expected = reference_zip
+    local_vl.faults.break_download_after(200, times=4)
+    with make_client(local_vl, fake_time, max_retries=2) as client:
+        assert client.download_export(task, tmp_path / "e.zip").read_bytes() == expected
+
+
+def test_a_storage_that_hangs_mid_download_costs_the_attempts_each_cut_at_the_timeout(
+    local_vl, fake_time, reference_zip, tmp_path
+):
+    task, _ = reference_zip
+    local_vl.faults.stall_download_after(0, 60, times=100)  # headers, then nothing
+    with (
+        make_client(local_vl, fake_time, max_retries=2, timeout_s=0.5) as client,
+        pytest.raises(errors.DownloadError) as caught,
+    ):
+        client.download_export(task, tmp_path / "f.zip")
+    local_vl.faults.reset()  # wakes the stalled answers
+    assert len(_range_headers(local_vl)) == 3
+    assert "gave up after 3 of 3 attempts" in str(caught.value)

@@ -1,8 +1,9 @@
 """A static HTTP server of images on 127.0.0.1 for the remote-source tests: real sockets, no mocks.
 
-Faults are switched on the server side (a first-byte latency, the next N answers a 503), and it
-records every path asked for, so a test can count what reached the network. It stops itself after
-``lifetime_s`` even if a test forgets to, so a hung test cannot leave it serving.
+Faults are switched on the server side (a first-byte latency, the next N answers a 503, the next N
+answers hung or trickled a byte at a time), and it records every path asked for, so a test can
+count what reached the network. It stops itself after ``lifetime_s`` even if a test forgets to, so
+a hung test cannot leave it serving.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class ImageServer:
         self.requests: list[str] = []
         self.in_flight = self.most_in_flight = 0
         self._failures: list[int] = []
+        self._slow: list[tuple[str, float]] = []
+        self._stopped = threading.Event()  # ends hung and trickling answers when the server stops
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -30,6 +33,16 @@ class ImageServer:
         """Answer the next ``count`` requests with ``status``."""
         with self._lock:
             self._failures += [status] * count
+
+    def hang_next(self, count: int) -> None:
+        """Send nothing at all to the next ``count`` requests (until the server stops)."""
+        with self._lock:
+            self._slow += [("hang", 0.0)] * count
+
+    def trickle_next(self, count: int, every_s: float) -> None:
+        """Answer the next ``count`` requests with headers at once, then one byte every ``every_s``."""
+        with self._lock:
+            self._slow += [("trickle", every_s)] * count
 
     def count(self) -> int:
         with self._lock:
@@ -43,9 +56,14 @@ class ImageServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopped.set()
         self._timer.cancel()
         self._server.shutdown()
         self._server.server_close()
+
+    def _slowness(self) -> tuple[str, float] | None:
+        with self._lock:
+            return self._slow.pop(0) if self._slow else None
 
     def _answer(self, raw_path: str) -> tuple[int, bytes]:
         parts = urlsplit(raw_path)
@@ -80,10 +98,21 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             status, body = server._answer(self.path)
+            slowness = server._slowness()
+            if slowness is not None and slowness[0] == "hang":
+                server._stopped.wait(server.lifetime_s)
+                return
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if slowness is None:
+                self.wfile.write(body)
+                return
+            for byte in body:  # a trickle: never idle long enough for a per-read timeout to fire
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                if server._stopped.wait(slowness[1]):
+                    return
 
         def log_message(self, format, *args) -> None:  # quiet: pytest shows what matters
             pass

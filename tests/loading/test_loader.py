@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from itertools import chain
@@ -13,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from tests.helpers import REPO
+from tests.helpers import REPO, run_child
 from tests.loading.helpers import ITEMS, CountingTransform
 from vl_datasets.loading.dataset import VisualLayerDataset
 
@@ -129,12 +128,8 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(quick_vl, tmp_path):
         VL_TEST_OUT=str(tmp_path),
         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    result = run_child(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)], env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -13,11 +13,11 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tests.loading.helpers import split_export as split_export_of
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
+from vl_datasets.backoff import image_read_policy
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.loader import TaskCollate
 from vl_datasets.loading.prefetch import BatchWithNext, Lookahead
 from vl_datasets.loading.reads import Reads
-from vl_datasets.loading.retries import RetryPolicy
 
 LATENCY_S = 0.2
 
@@ -112,7 +112,7 @@ def test_read_ahead_holds_a_bounded_number_of_reads():
 def test_transient_errors_are_retried_and_a_missing_file_is_not(split_export, tmp_path):
     export, source = split_export
     waits = []
-    retry = RetryPolicy(attempts=4, sleep=waits.append, random=lambda: 1.0)
+    retry = image_read_policy(env={}, max_attempts=4, sleep=waits.append, random=lambda: 1.0)
     with ImageServer(source) as server:
         ds = open_remote(export, server, tmp_path)
         ds._source.retry = retry  # no real sleeps

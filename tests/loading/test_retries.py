@@ -8,7 +8,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from vl_datasets.loading.retries import RetryPolicy, is_transient
+from vl_datasets import errors
+from vl_datasets.backoff import RetryPolicy
+from vl_datasets.loading.retries import _retry_after_s, is_transient, read_with_retries
 
 
 def http_error(status: int, **headers: str) -> aiohttp.ClientResponseError:
@@ -39,23 +41,30 @@ def test_not_transient(exc):
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap_and_honours_retry_after():
-    policy = RetryPolicy(base_s=0.1, cap_s=1.0, random=lambda: 0.5)
-    assert [policy.delay_s(n, ConnectionResetError()) for n in range(5)] == [0.05, 0.1, 0.2, 0.4, 0.5]
-    assert policy.delay_s(0, http_error(503, **{"Retry-After": "0.7"})) == 0.7
-    assert policy.delay_s(0, http_error(503, **{"Retry-After": "120"})) == 1.0
+    # jitter 0.5: each wait is uniform in [half, all] of its ceiling; random() == 0 gives the half.
+    policy = RetryPolicy(base_s=0.1, cap_s=1.0, retry_after_max_s=1.0, random=lambda: 0.0)
+
+    def delay(n, exc):
+        return policy.delay_s(n, _retry_after_s(exc))
+
+    assert [delay(n, ConnectionResetError()) for n in range(5)] == [0.05, 0.1, 0.2, 0.4, 0.5]
+    assert delay(0, http_error(503, **{"Retry-After": "0.7"})) == 0.7
+    assert delay(0, http_error(503, **{"Retry-After": "120"})) == 1.0
     # An HTTP date is read as the API client reads it: a date long past asks for no wait at all.
-    assert policy.delay_s(0, http_error(503, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+    assert delay(0, http_error(503, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
 
 
 def test_retries_are_bounded_and_keep_the_last_error():
     waits = []
     calls = []
-    policy = RetryPolicy(attempts=3, sleep=waits.append)
+    policy = RetryPolicy(max_attempts=3, sleep=waits.append)
 
-    def read():
+    def read(timeout_s):
         calls.append(1)
         raise ConnectionResetError(f"reset {len(calls)}")
 
-    with pytest.raises(ConnectionResetError, match="reset 3"):
-        policy.call(read)
+    with pytest.raises(errors.ImageReadError, match="reset 3") as caught:
+        read_with_retries(policy, read, what="read of x")
+    assert isinstance(caught.value.__cause__, ConnectionResetError)
+    assert "gave up after 3 of 3 attempts" in str(caught.value)
     assert (len(calls), len(waits)) == (3, 2)

@@ -13,11 +13,12 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from .. import errors
+from ..backoff import RetryPolicy
 from ..config import env_number, progress_enabled, resolve_client_settings
 from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
 from .auth import TokenProvider
-from .transport import RetryPolicy, Transport
+from .transport import Transport
 
 logger = logging.getLogger("vl_datasets")
 
@@ -67,9 +68,10 @@ class Client:
             tokens = TokenProvider(
                 api_key=self.settings.api_key, api_secret=secret, token=self.settings.token, wall_clock=wall_clock
             )
-        self._transport = Transport(
-            tokens=tokens, timeout_s=timeout_s, retry=RetryPolicy(max_retries=max_retries), sleep=sleep
-        )
+        # Connection errors, 408, 429 and 5xx: 1 + max_retries attempts, waits from 0.5 s doubling to
+        # 30 s, a Retry-After honoured up to 120 s.
+        retry = RetryPolicy(max_attempts=max_retries + 1, sleep=sleep, clock=clock)
+        self._transport = Transport(tokens=tokens, timeout_s=timeout_s, retry=retry)
         self.progress = progress_enabled(progress, env)
         self._sleep = sleep
         self._clock = clock

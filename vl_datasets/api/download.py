@@ -8,6 +8,10 @@ After a broken connection the next attempt, in this process or a later one, asks
 with ``Range``; a server that ignores ``Range`` gets a fresh start. The length is checked against
 what the server announced, then the partial file is renamed into place. An expired presigned URL
 (the storage answers 403) is replaced by polling the task for a fresh one.
+
+One count of attempts (the transport's ``RetryPolicy``) covers the whole download: failed requests
+and broken streams spend from it alike, so the layers do not multiply, and bytes received give it
+back in full (a huge file over a flaky link still finishes).
 """
 
 from __future__ import annotations
@@ -102,8 +106,8 @@ class _Download:
         self.refresh_task = refresh_task
         self.progress = progress
         self.url_refreshes = 0
-        self.failures = 0  # consecutive breaks without new bytes
-        self.size_at_last_failure = -1
+        self.attempts = transport.retry.start(f"Download of export {task.id}")
+        self.size_at_last_failure = self._have()  # bytes a break must add to count as progress
 
     def run(self) -> None:
         if self.task.download_uri is None:
@@ -155,6 +159,7 @@ class _Download:
                 authenticate=False,
                 stream=True,
                 headers=headers,
+                attempts=self.attempts,
             )
         except errors.APIStatusError as exc:
             if exc.status_code == 416:  # our partial file is not a prefix the server recognizes
@@ -204,18 +209,15 @@ class _Download:
     def _after_broken_stream(self, exc: Exception | None) -> None:
         # Only breaks that make no progress count: a huge file over a flaky link still finishes.
         if self._have() > self.size_at_last_failure:
-            self.failures = 0
+            self.attempts.progressed()
         self.size_at_last_failure = self._have()
-        self.failures += 1
         reason = type(exc).__name__ if exc else "connection closed early"
-        if self.failures > self.transport.retry.max_retries:
+        if not self.attempts.wait(f"broke off at byte {self._have()} ({reason}); resuming"):
             raise errors.DownloadError(
-                f"Download of export {self.task.id} broke off {self.failures} times ({reason}); "
+                f"Download of export {self.task.id} broke off ({reason}) and {self.attempts.summary()}; "
                 f"{self._have()} bytes are kept in {self.partial} and the next attempt resumes from there.",
                 url=redact_url(self._url()),
             )
-        logger.info("Download broke off at byte %d (%s); resuming", self._have(), reason)
-        self.transport.sleep(self.transport.retry.delay_s(self.failures - 1, None))
 
     def _check_disk_space(self, total: int | None, have: int) -> None:
         if total is None:

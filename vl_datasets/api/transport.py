@@ -1,7 +1,9 @@
 """HTTP to the Visual Layer API: one retry loop, one place that turns a response into an error.
 
 Retries follow the good SDKs: connection errors, 408, 429 and 5xx are retried with exponential
-backoff and jitter, honouring ``Retry-After``, up to ``max_retries``. A request that is not
+backoff and jitter, honouring ``Retry-After``, under the package's one ``RetryPolicy``
+(``backoff.py``). A caller that makes several requests for one operation (a download resuming)
+hands its ``Attempts`` to each, so they spend from one count. A request that is not
 idempotent (starting an export) is retried only when the server cannot have acted on it: the
 connection was never made, or the answer was 408, 429 or 503. A 401 renews a signed token once.
 """
@@ -10,9 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from .. import errors
 from .._version import __version__
-from ..backoff import RETRYABLE_STATUSES, parse_retry_after
+from ..backoff import RETRYABLE_STATUSES, Attempts, RetryPolicy, parse_retry_after
 from ..redaction import redact_logs_of, redact_url
 from .auth import TokenProvider
 
@@ -33,23 +32,6 @@ redact_logs_of("urllib3.connectionpool")  # its DEBUG request lines carry presig
 # Answers that mean "not processed": safe to resend even a request that starts work.
 NOT_PROCESSED_STATUSES = frozenset({408, 429, 503})
 USER_AGENT = f"vl_datasets/{__version__}"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a failed request is sent again."""
-
-    max_retries: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    retry_after_max_s: float = 120.0
-
-    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.retry_after_max_s)
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
-        return ceiling * random.uniform(0.5, 1.0)  # jitter spreads out ranks that failed together
 
 
 def error_detail(response: requests.Response) -> Any:
@@ -123,18 +105,10 @@ def _never_sent(exc: requests.RequestException) -> bool:
 class Transport:
     """A ``requests`` session per process, with authentication, timeouts and retries."""
 
-    def __init__(
-        self,
-        *,
-        tokens: TokenProvider | None,
-        timeout_s: float,
-        retry: RetryPolicy,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, *, tokens: TokenProvider | None, timeout_s: float, retry: RetryPolicy) -> None:
         self.tokens = tokens
         self.timeout_s = timeout_s
         self.retry = retry
-        self.sleep = sleep
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
 
@@ -164,22 +138,22 @@ class Transport:
         authenticate: bool = True,
         idempotent: bool = True,
         stream: bool = False,
+        attempts: Attempts | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """Send with retries; return a 2xx (or 3xx with redirects off) response, else raise.
 
         ``authenticate=False`` sends no Authorization header: used for download hosts.
+        ``attempts``, when given, is the caller's count, which this request's retries spend from.
         """
-        attempt = 0
+        attempts = attempts or self.retry.start(what)
         renewed = False
         extra_headers = dict(kwargs.pop("headers", None) or {})
         while True:
-            outcome = self._send(method, url, extra_headers, authenticate, stream, kwargs)
+            outcome = self._send(method, url, extra_headers, authenticate, stream, kwargs, attempts.timeout_s())
             if isinstance(outcome, _Failure):
-                if attempt >= self.retry.max_retries or not (idempotent or outcome.never_sent):
-                    raise self._connection_error(outcome, method, url, what)
-                self._pause(attempt, None, f"{what}: {outcome.kind}")
-                attempt += 1
+                if not (idempotent or outcome.never_sent) or not attempts.wait(outcome.kind):
+                    raise self._connection_error(outcome, method, url, what, attempts)
                 continue
             response = outcome
             logger.debug("%s %s -> %s", method, redact_url(url), response.status_code)
@@ -190,23 +164,18 @@ class Transport:
                 renewed = True
                 continue
             retryable = status in RETRYABLE_STATUSES and (idempotent or status in NOT_PROCESSED_STATUSES)
-            if retryable and attempt < self.retry.max_retries:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
-                self._pause(attempt, retry_after, f"{what}: HTTP {status}")
-                attempt += 1
-                continue
+            if retryable:
+                delay = attempts.next_delay_s(parse_retry_after(response.headers.get("Retry-After")))
+                if delay is not None:
+                    response.close()
+                    attempts.pause(delay, f"HTTP {status}")
+                    continue
             if status >= 400:
                 try:
-                    raise_for_response(response, what=what)
+                    raise_for_response(response, what=f"{what} ({attempts.summary()})" if retryable else what)
                 finally:
                     response.close()
             return response
-
-    def _pause(self, attempt: int, retry_after_s: float | None, reason: str) -> None:
-        delay = self.retry.delay_s(attempt, retry_after_s)
-        logger.info("%s; retry %d/%d in %.1fs", reason, attempt + 1, self.retry.max_retries, delay)
-        self.sleep(delay)
 
     def _send(
         self,
@@ -216,16 +185,18 @@ class Transport:
         authenticate: bool,
         stream: bool,
         kwargs: dict[str, Any],
+        time_left_s: float | None,
     ) -> requests.Response | _Failure:
         """One attempt. A failure comes back as plain facts, never as requests' exception: that one
         holds the prepared request with its Authorization header, and would ride along as the
         ``__context__`` of the error we raise, reachable by any error reporter that walks chains."""
+        read_s = self.timeout_s if time_left_s is None else min(self.timeout_s, time_left_s)
         try:
             return self.session.request(
                 method,
                 url,
                 headers=self._headers(extra_headers, authenticate),
-                timeout=(min(10.0, self.timeout_s), self.timeout_s),
+                timeout=(min(10.0, read_s), read_s),
                 stream=stream,
                 **kwargs,
             )
@@ -239,10 +210,13 @@ class Transport:
         return dict(extra)
 
     @staticmethod
-    def _connection_error(failure: _Failure, method: str, url: str, what: str) -> errors.APIConnectionError:
+    def _connection_error(
+        failure: _Failure, method: str, url: str, what: str, attempts: Attempts
+    ) -> errors.APIConnectionError:
         cls = errors.APITimeoutError if failure.timed_out else errors.APIConnectionError
         # The exception text of requests can embed the full URL; name only its redacted form.
-        return cls(f"{what}: could not reach {redact_url(url)} ({failure.kind})", method=method, url=redact_url(url))
+        message = f"{what}: could not reach {redact_url(url)} ({failure.kind}; {attempts.summary()})"
+        return cls(message, method=method, url=redact_url(url))
 
 
 @dataclass(frozen=True)

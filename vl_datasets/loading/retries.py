@@ -2,9 +2,11 @@
 
 Object storage sheds load with 503 SlowDown, and connections reset or time out under load; these
 pass after a moment. A missing object, a refused permission or a corrupt file does not, so those
-fail at once. The loop backs off exponentially with full jitter (so the workers of a job that hit
-SlowDown together do not come back together), honours a server's ``Retry-After`` up to the cap,
-and gives up after a bounded number of attempts, re-raising the last error.
+fail at once. The loop follows the package's one ``RetryPolicy`` (``backoff.py``): a bounded number
+of attempts in all, backoff with jitter (so the workers of a job that hit SlowDown together do not
+come back together), a server's ``Retry-After`` honoured up to the cap, each attempt bounded by
+``attempt_timeout_s`` and the image by ``deadline_s``. When they run out it raises
+``ImageReadError``, saying how many attempts were made and carrying the last error's text.
 
 The network libraries are recognized without importing them: they are looked up in
 ``sys.modules``, so a local images_root never loads aiohttp or botocore.
@@ -14,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
+import logging
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..backoff import RETRYABLE_STATUSES, parse_retry_after
+from ..backoff import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from ..errors import ImageReadError
 
 T = TypeVar("T")
 
@@ -68,33 +69,18 @@ def _retry_after_s(exc: BaseException) -> float | None:
     return parse_retry_after(str(value)) if value is not None else None
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """``attempts`` tries in all; the n-th wait is uniform in [0, min(cap_s, base_s * 2**n)].
-
-    ``sleep`` and ``random`` are injectable so tests never wait.
-    """
-
-    attempts: int = 5
-    base_s: float = 0.1
-    cap_s: float = 5.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
-    random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
-
-    def delay_s(self, retry: int, exc: BaseException) -> float:
-        """How long to wait before retry number ``retry`` (0-based) after ``exc``."""
-        asked = _retry_after_s(exc)
-        if asked is not None:
-            return min(asked, self.cap_s)
-        return self.random() * min(self.cap_s, self.base_s * 2**retry)
-
-    def call(self, read: Callable[[], T]) -> T:
-        """``read()``, tried again after transient errors; the last error when they run out."""
-        for retry in range(self.attempts):
-            try:
-                return read()
-            except Exception as exc:
-                if retry + 1 >= self.attempts or not is_transient(exc):
-                    raise
-                self.sleep(self.delay_s(retry, exc))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+def read_with_retries(policy: RetryPolicy, read: Callable[[float | None], T], *, what: str) -> T:
+    """``read(timeout_s)``, tried again after transient errors until ``policy`` runs out, then
+    ``ImageReadError``. ``timeout_s`` is what the attempt may take: its own bound or the time left."""
+    attempts = policy.start(what)
+    while True:
+        try:
+            return read(attempts.timeout_s())
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The log names the error's type only: its text may hold a URL with a signed query.
+            if not attempts.wait(type(exc).__name__, _retry_after_s(exc), level=logging.DEBUG):
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                message = f"{attempts.summary()}; the last error was {last}"
+                raise ImageReadError(message, attempts=attempts.made) from exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -24,13 +25,16 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..backoff import RetryPolicy, image_read_policy
 from ..cache.opened import local_store
 from ..config import is_remote, parse_size
-from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
+from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, ImageReadError
 from ..metadata.index import IMAGE_COLUMN
 from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
-from .retries import RetryPolicy
+from .retries import read_with_retries
+
+logger = logging.getLogger("vl_datasets")
 
 # The optional dependency that brings each protocol, for the message when it is missing.
 EXTRAS = {
@@ -46,6 +50,9 @@ EXTRAS = {
 _DOT = r"(?:\.|%(?:25)*2[eE])"
 OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
+# botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours
+# count. ("max_attempts" there counts retries, not attempts: 1 would mean two requests.)
+S3_SINGLE_ATTEMPT = {"total_max_attempts": 1, "mode": "standard"}
 
 
 class ImageSource(Protocol):
@@ -76,22 +83,26 @@ def local_copy(source: ImageSource, path: str) -> bytes | None:
 
 
 class LocalFolder:
-    """Images under a folder of this machine (the export's own ``images/``, or a mounted disk)."""
+    """Images under a folder of this machine (the export's own ``images/``, or a mounted disk).
+
+    ``retry`` (default ``image_read_policy()``: the ``VL_DATASETS_READ_*`` variables) retries what
+    a network mount's timeouts and resets; a plain read cannot be cut, so its deadline is checked
+    between attempts."""
 
     separator = os.sep
 
     def __init__(self, root: str | os.PathLike, *, retry: RetryPolicy | None = None) -> None:
         self.display_root = str(root)
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or image_read_policy()
 
     def read(self, path: str) -> bytes:
         file = object_path(self.display_root, path, protocol="file")
 
-        def read_file() -> bytes:
+        def read_file(timeout_s: float | None) -> bytes:
             with open(file, "rb") as handle:
                 return handle.read()
 
-        return self.retry.call(read_file)  # a network mount can time out too
+        return read_with_retries(self.retry, read_file, what=f"read of {self.location(path)}")
 
     def location(self, path: str) -> str:
         return os.path.join(self.display_root, path)
@@ -108,6 +119,12 @@ class FsspecRoot:
 
     ``storage_options`` go to fsspec. For S3, unless they say otherwise, the connection pool is
     sized for ``reads_in_flight`` (botocore's default of 10 would queue the rest).
+
+    ``retry`` (default ``image_read_policy()``: the ``VL_DATASETS_READ_*`` variables) is the only
+    retry loop: botocore and s3fs make one attempt each (unless ``config_kwargs`` set botocore's
+    ``retries``: then they multiply, and a warning says so), so the attempts the policy counts are
+    the requests the storage sees. Each attempt is cut at ``attempt_timeout_s`` or at the image's
+    deadline, whichever comes first, with the read cancelled (async filesystems: s3, gcs, http).
     """
 
     separator = "/"
@@ -128,7 +145,7 @@ class FsspecRoot:
         self._base = base.rstrip("/")
         self.display_root = redact_url(self._base)
         self.storage_options = _with_pool_size(self.protocol, dict(storage_options or {}), reads_in_flight)
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or image_read_policy()
         self._filesystem: tuple[Any, str] | None = None
         self._pid: int | None = None
         redact_logs_of()  # fsspec's and aiohttp's DEBUG lines hold full URLs, tokens included
@@ -146,7 +163,13 @@ class FsspecRoot:
     def read(self, path: str) -> bytes:
         fs, root = self._open()
         url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
-        return self.retry.call(lambda: fs.cat_file(url))
+
+        def read_once(timeout_s: float | None) -> bytes:
+            if getattr(fs, "async_impl", False) and timeout_s is not None:
+                return fs.cat_file(url, timeout=timeout_s)  # fsspec cancels the read at the timeout
+            return fs.cat_file(url)
+
+        return read_with_retries(self.retry, read_once, what=f"read of {self.location(path)}")
 
     def location(self, path: str) -> str:
         return f"{self.display_root}/{path}"
@@ -171,17 +194,40 @@ class FsspecRoot:
         if self._filesystem is None or self._pid != os.getpid():
             import fsspec
 
-            options = dict(self.storage_options)
-            if self.protocol in ("http", "https") and "timeout" not in options.get("client_kwargs", {}):
-                import aiohttp
-
-                timeout = aiohttp.ClientTimeout(
-                    total=None, sock_connect=HTTP_READ_TIMEOUT_S, sock_read=HTTP_READ_TIMEOUT_S
-                )
-                options["client_kwargs"] = {**options.get("client_kwargs", {}), "timeout": timeout}
-            fs, root = fsspec.core.url_to_fs(self._base, **options)
+            fs, root = fsspec.core.url_to_fs(self._base, **self._options())
+            if self.protocol in ("s3", "s3a"):
+                fs.retries = 1  # s3fs's own loop around botocore's: our policy counts the attempts
             self._filesystem, self._pid = (fs, root.rstrip("/")), os.getpid()
         return self._filesystem
+
+    def _options(self) -> dict[str, Any]:
+        """The storage options with the inner layers' retries off and their timeouts the policy's."""
+        options = dict(self.storage_options)
+        timeout_s = self.retry.attempt_timeout_s
+        if self.protocol in ("http", "https") and "timeout" not in options.get("client_kwargs", {}):
+            import aiohttp
+
+            # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch.
+            timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s, sock_read=timeout_s)
+            options["client_kwargs"] = {**options.get("client_kwargs", {}), "timeout": timeout}
+        if self.protocol in ("s3", "s3a"):
+            config = dict(options.get("config_kwargs") or {})
+            if "retries" in config:
+                logger.warning(
+                    "storage_options set botocore's retries for %s: its attempts multiply the %d of the image "
+                    "read policy (leave them out to have the policy's count be the count).",
+                    self.display_root,
+                    self.retry.max_attempts,
+                )
+            config.setdefault("retries", dict(S3_SINGLE_ATTEMPT))  # a copy: botocore edits it in place
+            if timeout_s is not None:
+                config.setdefault("connect_timeout", timeout_s)
+                config.setdefault("read_timeout", timeout_s)
+            options["config_kwargs"] = config
+            # Above 1, s3fs sends a HEAD before each GET to see whether to split it: a second round
+            # trip per image, for images far below its 50 MiB chunks.
+            options.setdefault("max_concurrency", 1)
+        return options
 
 
 class CachedSource:
@@ -242,16 +288,20 @@ def open_source(
     storage_options: Mapping[str, Any] | None,
     image_cache: str | int | None,
     cache_dir: str | os.PathLike | None,
+    retry: RetryPolicy | None = None,
 ) -> ImageSource:
     """Where a dataset reads its images: the export's own ``images/``, or ``images_root``, with the
-    node-local copy when ``image_cache`` gives its size limit."""
+    node-local copy when ``image_cache`` gives its size limit. ``retry`` is how reads are retried
+    and bounded in time (default ``image_read_policy()``, set by the ``VL_DATASETS_READ_*``
+    variables)."""
     check_source_options(images_root, storage_options, image_cache)
+    retry = retry or image_read_policy()
     if images_root is None:
-        return LocalFolder(export_images)
+        return LocalFolder(export_images, retry=retry)
     source: ImageSource = (
-        FsspecRoot(os.fspath(images_root), storage_options)
+        FsspecRoot(os.fspath(images_root), storage_options, retry=retry)
         if is_remote(images_root)
-        else LocalFolder(Path(images_root).expanduser().resolve())
+        else LocalFolder(Path(images_root).expanduser().resolve(), retry=retry)
     )
     if image_cache is None:
         return source
@@ -306,10 +356,17 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
 def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path: str) -> Exception:
     """The typed error for a failed read of ``media_id``'s image: ``ImageNotFoundError`` for a missing
     one, else ``ImageDecodeError``; both name the media id and the image's location, with no secret."""
-    if isinstance(exc, ImageDecodeError):
-        return exc
     location = source.location(path)
     reason = source.scrub(redact_text(f"{type(exc).__name__}: {exc}"))
+    if isinstance(exc, ImageReadError):
+        return ImageReadError(
+            f"Cannot read the image of media_id {media_id!r} at {location}: {source.scrub(redact_text(str(exc)))}",
+            media_id=media_id,
+            path=location,
+            attempts=exc.attempts,
+        )
+    if isinstance(exc, ImageDecodeError):
+        return exc
     if isinstance(exc, FileNotFoundError):
         return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
     return ImageDecodeError(
