@@ -11,6 +11,7 @@ background the first time a version of the file is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -124,7 +125,8 @@ class DatasetStore:
     def index_all(self) -> None:
         """Start indexing every dataset now, so the first request for a large one waits less."""
         for dataset_id in self.ids():
-            self.get(dataset_id)
+            with contextlib.suppress(ValueError, OSError):  # a broken dataset.json is answered 500 when asked
+                self.get(dataset_id)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -73,6 +73,7 @@ def serve(
             root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
         ).start()
         try:
+            service.datasets.index_all()  # in the background: a large metadata.json is ready sooner
             ids = service.datasets.ids()
             print(
                 f"Local Visual Layer service at {service.url} (downloads from {service.storage_url}), "

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 import ijson
 
-# Bytes handed to yajl per read: large enough that a 10 GB file is few system calls.
-READ_BYTES = 1 << 20
+# Bytes handed to yajl per read: measured faster than 1 MiB, whose buffer no longer fits the CPU cache.
+READ_BYTES = 64 << 10
 _ITEMS_PREFIX = {b"{": "media_items.item", b"[": "item"}
 _SCHEMA = "{'info': ..., 'media_items': [...]}"
 
