@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +133,45 @@ def _absent_mask(item: dict[str, Any]) -> int:
     return sum(1 << bit for bit, name in enumerate(SCALAR_FIELDS) if name not in item)
 
 
-def _batch(items: list[dict[str, Any]], present: set[str], counts: _Counts, errors: dict[str, str]) -> pa.RecordBatch:
+@dataclass
+class _Gathered:
+    """What the build learns from the rows as it writes them."""
+
+    n_items: int = 0
+    counts: _Counts = field(default_factory=_Counts)
+    present: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _batch(items: list[dict[str, Any]], gathered: _Gathered) -> pa.RecordBatch:
     # One comprehension per column: the per-item Python work is what bounds the build's speed.
-    arrays = {name: _column(name, [item.get(name) for item in items], errors) for name in SCALAR_FIELDS}
+    arrays = {name: _column(name, [item.get(name) for item in items], gathered.errors) for name in SCALAR_FIELDS}
     absent = [0 if item.keys() >= _ALL_FIELDS else _absent_mask(item) for item in items]
     entries = [item.get(METADATA_ITEMS) or [] for item in items]
     for item, listed in zip(items, entries):
-        counts.add(item, listed if isinstance(listed, list) else [])
+        gathered.counts.add(item, listed if isinstance(listed, list) else [])
     for bit, name in enumerate(SCALAR_FIELDS):
         if any(not mask & (1 << bit) for mask in absent):
-            present.add(name)
+            gathered.present.add(name)
+    gathered.n_items += len(items)
     arrays[METADATA_ITEMS] = pa.array([json.dumps(listed) for listed in entries], pa.string())
     arrays[ABSENT] = pa.array(absent, pa.uint16())
     return pa.RecordBatch.from_pydict(arrays)
+
+
+def _write_runs(metadata: Path, runs: _RunWriter, report: Callable[[int], None] | None) -> _Gathered:
+    gathered, pending = _Gathered(), []
+    try:
+        for item in iter_media_items(metadata, on_bytes=report):
+            pending.append(item)
+            if len(pending) == BATCH_ROWS:
+                runs.write(_batch(pending, gathered))
+                pending = []
+        if pending or not runs.runs:  # an empty dataset still has a (typeless) run
+            runs.write(_batch(pending, gathered))
+    finally:
+        runs.close()
+    return gathered
 
 
 def build(metadata: Path, folder: Path, *, on_progress: Callable[[float], None] | None = None) -> Summary:
@@ -153,33 +179,21 @@ def build(metadata: Path, folder: Path, *, on_progress: Callable[[float], None] 
     total = max(metadata.stat().st_size, 1)
     report = None if on_progress is None else (lambda n: on_progress(min(n / total, 1.0)))
     info = read_info(metadata)
-    counts, present, errors = _Counts(), set(), {}  # type: ignore[var-annotated]
     runs = _RunWriter(folder)
-    n_items, pending = 0, []
-    try:
-        for item in iter_media_items(metadata, on_bytes=report):
-            pending.append(item)
-            if len(pending) == BATCH_ROWS:
-                runs.write(_batch(pending, present, counts, errors))
-                n_items, pending = n_items + len(pending), []
-        if pending or not runs.runs:
-            runs.write(_batch(pending, present, counts, errors))
-            n_items += len(pending)
-    finally:
-        runs.close()
+    gathered = _write_runs(metadata, runs, report)
     columns = Columns(folder, runs.runs)
-    errors.update(columns.unify_errors())
+    gathered.errors.update(columns.unify_errors())
     unique, collision = image_names.plan_whole(columns, folder / REPEATED)
     summary = {
         "format_version": FORMAT_VERSION,
-        "n_items": n_items,
-        "n_images": counts.n_images,
-        "n_videos": len(counts.videos),
-        "n_objects": counts.n_objects,
+        "n_items": gathered.n_items,
+        "n_images": gathered.counts.n_images,
+        "n_videos": len(gathered.counts.videos),
+        "n_objects": gathered.counts.n_objects,
         "info": info,
-        "fields": [name for name in SCALAR_FIELDS if name in present],
+        "fields": [name for name in SCALAR_FIELDS if name in gathered.present],
         "runs": runs.runs,
-        "field_errors": errors,
+        "field_errors": gathered.errors,
         "media_ids_unique": unique,
         "name_collision": collision,
     }
