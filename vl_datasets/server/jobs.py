@@ -20,6 +20,7 @@ from pathlib import Path
 from .archive import build_export_zip
 from .datasets import StoredDataset
 from .faults import Faults, JobFailure
+from .indexes import IndexBuild
 from .selection import Rows, Wanted, select
 
 TERMINAL = ("COMPLETED", "FAILED", "REJECTED")
@@ -79,6 +80,8 @@ class ExportJob:
     polls: int = 0
     fraction: float = 0.0
     """Rows of the ZIP written so far, 0 to 1."""
+    indexing: IndexBuild | None = None
+    """The dataset's index, when the job started before it was built: the first half of its progress."""
     shown: float = 0.0
     built: threading.Event = field(default_factory=threading.Event)
     built_at: float | None = None
@@ -124,6 +127,7 @@ class JobRunner:
             self._decide(job, rows)
         else:
             job.fault = self.faults.take_job_failure()  # which job a fault hits is decided by start order
+            job.indexing = dataset.index
         with self._lock:
             self._jobs[task_id] = job
         if job.outcome is not None:
@@ -235,7 +239,8 @@ class JobRunner:
             return 1.0
         if job.status == "IN_PROGRESS":
             by_polls = min(job.polls / (self.export_polls + 1), 0.95)
-            job.shown = max(job.shown, by_polls * (0.5 + 0.5 * job.fraction))
+            done = job.fraction if job.indexing is None else (job.indexing.progress + job.fraction) / 2
+            job.shown = max(job.shown, by_polls * (0.5 + 0.5 * done))
             return job.shown
         return 0.0
 
