@@ -157,3 +157,19 @@ def test_repeated_frame_names_are_renamed_by_media_id_in_a_parquet_export(tmp_pa
     for row in table:
         expected = f"{row['media_id']}.jpg" if row["media_type"] == "video_frame" else row["file_name"]
         assert row["image_filename"] == expected, row
+
+
+def test_a_dataset_asked_for_while_it_is_indexed_answers_503_with_retry_after(tmp_path, monkeypatch):
+    from vl_datasets.server import api as api_origin
+
+    monkeypatch.setattr(api_origin, "DATASET_WAIT_S", 0.0)  # answer at once instead of waiting for the index
+    write_metadata_dataset(tmp_path, "big", 20_000)
+    with LocalVisualLayer(tmp_path) as service:
+        early = requests.get(api(service, "big"))
+        assert service.datasets.get("big").index.wait(300) is not None, "the index was never built"
+        later = requests.get(api(service, "big"))
+    assert early.status_code == 503, early.text
+    assert early.headers["Retry-After"] == str(api_origin.RETRY_AFTER_S)
+    assert "being indexed" in early.json()["detail"]
+    assert later.status_code == 200
+    assert later.json()["n_images"] == 20_000 - 20_000 // 100  # one item in 100 is a video frame

@@ -3,6 +3,7 @@ background, downloaded by the real client within its default timeouts, in bounde
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,6 +81,7 @@ def test_start_export_answers_before_the_export_is_built(million, index_dir):
             api(service, "million/export_context_async"),
             params={"file_name": "export.zip", "export_format": "parquet", "include_images": "false"},
         )
+        answered = time.monotonic()
         assert start.status_code == 200, start.text
         job = service.jobs.get(start.json()["id"])
         assert not job.built.is_set(), "start_export answered only once the export was built"
@@ -94,4 +96,4 @@ def test_start_export_answers_before_the_export_is_built(million, index_dir):
         assert statuses[-1] == "COMPLETED", f"the export ended {statuses[-1]}: {task['result_message']}"
         assert task["entities_count"] == N_ITEMS
         assert task["progress"] == 100
-        assert job.built_at is not None
+        assert job.built_at is not None and job.built_at > answered, "the export was built before start answered"
