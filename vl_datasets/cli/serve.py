@@ -55,6 +55,12 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         help=f"reject a larger export without images (default {DEFAULT_MAX_ENTITIES_PER_EXPORT:,})",
     )
     serve.add_argument(
+        "--index-dir",
+        type=Path,
+        help="keep the columnar form of each dataset's metadata.json here, across restarts (default: a "
+        "temporary folder, so each start indexes the datasets again)",
+    )
+    serve.add_argument(
         "--api-key",
         help=f"require tokens signed for this key (default: on-prem, no auth); the secret is read from {SECRET_ENV}",
     )
@@ -82,6 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         download_uri_style=args.download_uri,
         max_images_per_export=args.max_images_per_export,
         max_entities_per_export=args.max_entities_per_export,
+        index_dir=args.index_dir,
     )
     return 0
 

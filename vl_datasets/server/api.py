@@ -16,6 +16,8 @@ from urllib.parse import unquote
 from .archive import EXPORT_FORMATS
 from .datasets import StoredDataset
 from .handler import Handler
+from .jobs import ExportRequest
+from .selection import Wanted
 from .validation import (
     BodyParseError,
     Errors,
@@ -36,6 +38,10 @@ _ROUTES = [
     ("GET", re.compile(r"^/cdn/([^/]+)/images/([^/]+)/([^/]+)\.zip$"), "cdn"),
 ]
 SELECTION_KEYS = ("media_ids", "cluster_ids")
+# How long a dataset request waits for the service to index a new metadata.json before answering
+# 503 with Retry-After: within any client's request timeout.
+DATASET_WAIT_S = 15.0
+RETRY_AFTER_S = 10
 
 
 class ApiHandler(Handler):
@@ -69,8 +75,17 @@ class ApiHandler(Handler):
     # -- endpoints -------------------------------------------------------------------------
 
     def _dataset(self, dataset_id: str) -> None:
-        if (dataset := self._dataset_or_404(dataset_id)) is not None:
-            self.send_json(200, dataset.as_json())
+        if (dataset := self._dataset_or_404(dataset_id)) is None:
+            return
+        index = dataset.index.wait(DATASET_WAIT_S)  # raises if metadata.json cannot be read: a 500
+        if index is None:
+            return self.refuse(
+                503,
+                f"Dataset {dataset_id} is being indexed by the local service "
+                f"({dataset.index.progress:.0%} of its metadata.json read); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.send_json(200, dataset.as_json(index.summary))
 
     def _export(self, dataset_id: str) -> None:
         errors: Errors = []
@@ -82,7 +97,7 @@ class ApiHandler(Handler):
         if errors or export_format is None:
             return self.refuse(422, errors)
         if (dataset := self._exportable(dataset_id)) is not None:
-            self._start(dataset, dataset.media_items, export_format, include_images)
+            self._start(dataset, ExportRequest(export_format, include_images))
 
     def _selective_export(self, dataset_id: str) -> None:
         try:
@@ -97,14 +112,7 @@ class ApiHandler(Handler):
         if errors or export_format is None or selection is None:
             return self.refuse(422, errors)
         if (dataset := self._exportable(dataset_id)) is not None:
-            key, wanted = selection
-            field = "media_id" if key == "media_ids" else "cluster_id"
-            self._start(
-                dataset,
-                [item for item in dataset.media_items if item.get(field) in wanted],
-                export_format,
-                include_images,
-            )
+            self._start(dataset, ExportRequest(export_format, include_images, selection))
 
     def _export_status(self, dataset_id: str) -> None:
         errors: Errors = []
@@ -139,16 +147,14 @@ class ApiHandler(Handler):
             return None
         return dataset
 
-    def _start(
-        self, dataset: StoredDataset, items: list[dict[str, Any]], export_format: str, include_images: bool
-    ) -> None:
-        state = self.service.jobs.start(dataset, items, export_format=export_format, include_images=include_images)
+    def _start(self, dataset: StoredDataset, request: ExportRequest) -> None:
+        state = self.service.jobs.start(dataset, request)
         # The docs show start answers that hold only the id: the option serves that variant.
         self.send_json(200, {"id": state.id} if self.service.minimal_start_response else self.service.task_json(state))
 
 
-def parse_selection(body: Any, errors: Errors) -> tuple[str, set[str]] | None:
-    """``(key, ids)`` of a selective export's body, as a model ``{media_ids?: list[str], cluster_ids?:
+def parse_selection(body: Any, errors: Errors) -> Wanted | None:
+    """The ids a selective export's body asks for, as a model ``{media_ids?: list[str], cluster_ids?:
     list[str]}`` with "exactly one" checked after the fields; None once its entries are in ``errors``."""
     fields = model_fields(body, errors)
     if fields is None:
@@ -166,4 +172,4 @@ def parse_selection(body: Any, errors: Errors) -> tuple[str, set[str]] | None:
         errors.append(value_error(["body"], "give exactly one of media_ids or cluster_ids", body))
         return None
     ((key, ids),) = given.items()
-    return key, set(ids)
+    return Wanted(key, frozenset(ids))

@@ -3,10 +3,15 @@
 <root>/<dataset_id>/metadata.json    Visual Layer's JSON export schema ({"info", "media_items"})
 <root>/<dataset_id>/images/<file_path>
 <root>/<dataset_id>/dataset.json     optional dataset-object fields (READY when absent)
+
+A dataset's status comes from dataset.json alone, so a start of an export is answered at once; its
+counts and ``info`` come from the columnar form of metadata.json (``indexes``), built in the
+background the first time a version of the file is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -14,6 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from .columnar import Summary
+from .indexes import IndexBuild, IndexStore
 
 # Folder names only: a dataset id must never reach outside the root (``..``, slashes).
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -26,16 +34,19 @@ def status_key(value: object) -> str:
 
 @dataclass(frozen=True)
 class StoredDataset:
-    """One dataset folder, parsed."""
+    """One dataset folder: its dataset.json, and the build of its metadata's columnar form."""
 
     id: str
     folder: Path
-    info: dict[str, Any]
-    media_items: list[dict[str, Any]]
     fields: dict[str, Any]
     """What ``dataset.json`` holds: it wins over every derived field of the dataset object."""
     created_at: str
     """Derived creation time, used when neither dataset.json nor info gives one."""
+    index: IndexBuild
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.folder / "metadata.json"
 
     @property
     def status(self) -> str:
@@ -47,21 +58,20 @@ class StoredDataset:
         """Only a READY dataset can be exported."""
         return status_key(self.status) == "READY"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, summary: Summary) -> dict[str, Any]:
         """The dataset object of the contract (§3)."""
+        info = summary.info
         body = {
             "id": self.id,
-            "display_name": self.info.get("dataset") or self.id,
-            "description": self.info.get("description") or "",
-            "created_at": self.info.get("dataset_creation_time") or self.created_at,
+            "display_name": info.get("dataset") or self.id,
+            "description": info.get("description") or "",
+            "created_at": info.get("dataset_creation_time") or self.created_at,
             "status_new": self.status,
             "status": self.status,
             "progress": 100.0 if self.ready else 0.0,
-            "n_images": sum(1 for m in self.media_items if m.get("media_type", "image") == "image"),
-            "n_videos": len(_video_names(self.media_items)),
-            "n_objects": sum(
-                1 for m in self.media_items for i in m.get("metadata_items") or [] if i.get("type") == "object_label"
-            ),
+            "n_images": summary.n_images,
+            "n_videos": summary.n_videos,
+            "n_objects": summary.n_objects,
             "fatal_error_msg": None,
         }
         body.update(self.fields)
@@ -72,28 +82,12 @@ class StoredDataset:
         return self.folder / "images" / item["file_path"]
 
 
-def _video_names(items: list[dict[str, Any]]) -> set[str]:
-    # Real exports name a frame's video in video_info (video_name; the docs also show video_id).
-    names = set()
-    for item in items:
-        for entry in item.get("metadata_items") or []:
-            if entry.get("type") == "video_info":
-                props = entry.get("properties") or {}
-                name = props.get("video_name") or props.get("video_id")
-                if name:
-                    names.add(str(name))
-    return names
-
-
 class DatasetStore:
-    """The datasets under ``root``, each parsed once and parsed again only when its files change.
+    """The datasets under ``root``; each metadata.json version is indexed once (``IndexStore``)."""
 
-    Status polls arrive every few seconds; re-reading a million-item metadata.json for each
-    would make the service slower than the platform it stands in for.
-    """
-
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, indexes: IndexStore) -> None:
         self.root = Path(root)
+        self.indexes = indexes
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple, StoredDataset]] = {}
 
@@ -106,45 +100,46 @@ class DatasetStore:
         )
 
     def get(self, dataset_id: str) -> StoredDataset | None:
-        """The dataset ``dataset_id``, or None when there is no such folder."""
+        """The dataset ``dataset_id``, or None when there is no such folder. Never waits for an index."""
         if not _DATASET_ID.fullmatch(dataset_id):
             return None
         folder = self.root / dataset_id
-        stamp = _stamp(folder / "metadata.json", folder / "dataset.json")
-        if stamp is None:
+        metadata, extra = _stamp(folder / "metadata.json"), _stamp(folder / "dataset.json")
+        if metadata is None:
             return None
         with self._lock:
             cached = self._cache.get(dataset_id)
-        if cached is not None and cached[0] == stamp:
+        if cached is not None and cached[0] == (metadata, extra):
             return cached[1]
-        dataset = _read(folder, dataset_id)
+        dataset = StoredDataset(
+            dataset_id,
+            folder,
+            _fields(folder / "dataset.json") if extra is not None else {},
+            datetime.fromtimestamp(metadata[1] / 1e9).isoformat(timespec="microseconds"),
+            self.indexes.index_of(folder / "metadata.json", metadata),
+        )
         with self._lock:
-            self._cache[dataset_id] = (stamp, dataset)
+            self._cache[dataset_id] = ((metadata, extra), dataset)
         return dataset
 
+    def index_all(self) -> None:
+        """Start indexing every dataset now, so the first request for a large one waits less."""
+        for dataset_id in self.ids():
+            with contextlib.suppress(ValueError, OSError):  # a broken dataset.json is answered 500 when asked
+                self.get(dataset_id)
 
-def _stamp(metadata: Path, extra: Path) -> tuple | None:
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns): a new version of the file has a new stamp."""
     try:
-        meta = metadata.stat()
+        stat = path.stat()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    try:
-        more = extra.stat()
-        extra_stamp: tuple = (more.st_mtime_ns, more.st_size)
-    except (FileNotFoundError, NotADirectoryError):
-        extra_stamp = ()
-    return (meta.st_mtime_ns, meta.st_size, extra_stamp)
+    return (stat.st_size, stat.st_mtime_ns)
 
 
-def _read(folder: Path, dataset_id: str) -> StoredDataset:
-    metadata = folder / "metadata.json"
-    payload = json.loads(metadata.read_text(encoding="utf-8"))
-    # A bare list of media items is accepted too: hand-made folders often start that way.
-    items = payload.get("media_items", []) if isinstance(payload, dict) else payload
-    info = payload.get("info", {}) if isinstance(payload, dict) else {}
-    extra = folder / "dataset.json"
-    fields = json.loads(extra.read_text(encoding="utf-8")) if extra.is_file() else {}
-    if not isinstance(items, list) or not isinstance(info, dict) or not isinstance(fields, dict):
-        raise ValueError(f"{metadata} is not a Visual Layer JSON export ({{'info': ..., 'media_items': [...]}}).")
-    created = datetime.fromtimestamp(metadata.stat().st_mtime).isoformat(timespec="microseconds")
-    return StoredDataset(dataset_id, folder, info, items, fields, created)
+def _fields(path: Path) -> dict[str, Any]:
+    fields = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} does not hold a JSON object of dataset fields.")
+    return fields

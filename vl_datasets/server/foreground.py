@@ -90,6 +90,7 @@ def serve(
             root, host=host, port=port, storage_port=storage_port, api_key=api_key, api_secret=api_secret, **options
         ).start()
         try:
+            service.datasets.index_all()  # in the background: a large metadata.json is ready sooner
             print(banner(service, api_key=api_key), flush=True)
             while request.signum is None and not (stop is not None and stop.is_set()):
                 time.sleep(WAKE_S)

@@ -16,6 +16,7 @@ from .api import ApiHandler
 from .archive import IMAGE_LAYOUTS, METADATA_ITEM_ENCODINGS
 from .datasets import DatasetStore
 from .faults import Faults
+from .indexes import IndexStore
 from .jobs import DEFAULT_MAX_ENTITIES_PER_EXPORT, DEFAULT_MAX_IMAGES_PER_EXPORT, ExportJob, JobRunner, TaskState
 from .log import RecordedRequest, RequestLog
 from .signing import Signer
@@ -78,6 +79,8 @@ class LocalVisualLayer:
     "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``;
     ``max_images_per_export`` and ``max_entities_per_export``, the platform's limits: a larger export
     (with images, or without) ends REJECTED with "exceeds threshold", as clients expect.
+    ``index_dir``: where the columnar form of each metadata.json is kept (``indexes``); by default
+    a folder of the service's own, removed on stop, so each start indexes its datasets again.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class LocalVisualLayer:
         minimal_start_response: bool = False,
         max_images_per_export: int = DEFAULT_MAX_IMAGES_PER_EXPORT,
         max_entities_per_export: int = DEFAULT_MAX_ENTITIES_PER_EXPORT,
+        index_dir: str | Path | None = None,
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together: give both (cloud auth) or neither (on-prem).")
@@ -126,7 +130,8 @@ class LocalVisualLayer:
         self._verifier = TokenVerifier(api_key, api_secret) if api_key is not None and api_secret is not None else None
         self.faults = Faults()
         self.log = RequestLog()
-        self.datasets = DatasetStore(self.root)
+        self.index_dir = None if index_dir is None else Path(index_dir)
+        self._datasets: DatasetStore | None = None
         self.signer = Signer(presign_ttl_s)
         self.jobs: JobRunner | None = None
         self._work_dir: Path | None = None
@@ -145,6 +150,7 @@ class LocalVisualLayer:
             raise RuntimeError("This LocalVisualLayer is already started.")
         # Exports live in a folder of their own, removed on stop: nothing is written under root.
         self._work_dir = Path(tempfile.mkdtemp(prefix="vl_local_service_"))
+        self._datasets = DatasetStore(self.root, IndexStore(self.index_dir or self._work_dir / "index"))
         self.jobs = JobRunner(
             self._work_dir,
             self.faults,
@@ -182,6 +188,9 @@ class LocalVisualLayer:
             server.server_close()
             server.close_connections()
         self._servers = []
+        if self._datasets is not None:
+            self._datasets.indexes.close()
+            self._datasets = None
         if self.jobs is not None:
             self.jobs.close()
         if self._work_dir is not None:
@@ -193,6 +202,13 @@ class LocalVisualLayer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def datasets(self) -> DatasetStore:
+        """The datasets served (while started)."""
+        if self._datasets is None:
+            raise RuntimeError("The LocalVisualLayer is not started: use it as a context manager or call start().")
+        return self._datasets
 
     @property
     def url(self) -> str:
