@@ -109,7 +109,7 @@ def from_arrays(
     *,
     labels: Sequence[Any] | None = None,
     scores: Any = None,
-    confidence: Sequence[float] | None = None,
+    confidence: Sequence[float | None] | None = None,
 ) -> ClassPredictions:
     """Predictions from parallel arrays: ``labels`` (class names or indices) with an optional
     ``confidence``, or ``scores`` (items x classes: probabilities or logits turned into
@@ -157,10 +157,10 @@ def from_table(table: pa.Table, classes: list[str], *, source: str) -> ClassPred
         ) from None
 
 
-def _score_column(column: pa.ChunkedArray, source: str) -> list[float]:
+def _score_column(column: pa.ChunkedArray, source: str) -> list[float | None]:
     if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_null(column.type)):
         raise PredictionsError(f"{source}: column 'score' must hold numbers, not {column.type}.", column="score")
-    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).tolist()
+    return pc.cast(column, pa.float64()).to_pylist()  # None where a score is missing, never NaN
 
 
 def _check_ids(media_ids: list[Any], column: str) -> list[str]:
@@ -206,7 +206,7 @@ def _shown(classes: list[str]) -> str:
     return repr(classes) if len(classes) <= 12 else f"{classes[:12]!r} and {len(classes) - 12} more"
 
 
-def _confidence(confidence: Sequence[float] | None, ids: list[str]) -> np.ndarray:
+def _confidence(confidence: Sequence[float | None] | None, ids: list[str]) -> np.ndarray:
     if confidence is None:
         return np.full(len(ids), np.nan)
     values = list(confidence)

@@ -220,6 +220,11 @@ class _Cells:
             f"{row.get('label') or 'no label'} -> {row['predicted']}",
             "no confidence" if confidence is None or math.isnan(confidence) else f"confidence {confidence:.2f}",
         ]
+        lines += [
+            f"VL mislabel {issue['confidence']:.2f}: {issue.get('suggested_label') or '?'}"
+            for issue in row.get("issues") or []
+            if issue.get("issue_type") == "mislabels" and issue.get("confidence") is not None
+        ]
         caption = "<br>".join(html.escape(line) for line in lines)
         tooltip = html.escape(str(row.get("file_path") or media_id))
         return f'<figure title="{tooltip}">{picture}<figcaption>{caption}</figcaption></figure>'
