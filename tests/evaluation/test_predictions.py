@@ -61,7 +61,7 @@ def test_bad_files_name_the_column_row_and_media_id(tmp_path, text, column, row,
 
 
 def test_bad_python_values_are_refused():
-    with pytest.raises(PredictionsError, match="class index 3 is outside 0..2"):
+    with pytest.raises(PredictionsError, match=r"class index 3 is outside 0\.\.2"):
         read_predictions({"a": 3}, CLASSES)
     with pytest.raises(PredictionsError, match="neither a class name nor a class index"):
         read_predictions({"a": True}, CLASSES)

@@ -36,8 +36,12 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="a disagreement with the label counts as a suspected label error from this confidence (default 0.5)",
     )
     evaluate.add_argument("--title")
-    evaluate.add_argument("--min-uniqueness", type=float, metavar="SCORE", help="the curation rules the model's data had")
-    evaluate.add_argument("--drop-issue", dest="drop_issues", action="extend", nargs="+", default=[], metavar="TYPE=CONF")
+    evaluate.add_argument(
+        "--min-uniqueness", type=float, metavar="SCORE", help="the curation rules the model's data had"
+    )
+    evaluate.add_argument(
+        "--drop-issue", dest="drop_issues", action="extend", nargs="+", default=[], metavar="TYPE=CONF"
+    )
     evaluate.add_argument("--dedupe", nargs="?", type=float, const=True, default=False, metavar="THRESHOLD")
     evaluate.add_argument("--label-source", help="count only labels from this source")
     evaluate.add_argument("--cache-dir")
@@ -84,9 +88,10 @@ def summary_text(result) -> str:
         lines.append(f"  {row['value']}: {row['items']:,} items, accuracy {_pct(row['accuracy'])}")
     if result.leakage is not None:
         leakage = result.leakage
+        without = _pct(leakage.accuracy_without_leaks)
         lines.append(
             f"{leakage.leaked_items:,} items share a group with a training item "
-            f"({leakage.near_duplicates:,} near-duplicates); accuracy without them {_pct(leakage.accuracy_without_leaks)}"
+            f"({leakage.near_duplicates:,} near-duplicates); accuracy without them {without}"
         )
     lines.append(f"{len(result.label_errors):,} suspected label errors")
     return "\n".join(lines)
