@@ -119,9 +119,15 @@ def test_leakage_says_how_much_accuracy_comes_from_near_duplicates_in_train(expo
     assert leakage.points_from_leaks == pytest.approx(4 / 7 - 2 / 3)
 
 
-def test_an_export_path_and_scores_work_as_input(export, tmp_path):
+def test_an_export_path_with_rules_and_scores_work_as_input(export, tmp_path):
+    from vl_datasets import ConfigurationError, CurationRules
+
     classes = ["bird", "cat", "dog"]
     scores = {m: [0.8 if c == p else 0.1 for c in classes] for m, p in PREDICTIONS.items()}
-    result = evaluate(export, scores)
+    result = evaluate(export, scores, curation=CurationRules(drop_issues={"blur": 0.5}))
     assert result.accuracy == pytest.approx(5 / 9)
     assert result.scored.column("confidence").to_pylist() == pytest.approx([0.8] * 10)
+    assert rows(result.slices["curation"]) == {"kept": (7, 4), "removed by drop_issues": (2, 1)}  # a2, a3 blurred
+    ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c", invalid_labels="drop")
+    with pytest.raises(ConfigurationError, match="curation= applies to an export path"):
+        evaluate(ds, scores, curation=CurationRules(dedupe=True))

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError
+from ..metadata.curation import CurationRules
 from ..metadata.splits import find_leaks
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
@@ -110,6 +111,7 @@ def evaluate(
     predictions: Any,
     *,
     train_ids: Iterable[str] | None = None,
+    curation: CurationRules | None = None,
     min_confidence: float = 0.5,
     min_cluster_items: int = 3,
     title: str | None = None,
@@ -118,7 +120,8 @@ def evaluate(
     Layer knows of each item.
 
     ``dataset`` is a classification ``VisualLayerDataset`` (its classes, label source and curation
-    rules are used) or the path of a local export, opened with its defaults. ``predictions`` is
+    rules are used) or the path of a local export, opened with the ``curation`` rules (items
+    without exactly one label are then left out of the classes, not an error). ``predictions`` is
     anything ``read_predictions`` takes: ``{media_id: class | scores}``, a table, a CSV or Parquet
     path. Predicted items may include items curation removed: the ``curation`` slices compare
     them with the kept ones. With ``train_ids`` (the media ids the model was trained on), the
@@ -127,7 +130,9 @@ def evaluate(
     if isinstance(dataset, (str, os.PathLike)):
         from ..loading.dataset import VisualLayerDataset
 
-        dataset = VisualLayerDataset.from_export(dataset, invalid_labels="drop")
+        dataset = VisualLayerDataset.from_export(dataset, curation=curation, invalid_labels="drop")
+    elif curation is not None:
+        raise ConfigurationError("curation= applies to an export path; a dataset already has its rules.")
     if min_cluster_items < 1:
         raise ConfigurationError(f"min_cluster_items must be at least 1, got {min_cluster_items}.")
     parsed: ClassPredictions = read_predictions(predictions, dataset.classes)
