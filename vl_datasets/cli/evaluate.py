@@ -37,12 +37,26 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     evaluate.add_argument("--title")
     evaluate.add_argument(
-        "--min-uniqueness", type=float, metavar="SCORE", help="the curation rules the model's data had"
+        "--min-uniqueness", type=float, metavar="SCORE", help="the curation rule that dropped less unique items"
     )
     evaluate.add_argument(
-        "--drop-issue", dest="drop_issues", action="extend", nargs="+", default=[], metavar="TYPE=CONF"
+        "--drop-issue",
+        dest="drop_issues",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TYPE=CONF",
+        help="the curation rule that dropped items with this issue at this confidence or more",
     )
-    evaluate.add_argument("--dedupe", nargs="?", type=float, const=True, default=False, metavar="THRESHOLD")
+    evaluate.add_argument(
+        "--dedupe",
+        nargs="?",
+        type=float,
+        const=True,
+        default=False,
+        metavar="THRESHOLD",
+        help="the curation rule that kept the most unique item of each duplicate group",
+    )
     evaluate.add_argument("--label-source", help="count only labels from this source")
     evaluate.add_argument("--cache-dir")
     evaluate.add_argument("--offline", action="store_true", default=None, help="use the cache only; no network")
