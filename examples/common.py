@@ -92,6 +92,14 @@ def predict(model: nn.Module, dataset, batch_size: int = 256) -> tuple[torch.Ten
     return torch.cat(predicted), torch.cat(truth)
 
 
+@torch.no_grad()
+def class_scores(model: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
+    """Each item's class probabilities (items x classes), in dataset order."""
+    model.eval()
+    loader = dataset.dataloader(batch_size, shuffle=False, num_workers=0)
+    return torch.cat([model(images).softmax(dim=1) for images, _ in loader])
+
+
 def accuracy(model: nn.Module, dataset) -> float:
     predicted, truth = predict(model, dataset)
     return (predicted == truth).float().mean().item()

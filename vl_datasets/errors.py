@@ -38,7 +38,8 @@
         ├── ImageDecodeError (ValueError)            an image is corrupt, truncated or a bomb
         │   └── ImageReadError                       its storage kept failing: the attempts or the
         │                                            read deadline ran out
-        └── DatasetMismatchError (ValueError)        a loader state saved on other items than the dataset's
+        ├── DatasetMismatchError (ValueError)        a loader state saved on other items than the dataset's
+        └── PredictionsError (ValueError)            model predictions that do not fit the dataset
 
 Every class is constructible from one message string and pickles with its attributes: a
 DataLoader worker re-raises an exception in the main process as ``type(exc)(message)``, and
@@ -372,6 +373,20 @@ class DatasetMismatchError(DataError, ValueError):
         super().__init__(message)
         self.version = version
         self.fingerprint = fingerprint
+
+
+class PredictionsError(DataError, ValueError):
+    """Predictions to evaluate are malformed or do not fit the dataset: a missing column, an
+    unknown media id or class, a media id twice. ``column``, ``row`` (0-based, in the file or
+    the arrays) and ``media_id`` name what is at fault, where known."""
+
+    def __init__(
+        self, message: str = "", *, column: str | None = None, row: int | None = None, media_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.column = column
+        self.row = row
+        self.media_id = media_id
 
 
 __all__ = sorted(

@@ -10,41 +10,30 @@ so this module does not import ``dataset``: imports run one way, from the data t
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .atomic import replacing
-from .errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
-from .loading import images
+from .errors import ConfigurationError
+from .html_parts import PAGE as _PAGE
+from .html_parts import figure_class as _figure_class
+from .html_parts import img as _img
+from .html_parts import legend_above as _legend_above
+from .html_parts import percent as _percent
+from .html_parts import read_file as _read_file
+from .html_parts import spread_sample as _spread_sample
+from .html_parts import svg as _svg
+from .html_parts import thumbnail as _thumbnail
+from .html_parts import write_atomic as _write_atomic
 from .metadata.curation import selected_labels
 
 MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out
-
-_PAGE = Template("""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>$title</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}
-td.n{text-align:right}.grid{display:flex;flex-wrap:wrap;gap:.6em}
-figure{margin:0;width:${cell}px;font-size:11px;line-height:1.3;overflow-wrap:anywhere}
-figure img,.missing{display:block;width:${size}px;height:${size}px;object-fit:contain;background:#eee}
-.missing{display:flex;align-items:center;justify-content:center;text-align:center;color:#a00;
-border:2px dashed #a00;box-sizing:border-box}.note{color:#666}
-</style></head><body>
-<h1>$title</h1>
-$body
-</body></html>
-""")
 
 
 def write_report(
@@ -94,17 +83,6 @@ def write_report(
     return _write_atomic(Path(path), page)
 
 
-def _figure_class() -> type:
-    # Figure itself, not pyplot: no global backend or pyplot state to set, and nothing to close.
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigurationError(
-            'The curation report draws its plots with matplotlib: pip install "vl_datasets[report]"'
-        ) from None
-    return Figure
-
-
 def _uniqueness_threshold(dataset: Any) -> float | None:
     return dataset.curation_rules.min_uniqueness
 
@@ -119,10 +97,6 @@ def _counts_section(summary: Any) -> str:
         for name, count in rows
     )
     return f"<h2>Counts</h2>\n<table><tr><th>Step</th><th>Items</th><th>Share</th></tr>{cells}</table>"
-
-
-def _percent(count: int, total: int) -> str:
-    return f"{100 * count / total:.1f}%" if total else "-"
 
 
 def _histogram_section(figure: type, details: pa.Table, kept: np.ndarray, threshold: float | None) -> str:
@@ -168,21 +142,6 @@ def _label_counts(flat: pa.Array) -> dict[str, int]:
     return {entry["values"].as_py(): entry["counts"].as_py() for entry in counts}
 
 
-def _legend_above(ax: Any) -> None:
-    # Above the axes, never over the bars: where the data lies varies from export to export.
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=3, frameon=False)
-
-
-def _svg(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same data, the same file
-    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _img(src: str, alt: str) -> str:
-    return f'<img src="{src}" alt="{html.escape(alt)}">'
-
-
 class _Grid:
     """Thumbnail grids of the details' rows, each image read by ``read``."""
 
@@ -203,13 +162,6 @@ class _Grid:
         return _cell(row, labels, self.size, self.read)
 
 
-def _spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
-    """Up to ``n`` of ``rows``, evenly spread: exports are often sorted by label or folder."""
-    if len(rows) <= n:
-        return rows
-    return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
-
-
 def _cell(row: dict, labels: list[str], size: int, read: Callable[[str], bytes]) -> str:
     src = _thumbnail(row.get("image_path"), row.get("media_id"), size, read)
     media_id = str(row.get("media_id") or "")
@@ -228,30 +180,3 @@ def _cell(row: dict, labels: list[str], size: int, read: Callable[[str], bytes])
     caption = "<br>".join(html.escape(line) for line in lines)
     tooltip = html.escape(str(row.get("file_path") or row.get("file_name") or media_id))
     return f'<figure title="{tooltip}">{picture}<figcaption>{caption}</figcaption></figure>'
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _thumbnail(path: str | None, media_id: str | None, size: int, read: Callable[[str], bytes]) -> str | None:
-    """A JPEG data URI of the image shrunk to fit ``size``; None when it cannot be read."""
-    if path is None:
-        return None
-    try:
-        image = images.decode_pil(read(path), media_id=media_id, path=path)  # the bomb checks too
-    except (OSError, ImageDecodeError, ImageNotFoundError):
-        return None
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import errors
 from .._version import __version__
-from . import cache, export, prepare, report, serve
+from . import cache, evaluate, export, prepare, report, serve
 
 # One exit code per error family, so scripts can branch on what went wrong.
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
@@ -29,6 +29,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.ConfigurationError, 2, "check the command's arguments and VL_* environment variables"),
     (errors.CorruptArchiveError, 1, "the archive is damaged: download or export it again"),
     (errors.UnsafeArchiveError, 1, "the archive was refused before anything was unpacked; export it again"),
+    (errors.PredictionsError, 1, "the predictions do not fit the dataset; the message names the row and media id"),
     (errors.SchemaError, 1, "the export's metadata breaks the contract; the message names the item and field"),
     (errors.VLDatasetsError, 1, ""),
 ]
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vl_datasets {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, export, cache, prepare, report):
+    for group in (serve, export, cache, prepare, report, evaluate):
         group.add_commands(commands, parents=[verbose])
     return parser
 

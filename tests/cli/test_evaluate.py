@@ -1,0 +1,76 @@
+"""``vl-datasets evaluate``: a predictions file (CSV or Parquet) scored against a local export."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.evaluation.helpers import item, mislabel, write_export
+from tests.helpers import thumbnails
+from vl_datasets.cli import main
+
+
+@pytest.fixture
+def export(tmp_path):
+    items = [item(f"m{i}", ["cat", "dog"][i % 2], uniqueness=i / 10, cluster=f"k{i % 2}") for i in range(8)]
+    items.append(item("m8", "cat", uniqueness=0.05, issues=(mislabel(0.9, "dog"),)))
+    return write_export(tmp_path, items)
+
+
+PREDICTIONS = pa.table(
+    {
+        "media_id": [f"m{i}" for i in range(9)],
+        "prediction": ["cat", "dog", "cat", "dog", "cat", "cat", "cat", "dog", "dog"],  # m5, m8 wrong
+        "score": [0.9, 0.9, 0.9, 0.9, 0.9, 0.45, 0.9, 0.9, 0.97],
+    }
+)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_evaluate_command_prints_writes_the_report_and_the_label_errors(export, tmp_path, capsys, suffix):
+    predictions = tmp_path / f"predictions.{suffix}"
+    if suffix == "csv":
+        pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    else:
+        pq.write_table(PREDICTIONS, predictions)
+    train_ids = tmp_path / "train.txt"
+    train_ids.write_text("m0\n")
+    out, errors = tmp_path / "eval.html", tmp_path / "errors.txt"
+    code = main(
+        [
+            "evaluate", str(export), "--predictions", str(predictions), "--out", str(out),
+            "--label-errors", str(errors), "--train-ids", str(train_ids), "--min-uniqueness", "0.25",
+            "--cache-dir", str(tmp_path / "c"),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "9 items scored; accuracy 77.8%" in printed
+    assert "  kept: 5 items, accuracy 80.0%" in printed  # m3..m7, uniqueness 0.3 and up; m5 wrong
+    assert "  removed by min_uniqueness=0.25: 4 items, accuracy 75.0%" in printed  # m0..m2, m8
+    assert "4 items share a group with a training item" in printed  # the cluster k0 of m0
+    assert "1 suspected label errors" in printed  # m8 (0.97); m5 at 0.45 is not sure enough
+    assert errors.read_text() == "m8\n"
+    page = out.read_text()
+    assert "<h2>Suspected label errors: 1 item(s)</h2>" in page and thumbnails(page) >= 1
+
+
+def test_bad_predictions_exit_1_naming_the_row(export, tmp_path, capsys):
+    predictions = tmp_path / "p.csv"
+    predictions.write_text("media_id,prediction\nm0,cat\nm1,horse\n")
+    code = main(["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "row 1 (media id 'm1'): class 'horse' is not one of the dataset's classes" in err
+    assert "hint: the predictions do not fit the dataset" in err
+
+
+def test_bad_arguments_exit_2(export, tmp_path, capsys):
+    predictions = tmp_path / "p.csv"
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    argv = ["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--min-confidence", "60"]) == 2
+    assert "min_confidence must be from 0 to 1" in capsys.readouterr().err
+    assert main([*argv, "--drop-issue", "blur"]) == 2

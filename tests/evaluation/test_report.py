@@ -1,0 +1,85 @@
+"""The HTML evaluation report: what it shows, and that a real browser renders it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from tests.evaluation.helpers import duplicate, item, mislabel, write_export
+from tests.helpers import thumbnails
+from tests.test_report import browser  # noqa: F401  (the fixture: Debian's Chromium through playwright)
+from vl_datasets import VisualLayerDataset
+from vl_datasets.evaluation import evaluate
+
+
+@pytest.fixture
+def result(tmp_path):
+    items = [item(f"c{i}", "cat", uniqueness=i / 10, cluster="bad") for i in range(4)]
+    items += [item(f"d{i}", "dog", uniqueness=0.5 + i / 10, cluster="good") for i in range(4)]
+    items += [
+        item("x0", "dog", cluster="good", issues=(mislabel(0.8, "cat"),)),
+        item("x1", "cat", issues=duplicate("g")),
+    ]
+    items[1]["file_path"] = "<b>odd</b>.jpg"  # escaped in the tooltip
+    export = write_export(tmp_path, items)
+    ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c")
+    # The bad cluster: every cat called a dog; x0 confidently called a cat.
+    predictions = {f"c{i}": [0.1, 0.9] for i in range(4)}
+    predictions |= {f"d{i}": [0.2, 0.8] for i in range(4)}
+    predictions |= {"x0": [0.95, 0.05], "x1": [0.6, 0.4]}
+    return evaluate(ds, predictions, min_cluster_items=3, title="Eval <&>")
+
+
+def test_report_shows_tables_plots_clusters_and_label_errors(result, tmp_path):
+    out = result.write_report(tmp_path / "out" / "eval.html", max_clusters=1)
+    page = out.read_text(encoding="utf-8")
+    assert "<title>Eval &lt;&amp;&gt;</title>" in page
+    assert not re.search(r'(?:src|href)="(?!data:)', page), "the report links to a resource outside itself"
+    plots = [base64.b64decode(b).decode() for b in re.findall(r'data:image/svg\+xml;base64,([^"]+)', page)]
+    assert len(plots) == 2  # accuracy by uniqueness, confusion matrix
+    assert "uniqueness decile" in plots[0] and "predicted" in plots[1]
+    for heading in ("Per class", "Per issue type and confidence", "Kept by curation against removed"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<h3>Cluster bad: 0 of 4 right (0.0%)</h3>" in page
+    assert "Cluster good" not in page  # max_clusters=1: only the worst
+    # Label errors: x0 (0.95), then the four cats called dogs (0.9); x1 is right.
+    errors = result.label_errors.column("media_id").to_pylist()
+    assert errors == ["x0", "c0", "c1", "c2", "c3"]
+    assert f"<h2>Suspected label errors: {len(errors)} item(s)</h2>" in page
+    assert "VL mislabel 0.80: cat" in page
+    assert thumbnails(page) == 4 + 5  # the worst cluster's items, then every suspected label error
+    assert "&lt;b&gt;odd&lt;/b&gt;.jpg" in page and "<b>odd</b>" not in page
+
+
+def test_thumbnails_and_clusters_can_be_capped(result, tmp_path):
+    page = result.write_report(tmp_path / "r.html", max_clusters=0, max_thumbnails=2).read_text()
+    assert thumbnails(page) == 2
+    assert "(the 2 most confident)" in page
+
+
+def test_report_renders_in_a_browser(browser, result, tmp_path):  # noqa: F811
+    report = result.write_report(tmp_path / "eval.html")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors_seen, requests = [], []
+    page.on("console", lambda message: message.type == "error" and errors_seen.append(message.text))
+    page.on("pageerror", lambda error: errors_seen.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(report.as_uri(), wait_until="load")
+    decoded = page.evaluate("""() => Promise.all(Array.from(document.images, image =>
+        image.decode().then(() => image.naturalWidth, () => 0)))""")
+    rows = page.evaluate("() => document.querySelectorAll('table tr').length")
+    screenshot = page.screenshot(full_page=True)
+    (tmp_path / "eval.png").write_bytes(screenshot)  # to look at when this test fails
+
+    assert errors_seen == []
+    assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
+    assert len(decoded) == 2 + thumbnails(report.read_text())
+    assert all(width > 0 for width in decoded), f"{decoded.count(0)} of {len(decoded)} images did not decode"
+    assert rows > 20  # the slice tables are there
+    image = Image.open(io.BytesIO(screenshot)).convert("RGB")
+    assert image.height > 900
+    assert len(image.getcolors(maxcolors=1 << 24)) > 200

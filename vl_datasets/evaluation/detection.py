@@ -1,0 +1,181 @@
+"""Detection predictions scored as COCO mAP, at IoU 0.5 and averaged over 0.5:0.95.
+
+The scoring is pycocotools' ``COCOeval`` (the optional extra ``pip install "vl_datasets[eval]"``):
+the reference implementation of the COCO protocol (101-point interpolation, greedy matching by
+score, up to 100 detections an image), not a re-implementation of its rules. Ground truth is each item's objects
+in the export (``ds.table``), boxes in the export's pixels; predictions must use those pixels
+too (boxes predicted on resized images are scaled back first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigurationError, PredictionsError
+from ..metadata.curation import label_sources
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    """``map`` (IoU 0.5:0.95), ``map_50`` (IoU 0.5), and ``per_class`` mAP@0.5:0.95 by class name
+    (NaN for a class with neither a true nor a predicted box), over ``images`` images."""
+
+    images: int
+    map: float
+    map_50: float
+    per_class: dict[str, float]
+
+
+def mean_average_precision(dataset: Any, predictions: Mapping[str, Mapping[str, Any]]) -> DetectionScores:
+    """COCO mAP of ``predictions`` on ``dataset`` (a ``task="detection"`` dataset).
+
+    ``predictions`` maps each media id of the dataset to ``{"boxes": N x 4 xyxy pixels,
+    "scores": N, "labels": N class names or indices}``; an item of the dataset without an
+    entry counts as one with no predicted box (its true boxes are all missed).
+    """
+    coco = _coco()
+    classes = list(dataset.classes)
+    if not classes:
+        raise PredictionsError("The dataset has no object classes: open it with task='detection'.")
+    media_ids = dataset.table.column("media_id").to_pylist()
+    known = set(media_ids)
+    for row, media_id in enumerate(predictions):
+        if media_id not in known:
+            raise PredictionsError(
+                f"row {row}: media id {media_id!r} is not an item of this dataset.",
+                column="media_id",
+                media_id=media_id,
+            )
+    truth = true_boxes(dataset.table, classes, dataset.label_source)
+    found = [_predicted(predictions[m], classes, m) if m in predictions else None for m in media_ids]
+    precision = _coco_precision(coco, truth, found, len(classes))
+    return DetectionScores(
+        images=len(media_ids),
+        map=_mean(precision),
+        map_50=_mean(precision[:1]),
+        per_class={name: _mean(precision[:, :, k]) for k, name in enumerate(classes)},
+    )
+
+
+def _coco() -> Any:
+    try:
+        from pycocotools import coco, cocoeval
+    except ImportError:
+        raise ConfigurationError('Detection mAP needs pycocotools: pip install "vl_datasets[eval]"') from None
+    return coco, cocoeval
+
+
+def _coco_precision(coco: Any, truth: list[dict], found: list[dict | None], n_classes: int) -> np.ndarray:
+    """COCOeval's precision array (IoU threshold x recall x class), area "all", 100 detections;
+    -1 where a class has no true box."""
+    coco_module, cocoeval_module = coco
+    annotations: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for image_id, (target, predicted) in enumerate(zip(truth, found)):
+        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "bbox": xywh,
+                    "area": xywh[2] * xywh[3],
+                    "iscrowd": 0,
+                }
+            )
+        if predicted is not None:
+            for box, score, label in zip(
+                predicted["boxes"].tolist(), predicted["scores"].tolist(), predicted["labels"].tolist()
+            ):
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": label,
+                        "score": score,
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    }
+                )
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        ground = coco_module.COCO()
+        ground.dataset = {
+            "images": [{"id": i} for i in range(len(truth))],
+            "annotations": annotations,
+            "categories": [{"id": k} for k in range(n_classes)],
+        }
+        ground.createIndex()
+        if not results:  # loadRes cannot take an empty list: nothing found, every true box missed
+            return np.where(_has_truth(annotations, n_classes), 0.0, -1.0)[None, None, :].repeat(10, 0).repeat(101, 1)
+        evaluator = cocoeval_module.COCOeval(ground, ground.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator.eval["precision"][:, :, :, 0, -1]
+
+
+def _has_truth(annotations: list[dict], n_classes: int) -> np.ndarray:
+    present = np.zeros(n_classes, dtype=bool)
+    for annotation in annotations:
+        present[annotation["category_id"]] = True
+    return present
+
+
+def _mean(precision: np.ndarray) -> float:
+    # COCO's own summary: the mean over the cells that have true boxes (-1 marks the others).
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def true_boxes(table: pa.Table, classes: list[str], label_source: Any) -> list[dict[str, np.ndarray]]:
+    """Each row's objects of a known class (and chosen source) with a box, as xyxy boxes and class indices."""
+    index = {name: i for i, name in enumerate(classes)}
+    sources = label_sources(label_source)
+    out: list[dict[str, np.ndarray]] = []
+    for objects in table.column("objects").to_pylist():
+        boxes: list[tuple[float, float, float, float]] = []
+        labels: list[int] = []
+        for obj in objects:
+            if sources is not None and obj.get("source") not in sources:
+                continue
+            if obj.get("category_name") not in index or obj.get("bbox") is None:
+                continue
+            x, y, w, h = obj["bbox"]
+            boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
+            labels.append(index[obj["category_name"]])
+        out.append({"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labels, np.int64)})
+    return out
+
+
+def _predicted(entry: Mapping[str, Any], classes: list[str], media_id: str) -> dict[str, np.ndarray]:
+    def fail(problem: str, column: str) -> PredictionsError:
+        return PredictionsError(f"media id {media_id!r}: {problem}.", column=column, media_id=media_id)
+
+    missing = [key for key in ("boxes", "scores", "labels") if key not in entry]
+    if missing:
+        raise fail(f"the prediction lacks {missing[0]!r}", missing[0])
+    boxes = np.asarray(entry["boxes"], dtype=np.float32).reshape(-1, 4) if len(entry["boxes"]) else np.zeros((0, 4))
+    scores = np.asarray(entry["scores"], dtype=np.float32).reshape(-1)
+    labels = _label_indices(entry["labels"], classes, fail)
+    if not len(boxes) == len(scores) == len(labels):
+        raise fail(f"{len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels differ in number", "boxes")
+    if not np.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any():
+        raise fail("boxes must be finite xyxy with x2 >= x1 and y2 >= y1", "boxes")
+    return {"boxes": boxes.astype(np.float32), "scores": scores, "labels": labels}
+
+
+def _label_indices(values: Sequence[Any], classes: list[str], fail: Any) -> np.ndarray:
+    out = []
+    for value in list(values):
+        if isinstance(value, str) and value in classes:
+            out.append(classes.index(value))
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(classes):
+            out.append(int(value))
+        else:
+            raise fail(f"label {value!r} is not one of the dataset's classes", "labels")
+    return np.asarray(out, dtype=np.int64)

@@ -1,0 +1,250 @@
+"""A model's predictions, read from Python values or a file and checked against the dataset.
+
+Classification predictions hold, for each media id, the predicted class and, when known, the
+model's confidence in it (and the scores of every class when the model gave them). They come
+from a mapping ``{media_id: class name | class index | scores per class}``, from arrays, or from a
+CSV or Parquet file with the columns ``media_id``, ``prediction`` (a class name; in Parquet an
+integer column means class indices) and an optional ``score`` (the confidence of the prediction).
+
+Every check raises ``PredictionsError`` naming the column, the row and the media id at fault:
+a missing column, an empty or repeated media id, a class not in the dataset's classes, a score
+that is not a number from 0 to 1, scores of the wrong length.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import PredictionsError
+
+REQUIRED_COLUMNS = ("media_id", "prediction")
+
+
+@dataclass(frozen=True)
+class ClassPredictions:
+    """One predicted class per media id, in the order given.
+
+    ``predicted`` indexes ``classes``; ``confidence`` is NaN where the model gave none;
+    ``scores`` (items x classes) is set when the model gave a score for every class.
+    """
+
+    media_ids: list[str]
+    classes: list[str]
+    predicted: np.ndarray
+    confidence: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.media_ids)
+
+    @property
+    def predicted_names(self) -> list[str]:
+        """The predicted class of each media id, by name."""
+        return [self.classes[i] for i in self.predicted.tolist()]
+
+
+def read_predictions(source: Any, classes: Sequence[str]) -> ClassPredictions:
+    """Classification predictions from ``source``: a ``ClassPredictions``, a mapping
+    ``{media_id: class name | class index | scores}``, a pyarrow table with the file's columns,
+    or the path of a CSV or Parquet file (module docstring)."""
+    classes = list(classes)
+    if not classes:
+        raise PredictionsError("The dataset has no classes to score predictions against (task must be classification).")
+    if isinstance(source, ClassPredictions):
+        return source
+    if isinstance(source, Mapping):
+        return from_mapping(source, classes)
+    if isinstance(source, pa.Table):
+        return from_table(source, classes, source="the predictions table")
+    if isinstance(source, (str, os.PathLike)):
+        return from_table(read_table(Path(source)), classes, source=str(source))
+    raise PredictionsError(
+        "Predictions must be a mapping of media id to class, a table, or a CSV/Parquet path; "
+        f"got {type(source).__name__}."
+    )
+
+
+def read_table(path: Path) -> pa.Table:
+    """The predictions file at ``path`` as a table: CSV (media ids and classes read as text) or Parquet."""
+    if not path.is_file():
+        raise PredictionsError(f"{path}: no such predictions file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            from pyarrow import csv
+
+            # As text: a class named "07" or a numeric media id must stay what it says.
+            text = {name: pa.string() for name in REQUIRED_COLUMNS}
+            return csv.read_csv(path, convert_options=csv.ConvertOptions(column_types=text))
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PredictionsError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
+    raise PredictionsError(f"{path}: predictions must be a .csv or .parquet file.")
+
+
+def from_mapping(mapping: Mapping[Any, Any], classes: list[str]) -> ClassPredictions:
+    """Predictions from ``{media_id: class name | class index | a score per class}``."""
+    media_ids = _check_ids(list(mapping), "media_id")
+    values = list(mapping.values())
+    if values and all(_is_scores(value) for value in values):
+        return from_arrays(media_ids, classes, scores=values)
+    return from_arrays(media_ids, classes, labels=values)
+
+
+def from_arrays(
+    media_ids: Sequence[str],
+    classes: Sequence[str],
+    *,
+    labels: Sequence[Any] | None = None,
+    scores: Any = None,
+    confidence: Sequence[float | None] | None = None,
+) -> ClassPredictions:
+    """Predictions from parallel arrays: ``labels`` (class names or indices) with an optional
+    ``confidence``, or ``scores`` (items x classes: probabilities or logits turned into
+    probabilities by a softmax when a row does not sum to 1)."""
+    classes = list(classes)
+    ids = _check_ids(list(media_ids), "media_id")
+    if (labels is None) == (scores is None):
+        raise PredictionsError("Give either labels= or scores=, not both or neither.")
+    if scores is not None:
+        probabilities = _probabilities(scores, ids, len(classes))
+        predicted = probabilities.argmax(axis=1)
+        return ClassPredictions(ids, classes, predicted, probabilities.max(axis=1), probabilities)
+    assert labels is not None
+    labels = list(labels)
+    if len(labels) != len(ids):
+        raise PredictionsError(f"{len(labels):,} labels for {len(ids):,} media ids.", column="prediction")
+    predicted = np.array([_class_index(value, classes, row, ids[row]) for row, value in enumerate(labels)], np.int64)
+    return ClassPredictions(ids, classes, predicted, _confidence(confidence, ids))
+
+
+def from_table(table: pa.Table, classes: list[str], *, source: str) -> ClassPredictions:
+    """Predictions from a table with ``media_id``, ``prediction`` and an optional ``score`` column."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise PredictionsError(
+            f"{source}: required column {missing[0]!r} is missing (columns: {table.column_names}).", column=missing[0]
+        )
+    media_ids = table.column("media_id")
+    if not (pa.types.is_string(media_ids.type) or pa.types.is_large_string(media_ids.type)):
+        raise PredictionsError(f"{source}: column 'media_id' must hold text, not {media_ids.type}.", column="media_id")
+    prediction = table.column("prediction")
+    kind = prediction.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
+        raise PredictionsError(
+            f"{source}: column 'prediction' must hold class names or class indices, not {kind}.", column="prediction"
+        )
+    score = None
+    if "score" in table.column_names:
+        score = _score_column(table.column("score"), source)
+    try:
+        return from_arrays(media_ids.to_pylist(), classes, labels=prediction.to_pylist(), confidence=score)
+    except PredictionsError as error:
+        raise PredictionsError(
+            f"{source}: {error.message}", column=error.column, row=error.row, media_id=error.media_id
+        ) from None
+
+
+def _score_column(column: pa.ChunkedArray, source: str) -> list[float | None]:
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_null(column.type)):
+        raise PredictionsError(f"{source}: column 'score' must hold numbers, not {column.type}.", column="score")
+    return pc.cast(column, pa.float64()).to_pylist()  # None where a score is missing, never NaN
+
+
+def _check_ids(media_ids: list[Any], column: str) -> list[str]:
+    seen: dict[str, int] = {}
+    for row, media_id in enumerate(media_ids):
+        if not isinstance(media_id, str) or not media_id:
+            raise PredictionsError(
+                f"row {row}: media id {media_id!r} is not a non-empty string.", column=column, row=row
+            )
+        if media_id in seen:
+            raise PredictionsError(
+                f"row {row}: media id {media_id!r} is predicted twice (first at row {seen[media_id]}).",
+                column=column,
+                row=row,
+                media_id=media_id,
+            )
+        seen[media_id] = row
+    return media_ids
+
+
+def _is_scores(value: Any) -> bool:
+    return isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes))
+
+
+def _class_index(value: Any, classes: list[str], row: int, media_id: str) -> int:
+    # An int is an index; a str a name. bool is an int to Python, and a mistake here.
+    if isinstance(value, str):
+        if value in classes:
+            return classes.index(value)
+        problem = f"class {value!r} is not one of the dataset's classes {_shown(classes)}"
+    elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        if 0 <= int(value) < len(classes):
+            return int(value)
+        problem = f"class index {value} is outside 0..{len(classes) - 1}"
+    else:
+        problem = f"prediction {value!r} is neither a class name nor a class index"
+    raise PredictionsError(
+        f"row {row} (media id {media_id!r}): {problem}.", column="prediction", row=row, media_id=media_id
+    )
+
+
+def _shown(classes: list[str]) -> str:
+    return repr(classes) if len(classes) <= 12 else f"{classes[:12]!r} and {len(classes) - 12} more"
+
+
+def _confidence(confidence: Sequence[float | None] | None, ids: list[str]) -> np.ndarray:
+    if confidence is None:
+        return np.full(len(ids), np.nan)
+    values = list(confidence)
+    if len(values) != len(ids):
+        raise PredictionsError(f"{len(values):,} scores for {len(ids):,} media ids.", column="score")
+    out = np.full(len(ids), np.nan)
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise PredictionsError(
+                f"row {row} (media id {ids[row]!r}): score {value!r} is not a number from 0 to 1.",
+                column="score",
+                row=row,
+                media_id=ids[row],
+            )
+        out[row] = float(value)
+    return out
+
+
+def _probabilities(scores: Any, ids: list[str], n_classes: int) -> np.ndarray:
+    rows = list(scores)
+    if len(rows) != len(ids):
+        raise PredictionsError(f"{len(rows):,} rows of scores for {len(ids):,} media ids.", column="scores")
+    out = np.empty((len(ids), n_classes))
+    for row, values in enumerate(rows):
+        vector = np.asarray(values, dtype=float).reshape(-1)
+        if len(vector) != n_classes or not np.isfinite(vector).all():
+            raise PredictionsError(
+                f"row {row} (media id {ids[row]!r}): scores must be {n_classes} finite numbers, one per class.",
+                column="scores",
+                row=row,
+                media_id=ids[row],
+            )
+        out[row] = vector
+    is_distribution = (out >= 0).all(axis=1) & np.isclose(out.sum(axis=1), 1.0, atol=1e-3)
+    logits = out[~is_distribution]
+    # Logits: a softmax, shifted by the row's maximum so exp() cannot overflow.
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    out[~is_distribution] = exp / exp.sum(axis=1, keepdims=True)
+    return out

@@ -1,0 +1,69 @@
+"""Join a model's predictions with what Visual Layer knows of each item: one row per scored item.
+
+The table (``scored_items``) keeps the prediction's order and holds ``media_id``, ``label`` (the
+item's one label among the classes, null when it has none or several), ``predicted``,
+``confidence`` (NaN when unknown), ``correct`` (null without a label), then the item's metadata
+from ``curation_details()``: ``uniqueness_score``, ``cluster_id``, ``issues``, ``file_path``,
+``image_path`` and ``removed_by`` (the curation rule that removed it, null when kept). Every
+slice, the label-error list and the report read this one table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import PredictionsError
+from ..metadata.curation import selected_labels
+from .predictions import ClassPredictions
+
+METADATA_COLUMNS = ("uniqueness_score", "cluster_id", "issues", "file_path", "image_path", "removed_by")
+
+
+def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
+    """The scored-items table (module docstring) of ``predictions`` on ``dataset``'s export.
+
+    Every predicted media id must be an item of the export (kept by curation or not); an
+    unknown one raises ``PredictionsError`` naming it and its row.
+    """
+    details = dataset.curation_details()
+    rows = _rows_of(details, predictions.media_ids)
+    picked = details.take(pa.array(rows, pa.int64()))
+    label = _single_labels(selected_labels(picked, dataset.label_source), predictions.classes)
+    predicted = pa.array(predictions.predicted_names, pa.string())
+    columns: dict[str, Any] = {
+        "media_id": pa.array(predictions.media_ids, pa.string()),
+        "label": label,
+        "predicted": predicted,
+        "confidence": pa.array(predictions.confidence, pa.float64()),
+        "correct": pc.equal(label, predicted),
+    }
+    for name in METADATA_COLUMNS:
+        columns[name] = picked.column(name)
+    return pa.table(columns)
+
+
+def _rows_of(details: pa.Table, media_ids: list[str]) -> np.ndarray:
+    index = pc.index_in(pa.array(media_ids, pa.string()), value_set=details.column("media_id"))
+    unknown = pc.is_null(index).to_numpy(zero_copy_only=False)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise PredictionsError(
+            f"row {row}: media id {media_ids[row]!r} is not an item of this export "
+            f"({int(unknown.sum()):,} predicted media id(s) are not).",
+            column="media_id",
+            row=row,
+            media_id=media_ids[row],
+        )
+    return index.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _single_labels(names: pa.ListArray, classes: list[str]) -> pa.Array:
+    """Each row's label when it has exactly one and it is a class; else null."""
+    single = pc.equal(pc.list_value_length(names), 1).to_numpy(zero_copy_only=False)
+    first = pc.list_element(pc.if_else(pa.array(single), names, pa.nulls(len(names), names.type)), 0)
+    known = pc.is_in(first, value_set=pa.array(classes, pa.string()))
+    return pc.if_else(known, first, pa.scalar(None, pa.string()))

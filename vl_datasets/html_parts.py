@@ -1,0 +1,104 @@
+"""What the HTML reports share: the page, plots as SVG data URIs, thumbnails, the atomic write.
+
+Plots and thumbnails are embedded as base64 data URIs and the page has no script, so a report can
+be attached to a ticket or opened offline and fetches nothing when viewed. matplotlib is an
+optional extra (``pip install "vl_datasets[report]"``): loading data for training never needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from .atomic import replacing
+from .errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
+from .loading import images
+
+PAGE = Template("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>$title</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}
+td.n{text-align:right}.grid{display:flex;flex-wrap:wrap;gap:.6em}
+figure{margin:0;width:${cell}px;font-size:11px;line-height:1.3;overflow-wrap:anywhere}
+figure img,.missing{display:block;width:${size}px;height:${size}px;object-fit:contain;background:#eee}
+.missing{display:flex;align-items:center;justify-content:center;text-align:center;color:#a00;
+border:2px dashed #a00;box-sizing:border-box}.note{color:#666}
+</style></head><body>
+<h1>$title</h1>
+$body
+</body></html>
+""")
+
+
+def figure_class() -> type:
+    """matplotlib's Figure, or a ConfigurationError saying which extra to install."""
+    # Figure itself, not pyplot: no global backend or pyplot state to set, and nothing to close.
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigurationError(
+            'The HTML reports draw their plots with matplotlib: pip install "vl_datasets[report]"'
+        ) from None
+    return Figure
+
+
+def percent(count: int, total: int) -> str:
+    return f"{100 * count / total:.1f}%" if total else "-"
+
+
+def legend_above(ax: Any) -> None:
+    # Above the axes, never over the bars: where the data lies varies from export to export.
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=3, frameon=False)
+
+
+def svg(fig: Any) -> str:
+    """The figure as an SVG data URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same data, the same file
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def img(src: str, alt: str) -> str:
+    return f'<img src="{src}" alt="{html.escape(alt)}">'
+
+
+def spread_sample(rows: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` of ``rows``, evenly spread: exports are often sorted by label or folder."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def thumbnail(path: str | None, media_id: str | None, size: int, read: Callable[[str], bytes]) -> str | None:
+    """A JPEG data URI of the image shrunk to fit ``size``; None when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        image = images.decode_pil(read(path), media_id=media_id, path=path)  # the bomb checks too
+    except (OSError, ImageDecodeError, ImageNotFoundError):
+        return None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
