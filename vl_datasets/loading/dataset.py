@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import fields
@@ -26,16 +27,24 @@ from torch.utils.data import Dataset
 
 from ..cache.opened import open_export
 from ..cache.store import LocalExport
-from ..errors import ConfigurationError, CurationError, ImageDecodeError, ImageNotFoundError, SchemaError
+from ..errors import (
+    ConfigurationError,
+    CurationError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    SchemaError,
+    VLDatasetsError,
+)
 from ..metadata import targets
 from ..metadata.curation import CurationRules, CurationSummary, curate, removal_reasons, resolve_rules
 from ..metadata.index import IMAGE_COLUMN, build_index, read_index
 from ..metadata.read import find_metadata_file, read_metadata_file
 from . import images
-from .loader import SkippedSample, VLDataLoader, make_dataloader
-from .prepared_source import PreparedImage, check_prepare, prepared_source
-from .reads import Reads
-from .sources import check_source_options, image_error, local_copy, open_source, with_source_paths
+from .batches import BatchLayout, BatchRequest, LoadedBatch, SkippedSample
+from .loader import VLDataLoader, make_dataloader
+from .prepared_source import PreparedSource, check_prepare, prepared_image, prepared_source
+from .reads import ReadData, Reads
+from .sources import ImageSource, check_source_options, image_error, local_copy, open_source, with_source_paths
 from .state import fingerprint_ids
 
 if TYPE_CHECKING:
@@ -248,7 +257,7 @@ class VisualLayerDataset(Dataset):
 
         # Only whether images come from a root of their own: the root itself may carry a credential.
         self._own_root = images_root is not None
-        self._source = open_source(
+        self._source: ImageSource | PreparedSource = open_source(
             self.export_dir / "images",
             images_root=images_root,
             storage_options=storage_options,
@@ -376,13 +385,36 @@ class VisualLayerDataset(Dataset):
     def __getitem__(self, index: int):
         return self._sample(index, self.load_image(index))
 
-    def __getitems__(self, indices: Sequence[int]) -> list:
-        """The samples of a batch (torch's fetcher hands a worker the whole batch): with an
-        images_root every read starts at once and each image is decoded as its bytes arrive.
+    def __getitems__(self, indices: BatchRequest | Sequence[int]) -> LoadedBatch | list:
+        """torch's batch access (its fetcher hands a worker the whole batch). The loader's
+        ``BatchRequest`` is answered by ``load_batch``, its errors of ours returned in the batch;
+        a plain list of indices (any other caller) by the samples in order, a ``SkippedSample``
+        standing for each item skipped."""
+        if isinstance(indices, BatchRequest):
+            return self.load_batch(indices.indices, next_indices=indices.next_indices, keep_errors=True)
+        return self._samples(indices, ())
 
-        ``indices`` may carry ``next_indices`` (``vl_datasets.loading.prefetch.BatchWithNext``): the
-        batch this worker loads next, whose reads then start too, while this one decodes.
+    def load_batch(
+        self, indices: Sequence[int], *, next_indices: Sequence[int] = (), keep_errors: bool = False
+    ) -> LoadedBatch:
+        """The samples of a batch, and the items skipped from it (``on_error="skip"``).
+
+        With an images_root every read starts at once and each image is decoded as its bytes
+        arrive; the reads of ``next_indices`` (the batch this worker loads next) start too, while
+        this one decodes. ``keep_errors`` returns an error of ours in the batch instead of raising
+        it, for a loader to raise in its main process with the error's fields.
         """
+        try:
+            samples = self._samples(indices, next_indices)
+        except VLDatasetsError as exc:
+            if not keep_errors:
+                raise
+            return LoadedBatch(error=exc, traceback=traceback.format_exc())
+        kept = [sample for sample in samples if not isinstance(sample, SkippedSample)]
+        return LoadedBatch(kept, [sample for sample in samples if isinstance(sample, SkippedSample)])
+
+    def _samples(self, indices: Sequence[int], next_indices: Sequence[int]) -> list:
+        """The samples of ``indices`` in order, a ``SkippedSample`` where one was skipped."""
         if not self._reads_in_flight():
             return [self[index] for index in indices]
         reads: dict[Future, list[int]] = {}
@@ -392,13 +424,13 @@ class VisualLayerDataset(Dataset):
             read = self._reads.take(index)
             if read is None:
                 # A node-local copy is read here: a thread's hand-off would cost more than the read.
-                data = local_copy(self._source, self._paths[index].as_py())
+                data = self._local_copy(index)
                 if data is not None:
                     local.append((position, data))
                     continue
                 read = self._reads.start(partial(self._read, index))
             reads.setdefault(read, []).append(position)
-        self.prefetch(getattr(indices, "next_indices", None) or ())
+        self.prefetch(next_indices)
         try:
             for position, data in local:
                 samples[position] = self._sample(indices[position], self._decoded(indices[position], data))
@@ -412,15 +444,22 @@ class VisualLayerDataset(Dataset):
         return samples
 
     def prefetch(self, indices: Iterable[int]) -> None:
-        """Start reading the images of ``indices`` ahead of need, for a later ``__getitems__`` or
+        """Start reading the images of ``indices`` ahead of need, for a later ``load_batch`` or
         ``__getitem__`` to take; a bounded number are held (``vl_datasets.loading.reads``). Only with
         an images_root: the export's own images are read when needed."""
         if self._reads_in_flight():
             self._reads.ahead([(int(index), self._read_ahead(int(index))) for index in indices])
 
-    def _read_ahead(self, index: int) -> Callable[[], bytes] | bytes:
+    def _read_ahead(self, index: int) -> Callable[[], ReadData] | bytes:
         """The bytes of a node-local copy, read now; else the read to start on a thread."""
-        return local_copy(self._source, self._paths[index].as_py()) or partial(self._read, index)
+        return self._local_copy(index) or partial(self._read, index)
+
+    def _local_copy(self, index: int) -> bytes | None:
+        """The bytes of ``index``'s node-local copy, if there is one (never with prepared images:
+        their store is read instead)."""
+        if isinstance(self._source, PreparedSource):
+            return None
+        return local_copy(self._source, self._paths[index].as_py())
 
     def _reads_in_flight(self) -> bool:
         # Reads run on threads only from an images_root, and only through this class's own
@@ -444,6 +483,28 @@ class VisualLayerDataset(Dataset):
             target = self.target_transform(target)
         return image, target
 
+    def batch_layout(self) -> BatchLayout:
+        """How samples batch, for the loader's collate: targets as a list for detection and
+        metadata rows; every image uint8 3 x H x W when a fixed ``image_size`` is decoded to a
+        tensor with no transform."""
+        shape = None
+        if self.image_size is not None and self.transform is None and self.decode == "tensor":
+            height, width = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+            shape = (3, height, width)
+        return BatchLayout(targets_as_list=self.task in ("detection", None), image_shape=shape)
+
+    def identity(self) -> dict[str, Any]:
+        """What pins a loader state to these items: the cache entry (``dataset_id``, the key's
+        ``key`` digest, ``version``), and the curated item list (``items``, ``fingerprint``)."""
+        key = self.entry.key
+        return {
+            "dataset_id": self.dataset_id,
+            "key": key.digest if key is not None else None,
+            "version": self.entry.version,
+            "items": len(self),
+            "fingerprint": self.fingerprint(),
+        }
+
     def image_path(self, index: int) -> str:
         """Where the image of ``index`` is: a path, or a URL without credentials or query string."""
         return self._source.location(self._paths[index].as_py())
@@ -459,7 +520,7 @@ class VisualLayerDataset(Dataset):
             return self._failed(index, exc)
         return self._decoded(index, data)
 
-    def _read(self, index: int) -> bytes:
+    def _read(self, index: int) -> ReadData:
         return self._source.read(self._paths[index].as_py())
 
     def _image(self, index: int, read: Future):
@@ -470,9 +531,9 @@ class VisualLayerDataset(Dataset):
             return self._failed(index, exc)
         return self._decoded(index, data)
 
-    def _decoded(self, index: int, data: bytes):
-        if isinstance(data, PreparedImage):  # pixels from the prepared store: nothing to decode
-            return data.image(self.decode, self.image_size)
+    def _decoded(self, index: int, data: ReadData):
+        if isinstance(data, np.ndarray):  # pixels from the prepared store: nothing to decode
+            return prepared_image(data, self.decode, self.image_size)
         media_id = self._table.column("media_id")[index].as_py()
         path = self.image_path(index)
         try:
@@ -491,7 +552,7 @@ class VisualLayerDataset(Dataset):
         """Raise the typed error for ``index``'s image, or with ``on_error="skip"`` return its ``SkippedSample``."""
         media_id = self._table.column("media_id")[index].as_py()
         path = self._paths[index].as_py()
-        error = image_error(exc, media_id=media_id, source=self._source, path=path)
+        error = image_error(exc, media_id=media_id, source=self._originals, path=path)
         if self.on_error == "raise":
             raise error from None  # the cause may hold a URL's query string: the message has what matters
         logger.warning("Skipping media_id %s: %s", media_id, error)

@@ -71,18 +71,12 @@ def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
 
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """What pins a state to its items: the cache entry a ``VisualLayerDataset`` opened, and the
-    fingerprint of its curated item list (any other dataset: its length alone)."""
-    entry = getattr(dataset, "entry", None)
-    key = getattr(entry, "key", None)
-    fingerprint = getattr(dataset, "fingerprint", None)
-    return {
-        "dataset_id": getattr(dataset, "dataset_id", None),
-        "key": key.digest if key is not None else None,
-        "version": getattr(entry, "version", None),
-        "items": len(dataset),
-        "fingerprint": fingerprint() if callable(fingerprint) else None,
-    }
+    """What pins a state to its items: a ``VisualLayerDataset``'s ``identity()`` (its cache entry
+    and the fingerprint of its curated item list); any other dataset: its length alone."""
+    identity = getattr(type(dataset), "identity", None)
+    if callable(identity):
+        return identity(dataset)
+    return {"dataset_id": None, "key": None, "version": None, "items": len(dataset), "fingerprint": None}
 
 
 def check_state(state: Any, dataset: Any) -> None:
