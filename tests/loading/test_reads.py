@@ -60,7 +60,7 @@ def test_read_ahead_starts_the_next_batch_while_this_one_decodes(split_export, t
         took = time.perf_counter() - start
         assert server.count() == 16, "an image was read twice"
     assert took < LATENCY_S / 2, f"the prefetched batch still took {took:.2f}s"
-    assert ds._reads.pending() == 0
+    assert ds.images._reads.pending() == 0
     reference = VisualLayerDataset.from_export(export, images_root=source, image_size=8, cache_dir=tmp_path / "c")
     assert all(torch.equal(a[0], reference[i][0]) for i, a in enumerate(first + second))
 
@@ -119,7 +119,7 @@ def test_transient_errors_are_retried_and_a_missing_file_is_not(split_export, tm
     retry = RetryPolicy(attempts=4, sleep=waits.append, random=lambda: 1.0)
     with ImageServer(source) as server:
         ds = open_remote(export, server, tmp_path)
-        ds._source.retry = retry  # no real sleeps
+        ds.images._source.retry = retry  # no real sleeps
         server.fail_next(3, 503)
         image, _ = ds[0]
         assert server.count() == 4
