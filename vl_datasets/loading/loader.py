@@ -151,6 +151,10 @@ class VLDataLoader(DataLoader):
     """A DataLoader that prefetches across epochs, reshuffles its distributed shard each epoch,
     reports skipped samples, and resumes part-way through an epoch.
 
+    It drives ``DataLoader`` through its public arguments alone: a batch sampler of its own
+    (``RequestSampler``, which asks the dataset for each batch with a ``BatchRequest``) and a
+    collate; its own ``__iter__`` keeps the epoch and resume bookkeeping.
+
     ``epoch`` counts the epochs begun; ``skipped`` lists the samples left out during the last epoch.
     """
 
@@ -184,23 +188,9 @@ class VLDataLoader(DataLoader):
                 **options,
             )
         else:
-            sampler, per_epoch, batch_size = _per_epoch(
-                dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, kwargs.get("generator")
+            self._init_with_requests(
+                dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options
             )
-            streams = num_workers > 0 and kwargs.get("persistent_workers", False) and kwargs.get("in_order", True)
-            self._requests = RequestSampler(
-                per_epoch, sampler, workers=num_workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
-            )
-            if not isinstance(collate_fn, TaskCollate):
-                collate_fn = CallerCollate(collate_fn or default_collate)
-            # Its batches are BatchRequests, sequences of indices: torch's types say lists.
-            super().__init__(dataset, batch_sampler=self._requests, collate_fn=collate_fn, **options)  # type: ignore[arg-type]
-            # DataLoader shows a loader given a batch_sampler as unbatched, with a sequential
-            # sampler: show the one the caller built (state_dict and resumes read these too).
-            # DataLoader's __setattr__ refuses these names once it is built, against changing a
-            # running loader; this is still its construction.
-            for name, value in (("sampler", sampler), ("batch_size", batch_size), ("drop_last", drop_last)):
-                object.__setattr__(self, name, value)
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
         self._stream: Iterator[Any] | None = None  # the workers' endless iterator, once started
@@ -213,6 +203,30 @@ class VLDataLoader(DataLoader):
         self._yielded = 0
         self._skipped: list[SkippedSample] = []
         self._pending: dict[str, Any] | None = None  # a loaded state, for the next iter
+
+    def _init_with_requests(
+        self, dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options: dict[str, Any]
+    ) -> None:
+        """DataLoader given our batch sampler (``RequestSampler``) around the per-epoch batches the
+        arguments describe, and a collate that unwraps the dataset's ``LoadedBatch``."""
+        sampler, per_epoch, batch_size = _per_epoch(
+            dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, options.get("generator")
+        )
+        workers = options["num_workers"]
+        streams = workers > 0 and options.get("persistent_workers", False) and options.get("in_order", True)
+        self._requests = RequestSampler(
+            per_epoch, sampler, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
+        )
+        if not isinstance(collate_fn, TaskCollate):
+            collate_fn = CallerCollate(collate_fn or default_collate)
+        # Its batches are BatchRequests, sequences of indices: torch's types say lists.
+        super().__init__(dataset, batch_sampler=self._requests, collate_fn=collate_fn, **options)  # type: ignore[arg-type]
+        # DataLoader shows a loader given a batch_sampler as unbatched, with a sequential sampler:
+        # show the one the caller built (state_dict and resumes read these too). DataLoader's
+        # __setattr__ refuses these names once it is built, against changing a running loader;
+        # this is still its construction.
+        for name, value in (("sampler", sampler), ("batch_size", batch_size), ("drop_last", drop_last)):
+            object.__setattr__(self, name, value)
 
     def _unpacked(self, data: Any) -> Any:
         """A batch as the caller gets it: a task collate's images from their shared-memory slot."""
