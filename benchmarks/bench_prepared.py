@@ -46,7 +46,7 @@ import corpus
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.images import decode_image
 from vl_datasets.loading.prepared import StoreSettings, remove_store, store_path
-from vl_datasets.loading.prepared_source import PreparedImage, prepare_pixels
+from vl_datasets.loading.prepared_source import prepare_pixels, prepared_image
 
 HERE = Path(__file__).resolve().parent
 CACHE = corpus.DATA / "prepared_cache"  # its own cache: stores are removed and rebuilt here
@@ -151,7 +151,7 @@ def format_rows(folder: Path, sample: int = 100) -> list[tuple[str, float, float
 
 
 def _from_raw(pixels: np.ndarray) -> torch.Tensor:
-    return PreparedImage(pixels).image("tensor", SIZE)  # type: ignore[return-value]
+    return prepared_image(pixels, "tensor", SIZE)  # type: ignore[return-value]
 
 
 def _from_jpeg(data: bytes) -> torch.Tensor:

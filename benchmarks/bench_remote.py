@@ -13,8 +13,9 @@ in a fresh interpreter, img/s over 2 timed epochs after a warm-up epoch:
 - local disk: the corpus as an export with its own images (the reference);
 - the same files through ``images_root=<folder>`` (the thread-pool path, with no latency);
 - HTTP with no latency, and with 50 ms, each with the loader's read-ahead (its batches carry the
-  batch each worker loads next: ``vl_datasets.loading.prefetch.Lookahead`` around its index
-  sampler) and with it taken off from outside, to show what it buys;
+  batch each worker loads next: the ``next_indices`` of the ``BatchRequest``s its batch sampler,
+  ``vl_datasets.loading.batch_sampler.RequestSampler``, yields) and with it taken off from
+  outside, to show what it buys;
 - HTTP with 50 ms and ``image_cache``: the warm-up epoch fills the node-local copy, and the timed
   epochs read from it.
 
@@ -79,7 +80,7 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
         ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options, **cache)
     loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
     if variant in NO_READ_AHEAD:
-        loader.__class__ = _without_read_ahead(type(loader))
+        loader.batch_sampler.__class__ = _without_read_ahead(type(loader.batch_sampler))
     seen = 0
     for epoch in range(1 + TIMED_EPOCHS):
         if epoch == 1:
@@ -93,14 +94,14 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
     return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers}
 
 
-def _without_read_ahead(loader_class: type) -> type:
-    """The loader's class with its read-ahead hints taken off: the batches as the sampler makes them,
-    so each worker's reads start only when its batch arrives (what read-ahead is measured against)."""
+def _without_read_ahead(sampler_class: type) -> type:
+    """The loader's batch sampler class with its read-ahead hints taken off: requests name no next
+    batch, so each worker's reads start only when its batch arrives (what read-ahead is measured against)."""
+    from vl_datasets.loading.batches import BatchRequest
 
-    class NoReadAhead(loader_class):  # type: ignore[valid-type, misc]
-        @property
-        def _index_sampler(self):
-            return super()._index_sampler.batches  # the Lookahead's wrapped batches
+    class NoReadAhead(sampler_class):  # type: ignore[valid-type, misc]
+        def __iter__(self):
+            return (BatchRequest(tuple(batch)) for batch in self._batches())
 
     return NoReadAhead
 

@@ -83,12 +83,66 @@ def test_the_metadata_side_loads_neither_torch_nor_the_network():
     # The package root is lazy, so the metadata modules import as they are, with nothing faked.
     code = (
         "import sys\n"
-        "from vl_datasets.metadata import curation, image_paths, index, normalize, read, splits, targets\n"
+        "from vl_datasets.metadata import curated, curation, image_paths, index, normalize, options, read\n"
+        "from vl_datasets.metadata import splits, targets\n"
         "print(sorted(m for m in ('torch', 'requests', 'urllib3', 'jwt') if m in sys.modules))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"the metadata side loaded {out.stdout.strip()}"
+
+
+def test_the_item_side_of_a_dataset_works_without_torch(tmp_path):
+    """CuratedItems curates an export's rows and builds its targets with torch never imported."""
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "export", n_items=6)
+    code = (
+        "import sys\n"
+        "from vl_datasets.metadata.curated import CuratedItems, TargetOptions\n"
+        "from vl_datasets.metadata.curation import CurationRules\n"
+        "from vl_datasets.metadata.index import build_index\n"
+        f"rows = build_index({str(tmp_path / 'export')!r})\n"
+        "rules = CurationRules(min_uniqueness=0.0, keep_unscored=True)\n"
+        "items = CuratedItems(rows, rules, TargetOptions(task='classification'))\n"
+        "assert len(items) == 6 and items.classes and isinstance(items.target(0), int), items\n"
+        "assert items.curation_details(rows).column('removed_by').null_count == 6\n"
+        "assert len(items.fingerprint()) == 64\n"
+        "print(sorted(m for m in ('torch', 'vl_datasets.loading') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"the item side loaded {out.stdout.strip()}"
+
+
+def test_the_report_and_the_loader_use_only_the_public_face_of_the_dataset():
+    """report.py stands above loading/ and reads the dataset through its public methods; the loader
+    reads no dataset field: it asks through batch_layout(), identity() and load_batch()."""
+    package = REPO / "vl_datasets"
+    for path in (package / "loading").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top_level = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert not any((n.module or "").endswith("report") for n in top_level), f"loading/{path.name} imports report"
+    for name in ("report.py", "loading/loader.py", "loading/state.py", "loading/batch_sampler.py"):
+        tree = ast.parse((package / name).read_text())
+        private = [
+            f"{n.value.id}.{n.attr}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id in ("dataset", "ds")
+            and n.attr.startswith("_")
+        ]
+        probes = [
+            n.args[1].value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            and getattr(n.func, "id", None) == "getattr"
+            and isinstance(n.args[0], ast.Name)
+            and n.args[0].id == "dataset"
+            and isinstance(n.args[1], ast.Constant)
+        ]
+        assert (private, probes) == ([], []), f"{name} reads the dataset's fields: {private + probes}"
 
 
 def test_the_package_root_exports_every_error():

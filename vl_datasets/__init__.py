@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from .cache.store import ExportKey, LocalExport
     from .exports import fetch_export
     from .loading.dataset import VisualLayerDataset
+    from .loading.image_reader import ImageOptions
+    from .metadata.curated import CuratedItems, TargetOptions
     from .metadata.curation import CurationRules, CurationSummary
     from .metadata.splits import leakage_safe_split
     from .records import DatasetInfo, ExportTask
@@ -88,6 +90,9 @@ _LAZY = {
     "VisualLayerDataset": ".loading.dataset",
     "CurationRules": ".metadata.curation",
     "CurationSummary": ".metadata.curation",
+    "CuratedItems": ".metadata.curated",
+    "TargetOptions": ".metadata.curated",
+    "ImageOptions": ".loading.image_reader",
     "leakage_safe_split": ".metadata.splits",
 }
 
@@ -118,6 +123,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "CorruptArchiveError",
+    "CuratedItems",
     "CurationError",
     "CurationRules",
     "CurationSummary",
@@ -136,6 +142,7 @@ __all__ = [
     "ExportTimeoutError",
     "ImageDecodeError",
     "ImageNotFoundError",
+    "ImageOptions",
     "ImageReadError",
     "InsufficientDiskSpaceError",
     "LocalExport",
@@ -151,6 +158,7 @@ __all__ = [
     "ResponseValidationError",
     "SchemaError",
     "ServerError",
+    "TargetOptions",
     "UnsafeArchiveError",
     "VLDatasetsError",
     "VersionNotFoundError",

@@ -4,8 +4,10 @@ Plots and thumbnails are embedded as base64 data URIs and the page has no script
 be attached to a ticket or opened offline and fetches nothing when viewed. matplotlib is an
 optional extra (``pip install "vl_datasets[report]"``): loading data for training never needs it.
 
-The dataset is taken duck-typed (``curation_summary()``, ``curation_details()``, ``label_source``),
-so this module does not import ``dataset``: imports run one way, from the data to its reports.
+The dataset is read through its public face alone (``curation_summary()``, ``curation_details()``,
+``read_image()``, ``curation_rules``, ``label_source``, ``dataset_id``, ``export_dir``), so this
+module does not import ``dataset``: it stands above ``loading/``, and imports run one way, from the
+data to its reports.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from .html_parts import figure_class as _figure_class
 from .html_parts import img as _img
 from .html_parts import legend_above as _legend_above
 from .html_parts import percent as _percent
-from .html_parts import read_file as _read_file
 from .html_parts import spread_sample as _spread_sample
 from .html_parts import svg as _svg
 from .html_parts import thumbnail as _thumbnail
@@ -71,8 +72,8 @@ def write_report(
         _labels_section(figure, names, kept),
     ]
     rules = removed_by.to_numpy(zero_copy_only=False)
-    # Images are read the dataset's way when it has one (a bucket's, with its storage options).
-    grid = _Grid(details, names, max_thumbnails, thumbnail_size, getattr(dataset, "read_image", None) or _read_file)
+    # Images are read the dataset's way (a bucket's, with its storage options).
+    grid = _Grid(details, names, max_thumbnails, thumbnail_size, dataset.read_image)
     for rule, count in summary.removed_by.items():
         if count and rule != "subset":
             sections.append(grid.section(f"Removed by {rule}", np.flatnonzero(rules == rule)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import pickle
+import pydoc
 import zipfile
 from pathlib import Path
 
@@ -11,8 +13,17 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from vl_datasets import CurationError, CurationRules, errors, leakage_safe_split
+from vl_datasets import (
+    CuratedItems,
+    CurationError,
+    CurationRules,
+    ImageOptions,
+    TargetOptions,
+    errors,
+    leakage_safe_split,
+)
 from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.image_reader import ImageReader
 from vl_datasets.testing import write_dataset
 
 
@@ -243,11 +254,13 @@ CURATION_OPTIONS = [
 
 VIEW_OPTIONS = [
     *CURATION_OPTIONS,
+    "targets",
     "task",
     "classes",
     "invalid_labels",
     "object_drop_issues",
     "target_transform",
+    "images",
     "image_size",
     "decode",
     "transform",
@@ -323,6 +336,65 @@ def test_curation_given_twice_is_refused_before_any_export(quick_vl, quick_clien
     with pytest.raises(errors.ConfigurationError, match="decode"):
         VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, decode="numpy")
     assert quick_vl.count("export") == 0
+
+
+OPTION_GROUPS = [("curation", CurationRules), ("targets", TargetOptions), ("images", ImageOptions)]
+
+
+@pytest.mark.parametrize(("keyword", "group"), OPTION_GROUPS)
+@pytest.mark.parametrize("entry_point", [VisualLayerDataset, VisualLayerDataset.from_export])
+def test_every_field_of_every_option_group_is_a_keyword_with_its_default_and_doc(entry_point, keyword, group):
+    """An option added to a group reaches both entry points, their help() and their defaults."""
+    parameters = inspect.signature(entry_point).parameters
+    shown = pydoc.render_doc(VisualLayerDataset, renderer=pydoc.plaintext)
+    assert parameters[keyword].default is None and f"{keyword}: " in shown
+    for f in dataclasses.fields(group):
+        assert f.name in parameters, f"{group.__name__}.{f.name} is not a keyword of {entry_point.__qualname__}"
+        assert parameters[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameters[f.name].default == f.default, f.name
+        assert str(parameters[f.name]) in shown, f"help()'s signature lacks {parameters[f.name]}"
+        assert f"{f.name}: {f.metadata['doc'][:40]}" in " ".join(shown.split()), f"help()'s docstring lacks {f.name}"
+
+
+def test_option_groups_are_taken_whole_and_never_beside_their_own_keywords(tmp_path):
+    folder = export_folder(tmp_path, [item(0, ["cat"]), item(1, ["dog"]), item(2, ["cat", "dog"])])
+    grouped = VisualLayerDataset.from_export(
+        folder,
+        targets=TargetOptions(task="multilabel", classes=["dog", "cat"]),
+        images=ImageOptions(image_size=8, decode="pil"),
+    )
+    single = VisualLayerDataset.from_export(
+        folder, task="multilabel", classes=["dog", "cat"], image_size=8, decode="pil"
+    )
+    assert (grouped.task, grouped.classes, grouped.image_size) == ("multilabel", ["dog", "cat"], 8)
+    assert grouped[2][1].tolist() == single[2][1].tolist() == [1.0, 1.0]
+    assert grouped[0][0].size == single[0][0].size == (8, 8)
+    with pytest.raises(errors.ConfigurationError, match="image_size"):
+        VisualLayerDataset.from_export(folder, images=ImageOptions(), image_size=8)
+    with pytest.raises(errors.ConfigurationError, match="targets must be a TargetOptions"):
+        VisualLayerDataset.from_export(folder, targets={"task": None})
+    with pytest.raises(TypeError, match="image_sise"):
+        VisualLayerDataset.from_export(folder, image_sise=8)
+    secret = ImageOptions(images_root="https://user:pw@host/images?sig=abc", storage_options={"key": "k"})
+    assert "pw" not in repr(secret) and "sig" not in repr(secret) and "'k'" not in repr(secret)
+
+
+def test_the_two_parts_of_a_dataset_work_on_their_own(tmp_path):
+    folder = export_folder(tmp_path, [item(i, [("cat", "dog")[i % 2]]) for i in range(4)])
+    ds = VisualLayerDataset.from_export(folder, task="classification", image_size=8)
+    assert isinstance(ds.items, CuratedItems) and isinstance(ds.images, ImageReader)
+    assert ds.items.target(1) == ds[1][1] and ds.items.classes == ds.classes
+    reader = ImageReader(
+        ImageOptions(image_size=16),
+        paths=ds.items.paths,
+        media_ids=ds.items.table.column("media_id"),
+        export_images=ds.export_dir / "images",
+        entry=ds.entry,
+        cache_dir=None,
+    )
+    assert reader.load(1).shape == (3, 16, 16)
+    assert torch.equal(ds.images.load(1), ds[1][0])
+    assert reader.location(1) == ds.image_path(1)
 
 
 # -- the subset rule, applying a split --------------------------------------------------------

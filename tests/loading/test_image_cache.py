@@ -47,8 +47,8 @@ def test_the_second_epoch_reads_nothing_from_the_network(split_export, tmp_path)
         third = other_rank.__getitems__(list(range(len(ds))))
         assert server.count() == fetched, "a later epoch, or another process on the node, read from the network"
         other_rank.prefetch(range(3))
-        assert other_rank._reads.pending() == 3
-        assert other_rank._reads._pool is None, "copies on this machine were read through threads"
+        assert other_rank.images._reads.pending() == 3
+        assert other_rank.images._reads._pool is None, "copies on this machine were read through threads"
     assert len(ds) <= fetched < 2 * len(ds)
     assert sum(len(batch) for batch in second) == len(ds)
     assert sorted(x.sum().item() for batch in first for x in batch) == sorted(
@@ -58,7 +58,7 @@ def test_the_second_epoch_reads_nothing_from_the_network(split_export, tmp_path)
     files = cached_files(cache_dir)
     assert len(files) == len(ds)
     assert not [f for f in files if f.name.endswith(".tmp")], "a temp file was left behind"
-    cache = ds._source.cache
+    cache = ds.images._source.cache
     stored = [cache.get(ds.table.column("file_path")[i].as_py()) for i in range(len(ds))]
     assert sorted(stored) == sorted(p.read_bytes() for p in source.rglob("*.jpg"))
 
@@ -76,7 +76,7 @@ def test_past_its_limit_the_least_recently_used_images_go(split_export, tmp_path
             time.sleep(0.002)  # distinct mtimes: the order of use
     files = cached_files(tmp_path / "c")
     assert 0 < sum(f.stat().st_size for f in files) <= limit
-    cache = ds._source.cache
+    cache = ds.images._source.cache
     kept = {cache.path(ds.table.column("file_path")[i].as_py()) for i in range(len(ds))} & set(files)
     newest = [cache.path(ds.table.column("file_path")[i].as_py()) for i in range(len(ds))][-len(kept) :]
     assert kept == set(newest), "an image used more recently was evicted before an older one"

@@ -10,11 +10,14 @@ from itertools import chain
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler, get_worker_info
 
 from tests.helpers import REPO, run_child
 from tests.loading.helpers import ITEMS, CountingTransform
+from vl_datasets.loading.batch_sampler import RequestSampler
 from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.loader import VLDataLoader, make_dataloader
+from vl_datasets.loading.sampler import EpochSampler
 
 
 def epoch_ids(loader):
@@ -98,6 +101,69 @@ def test_dataloader_accepts_the_callers_collate(quick_vl, quick_client, tmp_path
     ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=8)
     loader = ds.dataloader(3, num_workers=0, shuffle=False, collate_fn=lambda batch: [label for _, label in batch])
     assert next(iter(loader)) == [ds[i][1] for i in range(3)]
+
+
+def worker_view(batch):
+    """A caller's collate that reports what the worker's copy of the dataset looks like."""
+    dataset = get_worker_info().dataset
+    return "__getitems__" in vars(dataset), [row["media_id"] for _, row in batch]
+
+
+def test_the_loader_drives_torch_through_its_public_arguments_alone(folder):
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    loader = ds.dataloader(3, num_workers=2, shuffle=False, collate_fn=worker_view, multiprocessing_context="fork")
+    private = {name for name in vars(DataLoader) if name.startswith("_") and not name.startswith("__")}
+    assert private & set(vars(VLDataLoader)) == set(), "VLDataLoader overrides a private attribute of DataLoader"
+    assert isinstance(loader.batch_sampler, RequestSampler)
+    assert (type(loader.sampler), loader.batch_size, loader.drop_last, len(loader)) == (EpochSampler, 3, False, 4)
+    batches = list(loader)
+    assert not any(patched for patched, _ in batches), "a worker's dataset was patched"
+    assert [i for _, ids in batches for i in ids] == ds.media_ids
+
+
+def test_a_callers_batch_sampler_is_wrapped_and_resumed_by_batch(folder):
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+
+    def build():
+        batches = BatchSampler(SequentialSampler(range(ITEMS)), batch_size=4, drop_last=False)
+        return ds.dataloader(1, batch_sampler=batches, sampler=None, num_workers=2, multiprocessing_context="fork")
+
+    whole = [[row["media_id"] for row in rows] for _, rows in build()]
+    assert whole == [ds.media_ids[i : i + 4] for i in range(0, ITEMS, 4)]
+    loader = build()
+    assert len(loader) == len(whole)
+    first = next(iter(loader))
+    resumed = build()
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.state_dict()["order"] == "custom"
+    assert [[row["media_id"] for row in rows] for _, rows in resumed] == whole[1:]
+    del first
+
+
+class Squares(Dataset):
+    """A plain torch dataset: no batch method, layout or identity of ours."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int):
+        return torch.tensor([index]), index * index
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_plain_torch_dataset_loads_and_resumes_through_the_loader(num_workers):
+    def build():
+        context = {"multiprocessing_context": "fork"} if num_workers else {}
+        return make_dataloader(Squares(), 4, shuffle=False, num_workers=num_workers, **context)
+
+    loader = build()
+    images, targets = next(iter(loader))
+    assert images.tolist() == [[0], [1], [2], [3]] and targets.tolist() == [0, 1, 4, 9]
+    state = loader.state_dict()
+    assert state["dataset"] == {"dataset_id": None, "key": None, "version": None, "items": 10, "fingerprint": None}
+    resumed = build()
+    resumed.load_state_dict(state)
+    assert [targets.tolist() for _, targets in resumed] == [[16, 25, 36, 49], [64, 81]]
 
 
 def test_torchrun_two_ranks_get_equal_disjoint_shards(quick_vl, tmp_path):

@@ -36,8 +36,8 @@ def every_image(ds):
 
 
 def in_store(ds):
-    store = ds._source.store
-    return store.status(keys_of(ds._paths.to_pylist()))
+    store = ds.images._source.store
+    return store.status(keys_of(ds.images.paths.to_pylist()))
 
 
 def test_after_prepare_the_originals_are_never_read(export, tmp_path):
@@ -59,7 +59,7 @@ def test_the_first_epoch_fills_the_store_and_later_epochs_read_it(export, tmp_pa
     loader = ds.dataloader(4, shuffle=False, num_workers=2)
     first = torch.cat([images for images, _ in loader])
     assert (in_store(ds) == 1).all(), "the first epoch left images unprepared"
-    assert len(list((ds._source.store.path / "parts").glob("*.index"))) <= 2, "more parts than writing workers"
+    assert len(list((ds.images._source.store.path / "parts").glob("*.index"))) <= 2, "more parts than writing workers"
     shutil.rmtree(export / "images")
     second = torch.cat([images for images, _ in loader])
     assert torch.equal(first, second), "the first epoch's images differ from the store's"
@@ -122,7 +122,7 @@ def test_a_refreshed_export_gets_a_new_store(export, tmp_path):
     (export / "metadata.json").write_text(json.dumps(metadata))
     new = open_prepared(export, tmp_path)
     assert new.entry.version != old.entry.version
-    assert new._source.store.path != old._source.store.path
+    assert new.images._source.store.path != old.images._source.store.path
     assert (in_store(new) == 0).all()
     assert {s.version for s in list_stores(new.entry.entry_dir)} == {old.entry.version, new.entry.version}
 
@@ -162,15 +162,15 @@ def test_a_rank_stops_waiting_when_the_others_stop(export, tmp_path, monkeypatch
     ds = open_prepared(export, tmp_path)
     with pytest.raises(PrepareTimeoutError, match="never arrived") as raised:
         prepare_job.prepare_images(
-            ds._source,
-            ds._paths,
+            ds.images._source,
+            ds.images.paths,
             ds.table.column("media_id"),
             num_workers=0,
             progress=False,
             stall_timeout_s=0.2,
             env={"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"},
         )
-    assert raised.value.path == str(ds._source.store.path)
+    assert raised.value.path == str(ds.images._source.store.path)
 
 
 def test_images_from_another_root_get_their_own_store(export, tmp_path):
@@ -178,7 +178,7 @@ def test_images_from_another_root_get_their_own_store(export, tmp_path):
     shutil.copytree(export / "images", copy)
     from_export_images = open_prepared(export, tmp_path)
     from_root = open_prepared(export, tmp_path, images_root=copy, image_size=40)
-    assert from_root._source.store.path != from_export_images._source.store.path
+    assert from_root.images._source.store.path != from_export_images.images._source.store.path
     from_root.prepare(num_workers=0, progress=False)
     shutil.rmtree(copy)
     assert from_root[0][0].shape == (3, 40, 40)

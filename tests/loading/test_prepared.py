@@ -18,7 +18,7 @@ from vl_datasets.cache.store import LocalExport, derived_dir
 from vl_datasets.loading import prepared
 from vl_datasets.loading.images import decode_image
 from vl_datasets.loading.prepared import StoreSettings, keys_of, list_stores, open_store, remove_store
-from vl_datasets.loading.prepared_source import PreparedImage, prepare_pixels, shorter_side
+from vl_datasets.loading.prepared_source import prepare_pixels, prepared_image, shorter_side
 
 FORK = multiprocessing.get_context("fork")
 
@@ -198,7 +198,7 @@ def texture(width: int, height: int) -> bytes:
 def test_at_the_training_size_a_prepared_image_is_within_1_5_grey_levels_of_the_direct_path():
     data = texture(400, 300)
     direct = decode_image(data, size=112).float()
-    image = PreparedImage(prepare_pixels(data, 128)).image("tensor", 112)
+    image = prepared_image(prepare_pixels(data, 128), "tensor", 112)
     assert image.shape == direct.shape
     difference = (image.float() - direct).abs().mean().item()
     assert difference < 1.5, f"prepared and direct images differ by {difference:.2f} grey levels on average"

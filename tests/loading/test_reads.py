@@ -14,9 +14,10 @@ from tests.loading.helpers import split_export as split_export_of
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
 from vl_datasets.backoff import image_read_policy
+from vl_datasets.loading.batch_sampler import RequestSampler
+from vl_datasets.loading.batches import BatchRequest
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.loader import TaskCollate
-from vl_datasets.loading.prefetch import BatchWithNext, Lookahead
 from vl_datasets.loading.reads import Reads
 
 LATENCY_S = 0.2
@@ -52,28 +53,30 @@ def test_read_ahead_starts_the_next_batch_while_this_one_decodes(split_export, t
     export, source = split_export
     with ImageServer(source, latency_s=LATENCY_S) as server:
         ds = open_remote(export, server, tmp_path)
-        first = ds.__getitems__(BatchWithNext(range(8), next_indices=range(8, 16)))
+        first = ds.load_batch(range(8), next_indices=range(8, 16)).samples
         time.sleep(2 * LATENCY_S)  # the caller's training step; the next batch arrives meanwhile
         start = time.perf_counter()
-        second = ds.__getitems__(BatchWithNext(range(8, 16)))
+        second = ds.load_batch(range(8, 16)).samples
         took = time.perf_counter() - start
         assert server.count() == 16, "an image was read twice"
     assert took < LATENCY_S / 2, f"the prefetched batch still took {took:.2f}s"
-    assert ds._reads.pending() == 0
+    assert ds.images._reads.pending() == 0
     reference = VisualLayerDataset.from_export(export, images_root=source, image_size=8, cache_dir=tmp_path / "c")
     assert all(torch.equal(a[0], reference[i][0]) for i, a in enumerate(first + second))
 
 
-def test_the_lookahead_sampler_hands_each_worker_its_next_batch():
+def test_the_request_sampler_hands_each_worker_its_next_batch():
     batches = BatchSampler(SequentialSampler(range(10)), batch_size=2, drop_last=False)
-    two = list(Lookahead(batches, workers=2))
-    assert two == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
-    assert [b.next_indices for b in two] == [[4, 5], [6, 7], [8, 9], None, None]
-    assert [b.next_indices for b in Lookahead(batches, workers=0)] == [[2, 3], [4, 5], [6, 7], [8, 9], None]
-    assert len(Lookahead(batches, workers=2)) == 5
-    assert Lookahead(batches, workers=2).batch_size == 2  # the wrapped sampler's attributes stay reachable
+    requests = RequestSampler(batches, None, workers=2, endless=False)
+    two = list(requests)
+    assert [list(b) for b in two] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert [b.next_indices for b in two] == [(4, 5), (6, 7), (8, 9), (), ()]
+    zero = RequestSampler(batches, None, workers=0, endless=False)
+    assert [b.next_indices for b in zero] == [(2, 3), (4, 5), (6, 7), (8, 9), ()]
+    assert len(requests) == 5
+    assert requests.batch_size == 2  # the wrapped sampler's attributes stay reachable
     again = pickle.loads(pickle.dumps(two[0]))  # as it travels to a worker
-    assert (again, again.next_indices) == ([0, 1], [4, 5])
+    assert again == BatchRequest((0, 1), (4, 5))
 
 
 def test_workers_fed_by_the_lookahead_sampler_load_every_item_once(split_export, tmp_path):
@@ -81,7 +84,8 @@ def test_workers_fed_by_the_lookahead_sampler_load_every_item_once(split_export,
     with ImageServer(source, latency_s=0.02) as server:
         ds = open_remote(export, server, tmp_path, task=None)
         ds[0]  # the parent reads too before it forks: each worker must open its own connections
-        batches = Lookahead(BatchSampler(SequentialSampler(ds), batch_size=4, drop_last=False), workers=2)
+        per_epoch = BatchSampler(SequentialSampler(ds), batch_size=4, drop_last=False)
+        batches = RequestSampler(per_epoch, None, workers=2, endless=False)
         loader = DataLoader(
             ds, batch_sampler=batches, num_workers=2, collate_fn=TaskCollate(True), multiprocessing_context="fork"
         )
@@ -115,7 +119,7 @@ def test_transient_errors_are_retried_and_a_missing_file_is_not(split_export, tm
     retry = image_read_policy(env={}, max_attempts=4, sleep=waits.append, random=lambda: 1.0)
     with ImageServer(source) as server:
         ds = open_remote(export, server, tmp_path)
-        ds._source.retry = retry  # no real sleeps
+        ds.images._source.retry = retry  # no real sleeps
         server.fail_next(3, 503)
         image, _ = ds[0]
         assert server.count() == 4

@@ -13,7 +13,8 @@ import torch
 from tests.loading.helpers import ITEMS, CountingTransform
 from vl_datasets import errors, fetch_export
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.loading.state import KEYS, fingerprint_ids
+from vl_datasets.loading.state import KEYS
+from vl_datasets.metadata.curated import fingerprint_ids
 
 EPOCHS = 4  # a resume in epoch 3 has three whole epochs before it
 

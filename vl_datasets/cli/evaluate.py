@@ -36,7 +36,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         default=0.5,
         help="a disagreement with the label counts as a suspected label error from this confidence (default 0.5)",
     )
-    evaluate.add_argument("--title", help="the report's title (default: Evaluation: and the dataset id or export folder)")
+    evaluate.add_argument(
+        "--title", help="the report's title (default: Evaluation: and the dataset id or export folder)"
+    )
     evaluate.add_argument(
         "--min-uniqueness", type=float, metavar="SCORE", help="the curation rule that dropped less unique items"
     )

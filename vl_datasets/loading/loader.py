@@ -3,7 +3,9 @@
 - Workers are persistent (no re-fork and re-import each epoch) and run one intra-op thread each,
   so two workers on two cores do not fight over OpenMP threads.
 - With workers, prefetching runs across epoch boundaries: the workers see one endless stream of
-  epochs, and each ``iter(loader)`` takes the next epoch's batches from it. A plain DataLoader
+  epochs (the loader's batch sampler, ``vl_datasets.loading.batch_sampler``, passed to
+  ``DataLoader`` as ``batch_sampler``), and each ``iter(loader)`` takes the next epoch's batches
+  from it. A plain DataLoader
   stops prefetching at the end of an epoch, so while the last batch is decoded the other
   workers idle, and the next epoch starts with an empty pipeline. Batches and their order are
   the same as without the stream; an epoch left unfinished (``break``) drops what was prefetched
@@ -19,55 +21,44 @@
   state after the batches yielded so far, loaded before the next ``iter(loader)``, which then
   yields exactly the rest of the interrupted epoch, on any number of ranks and workers (see
   ``vl_datasets.loading.state`` and ``vl_datasets.loading.sampler``).
-- An error of ours raised in a worker reaches the main process with its fields
-  (``vl_datasets.loading.worker_errors``).
+- The loader asks the dataset for each batch with a ``BatchRequest`` and the dataset answers with
+  a ``LoadedBatch`` (``vl_datasets.loading.batches``); an error of ours raised in a worker comes
+  back in it and reaches the main process with its fields (``vl_datasets.loading.worker_errors``).
+  Nothing in torch's DataLoader is overridden but ``__iter__`` and ``__len__``'s inputs: it is
+  given a batch sampler and a collate, through its public arguments.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import multiprocessing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    default_collate,
+    get_worker_info,
+)
 
 from ..config import usable_cores
 from ..errors import ConfigurationError
+from .batch_sampler import RequestSampler
 from .batch_slots import BatchSlots, SlotBatch
-from .prefetch import Lookahead
+from .batches import BatchLayout, LoadedBatch, SkippedSample, batch_layout
 from .sampler import EpochSampler
 from .state import STATE_FORMAT, check_state, dataset_identity
-from .worker_errors import RaisedInWorker, WorkerInit, raise_in_main
+from .worker_errors import raise_in_main
 
 logger = logging.getLogger("vl_datasets")
-
-
-class SkippedSample(NamedTuple):
-    """What ``__getitem__`` returns for an unreadable image when ``on_error="skip"``."""
-
-    media_id: str
-    path: str
-    reason: str
-
-
-class _Batch(NamedTuple):
-    """A collated batch plus the samples left out of it, or the error of ours that reading it
-    raised in a worker; the loader unwraps it."""
-
-    data: Any
-    skipped: list
-    error: RaisedInWorker | None = None
-
-
-def _split(batch: list) -> tuple[list, list]:
-    kept = [s for s in batch if not isinstance(s, SkippedSample)]
-    return kept, [s for s in batch if isinstance(s, SkippedSample)]
 
 
 def stack_images(images: list) -> torch.Tensor:
@@ -100,81 +91,106 @@ def stack_images(images: list) -> torch.Tensor:
     return batch.permute(0, 3, 1, 2)
 
 
+class CollatedBatch(NamedTuple):
+    """What a worker sends for a batch: the collated samples, the items skipped from it, and the
+    error of ours that loading it raised (then with no data); the loader unwraps it."""
+
+    data: Any
+    skipped: list[SkippedSample]
+    error: LoadedBatch | None = None
+
+
+def loaded(batch: LoadedBatch | list) -> LoadedBatch:
+    """A dataset's answer as a ``LoadedBatch``: a dataset of another kind returns a plain list
+    of samples, in which ``SkippedSample``s may stand."""
+    if isinstance(batch, LoadedBatch):
+        return batch
+    kept = [s for s in batch if not isinstance(s, SkippedSample)]
+    return LoadedBatch(kept, [s for s in batch if isinstance(s, SkippedSample)])
+
+
 class TaskCollate:
     """Collate for a task: images stacked (see ``stack_images``; through ``slots`` when there are
-    some), targets by torch's default collate, or kept as a list (detection dicts, metadata rows),
-    in which case images of different sizes stay a list too."""
+    some: a ``SlotBatch``, the loader's own wire format, then stands for them), targets by torch's
+    default collate, or kept as a list (detection dicts, metadata rows), in which case images of
+    different sizes stay a list too."""
 
     def __init__(self, targets_as_list: bool, slots: BatchSlots | None = None) -> None:
         self.targets_as_list = targets_as_list
         self.slots = slots
 
-    def __call__(self, batch: list) -> _Batch:
-        if batch and isinstance(batch[0], RaisedInWorker):
-            return _Batch(None, [], batch[0])
-        kept, skipped = _split(batch)
-        if not kept:
-            return _Batch(None, skipped)
-        images = [image for image, _ in kept]
-        targets = [target for _, target in kept]
+    def __call__(self, batch: LoadedBatch | list) -> CollatedBatch:
+        batch = loaded(batch)
+        if batch.error is not None or not batch.samples:
+            return CollatedBatch(None, batch.skipped, batch if batch.error is not None else None)
+        images = [image for image, _ in batch.samples]
+        targets = [target for _, target in batch.samples]
         stacked: SlotBatch | torch.Tensor | list | None = self.slots.put(images) if self.slots is not None else None
         if stacked is None:
             same_size = all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images)
             stacked = stack_images(images) if same_size or not self.targets_as_list else images
-        return _Batch((stacked, targets if self.targets_as_list else default_collate(targets)), skipped)
+        data = (stacked, targets if self.targets_as_list else default_collate(targets))
+        return CollatedBatch(data, batch.skipped)
 
 
-class _Rest:
-    """An epoch's index batches after the first ``skip``: a resume with a sampler of the caller's own."""
+class CallerCollate:
+    """The caller's own ``collate_fn``, given the batch's samples as a list, as torch gives them;
+    skipped items and errors of ours go to the loader around it."""
 
-    def __init__(self, batches, skip: int) -> None:
-        self.batches, self.skip = batches, skip
+    def __init__(self, collate_fn: Callable[[list], Any]) -> None:
+        self.collate_fn = collate_fn
 
-    def __iter__(self):
-        return itertools.islice(iter(self.batches), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(len(self.batches) - self.skip, 0)
-
-
-class _EpochStream:
-    """A per-epoch index sampler repeated forever, from epoch ``first_epoch`` on (after its first
-    ``skip_first`` batches: a resume with a sampler of the caller's own).
-
-    The DataLoader's iterator draws indices from it, so workers prefetch into the next epoch.
-    A DistributedSampler gets ``set_epoch`` as each epoch begins. It holds no reference to the
-    loader: a cycle through the loader's iterator would keep workers alive after the loader is
-    dropped, to be shut down later by whichever process collects the cycle.
-    """
-
-    def __init__(self, per_epoch, sampler) -> None:
-        self.per_epoch = per_epoch
-        self.sampler = sampler
-        self.first_epoch = 0
-        self.skip_first = 0
-
-    def __iter__(self):
-        for epoch in itertools.count(self.first_epoch):
-            if isinstance(self.sampler, DistributedSampler):
-                self.sampler.set_epoch(epoch)
-            skip = self.skip_first if epoch == self.first_epoch else 0
-            yield from _Rest(self.per_epoch, skip) if skip else self.per_epoch
-
-    def __len__(self) -> int:
-        return len(self.per_epoch)
+    def __call__(self, batch: LoadedBatch | list) -> CollatedBatch:
+        batch = loaded(batch)
+        if batch.error is not None or not batch.samples:
+            return CollatedBatch(None, batch.skipped, batch if batch.error is not None else None)
+        return CollatedBatch(self.collate_fn(batch.samples), batch.skipped)
 
 
 class VLDataLoader(DataLoader):
     """A DataLoader that prefetches across epochs, reshuffles its distributed shard each epoch,
     reports skipped samples, and resumes part-way through an epoch.
 
+    It drives ``DataLoader`` through its public arguments alone: a batch sampler of its own
+    (``RequestSampler``, which asks the dataset for each batch with a ``BatchRequest``) and a
+    collate; its own ``__iter__`` keeps the epoch and resume bookkeeping.
+
     ``epoch`` counts the epochs begun; ``skipped`` lists the samples left out during the last epoch.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._epoch_stream: _EpochStream | None = None  # set below, once DataLoader has built the per-epoch sampler
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """``DataLoader``'s arguments, with the same meaning; ``kwargs`` are its keyword-only ones."""
         self._skip_batches = 0  # the resumed epoch's batches to skip, with a sampler of the caller's own
-        super().__init__(*args, **kwargs)
+        options = {"num_workers": num_workers, "pin_memory": pin_memory, **kwargs}
+        if isinstance(dataset, IterableDataset) or (batch_size is None and batch_sampler is None):
+            # No batches of indices to ask for: torch's own way, epoch bookkeeping aside.
+            self._requests: RequestSampler | None = None
+            super().__init__(
+                dataset,
+                batch_size,
+                shuffle,
+                sampler,
+                batch_sampler,
+                collate_fn=collate_fn,
+                drop_last=drop_last,
+                **options,
+            )
+        else:
+            self._init_with_requests(
+                dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options
+            )
         self.epoch = 0
         self.skipped: list[SkippedSample] = []
         self._stream: Iterator[Any] | None = None  # the workers' endless iterator, once started
@@ -187,30 +203,40 @@ class VLDataLoader(DataLoader):
         self._yielded = 0
         self._skipped: list[SkippedSample] = []
         self._pending: dict[str, Any] | None = None  # a loaded state, for the next iter
-        per_epoch = super()._index_sampler
-        streams = (
-            self.num_workers > 0
-            and self.persistent_workers
-            and getattr(self, "in_order", True)
-            and hasattr(per_epoch, "__len__")
+
+    def _init_with_requests(
+        self, dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options: dict[str, Any]
+    ) -> None:
+        """DataLoader given our batch sampler (``RequestSampler``) around the per-epoch batches the
+        arguments describe, and a collate that unwraps the dataset's ``LoadedBatch``."""
+        sampler, per_epoch, batch_size = _per_epoch(
+            dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, options.get("generator")
         )
-        self._epoch_stream = _EpochStream(per_epoch, self.sampler) if streams else None
+        workers = options["num_workers"]
+        streams = workers > 0 and options.get("persistent_workers", False) and options.get("in_order", True)
+        self._requests = RequestSampler(
+            per_epoch, sampler, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
+        )
+        if not isinstance(collate_fn, TaskCollate):
+            collate_fn = CallerCollate(collate_fn or default_collate)
+        # Its batches are BatchRequests, sequences of indices: torch's types say lists.
+        super().__init__(dataset, batch_sampler=self._requests, collate_fn=collate_fn, **options)  # type: ignore[arg-type]
+        # DataLoader shows a loader given a batch_sampler as unbatched, with a sequential sampler:
+        # show the one the caller built (state_dict and resumes read these too). DataLoader's
+        # __setattr__ refuses these names once it is built, against changing a running loader;
+        # this is still its construction.
+        for name, value in (("sampler", sampler), ("batch_size", batch_size), ("drop_last", drop_last)):
+            object.__setattr__(self, name, value)
 
-    @property
-    def _index_sampler(self):
-        # What DataLoader's iterator draws indices from. Each batch also names the batch its worker
-        # loads next, so a dataset that reads from remote storage starts those reads while it
-        # decodes this one (vl_datasets.loading.prefetch); the batches themselves are unchanged.
-        batches: Iterable[Any]
-        if self._epoch_stream is not None:
-            batches = self._epoch_stream
-        else:
-            per_epoch = super()._index_sampler
-            batches = _Rest(per_epoch, self._skip_batches) if self._skip_batches else per_epoch
-        return Lookahead(batches, self.num_workers) if self.batch_size is not None else batches
-
-    def __len__(self) -> int:
-        return len(self._epoch_stream) if self._epoch_stream is not None else super().__len__()
+    def _unpacked(self, data: Any) -> Any:
+        """A batch as the caller gets it: a task collate's images from their shared-memory slot."""
+        if not isinstance(self.collate_fn, TaskCollate):
+            return data
+        images, targets = data
+        if isinstance(images, SlotBatch):  # only a TaskCollate with slots sends one
+            assert self.collate_fn.slots is not None
+            images = self.collate_fn.slots.take(images)
+        return images, targets
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -292,7 +318,8 @@ class VLDataLoader(DataLoader):
         if isinstance(self.sampler, EpochSampler) and self.batch_size:
             items = self.sampler.rank_length(epoch)
             return items // self.batch_size if self.drop_last else math.ceil(items / self.batch_size)
-        return len(_Rest(super()._index_sampler, self._skip_batches))
+        assert self._requests is not None  # only a loader that asks for batches streams them
+        return max(self._requests.epoch_length() - self._skip_batches, 0)
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -314,16 +341,19 @@ class VLDataLoader(DataLoader):
     def _epoch_batches(self):
         """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
         epoch, resumed = self._begin_epoch()
-        if self._epoch_stream is None:
+        if self._requests is None:
             if isinstance(self.sampler, DistributedSampler):
                 self.sampler.set_epoch(epoch)
+            yield from super().__iter__()
+            return
+        if not self._requests.endless:
+            self._requests.start_at(epoch, self._skip_batches)  # an iteration is this epoch alone
             yield from super().__iter__()
             return
         if self._stream is None or self._epoch_unfinished or resumed:
             # First epoch, the last one was left unfinished, or a state was loaded: (re)start the
             # stream here. DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
-            self._epoch_stream.first_epoch = epoch
-            self._epoch_stream.skip_first = self._skip_batches
+            self._requests.start_at(epoch, self._skip_batches)
             self._stream = super().__iter__()
         self._epoch_unfinished = True
         for _ in range(self._batches_in(epoch)):
@@ -332,31 +362,26 @@ class VLDataLoader(DataLoader):
 
     def __iter__(self):
         for batch in self._epoch_batches():
-            if not isinstance(batch, _Batch):  # the caller's own collate_fn
+            if not isinstance(batch, CollatedBatch):  # torch's own way (see __init__)
                 self._taken += 1
                 self._yielded += 1
                 yield batch
                 continue
             if batch.error is not None:
-                raised, batch = batch.error, None
+                failed, batch = batch.error, None
                 try:
-                    raise_in_main(raised)
+                    raise_in_main(failed, from_worker=self.num_workers > 0)
                 finally:
                     # No cycle from the error back through this frame: the workers shut down when the
                     # caller lets go of the error, not at some later garbage collection, where torch's
                     # shutdown finds its queues collected and waits 5 s for each worker.
-                    del raised
+                    del failed
             self._taken += 1
             self._skipped.extend(batch.skipped)
             if batch.data is None:
                 continue
-            images, targets = batch.data
-            if isinstance(images, SlotBatch):
-                # Only a TaskCollate with slots returns a SlotBatch.
-                assert isinstance(self.collate_fn, TaskCollate) and self.collate_fn.slots is not None
-                images = self.collate_fn.slots.take(images)
             self._yielded += 1
-            yield images, targets
+            yield self._unpacked(batch.data)
         self._finished = True
         self.skipped = skipped = self._skipped
         if skipped:
@@ -367,6 +392,25 @@ class VLDataLoader(DataLoader):
                 len(skipped),
                 shown,
             )
+
+
+def _per_epoch(
+    dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, generator
+) -> tuple[Any, Any, int | None]:
+    """(sampler, per-epoch batch sampler, batch size) as DataLoader builds them from its arguments,
+    with its checks: the caller's batch_sampler, or a BatchSampler over the caller's sampler or
+    the one ``shuffle`` picks."""
+    if batch_sampler is not None:
+        if batch_size != 1 or shuffle or sampler is not None or drop_last:
+            raise ValueError(
+                "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last"
+            )
+        return SequentialSampler(dataset), batch_sampler, None
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    elif shuffle:
+        raise ValueError("sampler option is mutually exclusive with shuffle")
+    return sampler, BatchSampler(sampler, batch_size, drop_last), batch_size
 
 
 def _rank_of(sampler) -> tuple[int, int]:
@@ -407,7 +451,8 @@ def make_dataloader(
         )
     else:
         sampler = EpochSampler(dataset, order="random" if shuffle else "sequential", seed=base_seed)
-    collate = TaskCollate(targets_as_list=dataset.task in ("detection", None))
+    layout = batch_layout(dataset)
+    collate = TaskCollate(targets_as_list=layout.targets_as_list)
     options: dict[str, Any] = {
         "batch_size": batch_size,
         "sampler": sampler,
@@ -416,38 +461,39 @@ def make_dataloader(
         "collate_fn": collate,
         "persistent_workers": num_workers > 0,
         "generator": generator,
-        "worker_init_fn": WorkerInit() if num_workers > 0 else None,
+        "worker_init_fn": WorkerInit() if num_workers > 0 else None,  # a caller's own runs instead
     }
     options.update(kwargs)
     if options["collate_fn"] is collate:
-        collate.slots = _batch_slots(dataset, options)
-        if options["num_workers"] > 0 and not isinstance(options["worker_init_fn"], WorkerInit):
-            # The caller's init runs in place of ours, as before; our errors still come back whole.
-            options["worker_init_fn"] = WorkerInit(options["worker_init_fn"], one_thread=False)
+        collate.slots = _batch_slots(layout, options)
     return VLDataLoader(dataset, **options)
 
 
-def _batch_slots(dataset, options: dict) -> BatchSlots | None:
+class WorkerInit:
+    """The loader's default ``worker_init_fn``: one intra-op thread per worker, so two workers on
+    two cores do not fight over OpenMP threads."""
+
+    def __call__(self, worker_id: int) -> None:
+        torch.set_num_threads(1)
+
+
+def _batch_slots(layout: BatchLayout, options: dict) -> BatchSlots | None:
     """Reused shared-memory slots for the batches, when persistent workers send them and every
-    image is known to come out as uint8 3 x H x W (a fixed ``image_size``, no transform, tensor
-    decoding). Persistent workers only: when an unfinished epoch resets them, DataLoader reads
-    and drops what they prefetched, which frees those slots; workers shut down mid-epoch would
-    leave their batches unread and their slots taken."""
-    size = getattr(dataset, "image_size", None)  # any map-style dataset with a ``task`` may come here
+    image is known to come out as uint8 3 x H x W (the dataset's layout says so: a fixed
+    ``image_size``, no transform, tensor decoding). Persistent workers only: when an unfinished
+    epoch resets them, DataLoader reads and drops what they prefetched, which frees those slots;
+    workers shut down mid-epoch would leave their batches unread and their slots taken."""
     if (
         not options["num_workers"]
         or not options["persistent_workers"]
         or not options["batch_size"]
         or options.get("pin_memory")
-        or size is None
-        or getattr(dataset, "transform", None) is not None
-        or getattr(dataset, "decode", "pil") == "pil"
+        or layout.image_shape is None
     ):
         return None
-    height, width = (size, size) if isinstance(size, int) else size
     context = options.get("multiprocessing_context")
     if isinstance(context, str):
         context = multiprocessing.get_context(context)
     # A slot for every batch sent to a worker and not yet yielded, and a few for batches the caller holds.
     slots = options["num_workers"] * (options.get("prefetch_factor") or 2) + 4
-    return BatchSlots(slots, options["batch_size"], (3, height, width), context)
+    return BatchSlots(slots, options["batch_size"], layout.image_shape, context)

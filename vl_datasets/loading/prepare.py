@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import progress_enabled, usable_cores
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, PrepareTimeoutError
-from .loader import SkippedSample
+from .batches import SkippedSample
 from .prepared import keys_of
 from .prepared_source import PreparedSource, prepare_pixels
 from .sources import image_error
@@ -189,7 +189,7 @@ def _prepare_chunk(chunk: range) -> tuple[int, list[tuple[Exception, str]]]:
             try:
                 data = source.source.read(path)
             except Exception as exc:  # any filesystem's failure, typed and named as the dataset's reads are
-                raise image_error(exc, media_id=media_id, source=source, path=path) from None
+                raise image_error(exc, media_id=media_id, source=source.source, path=path) from None
             pixels = prepare_pixels(data, source.store.settings.size, media_id=media_id, path=source.location(path))
         except (ImageDecodeError, ImageNotFoundError) as error:
             source.store.put_failed(path)  # so ranks waiting for it stop waiting

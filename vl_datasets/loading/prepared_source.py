@@ -6,10 +6,10 @@ it, so the first epoch fills the store as it goes. It stands where the dataset's
 everything around a read (reads in flight from an images_root, on_error, the skipped list, messages
 naming the original's location) is unchanged.
 
-What it returns is a ``PreparedImage``: a ``bytes`` (the type every source returns, and what the
-reads in flight carry) holding the pixels themselves, which the dataset turns into its image
-without decoding anything. An original that cannot be decoded is returned as it is, so the
-dataset's own decode reports it with its media id, exactly as without ``prepare``.
+What it returns is the pixels themselves, a height x width x 3 uint8 ``numpy`` array, which the
+dataset turns into its image without decoding anything (``prepared_image``); every other source
+returns bytes. An original that cannot be decoded is returned as its bytes, so the dataset's own
+decode reports it with its media id, exactly as without ``prepare``.
 
 How an image is shrunk: decoded by ``decode_image`` at the DCT scale that keeps it at least ``S``
 (1/2, 1/4 or 1/8), then resized by torch's antialiased *bicubic* kernel, never upscaled. Bicubic,
@@ -44,28 +44,17 @@ from .sources import ImageSource
 logger = logging.getLogger("vl_datasets")
 
 
-class PreparedImage(bytes):
-    """The prepared pixels of one image (``pixels``: height x width x 3, uint8), in place of its bytes.
-
-    The bytes themselves only name what this is: were they ever decoded as an image, the decode
-    would fail with that text in its message rather than pass for a picture.
-    """
-
-    pixels: np.ndarray
-
-    def __new__(cls, pixels: np.ndarray) -> PreparedImage:
-        image = super().__new__(cls, b"vl_datasets prepared image %dx%d" % (pixels.shape[1], pixels.shape[0]))
-        image.pixels = pixels
-        return image
-
-    def image(self, decode: str, size: int | tuple[int, int] | None) -> torch.Tensor | PIL.Image.Image:
-        """The dataset's image: for ``decode="tensor"`` a uint8 CHW tensor (a channels-last view, as
-        ``decode_image`` gives) resized to ``size`` by the same antialiased bilinear kernel; for
-        ``"pil"`` a Pillow image resized by Pillow's bilinear filter, as the dataset does."""
-        if decode == "pil":
-            image = PIL.Image.fromarray(self.pixels)
-            return image if size is None else image.resize(pil_size(size), PIL.Image.Resampling.BILINEAR)
-        return to_chw(self.pixels, _hw(size) if size is not None else None)
+def prepared_image(
+    pixels: np.ndarray, decode: str, size: int | tuple[int, int] | None
+) -> torch.Tensor | PIL.Image.Image:
+    """The dataset's image of prepared ``pixels`` (height x width x 3, uint8): for
+    ``decode="tensor"`` a uint8 CHW tensor (a channels-last view, as ``decode_image`` gives)
+    resized to ``size`` by the same antialiased bilinear kernel; for ``"pil"`` a Pillow image
+    resized by Pillow's bilinear filter, as the dataset does."""
+    if decode == "pil":
+        image = PIL.Image.fromarray(pixels)
+        return image if size is None else image.resize(pil_size(size), PIL.Image.Resampling.BILINEAR)
+    return to_chw(pixels, _hw(size) if size is not None else None)
 
 
 class PreparedSource:
@@ -76,10 +65,12 @@ class PreparedSource:
         self.display_root, self.separator = source.display_root, source.separator
         self._warned = False
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str) -> bytes | np.ndarray:
+        """The prepared pixels of ``path``, prepared now if they are not yet; the original's bytes
+        when it cannot be decoded."""
         pixels = self.store.get(path)
         if pixels is not None:
-            return PreparedImage(pixels)
+            return pixels
         data = self.source.read(path)  # a failed read raises as without prepare
         try:
             pixels = prepare_pixels(data, self.store.settings.size)
@@ -91,7 +82,7 @@ class PreparedSource:
             if not self._warned:
                 logger.warning("Cannot add images to %s (%s); preparing them again each epoch", self.store.path, exc)
                 self._warned = True
-        return PreparedImage(pixels)
+        return pixels
 
     def location(self, path: str) -> str:
         return self.source.location(path)

@@ -24,6 +24,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
+
+# What a read gives: an image's bytes, or its pixels from the prepared store (prepared_source.py).
+ReadData = bytes | np.ndarray
+
 READ_THREADS = 64  # reads in flight per process: 64 x 80 ms is ~800 images/s per worker
 MAX_AHEAD_READS = 256
 MAX_AHEAD_BYTES = 256 << 20
@@ -59,8 +64,8 @@ class Reads:
         self.__dict__.update(state)
         self._reset()
 
-    def start(self, read: Callable[[], bytes]) -> Future:
-        """Start ``read`` now; its future holds the bytes or the error."""
+    def start(self, read: Callable[[], ReadData]) -> Future:
+        """Start ``read`` now; its future holds the bytes (or prepared pixels) or the error."""
         return self._executor().submit(read)
 
     def take(self, key: Hashable) -> Future | None:
@@ -69,7 +74,7 @@ class Reads:
         with self._lock:
             return self._ahead.pop(key, None)
 
-    def ahead(self, reads: list[tuple[Hashable, Callable[[], bytes] | bytes]]) -> None:
+    def ahead(self, reads: list[tuple[Hashable, Callable[[], ReadData] | bytes]]) -> None:
         """Start the reads of keys not already in flight ahead, making room by dropping the oldest.
 
         A read given as bytes (from a copy on this machine) is held as done, with no thread.
@@ -109,10 +114,11 @@ def _size(future: Future) -> int:
     """Bytes a finished read holds; 0 while it runs or when it failed."""
     if not future.done() or future.cancelled() or future.exception() is not None:
         return 0
-    return len(future.result())
+    data = future.result()
+    return data.nbytes if isinstance(data, np.ndarray) else len(data)
 
 
-def _done(data: bytes) -> Future:
+def _done(data: ReadData) -> Future:
     future: Future = Future()
     future.set_result(data)
     return future

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, CurationError
+from .options import doc
 
 
 @dataclass(frozen=True)
@@ -29,26 +30,40 @@ class CurationRules:
     caller changes later cannot alter them after a dataset is built from them.
     """
 
-    subset: Iterable[str] | None = None
-    """Media ids to keep before any other rule: one part of a split, say. Held as a tuple, in
-    the given order, each id once."""
-    min_uniqueness: float | None = None
-    """Keep items whose ``uniqueness_score`` is at least this (0 to 1)."""
-    keep_unscored: bool | None = None
-    """With ``min_uniqueness``: keep (True) or drop (False) items that have no score."""
-    drop_issues: Mapping[str, float] | None = None
-    """Issue type -> confidence (0 to 1): drop items with an issue of that type at least that
-    sure. Held as a read-only mapping."""
-    dedupe: bool | float = False
-    """Keep only the most unique item of each duplicate group: True for the export's lowest
-    duplicate threshold, or a threshold (0 to 1)."""
-    labels: Iterable[str] | None = None
-    """Keep items with at least one of these label names. Held as a frozenset."""
-    label_source: str | Iterable[str] | None = None
-    """Count only labels from this source (or these sources), for ``labels`` and for targets.
-    Held as a str or a tuple."""
-    where: pc.Expression | None = None
-    """A pyarrow expression over the normalized metadata; keep the rows it matches."""
+    subset: Iterable[str] | None = field(
+        default=None,
+        metadata=doc("media ids to keep before any other rule (a part of a split); held as a tuple, each id once"),
+    )
+    min_uniqueness: float | None = field(
+        default=None, metadata=doc("keep items whose uniqueness score is at least this (0 to 1)")
+    )
+    keep_unscored: bool | None = field(
+        default=None,
+        metadata=doc(
+            "with ``min_uniqueness``, keep (True) or drop (False) items with no score; None: an error if there are any"
+        ),
+    )
+    drop_issues: Mapping[str, float] | None = field(
+        default=None,
+        metadata=doc("issue type -> confidence (0 to 1): drop items with such an issue at least that sure"),
+    )
+    dedupe: bool | float = field(
+        default=False,
+        metadata=doc(
+            "keep the most unique item of each duplicate group: True at the export's lowest duplicate threshold, "
+            "or a threshold (0 to 1)"
+        ),
+    )
+    labels: Iterable[str] | None = field(
+        default=None, metadata=doc("keep items with at least one of these label names")
+    )
+    label_source: str | Iterable[str] | None = field(
+        default=None,
+        metadata=doc("count only labels from this source (or these sources), for ``labels`` and for the targets"),
+    )
+    where: pc.Expression | None = field(
+        default=None, metadata=doc("a ``pyarrow.compute`` expression over the metadata: keep the rows it matches")
+    )
 
     def __post_init__(self) -> None:
         normalized = {

@@ -1,0 +1,88 @@
+"""The loader's batch sampler: each epoch's index batches as ``BatchRequest``s, across epochs.
+
+``VLDataLoader`` passes a ``RequestSampler`` to ``DataLoader`` as its ``batch_sampler`` (public
+API), around the per-epoch batches (a ``BatchSampler`` over the loader's sampler, or the caller's
+own ``batch_sampler``). It owns three things a plain batch sampler does not:
+
+- the stream of epochs: with persistent workers it runs from one epoch into the next forever, so
+  workers prefetch into the next epoch while the caller finishes this one (the loader takes each
+  epoch's batches from it); a ``DistributedSampler`` gets ``set_epoch`` as each epoch begins;
+- the resume: the first epoch begins after its first ``skip_first`` batches (a state saved with a
+  sampler of the caller's own, which is fast-forwarded by batch);
+- the read-ahead hint: each request names the batch its worker loads next. torch dispatches batches
+  round-robin (batch ``i`` to worker ``i % W``, in order), so that is batch ``i + W``; the dataset
+  starts its reads while it decodes batch ``i`` (``VisualLayerDataset.load_batch``).
+
+It holds no reference to the loader: a cycle through the loader's iterator would keep workers
+alive after the loader is dropped, to be shut down later by whichever process collects the cycle.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from torch.utils.data import DistributedSampler
+
+from .batches import BatchRequest
+
+
+class RequestSampler:
+    """``per_epoch``'s batches as ``BatchRequest``s, from epoch ``first_epoch`` (after its first
+    ``skip_first`` batches): that epoch alone, or with ``endless`` every epoch after it too.
+
+    ``workers`` is the loader's worker count, which places each worker's next batch. ``sampler``
+    (the per-epoch sampler, if any) gets ``set_epoch`` when it is a ``DistributedSampler``.
+    """
+
+    def __init__(self, per_epoch: Iterable[Sequence[int]], sampler: Any, *, workers: int, endless: bool) -> None:
+        self.per_epoch = per_epoch
+        self.sampler = sampler
+        self.distance = max(1, workers)
+        self.endless = endless
+        self.first_epoch = 0
+        self.skip_first = 0
+
+    def start_at(self, epoch: int, skip: int = 0) -> None:
+        """Make the next iteration begin at ``epoch``, after its first ``skip`` batches."""
+        self.first_epoch, self.skip_first = epoch, skip
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        return with_next(self._batches(), self.distance)
+
+    def _batches(self) -> Iterator[Sequence[int]]:
+        epochs: Iterable[int] = itertools.count(self.first_epoch) if self.endless else (self.first_epoch,)
+        for epoch in epochs:
+            if isinstance(self.sampler, DistributedSampler):
+                self.sampler.set_epoch(epoch)
+            skip = self.skip_first if epoch == self.first_epoch else 0
+            yield from itertools.islice(iter(self.per_epoch), skip, None)
+
+    def epoch_length(self) -> int:
+        """Batches in a whole epoch."""
+        return len(self.per_epoch)  # type: ignore[arg-type]  # the loader streams only sized samplers
+
+    def __len__(self) -> int:
+        # An epoch's batches: what len(loader) reports. Without the stream, an iteration is the
+        # resumed epoch alone, after its skipped batches.
+        return self.epoch_length() if self.endless else max(self.epoch_length() - self.skip_first, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        # The per-epoch batch sampler's own attributes (``batch_size``, ``drop_last``) stay
+        # reachable, for code that inspects a loader's batch sampler.
+        if name == "per_epoch":
+            raise AttributeError(name)
+        return getattr(self.per_epoch, name)
+
+
+def with_next(batches: Iterable[Sequence[int]], distance: int) -> Iterator[BatchRequest]:
+    """Each of ``batches`` as a request naming the batch ``distance`` places later (none at the end)."""
+    window: collections.deque[Sequence[int]] = collections.deque()
+    for batch in batches:
+        window.append(batch)
+        if len(window) > distance:
+            yield BatchRequest(tuple(window.popleft()), tuple(batch))
+    while window:
+        yield BatchRequest(tuple(window.popleft()))

@@ -1,0 +1,286 @@
+"""The image side of a dataset: where each item's image comes from, and how it becomes pixels.
+
+``ImageReader(options, paths=..., media_ids=..., export_images=..., entry=..., cache_dir=...)``
+holds the source chain (the export's own images or an ``images_root``, a node-local copy, the
+prepared-image store in front: ``sources.py``, ``prepared_source.py``), the reads in flight and
+ahead (``reads.py``), decoding and resizing (``images.py``), and the error policy: an unreadable
+image raises its typed error, or with ``on_error="skip"`` comes back as a ``SkippedSample``.
+It knows nothing of targets; ``ImageOptions`` are its options (and ``transform``, which the
+dataset applies once targets and images meet).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..cache.store import LocalExport
+from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
+from ..metadata.curated import MissingImages, check_missing_images
+from ..metadata.options import check_choice, doc
+from . import images
+from .batches import SkippedSample
+from .prepared_source import PreparedSource, check_prepare, prepared_image, prepared_source
+from .reads import ReadData, Reads
+from .sources import ImageSource, check_source_options, image_error, local_copy, open_source
+
+if TYPE_CHECKING:
+    from .prepare import PrepareSummary
+
+logger = logging.getLogger("vl_datasets")
+
+Decode = Literal["tensor", "pil"]
+OnError = Literal["raise", "skip"]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Where images come from and what they become. Its repr leaves out ``images_root`` and
+    ``storage_options``, which may carry credentials."""
+
+    image_size: int | tuple[int, int] | None = field(
+        default=None, metadata=doc("resize to this: an int for a square, or (height, width); None: as stored")
+    )
+    decode: Decode = field(default="tensor", metadata=doc('``"tensor"`` (uint8 CHW) or ``"pil"`` (a PIL image)'))
+    transform: Any = field(default=None, metadata=doc("a callable applied to each decoded image"))
+    on_error: OnError = field(
+        default="raise",
+        metadata=doc('``"raise"`` on an unreadable image, or ``"skip"`` it in the DataLoader (``loader.skipped``)'),
+    )
+    missing_images: MissingImages = field(
+        default="raise", metadata=doc('``"raise"`` when an item has no image file, or ``"drop"`` the item')
+    )
+    images_root: str | os.PathLike | None = field(
+        default=None,
+        metadata=doc(
+            "where the images live, read as ``<images_root>/<file_path>``: a folder, or an fsspec URL "
+            "(``s3://bucket/prefix``, ``gs://...``, ``https://...``); the export is then fetched without images, "
+            "and nothing is listed. None: the export's own images"
+        ),
+        repr=False,
+    )
+    storage_options: Mapping[str, Any] | None = field(
+        default=None,
+        metadata=doc(
+            "options for the fsspec filesystem of an ``images_root`` URL (credentials, ``endpoint_url``, ...)"
+        ),
+        repr=False,
+    )
+    image_cache: str | int | None = field(
+        default=None,
+        metadata=doc(
+            "keep the images read from ``images_root`` on this machine, under the cache, up to this size "
+            '(``"50G"``, or bytes), least recently used evicted first, so later epochs do not read them again'
+        ),
+    )
+    prepare: int | None = field(
+        default=None,
+        metadata=doc(
+            "decode each image once, shrunk so its shorter side is this many pixels (never enlarged), into a "
+            "store of a few large files in the cache, and read it from there in every later epoch; "
+            "``ds.prepare()`` fills it ahead, else the first epoch does. Leave room for crops: see the README's "
+            '"Prepared images". None: decode every epoch'
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("decode", self.decode, get_args(Decode))
+        check_choice("on_error", self.on_error, get_args(OnError))
+        check_missing_images(self.missing_images)
+        if self.transform is not None and not callable(self.transform):
+            raise ConfigurationError(f"transform must be callable, got {type(self.transform).__name__}.")
+        check_source_options(self.images_root, self.storage_options, self.image_cache)
+        check_prepare(self.prepare, self.image_size)
+        if self.storage_options is not None:
+            object.__setattr__(self, "storage_options", dict(self.storage_options))  # frozen; a copy of the caller's
+
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """The (C, H, W) every image has, when that is known: a fixed size, decoded to a uint8
+        tensor with no transform."""
+        if self.image_size is None or self.transform is not None or self.decode != "tensor":
+            return None
+        height, width = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+        return 3, height, width
+
+
+class ImageReader:
+    """The images of ``paths`` (relative to the images' root; ``media_ids`` name them in errors),
+    read and decoded as ``options`` say (see the module)."""
+
+    def __init__(
+        self,
+        options: ImageOptions,
+        *,
+        paths: pa.Array,
+        media_ids: pa.Array | pa.ChunkedArray,
+        export_images: Path,
+        entry: LocalExport,
+        cache_dir: str | os.PathLike | None,
+    ) -> None:
+        self.options = options
+        self.paths, self.media_ids = paths, media_ids
+        # Only whether images come from a root of their own: the root itself may carry a credential.
+        self.own_root = options.images_root is not None
+        self._originals: ImageSource = open_source(
+            export_images,
+            images_root=options.images_root,
+            storage_options=options.storage_options,
+            image_cache=options.image_cache,
+            cache_dir=cache_dir,
+        )
+        self._source: ImageSource | PreparedSource = self._originals  # where reads go, prepared or not
+        if options.prepare is not None:
+            self._source = prepared_source(
+                self._originals,
+                options.prepare,
+                entry=entry,
+                images_root=options.images_root,
+                storage_options=options.storage_options,
+            )
+        self.root = self._source.display_root  # never a credential: it reaches reprs and reports
+        self._reads = Reads()  # its threads start in the process that reads, after any fork
+
+    def __repr__(self) -> str:
+        root = f", images_root={self.root!r}" if self.own_root else ""
+        return f"{type(self).__name__}(images={len(self.paths)}{root}, image_size={self.options.image_size!r})"
+
+    # -- where images are -----------------------------------------------------------------------
+
+    def location(self, index: int) -> str:
+        """Where the image of ``index`` is: a path, or a URL without credentials or query string."""
+        return self._source.location(self.paths[index].as_py())
+
+    def locations(self, files: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        """The locations of image ``files`` (relative paths; null stays null), for tables."""
+        return pc.binary_join_element_wise(self.root, files, self._source.separator)
+
+    def read_original(self, location: str) -> bytes:
+        """The bytes at a ``location`` (one of ``locations``), read from where the images live,
+        never from a prepared copy."""
+        prefix = self.root + self._source.separator
+        if not location.startswith(prefix):
+            raise ImageNotFoundError(f"{location} is not under this dataset's images ({self.root}).")
+        return self._originals.read(location[len(prefix) :])
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def load(self, index: int) -> Any:
+        """The decoded image of ``index``; a ``SkippedSample`` if it is unreadable and ``on_error="skip"``."""
+        ahead = self._reads.take(index) if self.own_root else None
+        if ahead is not None:
+            return self._image(index, ahead)
+        try:
+            data = self.read(index)
+        except Exception as exc:  # any filesystem's failure: image_error names the image and types it
+            return self._failed(index, exc)
+        return self.decoded(index, data)
+
+    def load_many(self, indices: Sequence[int], next_indices: Sequence[int] = ()) -> list:
+        """The images of ``indices``, in order (``SkippedSample`` for one skipped). With an
+        images_root every read starts at once, each image is decoded as its bytes arrive, and the
+        reads of ``next_indices`` start ahead while these decode."""
+        if not self.own_root:
+            return [self.load(index) for index in indices]
+        reads: dict[Future, list[int]] = {}
+        loaded: list = [None] * len(indices)
+        local: list[tuple[int, bytes]] = []
+        for position, index in enumerate(indices):
+            read = self._reads.take(index)
+            if read is None:
+                # A node-local copy is read here: a thread's hand-off would cost more than the read.
+                data = self._local_copy(index)
+                if data is not None:
+                    local.append((position, data))
+                    continue
+                read = self._reads.start(partial(self.read, index))
+            reads.setdefault(read, []).append(position)
+        self.prefetch(next_indices)
+        try:
+            for position, data in local:
+                loaded[position] = self.decoded(indices[position], data)
+            for read in as_completed(reads):
+                for position in reads[read]:
+                    loaded[position] = self._image(indices[position], read)
+        except BaseException:
+            for read in reads:
+                read.cancel()  # those not started yet; the others finish unread
+            raise
+        return loaded
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Start reading the images of ``indices`` ahead of need (only from an images_root: the
+        export's own images are read when needed); a bounded number are held (``reads.py``)."""
+        if self.own_root:
+            self._reads.ahead([(int(index), self._read_ahead(int(index))) for index in indices])
+
+    def read(self, index: int) -> ReadData:
+        """The bytes of ``index``'s image, or its pixels from the prepared store."""
+        return self._source.read(self.paths[index].as_py())
+
+    def decoded(self, index: int, data: ReadData) -> Any:
+        """``data`` of ``index`` as the image ``options`` ask for (or what ``on_error`` makes of a failure)."""
+        size = self.options.image_size
+        if isinstance(data, np.ndarray):  # pixels from the prepared store: nothing to decode
+            return prepared_image(data, self.options.decode, size)
+        media_id, path = self.media_ids[index].as_py(), self.location(index)
+        try:
+            if self.options.decode == "pil":
+                image = images.decode_pil(data, media_id=media_id, path=path)
+                return image if size is None else image.resize(images.pil_size(size), PIL.Image.Resampling.BILINEAR)
+            return images.decode_image(data, size=size, media_id=media_id, path=path)
+        except ImageDecodeError as exc:
+            return self._failed(index, exc)
+
+    def _read_ahead(self, index: int) -> Callable[[], ReadData] | bytes:
+        """The bytes of a node-local copy, read now; else the read to start on a thread."""
+        return self._local_copy(index) or partial(self.read, index)
+
+    def _local_copy(self, index: int) -> bytes | None:
+        """The bytes of ``index``'s node-local copy, if there is one (never with prepared images:
+        their store is read instead)."""
+        if isinstance(self._source, PreparedSource):
+            return None
+        return local_copy(self._source, self.paths[index].as_py())
+
+    def _image(self, index: int, read: Future) -> Any:
+        """The decoded image of a read started earlier (or what ``on_error`` makes of its failure)."""
+        try:
+            data = read.result()
+        except Exception as exc:
+            return self._failed(index, exc)
+        return self.decoded(index, data)
+
+    def _failed(self, index: int, exc: BaseException) -> SkippedSample:
+        """Raise the typed error for ``index``'s image, or with ``on_error="skip"`` return its ``SkippedSample``."""
+        media_id, path = self.media_ids[index].as_py(), self.paths[index].as_py()
+        error = image_error(exc, media_id=media_id, source=self._originals, path=path)
+        if self.options.on_error == "raise":
+            raise error from None  # the cause may hold a URL's query string: the message has what matters
+        logger.warning("Skipping media_id %s: %s", media_id, error)
+        return SkippedSample(media_id, self._originals.location(path), str(error))
+
+    # -- the prepared store ---------------------------------------------------------------------
+
+    def prepare(self, *, num_workers: int | None = None, progress: bool | None = None) -> PrepareSummary:
+        """Fill the prepared-image store (``prepare=S``) now; see ``vl_datasets.loading.prepare``."""
+        from .prepare import prepare_images  # the job's pool and progress bar: only when asked
+
+        return prepare_images(
+            self._source,
+            self.paths,
+            self.media_ids,
+            on_error=self.options.on_error,
+            num_workers=num_workers,
+            progress=progress,
+        )

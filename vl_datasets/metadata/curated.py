@@ -1,0 +1,270 @@
+"""The item side of a dataset: which rows of an export it holds, their targets, and how curation chose them.
+
+``CuratedItems(rows, curation, targets)`` takes an export's rows (the normalized metadata plus each
+row's image path, as ``metadata.index`` builds them), keeps what the ``CurationRules`` keep, drops
+or refuses rows without an image, and builds the targets ``TargetOptions`` ask for. It holds Arrow
+and numpy buffers only (forked DataLoader workers share them instead of copying them,
+pytorch/pytorch#13246), and answers in plain Python and numpy values: no torch is imported, so a
+tool that audits, splits or counts items needs nothing else. ``VisualLayerDataset`` turns its
+targets into tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigurationError, CurationError, ImageNotFoundError, SchemaError
+from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
+from .index import IMAGE_COLUMN
+from .options import check_choice, doc
+from .targets import (
+    INVALID_LABEL_CHOICES,
+    TASKS,
+    classification_targets,
+    distinct_labels,
+    multilabel_indices,
+    object_labels,
+    resolve_classes,
+)
+
+Task = Literal["classification", "multilabel", "detection", None]
+InvalidLabels = Literal["raise", "drop"]
+MissingImages = Literal["raise", "drop"]
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """What each item's target is."""
+
+    task: Task = field(
+        default="classification",
+        metadata=doc('``"classification"``, ``"multilabel"``, ``"detection"`` or None (the metadata row)'),
+    )
+    classes: Sequence[str] | None = field(
+        default=None, metadata=doc("the class names, in index order; None: the sorted names present")
+    )
+    invalid_labels: InvalidLabels = field(
+        default="raise",
+        metadata=doc('for classification, ``"raise"`` on items without exactly one known label, or ``"drop"`` them'),
+    )
+    object_drop_issues: Mapping[str, float] | None = field(
+        default=None, metadata=doc("for detection, issue type -> confidence: leave out boxes with such an issue")
+    )
+    target_transform: Any = field(default=None, metadata=doc("a callable applied to each target (by the dataset)"))
+
+    def __post_init__(self) -> None:
+        check_choice("task", self.task, TASKS)
+        check_choice("invalid_labels", self.invalid_labels, INVALID_LABEL_CHOICES)
+        if self.target_transform is not None and not callable(self.target_transform):
+            raise ConfigurationError(f"target_transform must be callable, got {type(self.target_transform).__name__}.")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))  # frozen; a copy the caller cannot change
+        if self.object_drop_issues is not None:
+            object.__setattr__(self, "object_drop_issues", dict(self.object_drop_issues))
+
+
+def check_missing_images(missing_images: str) -> None:
+    """Refuse a ``missing_images`` other than ``"raise"`` or ``"drop"``."""
+    check_choice("missing_images", missing_images, get_args(MissingImages))
+
+
+class CuratedItems:
+    """The rows a dataset holds, one per index, with their image paths and targets (see the module).
+
+    ``where`` names the export in the error raised when no item is left.
+    """
+
+    def __init__(
+        self,
+        rows: pa.Table,
+        curation: CurationRules,
+        targets: TargetOptions,
+        *,
+        missing_images: MissingImages = "raise",
+        where: str = "the export",
+    ) -> None:
+        check_missing_images(missing_images)
+        self.rules, self.options = curation, targets
+        kept, summary = curate(rows, curation)
+        table = rows.take(pa.array(kept)) if len(kept) < len(rows) else rows  # a take copies every column
+        table, summary = _require_images(table, missing_images, summary)
+        table, summary = self._build_targets(table, summary)
+        if len(table) == 0:
+            raise CurationError(f"No item is left to load from {where}: {summary.removed_by}")
+        self.paths = table.column(IMAGE_COLUMN).combine_chunks()
+        self.table = table.drop_columns([IMAGE_COLUMN])
+        self.summary = summary
+        self._fingerprint: str | None = None  # computed when first asked for
+
+    def _build_targets(self, table: pa.Table, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
+        task, source = self.options.task, self.rules.label_source
+        self.classes: list[str] = []
+        self._targets: np.ndarray | pa.ListArray | None = None
+        if task in ("classification", "multilabel"):
+            names = distinct_labels(table, source)
+            # Classification draws its classes from the items it can use: those with one label.
+            usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
+            self.classes = resolve_classes(pc.list_flatten(usable), self.options.classes)
+            if task == "multilabel":
+                self._targets = multilabel_indices(names, self.classes)
+                return table, summary
+            index, keep = classification_targets(table, names, self.classes, self.options.invalid_labels)
+            if not keep.all():
+                table = table.filter(pa.array(keep))
+                summary = _count(summary, "invalid_labels", int((~keep).sum()))
+            self._targets = index[keep]
+        elif task == "detection":
+            self.classes = resolve_classes(object_labels(table, source), self.options.classes)
+        return table, summary
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        classes = f", classes={len(self.classes)}" if self.classes else ""
+        return f"{type(self).__name__}(items={len(self)}, task={self.options.task!r}{classes})"
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Each class name's index."""
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def media_id(self, index: int) -> str:
+        """The media id of ``index``."""
+        return self.table.column("media_id")[index].as_py()
+
+    def image_file(self, index: int) -> str:
+        """Where ``index``'s image is, relative to the images' root."""
+        return self.paths[index].as_py()
+
+    def original_size(self, index: int) -> tuple[int | None, int | None]:
+        """(width, height) of ``index``'s image as the metadata gives it (None where it does not)."""
+        return self.table.column("width")[index].as_py(), self.table.column("height")[index].as_py()
+
+    def target(self, index: int) -> Any:
+        """The target of ``index`` in plain values: a class index (classification), the class
+        indices of its labels as int64 numpy (multilabel), a dict of float32 xyxy ``boxes`` (N x 4),
+        int64 ``labels`` and ``media_id`` (detection), or the metadata row (task None)."""
+        task = self.options.task
+        if task == "detection":
+            return self._detection_target(index)
+        if task is None:
+            return self.table.slice(index, 1).to_pylist()[0]
+        assert self._targets is not None  # built for classification and multilabel
+        if task == "classification":
+            return int(self._targets[index])
+        return self._targets[index].values.to_numpy()
+
+    def _detection_target(self, index: int) -> dict[str, Any]:
+        class_to_idx = self.class_to_idx
+        sources = label_sources(self.rules.label_source)
+        chosen = None if sources is None else set(sources)
+        drop = self.options.object_drop_issues or {}
+        boxes, labels = [], []
+        for obj in self.table.column("objects")[index].as_py():
+            if chosen is not None and obj.get("source") not in chosen:
+                continue
+            if obj.get("category_name") not in class_to_idx or _has_issue(obj, drop):
+                continue
+            if obj.get("bbox") is None:  # a labelled object with no box (the metadata allows it) is no target box
+                continue
+            x, y, w, h = obj["bbox"]
+            boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
+            labels.append(class_to_idx[obj["category_name"]])
+        return {
+            "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.array(labels, dtype=np.int64),
+            "media_id": self.media_id(index),
+        }
+
+    def box_scale(self, index: int, width: int, height: int, media_id: str) -> np.ndarray | None:
+        """The factors (x, y, x, y) that bring ``index``'s boxes to an image decoded at ``width`` x
+        ``height``; None when it is the original's size. Raises ``SchemaError`` when the metadata
+        gives no size to scale from."""
+        original_w, original_h = self.original_size(index)
+        if (original_w, original_h) == (width, height):
+            return None
+        if not original_w or not original_h:
+            raise SchemaError(
+                f"media_id {media_id!r}: its boxes cannot be scaled to the {width}x{height} image it is "
+                "decoded to, for the metadata gives no width and height.",
+                field="width",
+                media_id=media_id,
+            )
+        return np.array([width / original_w, height / original_h] * 2, dtype=np.float32)
+
+    def fingerprint(self) -> str:
+        """A hash of the item list (the media ids in index order): what a loader state pins, so
+        that it is never loaded into a dataset whose indices mean other items."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_ids(self.table.column("media_id"))
+        return self._fingerprint
+
+    def curation_summary(self) -> CurationSummary:
+        """How many items each curation rule removed."""
+        return self.summary
+
+    def curation_details(self, rows: pa.Table) -> pa.Table:
+        """Every one of ``rows`` (the export's, as given to the constructor), kept or not, with
+        ``removed_by``: the first rule that removed it, or null when it is held here. The image
+        path column is kept, for the caller to turn into locations."""
+        reasons = removal_reasons(rows, self.rules)
+        kept = pc.is_in(rows.column("media_id"), value_set=self.table.column("media_id"))
+        # What curation kept but this does not hold went at a later step: no image, or not a
+        # usable label for the task (the summary names which of these ran).
+        later = pc.if_else(pc.is_valid(rows.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
+        reasons = pc.if_else(kept, pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
+        return rows.append_column("removed_by", reasons)
+
+
+def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
+    """A hash of ``ids`` (strings) in order, the same however the column is chunked: what pins an
+    item list. Hashes the Arrow buffers, ~1 ms per 100,000 ids, with no Python string per id."""
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_string())
+        sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
+        lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
+        offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8")[chunk.offset : chunk.offset + len(chunk) + 1]
+        if len(chunk) and offsets[-1] > offsets[0]:
+            data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+    return hashlib.sha256(f"{len(ids)}:".encode() + lengths.digest() + data.digest()).hexdigest()
+
+
+def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary:
+    return CurationSummary(
+        total=summary.total, kept=summary.kept - removed, removed_by={**summary.removed_by, rule: removed}
+    )
+
+
+def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
+    return any(
+        issue.get("issue_type") in thresholds and (issue.get("confidence") or 0) >= thresholds[issue["issue_type"]]
+        for issue in obj.get("issues") or []
+    )
+
+
+def _require_images(table: pa.Table, missing_images: str, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
+    """Rows whose image is missing: an error naming one, or dropped and counted."""
+    present = pc.is_valid(table.column(IMAGE_COLUMN))
+    missing = len(table) - (pc.sum(present).as_py() or 0)
+    if not missing:
+        return table, summary
+    if missing_images == "raise":
+        row = pc.index(present, False).as_py()
+        media_id = table.column("media_id")[row].as_py()
+        raise ImageNotFoundError(
+            f"No image in the export for media_id {media_id!r} (file_path "
+            f"{table.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
+            "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
+            media_id=media_id,
+        )
+    return table.filter(present), _count(summary, "missing_images", missing)
