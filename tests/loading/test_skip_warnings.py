@@ -3,33 +3,21 @@ workers do ahead of time for the next epoch (which may never run)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import child_env
+from tests.helpers import child_env, run_child
 
 JOB = Path(__file__).with_name("skip_warnings_job.py")
 BAD = ("m004", "m007")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loading/loader.py and loading/dataset.py are being refactored: dataset._failed warns from "
-    "every worker load, including the next epoch's prefetch; the fix lands after that refactor",
-)
 def test_each_skipped_image_is_warned_once_per_epoch_and_not_by_the_next_epochs_prefetch(folder, tmp_path):
     for media in BAD:
         path = folder / "images" / "folder" / f"img_{int(media[1:])}.jpg"
         path.write_bytes(path.read_bytes()[:100])
-    done = subprocess.run(
-        [sys.executable, str(JOB), str(folder), str(tmp_path / "cache"), str(tmp_path / "loads")],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=600,
+    done = run_child(
+        [sys.executable, str(JOB), str(folder), str(tmp_path / "cache"), str(tmp_path / "loads")], env=child_env()
     )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()

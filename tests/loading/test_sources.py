@@ -298,4 +298,10 @@ def test_no_secret_of_an_https_root_reaches_a_log_an_error_or_the_loader_state(s
     for error in errors_raised:
         shown = f"{error} {error!r} {error.args!r} {vars(error)!r}"
         assert leaks(shown) == [], f"{type(error).__name__} carries {leaks(shown)}: {shown}"
+        # What an error tracker records: every exception reachable from the one raised, not only
+        # what its traceback prints (``from None`` hides a ``__context__`` without dropping it).
+        linked, seen = error, []
+        while (linked := linked.__cause__ or linked.__context__) is not None:
+            seen.append(f"{linked} {linked!r}")
+        assert leaks(" ".join(seen)) == [], f"an exception chained to {type(error).__name__} holds a secret: {seen}"
     assert "403" in str(errors_raised[2]) and ds.media_ids[3] in str(errors_raised[2])

@@ -24,6 +24,7 @@ import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
+from torch.utils.data import get_worker_info
 
 from ..cache.store import LocalExport
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
@@ -183,8 +184,10 @@ class ImageReader:
         try:
             data = self.read(index)
         except Exception as exc:  # any filesystem's failure: image_error names the image and types it
-            return self._failed(index, exc)
-        return self.decoded(index, data)
+            failure = exc
+        else:
+            return self.decoded(index, data)
+        return self._failed(index, failure)  # outside the handler: see _failed
 
     def load_many(self, indices: Sequence[int], next_indices: Sequence[int] = ()) -> list:
         """The images of ``indices``, in order (``SkippedSample`` for one skipped). With an
@@ -240,7 +243,8 @@ class ImageReader:
                 return image if size is None else image.resize(images.pil_size(size), PIL.Image.Resampling.BILINEAR)
             return images.decode_image(data, size=size, media_id=media_id, path=path)
         except ImageDecodeError as exc:
-            return self._failed(index, exc)
+            failure = exc
+        return self._failed(index, failure)  # outside the handler: see _failed
 
     def _read_ahead(self, index: int) -> Callable[[], ReadData] | bytes:
         """The bytes of a node-local copy, read now; else the read to start on a thread."""
@@ -258,16 +262,27 @@ class ImageReader:
         try:
             data = read.result()
         except Exception as exc:
-            return self._failed(index, exc)
-        return self.decoded(index, data)
+            failure = exc
+        else:
+            return self.decoded(index, data)
+        return self._failed(index, failure)  # outside the handler: see _failed
 
     def _failed(self, index: int, exc: BaseException) -> SkippedSample:
-        """Raise the typed error for ``index``'s image, or with ``on_error="skip"`` return its ``SkippedSample``."""
+        """Raise the typed error for ``index``'s image, or with ``on_error="skip"`` return its ``SkippedSample``.
+
+        Called outside the ``except`` block that caught ``exc``: raised there, the error would carry
+        ``exc`` as its ``__context__`` (``from None`` only hides it from tracebacks), and ``exc`` may
+        hold a URL's query string or user info that error trackers would then record."""
         media_id, path = self.media_ids[index].as_py(), self.paths[index].as_py()
         error = image_error(exc, media_id=media_id, source=self._originals, path=path)
+        del exc
         if self.options.on_error == "raise":
-            raise error from None  # the cause may hold a URL's query string: the message has what matters
-        logger.warning("Skipping media_id %s: %s", media_id, error)
+            raise error  # the message has what matters; the original failure stays behind
+        # In a DataLoader worker the skip travels with its batch and the loader warns once per epoch,
+        # for the batches it hands over: a warning here would repeat it, and the next epoch's prefetch
+        # would warn again before that epoch begins.
+        in_worker = get_worker_info() is not None
+        logger.log(logging.DEBUG if in_worker else logging.WARNING, "Skipping media_id %s: %s", media_id, error)
         return SkippedSample(media_id, self._originals.location(path), str(error))
 
     # -- the prepared store ---------------------------------------------------------------------
