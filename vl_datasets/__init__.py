@@ -63,6 +63,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api.client import Client
+    from .backoff import RetryPolicy
     from .cache.scan import CacheInfo, PrunePolicy, PruneResult, PruneStrategy, prune, scan
     from .cache.store import ExportKey, LocalExport
     from .exports import fetch_export
@@ -93,6 +94,7 @@ _LAZY = {
     "CuratedItems": ".metadata.curated",
     "TargetOptions": ".metadata.curated",
     "ImageOptions": ".loading.image_reader",
+    "RetryPolicy": ".backoff",
     "leakage_safe_split": ".metadata.splits",
 }
 
@@ -156,6 +158,7 @@ __all__ = [
     "PruneStrategy",
     "RateLimitError",
     "ResponseValidationError",
+    "RetryPolicy",
     "SchemaError",
     "ServerError",
     "TargetOptions",

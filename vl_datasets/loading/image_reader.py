@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from torch.utils.data import get_worker_info
 
+from ..backoff import RetryPolicy
 from ..cache.store import LocalExport
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.curated import MissingImages, check_missing_images
@@ -85,6 +86,14 @@ class ImageOptions:
             '(``"50G"``, or bytes), least recently used evicted first, so later epochs do not read them again'
         ),
     )
+    read_retry: RetryPolicy | None = field(
+        default=None,
+        metadata=doc(
+            "how reads from ``images_root`` are retried and bounded in time (``vl_datasets.RetryPolicy``: "
+            "attempts, a timeout per attempt, a deadline per image); None: the ``VL_DATASETS_READ_*`` "
+            "variables, else 6 attempts, 60 s each, 180 s per image"
+        ),
+    )
     prepare: int | None = field(
         default=None,
         metadata=doc(
@@ -139,6 +148,7 @@ class ImageReader:
             storage_options=options.storage_options,
             image_cache=options.image_cache,
             cache_dir=cache_dir,
+            retry=options.read_retry,
         )
         self._source: ImageSource | PreparedSource = self._originals  # where reads go, prepared or not
         if options.prepare is not None:
