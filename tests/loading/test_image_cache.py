@@ -195,7 +195,7 @@ def test_a_cache_another_user_owns_serves_its_images_and_warns_once(shared_folde
         assert sum(len(batch) for batch in batches) == len(ds)
         assert server.count() == fetched, "copies the cache holds were read from the root again"
         touched = [r for r in caplog.records if "mark as recently used" in r.getMessage()]
-        assert len(touched) == 1 and str(ds._source.cache.folder) in touched[0].getMessage(), caplog.text
+        assert len(touched) == 1 and str(ds.images._source.cache.folder) in touched[0].getMessage(), caplog.text
 
         for file in files:  # no copies left: every image comes from the root, none can be kept
             file.unlink()
@@ -215,7 +215,7 @@ def test_a_cache_folder_that_cannot_be_made_falls_back_to_the_root(split_export,
         ds = VisualLayerDataset.from_export(
             export, images_root=server.url, image_cache="10M", image_size=8, cache_dir=cache_dir
         )
-        folder = ds._source.cache.folder
+        folder = ds.images._source.cache.folder
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.write_bytes(b"")  # a file where the cache's folder belongs: any user's writes fail
         with caplog.at_level(logging.WARNING, logger="vl_datasets"):

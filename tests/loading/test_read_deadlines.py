@@ -11,7 +11,7 @@ import pytest
 
 from tests.loading.image_server import ImageServer
 from tests.loading.s3_server import SlowDownS3
-from vl_datasets import errors
+from vl_datasets import RetryPolicy, errors
 from vl_datasets.backoff import image_read_policy
 from vl_datasets.loading.dataset import VisualLayerDataset
 
@@ -50,6 +50,23 @@ def test_a_503_storm_on_http_costs_the_policy_attempts(split_export, tmp_path, m
     assert ds.media_ids[0] in message and "503" in message
     assert caught.value.attempts == 3
     assert isinstance(caught.value, errors.ImageDecodeError)  # what callers caught before still catches it
+
+
+def test_read_retry_given_to_the_dataset_is_the_policy_its_reads_follow(split_export, tmp_path, monkeypatch):
+    monkeypatch.setenv("VL_DATASETS_READ_ATTEMPTS", "5")  # the option wins over the environment
+    export, source = split_export
+    waits: list[float] = []
+    policy = RetryPolicy(max_attempts=2, base_s=0.25, sleep=waits.append, random=lambda: 1.0)
+    with ImageServer(source) as server:
+        ds = open_remote(export, server.url, tmp_path, read_retry=policy)
+        server.fail_next(100, 503)
+        with pytest.raises(errors.ImageReadError) as caught:
+            ds[0]
+        assert server.count() == 2, f"the server saw {server.count()} GETs for read_retry of 2 attempts"
+    assert "gave up after 2 of 2 attempts" in str(caught.value)
+    assert waits == [0.25], "the policy's own sleep and backoff were not the ones used"
+    with pytest.raises(errors.ConfigurationError):
+        RetryPolicy(max_attempts=0)
 
 
 def test_a_trickling_http_server_is_cut_at_the_deadline(split_export, tmp_path, monkeypatch):
@@ -127,7 +144,7 @@ def test_botocore_retries_set_by_the_user_are_kept_and_said_to_multiply(
     botocore_retries = {"total_max_attempts": 2, "mode": "standard"}
     options = {"endpoint_url": server.endpoint, "config_kwargs": {"retries": botocore_retries}}
     ds = open_remote(export, f"s3://{server.bucket}/photos", tmp_path, storage_options=options)
-    ds._source.retry = ds._source.retry.replace(sleep=lambda s: None)
+    ds.images._source.retry = ds.images._source.retry.replace(sleep=lambda s: None)
     before = server.object_requests()
     server.slow_down_next(100)
     with caplog.at_level(logging.WARNING, logger="vl_datasets"), pytest.raises(errors.ImageReadError):
