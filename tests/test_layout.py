@@ -111,3 +111,22 @@ def test_the_server_shares_no_code_with_the_client():
                 assert node.level == 1 or not (node.module or "").startswith("vl_datasets"), module.name
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("vl_datasets") for alias in node.names), module.name
+
+
+def test_no_framework_loads_until_its_integration_is_imported():
+    """import vl_datasets (and vl_datasets.integrations) loads none of transformers, Lightning, JAX or
+    grain; each integration module loads its own framework only."""
+    frameworks = ("transformers", "accelerate", "pytorch_lightning", "lightning", "jax", "grain")
+    code = (
+        "import sys\n"
+        "import vl_datasets, vl_datasets.integrations\n"
+        "from vl_datasets import VisualLayerDataset, CurationRules, leakage_safe_split\n"
+        f"print(sorted(m for m in {frameworks!r} if m in sys.modules))\n"
+        "import vl_datasets.integrations.huggingface\n"
+        f"print(sorted(m for m in ('pytorch_lightning', 'jax', 'grain') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    after_import, after_hf = result.stdout.split("\n")[:2]
+    assert after_import == "[]", f"import vl_datasets loaded {after_import}"
+    assert after_hf == "[]", f"the Hugging Face integration loaded {after_hf}"
