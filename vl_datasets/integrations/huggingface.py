@@ -19,7 +19,7 @@ rescale and normalization, as Trainer would apply it), or, without one, from our
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,11 +28,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..errors import ConfigurationError
 from ..loading.dataset import VisualLayerDataset
+from .epochs import WholeEpochs
 
 LOADER_STATE_FILE = "vl_loader_state.pt"
 """The train loader's state in each of VLTrainer's checkpoint folders."""
-
-_END = object()
 
 
 def label_maps(dataset: VisualLayerDataset) -> tuple[dict[int, str], dict[str, int]]:
@@ -98,56 +97,20 @@ class HFCollate:
         return {"pixel_values": self.pixel_values(images), "labels": labels}
 
 
-class HFBatches:
+class HFBatches(WholeEpochs):
     """A vl_datasets loader whose batches are ``{"pixel_values", "labels"}``: what ``VLTrainer`` hands
     Trainer, and a loop of your own can iterate. ``state_dict()`` / ``load_state_dict()`` are the
-    loader's, as of the last batch yielded.
-
-    Each epoch ends in the loader as soon as its last batch is taken, not at the next ``next()``: a
-    Trainer takes exactly as many batches as the epoch has and never asks for one more, which would
-    leave the epoch unfinished and make the loader restart its workers for the next one.
+    loader's, as of the last batch yielded; each epoch ends as its last batch is taken (see
+    ``vl_datasets.integrations.epochs``).
     """
 
     def __init__(self, loader: Any, pixel_values: PixelValues | None = None) -> None:
-        self.loader = loader
         self.pixel_values = pixel_values or PixelValues()
-        self._state: dict[str, Any] | None = None  # during an epoch: the state after the last batch yielded
-        self._resumed = False
+        super().__init__(loader, self._as_dict)
 
-    @property
-    def dataset(self) -> VisualLayerDataset:
-        return self.loader.dataset
-
-    @property
-    def batch_size(self) -> int | None:
-        return self.loader.batch_size
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batches = iter(self.loader)
-        current: Any = next(batches, _END)
-        if current is _END and self._resumed:
-            # A state saved after its epoch's last batch resumes to an empty rest; a Trainer counts
-            # that epoch done already (by its global step), so go on with the next one.
-            batches = iter(self.loader)
-            current = next(batches, _END)
-        self._resumed = False
-        while current is not _END:
-            self._state = self.loader.state_dict()
-            following = next(batches, _END)
-            images, labels = current
-            yield {"pixel_values": self.pixel_values(images), "labels": labels}
-            current = following
-        self._state = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self._state) if self._state is not None else self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
-        self._resumed = state != {}
+    def _as_dict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"pixel_values": self.pixel_values(images), "labels": labels}
 
 
 def to_hf_batches(
