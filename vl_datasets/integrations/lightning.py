@@ -3,7 +3,7 @@
     data = VLDataModule("my-dataset-id", rules=CurationRules(min_uniqueness=0.3, dedupe=True),
                         split={"train": 0.8, "val": 0.1, "test": 0.1}, batch_size=64, image_size=224)
     trainer = pytorch_lightning.Trainer(max_epochs=10)
-    trainer.fit(model, datamodule=data)          # ckpt_path="last" after a preemption: resumes mid-epoch
+    trainer.fit(model, datamodule=data)          # ckpt_path=... after a preemption: resumes mid-epoch
 
 train, val and test come from one ``leakage_safe_split`` of the whole export, so no near-duplicate
 crosses them; the curation rules and the split are the module's hyperparameters, in every
