@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import grain
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -29,7 +28,6 @@ def test_batches_are_channels_last_numpy_arrays_of_the_datasets_items(open_part)
         image, label = train[i]
         assert np.array_equal(batch["image"][i], image.permute(1, 2, 0).numpy())
         assert batch["label"][i] == label
-    assert jnp.asarray(batch["image"]).shape == (8, 16, 16, 3)  # JAX takes them as they are
 
 
 def test_a_resumed_loop_sees_the_batches_an_uninterrupted_one_sees(open_part):
@@ -88,6 +86,7 @@ def test_other_tasks_and_transforms_are_refused(open_part):
 
 
 def test_the_jax_example_trains_a_model_that_beats_chance_on_held_out_digits(tmp_path):
+    # JAX runs in a process of its own: once its threads run here, the other tests' forked workers could deadlock.
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "train_jax.py"), "--epochs", "4"],
         capture_output=True,
