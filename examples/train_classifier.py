@@ -9,17 +9,23 @@ uniqueness, issues and duplicate groups, training on the CPU, and a comparison t
     VL_API_KEY=... VL_API_SECRET=... python examples/train_classifier.py --dataset-id <id> --image-size 64
 
 With --resume, each model's weights, optimizer, schedule and DataLoader position are saved to
-out-dir/<model>.resume.pt every --checkpoint-every steps; run the same command again after a
-preemption and each model picks up exactly where its last checkpoint left it (a model that had
-finished is not trained again).
+out-dir/<model>.resume.pt every --checkpoint-every steps, and also when SIGTERM or SIGUSR1 arrives
+(what SLURM, Kubernetes and spot instances send before they kill): the run then checkpoints at the
+next step boundary and exits with 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1), the
+code a shell gives a process stopped by that signal, so a scheduler or a retry loop sees an
+unfinished job rather than a success (a Kubernetes Job with exit 0 would not be restarted). Run the
+same command again and each model picks up exactly where its last checkpoint left it (a model that
+had finished is not trained again). SIGKILL leaves no time to save: the rerun goes on from the last
+periodic checkpoint.
 
-    python examples/train_classifier.py --resume      # kill it at any point, then run it again
+    python examples/train_classifier.py --resume      # stop it at any point, then run it again
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -61,6 +67,26 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint-every", type=int, default=20, metavar="STEPS")
     return parser.parse_args()
+
+
+class StopRequest:
+    """SIGTERM and SIGUSR1, remembered by the handler and acted on by the training loop at its next
+    step boundary: a checkpoint written from inside a handler could catch the model half-updated."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def exit(self, name: str, path: Path, epoch: int, step: int) -> None:
+        assert self.signum is not None
+        print(f"{name}: {signal.Signals(self.signum).name}: checkpointed at epoch {epoch}, step {step} in {path}")
+        raise SystemExit(128 + self.signum)  # what a shell reports for a process the signal stopped
 
 
 def issue_thresholds(specs: list[str] | None) -> dict[str, float]:
@@ -113,9 +139,10 @@ def main() -> None:
         )
 
         results = {}
+        stop = StopRequest() if args.resume else None
         for name, train_set in (("uncurated", uncurated), ("curated", curated)):
-            if args.resume:
-                model = train_resumable(train_set, name, args)
+            if stop is not None:
+                model = train_resumable(train_set, name, args, stop)
             else:
                 model = train(train_set, epochs=args.epochs, seed=args.seed)
             results[name] = (len(train_set), accuracy(model, test))
@@ -126,9 +153,10 @@ def main() -> None:
     print(f"checkpoints in {args.out_dir}/; done in {time.perf_counter() - started:.0f} s")
 
 
-def train_resumable(dataset, name: str, args, batch_size: int = 64) -> SmallCNN:
-    """common.train, checkpointed: the same model, optimizer, schedule and batches, so a run cut at
-    any step and resumed ends with the model an uninterrupted run would have."""
+def train_resumable(dataset, name: str, args, stop: StopRequest, batch_size: int = 64) -> SmallCNN:
+    """common.train, checkpointed every --checkpoint-every steps and when ``stop`` has seen a signal:
+    the same model, optimizer, schedule and batches, so a run cut at any step and resumed ends with
+    the model an uninterrupted run would have."""
     torch.manual_seed(args.seed)
     model = SmallCNN(len(dataset.classes))
     loader = dataset.dataloader(batch_size, shuffle=True, num_workers=0, seed=args.seed)
@@ -160,8 +188,11 @@ def train_resumable(dataset, name: str, args, batch_size: int = 64) -> SmallCNN:
             optimizer.step()
             schedule.step()
             step += 1
-            if step % args.checkpoint_every == 0:
+            if step % args.checkpoint_every == 0 or stop.signum is not None:
                 checkpoint()
+                print(f"{name}: step {step}, epoch {loader.epoch - 1}: checkpoint saved", flush=True)
+            if stop.signum is not None:
+                stop.exit(name, path, loader.state_dict()["epoch"], step)
     checkpoint()
     return model
 

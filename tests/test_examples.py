@@ -169,3 +169,42 @@ def test_resume_picks_up_a_killed_run_and_trains_the_same_models(tmp_path):
     assert f"curated: resumed from {Path('runs') / 'curated.resume.pt'} at epoch 0, step {cut['step']}" in resumed
     assert "uncurated: resumed from" in resumed, "the finished first model was not taken from its checkpoint"
     assert _row(resumed, "test accuracy") == _row(uninterrupted, "test accuracy")
+
+
+def test_resume_checkpoints_on_sigterm_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path):
+    """--resume as a scheduler stops it: SIGTERM once training has begun. The run checkpoints at the
+    next step boundary and exits 143; the rerun resumes from that checkpoint, not from an older
+    periodic one, and trains the models an uninterrupted run trains."""
+    args = ["--epochs", "2", "--checkpoint-every", "5"]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    uninterrupted = _run(reference, "train_classifier.py", *args)
+    command = [sys.executable, str(REPO / "examples" / "train_classifier.py"), *args, "--resume"]
+    log = tmp_path / "stopped.log"
+    with log.open("w") as out:
+        stopped = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(tmp_path), cwd=tmp_path
+        )
+    try:
+        _wait_for_output(stopped, log, "uncurated: step 5,")  # the first periodic checkpoint is saved
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        if stopped.poll() is None:
+            stopped.kill()
+            stopped.wait(timeout=30)
+    said = re.search(r"^(\w+): SIGTERM: checkpointed at epoch (\d+), step (\d+) in (\S+)$", log.read_text(), re.M)
+    assert said, "the stopped run did not say where it checkpointed:\n" + log.read_text()[-3000:]
+    name, epoch, step, path = said.groups()
+    assert int(step) >= 5 and Path(path) == Path("runs") / f"{name}.resume.pt"
+    resumed = _run(tmp_path, "train_classifier.py", *args, "--resume")
+    assert f"{name}: resumed from {path} at epoch {epoch}, step {step}" in resumed
+    assert _row(resumed, "test accuracy") == _row(uninterrupted, "test accuracy")
+
+
+def _wait_for_output(process: subprocess.Popen, log: Path, text: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert process.poll() is None, f"the run ended before printing {text!r}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout_s} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.02)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import vl_datasets.server
 from tests.helpers import REPO, child_env, run_child
 from vl_datasets import fetch_export
@@ -178,9 +180,12 @@ ALLOWED = {
     "metadata": BASE | {"metadata"},
     "loading": BASE | {"cache", "metadata", "loading"},
     "exports": BASE | {"api", "cache", "metadata", "exports", "chunks", "tasks"},
-    "report": BASE | {"metadata", "loading"},
+    "report": BASE | {"metadata", "loading", "html_parts"},
+    # Above the dataset: they read what it and the loader hand out, and nothing imports them.
+    "evaluation": BASE | {"metadata", "loading", "html_parts", "evaluation"},
+    "integrations": BASE | {"metadata", "loading", "integrations"},
 }
-SIDES = {**dict.fromkeys(BASE, "base"), "chunks": "exports", "tasks": "exports"}
+SIDES = {**dict.fromkeys(BASE, "base"), "chunks": "exports", "tasks": "exports", "html_parts": "report"}
 # Crossings the README names: the cache publishes through the metadata's one indexing function;
 # a dataset opened by id fetches it, and writes its report, through imports made only when called.
 MAY_CALL = {
@@ -305,3 +310,36 @@ def test_the_layout_checks_catch_an_offender(tmp_path):
         "loading/probe.py spells '.chunks'",
         "loading/probe.py imports the layout's cache.store.EXPORTS",
     ]
+
+
+FRAMEWORKS = {"huggingface": "transformers", "lightning": "pytorch_lightning", "jax": "grain"}
+
+
+def test_no_framework_loads_with_the_package():
+    """import vl_datasets (and vl_datasets.integrations) loads none of transformers, Lightning, JAX or grain."""
+    frameworks = ("transformers", "accelerate", "pytorch_lightning", "jax", "grain")
+    code = (
+        "import sys\n"
+        "import vl_datasets, vl_datasets.integrations\n"
+        "from vl_datasets import VisualLayerDataset, CurationRules, leakage_safe_split\n"
+        f"print(sorted(m for m in {frameworks!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"import vl_datasets loaded {result.stdout.strip()}"
+
+
+@pytest.mark.parametrize("integration", sorted(FRAMEWORKS))
+def test_each_integration_imports_its_own_framework_only(integration):
+    """Read from the source, not sys.modules: Lightning itself imports transformers when it is installed."""
+    tree = ast.parse((REPO / "vl_datasets" / "integrations" / f"{integration}.py").read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and not node.level
+    }
+    frameworks = {"transformers", "accelerate", "pytorch_lightning", "lightning", "jax", "grain", "flax"}
+    assert imported & frameworks == {FRAMEWORKS[integration]}

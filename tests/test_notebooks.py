@@ -31,6 +31,12 @@ EXPECTED = {
         "report.html",
         "<Figure size",
     ],
+    "hf_fine_tuning.ipynb": [
+        "removed by drop_issues",
+        "model.safetensors",
+        "test accuracy after fine-tuning on the uncurated data",
+        "test accuracy after fine-tuning on the curated data",
+    ],
 }
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 # Numbers printed by a re-run may differ from the committed ones by this much (relative).
@@ -129,3 +135,16 @@ def test_notebook_reruns_to_its_committed_outputs(path, tmp_path, monkeypatch):
         before = float(re.search(r"trained on the uncurated data: ([\d.]+)%", outputs).group(1))
         after = float(re.search(r"after fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))
         assert after >= before
+    if path.name == "hf_fine_tuning.ipynb":
+        uncurated = float(re.search(r"fine-tuning on the uncurated data: ([\d.]+)%", outputs).group(1))
+        curated = float(re.search(r"fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))
+        assert curated >= uncurated > 50
+
+
+def _outputs(notebook) -> str:
+    return "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+    )

@@ -269,6 +269,7 @@ VIEW_OPTIONS = [
     "images_root",
     "storage_options",
     "image_cache",
+    "read_retry",
     "prepare",
 ]
 

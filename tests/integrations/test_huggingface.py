@@ -1,0 +1,210 @@
+"""transformers: a curated dataset feeds a real Trainer and a real (tiny, built from scratch) model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    ResNetConfig,
+    ResNetForImageClassification,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+from vl_datasets import ConfigurationError
+from vl_datasets.integrations.huggingface import (
+    LOADER_STATE_FILE,
+    HFCollate,
+    PixelValues,
+    VLTrainer,
+    label_maps,
+    to_hf_batches,
+)
+
+
+def _tiny_vit(train) -> ViTForImageClassification:
+    id2label, label2id = label_maps(train)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(train.classes),
+        id2label=id2label,
+        label2id=label2id,
+    )
+    torch.manual_seed(0)
+    return ViTForImageClassification(config)
+
+
+def _tiny_resnet(train) -> ResNetForImageClassification:
+    id2label, label2id = label_maps(train)
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[32, 64],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=len(train.classes),
+        id2label=id2label,
+        label2id=label2id,
+    )
+    torch.manual_seed(0)
+    return ResNetForImageClassification(config)
+
+
+def _args(tmp_path, **options) -> TrainingArguments:
+    defaults = {
+        "per_device_train_batch_size": 64,
+        "per_device_eval_batch_size": 256,
+        "learning_rate": 3e-3,
+        "use_cpu": True,
+        "report_to": [],
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+        "seed": 0,
+    }
+    return TrainingArguments(str(tmp_path / "out"), **{**defaults, **options})
+
+
+def test_label_maps_follow_the_dataset_classes(open_part):
+    train = open_part("train")
+    id2label, label2id = label_maps(train)
+    assert id2label == {i: str(i) for i in range(10)}
+    assert label2id == {str(i): i for i in range(10)}
+    with pytest.raises(ConfigurationError, match="no classes"):
+        label_maps(open_part("train", task=None, classes=None))
+
+
+def test_batches_have_the_keys_dtypes_and_shapes_a_model_takes(open_part):
+    train = open_part("train")
+    batch = next(iter(to_hf_batches(train.dataloader(32, num_workers=0, seed=0))))
+    assert set(batch) == {"pixel_values", "labels"}
+    assert batch["pixel_values"].dtype == torch.float32 and tuple(batch["pixel_values"].shape) == (32, 3, 16, 16)
+    assert batch["labels"].dtype == torch.int64 and tuple(batch["labels"].shape) == (32,)
+    assert -1.0 <= batch["pixel_values"].min() < 0 < batch["pixel_values"].max() <= 1.0
+    logits = _tiny_vit(train)(**batch).logits
+    assert tuple(logits.shape) == (32, 10)
+
+
+def test_the_processor_path_and_our_normalization_agree(open_part):
+    """A checkpoint's image processor, or our resize plus its mean and std: the same pixel values."""
+    train = open_part("train")
+    processor = ViTImageProcessor(
+        size={"height": 16, "width": 16}, image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.6, 0.7]
+    )
+    images, _ = next(iter(train.dataloader(16, shuffle=False, num_workers=0)))
+    through_processor = PixelValues(processor)(images)
+    ours = PixelValues.like(processor)(images)
+    assert tuple(through_processor.shape) == tuple(ours.shape) == (16, 3, 16, 16)
+    assert torch.allclose(through_processor, ours, atol=1e-5)
+    with pytest.raises(ConfigurationError, match="not both"):
+        PixelValues(processor, mean=[0.5])
+
+
+def test_trainers_own_dataloader_gets_the_same_batches_through_hf_collate(open_part):
+    train = open_part("train")
+    collated = HFCollate()([train[i] for i in range(8)])
+    ours = next(iter(to_hf_batches(train.dataloader(8, shuffle=False, num_workers=0))))
+    assert torch.equal(collated["labels"], ours["labels"])
+    assert torch.equal(collated["pixel_values"], ours["pixel_values"])
+
+
+class _Losses(TrainerCallback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def test_a_tiny_resnet_fine_tunes_with_trainer_on_the_curated_sample(open_part, tmp_path):
+    train, test = open_part("train"), open_part("test")
+    losses = _Losses()
+    trainer = VLTrainer(
+        model=_tiny_resnet(train),
+        args=_args(tmp_path, num_train_epochs=2),
+        train_dataset=train,
+        eval_dataset=test,
+        callbacks=[losses],
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
+    trainer.train()
+    assert len(losses.losses) == 2 * len(train.dataloader(64, num_workers=0))
+    first, last = sum(losses.losses[:5]) / 5, sum(losses.losses[-5:]) / 5
+    assert last < 0.5 * first, f"the loss did not go down: {losses.losses}"
+    assert trainer.evaluate()["eval_accuracy"] > 0.5  # chance is 0.1
+
+
+class _Recording(VLTrainer):
+    """Records each training batch (labels and a pixel checksum) the model is given."""
+
+    seen: list[tuple[tuple[int, ...], float]]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen.append((tuple(inputs["labels"].tolist()), round(float(inputs["pixel_values"].sum()), 3)))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class _Preempted(Exception):
+    pass
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Preempted(f"preempted after step {self.step}")
+
+
+def _recording_trainer(train, tmp_path, **options) -> _Recording:
+    options = {"max_steps": 30, **options}
+    trainer = _Recording(model=_tiny_resnet(train), args=_args(tmp_path, **options), train_dataset=train)
+    trainer.seen = []
+    return trainer
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch end"])
+def test_a_preempted_trainer_resumes_with_the_batches_an_uninterrupted_run_sees(open_part, tmp_path, where):
+    train = open_part("train")
+    per_epoch = len(train.dataloader(64, num_workers=0))
+    saved_at = 5 if where == "mid-epoch" else per_epoch  # 30 steps cross into the second epoch either way
+    uninterrupted = _recording_trainer(train, tmp_path / "a")
+    uninterrupted.train()
+
+    preempted = _recording_trainer(train, tmp_path / "b", save_strategy="steps", save_steps=saved_at)
+    preempted.add_callback(_StopAfter(saved_at + 2))  # two steps past the checkpoint: those are lost
+    with pytest.raises(_Preempted):
+        preempted.train()
+    checkpoint = tmp_path / "b" / "out" / f"checkpoint-{saved_at}"
+    assert (checkpoint / LOADER_STATE_FILE).exists()
+
+    resumed = _recording_trainer(train, tmp_path / "b", save_strategy="steps", save_steps=saved_at)
+    resumed.train(resume_from_checkpoint=True)
+    assert preempted.seen[:saved_at] + resumed.seen == uninterrupted.seen
+    for before, after in zip(uninterrupted.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_resuming_from_a_checkpoint_without_the_loader_state_is_refused(open_part, tmp_path):
+    train = open_part("train")
+    trainer = _recording_trainer(train, tmp_path, save_strategy="steps", save_steps=5, max_steps=5)
+    trainer.train()
+    (tmp_path / "out" / "checkpoint-5" / LOADER_STATE_FILE).unlink()
+    with pytest.raises(ConfigurationError, match="not saved by a VLTrainer"):
+        _recording_trainer(train, tmp_path).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-5"))
+
+
+def test_vltrainer_refuses_a_dataset_that_is_not_ours(open_part, tmp_path):
+    trainer = VLTrainer(model=_tiny_vit(open_part("train")), args=_args(tmp_path, max_steps=1), train_dataset=[1, 2])
+    with pytest.raises(ConfigurationError, match="train_dataset must be a VisualLayerDataset"):
+        trainer.train()

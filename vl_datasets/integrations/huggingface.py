@@ -1,0 +1,243 @@
+"""Hugging Face ``transformers``: a curated dataset as the batches an image model takes.
+
+    id2label, label2id = label_maps(train)                # for the model's config
+    trainer = VLTrainer(model=model, args=TrainingArguments("out"), train_dataset=train,
+                        eval_dataset=test, processing_class=image_processor)
+    trainer.train()                                       # resume_from_checkpoint=True resumes mid-epoch exactly
+
+``VLTrainer`` is a ``transformers.Trainer`` whose DataLoaders are ``ds.dataloader()``'s (workers kept
+across epochs, read-ahead, shared-memory batch slots), each batch turned into
+``{"pixel_values", "labels"}``; its checkpoints also hold the train loader's state. ``HFCollate``
+does the same conversion for Trainer's own DataLoader, and ``to_hf_batches`` for a loop of your own.
+
+``pixel_values`` come from the checkpoint's image processor (``processing_class``: its resize,
+rescale and normalization, as Trainer would apply it), or, without one, from our own: the dataset's
+``image_size`` resizes at decode time, and the batch is rescaled to [0, 1] and normalized by
+``mean`` and ``std`` (``PixelValues.like(processor)`` takes those from a processor).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..errors import ConfigurationError
+from ..loading.dataset import VisualLayerDataset
+from .epochs import WholeEpochs
+
+LOADER_STATE_FILE = "vl_loader_state.pt"
+"""The train loader's state in each of VLTrainer's checkpoint folders."""
+
+
+def label_maps(dataset: VisualLayerDataset) -> tuple[dict[int, str], dict[str, int]]:
+    """``(id2label, label2id)`` of the dataset's classes, for a model config's ``id2label`` and ``label2id``."""
+    if not dataset.classes:
+        raise ConfigurationError(f"{dataset!r} has no classes: label maps need task='classification' or 'multilabel'.")
+    return dict(enumerate(dataset.classes)), {name: i for i, name in enumerate(dataset.classes)}
+
+
+class PixelValues:
+    """uint8 ``B x 3 x H x W`` image batches to the float ``pixel_values`` a model takes.
+
+    processor: an image processor (``AutoImageProcessor.from_pretrained(checkpoint)``): it resizes,
+        rescales and normalizes, exactly as for the checkpoint's own training. Not with ``mean``/``std``.
+    mean, std: per-channel normalization after rescaling to [0, 1], when no processor is given; the
+        dataset's ``image_size`` has already resized. Default 0.5 and 0.5 (pixels in [-1, 1]).
+    """
+
+    def __init__(
+        self, processor: Any = None, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> None:
+        if processor is not None and (mean is not None or std is not None):
+            raise ConfigurationError("PixelValues takes a processor or mean/std, not both: the processor normalizes.")
+        self.processor = processor
+        self.mean = _per_channel("mean", mean or (0.5, 0.5, 0.5))
+        self.std = _per_channel("std", std or (0.5, 0.5, 0.5))
+
+    @classmethod
+    def like(cls, processor: Any) -> PixelValues:
+        """Our resize and normalization with a processor's ``image_mean`` and ``image_std``: the dataset's
+        ``image_size`` should then be the processor's size."""
+        return cls(mean=processor.image_mean, std=processor.image_std)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.processor is not None:
+            return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # In place on the new float tensor, which keeps the batch's channels-last memory.
+        return images.float().div_(255).sub_(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        if self.processor is not None:
+            return f"PixelValues({type(self.processor).__name__})"
+        return f"PixelValues(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+def _per_channel(name: str, values: Sequence[float]) -> torch.Tensor:
+    values = list(values)
+    if len(values) not in (1, 3) or any(name == "std" and v <= 0 for v in values):
+        raise ConfigurationError(f"{name} must be 1 or 3 numbers (std above 0), got {values!r}.")
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+class HFCollate:
+    """A ``collate_fn`` for Trainer's own DataLoader (``Trainer(data_collator=HFCollate(...))``):
+    ``(image, label)`` samples of a dataset to ``{"pixel_values", "labels"}``."""
+
+    def __init__(self, pixel_values: PixelValues | None = None) -> None:
+        self.pixel_values = pixel_values or PixelValues()
+
+    def __call__(self, samples: list) -> dict[str, torch.Tensor]:
+        images = torch.stack([image for image, _ in samples])
+        labels = torch.as_tensor([label for _, label in samples])
+        return {"pixel_values": self.pixel_values(images), "labels": labels}
+
+
+class HFBatches(WholeEpochs):
+    """A vl_datasets loader whose batches are ``{"pixel_values", "labels"}``: what ``VLTrainer`` hands
+    Trainer, and a loop of your own can iterate. ``state_dict()`` / ``load_state_dict()`` are the
+    loader's, as of the last batch yielded; each epoch ends as its last batch is taken (see
+    ``vl_datasets.integrations.epochs``).
+    """
+
+    def __init__(self, loader: Any, pixel_values: PixelValues | None = None) -> None:
+        self.pixel_values = pixel_values or PixelValues()
+        super().__init__(loader, self._as_dict)
+
+    def _as_dict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"pixel_values": self.pixel_values(images), "labels": labels}
+
+
+def to_hf_batches(
+    loader: Any,
+    *,
+    processor: Any = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> HFBatches:
+    """``loader`` (``ds.dataloader(...)``) with batches as ``{"pixel_values", "labels"}``; see ``PixelValues``."""
+    return HFBatches(loader, PixelValues(processor, mean=mean, std=std))
+
+
+class VLTrainer(Trainer):
+    """A ``transformers.Trainer`` fed by vl_datasets loaders.
+
+    ``train_dataset`` and ``eval_dataset`` (or a dict of them) are ``VisualLayerDataset`` objects of
+    task ``"classification"``. Trainer's arguments set the loaders: ``per_device_*_batch_size``,
+    ``dataloader_num_workers``, ``data_seed`` (else ``seed``) and ``dataloader_drop_last``. Pixel
+    values: the ``processing_class`` image processor when given, else our normalization by
+    ``pixel_mean`` and ``pixel_std`` (see ``PixelValues``).
+
+    Each checkpoint folder also holds the train loader's state (``LOADER_STATE_FILE``), and
+    ``train(resume_from_checkpoint=...)`` loads it, so the resumed run sees exactly the batches an
+    uninterrupted one would. The loader skips by index arithmetic, so Trainer's own skipping
+    (which rebuilds a plain DataLoader) is turned off during ``train``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        processor = self.processing_class if hasattr(self.processing_class, "image_mean") else None
+        self.pixel_values = PixelValues(processor, mean=pixel_mean, std=pixel_std)
+        self._train_batches: HFBatches | None = None
+        self._loader_state: dict[str, Any] | None = None
+        self.add_callback(_SaveLoaderState(self))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        self._loader_state = _read_loader_state(checkpoint) if checkpoint else None
+        skipping = self.args.ignore_data_skip
+        self.args.ignore_data_skip = True
+        try:
+            return super().train(checkpoint, *args, **kwargs)
+        finally:
+            self.args.ignore_data_skip = skipping
+
+    def get_train_dataloader(self) -> HFBatches:  # type: ignore[override]
+        dataset = _classification("train_dataset", self.train_dataset)
+        loader = dataset.dataloader(
+            self._train_batch_size,
+            shuffle=True,
+            num_workers=self.args.dataloader_num_workers,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        self._train_batches = HFBatches(loader, self.pixel_values)
+        if self._loader_state is not None:
+            self._check_accumulation(len(loader), self._loader_state)
+            self._train_batches.load_state_dict(self._loader_state)
+        return self._train_batches
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> HFBatches:  # type: ignore[override]
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]  # type: ignore[index]
+        return self._in_order(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
+
+    def get_test_dataloader(self, test_dataset: Any) -> HFBatches:  # type: ignore[override]
+        return self._in_order(test_dataset, "test_dataset")
+
+    def _in_order(self, dataset: Any, name: str) -> HFBatches:
+        loader = _classification(name, dataset).dataloader(
+            self.args.eval_batch_size, shuffle=False, num_workers=self.args.dataloader_num_workers
+        )
+        return HFBatches(loader, self.pixel_values)
+
+    def _check_accumulation(self, batches: int, state: dict[str, Any]) -> None:
+        # With accumulation, Trainer counts a resumed epoch's steps from the point it resumes at,
+        # and steps the optimizer at multiples of the accumulation from there: the last, partial
+        # group of the epoch would then not step.
+        accumulation = self.args.gradient_accumulation_steps
+        if accumulation > 1 and batches % accumulation and 0 < state["batches_yielded"] < batches:
+            raise ConfigurationError(
+                f"Resuming mid-epoch with gradient_accumulation_steps={accumulation} needs the epoch's "
+                f"{batches} batches to be a multiple of it; resume from an epoch's end, or pick a batch "
+                "size or accumulation that divides the epoch."
+            )
+
+
+class _SaveLoaderState(TrainerCallback):
+    """Writes the train loader's state into each checkpoint folder that Trainer has just saved."""
+
+    def __init__(self, trainer: VLTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        batches = self.trainer._train_batches
+        if batches is None or not args.should_save:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        partial = os.path.join(folder, LOADER_STATE_FILE + ".partial")
+        torch.save(batches.state_dict(), partial)
+        os.replace(partial, os.path.join(folder, LOADER_STATE_FILE))
+
+
+def _read_loader_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    path = os.path.join(checkpoint, LOADER_STATE_FILE)
+    if not os.path.exists(path):
+        raise ConfigurationError(
+            f"{checkpoint} holds no {LOADER_STATE_FILE}: it was not saved by a VLTrainer, so where its "
+            "loader stood is unknown. Resume from a VLTrainer checkpoint, or start afresh."
+        )
+    return torch.load(path)  # weights_only: the state is plain values
+
+
+def _classification(name: str, dataset: Any) -> VisualLayerDataset:
+    if not isinstance(dataset, VisualLayerDataset) or dataset.task != "classification":
+        raise ConfigurationError(
+            f"VLTrainer's {name} must be a VisualLayerDataset with task='classification', got {dataset!r}."
+        )
+    return dataset
