@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .options import add_api_options, client_for
+from .options import add_api_options, add_curation_options, open_dataset
 from .report import parse_drop_issues
 
 
@@ -39,35 +39,13 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     evaluate.add_argument(
         "--title", help="the report's title (default: Evaluation: and the dataset id or export folder)"
     )
-    evaluate.add_argument(
-        "--min-uniqueness", type=float, metavar="SCORE", help="the curation rule that dropped less unique items"
-    )
-    evaluate.add_argument(
-        "--drop-issue",
-        dest="drop_issues",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="TYPE=CONF",
-        help="the curation rule that dropped items with this issue at this confidence or more",
-    )
-    evaluate.add_argument(
-        "--dedupe",
-        nargs="?",
-        type=float,
-        const=True,
-        default=False,
-        metavar="THRESHOLD",
-        help="the curation rule that kept the most unique item of each duplicate group",
-    )
-    evaluate.add_argument("--label-source", help="count only labels from this source")
+    add_curation_options(evaluate)  # the rules that made the kept part: removed items are scored apart
     add_api_options(evaluate, for_dataset_id=True)
     evaluate.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_media_ids
-    from ..loading.dataset import VisualLayerDataset
 
     # Items without exactly one label are kept out of training, not out of the evaluation: their
     # predictions are listed but not scored.
@@ -80,12 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "dedupe": args.dedupe,
         "label_source": args.label_source,
     }
-    if Path(args.source).exists():
-        dataset = VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
-    else:
-        dataset = VisualLayerDataset(
-            args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
-        )
+    dataset = open_dataset(args, **options)
     train_ids = read_media_ids(args.train_ids) if args.train_ids else None
     result = evaluate(
         dataset, args.predictions, train_ids=train_ids, min_confidence=args.min_confidence, title=args.title

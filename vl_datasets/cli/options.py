@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..api.client import Client
+    from ..loading.dataset import VisualLayerDataset
 
 
 def add_api_options(parser: argparse.ArgumentParser, *, for_dataset_id: bool = False) -> None:
@@ -48,3 +50,41 @@ def client_for(args: argparse.Namespace) -> Client | None:
     from ..api.client import Client
 
     return Client(args.api_url)
+
+
+def add_curation_options(parser: argparse.ArgumentParser) -> None:
+    """The curation rules every command that curates takes, worded once."""
+    parser.add_argument(
+        "--min-uniqueness", type=float, metavar="SCORE", help="drop items whose uniqueness score is below SCORE (0-1)"
+    )
+    parser.add_argument(
+        "--drop-issue",
+        dest="drop_issues",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TYPE=CONF",
+        help="drop items with this issue at this confidence (0-1) or more, e.g. blur=0.8 mislabels=0.6",
+    )
+    parser.add_argument(
+        "--dedupe",
+        nargs="?",
+        type=float,
+        const=True,
+        default=False,
+        metavar="THRESHOLD",
+        help="keep the most unique item of each duplicate group (default: the lowest threshold)",
+    )
+    parser.add_argument("--label-source", help="count only labels from this source")
+
+
+def open_dataset(args: argparse.Namespace, **options: Any) -> VisualLayerDataset:
+    """``args.source`` as a dataset: a local export (ZIP or folder) when that path exists, else a
+    dataset id exported through ``--api-url`` (or ``VL_API_URL``)."""
+    from ..loading.dataset import VisualLayerDataset
+
+    if Path(args.source).exists():
+        return VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
+    return VisualLayerDataset(
+        args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
+    )

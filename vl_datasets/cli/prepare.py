@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .options import add_api_options, client_for
+from .options import add_api_options, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -36,7 +35,6 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from ..loading.dataset import VisualLayerDataset
     from .cache import human_size
 
     # task=None: preparing needs no targets, so unlabeled exports work too; every item with an
@@ -48,12 +46,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         "images_root": args.images_root,
         "prepare": args.size,
     }
-    if Path(args.source).exists():
-        dataset = VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
-    else:
-        dataset = VisualLayerDataset(
-            args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
-        )
+    dataset = open_dataset(args, **options)
     summary = dataset.prepare(num_workers=args.workers)
     missing = dataset.curation_summary().removed_by.get("missing_images", 0)
     for skipped in summary.skipped:

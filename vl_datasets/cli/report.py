@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import errors
-from .options import add_api_options, client_for
+from .options import add_api_options, add_curation_options, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -18,41 +18,18 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     report.add_argument("--title", help="the report's heading (default: 'Curation report: ' and the dataset)")
     report.add_argument(
-        "--min-uniqueness", type=float, metavar="SCORE", help="drop items whose uniqueness score is below SCORE (0-1)"
-    )
-    report.add_argument(
         "--keep-unscored",
         action="store_true",
         default=None,
         help="with --min-uniqueness, keep items that have no score",
     )
-    report.add_argument(
-        "--drop-issue",
-        dest="drop_issues",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="TYPE=CONF",
-        help="drop items with this issue at this confidence (0-1) or more, e.g. blur=0.8 mislabels=0.6",
-    )
-    report.add_argument(
-        "--dedupe",
-        nargs="?",
-        type=float,
-        const=True,
-        default=False,
-        metavar="THRESHOLD",
-        help="keep the most unique item of each duplicate group (default: the lowest threshold)",
-    )
     report.add_argument("--labels", nargs="+", metavar="LABEL", help="keep items with one of these labels")
-    report.add_argument("--label-source", help="count only labels from this source")
+    add_curation_options(report)
     add_api_options(report, for_dataset_id=True)
     report.set_defaults(run=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..loading.dataset import VisualLayerDataset
-
     # task=None: a report needs no targets, so unlabeled exports work too; missing images are
     # counted (a "missing_images" rule in the report) instead of stopping it at the first one.
     options = {
@@ -65,12 +42,7 @@ def run_report(args: argparse.Namespace) -> int:
         "labels": args.labels,
         "label_source": args.label_source,
     }
-    if Path(args.source).exists():
-        dataset = VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
-    else:
-        dataset = VisualLayerDataset(
-            args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
-        )
+    dataset = open_dataset(args, **options)
     print(dataset.report(args.out, title=args.title))
     return 0
 
