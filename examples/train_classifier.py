@@ -46,6 +46,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch's threads for training (default 1: the same figures every run, and no slower on a busy machine, "
+        "where more threads wait on each other)",
+    )
+    parser.add_argument(
         "--image-size",
         type=int,
         help="side in pixels (default: 16 for the sample's 8x8 digit scans, 64 on the platform)",
@@ -103,7 +110,7 @@ def main() -> None:
     drop_issues = issue_thresholds(args.drop_issue)  # before any export: a typo fails at once
     version = pinned_version(args)
     started = time.perf_counter()
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    torch.set_num_threads(max(1, args.threads))
     with platform_or_sample(args.dataset_id, args.cache_dir) as (client, dataset_id, cache_dir):
 
         def dataset(**options) -> VisualLayerDataset:
