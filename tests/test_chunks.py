@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import change_dataset, child_env
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
+from vl_datasets.chunks import planned_chunk_size
 from vl_datasets.metadata.read import read_metadata_file
 from vl_datasets.testing import LocalVisualLayer, write_dataset
 
@@ -200,3 +201,27 @@ def test_a_chunk_lacking_an_image_file_is_refused_not_published(capped, tmp_path
     assert "0" not in kept, f"the chunk lacking an image was kept: {kept}"
     entry = fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
     assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+
+
+def test_chunks_of_a_published_version_are_never_resumed(capped, tmp_path):
+    # The child dies right after publishing the chunked entry, before it removes its chunks.
+    code = (
+        "import os, signal\n"
+        "from vl_datasets.cache.store import CacheStore\n"
+        "real = CacheStore.publish\n"
+        "def publish(self, *args, key=None, **kwargs):\n"
+        "    entry = real(self, *args, key=key, **kwargs)\n"
+        "    if key.include_images:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return entry\n"
+        "CacheStore.publish = publish\n"
+        "from vl_datasets import Client, fetch_export\n"
+        f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
+        "max_images_per_export=3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert result.returncode == -signal.SIGKILL, f"the child was not killed after publishing: {result.stderr}"
+    store, key = CacheStore(tmp_path), ExportKey.build(_client(capped).base_url, "big", "parquet", True)
+    assert store.lookup(key) is not None and store.work_area(key).is_dir(), "the kill should leave entry and chunks"
+    assert planned_chunk_size(store, key) is None, "a build would resume the chunks of a published version"
+    assert not store.work_area(key).exists(), "the chunks of a published version were kept"
