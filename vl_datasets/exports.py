@@ -66,6 +66,8 @@ def fetch_export(
     and no ``VL_API_URL`` it takes the newest copy cached from any API host.
     ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
     previous version stays on disk, for jobs still reading it, until ``vl-datasets cache prune``.
+    A refresh resumes nothing recorded before it was asked for (a task, a download, chunks), and
+    a chunked export's metadata-only entry is refreshed with it.
     ``version`` opens exactly that version of the entry (the one a loader state names), from the
     cache alone: ``VersionNotFoundError`` when it is not there.
 
