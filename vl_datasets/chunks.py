@@ -264,6 +264,8 @@ def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask) ->
 
 
 def _check_chunk_images(staging: Path, table: pa.Table, i: int, task: ExportTask) -> None:
+    """Resolve each row's image as the cache's index will (``image_paths``): a row with none is a
+    hole the published entry would carry for good."""
     members = [f"images/{rel}" for rel in list_files(staging / "images")]
     try:
         resolved = resolve_image_paths(table, members, on_missing="null")
