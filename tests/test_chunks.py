@@ -185,21 +185,36 @@ def test_a_refresh_of_a_chunked_export_gets_the_dataset_as_it_is_now(big_root, c
     assert fetch_export("big", client=client, cache_dir=cache) == new
 
 
-def test_a_chunk_lacking_an_image_file_is_refused_not_published(capped, tmp_path):
+@pytest.mark.parametrize("export_format", ["parquet", "json"])  # flat images/<file_name>, or images/<file_path>
+def test_a_chunk_lacking_an_image_file_is_refused_not_published(capped, tmp_path, export_format):
     client = _client(capped)
-    metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False)
+    metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False, export_format=export_format)
     ids = sorted(read_metadata_file(metadata.metadata_path).column("media_id").to_pylist())
     capped.faults.drop_an_image()  # chunk 0 holds its 3 rows but only 2 images
     with pytest.raises(
         errors.CorruptArchiveError, match=r"Chunk 0 .*lacks the image file of 1 of its 3 rows"
     ) as caught:
-        fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
+        fetch_export(
+            "big",
+            client=client,
+            cache_dir=tmp_path,
+            max_images_per_export=3,
+            chunks_in_flight=1,
+            export_format=export_format,
+        )
     assert any(media_id in str(caught.value) for media_id in ids[:3]), f"no media id of chunk 0 named: {caught.value}"
-    key = ExportKey.build(client.base_url, "big", "parquet", True)
+    key = ExportKey.build(client.base_url, "big", export_format, True)
     assert CacheStore(tmp_path).lookup(key) is None, "an entry missing an image was published"
     kept = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir())
     assert "0" not in kept, f"the chunk lacking an image was kept: {kept}"
-    entry = fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
+    entry = fetch_export(
+        "big",
+        client=client,
+        cache_dir=tmp_path,
+        max_images_per_export=3,
+        chunks_in_flight=1,
+        export_format=export_format,
+    )
     assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
 
 
