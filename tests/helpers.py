@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import subprocess
@@ -153,3 +154,21 @@ def run_notebook(path: Path, workdir: Path, *, executed: Path | None = None):
     result = run_child(command, env=child_env(), cwd=REPO)
     assert result.returncode == 0, f"{path.name} failed:\n{result.stderr[-5000:]}"
     return nbformat.read(executed, as_version=4)
+
+
+def change_dataset(root: Path, dataset_id: str, *, remove: int) -> str:
+    """Change a dataset the local service serves, as its owner would between two exports: drop
+    its last ``remove`` items and give its first item another image (a removed item's bytes).
+    Returns the media id whose image changed."""
+    folder = Path(root) / dataset_id
+    document = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    items = document["media_items"]
+    kept, dropped = items[:-remove], items[-remove:]
+    changed = folder / "images" / kept[0]["file_path"]
+    new_bytes = (folder / "images" / dropped[0]["file_path"]).read_bytes()
+    assert new_bytes != changed.read_bytes(), "the replacement image must differ from the one it replaces"
+    changed.write_bytes(new_bytes)
+    document["media_items"] = kept
+    document["info"]["total_media_items"] = len(kept)
+    (folder / "metadata.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return kept[0]["media_id"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import change_dataset, child_env
 from vl_datasets import Client, errors, fetch_export
+from vl_datasets.cache.store import CacheStore, ExportKey
+from vl_datasets.chunks import planned_chunk_size
 from vl_datasets.metadata.read import read_metadata_file
 from vl_datasets.testing import LocalVisualLayer, write_dataset
 
@@ -149,3 +152,91 @@ def test_a_chunk_whose_recorded_task_is_forgotten_is_started_again(capped, tmp_p
     assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
     # Every chunk started once, but chunk 0 twice: the others recorded were resumed.
     assert len(_starts(capped, images=True)) == 1 + 4, "chunk 0 should start again, and no other chunk twice"
+
+
+def _reference(root, tmp_path):
+    """One export of everything the dataset holds now, from a service with no limit."""
+    with LocalVisualLayer(root, export_polls=0) as uncapped:
+        return fetch_export("big", client=_client(uncapped), cache_dir=tmp_path / "reference")
+
+
+def _image_of(entry, media_id) -> bytes:
+    rows = read_metadata_file(entry.metadata_path).to_pylist()
+    (row,) = [r for r in rows if r["media_id"] == media_id]
+    return (entry.images_dir / row["file_name"]).read_bytes()
+
+
+@pytest.mark.parametrize("limit", [3, None], ids=["max_images_per_export", "rejected"])
+def test_a_refresh_of_a_chunked_export_gets_the_dataset_as_it_is_now(big_root, capped, tmp_path, limit):
+    client, cache = _client(capped), tmp_path / "cache"
+    old = fetch_export("big", client=client, cache_dir=cache, max_images_per_export=limit)
+    changed = change_dataset(big_root, "big", remove=2)
+    new = fetch_export("big", client=client, cache_dir=cache, max_images_per_export=limit, refresh=True)
+    reference = _reference(big_root, tmp_path)
+    assert old.row_count == N_ITEMS and new.row_count == N_ITEMS - 2, "the refresh kept the removed items"
+    assert _image_of(new, changed) == _image_of(reference, changed) != _image_of(old, changed), (
+        "the refresh kept the old bytes of a changed image"
+    )
+    assert _content(new) == _content(reference), (
+        "the refreshed chunked entry differs from one export of the dataset now"
+    )
+    metadata = CacheStore(cache).lookup(replace(new.key, include_images=False))
+    assert metadata is not None and metadata.row_count == N_ITEMS - 2, "the metadata-only entry was not refreshed"
+    assert fetch_export("big", client=client, cache_dir=cache) == new
+
+
+@pytest.mark.parametrize("export_format", ["parquet", "json"])  # flat images/<file_name>, or images/<file_path>
+def test_a_chunk_lacking_an_image_file_is_refused_not_published(capped, tmp_path, export_format):
+    client = _client(capped)
+    metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False, export_format=export_format)
+    ids = sorted(read_metadata_file(metadata.metadata_path).column("media_id").to_pylist())
+    capped.faults.drop_an_image()  # chunk 0 holds its 3 rows but only 2 images
+    with pytest.raises(
+        errors.CorruptArchiveError, match=r"Chunk 0 .*lacks the image file of 1 of its 3 rows"
+    ) as caught:
+        fetch_export(
+            "big",
+            client=client,
+            cache_dir=tmp_path,
+            max_images_per_export=3,
+            chunks_in_flight=1,
+            export_format=export_format,
+        )
+    assert any(media_id in str(caught.value) for media_id in ids[:3]), f"no media id of chunk 0 named: {caught.value}"
+    key = ExportKey.build(client.base_url, "big", export_format, True)
+    assert CacheStore(tmp_path).lookup(key) is None, "an entry missing an image was published"
+    kept = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir())
+    assert "0" not in kept, f"the chunk lacking an image was kept: {kept}"
+    entry = fetch_export(
+        "big",
+        client=client,
+        cache_dir=tmp_path,
+        max_images_per_export=3,
+        chunks_in_flight=1,
+        export_format=export_format,
+    )
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+
+
+def test_chunks_of_a_published_version_are_never_resumed(capped, tmp_path):
+    # The child dies right after publishing the chunked entry, before it removes its chunks.
+    code = (
+        "import os, signal\n"
+        "from vl_datasets.cache.store import CacheStore\n"
+        "real = CacheStore.publish\n"
+        "def publish(self, *args, key=None, **kwargs):\n"
+        "    entry = real(self, *args, key=key, **kwargs)\n"
+        "    if key.include_images:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return entry\n"
+        "CacheStore.publish = publish\n"
+        "from vl_datasets import Client, fetch_export\n"
+        f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
+        "max_images_per_export=3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert result.returncode == -signal.SIGKILL, f"the child was not killed after publishing: {result.stderr}"
+    store, key = CacheStore(tmp_path), ExportKey.build(_client(capped).base_url, "big", "parquet", True)
+    assert store.lookup(key) is not None and store.work_area(key).is_dir(), "the kill should leave entry and chunks"
+    assert planned_chunk_size(store, key) is None, "a build would resume the chunks of a published version"
+    assert not store.work_area(key).exists(), "the chunks of a published version were kept"

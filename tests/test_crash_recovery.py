@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import change_dataset, child_env
 from vl_datasets import Client, fetch_export
 from vl_datasets.metadata.read import read_metadata_file
 
@@ -163,3 +163,58 @@ def test_a_killed_fetch_leaves_nothing_the_next_fetch_cannot_clean(point, trial,
         entry = fetch_export("ds-ready", client=Client(service.url, progress=False, env={}), cache_dir=tmp_path)
     assert _content(entry) == clean, f"after a kill at {point!r}, the entry differs from a clean one"
     assert _unexpected_files(tmp_path, entry) == [], f"after a kill at {point!r}, the cache holds leftovers"
+
+
+# The chunked-refresh case: a chunked fetch killed after it published its entry but before it
+# removed its work area (.chunks/), then the dataset changes, then a refresh.
+_DIE_AFTER_PUBLISH = """
+import os, signal
+from vl_datasets.cache.store import CacheStore
+real = CacheStore.publish
+def publish(self, *args, key=None, **kwargs):
+    entry = real(self, *args, key=key, **kwargs)
+    if key is not None and key.include_images:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return entry
+CacheStore.publish = publish
+"""
+
+
+@pytest.mark.parametrize("path", ["max_images_per_export", "rejected"])
+@pytest.mark.parametrize("trial", range(2))
+def test_a_refresh_after_a_chunked_fetch_killed_after_publishing_gets_the_new_data(path, trial, tmp_path):
+    from vl_datasets.testing import LocalVisualLayer, write_dataset
+
+    rng = random.Random(f"chunked-refresh-{path}-{trial}")
+    chunk, remove = rng.randint(2, 4), rng.randint(1, 3)
+    root, cache = tmp_path / "datasets", tmp_path / "cache"
+    write_dataset(root, "ds-big", n_items=10, n_clusters=3)
+    limit = chunk if path == "max_images_per_export" else None
+    with LocalVisualLayer(root, export_polls=0, max_images_per_export=chunk) as service:
+        code = "\n".join(
+            [
+                _DIE_AFTER_PUBLISH,
+                "from vl_datasets import Client, fetch_export",
+                f"fetch_export('ds-big', client=Client({service.url!r}, progress=False), cache_dir={str(cache)!r}, "
+                f"max_images_per_export={limit!r})",
+            ]
+        )
+        killed = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env()
+        )
+        assert killed.returncode == -signal.SIGKILL, (
+            f"the fetch was not killed after publishing: {killed.stderr[-2000:]}"
+        )
+        assert any(cache.rglob(".chunks/plan.json")), "the kill should have left the work area of the published entry"
+        client = Client(service.url, progress=False, env={})
+        old = fetch_export("ds-big", client=client, cache_dir=cache, max_images_per_export=limit)
+        assert old.row_count == 10, "the version published before the kill should be the cached entry"
+        change_dataset(root, "ds-big", remove=remove)
+        new = fetch_export("ds-big", client=client, cache_dir=cache, max_images_per_export=limit, refresh=True)
+    with LocalVisualLayer(root, export_polls=0) as uncapped:
+        reference = fetch_export(
+            "ds-big", client=Client(uncapped.url, progress=False, env={}), cache_dir=tmp_path / "ref"
+        )
+    assert new.version != old.version and new.row_count == 10 - remove, "the refresh kept the removed items"
+    assert _content(new) == _content(reference), "the refresh was built from the chunks of the killed run"
+    assert not any(cache.rglob(".chunks")), "the refresh left a work area behind"

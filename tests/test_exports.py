@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import change_dataset, child_env
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
@@ -88,6 +88,22 @@ def test_refresh_replaces_the_entry_only_when_complete(quick_vl, quick_client, t
     assert CacheStore(tmp_path).lookup(old.key, version=old.version) == old
     assert main(["cache", "prune", "--cache-dir", str(tmp_path)]) == 0
     assert not old.path.exists() and new.metadata_path.is_file(), "prune must drop only the superseded version"
+
+
+def test_a_refresh_never_resumes_a_task_recorded_before_it(tmp_path):
+    from vl_datasets.testing import LocalVisualLayer, write_dataset
+
+    write_dataset(tmp_path / "datasets", "ds", n_items=8)
+    with LocalVisualLayer(tmp_path / "datasets", export_polls=0) as service:
+        client = Client(service.url, progress=False, env={}, sleep=lambda s: None)
+        old = fetch_export("ds", client=client, cache_dir=tmp_path / "cache")
+        service.faults.fail_next("export_status", 503, times=50)  # a refresh starts its task, then its polls fail
+        with pytest.raises(errors.ServerError):
+            fetch_export("ds", client=client, cache_dir=tmp_path / "cache", refresh=True)
+        service.faults.reset()
+        change_dataset(tmp_path / "datasets", "ds", remove=3)
+        new = fetch_export("ds", client=client, cache_dir=tmp_path / "cache", refresh=True)
+    assert old.row_count == 8 and new.row_count == 5, "the refresh resumed a task started before it was asked for"
 
 
 def test_offline_hit_and_miss(quick_vl, quick_client, tmp_path, monkeypatch):

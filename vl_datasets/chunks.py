@@ -10,7 +10,7 @@ linked into one staging folder and published as one entry, manifest last.
 
 In the entry's work area (``CacheStore.work_area``), until then::
 
-    plan.json          what the chunks were cut from: the metadata version, the chunk size
+    plan.json          what the chunks were cut from: the metadata version, the chunk size, and when
     <i>.task           chunk i's export task while it runs (``CacheStore.task_record``)
     <i>.zip            its download (resumable)
     <i>/               chunk i, unpacked and checked
@@ -18,7 +18,6 @@ In the entry's work area (``CacheStore.work_area``), until then::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,15 +25,19 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from . import errors
 from .cache.archive import extract_archive
 from .cache.store import CacheStore, ExportKey, LocalExport, read_json, write_json_atomic
-from .metadata.index import read_index
+from .metadata.image_paths import resolve_image_paths
+from .metadata.index import list_files, read_index
 from .metadata.read import find_metadata_file, read_metadata_file
 from .records import ExportTask
 from .tasks import start_or_resume
@@ -91,7 +94,7 @@ def build_chunked(
     size = images_per_export
     while True:
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        _plan(folder, metadata, size)
+        _plan(store, key, metadata, size)
         try:
             _fetch_all(client, store, key, chunks, in_flight, export_timeout_s, lock_timeout_s)
             break
@@ -122,23 +125,44 @@ def _media_ids(metadata: LocalExport) -> list[str]:
 
 
 def planned_chunk_size(store: CacheStore, key: ExportKey) -> int | None:
-    """The chunk size of a chunked export of ``key`` an earlier run left, if any: a resumed run
-    cuts the same chunks, so those already in are kept."""
-    size = (read_json(store.work_area(key) / "plan.json") or {}).get("chunk_size")
+    """The chunk size of an unfinished chunked export of ``key`` an earlier run left, if any: a
+    resumed run cuts the same chunks, so those already in are kept."""
+    size = _unfinished_plan(store, key).get("chunk_size")
     return size if isinstance(size, int) and size > 0 else None
 
 
-def _plan(folder: Path, metadata: LocalExport, size: int) -> None:
-    """Keep the chunks of an earlier run only if they were cut the same way from the same metadata."""
-    plan = {"metadata_version": metadata.version, "chunk_size": size}
+def _unfinished_plan(store: CacheStore, key: ExportKey) -> dict:
+    """The work area's plan, unless a version of ``key`` was published since it was made: then
+    the work area is what a run killed after publishing left, and it is removed, never resumed.
+    The caller holds the entry's lock."""
+    folder = store.work_area(key)
+    plan = read_json(folder / "plan.json") or {}
+    published = store.lookup(key)
     try:
-        if json.loads((folder / "plan.json").read_text(encoding="utf-8")) == plan:
-            return
-    except (OSError, ValueError):
-        pass
+        planned_at = datetime.fromisoformat(plan["planned_at"])
+    except (KeyError, TypeError, ValueError):
+        planned_at = None
+    if planned_at is not None and (
+        published is None or published.created_at is None or published.created_at < planned_at
+    ):
+        return plan
+    if folder.exists():
+        logger.info("Removing %s: chunks of a finished or unreadable plan", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {}
+
+
+def _plan(store: CacheStore, key: ExportKey, metadata: LocalExport, size: int) -> None:
+    """Keep the chunks of an earlier run only if they were cut the same way from the same version
+    of the metadata, and no version was published from them yet."""
+    folder = store.work_area(key)
+    plan = {"metadata_version": metadata.version, "chunk_size": size}
+    earlier = _unfinished_plan(store, key)
+    if {name: earlier.get(name) for name in plan} == plan:
+        return
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    write_json_atomic(folder / "plan.json", plan)
+    write_json_atomic(folder / "plan.json", {**plan, "planned_at": datetime.now(timezone.utc).isoformat()})
 
 
 def _fetch_all(
@@ -219,19 +243,42 @@ def _fetch_chunk(
 
 
 def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask) -> None:
-    """A chunk must hold the rows of exactly its media ids: none missing, none from elsewhere."""
+    """A chunk must hold the rows of exactly its media ids, none missing, none from elsewhere, and
+    each row's image file, named as the export's layout names it."""
     try:
-        got = read_metadata_file(find_metadata_file(staging)).column("media_id").to_pylist()
+        table = read_metadata_file(find_metadata_file(staging))
     except errors.SchemaError as exc:
         raise errors.CorruptArchiveError(
             f"Chunk {i} (export {task.id}) has unreadable metadata: {exc}", path=str(staging)
         ) from None
+    got = table.column("media_id").to_pylist()
     missing, extra = set(ids) - set(got), set(got) - set(ids)
     if missing or extra or len(got) != len(ids):
         example = next(iter(missing or extra), None)
         raise errors.CorruptArchiveError(
             f"Chunk {i} (export {task.id}) holds {len(got)} rows for {len(ids)} media ids: "
             f"{len(missing)} missing and {len(extra)} unexpected, e.g. {example!r}.",
+            path=str(staging),
+        )
+    _check_chunk_images(staging, table, i, task)
+
+
+def _check_chunk_images(staging: Path, table: pa.Table, i: int, task: ExportTask) -> None:
+    """Resolve each row's image as the cache's index will (``image_paths``): a row with none is a
+    hole the published entry would carry for good."""
+    members = [f"images/{rel}" for rel in list_files(staging / "images")]
+    try:
+        resolved = resolve_image_paths(table, members, on_missing="null")
+    except errors.ImageNotFoundError as exc:
+        # An ambiguous name: the whole export publishes such a set without an index, and so does this.
+        logger.warning("Chunk %d (export %s): its images cannot be matched to rows one to one: %s", i, task.id, exc)
+        return
+    absent = pc.is_null(resolved)
+    if pc.any(absent).as_py():
+        lacking = table.column("media_id").filter(absent).to_pylist()
+        raise errors.CorruptArchiveError(
+            f"Chunk {i} (export {task.id}) lacks the image file of {len(lacking)} of its {table.num_rows} rows, "
+            f"e.g. media {lacking[0]!r}.",
             path=str(staging),
         )
 

@@ -66,6 +66,8 @@ def fetch_export(
     and no ``VL_API_URL`` it takes the newest copy cached from any API host.
     ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
     previous version stays on disk, for jobs still reading it, until ``vl-datasets cache prune``.
+    A refresh resumes nothing recorded before it was asked for (a task, a download, chunks), and
+    a chunked export's metadata-only entry is refreshed with it.
     ``version`` opens exactly that version of the entry (the one a loader state names), from the
     cache alone: ``VersionNotFoundError`` when it is not there.
 
@@ -100,13 +102,18 @@ def fetch_export(
         lock_timeout_s,
         max_images_per_export,
         chunks_in_flight,
+        asked_at=datetime.now(timezone.utc) if refresh else None,
     )
-    return job.entry(key, refresh=refresh)
+    return job.entry(key)
 
 
 class _Fetch:
     """One ``fetch_export`` call's settings, shared by the entries it may need (a chunked export
-    needs the metadata-only entry too)."""
+    needs the metadata-only entry too).
+
+    ``asked_at`` is when a refresh was asked for (None: no refresh). It holds for every entry the
+    call builds, the nested metadata-only one included: each must be a version made after it, so
+    a refreshed chunked export is never cut from metadata older than the refresh."""
 
     def __init__(
         self,
@@ -117,8 +124,10 @@ class _Fetch:
         lock_timeout_s: float | None,
         max_images_per_export: int | None,
         chunks_in_flight: int,
+        *,
+        asked_at: datetime | None = None,
     ) -> None:
-        self._client, self.store, self.remote = client, store, remote
+        self._client, self.store, self.remote, self.asked_at = client, store, remote, asked_at
         self.export_timeout_s, self.lock_timeout_s = export_timeout_s, lock_timeout_s
         self.max_images_per_export, self.chunks_in_flight = max_images_per_export, chunks_in_flight
 
@@ -130,25 +139,35 @@ class _Fetch:
             self._client = Client()
         return self._client
 
-    def entry(self, key: ExportKey, *, refresh: bool = False) -> LocalExport:
+    def entry(self, key: ExportKey) -> LocalExport:
         """The entry of ``key``: cached, mirrored from the shared root, or built, under its lock."""
         store = self.store
-        if not refresh and (entry := store.lookup(key)) is not None:
+        if (entry := self._current(key)) is not None:
             return entry
-        asked_at = datetime.now(timezone.utc)
         entry_dir = store.entry_dir(key)
         entry_dir.mkdir(parents=True, exist_ok=True)
         with hold_lock(store.lock_path(entry_dir), timeout_s=self.lock_timeout_s, what=f"export of {_describe(key)}"):
-            entry = store.lookup(key)
-            if entry is not None and (not refresh or (entry.created_at is not None and entry.created_at >= asked_at)):
+            if (entry := self._current(key)) is not None:
                 return entry  # another process published it (or refreshed it) while we waited
-            store.remove_leftovers(entry_dir, keep_resumable=True)  # a killed build's; its downloads resume
+            refresh = self.asked_at is not None
+            # A killed build's task, download and chunks resume, but never into a refresh: they were
+            # asked for before it, and chunks may be those of a version already published.
+            store.remove_leftovers(entry_dir, keep_resumable=not refresh)
+            if refresh:
+                store.task_record(key).clear()
             if self.remote is not None and not refresh and (entry := self.remote.mirror(key, store)) is not None:
                 return entry
             entry = self._build(key)
             if self.remote is not None:
                 self.remote.upload(key, entry)
             return entry
+
+    def _current(self, key: ExportKey) -> LocalExport | None:
+        """The cached version of ``key`` this call may return: any, or with a refresh, one made since."""
+        entry = self.store.lookup(key)
+        if entry is None or self.asked_at is None:
+            return entry
+        return entry if entry.created_at is not None and entry.created_at >= self.asked_at else None
 
     def _build(self, key: ExportKey) -> LocalExport:
         limit = self.max_images_per_export

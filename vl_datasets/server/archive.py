@@ -149,7 +149,12 @@ def write_parquet(out: IO[bytes], rows: Rows, encoding: str, repeated: pa.Array 
 
 
 def _add_images(
-    zf: zipfile.ZipFile, dataset: StoredDataset, rows: Rows, layout: str, repeated: pa.Array | None
+    zf: zipfile.ZipFile,
+    dataset: StoredDataset,
+    rows: Rows,
+    layout: str,
+    repeated: pa.Array | None,
+    drop_first: bool = False,
 ) -> None:
     items = list(rows.items())
     names = None
@@ -157,7 +162,8 @@ def _add_images(
         batches = rows.batches(image_names.COLUMNS)
         names = [name for batch in batches for name in image_names.names(batch, repeated).to_pylist()]
     written: set[str] = set()
-    for item, member in zip(items, image_members(items, layout, names)):
+    pairs = list(zip(items, image_members(items, layout, names)))
+    for item, member in pairs[1:] if drop_first else pairs:
         if member in written:
             # The file_name layout collides when names repeat (video frames): keep the first,
             # which is exactly the ambiguity the contract tells clients to refuse to guess.
@@ -180,8 +186,10 @@ def build_export_zip(
     image_layout: str = "platform",
     parquet_metadata_items: str = "json",
     on_progress: Progress = lambda fraction: None,
+    drop_first_image: bool = False,
 ) -> None:
-    """Write the ZIP of ``rows`` to ``dest``; ``on_progress`` hears the fraction of rows written."""
+    """Write the ZIP of ``rows`` to ``dest``; ``on_progress`` hears the fraction of rows written.
+    ``drop_first_image`` leaves out the first row's image (a fault the tests switch on)."""
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         # The platform's parquet names each row's image in one flat folder, even without images.
         flat = export_format == "parquet" and image_layout == "platform"
@@ -193,4 +201,4 @@ def build_export_zip(
             else:
                 write_parquet(out, rows, parquet_metadata_items, repeated, on_progress)
         if include_images:
-            _add_images(zf, dataset, rows, image_layout, repeated)
+            _add_images(zf, dataset, rows, image_layout, repeated, drop_first_image)

@@ -53,6 +53,7 @@ class Faults:
             self._job_failure: JobFailure | None = None
             self._job_failures_left: int | None = None
             self._hold_s: float | None = 0.0
+            self._images_dropped = 0
             self._hold_since = 0.0
             # A stall sleeps on this event: setting it wakes every stalled download at once.
             self._wake.set()
@@ -121,6 +122,12 @@ class Faults:
             self._hold_s = seconds
             self._hold_since = time.monotonic()
 
+    def drop_an_image(self, times: int = 1) -> None:
+        """The next ``times`` exports with images leave out the image file of their first row; their
+        metadata still lists it."""
+        with self._lock:
+            self._images_dropped += times
+
     def release_exports(self) -> None:
         """End a hold: held jobs complete at their next status poll."""
         with self._lock:
@@ -175,6 +182,14 @@ class Faults:
                 if self._job_failures_left <= 0:
                     self._job_failure = None
             return failure
+
+    def take_dropped_image(self) -> bool:
+        """True when the export being built now must leave out its first row's image."""
+        with self._lock:
+            if self._images_dropped > 0:
+                self._images_dropped -= 1
+                return True
+            return False
 
     def jobs_held(self, started: float) -> bool:
         """True while a job started at ``started`` (time.monotonic) must still report IN_PROGRESS."""

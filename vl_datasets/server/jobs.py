@@ -177,6 +177,7 @@ class JobRunner:
                 image_layout=self.image_layout,
                 parquet_metadata_items=self.parquet_metadata_items,
                 on_progress=lambda fraction: self._report(job, fraction),
+                drop_first_image=job.request.include_images and self.faults.take_dropped_image(),
             )
         except Exception as exc:  # reported as a FAILED task, as the platform would
             job.build_error = f"Export failed: {exc}"
