@@ -65,7 +65,9 @@ class ImageSource(Protocol):
 
     def location(self, path: str) -> str: ...
 
-    def scrub(self, text: str) -> str: ...
+    def scrub(self, text: str) -> str:
+        """``text`` (an error message) with no secret left: URL credentials and this source's own."""
+        ...
 
 
 @runtime_checkable
@@ -108,7 +110,7 @@ class LocalFolder:
         return os.path.join(self.display_root, path)
 
     def scrub(self, text: str) -> str:
-        return text
+        return redact_text(text)  # a filesystem's message may still quote a URL (a mounted bucket's)
 
     def __repr__(self) -> str:
         return f"LocalFolder({self.display_root!r})"
@@ -357,16 +359,16 @@ def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path:
     """The typed error for a failed read of ``media_id``'s image: ``ImageNotFoundError`` for a missing
     one, else ``ImageDecodeError``; both name the media id and the image's location, with no secret."""
     location = source.location(path)
-    reason = source.scrub(redact_text(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, ImageReadError):
         return ImageReadError(
-            f"Cannot read the image of media_id {media_id!r} at {location}: {source.scrub(redact_text(str(exc)))}",
+            f"Cannot read the image of media_id {media_id!r} at {location}: {source.scrub(str(exc))}",
             media_id=media_id,
             path=location,
             attempts=exc.attempts,
         )
     if isinstance(exc, ImageDecodeError):
         return exc
+    reason = source.scrub(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, FileNotFoundError):
         return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
     return ImageDecodeError(
