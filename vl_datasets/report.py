@@ -23,15 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ConfigurationError
-from .html_parts import PAGE as _PAGE
-from .html_parts import figure_class as _figure_class
-from .html_parts import img as _img
-from .html_parts import legend_above as _legend_above
-from .html_parts import percent as _percent
-from .html_parts import spread_sample as _spread_sample
-from .html_parts import svg as _svg
-from .html_parts import thumbnail as _thumbnail
-from .html_parts import write_atomic as _write_atomic
+from .html_parts import PAGE, figure_class, img, legend_above, percent, spread_sample, svg, thumbnail, write_atomic
 from .metadata.curation import selected_labels
 
 MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out
@@ -52,7 +44,7 @@ def write_report(
     before and after, and thumbnails: up to ``max_thumbnails`` of what each rule removed and of
     what was kept, each captioned with its media id, label, uniqueness score and issues.
     """
-    figure = _figure_class()  # before any work: a missing extra should fail fast
+    figure = figure_class()  # before any work: a missing extra should fail fast
     if max_thumbnails < 0 or thumbnail_size < 8:
         raise ConfigurationError(
             f"max_thumbnails must be >= 0 and thumbnail_size >= 8, got {max_thumbnails} and {thumbnail_size}."
@@ -78,10 +70,10 @@ def write_report(
         if count and rule != "subset":
             sections.append(grid.section(f"Removed by {rule}", np.flatnonzero(rules == rule)))
     sections.append(grid.section("Kept", np.flatnonzero(kept)))
-    page = _PAGE.substitute(
+    page = PAGE.substitute(
         title=html.escape(title), body="\n".join(sections), size=thumbnail_size, cell=max(thumbnail_size, 120)
     )
-    return _write_atomic(Path(path), page)
+    return write_atomic(Path(path), page)
 
 
 def _uniqueness_threshold(dataset: Any) -> float | None:
@@ -94,7 +86,7 @@ def _counts_section(summary: Any) -> str:
     rows.append(("Kept", summary.kept))
     cells = "".join(
         f"<tr><td>{html.escape(name)}</td><td class=n>{count:,}</td>"
-        f"<td class=n>{_percent(count, summary.total)}</td></tr>"
+        f"<td class=n>{percent(count, summary.total)}</td></tr>"
         for name, count in rows
     )
     return f"<h2>Counts</h2>\n<table><tr><th>Step</th><th>Items</th><th>Share</th></tr>{cells}</table>"
@@ -113,9 +105,9 @@ def _histogram_section(figure: type, details: pa.Table, kept: np.ndarray, thresh
     if threshold is not None:
         ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"min_uniqueness={threshold:g}")
     ax.set(xlabel="uniqueness score", ylabel="items")
-    _legend_above(ax)
+    legend_above(ax)
     unscored = f"<p class=note>{(~scored).sum():,} item(s) have no score.</p>" if not scored.all() else ""
-    return f"<h2>Uniqueness scores</h2>\n{_img(_svg(fig), 'uniqueness-score histogram')}{unscored}"
+    return f"<h2>Uniqueness scores</h2>\n{img(svg(fig), 'uniqueness-score histogram')}{unscored}"
 
 
 def _labels_section(figure: type, names: pa.ListArray, kept: np.ndarray) -> str:
@@ -132,10 +124,10 @@ def _labels_section(figure: type, names: pa.ListArray, kept: np.ndarray) -> str:
     ax.set_yticks(rows, shown)
     ax.invert_yaxis()  # most frequent on top
     ax.set_xlabel("items")
-    _legend_above(ax)
+    legend_above(ax)
     left_out = len(before) - len(shown)
     note = f"<p class=note>{left_out:,} less frequent label(s) not shown.</p>" if left_out else ""
-    return f"<h2>Labels</h2>\n{_img(_svg(fig), 'label distribution before and after curation')}{note}"
+    return f"<h2>Labels</h2>\n{img(svg(fig), 'label distribution before and after curation')}{note}"
 
 
 def _label_counts(flat: pa.Array) -> dict[str, int]:
@@ -152,7 +144,7 @@ class _Grid:
         self.details, self.names, self.max_thumbnails, self.size, self.read = details, names, max_thumbnails, size, read
 
     def section(self, heading: str, rows: np.ndarray) -> str:
-        sample = _spread_sample(rows, self.max_thumbnails)
+        sample = spread_sample(rows, self.max_thumbnails)
         shown = f" (showing {len(sample):,})" if len(sample) < len(rows) else ""
         subset = self.details.take(pa.array(sample, pa.int64())).to_pylist()
         labels = self.names.take(pa.array(sample, pa.int64())).to_pylist()
@@ -164,10 +156,10 @@ class _Grid:
 
 
 def _cell(row: dict, labels: list[str], size: int, read: Callable[[str], bytes]) -> str:
-    src = _thumbnail(row.get("image_path"), row.get("media_id"), size, read)
+    src = thumbnail(row.get("image_path"), row.get("media_id"), size, read)
     media_id = str(row.get("media_id") or "")
     picture = (
-        _img(src, f"media {media_id}")
+        img(src, f"media {media_id}")
         if src is not None
         else f"<div class=missing>{'unreadable image' if row.get('image_path') else 'no image'}</div>"
     )
