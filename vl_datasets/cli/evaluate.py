@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .options import add_api_options, add_curation_options, open_dataset
+from .options import add_api_options, add_curation_options, add_source, open_dataset
 from .report import parse_drop_issues
 
 
@@ -16,7 +16,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         parents=parents,
         help="score model predictions per class, issue, uniqueness, duplicate group, cluster and curation",
     )
-    evaluate.add_argument("source", help="a local export (ZIP or folder), or else a dataset id to export")
+    add_source(evaluate)
     evaluate.add_argument(
         "--predictions",
         type=Path,

@@ -78,6 +78,11 @@ def add_curation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-source", help="count only labels from this source")
 
 
+def add_source(parser: argparse.ArgumentParser) -> None:
+    """The ``SOURCE`` argument that ``open_dataset`` opens."""
+    parser.add_argument("source", help="a local export (ZIP or folder), or else a dataset id to export")
+
+
 def open_dataset(args: argparse.Namespace, **options: Any) -> VisualLayerDataset:
     """``args.source`` as a dataset: a local export (ZIP or folder) when that path exists, else a
     dataset id exported through ``--api-url`` (or ``VL_API_URL``)."""

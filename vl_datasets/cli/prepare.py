@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_api_options, open_dataset
+from .options import add_api_options, add_source, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     prepare = commands.add_parser(
         "prepare", parents=parents, help="decode the images once, shrunk to a size, into the cache for fast epochs"
     )
-    prepare.add_argument("source", help="a local export (ZIP or folder), or else a dataset id to export")
+    add_source(prepare)
     prepare.add_argument(
         "--size",
         type=int,

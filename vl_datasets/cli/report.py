@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import errors
-from .options import add_api_options, add_curation_options, open_dataset
+from .options import add_api_options, add_curation_options, add_source, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     report = commands.add_parser(
         "report", parents=parents, help="write an HTML report of what curation keeps and removes"
     )
-    report.add_argument("source", help="a local export (ZIP or folder), or else a dataset id to export")
+    add_source(report)
     report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     report.add_argument("--title", help="the report's heading (default: 'Curation report: ' and the dataset)")
     report.add_argument(
