@@ -28,6 +28,35 @@ def thumbnails(page: str) -> int:
     return page.count("data:image/jpeg;base64,")
 
 
+def render_in_browser(browser, report: Path, screenshot: Path):
+    """Open the HTML ``report`` in ``browser`` (playwright's Chromium) as a reader would, check that it
+    stands alone (no console error, no request leaving the file, every image decoded, a whole page
+    of plots and pictures, saved to ``screenshot`` to look at when a test fails) and return the
+    page, for what a test checks beyond that, with the width of each image as decoded."""
+    import io
+
+    from PIL import Image
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors_seen, requests = [], []
+    page.on("console", lambda message: message.type == "error" and errors_seen.append(message.text))
+    page.on("pageerror", lambda error: errors_seen.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(report.as_uri(), wait_until="load")
+    decoded = page.evaluate("""() => Promise.all(Array.from(document.images, image =>
+        image.decode().then(() => image.naturalWidth, () => 0)))""")
+    shot = page.screenshot(full_page=True)
+    screenshot.write_bytes(shot)
+
+    assert errors_seen == []
+    assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
+    assert all(width > 0 for width in decoded), f"{decoded.count(0)} of {len(decoded)} images did not decode"
+    image = Image.open(io.BytesIO(shot)).convert("RGB")
+    assert image.height > 900  # the whole page, not a blank first screen
+    assert len(image.getcolors(maxcolors=1 << 24)) > 200  # plots and thumbnails, not an empty page
+    return page, decoded
+
+
 # A child that neither prints nor uses CPU for this long is stuck; one that does either is working,
 # however loaded the machine. The overall cap only stops a child that spins forever.
 STALL_S = 300.0

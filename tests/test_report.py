@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -11,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.helpers import thumbnails
+from tests.helpers import render_in_browser, thumbnails
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.testing import write_dataset
@@ -184,24 +182,8 @@ def test_report_renders_in_a_browser(browser, export, tmp_path):
     ds = VisualLayerDataset.from_export(export, **RULES)
     report = ds.report(tmp_path / "report.html", max_thumbnails=40)
 
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors_seen, requests = [], []
-    page.on("console", lambda message: message.type == "error" and errors_seen.append(message.text))
-    page.on("pageerror", lambda error: errors_seen.append(str(error)))
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(report.as_uri(), wait_until="load")
-    decoded = page.evaluate("""() => Promise.all(Array.from(document.images, image =>
-        image.decode().then(() => image.naturalWidth, () => 0)))""")
-    screenshot = page.screenshot(full_page=True)
-    (tmp_path / "report.png").write_bytes(screenshot)  # to look at when this test fails
-
-    assert errors_seen == []
-    assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
+    _, decoded = render_in_browser(browser, report, tmp_path / "report.png")
     assert len(decoded) == 2 + 39  # two plots; every item shown, one of them as a placeholder
-    assert all(width > 0 for width in decoded), f"{decoded.count(0)} of {len(decoded)} images did not decode"
-    image = Image.open(io.BytesIO(screenshot)).convert("RGB")
-    assert image.height > 900  # the whole page, not a blank first screen
-    assert len(image.getcolors(maxcolors=1 << 24)) > 200  # plots and thumbnails, not an empty page
 
 
 def test_thumbnails_of_images_behind_a_remote_root_are_shown(tmp_path):
