@@ -12,6 +12,21 @@ import jwt
 import requests
 
 KEY, SECRET = "key-123", "secret-456-0123456789abcdef0123456789"
+# The columns of a Parquet export of the service, as the docs' pandas snippets read them.
+PARQUET_COLUMNS = {
+    "media_id",
+    "media_type",
+    "file_name",
+    "file_path",
+    "file_size",
+    "height",
+    "width",
+    "uniqueness_score",
+    "url",
+    "cluster_id",
+    "image_filename",
+    "metadata_items",
+}
 
 
 def api(service, path: str) -> str:

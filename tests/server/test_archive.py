@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.server.helpers import (
+    PARQUET_COLUMNS,
     finished,
     items_of,
     open_zip,
@@ -48,20 +49,7 @@ def test_full_parquet_export_without_images(local_vl, dataset_root):
     with open_zip(local_vl, task) as zf:
         assert zf.namelist() == ["metadata.parquet"]
         table = pq.read_table(io.BytesIO(zf.read("metadata.parquet")))
-    assert set(table.column_names) == {
-        "media_id",
-        "media_type",
-        "file_name",
-        "file_path",
-        "file_size",
-        "height",
-        "width",
-        "uniqueness_score",
-        "url",
-        "cluster_id",
-        "image_filename",
-        "metadata_items",
-    }
+    assert set(table.column_names) == PARQUET_COLUMNS
     items = items_of(dataset_root)
     assert table.column("media_id").to_pylist() == [m["media_id"] for m in items]
     # Every file name of ds-ready is unique: each image keeps its own name in the flat folder.

@@ -10,27 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.server.helpers import api, poll
+from tests.server.helpers import PARQUET_COLUMNS, api, poll
 from tests.server.process import ServeProcess
 from vl_datasets import fetch_export
 from vl_datasets.api.client import Client
 from vl_datasets.testing import LocalVisualLayer, write_metadata_dataset
 
 N_ITEMS = 1_000_000
-COLUMNS = {
-    "media_id",
-    "media_type",
-    "file_name",
-    "file_path",
-    "file_size",
-    "height",
-    "width",
-    "uniqueness_score",
-    "url",
-    "cluster_id",
-    "image_filename",
-    "metadata_items",
-}
 # The service held every item as Python dicts before: about 3 GB per million items. Streamed, it
 # holds a record batch at a time (measured: about 0.5 GB at a million); the bound leaves room for
 # allocators and slower machines, and still fails if the items are ever held whole again.
@@ -69,7 +55,7 @@ def test_a_million_items_export_end_to_end_within_default_timeouts(million, inde
         assert serve.stop() == 0, serve.stderr
     table = pq.read_table(entry.metadata_path, columns=["media_id", "image_filename"])
     assert table.num_rows == N_ITEMS
-    assert set(pq.read_schema(entry.metadata_path).names) == COLUMNS
+    assert set(pq.read_schema(entry.metadata_path).names) == PARQUET_COLUMNS
     assert table.column("media_id").null_count == 0
     assert entry.task.entities_count == N_ITEMS
     assert peak < PEAK_RSS_BOUND_BYTES, f"the service peaked at {peak / 2**20:.0f} MiB serving {N_ITEMS:,} items"
