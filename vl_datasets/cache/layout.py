@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, out, indent=1, sort_keys=True)
         out.flush()
         os.fsync(out.fileno())
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or a folder, whichever ``path`` is (a link as a link: never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..errors import LockTimeoutError
 from ..locks import hold_lock
-from .layout import DERIVED_MANIFEST
-from .scan import CacheInfo, EntryInfo, NodeAreaInfo, PrunePolicy, PruneStrategy, Removal, remove_tree, walk_files
+from .layout import DERIVED_MANIFEST, remove_tree
+from .scan import CacheInfo, EntryInfo, NodeAreaInfo, PrunePolicy, PruneStrategy, Removal, walk_files
 from .store import CacheStore
 
 logger = logging.getLogger("vl_datasets")

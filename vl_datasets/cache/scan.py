@@ -16,7 +16,6 @@ identity may say how to count a partial store's items: ``{"count": {"what": "ima
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -330,14 +329,6 @@ def walk_files(root: Path) -> Iterator[os.DirEntry[str]]:
                 stack.append(entry.path)
             else:
                 yield entry
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a file or a folder, whichever ``path`` is."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 __all__ = [

@@ -50,6 +50,7 @@ from .layout import (
     derived_dir,
     mirror_root,
     read_json,
+    remove_tree,
     safe_name,
     write_json_atomic,
 )
@@ -411,10 +412,7 @@ class CacheStore:
         doomed = [p for p in self.leftovers(entry_dir) if not (keep_resumable and p.name in resumable)]
         for path in doomed:
             logger.info("Removing %s, left by an interrupted or finished build", path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            remove_tree(path)
         return doomed
 
     def _tag_root(self) -> None:
