@@ -387,8 +387,7 @@ def test_the_two_parts_of_a_dataset_work_on_their_own(tmp_path):
     assert ds.items.target(1) == ds[1][1] and ds.items.classes == ds.classes
     reader = ImageReader(
         ImageOptions(image_size=16),
-        paths=ds.items.paths,
-        media_ids=ds.items.table.column("media_id"),
+        items=ds.items,
         export_images=ds.export_dir / "images",
         entry=ds.entry,
         cache_dir=None,

@@ -43,6 +43,7 @@ from ..metadata.options import group_from, keyword_parameters, options_doc
 from ..metadata.read import find_metadata_file, read_metadata_file
 from .batches import BatchLayout, BatchRequest, LoadedBatch, SkippedSample
 from .image_reader import ImageOptions, ImageReader
+from .item_store import open_items
 from .loader import VLDataLoader, make_dataloader
 from .sources import with_source_paths
 
@@ -124,17 +125,10 @@ class VisualLayerDataset(Dataset):
     def _open(self, entry: LocalExport, options: _Options, cache_dir: str | os.PathLike | None) -> None:
         self.entry = entry  # the cache entry's exact version: what a checkpoint pins
         self.export_dir = entry.path
-        self.items = CuratedItems(
-            _load_rows(entry, own_root=options.images.images_root is not None),
-            options.curation,
-            options.targets,
-            missing_images=options.images.missing_images,
-            where=str(entry.path),
-        )
+        self.items = _curated_items(entry, options)
         self.images = ImageReader(
             options.images,
-            paths=self.items.paths,
-            media_ids=self.items.table.column("media_id"),
+            items=self.items,
             export_images=entry.path / "images",
             entry=entry,
             cache_dir=cache_dir,
@@ -160,7 +154,7 @@ class VisualLayerDataset(Dataset):
     @property
     def media_ids(self) -> list[str]:
         """The media id of each index."""
-        return self.table.column("media_id").to_pylist()
+        return self.items.column("media_id").to_pylist()
 
     @property
     def curation_rules(self) -> CurationRules:
@@ -404,6 +398,17 @@ def _options(given: dict[str, Any], caller: str) -> _Options:
     if given:
         raise TypeError(f"{caller}() got an unexpected keyword argument {next(iter(given))!r}")
     return _Options(**groups)
+
+
+def _curated_items(entry: LocalExport, options: _Options) -> CuratedItems:
+    """The dataset's items: from the list the cache keeps for these options (``item_store``), or,
+    for an export the cache holds no index of, curated from its metadata now."""
+    own_root, missing = options.images.images_root is not None, options.images.missing_images
+    index = read_index(entry.index_path) if entry.index_path is not None else None
+    if index is not None:
+        return open_items(entry, index, options.curation, options.targets, missing_images=missing, own_root=own_root)
+    rows = _load_rows(entry, own_root=own_root)
+    return CuratedItems(rows, options.curation, options.targets, missing_images=missing, where=str(entry.path))
 
 
 def _load_rows(entry: LocalExport, *, own_root: bool) -> pa.Table:

@@ -1,6 +1,6 @@
 """The image side of a dataset: where each item's image comes from, and how it becomes pixels.
 
-``ImageReader(options, paths=..., media_ids=..., export_images=..., entry=..., cache_dir=...)``
+``ImageReader(options, items=..., export_images=..., entry=..., cache_dir=...)``
 holds the source chain (the export's own images or an ``images_root``, a node-local copy, the
 prepared-image store in front: ``sources.py``, ``prepared_source.py``), the reads in flight and
 ahead (``reads.py``), decoding and resizing (``images.py``), and the error policy: an unreadable
@@ -18,7 +18,7 @@ from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 import numpy as np
 import PIL.Image
@@ -124,22 +124,35 @@ class ImageOptions:
         return 3, height, width
 
 
+class ItemPaths(Protocol):
+    """What a reader needs of the items (a ``CuratedItems``): each one's image path and media id."""
+
+    paths: pa.Array | pa.ChunkedArray
+
+    def __len__(self) -> int: ...
+
+    def image_file(self, index: int) -> str: ...
+
+    def media_id(self, index: int) -> str: ...
+
+    def column(self, name: str) -> pa.ChunkedArray: ...
+
+
 class ImageReader:
-    """The images of ``paths`` (relative to the images' root; ``media_ids`` name them in errors),
+    """The images of ``items`` (their paths are relative to the images' root; media ids name them in errors),
     read and decoded as ``options`` say (see the module)."""
 
     def __init__(
         self,
         options: ImageOptions,
         *,
-        paths: pa.Array,
-        media_ids: pa.Array | pa.ChunkedArray,
+        items: ItemPaths,
         export_images: Path,
         entry: LocalExport,
         cache_dir: str | os.PathLike | None,
     ) -> None:
         self.options = options
-        self.paths, self.media_ids = paths, media_ids
+        self.items = items
         # Only whether images come from a root of their own: the root itself may carry a credential.
         self.own_root = options.images_root is not None
         self._originals: ImageSource = open_source(
@@ -164,13 +177,18 @@ class ImageReader:
 
     def __repr__(self) -> str:
         root = f", images_root={self.root!r}" if self.own_root else ""
-        return f"{type(self).__name__}(images={len(self.paths)}{root}, image_size={self.options.image_size!r})"
+        return f"{type(self).__name__}(images={len(self.items)}{root}, image_size={self.options.image_size!r})"
+
+    @property
+    def paths(self) -> pa.Array | pa.ChunkedArray:
+        """Each item's image path, relative to the images' root."""
+        return self.items.paths
 
     # -- where images are -----------------------------------------------------------------------
 
     def location(self, index: int) -> str:
         """Where the image of ``index`` is: a path, or a URL without credentials or query string."""
-        return self._source.location(self.paths[index].as_py())
+        return self._source.location(self.items.image_file(index))
 
     def locations(self, files: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
         """The locations of image ``files`` (relative paths; null stays null), for tables."""
@@ -239,14 +257,14 @@ class ImageReader:
 
     def read(self, index: int) -> ReadData:
         """The bytes of ``index``'s image, or its pixels from the prepared store."""
-        return self._source.read(self.paths[index].as_py())
+        return self._source.read(self.items.image_file(index))
 
     def decoded(self, index: int, data: ReadData) -> Any:
         """``data`` of ``index`` as the image ``options`` ask for (or what ``on_error`` makes of a failure)."""
         size = self.options.image_size
         if isinstance(data, np.ndarray):  # pixels from the prepared store: nothing to decode
             return prepared_image(data, self.options.decode, size)
-        media_id, path = self.media_ids[index].as_py(), self.location(index)
+        media_id, path = self.items.media_id(index), self.location(index)
         try:
             if self.options.decode == "pil":
                 image = images.decode_pil(data, media_id=media_id, path=path)
@@ -265,7 +283,7 @@ class ImageReader:
         their store is read instead)."""
         if isinstance(self._source, PreparedSource):
             return None
-        return local_copy(self._source, self.paths[index].as_py())
+        return local_copy(self._source, self.items.image_file(index))
 
     def _image(self, index: int, read: Future) -> Any:
         """The decoded image of a read started earlier (or what ``on_error`` makes of its failure)."""
@@ -283,7 +301,7 @@ class ImageReader:
         Called outside the ``except`` block that caught ``exc``: raised there, the error would carry
         ``exc`` as its ``__context__`` (``from None`` only hides it from tracebacks), and ``exc`` may
         hold a URL's query string or user info that error trackers would then record."""
-        media_id, path = self.media_ids[index].as_py(), self.paths[index].as_py()
+        media_id, path = self.items.media_id(index), self.items.image_file(index)
         error = image_error(exc, media_id=media_id, source=self._originals, path=path)
         del exc
         if self.options.on_error == "raise":
@@ -303,8 +321,8 @@ class ImageReader:
 
         return prepare_images(
             self._source,
-            self.paths,
-            self.media_ids,
+            self.items.paths,
+            self.items.column("media_id"),
             on_error=self.options.on_error,
             num_workers=num_workers,
             progress=progress,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from ..errors import ConfigurationError, CurationError, ImageNotFoundError, SchemaError
 from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
 from .index import IMAGE_COLUMN
+from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
 from .targets import (
     INVALID_LABEL_CHOICES,
@@ -78,7 +79,11 @@ def check_missing_images(missing_images: str) -> None:
 class CuratedItems:
     """The rows a dataset holds, one per index, with their image paths and targets (see the module).
 
-    ``where`` names the export in the error raised when no item is left.
+    It keeps the export's rows (``rows``, the index: memory-mapped when it comes from the cache) and,
+    per item, its row there, its image path and its target; ``table`` takes the items' rows out of
+    the index only when asked. ``where`` names the export in the error raised when no item is left.
+    ``from_list`` opens a list written earlier (``item_list``): no curation runs, and a list that
+    came from files pickles as those files' paths, so a spawned worker maps them instead of copying.
     """
 
     def __init__(
@@ -91,41 +96,120 @@ class CuratedItems:
         where: str = "the export",
     ) -> None:
         check_missing_images(missing_images)
-        self.rules, self.options = curation, targets
         kept, summary = curate(rows, curation)
-        table = rows.take(pa.array(kept)) if len(kept) < len(rows) else rows  # a take copies every column
-        table, summary = _require_images(table, missing_images, summary)
-        table, summary = self._build_targets(table, summary)
-        if len(table) == 0:
+        paths = rows.column(IMAGE_COLUMN).take(pa.array(kept)).combine_chunks()
+        kept, paths, summary = _require_images(rows, kept, paths, missing_images, summary)
+        keep, target_values, classes, summary = _build_targets(rows, kept, curation.label_source, targets, summary)
+        if keep is not None:
+            kept, paths = kept[keep], paths.filter(pa.array(keep))
+        if len(kept) == 0:
             raise CurationError(f"No item is left to load from {where}: {summary.removed_by}")
-        self.paths = table.column(IMAGE_COLUMN).combine_chunks()
-        self.table = table.drop_columns([IMAGE_COLUMN])
-        self.summary = summary
-        self._fingerprint: str | None = None  # computed when first asked for
+        self._rows_table = rows
+        self._set(
+            ItemList(
+                rows=kept,
+                paths=paths,
+                targets=target_values,
+                classes=classes,
+                summary=summary,
+                fingerprint=fingerprint_ids(rows.column("media_id").take(pa.array(kept))),
+                index_rows=len(rows),
+            ),
+            curation,
+            targets,
+        )
 
-    def _build_targets(self, table: pa.Table, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
-        task, source = self.options.task, self.rules.label_source
-        self.classes: list[str] = []
-        self._targets: np.ndarray | pa.ListArray | None = None
-        if task in ("classification", "multilabel"):
-            names = distinct_labels(table, source)
-            # Classification draws its classes from the items it can use: those with one label.
-            usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
-            self.classes = resolve_classes(pc.list_flatten(usable), self.options.classes)
-            if task == "multilabel":
-                self._targets = multilabel_indices(names, self.classes)
-                return table, summary
-            index, keep = classification_targets(table, names, self.classes, self.options.invalid_labels)
-            if not keep.all():
-                table = table.filter(pa.array(keep))
-                summary = _count(summary, "invalid_labels", int((~keep).sum()))
-            self._targets = index[keep]
-        elif task == "detection":
-            self.classes = resolve_classes(object_labels(table, source), self.options.classes)
-        return table, summary
+    @classmethod
+    def from_list(
+        cls,
+        rows: pa.Table,
+        items: ItemList,
+        curation: CurationRules,
+        targets: TargetOptions,
+        *,
+        files: ItemFiles | None = None,
+    ) -> CuratedItems:
+        """The items of a list written earlier (``item_list.read_item_list``) over the index ``rows``
+        it was made from; ``files`` (where both are) make it pickle as paths."""
+        self = cls.__new__(cls)
+        self._rows_table = rows
+        self._set(items, curation, targets)
+        self._files = files
+        return self
+
+    def _set(self, items: ItemList, curation: CurationRules | None, targets: TargetOptions) -> None:
+        self._rules, self.options = curation, targets
+        self.list = items
+        self._label_source = curation.label_source if curation is not None else None
+        self._rules_without_subset: CurationRules | None = None
+        self.rows, self.paths, self._targets = items.rows, items.paths, items.targets
+        self.classes, self.summary = items.classes, items.summary
+        self._index = (
+            self._rows_table.drop_columns([IMAGE_COLUMN])
+            if IMAGE_COLUMN in self._rows_table.column_names
+            else self._rows_table
+        )
+        self._columns: dict[str, pa.ChunkedArray] = {}
+        self._table: pa.Table | None = None
+        self._files: ItemFiles | None = None
+
+    @property
+    def rules(self) -> CurationRules:
+        """The curation rules these items were chosen by."""
+        if self._rules is None:  # unpickled without its subset ids: read back from the list's folder
+            assert self._files is not None and self._rules_without_subset is not None
+            self._rules = replace(self._rules_without_subset, subset=self._files.read_subset())
+        return self._rules
+
+    # Pickled (for a spawned DataLoader worker), a list from files is their paths and the options:
+    # the worker maps the same files, and its memory does not grow with the number of items. The
+    # ids of ``subset=`` (millions, for a part of a split) stay on disk until someone asks for them.
+    def __getstate__(self) -> dict[str, Any]:
+        if self._files is None:
+            return {"rows_table": self._rows_table, "list": self.list, "rules": self.rules, "options": self.options}
+        rules = self._rules or self._rules_without_subset
+        assert rules is not None
+        kept_subset = rules.subset is not None
+        return {
+            "files": self._files,
+            "rules": replace(rules, subset=None) if kept_subset else rules,
+            "subset_on_disk": kept_subset,
+            "options": self.options,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        files: ItemFiles | None = state.get("files")
+        if files is None:
+            self._rows_table = state["rows_table"]
+            self._set(state["list"], state["rules"], state["options"])
+            return
+        self._rows_table, items = files.open()
+        on_disk = state["subset_on_disk"]
+        self._set(items, None if on_disk else state["rules"], state["options"])
+        self._files, self._rules_without_subset = files, state["rules"] if on_disk else None
+        self._label_source = state["rules"].label_source
+
+    @property
+    def table(self) -> pa.Table:
+        """The items' rows of the normalized metadata, in index order (taken from the index when
+        first asked for: at millions of items, ask for ``column`` instead where one column will do)."""
+        if self._table is None:
+            self._table = self._index.take(pa.array(self.rows))
+        return self._table
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column of ``table``, taken from the index alone."""
+        if self._table is not None:
+            return self._table.column(name)
+        return self._index.column(name).take(pa.array(self.rows))
+
+    def _index_column(self, name: str) -> pa.ChunkedArray:
+        if name not in self._columns:
+            self._columns[name] = self._index.column(name)
+        return self._columns[name]
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.rows)
 
     def __repr__(self) -> str:
         classes = f", classes={len(self.classes)}" if self.classes else ""
@@ -138,7 +222,7 @@ class CuratedItems:
 
     def media_id(self, index: int) -> str:
         """The media id of ``index``."""
-        return self.table.column("media_id")[index].as_py()
+        return self._index_column("media_id")[int(self.rows[index])].as_py()
 
     def image_file(self, index: int) -> str:
         """Where ``index``'s image is, relative to the images' root."""
@@ -146,7 +230,8 @@ class CuratedItems:
 
     def original_size(self, index: int) -> tuple[int | None, int | None]:
         """(width, height) of ``index``'s image as the metadata gives it (None where it does not)."""
-        return self.table.column("width")[index].as_py(), self.table.column("height")[index].as_py()
+        row = int(self.rows[index])
+        return self._index_column("width")[row].as_py(), self._index_column("height")[row].as_py()
 
     def target(self, index: int) -> Any:
         """The target of ``index`` in plain values: a class index (classification), the class
@@ -156,7 +241,7 @@ class CuratedItems:
         if task == "detection":
             return self._detection_target(index)
         if task is None:
-            return self.table.slice(index, 1).to_pylist()[0]
+            return self._index.slice(int(self.rows[index]), 1).to_pylist()[0]
         assert self._targets is not None  # built for classification and multilabel
         if task == "classification":
             return int(self._targets[index])
@@ -164,11 +249,11 @@ class CuratedItems:
 
     def _detection_target(self, index: int) -> dict[str, Any]:
         class_to_idx = self.class_to_idx
-        sources = label_sources(self.rules.label_source)
+        sources = label_sources(self._label_source)
         chosen = None if sources is None else set(sources)
         drop = self.options.object_drop_issues or {}
         boxes, labels = [], []
-        for obj in self.table.column("objects")[index].as_py():
+        for obj in self._index_column("objects")[int(self.rows[index])].as_py():
             if chosen is not None and obj.get("source") not in chosen:
                 continue
             if obj.get("category_name") not in class_to_idx or _has_issue(obj, drop):
@@ -203,24 +288,23 @@ class CuratedItems:
     def fingerprint(self) -> str:
         """A hash of the item list (the media ids in index order): what a loader state pins, so
         that it is never loaded into a dataset whose indices mean other items."""
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint_ids(self.table.column("media_id"))
-        return self._fingerprint
+        return self.list.fingerprint
 
     def curation_summary(self) -> CurationSummary:
         """How many items each curation rule removed."""
         return self.summary
 
     def curation_details(self, rows: pa.Table) -> pa.Table:
-        """Every one of ``rows`` (the export's, as given to the constructor), kept or not, with
+        """Every one of ``rows`` (the export's index, as given to the constructor), kept or not, with
         ``removed_by``: the first rule that removed it, or null when it is held here. The image
         path column is kept, for the caller to turn into locations."""
         reasons = removal_reasons(rows, self.rules)
-        kept = pc.is_in(rows.column("media_id"), value_set=self.table.column("media_id"))
+        held = np.zeros(len(rows), dtype=bool)
+        held[self.rows] = True
         # What curation kept but this does not hold went at a later step: no image, or not a
         # usable label for the task (the summary names which of these ran).
         later = pc.if_else(pc.is_valid(rows.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
-        reasons = pc.if_else(kept, pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
+        reasons = pc.if_else(pa.array(held), pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
         return rows.append_column("removed_by", reasons)
 
 
@@ -252,19 +336,47 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
     )
 
 
-def _require_images(table: pa.Table, missing_images: str, summary: CurationSummary) -> tuple[pa.Table, CurationSummary]:
-    """Rows whose image is missing: an error naming one, or dropped and counted."""
-    present = pc.is_valid(table.column(IMAGE_COLUMN))
-    missing = len(table) - (pc.sum(present).as_py() or 0)
+def _require_images(
+    rows: pa.Table, kept: np.ndarray, paths: pa.Array, missing_images: str, summary: CurationSummary
+) -> tuple[np.ndarray, pa.Array, CurationSummary]:
+    """Kept rows whose image is missing: an error naming one, or dropped and counted."""
+    present = pc.is_valid(paths)
+    missing = len(paths) - (pc.sum(present).as_py() or 0)
     if not missing:
-        return table, summary
+        return kept, paths, summary
     if missing_images == "raise":
-        row = pc.index(present, False).as_py()
-        media_id = table.column("media_id")[row].as_py()
+        row = int(kept[pc.index(present, False).as_py()])
+        media_id = rows.column("media_id")[row].as_py()
         raise ImageNotFoundError(
             f"No image in the export for media_id {media_id!r} (file_path "
-            f"{table.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
+            f"{rows.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
             "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
             media_id=media_id,
         )
-    return table.filter(present), _count(summary, "missing_images", missing)
+    mask = present.to_numpy(zero_copy_only=False)
+    return kept[mask], paths.filter(present), _count(summary, "missing_images", missing)
+
+
+def _build_targets(
+    rows: pa.Table, kept: np.ndarray, label_source: Any, options: TargetOptions, summary: CurationSummary
+) -> tuple[np.ndarray | None, np.ndarray | pa.ListArray | None, list[str], CurationSummary]:
+    """(which of the ``kept`` rows stay, or None for all; their targets; the classes; the summary)
+    for the task: classification drops (or refuses) rows without one usable label. Only the
+    columns the task reads are taken from the index."""
+    task = options.task
+    if task not in ("classification", "multilabel", "detection"):
+        return None, None, [], summary
+    needed = ["media_id", "objects" if task == "detection" else "labels"]
+    table = rows.select(needed).take(pa.array(kept))
+    if task == "detection":
+        return None, None, resolve_classes(object_labels(table, label_source), options.classes), summary
+    names = distinct_labels(table, label_source)
+    # Classification draws its classes from the items it can use: those with one label.
+    usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
+    classes = resolve_classes(pc.list_flatten(usable), options.classes)
+    if task == "multilabel":
+        return None, multilabel_indices(names, classes), classes, summary
+    index, keep = classification_targets(table, names, classes, options.invalid_labels)
+    if not keep.all():
+        summary = _count(summary, "invalid_labels", int((~keep).sum()))
+    return (None if keep.all() else keep), index[keep], classes, summary

@@ -1,0 +1,91 @@
+"""The curated item list in the cache: built once per curation, then mapped by every process.
+
+A dataset's items (which rows of the export, their image paths, their targets) are written into
+the cache entry beside the index, as a derived store of kind ``items`` keyed by everything that
+decides them (``item_list.list_settings``). The first open curates and writes; every later open,
+on any rank, and every spawned DataLoader worker maps the file: no curation, no copy, and a
+pickled dataset is the files' paths. Ranks opening at once wait on a lock for the one that builds.
+
+A cache it cannot write to (read-only, full) costs each open a curation in memory, with a
+warning; the items are the same either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+
+from ..cache.layout import DERIVED_IDENTITY, DERIVED_MANIFEST, LOCK, derived_dir, write_json_atomic
+from ..cache.store import LocalExport
+from ..locks import hold_lock
+from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
+from ..metadata.curation import CurationRules
+from ..metadata.item_list import LIST_FILE, ItemFiles, list_settings, read_item_list, settings_digest, write_item_list
+from .sources import with_source_paths
+
+logger = logging.getLogger("vl_datasets")
+
+KIND = "items"
+BUILD_LOCK_TIMEOUT_S = 3600.0  # curating 100M items takes minutes: the other ranks must outlast it
+
+
+def open_items(
+    entry: LocalExport,
+    index: pa.Table,
+    rules: CurationRules,
+    targets: TargetOptions,
+    *,
+    missing_images: MissingImages,
+    own_root: bool,
+) -> CuratedItems:
+    """The curated items of ``entry`` (whose index, memory-mapped, is ``index``): the list in the
+    cache when there is one for these settings, else curated now and written there."""
+    assert entry.index_path is not None
+    settings = list_settings(
+        rules, targets.task, targets.classes, targets.invalid_labels, missing_images, own_root=own_root
+    )
+    files = ItemFiles(entry.index_path, derived_dir(entry, KIND, settings_digest(settings)))
+
+    def curated() -> CuratedItems:
+        rows = with_source_paths(index) if own_root else index
+        return CuratedItems(rows, rules, targets, missing_images=missing_images, where=str(entry.path))
+
+    found = _opened(files, index, rules, targets)
+    if found is not None:
+        return found
+    try:
+        files.folder.mkdir(parents=True, exist_ok=True)
+        identity = {"version": entry.version, "settings": settings, "count": {"what": KIND}}
+        write_json_atomic(files.folder / DERIVED_IDENTITY, identity)
+    except OSError as exc:
+        logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
+        return curated()
+    with hold_lock(files.folder / LOCK, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
+        found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
+        if found is not None:
+            return found
+        items = curated()
+        try:
+            _write(files, items)
+        except OSError as exc:
+            logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
+            return items
+    # The built copy is dropped for the map: this process then shares its pages with every other.
+    return _opened(files, index, rules, targets) or items
+
+
+def _opened(files: ItemFiles, index: pa.Table, rules: CurationRules, targets: TargetOptions) -> CuratedItems | None:
+    if not (files.folder / DERIVED_MANIFEST).is_file():
+        return None
+    items = read_item_list(files.folder / LIST_FILE, index_rows=len(index))
+    return None if items is None else CuratedItems.from_list(index, items, rules, targets, files=files)
+
+
+def _write(files: ItemFiles, items: CuratedItems) -> None:
+    """The list, the subset ids it was chosen from, then the manifest that says it is complete."""
+    if items.rules.subset is not None:
+        files.write_subset(items.rules.subset)
+    write_item_list(items.list, files.folder / LIST_FILE)
+    write_json_atomic(files.folder / DERIVED_MANIFEST, {KIND: len(items), "created_at": time.time()})
