@@ -128,7 +128,7 @@ def main() -> None:
             )
 
         everything = dataset(task=None)
-        parts = leakage_safe_split(everything.table, FRACTIONS, seed=args.seed)
+        parts = leakage_safe_split(everything, FRACTIONS, seed=args.seed)
         curation = {
             "min_uniqueness": args.min_uniqueness,
             "keep_unscored": True,

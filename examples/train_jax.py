@@ -89,7 +89,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as cache:  # the export's index; nothing is written beside it
         everything = VisualLayerDataset.from_export(args.export, task=None, cache_dir=cache)
-        parts = leakage_safe_split(everything.table, {"train": 0.8, "test": 0.2}, seed=args.seed)
+        parts = leakage_safe_split(everything, {"train": 0.8, "test": 0.2}, seed=args.seed)
 
         def part(name: str, **options) -> VisualLayerDataset:
             curation = dataclasses.replace(rules, subset=parts[name])

@@ -89,7 +89,7 @@ class VLDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         everything = self._open(task=None)
-        parts = leakage_safe_split(everything.table, self.split, seed=self.hparams["split_seed"])
+        parts = leakage_safe_split(everything, self.split, seed=self.hparams["split_seed"])
         train = self._open(curation=dataclasses.replace(self.rules, subset=parts["train"]))
         self.datasets["train"] = train
         for name in (name for name in ("val", "test") if name in parts):

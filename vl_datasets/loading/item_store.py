@@ -23,7 +23,7 @@ from ..locks import hold_lock
 from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
 from ..metadata.item_list import LIST_FILE, ItemFiles, list_settings, read_item_list, settings_digest, write_item_list
-from .sources import with_source_paths
+from .sources import source_paths
 
 logger = logging.getLogger("vl_datasets")
 
@@ -49,8 +49,10 @@ def open_items(
     files = ItemFiles(entry.index_path, derived_dir(entry, KIND, settings_digest(settings)))
 
     def curated() -> CuratedItems:
-        rows = with_source_paths(index) if own_root else index
-        return CuratedItems(rows, rules, targets, missing_images=missing_images, where=str(entry.path))
+        paths = source_paths if own_root else None
+        return CuratedItems(
+            index, rules, targets, missing_images=missing_images, where=str(entry.path), paths_from_file_path=paths
+        )
 
     found = _opened(files, index, rules, targets)
     if found is not None:

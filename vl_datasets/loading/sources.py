@@ -325,13 +325,18 @@ def with_source_paths(table: pa.Table) -> pa.Table:
     A ``file_path`` that ``object_path`` would refuse (one that could leave the root) is no image
     there either: its row is named by ``missing_images``, and nothing is ever asked for it.
     """
-    path = pc.replace_substring(table.column("file_path"), "\\", "/")
-    path = pc.utf8_ltrim(path, characters="/")
-    outside = pc.match_substring_regex(path, OUTSIDE_ROOT)
-    path = pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
+    path = source_paths(table.column("file_path"))
     if IMAGE_COLUMN in table.column_names:
         return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
     return table.append_column(IMAGE_COLUMN, path)
+
+
+def source_paths(file_paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The image path under an images_root of each ``file_path`` (see ``with_source_paths``)."""
+    path = pc.replace_substring(file_paths, "\\", "/")
+    path = pc.utf8_ltrim(path, characters="/")
+    outside = pc.match_substring_regex(path, OUTSIDE_ROOT)
+    return pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
 
 
 def object_path(root: str, path: str, *, protocol: str) -> str:

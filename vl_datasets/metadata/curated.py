@@ -12,7 +12,7 @@ targets into tensors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -25,6 +25,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
+from .row_batches import row_slices
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -38,6 +39,7 @@ from .targets import (
 Task = Literal["classification", "multilabel", "detection", None]
 InvalidLabels = Literal["raise", "drop"]
 MissingImages = Literal["raise", "drop"]
+FINGERPRINT_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ class CuratedItems:
     It keeps the export's rows (``rows``, the index: memory-mapped when it comes from the cache) and,
     per item, its row there, its image path and its target; ``table`` takes the items' rows out of
     the index only when asked. ``where`` names the export in the error raised when no item is left.
-    ``from_list`` opens a list written earlier (``item_list``): no curation runs, and a list that
-    came from files pickles as those files' paths, so a spawned worker maps them instead of copying.
+    ``paths_from_file_path`` makes the image paths of the kept rows' ``file_path`` instead of
+    taking the index's (images under a root of their own). ``from_list`` opens a list written
+    earlier (``item_list``): no curation runs, and a list that came from files pickles as those
+    files' paths, so a spawned worker maps them instead of copying.
     """
 
     def __init__(
@@ -94,12 +98,13 @@ class CuratedItems:
         *,
         missing_images: MissingImages = "raise",
         where: str = "the export",
+        paths_from_file_path: Callable[[pa.ChunkedArray], pa.ChunkedArray | pa.Array] | None = None,
     ) -> None:
         check_missing_images(missing_images)
         kept, summary = curate(rows, curation)
-        paths = rows.column(IMAGE_COLUMN).take(pa.array(kept)).combine_chunks()
-        kept, paths, summary = _require_images(rows, kept, paths, missing_images, summary)
-        keep, target_values, classes, summary = _build_targets(rows, kept, curation.label_source, targets, summary)
+        found = _gather(rows, kept, targets.task, curation.label_source, paths_from_file_path)
+        kept, paths, summary = _require_images(rows, found, missing_images, summary)
+        keep, target_values, classes, summary = _build_targets(rows, kept, found, targets, summary)
         if keep is not None:
             kept, paths = kept[keep], paths.filter(pa.array(keep))
         if len(kept) == 0:
@@ -112,7 +117,7 @@ class CuratedItems:
                 targets=target_values,
                 classes=classes,
                 summary=summary,
-                fingerprint=fingerprint_ids(rows.column("media_id").take(pa.array(kept))),
+                fingerprint=fingerprint_rows(rows.column("media_id"), kept),
                 index_rows=len(rows),
             ),
             curation,
@@ -202,6 +207,13 @@ class CuratedItems:
         if self._table is not None:
             return self._table.column(name)
         return self._index.column(name).take(pa.array(self.rows))
+
+    def columns(self, names: Iterable[str]) -> pa.Table:
+        """Those of the ``names`` the metadata has, as a table of the items' rows, taken from the index alone."""
+        present = [name for name in names if name in self._index.column_names]
+        if self._table is not None:
+            return self._table.select(present)
+        return self._index.select(present).take(pa.array(self.rows))
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:
@@ -311,8 +323,20 @@ class CuratedItems:
 def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
     """A hash of ``ids`` (strings) in order, the same however the column is chunked: what pins an
     item list. Hashes the Arrow buffers, ~1 ms per 100,000 ids, with no Python string per id."""
+    return _fingerprint_chunks(ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids], len(ids))
+
+
+def fingerprint_rows(ids: pa.ChunkedArray, rows: np.ndarray) -> str:
+    """``fingerprint_ids`` of ``ids.take(rows)``, taken a slice at a time: at 100M items the whole
+    column of ids would be gigabytes."""
+    slices = (
+        ids.take(pa.array(rows[start : start + FINGERPRINT_SLICE])) for start in range(0, len(rows), FINGERPRINT_SLICE)
+    )
+    return _fingerprint_chunks((chunk for taken in slices for chunk in taken.chunks), len(rows))
+
+
+def _fingerprint_chunks(chunks: Iterable[pa.Array], count: int) -> str:
     lengths, data = hashlib.sha256(), hashlib.sha256()
-    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
     for chunk in chunks:
         chunk = chunk.cast(pa.large_string())
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
@@ -320,7 +344,7 @@ def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
         offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8")[chunk.offset : chunk.offset + len(chunk) + 1]
         if len(chunk) and offsets[-1] > offsets[0]:
             data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
-    return hashlib.sha256(f"{len(ids)}:".encode() + lengths.digest() + data.digest()).hexdigest()
+    return hashlib.sha256(f"{count}:".encode() + lengths.digest() + data.digest()).hexdigest()
 
 
 def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary:
@@ -336,47 +360,96 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Gathered:
+    """What the kept rows with an image hold, gathered a slice of the index at a time: their rows,
+    image paths, and what the task's targets are made of (distinct label names per row, or the
+    names of the objects); ``missing`` kept rows had no image, the first of them ``first_missing``."""
+
+    kept: np.ndarray
+    paths: pa.Array
+    label_names: pa.ListArray | None
+    object_names: pa.Array | None
+    missing: int
+    first_missing: int | None
+
+
+def _gather(
+    rows: pa.Table, kept: np.ndarray, task: str | None, label_source: Any, paths_from_file_path: Any
+) -> _Gathered:
+    path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
+    target_column = {"classification": "labels", "multilabel": "labels", "detection": "objects"}.get(task or "")
+    columns = [path_column] + ([target_column] if target_column else [])
+    with_image, paths, names, objects = [], [], [], []
+    missing, first_missing = 0, None
+    for offset, part in row_slices(rows, columns):
+        lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
+        taken = part.take(pa.array(kept[lo:hi] - offset))
+        found = taken.column(path_column)
+        # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
+        found = (found if paths_from_file_path is None else paths_from_file_path(found)).combine_chunks()
+        present = pc.is_valid(found).to_numpy(zero_copy_only=False)
+        if not present.all():
+            missing += int((~present).sum())
+            first_missing = first_missing if first_missing is not None else int(kept[lo:hi][~present][0])
+            taken, found = taken.filter(pa.array(present)), found.filter(pa.array(present))
+        with_image.append(kept[lo:hi][present])
+        paths.append(found)
+        if target_column == "labels":
+            names.append(distinct_labels(taken, label_source))
+        elif target_column == "objects":
+            objects.append(pc.unique(object_labels(taken, label_source)))
+    return _Gathered(
+        kept=np.concatenate(with_image) if with_image else kept[:0],
+        paths=pa.concat_arrays(paths) if paths else pa.array([], pa.string()),
+        label_names=pa.concat_arrays(names) if names else None,
+        object_names=pa.concat_arrays(objects).unique() if objects else None,
+        missing=missing,
+        first_missing=first_missing,
+    )
+
+
 def _require_images(
-    rows: pa.Table, kept: np.ndarray, paths: pa.Array, missing_images: str, summary: CurationSummary
+    rows: pa.Table, found: _Gathered, missing_images: str, summary: CurationSummary
 ) -> tuple[np.ndarray, pa.Array, CurationSummary]:
-    """Kept rows whose image is missing: an error naming one, or dropped and counted."""
-    present = pc.is_valid(paths)
-    missing = len(paths) - (pc.sum(present).as_py() or 0)
-    if not missing:
-        return kept, paths, summary
+    """The kept rows with an image and their paths: an error naming a row without one, or those
+    dropped and counted."""
+    if not found.missing:
+        return found.kept, found.paths, summary
     if missing_images == "raise":
-        row = int(kept[pc.index(present, False).as_py()])
+        row = found.first_missing
         media_id = rows.column("media_id")[row].as_py()
         raise ImageNotFoundError(
             f"No image in the export for media_id {media_id!r} (file_path "
-            f"{rows.column('file_path')[row].as_py()!r}); {missing:,} item(s) have none. Export with "
+            f"{rows.column('file_path')[row].as_py()!r}); {found.missing:,} item(s) have none. Export with "
             "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
             media_id=media_id,
         )
-    mask = present.to_numpy(zero_copy_only=False)
-    return kept[mask], paths.filter(present), _count(summary, "missing_images", missing)
+    return found.kept, found.paths, _count(summary, "missing_images", found.missing)
 
 
 def _build_targets(
-    rows: pa.Table, kept: np.ndarray, label_source: Any, options: TargetOptions, summary: CurationSummary
+    rows: pa.Table, kept: np.ndarray, found: _Gathered, options: TargetOptions, summary: CurationSummary
 ) -> tuple[np.ndarray | None, np.ndarray | pa.ListArray | None, list[str], CurationSummary]:
     """(which of the ``kept`` rows stay, or None for all; their targets; the classes; the summary)
-    for the task: classification drops (or refuses) rows without one usable label. Only the
-    columns the task reads are taken from the index."""
+    for the task: classification drops (or refuses) rows without one usable label."""
     task = options.task
-    if task not in ("classification", "multilabel", "detection"):
-        return None, None, [], summary
-    needed = ["media_id", "objects" if task == "detection" else "labels"]
-    table = rows.select(needed).take(pa.array(kept))
     if task == "detection":
-        return None, None, resolve_classes(object_labels(table, label_source), options.classes), summary
-    names = distinct_labels(table, label_source)
+        assert found.object_names is not None
+        return None, None, resolve_classes(found.object_names, options.classes), summary
+    if task not in ("classification", "multilabel"):
+        return None, None, [], summary
+    names = found.label_names
+    assert names is not None
     # Classification draws its classes from the items it can use: those with one label.
     usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
     classes = resolve_classes(pc.list_flatten(usable), options.classes)
     if task == "multilabel":
         return None, multilabel_indices(names, classes), classes, summary
-    index, keep = classification_targets(table, names, classes, options.invalid_labels)
+    media_ids = rows.column("media_id")
+    index, keep = classification_targets(
+        names, classes, options.invalid_labels, lambda row: media_ids[int(kept[row])].as_py()
+    )
     if not keep.all():
         summary = _count(summary, "invalid_labels", int((~keep).sum()))
     return (None if keep.all() else keep), index[keep], classes, summary

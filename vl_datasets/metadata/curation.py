@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, CurationError
 from .options import doc
+from .row_batches import row_slices
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,13 @@ def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     wanted = pa.array(sorted(rules.labels or ()), pa.string())
-    names = selected_labels(table, rules.label_source)
-    parents = pc.list_parent_indices(names)
-    hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
-    return _row_mask_from_parents(parents.filter(hits), len(table))
+    masks = []
+    for _, part in row_slices(table, ["labels"]):
+        names = selected_labels(part, rules.label_source)
+        parents = pc.list_parent_indices(names)
+        hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
+        masks.append(_row_mask_from_parents(parents.filter(hits), len(part)))
+    return np.concatenate(masks)
 
 
 def _uniqueness_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
@@ -271,9 +275,20 @@ KNOWN_ISSUE_TYPES = frozenset({"duplicates", "outliers", "blur", "dark", "bright
 
 
 def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    flat, parents = flat_issues(table)
-    present = set(pc.unique(flat.field("issue_type")).to_pylist()) - {None}
     drop_issues = rules.drop_issues or {}
+    present: set[str] = set()
+    mask = np.ones(len(table), dtype=bool)
+    for offset, part in row_slices(table, ["issues"]):
+        flat, parents = flat_issues(part)
+        present |= set(pc.unique(flat.field("issue_type")).to_pylist()) - {None}
+        doomed = np.zeros(len(flat), dtype=bool)
+        for issue_type, threshold in drop_issues.items():
+            hit = pc.and_(
+                pc.equal(flat.field("issue_type"), issue_type),
+                pc.greater_equal(flat.field("confidence"), float(threshold)),
+            )
+            doomed |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+        mask[offset + parents[doomed]] = False
     for issue_type in drop_issues:
         # A typo ("duplicate") would otherwise remove nothing without a word.
         if issue_type not in present | KNOWN_ISSUE_TYPES:
@@ -281,23 +296,41 @@ def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
                 f"drop_issues names an unknown issue type {issue_type!r}; this export has "
                 f"{sorted(present) or 'no issues'}."
             )
-    doomed = np.zeros(len(flat), dtype=bool)
-    for issue_type, threshold in drop_issues.items():
-        hit = pc.and_(
-            pc.equal(flat.field("issue_type"), issue_type), pc.greater_equal(flat.field("confidence"), float(threshold))
-        )
-        doomed |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
-    mask = np.ones(len(table), dtype=bool)
-    mask[parents[doomed]] = False
     return mask
 
 
 def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.ndarray:
     """Keep the most unique item of each duplicate group (ties: the first row)."""
-    flat, parents = flat_issues(table)
-    is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
-    thresholds = flat.field("duplicate_threshold").to_numpy(zero_copy_only=False)
-    present = np.unique(thresholds[is_dup & ~np.isnan(thresholds)]) if is_dup.any() else np.array([])
+    present: set[float] = set()
+    members = []  # per slice: (group id, threshold, row) of each duplicates issue of a kept row
+    for offset, part in row_slices(table, ["issues"]):
+        flat, parents = flat_issues(part)
+        is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
+        thresholds = flat.field("duplicate_threshold").to_numpy(zero_copy_only=False)
+        present |= set(np.unique(thresholds[is_dup & ~np.isnan(thresholds)]).tolist())
+        has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
+        member = is_dup & has_group & kept[offset + parents]
+        groups = flat.field("duplicate_group_id").filter(pa.array(member))
+        members.append((groups, thresholds[member], offset + parents[member]))
+    chosen = _dedupe_threshold(rules, np.array(sorted(present)))
+    at_chosen = [(groups, rows, np.isclose(thresholds, chosen)) for groups, thresholds, rows in members]
+    groups = pc.dictionary_encode(pa.chunked_array([g.filter(pa.array(m)) for g, _, m in at_chosen], pa.string()))
+    rows = np.concatenate([r[m] for _, r, m in at_chosen])
+    scores = pc.fill_null(table.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)[rows]
+    group_ids = np.concatenate(
+        [chunk.indices.to_numpy(zero_copy_only=False) for chunk in groups.unify_dictionaries().chunks]
+        or [np.array([], np.int64)]
+    )
+    order = np.lexsort((rows, -scores, group_ids))  # by group, then best score, then row
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group_ids[order][1:] != group_ids[order][:-1]
+    mask = np.ones(len(table), dtype=bool)
+    mask[rows[order][~first]] = False
+    return mask
+
+
+def _dedupe_threshold(rules: CurationRules, present: np.ndarray) -> float:
+    """The duplicate threshold ``dedupe`` keeps one item per group at, among those ``present``."""
     if present.size == 0:
         raise CurationError("dedupe is set but no item carries a duplicates issue with a duplicate_threshold.")
     chosen = present.min() if rules.dedupe is True else float(rules.dedupe)
@@ -306,18 +339,7 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
             f"dedupe={rules.dedupe!r}: no duplicate groups at that threshold; "
             f"this export has {', '.join(f'{t:g}' for t in present)}."
         )
-    has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
-    member = is_dup & has_group & np.isclose(thresholds, chosen) & kept[parents]
-    groups = pc.dictionary_encode(flat.field("duplicate_group_id").filter(pa.array(member)))
-    rows = parents[member]
-    scores = pc.fill_null(table.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)[rows]
-    group_ids = groups.indices.to_numpy(zero_copy_only=False)
-    order = np.lexsort((rows, -scores, group_ids))  # by group, then best score, then row
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = group_ids[order][1:] != group_ids[order][:-1]
-    mask = np.ones(len(table), dtype=bool)
-    mask[rows[order][~first]] = False
-    return mask
+    return float(chosen)
 
 
 def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str], dict[str, int]]:
@@ -371,9 +393,12 @@ def removal_reasons(table: pa.Table, rules: CurationRules) -> pa.Array:
 
 
 def _where_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    index = pa.array(np.arange(len(table)))
-    try:
-        matched = table.append_column("__row__", index).filter(rules.where).column("__row__")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
-        raise CurationError(f"The where= expression cannot apply to this export's metadata: {exc}") from None
-    return _row_mask_from_parents(matched.combine_chunks(), len(table))
+    mask = np.zeros(len(table), dtype=bool)
+    for offset, part in row_slices(table):
+        index = pa.array(np.arange(offset, offset + len(part)))
+        try:
+            matched = part.append_column("__row__", index).filter(rules.where).column("__row__")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
+            raise CurationError(f"The where= expression cannot apply to this export's metadata: {exc}") from None
+        mask[matched.to_numpy()] = True
+    return mask

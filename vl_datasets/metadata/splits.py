@@ -9,6 +9,7 @@ keeps each connected set of those groups whole, then deals the sets to splits by
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +18,16 @@ import pyarrow.compute as pc
 from ..errors import ConfigurationError, SchemaError
 from .curation import flat_issues
 
+# What a split reads of the metadata: a dataset's items give only these, taken from the index.
+SPLIT_COLUMNS = ("media_id", "cluster_id", "issues", "labels")
+
 
 def leakage_safe_split(
-    table: pa.Table, fractions: Mapping[str, float], *, seed: int = 0, stratify: bool = True
+    table: pa.Table | Any, fractions: Mapping[str, float], *, seed: int = 0, stratify: bool = True
 ) -> dict[str, list[str]]:
-    """Split the items of a normalized metadata table into named parts of about ``fractions``.
+    """Split the items of a normalized metadata table (or of a dataset: at millions of items pass
+    the dataset itself, and only the columns a split reads are taken) into named parts of about
+    ``fractions``.
 
     Items linked by a shared ``cluster_id`` or a shared duplicate group (any threshold), directly
     or through other items, go to the same part. The result maps each name to its media ids (in
@@ -32,6 +38,7 @@ def leakage_safe_split(
     item), so every part gets about its fraction of each class.
     """
     names, targets = _check_fractions(fractions)
+    table = _split_table(table)
     if "media_id" not in table.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
     component = _linked_components(table)
@@ -46,8 +53,21 @@ def leakage_safe_split(
         midpoints = (np.cumsum(sizes[order]) - sizes[order] / 2) / sizes[order].sum()
         part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=len(names) - 1)
     part_of_item = part_of_group[inverse]
-    media_ids = np.asarray(table.column("media_id").to_pylist(), dtype=object)
-    return {name: media_ids[part_of_item == i].tolist() for i, name in enumerate(names)}
+    media_ids = table.column("media_id")
+    return {name: media_ids.filter(pa.array(part_of_item == i)).to_pylist() for i, name in enumerate(names)}
+
+
+def _split_table(source: pa.Table | Any) -> pa.Table:
+    """The table to split: ``source`` itself, or the split's columns of a dataset's (or its
+    ``items``') rows."""
+    if isinstance(source, pa.Table):
+        return source
+    items = getattr(source, "items", source)
+    if not callable(getattr(items, "columns", None)):
+        raise ConfigurationError(
+            f"leakage_safe_split takes a metadata table or a dataset, not {type(source).__name__}."
+        )
+    return items.columns(SPLIT_COLUMNS)
 
 
 def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str]) -> pa.Table:

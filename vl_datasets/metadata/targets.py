@@ -6,7 +6,7 @@ DataLoader workers share them instead of copying them page by page.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -52,25 +52,25 @@ def resolve_classes(names: pa.Array, classes: Sequence[str] | None) -> list[str]
 
 
 def classification_targets(
-    table: pa.Table, labels: pa.ListArray, classes: list[str], invalid_labels: str
+    labels: pa.ListArray, classes: list[str], invalid_labels: str, media_id: Callable[[int], str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(class index per row, rows to keep). Rows with no label, several, or an unknown one are
-    an error naming how many there are, or are dropped when ``invalid_labels="drop"``."""
+    an error naming how many there are (and, by ``media_id`` of a row, one of each), or are
+    dropped when ``invalid_labels="drop"``."""
     counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
     single = counts == 1
     first = pc.list_element(labels.filter(pa.array(single)), 0) if single.any() else pa.array([], pa.string())
-    index = np.full(len(table), -1, dtype=np.int64)
+    index = np.full(len(labels), -1, dtype=np.int64)
     index[single] = pc.fill_null(pc.index_in(first, value_set=pa.array(classes, pa.string())), -1).to_numpy(
         zero_copy_only=False
     )
     keep = index >= 0
     if invalid_labels == "raise" and not keep.all():
-        raise CurationError(_invalid_message(table, counts, single & ~keep))
+        raise CurationError(_invalid_message(media_id, counts, single & ~keep))
     return index, keep
 
 
-def _invalid_message(table: pa.Table, counts: np.ndarray, unknown: np.ndarray) -> str:
-    media = table.column("media_id")
+def _invalid_message(media_id: Callable[[int], str], counts: np.ndarray, unknown: np.ndarray) -> str:
     parts = []
     for what, mask in (
         ("no label", counts == 0),
@@ -80,7 +80,7 @@ def _invalid_message(table: pa.Table, counts: np.ndarray, unknown: np.ndarray) -
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             parts.append(
-                f"{int(mask.sum()):,} with {what} (e.g. media_id {media[row].as_py()!r}"
+                f"{int(mask.sum()):,} with {what} (e.g. media_id {media_id(row)!r}"
                 + (f", {int(counts[row])} labels)" if what == "several labels" else ")")
             )
     return (

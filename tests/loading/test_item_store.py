@@ -1,0 +1,126 @@
+"""The curated item list kept in the cache: curated once, mapped by every later open and every
+worker, pickled as paths."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from vl_datasets import errors, leakage_safe_split, scan
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.metadata import curated
+from vl_datasets.testing import write_dataset
+
+OPTIONS = {"min_uniqueness": 0.3, "dedupe": True, "invalid_labels": "drop", "image_size": 8}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_dataset(tmp_path / "src", "x", n_items=60, n_clusters=8)
+    return tmp_path / "src" / "x"
+
+
+def item_lists(cache):
+    return [d for entry in scan(cache).entries for d in entry.derived if d.kind == "items"]
+
+
+def same_items(a, b):
+    assert a.media_ids == b.media_ids
+    assert a.classes == b.classes and a.fingerprint() == b.fingerprint()
+    assert a.curation_summary() == b.curation_summary()
+    assert [a.target(i) for i in range(len(a))] == [b.target(i) for i in range(len(b))]
+    assert [a.image_path(i) for i in range(len(a))] == [b.image_path(i) for i in range(len(b))]
+
+
+def test_a_later_open_maps_the_list_the_first_one_wrote(folder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    [kept] = item_lists(cache)
+    assert kept.complete and kept.items == len(first)
+
+    def no_curation(*args, **kwargs):
+        raise AssertionError("a dataset whose list is in the cache curated the export again")
+
+    monkeypatch.setattr(curated, "curate", no_curation)
+    again = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    same_items(first, again)
+    assert again.table.equals(first.table)
+
+
+def test_other_options_make_another_list_and_a_damaged_list_is_made_again(folder, tmp_path):
+    cache = tmp_path / "cache"
+    loose = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    strict = VisualLayerDataset.from_export(folder, cache_dir=cache, **{**OPTIONS, "min_uniqueness": 0.6})
+    assert len(strict) < len(loose) and len(item_lists(cache)) == 2
+    listed = next(d for d in item_lists(cache) if d.items == len(loose))
+    (listed.path / "items.arrow").unlink()  # a new file: ``loose`` still maps the old one
+    (listed.path / "items.arrow").write_bytes(b"ARROW1\0\0truncated")
+    rebuilt = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    same_items(loose, rebuilt)
+    assert VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS).items.list.rows.base is not None
+
+
+def test_a_dataset_pickles_as_paths_whatever_its_size(tmp_path):
+    sizes = {}
+    for n in (40, 4000):
+        source = write_dataset(tmp_path / "src", f"d{n}", n_items=n, n_clusters=8)
+        ds = VisualLayerDataset.from_export(
+            source, cache_dir=tmp_path / "cache", images_root=source / "images", task=None
+        )
+        sizes[n] = len(pickle.dumps(ds))
+        copy = pickle.loads(pickle.dumps(ds))
+        assert copy.media_ids == ds.media_ids and copy.target(3) == ds.target(3)
+    assert abs(sizes[4000] - sizes[40]) < 1024, f"the pickle grows with the items: {sizes}"
+
+
+def test_a_subset_stays_on_disk_until_asked_for(folder, tmp_path):
+    cache = tmp_path / "cache"
+    everything = VisualLayerDataset.from_export(folder, cache_dir=cache, task=None)
+    part = everything.media_ids[::2]
+    ds = VisualLayerDataset.from_export(folder, cache_dir=cache, task=None, subset=part)
+    small = VisualLayerDataset.from_export(folder, cache_dir=cache, task=None, subset=part[:1])
+    assert len(pickle.dumps(ds)) - len(pickle.dumps(small)) < 256, "the subset ids travel in the pickle"
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.media_ids == ds.media_ids == part
+    assert copy.curation_rules.subset == ds.curation_rules.subset
+
+
+def test_a_spawned_worker_maps_the_same_items(folder, tmp_path):
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", **OPTIONS)
+    loader = ds.dataloader(8, num_workers=1, shuffle=False, multiprocessing_context="spawn")
+    labels = torch.cat([batch[1] for batch in loader]).tolist()
+    assert labels == [ds.target(i) for i in range(len(ds))]
+
+
+def test_a_list_removed_under_a_job_is_named_when_a_worker_opens_it(folder, tmp_path):
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", **OPTIONS)
+    state = pickle.dumps(ds)
+    shutil.rmtree(ds.items._files.folder)
+    with pytest.raises(errors.CacheMissError, match="curated item list"):
+        pickle.loads(state)
+
+
+def test_a_cache_that_cannot_keep_the_list_curates_in_memory(folder, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    reference = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "other", **OPTIONS)
+    VisualLayerDataset.from_export(folder, cache_dir=cache, task=None)  # publishes the entry
+    [entry] = scan(cache).entries
+    shutil.rmtree(entry.path / "derived")
+    (entry.path / "derived").write_text("a file where the derived stores would go")
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        ds = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    assert "Cannot keep the curated item list" in caplog.text
+    same_items(reference, ds)
+    assert pickle.loads(pickle.dumps(ds)).media_ids == ds.media_ids
+
+
+def test_a_dataset_splits_as_its_table_does(folder, tmp_path):
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None, min_uniqueness=0.2)
+    fractions = {"train": 0.7, "test": 0.3}
+    assert leakage_safe_split(ds, fractions, seed=3) == leakage_safe_split(ds.table, fractions, seed=3)
+    with pytest.raises(errors.ConfigurationError, match="takes a metadata table or a dataset, not list"):
+        leakage_safe_split(ds.media_ids, fractions)

@@ -1,0 +1,29 @@
+"""An export's rows a slice at a time: how curation and targets read millions of rows in bounded memory.
+
+Every rule and every target is computed one slice of rows at a time, over only the columns it
+reads, and what crosses slices is kept as numpy arrays of one number per row (or less). Slices of
+a memory-mapped index are views: nothing is copied but what a rule computes for that slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
+
+
+def row_slices(table: pa.Table, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+    """(first row, table) for consecutive slices of ``table`` of at most ``SLICE_ROWS`` rows, each
+    with one chunk per column (a slice never straddles two of the table's chunks), holding only
+    ``columns`` (those of them it has; all by default)."""
+    if columns is not None:
+        present = [name for name in dict.fromkeys(columns) if name in table.column_names]
+        table = table.select(present or table.column_names[:1])  # no column would leave no row count
+    offset = 0
+    for batch in table.to_batches(max_chunksize=SLICE_ROWS):
+        yield offset, pa.Table.from_batches([batch])
+        offset += batch.num_rows
+    if offset == 0:  # an empty table is still one (empty) slice: its rules see its schema
+        yield 0, table
