@@ -14,6 +14,7 @@ metadata, ``slices`` computes accuracy per slice, ``label_errors`` ranks suspect
 
 from __future__ import annotations
 
+from .detection_results import DetectionEvaluation, evaluate_detection
 from .label_errors import read_media_ids, suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
 from .results import Evaluation, Leakage, evaluate
@@ -21,9 +22,11 @@ from .slices import wilson_interval
 
 __all__ = [
     "ClassPredictions",
+    "DetectionEvaluation",
     "Evaluation",
     "Leakage",
     "evaluate",
+    "evaluate_detection",
     "read_media_ids",
     "read_predictions",
     "suspected_label_errors",
