@@ -30,6 +30,11 @@ EXPECTED = {
         "after fine-tuning on the curated data",
         "report.html",
         "<Figure size",
+        "removed by dedupe",
+        "no issue",
+        "share a group with one of",
+        "suspected label errors; Visual Layer flagged",
+        "evaluation.html",
     ],
     "hf_fine_tuning.ipynb": [
         "removed by drop_issues",
@@ -135,6 +140,9 @@ def test_notebook_reruns_to_its_committed_outputs(path, tmp_path, monkeypatch):
         before = float(re.search(r"trained on the uncurated data: ([\d.]+)%", outputs).group(1))
         after = float(re.search(r"after fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))
         assert after >= before
+        # The evaluation's suspected label errors find most of the labels the sample flipped.
+        found, flipped = map(int, re.search(r"(\d+) of them are among the (\d+) labels flipped", outputs).groups())
+        assert found >= 0.8 * flipped
     if path.name == "hf_fine_tuning.ipynb":
         uncurated = float(re.search(r"fine-tuning on the uncurated data: ([\d.]+)%", outputs).group(1))
         curated = float(re.search(r"fine-tuning on the curated data: ([\d.]+)%", outputs).group(1))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
+from ..errors import ConfigurationError
+from ..evaluation.detection_slices import N_RESAMPLES, SEED
 from .options import add_api_options, add_curation_options, add_source, open_dataset
 from .report import parse_drop_issues
 
@@ -21,7 +24,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         "--predictions",
         type=Path,
         required=True,
-        help="a CSV or Parquet file: media_id, prediction (a class name) and an optional score (0-1)",
+        help="classification: a CSV or Parquet file of media_id, prediction (a class name) and an optional "
+        "score (0-1); detection: a JSON list (COCO results) or a Parquet file of media_id, category_name, "
+        "bbox ([x, y, width, height] in the export's pixels) and score, one box a row",
     )
     evaluate.add_argument("--out", type=Path, help="write the HTML evaluation report here")
     evaluate.add_argument(
@@ -33,8 +38,17 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     evaluate.add_argument(
         "--min-confidence",
         type=float,
-        default=0.5,
-        help="a disagreement with the label counts as a suspected label error from this confidence (default 0.5)",
+        help="classification: a disagreement with the label counts as a suspected label error from this "
+        "confidence (default 0.5)",
+    )
+    evaluate.add_argument(
+        "--resamples",
+        type=int,
+        metavar="N",
+        help=f"detection: bootstrap resamples of the images behind each mAP interval (default {N_RESAMPLES}; 0: none)",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, help=f"detection: the bootstrap's seed, for the same intervals each run (default {SEED})"
     )
     evaluate.add_argument(
         "--title", help="the report's title (default: Evaluation: and the dataset id or export folder)"
@@ -45,12 +59,58 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.box_predictions import is_detection_file
+
+    if is_detection_file(args.predictions):
+        return run_detection(args)
+    if args.resamples is not None or args.seed is not None:
+        raise ConfigurationError("--resamples and --seed apply to detection predictions (a JSON or a bbox column).")
     from ..evaluation import evaluate, read_media_ids
 
     # Items without exactly one label are kept out of training, not out of the evaluation: their
     # predictions are listed but not scored.
     options = {
         "invalid_labels": "drop",
+        **_shared_options(args),
+    }
+    dataset = open_dataset(args, **options)
+    train_ids = read_media_ids(args.train_ids) if args.train_ids else None
+    min_confidence = 0.5 if args.min_confidence is None else args.min_confidence
+    result = evaluate(dataset, args.predictions, train_ids=train_ids, min_confidence=min_confidence, title=args.title)
+    print(summary_text(result))
+    if args.label_errors:
+        print(f"suspected label errors: {result.write_label_errors(args.label_errors)}")
+    if args.out:
+        print(f"report: {result.write_report(args.out)}")
+    return 0
+
+
+def run_detection(args: argparse.Namespace) -> int:
+    """Box predictions: mAP overall and per slice, with bootstrap intervals."""
+    from ..evaluation import evaluate_detection, read_media_ids
+    from ..evaluation.box_predictions import read_detections
+
+    if args.label_errors or args.min_confidence is not None:
+        raise ConfigurationError("--label-errors and --min-confidence apply to classification predictions.")
+    dataset = open_dataset(args, task="detection", **_shared_options(args))
+    predictions = read_detections(args.predictions, list(dataset.classes))
+    result = evaluate_detection(
+        dataset,
+        predictions,
+        train_ids=read_media_ids(args.train_ids) if args.train_ids else None,
+        n_resamples=N_RESAMPLES if args.resamples is None else args.resamples,
+        seed=SEED if args.seed is None else args.seed,
+        title=args.title,
+    )
+    print(detection_summary_text(result))
+    if args.out:
+        print(f"report: {result.write_report(args.out)}")
+    return 0
+
+
+def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The curation options both kinds of predictions open the dataset with."""
+    return {
         "missing_images": "drop",
         "min_uniqueness": args.min_uniqueness,
         "keep_unscored": True if args.min_uniqueness is not None else None,
@@ -58,17 +118,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "dedupe": args.dedupe,
         "label_source": args.label_source,
     }
-    dataset = open_dataset(args, **options)
-    train_ids = read_media_ids(args.train_ids) if args.train_ids else None
-    result = evaluate(
-        dataset, args.predictions, train_ids=train_ids, min_confidence=args.min_confidence, title=args.title
-    )
-    print(summary_text(result))
-    if args.label_errors:
-        print(f"suspected label errors: {result.write_label_errors(args.label_errors)}")
-    if args.out:
-        print(f"report: {result.write_report(args.out)}")
-    return 0
 
 
 def summary_text(result) -> str:
@@ -86,6 +135,24 @@ def summary_text(result) -> str:
         )
     lines.append(f"{len(result.label_errors):,} suspected label errors")
     return "\n".join(lines)
+
+
+def detection_summary_text(result) -> str:
+    """The lines the command prints for box predictions: mAP with its intervals, per curation outcome, leaks."""
+    scores = result.scores
+    lines = [
+        f"{scores.images:,} images scored; mAP@0.5:0.95 {_pct(scores.map)} (95% CI {_span(result.map_interval)}), "
+        f"mAP@0.5 {_pct(scores.map_50)} (95% CI {_span(result.map_50_interval)})"
+    ]
+    for row in result.slices["curation"].to_pylist():
+        lines.append(f"  {row['value']}: {row['images']:,} images, mAP@0.5:0.95 {_pct(row['map'])}")
+    if result.leaks is not None:
+        lines.append(f"{len(result.leaks):,} images share a group with a training item")
+    return "\n".join(lines)
+
+
+def _span(interval: tuple[float, float]) -> str:
+    return f"{_pct(interval[0])}-{_pct(interval[1])}"
 
 
 def _pct(value: float) -> str:

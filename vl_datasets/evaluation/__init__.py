@@ -10,10 +10,15 @@
 One module per job: ``predictions`` reads and checks predictions, ``scored`` joins them with the
 metadata, ``slices`` computes accuracy per slice, ``label_errors`` ranks suspected label errors,
 ``detection`` scores boxes (mAP), ``report`` writes the HTML page, ``results`` ties them together.
+For boxes: ``box_predictions`` reads a file of them, ``detection_slices`` scores mAP per slice with
+bootstrap intervals, ``detection_results`` (``evaluate_detection``) ties them together and
+``detection_report`` writes their page.
 """
 
 from __future__ import annotations
 
+from .box_predictions import read_detections
+from .detection_results import DetectionEvaluation, evaluate_detection
 from .label_errors import read_media_ids, suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
 from .results import Evaluation, Leakage, evaluate
@@ -21,9 +26,12 @@ from .slices import wilson_interval
 
 __all__ = [
     "ClassPredictions",
+    "DetectionEvaluation",
     "Evaluation",
     "Leakage",
     "evaluate",
+    "evaluate_detection",
+    "read_detections",
     "read_media_ids",
     "read_predictions",
     "suspected_label_errors",

@@ -10,6 +10,7 @@ too (boxes predicted on resized images are scaled back first).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,7 @@ def mean_average_precision(dataset: Any, predictions: Mapping[str, Mapping[str, 
     "scores": N, "labels": N class names or indices}``; an item of the dataset without an
     entry counts as one with no predicted box (its true boxes are all missed).
     """
-    coco = _coco()
-    classes = list(dataset.classes)
-    if not classes:
-        raise PredictionsError("The dataset has no object classes: open it with task='detection'.")
+    classes = detection_classes(dataset)
     media_ids = dataset.table.column("media_id").to_pylist()
     known = set(media_ids)
     for row, media_id in enumerate(predictions):
@@ -53,15 +51,70 @@ def mean_average_precision(dataset: Any, predictions: Mapping[str, Mapping[str, 
                 column="media_id",
                 media_id=media_id,
             )
-    truth = true_boxes(dataset.table, classes, dataset.label_source)
+    matches = match_boxes(dataset.table, classes, dataset.label_source, predictions)
+    return matches.scores(np.arange(len(media_ids)))
+
+
+def detection_classes(dataset: Any) -> list[str]:
+    """The dataset's object classes; an error when it has none (not opened for detection)."""
+    classes = list(dataset.classes)
+    if not classes:
+        raise PredictionsError("The dataset has no object classes: open it with task='detection'.")
+    return classes
+
+
+def match_boxes(
+    table: pa.Table, classes: list[str], label_source: Any, predictions: Mapping[str, Mapping[str, Any]]
+) -> BoxMatches:
+    """Each row of ``table`` (with ``media_id`` and ``objects``) matched by COCOeval against its
+    entry in ``predictions`` (none: no predicted box), ready to be scored over any rows."""
+    coco = _coco()
+    truth = true_boxes(table, classes, label_source)
+    media_ids = table.column("media_id").to_pylist()
     found = [_predicted(predictions[m], classes, m) if m in predictions else None for m in media_ids]
-    precision = _coco_precision(coco, truth, found, len(classes))
-    return DetectionScores(
-        images=len(media_ids),
-        map=_mean(precision),
-        map_50=_mean(precision[:1]),
-        per_class={name: _mean(precision[:, :, k]) for k, name in enumerate(classes)},
-    )
+    images_with_class = np.zeros(len(classes), np.int64)
+    for target in truth:
+        images_with_class[np.unique(target["labels"])] += 1
+    return BoxMatches(_matched_images(coco, truth, found, len(classes)), classes, images_with_class)
+
+
+class BoxMatches:
+    """COCOeval's per-image matching of every row, done once; ``precision(rows)`` then runs
+    COCOeval's own accumulation over any choice of rows, repeats included (a bootstrap resample).
+
+    Matching is per image and class, so scoring a subset from it is what COCOeval gives on that
+    subset alone.
+    """
+
+    def __init__(self, evaluator: Any, classes: list[str], images_with_class: np.ndarray) -> None:
+        self._evaluator, self.classes, self.images_with_class = evaluator, classes, images_with_class
+        self.n_rows = len(evaluator.params.imgIds)
+
+    def precision(self, rows: np.ndarray) -> np.ndarray:
+        """The precision array (IoU threshold x recall x class) over ``rows``, area "all", 100
+        detections an image; -1 where a class has no true box among them."""
+        rows = np.asarray(rows, np.int64)
+        evaluator = copy.copy(self._evaluator)
+        evaluator.params = copy.copy(self._evaluator.params)
+        evaluator._paramsEval = copy.copy(self._evaluator._paramsEval)
+        # Rows become images 0..n-1 (a repeated row is a new image), laid out as COCOeval
+        # indexes them: class-major, then image.
+        evaluator.params.imgIds = evaluator._paramsEval.imgIds = list(range(len(rows)))
+        every = self._evaluator.evalImgs
+        evaluator.evalImgs = [every[k * self.n_rows + row] for k in range(len(self.classes)) for row in rows.tolist()]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            evaluator.accumulate()
+        return evaluator.eval["precision"][:, :, :, 0, 0]
+
+    def scores(self, rows: np.ndarray) -> DetectionScores:
+        """mAP over ``rows``: overall, at IoU 0.5 and per class."""
+        precision = self.precision(rows)
+        return DetectionScores(
+            images=len(rows),
+            map=mean_precision(precision),
+            map_50=mean_precision(precision[:1]),
+            per_class={name: mean_precision(precision[:, :, k]) for k, name in enumerate(self.classes)},
+        )
 
 
 def _coco() -> Any:
@@ -72,9 +125,9 @@ def _coco() -> Any:
     return coco, cocoeval
 
 
-def _coco_precision(coco: Any, truth: list[dict], found: list[dict | None], n_classes: int) -> np.ndarray:
-    """COCOeval's precision array (IoU threshold x recall x class), area "all", 100 detections;
-    -1 where a class has no true box."""
+def _matched_images(coco: Any, truth: list[dict], found: list[dict | None], n_classes: int) -> Any:
+    """A COCOeval that has run ``evaluate`` (its per-image matching) on images 0..n-1, for the
+    area range "all" and 100 detections an image only: the summary's cells."""
     coco_module, cocoeval_module = coco
     annotations: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -95,39 +148,39 @@ def _coco_precision(coco: Any, truth: list[dict], found: list[dict | None], n_cl
             for box, score, label in zip(
                 predicted["boxes"].tolist(), predicted["scores"].tolist(), predicted["labels"].tolist()
             ):
+                xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
                 results.append(
                     {
+                        "id": len(results) + 1,
                         "image_id": image_id,
                         "category_id": label,
                         "score": score,
-                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "bbox": xywh,
+                        "area": xywh[2] * xywh[3],
+                        "iscrowd": 0,
                     }
                 )
+    images = [{"id": i} for i in range(len(truth))]
+    categories = [{"id": k} for k in range(n_classes)]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        ground = coco_module.COCO()
-        ground.dataset = {
-            "images": [{"id": i} for i in range(len(truth))],
-            "annotations": annotations,
-            "categories": [{"id": k} for k in range(n_classes)],
-        }
+        # Both sides built the same way: loadRes refuses an empty list, and no box found is a
+        # result too (every true box missed).
+        ground, detected = coco_module.COCO(), coco_module.COCO()
+        ground.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        detected.dataset = {"images": images, "annotations": results, "categories": categories}
         ground.createIndex()
-        if not results:  # loadRes cannot take an empty list: nothing found, every true box missed
-            return np.where(_has_truth(annotations, n_classes), 0.0, -1.0)[None, None, :].repeat(10, 0).repeat(101, 1)
-        evaluator = cocoeval_module.COCOeval(ground, ground.loadRes(results), "bbox")
+        detected.createIndex()
+        evaluator = cocoeval_module.COCOeval(ground, detected, "bbox")
+        evaluator.params.imgIds = [image["id"] for image in images]
+        evaluator.params.areaRng, evaluator.params.areaRngLbl = evaluator.params.areaRng[:1], ["all"]
+        evaluator.params.maxDets = [100]
         evaluator.evaluate()
-        evaluator.accumulate()
-    return evaluator.eval["precision"][:, :, :, 0, -1]
+    return evaluator
 
 
-def _has_truth(annotations: list[dict], n_classes: int) -> np.ndarray:
-    present = np.zeros(n_classes, dtype=bool)
-    for annotation in annotations:
-        present[annotation["category_id"]] = True
-    return present
-
-
-def _mean(precision: np.ndarray) -> float:
-    # COCO's own summary: the mean over the cells that have true boxes (-1 marks the others).
+def mean_precision(precision: np.ndarray) -> float:
+    """COCO's own summary of a precision array: the mean over the cells of classes that have true
+    boxes (-1 marks the others); NaN when no class has one."""
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else float("nan")
 

@@ -61,7 +61,7 @@ def write_evaluation_report(
     cells = _Cells(evaluation.scored, thumbnail_size, read)
     sections = [
         _summary_section(evaluation),
-        _uniqueness_plot(figure, evaluation.slices["uniqueness"]),
+        uniqueness_plot(figure, evaluation.slices["uniqueness"]),
         _confusion_plot(figure, evaluation.confusion_matrix(), evaluation.classes),
     ]
     for name, table in evaluation.slices.items():
@@ -123,22 +123,26 @@ def _slice_section(heading: str, table: pa.Table, *, limit: int | None) -> str:
     )
 
 
-def _uniqueness_plot(figure: type, table: pa.Table) -> str:
+def uniqueness_plot(figure: type, table: pa.Table, *, score: str = "accuracy", label: str = "Accuracy") -> str:
+    """A section with the column ``score`` (named ``label``) per uniqueness decile of ``table`` (a
+    uniqueness slice family), as bars with their interval (``low`` to ``high``)."""
+    heading = f"{label} by uniqueness"
     deciles = table.filter(pc.not_equal(table.column("value"), UNSCORED)).to_pylist()
     if not deciles:
-        return "<h2>Accuracy by uniqueness</h2>\n<p class=note>No scored item has a uniqueness score.</p>"
+        return f"<h2>{heading}</h2>\n<p class=note>No scored item has a uniqueness score.</p>"
     fig = figure(figsize=(7, 3), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(deciles))
-    accuracy = np.array([row["accuracy"] for row in deciles])
-    errors = np.array(
-        [[row["accuracy"] - row["low"] for row in deciles], [row["high"] - row["accuracy"] for row in deciles]]
+    value = np.array([row[score] for row in deciles], dtype=float)
+    # No interval (none asked for) draws no bar; a NaN score no bar either.
+    errors = np.nan_to_num(
+        np.array([[row[score] - row["low"] for row in deciles], [row["high"] - row[score] for row in deciles]], float)
     )
-    ax.bar(x, accuracy, color="#3b75af")
-    ax.errorbar(x, accuracy, yerr=errors, fmt="none", ecolor="#222", capsize=3)
+    ax.bar(x, np.nan_to_num(value), color="#3b75af")
+    ax.errorbar(x, np.nan_to_num(value), yerr=errors, fmt="none", ecolor="#222", capsize=3)
     ax.set_xticks(x, [row["value"].split()[0] for row in deciles])
-    ax.set(xlabel="uniqueness decile (1: least unique)", ylabel="accuracy", ylim=(0, 1.05))
-    return f"<h2>Accuracy by uniqueness</h2>\n{img(svg(fig), 'accuracy by uniqueness decile')}"
+    ax.set(xlabel="uniqueness decile (1: least unique)", ylabel=label, ylim=(0, 1.05))
+    return f"<h2>{heading}</h2>\n{img(svg(fig), f'{score} by uniqueness decile')}"
 
 
 def _confusion_plot(figure: type, matrix: np.ndarray, classes: list[str]) -> str:

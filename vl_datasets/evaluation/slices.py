@@ -6,6 +6,11 @@ the similarity cluster, what curation did, and whether a training item shares a 
 Each family is one table with the columns ``slice``, ``value``, ``items``, ``correct``,
 ``accuracy``, ``low`` and ``high``; items without a label are not counted. An item may fall in
 several values of one family (an item with two issues), never twice in the same value.
+
+Which items fall in which value is each family's ``*_members`` function, apart from the scoring,
+so that detection (``detection_slices``) slices images the same way and scores them by mAP. They
+read only the metadata columns (``issues``, ``uniqueness_score``, ``cluster_id``, ``removed_by``,
+``media_id``), and return ``(rows, values)``: ``rows[k]`` belongs to ``values[k]``.
 """
 
 from __future__ import annotations
@@ -84,7 +89,12 @@ def by_class(scored: pa.Table) -> pa.Table:
 def by_issue(scored: pa.Table, bands: tuple[float, ...] = CONFIDENCE_BANDS) -> pa.Table:
     """Per issue type and confidence band (``"blur 0.7-0.9"``), and ``"no issue"``. An item's
     issues of one type (duplicates at several thresholds) count once, at their highest confidence."""
-    issues, parents = flat_issues(scored)
+    return slice_table("issue", *issue_members(scored, bands), outcomes(scored))
+
+
+def issue_members(items: pa.Table, bands: tuple[float, ...] = CONFIDENCE_BANDS) -> tuple[np.ndarray, list[str]]:
+    """Rows per issue type and confidence band, and the rows with no issue (``by_issue``)."""
+    issues, parents = flat_issues(items)
     kinds = issues.field("issue_type").to_pylist()
     confidence = pc.fill_null(issues.field("confidence"), 1.0).to_numpy(zero_copy_only=False)
     best: dict[tuple[int, str], float] = {}
@@ -95,10 +105,10 @@ def by_issue(scored: pa.Table, bands: tuple[float, ...] = CONFIDENCE_BANDS) -> p
     for (row, kind), value in sorted(best.items(), key=lambda pair: (pair[0][1], pair[0][0])):
         rows.append(row)
         values.append(f"{kind} {_band(value, bands)}")
-    clean = np.setdiff1d(np.arange(len(scored)), np.asarray(rows, np.int64))
+    clean = np.setdiff1d(np.arange(len(items)), np.asarray(rows, np.int64))
     rows += clean.tolist()
     values += [NO_ISSUE] * len(clean)
-    return slice_table("issue", np.asarray(rows, np.int64), values, outcomes(scored))
+    return np.asarray(rows, np.int64), values
 
 
 def _band(confidence: float, bands: tuple[float, ...]) -> str:
@@ -111,7 +121,13 @@ def _band(confidence: float, bands: tuple[float, ...]) -> str:
 def by_uniqueness(scored: pa.Table, n_bins: int = 10) -> pa.Table:
     """Per uniqueness decile of the scored items (``"1 (0.000-0.052)"``: least unique first),
     and ``"unscored"``. Edges are the scores' quantiles, so the deciles hold about equal counts."""
-    scores = scored.column("uniqueness_score").to_numpy(zero_copy_only=False).astype(float)
+    table = slice_table("uniqueness decile", *uniqueness_members(scored, n_bins), outcomes(scored))
+    return table.sort_by("value")
+
+
+def uniqueness_members(items: pa.Table, n_bins: int = 10) -> tuple[np.ndarray, list[str]]:
+    """Every row with its uniqueness decile among ``items`` (``by_uniqueness``)."""
+    scores = items.column("uniqueness_score").to_numpy(zero_copy_only=False).astype(float)
     scored_rows = np.flatnonzero(~np.isnan(scores))
     values = [UNSCORED] * len(scores)
     if len(scored_rows):
@@ -119,46 +135,64 @@ def by_uniqueness(scored: pa.Table, n_bins: int = 10) -> pa.Table:
         decile = np.clip(np.searchsorted(edges, scores[scored_rows], side="right") - 1, 0, n_bins - 1)
         for row, d in zip(scored_rows.tolist(), decile.tolist()):
             values[row] = f"{d + 1:>2} ({edges[d]:.3f}-{edges[d + 1]:.3f})"
-    table = slice_table("uniqueness decile", np.arange(len(scores)), values, outcomes(scored))
-    return table.sort_by("value")
+    return np.arange(len(scores)), values
 
 
 def by_duplicates(scored: pa.Table) -> pa.Table:
     """Members of a duplicate group (at any threshold) against singletons."""
-    issues, parents = flat_issues(scored)
+    return slice_table("duplicates", *duplicate_members(scored), outcomes(scored))
+
+
+def duplicate_members(items: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Every row, as a member of a duplicate group or a singleton (``by_duplicates``)."""
+    issues, parents = flat_issues(items)
     grouped = pc.and_(
         pc.equal(issues.field("issue_type"), "duplicates"), pc.is_valid(issues.field("duplicate_group_id"))
     )
-    members = np.zeros(len(scored), dtype=bool)
+    members = np.zeros(len(items), dtype=bool)
     members[parents[pc.fill_null(grouped, False).to_numpy(zero_copy_only=False)]] = True
     values = ["in a duplicate group" if member else "singleton" for member in members.tolist()]
-    return slice_table("duplicates", np.arange(len(scored)), values, outcomes(scored))
+    return np.arange(len(items)), values
 
 
 def by_cluster(scored: pa.Table, *, min_items: int = 3) -> pa.Table:
     """Per similarity cluster of at least ``min_items`` scored items, worst first (lowest
     accuracy, then the largest): where the model fails on a kind of image, not on one image."""
-    clusters = scored.column("cluster_id").to_pylist()
-    rows = np.array([i for i, cluster in enumerate(clusters) if cluster is not None], np.int64)
-    table = slice_table("cluster", rows, [clusters[i] for i in rows], outcomes(scored))
+    table = slice_table("cluster", *cluster_members(scored), outcomes(scored))
     table = table.filter(pc.greater_equal(table.column("items"), min_items))
     return table.sort_by([("accuracy", "ascending"), ("items", "descending"), ("value", "ascending")])
 
 
+def cluster_members(items: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """The rows that have a similarity cluster, with it (``by_cluster``)."""
+    clusters = items.column("cluster_id").to_pylist()
+    rows = np.array([i for i, cluster in enumerate(clusters) if cluster is not None], np.int64)
+    return rows, [clusters[i] for i in rows]
+
+
 def by_curation(scored: pa.Table) -> pa.Table:
     """Items curation kept against those each rule removed (when the model also ran on those)."""
-    reasons = scored.column("removed_by").to_pylist()
-    values = ["kept" if reason is None else f"removed by {reason}" for reason in reasons]
-    return slice_table("curation", np.arange(len(scored)), values, outcomes(scored))
+    return slice_table("curation", *curation_members(scored), outcomes(scored))
+
+
+def curation_members(items: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Every row, as kept or removed by its rule (``by_curation``)."""
+    reasons = items.column("removed_by").to_pylist()
+    return np.arange(len(items)), ["kept" if reason is None else f"removed by {reason}" for reason in reasons]
 
 
 def by_leakage(scored: pa.Table, leaks: pa.Table) -> pa.Table:
     """Items sharing a duplicate group with a training item, sharing only a similarity cluster
     with one, and neither (``leaks`` is ``find_leaks``' table)."""
+    return slice_table("leakage", *leakage_members(scored, leaks), outcomes(scored))
+
+
+def leakage_members(items: pa.Table, leaks: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Every row, by what it shares with the training items (``by_leakage``)."""
     shared = dict(zip(leaks.column("media_id").to_pylist(), leaks.column("shared").to_pylist()))
     names = {"duplicate_group": "near-duplicate in train", "cluster_id": "same cluster as a train item"}
     values = [
         names.get(shared.get(media_id, ""), "no group shared with train")
-        for media_id in scored.column("media_id").to_pylist()
+        for media_id in items.column("media_id").to_pylist()
     ]
-    return slice_table("leakage", np.arange(len(scored)), values, outcomes(scored))
+    return np.arange(len(items)), values
