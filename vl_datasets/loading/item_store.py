@@ -17,8 +17,7 @@ import time
 
 import pyarrow as pa
 
-from ..cache.layout import DERIVED_IDENTITY, DERIVED_MANIFEST, LOCK, derived_dir, write_json_atomic
-from ..cache.store import LocalExport
+from ..cache.store import LocalExport, derived_dir, write_json_atomic
 from ..locks import hold_lock
 from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
@@ -27,7 +26,9 @@ from .sources import source_paths
 
 logger = logging.getLogger("vl_datasets")
 
-KIND = "items"
+KIND = "items"  # the kind of derived store this is, to the cache
+# Who the store is (written first) and that it is complete (last): the two files the cache's scan reads.
+STORE_FILE, MANIFEST_FILE, LOCK_FILE = "store.json", "manifest.json", "build.lock"
 BUILD_LOCK_TIMEOUT_S = 3600.0  # curating 100M items takes minutes: the other ranks must outlast it
 
 
@@ -60,11 +61,11 @@ def open_items(
     try:
         files.folder.mkdir(parents=True, exist_ok=True)
         identity = {"version": entry.version, "settings": settings, "count": {"what": KIND}}
-        write_json_atomic(files.folder / DERIVED_IDENTITY, identity)
+        write_json_atomic(files.folder / STORE_FILE, identity)
     except OSError as exc:
         logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
         return curated()
-    with hold_lock(files.folder / LOCK, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
+    with hold_lock(files.folder / LOCK_FILE, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
         found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
         if found is not None:
             return found
@@ -79,7 +80,7 @@ def open_items(
 
 
 def _opened(files: ItemFiles, index: pa.Table, rules: CurationRules, targets: TargetOptions) -> CuratedItems | None:
-    if not (files.folder / DERIVED_MANIFEST).is_file():
+    if not (files.folder / MANIFEST_FILE).is_file():
         return None
     items = read_item_list(files.folder / LIST_FILE, index_rows=len(index))
     return None if items is None else CuratedItems.from_list(index, items, rules, targets, files=files)
@@ -90,4 +91,4 @@ def _write(files: ItemFiles, items: CuratedItems) -> None:
     if items.rules.subset is not None:
         files.write_subset(items.rules.subset)
     write_item_list(items.list, files.folder / LIST_FILE)
-    write_json_atomic(files.folder / DERIVED_MANIFEST, {KIND: len(items), "created_at": time.time()})
+    write_json_atomic(files.folder / MANIFEST_FILE, {KIND: len(items), "created_at": time.time()})
