@@ -12,7 +12,7 @@ targets into tensors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -25,7 +25,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
-from .row_batches import row_slices
+from .row_batches import SLICE_ROWS, row_slices
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -208,12 +208,23 @@ class CuratedItems:
             return self._table.column(name)
         return self._index.column(name).take(pa.array(self.rows))
 
-    def columns(self, names: Iterable[str]) -> pa.Table:
-        """Those of the ``names`` the metadata has, as a table of the items' rows, taken from the index alone."""
-        present = [name for name in names if name in self._index.column_names]
-        if self._table is not None:
-            return self._table.select(present)
-        return self._index.select(present).take(pa.array(self.rows))
+    @property
+    def column_names(self) -> list[str]:
+        """The metadata's columns (those of ``table``)."""
+        return self._index.column_names
+
+    def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """(first item, table) for consecutive slices of the items' rows, holding only those of
+        ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items."""
+        present = [name for name in columns if name in self._index.column_names] if columns is not None else None
+        source = self._index.select(present or self._index.column_names[:1]) if columns is not None else self._index
+        for start in range(0, max(len(self), 1), SLICE_ROWS):
+            yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
+
+    def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
+        """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""
+        present = [name for name in columns if name in self._index.column_names]
+        return self._index.select(present).take(pa.array(self.rows[positions]))
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:

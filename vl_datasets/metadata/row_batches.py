@@ -7,8 +7,9 @@ a memory-mapped index are views: nothing is copied but what a rule computes for 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
@@ -27,3 +28,21 @@ def row_slices(table: pa.Table, columns: Iterable[str] | None = None) -> Iterato
         offset += batch.num_rows
     if offset == 0:  # an empty table is still one (empty) slice: its rules see its schema
         yield 0, table
+
+
+class TableRows:
+    """A table read the way a dataset's items are (``CuratedItems`` has the same methods): by slices
+    of rows, or by a take of some columns at some positions."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.column_names = table.column_names
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        return row_slices(self.table, columns)
+
+    def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
+        return self.table.select([name for name in columns if name in self.column_names]).take(pa.array(positions))

@@ -8,8 +8,8 @@ keeps each connected set of those groups whole, then deals the sets to splits by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +17,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
 from .curation import flat_issues
-
-# What a split reads of the metadata: a dataset's items give only these, taken from the index.
-SPLIT_COLUMNS = ("media_id", "cluster_id", "issues", "labels")
+from .row_batches import TableRows
 
 
 def leakage_safe_split(
@@ -38,12 +36,12 @@ def leakage_safe_split(
     item), so every part gets about its fraction of each class.
     """
     names, targets = _check_fractions(fractions)
-    table = _split_table(table)
-    if "media_id" not in table.column_names:
+    rows = _split_rows(table)
+    if "media_id" not in rows.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
-    component = _linked_components(table)
+    component = _linked_components(rows)
     roots, first_row, inverse, sizes = np.unique(component, return_index=True, return_inverse=True, return_counts=True)
-    strata = _first_labels(table, first_row) if stratify else np.zeros(len(roots), dtype=np.int64)
+    strata = _first_labels(rows, first_row) if stratify else np.zeros(len(roots), dtype=np.int64)
     shuffled = np.random.default_rng(seed).permutation(len(roots))
     part_of_group = np.empty(len(roots), dtype=np.int64)
     for stratum in np.unique(strata):
@@ -53,21 +51,22 @@ def leakage_safe_split(
         midpoints = (np.cumsum(sizes[order]) - sizes[order] / 2) / sizes[order].sum()
         part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=len(names) - 1)
     part_of_item = part_of_group[inverse]
-    media_ids = table.column("media_id")
-    return {name: media_ids.filter(pa.array(part_of_item == i)).to_pylist() for i, name in enumerate(names)}
+    return {
+        name: rows.take(["media_id"], np.flatnonzero(part_of_item == i)).column("media_id").to_pylist()
+        for i, name in enumerate(names)
+    }
 
 
-def _split_table(source: pa.Table | Any) -> pa.Table:
-    """The table to split: ``source`` itself, or the split's columns of a dataset's (or its
-    ``items``') rows."""
+def _split_rows(source: pa.Table | Any) -> Any:
+    """What to split, read a slice at a time: a table, or a dataset's (or its ``items``') rows."""
     if isinstance(source, pa.Table):
-        return source
+        return TableRows(source)
     items = getattr(source, "items", source)
-    if not callable(getattr(items, "columns", None)):
+    if not callable(getattr(items, "slices", None)):
         raise ConfigurationError(
             f"leakage_safe_split takes a metadata table or a dataset, not {type(source).__name__}."
         )
-    return items.columns(SPLIT_COLUMNS)
+    return items
 
 
 def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str]) -> pa.Table:
@@ -90,14 +89,14 @@ def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str
 def _memberships_table(table: pa.Table) -> pa.Table:
     media_ids = table.column("media_id").combine_chunks()
     parts = []
-    for kind, keys, rows in _group_memberships(table):
-        valid = pc.is_valid(keys)
+    for kind, groups, rows in _group_memberships(TableRows(table)):
+        valid = groups.codes >= 0
         parts.append(
             pa.table(
                 {
-                    "media_id": media_ids.take(pa.array(rows)).filter(valid),
-                    "shared": pa.array([kind] * int(pc.sum(valid).as_py() or 0), pa.string()),
-                    "group": keys.filter(valid).cast(pa.string()),
+                    "media_id": media_ids.take(pa.array(rows[valid])),
+                    "shared": pa.array([kind] * int(valid.sum()), pa.string()),
+                    "group": groups.dictionary.take(pa.array(groups.codes[valid])).cast(pa.string()),
                 }
             )
         )
@@ -124,27 +123,25 @@ def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndar
     return names, values
 
 
-def _first_labels(table: pa.Table, rows: np.ndarray) -> np.ndarray:
-    """A class code for each of ``rows``: its first label, or one shared code for unlabeled rows."""
-    if "labels" not in table.column_names:
-        return np.zeros(len(rows), dtype=np.int64)
-    labels = table.column("labels").combine_chunks().take(pa.array(rows))
+def _first_labels(rows: Any, positions: np.ndarray) -> np.ndarray:
+    """A class code for each row at ``positions``: its first label, or one shared code for unlabeled rows."""
+    if "labels" not in rows.column_names:
+        return np.zeros(len(positions), dtype=np.int64)
+    labels = rows.take(["labels"], positions).column("labels").combine_chunks()
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
     codes = pc.dictionary_encode(pc.struct_field(first, "category_name")).indices
     return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _linked_components(table: pa.Table) -> np.ndarray:
+def _linked_components(rows: Any) -> np.ndarray:
     """For each row, a component id shared by every row it is linked to."""
-    n = len(table)
+    n = len(rows)
     items, groups = [], []  # edges between an item and a group node
     next_node = n
-    for _, keys, rows in _group_memberships(table):
-        encoded = pc.dictionary_encode(keys)
-        valid = pc.is_valid(encoded).to_numpy(zero_copy_only=False)
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        items.append(rows[valid])
-        groups.append(codes[valid].astype(np.int64) + next_node)
+    for _, encoded, members in _group_memberships(rows):
+        valid = encoded.codes >= 0
+        items.append(members[valid])
+        groups.append(encoded.codes[valid] + next_node)
         next_node += len(encoded.dictionary)
     parent = np.arange(next_node)
     if items:
@@ -166,15 +163,34 @@ def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         parent[:] = grand
 
 
-def _group_memberships(table: pa.Table):
-    """(kind, group key per membership, row of that membership) for clusters and duplicate groups."""
-    if "cluster_id" in table.column_names:
-        yield "cluster_id", table.column("cluster_id").combine_chunks(), np.arange(len(table))
-    if "issues" in table.column_names:
-        flat, rows = flat_issues(table)
-        is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
-        yield (
-            "duplicate_group",
-            flat.field("duplicate_group_id").filter(is_dup),
-            rows[is_dup.to_numpy(zero_copy_only=False)],
-        )
+class _Groups(NamedTuple):
+    """Each membership's group, as a code into ``dictionary`` (-1: none)."""
+
+    codes: np.ndarray
+    dictionary: pa.Array
+
+
+def _group_memberships(rows: Any) -> Iterator[tuple[str, _Groups, np.ndarray]]:
+    """(kind, group of each membership, row of that membership) for clusters and duplicate groups,
+    read a slice of rows at a time and encoded as numbers: no column of group ids is ever whole."""
+    clusters, duplicates, duplicate_rows = [], [], []
+    for offset, part in rows.slices(["cluster_id", "issues"]):
+        if "cluster_id" in part.column_names:
+            clusters.append(pc.dictionary_encode(part.column("cluster_id").combine_chunks().cast(pa.string())))
+        if "issues" in part.column_names:
+            flat, parents = flat_issues(part)
+            is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
+            duplicates.append(pc.dictionary_encode(flat.field("duplicate_group_id").filter(is_dup).cast(pa.string())))
+            duplicate_rows.append(offset + parents[is_dup.to_numpy(zero_copy_only=False)])
+    if "cluster_id" in rows.column_names:
+        yield "cluster_id", _unified(clusters), np.arange(len(rows))
+    if "issues" in rows.column_names:
+        yield "duplicate_group", _unified(duplicates), np.concatenate(duplicate_rows).astype(np.int64)
+
+
+def _unified(parts: list[pa.DictionaryArray]) -> _Groups:
+    """One code per value across the slices' own dictionaries."""
+    unified = pa.chunked_array(parts, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
+    codes = [pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False) for chunk in unified.chunks]
+    dictionary = unified.chunks[0].dictionary if unified.num_chunks else pa.array([], pa.string())
+    return _Groups(np.concatenate(codes).astype(np.int64) if codes else np.array([], np.int64), dictionary)
