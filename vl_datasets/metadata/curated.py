@@ -399,6 +399,7 @@ def _gather(
         found = taken.column(path_column)
         # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
         found = (found if paths_from_file_path is None else paths_from_file_path(found)).combine_chunks()
+        found = found.cast(pa.large_string())  # as the list file holds them: 100M paths pass 2 GiB
         present = pc.is_valid(found).to_numpy(zero_copy_only=False)
         if not present.all():
             missing += int((~present).sum())
@@ -412,7 +413,7 @@ def _gather(
             objects.append(pc.unique(object_labels(taken, label_source)))
     return _Gathered(
         kept=np.concatenate(with_image) if with_image else kept[:0],
-        paths=pa.concat_arrays(paths) if paths else pa.array([], pa.string()),
+        paths=pa.concat_arrays(paths) if paths else pa.array([], pa.large_string()),
         label_names=pa.concat_arrays(names) if names else None,
         object_names=pa.concat_arrays(objects).unique() if objects else None,
         missing=missing,
