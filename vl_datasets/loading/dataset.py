@@ -13,9 +13,10 @@ and of ``from_export`` and the options part of the class docstring are built fro
 option added to a group reaches every entry point; each group is also accepted whole
 (``curation=``, ``targets=``, ``images=``).
 
-Per-item state lives in Arrow and numpy buffers, never in per-item Python objects, so forked
-DataLoader workers share it instead of copying it (pytorch/pytorch#13246), and the dataset pickles
-fast. It holds no session, open file or lock.
+Per-item state lives in files the cache keeps, memory-mapped: the export's index and the curated
+item list (``item_store``), never in per-item Python objects. Forked DataLoader workers share the
+mapped pages (pytorch/pytorch#13246), and a spawned one unpickles the files' paths and maps them
+too: the dataset pickles to a few KiB at any size. It holds no session, open file or lock.
 """
 
 from __future__ import annotations

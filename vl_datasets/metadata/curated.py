@@ -2,11 +2,13 @@
 
 ``CuratedItems(rows, curation, targets)`` takes an export's rows (the normalized metadata plus each
 row's image path, as ``metadata.index`` builds them), keeps what the ``CurationRules`` keep, drops
-or refuses rows without an image, and builds the targets ``TargetOptions`` ask for. It holds Arrow
-and numpy buffers only (forked DataLoader workers share them instead of copying them,
-pytorch/pytorch#13246), and answers in plain Python and numpy values: no torch is imported, so a
-tool that audits, splits or counts items needs nothing else. ``VisualLayerDataset`` turns its
-targets into tensors.
+or refuses rows without an image, and builds the targets ``TargetOptions`` ask for, a slice of
+rows at a time (``row_batches``). What it keeps per item (its row in the index, image path,
+target: an ``item_list.ItemList``) is a few numbers and a path, and ``CuratedItems.from_list``
+opens one written to disk, memory-mapped, with no curation. It holds Arrow and numpy buffers only
+(forked DataLoader workers share them instead of copying them, pytorch/pytorch#13246), and answers
+in plain Python and numpy values: no torch is imported, so a tool that audits, splits or counts
+items needs nothing else. ``VisualLayerDataset`` turns its targets into tensors.
 """
 
 from __future__ import annotations
