@@ -311,7 +311,8 @@ def measure_size(rows: int, chosen: set[str], repeat: int, timeout_s: float) -> 
         found["split"] = run_child("split", paths, timeout_s)
     if "workers" in chosen:
         found["workers"] = run_child("workers", paths, timeout_s)
-    found["cache_mib"] = _disk_mib(Path(paths["cache"]))
+    if Path(paths["cache"]).exists():
+        found["cache_mib"] = _disk_mib(Path(paths["cache"]))
     for made in ("cache", "images_root"):
         shutil.rmtree(paths[made], ignore_errors=True)
     return found

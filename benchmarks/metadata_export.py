@@ -3,7 +3,7 @@
 ``build_export(rows)`` writes ``data/metadata_export_v1_<rows>/metadata.parquet`` (git-ignored,
 kept for later runs) by batches of 131,072 rows, one Parquet row group each, with a
 ``ParquetWriter``: the peak memory of building it does not depend on N, so 30M items is feasible
-(about 190 bytes of Parquet per item). No image is written: the benchmark reads the images from an
+(about 130-160 bytes of Parquet per item, snappy). No image is written: the benchmark reads the images from an
 ``images_root`` of its own.
 
 How the rows are made (deterministic for a seed; the draws come from numpy, a batch at a time),
@@ -28,7 +28,7 @@ two model the same dataset:
   duplicates: 10% of the items, in pairs, each item carrying one duplicates issue per threshold
   (0.96, 0.98) with the pair's ``duplicate_group_id``; a ``video_info`` entry on the frames.
   Real exports can carry more image labels (the contract counts about 12 per image on one
-  dataset); this one keeps the service's rates, about 250 bytes of JSON per item.
+  dataset); this one keeps the service's rates, about 220 bytes of JSON per item.
 """
 
 from __future__ import annotations
