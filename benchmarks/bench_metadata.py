@@ -14,9 +14,11 @@ public entry points only::
 
 (``label_source="User"``: the items also carry Model and Visual Layer labels.) Each measurement
 runs in a fresh interpreter (this file, ``--child NAME``), with a time limit that records "timed out
-after N s" instead of hanging, and the 1-minute load average at its start and end (the machine is
-shared). Peak RSS is the child's own high-water mark (``VmHWM``) at the end of the phase
-measured; the process tree's RSS is also sampled every 50 ms, which catches helpers it starts.
+after N s" instead of hanging, a limit on its resident memory (60% of the machine's by default) that
+stops it before the kernel's OOM killer would pick a process of the machine's other users, and the
+1-minute load average at its start and end (the machine is shared). Peak RSS is the child's own
+high-water mark (``VmHWM``) at the end of the phase measured; the process tree's RSS is also sampled
+every 50 ms, which catches helpers it starts.
 
 - baseline: an interpreter with torch imported; the targets count memory above it.
 - bare read: ``pyarrow.parquet.read_table`` of the whole file (the reference for reading it).
@@ -55,6 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -204,7 +207,16 @@ CHILDREN: dict[str, Callable[[dict], dict]] = {
 # -- the parent: runs the children with a time limit, sampling their memory --------------------------
 
 
-def run_child(name: str, paths: dict, timeout_s: float) -> dict:
+@dataclass(frozen=True)
+class Limits:
+    """What one measurement may take before its process tree is killed: a shared machine's other
+    users must never meet the kernel's OOM killer because of a benchmark."""
+
+    time_s: float
+    rss_mib: float
+
+
+def run_child(name: str, paths: dict, limits: Limits) -> dict:
     """One measurement in a fresh interpreter: its own report, the tree's sampled peak RSS, the load
     average at start and end; ``error`` instead of figures when it failed or ran out of time."""
     import psutil
@@ -214,12 +226,12 @@ def run_child(name: str, paths: dict, timeout_s: float) -> dict:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = psutil.Popen(command, stdout=out, stderr=err, env=env, cwd=HERE)
-        tree_peak, timed_out = _watch(process, timeout_s)
+        tree_peak, stopped = _watch(process, limits)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     result: dict = {"load": [load_start, os.getloadavg()[0]], "tree_peak_mib": tree_peak}
-    if timed_out:
-        result["error"] = f"timed out after {timeout_s:.0f} s"
+    if stopped:
+        result["error"] = stopped
     elif process.returncode:
         result["error"] = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1][:300]
     else:
@@ -229,12 +241,12 @@ def run_child(name: str, paths: dict, timeout_s: float) -> dict:
     return result
 
 
-def _watch(process, timeout_s: float) -> tuple[float, bool]:
-    """The process tree's peak RSS (MiB), sampled every 50 ms until it exits; the tree is killed past
-    ``timeout_s``."""
+def _watch(process, limits: Limits) -> tuple[float, str]:
+    """The process tree's peak RSS (MiB), sampled every 50 ms until it exits, and why it was killed
+    ("" when it was not): past ``limits.time_s``, or with more than ``limits.rss_mib`` resident."""
     import psutil
 
-    deadline, peak = time.monotonic() + timeout_s, 0.0
+    deadline, peak, stopped = time.monotonic() + limits.time_s, 0.0, ""
     while process.poll() is None:
         tree = [process, *process.children(recursive=True)]
         rss = 0
@@ -243,13 +255,17 @@ def _watch(process, timeout_s: float) -> tuple[float, bool]:
                 rss += member.memory_info().rss
         peak = max(peak, rss / MIB)
         if time.monotonic() > deadline:
+            stopped = f"timed out after {limits.time_s:.0f} s"
+        elif peak > limits.rss_mib:
+            stopped = f"stopped at {peak:,.0f} MiB RSS (limit {limits.rss_mib:,.0f} MiB)"
+        if stopped:
             for member in reversed(tree):
                 with contextlib.suppress(psutil.Error):
                     member.kill()
             process.wait()
-            return peak, True
+            break
         time.sleep(0.05)
-    return peak, False
+    return peak, stopped
 
 
 def _median_of(runs: list[dict]) -> dict:
@@ -278,13 +294,13 @@ def _seed_jpeg() -> Path:
     return path
 
 
-def measure_size(rows: int, chosen: set[str], repeat: int, timeout_s: float) -> dict:
+def measure_size(rows: int, chosen: set[str], repeat: int, limits: Limits) -> dict:
     """Every chosen measurement at ``rows`` items; the caches it makes are deleted afterwards."""
     from metadata_export import export_folder
 
     folder = export_folder(rows)
     built = {"s": 0.0, "peak_mib": 0.0} if (folder / "metadata.parquet").is_file() else None
-    built = built or run_child("build", {"rows": rows}, 4 * timeout_s)
+    built = built or run_child("build", {"rows": rows}, Limits(4 * limits.time_s, limits.rss_mib))
     if "error" in built:
         return {"rows": rows, "build": built}
     paths = {
@@ -299,18 +315,18 @@ def measure_size(rows: int, chosen: set[str], repeat: int, timeout_s: float) -> 
         shutil.rmtree(paths[made], ignore_errors=True)
     Path(paths["images_root"]).mkdir(parents=True)
     found: dict = {"rows": rows, "build": built, "parquet_mib": _disk_mib(folder)}
-    found["baseline"] = _median_peak([run_child("baseline", paths, timeout_s) for _ in range(repeat)])
+    found["baseline"] = _median_peak([run_child("baseline", paths, limits) for _ in range(repeat)])
     if "bare" in chosen:
-        found["bare"] = _median_of([run_child("bare", paths, timeout_s) for _ in range(repeat)])
+        found["bare"] = _median_of([run_child("bare", paths, limits) for _ in range(repeat)])
     if "hf" in chosen:
-        found.update(_measure_hf(paths, repeat, timeout_s))
+        found.update(_measure_hf(paths, repeat, limits))
     if "ours" in chosen:
-        found["first"] = run_child("open", paths, timeout_s)
-        found["cached"] = _median_of([run_child("open", paths, timeout_s) for _ in range(repeat)])
+        found["first"] = run_child("open", paths, limits)
+        found["cached"] = _median_of([run_child("open", paths, limits) for _ in range(repeat)])
     if "split" in chosen:
-        found["split"] = run_child("split", paths, timeout_s)
+        found["split"] = run_child("split", paths, limits)
     if "workers" in chosen:
-        found["workers"] = run_child("workers", paths, timeout_s)
+        found["workers"] = run_child("workers", paths, limits)
     if Path(paths["cache"]).exists():
         found["cache_mib"] = _disk_mib(Path(paths["cache"]))
     for made in ("cache", "images_root"):
@@ -323,13 +339,13 @@ def _median_peak(runs: list[dict]) -> dict:
     return {**runs[0], "peak_mib": statistics.median(run["peak_mib"] for run in good)} if good else runs[0]
 
 
-def _measure_hf(paths: dict, repeat: int, timeout_s: float) -> dict:
+def _measure_hf(paths: dict, repeat: int, limits: Limits) -> dict:
     import importlib.util
 
     if importlib.util.find_spec("datasets") is None:
         return {"hf_missing": True}
-    first = run_child("hf", paths, timeout_s)
-    reload = _median_of([run_child("hf", paths, timeout_s) for _ in range(repeat)])
+    first = run_child("hf", paths, limits)
+    reload = _median_of([run_child("hf", paths, limits) for _ in range(repeat)])
     disk = _disk_mib(Path(paths["hf_cache"]))
     shutil.rmtree(paths["hf_cache"], ignore_errors=True)  # several GiB at 10M and more: not kept
     return {"hf_first": first, "hf_reload": reload, "hf_cache_mib": disk}
@@ -498,12 +514,19 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of the cheap measurements (median)")
     parser.add_argument("--timeout-s", type=float, help="per measurement; default 120 s + 90 s per 1M items")
+    parser.add_argument(
+        "--max-rss-gib", type=float, help="per measurement's process tree; default 60%% of this machine's memory"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_metadata.md")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -513,9 +536,9 @@ def main() -> None:
         return
     results = []
     for rows in args.rows:
-        timeout_s = args.timeout_s or 120 + 90 * rows / 1e6
-        print(f"{_size(rows)} items (each measurement limited to {timeout_s:.0f} s)", file=sys.stderr)
-        results.append(measure_size(rows, set(args.measure), args.repeat, timeout_s))
+        limits = Limits(args.timeout_s or 120 + 90 * rows / 1e6, (args.max_rss_gib or 0.6 * _memory_gib()) * 1024)
+        print(f"{_size(rows)} items (each measurement limited to {limits})", file=sys.stderr)
+        results.append(measure_size(rows, set(args.measure), args.repeat, limits))
         args.out.write_text(report(results))  # what is done so far survives a later size's failure
     print(args.out.read_text())
 
