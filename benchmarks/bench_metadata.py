@@ -2,11 +2,12 @@
 
     pip install -e .[bench]    # Hugging Face datasets (the peer) and psutil
     python benchmarks/bench_metadata.py [--rows 1000000 10000000 30000000] [--out FILE]
-        [--measure bare hf ours split workers] [--repeat 3] [--timeout-s S]
+        [--measure bare hf ours split workers] [--repeat 3] [--timeout-s S] [--max-rss-gib G]
 
 The export is ``metadata_export.build_export(rows)``: a synthetic metadata-only Parquet export of
 realistic rows (that module's docstring says how they are made), built once under
-benchmarks/data/ (git-ignored) and kept. Every dataset is opened as a training job would, through
+benchmarks/data/ (git-ignored) and kept; the caches a run makes (ours, HF's, the linked images) are
+deleted after each size, once their size on disk is counted. Every dataset is opened as a training job would, through
 public entry points only::
 
     VisualLayerDataset.from_export(folder, cache_dir=..., images_root=...,
@@ -17,8 +18,8 @@ runs in a fresh interpreter (this file, ``--child NAME``), with a time limit tha
 after N s" instead of hanging, a limit on its resident memory (60% of the machine's by default) that
 stops it before the kernel's OOM killer would pick a process of the machine's other users, and the
 1-minute load average at its start and end (the machine is shared). Peak RSS is the child's own
-high-water mark (``VmHWM``) at the end of the phase measured; the process tree's RSS is also sampled
-every 50 ms, which catches helpers it starts.
+high-water mark (``VmHWM``) at the end of the phase measured; the RSS of its process tree (with any
+helper or worker it starts) is sampled every 50 ms for the memory limit.
 
 - baseline: an interpreter with torch imported; the targets count memory above it.
 - bare read: ``pyarrow.parquet.read_table`` of the whole file (the reference for reading it).
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -58,8 +60,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -158,11 +161,12 @@ def child_workers(paths: dict) -> dict:
     for context in ("spawn", "fork"):
         # range pickles as three integers: an empty worker, with the same loader settings.
         items = cast("Dataset[int]", range(len(ds)))
-        empty = DataLoader(
-            items, BATCH, shuffle=False, num_workers=WORKERS, multiprocessing_context=context, persistent_workers=True
-        )
-        ours = ds.dataloader(BATCH, shuffle=False, seed=0, num_workers=WORKERS, multiprocessing_context=context)
-        result[context] = {"empty": _first_batches(empty), "ours": _first_batches(ours)}
+        settings: dict[str, Any] = {"shuffle": False, "num_workers": WORKERS, "multiprocessing_context": context}
+        empty = partial(DataLoader, items, BATCH, persistent_workers=True, **settings)
+        result[context] = {
+            "empty": _first_batches(empty),
+            "ours": _first_batches(partial(ds.dataloader, BATCH, seed=0, **settings)),
+        }
     return result
 
 
@@ -175,22 +179,25 @@ def _link_images(ds, seed_jpeg: Path, count: int) -> None:
             os.link(seed_jpeg, path)
 
 
-def _first_batches(loader) -> dict:
+def _first_batches(make_loader: Callable[[], Any]) -> dict:
     """Seconds from the epoch's start to its first batch, and each worker's private memory (MiB)
-    once every worker has sent one; the workers end with the loader."""
+    once every worker has sent one; the loader and its workers end before it returns."""
     import psutil
 
     me = psutil.Process()
     before = {child.pid for child in me.children()}
+    loader = make_loader()
     start = time.perf_counter()
     batches = iter(loader)
     next(batches)
     seconds = time.perf_counter() - start
     for _ in range(WORKERS - 1):
         next(batches)
-    workers = [child for child in me.children() if child.pid not in before]
+    # multiprocessing's resource tracker is a child too, started with the first spawned workers.
+    workers = [c for c in me.children() if c.pid not in before and "resource_tracker" not in " ".join(c.cmdline())]
     uss = [worker.memory_full_info().uss / MIB for worker in workers]
     del batches, loader
+    gc.collect()  # the loader's iterator shuts its workers down when it is collected
     return {"s": seconds, "uss_mib": uss}
 
 
