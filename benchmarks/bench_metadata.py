@@ -27,7 +27,7 @@ helper or worker it starts) is sampled every 50 ms for the memory limit.
   then its reload from that cache in new processes.
 - ours: the first open (index + curation, fresh cache), the cached open of the same curated dataset
   (same options, new processes), and in that process ``len(pickle.dumps(ds))``.
-- ``leakage_safe_split(ds.table, {"train": 0.8, "val": 0.2})`` over the whole export (opened without
+- ``leakage_safe_split(ds, {"train": 0.8, "val": 0.2})`` over the whole export (opened without
   curation, ``task=None``, as the function's docstring suggests: split, then curate each part).
 - workers: a DataLoader from ``ds.dataloader(64, shuffle=False, num_workers=2,
   multiprocessing_context=...)`` under ``spawn`` and under ``fork``: the time from ``iter(loader)``
@@ -146,7 +146,7 @@ def child_split(paths: dict) -> dict:
     ds = _open(paths, min_uniqueness=None, dedupe=False, task=None, label_source=None)
     open_s, open_peak = time.perf_counter() - start, _peak_mib()
     start = time.perf_counter()
-    parts = vl_datasets.leakage_safe_split(ds.table, FRACTIONS, seed=0)
+    parts = vl_datasets.leakage_safe_split(ds, FRACTIONS, seed=0)
     split_s = time.perf_counter() - start
     counts = {name: len(ids) for name, ids in parts.items()}
     return {"open_s": open_s, "open_peak_mib": open_peak, "s": split_s, "peak_mib": _peak_mib(), "parts": counts}
