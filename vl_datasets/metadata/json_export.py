@@ -175,12 +175,14 @@ def _info(table: pa.Table) -> Any:
     return info
 
 
-def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
-    """A raw table (not yet normalized) from JSON media items: one column per key seen."""
+def table_from_media_items(items: list, source: str = "metadata", *, row_offset: int = 0) -> pa.Table:
+    """A raw table (not yet normalized) from JSON media items: one column per key seen. ``items``
+    may be a slice of an export's, from its item ``row_offset`` on: errors name rows of the whole."""
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise SchemaError(
-                f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.", field="media_items"
+                f"{source}: media_items[{i + row_offset}] is a {type(item).__name__}, not an object.",
+                field="media_items",
             )
     keys: dict[str, None] = {}
     for item in items:
@@ -189,7 +191,9 @@ def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
     try:
         return _table_from_media_items(items, keys, known, source)
     except RowSchemaError as error:
-        raise named(error, items[error.row].get("media_id")) from None
+        media_id = items[error.row].get("media_id")
+        error.row += row_offset
+        raise named(error, media_id) from None
 
 
 def _table_from_media_items(items: list, keys: dict[str, None], known: list[str], source: str) -> pa.Table:
