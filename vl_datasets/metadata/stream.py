@@ -1,0 +1,134 @@
+"""An export's metadata file as a sequence of normalized slices, never read whole.
+
+A Parquet file is read a record batch at a time; a large JSON export is parsed incrementally by
+ijson (its C backend, yajl) into slices of media items. Each slice is normalized as the whole file
+would be (``normalize_raw``, rows in errors counted from the file's first), except that the media
+ids' uniqueness, which no slice can see, is left to the caller. A Parquet file's slices all have
+one schema; a JSON export's unknown keys are typed per slice, and the caller unifies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ijson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import SchemaError
+from .items import gc_paused
+from .json_depth import check_file_depth
+from .json_export import check_utf8, table_from_media_items
+from .normalize import normalize_raw
+
+BATCH_ROWS = 64 << 10  # a slice of the file, in rows: tens of MiB for realistic rows
+# A JSON export under this size is read whole, by Arrow's one-block reader: faster than ijson,
+# and its memory, a few times the file's size, is bounded by this.
+JSON_STREAM_BYTES = 64 << 20
+_READ_BYTES = 64 << 10
+
+
+def is_parquet(path: Path) -> bool:
+    """Whether ``path`` starts as a Parquet file does (the magic bytes ``PAR1``)."""
+    with open(path, "rb") as stream:
+        return stream.read(4) == b"PAR1"
+
+
+def parquet_slices(path: Path, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """The normalized slices of a Parquet metadata file, one per record batch read."""
+    source = str(path)
+    try:
+        # Without pre-buffering: it keeps every column chunk read until the file is closed.
+        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
+        schema = file.schema_arrow
+        batches = file.iter_batches(batch_size=batch_rows)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
+        raise _unreadable(path, exc) from None
+    offset = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _unreadable(path, exc) from None
+        if batch is None:
+            break
+        yield normalize_raw(pa.Table.from_batches([batch]), source, None, row_offset=offset, check_unique=False)
+        offset += batch.num_rows
+    if offset == 0:  # no rows: still the file's columns
+        yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
+
+
+def _unreadable(path: Path, exc: Exception) -> SchemaError:
+    return SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata")
+
+
+def json_slices(path: Path, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table] | None:
+    """The normalized slices of a JSON export's media items, parsed incrementally; the last one
+    carries the export's ``info``. None when the file is not ``{"media_items": [...], ...}`` or a
+    bare list of items with at least one: the caller reads such a file whole, as it always did,
+    to report what is wrong with it."""
+    check_utf8(path)  # as for a whole read: ijson would decode bytes that are not UTF-8 its own way
+    check_file_depth(path)  # yajl keeps its nesting on the heap, but the items are then walked recursively
+    prefix = _items_prefix(path)
+    if prefix is None:
+        return None
+    return _json_slices(path, prefix, batch_rows)
+
+
+def _items_prefix(path: Path) -> str | None:
+    """``media_items.item`` for an export object, ``item`` for a bare list; None for anything else."""
+    with open(path, "rb") as stream:
+        while chunk := stream.read(4096):
+            stripped = chunk.lstrip(b" \t\r\n")  # a byte-order mark too is left to the whole read
+            if stripped:
+                return {b"{": "media_items.item", b"[": "item"}.get(stripped[:1])
+    return None
+
+
+def _json_slices(path: Path, prefix: str, batch_rows: int) -> Iterator[pa.Table]:
+    source, offset, pending = str(path), 0, []
+    info = _info(path) if prefix != "item" else None
+    for item in _items(path, prefix):
+        pending.append(item)
+        if len(pending) == batch_rows:
+            yield _normalized_items(pending, source, offset, None)
+            offset, pending = offset + len(pending), []
+    if offset == 0 and not pending and prefix != "item":
+        _check_items_is_a_list(path)
+    yield _normalized_items(pending, source, offset, info)  # the info rides on the last slice, empty or not
+
+
+def _check_items_is_a_list(path: Path) -> None:
+    # Only when no item was found: what stands under "media_items" is then small, or no list.
+    with open(path, "rb") as stream:
+        try:
+            items = next(ijson.items(stream, "media_items", use_float=True, buf_size=_READ_BYTES), None)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+    if not isinstance(items, list):
+        raise SchemaError(f"{path}: the JSON export has no 'media_items' list.", field="media_items")
+
+
+def _items(path: Path, prefix: str) -> Iterator[Any]:
+    with open(path, "rb") as stream:
+        try:
+            with gc_paused():  # millions of small containers: the cyclic collector would rescan them all
+                yield from ijson.items(stream, prefix, use_float=True, buf_size=_READ_BYTES)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+
+
+def _info(path: Path) -> Any:
+    """The export's ``info`` (None when it has none); the parse stops once it is read."""
+    with open(path, "rb") as stream:
+        try:
+            return next(ijson.items(stream, "info", use_float=True, buf_size=_READ_BYTES), None)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+
+
+def _normalized_items(items: list, source: str, offset: int, info: Any) -> pa.Table:
+    raw = table_from_media_items(items, source, row_offset=offset)
+    return normalize_raw(raw, source, info, row_offset=offset, check_unique=False)
