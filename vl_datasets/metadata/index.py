@@ -21,6 +21,7 @@ from ..errors import ImageNotFoundError, SchemaError
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .read import find_metadata_file, metadata_slices, read_metadata_file
+from .stream import BATCH_ROWS
 from .table_file import read_normalized, write_normalized
 
 logger = logging.getLogger("vl_datasets")
@@ -56,14 +57,16 @@ def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     return IndexedExport(metadata.name, rows, INDEX_FILE)
 
 
-def write_export_index(export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None) -> int:
+def write_export_index(
+    export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None, batch_rows: int = BATCH_ROWS
+) -> int:
     """Write the index ``build_index`` would return to ``path`` (atomically) without ever holding the
-    whole table: the metadata is read, normalized, given its image column and written a slice at a
-    time (``index_writer``). Returns its rows; raises as ``build_index`` does."""
+    whole table: the metadata is read, normalized, given its image column and written ``batch_rows``
+    rows at a time (``index_writer``). Returns its rows; raises as ``build_index`` does."""
     export_dir = Path(export_dir)
     metadata = find_metadata_file(export_dir)
     members = image_members(export_dir / "images" if images_dir is None else images_dir)
-    return write_index_file(metadata_slices(metadata), Path(path), metadata, members)
+    return write_index_file(metadata_slices(metadata, batch_rows=batch_rows), Path(path), metadata, members)
 
 
 def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.PathLike[str] | None = None) -> pa.Table:

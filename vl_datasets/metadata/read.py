@@ -19,7 +19,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_utf8, not_utf8, read_json_export
 from .normalize import normalize, normalize_raw
-from .stream import JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
+from .stream import BATCH_ROWS, JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
 from .table_file import read_normalized, stamp_source, write_normalized
 
 logger = logging.getLogger(__name__)
@@ -68,15 +68,15 @@ class MetadataSlices:
     same_schema: bool
 
 
-def metadata_slices(path: str | os.PathLike) -> MetadataSlices:
-    """One ``metadata.parquet`` or ``metadata.json`` file, read a slice at a time: a Parquet file
-    by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A smaller JSON
-    export (or one that is no list of items) is read whole, as ``read_metadata_file`` does."""
+def metadata_slices(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> MetadataSlices:
+    """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time: a
+    Parquet file by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A
+    smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does."""
     path = Path(path)
     if is_parquet(path):
-        return MetadataSlices(parquet_slices(path), same_schema=True)
+        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows), same_schema=True)
     if path.stat().st_size >= JSON_STREAM_BYTES:
-        tables = json_slices(path)
+        tables = json_slices(path, batch_rows=batch_rows)
         if tables is not None:
             return MetadataSlices(tables, same_schema=False)
     return MetadataSlices(iter([read_metadata_file(path)]), same_schema=True)
