@@ -8,7 +8,6 @@ import shutil
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import child_env, run_child
@@ -170,7 +169,8 @@ import sys
 from pathlib import Path
 from vl_datasets.metadata.index import build_index, write_export_index
 def status(key):
-    return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key))
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
 Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the imports') is forgotten
 before = status("VmRSS:")
 if sys.argv[3] == "stream":

@@ -61,8 +61,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), members, file_name)
     if on_missing == "raise" and pc.any(unresolved).as_py():
         row = pc.index(unresolved, True).as_py()
-        first = (column[row].as_py() for column in (media_id, file_path, file_name))
-        raise _no_image(*first, pc.sum(unresolved).as_py())
+        raise _no_image(table, row, pc.sum(unresolved).as_py())
     return resolved
 
 
@@ -71,11 +70,15 @@ _NO_STRING = pa.scalar(None, pa.string())
 
 def _none_found(table: pa.Table, on_missing: str) -> pa.Array:
     if on_missing == "raise" and table.num_rows:
-        raise _no_image(*(table.column(name)[0].as_py() for name in ("media_id", "file_path", "file_name")), len(table))
+        raise _no_image(table, 0, len(table))
     return pa.nulls(table.num_rows, pa.string())
 
 
-def _no_image(media_id: str, file_path: str | None, file_name: str | None, count: int) -> ImageNotFoundError:
+def _no_image(table: pa.Table, row: int, count: int) -> ImageNotFoundError:
+    """The error for ``count`` rows without an image, naming the first, at ``row``."""
+    media_id, file_path, file_name = (
+        table.column(name)[row].as_py() for name in ("media_id", "file_path", "file_name")
+    )
     return ImageNotFoundError(
         f"No image in the export for media_id {media_id!r} (file_path {file_path!r}, file_name {file_name!r}); "
         f"{count} row(s) have none. Export with include_images=true, or pass on_missing='null' to drop them.",

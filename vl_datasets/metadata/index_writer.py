@@ -45,11 +45,10 @@ def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members
             return rows
         with tempfile.TemporaryDirectory(prefix=".vl_datasets_slices.", dir=path.parent) as folder:
             spilled = _spill(tables, Path(folder))
-            media_ids = pa.chunked_array([table.column("media_id") for table in spilled], pa.string())
-            _check_unique(hashes, metadata, lambda: media_ids)
-            schema = _unified_schema(spilled)
+            _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(spilled, ["media_id"]), pa.string()))
+            schema = _unified_schema([_load(part, schema_only=True).schema for part in spilled])
             images = None if members is None else _resolve(spilled, schema, members)
-            conformed = (_conform(table, schema) for table in spilled)
+            conformed = (_conform(table, schema) for table in _loaded(spilled))
             return _write(tmp, conformed, metadata, schema=schema, images=images)
 
 
@@ -95,28 +94,41 @@ def _read(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
-def _spill(tables: Iterable[pa.Table], folder: Path) -> list[pa.Table]:
-    """Each table written to its own file in ``folder`` and memory-mapped back."""
+def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
+    """Each table written to its own file in ``folder``."""
     spilled = []
     for i, table in enumerate(tables):
-        path = folder / f"{i:06d}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        spilled.append(folder / f"{i:06d}.arrow")
+        with pa.OSFile(str(spilled[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        spilled.append(_read(path))
     return spilled
 
 
-def _unified_schema(tables: list[pa.Table]) -> pa.Schema:
-    """One schema for every table: each column's types promoted to one, or text where none holds
+def _load(path: Path, *, schema_only: bool = False) -> pa.Table:
+    # Read, not memory-mapped: a map of every slice would count them all in the resident memory.
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return reader.schema.empty_table() if schema_only else reader.read_all()
+
+
+def _loaded(spilled: list[Path], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The spilled tables one at a time (only ``columns`` of them, those they have)."""
+    for part in spilled:
+        table = _load(part)
+        yield table if columns is None else table.select([name for name in columns if name in table.column_names])
+
+
+def _unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for every slice: each column's types promoted to one, or text where none holds
     them all (as a whole-file read turns values of mixed types into text); schema metadata merged."""
     fields = []
-    for name in dict.fromkeys(name for table in tables for name in table.column_names):
-        found = [pa.schema([table.schema.field(name)]) for table in tables if name in table.column_names]
+    for name in dict.fromkeys(name for schema in schemas for name in schema.names):
+        found = [pa.schema([schema.field(name)]) for schema in schemas if name in schema.names]
         try:
             fields.append(pa.unify_schemas(found, promote_options="permissive").field(0))
         except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
             fields.append(pa.field(name, pa.string()))
-    metadata = {key: value for table in tables for key, value in (table.schema.metadata or {}).items()}
+    metadata = {key: value for schema in schemas for key, value in (schema.metadata or {}).items()}
     return pa.schema(fields, metadata=metadata)
 
 
@@ -143,9 +155,9 @@ def _json_text(column: pa.ChunkedArray) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
-def _resolve(tables: list[pa.Table], schema: pa.Schema, members: pa.Array) -> pa.Array:
+def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> pa.Array:
     """Each row's image path under ``images/`` (null when it has none), over all the rows at once."""
     lookup = pa.schema([schema.field(name) for name in _LOOKUP_COLUMNS if name in schema.names])
-    parts = [_conform(table.select([n for n in lookup.names if n in table.column_names]), lookup) for table in tables]
+    parts = [_conform(table, lookup) for table in _loaded(spilled, lookup.names)]
     resolved = resolve_image_paths(pa.concat_tables(parts), members, on_missing="null")
     return pc.utf8_slice_codeunits(resolved, len("images/"))

@@ -23,7 +23,7 @@ from .json_depth import check_file_depth
 from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
 
-BATCH_ROWS = 64 << 10  # a slice of the file, in rows: tens of MiB for realistic rows
+BATCH_ROWS = 16 << 10  # a slice of the file, in rows: a few MiB of realistic rows, and faster than larger ones
 # A JSON export under this size is read whole, by Arrow's one-block reader: faster than ijson,
 # and its memory, a few times the file's size, is bounded by this.
 JSON_STREAM_BYTES = 64 << 20
