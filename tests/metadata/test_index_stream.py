@@ -136,6 +136,15 @@ def test_the_sample_and_the_test_export_stream_as_they_read_whole(tmp_path, json
     _same_index(sample, tmp_path / "b", batch_rows=500)
 
 
+def test_empty_exports_and_a_bare_list_stream_as_they_read_whole(tmp_path, json_streamed):
+    _same_index(write_json_export(tmp_path / "empty-json", []).parent, tmp_path / "a")
+    empty = json_strings_table(items()).slice(0, 0)
+    _same_index(write_parquet(tmp_path / "empty-parquet", empty).parent, tmp_path / "b")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "metadata.json").write_text(json.dumps(_media_items(30)))
+    _same_index(tmp_path / "bare", tmp_path / "c", batch_rows=7)
+
+
 def test_a_streamed_json_export_keeps_its_errors(tmp_path, json_streamed):
     media = items()
     media[3]["uniqueness_score"] = "high"
