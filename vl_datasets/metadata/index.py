@@ -1,7 +1,8 @@
 """An export's index: its normalized metadata plus each row's image file, as one Arrow table.
 
-The cache builds the index once, when it publishes an entry, and every later open memory-maps
-it instead of parsing the metadata and listing the images again. The image column holds the
+The cache builds the index once, when it publishes an entry, a slice of rows at a time
+(``index_writer``: the file holds many record batches, so its columns come chunked), and every
+later open memory-maps it instead of parsing the metadata and listing the images again. The image column holds the
 path under ``images/`` (null when the export has no image for the row) and travels with the rows
 through every filter until the dataset moves it out.
 """
