@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import child_env, run_child
 from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
 from vl_datasets.errors import SchemaError
-from vl_datasets.metadata import read
+from vl_datasets.metadata import read, stream
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
@@ -212,3 +212,20 @@ def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
     assert whole[1] - whole[0] > 64 << 20, f"the whole-table build no longer grows: {whole}; the test needs more rows"
     assert streamed[1] - streamed[0] < (whole[1] - whole[0]) / 5, (streamed, whole)
     assert streamed[1] < whole[1] / 2, (streamed, whole)
+
+
+def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(tmp_path, monkeypatch, json_streamed):
+    """Curation, dedupe, targets and classes read the index's chunked columns as they read one chunk."""
+    from vl_datasets.loading.dataset import VisualLayerDataset
+
+    sample = shutil.copytree(SAMPLE_ROOT / SAMPLE_DATASET_ID, tmp_path / "sample")
+    options = {"min_uniqueness": 0.3, "dedupe": True, "drop_issues": {"blur": 0.5}}
+    one = VisualLayerDataset.from_export(sample, cache_dir=tmp_path / "one", **options)  # 2,017 rows: one batch
+    monkeypatch.setattr(stream, "BATCH_ROWS", 97)
+    many = VisualLayerDataset.from_export(sample, cache_dir=tmp_path / "many", **options)
+    index = read_index(next((tmp_path / "many").rglob(INDEX_FILE)))
+    assert index is not None and index.column("labels").num_chunks > 10
+    assert many.curation_summary() == one.curation_summary()
+    assert (many.media_ids, many.classes, many.fingerprint()) == (one.media_ids, one.classes, one.fingerprint())
+    assert many.table.to_pylist() == one.table.to_pylist()
+    assert [many[i][1] for i in range(0, len(many), 50)] == [one[i][1] for i in range(0, len(one), 50)]

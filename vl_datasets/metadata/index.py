@@ -22,7 +22,6 @@ from ..errors import ImageNotFoundError, SchemaError
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .read import find_metadata_file, metadata_slices, read_metadata_file
-from .stream import BATCH_ROWS
 from .table_file import read_normalized, write_normalized
 
 logger = logging.getLogger("vl_datasets")
@@ -59,11 +58,12 @@ def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
 
 
 def write_export_index(
-    export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None, batch_rows: int = BATCH_ROWS
+    export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None, batch_rows: int | None = None
 ) -> int:
     """Write the index ``build_index`` would return to ``path`` (atomically) without ever holding the
     whole table: the metadata is read, normalized, given its image column and written ``batch_rows``
-    rows at a time (``index_writer``). Returns its rows; raises as ``build_index`` does."""
+    rows at a time (``index_writer``; by default ``stream.BATCH_ROWS``). Returns its rows; raises
+    as ``build_index`` does."""
     export_dir = Path(export_dir)
     metadata = find_metadata_file(export_dir)
     members = image_members(export_dir / "images" if images_dir is None else images_dir)

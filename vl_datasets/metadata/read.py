@@ -19,7 +19,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_utf8, not_utf8, read_json_export
 from .normalize import normalize, normalize_raw
-from .stream import BATCH_ROWS, JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
+from .stream import JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
 from .table_file import read_normalized, stamp_source, write_normalized
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ class MetadataSlices:
     same_schema: bool
 
 
-def metadata_slices(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> MetadataSlices:
-    """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time: a
+def metadata_slices(path: str | os.PathLike, *, batch_rows: int | None = None) -> MetadataSlices:
+    """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time (by
+    default ``stream.BATCH_ROWS``): a
     Parquet file by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A
     smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does."""
     path = Path(path)

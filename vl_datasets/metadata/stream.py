@@ -36,9 +36,10 @@ def is_parquet(path: Path) -> bool:
         return stream.read(4) == b"PAR1"
 
 
-def parquet_slices(path: Path, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """The normalized slices of a Parquet metadata file, one per record batch read."""
-    source = str(path)
+def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """The normalized slices of a Parquet metadata file, one per record batch read
+    (``batch_rows`` rows, ``BATCH_ROWS`` by default)."""
+    source, batch_rows = str(path), batch_rows or BATCH_ROWS
     try:
         # Without pre-buffering: it keeps every column chunk read until the file is closed.
         file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
@@ -64,17 +65,16 @@ def _unreadable(path: Path, exc: Exception) -> SchemaError:
     return SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata")
 
 
-def json_slices(path: Path, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table] | None:
+def json_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Table] | None:
     """The normalized slices of a JSON export's media items, parsed incrementally; the last one
-    carries the export's ``info``. None when the file is not ``{"media_items": [...], ...}`` or a
-    bare list of items with at least one: the caller reads such a file whole, as it always did,
-    to report what is wrong with it."""
+    carries the export's ``info``. None when the file is neither an object nor a list (nor starts
+    with a byte-order mark): the caller reads such a file whole, as it always did, to report it."""
     check_utf8(path)  # as for a whole read: ijson would decode bytes that are not UTF-8 its own way
     check_file_depth(path)  # yajl keeps its nesting on the heap, but the items are then walked recursively
     prefix = _items_prefix(path)
     if prefix is None:
         return None
-    return _json_slices(path, prefix, batch_rows)
+    return _json_slices(path, prefix, batch_rows or BATCH_ROWS)
 
 
 def _items_prefix(path: Path) -> str | None:
