@@ -9,7 +9,10 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ BATCH_ROWS = 16 << 10  # a slice of the file, in rows: a few MiB of realistic ro
 # and its memory, a few times the file's size, is bounded by this.
 JSON_STREAM_BYTES = 64 << 20
 _READ_BYTES = 64 << 10
+# Slices normalized at once: Arrow's JSON reader and numpy release the GIL, and a slice is one
+# block of the reader, which would otherwise leave every core but one idle.
+_WORKERS = min(os.cpu_count() or 1, 4)
 
 
 def is_parquet(path: Path) -> bool:
@@ -48,15 +54,22 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
     offset = 0
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-            raise _unreadable(path, exc) from None
-        if batch is None:
-            break
-        yield normalize_raw(pa.Table.from_batches([batch]), source, None, row_offset=offset, check_unique=False)
-        offset += batch.num_rows
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+                raise _unreadable(path, exc) from None
+            if batch is None:
+                break
+            raw = pa.Table.from_batches([batch])
+            pending.append(pool.submit(normalize_raw, raw, source, None, row_offset=offset, check_unique=False))
+            offset += batch.num_rows
+            if len(pending) > _WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     if offset == 0:  # no rows: still the file's columns
         yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
 
