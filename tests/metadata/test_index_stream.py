@@ -7,13 +7,14 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from tests.helpers import child_env, run_child
 from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
 from vl_datasets.errors import SchemaError
-from vl_datasets.metadata import read, stream
+from vl_datasets.metadata import read, stream, unique_ids
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
@@ -229,3 +230,15 @@ def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(
     assert (many.media_ids, many.classes, many.fingerprint()) == (one.media_ids, one.classes, one.fingerprint())
     assert many.table.to_pylist() == one.table.to_pylist()
     assert [many[i][1] for i in range(0, len(many), 50)] == [one[i][1] for i in range(0, len(one), 50)]
+
+
+def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
+    """Every id hashed alike: unique ids still pass, and the duplicate named is the one seen first."""
+    monkeypatch.setattr(unique_ids, "hash_strings", lambda ids: np.zeros(len(ids), np.uint64))
+    media = _media_items(90)
+    export = write_parquet(tmp_path / "unique", json_strings_table(media), row_group_size=25).parent
+    assert write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25) == 90
+    media[80]["media_id"], media[85]["media_id"] = media[40]["media_id"], media[10]["media_id"]
+    export = write_parquet(tmp_path / "twice", json_strings_table(media), row_group_size=25).parent
+    with pytest.raises(SchemaError, match="media_id 'id-0000010' appears more than once"):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25)
