@@ -32,13 +32,13 @@ class IdHashes:
     def first_duplicate(self, ids_at: Callable[[np.ndarray], list[str]]) -> str | None:
         """The duplicated id whose first row comes first, or None when every id is unique.
         ``ids_at(rows)`` returns the ids of those rows: called only for rows whose hashes collide."""
-        hashes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
+        ordered = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
+        ordered.sort()  # in place: 8 more bytes a row, where an argsort would take 16
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
         if not len(repeated):
             return None
-        rows = np.unique(np.concatenate([order[repeated], order[repeated + 1]]))  # ascending
+        rows = self._rows_with(repeated)
         first_row: dict[str, int] = {}
         duplicated_at: list[int] = []
         for row, media_id in zip(rows.tolist(), ids_at(rows)):
@@ -50,6 +50,14 @@ class IdHashes:
             return None  # hashes that collide for different ids
         earliest = min(duplicated_at)
         return next(media_id for media_id, row in first_row.items() if row == earliest)
+
+    def _rows_with(self, values: np.ndarray) -> np.ndarray:
+        """The rows whose hash is one of ``values``, ascending."""
+        rows, start = [], 0
+        for part in self._parts:
+            rows.append(start + np.flatnonzero(np.isin(part, values)))
+            start += len(part)
+        return np.concatenate(rows)
 
 
 def hash_strings(array: pa.Array) -> np.ndarray:
