@@ -4,6 +4,7 @@ errors, and a peak memory that does not grow with the number of rows."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -230,6 +231,13 @@ def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(
     assert (many.media_ids, many.classes, many.fingerprint()) == (one.media_ids, one.classes, one.fingerprint())
     assert many.table.to_pylist() == one.table.to_pylist()
     assert [many[i][1] for i in range(0, len(many), 50)] == [one[i][1] for i in range(0, len(one), 50)]
+    pages = [ds.report(tmp_path / f"{n}.html", max_thumbnails=0).read_text() for n, ds in (("1", one), ("2", many))]
+    # The figures are inline images whose SVG ids are random: the page's text is compared.
+    text = [
+        re.sub(r"data:[^\"']*", "", page).replace(str(tmp_path / name), "")
+        for page, name in zip(pages, ("one", "many"))
+    ]
+    assert text[0] == text[1] and f"{len(one):,}" in text[1]
 
 
 def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
