@@ -1,5 +1,6 @@
 """Find and read an export's metadata file (``metadata.parquet`` or ``metadata.json``) into the
-normalized table of ``normalize``."""
+normalized table of ``normalize``: whole (``read_metadata_file``) or a slice at a time
+(``metadata_slices``, for the index build)."""
 
 from __future__ import annotations
 
