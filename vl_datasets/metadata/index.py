@@ -60,9 +60,10 @@ def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
 def write_export_index(
     export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None, batch_rows: int | None = None
 ) -> int:
-    """Write the index ``build_index`` would return to ``path`` (atomically) without ever holding the
+    """Write the index ``build_index`` would return to ``path`` (atomically) without holding the
     whole table: the metadata is read, normalized, given its image column and written ``batch_rows``
-    rows at a time (``index_writer``; by default ``stream.BATCH_ROWS``). Returns its rows; raises
+    rows at a time (``index_writer``; by default ``stream.BATCH_ROWS``). An export with images holds
+    its file names and the four columns the image lookup reads, no more. Returns its rows; raises
     as ``build_index`` does."""
     export_dir = Path(export_dir)
     metadata = find_metadata_file(export_dir)
