@@ -34,6 +34,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     if on_missing not in ("raise", "null"):
         raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
     members = _member_array(member_names)
+    if not len(members):  # a metadata-only export: no row has an image, and no lookup can find one
+        return _none_found(table, on_missing)
     media_id = table.column("media_id").combine_chunks()
     file_path = table.column("file_path").combine_chunks()
     file_name = table.column("file_name").combine_chunks()
@@ -59,17 +61,29 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), members, file_name)
     if on_missing == "raise" and pc.any(unresolved).as_py():
         row = pc.index(unresolved, True).as_py()
-        count = pc.sum(unresolved).as_py()
-        raise ImageNotFoundError(
-            f"No image in the export for media_id {media_id[row].as_py()!r} (file_path "
-            f"{file_path[row].as_py()!r}, file_name {file_name[row].as_py()!r}); {count} row(s) have none. "
-            "Export with include_images=true, or pass on_missing='null' to drop them.",
-            media_id=media_id[row].as_py(),
-        )
+        raise _no_image(table, row, pc.sum(unresolved).as_py())
     return resolved
 
 
 _NO_STRING = pa.scalar(None, pa.string())
+
+
+def _none_found(table: pa.Table, on_missing: str) -> pa.Array:
+    if on_missing == "raise" and table.num_rows:
+        raise _no_image(table, 0, len(table))
+    return pa.nulls(table.num_rows, pa.string())
+
+
+def _no_image(table: pa.Table, row: int, count: int) -> ImageNotFoundError:
+    """The error for ``count`` rows without an image, naming the first, at ``row``."""
+    media_id, file_path, file_name = (
+        table.column(name)[row].as_py() for name in ("media_id", "file_path", "file_name")
+    )
+    return ImageNotFoundError(
+        f"No image in the export for media_id {media_id!r} (file_path {file_path!r}, file_name {file_name!r}); "
+        f"{count} row(s) have none. Export with include_images=true, or pass on_missing='null' to drop them.",
+        media_id=media_id,
+    )
 
 
 def _member_array(member_names: Iterable[str]) -> pa.Array:

@@ -1,7 +1,8 @@
 """An export's index: its normalized metadata plus each row's image file, as one Arrow table.
 
-The cache builds the index once, when it publishes an entry, and every later open memory-maps
-it instead of parsing the metadata and listing the images again. The image column holds the
+The cache builds the index once, when it publishes an entry, a slice of rows at a time
+(``index_writer``: the file holds many record batches, so its columns come chunked), and every
+later open memory-maps it instead of parsing the metadata and listing the images again. The image column holds the
 path under ``images/`` (null when the export has no image for the row) and travels with the rows
 through every filter until the dataset moves it out.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +20,15 @@ import pyarrow.compute as pc
 
 from ..errors import ImageNotFoundError, SchemaError
 from .image_paths import resolve_image_paths
-from .read import find_metadata_file, read_metadata_file
+from .index_writer import IMAGE_COLUMN, write_index_file
+from .read import find_metadata_file, metadata_slices, read_metadata_file
 from .table_file import read_normalized, write_normalized
 
 logger = logging.getLogger("vl_datasets")
 
-IMAGE_COLUMN = "__image_path__"
+PathLike = str | os.PathLike[str]
 INDEX_FILE = ".vl_datasets_index.arrow"  # hidden, so no export member can take its name
+_NAMES_PER_BLOCK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,25 @@ def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     except SchemaError:
         return None
     try:
-        index = build_index(export_dir)
+        rows = write_export_index(export_dir, Path(out_dir) / INDEX_FILE)
     except ImageNotFoundError as exc:
         logger.warning("Publishing %s without an index: %s", export_dir, exc)
         return IndexedExport(metadata.name, read_metadata_file(metadata).num_rows, None)  # still counted and checked
-    write_index(index, Path(out_dir) / INDEX_FILE)
-    return IndexedExport(metadata.name, index.num_rows, INDEX_FILE)
+    return IndexedExport(metadata.name, rows, INDEX_FILE)
+
+
+def write_export_index(
+    export_dir: PathLike, path: PathLike, *, images_dir: PathLike | None = None, batch_rows: int | None = None
+) -> int:
+    """Write the index ``build_index`` would return to ``path`` (atomically) without holding the
+    whole table: the metadata is read, normalized, given its image column and written ``batch_rows``
+    rows at a time (``index_writer``; by default ``stream.BATCH_ROWS``). An export with images holds
+    its file names and the four columns the image lookup reads, no more. Returns its rows; raises
+    as ``build_index`` does."""
+    export_dir = Path(export_dir)
+    metadata = find_metadata_file(export_dir)
+    members = image_members(export_dir / "images" if images_dir is None else images_dir)
+    return write_index_file(metadata_slices(metadata, batch_rows=batch_rows), Path(path), metadata, members)
 
 
 def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.PathLike[str] | None = None) -> pa.Table:
@@ -81,8 +98,13 @@ def read_index(path: str | os.PathLike, *, source: str | os.PathLike | None = No
 def list_files(root: str | os.PathLike) -> list[str]:
     """Every file under ``root``, as a ``/``-separated path relative to it. Links are not followed:
     an export's images are its own files."""
+    return list(iter_files(root))
+
+
+def iter_files(root: str | os.PathLike) -> Iterator[str]:
+    """``list_files`` one at a time."""
     root = os.fspath(root)
-    found, stack = [], [root]
+    stack = [root]
     while stack:
         folder = stack.pop()
         try:
@@ -93,5 +115,19 @@ def list_files(root: str | os.PathLike) -> list[str]:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
             elif entry.is_file(follow_symlinks=False):
-                found.append(os.path.relpath(entry.path, root).replace(os.sep, "/"))
-    return found
+                yield os.path.relpath(entry.path, root).replace(os.sep, "/")
+
+
+def image_members(images_dir: str | os.PathLike) -> pa.Array | None:
+    """Every file under an export's ``images/`` folder, as ``images/<path>`` in one Arrow array
+    (about the names' own size: millions of Python strings would take several times it); None
+    when there is none, as in a metadata-only export."""
+    blocks, block = [], []
+    for name in iter_files(images_dir):
+        block.append(f"images/{name}")
+        if len(block) == _NAMES_PER_BLOCK:
+            blocks.append(pa.array(block, pa.string()))
+            block = []
+    if block:
+        blocks.append(pa.array(block, pa.string()))
+    return pa.concat_arrays(blocks) if blocks else None

@@ -31,6 +31,7 @@ from .items import (
 )
 
 _MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
+_UTF8_SLICE_BYTES = 16 << 20
 # Typed, so that the reader leaves the ISO times as text; other keys are inferred (a time among
 # them becomes a datetime, kept in the info as str(datetime)).
 _INFO_TYPE = pa.struct(
@@ -56,25 +57,43 @@ def check_utf8(path: Path) -> None:
     JSON is UTF-8 (RFC 8259). Arrow's JSON reader does not check it (invalid bytes come out as
     strings that fail later, wherever a value is turned into Python), and ``json.load`` would
     take UTF-16 or UTF-32 as well: so the file is checked once, up front, by Arrow's UTF-8
-    validation over a memory map (no copy; a GiB in well under a second). A UTF-8 byte-order
-    mark is UTF-8, and allowed.
+    validation, slice by slice (a GiB in well under a second; a memory map of the whole would
+    count the whole file in the process's resident memory). A UTF-8 byte-order mark is UTF-8,
+    and allowed.
     """
-    if path.stat().st_size == 0:
-        return
-    with pa.memory_map(str(path)) as source:
-        data = source.read_buffer()
-        whole = pa.Array.from_buffers(
-            pa.large_string(), 1, [None, pa.py_buffer(np.array([0, data.size], np.int64)), data]
-        )
-        try:
-            whole.validate(full=True)
-            return
-        except pa.ArrowInvalid:
-            pass
-        finally:
-            del whole, data  # the memory map closes only once no buffer points into it
+    carried = b""
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_UTF8_SLICE_BYTES):
+            data = carried + chunk
+            cut = _last_sequence_start(data)  # a character the slice cuts in two goes with the next
+            if not _is_utf8(data[:cut]):
+                break
+            carried = data[cut:]
+        else:
+            if _is_utf8(carried):
+                return
     offset, reason = _first_invalid_utf8(path)
     raise not_utf8(path, offset, reason)
+
+
+def _last_sequence_start(data: bytes) -> int:
+    """Where the last character of ``data`` starts when that may be a multi-byte one; else its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the start of the last character
+            return len(data) - back if byte >= 0xC0 else len(data)
+    return len(data)
+
+
+def _is_utf8(data: bytes) -> bool:
+    whole = pa.Array.from_buffers(
+        pa.large_string(), 1, [None, pa.py_buffer(np.array([0, len(data)], np.int64)), pa.py_buffer(data)]
+    )
+    try:
+        whole.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _first_invalid_utf8(path: Path) -> tuple[int, str]:
@@ -175,12 +194,14 @@ def _info(table: pa.Table) -> Any:
     return info
 
 
-def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
-    """A raw table (not yet normalized) from JSON media items: one column per key seen."""
+def table_from_media_items(items: list, source: str = "metadata", *, row_offset: int = 0) -> pa.Table:
+    """A raw table (not yet normalized) from JSON media items: one column per key seen. ``items``
+    may be a slice of an export's, from its item ``row_offset`` on: errors name rows of the whole."""
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise SchemaError(
-                f"{source}: media_items[{i}] is a {type(item).__name__}, not an object.", field="media_items"
+                f"{source}: media_items[{i + row_offset}] is a {type(item).__name__}, not an object.",
+                field="media_items",
             )
     keys: dict[str, None] = {}
     for item in items:
@@ -189,7 +210,9 @@ def table_from_media_items(items: list, source: str = "metadata") -> pa.Table:
     try:
         return _table_from_media_items(items, keys, known, source)
     except RowSchemaError as error:
-        raise named(error, items[error.row].get("media_id")) from None
+        media_id = items[error.row].get("media_id")
+        error.row += row_offset
+        raise named(error, media_id) from None
 
 
 def _table_from_media_items(items: list, keys: dict[str, None], known: list[str], source: str) -> pa.Table:

@@ -119,14 +119,19 @@ def normalize(data: pa.Table | pa.RecordBatch | list | Mapping, *, source: str =
     return data if is_normalized(data) else normalize_raw(data, source, info)
 
 
-def normalize_raw(raw: pa.Table, source: str, info: Any) -> pa.Table:
+def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0, check_unique: bool = True) -> pa.Table:
+    """The normalized table of a raw one. A slice of a larger table passes the row of its first
+    row (``row_offset``: errors name rows of the whole) and leaves the media ids' uniqueness,
+    which no slice can see, to its caller (``check_unique=False``)."""
     extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
     if info is not None:
         extra[INFO_KEY] = json.dumps(info, default=str).encode()
     try:
-        table = _normalize_table(raw, source)
+        table = _normalize_table(raw, source, row_offset, check_unique)
     except RowSchemaError as error:  # raised once media_id is known to be valid text: name the row by it
-        raise named(error, raw.column("media_id")[error.row].as_py()) from None
+        media_id = raw.column("media_id")[error.row].as_py()
+        error.row += row_offset
+        raise named(error, media_id) from None
     return with_schema_metadata(table, extra)
 
 
@@ -135,8 +140,8 @@ def is_normalized(table: pa.Table) -> bool:
     return (table.schema.metadata or {}).get(VERSION_KEY) == NORMALIZED_VERSION.encode()
 
 
-def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
-    _check_text(raw, source)
+def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool) -> pa.Table:
+    _check_text(raw, source, row_offset)
     names = set(raw.column_names)
     if "media_id" not in names:
         raise SchemaError(
@@ -154,9 +159,9 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
             return pa.chunked_array([pa.nulls(n, type_)])
         return cast_or_raise(raw.column(name), type_, name, source)
 
-    _check_id_type(raw.column("media_id"), source)
+    _check_id_type(raw.column("media_id"), source, row_offset)
     media_id = column("media_id", pa.string())
-    _check_ids(media_id, source)
+    check_ids(media_id, source, row_offset=row_offset, unique=check_unique)
     file_path = pc.coalesce(column("file_path", pa.string()), column("image_filename", pa.string()))
     file_name = pc.coalesce(column("file_name", pa.string()), basename(file_path))
     out = {
@@ -186,7 +191,7 @@ def _normalize_table(raw: pa.Table, source: str) -> pa.Table:
     return pa.table(out, schema=pa.schema(fields))
 
 
-def _check_text(raw: pa.Table, source: str) -> None:
+def _check_text(raw: pa.Table, source: str, row_offset: int) -> None:
     """SchemaError for a column name or a text value that is not UTF-8.
 
     Arrow's readers do not check it (nor do all parquet writers), and such bytes would raise a
@@ -209,8 +214,8 @@ def _check_text(raw: pa.Table, source: str) -> None:
             continue
         detail = f"column {name!r} holds text that is not UTF-8."
         if name == "media_id" or "media_id" not in raw.column_names:
-            raise SchemaError(f"{source}: row {row}: {detail}", field=name)
-        raise row_error(source, row, detail, name)
+            raise SchemaError(f"{source}: row {row + row_offset}: {detail}", field=name)
+        raise row_error(source, row, detail, name)  # normalize_raw adds row_offset
 
 
 def _validate_alone(part: pa.Array) -> None:
@@ -226,7 +231,7 @@ def _names_are_utf8(field: pa.Field) -> bool:
     return all(_names_are_utf8(field.type.field(i)) for i in range(field.type.num_fields))
 
 
-def _check_id_type(ids: pa.ChunkedArray, source: str) -> None:
+def _check_id_type(ids: pa.ChunkedArray, source: str, row_offset: int) -> None:
     """SchemaError unless the media ids are text: a number would be read as text silently."""
     type_ = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
     if pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_null(type_):
@@ -235,20 +240,27 @@ def _check_id_type(ids: pa.ChunkedArray, source: str) -> None:
         return
     row = pc.index(pc.is_valid(ids), True).as_py()
     if row < 0:
-        return  # no id at all: _check_ids names the first row
+        return  # no id at all: check_ids names the first row
     raise SchemaError(
-        f"{source}: media_id {ids[row].as_py()!r} (row {row}) has type {type_}, not string.", field="media_id"
+        f"{source}: media_id {ids[row].as_py()!r} (row {row + row_offset}) has type {type_}, not string.",
+        field="media_id",
     )
 
 
-def _check_ids(media_id: pa.ChunkedArray, source: str) -> None:
+def check_ids(media_id: pa.ChunkedArray, source: str, *, row_offset: int = 0, unique: bool = True) -> None:
+    """SchemaError for a row without a media id (named by ``row_offset`` plus its row) and, with
+    ``unique``, for a media id that appears more than once."""
     if media_id.null_count:
         row = pc.index(pc.is_null(media_id), True).as_py()
-        raise SchemaError(f"{source}: row {row} has no media_id.", field="media_id")
-    if pc.count_distinct(media_id).as_py() != len(media_id):
+        raise SchemaError(f"{source}: row {row + row_offset} has no media_id.", field="media_id")
+    if unique and pc.count_distinct(media_id).as_py() != len(media_id):
         counts = pc.value_counts(media_id)
-        duplicate = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))[0].as_py()
-        raise SchemaError(f"{source}: media_id {duplicate!r} appears more than once.", field="media_id")
+        raise duplicate_id(source, pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))[0].as_py())
+
+
+def duplicate_id(source: str, media_id: str) -> SchemaError:
+    """The error for a media id that names more than one row."""
+    return SchemaError(f"{source}: media_id {media_id!r} appears more than once.", field="media_id")
 
 
 def basename(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

@@ -1,11 +1,14 @@
 """Find and read an export's metadata file (``metadata.parquet`` or ``metadata.json``) into the
-normalized table of ``normalize``."""
+normalized table of ``normalize``: whole (``read_metadata_file``) or a slice at a time
+(``metadata_slices``, for the index build)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_utf8, not_utf8, read_json_export
 from .normalize import normalize, normalize_raw
+from .stream import JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
 from .table_file import read_normalized, stamp_source, write_normalized
 
 logger = logging.getLogger(__name__)
@@ -55,12 +59,35 @@ def read_metadata(export_dir: str | os.PathLike, *, cache_path: str | os.PathLik
     return table
 
 
+@dataclass(frozen=True)
+class MetadataSlices:
+    """A metadata file's normalized table as consecutive slices (``stream``), its media ids not
+    yet checked unique. ``same_schema``: every slice has the first one's schema; otherwise (a
+    streamed JSON export) unknown columns may be typed differently from slice to slice."""
+
+    tables: Iterator[pa.Table]
+    same_schema: bool
+
+
+def metadata_slices(path: str | os.PathLike, *, batch_rows: int | None = None) -> MetadataSlices:
+    """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time (by
+    default ``stream.BATCH_ROWS``): a
+    Parquet file by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A
+    smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does."""
+    path = Path(path)
+    if is_parquet(path):
+        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows), same_schema=True)
+    if path.stat().st_size >= JSON_STREAM_BYTES:
+        tables = json_slices(path, batch_rows=batch_rows)
+        if tables is not None:
+            return MetadataSlices(tables, same_schema=False)
+    return MetadataSlices(iter([read_metadata_file(path)]), same_schema=True)
+
+
 def read_metadata_file(path: str | os.PathLike) -> pa.Table:
     """The normalized table of one ``metadata.parquet`` or ``metadata.json`` file."""
     path = Path(path)
-    with open(path, "rb") as stream:
-        is_parquet = stream.read(4) == b"PAR1"
-    if is_parquet:
+    if is_parquet(path):
         try:
             raw = pq.read_table(path)
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8

@@ -23,7 +23,12 @@ SOURCE_KEY = b"vl_datasets.source"
 
 def stamp_source(table: pa.Table, source: str | os.PathLike) -> pa.Table:
     """``table`` marked as built from the metadata file ``source`` as it is now."""
-    return with_schema_metadata(table, {SOURCE_KEY: json.dumps(_fingerprint(Path(source))).encode()})
+    return with_schema_metadata(table, source_stamp(source))
+
+
+def source_stamp(source: str | os.PathLike) -> dict[bytes, bytes]:
+    """The schema metadata that marks a table as built from the metadata file ``source`` as it is now."""
+    return {SOURCE_KEY: json.dumps(_fingerprint(Path(source))).encode()}
 
 
 def write_normalized(table: pa.Table, path: str | os.PathLike) -> None:

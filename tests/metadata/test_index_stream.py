@@ -1,0 +1,252 @@
+"""An export's index written a slice at a time: the same values as the whole-table build, the same
+errors, and a peak memory that does not grow with the number of rows."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.helpers import child_env, run_child
+from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata import read, stream, unique_ids
+from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
+from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
+
+LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _media_items(n: int) -> list[dict]:
+    """Items as a realistic export has them: labels from two sources, a uniqueness score, issues
+    with confidences, duplicate pairs, and an unknown key whose type changes along the file."""
+    out = []
+    for i in range(n):
+        entries = [
+            {
+                "type": "image_label",
+                "properties": {"category_name": LABELS[i % 10], "source": "User", "original_id": i % 10},
+            },
+            {
+                "type": "image_label",
+                "properties": {"category_name": LABELS[i % 7], "source": "Model", "original_id": -1},
+            },
+            {"type": "issue", "properties": {"issue_type": "blur", "confidence": (i % 50) / 100 + 0.5}},
+        ]
+        if i % 20 < 2:
+            group = f"group-{i // 20}"
+            entries += [
+                {
+                    "type": "issue",
+                    "properties": {
+                        "issue_type": "duplicates",
+                        "confidence": 0.97,
+                        "duplicate_group_id": group,
+                        "duplicate_threshold": t,
+                    },
+                }
+                for t in (0.96, 0.98)
+            ]
+        out.append(
+            {
+                "media_id": f"id-{i:07d}",
+                "media_type": "image",
+                "file_path": f"train/{LABELS[i % 10]}/img_{i:07d}.jpg",
+                "file_size": f"{10 + i % 90}.5KB",
+                "height": 32,
+                "width": 32,
+                "uniqueness_score": (i % 97) / 97,
+                "extra": [i, f"text {i}", i / 2][i // 40 % 3],
+                "metadata_items": entries,
+            }
+        )
+    return out
+
+
+def _same_index(export, out, **kwargs) -> pa.Table:
+    """The streamed index of ``export``, written in ``out``, checked equal to the whole-table build."""
+    whole = build_index(export)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = write_export_index(export, out / INDEX_FILE, **kwargs)
+    streamed = read_index(out / INDEX_FILE)
+    assert streamed is not None, "the streamed index does not read back"
+    assert rows == whole.num_rows == streamed.num_rows
+    assert streamed.schema.equals(whole.schema, check_metadata=True), (streamed.schema, whole.schema)
+    assert streamed.to_pylist() == whole.to_pylist()
+    return streamed
+
+
+@pytest.mark.parametrize("shape", [json_strings_table, nested_table])
+def test_a_parquet_file_of_many_row_groups_indexes_as_the_whole_table(tmp_path, shape):
+    media = _media_items(300)
+    media[7].pop("uniqueness_score")
+    media[150]["metadata_items"] = []
+    table = shape(media).append_column("extra", pa.array([str(m["extra"]) for m in media]))
+    export = write_parquet(tmp_path / "export", table, row_group_size=64).parent
+    streamed = _same_index(export, tmp_path, batch_rows=50)
+    assert streamed.column("media_id").num_chunks > 1  # the test would prove nothing with one batch
+
+
+def test_a_media_id_repeated_in_another_batch_is_named(tmp_path):
+    media = _media_items(200)
+    media[180]["media_id"] = media[30]["media_id"]
+    media[190]["media_id"] = media[20]["media_id"]
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=40).parent
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SchemaError, match="media_id 'id-0000020' appears more than once") as caught:
+        write_export_index(export, tmp_path / "out" / INDEX_FILE, batch_rows=40)
+    assert caught.value.field == "media_id"
+    with pytest.raises(SchemaError, match="media_id 'id-0000020' appears more than once"):
+        build_index(export)  # the whole-table build names the same one
+    assert not list((tmp_path / "out").iterdir()), "a failed build left files"
+
+
+def test_an_error_in_a_later_batch_names_the_row_in_the_file(tmp_path):
+    media = _media_items(100)
+    media[73]["uniqueness_score"] = 1.5
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=20).parent
+    expected = "media_id 'id-0000073' (row 73): uniqueness_score is 1.5"
+    with pytest.raises(SchemaError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=20)
+    with pytest.raises(SchemaError, match=r"\(row 73\)"):
+        build_index(export)
+
+
+@pytest.fixture
+def json_streamed(monkeypatch):
+    """Every JSON export streamed by ijson, whatever its size."""
+    monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)
+
+
+def test_a_json_export_streamed_indexes_as_the_whole_file(tmp_path, json_streamed):
+    export = write_json_export(tmp_path / "export", _media_items(250)).parent
+    streamed = _same_index(export, tmp_path, batch_rows=40)
+    assert streamed.column("media_id").num_chunks > 1
+    assert json.loads(streamed.schema.metadata[b"vl_datasets.info"])["dataset"]  # the export's info kept
+    # The unknown key held numbers, then text: the whole read made it text, and so does the stream.
+    assert streamed.schema.field("extra").type == pa.string()
+
+
+def test_the_sample_and_the_test_export_stream_as_they_read_whole(tmp_path, json_streamed):
+    _same_index(write_json_export(tmp_path / "test-export").parent, tmp_path / "a", batch_rows=1)
+    sample = shutil.copytree(SAMPLE_ROOT / SAMPLE_DATASET_ID, tmp_path / "sample")  # with its images/
+    _same_index(sample, tmp_path / "b", batch_rows=500)
+
+
+def test_empty_exports_and_a_bare_list_stream_as_they_read_whole(tmp_path, json_streamed):
+    _same_index(write_json_export(tmp_path / "empty-json", []).parent, tmp_path / "a")
+    empty = json_strings_table(items()).slice(0, 0)
+    _same_index(write_parquet(tmp_path / "empty-parquet", empty).parent, tmp_path / "b")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "metadata.json").write_text(json.dumps(_media_items(30)))
+    _same_index(tmp_path / "bare", tmp_path / "c", batch_rows=7)
+
+
+def test_a_streamed_json_export_keeps_its_errors(tmp_path, json_streamed):
+    media = items()
+    media[3]["uniqueness_score"] = "high"
+    export = write_json_export(tmp_path / "bad", media).parent
+    with pytest.raises(SchemaError, match=r"row 3") as caught:
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=2)
+    assert caught.value.media_id == media[3]["media_id"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metadata.json").write_text('{"media_items": [{"media_id": "a"}, {"media_id": ')
+    with pytest.raises(SchemaError, match="is not valid JSON"):
+        write_export_index(tmp_path / "broken", tmp_path / INDEX_FILE)
+    (tmp_path / "no-items").mkdir()
+    (tmp_path / "no-items" / "metadata.json").write_text('{"info": {}, "media_items": {"a": 1}}')
+    with pytest.raises(SchemaError, match="no 'media_items' list"):
+        write_export_index(tmp_path / "no-items", tmp_path / INDEX_FILE)
+
+
+def test_an_export_with_images_found_by_file_name_streams_as_the_whole_table(tmp_path):
+    media = _media_items(60)
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=16).parent
+    for m in media[:45]:  # a flat images/ folder: found by base name, across batches
+        (export / "images").mkdir(exist_ok=True)
+        (export / "images" / m["file_path"].rsplit("/", 1)[1]).write_bytes(b"")
+    streamed = _same_index(export, tmp_path, batch_rows=16)
+    paths = streamed.column("__image_path__").to_pylist()
+    assert paths[:45] == [m["file_path"].rsplit("/", 1)[1] for m in media[:45]] and paths[45:] == [None] * 15
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from vl_datasets.metadata.index import build_index, write_export_index
+def status(key):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the imports') is forgotten
+before = status("VmRSS:")
+if sys.argv[3] == "stream":
+    write_export_index(sys.argv[1], sys.argv[2], batch_rows=4096)
+else:
+    table = build_index(sys.argv[1])
+print(status("VmHWM:") - before)
+"""
+
+
+def _peak_growth(export, how: str) -> int:
+    """How far above its resident memory at the start a child's peak went while it built the index."""
+    result = run_child([sys.executable, "-c", _CHILD, str(export), str(export / INDEX_FILE), how], env=child_env())
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
+    """From 50K to 250K rows the peak memory of a whole-table build grows with the table; that of a
+    streamed build, once its allocators have warmed up over the first slices, hardly moves
+    (measured: whole 121 -> 254 MiB; streamed, with its thread pool, 139 -> 132 MiB)."""
+    small, large = 50_000, 250_000
+    table = json_strings_table(_media_items(large))
+    write_parquet(tmp_path / "small", table.slice(0, small), row_group_size=4096)
+    write_parquet(tmp_path / "large", table, row_group_size=4096)
+    del table
+    streamed = [_peak_growth(tmp_path / name, "stream") for name in ("small", "large")]
+    whole = [_peak_growth(tmp_path / name, "whole") for name in ("small", "large")]
+    print(f"peak RSS growth at {small} and {large} rows: streamed {streamed}, whole table {whole}")
+    assert whole[1] - whole[0] > 64 << 20, f"the whole-table build no longer grows: {whole}; the test needs more rows"
+    assert streamed[1] - streamed[0] < (whole[1] - whole[0]) / 5, (streamed, whole)
+    assert streamed[1] < whole[1], (streamed, whole)
+
+
+def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(tmp_path, monkeypatch, json_streamed):
+    """Curation, dedupe, targets and classes read the index's chunked columns as they read one chunk."""
+    from vl_datasets.loading.dataset import VisualLayerDataset
+
+    sample = shutil.copytree(SAMPLE_ROOT / SAMPLE_DATASET_ID, tmp_path / "sample")
+    options = {"min_uniqueness": 0.3, "dedupe": True, "drop_issues": {"blur": 0.5}}
+    one = VisualLayerDataset.from_export(sample, cache_dir=tmp_path / "one", **options)  # 2,017 rows: one batch
+    monkeypatch.setattr(stream, "BATCH_ROWS", 97)
+    many = VisualLayerDataset.from_export(sample, cache_dir=tmp_path / "many", **options)
+    index = read_index(next((tmp_path / "many").rglob(INDEX_FILE)))
+    assert index is not None and index.column("labels").num_chunks > 10
+    assert many.curation_summary() == one.curation_summary()
+    assert (many.media_ids, many.classes, many.fingerprint()) == (one.media_ids, one.classes, one.fingerprint())
+    assert many.table.to_pylist() == one.table.to_pylist()
+    assert [many[i][1] for i in range(0, len(many), 50)] == [one[i][1] for i in range(0, len(one), 50)]
+    pages = [ds.report(tmp_path / f"{n}.html", max_thumbnails=0).read_text() for n, ds in (("1", one), ("2", many))]
+    # The figures are inline images whose SVG ids are random: the page's text is compared.
+    text = [
+        re.sub(r"data:[^\"']*", "", page).replace(str(tmp_path / name), "")
+        for page, name in zip(pages, ("one", "many"))
+    ]
+    assert text[0] == text[1] and f"{len(one):,}" in text[1]
+
+
+def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
+    """Every id hashed alike: unique ids still pass, and the duplicate named is the one seen first."""
+    monkeypatch.setattr(unique_ids, "hash_strings", lambda ids: np.zeros(len(ids), np.uint64))
+    media = _media_items(90)
+    export = write_parquet(tmp_path / "unique", json_strings_table(media), row_group_size=25).parent
+    assert write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25) == 90
+    media[80]["media_id"], media[85]["media_id"] = media[40]["media_id"], media[10]["media_id"]
+    export = write_parquet(tmp_path / "twice", json_strings_table(media), row_group_size=25).parent
+    with pytest.raises(SchemaError, match="media_id 'id-0000010' appears more than once"):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25)

@@ -1,0 +1,163 @@
+"""An export's index written a normalized slice at a time, in memory bounded by a slice.
+
+The slices (``read.metadata_slices``) go to an Arrow IPC file as record batches, each with its
+image column, so a reader memory-maps a table of many chunks. Two things need every row:
+
+- the media ids' uniqueness, checked on 64-bit hashes of the ids (``unique_ids``), 8 bytes a row;
+- the image of a row whose ``file_path`` names no file, which is looked up by file name among all
+  the files and all the rows (``resolve_image_paths``). So when the export has images, the slices
+  are first spilled to disk as they come, and the lookup reads back only the four columns it uses.
+
+A streamed JSON export's slices type its unknown keys one slice at a time; they are spilled too,
+and written under the schema that unifies them, as a whole-file read would have typed them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..atomic import replacing
+from .image_paths import resolve_image_paths
+from .normalize import duplicate_id
+from .read import MetadataSlices
+from .table_file import source_stamp
+from .unique_ids import IdHashes
+
+IMAGE_COLUMN = "__image_path__"
+_LOOKUP_COLUMNS = ("media_id", "file_path", "file_name", "image_filename")
+
+
+def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
+    """Write the index of ``metadata``'s slices, with each row's image among ``members`` (the
+    export's files, ``images/...``; None when it has none), atomically to ``path``. Returns the rows."""
+    hashes = IdHashes()
+    tables = _hashed(slices.tables, hashes)
+    with replacing(path) as tmp:
+        if slices.same_schema and members is None:
+            rows = _write(tmp, tables, metadata, schema=None, images=None)
+            _check_unique(hashes, metadata, lambda: _read(tmp).column("media_id"))
+            return rows
+        with tempfile.TemporaryDirectory(prefix=".vl_datasets_slices.", dir=path.parent) as folder:
+            spilled = _spill(tables, Path(folder))
+            _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(spilled, ["media_id"]), pa.string()))
+            schema = _unified_schema([_load(part, schema_only=True).schema for part in spilled])
+            images = None if members is None else _resolve(spilled, schema, members)
+            conformed = (_conform(table, schema) for table in _loaded(spilled))
+            return _write(tmp, conformed, metadata, schema=schema, images=images)
+
+
+def _hashed(tables: Iterable[pa.Table], hashes: IdHashes) -> Iterator[pa.Table]:
+    for table in tables:
+        hashes.add(table.column("media_id"))
+        yield table
+
+
+def _check_unique(hashes: IdHashes, metadata: Path, media_ids: Callable[[], pa.ChunkedArray]) -> None:
+    duplicate = hashes.first_duplicate(lambda rows: media_ids().take(pa.array(rows)).to_pylist())
+    if duplicate is not None:
+        raise duplicate_id(str(metadata), duplicate)
+
+
+def _write(
+    tmp: Path, tables: Iterable[pa.Table], metadata: Path, *, schema: pa.Schema | None, images: pa.Array | None
+) -> int:
+    """Write ``tables`` as record batches of one IPC file, each with its rows' slice of ``images``
+    (all null without it). ``schema``: theirs, or None to take the first table's."""
+    rows, writer = 0, None
+    with pa.OSFile(str(tmp), "wb") as sink:
+        for table in tables:
+            if writer is None:
+                schema = _index_schema(schema or table.schema, metadata)
+                writer = pa.ipc.new_file(sink, schema)
+            assert schema is not None
+            column = pa.nulls(table.num_rows, pa.string()) if images is None else images.slice(rows, table.num_rows)
+            writer.write_table(pa.Table.from_arrays([*table.columns, column], schema=schema))
+            rows += table.num_rows
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _index_schema(schema: pa.Schema, metadata: Path) -> pa.Schema:
+    return schema.append(pa.field(IMAGE_COLUMN, pa.string())).with_metadata(
+        {**(schema.metadata or {}), **source_stamp(metadata)}
+    )
+
+
+def _read(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
+    """Each table written to its own file in ``folder``."""
+    spilled = []
+    for i, table in enumerate(tables):
+        spilled.append(folder / f"{i:06d}.arrow")
+        with pa.OSFile(str(spilled[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    return spilled
+
+
+def _load(path: Path, *, schema_only: bool = False) -> pa.Table:
+    # Read, not memory-mapped: a map of every slice would count them all in the resident memory.
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return reader.schema.empty_table() if schema_only else reader.read_all()
+
+
+def _loaded(spilled: list[Path], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The spilled tables one at a time (only ``columns`` of them, those they have)."""
+    for part in spilled:
+        table = _load(part)
+        yield table if columns is None else table.select([name for name in columns if name in table.column_names])
+
+
+def _unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for every slice: each column's types promoted to one, or text where none holds
+    them all (as a whole-file read turns values of mixed types into text); schema metadata merged."""
+    fields = []
+    for name in dict.fromkeys(name for schema in schemas for name in schema.names):
+        found = [pa.schema([schema.field(name)]) for schema in schemas if name in schema.names]
+        try:
+            fields.append(pa.unify_schemas(found, promote_options="permissive").field(0))
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            fields.append(pa.field(name, pa.string()))
+    metadata = {key: value for schema in schemas for key, value in (schema.metadata or {}).items()}
+    return pa.schema(fields, metadata=metadata)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.chunked_array([pa.nulls(table.num_rows, field.type)]))
+            continue
+        column = table.column(field.name)
+        if column.type != field.type:
+            column = column.cast(field.type) if not _as_text(column, field) else _json_text(column)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _as_text(column: pa.ChunkedArray, field: pa.Field) -> bool:
+    return pa.types.is_string(field.type) and not pa.types.is_null(column.type)
+
+
+def _json_text(column: pa.ChunkedArray) -> pa.Array:
+    # As json_export._infer does for a column of mixed types: strings as they are, the rest as JSON.
+    values = column.to_pylist()
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+
+
+def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> pa.Array:
+    """Each row's image path under ``images/`` (null when it has none), over all the rows at once."""
+    lookup = pa.schema([schema.field(name) for name in _LOOKUP_COLUMNS if name in schema.names])
+    parts = [_conform(table, lookup) for table in _loaded(spilled, lookup.names)]
+    resolved = resolve_image_paths(pa.concat_tables(parts), members, on_missing="null")
+    return pc.utf8_slice_codeunits(resolved, len("images/"))

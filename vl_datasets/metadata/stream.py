@@ -1,0 +1,147 @@
+"""An export's metadata file as a sequence of normalized slices, never read whole.
+
+A Parquet file is read a record batch at a time; a large JSON export is parsed incrementally by
+ijson (its C backend, yajl) into slices of media items. Each slice is normalized as the whole file
+would be (``normalize_raw``, rows in errors counted from the file's first), except that the media
+ids' uniqueness, which no slice can see, is left to the caller. A Parquet file's slices all have
+one schema; a JSON export's unknown keys are typed per slice, and the caller unifies them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ijson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import SchemaError
+from .items import gc_paused
+from .json_depth import check_file_depth
+from .json_export import check_utf8, table_from_media_items
+from .normalize import normalize_raw
+
+BATCH_ROWS = 16 << 10  # a slice of the file, in rows: a few MiB of realistic rows, and faster than larger ones
+# A JSON export under this size is read whole, by Arrow's one-block reader: faster than ijson,
+# and its memory, a few times the file's size, is bounded by this.
+JSON_STREAM_BYTES = 64 << 20
+_READ_BYTES = 64 << 10
+# Slices normalized at once: Arrow's JSON reader and numpy release the GIL, and a slice is one
+# block of the reader, which would otherwise leave every core but one idle.
+_WORKERS = min(os.cpu_count() or 1, 4)
+
+
+def is_parquet(path: Path) -> bool:
+    """Whether ``path`` starts as a Parquet file does (the magic bytes ``PAR1``)."""
+    with open(path, "rb") as stream:
+        return stream.read(4) == b"PAR1"
+
+
+def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """The normalized slices of a Parquet metadata file, one per record batch read
+    (``batch_rows`` rows, ``BATCH_ROWS`` by default)."""
+    source, batch_rows = str(path), batch_rows or BATCH_ROWS
+    try:
+        # Without pre-buffering: it keeps every column chunk read until the file is closed.
+        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
+        schema = file.schema_arrow
+        batches = file.iter_batches(batch_size=batch_rows)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
+        raise _unreadable(path, exc) from None
+    offset = 0
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+                raise _unreadable(path, exc) from None
+            if batch is None:
+                break
+            raw = pa.Table.from_batches([batch])
+            pending.append(pool.submit(normalize_raw, raw, source, None, row_offset=offset, check_unique=False))
+            offset += batch.num_rows
+            if len(pending) > _WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    if offset == 0:  # no rows: still the file's columns
+        yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
+
+
+def _unreadable(path: Path, exc: Exception) -> SchemaError:
+    return SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata")
+
+
+def json_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Table] | None:
+    """The normalized slices of a JSON export's media items, parsed incrementally; the last one
+    carries the export's ``info``. None when the file is neither an object nor a list (nor starts
+    with a byte-order mark): the caller reads such a file whole, as it always did, to report it."""
+    check_utf8(path)  # as for a whole read: ijson would decode bytes that are not UTF-8 its own way
+    check_file_depth(path)  # yajl keeps its nesting on the heap, but the items are then walked recursively
+    prefix = _items_prefix(path)
+    if prefix is None:
+        return None
+    return _json_slices(path, prefix, batch_rows or BATCH_ROWS)
+
+
+def _items_prefix(path: Path) -> str | None:
+    """``media_items.item`` for an export object, ``item`` for a bare list; None for anything else."""
+    with open(path, "rb") as stream:
+        while chunk := stream.read(4096):
+            stripped = chunk.lstrip(b" \t\r\n")  # a byte-order mark too is left to the whole read
+            if stripped:
+                return {b"{": "media_items.item", b"[": "item"}.get(stripped[:1])
+    return None
+
+
+def _json_slices(path: Path, prefix: str, batch_rows: int) -> Iterator[pa.Table]:
+    source, offset, pending = str(path), 0, []
+    info = _info(path) if prefix != "item" else None
+    for item in _items(path, prefix):
+        pending.append(item)
+        if len(pending) == batch_rows:
+            yield _normalized_items(pending, source, offset, None)
+            offset, pending = offset + len(pending), []
+    if offset == 0 and not pending and prefix != "item":
+        _check_items_is_a_list(path)
+    yield _normalized_items(pending, source, offset, info)  # the info rides on the last slice, empty or not
+
+
+def _check_items_is_a_list(path: Path) -> None:
+    # Only when no item was found: what stands under "media_items" is then small, or no list.
+    with open(path, "rb") as stream:
+        try:
+            items = next(ijson.items(stream, "media_items", use_float=True, buf_size=_READ_BYTES), None)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+    if not isinstance(items, list):
+        raise SchemaError(f"{path}: the JSON export has no 'media_items' list.", field="media_items")
+
+
+def _items(path: Path, prefix: str) -> Iterator[Any]:
+    with open(path, "rb") as stream:
+        try:
+            with gc_paused():  # millions of small containers: the cyclic collector would rescan them all
+                yield from ijson.items(stream, prefix, use_float=True, buf_size=_READ_BYTES)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+
+
+def _info(path: Path) -> Any:
+    """The export's ``info`` (None when it has none); the parse stops once it is read."""
+    with open(path, "rb") as stream:
+        try:
+            return next(ijson.items(stream, "info", use_float=True, buf_size=_READ_BYTES), None)
+        except ijson.JSONError as exc:
+            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+
+
+def _normalized_items(items: list, source: str, offset: int, info: Any) -> pa.Table:
+    raw = table_from_media_items(items, source, row_offset=offset)
+    return normalize_raw(raw, source, info, row_offset=offset, check_unique=False)

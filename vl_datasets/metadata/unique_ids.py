@@ -1,0 +1,99 @@
+"""Media ids checked unique across an index written batch by batch, in 8 bytes per row.
+
+A hash table of every id (Arrow's ``count_distinct``, a Python set) costs the ids themselves
+again, gigabytes at 100M items. Instead each batch's ids are hashed to 64 bits in numpy, the hashes
+are sorted once at the end, and only equal hashes are compared as text: two different ids share a
+hash about once in 2**64 / n**2 indexes, so that comparison is almost always of real duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+# Odd 64-bit multipliers: each 8-byte word is mixed in, then spread over every bit (a murmur3 finalizer).
+_BASE = np.uint64(0x100000001B3)
+_MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+
+
+class IdHashes:
+    """The hashes of every media id added so far, in row order."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        """Hash the next rows' ids (text, no nulls)."""
+        chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
+        self._parts.extend(hash_strings(chunk) for chunk in chunks)
+
+    def first_duplicate(self, ids_at: Callable[[np.ndarray], list[str]]) -> str | None:
+        """The duplicated id whose first row comes first, or None when every id is unique.
+        ``ids_at(rows)`` returns the ids of those rows: called only for rows whose hashes collide."""
+        ordered = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
+        ordered.sort()  # in place: 8 more bytes a row, where an argsort would take 16
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if not len(repeated):
+            return None
+        rows = self._rows_with(repeated)
+        first_row: dict[str, int] = {}
+        duplicated_at: list[int] = []
+        for row, media_id in zip(rows.tolist(), ids_at(rows)):
+            if media_id in first_row:
+                duplicated_at.append(first_row[media_id])
+            else:
+                first_row[media_id] = row
+        if not duplicated_at:
+            return None  # hashes that collide for different ids
+        earliest = min(duplicated_at)
+        return next(media_id for media_id, row in first_row.items() if row == earliest)
+
+    def _rows_with(self, values: np.ndarray) -> np.ndarray:
+        """The rows whose hash is one of ``values``, ascending."""
+        rows, start = [], 0
+        for part in self._parts:
+            rows.append(start + np.flatnonzero(np.isin(part, values)))
+            start += len(part)
+        return np.concatenate(rows)
+
+
+def hash_strings(array: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each value of a string array without nulls, computed over its buffers:
+    the ids of each length as rows of a matrix of 8-byte words (media ids mostly share one length,
+    so that is usually one matrix, a view of the data itself)."""
+    array = array.cast(pa.large_string())
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + n + 1]
+    buffer = array.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    hashes = np.empty(n, np.uint64)
+    for length in np.unique(lengths).tolist():
+        if length * n == offsets[-1] - offsets[0]:  # every id has this length: the data is the matrix
+            return _hash_rows(data[offsets[0] : offsets[-1]].reshape(n, length))
+        rows = np.flatnonzero(lengths == length)
+        hashes[rows] = _hash_rows(data[offsets[rows][:, None] + np.arange(length)])
+    return hashes
+
+
+def _hash_rows(matrix: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of a matrix of bytes, its length included."""
+    rows, length = matrix.shape
+    words = -(-length // 8)
+    padded = np.zeros((rows, words * 8), np.uint8)
+    padded[:, :length] = matrix
+    hashes = np.full(rows, length, np.uint64) * _MIX[1]
+    for word in padded.view(np.uint64).T:
+        hashes = _finalize((hashes ^ word) * _BASE)
+    return hashes
+
+
+def _finalize(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * _MIX[0]
+    h = h ^ (h >> np.uint64(33))
+    h = h * _MIX[1]
+    return h ^ (h >> np.uint64(33))
