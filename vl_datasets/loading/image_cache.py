@@ -61,7 +61,6 @@ TRAILER_SIZE = len(TRAILER_MAGIC) + 8
 # Write failures that will not pass while this process runs: it stops writing to the folder.
 REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
 _warned: set[tuple[int, str]] = set()  # (process, folder): one warning each
-_damage_named: set[int] = set()  # processes that warned of a damaged copy
 
 
 class ImageCache:
@@ -79,6 +78,7 @@ class ImageCache:
         self._ledger: int | None = None
         self._pid: int | None = None
         self._writable = True
+        self._damage_named: int | None = None  # the process that warned of a damaged copy
 
     def __getstate__(self) -> dict:
         return {"folder": self.folder, "limit_bytes": self.limit_bytes}
@@ -108,9 +108,9 @@ class ImageCache:
             return None
         data = _unwrap(stored)
         if data is None:  # the next put replaces it
-            # Once a process at WARNING: a power loss may leave thousands, each read once.
-            level = logging.DEBUG if os.getpid() in _damage_named else logging.WARNING
-            _damage_named.add(os.getpid())
+            # Once a cache and process at WARNING: a power loss may leave thousands, each read once.
+            level = logging.DEBUG if self._damage_named == os.getpid() else logging.WARNING
+            self._damage_named = os.getpid()
             logger.log(level, "Ignoring the damaged copy %s (%d bytes): read from the root again", path, len(stored))
             return None
         if time.time() - mtime > self.touch_after_s:
@@ -217,7 +217,7 @@ class ImageCache:
         return self._ledger
 
 
-def _trailer(data: bytes) -> bytes:
+def _trailer(data: bytes | memoryview) -> bytes:
     return TRAILER_MAGIC + xxhash.xxh3_64_intdigest(data).to_bytes(8, "little")
 
 

@@ -9,8 +9,9 @@ new one. The cache hands out its folder (``derived_dir(entry, "prepared", settin
     <the store's folder>/
         store.json             the version and settings it holds, written when it is created
         parts/<writer>.pixels  raw pixels, one image after another: one file per writing process
-        parts/<writer>.index   56 bytes per image: its key, offset, height, width, its original's
-                               identity, its pixels' checksum, and a check of the record itself
+        parts/<writer>.index   64 bytes per image: its key, offset, height, width, its original's
+                               identity, its pixels' checksum, when it was written, and a check
+                               of the record itself
         manifest.json          written last by a finished preparation: counts, parts, bytes
 
 ``vl_datasets.cache.scan`` reads the two JSON files (store.json says how to count a partial
@@ -60,6 +61,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,10 +93,11 @@ RECORD = np.dtype(
         ("width", "<u4"),
         ("source", "<u8"),  # the original's identity when it was prepared; 0: not known
         ("pixels", "<u8"),  # xxh3-64 of the pixel bytes
+        ("written", "<u8"),  # when, in ns since 1970: of two copies of an image, the newer is served first
         ("check", "<u8"),
     ]
 )
-COLUMNS = ("hi", "lo", "offset", "height", "width", "source", "pixels")
+COLUMNS = ("hi", "lo", "offset", "height", "width", "source", "pixels", "written")
 _SALT = 0x766C5F7072657061  # "vl_prepa": an all-zero (never written) record fails its check
 # New records wait in a dict until there are this many, then join the sorted arrays: a merge
 # sorts everything, so merging each new record would cost a sort per image in the first epoch.
@@ -153,8 +156,9 @@ def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
     return PreparedStore(path, settings)
 
 
-# A record as this process holds it: part number, offset, height, width, source identity, pixels' xxh3.
-Record = tuple[int, int, int, int, int, int]
+# A record as this process holds it: part number, offset, height, width, source identity, pixels'
+# xxh3, when it was written.
+Record = tuple[int, int, int, int, int, int, int]
 
 
 class PreparedStore:
@@ -170,6 +174,7 @@ class PreparedStore:
         self._recent: dict[tuple[int, int], list[Record]] = {}  # key -> its records not yet merged, oldest first
         self._sorted = _columns_of(np.empty(0, RECORD), 0)  # the other records, by key: a column each
         self._warned: set[tuple[int, int]] = set()  # damaged records (part, offset) this process named
+        self._manifest: tuple[int, dict[str, Any]] = (0, {})  # (its mtime, its content) as last read
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "settings": self.settings}
@@ -185,7 +190,7 @@ class PreparedStore:
     def load(self) -> None:
         """Take in every record now: done where a dataset is built, before its DataLoader forks, the
         workers share these arrays (numpy buffers stay shared) instead of each building its own
-        (~52 bytes an image)."""
+        (~60 bytes an image)."""
         with self._process_lock():
             self._refresh()
             self._merge()
@@ -233,15 +238,35 @@ class PreparedStore:
         return result
 
     def missing(self, paths: list[str], sources: list[int]) -> list[int]:
-        """The positions of ``paths`` with no prepared record from an original of the identity in
-        ``sources`` (0: any); every process's latest records count, pixels are checked when read."""
+        """The positions of ``paths`` with no good prepared record from an original of the identity
+        in ``sources`` (0: any). Every process's latest records count. Pixels that the last manifest
+        found on the disk are taken as they are (reads check them); any written since are read and
+        checked here: a machine crash may have left them zeroed, and ``prepare()`` must not leave
+        an image that only its original can give back."""
         with self._process_lock():
             self._refresh()
-            return [
-                at
-                for at, (path, source) in enumerate(zip(paths, sources))
-                if not any(_same_source(record[4], source) for record in self._records(image_key(path)))
-            ]
+            synced = self._synced()
+            found = []
+            for at, (path, source) in enumerate(zip(paths, sources)):
+                records = [r for r in self._records(image_key(path)) if _same_source(r[4], source)]
+                found.append((at, path, [(r, self._pixel_fd(r[0])) for r in records]))
+        return [at for at, path, records in found if not any(self._good(path, r, fd, synced) for r, fd in records)]
+
+    def _synced(self) -> dict[int, int]:
+        """Part number -> how many of its pixel bytes the last manifest fsynced (none without one)."""
+        try:
+            stat = os.stat(self.path / MANIFEST_FILE)
+            if self._manifest[0] != stat.st_mtime_ns:
+                self._manifest = (stat.st_mtime_ns, json.loads((self.path / MANIFEST_FILE).read_bytes()))
+        except (OSError, ValueError):
+            return {}
+        parts = self._manifest[1].get("parts") or {}
+        return {self._by_name[name]: part["pixel_bytes"] for name, part in parts.items() if name in self._by_name}
+
+    def _good(self, path: str, record: Record, fd: int | None, synced: dict[int, int]) -> bool:
+        number, offset, height, width = record[:4]
+        on_disk = offset + height * width * 3 <= synced.get(number, 0)
+        return on_disk or self._read_checked(path, record, fd) is not None
 
     def counts(self) -> tuple[int, int]:
         """(images in the store, images whose preparation failed and that are not in it)."""
@@ -311,7 +336,7 @@ class PreparedStore:
 
     def _read_checked(self, path: str, record: Record, fd: int | None) -> np.ndarray | None:
         """``record``'s pixels, or None (with a WARNING, once a record) when they are not what was written."""
-        number, offset, height, width, _, digest = record
+        number, offset, height, width, _, digest, _ = record
         pixels = np.empty((height, width, 3), np.uint8)
         whole = fd is not None and _read_into(fd, pixels, offset) == pixels.nbytes
         if whole and xxhash.xxh3_64_intdigest(pixels.data) == digest:
@@ -339,22 +364,22 @@ class PreparedStore:
             if self._writer is None:
                 self._writer = _Writer(self.path / PARTS)
                 self._register(self._writer.name)
-            offset, digest = self._writer.append(key, pixels, height, width, source)
+            offset, digest, written = self._writer.append(key, pixels, height, width, source)
             number = self._by_name[self._writer.name]
             self._parts[number].consumed += RECORD.itemsize  # taken in here: no refresh reads it back
-            self._add_one(key, (number, offset, height, width, source, digest))
+            self._add_one(key, (number, offset, height, width, source, digest, written))
 
     def _records(self, key: tuple[int, int]) -> list[Record]:
-        """The prepared records of ``key`` (not its failures), the newest of the unmerged first."""
-        found = [r for r in reversed(self._recent.get(key, ())) if r[2] > 0]
+        """The prepared records of ``key`` (not its failures), the newest first."""
+        found = [r for r in self._recent.get(key, ()) if r[2] > 0]
         columns = self._sorted
         at = int(np.searchsorted(columns["hi"], np.uint64(key[0])))
         while at < len(columns["hi"]) and int(columns["hi"][at]) == key[0]:
             if int(columns["lo"][at]) == key[1] and int(columns["height"][at]) > 0:
-                offset, height, width, source, pixels = (int(columns[name][at]) for name in COLUMNS[2:])
-                found.append((int(columns["part"][at]), offset, height, width, source, pixels))
+                offset, height, width, source, pixels, written = (int(columns[name][at]) for name in COLUMNS[2:])
+                found.append((int(columns["part"][at]), offset, height, width, source, pixels, written))
             at += 1
-        return found
+        return sorted(found, key=lambda record: record[6], reverse=True)
 
     def _refresh(self) -> None:
         """Take in the records every process has appended since the last refresh."""
@@ -432,6 +457,7 @@ _RECENT = tuple(
             ("width", np.uint32),
             ("source", np.uint64),
             ("pixels", np.uint64),
+            ("written", np.uint64),
         )
     )
 )
@@ -464,15 +490,16 @@ def _checks(records: np.ndarray) -> np.ndarray:
     """The check of each record: a torn or zeroed index record fails it."""
     size = (records["height"].astype(np.uint64) << 32) | records["width"]
     mixed = records["hi"] ^ records["lo"] ^ records["offset"] ^ size ^ records["source"] ^ records["pixels"]
-    return mixed ^ np.uint64(_SALT)
+    return mixed ^ records["written"] ^ np.uint64(_SALT)
 
 
 def _fsync(path: Path) -> int:
-    """Flush ``path`` to the disk; its size."""
+    """Flush ``path`` to the disk; how many of its bytes are surely there (it may grow meanwhile)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        size = os.fstat(fd).st_size
         os.fsync(fd)
-        return os.fstat(fd).st_size
+        return size
     finally:
         os.close(fd)
 
@@ -516,8 +543,8 @@ class _Writer:
 
     def append(
         self, key: tuple[int, int], pixels: np.ndarray | None, height: int, width: int, source: int
-    ) -> tuple[int, int]:
-        """Write an image (None: a failure) and its record: (where its pixels start, their xxh3)."""
+    ) -> tuple[int, int, int]:
+        """Write an image (None: a failure) and its record: (where its pixels start, their xxh3, when)."""
         offset = digest = 0
         if pixels is not None:
             # Where the append lands, from the file itself: one truncated under this process (the
@@ -525,10 +552,11 @@ class _Writer:
             offset = os.fstat(self.pixel_fd).st_size
             digest = xxhash.xxh3_64_intdigest(pixels.data)
             _write_all(self.pixel_fd, pixels.data.cast("B"))
-        record = np.array([(*key, offset, height, width, source, digest, 0)], RECORD)
+        written = time.time_ns()
+        record = np.array([(*key, offset, height, width, source, digest, written, 0)], RECORD)
         record["check"] = _checks(record)
         _write_all(self.index_fd, memoryview(record.tobytes()))  # one write: a kill cannot split it
-        return offset, digest
+        return offset, digest, written
 
 
 def _write_all(fd: int, data: memoryview) -> None:
