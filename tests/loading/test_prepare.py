@@ -3,6 +3,7 @@ dataset behaving as without prepare; ds.prepare() on every core and split betwee
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing
@@ -298,3 +299,22 @@ def test_a_store_damaged_under_a_job_with_skip_skips_nothing(export, tmp_path, d
     assert loader.skipped == [], "good images were skipped"
     assert torch.equal(before, after)
     assert warning in caplog.text
+
+
+def test_a_remote_original_replaced_is_prepared_again_by_prepare(export, tmp_path):
+    import fsspec
+
+    memory, root = fsspec.filesystem("memory"), f"memory://prepare-{tmp_path.name}"
+    for image in (export / "images").rglob("*.jpg"):
+        memory.pipe(f"{root}/{image.relative_to(export / 'images').as_posix()}", image.read_bytes())
+    ds = open_prepared(export, tmp_path, images_root=root, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    old = ds[2][0]
+    red = io.BytesIO()
+    PIL.Image.new("RGB", (80, 60), (250, 10, 10)).save(red, "JPEG")
+    memory.pipe(f"{root}/{ds.images.paths[2].as_py()}", red.getvalue())
+    reopened = open_prepared(export, tmp_path, images_root=root, image_size=40)
+    assert torch.equal(reopened[2][0], old), "a read asked the remote root (documented: prepare() checks)"
+    assert reopened.prepare(num_workers=0, progress=False).prepared == 1
+    assert open_prepared(export, tmp_path, images_root=root, image_size=40)[2][0].float().mean(dim=(1, 2))[0] > 200
+    memory.rm(root, recursive=True)

@@ -199,18 +199,18 @@ class PreparedStore:
         """The prepared pixels (height x width x 3, uint8) of the image at ``path``, or None: not in
         the store, prepared from an original of another identity than ``source`` (0: any), or
         pixels that fail their checksum (a WARNING names the image; it is never served)."""
-        key, tried = image_key(path), set()
+        key, tried = image_key(path), []
         for refresh in (False, True):  # another process may have prepared it (again) since
             with self._process_lock():
                 if refresh:
                     self._refresh()
-                records = [r for r in self._records(key) if r[:2] not in tried and _same_source(r[4], source)]
+                records = [r for r in self._records(key) if _same_source(r[4], source) and r[:2] not in tried]
                 opened = [(r, self._pixel_fd(r[0])) for r in records]  # opened once per process: under the lock
             for record, fd in opened:
-                tried.add(record[:2])
                 pixels = self._read_checked(path, record, fd)
                 if pixels is not None:
                     return pixels
+                tried.append(record[:2])
         return None
 
     def status(self, keys: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
@@ -373,13 +373,13 @@ class PreparedStore:
         """The prepared records of ``key`` (not its failures), the newest first."""
         found = [r for r in self._recent.get(key, ()) if r[2] > 0]
         columns = self._sorted
-        at = int(np.searchsorted(columns["hi"], np.uint64(key[0])))
-        while at < len(columns["hi"]) and int(columns["hi"][at]) == key[0]:
-            if int(columns["lo"][at]) == key[1] and int(columns["height"][at]) > 0:
-                offset, height, width, source, pixels, written = (int(columns[name][at]) for name in COLUMNS[2:])
-                found.append((int(columns["part"][at]), offset, height, width, source, pixels, written))
+        his, los, heights = columns["hi"], columns["lo"], columns["height"]
+        at = int(np.searchsorted(his, np.uint64(key[0])))
+        while at < len(his) and int(his[at]) == key[0]:
+            if int(los[at]) == key[1] and heights[at] > 0:
+                found.append(tuple([int(columns["part"][at])] + [int(columns[name][at]) for name in COLUMNS[2:]]))  # type: ignore[arg-type]
             at += 1
-        return sorted(found, key=lambda record: record[6], reverse=True)
+        return found if len(found) < 2 else sorted(found, key=lambda record: record[6], reverse=True)
 
     def _refresh(self) -> None:
         """Take in the records every process has appended since the last refresh."""

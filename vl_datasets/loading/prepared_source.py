@@ -72,7 +72,9 @@ class PreparedSource:
     def __init__(self, source: ImageSource, store: PreparedStore) -> None:
         self.source, self.store = source, store
         self.display_root, self.separator = source.display_root, source.separator
-        self.checks_every_read = isinstance(source, WithIdentity) and source.identity_is_cheap
+        # Decided once: a runtime-checkable Protocol's isinstance costs more than the stat it guards.
+        self._identity = source.identity if isinstance(source, WithIdentity) else None
+        self.checks_every_read = self._identity is not None and source.identity_is_cheap  # type: ignore[attr-defined]
         self._warned: set[str] = set()
 
     def read(self, path: str) -> bytes | np.ndarray:
@@ -102,10 +104,10 @@ class PreparedSource:
     def identity(self, path: str) -> int:
         """The original's identity (``sources.WithIdentity``); 0 (any copy will do) where the source
         cannot tell, with a WARNING once when it failed to."""
-        if not isinstance(self.source, WithIdentity):
+        if self._identity is None:
             return 0
         try:
-            return self.source.identity(path)
+            return self._identity(path)
         except Exception as exc:  # the read that follows reports a failing root; a copy is still a copy
             reason = self.source.scrub(f"{type(exc).__name__}: {exc}")
             self._warn_once("identity", "Cannot tell whether originals under %s changed: %s", self.display_root, reason)

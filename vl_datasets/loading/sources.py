@@ -50,6 +50,7 @@ EXTRAS = {
 # that Arrow applies it to a whole column and ``re`` to one path alike.
 _DOT = r"(?:\.|%(?:25)*2[eE])"
 OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
+_OUTSIDE_ROOT = re.compile(OUTSIDE_ROOT)  # compiled once: the prepared store checks a path on every read
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
 # botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours
 # count. ("max_attempts" there counts retries, not attempts: 1 would mean two requests.)
@@ -96,7 +97,7 @@ class WithIdentity(Protocol):
 
 def identity_of(*facts: object) -> int:
     """The identity digest of an original described by ``facts``: never 0, which means unknown."""
-    return xxhash.xxh3_64_intdigest(json.dumps([str(fact) for fact in facts]).encode()) or 1
+    return xxhash.xxh3_64_intdigest("\0".join(map(str, facts)).encode("utf-8", "surrogatepass")) or 1
 
 
 def local_copy(source: ImageSource, path: str) -> bytes | None:
@@ -402,7 +403,7 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     s3fs, gcsfs and the local disk treat a key or a file name literally.
     """
     path = path.replace("\\", "/").lstrip("/")
-    if not path or re.search(OUTSIDE_ROOT, path):
+    if not path or _OUTSIDE_ROOT.search(path):
         raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
     segments = path.split("/")
     if protocol in ("http", "https"):
