@@ -63,7 +63,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -324,15 +323,14 @@ class PreparedStore:
 
     # -- inside ----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _process_lock(self) -> Iterator[None]:
+    def _process_lock(self) -> threading.Lock:
+        """This process's lock (a plain lock, not a generator: it is taken on every read)."""
         if self._pid != os.getpid():
             # A forked child: the view (arrays, open descriptors) stays valid, but a lock held by
             # another thread at the fork would never be released, and the writer's part is the
             # parent's: this process writes its own.
             self._pid, self._lock, self._writer = os.getpid(), threading.Lock(), None
-        with self._lock:
-            yield
+        return self._lock
 
     def _read_checked(self, path: str, record: Record, fd: int | None) -> np.ndarray | None:
         """``record``'s pixels, or None (with a WARNING, once a record) when they are not what was written."""
