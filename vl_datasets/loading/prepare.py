@@ -234,7 +234,7 @@ def _claim(block: range, *, wait_s: float | None) -> Iterator[bool]:
     prepared: True once held (or where locks do not work), False when another process holds it and
     ``wait_s`` (None: no wait) ran out."""
     store = _JOB["source"].store
-    offset = image_key(_JOB["paths"][block.start])[0] >> 2  # a byte far inside what lockf can address
+    offset = image_key(_JOB["paths"][block.start])[0] >> 2  # a byte per block, under lockf's limit of 2**63
     fd = _claims_fd(store.path)
     deadline = time.monotonic() + (wait_s or 0.0)
     state = "unclaimed" if fd is None else _try_lock(fd, offset)

@@ -38,12 +38,14 @@ Pixels are never served unverified: each record holds the xxh3-64 of its pixels,
 read (~3 us for a 256 KiB image, against ~190 us to make its tensor). Pixels that differ (zeroed
 by a machine crash before they reached the disk, a file truncated or overwritten under a running
 job, a failing disk) read as a missing record: a WARNING names the image, and it is prepared again
-from its original. That check is what keeps a record from ever pointing at unwritten bytes, so
-images are not fsynced one by one (that would wait for a full writeback, longer than the
-preparation itself on a slow disk); a finished ``prepare()`` fsyncs every part once before its
-manifest, so a store marked complete is on the disk.
+from its original. That check is what keeps a record that points at unwritten bytes from being
+served, so images are not fsynced one by one (that would wait for a full writeback, longer than
+the preparation itself on a slow disk). A finished ``prepare()`` fsyncs every part once before its
+manifest, which notes how many pixel bytes of each part are on the disk; ``prepare()`` reads back
+and checks any written since (``missing``), so after a power loss it leaves no damaged image
+behind for a job to find once its original is gone.
 
-Each record also holds its original's identity (``sources.identity``: size and mtime on a local
+Each record also holds its original's identity (``sources.WithIdentity``: size and mtime on a local
 disk, the ETag or size and modification time of a remote object), and a record of another
 identity is stale: a replaced original is prepared again. Who compares them is
 ``prepared_source`` (every read, for a local original) and ``prepare`` (every image).
