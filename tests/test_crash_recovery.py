@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import change_dataset, child_env
 from vl_datasets import Client, fetch_export
@@ -218,3 +219,84 @@ def test_a_refresh_after_a_chunked_fetch_killed_after_publishing_gets_the_new_da
     assert new.version != old.version and new.row_count == 10 - remove, "the refresh kept the removed items"
     assert _content(new) == _content(reference), "the refresh was built from the chunks of the killed run"
     assert not any(cache.rglob(".chunks")), "the refresh left a work area behind"
+
+
+# -- prepare() killed ------------------------------------------------------------------------------
+# A child running ``ds.prepare()`` kills itself at the K-th call of one library function; the next
+# prepare() (with, after a "power loss", the pixels written since the last writeback zeroed) must
+# leave every image in the store with the pixels of a clean preparation, served from the store.
+
+PREPARE_ITEMS = 12
+PREPARE_POINTS = {
+    # point: (module, function, largest K)
+    "between an image's pixels and its record": ("vl_datasets.loading.prepared", "_write_all", 2 * PREPARE_ITEMS),
+    "holding the claim on a block": ("vl_datasets.loading.prepare", "_prepare_block", PREPARE_ITEMS),
+    "before the manifest": ("vl_datasets.loading.prepared", "write_json_atomic", 1),
+}
+
+
+def _open_prepared(export: Path, cache_dir: Path):
+    from vl_datasets.loading.dataset import VisualLayerDataset
+
+    return VisualLayerDataset.from_export(export, cache_dir=cache_dir, prepare=48, image_size=40)
+
+
+def _kill_one_prepare(export: Path, cache_dir: Path, point: str, k: int) -> None:
+    module, name, _ = PREPARE_POINTS[point]
+    code = "\n".join(
+        [
+            _DIE_AT,
+            f"import {module}",
+            f"die_at({module}, {name!r}, {k})",
+            "from vl_datasets.loading.dataset import VisualLayerDataset",
+            f"ds = VisualLayerDataset.from_export({str(export)!r}, cache_dir={str(cache_dir)!r}, prepare=48)",
+            "ds.prepare(num_workers=0, progress=False)",
+        ]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=WAIT_S, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL, f"prepare() was not killed at {point!r} (k={k}): {proc.stderr[-2000:]}"
+
+
+def _power_loss(store: Path, rng: random.Random) -> None:
+    """Zero each pixel file from a random point on: what was never written back before the machine went down."""
+    for pixels in (store / "parts").glob("*.pixels"):
+        size = pixels.stat().st_size
+        cut = rng.randint(0, size)
+        with open(pixels, "r+b") as handle:
+            handle.seek(cut)
+            handle.write(b"\0" * (size - cut))
+
+
+@pytest.fixture(scope="module")
+def prepared_clean(tmp_path_factory):
+    """An export and every image of it through a clean preparation."""
+    from vl_datasets.testing import write_dataset
+
+    root = tmp_path_factory.mktemp("prepare")
+    export = write_dataset(root, "ds", n_items=PREPARE_ITEMS, image_size=(80, 60))
+    ds = _open_prepared(export, root / "cache")
+    ds.prepare(num_workers=0, progress=False)
+    return export, [ds[i][0] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("point", list(PREPARE_POINTS))
+@pytest.mark.parametrize("power_loss", [False, True])
+def test_a_killed_prepare_is_finished_by_the_next_with_clean_pixels(point, power_loss, prepared_clean, tmp_path):
+    import shutil
+
+    export, clean_images = prepared_clean
+    rng = random.Random(f"prepare-{point}-{power_loss}")
+    mine = tmp_path / "export"
+    shutil.copytree(export, mine)
+    store = _open_prepared(mine, tmp_path / "cache").images._source.store.path  # created: the child only fills it
+    _kill_one_prepare(mine, tmp_path / "cache", point, rng.randint(1, PREPARE_POINTS[point][2]))
+    if power_loss:
+        _power_loss(store, rng)
+    summary = _open_prepared(mine, tmp_path / "cache").prepare(num_workers=0, progress=False)
+    assert summary.images == PREPARE_ITEMS, f"after a kill at {point!r}, prepare() left images out"
+    shutil.rmtree(mine / "images")  # what follows comes from the store alone
+    after = _open_prepared(mine, tmp_path / "cache")
+    for i, want in enumerate(clean_images):
+        assert torch.equal(after[i][0], want), f"after a kill at {point!r}, image {i} differs from a clean one"

@@ -19,7 +19,7 @@ from tests.loading.image_server import ImageServer
 from vl_datasets.config import parse_size
 from vl_datasets.errors import ConfigurationError
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.loading.image_cache import LEDGER, ImageCache
+from vl_datasets.loading.image_cache import LEDGER, TRAILER_SIZE, ImageCache
 
 
 def cached_files(cache_dir):
@@ -223,3 +223,24 @@ def test_a_cache_folder_that_cannot_be_made_falls_back_to_the_root(split_export,
         assert len(images) == 2 * len(ds)
     assert [r.getMessage().count(str(folder)) for r in caplog.records] == [1], caplog.text
     assert server.count() == 2 * len(ds)
+
+
+def test_a_copy_changed_mid_file_is_fetched_again_never_served(split_export, tmp_path, caplog):
+    export, source = split_export
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(
+            export, images_root=server.url, image_cache="10M", image_size=8, cache_dir=tmp_path / "c"
+        )
+        expected = ds[0][0]
+        copy = ds.images._source.cache.path(ds.table.column("file_path")[0].as_py())
+        stored = bytearray(copy.read_bytes())
+        stored[len(stored) // 2] ^= 0xFF  # one byte in the middle of the JPEG: it would still decode
+        copy.write_bytes(bytes(stored))
+        fetched = server.count()
+        with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+            again = ds[0][0]
+        assert server.count() == fetched + 1, "the damaged copy was served instead of fetched again"
+        assert torch.equal(again, expected)
+        assert f"damaged copy {copy}" in caplog.text
+        replaced = ds.images._source.cache.get(ds.table.column("file_path")[0].as_py())
+        assert replaced == copy.read_bytes()[:-TRAILER_SIZE], "the damaged copy was not replaced"

@@ -3,7 +3,9 @@ dataset behaving as without prepare; ds.prepare() on every core and split betwee
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -15,7 +17,7 @@ import torch
 from vl_datasets import ConfigurationError, ImageDecodeError, PrepareTimeoutError
 from vl_datasets.loading import prepare as prepare_job
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.loading.prepared import MANIFEST_FILE, keys_of, list_stores
+from vl_datasets.loading.prepared import MANIFEST_FILE, RECORD, keys_of, list_stores
 from vl_datasets.testing import write_dataset
 
 ITEMS = 12
@@ -210,3 +212,109 @@ def test_the_report_shows_the_originals_and_prepares_nothing(export, tmp_path):
     page = ds.report(tmp_path / "report.html").read_text()
     assert thumbnails(page) == ITEMS and "unreadable image" not in page, "thumbnails must come from the originals"
     assert not in_store(ds).any(), "writing the report prepared images"
+
+
+def stored_records(ds) -> int:
+    """Every record the store's parts hold: an image prepared twice counts twice."""
+    parts = (ds.images._source.store.path / "parts").glob("*.index")
+    return sum(p.stat().st_size for p in parts) // RECORD.itemsize
+
+
+def test_damaged_prepared_pixels_are_prepared_again_never_served(export, tmp_path, caplog):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    before = every_image(ds)
+    (pixels,) = (ds.images._source.store.path / "parts").glob("*.pixels")
+    with open(pixels, "r+b") as handle:  # zeroes in the middle, as a machine crash leaves them
+        handle.seek(pixels.stat().st_size // 2)
+        handle.write(b"\0" * 4000)
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        after = every_image(open_prepared(export, tmp_path, image_size=40))
+    assert all(torch.equal(a, b) for a, b in zip(after, before)), "damaged pixels were served"
+    assert "is damaged" in caplog.text
+    assert any(path in caplog.text for path in ds.images.paths.to_pylist()), "the warning names no image"
+
+
+def replace_original(export, ds, index: int, colour: tuple[int, int, int]) -> None:
+    path = export / "images" / ds.images.paths[index].as_py()
+    PIL.Image.new("RGB", (80, 60), colour).save(path, "JPEG")
+
+
+def test_an_original_replaced_after_prepare_is_prepared_again(export, tmp_path):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    replace_original(export, ds, 2, (250, 10, 10))
+    assert ds[2][0].float().mean(dim=(1, 2)).tolist()[0] > 200, "the same dataset served the old copy"
+    reopened = open_prepared(export, tmp_path, image_size=40)
+    red = reopened[2][0].float().mean(dim=(1, 2))
+    assert red[0] > 200 and red[1] < 60, "a reopened dataset served the copy of the replaced original"
+    replace_original(export, ds, 5, (10, 250, 10))
+    summary = reopened.prepare(num_workers=0, progress=False)
+    assert summary.prepared == 1, "prepare() did not prepare the replaced original again (or redid others)"
+    shutil.rmtree(export / "images")  # the new copies are served from the store alone
+    green = open_prepared(export, tmp_path, image_size=40)[5][0].float().mean(dim=(1, 2))
+    assert green[1] > 200 and green[0] < 60
+
+
+def prepares_at_once(export, tmp_path, start, results) -> None:
+    ds = open_prepared(export, tmp_path)
+    start.wait(timeout=60)
+    results.put(ds.prepare(num_workers=0, progress=False).prepared)
+
+
+def test_concurrent_prepare_calls_split_the_work(export, tmp_path):
+    ds = open_prepared(export, tmp_path)  # the store created once, as a second job would find it
+    start, results = FORK.Barrier(3), FORK.Queue()
+    calls = [FORK.Process(target=prepares_at_once, args=(export, tmp_path, start, results)) for _ in range(3)]
+    for process in calls:
+        process.start()
+    for process in calls:
+        process.join(timeout=120)
+    assert [p.exitcode for p in calls] == [0, 0, 0]
+    assert sum(results.get(timeout=1) for _ in calls) == ITEMS, "an image was prepared by two calls"
+    assert stored_records(ds) == ITEMS, "the store grew past one copy of each image"
+    assert (in_store(ds) == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("damage", "opened", "warning"),
+    [("truncated", "after", "cut short"), ("removed", "before", "is gone")],
+)
+def test_a_store_damaged_under_a_job_with_skip_skips_nothing(export, tmp_path, damage, opened, warning, caplog):
+    """A job that took in the store's records (opened after prepare) or that misses (opened before)."""
+    job = open_prepared(export, tmp_path, on_error="skip", image_size=40) if opened == "before" else None
+    ds = open_prepared(export, tmp_path, on_error="skip", image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    before = torch.cat([images for images, _ in ds.dataloader(4, shuffle=False, num_workers=0)])
+    job = job or open_prepared(export, tmp_path, on_error="skip", image_size=40)
+    loader = job.dataloader(4, shuffle=False, num_workers=0)
+    store = ds.images._source.store.path
+    if damage == "truncated":
+        for pixels in (store / "parts").glob("*.pixels"):
+            os.truncate(pixels, 0)
+    else:
+        shutil.rmtree(store)
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        after = torch.cat([images for images, _ in loader])
+    assert loader.skipped == [], "good images were skipped"
+    assert torch.equal(before, after)
+    assert warning in caplog.text
+
+
+def test_a_remote_original_replaced_is_prepared_again_by_prepare(export, tmp_path):
+    import fsspec
+
+    memory, root = fsspec.filesystem("memory"), f"memory://prepare-{tmp_path.name}"
+    for image in (export / "images").rglob("*.jpg"):
+        memory.pipe(f"{root}/{image.relative_to(export / 'images').as_posix()}", image.read_bytes())
+    ds = open_prepared(export, tmp_path, images_root=root, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    old = ds[2][0]
+    red = io.BytesIO()
+    PIL.Image.new("RGB", (80, 60), (250, 10, 10)).save(red, "JPEG")
+    memory.pipe(f"{root}/{ds.images.paths[2].as_py()}", red.getvalue())
+    reopened = open_prepared(export, tmp_path, images_root=root, image_size=40)
+    assert torch.equal(reopened[2][0], old), "a read asked the remote root (documented: prepare() checks)"
+    assert reopened.prepare(num_workers=0, progress=False).prepared == 1
+    assert open_prepared(export, tmp_path, images_root=root, image_size=40)[2][0].float().mean(dim=(1, 2))[0] > 200
+    memory.rm(root, recursive=True)

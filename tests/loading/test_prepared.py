@@ -202,3 +202,56 @@ def test_at_the_training_size_a_prepared_image_is_within_1_5_grey_levels_of_the_
     assert image.shape == direct.shape
     difference = (image.float() - direct).abs().mean().item()
     assert difference < 1.5, f"prepared and direct images differ by {difference:.2f} grey levels on average"
+
+
+def damage(store_path: Path, start: int, length: int, fill: bytes = b"\0") -> None:
+    """Overwrite ``length`` pixel bytes of the store's one part from ``start``, as a crash or a disk would."""
+    (pixels,) = (store_path / "parts").glob("*.pixels")
+    with open(pixels, "r+b") as handle:
+        handle.seek(start)
+        handle.write(fill * length)
+
+
+def test_pixels_zeroed_or_changed_are_never_served(tmp_path, caplog):
+    store = open_store(entry(tmp_path), StoreSettings(32))
+    write_images(store.path, 0, 4)
+    offsets = np.cumsum([0] + [pixels_for(i).nbytes for i in range(4)])
+    damage(store.path, int(offsets[1]), pixels_for(1).nbytes)  # what a crash leaves of pixels never written back
+    damage(store.path, int(offsets[2]) + 5, 1, b"\x07")  # one byte changed on a failing disk
+    reader = prepared.PreparedStore(store.path, store.settings)
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        got = [reader.get(f"img_{i}.jpg") for i in range(4)]
+    assert got[1] is None and got[2] is None, "damaged pixels were served"
+    assert np.array_equal(got[0], pixels_for(0)) and np.array_equal(got[3], pixels_for(3))
+    assert "img_1.jpg" in caplog.text and "img_2.jpg" in caplog.text and "checksum" in caplog.text
+    reader.put("img_1.jpg", pixels_for(1))  # prepared again: the new copy is served, the damaged one never
+    assert np.array_equal(reader.get("img_1.jpg"), pixels_for(1))
+    assert np.array_equal(prepared.PreparedStore(store.path, store.settings).get("img_1.jpg"), pixels_for(1))
+
+
+def test_a_part_truncated_under_a_reader_reads_as_missing_and_is_written_again(tmp_path, caplog):
+    store = open_store(entry(tmp_path), StoreSettings(32))
+    store.put("a.jpg", pixels_for(1))
+    store.put("b.jpg", pixels_for(2))
+    store.load()
+    (pixels,) = (store.path / "parts").glob("*.pixels")
+    os.truncate(pixels, 0)  # under this very process, which still writes to it
+    assert store.get("a.jpg") is None and store.get("b.jpg") is None
+    assert "cut short" in caplog.text
+    store.put("b.jpg", pixels_for(2))  # appended where the file now ends, not where it ended before
+    assert np.array_equal(store.get("b.jpg"), pixels_for(2))
+    assert np.array_equal(prepared.PreparedStore(store.path, store.settings).get("b.jpg"), pixels_for(2))
+
+
+def test_a_copy_of_another_original_is_not_served_for_this_one(tmp_path):
+    store = open_store(entry(tmp_path), StoreSettings(32))
+    store.put("a.jpg", pixels_for(1), source=111)
+    assert np.array_equal(store.get("a.jpg", source=111), pixels_for(1))
+    assert store.get("a.jpg", source=222) is None, "a copy of a replaced original was served"
+    assert store.status(keys_of(["a.jpg"]), np.array([222], np.uint64)).tolist() == [0]
+    assert store.missing(["a.jpg", "a.jpg"], [111, 222]) == [1]
+    store.put("a.jpg", pixels_for(2), source=222)
+    reader = prepared.PreparedStore(store.path, store.settings)
+    assert np.array_equal(reader.get("a.jpg", source=222), pixels_for(2))
+    assert np.array_equal(reader.get("a.jpg", source=111), pixels_for(1))
+    assert reader.counts() == (1, 0), "two copies of one image count as two images"

@@ -11,15 +11,29 @@ whole dataset prepared. Each node prepares its own store. The wait is bounded: w
 arrived for ``stall_timeout_s``, a rank gives up with ``PrepareTimeoutError``.
 
 Work already in the store is kept: a preparation killed at any point goes on from where it was.
+
+Separate preparers of one store (three ``prepare()`` calls at once, or a job beside a
+``vl-datasets prepare``) split the work rather than repeat it: the images come in blocks, and a
+process claims a block (a lock on one byte of ``claims.lock`` in the store, which the system
+releases when the process dies) before looking at what of it is left, so each image is decoded
+once. A block another process holds is set aside and taken last, once that process lets it go:
+only what is then still missing is prepared. Where locks do not work (some network filesystems),
+blocks are prepared unclaimed: the work may repeat, the store stays right.
+
+Each image's original is checked against the identity its copy was prepared from
+(``sources.WithIdentity``: a stat on a local disk, one look-up per image under a remote root), so
+an original replaced since is prepared again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +46,21 @@ from tqdm.auto import tqdm
 from ..config import progress_enabled, usable_cores
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, PrepareTimeoutError
 from .batches import SkippedSample
-from .prepared import keys_of
+from .prepared import image_key, keys_of
 from .prepared_source import PreparedSource, prepare_pixels
 from .sources import image_error
+
+try:
+    import fcntl
+except ImportError:  # Windows: blocks are prepared unclaimed
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("vl_datasets")
 
 STALL_TIMEOUT_S = 1800.0  # a rank waiting for the others' images gives up after this long without one
 POLL_S = 2.0
+CLAIMS = "claims.lock"  # in the store: a byte of it locked per block of images being prepared
+CLAIM_POLL_S = 0.05
 LOG_EVERY_S = 30.0
 
 
@@ -79,19 +100,20 @@ def prepare_images(
     paths_list, ids = _distinct_images(paths.to_pylist(), media_ids.to_pylist())
     keys = keys_of(paths_list)
     mine = np.arange(rank, len(paths_list), ranks)
-    todo = mine[source.store.status(keys[mine]) != 1]
     workers = _worker_count(num_workers, ranks)
     failures: list[tuple[Exception, str]] = []
+    prepared = 0
     bar = tqdm(
         total=len(mine),
-        initial=len(mine) - len(todo),
         unit="img",
         desc=f"Preparing images at {source.store.settings.size}px",
         disable=not progress_enabled(progress),
     )
     with bar:
-        for done, failed in _run(source, [paths_list[i] for i in todo], [ids[i] for i in todo], workers):
+        job = ([paths_list[i] for i in mine], [ids[i] for i in mine])
+        for done, made, failed in _run(source, *job, workers, stall_timeout_s=stall_timeout_s):
             failures += failed
+            prepared += made
             bar.update(done)
     if ranks > 1:
         _wait_for_node(source, keys, rank=rank, ranks=ranks, stall_timeout_s=stall_timeout_s)
@@ -101,7 +123,7 @@ def prepare_images(
     return PrepareSummary(
         store=source.store.path,
         images=images,
-        prepared=len(todo) - len(failures),
+        prepared=prepared,
         skipped=skipped,
         bytes_on_disk=manifest["bytes"] if manifest else _bytes_on_disk(source.store.path),
     )
@@ -146,27 +168,42 @@ def _worker_count(num_workers: int | None, ranks: int) -> int:
     return num_workers
 
 
-def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers: int):
-    """Prepare every image, yielding (images done, their failures) as each chunk ends."""
-    chunks = _chunks(len(paths), workers)
+def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers: int, *, stall_timeout_s: float):
+    """Prepare every image not yet in the store, yielding (images looked at, images prepared, their
+    failures) as each block ends: first every block no other process holds, then those that were
+    held, once they are let go (or after ``stall_timeout_s``)."""
+    blocks = _chunks(len(paths), workers)
+    job = {"source": source, "paths": paths, "media_ids": media_ids, "wait_s": stall_timeout_s}
     if workers == 0:
-        _JOB.update(source=source, paths=paths, media_ids=media_ids)  # in this process, its threads as they are
-        yield from map(_prepare_chunk, chunks)
+        _JOB.update(job)  # in this process, its threads as they are
+        yield from _two_passes(map, blocks)
         return
     # fork shares the job with the workers as it is; elsewhere it is pickled (a source pickles).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_start, initargs=(source, paths, media_ids))
+    pool = multiprocessing.get_context(method).Pool(workers, initializer=_start, initargs=(job,))
     try:
-        yield from pool.imap_unordered(_prepare_chunk, chunks)
+        yield from _two_passes(pool.imap_unordered, blocks)
         pool.close()
     finally:
         pool.terminate()  # stops the rest at once on an error or Ctrl-C; what was written stays good
         pool.join()
 
 
+def _two_passes(apply: Any, blocks: list[range]) -> Iterator[tuple[int, int, list[tuple[Exception, str]]]]:
+    held = []
+    for block, made, failures in apply(_claim_and_prepare, blocks):
+        if made is None:
+            held.append(block)
+        else:
+            yield len(block), made, failures
+    for block, made, failures in apply(_wait_and_prepare, held):
+        yield len(block), made, failures
+
+
 def _chunks(count: int, workers: int) -> list[range]:
     # Small enough that the processes finish together and the bar moves; big enough to keep
-    # the pool's messages rare next to the images.
+    # the pool's messages rare next to the images. Preparers of one dataset with as many
+    # workers cut the same blocks, so their claims meet.
     size = max(1, min(64, count // (max(workers, 1) * 8)))
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
@@ -174,17 +211,76 @@ def _chunks(count: int, workers: int) -> list[range]:
 _JOB: dict[str, Any] = {}  # this process's share of the work, set by _start
 
 
-def _start(source: PreparedSource, paths: list[str], media_ids: list[str]) -> None:
+def _start(job: dict[str, Any]) -> None:
     torch.set_num_threads(1)  # a process per core: intra-op threads would only compete
-    _JOB.update(source=source, paths=paths, media_ids=media_ids)
+    _JOB.update(job)
 
 
-def _prepare_chunk(chunk: range) -> tuple[int, list[tuple[Exception, str]]]:
-    """Prepare the images of ``chunk``: (how many, and the failures with each image's location)."""
+def _claim_and_prepare(block: range) -> tuple[range, int | None, list[tuple[Exception, str]]]:
+    """Prepare ``block`` unless another process holds it: (block, images prepared or None, failures)."""
+    with _claim(block, wait_s=None) as claimed:
+        return (block, *_prepare_block(block)) if claimed else (block, None, [])
+
+
+def _wait_and_prepare(block: range) -> tuple[range, int | None, list[tuple[Exception, str]]]:
+    """Prepare what another process left of ``block``, once it lets it go (or did not in time)."""
+    with _claim(block, wait_s=_JOB["wait_s"]):
+        return (block, *_prepare_block(block))
+
+
+@contextlib.contextmanager
+def _claim(block: range, *, wait_s: float | None) -> Iterator[bool]:
+    """Hold the claim on ``block`` (a byte of the claims file, at its first image's key) while it is
+    prepared: True once held (or where locks do not work), False when another process holds it and
+    ``wait_s`` (None: no wait) ran out."""
+    store = _JOB["source"].store
+    offset = image_key(_JOB["paths"][block.start])[0] >> 2  # a byte per block, under lockf's limit of 2**63
+    fd = _claims_fd(store.path)
+    deadline = time.monotonic() + (wait_s or 0.0)
+    state = "unclaimed" if fd is None else _try_lock(fd, offset)
+    while state == "busy" and wait_s is not None and time.monotonic() < deadline:
+        time.sleep(CLAIM_POLL_S)
+        state = _try_lock(fd, offset)  # type: ignore[arg-type]
+    try:
+        yield state != "busy"
+    finally:
+        if state == "held":
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)  # type: ignore[arg-type]
+
+
+def _try_lock(fd: int, offset: int) -> str:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+    except OSError as exc:
+        return "busy" if exc.errno in (errno.EACCES, errno.EAGAIN) else "unclaimed"
+    return "held"
+
+
+_CLAIM_FDS: dict[tuple[int, Path], int | None] = {}
+
+
+def _claims_fd(store: Path) -> int | None:
+    """This process's descriptor of ``store``'s claims file (one per process: closing any descriptor
+    of a file drops every lock the process holds on it), or None where there are no locks."""
+    key = (os.getpid(), store)
+    if key not in _CLAIM_FDS:
+        try:
+            _CLAIM_FDS[key] = None if fcntl is None else os.open(store / CLAIMS, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only store: nothing will be prepared into it anyway
+            logger.debug("Cannot open %s (%s): preparing unclaimed", store / CLAIMS, exc)
+            _CLAIM_FDS[key] = None
+    return _CLAIM_FDS[key]
+
+
+def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
+    """Prepare what of ``block`` is not in the store from its original as it is now: (how many were
+    prepared, and the failures with each image's location)."""
     source: PreparedSource = _JOB["source"]
-    failures: list[tuple[Exception, str]] = []
-    for i in chunk:
-        path, media_id = _JOB["paths"][i], _JOB["media_ids"][i]
+    paths = [_JOB["paths"][i] for i in block]
+    identities = [source.identity(path) for path in paths]
+    made, failures = 0, list[tuple[Exception, str]]()
+    for at in source.store.missing(paths, identities):
+        path, media_id = paths[at], _JOB["media_ids"][block.start + at]
         try:
             try:
                 data = source.source.read(path)
@@ -195,8 +291,10 @@ def _prepare_chunk(chunk: range) -> tuple[int, list[tuple[Exception, str]]]:
             source.store.put_failed(path)  # so ranks waiting for it stop waiting
             failures.append((error, source.location(path)))
             continue
-        source.store.put(path, pixels)  # a full disk stops the job: every later image would fail too
-    return len(chunk), failures
+        # A full disk stops the job: every later image would fail too.
+        source.store.put(path, pixels, source=identities[at])
+        made += 1
+    return made, failures
 
 
 def _wait_for_node(source: PreparedSource, keys: np.ndarray, *, rank: int, ranks: int, stall_timeout_s: float) -> None:

@@ -11,6 +11,15 @@ dataset turns into its image without decoding anything (``prepared_image``); eve
 returns bytes. An original that cannot be decoded is returned as its bytes, so the dataset's own
 decode reports it with its media id, exactly as without ``prepare``.
 
+A prepared copy is served only while it stands for its original (``sources.WithIdentity``). A
+local original (the export's own images, a folder images_root) is stat-ed on every read, ~2 us:
+one replaced since it was prepared is prepared again at once. A remote one would cost a request
+per read, so its identity is taken when it is prepared (one look-up on a miss) and compared by
+``prepare()`` only: run it after replacing originals under a remote root. An original that is
+gone leaves its copy served. A store damaged or removed under a running job changes speed, never
+results: a copy that fails its checksum, or a store that is gone, reads as a miss, and the image
+is prepared again from its original (a WARNING says so, once).
+
 How an image is shrunk: decoded by ``decode_image`` at the DCT scale that keeps it at least ``S``
 (1/2, 1/4 or 1/8), then resized by torch's antialiased *bicubic* kernel, never upscaled. Bicubic,
 because the prepared image is resized a second time, to ``image_size``, by the dataset's bilinear
@@ -36,10 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from ..cache.store import LocalExport
-from ..errors import ConfigurationError, ImageDecodeError
+from ..errors import ConfigurationError, ImageDecodeError, PreparedStoreError
 from .images import JPEG_MAGIC, dct_scaled_size, decode_image, pil_size, to_chw
 from .prepared import PreparedStore, StoreSettings, open_store
-from .sources import ImageSource
+from .sources import ImageSource, WithIdentity
 
 logger = logging.getLogger("vl_datasets")
 
@@ -63,26 +72,51 @@ class PreparedSource:
     def __init__(self, source: ImageSource, store: PreparedStore) -> None:
         self.source, self.store = source, store
         self.display_root, self.separator = source.display_root, source.separator
-        self._warned = False
+        # Decided once: a runtime-checkable Protocol's isinstance costs more than the stat it guards.
+        self._identity = source.identity if isinstance(source, WithIdentity) else None
+        self.checks_every_read = self._identity is not None and source.identity_is_cheap  # type: ignore[attr-defined]
+        self._warned: set[str] = set()
 
     def read(self, path: str) -> bytes | np.ndarray:
-        """The prepared pixels of ``path``, prepared now if they are not yet; the original's bytes
-        when it cannot be decoded."""
-        pixels = self.store.get(path)
+        """The prepared pixels of ``path``, prepared now if they are not yet (or no longer stand for
+        their original); the original's bytes when it cannot be decoded."""
+        identity = self.identity(path) if self.checks_every_read else 0
+        try:
+            pixels = self.store.get(path, source=identity)
+        except PreparedStoreError as exc:  # removed under this job: the originals are still there
+            self._warn_once("gone", "%s; reading the originals instead", exc)
+            pixels = None
         if pixels is not None:
             return pixels
+        if not self.checks_every_read:  # before the read: a change in between leaves the copy stale, not wrong
+            identity = self.identity(path)
         data = self.source.read(path)  # a failed read raises as without prepare
         try:
             pixels = prepare_pixels(data, self.store.settings.size)
         except ImageDecodeError:
             return data  # the dataset's decode reports it, with its media id
         try:
-            self.store.put(path, pixels)
+            self.store.put(path, pixels, source=identity)
         except OSError as exc:  # a full disk slows later epochs down; it must not stop this one
-            if not self._warned:
-                logger.warning("Cannot add images to %s (%s); preparing them again each epoch", self.store.path, exc)
-                self._warned = True
+            self._warn_once("put", "Cannot add images to %s (%s); preparing them again", self.store.path, exc)
         return pixels
+
+    def identity(self, path: str) -> int:
+        """The original's identity (``sources.WithIdentity``); 0 (any copy will do) where the source
+        cannot tell, with a WARNING once when it failed to."""
+        if self._identity is None:
+            return 0
+        try:
+            return self._identity(path)
+        except Exception as exc:  # the read that follows reports a failing root; a copy is still a copy
+            reason = self.source.scrub(f"{type(exc).__name__}: {exc}")
+            self._warn_once("identity", "Cannot tell whether originals under %s changed: %s", self.display_root, reason)
+            return 0
+
+    def _warn_once(self, what: str, message: str, *args: object) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning(message, *args)
 
     def location(self, path: str) -> str:
         return self.source.location(path)

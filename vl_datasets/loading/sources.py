@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from ..backoff import RetryPolicy, image_read_policy
 from ..cache.opened import local_store
@@ -49,6 +50,7 @@ EXTRAS = {
 # that Arrow applies it to a whole column and ``re`` to one path alike.
 _DOT = r"(?:\.|%(?:25)*2[eE])"
 OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
+_OUTSIDE_ROOT = re.compile(OUTSIDE_ROOT)  # compiled once: the prepared store checks a path on every read
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
 # botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours
 # count. ("max_attempts" there counts retries, not attempts: 1 would mean two requests.)
@@ -79,6 +81,25 @@ class WithLocalCopy(Protocol):
         ...
 
 
+@runtime_checkable
+class WithIdentity(Protocol):
+    """A source that can say what an original is now, so a copy made from an older one is known stale.
+
+    ``identity(path)`` is a non-zero 64-bit digest of the original's size and modification time (a
+    local file), or of its ETag, else size and modification time (an fsspec object); 0 when the
+    original is gone. ``identity_is_cheap``: a stat, not a request (the prepared store checks such
+    identities on every read)."""
+
+    identity_is_cheap: bool
+
+    def identity(self, path: str) -> int: ...
+
+
+def identity_of(*facts: object) -> int:
+    """The identity digest of an original described by ``facts``: never 0, which means unknown."""
+    return xxhash.xxh3_64_intdigest("\0".join(map(str, facts)).encode("utf-8", "surrogatepass")) or 1
+
+
 def local_copy(source: ImageSource, path: str) -> bytes | None:
     """The bytes of ``path`` from a copy on this machine, if ``source`` keeps one and has it."""
     return source.cached(path) if isinstance(source, WithLocalCopy) else None
@@ -105,6 +126,16 @@ class LocalFolder:
                 return handle.read()
 
         return read_with_retries(self.retry, read_file, what=f"read of {self.location(path)}")
+
+    identity_is_cheap = True
+
+    def identity(self, path: str) -> int:
+        """The original's size and mtime (``WithIdentity``): a stat; 0 when it is gone."""
+        try:
+            stat = os.stat(object_path(self.display_root, path, protocol="file"))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        return identity_of(stat.st_size, stat.st_mtime_ns)
 
     def location(self, path: str) -> str:
         return os.path.join(self.display_root, path)
@@ -172,6 +203,25 @@ class FsspecRoot:
             return fs.cat_file(url)
 
         return read_with_retries(self.retry, read_once, what=f"read of {self.location(path)}")
+
+    identity_is_cheap = False  # a request per image
+
+    def identity(self, path: str) -> int:
+        """The object's ETag, else its size and modification time, from fsspec's ``info`` (a HEAD
+        on http and S3; ``WithIdentity``); 0 when it is gone. Retried as a read is."""
+        fs, root = self._open()
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
+        try:
+            info = read_with_retries(self.retry, lambda _: fs.info(url), what=f"look-up of {self.location(path)}")
+        except FileNotFoundError:
+            return 0
+        lower = {str(name).lower(): value for name, value in info.items()}
+        etag = lower.get("etag") or lower.get("md5hash")
+        if etag:
+            return identity_of(etag)
+        dates = ("lastmodified", "mtime", "updated", "last_modified")
+        modified = next((lower[name] for name in dates if name in lower), "")
+        return identity_of(info.get("size"), modified)
 
     def location(self, path: str) -> str:
         return f"{self.display_root}/{path}"
@@ -249,6 +299,14 @@ class CachedSource:
 
     def cached(self, path: str) -> bytes | None:
         return self.cache.get(path)
+
+    @property
+    def identity_is_cheap(self) -> bool:
+        return isinstance(self.source, WithIdentity) and self.source.identity_is_cheap
+
+    def identity(self, path: str) -> int:
+        """The original's identity, asked of the root (``WithIdentity``); 0 where it cannot say."""
+        return self.source.identity(path) if isinstance(self.source, WithIdentity) else 0
 
     def location(self, path: str) -> str:
         return self.source.location(path)
@@ -350,8 +408,10 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     s3fs, gcsfs and the local disk treat a key or a file name literally.
     """
     path = path.replace("\\", "/").lstrip("/")
-    if not path or re.search(OUTSIDE_ROOT, path):
+    if not path or _OUTSIDE_ROOT.search(path):
         raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
+    if protocol == "file" and os.sep == "/":  # the path is already this system's: spare a split (a stat per read)
+        return os.path.join(root, path)
     segments = path.split("/")
     if protocol in ("http", "https"):
         segments = [quote(segment, safe="") for segment in segments]
