@@ -1,199 +1,522 @@
-"""Opening a cached 1,000,000-item export, and what DataLoader workers cost in memory.
+"""Opening a metadata-only export of 1M-30M items: time, memory, pickles and workers, next to HF datasets.
 
-    python benchmarks/bench_metadata.py [--rows 1000000] [--out benchmarks/RESULTS_metadata.md]
+    pip install -e .[bench]    # Hugging Face datasets (the peer) and psutil
+    python benchmarks/bench_metadata.py [--rows 1000000 10000000 30000000] [--out FILE]
+        [--measure bare hf ours split workers] [--repeat 3] [--timeout-s S]
 
-Builds (once, under benchmarks/data/, git-ignored) an export folder with a ``metadata.parquet``
-of N items in Visual Layer's parquet variant (``metadata_items`` as JSON strings: a label and,
-for some items, a duplicates issue) and N image files, hard links to a few copies of one small JPEG so the
-folder costs inodes, not gigabytes. Then, each in fresh processes (median of 5):
+The export is ``metadata_export.build_export(rows)``: a synthetic metadata-only Parquet export of
+realistic rows (that module's docstring says how they are made), built once under
+benchmarks/data/ (git-ignored) and kept. Every dataset is opened as a training job would, through
+public entry points only::
 
-1. the bare ``pyarrow.parquet.read_table`` of the export's metadata file (the reference);
-2. ``VisualLayerDataset.from_export(folder)`` once the cache holds the folder's index (every
-   open after the first one, which reads the metadata and lists the images), with its peak RSS;
-3. the private memory (USS) each of 2 forked DataLoader workers gains over one shuffled epoch in
-   which ``__getitem__`` touches only the per-item state (path, label), not pixels, next to the
-   same loader over a stateless dataset of the same length: the DataLoader's own workers grow by
-   tens of MiB per epoch at batch 1000 whatever the dataset holds, so the difference is what
-   the dataset's state costs.
+    VisualLayerDataset.from_export(folder, cache_dir=..., images_root=...,
+                                   min_uniqueness=0.3, dedupe=True, task="classification", label_source="User")
 
-Targets (issue: VisualLayerDataset benchmarks): open within 2x the bare read, and under 1 MiB of
-private memory growth per worker per epoch.
+(``label_source="User"``: the items also carry Model and Visual Layer labels.) Each measurement
+runs in a fresh interpreter (this file, ``--child NAME``), with a time limit that records "timed out
+after N s" instead of hanging, and the 1-minute load average at its start and end (the machine is
+shared). Peak RSS is the child's own high-water mark (``VmHWM``) at the end of the phase
+measured; the process tree's RSS is also sampled every 50 ms, which catches helpers it starts.
+
+- baseline: an interpreter with torch imported; the targets count memory above it.
+- bare read: ``pyarrow.parquet.read_table`` of the whole file (the reference for reading it).
+- HF ``datasets.Dataset.from_parquet(file, cache_dir=...)``: its first load into a fresh cache,
+  then its reload from that cache in new processes.
+- ours: the first open (index + curation, fresh cache), the cached open of the same curated dataset
+  (same options, new processes), and in that process ``len(pickle.dumps(ds))``.
+- ``leakage_safe_split(ds.table, {"train": 0.8, "val": 0.2})`` over the whole export (opened without
+  curation, ``task=None``, as the function's docstring suggests: split, then curate each part).
+- workers: a DataLoader from ``ds.dataloader(64, shuffle=False, num_workers=2,
+  multiprocessing_context=...)`` under ``spawn`` and under ``fork``: the time from ``iter(loader)``
+  (the epoch's start) to its first batch, and each worker's private memory (USS) once both have sent
+  a batch, next to the same loader over ``range(len(ds))`` (an empty worker). The images are one
+  8x8 JPEG hard-linked under the names of the first 16 batches in an ``images_root`` of the
+  benchmark's own; nothing else is ever read. The fork rows replace the old "growth per forked
+  worker per epoch" figure: what a worker holds once it runs, whatever the start method.
+
+Targets (issue 19; set at 10M items on 2 cores, printed PASS/FAIL at every size run):
+first open within HF's first load and at most 1.5 GiB above the baseline; cached open within HF's
+reload and at most 200 MiB above the baseline; pickle at most 1 MiB; a spawned worker's first batch
+within 5 s of the epoch's start and its private memory at most 150 MiB above an empty worker's;
+the split's peak at most 1.5 GiB above the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import pickle
 import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
+MIB = 2**20
+OPTIONS = {"min_uniqueness": 0.3, "dedupe": True, "task": "classification", "label_source": "User"}
+FRACTIONS = {"train": 0.8, "val": 0.2}
+BATCH = 64
+WORKERS = 2
+LINKED_BATCHES = 16
+MEASUREMENTS = ("bare", "hf", "ours", "split", "workers")
+
+# -- children: each measurement, in a fresh interpreter ---------------------------------------------
 
 
-def build_export(rows: int) -> Path:
-    import io
+def _peak_mib() -> float:
+    """This process's peak RSS so far. Not ``ru_maxrss``: Linux carries that across ``exec`` from the
+    forking parent, so a child would start at the harness's own size."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
-    import numpy as np
-    import pyarrow as pa
+
+def child_build(paths: dict) -> dict:
+    from metadata_export import build_export
+
+    start = time.perf_counter()
+    build_export(paths["rows"])
+    return {"s": time.perf_counter() - start, "peak_mib": _peak_mib()}
+
+
+def child_baseline(paths: dict) -> dict:
+    import torch  # noqa: F401  (the baseline is what importing it costs)
+
+    return {"peak_mib": _peak_mib()}
+
+
+def child_bare(paths: dict) -> dict:
     import pyarrow.parquet as pq
-    from PIL import Image
 
-    folder = DATA / f"export_{rows}"
-    if (folder / "metadata.parquet").is_file():
-        return folder
-    images = folder / "images" / "all"
-    images.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 30, 200)).save(buffer, format="JPEG")
-    for i in range(rows):
-        if i % 60_000 == 0:  # ext4 allows 65,000 links to one file
-            seed = folder / f"seed_{i // 60_000}.jpg"
-            seed.write_bytes(buffer.getvalue())
-        os.link(seed, images / f"{i:07d}.jpg")
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 10, rows)
-    items = [
-        json.dumps(
-            [{"type": "image_label", "properties": {"category_name": f"class_{label}", "source": "User"}}]
-            + (
-                [
-                    {
-                        "type": "issue",
-                        "properties": {
-                            "issue_type": "duplicates",
-                            "confidence": 0.97,
-                            "duplicate_group_id": f"g{i // 3}",
-                            "duplicate_threshold": 0.96,
-                        },
-                    }
-                ]
-                if i % 7 == 0
-                else []
-            )
-        )
-        for i, label in enumerate(labels)
-    ]
-    table = pa.table(
-        {
-            "media_id": [f"{i:024x}" for i in range(rows)],
-            "media_type": pa.array(["image"] * rows),
-            "file_name": [f"{i:07d}.jpg" for i in range(rows)],
-            "file_path": [f"all/{i:07d}.jpg" for i in range(rows)],
-            "uniqueness_score": rng.random(rows),
-            "metadata_items": items,
-        }
+    start = time.perf_counter()
+    table = pq.read_table(paths["parquet"])
+    return {"s": time.perf_counter() - start, "peak_mib": _peak_mib(), "n": table.num_rows}
+
+
+def child_hf(paths: dict) -> dict:
+    import datasets
+
+    start = time.perf_counter()
+    loaded = datasets.Dataset.from_parquet(paths["parquet"], cache_dir=paths["hf_cache"])
+    seconds = time.perf_counter() - start
+    return {"s": seconds, "peak_mib": _peak_mib(), "n": len(loaded), "pickle_bytes": len(pickle.dumps(loaded))}
+
+
+def _open(paths: dict, **options):
+    from vl_datasets import VisualLayerDataset
+
+    chosen = {**OPTIONS, **options}
+    return VisualLayerDataset.from_export(
+        paths["folder"], cache_dir=paths["cache"], images_root=paths["images_root"], **chosen
     )
-    pq.write_table(table, folder / "metadata.parquet")
-    return folder
 
 
-def _child(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def child_open(paths: dict) -> dict:
+    import torch  # noqa: F401  (imported before the clock starts, as in the baseline)
+
+    start = time.perf_counter()
+    ds = _open(paths)
+    seconds, peak = time.perf_counter() - start, _peak_mib()
+    start = time.perf_counter()
+    blob = pickle.dumps(ds)
+    pickle_s = time.perf_counter() - start
+    return {"s": seconds, "peak_mib": peak, "n": len(ds), "pickle_bytes": len(blob), "pickle_s": pickle_s}
 
 
-BARE = """
-import json, resource, time
-import pyarrow.parquet as pq, pyarrow.dataset  # imported up front, as the library does
-t = time.perf_counter(); table = pq.read_table({path!r}); s = time.perf_counter() - t
-print(json.dumps({{"s": s, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
+def child_split(paths: dict) -> dict:
+    import torch  # noqa: F401
 
-OPEN = """
-import json, pickle, resource, time
-import pyarrow.dataset, torch
-from vl_datasets.loading.dataset import VisualLayerDataset
-t = time.perf_counter()
-ds = VisualLayerDataset.from_export({folder!r}, cache_dir={cache!r})
-s = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-t = time.perf_counter(); blob = pickle.dumps(ds); p = time.perf_counter() - t
-print(json.dumps({{"s": s, "n": len(ds), "rss": rss, "pickle_s": p, "pickle_mib": len(blob) / 2**20}}))
-"""
+    import vl_datasets
 
-WORKERS = """
-import json, multiprocessing, torch
-from torch.utils.data import Dataset
-from vl_datasets.loading.dataset import VisualLayerDataset
+    start = time.perf_counter()
+    ds = _open(paths, min_uniqueness=None, dedupe=False, task=None, label_source=None)
+    open_s, open_peak = time.perf_counter() - start, _peak_mib()
+    start = time.perf_counter()
+    parts = vl_datasets.leakage_safe_split(ds.table, FRACTIONS, seed=0)
+    split_s = time.perf_counter() - start
+    counts = {name: len(ids) for name, ids in parts.items()}
+    return {"open_s": open_s, "open_peak_mib": open_peak, "s": split_s, "peak_mib": _peak_mib(), "parts": counts}
 
-class MetadataOnly(VisualLayerDataset):
-    def __getitem__(self, index):  # touch the per-item state, skip the pixels
-        return len(self.image_path(index)), self.target(index)
 
-class Stateless(Dataset):  # the same loader with no per-item state: the DataLoader's own growth
-    def __init__(self, n):
-        self.n, self.task, self.on_error = n, "classification", "raise"
-    def __len__(self):
-        return self.n
-    def __getitem__(self, index):
-        return 0, 0
+def child_workers(paths: dict) -> dict:
+    from torch.utils.data import DataLoader, Dataset
 
-def uss(pid):
-    fields = dict(line.split(":", 1) for line in open(f"/proc/{{pid}}/smaps_rollup") if ":" in line)
-    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
-
-def growth(dataset):
-    from vl_datasets.loading.loader import make_dataloader
-    loader = make_dataloader(dataset, 1000, num_workers=2, seed=0, multiprocessing_context="fork")
-    it = iter(loader)
-    next(it)
-    pids = [p.pid for p in multiprocessing.active_children()]
-    start = [uss(p) for p in pids]
-    for _ in it:
-        pass
-    result = [uss(p) - s for p, s in zip(pids, start)]
-    del it, loader
+    ds = _open(paths)
+    _link_images(ds, Path(paths["seed_jpeg"]), LINKED_BATCHES * BATCH)
+    result = {}
+    for context in ("spawn", "fork"):
+        # range pickles as three integers: an empty worker, with the same loader settings.
+        items = cast("Dataset[int]", range(len(ds)))
+        empty = DataLoader(
+            items, BATCH, shuffle=False, num_workers=WORKERS, multiprocessing_context=context, persistent_workers=True
+        )
+        ours = ds.dataloader(BATCH, shuffle=False, seed=0, num_workers=WORKERS, multiprocessing_context=context)
+        result[context] = {"empty": _first_batches(empty), "ours": _first_batches(ours)}
     return result
 
-ds = VisualLayerDataset.from_export({folder!r}, cache_dir={cache!r})
-ds.__class__ = MetadataOnly
-print(json.dumps({{"stateless": growth(Stateless(len(ds))), "ours": growth(ds)}}))
-"""
+
+def _link_images(ds, seed_jpeg: Path, count: int) -> None:
+    """The first ``count`` items' images: one small JPEG under each of their names."""
+    for index in range(min(count, len(ds))):
+        path = Path(ds.image_path(index))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(seed_jpeg, path)
+
+
+def _first_batches(loader) -> dict:
+    """Seconds from the epoch's start to its first batch, and each worker's private memory (MiB)
+    once every worker has sent one; the workers end with the loader."""
+    import psutil
+
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    start = time.perf_counter()
+    batches = iter(loader)
+    next(batches)
+    seconds = time.perf_counter() - start
+    for _ in range(WORKERS - 1):
+        next(batches)
+    workers = [child for child in me.children() if child.pid not in before]
+    uss = [worker.memory_full_info().uss / MIB for worker in workers]
+    del batches, loader
+    return {"s": seconds, "uss_mib": uss}
+
+
+CHILDREN: dict[str, Callable[[dict], dict]] = {
+    "build": child_build,
+    "baseline": child_baseline,
+    "bare": child_bare,
+    "hf": child_hf,
+    "open": child_open,
+    "split": child_split,
+    "workers": child_workers,
+}
+
+# -- the parent: runs the children with a time limit, sampling their memory --------------------------
+
+
+def run_child(name: str, paths: dict, timeout_s: float) -> dict:
+    """One measurement in a fresh interpreter: its own report, the tree's sampled peak RSS, the load
+    average at start and end; ``error`` instead of figures when it failed or ran out of time."""
+    import psutil
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--paths", json.dumps(paths)]
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = psutil.Popen(command, stdout=out, stderr=err, env=env, cwd=HERE)
+        tree_peak, timed_out = _watch(process, timeout_s)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    result: dict = {"load": [load_start, os.getloadavg()[0]], "tree_peak_mib": tree_peak}
+    if timed_out:
+        result["error"] = f"timed out after {timeout_s:.0f} s"
+    elif process.returncode:
+        result["error"] = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1][:300]
+    else:
+        result.update(json.loads(stdout.strip().splitlines()[-1]))
+    if "error" in result:
+        print(f"  {name}: {result['error']}", file=sys.stderr)
+    return result
+
+
+def _watch(process, timeout_s: float) -> tuple[float, bool]:
+    """The process tree's peak RSS (MiB), sampled every 50 ms until it exits; the tree is killed past
+    ``timeout_s``."""
+    import psutil
+
+    deadline, peak = time.monotonic() + timeout_s, 0.0
+    while process.poll() is None:
+        tree = [process, *process.children(recursive=True)]
+        rss = 0
+        for member in tree:
+            with contextlib.suppress(psutil.Error):  # it ended between the listing and the read
+                rss += member.memory_info().rss
+        peak = max(peak, rss / MIB)
+        if time.monotonic() > deadline:
+            for member in reversed(tree):
+                with contextlib.suppress(psutil.Error):
+                    member.kill()
+            process.wait()
+            return peak, True
+        time.sleep(0.05)
+    return peak, False
+
+
+def _median_of(runs: list[dict]) -> dict:
+    """The run of median time (one run as it happened, not a mix of runs); a failed run if any failed."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda run: run["s"])[len(runs) // 2]
+
+
+def _disk_mib(path: Path) -> float:
+    sizes = (entry.stat().st_size for entry in path.rglob("*") if entry.is_file() and not entry.is_symlink())
+    return sum(sizes) / MIB if path.exists() else 0.0
+
+
+def _seed_jpeg() -> Path:
+    import io
+
+    from PIL import Image
+
+    path = DATA / "seed_8x8.jpg"
+    if not path.is_file():
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (120, 30, 200)).save(buffer, format="JPEG")
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+def measure_size(rows: int, chosen: set[str], repeat: int, timeout_s: float) -> dict:
+    """Every chosen measurement at ``rows`` items; the caches it makes are deleted afterwards."""
+    from metadata_export import export_folder
+
+    folder = export_folder(rows)
+    built = {"s": 0.0, "peak_mib": 0.0} if (folder / "metadata.parquet").is_file() else None
+    built = built or run_child("build", {"rows": rows}, 4 * timeout_s)
+    if "error" in built:
+        return {"rows": rows, "build": built}
+    paths = {
+        "folder": str(folder),
+        "parquet": str(folder / "metadata.parquet"),
+        "cache": str(DATA / f"metadata_cache_{rows}"),
+        "hf_cache": str(DATA / f"metadata_hf_cache_{rows}"),
+        "images_root": str(DATA / f"metadata_images_{rows}"),
+        "seed_jpeg": str(_seed_jpeg()),
+    }
+    for made in ("cache", "hf_cache", "images_root"):
+        shutil.rmtree(paths[made], ignore_errors=True)
+    Path(paths["images_root"]).mkdir(parents=True)
+    found: dict = {"rows": rows, "build": built, "parquet_mib": _disk_mib(folder)}
+    found["baseline"] = _median_peak([run_child("baseline", paths, timeout_s) for _ in range(repeat)])
+    if "bare" in chosen:
+        found["bare"] = _median_of([run_child("bare", paths, timeout_s) for _ in range(repeat)])
+    if "hf" in chosen:
+        found.update(_measure_hf(paths, repeat, timeout_s))
+    if "ours" in chosen:
+        found["first"] = run_child("open", paths, timeout_s)
+        found["cached"] = _median_of([run_child("open", paths, timeout_s) for _ in range(repeat)])
+    if "split" in chosen:
+        found["split"] = run_child("split", paths, timeout_s)
+    if "workers" in chosen:
+        found["workers"] = run_child("workers", paths, timeout_s)
+    found["cache_mib"] = _disk_mib(Path(paths["cache"]))
+    for made in ("cache", "images_root"):
+        shutil.rmtree(paths[made], ignore_errors=True)
+    return found
+
+
+def _median_peak(runs: list[dict]) -> dict:
+    good = [run for run in runs if "error" not in run]
+    return {**runs[0], "peak_mib": statistics.median(run["peak_mib"] for run in good)} if good else runs[0]
+
+
+def _measure_hf(paths: dict, repeat: int, timeout_s: float) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        return {"hf_missing": True}
+    first = run_child("hf", paths, timeout_s)
+    reload = _median_of([run_child("hf", paths, timeout_s) for _ in range(repeat)])
+    disk = _disk_mib(Path(paths["hf_cache"]))
+    shutil.rmtree(paths["hf_cache"], ignore_errors=True)  # several GiB at 10M and more: not kept
+    return {"hf_first": first, "hf_reload": reload, "hf_cache_mib": disk}
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def _get(found: dict, key: str, field: str) -> float | str | None:
+    """A figure of one measurement: its value, its error, or None when it did not run."""
+    run = found.get(key)
+    if run is None:
+        return None
+    if "error" in run:
+        return run["error"]
+    return run.get(field)
+
+
+def _above_baseline(found: dict, key: str) -> float | str | None:
+    peak = _get(found, key, "peak_mib")
+    base = _get(found, "baseline", "peak_mib")
+    return peak - base if isinstance(peak, float) and isinstance(base, float) else peak
+
+
+def _worker(found: dict, context: str, side: str, field: str) -> float | str | None:
+    run = found.get("workers")
+    if run is None or "error" in run:
+        return None if run is None else run["error"]
+    figures = run[context][side]
+    return figures["s"] if field == "s" else max(figures["uss_mib"])
+
+
+def _worker_extra(found: dict, context: str) -> float | str | None:
+    ours, empty = _worker(found, context, "ours", "uss"), _worker(found, context, "empty", "uss")
+    return ours - empty if isinstance(ours, float) and isinstance(empty, float) else ours
+
+
+def _worker_later(found: dict, context: str) -> float | str | None:
+    ours, empty = _worker(found, context, "ours", "s"), _worker(found, context, "empty", "s")
+    return ours - empty if isinstance(ours, float) and isinstance(empty, float) else ours
+
+
+def _kib(found: dict, key: str) -> float | str | None:
+    size = _get(found, key, "pickle_bytes")
+    return size / 1024 if isinstance(size, (int, float)) else size
+
+
+Figure = tuple[str, str, Callable[[dict], "float | str | None"]]
+FIGURES: list[Figure] = [
+    ("export build (0 when already built)", "s", lambda f: _get(f, "build", "s")),
+    ("export build, peak RSS (0 when already built)", "MiB", lambda f: _get(f, "build", "peak_mib")),
+    ("metadata.parquet on disk", "MiB", lambda f: f.get("parquet_mib")),
+    ("baseline: interpreter with torch imported, peak RSS", "MiB", lambda f: _get(f, "baseline", "peak_mib")),
+    ("bare `pq.read_table` of the file", "s", lambda f: _get(f, "bare", "s")),
+    ("bare `pq.read_table`, peak RSS", "MiB", lambda f: _get(f, "bare", "peak_mib")),
+    ("HF `Dataset.from_parquet`, first load", "s", lambda f: _get(f, "hf_first", "s")),
+    ("HF first load, peak RSS", "MiB", lambda f: _get(f, "hf_first", "peak_mib")),
+    ("HF reload from its cache", "s", lambda f: _get(f, "hf_reload", "s")),
+    ("HF reload, peak RSS", "MiB", lambda f: _get(f, "hf_reload", "peak_mib")),
+    ("HF cache on disk", "MiB", lambda f: f.get("hf_cache_mib")),
+    ("HF `len(pickle.dumps(dataset))`", "KiB", lambda f: _kib(f, "hf_reload")),
+    ("first open (index + curation, fresh cache)", "s", lambda f: _get(f, "first", "s")),
+    ("first open, peak RSS above baseline", "MiB", lambda f: _above_baseline(f, "first")),
+    ("items kept by the curation", "", lambda f: _get(f, "first", "n")),
+    ("cached open of the curated dataset", "s", lambda f: _get(f, "cached", "s")),
+    ("cached open, peak RSS above baseline", "MiB", lambda f: _above_baseline(f, "cached")),
+    ("our cache on disk (index + curation)", "MiB", lambda f: f.get("cache_mib")),
+    ("`len(pickle.dumps(ds))`", "KiB", lambda f: _kib(f, "cached")),
+    ("`pickle.dumps(ds)` time", "s", lambda f: _get(f, "cached", "pickle_s")),
+    ("spawn: worker's first batch after the epoch's start", "s", lambda f: _worker(f, "spawn", "ours", "s")),
+    ("spawn: empty worker's first batch", "s", lambda f: _worker(f, "spawn", "empty", "s")),
+    ("spawn: first batch later than an empty worker's", "s", lambda f: _worker_later(f, "spawn")),
+    ("spawn: worker private memory (USS, larger of 2)", "MiB", lambda f: _worker(f, "spawn", "ours", "uss")),
+    ("spawn: empty worker private memory", "MiB", lambda f: _worker(f, "spawn", "empty", "uss")),
+    ("spawn: worker private memory above an empty worker's", "MiB", lambda f: _worker_extra(f, "spawn")),
+    ("fork: worker's first batch after the epoch's start", "s", lambda f: _worker(f, "fork", "ours", "s")),
+    ("fork: worker private memory above an empty worker's", "MiB", lambda f: _worker_extra(f, "fork")),
+    ("`leakage_safe_split` of the whole export", "s", lambda f: _get(f, "split", "s")),
+    ("split: the uncurated open before it", "s", lambda f: _get(f, "split", "open_s")),
+    ("split: peak RSS above baseline (open + split)", "MiB", lambda f: _above_baseline(f, "split")),
+]
+LOADS = ("baseline", "bare", "hf_first", "hf_reload", "first", "cached", "split", "workers")
+GIB_1_5 = 1.5 * 1024
+
+
+def _cell(value: float | str | None) -> str:
+    if value is None:
+        return "not run"
+    if isinstance(value, str):
+        return value.replace("|", "/")
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _growth(sizes: list[int], values: list) -> str:
+    """Each step's ratio, scaled to a 10x step in items: ``v_b / v_a`` to the ``1 / log10(b / a)``."""
+    steps = []
+    for (rows_a, a), (rows_b, b) in zip(zip(sizes, values), zip(sizes[1:], values[1:])):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0:
+            steps.append(f"x{(b / a) ** (1 / math.log10(rows_b / rows_a)):.2g} ({_size(rows_a)}->{_size(rows_b)})")
+    return ", ".join(steps)
+
+
+def _load(run: dict | None) -> str:
+    return "" if run is None else f"{run['load'][0]:.1f} -> {run['load'][1]:.1f}"
+
+
+def _size(rows: int) -> str:
+    return f"{rows / 1e6:g}M" if rows >= 1_000_000 else f"{rows:,}"
+
+
+def targets(found: dict) -> list[tuple[str, float | str | None, bool | None]]:
+    """Issue 19's targets: (what, the figure, passed; None when it could not be judged)."""
+
+    def at_most(value, limit) -> bool | None:
+        both = isinstance(value, (int, float)) and isinstance(limit, (int, float))
+        return value <= limit if both else None
+
+    first, cached, worker_s = (
+        _get(found, "first", "s"),
+        _get(found, "cached", "s"),
+        _worker(found, "spawn", "ours", "s"),
+    )
+    first_peak, cached_peak = _above_baseline(found, "first"), _above_baseline(found, "cached")
+    split_peak, pickle_kib, worker_extra = (
+        _above_baseline(found, "split"),
+        _kib(found, "cached"),
+        _worker_extra(found, "spawn"),
+    )
+    return [
+        ("first open <= HF first load (s)", first, at_most(first, _get(found, "hf_first", "s"))),
+        ("first open peak <= baseline + 1.5 GiB (MiB above)", first_peak, at_most(first_peak, GIB_1_5)),
+        ("cached open <= HF reload (s)", cached, at_most(cached, _get(found, "hf_reload", "s"))),
+        ("cached open peak <= baseline + 200 MiB (MiB above)", cached_peak, at_most(cached_peak, 200)),
+        ("pickle <= 1 MiB (KiB)", pickle_kib, at_most(pickle_kib, 1024)),
+        ("spawned worker's first batch <= 5 s after the epoch's start", worker_s, at_most(worker_s, 5)),
+        ("spawned worker <= empty worker + 150 MiB (MiB above)", worker_extra, at_most(worker_extra, 150)),
+        ("split peak <= baseline + 1.5 GiB (MiB above)", split_peak, at_most(split_peak, GIB_1_5)),
+    ]
+
+
+def report(results: list[dict]) -> str:
+    sizes = [found["rows"] for found in results]
+    head = " | ".join(_size(rows) for rows in sizes)
+    lines = [
+        f"# Metadata at scale ({', '.join(_size(rows) for rows in sizes)} items, {os.cpu_count()} CPUs)",
+        "",
+        "Written by `python benchmarks/bench_metadata.py`; each figure from a fresh process (median of the "
+        "repeats for the bare read, HF's reload and the cached open). Growth: each step's ratio scaled to 10x items.",
+        "",
+        f"| figure | unit | {head} | growth per 10x |",
+        f"| --- | --- |{' ---: |' * len(sizes)} --- |",
+    ]
+    for label, unit, get in FIGURES:
+        values = [get(found) for found in results]
+        lines.append(f"| {label} | {unit} | {' | '.join(_cell(v) for v in values)} | {_growth(sizes, values)} |")
+    lines += ["", f"Load average (1 min) at the start and end of each measurement ({os.cpu_count()} CPUs):", ""]
+    lines += [f"| measurement | {head} |", f"| --- |{' --- |' * len(sizes)}"]
+    for key in LOADS:
+        loads = [_load(found.get(key)) for found in results]
+        lines.append(f"| {key} | {' | '.join(loads)} |")
+    for found in results:
+        lines += ["", f"Targets of issue 19 (set at 10M) at {_size(found['rows'])}:", ""]
+        for what, value, passed in targets(found):
+            verdict = "n/a" if passed is None else "PASS" if passed else "FAIL"
+            lines.append(f"- {verdict}: {what}: {_cell(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS))
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the cheap measurements (median)")
+    parser.add_argument("--timeout-s", type=float, help="per measurement; default 120 s + 90 s per 1M items")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_metadata.md")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    folder = build_export(args.rows)
-    cache = DATA / "cache"  # the folder's index goes here, never into the folder
-    shutil.rmtree(cache, ignore_errors=True)
-    first = _child(OPEN.format(folder=str(folder), cache=str(cache)))  # indexes the export into the cache
-    bare = [_child(BARE.format(path=str(folder / "metadata.parquet"))) for _ in range(args.runs)]
-    opened = [_child(OPEN.format(folder=str(folder), cache=str(cache))) for _ in range(args.runs)]
-    workers = _child(WORKERS.format(folder=str(folder), cache=str(cache)))
-    bare_s = statistics.median(r["s"] for r in bare)
-    open_s = statistics.median(r["s"] for r in opened)
-    extra = [ours - base for ours, base in zip(workers["ours"], workers["stateless"])]
-    lines = [
-        f"# Metadata benchmark ({args.rows:,} items, median of {args.runs} fresh processes)",
-        "",
-        "| measurement | value | target |",
-        "| --- | ---: | --- |",
-        f"| bare `pq.read_table` of metadata.parquet | {bare_s:.3f} s "
-        f"(peak RSS {statistics.median(r['rss'] for r in bare):.0f} MiB) | reference |",
-        f"| first open (normalizes, resolves images, caches) | {first['s']:.2f} s | once per export |",
-        f"| cached open `VisualLayerDataset.from_export` | {open_s:.3f} s "
-        f"(peak RSS {statistics.median(r['rss'] for r in opened):.0f} MiB) | |",
-        f"| cached open / bare read | {open_s / bare_s:.2f}x | <= 2x |",
-        f"| pickle.dumps(dataset) | {statistics.median(r['pickle_s'] for r in opened):.3f} s, "
-        f"{statistics.median(r['pickle_mib'] for r in opened):.0f} MiB | fast |",
-        f"| worker private memory growth over one epoch, DataLoader alone (stateless dataset) | "
-        f"{', '.join(f'{g:+.1f} MiB' for g in workers['stateless'])} | reference |",
-        f"| same, VisualLayerDataset touching every item's path and label | "
-        f"{', '.join(f'{g:+.1f} MiB' for g in workers['ours'])} | |",
-        f"| growth due to the dataset's per-item state | {', '.join(f'{g:+.2f} MiB' for g in extra)} | < 1 MiB each |",
-    ]
-    report = "\n".join(lines) + "\n"
-    args.out.write_text(report)
-    print(report)
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](json.loads(args.paths))))
+        return
+    results = []
+    for rows in args.rows:
+        timeout_s = args.timeout_s or 120 + 90 * rows / 1e6
+        print(f"{_size(rows)} items (each measurement limited to {timeout_s:.0f} s)", file=sys.stderr)
+        results.append(measure_size(rows, set(args.measure), args.repeat, timeout_s))
+        args.out.write_text(report(results))  # what is done so far survives a later size's failure
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":
