@@ -15,6 +15,11 @@ task=None)`` into ``benchmarks/data/engines_cache_<rows>``, git-ignored and kept
   linked by a shared ``cluster_id`` or a shared duplicate group (any threshold) form components,
   dealt to parts by fraction; the result is each part's media ids as Python lists. Unstratified
   for every engine: the point is the grouping and join cost, not the dealing.
+- components: the split's core alone, each item's component (no dealing, no lists of ids). The
+  library: its private ``splits._linked_components`` over the split's columns of the dataset
+  (what ``leakage_safe_split`` calls), since no public function stops there. Also the same
+  function over the memory-mapped index itself (``pyarrow-index``): the library's grouping without
+  the dataset's ``take`` of its rows' four columns (a copy, even when the rows are all the rows).
 
 The peers:
 
@@ -62,7 +67,7 @@ MIN_UNIQUENESS = 0.3
 FRACTIONS = {"train": 0.8, "test": 0.2}
 INDEX_FILE = ".vl_datasets_index.arrow"
 ENGINES = ("pyarrow", "duckdb", "polars")
-JOBS = ("dedupe", "split")
+JOBS = ("dedupe", "components", "split")
 
 # -- memory and time of one job, measured inside its own process ------------------------------------
 
@@ -176,6 +181,24 @@ def pyarrow_split(paths: dict) -> tuple[dict, dict]:
     return meter.figures(), {"component": component, "parts": parts}
 
 
+def pyarrow_components(paths: dict) -> tuple[dict, dict]:
+    from vl_datasets.metadata.splits import SPLIT_COLUMNS, _linked_components
+
+    ds = _open(paths)
+    with Meter() as meter:
+        component = _linked_components(ds.items.columns(SPLIT_COLUMNS))
+    return meter.figures(), {"component": component}
+
+
+def pyarrow_index_components(paths: dict) -> tuple[dict, dict]:
+    from vl_datasets.metadata.splits import _linked_components
+
+    table = _arrow_index(paths)
+    with Meter() as meter:
+        component = _linked_components(table.select(["cluster_id", "issues"]))
+    return meter.figures(), {"component": component}
+
+
 def _duckdb(paths: dict) -> Any:
     import duckdb
     import pyarrow as pa
@@ -219,21 +242,32 @@ DUCKDB_EDGES = {
 }
 
 
+def _duckdb_components(con: Any, n_rows: int) -> np.ndarray:
+    items, nodes, offset = [], [], 0
+    for members in DUCKDB_EDGES.values():
+        edges = con.sql(f"""
+            with m as ({members}),
+            keys as (select k, row_number() over () - 1 as node from (select distinct k from m))
+            select m.row, keys.node from m join keys using (k)""").to_arrow_table()
+        items.append(edges.column("row").to_numpy())
+        nodes.append(edges.column("node").to_numpy() + offset)
+        offset += int(nodes[-1].max()) + 1 if len(nodes[-1]) else 0
+    return union_find(n_rows, np.concatenate(items), np.concatenate(nodes), offset)
+
+
+def duckdb_components(paths: dict) -> tuple[dict, dict]:
+    con, table = _duckdb(paths)
+    with Meter() as meter:
+        component = _duckdb_components(con, table.num_rows)
+    return meter.figures(), {"component": component}
+
+
 def duckdb_split(paths: dict) -> tuple[dict, dict]:
     import pyarrow as pa
 
     con, table = _duckdb(paths)
     with Meter() as meter:
-        items, nodes, offset = [], [], 0
-        for members in DUCKDB_EDGES.values():
-            edges = con.sql(f"""
-                with m as ({members}),
-                keys as (select k, row_number() over () - 1 as node from (select distinct k from m))
-                select m.row, keys.node from m join keys using (k)""").to_arrow_table()
-            items.append(edges.column("row").to_numpy())
-            nodes.append(edges.column("node").to_numpy() + offset)
-            offset += int(nodes[-1].max()) + 1 if len(nodes[-1]) else 0
-        component = union_find(table.num_rows, np.concatenate(items), np.concatenate(nodes), offset)
+        component = _duckdb_components(con, table.num_rows)
         con.register("p", pa.table({"part": deal(component)}))
         parts = {
             name: con.sql(f"select media_id from t positional join p where part = {i}")
@@ -284,8 +318,7 @@ def polars_dedupe(paths: dict) -> tuple[dict, dict]:
     return meter.figures(), {"kept": kept_rows}
 
 
-def polars_split(paths: dict) -> tuple[dict, dict]:
-    pl, lf = _polars(paths)
+def _polars_components(pl: Any, lf: Any, n_rows: int) -> np.ndarray:
     members = {
         "cluster": lf.select("row", pl.col("cluster_id").alias("k")).filter(pl.col("k").is_not_null()),
         "duplicate": lf.select("row", "issues")
@@ -298,16 +331,29 @@ def polars_split(paths: dict) -> tuple[dict, dict]:
         .filter((pl.col("issue_type") == "duplicates") & pl.col("k").is_not_null())
         .select("row", "k"),
     }
+    items, nodes, offset = [], [], 0
+    for m in members.values():
+        keys = m.select("k").unique().with_row_index("node")
+        edges = m.join(keys, on="k").select("row", "node").collect(engine="streaming")
+        items.append(edges["row"].to_numpy().astype(np.int64))
+        nodes.append(edges["node"].to_numpy().astype(np.int64) + offset)
+        offset += int(nodes[-1].max()) + 1 if len(nodes[-1]) else 0
+    return union_find(n_rows, np.concatenate(items), np.concatenate(nodes), offset)
+
+
+def polars_components(paths: dict) -> tuple[dict, dict]:
+    pl, lf = _polars(paths)
     n_rows = lf.select(pl.len()).collect().item()
     with Meter() as meter:
-        items, nodes, offset = [], [], 0
-        for m in members.values():
-            keys = m.select("k").unique().with_row_index("node")
-            edges = m.join(keys, on="k").select("row", "node").collect(engine="streaming")
-            items.append(edges["row"].to_numpy().astype(np.int64))
-            nodes.append(edges["node"].to_numpy().astype(np.int64) + offset)
-            offset += int(nodes[-1].max()) + 1 if len(nodes[-1]) else 0
-        component = union_find(n_rows, np.concatenate(items), np.concatenate(nodes), offset)
+        component = _polars_components(pl, lf, n_rows)
+    return meter.figures(), {"component": component}
+
+
+def polars_split(paths: dict) -> tuple[dict, dict]:
+    pl, lf = _polars(paths)
+    n_rows = lf.select(pl.len()).collect().item()
+    with Meter() as meter:
+        component = _polars_components(pl, lf, n_rows)
         ids = lf.select("media_id").with_columns(part=pl.Series(deal(component))).collect(engine="streaming")
         parts = {name: ids.filter(pl.col("part") == i)["media_id"].to_list() for i, name in enumerate(FRACTIONS)}
     return meter.figures(), {"component": component, "parts": parts}
@@ -327,7 +373,10 @@ def index_case(paths: dict) -> tuple[dict, dict]:
     return {"s": time.perf_counter() - start, "n": len(ds)}, {}
 
 
-CASES = {f"{engine}_{job}": globals()[f"{engine}_{job}"] for engine in ENGINES for job in JOBS} | {"index": index_case}
+CASES = {f"{engine}_{job}": globals()[f"{engine}_{job}"] for engine in ENGINES for job in JOBS} | {
+    "pyarrow-index_components": pyarrow_index_components,
+    "index": index_case,
+}
 
 
 def run_case_here(name: str, paths: dict) -> None:
@@ -398,6 +447,8 @@ def check(out: Path, job: str, engine: str) -> list[str]:
     a, b = np.load(f"{mine}.component.npy"), np.load(f"{ours}.component.npy")
     if not _same_partition(a, b):
         problems.append(f"components differ: {len(np.unique(a)):,} components, the library {len(np.unique(b)):,}")
+    if job == "components":
+        return problems
     parts_a, parts_b = (json.loads(Path(f"{p}.parts.json").read_text()) for p in (mine, ours))
     if parts_a != parts_b:
         problems.append(f"parts differ: {parts_a} vs the library's {parts_b}")
@@ -422,7 +473,7 @@ def measure(rows: int, timeout_s: float, repeat: int) -> dict:
     paths = prepare(rows, timeout_s)
     found: dict = {"rows": rows, "cases": {}, "mismatches": []}
     for job in JOBS:
-        for engine in ENGINES:
+        for engine in ENGINES + (("pyarrow-index",) if job == "components" else ()):
             name = f"{engine}_{job}"
             print(f"{rows:,} items: {name} ...", file=sys.stderr, flush=True)
             runs = [run_child(name, paths, timeout_s) for _ in range(repeat)]
