@@ -1,12 +1,12 @@
 """Which engine runs curation and splits over 1M-10M items: pyarrow (the library's), DuckDB or Polars.
 
-    pip install -e .[bench]    # duckdb and polars (the peers), psutil
+    pip install -e .[bench]    # duckdb and polars (the peers)
     python benchmarks/bench_engines.py [--rows 1000000 10000000] [--repeat N] [--timeout-s S] [--out FILE]
 
 Issue 19 asks for the engine to be named and measured on dedupe and on the split at 10M items. All
 engines read the same data: the memory-mapped Arrow IPC index the library builds for
 ``metadata_export.build_export(rows)`` (opened once with ``VisualLayerDataset.from_export(...,
-task=None)`` into ``benchmarks/data/engines_cache_<rows>``, git-ignored and kept). Two jobs:
+task=None)`` into ``benchmarks/data/engines_cache_<rows>``, git-ignored and kept). Three jobs:
 
 - dedupe: the rows kept by ``CurationRules(min_uniqueness=0.3, dedupe=True)``: among the rows
   scoring at least 0.3, the most unique item of each duplicate group at the export's lowest
