@@ -47,7 +47,7 @@ POINTS = {
     "download": None,
     "unpack": ("vl_datasets.cache.archive", "_copy_member", 8),  # once per member: 9 in all
     "before the version moves": ("vl_datasets.cache.store.os", "rename", 1),
-    "before the index": ("vl_datasets.metadata.index", "write_index", 1),
+    "before the index": ("vl_datasets.metadata.index", "write_index_file", 1),
     "before the manifest": ("vl_datasets.cache.store", "write_json_atomic", 1),
 }
 

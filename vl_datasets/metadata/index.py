@@ -22,7 +22,7 @@ from ..errors import ImageNotFoundError, SchemaError
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .read import find_metadata_file, metadata_slices, read_metadata_file
-from .table_file import read_normalized, write_normalized
+from .table_file import read_normalized
 
 logger = logging.getLogger("vl_datasets")
 
@@ -81,11 +81,6 @@ def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.Path
     members = [f"images/{rel}" for rel in list_files(images_dir)]
     resolved = resolve_image_paths(table, members, on_missing="null")
     return table.append_column(IMAGE_COLUMN, pc.utf8_slice_codeunits(resolved, len("images/")))
-
-
-def write_index(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write an index built by ``build_index`` atomically."""
-    write_normalized(table, path)
 
 
 def read_index(path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> pa.Table | None:
