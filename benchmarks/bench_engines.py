@@ -16,10 +16,10 @@ task=None)`` into ``benchmarks/data/engines_cache_<rows>``, git-ignored and kept
   dealt to parts by fraction; the result is each part's media ids as Python lists. Unstratified
   for every engine: the point is the grouping and join cost, not the dealing.
 - components: the split's core alone, each item's component (no dealing, no lists of ids). The
-  library: its private ``splits._linked_components`` over the split's columns of the dataset
-  (what ``leakage_safe_split`` calls), since no public function stops there. Also the same
+  library: its private ``splits._linked_components`` over the dataset's items, a slice of rows at
+  a time (what ``leakage_safe_split`` calls), since no public function stops there. Also the same
   function over the memory-mapped index itself (``pyarrow-index``): the library's grouping without
-  the dataset's ``take`` of its rows' four columns (a copy, even when the rows are all the rows).
+  the dataset's ``take`` of its rows (a copy, even when the rows are all the rows).
 
 The peers:
 
@@ -119,23 +119,10 @@ class Meter:
 
 def union_find(n_items: int, items: np.ndarray, nodes: np.ndarray, n_nodes: int) -> np.ndarray:
     """Each item's component, named by its smallest row: edges join item ``items[k]`` to group node
-    ``n_items + nodes[k]``; trees hook the larger root under the smaller until no edge spans two."""
-    parent = np.arange(n_items + n_nodes)
-    a, b = items, nodes + n_items
-    while True:
-        ra, rb = _roots(parent, a), _roots(parent, b)
-        differ = ra != rb
-        if not differ.any():
-            return _roots(parent, np.arange(n_items))
-        np.minimum.at(parent, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
+    ``n_items + nodes[k]``; the library's own union-find, so every engine differs only before it."""
+    from vl_datasets.metadata import splits
 
-
-def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-    while True:
-        grand = parent[parent]
-        if np.array_equal(grand, parent):
-            return parent[nodes]
-        parent[:] = grand
+    return splits.union_find(n_items + n_nodes, items, nodes + n_items, n_items)
 
 
 def deal(component: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -171,31 +158,32 @@ def pyarrow_dedupe(paths: dict) -> tuple[dict, dict]:
 
 def pyarrow_split(paths: dict) -> tuple[dict, dict]:
     import vl_datasets
-    from vl_datasets.metadata.splits import SPLIT_COLUMNS, _linked_components
+    from vl_datasets.metadata.splits import _linked_components
 
     ds = _open(paths)
     with Meter() as meter:
         parts = vl_datasets.leakage_safe_split(ds, FRACTIONS, seed=0, stratify=False)
     # Not timed: the library's components, for the check against the peers' partition.
-    component = _linked_components(ds.items.columns(SPLIT_COLUMNS))
+    component = _linked_components(ds.items)
     return meter.figures(), {"component": component, "parts": parts}
 
 
 def pyarrow_components(paths: dict) -> tuple[dict, dict]:
-    from vl_datasets.metadata.splits import SPLIT_COLUMNS, _linked_components
+    from vl_datasets.metadata.splits import _linked_components
 
     ds = _open(paths)
     with Meter() as meter:
-        component = _linked_components(ds.items.columns(SPLIT_COLUMNS))
+        component = _linked_components(ds.items)
     return meter.figures(), {"component": component}
 
 
 def pyarrow_index_components(paths: dict) -> tuple[dict, dict]:
+    from vl_datasets.metadata.row_batches import TableRows
     from vl_datasets.metadata.splits import _linked_components
 
     table = _arrow_index(paths)
     with Meter() as meter:
-        component = _linked_components(table.select(["cluster_id", "issues"]))
+        component = _linked_components(TableRows(table.select(["cluster_id", "issues"])))
     return meter.figures(), {"component": component}
 
 

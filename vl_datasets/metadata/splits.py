@@ -143,16 +143,21 @@ def _linked_components(rows: Any) -> np.ndarray:
         items.append(members[valid])
         groups.append(encoded.codes[valid] + next_node)
         next_node += len(encoded.dictionary)
-    parent = np.arange(next_node)
-    if items:
-        a, b = np.concatenate(items), np.concatenate(groups)
-        while True:  # union by smaller root, with path halving, until every edge is inside one tree
-            ra, rb = _roots(parent, a), _roots(parent, b)
-            differ = ra != rb
-            if not differ.any():
-                break
-            np.minimum.at(parent, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
-    return _roots(parent, np.arange(n))
+    if not items:
+        return np.arange(n)
+    return union_find(next_node, np.concatenate(items), np.concatenate(groups), n)
+
+
+def union_find(nodes: int, a: np.ndarray, b: np.ndarray, first: int) -> np.ndarray:
+    """The component of each of the ``first`` nodes once edges join ``a[k]`` and ``b[k]`` (of
+    ``nodes`` in all), named by its smallest node."""
+    parent = np.arange(nodes)
+    while True:  # union by smaller root, with path halving, until every edge is inside one tree
+        ra, rb = _roots(parent, a), _roots(parent, b)
+        differ = ra != rb
+        if not differ.any():
+            return _roots(parent, np.arange(first))
+        np.minimum.at(parent, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
 
 
 def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
