@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
@@ -52,6 +53,38 @@ def figure_class() -> type:
 
 def percent(count: int, total: int) -> str:
     return f"{100 * count / total:.1f}%" if total else "-"
+
+
+def share(value: float | None) -> str:
+    """A fraction from 0 to 1 as a percentage; "-" where there is none."""
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def slice_section(
+    heading: str,
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]],
+    *,
+    limit: int | None,
+    empty: str,
+) -> str:
+    """One family of an evaluation's slices as a table: a cell per column, the first one's text
+    escaped and the others numbers; at most ``limit`` rows, and how many more there are."""
+    if not rows:
+        return f"<h2>{html.escape(heading)}</h2>\n<p class=note>{html.escape(empty)}</p>"
+    shown = rows if limit is None else rows[:limit]
+    header = "".join(f"<th>{html.escape(title)}</th>" for title, _ in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(cell(row))}</td>" if i == 0 else f"<td class=n>{cell(row)}</td>"
+            for i, (_, cell) in enumerate(columns)
+        )
+        + "</tr>"
+        for row in shown
+    )
+    more = f"<p class=note>{len(rows) - len(shown):,} more not shown.</p>" if len(shown) < len(rows) else ""
+    return f"<h2>{html.escape(heading)}</h2>\n<table><tr>{header}</tr>{body}</table>{more}"
 
 
 def legend_above(ax: Any) -> None:

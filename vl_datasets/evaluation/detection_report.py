@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError
-from ..html_parts import PAGE, figure_class, img, read_file, thumbnail, write_atomic
+from ..html_parts import PAGE, figure_class, img, read_file, share, slice_section, thumbnail, write_atomic
 from .report import SLICE_HEADINGS, uniqueness_plot
 
 HEADINGS = SLICE_HEADINGS | {"class": "Per class (AP over every image; images: those with a box of the class)"}
@@ -57,20 +57,16 @@ def write_detection_report(
     return write_atomic(Path(path), page)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
-
-
 def _interval(low: float | None, high: float | None) -> str:
-    return "-" if low is None or math.isnan(low) else f"{_pct(low)}-{_pct(high)}"
+    return "-" if low is None or math.isnan(low) else f"{share(low)}-{share(high)}"
 
 
 def _summary_section(evaluation: Any) -> str:
     scores, bootstrap = evaluation.scores, evaluation.bootstrap
     rows = [
         ("Images scored", f"{scores.images:,}"),
-        ("mAP@0.5:0.95", f"{_pct(scores.map)} (95% CI {_interval(*evaluation.map_interval)})"),
-        ("mAP@0.5", f"{_pct(scores.map_50)} (95% CI {_interval(*evaluation.map_50_interval)})"),
+        ("mAP@0.5:0.95", f"{share(scores.map)} (95% CI {_interval(*evaluation.map_interval)})"),
+        ("mAP@0.5", f"{share(scores.map_50)} (95% CI {_interval(*evaluation.map_50_interval)})"),
         ("Intervals", f"bootstrap over images: {bootstrap.n_resamples:,} resamples, seed {bootstrap.seed}"),
     ]
     if evaluation.leaks is not None:
@@ -82,20 +78,15 @@ def _summary_section(evaluation: Any) -> str:
 
 
 def _slice_section(heading: str, table: pa.Table, *, limit: int | None) -> str:
-    if not len(table):
-        return f"<h2>{html.escape(heading)}</h2>\n<p class=note>No scored image in this family.</p>"
-    shown = table if limit is None else table.slice(0, limit)
-    rows = "".join(
-        f"<tr><td>{html.escape(row['value'])}</td><td class=n>{row['images']:,}</td>"
-        f"<td class=n>{_pct(row['map'])}</td><td class=n>{_interval(row['low'], row['high'])}</td>"
-        f"<td class=n>{_pct(row['map_50'])}</td><td class=n>{_interval(row['low_50'], row['high_50'])}</td></tr>"
-        for row in shown.to_pylist()
-    )
-    more = f"<p class=note>{len(table) - len(shown):,} more not shown.</p>" if len(shown) < len(table) else ""
-    return (
-        f"<h2>{html.escape(heading)}</h2>\n<table><tr><th>Slice</th><th>Images</th><th>mAP@0.5:0.95</th>"
-        f"<th>95% CI</th><th>mAP@0.5</th><th>95% CI</th></tr>{rows}</table>{more}"
-    )
+    columns = [
+        ("Slice", lambda row: row["value"]),
+        ("Images", lambda row: f"{row['images']:,}"),
+        ("mAP@0.5:0.95", lambda row: share(row["map"])),
+        ("95% CI", lambda row: _interval(row["low"], row["high"])),
+        ("mAP@0.5", lambda row: share(row["map_50"])),
+        ("95% CI", lambda row: _interval(row["low_50"], row["high_50"])),
+    ]
+    return slice_section(heading, table.to_pylist(), columns, limit=limit, empty="No scored image in this family.")
 
 
 def _clusters_section(evaluation: Any, max_clusters: int, size: int) -> str:
@@ -118,6 +109,6 @@ def _clusters_section(evaluation: Any, max_clusters: int, size: int) -> str:
             cells.append(
                 f'<figure title="{tooltip}">{picture}<figcaption>{html.escape(media_id[:8])}</figcaption></figure>'
             )
-        heading = f"Cluster {row['value']}: {row['images']:,} images, mAP@0.5:0.95 {_pct(row['map'])}"
+        heading = f"Cluster {row['value']}: {row['images']:,} images, mAP@0.5:0.95 {share(row['map'])}"
         parts.append(f"<h3>{html.escape(heading)}</h3>\n<div class=grid>{''.join(cells)}</div>")
     return "\n".join(parts)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError
-from ..html_parts import PAGE, figure_class, img, percent, read_file, svg, thumbnail, write_atomic
+from ..html_parts import PAGE, figure_class, img, percent, read_file, share, slice_section, svg, thumbnail, write_atomic
 from .slices import UNSCORED
 
 SLICE_HEADINGS = {
@@ -82,7 +82,7 @@ def _summary_section(evaluation: Any) -> str:
     unlabeled = len(evaluation.scored) - evaluation.items
     rows = [
         ("Items scored", f"{evaluation.items:,}"),
-        ("Accuracy", f"{_pct(evaluation.accuracy)} (95% CI {_pct(low)}-{_pct(high)})"),
+        ("Accuracy", f"{share(evaluation.accuracy)} (95% CI {share(low)}-{share(high)})"),
         ("Suspected label errors", f"{len(evaluation.label_errors):,}"),
     ]
     if unlabeled:
@@ -94,7 +94,7 @@ def _summary_section(evaluation: Any) -> str:
                 "Items sharing a group with a training item",
                 f"{leakage.leaked_items:,} ({leakage.near_duplicates:,} near-duplicates)",
             ),
-            ("Accuracy without them", _pct(leakage.accuracy_without_leaks)),
+            ("Accuracy without them", share(leakage.accuracy_without_leaks)),
             ("Accuracy points owed to them", f"{100 * leakage.points_from_leaks:+.1f}"),
         ]
     body = "".join(
@@ -103,24 +103,15 @@ def _summary_section(evaluation: Any) -> str:
     return f"<h2>Summary</h2>\n<table>{body}</table>"
 
 
-def _pct(value: float) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
-
-
 def _slice_section(heading: str, table: pa.Table, *, limit: int | None) -> str:
-    if not len(table):
-        return f"<h2>{html.escape(heading)}</h2>\n<p class=note>No scored item in this family.</p>"
-    shown = table if limit is None else table.slice(0, limit)
-    rows = "".join(
-        f"<tr><td>{html.escape(row['value'])}</td><td class=n>{row['items']:,}</td><td class=n>{row['correct']:,}</td>"
-        f"<td class=n>{_pct(row['accuracy'])}</td><td class=n>{_pct(row['low'])}-{_pct(row['high'])}</td></tr>"
-        for row in shown.to_pylist()
-    )
-    more = f"<p class=note>{len(table) - len(shown):,} more not shown.</p>" if len(shown) < len(table) else ""
-    return (
-        f"<h2>{html.escape(heading)}</h2>\n<table><tr><th>Slice</th><th>Items</th><th>Correct</th>"
-        f"<th>Accuracy</th><th>95% CI</th></tr>{rows}</table>{more}"
-    )
+    columns = [
+        ("Slice", lambda row: row["value"]),
+        ("Items", lambda row: f"{row['items']:,}"),
+        ("Correct", lambda row: f"{row['correct']:,}"),
+        ("Accuracy", lambda row: share(row["accuracy"])),
+        ("95% CI", lambda row: f"{share(row['low'])}-{share(row['high'])}"),
+    ]
+    return slice_section(heading, table.to_pylist(), columns, limit=limit, empty="No scored item in this family.")
 
 
 def uniqueness_plot(figure: type, table: pa.Table, *, score: str = "accuracy", label: str = "Accuracy") -> str:
@@ -182,7 +173,7 @@ def _clusters_section(evaluation: Any, cells: _Cells, max_clusters: int) -> str:
         members = np.flatnonzero(
             pc.fill_null(pc.equal(cluster_ids, row["value"]), False).to_numpy(zero_copy_only=False)
         )
-        heading = f"Cluster {row['value']}: {row['correct']:,} of {row['items']:,} right ({_pct(row['accuracy'])})"
+        heading = f"Cluster {row['value']}: {row['correct']:,} of {row['items']:,} right ({share(row['accuracy'])})"
         parts.append(f"<h3>{html.escape(heading)}</h3>\n<div class=grid>{cells.many(members)}</div>")
     return "\n".join(parts)
 
