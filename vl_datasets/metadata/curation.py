@@ -314,13 +314,11 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
         members.append((groups, thresholds[member], offset + parents[member]))
     chosen = _dedupe_threshold(rules, np.array(sorted(present)))
     at_chosen = [(groups, rows, np.isclose(thresholds, chosen)) for groups, thresholds, rows in members]
-    groups = pc.dictionary_encode(pa.chunked_array([g.filter(pa.array(m)) for g, _, m in at_chosen], pa.string()))
-    rows = np.concatenate([r[m] for _, r, m in at_chosen])
+    # One array, then one encoding: encoding a chunked array gives each chunk every value seen so far.
+    ids = pa.concat_arrays([g.filter(pa.array(m)) for g, _, m in at_chosen] or [pa.array([], pa.string())])
+    group_ids = pc.dictionary_encode(ids.cast(pa.string())).indices.to_numpy(zero_copy_only=False)
+    rows = np.concatenate([r[m] for _, r, m in at_chosen]) if at_chosen else np.array([], np.int64)
     scores = pc.fill_null(table.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)[rows]
-    group_ids = np.concatenate(
-        [chunk.indices.to_numpy(zero_copy_only=False) for chunk in groups.unify_dictionaries().chunks]
-        or [np.array([], np.int64)]
-    )
     order = np.lexsort((rows, -scores, group_ids))  # by group, then best score, then row
     first = np.ones(len(order), dtype=bool)
     first[1:] = group_ids[order][1:] != group_ids[order][:-1]
