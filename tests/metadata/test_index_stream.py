@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import child_env, run_child
 from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
 from vl_datasets.errors import SchemaError
-from vl_datasets.metadata import read, stream, unique_ids
+from vl_datasets.metadata import index_writer, read, stream, unique_ids
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
@@ -66,6 +66,19 @@ def _media_items(n: int) -> list[dict]:
             }
         )
     return out
+
+
+@pytest.fixture(autouse=True)
+def batch_per_slice(monkeypatch):
+    """Each slice written as its own record batch: these tests are about indexes of many batches."""
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 1)
+
+
+def test_small_slices_are_written_as_fewer_larger_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 100)
+    export = write_parquet(tmp_path / "export", json_strings_table(_media_items(300)), row_group_size=64).parent
+    streamed = _same_index(export, tmp_path, batch_rows=40)  # slices of 40 rows, written 120 at a time
+    assert [len(chunk) for chunk in streamed.column("media_id").chunks] == [120, 120, 60]
 
 
 def _same_index(export, out, **kwargs) -> pa.Table:
@@ -178,7 +191,9 @@ def test_an_export_with_images_found_by_file_name_streams_as_the_whole_table(tmp
 _CHILD = """
 import sys
 from pathlib import Path
+from vl_datasets.metadata import index_writer
 from vl_datasets.metadata.index import build_index, write_export_index
+index_writer.WRITE_ROWS = 8192  # the rows it joins before writing: a constant, at any size, as the slice is
 def status(key):
     lines = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
