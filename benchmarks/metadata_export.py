@@ -40,9 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vl_datasets.server.synthetic_bulk import LABELS, issue_entry, label_entry, uuids
+
 DATA = Path(__file__).resolve().parent / "data"
 BATCH_ROWS = 131_072
-LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SIZES = ((640, 480), (1024, 768), (800, 600), (1280, 720), (512, 512))
 FRAME_EVERY = 100
 FRAMES_PER_CLIP = 10
@@ -58,7 +59,7 @@ def build_export(rows: int, *, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".metadata.parquet.{os.getpid()}.partial"
     rng = np.random.default_rng(seed)
-    clusters = np.array(_uuids(rng, max(rows // 50, 1)), dtype=object)
+    clusters = np.array(uuids(rng, max(rows // 50, 1)), dtype=object)
     with pq.ParquetWriter(partial, _SCHEMA, compression="snappy") as writer:
         for start in range(0, rows, BATCH_ROWS):
             batch = _batch(rng, start, min(BATCH_ROWS, rows - start), clusters)
@@ -90,18 +91,9 @@ _SCHEMA = pa.schema(
 )
 
 
-def _uuids(rng: np.random.Generator, n: int) -> list[str]:
-    digits = rng.bytes(16 * n).hex()
-    return [
-        f"{digits[k : k + 8]}-{digits[k + 8 : k + 12]}-4{digits[k + 13 : k + 16]}-a{digits[k + 17 : k + 20]}-"
-        f"{digits[k + 20 : k + 32]}"
-        for k in range(0, 32 * n, 32)
-    ]
-
-
 def _batch(rng: np.random.Generator, start: int, n: int, clusters: np.ndarray) -> pa.RecordBatch:
     index = np.arange(start, start + n)
-    ids = _uuids(rng, n)
+    ids = uuids(rng, n)
     labels = rng.integers(0, len(LABELS), n)
     draws = rng.random((n, 8))
     uniqueness = np.round(np.sqrt(draws[:, 0]), 4)
@@ -143,17 +135,6 @@ def _clip(i: int) -> str:
     return f"clip_{i // (FRAME_EVERY * FRAMES_PER_CLIP):06d}.mp4"
 
 
-def _label(name: str, source: str, original_id: int) -> str:
-    return (
-        f'{{"type": "image_label", "properties": {{"category_name": "{name}", "source": "{source}", '
-        f'"original_id": {original_id}}}}}'
-    )
-
-
-def _issue(kind: str, confidence: float, extra: str = "") -> str:
-    return f'{{"type": "issue", "properties": {{"issue_type": "{kind}", "confidence": {confidence:.4f}{extra}}}}}'
-
-
 def _metadata_items(rng, index, labels, draws, uniqueness, frame) -> list[str]:
     """Each item's ``metadata_items`` as JSON text (the module docstring gives the rates)."""
     model = np.where(draws[:, 2] < 0.8, labels, rng.integers(0, len(LABELS), len(labels)))
@@ -168,23 +149,25 @@ def _metadata_items(rng, index, labels, draws, uniqueness, frame) -> list[str]:
 
 
 def _entries(i, label, u, uniqueness, is_frame, model, other, visual_layer, confidence) -> str:
-    entries = [_label(LABELS[label], "User", label)]
+    entries = [label_entry(LABELS[label], "User", label)]
     if u[1] < 0.6:
-        entries.append(_label(LABELS[model], "Model", -1))
+        entries.append(label_entry(LABELS[model], "Model", -1))
     if u[3] < 0.1:
-        entries.append(_label(LABELS[visual_layer], "Visual Layer", -1))
+        entries.append(label_entry(LABELS[visual_layer], "Visual Layer", -1))
     if u[4] < 0.05:
-        entries.append(_issue("blur", confidence))
+        entries.append(issue_entry("blur", confidence))
     elif u[4] < 0.08:
-        entries.append(_issue("dark", confidence))
+        entries.append(issue_entry("dark", confidence))
     if uniqueness < 0.1:
-        entries.append(_issue("outliers", confidence))
+        entries.append(issue_entry("outliers", confidence))
     if u[5] < 0.03:
-        entries.append(_issue("mislabels", confidence, f', "issues_description": "{LABELS[other]}"'))
+        entries.append(issue_entry("mislabels", confidence, f', "issues_description": "{LABELS[other]}"'))
     if i % 20 < 2:
         group = f'"duplicate_group_id": "dup-{i // 20:09d}"'
         for threshold in (0.96, 0.98):
-            entries.append(_issue("duplicates", 0.96 + u[6] * 0.04, f', {group}, "duplicate_threshold": {threshold}'))
+            entries.append(
+                issue_entry("duplicates", 0.96 + u[6] * 0.04, f', {group}, "duplicate_threshold": {threshold}')
+            )
     if is_frame:
         seconds = (i // FRAME_EVERY) % FRAMES_PER_CLIP / 25
         entries.append(

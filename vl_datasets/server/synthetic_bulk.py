@@ -40,7 +40,8 @@ FRAMES_PER_CLIP = 10
 _DRAWS = 12
 
 
-def _uuids(rng: np.random.Generator, n: int) -> list[str]:
+def uuids(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` uuid4-shaped ids from ``rng``, with no Python object per byte."""
     digits = rng.bytes(16 * n).hex()
     return [
         f"{digits[k : k + 8]}-{digits[k + 8 : k + 12]}-4{digits[k + 13 : k + 16]}-a{digits[k + 17 : k + 20]}-"
@@ -49,40 +50,42 @@ def _uuids(rng: np.random.Generator, n: int) -> list[str]:
     ]
 
 
-def _label(name: str, source: str, original_id: int) -> str:
+def label_entry(name: str, source: str, original_id: int) -> str:
+    """An ``image_label`` entry of ``metadata_items``, as the platform writes it in JSON."""
     return (
         f'{{"type": "image_label", "properties": {{"category_name": "{name}", "source": "{source}", '
         f'"original_id": {original_id}}}}}'
     )
 
 
-def _issue(kind: str, confidence: float, extra: str = "") -> str:
+def issue_entry(kind: str, confidence: float, extra: str = "") -> str:
+    """An ``issue`` entry of ``metadata_items``; ``extra`` holds more properties, comma first."""
     return f'{{"type": "issue", "properties": {{"issue_type": "{kind}", "confidence": {confidence:.4f}{extra}}}}}'
 
 
 def _entries(i: int, label: int, draws: list[float], video: str | None) -> list[str]:
     u = draws
-    entries = [_label(LABELS[label], "User", label)]
+    entries = [label_entry(LABELS[label], "User", label)]
     if u[0] < 0.6:
         model = label if u[1] < 0.8 else int(u[2] * len(LABELS))
-        entries.append(_label(LABELS[model], "Model", -1))
+        entries.append(label_entry(LABELS[model], "Model", -1))
     if u[3] < 0.1:
-        entries.append(_label(LABELS[int(u[4] * len(LABELS))], "Visual Layer", -1))
+        entries.append(label_entry(LABELS[int(u[4] * len(LABELS))], "Visual Layer", -1))
     confidence = 0.5 + u[5] / 2
     if u[6] < 0.05:
-        entries.append(_issue("blur", confidence))
+        entries.append(issue_entry("blur", confidence))
     if 0.05 <= u[6] < 0.08:
-        entries.append(_issue("dark", confidence))
+        entries.append(issue_entry("dark", confidence))
     if math.sqrt(u[7]) < 0.1:
-        entries.append(_issue("outliers", confidence))
+        entries.append(issue_entry("outliers", confidence))
     if u[8] < 0.03:
         other = LABELS[(label + 1 + int(u[9] * 9)) % len(LABELS)]
-        entries.append(_issue("mislabels", confidence, f', "issues_description": "{other}"'))
+        entries.append(issue_entry("mislabels", confidence, f', "issues_description": "{other}"'))
     if i % 20 < 2:
         group = f"dup-{i // 20:09d}"
         for threshold in (0.96, 0.98):
             extra = f', "duplicate_group_id": "{group}", "duplicate_threshold": {threshold}'
-            entries.append(_issue("duplicates", 0.96 + u[10] * 0.04, extra))
+            entries.append(issue_entry("duplicates", 0.96 + u[10] * 0.04, extra))
     if video is not None:
         seconds = (i // FRAME_EVERY) % FRAMES_PER_CLIP / 25
         entries.append(
@@ -113,7 +116,7 @@ def _item(i: int, media_id: str, cluster: str, label: int, size: int, draws: lis
 
 
 def _block(rng: np.random.Generator, start: int, n: int, clusters: list[str], dataset_id: str) -> str:
-    ids = _uuids(rng, n)
+    ids = uuids(rng, n)
     labels = rng.integers(0, len(LABELS), n).tolist()
     sizes = rng.integers(0, len(SIZES), n).tolist()
     chosen = rng.integers(0, len(clusters), n).tolist()
@@ -130,7 +133,7 @@ def write_metadata_dataset(root: str | Path, dataset_id: str, n_items: int, *, s
     folder = Path(root) / dataset_id
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    clusters = _uuids(rng, max(n_items // 50, 1))
+    clusters = uuids(rng, max(n_items // 50, 1))
     info = {
         "schema_version": "1.1",
         "dataset": dataset_id,
