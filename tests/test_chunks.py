@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from dataclasses import replace
 
 import pytest
 
-from tests.helpers import change_dataset, child_env
+from tests.helpers import change_dataset, child_env, run_child
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.chunks import planned_chunk_size
@@ -112,7 +111,7 @@ def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp
         f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
         "chunks_in_flight=1)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == -signal.SIGKILL, f"the child was not killed at its third chunk: {result.stderr}"
     chunk_dirs = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir() and not p.name.startswith("."))
     assert chunk_dirs == ["0", "1"], f"expected chunks 0 and 1 kept after the kill, found {chunk_dirs}"
@@ -234,7 +233,7 @@ def test_chunks_of_a_published_version_are_never_resumed(capped, tmp_path):
         f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
         "max_images_per_export=3)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == -signal.SIGKILL, f"the child was not killed after publishing: {result.stderr}"
     store, key = CacheStore(tmp_path), ExportKey.build(_client(capped).base_url, "big", "parquet", True)
     assert store.lookup(key) is not None and store.work_area(key).is_dir(), "the kill should leave entry and chunks"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import change_dataset, child_env
+from tests.helpers import change_dataset, child_env, run_child
 from vl_datasets import Client, fetch_export
 from vl_datasets.metadata.read import read_metadata_file
 
@@ -200,9 +200,7 @@ def test_a_refresh_after_a_chunked_fetch_killed_after_publishing_gets_the_new_da
                 f"max_images_per_export={limit!r})",
             ]
         )
-        killed = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env()
-        )
+        killed = run_child([sys.executable, "-c", code], env=child_env())
         assert killed.returncode == -signal.SIGKILL, (
             f"the fetch was not killed after publishing: {killed.stderr[-2000:]}"
         )
@@ -253,9 +251,7 @@ def _kill_one_prepare(export: Path, cache_dir: Path, point: str, k: int) -> None
             "ds.prepare(num_workers=0, progress=False)",
         ]
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=WAIT_S, check=False
-    )
+    proc = run_child([sys.executable, "-c", code], env=child_env())
     assert proc.returncode == -signal.SIGKILL, f"prepare() was not killed at {point!r} (k={k}): {proc.stderr[-2000:]}"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import change_dataset, child_env
+from tests.helpers import change_dataset, child_env, run_child
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
@@ -171,9 +171,7 @@ def test_lock_wait_times_out_with_a_clear_error(quick_vl, quick_client, tmp_path
             f"fetch_export('ds-ready', client=Client({quick_vl.url!r}, progress=False), "
             f"cache_dir={str(tmp_path)!r}, lock_timeout_s=0.3)"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
-        )
+        result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode != 0, "the fetch did not give up waiting for the held lock"
     assert "LockTimeoutError" in result.stderr
     assert ".lock" in result.stderr

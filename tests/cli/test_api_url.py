@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import child_env, run_child
 from vl_datasets.cli import main
 from vl_datasets.testing import LocalVisualLayer
 
@@ -56,12 +56,9 @@ def _export(url: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
     """``vl-datasets export ds-ready`` by the real entry point in a child process, whose stderr is
     what a user's terminal shows; no VL_* variable but ``env``."""
     environment = {k: v for k, v in child_env().items() if not k.startswith(("VL_API_", "VL_DATASETS_"))}
-    return subprocess.run(
+    return run_child(
         [sys.executable, "-m", "vl_datasets", "export", "ds-ready", "--api-url", url, "--cache-dir", str(cache)],
-        capture_output=True,
-        text=True,
         env={**environment, **env},
-        timeout=300,
     )
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import grain
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, child_env
+from tests.helpers import REPO, child_env, run_child
 from vl_datasets import ConfigurationError
 from vl_datasets.integrations.jax import GrainSource, numpy_batches
 
@@ -87,13 +86,8 @@ def test_other_tasks_and_transforms_are_refused(open_part):
 
 def test_the_jax_example_trains_a_model_that_beats_chance_on_held_out_digits(tmp_path):
     # JAX runs in a process of its own: once its threads run here, the other tests' forked workers could deadlock.
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "train_jax.py"), "--epochs", "4"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=child_env(),
-        cwd=tmp_path,
+    result = run_child(
+        [sys.executable, str(REPO / "examples" / "train_jax.py"), "--epochs", "4"], env=child_env(), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     losses = [float(v) for v in re.findall(r"^epoch \d+: loss ([\d.]+)$", result.stdout, re.M)]
