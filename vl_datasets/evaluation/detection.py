@@ -125,6 +125,19 @@ def _coco() -> Any:
     return coco, cocoeval
 
 
+def _coco_box(number: int, image_id: int, label: int, box: list[float]) -> dict[str, Any]:
+    """A COCO annotation of an xyxy ``box``: COCO takes xywh, and an area to match by."""
+    xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+    return {
+        "id": number,
+        "image_id": image_id,
+        "category_id": label,
+        "bbox": xywh,
+        "area": xywh[2] * xywh[3],
+        "iscrowd": 0,
+    }
+
+
 def _matched_images(coco: Any, truth: list[dict], found: list[dict | None], n_classes: int) -> Any:
     """A COCOeval that has run ``evaluate`` (its per-image matching) on images 0..n-1, for the
     area range "all" and 100 detections an image only: the summary's cells."""
@@ -133,33 +146,12 @@ def _matched_images(coco: Any, truth: list[dict], found: list[dict | None], n_cl
     results: list[dict[str, Any]] = []
     for image_id, (target, predicted) in enumerate(zip(truth, found)):
         for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": label,
-                    "bbox": xywh,
-                    "area": xywh[2] * xywh[3],
-                    "iscrowd": 0,
-                }
-            )
+            annotations.append(_coco_box(len(annotations) + 1, image_id, label, box))
         if predicted is not None:
             for box, score, label in zip(
                 predicted["boxes"].tolist(), predicted["scores"].tolist(), predicted["labels"].tolist()
             ):
-                xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-                results.append(
-                    {
-                        "id": len(results) + 1,
-                        "image_id": image_id,
-                        "category_id": label,
-                        "score": score,
-                        "bbox": xywh,
-                        "area": xywh[2] * xywh[3],
-                        "iscrowd": 0,
-                    }
-                )
+                results.append({**_coco_box(len(results) + 1, image_id, label, box), "score": score})
     images = [{"id": i} for i in range(len(truth))]
     categories = [{"id": k} for k in range(n_classes)]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
