@@ -27,7 +27,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
-from .row_batches import SLICE_ROWS, row_slices
+from .row_batches import SLICE_ROWS, row_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -218,15 +218,13 @@ class CuratedItems:
     def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(first item, table) for consecutive slices of the items' rows, holding only those of
         ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items."""
-        present = [name for name in columns if name in self._index.column_names] if columns is not None else None
-        source = self._index.select(present or self._index.column_names[:1]) if columns is not None else self._index
+        source = select_present(self._index, columns, keep_rows=True)
         for start in range(0, max(len(self), 1), SLICE_ROWS):
             yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
         """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""
-        present = [name for name in columns if name in self._index.column_names]
-        return self._index.select(present).take(pa.array(self.rows[positions]))
+        return select_present(self._index, columns).take(pa.array(self.rows[positions]))
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:
@@ -405,7 +403,8 @@ def _gather(
         present = pc.is_valid(found).to_numpy(zero_copy_only=False)
         if not present.all():
             missing += int((~present).sum())
-            first_missing = first_missing if first_missing is not None else int(kept[lo:hi][~present][0])
+            if first_missing is None:
+                first_missing = int(kept[lo:hi][~present][0])
             taken, found = taken.filter(pa.array(present)), found.filter(pa.array(present))
         with_image.append(kept[lo:hi][present])
         paths.append(found)

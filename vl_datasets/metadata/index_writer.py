@@ -26,6 +26,7 @@ from ..atomic import replacing
 from .image_paths import resolve_image_paths
 from .normalize import duplicate_id
 from .read import MetadataSlices
+from .row_batches import select_present
 from .table_file import source_stamp
 from .unique_ids import IdHashes
 
@@ -130,8 +131,7 @@ def _load(path: Path, *, schema_only: bool = False) -> pa.Table:
 def _loaded(spilled: list[Path], columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The spilled tables one at a time (only ``columns`` of them, those they have)."""
     for part in spilled:
-        table = _load(part)
-        yield table if columns is None else table.select([name for name in columns if name in table.column_names])
+        yield select_present(_load(part), columns)
 
 
 def _unified_schema(schemas: list[pa.Schema]) -> pa.Schema:

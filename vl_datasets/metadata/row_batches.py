@@ -15,13 +15,20 @@ import pyarrow as pa
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
 
 
+def select_present(table: pa.Table, columns: Iterable[str] | None, *, keep_rows: bool = False) -> pa.Table:
+    """``table`` holding only those of ``columns`` it has (all of it for None); with ``keep_rows``,
+    its first column when it has none of them, for a table of no column counts no rows."""
+    if columns is None:
+        return table
+    present = [name for name in dict.fromkeys(columns) if name in table.column_names]
+    return table.select(present or (table.column_names[:1] if keep_rows else []))
+
+
 def row_slices(table: pa.Table, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
     """(first row, table) for consecutive slices of ``table`` of at most ``SLICE_ROWS`` rows, each
     with one chunk per column (a slice never straddles two of the table's chunks), holding only
     ``columns`` (those of them it has; all by default)."""
-    if columns is not None:
-        present = [name for name in dict.fromkeys(columns) if name in table.column_names]
-        table = table.select(present or table.column_names[:1])  # no column would leave no row count
+    table = select_present(table, columns, keep_rows=True)
     offset = 0
     for batch in table.to_batches(max_chunksize=SLICE_ROWS):
         yield offset, pa.Table.from_batches([batch])
@@ -45,4 +52,4 @@ class TableRows:
         return row_slices(self.table, columns)
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
-        return self.table.select([name for name in columns if name in self.column_names]).take(pa.array(positions))
+        return select_present(self.table, columns).take(pa.array(positions))
