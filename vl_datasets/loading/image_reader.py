@@ -127,7 +127,8 @@ class ImageOptions:
 class ItemPaths(Protocol):
     """What a reader needs of the items (a ``CuratedItems``): each one's image path and media id."""
 
-    paths: pa.Array | pa.ChunkedArray
+    @property
+    def paths(self) -> pa.Array | pa.ChunkedArray: ...
 
     def __len__(self) -> int: ...
 

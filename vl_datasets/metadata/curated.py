@@ -111,8 +111,8 @@ class CuratedItems:
             kept, paths = kept[keep], paths.filter(pa.array(keep))
         if len(kept) == 0:
             raise CurationError(f"No item is left to load from {where}: {summary.removed_by}")
-        self._rows_table = rows
         self._set(
+            rows,
             ItemList(
                 rows=kept,
                 paths=paths,
@@ -139,33 +139,54 @@ class CuratedItems:
         """The items of a list written earlier (``item_list.read_item_list``) over the index ``rows``
         it was made from; ``files`` (where both are) make it pickle as paths."""
         self = cls.__new__(cls)
-        self._rows_table = rows
-        self._set(items, curation, targets)
-        self._files = files
+        self._set(rows, items, curation, targets, files=files)
         return self
 
-    def _set(self, items: ItemList, curation: CurationRules | None, targets: TargetOptions) -> None:
-        self._rules, self.options = curation, targets
-        self.list = items
-        self._label_source = curation.label_source if curation is not None else None
-        self._rules_without_subset: CurationRules | None = None
-        self.rows, self.paths, self._targets = items.rows, items.paths, items.targets
-        self.classes, self.summary = items.classes, items.summary
-        self._index = (
-            self._rows_table.drop_columns([IMAGE_COLUMN])
-            if IMAGE_COLUMN in self._rows_table.column_names
-            else self._rows_table
-        )
+    def _set(
+        self,
+        rows: pa.Table,
+        items: ItemList,
+        rules: CurationRules,
+        targets: TargetOptions,
+        *,
+        files: ItemFiles | None = None,
+        subset_on_disk: bool = False,
+    ) -> None:
+        self._rows_table, self.list, self.options, self._files = rows, items, targets, files
+        self._index = rows.drop_columns([IMAGE_COLUMN]) if IMAGE_COLUMN in rows.column_names else rows
+        # The rules as known here: whole, or (unpickled) without the subset ids, which stay on disk
+        # until someone asks for ``rules``.
+        self._known_rules = rules
+        self._rules: CurationRules | None = None if subset_on_disk else rules
         self._columns: dict[str, pa.ChunkedArray] = {}
         self._table: pa.Table | None = None
-        self._files: ItemFiles | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Each item's row in the index (int64, ascending)."""
+        return self.list.rows
+
+    @property
+    def paths(self) -> pa.Array:
+        """Each item's image path, relative to the images' root."""
+        return self.list.paths
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in index order (none for ``task=None``)."""
+        return self.list.classes
+
+    @property
+    def summary(self) -> CurationSummary:
+        """How many items each curation rule removed."""
+        return self.list.summary
 
     @property
     def rules(self) -> CurationRules:
         """The curation rules these items were chosen by."""
-        if self._rules is None:  # unpickled without its subset ids: read back from the list's folder
-            assert self._files is not None and self._rules_without_subset is not None
-            self._rules = replace(self._rules_without_subset, subset=self._files.read_subset())
+        if self._rules is None:
+            assert self._files is not None
+            self._rules = replace(self._known_rules, subset=self._files.read_subset())
         return self._rules
 
     # Pickled (for a spawned DataLoader worker), a list from files is their paths and the options:
@@ -174,27 +195,21 @@ class CuratedItems:
     def __getstate__(self) -> dict[str, Any]:
         if self._files is None:
             return {"rows_table": self._rows_table, "list": self.list, "rules": self.rules, "options": self.options}
-        rules = self._rules or self._rules_without_subset
-        assert rules is not None
-        kept_subset = rules.subset is not None
+        known = self._known_rules
         return {
             "files": self._files,
-            "rules": replace(rules, subset=None) if kept_subset else rules,
-            "subset_on_disk": kept_subset,
+            "rules": replace(known, subset=None) if known.subset is not None else known,
+            "subset_on_disk": self._rules is None or self._rules.subset is not None,
             "options": self.options,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         files: ItemFiles | None = state.get("files")
         if files is None:
-            self._rows_table = state["rows_table"]
-            self._set(state["list"], state["rules"], state["options"])
+            self._set(state["rows_table"], state["list"], state["rules"], state["options"])
             return
-        self._rows_table, items = files.open()
-        on_disk = state["subset_on_disk"]
-        self._set(items, None if on_disk else state["rules"], state["options"])
-        self._files, self._rules_without_subset = files, state["rules"] if on_disk else None
-        self._label_source = state["rules"].label_source
+        rows, items = files.open()
+        self._set(rows, items, state["rules"], state["options"], files=files, subset_on_disk=state["subset_on_disk"])
 
     @property
     def table(self) -> pa.Table:
@@ -265,14 +280,15 @@ class CuratedItems:
             return self._detection_target(index)
         if task is None:
             return self._index.slice(int(self.rows[index]), 1).to_pylist()[0]
-        assert self._targets is not None  # built for classification and multilabel
+        targets = self.list.targets
+        assert targets is not None  # built for classification and multilabel
         if task == "classification":
-            return int(self._targets[index])
-        return self._targets[index].values.to_numpy()
+            return int(targets[index])
+        return targets[index].values.to_numpy()
 
     def _detection_target(self, index: int) -> dict[str, Any]:
         class_to_idx = self.class_to_idx
-        sources = label_sources(self._label_source)
+        sources = label_sources(self._known_rules.label_source)
         chosen = None if sources is None else set(sources)
         drop = self.options.object_drop_issues or {}
         boxes, labels = [], []
