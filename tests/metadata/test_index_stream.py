@@ -215,10 +215,11 @@ def _peak_growth(export, how: str) -> int:
 
 
 def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
-    """From 50K to 250K rows the peak memory of a whole-table build grows with the table; that of a
-    streamed build, once its allocators have warmed up over the first slices, hardly moves
-    (measured: whole 121 -> 254 MiB; streamed, with its thread pool, 139 -> 132 MiB)."""
-    small, large = 50_000, 250_000
+    """From 50K to 500K rows the peak memory of a whole-table build grows with the table; that of a
+    streamed build, once its allocators have warmed up over the first slices, hardly moves. Its
+    growth varies by tens of MiB from run to run (thread scheduling, allocator arenas): the larger
+    table keeps that noise small next to what the whole table grows by."""
+    small, large = 50_000, 500_000
     table = json_strings_table(_media_items(large))
     write_parquet(tmp_path / "small", table.slice(0, small), row_group_size=4096)
     write_parquet(tmp_path / "large", table, row_group_size=4096)
