@@ -60,8 +60,6 @@ def open_items(
         return found
     try:
         files.folder.mkdir(parents=True, exist_ok=True)
-        identity = {"version": entry.version, "settings": settings, "count": {"what": KIND}}
-        write_json_atomic(files.folder / STORE_FILE, identity)
     except OSError as exc:
         logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
         return curated()
@@ -71,7 +69,7 @@ def open_items(
             return found
         items = curated()
         try:
-            _write(files, items)
+            _write(files, items, {"version": entry.version, "settings": settings, "count": {"what": KIND}})
         except OSError as exc:
             logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
             return items
@@ -86,8 +84,10 @@ def _opened(files: ItemFiles, index: pa.Table, rules: CurationRules, targets: Ta
     return None if items is None else CuratedItems.from_list(index, items, rules, targets, files=files)
 
 
-def _write(files: ItemFiles, items: CuratedItems) -> None:
-    """The list, the subset ids it was chosen from, then the manifest that says it is complete."""
+def _write(files: ItemFiles, items: CuratedItems, identity: dict) -> None:
+    """Who the store is, the list and the subset ids it was chosen from, then the manifest that
+    says it is complete: all written once the curation has succeeded."""
+    write_json_atomic(files.folder / STORE_FILE, identity)
     if items.rules.subset is not None:
         files.write_subset(items.rules.subset)
     write_item_list(items.list, files.folder / LIST_FILE)
