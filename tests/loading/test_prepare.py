@@ -14,6 +14,7 @@ import PIL.Image
 import pytest
 import torch
 
+from tests.waits import join
 from vl_datasets import ConfigurationError, ImageDecodeError, PrepareTimeoutError
 from vl_datasets.loading import prepare as prepare_job
 from vl_datasets.loading.dataset import VisualLayerDataset
@@ -150,8 +151,7 @@ def test_a_nodes_ranks_split_the_work_and_each_returns_with_all_of_it(export, tm
     ranks = [FORK.Process(target=rank_prepares, args=(export, tmp_path, rank, results)) for rank in (0, 1)]
     for process in ranks:
         process.start()
-    for process in ranks:
-        process.join(timeout=60)
+    join(ranks, "the two ranks' prepare()")
     assert [p.exitcode for p in ranks] == [0, 0]
     done = sorted(results.get(timeout=1) for _ in ranks)
     assert [images for _, _, images in done] == [ITEMS, ITEMS], "a rank returned before the node was done"
@@ -258,7 +258,7 @@ def test_an_original_replaced_after_prepare_is_prepared_again(export, tmp_path):
 
 def prepares_at_once(export, tmp_path, start, results) -> None:
     ds = open_prepared(export, tmp_path)
-    start.wait(timeout=60)
+    start.wait()  # the test's wait for these processes is bounded by their progress
     results.put(ds.prepare(num_workers=0, progress=False).prepared)
 
 
@@ -268,8 +268,7 @@ def test_concurrent_prepare_calls_split_the_work(export, tmp_path):
     calls = [FORK.Process(target=prepares_at_once, args=(export, tmp_path, start, results)) for _ in range(3)]
     for process in calls:
         process.start()
-    for process in calls:
-        process.join(timeout=120)
+    join(calls, "the three concurrent prepare() calls")
     assert [p.exitcode for p in calls] == [0, 0, 0]
     assert sum(results.get(timeout=1) for _ in calls) == ITEMS, "an image was prepared by two calls"
     assert stored_records(ds) == ITEMS, "the store grew past one copy of each image"

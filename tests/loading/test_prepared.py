@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from tests.waits import join
 from vl_datasets import PreparedStoreError
 from vl_datasets.cache.store import LocalExport, derived_dir
 from vl_datasets.loading import prepared
@@ -52,7 +53,7 @@ def test_an_image_put_by_one_process_is_read_by_every_other(tmp_path):
     assert store.get("img_0.jpg") is None
     child = FORK.Process(target=write_images, args=(store.path, 0, 20))
     child.start()
-    child.join()
+    join([child], "the other process's writes")
     assert child.exitcode == 0
     store.put("img_20.jpg", pixels_for(20))
     for i in range(21):
@@ -89,7 +90,7 @@ def test_a_writer_killed_anywhere_leaves_records_whole_or_absent(tmp_path):
         child.start()
         time.sleep(delay)
         os.kill(child.pid, signal.SIGKILL)
-        child.join()
+        join([child], "the killed writer's end")
     keys = [f"img_{i}.jpg" for i in range(2000)]
     seen = store.status(keys_of(keys))
     assert seen[:10].all(), "nothing was written before the kills: the test proves nothing"
@@ -131,7 +132,8 @@ def test_lookups_stay_right_across_merges(tmp_path, monkeypatch):
     store = open_store(entry(tmp_path), StoreSettings(32))
     child = FORK.Process(target=write_images, args=(store.path, 0, 30))
     child.start()
-    child.join()
+    join([child], "the other process's writes")
+    assert child.exitcode == 0
     for i in range(30, 45):
         store.put(f"img_{i}.jpg", pixels_for(i))
     reader = prepared.PreparedStore(store.path, store.settings)
