@@ -470,12 +470,17 @@ def _with_pool_size(protocol: str, options: dict[str, Any], reads: int) -> dict[
     return {**options, "config_kwargs": config}
 
 
-def _root_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
-    """The image cache folder of a root: the same bucket behind another endpoint is another store.
-
-    Only the endpoint joins the root: credentials rotate without changing what is stored.
-    """
+def root_identity(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+    """What stores kept for a root (its image cache, its prepared store) are keyed by, as JSON: the
+    same bucket behind another endpoint is another store. Only the endpoint joins the root, without
+    its credentials (user info, a token in its query): they rotate without changing what is
+    stored, and this text is written to disk (a prepared store's settings)."""
     options = storage_options or {}
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    blob = json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    endpoint = redact_url(str(endpoint)) if endpoint else endpoint
+    return json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
+
+
+def _root_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+    """The image cache folder of a root (``root_identity``)."""
+    return hashlib.sha256(root_identity(display_root, storage_options).encode()).hexdigest()[:20]
