@@ -74,6 +74,7 @@ import numpy as np
 import xxhash
 
 from .._version import __version__
+from ..cache.layout import read_json
 from ..cache.store import CacheStore, LocalExport, derived_dir, safe_name, write_json_atomic
 from ..errors import ConfigurationError, PreparedStoreError
 
@@ -175,7 +176,7 @@ class PreparedStore:
         self._recent: dict[tuple[int, int], list[Record]] = {}  # key -> its records not yet merged, oldest first
         self._sorted = _columns_of(np.empty(0, RECORD), 0)  # the other records, by key: a column each
         self._warned: set[tuple[int, int]] = set()  # damaged records (part, offset) this process named
-        self._manifest: tuple[int, dict[str, Any]] = (0, {})  # (its mtime, its content) as last read
+        self._manifest: tuple[int, dict[str, int]] = (0, {})  # (its mtime, its parts' synced bytes) as last read
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "settings": self.settings}
@@ -257,12 +258,11 @@ class PreparedStore:
         """Part number -> how many of its pixel bytes the last manifest fsynced (none without one)."""
         try:
             stat = os.stat(self.path / MANIFEST_FILE)
-            if self._manifest[0] != stat.st_mtime_ns:
-                self._manifest = (stat.st_mtime_ns, json.loads((self.path / MANIFEST_FILE).read_bytes()))
-        except (OSError, ValueError):
+        except OSError:
             return {}
-        parts = self._manifest[1].get("parts") or {}
-        return {self._by_name[name]: part["pixel_bytes"] for name, part in parts.items() if name in self._by_name}
+        if self._manifest[0] != stat.st_mtime_ns:
+            self._manifest = (stat.st_mtime_ns, _synced_parts(self.path / MANIFEST_FILE))
+        return {self._by_name[name]: size for name, size in self._manifest[1].items() if name in self._by_name}
 
     def _good(self, path: str, record: Record, fd: int | None, synced: dict[int, int]) -> bool:
         number, offset, height, width = record[:4]
@@ -468,6 +468,24 @@ def _same_source(recorded: int, expected: int) -> bool:
     return recorded == expected or not recorded or not expected
 
 
+def _synced_parts(path: Path) -> dict[str, int]:
+    """Part name -> the pixel bytes the manifest at ``path`` says were fsynced. A damaged manifest
+    (hand-edited, overwritten) vouches for nothing: a WARNING names it, and every image is checked."""
+    try:
+        parts = json.loads(path.read_bytes())["parts"]
+        synced = {name: part["pixel_bytes"] for name, part in parts.items()}
+    except FileNotFoundError:  # removed since its stat: no manifest
+        return {}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if all(type(size) is int and size >= 0 for size in synced.values()):
+            return synced
+        reason = "a part's pixel_bytes is not a count of bytes"
+    logger.warning("Ignoring the damaged %s (%s); the images it lists are read and checked again", path, reason)
+    return {}
+
+
 def _columns_of(records: np.ndarray, part: int) -> dict[str, np.ndarray]:
     """Index records as columns (contiguous, for fast sorts and lookups), with their part's number."""
     columns = {name: np.ascontiguousarray(records[name]) for name in COLUMNS}
@@ -578,9 +596,16 @@ def _now() -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PreparedStoreError(f"Cannot read {path}: {exc}", path=str(path.parent)) from None
+    if not isinstance(found, dict):
+        raise PreparedStoreError(
+            f"{path} is damaged: it holds a JSON {type(found).__name__}, not an object; remove {path.parent} "
+            "to prepare it again.",
+            path=str(path.parent),
+        )
+    return found
 
 
 # -- what the cache commands see ------------------------------------------------------------------
@@ -602,13 +627,10 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
     """Every prepared-image store of the cache entry at ``entry_dir``."""
     found = []
     for path in CacheStore.derived_dirs(entry_dir, KIND):
-        try:
-            identity = json.loads((path / STORE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            identity = {}  # a store created by a process killed before its store.json: still listed
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        # A store created by a process killed before its store.json, or with damaged files: still listed.
+        identity = read_json(path / STORE_FILE) or {}
+        manifest = read_json(path / MANIFEST_FILE)
+        if manifest is not None and not (type(manifest.get("images")) is int and manifest["images"] >= 0):
             manifest = None
         files = [p for p in (path / PARTS).glob("*") if p.is_file()]
         # Without a manifest, the index records count the images (a failure or a repeat counts too).
@@ -617,7 +639,7 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
             StoreInfo(
                 path=path,
                 version=identity.get("version"),
-                size=(identity.get("settings") or {}).get("size"),
+                size=settings.get("size") if isinstance(settings := identity.get("settings"), dict) else None,
                 images=manifest["images"] if manifest else records,
                 bytes=sum(p.stat().st_size for p in files),
                 complete=manifest is not None,
