@@ -100,6 +100,7 @@ RECORD = np.dtype(
     ]
 )
 COLUMNS = ("hi", "lo", "offset", "height", "width", "source", "pixels", "written")
+_RECORD_FIELDS = ("part", *COLUMNS[2:])  # a Record's, in order, from the sorted columns
 _SALT = 0x766C5F7072657061  # "vl_prepa": an all-zero (never written) record fails its check
 # New records wait in a dict until there are this many, then join the sorted arrays: a merge
 # sorts everything, so merging each new record would cost a sort per image in the first epoch.
@@ -371,13 +372,16 @@ class PreparedStore:
 
     def _records(self, key: tuple[int, int]) -> list[Record]:
         """The prepared records of ``key`` (not its failures), the newest first."""
+        hi, lo = key
         found = [r for r in self._recent.get(key, ()) if r[2] > 0]
         columns = self._sorted
-        his, los, heights = columns["hi"], columns["lo"], columns["height"]
-        at = int(np.searchsorted(his, np.uint64(key[0])))
-        while at < len(his) and int(his[at]) == key[0]:
-            if int(los[at]) == key[1] and heights[at] > 0:
-                found.append(tuple([int(columns["part"][at])] + [int(columns[name][at]) for name in COLUMNS[2:]]))  # type: ignore[arg-type]
+        his = columns["hi"]
+        # Method calls and .item(): this runs on every read, where numpy's dispatch and scalars cost
+        # more than the lookup itself.
+        at = int(his.searchsorted(np.uint64(hi)))
+        while at < len(his) and his.item(at) == hi:
+            if columns["lo"].item(at) == lo and columns["height"].item(at) > 0:
+                found.append(tuple([columns[name].item(at) for name in _RECORD_FIELDS]))
             at += 1
         return found if len(found) < 2 else sorted(found, key=lambda record: record[6], reverse=True)
 

@@ -410,8 +410,8 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     path = path.replace("\\", "/").lstrip("/")
     if not path or _OUTSIDE_ROOT.search(path):
         raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
-    if protocol == "file" and os.sep == "/":  # the path is already this system's: spare a split (a stat per read)
-        return os.path.join(root, path)
+    if protocol == "file" and os.sep == "/":  # the path is already this system's: spare a split and a
+        return root + path if root[-1:] in ("", "/") else f"{root}/{path}"  # join (a stat per prepared read)
     segments = path.split("/")
     if protocol in ("http", "https"):
         segments = [quote(segment, safe="") for segment in segments]
