@@ -257,3 +257,23 @@ def test_a_copy_of_another_original_is_not_served_for_this_one(tmp_path):
     assert np.array_equal(reader.get("a.jpg", source=222), pixels_for(2))
     assert np.array_equal(reader.get("a.jpg", source=111), pixels_for(1))
     assert reader.counts() == (1, 0), "two copies of one image count as two images"
+
+
+def test_a_local_originals_identity_is_its_size_and_mtime_and_changes_with_either(tmp_path):
+    """Stored with every record: a new release must compute the same digest, or every store it
+    finds would be prepared again."""
+    from vl_datasets.loading.sources import LocalFolder, identity_of
+
+    (tmp_path / "a").mkdir()
+    image = tmp_path / "a" / "x.jpg"
+    image.write_bytes(b"\xff\xd8" + b"1" * 98)
+    folder = LocalFolder(tmp_path)
+    stat = image.stat()
+    first = folder.identity("a/x.jpg")
+    assert first == identity_of(stat.st_size, stat.st_mtime_ns) != 0
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert folder.identity("a/x.jpg") not in (first, 0), "a touched original kept its identity"
+    image.write_bytes(b"\xff\xd8" + b"2" * 99)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert folder.identity("a/x.jpg") not in (first, 0), "an original of another size kept its identity"
+    assert folder.identity("a/gone.jpg") == 0
