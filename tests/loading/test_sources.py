@@ -331,3 +331,24 @@ def test_no_credential_in_an_s3_endpoint_reaches_a_file_of_the_cache_or_a_repr(s
     (store,) = list_stores(ds.entry.entry_dir)
     again = opened("rotated-Password-8", "ROTATED")
     assert [s.path for s in list_stores(again.entry.entry_dir)] == [store.path], "new credentials made another store"
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_raw_secret_key_with_slashes_in_an_images_root_is_never_shown(split_export, tmp_path, monkeypatch, scheme):
+    """AWS secret keys hold "/": pasted unencoded as user:password@, URL libraries read the rest of
+    the key as the path. It must be hidden all the same."""
+    export, _ = split_export
+    monkeypatch.setenv("VL_DATASETS_READ_ATTEMPTS", "1")
+    key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    host = "127.0.0.1:9/photos" if scheme == "http" else "bucket/photos"
+    ds = VisualLayerDataset.from_export(
+        export, images_root=f"{scheme}://AKIDEXAMPLE:{key}@{host}", image_size=8, cache_dir=tmp_path / "c"
+    )
+    shown = [f"{ds!r}", ds.image_path(0), str(ds.curation_details().column("image_path").to_pylist())]
+    if scheme == "http":  # a read fails at once (port "wJalr..." is no port): its error names the URL
+        with pytest.raises(errors.ImageDecodeError) as caught:
+            ds[0]
+        shown.append(f"{caught.value} {caught.value!r}")
+    pieces = [piece for piece in key.split("/") if any(piece in text for text in shown)]
+    assert pieces == [], f"the key's {pieces} shown in {shown}"
+    assert ds.image_path(0).startswith(f"{scheme}://{host}/")
