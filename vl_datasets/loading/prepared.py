@@ -480,7 +480,7 @@ def _synced_parts(path: Path) -> dict[str, int]:
         synced = {name: part["pixel_bytes"] for name, part in parts.items()}
     except FileNotFoundError:  # removed since its stat: no manifest
         return {}
-    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     else:
         if all(type(size) is int and size >= 0 for size in synced.values()):
@@ -601,7 +601,7 @@ def _now() -> str:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise PreparedStoreError(f"Cannot read {path}: {exc}", path=str(path.parent)) from None
     if not isinstance(found, dict):
         raise PreparedStoreError(
