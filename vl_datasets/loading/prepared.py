@@ -74,7 +74,6 @@ import numpy as np
 import xxhash
 
 from .._version import __version__
-from ..cache.layout import read_json
 from ..cache.store import CacheStore, LocalExport, derived_dir, safe_name, write_json_atomic
 from ..errors import ConfigurationError, PreparedStoreError
 
@@ -632,8 +631,8 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
     found = []
     for path in CacheStore.derived_dirs(entry_dir, KIND):
         # A store created by a process killed before its store.json, or with damaged files: still listed.
-        identity = read_json(path / STORE_FILE) or {}
-        manifest = read_json(path / MANIFEST_FILE)
+        identity = _json_object(path / STORE_FILE) or {}
+        manifest = _json_object(path / MANIFEST_FILE)
         if manifest is not None and not (type(manifest.get("images")) is int and manifest["images"] >= 0):
             manifest = None
         files = [p for p in (path / PARTS).glob("*") if p.is_file()]
@@ -650,6 +649,16 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
             )
         )
     return found
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable, nested past what json.loads
+    takes, or not an object."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def remove_store(path: Path) -> None:
