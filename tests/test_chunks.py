@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.helpers import change_dataset, child_env, run_child
+from tests.helpers import change_dataset, child_env
+from tests.waits import run_child
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.chunks import planned_chunk_size

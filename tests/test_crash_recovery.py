@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import change_dataset, child_env, run_child
+from tests.helpers import change_dataset, child_env
+from tests.waits import Child, run_child
 from vl_datasets import Client, fetch_export
 from vl_datasets.metadata.read import read_metadata_file
 
 TRIALS_PER_POINT = 4
-WAIT_S = 60.0
 
 # Child-side wrappers: each replaces one library function with one that kills the process when
 # it is called for the K-th time (K is drawn by the trial).
@@ -64,18 +63,6 @@ def _child_code(url: str, cache_dir: Path, point: str, k: int) -> str:
     return "\n".join(code)
 
 
-def _wait_for(condition, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the fetch ended (code {proc.returncode}) before {what}: {proc.communicate()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"waited {WAIT_S:.0f}s for {what}")
-
-
 def _kill_one_fetch(service, cache_dir: Path, point: str, rng: random.Random) -> None:
     target = POINTS[point]
     k = rng.randint(1, target[2]) if target is not None else 0
@@ -83,32 +70,23 @@ def _kill_one_fetch(service, cache_dir: Path, point: str, rng: random.Random) ->
         service.faults.hold_exports()
     elif point == "download":
         service.faults.stall_download_after(rng.randint(200, 3000), seconds=30)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _child_code(service.url, cache_dir, point, k)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
     try:
-        if point == "polling":
-            _wait_for(lambda: any(cache_dir.rglob(".task.json")), "the export task to be recorded", proc)
-            time.sleep(rng.uniform(0.0, 0.3))
-            proc.send_signal(signal.SIGKILL)
-        elif point == "download":
-            _wait_for(
-                lambda: any(p.stat().st_size for p in cache_dir.rglob("*.incomplete")),
-                "the first bytes of the download",
-                proc,
-            )
-            time.sleep(rng.uniform(0.0, 0.1))
-            proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=WAIT_S)
+        with Child([sys.executable, "-c", _child_code(service.url, cache_dir, point, k)], env=child_env()) as fetch:
+            if point == "polling":
+                fetch.until(lambda: any(cache_dir.rglob(".task.json")), "the export task to be recorded")
+                time.sleep(rng.uniform(0.0, 0.3))
+                fetch.process.send_signal(signal.SIGKILL)
+            elif point == "download":
+                fetch.until(
+                    lambda: any(p.stat().st_size for p in cache_dir.rglob("*.incomplete")),
+                    "the first bytes of the download",
+                )
+                time.sleep(rng.uniform(0.0, 0.1))
+                fetch.process.send_signal(signal.SIGKILL)
+            code = fetch.wait(f"the fetch's kill at {point!r} (k={k})")
     finally:
-        if proc.poll() is None:
-            proc.kill()
         service.faults.reset()
-    assert proc.returncode == -signal.SIGKILL, f"the fetch was not killed at {point!r} (k={k}): {err[-2000:]}"
+    assert code == -signal.SIGKILL, f"the fetch was not killed at {point!r} (k={k}): {fetch.text('stderr')[-2000:]}"
 
 
 def _content(entry) -> tuple:

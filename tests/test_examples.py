@@ -6,14 +6,12 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from tests.helpers import run_child
+from tests.waits import Child, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,20 +147,12 @@ def test_resume_picks_up_a_killed_run_and_trains_the_same_models(tmp_path):
     reference.mkdir()
     uninterrupted = _run(reference, "train_classifier.py", *args)
     command = [sys.executable, str(REPO / "examples" / "train_classifier.py"), *args, "--resume"]
-    with (tmp_path / "killed.log").open("w") as log:
-        killed = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_clean_env(tmp_path), cwd=tmp_path)
     checkpoint = tmp_path / "runs" / "curated.resume.pt"
-    deadline = time.monotonic() + 240
-    try:
-        while not checkpoint.exists():  # written at the curated model's 5th step, part-way through its epoch
-            assert killed.poll() is None, (
-                "the run ended before the checkpoint to kill at:\n" + ((tmp_path / "killed.log").read_text()[-3000:])
-            )
-            assert time.monotonic() < deadline, "no checkpoint of the curated model after 240 s"
-            time.sleep(0.02)
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=30)
+    with Child(command, env=_clean_env(tmp_path), cwd=tmp_path) as killed:
+        # written at the curated model's 5th step, part-way through its epoch
+        killed.until(checkpoint.exists, "a checkpoint of the curated model to kill the run at")
+        killed.process.send_signal(signal.SIGKILL)
+        killed.wait("the run's end after SIGKILL")
     cut = torch.load(checkpoint)
     assert cut["loader"]["position"] < cut["loader"]["dataset"]["items"], "the kill came after the epoch's end"
     resumed = _run(tmp_path, "train_classifier.py", *args, "--resume")
@@ -180,31 +170,17 @@ def test_resume_checkpoints_on_sigterm_and_the_rerun_ends_as_an_uninterrupted_ru
     reference.mkdir()
     uninterrupted = _run(reference, "train_classifier.py", *args)
     command = [sys.executable, str(REPO / "examples" / "train_classifier.py"), *args, "--resume"]
-    log = tmp_path / "stopped.log"
-    with log.open("w") as out:
-        stopped = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(tmp_path), cwd=tmp_path
-        )
-    try:
-        _wait_for_output(stopped, log, "uncurated: step 5,")  # the first periodic checkpoint is saved
-        stopped.send_signal(signal.SIGTERM)
-        assert stopped.wait(timeout=120) == 143, log.read_text()[-3000:]
-    finally:
-        if stopped.poll() is None:
-            stopped.kill()
-            stopped.wait(timeout=30)
-    said = re.search(r"^(\w+): SIGTERM: checkpointed at epoch (\d+), step (\d+) in (\S+)$", log.read_text(), re.M)
-    assert said, "the stopped run did not say where it checkpointed:\n" + log.read_text()[-3000:]
+    with Child(command, env=_clean_env(tmp_path), cwd=tmp_path) as stopped:
+        # the first periodic checkpoint is saved
+        stopped.until(lambda: "uncurated: step 5," in stopped.text(), "the run's step 5 of the uncurated model")
+        stopped.process.send_signal(signal.SIGTERM)
+        code = stopped.wait("the run's exit after SIGTERM")
+        output = stopped.text() + stopped.text("stderr")
+    assert code == 143, output[-3000:]
+    said = re.search(r"^(\w+): SIGTERM: checkpointed at epoch (\d+), step (\d+) in (\S+)$", output, re.M)
+    assert said, "the stopped run did not say where it checkpointed:\n" + output[-3000:]
     name, epoch, step, path = said.groups()
     assert int(step) >= 5 and Path(path) == Path("runs") / f"{name}.resume.pt"
     resumed = _run(tmp_path, "train_classifier.py", *args, "--resume")
     assert f"{name}: resumed from {path} at epoch {epoch}, step {step}" in resumed
     assert _row(resumed, "test accuracy") == _row(uninterrupted, "test accuracy")
-
-
-def _wait_for_output(process: subprocess.Popen, log: Path, text: str, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in log.read_text():
-        assert process.poll() is None, f"the run ended before printing {text!r}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} after {timeout_s} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.02)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import change_dataset, child_env, run_child
+from tests.helpers import change_dataset, child_env
+from tests.waits import Child, run_child
 from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
@@ -217,18 +216,14 @@ def _fetch_code(url: str, cache_dir: Path) -> str:
 
 def test_concurrent_processes_share_one_export(quick_vl, tmp_path):
     quick_vl.faults.hold_exports(seconds=1.0)  # keep the export running while the others arrive
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-        )
-        for _ in range(4)
-    ]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outputs]
+    fetches = [Child([sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)], env=child_env()) for _ in range(4)]
+    try:
+        codes = [fetch.wait("a concurrent fetch's end") for fetch in fetches]
+        outputs = [(fetch.text(), fetch.text("stderr")) for fetch in fetches]
+    finally:
+        for fetch in fetches:
+            fetch.close()
+    assert codes == [0, 0, 0, 0], [err for _, err in outputs]
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
     assert Path(paths.pop()).is_dir()
@@ -238,23 +233,15 @@ def test_concurrent_processes_share_one_export(quick_vl, tmp_path):
 
 def test_killed_fetch_resumes_its_export_and_download(quick_vl, tmp_path):
     quick_vl.faults.stall_download_after(2000, seconds=30)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        partials = list(tmp_path.rglob("*.incomplete"))
-        if partials and partials[0].stat().st_size >= 2000:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"the fetch never got 2000 bytes in: {proc.communicate()}")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    with Child([sys.executable, "-c", _fetch_code(quick_vl.url, tmp_path)], env=child_env()) as fetch:
+
+        def got_2000_bytes() -> bool:
+            partials = list(tmp_path.rglob("*.incomplete"))
+            return bool(partials) and partials[0].stat().st_size >= 2000
+
+        fetch.until(got_2000_bytes, "the first 2000 bytes of the download")
+        os.kill(fetch.pid, signal.SIGKILL)
+        fetch.wait("the fetch's end after SIGKILL")
     quick_vl.faults.reset()
     client = Client(quick_vl.url, progress=False, env={})
     entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import ast
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import vl_datasets.server
-from tests.helpers import REPO, child_env, run_child
+from tests.helpers import REPO, child_env
+from tests.waits import run_child
 from vl_datasets import fetch_export
 
 
@@ -90,7 +90,8 @@ def test_the_metadata_side_loads_neither_torch_nor_the_network():
         "print(sorted(m for m in ('torch', 'requests', 'urllib3', 'jwt') if m in sys.modules))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    out = run_child([sys.executable, "-c", code], cwd=root)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"the metadata side loaded {out.stdout.strip()}"
 
 
@@ -112,7 +113,7 @@ def test_the_item_side_of_a_dataset_works_without_torch(tmp_path):
         "assert len(items.fingerprint()) == 64\n"
         "print(sorted(m for m in ('torch', 'vl_datasets.loading') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    out = run_child([sys.executable, "-c", code], env=child_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"the item side loaded {out.stdout.strip()}"
 
@@ -324,7 +325,7 @@ def test_no_framework_loads_with_the_package():
         "from vl_datasets import VisualLayerDataset, CurationRules, leakage_safe_split\n"
         f"print(sorted(m for m in {frameworks!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=child_env())
+    result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"import vl_datasets loaded {result.stdout.strip()}"
 

@@ -6,13 +6,12 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
+from tests.waits import Child
 from vl_datasets import Client, VisualLayerDataset, fetch_export
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
@@ -96,28 +95,22 @@ def _free_port() -> int:
 def test_serve_sample_exports_it_over_http(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VL_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vl_datasets", "serve", "--sample", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-m", "vl_datasets", "serve", "--sample", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url, timeout=1)
-                break
-            except requests.ConnectionError:
-                assert server.poll() is None, server.stderr.read().decode()
-                assert time.monotonic() < deadline, "vl-datasets serve --sample did not start"
-                time.sleep(0.2)
+
+    def answers() -> bool:
+        try:
+            requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            return False
+        return True
+
+    with Child(command, env=env) as server:
+        server.until(answers, f"vl-datasets serve --sample to answer on {url}")
         client = Client(url, progress=False, env={})
         assert client.get_dataset(SAMPLE_DATASET_ID).n_images == 2017
         entry = fetch_export(SAMPLE_DATASET_ID, client=client, cache_dir=tmp_path, include_images=True)
         assert entry.row_count == 2017
         assert sum(1 for p in entry.images_dir.rglob("*.jpg")) == 2017
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.process.terminate()
+        server.wait("serve's exit after SIGTERM")

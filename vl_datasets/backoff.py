@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -71,8 +72,8 @@ class RetryPolicy:
             raise ConfigurationError(f"max_attempts must be an integer of at least 1, got {self.max_attempts!r}.")
         for name in ("deadline_s", "attempt_timeout_s"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}.")
+            if value is not None and not 0 < value < math.inf:  # a socket timeout cannot be infinite
+                raise ConfigurationError(f"{name} must be a positive, finite number of seconds or None, got {value!r}.")
         if not 0.0 <= self.jitter <= 1.0 or self.base_s < 0 or self.cap_s < 0:
             raise ConfigurationError("jitter must be within [0, 1], and base_s and cap_s at least 0.")
 

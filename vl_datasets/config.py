@@ -6,6 +6,7 @@ Nothing here reads the environment at import time, so tests and long-lived proce
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -99,9 +100,12 @@ def env_number(name: str, value: float | None, default: float, env: Mapping[str,
     if raw is None or not raw.strip():
         return default
     try:
-        return float(raw)
+        number = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a number.") from None
+    if not math.isfinite(number):  # "inf" and "nan" parse, then break a socket's timeout or a count
+        raise ConfigurationError(f"{name}={raw!r} is not a finite number.")
+    return number
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:

@@ -38,9 +38,19 @@ _CREDENTIAL = re.compile(
 DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s3fs", "botocore", "gcsfs", "adlfs")
 
 
+# user:password@ whose password holds a character that ends a URL's authority ("/", "?", "#", as a
+# raw AWS secret key holds "/"): URL libraries then take it for the host and the path, and show it.
+# A colon followed by digits up to the path is a port, not a password.
+_RAW_USER_INFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@:\s]*:(?![0-9]*(?:[/?#]|$))[^@\s]*@")
+
+
+def _without_raw_user_info(url: str) -> str:
+    return _RAW_USER_INFO.sub(r"\g<scheme>", url, count=1)
+
+
 def redact_url(url: str) -> str:
     """Drop the query string and any user:password: presigned URLs carry their signature there."""
-    parts = urlsplit(url)
+    parts = urlsplit(_without_raw_user_info(url))
     netloc = parts.netloc.rsplit("@", 1)[-1]  # user:password@ is a credential too
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
@@ -52,7 +62,7 @@ def redact_text(text: str) -> str:
 
 
 def _redacted_url(match: re.Match) -> str:
-    url = match.group()
+    url = _without_raw_user_info(match.group())
     if url.endswith("?"):  # already redacted: the marker ends the match ("[" is not in a URL here)
         return url
     try:

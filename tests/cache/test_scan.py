@@ -97,6 +97,20 @@ def test_scan_counts_every_kind_of_thing_in_the_cache(full_cache):
     )
 
 
+def test_a_store_file_nested_100000_deep_leaves_the_scan_and_the_store_typed(full_cache):
+    """A hostile or damaged JSON file in the cache: the scan lists the store as one it cannot read,
+    opening it is a PreparedStoreError, not a bare RecursionError."""
+    from vl_datasets import PreparedStoreError
+
+    held, stores, _ = full_cache
+    for name in ("manifest.json", "store.json"):
+        (stores["current"] / name).write_text("[" * 100_000 + "]" * 100_000)
+    derived = {d.path: d for e in scan(held["cache"]).entries for d in e.derived}
+    assert (derived[stores["current"]].complete, derived[stores["current"]].settings) == (False, {})
+    with pytest.raises(PreparedStoreError, match=r"Cannot read .*store\.json"):
+        open_store(held["new"], StoreSettings(32))
+
+
 def test_prune_frees_what_its_dry_run_expected_and_keeps_the_current_version(full_cache):
     held, stores, images = full_cache
     strategy = scan(held["cache"]).prune_strategy()

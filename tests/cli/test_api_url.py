@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, run_child
+from tests.helpers import child_env
+from tests.waits import run_child
 from vl_datasets.cli import main
 from vl_datasets.testing import LocalVisualLayer
 

@@ -118,6 +118,15 @@ def test_a_file_that_is_not_a_list_of_boxes_exits_1(service, tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_a_predictions_file_nested_100000_deep_exits_1_naming_it(service, tmp_path, capsys):
+    predictions = tmp_path / "boxes.json"
+    predictions.write_text("[" * 100_000 + "]" * 100_000)
+    assert run(service, tmp_path, predictions) == 1
+    err = capsys.readouterr().err
+    assert "nested deeper than JSON predictions ever are" in err and str(predictions) in err
+    assert "RecursionError" not in err and "Traceback" not in err
+
+
 def test_classification_only_options_are_refused_for_boxes(service, tmp_path, capsys):
     predictions = tmp_path / "boxes.json"
     predictions.write_text(json.dumps(BOXES))

@@ -9,7 +9,8 @@ import grain
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, child_env, run_child
+from tests.helpers import REPO, child_env
+from tests.waits import run_child
 from vl_datasets import ConfigurationError
 from vl_datasets.integrations.jax import GrainSource, numpy_batches
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from itertools import chain
 
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler, get_worker_info
 
-from tests.helpers import REPO, run_child
+from tests.helpers import REPO
 from tests.loading.helpers import ITEMS, CountingTransform
+from tests.waits import cpu_of_children, run_child, wait_until
 from vl_datasets.loading.batch_sampler import RequestSampler
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.loader import VLDataLoader, make_dataloader
@@ -40,9 +40,7 @@ def test_workers_prefetch_the_next_epoch_before_it_is_asked_for(folder):
     ds = VisualLayerDataset.from_export(folder, task=None, image_size=8, transform=counter)
     loader = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
     assert len(epoch_ids(loader)) == ITEMS
-    deadline = time.monotonic() + 60
-    while counter.count.value <= ITEMS and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: counter.count.value > ITEMS, "the workers to begin decoding epoch 2", progress=cpu_of_children())
     assert counter.count.value > ITEMS  # decoding of epoch 2 began while the caller was elsewhere
     assert sorted(epoch_ids(loader)) == ds.media_ids
 

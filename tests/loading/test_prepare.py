@@ -14,7 +14,8 @@ import PIL.Image
 import pytest
 import torch
 
-from vl_datasets import ConfigurationError, ImageDecodeError, PrepareTimeoutError
+from tests.waits import join
+from vl_datasets import ConfigurationError, ImageDecodeError, PreparedStoreError, PrepareTimeoutError
 from vl_datasets.loading import prepare as prepare_job
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import MANIFEST_FILE, RECORD, keys_of, list_stores
@@ -150,8 +151,7 @@ def test_a_nodes_ranks_split_the_work_and_each_returns_with_all_of_it(export, tm
     ranks = [FORK.Process(target=rank_prepares, args=(export, tmp_path, rank, results)) for rank in (0, 1)]
     for process in ranks:
         process.start()
-    for process in ranks:
-        process.join(timeout=60)
+    join(ranks, "the two ranks' prepare()")
     assert [p.exitcode for p in ranks] == [0, 0]
     done = sorted(results.get(timeout=1) for _ in ranks)
     assert [images for _, _, images in done] == [ITEMS, ITEMS], "a rank returned before the node was done"
@@ -258,7 +258,7 @@ def test_an_original_replaced_after_prepare_is_prepared_again(export, tmp_path):
 
 def prepares_at_once(export, tmp_path, start, results) -> None:
     ds = open_prepared(export, tmp_path)
-    start.wait(timeout=60)
+    start.wait()  # the test's wait for these processes is bounded by their progress
     results.put(ds.prepare(num_workers=0, progress=False).prepared)
 
 
@@ -268,8 +268,7 @@ def test_concurrent_prepare_calls_split_the_work(export, tmp_path):
     calls = [FORK.Process(target=prepares_at_once, args=(export, tmp_path, start, results)) for _ in range(3)]
     for process in calls:
         process.start()
-    for process in calls:
-        process.join(timeout=120)
+    join(calls, "the three concurrent prepare() calls")
     assert [p.exitcode for p in calls] == [0, 0, 0]
     assert sum(results.get(timeout=1) for _ in calls) == ITEMS, "an image was prepared by two calls"
     assert stored_records(ds) == ITEMS, "the store grew past one copy of each image"
@@ -299,6 +298,37 @@ def test_a_store_damaged_under_a_job_with_skip_skips_nothing(export, tmp_path, d
     assert loader.skipped == [], "good images were skipped"
     assert torch.equal(before, after)
     assert warning in caplog.text
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ["[]", '"done"', '{"parts": []}', '{"parts": {"PART": {}}}', '{"parts": {"PART": {"pixel_bytes": "all"}}}',
+     '{"parts": {"PART": {"pixel_bytes": -1}}}', '{"parts": {"PART": []}}', "\x00\x00"],
+)  # fmt: skip
+def test_a_hand_edited_manifest_vouches_for_nothing_and_prepare_checks_every_image(export, tmp_path, manifest, caplog):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    before = every_image(ds)
+    store = ds.images._source.store.path
+    part = next((store / "parts").glob("*.pixels")).stem
+    (store / MANIFEST_FILE).write_text(manifest.replace("PART", part))
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        summary = open_prepared(export, tmp_path, image_size=40).prepare(num_workers=0, progress=False)
+    assert (summary.images, summary.prepared) == (ITEMS, 0), "good images were prepared again, or lost"
+    assert f"Ignoring the damaged {store / MANIFEST_FILE}" in caplog.text
+    assert json.loads((store / MANIFEST_FILE).read_text())["images"] == ITEMS, "prepare() left the damage in place"
+    shutil.rmtree(export / "images")
+    assert all(torch.equal(a, b) for a, b in zip(every_image(open_prepared(export, tmp_path, image_size=40)), before))
+
+
+@pytest.mark.parametrize("identity", ["[]", "null", '"store"'])
+def test_a_store_json_that_is_no_object_is_a_typed_error_naming_it(export, tmp_path, identity):
+    ds = open_prepared(export, tmp_path, image_size=40)
+    store = ds.images._source.store.path
+    (store / "store.json").write_text(identity)
+    with pytest.raises(PreparedStoreError, match=r"store\.json is damaged") as caught:
+        open_prepared(export, tmp_path, image_size=40)
+    assert str(store) in str(caught.value)
 
 
 def test_a_remote_original_replaced_is_prepared_again_by_prepare(export, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from tests.waits import join
 from vl_datasets import PreparedStoreError
 from vl_datasets.cache.store import LocalExport, derived_dir
 from vl_datasets.loading import prepared
@@ -52,7 +53,7 @@ def test_an_image_put_by_one_process_is_read_by_every_other(tmp_path):
     assert store.get("img_0.jpg") is None
     child = FORK.Process(target=write_images, args=(store.path, 0, 20))
     child.start()
-    child.join()
+    join([child], "the other process's writes")
     assert child.exitcode == 0
     store.put("img_20.jpg", pixels_for(20))
     for i in range(21):
@@ -89,7 +90,7 @@ def test_a_writer_killed_anywhere_leaves_records_whole_or_absent(tmp_path):
         child.start()
         time.sleep(delay)
         os.kill(child.pid, signal.SIGKILL)
-        child.join()
+        join([child], "the killed writer's end")
     keys = [f"img_{i}.jpg" for i in range(2000)]
     seen = store.status(keys_of(keys))
     assert seen[:10].all(), "nothing was written before the kills: the test proves nothing"
@@ -131,7 +132,8 @@ def test_lookups_stay_right_across_merges(tmp_path, monkeypatch):
     store = open_store(entry(tmp_path), StoreSettings(32))
     child = FORK.Process(target=write_images, args=(store.path, 0, 30))
     child.start()
-    child.join()
+    join([child], "the other process's writes")
+    assert child.exitcode == 0
     for i in range(30, 45):
         store.put(f"img_{i}.jpg", pixels_for(i))
     reader = prepared.PreparedStore(store.path, store.settings)
@@ -255,3 +257,23 @@ def test_a_copy_of_another_original_is_not_served_for_this_one(tmp_path):
     assert np.array_equal(reader.get("a.jpg", source=222), pixels_for(2))
     assert np.array_equal(reader.get("a.jpg", source=111), pixels_for(1))
     assert reader.counts() == (1, 0), "two copies of one image count as two images"
+
+
+def test_a_local_originals_identity_is_its_size_and_mtime_and_changes_with_either(tmp_path):
+    """Stored with every record: a new release must compute the same digest, or every store it
+    finds would be prepared again."""
+    from vl_datasets.loading.sources import LocalFolder, identity_of
+
+    (tmp_path / "a").mkdir()
+    image = tmp_path / "a" / "x.jpg"
+    image.write_bytes(b"\xff\xd8" + b"1" * 98)
+    folder = LocalFolder(tmp_path)
+    stat = image.stat()
+    first = folder.identity("a/x.jpg")
+    assert first == identity_of(stat.st_size, stat.st_mtime_ns) != 0
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert folder.identity("a/x.jpg") not in (first, 0), "a touched original kept its identity"
+    image.write_bytes(b"\xff\xd8" + b"2" * 99)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert folder.identity("a/x.jpg") not in (first, 0), "an original of another size kept its identity"
+    assert folder.identity("a/gone.jpg") == 0

@@ -36,6 +36,36 @@ def test_the_read_policy_is_set_by_environment_and_checked(monkeypatch):
         image_read_policy(env={"VL_DATASETS_READ_ATTEMPTS": "2.5"})
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VL_DATASETS_READ_TIMEOUT_S", "inf"),
+        ("VL_DATASETS_READ_DEADLINE_S", "inf"),
+        ("VL_DATASETS_READ_TIMEOUT_S", "nan"),
+    ],
+)
+def test_an_unbounded_read_setting_is_refused_when_the_dataset_opens_not_by_every_read(
+    split_export, tmp_path, monkeypatch, variable, value
+):
+    """ "inf" reads as "no limit" to a user, and float() takes it; a socket cannot wait forever, so
+    every image would fail (and be skipped with on_error="skip") as if it were damaged."""
+    export, source = split_export
+    monkeypatch.setenv(variable, value)
+    with ImageServer(source) as server, pytest.raises(errors.ConfigurationError, match=f"{variable}.*finite"):
+        open_remote(export, server.url, tmp_path, on_error="skip")
+    assert server.requests == [], "an image was asked for under a setting that cannot work"
+
+
+def test_the_api_clients_timeout_and_retries_are_finite(monkeypatch):
+    from vl_datasets import Client
+
+    for variable, value in (("VL_API_TIMEOUT_S", "inf"), ("VL_API_TIMEOUT_S", "nan"), ("VL_API_MAX_RETRIES", "inf")):
+        with pytest.raises(errors.ConfigurationError, match=variable):
+            Client("http://127.0.0.1:9", env={variable: value})
+    with pytest.raises(errors.ConfigurationError, match="finite"):
+        Client("http://127.0.0.1:9", env={}, timeout_s=float("inf"))
+
+
 def test_a_503_storm_on_http_costs_the_policy_attempts(split_export, tmp_path, monkeypatch):
     monkeypatch.setenv("VL_DATASETS_READ_ATTEMPTS", "3")
     export, source = split_export

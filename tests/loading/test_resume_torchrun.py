@@ -13,9 +13,7 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 from tests.helpers import REPO, child_env
 from tests.loading.helpers import make_items
 from tests.loading.resume_job import BATCH_SIZE, SEED
+from tests.waits import Child
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.sampler import EpochSampler
 from vl_datasets.testing import write_dataset
@@ -31,8 +30,6 @@ from vl_datasets.testing import write_dataset
 ITEMS = 24  # divides among 4, 2 and 1 ranks: no padding, so "exactly once" is exact
 EPOCHS = 4
 JOB = Path(__file__).with_name("resume_job.py")
-START_TIMEOUT_S = 120  # a cold torchrun on 2 busy cores imports torch in every process
-FINISH_TIMEOUT_S = 120
 
 
 def free_port() -> int:
@@ -49,7 +46,7 @@ def job(tmp_path):
     return tmp_path / "export", tmp_path / "cache", tmp_path / "checkpoints"
 
 
-def start(job, run: str, *, ranks: int, workers: int, logs: Path) -> subprocess.Popen:
+def start(job, run: str, *, ranks: int, workers: int) -> Child:
     export, cache, checkpoints = job
     command = [str(JOB), str(export), str(cache), str(checkpoints), run, "--epochs", str(EPOCHS)]
     command += ["--workers", str(workers)]
@@ -59,10 +56,7 @@ def start(job, run: str, *, ranks: int, workers: int, logs: Path) -> subprocess.
     else:
         launcher = [sys.executable]
     env = {**child_env(), "OMP_NUM_THREADS": "1"}
-    with (logs / f"{run}.log").open("w") as out:
-        return subprocess.Popen(
-            launcher + command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-        )
+    return Child(launcher + command, env=env, cwd=REPO, start_new_session=True)
 
 
 def latest_step(checkpoints: Path) -> tuple[str, int]:
@@ -74,42 +68,29 @@ def latest_step(checkpoints: Path) -> tuple[str, int]:
     return pointer["run"], pointer["step"]
 
 
-def log_tail(logs: Path, run: str) -> str:
-    return (logs / f"{run}.log").read_text()[-3000:]
-
-
-def kill(process: subprocess.Popen, checkpoints: Path, run: str) -> None:
+def kill(job: Child, checkpoints: Path, run: str) -> None:
     """SIGKILL every process of the job. torchrun starts each rank in a session of its own, so the
     agent's group holds no rank: each rank's group (the rank and its DataLoader workers) goes too."""
     for pid_file in (checkpoints / "pids" / run).glob("rank-*.json"):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(json.loads(pid_file.read_text()), signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+        os.killpg(job.pid, signal.SIGKILL)
+    job.wait(f"run {run}'s end after SIGKILL")
 
 
-def kill_at(process: subprocess.Popen, job, run: str, step: int, logs: Path) -> None:
+def kill_at(job: Child, where, run: str, step: int) -> None:
     """Kill the job once its checkpoint of ``step`` (or a later one) is complete."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while latest_step(job[2]) < (run, step):  # runs are named in order: "a", "b", ...
-            assert process.poll() is None, f"run {run} ended (rc {process.returncode}) before step {step}:\n" + (
-                log_tail(logs, run)
-            )
-            assert time.monotonic() < deadline, f"run {run} reached no step {step} in {START_TIMEOUT_S} s"
-            time.sleep(0.01)
-    finally:
-        kill(process, job[2], run)
+    with job:
+        # runs are named in order: "a", "b", ...
+        job.until(lambda: latest_step(where[2]) >= (run, step), f"run {run}'s checkpoint of step {step}")
+        kill(job, where[2], run)
 
 
-def finish(process: subprocess.Popen, job, run: str, logs: Path) -> None:
-    try:
-        process.wait(timeout=FINISH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kill(process, job[2], run)
-        raise AssertionError(f"run {run} did not finish in {FINISH_TIMEOUT_S} s:\n{log_tail(logs, run)}") from None
-    assert process.returncode == 0, f"run {run} failed:\n{log_tail(logs, run)}"
+def finish(job: Child, run: str) -> None:
+    with job:
+        code = job.wait(f"run {run}'s end")
+        assert code == 0, f"run {run} failed:\n{job.report('failed')[-3000:]}"
 
 
 def trained_on(checkpoints: Path, run: str) -> Counter:
@@ -163,13 +144,13 @@ def test_two_ranks_killed_twice_then_one_rank_train_on_every_item_once(job, tmp_
     counts: Counter = Counter()
     sequences = [[], []]
     for run, kill in kills.items():
-        kill_at(start(job, run, ranks=2, workers=2, logs=tmp_path), job, run, kill, tmp_path)
+        kill_at(start(job, run, ranks=2, workers=2), job, run, kill)
         counts += trained_on(job[2], run)
         for rank, sequence in enumerate(rank_sequences(job[2], run, 2)):
             sequences[rank] += sequence
     expected = uninterrupted(job[0], job[1], 2)
     for rank in range(2):
         assert sequences[rank] == expected[rank][: len(sequences[rank])], f"rank {rank} did not continue exactly"
-    finish(start(job, "c", ranks=1, workers=0, logs=tmp_path), job, "c", tmp_path)
+    finish(start(job, "c", ranks=1, workers=0), "c")
     counts += trained_on(job[2], "c")
     every_item_once(counts)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.helpers import child_env, run_child
+from tests.helpers import child_env
+from tests.waits import run_child
 
 JOB = Path(__file__).with_name("skip_warnings_job.py")
 BAD = ("m004", "m007")

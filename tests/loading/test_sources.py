@@ -305,3 +305,50 @@ def test_no_secret_of_an_https_root_reaches_a_log_an_error_or_the_loader_state(s
             seen.append(f"{linked} {linked!r}")
         assert leaks(" ".join(seen)) == [], f"an exception chained to {type(error).__name__} holds a secret: {seen}"
     assert "403" in str(errors_raised[2]) and ds.media_ids[3] in str(errors_raised[2])
+
+
+def test_no_credential_in_an_s3_endpoint_reaches_a_file_of_the_cache_or_a_repr(split_export, tmp_path):
+    """An endpoint_url with user info and a token (a proxy in front of the bucket, say) keys the
+    prepared store and the image cache, but nothing written to disk or shown holds them; and new
+    credentials for the same endpoint find the same store."""
+    from vl_datasets.loading.prepared import list_stores
+
+    export, _ = split_export
+
+    def opened(password: str, token: str) -> VisualLayerDataset:
+        endpoint = f"http://minio-user:{password}@127.0.0.1:9/?X-Amz-Security-Token={token}"
+        options = {"endpoint_url": endpoint, "key": "reader", "secret": password}
+        return VisualLayerDataset.from_export(
+            export, images_root="s3://bucket/photos", storage_options=options, prepare=32, image_size=16,
+            image_cache="1MB", cache_dir=tmp_path / "c", task=None,
+        )  # fmt: skip
+
+    ds = opened(PASSWORD, SIGNATURE)
+    written = {str(p): leaks(p.read_text(errors="replace")) for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert any(name.endswith("store.json") for name in written), "the prepared store was not created"
+    assert {name: found for name, found in written.items() if found} == {}, "a secret was written to the cache"
+    assert leaks(repr(ds)) == []
+    (store,) = list_stores(ds.entry.entry_dir)
+    again = opened("rotated-Password-8", "ROTATED")
+    assert [s.path for s in list_stores(again.entry.entry_dir)] == [store.path], "new credentials made another store"
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_raw_secret_key_with_slashes_in_an_images_root_is_never_shown(split_export, tmp_path, monkeypatch, scheme):
+    """AWS secret keys hold "/": pasted unencoded as user:password@, URL libraries read the rest of
+    the key as the path. It must be hidden all the same."""
+    export, _ = split_export
+    monkeypatch.setenv("VL_DATASETS_READ_ATTEMPTS", "1")
+    key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    host = "127.0.0.1:9/photos" if scheme == "http" else "bucket/photos"
+    ds = VisualLayerDataset.from_export(
+        export, images_root=f"{scheme}://AKIDEXAMPLE:{key}@{host}", image_size=8, cache_dir=tmp_path / "c"
+    )
+    shown = [f"{ds!r}", ds.image_path(0), str(ds.curation_details().column("image_path").to_pylist())]
+    if scheme == "http":  # a read fails at once (port "wJalr..." is no port): its error names the URL
+        with pytest.raises(errors.ImageDecodeError) as caught:
+            ds[0]
+        shown.append(f"{caught.value} {caught.value!r}")
+    pieces = [piece for piece in key.split("/") if any(piece in text for text in shown)]
+    assert pieces == [], f"the key's {pieces} shown in {shown}"
+    assert ds.image_path(0).startswith(f"{scheme}://{host}/")

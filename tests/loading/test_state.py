@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pyarrow as pa
 import pytest
 import torch
 
 from tests.loading.helpers import ITEMS, CountingTransform
+from tests.waits import cpu_of_children, wait_until
 from vl_datasets import errors, fetch_export
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.state import KEYS
@@ -88,9 +88,9 @@ def test_the_state_counts_only_batches_handed_over_not_those_prefetched(ds, unin
     )
     loader = loader_of(counted, 2)
     assert epochs_of(loader, 1) == uninterrupted[:1]
-    deadline = time.monotonic() + 60
-    while counter.count.value <= ITEMS and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: counter.count.value > ITEMS, "the workers to prefetch into the next epoch", progress=cpu_of_children()
+    )
     assert counter.count.value > ITEMS, "the workers never prefetched into the next epoch"
     state = loader.state_dict()
     assert (state["epoch"], state["position"]) == (1, 0), "prefetched batches of epoch 1 were counted"

@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.helpers import child_env, run_child
+from tests.helpers import child_env
 from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
+from tests.waits import run_child
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata import index_writer, read, stream, unique_ids
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 from tests.server.helpers import api, finished, open_zip, start_full, start_selective
+from tests.waits import cpu_of, wait_until
 from vl_datasets.server import columnar
 from vl_datasets.server.metadata_stream import MetadataFormatError, iter_media_items, read_info
 from vl_datasets.testing import LocalVisualLayer, write_dataset, write_metadata_dataset
@@ -166,7 +168,8 @@ def test_a_dataset_asked_for_while_it_is_indexed_answers_503_with_retry_after(tm
     write_metadata_dataset(tmp_path, "big", 20_000)
     with LocalVisualLayer(tmp_path) as service:
         early = requests.get(api(service, "big"))
-        assert service.datasets.get("big").index.wait(300) is not None, "the index was never built"
+        build = service.datasets.get("big").index  # built by a thread of this process: its CPU is the progress
+        wait_until(lambda: build.wait(0.5) is not None, "the index of 20,000 items", progress=cpu_of(os.getpid()))
         later = requests.get(api(service, "big"))
     assert early.status_code == 503, early.text
     assert early.headers["Retry-After"] == str(api_origin.RETRY_AFTER_S)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-import time
 
 import pytest
 import requests
@@ -15,6 +15,7 @@ from tests.server.helpers import (
     finished,
     start_full,
 )
+from tests.waits import cpu_of, wait_until
 from vl_datasets.server import serve
 from vl_datasets.testing import LocalVisualLayer
 
@@ -64,21 +65,24 @@ def test_serve_runs_in_the_foreground_until_asked_to_stop(dataset_root, capfd):
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(dataset_root,), kwargs={"port": 0, "stop": stop}, daemon=True)
     thread.start()
-    banner = ""
-    deadline = time.monotonic() + 30
-    while "http://" not in banner and time.monotonic() < deadline:
-        banner += capfd.readouterr().out
-        time.sleep(0.01)
-    try:
-        url = re.search(r"http://127\.0\.0\.1:\d+", banner)
-        assert url is not None, f"serve printed no URL within 30 s: {banner!r}"
-        assert "ds-ready" in banner
-        assert "no auth" in banner
+    printed = []
+
+    def banner() -> str:
+        printed.append(capfd.readouterr().out)
+        return "".join(printed)
+
+    try:  # serve() runs in this process: its CPU time (polling here uses a few ms a second) is the progress
+        wait_until(lambda: "http://" in banner(), "serve()'s banner", progress=cpu_of(os.getpid()))
+        url = re.search(r"http://127\.0\.0\.1:\d+", banner())
+        assert url is not None, f"serve's banner names no URL: {banner()!r}"
+        assert "ds-ready" in banner()
+        assert "no auth" in banner()
         assert requests.get(f"{url.group(0)}/api/v1/dataset/ds-ready", timeout=5).json()["n_images"] == 8
     finally:
         stop.set()
-        thread.join(30)
-    assert not thread.is_alive(), "serve() did not return within 30 s of its stop event"
+        wait_until(
+            lambda: not thread.is_alive(), "serve() to return after its stop event", progress=cpu_of(os.getpid())
+        )
     assert "stopped (request)" in capfd.readouterr().err
     with pytest.raises(NotADirectoryError):
         serve(dataset_root / "nope", port=0, stop=stop)

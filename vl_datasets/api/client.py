@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -59,8 +60,8 @@ class Client:
         self.settings = resolve_client_settings(base_url, api_key=api_key, api_secret=api_secret, token=token, env=env)
         timeout_s = env_number("VL_API_TIMEOUT_S", timeout_s, 30.0, env)
         max_retries = int(env_number("VL_API_MAX_RETRIES", max_retries, 5, env))
-        if timeout_s <= 0 or max_retries < 0:
-            raise errors.ConfigurationError("timeout_s must be positive and max_retries at least 0.")
+        if not 0 < timeout_s < math.inf or max_retries < 0:
+            raise errors.ConfigurationError("timeout_s must be positive and finite, and max_retries at least 0.")
         tokens = None
         if not self.settings.on_prem:
             # A pre-made token cannot be re-signed, so it never comes with the secret.

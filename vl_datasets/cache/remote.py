@@ -39,7 +39,9 @@ class RemoteCache:
         for path in self.fs.glob(f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
             try:
                 manifest = json.loads(self.fs.cat_file(path))
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, RecursionError):  # nested past what json.loads takes
+                continue
+            if not isinstance(manifest, dict):
                 continue
             if manifest.get("key") == key.as_json() and (
                 newest is None or manifest["created_at"] > newest["created_at"]

@@ -72,6 +72,8 @@ def _rows(path: Path) -> list[Any]:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise PredictionsError(f"{path}: not valid JSON: {exc}") from None
+        except RecursionError:  # json.loads recurses once per level; predictions nest three deep
+            raise PredictionsError(f"{path}: nested deeper than JSON predictions ever are.") from None
         if not isinstance(rows, list):
             raise PredictionsError(f"{path}: expected a JSON list of boxes, got a {type(rows).__name__}.")
         return rows

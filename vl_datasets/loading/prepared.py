@@ -99,6 +99,7 @@ RECORD = np.dtype(
     ]
 )
 COLUMNS = ("hi", "lo", "offset", "height", "width", "source", "pixels", "written")
+_RECORD_FIELDS = ("part", *COLUMNS[2:])  # a Record's, in order, from the sorted columns
 _SALT = 0x766C5F7072657061  # "vl_prepa": an all-zero (never written) record fails its check
 # New records wait in a dict until there are this many, then join the sorted arrays: a merge
 # sorts everything, so merging each new record would cost a sort per image in the first epoch.
@@ -175,7 +176,7 @@ class PreparedStore:
         self._recent: dict[tuple[int, int], list[Record]] = {}  # key -> its records not yet merged, oldest first
         self._sorted = _columns_of(np.empty(0, RECORD), 0)  # the other records, by key: a column each
         self._warned: set[tuple[int, int]] = set()  # damaged records (part, offset) this process named
-        self._manifest: tuple[int, dict[str, Any]] = (0, {})  # (its mtime, its content) as last read
+        self._manifest: tuple[int, dict[str, int]] = (0, {})  # (its mtime, its parts' synced bytes) as last read
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "settings": self.settings}
@@ -257,12 +258,11 @@ class PreparedStore:
         """Part number -> how many of its pixel bytes the last manifest fsynced (none without one)."""
         try:
             stat = os.stat(self.path / MANIFEST_FILE)
-            if self._manifest[0] != stat.st_mtime_ns:
-                self._manifest = (stat.st_mtime_ns, json.loads((self.path / MANIFEST_FILE).read_bytes()))
-        except (OSError, ValueError):
+        except OSError:
             return {}
-        parts = self._manifest[1].get("parts") or {}
-        return {self._by_name[name]: part["pixel_bytes"] for name, part in parts.items() if name in self._by_name}
+        if self._manifest[0] != stat.st_mtime_ns:
+            self._manifest = (stat.st_mtime_ns, _synced_parts(self.path / MANIFEST_FILE))
+        return {self._by_name[name]: size for name, size in self._manifest[1].items() if name in self._by_name}
 
     def _good(self, path: str, record: Record, fd: int | None, synced: dict[int, int]) -> bool:
         number, offset, height, width = record[:4]
@@ -371,13 +371,16 @@ class PreparedStore:
 
     def _records(self, key: tuple[int, int]) -> list[Record]:
         """The prepared records of ``key`` (not its failures), the newest first."""
+        hi, lo = key
         found = [r for r in self._recent.get(key, ()) if r[2] > 0]
         columns = self._sorted
-        his, los, heights = columns["hi"], columns["lo"], columns["height"]
-        at = int(np.searchsorted(his, np.uint64(key[0])))
-        while at < len(his) and int(his[at]) == key[0]:
-            if int(los[at]) == key[1] and heights[at] > 0:
-                found.append(tuple([int(columns["part"][at])] + [int(columns[name][at]) for name in COLUMNS[2:]]))  # type: ignore[arg-type]
+        his = columns["hi"]
+        # Method calls and .item(): this runs on every read, where numpy's dispatch and scalars cost
+        # more than the lookup itself.
+        at = int(his.searchsorted(np.uint64(hi)))
+        while at < len(his) and his.item(at) == hi:
+            if columns["lo"].item(at) == lo and columns["height"].item(at) > 0:
+                found.append(tuple([columns[name].item(at) for name in _RECORD_FIELDS]))
             at += 1
         return found if len(found) < 2 else sorted(found, key=lambda record: record[6], reverse=True)
 
@@ -466,6 +469,24 @@ _RECENT = tuple(
 def _same_source(recorded: int, expected: int) -> bool:
     """Whether a record prepared from an original of identity ``recorded`` stands for one of ``expected``."""
     return recorded == expected or not recorded or not expected
+
+
+def _synced_parts(path: Path) -> dict[str, int]:
+    """Part name -> the pixel bytes the manifest at ``path`` says were fsynced. A damaged manifest
+    (hand-edited, overwritten) vouches for nothing: a WARNING names it, and every image is checked."""
+    try:
+        parts = json.loads(path.read_bytes())["parts"]
+        synced = {name: part["pixel_bytes"] for name, part in parts.items()}
+    except FileNotFoundError:  # removed since its stat: no manifest
+        return {}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if all(type(size) is int and size >= 0 for size in synced.values()):
+            return synced
+        reason = "a part's pixel_bytes is not a count of bytes"
+    logger.warning("Ignoring the damaged %s (%s); the images it lists are read and checked again", path, reason)
+    return {}
 
 
 def _columns_of(records: np.ndarray, part: int) -> dict[str, np.ndarray]:
@@ -578,9 +599,16 @@ def _now() -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
         raise PreparedStoreError(f"Cannot read {path}: {exc}", path=str(path.parent)) from None
+    if not isinstance(found, dict):
+        raise PreparedStoreError(
+            f"{path} is damaged: it holds a JSON {type(found).__name__}, not an object; remove {path.parent} "
+            "to prepare it again.",
+            path=str(path.parent),
+        )
+    return found
 
 
 # -- what the cache commands see ------------------------------------------------------------------
@@ -602,13 +630,10 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
     """Every prepared-image store of the cache entry at ``entry_dir``."""
     found = []
     for path in CacheStore.derived_dirs(entry_dir, KIND):
-        try:
-            identity = json.loads((path / STORE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            identity = {}  # a store created by a process killed before its store.json: still listed
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        # A store created by a process killed before its store.json, or with damaged files: still listed.
+        identity = _json_object(path / STORE_FILE) or {}
+        manifest = _json_object(path / MANIFEST_FILE)
+        if manifest is not None and not (type(manifest.get("images")) is int and manifest["images"] >= 0):
             manifest = None
         files = [p for p in (path / PARTS).glob("*") if p.is_file()]
         # Without a manifest, the index records count the images (a failure or a repeat counts too).
@@ -617,13 +642,23 @@ def list_stores(entry_dir: Path) -> list[StoreInfo]:
             StoreInfo(
                 path=path,
                 version=identity.get("version"),
-                size=(identity.get("settings") or {}).get("size"),
+                size=settings.get("size") if isinstance(settings := identity.get("settings"), dict) else None,
                 images=manifest["images"] if manifest else records,
                 bytes=sum(p.stat().st_size for p in files),
                 complete=manifest is not None,
             )
         )
     return found
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable, nested past what json.loads
+    takes, or not an object."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def remove_store(path: Path) -> None:

@@ -31,7 +31,6 @@ absolute difference against the direct path on 500x375 JPEGs), a bicubic one sta
 from __future__ import annotations
 
 import io
-import json
 import logging
 import operator
 import os
@@ -48,7 +47,7 @@ from ..cache.store import LocalExport
 from ..errors import ConfigurationError, ImageDecodeError, PreparedStoreError
 from .images import JPEG_MAGIC, dct_scaled_size, decode_image, pil_size, to_chw
 from .prepared import PreparedStore, StoreSettings, open_store
-from .sources import ImageSource, WithIdentity
+from .sources import ImageSource, WithIdentity, root_identity
 
 logger = logging.getLogger("vl_datasets")
 
@@ -152,11 +151,7 @@ def prepared_source(
 ) -> PreparedSource:
     """``source`` behind the store of ``entry``'s version at ``size`` (and, for an images_root, that
     root: another root holds other images)."""
-    root = None
-    if images_root is not None:
-        options = storage_options or {}
-        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-        root = json.dumps({"root": source.display_root, "endpoint": endpoint}, sort_keys=True)
+    root = None if images_root is None else root_identity(source.display_root, storage_options)
     store = open_store(entry, StoreSettings(size, root))
     store.load()  # here, before any fork: the workers share what is already prepared
     return PreparedSource(source, store)
