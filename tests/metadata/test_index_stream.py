@@ -266,3 +266,51 @@ def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
     export = write_parquet(tmp_path / "twice", json_strings_table(media), row_group_size=25).parent
     with pytest.raises(SchemaError, match="media_id 'id-0000010' appears more than once"):
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25)
+
+
+_CURATE_CHILD = """
+import json, sys
+from pathlib import Path
+from vl_datasets.metadata import row_batches
+from vl_datasets.metadata.curated import CuratedItems, TargetOptions
+from vl_datasets.metadata.curation import CurationRules
+from vl_datasets.metadata.index import read_index
+row_batches.SLICE_ROWS = 8192  # a constant, at any size: the pages of one slice at a time
+def status(key):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+mapped = row_batches.ReleasingMap(sys.argv[1]) if sys.argv[2] == "releasing" else None
+index = mapped.table if mapped is not None else read_index(sys.argv[1])
+Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the imports') is forgotten
+rss, file_pages = status("VmRSS:"), status("RssFile:")
+rules = CurationRules(min_uniqueness=0.3, dedupe=True, label_source="User")
+items = CuratedItems(index, rules, TargetOptions(), paths_from_file_path=lambda paths: paths)
+print(json.dumps({
+    "peak": status("VmHWM:") - rss, "file_pages": status("RssFile:") - file_pages,
+    "items": [len(items), str(items.summary), items.fingerprint(), items.classes],
+}))
+"""
+
+
+def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
+    """The pages of a mapped index count in a process's resident memory once read: a curation over
+    a ``ReleasingMap`` hands each slice's back, so it holds no more of them at the end than at the
+    start and peaks lower than over an ordinary map, by about what it read, with the same items."""
+    export = write_parquet(tmp_path / "export", json_strings_table(_media_items(400_000)), row_group_size=8192)
+    path = tmp_path / INDEX_FILE
+    write_export_index(export.parent, path, batch_rows=8192)
+    index = read_index(path)
+    assert index is not None
+    read = sum(index.column(name).nbytes for name in ("uniqueness_score", "issues", "labels", "file_path", "media_id"))
+    del index
+    found = {}
+    for how in ("plain", "releasing"):
+        result = run_child([sys.executable, "-c", _CURATE_CHILD, str(path), how], env=child_env())
+        assert result.returncode == 0, result.stderr
+        found[how] = json.loads(result.stdout.strip().splitlines()[-1])
+    plain, releasing = found["plain"], found["releasing"]
+    print(f"{read >> 20} MiB read; plain {plain['peak'] >> 20} MiB peak, releasing {releasing['peak'] >> 20} MiB")
+    assert releasing["items"] == plain["items"]
+    assert plain["file_pages"] > read * 0.8, f"the ordinary map no longer keeps what it read: {plain}"
+    assert releasing["file_pages"] < read * 0.1, f"the releasing map kept {releasing['file_pages']:,} bytes of pages"
+    assert releasing["peak"] < plain["peak"] - read / 2, (releasing, plain, read)

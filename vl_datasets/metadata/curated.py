@@ -27,7 +27,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
-from .row_batches import SLICE_ROWS, row_slices, select_present
+from .row_batches import SLICE_ROWS, release_pages, row_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -104,6 +104,7 @@ class CuratedItems:
     ) -> None:
         check_missing_images(missing_images)
         kept, summary = curate(rows, curation)
+        release_pages(rows)  # what the rules read whole (the scores); their slices went as they were read
         found = _gather(rows, kept, targets.task, curation.label_source, paths_from_file_path)
         kept, paths, summary = _require_images(rows, found, missing_images, summary)
         keep, target_values, classes, summary = _build_targets(rows, kept, found, targets, summary)
@@ -356,10 +357,13 @@ def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
 def fingerprint_rows(ids: pa.ChunkedArray, rows: np.ndarray) -> str:
     """``fingerprint_ids`` of ``ids.take(rows)``, taken a slice at a time: at 100M items the whole
     column of ids would be gigabytes."""
-    slices = (
-        ids.take(pa.array(rows[start : start + FINGERPRINT_SLICE])) for start in range(0, len(rows), FINGERPRINT_SLICE)
-    )
-    return _fingerprint_chunks((chunk for taken in slices for chunk in taken.chunks), len(rows))
+
+    def slices() -> Iterator[pa.ChunkedArray]:
+        for start in range(0, len(rows), FINGERPRINT_SLICE):
+            yield ids.take(pa.array(rows[start : start + FINGERPRINT_SLICE]))
+            release_pages(ids)  # the ids read for this slice's rows are copied out
+
+    return _fingerprint_chunks((chunk for taken in slices() for chunk in taken.chunks), len(rows))
 
 
 def _fingerprint_chunks(chunks: Iterable[pa.Array], count: int) -> str:
