@@ -3,6 +3,7 @@ errors, and a peak memory that does not grow with the number of rows."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -314,3 +315,18 @@ def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
     assert plain["file_pages"] > read * 0.8, f"the ordinary map no longer keeps what it read: {plain}"
     assert releasing["file_pages"] < read * 0.1, f"the releasing map kept {releasing['file_pages']:,} bytes of pages"
     assert releasing["peak"] < plain["peak"] - read / 2, (releasing, plain, read)
+
+
+def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked(monkeypatch):
+    """It is taken a chunk of the index at a time (a take over the chunked column would join its
+    chunks first), and pins the same list as the ids taken whole."""
+    from vl_datasets.metadata import curated
+
+    ids = [f"id-{i:03d}" for i in range(100)]
+    rows = np.array([0, 1, 5, 17, 18, 19, 20, 63, 64, 98, 99])
+    whole = curated.fingerprint_ids(pa.array(ids).take(pa.array(rows)))
+    monkeypatch.setattr(curated, "FINGERPRINT_SLICE", 2)
+    for bounds in ([0, 100], [0, 20, 64, 100], [0, 1, 2, 3, 50, 99, 100], [0, 30, 30, 100]):
+        chunked = pa.chunked_array([pa.array(ids[a:b], pa.string()) for a, b in itertools.pairwise(bounds)])
+        assert curated.fingerprint_rows(chunked, rows) == whole, bounds
+    assert curated.fingerprint_rows(pa.chunked_array([pa.array(ids)]), rows[:-1]) != whole

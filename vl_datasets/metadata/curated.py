@@ -355,15 +355,20 @@ def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
 
 
 def fingerprint_rows(ids: pa.ChunkedArray, rows: np.ndarray) -> str:
-    """``fingerprint_ids`` of ``ids.take(rows)``, taken a slice at a time: at 100M items the whole
-    column of ids would be gigabytes."""
+    """``fingerprint_ids`` of ``ids.take(rows)`` (``rows`` ascending), taken a chunk of ``ids`` and
+    at most ``FINGERPRINT_SLICE`` rows at a time: at 100M items the whole column of ids would be
+    gigabytes, and a take over a chunked column joins its chunks into one copy first."""
 
-    def slices() -> Iterator[pa.ChunkedArray]:
-        for start in range(0, len(rows), FINGERPRINT_SLICE):
-            yield ids.take(pa.array(rows[start : start + FINGERPRINT_SLICE]))
-            release_pages(ids)  # the ids read for this slice's rows are copied out
+    def taken() -> Iterator[pa.Array]:
+        first = 0
+        for chunk in ids.chunks:
+            lo, hi = np.searchsorted(rows, [first, first + len(chunk)])
+            for start in range(int(lo), int(hi), FINGERPRINT_SLICE):
+                yield chunk.take(pa.array(rows[start : min(start + FINGERPRINT_SLICE, hi)] - first))
+            release_pages(chunk)  # its ids are copied out
+            first += len(chunk)
 
-    return _fingerprint_chunks((chunk for taken in slices() for chunk in taken.chunks), len(rows))
+    return _fingerprint_chunks(taken(), len(rows))
 
 
 def _fingerprint_chunks(chunks: Iterable[pa.Array], count: int) -> str:
