@@ -437,10 +437,15 @@ def _gather(
             names.append(distinct_labels(taken, label_source))
         elif target_column == "objects":
             objects.append(pc.unique(object_labels(taken, label_source)))
+    # Each column joined, then its parts let go, before the next: the peak is one column twice, not all.
+    joined_paths = pa.concat_arrays(paths) if paths else pa.array([], pa.large_string())
+    paths.clear()
+    label_names = pa.concat_arrays(names) if names else None
+    names.clear()
     return _Gathered(
         kept=np.concatenate(with_image) if with_image else kept[:0],
-        paths=pa.concat_arrays(paths) if paths else pa.array([], pa.large_string()),
-        label_names=pa.concat_arrays(names) if names else None,
+        paths=joined_paths,
+        label_names=label_names,
         object_names=pa.concat_arrays(objects).unique() if objects else None,
         missing=missing,
         first_missing=first_missing,
