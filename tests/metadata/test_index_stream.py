@@ -280,14 +280,22 @@ row_batches.SLICE_ROWS = 8192  # a constant, at any size: the pages of one slice
 def status(key):
     lines = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+def index_pages():  # resident pages of the maps of the index alone (RssFile counts the libraries' too)
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split()[0].endswith(":"):  # a map's first line: its address range ... its path
+            inside = line.rstrip().endswith(sys.argv[1])
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
 mapped = row_batches.ReleasingMap(sys.argv[1]) if sys.argv[2] == "releasing" else None
 index = mapped.table if mapped is not None else read_index(sys.argv[1])
 Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the imports') is forgotten
-rss, file_pages = status("VmRSS:"), status("RssFile:")
+rss, file_pages = status("VmRSS:"), index_pages()
 rules = CurationRules(min_uniqueness=0.3, dedupe=True, label_source="User")
 items = CuratedItems(index, rules, TargetOptions(), paths_from_file_path=lambda paths: paths)
 print(json.dumps({
-    "peak": status("VmHWM:") - rss, "file_pages": status("RssFile:") - file_pages,
+    "peak": status("VmHWM:") - rss, "file_pages": index_pages() - file_pages,
     "items": [len(items), str(items.summary), items.fingerprint(), items.classes],
 }))
 """
