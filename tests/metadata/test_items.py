@@ -103,6 +103,33 @@ def test_invalid_json_string_in_metadata_items(tmp_path):
     assert "row 1" in str(error)
 
 
+def test_a_stray_closing_bracket_is_named_as_the_depth_scan_names_it(tmp_path):
+    """Texts with few brackets skip the exact depth scan until the JSON reader refuses them: the
+    error for a bracket closed but never opened is then the scan's, naming the row, as before."""
+    table = json_strings_table()
+    strings = table.column("metadata_items").to_pylist()
+    strings[2] = strings[2] + "]"
+    error = schema_error(
+        tmp_path, table.set_column(table.column_names.index("metadata_items"), "metadata_items", pa.array(strings))
+    )
+    assert error.field == "metadata_items"
+    assert "row 2" in str(error) and "closes a bracket it never opened" in str(error)
+
+
+def test_opening_brackets_bound_the_depth_of_every_text():
+    from vl_datasets.metadata.json_depth import first_too_deep, most_opening_brackets
+
+    texts = ['[{"a": [1]}]', '"[[[["', "[]", "", '{"k": {"k": {"k": []}}}']
+    strings = pa.array(texts)
+    assert most_opening_brackets(strings) == 4
+    assert most_opening_brackets(strings.slice(2)) == 4
+    assert most_opening_brackets(strings.slice(2, 2)) == 1
+    assert most_opening_brackets(pa.array([], pa.string())) == 0
+    # The bound is never below the depth: at the bound no text is too deep, one below it one is.
+    assert first_too_deep(strings, max_depth=most_opening_brackets(strings)) is None
+    assert first_too_deep(strings, max_depth=3) is not None
+
+
 def test_wrongly_typed_item_property(tmp_path):
     media = items()
     media[0]["metadata_items"][3]["properties"]["confidence"] = "very"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -22,6 +23,7 @@ from ..locks import hold_lock
 from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
 from ..metadata.item_list import LIST_FILE, ItemFiles, list_settings, read_item_list, settings_digest, write_item_list
+from ..metadata.row_batches import ReleasingMap
 from .sources import source_paths
 
 logger = logging.getLogger("vl_datasets")
@@ -51,8 +53,14 @@ def open_items(
 
     def curated() -> CuratedItems:
         paths = source_paths if own_root else None
+        mapped = _releasing(files.index, index)  # held to the end of the curation: its pages go as they are read
         return CuratedItems(
-            index, rules, targets, missing_images=missing_images, where=str(entry.path), paths_from_file_path=paths
+            index if mapped is None else mapped.table,
+            rules,
+            targets,
+            missing_images=missing_images,
+            where=str(entry.path),
+            paths_from_file_path=paths,
         )
 
     found = _opened(files, index, rules, targets)
@@ -75,6 +83,18 @@ def open_items(
             return items
     # The built copy is dropped for the map: this process then shares its pages with every other.
     return _opened(files, index, rules, targets) or items
+
+
+def _releasing(path: Path, index: pa.Table) -> ReleasingMap | None:
+    """The index mapped again, by a map whose pages the curation hands back as it reads them
+    (``row_batches.ReleasingMap``): a first open's resident memory stays bounded at any size.
+    None when the file does not map so, or is no longer the one ``index`` was read from."""
+    try:
+        mapped = ReleasingMap(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    same = mapped.table.schema.equals(index.schema, check_metadata=True) and len(mapped.table) == len(index)
+    return mapped if same else None
 
 
 def _opened(files: ItemFiles, index: pa.Table, rules: CurationRules, targets: TargetOptions) -> CuratedItems | None:

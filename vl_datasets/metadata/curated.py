@@ -27,7 +27,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
-from .row_batches import SLICE_ROWS, row_slices, select_present
+from .row_batches import SLICE_ROWS, release_pages, row_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -104,6 +104,7 @@ class CuratedItems:
     ) -> None:
         check_missing_images(missing_images)
         kept, summary = curate(rows, curation)
+        release_pages(rows)  # what the rules read whole (the scores); their slices went as they were read
         found = _gather(rows, kept, targets.task, curation.label_source, paths_from_file_path)
         kept, paths, summary = _require_images(rows, found, missing_images, summary)
         keep, target_values, classes, summary = _build_targets(rows, kept, found, targets, summary)
@@ -354,12 +355,20 @@ def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
 
 
 def fingerprint_rows(ids: pa.ChunkedArray, rows: np.ndarray) -> str:
-    """``fingerprint_ids`` of ``ids.take(rows)``, taken a slice at a time: at 100M items the whole
-    column of ids would be gigabytes."""
-    slices = (
-        ids.take(pa.array(rows[start : start + FINGERPRINT_SLICE])) for start in range(0, len(rows), FINGERPRINT_SLICE)
-    )
-    return _fingerprint_chunks((chunk for taken in slices for chunk in taken.chunks), len(rows))
+    """``fingerprint_ids`` of ``ids.take(rows)`` (``rows`` ascending), taken a chunk of ``ids`` and
+    at most ``FINGERPRINT_SLICE`` rows at a time: at 100M items the whole column of ids would be
+    gigabytes, and a take over a chunked column joins its chunks into one copy first."""
+
+    def taken() -> Iterator[pa.Array]:
+        first = 0
+        for chunk in ids.chunks:
+            lo, hi = np.searchsorted(rows, [first, first + len(chunk)])
+            for start in range(int(lo), int(hi), FINGERPRINT_SLICE):
+                yield chunk.take(pa.array(rows[start : min(start + FINGERPRINT_SLICE, hi)] - first))
+            release_pages(chunk)  # its ids are copied out
+            first += len(chunk)
+
+    return _fingerprint_chunks(taken(), len(rows))
 
 
 def _fingerprint_chunks(chunks: Iterable[pa.Array], count: int) -> str:
@@ -428,10 +437,15 @@ def _gather(
             names.append(distinct_labels(taken, label_source))
         elif target_column == "objects":
             objects.append(pc.unique(object_labels(taken, label_source)))
+    # Each column joined, then its parts let go, before the next: the peak is one column twice, not all.
+    joined_paths = pa.concat_arrays(paths) if paths else pa.array([], pa.large_string())
+    paths.clear()
+    label_names = pa.concat_arrays(names) if names else None
+    names.clear()
     return _Gathered(
         kept=np.concatenate(with_image) if with_image else kept[:0],
-        paths=pa.concat_arrays(paths) if paths else pa.array([], pa.large_string()),
-        label_names=pa.concat_arrays(names) if names else None,
+        paths=joined_paths,
+        label_names=label_names,
         object_names=pa.concat_arrays(objects).unique() if objects else None,
         missing=missing,
         first_missing=first_missing,

@@ -41,6 +41,15 @@ WRITE_ROWS = 128 << 10
 def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
     """Write the index of ``metadata``'s slices, with each row's image among ``members`` (the
     export's files, ``images/...``; None when it has none), atomically to ``path``. Returns the rows."""
+    try:
+        return _write_index_file(slices, path, metadata, members)
+    finally:
+        # The slices' buffers are free, but Arrow's allocator keeps them for reuse: hundreds of MiB
+        # of resident memory the curation that follows would hold on top of its own.
+        pa.default_memory_pool().release_unused()
+
+
+def _write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
     hashes = IdHashes()
     tables = _hashed(slices.tables, hashes)
     with replacing(path) as tmp:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import SchemaError
-from .json_depth import describe, first_too_deep
+from .json_depth import MAX_DEPTH, describe, first_too_deep, most_opening_brackets
 
 # ---- output types ---------------------------------------------------------------------------------
 
@@ -213,11 +213,18 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     parts = [pa.array([], RAW_ITEMS)] if not len(strings) else []
     for start in range(0, len(strings), JSON_SLICE_ROWS):
         part = _json_lines_input(strings.slice(start, JSON_SLICE_ROWS))
-        _check_depth(part, source, row_offset + start)
+        # No text of a slice within the bound can nest too deep for Arrow's reader: the exact scan
+        # then waits until the reader refuses the slice, and runs before json.loads would, so a
+        # fault is named as before.
+        scanned = most_opening_brackets(part) > MAX_DEPTH
+        if scanned:
+            _check_depth(part, source, row_offset + start)
         parsed = _read_json_fast(part, infer=True) if infer else None
         if parsed is None:
             parsed = _read_json_fast(part, infer=False)
         if parsed is None:
+            if not scanned:
+                _check_depth(part, source, row_offset + start)
             texts = part.to_pylist()
             values = [_loads_row(text, source, row_offset + start + i) for i, text in enumerate(texts)]
             parsed = python_items(values, source, row_offset=row_offset + start)
