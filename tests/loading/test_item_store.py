@@ -3,16 +3,18 @@ worker, pickled as paths."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import shutil
 
+import pyarrow as pa
 import pytest
 import torch
 
 from vl_datasets import errors, leakage_safe_split, scan
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.metadata import curated
+from vl_datasets.metadata import curated, index_writer, read, row_batches, stream
 from vl_datasets.testing import write_dataset
 
 OPTIONS = {"min_uniqueness": 0.3, "dedupe": True, "invalid_labels": "drop", "image_size": 8}
@@ -116,6 +118,26 @@ def test_a_cache_that_cannot_keep_the_list_curates_in_memory(folder, tmp_path, c
     assert "Cannot keep the curated item list" in caplog.text
     same_items(reference, ds)
     assert pickle.loads(pickle.dumps(ds)).media_ids == ds.media_ids
+
+
+def test_a_dataset_over_an_index_of_many_batches_splits_as_its_table_does(tmp_path, monkeypatch):
+    """The items of a cached dataset are read from its index file batch by batch (some batches
+    whole, some taken in part, some slices within a batch): the parts are those of its table."""
+    monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)  # the export is read (and indexed) 37 rows at a time
+    monkeypatch.setattr(stream, "BATCH_ROWS", 37)
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 37)
+    monkeypatch.setattr(row_batches, "SLICE_ROWS", 16)
+    source = write_dataset(tmp_path / "src", "many", n_items=300, n_clusters=40)
+    ds = VisualLayerDataset.from_export(source, cache_dir=tmp_path / "cache", task=None, min_uniqueness=0.4)
+    assert ds.items._files is not None and 0 < len(ds) < 300
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    for seed in (0, 1):
+        assert leakage_safe_split(ds, fractions, seed=seed) == leakage_safe_split(ds.table, fractions, seed=seed)
+    assert pa.ipc.open_file(str(ds.items._files.index)).num_record_batches > 5
+    slices = list(ds.items.slices(["media_id"]))
+    assert max(table.num_rows for _, table in slices) <= 16
+    assert [first for first, _ in slices] == list(itertools.accumulate([0] + [t.num_rows for _, t in slices[:-1]]))
+    assert pa.concat_tables(table for _, table in slices).column("media_id").to_pylist() == ds.media_ids
 
 
 def test_a_dataset_splits_as_its_table_does(folder, tmp_path):

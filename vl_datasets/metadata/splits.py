@@ -145,39 +145,47 @@ class _Links(NamedTuple):
 def _read_links(rows: Any, stratify: bool) -> _Links:
     """One pass over the rows, a slice at a time, reading only ``cluster_id``, ``issues`` (and
     ``labels`` to stratify): every group id is hashed to an integer within its slice, so no column
-    of ids, and no dictionary of them, is ever whole."""
-    clusters: list[tuple[np.ndarray, np.ndarray]] = []
+    of ids, and no dictionary of them, is ever whole. What is one number per row is filled in place."""
+    n, dtype = len(rows), _node_dtype(len(rows))
+    cluster_hashes, has_cluster = np.zeros(n, np.uint64), np.zeros(n, bool)
     duplicates: list[tuple[np.ndarray, np.ndarray]] = []
-    labels: list[np.ndarray] = []
+    first_labels = np.zeros(n, dtype=np.int32)
     label_codes: dict[str, int] = {}
-    dtype = _node_dtype(len(rows))
     for offset, part in rows.slices(["cluster_id", "issues"] + (["labels"] if stratify else [])):
+        end = offset + len(part)
         if "cluster_id" in part.column_names:
-            clusters.append(_hashed(part.column("cluster_id"), np.arange(len(part), dtype=dtype) + offset))
+            valid, hashes = _hashed(part.column("cluster_id"))
+            has_cluster[offset:end] = valid
+            cluster_hashes[offset:end][valid] = hashes
         if "issues" in part.column_names:
             flat, parents = flat_issues(part)
             is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
-            dup_rows = parents[is_dup.to_numpy(zero_copy_only=False)].astype(dtype) + offset
-            duplicates.append(_hashed(flat.field("duplicate_group_id").filter(is_dup), dup_rows))
+            valid, hashes = _hashed(flat.field("duplicate_group_id").filter(is_dup))
+            duplicates.append((parents[is_dup.to_numpy(zero_copy_only=False)][valid].astype(dtype) + offset, hashes))
         if stratify:
-            labels.append(_first_label_codes(part, label_codes))
-    memberships = [
-        (np.concatenate([r for r, _ in found]), np.concatenate([h for _, h in found]))
-        for column, found in (("cluster_id", clusters), ("issues", duplicates))
-        if column in rows.column_names
-    ]
-    first_labels = np.concatenate(labels) if labels else np.zeros(len(rows), dtype=np.int32)
+            first_labels[offset:end] = _first_label_codes(part, label_codes)
+    memberships = []
+    if "cluster_id" in rows.column_names:
+        everyone = bool(has_cluster.all())
+        members = np.arange(n, dtype=dtype) if everyone else np.flatnonzero(has_cluster).astype(dtype)
+        memberships.append((members, cluster_hashes if everyone else cluster_hashes[has_cluster]))
+    del cluster_hashes, has_cluster
+    if "issues" in rows.column_names:
+        memberships.append(tuple(np.concatenate(found) for found in zip(*duplicates)) if duplicates else _none())
     return _Links(memberships, first_labels)
 
 
-def _hashed(group_ids: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, hash of group id) for the rows that have a group: a null id is no group."""
+def _none() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int32), np.zeros(0, np.uint64)
+
+
+def _hashed(group_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(which memberships have a group, the hash of each one's group id): a null id is no group."""
     ids = (group_ids.combine_chunks() if isinstance(group_ids, pa.ChunkedArray) else group_ids).cast(pa.string())
     valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
     # Two distinct ids share a 64-bit hash about once in 2**64 / groups**2 splits (once in about
     # 10**8 at 100M groups): the only way two groups could ever be joined that are not linked.
-    hashes = hash_strings(ids.filter(pa.array(valid)) if ids.null_count else ids)
-    return rows[valid], hashes
+    return valid, hash_strings(ids.filter(pa.array(valid)) if ids.null_count else ids)
 
 
 def _first_label_codes(part: pa.Table, codes: dict[str, int]) -> np.ndarray:
@@ -200,18 +208,22 @@ def _linked_components(rows: Any) -> np.ndarray:
 
 
 def _components_of(links: _Links, n: int) -> np.ndarray:
-    """For each of ``n`` rows, its component over the ``links``: the smallest row linked to it."""
+    """For each of ``n`` rows, its component over the ``links`` (whose memberships it consumes, to
+    free each one's hashes once numbered): the smallest row linked to it."""
     items, groups = [], []  # edges between an item and a group node
     next_node, dtype = n, _node_dtype(n + sum(len(hashes) for _, hashes in links.memberships))
-    for members, hashes in links.memberships:
-        distinct, numbers = np.unique(hashes, return_inverse=True)
-        items.append(members)
-        groups.append(numbers.astype(dtype) + next_node)
+    while links.memberships:
+        members, hashes = links.memberships.pop(0)
+        distinct = np.unique(hashes)  # a sorted copy; searchsorted then numbers them (np.unique's
+        items.append(members)  # return_inverse would hold an argsort and its inverse as well)
+        groups.append(np.searchsorted(distinct, hashes).astype(dtype) + next_node)
         next_node += len(distinct)
-        del distinct, numbers
+        del members, hashes, distinct
     if not items:
         return np.arange(n, dtype=_node_dtype(n))
-    return union_find(next_node, np.concatenate(items), np.concatenate(groups), n)
+    a, b = np.concatenate(items), np.concatenate(groups)
+    del items, groups
+    return union_find(next_node, a, b, n)
 
 
 def _numbered_components(component: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
