@@ -164,19 +164,16 @@ def _read_links(rows: Any, stratify: bool) -> _Links:
             duplicates.append((parents[is_dup.to_numpy(zero_copy_only=False)][valid].astype(dtype) + offset, hashes))
         if stratify:
             first_labels[offset:end] = _first_label_codes(part, label_codes)
-    memberships = []
+    memberships: list[tuple[np.ndarray, np.ndarray]] = []
     if "cluster_id" in rows.column_names:
         everyone = bool(has_cluster.all())
         members = np.arange(n, dtype=dtype) if everyone else np.flatnonzero(has_cluster).astype(dtype)
         memberships.append((members, cluster_hashes if everyone else cluster_hashes[has_cluster]))
     del cluster_hashes, has_cluster
     if "issues" in rows.column_names:
-        memberships.append(tuple(np.concatenate(found) for found in zip(*duplicates)) if duplicates else _none())
+        found = duplicates or [(np.zeros(0, dtype), np.zeros(0, np.uint64))]
+        memberships.append((np.concatenate([at for at, _ in found]), np.concatenate([ids for _, ids in found])))
     return _Links(memberships, first_labels)
-
-
-def _none() -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(0, np.int32), np.zeros(0, np.uint64)
 
 
 def _hashed(group_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
