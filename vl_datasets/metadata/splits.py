@@ -87,14 +87,21 @@ def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str
     ``group`` (its id) and ``train_media_id`` (one training item in that group).
     """
     memberships = _memberships_table(table)
-    in_train = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(train_ids), pa.string()))
-    in_eval = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(eval_ids), pa.string()))
+    in_train = pc.is_in(memberships.column("media_id"), value_set=_id_array(train_ids))
+    in_eval = pc.is_in(memberships.column("media_id"), value_set=_id_array(eval_ids))
     train = memberships.filter(in_train).rename_columns(["train_media_id", "shared", "group"])
     joined = memberships.filter(in_eval).join(train, keys=["shared", "group"], join_type="inner")
     # A shared duplicate group is the worse leak: report it before a shared cluster.
     joined = joined.sort_by([("media_id", "ascending"), ("shared", "descending"), ("train_media_id", "ascending")])
     _, first = np.unique(joined.column("media_id").to_numpy(zero_copy_only=False), return_index=True)
     return joined.take(pa.array(first)).select(["media_id", "shared", "group", "train_media_id"])
+
+
+def _id_array(ids: Iterable[str]) -> pa.Array:
+    """``ids`` as one Arrow array: a part of a split as it is, anything else through a list."""
+    if isinstance(ids, MediaIds):
+        return ids.to_arrow().combine_chunks()
+    return pa.array(list(ids), pa.string())
 
 
 def _memberships_table(table: pa.Table) -> pa.Table:
