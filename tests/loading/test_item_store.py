@@ -91,6 +91,23 @@ def test_a_subset_stays_on_disk_until_asked_for(folder, tmp_path):
     assert copy.curation_rules.subset == ds.curation_rules.subset
 
 
+def test_a_part_of_a_split_as_subset_is_the_list_of_its_ids(folder, tmp_path):
+    """subset= takes a split's part (MediaIds) as it is: the same items, summary and cached list as
+    the same ids in a list, and a pickled dataset restores it from disk."""
+    cache = tmp_path / "cache"
+    everything = VisualLayerDataset.from_export(folder, cache_dir=cache, task=None)
+    part = leakage_safe_split(everything, {"train": 0.6, "test": 0.4}, seed=1)["train"]
+    from_part = VisualLayerDataset.from_export(folder, cache_dir=cache, subset=part, **OPTIONS)
+    assert from_part.curation_rules.subset is part
+    lists_before = len(item_lists(cache))
+    from_list = VisualLayerDataset.from_export(folder, cache_dir=cache, subset=list(part), **OPTIONS)
+    assert len(item_lists(cache)) == lists_before, "the same ids as a list made another item list"
+    same_items(from_part, from_list)
+    assert from_part.curation_summary().removed_by["subset"] == len(everything) - len(part)
+    copy = pickle.loads(pickle.dumps(from_part))
+    assert copy.curation_rules.subset == part and copy.media_ids == from_part.media_ids
+
+
 def test_a_spawned_worker_maps_the_same_items(folder, tmp_path):
     ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", **OPTIONS)
     loader = ds.dataloader(8, num_workers=1, shuffle=False, multiprocessing_context="spawn")
