@@ -218,11 +218,13 @@ def _components_of(links: _Links, n: int) -> np.ndarray:
     next_node, dtype = n, _node_dtype(n + sum(len(hashes) for _, hashes in links.memberships))
     while links.memberships:
         members, hashes = links.memberships.pop(0)
-        distinct = np.unique(hashes)  # a sorted copy; searchsorted then numbers them (np.unique's
-        items.append(members)  # return_inverse would hold an argsort and its inverse as well)
-        groups.append(np.searchsorted(distinct, hashes).astype(dtype) + next_node)
-        next_node += len(distinct)
-        del members, hashes, distinct
+        # Arrow's hash table numbers them in one pass (in order of first appearance: a component
+        # is still named by its smallest row, whatever its groups' numbers); no sort of the column.
+        encoded = pc.dictionary_encode(pa.array(hashes))
+        items.append(members)
+        groups.append(encoded.indices.to_numpy().astype(dtype) + next_node)
+        next_node += len(encoded.dictionary)
+        del members, hashes, encoded
     if not items:
         return np.arange(n, dtype=_node_dtype(n))
     a, b = np.concatenate(items), np.concatenate(groups)
