@@ -157,6 +157,13 @@ def test_a_dataset_over_an_index_of_many_batches_splits_as_its_table_does(tmp_pa
     assert pa.concat_tables(table for _, table in slices).column("media_id").to_pylist() == ds.media_ids
 
 
+def test_a_split_of_a_dataset_whose_index_was_pruned_names_it(folder, tmp_path):
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None)
+    ds.items._files.index.unlink()  # as a prune under a running job would: the mapping stays
+    with pytest.raises(errors.CacheMissError, match=r"index .* is gone"):
+        leakage_safe_split(ds, {"train": 0.5, "test": 0.5})
+
+
 def test_a_dataset_splits_as_its_table_does(folder, tmp_path):
     ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None, min_uniqueness=0.2)
     fractions = {"train": 0.7, "test": 0.3}
