@@ -187,8 +187,9 @@ def _hashed(group_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarr
     """(which memberships have a group, the hash of each one's group id): a null id is no group."""
     ids = (group_ids.combine_chunks() if isinstance(group_ids, pa.ChunkedArray) else group_ids).cast(pa.string())
     valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
-    # Two distinct ids share a 64-bit hash about once in 2**64 / groups**2 splits (once in about
-    # 10**8 at 100M groups): the only way two groups could ever be joined that are not linked.
+    # Two distinct ids share a 64-bit hash about once in 2**65 / groups**2 splits (once in about
+    # 10**9 at 200K groups, in a few thousand at 100M): those two groups are then dealt as one,
+    # which moves their items together and never lets a linked pair straddle parts.
     return valid, hash_strings(ids.filter(pa.array(valid)) if ids.null_count else ids)
 
 
