@@ -13,13 +13,14 @@ task=None)`` into ``benchmarks/data/engines_cache_<rows>``, git-ignored and kept
   duplicate threshold (ties: the first row). The library: ``curate(read_index(path), rules)``.
 - split: ``leakage_safe_split(ds, {"train": 0.8, "test": 0.2}, seed=0, stratify=False)``: items
   linked by a shared ``cluster_id`` or a shared duplicate group (any threshold) form components,
-  dealt to parts by fraction; the result is each part's media ids as Python lists. Unstratified
-  for every engine: the point is the grouping and join cost, not the dealing.
+  dealt to parts by fraction; the result is each part's media ids (the library's as ``MediaIds``,
+  Arrow-backed since issue 19's split work; the peers' as Python lists). Unstratified for every
+  engine: the point is the grouping and join cost, not the dealing.
 - components: the split's core alone, each item's component (no dealing, no lists of ids). The
   library: its private ``splits._linked_components`` over the dataset's items, a slice of rows at
-  a time (what ``leakage_safe_split`` calls), since no public function stops there. Also the same
-  function over the memory-mapped index itself (``pyarrow-index``): the library's grouping without
-  the dataset's ``take`` of its rows (a copy, even when the rows are all the rows).
+  a time (what ``leakage_safe_split`` calls), since no public function stops there; a cached
+  dataset's items are read from its index file batch by batch. Also the same function over the
+  memory-mapped index itself (``pyarrow-index``): the library's grouping over the mapping's views.
 
 The peers:
 

@@ -229,7 +229,7 @@ def save_checkpoint(path: Path, model, train_set, parts, dataset_id: str, args, 
             "image_size": args.image_size,
             "dataset_id": dataset_id,
             "curation": curation,
-            "split": parts,
+            "split": {name: list(ids) for name, ids in parts.items()},  # plain lists: torch.load(weights_only=True)
             "trained_on": train_set.media_ids,
         },
         path,

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from .loading.image_reader import ImageOptions
     from .metadata.curated import CuratedItems, TargetOptions
     from .metadata.curation import CurationRules, CurationSummary
+    from .metadata.media_ids import MediaIds
     from .metadata.splits import leakage_safe_split
     from .records import DatasetInfo, ExportTask
 
@@ -96,6 +97,7 @@ _LAZY = {
     "ImageOptions": ".loading.image_reader",
     "RetryPolicy": ".backoff",
     "leakage_safe_split": ".metadata.splits",
+    "MediaIds": ".metadata.media_ids",
 }
 
 
@@ -149,6 +151,7 @@ __all__ = [
     "InsufficientDiskSpaceError",
     "LocalExport",
     "LockTimeoutError",
+    "MediaIds",
     "PermissionDeniedError",
     "PredictionsError",
     "PrepareTimeoutError",

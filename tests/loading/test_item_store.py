@@ -3,16 +3,18 @@ worker, pickled as paths."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import shutil
 
+import pyarrow as pa
 import pytest
 import torch
 
 from vl_datasets import errors, leakage_safe_split, scan
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.metadata import curated
+from vl_datasets.metadata import curated, index_writer, read, row_batches, stream
 from vl_datasets.testing import write_dataset
 
 OPTIONS = {"min_uniqueness": 0.3, "dedupe": True, "invalid_labels": "drop", "image_size": 8}
@@ -89,6 +91,23 @@ def test_a_subset_stays_on_disk_until_asked_for(folder, tmp_path):
     assert copy.curation_rules.subset == ds.curation_rules.subset
 
 
+def test_a_part_of_a_split_as_subset_is_the_list_of_its_ids(folder, tmp_path):
+    """subset= takes a split's part (MediaIds) as it is: the same items, summary and cached list as
+    the same ids in a list, and a pickled dataset restores it from disk."""
+    cache = tmp_path / "cache"
+    everything = VisualLayerDataset.from_export(folder, cache_dir=cache, task=None)
+    part = leakage_safe_split(everything, {"train": 0.6, "test": 0.4}, seed=1)["train"]
+    from_part = VisualLayerDataset.from_export(folder, cache_dir=cache, subset=part, **OPTIONS)
+    assert from_part.curation_rules.subset is part
+    lists_before = len(item_lists(cache))
+    from_list = VisualLayerDataset.from_export(folder, cache_dir=cache, subset=list(part), **OPTIONS)
+    assert len(item_lists(cache)) == lists_before, "the same ids as a list made another item list"
+    same_items(from_part, from_list)
+    assert from_part.curation_summary().removed_by["subset"] == len(everything) - len(part)
+    copy = pickle.loads(pickle.dumps(from_part))
+    assert copy.curation_rules.subset == part and copy.media_ids == from_part.media_ids
+
+
 def test_a_spawned_worker_maps_the_same_items(folder, tmp_path):
     ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", **OPTIONS)
     loader = ds.dataloader(8, num_workers=1, shuffle=False, multiprocessing_context="spawn")
@@ -116,6 +135,33 @@ def test_a_cache_that_cannot_keep_the_list_curates_in_memory(folder, tmp_path, c
     assert "Cannot keep the curated item list" in caplog.text
     same_items(reference, ds)
     assert pickle.loads(pickle.dumps(ds)).media_ids == ds.media_ids
+
+
+def test_a_dataset_over_an_index_of_many_batches_splits_as_its_table_does(tmp_path, monkeypatch):
+    """The items of a cached dataset are read from its index file batch by batch (some batches
+    whole, some taken in part, some slices within a batch): the parts are those of its table."""
+    monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)  # the export is read (and indexed) 37 rows at a time
+    monkeypatch.setattr(stream, "BATCH_ROWS", 37)
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 37)
+    monkeypatch.setattr(row_batches, "SLICE_ROWS", 16)
+    source = write_dataset(tmp_path / "src", "many", n_items=300, n_clusters=40)
+    ds = VisualLayerDataset.from_export(source, cache_dir=tmp_path / "cache", task=None, min_uniqueness=0.4)
+    assert ds.items._files is not None and 0 < len(ds) < 300
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    for seed in (0, 1):
+        assert leakage_safe_split(ds, fractions, seed=seed) == leakage_safe_split(ds.table, fractions, seed=seed)
+    assert pa.ipc.open_file(str(ds.items._files.index)).num_record_batches > 5
+    slices = list(ds.items.slices(["media_id"]))
+    assert max(table.num_rows for _, table in slices) <= 16
+    assert [first for first, _ in slices] == list(itertools.accumulate([0] + [t.num_rows for _, t in slices[:-1]]))
+    assert pa.concat_tables(table for _, table in slices).column("media_id").to_pylist() == ds.media_ids
+
+
+def test_a_split_of_a_dataset_whose_index_was_pruned_names_it(folder, tmp_path):
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None)
+    ds.items._files.index.unlink()  # as a prune under a running job would: the mapping stays
+    with pytest.raises(errors.CacheMissError, match=r"index .* is gone"):
+        leakage_safe_split(ds, {"train": 0.5, "test": 0.5})
 
 
 def test_a_dataset_splits_as_its_table_does(folder, tmp_path):

@@ -339,3 +339,23 @@ def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked(mo
         chunked = pa.chunked_array([pa.array(ids[a:b], pa.string()) for a, b in itertools.pairwise(bounds)])
         assert curated.fingerprint_rows(chunked, rows) == whole, bounds
     assert curated.fingerprint_rows(pa.chunked_array([pa.array(ids)]), rows[:-1]) != whole
+
+
+def test_an_id_repeated_in_a_batch_of_other_lengths_is_found(tmp_path):
+    """Ids of mixed lengths: "yy" in a batch of lengths 1, 2, 3 (whose total is a whole number of
+    2-byte rows) hashes as it does elsewhere, so its repeat in the next batch is caught."""
+    media = _media_items(6)
+    for item, media_id in zip(media, ["x", "yy", "zzz", "q", "yy", "r"]):
+        item["media_id"] = media_id
+    export = write_parquet(tmp_path / "mixed", json_strings_table(media), row_group_size=3).parent
+    with pytest.raises(SchemaError, match="media_id 'yy' appears more than once"):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=3)
+
+
+def test_equal_ids_hash_alike_whatever_the_ids_beside_them():
+    ids = ["c93", "c0", "c49", "c100", "c94", "c65", "c16", "c0", "c100"]
+    alone = {media_id: unique_ids.hash_strings(pa.array([media_id]))[0] for media_id in ids}
+    for start in range(len(ids)):
+        for stop in range(start + 1, len(ids) + 1):
+            hashes = unique_ids.hash_strings(pa.array(ids).slice(start, stop - start))
+            assert hashes.tolist() == [alone[media_id] for media_id in ids[start:stop]], ids[start:stop]

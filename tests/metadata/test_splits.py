@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import collections
 import random
+import sys
 
 import pyarrow as pa
 import pytest
 
-from vl_datasets import ConfigurationError, leakage_safe_split
+from tests.helpers import child_env, run_child
+from vl_datasets import ConfigurationError, MediaIds, leakage_safe_split
+from vl_datasets.metadata import row_batches
 from vl_datasets.metadata.items import ISSUE_TYPE, LABEL_TYPE
 from vl_datasets.metadata.splits import find_leaks
 
@@ -115,3 +118,93 @@ def test_find_leaks_names_the_shared_group_preferring_duplicates():
         {"media_id": "b", "shared": "duplicate_group", "group": "g1", "train_media_id": "a"},
         {"media_id": "d", "shared": "cluster_id", "group": "c2", "train_media_id": "c"},
     ]
+
+
+def test_parts_are_media_ids_in_table_order():
+    rows = [(f"m{i}", f"c{i // 2}", [], "x") for i in range(20)]
+    parts = leakage_safe_split(_table(rows), {"train": 0.5, "test": 0.5}, seed=0)
+    order = [f"m{i}" for i in range(20)]
+    for ids in parts.values():
+        assert isinstance(ids, MediaIds)
+        assert list(ids) == [m for m in order if m in set(ids)]
+
+
+def test_the_parts_do_not_depend_on_how_the_rows_are_sliced(chained, monkeypatch):
+    """Group ids are numbered a slice at a time: any slicing gives the parts of one whole slice."""
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    whole = leakage_safe_split(chained, fractions, seed=4)
+    unstratified = leakage_safe_split(chained, fractions, seed=4, stratify=False)
+    for rows in (1, 7, 64):
+        monkeypatch.setattr(row_batches, "SLICE_ROWS", rows)
+        assert leakage_safe_split(chained, fractions, seed=4) == whole, f"slices of {rows} rows"
+        assert leakage_safe_split(chained, fractions, seed=4, stratify=False) == unstratified
+
+
+_GROWTH_CHILD = """import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vl_datasets import leakage_safe_split
+from vl_datasets.metadata.items import ISSUE_TYPE, LABEL_TYPE
+
+n = int(sys.argv[1])
+rng = np.random.default_rng(0)
+
+
+def text(prefix, numbers):  # ids of 36 characters, as uuids are
+    return pa.array([f"{prefix}{k:035d}" for k in numbers.tolist()], pa.string())
+
+
+def structs(kind, columns):
+    return pa.StructArray.from_arrays(columns, fields=list(kind))
+
+
+has_dup = np.flatnonzero(rng.random(n) < 0.1)
+issues = structs(ISSUE_TYPE, [
+    pa.array(["duplicates"] * len(has_dup)), pa.array(np.full(len(has_dup), 0.99)), text("g", has_dup // 2),
+    pa.array(np.full(len(has_dup), 0.96)), pa.nulls(len(has_dup), pa.string()), pa.nulls(len(has_dup), pa.string()),
+])
+issue_offsets = np.concatenate([[0], np.cumsum(np.isin(np.arange(n), has_dup))]).astype(np.int32)
+classes = rng.integers(0, 10, n)
+names = pa.array([f"class{c}" for c in classes.tolist()])
+labels = structs(LABEL_TYPE, [names, pa.array(["User"] * n), pa.array(classes)])
+table = pa.table({
+    "media_id": text("m", np.arange(n)),
+    "cluster_id": text("c", rng.integers(0, n // 50 + 1, n)),
+    "issues": pa.ListArray.from_arrays(pa.array(issue_offsets), issues),
+    "labels": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), labels),
+})
+
+
+def status(key):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+
+
+Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the table's own) is forgotten
+before = status("VmRSS:")
+parts = leakage_safe_split(table, {"train": 0.8, "test": 0.2}, seed=0)
+print(status("VmHWM:") - before, sum(len(ids) for ids in parts.values()))
+"""
+
+
+def _split_peak(rows: int) -> int:
+    """How far above its resident memory a child's peak went while it split a table of ``rows``."""
+    result = run_child([sys.executable, "-c", _GROWTH_CHILD, str(rows)], env=child_env())
+    assert result.returncode == 0, result.stderr
+    peak, split = (int(x) for x in result.stdout.split())
+    assert split == rows
+    return peak
+
+
+def test_a_split_holds_a_few_numbers_per_item_not_its_ids_as_strings():
+    """From 100K to 1M rows (36-character ids, clusters, duplicate pairs, a label each) the split's
+    peak grows by less per added item than one Python string of its id (85 bytes): group ids are
+    integers, and the parts are Arrow. Lists of str grew it by about 160 bytes an item."""
+    small, large = 100_000, 1_000_000
+    peaks = [_split_peak(small), _split_peak(large)]
+    per_item = (peaks[1] - peaks[0]) / (large - small)
+    print(f"split peak above its start at {small} and {large} rows: {peaks}, {per_item:.0f} bytes per added item")
+    assert per_item < 85, f"the split's peak grows by {per_item:.0f} bytes per item: {peaks}"

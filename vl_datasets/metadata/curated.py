@@ -27,7 +27,7 @@ from .curation import CurationRules, CurationSummary, curate, label_sources, rem
 from .index import IMAGE_COLUMN
 from .item_list import ItemFiles, ItemList
 from .options import check_choice, doc
-from .row_batches import SLICE_ROWS, release_pages, row_slices, select_present
+from .row_batches import SLICE_ROWS, file_slices, release_pages, row_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
@@ -233,7 +233,12 @@ class CuratedItems:
 
     def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(first item, table) for consecutive slices of the items' rows, holding only those of
-        ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items."""
+        ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items.
+        Items from the cache read their index file with ordinary reads (``row_batches.file_slices``),
+        so what a pass over every item reads is not left resident in this process."""
+        if self._files is not None:
+            yield from file_slices(self._files.index, self.rows, columns)
+            return
         source = select_present(self._index, columns, keep_rows=True)
         for start in range(0, max(len(self), 1), SLICE_ROWS):
             yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, CurationError
+from .media_ids import MediaIds
 from .options import doc
 from .row_batches import row_slices
 
@@ -33,7 +34,10 @@ class CurationRules:
 
     subset: Iterable[str] | None = field(
         default=None,
-        metadata=doc("media ids to keep before any other rule (a part of a split); held as a tuple, each id once"),
+        metadata=doc(
+            "media ids to keep before any other rule (a part of a split); held as a tuple, each id once, "
+            "or as the ``MediaIds`` given (a split's part stays in Arrow)"
+        ),
     )
     min_uniqueness: float | None = field(
         default=None, metadata=doc("keep items whose uniqueness score is at least this (0 to 1)")
@@ -68,7 +72,7 @@ class CurationRules:
 
     def __post_init__(self) -> None:
         normalized = {
-            "subset": _strings("subset", self.subset, tuple),
+            "subset": self.subset if isinstance(self.subset, MediaIds) else _strings("subset", self.subset, tuple),
             "min_uniqueness": None if self.min_uniqueness is None else _fraction("min_uniqueness", self.min_uniqueness),
             "keep_unscored": None if self.keep_unscored is None else _flag("keep_unscored", self.keep_unscored),
             "drop_issues": _thresholds("drop_issues", self.drop_issues),
@@ -234,7 +238,7 @@ def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.L
 
 
 def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
-    wanted = pa.array(rules.subset, pa.string())
+    wanted = rules.subset.to_arrow() if isinstance(rules.subset, MediaIds) else pa.array(rules.subset, pa.string())
     media_ids = table.column("media_id")
     found = pc.is_in(wanted, value_set=media_ids)
     if not pc.all(found).as_py():

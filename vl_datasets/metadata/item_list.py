@@ -34,6 +34,7 @@ from ..atomic import replacing
 from ..errors import CacheMissError
 from .curation import CurationRules, CurationSummary
 from .index import read_index
+from .media_ids import MediaIds
 
 FORMAT = 1  # of the file below: a new format is a new settings digest, so a new list
 LIST_FILE, SUBSET_FILE = "items.arrow", "subset.arrow"
@@ -59,7 +60,9 @@ def list_settings(
     """Everything that decides which items a list holds, their paths and their targets: its identity,
     as JSON. The subset (possibly millions of ids) and a ``where`` expression enter as digests."""
     subset = None
-    if rules.subset is not None:
+    if isinstance(rules.subset, MediaIds):  # the same digest, from Arrow's sort: no Python string per id
+        subset = rules.subset.sorted_digest()
+    elif rules.subset is not None:
         subset = hashlib.sha256("\n".join(sorted(rules.subset)).encode("utf-8", "surrogatepass")).hexdigest()
     where = None if rules.where is None else hashlib.sha256(pickle.dumps(rules.where)).hexdigest()
     return {
@@ -157,15 +160,14 @@ class ItemFiles:
 
     def write_subset(self, subset: Iterable[str]) -> None:
         """Keep the ``subset=`` ids beside the list, for a pickled dataset to restore its rules from."""
-        table = pa.table({"media_id": pa.array(list(subset), pa.large_string())})
-        _write_ipc(self.folder / SUBSET_FILE, table)
+        MediaIds(subset).write(self.folder / SUBSET_FILE)
 
-    def read_subset(self) -> tuple[str, ...]:
+    def read_subset(self) -> MediaIds:
+        """The ids ``write_subset`` kept, memory-mapped (they pickle as the file's path)."""
         try:
-            table = pa.ipc.open_file(pa.memory_map(str(self.folder / SUBSET_FILE), "r")).read_all()
-        except (OSError, pa.ArrowException):
+            return MediaIds.read(self.folder / SUBSET_FILE)
+        except CacheMissError:
             raise CacheMissError(f"The subset= ids kept in {self.folder} are gone or unreadable.") from None
-        return tuple(table.column("media_id").to_pylist())
 
 
 def _write_ipc(path: Path, data: pa.Table | pa.RecordBatch) -> None:

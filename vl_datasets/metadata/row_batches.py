@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from ..errors import CacheMissError
+
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
 
 
@@ -46,6 +48,38 @@ def row_slices(table: pa.Table, columns: Iterable[str] | None = None) -> Iterato
         offset += batch.num_rows
     if offset == 0:  # an empty table is still one (empty) slice: its rules see its schema
         yield 0, table
+
+
+def file_slices(
+    path: str | os.PathLike[str], rows: np.ndarray, columns: Iterable[str] | None = None
+) -> Iterator[tuple[int, pa.Table]]:
+    """(first of ``rows``, table) for the ``rows`` (ascending, distinct) of an Arrow IPC file, a
+    record batch at a time (at most ``SLICE_ROWS`` rows each), holding only those of
+    ``columns`` it has (as ``row_slices``). Read with ordinary reads of those columns alone, not
+    through a mapping: the pages of a mapping a process touches count in its resident memory until
+    it ends, while a read's buffers go with its slice. ``CacheMissError`` when the file is gone."""
+    try:
+        source = pa.OSFile(os.fspath(path))
+        names = pa.ipc.open_file(source).schema.names
+    except (OSError, pa.ArrowException):
+        raise CacheMissError(f"The index {path} is gone or unreadable; open the dataset again.") from None
+    wanted = None if columns is None else set(columns)
+    fields = [i for i, name in enumerate(names) if wanted is None or name in wanted] or [0]
+    with source:
+        reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+        start, first = 0, 0
+        for number in range(reader.num_record_batches):
+            batch = reader.get_batch(number)
+            low, high = np.searchsorted(rows, [start, start + batch.num_rows])
+            if high > low:  # rows are ascending and distinct: all of the batch's, or a take of some
+                whole = high - low == batch.num_rows
+                chosen = pa.Table.from_batches([batch if whole else batch.take(pa.array(rows[low:high] - start))])
+                for offset in range(0, len(chosen), SLICE_ROWS):
+                    yield first, chosen.slice(offset, SLICE_ROWS)
+                    first += min(SLICE_ROWS, len(chosen) - offset)
+            start += batch.num_rows
+        if first == 0:  # no row is still one (empty) slice, as in row_slices
+            yield 0, reader.schema.empty_table()
 
 
 class TableRows:

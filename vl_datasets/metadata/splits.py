@@ -17,20 +17,23 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
 from .curation import flat_issues
+from .media_ids import MediaIds
 from .row_batches import TableRows
+from .unique_ids import hash_strings
 
 
 def leakage_safe_split(
     table: pa.Table | Any, fractions: Mapping[str, float], *, seed: int = 0, stratify: bool = True
-) -> dict[str, list[str]]:
+) -> dict[str, MediaIds]:
     """Split the items of a normalized metadata table (or of a dataset: at millions of items pass
-    the dataset itself, and only the columns a split reads are taken) into named parts of about
-    ``fractions``.
+    the dataset itself, and only the columns a split reads are read, a slice at a time) into named
+    parts of about ``fractions``.
 
     Items linked by a shared ``cluster_id`` or a shared duplicate group (any threshold), directly
     or through other items, go to the same part. The result maps each name to its media ids (in
-    table order) and is the same for the same table and seed. Pass a part to a dataset with
-    ``subset=``, for example ``VisualLayerDataset(..., subset=parts["train"], min_uniqueness=0.3)``.
+    table order) as ``MediaIds``, a read-only sequence of str held in Arrow (it compares equal to
+    the list of the same ids), and is the same for the same table and seed. Pass a part to a dataset
+    with ``subset=``, for example ``VisualLayerDataset(..., subset=parts["train"], min_uniqueness=0.3)``.
     Parts come out close to their fractions when no group is large next to the dataset. With
     ``stratify`` (the default), groups are dealt per class (the first label of a group's first
     item), so every part gets about its fraction of each class.
@@ -39,22 +42,30 @@ def leakage_safe_split(
     rows = _split_rows(table)
     if "media_id" not in rows.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
-    component = _linked_components(rows)
-    roots, first_row, inverse, sizes = np.unique(component, return_index=True, return_inverse=True, return_counts=True)
-    strata = _first_labels(rows, first_row) if stratify else np.zeros(len(roots), dtype=np.int64)
-    shuffled = np.random.default_rng(seed).permutation(len(roots))
-    part_of_group = np.empty(len(roots), dtype=np.int64)
+    links = _read_links(rows, stratify)
+    first_row, group_of_row, sizes = _numbered_components(_components_of(links, len(rows)))
+    strata = links.first_labels[first_row] if stratify else np.zeros(len(first_row), dtype=np.int32)
+    del links
+    shuffled = np.random.default_rng(seed).permutation(len(first_row))
+    part_of_group = np.empty(len(first_row), dtype=np.min_scalar_type(len(names)))
     for stratum in np.unique(strata):
         order = shuffled[strata[shuffled] == stratum]
         # Deal the stratum's groups, in shuffled order, along their cumulative item count: a
         # group goes to the part whose share of the total holds the group's midpoint.
         midpoints = (np.cumsum(sizes[order]) - sizes[order] / 2) / sizes[order].sum()
         part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=len(names) - 1)
-    part_of_item = part_of_group[inverse]
-    return {
-        name: rows.take(["media_id"], np.flatnonzero(part_of_item == i)).column("media_id").to_pylist()
-        for i, name in enumerate(names)
-    }
+    return _media_ids_by_part(rows, part_of_group[group_of_row], names)
+
+
+def _media_ids_by_part(rows: Any, part_of_item: np.ndarray, names: list[str]) -> dict[str, MediaIds]:
+    """Each part's media ids, in row order, read a slice at a time into Arrow (no Python string per id)."""
+    chunks: list[list[pa.Array]] = [[] for _ in names]
+    for offset, part in rows.slices(["media_id"]):
+        ids = part.column("media_id")
+        chosen = part_of_item[offset : offset + len(part)]
+        for number, taken in enumerate(chunks):
+            taken.extend(ids.filter(pa.array(chosen == number)).chunks)
+    return {name: MediaIds(pa.chunked_array(taken, pa.string())) for name, taken in zip(names, chunks)}
 
 
 def _split_rows(source: pa.Table | Any) -> Any:
@@ -76,14 +87,21 @@ def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str
     ``group`` (its id) and ``train_media_id`` (one training item in that group).
     """
     memberships = _memberships_table(table)
-    in_train = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(train_ids), pa.string()))
-    in_eval = pc.is_in(memberships.column("media_id"), value_set=pa.array(list(eval_ids), pa.string()))
+    in_train = pc.is_in(memberships.column("media_id"), value_set=_id_array(train_ids))
+    in_eval = pc.is_in(memberships.column("media_id"), value_set=_id_array(eval_ids))
     train = memberships.filter(in_train).rename_columns(["train_media_id", "shared", "group"])
     joined = memberships.filter(in_eval).join(train, keys=["shared", "group"], join_type="inner")
     # A shared duplicate group is the worse leak: report it before a shared cluster.
     joined = joined.sort_by([("media_id", "ascending"), ("shared", "descending"), ("train_media_id", "ascending")])
     _, first = np.unique(joined.column("media_id").to_numpy(zero_copy_only=False), return_index=True)
     return joined.take(pa.array(first)).select(["media_id", "shared", "group", "train_media_id"])
+
+
+def _id_array(ids: Iterable[str]) -> pa.Array:
+    """``ids`` as one Arrow array: a part of a split as it is, anything else through a list."""
+    if isinstance(ids, MediaIds):
+        return ids.to_arrow().combine_chunks()
+    return pa.array(list(ids), pa.string())
 
 
 def _memberships_table(table: pa.Table) -> pa.Table:
@@ -123,41 +141,127 @@ def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndar
     return names, values
 
 
-def _first_labels(rows: Any, positions: np.ndarray) -> np.ndarray:
-    """A class code for each row at ``positions``: its first label, or one shared code for unlabeled rows."""
-    if "labels" not in rows.column_names:
-        return np.zeros(len(positions), dtype=np.int64)
-    labels = rows.take(["labels"], positions).column("labels").combine_chunks()
+class _Links(NamedTuple):
+    """What links rows, as numbers: each membership's row and the 64-bit hash of its group's id, for
+    clusters and for duplicate groups; and each row's class code for stratifying (-1: no label)."""
+
+    memberships: list[tuple[np.ndarray, np.ndarray]]
+    first_labels: np.ndarray
+
+
+def _read_links(rows: Any, stratify: bool) -> _Links:
+    """One pass over the rows, a slice at a time, reading only ``cluster_id``, ``issues`` (and
+    ``labels`` to stratify): every group id is hashed to an integer within its slice, so no column
+    of ids, and no dictionary of them, is ever whole. What is one number per row is filled in place."""
+    n, dtype = len(rows), _node_dtype(len(rows))
+    cluster_hashes, has_cluster = np.zeros(n, np.uint64), np.zeros(n, bool)
+    duplicates: list[tuple[np.ndarray, np.ndarray]] = []
+    first_labels = np.zeros(n, dtype=np.int32)
+    label_codes: dict[str, int] = {}
+    for offset, part in rows.slices(["cluster_id", "issues"] + (["labels"] if stratify else [])):
+        end = offset + len(part)
+        if "cluster_id" in part.column_names:
+            valid, hashes = _hashed(part.column("cluster_id"))
+            has_cluster[offset:end] = valid
+            cluster_hashes[offset:end][valid] = hashes
+        if "issues" in part.column_names:
+            flat, parents = flat_issues(part)
+            is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
+            valid, hashes = _hashed(flat.field("duplicate_group_id").filter(is_dup))
+            duplicates.append((parents[is_dup.to_numpy(zero_copy_only=False)][valid].astype(dtype) + offset, hashes))
+        if stratify:
+            first_labels[offset:end] = _first_label_codes(part, label_codes)
+    memberships: list[tuple[np.ndarray, np.ndarray]] = []
+    if "cluster_id" in rows.column_names:
+        everyone = bool(has_cluster.all())
+        members = np.arange(n, dtype=dtype) if everyone else np.flatnonzero(has_cluster).astype(dtype)
+        memberships.append((members, cluster_hashes if everyone else cluster_hashes[has_cluster]))
+    del cluster_hashes, has_cluster
+    if "issues" in rows.column_names:
+        found = duplicates or [(np.zeros(0, dtype), np.zeros(0, np.uint64))]
+        memberships.append((np.concatenate([at for at, _ in found]), np.concatenate([ids for _, ids in found])))
+    return _Links(memberships, first_labels)
+
+
+def _hashed(group_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(which memberships have a group, the hash of each one's group id): a null id is no group."""
+    ids = (group_ids.combine_chunks() if isinstance(group_ids, pa.ChunkedArray) else group_ids).cast(pa.string())
+    valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+    # Two distinct ids share a 64-bit hash about once in 2**65 / groups**2 splits (once in about
+    # 10**9 at 200K groups, in a few thousand at 100M): those two groups are then dealt as one,
+    # which moves their items together and never lets a linked pair straddle parts.
+    return valid, hash_strings(ids.filter(pa.array(valid)) if ids.null_count else ids)
+
+
+def _first_label_codes(part: pa.Table, codes: dict[str, int]) -> np.ndarray:
+    """Each row's class code for stratifying: its first label's name, numbered in ``codes`` (which
+    grows by the slice's new names: one per class), or -1 for an unlabeled row."""
+    if "labels" not in part.column_names:
+        return np.zeros(len(part), dtype=np.int32)
+    labels = part.column("labels").combine_chunks()
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
-    codes = pc.dictionary_encode(pc.struct_field(first, "category_name")).indices
-    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = pc.dictionary_encode(pc.struct_field(first, "category_name"))
+    lookup = [codes.setdefault(name, len(codes)) for name in encoded.dictionary.to_pylist()]
+    lookup.append(-1)  # where a null index (-1) lands
+    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    return np.array(lookup, dtype=np.int32)[indices]
 
 
 def _linked_components(rows: Any) -> np.ndarray:
     """For each row, a component id shared by every row it is linked to."""
-    n = len(rows)
+    return _components_of(_read_links(rows, stratify=False), len(rows))
+
+
+def _components_of(links: _Links, n: int) -> np.ndarray:
+    """For each of ``n`` rows, its component over the ``links`` (whose memberships it consumes, to
+    free each one's hashes once numbered): the smallest row linked to it."""
     items, groups = [], []  # edges between an item and a group node
-    next_node = n
-    for _, encoded, members in _group_memberships(rows):
-        valid = encoded.codes >= 0
-        items.append(members[valid])
-        groups.append(encoded.codes[valid] + next_node)
+    next_node, dtype = n, _node_dtype(n + sum(len(hashes) for _, hashes in links.memberships))
+    while links.memberships:
+        members, hashes = links.memberships.pop(0)
+        # Arrow's hash table numbers them in one pass (in order of first appearance: a component
+        # is still named by its smallest row, whatever its groups' numbers); no sort of the column.
+        encoded = pc.dictionary_encode(pa.array(hashes))
+        items.append(members)
+        groups.append(encoded.indices.to_numpy().astype(dtype) + next_node)
         next_node += len(encoded.dictionary)
+        del members, hashes, encoded
     if not items:
-        return np.arange(n)
-    return union_find(next_node, np.concatenate(items), np.concatenate(groups), n)
+        return np.arange(n, dtype=_node_dtype(n))
+    a, b = np.concatenate(items), np.concatenate(groups)
+    del items, groups
+    return union_find(next_node, a, b, n)
+
+
+def _numbered_components(component: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each component's first row, ascending; each row's component number, in that order; each
+    component's size). A component is named by its smallest row, so its first rows are the rows
+    named by themselves: no sort of the whole column (``np.unique``) is needed."""
+    first_row = np.flatnonzero(component == np.arange(len(component), dtype=component.dtype))
+    number = np.empty(len(component), dtype=_node_dtype(len(first_row)))
+    number[first_row] = np.arange(len(first_row))
+    group_of_row = number[component]
+    return first_row, group_of_row, np.bincount(group_of_row, minlength=len(first_row))
+
+
+def _node_dtype(count: int) -> type[np.signedinteger]:
+    """int32 for node numbers below 2**31 (half the memory of int64), int64 beyond."""
+    return np.int32 if count < 2**31 else np.int64
 
 
 def union_find(nodes: int, a: np.ndarray, b: np.ndarray, first: int) -> np.ndarray:
     """The component of each of the ``first`` nodes once edges join ``a[k]`` and ``b[k]`` (of
     ``nodes`` in all), named by its smallest node."""
-    parent = np.arange(nodes)
+    dtype = _node_dtype(nodes)
+    parent = np.arange(nodes, dtype=dtype)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     while True:  # union by smaller root, with path halving, until every edge is inside one tree
         ra, rb = _roots(parent, a), _roots(parent, b)
         differ = ra != rb
         if not differ.any():
-            return _roots(parent, np.arange(first))
+            return _roots(parent, np.arange(first, dtype=dtype))
         np.minimum.at(parent, np.maximum(ra, rb)[differ], np.minimum(ra, rb)[differ])
+        del ra, rb, differ
 
 
 def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:

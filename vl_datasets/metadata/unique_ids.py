@@ -70,10 +70,10 @@ def hash_strings(array: pa.Array) -> np.ndarray:
     buffer = array.buffers()[2]
     data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
+    if n and (lengths == lengths[0]).all():  # every id has one length: the data is the matrix
+        return _hash_rows(data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0])))
     hashes = np.empty(n, np.uint64)
     for length in np.unique(lengths).tolist():
-        if length * n == offsets[-1] - offsets[0]:  # every id has this length: the data is the matrix
-            return _hash_rows(data[offsets[0] : offsets[-1]].reshape(n, length))
         rows = np.flatnonzero(lengths == length)
         hashes[rows] = _hash_rows(data[offsets[rows][:, None] + np.arange(length)])
     return hashes
