@@ -374,7 +374,7 @@ class VisualLayerDataset(Dataset):
         With a ``prepared_root`` the store is built once for a cluster and published there (every
         rank of a torchrun job takes a share). See ``vl_datasets.loading.prepare`` and
         ``vl_datasets.loading.shared_store_writer``."""
-        return self.images.prepare(num_workers=num_workers, progress=progress)
+        return self.images.prepare(num_workers=num_workers, progress=progress, **shared)
 
     def dataloader(
         self,

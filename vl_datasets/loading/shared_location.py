@@ -10,11 +10,12 @@ out of every repr, log line and error message.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,8 @@ class SharedLocation:
         """The JSON object in ``name``, or None when there is no such file."""
         fs, base = self.filesystem()
         try:
-            data = json.loads(fs.cat_file(f"{base}/{name}"))
+            with self._failing(f"read {name}"):
+                data = json.loads(fs.cat_file(f"{base}/{name}"))
         except FileNotFoundError:
             return None
         except ValueError:
@@ -79,7 +81,8 @@ class SharedLocation:
         """The names of the files in ``folder`` (none when it does not exist)."""
         fs, base = self.filesystem()
         try:
-            found = fs.ls(f"{base}/{folder}", detail=False, refresh=True)
+            with self._failing(f"list {folder}"):
+                found = fs.ls(f"{base}/{folder}", detail=False, refresh=True)
         except FileNotFoundError:
             return set()
         return {str(path).rstrip("/").rsplit("/", 1)[-1] for path in found}
@@ -95,7 +98,28 @@ class SharedLocation:
         """Publish the local file ``local`` as ``name``, whole."""
         self._publish(name, lambda fs, path: fs.put_file(os.fspath(local), path))
 
+    @contextlib.contextmanager
+    def _failing(self, what: str, *, reading: bool = True) -> Iterator[None]:
+        """Storage failures as ``PreparedStoreError`` naming ``what`` failed where, without secrets
+        (a file missing from a read stays a ``FileNotFoundError``: reads ask for files that may not be
+        there; a write to a bucket that is not there is a failure)."""
+        reason = None
+        try:
+            yield
+        except (FileNotFoundError, ValueError):
+            if reading:
+                raise
+            reason = f"{what.split()[-1]} cannot be written there (no such bucket or folder?)"
+        except Exception as exc:  # any filesystem's failure: botocore's, aiohttp's, an OSError
+            reason = redact_text(f"{type(exc).__name__}: {exc}")
+        if reason is not None:  # raised outside the handler: the original (its URL) is not its context
+            raise PreparedStoreError(f"Cannot {what} at {self.display}: {reason}", path=self.display)
+
     def _publish(self, name: str, write: Any) -> None:
+        with self._failing(f"write {name}", reading=False):
+            self._publish_whole(name, write)
+
+    def _publish_whole(self, name: str, write: Any) -> None:
         fs, base = self.filesystem()
         path = f"{base}/{name}"
         if "file" not in _protocols(fs):
