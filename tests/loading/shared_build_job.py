@@ -11,10 +11,9 @@ import json
 import time
 from pathlib import Path
 
+from tests.loading.shared_store_files import SIZE
 from vl_datasets.loading import shared_location
 from vl_datasets.loading.dataset import VisualLayerDataset
-
-SIZE = 24
 
 
 def hang_after(uploads: int, marker: Path) -> None:

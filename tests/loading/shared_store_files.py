@@ -1,5 +1,5 @@
-"""Read a published shared store back file by file, with fsspec and numpy only, as a reader would:
-what the tests compare. Nothing here uses the writer's code."""
+"""The shared-store tests' dataset, and a published store read back file by file, with fsspec and
+numpy only, as a reader would: what the tests compare. Nothing here uses the writer's code."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ import fsspec
 import numpy as np
 import xxhash
 
+from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.prepared import StoreSettings
+from vl_datasets.loading.shared_store_writer import SharedLocation, store_location
+
+ITEMS = 20
+SIZE = 24  # prepare=24: an 80x60 image becomes 32x24
+SECRET = "wJalrXUtnFEMI-not-a-real-secret-K7MDENG"
 RECORD_FIELDS = ("hi", "lo", "shard", "height", "width", "offset", "source", "pixels")
 
 
@@ -56,3 +63,15 @@ def same_store(one: dict, other: dict) -> None:
     assert one["shards"].keys() == other["shards"].keys()
     differing = [name for name, data in one["shards"].items() if data != other["shards"][name]]
     assert differing == [], f"these shards differ: {differing}"
+
+
+def open_shared(export, cache, bucket, **options) -> VisualLayerDataset:
+    """The test export opened with ``prepare=SIZE`` and its store under ``bucket``'s prefix."""
+    root, storage_options = bucket
+    return VisualLayerDataset.from_export(
+        export, cache_dir=cache, task=None, prepare=SIZE, prepared_root=root, storage_options=storage_options, **options
+    )
+
+
+def location_of(ds, bucket) -> SharedLocation:
+    return store_location(bucket[0], bucket[1], ds.entry, StoreSettings(SIZE))
