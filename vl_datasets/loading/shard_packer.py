@@ -50,19 +50,22 @@ def pack_share(
     packed, records = PackedShare(), []
     with tempfile.TemporaryDirectory(prefix="vl-shard-") as work:
         shard = _Shard(Path(work) / "shard.pixels")
-        for key, path in images:
-            found = store.get_with_source(path, source=identity(path))
-            if found is None:  # its preparation failed: the shares say which, a reader prepares it itself
-                packed.failed.append(path)
-                continue
-            pixels, source = found
-            if shard.size and shard.size + pixels.nbytes > shard_bytes:
+        try:
+            for key, path in images:
+                found = store.get_with_source(path, source=identity(path))
+                if found is None:  # its preparation failed: the shares say which, a reader prepares it itself
+                    packed.failed.append(path)
+                    continue
+                pixels, source = found
+                if shard.size and shard.size + pixels.nbytes > shard_bytes:
+                    _publish(shard, share, packed, location)
+                offset, digest = shard.append(pixels)
+                records.append((*key, len(packed.shards), pixels.shape[0], pixels.shape[1], offset, source, digest))
+                packed.images += 1
+            if shard.size:
                 _publish(shard, share, packed, location)
-            offset, digest = shard.append(pixels)
-            records.append((*key, len(packed.shards), pixels.shape[0], pixels.shape[1], offset, source, digest))
-            packed.images += 1
-        if shard.size:
-            _publish(shard, share, packed, location)
+        finally:
+            shard.close()
     location.write_bytes(index_name(share), npy_bytes(np.array(records, SHARD_RECORD)))
     location.write_json(share_file(share), packed.as_json())
     return packed
@@ -84,6 +87,9 @@ class _Shard:
         self._digest.update(data)
         self.size += len(data)
         return offset, xxhash.xxh3_64_intdigest(data)
+
+    def close(self) -> None:
+        self._file.close()
 
     def publish(self, upload: Callable[[Path], None]) -> dict[str, Any]:
         """Upload what it holds (``upload`` of its local file), then start the next shard in the same

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..cache.layout import shared_derived_name
-from ..cache.store import LocalExport
+from ..cache.store import CacheStore, LocalExport
 from ..errors import ConfigurationError, PreparedStoreError, PrepareTimeoutError
 from .batches import SkippedSample
 from .prepare import STALL_TIMEOUT_S, distinct_images, prepare_listed, report_failures, worker_count
@@ -138,7 +137,7 @@ def store_location(
     every machine holding this version of the export finds the same store."""
     if entry.entry_dir is None or entry.version is None:
         raise ConfigurationError(f"prepared_root= needs an export published in the cache; {entry.path} is not one.")
-    name = shared_derived_name(entry, KIND, settings.digest)
+    name = CacheStore.shared_derived_name(entry, KIND, settings.digest)
     return SharedLocation(os.fspath(prepared_root), storage_options).child(name)
 
 
@@ -221,7 +220,7 @@ def _write_manifest(location: SharedLocation, version: str, settings: StoreSetti
 def _left(location: SharedLocation, shares: int) -> list[int]:
     """The shares not published yet (no shares/<share>.json)."""
     done = location.names(SHARES)
-    return [share for share in range(shares) if f"{share_file(share_name(share)).rsplit('/', 1)[-1]}" not in done]
+    return [share for share in range(shares) if share_file(share_name(share)).removeprefix(f"{SHARES}/") not in done]
 
 
 def _by_share(keys: np.ndarray, shares: np.ndarray) -> dict[int, np.ndarray]:
