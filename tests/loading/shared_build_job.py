@@ -1,5 +1,6 @@
-"""A shared-store build for the kill test: it publishes ``--uploads`` files (shards, indexes, share
-files), then writes ``MARKER`` and hangs, mid-build, until the test kills it.
+"""A shared-store build for the kill tests: it publishes ``--uploads`` files (store.json, shards,
+indexes, share files), then writes ``MARKER`` and hangs, mid-build, until the test kills it. Under
+torchrun each rank does so, writing ``MARKER.<rank>``.
 
     python shared_build_job.py EXPORT CACHE URL OPTIONS_JSON MARKER --uploads 5 --shard-bytes 3000 --share-images 4
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -45,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     options = {"prepare": SIZE, "prepared_root": args.url, "storage_options": json.loads(args.options)}
     ds = VisualLayerDataset.from_export(args.export, cache_dir=args.cache, task=None, **options)
-    hang_after(args.uploads, args.marker)
+    rank = os.environ.get("RANK")
+    hang_after(args.uploads, args.marker if rank is None else args.marker.with_name(f"{args.marker.name}.{rank}"))
     ds.prepare(num_workers=0, progress=False, shard_bytes=args.shard_bytes, share_images=args.share_images)
     raise SystemExit("the build finished: it was to hang mid-build")
 

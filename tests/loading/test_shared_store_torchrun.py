@@ -1,6 +1,7 @@
 """``torchrun ... -m vl_datasets prepare SOURCE --size S --to URL``: every rank of the job builds its
 own shares, on one node of two ranks and on two "nodes" (two torchrun agents on loopback, each with
-a cache folder of its own), against S3 on loopback; the published store equals a one-process build."""
+a cache folder of its own), against S3 on loopback; the published store equals a one-process build.
+A two-rank build killed mid-build (every process at once) resumes with only the missing shares."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import pytest
 from tests.helpers import REPO, _end_tree, child_env, run_child
 from tests.loading.shared_store_files import ITEMS, SIZE, location_of, open_shared, read_store, same_store
 from tests.loading.test_resume_torchrun import free_port
+from tests.loading.test_shared_store_writer import (
+    clean_build,
+    killed_mid_build,
+    resumed_only_the_missing_shares,
+    start_job,
+    wait_for,
+)
 from vl_datasets.loading.dataset import VisualLayerDataset
 
 SHARDS = ["--share-images", "4", "--shard-size", "3000"]
@@ -91,3 +99,22 @@ def test_two_nodes_with_caches_of_their_own_publish_the_store_a_single_process_b
     store = published(shared_export, caches[0], shared_bucket)
     assert store["manifest"]["images"] == ITEMS and len(store["manifest"]["shares"]) == 5
     same_store(store, one_process_build(shared_export, caches[0], shared_bucket))
+
+
+def test_a_killed_two_rank_build_resumes_with_only_the_missing_shares(shared_export, tmp_path, shared_bucket):
+    cache = tmp_path / "cache"
+    VisualLayerDataset.from_export(shared_export, cache_dir=cache, task=None)
+    marker = tmp_path / "hung"
+    launcher = torchrun("--standalone", "--nproc-per-node", "2")
+    # Each rank publishes a whole share (a shard per image, the index, the share file) and one shard more.
+    url, process = start_job(shared_export, cache, shared_bucket, marker, uploads=7, launcher=launcher)
+    try:
+        wait_for([marker.with_name(f"hung.{rank}") for rank in (0, 1)], process)
+    finally:
+        _end_tree(process)  # the agent and both ranks, each in a session of its own
+    killed = (url, shared_bucket[1])
+    before = killed_mid_build(shared_export, cache, killed)
+    result = run_child([*launcher, *prepare_command(shared_export, cache, killed)], env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    resumed_only_the_missing_shares(shared_export, cache, killed, before)
+    same_store(published(shared_export, cache, killed), clean_build(shared_export, tmp_path, cache, shared_bucket))

@@ -112,17 +112,19 @@ def test_prepared_root_needs_prepare_and_shard_sizes_need_a_prepared_root(shared
         local.prepare(progress=False, shard_bytes=1000)
 
 
-def start_job(shared_export, cache, shared_bucket, marker, *, uploads):
+def start_job(shared_export, cache, shared_bucket, marker, *, uploads, launcher=(sys.executable,)):
+    """The build of shared_build_job.py (under ``launcher``) to ``shared_bucket``'s prefix + "-killed"."""
     root, options = shared_bucket
     url = root + "-killed"
-    command = [sys.executable, str(JOB), str(shared_export), str(cache), url, json.dumps(options), str(marker)]
+    command = [*launcher, str(JOB), str(shared_export), str(cache), url, json.dumps(options), str(marker)]
     command += ["--uploads", str(uploads), "--shard-bytes", "3000", "--share-images", "4"]
     return url, subprocess.Popen(command, env=child_env(), cwd=REPO, start_new_session=True)
 
 
-def wait_for(marker, process):
+def wait_for(markers, process):
+    """Until every one of ``markers`` is written: each process of the build hangs mid-build."""
     deadline = time.monotonic() + HANG_TIMEOUT_S
-    while not marker.exists():
+    while not all(marker.exists() for marker in markers):
         assert process.poll() is None, f"the build ended (rc {process.returncode}) before it hung mid-build"
         assert time.monotonic() < deadline, f"the build published nothing in {HANG_TIMEOUT_S} s"
         time.sleep(0.05)
@@ -134,35 +136,59 @@ def test_a_killed_build_resumes_with_only_the_missing_shares_and_equals_a_clean_
     cache = tmp_path / "cache"
     VisualLayerDataset.from_export(shared_export, cache_dir=cache, task=None)  # the version both builds share
     marker = tmp_path / "hung"
-    # Share 0's 3 shards, its index and share file, share 1's, then one shard of share 2: killed in share 2.
+    # store.json, two whole shares (a shard per image, the index, the share file), a shard of the third.
     url, process = start_job(shared_export, cache, shared_bucket, marker, uploads=11)
     try:
-        wait_for(marker, process)
+        wait_for([marker], process)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
     killed = (url, shared_bucket[1])
+    before = killed_mid_build(shared_export, cache, killed)
     ds = open_shared(shared_export, cache, killed)
-    fs, base = fsspec.core.url_to_fs(location_of(ds, killed).url, **shared_bucket[1])
-    published = sorted(path.rsplit("/", 1)[-1] for path in fs.ls(f"{base}/shares", detail=False))
-    assert not fs.exists(f"{base}/manifest.json"), "a killed build left a manifest"
-    assert 0 < len(published) < 5, f"the kill was not mid-build: {published}"
-    before = {name: fs.info(f"{base}/shares/{name}")["LastModified"] for name in published}
     summary = ds.prepare(num_workers=0, progress=False, shard_bytes=3000, share_images=4)
-    every = [f"{share:05d}" for share in range(5)]
-    assert summary.shares == [share for share in every if f"{share}.json" not in published]
-    assert {name: fs.info(f"{base}/shares/{name}")["LastModified"] for name in published} == before
+    assert summary.shares == [share for share in ALL_SHARES if share not in before]
+    resumed_only_the_missing_shares(shared_export, cache, killed, before)
     resumed = read_store(location_of(ds, killed).url, shared_bucket[1])
+    same_store(resumed, clean_build(shared_export, tmp_path, cache, shared_bucket))
+
+
+ALL_SHARES = [f"{share:05d}" for share in range(5)]
+
+
+def share_files(export, cache, bucket) -> tuple[dict, bool]:
+    """({share: when its share file was written}, whether the store has a manifest) under ``bucket``."""
+    ds = open_shared(export, cache, bucket)
+    fs, base = fsspec.core.url_to_fs(location_of(ds, bucket).url, **bucket[1])
+    names = [path.rsplit("/", 1)[-1].removesuffix(".json") for path in fs.ls(f"{base}/shares", detail=False)]
+    shares = {name: fs.info(f"{base}/shares/{name}.json")["LastModified"] for name in sorted(names)}
+    return shares, fs.exists(f"{base}/manifest.json")
+
+
+def killed_mid_build(export, cache, bucket) -> dict:
+    """The shares a killed build published (when), checked to be some of them, with no manifest."""
+    shares, complete = share_files(export, cache, bucket)
+    assert not complete, "a killed build left a manifest"
+    assert 0 < len(shares) < len(ALL_SHARES), f"the kill was not mid-build: {sorted(shares)}"
+    return shares
+
+
+def resumed_only_the_missing_shares(export, cache, bucket, before: dict) -> None:
+    shares, complete = share_files(export, cache, bucket)
+    assert complete and list(shares) == ALL_SHARES, f"the resumed build left {sorted(shares)}, manifest: {complete}"
+    assert {name: shares[name] for name in before} == before, "shares published before the kill were built again"
+
+
+def clean_build(export, tmp_path, cache, bucket) -> dict:
+    """The store built by one process from the originals (cache's export version, nothing prepared), read back."""
     clean_cache = tmp_path / "clean-cache"
     shutil.copytree(cache, clean_cache)
-    shutil.rmtree(next(clean_cache.rglob("derived")))  # nothing prepared: a clean build from the originals
-    clean = open_shared(shared_export, clean_cache, (shared_bucket[0] + "-clean", shared_bucket[1]))
-    assert clean.entry.version == ds.entry.version
-    assert clean.prepare(num_workers=0, progress=False, shard_bytes=3000, share_images=4).prepared == ITEMS
-    same_store(
-        resumed, read_store(location_of(clean, (shared_bucket[0] + "-clean", shared_bucket[1])).url, shared_bucket[1])
-    )
+    shutil.rmtree(next(clean_cache.rglob("derived")))
+    clean = (bucket[0] + "-clean", bucket[1])
+    ds = open_shared(export, clean_cache, clean)
+    assert ds.prepare(num_workers=0, progress=False, shard_bytes=3000, share_images=4).prepared == ITEMS
+    return read_store(location_of(ds, clean).url, bucket[1])
 
 
 def test_the_command_publishes_the_store(shared_export, tmp_path, shared_bucket, capsys):
