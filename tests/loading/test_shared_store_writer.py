@@ -104,12 +104,18 @@ def test_secrets_stay_out_of_reprs_errors_and_logs(shared_export, tmp_path, shar
     assert SECRET not in "\n".join([*shown, caplog.text])
 
 
-def test_prepared_root_needs_prepare_and_shard_sizes_need_a_prepared_root(shared_export, tmp_path, shared_bucket):
+def test_bad_shared_options_are_refused_before_anything_is_published(shared_export, tmp_path, shared_bucket):
     with pytest.raises(ConfigurationError, match="give prepare=S"):
         VisualLayerDataset.from_export(shared_export, cache_dir=tmp_path / "c", prepared_root=shared_bucket[0])
     local = VisualLayerDataset.from_export(shared_export, cache_dir=tmp_path / "c", task=None, prepare=SIZE)
     with pytest.raises(ConfigurationError, match="shard_bytes apply to a store under a prepared_root"):
         local.prepare(progress=False, shard_bytes=1000)
+    shared = open_shared(shared_export, tmp_path / "c", shared_bucket)
+    for sizes in ({"shard_bytes": 0}, {"share_images": -1}, {"share_images": True}):
+        with pytest.raises(ConfigurationError, match=f"{next(iter(sizes))} must be a positive int"):
+            shared.prepare(progress=False, **sizes)
+    fs, base = fsspec.core.url_to_fs(location_of(shared, shared_bucket).url, **shared_bucket[1])
+    assert not fs.exists(base), "a refused build published something"
 
 
 def start_job(shared_export, cache, shared_bucket, marker, *, uploads, launcher=(sys.executable,)):

@@ -84,6 +84,7 @@ def publish_shared(
     """Build what of the store at ``location`` is missing from the images at ``paths`` (``media_ids``
     name them in errors) and publish it; see the module."""
     ranks = Ranks.from_env() if ranks is None else ranks
+    _check_sizes(shard_bytes=shard_bytes, share_images=share_images)
     _same_store_everywhere(location, ranks)
     paths, media_ids = distinct_images(paths, media_ids)
     keys = keys_of(paths)
@@ -93,25 +94,12 @@ def publish_shared(
         raise plan  # rank 0's refusal, on every rank
     shares, left = plan
     groups = _by_share(keys, share_of(keys, shares))
-    workers = worker_count(num_workers, ranks.local_world)
+    build = _ShareBuild(source, location, paths, media_ids, keys, worker_count(num_workers, ranks.local_world))
     prepared, failures, built = 0, list[tuple[Exception, str]](), list[str]()
     for share in left[ranks.rank :: ranks.world]:
         chosen = groups.get(share, np.empty(0, np.int64))
-        made, failed = prepare_listed(
-            source,
-            [paths[i] for i in chosen],
-            [media_ids[i] for i in chosen],
-            workers=workers,
-            progress=progress,
-            stall_timeout_s=stall_timeout_s,
-        )
-        pack_share(
-            source.store,
-            share_name(share),
-            [((int(keys[i, 0]), int(keys[i, 1])), paths[i]) for i in chosen],
-            identity=source.identity if source.checks_every_read else _any_copy,
-            location=location,
-            shard_bytes=shard_bytes,
+        made, failed = build.run(
+            share, chosen, shard_bytes=shard_bytes, progress=progress, stall_timeout_s=stall_timeout_s
         )
         prepared, failures, built = prepared + made, failures + failed, [*built, share_name(share)]
     manifest = finish(location, version, source.store.settings, shares, stall_timeout_s=stall_timeout_s)
@@ -124,6 +112,48 @@ def publish_shared(
         skipped=report_failures(failures, on_error),
         bytes_on_disk=manifest["bytes"],
     )
+
+
+@dataclass(frozen=True)
+class _ShareBuild:
+    """How this rank builds a share: the dataset's distinct images (paths, media ids, keys) and the
+    node's store they are prepared into, with ``workers`` processes."""
+
+    source: PreparedSource
+    location: SharedLocation
+    paths: list[str]
+    media_ids: list[str]
+    keys: np.ndarray
+    workers: int
+
+    def run(
+        self, share: int, chosen: np.ndarray, *, shard_bytes: int, progress: bool | None, stall_timeout_s: float
+    ) -> tuple[int, list[tuple[Exception, str]]]:
+        """Prepare the images at positions ``chosen`` (in key order), then pack and publish them as
+        ``share``: (how many were prepared now, the failures with each image's location)."""
+        made, failed = prepare_listed(
+            self.source,
+            [self.paths[i] for i in chosen],
+            [self.media_ids[i] for i in chosen],
+            workers=self.workers,
+            progress=progress,
+            stall_timeout_s=stall_timeout_s,
+        )
+        pack_share(
+            self.source.store,
+            share_name(share),
+            [((int(self.keys[i, 0]), int(self.keys[i, 1])), self.paths[i]) for i in chosen],
+            identity=self.source.identity if self.source.checks_every_read else _any_copy,
+            location=self.location,
+            shard_bytes=shard_bytes,
+        )
+        return made, failed
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive int, got {value!r}.")
 
 
 def store_location(
