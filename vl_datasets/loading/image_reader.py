@@ -77,7 +77,8 @@ class ImageOptions:
     storage_options: Mapping[str, Any] | None = field(
         default=None,
         metadata=doc(
-            "options for the fsspec filesystem of an ``images_root`` URL (credentials, ``endpoint_url``, ...)"
+            "options for the fsspec filesystem of an ``images_root`` URL and of a ``prepared_root`` (credentials, "
+            "``endpoint_url``, ...)"
         ),
         repr=False,
     )
