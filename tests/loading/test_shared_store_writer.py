@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import REPO, child_env
 from tests.loading.shared_store_files import ITEMS, SECRET, SIZE, location_of, open_shared, read_store, same_store
-from vl_datasets import ConfigurationError, PreparedStoreError
+from vl_datasets import ConfigurationError, ImageDecodeError, PreparedStoreError
 from vl_datasets.cli import main
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import StoreSettings, keys_of
@@ -76,6 +76,22 @@ def test_two_machines_opening_the_same_export_version_find_the_same_store(
     assert first.url == second.url
     assert f"/{opened[0].entry.version}-{StoreSettings(SIZE).digest}" in first.url
     assert "/exports/ds-ready/" in first.url
+
+
+def test_an_image_that_cannot_be_prepared_is_listed_in_its_share_and_raised_unless_skipped(
+    shared_export, tmp_path, shared_bucket
+):
+    item = json.loads((shared_export / "metadata.json").read_text())["media_items"][3]
+    (shared_export / "images" / item["file_path"]).write_bytes(b"not an image")
+    ds = open_shared(shared_export, tmp_path / "cache", shared_bucket)
+    with pytest.raises(ImageDecodeError, match=item["media_id"]):
+        ds.prepare(num_workers=0, progress=False, share_images=8)
+    store = read_store(location_of(ds, shared_bucket).url, shared_bucket[1])  # published all the same
+    failed = [path for share in store["shares"].values() for path in share["failed"]]
+    assert failed == [item["file_path"]]
+    assert (store["manifest"]["images"], store["manifest"]["failed"]) == (ITEMS - 1, 1)
+    skipping = open_shared(shared_export, tmp_path / "cache", shared_bucket, on_error="skip")
+    assert skipping.prepare(num_workers=0, progress=False).skipped == [], "a published store was built again"
 
 
 def test_a_store_of_another_version_or_settings_is_refused_naming_it(shared_export, tmp_path, shared_bucket):
