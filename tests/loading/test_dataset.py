@@ -271,6 +271,7 @@ VIEW_OPTIONS = [
     "image_cache",
     "read_retry",
     "prepare",
+    "prepared_root",
 ]
 
 

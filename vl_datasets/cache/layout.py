@@ -102,6 +102,24 @@ def derived_dir(entry: LocalExport, kind: str, settings_digest: str) -> Path:
     return entry.entry_dir / DERIVED / kind / f"{entry.version}-{settings_digest}"
 
 
+def shared_derived_name(entry: LocalExport, kind: str, settings_digest: str) -> str:
+    """Where what ``derived_dir`` holds lives under a shared root (``/``-separated, relative): the
+    entry's place under its cache root (``exports/<dataset>/<key digest>``, as a shared cache root
+    lays it out; ``opened/<name>-<digest>`` for an opened export), then the same ``derived/`` path.
+    Every machine holding the same version of the same export (a shared cache root's mirror, or a
+    copy of the cache) thus names the same store."""
+    local = derived_dir(entry, kind, settings_digest)
+    parts = local.relative_to(entry.entry_dir).parts  # type: ignore[arg-type]
+    entry_parts = entry.entry_dir.parts  # type: ignore[union-attr]
+    if len(entry_parts) >= 3 and entry_parts[-3] == EXPORTS:
+        place = entry_parts[-3:]
+    elif len(entry_parts) >= 2 and entry_parts[-2] == OPENED:
+        place = entry_parts[-2:]
+    else:
+        raise ValueError(f"{entry.entry_dir} is not a cache entry's folder.")
+    return "/".join((*place, *parts))
+
+
 def split_derived_name(name: str) -> tuple[str, str]:
     """(version, settings digest) of a derived store's folder name."""
     version, _, digest = name.rpartition("-")

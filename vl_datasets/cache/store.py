@@ -52,6 +52,7 @@ from .layout import (
     read_json,
     remove_tree,
     safe_name,
+    shared_derived_name,
     write_json_atomic,
 )
 
@@ -203,6 +204,11 @@ class CacheStore:
         """The folder a chunked export of ``key`` is built in, kept across runs until it is
         published (a leftover to the sweep, except to the build of the entry, which resumes it)."""
         return self.entry_dir(key) / WORK_AREA
+
+    @staticmethod
+    def shared_derived_name(entry: LocalExport, kind: str, settings_digest: str) -> str:
+        """Where ``derived_dir``'s store lives under a shared root (an fsspec URL), ``/``-separated."""
+        return shared_derived_name(entry, kind, settings_digest)
 
     def derived_dir(self, entry: LocalExport, kind: str, settings_digest: str) -> Path:
         """See ``layout.derived_dir``: what is derived from ``entry``'s version with those settings."""

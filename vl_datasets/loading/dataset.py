@@ -51,6 +51,7 @@ from .sources import with_source_paths
 if TYPE_CHECKING:
     from ..api.client import Client
     from .prepare import PrepareSummary
+    from .shared_store_writer import SharedPrepareSummary
 
 ExportFormat = Literal["parquet", "json"]
 
@@ -364,12 +365,16 @@ class VisualLayerDataset(Dataset):
         scale = self.items.box_scale(index, width, height, target["media_id"])
         return target if scale is None else {**target, "boxes": target["boxes"] * torch.from_numpy(scale)}
 
-    def prepare(self, *, num_workers: int | None = None, progress: bool | None = None) -> PrepareSummary:
+    def prepare(
+        self, *, num_workers: int | None = None, progress: bool | None = None, **shared: Any
+    ) -> PrepareSummary | SharedPrepareSummary:
         """Fill the prepared-image store (``prepare=S``) now, a process per core (``num_workers``),
         with a progress bar; under torchrun the node's ranks split the work and each returns once
         all of it is done. Unreadable images raise, or are skipped and listed, as ``on_error`` says.
-        See ``vl_datasets.loading.prepare``."""
-        return self.images.prepare(num_workers=num_workers, progress=progress)
+        With a ``prepared_root`` the store is built once for a cluster and published there (every
+        rank of a torchrun job takes a share). See ``vl_datasets.loading.prepare`` and
+        ``vl_datasets.loading.shared_store_writer``."""
+        return self.images.prepare(num_workers=num_workers, progress=progress, **shared)
 
     def dataloader(
         self,

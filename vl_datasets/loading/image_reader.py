@@ -28,6 +28,7 @@ from torch.utils.data import get_worker_info
 
 from ..backoff import RetryPolicy
 from ..cache.store import LocalExport
+from ..config import is_remote
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.curated import MissingImages, check_missing_images
 from ..metadata.options import check_choice, doc
@@ -39,6 +40,7 @@ from .sources import ImageSource, check_source_options, image_error, local_copy,
 
 if TYPE_CHECKING:
     from .prepare import PrepareSummary
+    from .shared_store_writer import SharedPrepareSummary
 
 logger = logging.getLogger("vl_datasets")
 
@@ -75,7 +77,8 @@ class ImageOptions:
     storage_options: Mapping[str, Any] | None = field(
         default=None,
         metadata=doc(
-            "options for the fsspec filesystem of an ``images_root`` URL (credentials, ``endpoint_url``, ...)"
+            "options for the fsspec filesystem of an ``images_root`` URL and of a ``prepared_root`` (credentials, "
+            "``endpoint_url``, ...)"
         ),
         repr=False,
     )
@@ -104,16 +107,34 @@ class ImageOptions:
         ),
     )
 
+    prepared_root: str | os.PathLike | None = field(
+        default=None,
+        metadata=doc(
+            "keep the prepared images (``prepare=S``) under this fsspec URL (``s3://bucket/prefix``, ...), shared by "
+            "every machine of a cluster, ``storage_options`` applying to it too; ``ds.prepare()`` (or "
+            "``vl-datasets prepare --to URL``) builds it once. None: in the node's cache"
+        ),
+        repr=False,
+    )
+
     def __post_init__(self) -> None:
         check_choice("decode", self.decode, get_args(Decode))
         check_choice("on_error", self.on_error, get_args(OnError))
         check_missing_images(self.missing_images)
         if self.transform is not None and not callable(self.transform):
             raise ConfigurationError(f"transform must be callable, got {type(self.transform).__name__}.")
-        check_source_options(self.images_root, self.storage_options, self.image_cache)
+        if self.prepared_root is not None and self.prepare is None:
+            raise ConfigurationError("prepared_root holds prepared images: give prepare=S (their shorter side) too.")
+        # storage_options may be the prepared_root's alone (images from the export, or from a folder).
+        root_options = self.storage_options if self.prepared_root is None else self.images_options()
+        check_source_options(self.images_root, root_options, self.image_cache)
         check_prepare(self.prepare, self.image_size)
         if self.storage_options is not None:
             object.__setattr__(self, "storage_options", dict(self.storage_options))  # frozen; a copy of the caller's
+
+    def images_options(self) -> Mapping[str, Any] | None:
+        """The storage options of the images_root: none for a folder or the export's own images."""
+        return self.storage_options if self.images_root is not None and is_remote(self.images_root) else None
 
     def image_shape(self) -> tuple[int, int, int] | None:
         """The (C, H, W) every image has, when that is known: a fixed size, decoded to a uint8
@@ -156,10 +177,11 @@ class ImageReader:
         self.items = items
         # Only whether images come from a root of their own: the root itself may carry a credential.
         self.own_root = options.images_root is not None
+        self._entry = entry
         self._originals: ImageSource = open_source(
             export_images,
             images_root=options.images_root,
-            storage_options=options.storage_options,
+            storage_options=options.images_options() if options.prepared_root is not None else options.storage_options,
             image_cache=options.image_cache,
             cache_dir=cache_dir,
             retry=options.read_retry,
@@ -316,8 +338,17 @@ class ImageReader:
 
     # -- the prepared store ---------------------------------------------------------------------
 
-    def prepare(self, *, num_workers: int | None = None, progress: bool | None = None) -> PrepareSummary:
-        """Fill the prepared-image store (``prepare=S``) now; see ``vl_datasets.loading.prepare``."""
+    def prepare(
+        self, *, num_workers: int | None = None, progress: bool | None = None, **shared: Any
+    ) -> PrepareSummary | SharedPrepareSummary:
+        """Fill the prepared-image store (``prepare=S``) now; see ``vl_datasets.loading.prepare``, and
+        with a ``prepared_root`` publish it there (``shared``: ``shard_bytes``, ``share_images``): see
+        ``vl_datasets.loading.shared_store_writer``."""
+        if self.options.prepared_root is not None and isinstance(self._source, PreparedSource):
+            return self._publish_shared(num_workers=num_workers, progress=progress, **shared)
+        if shared:
+            named = ", ".join(sorted(shared))
+            raise ConfigurationError(f"{named} apply to a store under a prepared_root; none was given.")
         from .prepare import prepare_images  # the job's pool and progress bar: only when asked
 
         return prepare_images(
@@ -327,4 +358,22 @@ class ImageReader:
             on_error=self.options.on_error,
             num_workers=num_workers,
             progress=progress,
+        )
+
+    def _publish_shared(self, *, num_workers: int | None, progress: bool | None, **shared: Any) -> SharedPrepareSummary:
+        from .shared_store_writer import publish_shared, store_location  # fsspec and torch.distributed: only here
+
+        assert isinstance(self._source, PreparedSource) and self.options.prepared_root is not None
+        settings = self._source.store.settings
+        location = store_location(self.options.prepared_root, self.options.storage_options, self._entry, settings)
+        return publish_shared(
+            self._source,
+            location,
+            self.items.paths.to_pylist(),
+            self.items.column("media_id").to_pylist(),
+            version=self._entry.version or "",
+            on_error=self.options.on_error,
+            num_workers=num_workers,
+            progress=progress,
+            **shared,
         )

@@ -97,29 +97,22 @@ def prepare_images(
     if not isinstance(source, PreparedSource):
         raise ConfigurationError("prepare() fills the store of a dataset opened with prepare=S; this one has none.")
     rank, ranks = node_rank(env)
-    paths_list, ids = _distinct_images(paths.to_pylist(), media_ids.to_pylist())
+    paths_list, ids = distinct_images(paths.to_pylist(), media_ids.to_pylist())
     keys = keys_of(paths_list)
     mine = np.arange(rank, len(paths_list), ranks)
-    workers = _worker_count(num_workers, ranks)
-    failures: list[tuple[Exception, str]] = []
-    prepared = 0
-    bar = tqdm(
-        total=len(mine),
-        unit="img",
-        desc=f"Preparing images at {source.store.settings.size}px",
-        disable=not progress_enabled(progress),
+    prepared, failures = prepare_listed(
+        source,
+        [paths_list[i] for i in mine],
+        [ids[i] for i in mine],
+        workers=worker_count(num_workers, ranks),
+        progress=progress,
+        stall_timeout_s=stall_timeout_s,
     )
-    with bar:
-        job = ([paths_list[i] for i in mine], [ids[i] for i in mine])
-        for done, made, failed in _run(source, *job, workers, stall_timeout_s=stall_timeout_s):
-            failures += failed
-            prepared += made
-            bar.update(done)
     if ranks > 1:
         _wait_for_node(source, keys, rank=rank, ranks=ranks, stall_timeout_s=stall_timeout_s)
     images, _ = _count(source, keys)
     manifest = source.store.write_manifest(dataset_images=len(keys)) if rank == 0 else None
-    skipped = _report(failures, on_error)
+    skipped = report_failures(failures, on_error)
     return PrepareSummary(
         store=source.store.path,
         images=images,
@@ -127,6 +120,34 @@ def prepare_images(
         skipped=skipped,
         bytes_on_disk=manifest["bytes"] if manifest else _bytes_on_disk(source.store.path),
     )
+
+
+def prepare_listed(
+    source: PreparedSource,
+    paths: list[str],
+    media_ids: list[str],
+    *,
+    workers: int,
+    progress: bool | None = None,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> tuple[int, list[tuple[Exception, str]]]:
+    """Prepare what of the images at ``paths`` is not in ``source``'s store yet, on ``workers``
+    processes (0: this one), with a progress bar: (how many this call prepared, the failures with
+    each image's location). Every image is in the store (or failed) when it returns."""
+    failures: list[tuple[Exception, str]] = []
+    prepared = 0
+    bar = tqdm(
+        total=len(paths),
+        unit="img",
+        desc=f"Preparing images at {source.store.settings.size}px",
+        disable=not progress_enabled(progress),
+    )
+    with bar:
+        for done, made, failed in _run(source, paths, media_ids, workers, stall_timeout_s=stall_timeout_s):
+            failures += failed
+            prepared += made
+            bar.update(done)
+    return prepared, failures
 
 
 def node_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -151,7 +172,7 @@ def node_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     return rank, ranks
 
 
-def _distinct_images(paths: list[str], media_ids: list[str]) -> tuple[list[str], list[str]]:
+def distinct_images(paths: list[str], media_ids: list[str]) -> tuple[list[str], list[str]]:
     """Each image once (rows may share one), with the media id of its first row, in dataset order."""
     first: dict[str, str] = {}
     for path, media_id in zip(paths, media_ids):
@@ -159,7 +180,8 @@ def _distinct_images(paths: list[str], media_ids: list[str]) -> tuple[list[str],
     return list(first), list(first.values())
 
 
-def _worker_count(num_workers: int | None, ranks: int) -> int:
+def worker_count(num_workers: int | None, ranks: int) -> int:
+    """``num_workers`` checked, or by default this rank's share of the node's cores."""
     if num_workers is None:
         cores = usable_cores()
         return max(1, cores // ranks)
@@ -324,7 +346,7 @@ def _count(source: PreparedSource, keys: np.ndarray) -> tuple[int, int]:
     return int((status == 1).sum()), int((status == 2).sum())
 
 
-def _report(failures: list[tuple[Exception, str]], on_error: str) -> list[SkippedSample]:
+def report_failures(failures: list[tuple[Exception, str]], on_error: str) -> list[SkippedSample]:
     """Raise the first failure (``on_error="raise"``), or list them all as skipped samples."""
     if failures and on_error == "raise":
         if len(failures) > 1:

@@ -201,6 +201,11 @@ class PreparedStore:
         """The prepared pixels (height x width x 3, uint8) of the image at ``path``, or None: not in
         the store, prepared from an original of another identity than ``source`` (0: any), or
         pixels that fail their checksum (a WARNING names the image; it is never served)."""
+        found = self.get_with_source(path, source=source)
+        return None if found is None else found[0]
+
+    def get_with_source(self, path: str, *, source: int = 0) -> tuple[np.ndarray, int] | None:
+        """As ``get``, with the identity of the original the pixels were prepared from (0: not known)."""
         key, tried = image_key(path), []
         for refresh in (False, True):  # another process may have prepared it (again) since
             with self._process_lock():
@@ -211,7 +216,7 @@ class PreparedStore:
             for record, fd in opened:
                 pixels = self._read_checked(path, record, fd)
                 if pixels is not None:
-                    return pixels
+                    return pixels, record[4]
                 tried.append(record[:2])
         return None
 

@@ -1,0 +1,68 @@
+"""The shared prepared store's format: its files' names, its index record, how images fall into shares.
+
+A shared store is what ``prepare=S`` keeps on a node, published once to object storage (any fsspec
+URL) for every machine of a cluster. Every file is written whole, then never changed::
+
+    <store>/
+        store.json                       who it is: format, export version, settings, its shares
+        shards/<share>-<n:05d>.pixels    raw RGB8 pixels of images one after another, ~64 MiB each
+        index/<share>.npy                a SHARD_RECORD per image of the share, sorted by key
+        shares/<share>.json              written once the share's shards and index are up
+        manifest.json                    written last: a reader trusts only a store that has one
+
+A share is the images whose keys fall in one range (``share_of``): the key (``prepared.image_key``)
+is a hash, so the shares come out even, and a share's index covers one range of keys. Their count
+is fixed by the first build in store.json, so a resumed build (on any number of machines) cuts the
+same shares and redoes only those without a shares/<share>.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT = "vl-prepared-shards/1"
+STORE_FILE, MANIFEST_FILE = "store.json", "manifest.json"
+SHARDS, INDEX, SHARES = "shards", "index", "shares"
+SHARD_BYTES = 64 * 2**20  # a shard's pixels: large enough for fast reads, small enough to cache a few
+SHARE_IMAGES = 8192  # images a share holds at most: the unit of work (and of redoing it) of a build
+SHARD_RECORD = np.dtype(
+    [
+        ("hi", "<u8"),
+        ("lo", "<u8"),
+        ("shard", "<u4"),  # into its share's "shards" list in shares/<share>.json
+        ("height", "<u4"),
+        ("width", "<u4"),
+        ("offset", "<u8"),  # in the shard
+        ("source", "<u8"),  # the original's identity when it was prepared (0: not known)
+        ("pixels", "<u8"),  # xxh3-64 of the pixel bytes
+    ]
+)
+
+
+def share_count(images: int, share_images: int) -> int:
+    """How many shares a store of ``images`` images has, at most ``share_images`` each (about)."""
+    return max(1, -(-images // share_images))
+
+
+def share_of(keys: np.ndarray, shares: int) -> np.ndarray:
+    """The share of each of ``keys`` (an (n, 2) uint64 array, ``prepared.keys_of``): the range of
+    the first half of the key it falls in, of ``shares`` equal ranges."""
+    his = keys[:, 0] if len(keys) else np.empty(0, np.uint64)
+    # hi * shares // 2**64, exactly: the top 32 bits times shares fits in 64 bits for any share count below 2**32.
+    return ((his >> np.uint64(32)) * np.uint64(shares) >> np.uint64(32)).astype(np.int64)
+
+
+def share_name(share: int) -> str:
+    return f"{share:05d}"
+
+
+def shard_name(share: str, number: int) -> str:
+    return f"{SHARDS}/{share}-{number:05d}.pixels"
+
+
+def index_name(share: str) -> str:
+    return f"{INDEX}/{share}.npy"
+
+
+def share_file(share: str) -> str:
+    return f"{SHARES}/{share}.json"

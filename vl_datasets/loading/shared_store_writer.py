@@ -1,0 +1,290 @@
+"""Build a shared prepared store (``prepare=S, prepared_root=URL``) and publish it, once, for a cluster.
+
+Each share (``shard_format``) is prepared by the existing machinery into the node's own prepared
+store (``prepare.prepare_listed``: a process per core, the same pixels and checks as every other
+preparation), then packed into shards and uploaded (``shard_packer``), its shares/<share>.json
+last. Whoever publishes the last share writes the manifest. A build killed anywhere leaves whole
+files only, and the next build redoes just the shares without a shares/<share>.json (what the
+killed one had prepared on this node is still in the node's store, and is packed, not decoded).
+
+Under ``torchrun`` every rank of the job takes its own shares (rank 0 lists what is left and deals
+it out over ``torch.distributed``, gloo), with its node's cores divided between the node's ranks,
+then waits until the store is complete: every rank returns with the store published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..cache.store import CacheStore, LocalExport
+from ..errors import ConfigurationError, PreparedStoreError, PrepareTimeoutError
+from .batches import SkippedSample
+from .prepare import STALL_TIMEOUT_S, distinct_images, prepare_listed, report_failures, worker_count
+from .prepared import KIND, StoreSettings, keys_of
+from .prepared_source import PreparedSource
+from .ranks import Ranks
+from .shard_format import (
+    FORMAT,
+    MANIFEST_FILE,
+    SHARD_BYTES,
+    SHARE_IMAGES,
+    SHARES,
+    STORE_FILE,
+    share_count,
+    share_file,
+    share_name,
+    share_of,
+)
+from .shard_packer import pack_share
+from .shared_location import SharedLocation
+
+logger = logging.getLogger("vl_datasets")
+
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class SharedPrepareSummary:
+    """What a shared build did: the store (its URL, without credentials), the images in it, how
+    many this rank decoded now, the shares this rank published now, this rank's images that could
+    not be prepared (``on_error="skip"``), and the store's bytes."""
+
+    store: str
+    images: int
+    prepared: int
+    shares: list[str] = field(default_factory=list)
+    skipped: list[SkippedSample] = field(default_factory=list)
+    bytes_on_disk: int = 0
+
+
+def publish_shared(
+    source: PreparedSource,
+    location: SharedLocation,
+    paths: list[str],
+    media_ids: list[str],
+    *,
+    version: str,
+    on_error: str = "raise",
+    num_workers: int | None = None,
+    progress: bool | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    share_images: int = SHARE_IMAGES,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+    ranks: Ranks | None = None,
+) -> SharedPrepareSummary:
+    """Build what of the store at ``location`` is missing from the images at ``paths`` (``media_ids``
+    name them in errors) and publish it; see the module."""
+    ranks = Ranks.from_env() if ranks is None else ranks
+    _check_sizes(shard_bytes=shard_bytes, share_images=share_images)
+    _same_store_everywhere(location, ranks)
+    paths, media_ids = distinct_images(paths, media_ids)
+    keys = keys_of(paths)
+    wanted = share_count(len(paths), share_images)
+    plan = ranks.broadcast(_plan(location, version, source.store.settings, wanted) if ranks.rank == 0 else None)
+    if isinstance(plan, Exception):
+        raise plan  # rank 0's refusal, on every rank
+    shares, left = plan
+    groups = _by_share(keys, share_of(keys, shares))
+    build = _ShareBuild(source, location, paths, media_ids, keys, worker_count(num_workers, ranks.local_world))
+    prepared, failures, built = 0, list[tuple[Exception, str]](), list[str]()
+    for share in left[ranks.rank :: ranks.world]:
+        chosen = groups.get(share, np.empty(0, np.int64))
+        made, failed = build.run(
+            share, chosen, shard_bytes=shard_bytes, progress=progress, stall_timeout_s=stall_timeout_s
+        )
+        prepared, failures, built = prepared + made, failures + failed, [*built, share_name(share)]
+    manifest = finish(location, version, source.store.settings, shares, stall_timeout_s=stall_timeout_s)
+    ranks.barrier()
+    return SharedPrepareSummary(
+        store=location.display,
+        images=manifest["images"],
+        prepared=prepared,
+        shares=built,
+        skipped=report_failures(failures, on_error),
+        bytes_on_disk=manifest["bytes"],
+    )
+
+
+@dataclass(frozen=True)
+class _ShareBuild:
+    """How this rank builds a share: the dataset's distinct images (paths, media ids, keys) and the
+    node's store they are prepared into, with ``workers`` processes."""
+
+    source: PreparedSource
+    location: SharedLocation
+    paths: list[str]
+    media_ids: list[str]
+    keys: np.ndarray
+    workers: int
+
+    def run(
+        self, share: int, chosen: np.ndarray, *, shard_bytes: int, progress: bool | None, stall_timeout_s: float
+    ) -> tuple[int, list[tuple[Exception, str]]]:
+        """Prepare the images at positions ``chosen`` (in key order), then pack and publish them as
+        ``share``: (how many were prepared now, the failures with each image's location)."""
+        made, failed = prepare_listed(
+            self.source,
+            [self.paths[i] for i in chosen],
+            [self.media_ids[i] for i in chosen],
+            workers=self.workers,
+            progress=progress,
+            stall_timeout_s=stall_timeout_s,
+        )
+        pack_share(
+            self.source.store,
+            share_name(share),
+            [((int(self.keys[i, 0]), int(self.keys[i, 1])), self.paths[i]) for i in chosen],
+            identity=self.source.identity if self.source.checks_every_read else _any_copy,
+            location=self.location,
+            shard_bytes=shard_bytes,
+        )
+        return made, failed
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive int, got {value!r}.")
+
+
+def store_location(
+    prepared_root: str | os.PathLike,
+    storage_options: Mapping[str, Any] | None,
+    entry: LocalExport,
+    settings: StoreSettings,
+) -> SharedLocation:
+    """Where the store of ``entry``'s version with ``settings`` lives under ``prepared_root``: the
+    entry's place and derived-store name as the cache lays them out (``shared_derived_name``), so
+    every machine holding this version of the export finds the same store."""
+    if entry.entry_dir is None or entry.version is None:
+        raise ConfigurationError(f"prepared_root= needs an export published in the cache; {entry.path} is not one.")
+    name = CacheStore.shared_derived_name(entry, KIND, settings.digest)
+    return SharedLocation(os.fspath(prepared_root), storage_options).child(name)
+
+
+def _plan(
+    location: SharedLocation, version: str, settings: StoreSettings, shares: int
+) -> tuple[int, list[int]] | PreparedStoreError:
+    """(the store's share count, the shares left to build), or why the store cannot be built."""
+    try:
+        count = open_store(location, version, settings, shares)
+    except PreparedStoreError as exc:
+        return exc
+    return count, _left(location, count)
+
+
+def open_store(location: SharedLocation, version: str, settings: StoreSettings, shares: int) -> int:
+    """The number of shares of the store at ``location``, which is created (its store.json) with
+    ``shares`` if it does not exist. Raises ``PreparedStoreError`` when it holds another version
+    or other settings."""
+    identity = {"format": FORMAT, "version": version, "settings": settings.as_json()}
+    found = location.read_json(STORE_FILE)
+    if found is None:
+        found = {**identity, "shares": shares, "created_at": _now(), "library_version": __version__}
+        location.write_json(STORE_FILE, found)
+    _check_identity(location, STORE_FILE, found, identity)
+    manifest = location.read_json(MANIFEST_FILE)
+    if manifest is not None:
+        _check_identity(location, MANIFEST_FILE, manifest, identity)
+    count = found.get("shares")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        where = location.where(STORE_FILE)
+        raise PreparedStoreError(f"{where} names no share count: not a shared store.", path=location.display)
+    return count
+
+
+def finish(
+    location: SharedLocation, version: str, settings: StoreSettings, shares: int, *, stall_timeout_s: float
+) -> dict[str, Any]:
+    """The store's manifest, written now if every share is published and there is none yet; else
+    waited for while the other ranks publish theirs (``PrepareTimeoutError`` after
+    ``stall_timeout_s`` without a new share)."""
+    left, since = -1, time.monotonic()
+    while True:
+        manifest = location.read_json(MANIFEST_FILE)
+        if manifest is not None:
+            return manifest
+        now_left = len(_left(location, shares))
+        if now_left == 0:
+            return _write_manifest(location, version, settings, shares)
+        if now_left != left:
+            left, since = now_left, time.monotonic()
+        elif time.monotonic() - since > stall_timeout_s:
+            raise PrepareTimeoutError(
+                f"Waited {stall_timeout_s:.0f}s for the other ranks' shares of {location.display}; {left} never "
+                "arrived. Did a rank die? Run the preparation again: it redoes only the missing shares.",
+                path=location.display,
+            )
+        time.sleep(POLL_S)
+
+
+def _write_manifest(location: SharedLocation, version: str, settings: StoreSettings, shares: int) -> dict[str, Any]:
+    names = [share_name(share) for share in range(shares)]
+    parts = [location.read_json(share_file(name)) or {} for name in names]
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "settings": settings.as_json(),
+        "shares": names,
+        "images": sum(int(part.get("images", 0)) for part in parts),
+        "failed": sum(len(part.get("failed", ())) for part in parts),
+        "bytes": sum(int(shard["bytes"]) for part in parts for shard in part.get("shards", ())),
+        "shards": sum(len(part.get("shards", ())) for part in parts),
+        "created_at": _now(),
+        "library_version": __version__,
+    }
+    location.write_json(MANIFEST_FILE, manifest)
+    logger.info("Published the prepared store %s: %d images", location.display, manifest["images"])
+    return manifest
+
+
+def _left(location: SharedLocation, shares: int) -> list[int]:
+    """The shares not published yet (no shares/<share>.json)."""
+    done = location.names(SHARES)
+    return [share for share in range(shares) if share_file(share_name(share)).removeprefix(f"{SHARES}/") not in done]
+
+
+def _by_share(keys: np.ndarray, shares: np.ndarray) -> dict[int, np.ndarray]:
+    """Share -> the positions of its images, in the order of their keys."""
+    order = np.lexsort((keys[:, 1], keys[:, 0])) if len(keys) else np.empty(0, np.int64)
+    grouped: dict[int, list[int]] = {}
+    for at in order.tolist():
+        grouped.setdefault(int(shares[at]), []).append(at)
+    return {share: np.array(positions, np.int64) for share, positions in grouped.items()}
+
+
+def _same_store_everywhere(location: SharedLocation, ranks: Ranks) -> None:
+    """Refuse ranks that would build different stores (their nodes hold other export versions)."""
+    seen = ranks.gather(location.display)
+    if len(set(seen)) > 1:
+        raise PreparedStoreError(
+            f"The ranks of this job would build different stores ({sorted(set(seen))}): their nodes hold different "
+            "versions of the export. Give every node the same version (a shared cache_dir, or version=).",
+            path=location.display,
+        )
+
+
+def _check_identity(location: SharedLocation, name: str, found: dict[str, Any], identity: dict[str, Any]) -> None:
+    if {key: found.get(key) for key in identity} != identity:
+        raise PreparedStoreError(
+            f"{location.where(name)} describes another store ({found.get('format')}, version {found.get('version')}, "
+            f"settings {found.get('settings')}); remove {location.display} to build it again.",
+            path=location.display,
+        )
+
+
+def _any_copy(path: str) -> int:
+    return 0  # a remote original's identity costs a request: prepare_listed checked it already
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
