@@ -13,6 +13,7 @@ Layout under the cache root::
     opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
     mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
     images/<digest>/                     a node-level area: images read from an images_root
+    shards/<digest>/                     a node-level area: shards of a shared prepared store
 
 Other sides ask the store (``CacheStore``, ``derived_dir``) for a folder; none of them joins
 these names itself (tests/test_layout.py checks it).
@@ -45,7 +46,7 @@ DERIVED = "derived"
 LEGACY_DERIVED = (".prepared",)
 # What derived stores there are, and the node-level areas (shared by every entry on the node).
 DERIVED_KINDS = ("prepared", "items")
-NODE_AREAS = ("images",)
+NODE_AREAS = ("images", "shards")
 # The two files a derived store's owner writes for the scan: who it is (at creation), and that
 # it is complete (last). Both are JSON objects; the scan reads them without knowing the format.
 DERIVED_IDENTITY, DERIVED_MANIFEST = "store.json", "manifest.json"

@@ -167,6 +167,16 @@ class CacheStore:
         """Where ``key``'s entry lies under any root, ``/``-separated (a shared root is laid out the same)."""
         return f"{EXPORTS}/{safe_name(key.dataset_id)}/{key.digest}"
 
+    @classmethod
+    def entry_name_of(cls, entry: LocalExport) -> str:
+        """Where ``entry``'s entry lies under any root, ``/``-separated: by its key, or (an export
+        opened from a ZIP or a folder) by its folder's name."""
+        if entry.key is not None:
+            return cls.entry_name(entry.key)
+        if entry.entry_dir is None:
+            raise ValueError(f"{entry.path} is not an export published in a cache.")
+        return f"{OPENED}/{entry.entry_dir.name}"
+
     def opened_dir(self, source: Path) -> Path:
         """The entry of an export the user opened from ``source``: a folder by its path, a ZIP by its
         path, size and modification time (a ZIP replaced in place is another export)."""
@@ -216,7 +226,8 @@ class CacheStore:
 
     def node_area(self, kind: str, digest: str) -> Path:
         """A folder shared by every job on this node, outside any entry: ``images`` for the copies
-        of an images_root's files (``digest`` names the root)."""
+        of an images_root's files (``digest`` names the root), ``shards`` for those of a shared
+        prepared store's shards (``digest`` names the store's shards folder)."""
         if kind not in NODE_AREAS:
             raise ValueError(f"Unknown node-level area {kind!r}; expected one of {NODE_AREAS}.")
         return self.root / kind / safe_name(digest)
