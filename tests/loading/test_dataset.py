@@ -271,6 +271,8 @@ VIEW_OPTIONS = [
     "image_cache",
     "read_retry",
     "prepare",
+    "prepared_root",
+    "prepared_cache_limit",
 ]
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import get_worker_info
 
 from ..backoff import RetryPolicy
 from ..cache.store import LocalExport
+from ..config import is_remote
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.curated import MissingImages, check_missing_images
 from ..metadata.options import check_choice, doc
@@ -35,6 +36,7 @@ from . import images
 from .batches import SkippedSample
 from .prepared_source import PreparedSource, check_prepare, prepared_image, prepared_source
 from .reads import ReadData, Reads
+from .shared_source import SharedPreparedSource, check_prepared_root, with_shared_store
 from .sources import ImageSource, check_source_options, image_error, local_copy, open_source
 
 if TYPE_CHECKING:
@@ -103,6 +105,25 @@ class ImageOptions:
             '"Prepared images". None: decode every epoch'
         ),
     )
+    prepared_root: str | os.PathLike | None = field(
+        default=None,
+        metadata=doc(
+            "with ``prepare``: read prepared images from the shared store under this folder or fsspec URL "
+            "(``s3://bucket/prefix``; ``storage_options`` apply), built once for every machine by "
+            "``ds.prepare()`` or ``vl-datasets prepare SOURCE --size S --to URL``; its shards are downloaded once "
+            "per node into a cache under ``cache_dir``. Images it lacks are prepared here, into the node-local "
+            "store. None: the node-local store only"
+        ),
+        repr=False,
+    )
+    prepared_cache_limit: str | int | None = field(
+        default=None,
+        metadata=doc(
+            "the size limit of the node's cache of a ``prepared_root``'s shards, shared by every process on the "
+            'node (``"200G"``, or bytes), least recently used evicted first; None: '
+            "``VL_DATASETS_PREPARED_CACHE_LIMIT``, else 50G"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_choice("decode", self.decode, get_args(Decode))
@@ -110,8 +131,9 @@ class ImageOptions:
         check_missing_images(self.missing_images)
         if self.transform is not None and not callable(self.transform):
             raise ConfigurationError(f"transform must be callable, got {type(self.transform).__name__}.")
-        check_source_options(self.images_root, self.storage_options, self.image_cache)
+        check_source_options(self.images_root, self.storage_options, self.image_cache, prepared_root=self.prepared_root)
         check_prepare(self.prepare, self.image_size)
+        check_prepared_root(self.prepared_root, self.prepare, self.prepared_cache_limit)
         if self.storage_options is not None:
             object.__setattr__(self, "storage_options", dict(self.storage_options))  # frozen; a copy of the caller's
 
@@ -159,7 +181,7 @@ class ImageReader:
         self._originals: ImageSource = open_source(
             export_images,
             images_root=options.images_root,
-            storage_options=options.storage_options,
+            storage_options=_images_storage_options(options),
             image_cache=options.image_cache,
             cache_dir=cache_dir,
             retry=options.read_retry,
@@ -173,6 +195,16 @@ class ImageReader:
                 images_root=options.images_root,
                 storage_options=options.storage_options,
             )
+            if options.prepared_root is not None:
+                self._source = with_shared_store(
+                    self._source,
+                    prepared_root=options.prepared_root,
+                    storage_options=options.storage_options,
+                    entry=entry,
+                    cache_dir=cache_dir,
+                    cache_limit=options.prepared_cache_limit,
+                    paths=items.paths,
+                )
         self.root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
 
@@ -256,6 +288,19 @@ class ImageReader:
         if self.own_root:
             self._reads.ahead([(int(index), self._read_ahead(int(index))) for index in indices])
 
+    def prefetch_shards(self, indices: Sequence[int]) -> None:
+        """Start downloading the shared store's shards that hold the images of ``indices`` (with a
+        ``prepared_root``: the loader's next batch), on a few background threads."""
+        if indices and isinstance(self._source, SharedPreparedSource):
+            self._source.prefetch([self.items.image_file(int(index)) for index in indices])
+
+    def shard_cache_stats(self) -> dict[str, float] | None:
+        """With a ``prepared_root``: the counts of the node's shard cache, over every process that used
+        it (``ShardCache.node_stats``: hits, downloads, bytes downloaded, hit_rate); else None."""
+        if isinstance(self._source, SharedPreparedSource) and self._source.shared is not None:
+            return self._source.shared.cache.node_stats()
+        return None
+
     def read(self, index: int) -> ReadData:
         """The bytes of ``index``'s image, or its pixels from the prepared store."""
         return self._source.read(self.items.image_file(index))
@@ -328,3 +373,9 @@ class ImageReader:
             num_workers=num_workers,
             progress=progress,
         )
+
+
+def _images_storage_options(options: ImageOptions) -> Mapping[str, Any] | None:
+    """The storage options of the images' own root: none for a folder (they were a prepared_root's)."""
+    root = options.images_root
+    return options.storage_options if root is not None and is_remote(root) else None
