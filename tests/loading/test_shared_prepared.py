@@ -144,3 +144,20 @@ def test_prepared_root_options_are_checked(export, tmp_path, monkeypatch):
     assert resolve_cache_limit(None) == 2 << 30 and resolve_cache_limit("3G") == 3 << 30
     monkeypatch.delenv("VL_DATASETS_PREPARED_CACHE_LIMIT")
     assert resolve_cache_limit(None) == 50 << 30
+
+
+def test_a_shared_store_that_fails_under_a_job_changes_speed_never_results(export, s3, tmp_path, caplog):
+    root, _ = publish(export, s3, tmp_path / "node")
+    ds = open_shared(export, s3, root, tmp_path / "node")
+    shared = ds.images._source.shared
+    shared.cache.opener.retry = shared.cache.opener.retry.replace(max_attempts=1)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3.endpoint, skip_instance_cache=True)
+    fs.rm(f"{shared.url.removeprefix('s3://')}/shards", recursive=True)  # gone after the store was opened
+    reference = local_prepared(export, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        for i in range(len(ds)):
+            assert torch.equal(ds[i][0], reference[i][0]), f"image {i} differs from the node-local prepared path's"
+    warnings = [r for r in caplog.records if "preparing images from their originals instead" in r.getMessage()]
+    assert len(warnings) == 1 and "is missing from the shared store" in warnings[0].getMessage()
