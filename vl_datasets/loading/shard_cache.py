@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -106,7 +107,7 @@ class ShardCache:
         self._name_locks: dict[str, threading.Lock] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pending: set[str] = set()
-        self._counts = np.zeros(len(COUNTS), np.uint64)
+        self._counts = [0] * len(COUNTS)
         self._stats_fd: int | None = None
         self._no_flock = False
 
@@ -133,14 +134,14 @@ class ShardCache:
     def path(self, name: str, size: int, *, xxh3: int | str | None = None) -> Path:
         """The local file of shard ``name`` (``size`` bytes, and that xxh3-64 when given), downloaded
         now if the node has no copy (by this process, or by another while this one waits)."""
-        return self._ensure(name, size, xxh3, count=True)
+        return Path(self._ensure(name, size, xxh3, count=True))
 
     def open(self, name: str, size: int, *, xxh3: int | str | None = None) -> int:
         """A read-only descriptor of shard ``name``'s local file: ``path`` and an open, asked again
         when an eviction removed the file in between (its bytes stay readable once open)."""
         for _ in range(3):
             try:
-                return os.open(self.path(name, size, xxh3=xxh3), os.O_RDONLY)
+                return os.open(self._ensure(name, size, xxh3, count=True), os.O_RDONLY)
             except FileNotFoundError:
                 continue
         raise ShardReadError(
@@ -176,7 +177,7 @@ class ShardCache:
         it made), ``waits`` (shards another process downloaded while this one waited),
         ``bytes_downloaded``."""
         self._own_process()
-        return dict(zip(COUNTS, map(int, self._counts)))
+        return dict(zip(COUNTS, self._counts))
 
     def node_stats(self) -> dict[str, float]:
         """The counts of every process that used this folder (in the last week), and ``hit_rate``:
@@ -199,11 +200,10 @@ class ShardCache:
 
     # -- inside ----------------------------------------------------------------------------------
 
-    def _ensure(self, name: str, size: int, xxh3: int | str | None, *, count: bool) -> Path:
+    def _ensure(self, name: str, size: int, xxh3: int | str | None, *, count: bool) -> str:
         self._own_process()
         local = self._local(name)
-        if _has_size(local, size):
-            _touch(local)
+        if _has_size(local, size, touch=True):
             if count:
                 self._count("hits")
             return local
@@ -211,7 +211,7 @@ class ShardCache:
             if _has_size(local, size):  # downloaded by another process while this one waited
                 self._count("waits")
                 return local
-            self._download(name, size, _as_int(xxh3), local)
+            self._download(name, size, _as_int(xxh3), Path(local))
         self._count("misses", size)
         self._evict(keep=local)
         return local
@@ -225,14 +225,14 @@ class ShardCache:
             with self._lock:
                 self._pending.discard(name)
 
-    def _local(self, name: str) -> Path:
+    def _local(self, name: str) -> str:
         if not _SAFE_NAME.fullmatch(name):  # a name from the store's files: never a path out of the folder
             raise SharedStoreError(
                 f"The shared store {self.opener.display_root} names a shard {name!r}, which is not a file name: "
                 "the store is damaged.",
                 url=self.opener.display_root,
             )
-        return self.local_dir / name
+        return os.path.join(self.local_dir, name)  # a str: a Path costs more than the rest of a hit
 
     def _download(self, name: str, size: int, xxh3: int | None, local: Path) -> None:
         self.local_dir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +331,7 @@ class ShardCache:
                 total += tmp.stat().st_size
         return total
 
-    def _evict(self, *, keep: Path) -> None:
+    def _evict(self, *, keep: str) -> None:
         """Remove the least recently used shards (never ``keep``) until the folder is within the limit."""
         lock = filelock.FileLock(str(self.local_dir / EVICT_LOCK))
         try:
@@ -343,7 +343,7 @@ class ShardCache:
             for _, size, path in sorted(files):
                 if total <= self.limit_bytes:
                     break
-                if path != str(keep):
+                if path != keep:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                         total -= size
@@ -378,9 +378,9 @@ class ShardCache:
 
     def _count(self, what: str, downloaded: int = 0) -> None:
         with self._lock:
-            self._counts[COUNTS.index(what)] += np.uint64(1)
-            self._counts[COUNTS.index("bytes_downloaded")] += np.uint64(downloaded)
-            counts = self._counts.tobytes()
+            self._counts[COUNTS.index(what)] += 1
+            self._counts[-1] += downloaded
+            counts = struct.pack(f"<{len(COUNTS)}Q", *self._counts)
             with contextlib.suppress(OSError):  # counts are for people: a read-only folder must not stop reads
                 os.pwrite(self._stats_file(), counts, 0)
 
@@ -392,20 +392,17 @@ class ShardCache:
         return self._stats_fd
 
 
-def _has_size(path: Path, size: int) -> bool:
+def _has_size(path: str | Path, size: int, *, touch: bool = False) -> bool:
+    """Whether ``path`` is there with ``size`` bytes; with ``touch``, marked as recently used (for
+    eviction) unless it was lately."""
     try:
-        return os.stat(path).st_size == size
+        stat = os.stat(path)
     except FileNotFoundError:
         return False
-
-
-def _touch(path: Path) -> None:
-    """Mark ``path`` as recently used (for eviction), unless it was lately."""
-    try:
-        if time.time() - os.stat(path).st_mtime > TOUCH_AFTER_S:
+    if touch and stat.st_size == size and time.time() - stat.st_mtime > TOUCH_AFTER_S:
+        with contextlib.suppress(OSError):  # evicted meanwhile, or a read-only folder: the order suffers, not the read
             os.utime(path)
-    except OSError:  # evicted meanwhile, or a read-only folder: the order suffers, not the read
-        pass
+    return stat.st_size == size
 
 
 def _as_int(xxh3: Any) -> int | None:
