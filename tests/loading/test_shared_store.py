@@ -13,6 +13,7 @@ import pytest
 
 from tests.loading.shared_store_helpers import pixels_for, s3_bucket, shard_gets, write_shared_store
 from vl_datasets import errors
+from vl_datasets.loading import shared_store as shared_store_module
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.shard_cache import ShardCache
 from vl_datasets.loading.shared_source import join_url
@@ -152,7 +153,7 @@ def test_a_store_pickles_small_and_a_worker_maps_this_machine_s_index(on_s3, tmp
     assert fetched == [], f"a worker read the store's files again: {fetched}"
 
 
-def test_a_shard_that_cannot_be_fetched_raises_its_typed_error(on_s3, tmp_path):
+def test_a_shard_that_cannot_be_fetched_raises_its_typed_error_and_rests_a_while(on_s3, tmp_path, monkeypatch):
     server, url, options = on_s3
     store = open_store(url, tmp_path / "cache", options)
     server.slow_down_next(100)
@@ -160,4 +161,9 @@ def test_a_shard_that_cannot_be_fetched_raises_its_typed_error(on_s3, tmp_path):
         store.get("folder/img_2.jpg")
     assert "gave up after 2 of 2 attempts" in str(caught.value) and SECRET not in str(caught.value)
     server.slow_down_next(0)
+    before = server.object_requests()
+    with pytest.raises(errors.ShardReadError):  # its other images fail at once: no attempts spent on each
+        store.get("folder/img_2.jpg")
+    assert server.object_requests() == before
+    monkeypatch.setattr(shared_store_module, "RETRY_FAILED_S", 0.0)
     assert np.array_equal(store.get("folder/img_2.jpg"), IMAGES["folder/img_2.jpg"])

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import xxhash
 
 from ..atomic import replacing
-from ..errors import ImageReadError, SharedStoreError, SharedStoreNotFoundError
+from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
 from .sources import FsspecRoot
@@ -61,6 +62,7 @@ SHARD_RECORD = np.dtype(
 )
 META = ".meta"  # the merged index, under the shard cache's folder: one per manifest
 _HI, _RECORDS, _SHARDS = ".hi.npy", ".records.npy", ".shards.json"
+RETRY_FAILED_S = 60.0  # a shard whose download failed is asked for again after this long
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class SharedStore:
         self._records: np.ndarray | None = None
         self._shards: list[Shard] = []
         self._warned: set[tuple[int, int]] = set()
+        self._failed: dict[str, tuple[float, ShardReadError]] = {}  # shard -> when its download failed, and why
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -303,7 +306,7 @@ class SharedStore:
         height, width, offset = int(record["height"]), int(record["width"]), int(record["offset"])
         pixels = np.empty((height, width, 3), np.uint8)
         for attempt in range(2):
-            fd = self.cache.open(shard.name, shard.size, xxh3=shard.xxh3)
+            fd = self._open_shard(shard)
             try:
                 whole = os.preadv(fd, [pixels.data], offset) == pixels.nbytes
             finally:
@@ -314,6 +317,20 @@ class SharedStore:
                 self.cache.discard(shard.name)  # a damaged local copy: the next open downloads it again
         self._warn_damaged(path, shard, offset)
         return None
+
+    def _open_shard(self, shard: Shard) -> int:
+        """A descriptor of ``shard``'s local copy. A shard whose download failed is not asked for again
+        for ``RETRY_FAILED_S`` in this process: its images fail at once (and are prepared from their
+        originals) instead of each spending the read policy's attempts on it."""
+        failed = self._failed.get(shard.name)
+        if failed is not None and time.monotonic() - failed[0] < RETRY_FAILED_S:
+            raise failed[1].with_traceback(None)
+        try:
+            return self.cache.open(shard.name, shard.size, xxh3=shard.xxh3)
+        except ShardReadError as exc:
+            with self._lock:
+                self._failed[shard.name] = (time.monotonic(), exc)
+            raise
 
     def _warn_damaged(self, path: str, shard: Shard, offset: int) -> None:
         with self._lock:
