@@ -16,6 +16,7 @@ import filelock
 import numpy as np
 import pytest
 
+from tests.loading.image_server import ImageServer
 from tests.loading.shared_store_helpers import s3_bucket, shard_gets
 from vl_datasets import errors
 from vl_datasets.loading import shard_cache as shard_cache_module
@@ -233,3 +234,24 @@ def test_prefetch_downloads_in_the_background_once(s3, tmp_path):
         assert cache.path(name, size).read_bytes() == shard_bytes(int(name[1]), size)
         assert shard_gets(s3, name) == 1
     assert cache.stats()["hits"] == 5
+
+
+def test_a_signed_https_style_root_s_token_stays_out_of_errors_and_logs(tmp_path, caplog):
+    folder = tmp_path / "served" / "store" / "shards"
+    folder.mkdir(parents=True)
+    (folder / "a0-00000.pixels").write_bytes(shard_bytes(0, 300))
+    signature = "sig=Zm9vYmFyYmF6cXV4c2VjcmV0c2lnbmF0dXJl"
+    with ImageServer(tmp_path / "served") as server:
+        opener = FsspecRoot(f"{server.url}/store/shards?sv=2024&{signature}")
+        opener.retry = opener.retry.replace(max_attempts=2, sleep=no_sleep)
+        cache = ShardCache(tmp_path / "cache", 10**9, opener)
+        assert cache.path("a0-00000.pixels", 300).read_bytes() == shard_bytes(0, 300)
+        assert server.requests[-1].endswith(f"/store/shards/a0-00000.pixels?sv=2024&{signature}")
+        server.fail_next(2)  # the two attempts of one shard
+        with caplog.at_level(logging.DEBUG), pytest.raises(errors.ShardReadError) as failing:
+            cache.path("a1-00000.pixels", 300)
+        with pytest.raises(errors.ShardReadError, match="missing from the shared store") as missing:
+            cache.path("a2-00000.pixels", 300)
+    assert failing.value.attempts == 2
+    shown = [str(failing.value), str(missing.value), failing.value.url, repr(cache), caplog.text]
+    assert not any(signature.split("=")[1] in text for text in shown), shown
