@@ -30,7 +30,10 @@
     │   ├── CorruptArchiveError (ValueError)         a ZIP that is truncated, fails its CRCs, or
     │   │                                            holds a member that cannot be decompressed
     │   └── PreparedStoreError                       a prepared-image store is damaged or gone
-    │       └── PrepareTimeoutError (TimeoutError)   the node's other ranks stopped preparing their share
+    │       ├── PrepareTimeoutError (TimeoutError)   the node's other ranks stopped preparing their share
+    │       └── SharedStoreError                     a shared store (prepared_root=) cannot be read
+    │           ├── SharedStoreNotFoundError (FileNotFoundError)   no finished store there (no manifest)
+    │           └── ShardReadError (OSError)         a shard could not be fetched whole and intact
     └── DataError                                    the metadata and the images of an export
         ├── SchemaError (ValueError)                 metadata lacks a required column or field
         ├── CurationError (ValueError)               a curation rule cannot apply, or emptied the set
@@ -314,6 +317,28 @@ class PreparedStoreError(CacheError):
 
 class PrepareTimeoutError(PreparedStoreError, TimeoutError):
     """``prepare()`` waited for the images other ranks on the node prepare, and they stopped coming."""
+
+
+class SharedStoreError(PreparedStoreError):
+    """A shared prepared store (``prepared_root=``) cannot be read, or is not the one asked for;
+    ``url`` is where it is, without credentials."""
+
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message, path=url)
+        self.url = url
+
+
+class SharedStoreNotFoundError(SharedStoreError, FileNotFoundError):
+    """No finished shared store at ``url``: its manifest, written last, is not there."""
+
+
+class ShardReadError(SharedStoreError, OSError):
+    """A shard of a shared store could not be fetched whole: its storage kept failing (``attempts``
+    made), it is missing, or its bytes differ from what the store's files say."""
+
+    def __init__(self, message: str = "", *, url: str | None = None, attempts: int | None = None) -> None:
+        super().__init__(message, url=url)
+        self.attempts = attempts
 
 
 # -- the data -------------------------------------------------------------------------------------

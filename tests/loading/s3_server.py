@@ -1,11 +1,13 @@
 """moto's real S3 API on 127.0.0.1 with a fault switched on the server side: the next N requests
 answer 503 SlowDown, as S3 does when it sheds load. It records every request for an object (GET or HEAD),
 so a test can count what reached the storage whatever the retry layers in between (botocore, s3fs,
-ours)."""
+ours). ``get_delay_s`` holds each GET of an object that long before it is answered, so downloads by
+several processes overlap."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 SLOW_DOWN = (
@@ -23,6 +25,7 @@ class SlowDownS3:
 
         self.bucket = f"images-{uuid.uuid4().hex[:12]}"
         self.requests: list[str] = []
+        self.get_delay_s = 0.0
         self._slow_downs = 0
         self._lock = threading.Lock()
         self._moto = DomainDispatcherApplication(create_backend_app)
@@ -45,6 +48,8 @@ class SlowDownS3:
                 self.requests.append(f"{environ['REQUEST_METHOD']} {path}")
             slow_down = self._slow_downs > 0
             self._slow_downs -= slow_down
+        if environ["REQUEST_METHOD"] == "GET" and path.count("/") >= 2 and self.get_delay_s:
+            time.sleep(self.get_delay_s)
         if slow_down:
             body = b"" if environ["REQUEST_METHOD"] == "HEAD" else SLOW_DOWN
             start_response("503 Slow Down", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])

@@ -55,7 +55,7 @@ def read_store(url: str, options: dict) -> dict:
 def same_store(one: dict, other: dict) -> None:
     """The two stores hold the same shares, indexes and shards, byte for byte."""
     assert one["manifest"]["shares"] == other["manifest"]["shares"]
-    for name in ("images", "bytes", "shards", "failed", "version", "settings"):
+    for name in ("images", "bytes", "shards", "failed", "export", "settings"):
         assert one["manifest"][name] == other["manifest"][name], name
     assert one["shares"] == other["shares"]
     for share, index in one["index"].items():

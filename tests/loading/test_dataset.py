@@ -272,6 +272,7 @@ VIEW_OPTIONS = [
     "read_retry",
     "prepare",
     "prepared_root",
+    "prepared_cache_limit",
 ]
 
 

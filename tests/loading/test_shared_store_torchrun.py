@@ -5,26 +5,23 @@ A two-rank build killed mid-build (every process at once) resumes with only the 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 
-import pytest
-
-from tests.helpers import REPO, _end_tree, child_env, run_child
+from tests.helpers import REPO, child_env
 from tests.loading.shared_store_files import ITEMS, SIZE, location_of, open_shared, read_store, same_store
 from tests.loading.test_resume_torchrun import free_port
 from tests.loading.test_shared_store_writer import (
     clean_build,
+    kill_job,
     killed_mid_build,
     resumed_only_the_missing_shares,
     start_job,
     wait_for,
 )
+from tests.waits import Child, run_child
 from vl_datasets.loading.dataset import VisualLayerDataset
 
 SHARDS = ["--share-images", "4", "--shard-size", "3000"]
-OTHER_NODE_TIMEOUT_S = 300  # once node 0's ranks return the store is complete: node 1 only has a barrier left
 
 
 def prepare_command(shared_export, cache, shared_bucket) -> list[str]:
@@ -72,28 +69,20 @@ def test_two_nodes_with_caches_of_their_own_publish_the_store_a_single_process_b
     shared_export, tmp_path, shared_bucket
 ):
     caches = [tmp_path / "node-0", tmp_path / "node-1"]
-    VisualLayerDataset.from_export(shared_export, cache_dir=caches[0], task=None)
-    shutil.copytree(caches[0], caches[1])  # the same shared_export version on both, as a shared cache root gives
+    for cache in caches:  # each node exports for itself: other version names, the same content
+        VisualLayerDataset.from_export(shared_export, cache_dir=cache, task=None)
     port = free_port()
     rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port)]
     commands = [
         [*torchrun(*rendezvous, "--node-rank", str(node)), *prepare_command(shared_export, caches[node], shared_bucket)]
         for node in (0, 1)
     ]
-    logs = tmp_path / "node-1.log"
-    with logs.open("w") as out:
-        other = subprocess.Popen(commands[1], stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
-    try:
+    with Child(commands[1], env=env(), cwd=REPO) as other:
         result = run_child(commands[0], env=env(), cwd=REPO)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        try:
-            other.wait(timeout=OTHER_NODE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"node 1 did not end {OTHER_NODE_TIMEOUT_S} s after node 0:\n{logs.read_text()[-3000:]}")
-        assert other.returncode == 0, logs.read_text()[-3000:]
-    finally:
-        _end_tree(other)
-    outputs = result.stdout + logs.read_text()
+        assert other.wait("node 1's end, after node 0's") == 0, other.report("failed")
+        other_output = other.text("stdout") + other.text("stderr")
+    outputs = result.stdout + result.stderr + other_output
     built_now = [int(line.split("(")[1].split()[0]) for line in outputs.splitlines() if "prepared now" in line]
     assert len(built_now) == 2 and sum(built_now) == ITEMS, f"the nodes did not split the images: {outputs}"
     store = published(shared_export, caches[0], shared_bucket)
@@ -107,11 +96,11 @@ def test_a_killed_two_rank_build_resumes_with_only_the_missing_shares(shared_exp
     marker = tmp_path / "hung"
     launcher = torchrun("--standalone", "--nproc-per-node", "2")
     # Each rank publishes a whole share (a shard per image, the index, the share file) and one shard more.
-    url, process = start_job(shared_export, cache, shared_bucket, marker, uploads=7, launcher=launcher)
+    url, job = start_job(shared_export, cache, shared_bucket, marker, uploads=7, launcher=launcher)
     try:
-        wait_for([marker.with_name(f"hung.{rank}") for rank in (0, 1)], process)
+        wait_for([marker.with_name(f"hung.{rank}") for rank in (0, 1)], job)
     finally:
-        _end_tree(process)  # the agent and both ranks, each in a session of its own
+        kill_job(job)  # the agent and both ranks
     killed = (url, shared_bucket[1])
     before = killed_mid_build(shared_export, cache, killed)
     result = run_child([*launcher, *prepare_command(shared_export, cache, killed)], env=env(), cwd=REPO)

@@ -10,24 +10,24 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import fsspec
 import numpy as np
+import psutil
 import pytest
 
 from tests.helpers import REPO, child_env
 from tests.loading.shared_store_files import ITEMS, SECRET, SIZE, location_of, open_shared, read_store, same_store
+from tests.waits import Child
 from vl_datasets import ConfigurationError, ImageDecodeError, PreparedStoreError
+from vl_datasets.cache.layout import content_name
 from vl_datasets.cli import main
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.prepared_source import prepare_pixels
 
 JOB = REPO / "tests" / "loading" / "shared_build_job.py"
-HANG_TIMEOUT_S = 180  # a cold child imports torch and s3fs on busy cores before its first upload
 
 
 def test_every_image_is_published_with_the_pixels_prepare_makes(shared_export, tmp_path, shared_bucket):
@@ -38,7 +38,7 @@ def test_every_image_is_published_with_the_pixels_prepare_makes(shared_export, t
     assert (summary.images, summary.prepared, summary.skipped) == (ITEMS, ITEMS, [])
     assert summary.shares == store["manifest"]["shares"] == ["00000", "00001", "00002", "00003"]
     assert store["store"]["shares"] == 4 and store["manifest"]["format"] == "vl-prepared-shards/1"
-    assert store["manifest"]["version"] == ds.entry.version
+    assert store["manifest"]["export"] == content_name(ds.entry) and store["manifest"]["version"] == ds.entry.version
     assert store["manifest"]["settings"] == StoreSettings(SIZE).as_json()
     assert set(store["pixels"]) == {tuple(key) for key in keys_of(paths).tolist()}
     for path, key in zip(paths, keys_of(paths).tolist()):
@@ -57,25 +57,24 @@ def test_an_image_larger_than_a_shard_gets_a_shard_of_its_own(shared_export, tmp
     assert all(len(data) == 24 * 32 * 3 for data in store["shards"].values())
 
 
-def test_two_machines_opening_the_same_export_version_find_the_same_store(
-    quick_vl, s3_root, tmp_path, shared_bucket, monkeypatch
-):
+def test_machines_holding_the_same_export_find_the_same_store(quick_vl, s3_root, tmp_path, shared_bucket, monkeypatch):
     from vl_datasets import Client
 
     client = Client(quick_vl.url, progress=False, env={})
     opened, summaries = [], []
-    for machine in ("a", "b"):  # each with its own local cache: the export comes through the shared root
+    # a and b mirror one export through a shared cache root; c exports for itself (another version name)
+    for machine, cache_dir in (("a", s3_root), ("b", s3_root), ("c", str(tmp_path / "c-cache"))):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / machine))
         options = {"prepare": SIZE, "prepared_root": shared_bucket[0], "storage_options": shared_bucket[1]}
-        opened.append(VisualLayerDataset("ds-ready", client=client, cache_dir=s3_root, task=None, **options))
+        opened.append(VisualLayerDataset("ds-ready", client=client, cache_dir=cache_dir, task=None, **options))
         summaries.append(opened[-1].prepare(num_workers=0, progress=False))
-    assert [(s.images, s.prepared, len(s.shares)) for s in summaries] == [(8, 8, 1), (8, 0, 0)], (
-        "the second machine did not find the store the first published"
+    assert opened[2].entry.version != opened[0].entry.version
+    assert [(s.images, s.prepared, len(s.shares)) for s in summaries] == [(8, 8, 1), (8, 0, 0), (8, 0, 0)], (
+        "another machine did not find the store the first published"
     )
-    first, second = (location_of(ds, shared_bucket) for ds in opened)
-    assert first.url == second.url
-    assert f"/{opened[0].entry.version}-{StoreSettings(SIZE).digest}" in first.url
-    assert "/exports/ds-ready/" in first.url
+    locations = {location_of(ds, shared_bucket).url for ds in opened}
+    assert len(locations) == 1
+    assert f"/{content_name(opened[0].entry)}-{StoreSettings(SIZE).digest}" in locations.pop()
 
 
 def test_an_image_that_cannot_be_prepared_is_listed_in_its_share_and_raised_unless_skipped(
@@ -94,17 +93,19 @@ def test_an_image_that_cannot_be_prepared_is_listed_in_its_share_and_raised_unle
     assert skipping.prepare(num_workers=0, progress=False).skipped == [], "a published store was built again"
 
 
-def test_a_store_of_another_version_or_settings_is_refused_naming_it(shared_export, tmp_path, shared_bucket):
+def test_a_store_of_another_export_or_settings_is_refused_naming_it(shared_export, tmp_path, shared_bucket):
     ds = open_shared(shared_export, tmp_path / "cache", shared_bucket)
     location = location_of(ds, shared_bucket)
     fs, base = fsspec.core.url_to_fs(location.url, **shared_bucket[1])
-    other = {"format": "vl-prepared-shards/1", "version": "v-other", "settings": StoreSettings(SIZE).as_json()}
+    other = {"format": "vl-prepared-shards/1", "export": "m-other", "settings": StoreSettings(SIZE).as_json()}
     fs.pipe_file(f"{base}/store.json", json.dumps({**other, "shares": 1}).encode())
     with pytest.raises(PreparedStoreError, match=r"store\.json describes another store") as raised:
         ds.prepare(num_workers=0, progress=False)
     assert location.display in str(raised.value)
-    fs.pipe_file(f"{base}/store.json", json.dumps({**other, "version": ds.entry.version, "shares": 1}).encode())
-    fs.pipe_file(f"{base}/manifest.json", json.dumps({**other, "version": ds.entry.version, "settings": {}}).encode())
+    fs.pipe_file(f"{base}/store.json", json.dumps({**other, "export": content_name(ds.entry), "shares": 1}).encode())
+    fs.pipe_file(
+        f"{base}/manifest.json", json.dumps({**other, "export": content_name(ds.entry), "settings": {}}).encode()
+    )
     with pytest.raises(PreparedStoreError, match=r"manifest\.json describes another store"):
         ds.prepare(num_workers=0, progress=False)
 
@@ -121,7 +122,7 @@ def test_secrets_stay_out_of_reprs_errors_and_logs(shared_export, tmp_path, shar
 
 
 def test_bad_shared_options_are_refused_before_anything_is_published(shared_export, tmp_path, shared_bucket):
-    with pytest.raises(ConfigurationError, match="give prepare=S"):
+    with pytest.raises(ConfigurationError, match="it needs prepare=S"):
         VisualLayerDataset.from_export(shared_export, cache_dir=tmp_path / "c", prepared_root=shared_bucket[0])
     local = VisualLayerDataset.from_export(shared_export, cache_dir=tmp_path / "c", task=None, prepare=SIZE)
     with pytest.raises(ConfigurationError, match="shard_bytes apply to a store under a prepared_root"):
@@ -140,16 +141,24 @@ def start_job(shared_export, cache, shared_bucket, marker, *, uploads, launcher=
     url = root + "-killed"
     command = [*launcher, str(JOB), str(shared_export), str(cache), url, json.dumps(options), str(marker)]
     command += ["--uploads", str(uploads), "--shard-bytes", "3000", "--share-images", "4"]
-    return url, subprocess.Popen(command, env=child_env(), cwd=REPO, start_new_session=True)
+    return url, Child(command, env=child_env(), cwd=REPO, start_new_session=True)
 
 
-def wait_for(markers, process):
+def wait_for(markers, job: Child) -> None:
     """Until every one of ``markers`` is written: each process of the build hangs mid-build."""
-    deadline = time.monotonic() + HANG_TIMEOUT_S
-    while not all(marker.exists() for marker in markers):
-        assert process.poll() is None, f"the build ended (rc {process.returncode}) before it hung mid-build"
-        assert time.monotonic() < deadline, f"the build published nothing in {HANG_TIMEOUT_S} s"
-        time.sleep(0.05)
+    job.until(lambda: all(marker.exists() for marker in markers), "every process of the build hanging mid-build")
+
+
+def kill_job(job: Child) -> None:
+    """Kill every process of the build at once, as a lost node would: its session, and any process
+    of it in a session of its own (torchrun starts each rank in one)."""
+    tree = psutil.Process(job.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGKILL)
+    for process in tree:
+        with contextlib.suppress(psutil.Error):  # killed with the session already
+            process.kill()
+    job.close()
 
 
 def test_a_killed_build_resumes_with_only_the_missing_shares_and_equals_a_clean_one(
@@ -159,13 +168,11 @@ def test_a_killed_build_resumes_with_only_the_missing_shares_and_equals_a_clean_
     VisualLayerDataset.from_export(shared_export, cache_dir=cache, task=None)  # the version both builds share
     marker = tmp_path / "hung"
     # store.json, two whole shares (a shard per image, the index, the share file), a shard of the third.
-    url, process = start_job(shared_export, cache, shared_bucket, marker, uploads=11)
+    url, job = start_job(shared_export, cache, shared_bucket, marker, uploads=11)
     try:
-        wait_for([marker], process)
+        wait_for([marker], job)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
+        kill_job(job)
     killed = (url, shared_bucket[1])
     before = killed_mid_build(shared_export, cache, killed)
     ds = open_shared(shared_export, cache, killed)

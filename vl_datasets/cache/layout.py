@@ -13,6 +13,7 @@ Layout under the cache root::
     opened/<name>-<digest>/              exports opened from a ZIP or a folder, in the same layout
     mirrors/<digest>/                    local copies of a shared cache root, each a cache root itself
     images/<digest>/                     a node-level area: images read from an images_root
+    shards/<digest>/                     a node-level area: shards of a shared prepared store
 
 Other sides ask the store (``CacheStore``, ``derived_dir``) for a folder; none of them joins
 these names itself (tests/test_layout.py checks it).
@@ -45,7 +46,7 @@ DERIVED = "derived"
 LEGACY_DERIVED = (".prepared",)
 # What derived stores there are, and the node-level areas (shared by every entry on the node).
 DERIVED_KINDS = ("prepared", "items")
-NODE_AREAS = ("images",)
+NODE_AREAS = ("images", "shards")
 # The two files a derived store's owner writes for the scan: who it is (at creation), and that
 # it is complete (last). Both are JSON objects; the scan reads them without knowing the format.
 DERIVED_IDENTITY, DERIVED_MANIFEST = "store.json", "manifest.json"
@@ -103,21 +104,39 @@ def derived_dir(entry: LocalExport, kind: str, settings_digest: str) -> Path:
 
 
 def shared_derived_name(entry: LocalExport, kind: str, settings_digest: str) -> str:
-    """Where what ``derived_dir`` holds lives under a shared root (``/``-separated, relative): the
-    entry's place under its cache root (``exports/<dataset>/<key digest>``, as a shared cache root
-    lays it out; ``opened/<name>-<digest>`` for an opened export), then the same ``derived/`` path.
-    Every machine holding the same version of the same export (a shared cache root's mirror, or a
-    copy of the cache) thus names the same store."""
-    local = derived_dir(entry, kind, settings_digest)
-    parts = local.relative_to(entry.entry_dir).parts  # type: ignore[arg-type]
-    entry_parts = entry.entry_dir.parts  # type: ignore[union-attr]
+    """Where what ``derived_dir`` holds is kept under a root shared by machines (``/``-separated,
+    relative): the entry's place under its cache root (``exports/<dataset>/<key digest>``;
+    ``opened/<name>-<digest>`` for an opened export), then ``derived/<kind>/<content>-<settings
+    digest>``, named by what the export holds (``content_name``), not by this node's version name.
+    Every machine holding the same export (its own export of the same state of the dataset, a
+    shared cache root's mirror, a copy of the cache) thus names the same store."""
+    if entry.entry_dir is None:
+        raise ValueError(f"A derived store needs a version published in the cache; {entry.path} is not one.")
+    entry_parts = entry.entry_dir.parts
     if len(entry_parts) >= 3 and entry_parts[-3] == EXPORTS:
         place = entry_parts[-3:]
     elif len(entry_parts) >= 2 and entry_parts[-2] == OPENED:
         place = entry_parts[-2:]
     else:
         raise ValueError(f"{entry.entry_dir} is not a cache entry's folder.")
-    return "/".join((*place, *parts))
+    return "/".join((*place, DERIVED, kind, f"{content_name(entry)}-{settings_digest}"))
+
+
+def content_name(entry: LocalExport) -> str:
+    """What ``entry`` holds, named the same on every machine: ``m`` and the first 16 hex digits of
+    its metadata file's SHA-256. Version names are drawn per node (time and a random part), so
+    two nodes that each export the same state of a dataset name it differently; what is shared
+    between machines (a shared prepared store) is keyed by this instead."""
+    digest = entry.metadata_digest or file_sha256(entry.metadata_path)
+    return f"m{digest[:16]}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def split_derived_name(name: str) -> tuple[str, str]:

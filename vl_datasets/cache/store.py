@@ -47,7 +47,9 @@ from .layout import (
     TASK,
     WORK_AREA,
     TaskRecord,
+    content_name,
     derived_dir,
+    file_sha256,
     mirror_root,
     read_json,
     remove_tree,
@@ -146,6 +148,7 @@ class LocalExport:
     entry_dir: Path | None = None
     index_path: Path | None = None
     opened_from: str | None = None
+    metadata_digest: str | None = None  # SHA-256 of the metadata file; None: published before it was recorded
 
 
 def _utcnow() -> datetime:
@@ -206,6 +209,11 @@ class CacheStore:
         return self.entry_dir(key) / WORK_AREA
 
     @staticmethod
+    def content_name(entry: LocalExport) -> str:
+        """What ``entry`` holds, named the same on every machine (``layout.content_name``)."""
+        return content_name(entry)
+
+    @staticmethod
     def shared_derived_name(entry: LocalExport, kind: str, settings_digest: str) -> str:
         """Where ``derived_dir``'s store lives under a shared root (an fsspec URL), ``/``-separated."""
         return shared_derived_name(entry, kind, settings_digest)
@@ -222,7 +230,8 @@ class CacheStore:
 
     def node_area(self, kind: str, digest: str) -> Path:
         """A folder shared by every job on this node, outside any entry: ``images`` for the copies
-        of an images_root's files (``digest`` names the root)."""
+        of an images_root's files (``digest`` names the root), ``shards`` for those of a shared
+        prepared store's shards (``digest`` names the store's shards folder)."""
         if kind not in NODE_AREAS:
             raise ValueError(f"Unknown node-level area {kind!r}; expected one of {NODE_AREAS}.")
         return self.root / kind / safe_name(digest)
@@ -293,6 +302,7 @@ class CacheStore:
                 entry_dir=manifest_path.parent,
                 index_path=version_dir / index if index else None,
                 opened_from=manifest.get("opened_from"),
+                metadata_digest=manifest.get("metadata_sha256"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -357,6 +367,7 @@ class CacheStore:
             )
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
         metadata_stat = (export_dir / metadata_file).stat()
+        metadata_sha256 = file_sha256(export_dir / metadata_file)  # just indexed: read from the page cache
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
@@ -371,6 +382,7 @@ class CacheStore:
             "metadata_file": metadata_file,
             "metadata_bytes": metadata_stat.st_size,
             "metadata_mtime_ns": metadata_stat.st_mtime_ns,
+            "metadata_sha256": metadata_sha256,
             "images": has_images,
             "index": indexed.index_file,
             "row_count": rows,

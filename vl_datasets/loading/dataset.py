@@ -301,6 +301,7 @@ class VisualLayerDataset(Dataset):
 
     def _samples(self, indices: Sequence[int], next_indices: Sequence[int]) -> list:
         """The samples of ``indices`` in order, a ``SkippedSample`` where one was skipped."""
+        self.images.prefetch_shards(next_indices)  # with a prepared_root: the next batch's shards download meanwhile
         if not self._reads_in_flight():
             return [self[index] for index in indices]
         loaded = self.images.load_many(indices, next_indices)

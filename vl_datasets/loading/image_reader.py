@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from torch.utils.data import get_worker_info
 
 from ..backoff import RetryPolicy
-from ..cache.store import LocalExport
+from ..cache.store import CacheStore, LocalExport
 from ..config import is_remote
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.curated import MissingImages, check_missing_images
@@ -36,6 +36,7 @@ from . import images
 from .batches import SkippedSample
 from .prepared_source import PreparedSource, check_prepare, prepared_image, prepared_source
 from .reads import ReadData, Reads
+from .shared_source import SharedPreparedSource, check_prepared_root, with_shared_store
 from .sources import ImageSource, check_source_options, image_error, local_copy, open_source
 
 if TYPE_CHECKING:
@@ -106,15 +107,24 @@ class ImageOptions:
             '"Prepared images". None: decode every epoch'
         ),
     )
-
     prepared_root: str | os.PathLike | None = field(
         default=None,
         metadata=doc(
-            "keep the prepared images (``prepare=S``) under this fsspec URL (``s3://bucket/prefix``, ...), shared by "
-            "every machine of a cluster, ``storage_options`` applying to it too; ``ds.prepare()`` (or "
-            "``vl-datasets prepare --to URL``) builds it once. None: in the node's cache"
+            "with ``prepare``: the prepared images' store shared by every machine of a cluster, under this folder "
+            "or fsspec URL (``s3://bucket/prefix``; ``storage_options`` apply), built once by ``ds.prepare()`` or "
+            "``vl-datasets prepare SOURCE --size S --to URL``; its shards are downloaded once per node into a cache "
+            "under ``cache_dir``. Images it lacks are prepared here, into the node-local store. None: the node-local "
+            "store only"
         ),
         repr=False,
+    )
+    prepared_cache_limit: str | int | None = field(
+        default=None,
+        metadata=doc(
+            "the size limit of the node's cache of a ``prepared_root``'s shards, shared by every process on the "
+            'node (``"200G"``, or bytes), least recently used evicted first; None: '
+            "``VL_DATASETS_PREPARED_CACHE_LIMIT``, else 50G"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -123,12 +133,9 @@ class ImageOptions:
         check_missing_images(self.missing_images)
         if self.transform is not None and not callable(self.transform):
             raise ConfigurationError(f"transform must be callable, got {type(self.transform).__name__}.")
-        if self.prepared_root is not None and self.prepare is None:
-            raise ConfigurationError("prepared_root holds prepared images: give prepare=S (their shorter side) too.")
-        # storage_options may be the prepared_root's alone (images from the export, or from a folder).
-        root_options = self.storage_options if self.prepared_root is None else self.images_options()
-        check_source_options(self.images_root, root_options, self.image_cache)
+        check_source_options(self.images_root, self.storage_options, self.image_cache, prepared_root=self.prepared_root)
         check_prepare(self.prepare, self.image_size)
+        check_prepared_root(self.prepared_root, self.prepare, self.prepared_cache_limit)
         if self.storage_options is not None:
             object.__setattr__(self, "storage_options", dict(self.storage_options))  # frozen; a copy of the caller's
 
@@ -177,7 +184,7 @@ class ImageReader:
         self.items = items
         # Only whether images come from a root of their own: the root itself may carry a credential.
         self.own_root = options.images_root is not None
-        self._entry = entry
+        self._entry, self._cache_dir = entry, cache_dir  # where a shared store's shards are cached
         self._originals: ImageSource = open_source(
             export_images,
             images_root=options.images_root,
@@ -195,8 +202,23 @@ class ImageReader:
                 images_root=options.images_root,
                 storage_options=options.storage_options,
             )
+            if options.prepared_root is not None:
+                self._source = self._with_shared_store(self._source)
         self.root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
+
+    def _with_shared_store(self, local: PreparedSource) -> SharedPreparedSource:
+        """``local`` behind the shared store under the ``prepared_root``, as it is now."""
+        assert self.options.prepared_root is not None
+        return with_shared_store(
+            local,
+            prepared_root=self.options.prepared_root,
+            storage_options=self.options.storage_options,
+            entry=self._entry,
+            cache_dir=self._cache_dir,
+            cache_limit=self.options.prepared_cache_limit,
+            paths=self.items.paths,
+        )
 
     def __repr__(self) -> str:
         root = f", images_root={self.root!r}" if self.own_root else ""
@@ -277,6 +299,19 @@ class ImageReader:
         export's own images are read when needed); a bounded number are held (``reads.py``)."""
         if self.own_root:
             self._reads.ahead([(int(index), self._read_ahead(int(index))) for index in indices])
+
+    def prefetch_shards(self, indices: Sequence[int]) -> None:
+        """Start downloading the shared store's shards that hold the images of ``indices`` (with a
+        ``prepared_root``: the loader's next batch), on a few background threads."""
+        if indices and isinstance(self._source, SharedPreparedSource):
+            self._source.prefetch([self.items.image_file(int(index)) for index in indices])
+
+    def shard_cache_stats(self) -> dict[str, float] | None:
+        """With a ``prepared_root``: the counts of the node's shard cache, over every process that used
+        it (``ShardCache.node_stats``: hits, downloads, bytes downloaded, hit_rate); else None."""
+        if isinstance(self._source, SharedPreparedSource) and self._source.shared is not None:
+            return self._source.shared.cache.node_stats()
+        return None
 
     def read(self, index: int) -> ReadData:
         """The bytes of ``index``'s image, or its pixels from the prepared store."""
@@ -366,14 +401,17 @@ class ImageReader:
         assert isinstance(self._source, PreparedSource) and self.options.prepared_root is not None
         settings = self._source.store.settings
         location = store_location(self.options.prepared_root, self.options.storage_options, self._entry, settings)
-        return publish_shared(
+        summary = publish_shared(
             self._source,
             location,
             self.items.paths.to_pylist(),
             self.items.column("media_id").to_pylist(),
-            version=self._entry.version or "",
+            export=CacheStore.content_name(self._entry),
+            version=self._entry.version,
             on_error=self.options.on_error,
             num_workers=num_workers,
             progress=progress,
             **shared,
         )
+        self._source = self._with_shared_store(self._source)  # read from what was just published
+        return summary

@@ -72,7 +72,8 @@ def publish_shared(
     paths: list[str],
     media_ids: list[str],
     *,
-    version: str,
+    export: str,
+    version: str | None = None,
     on_error: str = "raise",
     num_workers: int | None = None,
     progress: bool | None = None,
@@ -82,14 +83,17 @@ def publish_shared(
     ranks: Ranks | None = None,
 ) -> SharedPrepareSummary:
     """Build what of the store at ``location`` is missing from the images at ``paths`` (``media_ids``
-    name them in errors) and publish it; see the module."""
+    name them in errors) and publish it; see the module. ``export`` names what the export holds
+    (``content_name``), the store's identity with its settings; ``version``, the node's name of
+    the export, is recorded for people."""
     ranks = Ranks.from_env() if ranks is None else ranks
     _check_sizes(shard_bytes=shard_bytes, share_images=share_images)
     _same_store_everywhere(location, ranks)
     paths, media_ids = distinct_images(paths, media_ids)
     keys = keys_of(paths)
     wanted = share_count(len(paths), share_images)
-    plan = ranks.broadcast(_plan(location, version, source.store.settings, wanted) if ranks.rank == 0 else None)
+    made_from = {"export": export, "version": version}
+    plan = ranks.broadcast(_plan(location, made_from, source.store.settings, wanted) if ranks.rank == 0 else None)
     if isinstance(plan, Exception):
         raise plan  # rank 0's refusal, on every rank
     shares, left = plan
@@ -102,7 +106,7 @@ def publish_shared(
             share, chosen, shard_bytes=shard_bytes, progress=progress, stall_timeout_s=stall_timeout_s
         )
         prepared, failures, built = prepared + made, failures + failed, [*built, share_name(share)]
-    manifest = finish(location, version, source.store.settings, shares, stall_timeout_s=stall_timeout_s)
+    manifest = finish(location, made_from, source.store.settings, shares, stall_timeout_s=stall_timeout_s)
     ranks.barrier()
     return SharedPrepareSummary(
         store=location.display,
@@ -162,9 +166,9 @@ def store_location(
     entry: LocalExport,
     settings: StoreSettings,
 ) -> SharedLocation:
-    """Where the store of ``entry``'s version with ``settings`` lives under ``prepared_root``: the
-    entry's place and derived-store name as the cache lays them out (``shared_derived_name``), so
-    every machine holding this version of the export finds the same store."""
+    """Where the store of ``entry`` with ``settings`` lives under ``prepared_root``: the entry's
+    place and a derived-store name by what the export holds (``shared_derived_name``), so every
+    machine holding the same export finds the same store."""
     if entry.entry_dir is None or entry.version is None:
         raise ConfigurationError(f"prepared_root= needs an export published in the cache; {entry.path} is not one.")
     name = CacheStore.shared_derived_name(entry, KIND, settings.digest)
@@ -172,24 +176,30 @@ def store_location(
 
 
 def _plan(
-    location: SharedLocation, version: str, settings: StoreSettings, shares: int
+    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int
 ) -> tuple[int, list[int]] | PreparedStoreError:
     """(the store's share count, the shares left to build), or why the store cannot be built."""
     try:
-        count = open_store(location, version, settings, shares)
+        count = open_store(location, export, settings, shares)
     except PreparedStoreError as exc:
         return exc
     return count, _left(location, count)
 
 
-def open_store(location: SharedLocation, version: str, settings: StoreSettings, shares: int) -> int:
+def open_store(location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int) -> int:
     """The number of shares of the store at ``location``, which is created (its store.json) with
-    ``shares`` if it does not exist. Raises ``PreparedStoreError`` when it holds another version
-    or other settings."""
-    identity = {"format": FORMAT, "version": version, "settings": settings.as_json()}
+    ``shares`` if it does not exist. ``export``: {"export": its content name, "version": the node's
+    name of it}. Raises ``PreparedStoreError`` when it holds another export or other settings."""
+    identity = {"format": FORMAT, "export": export["export"], "settings": settings.as_json()}
     found = location.read_json(STORE_FILE)
     if found is None:
-        found = {**identity, "shares": shares, "created_at": _now(), "library_version": __version__}
+        found = {
+            **identity,
+            "version": export["version"],
+            "shares": shares,
+            "created_at": _now(),
+            "library_version": __version__,
+        }
         location.write_json(STORE_FILE, found)
     _check_identity(location, STORE_FILE, found, identity)
     manifest = location.read_json(MANIFEST_FILE)
@@ -203,7 +213,12 @@ def open_store(location: SharedLocation, version: str, settings: StoreSettings, 
 
 
 def finish(
-    location: SharedLocation, version: str, settings: StoreSettings, shares: int, *, stall_timeout_s: float
+    location: SharedLocation,
+    export: dict[str, str | None],
+    settings: StoreSettings,
+    shares: int,
+    *,
+    stall_timeout_s: float,
 ) -> dict[str, Any]:
     """The store's manifest, written now if every share is published and there is none yet; else
     waited for while the other ranks publish theirs (``PrepareTimeoutError`` after
@@ -215,7 +230,7 @@ def finish(
             return manifest
         now_left = len(_left(location, shares))
         if now_left == 0:
-            return _write_manifest(location, version, settings, shares)
+            return _write_manifest(location, export, settings, shares)
         if now_left != left:
             left, since = now_left, time.monotonic()
         elif time.monotonic() - since > stall_timeout_s:
@@ -227,12 +242,14 @@ def finish(
         time.sleep(POLL_S)
 
 
-def _write_manifest(location: SharedLocation, version: str, settings: StoreSettings, shares: int) -> dict[str, Any]:
+def _write_manifest(
+    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int
+) -> dict[str, Any]:
     names = [share_name(share) for share in range(shares)]
     parts = [location.read_json(share_file(name)) or {} for name in names]
     manifest = {
         "format": FORMAT,
-        "version": version,
+        **export,
         "settings": settings.as_json(),
         "shares": names,
         "images": sum(int(part.get("images", 0)) for part in parts),
@@ -263,12 +280,13 @@ def _by_share(keys: np.ndarray, shares: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _same_store_everywhere(location: SharedLocation, ranks: Ranks) -> None:
-    """Refuse ranks that would build different stores (their nodes hold other export versions)."""
+    """Refuse ranks that would build different stores (their nodes hold exports of other contents)."""
     seen = ranks.gather(location.display)
     if len(set(seen)) > 1:
         raise PreparedStoreError(
             f"The ranks of this job would build different stores ({sorted(set(seen))}): their nodes hold different "
-            "versions of the export. Give every node the same version (a shared cache_dir, or version=).",
+            "exports (their metadata files differ). Give every node the same export (a shared cache root, or a copy "
+            "of one node's cache).",
             path=location.display,
         )
 
@@ -276,7 +294,7 @@ def _same_store_everywhere(location: SharedLocation, ranks: Ranks) -> None:
 def _check_identity(location: SharedLocation, name: str, found: dict[str, Any], identity: dict[str, Any]) -> None:
     if {key: found.get(key) for key in identity} != identity:
         raise PreparedStoreError(
-            f"{location.where(name)} describes another store ({found.get('format')}, version {found.get('version')}, "
+            f"{location.where(name)} describes another store ({found.get('format')}, export {found.get('export')}, "
             f"settings {found.get('settings')}); remove {location.display} to build it again.",
             path=location.display,
         )

@@ -205,6 +205,19 @@ class FsspecRoot:
 
         return read_with_retries(self.retry, read_once, what=f"read of {self.location(path)}")
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of the object at ``path``: one ranged GET per
+        attempt, retried and bounded in time as ``read`` is (a shard is fetched in such ranges)."""
+        fs, root = self._open()
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
+
+        def read_once(timeout_s: float | None) -> bytes:
+            if getattr(fs, "async_impl", False) and timeout_s is not None:
+                return fs.cat_file(url, start=start, end=end, timeout=timeout_s)
+            return fs.cat_file(url, start=start, end=end)
+
+        return read_with_retries(self.retry, read_once, what=f"read of {self.location(path)} [{start}:{end}]")
+
     identity_is_cheap = False  # a request per image
 
     def identity(self, path: str) -> int:
@@ -323,8 +336,14 @@ def check_source_options(
     images_root: str | os.PathLike | None,
     storage_options: Mapping[str, Any] | None,
     image_cache: str | int | None,
+    *,
+    prepared_root: str | os.PathLike | None = None,
 ) -> None:
-    """Refuse options that cannot work together, before anything is fetched or read."""
+    """Refuse options that cannot work together, before anything is fetched or read. (``storage_options``
+    also serve a ``prepared_root`` URL: then they need no images_root.)"""
+    if prepared_root is not None and is_remote(prepared_root):
+        _checked_protocol(os.fspath(prepared_root))
+        storage_options = None  # theirs as much as the images'
     if images_root is None:
         for name, value in (("storage_options", storage_options), ("image_cache", image_cache)):
             if value is not None:

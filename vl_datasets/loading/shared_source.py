@@ -1,0 +1,199 @@
+"""``prepare=S`` with ``prepared_root=URL``: prepared pixels from a shared store, the rest prepared here.
+
+``SharedPreparedSource`` is a ``PreparedSource`` (the node-local store in front of the originals)
+with a ``SharedStore`` in front of both: an image the shared store holds is read from it, through
+the node's shard cache; any other image (one added to the export since the store was built, or
+whose preparation failed there) is read from its original and prepared into the node-local store,
+exactly as without ``prepared_root``. Opening the dataset says how many images that is (a WARNING
+when some are, naming the shared store). A store that cannot be read under a running job (a shard
+that stays unreachable, or is damaged) changes speed, never results: the image is prepared from
+its original, and a WARNING says so once per process.
+
+A shared copy is not compared with its original's identity on each read: it was prepared on
+another machine, where a local original's size and mtime are not this machine's. The store is
+keyed by what the export holds (a digest of its metadata file: a refreshed export whose
+metadata changed has a new one) and the settings; rebuild it after replacing originals in place.
+
+Where the store is: ``<prepared_root>/exports/<dataset>/<key digest>/derived/prepared/<content>-
+<settings digest>``, laid out as the cache lays out its node-local store (``shared_store_url``), so
+every machine that opens the same dataset with the same settings finds the same store. Its shards
+are kept in the cache's node area ``shards/``, up to ``prepared_cache_limit`` (else
+``VL_DATASETS_PREPARED_CACHE_LIMIT``, else 50 GiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+
+from ..cache.opened import local_store
+from ..cache.store import CacheStore, LocalExport
+from ..config import is_remote, parse_size
+from ..errors import ConfigurationError, SharedStoreError, SharedStoreNotFoundError
+from .prepared import KIND, StoreSettings, keys_of
+from .prepared_source import PreparedSource
+from .shard_cache import ShardCache
+from .shard_format import SHARDS
+from .shared_store import SharedStore
+from .sources import FsspecRoot
+
+logger = logging.getLogger("vl_datasets")
+
+LIMIT_ENV = "VL_DATASETS_PREPARED_CACHE_LIMIT"
+DEFAULT_LIMIT = "50G"
+
+
+class SharedPreparedSource(PreparedSource):
+    """``local``'s images (a ``PreparedSource``), read from ``shared`` first where it has them."""
+
+    def __init__(self, local: PreparedSource, shared: SharedStore | None) -> None:
+        super().__init__(local.source, local.store)
+        self.shared = shared
+
+    def read(self, path: str) -> bytes | np.ndarray:
+        """The image's pixels from the shared store, else as ``PreparedSource.read`` gives them."""
+        if self.shared is not None:
+            try:
+                pixels = self.shared.get(path)
+            except SharedStoreError as exc:  # unreachable or damaged under this job: the originals still are
+                self._warn_once("shared", "%s; preparing images from their originals instead", exc)
+                pixels = None
+            if pixels is not None:
+                return pixels
+        return super().read(path)
+
+    def prefetch(self, paths: list[str]) -> None:
+        """Start downloading the shards of the images at ``paths`` (the loader's next batch)."""
+        if self.shared is not None:
+            with contextlib.suppress(SharedStoreError):  # the read that needs them says so
+                self.shared.prefetch(paths)
+
+    def __repr__(self) -> str:
+        return f"SharedPreparedSource({self.source!r}, {self.shared!r}, {self.store!r})"
+
+
+def with_shared_store(
+    local: PreparedSource,
+    *,
+    prepared_root: str | os.PathLike,
+    storage_options: Mapping[str, Any] | None,
+    entry: LocalExport,
+    cache_dir: str | os.PathLike | None,
+    cache_limit: str | int | None,
+    paths: pa.Array | pa.ChunkedArray,
+) -> SharedPreparedSource:
+    """``local`` behind the shared store of ``entry``'s version under ``prepared_root``; without a
+    finished store there, every image is prepared locally (a WARNING says so)."""
+    url = shared_store_url(os.fspath(prepared_root), entry, local.store.settings)
+    try:
+        shared = open_shared_store(
+            url, storage_options, local.store.settings, entry, cache_dir=cache_dir, cache_limit=cache_limit
+        )
+    except SharedStoreNotFoundError as exc:
+        logger.warning("%s All %d images are prepared from their originals on this node.", exc, len(paths))
+        return SharedPreparedSource(local, None)
+    _say_what_is_missing(shared, [p for p in paths.to_pylist() if p is not None], local)
+    return SharedPreparedSource(local, shared)
+
+
+def open_shared_store(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    settings: StoreSettings,
+    entry: LocalExport,
+    *,
+    cache_dir: str | os.PathLike | None,
+    cache_limit: str | int | None,
+) -> SharedStore:
+    """The shared store at ``url``, loaded (before any fork: workers share its index), its shards
+    read through this node's cache of them."""
+    if entry.version is None:
+        raise ConfigurationError(f"prepared_root needs an export published in the cache; {entry.path} is not one.")
+    shards = FsspecRoot(join_url(url, SHARDS), storage_options)
+    folder = local_store(cache_dir).node_area("shards", _store_digest(shards.display_root, storage_options))
+    cache = ShardCache(folder, resolve_cache_limit(cache_limit), shards)
+    store = SharedStore(url, dict(storage_options or {}), settings, CacheStore.content_name(entry), cache)
+    store.load()
+    return store
+
+
+def shared_store_url(prepared_root: str, entry: LocalExport, settings: StoreSettings) -> str:
+    """Where the shared store of ``entry`` with ``settings`` lives under ``prepared_root``:
+    where the cache keeps its node-local store, relative to the cache root
+    (``exports/<dataset>/<key digest>/derived/prepared/<content>-<settings digest>``;
+    ``CacheStore.shared_derived_name``), so the writer and every reader name the same store."""
+    if entry.version is None or entry.entry_dir is None:
+        raise ConfigurationError(f"prepared_root needs an export published in the cache; {entry.path} is not one.")
+    return join_url(prepared_root, CacheStore.shared_derived_name(entry, KIND, settings.digest))
+
+
+def join_url(root: str, relative: str) -> str:
+    """``relative`` (``/``-separated) under ``root``, a folder or an fsspec URL (whose query, a SAS
+    token say, stays at the end)."""
+    if not is_remote(root):
+        return os.path.join(os.path.abspath(os.path.expanduser(root)), *relative.split("/"))
+    parts = urlsplit(root)
+    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{relative}", parts.query, ""))
+
+
+def resolve_cache_limit(value: str | int | None, env: Mapping[str, str] | None = None) -> int:
+    """The shard cache's size limit in bytes: ``value`` (``"50G"`` or bytes), else
+    ``VL_DATASETS_PREPARED_CACHE_LIMIT``, else 50 GiB."""
+    env = os.environ if env is None else env
+    where = "prepared_cache_limit"
+    if value is None and env.get(LIMIT_ENV, "").strip():
+        value, where = env[LIMIT_ENV], LIMIT_ENV
+    if value is None:
+        value = DEFAULT_LIMIT
+    try:
+        limit = parse_size(value) if isinstance(value, str) else value
+    except ConfigurationError:
+        limit = None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ConfigurationError(f"{where} must be a positive size such as 50G, got {value!r}.")
+    return limit
+
+
+def check_prepared_root(
+    prepared_root: str | os.PathLike | None, prepare: int | None, cache_limit: str | int | None
+) -> None:
+    """Refuse a ``prepared_root`` without ``prepare``, or a cache limit that is not a size."""
+    if prepared_root is None:
+        if cache_limit is not None:
+            raise ConfigurationError("prepared_cache_limit applies to a prepared_root; none was given.")
+        return
+    if prepare is None:
+        raise ConfigurationError("prepared_root holds prepared images: it needs prepare=S (the shorter side).")
+    resolve_cache_limit(cache_limit)
+
+
+def _say_what_is_missing(shared: SharedStore, paths: list[str], local: PreparedSource) -> None:
+    missing = int((shared.shard_numbers(keys_of(paths)) < 0).sum()) if paths else 0
+    if missing:
+        logger.warning(
+            "%d of the %d images are not in the shared store %s; they are prepared from their originals into "
+            "the node-local store %s",
+            missing,
+            len(paths),
+            shared.display_url,
+            local.store.path,
+        )
+    else:
+        logger.info("All %d images are read from the shared store %s", len(paths), shared.display_url)
+
+
+def _store_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+    """The shard cache folder of a store: the same bucket behind another endpoint is another store."""
+    options = storage_options or {}
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    blob = json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
