@@ -176,6 +176,11 @@ class ImageReader:
         self.root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
 
+    def item_shards(self) -> np.ndarray | None:
+        """Each item's shard number in a shared prepared store (-1: not in it); None without one,
+        as here: only a shared store (``prepared_root=``) keeps images in shards."""
+        return None
+
     def __repr__(self) -> str:
         root = f", images_root={self.root!r}" if self.own_root else ""
         return f"{type(self).__name__}(images={len(self.items)}{root}, image_size={self.options.image_size!r})"
