@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -56,14 +57,21 @@ LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED = (
     f"HTTP, {LATENCY_MS} ms",
     f"HTTP, {LATENCY_MS} ms, image_cache (later epochs)",
 )
+HTTP_PREPARED, S3, S3_PREPARED = (
+    f"HTTP, {LATENCY_MS} ms, prepare=256",
+    f"S3 (moto), {LATENCY_MS} ms",
+    f"S3 (moto), {LATENCY_MS} ms, prepare=256",
+)
 NO_READ_AHEAD = (HTTP0, HTTP50)
+PREPARED = (HTTP_PREPARED, S3_PREPARED)
 
 
 # -- the image loaders, each measured in a fresh interpreter ------------------------------------
 
 
-def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str) -> dict:
-    """img/s of ``variant`` over the timed epochs after a warm-up one, and its workers' memory."""
+def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str = "") -> dict:
+    """img/s of ``variant`` over the timed epochs after a warm-up one, its workers' memory, and the
+    requests the server saw in each epoch (``server``: its URL, "" for none)."""
     import multiprocessing
     import time
 
@@ -76,22 +84,38 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
     if variant == LOCAL:
         ds = VisualLayerDataset.from_export(corpus_dir, **options)
     else:
-        cache = {"image_cache": "4G"} if variant == CACHED else {}
-        ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options, **cache)
+        if root.startswith("s3://"):
+            os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+            options["storage_options"] = {"endpoint_url": server}
+        options.update({"image_cache": "4G"} if variant == CACHED else {})
+        options.update({"prepare": 256} if variant in PREPARED else {})
+        ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options)
     loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
     if variant in NO_READ_AHEAD:
         loader.batch_sampler.__class__ = _without_read_ahead(type(loader.batch_sampler))
-    seen = 0
+    seen, counts = 0, [_requests(server)]
     for epoch in range(1 + TIMED_EPOCHS):
         if epoch == 1:
             pids = [os.getpid(), *(p.pid for p in multiprocessing.active_children())]
             start, cpu, seen = time.perf_counter(), sum(map(_cpu_s, pids)), 0
         for _, labels in loader:
             seen += len(labels)
+        counts.append(_requests(server))
     rate = seen / (time.perf_counter() - start)
     cpu_ms = (sum(map(_cpu_s, pids)) - cpu) * 1000 / seen  # the loader's own cost, whatever else runs
     workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
-    return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers}
+    per_epoch = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
+    return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers, "requests": per_epoch, "images": len(ds)}
+
+
+def _requests(server: str) -> dict[str, int]:
+    """The requests a counting server (static_server.py, s3_server.py) has answered, by kind."""
+    if not server:
+        return {}
+    from urllib.request import urlopen
+
+    with urlopen(f"{server}/__requests", timeout=30) as answer:
+        return json.loads(answer.read())
 
 
 def _without_read_ahead(sampler_class: type) -> type:
@@ -113,8 +137,8 @@ def _memory_mib(pid: int) -> dict:
     return {"rss": kib["Rss"] / 1024, "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
 
 
-def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path) -> dict:
-    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir))
+def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path, server: str) -> dict:
+    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir, server))
     code = f"import json, bench_remote as b; print(json.dumps(b.measure({variant!r}, {args})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
     if result.returncode:
@@ -123,10 +147,10 @@ def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, c
 
 
 @contextlib.contextmanager
-def static_server(root: Path, latency_ms: float) -> Iterator[tuple[str, int]]:
-    """(URL, pid) of a static_server.py serving ``root``; it stops when the block ends."""
+def static_server(root: Path, latency_ms: float, script: str = "static_server.py") -> Iterator[tuple[str, int]]:
+    """(URL, pid) of a static_server.py (or ``script``, s3_server.py) serving ``root``; it stops when the block ends."""
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "static_server.py"), str(root), "--latency-ms", str(latency_ms)],
+        [sys.executable, str(HERE / script), str(root), "--latency-ms", str(latency_ms)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -160,19 +184,25 @@ def loader_section(count: int, rounds: int) -> list[str]:
     corpus_dir = corpus.build("imagenet", count)
     export_dir = metadata_only(corpus_dir)
     images = corpus_dir / "images"
-    variants = [LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED]
+    variants = [LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED, HTTP_PREPARED, S3, S3_PREPARED]
     results: dict[str, list[dict]] = {v: [] for v in variants}
-    with static_server(images, 0) as (fast, fast_pid), static_server(images, LATENCY_MS) as (slow, slow_pid):
-        roots = {LOCAL: "", FOLDER: str(images), HTTP0: fast, AHEAD0: fast, HTTP50: slow, AHEAD: slow, CACHED: slow}
-        servers = {HTTP0: fast_pid, AHEAD0: fast_pid}
+    with (
+        static_server(images, 0) as (fast, fast_pid),
+        static_server(images, LATENCY_MS) as (slow, slow_pid),
+        static_server(images, LATENCY_MS, "s3_server.py") as (s3, s3_pid),
+    ):
+        http = {HTTP0: fast, AHEAD0: fast, HTTP50: slow, AHEAD: slow, CACHED: slow, HTTP_PREPARED: slow}
+        roots = {LOCAL: "", FOLDER: str(images), **http, S3: "s3://bench/photos", S3_PREPARED: "s3://bench/photos"}
+        servers = {**http, S3: s3, S3_PREPARED: s3}
+        pids = {fast: fast_pid, slow: slow_pid, s3: s3_pid}
         for _ in range(rounds):
             for variant in variants:
-                pid = servers.get(variant, slow_pid)
+                server = servers.get(variant, "")
                 cache_dir = DATA / "remote_cache"
-                shutil.rmtree(cache_dir, ignore_errors=True)  # every cached run fills its own copy
-                before = _cpu_s(pid)
-                result = measure_fresh(variant, corpus_dir, export_dir, roots[variant], cache_dir)
-                result["server_cpu_s"] = _cpu_s(pid) - before if variant != LOCAL and variant != FOLDER else 0.0
+                shutil.rmtree(cache_dir, ignore_errors=True)  # every cached or prepared run fills its own
+                before = _cpu_s(pids[server]) if server else 0.0
+                result = measure_fresh(variant, corpus_dir, export_dir, roots[variant], cache_dir, server)
+                result["server_cpu_s"] = _cpu_s(pids[server]) - before if server else 0.0
                 results[variant].append(result)
                 print(f"{variant}: {result['rate']:,.0f} img/s", flush=True)
     shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
@@ -209,8 +239,29 @@ def _loader_report(count: int, rounds: int, variants: list[str], results: dict[s
         f"- images_root=<local folder> / local disk: {ratio(FOLDER, LOCAL):.0%}; "
         f"{HTTP0} / local disk: {ratio(HTTP0, LOCAL):.0%}",
         "",
+        *_requests_report(count, [v for v in variants if results[v][0]["requests"]], results),
     ]
     return lines
+
+
+def _requests_report(count: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
+    """What the storage saw: requests in the first epoch and in each later one, by kind (last round)."""
+
+    def shown(counts: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items()) if n) or "0"
+
+    lines = [
+        f"Requests the storage answered ({count} images; last round; the prepared store and the image "
+        "cache start empty):",
+        "",
+        "| source | first epoch | per image | each later epoch |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for v in variants:
+        first, *later = results[v][-1]["requests"]
+        per_image = sum(first.values()) / results[v][-1]["images"]
+        lines.append(f"| {v} | {shown(first)} | {per_image:.2f} | {' / '.join(shown(c) for c in later)} |")
+    return [*lines, ""]
 
 
 # -- opening a million-item metadata-only export -------------------------------------------------

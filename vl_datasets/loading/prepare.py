@@ -174,6 +174,8 @@ def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers
     held, once they are let go (or after ``stall_timeout_s``)."""
     blocks = _chunks(len(paths), workers)
     job = {"source": source, "paths": paths, "media_ids": media_ids, "wait_s": stall_timeout_s}
+    lister = getattr(source.source, "identities", None)  # a fresh listing per job: it sees replaced originals
+    job["listed"] = lister() if callable(lister) else None
     if workers == 0:
         _JOB.update(job)  # in this process, its threads as they are
         yield from _two_passes(map, blocks)
@@ -277,7 +279,7 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
     prepared, and the failures with each image's location)."""
     source: PreparedSource = _JOB["source"]
     paths = [_JOB["paths"][i] for i in block]
-    identities = [source.identity(path) for path in paths]
+    identities = _identities(source, paths)
     made, failures = 0, list[tuple[Exception, str]]()
     for at in source.store.missing(paths, identities):
         path, media_id = paths[at], _JOB["media_ids"][block.start + at]
@@ -295,6 +297,23 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
         source.store.put(path, pixels, source=identities[at])
         made += 1
     return made, failures
+
+
+def _identities(source: PreparedSource, paths: list[str]) -> list[int]:
+    """The originals' identities: from listings of their folders where the root lists ETags (a
+    request per 1,000 objects, not one per image); else, or once a listing failed (a bucket this
+    job may read but not list), one look-up each, with a WARNING once."""
+    listed = _JOB.get("listed")
+    if listed is not None:
+        try:
+            return listed.identities(paths)
+        except Exception as exc:
+            reason = source.source.scrub(f"{type(exc).__name__}: {exc}")
+            logger.warning(
+                "Cannot list the originals under %s (%s): asking each image's instead", source.display_root, reason
+            )
+            _JOB["listed"] = None
+    return [source.identity(path) for path in paths]
 
 
 def _wait_for_node(source: PreparedSource, keys: np.ndarray, *, rank: int, ranks: int, stall_timeout_s: float) -> None:
