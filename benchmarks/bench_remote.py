@@ -17,7 +17,13 @@ in a fresh interpreter, img/s over 2 timed epochs after a warm-up epoch:
   ``vl_datasets.loading.batch_sampler.RequestSampler``, yields) and with it taken off from
   outside, to show what it buys;
 - HTTP with 50 ms and ``image_cache``: the warm-up epoch fills the node-local copy, and the timed
-  epochs read from it.
+  epochs read from it;
+- HTTP with 50 ms and ``prepare=256`` (the warm-up epoch fills the store), and the same two from an
+  S3 bucket (s3_server.py: moto, 50 ms before each answer).
+
+Both servers count the requests they answer: a second pass reads two epochs of each remote
+variant with no worker processes (so none reads ahead into the next epoch) and reports the GETs,
+HEADs and listings of each epoch: one GET per image is the target.
 
 The server shares the machine's cores with the loader, which a real bucket does not: its CPU time
 is reported next to the rates, and so is the loader's own CPU time per image (main process and
@@ -70,11 +76,42 @@ PREPARED = (HTTP_PREPARED, S3_PREPARED)
 
 
 def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str = "") -> dict:
-    """img/s of ``variant`` over the timed epochs after a warm-up one, its workers' memory, and the
-    requests the server saw in each epoch (``server``: its URL, "" for none)."""
+    """img/s of ``variant`` over the timed epochs after a warm-up one, and its workers' memory."""
     import multiprocessing
     import time
 
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
+    loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
+    if variant in NO_READ_AHEAD:
+        loader.batch_sampler.__class__ = _without_read_ahead(type(loader.batch_sampler))
+    seen = 0
+    for epoch in range(1 + TIMED_EPOCHS):
+        if epoch == 1:
+            pids = [os.getpid(), *(p.pid for p in multiprocessing.active_children())]
+            start, cpu, seen = time.perf_counter(), sum(map(_cpu_s, pids)), 0
+        for _, labels in loader:
+            seen += len(labels)
+    rate = seen / (time.perf_counter() - start)
+    cpu_ms = (sum(map(_cpu_s, pids)) - cpu) * 1000 / seen  # the loader's own cost, whatever else runs
+    workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
+    return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers}
+
+
+def count_requests(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str) -> dict:
+    """The requests ``server`` answered in each of two epochs of ``variant``, read with no worker
+    processes, so that nothing is read ahead into the next epoch (persistent workers would)."""
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
+    loader = ds.dataloader(BATCH, num_workers=0, seed=0)
+    counts = [_requests(server)]
+    for _ in range(2):
+        for _ in loader:
+            pass
+        counts.append(_requests(server))
+    per_epoch = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
+    return {"requests": per_epoch, "images": len(ds)}
+
+
+def _open(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str):
     import torch
 
     from vl_datasets.loading.dataset import VisualLayerDataset
@@ -82,30 +119,13 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
     torch.set_num_threads(1)
     options: dict = {"image_size": SIZE, "cache_dir": cache_dir}
     if variant == LOCAL:
-        ds = VisualLayerDataset.from_export(corpus_dir, **options)
-    else:
-        if root.startswith("s3://"):
-            os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
-            options["storage_options"] = {"endpoint_url": server}
-        options.update({"image_cache": "4G"} if variant == CACHED else {})
-        options.update({"prepare": 256} if variant in PREPARED else {})
-        ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options)
-    loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
-    if variant in NO_READ_AHEAD:
-        loader.batch_sampler.__class__ = _without_read_ahead(type(loader.batch_sampler))
-    seen, counts = 0, [_requests(server)]
-    for epoch in range(1 + TIMED_EPOCHS):
-        if epoch == 1:
-            pids = [os.getpid(), *(p.pid for p in multiprocessing.active_children())]
-            start, cpu, seen = time.perf_counter(), sum(map(_cpu_s, pids)), 0
-        for _, labels in loader:
-            seen += len(labels)
-        counts.append(_requests(server))
-    rate = seen / (time.perf_counter() - start)
-    cpu_ms = (sum(map(_cpu_s, pids)) - cpu) * 1000 / seen  # the loader's own cost, whatever else runs
-    workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
-    per_epoch = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
-    return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers, "requests": per_epoch, "images": len(ds)}
+        return VisualLayerDataset.from_export(corpus_dir, **options)
+    if root.startswith("s3://"):
+        os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+        options["storage_options"] = {"endpoint_url": server}
+    options.update({"image_cache": "4G"} if variant == CACHED else {})
+    options.update({"prepare": 256} if variant in PREPARED else {})
+    return VisualLayerDataset.from_export(export_dir, images_root=root, **options)
 
 
 def _requests(server: str) -> dict[str, int]:
@@ -137,9 +157,12 @@ def _memory_mib(pid: int) -> dict:
     return {"rss": kib["Rss"] / 1024, "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
 
 
-def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path, server: str) -> dict:
+def measure_fresh(
+    variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path, server: str, what: str = "measure"
+) -> dict:
+    """``what`` (``measure`` or ``count_requests``) of ``variant``, in a fresh interpreter."""
     args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir, server))
-    code = f"import json, bench_remote as b; print(json.dumps(b.measure({variant!r}, {args})))"
+    code = f"import json, bench_remote as b; print(json.dumps(b.{what}({variant!r}, {args})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"measuring {variant} failed:\n{result.stderr[-3000:]}")
@@ -205,8 +228,13 @@ def loader_section(count: int, rounds: int) -> list[str]:
                 result["server_cpu_s"] = _cpu_s(pids[server]) - before if server else 0.0
                 results[variant].append(result)
                 print(f"{variant}: {result['rate']:,.0f} img/s", flush=True)
+        counted = {}
+        for variant in (AHEAD, CACHED, HTTP_PREPARED, S3, S3_PREPARED):  # read-ahead changes when, not what
+            shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
+            arguments = (variant, corpus_dir, export_dir, roots[variant], DATA / "remote_cache", servers[variant])
+            counted[variant] = measure_fresh(*arguments, what="count_requests")
     shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
-    return _loader_report(count, rounds, variants, results)
+    return _loader_report(count, rounds, variants, results) + _requests_report(count, counted)
 
 
 def _loader_report(count: int, rounds: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
@@ -239,28 +267,27 @@ def _loader_report(count: int, rounds: int, variants: list[str], results: dict[s
         f"- images_root=<local folder> / local disk: {ratio(FOLDER, LOCAL):.0%}; "
         f"{HTTP0} / local disk: {ratio(HTTP0, LOCAL):.0%}",
         "",
-        *_requests_report(count, [v for v in variants if results[v][0]["requests"]], results),
     ]
     return lines
 
 
-def _requests_report(count: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
-    """What the storage saw: requests in the first epoch and in each later one, by kind (last round)."""
+def _requests_report(count: int, counted: dict[str, dict]) -> list[str]:
+    """What the storage saw: requests in a first epoch and in the next, by kind."""
 
     def shown(counts: dict[str, int]) -> str:
         return ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items()) if n) or "0"
 
     lines = [
-        f"Requests the storage answered ({count} images; last round; the prepared store and the image "
-        "cache start empty):",
+        f"Requests the storage answered per epoch ({count} images, read with no worker processes so that "
+        "no epoch reads ahead into the next; the prepared store and the image cache start empty):",
         "",
-        "| source | first epoch | per image | each later epoch |",
+        "| source | first epoch | per image | second epoch |",
         "| --- | --- | ---: | --- |",
     ]
-    for v in variants:
-        first, *later = results[v][-1]["requests"]
-        per_image = sum(first.values()) / results[v][-1]["images"]
-        lines.append(f"| {v} | {shown(first)} | {per_image:.2f} | {' / '.join(shown(c) for c in later)} |")
+    for variant, result in counted.items():
+        first, second = result["requests"]
+        per_image = sum(first.values()) / result["images"]
+        lines.append(f"| {variant} | {shown(first)} | {per_image:.2f} | {shown(second)} |")
     return [*lines, ""]
 
 

@@ -1,4 +1,5 @@
-"""What an epoch and a prepare() cost an object store: one GET per image, no HEAD or listing per image."""
+"""What an epoch and a prepare() cost an object store (moto's S3, an HTTP server): one GET per image,
+no HEAD or listing per image."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from tests.loading.image_server import ImageServer
 from tests.loading.s3_server import SlowDownS3
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
@@ -104,3 +106,18 @@ def test_a_first_epoch_with_prepare_takes_identities_from_its_gets(bucket, tmp_p
     before = len(server.requests)
     assert ds.prepare(num_workers=0).prepared == 0, "the identities of the GETs and of the listing differ"
     assert server.requests[before:] == []
+
+
+def test_a_first_epoch_with_prepare_over_http_takes_identities_from_its_gets(split_export, tmp_path):
+    export, source = split_export
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(
+            export, images_root=server.url, image_size=8, cache_dir=tmp_path / "c", prepare=16
+        )
+        assert sum(len(images) for images, _ in ds.dataloader(4, num_workers=0, seed=1)) == len(ds)
+        paths = ["/" + path for path in ds.table.column("file_path").to_pylist()]
+        assert Counter(server.requests) == Counter(paths), f"a first epoch with prepare sent {server.requests}"
+        assert server.heads == [], "a first epoch with prepare asked each image's identity apart"
+        # An http root has no listing: prepare() asks each original (HEAD) and finds the copies stand for them.
+        assert ds.prepare(num_workers=0).prepared == 0, "the identities of the GETs and of the HEADs differ"
+        assert Counter(server.heads) == Counter(paths) and len(server.requests) == len(paths)

@@ -4,7 +4,8 @@ A prepared copy records its original's identity (``sources.WithIdentity``), so a
 is prepared again. Asked one object at a time, that is a HEAD per image: twice the requests of the
 GET itself, and on S3 twice the bill. Two ways around it:
 
-- an image read to be prepared takes the ETag of its own GET's response (``s3_get``);
+- an image read to be prepared takes its identity from its own GET's response (``s3_get``,
+  ``http_get``);
 - ``prepare()`` takes the identities of a block of images from listings of their folders
   (``ListedIdentities``): one request per 1,000 objects on S3 (``ListObjectsV2``), each folder
   listed once per process and job, so a replaced original is seen by the next ``prepare()``.
@@ -41,16 +42,41 @@ def info_identity(info: Mapping[str, Any]) -> int:
     return identity_of(info.get("size"), modified)
 
 
-async def s3_get(fs: Any, url: str) -> tuple[bytes, int]:
-    """An S3 object's bytes and identity, from one GET (s3fs's ``cat_file`` keeps the response's
-    ETag to itself). A missing object raises ``FileNotFoundError``, as ``cat_file`` does."""
+# Reads of one object that keep what its response says of it, which ``cat_file`` drops: they follow
+# s3fs's and fsspec's own ``_cat_file`` (the fsspec versions are pinned in pyproject.toml). A
+# missing object raises ``FileNotFoundError``, as ``cat_file`` does. None for the identity: the
+# response cannot tell it as a look-up would (a compressed answer has no size).
+
+
+async def s3_get(fs: Any, url: str) -> tuple[bytes, int | None]:
+    """An S3 object's bytes and identity (its ETag), from one GET."""
     bucket, key, version = fs.split_path(url)
     response = await fs._call_s3("get_object", Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))
     try:
         data = await response["Body"].read()
     finally:
         response["Body"].close()
-    return data, info_identity({"ETag": response.get("ETag")}) if response.get("ETag") else 0
+    return data, info_identity({"ETag": response["ETag"]}) if response.get("ETag") else None
+
+
+async def http_get(fs: Any, url: str) -> tuple[bytes, int | None]:
+    """An http(s) object's bytes and identity, from one GET: the fields fsspec's ``info`` takes
+    from a HEAD (``_file_info``), taken from the GET's headers."""
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(url), **fs.kwargs) as response:
+        data = await response.read()
+        fs._raise_not_found_for_status(response, url)
+        headers = response.headers
+    if headers.get("Content-Encoding", "identity") not in ("identity", "") or "Content-Length" not in headers:
+        return data, None
+    info: dict[str, Any] = {"size": int(headers["Content-Length"])}
+    info.update(
+        {name: headers[name] for name in ("ETag", "Content-MD5", "Digest", "Last-Modified") if headers.get(name)}
+    )
+    return data, info_identity(info)
+
+
+GETS_WITH_IDENTITY = {"s3": s3_get, "s3a": s3_get, "http": http_get, "https": http_get}
 
 
 class ListedIdentities:

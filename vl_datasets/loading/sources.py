@@ -32,7 +32,7 @@ from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, I
 from ..metadata.index import IMAGE_COLUMN
 from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
-from .object_identity import LISTED_PROTOCOLS, ListedIdentities, identity_of, info_identity, s3_get
+from .object_identity import GETS_WITH_IDENTITY, LISTED_PROTOCOLS, ListedIdentities, identity_of, info_identity
 from .retries import read_with_retries
 
 logger = logging.getLogger("vl_datasets")
@@ -229,19 +229,21 @@ class FsspecRoot:
         return {e["name"].rsplit("/", 1)[-1]: info_identity(e) for e in entries if e.get("type") != "directory"}
 
     def read_with_identity(self, path: str) -> tuple[bytes, int]:
-        """``read(path)`` and the original's identity, from the one GET on S3 (its ETag); elsewhere
-        a look-up (``identity``), then the read."""
-        if self.protocol not in ("s3", "s3a"):
+        """``read(path)`` and the original's identity, from the one GET on S3 and http(s) (its
+        response's ETag, size, date); elsewhere, or when the response cannot tell, a look-up too."""
+        get = GETS_WITH_IDENTITY.get(self.protocol)
+        if get is None:
             return self.read(path), self.identity(path)
         fs, root = self._open()
-        url = object_path(root, path, protocol=self.protocol)
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
         from fsspec.asyn import sync
 
-        return read_with_retries(
+        data, identity = read_with_retries(
             self.retry,
-            lambda timeout_s: sync(fs.loop, s3_get, fs, url, timeout=timeout_s),
+            lambda timeout_s: sync(fs.loop, get, fs, url, timeout=timeout_s),
             what=f"read of {self.location(path)}",
         )
+        return data, identity if identity is not None else self.identity(path)
 
     def location(self, path: str) -> str:
         return f"{self.display_root}/{path}"
