@@ -111,6 +111,18 @@ def count_requests(variant: str, corpus_dir: str, export_dir: str, root: str, ca
     return {"requests": per_epoch, "images": len(ds)}
 
 
+def count_prepare(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str) -> dict:
+    """The requests ``server`` answered for ``prepare()`` into an empty store, then for a second
+    ``prepare()`` (each original's identity checked, nothing left to prepare)."""
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
+    counts = [_requests(server)]
+    for _ in range(2):
+        ds.prepare(num_workers=WORKERS, progress=False)
+        counts.append(_requests(server))
+    per_run = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
+    return {"requests": per_run, "images": len(ds)}
+
+
 def _open(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str):
     import torch
 
@@ -201,7 +213,7 @@ def metadata_only(corpus_dir: Path) -> Path:
     return folder
 
 
-def loader_section(count: int, rounds: int) -> list[str]:
+def loader_section(count: int, rounds: int, *, requests_only: bool = False) -> list[str]:
     import corpus
 
     corpus_dir = corpus.build("imagenet", count)
@@ -218,7 +230,7 @@ def loader_section(count: int, rounds: int) -> list[str]:
         roots = {LOCAL: "", FOLDER: str(images), **http, S3: "s3://bench/photos", S3_PREPARED: "s3://bench/photos"}
         servers = {**http, S3: s3, S3_PREPARED: s3}
         pids = {fast: fast_pid, slow: slow_pid, s3: s3_pid}
-        for _ in range(rounds):
+        for _ in range(0 if requests_only else rounds):
             for variant in variants:
                 server = servers.get(variant, "")
                 cache_dir = DATA / "remote_cache"
@@ -233,8 +245,13 @@ def loader_section(count: int, rounds: int) -> list[str]:
             shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
             arguments = (variant, corpus_dir, export_dir, roots[variant], DATA / "remote_cache", servers[variant])
             counted[variant] = measure_fresh(*arguments, what="count_requests")
+        for variant in PREPARED:
+            shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
+            arguments = (variant, corpus_dir, export_dir, roots[variant], DATA / "remote_cache", servers[variant])
+            counted[f"{variant}: prepare(), then prepare() again"] = measure_fresh(*arguments, what="count_prepare")
     shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
-    return _loader_report(count, rounds, variants, results) + _requests_report(count, counted)
+    timed = [] if requests_only else _loader_report(count, rounds, variants, results)
+    return timed + _requests_report(count, counted)
 
 
 def _loader_report(count: int, rounds: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
@@ -281,7 +298,7 @@ def _requests_report(count: int, counted: dict[str, dict]) -> list[str]:
         f"Requests the storage answered per epoch ({count} images, read with no worker processes so that "
         "no epoch reads ahead into the next; the prepared store and the image cache start empty):",
         "",
-        "| source | first epoch | per image | second epoch |",
+        "| source | first epoch (or prepare()) | per image | second epoch (or prepare()) |",
         "| --- | --- | ---: | --- |",
     ]
     for variant, result in counted.items():
@@ -381,9 +398,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="items of the metadata-only export (0: skip)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_remote.md")
+    parser.add_argument("--requests-only", action="store_true", help="count the requests; time nothing")
     args = parser.parse_args()
     lines = [f"# Images from where they live ({len(os.sched_getaffinity(0))} cores)", ""]
-    lines += loader_section(args.images, args.rounds)
+    lines += loader_section(args.images, args.rounds, requests_only=args.requests_only)
     print("\n".join(lines), flush=True)
     if args.rows:
         lines += metadata_section(args.rows, args.runs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request would drown the benchmark's
 
     moto = DomainDispatcherApplication(create_backend_app)
     counts: dict[str, int] = {}

@@ -78,15 +78,16 @@ def test_prepare_from_a_bucket_gets_each_image_once_and_lists_instead_of_asking_
     assert ds.prepare(num_workers=num_workers).prepared == len(ds)
     sent = server.requests[before:]
     assert Counter(sent) == Counter(object_gets(server, ds)), f"prepare() of {len(ds)} images sent {sent}"
+    assert len(server.listings) == listed, "an empty store has no copy to compare: nothing to list"
+
+    before, listed = len(server.requests), len(server.listings)
+    assert ds.prepare(num_workers=num_workers).prepared == 0
+    assert server.requests[before:] == [], "a prepare() with every image prepared read or asked an object"
     folders = {path.rpartition("/")[0] for path in ds.table.column("file_path").to_pylist()}
     listings = len(server.listings) - listed
     assert len(folders) <= listings <= len(folders) * max(num_workers, 1), (
         f"{listings} listings of {len(folders)} folders by {num_workers or 1} processes"
     )
-
-    before = len(server.requests)
-    assert ds.prepare(num_workers=num_workers).prepared == 0
-    assert server.requests[before:] == [], "a prepare() with every image prepared read or asked an object"
 
     replaced = ds.table.column("file_path")[5].as_py()
     other = server.fs.cat(f"{server.bucket}/photos/{ds.table.column('file_path')[6].as_py()}")
@@ -121,3 +122,20 @@ def test_a_first_epoch_with_prepare_over_http_takes_identities_from_its_gets(spl
         # An http root has no listing: prepare() asks each original (HEAD) and finds the copies stand for them.
         assert ds.prepare(num_workers=0).prepared == 0, "the identities of the GETs and of the HEADs differ"
         assert Counter(server.heads) == Counter(paths) and len(server.requests) == len(paths)
+
+
+def test_prepare_over_http_reads_an_image_never_prepared_with_one_get(split_export, tmp_path):
+    export, source = split_export
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(
+            export, images_root=server.url, image_size=8, cache_dir=tmp_path / "c", prepare=16
+        )
+        assert ds.prepare(num_workers=0).prepared == len(ds)
+        paths = ["/" + path for path in ds.table.column("file_path").to_pylist()]
+        assert Counter(server.requests) == Counter(paths) and server.heads == [], (
+            f"prepare() into an empty store sent GETs {server.requests} and HEADs {server.heads}"
+        )
+        replaced = source / ds.table.column("file_path")[4].as_py()
+        replaced.write_bytes((source / ds.table.column("file_path")[7].as_py()).read_bytes())
+        assert ds.prepare(num_workers=0).prepared == 1, "a replaced original was not prepared again"
+        assert server.requests[len(paths) :] == [paths[4]]

@@ -279,13 +279,14 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
     prepared, and the failures with each image's location)."""
     source: PreparedSource = _JOB["source"]
     paths = [_JOB["paths"][i] for i in block]
-    identities = _identities(source, paths)
     made, failures = 0, list[tuple[Exception, str]]()
-    for at in source.store.missing(paths, identities):
+    known = _stale_or_absent(source, paths)
+    for at in sorted(known):
         path, media_id = paths[at], _JOB["media_ids"][block.start + at]
         try:
             try:
-                data = source.source.read(path)
+                identity = known[at]
+                data, identity = (source.source.read(path), identity) if identity else source.read_with_identity(path)
             except Exception as exc:  # any filesystem's failure, typed and named as the dataset's reads are
                 raise image_error(exc, media_id=media_id, source=source.source, path=path) from None
             pixels = prepare_pixels(data, source.store.settings.size, media_id=media_id, path=source.location(path))
@@ -294,9 +295,20 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
             failures.append((error, source.location(path)))
             continue
         # A full disk stops the job: every later image would fail too.
-        source.store.put(path, pixels, source=identities[at])
+        source.store.put(path, pixels, source=identity)
         made += 1
     return made, failures
+
+
+def _stale_or_absent(source: PreparedSource, paths: list[str]) -> dict[int, int]:
+    """The positions of ``paths`` to prepare: each with its original's identity when a stale copy
+    was compared with it, 0 when there is no copy at all (its read tells the identity: on S3 and
+    http the GET's own headers, so an image never prepared costs one request)."""
+    absent = source.store.missing(paths, [0] * len(paths))
+    present = sorted(set(range(len(paths))) - set(absent))
+    identities = _identities(source, [paths[at] for at in present])
+    stale = source.store.missing([paths[at] for at in present], identities)
+    return {**dict.fromkeys(absent, 0), **{present[i]: identities[i] for i in stale}}
 
 
 def _identities(source: PreparedSource, paths: list[str]) -> list[int]:

@@ -92,7 +92,7 @@ class PreparedSource:
         if self.checks_every_read:
             data = self.source.read(path)  # a failed read raises as without prepare
         else:
-            data, identity = self._read_with_identity(path)
+            data, identity = self.read_with_identity(path)
         try:
             pixels = prepare_pixels(data, self.store.settings.size)
         except ImageDecodeError:
@@ -103,7 +103,7 @@ class PreparedSource:
             self._warn_once("put", "Cannot add images to %s (%s); preparing them again", self.store.path, exc)
         return pixels
 
-    def _read_with_identity(self, path: str) -> tuple[bytes, int]:
+    def read_with_identity(self, path: str) -> tuple[bytes, int]:
         """The original's bytes and identity: from one request where the source can tell them
         together (an S3 GET's ETag), else a look-up, then the read (a change in between leaves the
         copy stale, not wrong)."""
