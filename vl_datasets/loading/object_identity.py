@@ -5,10 +5,10 @@ is prepared again. Asked one object at a time, that is a HEAD per image: twice t
 GET itself, and on S3 twice the bill. Two ways around it:
 
 - an image read to be prepared takes its identity from its own GET's response (``s3_get``,
-  ``http_get``);
-- ``prepare()`` takes the identities of a block of images from listings of their folders
-  (``ListedIdentities``): one request per 1,000 objects on S3 (``ListObjectsV2``), each folder
-  listed once per process and job, so a replaced original is seen by the next ``prepare()``.
+  ``http_get``): an image never prepared costs that one request;
+- ``prepare()`` compares the copies there are with their originals through listings of their
+  folders (``ListedIdentities``): one request per 1,000 objects on S3 (``ListObjectsV2``), each
+  folder listed once per process and job, so a replaced original is seen by the next ``prepare()``.
 
 The identity is the same digest either way (``info_identity``), so a copy recorded from a HEAD,
 a GET or a listing stands for the same original.
