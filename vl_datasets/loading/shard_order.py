@@ -17,7 +17,8 @@ a uniform permutation.
 
 It is a pure function of (seed, epoch, groups, window), drawn with numpy's PCG64 from a
 ``SeedSequence`` of the three, holding a few int64 arrays of the dataset's length (no Python loop
-per item: ~1 s for 10M items). ``benchmarks/bench_order.py`` measures how random it is.
+per item: about twice a ``torch.randperm`` of the same length). ``benchmarks/bench_order.py``
+measures how random it is.
 """
 
 from __future__ import annotations
