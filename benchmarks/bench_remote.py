@@ -17,7 +17,13 @@ in a fresh interpreter, img/s over 2 timed epochs after a warm-up epoch:
   ``vl_datasets.loading.batch_sampler.RequestSampler``, yields) and with it taken off from
   outside, to show what it buys;
 - HTTP with 50 ms and ``image_cache``: the warm-up epoch fills the node-local copy, and the timed
-  epochs read from it.
+  epochs read from it;
+- HTTP with 50 ms and ``prepare=256`` (the warm-up epoch fills the store), and the same two from an
+  S3 bucket (s3_server.py: moto, 50 ms before each answer).
+
+Both servers count the requests they answer: a second pass reads two epochs of each remote
+variant with no worker processes (so none reads ahead into the next epoch) and reports the GETs,
+HEADs and listings of each epoch: one GET per image is the target.
 
 The server shares the machine's cores with the loader, which a real bucket does not: its CPU time
 is reported next to the rates, and so is the loader's own CPU time per image (main process and
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -56,28 +63,24 @@ LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED = (
     f"HTTP, {LATENCY_MS} ms",
     f"HTTP, {LATENCY_MS} ms, image_cache (later epochs)",
 )
+HTTP_PREPARED, S3, S3_PREPARED = (
+    f"HTTP, {LATENCY_MS} ms, prepare=256",
+    f"S3 (moto), {LATENCY_MS} ms",
+    f"S3 (moto), {LATENCY_MS} ms, prepare=256",
+)
 NO_READ_AHEAD = (HTTP0, HTTP50)
+PREPARED = (HTTP_PREPARED, S3_PREPARED)
 
 
 # -- the image loaders, each measured in a fresh interpreter ------------------------------------
 
 
-def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str) -> dict:
+def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str = "") -> dict:
     """img/s of ``variant`` over the timed epochs after a warm-up one, and its workers' memory."""
     import multiprocessing
     import time
 
-    import torch
-
-    from vl_datasets.loading.dataset import VisualLayerDataset
-
-    torch.set_num_threads(1)
-    options: dict = {"image_size": SIZE, "cache_dir": cache_dir}
-    if variant == LOCAL:
-        ds = VisualLayerDataset.from_export(corpus_dir, **options)
-    else:
-        cache = {"image_cache": "4G"} if variant == CACHED else {}
-        ds = VisualLayerDataset.from_export(export_dir, images_root=root, **options, **cache)
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
     loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
     if variant in NO_READ_AHEAD:
         loader.batch_sampler.__class__ = _without_read_ahead(type(loader.batch_sampler))
@@ -92,6 +95,59 @@ def measure(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir
     cpu_ms = (sum(map(_cpu_s, pids)) - cpu) * 1000 / seen  # the loader's own cost, whatever else runs
     workers = [_memory_mib(p.pid) for p in multiprocessing.active_children()]
     return {"rate": rate, "cpu_ms": cpu_ms, "workers": workers}
+
+
+def count_requests(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str) -> dict:
+    """The requests ``server`` answered in each of two epochs of ``variant``, read with no worker
+    processes, so that nothing is read ahead into the next epoch (persistent workers would)."""
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
+    loader = ds.dataloader(BATCH, num_workers=0, seed=0)
+    counts = [_requests(server)]
+    for _ in range(2):
+        for _ in loader:
+            pass
+        counts.append(_requests(server))
+    per_epoch = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
+    return {"requests": per_epoch, "images": len(ds)}
+
+
+def count_prepare(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str) -> dict:
+    """The requests ``server`` answered for ``prepare()`` into an empty store, then for a second
+    ``prepare()`` (each original's identity checked, nothing left to prepare)."""
+    ds = _open(variant, corpus_dir, export_dir, root, cache_dir, server)
+    counts = [_requests(server)]
+    for _ in range(2):
+        ds.prepare(num_workers=WORKERS, progress=False)
+        counts.append(_requests(server))
+    per_run = [{k: after.get(k, 0) - before.get(k, 0) for k in after} for before, after in itertools.pairwise(counts)]
+    return {"requests": per_run, "images": len(ds)}
+
+
+def _open(variant: str, corpus_dir: str, export_dir: str, root: str, cache_dir: str, server: str):
+    import torch
+
+    from vl_datasets.loading.dataset import VisualLayerDataset
+
+    torch.set_num_threads(1)
+    options: dict = {"image_size": SIZE, "cache_dir": cache_dir}
+    if variant == LOCAL:
+        return VisualLayerDataset.from_export(corpus_dir, **options)
+    if root.startswith("s3://"):
+        os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+        options["storage_options"] = {"endpoint_url": server}
+    options.update({"image_cache": "4G"} if variant == CACHED else {})
+    options.update({"prepare": 256} if variant in PREPARED else {})
+    return VisualLayerDataset.from_export(export_dir, images_root=root, **options)
+
+
+def _requests(server: str) -> dict[str, int]:
+    """The requests a counting server (static_server.py, s3_server.py) has answered, by kind."""
+    if not server:
+        return {}
+    from urllib.request import urlopen
+
+    with urlopen(f"{server}/__requests", timeout=30) as answer:
+        return json.loads(answer.read())
 
 
 def _without_read_ahead(sampler_class: type) -> type:
@@ -113,9 +169,12 @@ def _memory_mib(pid: int) -> dict:
     return {"rss": kib["Rss"] / 1024, "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
 
 
-def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path) -> dict:
-    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir))
-    code = f"import json, bench_remote as b; print(json.dumps(b.measure({variant!r}, {args})))"
+def measure_fresh(
+    variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path, server: str, what: str = "measure"
+) -> dict:
+    """``what`` (``measure`` or ``count_requests``) of ``variant``, in a fresh interpreter."""
+    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir, server))
+    code = f"import json, bench_remote as b; print(json.dumps(b.{what}({variant!r}, {args})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"measuring {variant} failed:\n{result.stderr[-3000:]}")
@@ -123,10 +182,10 @@ def measure_fresh(variant: str, corpus_dir: Path, export_dir: Path, root: str, c
 
 
 @contextlib.contextmanager
-def static_server(root: Path, latency_ms: float) -> Iterator[tuple[str, int]]:
-    """(URL, pid) of a static_server.py serving ``root``; it stops when the block ends."""
+def static_server(root: Path, latency_ms: float, script: str = "static_server.py") -> Iterator[tuple[str, int]]:
+    """(URL, pid) of a static_server.py (or ``script``, s3_server.py) serving ``root``; it stops when the block ends."""
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "static_server.py"), str(root), "--latency-ms", str(latency_ms)],
+        [sys.executable, str(HERE / script), str(root), "--latency-ms", str(latency_ms)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -154,29 +213,45 @@ def metadata_only(corpus_dir: Path) -> Path:
     return folder
 
 
-def loader_section(count: int, rounds: int) -> list[str]:
+def loader_section(count: int, rounds: int, *, requests_only: bool = False) -> list[str]:
     import corpus
 
     corpus_dir = corpus.build("imagenet", count)
     export_dir = metadata_only(corpus_dir)
     images = corpus_dir / "images"
-    variants = [LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED]
+    variants = [LOCAL, FOLDER, HTTP0, AHEAD0, HTTP50, AHEAD, CACHED, HTTP_PREPARED, S3, S3_PREPARED]
     results: dict[str, list[dict]] = {v: [] for v in variants}
-    with static_server(images, 0) as (fast, fast_pid), static_server(images, LATENCY_MS) as (slow, slow_pid):
-        roots = {LOCAL: "", FOLDER: str(images), HTTP0: fast, AHEAD0: fast, HTTP50: slow, AHEAD: slow, CACHED: slow}
-        servers = {HTTP0: fast_pid, AHEAD0: fast_pid}
-        for _ in range(rounds):
+    with (
+        static_server(images, 0) as (fast, fast_pid),
+        static_server(images, LATENCY_MS) as (slow, slow_pid),
+        static_server(images, LATENCY_MS, "s3_server.py") as (s3, s3_pid),
+    ):
+        http = {HTTP0: fast, AHEAD0: fast, HTTP50: slow, AHEAD: slow, CACHED: slow, HTTP_PREPARED: slow}
+        roots = {LOCAL: "", FOLDER: str(images), **http, S3: "s3://bench/photos", S3_PREPARED: "s3://bench/photos"}
+        servers = {**http, S3: s3, S3_PREPARED: s3}
+        pids = {fast: fast_pid, slow: slow_pid, s3: s3_pid}
+        for _ in range(0 if requests_only else rounds):
             for variant in variants:
-                pid = servers.get(variant, slow_pid)
+                server = servers.get(variant, "")
                 cache_dir = DATA / "remote_cache"
-                shutil.rmtree(cache_dir, ignore_errors=True)  # every cached run fills its own copy
-                before = _cpu_s(pid)
-                result = measure_fresh(variant, corpus_dir, export_dir, roots[variant], cache_dir)
-                result["server_cpu_s"] = _cpu_s(pid) - before if variant != LOCAL and variant != FOLDER else 0.0
+                shutil.rmtree(cache_dir, ignore_errors=True)  # every cached or prepared run fills its own
+                before = _cpu_s(pids[server]) if server else 0.0
+                result = measure_fresh(variant, corpus_dir, export_dir, roots[variant], cache_dir, server)
+                result["server_cpu_s"] = _cpu_s(pids[server]) - before if server else 0.0
                 results[variant].append(result)
                 print(f"{variant}: {result['rate']:,.0f} img/s", flush=True)
+        counted = {}
+        for variant in (AHEAD, CACHED, HTTP_PREPARED, S3, S3_PREPARED):  # read-ahead changes when, not what
+            shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
+            arguments = (variant, corpus_dir, export_dir, roots[variant], DATA / "remote_cache", servers[variant])
+            counted[variant] = measure_fresh(*arguments, what="count_requests")
+        for variant in PREPARED:
+            shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
+            arguments = (variant, corpus_dir, export_dir, roots[variant], DATA / "remote_cache", servers[variant])
+            counted[f"{variant}: prepare(), then prepare() again"] = measure_fresh(*arguments, what="count_prepare")
     shutil.rmtree(DATA / "remote_cache", ignore_errors=True)
-    return _loader_report(count, rounds, variants, results)
+    timed = [] if requests_only else _loader_report(count, rounds, variants, results)
+    return timed + _requests_report(count, counted)
 
 
 def _loader_report(count: int, rounds: int, variants: list[str], results: dict[str, list[dict]]) -> list[str]:
@@ -211,6 +286,26 @@ def _loader_report(count: int, rounds: int, variants: list[str], results: dict[s
         "",
     ]
     return lines
+
+
+def _requests_report(count: int, counted: dict[str, dict]) -> list[str]:
+    """What the storage saw: requests in a first epoch and in the next, by kind."""
+
+    def shown(counts: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items()) if n) or "0"
+
+    lines = [
+        f"Requests the storage answered per epoch ({count} images, read with no worker processes so that "
+        "no epoch reads ahead into the next; the prepared store and the image cache start empty):",
+        "",
+        "| source | first epoch (or prepare()) | per image | second epoch (or prepare()) |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for variant, result in counted.items():
+        first, second = result["requests"]
+        per_image = sum(first.values()) / result["images"]
+        lines.append(f"| {variant} | {shown(first)} | {per_image:.2f} | {shown(second)} |")
+    return [*lines, ""]
 
 
 # -- opening a million-item metadata-only export -------------------------------------------------
@@ -303,9 +398,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="items of the metadata-only export (0: skip)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_remote.md")
+    parser.add_argument("--requests-only", action="store_true", help="count the requests; time nothing")
     args = parser.parse_args()
     lines = [f"# Images from where they live ({len(os.sched_getaffinity(0))} cores)", ""]
-    lines += loader_section(args.images, args.rounds)
+    lines += loader_section(args.images, args.rounds, requests_only=args.requests_only)
     print("\n".join(lines), flush=True)
     if args.rows:
         lines += metadata_section(args.rows, args.runs)

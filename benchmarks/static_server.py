@@ -6,7 +6,8 @@ Stands in for object storage in bench_remote.py: each answer waits ``latency-ms`
 byte, as S3 does (50-100 ms), and many requests wait at once. asyncio on one thread, files held in
 memory and keep-alive connections keep its own CPU cost low, since on a small benchmark machine it
 shares the cores with the loader it serves. It prints ``port <n>`` once listening, and exits when its
-standard input closes (the benchmark ended, or died) or after ``--lifetime-s``.
+standard input closes (the benchmark ended, or died) or after ``--lifetime-s``. It counts the requests
+it answers by method; ``GET /__requests`` (not counted) answers them as JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import threading
 from pathlib import Path
@@ -24,20 +26,33 @@ def load(root: Path) -> dict[str, bytes]:
     return {"/" + p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+COUNTS = "/__requests"
+
+
 async def serve(files: dict[str, bytes], latency_s: float, lifetime_s: float) -> None:
+    counts: dict[str, int] = {}
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                target = head.split(b" ", 2)[1].decode("latin-1")
-                body = files.get(unquote(urlsplit(target).path))
+                method, target = (part.decode("latin-1") for part in head.split(b" ", 2)[:2])
+                path = unquote(urlsplit(target).path)
+                if path == COUNTS:
+                    counted = json.dumps(counts).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(counted), counted))
+                    await writer.drain()
+                    continue
+                counts[method] = counts.get(method, 0) + 1
+                body = files.get(path)
                 if latency_s:
                     await asyncio.sleep(latency_s)
                 if body is None:
                     writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 else:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
-                    writer.write(body)
+                    if method != "HEAD":  # a HEAD's answer has the length, never the body
+                        writer.write(body)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass  # the client closed the connection, or sent something that is not a request

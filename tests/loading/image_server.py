@@ -1,9 +1,9 @@
 """A static HTTP server of images on 127.0.0.1 for the remote-source tests: real sockets, no mocks.
 
 Faults are switched on the server side (a first-byte latency, the next N answers a 503, the next N
-answers hung or trickled a byte at a time), and it records every path asked for, so a test can
-count what reached the network. It stops itself after ``lifetime_s`` even if a test forgets to, so
-a hung test cannot leave it serving.
+answers hung or trickled a byte at a time), and it records every path asked for (a GET's in
+``requests``, a HEAD's in ``heads``), so a test can count what reached the network. It stops
+itself after ``lifetime_s`` even if a test forgets to, so a hung test cannot leave it serving.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class ImageServer:
     def __init__(self, root: Path, *, latency_s: float = 0.0, lifetime_s: float = 60.0) -> None:
         self.root, self.latency_s, self.lifetime_s = Path(root), latency_s, lifetime_s
         self.requests: list[str] = []
+        self.heads: list[str] = []
         self.in_flight = self.most_in_flight = 0
         self._failures: list[int] = []
         self._slow: list[tuple[str, float]] = []
@@ -113,6 +114,15 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 if server._stopped.wait(slowness[1]):
                     return
+
+        def do_HEAD(self) -> None:
+            with server._lock:
+                server.heads.append(self.path)
+            path = (server.root / unquote(urlsplit(self.path).path).lstrip("/")).resolve()
+            found = path.is_file() and server.root.resolve() in path.parents
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(path.stat().st_size if found else 0))
+            self.end_headers()
 
         def log_message(self, format, *args) -> None:  # quiet: pytest shows what matters
             pass

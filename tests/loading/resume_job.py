@@ -9,7 +9,10 @@ old file or the new one. A run that finds ``latest.json`` resumes from it: each 
 rank's state, or rank 0's when that rank did not exist (another world size): any rank's state
 resumes every rank.
 
-    python resume_job.py EXPORT CACHE CHECKPOINTS RUN --epochs 4 --workers 2 --step-s 0.02
+    python resume_job.py EXPORT CACHE CHECKPOINTS RUN --epochs 4 --workers 2 --step-s 0.02 [--per-shard 5]
+
+With ``--per-shard N`` the dataset's items are in shards of N (``shard_groups``), as a shared
+prepared store gives them, and the loader deals them in the shard-aware order (window ``WINDOW``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,31 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch.distributed as dist
 
 from vl_datasets.loading.dataset import VisualLayerDataset
 
 BATCH_SIZE = 2
 SEED = 7
+WINDOW = 2
+
+
+def shard_groups(items: int, per_shard: int) -> np.ndarray:
+    """Items in shards of ``per_shard``, every seventh in none (-1: read from its original)."""
+    groups = np.arange(items) // per_shard
+    groups[::7] = -1
+    return groups
+
+
+class Shards:
+    """The dataset image side's ``item_shards`` answer, as a shared prepared store gives it."""
+
+    def __init__(self, groups: np.ndarray) -> None:
+        self.groups = groups
+
+    def __call__(self) -> np.ndarray:
+        return self.groups
 
 
 def write_json(path: Path, data) -> None:
@@ -56,6 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-s", type=float, default=0.02)
+    parser.add_argument("--per-shard", type=int, default=0)
     args = parser.parse_args()
     distributed = "RANK" in os.environ
     if distributed:
@@ -65,6 +88,9 @@ def main() -> None:
     write_json(args.checkpoints / "pids" / args.run / f"rank-{rank}.json", os.getpid())
     ds = VisualLayerDataset.from_export(args.export, cache_dir=args.cache, task=None, image_size=8)
     context = {"multiprocessing_context": "fork"} if args.workers else {}
+    if args.per_shard:
+        ds.images.item_shards = Shards(shard_groups(len(ds), args.per_shard))
+        context["shard_window"] = WINDOW
     loader = ds.dataloader(BATCH_SIZE, num_workers=args.workers, seed=SEED, **context)
     state, step = resume_point(args.checkpoints, rank)
     if state is not None:

@@ -1,8 +1,8 @@
 """moto's real S3 API on 127.0.0.1 with a fault switched on the server side: the next N requests
 answer 503 SlowDown, as S3 does when it sheds load. It records every request for an object (GET or HEAD),
-so a test can count what reached the storage whatever the retry layers in between (botocore, s3fs,
-ours). ``get_delay_s`` holds each GET of an object that long before it is answered, so downloads by
-several processes overlap."""
+and apart from them every listing of a bucket, so a test can count what reached the storage whatever
+the retry layers in between (botocore, s3fs, ours). ``get_delay_s`` holds each GET of an object that
+long before it is answered, so downloads by several processes overlap."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class SlowDownS3:
         self.bucket = f"images-{uuid.uuid4().hex[:12]}"
         self.requests: list[str] = []
         self.get_delay_s = 0.0
+        self.listings: list[str] = []  # "GET /bucket?list-type=2&prefix=...": a page of up to 1,000 objects each
         self._slow_downs = 0
         self._lock = threading.Lock()
         self._moto = DomainDispatcherApplication(create_backend_app)
@@ -44,7 +45,10 @@ class SlowDownS3:
     def _app(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         with self._lock:
-            if environ["REQUEST_METHOD"] in ("GET", "HEAD") and path.count("/") >= 2:  # /bucket/key: an object
+            query = environ.get("QUERY_STRING", "")
+            if "list-type" in query or "prefix=" in query:
+                self.listings.append(f"{environ['REQUEST_METHOD']} {path}?{query}")
+            elif environ["REQUEST_METHOD"] in ("GET", "HEAD") and path.count("/") >= 2:  # /bucket/key: an object
                 self.requests.append(f"{environ['REQUEST_METHOD']} {path}")
             slow_down = self._slow_downs > 0
             self._slow_downs -= slow_down

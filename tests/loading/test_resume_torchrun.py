@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import REPO, child_env
 from tests.loading.helpers import make_items
-from tests.loading.resume_job import BATCH_SIZE, SEED
+from tests.loading.resume_job import BATCH_SIZE, SEED, WINDOW, shard_groups
 from tests.waits import Child
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.sampler import EpochSampler
@@ -46,10 +46,10 @@ def job(tmp_path):
     return tmp_path / "export", tmp_path / "cache", tmp_path / "checkpoints"
 
 
-def start(job, run: str, *, ranks: int, workers: int) -> Child:
+def start(job, run: str, *, ranks: int, workers: int, per_shard: int = 0) -> Child:
     export, cache, checkpoints = job
     command = [str(JOB), str(export), str(cache), str(checkpoints), run, "--epochs", str(EPOCHS)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), "--per-shard", str(per_shard)]
     if ranks > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--nnodes=1"]
         launcher += ["--master-addr=127.0.0.1", f"--master-port={free_port()}"]
@@ -119,12 +119,14 @@ def rank_sequences(checkpoints: Path, run: str, ranks: int) -> list[list]:
     return [[tuple(p) for p in json.loads((step_dir / f"rank-{r}.json").read_text())["seen"]] for r in range(ranks)]
 
 
-def uninterrupted(export: Path, cache: Path, ranks: int) -> list[list]:
+def uninterrupted(export: Path, cache: Path, ranks: int, per_shard: int = 0) -> list[list]:
     """Each rank's (epoch, media id) of an uninterrupted job, by the same arithmetic the loader uses."""
     ds = VisualLayerDataset.from_export(export, cache_dir=cache, task=None)
     out = []
     for rank in range(ranks):
-        sampler = EpochSampler(ds, order="distributed", seed=SEED, rank=rank, world_size=ranks)
+        shards = {"groups": shard_groups(ITEMS, per_shard), "window": WINDOW} if per_shard else {}
+        order = "shards" if per_shard else "distributed"
+        sampler = EpochSampler(ds, order=order, seed=SEED, rank=rank, world_size=ranks, **shards)
         out.append([])
         for epoch in range(EPOCHS):
             sampler.set_epoch(epoch)
@@ -132,9 +134,10 @@ def uninterrupted(export: Path, cache: Path, ranks: int) -> list[list]:
     return out
 
 
-@pytest.mark.parametrize("trial", [1, 2])
-def test_two_ranks_killed_twice_then_one_rank_train_on_every_item_once(job, tmp_path, trial):
-    """Killed part-way through epoch 0 or 1, then through epoch 3, then finished on one rank without workers."""
+@pytest.mark.parametrize(("trial", "per_shard"), [(1, 0), (2, 0), (3, 5)])
+def test_two_ranks_killed_twice_then_one_rank_train_on_every_item_once(job, tmp_path, trial, per_shard):
+    """Killed part-way through epoch 0 or 1, then through epoch 3, then finished on one rank without
+    workers; the third trial with its items in shards (the shard-aware order)."""
     rng = random.Random(trial)
     steps_per_epoch = ITEMS // 2 // BATCH_SIZE
     kills = {
@@ -144,13 +147,13 @@ def test_two_ranks_killed_twice_then_one_rank_train_on_every_item_once(job, tmp_
     counts: Counter = Counter()
     sequences = [[], []]
     for run, kill in kills.items():
-        kill_at(start(job, run, ranks=2, workers=2), job, run, kill)
+        kill_at(start(job, run, ranks=2, workers=2, per_shard=per_shard), job, run, kill)
         counts += trained_on(job[2], run)
         for rank, sequence in enumerate(rank_sequences(job[2], run, 2)):
             sequences[rank] += sequence
-    expected = uninterrupted(job[0], job[1], 2)
+    expected = uninterrupted(job[0], job[1], 2, per_shard)
     for rank in range(2):
         assert sequences[rank] == expected[rank][: len(sequences[rank])], f"rank {rank} did not continue exactly"
-    finish(start(job, "c", ranks=1, workers=0), "c")
+    finish(start(job, "c", ranks=1, workers=0, per_shard=per_shard), "c")
     counts += trained_on(job[2], "c")
     every_item_once(counts)

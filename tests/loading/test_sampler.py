@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
@@ -13,14 +14,27 @@ from vl_datasets.loading.sampler import EpochSampler
 SIZES = [1, 7, 12, 13]
 
 
+def groups_of(size, order):
+    """For order "shards": items in shards of 3, every fifth item in none (-1); else None."""
+    if order != "shards":
+        return None
+    groups = np.arange(size) // 3
+    groups[::5] = -1
+    return groups
+
+
+def sampler_of(size, order, *, seed=3, **options):
+    groups = groups_of(size, order)
+    return EpochSampler(range(size), order=order, seed=seed, groups=groups, window=2, **options)
+
+
 def shards(size, *, world_size, epoch, position=0, order="distributed", drop_last=False, seed=3):
     """Every rank's indices of ``epoch`` resumed at ``position``, on ``world_size`` ranks."""
     out = []
     for rank in range(world_size):
-        sampler = EpochSampler(
-            range(size), order=order, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
-        )
-        sampler.resume_at(epoch=epoch, position=position, order=order, seed=seed)
+        sampler = sampler_of(size, order, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
+        state = sampler.shard_state()
+        sampler.resume_at(epoch=epoch, position=position, order=order, seed=seed, shards=state)
         sampler.set_epoch(epoch)
         indices = list(sampler)
         assert len(indices) == sampler.rank_length(epoch), "rank_length does not count what the rank yields"
@@ -31,7 +45,7 @@ def shards(size, *, world_size, epoch, position=0, order="distributed", drop_las
 def taken_prefix(size, *, world_size, epoch, taken, order="distributed", seed=3):
     """The global position once every rank took ``taken`` indices, and the indices they took."""
     all_shards = shards(size, world_size=world_size, epoch=epoch, order=order, seed=seed)
-    sampler = EpochSampler(range(size), order=order, seed=seed, world_size=world_size)
+    sampler = sampler_of(size, order, seed=seed, world_size=world_size)
     return sampler.position_after(epoch, taken), [i for shard in all_shards for i in shard[:taken]]
 
 
@@ -73,12 +87,15 @@ def test_ranks_follow_distributed_sampler(size, world_size, drop_last, order):
 @pytest.mark.parametrize("size", [12, 13])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("new_world_size", [1, 2, 4])
-def test_the_rest_of_an_epoch_goes_to_any_world_size_with_none_lost_or_repeated(size, world_size, new_world_size):
+@pytest.mark.parametrize("order", ["distributed", "shards"])
+def test_the_rest_of_an_epoch_goes_to_any_world_size_with_none_lost_or_repeated(
+    size, world_size, new_world_size, order
+):
     epoch = 2
     per_rank = -(-size // world_size)
     for taken in range(per_rank + 1):
-        position, done = taken_prefix(size, world_size=world_size, epoch=epoch, taken=taken)
-        rest = shards(size, world_size=new_world_size, epoch=epoch, position=position)
+        position, done = taken_prefix(size, world_size=world_size, epoch=epoch, taken=taken, order=order)
+        rest = shards(size, world_size=new_world_size, epoch=epoch, position=position, order=order)
         assert len({len(shard) for shard in rest}) == 1, f"unequal shards {rest} after {taken} taken"
         seen = Counter(done) + Counter(i for shard in rest for i in shard)
         assert set(seen) == set(range(size)), f"items lost after {taken} taken on {world_size} -> {new_world_size}"
@@ -90,7 +107,15 @@ def test_the_rest_of_an_epoch_goes_to_any_world_size_with_none_lost_or_repeated(
 
 @pytest.mark.parametrize(
     ("order", "world_size"),
-    [("random", 1), ("sequential", 1), ("sequential", 4), ("distributed", 2), ("distributed", 4)],
+    [
+        ("random", 1),
+        ("sequential", 1),
+        ("sequential", 4),
+        ("distributed", 2),
+        ("distributed", 4),
+        ("shards", 1),
+        ("shards", 3),
+    ],
 )
 def test_the_same_world_size_continues_each_rank_exactly(world_size, order):
     size, epoch = 13, 3
@@ -101,8 +126,9 @@ def test_the_same_world_size_continues_each_rank_exactly(world_size, order):
         assert rest == [shard[taken:] for shard in whole], f"the rest after {taken} is not each rank's own"
 
 
-def test_drop_last_cuts_the_rest_to_whole_shards():
-    rest = shards(13, world_size=4, epoch=0, position=4, drop_last=True)
+@pytest.mark.parametrize("order", ["distributed", "shards"])
+def test_drop_last_cuts_the_rest_to_whole_shards(order):
+    rest = shards(13, world_size=4, epoch=0, position=4, drop_last=True, order=order)
     assert [len(shard) for shard in rest] == [2, 2, 2, 2]
     assert len({i for shard in rest for i in shard}) == 8, "drop_last repeated an item"
 

@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from tests.loading.shared_store_files import ITEMS, SIZE, open_shared
+from tests.loading.shared_store_files import ITEMS, SIZE, location_of, open_shared, read_store
 
 
 def pixel_files_bytes(cache) -> int:
@@ -24,6 +24,10 @@ def test_a_store_published_on_one_node_is_read_on_another_without_its_originals(
 
     reader = open_shared(shared_export, tmp_path / "node-1", shared_bucket, image_size=SIZE)
     shutil.move(shared_export / "images", tmp_path / "originals-gone")  # only the shared store has them now
+    shards = reader.item_shards()
+    assert shards is not None and (shards >= 0).all(), "every image is in the store: the loader orders by shard"
+    published = read_store(location_of(builder, shared_bucket).url, shared_bucket[1])
+    assert len(set(shards.tolist())) == len(published["shards"]) > 1
     loader = reader.dataloader(batch_size=4, num_workers=2, shuffle=False)
     read = [image for images, _ in loader for image in images]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -13,7 +15,7 @@ from tests.loading.helpers import ITEMS, CountingTransform
 from tests.waits import cpu_of_children, wait_until
 from vl_datasets import errors, fetch_export
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.loading.state import KEYS
+from vl_datasets.loading.state import KEYS, OPTIONAL_KEYS
 from vl_datasets.metadata.curated import fingerprint_ids
 
 EPOCHS = 4  # a resume in epoch 3 has three whole epochs before it
@@ -54,7 +56,7 @@ def test_the_state_is_plain_values_that_torch_load_and_json_give_back(ds):
     batches = iter(loader)
     next(batches)
     state = loader.state_dict()
-    assert sorted(state) == sorted(KEYS)
+    assert sorted(state) == sorted(KEYS + OPTIONAL_KEYS)
     assert through_json_and_torch(state) == state
     assert (state["epoch"], state["position"], state["batches_yielded"]) == (0, 3, 1)
     assert state["dataset"]["fingerprint"] == ds.fingerprint()
@@ -231,16 +233,16 @@ def test_a_version_gone_from_the_cache_is_a_typed_miss_naming_it(quick_vl, quick
 # -- ranks, simulated in one process ------------------------------------------------------------
 
 
-def rank_loaders(ds, monkeypatch, world_size, num_workers=0):
+def rank_loaders(ds, monkeypatch, world_size, num_workers=0, **options):
     """One loader per rank of a ``world_size`` job, built as make_dataloader builds them under torchrun."""
-    from vl_datasets.loading import loader as loader_module
+    from vl_datasets.loading import sampler as sampler_module
 
     loaders = []
     for rank in range(world_size):
-        monkeypatch.setattr(loader_module.dist, "is_initialized", lambda: True)
-        monkeypatch.setattr(loader_module.dist, "get_rank", lambda rank=rank: rank)
-        monkeypatch.setattr(loader_module.dist, "get_world_size", lambda: world_size)
-        loaders.append(loader_of(ds, num_workers, seed=3))
+        monkeypatch.setattr(sampler_module.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(sampler_module.dist, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(sampler_module.dist, "get_world_size", lambda: world_size)
+        loaders.append(loader_of(ds, num_workers, seed=3, **options))
     monkeypatch.undo()
     return loaders
 
@@ -326,6 +328,7 @@ def _saved(ds):
         ("dataset", {}),
         ("dataset", None),
         ("dataset", "x" * 10_000),
+        ("shards", {"window": 2, "groups": "ab"}),  # only order "shards" has shards
     ],
 )
 def test_a_damaged_state_is_refused_naming_the_field_before_anything_moves(ds, field, value):
@@ -360,3 +363,121 @@ def test_every_position_of_a_real_epoch_resumes_to_exactly_its_rest(ds, uninterr
         loader = loader_of(ds, 0)
         loader.load_state_dict(state)
         assert [media_id for batch in loader for media_id in ids(batch)] == whole[position:]
+
+
+# -- the shard-aware order of a dataset read from shards -------------------------------------------
+
+
+class Shards:
+    """A dataset image side's ``item_shards`` answer, as a shared prepared store gives it."""
+
+    def __init__(self, groups):
+        self.groups = groups
+
+    def __call__(self):
+        return self.groups
+
+
+def read_from_shards(ds, per_shard=2):
+    groups = np.arange(len(ds)) // per_shard
+    groups[len(ds) // 3] = -1  # an item missing from the store
+    ds.images.item_shards = Shards(groups)
+    return ds
+
+
+@pytest.fixture
+def sharded(ds):
+    return read_from_shards(ds)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "cut", "workers_before", "workers_after"),
+    [(0, 1, 0, 2), (3, 2, 2, 0), (3, 1, 0, 0)],
+)
+def test_a_dataset_read_from_shards_gets_the_shard_order_and_resumes_exactly(
+    sharded, epoch, cut, workers_before, workers_after
+):
+    uninterrupted = epochs_of(loader_of(sharded, 0, shard_window=2), EPOCHS)
+    before = loader_of(sharded, workers_before, shard_window=2)
+    assert before.sampler.order == "shards", "a dataset read from shards did not get the shard order"
+    done = epochs_of(before, epoch)
+    batches = iter(before)
+    part = [ids(next(batches)) for _ in range(cut)]
+    state = through_json_and_torch(before.state_dict())
+    assert (state["order"], state["shards"]["window"]) == ("shards", 2)
+    after = loader_of(sharded, workers_after, seed=999, shard_window=5)  # the state's seed and window win
+    after.load_state_dict(state)
+    rest = [ids(batch) for batch in after]
+    assert [*done, part + rest] == uninterrupted[: epoch + 1], f"epoch {epoch} cut after batch {cut} resumed wrongly"
+    assert epochs_of(after, EPOCHS - epoch - 1) == uninterrupted[epoch + 1 :], "the epochs after the resumed one differ"
+
+
+def test_the_shard_order_plays_the_shards_a_window_at_a_time(sharded):
+    groups = sharded.item_shards()
+    by_id = dict(zip(sharded.media_ids, groups.tolist()))
+    played = [by_id[media_id] for batch in epochs_of(loader_of(sharded, 0, shard_window=2), 1)[0] for media_id in batch]
+    in_shards = [shard for shard in played if shard >= 0]
+    left, window = Counter(in_shards), set()
+    for shard in in_shards:  # a window opens on 2 shards and closes once all their items are played
+        window.add(shard)
+        left[shard] -= 1
+        assert len(window) <= 2, f"shards {in_shards} not played two at a time"
+        if len(window) == 2 and not any(left[s] for s in window):
+            window = set()
+
+
+@pytest.mark.parametrize(("before", "after", "cut"), [(4, 2, 1), (2, 1, 1), (2, 2, 1), (1, 3, 2)])
+def test_the_shard_order_splits_the_rest_among_another_world_size(ds24, monkeypatch, before, after, cut):
+    read_from_shards(ds24, per_shard=3)
+    old = rank_loaders(ds24, monkeypatch, before)
+    assert old[0].sampler.order == "shards"
+    iterators = [iter(loader) for loader in old]
+    done = [media_id for batches in iterators for _ in range(cut) for media_id in ids(next(batches))]
+    state = old[0].state_dict()
+    rest = []
+    for loader in rank_loaders(ds24, monkeypatch, after):
+        loader.load_state_dict(state)
+        rest.append([media_id for batch in loader for media_id in ids(batch)])
+    assert len({len(shard) for shard in rest}) == 1, f"unequal shards {[len(s) for s in rest]}"
+    together = done + [media_id for shard in rest for media_id in shard]
+    assert sorted(together) == ds24.media_ids, f"{before} -> {after} ranks lost or repeated items"
+    if before == after:
+        whole = [[m for batch in loader for m in ids(batch)] for loader in rank_loaders(ds24, monkeypatch, after)]
+        assert rest == [shard[3 * cut :] for shard in whole], "a rank did not continue its own shard"
+
+
+def test_the_order_option_chooses_and_refuses_what_does_not_apply(ds, sharded_copy):
+    assert loader_of(sharded_copy, 0, order="uniform").sampler.order == "random"
+    assert loader_of(sharded_copy, 0).sampler.window == 8, "the default window"
+    assert loader_of(ds, 0).sampler.order == "random", "a dataset not read from shards got another order"
+    for options, field in [
+        ({"order": "shards"}, "order"),
+        ({"order": "shuffled"}, "order"),
+        ({"shard_window": 4}, "shard_window"),
+    ]:
+        with pytest.raises(errors.ConfigurationError, match=field):
+            loader_of(ds, 0, **options)
+    with pytest.raises(errors.ConfigurationError, match="shard_window"):
+        loader_of(sharded_copy, 0, shard_window=0)
+    with pytest.raises(errors.ConfigurationError, match="shuffle"):
+        loader_of(sharded_copy, 0, order="shards", shuffle=False)
+
+
+def test_a_shard_order_state_is_refused_by_a_dataset_not_read_from_the_same_shards(ds, sharded_copy):
+    loader = loader_of(sharded_copy, 0)
+    next(iter(loader))
+    state = loader.state_dict()
+    for other in (ds, read_from_shards(reopened(ds), per_shard=3)):
+        refusing = loader_of(other, 0)
+        with pytest.raises(errors.ConfigurationError, match="shards"):
+            refusing.load_state_dict(state)
+        assert refusing.state_dict()["position"] == 0, "a refused state moved the loader"
+
+
+def reopened(ds):
+    return VisualLayerDataset.from_export(ds.entry.path, task=None, image_size=8, cache_dir=ds.entry.path.parent)
+
+
+@pytest.fixture
+def sharded_copy(ds):
+    return read_from_shards(reopened(ds))

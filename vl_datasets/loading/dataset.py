@@ -49,6 +49,8 @@ from .loader import VLDataLoader, make_dataloader
 from .sources import with_source_paths
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..api.client import Client
     from .prepare import PrepareSummary
     from .shared_store_writer import SharedPrepareSummary
@@ -385,13 +387,33 @@ class VisualLayerDataset(Dataset):
         num_workers: int | None = None,
         seed: int | None = None,
         drop_last: bool = False,
+        order: str | None = None,
+        shard_window: int | None = None,
         **kwargs: Any,
     ) -> VLDataLoader:
         """A DataLoader with sensible defaults (persistent workers, one thread per worker, the task's
-        collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``."""
+        collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``.
+
+        ``order``: None (default) is "shards" when the images are read from a shared prepared store
+        (``item_shards()``), else "uniform"; "shards" deals shards in a shuffled order, the items of
+        ``shard_window`` shards at a time shuffled together (default 8; see the README).
+        """
         return make_dataloader(
-            self, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed, drop_last=drop_last, **kwargs
+            self,
+            batch_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            seed=seed,
+            drop_last=drop_last,
+            order=order,
+            shard_window=shard_window,
+            **kwargs,
         )
+
+    def item_shards(self) -> np.ndarray | None:
+        """The shard number of each item in the shared prepared store it is read from (-1: not in
+        it), in dataset order; None when the images are not read from one."""
+        return self.images.item_shards()
 
 
 def _options(given: dict[str, Any], caller: str) -> _Options:

@@ -220,6 +220,13 @@ class ImageReader:
             paths=self.items.paths,
         )
 
+    def item_shards(self) -> np.ndarray | None:
+        """Each item's shard number in the shared prepared store it is read from (-1: not in it);
+        None without one (``prepared_root=``): only a shared store keeps images in shards."""
+        if isinstance(self._source, SharedPreparedSource):
+            return self._source.item_shards
+        return None
+
     def __repr__(self) -> str:
         root = f", images_root={self.root!r}" if self.own_root else ""
         return f"{type(self).__name__}(images={len(self.items)}{root}, image_size={self.options.image_size!r})"

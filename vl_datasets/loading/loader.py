@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -54,7 +53,7 @@ from ..errors import ConfigurationError
 from .batch_sampler import RequestSampler
 from .batch_slots import BatchSlots, SlotBatch
 from .batches import BatchLayout, LoadedBatch, SkippedSample, batch_layout
-from .sampler import EpochSampler
+from .sampler import EpochSampler, epoch_sampler
 from .state import STATE_FORMAT, check_state, dataset_identity
 from .worker_errors import raise_in_main
 
@@ -261,6 +260,7 @@ class VLDataLoader(DataLoader):
             "order": own.order if own is not None else "custom",
             "seed": own.seed if own is not None else None,
             "random_state": own.random_state(epoch) if own is not None else None,
+            "shards": own.shard_state() if own is not None else None,
             "world_size": world_size,
             "rank": rank,
             "batch_size": self.batch_size,
@@ -284,6 +284,8 @@ class VLDataLoader(DataLoader):
                 "This loader state and this loader disagree on the sampler: one uses a sampler of the "
                 "caller's own (sampler= or batch_sampler=), the other the loader's. Build both the same way."
             )
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.check_shards(state["order"], state.get("shards"))
         self._pending = dict(state)
         self.epoch = state["epoch"]
 
@@ -304,6 +306,7 @@ class VLDataLoader(DataLoader):
                 order=state["order"],
                 seed=state["seed"],
                 random_state=state["random_state"],
+                shards=state.get("shards"),
             )
         else:
             self._skip_batches = state["position"]
@@ -428,9 +431,12 @@ def make_dataloader(
     num_workers: int | None = None,
     seed: int | None = None,
     drop_last: bool = False,
+    order: str | None = None,
+    shard_window: int | None = None,
     **kwargs: Any,
 ) -> VLDataLoader:
-    """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults."""
+    """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults.
+    ``order`` and ``shard_window``: see ``vl_datasets.loading.sampler.epoch_sampler``."""
     if num_workers is None:
         num_workers = min(usable_cores(), 8)
     base_seed = seed if seed is not None else torch.initial_seed() % 2**63
@@ -439,18 +445,15 @@ def make_dataloader(
     # iterator (every epoch with 0 workers, once with persistent ones), which would otherwise make
     # the order depend on num_workers.
     generator = torch.Generator().manual_seed((base_seed + 1) % 2**63)
-    if dist.is_available() and dist.is_initialized():
-        # DistributedSampler's order: every rank must draw the same, so no per-process default seed.
-        sampler = EpochSampler(
-            dataset,
-            order="distributed" if shuffle else "sequential",
-            seed=seed or 0,
-            rank=dist.get_rank(),
-            world_size=dist.get_world_size(),
-            drop_last=drop_last,
-        )
-    else:
-        sampler = EpochSampler(dataset, order="random" if shuffle else "sequential", seed=base_seed)
+    sampler = epoch_sampler(
+        dataset,
+        shuffle=shuffle,
+        seed=seed,
+        base_seed=base_seed,
+        drop_last=drop_last,
+        order=order,
+        shard_window=shard_window,
+    )
     layout = batch_layout(dataset)
     collate = TaskCollate(targets_as_list=layout.targets_as_list)
     options: dict[str, Any] = {

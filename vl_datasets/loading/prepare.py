@@ -196,6 +196,8 @@ def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers
     held, once they are let go (or after ``stall_timeout_s``)."""
     blocks = _chunks(len(paths), workers)
     job = {"source": source, "paths": paths, "media_ids": media_ids, "wait_s": stall_timeout_s}
+    lister = getattr(source.source, "identities", None)  # a fresh listing per job: it sees replaced originals
+    job["listed"] = lister() if callable(lister) else None
     if workers == 0:
         _JOB.update(job)  # in this process, its threads as they are
         yield from _two_passes(map, blocks)
@@ -299,13 +301,14 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
     prepared, and the failures with each image's location)."""
     source: PreparedSource = _JOB["source"]
     paths = [_JOB["paths"][i] for i in block]
-    identities = [source.identity(path) for path in paths]
     made, failures = 0, list[tuple[Exception, str]]()
-    for at in source.store.missing(paths, identities):
+    known = _stale_or_absent(source, paths)
+    for at in sorted(known):
         path, media_id = paths[at], _JOB["media_ids"][block.start + at]
         try:
             try:
-                data = source.source.read(path)
+                identity = known[at]
+                data, identity = (source.source.read(path), identity) if identity else source.read_with_identity(path)
             except Exception as exc:  # any filesystem's failure, typed and named as the dataset's reads are
                 raise image_error(exc, media_id=media_id, source=source.source, path=path) from None
             pixels = prepare_pixels(data, source.store.settings.size, media_id=media_id, path=source.location(path))
@@ -314,9 +317,37 @@ def _prepare_block(block: range) -> tuple[int, list[tuple[Exception, str]]]:
             failures.append((error, source.location(path)))
             continue
         # A full disk stops the job: every later image would fail too.
-        source.store.put(path, pixels, source=identities[at])
+        source.store.put(path, pixels, source=identity)
         made += 1
     return made, failures
+
+
+def _stale_or_absent(source: PreparedSource, paths: list[str]) -> dict[int, int]:
+    """The positions of ``paths`` to prepare: each with its original's identity when a stale copy
+    was compared with it, 0 when there is no copy at all (its read tells the identity: on S3 and
+    http the GET's own headers, so an image never prepared costs one request)."""
+    absent = source.store.missing(paths, [0] * len(paths))
+    present = sorted(set(range(len(paths))) - set(absent))
+    identities = _identities(source, [paths[at] for at in present])
+    stale = source.store.missing([paths[at] for at in present], identities)
+    return {**dict.fromkeys(absent, 0), **{present[i]: identities[i] for i in stale}}
+
+
+def _identities(source: PreparedSource, paths: list[str]) -> list[int]:
+    """The originals' identities: from listings of their folders where the root lists ETags (a
+    request per 1,000 objects, not one per image); else, or once a listing failed (a bucket this
+    job may read but not list), one look-up each, with a WARNING once."""
+    listed = _JOB.get("listed")
+    if listed is not None:
+        try:
+            return listed.identities(paths)
+        except Exception as exc:
+            reason = source.source.scrub(f"{type(exc).__name__}: {exc}")
+            logger.warning(
+                "Cannot list the originals under %s (%s): asking each image's instead", source.display_root, reason
+            )
+            _JOB["listed"] = None
+    return [source.identity(path) for path in paths]
 
 
 def _wait_for_node(source: PreparedSource, keys: np.ndarray, *, rank: int, ranks: int, stall_timeout_s: float) -> None:

@@ -14,11 +14,12 @@ decode reports it with its media id, exactly as without ``prepare``.
 A prepared copy is served only while it stands for its original (``sources.WithIdentity``). A
 local original (the export's own images, a folder images_root) is stat-ed on every read, ~2 us:
 one replaced since it was prepared is prepared again at once. A remote one would cost a request
-per read, so its identity is taken when it is prepared (one look-up on a miss) and compared by
-``prepare()`` only: run it after replacing originals under a remote root. An original that is
-gone leaves its copy served. A store damaged or removed under a running job changes speed, never
-results: a copy that fails its checksum, or a store that is gone, reads as a miss, and the image
-is prepared again from its original (a WARNING says so, once).
+per read, so its identity is taken when it is prepared (on S3 the ETag of the GET that reads it;
+elsewhere one look-up on a miss) and compared by ``prepare()`` only: run it after replacing
+originals under a remote root. An original that is gone leaves its copy served. A store damaged
+or removed under a running job changes speed, never results: a copy that fails its checksum, or
+a store that is gone, reads as a miss, and the image is prepared again from its original (a
+WARNING says so, once).
 
 How an image is shrunk: decoded by ``decode_image`` at the DCT scale that keeps it at least ``S``
 (1/2, 1/4 or 1/8), then resized by torch's antialiased *bicubic* kernel, never upscaled. Bicubic,
@@ -87,9 +88,10 @@ class PreparedSource:
             pixels = None
         if pixels is not None:
             return pixels
-        if not self.checks_every_read:  # before the read: a change in between leaves the copy stale, not wrong
-            identity = self.identity(path)
-        data = self.source.read(path)  # a failed read raises as without prepare
+        if self.checks_every_read:
+            data = self.source.read(path)  # a failed read raises as without prepare
+        else:
+            data, identity = self.read_with_identity(path)
         try:
             pixels = prepare_pixels(data, self.store.settings.size)
         except ImageDecodeError:
@@ -99,6 +101,16 @@ class PreparedSource:
         except OSError as exc:  # a full disk slows later epochs down; it must not stop this one
             self._warn_once("put", "Cannot add images to %s (%s); preparing them again", self.store.path, exc)
         return pixels
+
+    def read_with_identity(self, path: str) -> tuple[bytes, int]:
+        """The original's bytes and identity: from one request where the source can tell them
+        together (an S3 GET's ETag), else a look-up, then the read (a change in between leaves the
+        copy stale, not wrong)."""
+        read_with_identity = getattr(self.source, "read_with_identity", None)
+        if read_with_identity is not None:
+            return read_with_identity(path)
+        identity = self.identity(path)
+        return self.source.read(path), identity
 
     def identity(self, path: str) -> int:
         """The original's identity (``sources.WithIdentity``); 0 (any copy will do) where the source

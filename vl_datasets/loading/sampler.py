@@ -21,8 +21,13 @@ import math
 from collections.abc import Iterator, Sized
 from typing import Literal, get_args
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from ..errors import ConfigurationError
+from .shard_order import DEFAULT_WINDOW, checked_groups, checked_window, groups_digest, shard_order
 
 # Which torch sampler's order an epoch follows (an EpochSampler gives exactly the same indices):
 #   "random"       RandomSampler with a generator seeded once: epoch e is the generator's (2e+1)-th
@@ -32,8 +37,58 @@ from torch.utils.data import DistributedSampler
 #                  million items)
 #   "distributed"  DistributedSampler: a permutation seeded with seed + epoch
 #   "sequential"   SequentialSampler: 0 .. n-1
-Order = Literal["random", "distributed", "sequential"]
+#   "shards"       shard-aware (``shard_order``): shards in a shuffled order, a window of them at a
+#                  time, its items shuffled together; seeded with the seed and the epoch
+Order = Literal["random", "distributed", "sequential", "shards"]
 ORDERS: tuple[str, ...] = get_args(Order)
+# What a caller may ask ``dataloader(order=...)`` for: None picks "shards" for a dataset whose items
+# are in shards (``item_shards()``), else "uniform" (the torch samplers' orders above).
+CHOSEN_ORDERS = (None, "shards", "uniform")
+
+
+def epoch_sampler(
+    dataset: Sized,
+    *,
+    shuffle: bool,
+    seed: int | None,
+    base_seed: int,
+    drop_last: bool,
+    order: str | None = None,
+    shard_window: int | None = None,
+) -> EpochSampler:
+    """The loader's sampler: this rank's share under ``torch.distributed``, the order ``order`` and
+    ``shuffle`` pick (see ``CHOSEN_ORDERS``), seeded so that every rank draws the same."""
+    groups = item_shards(dataset)
+    if order not in CHOSEN_ORDERS:
+        raise ConfigurationError(f"order must be one of {list(CHOSEN_ORDERS)}, got {order!r}.")
+    if order == "shards" and (groups is None or not shuffle):
+        raise ConfigurationError(
+            "order='shards' needs shuffle=True and a dataset whose items are in shards (a shared prepared "
+            "store, prepared_root=; or item_shards() of your own)."
+        )
+    shards = shuffle and order != "uniform" and groups is not None
+    if shard_window is not None and not shards:
+        raise ConfigurationError("shard_window applies only to order='shards' (a dataset read from shards).")
+    distributed = dist.is_available() and dist.is_initialized()
+    uniform: Order = "distributed" if distributed else "random"
+    return EpochSampler(
+        dataset,
+        order="shards" if shards else uniform if shuffle else "sequential",
+        # DistributedSampler's order: every rank must draw the same, so no per-process default seed.
+        seed=(seed or 0) if distributed else base_seed,
+        rank=dist.get_rank() if distributed else 0,
+        world_size=dist.get_world_size() if distributed else 1,
+        drop_last=drop_last,
+        groups=groups,
+        window=shard_window if shard_window is not None else DEFAULT_WINDOW,
+    )
+
+
+def item_shards(dataset: object) -> np.ndarray | None:
+    """The shard number of each of ``dataset``'s items (-1: in none), from its ``item_shards()``;
+    None for a dataset that has none, or is not read from shards."""
+    method = getattr(dataset, "item_shards", None)
+    return method() if callable(method) else None
 
 
 class EpochSampler(DistributedSampler):
@@ -53,6 +108,8 @@ class EpochSampler(DistributedSampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        groups: np.ndarray | None = None,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         super().__init__(
             dataset,  # type: ignore[arg-type]  # only its length is used
@@ -68,19 +125,63 @@ class EpochSampler(DistributedSampler):
         self._drawn: tuple[torch.Generator, int] | None = None  # "random": the generator and its draws so far
         self._before: dict[int, torch.Tensor] = {}  # "random": the generator's state before recent epochs' draws
         self._last: tuple[int, torch.Tensor] | None = None  # the last epoch's order, for a second read
+        # "shards": each item's shard number (-1: none), and how many shards are shuffled together
+        self.groups = checked_groups(groups, self.size) if groups is not None else None
+        self.window = checked_window(window)
+        self._digest: str | None = None
+        if order == "shards" and self.groups is None:
+            raise ConfigurationError("order 'shards' needs groups: the shard number of each item (-1 for none).")
 
     def resume_at(
-        self, *, epoch: int, position: int, order: Order, seed: int, random_state: list | None = None
+        self,
+        *,
+        epoch: int,
+        position: int,
+        order: Order,
+        seed: int,
+        random_state: list | None = None,
+        shards: dict | None = None,
     ) -> None:
         """Start ``epoch`` at ``position`` of its global order, drawn the way ``order`` and ``seed`` say
-        (and for "random", from ``random_state``'s generator state when it is one this torch reads)."""
-        if (order, seed) != (self.order, self.seed):
-            self.order, self.seed, self.shuffle = order, seed, order != "sequential"
+        (and for "random", from ``random_state``'s generator state when it is one this torch reads;
+        for "shards", with ``shards``' window, on the same groups: see ``check_shards``)."""
+        self.check_shards(order, shards)
+        window = shards["window"] if order == "shards" and shards is not None else self.window
+        if (order, seed, window) != (self.order, self.seed, self.window):
+            self.order, self.seed, self.shuffle, self.window = order, seed, order != "sequential", window
             self._drawn, self._last, self._before = None, None, {}
         if order == "random" and random_state is not None:
             self._restore(*random_state)
         self.resume_epoch, self.resume_position = epoch, position
         self.epoch = epoch
+
+    def shard_state(self) -> dict | None:
+        """For a state: the "shards" order's window and a digest of its groups; None for the others."""
+        if self.order != "shards" or self.groups is None:
+            return None
+        return {"window": self.window, "groups": self._groups_digest()}
+
+    def _groups_digest(self) -> str:
+        if self._digest is None:
+            assert self.groups is not None
+            self._digest = groups_digest(self.groups)
+        return self._digest
+
+    def check_shards(self, order: str, shards: dict | None) -> None:
+        """Refuse to resume a "shards" order on other groups than it was drawn on (the same items in
+        other shards, another store's build): its positions would name other items."""
+        if order != "shards":
+            return
+        if self.groups is None:
+            raise ConfigurationError(
+                "This loader state follows the shards of a shared prepared store (order 'shards'), but this "
+                "loader's dataset has none: open it with the same prepared_root, or start the run afresh."
+            )
+        if shards is None or shards["groups"] != self._groups_digest():
+            raise ConfigurationError(
+                "This loader state was saved with the items in other shards (a shared store built again, or "
+                "other groups): its position would name other items. Open the same store, or start afresh."
+            )
 
     def random_state(self, epoch: int) -> list | None:
         """For a state: [e, the generator's state before epoch e's draw, base64] for the latest such
@@ -119,6 +220,9 @@ class EpochSampler(DistributedSampler):
             return self._last[1]
         if self.order == "sequential":
             order = torch.arange(self.size)
+        elif self.order == "shards":
+            assert self.groups is not None  # checked when the order was set
+            order = torch.from_numpy(shard_order(self.groups, seed=self.seed, epoch=epoch, window=self.window))
         elif self.order == "distributed":
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:

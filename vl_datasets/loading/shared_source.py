@@ -55,9 +55,15 @@ DEFAULT_LIMIT = "50G"
 class SharedPreparedSource(PreparedSource):
     """``local``'s images (a ``PreparedSource``), read from ``shared`` first where it has them."""
 
-    def __init__(self, local: PreparedSource, shared: SharedStore | None) -> None:
+    def __init__(self, local: PreparedSource, shared: SharedStore | None, item_shards: np.ndarray | None) -> None:
         super().__init__(local.source, local.store)
         self.shared = shared
+        # Each item's shard number (-1: not in the store), for the shard-aware order; the sampler's,
+        # in the process that builds the loader, so workers are not sent it.
+        self.item_shards = item_shards
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "item_shards": None}
 
     def read(self, path: str) -> bytes | np.ndarray:
         """The image's pixels from the shared store, else as ``PreparedSource.read`` gives them."""
@@ -100,9 +106,13 @@ def with_shared_store(
         )
     except SharedStoreNotFoundError as exc:
         logger.warning("%s All %d images are prepared from their originals on this node.", exc, len(paths))
-        return SharedPreparedSource(local, None)
-    _say_what_is_missing(shared, [p for p in paths.to_pylist() if p is not None], local)
-    return SharedPreparedSource(local, shared)
+        return SharedPreparedSource(local, None, None)
+    listed = paths.to_pylist()
+    present = np.array([at for at, path in enumerate(listed) if path is not None], np.int64)
+    item_shards = np.full(len(listed), -1, np.int32)  # int32: 4 bytes an item
+    item_shards[present] = shared.shard_numbers(keys_of([listed[at] for at in present]))
+    _say_what_is_missing(shared, item_shards[present], local)
+    return SharedPreparedSource(local, shared, item_shards)
 
 
 def open_shared_store(
@@ -176,19 +186,19 @@ def check_prepared_root(
     resolve_cache_limit(cache_limit)
 
 
-def _say_what_is_missing(shared: SharedStore, paths: list[str], local: PreparedSource) -> None:
-    missing = int((shared.shard_numbers(keys_of(paths)) < 0).sum()) if paths else 0
+def _say_what_is_missing(shared: SharedStore, item_shards: np.ndarray, local: PreparedSource) -> None:
+    missing = int((item_shards < 0).sum())
     if missing:
         logger.warning(
             "%d of the %d images are not in the shared store %s; they are prepared from their originals into "
             "the node-local store %s",
             missing,
-            len(paths),
+            len(item_shards),
             shared.display_url,
             local.store.path,
         )
     else:
-        logger.info("All %d images are read from the shared store %s", len(paths), shared.display_url)
+        logger.info("All %d images are read from the shared store %s", len(item_shards), shared.display_url)
 
 
 def _store_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:

@@ -33,6 +33,7 @@ from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, I
 from ..metadata.index import IMAGE_COLUMN
 from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
+from .object_identity import GETS_WITH_IDENTITY, LISTED_PROTOCOLS, ListedIdentities, info_identity
 from .retries import read_with_retries
 
 logger = logging.getLogger("vl_datasets")
@@ -93,11 +94,6 @@ class WithIdentity(Protocol):
     identity_is_cheap: bool
 
     def identity(self, path: str) -> int: ...
-
-
-def identity_of(*facts: object) -> int:
-    """The identity digest of an original described by ``facts``: never 0, which means unknown."""
-    return xxhash.xxh3_64_intdigest("\0".join(map(str, facts)).encode("utf-8", "surrogatepass")) or 1
 
 
 def local_copy(source: ImageSource, path: str) -> bytes | None:
@@ -229,13 +225,40 @@ class FsspecRoot:
             info = read_with_retries(self.retry, lambda _: fs.info(url), what=f"look-up of {self.location(path)}")
         except FileNotFoundError:
             return 0
-        lower = {str(name).lower(): value for name, value in info.items()}
-        etag = lower.get("etag") or lower.get("md5hash")
-        if etag:
-            return identity_of(etag)
-        dates = ("lastmodified", "mtime", "updated", "last_modified")
-        modified = next((lower[name] for name in dates if name in lower), "")
-        return identity_of(info.get("size"), modified)
+        return info_identity(info)
+
+    def identities(self) -> ListedIdentities | None:
+        """Identities of many images from listings of their folders, for one job in this process
+        (``object_identity``); None where a listing carries no ETags (http): ask ``identity``."""
+        return ListedIdentities(self._list_folder) if self.protocol in LISTED_PROTOCOLS else None
+
+    def _list_folder(self, folder: str) -> dict[str, int]:
+        fs, root = self._open()
+        url = object_path(root, folder, protocol=self.protocol) if folder else root
+        what = f"listing of {self.location(folder)}"
+        try:  # refresh: a listing cached from before would hide replaced originals
+            entries = read_with_retries(self.retry, lambda _: fs.ls(url, detail=True, refresh=True), what=what)
+        except FileNotFoundError:
+            return {}
+        fs.invalidate_cache(url)  # the job keeps its own, smaller copy: {name: identity}
+        return {e["name"].rsplit("/", 1)[-1]: info_identity(e) for e in entries if e.get("type") != "directory"}
+
+    def read_with_identity(self, path: str) -> tuple[bytes, int]:
+        """``read(path)`` and the original's identity, from the one GET on S3 and http(s) (its
+        response's ETag, size, date); elsewhere, or when the response cannot tell, a look-up too."""
+        get = GETS_WITH_IDENTITY.get(self.protocol)
+        if get is None:
+            return self.read(path), self.identity(path)
+        fs, root = self._open()
+        url = object_path(root, path, protocol=self.protocol) + (f"?{self._query}" if self._query else "")
+        from fsspec.asyn import sync
+
+        data, identity = read_with_retries(
+            self.retry,
+            lambda timeout_s: sync(fs.loop, get, fs, url, timeout=timeout_s),
+            what=f"read of {self.location(path)}",
+        )
+        return data, identity if identity is not None else self.identity(path)
 
     def location(self, path: str) -> str:
         return f"{self.display_root}/{path}"

@@ -12,6 +12,9 @@ then ``torch.load`` (``weights_only=True``) and JSON both give it back unchanged
                       instead: position then counts this rank's index batches
     random_state      for order "random", [e, base64]: the generator's state before epoch e's draw,
                       so that a resume draws the epoch's order at once (None otherwise)
+    shards            for order "shards", {"window": shards shuffled together, "groups": a digest of
+                      the items' shard numbers}, so a resume draws the same order on the same shards
+                      (None otherwise; a state saved before this key existed has none)
     world_size, rank  who saved it: any rank's state resumes every rank, at any world size
     batch_size, drop_last
     dataset           the cache entry (dataset_id, key digest, version) and the curated item list
@@ -32,6 +35,7 @@ from typing import Any, NoReturn
 
 from ..errors import ConfigurationError, DatasetMismatchError
 from .sampler import ORDERS
+from .shard_order import MAX_WINDOW
 
 STATE_FORMAT = "vl_datasets.loader/1"
 KEYS = (
@@ -49,6 +53,7 @@ KEYS = (
     "dataset",
     "skipped",
 )
+OPTIONAL_KEYS = ("shards",)  # read as None when missing: states saved before they existed
 IDENTITY_KEYS = ("dataset_id", "key", "version", "items", "fingerprint")
 # A state's epoch beyond this is damage, not a run: with no generator state that this torch reads,
 # a "random" order redraws two permutations per epoch before it from the seed (seconds per 100,000
@@ -100,6 +105,7 @@ def _check_order(state: dict[str, Any]) -> None:
     else:
         # torch seeds a generator from seed + epoch: it must stay a 64-bit seed.
         _check_int(state, "seed", -(1 << 63), (1 << 64) - 1 - MAX_EPOCH)
+    _check_shards(order, state.get("shards"))
     random_state = state["random_state"]
     if random_state is None:
         return
@@ -114,6 +120,22 @@ def _check_order(state: dict[str, Any]) -> None:
         or len(random_state[1]) > MAX_RANDOM_STATE_CHARS
     ):
         _damaged("random_state", random_state, "[an epoch up to the state's epoch, a base64 generator state]")
+
+
+def _check_shards(order: str, shards: Any) -> None:
+    """``shards``: the "shards" order's window and groups digest, None for any other order."""
+    if order != "shards":
+        if shards is not None:
+            _damaged("shards", shards, f"None for order {order!r}")
+        return
+    if (
+        not isinstance(shards, dict)
+        or not _is_int(shards.get("window"))
+        or not 1 <= shards["window"] <= MAX_WINDOW
+        or not isinstance(shards.get("groups"), str)
+        or len(shards["groups"]) > 64
+    ):
+        _damaged("shards", shards, f'{{"window": 1 to {MAX_WINDOW:,}, "groups": a digest}}')
 
 
 def _check_progress(state: dict[str, Any], items: int) -> None:
