@@ -6,9 +6,11 @@ long before it is answered, so downloads by several processes overlap."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -67,3 +69,20 @@ class SlowDownS3:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextlib.contextmanager
+def serving_folder(source, monkeypatch, prefix: str = "photos") -> Iterator[SlowDownS3]:
+    """A ``SlowDownS3`` whose bucket holds the folder ``source`` under ``prefix`` (test credentials in
+    the environment, for s3fs); ``server.fs`` is an s3fs filesystem on it."""
+    import fsspec
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with SlowDownS3() as server:
+        fs = fsspec.filesystem("s3", endpoint_url=server.endpoint, skip_instance_cache=True)
+        fs.mkdir(server.bucket)
+        fs.put(str(source), f"{server.bucket}/{prefix}", recursive=True)
+        server.fs = fs
+        yield server

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from tests.loading.image_server import ImageServer
-from tests.loading.s3_server import SlowDownS3
+from tests.loading.s3_server import serving_folder
 from vl_datasets import RetryPolicy, errors
 from vl_datasets.backoff import image_read_policy
 from vl_datasets.loading.dataset import VisualLayerDataset
@@ -133,16 +133,7 @@ def test_a_hanging_http_server_gets_each_attempt_its_timeout_and_the_image_its_d
 
 @pytest.fixture
 def slow_down_s3(split_export, monkeypatch):
-    import fsspec
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    _, source = split_export
-    with SlowDownS3() as server:
-        fs = fsspec.filesystem("s3", endpoint_url=server.endpoint, skip_instance_cache=True)
-        fs.mkdir(server.bucket)
-        fs.put(str(source), f"{server.bucket}/photos", recursive=True)
+    with serving_folder(split_export[1], monkeypatch) as server:
         yield server
 
 

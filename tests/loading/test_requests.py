@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tests.loading.image_server import ImageServer
-from tests.loading.s3_server import SlowDownS3
+from tests.loading.s3_server import serving_folder
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
 
@@ -16,17 +16,8 @@ from vl_datasets.loading.dataset import VisualLayerDataset
 @pytest.fixture
 def bucket(split_export, monkeypatch):
     """The split export's images in a bucket of a counting S3 server, and the export."""
-    import fsspec
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     export, source = split_export
-    with SlowDownS3() as server:
-        fs = fsspec.filesystem("s3", endpoint_url=server.endpoint, skip_instance_cache=True)
-        fs.mkdir(server.bucket)
-        fs.put(str(source), f"{server.bucket}/photos", recursive=True)
-        server.fs = fs
+    with serving_folder(source, monkeypatch) as server:
         yield server, export
 
 

@@ -256,6 +256,19 @@ def ds24(tmp_path):
     return VisualLayerDataset.from_export(tmp_path / "ranks", task=None, image_size=8, cache_dir=tmp_path / "c")
 
 
+def resumed_on(ds24, monkeypatch, state, after: int, done: list, before: int) -> list[list]:
+    """What each of ``after`` ranks reads once it resumes from ``state``, after ``before`` ranks read
+    ``done``: asserted equal in length, and with ``done`` every item once."""
+    rest = []
+    for loader in rank_loaders(ds24, monkeypatch, after):
+        loader.load_state_dict(state)
+        rest.append([media_id for batch in loader for media_id in ids(batch)])
+    assert len({len(shard) for shard in rest}) == 1, f"unequal shards {[len(s) for s in rest]}"
+    together = done + [media_id for shard in rest for media_id in shard]
+    assert sorted(together) == ds24.media_ids, f"{before} -> {after} ranks lost or repeated items"
+    return rest
+
+
 @pytest.mark.parametrize(("before", "after", "cut"), [(4, 2, 1), (2, 1, 1), (2, 4, 2), (2, 2, 1)])
 def test_the_rest_of_an_epoch_is_split_among_another_world_size_with_none_lost_or_repeated(
     ds24, monkeypatch, before, after, cut
@@ -268,14 +281,7 @@ def test_the_rest_of_an_epoch_is_split_among_another_world_size_with_none_lost_o
     done = [media_id for batches in iterators for _ in range(cut) for media_id in ids(next(batches))]
     state = old[before - 1].state_dict()  # any rank's state resumes every rank
     assert (state["epoch"], state["position"]) == (1, 3 * cut * before)
-    new = rank_loaders(ds24, monkeypatch, after)
-    rest = []
-    for loader in new:
-        loader.load_state_dict(state)
-        rest.append([media_id for batch in loader for media_id in ids(batch)])
-    assert len({len(shard) for shard in rest}) == 1, f"unequal shards {[len(s) for s in rest]}"
-    together = done + [media_id for shard in rest for media_id in shard]
-    assert sorted(together) == ds24.media_ids, f"{before} -> {after} ranks lost or repeated items"
+    rest = resumed_on(ds24, monkeypatch, state, after, done, before)
     if before == after:
         whole = []
         for loader in rank_loaders(ds24, monkeypatch, after):
@@ -434,13 +440,7 @@ def test_the_shard_order_splits_the_rest_among_another_world_size(ds24, monkeypa
     iterators = [iter(loader) for loader in old]
     done = [media_id for batches in iterators for _ in range(cut) for media_id in ids(next(batches))]
     state = old[0].state_dict()
-    rest = []
-    for loader in rank_loaders(ds24, monkeypatch, after):
-        loader.load_state_dict(state)
-        rest.append([media_id for batch in loader for media_id in ids(batch)])
-    assert len({len(shard) for shard in rest}) == 1, f"unequal shards {[len(s) for s in rest]}"
-    together = done + [media_id for shard in rest for media_id in shard]
-    assert sorted(together) == ds24.media_ids, f"{before} -> {after} ranks lost or repeated items"
+    rest = resumed_on(ds24, monkeypatch, state, after, done, before)
     if before == after:
         whole = [[m for batch in loader for m in ids(batch)] for loader in rank_loaders(ds24, monkeypatch, after)]
         assert rest == [shard[3 * cut :] for shard in whole], "a rank did not continue its own shard"

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, CurationError
 from .media_ids import MediaIds
-from .options import doc
+from .options import doc, string_list
 from .row_batches import row_slices
 
 
@@ -106,14 +106,7 @@ def _strings(name: str, values: Iterable[str] | None, kind: type) -> Any:
     """``values`` copied into ``kind`` (a tuple keeps their order), each once, each checked to be a str."""
     if values is None:
         return None
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        # A lone str would otherwise pass as a collection of one-letter names.
-        raise ConfigurationError(f'{name} must be a collection of strings such as ["a", "b"], got {values!r}.')
-    copied = list(values)
-    for value in copied:
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{name} must hold strings only, got {value!r} ({type(value).__name__}).")
-    return kind(dict.fromkeys(copied))
+    return kind(dict.fromkeys(string_list(name, values)))
 
 
 def _fraction(name: str, value: Any) -> float:

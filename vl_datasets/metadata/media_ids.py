@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ..atomic import replacing
 from ..errors import CacheMissError, ConfigurationError
+from .options import string_list
 
 _BLOCK = 1 << 16  # ids turned into Python strings at a time, when iterated or compared with a list
 _COLUMN = "media_id"
@@ -176,13 +177,7 @@ class MediaIds(Sequence[str]):
 
 
 def _from_python(values: Iterable[str]) -> pa.Array:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ConfigurationError(f'MediaIds takes a collection of strings such as ["a", "b"], got {values!r}.')
-    copied = list(values)
-    for value in copied:
-        if not isinstance(value, str):
-            raise ConfigurationError(f"MediaIds holds strings only, got {value!r} ({type(value).__name__}).")
-    return pa.array(copied, pa.string())
+    return pa.array(string_list("MediaIds", values), pa.string())
 
 
 def _from_ipc(blob: pa.Buffer | bytes) -> MediaIds:

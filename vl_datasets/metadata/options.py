@@ -82,3 +82,15 @@ def group_from(group: type, given: Any, options: dict[str, Any], keyword: str) -
 def take(names: Iterable[str], arguments: dict[str, Any]) -> dict[str, Any]:
     """The ``arguments`` named, removed from it."""
     return {name: arguments.pop(name) for name in list(names)}
+
+
+def string_list(name: str, values: Iterable[str]) -> list[str]:
+    """``values`` as a list, each checked to be a str; ``name`` names them in the error."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        # A lone str would otherwise pass as a collection of one-letter names.
+        raise ConfigurationError(f'{name} must be a collection of strings such as ["a", "b"], got {values!r}.')
+    copied = list(values)
+    for value in copied:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must hold strings only, got {value!r} ({type(value).__name__}).")
+    return copied
