@@ -13,6 +13,8 @@ resumes every rank.
 
 With ``--per-shard N`` the dataset's items are in shards of N (``shard_groups``), as a shared
 prepared store gives them, and the loader deals them in the shard-aware order (window ``WINDOW``).
+With ``--prepared-root URL --prepare S --storage-options JSON`` the images are read from a real
+shared prepared store there, through the node's shard cache (under CACHE), in its shard-aware order.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--step-s", type=float, default=0.02)
     parser.add_argument("--per-shard", type=int, default=0)
+    parser.add_argument("--prepare", type=int)
+    parser.add_argument("--prepared-root")
+    parser.add_argument("--storage-options", type=json.loads)
     args = parser.parse_args()
     distributed = "RANK" in os.environ
     if distributed:
@@ -86,10 +91,14 @@ def main() -> None:
     rank = dist.get_rank() if distributed else 0
     # torchrun starts each rank in a session of its own: the test kills each rank's group by this pid.
     write_json(args.checkpoints / "pids" / args.run / f"rank-{rank}.json", os.getpid())
-    ds = VisualLayerDataset.from_export(args.export, cache_dir=args.cache, task=None, image_size=8)
+    shared = {}
+    if args.prepared_root:
+        shared = {"prepare": args.prepare, "prepared_root": args.prepared_root, "storage_options": args.storage_options}
+    ds = VisualLayerDataset.from_export(args.export, cache_dir=args.cache, task=None, image_size=8, **shared)
     context = {"multiprocessing_context": "fork"} if args.workers else {}
     if args.per_shard:
         ds.images.item_shards = Shards(shard_groups(len(ds), args.per_shard))
+    if args.per_shard or args.prepared_root:
         context["shard_window"] = WINDOW
     loader = ds.dataloader(BATCH_SIZE, num_workers=args.workers, seed=SEED, **context)
     state, step = resume_point(args.checkpoints, rank)

@@ -1,15 +1,19 @@
 """``torchrun ... -m vl_datasets prepare SOURCE --size S --to URL``: every rank of the job builds its
 own shares, on one node of two ranks and on two "nodes" (two torchrun agents on loopback, each with
 a cache folder of its own), against S3 on loopback; the published store equals a one-process build.
-A two-rank build killed mid-build (every process at once) resumes with only the missing shares."""
+A two-rank build killed mid-build (every process at once) resumes with only the missing shares.
+A two-node training job reads the published store with its originals gone, killed and resumed."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 
 from tests.helpers import REPO, child_env
+from tests.loading.resume_job import BATCH_SIZE
 from tests.loading.shared_store_files import ITEMS, SIZE, location_of, open_shared, read_store, same_store
-from tests.loading.test_resume_torchrun import free_port
+from tests.loading.test_resume_torchrun import EPOCHS, free_port, kill, latest_step, trained_on
 from tests.loading.test_shared_store_writer import (
     clean_build,
     kill_job,
@@ -21,6 +25,7 @@ from tests.loading.test_shared_store_writer import (
 from tests.waits import Child, run_child
 from vl_datasets.loading.dataset import VisualLayerDataset
 
+RESUME_JOB = REPO / "tests" / "loading" / "resume_job.py"
 SHARDS = ["--share-images", "4", "--shard-size", "3000"]
 
 
@@ -107,3 +112,53 @@ def test_a_killed_two_rank_build_resumes_with_only_the_missing_shares(shared_exp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     resumed_only_the_missing_shares(shared_export, cache, killed, before)
     same_store(published(shared_export, cache, killed), clean_build(shared_export, tmp_path, cache, shared_bucket))
+
+
+def train_on_two_nodes(shared_export, caches, checkpoints, bucket, run: str) -> list[Child]:
+    """resume_job.py as a two-node torchrun job (one rank a node, a cache folder each), its images
+    read from the shared store under ``bucket`` through each node's shard cache, with 2 workers."""
+    port = free_port()
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    shared = ["--prepare", str(SIZE), "--prepared-root", bucket[0], "--storage-options", json.dumps(bucket[1])]
+    job = [str(RESUME_JOB), str(shared_export), "CACHE", str(checkpoints), run, "--epochs", str(EPOCHS)]
+    job += ["--workers", "2", "--step-s", "0.05", *shared]
+    nodes = []
+    for node in (0, 1):
+        command = [*torchrun(*rendezvous, "--node-rank", str(node)), *job]
+        command[command.index("CACHE")] = str(caches[node])
+        nodes.append(Child(command, env=env(), cwd=REPO, start_new_session=True))
+    return nodes
+
+
+def test_a_two_node_job_trains_from_the_published_store_and_resumes_after_a_kill(
+    shared_export, tmp_path, shared_bucket
+):
+    """Prepared once to the bucket; then both "nodes" train from it with their originals gone (a
+    decode on a node would fail the job), are killed mid-epoch, and resume: every item once an epoch."""
+    open_shared(shared_export, tmp_path / "builder", shared_bucket).prepare(num_workers=0, progress=False)
+    caches, checkpoints = [tmp_path / "node-0", tmp_path / "node-1"], tmp_path / "checkpoints"
+    for cache in caches:
+        VisualLayerDataset.from_export(shared_export, cache_dir=cache, task=None)  # no rank builds the index
+    shutil.move(shared_export / "images", tmp_path / "originals-gone")
+    steps_per_epoch = ITEMS // 2 // BATCH_SIZE
+    nodes = train_on_two_nodes(shared_export, caches, checkpoints, shared_bucket, "a")
+    try:
+        nodes[0].until(
+            lambda: latest_step(checkpoints) >= ("a", steps_per_epoch + 2), "a checkpoint in the second epoch"
+        )
+    finally:
+        for node in nodes:
+            kill(node, checkpoints, "a")
+            node.close()
+    counts = trained_on(checkpoints, "a")
+    for node in train_on_two_nodes(shared_export, caches, checkpoints, shared_bucket, "b"):
+        with node:
+            assert node.wait("the resumed node's end") == 0, node.report("failed")
+    counts += trained_on(checkpoints, "b")
+    media_ids = VisualLayerDataset.from_export(shared_export, cache_dir=caches[0], task=None).media_ids
+    assert sorted(counts) == sorted((epoch, m) for epoch in range(EPOCHS) for m in media_ids)
+    assert max(counts.values()) == 1, f"items trained on twice: {[k for k, c in counts.items() if c > 1]}"
+    for cache in caches:
+        assert not any(p.stat().st_size for p in cache.rglob("*.pixels") if "shards" not in p.parts), (
+            f"{cache.name} prepared images itself instead of reading the store"
+        )
