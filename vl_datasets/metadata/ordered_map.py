@@ -4,35 +4,34 @@ The index build reads a file's slices (one reader, in order), normalizes them (A
 release the GIL: several at once) and writes them (in order). Done by one loop, each slice's
 normalizing waits on the previous one's write, and the writes come in bursts (slices are joined
 into larger batches), during which nothing new would be read or started: the build kept barely
-more than one core busy. Here one thread reads the items and hands them to the pool, ahead of the
-consumer by at most ``ahead`` items, so the pool keeps working while the consumer writes.
+more than one core busy. Here each thread of the pool reads the next item (one at a time, under a
+lock, so the items are read in order) and computes its result, ahead of the consumer by at most
+``ahead`` items, so the pool keeps working while the consumer writes. No thread only reads: one
+more thread's allocator arenas would keep memory after the build.
 
-Results, and errors, arrive in the items' order: the error of an item (or of reading the next
-one) is raised where its result would have been, once every earlier result was taken, with a note
-naming the item. Whenever the consumer stops (an error, ``close``), no thread is left running:
-the items not started are dropped, those running finish, and the threads end before it returns.
+Results, and errors, arrive in the items' order: the error of an item (or of reading it) is raised
+where its result would have been, once every earlier result was taken, with a note naming the
+item. Whenever the consumer stops (an error, ``close``), no thread is left running: the items not
+started are never read, those running finish, and the threads end before it returns.
 """
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class _ReadFailed:
-    """What the reading thread hands on in place of the next item when reading it raised."""
+class _Outcome(NamedTuple):
+    """What became of the item read ``number``-th: its result, its error, or the end of the items."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
+    value: Any = None
+    error: BaseException | None = None
+    end: bool = False
 
 
 def ordered_map(
@@ -44,70 +43,91 @@ def ordered_map(
     name: Callable[[T], str],
 ) -> Iterator[R]:
     """``function(item)`` for each of ``items``, in their order, computed by ``workers`` threads
-    while a thread of its own reads ``items``; at most ``ahead`` items read whose result the
-    consumer has not taken yet (what bounds the memory in flight). An error raised for an item
-    carries the note ``name(item)``: a sentence saying which part of the input it was."""
+    that read ``items`` in turn; at most ``ahead`` items read whose result the consumer has not
+    taken yet (what bounds the memory in flight). An error raised for an item carries the note
+    ``name(item)``: a sentence saying which part of the input it was."""
     if workers < 1 or ahead < 1:
         raise ValueError(f"ordered_map needs at least one worker and one item ahead, not {workers} and {ahead}.")
-    return _OrderedMap(function, items, workers, ahead, name).results()
+    return _OrderedMap(function, iter(items), workers, ahead, name).results()
 
 
 class _OrderedMap(Generic[T, R]):
     def __init__(
-        self, function: Callable[[T], R], items: Iterable[T], workers: int, ahead: int, name: Callable[[T], str]
+        self, function: Callable[[T], R], items: Iterator[T], workers: int, ahead: int, name: Callable[[T], str]
     ) -> None:
         self._function, self._items, self._name = function, items, name
         self._slots = threading.Semaphore(ahead)  # one per item read and not yet taken
+        self._reading = threading.Lock()  # held while an item is read: they are read in order
+        self._read = 0  # items read so far (under _reading)
+        self._ended = False  # the items are all read, or reading them failed (under _reading)
+        self._done = threading.Condition()  # guards _outcomes; notified as each one arrives
+        self._outcomes: dict[int, _Outcome] = {}
         self._stop = threading.Event()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # (future, name), _ReadFailed, then _DONE
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vl_datasets-ordered_map")
-        self._reader = threading.Thread(target=self._read, name="vl_datasets-ordered_map-reader", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"vl_datasets-ordered_map-{i}", daemon=True)
+            for i in range(workers)
+        ]
 
     def results(self) -> Iterator[R]:
-        self._reader.start()
+        for thread in self._threads:
+            thread.start()
         try:
-            while (entry := self._queue.get()) is not _DONE:
-                if isinstance(entry, _ReadFailed):
-                    raise entry.error
-                future, label = entry
-                yield self._result(future, label)
+            for number in itertools.count():
+                with self._done:
+                    self._done.wait_for(lambda number=number: number in self._outcomes)  # type: ignore[misc]
+                    outcome = self._outcomes.pop(number)
+                self._slots.release()
+                if outcome.end:
+                    return
+                if outcome.error is not None:
+                    raise outcome.error
+                yield outcome.value
         finally:
             self._shut_down()
 
-    def _result(self, future: Future[R], label: str) -> R:
+    def _work(self) -> None:
+        """Read the next item and compute its result, until the items end or the consumer stops."""
+        while True:
+            self._slots.acquire()
+            if self._stop.is_set():
+                return
+            with self._reading:
+                if self._ended:
+                    self._slots.release()  # for the next thread to see the end too
+                    return
+                number, self._read = self._read, self._read + 1
+                try:
+                    item = next(self._items)
+                except StopIteration:
+                    self._ended = True
+                    self._publish(number, _Outcome(end=True))
+                    return
+                except BaseException as error:  # raised in order, after every result read before it
+                    self._ended = True
+                    self._publish(number, _Outcome(error=error))
+                    return
+            self._publish(number, self._compute(item))
+
+    def _compute(self, item: T) -> _Outcome:
         try:
-            return future.result()
+            return _Outcome(value=self._function(item))
         except BaseException as error:
             if hasattr(error, "add_note"):  # Python 3.11+
-                error.add_note(label)
-            raise
-        finally:
-            self._slots.release()
+                error.add_note(self._name(item))
+            return _Outcome(error=error)
 
-    def _read(self) -> None:
-        """Read the items and start each one's work, in order, as slots free up."""
-        iterator = iter(self._items)
-        try:
-            while True:
-                self._slots.acquire()
-                if self._stop.is_set():
-                    return
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    break
-                self._queue.put((self._pool.submit(self._function, item), self._name(item)))
-        except BaseException as error:  # delivered in order, after every result read before it
-            self._queue.put(_ReadFailed(error))
-            return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-        self._queue.put(_DONE)
+    def _publish(self, number: int, outcome: _Outcome) -> None:
+        with self._done:
+            self._outcomes[number] = outcome
+            self._done.notify_all()
 
     def _shut_down(self) -> None:
         self._stop.set()
-        self._slots.release()  # wakes the reader if it waits for a slot; it then sees the stop
-        self._reader.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for _ in self._threads:
+            self._slots.release()  # wakes every thread waiting for a slot; each then sees the stop
+        for thread in self._threads:
+            thread.join()
+        self._outcomes.clear()
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
