@@ -123,3 +123,27 @@ def test_a_bad_slice_of_a_parquet_file_is_named_and_stops_the_build(tmp_path, mo
         assert caught.value.__notes__ == [f"Raised while normalizing rows 40 to 49 of {path}."]
     _wait_for(lambda: not _pool_threads(), "the pool's threads to end after a bad slice")
     assert pa.concat_arrays([pa.array(ids) for ids in taken]).to_pylist() == [f"id-{i:04d}" for i in range(40)]
+
+
+def test_an_item_that_cannot_be_named_still_raises_its_error():
+    def fails(item: int) -> int:
+        raise ValueError(f"bad item {item}")
+
+    def unnamed(item: int) -> str:
+        raise KeyError("no name")
+
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(ordered_map(fails, range(3), workers=2, ahead=2, name=unnamed))
+        except BaseException as error:
+            raised.append(error)
+
+    consumer = threading.Thread(target=consume, daemon=True)  # were it to hang, it must not hold pytest
+    consumer.start()
+    consumer.join(BOUND_S)
+    assert not consumer.is_alive(), "the consumer still waits for an item whose naming failed"
+    assert isinstance(raised[0], KeyError) and isinstance(raised[0].__context__, ValueError), raised
+    assert "bad item 0" in str(raised[0].__context__)
+    _wait_for(lambda: not _pool_threads(), "the pool's threads to end")

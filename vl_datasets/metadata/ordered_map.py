@@ -112,8 +112,12 @@ class _OrderedMap(Generic[T, R]):
         try:
             return _Outcome(value=self._function(item))
         except BaseException as error:
+            try:
+                note = self._name(item)
+            except BaseException as naming_error:  # a thread that ended without an outcome would hang the consumer
+                return _Outcome(error=naming_error)  # its __context__ is the item's error
             if hasattr(error, "add_note"):  # Python 3.11+
-                error.add_note(self._name(item))
+                error.add_note(note)
             return _Outcome(error=error)
 
     def _publish(self, number: int, outcome: _Outcome) -> None:
