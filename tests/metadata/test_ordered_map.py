@@ -147,3 +147,23 @@ def test_an_item_that_cannot_be_named_still_raises_its_error():
     assert isinstance(raised[0], KeyError) and isinstance(raised[0].__context__, ValueError), raised
     assert "bad item 0" in str(raised[0].__context__)
     _wait_for(lambda: not _pool_threads(), "the pool's threads to end")
+
+
+def test_a_failed_write_of_the_index_leaves_no_thread_behind(tmp_path, monkeypatch):
+    """The writer fails after its first slice: the threads normalizing the next ones end with the
+    build, while the error (and its traceback, holding the slices' generators) is still held."""
+    from vl_datasets.metadata import index_writer
+    from vl_datasets.metadata.index import INDEX_FILE, write_export_index
+
+    media = [dict(m, media_id=f"id-{i:04d}") for i, m in enumerate(itertools.islice(itertools.cycle(items()), 200))]
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=10).parent
+
+    def full_disk(tables, rows):
+        yield next(iter(tables))
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(index_writer, "_coalesced", full_disk)
+    with pytest.raises(OSError, match="No space left") as caught:
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=10)
+    assert caught.value is not None  # the traceback is still held here
+    assert not _pool_threads(), f"threads left running after the failed write: {_pool_threads()}"

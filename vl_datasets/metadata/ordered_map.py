@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def ordered_map(
     workers: int,
     ahead: int,
     name: Callable[[T], str],
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``function(item)`` for each of ``items``, in their order, computed by ``workers`` threads
     that read ``items`` in turn; at most ``ahead`` items read whose result the consumer has not
     taken yet (what bounds the memory in flight). An error raised for an item carries the note
@@ -68,7 +68,7 @@ class _OrderedMap(Generic[T, R]):
             for i in range(workers)
         ]
 
-    def results(self) -> Iterator[R]:
+    def results(self) -> Generator[R, None, None]:
         for thread in self._threads:
             thread.start()
         try:

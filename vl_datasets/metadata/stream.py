@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,9 +58,11 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
         raise _unreadable(path, exc) from None
     empty = True
     slices = _raw_slices(path, batches)
-    for table in ordered_map(_normalized_slice, slices, workers=_WORKERS, ahead=_AHEAD, name=_slice_name):
-        empty = False
-        yield table
+    # Closed with this generator, whenever it is: the pool's threads end then, not when collected.
+    with closing(ordered_map(_normalized_slice, slices, workers=_WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
+        for table in tables:
+            empty = False
+            yield table
     if empty:  # no rows: still the file's columns
         yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
 
