@@ -87,6 +87,17 @@ def test_older_image_filename_column(tmp_path):
     assert table.column("labels").to_pylist() == [[], [], [], []]
 
 
+def test_a_row_without_a_file_name_takes_its_paths_base_name_and_the_others_keep_theirs():
+    media = items()
+    media[1]["file_name"] = None
+    media[2]["file_name"] = "named-otherwise.jpg"
+    table = normalize(media)
+    expected = [m["file_name"] for m in items()]
+    expected[1] = media[1]["file_path"].rsplit("/", 1)[-1]
+    expected[2] = "named-otherwise.jpg"
+    assert table.column("file_name").to_pylist() == expected
+
+
 def test_absent_uniqueness_score_is_null(tmp_path):
     columns = raw_columns(items(), [n for n in SCALARS if n != "uniqueness_score"])
     table = read_metadata(write_parquet(tmp_path, pa.table(columns)).parent)

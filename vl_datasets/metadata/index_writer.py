@@ -44,6 +44,10 @@ def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members
     try:
         return _write_index_file(slices, path, metadata, members)
     finally:
+        # Should the write fail, the threads reading the slices end now, not once its traceback goes.
+        close = getattr(slices.tables, "close", None)
+        if close is not None:
+            close()
         # The slices' buffers are free, but Arrow's allocator keeps them for reuse: hundreds of MiB
         # of resident memory the curation that follows would hold on top of its own.
         pa.default_memory_pool().release_unused()

@@ -257,11 +257,13 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
     None when the reader refuses the slice (a number where a string is expected, invalid JSON...),
     or, with ``infer``, when the types it inferred are not a list of items ``_flatten`` can take.
     """
-    # The reader splits its input into blocks at newlines only when no value holds one.
-    newlines = pc.any(pc.match_substring(strings, "\n")).as_py()
     lines = pc.binary_join_element_wise('{"m":', strings, "}\n", "")
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
     body = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    # The reader splits its input into blocks at newlines only when no value holds one: a value
+    # holds one when the body holds more than the one that ends each line (a count over the bytes,
+    # where a substring search per value costs about 30 times as much).
+    newlines = int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == ord("\n"))) > len(strings)
     schema = None if infer else pa.schema([("m", RAW_ITEMS)])
     try:
         table = pa_json.read_json(

@@ -163,7 +163,9 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
     media_id = column("media_id", pa.string())
     check_ids(media_id, source, row_offset=row_offset, unique=check_unique)
     file_path = pc.coalesce(column("file_path", pa.string()), column("image_filename", pa.string()))
-    file_name = pc.coalesce(column("file_name", pa.string()), basename(file_path))
+    file_name = column("file_name", pa.string())
+    if file_name.null_count:  # the base names are a regex over every path: only for rows without a name
+        file_name = pc.coalesce(file_name, basename(file_path))
     out = {
         "media_id": media_id,
         "media_type": column("media_type", pa.string()),

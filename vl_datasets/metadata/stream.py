@@ -10,11 +10,10 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ijson
 import pyarrow as pa
@@ -25,6 +24,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
+from .ordered_map import ordered_map
 
 BATCH_ROWS = 16 << 10  # a slice of the file, in rows: a few MiB of realistic rows, and faster than larger ones
 # A JSON export under this size is read whole, by Arrow's one-block reader: faster than ijson,
@@ -34,6 +34,9 @@ _READ_BYTES = 64 << 10
 # Slices normalized at once: Arrow's JSON reader and numpy release the GIL, and a slice is one
 # block of the reader, which would otherwise leave every core but one idle.
 _WORKERS = min(os.cpu_count() or 1, 4)
+# Slices read and not yet written: enough for the workers to go on while the writer joins and
+# writes a batch of several slices (index_writer.WRITE_ROWS), few enough to hold tens of MiB.
+_AHEAD = 2 * _WORKERS + 2
 
 
 def is_parquet(path: Path) -> bool:
@@ -53,25 +56,42 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
         batches = file.iter_batches(batch_size=batch_rows)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
-    offset = 0
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        pending: deque[Future[pa.Table]] = deque()
-        while True:
-            try:
-                batch = next(batches, None)
-            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-                raise _unreadable(path, exc) from None
-            if batch is None:
-                break
-            raw = pa.Table.from_batches([batch])
-            pending.append(pool.submit(normalize_raw, raw, source, None, row_offset=offset, check_unique=False))
-            offset += batch.num_rows
-            if len(pending) > _WORKERS:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    if offset == 0:  # no rows: still the file's columns
+    empty = True
+    slices = _raw_slices(path, batches)
+    # Closed with this generator, whenever it is: the pool's threads end then, not when collected.
+    with closing(ordered_map(_normalized_slice, slices, workers=_WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
+        for table in tables:
+            empty = False
+            yield table
+    if empty:  # no rows: still the file's columns
         yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
+
+
+class _RawSlice(NamedTuple):
+    source: str
+    offset: int  # the row of the file the slice starts at
+    table: pa.Table
+
+
+def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[_RawSlice]:
+    offset = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _unreadable(path, exc) from None
+        if batch is None:
+            return
+        yield _RawSlice(str(path), offset, pa.Table.from_batches([batch]))
+        offset += batch.num_rows
+
+
+def _normalized_slice(raw: _RawSlice) -> pa.Table:
+    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False)
+
+
+def _slice_name(raw: _RawSlice) -> str:
+    return f"Raised while normalizing rows {raw.offset} to {raw.offset + raw.table.num_rows - 1} of {raw.source}."
 
 
 def _unreadable(path: Path, exc: Exception) -> SchemaError:
