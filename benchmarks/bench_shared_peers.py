@@ -23,10 +23,17 @@ shards of 64 MiB, read at 224 px, batch 64, 2 DataLoader workers (persistent), s
   processes) uploading to the bucket, read by ``StreamingDataset(remote=..., local=fresh dir)``
   and a DataLoader, the same crop.
 
+Each peer is read with its defaults, then tuned: litData with ``batch_decode=False`` (its "auto"
+deserializes a run of the chunk's items for every item read, which a shuffled read throws away),
+and both with the library's channels-last collate (``--rows`` picks rows). Ours hands the loader
+channels-last batches (each image a memcpy into the batch); torch's ``default_collate``, which
+the peers use by default, transposes every image into NCHW (~150 us an image). The peers' crop is
+a view, where ours resizes 256 to 224 px: the tuned rows compare the storage and the streaming.
+
 Each build and each read runs in a fresh interpreter. A read is a cold epoch (the node's cache
 empty: it includes starting the 2 workers and every download) and 2 later epochs; the server's
-GETs and bytes are counted per epoch (persistent workers may read ahead into the next epoch, which
-moves bytes between epochs, not their total). The 1-minute load average is printed before and
+requests and the bytes of its answers are counted per epoch (persistent workers may read ahead
+into the next epoch, which moves bytes between epochs, not their total). The 1-minute load average is printed before and
 after each measurement: the server and the other work on the machine share its cores with the
 loader, which a real bucket does not.
 """
@@ -49,8 +56,23 @@ HERE = Path(__file__).resolve().parent
 SIZE, PREPARE, BATCH, WORKERS, LATENCY_MS, LATER_EPOCHS = 224, 256, 64, 2, 50, 2
 SHARD_BYTES = 64 * 2**20
 BUCKET = "bench"
-SYSTEMS = ("ours", "litdata", "mosaic")
-NAMES = {"ours": "vl_datasets shared store", "litdata": "litData", "mosaic": "Mosaic streaming"}
+# Each row: the store it reads (built by the first row of that store) and the read's settings.
+ROWS = {
+    "ours": ("ours", ""),
+    "litdata": ("litdata", ""),
+    "litdata-unbatched": ("litdata", "unbatched"),
+    "litdata-tuned": ("litdata", "unbatched,channels-last"),
+    "mosaic": ("mosaic", ""),
+    "mosaic-tuned": ("mosaic", "channels-last"),
+}
+NAMES = {
+    "ours": "vl_datasets shared store",
+    "litdata": "litData, defaults",
+    "litdata-unbatched": "litData, batch_decode=False",
+    "litdata-tuned": "litData, batch_decode=False, channels-last collate",
+    "mosaic": "Mosaic streaming, defaults",
+    "mosaic-tuned": "Mosaic streaming, channels-last collate",
+}
 
 
 # -- the corpus, as each peer's writer takes it ---------------------------------------------------
@@ -78,6 +100,17 @@ def center_crop(pixels, size: int = SIZE):
 
     top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
     return torch.from_numpy(pixels[top : top + size, left : left + size]).permute(2, 0, 1)
+
+
+def channels_last(samples: list) -> tuple:
+    """(images, labels) of a batch collated as the library's loader does: the HWC crops copied into
+    an NCHW batch in channels-last memory (a memcpy each), not transposed into NCHW by
+    ``default_collate`` (~150 us an image)."""
+    import torch
+
+    from vl_datasets.loading.loader import stack_images
+
+    return stack_images([image for image, _ in samples]), torch.tensor([label for _, label in samples])
 
 
 # -- the builds ------------------------------------------------------------------------------------
@@ -133,15 +166,17 @@ def build_mosaic(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> d
 # -- the reads -------------------------------------------------------------------------------------
 
 
-def read_ours(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> dict:
+def read_ours(corpus_dir: str, root: str, endpoint: str, cache_dir: str, settings: str = "") -> dict:
     """The epochs of a node with an empty shard cache reading the store at ``root``."""
     ds = _ours(corpus_dir, root, endpoint, cache_dir, image_size=SIZE)
     loader = ds.dataloader(BATCH, num_workers=WORKERS, seed=0)
     return {"epochs": _epochs(loader, endpoint, ds.images.shard_cache_stats), "images": len(ds)}
 
 
-def read_litdata(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> dict:
-    """The epochs of litData's ``StreamingDataset`` over ``root`` with an empty cache."""
+def read_litdata(corpus_dir: str, root: str, endpoint: str, cache_dir: str, settings: str = "") -> dict:
+    """The epochs of litData's ``StreamingDataset`` over ``root`` with an empty cache. ``settings``:
+    "unbatched" turns its ``batch_decode`` off ("auto" deserializes a run of the chunk's items for
+    each item read, which a shuffled read throws away), "channels-last" collates as ours does."""
     import litdata
 
     _litdata_over_http()
@@ -151,13 +186,17 @@ def read_litdata(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> d
             sample = super().__getitem__(index)
             return center_crop(sample["image"]), sample["label"]
 
-    ds = Cropped(root, cache_dir=cache_dir, shuffle=True, seed=0, storage_options=_boto_options(endpoint))
-    loader = litdata.StreamingDataLoader(ds, batch_size=BATCH, num_workers=WORKERS, persistent_workers=True)
+    batch_decode: str | bool = False if "unbatched" in settings else "auto"
+    options = {"storage_options": _boto_options(endpoint), "batch_decode": batch_decode}
+    ds = Cropped(root, cache_dir=cache_dir, shuffle=True, seed=0, **options)
+    collate = {"collate_fn": channels_last} if "channels-last" in settings else {}
+    loader = litdata.StreamingDataLoader(ds, batch_size=BATCH, num_workers=WORKERS, persistent_workers=True, **collate)
     return {"epochs": _epochs(loader, endpoint), "images": len(ds)}
 
 
-def read_mosaic(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> dict:
-    """The epochs of Mosaic's ``StreamingDataset`` over ``root`` with an empty ``local``."""
+def read_mosaic(corpus_dir: str, root: str, endpoint: str, cache_dir: str, settings: str = "") -> dict:
+    """The epochs of Mosaic's ``StreamingDataset`` over ``root`` with an empty ``local``
+    (``settings``: "channels-last" collates as ours does)."""
     import streaming
     from torch.utils.data import DataLoader
 
@@ -167,13 +206,14 @@ def read_mosaic(corpus_dir: str, root: str, endpoint: str, cache_dir: str) -> di
             return center_crop(sample["image"]), sample["label"]
 
     ds = Cropped(remote=root, local=cache_dir, shuffle=True, shuffle_seed=0, batch_size=BATCH)
-    loader = DataLoader(ds, batch_size=BATCH, num_workers=WORKERS, persistent_workers=True)
+    collate = {"collate_fn": channels_last} if "channels-last" in settings else {}
+    loader = DataLoader(ds, batch_size=BATCH, num_workers=WORKERS, persistent_workers=True, **collate)
     return {"epochs": _epochs(loader, endpoint), "images": len(ds)}
 
 
 def _epochs(loader, endpoint: str, cache_stats=None) -> list[dict]:
     """Per epoch (a cold one, then LATER_EPOCHS): images, seconds, seconds to the first batch, the
-    server's GETs and bytes sent, the load average before and after, and the cache's counts."""
+    server's requests and bytes sent, the load average before and after, and the cache's counts."""
     import torch
 
     torch.set_num_threads(1)
@@ -231,11 +271,11 @@ def _boto_options(endpoint: str) -> dict:
 
 
 def _served(endpoint: str) -> dict[str, int]:
-    """The GETs the server has answered and the bytes of their bodies, so far."""
+    """The requests the server has answered (GET, HEAD, listings) and the bytes of the GETs' bodies, so far."""
     from urllib.request import urlopen
 
     with urlopen(f"{endpoint}/__requests", timeout=30) as counts, urlopen(f"{endpoint}/__bytes", timeout=30) as sent:
-        return {"gets": json.loads(counts.read()).get("GET", 0), "bytes": json.loads(sent.read()).get("GET", 0)}
+        return {"requests": sum(json.loads(counts.read()).values()), "bytes": json.loads(sent.read()).get("GET", 0)}
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -277,19 +317,25 @@ def stored_bytes(endpoint: str, prefix: str) -> int:
     return int(fs.du(f"{BUCKET}/{prefix}"))
 
 
-def measure(system: str, corpus_dir: Path, work: Path, endpoint: str) -> dict:
-    """One system's build and read, each in a fresh interpreter, with the load around each."""
-    root, args = f"s3://{BUCKET}/{system}", (str(corpus_dir), endpoint)
-    if system == "ours":
-        fresh("open_ours", args[0], root, endpoint, str(work / "ours_build"))  # the index, built before the timing
-    result: dict = {"load_build": [os.getloadavg()[0]]}
-    result["build"] = fresh(f"build_{system}", args[0], root, endpoint, str(work / f"{system}_build"))
-    result["load_build"].append(os.getloadavg()[0])
-    shutil.rmtree(work / f"{system}_build", ignore_errors=True)  # the writer's node is not the reader's
-    result["stored"] = stored_bytes(endpoint, system)
-    print(f"{NAMES[system]}: built in {result['build']['s']:.1f} s", flush=True)
-    result["read"] = fresh(f"read_{system}", args[0], root, endpoint, str(work / f"{system}_read"))
-    shutil.rmtree(work / f"{system}_read", ignore_errors=True)
+def measure(row: str, corpus_dir: Path, work: Path, endpoint: str, built: set[str]) -> dict:
+    """One row's build (unless its store is ``built``) and read, each in a fresh interpreter, with
+    the load around each."""
+    system, settings = ROWS[row]
+    root, corpus_arg = f"s3://{BUCKET}/{system}", str(corpus_dir)
+    result: dict = {"build": None}
+    if system not in built:
+        if system == "ours":  # the index, built before the timing
+            fresh("open_ours", corpus_arg, root, endpoint, str(work / "ours_build"))
+        result["load_build"] = [os.getloadavg()[0]]
+        result["build"] = fresh(f"build_{system}", corpus_arg, root, endpoint, str(work / f"{system}_build"))
+        result["load_build"].append(os.getloadavg()[0])
+        shutil.rmtree(work / f"{system}_build", ignore_errors=True)  # the writer's node is not the reader's
+        result["stored"] = stored_bytes(endpoint, system)
+        built.add(system)
+        print(f"{NAMES[row]}: built in {result['build']['s']:.1f} s", flush=True)
+    result["read"] = fresh(f"read_{system}", corpus_arg, root, endpoint, str(work / f"{row}_read"), settings)
+    shutil.rmtree(work / f"{row}_read", ignore_errors=True)
+    print(f"{NAMES[row]}: read", flush=True)
     return result
 
 
@@ -299,25 +345,29 @@ def report(count: int, results: dict[str, dict]) -> list[str]:
         f"S3 (moto) on loopback with {LATENCY_MS} ms before each answer, {SIZE} px, batch {BATCH}, "
         f"{WORKERS} workers, {len(os.sched_getaffinity(0))} cores",
         "",
-        "| system | build img/s | stored MiB | cold epoch img/s (first batch s) | later epochs img/s "
-        "| GETs, MiB downloaded: cold / later epochs | images per epoch | cache hit rate "
+        "| system | build img/s | stored MiB | cold epoch img/s (first batch s) | later epochs img/s (each) "
+        "| requests, MiB downloaded: cold / later epochs | images per epoch | cache hit rate "
         "| load avg: build, cold, later |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
-    for system, result in results.items():
+    for row, result in results.items():
         cold, *later = result["read"]["epochs"]
-        build = result["build"]["images"] / result["build"]["s"]
+        build, stored, build_load = "same store", "", ""
+        if result["build"]:
+            build = f"{result['build']['images'] / result['build']['s']:,.0f}"
+            stored = f"{result['stored'] / 2**20:,.0f}"
+            build_load = "{:.1f}-{:.1f}".format(*result["load_build"])
         later_rate = sum(e["images"] for e in later) / sum(e["s"] for e in later)
-        traffic = " / ".join(f"{e['gets']:,}, {e['bytes'] / 2**20:,.0f}" for e in (cold, *later))
+        traffic = " / ".join(f"{e['requests']:,}, {e['bytes'] / 2**20:,.0f}" for e in (cold, *later))
+        each = ", ".join(f"{e['images'] / e['s']:,.0f}" for e in later)
         hit_rate = _hit_rate(result["read"]["epochs"])
         seen = ", ".join(f"{e['images']:,}" for e in (cold, *later))
         loads = "; ".join(
-            f"{a:.1f}-{b:.1f}"
-            for a, b in (result["load_build"], cold["load"], (later[0]["load"][0], later[-1]["load"][1]))
+            [build_load, *(f"{a:.1f}-{b:.1f}" for a, b in (cold["load"], (later[0]["load"][0], later[-1]["load"][1])))]
         )
         lines.append(
-            f"| {NAMES[system]} | {build:,.0f} | {result['stored'] / 2**20:,.0f} | {cold['images'] / cold['s']:,.0f} "
-            f"({cold['first_batch_s']:.1f}) | {later_rate:,.0f} | {traffic} | {seen} | {hit_rate} | {loads} |"
+            f"| {NAMES[row]} | {build} | {stored} | {cold['images'] / cold['s']:,.0f} "
+            f"({cold['first_batch_s']:.1f}) | {later_rate:,.0f} ({each}) | {traffic} | {seen} | {hit_rate} | {loads} |"
         )
     return [*lines, ""]
 
@@ -335,7 +385,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="images in the 500x375 corpus")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 images")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure, in this order")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help=f"which to measure, in this order (of {', '.join(ROWS)})"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (its path is printed)")
     args = parser.parse_args()
     count = 200 if args.quick else args.images
@@ -357,7 +409,8 @@ def main() -> None:
                     "AWS_ALLOW_HTTP": "true",  # obstore refuses plain http otherwise
                 }
             )
-            results = {s: measure(s, corpus_dir, work, endpoint) for s in args.systems.split(",")}
+            built: set[str] = set()
+            results = {row: measure(row, corpus_dir, work, endpoint, built) for row in args.rows.split(",")}
         print("\n".join(report(count, results)))
     finally:
         if not args.keep:
