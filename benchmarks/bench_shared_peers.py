@@ -28,14 +28,14 @@ deserializes a run of the chunk's items for every item read, which a shuffled re
 and both with the library's channels-last collate (``--rows`` picks rows). Ours hands the loader
 channels-last batches (each image a memcpy into the batch); torch's ``default_collate``, which
 the peers use by default, transposes every image into NCHW (~150 us an image). The peers' crop is
-a view, where ours resizes 256 to 224 px: the tuned rows compare the storage and the streaming.
+a view, where ours resizes 256 to 224 px: per image, the peers have less to do than ours.
 
 Each build and each read runs in a fresh interpreter. A read is a cold epoch (the node's cache
 empty: it includes starting the 2 workers and every download) and 2 later epochs; the server's
 requests and the bytes of its answers are counted per epoch (persistent workers may read ahead
-into the next epoch, which moves bytes between epochs, not their total). The 1-minute load average is printed before and
-after each measurement: the server and the other work on the machine share its cores with the
-loader, which a real bucket does not.
+into the next epoch, which moves bytes between epochs, not their total). The 1-minute load average
+is printed before and after each measurement: the server and the other work on the machine share
+its cores with the loader, which a real bucket does not.
 """
 
 from __future__ import annotations
