@@ -262,7 +262,8 @@ def test_a_copy_of_another_original_is_not_served_for_this_one(tmp_path):
 def test_a_local_originals_identity_is_its_size_and_mtime_and_changes_with_either(tmp_path):
     """Stored with every record: a new release must compute the same digest, or every store it
     finds would be prepared again."""
-    from vl_datasets.loading.sources import LocalFolder, identity_of
+    from vl_datasets.loading.object_identity import identity_of
+    from vl_datasets.loading.sources import LocalFolder
 
     (tmp_path / "a").mkdir()
     image = tmp_path / "a" / "x.jpg"
