@@ -5,7 +5,8 @@
 The S3 counterpart of static_server.py for bench_remote.py (moto is in the ``test`` extra): the
 files of ROOT are uploaded to the bucket ``bench`` under ``photos/``, then every GET or HEAD of an
 object and every listing waits ``latency-ms`` before it is answered. It counts the requests by
-kind; ``GET /__requests`` (not counted) answers them as JSON. It prints ``port <n>`` once the files
+kind; ``GET /__requests`` (not counted) answers them as JSON, and ``GET /__bytes`` the bytes of
+the answers' bodies by kind (what a reader downloaded: bench_shared_peers.py). It prints ``port <n>`` once the files
 are in, and exits when its standard input closes.
 """
 
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-COUNTS = "/__requests"
+COUNTS, BYTES = "/__requests", "/__bytes"
 
 
 def main() -> None:
@@ -35,14 +36,15 @@ def main() -> None:
 
     moto = DomainDispatcherApplication(create_backend_app)
     counts: dict[str, int] = {}
+    sent: dict[str, int] = {}
     lock = threading.Lock()
     armed = threading.Event()  # no latency while the files are uploaded
 
     def app(environ, start_response):
         method, path, query = environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
-        if path == COUNTS:
+        if path in (COUNTS, BYTES):
             with lock:
-                body = json.dumps(counts).encode()
+                body = json.dumps(counts if path == COUNTS else sent).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         kind = "LIST" if "list-type" in query or "prefix=" in query else method
@@ -50,7 +52,18 @@ def main() -> None:
             with lock:
                 counts[kind] = counts.get(kind, 0) + 1
             time.sleep(args.latency_ms / 1000)
+            return counted(kind, moto(environ, start_response))
         return moto(environ, start_response)
+
+    def counted(kind: str, body):
+        try:
+            for chunk in body:
+                with lock:
+                    sent[kind] = sent.get(kind, 0) + len(chunk)
+                yield chunk
+        finally:
+            if hasattr(body, "close"):
+                body.close()
 
     server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
