@@ -158,7 +158,9 @@ def test_a_damaged_local_shard_is_fetched_again(s3, tmp_path):
     assert shard_gets(s3, name) == 2
 
 
-def test_a_shard_that_differs_from_its_description_is_never_put_in_place(s3, tmp_path):
+@pytest.mark.parametrize("range_bytes", [16 << 20, 1024])  # one range; five, fetched four at a time
+def test_a_shard_that_differs_from_its_description_is_never_put_in_place(s3, tmp_path, monkeypatch, range_bytes):
+    monkeypatch.setattr(shard_cache_module, "CHUNK_BYTES", range_bytes)
     name, data = "a0-00000.pixels", shard_bytes(0, 5000)
     upload(s3, {name: data})
     cache = make_cache(s3, tmp_path / "shards")

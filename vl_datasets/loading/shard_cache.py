@@ -13,9 +13,10 @@ DataLoader worker of every rank on a node reads them through one folder here:
   then renamed into place. A download killed midway leaves a temp file no reader takes, removed by
   a later eviction scan once it is an hour old. Correctness comes from that rename; the lock only
   spares the node duplicate downloads (locks can lie on network filesystems).
-- Ranges, not one GET: a shard is fetched ``CHUNK_BYTES`` at a time, each range retried and bounded
-  in time by the image read policy (``retries.py``: ``VL_DATASETS_READ_*``), so a transient failure
-  costs a range, not the shard, and the waiters see progress.
+- Ranges, not one GET: a shard is fetched ``CHUNK_BYTES`` at a time, ``RANGES_IN_FLIGHT`` ranges at
+  once and written in order, each range retried and bounded in time by the image read policy
+  (``retries.py``: ``VL_DATASETS_READ_*``), so a transient failure costs a range, not the shard,
+  and the waiters see progress.
 - Least recently used first, across processes: a use bumps the shard's mtime (at most every
   ``TOUCH_AFTER_S``), and after each download the folder is scanned under a lock and the oldest
   shards are removed until the whole is within ``limit_bytes`` (the one just downloaded is kept
@@ -30,6 +31,7 @@ A cache pickles as its folder, limit and the opener of the remote shards folder 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -40,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +57,7 @@ from ..errors import ImageReadError, ShardReadError, SharedStoreError
 logger = logging.getLogger("vl_datasets")
 
 CHUNK_BYTES = 16 << 20  # one ranged GET: a 64 MiB shard is 4 requests, and a retry redoes 16 MiB at most
+RANGES_IN_FLIGHT = 4  # a shard's ranges fetched at once (64 MiB of them held at most)
 LOCKS, STATS, EVICT_LOCK = ".locks", ".stats", ".evict.lock"
 TOUCH_AFTER_S = 5.0  # a use bumps the shard's mtime at most this often: a metadata write per image would cost
 POLL_S = 1.0  # a waiter looks at the download's progress this often
@@ -236,20 +239,18 @@ class ShardCache:
 
     def _download(self, name: str, size: int, xxh3: int | None, local: Path) -> None:
         self.local_dir.mkdir(parents=True, exist_ok=True)
+        # The last range asks one byte past the expected end: an object longer than the store says
+        # is caught too (a range that starts past the end would be refused).
+        ranges = [(start, min(start + CHUNK_BYTES, size)) for start in range(0, size, CHUNK_BYTES)]
+        ranges[-1:] = [(ranges[-1][0], size + 1)] if ranges else []
         digest = xxhash.xxh3_64()
         received = 0
         with replacing(local) as tmp, open(tmp, "wb") as out:
-            while size:
-                # The last range asks one byte past the expected end: an object longer than the
-                # store says is caught too (a range that starts past the end would be refused).
-                last = received + CHUNK_BYTES >= size
-                end = size + 1 if last else received + CHUNK_BYTES
-                data = self._fetch(name, received, end)
+            for (start, end), data in zip(ranges, self._ranges_in_order(name, ranges)):
                 out.write(data)
                 digest.update(data)
-                short = len(data) < end - received
                 received += len(data)
-                if last or short:
+                if len(data) < end - start:  # the object ends early: the ranges after it would be refused
                     break
             if received != size or (xxh3 is not None and digest.intdigest() != xxh3):
                 found = "bytes whose xxh3 differs" if received == size else f"{received} bytes"
@@ -259,6 +260,22 @@ class ShardCache:
                     f"{size} bytes{'' if xxh3 is None else f' of xxh3 {xxh3:016x}'}: the store is damaged.",
                     url=self.opener.location(name),
                 )
+
+    def _ranges_in_order(self, name: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+        """The bytes of ``ranges`` of ``name``, in order, ``RANGES_IN_FLIGHT`` of them fetched at once:
+        one GET at a time leaves a shard's download waiting on every range's first byte, and on one
+        connection's rate (72 against 119 MB/s for four at once, from moto on loopback at 50 ms)."""
+        pool = ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="vl-shard-range")
+        pending: collections.deque[Future[bytes]] = collections.deque()
+        try:
+            for start, end in ranges:
+                pending.append(pool.submit(self._fetch, name, start, end))
+                if len(pending) >= RANGES_IN_FLIGHT:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a failed or short range: the ranges not started are dropped, those in flight end
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _fetch(self, name: str, start: int, end: int) -> bytes:
         try:
