@@ -16,7 +16,7 @@ import xxhash
 
 from tests.loading.s3_server import SlowDownS3
 from vl_datasets.loading.prepared import StoreSettings, image_key
-from vl_datasets.loading.shard_format import FORMAT, SHARD_RECORD
+from vl_datasets.loading.shard_format import SHARD_RECORD, store_identity
 
 
 def pixels_for(i: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def write_shared_store(
         fs.makedirs(f"{root}/{name}".rpartition("/")[0], exist_ok=True)  # a folder needs its parents
         fs.pipe_file(f"{root}/{name}", data)
 
-    identity = {"format": FORMAT, "export": export, "settings": settings.as_json()}
+    identity = store_identity(export, settings.as_json())
     put("store.json", json.dumps({**identity, "created_at": "2026-12-02T00:00:00+00:00"}).encode())
     names = [f"s{n}" for n in range(shares)]
     by_share: dict[str, list[str]] = {name: [] for name in names}

@@ -18,7 +18,8 @@ from vl_datasets.cache.opened import open_export
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.prepared_source import prepare_pixels
-from vl_datasets.loading.shared_source import resolve_cache_limit, shared_store_url
+from vl_datasets.loading.shared_location import shared_store_url
+from vl_datasets.loading.shared_source import resolve_cache_limit
 from vl_datasets.testing import write_dataset
 
 ITEMS, SIZE = 24, 48

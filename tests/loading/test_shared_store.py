@@ -16,7 +16,7 @@ from vl_datasets import errors
 from vl_datasets.loading import shared_store as shared_store_module
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.shard_cache import ShardCache
-from vl_datasets.loading.shared_source import join_url
+from vl_datasets.loading.shared_location import join_url
 from vl_datasets.loading.shared_store import SharedStore
 from vl_datasets.loading.sources import FsspecRoot
 

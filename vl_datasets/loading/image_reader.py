@@ -188,7 +188,7 @@ class ImageReader:
         self._originals: ImageSource = open_source(
             export_images,
             images_root=options.images_root,
-            storage_options=options.images_options() if options.prepared_root is not None else options.storage_options,
+            storage_options=options.images_options(),
             image_cache=options.image_cache,
             cache_dir=cache_dir,
             retry=options.read_retry,

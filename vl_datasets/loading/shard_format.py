@@ -39,6 +39,12 @@ SHARD_RECORD = np.dtype(
 )
 
 
+def store_identity(export: str | None, settings: dict) -> dict:
+    """What store.json and manifest.json say the store is, compared whole by writer and reader: the
+    format, the export's content name (``CacheStore.content_name``), the settings (``as_json()``)."""
+    return {"format": FORMAT, "export": export, "settings": settings}
+
+
 def share_count(images: int, share_images: int) -> int:
     """How many shares a store of ``images`` images has, at most ``share_images`` each (about)."""
     return max(1, -(-images // share_images))

@@ -18,9 +18,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import PreparedStoreError
+from ..cache.store import CacheStore, LocalExport
+from ..config import is_remote
+from ..errors import ConfigurationError, PreparedStoreError
 from ..redaction import redact_logs_of, redact_text, redact_url
+from .prepared import KIND, StoreSettings
 
 
 class SharedLocation:
@@ -39,10 +43,6 @@ class SharedLocation:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fs": None, "_base": ""}  # a live filesystem stays in its process
-
-    def child(self, name: str) -> SharedLocation:
-        """The folder ``name`` (``/``-separated) under this one, on the same filesystem."""
-        return SharedLocation(f"{self.url}/{name.strip('/')}", self._options)
 
     def where(self, name: str) -> str:
         """``name``'s place, as shown to people."""
@@ -133,6 +133,25 @@ class SharedLocation:
         finally:
             if fs.exists(temporary):
                 fs.rm_file(temporary)
+
+
+def shared_store_url(prepared_root: str, entry: LocalExport, settings: StoreSettings) -> str:
+    """Where the shared store of ``entry`` with ``settings`` lives under ``prepared_root``:
+    where the cache keeps its node-local store, relative to the cache root
+    (``exports/<dataset>/<key digest>/derived/prepared/<content>-<settings digest>``;
+    ``CacheStore.shared_derived_name``), so the writer and every reader name the same store."""
+    if entry.version is None or entry.entry_dir is None:
+        raise ConfigurationError(f"prepared_root needs an export published in the cache; {entry.path} is not one.")
+    return join_url(prepared_root, CacheStore.shared_derived_name(entry, KIND, settings.digest))
+
+
+def join_url(root: str, relative: str) -> str:
+    """``relative`` (``/``-separated) under ``root``, a folder or an fsspec URL (whose query, a SAS
+    token say, stays at the end)."""
+    if not is_remote(root):
+        return os.path.join(os.path.abspath(os.path.expanduser(root)), *relative.split("/"))
+    parts = urlsplit(root)
+    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{relative}", parts.query, ""))
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

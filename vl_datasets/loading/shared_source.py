@@ -30,19 +30,19 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 
 from ..cache.opened import local_store
 from ..cache.store import CacheStore, LocalExport
-from ..config import is_remote, parse_size
+from ..config import parse_size
 from ..errors import ConfigurationError, SharedStoreError, SharedStoreNotFoundError
-from .prepared import KIND, StoreSettings, keys_of
+from .prepared import StoreSettings, keys_of
 from .prepared_source import PreparedSource
 from .shard_cache import ShardCache
 from .shard_format import SHARDS
+from .shared_location import join_url, shared_store_url
 from .shared_store import SharedStore
 from .sources import FsspecRoot
 
@@ -125,34 +125,13 @@ def open_shared_store(
     cache_limit: str | int | None,
 ) -> SharedStore:
     """The shared store at ``url``, loaded (before any fork: workers share its index), its shards
-    read through this node's cache of them."""
-    if entry.version is None:
-        raise ConfigurationError(f"prepared_root needs an export published in the cache; {entry.path} is not one.")
+    read through this node's cache of them (``url``: ``shared_store_url``)."""
     shards = FsspecRoot(join_url(url, SHARDS), storage_options)
     folder = local_store(cache_dir).node_area("shards", _store_digest(shards.display_root, storage_options))
     cache = ShardCache(folder, resolve_cache_limit(cache_limit), shards)
     store = SharedStore(url, dict(storage_options or {}), settings, CacheStore.content_name(entry), cache)
     store.load()
     return store
-
-
-def shared_store_url(prepared_root: str, entry: LocalExport, settings: StoreSettings) -> str:
-    """Where the shared store of ``entry`` with ``settings`` lives under ``prepared_root``:
-    where the cache keeps its node-local store, relative to the cache root
-    (``exports/<dataset>/<key digest>/derived/prepared/<content>-<settings digest>``;
-    ``CacheStore.shared_derived_name``), so the writer and every reader name the same store."""
-    if entry.version is None or entry.entry_dir is None:
-        raise ConfigurationError(f"prepared_root needs an export published in the cache; {entry.path} is not one.")
-    return join_url(prepared_root, CacheStore.shared_derived_name(entry, KIND, settings.digest))
-
-
-def join_url(root: str, relative: str) -> str:
-    """``relative`` (``/``-separated) under ``root``, a folder or an fsspec URL (whose query, a SAS
-    token say, stays at the end)."""
-    if not is_remote(root):
-        return os.path.join(os.path.abspath(os.path.expanduser(root)), *relative.split("/"))
-    parts = urlsplit(root)
-    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{relative}", parts.query, ""))
 
 
 def resolve_cache_limit(value: str | int | None, env: Mapping[str, str] | None = None) -> int:

@@ -41,7 +41,7 @@ from ..atomic import replacing
 from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
-from .shard_format import FORMAT, INDEX, MANIFEST_FILE, SHARD_RECORD, SHARDS, SHARES, STORE_FILE
+from .shard_format import INDEX, MANIFEST_FILE, SHARD_RECORD, SHARDS, SHARES, STORE_FILE, store_identity
 from .sources import FsspecRoot
 
 logger = logging.getLogger("vl_datasets")
@@ -164,7 +164,7 @@ class SharedStore:
                 f"{name} of the shared store {self.display_url} is not JSON: the store is damaged.",
                 url=self.display_url,
             )
-        expected = {"format": FORMAT, "export": self.export, "settings": self.settings.as_json()}
+        expected = store_identity(self.export, self.settings.as_json())
         if {key: found.get(key) for key in expected} != expected:
             raise SharedStoreError(
                 f"The shared store {self.display_url} holds another store ({found.get('format')}, export "

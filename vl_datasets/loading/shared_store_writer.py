@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..cache.store import CacheStore, LocalExport
+from ..cache.store import LocalExport
 from ..errors import ConfigurationError, PreparedStoreError, PrepareTimeoutError
 from .batches import SkippedSample
 from .prepare import STALL_TIMEOUT_S, distinct_images, prepare_listed, report_failures, worker_count
-from .prepared import KIND, StoreSettings, keys_of
+from .prepared import StoreSettings, keys_of
 from .prepared_source import PreparedSource
 from .ranks import Ranks
 from .shard_format import (
-    FORMAT,
     MANIFEST_FILE,
     SHARD_BYTES,
     SHARE_IMAGES,
@@ -43,9 +42,10 @@ from .shard_format import (
     share_file,
     share_name,
     share_of,
+    store_identity,
 )
 from .shard_packer import pack_share
-from .shared_location import SharedLocation
+from .shared_location import SharedLocation, shared_store_url
 
 logger = logging.getLogger("vl_datasets")
 
@@ -166,13 +166,9 @@ def store_location(
     entry: LocalExport,
     settings: StoreSettings,
 ) -> SharedLocation:
-    """Where the store of ``entry`` with ``settings`` lives under ``prepared_root``: the entry's
-    place and a derived-store name by what the export holds (``shared_derived_name``), so every
-    machine holding the same export finds the same store."""
-    if entry.entry_dir is None or entry.version is None:
-        raise ConfigurationError(f"prepared_root= needs an export published in the cache; {entry.path} is not one.")
-    name = CacheStore.shared_derived_name(entry, KIND, settings.digest)
-    return SharedLocation(os.fspath(prepared_root), storage_options).child(name)
+    """The store of ``entry`` with ``settings`` under ``prepared_root``, where every reader looks
+    (``shared_store_url``)."""
+    return SharedLocation(shared_store_url(os.fspath(prepared_root), entry, settings), storage_options)
 
 
 def _plan(
@@ -190,7 +186,7 @@ def open_store(location: SharedLocation, export: dict[str, str | None], settings
     """The number of shares of the store at ``location``, which is created (its store.json) with
     ``shares`` if it does not exist. ``export``: {"export": its content name, "version": the node's
     name of it}. Raises ``PreparedStoreError`` when it holds another export or other settings."""
-    identity = {"format": FORMAT, "export": export["export"], "settings": settings.as_json()}
+    identity = store_identity(export["export"], settings.as_json())
     found = location.read_json(STORE_FILE)
     if found is None:
         found = {
@@ -248,9 +244,8 @@ def _write_manifest(
     names = [share_name(share) for share in range(shares)]
     parts = [location.read_json(share_file(name)) or {} for name in names]
     manifest = {
-        "format": FORMAT,
-        **export,
-        "settings": settings.as_json(),
+        **store_identity(export["export"], settings.as_json()),
+        "version": export["version"],
         "shares": names,
         "images": sum(int(part.get("images", 0)) for part in parts),
         "failed": sum(len(part.get("failed", ())) for part in parts),
