@@ -50,6 +50,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from fresh import call_fresh  # benchmarks/ is the script's folder: on sys.path
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 SIZE, BATCH, WORKERS, LATENCY_MS = 224, 64, 2, 50
@@ -173,12 +175,8 @@ def measure_fresh(
     variant: str, corpus_dir: Path, export_dir: Path, root: str, cache_dir: Path, server: str, what: str = "measure"
 ) -> dict:
     """``what`` (``measure`` or ``count_requests``) of ``variant``, in a fresh interpreter."""
-    args = ", ".join(repr(str(a)) for a in (corpus_dir, export_dir, root, cache_dir, server))
-    code = f"import json, bench_remote as b; print(json.dumps(b.{what}({variant!r}, {args})))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"measuring {variant} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    args = (str(a) for a in (corpus_dir, export_dir, root, cache_dir, server))
+    return call_fresh("bench_remote", what, variant, *args)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fresh import call_fresh  # benchmarks/ is the script's folder: on sys.path
+
 HERE = Path(__file__).resolve().parent
 SIZE, PREPARE, BATCH, WORKERS, LATENCY_MS, LATER_EPOCHS = 224, 256, 64, 2, 50, 2
 SHARD_BYTES = 64 * 2**20
@@ -283,11 +285,7 @@ def _served(endpoint: str) -> dict[str, int]:
 
 def fresh(what: str, *args: str) -> dict:
     """``what(*args)`` of this module in a fresh interpreter (the peers' own state starts empty)."""
-    code = f"import json, bench_shared_peers as b; print(json.dumps(b.{what}(*{list(args)!r})))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{what} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return call_fresh("bench_shared_peers", what, *args)
 
 
 @contextlib.contextmanager
