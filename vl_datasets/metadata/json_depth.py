@@ -83,11 +83,10 @@ def most_opening_brackets(strings: pa.Array) -> int:
     if texts is None:
         return 0
     data, starts = texts
-    opens = np.bitwise_or(data, np.uint8(0x20))
-    np.equal(opens, _OPEN_FOLDED, out=opens.view(np.bool_))  # in place: one array of the texts' size
-    # Per text, a sum between consecutive starts; empty texts hold none and would break reduceat.
-    held = starts[:-1][np.diff(starts) > 0]
-    return int(np.add.reduceat(opens, held, dtype=np.int64).max())
+    # Where the opening brackets are, then how many lie between consecutive starts: a search per
+    # text over a few per row, where a sum per text over every byte (reduceat) costs 8 times as much.
+    opens = np.flatnonzero(np.bitwise_or(data, np.uint8(0x20)) == _OPEN_FOLDED)
+    return int(np.diff(np.searchsorted(opens, starts)).max())
 
 
 def _text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
