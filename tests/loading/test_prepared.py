@@ -65,6 +65,15 @@ def test_an_image_put_by_one_process_is_read_by_every_other(tmp_path):
     assert len(list((store.path / "parts").glob("*.pixels"))) == 2, "one part per writing process"
 
 
+def test_the_keys_of_many_paths_are_each_paths_own_key():
+    # A store written with the keys of one image at a time is read with the keys of all at once.
+    paths = ["a.jpg", "dir/sub/b.png", "caf\u00e9/\u00e9t\u00e9.jpg", "bad\udcffbyte.jpg", ""]
+    keys = keys_of(paths)
+    assert keys.dtype == np.uint64 and keys.shape == (len(paths), 2)
+    assert [tuple(int(v) for v in row) for row in keys] == [prepared.image_key(p) for p in paths]
+    assert keys_of([]).shape == (0, 2)
+
+
 def test_a_store_is_keyed_by_version_and_settings(tmp_path):
     first = open_store(entry(tmp_path), StoreSettings(32))
     first.put("a.jpg", pixels_for(1))

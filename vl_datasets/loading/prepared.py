@@ -508,8 +508,13 @@ def _valid(records: np.ndarray, pixel_bytes: int) -> np.ndarray:
 
 
 def keys_of(paths: list[str]) -> np.ndarray:
-    """The keys of the images at ``paths``, as an (n, 2) uint64 array for ``PreparedStore.status``."""
-    return np.array([image_key(p) for p in paths], dtype=np.uint64).reshape(-1, 2)
+    """The keys of the images at ``paths`` (``image_key`` of each), as an (n, 2) uint64 array for
+    ``PreparedStore.status``."""
+    # The digests joined and read as little-endian words: half the time of a tuple of two Python
+    # ints per path (opening 100M items behind a shared store keys every one of them).
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(p.encode("utf-8", "surrogatepass"), digest_size=16).digest() for p in paths])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape(-1, 2)
 
 
 def _checks(records: np.ndarray) -> np.ndarray:
