@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..cache.opened import local_store
 from ..cache.store import CacheStore, LocalExport
@@ -107,10 +108,10 @@ def with_shared_store(
     except SharedStoreNotFoundError as exc:
         logger.warning("%s All %d images are prepared from their originals on this node.", exc, len(paths))
         return SharedPreparedSource(local, None, None)
-    listed = paths.to_pylist()
-    present = np.array([at for at, path in enumerate(listed) if path is not None], np.int64)
-    item_shards = np.full(len(listed), -1, np.int32)  # int32: 4 bytes an item
-    item_shards[present] = shared.shard_numbers(keys_of([listed[at] for at in present]))
+    valid = pc.is_valid(paths)
+    present = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    item_shards = np.full(len(paths), -1, np.int32)  # int32: 4 bytes an item
+    item_shards[present] = shared.shard_numbers(keys_of(pc.filter(paths, valid).to_pylist()))
     _say_what_is_missing(shared, item_shards[present], local)
     return SharedPreparedSource(local, shared, item_shards)
 
