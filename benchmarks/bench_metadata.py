@@ -29,9 +29,10 @@ helper or worker it starts) is sampled every 50 ms for the memory limit.
   (same options, new processes), and in that process ``len(pickle.dumps(ds))``.
 - ``leakage_safe_split(ds, {"train": 0.8, "val": 0.2})`` over the whole export (opened without
   curation, ``task=None``, as the function's docstring suggests: split, then curate each part),
-  twice: after the first open of its options (its peak is mostly the open's), then in a new process
-  after a cached open, where the split's own peak shows (the high-water mark is reset once the
-  dataset is open: "its own peak above its start").
+  three times: with seed 0 after the first open of its options (its peak is mostly the open's), with
+  seed 1 in a new process after a cached open, where the split's own peak shows (the high-water
+  mark is reset once the dataset is open: "its own peak above its start"), and with seed 1 again,
+  which maps the split the previous one kept beside the item list, as every other rank would.
 - workers: a DataLoader from ``ds.dataloader(64, shuffle=False, num_workers=2,
   multiprocessing_context=...)`` under ``spawn`` and under ``fork``: the time from ``iter(loader)``
   (the epoch's start) to its first batch, and each worker's private memory (USS) once both have sent
@@ -166,7 +167,7 @@ def child_split(paths: dict) -> dict:
     split_start = _status_mib("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on is the split's own
     start = time.perf_counter()
-    parts = vl_datasets.leakage_safe_split(ds, FRACTIONS, seed=0)
+    parts = vl_datasets.leakage_safe_split(ds, FRACTIONS, seed=paths["seed"])
     split_s, split_peak = time.perf_counter() - start, _peak_mib()
     counts = {name: len(ids) for name, ids in parts.items()}
     return {
@@ -359,8 +360,11 @@ def measure_size(rows: int, chosen: set[str], repeat: int, limits: Limits) -> di
         found["first"] = run_child("open", paths, limits)
         found["cached"] = _median_of([run_child("open", paths, limits) for _ in range(repeat)])
     if "split" in chosen:
-        found["split"] = run_child("split", paths, limits)
-        found["split_cached"] = run_child("split", paths, limits)  # its open now maps the cache's files
+        # Each seed is a split of its own: the first two split (after a first, then a cached open),
+        # the third maps the split the second kept beside the item list, as every other rank would.
+        found["split"] = run_child("split", {**paths, "seed": 0}, limits)
+        found["split_cached"] = run_child("split", {**paths, "seed": 1}, limits)  # its open maps the cache's files
+        found["split_kept"] = run_child("split", {**paths, "seed": 1}, limits)
     if "workers" in chosen:
         found["workers"] = run_child("workers", paths, limits)
     if Path(paths["cache"]).exists():
@@ -471,8 +475,25 @@ FIGURES: list[Figure] = [
         "MiB",
         lambda f: _get(f, "split_cached", "split_own_mib"),
     ),
+    ("the same split again: the kept one mapped (another rank)", "s", lambda f: _get(f, "split_kept", "s")),
+    (
+        "the kept split mapped: its own peak above its start",
+        "MiB",
+        lambda f: _get(f, "split_kept", "split_own_mib"),
+    ),
 ]
-LOADS = ("baseline", "bare", "hf_first", "hf_reload", "first", "cached", "split", "split_cached", "workers")
+LOADS = (
+    "baseline",
+    "bare",
+    "hf_first",
+    "hf_reload",
+    "first",
+    "cached",
+    "split",
+    "split_cached",
+    "split_kept",
+    "workers",
+)
 GIB_1_5 = 1.5 * 1024
 
 

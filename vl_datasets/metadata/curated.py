@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -230,6 +231,12 @@ class CuratedItems:
     def column_names(self) -> list[str]:
         """The metadata's columns (those of ``table``)."""
         return self._index.column_names
+
+    @property
+    def list_folder(self) -> Path | None:
+        """The folder of the item list these items were read from, where what is computed from
+        them is kept (a split: ``split_files``); None for items curated in memory."""
+        return None if self._files is None else self._files.folder
 
     def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """(first item, table) for consecutive slices of the items' rows, holding only those of

@@ -29,7 +29,7 @@ from ..errors import CacheMissError, ConfigurationError
 from .options import string_list
 
 _BLOCK = 1 << 16  # ids turned into Python strings at a time, when iterated or compared with a list
-_COLUMN = "media_id"
+MEDIA_ID = "media_id"  # the one column of a file of media ids
 
 
 class MediaIds(Sequence[str]):
@@ -61,7 +61,7 @@ class MediaIds(Sequence[str]):
         when the file is gone or unreadable."""
         try:
             table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-            ids = cls(table.column(_COLUMN))
+            ids = cls(table.column(MEDIA_ID))
         except (OSError, pa.ArrowException, KeyError, ConfigurationError):
             raise CacheMissError(f"The media ids file {path} is gone or unreadable.") from None
         ids._path = Path(path)
@@ -69,7 +69,7 @@ class MediaIds(Sequence[str]):
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the ids to ``path`` as an Arrow IPC file, atomically, for ``MediaIds.read``."""
-        table = pa.table({_COLUMN: self._ids})
+        table = pa.table({MEDIA_ID: self._ids})
         with (
             replacing(Path(path)) as tmp,
             pa.OSFile(str(tmp), "wb") as sink,
@@ -153,7 +153,7 @@ class MediaIds(Sequence[str]):
         if self._path is not None:
             return (MediaIds.read, (str(self._path),))
         sink = pa.BufferOutputStream()
-        table = pa.table({_COLUMN: self._ids})
+        table = pa.table({MEDIA_ID: self._ids})
         with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
             writer.write_table(table)
         return (_from_ipc, (sink.getvalue(),))
@@ -181,4 +181,4 @@ def _from_python(values: Iterable[str]) -> pa.Array:
 
 
 def _from_ipc(blob: pa.Buffer | bytes) -> MediaIds:
-    return MediaIds(pa.ipc.open_stream(pa.py_buffer(blob)).read_all().column(_COLUMN))
+    return MediaIds(pa.ipc.open_stream(pa.py_buffer(blob)).read_all().column(MEDIA_ID))

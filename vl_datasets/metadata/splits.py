@@ -8,17 +8,21 @@ keeps each connected set of those groups whole, then deals the sets to splits by
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..atomic import replacing
 from ..errors import ConfigurationError, SchemaError
 from .curation import flat_issues
-from .media_ids import MediaIds
+from .media_ids import MEDIA_ID, MediaIds
 from .row_batches import TableRows
+from .split_files import kept_split, split_folder
 from .unique_ids import hash_strings
 
 
@@ -37,35 +41,74 @@ def leakage_safe_split(
     Parts come out close to their fractions when no group is large next to the dataset. With
     ``stratify`` (the default), groups are dealt per class (the first label of a group's first
     item), so every part gets about its fraction of each class.
+
+    The split of a dataset opened from the cache is kept beside its item list (``split_files``):
+    every later call with the same fractions, seed and ``stratify``, on any rank of the node, maps
+    those files instead of splitting again, and its parts pickle as their paths.
     """
     names, targets = _check_fractions(fractions)
     rows = _split_rows(table)
     if "media_id" not in rows.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
+
+    def part_of_item() -> np.ndarray:
+        return _part_of_item(rows, len(names), targets, seed, stratify)
+
+    list_folder = getattr(rows, "list_folder", None)
+    if list_folder is not None:
+        folder = split_folder(list_folder, dict(zip(names, map(float, targets))), seed, stratify)
+        kept = kept_split(folder, names, lambda files: _write_parts(rows, part_of_item(), files))
+        if kept is not None:
+            return kept
+    return _media_ids_by_part(rows, part_of_item(), names)
+
+
+def _part_of_item(rows: Any, parts: int, targets: np.ndarray, seed: int, stratify: bool) -> np.ndarray:
+    """Each row's part number: the linked sets of rows dealt to ``parts`` parts along ``targets``."""
     links = _read_links(rows, stratify)
     first_row, group_of_row, sizes = _numbered_components(_components_of(links, len(rows)))
     strata = links.first_labels[first_row] if stratify else np.zeros(len(first_row), dtype=np.int32)
     del links
     shuffled = np.random.default_rng(seed).permutation(len(first_row))
-    part_of_group = np.empty(len(first_row), dtype=np.min_scalar_type(len(names)))
+    part_of_group = np.empty(len(first_row), dtype=np.min_scalar_type(parts))
     for stratum in np.unique(strata):
         order = shuffled[strata[shuffled] == stratum]
         # Deal the stratum's groups, in shuffled order, along their cumulative item count: a
         # group goes to the part whose share of the total holds the group's midpoint.
         midpoints = (np.cumsum(sizes[order]) - sizes[order] / 2) / sizes[order].sum()
-        part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=len(names) - 1)
-    return _media_ids_by_part(rows, part_of_group[group_of_row], names)
+        part_of_group[order] = np.searchsorted(np.cumsum(targets), midpoints, side="right").clip(max=parts - 1)
+    return part_of_group[group_of_row]
+
+
+def _ids_by_part(rows: Any, part_of_item: np.ndarray, parts: int) -> Iterator[tuple[int, pa.Array]]:
+    """(part number, ids) for the media ids of each part, a slice of rows at a time, in row order."""
+    for offset, part in rows.slices(["media_id"]):
+        ids = part.column("media_id")
+        chosen = part_of_item[offset : offset + len(part)]
+        for number in range(parts):
+            for chunk in ids.filter(pa.array(chosen == number)).chunks:
+                yield number, chunk.cast(pa.string())
 
 
 def _media_ids_by_part(rows: Any, part_of_item: np.ndarray, names: list[str]) -> dict[str, MediaIds]:
     """Each part's media ids, in row order, read a slice at a time into Arrow (no Python string per id)."""
     chunks: list[list[pa.Array]] = [[] for _ in names]
-    for offset, part in rows.slices(["media_id"]):
-        ids = part.column("media_id")
-        chosen = part_of_item[offset : offset + len(part)]
-        for number, taken in enumerate(chunks):
-            taken.extend(ids.filter(pa.array(chosen == number)).chunks)
+    for number, ids in _ids_by_part(rows, part_of_item, len(names)):
+        chunks[number].append(ids)
     return {name: MediaIds(pa.chunked_array(taken, pa.string())) for name, taken in zip(names, chunks)}
+
+
+def _write_parts(rows: Any, part_of_item: np.ndarray, files: list[Path]) -> None:
+    """Each part's media ids, in row order, written to its file (atomically) a slice at a time:
+    the ids of the parts are never whole in memory."""
+    schema = pa.schema([(MEDIA_ID, pa.string())])
+    with contextlib.ExitStack() as stack:
+        writers = []
+        for path in files:
+            sink = stack.enter_context(pa.OSFile(str(stack.enter_context(replacing(path))), "wb"))
+            writers.append(stack.enter_context(pa.ipc.new_file(sink, schema)))
+        for number, ids in _ids_by_part(rows, part_of_item, len(files)):
+            writers[number].write_batch(pa.record_batch([ids], schema=schema))
 
 
 def _split_rows(source: pa.Table | Any) -> Any:
