@@ -75,11 +75,15 @@ def test_it_pickles_as_its_arrow_bytes_or_as_the_path_of_its_file(tmp_path):
         pickle.loads(pickle.dumps(mapped))
 
 
-def test_its_sorted_digest_is_that_of_its_distinct_ids_sorted():
+def test_its_set_digest_names_the_set_of_its_ids_whatever_their_order_and_repeats():
     ids = ["b", "a", "é", "b", "ab", "z"]
-    expected = hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()
-    assert MediaIds(ids).sorted_digest() == expected
-    assert MediaIds([]).sorted_digest() == hashlib.sha256(b"").hexdigest()
+    digest = MediaIds(ids).set_digest()
+    assert MediaIds(sorted(set(ids))).set_digest() == digest
+    assert MediaIds(pa.chunked_array([pa.array(ids[3:]), pa.array(ids[:3])])).set_digest() == digest
+    assert MediaIds([*ids, "c"]).set_digest() != digest
+    assert MediaIds(ids[1:]).set_digest() == digest  # "b" is there twice
+    assert MediaIds(ids[2:]).set_digest() != digest
+    assert MediaIds([]).set_digest() == hashlib.sha256(b"").hexdigest()
 
 
 def test_subset_takes_it_as_it_is_and_names_the_same_list_as_the_ids_in_a_list():

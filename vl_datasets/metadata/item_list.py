@@ -60,10 +60,9 @@ def list_settings(
     """Everything that decides which items a list holds, their paths and their targets: its identity,
     as JSON. The subset (possibly millions of ids) and a ``where`` expression enter as digests."""
     subset = None
-    if isinstance(rules.subset, MediaIds):  # the same digest, from Arrow's sort: no Python string per id
-        subset = rules.subset.sorted_digest()
-    elif rules.subset is not None:
-        subset = hashlib.sha256("\n".join(sorted(rules.subset)).encode("utf-8", "surrogatepass")).hexdigest()
+    if rules.subset is not None:  # a part of a split as it is, a list of ids through Arrow: one digest of the set
+        ids = rules.subset if isinstance(rules.subset, MediaIds) else MediaIds(rules.subset)
+        subset = ids.set_digest()
     where = None if rules.where is None else hashlib.sha256(pickle.dumps(rules.where)).hexdigest()
     return {
         "format": FORMAT,

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from ..atomic import replacing
 from ..errors import CacheMissError, ConfigurationError
 from .options import string_list
+from .unique_ids import hash_strings
 
 _BLOCK = 1 << 16  # ids turned into Python strings at a time, when iterated or compared with a list
 MEDIA_ID = "media_id"  # the one column of a file of media ids
@@ -158,22 +159,14 @@ class MediaIds(Sequence[str]):
             writer.write_table(table)
         return (_from_ipc, (sink.getvalue(),))
 
-    def sorted_digest(self) -> str:
-        """The SHA-256 of the distinct ids, sorted, joined by newlines: what
-        ``hashlib.sha256("\\n".join(sorted(set(ids))).encode())`` gives, computed by Arrow's sort and
-        a block of ids at a time (a cache names what a ``subset=`` chose by it)."""
-        digest, previous, first = hashlib.sha256(), None, True
-        order = pc.array_sort_indices(self._ids) if len(self) else pa.array([], pa.uint64())
-        for start in range(0, len(order), _BLOCK):
-            distinct = []
-            for value in self._ids.take(order.slice(start, _BLOCK)).to_pylist():
-                if value != previous:
-                    distinct.append(value)
-                    previous = value
-            if distinct:
-                digest.update((("" if first else "\n") + "\n".join(distinct)).encode("utf-8", "surrogatepass"))
-                first = False
-        return digest.hexdigest()
+    def set_digest(self) -> str:
+        """A digest of the set of these ids, whatever their order and repeats: the SHA-256 of their
+        distinct 64-bit hashes (``unique_ids.hash_strings``), sorted, as little-endian words. A cache
+        names what a ``subset=`` chose by it: about 40 ms per million ids, where a sort of the ids as
+        text takes 25 times as long (every rank opening a part of a split pays it)."""
+        parts = [hash_strings(chunk) for chunk in self._ids.chunks]
+        hashes = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        return hashlib.sha256(hashes.astype("<u8").tobytes()).hexdigest()
 
 
 def _from_python(values: Iterable[str]) -> pa.Array:
