@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from .cache import _size
@@ -79,7 +82,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         "storage_options": dict(args.storage_option) or None,
     }
     shared = {"shard_bytes": args.shard_size, "share_images": args.share_images}
-    dataset = open_dataset(args, **options)
+    with _without_no_store_yet():  # it is this command's job to build it
+        dataset = open_dataset(args, **options)
     summary = dataset.prepare(num_workers=args.workers, **{k: v for k, v in shared.items() if v is not None})
     missing = dataset.curation_summary().removed_by.get("missing_images", 0)
     for skipped in summary.skipped:
@@ -89,6 +93,21 @@ def run_prepare(args: argparse.Namespace) -> int:
         f"skipped, {missing:,} without an image), {human_size(summary.bytes_on_disk)} in {summary.store}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _without_no_store_yet() -> Iterator[None]:
+    from ..loading.shared_source import NO_STORE_YET
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not getattr(record, NO_STORE_YET, False)
+
+    logger = logging.getLogger("vl_datasets")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _storage_option(text: str) -> tuple[str, Any]:

@@ -88,6 +88,10 @@ class SharedPreparedSource(PreparedSource):
         return f"SharedPreparedSource({self.source!r}, {self.shared!r}, {self.store!r})"
 
 
+# Set on the warning that no store is published yet: the command that is about to build it drops it.
+NO_STORE_YET = "vl_datasets_no_shared_store_yet"
+
+
 def with_shared_store(
     local: PreparedSource,
     *,
@@ -106,7 +110,12 @@ def with_shared_store(
             url, storage_options, local.store.settings, entry, cache_dir=cache_dir, cache_limit=cache_limit
         )
     except SharedStoreNotFoundError as exc:
-        logger.warning("%s All %d images are prepared from their originals on this node.", exc, len(paths))
+        logger.warning(
+            "%s All %d images are prepared from their originals on this node.",
+            exc,
+            len(paths),
+            extra={NO_STORE_YET: True},
+        )
         return SharedPreparedSource(local, None, None)
     valid = pc.is_valid(paths)
     present = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
