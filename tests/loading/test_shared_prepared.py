@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from tests.loading.shared_store_helpers import s3_bucket, shard_gets, write_shar
 from vl_datasets import ConfigurationError
 from vl_datasets.cache.layout import content_name
 from vl_datasets.cache.opened import open_export
+from vl_datasets.loading import shared_source
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.prepared_source import prepare_pixels
@@ -117,6 +119,28 @@ def test_without_a_shared_store_every_image_is_prepared_here_with_a_warning(expo
         ds = open_shared(export, s3, f"s3://{s3.bucket}/nothing", tmp_path / "node")
     assert "No finished shared prepared store at" in caplog.text and f"All {ITEMS} images are prepared" in caplog.text
     assert torch.equal(ds[0][0], local_prepared(export, tmp_path)[0][0])
+
+
+@pytest.mark.parametrize("damage", [None, "short", "out of range"])
+def test_the_items_shard_numbers_are_worked_out_once_per_node(export, s3, tmp_path, monkeypatch, damage):
+    root, _ = publish(export, s3, tmp_path / "node", leave_out=2, shard_bytes=5_000)
+    first = open_shared(export, s3, root, tmp_path / "node")
+    expected = first.item_shards().copy()
+    [kept] = (first.items.list_folder / shared_source.ITEM_SHARDS).iterdir()
+    if damage == "short":
+        kept.write_bytes(kept.read_bytes()[:-4])
+    elif damage == "out of range":
+        kept.write_bytes(np.full(ITEMS, len(first.images._source.shared.shards), np.int32).tobytes())
+    if damage is None:  # the next open maps them: it keys no item's path
+
+        def keyed(paths):
+            raise AssertionError(f"the open keyed {len(paths)} paths again")
+
+        monkeypatch.setattr(shared_source, "keys_of", keyed)
+    again = open_shared(export, s3, root, tmp_path / "node")
+    assert again.item_shards().tolist() == expected.tolist()
+    assert (expected == -1).sum() == 2 and (expected >= 0).sum() == ITEMS - 2
+    assert np.fromfile(kept, np.int32).tolist() == expected.tolist()  # what was damaged is worked out again
 
 
 def test_the_next_batch_s_shards_download_while_this_one_loads(export, s3, tmp_path):

@@ -153,10 +153,14 @@ class ImageOptions:
 
 
 class ItemPaths(Protocol):
-    """What a reader needs of the items (a ``CuratedItems``): each one's image path and media id."""
+    """What a reader needs of the items (a ``CuratedItems``): each one's image path and media id, and
+    the folder of their list, where what is worked out from them is kept (None: curated in memory)."""
 
     @property
     def paths(self) -> pa.Array | pa.ChunkedArray: ...
+
+    @property
+    def list_folder(self) -> Path | None: ...
 
     def __len__(self) -> int: ...
 
@@ -218,6 +222,7 @@ class ImageReader:
             cache_dir=self._cache_dir,
             cache_limit=self.options.prepared_cache_limit,
             paths=self.items.paths,
+            list_folder=self.items.list_folder,
         )
 
     def item_shards(self) -> np.ndarray | None:

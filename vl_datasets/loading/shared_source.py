@@ -29,12 +29,14 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..atomic import replacing
 from ..cache.opened import local_store
 from ..cache.store import CacheStore, LocalExport
 from ..config import parse_size
@@ -88,6 +90,7 @@ class SharedPreparedSource(PreparedSource):
         return f"SharedPreparedSource({self.source!r}, {self.shared!r}, {self.store!r})"
 
 
+ITEM_SHARDS = "shards"  # beside the item list: each item's shard number, a file per build of the store
 # Set on the warning that no store is published yet: the command that is about to build it drops it.
 NO_STORE_YET = "vl_datasets_no_shared_store_yet"
 
@@ -101,9 +104,11 @@ def with_shared_store(
     cache_dir: str | os.PathLike | None,
     cache_limit: str | int | None,
     paths: pa.Array | pa.ChunkedArray,
+    list_folder: Path | None = None,
 ) -> SharedPreparedSource:
     """``local`` behind the shared store of ``entry``'s version under ``prepared_root``; without a
-    finished store there, every image is prepared locally (a WARNING says so)."""
+    finished store there, every image is prepared locally (a WARNING says so). ``list_folder``: the
+    item list's, where each item's shard number is kept for later opens (``_item_shards``)."""
     url = shared_store_url(os.fspath(prepared_root), entry, local.store.settings)
     try:
         shared = open_shared_store(
@@ -117,12 +122,46 @@ def with_shared_store(
             extra={NO_STORE_YET: True},
         )
         return SharedPreparedSource(local, None, None)
-    valid = pc.is_valid(paths)
-    present = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-    item_shards = np.full(len(paths), -1, np.int32)  # int32: 4 bytes an item
-    item_shards[present] = shared.shard_numbers(keys_of(pc.filter(paths, valid).to_pylist()))
-    _say_what_is_missing(shared, item_shards[present], local)
+    item_shards = _item_shards(shared, paths, list_folder)
+    _say_what_is_missing(shared, item_shards[pc.is_valid(paths).to_numpy(zero_copy_only=False)], local)
     return SharedPreparedSource(local, shared, item_shards)
+
+
+def _item_shards(shared: SharedStore, paths: pa.Array | pa.ChunkedArray, list_folder: Path | None) -> np.ndarray:
+    """Each item's shard number in ``shared`` (-1: none), int32. Finding them keys every item's path
+    (about 0.65 s per million items, every rank of every open), so the first open of a node keeps
+    them beside the item list, for this build of the store, and the later ones map that file."""
+    kept = None if list_folder is None else list_folder / ITEM_SHARDS / f"{shared.build}.i32"
+    if kept is not None:
+        found = _read_item_shards(kept, len(paths), len(shared.shards))
+        if found is not None:
+            return found
+    valid = pc.is_valid(paths)
+    item_shards = np.full(len(paths), -1, np.int32)  # int32: 4 bytes an item
+    present = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    item_shards[present] = shared.shard_numbers(keys_of(pc.filter(paths, valid).to_pylist()))
+    if kept is not None:
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(kept) as tmp:
+                item_shards.tofile(tmp)
+        except OSError as exc:  # a read-only cache: the next open keys the items again
+            logger.debug("Cannot keep the items' shard numbers in %s: %s", kept, exc)
+    return item_shards
+
+
+def _read_item_shards(path: Path, items: int, shards: int) -> np.ndarray | None:
+    """The shard numbers kept at ``path``, mapped read-only; None unless they are one per item and
+    each a shard of the store or -1."""
+    try:
+        if path.stat().st_size != 4 * items:
+            return None
+        found = np.memmap(path, dtype=np.int32, mode="r") if items else np.zeros(0, np.int32)
+    except (OSError, ValueError):
+        return None
+    if items and (int(found.min()) < -1 or int(found.max()) >= shards):
+        return None
+    return found
 
 
 def open_shared_store(

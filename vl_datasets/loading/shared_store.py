@@ -119,6 +119,13 @@ class SharedStore:
         self._open_meta()
 
     @property
+    def build(self) -> str:
+        """What names this build of the store (a digest of its manifest): a store built again is another."""
+        self._loaded()
+        assert self._meta_dir is not None
+        return self._meta_dir.name
+
+    @property
     def images(self) -> int:
         """How many images the store holds."""
         return len(self._loaded()[1])
