@@ -14,6 +14,7 @@ and written under the schema that unifies them, as a whole-file read would have 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -41,16 +42,37 @@ WRITE_ROWS = 128 << 10
 def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
     """Write the index of ``metadata``'s slices, with each row's image among ``members`` (the
     export's files, ``images/...``; None when it has none), atomically to ``path``. Returns the rows."""
+    with _system_allocator() as pool:
+        try:
+            return _write_index_file(slices, path, metadata, members)
+        finally:
+            # Should the write fail, the threads reading the slices end now, not once its traceback goes.
+            close = getattr(slices.tables, "close", None)
+            if close is not None:
+                close()
+            # The slices' buffers are free, but the allocator keeps them for reuse: hundreds of MiB
+            # of resident memory the curation that follows would hold on top of its own.
+            pool.release_unused()
+
+
+@contextlib.contextmanager
+def _system_allocator() -> Iterator[pa.MemoryPool]:
+    """The C library's allocator as Arrow's default while the index is built (restored after).
+
+    The build allocates and frees tens of MiB per slice. Arrow's default allocator (mimalloc) hands
+    freed pages back to the system soon after, and faulting them in again, zeroed (in huge pages
+    where the system backs them so), cost a third of the build's CPU: 2.4-3.0 s of system time per
+    million rows against 1.2 s with the C library's allocator, which keeps them for the next slice
+    (16 against 10.5 s at 10M items). Only the allocator changes: every buffer is freed by the
+    pool that made it, whenever it is freed.
+    """
+    previous = pa.default_memory_pool()
+    pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
     try:
-        return _write_index_file(slices, path, metadata, members)
+        yield pool
     finally:
-        # Should the write fail, the threads reading the slices end now, not once its traceback goes.
-        close = getattr(slices.tables, "close", None)
-        if close is not None:
-            close()
-        # The slices' buffers are free, but Arrow's allocator keeps them for reuse: hundreds of MiB
-        # of resident memory the curation that follows would hold on top of its own.
-        pa.default_memory_pool().release_unused()
+        pa.set_memory_pool(previous)
 
 
 def _write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
