@@ -59,8 +59,10 @@ def test_other_options_make_another_list_and_a_damaged_list_is_made_again(folder
     strict = VisualLayerDataset.from_export(folder, cache_dir=cache, **{**OPTIONS, "min_uniqueness": 0.6})
     assert len(strict) < len(loose) and len(item_lists(cache)) == 2
     listed = next(d for d in item_lists(cache) if d.items == len(loose))
-    (listed.path / "items.arrow").unlink()  # a new file: ``loose`` still maps the old one
-    (listed.path / "items.arrow").write_bytes(b"ARROW1\0\0truncated")
+    paths = listed.path / "list" / "path.data"
+    damaged = paths.read_bytes()[:-3]
+    paths.unlink()  # a new file: ``loose`` still maps the old one
+    paths.write_bytes(damaged)
     rebuilt = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
     same_items(loose, rebuilt)
     assert VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS).items.list.rows.base is not None
