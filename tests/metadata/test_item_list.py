@@ -8,7 +8,6 @@ import pickle
 import sys
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from tests.helpers import child_env

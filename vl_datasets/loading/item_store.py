@@ -2,12 +2,13 @@
 
 A dataset's items (which rows of the export, their image paths, their targets) are written into
 the cache entry beside the index, as a derived store of kind ``items`` keyed by everything that
-decides them (``item_list.list_settings``). The first open curates and writes; every later open,
+decides them (``item_list.list_settings``). The first open curates, writing the list a slice
+at a time into a folder of its own that is moved into place once whole; every later open,
 on any rank, and every spawned DataLoader worker maps the file: no curation, no copy, and a
 pickled dataset is the files' paths. Ranks opening at once wait on a lock for the one that builds.
 
-A cache it cannot write to (read-only, full) costs each open a curation in memory, with a
-warning; the items are the same either way.
+A cache it cannot write to (read-only, full) costs each open a curation into a temporary folder
+(mapped, then removed), with a warning; the items are the same either way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,27 +75,33 @@ def open_items(
         return found
     try:
         files.folder.mkdir(parents=True, exist_ok=True)
+        with hold_lock(files.folder / LOCK_FILE, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
+            found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
+            if found is not None:
+                return found
+            identity = {"version": entry.version, "settings": settings, "count": {"what": KIND}}
+            items = _built(files, curated, identity)
     except OSError as exc:
-        logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
+        if isinstance(exc, VLDatasetsError):  # the export's fault (an image missing) or a lock timeout
+            raise
+        logger.warning(
+            "Cannot keep the curated item list in %s (%s): curating into a temporary folder.", files.folder, exc
+        )
         return curated(None)
-    with hold_lock(files.folder / LOCK_FILE, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
-        found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
-        if found is not None:
-            return found
-        # Written where no reader looks, and moved into place once whole.
-        building = files.folder / f".{LIST_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            items = curated(building)
-            _write(files, items, building, {"version": entry.version, "settings": settings, "count": {"what": KIND}})
-        except OSError as exc:
-            if isinstance(exc, VLDatasetsError):  # the export's fault (an image missing), not the disk's
-                raise
-            logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
-            return curated(None)
-        finally:
-            shutil.rmtree(building, ignore_errors=True)  # what a failed build left
     # The built copy is dropped for the map: this process then shares its pages with every other.
     return _opened(files, index, rules, targets) or items
+
+
+def _built(files: ItemFiles, curated: Callable[[Path], CuratedItems], identity: dict) -> CuratedItems:
+    """The items curated into a folder where no reader looks, moved into place with the rest of
+    the store (``_write``); what a failed build left is removed."""
+    building = files.folder / f".{LIST_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        items = curated(building)
+        _write(files, items, building, identity)
+        return items
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 def _releasing(path: Path, index: pa.Table) -> ReleasingMap | None:

@@ -4,11 +4,15 @@
 row's image path, as ``metadata.index`` builds them), keeps what the ``CurationRules`` keep, drops
 or refuses rows without an image, and builds the targets ``TargetOptions`` ask for, a slice of
 rows at a time (``row_batches``). What it keeps per item (its row in the index, image path,
-target: an ``item_list.ItemList``) is a few numbers and a path, and ``CuratedItems.from_list``
-opens one written to disk, memory-mapped, with no curation. It holds Arrow and numpy buffers only
-(forked DataLoader workers share them instead of copying them, pytorch/pytorch#13246), and answers
-in plain Python and numpy values: no torch is imported, so a tool that audits, splits or counts
-items needs nothing else. ``VisualLayerDataset`` turns its targets into tensors.
+target: an ``item_list.ItemList``) is a few numbers and a path, written to files as each slice
+makes them and mapped once whole, so that curating holds a slice, not the items: the first pass
+spills each slice's kept rows and label names to a file while it gathers the names classes are
+drawn from, the second makes their targets and writes the list (``_ListBuild``).
+``CuratedItems.from_list`` opens a list written earlier, memory-mapped, with no curation. It holds
+Arrow and numpy buffers only (forked DataLoader workers share them instead of copying them,
+pytorch/pytorch#13246), and answers in plain Python and numpy values: no torch is imported, so a
+tool that audits, splits or counts items needs nothing else. ``VisualLayerDataset`` turns its
+targets into tensors.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class CuratedItems:
     It keeps the export's rows (``rows``, the index: memory-mapped when it comes from the cache) and,
     per item, its row there, its image path and its target; ``table`` takes the items' rows out of
     the index only when asked. ``where`` names the export in the error raised when no item is left.
+    ``folder`` is where the list's files are written (a new folder, made here; the caller moves it
+    into place); without one they go to a temporary folder, removed once they are mapped.
     ``paths_from_file_path`` makes the image paths of the kept rows' ``file_path`` instead of
     taking the index's (images under a root of their own). ``from_list`` opens a list written
     earlier (``item_list``): no curation runs, and a list that came from files pickles as those
