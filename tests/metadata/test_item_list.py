@@ -94,6 +94,7 @@ def _damages():
         "offsets past the data": offsets_past_the_data,
         "a row outside the index": facts(index_rows=10),
         "a count of more items": facts(count=401),
+        "a count that is no number of items": facts(count=400.0),
         "another format": facts(format=1),
         "facts cut short": lambda folder: (folder / FACTS_FILE).write_text('{"format": 2, "cou'),
         "no facts": lambda folder: (folder / FACTS_FILE).unlink(),

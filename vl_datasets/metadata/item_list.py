@@ -191,8 +191,9 @@ def map_item_list(folder: Path, *, index_rows: int) -> ItemList:
     if facts.get("format") != FORMAT or facts.get("index_rows") != index_rows:
         raise ValueError(f"{folder} is a list of another format or index")
     count = facts["count"]
-    rows_buffer = _mapped(folder / _ROWS, count * 8)
-    rows = np.frombuffer(rows_buffer, "<i8")
+    if not all(isinstance(facts[key], int) and facts[key] >= 0 for key in ("count", "path_bytes", "target_values")):
+        raise ValueError(f"{folder} gives no count of its items, path bytes or target values")
+    rows = np.frombuffer(_mapped(folder / _ROWS, count * 8), "<i8")
     if len(rows) and (rows[0] < 0 or rows[-1] >= index_rows):
         raise ValueError(f"{folder} holds rows outside the index")
     paths = _with_offsets(
