@@ -441,11 +441,11 @@ class _ListBuild:
         del kept
         with ItemListWriter(folder, _TARGET_KINDS.get(task or "")) as writer:
             if task in ("classification", "multilabel"):
-                _spill(slices, folder / SPILL_FILE)
+                _spill(slices, folder / _SPILL_FILE)
                 summary = self._require_images(found, summary)
                 targets = _Targets(task, resolve_classes(found.names(), self.options.classes))
-                fingerprint = _write_items(writer, _spilled(folder / SPILL_FILE), targets)
-                (folder / SPILL_FILE).unlink()
+                fingerprint = _write_items(writer, _spilled(folder / _SPILL_FILE), targets)
+                (folder / _SPILL_FILE).unlink()
                 summary, classes = self._counted(targets, summary), targets.classes
             else:
                 fingerprint = _write_items(writer, slices, None)
@@ -512,7 +512,7 @@ class _ListBuild:
 
 
 _TARGET_KINDS: dict[str, TargetKind] = {"classification": "class", "multilabel": "classes"}
-SPILL_FILE = "kept.arrow"  # the first pass's items, in the list's folder until the second has read them
+_SPILL_FILE = "kept.arrow"  # the first pass's items, in the list's folder until the second has read them
 _ITEM_SCHEMA = pa.schema([("row", pa.int64()), ("path", pa.large_string()), ("media_id", pa.large_string())])
 _SPILL_SCHEMA = _ITEM_SCHEMA.append(pa.field("labels", pa.list_(pa.string())))
 
