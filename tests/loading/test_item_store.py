@@ -59,11 +59,26 @@ def test_other_options_make_another_list_and_a_damaged_list_is_made_again(folder
     strict = VisualLayerDataset.from_export(folder, cache_dir=cache, **{**OPTIONS, "min_uniqueness": 0.6})
     assert len(strict) < len(loose) and len(item_lists(cache)) == 2
     listed = next(d for d in item_lists(cache) if d.items == len(loose))
-    (listed.path / "items.arrow").unlink()  # a new file: ``loose`` still maps the old one
-    (listed.path / "items.arrow").write_bytes(b"ARROW1\0\0truncated")
+    paths = listed.path / "list" / "path.data"
+    damaged = paths.read_bytes()[:-3]
+    paths.unlink()  # a new file: ``loose`` still maps the old one
+    paths.write_bytes(damaged)
     rebuilt = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
     same_items(loose, rebuilt)
     assert VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS).items.list.rows.base is not None
+
+
+def test_a_list_whose_facts_were_never_written_is_made_again(folder, tmp_path):
+    """The list's files are complete only once ``list.json`` is written, last: without it they are
+    no list, and the next open curates again rather than reading columns of unknown length."""
+    cache = tmp_path / "cache"
+    first = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    [listed] = item_lists(cache)
+    (listed.path / "list" / "list.json").unlink()
+    again = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    same_items(first, again)
+    assert (listed.path / "list" / "list.json").is_file()
+    assert [p.name for p in listed.path.iterdir() if p.name.startswith(".")] == [], "a build left its folder"
 
 
 def test_a_dataset_pickles_as_paths_whatever_its_size(tmp_path):

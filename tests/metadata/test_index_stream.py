@@ -326,19 +326,25 @@ def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
     assert releasing["peak"] < plain["peak"] - read / 2, (releasing, plain, read)
 
 
-def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked(monkeypatch):
-    """It is taken a chunk of the index at a time (a take over the chunked column would join its
-    chunks first), and pins the same list as the ids taken whole."""
+def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked():
+    """Curation takes it a slice of the index at a time (``IdsFingerprint``, fed the ids of each
+    slice's kept rows): it pins the same list as the ids taken whole."""
     from vl_datasets.metadata import curated
 
     ids = [f"id-{i:03d}" for i in range(100)]
     rows = np.array([0, 1, 5, 17, 18, 19, 20, 63, 64, 98, 99])
     whole = curated.fingerprint_ids(pa.array(ids).take(pa.array(rows)))
-    monkeypatch.setattr(curated, "FINGERPRINT_SLICE", 2)
+
+    def by_slices(bounds, kept):
+        fingerprint = curated.IdsFingerprint()
+        for a, b in itertools.pairwise(bounds):
+            chunk = pa.array(ids[a:b], pa.string())
+            fingerprint.update(chunk.take(pa.array(kept[(kept >= a) & (kept < b)] - a)))
+        return fingerprint.hexdigest()
+
     for bounds in ([0, 100], [0, 20, 64, 100], [0, 1, 2, 3, 50, 99, 100], [0, 30, 30, 100]):
-        chunked = pa.chunked_array([pa.array(ids[a:b], pa.string()) for a, b in itertools.pairwise(bounds)])
-        assert curated.fingerprint_rows(chunked, rows) == whole, bounds
-    assert curated.fingerprint_rows(pa.chunked_array([pa.array(ids)]), rows[:-1]) != whole
+        assert by_slices(bounds, rows) == whole, bounds
+    assert by_slices([0, 100], rows[:-1]) != whole
 
 
 def test_an_id_repeated_in_a_batch_of_other_lengths_is_found(tmp_path):

@@ -2,27 +2,33 @@
 
 A dataset's items (which rows of the export, their image paths, their targets) are written into
 the cache entry beside the index, as a derived store of kind ``items`` keyed by everything that
-decides them (``item_list.list_settings``). The first open curates and writes; every later open,
+decides them (``item_list.list_settings``). The first open curates, writing the list a slice
+at a time into a folder of its own that is moved into place once whole; every later open,
 on any rank, and every spawned DataLoader worker maps the file: no curation, no copy, and a
 pickled dataset is the files' paths. Ranks opening at once wait on a lock for the one that builds.
 
-A cache it cannot write to (read-only, full) costs each open a curation in memory, with a
-warning; the items are the same either way.
+A cache it cannot write to (read-only, full) costs each open a curation into a temporary folder
+(mapped, then removed), with a warning; the items are the same either way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from ..cache.store import LocalExport, derived_dir, write_json_atomic
+from ..errors import VLDatasetsError
 from ..locks import hold_lock
 from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
-from ..metadata.item_list import LIST_FILE, ItemFiles, list_settings, read_item_list, settings_digest, write_item_list
+from ..metadata.item_list import LIST_DIR, ItemFiles, list_settings, publish_item_list, read_item_list, settings_digest
 from ..metadata.row_batches import ReleasingMap
 from .sources import source_paths
 
@@ -51,7 +57,7 @@ def open_items(
     )
     files = ItemFiles(entry.index_path, derived_dir(entry, KIND, settings_digest(settings)))
 
-    def curated() -> CuratedItems:
+    def curated(folder: Path | None) -> CuratedItems:
         paths = source_paths if own_root else None
         mapped = _releasing(files.index, index)  # held to the end of the curation: its pages go as they are read
         return CuratedItems(
@@ -61,6 +67,7 @@ def open_items(
             missing_images=missing_images,
             where=str(entry.path),
             paths_from_file_path=paths,
+            folder=folder,
         )
 
     found = _opened(files, index, rules, targets)
@@ -68,21 +75,33 @@ def open_items(
         return found
     try:
         files.folder.mkdir(parents=True, exist_ok=True)
+        with hold_lock(files.folder / LOCK_FILE, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
+            found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
+            if found is not None:
+                return found
+            identity = {"version": entry.version, "settings": settings, "count": {"what": KIND}}
+            items = _built(files, curated, identity)
     except OSError as exc:
-        logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
-        return curated()
-    with hold_lock(files.folder / LOCK_FILE, timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"curating {entry.path}"):
-        found = _opened(files, index, rules, targets)  # another rank may have built it meanwhile
-        if found is not None:
-            return found
-        items = curated()
-        try:
-            _write(files, items, {"version": entry.version, "settings": settings, "count": {"what": KIND}})
-        except OSError as exc:
-            logger.warning("Cannot keep the curated item list in %s (%s): curating in memory.", files.folder, exc)
-            return items
+        if isinstance(exc, VLDatasetsError):  # the export's fault (an image missing) or a lock timeout
+            raise
+        logger.warning(
+            "Cannot keep the curated item list in %s (%s): curating into a temporary folder.", files.folder, exc
+        )
+        return curated(None)
     # The built copy is dropped for the map: this process then shares its pages with every other.
     return _opened(files, index, rules, targets) or items
+
+
+def _built(files: ItemFiles, curated: Callable[[Path], CuratedItems], identity: dict) -> CuratedItems:
+    """The items curated into a folder where no reader looks, moved into place with the rest of
+    the store (``_write``); what a failed build left is removed."""
+    building = files.folder / f".{LIST_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        items = curated(building)
+        _write(files, items, building, identity)
+        return items
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 def _releasing(path: Path, index: pa.Table) -> ReleasingMap | None:
@@ -100,15 +119,15 @@ def _releasing(path: Path, index: pa.Table) -> ReleasingMap | None:
 def _opened(files: ItemFiles, index: pa.Table, rules: CurationRules, targets: TargetOptions) -> CuratedItems | None:
     if not (files.folder / MANIFEST_FILE).is_file():
         return None
-    items = read_item_list(files.folder / LIST_FILE, index_rows=len(index))
+    items = read_item_list(files.folder / LIST_DIR, index_rows=len(index))
     return None if items is None else CuratedItems.from_list(index, items, rules, targets, files=files)
 
 
-def _write(files: ItemFiles, items: CuratedItems, identity: dict) -> None:
-    """Who the store is, the list and the subset ids it was chosen from, then the manifest that
-    says it is complete: all written once the curation has succeeded."""
+def _write(files: ItemFiles, items: CuratedItems, built: Path, identity: dict) -> None:
+    """Who the store is, the subset ids the list was chosen from, the list ``built`` moved into
+    place, then the manifest that says it is complete: all once the curation has succeeded."""
     write_json_atomic(files.folder / STORE_FILE, identity)
     if items.rules.subset is not None:
         files.write_subset(items.rules.subset)
-    write_item_list(items.list, files.folder / LIST_FILE)
+    publish_item_list(built, files.folder / LIST_DIR)
     write_json_atomic(files.folder / MANIFEST_FILE, {KIND: len(items), "created_at": time.time()})

@@ -4,16 +4,21 @@
 row's image path, as ``metadata.index`` builds them), keeps what the ``CurationRules`` keep, drops
 or refuses rows without an image, and builds the targets ``TargetOptions`` ask for, a slice of
 rows at a time (``row_batches``). What it keeps per item (its row in the index, image path,
-target: an ``item_list.ItemList``) is a few numbers and a path, and ``CuratedItems.from_list``
-opens one written to disk, memory-mapped, with no curation. It holds Arrow and numpy buffers only
-(forked DataLoader workers share them instead of copying them, pytorch/pytorch#13246), and answers
-in plain Python and numpy values: no torch is imported, so a tool that audits, splits or counts
-items needs nothing else. ``VisualLayerDataset`` turns its targets into tensors.
+target: an ``item_list.ItemList``) is a few numbers and a path, written to files as each slice
+makes them and mapped once whole, so that curating holds a slice, not the items: the first pass
+spills each slice's kept rows and label names to a file while it gathers the names classes are
+drawn from, the second makes their targets and writes the list (``_ListBuild``).
+``CuratedItems.from_list`` opens a list written earlier, memory-mapped, with no curation. It holds
+Arrow and numpy buffers only (forked DataLoader workers share them instead of copying them,
+pytorch/pytorch#13246), and answers in plain Python and numpy values: no torch is imported, so a
+tool that audits, splits or counts items needs nothing else. ``VisualLayerDataset`` turns its
+targets into tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,12 +31,13 @@ import pyarrow.compute as pc
 from ..errors import ConfigurationError, CurationError, ImageNotFoundError, SchemaError
 from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
 from .index import IMAGE_COLUMN
-from .item_list import ItemFiles, ItemList
+from .item_list import LIST_DIR, ItemFiles, ItemList, ItemListWriter, TargetKind, map_item_list
 from .options import check_choice, doc
 from .row_batches import SLICE_ROWS, file_slices, release_pages, row_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
     TASKS,
+    UnusableLabels,
     classification_targets,
     distinct_labels,
     multilabel_indices,
@@ -42,7 +48,6 @@ from .targets import (
 Task = Literal["classification", "multilabel", "detection", None]
 InvalidLabels = Literal["raise", "drop"]
 MissingImages = Literal["raise", "drop"]
-FINGERPRINT_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class CuratedItems:
     It keeps the export's rows (``rows``, the index: memory-mapped when it comes from the cache) and,
     per item, its row there, its image path and its target; ``table`` takes the items' rows out of
     the index only when asked. ``where`` names the export in the error raised when no item is left.
+    ``folder`` is where the list's files are written (a new folder, made here; the caller moves it
+    into place); without one they go to a temporary folder, removed once they are mapped.
     ``paths_from_file_path`` makes the image paths of the kept rows' ``file_path`` instead of
     taking the index's (images under a root of their own). ``from_list`` opens a list written
     earlier (``item_list``): no curation runs, and a list that came from files pickles as those
@@ -102,31 +109,16 @@ class CuratedItems:
         missing_images: MissingImages = "raise",
         where: str = "the export",
         paths_from_file_path: Callable[[pa.ChunkedArray], pa.ChunkedArray | pa.Array] | None = None,
+        folder: Path | None = None,
     ) -> None:
         check_missing_images(missing_images)
-        kept, summary = curate(rows, curation)
-        release_pages(rows)  # what the rules read whole (the scores); their slices went as they were read
-        found = _gather(rows, kept, targets.task, curation.label_source, paths_from_file_path)
-        kept, paths, summary = _require_images(rows, found, missing_images, summary)
-        keep, target_values, classes, summary = _build_targets(rows, kept, found, targets, summary)
-        if keep is not None:
-            kept, paths = kept[keep], paths.filter(pa.array(keep))
-        if len(kept) == 0:
-            raise CurationError(f"No item is left to load from {where}: {summary.removed_by}")
-        self._set(
-            rows,
-            ItemList(
-                rows=kept,
-                paths=paths,
-                targets=target_values,
-                classes=classes,
-                summary=summary,
-                fingerprint=fingerprint_rows(rows.column("media_id"), kept),
-                index_rows=len(rows),
-            ),
-            curation,
-            targets,
-        )
+        build = _ListBuild(rows, targets, curation.label_source, missing_images, paths_from_file_path, where)
+        if folder is not None:
+            items = build.write(curate(rows, curation), folder)
+        else:  # the files stay mapped once their folder is gone
+            with tempfile.TemporaryDirectory(prefix="vl_datasets-items-") as scratch:
+                items = build.write(curate(rows, curation), Path(scratch) / LIST_DIR)
+        self._set(rows, items, curation, targets)
 
     @classmethod
     def from_list(
@@ -363,36 +355,31 @@ class CuratedItems:
 def fingerprint_ids(ids: pa.ChunkedArray | pa.Array) -> str:
     """A hash of ``ids`` (strings) in order, the same however the column is chunked: what pins an
     item list. Hashes the Arrow buffers, ~1 ms per 100,000 ids, with no Python string per id."""
-    return _fingerprint_chunks(ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids], len(ids))
+    fingerprint = IdsFingerprint()
+    for chunk in ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]:
+        fingerprint.update(chunk)
+    return fingerprint.hexdigest()
 
 
-def fingerprint_rows(ids: pa.ChunkedArray, rows: np.ndarray) -> str:
-    """``fingerprint_ids`` of ``ids.take(rows)`` (``rows`` ascending), taken a chunk of ``ids`` and
-    at most ``FINGERPRINT_SLICE`` rows at a time: at 100M items the whole column of ids would be
-    gigabytes, and a take over a chunked column joins its chunks into one copy first."""
+class IdsFingerprint:
+    """``fingerprint_ids`` of ids given a chunk at a time (``update``), as curation writes them."""
 
-    def taken() -> Iterator[pa.Array]:
-        first = 0
-        for chunk in ids.chunks:
-            lo, hi = np.searchsorted(rows, [first, first + len(chunk)])
-            for start in range(int(lo), int(hi), FINGERPRINT_SLICE):
-                yield chunk.take(pa.array(rows[start : min(start + FINGERPRINT_SLICE, hi)] - first))
-            release_pages(chunk)  # its ids are copied out
-            first += len(chunk)
+    def __init__(self) -> None:
+        self.count, self._lengths, self._data = 0, hashlib.sha256(), hashlib.sha256()
 
-    return _fingerprint_chunks(taken(), len(rows))
-
-
-def _fingerprint_chunks(chunks: Iterable[pa.Array], count: int) -> str:
-    lengths, data = hashlib.sha256(), hashlib.sha256()
-    for chunk in chunks:
+    def update(self, chunk: pa.Array) -> None:
+        """Add the ids of ``chunk`` (strings), after those given before."""
         chunk = chunk.cast(pa.large_string())
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
-        lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
+        self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
         offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8")[chunk.offset : chunk.offset + len(chunk) + 1]
         if len(chunk) and offsets[-1] > offsets[0]:
-            data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
-    return hashlib.sha256(f"{count}:".encode() + lengths.digest() + data.digest()).hexdigest()
+            self._data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+        self.count += len(chunk)
+
+    def hexdigest(self) -> str:
+        """The fingerprint of every id given so far."""
+        return hashlib.sha256(f"{self.count}:".encode() + self._lengths.digest() + self._data.digest()).hexdigest()
 
 
 def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary:
@@ -408,103 +395,174 @@ def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class _Gathered:
-    """What the kept rows with an image hold, gathered a slice of the index at a time: their rows,
-    image paths, and what the task's targets are made of (distinct label names per row, or the
-    names of the objects); ``missing`` kept rows had no image, the first of them ``first_missing``."""
+class _Found:
+    """What crosses the slices of the first pass besides the items: the kept rows without an image
+    (how many, the first of them) and the distinct names the classes are drawn from."""
 
-    kept: np.ndarray
-    paths: pa.Array
-    label_names: pa.ListArray | None
-    object_names: pa.Array | None
-    missing: int
-    first_missing: int | None
+    def __init__(self) -> None:
+        self.missing = 0
+        self.first_missing: int | None = None
+        self._names: list[pa.Array] = []
 
+    def no_image(self, rows: np.ndarray) -> None:
+        self.missing += len(rows)
+        if self.first_missing is None:
+            self.first_missing = int(rows[0])
 
-def _gather(
-    rows: pa.Table, kept: np.ndarray, task: str | None, label_source: Any, paths_from_file_path: Any
-) -> _Gathered:
-    path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
-    target_column = {"classification": "labels", "multilabel": "labels", "detection": "objects"}.get(task or "")
-    columns = [path_column] + ([target_column] if target_column else [])
-    with_image, paths, names, objects = [], [], [], []
-    missing, first_missing = 0, None
-    for offset, part in row_slices(rows, columns):
-        lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
-        taken = part.take(pa.array(kept[lo:hi] - offset))
-        found = taken.column(path_column)
-        # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
-        found = (found if paths_from_file_path is None else paths_from_file_path(found)).combine_chunks()
-        found = found.cast(pa.large_string())  # as the list file holds them: 100M paths pass 2 GiB
-        present = pc.is_valid(found).to_numpy(zero_copy_only=False)
-        if not present.all():
-            missing += int((~present).sum())
-            if first_missing is None:
-                first_missing = int(kept[lo:hi][~present][0])
-            taken, found = taken.filter(pa.array(present)), found.filter(pa.array(present))
-        with_image.append(kept[lo:hi][present])
-        paths.append(found)
-        if target_column == "labels":
-            names.append(distinct_labels(taken, label_source))
-        elif target_column == "objects":
-            objects.append(pc.unique(object_labels(taken, label_source)))
-    # Each column joined, then its parts let go, before the next: the peak is one column twice, not all.
-    joined_paths = pa.concat_arrays(paths) if paths else pa.array([], pa.large_string())
-    paths.clear()
-    label_names = pa.concat_arrays(names) if names else None
-    names.clear()
-    return _Gathered(
-        kept=np.concatenate(with_image) if with_image else kept[:0],
-        paths=joined_paths,
-        label_names=label_names,
-        object_names=pa.concat_arrays(objects).unique() if objects else None,
-        missing=missing,
-        first_missing=first_missing,
-    )
+    def add_names(self, names: pa.Array) -> None:
+        self._names.append(pc.unique(names))
+
+    def names(self) -> pa.Array:
+        """Every distinct name added."""
+        return pa.concat_arrays(self._names).unique() if self._names else pa.array([], pa.string())
 
 
-def _require_images(
-    rows: pa.Table, found: _Gathered, missing_images: str, summary: CurationSummary
-) -> tuple[np.ndarray, pa.Array, CurationSummary]:
-    """The kept rows with an image and their paths: an error naming a row without one, or those
-    dropped and counted."""
-    if not found.missing:
-        return found.kept, found.paths, summary
-    if missing_images == "raise":
-        row = found.first_missing
-        media_id = rows.column("media_id")[row].as_py()
-        raise ImageNotFoundError(
-            f"No image in the export for media_id {media_id!r} (file_path "
-            f"{rows.column('file_path')[row].as_py()!r}); {found.missing:,} item(s) have none. Export with "
-            "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
-            media_id=media_id,
-        )
-    return found.kept, found.paths, _count(summary, "missing_images", found.missing)
+class _ListBuild:
+    """An index's kept rows made into an item list, written as it is made, in two passes over
+    slices of rows: the first takes each kept row with an image (its row, path, media id and label
+    names) out of the index and spills them to a file, while the names of the classes are
+    gathered; the second reads them back a batch at a time, makes the targets, drops what they
+    refuse and writes the rest. What either pass holds is a slice, whatever the number of items.
+    Tasks with no per-item target (detection, None) need no classes first: one pass writes them."""
+
+    def __init__(
+        self,
+        rows: pa.Table,
+        options: TargetOptions,
+        label_source: Any,
+        missing_images: str,
+        paths_from_file_path: Any,
+        where: str,
+    ) -> None:
+        self.rows, self.options, self.label_source = rows, options, label_source
+        self.missing_images, self.paths_from_file_path, self.where = missing_images, paths_from_file_path, where
+
+    def write(self, curated: tuple[np.ndarray, CurationSummary], folder: Path) -> ItemList:
+        """Write the list of the rows ``curated`` kept into ``folder`` (made here), and map it."""
+        kept, summary = curated
+        del curated  # the slices hold the kept rows until the first pass ends, and nothing after
+        release_pages(self.rows)  # what the rules read whole (the scores); their slices went as they were read
+        task, found = self.options.task, _Found()
+        slices = self._kept_slices(kept, found)
+        del kept
+        with ItemListWriter(folder, _TARGET_KINDS.get(task or "")) as writer:
+            if task in ("classification", "multilabel"):
+                _spill(slices, folder / _SPILL_FILE)
+                summary = self._require_images(found, summary)
+                targets = _Targets(task, resolve_classes(found.names(), self.options.classes))
+                fingerprint = _write_items(writer, _spilled(folder / _SPILL_FILE), targets)
+                (folder / _SPILL_FILE).unlink()
+                summary, classes = self._counted(targets, summary), targets.classes
+            else:
+                fingerprint = _write_items(writer, slices, None)
+                summary = self._require_images(found, summary)
+                classes = resolve_classes(found.names(), self.options.classes) if task == "detection" else []
+            if writer.count == 0:
+                raise CurationError(f"No item is left to load from {self.where}: {summary.removed_by}")
+            writer.finish(classes=classes, summary=summary, fingerprint=fingerprint, index_rows=len(self.rows))
+        return map_item_list(folder, index_rows=len(self.rows))
+
+    def _kept_slices(self, kept: np.ndarray, found: _Found) -> Iterator[pa.RecordBatch]:
+        """Per slice of the index, its kept rows with an image: ``row``, ``path``, ``media_id`` and
+        (classification, multilabel) ``labels``, their distinct label names. Rows without an image
+        are counted in ``found``, with the names classes are drawn from."""
+        task, paths_from_file_path = self.options.task, self.paths_from_file_path
+        path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
+        target_column = {"classification": "labels", "multilabel": "labels", "detection": "objects"}.get(task or "")
+        columns = [path_column, "media_id"] + ([target_column] if target_column else [])
+        for offset, part in row_slices(self.rows, columns):
+            lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
+            chosen = kept[lo:hi]
+            taken = part.take(pa.array(chosen - offset))
+            paths = taken.column(path_column)
+            # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
+            paths = (paths if paths_from_file_path is None else paths_from_file_path(paths)).combine_chunks()
+            present = pc.is_valid(paths).to_numpy(zero_copy_only=False)
+            if not present.all():
+                found.no_image(chosen[~present])
+                taken, paths, chosen = taken.filter(pa.array(present)), paths.filter(pa.array(present)), chosen[present]
+            ids = taken.column("media_id").combine_chunks()
+            batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": ids}
+            if target_column == "labels":
+                batch["labels"] = names = distinct_labels(taken, self.label_source)
+                # Classification draws its classes from the items it can use: those with one label.
+                usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
+                found.add_names(pc.list_flatten(usable))
+            elif target_column == "objects":
+                found.add_names(object_labels(taken, self.label_source))
+            yield pa.RecordBatch.from_pydict(batch).cast(_SPILL_SCHEMA if target_column == "labels" else _ITEM_SCHEMA)
+
+    def _require_images(self, found: _Found, summary: CurationSummary) -> CurationSummary:
+        """An error naming a kept row without an image, or the summary counting those dropped."""
+        if not found.missing:
+            return summary
+        if self.missing_images == "raise":
+            row, rows = found.first_missing, self.rows
+            media_id = rows.column("media_id")[row].as_py()
+            raise ImageNotFoundError(
+                f"No image in the export for media_id {media_id!r} (file_path "
+                f"{rows.column('file_path')[row].as_py()!r}); {found.missing:,} item(s) have none. Export with "
+                "include_images=True, pass images_root= where the images live, or missing_images='drop'.",
+                media_id=media_id,
+            )
+        return _count(summary, "missing_images", found.missing)
+
+    def _counted(self, targets: _Targets, summary: CurationSummary) -> CurationSummary:
+        """The summary counting the items classification dropped, or the error refusing them."""
+        invalid = targets.invalid
+        if not invalid.total:
+            return summary
+        if self.options.invalid_labels == "raise":
+            raise invalid.error()
+        return _count(summary, "invalid_labels", invalid.total)
 
 
-def _build_targets(
-    rows: pa.Table, kept: np.ndarray, found: _Gathered, options: TargetOptions, summary: CurationSummary
-) -> tuple[np.ndarray | None, np.ndarray | pa.ListArray | None, list[str], CurationSummary]:
-    """(which of the ``kept`` rows stay, or None for all; their targets; the classes; the summary)
-    for the task: classification drops (or refuses) rows without one usable label."""
-    task = options.task
-    if task == "detection":
-        assert found.object_names is not None
-        return None, None, resolve_classes(found.object_names, options.classes), summary
-    if task not in ("classification", "multilabel"):
-        return None, None, [], summary
-    names = found.label_names
-    assert names is not None
-    # Classification draws its classes from the items it can use: those with one label.
-    usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
-    classes = resolve_classes(pc.list_flatten(usable), options.classes)
-    if task == "multilabel":
-        return None, multilabel_indices(names, classes), classes, summary
-    media_ids = rows.column("media_id")
-    index, keep = classification_targets(
-        names, classes, options.invalid_labels, lambda row: media_ids[int(kept[row])].as_py()
-    )
-    if not keep.all():
-        summary = _count(summary, "invalid_labels", int((~keep).sum()))
-    return (None if keep.all() else keep), index[keep], classes, summary
+_TARGET_KINDS: dict[str, TargetKind] = {"classification": "class", "multilabel": "classes"}
+_SPILL_FILE = "kept.arrow"  # the first pass's items, in the list's folder until the second has read them
+_ITEM_SCHEMA = pa.schema([("row", pa.int64()), ("path", pa.large_string()), ("media_id", pa.large_string())])
+_SPILL_SCHEMA = _ITEM_SCHEMA.append(pa.field("labels", pa.list_(pa.string())))
+
+
+class _Targets:
+    """The targets of a batch of items, for classification or multilabel over ``classes``;
+    ``invalid`` counts the items classification cannot use."""
+
+    def __init__(self, task: str, classes: list[str]) -> None:
+        self.task, self.classes, self.invalid = task, classes, UnusableLabels()
+
+    def __call__(self, batch: pa.RecordBatch) -> tuple[np.ndarray | None, np.ndarray | pa.Array]:
+        """(which items of ``batch`` to keep, None for all; the targets of all of them)."""
+        labels = batch.column("labels")
+        if self.task == "multilabel":
+            return None, multilabel_indices(labels, self.classes)
+        index = classification_targets(labels, self.classes)
+        keep = self.invalid.add(labels, index, batch.column("media_id"))
+        return (None if keep.all() else keep), index
+
+
+def _write_items(writer: ItemListWriter, batches: Iterable[pa.RecordBatch], targets: _Targets | None) -> str:
+    """Write the items of ``batches`` (those ``targets`` keep) and return their fingerprint."""
+    fingerprint = IdsFingerprint()
+    for batch in batches:
+        keep, values = (None, None) if targets is None else targets(batch)
+        if keep is not None:
+            assert isinstance(values, np.ndarray)  # only classification drops items
+            batch, values = batch.filter(pa.array(keep)), values[keep]
+        writer.append(batch.column("row").to_numpy(), batch.column("path"), values)
+        fingerprint.update(batch.column("media_id"))
+    return fingerprint.hexdigest()
+
+
+def _spill(batches: Iterable[pa.RecordBatch], path: Path) -> None:
+    """``batches`` into an Arrow IPC file at ``path``, one record batch each."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _SPILL_SCHEMA) as spill:
+        for batch in batches:
+            spill.write_batch(batch)
+
+
+def _spilled(path: Path) -> Iterator[pa.RecordBatch]:
+    """The batches ``_spill`` wrote, one at a time, with ordinary reads (no map whose pages stay)."""
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for number in range(reader.num_record_batches):
+            yield reader.get_batch(number)

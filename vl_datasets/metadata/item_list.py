@@ -1,44 +1,55 @@
 """The curated item list on disk: what a dataset needs per item, written once per curation, mapped
 by every process that opens it.
 
-One uncompressed Arrow IPC file, one record batch, so every column maps as one buffer:
+A folder (``LIST_DIR``) of raw little-endian Arrow buffers, one file each, appended a slice of
+items at a time as curation makes them, so that writing a list of any length holds one slice:
 
-    row       int64         the item's row in the export's index (its metadata, media id, boxes)
-    path      large_string  its image, relative to the images' root
-    target    int64         classification: the class index
-              large_list<int64>  multilabel: the class indices
+    rows.i64            int64 per item: its row in the export's index (its metadata, media id, boxes)
+    path.offsets.i64    int64, one more than the items: the large_string offsets of its image path,
+    path.data           and their UTF-8 bytes (the path is relative to the images' root)
+    target.i64          classification: int64 per item, its class index
+    target.offsets.i64  multilabel: the large_list<int64> offsets of its class indices,
+    target.values.i64   and the indices
 
-The schema metadata holds what the rest of the dataset needs without reading a column: the
-classes, the curation summary, the fingerprint of the item list, and the index's row count (a
-list is only used against the index it was made from). A list of 100M items is about 5 GB, mostly
-paths, and opening it reads its footer: a process pays only for the pages it touches, and every
-process on a node shares them in the page cache.
+``list.json``, written last, says how many items the files hold and what the rest of the dataset
+needs without reading a column: the classes, the curation summary, the fingerprint of the item
+list, and the index's row count (a list is only used against the index it was made from); files
+whose lengths disagree with it are no list. Opening one maps each file and wraps its bytes as they
+are (numpy for the rows and class indices, one Arrow array for the paths or the multilabel
+targets): a process pays only for the pages it touches, and every process on a node shares them
+in the page cache. A list of 100M items is about 5 GB, mostly paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .._version import __version__
-from ..atomic import replacing
 from ..errors import CacheMissError
 from .curation import CurationRules, CurationSummary
 from .index import read_index
 from .media_ids import MediaIds
 
-FORMAT = 1  # of the file below: a new format is a new settings digest, so a new list
-LIST_FILE, SUBSET_FILE = "items.arrow", "subset.arrow"
-_META_KEY = b"vl_datasets.items"
+FORMAT = 2  # of the files below: a new format is a new settings digest, so a new list
+LIST_DIR, SUBSET_FILE, FACTS_FILE = "list", "subset.arrow", "list.json"
+_ROWS, _PATH_OFFSETS, _PATH_DATA = "rows.i64", "path.offsets.i64", "path.data"
+_TARGET, _TARGET_OFFSETS, _TARGET_VALUES = "target.i64", "target.offsets.i64", "target.values.i64"
+TargetKind = Literal["class", "classes"] | None
+_TARGET_FILES = {None: (), "class": (_TARGET,), "classes": (_TARGET_OFFSETS, _TARGET_VALUES)}
 
 
 @dataclass(frozen=True)
@@ -88,53 +99,146 @@ def settings_digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_item_list(items: ItemList, path: str | os.PathLike) -> None:
-    """Write ``items`` to ``path`` atomically (temp file, rename)."""
-    columns: dict[str, pa.Array] = {
-        "row": pa.array(items.rows, pa.int64()),
-        "path": pa.array(items.paths).cast(pa.large_string()),
-    }
-    if isinstance(items.targets, np.ndarray):
-        columns["target"] = pa.array(items.targets, pa.int64())
-    elif items.targets is not None:
-        columns["target"] = items.targets.cast(pa.large_list(pa.int64()))
-    facts = {
-        "classes": items.classes,
-        "summary": {"total": items.summary.total, "kept": items.summary.kept, "removed_by": items.summary.removed_by},
-        "fingerprint": items.fingerprint,
-        "index_rows": items.index_rows,
-    }
-    batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata({_META_KEY: json.dumps(facts).encode()})
-    _write_ipc(Path(path), batch)
+class ItemListWriter:
+    """An item list written into ``folder`` (made here) a slice of items at a time: each column's
+    buffers appended to its file as they come; ``finish`` writes ``list.json``, last. ``target`` is
+    ``"class"`` (classification), ``"classes"`` (multilabel) or None (no target column)."""
+
+    def __init__(self, folder: Path, target: TargetKind) -> None:
+        folder.mkdir(parents=True)
+        self.folder, self.target, self.count = folder, target, 0
+        self._ends = {_PATH_DATA: 0, _TARGET_VALUES: 0}  # bytes, values: what the next offsets start at
+        names = (_ROWS, _PATH_OFFSETS, _PATH_DATA, *_TARGET_FILES[target])
+        with contextlib.ExitStack() as opened:  # all of them open, or none
+            self._files: dict[str, BinaryIO] = {n: opened.enter_context(open(folder / n, "wb")) for n in names}
+            self._closing = opened.pop_all()
+        for name in (_PATH_OFFSETS, _TARGET_OFFSETS):
+            if name in self._files:
+                self._files[name].write(np.zeros(1, "<i8").tobytes())
+
+    def __enter__(self) -> ItemListWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.close()
+
+    def append(self, rows: np.ndarray, paths: pa.Array, targets: np.ndarray | pa.Array | None) -> None:
+        """Add items: their rows in the index, image paths (no null) and targets (as ``ItemList``)."""
+        assert len(paths) == len(rows) and paths.null_count == 0
+        self._files[_ROWS].write(np.ascontiguousarray(rows, "<i8").data)
+        self._append_offsets(_PATH_OFFSETS, _PATH_DATA, paths.cast(pa.large_string()))
+        if self.target == "class":
+            assert isinstance(targets, np.ndarray) and len(targets) == len(rows)
+            self._files[_TARGET].write(np.ascontiguousarray(targets, "<i8").data)
+        elif self.target == "classes":
+            assert isinstance(targets, pa.Array) and len(targets) == len(rows)
+            self._append_offsets(_TARGET_OFFSETS, _TARGET_VALUES, targets.cast(pa.large_list(pa.int64())))
+        self.count += len(rows)
+
+    def _append_offsets(self, offsets_file: str, data_file: str, array: pa.Array) -> None:
+        """A large_string's or large_list<int64>'s offsets (after the first, moved to follow what the
+        file holds) and the data between its first and last."""
+        offsets = np.frombuffer(array.buffers()[1], "<i8")[array.offset : array.offset + len(array) + 1]
+        if isinstance(array, pa.LargeStringArray):
+            data = memoryview(array.buffers()[2] or b"")[offsets[0] : offsets[-1]]
+        else:
+            data = pc.list_flatten(array).to_numpy().astype("<i8", copy=False).data
+        self._files[offsets_file].write((offsets[1:] - offsets[0] + self._ends[data_file]).astype("<i8").data)
+        self._files[data_file].write(data)
+        self._ends[data_file] += int(offsets[-1] - offsets[0])
+
+    def finish(self, *, classes: list[str], summary: CurationSummary, fingerprint: str, index_rows: int) -> None:
+        """Close the column files and write what says they are complete."""
+        self._closing.close()
+        facts = {
+            "format": FORMAT,
+            "count": self.count,
+            "target": self.target,
+            "path_bytes": self._ends[_PATH_DATA],
+            "target_values": self._ends[_TARGET_VALUES],
+            "classes": classes,
+            "summary": {"total": summary.total, "kept": summary.kept, "removed_by": summary.removed_by},
+            "fingerprint": fingerprint,
+            "index_rows": index_rows,
+        }
+        (self.folder / FACTS_FILE).write_text(json.dumps(facts))
 
 
-def read_item_list(path: str | os.PathLike, *, index_rows: int) -> ItemList | None:
-    """The list at ``path``, memory-mapped; None when there is none to use: missing, unreadable, or
-    made from an index of another length."""
+def publish_item_list(built: Path, folder: Path) -> None:
+    """Put the list written in ``built`` at ``folder``, in place of any there (a damaged one: a
+    process that maps its files keeps them until it lets them go)."""
+    if folder.exists():
+        stale = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
+        os.replace(folder, stale)
+        shutil.rmtree(stale, ignore_errors=True)  # only a stale copy's disk space is at stake
+    os.replace(built, folder)
+
+
+def read_item_list(folder: str | os.PathLike, *, index_rows: int) -> ItemList | None:
+    """The list in ``folder``, memory-mapped; None when there is none to use: missing, unreadable,
+    inconsistent (files of other lengths than ``list.json`` says), or made from an index of
+    another length."""
     try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-        facts = json.loads((reader.schema.metadata or {})[_META_KEY])
-        batch = reader.get_batch(0) if reader.num_record_batches == 1 else None
-    except (OSError, pa.ArrowException, KeyError, ValueError):
+        return map_item_list(Path(folder), index_rows=index_rows)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return None
-    if batch is None or facts.get("index_rows") != index_rows:
-        return None
-    rows = batch.column("row").to_numpy(zero_copy_only=True)
+
+
+def map_item_list(folder: Path, *, index_rows: int) -> ItemList:
+    """``read_item_list``, raising ``ValueError`` (or the ``OSError``) where that returns None."""
+    facts = json.loads((folder / FACTS_FILE).read_bytes())
+    if facts.get("format") != FORMAT or facts.get("index_rows") != index_rows:
+        raise ValueError(f"{folder} is a list of another format or index")
+    count = facts["count"]
+    if not all(isinstance(facts[key], int) and facts[key] >= 0 for key in ("count", "path_bytes", "target_values")):
+        raise ValueError(f"{folder} gives no count of its items, path bytes or target values")
+    rows = np.frombuffer(_mapped(folder / _ROWS, count * 8), "<i8")
     if len(rows) and (rows[0] < 0 or rows[-1] >= index_rows):
-        return None
-    target = batch.column("target") if "target" in batch.schema.names else None
+        raise ValueError(f"{folder} holds rows outside the index")
+    paths = _with_offsets(
+        pa.large_string(), folder / _PATH_OFFSETS, count, _mapped(folder / _PATH_DATA, facts["path_bytes"])
+    )
+    targets: np.ndarray | pa.Array | None = None
+    if facts["target"] == "class":
+        targets = np.frombuffer(_mapped(folder / _TARGET, count * 8), "<i8")
+    elif facts["target"] == "classes":
+        values = _mapped(folder / _TARGET_VALUES, facts["target_values"] * 8)
+        targets = _with_offsets(
+            pa.large_list(pa.int64()),
+            folder / _TARGET_OFFSETS,
+            count,
+            pa.Array.from_buffers(pa.int64(), facts["target_values"], [None, values]),
+        )
     summary = facts["summary"]
     return ItemList(
         rows=rows,
-        paths=batch.column("path"),
-        targets=target.to_numpy(zero_copy_only=True)
-        if target is not None and pa.types.is_integer(target.type)
-        else target,
+        paths=paths,
+        targets=targets,
         classes=list(facts["classes"]),
         summary=CurationSummary(summary["total"], summary["kept"], dict(summary["removed_by"])),
         fingerprint=facts["fingerprint"],
         index_rows=index_rows,
     )
+
+
+def _mapped(path: Path, size: int) -> pa.Buffer:
+    """The bytes of ``path``, mapped; ``ValueError`` unless there are ``size`` of them."""
+    buffer = pa.memory_map(str(path), "r").read_buffer()
+    if buffer.size != size:
+        raise ValueError(f"{path} holds {buffer.size:,} bytes, not {size:,}")
+    return buffer
+
+
+def _with_offsets(kind: pa.DataType, offsets_path: Path, count: int, data: pa.Buffer | pa.Array) -> pa.Array:
+    """A large_string (``data`` its bytes) or large_list (``data`` its values) of ``count`` items,
+    whose offsets are mapped from ``offsets_path``: they must start at 0 and end at ``data``'s end."""
+    offsets = _mapped(offsets_path, (count + 1) * 8)
+    first, last = np.frombuffer(offsets, "<i8")[[0, -1]]
+    if first != 0 or last != (data.size if isinstance(data, pa.Buffer) else len(data)):
+        raise ValueError(f"{offsets_path} does not span its data")
+    if isinstance(data, pa.Buffer):
+        return pa.Array.from_buffers(kind, count, [None, offsets, data])
+    return pa.Array.from_buffers(kind, count, [None, offsets], children=[data])
 
 
 @dataclass(frozen=True)
@@ -149,7 +253,7 @@ class ItemFiles:
         """(the index, the list), memory-mapped; ``CacheMissError`` if either is gone (a cache
         pruned under a running job: the dataset must be opened again)."""
         rows = read_index(self.index)
-        items = None if rows is None else read_item_list(self.folder / LIST_FILE, index_rows=len(rows))
+        items = None if rows is None else read_item_list(self.folder / LIST_DIR, index_rows=len(rows))
         if rows is None or items is None:
             raise CacheMissError(
                 f"The curated item list {self.folder} or the index {self.index} it was made from is gone "
@@ -167,9 +271,3 @@ class ItemFiles:
             return MediaIds.read(self.folder / SUBSET_FILE)
         except CacheMissError:
             raise CacheMissError(f"The subset= ids kept in {self.folder} are gone or unreadable.") from None
-
-
-def _write_ipc(path: Path, data: pa.Table | pa.RecordBatch) -> None:
-    """An Arrow IPC file at ``path``, written atomically (temp file, rename)."""
-    with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
-        writer.write(data)

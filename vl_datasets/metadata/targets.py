@@ -6,7 +6,7 @@ DataLoader workers share them instead of copying them page by page.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -51,12 +51,9 @@ def resolve_classes(names: pa.Array, classes: Sequence[str] | None) -> list[str]
     return sorted(pc.unique(pc.drop_null(names)).to_pylist())
 
 
-def classification_targets(
-    labels: pa.ListArray, classes: list[str], invalid_labels: str, media_id: Callable[[int], str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(class index per row, rows to keep). Rows with no label, several, or an unknown one are
-    an error naming how many there are (and, by ``media_id`` of a row, one of each), or are
-    dropped when ``invalid_labels="drop"``."""
+def classification_targets(labels: pa.ListArray, classes: list[str]) -> np.ndarray:
+    """Each row's class index: -1 for a row with no label, several, or one outside ``classes``
+    (what ``UnusableLabels`` counts, to drop those rows or refuse them)."""
     counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
     single = counts == 1
     first = pc.list_element(labels.filter(pa.array(single)), 0) if single.any() else pa.array([], pa.string())
@@ -64,31 +61,52 @@ def classification_targets(
     index[single] = pc.fill_null(pc.index_in(first, value_set=pa.array(classes, pa.string())), -1).to_numpy(
         zero_copy_only=False
     )
-    keep = index >= 0
-    if invalid_labels == "raise" and not keep.all():
-        raise CurationError(_invalid_message(media_id, counts, single & ~keep))
-    return index, keep
+    return index
 
 
-def _invalid_message(media_id: Callable[[int], str], counts: np.ndarray, unknown: np.ndarray) -> str:
-    parts = []
-    for what, mask in (
-        ("no label", counts == 0),
-        ("several labels", counts > 1),
-        ("a label outside classes=", unknown),
-    ):
-        if mask.any():
-            row = int(np.flatnonzero(mask)[0])
-            parts.append(
-                f"{int(mask.sum()):,} with {what} (e.g. media_id {media_id(row)!r}"
-                + (f", {int(counts[row])} labels)" if what == "several labels" else ")")
-            )
-    return (
-        "Classification needs exactly one label per item: "
-        + "; ".join(parts)
-        + ". Pass invalid_labels='drop' to leave them out, label_source= to count only one source's "
-        "labels, or task='multilabel'."
-    )
+class UnusableLabels:
+    """The rows classification cannot use, counted a slice of rows at a time: how many have no
+    label, several, or one outside ``classes=``, and (by media id) the first of each, so that the
+    error names the same rows as over all of them at once."""
+
+    _KINDS = ("no label", "several labels", "a label outside classes=")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._counts = dict.fromkeys(self._KINDS, 0)
+        self._first: dict[str, tuple[str, int]] = {}  # kind -> (media id, its label count)
+
+    def add(self, labels: pa.ListArray, index: np.ndarray, media_ids: pa.Array) -> np.ndarray:
+        """Count the rows of one slice (``index`` from ``classification_targets``); return which to keep."""
+        keep = index >= 0
+        if keep.all():
+            return keep
+        counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
+        for kind, mask in zip(self._KINDS, (counts == 0, counts > 1, (counts == 1) & ~keep)):
+            found = int(mask.sum())
+            if found and kind not in self._first:
+                row = int(np.flatnonzero(mask)[0])
+                self._first[kind] = (media_ids[row].as_py(), int(counts[row]))
+            self._counts[kind] += found
+        self.total += int((~keep).sum())
+        return keep
+
+    def error(self) -> CurationError:
+        """The error that refuses them, naming how many of each kind and one of each."""
+        parts = []
+        for kind in self._KINDS:
+            if self._counts[kind]:
+                media_id, labels = self._first[kind]
+                parts.append(
+                    f"{self._counts[kind]:,} with {kind} (e.g. media_id {media_id!r}"
+                    + (f", {labels} labels)" if kind == "several labels" else ")")
+                )
+        return CurationError(
+            "Classification needs exactly one label per item: "
+            + "; ".join(parts)
+            + ". Pass invalid_labels='drop' to leave them out, label_source= to count only one source's "
+            "labels, or task='multilabel'."
+        )
 
 
 def multilabel_indices(labels: pa.ListArray, classes: list[str]) -> pa.ListArray:
