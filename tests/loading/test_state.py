@@ -16,7 +16,7 @@ from tests.waits import cpu_of_children, wait_until
 from vl_datasets import errors, fetch_export
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.state import KEYS, OPTIONAL_KEYS
-from vl_datasets.metadata.curated import fingerprint_ids
+from vl_datasets.metadata.list_build import fingerprint_ids
 
 EPOCHS = 4  # a resume in epoch 3 has three whole epochs before it
 

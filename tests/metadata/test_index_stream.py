@@ -329,14 +329,14 @@ def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
 def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked():
     """Curation takes it a slice of the index at a time (``IdsFingerprint``, fed the ids of each
     slice's kept rows): it pins the same list as the ids taken whole."""
-    from vl_datasets.metadata import curated
+    from vl_datasets.metadata import list_build
 
     ids = [f"id-{i:03d}" for i in range(100)]
     rows = np.array([0, 1, 5, 17, 18, 19, 20, 63, 64, 98, 99])
-    whole = curated.fingerprint_ids(pa.array(ids).take(pa.array(rows)))
+    whole = list_build.fingerprint_ids(pa.array(ids).take(pa.array(rows)))
 
     def by_slices(bounds, kept):
-        fingerprint = curated.IdsFingerprint()
+        fingerprint = list_build.IdsFingerprint()
         for a, b in itertools.pairwise(bounds):
             chunk = pa.array(ids[a:b], pa.string())
             fingerprint.update(chunk.take(pa.array(kept[(kept >= a) & (kept < b)] - a)))
