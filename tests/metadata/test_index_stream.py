@@ -365,3 +365,17 @@ def test_equal_ids_hash_alike_whatever_the_ids_beside_them():
         for stop in range(start + 1, len(ids) + 1):
             hashes = unique_ids.hash_strings(pa.array(ids).slice(start, stop - start))
             assert hashes.tolist() == [alone[media_id] for media_id in ids[start:stop]], ids[start:stop]
+
+
+def test_index_builds_at_once_leave_arrows_allocator_as_they_found_it(tmp_path):
+    """A build swaps Arrow's default allocator for its duration: builds in several threads at once
+    must not leave the process with another allocator than it had."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = pa.default_memory_pool().backend_name
+    table = json_strings_table(_media_items(3000))
+    exports = [write_parquet(tmp_path / f"export-{number}", table).parent for number in range(4)]
+    with ThreadPoolExecutor(len(exports)) as pool:
+        rows = list(pool.map(lambda e: write_export_index(e, e / "index.arrow"), exports))
+    assert rows == [3000] * len(exports)
+    assert pa.default_memory_pool().backend_name == before
