@@ -114,3 +114,20 @@ def test_a_resume_draws_the_states_window_and_refuses_other_shards():
     unsharded = EpochSampler(range(60), order="random", seed=2)
     with pytest.raises(ConfigurationError, match="has none"):
         unsharded.resume_at(epoch=1, position=20, order="shards", seed=2, shards=state)
+
+
+def test_int32_shard_numbers_are_held_as_they_are_and_play_the_int64_order(tmp_path):
+    # A dataset's shard numbers are an int32 file every rank maps: a sampler must not copy them.
+    groups = sharded(500, 7, unsharded_every=11)
+    path = tmp_path / "shards.i32"
+    groups.astype(np.int32).tofile(path)
+    mapped = np.memmap(path, dtype=np.int32, mode="r")
+    narrow = EpochSampler(range(500), order="shards", seed=4, groups=mapped, window=2)
+    wide = EpochSampler(range(500), order="shards", seed=4, groups=groups.astype(np.int64), window=2)
+    assert np.shares_memory(narrow.groups, mapped)
+    for epoch in (0, 1):
+        narrow.set_epoch(epoch)
+        wide.set_epoch(epoch)
+        assert list(narrow) == list(wide)
+    # A state saved on one resumes on the other: the digest is of the numbers, not of their width.
+    assert narrow.shard_state() == wide.shard_state()

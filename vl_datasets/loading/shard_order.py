@@ -97,15 +97,17 @@ def checked_window(window: object) -> int:
 
 
 def checked_groups(groups: object, size: int) -> np.ndarray:
-    """``groups`` as an int64 array of one shard number per item (-1: in no shard), or a
-    ``ConfigurationError`` naming ``groups``."""
+    """``groups`` as an int32 or int64 array of one shard number per item (-1: in no shard), or a
+    ``ConfigurationError`` naming ``groups``. Int32 numbers stay as they are: a dataset's are a
+    file mapped by every rank, which a copy to int64 would double in each rank's own memory."""
     array = np.asarray(groups)
     if array.ndim != 1 or len(array) != size or not (array.dtype.kind in "iu" or size == 0):
         raise ConfigurationError(
             f"groups must be one integer shard number per item ({size:,}), got an array of shape "
             f"{array.shape} and dtype {array.dtype}."
         )
-    array = array.astype(np.int64, copy=False)
+    if array.dtype not in (np.int32, np.int64):
+        array = array.astype(np.int64)
     if size and array.min() < -1:
         raise ConfigurationError(f"groups holds {int(array.min())}: shard numbers are 0 and up, or -1 for none.")
     return array
