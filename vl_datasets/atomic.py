@@ -9,11 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def beside(path: Path, kind: str = "tmp") -> Path:
+    """A process-unique hidden name beside ``path`` (``.<name>.<pid>.<random>.<kind>``), on its
+    filesystem: where a file or folder is written before a rename puts it at ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}")
+
+
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A process-unique temp path beside ``path`` to write; renamed onto ``path`` when the block
     succeeds, removed when it fails. Beside it, so the rename stays on one filesystem."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

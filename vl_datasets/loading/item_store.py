@@ -14,15 +14,14 @@ A cache it cannot write to (read-only, full) costs each open a curation into a t
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
+from ..atomic import beside
 from ..cache.store import LocalExport, derived_dir, write_json_atomic
 from ..errors import VLDatasetsError
 from ..locks import hold_lock
@@ -95,7 +94,7 @@ def open_items(
 def _built(files: ItemFiles, curated: Callable[[Path], CuratedItems], identity: dict) -> CuratedItems:
     """The items curated into a folder where no reader looks, moved into place with the rest of
     the store (``_write``); what a failed build left is removed."""
-    building = files.folder / f".{LIST_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    building = beside(files.folder / LIST_DIR)
     try:
         items = curated(building)
         _write(files, items, building, identity)

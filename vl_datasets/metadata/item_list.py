@@ -28,7 +28,6 @@ import json
 import os
 import pickle
 import shutil
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
+from ..atomic import beside
 from ..errors import CacheMissError
 from .curation import CurationRules, CurationSummary
 from .index import read_index
@@ -168,7 +168,7 @@ def publish_item_list(built: Path, folder: Path) -> None:
     """Put the list written in ``built`` at ``folder``, in place of any there (a damaged one: a
     process that maps its files keeps them until it lets them go)."""
     if folder.exists():
-        stale = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
+        stale = beside(folder, "stale")
         os.replace(folder, stale)
         shutil.rmtree(stale, ignore_errors=True)  # only a stale copy's disk space is at stake
     os.replace(built, folder)
