@@ -26,7 +26,7 @@ from typing import Any
 
 from .._version import __version__
 from ..atomic import replacing
-from ..errors import CacheMissError, LockTimeoutError
+from ..errors import CacheMissError, VLDatasetsError
 from ..locks import hold_lock
 from .media_ids import MediaIds
 
@@ -50,9 +50,10 @@ def part_files(folder: Path, count: int) -> list[Path]:
     return [folder / f"part-{number}.arrow" for number in range(count)]
 
 
-def kept_split(folder: Path, names: list[str], write: Callable[[list[Path]], None]) -> dict[str, MediaIds] | None:
+def kept_split(folder: Path, names: list[str], write: Callable[[list[Path]], list[int]]) -> dict[str, MediaIds] | None:
     """The parts kept in ``folder``; when there are none, ``write(files)`` writes them first (one
-    process of the node at a time). None when the folder cannot be written: split in memory."""
+    process of the node at a time) and returns how many ids each holds. None when the folder
+    cannot be written: split in memory."""
     found = _read(folder, names)
     if found is not None:
         return found
@@ -62,13 +63,11 @@ def kept_split(folder: Path, names: list[str], write: Callable[[list[Path]], Non
             found = _read(folder, names)  # another rank may have written it meanwhile
             if found is not None:
                 return found
-            files = part_files(folder, len(names))
-            write(files)
-            counts = {name: len(MediaIds.read(path)) for name, path in zip(names, files)}
-            _write_manifest(folder / MANIFEST_FILE, {"parts": counts, "created_at": time.time()})
-    except LockTimeoutError:
-        raise  # a rank stuck splitting is news, not a reason to split again here
+            counts = write(part_files(folder, len(names)))
+            _write_manifest(folder / MANIFEST_FILE, {"parts": dict(zip(names, counts)), "created_at": time.time()})
     except OSError as exc:
+        if isinstance(exc, VLDatasetsError):  # a lock timeout, an index pruned under the job: not the folder's fault
+            raise
         logger.warning("Cannot keep the split in %s (%s): splitting in memory.", folder, exc)
         return None
     return _read(folder, names)

@@ -98,10 +98,11 @@ def _media_ids_by_part(rows: Any, part_of_item: np.ndarray, names: list[str]) ->
     return {name: MediaIds(pa.chunked_array(taken, pa.string())) for name, taken in zip(names, chunks)}
 
 
-def _write_parts(rows: Any, part_of_item: np.ndarray, files: list[Path]) -> None:
+def _write_parts(rows: Any, part_of_item: np.ndarray, files: list[Path]) -> list[int]:
     """Each part's media ids, in row order, written to its file (atomically) a slice at a time:
-    the ids of the parts are never whole in memory."""
+    the ids of the parts are never whole in memory. Returns how many each part holds."""
     schema = pa.schema([(MEDIA_ID, pa.string())])
+    counts = [0] * len(files)
     with contextlib.ExitStack() as stack:
         writers = []
         for path in files:
@@ -109,6 +110,8 @@ def _write_parts(rows: Any, part_of_item: np.ndarray, files: list[Path]) -> None
             writers.append(stack.enter_context(pa.ipc.new_file(sink, schema)))
         for number, ids in _ids_by_part(rows, part_of_item, len(files)):
             writers[number].write_batch(pa.record_batch([ids], schema=schema))
+            counts[number] += len(ids)
+    return counts
 
 
 def _split_rows(source: pa.Table | Any) -> Any:
