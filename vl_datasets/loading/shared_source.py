@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..atomic import replacing
 from ..cache.opened import local_store
@@ -123,7 +122,7 @@ def with_shared_store(
         )
         return SharedPreparedSource(local, None, None)
     item_shards = _item_shards(shared, paths, list_folder)
-    _say_what_is_missing(shared, item_shards[pc.is_valid(paths).to_numpy(zero_copy_only=False)], local)
+    _say_what_is_missing(shared, item_shards, local)
     return SharedPreparedSource(local, shared, item_shards)
 
 
@@ -136,10 +135,8 @@ def _item_shards(shared: SharedStore, paths: pa.Array | pa.ChunkedArray, list_fo
         found = _read_item_shards(kept, len(paths), len(shared.shards))
         if found is not None:
             return found
-    valid = pc.is_valid(paths)
-    item_shards = np.full(len(paths), -1, np.int32)  # int32: 4 bytes an item
-    present = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-    item_shards[present] = shared.shard_numbers(keys_of(pc.filter(paths, valid).to_pylist()))
+    # int32: 4 bytes an item. Every item has a path (an item list holds none without one).
+    item_shards = shared.shard_numbers(keys_of(paths.to_pylist())).astype(np.int32)
     if kept is not None:
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
