@@ -13,10 +13,11 @@ DataLoader worker of every rank on a node reads them through one folder here:
   then renamed into place. A download killed midway leaves a temp file no reader takes, removed by
   a later eviction scan once it is an hour old. Correctness comes from that rename; the lock only
   spares the node duplicate downloads (locks can lie on network filesystems).
-- Ranges, not one GET: a shard is fetched ``CHUNK_BYTES`` at a time, ``RANGES_IN_FLIGHT`` ranges at
-  once and written in order, each range retried and bounded in time by the image read policy
-  (``retries.py``: ``VL_DATASETS_READ_*``), so a transient failure costs a range, not the shard,
-  and the waiters see progress.
+- One GET per shard of the store's size (``shard_format.SHARD_BYTES``), as litData fetches its
+  chunks; a larger shard is fetched ``CHUNK_BYTES`` at a time, ``RANGES_IN_FLIGHT`` ranges at once,
+  written in order. Each GET is retried and bounded in time by the image read policy
+  (``retries.py``: ``VL_DATASETS_READ_*``), so a transient failure costs one GET, and a waiter's
+  patience (``stall_s``) outlasts one.
 - Least recently used first, across processes: a use bumps the shard's mtime (at most every
   ``TOUCH_AFTER_S``), and after each download the folder is scanned under a lock and the oldest
   shards are removed until the whole is within ``limit_bytes`` (the one just downloaded is kept
@@ -53,11 +54,16 @@ import xxhash
 from ..atomic import replacing
 from ..backoff import RetryPolicy
 from ..errors import ImageReadError, ShardReadError, SharedStoreError
+from .shard_format import SHARD_BYTES
 
 logger = logging.getLogger("vl_datasets")
 
-CHUNK_BYTES = 16 << 20  # one ranged GET: a 64 MiB shard is 4 requests, and a retry redoes 16 MiB at most
-RANGES_IN_FLIGHT = 4  # a shard's ranges fetched at once (64 MiB of them held at most)
+# One GET: a whole shard of the store's size. A cold epoch downloads several shards at once anyway
+# (PREFETCH_THREADS a process), and four 16 MiB ranges a shard cost 4x the requests (each billed on
+# S3) and, from moto's S3 on loopback, halved the cold epoch (447 against 846 img/s in one run of
+# benchmarks/bench_shared_peers.py): that server reads the whole object for every range.
+CHUNK_BYTES = SHARD_BYTES
+RANGES_IN_FLIGHT = 4  # a larger shard's ranges fetched at once (4 x CHUNK_BYTES held at most)
 LOCKS, STATS, EVICT_LOCK = ".locks", ".stats", ".evict.lock"
 TOUCH_AFTER_S = 5.0  # a use bumps the shard's mtime at most this often: a metadata write per image would cost
 POLL_S = 1.0  # a waiter looks at the download's progress this often
