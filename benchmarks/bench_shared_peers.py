@@ -2,7 +2,7 @@
 a store of the same prepared images in an S3 bucket, then a node with an empty cache reads it.
 
     pip install -e ".[bench,peers]"              # the corpus's photos, moto, litData, Mosaic streaming
-    python benchmarks/bench_shared_peers.py      # prints a table; --images N, --quick for a smoke run
+    python benchmarks/bench_shared_peers.py      # prints a table; --images N, --rounds N, --quick
 
 The peers are benchmark-only (the ``peers`` extra); install them in a virtualenv of their own:
 mosaicml-streaming pulls torchvision, and so a torch of its own choosing (``torch==2.14.1
@@ -30,7 +30,10 @@ channels-last batches (each image a memcpy into the batch); torch's ``default_co
 the peers use by default, transposes every image into NCHW (~150 us an image). The peers' crop is
 a view, where ours resizes 256 to 224 px: per image, the peers have less to do than ours.
 
-Each build and each read runs in a fresh interpreter. A read is a cold epoch (the node's cache
+The figures come from interleaved rounds (``--rounds``, default 3): each round builds every
+system's store afresh, then reads every row, in an order rotated from one round to the next, and
+removes its stores; the table gives each figure's median and every round's. Each build and each
+read runs in a fresh interpreter. A read is a cold epoch (the node's cache
 empty: it includes starting the 2 workers and every download) and 2 later epochs; the server's
 requests and the bytes of its answers are counted per epoch (persistent workers may read ahead
 into the next epoch, which moves bytes between epochs, not their total). The 1-minute load average
@@ -45,6 +48,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -308,70 +312,113 @@ def s3(work: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def stored_bytes(endpoint: str, prefix: str) -> int:
+def _s3fs(endpoint: str):
     import fsspec
 
-    fs = fsspec.filesystem("s3", endpoint_url=endpoint, key="bench", secret="bench", skip_instance_cache=True)
-    return int(fs.du(f"{BUCKET}/{prefix}"))
+    return fsspec.filesystem("s3", endpoint_url=endpoint, key="bench", secret="bench", skip_instance_cache=True)
 
 
-def measure(row: str, corpus_dir: Path, work: Path, endpoint: str, built: set[str]) -> dict:
-    """One row's build (unless its store is ``built``) and read, each in a fresh interpreter, with
-    the load around each."""
-    system, settings = ROWS[row]
-    root, corpus_arg = f"s3://{BUCKET}/{system}", str(corpus_dir)
-    result: dict = {"build": None}
-    if system not in built:
-        if system == "ours":  # the index, built before the timing
-            fresh("open_ours", corpus_arg, root, endpoint, str(work / "ours_build"))
-        result["load_build"] = [os.getloadavg()[0]]
-        result["build"] = fresh(f"build_{system}", corpus_arg, root, endpoint, str(work / f"{system}_build"))
-        result["load_build"].append(os.getloadavg()[0])
-        shutil.rmtree(work / f"{system}_build", ignore_errors=True)  # the writer's node is not the reader's
-        result["stored"] = stored_bytes(endpoint, system)
-        built.add(system)
-        print(f"{NAMES[row]}: built in {result['build']['s']:.1f} s", flush=True)
-    result["read"] = fresh(f"read_{system}", corpus_arg, root, endpoint, str(work / f"{row}_read"), settings)
-    shutil.rmtree(work / f"{row}_read", ignore_errors=True)
-    print(f"{NAMES[row]}: read", flush=True)
+def stored_bytes(endpoint: str, root: str) -> int:
+    return int(_s3fs(endpoint).du(root.removeprefix("s3://")))
+
+
+def remove(endpoint: str, root: str) -> None:
+    """Remove a store from the bucket: moto holds every object in its memory."""
+    _s3fs(endpoint).rm(root.removeprefix("s3://"), recursive=True)
+
+
+def build(system: str, corpus_dir: Path, work: Path, endpoint: str, root: str) -> dict:
+    """``system``'s build of its store at ``root``, in a fresh interpreter, with the load around it."""
+    corpus_arg = str(corpus_dir)
+    if system == "ours":  # the index, built before the timing
+        fresh("open_ours", corpus_arg, root, endpoint, str(work / "ours_build"))
+    result = {"load": [os.getloadavg()[0]]}
+    result.update(fresh(f"build_{system}", corpus_arg, root, endpoint, str(work / f"{system}_build")))
+    result["load"].append(os.getloadavg()[0])
+    shutil.rmtree(work / f"{system}_build", ignore_errors=True)  # the writer's node is not the reader's
+    result["stored"] = stored_bytes(endpoint, root)
     return result
 
 
-def report(count: int, results: dict[str, dict]) -> list[str]:
+def read(row: str, corpus_dir: Path, work: Path, endpoint: str, root: str) -> dict:
+    """``row``'s read of the store at ``root`` by a node with an empty cache, in a fresh interpreter."""
+    system, settings = ROWS[row]
+    result = fresh(f"read_{system}", str(corpus_dir), root, endpoint, str(work / f"{row}_read"), settings)
+    shutil.rmtree(work / f"{row}_read", ignore_errors=True)
+    return result
+
+
+def run_rounds(rows: list[str], rounds: int, corpus_dir: Path, work: Path, endpoint: str) -> dict[str, dict]:
+    """Each round builds every system's store afresh and reads every row, the order rotated from one
+    round to the next (so no row always runs first, or right after the same one); a round's stores
+    are removed once it is read. Returns each row's builds (its system's) and reads, one per round."""
+    systems = list(dict.fromkeys(ROWS[row][0] for row in rows))
+    results: dict[str, dict] = {row: {"builds": [], "reads": []} for row in rows}
+    for k in range(rounds):
+        roots = {system: f"s3://{BUCKET}/{system}-{k}" for system in systems}
+        builds = {}
+        for system in _rotated(systems, k):
+            builds[system] = build(system, corpus_dir, work, endpoint, roots[system])
+            print(f"round {k + 1}: {system} built in {builds[system]['s']:.1f} s", flush=True)
+        for row in _rotated(rows, k):
+            results[row]["reads"].append(read(row, corpus_dir, work, endpoint, roots[ROWS[row][0]]))
+            cold = results[row]["reads"][-1]["epochs"][0]
+            print(f"round {k + 1}: {NAMES[row]} cold epoch {cold['images'] / cold['s']:,.0f} img/s", flush=True)
+        for row in rows:
+            results[row]["builds"].append(builds[ROWS[row][0]])
+        for root in roots.values():
+            remove(endpoint, root)
+    return results
+
+
+def _rotated(items: list[str], k: int) -> list[str]:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def report(count: int, rounds: int, results: dict[str, dict]) -> list[str]:
     lines = [
         f"{count:,} images (500x375-class JPEGs), prepare={PREPARE} stored as raw RGB in 64 MiB shards, "
         f"S3 (moto) on loopback with {LATENCY_MS} ms before each answer, {SIZE} px, batch {BATCH}, "
-        f"{WORKERS} workers, {len(os.sched_getaffinity(0))} cores",
+        f"{WORKERS} workers, {len(os.sched_getaffinity(0))} cores; {rounds} interleaved rounds: the median, "
+        "then each round's figure",
         "",
-        "| system | build img/s | stored MiB | cold epoch img/s (first batch s) | later epochs img/s (each) "
-        "| requests, MiB downloaded: cold / later epochs | images per epoch | cache hit rate "
-        "| load avg: build, cold, later |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        "| system | build img/s | stored MiB | cold epoch img/s | first batch s | later epochs img/s "
+        "| requests, MiB downloaded: cold / later epochs (round 1) | images per epoch | cache hit rate "
+        "| load avg (1 min), lowest-highest |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
+    first_of_system: set[str] = set()
     for row, result in results.items():
-        cold, *later = result["read"]["epochs"]
-        build, stored, build_load = "same store", "", ""
-        if result["build"]:
-            build = f"{result['build']['images'] / result['build']['s']:,.0f}"
-            stored = f"{result['stored'] / 2**20:,.0f}"
-            build_load = "{:.1f}-{:.1f}".format(*result["load_build"])
-        later_rate = sum(e["images"] for e in later) / sum(e["s"] for e in later)
-        traffic = " / ".join(f"{e['requests']:,}, {e['bytes'] / 2**20:,.0f}" for e in (cold, *later))
-        each = ", ".join(f"{e['images'] / e['s']:,.0f}" for e in later)
-        hit_rate = _hit_rate(result["read"]["epochs"])
-        seen = ", ".join(f"{e['images']:,}" for e in (cold, *later))
-        loads = "; ".join(
-            [build_load, *(f"{a:.1f}-{b:.1f}" for a, b in (cold["load"], (later[0]["load"][0], later[-1]["load"][1])))]
-        )
+        system = ROWS[row][0]
+        reads = [r["epochs"] for r in result["reads"]]
+        build, stored = "same store", ""
+        loads = [load for epochs in reads for e in epochs for load in e["load"]]
+        if system not in first_of_system:
+            first_of_system.add(system)
+            build = _median_each([b["images"] / b["s"] for b in result["builds"]])
+            stored = f"{result['builds'][0]['stored'] / 2**20:,.0f}"
+            loads += [load for b in result["builds"] for load in b["load"]]
+        cold = _median_each([e[0]["images"] / e[0]["s"] for e in reads])
+        first = _median_each([e[0]["first_batch_s"] for e in reads], "{:.1f}")
+        later = _median_each([sum(x["images"] for x in e[1:]) / sum(x["s"] for x in e[1:]) for e in reads])
+        traffic = " / ".join(f"{e['requests']:,}, {e['bytes'] / 2**20:,.0f}" for e in reads[0])
+        seen = sorted({e["images"] for epochs in reads for e in epochs})
         lines.append(
-            f"| {NAMES[row]} | {build} | {stored} | {cold['images'] / cold['s']:,.0f} "
-            f"({cold['first_batch_s']:.1f}) | {later_rate:,.0f} ({each}) | {traffic} | {seen} | {hit_rate} | {loads} |"
+            f"| {NAMES[row]} | {build} | {stored} | {cold} | {first} | {later} | {traffic} "
+            f"| {', '.join(f'{n:,}' for n in seen)} | {_hit_rate(reads)} | {min(loads):.1f}-{max(loads):.1f} |"
         )
     return [*lines, ""]
 
 
-def _hit_rate(epochs: list[dict]) -> str:
-    """The node's shard cache hit rate over the read (ours only: the peers count nothing alike)."""
+def _median_each(values: list[float], form: str = "{:,.0f}") -> str:
+    """The median of ``values`` and, in brackets, each of them in order."""
+    return f"{form.format(statistics.median(values))} ({', '.join(form.format(v) for v in values)})"
+
+
+def _hit_rate(reads: list[list[dict]]) -> str:
+    """The node's shard cache hit rate over every read (ours only: the peers count nothing alike)."""
+    epochs = [e for read in reads for e in read]
     if "cache" not in epochs[0]:
         return "n/a"
     total = {k: sum(e["cache"][k] for e in epochs) for k in epochs[0]["cache"]}
@@ -386,6 +433,7 @@ def main() -> None:
     parser.add_argument(
         "--rows", default=",".join(ROWS), help=f"which to measure, in this order (of {', '.join(ROWS)})"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every build and read")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (its path is printed)")
     args = parser.parse_args()
     count = 200 if args.quick else args.images
@@ -407,9 +455,8 @@ def main() -> None:
                     "AWS_ALLOW_HTTP": "true",  # obstore refuses plain http otherwise
                 }
             )
-            built: set[str] = set()
-            results = {row: measure(row, corpus_dir, work, endpoint, built) for row in args.rows.split(",")}
-        print("\n".join(report(count, results)))
+            results = run_rounds(args.rows.split(","), args.rounds, corpus_dir, work, endpoint)
+        print("\n".join(report(count, args.rounds, results)))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
