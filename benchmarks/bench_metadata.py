@@ -25,6 +25,10 @@ helper or worker it starts) is sampled every 50 ms for the memory limit.
 - bare read: ``pyarrow.parquet.read_table`` of the whole file (the reference for reading it).
 - HF ``datasets.Dataset.from_parquet(file, cache_dir=...)``: its first load into a fresh cache,
   then its reload from that cache in new processes.
+- HF with the curation: its first load into another fresh cache, then the curation ours does
+  (``OPTIONS``), done with ``datasets``' own ``map``, ``filter`` and ``select`` (``child_hf_curated``
+  says how): the work a user of HF does to train on the curated items. Not a target of issue 19,
+  which compares the first open with HF's load alone; opt in with ``--measure hf_curated``.
 - ours: the first open (index + curation, fresh cache), the cached open of the same curated dataset
   (same options, new processes), and in that process ``len(pickle.dumps(ds))``.
 - ``leakage_safe_split(ds, {"train": 0.8, "val": 0.2})`` over the whole export (opened without
@@ -77,7 +81,7 @@ FRACTIONS = {"train": 0.8, "val": 0.2}
 BATCH = 64
 WORKERS = 2
 LINKED_BATCHES = 16
-MEASUREMENTS = ("bare", "hf", "ours", "split", "workers")
+MEASUREMENTS = ("bare", "hf", "hf_curated", "ours", "split", "workers")
 
 # -- children: each measurement, in a fresh interpreter ---------------------------------------------
 
@@ -131,6 +135,48 @@ def child_hf(paths: dict) -> dict:
     loaded = datasets.Dataset.from_parquet(paths["parquet"], cache_dir=paths["hf_cache"])
     seconds, cpu, peak = time.perf_counter() - start, _cpu_s() - cpu, _peak_mib()
     return {"s": seconds, "cpu_s": cpu, "peak_mib": peak, "n": len(loaded), "pickle_bytes": len(pickle.dumps(loaded))}
+
+
+def child_hf_curated(paths: dict) -> dict:
+    """HF's first load, then the curation ``OPTIONS`` asks of ours, done as a user of ``datasets``
+    would: a batched ``map`` parsing each row's ``metadata_items`` (``json.loads``) for its User label
+    and its duplicate group at the lowest threshold, a batched ``filter`` on the score and the
+    label, the most unique item of each group kept (pandas over two columns, then ``select``), and
+    ``class_encode_column`` for the targets."""
+    import datasets
+
+    start, cpu = time.perf_counter(), _cpu_s()
+    loaded = datasets.Dataset.from_parquet(paths["parquet"], cache_dir=paths["hf_cache"])
+    parsed = loaded.map(_hf_label_and_group, batched=True, batch_size=10_000, input_columns=["metadata_items"])
+    kept = parsed.filter(
+        lambda scores, labels: [s is not None and s >= 0.3 and c is not None for s, c in zip(scores, labels)],
+        batched=True,
+        batch_size=10_000,
+        input_columns=["uniqueness_score", "label"],
+    )
+    frame = kept.select_columns(["group", "uniqueness_score"]).to_pandas()
+    grouped = frame[frame["group"].notna()]
+    best = grouped.sort_values("uniqueness_score", ascending=False, kind="stable").groupby("group", sort=False).head(1)
+    drop = set(grouped.index) - set(best.index)
+    curated = kept.select([i for i in range(len(kept)) if i not in drop]).class_encode_column("label")
+    seconds, cpu, peak = time.perf_counter() - start, _cpu_s() - cpu, _peak_mib()
+    return {"s": seconds, "cpu_s": cpu, "peak_mib": peak, "n": len(curated)}
+
+
+def _hf_label_and_group(texts: list) -> dict:
+    """Each row's User label and its duplicate group at its lowest duplicate threshold (None: none)."""
+    labels, groups = [], []
+    for text in texts:
+        props = [(item.get("type"), item.get("properties") or {}) for item in (json.loads(text) if text else [])]
+        labels.append(
+            next((p.get("category_name") for t, p in props if t == "image_label" and p.get("source") == "User"), None)
+        )
+        dups = [p for t, p in props if t == "issue" and p.get("issue_type") == "duplicates"]
+        dups = [
+            (p.get("duplicate_threshold", 1.0), p["duplicate_group_id"]) for p in dups if p.get("duplicate_group_id")
+        ]
+        groups.append(min(dups, key=lambda threshold_group: threshold_group[0])[1] if dups else None)
+    return {"label": labels, "group": groups}
 
 
 def _open(paths: dict, **options):
@@ -235,6 +281,7 @@ CHILDREN: dict[str, Callable[[dict], dict]] = {
     "baseline": child_baseline,
     "bare": child_bare,
     "hf": child_hf,
+    "hf_curated": child_hf_curated,
     "open": child_open,
     "split": child_split,
     "workers": child_workers,
@@ -356,6 +403,10 @@ def measure_size(rows: int, chosen: set[str], repeat: int, limits: Limits) -> di
         found["bare"] = _median_of([run_child("bare", paths, limits) for _ in range(repeat)])
     if "hf" in chosen:
         found.update(_measure_hf(paths, repeat, limits))
+    if "hf_curated" in chosen:
+        curated_cache = {**paths, "hf_cache": paths["hf_cache"] + "_curated"}
+        found["hf_curated"] = run_child("hf_curated", curated_cache, limits)
+        shutil.rmtree(curated_cache["hf_cache"], ignore_errors=True)
     if "ours" in chosen:
         found["first"] = run_child("open", paths, limits)
         found["cached"] = _median_of([run_child("open", paths, limits) for _ in range(repeat)])
@@ -448,6 +499,10 @@ FIGURES: list[Figure] = [
     ("HF reload, peak RSS", "MiB", lambda f: _get(f, "hf_reload", "peak_mib")),
     ("HF cache on disk", "MiB", lambda f: f.get("hf_cache_mib")),
     ("HF `len(pickle.dumps(dataset))`", "KiB", lambda f: _kib(f, "hf_reload")),
+    ("HF first load + the same curation (map, filter, select)", "s", lambda f: _get(f, "hf_curated", "s")),
+    ("HF first load + curation, CPU time", "s", lambda f: _get(f, "hf_curated", "cpu_s")),
+    ("HF first load + curation, peak RSS", "MiB", lambda f: _get(f, "hf_curated", "peak_mib")),
+    ("HF items kept by that curation", "", lambda f: _get(f, "hf_curated", "n")),
     ("first open (index + curation, fresh cache)", "s", lambda f: _get(f, "first", "s")),
     ("first open, CPU time", "s", lambda f: _get(f, "first", "cpu_s")),
     ("first open, peak RSS above baseline", "MiB", lambda f: _above_baseline(f, "first")),
@@ -487,6 +542,7 @@ LOADS = (
     "bare",
     "hf_first",
     "hf_reload",
+    "hf_curated",
     "first",
     "cached",
     "split",
@@ -593,7 +649,9 @@ def _memory_gib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
-    parser.add_argument("--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS))
+    parser.add_argument(
+        "--measure", nargs="+", choices=MEASUREMENTS, default=[m for m in MEASUREMENTS if m != "hf_curated"]
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of the cheap measurements (median)")
     parser.add_argument("--timeout-s", type=float, help="per measurement; default 120 s + 90 s per 1M items")
     parser.add_argument(
