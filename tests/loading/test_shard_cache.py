@@ -238,6 +238,25 @@ def test_prefetch_downloads_in_the_background_once(s3, tmp_path):
     assert cache.stats()["hits"] == 5
 
 
+def test_a_prefetch_leaves_a_shard_another_process_is_downloading_and_goes_on(s3, tmp_path):
+    sizes = {"a0-00000.pixels": 3000, "a1-00000.pixels": 3001}
+    upload(s3, {name: shard_bytes(int(name[1]), size) for name, size in sizes.items()})
+    cache = make_cache(s3, tmp_path / "shards", stall_s=600, prefetch_threads=1)
+    (tmp_path / "shards" / LOCKS).mkdir(parents=True)
+    held = filelock.FileLock(str(tmp_path / "shards" / LOCKS / ".a0-00000.pixels.lock"))
+    held.acquire()  # another process's download of a0, under way
+    try:
+        cache.prefetch(sizes.items())  # one thread: had it waited for a0, a1 would wait behind it
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "shards" / "a1-00000.pixels").exists():
+            assert time.monotonic() < deadline, "the prefetch of a1 waited behind another process's download of a0"
+            time.sleep(0.02)
+        assert shard_gets(s3, "a0-00000.pixels") == 0, "the prefetch downloaded a shard another process was downloading"
+    finally:
+        held.release()
+    assert cache.path("a0-00000.pixels", 3000).read_bytes() == shard_bytes(0, 3000)  # a read still gets it
+
+
 def test_a_signed_https_style_root_s_token_stays_out_of_errors_and_logs(tmp_path, caplog):
     folder = tmp_path / "served" / "store" / "shards"
     folder.mkdir(parents=True)
