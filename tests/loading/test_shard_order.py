@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch.utils.data import BatchSampler
 
 from vl_datasets.errors import ConfigurationError
+from vl_datasets.loading.batch_sampler import RequestSampler
 from vl_datasets.loading.sampler import EpochSampler
 from vl_datasets.loading.shard_order import shard_order
 
@@ -131,3 +133,23 @@ def test_int32_shard_numbers_are_held_as_they_are_and_play_the_int64_order(tmp_p
         assert list(narrow) == list(wide)
     # A state saved on one resumes on the other: the digest is of the numbers, not of their width.
     assert narrow.shard_state() == wide.shard_state()
+
+
+def test_each_request_names_a_batch_half_a_window_ahead_whose_shards_come_next():
+    # 40 shards of 32 items, windows of 4 shards (128 items, 16 batches of 8): the batch named ahead
+    # is 8 batches later, so from the middle of each window the next window's shards are named.
+    groups = sharded(40 * 32, 32)
+    sampler = EpochSampler(range(len(groups)), order="shards", seed=3, groups=groups, window=4)
+    requests = list(RequestSampler(BatchSampler(sampler, 8, drop_last=False), sampler, workers=2, endless=False))
+    assert [r.indices for r in requests[8:]] == [r.ahead_indices for r in requests[:-8]]
+    assert all(not r.ahead_indices for r in requests[-8:])
+    windows = [{int(groups[i]) for r in requests[w * 16 : w * 16 + 16] for i in r.indices} for w in range(10)]
+    for w in range(9):  # the second half of window w names shards of window w + 1 only
+        named = {int(groups[i]) for r in requests[w * 16 + 8 : w * 16 + 16] for i in r.ahead_indices}
+        assert named and named <= windows[w + 1], f"window {w} named shards {named - windows[w + 1]} of no next window"
+    two_ranks = EpochSampler(range(len(groups)), order="shards", seed=3, groups=groups, window=4, world_size=2)
+    assert two_ranks.window_items() == 64 and sampler.window_items() == 128
+    random = EpochSampler(range(len(groups)), order="random", seed=3)
+    assert all(
+        not r.ahead_indices for r in RequestSampler(BatchSampler(random, 8, False), random, workers=2, endless=False)
+    )

@@ -143,14 +143,15 @@ def test_the_items_shard_numbers_are_worked_out_once_per_node(export, s3, tmp_pa
     assert np.fromfile(kept, np.int32).tolist() == expected.tolist()  # what was damaged is worked out again
 
 
-def test_the_next_batch_s_shards_download_while_this_one_loads(export, s3, tmp_path):
+@pytest.mark.parametrize("hint", ["next_indices", "ahead_indices"])
+def test_the_shards_of_the_batches_named_download_while_this_one_loads(export, s3, tmp_path, hint):
     root, _ = publish(export, s3, tmp_path / "node", shard_bytes=5_000)
     ds = open_shared(export, s3, root, tmp_path / "node")
     last = len(ds) - 1
     shared = ds.images._source.shared
     shard = shared.shards[int(shared.shard_numbers(keys_of([ds.items.image_file(last)]))[0])]
     folder = shared.cache.local_dir
-    ds.load_batch([0], next_indices=[last])
+    ds.load_batch([0], **{hint: [last]})
     deadline = time.monotonic() + 60
     while not (folder / shard.name).exists():
         assert time.monotonic() < deadline, f"the next batch's shard {shard.name} was never prefetched"

@@ -11,7 +11,11 @@ own ``batch_sampler``). It owns three things a plain batch sampler does not:
   sampler of the caller's own, which is fast-forwarded by batch);
 - the read-ahead hint: each request names the batch its worker loads next. torch dispatches batches
   round-robin (batch ``i`` to worker ``i % W``, in order), so that is batch ``i + W``; the dataset
-  starts its reads while it decodes batch ``i`` (``VisualLayerDataset.load_batch``).
+  starts its reads while it decodes batch ``i`` (``VisualLayerDataset.load_batch``). In a
+  shard-aware order it also names batch ``i + A``, A being half a shard window's batches, whose
+  shards the dataset starts downloading: the next window's download while the epoch plays the
+  second half of this one, where the next batch alone would start them one batch before they
+  are needed.
 
 It holds no reference to the loader: a cycle through the loader's iterator would keep workers
 alive after the loader is dropped, to be shut down later by whichever process collects the cycle.
@@ -34,7 +38,8 @@ class RequestSampler:
     ``skip_first`` batches): that epoch alone, or with ``endless`` every epoch after it too.
 
     ``workers`` is the loader's worker count, which places each worker's next batch. ``sampler``
-    (the per-epoch sampler, if any) gets ``set_epoch`` when it is a ``DistributedSampler``.
+    (the per-epoch sampler, if any) gets ``set_epoch`` when it is a ``DistributedSampler``, and, when
+    it has ``window_items`` (a shard-aware order's ``EpochSampler``), places the batch ahead.
     """
 
     def __init__(self, per_epoch: Iterable[Sequence[int]], sampler: Any, *, workers: int, endless: bool) -> None:
@@ -50,7 +55,16 @@ class RequestSampler:
         self.first_epoch, self.skip_first = epoch, skip
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        return with_next(self._batches(), self.distance)
+        return with_next(self._batches(), self.distance, self.ahead())
+
+    def ahead(self) -> int:
+        """How many batches later the batch whose shards download ahead is: half a shard window's
+        (0: not a shard-aware order, or batches of no known size)."""
+        window_items = getattr(self.sampler, "window_items", None)
+        batch_size = getattr(self.per_epoch, "batch_size", None)
+        if not callable(window_items) or not isinstance(batch_size, int) or batch_size < 1:
+            return 0
+        return window_items() // (2 * batch_size)
 
     def _batches(self) -> Iterator[Sequence[int]]:
         epochs: Iterable[int] = itertools.count(self.first_epoch) if self.endless else (self.first_epoch,)
@@ -77,12 +91,23 @@ class RequestSampler:
         return getattr(self.per_epoch, name)
 
 
-def with_next(batches: Iterable[Sequence[int]], distance: int) -> Iterator[BatchRequest]:
-    """Each of ``batches`` as a request naming the batch ``distance`` places later (none at the end)."""
-    window: collections.deque[Sequence[int]] = collections.deque()
+def with_next(batches: Iterable[Sequence[int]], distance: int, ahead: int = 0) -> Iterator[BatchRequest]:
+    """Each of ``batches`` as a request naming the batch ``distance`` places later and, with
+    ``ahead``, the one ``ahead`` places later (neither past the end)."""
+    window: collections.deque[tuple[int, ...]] = collections.deque()
+    horizon = max(distance, ahead)
     for batch in batches:
-        window.append(batch)
-        if len(window) > distance:
-            yield BatchRequest(tuple(window.popleft()), tuple(batch))
+        window.append(tuple(batch))
+        if len(window) > horizon:
+            yield _request(window, distance, ahead)
+            window.popleft()
     while window:
-        yield BatchRequest(tuple(window.popleft()))
+        yield _request(window, distance, ahead)
+        window.popleft()
+
+
+def _request(window: collections.deque[tuple[int, ...]], distance: int, ahead: int) -> BatchRequest:
+    """The request for ``window[0]``, the batches after it being the rest of ``window``."""
+    later = window[distance] if distance < len(window) else ()
+    further = window[ahead] if 0 < ahead < len(window) else ()
+    return BatchRequest(window[0], later, further)

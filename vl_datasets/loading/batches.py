@@ -2,7 +2,8 @@
 
 The loader's batch sampler (``vl_datasets.loading.batch_sampler``) hands torch a ``BatchRequest``
 for each batch: its indices, and the indices of the batch the same worker loads next, so a dataset
-that reads from remote storage can start those reads while it decodes this batch. torch's fetcher
+that reads from remote storage can start those reads while it decodes this batch (and in a
+shard-aware order, a batch further ahead whose shards it can start downloading). torch's fetcher
 passes the request to ``dataset.__getitems__``; ``VisualLayerDataset`` answers with a
 ``LoadedBatch`` (``VisualLayerDataset.load_batch``): the samples, the items it skipped, and an
 error of ours returned instead of raised, which pickles with its fields across the worker's queue
@@ -32,13 +33,17 @@ class SkippedSample(NamedTuple):
 
 @dataclass(frozen=True)
 class BatchRequest:
-    """The indices of one batch, and those of the batch its worker loads next (empty: none known).
+    """The indices of one batch, those of the batch its worker loads next (empty: none known), and,
+    in a shard-aware order, those of a batch about half a shard window later (``ahead_indices``),
+    whose shards a dataset read from shards can start downloading: the next window's, before the
+    epoch reaches it.
 
     A sequence of ``indices``, so a dataset that knows nothing of requests reads it as a batch.
     """
 
     indices: tuple[int, ...]
     next_indices: tuple[int, ...] = ()
+    ahead_indices: tuple[int, ...] = ()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)

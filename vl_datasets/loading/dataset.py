@@ -279,21 +279,33 @@ class VisualLayerDataset(Dataset):
         a plain list of indices (any other caller) by the samples in order, a ``SkippedSample``
         standing for each item skipped."""
         if isinstance(indices, BatchRequest):
-            return self.load_batch(indices.indices, next_indices=indices.next_indices, keep_errors=True)
-        return self._samples(indices, ())
+            return self.load_batch(
+                indices.indices,
+                next_indices=indices.next_indices,
+                ahead_indices=indices.ahead_indices,
+                keep_errors=True,
+            )
+        return self._samples(indices, (), ())
 
     def load_batch(
-        self, indices: Sequence[int], *, next_indices: Sequence[int] = (), keep_errors: bool = False
+        self,
+        indices: Sequence[int],
+        *,
+        next_indices: Sequence[int] = (),
+        ahead_indices: Sequence[int] = (),
+        keep_errors: bool = False,
     ) -> LoadedBatch:
         """The samples of a batch, and the items skipped from it (``on_error="skip"``).
 
         With an images_root every read starts at once and each image is decoded as its bytes
         arrive; the reads of ``next_indices`` (the batch this worker loads next) start too, while
-        this one decodes. ``keep_errors`` returns an error of ours in the batch instead of raising
-        it, for a loader to raise in its main process with the error's fields.
+        this one decodes. With a ``prepared_root``, the shards of ``next_indices`` and of
+        ``ahead_indices`` (a batch further on) start downloading. ``keep_errors`` returns an error
+        of ours in the batch instead of raising it, for a loader to raise in its main process with
+        the error's fields.
         """
         try:
-            samples = self._samples(indices, next_indices)
+            samples = self._samples(indices, next_indices, ahead_indices)
         except VLDatasetsError as exc:
             if not keep_errors:
                 raise
@@ -301,9 +313,10 @@ class VisualLayerDataset(Dataset):
         kept = [sample for sample in samples if not isinstance(sample, SkippedSample)]
         return LoadedBatch(kept, [sample for sample in samples if isinstance(sample, SkippedSample)])
 
-    def _samples(self, indices: Sequence[int], next_indices: Sequence[int]) -> list:
+    def _samples(self, indices: Sequence[int], next_indices: Sequence[int], ahead_indices: Sequence[int]) -> list:
         """The samples of ``indices`` in order, a ``SkippedSample`` where one was skipped."""
-        self.images.prefetch_shards(next_indices)  # with a prepared_root: the next batch's shards download meanwhile
+        # With a prepared_root: the next batch's shards, and those of the batch further ahead, download meanwhile.
+        self.images.prefetch_shards([*next_indices, *ahead_indices])
         if not self._reads_in_flight():
             return [self[index] for index in indices]
         loaded = self.images.load_many(indices, next_indices)

@@ -129,6 +129,7 @@ class EpochSampler(DistributedSampler):
         self.groups = checked_groups(groups, self.size) if groups is not None else None
         self.window = checked_window(window)
         self._digest: str | None = None
+        self._window_items: int | None = None
         if order == "shards" and self.groups is None:
             raise ConfigurationError("order 'shards' needs groups: the shard number of each item (-1 for none).")
 
@@ -149,7 +150,7 @@ class EpochSampler(DistributedSampler):
         window = shards["window"] if order == "shards" and shards is not None else self.window
         if (order, seed, window) != (self.order, self.seed, self.window):
             self.order, self.seed, self.shuffle, self.window = order, seed, order != "sequential", window
-            self._drawn, self._last, self._before = None, None, {}
+            self._drawn, self._last, self._before, self._window_items = None, None, {}, None
         if order == "random" and random_state is not None:
             self._restore(*random_state)
         self.resume_epoch, self.resume_position = epoch, position
@@ -160,6 +161,17 @@ class EpochSampler(DistributedSampler):
         if self.order != "shards" or self.groups is None:
             return None
         return {"window": self.window, "groups": self._groups_digest()}
+
+    def window_items(self) -> int:
+        """About how many of this rank's items one window of the "shards" order holds (0 for the
+        other orders): the items in shards over the shards, times the window, over the ranks."""
+        if self.order != "shards" or self.groups is None or not len(self.groups):
+            return 0
+        if self._window_items is None:
+            in_shards = int(np.count_nonzero(self.groups >= 0))
+            shards = int(self.groups.max()) + 1  # a store numbers its shards from 0
+            self._window_items = in_shards * self.window // max(shards, 1) // self.num_replicas
+        return self._window_items
 
     def _groups_digest(self) -> str:
         if self._digest is None:
