@@ -208,20 +208,27 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     reading the two dozen documented properties into an explicit schema (it only builds the keys
     present); the slices' types then differ, and ``_flatten`` casts them. A slice whose inferred
     types are unusable, or that the reader refuses, is read with the explicit schema, then by
-    ``json.loads``.
+    ``json.loads``, row by row (its errors name the row). The readers see each distinct text of a
+    slice once, and the rows repeating it take its items.
     """
     parts = [pa.array([], RAW_ITEMS)] if not len(strings) else []
     for start in range(0, len(strings), JSON_SLICE_ROWS):
         part = _json_lines_input(strings.slice(start, JSON_SLICE_ROWS))
+        # Each distinct text is parsed once: rows often repeat one (the same labels, no issue).
+        # Its first occurrence orders the distinct texts, so inferred types come out as from all.
+        distinct = pc.dictionary_encode(part)
+        once = distinct.dictionary
         # No text of a slice within the bound can nest too deep for Arrow's reader: the exact scan
         # then waits until the reader refuses the slice, and runs before json.loads would, so a
         # fault is named as before.
-        scanned = most_opening_brackets(part) > MAX_DEPTH
+        scanned = most_opening_brackets(once) > MAX_DEPTH
         if scanned:
             _check_depth(part, source, row_offset + start)
-        parsed = _read_json_fast(part, infer=True) if infer else None
+        parsed = _read_json_fast(once, infer=True) if infer else None
         if parsed is None:
-            parsed = _read_json_fast(part, infer=False)
+            parsed = _read_json_fast(once, infer=False)
+        if parsed is not None and len(once) < len(part):
+            parsed = parsed.take(distinct.indices)
         if parsed is None:
             if not scanned:
                 _check_depth(part, source, row_offset + start)
