@@ -317,7 +317,14 @@ class ShardCache:
             raise _Busy(name)
         try:
             lock = None if self._no_flock else self._file_lock(name)
-            held = lock is not None and (self._wait_for(lock, name) if wait else _take_if_free(lock, name))
+            held = False
+            if lock is not None and wait:
+                held = self._wait_for(lock, name)
+            elif lock is not None:
+                taken = self._try_lock(lock, 0)
+                if taken is False:
+                    raise _Busy(name)
+                held = bool(taken)
             try:
                 yield
             finally:
@@ -338,15 +345,9 @@ class ShardCache:
         ``stall_s``, or the filesystem has no locks."""
         seen, progress_at = -1, time.monotonic()
         while True:
-            try:
-                lock.acquire(timeout=POLL_S)
-                return True
-            except filelock.Timeout:
-                pass
-            except (NotImplementedError, OSError) as exc:  # no flock here: the rename alone keeps it right
-                logger.info("No file locks in %s (%s): processes may download a shard twice", self.local_dir, exc)
-                self._no_flock = True
-                return False
+            taken = self._try_lock(lock, POLL_S)
+            if taken is not False:
+                return bool(taken)
             partial = self._partial_bytes(name)
             if partial != seen:
                 seen, progress_at = partial, time.monotonic()
@@ -357,6 +358,20 @@ class ShardCache:
                     self.stall_s,
                 )
                 return False
+
+    def _try_lock(self, lock: filelock.BaseFileLock, timeout_s: float) -> bool | None:
+        """True once ``lock`` is taken within ``timeout_s`` (0: one try); False while another
+        process holds it; None on a filesystem with no locks, remembered (the rename alone keeps a
+        download right)."""
+        try:
+            lock.acquire(timeout=timeout_s)
+            return True
+        except filelock.Timeout:
+            return False
+        except (NotImplementedError, OSError) as exc:
+            logger.info("No file locks in %s (%s): processes may download a shard twice", self.local_dir, exc)
+            self._no_flock = True
+            return None
 
     def _partial_bytes(self, name: str) -> int:
         """The bytes the downloads of ``name`` in progress on the node have written (their temp files)."""
@@ -429,18 +444,6 @@ class ShardCache:
 
 class _Busy(Exception):
     """A shard another thread or process is downloading, met by a prefetch that does not wait."""
-
-
-def _take_if_free(lock: filelock.BaseFileLock, name: str) -> bool:
-    """Take ``lock`` if it is free now (True); ``_Busy`` if another process holds it; False (go on
-    without it) on a filesystem with no locks, where the rename alone keeps a download right."""
-    try:
-        lock.acquire(blocking=False)
-    except filelock.Timeout:
-        raise _Busy(name) from None
-    except (NotImplementedError, OSError):
-        return False
-    return True
 
 
 def _has_size(path: str | Path, size: int, *, touch: bool = False) -> bool:
