@@ -169,7 +169,9 @@ class EpochSampler(DistributedSampler):
             return 0
         if self._window_items is None:
             in_shards = int(np.count_nonzero(self.groups >= 0))
-            shards = int(self.groups.max()) + 1  # a store numbers its shards from 0
+            # The store numbers its shards from 0: a count of the store's, at least the dataset's (a
+            # curated subset may leave some out), which only brings the read-ahead nearer.
+            shards = int(self.groups.max()) + 1
             self._window_items = in_shards * self.window // max(shards, 1) // self.num_replicas
         return self._window_items
 
