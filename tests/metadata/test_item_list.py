@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import child_env
 from tests.metadata.helpers import json_strings_table, write_parquet
 from tests.waits import run_child
+from vl_datasets.metadata import row_batches
 from vl_datasets.metadata.curated import CuratedItems, TargetOptions
 from vl_datasets.metadata.curation import CurationRules
 from vl_datasets.metadata.index import INDEX_FILE, read_index, write_export_index
@@ -67,9 +68,45 @@ def test_a_written_list_maps_as_the_items_it_was_written_from(index, tmp_path, t
         assert mapped.targets.to_pylist() == [sorted({(row % 3 + 1) % 3, row % 2 + 1}) for row in mapped.rows]
     else:
         assert mapped.targets is None
-    assert not (tmp_path / "list" / "kept.arrow").exists(), "the first pass's spill stayed behind"
     copy = pickle.loads(pickle.dumps(items))
     assert copy.rows.tolist() == items.rows.tolist() and copy.fingerprint() == items.fingerprint()
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+def test_targets_are_indices_of_the_sorted_classes_whatever_slice_a_name_is_first_met_in(
+    tmp_path, monkeypatch, task
+):
+    """The list is written before every class is known: each name is numbered as it is met, a
+    later slice meets names that sort first, and the targets still index the sorted classes."""
+    monkeypatch.setattr(row_batches, "SLICE_ROWS", 64)
+    first_met = ["zebra"] * 200 + ["cat"] * 200 + ["aardvark"] * 100  # in the order the slices meet them
+    media = [
+        {
+            "media_id": f"id-{i:07d}",
+            "file_path": f"train/img_{i:07d}.jpg",
+            "metadata_items": [
+                {"type": "image_label", "properties": {"category_name": name, "source": "User"}},
+                {"type": "image_label", "properties": {"category_name": "yak", "source": "Model"}},
+            ],
+        }
+        for i, name in enumerate(first_met)
+    ]
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=64)
+    write_export_index(export.parent, tmp_path / INDEX_FILE, batch_rows=64)
+    index = read_index(tmp_path / INDEX_FILE)
+    label_source = "User" if task == "classification" else None
+    rules = CurationRules(label_source=label_source)
+    items = CuratedItems(
+        index, rules, TargetOptions(task=task), paths_from_file_path=lambda p: p, folder=tmp_path / "list"
+    )
+    mapped = read_item_list(tmp_path / "list", index_rows=len(index))
+    if task == "classification":
+        assert items.classes == mapped.classes == ["aardvark", "cat", "zebra"]
+        assert mapped.targets.tolist() == [["aardvark", "cat", "zebra"].index(name) for name in first_met]
+    else:
+        assert items.classes == ["aardvark", "cat", "yak", "zebra"]
+        classes = items.classes  # an item's names come sorted, so its class indices do too
+        assert mapped.targets.to_pylist() == [sorted([classes.index(name), classes.index("yak")]) for name in first_met]
 
 
 def _damages():
@@ -114,6 +151,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 import pyarrow.compute as pc
+from vl_datasets.metadata import row_batches
 from vl_datasets.metadata import row_batches
 from vl_datasets.metadata.curated import CuratedItems, TargetOptions
 from vl_datasets.metadata.curation import CurationRules

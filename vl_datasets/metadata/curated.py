@@ -5,9 +5,9 @@ row's image path, as ``metadata.index`` builds them), keeps what the ``CurationR
 or refuses rows without an image, and builds the targets ``TargetOptions`` ask for, a slice of
 rows at a time (``row_batches``). What it keeps per item (its row in the index, image path,
 target: an ``item_list.ItemList``) is a few numbers and a path, written to files as each slice
-makes them and mapped once whole, so that curating holds a slice, not the items: the first pass
-spills each slice's kept rows and label names to a file while it gathers the names classes are
-drawn from, the second makes their targets and writes the list (``list_build``).
+makes them and mapped once whole, so that curating holds a slice, not the items: one pass
+writes each slice's items, their targets numbered as names are met and renumbered once the
+classes are known (``list_build``).
 ``CuratedItems.from_list`` opens a list written earlier, memory-mapped, with no curation. It holds
 Arrow and numpy buffers only (forked DataLoader workers share them instead of copying them,
 pytorch/pytorch#13246), and answers in plain Python and numpy values: no torch is imported, so a

@@ -147,9 +147,20 @@ class ItemListWriter:
         self._files[data_file].write(data)
         self._ends[data_file] += int(offsets[-1] - offsets[0])
 
-    def finish(self, *, classes: list[str], summary: CurationSummary, fingerprint: str, index_rows: int) -> None:
-        """Close the column files and write what says they are complete."""
+    def finish(
+        self,
+        *,
+        classes: list[str],
+        summary: CurationSummary,
+        fingerprint: str,
+        index_rows: int,
+        renumber: np.ndarray | None = None,
+    ) -> None:
+        """Close the column files and write what says they are complete. ``renumber``: the class
+        index of each number the targets were appended as, when they were not yet indices."""
         self._closing.close()
+        if renumber is not None:
+            _renumber(self.folder / (_TARGET if self.target == "class" else _TARGET_VALUES), renumber)
         facts = {
             "format": FORMAT,
             "count": self.count,
@@ -162,6 +173,19 @@ class ItemListWriter:
             "index_rows": index_rows,
         }
         (self.folder / FACTS_FILE).write_text(json.dumps(facts))
+
+
+def _renumber(path: Path, numbering: np.ndarray) -> None:
+    """Replace each int64 ``n`` in the file at ``path`` by ``numbering[n]``, in place, a chunk at a time."""
+    with open(path, "r+b") as file:
+        while chunk := file.read(_RENUMBER_BYTES):
+            numbers = np.frombuffer(chunk, "<i8")
+            assert numbers.min() >= 0  # a target is never written unless it has a number
+            file.seek(-len(chunk), os.SEEK_CUR)
+            file.write(numbering[numbers].astype("<i8", copy=False).data)
+
+
+_RENUMBER_BYTES = 8 << 20
 
 
 def publish_item_list(built: Path, folder: Path) -> None:

@@ -1,17 +1,19 @@
-"""A curated item list built as it is written: two streamed passes over slices of the index.
+"""A curated item list built as it is written: one streamed pass over slices of the index.
 
-The first pass takes each kept row with an image (its row, path, media id and label names) out of
-the index and spills them to a file, while the names the classes are drawn from are gathered; the
-second reads them back a batch at a time, makes the targets, drops what they refuse and writes the
-rest (``item_list.ItemListWriter``), feeding the list's fingerprint. What either pass holds is a
-slice, whatever the number of items. Tasks with no per-item target (detection, None) need no
-classes first: one pass writes them.
+Each slice's kept rows with an image (their row, path, media id and, for classification and
+multilabel, their label names) are made into items and appended to the list's files
+(``item_list.ItemListWriter``) as they come, feeding the list's fingerprint, so that what the pass
+holds is a slice, whatever the number of items. The targets need the classes, which are the sorted
+names of every kept item unless ``classes=`` gives them: until the last slice is read, each name
+is numbered as it is first met, and the numbers written are turned into class indices in place
+once the names are all known (a file of 8 bytes per item or label), rather than the items being
+kept, or spilled and read back, until then.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,18 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import CurationError, ImageNotFoundError
-from .curation import CurationSummary
+from .curation import CurationSummary, list_offsets
 from .index import IMAGE_COLUMN
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
 from .row_batches import release_pages, row_slices
-from .targets import (
-    UnusableLabels,
-    classification_targets,
-    distinct_labels,
-    multilabel_indices,
-    object_labels,
-    resolve_classes,
-)
+from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
 
 if TYPE_CHECKING:
     from .curated import TargetOptions
@@ -74,8 +69,8 @@ def _count(summary: CurationSummary, rule: str, removed: int) -> CurationSummary
 
 
 class _Found:
-    """What crosses the slices of the first pass besides the items: the kept rows without an image
-    (how many, the first of them) and the distinct names the classes are drawn from."""
+    """What crosses the slices besides the items: the kept rows without an image (how many, the
+    first of them) and, for detection, the distinct names the classes are drawn from."""
 
     def __init__(self) -> None:
         self.missing = 0
@@ -96,12 +91,8 @@ class _Found:
 
 
 class ListBuild:
-    """An index's kept rows made into an item list, written as it is made, in two passes over
-    slices of rows: the first takes each kept row with an image (its row, path, media id and label
-    names) out of the index and spills them to a file, while the names of the classes are
-    gathered; the second reads them back a batch at a time, makes the targets, drops what they
-    refuse and writes the rest. What either pass holds is a slice, whatever the number of items.
-    Tasks with no per-item target (detection, None) need no classes first: one pass writes them."""
+    """An index's kept rows made into an item list, written as it is made in one pass over slices
+    of rows (see the module): what the pass holds is a slice, whatever the number of items."""
 
     def __init__(
         self,
@@ -118,32 +109,33 @@ class ListBuild:
     def write(self, curated: tuple[np.ndarray, CurationSummary], folder: Path) -> ItemList:
         """Write the list of the rows ``curated`` kept into ``folder`` (made here), and map it."""
         kept, summary = curated
-        del curated  # the slices hold the kept rows until the first pass ends, and nothing after
+        del curated  # the slices hold the kept rows until the pass ends, and nothing after
         release_pages(self.rows)  # what the rules read whole (the scores); their slices went as they were read
         task, found = self.options.task, _Found()
-        slices = self._kept_slices(kept, found)
-        del kept
+        targets = _Targets(task, self.options.classes) if task in _TARGET_KINDS else None
         with ItemListWriter(folder, _TARGET_KINDS.get(task or "")) as writer:
-            if task in ("classification", "multilabel"):
-                _spill(slices, folder / _SPILL_FILE)
-                summary = self._require_images(found, summary)
-                targets = _Targets(task, resolve_classes(found.names(), self.options.classes))
-                fingerprint = _write_items(writer, _spilled(folder / _SPILL_FILE), targets)
-                (folder / _SPILL_FILE).unlink()
-                summary, classes = self._counted(targets, summary), targets.classes
+            fingerprint = _write_items(writer, self._kept_slices(kept, found), targets)
+            del kept
+            summary = self._require_images(found, summary)
+            if targets is not None:
+                summary, classes = self._counted(targets, summary), targets.classes()
             else:
-                fingerprint = _write_items(writer, slices, None)
-                summary = self._require_images(found, summary)
                 classes = resolve_classes(found.names(), self.options.classes) if task == "detection" else []
             if writer.count == 0:
                 raise CurationError(f"No item is left to load from {self.where}: {summary.removed_by}")
-            writer.finish(classes=classes, summary=summary, fingerprint=fingerprint, index_rows=len(self.rows))
+            writer.finish(
+                classes=classes,
+                summary=summary,
+                fingerprint=fingerprint,
+                index_rows=len(self.rows),
+                renumber=None if targets is None else targets.renumbering(),
+            )
         return map_item_list(folder, index_rows=len(self.rows))
 
     def _kept_slices(self, kept: np.ndarray, found: _Found) -> Iterator[pa.RecordBatch]:
         """Per slice of the index, its kept rows with an image: ``row``, ``path``, ``media_id`` and
         (classification, multilabel) ``labels``, their distinct label names. Rows without an image
-        are counted in ``found``, with the names classes are drawn from."""
+        are counted in ``found``, with (detection) the names classes are drawn from."""
         task, paths_from_file_path = self.options.task, self.paths_from_file_path
         path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
         target_column = {"classification": "labels", "multilabel": "labels", "detection": "objects"}.get(task or "")
@@ -159,16 +151,12 @@ class ListBuild:
             if not present.all():
                 found.no_image(chosen[~present])
                 taken, paths, chosen = taken.filter(pa.array(present)), paths.filter(pa.array(present)), chosen[present]
-            ids = taken.column("media_id").combine_chunks()
-            batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": ids}
+            batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
             if target_column == "labels":
-                batch["labels"] = names = distinct_labels(taken, self.label_source)
-                # Classification draws its classes from the items it can use: those with one label.
-                usable = names if task == "multilabel" else names.filter(pc.equal(pc.list_value_length(names), 1))
-                found.add_names(pc.list_flatten(usable))
+                batch["labels"] = distinct_labels(taken, self.label_source)
             elif target_column == "objects":
                 found.add_names(object_labels(taken, self.label_source))
-            yield pa.RecordBatch.from_pydict(batch).cast(_SPILL_SCHEMA if target_column == "labels" else _ITEM_SCHEMA)
+            yield pa.RecordBatch.from_pydict({name: _one_chunk(column) for name, column in batch.items()})
 
     def _require_images(self, found: _Found, summary: CurationSummary) -> CurationSummary:
         """An error naming a kept row without an image, or the summary counting those dropped."""
@@ -196,26 +184,61 @@ class ListBuild:
 
 
 _TARGET_KINDS: dict[str, TargetKind] = {"classification": "class", "multilabel": "classes"}
-_SPILL_FILE = "kept.arrow"  # the first pass's items, in the list's folder until the second has read them
-_ITEM_SCHEMA = pa.schema([("row", pa.int64()), ("path", pa.large_string()), ("media_id", pa.large_string())])
-_SPILL_SCHEMA = _ITEM_SCHEMA.append(pa.field("labels", pa.list_(pa.string())))
+
+
+def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 class _Targets:
-    """The targets of a batch of items, for classification or multilabel over ``classes``;
-    ``invalid`` counts the items classification cannot use."""
+    """The targets of classification or multilabel, made a batch of items at a time before every
+    class is known. ``classes=`` given: each label's index among them, labels outside them unused.
+    Otherwise the classes are the sorted names met (classification: of items with one label), so
+    each name is numbered as it is first met and ``renumbering`` maps those numbers to its place
+    among the sorted names once all are. ``invalid`` counts the items classification cannot use."""
 
-    def __init__(self, task: str, classes: list[str]) -> None:
-        self.task, self.classes, self.invalid = task, classes, UnusableLabels()
+    def __init__(self, task: str, classes: Sequence[str] | None) -> None:
+        self.task, self.invalid, self._given = task, UnusableLabels(), classes is not None
+        names = resolve_classes(pa.array([], pa.string()), classes) if classes is not None else []
+        self._numbers = {name: number for number, name in enumerate(names)}  # a name's number: its place here
+        self._known = pa.array(names, pa.string())
 
     def __call__(self, batch: pa.RecordBatch) -> tuple[np.ndarray | None, np.ndarray | pa.Array]:
-        """(which items of ``batch`` to keep, None for all; the targets of all of them)."""
+        """(which items of ``batch`` to keep, None for all; the targets of all of them, as numbers)."""
         labels = batch.column("labels")
         if self.task == "multilabel":
-            return None, multilabel_indices(labels, self.classes)
-        index = classification_targets(labels, self.classes)
-        keep = self.invalid.add(labels, index, batch.column("media_id"))
-        return (None if keep.all() else keep), index
+            numbers = self._numbered(pc.list_flatten(labels))
+            known = numbers >= 0
+            parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
+            return None, pa.ListArray.from_arrays(list_offsets(parents[known], len(labels)), pa.array(numbers[known]))
+        counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
+        single = counts == 1
+        numbers = np.full(len(labels), -1, dtype=np.int64)
+        if single.any():
+            numbers[single] = self._numbered(pc.list_element(labels.filter(pa.array(single)), 0))
+        keep = self.invalid.add(labels, numbers, batch.column("media_id"))
+        return (None if keep.all() else keep), numbers
+
+    def _numbered(self, names: pa.Array) -> np.ndarray:
+        """Each name's number (int64): -1 for a null name, or one outside the given classes."""
+        if not self._given:
+            new = [name for name in pc.unique(pc.drop_null(names)).to_pylist() if name not in self._numbers]
+            if new:
+                self._numbers.update((name, len(self._numbers) + i) for i, name in enumerate(new))
+                self._known = pa.array(list(self._numbers), pa.string())
+        found = pc.index_in(names, value_set=self._known)
+        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+    def classes(self) -> list[str]:
+        """The class names, in index order."""
+        return list(self._numbers) if self._given else sorted(self._numbers)
+
+    def renumbering(self) -> np.ndarray | None:
+        """Each number's class index (None when they are the same: the classes were given)."""
+        if self._given:
+            return None
+        place = {name: index for index, name in enumerate(self.classes())}
+        return np.array([place[name] for name in self._numbers], dtype=np.int64)
 
 
 def _write_items(writer: ItemListWriter, batches: Iterable[pa.RecordBatch], targets: _Targets | None) -> str:
@@ -229,18 +252,3 @@ def _write_items(writer: ItemListWriter, batches: Iterable[pa.RecordBatch], targ
         writer.append(batch.column("row").to_numpy(), batch.column("path"), values)
         fingerprint.update(batch.column("media_id"))
     return fingerprint.hexdigest()
-
-
-def _spill(batches: Iterable[pa.RecordBatch], path: Path) -> None:
-    """``batches`` into an Arrow IPC file at ``path``, one record batch each."""
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _SPILL_SCHEMA) as spill:
-        for batch in batches:
-            spill.write_batch(batch)
-
-
-def _spilled(path: Path) -> Iterator[pa.RecordBatch]:
-    """The batches ``_spill`` wrote, one at a time, with ordinary reads (no map whose pages stay)."""
-    with pa.OSFile(str(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for number in range(reader.num_record_batches):
-            yield reader.get_batch(number)

@@ -51,19 +51,6 @@ def resolve_classes(names: pa.Array, classes: Sequence[str] | None) -> list[str]
     return sorted(pc.unique(pc.drop_null(names)).to_pylist())
 
 
-def classification_targets(labels: pa.ListArray, classes: list[str]) -> np.ndarray:
-    """Each row's class index: -1 for a row with no label, several, or one outside ``classes``
-    (what ``UnusableLabels`` counts, to drop those rows or refuse them)."""
-    counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
-    single = counts == 1
-    first = pc.list_element(labels.filter(pa.array(single)), 0) if single.any() else pa.array([], pa.string())
-    index = np.full(len(labels), -1, dtype=np.int64)
-    index[single] = pc.fill_null(pc.index_in(first, value_set=pa.array(classes, pa.string())), -1).to_numpy(
-        zero_copy_only=False
-    )
-    return index
-
-
 class UnusableLabels:
     """The rows classification cannot use, counted a slice of rows at a time: how many have no
     label, several, or one outside ``classes=``, and (by media id) the first of each, so that the
@@ -77,7 +64,8 @@ class UnusableLabels:
         self._first: dict[str, tuple[str, int]] = {}  # kind -> (media id, its label count)
 
     def add(self, labels: pa.ListArray, index: np.ndarray, media_ids: pa.Array) -> np.ndarray:
-        """Count the rows of one slice (``index`` from ``classification_targets``); return which to keep."""
+        """Count the rows of one slice (``index``: each row's class, -1 where it has none it can use);
+        return which to keep."""
         keep = index >= 0
         if keep.all():
             return keep
@@ -107,12 +95,3 @@ class UnusableLabels:
             + ". Pass invalid_labels='drop' to leave them out, label_source= to count only one source's "
             "labels, or task='multilabel'."
         )
-
-
-def multilabel_indices(labels: pa.ListArray, classes: list[str]) -> pa.ListArray:
-    """Each row's class indices (labels outside ``classes`` left out), as an Arrow list array."""
-    flat = pc.index_in(pc.list_flatten(labels), value_set=pa.array(classes, pa.string()))
-    parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
-    known = pc.is_valid(flat).to_numpy(zero_copy_only=False)
-    offsets = list_offsets(parents[known], len(labels))
-    return pa.ListArray.from_arrays(offsets, flat.filter(pa.array(known)).cast(pa.int64()))
