@@ -138,6 +138,17 @@ def test_empty_export(tmp_path):
         ("big", None),
         ("3MBB", None),
         ("-1KB", None),
+        (" 1.5 kib ", 1536),
+        ("2.", 2),
+        (".5mb", 524288),
+        ("5Ki", 5120),
+        ("3iB", None),
+        ("1.2.3KB", None),
+        ("12 K B", None),
+        ("1e3KB", None),
+        ("1\u00a0KB", None),  # no-break space: not the whitespace a size may hold
+        ("\u0661KB", None),  # an Arabic-Indic digit
+        ("5\u212aB", None),  # the Kelvin sign, which case-insensitive matching takes for K
         (None, None),
     ],
 )
