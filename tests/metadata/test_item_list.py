@@ -73,9 +73,7 @@ def test_a_written_list_maps_as_the_items_it_was_written_from(index, tmp_path, t
 
 
 @pytest.mark.parametrize("task", ["classification", "multilabel"])
-def test_targets_are_indices_of_the_sorted_classes_whatever_slice_a_name_is_first_met_in(
-    tmp_path, monkeypatch, task
-):
+def test_targets_are_indices_of_the_sorted_classes_whatever_slice_a_name_is_first_met_in(tmp_path, monkeypatch, task):
     """The list is written before every class is known: each name is numbered as it is met, a
     later slice meets names that sort first, and the targets still index the sorted classes."""
     monkeypatch.setattr(row_batches, "SLICE_ROWS", 64)
