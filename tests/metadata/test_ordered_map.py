@@ -110,7 +110,7 @@ def test_a_consumer_that_stops_early_leaves_no_thread_running():
 def test_a_bad_slice_of_a_parquet_file_is_named_and_stops_the_build(tmp_path, monkeypatch):
     """A SchemaError in a later slice keeps its message (the row in the file) and says which slice
     was being normalized; the slices after it are not waited for, and no thread outlives it."""
-    monkeypatch.setattr(stream, "_WORKERS", 3)
+    monkeypatch.setattr(stream, "WORKERS", 3)
     media = [dict(m, media_id=f"id-{i:04d}") for i, m in enumerate(itertools.islice(itertools.cycle(items()), 60))]
     media[45]["uniqueness_score"] = 2.0
     path = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=10)

@@ -13,7 +13,8 @@ kept, or spilled and read back, until then.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from ..errors import CurationError, ImageNotFoundError
 from .curation import CurationSummary, list_offsets
 from .index import IMAGE_COLUMN
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
+from .ordered_map import WORKERS, ordered_map
 from .row_batches import release_pages, row_slices
 from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
 
@@ -114,7 +116,8 @@ class ListBuild:
         task, found = self.options.task, _Found()
         targets = _Targets(task, self.options.classes) if task in _TARGET_KINDS else None
         with ItemListWriter(folder, _TARGET_KINDS.get(task or "")) as writer:
-            fingerprint = _write_items(writer, self._kept_slices(kept, found), targets)
+            with closing(self._kept_slices(kept, found)) as slices:  # its threads end here, whatever happens
+                fingerprint = _write_items(writer, slices, targets)
             del kept
             summary = self._require_images(found, summary)
             if targets is not None:
@@ -132,31 +135,45 @@ class ListBuild:
             )
         return map_item_list(folder, index_rows=len(self.rows))
 
-    def _kept_slices(self, kept: np.ndarray, found: _Found) -> Iterator[pa.RecordBatch]:
+    def _kept_slices(self, kept: np.ndarray, found: _Found) -> Generator[pa.RecordBatch, None, None]:
         """Per slice of the index, its kept rows with an image: ``row``, ``path``, ``media_id`` and
         (classification, multilabel) ``labels``, their distinct label names. Rows without an image
-        are counted in ``found``, with (detection) the names classes are drawn from."""
-        task, paths_from_file_path = self.options.task, self.paths_from_file_path
-        path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
-        target_column = {"classification": "labels", "multilabel": "labels", "detection": "objects"}.get(task or "")
-        columns = [path_column, "media_id"] + ([target_column] if target_column else [])
-        for offset, part in row_slices(self.rows, columns):
-            lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
-            chosen = kept[lo:hi]
-            taken = part.take(pa.array(chosen - offset))
-            paths = taken.column(path_column)
-            # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
-            paths = (paths if paths_from_file_path is None else paths_from_file_path(paths)).combine_chunks()
-            present = pc.is_valid(paths).to_numpy(zero_copy_only=False)
-            if not present.all():
-                found.no_image(chosen[~present])
-                taken, paths, chosen = taken.filter(pa.array(present)), paths.filter(pa.array(present)), chosen[present]
-            batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
-            if target_column == "labels":
-                batch["labels"] = distinct_labels(taken, self.label_source)
-            elif target_column == "objects":
-                found.add_names(object_labels(taken, self.label_source))
-            yield pa.RecordBatch.from_pydict({name: _one_chunk(column) for name, column in batch.items()})
+        are counted in ``found``, with (detection) the names classes are drawn from. The slices are
+        made by a pool of threads (Arrow releases the GIL), and come in order."""
+        column = self.options.task and _TARGET_COLUMNS.get(self.options.task)
+        path_column = IMAGE_COLUMN if self.paths_from_file_path is None else "file_path"
+        columns = [path_column, "media_id"] + ([column] if column else [])
+        slices = ((offset, part, kept) for offset, part in row_slices(self.rows, columns))
+        made = ordered_map(self._kept_slice, slices, workers=WORKERS, ahead=WORKERS + 1, name=_slice_name)
+        with closing(made):
+            for batch, no_image, names in made:
+                if len(no_image):
+                    found.no_image(no_image)
+                if names is not None:
+                    found.add_names(names)
+                yield batch
+
+    def _kept_slice(self, item: tuple[int, pa.Table, np.ndarray]) -> tuple[pa.RecordBatch, np.ndarray, pa.Array | None]:
+        """(the items of one slice of the index, its kept rows without an image, its objects' names)."""
+        offset, part, kept = item
+        lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
+        chosen = kept[lo:hi]
+        taken = part.take(pa.array(chosen - offset))
+        paths = taken.column(IMAGE_COLUMN if self.paths_from_file_path is None else "file_path")
+        # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
+        paths = (paths if self.paths_from_file_path is None else self.paths_from_file_path(paths)).combine_chunks()
+        present = pc.is_valid(paths).to_numpy(zero_copy_only=False)
+        no_image = chosen[~present]
+        if len(no_image):
+            taken, paths, chosen = taken.filter(pa.array(present)), paths.filter(pa.array(present)), chosen[present]
+        batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
+        names = None
+        column = self.options.task and _TARGET_COLUMNS.get(self.options.task)
+        if column == "labels":
+            batch["labels"] = distinct_labels(taken, self.label_source)
+        elif column == "objects":
+            names = object_labels(taken, self.label_source)
+        return pa.RecordBatch.from_pydict({name: _one_chunk(values) for name, values in batch.items()}), no_image, names
 
     def _require_images(self, found: _Found, summary: CurationSummary) -> CurationSummary:
         """An error naming a kept row without an image, or the summary counting those dropped."""
@@ -184,6 +201,12 @@ class ListBuild:
 
 
 _TARGET_KINDS: dict[str, TargetKind] = {"classification": "class", "multilabel": "classes"}
+_TARGET_COLUMNS = {"classification": "labels", "multilabel": "labels", "detection": "objects"}  # what a target reads
+
+
+def _slice_name(item: tuple[int, pa.Table, np.ndarray]) -> str:
+    offset, part, _ = item
+    return f"Raised while listing the kept items of rows {offset} to {offset + len(part) - 1} of the index."
 
 
 def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -18,9 +18,14 @@ started are never read, those running finish, and the threads end before it retu
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
+
+# Threads for a pass over slices: Arrow's kernels and numpy release the GIL, so a few threads keep
+# every core busy; more would only hold more slices in memory at once.
+WORKERS = min(os.cpu_count() or 1, 4)
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -9,7 +9,6 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -24,7 +23,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
-from .ordered_map import ordered_map
+from .ordered_map import WORKERS, ordered_map
 
 # A slice of the file, in rows: ~30 MiB of realistic rows, one call of the JSON reader
 # (items.JSON_SLICE_ROWS). Larger slices cost less per row to normalize and are joined less before
@@ -34,12 +33,9 @@ BATCH_ROWS = 64 << 10
 # and its memory, a few times the file's size, is bounded by this.
 JSON_STREAM_BYTES = 64 << 20
 _READ_BYTES = 64 << 10
-# Slices normalized at once: Arrow's JSON reader and numpy release the GIL, and a slice is one
-# block of the reader, which would otherwise leave every core but one idle.
-_WORKERS = min(os.cpu_count() or 1, 4)
 # Slices read and not yet written: enough for every worker to go on while the writer joins and
 # writes a batch of two slices (index_writer.WRITE_ROWS), few enough to hold ~150 MiB.
-_AHEAD = _WORKERS + 2
+_AHEAD = WORKERS + 2
 
 
 def is_parquet(path: Path) -> bool:
@@ -62,7 +58,7 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
     empty = True
     slices = _raw_slices(path, batches)
     # Closed with this generator, whenever it is: the pool's threads end then, not when collected.
-    with closing(ordered_map(_normalized_slice, slices, workers=_WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
+    with closing(ordered_map(_normalized_slice, slices, workers=WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
         for table in tables:
             empty = False
             yield table
