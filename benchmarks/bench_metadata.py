@@ -2,7 +2,7 @@
 
     pip install -e .[bench]    # Hugging Face datasets (the peer) and psutil
     python benchmarks/bench_metadata.py [--rows 1000000 10000000 30000000] [--out FILE]
-        [--measure bare hf ours split workers] [--repeat 3] [--timeout-s S] [--max-rss-gib G]
+        [--measure bare hf ours split workers] [--repeat 3] [--rounds 1] [--timeout-s S] [--max-rss-gib G]
 
 The export is ``metadata_export.build_export(rows)``: a synthetic metadata-only Parquet export of
 realistic rows (that module's docstring says how they are made), built once under
@@ -25,6 +25,11 @@ helper or worker it starts) is sampled every 50 ms for the memory limit.
 - bare read: ``pyarrow.parquet.read_table`` of the whole file (the reference for reading it).
 - HF ``datasets.Dataset.from_parquet(file, cache_dir=...)``: its first load into a fresh cache,
   then its reload from that cache in new processes.
+- ``--rounds N``: HF's first load and our first open are measured N times each, in rounds of one
+  each whose order alternates (each into a fresh cache), and the median is reported with every
+  round and the ratio round by round: on this kind of machine the page cache's writes, gigabytes
+  on both sides, cost from one to five times as much depending on how long ago that memory was
+  last used.
 - HF with the curation: its first load into another fresh cache, then the curation ours does
   (``OPTIONS``), done with ``datasets``' own ``map`` and ``select`` and pandas (``child_hf_curated``
   says how): the work a user of HF does to train on the curated items. Not a target of issue 19,
@@ -376,7 +381,7 @@ def _seed_jpeg() -> Path:
     return path
 
 
-def measure_size(rows: int, chosen: set[str], repeat: int, limits: Limits) -> dict:
+def measure_size(rows: int, chosen: set[str], repeat: int, rounds: int, limits: Limits) -> dict:
     """Every chosen measurement at ``rows`` items; the caches it makes are deleted afterwards."""
     from metadata_export import export_folder
 
@@ -400,14 +405,17 @@ def measure_size(rows: int, chosen: set[str], repeat: int, limits: Limits) -> di
     found["baseline"] = _median_peak([run_child("baseline", paths, limits) for _ in range(repeat)])
     if "bare" in chosen:
         found["bare"] = _median_of([run_child("bare", paths, limits) for _ in range(repeat)])
-    if "hf" in chosen:
-        found.update(_measure_hf(paths, repeat, limits))
+    firsts = _first_loads(paths, chosen, rounds, limits)
+    if "hf" in firsts:
+        found.update(_measure_hf(paths, firsts["hf"], repeat, limits))
+    elif "hf" in chosen:
+        found["hf_missing"] = True
     if "hf_curated" in chosen:
         curated_cache = {**paths, "hf_cache": paths["hf_cache"] + "_curated"}
         found["hf_curated"] = run_child("hf_curated", curated_cache, limits)
         shutil.rmtree(curated_cache["hf_cache"], ignore_errors=True)
     if "ours" in chosen:
-        found["first"] = run_child("open", paths, limits)
+        found["first"], found["first_rounds"] = _median_of(firsts["ours"]), firsts["ours"]
         found["cached"] = _median_of([run_child("open", paths, limits) for _ in range(repeat)])
     if "split" in chosen:
         # Each seed is a split of its own: the first two split (after a first, then a cached open),
@@ -429,16 +437,43 @@ def _median_peak(runs: list[dict]) -> dict:
     return {**runs[0], "peak_mib": statistics.median(run["peak_mib"] for run in good)} if good else runs[0]
 
 
-def _measure_hf(paths: dict, repeat: int, limits: Limits) -> dict:
+def _first_loads(paths: dict, chosen: set[str], rounds: int, limits: Limits) -> dict[str, list[dict]]:
+    """HF's first load and our first open, each into a fresh cache, in ``rounds`` rounds of one
+    each, which goes first alternating: the machine's moments (its load, how warm the memory the
+    page cache takes is) fall on both alike. The caches of the last round stay, for the reloads."""
     import importlib.util
 
-    if importlib.util.find_spec("datasets") is None:
-        return {"hf_missing": True}
-    first = run_child("hf", paths, limits)
+    sides = [side for side in ("hf", "ours") if side in chosen]
+    if "hf" in sides and importlib.util.find_spec("datasets") is None:
+        sides.remove("hf")
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for number in range(rounds):
+        for side in sides if number % 2 == 0 else sides[::-1]:
+            shutil.rmtree(paths["hf_cache" if side == "hf" else "cache"], ignore_errors=True)
+            runs[side].append(run_child("hf" if side == "hf" else "open", paths, limits))
+    return runs
+
+
+def _measure_hf(paths: dict, firsts: list[dict], repeat: int, limits: Limits) -> dict:
     reload = _median_of([run_child("hf", paths, limits) for _ in range(repeat)])
     disk = _disk_mib(Path(paths["hf_cache"]))
     shutil.rmtree(paths["hf_cache"], ignore_errors=True)  # several GiB at 10M and more: not kept
-    return {"hf_first": first, "hf_reload": reload, "hf_cache_mib": disk}
+    return {"hf_first": _median_of(firsts), "hf_first_rounds": firsts, "hf_reload": reload, "hf_cache_mib": disk}
+
+
+def _rounds(found: dict, key: str) -> str | None:
+    """Each round's time of a first load, in the order they ran (a failed one as its error)."""
+    runs = found.get(key)
+    return None if runs is None else ", ".join(_cell(run.get("error", run.get("s"))) for run in runs)
+
+
+def _ratios(found: dict) -> str | None:
+    """Our first open over HF's first load, round by round."""
+    ours, hf = found.get("first_rounds"), found.get("hf_first_rounds")
+    if not ours or not hf:
+        return None
+    pairs = [(a.get("s"), b.get("s")) for a, b in zip(ours, hf)]
+    return ", ".join(f"{a / b:.2f}" if a and b else "n/a" for a, b in pairs)
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -492,6 +527,7 @@ FIGURES: list[Figure] = [
     ("bare `pq.read_table` of the file", "s", lambda f: _get(f, "bare", "s")),
     ("bare `pq.read_table`, peak RSS", "MiB", lambda f: _get(f, "bare", "peak_mib")),
     ("HF `Dataset.from_parquet`, first load", "s", lambda f: _get(f, "hf_first", "s")),
+    ("HF first load, each round", "s", lambda f: _rounds(f, "hf_first_rounds")),
     ("HF first load, CPU time", "s", lambda f: _get(f, "hf_first", "cpu_s")),
     ("HF first load, peak RSS", "MiB", lambda f: _get(f, "hf_first", "peak_mib")),
     ("HF reload from its cache", "s", lambda f: _get(f, "hf_reload", "s")),
@@ -503,6 +539,8 @@ FIGURES: list[Figure] = [
     ("HF first load + curation, peak RSS", "MiB", lambda f: _get(f, "hf_curated", "peak_mib")),
     ("HF items kept by that curation", "", lambda f: _get(f, "hf_curated", "n")),
     ("first open (index + curation, fresh cache)", "s", lambda f: _get(f, "first", "s")),
+    ("first open, each round", "s", lambda f: _rounds(f, "first_rounds")),
+    ("first open over HF's first load, each round", "", _ratios),
     ("first open, CPU time", "s", lambda f: _get(f, "first", "cpu_s")),
     ("first open, peak RSS above baseline", "MiB", lambda f: _above_baseline(f, "first")),
     ("items kept by the curation", "", lambda f: _get(f, "first", "n")),
@@ -620,7 +658,8 @@ def report(results: list[dict]) -> str:
         f"# Metadata at scale ({', '.join(_size(rows) for rows in sizes)} items, {os.cpu_count()} CPUs)",
         "",
         "Written by `python benchmarks/bench_metadata.py`; each figure from a fresh process (median of the "
-        "repeats for the bare read, HF's reload and the cached open). Growth: each step's ratio scaled to 10x items.",
+        "repeats for the bare read, HF's reload and the cached open; of the rounds for the first loads). "
+        "Growth: each step's ratio scaled to 10x items.",
         "",
         f"| figure | unit | {head} | growth per 10x |",
         f"| --- | --- |{' ---: |' * len(sizes)} --- |",
@@ -652,6 +691,9 @@ def main() -> None:
         "--measure", nargs="+", choices=MEASUREMENTS, default=[m for m in MEASUREMENTS if m != "hf_curated"]
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of the cheap measurements (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of HF's first load and our first open (median)"
+    )
     parser.add_argument("--timeout-s", type=float, help="per measurement; default 120 s + 90 s per 1M items")
     parser.add_argument(
         "--max-rss-gib", type=float, help="per measurement's process tree; default 60%% of this machine's memory"
@@ -667,7 +709,7 @@ def main() -> None:
     for rows in args.rows:
         limits = Limits(args.timeout_s or 120 + 90 * rows / 1e6, (args.max_rss_gib or 0.6 * _memory_gib()) * 1024)
         print(f"{_size(rows)} items (each measurement limited to {limits})", file=sys.stderr)
-        results.append(measure_size(rows, set(args.measure), args.repeat, limits))
+        results.append(measure_size(rows, set(args.measure), args.repeat, args.rounds, limits))
         args.out.write_text(report(results))  # what is done so far survives a later size's failure
     print(args.out.read_text())
 
