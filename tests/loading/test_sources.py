@@ -6,15 +6,18 @@ import json
 import logging
 import pickle
 import posixpath
+import re
 import shutil
 from urllib.parse import unquote, urlsplit
 
+import pyarrow as pa
 import pytest
 import torch
 
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
+from vl_datasets.loading.sources import OUTSIDE_ROOT, source_paths
 
 
 def expected(export, source, size=16):
@@ -177,6 +180,35 @@ CLIMBING = [
     "/%2e%2e/secret.jpg",
     "secret.jpg%00.png",
 ]
+
+
+def _under_root(path):
+    """What a file_path is under an images_root, one path at a time: ``object_path``'s own rule."""
+    if path is None:
+        return None
+    path = path.replace("\\", "/").lstrip("/")
+    return None if not path or re.search(OUTSIDE_ROOT, path) else path
+
+
+def test_source_paths_over_a_column_refuse_exactly_what_each_path_would():
+    """Over a column, the pattern runs only on paths holding a byte a match needs (a '%', a NUL, a
+    dot opening a segment): the paths refused are still exactly those it matches, wherever they
+    fall in a chunk, in a slice or in a chunked column."""
+    ordinary = [f"train/img_{i:03d}.jpg" for i in range(60)]
+    tricky = [
+        *LITERAL_NAMES,
+        *CLIMBING,
+        *[".hidden/a.jpg", "a/.b.jpg", "a/b./c.jpg", "a.b/c..d.jpg", "a//../b.jpg", "/..", "..", ".", ""],
+        *["/", "\\..\\x.jpg", "a\\.\\b.jpg", "%", "a%2", "x/%2e", "ok%41.jpg", "trail/..", None],
+    ]
+    paths = [path for pair in zip(ordinary, tricky) for path in pair] + ordinary[len(tricky) :]
+    expected = [_under_root(path) for path in paths]
+    column = pa.array(paths, pa.string())
+    assert source_paths(column).to_pylist() == expected
+    assert source_paths(column.slice(5, 41)).to_pylist() == expected[5:46]
+    chunked = pa.chunked_array([column.slice(0, 7), column.slice(7, 0), column.slice(7)])
+    assert source_paths(chunked).to_pylist() == expected
+    assert sum(path is None for path in expected) > len(CLIMBING), "the cases refuse too little to test"
 
 
 def rewrite_file_paths(export, source, paths):

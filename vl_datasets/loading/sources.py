@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -434,10 +435,48 @@ def with_source_paths(table: pa.Table) -> pa.Table:
 
 def source_paths(file_paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """The image path under an images_root of each ``file_path`` (see ``with_source_paths``)."""
-    path = pc.replace_substring(file_paths, "\\", "/")
+    chunks = file_paths.chunks if isinstance(file_paths, pa.ChunkedArray) else [file_paths]
+    paths = [_source_paths(chunk) for chunk in chunks]
+    return pa.chunked_array(paths, pa.string()) if isinstance(file_paths, pa.ChunkedArray) else paths[0]
+
+
+def _source_paths(file_paths: pa.Array) -> pa.Array:
+    path = file_paths.cast(pa.string())
+    if (_value_bytes(path) == ord("\\")).any():
+        path = pc.replace_substring(path, "\\", "/")
     path = pc.utf8_ltrim(path, characters="/")
-    outside = pc.match_substring_regex(path, OUTSIDE_ROOT)
-    return pc.if_else(pc.or_(pc.equal(path, ""), outside), pa.scalar(None, pa.string()), path)
+    outside = np.zeros(len(path), dtype=bool)
+    suspects = _could_leave_root(path)
+    if len(suspects):
+        matched = pc.match_substring_regex(path.take(pa.array(suspects)), OUTSIDE_ROOT)
+        outside[suspects] = pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
+    return pc.if_else(pc.or_(pc.equal(path, ""), pa.array(outside)), pa.scalar(None, pa.string()), path)
+
+
+def _could_leave_root(paths: pa.Array) -> np.ndarray:
+    """The rows of ``paths`` (strings) that ``OUTSIDE_ROOT`` could match: those holding a '%' or a
+    NUL, or a dot that opens the path or follows a '/'. The pattern run on every path cost 0.1 s
+    per million; numpy finds these bytes at a few per nanosecond, and ordinary paths hold none."""
+    if not len(paths):
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(paths.buffers()[1], np.int32)[paths.offset : paths.offset + len(paths) + 1]
+    starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
+    data = _value_bytes(paths)
+    dot = data == ord(".")
+    marks = (data == ord("%")) | (data == 0)
+    marks[1:] |= dot[1:] & (data[:-1] == ord("/"))
+    opening = starts[ends > starts]
+    marks[opening] |= dot[opening]
+    return np.unique(np.searchsorted(ends, np.flatnonzero(marks), side="right"))
+
+
+def _value_bytes(strings: pa.Array) -> np.ndarray:
+    """The bytes of a string array's values, one after another."""
+    data = strings.buffers()[2]
+    if data is None or not len(strings):
+        return np.zeros(0, dtype=np.uint8)
+    first, last = np.frombuffer(strings.buffers()[1], np.int32)[[strings.offset, strings.offset + len(strings)]]
+    return np.frombuffer(data, np.uint8)[first:last]
 
 
 def object_path(root: str, path: str, *, protocol: str) -> str:
