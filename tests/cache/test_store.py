@@ -83,3 +83,20 @@ def test_a_task_record_is_read_back_only_for_its_own_key(tmp_path):
     record.clear()
     chunk.clear()
     assert record.read() is None and chunk.read() is None
+
+
+@pytest.mark.parametrize("source", ["download", "folder"])
+def test_a_published_version_records_its_metadata_files_digest(quick_vl, quick_client, tmp_path, source):
+    """The metadata's SHA-256 (read beside the index build) is the file's: what names the version's
+    content on every machine, for the stores shared between them."""
+    import hashlib
+
+    from vl_datasets.cache.layout import content_name
+    from vl_datasets.cache.opened import open_export
+
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path / "cache")
+    if source == "folder":
+        entry = open_export(entry.path, cache_dir=tmp_path / "opened")
+    digest = hashlib.sha256(entry.metadata_path.read_bytes()).hexdigest()
+    assert entry.metadata_digest == digest
+    assert content_name(entry) == f"m{digest[:16]}"

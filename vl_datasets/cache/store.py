@@ -353,7 +353,7 @@ class CacheStore:
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
-        indexed = index_export(export_dir, staging)
+        indexed = index_export(export_dir, staging, digest=file_sha256)
         if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
                 f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
@@ -367,7 +367,7 @@ class CacheStore:
             )
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
         metadata_stat = (export_dir / metadata_file).stat()
-        metadata_sha256 = file_sha256(export_dir / metadata_file)  # just indexed: read from the page cache
+        metadata_sha256 = indexed.digest or file_sha256(export_dir / metadata_file)
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
