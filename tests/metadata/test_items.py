@@ -261,3 +261,35 @@ def test_a_wrongly_typed_property_names_the_first_media_id_at_fault(tmp_path):
     error = schema_error(tmp_path, table)
     assert error.field == "metadata_items.properties.confidence"
     assert error.media_id == VIDEO_B
+
+
+def _texts_media(texts: dict[str, list], layout: str) -> list[dict]:
+    """One row per letter of ``layout``, its metadata_items the list that letter names in ``texts``."""
+    return [
+        {"media_id": f"m{i}", "file_name": f"{i}.jpg", "metadata_items": texts[letter]}
+        for i, letter in enumerate(layout)
+    ]
+
+
+_TEXTS = {
+    "A": [{"type": "image_label", "properties": {"category_name": "cat", "source": "User"}}],
+    "B": [{"type": "issue", "properties": {"issue_type": "blur", "confidence": 0.5}}],
+    "X": [{"type": "issue", "properties": {"issue_type": "blur", "confidence": 1.5}}],
+    "Y": [{"type": "issue", "properties": {"issue_type": "dark", "confidence": -0.1}}],
+}
+
+
+@pytest.mark.parametrize("layout, first_at_fault", [("ABAXBYX", "m3"), ("AABBYXY", "m4"), ("XAX", "m0")])
+def test_texts_that_repeat_are_parsed_once_and_the_first_row_at_fault_is_named(tmp_path, layout, first_at_fault):
+    """Rows repeating a JSON text take the items parsed from its first row; a bad value is still
+    named at the first row that holds one, whichever text it is in and however often it repeats."""
+    error = schema_error(tmp_path / "bad", json_strings_table(_texts_media(_TEXTS, layout)))
+    assert (error.field, error.media_id) == ("metadata_items.properties.confidence", first_at_fault)
+    good = "ABBAB"
+    table = read_metadata(write_parquet(tmp_path / "good", json_strings_table(_texts_media(_TEXTS, good))).parent)
+    assert table.column("labels").to_pylist() == [
+        [{"category_name": "cat", "source": "User", "original_id": None}] if letter == "A" else [] for letter in good
+    ]
+    assert [[issue["confidence"] for issue in row] for row in table.column("issues").to_pylist()] == [
+        [0.5] if letter == "B" else [] for letter in good
+    ]

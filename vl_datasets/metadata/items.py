@@ -160,10 +160,14 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
     chunks, row = [], 0
     for chunk in column.chunks or [pa.nulls(0, RAW_ITEMS)]:
         # Parsed JSON strings come as slices whose inferred types may differ: each is flattened apart.
-        for lists in _as_list_parts(chunk, "metadata_items", source, row):
-            items = _flatten(lists, ITEM_PROPS, "metadata_items", source, row_offset=row)
-            chunks.append(_item_columns(items, source))
-            row += len(lists)
+        for part in _as_list_parts(chunk, "metadata_items", source, row):
+            # The items of each distinct text are made into columns once, then taken by its rows: in
+            # the benchmark's export this halves what follows the parse. Each list is named in errors
+            # by the first row holding it: the first row at fault, whichever that is.
+            items = _flatten(part.lists, ITEM_PROPS, "metadata_items", source, rows=row + part.first_rows)
+            columns = _item_columns(items, source)
+            chunks.append(columns if part.rows is None else {name: c.take(part.rows) for name, c in columns.items()})
+            row += part.n_rows
     return {f.name: pa.chunked_array([c[f.name] for c in chunks], f.type) for f in ITEM_FIELDS}
 
 
@@ -175,21 +179,45 @@ def has_timestamp(type_: pa.DataType) -> bool:
 # ---- parsing the three input shapes ----------------------------------------------------------------
 
 
+class _Lists(NamedTuple):
+    """A slice of rows' lists of items: ``lists``, one per row, or with ``rows``, one per distinct
+    JSON text, ``rows`` giving each row's (a take makes them one per row)."""
+
+    lists: pa.Array
+    rows: pa.Array | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.lists if self.rows is None else self.rows)
+
+    @property
+    def first_rows(self) -> np.ndarray:
+        """The first row (of the slice) holding each list: the distinct texts come in that order."""
+        if self.rows is None:
+            return np.arange(len(self.lists), dtype=np.int64)
+        rows = self.rows.to_numpy(zero_copy_only=False)
+        seen = np.maximum.accumulate(rows)  # a row holds a new text where its number passes every earlier one
+        return np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]]) if len(rows) else np.zeros(0, np.int64)
+
+    def per_row(self) -> pa.Array:
+        return self.lists if self.rows is None else self.lists.take(self.rows)
+
+
 def _as_lists(array: pa.Array, where: str, source: str, row_offset: int = 0) -> pa.Array:
     """A list array from a list, JSON-string or all-null column; SchemaError for anything else."""
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         return parse_json_items(array, source, row_offset=row_offset)
-    return _as_list_parts(array, where, source, row_offset)[0]
+    return _as_list_parts(array, where, source, row_offset)[0].lists
 
 
-def _as_list_parts(array: pa.Array, where: str, source: str, row_offset: int = 0) -> list[pa.Array]:
+def _as_list_parts(array: pa.Array, where: str, source: str, row_offset: int = 0) -> list[_Lists]:
     """``_as_lists`` as consecutive parts; JSON strings are parsed with inferred types (faster)."""
     if pa.types.is_null(array.type):
-        return [pa.nulls(len(array), RAW_ITEMS)]
+        return [_Lists(pa.nulls(len(array), RAW_ITEMS))]
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         return _parse_json_parts(array, source, row_offset=row_offset, infer=True)
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        return [array]
+        return [_Lists(array)]
     raise SchemaError(
         f"{source}: {where} has type {array.type}; expected a list of items or a JSON string.", field=where
     )
@@ -198,11 +226,11 @@ def _as_list_parts(array: pa.Array, where: str, source: str, row_offset: int = 0
 def parse_json_items(strings: pa.Array, source: str, *, row_offset: int = 0) -> pa.Array:
     """A ``RAW_ITEMS`` array from one JSON string per row (null or blank: no items)."""
     parts = _parse_json_parts(strings, source, row_offset=row_offset, infer=False)
-    return pa.concat_arrays(parts) if parts else pa.array([], RAW_ITEMS)
+    return pa.concat_arrays([part.per_row() for part in parts]) if parts else pa.array([], RAW_ITEMS)
 
 
-def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer: bool) -> list[pa.Array]:
-    """One list array per slice of ``JSON_SLICE_ROWS`` strings.
+def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer: bool) -> list[_Lists]:
+    """The lists of each slice of ``JSON_SLICE_ROWS`` strings.
 
     With ``infer``, Arrow's reader first infers each slice's types, which costs a quarter less than
     reading the two dozen documented properties into an explicit schema (it only builds the keys
@@ -211,7 +239,7 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     ``json.loads``, row by row (its errors name the row). The readers see each distinct text of a
     slice once, and the rows repeating it take its items.
     """
-    parts = [pa.array([], RAW_ITEMS)] if not len(strings) else []
+    parts = [_Lists(pa.array([], RAW_ITEMS))] if not len(strings) else []
     for start in range(0, len(strings), JSON_SLICE_ROWS):
         part = _json_lines_input(strings.slice(start, JSON_SLICE_ROWS))
         # Each distinct text is parsed once: rows often repeat one (the same labels, no issue).
@@ -227,15 +255,14 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
         parsed = _read_json_fast(once, infer=True) if infer else None
         if parsed is None:
             parsed = _read_json_fast(once, infer=False)
-        if parsed is not None and len(once) < len(part):
-            parsed = parsed.take(distinct.indices)
-        if parsed is None:
-            if not scanned:
-                _check_depth(part, source, row_offset + start)
-            texts = part.to_pylist()
-            values = [_loads_row(text, source, row_offset + start + i) for i, text in enumerate(texts)]
-            parsed = python_items(values, source, row_offset=row_offset + start)
-        parts.append(parsed)
+        if parsed is not None:
+            parts.append(_Lists(parsed, distinct.indices if len(once) < len(part) else None))
+            continue
+        if not scanned:
+            _check_depth(part, source, row_offset + start)
+        texts = part.to_pylist()
+        values = [_loads_row(text, source, row_offset + start + i) for i, text in enumerate(texts)]
+        parts.append(_Lists(python_items(values, source, row_offset=row_offset + start)))
     return parts
 
 
