@@ -143,7 +143,7 @@ class ListBuild:
         column = self.options.task and _TARGET_COLUMNS.get(self.options.task)
         path_column = IMAGE_COLUMN if self.paths_from_file_path is None else "file_path"
         columns = [path_column, "media_id"] + ([column] if column else [])
-        slices = ((offset, part, kept) for offset, part in row_slices(self.rows, columns))
+        slices = ((offset, part, kept) for offset, part in row_slices(self.rows, columns, release=False))
         made = ordered_map(self._kept_slice, slices, workers=WORKERS, ahead=WORKERS + 1, name=_slice_name)
         with closing(made):
             for batch, no_image, names in made:
@@ -159,6 +159,7 @@ class ListBuild:
         lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
         chosen = kept[lo:hi]
         taken = part.take(pa.array(chosen - offset))
+        release_pages(part)  # here, once read: the slices are read by several threads at once
         paths = taken.column(IMAGE_COLUMN if self.paths_from_file_path is None else "file_path")
         # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
         paths = (paths if self.paths_from_file_path is None else self.paths_from_file_path(paths)).combine_chunks()

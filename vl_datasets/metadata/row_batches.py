@@ -36,15 +36,21 @@ def select_present(table: pa.Table, columns: Iterable[str] | None, *, keep_rows:
     return table.select(present or (table.column_names[:1] if keep_rows else []))
 
 
-def row_slices(table: pa.Table, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+def row_slices(
+    table: pa.Table, columns: Iterable[str] | None = None, *, release: bool = True
+) -> Iterator[tuple[int, pa.Table]]:
     """(first row, table) for consecutive slices of ``table`` of at most ``SLICE_ROWS`` rows, each
     with one chunk per column (a slice never straddles two of the table's chunks), holding only
-    ``columns`` (those of them it has; all by default)."""
+    ``columns`` (those of them it has; all by default). Each slice's pages are released
+    (``release_pages``) once the next is asked for; without ``release``, by whoever uses it, when
+    done: a pool of threads asks for the next slice while the one before is still being read,
+    and the pages that read faults in again would stay."""
     table = select_present(table, columns, keep_rows=True)
     offset = 0
     for batch in table.to_batches(max_chunksize=SLICE_ROWS):
         yield offset, pa.Table.from_batches([batch])
-        release_pages(batch)
+        if release:
+            release_pages(batch)
         offset += batch.num_rows
     if offset == 0:  # an empty table is still one (empty) slice: its rules see its schema
         yield 0, table
