@@ -32,6 +32,7 @@ from ..cache.opened import local_store
 from ..config import is_remote, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, ImageReadError
 from ..metadata.index import IMAGE_COLUMN
+from ..metadata.json_depth import text_bytes
 from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
 from .image_cache import ImageCache
 from .object_identity import GETS_WITH_IDENTITY, LISTED_PROTOCOLS, ListedIdentities, info_identity
@@ -442,7 +443,8 @@ def source_paths(file_paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa
 
 def _source_paths(file_paths: pa.Array) -> pa.Array:
     path = file_paths.cast(pa.string())
-    if (_value_bytes(path) == ord("\\")).any():
+    texts = text_bytes(path)
+    if texts is not None and (texts[0] == ord("\\")).any():
         path = pc.replace_substring(path, "\\", "/")
     path = pc.utf8_ltrim(path, characters="/")
     outside = np.zeros(len(path), dtype=bool)
@@ -457,26 +459,17 @@ def _could_leave_root(paths: pa.Array) -> np.ndarray:
     """The rows of ``paths`` (strings) that ``OUTSIDE_ROOT`` could match: those holding a '%' or a
     NUL, or a dot that opens the path or follows a '/'. The pattern run on every path cost 0.1 s
     per million; numpy finds these bytes at a few per nanosecond, and ordinary paths hold none."""
-    if not len(paths):
+    texts = text_bytes(paths)
+    if texts is None:
         return np.zeros(0, dtype=np.int64)
-    offsets = np.frombuffer(paths.buffers()[1], np.int32)[paths.offset : paths.offset + len(paths) + 1]
-    starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
-    data = _value_bytes(paths)
+    data, bounds = texts
+    starts, ends = bounds[:-1], bounds[1:]
     dot = data == ord(".")
     marks = (data == ord("%")) | (data == 0)
     marks[1:] |= dot[1:] & (data[:-1] == ord("/"))
     opening = starts[ends > starts]
     marks[opening] |= dot[opening]
     return np.unique(np.searchsorted(ends, np.flatnonzero(marks), side="right"))
-
-
-def _value_bytes(strings: pa.Array) -> np.ndarray:
-    """The bytes of a string array's values, one after another."""
-    data = strings.buffers()[2]
-    if data is None or not len(strings):
-        return np.zeros(0, dtype=np.uint8)
-    first, last = np.frombuffer(strings.buffers()[1], np.int32)[[strings.offset, strings.offset + len(strings)]]
-    return np.frombuffer(data, np.uint8)[first:last]
 
 
 def object_path(root: str, path: str, *, protocol: str) -> str:

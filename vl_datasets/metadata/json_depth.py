@@ -64,7 +64,7 @@ def check_file_depth(path: Path, *, max_depth: int = MAX_DEPTH) -> None:
 def first_too_deep(strings: pa.Array, *, max_depth: int = MAX_DEPTH) -> tuple[int, int, int] | None:
     """(row, depth, offset in the row) of the first of ``strings``, each its own JSON text, that
     nests deeper than ``max_depth``; None when none does."""
-    texts = _text_bytes(strings)
+    texts = text_bytes(strings)
     if texts is None:
         return None
     data, starts = texts
@@ -79,7 +79,7 @@ def most_opening_brackets(strings: pa.Array) -> int:
     """The most opening brackets (``[`` or ``{``, in strings or not) that one of ``strings`` holds:
     a bound on how deeply each nests, read in one pass over the bytes, where ``first_too_deep``
     costs as much as parsing them. A text within ``MAX_DEPTH`` by it needs no scan to be safe."""
-    texts = _text_bytes(strings)
+    texts = text_bytes(strings)
     if texts is None:
         return 0
     data, starts = texts
@@ -89,7 +89,7 @@ def most_opening_brackets(strings: pa.Array) -> int:
     return int(np.diff(np.searchsorted(opens, starts)).max())
 
 
-def _text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+def text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     """The bytes of ``strings`` as one array and where each text starts in it (and, last, where
     the last one ends); None when they hold no byte at all."""
     strings = strings.cast(pa.large_string())
