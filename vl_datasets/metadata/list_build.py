@@ -107,6 +107,10 @@ class ListBuild:
     ) -> None:
         self.rows, self.options, self.label_source = rows, options, label_source
         self.missing_images, self.paths_from_file_path, self.where = missing_images, paths_from_file_path, where
+        # The columns each slice reads: its image paths (or the file_path they are made of), its
+        # media ids, and what its targets are made of (labels, objects; none for task None).
+        self._path_column = IMAGE_COLUMN if paths_from_file_path is None else "file_path"
+        self._target_column = _TARGET_COLUMNS.get(options.task or "")
 
     def write(self, curated: tuple[np.ndarray, CurationSummary], folder: Path) -> ItemList:
         """Write the list of the rows ``curated`` kept into ``folder`` (made here), and map it."""
@@ -140,9 +144,7 @@ class ListBuild:
         (classification, multilabel) ``labels``, their distinct label names. Rows without an image
         are counted in ``found``, with (detection) the names classes are drawn from. The slices are
         made by a pool of threads (Arrow releases the GIL), and come in order."""
-        column = self.options.task and _TARGET_COLUMNS.get(self.options.task)
-        path_column = IMAGE_COLUMN if self.paths_from_file_path is None else "file_path"
-        columns = [path_column, "media_id"] + ([column] if column else [])
+        columns = [self._path_column, "media_id"] + ([self._target_column] if self._target_column else [])
         slices = ((offset, part, kept) for offset, part in row_slices(self.rows, columns, release=False))
         made = ordered_map(self._kept_slice, slices, workers=WORKERS, ahead=WORKERS + 1, name=_slice_name)
         with closing(made):
@@ -160,7 +162,7 @@ class ListBuild:
         chosen = kept[lo:hi]
         taken = part.take(pa.array(chosen - offset))
         release_pages(part)  # here, once read: the slices are read by several threads at once
-        paths = taken.column(IMAGE_COLUMN if self.paths_from_file_path is None else "file_path")
+        paths = taken.column(self._path_column)
         # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
         paths = (paths if self.paths_from_file_path is None else self.paths_from_file_path(paths)).combine_chunks()
         present = pc.is_valid(paths).to_numpy(zero_copy_only=False)
@@ -169,10 +171,9 @@ class ListBuild:
             taken, paths, chosen = taken.filter(pa.array(present)), paths.filter(pa.array(present)), chosen[present]
         batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
         names = None
-        column = self.options.task and _TARGET_COLUMNS.get(self.options.task)
-        if column == "labels":
+        if self._target_column == "labels":
             batch["labels"] = distinct_labels(taken, self.label_source)
-        elif column == "objects":
+        elif self._target_column == "objects":
             names = object_labels(taken, self.label_source)
         return pa.RecordBatch.from_pydict({name: _one_chunk(values) for name, values in batch.items()}), no_image, names
 
