@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..atomic import replacing
+from .cold_pages import ColdPages
 from .image_paths import resolve_image_paths
 from .normalize import duplicate_id
 from .read import MetadataSlices
@@ -34,6 +35,22 @@ from .unique_ids import IdHashes
 
 IMAGE_COLUMN = "__image_path__"
 _LOOKUP_COLUMNS = ("media_id", "file_path", "file_name", "image_filename")
+# What a first open reads back once the index is written (curation, the targets, the item list's
+# paths): left in the page cache, while the other columns are written behind (``cold_pages``).
+_READ_NEXT = frozenset(
+    (
+        "media_id",
+        "file_path",
+        "file_size_bytes",
+        "height",
+        "width",
+        "uniqueness_score",
+        "labels",
+        "issues",
+        "objects",
+        IMAGE_COLUMN,
+    )
+)
 
 # Rows per record batch of the index: slices are read small (fast to normalize), written large, so
 # that opening the index builds few Arrow objects (a cached open of 100M items: 760 batches, not 6,100).
@@ -123,18 +140,25 @@ def _write(
 ) -> int:
     """Write ``tables`` as record batches of one IPC file, each with its rows' slice of ``images``
     (all null without it). ``schema``: theirs, or None to take the first table's."""
-    rows, writer = 0, None
+    rows, writer, cold = 0, None, None
     with pa.OSFile(str(tmp), "wb") as sink:
-        for table in _coalesced(tables, WRITE_ROWS):
-            if writer is None:
-                schema = _index_schema(schema or table.schema, metadata)
-                writer = pa.ipc.new_file(sink, schema)
-            assert schema is not None
-            column = pa.nulls(table.num_rows, pa.string()) if images is None else images.slice(rows, table.num_rows)
-            writer.write_table(pa.Table.from_arrays([*table.columns, column], schema=schema))
-            rows += table.num_rows
-        if writer is not None:
-            writer.close()
+        try:
+            for table in _coalesced(tables, WRITE_ROWS):
+                if writer is None:
+                    schema = _index_schema(schema or table.schema, metadata)
+                    writer = pa.ipc.new_file(sink, schema)
+                    cold = ColdPages(tmp, schema, hot=_READ_NEXT)
+                assert schema is not None and cold is not None
+                column = pa.nulls(table.num_rows, pa.string()) if images is None else images.slice(rows, table.num_rows)
+                start = sink.tell()
+                writer.write_table(pa.Table.from_arrays([*table.columns, column], schema=schema))
+                cold.written(start, sink.tell())
+                rows += table.num_rows
+            if writer is not None:
+                writer.close()
+        finally:
+            if cold is not None:
+                cold.close()
     return rows
 
 
