@@ -80,17 +80,31 @@ def test_the_index_written_behind_is_the_whole_table_build(tmp_path, advised):
     assert streamed is not None and streamed.to_pylist() == whole.to_pylist()
 
 
-def test_an_index_is_written_whole_when_the_system_refuses_the_advice(tmp_path, monkeypatch):
+def _refused(*_args) -> None:
+    raise OSError(errno.EINVAL, "Invalid argument")
+
+
+def _unreadable(*_args) -> None:
+    raise pa.ArrowInvalid("an IPC layout this pyarrow does not read")
+
+
+@pytest.mark.parametrize(
+    "failing", [("os", "posix_fadvise", _refused), ("ipc", "read_message", _unreadable)], ids=["refused", "unreadable"]
+)
+def test_an_index_is_written_whole_when_the_advice_cannot_be_given(tmp_path, monkeypatch, failing):
+    """A system refusing the advice, or batches whose layout cannot be read back, end the advice,
+    not the build."""
     monkeypatch.setattr(cold_pages, "WINDOW_BYTES", 1)
     monkeypatch.setattr(index_writer, "WRITE_ROWS", 64)
-    refusals = []
+    module, name, fail = failing
+    calls = []
 
-    def refusing(fd: int, offset: int, length: int, advice: int) -> None:
-        refusals.append(offset)
-        raise OSError(errno.EINVAL, "Invalid argument")
+    def counted(*args) -> None:
+        calls.append(args)
+        fail(*args)
 
-    monkeypatch.setattr(cold_pages.os, "posix_fadvise", refusing)
+    monkeypatch.setattr(cold_pages.os if module == "os" else cold_pages.pa.ipc, name, counted)
     export, path = _index(tmp_path)
-    assert len(refusals) == 1, "advice goes on after the system refused it"
+    assert len(calls) == 1, "advice goes on after it failed"
     streamed = read_index(path)
     assert streamed is not None and streamed.to_pylist() == build_index(export).to_pylist()

@@ -50,7 +50,7 @@ class ColdPages:
         if end - self._batches[0][0] >= WINDOW_BYTES:
             try:
                 self._advise()
-            except OSError as exc:
+            except (OSError, pa.ArrowException) as exc:  # refused, or a layout this does not read: advice ends
                 logger.debug("Writing %s through the page cache: %s", self._path.name, exc)
                 self.close()
 
