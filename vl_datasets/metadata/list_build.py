@@ -26,6 +26,7 @@ from ..errors import CurationError, ImageNotFoundError
 from .curation import CurationSummary, list_offsets
 from .index import IMAGE_COLUMN
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
+from .json_depth import text_bytes
 from .ordered_map import WORKERS, ordered_map
 from .row_batches import release_pages, row_slices
 from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
@@ -54,9 +55,9 @@ class IdsFingerprint:
         chunk = chunk.cast(pa.large_string())
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
         self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
-        offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8")[chunk.offset : chunk.offset + len(chunk) + 1]
-        if len(chunk) and offsets[-1] > offsets[0]:
-            self._data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+        texts = text_bytes(chunk)
+        if texts is not None:  # None: no byte to add
+            self._data.update(texts[0].data)
         self.count += len(chunk)
 
     def hexdigest(self) -> str:
