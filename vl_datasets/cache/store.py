@@ -367,7 +367,8 @@ class CacheStore:
             )
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
         metadata_stat = (export_dir / metadata_file).stat()
-        metadata_sha256 = indexed.digest or file_sha256(export_dir / metadata_file)
+        metadata_sha256 = indexed.digest
+        assert metadata_sha256 is not None  # asked for above: read beside the index build
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
