@@ -177,3 +177,52 @@ def schema_error(tmp_path, table) -> SchemaError:
         read_metadata_file(path)
     assert str(path) in str(caught.value)
     return caught.value
+
+
+TEN_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def realistic_media_items(n: int) -> list[dict]:
+    """Items as a realistic export has them: labels from two sources, a uniqueness score, issues
+    with confidences, duplicate pairs, and an unknown key whose type changes along the file."""
+    out = []
+    for i in range(n):
+        entries = [
+            {
+                "type": "image_label",
+                "properties": {"category_name": TEN_LABELS[i % 10], "source": "User", "original_id": i % 10},
+            },
+            {
+                "type": "image_label",
+                "properties": {"category_name": TEN_LABELS[i % 7], "source": "Model", "original_id": -1},
+            },
+            {"type": "issue", "properties": {"issue_type": "blur", "confidence": (i % 50) / 100 + 0.5}},
+        ]
+        if i % 20 < 2:
+            group = f"group-{i // 20}"
+            entries += [
+                {
+                    "type": "issue",
+                    "properties": {
+                        "issue_type": "duplicates",
+                        "confidence": 0.97,
+                        "duplicate_group_id": group,
+                        "duplicate_threshold": t,
+                    },
+                }
+                for t in (0.96, 0.98)
+            ]
+        out.append(
+            {
+                "media_id": f"id-{i:07d}",
+                "media_type": "image",
+                "file_path": f"train/{TEN_LABELS[i % 10]}/img_{i:07d}.jpg",
+                "file_size": f"{10 + i % 90}.5KB",
+                "height": 32,
+                "width": 32,
+                "uniqueness_score": (i % 97) / 97,
+                "extra": [i, f"text {i}", i / 2][i // 40 % 3],
+                "metadata_items": entries,
+            }
+        )
+    return out

@@ -9,8 +9,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from tests.metadata.helpers import json_strings_table, write_parquet
-from tests.metadata.test_index_stream import _media_items
+from tests.metadata.helpers import json_strings_table, realistic_media_items, write_parquet
 from vl_datasets.metadata import cold_pages, index_writer
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 
@@ -52,7 +51,9 @@ def _column_spans(path) -> dict[str, list[tuple[int, int]]]:
 
 
 def _index(tmp_path, rows: int = 300):
-    export = write_parquet(tmp_path / "export", json_strings_table(_media_items(rows)), row_group_size=64).parent
+    export = write_parquet(
+        tmp_path / "export", json_strings_table(realistic_media_items(rows)), row_group_size=64
+    ).parent
     path = tmp_path / INDEX_FILE
     assert write_export_index(export, path, batch_rows=64) == rows
     return export, path

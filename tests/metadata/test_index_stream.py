@@ -14,60 +14,19 @@ import pyarrow as pa
 import pytest
 
 from tests.helpers import child_env
-from tests.metadata.helpers import items, json_strings_table, nested_table, write_json_export, write_parquet
+from tests.metadata.helpers import (
+    items,
+    json_strings_table,
+    nested_table,
+    realistic_media_items,
+    write_json_export,
+    write_parquet,
+)
 from tests.waits import run_child
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata import index_writer, read, stream, unique_ids
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
-
-LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def _media_items(n: int) -> list[dict]:
-    """Items as a realistic export has them: labels from two sources, a uniqueness score, issues
-    with confidences, duplicate pairs, and an unknown key whose type changes along the file."""
-    out = []
-    for i in range(n):
-        entries = [
-            {
-                "type": "image_label",
-                "properties": {"category_name": LABELS[i % 10], "source": "User", "original_id": i % 10},
-            },
-            {
-                "type": "image_label",
-                "properties": {"category_name": LABELS[i % 7], "source": "Model", "original_id": -1},
-            },
-            {"type": "issue", "properties": {"issue_type": "blur", "confidence": (i % 50) / 100 + 0.5}},
-        ]
-        if i % 20 < 2:
-            group = f"group-{i // 20}"
-            entries += [
-                {
-                    "type": "issue",
-                    "properties": {
-                        "issue_type": "duplicates",
-                        "confidence": 0.97,
-                        "duplicate_group_id": group,
-                        "duplicate_threshold": t,
-                    },
-                }
-                for t in (0.96, 0.98)
-            ]
-        out.append(
-            {
-                "media_id": f"id-{i:07d}",
-                "media_type": "image",
-                "file_path": f"train/{LABELS[i % 10]}/img_{i:07d}.jpg",
-                "file_size": f"{10 + i % 90}.5KB",
-                "height": 32,
-                "width": 32,
-                "uniqueness_score": (i % 97) / 97,
-                "extra": [i, f"text {i}", i / 2][i // 40 % 3],
-                "metadata_items": entries,
-            }
-        )
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +37,9 @@ def batch_per_slice(monkeypatch):
 
 def test_small_slices_are_written_as_fewer_larger_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(index_writer, "WRITE_ROWS", 100)
-    export = write_parquet(tmp_path / "export", json_strings_table(_media_items(300)), row_group_size=64).parent
+    export = write_parquet(
+        tmp_path / "export", json_strings_table(realistic_media_items(300)), row_group_size=64
+    ).parent
     streamed = _same_index(export, tmp_path, batch_rows=40)  # slices of 40 rows, written 120 at a time
     assert [len(chunk) for chunk in streamed.column("media_id").chunks] == [120, 120, 60]
 
@@ -98,7 +59,7 @@ def _same_index(export, out, **kwargs) -> pa.Table:
 
 @pytest.mark.parametrize("shape", [json_strings_table, nested_table])
 def test_a_parquet_file_of_many_row_groups_indexes_as_the_whole_table(tmp_path, shape):
-    media = _media_items(300)
+    media = realistic_media_items(300)
     media[7].pop("uniqueness_score")
     media[150]["metadata_items"] = []
     table = shape(media).append_column("extra", pa.array([str(m["extra"]) for m in media]))
@@ -108,7 +69,7 @@ def test_a_parquet_file_of_many_row_groups_indexes_as_the_whole_table(tmp_path, 
 
 
 def test_a_media_id_repeated_in_another_batch_is_named(tmp_path):
-    media = _media_items(200)
+    media = realistic_media_items(200)
     media[180]["media_id"] = media[30]["media_id"]
     media[190]["media_id"] = media[20]["media_id"]
     export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=40).parent
@@ -122,7 +83,7 @@ def test_a_media_id_repeated_in_another_batch_is_named(tmp_path):
 
 
 def test_an_error_in_a_later_batch_names_the_row_in_the_file(tmp_path):
-    media = _media_items(100)
+    media = realistic_media_items(100)
     media[73]["uniqueness_score"] = 1.5
     export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=20).parent
     expected = "media_id 'id-0000073' (row 73): uniqueness_score is 1.5"
@@ -139,7 +100,7 @@ def json_streamed(monkeypatch):
 
 
 def test_a_json_export_streamed_indexes_as_the_whole_file(tmp_path, json_streamed):
-    export = write_json_export(tmp_path / "export", _media_items(250)).parent
+    export = write_json_export(tmp_path / "export", realistic_media_items(250)).parent
     streamed = _same_index(export, tmp_path, batch_rows=40)
     assert streamed.column("media_id").num_chunks > 1
     assert json.loads(streamed.schema.metadata[b"vl_datasets.info"])["dataset"]  # the export's info kept
@@ -158,7 +119,7 @@ def test_empty_exports_and_a_bare_list_stream_as_they_read_whole(tmp_path, json_
     empty = json_strings_table(items()).slice(0, 0)
     _same_index(write_parquet(tmp_path / "empty-parquet", empty).parent, tmp_path / "b")
     (tmp_path / "bare").mkdir()
-    (tmp_path / "bare" / "metadata.json").write_text(json.dumps(_media_items(30)))
+    (tmp_path / "bare" / "metadata.json").write_text(json.dumps(realistic_media_items(30)))
     _same_index(tmp_path / "bare", tmp_path / "c", batch_rows=7)
 
 
@@ -180,7 +141,7 @@ def test_a_streamed_json_export_keeps_its_errors(tmp_path, json_streamed):
 
 
 def test_an_export_with_images_found_by_file_name_streams_as_the_whole_table(tmp_path):
-    media = _media_items(60)
+    media = realistic_media_items(60)
     export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=16).parent
     for m in media[:45]:  # a flat images/ folder: found by base name, across batches
         (export / "images").mkdir(exist_ok=True)
@@ -222,7 +183,7 @@ def test_building_an_index_holds_a_slice_not_the_table(tmp_path):
     growth varies by tens of MiB from run to run (thread scheduling, allocator arenas): the larger
     table keeps that noise small next to what the whole table grows by."""
     small, large = 50_000, 500_000
-    table = json_strings_table(_media_items(large))
+    table = json_strings_table(realistic_media_items(large))
     write_parquet(tmp_path / "small", table.slice(0, small), row_group_size=4096)
     write_parquet(tmp_path / "large", table, row_group_size=4096)
     del table
@@ -261,7 +222,7 @@ def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(
 def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
     """Every id hashed alike: unique ids still pass, and the duplicate named is the one seen first."""
     monkeypatch.setattr(unique_ids, "hash_strings", lambda ids: np.zeros(len(ids), np.uint64))
-    media = _media_items(90)
+    media = realistic_media_items(90)
     export = write_parquet(tmp_path / "unique", json_strings_table(media), row_group_size=25).parent
     assert write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25) == 90
     media[80]["media_id"], media[85]["media_id"] = media[40]["media_id"], media[10]["media_id"]
@@ -306,7 +267,7 @@ def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
     """The pages of a mapped index count in a process's resident memory once read: a curation over
     a ``ReleasingMap`` hands each slice's back, so it holds no more of them at the end than at the
     start and peaks lower than over an ordinary map, by about what it read, with the same items."""
-    export = write_parquet(tmp_path / "export", json_strings_table(_media_items(400_000)), row_group_size=8192)
+    export = write_parquet(tmp_path / "export", json_strings_table(realistic_media_items(400_000)), row_group_size=8192)
     path = tmp_path / INDEX_FILE
     write_export_index(export.parent, path, batch_rows=8192)
     index = read_index(path)
@@ -350,7 +311,7 @@ def test_the_fingerprint_of_kept_rows_is_the_same_however_the_ids_are_chunked():
 def test_an_id_repeated_in_a_batch_of_other_lengths_is_found(tmp_path):
     """Ids of mixed lengths: "yy" in a batch of lengths 1, 2, 3 (whose total is a whole number of
     2-byte rows) hashes as it does elsewhere, so its repeat in the next batch is caught."""
-    media = _media_items(6)
+    media = realistic_media_items(6)
     for item, media_id in zip(media, ["x", "yy", "zzz", "q", "yy", "r"]):
         item["media_id"] = media_id
     export = write_parquet(tmp_path / "mixed", json_strings_table(media), row_group_size=3).parent
@@ -373,7 +334,7 @@ def test_index_builds_at_once_leave_arrows_allocator_as_they_found_it(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     before = pa.default_memory_pool().backend_name
-    table = json_strings_table(_media_items(3000))
+    table = json_strings_table(realistic_media_items(3000))
     exports = [write_parquet(tmp_path / f"export-{number}", table).parent for number in range(4)]
     with ThreadPoolExecutor(len(exports)) as pool:
         rows = list(pool.map(lambda e: write_export_index(e, e / "index.arrow"), exports))
