@@ -16,6 +16,7 @@ import pyarrow as pa
 # Odd 64-bit multipliers: each 8-byte word is mixed in, then spread over every bit (a murmur3 finalizer).
 _BASE = np.uint64(0x100000001B3)
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_BLOCK_ROWS = 1 << 14
 
 
 class IdHashes:
@@ -64,9 +65,11 @@ def hash_strings(array: pa.Array) -> np.ndarray:
     """A 64-bit hash of each value of a string array without nulls, computed over its buffers:
     the ids of each length as rows of a matrix of 8-byte words (media ids mostly share one length,
     so that is usually one matrix, a view of the data itself)."""
-    array = array.cast(pa.large_string())
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = array.cast(pa.large_string())
     n = len(array)
-    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + n + 1]
+    width = np.int32 if pa.types.is_string(array.type) else np.int64  # read as they are: a cast would copy
+    offsets = np.frombuffer(array.buffers()[1], width)[array.offset : array.offset + n + 1].astype(np.int64)
     buffer = array.buffers()[2]
     data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
@@ -75,7 +78,10 @@ def hash_strings(array: pa.Array) -> np.ndarray:
     hashes = np.empty(n, np.uint64)
     for length in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == length)
-        hashes[rows] = _hash_rows(data[offsets[rows][:, None] + np.arange(length)])
+        # A block of rows at a time: the gather's index matrix takes 8 bytes per byte hashed.
+        for block in range(0, len(rows), _BLOCK_ROWS):
+            some = rows[block : block + _BLOCK_ROWS]
+            hashes[some] = _hash_rows(data[offsets[some][:, None] + np.arange(length)])
     return hashes
 
 
