@@ -1,4 +1,9 @@
-"""Which file of an export is each row's image (contract §5), vectorized over the whole table."""
+"""Which file of an export is each row's image (contract §5), vectorized over the whole table.
+
+An index built a slice at a time first tries the exact paths alone (``ExactPaths``): a row whose
+``images/<image_filename>`` or ``images/<file_path>`` is a file has that image whatever the other
+rows are, so when every row has one, no step needs all the rows at once.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, ImageNotFoundError
 from .normalize import basename
+from .unique_ids import hash_strings
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif")
 
@@ -68,6 +74,49 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
 _NO_STRING = pa.scalar(None, pa.string())
 
 
+class ExactPaths:
+    """The export's files, and each row's among them by steps 0 and 1 of ``resolve_image_paths``
+    alone (``images/<image_filename>``, then ``images/<file_path>``), a slice of rows at a time.
+
+    Those steps look at a row's own values, and a row they settle keeps that image whatever the
+    other rows hold (the later steps only settle the rows these leave, and only those can be
+    ambiguous): when they settle every row of an export, the images are theirs, found in memory
+    bounded by a slice. The files are looked up by 64-bit hashes of their names, sorted once (16
+    bytes a file), where a hash table per slice (``pc.is_in``) would hash every file again for
+    each; a hash found is checked against the name itself.
+    """
+
+    def __init__(self, member_names: Iterable[str]) -> None:
+        self.members = _member_array(member_names)
+        hashes = hash_strings(self.members)
+        self._order = np.argsort(hashes)
+        self._sorted = hashes[self._order]
+
+    def found(self, table: pa.Table) -> np.ndarray:
+        """Each row's image, as its position among ``members``; -1 where neither step finds one."""
+        found = self._positions(pc.binary_join_element_wise("images/", table.column("file_path").combine_chunks(), ""))
+        if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
+            named = pc.binary_join_element_wise("images/", table.column("image_filename").combine_chunks(), "")
+            flat = self._positions(named)
+            found = np.where(flat >= 0, flat, found)
+        return found
+
+    def _positions(self, candidates: pa.Array) -> np.ndarray:
+        positions = np.full(len(candidates), -1, dtype=np.int64)
+        rows = np.flatnonzero(pc.is_valid(candidates).to_numpy(zero_copy_only=False))
+        if not len(rows) or not len(self._sorted):
+            return positions
+        wanted = candidates.take(pa.array(rows))
+        hashes = hash_strings(wanted)
+        at = np.minimum(np.searchsorted(self._sorted, hashes), len(self._sorted) - 1)
+        hit = np.flatnonzero(self._sorted[at] == hashes)
+        members = self._order[at[hit]]
+        same = pc.equal(wanted.take(pa.array(hit)), self.members.take(pa.array(members)))
+        same = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+        positions[rows[hit[same]]] = members[same]
+        return positions
+
+
 def _none_found(table: pa.Table, on_missing: str) -> pa.Array:
     if on_missing == "raise" and table.num_rows:
         raise _no_image(table, 0, len(table))
@@ -93,7 +142,9 @@ def _member_array(member_names: Iterable[str]) -> pa.Array:
         members = member_names
     else:
         members = pa.array(list(member_names), pa.string())
-    members = pc.replace_substring(members.cast(pa.string()), "\\", "/")
+    members = members.cast(pa.string())
+    if pc.any(pc.match_substring(members, "\\")).as_py():  # a copy of every name only where one needs it
+        members = pc.replace_substring(members, "\\", "/")
     return pc.drop_null(members) if members.null_count else members
 
 

@@ -6,7 +6,9 @@ image column, so a reader memory-maps a table of many chunks. Two things need ev
 - the media ids' uniqueness, checked on 64-bit hashes of the ids (``unique_ids``), 8 bytes a row;
 - the image of a row whose ``file_path`` names no file, which is looked up by file name among all
   the files and all the rows (``resolve_image_paths``). So when the export has images, the slices
-  are first spilled to disk as they come, and the lookup reads back only the four columns it uses.
+  are first spilled to disk as they come, and read back a slice at a time to find each row's image
+  by its exact path (``ExactPaths``), which holds 8 bytes a row and 16 a file. Only when some row
+  has no image there does the lookup read back the four columns it uses, all the rows at once.
 
 A streamed JSON export's slices type its unknown keys one slice at a time; they are spilled too,
 and written under the schema that unifies them, as a whole-file read would have typed them.
@@ -21,12 +23,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..atomic import replacing
 from .cold_pages import ColdPages
-from .image_paths import resolve_image_paths
+from .image_paths import ExactPaths, resolve_image_paths
 from .normalize import duplicate_id
 from .read import MetadataSlices
 from .row_batches import select_present
@@ -135,11 +138,15 @@ def _check_unique(hashes: IdHashes, metadata: Path, media_ids: Callable[[], pa.C
         raise duplicate_id(str(metadata), duplicate)
 
 
+# The image paths (under images/) of ``count`` rows from ``start``, as the index's image column holds them.
+ImagesOf = Callable[[int, int], pa.Array]
+
+
 def _write(
-    tmp: Path, tables: Iterable[pa.Table], metadata: Path, *, schema: pa.Schema | None, images: pa.Array | None
+    tmp: Path, tables: Iterable[pa.Table], metadata: Path, *, schema: pa.Schema | None, images: ImagesOf | None
 ) -> int:
-    """Write ``tables`` as record batches of one IPC file, each with its rows' slice of ``images``
-    (all null without it). ``schema``: theirs, or None to take the first table's."""
+    """Write ``tables`` as record batches of one IPC file, each with its rows' ``images`` (all null
+    without them). ``schema``: theirs, or None to take the first table's."""
     rows, writer, cold = 0, None, None
     with pa.OSFile(str(tmp), "wb") as sink:
         try:
@@ -149,7 +156,7 @@ def _write(
                     writer = pa.ipc.new_file(sink, schema)
                     cold = ColdPages(tmp, schema, hot=_READ_NEXT)
                 assert schema is not None and cold is not None
-                column = pa.nulls(table.num_rows, pa.string()) if images is None else images.slice(rows, table.num_rows)
+                column = pa.nulls(table.num_rows, pa.string()) if images is None else images(rows, table.num_rows)
                 start = sink.tell()
                 writer.write_table(pa.Table.from_arrays([*table.columns, column], schema=schema))
                 cold.written(start, sink.tell())
@@ -250,9 +257,27 @@ def _json_text(column: pa.ChunkedArray) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
-def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> pa.Array:
-    """Each row's image path under ``images/`` (null when it has none), over all the rows at once."""
+def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> ImagesOf:
+    """Each row's image path under ``images/`` (null when it has none): by its exact path a slice at
+    a time when that finds every row's, else over all the rows at once."""
     lookup = pa.schema([schema.field(name) for name in _LOOKUP_COLUMNS if name in schema.names])
+    exact = _exact_images(spilled, lookup, members)
+    if exact is not None:
+        return exact
     parts = [_conform(table, lookup) for table in _loaded(spilled, lookup.names)]
-    resolved = resolve_image_paths(pa.concat_tables(parts), members, on_missing="null")
-    return pc.utf8_slice_codeunits(resolved, len("images/"))
+    resolved = _under_images(resolve_image_paths(pa.concat_tables(parts), members, on_missing="null"))
+    return lambda start, count: resolved.slice(start, count)
+
+
+def _exact_images(spilled: list[Path], lookup: pa.Schema, members: pa.Array) -> ImagesOf | None:
+    """The images found by every row's exact path (``ExactPaths``), or None when a row has none there."""
+    exact = ExactPaths(members)
+    parts = [exact.found(_conform(table, lookup)) for table in _loaded(spilled, lookup.names)]
+    found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if not (found >= 0).all():
+        return None
+    return lambda start, count: _under_images(exact.members.take(pa.array(found[start : start + count])))
+
+
+def _under_images(paths: pa.Array) -> pa.Array:
+    return pc.utf8_slice_codeunits(paths, len("images/"))
