@@ -71,8 +71,8 @@ def write_export_index(
     """Write the index ``build_index`` would return to ``path`` (atomically) without holding the
     whole table: the metadata is read, normalized, given its image column and written ``batch_rows``
     rows at a time (``index_writer``; by default ``stream.BATCH_ROWS``). An export with images holds
-    its file names and the four columns the image lookup reads, no more. Returns its rows; raises
-    as ``build_index`` does."""
+    its file names, and the four columns the image lookup reads only when some row's image must be
+    found by file name across the rows. Returns its rows; raises as ``build_index`` does."""
     export_dir = Path(export_dir)
     metadata = find_metadata_file(export_dir)
     members = image_members(export_dir / "images" if images_dir is None else images_dir)
