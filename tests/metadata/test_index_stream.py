@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.helpers import child_env
@@ -24,7 +25,7 @@ from tests.metadata.helpers import (
 )
 from tests.waits import run_child
 from vl_datasets.errors import SchemaError
-from vl_datasets.metadata import index_writer, read, stream, unique_ids
+from vl_datasets.metadata import image_paths, index_writer, read, stream, unique_ids
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
@@ -170,6 +171,17 @@ def test_images_at_their_exact_paths_stream_as_the_whole_table(tmp_path):
     (export / "images" / "train" / "unlisted.jpg").write_bytes(b"")  # a file no row names
     streamed = _same_index(export, tmp_path, batch_rows=16)
     assert streamed.column("media_id").num_chunks > 1
+    paths = streamed.column("__image_path__").to_pylist()
+    assert paths == [m["file_path"] for m in media[:40]] + [f"flat_{m['media_id']}.jpg" for m in media[40:]]
+
+
+def test_file_names_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
+    """Every name of one length hashed alike: a row is given only the file its name is, and the rows
+    whose file the exact lookup cannot tell apart are found by the lookup over all rows."""
+    monkeypatch.setattr(image_paths, "hash_strings", lambda names: pc.binary_length(names).to_numpy().astype(np.uint64))
+    media = realistic_media_items(70)
+    export = _with_images(tmp_path / "export", media, flat_from=40)
+    streamed = _same_index(export, tmp_path, batch_rows=16)
     paths = streamed.column("__image_path__").to_pylist()
     assert paths == [m["file_path"] for m in media[:40]] + [f"flat_{m['media_id']}.jpg" for m in media[40:]]
 
