@@ -113,8 +113,10 @@ SCALAR_INPUT_TYPES = {
     "file_size": pa.string(),
 }
 # Rows per json-reader call: keeps a refused slice (and its slow re-parse) small.
-JSON_SLICE_ROWS = 65_536
-_JSON_BLOCK_BYTES = 16 << 20
+JSON_SLICE_ROWS = 131_072
+# The reader parses a block per task and returns a chunk per block: a slice's texts in one block
+# (~30 MiB of realistic items at JSON_SLICE_ROWS) make its columns come out in one chunk.
+_JSON_BLOCK_BYTES = 64 << 20
 _SECONDS = r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?)$"
 
 

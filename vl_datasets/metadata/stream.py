@@ -25,10 +25,11 @@ from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
 from .ordered_map import WORKERS, ordered_map
 
-# A slice of the file, in rows: ~30 MiB of realistic rows, one call of the JSON reader
-# (items.JSON_SLICE_ROWS). Larger slices cost less per row to normalize and are joined less before
-# they are written (index_writer.WRITE_ROWS): 16K-row slices took 12% more CPU at 10M items.
-BATCH_ROWS = 64 << 10
+# A slice of the file, in rows: ~60 MiB of realistic rows, one call of the JSON reader
+# (items.JSON_SLICE_ROWS) and one record batch of the index (index_writer.WRITE_ROWS), so that no
+# slice is copied to be joined with the next. Larger slices cost less per row to normalize: 16K-row
+# slices took 12% more CPU at 10M items.
+BATCH_ROWS = 128 << 10
 # A JSON export under this size is read whole, by Arrow's one-block reader: faster than ijson,
 # and its memory, a few times the file's size, is bounded by this.
 JSON_STREAM_BYTES = 64 << 20
