@@ -123,9 +123,7 @@ def test_empty_export(tmp_path):
     assert table.schema.equals(NORMALIZED_SCHEMA, check_metadata=False), f"got the schema\n{table.schema}"
 
 
-@pytest.mark.parametrize(
-    "text, size",
-    [
+_SIZE_CASES = [
         ("48.27KB", 49428),
         ("3.38MB", 3544187),
         ("512B", 512),
@@ -150,12 +148,29 @@ def test_empty_export(tmp_path):
         ("\u0661KB", None),  # an Arabic-Indic digit
         ("5\u212aB", None),  # the Kelvin sign, which case-insensitive matching takes for K
         (None, None),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize("text, size", _SIZE_CASES)
 def test_file_sizes_use_binary_units(text, size):
     media = items()[:1]
     media[0]["file_size"] = text
     assert normalize(media).column("file_size_bytes").to_pylist() == [size]
+
+
+def test_file_sizes_of_a_column_are_each_rows_own():
+    """Every case at once, repeated in another order and split across chunks: a row's size is its
+    own text's, whichever rows share that text (each distinct text is read once)."""
+    cases = _SIZE_CASES + _SIZE_CASES[::-1] + _SIZE_CASES[::3]
+    texts = [text for text, _ in cases]
+    raw = pa.table(
+        {
+            "media_id": [f"m{i}" for i in range(len(cases))],
+            "file_path": [f"{i}.jpg" for i in range(len(cases))],
+            "file_size": pa.chunked_array([texts[:7], texts[7:30], [], texts[30:]], pa.string()),
+        }
+    )
+    assert normalize(raw).column("file_size_bytes").to_pylist() == [size for _, size in cases]
 
 
 def test_normalize_is_idempotent(expected):

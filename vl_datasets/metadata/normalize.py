@@ -274,16 +274,28 @@ def basename(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 def _file_size_bytes(column: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
     """Human-readable sizes ("48.27KB", "3.38MB", "512B", "1.2GB") as bytes; null when unreadable.
 
-    The pattern only tells which texts are sizes: a match without captures runs in RE2's DFA, at a
-    third of the cost of extracting the groups (0.12 s against 0.39 per million rows). The number
-    and the unit of a text that matches are then what trimming its ends leaves: the number is
-    digits and a dot, the unit letters, and whitespace no more than ``\\s``.
+    Each distinct text is read once and its rows take its value: sizes written to two decimals
+    repeat (the benchmark's export: 50K distinct in 131K rows), and reading them all cost three
+    times the encoding that finds the distinct ones (40 ms against 14 per 131K rows).
     """
     if column is not None and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         return pc.round(column.cast(pa.float64())).cast(pa.int64())
     if column is None or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return pa.chunked_array([pa.nulls(n, pa.int64())])
-    sizes = pc.if_else(pc.match_substring_regex(column, _SIZE_PATTERN), pc.utf8_upper(column), None)
+    chunks = []
+    for chunk in column.chunks:
+        distinct = pc.dictionary_encode(chunk)
+        chunks.append(_sizes_of_texts(distinct.dictionary).take(distinct.indices))
+    return pa.chunked_array(chunks, pa.int64())
+
+
+def _sizes_of_texts(texts: pa.Array) -> pa.Array:
+    """``_file_size_bytes`` of text values. The pattern only tells which texts are sizes: a match
+    without captures runs in RE2's DFA, at a third of the cost of extracting the groups (0.12 s
+    against 0.39 per million rows). The number and the unit of a text that matches are then what
+    trimming its ends leaves: the number is digits and a dot, the unit letters, and whitespace no
+    more than ``\\s``."""
+    sizes = pc.if_else(pc.match_substring_regex(texts, _SIZE_PATTERN), pc.utf8_upper(texts), None)
     number = pc.utf8_ltrim(pc.utf8_rtrim(sizes, characters=_UNIT_LETTERS + _SPACES), characters=_SPACES)
     unit = pc.utf8_slice_codeunits(pc.utf8_ltrim(sizes, characters="0123456789." + _SPACES), 0, 1)
     scale = pc.take(pa.array(list(_SIZE_UNITS.values()), pa.float64()), pc.index_in(unit, pa.array(list(_SIZE_UNITS))))
