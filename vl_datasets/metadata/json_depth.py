@@ -91,16 +91,19 @@ def most_opening_brackets(strings: pa.Array) -> int:
 
 def text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     """The bytes of ``strings`` as one array and where each text starts in it (and, last, where
-    the last one ends); None when they hold no byte at all."""
-    strings = strings.cast(pa.large_string())
+    the last one ends); None when they hold no byte at all. A string or large string array is read
+    as it is (a cast to large strings would copy its data); any other text type is cast."""
+    if not (pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type)):
+        strings = strings.cast(pa.large_string())
     if not len(strings):
         return None
-    offsets = np.frombuffer(strings.buffers()[1], dtype="<i8")[strings.offset : strings.offset + len(strings) + 1]
+    width = "<i4" if pa.types.is_string(strings.type) else "<i8"
+    offsets = np.frombuffer(strings.buffers()[1], dtype=width)[strings.offset : strings.offset + len(strings) + 1]
     data_buffer = strings.buffers()[2]
     if data_buffer is None or offsets[-1] == offsets[0]:
         return None
     data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return data, (offsets - offsets[0]).astype(np.int64)
+    return data, offsets.astype(np.int64) - offsets[0]
 
 
 def too_deep(source: str, depth: int, offset: int, max_depth: int = MAX_DEPTH) -> SchemaError:

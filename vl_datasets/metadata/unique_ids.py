@@ -13,6 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from .json_depth import text_bytes
+
 # Odd 64-bit multipliers: each 8-byte word is mixed in, then spread over every bit (a murmur3 finalizer).
 _BASE = np.uint64(0x100000001B3)
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
@@ -65,16 +67,12 @@ def hash_strings(array: pa.Array) -> np.ndarray:
     """A 64-bit hash of each value of a string array without nulls, computed over its buffers:
     the ids of each length as rows of a matrix of 8-byte words (media ids mostly share one length,
     so that is usually one matrix, a view of the data itself)."""
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        array = array.cast(pa.large_string())
     n = len(array)
-    width = np.int32 if pa.types.is_string(array.type) else np.int64  # read as they are: a cast would copy
-    offsets = np.frombuffer(array.buffers()[1], width)[array.offset : array.offset + n + 1].astype(np.int64)
-    buffer = array.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    texts = text_bytes(array)
+    data, offsets = texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(n + 1, np.int64))
     lengths = np.diff(offsets)
     if n and (lengths == lengths[0]).all():  # every id has one length: the data is the matrix
-        return _hash_rows(data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0])))
+        return _hash_rows(data.reshape(n, int(lengths[0])))
     hashes = np.empty(n, np.uint64)
     for length in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == length)
