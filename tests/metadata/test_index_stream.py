@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import child_env
@@ -67,6 +68,38 @@ def test_a_parquet_file_of_many_row_groups_indexes_as_the_whole_table(tmp_path, 
     export = write_parquet(tmp_path / "export", table, row_group_size=64).parent
     streamed = _same_index(export, tmp_path, batch_rows=50)
     assert streamed.column("media_id").num_chunks > 1  # the test would prove nothing with one batch
+
+
+def test_json_texts_stored_as_a_dictionary_index_as_plain_text(tmp_path):
+    """A metadata_items column written dictionary-encoded (pandas' categorical, for one) reads back
+    as a dictionary: it is the same JSON text, whole or streamed (which reads every file's texts so)."""
+    media = realistic_media_items(300)
+    media[40]["metadata_items"] = []
+    media[41].pop("metadata_items")
+    plain = json_strings_table(media)
+    column = plain.schema.get_field_index("metadata_items")
+    encoded = plain.set_column(column, "metadata_items", pc.dictionary_encode(plain.column("metadata_items")))
+    plain_index = _same_index(write_parquet(tmp_path / "plain", plain, row_group_size=64).parent, tmp_path / "a")
+    export = write_parquet(tmp_path / "encoded", encoded, row_group_size=64).parent
+    assert pa.types.is_dictionary(pq.read_schema(export / "metadata.parquet").field("metadata_items").type)
+    assert _same_index(export, tmp_path / "b", batch_rows=50).to_pylist() == plain_index.to_pylist()
+
+
+def test_a_json_text_not_utf8_among_repeated_ones_is_named_by_its_row(tmp_path):
+    """The streamed read takes each distinct text once; the row named is still the first holding it."""
+    label = '[{"type": "image_label", "properties": {"category_name": "tabby"}}]'
+    table = pa.table(
+        {
+            "media_id": [f"m-{i}" for i in range(6)],
+            "file_name": [f"{i}.jpg" for i in range(6)],
+            "metadata_items": [label, None, label, label.replace("tabby", "tibby"), label, None],
+        }
+    )
+    path = write_parquet(tmp_path / "export", table, compression="none", use_dictionary=False, store_schema=False)
+    path.write_bytes(path.read_bytes().replace(b"tibby", b"ti\xffby"))
+    with pytest.raises(SchemaError, match="media_id 'm-3'") as caught:
+        write_export_index(path.parent, tmp_path / INDEX_FILE, batch_rows=4)
+    assert caught.value.field == "metadata_items"
 
 
 def test_a_media_id_repeated_in_another_batch_is_named(tmp_path):

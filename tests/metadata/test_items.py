@@ -293,3 +293,14 @@ def test_texts_that_repeat_are_parsed_once_and_the_first_row_at_fault_is_named(t
     assert [[issue["confidence"] for issue in row] for row in table.column("issues").to_pylist()] == [
         [0.5] if letter == "B" else [] for letter in good
     ]
+
+
+def test_first_seen_keeps_the_values_rows_hold_in_the_order_first_held():
+    """A dictionary read from a file may hold values no row holds, in any order: the texts parsed
+    (and checked) are those the rows hold, in their first row's order, a null row pointing at null."""
+    stored = pa.DictionaryArray.from_arrays(pa.array([2, None, 2, 0], pa.int32()), pa.array(["a", "unused", "c"]))
+    seen = metadata_items.first_seen(stored)
+    assert seen.dictionary.to_pylist() == ["c", None, "a"]
+    assert seen.to_pylist() == stored.to_pylist() == ["c", None, "c", "a"]
+    assert metadata_items.first_seen(stored.slice(3)).dictionary.to_pylist() == ["a"]
+    assert metadata_items.first_seen(pa.array(["x", None, "x"])).dictionary.to_pylist() == ["x", None]

@@ -124,30 +124,30 @@ def test_empty_export(tmp_path):
 
 
 _SIZE_CASES = [
-        ("48.27KB", 49428),
-        ("3.38MB", 3544187),
-        ("512B", 512),
-        ("1.2GB", 1288490189),
-        ("12 kb", 12288),
-        ("5KiB", 5120),
-        ("1024", 1024),
-        ("0.5 TB", 549755813888),
-        ("", None),
-        ("big", None),
-        ("3MBB", None),
-        ("-1KB", None),
-        (" 1.5 kib ", 1536),
-        ("2.", 2),
-        (".5mb", 524288),
-        ("5Ki", 5120),
-        ("3iB", None),
-        ("1.2.3KB", None),
-        ("12 K B", None),
-        ("1e3KB", None),
-        ("1\u00a0KB", None),  # no-break space: not the whitespace a size may hold
-        ("\u0661KB", None),  # an Arabic-Indic digit
-        ("5\u212aB", None),  # the Kelvin sign, which case-insensitive matching takes for K
-        (None, None),
+    ("48.27KB", 49428),
+    ("3.38MB", 3544187),
+    ("512B", 512),
+    ("1.2GB", 1288490189),
+    ("12 kb", 12288),
+    ("5KiB", 5120),
+    ("1024", 1024),
+    ("0.5 TB", 549755813888),
+    ("", None),
+    ("big", None),
+    ("3MBB", None),
+    ("-1KB", None),
+    (" 1.5 kib ", 1536),
+    ("2.", 2),
+    (".5mb", 524288),
+    ("5Ki", 5120),
+    ("3iB", None),
+    ("1.2.3KB", None),
+    ("12 K B", None),
+    ("1e3KB", None),
+    ("1\u00a0KB", None),  # no-break space: not the whitespace a size may hold
+    ("\u0661KB", None),  # an Arabic-Indic digit
+    ("5\u212aB", None),  # the Kelvin sign, which case-insensitive matching takes for K
+    (None, None),
 ]
 
 

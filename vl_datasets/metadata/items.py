@@ -207,7 +207,7 @@ class _Lists(NamedTuple):
 
 def _as_lists(array: pa.Array, where: str, source: str, row_offset: int = 0) -> pa.Array:
     """A list array from a list, JSON-string or all-null column; SchemaError for anything else."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    if is_text(array.type):
         return parse_json_items(array, source, row_offset=row_offset)
     return _as_list_parts(array, where, source, row_offset)[0].lists
 
@@ -216,13 +216,34 @@ def _as_list_parts(array: pa.Array, where: str, source: str, row_offset: int = 0
     """``_as_lists`` as consecutive parts; JSON strings are parsed with inferred types (faster)."""
     if pa.types.is_null(array.type):
         return [_Lists(pa.nulls(len(array), RAW_ITEMS))]
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    if is_text(array.type):
         return _parse_json_parts(array, source, row_offset=row_offset, infer=True)
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         return [_Lists(array)]
     raise SchemaError(
         f"{source}: {where} has type {array.type}; expected a list of items or a JSON string.", field=where
     )
+
+
+def is_text(type_: pa.DataType) -> bool:
+    """Whether ``type_`` holds text: string, large string, or a dictionary of either (a Parquet
+    column written dictionary-encoded, or read so)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def first_seen(strings: pa.Array) -> pa.DictionaryArray:
+    """``strings`` (text, or a dictionary of text) as a dictionary of exactly the values its rows
+    hold, in the order of the first row holding each; null rows point at a null value.
+
+    A dictionary read from a file may hold values no row holds, or in another order: re-encoding
+    its indices (4 bytes a row) keeps only those rows hold, where encoding the text hashes it all.
+    """
+    if not pa.types.is_dictionary(strings.type):
+        return pc.dictionary_encode(strings, null_encoding="encode")
+    used = pc.dictionary_encode(strings.indices, null_encoding="encode")
+    return pa.DictionaryArray.from_arrays(used.indices, strings.dictionary.take(used.dictionary))
 
 
 def parse_json_items(strings: pa.Array, source: str, *, row_offset: int = 0) -> pa.Array:
@@ -243,27 +264,27 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     """
     parts = [_Lists(pa.array([], RAW_ITEMS))] if not len(strings) else []
     for start in range(0, len(strings), JSON_SLICE_ROWS):
-        part = _json_lines_input(strings.slice(start, JSON_SLICE_ROWS))
         # Each distinct text is parsed once: rows often repeat one (the same labels, no issue).
         # Its first occurrence orders the distinct texts, so inferred types come out as from all.
-        distinct = pc.dictionary_encode(part)
-        once = distinct.dictionary
+        distinct = first_seen(strings.slice(start, JSON_SLICE_ROWS))
+        once = _json_lines_input(distinct.dictionary)
+        n_rows = len(distinct)
         # No text of a slice within the bound can nest too deep for Arrow's reader: the exact scan
         # then waits until the reader refuses the slice, and runs before json.loads would, so a
         # fault is named as before.
         scanned = most_opening_brackets(once) > MAX_DEPTH
         if scanned:
-            _check_depth(part, source, row_offset + start)
+            _check_depth(once.take(distinct.indices), source, row_offset + start)
         parsed = _read_json_fast(once, infer=True) if infer else None
         if parsed is None:
             parsed = _read_json_fast(once, infer=False)
         if parsed is not None:
-            parts.append(_Lists(parsed, distinct.indices if len(once) < len(part) else None))
+            parts.append(_Lists(parsed, distinct.indices if len(once) < n_rows else None))
             continue
+        texts = once.take(distinct.indices)
         if not scanned:
-            _check_depth(part, source, row_offset + start)
-        texts = part.to_pylist()
-        values = [_loads_row(text, source, row_offset + start + i) for i, text in enumerate(texts)]
+            _check_depth(texts, source, row_offset + start)
+        values = [_loads_row(text, source, row_offset + start + i) for i, text in enumerate(texts.to_pylist())]
         parts.append(_Lists(python_items(values, source, row_offset=row_offset + start)))
     return parts
 

@@ -213,13 +213,18 @@ def _check_text(raw: pa.Table, source: str, row_offset: int) -> None:
         pass
     columns = sorted(raw.column_names, key=lambda name: name != "media_id")  # media_id first: it names the others
     for name in columns:
-        row = first_failing(raw.column(name), _validate_alone)
+        row = first_failing(_decoded(raw.column(name)), _validate_alone)
         if row is None:
             continue
         detail = f"column {name!r} holds text that is not UTF-8."
         if name == "media_id" or "media_id" not in raw.column_names:
             raise SchemaError(f"{source}: row {row + row_offset}: {detail}", field=name)
         raise row_error(source, row, detail, name)  # normalize_raw adds row_offset
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    # A slice of a dictionary array keeps the whole dictionary: each row is given its own value.
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
 def _validate_alone(part: pa.Array) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import SchemaError
-from .items import gc_paused
+from .items import first_seen, gc_paused, is_text
 from .json_depth import check_file_depth
 from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
@@ -37,6 +37,7 @@ _READ_BYTES = 64 << 10
 # Slices read and not yet written: enough for every worker to go on while the writer joins and
 # writes a batch of two slices (index_writer.WRITE_ROWS), few enough to hold ~150 MiB.
 _AHEAD = WORKERS + 2
+ITEMS = "metadata_items"
 
 
 def is_parquet(path: Path) -> bool:
@@ -53,6 +54,8 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
         # Without pre-buffering: it keeps every column chunk read until the file is closed.
         file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
         schema = file.schema_arrow
+        if _items_as_text(schema):
+            file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4, read_dictionary=[ITEMS])
         batches = file.iter_batches(batch_size=batch_rows)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
@@ -65,6 +68,17 @@ def parquet_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.
             yield table
     if empty:  # no rows: still the file's columns
         yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
+
+
+def _items_as_text(schema: pa.Schema) -> bool:
+    """Whether the file's ``metadata_items`` is JSON text, read then as a dictionary of the texts.
+
+    The normalization parses each distinct text once (``items.first_seen``): the reader finds them
+    from the file's own dictionary pages, where encoding the decoded text hashed every row's (a
+    third of the cost per 1M rows: 0.17 s against 0.47 to read and encode the column).
+    """
+    at = schema.get_field_index(ITEMS)  # -1 when absent, or when two columns share the name
+    return at >= 0 and is_text(schema.field(at).type)
 
 
 class _RawSlice(NamedTuple):
@@ -82,8 +96,18 @@ def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[_RawS
             raise _unreadable(path, exc) from None
         if batch is None:
             return
-        yield _RawSlice(str(path), offset, pa.Table.from_batches([batch]))
+        yield _RawSlice(str(path), offset, _items_first_seen(pa.Table.from_batches([batch])))
         offset += batch.num_rows
+
+
+def _items_first_seen(table: pa.Table) -> pa.Table:
+    """The slice with a dictionary ``metadata_items`` holding only the texts its rows hold: the
+    reader's dictionary may hold others, which the text checks would otherwise see."""
+    at = table.schema.get_field_index(ITEMS)
+    if at < 0 or not pa.types.is_dictionary(table.schema.field(at).type):
+        return table
+    column = pa.chunked_array([first_seen(chunk) for chunk in table.column(at).chunks], table.schema.field(at).type)
+    return table.set_column(at, table.schema.field(at), column)
 
 
 def _normalized_slice(raw: _RawSlice) -> pa.Table:
