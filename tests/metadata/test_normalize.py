@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.metadata.helpers import (
@@ -171,6 +172,8 @@ def test_file_sizes_of_a_column_are_each_rows_own():
         }
     )
     assert normalize(raw).column("file_size_bytes").to_pylist() == [size for _, size in cases]
+    stored_as_categories = raw.set_column(2, "file_size", pc.dictionary_encode(raw.column("file_size")))
+    assert normalize(stored_as_categories).column("file_size_bytes").to_pylist() == [size for _, size in cases]
 
 
 def test_normalize_is_idempotent(expected):

@@ -64,6 +64,8 @@ from .items import (
     check_unit_interval,
     extract_item_columns,
     first_failing,
+    first_seen,
+    is_text,
     named,
     row_error,
 )
@@ -285,11 +287,11 @@ def _file_size_bytes(column: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
     """
     if column is not None and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         return pc.round(column.cast(pa.float64())).cast(pa.int64())
-    if column is None or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+    if column is None or not is_text(column.type):
         return pa.chunked_array([pa.nulls(n, pa.int64())])
     chunks = []
     for chunk in column.chunks:
-        distinct = pc.dictionary_encode(chunk)
+        distinct = first_seen(chunk)  # text stored as a dictionary (a categorical) too
         chunks.append(_sizes_of_texts(distinct.dictionary).take(distinct.indices))
     return pa.chunked_array(chunks, pa.int64())
 

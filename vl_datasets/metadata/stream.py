@@ -34,8 +34,8 @@ BATCH_ROWS = 128 << 10
 # and its memory, a few times the file's size, is bounded by this.
 JSON_STREAM_BYTES = 64 << 20
 _READ_BYTES = 64 << 10
-# Slices read and not yet written: enough for every worker to go on while the writer joins and
-# writes a batch of two slices (index_writer.WRITE_ROWS), few enough to hold ~150 MiB.
+# Slices read and not yet written: enough for every worker to go on while the writer writes one
+# (a record batch of the index), few enough to hold ~250 MiB.
 _AHEAD = WORKERS + 2
 ITEMS = "metadata_items"
 
