@@ -145,6 +145,7 @@ def is_normalized(table: pa.Table) -> bool:
 
 
 def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool) -> pa.Table:
+    raw = _held_items_only(raw)
     _check_text(raw, source, row_offset)
     names = set(raw.column_names)
     if "media_id" not in names:
@@ -195,6 +196,16 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
         out[target] = raw.column(name)
         fields.append(raw.schema.field(name).with_name(target))
     return pa.table(out, schema=pa.schema(fields))
+
+
+def _held_items_only(raw: pa.Table) -> pa.Table:
+    """``metadata_items`` stored as a dictionary (as the streamed read takes it) holding only the
+    texts its rows hold: a dictionary read from a file may hold others, which the checks would see."""
+    at = raw.schema.get_field_index("metadata_items")
+    if at < 0 or not pa.types.is_dictionary(raw.schema.field(at).type):
+        return raw
+    field = raw.schema.field(at)
+    return raw.set_column(at, field, pa.chunked_array([first_seen(c) for c in raw.column(at).chunks], field.type))
 
 
 def _check_text(raw: pa.Table, source: str, row_offset: int) -> None:

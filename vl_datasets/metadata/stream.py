@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import SchemaError
-from .items import first_seen, gc_paused, is_text
+from .items import gc_paused, is_text
 from .json_depth import check_file_depth
 from .json_export import check_utf8, table_from_media_items
 from .normalize import normalize_raw
@@ -96,18 +96,8 @@ def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[_RawS
             raise _unreadable(path, exc) from None
         if batch is None:
             return
-        yield _RawSlice(str(path), offset, _items_first_seen(pa.Table.from_batches([batch])))
+        yield _RawSlice(str(path), offset, pa.Table.from_batches([batch]))
         offset += batch.num_rows
-
-
-def _items_first_seen(table: pa.Table) -> pa.Table:
-    """The slice with a dictionary ``metadata_items`` holding only the texts its rows hold: the
-    reader's dictionary may hold others, which the text checks would otherwise see."""
-    at = table.schema.get_field_index(ITEMS)
-    if at < 0 or not pa.types.is_dictionary(table.schema.field(at).type):
-        return table
-    column = pa.chunked_array([first_seen(chunk) for chunk in table.column(at).chunks], table.schema.field(at).type)
-    return table.set_column(at, table.schema.field(at), column)
 
 
 def _normalized_slice(raw: _RawSlice) -> pa.Table:
