@@ -42,6 +42,7 @@ from ..atomic import beside
 from ..errors import CacheMissError
 from .curation import CurationRules, CurationSummary
 from .index import read_index
+from .json_depth import text_bytes
 from .media_ids import MediaIds
 
 FORMAT = 2  # of the files below: a new format is a new settings digest, so a new list
@@ -126,7 +127,9 @@ class ItemListWriter:
         """Add items: their rows in the index, image paths (no null) and targets (as ``ItemList``)."""
         assert len(paths) == len(rows) and paths.null_count == 0
         self._files[_ROWS].write(np.ascontiguousarray(rows, "<i8").data)
-        self._append_offsets(_PATH_OFFSETS, _PATH_DATA, paths.cast(pa.large_string()))
+        texts = text_bytes(paths)  # read as they are: a cast to large strings copied every path
+        data, bounds = texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(len(paths) + 1, np.int64))
+        self._append_bounds(_PATH_OFFSETS, _PATH_DATA, bounds, data.data)
         if self.target == "class":
             assert isinstance(targets, np.ndarray) and len(targets) == len(rows)
             self._files[_TARGET].write(np.ascontiguousarray(targets, "<i8").data)
@@ -136,16 +139,17 @@ class ItemListWriter:
         self.count += len(rows)
 
     def _append_offsets(self, offsets_file: str, data_file: str, array: pa.Array) -> None:
-        """A large_string's or large_list<int64>'s offsets (after the first, moved to follow what the
-        file holds) and the data between its first and last."""
+        """A large_list<int64>'s offsets and values (``_append_bounds``)."""
         offsets = np.frombuffer(array.buffers()[1], "<i8")[array.offset : array.offset + len(array) + 1]
-        if isinstance(array, pa.LargeStringArray):
-            data = memoryview(array.buffers()[2] or b"")[offsets[0] : offsets[-1]]
-        else:
-            data = pc.list_flatten(array).to_numpy().astype("<i8", copy=False).data
-        self._files[offsets_file].write((offsets[1:] - offsets[0] + self._ends[data_file]).astype("<i8").data)
+        data = pc.list_flatten(array).to_numpy().astype("<i8", copy=False).data
+        self._append_bounds(offsets_file, data_file, offsets - offsets[0], data)
+
+    def _append_bounds(self, offsets_file: str, data_file: str, bounds: np.ndarray, data: memoryview) -> None:
+        """Where each value ends in ``data`` (``bounds``, from 0: after the first, moved to follow what
+        the data file holds), then the data."""
+        self._files[offsets_file].write((bounds[1:] + self._ends[data_file]).astype("<i8").data)
         self._files[data_file].write(data)
-        self._ends[data_file] += int(offsets[-1] - offsets[0])
+        self._ends[data_file] += int(bounds[-1])
 
     def finish(
         self,

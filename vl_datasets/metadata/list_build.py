@@ -52,7 +52,8 @@ class IdsFingerprint:
 
     def update(self, chunk: pa.Array) -> None:
         """Add the ids of ``chunk`` (strings), after those given before."""
-        chunk = chunk.cast(pa.large_string())
+        if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+            chunk = chunk.cast(pa.large_string())  # a string array is read as it is: a cast copies its text
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
         self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
         texts = text_bytes(chunk)
@@ -173,7 +174,7 @@ class ListBuild:
         batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
         names = None
         if self._target_column == "labels":
-            batch["labels"] = distinct_labels(taken, self.label_source)
+            batch["labels"] = _coded(distinct_labels(taken, self.label_source))
         elif self._target_column == "objects":
             names = object_labels(taken, self.label_source)
         return pa.RecordBatch.from_pydict({name: _one_chunk(values) for name, values in batch.items()}), no_image, names
@@ -216,6 +217,16 @@ def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
+def _coded(labels: pa.ListArray) -> pa.ListArray:
+    """``labels`` (lists of names) with the names dictionary-encoded, by the thread that made the
+    slice: the writer then numbers a slice's few distinct names, not each of its millions of labels
+    (a null list becomes an empty one: neither holds a label)."""
+    counts = pc.fill_null(pc.list_value_length(labels), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(labels) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.dictionary_encode(pc.list_flatten(labels)))
+
+
 class _Targets:
     """The targets of classification or multilabel, made a batch of items at a time before every
     class is known. ``classes=`` given: each label's index among them, labels outside them unused.
@@ -230,30 +241,37 @@ class _Targets:
         self._known = pa.array(names, pa.string())
 
     def __call__(self, batch: pa.RecordBatch) -> tuple[np.ndarray | None, np.ndarray | pa.Array]:
-        """(which items of ``batch`` to keep, None for all; the targets of all of them, as numbers)."""
+        """(which items of ``batch`` to keep, None for all; the targets of all of them, as numbers).
+        Its ``labels`` are ``_coded``: offsets from 0, names as a dictionary."""
         labels = batch.column("labels")
+        names = labels.values
+        codes = pc.fill_null(names.indices, -1).to_numpy(zero_copy_only=False)
+        offsets = labels.offsets.to_numpy()
         if self.task == "multilabel":
-            numbers = self._numbered(pc.list_flatten(labels))
+            numbers = self._numbered(names.dictionary, codes)[codes]
             known = numbers >= 0
-            parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
+            parents = np.repeat(np.arange(len(labels)), np.diff(offsets))
             return None, pa.ListArray.from_arrays(list_offsets(parents[known], len(labels)), pa.array(numbers[known]))
-        counts = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
-        single = counts == 1
+        single = np.diff(offsets) == 1
         numbers = np.full(len(labels), -1, dtype=np.int64)
         if single.any():
-            numbers[single] = self._numbered(pc.list_element(labels.filter(pa.array(single)), 0))
+            firsts = codes[offsets[:-1][single]]
+            numbers[single] = self._numbered(names.dictionary, firsts)[firsts]
         keep = self.invalid.add(labels, numbers, batch.column("media_id"))
         return (None if keep.all() else keep), numbers
 
-    def _numbered(self, names: pa.Array) -> np.ndarray:
-        """Each name's number (int64): -1 for a null name, or one outside the given classes."""
+    def _numbered(self, names: pa.Array, codes: np.ndarray) -> np.ndarray:
+        """The number of each of ``names`` (a slice's distinct names), then -1 (a null name's code);
+        -1 too for a name outside the given classes. Without given classes, the names ``codes``
+        uses are numbered first, in the dictionary's order (``renumbering`` sorts them at the end)."""
         if not self._given:
-            new = [name for name in pc.unique(pc.drop_null(names)).to_pylist() if name not in self._numbers]
+            used = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+            new = [name for name in names.filter(pa.array(used)).to_pylist() if name not in self._numbers]
             if new:
                 self._numbers.update((name, len(self._numbers) + i) for i, name in enumerate(new))
                 self._known = pa.array(list(self._numbers), pa.string())
-        found = pc.index_in(names, value_set=self._known)
-        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        found = pc.fill_null(pc.index_in(names, value_set=self._known), -1).to_numpy(zero_copy_only=False)
+        return np.append(found.astype(np.int64, copy=False), -1)
 
     def classes(self) -> list[str]:
         """The class names, in index order."""
