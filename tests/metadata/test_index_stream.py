@@ -318,7 +318,7 @@ def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(
 
 def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
     """Every id hashed alike: unique ids still pass, and the duplicate named is the one seen first."""
-    monkeypatch.setattr(unique_ids, "hash_strings", lambda ids: np.zeros(len(ids), np.uint64))
+    monkeypatch.setattr(unique_ids, "uniqueness_hashes", lambda ids: np.zeros(len(ids), np.uint64))
     media = realistic_media_items(90)
     export = write_parquet(tmp_path / "unique", json_strings_table(media), row_group_size=25).parent
     assert write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25) == 90

@@ -30,7 +30,7 @@ class IdHashes:
     def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
         """Hash the next rows' ids (text, no nulls)."""
         chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
-        self._parts.extend(hash_strings(chunk) for chunk in chunks)
+        self._parts.extend(uniqueness_hashes(chunk) for chunk in chunks)
 
     def first_duplicate(self, ids_at: Callable[[np.ndarray], list[str]]) -> str | None:
         """The duplicated id whose first row comes first, or None when every id is unique.
@@ -63,36 +63,58 @@ class IdHashes:
         return np.concatenate(rows)
 
 
-def hash_strings(array: pa.Array) -> np.ndarray:
+def uniqueness_hashes(array: pa.Array) -> np.ndarray:
+    """``hash_strings`` with each word multiplied in and the finalizer run once, not per word: a
+    third of the passes over the ids (2.3 -> 0.6 s of CPU at 10M ids), for hashes that never leave
+    the uniqueness check, which compares the ids of equal hashes as text anyway."""
+    return hash_strings(array, mix=_mixed_once)
+
+
+def hash_strings(array: pa.Array, *, mix: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """A 64-bit hash of each value of a string array without nulls, computed over its buffers:
     the ids of each length as rows of a matrix of 8-byte words (media ids mostly share one length,
-    so that is usually one matrix, a view of the data itself)."""
-    n = len(array)
+    so that is usually one matrix, a view of the data itself), hashed by ``mix``, by default
+    ``_hash_rows_mixed``: these hashes name cache files and group rows, so they stay as they are."""
+    n, hash_rows = len(array), mix or _hash_rows_mixed
     texts = text_bytes(array)
     data, offsets = texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(n + 1, np.int64))
     lengths = np.diff(offsets)
     if n and (lengths == lengths[0]).all():  # every id has one length: the data is the matrix
-        return _hash_rows(data.reshape(n, int(lengths[0])))
+        return hash_rows(data.reshape(n, int(lengths[0])))
     hashes = np.empty(n, np.uint64)
     for length in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == length)
         # A block of rows at a time: the gather's index matrix takes 8 bytes per byte hashed.
         for block in range(0, len(rows), _BLOCK_ROWS):
             some = rows[block : block + _BLOCK_ROWS]
-            hashes[some] = _hash_rows(data[offsets[some][:, None] + np.arange(length)])
+            hashes[some] = hash_rows(data[offsets[some][:, None] + np.arange(length)])
     return hashes
 
 
-def _hash_rows(matrix: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of a matrix of bytes, its length included."""
-    rows, length = matrix.shape
-    words = -(-length // 8)
-    padded = np.zeros((rows, words * 8), np.uint8)
-    padded[:, :length] = matrix
-    hashes = np.full(rows, length, np.uint64) * _MIX[1]
-    for word in padded.view(np.uint64).T:
+def _hash_rows_mixed(matrix: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of a matrix of bytes, its length included: each word mixed in."""
+    hashes, words = _words(matrix)
+    for word in words:
         hashes = _finalize((hashes ^ word) * _BASE)
     return hashes
+
+
+def _mixed_once(matrix: np.ndarray) -> np.ndarray:
+    """``_hash_rows_mixed`` with the finalizer run once, after the last word."""
+    hashes, words = _words(matrix)
+    for word in words:
+        hashes ^= word
+        hashes *= _BASE
+    return _finalize(hashes)
+
+
+def _words(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's starting hash, from its length; its bytes as 8-byte words, zero-padded, a word
+    of every row at a time)."""
+    rows, length = matrix.shape
+    padded = np.zeros((rows, -(-length // 8) * 8), np.uint8)
+    padded[:, :length] = matrix
+    return np.full(rows, length, np.uint64) * _MIX[1], padded.view(np.uint64).T
 
 
 def _finalize(h: np.ndarray) -> np.ndarray:
