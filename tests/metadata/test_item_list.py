@@ -107,6 +107,59 @@ def test_targets_are_indices_of_the_sorted_classes_whatever_slice_a_name_is_firs
         assert mapped.targets.to_pylist() == [sorted([classes.index(name), classes.index("yak")]) for name in first_met]
 
 
+def _reference_targets(names_of_rows: list[list[str]], task: str, classes: list[str] | None):
+    """(classes, [(row, target)] of the items kept) as the rules say, row by row in Python."""
+    distinct = [sorted(set(names)) for names in names_of_rows]
+    if classes is None:
+        met = [names for names in distinct if len(names) == 1] if task == "classification" else distinct
+        classes = sorted({name for names in met for name in names})
+    if task == "multilabel":
+        return classes, [
+            (row, sorted(classes.index(n) for n in names if n in classes)) for row, names in enumerate(distinct)
+        ]
+    kept = [
+        (row, classes.index(names[0])) for row, names in enumerate(distinct) if len(names) == 1 and names[0] in classes
+    ]
+    return classes, kept
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+@pytest.mark.parametrize("given", [None, ["yak", "cat", "emu"]])
+def test_targets_across_slices_are_those_of_the_rules_row_by_row(tmp_path, monkeypatch, task, given):
+    """Rows with no label, one, the same one from two sources, several; names first met in any
+    slice; classes given in an order of their own, with names outside them: every kept item's
+    target is what the rules give row by row, and the dropped ones are counted."""
+    monkeypatch.setattr(row_batches, "SLICE_ROWS", 32)
+    rng = np.random.default_rng(7)
+    pool = ["cat", "dog", "emu", "yak", "ant"]
+    names_of_rows = [[str(name) for name in rng.choice(pool, size=rng.integers(0, 4))] for _ in range(300)]
+    names_of_rows[5] = ["dog", "dog"]  # one name from two sources: one label
+    media = [
+        {
+            "media_id": f"id-{i:07d}",
+            "file_path": f"train/img_{i:07d}.jpg",
+            "metadata_items": [
+                {"type": "image_label", "properties": {"category_name": name, "source": ("User", "Model")[k % 2]}}
+                for k, name in enumerate(names)
+            ],
+        }
+        for i, names in enumerate(names_of_rows)
+    ]
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=32)
+    write_export_index(export.parent, tmp_path / INDEX_FILE, batch_rows=32)
+    index = read_index(tmp_path / INDEX_FILE)
+    options = TargetOptions(task=task, classes=given, invalid_labels="drop")
+    items = CuratedItems(index, CurationRules(), options, paths_from_file_path=lambda p: p, folder=tmp_path / "list")
+    classes, expected = _reference_targets(names_of_rows, task, given)
+    mapped = read_item_list(tmp_path / "list", index_rows=len(index))
+    assert items.classes == mapped.classes == classes
+    targets = mapped.targets.tolist() if task == "classification" else mapped.targets.to_pylist()
+    assert list(zip(mapped.rows.tolist(), targets)) == expected
+    dropped = len(names_of_rows) - len(expected)
+    assert items.curation_summary().removed_by.get("invalid_labels", 0) == dropped
+    assert dropped > 0 if task == "classification" else dropped == 0
+
+
 def _damages():
     def truncate(name, by=8):
         return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:-by])

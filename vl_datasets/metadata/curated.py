@@ -272,7 +272,7 @@ class CuratedItems:
 
     def target(self, index: int) -> Any:
         """The target of ``index`` in plain values: a class index (classification), the class
-        indices of its labels as int64 numpy (multilabel), a dict of float32 xyxy ``boxes`` (N x 4),
+        indices of its labels, ascending, as int64 numpy (multilabel), a dict of float32 xyxy ``boxes`` (N x 4),
         int64 ``labels`` and ``media_id`` (detection), or the metadata row (task None)."""
         task = self.options.task
         if task == "detection":

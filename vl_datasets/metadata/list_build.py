@@ -250,8 +250,11 @@ class _Targets:
         if self.task == "multilabel":
             numbers = self._numbered(names.dictionary, codes)[codes]
             known = numbers >= 0
-            parents = np.repeat(np.arange(len(labels)), np.diff(offsets))
-            return None, pa.ListArray.from_arrays(list_offsets(parents[known], len(labels)), pa.array(numbers[known]))
+            parents, numbers = np.repeat(np.arange(len(labels)), np.diff(offsets))[known], numbers[known]
+            if self._given:  # a row's names come sorted, their places among the given classes need not
+                order = np.lexsort((numbers, parents))
+                parents, numbers = parents[order], numbers[order]
+            return None, pa.ListArray.from_arrays(list_offsets(parents, len(labels)), pa.array(numbers))
         single = np.diff(offsets) == 1
         numbers = np.full(len(labels), -1, dtype=np.int64)
         if single.any():
