@@ -42,7 +42,7 @@ from ..atomic import beside
 from ..errors import CacheMissError
 from .curation import CurationRules, CurationSummary
 from .index import read_index
-from .json_depth import text_bytes
+from .json_depth import text_bytes_or_empty
 from .media_ids import MediaIds
 
 FORMAT = 2  # of the files below: a new format is a new settings digest, so a new list
@@ -127,8 +127,7 @@ class ItemListWriter:
         """Add items: their rows in the index, image paths (no null) and targets (as ``ItemList``)."""
         assert len(paths) == len(rows) and paths.null_count == 0
         self._files[_ROWS].write(np.ascontiguousarray(rows, "<i8").data)
-        texts = text_bytes(paths)  # read as they are: a cast to large strings copied every path
-        data, bounds = texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(len(paths) + 1, np.int64))
+        data, bounds = text_bytes_or_empty(paths)  # read as they are: a cast to large strings copied every path
         self._append_bounds(_PATH_OFFSETS, _PATH_DATA, bounds, data.data)
         if self.target == "class":
             assert isinstance(targets, np.ndarray) and len(targets) == len(rows)

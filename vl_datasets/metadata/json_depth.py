@@ -89,12 +89,18 @@ def most_opening_brackets(strings: pa.Array) -> int:
     return int(np.diff(np.searchsorted(opens, starts)).max())
 
 
+def as_text(strings: pa.Array) -> pa.Array:
+    """``strings`` as a string or large string array: such an array as it is (a cast to large
+    strings would copy its data), any other text type cast."""
+    if pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type):
+        return strings
+    return strings.cast(pa.large_string())
+
+
 def text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
-    """The bytes of ``strings`` as one array and where each text starts in it (and, last, where
-    the last one ends); None when they hold no byte at all. A string or large string array is read
-    as it is (a cast to large strings would copy its data); any other text type is cast."""
-    if not (pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type)):
-        strings = strings.cast(pa.large_string())
+    """The bytes of ``strings`` (``as_text``) as one array and where each text starts in it (and,
+    last, where the last one ends); None when they hold no byte at all."""
+    strings = as_text(strings)
     if not len(strings):
         return None
     width = "<i4" if pa.types.is_string(strings.type) else "<i8"
@@ -104,6 +110,12 @@ def text_bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
     return data, offsets.astype(np.int64) - offsets[0]
+
+
+def text_bytes_or_empty(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``text_bytes``, with texts holding no byte at all as no data and every bound 0."""
+    texts = text_bytes(strings)
+    return texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(len(strings) + 1, np.int64))
 
 
 def too_deep(source: str, depth: int, offset: int, max_depth: int = MAX_DEPTH) -> SchemaError:

@@ -26,7 +26,7 @@ from ..errors import CurationError, ImageNotFoundError
 from .curation import CurationSummary, list_offsets
 from .index import IMAGE_COLUMN
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
-from .json_depth import text_bytes
+from .json_depth import as_text, text_bytes
 from .ordered_map import WORKERS, ordered_map
 from .row_batches import release_pages, row_slices
 from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
@@ -52,8 +52,7 @@ class IdsFingerprint:
 
     def update(self, chunk: pa.Array) -> None:
         """Add the ids of ``chunk`` (strings), after those given before."""
-        if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
-            chunk = chunk.cast(pa.large_string())  # a string array is read as it is: a cast copies its text
+        chunk = as_text(chunk)
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
         self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
         texts = text_bytes(chunk)

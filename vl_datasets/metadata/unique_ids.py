@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from .json_depth import text_bytes
+from .json_depth import text_bytes_or_empty
 
 # Odd 64-bit multipliers: each 8-byte word is mixed in, then spread over every bit (a murmur3 finalizer).
 _BASE = np.uint64(0x100000001B3)
@@ -76,8 +76,7 @@ def hash_strings(array: pa.Array, *, mix: Callable[[np.ndarray], np.ndarray] | N
     so that is usually one matrix, a view of the data itself), hashed by ``mix``, by default
     ``_hash_rows_mixed``: these hashes name cache files and group rows, so they stay as they are."""
     n, hash_rows = len(array), mix or _hash_rows_mixed
-    texts = text_bytes(array)
-    data, offsets = texts if texts is not None else (np.zeros(0, np.uint8), np.zeros(n + 1, np.int64))
+    data, offsets = text_bytes_or_empty(array)
     lengths = np.diff(offsets)
     if n and (lengths == lengths[0]).all():  # every id has one length: the data is the matrix
         return hash_rows(data.reshape(n, int(lengths[0])))
