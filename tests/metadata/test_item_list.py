@@ -221,6 +221,7 @@ items = CuratedItems(
     TargetOptions(task=task),
     paths_from_file_path=lambda paths: pc.binary_join_element_wise(long_paths, paths, ""),
     folder=folder,
+    index_path=Path(index),  # where= reads every column: those left in the metadata file too
 )
 listed = sum(path.stat().st_size for path in folder.iterdir())
 print(json.dumps({"peak": status("VmHWM:") - rss, "items": len(items), "list_bytes": listed}))

@@ -39,6 +39,7 @@ from ..cache.store import LocalExport
 from ..errors import VLDatasetsError
 from ..metadata.curated import CuratedItems, TargetOptions
 from ..metadata.curation import CurationRules, CurationSummary
+from ..metadata.deferred import complete_index
 from ..metadata.index import IMAGE_COLUMN, build_index, read_index
 from ..metadata.options import group_from, keyword_parameters, options_doc
 from ..metadata.read import find_metadata_file, read_metadata_file
@@ -463,6 +464,7 @@ def _load_rows(entry: LocalExport, *, own_root: bool) -> pa.Table:
     if entry.index_path is not None:
         table = read_index(entry.index_path)
         if table is not None:
+            table = complete_index(table, entry.index_path)  # with the columns left in the metadata file
             return with_source_paths(table) if own_root else table
     if own_root:
         return with_source_paths(read_metadata_file(find_metadata_file(entry.path)))

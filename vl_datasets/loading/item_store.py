@@ -67,6 +67,7 @@ def open_items(
             where=str(entry.path),
             paths_from_file_path=paths,
             folder=folder,
+            index_path=files.index,
         )
 
     found = _opened(files, index, rules, targets)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
 from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
+from .deferred import Deferral, column_names, complete_index, store_path
 from .index import IMAGE_COLUMN
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
@@ -104,15 +105,18 @@ class CuratedItems:
         where: str = "the export",
         paths_from_file_path: Callable[[pa.ChunkedArray], pa.ChunkedArray | pa.Array] | None = None,
         folder: Path | None = None,
+        index_path: Path | None = None,
     ) -> None:
         check_missing_images(missing_images)
         build = ListBuild(rows, targets, curation.label_source, missing_images, paths_from_file_path, where)
+        # A where= expression may read any column: it sees them all, the deferred ones joined.
+        curated_rows = rows if curation.where is None else complete_index(rows, index_path)
         if folder is not None:
-            items = build.write(curate(rows, curation), folder)
+            items = build.write(curate(curated_rows, curation), folder)
         else:  # the files stay mapped once their folder is gone
             with tempfile.TemporaryDirectory(prefix="vl_datasets-items-") as scratch:
-                items = build.write(curate(rows, curation), Path(scratch) / LIST_DIR)
-        self._set(rows, items, curation, targets)
+                items = build.write(curate(curated_rows, curation), Path(scratch) / LIST_DIR)
+        self._set(rows, items, curation, targets, index_path=index_path)
 
     @classmethod
     def from_list(
@@ -139,9 +143,16 @@ class CuratedItems:
         *,
         files: ItemFiles | None = None,
         subset_on_disk: bool = False,
+        index_path: Path | None = None,
     ) -> None:
         self._rows_table, self.list, self.options, self._files = rows, items, targets, files
-        self._index = rows.drop_columns([IMAGE_COLUMN]) if IMAGE_COLUMN in rows.column_names else rows
+        # The index as read: without the columns it leaves in its metadata file (``deferred``),
+        # joined only when one of them is asked for.
+        self._read_index = _without_image(rows)
+        self._index_path = files.index if files is not None else index_path
+        deferral = Deferral.of(rows)
+        self._deferred = frozenset(deferral.columns) if deferral is not None else frozenset()
+        self._whole: pa.Table | None = None
         # The rules as known here: whole, or (unpickled) without the subset ids, which stay on disk
         # until someone asks for ``rules``.
         self._known_rules = rules
@@ -182,7 +193,13 @@ class CuratedItems:
     # ids of ``subset=`` (millions, for a part of a split) stay on disk until someone asks for them.
     def __getstate__(self) -> dict[str, Any]:
         if self._files is None:
-            return {"rows_table": self._rows_table, "list": self.list, "rules": self.rules, "options": self.options}
+            return {
+                "rows_table": self._rows_table,
+                "index_path": self._index_path,
+                "list": self.list,
+                "rules": self.rules,
+                "options": self.options,
+            }
         known = self._known_rules
         return {
             "files": self._files,
@@ -194,7 +211,9 @@ class CuratedItems:
     def __setstate__(self, state: dict[str, Any]) -> None:
         files: ItemFiles | None = state.get("files")
         if files is None:
-            self._set(state["rows_table"], state["list"], state["rules"], state["options"])
+            self._set(
+                state["rows_table"], state["list"], state["rules"], state["options"], index_path=state["index_path"]
+            )
             return
         rows, items = files.open()
         self._set(rows, items, state["rules"], state["options"], files=files, subset_on_disk=state["subset_on_disk"])
@@ -204,19 +223,27 @@ class CuratedItems:
         """The items' rows of the normalized metadata, in index order (taken from the index when
         first asked for: at millions of items, ask for ``column`` instead where one column will do)."""
         if self._table is None:
-            self._table = self._index.take(pa.array(self.rows))
+            self._table = self._index_with(None).take(pa.array(self.rows))
         return self._table
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of ``table``, taken from the index alone."""
         if self._table is not None:
             return self._table.column(name)
-        return self._index.column(name).take(pa.array(self.rows))
+        return self._index_with([name]).column(name).take(pa.array(self.rows))
 
     @property
     def column_names(self) -> list[str]:
         """The metadata's columns (those of ``table``)."""
-        return self._index.column_names
+        return [name for name in column_names(self._read_index) if name != IMAGE_COLUMN]
+
+    def _index_with(self, columns: Iterable[str] | None) -> pa.Table:
+        """The index, with the deferred columns joined when ``columns`` (None: all) names one."""
+        if not self._deferred or (columns is not None and self._deferred.isdisjoint(columns)):
+            return self._read_index
+        if self._whole is None:
+            self._whole = _without_image(complete_index(self._rows_table, self._index_path))
+        return self._whole
 
     @property
     def list_folder(self) -> Path | None:
@@ -230,19 +257,49 @@ class CuratedItems:
         Items from the cache read their index file with ordinary reads (``row_batches.file_slices``),
         so what a pass over every item reads is not left resident in this process."""
         if self._files is not None:
-            yield from file_slices(self._files.index, self.rows, columns)
+            yield from self._file_slices(columns)
             return
-        source = select_present(self._index, columns, keep_rows=True)
+        source = select_present(self._index_with(columns), columns, keep_rows=True)
         for start in range(0, max(len(self), 1), SLICE_ROWS):
             yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
 
+    def _file_slices(self, columns: Iterable[str] | None) -> Iterator[tuple[int, pa.Table]]:
+        """``slices`` read from the index's file and, for the deferred columns asked for, from
+        theirs: the two hold the same record batches, so their slices are the same rows."""
+        assert self._files is not None
+        index = self._files.index
+        wanted = self._deferred if columns is None else self._deferred.intersection(columns)
+        if not wanted:
+            yield from file_slices(index, self.rows, columns)
+            return
+        store = store_path(index)
+        if not store.is_file():
+            self._index_with(wanted)  # read them from the metadata file into theirs
+        if not store.is_file():  # a cache it cannot write to: they are in memory
+            source = select_present(self._index_with(wanted), columns, keep_rows=True)
+            for start in range(0, max(len(self), 1), SLICE_ROWS):
+                yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
+            return
+        rest = None if columns is None else [name for name in columns if name not in self._deferred]
+        parts = [file_slices(store, self.rows, wanted)]
+        if rest is None or rest:
+            parts.insert(0, file_slices(index, self.rows, rest))
+        order = column_names(self._read_index)
+        for pieces in zip(*parts, strict=True):
+            tables = [table for _, table in pieces]
+            fields = {field.name: field for table in tables for field in table.schema}
+            held = {name: table.column(name) for table in tables for name in table.column_names}
+            names = [name for name in order if name in held]
+            schema = pa.schema([fields[name] for name in names])
+            yield pieces[0][0], pa.Table.from_arrays([held[name] for name in names], schema=schema)
+
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
         """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""
-        return select_present(self._index, columns).take(pa.array(self.rows[positions]))
+        return select_present(self._index_with(columns), columns).take(pa.array(self.rows[positions]))
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:
-            self._columns[name] = self._index.column(name)
+            self._columns[name] = self._index_with([name]).column(name)
         return self._columns[name]
 
     def __len__(self) -> int:
@@ -278,7 +335,7 @@ class CuratedItems:
         if task == "detection":
             return self._detection_target(index)
         if task is None:
-            return self._index.slice(int(self.rows[index]), 1).to_pylist()[0]
+            return self._index_with(None).slice(int(self.rows[index]), 1).to_pylist()[0]
         targets = self.list.targets
         assert targets is not None  # built for classification and multilabel
         if task == "classification":
@@ -344,6 +401,10 @@ class CuratedItems:
         later = pc.if_else(pc.is_valid(rows.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
         reasons = pc.if_else(pa.array(held), pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
         return rows.append_column("removed_by", reasons)
+
+
+def _without_image(rows: pa.Table) -> pa.Table:
+    return rows.drop_columns([IMAGE_COLUMN]) if IMAGE_COLUMN in rows.column_names else rows
 
 
 def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:

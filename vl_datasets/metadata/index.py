@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ImageNotFoundError, SchemaError
+from .deferred import plan, skipped_on_read
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .read import find_metadata_file, metadata_slices, read_metadata_file
@@ -76,7 +77,9 @@ def write_export_index(
     export_dir = Path(export_dir)
     metadata = find_metadata_file(export_dir)
     members = image_members(export_dir / "images" if images_dir is None else images_dir)
-    return write_index_file(metadata_slices(metadata, batch_rows=batch_rows), Path(path), metadata, members)
+    deferral = plan(metadata, has_images=members is not None)
+    slices = metadata_slices(metadata, batch_rows=batch_rows, skip=skipped_on_read(deferral))
+    return write_index_file(slices, Path(path), metadata, members, deferral)
 
 
 def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.PathLike[str] | None = None) -> pa.Table:

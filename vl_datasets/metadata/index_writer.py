@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from ..atomic import replacing
 from .cold_pages import ColdPages
+from .deferred import DEFERRED_KEY, Deferral, recorded
 from .image_paths import ExactPaths, resolve_image_paths
 from .normalize import duplicate_id
 from .read import MetadataSlices
@@ -60,12 +61,15 @@ _READ_NEXT = frozenset(
 WRITE_ROWS = 128 << 10
 
 
-def write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
+def write_index_file(
+    slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None, deferral: Deferral | None = None
+) -> int:
     """Write the index of ``metadata``'s slices, with each row's image among ``members`` (the
-    export's files, ``images/...``; None when it has none), atomically to ``path``. Returns the rows."""
+    export's files, ``images/...``; None when it has none), atomically to ``path``, without the
+    columns ``deferral`` leaves in the metadata file (``deferred``). Returns the rows."""
     with _system_allocator() as pool:
         try:
-            return _write_index_file(slices, path, metadata, members)
+            return _write_index_file(slices, path, metadata, members, deferral)
         finally:
             # Should the write fail, the threads reading the slices end now, not once its traceback goes.
             close = getattr(slices.tables, "close", None)
@@ -109,12 +113,14 @@ _builds = 0  # index builds running in this process (under _pool_lock)
 _previous_pool: pa.MemoryPool | None = None  # Arrow's default before the first of them
 
 
-def _write_index_file(slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None) -> int:
+def _write_index_file(
+    slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None, deferral: Deferral | None
+) -> int:
     hashes = IdHashes()
     tables = _hashed(slices.tables, hashes)
     with replacing(path) as tmp:
         if slices.same_schema and members is None:
-            rows = _write(tmp, tables, metadata, schema=None, images=None)
+            rows = _write(tmp, tables, metadata, schema=None, images=None, deferral=deferral)
             _check_unique(hashes, metadata, lambda: _read(tmp).column("media_id"))
             return rows
         with tempfile.TemporaryDirectory(prefix=".vl_datasets_slices.", dir=path.parent) as folder:
@@ -123,7 +129,7 @@ def _write_index_file(slices: MetadataSlices, path: Path, metadata: Path, member
             schema = _unified_schema([_load(part, schema_only=True).schema for part in spilled])
             images = None if members is None else _resolve(spilled, schema, members)
             conformed = (_conform(table, schema) for table in _loaded(spilled, consume=True))
-            return _write(tmp, conformed, metadata, schema=schema, images=images)
+            return _write(tmp, conformed, metadata, schema=schema, images=images, deferral=deferral)
 
 
 def _hashed(tables: Iterable[pa.Table], hashes: IdHashes) -> Iterator[pa.Table]:
@@ -143,22 +149,30 @@ ImagesOf = Callable[[int, int], pa.Array]
 
 
 def _write(
-    tmp: Path, tables: Iterable[pa.Table], metadata: Path, *, schema: pa.Schema | None, images: ImagesOf | None
+    tmp: Path,
+    tables: Iterable[pa.Table],
+    metadata: Path,
+    *,
+    schema: pa.Schema | None,
+    images: ImagesOf | None,
+    deferral: Deferral | None,
 ) -> int:
     """Write ``tables`` as record batches of one IPC file, each with its rows' ``images`` (all null
-    without them). ``schema``: theirs, or None to take the first table's."""
-    rows, writer, cold = 0, None, None
+    without them) and without the columns ``deferral`` names. ``schema``: theirs, or None to take
+    the first table's."""
+    rows, writer, cold, kept = 0, None, None, None
     with pa.OSFile(str(tmp), "wb") as sink:
         try:
             for table in _coalesced(tables, WRITE_ROWS):
                 if writer is None:
-                    schema = _index_schema(schema or table.schema, metadata)
+                    schema, kept = _index_schema(schema or table.schema, metadata, deferral, tmp.parent)
                     writer = pa.ipc.new_file(sink, schema)
                     cold = ColdPages(tmp, schema, hot=_READ_NEXT)
-                assert schema is not None and cold is not None
+                assert schema is not None and cold is not None and kept is not None
                 column = pa.nulls(table.num_rows, pa.string()) if images is None else images(rows, table.num_rows)
+                columns = [*table.columns, column]
                 start = sink.tell()
-                writer.write_table(pa.Table.from_arrays([*table.columns, column], schema=schema))
+                writer.write_table(pa.Table.from_arrays([columns[i] for i in kept], schema=schema))
                 cold.written(start, sink.tell())
                 rows += table.num_rows
             if writer is not None:
@@ -193,10 +207,18 @@ def _one_chunk(tables: list[pa.Table]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
-def _index_schema(schema: pa.Schema, metadata: Path) -> pa.Schema:
-    return schema.append(pa.field(IMAGE_COLUMN, pa.string())).with_metadata(
-        {**(schema.metadata or {}), **source_stamp(metadata)}
-    )
+def _index_schema(
+    schema: pa.Schema, metadata: Path, deferral: Deferral | None, folder: Path
+) -> tuple[pa.Schema, list[int]]:
+    """The index's schema (the slices' with the image column, stamped with the metadata file's
+    state, less the deferred columns, which its metadata names) and the positions it keeps."""
+    whole = schema.append(pa.field(IMAGE_COLUMN, pa.string()))
+    extra = {**(schema.metadata or {}), **source_stamp(metadata)}
+    if deferral is not None:
+        extra[DEFERRED_KEY] = recorded(deferral, whole, folder, metadata).to_json()
+    left_out = set(deferral.columns) if deferral is not None else set()
+    kept = [i for i, name in enumerate(whole.names) if name not in left_out]
+    return pa.schema([whole.field(i) for i in kept], metadata=extra), kept
 
 
 def _read(path: Path) -> pa.Table:

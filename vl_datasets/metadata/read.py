@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,19 +69,31 @@ class MetadataSlices:
     same_schema: bool
 
 
-def metadata_slices(path: str | os.PathLike, *, batch_rows: int | None = None) -> MetadataSlices:
+def metadata_slices(
+    path: str | os.PathLike, *, batch_rows: int | None = None, skip: Collection[str] = ()
+) -> MetadataSlices:
     """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time (by
     default ``stream.BATCH_ROWS``): a
     Parquet file by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A
-    smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does."""
+    smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does.
+    A Parquet file's columns named in ``skip`` are not read: the normalized slices hold them null."""
     path = Path(path)
     if is_parquet(path):
-        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows), same_schema=True)
+        columns = _columns_but(path, skip) if skip else None
+        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows, columns=columns), same_schema=True)
     if path.stat().st_size >= JSON_STREAM_BYTES:
         tables = json_slices(path, batch_rows=batch_rows)
         if tables is not None:
             return MetadataSlices(tables, same_schema=False)
     return MetadataSlices(iter([read_metadata_file(path)]), same_schema=True)
+
+
+def _columns_but(path: Path, skip: Collection[str]) -> list[str] | None:
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError, UnicodeDecodeError):
+        return None  # read whole, and reported by the read
+    return [name for name in names if name not in skip]
 
 
 def read_metadata_file(path: str | os.PathLike) -> pa.Table:

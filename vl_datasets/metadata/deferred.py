@@ -1,0 +1,232 @@
+"""Columns an index leaves in its Parquet metadata file until something asks for them.
+
+Curation, the targets and the item list never read an item's ``url``, ``media_type`` or
+``cluster_id`` (nor, in a metadata-only export, its ``image_filename``), yet they were half of a
+10M-item index (2.0 of 4.2 GB, the url alone 1.3) and 8-25% of a first open: read, checked and
+written for nothing on most opens. So the index of a Parquet export is built without them
+(``plan``), and its schema metadata names them and the order of all its columns. The first
+thing that asks for one (``ds.table``, a split by cluster, a ``where=`` over the url, a
+``task=None`` target, ``curation_details``) reads them from the metadata file, normalized as the
+index build would have, into a second Arrow file beside the index, record batch for record
+batch (``deferred_store``); every later process maps it, and ``complete_index`` joins the two.
+
+What changes for a user is when a bad value in those columns is found (text that is not UTF-8):
+when they are first read, with the same error, naming the row. A metadata file changed or gone
+since the index was built raises ``CacheMissError`` naming it, never columns of another file.
+A cache folder that cannot be written to (read-only, full) costs each process the columns in
+its own memory, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import replacing
+from ..errors import CacheMissError, VLDatasetsError
+from ..locks import hold_lock
+from .items import is_text
+from .stream import is_parquet, parquet_slices
+from .table_file import SOURCE_KEY, source_stamp
+
+logger = logging.getLogger("vl_datasets")
+
+DEFERRABLE = ("url", "media_type", "cluster_id")  # read by no rule, target or item list
+DEFERRED_KEY = b"vl_datasets.deferred"
+COLUMNS_FILE, LOCK_FILE = ".vl_datasets_columns.arrow", ".vl_datasets_columns.lock"
+BUILD_LOCK_TIMEOUT_S = 3600.0  # reading them from 100M rows takes minutes: the other ranks wait
+_LOCATORS = ("file_path", "file_name", "image_filename")  # normalizing a row needs one of them
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """The columns an index leaves in its metadata file: ``columns`` (as the normalized table
+    names them), read from the file's columns ``read`` (the media ids among them, to name a row
+    at fault); ``order``: every column of the whole index, in order; ``metadata``: the file, as
+    a path relative to the index's folder (absolute for a folder opened in place)."""
+
+    columns: tuple[str, ...]
+    read: tuple[str, ...]
+    order: tuple[str, ...] = ()
+    metadata: str = ""
+
+    def to_json(self) -> bytes:
+        fields = {"columns": self.columns, "read": self.read, "order": self.order, "metadata": self.metadata}
+        return json.dumps(fields).encode()
+
+    @classmethod
+    def of(cls, table: pa.Table | pa.Schema) -> Deferral | None:
+        """The deferral an index's schema records; None for an index that holds every column."""
+        schema = table.schema if isinstance(table, pa.Table) else table
+        raw = (schema.metadata or {}).get(DEFERRED_KEY)
+        if raw is None:
+            return None
+        fields = json.loads(raw)
+        return cls(tuple(fields["columns"]), tuple(fields["read"]), tuple(fields["order"]), fields["metadata"])
+
+
+def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
+    """What the index of ``metadata`` leaves out: the deferrable columns a Parquet file holds as
+    text (another type is cast, and may fail, while the index is built, as before), and
+    ``image_filename`` beside a ``file_path`` when the export has no images to look it up among.
+    None for a JSON export, or when there is nothing to leave out."""
+    if not is_parquet(metadata):
+        return None
+    try:
+        schema = pq.read_schema(metadata)
+    except (pa.ArrowException, OSError, UnicodeDecodeError):
+        return None  # the build reads it and reports what is wrong
+    names = schema.names
+    if len(set(names)) != len(names):  # columns are read by name: two of one name are read whole
+        return None
+    text = {field.name for field in schema if is_text(field.type)}
+    columns = [name for name in DEFERRABLE if name in text]
+    if not has_images and "image_filename" in text and "file_path" in names:
+        columns.append("image_filename")  # otherwise it is read to find images by, or is the file_path
+    if not columns:
+        return None
+    locator = next((name for name in _LOCATORS if name in names), None)
+    read = [name for name in names if name in {*columns, "media_id", locator}]
+    return Deferral(tuple(columns), tuple(read))
+
+
+def skipped_on_read(deferral: Deferral | None) -> tuple[str, ...]:
+    """The file's columns the index build need not read: those deferred but ``image_filename``,
+    which fills a row's missing ``file_path``."""
+    return () if deferral is None else tuple(name for name in deferral.columns if name != "image_filename")
+
+
+def recorded(deferral: Deferral, schema: pa.Schema, index_dir: Path, metadata: Path) -> Deferral:
+    """``deferral`` with what the index's schema must say: the order of the whole index's columns
+    (``schema``) and where the metadata file is from the index's folder."""
+    try:
+        where = str(metadata.relative_to(index_dir)) if metadata.parent == index_dir else str(metadata.absolute())
+    except ValueError:
+        where = str(metadata.absolute())
+    return Deferral(deferral.columns, deferral.read, tuple(schema.names), where)
+
+
+def column_names(index: pa.Table) -> list[str]:
+    """The whole index's columns, in order, whether or not some are deferred."""
+    deferral = Deferral.of(index)
+    return index.column_names if deferral is None else list(deferral.order)
+
+
+def complete_index(index: pa.Table, index_path: Path | None) -> pa.Table:
+    """``index`` with its deferred columns (``deferred_store``) joined in their places: the table
+    the index would have been with every column. The index as it is when nothing is deferred."""
+    deferral = Deferral.of(index)
+    if deferral is None:
+        return index
+    if index_path is None:
+        raise ValueError(
+            "An index that leaves columns in its metadata file needs index_path=, the file it was read from."
+        )
+    return joined(index, deferred_store(index, index_path), deferral)
+
+
+def joined(index: pa.Table, columns: pa.Table, deferral: Deferral) -> pa.Table:
+    """The index's columns and the deferred ``columns`` (the same rows) in the recorded order."""
+    fields, arrays = [], []
+    for name in deferral.order:
+        source = columns if name in deferral.columns else index
+        fields.append(source.schema.field(name))
+        arrays.append(source.column(name))
+    metadata = {k: v for k, v in (index.schema.metadata or {}).items() if k != DEFERRED_KEY}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def deferred_store(index: pa.Table, index_path: Path) -> pa.Table:
+    """The deferred columns of the index at ``index_path`` (``index``, as read from there),
+    memory-mapped from their file beside it: read from the metadata file the first time they are
+    asked for, by one process (the others wait on a lock), in record batches of the index's."""
+    deferral = Deferral.of(index)
+    assert deferral is not None
+    path = store_path(index_path)
+    found = _read_store(path, index)
+    if found is not None:
+        return found
+    metadata = _metadata_file(index, index_path, deferral)
+    try:
+        with hold_lock(index_path.with_name(LOCK_FILE), timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"reading {metadata}"):
+            found = _read_store(path, index)
+            if found is None:
+                with replacing(path) as tmp:
+                    _write_store(tmp, index, deferral, metadata)
+                found = _read_store(path, index)
+    except OSError as exc:
+        if isinstance(exc, VLDatasetsError):  # a lock timeout
+            raise
+        logger.warning("Cannot keep the columns %s in %s (%s): reading them into memory.", deferral.columns, path, exc)
+        return pa.Table.from_batches(list(_batches(index, deferral, metadata)))
+    if found is None:
+        raise CacheMissError(f"The columns {path} just written do not read back; open the dataset again.")
+    return found
+
+
+def store_path(index_path: Path) -> Path:
+    """Where the deferred columns of the index at ``index_path`` are kept."""
+    return index_path.with_name(COLUMNS_FILE)
+
+
+def _read_store(path: Path, index: pa.Table) -> pa.Table | None:
+    """The columns at ``path``, mapped, when they were read for this index (the same metadata
+    file's state, the same rows); None otherwise."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (OSError, pa.ArrowException):
+        return None
+    stamp = (index.schema.metadata or {}).get(SOURCE_KEY)
+    same = stamp is not None and (table.schema.metadata or {}).get(SOURCE_KEY) == stamp
+    return table if same and len(table) == len(index) else None
+
+
+def _metadata_file(index: pa.Table, index_path: Path, deferral: Deferral) -> Path:
+    """The metadata file the index was built from, as it was then; else ``CacheMissError``."""
+    metadata = index_path.parent / deferral.metadata
+    built_from = (index.schema.metadata or {}).get(SOURCE_KEY)
+    try:
+        same = built_from is not None and source_stamp(metadata)[SOURCE_KEY] == built_from
+    except OSError:
+        same = False
+    if not same:
+        raise CacheMissError(
+            f"The metadata file {metadata} changed or is gone since the index {index_path} was built from it, "
+            f"and its columns {list(deferral.columns)} are read from there; fetch or open the export again."
+        )
+    return metadata
+
+
+def _write_store(path: Path, index: pa.Table, deferral: Deferral, metadata: Path) -> None:
+    stamp = {SOURCE_KEY: (index.schema.metadata or {})[SOURCE_KEY]}  # which state of the file they are
+    with closing(_batches(index, deferral, metadata)) as batches:
+        first = next(batches)
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, first.schema.with_metadata(stamp)) as writer:
+            writer.write_batch(first)
+            for batch in batches:
+                writer.write_batch(batch)
+
+
+def _batches(index: pa.Table, deferral: Deferral, metadata: Path) -> Generator[pa.RecordBatch, None, None]:
+    """The deferred columns, normalized as the index build would have, in record batches as long
+    as the index's (its columns' chunks), so that a slice of one is a slice of the other: at least
+    one, empty for an index of no rows."""
+    with closing(parquet_slices(metadata, columns=deferral.read)) as slices:
+        tables = (table.select(list(deferral.columns)) for table in slices)
+        pending = next(tables)  # a file of no rows is still one (empty) slice
+        for length in [len(chunk) for chunk in index.column(0).chunks] or [0]:
+            while len(pending) < length:
+                more = next(tables, None)
+                if more is None:
+                    raise CacheMissError(f"{metadata} holds fewer rows than the index built from it.")
+                pending = pa.concat_tables([pending, more])
+            part = pending.slice(0, length)
+            yield pa.RecordBatch.from_arrays([column.combine_chunks() for column in part.columns], schema=part.schema)
+            pending = pending.slice(length)
