@@ -31,3 +31,12 @@ def test_cache_from_another_version_is_rebuilt(tmp_path, expected):
     assert read_normalized(tmp_path / "junk.arrow") is None
     with pytest.raises(SchemaError):
         write_normalized(stale, tmp_path / "other.arrow")
+
+
+def test_a_table_of_version_2_is_read_as_one_that_leaves_no_column_out(tmp_path, expected):
+    """An index built before an index could leave columns in its metadata file holds them all."""
+    older = expected.replace_schema_metadata({**expected.schema.metadata, VERSION_KEY: b"2"})
+    with pa.ipc.new_file(str(tmp_path / "n.arrow"), older.schema) as writer:
+        writer.write_table(older)
+    again = read_normalized(tmp_path / "n.arrow")
+    assert again is not None and again.equals(older) and "url" in again.column_names

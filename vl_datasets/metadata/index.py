@@ -4,7 +4,9 @@ The cache builds the index once, when it publishes an entry, a slice of rows at 
 (``index_writer``: the file holds many record batches, so its columns come chunked), and every
 later open memory-maps it instead of parsing the metadata and listing the images again. The image column holds the
 path under ``images/`` (null when the export has no image for the row) and travels with the rows
-through every filter until the dataset moves it out.
+through every filter until the dataset moves it out. The index of a Parquet export leaves the
+columns nothing but the user reads (url, media_type, cluster_id) in the metadata file until they
+are asked for (``deferred``).
 """
 
 from __future__ import annotations

@@ -71,7 +71,11 @@ from .items import (
 )
 from .json_export import table_from_media_items
 
-NORMALIZED_VERSION = "2"  # 2: values validated when read; image_filename kept beside file_path
+NORMALIZED_VERSION = "3"  # 2: values validated when read; image_filename kept beside file_path
+# 3: an index may leave columns in its metadata file (``deferred``). A library that reads only 2
+# sees no such index as its own, where it would have read one without its url or clusters; this
+# one reads either (a table of 2 is one of 3 that leaves nothing out).
+_READABLE_VERSIONS = (b"2", NORMALIZED_VERSION.encode())
 VERSION_KEY = b"vl_datasets.normalized_version"
 INFO_KEY = b"vl_datasets.info"
 
@@ -140,8 +144,8 @@ def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0,
 
 
 def is_normalized(table: pa.Table) -> bool:
-    """Whether ``table`` was normalized by this version of the library."""
-    return (table.schema.metadata or {}).get(VERSION_KEY) == NORMALIZED_VERSION.encode()
+    """Whether ``table`` was normalized by this version of the library, or by one whose tables it reads."""
+    return (table.schema.metadata or {}).get(VERSION_KEY) in _READABLE_VERSIONS
 
 
 def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool) -> pa.Table:
