@@ -4,6 +4,7 @@ their places, with the values the file holds."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import pyarrow.compute as pc
@@ -88,3 +89,15 @@ def test_curation_details_hold_every_row_with_its_columns(opened):
     names, rows = whole_rows(ds)
     assert details.column_names[: len(names)] == names
     assert {row["media_id"]: row["url"] for row in details.to_pylist()} == {m: r["url"] for m, r in rows.items()}
+
+
+def test_a_cache_that_cannot_keep_the_columns_splits_with_them_in_memory(opened, caplog):
+    ds, _, _ = opened
+    store = ds.entry.index_path.parent / COLUMNS_FILE
+    assert not store.exists(), "opening the dataset read the columns nothing asked for"
+    store.mkdir()  # where the file would go, something it cannot replace
+    fractions = {"train": 0.5, "test": 0.5}
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        parts = leakage_safe_split(ds, fractions, seed=1)
+    assert "Cannot keep the columns" in caplog.text
+    assert parts == leakage_safe_split(ds.table, fractions, seed=1)

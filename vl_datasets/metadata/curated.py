@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
 from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
-from .deferred import Deferral, column_names, complete_index, store_path
+from .deferred import Deferral, DeferredColumns, column_names, complete_index, deferred_store, joined
 from .index import IMAGE_COLUMN
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
@@ -150,8 +150,9 @@ class CuratedItems:
         # joined only when one of them is asked for.
         self._read_index = _without_image(rows)
         self._index_path = files.index if files is not None else index_path
-        deferral = Deferral.of(rows)
-        self._deferred = frozenset(deferral.columns) if deferral is not None else frozenset()
+        self._deferral = Deferral.of(rows)
+        self._deferred = frozenset(self._deferral.columns) if self._deferral is not None else frozenset()
+        self._deferred_columns: DeferredColumns | None = None
         self._whole: pa.Table | None = None
         # The rules as known here: whole, or (unpickled) without the subset ids, which stay on disk
         # until someone asks for ``rules``.
@@ -242,8 +243,17 @@ class CuratedItems:
         if not self._deferred or (columns is not None and self._deferred.isdisjoint(columns)):
             return self._read_index
         if self._whole is None:
-            self._whole = _without_image(complete_index(self._rows_table, self._index_path))
+            assert self._deferral is not None
+            self._whole = _without_image(joined(self._rows_table, self._read_deferred().table, self._deferral))
         return self._whole
+
+    def _read_deferred(self) -> DeferredColumns:
+        """The columns the index left in its metadata file, read into a file beside it when first asked for."""
+        if self._deferred_columns is None:
+            if self._index_path is None:
+                raise ValueError("Items over an index that leaves columns in its metadata file need its index_path=.")
+            self._deferred_columns = deferred_store(self._rows_table, self._index_path)
+        return self._deferred_columns
 
     @property
     def list_folder(self) -> Path | None:
@@ -272,10 +282,8 @@ class CuratedItems:
         if not wanted:
             yield from file_slices(index, self.rows, columns)
             return
-        store = store_path(index)
-        if not store.is_file():
-            self._index_with(wanted)  # read them from the metadata file into theirs
-        if not store.is_file():  # a cache it cannot write to: they are in memory
+        store = self._read_deferred().file
+        if store is None:  # a cache that cannot keep them: they are in memory
             source = select_present(self._index_with(wanted), columns, keep_rows=True)
             for start in range(0, max(len(self), 1), SLICE_ROWS):
                 yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))

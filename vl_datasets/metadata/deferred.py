@@ -106,10 +106,8 @@ def skipped_on_read(deferral: Deferral | None) -> tuple[str, ...]:
 def recorded(deferral: Deferral, schema: pa.Schema, index_dir: Path, metadata: Path) -> Deferral:
     """``deferral`` with what the index's schema must say: the order of the whole index's columns
     (``schema``) and where the metadata file is from the index's folder."""
-    try:
-        where = str(metadata.relative_to(index_dir)) if metadata.parent == index_dir else str(metadata.absolute())
-    except ValueError:
-        where = str(metadata.absolute())
+    # Beside the index, by its name alone: the folder is built under one name and published under another.
+    where = metadata.name if metadata.parent.resolve() == index_dir.resolve() else str(metadata.resolve())
     return Deferral(deferral.columns, deferral.read, tuple(schema.names), where)
 
 
@@ -129,7 +127,7 @@ def complete_index(index: pa.Table, index_path: Path | None) -> pa.Table:
         raise ValueError(
             "An index that leaves columns in its metadata file needs index_path=, the file it was read from."
         )
-    return joined(index, deferred_store(index, index_path), deferral)
+    return joined(index, deferred_store(index, index_path).table, deferral)
 
 
 def joined(index: pa.Table, columns: pa.Table, deferral: Deferral) -> pa.Table:
@@ -143,7 +141,16 @@ def joined(index: pa.Table, columns: pa.Table, deferral: Deferral) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
-def deferred_store(index: pa.Table, index_path: Path) -> pa.Table:
+@dataclass(frozen=True)
+class DeferredColumns:
+    """The deferred columns of an index (``table``, its rows), and the file they are mapped from:
+    None when they were read into memory, in a cache that cannot keep them."""
+
+    table: pa.Table
+    file: Path | None
+
+
+def deferred_store(index: pa.Table, index_path: Path) -> DeferredColumns:
     """The deferred columns of the index at ``index_path`` (``index``, as read from there),
     memory-mapped from their file beside it: read from the metadata file the first time they are
     asked for, by one process (the others wait on a lock), in record batches of the index's."""
@@ -152,7 +159,7 @@ def deferred_store(index: pa.Table, index_path: Path) -> pa.Table:
     path = store_path(index_path)
     found = _read_store(path, index)
     if found is not None:
-        return found
+        return DeferredColumns(found, path)
     metadata = _metadata_file(index, index_path, deferral)
     try:
         with hold_lock(index_path.with_name(LOCK_FILE), timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"reading {metadata}"):
@@ -165,10 +172,10 @@ def deferred_store(index: pa.Table, index_path: Path) -> pa.Table:
         if isinstance(exc, VLDatasetsError):  # a lock timeout
             raise
         logger.warning("Cannot keep the columns %s in %s (%s): reading them into memory.", deferral.columns, path, exc)
-        return pa.Table.from_batches(list(_batches(index, deferral, metadata)))
+        return DeferredColumns(pa.Table.from_batches(list(_batches(index, deferral, metadata))), None)
     if found is None:
         raise CacheMissError(f"The columns {path} just written do not read back; open the dataset again.")
-    return found
+    return DeferredColumns(found, path)
 
 
 def store_path(index_path: Path) -> Path:
