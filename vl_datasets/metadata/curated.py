@@ -29,7 +29,15 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
 from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
-from .deferred import Deferral, DeferredColumns, column_names, complete_index, deferred_store, joined
+from .deferred import (
+    Deferral,
+    DeferredColumns,
+    column_names,
+    complete_index,
+    deferred_store,
+    joined,
+    joined_file_slices,
+)
 from .index import IMAGE_COLUMN
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
@@ -266,40 +274,19 @@ class CuratedItems:
         ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items.
         Items from the cache read their index file with ordinary reads (``row_batches.file_slices``),
         so what a pass over every item reads is not left resident in this process."""
-        if self._files is not None:
-            yield from self._file_slices(columns)
+        wanted = self._deferred if columns is None else self._deferred.intersection(columns)
+        if self._files is not None and not wanted:
+            yield from file_slices(self._files.index, self.rows, columns)
             return
+        store = self._read_deferred().file if wanted and self._files is not None else None
+        if self._files is not None and store is not None:  # both files, side by side
+            assert self._deferral is not None
+            yield from joined_file_slices(self._files.index, store, self.rows, columns, self._deferral)
+            return
+        # Items curated in memory, or deferred columns a cache could not keep: taken from the tables.
         source = select_present(self._index_with(columns), columns, keep_rows=True)
         for start in range(0, max(len(self), 1), SLICE_ROWS):
             yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
-
-    def _file_slices(self, columns: Iterable[str] | None) -> Iterator[tuple[int, pa.Table]]:
-        """``slices`` read from the index's file and, for the deferred columns asked for, from
-        theirs: the two hold the same record batches, so their slices are the same rows."""
-        assert self._files is not None
-        index = self._files.index
-        wanted = self._deferred if columns is None else self._deferred.intersection(columns)
-        if not wanted:
-            yield from file_slices(index, self.rows, columns)
-            return
-        store = self._read_deferred().file
-        if store is None:  # a cache that cannot keep them: they are in memory
-            source = select_present(self._index_with(wanted), columns, keep_rows=True)
-            for start in range(0, max(len(self), 1), SLICE_ROWS):
-                yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
-            return
-        rest = None if columns is None else [name for name in columns if name not in self._deferred]
-        parts = [file_slices(store, self.rows, wanted)]
-        if rest is None or rest:
-            parts.insert(0, file_slices(index, self.rows, rest))
-        order = column_names(self._read_index)
-        for pieces in zip(*parts, strict=True):
-            tables = [table for _, table in pieces]
-            fields = {field.name: field for table in tables for field in table.schema}
-            held = {name: table.column(name) for table in tables for name in table.column_names}
-            names = [name for name in order if name in held]
-            schema = pa.schema([fields[name] for name in names])
-            yield pieces[0][0], pa.Table.from_arrays([held[name] for name in names], schema=schema)
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
         """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,6 +34,7 @@ from ..atomic import replacing
 from ..errors import CacheMissError, VLDatasetsError
 from ..locks import hold_lock
 from .items import is_text
+from .row_batches import file_slices
 from .stream import is_parquet, parquet_slices
 from .table_file import SOURCE_KEY, source_stamp
 
@@ -148,6 +150,24 @@ class DeferredColumns:
 
     table: pa.Table
     file: Path | None
+
+
+def joined_file_slices(
+    index_file: Path, columns_file: Path, rows: np.ndarray, columns: Iterable[str] | None, deferral: Deferral
+) -> Iterator[tuple[int, pa.Table]]:
+    """``row_batches.file_slices`` of the whole index: the index's own columns read from its file
+    and the deferred ones from theirs, which holds the same record batches, so that each slice of
+    one is the same rows as the other's; its columns in the index's order."""
+    wanted = set(deferral.columns) if columns is None else set(deferral.columns).intersection(columns)
+    rest = None if columns is None else [name for name in columns if name not in deferral.columns]
+    parts = [file_slices(columns_file, rows, wanted)]
+    if rest is None or rest:
+        parts.insert(0, file_slices(index_file, rows, rest))
+    for pieces in zip(*parts, strict=True):
+        fields = {field.name: (field, table.column(field.name)) for _, table in pieces for field in table.schema}
+        names = [name for name in deferral.order if name in fields]
+        schema = pa.schema([fields[name][0] for name in names])
+        yield pieces[0][0], pa.Table.from_arrays([fields[name][1] for name in names], schema=schema)
 
 
 def deferred_store(index: pa.Table, index_path: Path) -> DeferredColumns:
