@@ -105,7 +105,7 @@ def test_the_columns_are_read_once_and_mapped_after(tmp_path, monkeypatch):
     def no_read(*args, **kwargs):
         raise AssertionError("the columns kept beside the index were read from the metadata file again")
 
-    monkeypatch.setattr(deferred, "parquet_slices", no_read)
+    monkeypatch.setattr(deferred, "_read_back", no_read)
     again = complete_index(read_index(tmp_path / "out" / INDEX_FILE), tmp_path / "out" / INDEX_FILE)
     assert again.equals(first)
     assert (tmp_path / "out" / COLUMNS_FILE).stat().st_mtime_ns == written.st_mtime_ns

@@ -34,8 +34,9 @@ from ..atomic import replacing
 from ..errors import CacheMissError, VLDatasetsError
 from ..locks import hold_lock
 from .items import is_text
+from .normalize import normalized_pass_through
 from .row_batches import file_slices
-from .stream import is_parquet, parquet_slices
+from .stream import BATCH_ROWS, is_parquet
 from .table_file import SOURCE_KEY, source_stamp
 
 logger = logging.getLogger("vl_datasets")
@@ -44,7 +45,6 @@ DEFERRABLE = ("url", "media_type", "cluster_id")  # read by no rule, target or i
 DEFERRED_KEY = b"vl_datasets.deferred"
 COLUMNS_FILE, LOCK_FILE = ".vl_datasets_columns.arrow", ".vl_datasets_columns.lock"
 BUILD_LOCK_TIMEOUT_S = 3600.0  # reading them from 100M rows takes minutes: the other ranks wait
-_LOCATORS = ("file_path", "file_name", "image_filename")  # normalizing a row needs one of them
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,7 @@ def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
         columns.append("image_filename")  # otherwise it is read to find images by, or is the file_path
     if not columns:
         return None
-    locator = next((name for name in _LOCATORS if name in names), None)
-    read = [name for name in names if name in {*columns, "media_id", locator}]
+    read = [name for name in names if name in {*columns, "media_id"}]
     return Deferral(tuple(columns), tuple(read))
 
 
@@ -245,8 +244,7 @@ def _batches(index: pa.Table, deferral: Deferral, metadata: Path) -> Generator[p
     """The deferred columns, normalized as the index build would have, in record batches as long
     as the index's (its columns' chunks), so that a slice of one is a slice of the other: at least
     one, empty for an index of no rows."""
-    with closing(parquet_slices(metadata, columns=deferral.read)) as slices:
-        tables = (table.select(list(deferral.columns)) for table in slices)
+    with closing(_read_back(metadata, deferral)) as tables:
         pending = next(tables)  # a file of no rows is still one (empty) slice
         for length in [len(chunk) for chunk in index.column(0).chunks] or [0]:
             while len(pending) < length:
@@ -257,3 +255,21 @@ def _batches(index: pa.Table, deferral: Deferral, metadata: Path) -> Generator[p
             part = pending.slice(0, length)
             yield pa.RecordBatch.from_arrays([column.combine_chunks() for column in part.columns], schema=part.schema)
             pending = pending.slice(length)
+
+
+def _read_back(metadata: Path, deferral: Deferral) -> Generator[pa.Table, None, None]:
+    """The deferred columns of the metadata file a record batch at a time, normalized as the index
+    build would have (``normalized_pass_through``: they need nothing but their own values); at
+    least one table, empty for a file of no rows."""
+    source, offset = str(metadata), 0
+    try:
+        file = pq.ParquetFile(metadata, pre_buffer=False)
+        batches = file.iter_batches(batch_size=BATCH_ROWS, columns=list(deferral.read))
+        for batch in batches:
+            yield normalized_pass_through(pa.Table.from_batches([batch]), deferral.columns, source, row_offset=offset)
+            offset += batch.num_rows
+        if offset == 0:
+            empty = file.schema_arrow.empty_table().select(list(deferral.read))
+            yield normalized_pass_through(empty, deferral.columns, source)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise CacheMissError(f"{metadata} no longer reads as the file its index was built from ({exc}).") from None

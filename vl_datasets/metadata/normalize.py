@@ -47,8 +47,9 @@ Decisions where the contract is silent:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,13 +135,38 @@ def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0,
     extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
     if info is not None:
         extra[INFO_KEY] = json.dumps(info, default=str).encode()
-    try:
+    with _rows_named(raw, row_offset):
         table = _normalize_table(raw, source, row_offset, check_unique)
-    except RowSchemaError as error:  # raised once media_id is known to be valid text: name the row by it
+    return with_schema_metadata(table, extra)
+
+
+def normalized_pass_through(raw: pa.Table, names: Sequence[str], source: str, *, row_offset: int = 0) -> pa.Table:
+    """The columns ``names`` of ``raw`` (which holds them and ``media_id``) as ``normalize_raw``
+    leaves them, without normalizing the rest: text checked to be UTF-8 (an error names the row by
+    its media id), a documented field cast to text, any other column as it is. What an index that
+    left them in its metadata file reads back (``deferred``)."""
+    with _rows_named(raw, row_offset):
+        _check_text(raw, source, row_offset)
+        fields, columns = [], []
+        for name in names:
+            documented = name in SCALAR_INPUT_TYPES and name in NORMALIZED_SCHEMA.names
+            fields.append(NORMALIZED_SCHEMA.field(name) if documented else raw.schema.field(name))
+            columns.append(
+                cast_or_raise(raw.column(name), pa.string(), name, source) if documented else raw.column(name)
+            )
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+@contextlib.contextmanager
+def _rows_named(raw: pa.Table, row_offset: int) -> Iterator[None]:
+    """A row's error raised in the block, once media_id is known to be valid text, named by it
+    and by its row of the whole file."""
+    try:
+        yield
+    except RowSchemaError as error:
         media_id = raw.column("media_id")[error.row].as_py()
         error.row += row_offset
         raise named(error, media_id) from None
-    return with_schema_metadata(table, extra)
 
 
 def is_normalized(table: pa.Table) -> bool:
