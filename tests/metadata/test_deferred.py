@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.metadata.helpers import json_strings_table, realistic_media_items, write_json_export, write_parquet
+from vl_datasets.atomic import beside
 from vl_datasets.errors import CacheMissError, SchemaError
 from vl_datasets.metadata import deferred, index_writer
 from vl_datasets.metadata.deferred import COLUMNS_FILE, Deferral, complete_index
@@ -149,3 +150,13 @@ def test_text_that_is_not_utf8_in_a_deferred_column_is_named_when_read(tmp_path)
     with pytest.raises(SchemaError, match="not UTF-8") as caught:
         complete_index(index, tmp_path / "out" / INDEX_FILE)
     assert "id-0000007" in str(caught.value) and "url" in str(caught.value)
+
+
+def test_what_a_killed_build_of_the_columns_left_is_removed_by_the_next(tmp_path):
+    export = parquet_export(tmp_path / "export", media(60))
+    index = indexed(export, tmp_path / "out")
+    left = beside(tmp_path / "out" / COLUMNS_FILE)  # where a build writes before its rename
+    left.write_bytes(b"half of a columns file")
+    complete = complete_index(index, tmp_path / "out" / INDEX_FILE)
+    assert not left.exists(), "a killed build's file stays beside the index"
+    assert complete.to_pylist() == build_index(export).to_pylist()

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import replacing
+from ..atomic import left_beside, replacing
 from ..errors import CacheMissError, VLDatasetsError
 from ..locks import hold_lock
 from .items import is_text
@@ -184,6 +184,8 @@ def deferred_store(index: pa.Table, index_path: Path) -> DeferredColumns:
         with hold_lock(index_path.with_name(LOCK_FILE), timeout_s=BUILD_LOCK_TIMEOUT_S, what=f"reading {metadata}"):
             found = _read_store(path, index)
             if found is None:
+                for stale in left_beside(path):  # a killed build's: none runs beside this lock's holder
+                    stale.unlink(missing_ok=True)
                 with replacing(path) as tmp:
                     _write_store(tmp, index, deferral, metadata)
                 found = _read_store(path, index)
