@@ -189,7 +189,8 @@ def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndar
 
 class _Links(NamedTuple):
     """What links rows, as numbers: each membership's row and the 64-bit hash of its group's id, for
-    clusters and for duplicate groups; and each row's class code for stratifying (-1: no label)."""
+    clusters and for duplicate groups; and each row's class code for stratifying (-1: no label;
+    none at all when not stratifying)."""
 
     memberships: list[tuple[np.ndarray, np.ndarray]]
     first_labels: np.ndarray
@@ -202,7 +203,7 @@ def _read_links(rows: Any, stratify: bool) -> _Links:
     n, dtype = len(rows), _node_dtype(len(rows))
     cluster_hashes, has_cluster = np.zeros(n, np.uint64), np.zeros(n, bool)
     duplicates: list[tuple[np.ndarray, np.ndarray]] = []
-    first_labels = np.zeros(n, dtype=np.int32)
+    first_labels = np.zeros(n if stratify else 0, dtype=np.int32)  # read only to stratify
     label_codes: dict[str, int] = {}
     for offset, part in rows.slices(["cluster_id", "issues"] + (["labels"] if stratify else [])):
         end = offset + len(part)
