@@ -160,3 +160,13 @@ def test_what_a_killed_build_of_the_columns_left_is_removed_by_the_next(tmp_path
     complete = complete_index(index, tmp_path / "out" / INDEX_FILE)
     assert not left.exists(), "a killed build's file stays beside the index"
     assert complete.to_pylist() == build_index(export).to_pylist()
+
+
+def test_an_image_filename_that_fills_a_missing_file_path_is_read_yet_left_out(tmp_path):
+    items = media(90)
+    for item in items[::4]:
+        item["file_path"] = None  # found by its image_filename alone (every fifth has none either)
+    index, complete = same_as_whole_build(parquet_export(tmp_path / "export", items), tmp_path / "out")
+    assert "image_filename" not in index.column_names
+    assert index.column("file_path")[4].as_py() == "id-0000004.jpg" == complete.column("image_filename")[4].as_py()
+    assert index.column("file_path")[0].as_py() is None
