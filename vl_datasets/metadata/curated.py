@@ -258,8 +258,6 @@ class CuratedItems:
     def _read_deferred(self) -> DeferredColumns:
         """The columns the index left in its metadata file, read into a file beside it when first asked for."""
         if self._deferred_columns is None:
-            if self._index_path is None:
-                raise ValueError("Items over an index that leaves columns in its metadata file need its index_path=.")
             self._deferred_columns = deferred_store(self._rows_table, self._index_path)
         return self._deferred_columns
 

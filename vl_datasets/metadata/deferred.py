@@ -122,13 +122,7 @@ def complete_index(index: pa.Table, index_path: Path | None) -> pa.Table:
     """``index`` with its deferred columns (``deferred_store``) joined in their places: the table
     the index would have been with every column. The index as it is when nothing is deferred."""
     deferral = Deferral.of(index)
-    if deferral is None:
-        return index
-    if index_path is None:
-        raise ValueError(
-            "An index that leaves columns in its metadata file needs index_path=, the file it was read from."
-        )
-    return joined(index, deferred_store(index, index_path).table, deferral)
+    return index if deferral is None else joined(index, deferred_store(index, index_path).table, deferral)
 
 
 def joined(index: pa.Table, columns: pa.Table, deferral: Deferral) -> pa.Table:
@@ -169,12 +163,16 @@ def joined_file_slices(
         yield pieces[0][0], pa.Table.from_arrays([fields[name][1] for name in names], schema=schema)
 
 
-def deferred_store(index: pa.Table, index_path: Path) -> DeferredColumns:
+def deferred_store(index: pa.Table, index_path: Path | None) -> DeferredColumns:
     """The deferred columns of the index at ``index_path`` (``index``, as read from there),
     memory-mapped from their file beside it: read from the metadata file the first time they are
     asked for, by one process (the others wait on a lock), in record batches of the index's."""
     deferral = Deferral.of(index)
     assert deferral is not None
+    if index_path is None:
+        raise ValueError(
+            "An index that leaves columns in its metadata file needs index_path=, the file it was read from."
+        )
     path = store_path(index_path)
     found = _read_store(path, index)
     if found is not None:

@@ -79,21 +79,12 @@ def metadata_slices(
     A Parquet file's columns named in ``skip`` are not read: the normalized slices hold them null."""
     path = Path(path)
     if is_parquet(path):
-        columns = _columns_but(path, skip) if skip else None
-        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows, columns=columns), same_schema=True)
+        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows, skip=skip), same_schema=True)
     if path.stat().st_size >= JSON_STREAM_BYTES:
         tables = json_slices(path, batch_rows=batch_rows)
         if tables is not None:
             return MetadataSlices(tables, same_schema=False)
     return MetadataSlices(iter([read_metadata_file(path)]), same_schema=True)
-
-
-def _columns_but(path: Path, skip: Collection[str]) -> list[str] | None:
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowException, OSError, UnicodeDecodeError):
-        return None  # read whole, and reported by the read
-    return [name for name in names if name not in skip]
 
 
 def read_metadata_file(path: str | os.PathLike) -> pa.Table:

@@ -9,7 +9,7 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,21 +47,23 @@ def is_parquet(path: Path) -> bool:
 
 
 def parquet_slices(
-    path: Path, *, batch_rows: int | None = None, columns: Sequence[str] | None = None
+    path: Path, *, batch_rows: int | None = None, skip: Collection[str] = ()
 ) -> Generator[pa.Table, None, None]:
     """The normalized slices of a Parquet metadata file, one per record batch read
-    (``batch_rows`` rows, ``BATCH_ROWS`` by default), of its ``columns`` (names the file holds
-    once each; None: all)."""
+    (``batch_rows`` rows, ``BATCH_ROWS`` by default). Its columns named in ``skip`` (which the
+    file holds once each) are not read: the slices hold them null."""
     source, batch_rows = str(path), batch_rows or BATCH_ROWS
     try:
         # Without pre-buffering: it keeps every column chunk read until the file is closed.
         file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
         schema = file.schema_arrow
-        if columns is not None:
-            schema = pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
+        columns = None
+        if skip:
+            schema = pa.schema([field for field in schema if field.name not in skip], metadata=schema.metadata)
+            columns = schema.names
         if _items_as_text(schema):
             file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4, read_dictionary=[ITEMS])
-        batches = file.iter_batches(batch_size=batch_rows, columns=None if columns is None else list(columns))
+        batches = file.iter_batches(batch_size=batch_rows, columns=columns)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
     empty = True
