@@ -60,7 +60,9 @@ def test_a_metadata_only_index_leaves_the_pass_through_columns_in_the_file(tmp_p
     export = parquet_export(tmp_path / "export", media())
     index, complete = same_as_whole_build(export, tmp_path / "out")
     assert not set(PASS_THROUGH) & set(index.column_names)
+    assert "file_size_bytes" not in index.column_names, "the sizes are made of the file's text when asked for"
     assert complete.column("url")[3].as_py() == "https://cdn.example.com/3.jpg"
+    assert complete.column("file_size_bytes")[3].as_py() == 13.5 * 1024  # "13.5KB"
     assert complete.column("image_filename")[0].as_py() is None  # null where the file has none
     store = pa.ipc.open_file(str(tmp_path / "out" / COLUMNS_FILE))
     lengths = [store.get_batch(i).num_rows for i in range(store.num_record_batches)]
@@ -96,6 +98,23 @@ def test_a_column_of_another_type_is_read_as_before(tmp_path):
     export = write_parquet(tmp_path / "export", table).parent
     index, complete = same_as_whole_build(export, tmp_path / "out")
     assert "cluster_id" in index.column_names and complete.column("cluster_id")[4].as_py() == "4"
+
+
+def test_sizes_stored_as_numbers_are_left_in_the_file_and_rounded_as_before(tmp_path):
+    table = json_strings_table(media(30)).drop_columns(["file_size"])
+    table = table.append_column("file_size", pa.array([i * 1000.6 for i in range(30)], pa.float64()))
+    export = write_parquet(tmp_path / "export", table).parent
+    index, complete = same_as_whole_build(export, tmp_path / "out")
+    assert "file_size_bytes" not in index.column_names and complete.column("file_size_bytes")[2].as_py() == 2001
+
+
+def test_an_index_that_holds_its_sizes_is_completed_as_one_built_before_sizes_were_left_out(tmp_path, monkeypatch):
+    """The index of an earlier version left out the text columns only: it is read as it was."""
+    monkeypatch.setattr(deferred, "DERIVED_FROM", {})
+    export = parquet_export(tmp_path / "export", media(90))
+    index, complete = same_as_whole_build(export, tmp_path / "out")
+    assert "file_size_bytes" in index.column_names and "url" not in index.column_names
+    assert complete.column("file_size_bytes")[1].as_py() == 11.5 * 1024
 
 
 def test_the_columns_are_read_once_and_mapped_after(tmp_path, monkeypatch):

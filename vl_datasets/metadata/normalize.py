@@ -72,11 +72,13 @@ from .items import (
 )
 from .json_export import table_from_media_items
 
-NORMALIZED_VERSION = "3"  # 2: values validated when read; image_filename kept beside file_path
+NORMALIZED_VERSION = "4"  # 2: values validated when read; image_filename kept beside file_path
 # 3: an index may leave columns in its metadata file (``deferred``). A library that reads only 2
 # sees no such index as its own, where it would have read one without its url or clusters; this
 # one reads either (a table of 2 is one of 3 that leaves nothing out).
-_READABLE_VERSIONS = (b"2", NORMALIZED_VERSION.encode())
+# 4: a column it leaves there may be made of another (``DERIVED_FROM``): a library that reads up
+# to 3 would look for file_size_bytes in the file, so it sees no index of 4 as its own.
+_READABLE_VERSIONS = (b"2", b"3", NORMALIZED_VERSION.encode())
 VERSION_KEY = b"vl_datasets.normalized_version"
 INFO_KEY = b"vl_datasets.info"
 
@@ -97,6 +99,9 @@ NORMALIZED_SCHEMA = pa.schema(
 )
 
 
+# A normalized column made of one input column (and of nothing else): what an index that leaves
+# it in the metadata file reads back (``normalized_pass_through``).
+DERIVED_FROM = {"file_size_bytes": "file_size"}
 # Input columns this module maps; every other column is kept as it is.
 _CONSUMED = set(SCALAR_INPUT_TYPES) | {"metadata_items"}
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -141,14 +146,19 @@ def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0,
 
 
 def normalized_pass_through(raw: pa.Table, names: Sequence[str], source: str, *, row_offset: int = 0) -> pa.Table:
-    """The columns ``names`` of ``raw`` (which holds them and ``media_id``) as ``normalize_raw``
-    leaves them, without normalizing the rest: text checked to be UTF-8 (an error names the row by
-    its media id), a documented field cast to text, any other column as it is. What an index that
-    left them in its metadata file reads back (``deferred``)."""
+    """The columns ``names`` of the normalized table made of ``raw`` (which holds them, or what
+    ``DERIVED_FROM`` makes them of, and ``media_id``) as ``normalize_raw`` leaves them, without
+    normalizing the rest: text checked to be UTF-8 (an error names the row by its media id), a
+    documented field cast to text, a derived one made as ``normalize_raw`` makes it, any other
+    column as it is. What an index that left them in its metadata file reads back (``deferred``)."""
     with _rows_named(raw, row_offset):
         _check_text(raw, source, row_offset)
         fields, columns = [], []
         for name in names:
+            if name == "file_size_bytes":  # the one column of DERIVED_FROM
+                fields.append(NORMALIZED_SCHEMA.field(name))
+                columns.append(_file_size_bytes(raw.column(DERIVED_FROM[name]), raw.num_rows))
+                continue
             documented = name in SCALAR_INPUT_TYPES and name in NORMALIZED_SCHEMA.names
             fields.append(NORMALIZED_SCHEMA.field(name) if documented else raw.schema.field(name))
             columns.append(
