@@ -60,9 +60,10 @@ def test_a_metadata_only_index_leaves_the_pass_through_columns_in_the_file(tmp_p
     export = parquet_export(tmp_path / "export", media())
     index, complete = same_as_whole_build(export, tmp_path / "out")
     assert not set(PASS_THROUGH) & set(index.column_names)
-    assert "file_size_bytes" not in index.column_names, "the sizes are made of the file's text when asked for"
+    assert not {"file_size_bytes", "file_name"} & set(index.column_names), "made of the file's columns when asked for"
     assert complete.column("url")[3].as_py() == "https://cdn.example.com/3.jpg"
     assert complete.column("file_size_bytes")[3].as_py() == 13.5 * 1024  # "13.5KB"
+    assert complete.column("file_name")[3].as_py() == "img_0000003.jpg"  # the file has none: the path's base name
     assert complete.column("image_filename")[0].as_py() is None  # null where the file has none
     store = pa.ipc.open_file(str(tmp_path / "out" / COLUMNS_FILE))
     lengths = [store.get_batch(i).num_rows for i in range(store.num_record_batches)]
@@ -79,8 +80,8 @@ def test_an_export_with_images_keeps_the_file_names_it_finds_them_by(tmp_path):
         (export / "images" / item["file_path"]).parent.mkdir(parents=True, exist_ok=True)
         (export / "images" / item["file_path"]).write_bytes(b"jpeg")
     index, complete = same_as_whole_build(export, tmp_path / "out")
-    assert "image_filename" in index.column_names
-    assert not {"url", "media_type", "cluster_id"} & set(index.column_names)
+    assert {"image_filename", "file_name"} <= set(index.column_names)
+    assert not {"url", "media_type", "cluster_id", "file_size_bytes"} & set(index.column_names)
     assert complete.column("__image_path__").null_count == 0
 
 
@@ -108,12 +109,18 @@ def test_sizes_stored_as_numbers_are_left_in_the_file_and_rounded_as_before(tmp_
     assert "file_size_bytes" not in index.column_names and complete.column("file_size_bytes")[2].as_py() == 2001
 
 
-def test_an_index_that_holds_its_sizes_is_completed_as_one_built_before_sizes_were_left_out(tmp_path, monkeypatch):
-    """The index of an earlier version left out the text columns only: it is read as it was."""
-    monkeypatch.setattr(deferred, "DERIVED_FROM", {})
+def test_an_index_of_version_3_that_holds_its_sizes_and_names_is_completed(tmp_path, monkeypatch):
+    """An earlier version left out the text columns only, keeping the sizes and file names."""
+    made = deferred.plan
+
+    def plan_of_version_3(metadata, *, has_images):
+        columns = tuple(c for c in made(metadata, has_images=has_images).columns if c in PASS_THROUGH)
+        return Deferral(columns, tuple(n for n in pq.read_schema(metadata).names if n in {*columns, "media_id"}))
+
+    monkeypatch.setattr("vl_datasets.metadata.index.plan", plan_of_version_3)
     export = parquet_export(tmp_path / "export", media(90))
-    index, complete = same_as_whole_build(export, tmp_path / "out")
-    assert "file_size_bytes" in index.column_names and "url" not in index.column_names
+    built, complete = same_as_whole_build(export, tmp_path / "out")
+    assert {"file_size_bytes", "file_name"} <= set(built.column_names) and "url" not in built.column_names
     assert complete.column("file_size_bytes")[1].as_py() == 11.5 * 1024
 
 
@@ -183,9 +190,13 @@ def test_what_a_killed_build_of_the_columns_left_is_removed_by_the_next(tmp_path
 
 def test_an_image_filename_that_fills_a_missing_file_path_is_read_yet_left_out(tmp_path):
     items = media(90)
+    for i, item in enumerate(items):
+        item["file_name"] = f"name-{i}.jpg" if i % 3 else None  # else the base name of the path found
     for item in items[::4]:
         item["file_path"] = None  # found by its image_filename alone (every fifth has none either)
     index, complete = same_as_whole_build(parquet_export(tmp_path / "export", items), tmp_path / "out")
-    assert "image_filename" not in index.column_names
+    assert not {"image_filename", "file_name"} & set(index.column_names)
+    names = complete.column("file_name").to_pylist()
+    assert [names[i] for i in (0, 1, 3, 12)] == [None, "name-1.jpg", "img_0000003.jpg", "id-0000012.jpg"]
     assert index.column("file_path")[4].as_py() == "id-0000004.jpg" == complete.column("image_filename")[4].as_py()
     assert index.column("file_path")[0].as_py() is None

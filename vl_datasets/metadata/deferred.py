@@ -1,16 +1,16 @@
 """Columns an index leaves in its Parquet metadata file until something asks for them.
 
-Curation, the targets and the item list never read an item's ``url``, ``media_type`` or
-``cluster_id`` (nor, in a metadata-only export, its ``image_filename``), yet they were half of a
-10M-item index (2.0 of 4.2 GB, the url alone 1.3) and 8-25% of a first open: read, checked and
-written for nothing on most opens. Nor do they read its ``file_size_bytes``, made of the file's
-``file_size`` text ("48.27KB") by a pattern over each distinct text: a tenth of the CPU of a
-first open. So the index of a Parquet export is built without them
-(``plan``), and its schema metadata names them and the order of all its columns. The first
-thing that asks for one (``ds.table``, a split by cluster, a ``where=`` over the url, a
-``task=None`` target, ``curation_details``) reads them from the metadata file, normalized as the
-index build would have, into a second Arrow file beside the index, record batch for record
-batch (``deferred_store``); every later process maps it, and ``complete_index`` joins the two.
+Curation, the targets and the item list never read an item's ``url``, ``media_type``,
+``cluster_id`` or ``file_size_bytes`` (nor, in a metadata-only export, its ``file_name`` and
+``image_filename``), yet they were most of a 10M-item index (2.3 of 4.2 GB, the url alone 1.3)
+and 15-35% of a first open: read, checked, made (the sizes from text such as "48.27KB", by a
+pattern) and written for nothing on most opens. So the index of a Parquet export is built
+without them (``plan``), and its schema metadata names them and the order of all its columns.
+The first thing that asks for one (``ds.table``, a split by cluster, a ``where=`` over the url,
+a ``task=None`` target, ``curation_details``) reads them from the metadata file, made as the
+index build would have (``normalize.normalized_pass_through``), into a second Arrow file beside
+the index, record batch for record batch (``deferred_store``); every later process maps it,
+and ``complete_index`` joins the two.
 
 What changes for a user is when a bad value in those columns is found (text that is not UTF-8):
 when they are first read, with the same error, naming the row. A metadata file changed or gone
@@ -43,8 +43,7 @@ from .table_file import SOURCE_KEY, source_stamp
 
 logger = logging.getLogger("vl_datasets")
 
-DEFERRABLE = ("url", "media_type", "cluster_id")  # read by no rule, target or item list
-# and file_size_bytes, read by none either, made of the file's file_size (``normalize.DERIVED_FROM``)
+DEFERRABLE = ("url", "media_type", "cluster_id")  # read by no rule, target or item list, as they are
 DEFERRED_KEY = b"vl_datasets.deferred"
 COLUMNS_FILE, LOCK_FILE = ".vl_datasets_columns.arrow", ".vl_datasets_columns.lock"
 BUILD_LOCK_TIMEOUT_S = 3600.0  # reading them from 100M rows takes minutes: the other ranks wait
@@ -79,9 +78,9 @@ class Deferral:
 
 def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
     """What the index of ``metadata`` leaves out: the deferrable columns a Parquet file holds as
-    text (another type is cast, and may fail, while the index is built, as before), and
-    ``image_filename`` beside a ``file_path`` when the export has no images to look it up among.
-    None for a JSON export, or when there is nothing to leave out."""
+    text (another type is cast, and may fail, while the index is built, as before), the sizes,
+    and, when the export has no images to look them up among, ``file_name`` and
+    ``image_filename`` beside a ``file_path``. None for a JSON export."""
     if not is_parquet(metadata):
         return None
     try:
@@ -93,26 +92,24 @@ def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
         return None
     text = {field.name for field in schema if is_text(field.type)}
     columns = [name for name in DEFERRABLE if name in text]
-    columns += [made for made, of in DERIVED_FROM.items() if of in names]
-    if not has_images and "image_filename" in text and "file_path" in names:
-        columns.append("image_filename")  # otherwise it is read to find images by, or is the file_path
-    if not columns:
-        return None
-    read = [name for name in names if name in {*map(_read_from, columns), "media_id"}]
+    columns.append("file_size_bytes")  # made of file_size, or all null without one
+    if not has_images and "file_path" in names:  # otherwise they are read to find images by
+        if "file_name" in text or "file_name" not in names:  # text, or the base names of the paths
+            columns.append("file_name")
+        if "image_filename" in text:  # read all the same to fill a missing file_path
+            columns.append("image_filename")
+    sources = {source for name in columns for source in DERIVED_FROM.get(name, (name,))}
+    read = [name for name in names if name in {*sources, "media_id"}]
     return Deferral(tuple(columns), tuple(read))
 
 
 def skipped_on_read(deferral: Deferral | None) -> tuple[str, ...]:
-    """The file's columns the index build need not read: those the deferred columns are read
-    from, but ``image_filename``, which fills a row's missing ``file_path``."""
+    """The file's columns the index build need not read: those the deferred columns are made of,
+    but ``file_path`` and ``image_filename``, which make the index's ``file_path``."""
     if deferral is None:
         return ()
-    return tuple(_read_from(name) for name in deferral.columns if name != "image_filename")
-
-
-def _read_from(column: str) -> str:
-    """The metadata file's column a deferred ``column`` of the index is read from."""
-    return DERIVED_FROM.get(column, column)
+    sources = {source for name in deferral.columns for source in DERIVED_FROM.get(name, (name,))}
+    return tuple(sorted(sources - {"file_path", "image_filename"}))
 
 
 def recorded(deferral: Deferral, schema: pa.Schema, index_dir: Path, metadata: Path) -> Deferral:

@@ -99,9 +99,9 @@ NORMALIZED_SCHEMA = pa.schema(
 )
 
 
-# A normalized column made of one input column (and of nothing else): what an index that leaves
-# it in the metadata file reads back (``normalized_pass_through``).
-DERIVED_FROM = {"file_size_bytes": "file_size"}
+# A normalized column made of other input columns than its own name's (those the file holds): what
+# an index that leaves it in the metadata file reads back (``normalized_pass_through``).
+DERIVED_FROM = {"file_size_bytes": ("file_size",), "file_name": ("file_name", "file_path", "image_filename")}
 # Input columns this module maps; every other column is kept as it is.
 _CONSUMED = set(SCALAR_INPUT_TYPES) | {"metadata_items"}
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -146,18 +146,18 @@ def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0,
 
 
 def normalized_pass_through(raw: pa.Table, names: Sequence[str], source: str, *, row_offset: int = 0) -> pa.Table:
-    """The columns ``names`` of the normalized table made of ``raw`` (which holds them, or what
-    ``DERIVED_FROM`` makes them of, and ``media_id``) as ``normalize_raw`` leaves them, without
-    normalizing the rest: text checked to be UTF-8 (an error names the row by its media id), a
-    documented field cast to text, a derived one made as ``normalize_raw`` makes it, any other
-    column as it is. What an index that left them in its metadata file reads back (``deferred``)."""
+    """The columns ``names`` of the normalized table made of ``raw`` (which holds ``media_id`` and
+    what each is made of: the column itself, or what ``DERIVED_FROM`` names) as ``normalize_raw``
+    makes them, without normalizing the rest: text checked to be UTF-8 (an error names the row by
+    its media id), a documented field cast, a derived one made the same way, any other column as
+    it is. What an index that left them in its metadata file reads back (``deferred``)."""
     with _rows_named(raw, row_offset):
         _check_text(raw, source, row_offset)
         fields, columns = [], []
         for name in names:
-            if name == "file_size_bytes":  # the one column of DERIVED_FROM
+            if name in DERIVED_FROM:
                 fields.append(NORMALIZED_SCHEMA.field(name))
-                columns.append(_file_size_bytes(raw.column(DERIVED_FROM[name]), raw.num_rows))
+                columns.append(_file_name(raw, source) if name == "file_name" else _file_size_bytes(raw))
                 continue
             documented = name in SCALAR_INPUT_TYPES and name in NORMALIZED_SCHEMA.names
             fields.append(NORMALIZED_SCHEMA.field(name) if documented else raw.schema.field(name))
@@ -197,34 +197,25 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
             f"{source}: no 'file_path', 'file_name' or 'image_filename' column to find the images by.",
             field="file_path",
         )
-    n = raw.num_rows
-
-    def column(name: str, type_: pa.DataType) -> pa.ChunkedArray:
-        if name not in names:
-            return pa.chunked_array([pa.nulls(n, type_)])
-        return cast_or_raise(raw.column(name), type_, name, source)
-
     _check_id_type(raw.column("media_id"), source, row_offset)
-    media_id = column("media_id", pa.string())
+    media_id = _column(raw, "media_id", source)
     check_ids(media_id, source, row_offset=row_offset, unique=check_unique)
-    file_path = pc.coalesce(column("file_path", pa.string()), column("image_filename", pa.string()))
-    file_name = column("file_name", pa.string())
-    if file_name.null_count:  # the base names are a regex over every path: only for rows without a name
-        file_name = pc.coalesce(file_name, basename(file_path))
+    file_path = _file_path(raw, source)
     out = {
         "media_id": media_id,
-        "media_type": column("media_type", pa.string()),
-        "file_name": file_name,
+        "media_type": _column(raw, "media_type", source),
+        "file_name": _file_name(raw, source, file_path),
         "file_path": file_path,
-        "file_size_bytes": _file_size_bytes(raw.column("file_size") if "file_size" in names else None, n),
-        "height": column("height", pa.int32()),
-        "width": column("width", pa.int32()),
-        "uniqueness_score": column("uniqueness_score", pa.float64()),
-        "cluster_id": column("cluster_id", pa.string()),
-        "url": column("url", pa.string()),
+        "file_size_bytes": _file_size_bytes(raw),
+        "height": _column(raw, "height", source),
+        "width": _column(raw, "width", source),
+        "uniqueness_score": _column(raw, "uniqueness_score", source),
+        "cluster_id": _column(raw, "cluster_id", source),
+        "url": _column(raw, "url", source),
     }
     check_unit_interval(out["uniqueness_score"], "uniqueness_score", source)
-    out.update(extract_item_columns(raw.column("metadata_items") if "metadata_items" in names else None, n, source))
+    items = raw.column("metadata_items") if "metadata_items" in names else None
+    out.update(extract_item_columns(items, raw.num_rows, source))
     fields = list(NORMALIZED_SCHEMA)
     for name in raw.column_names:
         # With a file_path too, image_filename names the image inside the export's flat images/
@@ -236,6 +227,31 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
         out[target] = raw.column(name)
         fields.append(raw.schema.field(name).with_name(target))
     return pa.table(out, schema=pa.schema(fields))
+
+
+def _column(raw: pa.Table, name: str, source: str) -> pa.ChunkedArray:
+    """The normalized column ``name`` of the input column of that name, cast; all null when absent."""
+    type_ = NORMALIZED_SCHEMA.field(name).type
+    if name not in raw.column_names:
+        return pa.chunked_array([pa.nulls(raw.num_rows, type_)])
+    return cast_or_raise(raw.column(name), type_, name, source)
+
+
+def _file_path(raw: pa.Table, source: str) -> pa.ChunkedArray:
+    """``file_path``, or where a row has none, its ``image_filename`` (the docs' Parquet layout)."""
+    file_path = _column(raw, "file_path", source)
+    if "image_filename" not in raw.column_names:
+        return file_path
+    return pc.coalesce(file_path, cast_or_raise(raw.column("image_filename"), pa.string(), "image_filename", source))
+
+
+def _file_name(raw: pa.Table, source: str, file_path: pa.ChunkedArray | None = None) -> pa.ChunkedArray:
+    """``file_name``, or where a row has none, the base name of its file path (``_file_path``,
+    made here unless given)."""
+    file_name = _column(raw, "file_name", source)
+    if file_name.null_count:  # the base names are a regex over every path: only for rows without a name
+        file_name = pc.coalesce(file_name, basename(_file_path(raw, source) if file_path is None else file_path))
+    return file_name
 
 
 def _held_items_only(raw: pa.Table) -> pa.Table:
@@ -329,13 +345,14 @@ def basename(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return pc.replace_substring_regex(paths, r"^.*[/\\]", "")
 
 
-def _file_size_bytes(column: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
+def _file_size_bytes(raw: pa.Table) -> pa.ChunkedArray:
     """Human-readable sizes ("48.27KB", "3.38MB", "512B", "1.2GB") as bytes; null when unreadable.
 
     Each distinct text is read once and its rows take its value: sizes written to two decimals
     repeat (the benchmark's export: 50K distinct in 131K rows), and reading them all cost three
     times the encoding that finds the distinct ones (40 ms against 14 per 131K rows).
     """
+    column, n = raw.column("file_size") if "file_size" in raw.column_names else None, raw.num_rows
     if column is not None and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         return pc.round(column.cast(pa.float64())).cast(pa.int64())
     if column is None or not is_text(column.type):
