@@ -200,3 +200,28 @@ def test_an_image_filename_that_fills_a_missing_file_path_is_read_yet_left_out(t
     assert [names[i] for i in (0, 1, 3, 12)] == [None, "name-1.jpg", "img_0000003.jpg", "id-0000012.jpg"]
     assert index.column("file_path")[4].as_py() == "id-0000004.jpg" == complete.column("image_filename")[4].as_py()
     assert index.column("file_path")[0].as_py() is None
+
+
+@pytest.mark.parametrize(
+    ("statistics", "missing_path"),
+    [(True, False), (True, True), (False, False)],
+    ids=["no-row-lacks-a-path", "a-row-lacks-one", "no-statistics"],
+)
+def test_the_build_reads_image_filename_unless_the_statistics_say_no_row_needs_it(tmp_path, statistics, missing_path):
+    items = media(40)
+    items[9]["image_filename"] = "image-9.jpg"
+    if missing_path:
+        items[20]["file_path"] = None
+    export = parquet_export(
+        tmp_path / "export", items, compression="none", use_dictionary=False, write_statistics=statistics
+    )
+    metadata = export / "metadata.parquet"
+    metadata.write_bytes(metadata.read_bytes().replace(b"image-9.jpg", b"image-\xff.jpg"))  # not UTF-8
+    if missing_path or not statistics:  # read to fill the missing file_path: its text is checked then
+        with pytest.raises(SchemaError, match="not UTF-8") as caught:
+            indexed(export, tmp_path / "out")
+    else:
+        index = indexed(export, tmp_path / "out")
+        with pytest.raises(SchemaError, match="not UTF-8") as caught:
+            complete_index(index, tmp_path / "out" / INDEX_FILE)
+    assert "id-0000009" in str(caught.value) and "image_filename" in str(caught.value)

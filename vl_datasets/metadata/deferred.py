@@ -103,13 +103,35 @@ def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
     return Deferral(tuple(columns), tuple(read))
 
 
-def skipped_on_read(deferral: Deferral | None) -> tuple[str, ...]:
-    """The file's columns the index build need not read: those the deferred columns are made of,
-    but ``file_path`` and ``image_filename``, which make the index's ``file_path``."""
+def skipped_on_read(deferral: Deferral | None, metadata: Path) -> tuple[str, ...]:
+    """The columns of the file ``metadata`` the index build need not read: those the deferred
+    columns are made of, but ``file_path`` and, unless the file's statistics say no row lacks a
+    ``file_path``, the ``image_filename`` that fills a missing one."""
     if deferral is None:
         return ()
     sources = {source for name in deferral.columns for source in DERIVED_FROM.get(name, (name,))}
-    return tuple(sorted(sources - {"file_path", "image_filename"}))
+    needed = {"file_path"} if _never_null(metadata, "file_path") else {"file_path", "image_filename"}
+    return tuple(sorted(sources - needed))
+
+
+def _never_null(metadata: Path, column: str) -> bool:
+    """Whether every row group of the Parquet file ``metadata`` counts no null in ``column``
+    (False where a writer left the count out, or the footer does not read)."""
+    try:
+        footer = pq.ParquetFile(metadata).metadata
+        # Its place among the leaf columns, which a nested column before it (metadata_items as
+        # a list of structs) shifts from its place among the fields.
+        leaves = [footer.schema.column(i).path for i in range(footer.num_columns)]
+        if leaves.count(column) != 1:
+            return False
+        at = leaves.index(column)
+        for group in range(footer.num_row_groups):
+            stats = footer.row_group(group).column(at).statistics
+            if stats is None or not stats.has_null_count or stats.null_count:
+                return False
+    except (pa.ArrowException, OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def recorded(deferral: Deferral, schema: pa.Schema, index_dir: Path, metadata: Path) -> Deferral:

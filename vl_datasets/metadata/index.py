@@ -80,7 +80,8 @@ def write_export_index(
     metadata = find_metadata_file(export_dir)
     members = image_members(export_dir / "images" if images_dir is None else images_dir)
     deferral = plan(metadata, has_images=members is not None)
-    slices = metadata_slices(metadata, batch_rows=batch_rows, skip=skipped_on_read(deferral))
+    skip, left_out = skipped_on_read(deferral, metadata), deferral.columns if deferral is not None else ()
+    slices = metadata_slices(metadata, batch_rows=batch_rows, skip=skip, left_out=left_out)
     return write_index_file(slices, Path(path), metadata, members, deferral)
 
 

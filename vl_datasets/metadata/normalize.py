@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,15 +133,24 @@ def normalize(data: pa.Table | pa.RecordBatch | list | Mapping, *, source: str =
     return data if is_normalized(data) else normalize_raw(data, source, info)
 
 
-def normalize_raw(raw: pa.Table, source: str, info: Any, *, row_offset: int = 0, check_unique: bool = True) -> pa.Table:
+def normalize_raw(
+    raw: pa.Table,
+    source: str,
+    info: Any,
+    *,
+    row_offset: int = 0,
+    check_unique: bool = True,
+    left_out: Collection[str] = (),
+) -> pa.Table:
     """The normalized table of a raw one. A slice of a larger table passes the row of its first
     row (``row_offset``: errors name rows of the whole) and leaves the media ids' uniqueness,
-    which no slice can see, to its caller (``check_unique=False``)."""
+    which no slice can see, to its caller (``check_unique=False``). Of ``DERIVED_FROM``'s columns,
+    those named in ``left_out`` (an index leaves them in its metadata file) are null, not made."""
     extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
     if info is not None:
         extra[INFO_KEY] = json.dumps(info, default=str).encode()
     with _rows_named(raw, row_offset):
-        table = _normalize_table(raw, source, row_offset, check_unique)
+        table = _normalize_table(raw, source, row_offset, check_unique, frozenset(left_out))
     return with_schema_metadata(table, extra)
 
 
@@ -184,7 +193,7 @@ def is_normalized(table: pa.Table) -> bool:
     return (table.schema.metadata or {}).get(VERSION_KEY) in _READABLE_VERSIONS
 
 
-def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool) -> pa.Table:
+def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool, left_out: frozenset) -> pa.Table:
     raw = _held_items_only(raw)
     _check_text(raw, source, row_offset)
     names = set(raw.column_names)
@@ -204,9 +213,10 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
     out = {
         "media_id": media_id,
         "media_type": _column(raw, "media_type", source),
-        "file_name": _file_name(raw, source, file_path),
+        # Made only when asked for: the base names are a pattern over every path, the sizes over every text.
+        "file_name": _null(raw, "file_name") if "file_name" in left_out else _file_name(raw, source, file_path),
         "file_path": file_path,
-        "file_size_bytes": _file_size_bytes(raw),
+        "file_size_bytes": _null(raw, "file_size_bytes") if "file_size_bytes" in left_out else _file_size_bytes(raw),
         "height": _column(raw, "height", source),
         "width": _column(raw, "width", source),
         "uniqueness_score": _column(raw, "uniqueness_score", source),
@@ -231,10 +241,14 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
 
 def _column(raw: pa.Table, name: str, source: str) -> pa.ChunkedArray:
     """The normalized column ``name`` of the input column of that name, cast; all null when absent."""
-    type_ = NORMALIZED_SCHEMA.field(name).type
     if name not in raw.column_names:
-        return pa.chunked_array([pa.nulls(raw.num_rows, type_)])
-    return cast_or_raise(raw.column(name), type_, name, source)
+        return _null(raw, name)
+    return cast_or_raise(raw.column(name), NORMALIZED_SCHEMA.field(name).type, name, source)
+
+
+def _null(raw: pa.Table, name: str) -> pa.ChunkedArray:
+    """The normalized column ``name`` all null, as long as ``raw``."""
+    return pa.chunked_array([pa.nulls(raw.num_rows, NORMALIZED_SCHEMA.field(name).type)])
 
 
 def _file_path(raw: pa.Table, source: str) -> pa.ChunkedArray:

@@ -70,16 +70,22 @@ class MetadataSlices:
 
 
 def metadata_slices(
-    path: str | os.PathLike, *, batch_rows: int | None = None, skip: Collection[str] = ()
+    path: str | os.PathLike,
+    *,
+    batch_rows: int | None = None,
+    skip: Collection[str] = (),
+    left_out: Collection[str] = (),
 ) -> MetadataSlices:
     """One ``metadata.parquet`` or ``metadata.json`` file, read ``batch_rows`` rows at a time (by
     default ``stream.BATCH_ROWS``): a
     Parquet file by record batches, a JSON export of ``JSON_STREAM_BYTES`` or more incrementally. A
     smaller JSON export (or one that is no list of items) is read whole, as ``read_metadata_file`` does.
-    A Parquet file's columns named in ``skip`` are not read: the normalized slices hold them null."""
+    A Parquet file's columns named in ``skip`` are not read, and the normalized columns named in
+    ``left_out``, which the caller leaves out, are not made of the others: the slices hold them null."""
     path = Path(path)
     if is_parquet(path):
-        return MetadataSlices(parquet_slices(path, batch_rows=batch_rows, skip=skip), same_schema=True)
+        slices = parquet_slices(path, batch_rows=batch_rows, skip=skip, left_out=left_out)
+        return MetadataSlices(slices, same_schema=True)
     if path.stat().st_size >= JSON_STREAM_BYTES:
         tables = json_slices(path, batch_rows=batch_rows)
         if tables is not None:

@@ -47,34 +47,33 @@ def is_parquet(path: Path) -> bool:
 
 
 def parquet_slices(
-    path: Path, *, batch_rows: int | None = None, skip: Collection[str] = ()
+    path: Path, *, batch_rows: int | None = None, skip: Collection[str] = (), left_out: Collection[str] = ()
 ) -> Generator[pa.Table, None, None]:
     """The normalized slices of a Parquet metadata file, one per record batch read
     (``batch_rows`` rows, ``BATCH_ROWS`` by default). Its columns named in ``skip`` (which the
-    file holds once each) are not read: the slices hold them null."""
+    file holds once each) are not read, and the normalized columns named in ``left_out`` are not
+    made (``normalize_raw``): the slices hold them null."""
     source, batch_rows = str(path), batch_rows or BATCH_ROWS
     try:
         # Without pre-buffering: it keeps every column chunk read until the file is closed.
         file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4)
         schema = file.schema_arrow
-        columns = None
-        if skip:
-            schema = pa.schema([field for field in schema if field.name not in skip], metadata=schema.metadata)
-            columns = schema.names
         if _items_as_text(schema):
             file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BYTES << 4, read_dictionary=[ITEMS])
+            schema = file.schema_arrow
+        columns = [name for name in schema.names if name not in skip] if skip else None
         batches = file.iter_batches(batch_size=batch_rows, columns=columns)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
     empty = True
-    slices = _raw_slices(path, batches)
+    slices = _raw_slices(path, batches, schema if skip else None, frozenset(left_out))
     # Closed with this generator, whenever it is: the pool's threads end then, not when collected.
     with closing(ordered_map(_normalized_slice, slices, workers=WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
         for table in tables:
             empty = False
             yield table
     if empty:  # no rows: still the file's columns
-        yield normalize_raw(schema.empty_table(), source, None, check_unique=False)
+        yield normalize_raw(schema.empty_table(), source, None, check_unique=False, left_out=left_out)
 
 
 def _items_as_text(schema: pa.Schema) -> bool:
@@ -92,9 +91,14 @@ class _RawSlice(NamedTuple):
     source: str
     offset: int  # the row of the file the slice starts at
     table: pa.Table
+    left_out: frozenset[str]  # the normalized columns not made
 
 
-def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[_RawSlice]:
+def _raw_slices(
+    path: Path, batches: Iterator[pa.RecordBatch], whole: pa.Schema | None, left_out: frozenset[str]
+) -> Iterator[_RawSlice]:
+    """The batches as tables; with ``whole`` (the file's schema, of which they hold some columns),
+    with the columns left unread in their places, null."""
     offset = 0
     while True:
         try:
@@ -103,12 +107,17 @@ def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[_RawS
             raise _unreadable(path, exc) from None
         if batch is None:
             return
-        yield _RawSlice(str(path), offset, pa.Table.from_batches([batch]))
+        table = pa.Table.from_batches([batch])
+        if whole is not None:
+            read = set(table.column_names)
+            columns = [table.column(f.name) if f.name in read else pa.nulls(len(table), f.type) for f in whole]
+            table = pa.Table.from_arrays(columns, schema=whole)
+        yield _RawSlice(str(path), offset, table, left_out)
         offset += batch.num_rows
 
 
 def _normalized_slice(raw: _RawSlice) -> pa.Table:
-    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False)
+    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False, left_out=raw.left_out)
 
 
 def _slice_name(raw: _RawSlice) -> str:
