@@ -168,9 +168,20 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
             # by the first row holding it: the first row at fault, whichever that is.
             items = _flatten(part.lists, ITEM_PROPS, "metadata_items", source, rows=row + part.first_rows)
             columns = _item_columns(items, source)
-            chunks.append(columns if part.rows is None else {name: c.take(part.rows) for name, c in columns.items()})
+            chunks.append(columns if part.rows is None else {name: _taken(c, part.rows) for name, c in columns.items()})
             row += part.n_rows
     return {f.name: pa.chunked_array([c[f.name] for c in chunks], f.type) for f in ITEM_FIELDS}
+
+
+def _taken(column: pa.Array, rows: pa.Array) -> pa.Array:
+    """``column.take(rows)``, made without a take when the column holds nothing (all null, or
+    lists all empty): most exports hold no objects, captions, tags or video frames, and taking
+    those per row cost a third of taking every column."""
+    if column.null_count == len(column):
+        return pa.nulls(len(rows), column.type)
+    if pa.types.is_list(column.type) and not column.null_count and not len(column.flatten()):
+        return pa.ListArray.from_arrays(pa.array(np.zeros(len(rows) + 1, np.int32)), column.flatten(), type=column.type)
+    return column.take(rows)
 
 
 def has_timestamp(type_: pa.DataType) -> bool:
@@ -759,9 +770,14 @@ def _item_columns(items: _Items, source: str) -> dict[str, pa.Array]:
     return columns
 
 
+_VIDEO_COLUMNS = ("video_name", "video_id", "frame_timestamp_s", "frame_number")
+
+
 def _video_columns(items: _Items) -> dict[str, pa.Array]:
     """The row's first ``video_info`` item; both spellings (contract §6) folded together."""
     index, _ = _select(items, "video_info")
+    if not len(index):  # most exports: no frame; each column null, without a take or a parse
+        return {field.name: pa.nulls(items.n_rows, field.type) for field in ITEM_FIELDS if field.name in _VIDEO_COLUMNS}
     positions = index.to_numpy()
     rows, first = np.unique(items.parent[positions], return_index=True)
     take = np.full(items.n_rows, -1, dtype=np.int64)
