@@ -159,6 +159,17 @@ def test_file_sizes_use_binary_units(text, size):
     assert normalize(media).column("file_size_bytes").to_pylist() == [size]
 
 
+def test_file_sizes_stored_as_numbers_are_rounded_and_those_no_integer_holds_are_null():
+    raw = pa.table(
+        {
+            "media_id": ["a", "b", "c", "d", "e"],
+            "file_path": ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"],
+            "file_size": [1024.4, float("nan"), float("inf"), 1e30, None],
+        }
+    )
+    assert normalize(raw).column("file_size_bytes").to_pylist() == [1024, None, None, None, None]
+
+
 def test_file_sizes_of_a_column_are_each_rows_own():
     """Every case at once, repeated in another order and split across chunks: a row's size is its
     own text's, whichever rows share that text (each distinct text is read once)."""

@@ -368,7 +368,9 @@ def _file_size_bytes(raw: pa.Table) -> pa.ChunkedArray:
     """
     column, n = raw.column("file_size") if "file_size" in raw.column_names else None, raw.num_rows
     if column is not None and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        return pc.round(column.cast(pa.float64())).cast(pa.int64())
+        sizes = pc.round(column.cast(pa.float64()))
+        readable = pc.and_(pc.is_finite(sizes), pc.less(pc.abs(sizes), 2.0**63))  # NaN, inf: no int64
+        return pc.if_else(readable, sizes, pa.scalar(None, pa.float64())).cast(pa.int64())
     if column is None or not is_text(column.type):
         return pa.chunked_array([pa.nulls(n, pa.int64())])
     chunks = []
