@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,10 +132,14 @@ def content_name(entry: LocalExport) -> str:
     return f"m{digest[:16]}"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """The SHA-256 of the file at ``path``; ``InterruptedError`` once ``stop`` is set (checked
+    each MiB), so that a caller that no longer needs it is not kept waiting for the whole file."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(1 << 20):
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"The SHA-256 of {path} was no longer needed.")
             digest.update(chunk)
     return digest.hexdigest()
 

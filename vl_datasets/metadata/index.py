@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,25 +48,40 @@ class IndexedExport:
 
 
 def index_export(
-    export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, digest: Callable[[Path], str] | None = None
+    export_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    digest: Callable[[Path, threading.Event], str] | None = None,
 ) -> IndexedExport | None:
     """Read and count the export folder's metadata and write its index into ``out_dir``: the one
     function the cache calls to publish a version. None when the folder has no metadata file at
-    its root; a metadata file that does not parse raises ``SchemaError``. ``digest(metadata file)``
-    runs in a thread beside the build, which leaves part of a core idle (after it, the cache's
-    SHA-256 was a second of one thread at 10M items)."""
+    its root; a metadata file that does not parse raises ``SchemaError``. ``digest(metadata file,
+    stop)`` runs in a thread beside the build, which leaves part of a core idle (after it, the
+    cache's SHA-256 was a second of one thread at 10M items); a build that raises sets ``stop``,
+    so that its error is not held back until the whole file is read (ten seconds at 100M items)."""
     try:
         metadata = find_metadata_file(export_dir)
     except SchemaError:
         return None
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vl_datasets-digest") as pool:
-        digested = pool.submit(digest, metadata) if digest is not None else None
+        digested = pool.submit(digest, metadata, stop) if digest is not None else None
         try:
-            rows, index_file = write_export_index(export_dir, Path(out_dir) / INDEX_FILE), INDEX_FILE
-        except ImageNotFoundError as exc:
-            logger.warning("Publishing %s without an index: %s", export_dir, exc)
-            rows, index_file = read_metadata_file(metadata).num_rows, None  # still counted and checked
+            rows, index_file = _indexed(Path(export_dir), Path(out_dir), metadata)
+        except BaseException:
+            stop.set()
+            raise
     return IndexedExport(metadata.name, rows, index_file, None if digested is None else digested.result())
+
+
+def _indexed(export_dir: Path, out_dir: Path, metadata: Path) -> tuple[int, str | None]:
+    """(rows, the index's file name) of ``index_export``: None for an index an ambiguous image
+    name kept from being built, whose metadata is still counted and checked."""
+    try:
+        return write_export_index(export_dir, out_dir / INDEX_FILE), INDEX_FILE
+    except ImageNotFoundError as exc:
+        logger.warning("Publishing %s without an index: %s", export_dir, exc)
+        return read_metadata_file(metadata).num_rows, None
 
 
 def write_export_index(
