@@ -209,6 +209,8 @@ def test_source_paths_over_a_column_refuse_exactly_what_each_path_would():
     chunked = pa.chunked_array([column.slice(0, 7), column.slice(7, 0), column.slice(7)])
     assert source_paths(chunked).to_pylist() == expected
     assert sum(path is None for path in expected) > len(CLIMBING), "the cases refuse too little to test"
+    for alone in (ordinary, [*ordinary, "/train/img.jpg"], [*ordinary, "\\train\\img.jpg"], [*ordinary, ""]):
+        assert source_paths(pa.array(alone, pa.string())).to_pylist() == [_under_root(path) for path in alone]
 
 
 def rewrite_file_paths(export, source, paths):
