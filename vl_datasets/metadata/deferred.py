@@ -98,8 +98,7 @@ def plan(metadata: Path, *, has_images: bool) -> Deferral | None:
             columns.append("file_name")
         if "image_filename" in text:  # read all the same to fill a missing file_path
             columns.append("image_filename")
-    sources = {source for name in columns for source in DERIVED_FROM.get(name, (name,))}
-    read = [name for name in names if name in {*sources, "media_id"}]
+    read = [name for name in names if name in {*_made_of(columns), "media_id"}]
     return Deferral(tuple(columns), tuple(read))
 
 
@@ -109,9 +108,14 @@ def skipped_on_read(deferral: Deferral | None, metadata: Path) -> tuple[str, ...
     ``file_path``, the ``image_filename`` that fills a missing one."""
     if deferral is None:
         return ()
-    sources = {source for name in deferral.columns for source in DERIVED_FROM.get(name, (name,))}
     needed = {"file_path"} if _never_null(metadata, "file_path") else {"file_path", "image_filename"}
-    return tuple(sorted(sources - needed))
+    return tuple(sorted(_made_of(deferral.columns) - needed))
+
+
+def _made_of(columns: Iterable[str]) -> set[str]:
+    """The metadata file's columns the normalized ``columns`` are made of: each its own, or those
+    ``normalize.DERIVED_FROM`` names."""
+    return {source for name in columns for source in DERIVED_FROM.get(name, (name,))}
 
 
 def _never_null(metadata: Path, column: str) -> bool:

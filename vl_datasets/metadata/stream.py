@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Generator, Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,9 +67,10 @@ def parquet_slices(
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
         raise _unreadable(path, exc) from None
     empty = True
-    slices = _raw_slices(path, batches, schema if skip else None, frozenset(left_out))
+    slices = _raw_slices(path, batches, schema if skip else None)
+    normalized = partial(_normalized_slice, left_out=frozenset(left_out))
     # Closed with this generator, whenever it is: the pool's threads end then, not when collected.
-    with closing(ordered_map(_normalized_slice, slices, workers=WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
+    with closing(ordered_map(normalized, slices, workers=WORKERS, ahead=_AHEAD, name=_slice_name)) as tables:
         for table in tables:
             empty = False
             yield table
@@ -91,12 +93,9 @@ class _RawSlice(NamedTuple):
     source: str
     offset: int  # the row of the file the slice starts at
     table: pa.Table
-    left_out: frozenset[str]  # the normalized columns not made
 
 
-def _raw_slices(
-    path: Path, batches: Iterator[pa.RecordBatch], whole: pa.Schema | None, left_out: frozenset[str]
-) -> Iterator[_RawSlice]:
+def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch], whole: pa.Schema | None) -> Iterator[_RawSlice]:
     """The batches as tables; with ``whole`` (the file's schema, of which they hold some columns),
     with the columns left unread in their places, null."""
     offset = 0
@@ -112,12 +111,12 @@ def _raw_slices(
             read = set(table.column_names)
             columns = [table.column(f.name) if f.name in read else pa.nulls(len(table), f.type) for f in whole]
             table = pa.Table.from_arrays(columns, schema=whole)
-        yield _RawSlice(str(path), offset, table, left_out)
+        yield _RawSlice(str(path), offset, table)
         offset += batch.num_rows
 
 
-def _normalized_slice(raw: _RawSlice) -> pa.Table:
-    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False, left_out=raw.left_out)
+def _normalized_slice(raw: _RawSlice, left_out: frozenset[str]) -> pa.Table:
+    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False, left_out=left_out)
 
 
 def _slice_name(raw: _RawSlice) -> str:
