@@ -304,3 +304,16 @@ def test_first_seen_keeps_the_values_rows_hold_in_the_order_first_held():
     assert seen.to_pylist() == stored.to_pylist() == ["c", None, "c", "a"]
     assert metadata_items.first_seen(stored.slice(3)).dictionary.to_pylist() == ["a"]
     assert metadata_items.first_seen(pa.array(["x", None, "x"])).dictionary.to_pylist() == ["x", None]
+
+
+def test_first_seen_of_a_dictionary_held_whole_in_order_keeps_its_values():
+    """Parquet's reader gives a slice's dictionary so (every value held, first seen first): its
+    values are the answer's, not a copy, and the rows read the same."""
+    stored = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0, 2], pa.int32()), pa.array(["a", "b", None]))
+    seen = metadata_items.first_seen(stored)
+    assert seen.to_pylist() == stored.to_pylist() == ["a", "b", "a", None]
+    assert seen.dictionary.buffers()[2].address == stored.dictionary.buffers()[2].address
+    # One value fewer held, or the same values first seen in another order: taken, as before.
+    assert metadata_items.first_seen(stored.slice(0, 3)).dictionary.to_pylist() == ["a", "b"]
+    swapped = pa.DictionaryArray.from_arrays(pa.array([1, 0, 2], pa.int32()), stored.dictionary)
+    assert metadata_items.first_seen(swapped).dictionary.to_pylist() == ["b", "a", None]

@@ -254,7 +254,18 @@ def first_seen(strings: pa.Array) -> pa.DictionaryArray:
     if not pa.types.is_dictionary(strings.type):
         return pc.dictionary_encode(strings, null_encoding="encode")
     used = pc.dictionary_encode(strings.indices, null_encoding="encode")
+    if _every_value_in_order(used.dictionary, len(strings.dictionary)):
+        # What Parquet's reader gives: every value of its dictionary held, first seen first. Its
+        # values are kept, not copied (~10 MiB of items a slice, twice: 1 s of CPU at 10M rows).
+        return pa.DictionaryArray.from_arrays(used.indices, strings.dictionary)
     return pa.DictionaryArray.from_arrays(used.indices, strings.dictionary.take(used.dictionary))
+
+
+def _every_value_in_order(positions: pa.Array, values: int) -> bool:
+    """Whether ``positions`` (the first-seen order of a dictionary's positions) is 0, 1, ... ``values - 1``."""
+    if len(positions) != values or positions.null_count:
+        return False
+    return bool(np.array_equal(positions.to_numpy(), np.arange(values)))
 
 
 def parse_json_items(strings: pa.Array, source: str, *, row_offset: int = 0) -> pa.Array:
