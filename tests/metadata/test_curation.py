@@ -126,6 +126,23 @@ def test_dedupe_keeps_the_most_unique_of_each_group(table):
         curate(table, CurationRules(dedupe=0.5))
 
 
+def test_dedupe_keeps_the_most_unique_item_whose_issue_is_listed_twice():
+    """An item whose metadata_items repeat its duplicates issue is still one member of its group:
+    the most unique item is kept, not dropped with the others."""
+    twice = [issue("duplicates", 0.97, "g1", 0.96), issue("duplicates", 0.97, "g1", 0.96)]
+    rows = [
+        {"id": "a", "score": 0.4, "issues": [issue("duplicates", 0.97, "g1", 0.96)]},
+        {"id": "b", "score": 0.9, "issues": twice},
+        {"id": "c", "score": 0.5, "issues": [issue("duplicates", 0.97, "g1", 0.96)]},
+        {"id": "d", "score": 0.2},
+    ]
+    ids, summary = kept_ids(make_table(rows), CurationRules(dedupe=True))
+    assert ids == ["b", "d"]
+    assert summary.removed_by == {"dedupe": 2}
+    rows[1]["score"] = 0.1  # now a lesser member listed twice: dropped, the best one kept
+    assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["c", "d"]
+
+
 def test_dedupe_chooses_among_items_earlier_rules_kept(table):
     ids, summary = kept_ids(table, CurationRules(labels=["dog"], dedupe=True))
     assert ids == ["c", "d"]
