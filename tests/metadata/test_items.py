@@ -317,3 +317,28 @@ def test_first_seen_of_a_dictionary_held_whole_in_order_keeps_its_values():
     assert metadata_items.first_seen(stored.slice(0, 3)).dictionary.to_pylist() == ["a", "b"]
     swapped = pa.DictionaryArray.from_arrays(pa.array([1, 0, 2], pa.int32()), stored.dictionary)
     assert metadata_items.first_seen(swapped).dictionary.to_pylist() == ["b", "a", None]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "where",
+    [lambda m: m[0]["metadata_items"], lambda m: _object(m)["metadata_items"]],
+    ids=["an item's metadata_items", "an object's metadata_items"],
+)
+def test_a_null_item_first_in_a_list_is_no_item(tmp_path, variant, where, expected):
+    """Arrow's JSON reader, inferring types, builds an invalid list from ``[null, {...}]`` (its
+    offsets run past its items): such a slice is read again, and the null is no item, as anywhere
+    else in the list."""
+    media = items()
+    where(media).insert(0, None)
+    assert _read(tmp_path, variant, media).to_pylist() == expected.to_pylist()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_bbox_opening_with_null_is_refused(tmp_path, variant):
+    media = items()
+    _object(media)["bbox"] = [None, 20, 30, 40]
+    with pytest.raises(SchemaError) as caught:
+        _read(tmp_path, variant, media)
+    assert caught.value.field == "metadata_items.properties.bbox"
+    assert CAT in str(caught.value), f"the message does not name the media id: {caught.value}"

@@ -358,6 +358,8 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
         return None
     if table.num_rows != len(strings) or "m" not in table.column_names:  # a value closed its wrapper early
         return None
+    if not reader_output_valid(table):
+        return None
     column = table.column("m")
     if infer:
         if pa.types.is_null(column.type):
@@ -365,6 +367,18 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
         if not inferred_items_usable(column.type, ITEM_PROPS):
             return None
     return column.combine_chunks()
+
+
+def reader_output_valid(table: pa.Table) -> bool:
+    """Whether what Arrow's JSON reader returned is a valid table. Inferring the types of a list that
+    opens with null (``[null, {...}]``, ``"bbox": [null, 1]``), it builds a list whose offsets run
+    past its values, which a take or a concatenation refuses, or reads beyond. The check reads each
+    array's bounds, not its values (microseconds a slice)."""
+    try:
+        table.validate()
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def inferred_items_usable(type_: pa.DataType, spec: list) -> bool:

@@ -27,6 +27,7 @@ from .items import (
     inferred_items_usable,
     named,
     python_items,
+    reader_output_valid,
     row_error,
 )
 
@@ -166,6 +167,8 @@ def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, 
         return "retry" if infer and "changed from" in str(exc) else None
     if table.num_rows != 1 or "media_items" not in table.column_names:
         return None
+    if not reader_output_valid(table):  # a list opening with null, its types inferred
+        return "retry" if infer else None
     lists = table.column("media_items").combine_chunks()
     if not pa.types.is_list(lists.type) or lists.null_count:
         return None
