@@ -342,3 +342,47 @@ def test_a_bbox_opening_with_null_is_refused(tmp_path, variant):
         _read(tmp_path, variant, media)
     assert caught.value.field == "metadata_items.properties.bbox"
     assert CAT in str(caught.value), f"the message does not name the media id: {caught.value}"
+
+
+NUMBERS_AS_TEXT = [(7, "7"), (5.0, "5"), (-0.0, "-0"), (2.5, "2.5"), (1e20, "1e+20"), (10**20, "1e+20"), (True, "true")]
+
+
+@pytest.mark.parametrize("value,text", NUMBERS_AS_TEXT)
+def test_a_number_or_boolean_where_text_belongs_reads_the_same_whichever_reader_takes_it(tmp_path, value, text):
+    """A category name written as a number (a class id, say) is that number's text: the same when
+    Arrow's reader types the slice's column as numbers, and when a text beside it sends the slice
+    to the per-row reader (which spelled 5.0 as "5.0" and true as "True": one label, two classes)."""
+    alone = pa.table(
+        {
+            "media_id": ["a"],
+            "file_path": ["a.jpg"],
+            "metadata_items": [json.dumps([{"type": "image_label", "properties": {"category_name": value}}])],
+        }
+    )
+    assert normalize(alone).column("labels").to_pylist() == [
+        [{"category_name": text, "source": None, "original_id": None}]
+    ]
+    for variant in JSON_VARIANTS:  # beside the other items' names, which are text
+        media = items()
+        media[0]["metadata_items"][0]["properties"]["category_name"] = value
+        labels = rows(_read(tmp_path / variant, variant, media))[CAT]["labels"]
+        assert labels[0]["category_name"] == text, variant
+
+
+@pytest.mark.parametrize("variant", JSON_VARIANTS)
+@pytest.mark.parametrize("value", [2**63, -(2**64), 10**20, 1e300 * 10])
+def test_a_whole_number_past_int64_is_refused_naming_the_field(tmp_path, variant, value):
+    media = items()
+    media[0]["metadata_items"][0]["properties"]["original_id"] = value
+    with pytest.raises(SchemaError) as caught:
+        _read(tmp_path, variant, media)
+    assert caught.value.field == "metadata_items.properties.original_id"
+    assert CAT in str(caught.value), f"the message does not name the media id: {caught.value}"
+
+
+def test_the_largest_int64_is_read_exactly(tmp_path):
+    media = items()
+    media[0]["metadata_items"][0]["properties"]["original_id"] = 2**63 - 1
+    media[1]["metadata_items"].append({"type": "image_label", "properties": {"original_id": "1"}})  # the per-row reader
+    for variant in JSON_VARIANTS:
+        assert rows(_read(tmp_path / variant, variant, media))[CAT]["labels"][0]["original_id"] == 2**63 - 1, variant

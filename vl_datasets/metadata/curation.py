@@ -317,14 +317,14 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
     rows = np.concatenate([r[m] for _, r, m in at_chosen]) if at_chosen else np.array([], np.int64)
     scores = pc.fill_null(table.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)[rows]
     order = np.lexsort((rows, -scores, group_ids))  # by group, then best score, then row
-    grouped, members = group_ids[order], rows[order]
+    grouped, in_order = group_ids[order], rows[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = grouped[1:] != grouped[:-1]
     # Each group keeps its first member and drops every other, but not the one it keeps listed
     # twice (an issue repeated in its metadata_items): that would drop the whole group.
-    kept_of_group = members[first][np.cumsum(first) - 1]
+    kept_of_group = in_order[first][np.cumsum(first) - 1]
     mask = np.ones(len(table), dtype=bool)
-    mask[members[members != kept_of_group]] = False
+    mask[in_order[in_order != kept_of_group]] = False
     return mask
 
 

@@ -552,20 +552,39 @@ def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: 
         if pa.types.is_string(type_):
             if isinstance(value, (dict, list)):
                 raise TypeError("an object or list")
-            return str(value)
+            return _as_text(value)
         # float(True) is 1.0: a boolean is refused, not read as a number.
         if value is True or value is False or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise TypeError("true or false")
         if pa.types.is_list(type_):
             return [float(v) for v in value]
-        number = float(value)
         if pa.types.is_integer(type_):
-            if not number.is_integer():
+            # An integer as it is (through a float, 2**63 - 1 would round past int64).
+            whole = value if isinstance(value, int) else float(value)
+            if isinstance(whole, float) and not whole.is_integer():
                 raise ValueError("not a whole number")
-            return int(number)
-        return number
-    except (TypeError, ValueError) as exc:
+            if not _INT64_MIN <= whole <= _INT64_MAX:
+                raise ValueError("outside int64")
+            return int(whole)
+        return float(value)
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: float() of an integer past 1e308
         raise row_error(source, row, f"{field} = {value!r}, which is not a {type_} ({exc}).", field) from None
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _as_text(value: Any) -> str:
+    """A JSON value read where text belongs, spelled as Arrow's reader and casts spell the column
+    they infer for it (``true``, ``5`` for 5.0, ``1e+20``), so that a row reads the same whichever
+    reader its slice took, and as from a Parquet file whose column holds such numbers typed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
+    if isinstance(value, (int, float)):  # an integer past int64 is inferred as a float64 too
+        return pa.scalar(float(value), pa.float64()).cast(pa.string()).as_py()
+    return str(value)
 
 
 # ---- flattening ------------------------------------------------------------------------------------
