@@ -23,8 +23,9 @@ from tests.metadata.helpers import (
     write_parquet,
 )
 from vl_datasets.errors import SchemaError
+from vl_datasets.metadata import read
 from vl_datasets.metadata.normalize import INFO_KEY, NORMALIZED_SCHEMA, info_of, is_normalized, normalize
-from vl_datasets.metadata.read import read_metadata, read_metadata_file
+from vl_datasets.metadata.read import metadata_slices, read_metadata, read_metadata_file
 
 
 def test_json_export_normalizes_every_item_type(expected):
@@ -272,6 +273,32 @@ def test_scores_of_0_and_1_and_absent_scores_are_kept(tmp_path, variant):
     table = _read_variant(tmp_path, variant, media)
     assert table.column("uniqueness_score").to_pylist() == [0.0, 1.0, None, None]
     assert rows(table)[CAT]["issues"][2]["confidence"] == 0.0
+
+
+@pytest.mark.parametrize("variant", [*JSON_VARIANTS, "streamed json export"])
+@pytest.mark.parametrize("field", ["height", "width"])
+def test_a_height_or_width_that_is_no_whole_number_is_refused_not_truncated(tmp_path, monkeypatch, variant, field):
+    """Arrow's reader refuses 2.5 as an int32; its conversion from Python objects (a bare list, a
+    streamed export, Python items) made it 2: the same file opened or not by its size."""
+    media = items()
+    media[1][field] = 2.5
+    with pytest.raises(SchemaError) as caught:
+        if variant == "streamed json export":  # as an index is built from an export of 64 MiB or more
+            monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)
+            list(metadata_slices(write_json_export(tmp_path, media), batch_rows=2).tables)
+        else:
+            _read_variant(tmp_path, variant, media)
+    assert caught.value.field == field
+    assert caught.value.media_id == VIDEO_A
+    assert VIDEO_A in str(caught.value), f"the message does not name the media id: {caught.value}"
+    # A whole number written as a float is that number, beside numbers or beside text ("3.0" was
+    # refused where another item's field is text).
+    media[1][field] = 3.0
+    for other in (375, "17"):
+        media[0][field] = other
+        if variant != "streamed json export":
+            read_back = rows(_read_variant(tmp_path / f"whole-{other}", variant, media))
+            assert (read_back[CAT][field], read_back[VIDEO_A][field]) == (int(other), 3)
 
 
 @pytest.mark.parametrize("variant", JSON_VARIANTS)

@@ -552,7 +552,7 @@ def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: 
         if pa.types.is_string(type_):
             if isinstance(value, (dict, list)):
                 raise TypeError("an object or list")
-            return _as_text(value)
+            return as_text_value(value)
         # float(True) is 1.0: a boolean is refused, not read as a number.
         if value is True or value is False or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise TypeError("true or false")
@@ -574,7 +574,7 @@ def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def _as_text(value: Any) -> str:
+def as_text_value(value: Any) -> str:
     """A JSON value read where text belongs, spelled as Arrow's reader and casts spell the column
     they infer for it (``true``, ``5`` for 5.0, ``1e+20``), so that a row reads the same whichever
     reader its slice took, and as from a Parquet file whose column holds such numbers typed."""

@@ -23,6 +23,7 @@ from .items import (
     RAW_ITEMS,
     SCALAR_INPUT_TYPES,
     RowSchemaError,
+    as_text_value,
     has_timestamp,
     inferred_items_usable,
     named,
@@ -225,6 +226,11 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
             row = next((i for i, item in enumerate(items) if isinstance(item.get(name), bool)), None)
             if row is not None:
                 raise row_error(source, row, f"{name} is true or false where a number belongs.", name)
+        elif pa.types.is_integer(SCALAR_INPUT_TYPES[name]):
+            # And 2.5 as 2 where an integer is asked, where Arrow's JSON reader refuses it.
+            row = next((i for i, item in enumerate(items) if _fraction(item.get(name))), None)
+            if row is not None:
+                raise row_error(source, row, f"{name} = {items[row][name]!r} is not a whole number.", name)
     columns: dict[str, pa.Array] = {}
     try:  # one C++ pass for the documented scalar fields, when their types are what the docs say
         struct = pa.array(items, type=pa.struct([(name, SCALAR_INPUT_TYPES[name]) for name in known]))
@@ -237,13 +243,33 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
             if row is not None:
                 kind = type(items[row]["media_id"]).__name__
                 raise row_error(source, row, f"media_id has type {kind}, not str.", "media_id") from None
-        columns.update((name, _infer([item.get(name) for item in items])) for name in known)
+        columns.update((name, _known([item.get(name) for item in items])) for name in known)
     for name in keys:
         if name == "metadata_items":
             columns[name] = python_items([item.get(name) for item in items], source)
         elif name not in columns:
             columns[name] = _infer([item.get(name) for item in items])
     return pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
+
+
+def _known(values: list) -> pa.Array:
+    """A documented field's values of mixed types, as text its normalization casts back to its type
+    or refuses naming it: a number spelled as Arrow spells it (3.0 as "3", which an int32 takes as
+    when the field holds numbers only; json.dumps wrote "3.0", which it refused)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    texts = [
+        v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else as_text_value(v)
+        for v in values
+    ]
+    return pa.array(texts, pa.string())
+
+
+def _fraction(value: Any) -> bool:
+    """Whether ``value`` is a float that no integer equals (NaN and infinities included)."""
+    return isinstance(value, float) and not value.is_integer()
 
 
 def _infer(values: list) -> pa.Array:
