@@ -386,3 +386,22 @@ def test_the_largest_int64_is_read_exactly(tmp_path):
     media[1]["metadata_items"].append({"type": "image_label", "properties": {"original_id": "1"}})  # the per-row reader
     for variant in JSON_VARIANTS:
         assert rows(_read(tmp_path / variant, variant, media))[CAT]["labels"][0]["original_id"] == 2**63 - 1, variant
+
+
+@pytest.mark.parametrize("variant", JSON_VARIANTS)
+@pytest.mark.parametrize("beside_a_number_name", [False, True], ids=["typed by Arrow's reader", "read per row"])
+@pytest.mark.parametrize("name,media_id", [("original_id", CAT), ("frame_number", VIDEO_B)], ids=["label", "frame"])
+def test_a_whole_number_property_of_2_5_is_refused_whichever_reader_takes_it(
+    tmp_path, variant, beside_a_number_name, name, media_id
+):
+    """Arrow's conversion of Python values truncates 2.5 into an int64 (the per-row reader, a bare
+    list, a streamed export); Arrow's JSON reader refuses it. Refused on every path."""
+    media = items()
+    owner = next(m for m in media if m["media_id"] == media_id)
+    next(i for i in owner["metadata_items"] if name in i["properties"])["properties"][name] = 2.5
+    if beside_a_number_name:  # a number among the names: the slice is read per row, and the export by json.load
+        media[1]["metadata_items"].append({"type": "image_label", "properties": {"category_name": 7}})
+    with pytest.raises(SchemaError) as caught:
+        _read(tmp_path, variant, media)
+    assert caught.value.field == f"metadata_items.properties.{name}"
+    assert media_id in str(caught.value), f"the message does not name the media id: {caught.value}"

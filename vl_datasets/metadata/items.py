@@ -442,7 +442,29 @@ def python_items(values: Sequence[Any], source: str, *, row_offset: int = 0) -> 
             rows = [_coerce_row(v, source, row_offset + i) for i, v in enumerate(values)]
             return pa.array(rows, type=RAW_ITEMS)
     _refuse_booleans(values, _rows_with_0_or_1(array), source, row_offset)
+    _refuse_fractions(values, source, row_offset)
     return array
+
+
+# The integer properties of RAW_ITEMS: Arrow's conversion of Python values truncates 2.5 there to
+# 2, where its JSON reader and ``_coerce_value`` refuse it. Read again as floats, they show it.
+_INT_PROPS = tuple(name for name, type_ in ITEM_PROPS if pa.types.is_integer(type_))
+_INT_PROPS_AS_FLOATS = pa.list_(pa.struct([("properties", pa.struct([(name, pa.float64()) for name in _INT_PROPS]))]))
+
+
+def _refuse_fractions(values: Sequence[Any], source: str, row_offset: int) -> None:
+    """A RowSchemaError for the first integer property of ``values`` that no integer equals."""
+    lists = pa.array(values, type=_INT_PROPS_AS_FLOATS)  # these properties alone: a fraction of the whole conversion
+    props = lists.flatten().field("properties")
+    for name in _INT_PROPS:
+        numbers = props.field(name)
+        fractional = pc.and_(pc.is_valid(numbers), pc.not_equal(pc.floor(numbers), numbers))
+        if pc.any(fractional).as_py():
+            item = pc.index(fractional, True).as_py()
+            row = int(pc.list_parent_indices(lists).to_numpy()[item])
+            field = f"metadata_items.properties.{name}"
+            detail = f"{field} = {numbers[item].as_py()!r}, which is not a int64 (not a whole number)."
+            raise row_error(source, row_offset + row, detail, field)
 
 
 # The float properties of RAW_ITEMS: Arrow's conversion of Python values reads a true or false
