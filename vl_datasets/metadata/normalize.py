@@ -42,7 +42,10 @@ Decisions where the contract is silent:
   first one at fault: a media_id that is not text; a uniqueness score (item or object) or an
   issue's confidence outside 0..1 or NaN; an object's bbox that is not 4 finite numbers with
   width and height not negative; true or false where a number belongs (never read as 1 or 0);
-  text that is not UTF-8. An absent (null) value is never an error, a null bbox included.
+  a number that no integer equals where an integer belongs (height 2.5 is not read as 2); text
+  that is not UTF-8. An absent (null) value is never an error, a null bbox included.
+- A number or true/false where text belongs (a category name written 5) is its text, spelled as
+  Arrow spells it ("5" for 5 and 5.0, "true"), whichever reader a file or a slice of it takes.
 """
 
 from __future__ import annotations
