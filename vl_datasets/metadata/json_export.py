@@ -243,7 +243,7 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
             if row is not None:
                 kind = type(items[row]["media_id"]).__name__
                 raise row_error(source, row, f"media_id has type {kind}, not str.", "media_id") from None
-        columns.update((name, _known([item.get(name) for item in items])) for name in known)
+        columns.update((name, _documented_column([item.get(name) for item in items])) for name in known)
     for name in keys:
         if name == "metadata_items":
             columns[name] = python_items([item.get(name) for item in items], source)
@@ -252,7 +252,7 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
     return pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
 
 
-def _known(values: list) -> pa.Array:
+def _documented_column(values: list) -> pa.Array:
     """A documented field's values of mixed types, as text its normalization casts back to its type
     or refuses naming it: a number spelled as Arrow spells it (3.0 as "3", which an int32 takes as
     when the field holds numbers only; json.dumps wrote "3.0", which it refused)."""
