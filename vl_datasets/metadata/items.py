@@ -583,7 +583,7 @@ def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: 
         if pa.types.is_integer(type_):
             # An integer as it is (through a float, 2**63 - 1 would round past int64).
             whole = value if isinstance(value, int) else float(value)
-            if isinstance(whole, float) and not whole.is_integer():
+            if no_integer_equals(whole):
                 raise ValueError("not a whole number")
             if not _INT64_MIN <= whole <= _INT64_MAX:
                 raise ValueError("outside int64")
@@ -594,6 +594,12 @@ def _coerce_value(value: Any, type_: pa.DataType, field: str, source: str, row: 
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def no_integer_equals(value: Any) -> bool:
+    """Whether ``value`` is a float that no integer equals (NaN and infinities included): what
+    Arrow's conversion of Python values would truncate into an integer column."""
+    return isinstance(value, float) and not value.is_integer()
 
 
 def as_text_value(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import NoneType
 from typing import Any, Literal, overload
@@ -27,6 +28,7 @@ from .items import (
     has_timestamp,
     inferred_items_usable,
     named,
+    no_integer_equals,
     python_items,
     reader_output_valid,
     row_error,
@@ -228,7 +230,7 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
                 raise row_error(source, row, f"{name} is true or false where a number belongs.", name)
         elif pa.types.is_integer(SCALAR_INPUT_TYPES[name]):
             # And 2.5 as 2 where an integer is asked, where Arrow's JSON reader refuses it.
-            row = next((i for i, item in enumerate(items) if _fraction(item.get(name))), None)
+            row = next((i for i, item in enumerate(items) if no_integer_equals(item.get(name))), None)
             if row is not None:
                 raise row_error(source, row, f"{name} = {items[row][name]!r} is not a whole number.", name)
     columns: dict[str, pa.Array] = {}
@@ -243,7 +245,7 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
             if row is not None:
                 kind = type(items[row]["media_id"]).__name__
                 raise row_error(source, row, f"media_id has type {kind}, not str.", "media_id") from None
-        columns.update((name, _documented_column([item.get(name) for item in items])) for name in known)
+        columns.update((name, _infer([item.get(name) for item in items], as_text_value)) for name in known)
     for name in keys:
         if name == "metadata_items":
             columns[name] = python_items([item.get(name) for item in items], source)
@@ -252,30 +254,18 @@ def _table_from_media_items(items: list, keys: dict[str, None], known: list[str]
     return pa.table(columns) if columns else pa.table({"media_id": pa.array([], pa.string())})
 
 
-def _documented_column(values: list) -> pa.Array:
-    """A documented field's values of mixed types, as text its normalization casts back to its type
-    or refuses naming it: a number spelled as Arrow spells it (3.0 as "3", which an int32 takes as
-    when the field holds numbers only; json.dumps wrote "3.0", which it refused)."""
+def _infer(values: list, spell: Callable[[Any], str] = json.dumps) -> pa.Array:
+    """Arrow's own inference; values of mixed types become text (JSON for objects and lists, other
+    values as ``spell`` writes them), which a numeric column then casts back or refuses with a
+    SchemaError naming it. A documented field's numbers are spelled as Arrow spells them
+    (``as_text_value``: 3.0 as "3", which an int32 takes as when the field holds numbers only,
+    where json.dumps wrote "3.0", which it refused); another column's as JSON."""
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
     texts = [
-        v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else as_text_value(v)
+        v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else spell(v)
         for v in values
     ]
     return pa.array(texts, pa.string())
-
-
-def _fraction(value: Any) -> bool:
-    """Whether ``value`` is a float that no integer equals (NaN and infinities included)."""
-    return isinstance(value, float) and not value.is_integer()
-
-
-def _infer(values: list) -> pa.Array:
-    """Arrow's own inference; values of mixed types become text (JSON for objects and lists), which
-    a numeric column then casts back or refuses with a SchemaError naming it."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
