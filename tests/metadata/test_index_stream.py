@@ -333,6 +333,26 @@ def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=25)
 
 
+@pytest.mark.parametrize("one_thread_below", [1 << 20, 16])
+def test_a_duplicate_id_is_found_wherever_its_rows_fall(monkeypatch, one_thread_below):
+    """The hashes are sorted a part per thread past a size, then merged: a duplicate whose rows lie
+    in different parts (or the same one) is found, and the one named is the one seen first."""
+    monkeypatch.setattr(unique_ids, "_SORTED_BY_ONE_THREAD", one_thread_below)
+    ids = [f"id-{i:06d}" for i in range(5000)]
+
+    def first_duplicate(ids: list[str]) -> str | None:
+        hashes = unique_ids.IdHashes()
+        for start in range(0, len(ids), 700):
+            hashes.add(pa.array(ids[start : start + 700]))
+        return hashes.first_duplicate(lambda rows: [ids[row] for row in rows.tolist()])
+
+    assert first_duplicate(ids) is None
+    ids[4990], ids[2600], ids[40] = ids[3000], ids[100], ids[41]  # rows 100 and 2600: parts apart
+    assert first_duplicate(ids) == "id-000041"
+    ids[40] = "id-000040"
+    assert first_duplicate(ids) == "id-000100"
+
+
 _CURATE_CHILD = """
 import json, sys
 from pathlib import Path

@@ -9,16 +9,19 @@ hash about once in 2**64 / n**2 indexes, so that comparison is almost always of 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 
 from .json_depth import text_bytes_or_empty
+from .ordered_map import WORKERS
 
 # Odd 64-bit multipliers: each 8-byte word is mixed in, then spread over every bit (a murmur3 finalizer).
 _BASE = np.uint64(0x100000001B3)
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 _BLOCK_ROWS = 1 << 14
+_SORTED_BY_ONE_THREAD = 1 << 20  # hashes below which a pool of threads costs more than it saves
 
 
 class IdHashes:
@@ -36,7 +39,7 @@ class IdHashes:
         """The duplicated id whose first row comes first, or None when every id is unique.
         ``ids_at(rows)`` returns the ids of those rows: called only for rows whose hashes collide."""
         ordered = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
-        ordered.sort()  # in place: 8 more bytes a row, where an argsort would take 16
+        _sort_in_place(ordered)  # 8 more bytes a row, where an argsort would take 16
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         del ordered
         if not len(repeated):
@@ -61,6 +64,20 @@ class IdHashes:
             rows.append(start + np.flatnonzero(np.isin(part, values)))
             start += len(part)
         return np.concatenate(rows)
+
+
+def _sort_in_place(values: np.ndarray) -> None:
+    """Sort ``values`` in place, a part per thread (numpy's sort releases the GIL), then merge the
+    sorted parts: the stable sort (timsort) finds them as runs and merges them in one pass, with
+    half the array at most as its buffer. At 10M hashes on 2 cores: 0.38 s against 0.65 s for one
+    thread, at the end of the index build, when nothing else keeps the other core busy."""
+    if WORKERS == 1 or len(values) < _SORTED_BY_ONE_THREAD:
+        values.sort()
+        return
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vl_datasets-sort") as pool:
+        for _ in pool.map(np.ndarray.sort, np.array_split(values, WORKERS)):  # views: each part sorts in place
+            pass
+    values.sort(kind="stable")
 
 
 def uniqueness_hashes(array: pa.Array) -> np.ndarray:
