@@ -86,17 +86,61 @@ def test_a_task_record_is_read_back_only_for_its_own_key(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["download", "folder"])
-def test_a_published_version_records_its_metadata_files_digest(quick_vl, quick_client, tmp_path, source):
-    """The metadata's SHA-256 (read beside the index build) is the file's: what names the version's
-    content on every machine, for the stores shared between them."""
+def test_a_versions_content_is_named_by_its_metadata_files_digest_read_once(
+    quick_vl, quick_client, tmp_path, monkeypatch, source
+):
+    """The metadata's SHA-256 names the version's content on every machine, for the stores shared
+    between them. It is read when first asked for, not at publish, and kept: every later process
+    that asks reads it from the version's folder, not the whole metadata file again."""
     import hashlib
 
-    from vl_datasets.cache.layout import content_name
+    from vl_datasets.cache import layout
     from vl_datasets.cache.opened import open_export
 
     entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path / "cache")
     if source == "folder":
         entry = open_export(entry.path, cache_dir=tmp_path / "opened")
     digest = hashlib.sha256(entry.metadata_path.read_bytes()).hexdigest()
-    assert entry.metadata_digest == digest
-    assert content_name(entry) == f"m{digest[:16]}"
+    assert entry.metadata_digest is None  # not read at publish
+    assert layout.content_name(entry) == f"m{digest[:16]}"
+
+    def read_again(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(layout, "file_sha256", read_again)
+    store = CacheStore(tmp_path / ("opened" if source == "folder" else "cache"))
+    again = store.read_version(store.manifest_of(entry))
+    assert again is not None and layout.content_name(again) == f"m{digest[:16]}"
+
+
+def test_a_version_whose_manifest_recorded_the_digest_is_named_by_it(quick_vl, quick_client, tmp_path):
+    """Versions published while the digest was read at publish keep the name their stores have."""
+    from dataclasses import replace
+
+    from vl_datasets.cache.layout import content_name
+
+    entry = _opened_folder(quick_client, tmp_path)
+    assert content_name(replace(entry, metadata_digest="ab" * 32)) == "m" + "ab" * 8
+
+
+def test_a_folders_metadata_changed_since_it_was_opened_is_not_named(quick_vl, quick_client, tmp_path):
+    """An opened folder's metadata lies outside the cache: once it changed, its digest would name
+    a state the version does not hold, so naming the version's content is refused."""
+    import os
+
+    from vl_datasets.cache.layout import content_name
+
+    entry = _opened_folder(quick_client, tmp_path)
+    stat = entry.metadata_path.stat()
+    os.utime(entry.metadata_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(errors.CacheError, match="changed since version"):
+        content_name(entry)
+    assert not list(tmp_path.rglob(".vl_datasets_metadata.sha256")), "a digest of the changed file was kept"
+
+
+def _opened_folder(client, tmp_path):
+    """A version published from an export folder the user holds (one fetched, then opened)."""
+    from vl_datasets.cache.opened import open_export
+
+    fetched = fetch_export("ds-ready", client=client, cache_dir=tmp_path / "fetched")
+    return open_export(fetched.path, cache_dir=tmp_path / "cache")

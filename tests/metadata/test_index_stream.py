@@ -3,13 +3,11 @@ errors, and a peak memory that does not grow with the number of rows."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
 import shutil
 import sys
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +25,10 @@ from tests.metadata.helpers import (
     write_parquet,
 )
 from tests.waits import run_child
-from vl_datasets.cache.layout import file_sha256
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata import image_paths, index_writer, read, stream, unique_ids
 from vl_datasets.metadata.deferred import complete_index
-from vl_datasets.metadata.index import INDEX_FILE, build_index, index_export, read_index, write_export_index
+from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 
 
@@ -462,29 +459,3 @@ def test_index_builds_at_once_leave_arrows_allocator_as_they_found_it(tmp_path):
         rows = list(pool.map(lambda e: write_export_index(e, e / "index.arrow"), exports))
     assert rows == [3000] * len(exports)
     assert pa.default_memory_pool().backend_name == before
-
-
-def test_a_build_that_fails_stops_the_digest_read_beside_it(tmp_path):
-    """The metadata file's digest is read in a thread beside the build: a build that raises does not
-    hold its error back until the digest has read the whole file (seconds at 100M items)."""
-    export = write_parquet(tmp_path / "export", pa.table({"file_path": ["a.jpg", "b.jpg"]})).parent  # no media_id
-    stopped = []
-    (tmp_path / "out").mkdir()
-
-    def digest(path, stop):
-        stopped.append(stop.wait(timeout=120))  # as long as the whole file would take, and far more
-        raise InterruptedError("stopped")
-
-    with pytest.raises(SchemaError, match="media_id"):
-        index_export(export, tmp_path / "out", digest=digest)
-    assert stopped == [True], "the build's error waited for the digest to end on its own"
-
-
-def test_a_digest_asked_to_stop_ends_before_the_file_does(tmp_path):
-    path = tmp_path / "metadata.parquet"
-    path.write_bytes(b"x" * (3 << 20))
-    stop = threading.Event()
-    assert file_sha256(path, stop) == hashlib.sha256(path.read_bytes()).hexdigest()
-    stop.set()
-    with pytest.raises(InterruptedError):
-        file_sha256(path, stop)

@@ -40,6 +40,7 @@ from .layout import (
     LEGACY_DERIVED,
     LOCK,
     MANIFEST_SUFFIX,
+    METADATA_DIGEST,
     MIRRORS,
     NODE_AREAS,
     OPENED,
@@ -49,7 +50,6 @@ from .layout import (
     TaskRecord,
     content_name,
     derived_dir,
-    file_sha256,
     mirror_root,
     read_json,
     remove_tree,
@@ -148,7 +148,9 @@ class LocalExport:
     entry_dir: Path | None = None
     index_path: Path | None = None
     opened_from: str | None = None
-    metadata_digest: str | None = None  # SHA-256 of the metadata file; None: published before it was recorded
+    # The metadata file's SHA-256 where the manifest recorded it (versions published while it was
+    # read at publish); None: ``layout.metadata_sha256`` reads it when first asked, and keeps it.
+    metadata_digest: str | None = None
 
 
 def _utcnow() -> datetime:
@@ -353,7 +355,7 @@ class CacheStore:
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
-        indexed = index_export(export_dir, staging, digest=file_sha256)
+        indexed = index_export(export_dir, staging)
         if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
                 f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
@@ -365,10 +367,10 @@ class CacheStore:
                 f"announced {expected_rows}.",
                 path=str(export_dir),
             )
+        # Read only once asked for (``layout.metadata_sha256``): a digest an archive brought is not the file's.
+        (staging / METADATA_DIGEST).unlink(missing_ok=True)
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
         metadata_stat = (export_dir / metadata_file).stat()
-        metadata_sha256 = indexed.digest
-        assert metadata_sha256 is not None  # asked for above: read beside the index build
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
@@ -383,7 +385,6 @@ class CacheStore:
             "metadata_file": metadata_file,
             "metadata_bytes": metadata_stat.st_size,
             "metadata_mtime_ns": metadata_stat.st_mtime_ns,
-            "metadata_sha256": metadata_sha256,
             "images": has_images,
             "index": indexed.index_file,
             "row_count": rows,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,40 +36,24 @@ _NAMES_PER_BLOCK = 64 << 10
 
 @dataclass(frozen=True)
 class IndexedExport:
-    """What ``index_export`` found: the metadata file's name, its rows, the index written (None
-    when an ambiguous image name kept it from being built), and the file's digest when asked for."""
+    """What ``index_export`` found: the metadata file's name, its rows, and the index written (None
+    when an ambiguous image name kept it from being built)."""
 
     metadata_file: str
     rows: int
     index_file: str | None
-    digest: str | None = None
 
 
-def index_export(
-    export_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    digest: Callable[[Path, threading.Event], str] | None = None,
-) -> IndexedExport | None:
+def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> IndexedExport | None:
     """Read and count the export folder's metadata and write its index into ``out_dir``: the one
     function the cache calls to publish a version. None when the folder has no metadata file at
-    its root; a metadata file that does not parse raises ``SchemaError``. ``digest(metadata file,
-    stop)`` runs in a thread beside the build, which leaves part of a core idle (after it, the
-    cache's SHA-256 was a second of one thread at 10M items); a build that raises sets ``stop``,
-    so that its error is not held back until the whole file is read (ten seconds at 100M items)."""
+    its root; a metadata file that does not parse raises ``SchemaError``."""
     try:
         metadata = find_metadata_file(export_dir)
     except SchemaError:
         return None
-    stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vl_datasets-digest") as pool:
-        digested = pool.submit(digest, metadata, stop) if digest is not None else None
-        try:
-            rows, index_file = _indexed(Path(export_dir), Path(out_dir), metadata)
-        except BaseException:
-            stop.set()
-            raise
-    return IndexedExport(metadata.name, rows, index_file, None if digested is None else digested.result())
+    rows, index_file = _indexed(Path(export_dir), Path(out_dir), metadata)
+    return IndexedExport(metadata.name, rows, index_file)
 
 
 def _indexed(export_dir: Path, out_dir: Path, metadata: Path) -> tuple[int, str | None]:
