@@ -143,6 +143,27 @@ def test_dedupe_keeps_the_most_unique_item_whose_issue_is_listed_twice():
     assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["c", "d"]
 
 
+def test_dedupe_ranks_an_unscored_or_nan_score_below_every_score():
+    """A group keeps its best-scored member, ties to the first row; an item with no score ranks
+    below any score, and a NaN score (a Parquet export can hold one) below that: kept only when
+    the whole group has nothing better, the first of them then."""
+    dup = [issue("duplicates", 0.97, "g1", 0.96)]
+    other = [issue("duplicates", 0.97, "g2", 0.96)]
+    rows = [
+        {"id": "a", "score": float("nan"), "issues": dup},
+        {"id": "b", "score": None, "issues": dup},
+        {"id": "c", "score": 0.0, "issues": dup},
+        {"id": "d", "score": 0.0, "issues": dup},
+        {"id": "e", "score": float("nan"), "issues": other},
+        {"id": "f", "score": float("nan"), "issues": other},
+    ]
+    assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["c", "e"]
+    rows[2]["score"] = rows[3]["score"] = None
+    assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["b", "e"]
+    rows[1]["score"] = float("nan")
+    assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["c", "e"]
+
+
 def test_dedupe_chooses_among_items_earlier_rules_kept(table):
     ids, summary = kept_ids(table, CurationRules(labels=["dog"], dedupe=True))
     assert ids == ["c", "d"]
