@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -128,6 +129,22 @@ def test_opening_brackets_bound_the_depth_of_every_text():
     # The bound is never below the depth: at the bound no text is too deep, one below it one is.
     assert first_too_deep(strings, max_depth=most_opening_brackets(strings)) is None
     assert first_too_deep(strings, max_depth=3) is not None
+
+
+def test_the_byte_scans_count_across_their_blocks(monkeypatch):
+    """The scans read the bytes a block at a time: brackets and newlines on either side of a
+    block's end are each counted once, in the text they belong to."""
+    import random
+
+    from vl_datasets.metadata import json_depth
+
+    monkeypatch.setattr(json_depth, "_SCAN_BYTES", 7)
+    rnd = random.Random(5)
+    texts = ["".join(rnd.choice('[{x"\n ') for _ in range(rnd.randrange(0, 40))) for _ in range(300)]
+    strings = pa.array(texts)
+    assert json_depth.most_opening_brackets(strings) == max(t.count("[") + t.count("{") for t in texts)
+    data = np.frombuffer("".join(texts).encode(), dtype=np.uint8)
+    assert json_depth.count_byte(data, ord("\n")) == "".join(texts).count("\n")
 
 
 def test_wrongly_typed_item_property(tmp_path):

@@ -14,6 +14,7 @@ inside strings do not count; a quote preceded by an odd run of backslashes is in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ MAX_DEPTH = 64  # six times what an export needs; far below where a parser's rec
 SLICE_BYTES = 4 << 20
 _QUOTE, _BACKSLASH = 0x22, 0x5C
 _OPEN_FOLDED, _CLOSE_FOLDED = 0x7B, 0x7D  # "{" and "}": "[" and "]" with bit 0x20 set
+# A byte scan's block: numpy's temporaries for one are small enough for the allocator to reuse,
+# where those for a whole slice's texts (~14 MB at 10M items) took fresh pages every time, and the
+# kernel zeroing them cost more than the scan itself.
+_SCAN_BYTES = 1 << 20
 
 
 @dataclass
@@ -85,8 +90,21 @@ def most_opening_brackets(strings: pa.Array) -> int:
     data, starts = texts
     # Where the opening brackets are, then how many lie between consecutive starts: a search per
     # text over a few per row, where a sum per text over every byte (reduceat) costs 8 times as much.
-    opens = np.flatnonzero(np.bitwise_or(data, np.uint8(0x20)) == _OPEN_FOLDED)
+    opens = np.concatenate(
+        [np.flatnonzero(np.bitwise_or(block, np.uint8(0x20)) == _OPEN_FOLDED) + at for at, block in byte_blocks(data)]
+    )
     return int(np.diff(np.searchsorted(opens, starts)).max())
+
+
+def count_byte(data: np.ndarray, value: int) -> int:
+    """How many of ``data`` (bytes) are ``value``."""
+    return sum(int(np.count_nonzero(block == value)) for _, block in byte_blocks(data))
+
+
+def byte_blocks(data: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, view) of consecutive blocks of ``data`` (bytes) of at most ``_SCAN_BYTES``."""
+    for at in range(0, len(data), _SCAN_BYTES):
+        yield at, data[at : at + _SCAN_BYTES]
 
 
 def as_text(strings: pa.Array) -> pa.Array:
