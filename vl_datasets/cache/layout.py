@@ -161,7 +161,7 @@ def metadata_sha256(entry: LocalExport) -> str:
     published = _published_stat(entry) if entry.opened_from is not None else None
     before = _stat_of(metadata)
     if published is not None and before != published:
-        raise CacheError(f"{metadata} changed since version {entry.version} was published from it: open it again.")
+        raise CacheError(f"{metadata} changed since version {entry.version} was published: open the export again.")
     digest = file_sha256(metadata)
     if _stat_of(metadata) != before:
         raise CacheError(f"{metadata} changed while its SHA-256 was read: open the export again.")
