@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, SchemaError
-from .curation import CurationRules, CurationSummary, curate, label_sources, removal_reasons
+from .curation import CurationRules, CurationSummary, curate_mask, label_sources, removal_reasons
 from .deferred import (
     Deferral,
     DeferredColumns,
@@ -120,10 +120,10 @@ class CuratedItems:
         # A where= expression may read any column: it sees them all, the deferred ones joined.
         curated_rows = rows if curation.where is None else complete_index(rows, index_path)
         if folder is not None:
-            items = build.write(curate(curated_rows, curation), folder)
+            items = build.write(curate_mask(curated_rows, curation), folder)
         else:  # the files stay mapped once their folder is gone
             with tempfile.TemporaryDirectory(prefix="vl_datasets-items-") as scratch:
-                items = build.write(curate(curated_rows, curation), Path(scratch) / LIST_DIR)
+                items = build.write(curate_mask(curated_rows, curation), Path(scratch) / LIST_DIR)
         self._set(rows, items, curation, targets, index_path=index_path)
 
     @classmethod

@@ -302,17 +302,17 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
     """Keep the most unique item of each duplicate group (ties: the first row)."""
     # The slices are read by a pool of threads (Arrow and numpy release the GIL): the pass is the
     # first to touch the issues column, often cold, between the index build and the item list.
-    slices = row_slices(table, ["issues"], release=False)
+    slices = row_slices(table, ["issues", "uniqueness_score"], release=False)
     found = ordered_map(partial(_duplicates_of, kept=kept), slices, workers=WORKERS, ahead=WORKERS + 1, name=_named)
-    members = list(found)  # per slice: (group id, threshold, row) of each duplicates issue of a kept row
-    present: set[float] = set().union(*(thresholds for *_, thresholds in members))
+    members = list(found)  # per slice, of each duplicates issue of a kept row: its group, threshold, row, score
+    present: set[float] = set().union(*(slice_thresholds for *_, slice_thresholds in members))
     chosen = _dedupe_threshold(rules, np.array(sorted(present)))
-    at_chosen = [(groups, rows, np.isclose(thresholds, chosen)) for groups, thresholds, rows, _ in members]
+    at_chosen = [(groups, rows, scores, np.isclose(at, chosen)) for groups, at, rows, scores, _ in members]
     # One array, then one encoding: encoding a chunked array gives each chunk every value seen so far.
-    ids = pa.concat_arrays([g.filter(pa.array(m)) for g, _, m in at_chosen] or [pa.array([], pa.string())])
+    ids = pa.concat_arrays([g.filter(pa.array(at)) for g, _, _, at in at_chosen] or [pa.array([], pa.string())])
     group_ids = pc.dictionary_encode(ids.cast(pa.string())).indices.to_numpy(zero_copy_only=False)
-    rows = np.concatenate([r[m] for _, r, m in at_chosen]) if at_chosen else np.array([], np.int64)
-    scores = pc.fill_null(table.column("uniqueness_score").take(pa.array(rows)), -1.0).to_numpy(zero_copy_only=False)
+    rows = np.concatenate([r[at] for _, r, _, at in at_chosen]) if at_chosen else np.array([], np.int64)
+    scores = np.concatenate([s[at] for _, _, s, at in at_chosen]) if at_chosen else np.array([], np.float64)
     # Each group drops every member but the one it keeps, and not that one listed twice (an issue
     # repeated in its metadata_items): that would drop the whole group.
     mask = np.ones(len(table), dtype=bool)
@@ -320,9 +320,12 @@ def _dedupe_mask(table: pa.Table, rules: CurationRules, kept: np.ndarray) -> np.
     return mask
 
 
-def _duplicates_of(item: tuple[int, pa.Table], kept: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray, set[float]]:
-    """(group id, threshold, row) of each duplicates issue of a kept row of one slice of the index,
-    and the thresholds its duplicates issues carry."""
+def _duplicates_of(
+    item: tuple[int, pa.Table], kept: np.ndarray
+) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, set[float]]:
+    """Of each duplicates issue of a kept row of one slice of the index: its group id, threshold,
+    row and the row's uniqueness score (unscored: -1, below any score); then the thresholds its
+    duplicates issues carry."""
     offset, part = item
     flat, parents = flat_issues(part)
     is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
@@ -330,7 +333,13 @@ def _duplicates_of(item: tuple[int, pa.Table], kept: np.ndarray) -> tuple[pa.Arr
     present = set(np.unique(thresholds[is_dup & ~np.isnan(thresholds)]).tolist())
     has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
     member = is_dup & has_group & kept[offset + parents]
-    found = flat.field("duplicate_group_id").filter(pa.array(member)), thresholds[member], offset + parents[member]
+    scores = pc.fill_null(part.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)
+    found = (
+        flat.field("duplicate_group_id").filter(pa.array(member)),
+        thresholds[member],
+        offset + parents[member],
+        scores[parents[member]],
+    )
     release_pages(part)  # here, once read (copies are returned): several threads read slices at once
     return (*found, present)
 
@@ -406,9 +415,16 @@ def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str]
 
 def curate(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationSummary]:
     """Return the indices of the rows to keep and a summary of what each rule removed."""
+    kept, summary = curate_mask(table, rules)
+    return np.flatnonzero(kept), summary
+
+
+def curate_mask(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, CurationSummary]:
+    """``curate`` with whether each row is kept: a byte a row, where the kept rows' indices take
+    eight (70 MB of fresh pages at 10M items, 0.1-0.15 s made on one thread)."""
     removed_at, _, removed = _apply(table, rules)
-    kept = np.flatnonzero(removed_at < 0)
-    return kept, CurationSummary(total=len(table), kept=len(kept), removed_by=removed)
+    kept = removed_at < 0
+    return kept, CurationSummary(total=len(table), kept=int(np.count_nonzero(kept)), removed_by=removed)
 
 
 def removal_reasons(table: pa.Table, rules: CurationRules) -> pa.Array:

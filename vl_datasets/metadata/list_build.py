@@ -54,7 +54,7 @@ class IdsFingerprint:
         """Add the ids of ``chunk`` (strings), after those given before."""
         chunk = as_text(chunk)
         sizes = pc.fill_null(pc.binary_length(chunk), -1)  # a null id differs from an empty one
-        self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").tobytes())
+        self._lengths.update(np.ascontiguousarray(sizes.to_numpy(), dtype="<i8").data)  # hashed in place
         texts = text_bytes(chunk)
         if texts is not None:  # None: no byte to add
             self._data.update(texts[0].data)
@@ -114,7 +114,8 @@ class ListBuild:
         self._target_column = _TARGET_COLUMNS.get(options.task or "")
 
     def write(self, curated: tuple[np.ndarray, CurationSummary], folder: Path) -> ItemList:
-        """Write the list of the rows ``curated`` kept into ``folder`` (made here), and map it."""
+        """Write the list of the rows ``curated`` kept (``curate_mask``: whether each row is kept, and
+        the summary) into ``folder`` (made here), and map it."""
         kept, summary = curated
         del curated  # the slices hold the kept rows until the pass ends, and nothing after
         release_pages(self.rows)  # what the rules read whole (the scores); their slices went as they were read
@@ -159,8 +160,7 @@ class ListBuild:
     def _kept_slice(self, item: tuple[int, pa.Table, np.ndarray]) -> tuple[pa.RecordBatch, np.ndarray, pa.Array | None]:
         """(the items of one slice of the index, its kept rows without an image, its objects' names)."""
         offset, part, kept = item
-        lo, hi = np.searchsorted(kept, [offset, offset + len(part)])
-        chosen = kept[lo:hi]
+        chosen = offset + np.flatnonzero(kept[offset : offset + len(part)])
         taken = part.take(pa.array(chosen - offset))
         release_pages(part)  # here, once read: the slices are read by several threads at once
         paths = taken.column(self._path_column)
