@@ -47,7 +47,7 @@ def test_a_later_open_maps_the_list_the_first_one_wrote(folder, tmp_path, monkey
     def no_curation(*args, **kwargs):
         raise AssertionError("a dataset whose list is in the cache curated the export again")
 
-    monkeypatch.setattr(curated, "curate", no_curation)
+    monkeypatch.setattr(curated, "curate_mask", no_curation)
     again = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
     same_items(first, again)
     assert again.table.equals(first.table)
