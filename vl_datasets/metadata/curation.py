@@ -23,7 +23,7 @@ from ..errors import ConfigurationError, CurationError
 from .media_ids import MediaIds
 from .options import doc, string_list
 from .ordered_map import WORKERS, ordered_map
-from .row_batches import release_pages, row_slices
+from .row_batches import one_array, release_pages, row_slices
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _row_mask_from_parents(parents: pa.Array, n_rows: int) -> np.ndarray:
 
 def flat_issues(table: pa.Table) -> tuple[pa.StructArray, np.ndarray]:
     """Every issue of every row, with the index of the row it belongs to."""
-    issues = table.column("issues").combine_chunks()
+    issues = one_array(table.column("issues"))
     parents = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
     return pc.list_flatten(issues), parents
 
@@ -214,7 +214,7 @@ def label_sources(source: str | Iterable[str] | None) -> list[str] | None:
 
 def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.ListArray:
     """Each row's label names, counting only labels whose ``source`` is chosen (all by default)."""
-    labels = table.column("labels").combine_chunks()
+    labels = one_array(table.column("labels"))
     sources = label_sources(source)
     all_names = pc.struct_field(labels.values, "category_name")
     if sources is None and all_names.null_count == 0:

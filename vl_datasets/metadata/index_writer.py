@@ -33,7 +33,7 @@ from .deferred import DEFERRED_KEY, Deferral, recorded
 from .image_paths import ExactPaths, resolve_image_paths
 from .normalize import duplicate_id
 from .read import MetadataSlices
-from .row_batches import select_present
+from .row_batches import one_array, select_present
 from .table_file import source_stamp
 from .unique_ids import IdHashes
 
@@ -203,7 +203,7 @@ def _one_chunk(tables: list[pa.Table]) -> pa.Table:
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     if all(column.num_chunks == 1 for column in table.columns):
         return table
-    columns = [column if column.num_chunks == 1 else column.combine_chunks() for column in table.columns]
+    columns = [one_array(column) for column in table.columns]
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 

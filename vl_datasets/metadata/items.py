@@ -31,6 +31,7 @@ import pyarrow.json as pa_json
 
 from ..errors import SchemaError
 from .json_depth import MAX_DEPTH, count_byte, describe, first_too_deep, most_opening_brackets
+from .row_batches import one_array
 
 # ---- output types ---------------------------------------------------------------------------------
 
@@ -366,7 +367,7 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
             return pa.nulls(len(strings), RAW_ITEMS)
         if not inferred_items_usable(column.type, ITEM_PROPS):
             return None
-    return column.combine_chunks()
+    return one_array(column)
 
 
 def reader_output_valid(table: pa.Table) -> bool:

@@ -28,7 +28,7 @@ from .index import IMAGE_COLUMN
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
 from .json_depth import as_text, text_bytes
 from .ordered_map import WORKERS, ordered_map
-from .row_batches import release_pages, row_slices
+from .row_batches import one_array, release_pages, row_slices
 from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class ListBuild:
         release_pages(part)  # here, once read: the slices are read by several threads at once
         paths = taken.column(self._path_column)
         # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
-        paths = (paths if self.paths_from_file_path is None else self.paths_from_file_path(paths)).combine_chunks()
+        paths = one_array(paths if self.paths_from_file_path is None else self.paths_from_file_path(paths))
         present = pc.is_valid(paths).to_numpy(zero_copy_only=False)
         no_image = chosen[~present]
         if len(no_image):
@@ -176,7 +176,7 @@ class ListBuild:
             batch["labels"] = _coded(distinct_labels(taken, self.label_source))
         elif self._target_column == "objects":
             names = object_labels(taken, self.label_source)
-        return pa.RecordBatch.from_pydict({name: _one_chunk(values) for name, values in batch.items()}), no_image, names
+        return pa.RecordBatch.from_pydict({name: one_array(values) for name, values in batch.items()}), no_image, names
 
     def _require_images(self, found: _Found, summary: CurationSummary) -> CurationSummary:
         """An error naming a kept row without an image, or the summary counting those dropped."""
@@ -210,10 +210,6 @@ _TARGET_COLUMNS = {"classification": "labels", "multilabel": "labels", "detectio
 def _slice_name(item: tuple[int, pa.Table, np.ndarray]) -> str:
     offset, part, _ = item
     return f"Raised while listing the kept items of rows {offset} to {offset + len(part) - 1} of the index."
-
-
-def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _coded(labels: pa.ListArray) -> pa.ListArray:

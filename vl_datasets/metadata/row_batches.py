@@ -27,6 +27,14 @@ from ..errors import CacheMissError
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
 
 
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``column`` as one array: its only chunk as it is, where ``combine_chunks`` copies even that.
+    A slice's columns come in one chunk each: those copies were ~1 GB of a 10M-item first open."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def select_present(table: pa.Table, columns: Iterable[str] | None, *, keep_rows: bool = False) -> pa.Table:
     """``table`` holding only those of ``columns`` it has (all of it for None); with ``keep_rows``,
     its first column when it has none of them, for a table of no column counts no rows."""

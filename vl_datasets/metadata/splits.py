@@ -21,7 +21,7 @@ from ..atomic import replacing
 from ..errors import ConfigurationError, SchemaError
 from .curation import flat_issues
 from .media_ids import MEDIA_ID, MediaIds
-from .row_batches import TableRows
+from .row_batches import TableRows, one_array
 from .split_files import kept_split, split_folder
 from .unique_ids import hash_strings
 
@@ -151,7 +151,7 @@ def _id_array(ids: Iterable[str]) -> pa.Array:
 
 
 def _memberships_table(table: pa.Table) -> pa.Table:
-    media_ids = table.column("media_id").combine_chunks()
+    media_ids = one_array(table.column("media_id"))
     parts = []
     for kind, groups, rows in _group_memberships(TableRows(table)):
         valid = groups.codes >= 0
@@ -245,7 +245,7 @@ def _first_label_codes(part: pa.Table, codes: dict[str, int]) -> np.ndarray:
     grows by the slice's new names: one per class), or -1 for an unlabeled row."""
     if "labels" not in part.column_names:
         return np.zeros(len(part), dtype=np.int32)
-    labels = part.column("labels").combine_chunks()
+    labels = one_array(part.column("labels"))
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
     encoded = pc.dictionary_encode(pc.struct_field(first, "category_name"))
     lookup = [codes.setdefault(name, len(codes)) for name in encoded.dictionary.to_pylist()]
@@ -365,7 +365,7 @@ def _group_memberships(rows: Any) -> Iterator[tuple[str, _Groups, np.ndarray]]:
     clusters, duplicates, duplicate_rows = [], [], []
     for offset, part in rows.slices(["cluster_id", "issues"]):
         if "cluster_id" in part.column_names:
-            clusters.append(pc.dictionary_encode(part.column("cluster_id").combine_chunks().cast(pa.string())))
+            clusters.append(pc.dictionary_encode(one_array(part.column("cluster_id")).cast(pa.string())))
         if "issues" in part.column_names:
             flat, parents = flat_issues(part)
             is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from ..errors import CurationError
 from .curation import label_sources, list_offsets, selected_labels
+from .row_batches import one_array
 
 TASKS = ("classification", "multilabel", "detection", None)
 INVALID_LABEL_CHOICES = ("raise", "drop")
@@ -34,7 +35,7 @@ def distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -
 
 def object_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.Array:
     """Every object's category name, across rows (objects from unchosen sources left out)."""
-    objects = pc.list_flatten(table.column("objects").combine_chunks())
+    objects = pc.list_flatten(one_array(table.column("objects")))
     sources = label_sources(label_source)
     if sources is not None:
         objects = objects.filter(pc.is_in(objects.field("source"), value_set=pa.array(sources, pa.string())))
