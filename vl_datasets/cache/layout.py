@@ -148,8 +148,10 @@ def metadata_sha256(entry: LocalExport) -> str:
     not hold."""
     if entry.metadata_digest:
         return entry.metadata_digest
-    version_dir = None if entry.entry_dir is None or entry.version is None else entry.entry_dir / entry.version
-    kept = None if version_dir is None else version_dir / METADATA_DIGEST
+    kept = manifest = None
+    if entry.entry_dir is not None and entry.version is not None:  # a version read from a store
+        kept = entry.entry_dir / entry.version / METADATA_DIGEST
+        manifest = entry.entry_dir / f"{entry.version}{MANIFEST_SUFFIX}"
     if kept is not None:
         try:
             digest = kept.read_text(encoding="ascii").strip()
@@ -158,7 +160,7 @@ def metadata_sha256(entry: LocalExport) -> str:
         except (OSError, UnicodeDecodeError):
             pass  # not read yet, or unreadable: read the metadata again
     metadata = entry.metadata_path
-    published = _published_stat(entry) if entry.opened_from is not None else None
+    published = _published_stat(manifest) if manifest is not None and entry.opened_from is not None else None
     before = _stat_of(metadata)
     if published is not None and before != published:
         raise CacheError(f"{metadata} changed since version {entry.version} was published: open the export again.")
@@ -174,11 +176,9 @@ def metadata_sha256(entry: LocalExport) -> str:
     return digest
 
 
-def _published_stat(entry: LocalExport) -> tuple[int, int] | None:
+def _published_stat(manifest_path: Path) -> tuple[int, int] | None:
     """(size, mtime in ns) of the metadata file as the version's manifest recorded it, if it did."""
-    if entry.entry_dir is None or entry.version is None:
-        return None
-    manifest = read_json(entry.entry_dir / f"{entry.version}{MANIFEST_SUFFIX}") or {}
+    manifest = read_json(manifest_path) or {}
     size, mtime = manifest.get("metadata_bytes"), manifest.get("metadata_mtime_ns")
     return (size, mtime) if isinstance(size, int) and isinstance(mtime, int) else None
 

@@ -709,7 +709,7 @@ def first_failing(values, operation: Callable[[Any], Any]) -> int | None:
     """The position of the first value on which ``operation`` raises, by bisection: each step runs
     it over half of what is left, so the search costs about two runs over all the values. Only
     for an error message: it runs once the whole has failed."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    values = one_array(values)
     low, high = 0, len(values)  # the first failing value is in [low, high)
     errors = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
     try:

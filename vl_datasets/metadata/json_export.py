@@ -33,6 +33,7 @@ from .items import (
     reader_output_valid,
     row_error,
 )
+from .row_batches import one_array
 
 _MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
 _UTF8_SLICE_BYTES = 16 << 20
@@ -172,7 +173,7 @@ def _read_json_export(path: Path, size: int, *, infer: bool) -> tuple[pa.Table, 
         return None
     if not reader_output_valid(table):  # a list opening with null, its types inferred
         return "retry" if infer else None
-    lists = table.column("media_items").combine_chunks()
+    lists = one_array(table.column("media_items"))
     if not pa.types.is_list(lists.type) or lists.null_count:
         return None
     items = lists.flatten()

@@ -160,8 +160,9 @@ class ListBuild:
     def _kept_slice(self, item: tuple[int, pa.Table, np.ndarray]) -> tuple[pa.RecordBatch, np.ndarray, pa.Array | None]:
         """(the items of one slice of the index, its kept rows without an image, its objects' names)."""
         offset, part, kept = item
-        chosen = offset + np.flatnonzero(kept[offset : offset + len(part)])
-        taken = part.take(pa.array(chosen - offset))
+        in_part = np.flatnonzero(kept[offset : offset + len(part)])
+        chosen = offset + in_part
+        taken = part.take(pa.array(in_part))
         release_pages(part)  # here, once read: the slices are read by several threads at once
         paths = taken.column(self._path_column)
         # Under an images_root a path is made of the file_path of the kept rows alone, never of all.
