@@ -159,6 +159,25 @@ def test_empty_exports_and_a_bare_list_stream_as_they_read_whole(tmp_path, json_
     _same_index(tmp_path / "bare", tmp_path / "c", batch_rows=7)
 
 
+def test_integers_past_64_bits_stream_as_the_whole_file_reads_them(tmp_path, json_streamed):
+    """yajl refuses such an integer ("integer overflow"); json.loads, which reads a small export
+    whole, takes it. The stream reads on past it, with every row once, typed as the whole read."""
+    media = realistic_media_items(60)
+    for item in media:
+        item["extra"] = 3
+    media[45]["extra"] = 2**64  # an unknown key: a double, as Arrow's reader infers it
+    media[50]["metadata_items"][0]["properties"]["custom"] = 2**70  # an undocumented property
+    export = write_json_export(tmp_path / "export", media).parent
+    streamed = _same_index(export, tmp_path / "a", batch_rows=16)
+    assert streamed.column("media_id").to_pylist() == [item["media_id"] for item in media]
+    assert streamed.column("extra").to_pylist()[44:46] == [3.0, float(2**64)]
+    media[10]["metadata_items"][0]["properties"]["original_id"] = 2**64  # a documented int64
+    bad = write_json_export(tmp_path / "bad", media).parent
+    with pytest.raises(SchemaError, match=r"media_id 'id-0000010' \(row 10\).*original_id") as caught:
+        write_export_index(bad, tmp_path / INDEX_FILE, batch_rows=16)
+    assert "not valid JSON" not in str(caught.value)
+
+
 def test_a_streamed_json_export_keeps_its_errors(tmp_path, json_streamed):
     media = items()
     media[3]["uniqueness_score"] = "high"

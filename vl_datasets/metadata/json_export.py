@@ -8,6 +8,7 @@ array that ``metadata_items.extract_item_columns`` turns into typed columns.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,11 @@ def _infer(values: list, spell: Callable[[Any], str] = json.dumps) -> pa.Array:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
+    if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        # Numbers only, one past 64 bits among them: doubles, as Arrow's JSON reader infers them
+        # (past a double's range too, text).
+        with contextlib.suppress(OverflowError):
+            return pa.array([None if v is None else float(v) for v in values], pa.float64())
     texts = [
         v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else spell(v)
         for v in values

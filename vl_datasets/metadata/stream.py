@@ -9,6 +9,7 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Generator, Iterator
 from contextlib import closing
 from functools import partial
@@ -39,6 +40,10 @@ _READ_BYTES = 64 << 10
 # (a record batch of the index), few enough to hold ~250 MiB.
 _AHEAD = WORKERS + 2
 ITEMS = "metadata_items"
+_FAST: Any = ijson  # the fastest backend installed: yajl2_c where its wheel has it
+_UNBOUNDED: Any = ijson.get_backend("python")
+
+logger = logging.getLogger("vl_datasets")
 
 
 def is_parquet(path: Path) -> bool:
@@ -164,31 +169,42 @@ def _json_slices(path: Path, prefix: str, batch_rows: int) -> Iterator[pa.Table]
 
 def _check_items_is_a_list(path: Path) -> None:
     # Only when no item was found: what stands under "media_items" is then small, or no list.
-    with open(path, "rb") as stream:
-        try:
-            items = next(ijson.items(stream, "media_items", use_float=True, buf_size=_READ_BYTES), None)
-        except ijson.JSONError as exc:
-            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+    items = next(_values(path, "media_items"), None)
     if not isinstance(items, list):
         raise SchemaError(f"{path}: the JSON export has no 'media_items' list.", field="media_items")
 
 
 def _items(path: Path, prefix: str) -> Iterator[Any]:
-    with open(path, "rb") as stream:
-        try:
-            with gc_paused():  # millions of small containers: the cyclic collector would rescan them all
-                yield from ijson.items(stream, prefix, use_float=True, buf_size=_READ_BYTES)
-        except ijson.JSONError as exc:
-            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+    with gc_paused():  # millions of small containers: the cyclic collector would rescan them all
+        yield from _values(path, prefix)
 
 
 def _info(path: Path) -> Any:
     """The export's ``info`` (None when it has none); the parse stops once it is read."""
-    with open(path, "rb") as stream:
-        try:
-            return next(ijson.items(stream, "info", use_float=True, buf_size=_READ_BYTES), None)
-        except ijson.JSONError as exc:
-            raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+    return next(_values(path, "info"), None)
+
+
+def _values(path: Path, prefix: str) -> Iterator[Any]:
+    """The values under ``prefix`` in the JSON file ``path``, parsed incrementally.
+
+    yajl (ijson's C backend) refuses an integer past 64 bits as an "integer overflow", where
+    ``json.loads``, which reads a smaller export whole, takes it (a value the normalization then
+    judges, as for any file). At such an integer the parse starts again with ijson's Python
+    backend (about 20 times slower, but unbounded) past the values already given.
+    """
+    given = 0
+    for backend in (_FAST, _UNBOUNDED):
+        with open(path, "rb") as stream:
+            try:
+                for i, value in enumerate(backend.items(stream, prefix, use_float=True, buf_size=_READ_BYTES)):
+                    if i >= given:
+                        given += 1
+                        yield value
+                return
+            except ijson.JSONError as exc:
+                if backend is _UNBOUNDED or "integer overflow" not in str(exc):
+                    raise SchemaError(f"{path} is not valid JSON ({exc}).", field="metadata") from None
+                logger.warning("%s holds an integer past 64 bits: reading it on with the slower parser (~20x).", path)
 
 
 def _normalized_items(items: list, source: str, offset: int, info: Any) -> pa.Table:
