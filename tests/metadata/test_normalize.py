@@ -240,6 +240,20 @@ JSON_VARIANTS = ["json export", "bare list", "python list"]
 VARIANTS = [*JSON_VARIANTS, "parquet, JSON strings"]
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("size", ["height", "width"])
+def test_a_negative_image_size_is_refused_by_its_media_id(tmp_path, variant, size):
+    """A size below 0 would scale an item's boxes by a negative factor, mirroring them silently."""
+    media = items()
+    media[2][size] = -375
+    media[3][size] = 0  # unknown, as absent: boxes are then not scaled, and an error says so
+    with pytest.raises(SchemaError, match=rf"media_id '{media[2]['media_id']}' \(row 2\): {size} is -375") as caught:
+        _read_variant(tmp_path, variant, media)
+    assert caught.value.field == size
+    media[2][size] = None
+    assert _read_variant(tmp_path / "fixed", variant, media).column(size).to_pylist()[2:4] == [None, 0]
+
+
 @pytest.mark.parametrize(
     "variant,score",
     [(v, s) for v in VARIANTS for s in (float("nan"), -0.7, 5.0)]

@@ -745,6 +745,16 @@ def check_unit_interval(values, field: str, source: str, rows: np.ndarray | None
     raise _value_error(values, at, f"{field} is {values[at].as_py()}, not a number from 0 to 1.", field, source, rows)
 
 
+def check_not_negative(values, field: str, source: str) -> None:
+    """A RowSchemaError for the first value of ``values`` (integers: an image's height or width)
+    below 0; nulls (absent values) pass. Value ``i`` is in row ``i``."""
+    if pc.all(pc.greater_equal(values, 0)).as_py() is not False:
+        return
+    at = _first_true(pc.less(values, 0))
+    assert at is not None
+    raise _value_error(values, at, f"{field} is {values[at].as_py()}, not a size in pixels.", field, source, None)
+
+
 def check_boxes(boxes: pa.Array, field: str, source: str, rows: np.ndarray) -> None:
     """A RowSchemaError for the first bbox that is not [x, y, width, height]: 4 finite numbers with
     width and height not negative. A null bbox (absent) passes. Box ``i`` is in row ``rows[i]``."""

@@ -65,6 +65,7 @@ from .items import (
     SCALAR_INPUT_TYPES,
     RowSchemaError,
     cast_or_raise,
+    check_not_negative,
     check_unit_interval,
     extract_item_columns,
     first_failing,
@@ -227,6 +228,8 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
         "url": _column(raw, "url", source),
     }
     check_unit_interval(out["uniqueness_score"], "uniqueness_score", source)
+    for size in ("height", "width"):
+        check_not_negative(out[size], size, source)
     items = raw.column("metadata_items") if "metadata_items" in names else None
     out.update(extract_item_columns(items, raw.num_rows, source))
     fields = list(NORMALIZED_SCHEMA)
