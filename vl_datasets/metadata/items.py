@@ -438,6 +438,8 @@ def python_items(values: Sequence[Any], source: str, *, row_offset: int = 0) -> 
     """A ``RAW_ITEMS`` array from one list of item dicts (or None, or a JSON string) per row."""
     with gc_paused():
         try:
+            if not _items_are_objects(values):
+                raise TypeError("an item is no object")  # the row by row conversion names its row
             array = pa.array(values, type=RAW_ITEMS)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
             rows = [_coerce_row(v, source, row_offset + i) for i, v in enumerate(values)]
@@ -445,6 +447,12 @@ def python_items(values: Sequence[Any], source: str, *, row_offset: int = 0) -> 
     _refuse_booleans(values, _rows_with_0_or_1(array), source, row_offset)
     _refuse_fractions(values, source, row_offset)
     return array
+
+
+def _items_are_objects(values: Sequence[Any]) -> bool:
+    """Whether every item of the rows that are lists is an object (or null). Arrow's conversion
+    reads a list where it expects a struct as (key, value) pairs: ``[]`` as an item of no type."""
+    return all(type(item) is dict or item is None for row in values if type(row) is list for item in row)
 
 
 # The integer properties of RAW_ITEMS: Arrow's conversion of Python values truncates 2.5 there to
