@@ -206,6 +206,23 @@ def test_an_export_with_images_found_by_file_name_streams_as_the_whole_table(tmp
     assert paths[:45] == [m["file_path"].rsplit("/", 1)[1] for m in media[:45]] and paths[45:] == [None] * 15
 
 
+@pytest.mark.parametrize("spelled", ["{}\\{}", "{}//{}", "./{}/{}", "{}/./{}"])
+def test_a_file_path_spelled_otherwise_finds_the_image_its_export_unpacked(tmp_path, spelled):
+    """An archive's member ``images/cat\\x.jpg`` (or ``//``, ``./``) unpacks to ``images/cat/x.jpg``:
+    the row's file_path finds it there, where the base name it fell back to is shared and ambiguous."""
+    media = realistic_media_items(40)
+    for i, m in enumerate(media):
+        m["file_path"] = spelled.format(f"class{i % 20}", f"x{i // 20}.jpg")  # x0.jpg, x1.jpg: 20 rows each
+    export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=16).parent
+    for i in range(40):
+        (export / "images" / f"class{i % 20}").mkdir(parents=True, exist_ok=True)
+        (export / "images" / f"class{i % 20}" / f"x{i // 20}.jpg").write_bytes(b"")
+    streamed = _same_index(export, tmp_path, batch_rows=16)
+    expected = [f"class{i % 20}/x{i // 20}.jpg" for i in range(40)]
+    assert streamed.column("__image_path__").to_pylist() == expected
+    assert streamed.column("file_path").to_pylist()[0] == spelled.format("class0", "x0.jpg"), "kept as exported"
+
+
 def _with_images(folder, media, *, flat_from: int):
     """An export of ``media`` whose images lie at ``images/<file_path>``, but for the rows from
     ``flat_from`` on, which name theirs in a flat folder by ``image_filename`` (the docs' layout)."""

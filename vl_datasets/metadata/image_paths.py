@@ -47,9 +47,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     file_name = table.column("file_name").combine_chunks()
     resolved, ambiguous = _exact_steps(file_path, file_name, members)
     if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
-        flat = _exact(
-            pc.binary_join_element_wise("images/", table.column("image_filename").combine_chunks(), ""), members
-        )
+        flat = _exact(_under_images(table.column("image_filename").combine_chunks()), members)
         resolved = pc.coalesce(flat, resolved)
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
@@ -94,9 +92,9 @@ class ExactPaths:
 
     def found(self, table: pa.Table) -> np.ndarray:
         """Each row's image, as its position among ``members``; -1 where neither step finds one."""
-        found = self._positions(pc.binary_join_element_wise("images/", table.column("file_path").combine_chunks(), ""))
+        found = self._positions(_under_images(table.column("file_path").combine_chunks()))
         if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
-            named = pc.binary_join_element_wise("images/", table.column("image_filename").combine_chunks(), "")
+            named = _under_images(table.column("image_filename").combine_chunks())
             flat = self._positions(named)
             found = np.where(flat >= 0, flat, found)
         return found
@@ -154,12 +152,12 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
     Also says which rows are ambiguous: those whose step-2 file another row claims too (frames named
     ``output_000001.jpg`` in an export laid out by file name).
     """
-    resolved = _exact(pc.binary_join_element_wise("images/", file_path, ""), members)
+    resolved = _exact(_under_images(file_path), members)
     no_conflict = pa.array(np.zeros(len(resolved), dtype=bool))
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if not len(pending):
         return resolved, no_conflict
-    path, name = file_path.take(pending), file_name.take(pending)
+    path, name = _member_form(file_path.take(pending)), _member_form(file_name.take(pending))
     by_name = pc.binary_join_element_wise("images/", name, "")
     candidates = [
         _as_root_path(path),
@@ -181,6 +179,21 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
         ),
     )
     return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)), _scatter(no_conflict, pending, shared))
+
+
+def _under_images(paths: pa.Array) -> pa.Array:
+    """``images/<path>`` for each of ``paths``, in the form the export's files are named in."""
+    return pc.binary_join_element_wise("images/", _member_form(paths), "")
+
+
+def _member_form(paths: pa.Array) -> pa.Array:
+    """``paths`` as an unpacked export names its files (``archive.safe_member_path``, a folder's
+    listing): a backslash is a folder separator, and empty and ``.`` segments are dropped, so that
+    ``cat\\x.jpg``, ``cat//x.jpg`` and ``./cat/x.jpg`` all name ``cat/x.jpg``."""
+    if not any(pc.any(pc.match_substring(paths, part)).as_py() for part in ("\\", "//", "./")):
+        return paths  # a plain substring search first: the patterns only where a path needs them
+    paths = pc.replace_substring_regex(pc.replace_substring(paths, "\\", "/"), "/+", "/")
+    return pc.replace_substring_regex(pc.replace_substring_regex(paths, r"(/\.)+/", "/"), r"^(\./)+", "")
 
 
 def _as_root_path(value: pa.Array) -> pa.Array:
