@@ -33,6 +33,16 @@ _CREDENTIAL = re.compile(
     r"x-goog-credential|access_token|token|api_key|apikey|access_key|secret|client_secret|password)"
     r"(=|%(?:25)*3d)[^&\s'\"<>]*"
 )
+# A credential a server's answer may echo back: an Authorization header's value, a JWT wherever it
+# stands (three base64url parts, the first a JSON object: "eyJ"), and the elements of a storage
+# service's XML error that repeat the signature, the string signed or the request it was made of.
+# A value: 8 characters or more, one of them not a letter ("Basic setup" is English, not a credential).
+_AUTHORIZATION = re.compile(r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z]*[0-9\-._~+/])[A-Za-z0-9\-._~+/]{8,}=*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
+_XML_CREDENTIAL = re.compile(
+    r"(?is)<((?:[A-Za-z0-9]*:)?(?:SignatureProvided|StringToSign(?:Bytes)?|CanonicalRequest(?:Bytes)?|"
+    r"AWSAccessKeyId|Signature|Credential|SecurityToken|Token))>.*?</\1>"
+)
 # Our logger and those of the libraries that reach storage and the API: their records (and those of
 # their child loggers, "fsspec.http" under "fsspec") are redacted as they are made.
 DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s3fs", "botocore", "gcsfs", "adlfs")
@@ -56,9 +66,27 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every URL's user info and query string, and every credential parameter, blanked."""
+    """``text`` with every URL's user info and query string, every credential parameter, bearer
+    token, JWT and storage signature blanked."""
     text = _QUERY.sub(f"?{REDACTED}", _URL.sub(_redacted_url, text))
-    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _XML_CREDENTIAL.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
+    return _JWT.sub(REDACTED, _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
+
+
+def redact_value(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """``value`` (a server's JSON answer: text, numbers, lists, objects) with ``redact_text``
+    applied to every string in it, keys included, and each of ``secrets`` blanked wherever it stands."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret:
+                value = value.replace(secret, REDACTED)
+        return redact_text(value)
+    if isinstance(value, list):
+        return [redact_value(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {redact_value(key, secrets): redact_value(item, secrets) for key, item in value.items()}
+    return value
 
 
 def _redacted_url(match: re.Match) -> str:

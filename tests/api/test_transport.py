@@ -160,3 +160,62 @@ def test_presigned_signatures_stay_out_of_urllib3_debug_lines(dataset_root, tmp_
     storage_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
     assert any("GET" in line for line in storage_lines), "urllib3 logged no request line to check"
     assert not [line for line in storage_lines if "Signature" in line], "a signature reached a log line"
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+@pytest.mark.parametrize("credentials", ["signed", "opaque token"])
+def test_a_token_the_server_echoes_never_reaches_the_error(local_vl, fake_time, status, credentials):
+    """Some servers and proxies repeat the request's Authorization header in their error: the
+    detail reaches the message, ``detail``, a pickle and the CLI's output, so it is redacted."""
+    import pickle
+
+    secret, token = "s3cret-value-0123456789abcdef0123456789", "opaque-Tok3n-abcdefghijklmnop"
+    kwargs = {"api_key": "k", "api_secret": secret} if credentials == "signed" else {"token": token}
+    client = make_client(local_vl, fake_time, max_retries=0, **kwargs)
+    times = 2 if (status, credentials) == (401, "signed") else 1  # a 401 renews a signed token once
+    local_vl.faults.fail_next("dataset", status, times=times, detail="invalid token: {header:Authorization}")
+    echoed = {"received": {"authorization": "{header:Authorization}"}}
+    local_vl.faults.fail_next("dataset", status, times=times, detail=echoed)
+    bare = "token {token} is not known"  # no pattern finds an opaque token without its scheme
+    local_vl.faults.fail_next("dataset", status, times=times, detail=bare)
+    local_vl.faults.fail_next("dataset", status, times=times, body="<p>{token}</p>", content_type="text/html")
+    for _ in range(4):
+        with pytest.raises(errors.APIStatusError) as caught:
+            client.get_dataset("ds-ready")
+        sent = local_vl.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+        assert len(sent) > 20, "no token was sent: the test would prove nothing"
+        text = str(caught.value) + repr(caught.value.detail) + repr(pickle.loads(pickle.dumps(caught.value)).args)
+        assert sent not in text and secret not in text, f"the token reached the error: {text}"
+        assert "[redacted]" in text, "the detail should still say what the server answered"
+        leaked = [s for s in _strings_reachable_from(caught.value) if sent in s]
+        assert leaked == [], f"the token is reachable from the raised error: {leaked[:3]}"
+
+
+def test_a_signature_the_storage_echoes_never_reaches_the_download_error(dataset_root, tmp_path):
+    """S3's SignatureDoesNotMatch repeats the signature it was sent and the request it signed."""
+    from vl_datasets.testing import LocalVisualLayer
+
+    with LocalVisualLayer(dataset_root, export_polls=0, download_uri_style="absolute") as service:
+        client = Client(service.url, progress=False, env={}, sleep=lambda s: None, max_retries=0)
+        task = client.wait_for_export("ds-ready", client.start_export("ds-ready").id)
+        body = (
+            "<?xml version='1.0'?><Error><Code>SignatureDoesNotMatch</Code>"
+            "<SignatureProvided>{query}</SignatureProvided><CanonicalRequest>GET /x?{query}</CanonicalRequest>"
+            "<Message>refused {query}</Message></Error>"
+        )
+        service.faults.fail_next("storage", 400, body=body, content_type="application/xml", times=10)
+        with pytest.raises(errors.VLDatasetsError) as caught:
+            client.download_export(task, tmp_path / "e.zip")
+    signature = task.download_uri.split("Signature=")[1].split("&")[0]
+    assert len(signature) > 10, "the service should hand out a presigned URL here"
+    text = str(caught.value) + repr(getattr(caught.value, "detail", None))
+    assert signature not in text, f"the signature reached the error: {text}"
+    assert "SignatureDoesNotMatch" in text, "the error should still say what the storage answered"
+
+
+def test_plain_words_in_a_detail_are_not_taken_for_credentials(local_vl, client):
+    detail = "Basic checks failed: bearer tokens expire; see https://docs.example/errors/auth"
+    local_vl.faults.fail_next("dataset", 400, detail=detail)
+    with pytest.raises(errors.BadRequestError) as caught:
+        client.get_dataset("ds-ready")
+    assert caught.value.detail == detail and detail in str(caught.value)

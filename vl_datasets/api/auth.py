@@ -61,6 +61,11 @@ class TokenProvider:
             assert self._token is not None
             return self._token
 
+    def handed_out(self) -> tuple[str, ...]:
+        """The token given by the user, or the one signed last: what an answer may echo back."""
+        with self._lock:
+            return tuple(token for token in (self._fixed_token, self._token) if token)
+
     def invalidate(self) -> None:
         """Forget the cached token so the next ``bearer()`` signs a new one."""
         with self._lock:

@@ -21,7 +21,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from .. import errors
 from .._version import __version__
 from ..backoff import RETRYABLE_STATUSES, Attempts, RetryPolicy, parse_retry_after
-from ..redaction import redact_logs_of, redact_url
+from ..redaction import redact_logs_of, redact_url, redact_value
 from .auth import TokenProvider
 
 logger = logging.getLogger("vl_datasets")
@@ -34,16 +34,22 @@ NOT_PROCESSED_STATUSES = frozenset({408, 429, 503})
 USER_AGENT = f"vl_datasets/{__version__}"
 
 
-def error_detail(response: requests.Response) -> Any:
-    """The server's ``detail``: FastAPI JSON when present, else a short text of an HTML/XML body."""
+def error_detail(response: requests.Response, secrets: tuple[str, ...] = ()) -> Any:
+    """The server's ``detail``: FastAPI JSON when present, else a short text of an HTML/XML body.
+
+    Redacted (``redact_value``) before it is cut or kept: a server may echo the request's
+    Authorization header, or a storage service the signature it refused, and the detail reaches
+    the error's message, its ``detail``, its pickle and the CLI's output. ``secrets``: the tokens
+    sent, blanked even where no pattern finds them (an opaque token echoed bare).
+    """
     try:
         payload = response.json()
     except ValueError:
-        text = " ".join(response.text.split())
+        text = redact_value(" ".join(response.text.split()), secrets)
         return text[:300] or None
     if isinstance(payload, dict) and "detail" in payload:
-        return payload["detail"]
-    return payload
+        return redact_value(payload["detail"], secrets)
+    return redact_value(payload, secrets)
 
 
 def _detail_text(detail: Any) -> str:
@@ -76,12 +82,13 @@ _HINTS = {
 }
 
 
-def raise_for_response(response: requests.Response, *, what: str) -> None:
-    """Raise the library's error for a non-2xx answer; ``what`` names the thing asked for."""
+def raise_for_response(response: requests.Response, *, what: str, secrets: tuple[str, ...] = ()) -> None:
+    """Raise the library's error for a non-2xx answer; ``what`` names the thing asked for, and
+    ``secrets`` the tokens sent, which the server's detail may echo (``error_detail``)."""
     status = response.status_code
     if status < 400:
         return
-    detail = error_detail(response)
+    detail = error_detail(response, secrets)
     cls = _STATUS_ERRORS.get(status) or (errors.ServerError if status >= 500 else errors.APIStatusError)
     message = f"{what}: HTTP {status}"
     if text := _detail_text(detail):
@@ -172,7 +179,8 @@ class Transport:
                     continue
             if status >= 400:
                 try:
-                    raise_for_response(response, what=f"{what} ({attempts.summary()})" if retryable else what)
+                    what = f"{what} ({attempts.summary()})" if retryable else what
+                    raise_for_response(response, what=what, secrets=self._tokens_sent(authenticate))
                 finally:
                     response.close()
             return response
@@ -202,6 +210,9 @@ class Transport:
             )
         except requests.RequestException as exc:
             return _Failure(type(exc).__name__, isinstance(exc, requests.Timeout), _never_sent(exc))
+
+    def _tokens_sent(self, authenticate: bool) -> tuple[str, ...]:
+        return self.tokens.handed_out() if authenticate and self.tokens is not None else ()
 
     def _headers(self, extra: dict[str, str], authenticate: bool) -> dict[str, str]:
         # Built per call and handed straight to requests: no frame of ours keeps the bearer token.

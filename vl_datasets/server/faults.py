@@ -76,6 +76,9 @@ class Faults:
 
         The answer is ``{"detail": detail}`` (XML on the storage origin) unless ``body`` is given,
         sent as ``content_type`` (e.g. an HTML page from a proxy). ``retry_after`` adds the header.
+        ``{header:<Name>}`` in the detail or body is the request's header, ``{token}`` the
+        Authorization header's credential, ``{query}`` the query string: a server that echoes what
+        it was sent (the Authorization header, a signature).
         """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"Unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}.")

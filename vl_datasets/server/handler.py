@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from .faults import ForcedAnswer
 from .log import Headers, RecordedRequest
 
+_ECHOED_HEADER = re.compile(rb"\{header:([A-Za-z0-9-]+)\}")
 # A local service has no business receiving more; refusing keeps a runaway client from filling memory.
 MAX_BODY_BYTES = 16 << 20
 
@@ -207,10 +209,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, json_bytes(payload), "application/json", headers)
 
     def send_forced(self, forced: ForcedAnswer) -> None:
-        """Answer a fault switched on with ``Faults.fail_next``."""
+        """Answer a fault switched on with ``Faults.fail_next``, echoing what it names of the request."""
         headers = {"Retry-After": f"{forced.retry_after:g}"} if forced.retry_after is not None else {}
         if forced.body is not None:
-            body = forced.body if isinstance(forced.body, bytes) else forced.body.encode()
-            return self.send(forced.status, body, forced.content_type or "text/plain", headers)
+            body = forced.body.encode() if isinstance(forced.body, str) else forced.body
+            return self.send(forced.status, self._echoed(body), forced.content_type or "text/plain", headers)
         detail = forced.detail if forced.detail is not None else f"Injected {forced.status}"
-        self.refuse(forced.status, detail, headers=headers)
+        self.refuse(forced.status, json.loads(self._echoed(json.dumps(detail).encode())), headers=headers)
+
+    def _echoed(self, text: bytes) -> bytes:
+        """``text`` with ``{header:<Name>}`` replaced by the request's header, ``{token}`` by the
+        Authorization header's credential and ``{query}`` by the query string: servers and storage
+        services that repeat what they were sent. (Our clients' headers and queries need no JSON escape.)"""
+        token = self.headers.get("Authorization", "").partition(" ")[2]
+        text = text.replace(b"{query}", urlsplit(self.path).query.encode("latin-1"))
+        text = text.replace(b"{token}", token.encode("latin-1"))
+        return _ECHOED_HEADER.sub(lambda m: self.headers.get(m.group(1).decode(), "").encode("latin-1"), text)
