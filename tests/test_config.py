@@ -27,6 +27,19 @@ def test_bad_base_url_is_a_configuration_error():
         normalize_base_url("ftp://host")
 
 
+@pytest.mark.parametrize(
+    "url", ["http://alice:Pw-s3cret@host:8080", "https://alice:Pw-s3cret@host/api/v1", "alice:Pw-s3cret@host"]
+)
+def test_credentials_in_the_base_url_are_refused_without_echoing_them(url):
+    """They would show in the client's repr, key the cache and be written into its manifests."""
+    with pytest.raises(errors.ConfigurationError, match="holds credentials") as caught:
+        resolve_client_settings(base_url=url, env={})
+    assert "Pw-s3cret" not in str(caught.value) and "alice" not in str(caught.value)
+    with pytest.raises(errors.ConfigurationError) as caught:
+        resolve_client_settings(env={"VL_API_URL": url})
+    assert "Pw-s3cret" not in str(caught.value)
+
+
 def test_arguments_win_over_environment_which_wins_over_defaults():
     env = {"VL_API_URL": "http://env:2080", "VL_API_KEY": "ek", "VL_API_SECRET": "es"}
     settings = resolve_client_settings(env=env)

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .redaction import redact_url
 
 DEFAULT_API_URL = "https://app.visual-layer.com"
 
@@ -66,7 +67,14 @@ def normalize_base_url(url: str) -> str:
         url = "http://" + url if _looks_local(url) else "https://" + url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"Invalid Visual Layer API URL {url!r}: expected http(s)://host[:port].")
+        raise ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
+    if "@" in parts.netloc:
+        # It would show in the client's repr, key the cache (a new password, a new cache) and be
+        # written into its manifests; the API authenticates by key and secret, or a token.
+        raise ConfigurationError(
+            f"The Visual Layer API URL {redact_url(url)!r} holds credentials (user:password@): "
+            "pass api_key and api_secret, or token, instead."
+        )
     path = parts.path
     if path.endswith("/api/v1"):
         path = path[: -len("/api/v1")]
