@@ -249,3 +249,11 @@ def test_killed_fetch_resumes_its_export_and_download(quick_vl, tmp_path):
     assert quick_vl.count("export") == 1  # the killed run's export was resumed, not restarted
     ranges = [r.header("range") for r in quick_vl.requests if r.origin == "storage"]
     assert ranges == [None, "bytes=2000-"]
+
+
+@pytest.mark.parametrize("setting", ["export_timeout_s", "lock_timeout_s"])
+def test_a_nan_timeout_is_refused_before_an_export_starts(quick_vl, quick_client, tmp_path, setting):
+    """Every comparison with NaN is false: the wait it bounds would never end."""
+    with pytest.raises(errors.ConfigurationError, match=setting):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, **{setting: float("nan")})
+    assert quick_vl.count("export") == 0

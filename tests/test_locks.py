@@ -28,3 +28,13 @@ def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
         ):
             pass
     assert not Path(str(path) + ".soft").exists()
+
+
+def test_a_nan_lock_timeout_is_refused_not_waited_forever(tmp_path):
+    from vl_datasets.locks import hold_lock
+
+    with (
+        pytest.raises(errors.ConfigurationError, match="nan"),
+        hold_lock(tmp_path / "l.lock", timeout_s=float("nan"), what="x"),
+    ):
+        pass

@@ -9,6 +9,7 @@ partial download behind, and the next run resumes both instead of starting over.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import replace
@@ -81,6 +82,9 @@ def fetch_export(
         raise errors.ConfigurationError("Give at most one of media_ids or cluster_ids.")
     if max_images_per_export is not None and max_images_per_export < 1:
         raise errors.ConfigurationError(f"max_images_per_export must be at least 1, got {max_images_per_export}.")
+    for name, seconds in (("export_timeout_s", export_timeout_s), ("lock_timeout_s", lock_timeout_s)):
+        if seconds is not None and math.isnan(seconds):  # every comparison with NaN is false: no bound
+            raise errors.ConfigurationError(f"{name} must be a number of seconds or None, got nan.")
     offline = env_flag("VL_DATASETS_OFFLINE") if offline is None else offline
     explicit_host = client is not None or bool(os.environ.get("VL_API_URL"))
     base_url = client.base_url if client is not None else resolve_client_settings().base_url

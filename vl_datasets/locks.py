@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
 
 import filelock
 
-from .errors import LockTimeoutError
+from .errors import ConfigurationError, LockTimeoutError
 
 logger = logging.getLogger("vl_datasets")
 
@@ -23,6 +24,8 @@ LOG_EVERY_S = 10.0
 
 
 def _acquire(lock: filelock.BaseFileLock, timeout_s: float | None, what: str) -> None:
+    if timeout_s is not None and math.isnan(timeout_s):  # every comparison with NaN is false: no bound
+        raise ConfigurationError(f"The lock timeout for {what} must be a number of seconds or None, got nan.")
     start = time.monotonic()
     while True:
         waited = time.monotonic() - start

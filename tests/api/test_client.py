@@ -151,6 +151,28 @@ def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
     assert local_vl.count("export") == 1
 
 
+@pytest.mark.parametrize("retry_after", [30, 2])
+def test_the_wait_s_deadline_bounds_the_retries_of_its_polls(local_vl, client, fake_time, retry_after):
+    """A status poll answered 503 is retried, but never past the wait's own timeout_s: the
+    retries' waits (a Retry-After of 30 s, six times) once held a 10 s wait for minutes."""
+    task = client.start_export("ds-ready")
+    local_vl.faults.hold_exports()
+    local_vl.faults.fail_next("export_status", 503, times=100, retry_after=retry_after)
+    start = fake_time.now
+    with pytest.raises(errors.ExportTimeoutError) as caught:
+        client.wait_for_export("ds-ready", task.id, timeout_s=10)
+    assert caught.value.task_id == task.id and "HTTP 503" in str(caught.value)
+    assert fake_time.now - start <= 10, f"the wait went on {fake_time.now - start:g} s past its start"
+    assert local_vl.count("export_status") >= (1 if retry_after > 10 else 4), "the polls were not retried"
+
+
+def test_a_nan_timeout_is_refused_before_anything_waits(local_vl, client):
+    task = client.start_export("ds-ready")
+    with pytest.raises(errors.ConfigurationError, match="timeout_s"):
+        client.wait_for_export("ds-ready", task.id, timeout_s=float("nan"))
+    assert local_vl.count("export_status") == 0
+
+
 @pytest.mark.parametrize("server_kwargs", [{"minimal_start_response": True}, {"progress_scale": 1}])
 def test_contract_variants_of_the_task(dataset_root, fake_time, tmp_path, server_kwargs):
     from vl_datasets.testing import LocalVisualLayer

@@ -14,6 +14,8 @@ def test_retry_after_forms():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+    assert parse_retry_after("nan") is None  # a float to Python, and time.sleep refuses it
+    assert parse_retry_after("-3") == 0.0
 
 
 def test_retryable_status_is_retried_honouring_retry_after(local_vl, client, fake_time):
@@ -219,3 +221,26 @@ def test_plain_words_in_a_detail_are_not_taken_for_credentials(local_vl, client)
     with pytest.raises(errors.BadRequestError) as caught:
         client.get_dataset("ds-ready")
     assert caught.value.detail == detail and detail in str(caught.value)
+
+
+def test_an_answer_that_trickles_in_is_cut_at_the_timeout(local_vl):
+    """The read timeout bounds each wait for the next bytes; timeout_s bounds the whole answer."""
+    import json
+
+    body = json.dumps({"id": "ds-ready", "status": "READY", "padding": "x" * 200})
+    local_vl.faults.fail_next("dataset", 200, body=body, content_type="application/json", drip_s=0.05)
+    with Client(local_vl.url, progress=False, env={}, timeout_s=1, max_retries=0) as client:
+        with pytest.raises(errors.APITimeoutError, match="gave up after 1 of 1 attempts"):
+            client.get_dataset("ds-ready")  # ~12 s of bytes at 0.05 s each
+        assert client.get_dataset("ds-ready").ready, "the next request should go through"
+
+
+def test_a_token_no_header_may_hold_is_refused_without_sending_or_retrying(local_vl, fake_time):
+    """A token read from a file keeps its newline: requests refuses it before sending anything,
+    which the retries took for an unreachable API (six attempts, then 'could not reach')."""
+    token = "opaque-Tok3n-abcdefghijklmnop"
+    client = make_client(local_vl, fake_time, token=token + "\n")
+    with pytest.raises(errors.ConfigurationError, match="token holds a character") as caught:
+        client.get_dataset("ds-ready")
+    assert token not in str(caught.value)
+    assert local_vl.count("dataset") == 0 and fake_time.sleeps == []

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from .. import errors
-from ..backoff import RetryPolicy
+from ..backoff import Attempts, RetryPolicy
 from ..config import env_number, progress_enabled, resolve_client_settings
 from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
@@ -143,16 +143,17 @@ class Client:
         )
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
 
-    def get_export_status(self, dataset_id: str, task_id: str) -> ExportTask:
+    def get_export_status(self, dataset_id: str, task_id: str, *, attempts: Attempts | None = None) -> ExportTask:
         """The export task as it stands now.
 
         A 404 raises ``ExportTaskNotFoundError`` when the dataset exists (the server does not know
         the task) and ``DatasetNotFoundError`` when it does not: the dataset is asked to tell them apart.
+        ``attempts``: what the request's retries spend from (by default, the client's policy afresh).
         """
         url = self._api_url(dataset_id, "export_status")
         what = f"Export task {task_id!r} of dataset {dataset_id!r}"
         try:
-            payload = self._get_json(url, what=what, params={"export_task_id": task_id})
+            payload = self._get_json(url, what=what, params={"export_task_id": task_id}, attempts=attempts)
         except errors.DatasetNotFoundError as exc:
             self.get_dataset(dataset_id)  # raises DatasetNotFoundError if the dataset is what is missing
             raise errors.ExportTaskNotFoundError(
@@ -184,6 +185,8 @@ class Client:
         when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes. ``progress``
         overrides the client's setting for this call's bar.
         """
+        if timeout_s is not None and math.isnan(timeout_s):  # every comparison with NaN is false: no bound
+            raise errors.ConfigurationError("timeout_s must be a number of seconds or None, got nan.")
         deadline = None if timeout_s is None else self._clock() + timeout_s
         interval = POLL_START_S
         scale = _ProgressScale()
@@ -196,7 +199,7 @@ class Client:
             leave=False,
         ) as bar:
             while True:
-                task = self.get_export_status(dataset_id, task_id)
+                task = self._poll(dataset_id, task_id, deadline, timeout_s)
                 bar.n = scale.percent(task)
                 bar.refresh()
                 if on_progress is not None:
@@ -207,14 +210,26 @@ class Client:
                     warned.add(task.status)
                     logger.warning("Export %s has unknown status %r; still waiting", task_id, task.status)
                 if deadline is not None and self._clock() + interval > deadline:
-                    raise errors.ExportTimeoutError(
-                        f"Export {task_id} of dataset {dataset_id!r} is still {task.status} after {timeout_s:g}s; "
-                        f"it keeps running: call wait_for_export({dataset_id!r}, {task_id!r}) to resume.",
-                        task_id=task_id,
-                        dataset_id=dataset_id,
-                    )
+                    raise _export_timeout(dataset_id, task_id, f"is still {task.status}", timeout_s)
                 self._sleep(interval)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
+    def _poll(self, dataset_id: str, task_id: str, deadline: float | None, timeout_s: float | None) -> ExportTask:
+        """One status poll of ``wait_for_export``, its retries spending only what is left before
+        ``deadline`` (a server answering 503 with a long Retry-After, or not at all, would hold
+        the wait past it): the wait's ``ExportTimeoutError`` when that runs out."""
+        if deadline is None:
+            return self.get_export_status(dataset_id, task_id)
+        left = deadline - self._clock()
+        if left <= 0:
+            raise _export_timeout(dataset_id, task_id, "has not answered", timeout_s)
+        attempts = self._transport.retry.replace(deadline_s=left).start(f"Export task {task_id!r}")
+        try:
+            return self.get_export_status(dataset_id, task_id, attempts=attempts)
+        except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
+            if not (attempts.deadline_hit or attempts.remaining_s() == 0.0):
+                raise  # given up for another reason than the time left
+            raise _export_timeout(dataset_id, task_id, f"has no status ({exc})", timeout_s) from None
 
     def download_export(
         self,
@@ -257,6 +272,15 @@ class Client:
                 f"{response.headers.get('Content-Type', 'no content type')}).",
                 url=url,
             ) from None
+
+
+def _export_timeout(dataset_id: str, task_id: str, state: str, timeout_s: float | None) -> errors.ExportTimeoutError:
+    return errors.ExportTimeoutError(
+        f"Export {task_id} of dataset {dataset_id!r} {state} after {timeout_s:g}s; "
+        f"it keeps running: call wait_for_export({dataset_id!r}, {task_id!r}) to resume.",
+        task_id=task_id,
+        dataset_id=dataset_id,
+    )
 
 
 def _shown(progress: bool | None, default: bool) -> bool:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from .. import errors
@@ -199,17 +202,24 @@ class Transport:
         holds the prepared request with its Authorization header, and would ride along as the
         ``__context__`` of the error we raise, reachable by any error reporter that walks chains."""
         read_s = self.timeout_s if time_left_s is None else min(self.timeout_s, time_left_s)
+        headers = self._headers(extra_headers, authenticate)
+        _check_header_values(headers)
+        deadline = time.monotonic() + read_s
         try:
-            return self.session.request(
-                method,
-                url,
-                headers=self._headers(extra_headers, authenticate),
-                timeout=(min(10.0, read_s), read_s),
-                stream=stream,
-                **kwargs,
+            response = self.session.request(
+                method, url, headers=headers, timeout=(min(10.0, read_s), read_s), stream=True, **kwargs
             )
         except requests.RequestException as exc:
             return _Failure(type(exc).__name__, isinstance(exc, requests.Timeout), _never_sent(exc))
+        if stream:
+            return response
+        try:
+            _read_body(response, deadline)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()
+            timed_out = isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError))
+            return _Failure(type(exc).__name__, timed_out, never_sent=False)
+        return response
 
     def _tokens_sent(self, authenticate: bool) -> tuple[str, ...]:
         return self.tokens.handed_out() if authenticate and self.tokens is not None else ()
@@ -228,6 +238,36 @@ class Transport:
         # The exception text of requests can embed the full URL; name only its redacted form.
         message = f"{what}: could not reach {redact_url(url)} ({failure.kind}; {attempts.summary()})"
         return cls(message, method=method, url=redact_url(url))
+
+
+def _read_body(response: requests.Response, deadline: float) -> None:
+    """Read the whole body into ``response`` (as requests does unless streaming), by
+    ``deadline`` (``time.monotonic``): the read timeout bounds each wait for the next bytes only,
+    and a body sent a byte at a time would never time out. Past it: ``TimeoutError``."""
+    chunks = []
+    while chunk := response.raw.read1(_BODY_CHUNK, decode_content=True):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer did not arrive whole within the timeout")
+    # What Response.content and iter_content read from once the body is in, as requests leaves them.
+    response._content, response._content_consumed = b"".join(chunks), True
+
+
+_BODY_CHUNK = 64 << 10
+
+
+def _check_header_values(headers: dict[str, str]) -> None:
+    """Refuse a header value requests would refuse (a token read from a file with its newline):
+    it raised before anything was sent, which the retries took for an unreachable API."""
+    for name, value in headers.items():
+        if not _HEADER_VALUE.fullmatch(value):
+            what = "The token" if name == "Authorization" else f"The {name} header"
+            raise errors.ConfigurationError(
+                f"{what} holds a character no HTTP header may hold (a line break, say): check how it was read."
+            )
+
+
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control character but a tab
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ class ForcedAnswer:
     detail: Any = None
     body: str | bytes | None = None
     content_type: str | None = None
+    drip_s: float | None = None  # send the body a byte at a time, this long apart
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Faults:
         detail: Any = None,
         body: str | bytes | None = None,
         content_type: str | None = None,
+        drip_s: float | None = None,
     ) -> None:
         """The next ``times`` calls of ``endpoint`` answer ``status``.
 
@@ -78,11 +80,12 @@ class Faults:
         sent as ``content_type`` (e.g. an HTML page from a proxy). ``retry_after`` adds the header.
         ``{header:<Name>}`` in the detail or body is the request's header, ``{token}`` the
         Authorization header's credential, ``{query}`` the query string: a server that echoes what
-        it was sent (the Authorization header, a signature).
+        it was sent (the Authorization header, a signature). ``drip_s``: the body goes out a byte
+        at a time, this many seconds apart (a server, or a proxy, that trickles its answer).
         """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"Unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}.")
-        answer = ForcedAnswer(status, retry_after, detail, body, content_type)
+        answer = ForcedAnswer(status, retry_after, detail, body, content_type, drip_s)
         with self._lock:
             self._forced[endpoint].extend([answer] * times)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -213,9 +214,27 @@ class Handler(BaseHTTPRequestHandler):
         headers = {"Retry-After": f"{forced.retry_after:g}"} if forced.retry_after is not None else {}
         if forced.body is not None:
             body = forced.body.encode() if isinstance(forced.body, str) else forced.body
-            return self.send(forced.status, self._echoed(body), forced.content_type or "text/plain", headers)
+            content_type = forced.content_type or "text/plain"
+            if forced.drip_s is not None:
+                return self._send_dripping(forced.status, self._echoed(body), content_type, forced.drip_s)
+            return self.send(forced.status, self._echoed(body), content_type, headers)
         detail = forced.detail if forced.detail is not None else f"Injected {forced.status}"
         self.refuse(forced.status, json.loads(self._echoed(json.dumps(detail).encode())), headers=headers)
+
+    def _send_dripping(self, status: int, body: bytes, content_type: str, interval_s: float) -> None:
+        """Headers at once, then the body a byte every ``interval_s``, until the client hangs up."""
+        self.record(status)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(interval_s)
+        except OSError:  # the client gave up: what this fault is there to make it do
+            self.close_connection = True
 
     def _echoed(self, text: bytes) -> bytes:
         """``text`` with ``{header:<Name>}`` replaced by the request's header, ``{token}`` by the
