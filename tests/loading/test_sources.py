@@ -17,7 +17,7 @@ import torch
 from tests.loading.image_server import ImageServer
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
-from vl_datasets.loading.sources import OUTSIDE_ROOT, source_paths
+from vl_datasets.loading.sources import OUTSIDE_LITERAL_ROOT, OUTSIDE_ROOT, source_paths
 
 
 def expected(export, source, size=16):
@@ -180,17 +180,22 @@ CLIMBING = [
     "/%2e%2e/secret.jpg",
     "secret.jpg%00.png",
 ]
+# What climbs out under a root that takes names literally (a folder, object storage): there the
+# encoded forms above are names inside the root ("%2e%2e" is a folder of that name).
+LITERALLY_CLIMBING = ["../secret.jpg", "train/../../secret.jpg", "..\\secret.jpg", "./../secret.jpg", "a/\x00/b.jpg"]
 
 
-def _under_root(path):
+def _under_root(path, reading):
     """What a file_path is under an images_root, one path at a time: ``object_path``'s own rule."""
     if path is None:
         return None
     path = path.replace("\\", "/").lstrip("/")
-    return None if not path or re.search(OUTSIDE_ROOT, path) else path
+    pattern = OUTSIDE_ROOT if reading == "decoded" else OUTSIDE_LITERAL_ROOT
+    return None if not path or re.search(pattern, path) else path
 
 
-def test_source_paths_over_a_column_refuse_exactly_what_each_path_would():
+@pytest.mark.parametrize("reading", ["decoded", "literal"])
+def test_source_paths_over_a_column_refuse_exactly_what_each_path_would(reading):
     """Over a column, the pattern runs only on paths holding a byte a match needs (a '%', a NUL, a
     dot opening a segment): the paths refused are still exactly those it matches, wherever they
     fall in a chunk, in a slice or in a chunked column."""
@@ -202,15 +207,17 @@ def test_source_paths_over_a_column_refuse_exactly_what_each_path_would():
         *["/", "\\..\\x.jpg", "a\\.\\b.jpg", "%", "a%2", "x/%2e", "ok%41.jpg", "trail/..", None],
     ]
     paths = [path for pair in zip(ordinary, tricky) for path in pair] + ordinary[len(tricky) :]
-    expected = [_under_root(path) for path in paths]
+    expected = [_under_root(path, reading) for path in paths]
     column = pa.array(paths, pa.string())
-    assert source_paths(column).to_pylist() == expected
-    assert source_paths(column.slice(5, 41)).to_pylist() == expected[5:46]
+    assert source_paths(column, reading).to_pylist() == expected
+    assert source_paths(column.slice(5, 41), reading).to_pylist() == expected[5:46]
     chunked = pa.chunked_array([column.slice(0, 7), column.slice(7, 0), column.slice(7)])
-    assert source_paths(chunked).to_pylist() == expected
-    assert sum(path is None for path in expected) > len(CLIMBING), "the cases refuse too little to test"
+    assert source_paths(chunked, reading).to_pylist() == expected
+    climbing = CLIMBING if reading == "decoded" else LITERALLY_CLIMBING[:3]
+    assert sum(path is None for path in expected) > len(climbing), "the cases refuse too little to test"
     for alone in (ordinary, [*ordinary, "/train/img.jpg"], [*ordinary, "\\train\\img.jpg"], [*ordinary, ""]):
-        assert source_paths(pa.array(alone, pa.string())).to_pylist() == [_under_root(path) for path in alone]
+        got = source_paths(pa.array(alone, pa.string()), reading).to_pylist()
+        assert got == [_under_root(path, reading) for path in alone]
 
 
 def rewrite_file_paths(export, source, paths):
@@ -242,6 +249,31 @@ def test_file_names_with_url_characters_are_read_as_those_files_over_http(split_
     assert asked == [f"/{name}" for name in LITERAL_NAMES], f"the server was asked for {server.requests}"
 
 
+ENCODED_LOOKING = ["https%3A%2F%2Fexample.com%2Fcat.jpg", "back%5Cslash.jpg", "...", "%2e%2e/x.jpg", "nul%00.jpg"]
+
+
+@pytest.mark.parametrize("root", ["folder", "the export's own"])
+def test_names_that_look_encoded_are_those_files_under_a_root_read_literally(split_export, tmp_path, root):
+    """A scraped image is often named by its URL, escaped: on a disk "%2F" is three characters of a
+    name, not a separator, and "..." a name, not a climb. Only http(s) decodes them."""
+    export, source = split_export
+    reference = expected(export, source)
+    renamed = rewrite_file_paths(export, source, [])  # the media ids, in the metadata's order
+    metadata = json.loads((export / "metadata.json").read_text())
+    for item, name in zip(metadata["media_items"], ENCODED_LOOKING):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / item["file_path"]).rename(source / name)
+        item["file_path"] = name
+    (export / "metadata.json").write_text(json.dumps(metadata))
+    if root == "folder":
+        ds = VisualLayerDataset.from_export(export, images_root=source, image_size=16, cache_dir=tmp_path / "c")
+    else:
+        shutil.copytree(source, export / "images")
+        ds = VisualLayerDataset.from_export(export, image_size=16, cache_dir=tmp_path / "c")
+    assert len(ds) == 12, f"rows were dropped: {sorted(set(renamed) - set(ds.media_ids))}"
+    assert all(torch.equal(ds[i][0], reference[m]) for i, m in enumerate(ds.media_ids))
+
+
 @pytest.mark.parametrize("root", ["http", "folder", "s3"])
 def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export, tmp_path, request, root):
     export, source = split_export
@@ -250,7 +282,8 @@ def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export
     shutil.move(source, served / "photos")
     secret = served / "secret.jpg"  # beside the root, where every path of CLIMBING points
     secret.write_bytes(next((served / "photos").rglob("*.jpg")).read_bytes())
-    victims = rewrite_file_paths(export, served / "photos", CLIMBING[:10])  # two rows keep their images
+    climbing = CLIMBING if root == "http" else LITERALLY_CLIMBING
+    victims = rewrite_file_paths(export, served / "photos", climbing[:10])
     if root == "s3":
         import fsspec
 
@@ -270,8 +303,8 @@ def test_a_file_path_that_climbs_in_any_encoding_is_never_asked_for(split_export
         )
         assert sorted(set(kept.media_ids) & set(victims)) == [], "a row whose path climbs out kept an image"
         kept.__getitems__(list(range(len(kept))))
-        assert len(kept) == 2
-        for path in CLIMBING:  # the same rule for a path asked for directly
+        assert len(kept) == 12 - len(victims)
+        for path in climbing:  # the same rule for a path asked for directly
             with pytest.raises(errors.ImageNotFoundError, match="outside images_root"):
                 kept.read_image(kept.image_path(0).replace(kept.table.column("file_path")[0].as_py(), path))
     outside = [

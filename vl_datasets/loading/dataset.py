@@ -47,7 +47,7 @@ from .batches import BatchLayout, BatchRequest, LoadedBatch, SkippedSample
 from .image_reader import ImageOptions, ImageReader
 from .item_store import open_items
 from .loader import VLDataLoader, make_dataloader
-from .sources import with_source_paths
+from .sources import RootReading, root_reading, with_source_paths
 
 if TYPE_CHECKING:
     import numpy as np
@@ -242,7 +242,7 @@ class VisualLayerDataset(Dataset):
         """Every item of the export, kept or not: the normalized metadata plus ``image_path``
         (absolute; null when the export has no image for it) and ``removed_by`` (the first rule
         that removed the item, or null when it is in the dataset). For reports and audits."""
-        details = self.items.curation_details(_load_rows(self.entry, own_root=self.images.own_root))
+        details = self.items.curation_details(_load_rows(self.entry, own_root=self.images.reading))
         paths = self.images.locations(details.column(IMAGE_COLUMN))
         details = details.drop_columns([IMAGE_COLUMN])
         return details.add_column(details.num_columns - 1, "image_path", paths)
@@ -446,7 +446,7 @@ def _options(given: dict[str, Any], caller: str) -> _Options:
 def _curated_items(entry: LocalExport, options: _Options) -> CuratedItems:
     """The dataset's items: from the list the cache keeps for these options (``item_store``), or,
     for an export the cache holds no index of, curated from its metadata now."""
-    own_root, missing = options.images.images_root is not None, options.images.missing_images
+    own_root, missing = root_reading(options.images.images_root), options.images.missing_images
     index = read_index(entry.index_path) if entry.index_path is not None else None
     if index is not None:
         return open_items(entry, index, options.curation, options.targets, missing_images=missing, own_root=own_root)
@@ -454,7 +454,7 @@ def _curated_items(entry: LocalExport, options: _Options) -> CuratedItems:
     return CuratedItems(rows, options.curation, options.targets, missing_images=missing, where=str(entry.path))
 
 
-def _load_rows(entry: LocalExport, *, own_root: bool) -> pa.Table:
+def _load_rows(entry: LocalExport, *, own_root: RootReading | None) -> pa.Table:
     """The export's index: its normalized metadata plus each row's image path (null when it has none).
 
     The cache built it when it published the entry, so this is a memory map. With an images_root
@@ -465,9 +465,9 @@ def _load_rows(entry: LocalExport, *, own_root: bool) -> pa.Table:
         table = read_index(entry.index_path)
         if table is not None:
             table = complete_index(table, entry.index_path)  # with the columns left in the metadata file
-            return with_source_paths(table) if own_root else table
-    if own_root:
-        return with_source_paths(read_metadata_file(find_metadata_file(entry.path)))
+            return with_source_paths(table, own_root) if own_root is not None else table
+    if own_root is not None:
+        return with_source_paths(read_metadata_file(find_metadata_file(entry.path)), own_root)
     return build_index(entry.path)
 
 

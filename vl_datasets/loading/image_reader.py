@@ -37,7 +37,7 @@ from .batches import SkippedSample
 from .prepared_source import PreparedSource, check_prepare, prepared_image, prepared_source
 from .reads import ReadData, Reads
 from .shared_source import SharedPreparedSource, check_prepared_root, with_shared_store
-from .sources import ImageSource, check_source_options, image_error, local_copy, open_source
+from .sources import ImageSource, check_source_options, image_error, local_copy, open_source, root_reading
 
 if TYPE_CHECKING:
     from .prepare import PrepareSummary
@@ -186,8 +186,10 @@ class ImageReader:
     ) -> None:
         self.options = options
         self.items = items
-        # Only whether images come from a root of their own: the root itself may carry a credential.
+        # Only whether images come from a root of their own, and how it reads a path: the root
+        # itself may carry a credential.
         self.own_root = options.images_root is not None
+        self.reading = root_reading(options.images_root)
         self._entry, self._cache_dir = entry, cache_dir  # where a shared store's shards are cached
         self._originals: ImageSource = open_source(
             export_images,

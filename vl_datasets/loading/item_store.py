@@ -13,6 +13,7 @@ A cache it cannot write to (read-only, full) costs each open a curation into a t
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -29,7 +30,7 @@ from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
 from ..metadata.item_list import LIST_DIR, ItemFiles, list_settings, publish_item_list, read_item_list, settings_digest
 from ..metadata.row_batches import ReleasingMap
-from .sources import source_paths
+from .sources import RootReading, source_paths
 
 logger = logging.getLogger("vl_datasets")
 
@@ -46,7 +47,7 @@ def open_items(
     targets: TargetOptions,
     *,
     missing_images: MissingImages,
-    own_root: bool,
+    own_root: RootReading | None,
 ) -> CuratedItems:
     """The curated items of ``entry`` (whose index, memory-mapped, is ``index``): the list in the
     cache when there is one for these settings, else curated now and written there."""
@@ -57,7 +58,7 @@ def open_items(
     files = ItemFiles(entry.index_path, derived_dir(entry, KIND, settings_digest(settings)))
 
     def curated(folder: Path | None) -> CuratedItems:
-        paths = source_paths if own_root else None
+        paths = None if own_root is None else functools.partial(source_paths, reading=own_root)
         mapped = _releasing(files.index, index)  # held to the end of the curation: its pages go as they are read
         return CuratedItems(
             index if mapped is None else mapped.table,

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
@@ -47,13 +47,18 @@ EXTRAS = {
     **dict.fromkeys(("az", "abfs", "abfss"), "azure"),
     **dict.fromkeys(("http", "https"), "http"),
 }
-# A file_path that could name a file outside its root, under some source: a segment of dots alone
-# ("." or "..") in any number of percent-encodings (a URL library decodes "%2e%2e" and resolves
-# it, and a server may decode again), or a separator or NUL smuggled in encoded. RE2 syntax, so
-# that Arrow applies it to a whole column and ``re`` to one path alike.
+# A file_path that could name a file outside its root. Under a root that takes names literally (a
+# local folder, object storage keys): a "." or ".." segment, or a NUL; "%2F" or "..." are names
+# like others ("https%3A%2F%2Fsite%2Fcat.jpg", as scraped images are often named). Under an http(s)
+# root, which a URL library and then a server may decode: also a segment of dots alone in any
+# number of percent-encodings ("%2e%2e", "%252e"), or a separator or NUL smuggled in encoded.
+# RE2 syntax, so that Arrow applies it to a whole column and ``re`` to one path alike.
 _DOT = r"(?:\.|%(?:25)*2[eE])"
 OUTSIDE_ROOT = rf"(?:^|/){_DOT}+(?:/|$)|%(?:25)*(?:2[fF]|5[cC]|00)|\x00"
-_OUTSIDE_ROOT = re.compile(OUTSIDE_ROOT)  # compiled once: the prepared store checks a path on every read
+OUTSIDE_LITERAL_ROOT = r"(?:^|/)\.\.?(?:/|$)|\x00"
+# Compiled once: the prepared store checks a path on every read.
+_OUTSIDE = {"decoded": re.compile(OUTSIDE_ROOT), "literal": re.compile(OUTSIDE_LITERAL_ROOT)}
+RootReading = Literal["literal", "decoded"]
 HTTP_READ_TIMEOUT_S = 60.0  # aiohttp's default is 300 s for the whole request: a stalled read would hold a batch
 # botocore's own retries (5 attempts in "legacy" mode) would multiply ours: one attempt each, ours
 # count. ("max_attempts" there counts retries, not attempts: 1 would mean two requests.)
@@ -421,27 +426,50 @@ def _size_limit(image_cache: str | int) -> int:
     return limit
 
 
-def with_source_paths(table: pa.Table) -> pa.Table:
+def root_reading(images_root: str | os.PathLike | None) -> RootReading | None:
+    """How ``images_root`` reads a path: ``"literal"`` (a local folder, object storage), else
+    ``"decoded"`` (http(s), and any protocol not known to take names literally); None without a
+    root (the export's own images, a local folder)."""
+    if images_root is None:
+        return None
+    if not is_remote(images_root):
+        return "literal"
+    import fsspec
+
+    return _reading_of((fsspec.core.split_protocol(os.fspath(images_root))[0] or "file").lower())
+
+
+def _reading_of(protocol: str) -> RootReading:
+    return "literal" if protocol in _LITERAL_PROTOCOLS else "decoded"
+
+
+# Protocols whose filesystems take a name as it is (the local disk; SDKs that encode an object's
+# key themselves): "%2e%2e" is a file of that name there, inside the root.
+_LITERAL_PROTOCOLS = frozenset(("file", "local", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"))
+
+
+def with_source_paths(table: pa.Table, reading: RootReading) -> pa.Table:
     """``table`` with each row's image path under an images_root: its ``file_path``, ``/``-separated
     and relative (null when it has none, so ``missing_images`` applies). Nothing is listed.
 
     A ``file_path`` that ``object_path`` would refuse (one that could leave the root) is no image
     there either: its row is named by ``missing_images``, and nothing is ever asked for it.
     """
-    path = source_paths(table.column("file_path"))
+    path = source_paths(table.column("file_path"), reading)
     if IMAGE_COLUMN in table.column_names:
         return table.set_column(table.column_names.index(IMAGE_COLUMN), IMAGE_COLUMN, path)
     return table.append_column(IMAGE_COLUMN, path)
 
 
-def source_paths(file_paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """The image path under an images_root of each ``file_path`` (see ``with_source_paths``)."""
+def source_paths(file_paths: pa.ChunkedArray | pa.Array, reading: RootReading) -> pa.ChunkedArray | pa.Array:
+    """The image path under an images_root read so (``root_reading``) of each ``file_path`` (see
+    ``with_source_paths``)."""
     chunks = file_paths.chunks if isinstance(file_paths, pa.ChunkedArray) else [file_paths]
-    paths = [_source_paths(chunk) for chunk in chunks]
+    paths = [_source_paths(chunk, reading) for chunk in chunks]
     return pa.chunked_array(paths, pa.string()) if isinstance(file_paths, pa.ChunkedArray) else paths[0]
 
 
-def _source_paths(file_paths: pa.Array) -> pa.Array:
+def _source_paths(file_paths: pa.Array, reading: RootReading) -> pa.Array:
     path = file_paths.cast(pa.string())
     texts = text_bytes(path)
     if texts is not None and (texts[0] == ord("\\")).any():
@@ -450,7 +478,7 @@ def _source_paths(file_paths: pa.Array) -> pa.Array:
     outside = np.zeros(len(path), dtype=bool)
     suspects = _could_leave_root(path)
     if len(suspects):
-        matched = pc.match_substring_regex(path.take(pa.array(suspects)), OUTSIDE_ROOT)
+        matched = pc.match_substring_regex(path.take(pa.array(suspects)), _OUTSIDE[reading].pattern)
         outside[suspects] = pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
     return pc.if_else(pc.or_(pc.equal(path, ""), pa.array(outside)), pa.scalar(None, pa.string()), path)
 
@@ -476,14 +504,15 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     """Where ``path`` (a row's image path under the root, ``/``-separated) is read: the one join of a
     root and a path, for every protocol, that never leaves the root.
 
-    A path with a dot segment or an encoded separator or NUL, however encoded (``OUTSIDE_ROOT``),
+    A path that could leave the root (``OUTSIDE_LITERAL_ROOT``, or ``OUTSIDE_ROOT`` under a root
+    that is not known to read names literally: a dot segment or a separator however encoded)
     raises ``ImageNotFoundError`` and is never read. Under an http(s) root each segment is
     percent-encoded, so that "photo #1.jpg", "q?x.jpg" or "100%.jpg" reach the server as those
     names rather than as a fragment, a query or an escape. Other protocols take the name as it is:
     s3fs, gcsfs and the local disk treat a key or a file name literally.
     """
     path = path.replace("\\", "/").lstrip("/")
-    if not path or _OUTSIDE_ROOT.search(path):
+    if not path or _OUTSIDE[_reading_of(protocol)].search(path):
         raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
     if protocol == "file" and os.sep == "/":  # the path is already this system's: spare a split and a
         return root + path if root[-1:] in ("", "/") else f"{root}/{path}"  # join (a stat per prepared read)

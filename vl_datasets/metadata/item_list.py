@@ -67,7 +67,7 @@ class ItemList:
 
 
 def list_settings(
-    rules: CurationRules, task: str | None, classes: Any, invalid_labels: str, missing_images: str, own_root: bool
+    rules: CurationRules, task: str | None, classes: Any, invalid_labels: str, missing_images: str, own_root: str | None
 ) -> dict[str, Any]:
     """Everything that decides which items a list holds, their paths and their targets: its identity,
     as JSON. The subset (possibly millions of ids) and a ``where`` expression enter as digests."""
@@ -91,7 +91,9 @@ def list_settings(
         },
         "targets": {"task": task, "classes": list(classes) if classes is not None else None, "invalid": invalid_labels},
         "missing_images": missing_images,
-        "images_root": own_root,  # file_path under a root of its own, or the export's own images
+        # file_path under a root of its own ("literal", or "decoded" by an http server: which paths
+        # could leave it differ), or the export's own images (None)
+        "images_root": own_root,
     }
 
 
