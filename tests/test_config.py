@@ -80,3 +80,18 @@ def test_cache_dir_resolution(tmp_path):
     assert resolve_cache_dir(tmp_path / "x", env={}) == str(tmp_path / "x")
     assert resolve_cache_dir(env={"VL_DATASETS_CACHE": "s3://b/p/"}) == "s3://b/p"
     assert resolve_cache_dir(env={"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "vl_datasets")
+
+
+@pytest.mark.parametrize("under", ["", "cache"], ids=["is-a-file", "under-a-file"])
+def test_a_cache_dir_that_is_no_folder_is_refused_by_name(tmp_path, under):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("mine")
+    root = blocker / under if under else blocker
+    with pytest.raises(errors.ConfigurationError) as caught:
+        resolve_cache_dir(root, env={})
+    assert str(root) in str(caught.value) and "cache_dir" in str(caught.value)
+    with pytest.raises(errors.ConfigurationError, match="VL_DATASETS_CACHE"):
+        resolve_cache_dir(env={"VL_DATASETS_CACHE": str(root)})
+    with pytest.raises(errors.ConfigurationError, match="cache_dir or VL_DATASETS_CACHE"):
+        resolve_cache_dir(env={"XDG_CACHE_HOME": str(blocker)})  # the default folder under a file
+    assert blocker.read_text() == "mine", "the file in the cache's way was touched"

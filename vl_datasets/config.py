@@ -119,17 +119,35 @@ def env_number(name: str, value: float | None, default: float, env: Mapping[str,
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
     """Cache root: argument, then ``VL_DATASETS_CACHE``, then the user cache folder.
 
-    May be an fsspec URL (``s3://bucket/prefix``); local paths come back absolute.
+    May be an fsspec URL (``s3://bucket/prefix``); local paths come back absolute. A local path
+    that is a file, or lies under one, raises ``ConfigurationError`` naming the setting.
     """
     env = os.environ if env is None else env
     chosen = cache_dir if cache_dir is not None else env.get("VL_DATASETS_CACHE")
+    setting = "cache_dir" if cache_dir is not None else "VL_DATASETS_CACHE"
     if not chosen:
         base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        chosen = str(Path(base) / "vl_datasets")
+        chosen, setting = str(Path(base) / "vl_datasets"), "The default cache folder"
     chosen = os.fspath(chosen)
     if is_remote(chosen):
         return chosen.rstrip("/")
-    return str(Path(chosen).expanduser().resolve())
+    root = Path(chosen).expanduser().resolve()
+    _check_cache_root(root, setting)
+    return str(root)
+
+
+def _check_cache_root(root: Path, setting: str) -> None:
+    """Refuse a cache root that is not a folder, or cannot become one because a file lies in its
+    path. Found here, the error names the setting; found by the cache's first ``mkdir``, it would
+    be a bare OSError on a path deep inside the root."""
+    for folder in (root, *root.parents):
+        if not os.path.exists(folder):  # False, not an error, where the path cannot be looked at
+            continue
+        if os.path.isdir(folder):
+            return
+        where = "" if folder == root else f" lies under {folder}, which"
+        hint = "; set cache_dir or VL_DATASETS_CACHE to another" if setting.startswith("The default") else ""
+        raise ConfigurationError(f"{setting} {root}{where} is not a folder{hint}.")
 
 
 def usable_cores() -> int:

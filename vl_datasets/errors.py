@@ -290,7 +290,8 @@ class ExportNotFoundError(CacheError, FileNotFoundError):
 
 class UnsafeArchiveError(CacheError, ValueError):
     """An archive member would escape its folder (absolute path, ``..``, link), collides with
-    another (a file where a folder is), has a name too long for the file system, or is a ZIP bomb."""
+    another (a file where a folder is), has a name too long for the file system or one the cache
+    keeps for its own files, or is a ZIP bomb."""
 
     def __init__(self, message: str = "", *, member: str | None = None) -> None:
         super().__init__(message)

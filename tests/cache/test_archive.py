@@ -10,6 +10,10 @@ import pytest
 
 from vl_datasets import errors
 from vl_datasets.cache.archive import ArchiveLimits, extract_archive
+from vl_datasets.cache.layout import METADATA_DIGEST
+from vl_datasets.metadata.deferred import COLUMNS_FILE
+from vl_datasets.metadata.deferred import LOCK_FILE as DEFERRED_LOCK
+from vl_datasets.metadata.index import INDEX_FILE
 
 
 def _zip(path: Path, members: dict[str, bytes], *, symlink: str | None = None) -> Path:
@@ -166,3 +170,32 @@ def test_names_at_the_file_systems_limit_unpack(tmp_path):
     sizes = extract_archive(archive, tmp_path / "staging")
     assert sizes == {"metadata.json": 2, f"images/{longest}": 1, "images/a/b": 1}
     assert (tmp_path / "staging" / "images" / longest).read_bytes() == b"x"
+
+
+def test_an_images_member_that_is_a_file_is_refused_naming_the_archive(tmp_path):
+    archive = _zip(tmp_path / "export.zip", {"metadata.json": b'{"media_items": []}', "images": b"x"})
+    staging = tmp_path / "staging"
+    with pytest.raises(errors.CorruptArchiveError) as caught:
+        extract_archive(archive, staging)
+    assert caught.value.member == "images" and caught.value.path == str(archive)
+    assert str(archive) in str(caught.value) and "'images'" in str(caught.value)
+    assert not staging.exists() or not any(staging.rglob("*")), "files were written before the refusal"
+
+
+@pytest.mark.parametrize(
+    "reserved",
+    [INDEX_FILE, METADATA_DIGEST, COLUMNS_FILE, DEFERRED_LOCK, f".{INDEX_FILE}.1.deadbeef.tmp"],
+)
+@pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder"])
+def test_members_named_like_the_caches_own_files_are_refused(tmp_path, reserved, as_folder):
+    member = f"{reserved}/x" if as_folder else reserved
+    archive = _zip(tmp_path / "export.zip", {"metadata.json": b'{"media_items": []}', member: b"x"})
+    staging = tmp_path / "staging"
+    with pytest.raises(errors.UnsafeArchiveError) as caught:
+        extract_archive(archive, staging)
+    assert caught.value.member == member
+    assert repr(member) in str(caught.value), f"the message does not name the member: {caught.value}"
+    assert not staging.exists() or not any(staging.rglob("*")), "files were written before the refusal"
+    # Below the export's root the cache writes nothing: there the name is an ordinary file's.
+    deeper = _zip(tmp_path / "deeper.zip", {"metadata.json": b"{}", f"images/{member}": b"x"})
+    assert f"images/{member}" in extract_archive(deeper, tmp_path / "deeper")

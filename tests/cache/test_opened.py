@@ -64,3 +64,43 @@ def test_a_killed_unpack_leaves_nothing_for_good(tmp_path):
     entry = open_export(archive, cache_dir=tmp_path / "cache")
     assert entry.row_count == 2
     assert not stale.exists(), "the next open of the same ZIP must collect the killed unpack's folder"
+
+
+def test_a_cache_dir_that_is_a_file_is_a_configuration_error(tmp_path):
+    import pytest
+
+    from vl_datasets import VisualLayerDataset, errors
+    from vl_datasets.testing import write_dataset
+
+    write_dataset(tmp_path, "export", n_items=2)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("mine")
+    for cache_dir in (blocker, blocker / "cache"):
+        with pytest.raises(errors.ConfigurationError, match="cache_dir") as caught:
+            VisualLayerDataset.from_export(tmp_path / "export", cache_dir=cache_dir, task=None)
+        assert str(cache_dir) in str(caught.value), f"the message does not name the cache_dir: {caught.value}"
+    assert blocker.read_text() == "mine"
+
+
+def test_a_folder_export_whose_images_is_a_file_is_refused_and_keeps_its_version(tmp_path):
+    import os
+    import shutil
+
+    import pytest
+
+    from vl_datasets import errors
+    from vl_datasets.cache.opened import local_store, open_export
+    from vl_datasets.testing import write_dataset
+
+    folder = tmp_path / "export"
+    write_dataset(folder.parent, folder.name, n_items=2)
+    entry = open_export(folder, cache_dir=tmp_path / "cache")
+    shutil.rmtree(folder / "images")
+    (folder / "images").write_bytes(b"not a folder")
+    stamp = (folder / "metadata.json").stat().st_mtime_ns + 10**9
+    os.utime(folder / "metadata.json", ns=(stamp, stamp))  # touched: the folder is indexed again
+    with pytest.raises(errors.CorruptArchiveError) as caught:
+        open_export(folder, cache_dir=tmp_path / "cache")
+    assert str(folder) in str(caught.value) and "images" in str(caught.value)
+    assert caught.value.member == "images" and caught.value.path == str(folder)
+    assert local_store(tmp_path / "cache").versions(entry.entry_dir) == [entry], "the published version was lost"

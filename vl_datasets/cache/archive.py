@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import CorruptArchiveError, InsufficientDiskSpaceError, UnsafeArchiveError
+from .layout import RESERVED_PREFIX
 
 COPY_CHUNK_BYTES = 1 << 20
 # Linux, macOS and Windows file systems allow 255 bytes (or UTF-16 units) per name; the
@@ -34,6 +35,7 @@ except ImportError:  # Python built without lzma: zipfile cannot open LZMA membe
     pass
 # Opening a member also raises these: an unknown compression method, or an encrypted member.
 _OPEN_ERRORS: tuple[type[Exception], ...] = (*_DECOMPRESSION_ERRORS, NotImplementedError, RuntimeError)
+_IMAGES = PurePosixPath("images")  # the export's images folder
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ def check_archive(
     zf: zipfile.ZipFile, limits: ArchiveLimits, source: str, dest: str | os.PathLike | None = None
 ) -> list[zipfile.ZipInfo]:
     """Refuse links, escaping paths, members that collide or whose names the file system under
-    ``dest`` cannot hold, encrypted members, too many members and too many bytes; return the file
-    members.
+    ``dest`` cannot hold, members named like the cache's own files, an ``images`` that is a file,
+    encrypted members, too many members and too many bytes; return the file members.
 
     Every refusal happens before a byte is written, and names the member at fault: an ``OSError``
     halfway through the unpack would name only the staging path.
@@ -81,6 +83,7 @@ def check_archive(
         if not path.parts:
             raise UnsafeArchiveError(f"{source} holds a member with no name: {info.filename!r}.", member=info.filename)
         _check_name_lengths(info.filename, path, source, name_max, path_max, dest_bytes)
+        _check_not_reserved(info.filename, path, source)
         folders = list(path.parents)[:-1]  # every folder above the member, but not dest itself (".")
         if info.is_dir():
             folders.append(path)
@@ -88,6 +91,12 @@ def check_archive(
             folder_members.setdefault(folder, info.filename)
         if info.is_dir():
             continue
+        if path == _IMAGES:
+            raise CorruptArchiveError(
+                f"{source}: member {info.filename!r} is a file where the export's images/ folder belongs.",
+                path=source,
+                member=info.filename,
+            )
         if path in file_members:
             raise UnsafeArchiveError(f"{source} holds {info.filename!r} twice.", member=info.filename)
         file_members[path] = info.filename
@@ -153,6 +162,17 @@ def _check_name_lengths(
         raise UnsafeArchiveError(
             f"{source}: member {member!r} would unpack to a path of {length - 1} bytes; "
             f"the file system takes at most {path_max - 1}.",
+            member=member,
+        )
+
+
+def _check_not_reserved(member: str, path: PurePosixPath, source: str) -> None:
+    """Refuse a member at the export's root named like a file the cache writes there (its index,
+    the metadata digest, ...): unpacked, it would be overwritten, or, as a folder, make writing the
+    cache's file fail with a bare OSError. Below the root the cache writes nothing."""
+    if path.parts[0].startswith((RESERVED_PREFIX, "." + RESERVED_PREFIX)):
+        raise UnsafeArchiveError(
+            f"{source}: member {member!r} takes a name the cache keeps for its own files ({RESERVED_PREFIX}*).",
             member=member,
         )
 

@@ -57,6 +57,11 @@ NODE_AREAS = ("images", "shards")
 DERIVED_IDENTITY, DERIVED_MANIFEST = "store.json", "manifest.json"
 # A version's metadata SHA-256, kept in its folder once read (hidden: no export member takes it).
 METADATA_DIGEST = ".vl_datasets_metadata.sha256"
+# How every file the library writes into a version folder beside the export's members begins: the
+# digest above, the index and its deferred columns and lock (metadata/), and, with one more leading
+# dot, the temp names they are written under (``atomic.beside``). The archive check refuses a
+# member that takes it, so no export can hold, or block, one of them.
+RESERVED_PREFIX = ".vl_datasets"
 
 
 def safe_name(text: str) -> str:

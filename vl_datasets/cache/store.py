@@ -355,6 +355,7 @@ class CacheStore:
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
+        _check_images_folder(export_dir, _describe_source(key, task, export_dir))
         indexed = index_export(export_dir, staging)
         if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
@@ -462,6 +463,19 @@ def _file_sizes(export_dir: Path) -> dict[str, int]:
             path = os.path.join(folder, name)
             sizes[os.path.relpath(path, export_dir).replace(os.sep, "/")] = os.path.getsize(path)
     return sizes
+
+
+def _check_images_folder(export_dir: Path, source: str) -> None:
+    """Refuse an export whose ``images`` is a file: the index lists that folder, and would fail
+    with a bare OSError naming neither the export nor its ``images``. (An archive's ``images`` is
+    refused by the archive check, before it is unpacked.)"""
+    images = export_dir / "images"
+    if images.exists() and not images.is_dir():
+        raise CorruptArchiveError(
+            f"{source} holds a file named 'images' where its images/ folder belongs.",
+            path=str(export_dir),
+            member="images",
+        )
 
 
 def _describe_source(key: ExportKey | None, task: ExportTask | None, export_dir: Path) -> str:
