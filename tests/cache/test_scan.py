@@ -169,3 +169,23 @@ def test_the_package_root_exports_scan_and_prune():
 
     assert vl_datasets.scan is scan_module.scan and vl_datasets.prune is scan_module.prune
     assert vl_datasets.CacheInfo is scan_module.CacheInfo and vl_datasets.PruneResult is scan_module.PruneResult
+
+
+def test_an_entry_a_build_holds_is_skipped_and_goes_at_the_next_prune(full_cache):
+    """Removing an entry under a build deleted its staging folder halfway (the build then failed
+    with a bare FileNotFoundError); the entry's lock file stays, so a process waiting on it locks
+    the file the next one will, not a deleted one."""
+    from vl_datasets.locks import hold_lock
+
+    held, _, _ = full_cache
+    opened = held["opened"]
+    lock = local_store(held["cache"]).lock_path(opened.entry_dir)
+    assert opened.index_path is not None and opened.index_path.exists()
+    with hold_lock(lock, timeout_s=5, what="a build"):
+        result = prune(held["cache"], PrunePolicy(max_size=0))
+        assert result.entries_removed == 1, "only the entry no build holds goes"
+        assert opened.index_path.exists(), "the entry a build holds was removed under it"
+    result = prune(held["cache"], PrunePolicy(max_size=0))
+    assert result.entries_removed == 1 and not opened.index_path.exists()
+    assert [p.name for p in opened.entry_dir.iterdir()] == [lock.name], "only the lock file stays"
+    assert scan(held["cache"]).entries == ()

@@ -92,7 +92,10 @@ def remove(removal: Removal) -> bool:
     elif what == "leftover" and removal.leftover is not None:
         return _remove_leftover(removal)
     elif what == "entry" and removal.entry is not None:
-        CacheStore(removal.entry.store_root).remove(path)
+        try:
+            CacheStore(removal.entry.store_root).remove(path, lock_timeout_s=LEFTOVER_LOCK_TIMEOUT_S)
+        except LockTimeoutError:  # a build holds it: it goes at a later prune
+            return False
     elif what == "image cache":
         remove_tree(path)
     elif what == "image files":

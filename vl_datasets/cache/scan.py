@@ -246,9 +246,13 @@ def prune(
     return info.prune_strategy(policy).execute()
 
 
-def remove_entry(entry: EntryInfo) -> None:
-    """Delete a whole entry: every version and what is derived from them."""
-    CacheStore(entry.store_root).remove(entry.path)
+REMOVE_LOCK_TIMEOUT_S = 10.0  # "cache rm" of an entry a build holds: say so, rather than wait for hours
+
+
+def remove_entry(entry: EntryInfo, *, lock_timeout_s: float | None = REMOVE_LOCK_TIMEOUT_S) -> None:
+    """Delete a whole entry: every version and what is derived from them. ``LockTimeoutError``
+    when a build holds it longer than ``lock_timeout_s``."""
+    CacheStore(entry.store_root).remove(entry.path, lock_timeout_s=lock_timeout_s)
 
 
 def _entry_info(store: CacheStore, folder: Path, versions: list[LocalExport], *, mirrored: bool) -> EntryInfo:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from .._version import __version__
 from ..atomic import replacing
 from ..errors import CorruptArchiveError
+from ..locks import hold_lock
 from ..metadata.index import index_export
 from ..records import ExportTask
 from .layout import (
@@ -409,11 +410,19 @@ class CacheStore:
         self.manifest_of(entry).unlink(missing_ok=True)
         shutil.rmtree(entry.entry_dir / entry.version, ignore_errors=True)
 
-    def remove(self, entry_dir: Path) -> None:
-        """Delete a whole entry, every version: the manifests first."""
-        for manifest in entry_dir.glob(f"*{MANIFEST_SUFFIX}"):
-            manifest.unlink(missing_ok=True)
-        shutil.rmtree(entry_dir, ignore_errors=True)
+    def remove(self, entry_dir: Path, *, lock_timeout_s: float | None) -> None:
+        """Delete a whole entry, every version: the manifests first. Under the entry's lock (a build
+        in it would lose its staging folder halfway; ``LockTimeoutError`` after ``lock_timeout_s``).
+        The lock file stays, in the emptied folder: a process waiting on it then locks the file the
+        next one will, not a deleted one that another would create again beside it."""
+        if not entry_dir.is_dir():
+            return
+        with hold_lock(self.lock_path(entry_dir), timeout_s=lock_timeout_s, what=f"removing {entry_dir}"):
+            for manifest in entry_dir.glob(f"*{MANIFEST_SUFFIX}"):
+                manifest.unlink(missing_ok=True)
+            for child in entry_dir.iterdir():
+                if child.name != LOCK:
+                    remove_tree(child)
 
     def source_changed(self, entry: LocalExport) -> bool:
         """Whether the metadata file of an export opened from a folder changed since ``entry`` was
