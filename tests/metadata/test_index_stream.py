@@ -25,7 +25,7 @@ from tests.metadata.helpers import (
     write_parquet,
 )
 from tests.waits import run_child
-from vl_datasets.errors import SchemaError
+from vl_datasets.errors import ImageNotFoundError, SchemaError
 from vl_datasets.metadata import image_paths, index_writer, read, stream, unique_ids
 from vl_datasets.metadata.deferred import complete_index
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
@@ -221,6 +221,26 @@ def test_a_file_path_spelled_otherwise_finds_the_image_its_export_unpacked(tmp_p
     expected = [f"class{i % 20}/x{i // 20}.jpg" for i in range(40)]
     assert streamed.column("__image_path__").to_pylist() == expected
     assert streamed.column("file_path").to_pylist()[0] == spelled.format("class0", "x0.jpg"), "kept as exported"
+
+
+def test_a_row_never_takes_by_file_path_the_image_another_names_by_image_filename(tmp_path):
+    """Steps 0 and 1 look in one folder: m001's own flat image is missing, and its file_path names
+    the file m000 names by image_filename. Both builds refuse it as ambiguous, whatever on_missing."""
+    table = pa.table(
+        {
+            "media_id": [f"m{i:03d}" for i in range(40)],
+            "file_path": ["sub/x.jpg", "x.jpg", *[f"sub/{i}.jpg" for i in range(2, 40)]],
+            "image_filename": ["x.jpg", "other.jpg", *[f"{i}.jpg" for i in range(2, 40)]],
+        }
+    )
+    export = write_parquet(tmp_path / "export", table).parent
+    (export / "images").mkdir()
+    for name in ["x.jpg", *[f"{i}.jpg" for i in range(2, 40)]]:
+        (export / "images" / name).write_bytes(b"")
+    with pytest.raises(ImageNotFoundError, match=r"media_id 'm001' is ambiguous.*image of media_id 'm000'"):
+        build_index(export)
+    with pytest.raises(ImageNotFoundError, match=r"media_id 'm001' is ambiguous.*image of media_id 'm000'"):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
 
 
 def _with_images(folder, media, *, flat_from: int):

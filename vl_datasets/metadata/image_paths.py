@@ -46,9 +46,14 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     file_path = table.column("file_path").combine_chunks()
     file_name = table.column("file_name").combine_chunks()
     resolved, ambiguous = _exact_steps(file_path, file_name, members)
+    taken = None
     if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
         flat = _exact(_under_images(table.column("image_filename").combine_chunks()), members)
-        resolved = pc.coalesce(flat, resolved)
+        # Steps 0 and 1 look in one folder: a row whose own flat image is missing must not take,
+        # by its file_path, the image another row names (an ambiguity, as in steps 2-3).
+        taken = pc.and_(pc.is_null(flat), pc.fill_null(pc.is_in(resolved, value_set=pc.drop_null(flat)), False))
+        resolved = pc.coalesce(flat, pc.if_else(taken, _NO_STRING, resolved))
+        ambiguous = pc.or_(ambiguous, taken)
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
         # A member another row found by its exact path is that row's image, whatever its name.
@@ -60,6 +65,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending), pc.or_(base_ambiguous, id_ambiguous)))
     unresolved = pc.is_null(resolved)
     ambiguous = pc.and_(unresolved, ambiguous)
+    if taken is not None and pc.any(pc.and_(unresolved, taken)).as_py():
+        _raise_taken(table, pc.index(pc.and_(unresolved, taken), True).as_py())
     if pc.any(ambiguous).as_py():
         row = pc.index(ambiguous, True).as_py()
         _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), members, file_name)
@@ -78,8 +85,9 @@ class ExactPaths:
 
     Those steps look at a row's own values, and a row they settle keeps that image whatever the
     other rows hold (the later steps only settle the rows these leave, and only those can be
-    ambiguous): when they settle every row of an export, the images are theirs, found in memory
-    bounded by a slice. The files are looked up by 64-bit hashes of their names, sorted once (16
+    ambiguous), unless step 1 hands a row the image another row names by step 0: when they
+    settle every row of an export without that, the images are theirs, found in memory bounded
+    by a slice. The files are looked up by 64-bit hashes of their names, sorted once (16
     bytes a file), where a hash table per slice (``pc.is_in``) would hash every file again for
     each; a hash found is checked against the name itself.
     """
@@ -90,14 +98,17 @@ class ExactPaths:
         self._order = np.argsort(hashes)
         self._sorted = hashes[self._order]
 
-    def found(self, table: pa.Table) -> np.ndarray:
-        """Each row's image, as its position among ``members``; -1 where neither step finds one."""
+    def found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's image, as its position among ``members`` (-1 where neither step finds one),
+        and whether step 0 (``image_filename``) found it."""
         found = self._positions(_under_images(table.column("file_path").combine_chunks()))
+        by_name = np.zeros(len(found), dtype=bool)
         if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
             named = _under_images(table.column("image_filename").combine_chunks())
             flat = self._positions(named)
-            found = np.where(flat >= 0, flat, found)
-        return found
+            by_name = flat >= 0
+            found = np.where(by_name, flat, found)
+        return found, by_name
 
     def _positions(self, candidates: pa.Array) -> np.ndarray:
         positions = np.full(len(candidates), -1, dtype=np.int64)
@@ -238,6 +249,21 @@ def _scatter(target: pa.Array, positions: pa.Array, values: pa.Array) -> pa.Arra
     index = np.arange(len(target), dtype=np.int64)
     index[positions.to_numpy()] = len(target) + np.arange(len(positions), dtype=np.int64)
     return pa.concat_arrays([target, values.cast(target.type)]).take(pa.array(index))
+
+
+_TAKEN_COLUMNS = ("media_id", "file_path", "image_filename")
+
+
+def _raise_taken(table: pa.Table, row: int) -> None:
+    media_id, file_path, image_filename = (table.column(c)[row].as_py() for c in _TAKEN_COLUMNS)
+    named = pc.equal(table.column("image_filename"), file_path)
+    other = table.column("media_id").filter(pc.fill_null(named, False))
+    owner = f"media_id {other[0].as_py()!r}" if len(other) else "another row"
+    raise ImageNotFoundError(
+        f"The image of media_id {media_id!r} is ambiguous: its image_filename {image_filename!r} names no file, "
+        f"and its file_path {file_path!r} names the image of {owner} (by its image_filename).",
+        media_id=media_id,
+    )
 
 
 def _raise_ambiguous(media_id: str, file_name: str | None, members: pa.Array, file_names: pa.Array) -> None:

@@ -307,9 +307,10 @@ def _exact_images(spilled: list[Path], lookup: pa.Schema, members: pa.Array) -> 
     """The images found by every row's exact path (``ExactPaths``), or None when a row has none there."""
     exact = ExactPaths(members)
     parts = [exact.found(_conform(table, lookup)) for table in _loaded(spilled, lookup.names)]
-    found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    if not (found >= 0).all():
-        return None
+    found = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
+    by_name = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, bool)
+    if not (found >= 0).all() or np.isin(found[~by_name], found[by_name]).any():
+        return None  # the lookup over all the rows says which rows have none, or which are ambiguous
     return lambda start, count: _under_images(exact.members.take(pa.array(found[start : start + count])))
 
 
