@@ -104,3 +104,34 @@ def test_a_folder_export_whose_images_is_a_file_is_refused_and_keeps_its_version
     assert str(folder) in str(caught.value) and "images" in str(caught.value)
     assert caught.value.member == "images" and caught.value.path == str(folder)
     assert local_store(tmp_path / "cache").versions(entry.entry_dir) == [entry], "the published version was lost"
+
+
+def test_a_metadata_file_edited_with_its_size_and_mtime_put_back_is_indexed_again(tmp_path):
+    """touch -r, cp -p and rsync -a keep an edited file's size and mtime: its labels changed all the same."""
+    import os
+
+    from vl_datasets import VisualLayerDataset
+    from vl_datasets.testing import write_dataset
+
+    folder = tmp_path / "export"
+    write_dataset(folder.parent, folder.name, n_items=6)
+    metadata = folder / "metadata.json"
+    before = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task="classification")
+    text, stat = metadata.read_text(), metadata.stat()
+    first = before.classes[before[0][1]]
+    other = next(name for name in before.classes if name != first and len(name) == len(first))
+    edited = text.replace(f'"category_name": "{first}"', f'"category_name": "{other}"')
+    assert edited != text and len(edited) == len(text), "the edit must keep the file's size"
+    for replace in (False, True):  # written in place, then saved as a new file over it (as editors do)
+        if replace:
+            (folder / "new.json").write_text(edited.replace(other, first))
+            os.replace(folder / "new.json", metadata)
+        else:
+            metadata.write_text(edited)
+        os.utime(metadata, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert (metadata.stat().st_size, metadata.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        after = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task="classification")
+        fresh = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / f"fresh-{replace}", task="classification")
+        labels = [after.classes[after[i][1]] for i in range(len(after))]
+        assert labels == [fresh.classes[fresh[i][1]] for i in range(len(fresh))], "stale labels were served"
+        assert (labels[0] == other) != replace

@@ -387,6 +387,7 @@ class CacheStore:
             "metadata_file": metadata_file,
             "metadata_bytes": metadata_stat.st_size,
             "metadata_mtime_ns": metadata_stat.st_mtime_ns,
+            **(_change_marks(metadata_stat) if opened_from is not None else {}),
             "images": has_images,
             "index": indexed.index_file,
             "row_count": rows,
@@ -431,9 +432,13 @@ class CacheStore:
             return True
         manifest = read_json(self.manifest_of(entry)) or {}
         try:
-            return manifest.get("metadata_mtime_ns") != entry.metadata_path.stat().st_mtime_ns
+            stat = entry.metadata_path.stat()
         except OSError:
             return True
+        if manifest.get("metadata_mtime_ns") != stat.st_mtime_ns:
+            return True
+        marks = _change_marks(stat)  # a manifest from before they were recorded compares its mtime alone
+        return any(manifest.get(name, now) != now for name, now in marks.items())
 
     def remove_leftovers(self, entry_dir: Path, *, keep_resumable: bool = False) -> list[Path]:
         """Delete what ``leftovers`` lists (but, with ``keep_resumable``, a download or the chunks of
@@ -485,6 +490,14 @@ def _check_images_folder(export_dir: Path, source: str) -> None:
             path=str(export_dir),
             member="images",
         )
+
+
+def _change_marks(stat: os.stat_result) -> dict[str, int]:
+    """What changes with a file's content even when its size and mtime are put back (``touch -r``,
+    ``cp -p``, ``rsync -a`` after an edit): its inode change time, which no call sets, and its inode
+    (an editor that saves by replacing). Recorded for an opened folder's own metadata file only: a
+    chmod also moves the change time, and then the index is built again, which is safe."""
+    return {"metadata_ctime_ns": stat.st_ctime_ns, "metadata_inode": stat.st_ino}
 
 
 def _describe_source(key: ExportKey | None, task: ExportTask | None, export_dir: Path) -> str:
