@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vl_datasets import errors, fetch_export
-from vl_datasets.cache.store import CacheStore
+from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
 
 
@@ -144,3 +144,13 @@ def _opened_folder(client, tmp_path):
 
     fetched = fetch_export("ds-ready", client=client, cache_dir=tmp_path / "fetched")
     return open_export(fetched.path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("dataset_id", [".", "..", "...", ""])
+def test_a_dataset_id_of_dots_keeps_its_entry_under_exports(tmp_path, dataset_id):
+    """'exports/../<digest>' would put the entry beside exports/, where no listing looks for it."""
+    from vl_datasets.cache.opened import local_store
+
+    store = local_store(tmp_path / "cache")
+    entry_dir = store.entry_dir(ExportKey.build("http://vl", dataset_id, "parquet", True)).resolve()
+    assert entry_dir.parent.parent == (tmp_path / "cache" / "exports").resolve()

@@ -65,8 +65,10 @@ RESERVED_PREFIX = ".vl_datasets"
 
 
 def safe_name(text: str) -> str:
-    """A folder name made of ``text``: other characters become ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
+    """A folder name made of ``text``: other characters become ``_``, and so do the dots of a name
+    of dots alone ("." and ".." are no folder of their own: "exports/../x" would leave exports/)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80]
+    return name if name.strip(".") else "_" * max(len(name), 1)
 
 
 def mirror_root(url: str) -> Path:
