@@ -380,15 +380,28 @@ def check_source_options(
                 raise ConfigurationError(f"{name} applies to images read from an images_root; none was given.")
         return
     if is_remote(images_root):
-        _checked_protocol(os.fspath(images_root))
+        if _checked_protocol(os.fspath(images_root)) in ("file", "local"):  # a folder too: checked as one
+            _check_folder(Path(_local_path(os.fspath(images_root))), images_root)
     else:
         if storage_options is not None:
             raise ConfigurationError(f"storage_options apply to an fsspec URL; images_root {images_root} is a folder.")
         root = Path(images_root).expanduser().resolve()
-        if not root.is_dir():
-            raise ConfigurationError(f"images_root {root} is not a folder.")
+        _check_folder(root, root)
     if image_cache is not None:
         _size_limit(image_cache)
+
+
+def _check_folder(root: Path, named: str | os.PathLike) -> None:
+    # Found now, the error names the setting; found by each read, every item would fail alone.
+    if not root.is_dir():
+        raise ConfigurationError(f"images_root {named} is not a folder.")
+
+
+def _local_path(url: str) -> str:
+    """The path a ``file://`` (or ``local://``) URL names on this machine."""
+    import fsspec
+
+    return fsspec.core.strip_protocol(url)
 
 
 def open_source(
