@@ -259,10 +259,11 @@ def test_a_negative_image_size_is_refused_by_its_media_id(tmp_path, variant, siz
 def test_an_item_that_is_not_an_object_is_refused_by_its_media_id(tmp_path, variant, item):
     """Arrow's conversion of Python values reads a list where it expects an object as (key, value)
     pairs: where every item converted was ``[]`` (one row's), each read as an item of no type."""
-    for case in range(3):
+    nested = {"type": "object_label", "properties": {"category_name": "cat", "metadata_items": [item]}}
+    for case in range(4):
         media = items()[: 2 if case < 2 else 4]
         held = media[1]["metadata_items"]
-        media[1]["metadata_items"] = [[item], [item, item], [*held, item]][case]
+        media[1]["metadata_items"] = [[item], [item, item], [*held, item], [nested]][case]  # an object's own too
         media[0]["metadata_items"] = []
         with pytest.raises(SchemaError, match=rf"media_id '{media[1]['media_id']}' \(row 1\).* not an object"):
             _read_variant(tmp_path / str(case), variant, media)

@@ -450,9 +450,22 @@ def python_items(values: Sequence[Any], source: str, *, row_offset: int = 0) -> 
 
 
 def _items_are_objects(values: Sequence[Any]) -> bool:
-    """Whether every item of the rows that are lists is an object (or null). Arrow's conversion
-    reads a list where it expects a struct as (key, value) pairs: ``[]`` as an item of no type."""
-    return all(type(item) is dict or item is None for row in values if type(row) is list for item in row)
+    """Whether every item of the rows that are lists is an object (or null), and so is every item of
+    an item's own ``metadata_items`` (an object's issues). Arrow's conversion reads a list where it
+    expects a struct as (key, value) pairs: ``[]`` as an item of no type."""
+    for row in values:
+        if type(row) is not list:
+            continue
+        for item in row:
+            if type(item) is not dict:
+                if item is None:
+                    continue
+                return False
+            props = item.get("properties")
+            nested = props.get("metadata_items") if type(props) is dict else None
+            if type(nested) is list and not all(type(inner) is dict or inner is None for inner in nested):
+                return False
+    return True
 
 
 # The integer properties of RAW_ITEMS: Arrow's conversion of Python values truncates 2.5 there to
