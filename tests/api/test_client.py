@@ -166,6 +166,14 @@ def test_the_wait_s_deadline_bounds_the_retries_of_its_polls(local_vl, client, f
     assert local_vl.count("export_status") >= (1 if retry_after > 10 else 4), "the polls were not retried"
 
 
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0, float("inf")])
+def test_a_wait_with_no_time_left_or_no_limit_still_polls_once(quick_vl, quick_client, timeout_s):
+    """timeout_s=0 asks for the state now: an export already done is returned, not a timeout."""
+    task = quick_client.start_export("ds-ready")
+    assert quick_client.wait_for_export("ds-ready", task.id, timeout_s=timeout_s).succeeded
+    assert quick_vl.count("export_status") == 1
+
+
 def test_a_nan_timeout_is_refused_before_anything_waits(local_vl, client):
     task = client.start_export("ds-ready")
     with pytest.raises(errors.ConfigurationError, match="timeout_s"):

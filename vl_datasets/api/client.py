@@ -210,26 +210,29 @@ class Client:
                     warned.add(task.status)
                     logger.warning("Export %s has unknown status %r; still waiting", task_id, task.status)
                 if deadline is not None and self._clock() + interval > deadline:
-                    raise _export_timeout(dataset_id, task_id, f"is still {task.status}", timeout_s)
+                    raise _export_timeout(dataset_id, task_id, f"is still {task.status} after {timeout_s:g}s")
                 self._sleep(interval)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
     def _poll(self, dataset_id: str, task_id: str, deadline: float | None, timeout_s: float | None) -> ExportTask:
         """One status poll of ``wait_for_export``, its retries spending only what is left before
         ``deadline`` (a server answering 503 with a long Retry-After, or not at all, would hold
-        the wait past it): the wait's ``ExportTimeoutError`` when that runs out."""
-        if deadline is None:
+        the wait past it): the wait's ``ExportTimeoutError`` when that runs out. Past the deadline
+        already (a ``timeout_s`` of 0), one attempt; with none, or an infinite one, the client's policy."""
+        left = None if deadline is None else deadline - self._clock()
+        if left is None or not math.isfinite(left):
             return self.get_export_status(dataset_id, task_id)
-        left = deadline - self._clock()
-        if left <= 0:
-            raise _export_timeout(dataset_id, task_id, "has not answered", timeout_s)
-        attempts = self._transport.retry.replace(deadline_s=left).start(f"Export task {task_id!r}")
+        policy = self._transport.retry
+        attempts = (policy.replace(max_attempts=1) if left <= 0 else policy.replace(deadline_s=left)).start(
+            f"Export task {task_id!r}"
+        )
         try:
             return self.get_export_status(dataset_id, task_id, attempts=attempts)
         except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
             if not (attempts.deadline_hit or attempts.remaining_s() == 0.0):
                 raise  # given up for another reason than the time left
-            raise _export_timeout(dataset_id, task_id, f"has no status ({exc})", timeout_s) from None
+            state = f"has no status before its {timeout_s:g} s timeout ({exc})"
+            raise _export_timeout(dataset_id, task_id, state) from None
 
     def download_export(
         self,
@@ -274,9 +277,9 @@ class Client:
             ) from None
 
 
-def _export_timeout(dataset_id: str, task_id: str, state: str, timeout_s: float | None) -> errors.ExportTimeoutError:
+def _export_timeout(dataset_id: str, task_id: str, state: str) -> errors.ExportTimeoutError:
     return errors.ExportTimeoutError(
-        f"Export {task_id} of dataset {dataset_id!r} {state} after {timeout_s:g}s; "
+        f"Export {task_id} of dataset {dataset_id!r} {state}; "
         f"it keeps running: call wait_for_export({dataset_id!r}, {task_id!r}) to resume.",
         task_id=task_id,
         dataset_id=dataset_id,
