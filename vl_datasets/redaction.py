@@ -36,8 +36,11 @@ _CREDENTIAL = re.compile(
 # A credential a server's answer may echo back: an Authorization header's value, a JWT wherever it
 # stands (three base64url parts, the first a JSON object: "eyJ"), and the elements of a storage
 # service's XML error that repeat the signature, the string signed or the request it was made of.
-# A value: 8 characters or more, one of them not a letter ("Basic setup" is English, not a credential).
-_AUTHORIZATION = re.compile(r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z]*[0-9\-._~+/])[A-Za-z0-9\-._~+/]{8,}=*")
+# A value: 16 characters or more, with letters and digits ("basic setup.py", "Bearer token_expired"
+# are words; the tokens this client sends are blanked exactly besides, and JWTs by their shape).
+_AUTHORIZATION = re.compile(
+    r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z0-9\-._~+/]*[0-9])(?=[A-Za-z0-9\-._~+/]*[A-Za-z])[A-Za-z0-9\-._~+/]{16,}=*"
+)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _XML_CREDENTIAL = re.compile(
     r"(?is)<((?:[A-Za-z0-9]*:)?(?:SignatureProvided|StringToSign(?:Bytes)?|CanonicalRequest(?:Bytes)?|"

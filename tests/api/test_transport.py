@@ -216,7 +216,7 @@ def test_a_signature_the_storage_echoes_never_reaches_the_download_error(dataset
 
 
 def test_plain_words_in_a_detail_are_not_taken_for_credentials(local_vl, client):
-    detail = "Basic checks failed: bearer tokens expire; see https://docs.example/errors/auth"
+    detail = "Basic checks failed: bearer tokens expire (Bearer token_expired); fix the basic setup.py first"
     local_vl.faults.fail_next("dataset", 400, detail=detail)
     with pytest.raises(errors.BadRequestError) as caught:
         client.get_dataset("ds-ready")
@@ -235,11 +235,13 @@ def test_an_answer_that_trickles_in_is_cut_at_the_timeout(local_vl):
         assert client.get_dataset("ds-ready").ready, "the next request should go through"
 
 
-def test_a_token_no_header_may_hold_is_refused_without_sending_or_retrying(local_vl, fake_time):
+@pytest.mark.parametrize("odd", ["\n", "\u2013"])
+def test_a_token_no_header_may_hold_is_refused_without_sending_or_retrying(local_vl, fake_time, odd):
     """A token read from a file keeps its newline: requests refuses it before sending anything,
-    which the retries took for an unreachable API (six attempts, then 'could not reach')."""
+    which the retries took for an unreachable API (six attempts, then 'could not reach'); a dash
+    pasted from outside latin-1 raised a UnicodeEncodeError holding the whole header."""
     token = "opaque-Tok3n-abcdefghijklmnop"
-    client = make_client(local_vl, fake_time, token=token + "\n")
+    client = make_client(local_vl, fake_time, token=token + odd)
     with pytest.raises(errors.ConfigurationError, match="token holds a character") as caught:
         client.get_dataset("ds-ready")
     assert token not in str(caught.value)

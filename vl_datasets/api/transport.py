@@ -202,12 +202,15 @@ class Transport:
         holds the prepared request with its Authorization header, and would ride along as the
         ``__context__`` of the error we raise, reachable by any error reporter that walks chains."""
         read_s = self.timeout_s if time_left_s is None else min(self.timeout_s, time_left_s)
-        headers = self._headers(extra_headers, authenticate)
-        _check_header_values(headers)
         deadline = time.monotonic() + read_s
         try:
             response = self.session.request(
-                method, url, headers=headers, timeout=(min(10.0, read_s), read_s), stream=True, **kwargs
+                method,
+                url,
+                headers=self._headers(extra_headers, authenticate),
+                timeout=(min(10.0, read_s), read_s),
+                stream=True,
+                **kwargs,
             )
         except requests.RequestException as exc:
             return _Failure(type(exc).__name__, isinstance(exc, requests.Timeout), _never_sent(exc))
@@ -226,8 +229,9 @@ class Transport:
 
     def _headers(self, extra: dict[str, str], authenticate: bool) -> dict[str, str]:
         # Built per call and handed straight to requests: no frame of ours keeps the bearer token.
+        _check_header_values(extra)
         if authenticate and self.tokens is not None:
-            return {**extra, "Authorization": f"Bearer {self.tokens.bearer()}"}
+            return {**extra, "Authorization": _authorization(self.tokens.bearer())}
         return dict(extra)
 
     @staticmethod
@@ -256,18 +260,27 @@ def _read_body(response: requests.Response, deadline: float) -> None:
 _BODY_CHUNK = 64 << 10
 
 
+def _authorization(token: str) -> str:
+    """``Bearer <token>``, or ``ConfigurationError`` when no header may hold the token (read from a
+    file with its newline, a dash pasted from outside latin-1): requests and http.client refused it
+    before sending, which the retries took for an unreachable API, or raised a UnicodeEncodeError
+    holding the whole header."""
+    if _HEADER_VALUE.fullmatch(token):
+        return f"Bearer {token}"
+    del token  # the error's traceback shows this frame, to a reporter that records locals
+    raise errors.ConfigurationError(
+        "The token holds a character no HTTP header may hold (a line break, say): check how it was read."
+    )
+
+
 def _check_header_values(headers: dict[str, str]) -> None:
-    """Refuse a header value requests would refuse (a token read from a file with its newline):
-    it raised before anything was sent, which the retries took for an unreachable API."""
+    """The same refusal for the other headers of a request (a Range, say)."""
     for name, value in headers.items():
         if not _HEADER_VALUE.fullmatch(value):
-            what = "The token" if name == "Authorization" else f"The {name} header"
-            raise errors.ConfigurationError(
-                f"{what} holds a character no HTTP header may hold (a line break, say): check how it was read."
-            )
+            raise errors.ConfigurationError(f"The {name} header holds a character no HTTP header may hold.")
 
 
-_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control character but a tab
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]*")  # latin-1, no control character but a tab
 
 
 @dataclass(frozen=True)
