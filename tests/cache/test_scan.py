@@ -189,3 +189,30 @@ def test_an_entry_a_build_holds_is_skipped_and_goes_at_the_next_prune(full_cache
     assert result.entries_removed == 1 and not opened.index_path.exists()
     assert [p.name for p in opened.entry_dir.iterdir()] == [lock.name], "only the lock file stays"
     assert scan(held["cache"]).entries == ()
+
+
+def test_an_entry_removed_under_a_soft_lock_keeps_that_lock_while_it_is_held(full_cache, monkeypatch):
+    """Without flock the lock is a file of its own (.lock.soft): deleted with the entry halfway
+    through the removal, another process could take the lock while the removal still ran."""
+    import filelock
+
+    from vl_datasets import locks
+
+    class NoFlock(filelock.FileLock):
+        def _acquire(self):
+            raise NotImplementedError("flock not supported on this filesystem")
+
+    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)
+    held, _, _ = full_cache
+    entry_dir = held["opened"].entry_dir
+    seen = []
+    real_remove_tree = vl_datasets.cache.store.remove_tree
+
+    def watching(path):
+        if path.parent == entry_dir:  # a child of the entry, removed under its lock
+            seen.append(path.name)
+        real_remove_tree(path)
+
+    monkeypatch.setattr(vl_datasets.cache.store, "remove_tree", watching)
+    assert prune(held["cache"], PrunePolicy(max_size=0)).entries_removed == 2
+    assert seen and not [name for name in seen if name.startswith(".lock")], f"a lock went mid-removal: {seen}"

@@ -28,9 +28,12 @@ def record(images_dir: Path, version_dir: Path) -> None:
     pending = [(images_dir, "")]
     while pending:
         folder, relative = pending.pop()
-        stamps[relative] = folder.stat().st_mtime_ns
-        with os.scandir(folder) as entries:
-            folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
+        try:
+            stamps[relative] = folder.stat().st_mtime_ns
+            with os.scandir(folder) as entries:
+                folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:  # gone since its parent was listed: its parent's time says so
+            continue
         pending.extend((Path(entry.path), f"{relative}{entry.name}/") for entry in folders)
     with replacing(version_dir / STAMPS) as tmp:
         tmp.write_text(json.dumps(stamps, separators=(",", ":")), encoding="utf-8")

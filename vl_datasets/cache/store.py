@@ -358,7 +358,7 @@ class CacheStore:
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
         _check_images_folder(export_dir, _describe_source(key, task, export_dir))
-        if opened_from is not None:  # the user's folder may change under the index: how to tell
+        if opened_from is not None:
             folder_stamps.record(opened_from / "images", staging)
         indexed = index_export(export_dir, staging)
         if indexed is None:  # an archive without its metadata is a broken archive
@@ -375,7 +375,9 @@ class CacheStore:
         # Read only once asked for (``layout.metadata_sha256``): a digest an archive brought is not the file's.
         (staging / METADATA_DIGEST).unlink(missing_ok=True)
         files = _file_sizes(staging)  # what the version holds in the cache (for an opened folder: its index)
-        metadata_stat = (export_dir / metadata_file).stat()
+        # The state the index was built from, taken before it was: the user's folder may change while
+        # it is built (seconds at 10M rows), and then the next open finds it changed and builds again.
+        metadata_stat = indexed.metadata_stat
         has_images = (export_dir / "images").is_dir()
         version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
@@ -425,7 +427,7 @@ class CacheStore:
             for manifest in entry_dir.glob(f"*{MANIFEST_SUFFIX}"):
                 manifest.unlink(missing_ok=True)
             for child in entry_dir.iterdir():
-                if child.name != LOCK:
+                if not child.name.startswith(LOCK):  # the lock held, or its soft fallback (.lock.soft)
                     remove_tree(child)
 
     def source_changed(self, entry: LocalExport) -> bool:
@@ -503,10 +505,11 @@ def _check_images_folder(export_dir: Path, source: str) -> None:
 
 def _change_marks(stat: os.stat_result) -> dict[str, int]:
     """What changes with a file's content even when its size and mtime are put back (``touch -r``,
-    ``cp -p``, ``rsync -a`` after an edit): its inode change time, which no call sets, and its inode
-    (an editor that saves by replacing). Recorded for an opened folder's own metadata file only: a
-    chmod also moves the change time, and then the index is built again, which is safe."""
-    return {"metadata_ctime_ns": stat.st_ctime_ns, "metadata_inode": stat.st_ino}
+    ``cp -p``, ``rsync -a`` after an edit, an editor saving a new file over it): its inode change
+    time, which no call sets. Recorded for an opened folder's own metadata file only: a chmod also
+    moves it, and then the index is built again, which is safe. (Not the inode: some mounts number
+    files anew at each mount, and each open would then build the index again.)"""
+    return {"metadata_ctime_ns": stat.st_ctime_ns}
 
 
 def _describe_source(key: ExportKey | None, task: ExportTask | None, export_dir: Path) -> str:

@@ -36,12 +36,14 @@ _NAMES_PER_BLOCK = 64 << 10
 
 @dataclass(frozen=True)
 class IndexedExport:
-    """What ``index_export`` found: the metadata file's name, its rows, and the index written (None
-    when an ambiguous image name kept it from being built)."""
+    """What ``index_export`` found: the metadata file's name, its rows, the index written (None
+    when an ambiguous image name kept it from being built), and the metadata file's state before
+    it was read (a file changed while it was, differs from it afterwards)."""
 
     metadata_file: str
     rows: int
     index_file: str | None
+    metadata_stat: os.stat_result
 
 
 def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> IndexedExport | None:
@@ -52,8 +54,9 @@ def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         metadata = find_metadata_file(export_dir)
     except SchemaError:
         return None
+    before = metadata.stat()
     rows, index_file = _indexed(Path(export_dir), Path(out_dir), metadata)
-    return IndexedExport(metadata.name, rows, index_file)
+    return IndexedExport(metadata.name, rows, index_file, before)
 
 
 def _indexed(export_dir: Path, out_dir: Path, metadata: Path) -> tuple[int, str | None]:
