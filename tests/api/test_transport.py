@@ -64,7 +64,7 @@ def test_export_start_is_not_resent_when_the_server_may_have_acted(local_vl, cli
     assert local_vl.count("export") == 1
 
 
-def test_export_start_is_resent_when_the_server_did_not_act(local_vl, client, fake_time):
+def test_export_start_is_resent_on_the_answers_the_contract_names_retryable(local_vl, client, fake_time):
     local_vl.faults.fail_next("export", 429, retry_after=3)
     local_vl.faults.fail_next("selective_export", 503)
     assert client.start_export("ds-ready").id
@@ -72,6 +72,11 @@ def test_export_start_is_resent_when_the_server_did_not_act(local_vl, client, fa
     assert local_vl.count("export") == 2
     assert local_vl.count("selective_export") == 2
     assert fake_time.sleeps[0] == 3
+    for status in (502, 504):  # a gateway's: contract §2 says retry, a duplicate export is harmless
+        page = f"<html><h1>{status} Gateway</h1></html>"
+        local_vl.faults.fail_next("export", status, body=page, content_type="text/html")
+        assert client.start_export("ds-ready").id
+    assert local_vl.count("export") == 6
 
 
 def test_unreachable_api_raises_connection_error(fake_time):

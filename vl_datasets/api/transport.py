@@ -4,8 +4,9 @@ Retries follow the good SDKs: connection errors, 408, 429 and 5xx are retried wi
 backoff and jitter, honouring ``Retry-After``, under the package's one ``RetryPolicy``
 (``backoff.py``). A caller that makes several requests for one operation (a download resuming)
 hands its ``Attempts`` to each, so they spend from one count. A request that is not
-idempotent (starting an export) is retried only when the server cannot have acted on it: the
-connection was never made, or the answer was 408, 429 or 503. A 401 renews a signed token once.
+idempotent (starting an export) is retried only when the connection was never made, or on the
+answers the contract names retryable (408, 429, 502, 503, 504), not on a 500 from the platform
+itself. A 401 renews a signed token once.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ logger = logging.getLogger("vl_datasets")
 
 redact_logs_of("urllib3.connectionpool")  # its DEBUG request lines carry presigned signatures
 
-# Answers that mean "not processed": safe to resend even a request that starts work.
-NOT_PROCESSED_STATUSES = frozenset({408, 429, 503})
+# Answers after which even a request that starts work is sent again (contract §2: 429 and
+# 502/503/504 are retryable). A gateway's 502 or 504 may hide a start the platform received: a
+# second export then runs beside the one waited for, which costs the platform a job, where
+# giving up ends a fetch of hours on one proxy hiccup. A 500 is the platform's own: not resent.
+RESENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 USER_AGENT = f"vl_datasets/{__version__}"
 
 
@@ -173,7 +177,7 @@ class Transport:
                 self.tokens.invalidate()
                 renewed = True
                 continue
-            retryable = status in RETRYABLE_STATUSES and (idempotent or status in NOT_PROCESSED_STATUSES)
+            retryable = status in RETRYABLE_STATUSES and (idempotent or status in RESENT_STATUSES)
             if retryable:
                 delay = attempts.next_delay_s(parse_retry_after(response.headers.get("Retry-After")))
                 if delay is not None:
