@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zipfile
 
@@ -208,3 +209,16 @@ def test_client_pickles_without_its_session(local_vl, client):
     client.get_dataset("ds-ready")
     copy = pickle.loads(pickle.dumps(client))
     assert copy.get_dataset("ds-ready").ready
+
+
+def test_entity_type_and_vql_pass_through_to_the_export_start(local_vl, client):
+    """Contract §2: optional parameters an SDK written at Visual Layer sends; accepted, never required."""
+    filters = [{"id": "label_filter", "labels": {"op": "one_of", "value": ["cat"]}}]
+    assert client.start_export("ds-ready", entity_type="IMAGES", vql=filters).id
+    sent = local_vl.requests[-1].query
+    assert sent["entity_type"] == "IMAGES" and json.loads(sent["vql"]) == filters
+    assert client.start_export("ds-ready", vql=json.dumps(filters)).id
+    sent = local_vl.requests[-1].query
+    assert json.loads(sent["vql"]) == filters and "entity_type" not in sent
+    with pytest.raises(errors.ConfigurationError, match="entity_type"):
+        client.start_export("ds-ready", entity_type="")

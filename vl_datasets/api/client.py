@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -114,9 +115,19 @@ class Client:
         export_format: str = "parquet",
         include_images: bool = True,
         file_name: str = "export.zip",
+        entity_type: str | None = None,
+        vql: str | list[dict[str, Any]] | None = None,
     ) -> ExportTask:
-        """Start exporting the whole dataset; returns the task to pass to ``wait_for_export``."""
+        """Start exporting the whole dataset; returns the task to pass to ``wait_for_export``.
+
+        ``entity_type`` (``"IMAGES"`` or ``"OBJECTS"``) and ``vql`` (filters: a list, sent as JSON,
+        or its JSON text) are passed through as the platform takes them (contract §2); the library
+        reads the export whatever they selected."""
         params = {"file_name": file_name, **_export_params(export_format, include_images)}
+        if entity_type is not None:
+            params["entity_type"] = _text_option("entity_type", entity_type)
+        if vql is not None:
+            params["vql"] = vql if isinstance(vql, str) else json.dumps(vql, separators=(",", ":"))
         url = self._api_url(dataset_id, "export_context_async")
         payload = self._get_json(url, what=f"Export of dataset {dataset_id!r}", params=params, idempotent=False)
         return ExportTask.from_json(payload, dataset_id=dataset_id, url=url)
@@ -288,6 +299,12 @@ def _export_timeout(dataset_id: str, task_id: str, state: str) -> errors.ExportT
 
 def _shown(progress: bool | None, default: bool) -> bool:
     return default if progress is None else progress
+
+
+def _text_option(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise errors.ConfigurationError(f"{name} must be a non-empty string, got {value!r}.")
+    return value
 
 
 def _export_params(export_format: str, include_images: bool) -> dict[str, str]:
