@@ -240,3 +240,15 @@ def test_chunks_of_a_published_version_are_never_resumed(capped, tmp_path):
     assert store.lookup(key) is not None and store.work_area(key).is_dir(), "the kill should leave entry and chunks"
     assert planned_chunk_size(store, key) is None, "a build would resume the chunks of a published version"
     assert not store.work_area(key).exists(), "the chunks of a published version were kept"
+
+
+@pytest.mark.parametrize("include_images", [False, True])
+def test_metadata_too_large_for_one_export_is_a_clear_error(big_root, tmp_path, include_images):
+    """Chunks are chosen by the media ids the metadata names; no documented call lists them
+    without an export, so a metadata-only export rejected as too large ends the fetch, saying how
+    to go on, rather than as a bare REJECTED."""
+    limited = LocalVisualLayer(big_root, export_polls=0, max_images_per_export=3, max_entities_per_export=5)
+    with limited as service, pytest.raises(errors.ExportFailedError, match="cannot be split without") as caught:
+        fetch_export("big", client=_client(service), cache_dir=tmp_path, include_images=include_images)
+    assert caught.value.status == "REJECTED" and "exceeds threshold" in caught.value.result_message
+    assert not list(tmp_path.rglob("*.manifest.json")), "nothing was published"

@@ -182,8 +182,10 @@ class _Fetch:
         try:
             return _build_entry(self.client, self.store, key, self.export_timeout_s, self.lock_timeout_s)
         except errors.ExportFailedError as exc:
-            if not (key.include_images and is_too_large(exc)):
+            if not is_too_large(exc):
                 raise
+            if not key.include_images:
+                raise _metadata_too_large(key, exc) from None
             self.store.task_record(key).clear()
             learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
             logger.warning(
@@ -265,6 +267,22 @@ def _exact_version(store: CacheStore, key: ExportKey, version: str, *, refresh: 
         f"Versions cached: {', '.join(held) or 'none'}.",
         key=key.digest,
         version=version,
+    )
+
+
+def _metadata_too_large(key: ExportKey, exc: errors.ExportFailedError) -> errors.ExportFailedError:
+    """The error for a metadata-only export rejected as too large. Images come in chunks of media
+    ids the metadata names, but no documented call lists a dataset's media ids without an export
+    (contract §5: third parties split such exports by selections of their own)."""
+    return errors.ExportFailedError(
+        f"Visual Layer rejected the metadata-only export of {_describe(key)} as too large "
+        f"({exc.result_message}). Its metadata cannot be split without its media ids: export it in "
+        "parts with media_ids= or cluster_ids= (each a selective export), or ask Visual Layer to raise "
+        "the limit on entities per export.",
+        task_id=exc.task_id,
+        dataset_id=exc.dataset_id,
+        status=exc.status,
+        result_message=exc.result_message,
     )
 
 
