@@ -195,6 +195,24 @@ def test_a_callers_own_sampler_is_fast_forwarded_by_index(ds):
     assert [first] + [ids(batch) for batch in resumed] == whole[2]
     with pytest.raises(errors.ConfigurationError, match="sampler"):
         loader_of(ds, 0).load_state_dict(loader.state_dict())
+    # Its position counts batches: at another batch size, drop_last or world size, other items.
+    for batch_size, drop_last, replicas in [(3, False, 2), (2, True, 2), (2, False, 3)]:
+        sampler = DistributedSampler(ds, num_replicas=replicas, rank=1, seed=3)
+        other = ds.dataloader(batch_size, num_workers=0, sampler=sampler, drop_last=drop_last)
+        with pytest.raises(errors.ConfigurationError, match="batch_size=2, drop_last=False on 2 rank"):
+            other.load_state_dict(loader.state_dict())
+
+
+def test_set_epoch_on_a_new_loaders_sampler_draws_that_epoch(ds):
+    """The DistributedSampler pattern (and a loader built anew each epoch, as Lightning's reload
+    does): without it each new loader drew epoch 0's order again."""
+    whole = epochs_of(loader_of(ds, 0), 4)
+    assert whole[1] != whole[2], "the epochs must differ for the test to prove anything"
+    for epoch in (2, 1):
+        fresh = loader_of(ds, 0)
+        fresh.sampler.set_epoch(epoch)
+        assert [ids(batch) for batch in fresh] == whole[epoch]
+        assert [ids(batch) for batch in fresh] == whole[epoch + 1], "the loader counts on from the epoch set"
 
 
 # -- a pinned export version ------------------------------------------------------------------

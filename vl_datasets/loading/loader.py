@@ -53,7 +53,7 @@ from ..errors import ConfigurationError
 from .batch_sampler import RequestSampler
 from .batch_slots import BatchSlots, SlotBatch
 from .batches import BatchLayout, LoadedBatch, SkippedSample, batch_layout
-from .sampler import EpochSampler, epoch_sampler
+from .sampler import EpochSampler, enter_epoch, epoch_sampler
 from .state import STATE_FORMAT, check_state, dataset_identity
 from .worker_errors import raise_in_main
 
@@ -286,8 +286,24 @@ class VLDataLoader(DataLoader):
             )
         if isinstance(self.sampler, EpochSampler):
             self.sampler.check_shards(state["order"], state.get("shards"))
+        else:
+            self._check_same_batches(state)
         self._pending = dict(state)
         self.epoch = state["epoch"]
+
+    def _check_same_batches(self, state: dict[str, Any]) -> None:
+        """With a sampler of the caller's own, a state's position counts this rank's batches: at
+        another batch size, drop_last or world size it would fall on other items (seen twice, or
+        never). The loader's own order counts items, and resumes at any of them."""
+        _, world_size = _rank_of(self.sampler)
+        saved = (state["batch_size"], state["drop_last"], state["world_size"])
+        if saved != (self.batch_size, self.drop_last, world_size):
+            raise ConfigurationError(
+                "This loader state counts batches of a sampler of the caller's own, made with batch_size="
+                f"{saved[0]}, drop_last={saved[1]} on {saved[2]} rank(s); this loader's are batch_size="
+                f"{self.batch_size}, drop_last={self.drop_last} on {world_size}: its position would fall on "
+                "other items. Resume with the same three (the loader's own order resumes at any)."
+            )
 
     def _position(self, epoch: int) -> int:
         """How far the epoch in progress is: items of its global order done by all ranks together,
@@ -332,6 +348,9 @@ class VLDataLoader(DataLoader):
         if state is not None:
             self._resume(state)
         else:
+            asked = self.sampler.take_asked_epoch() if isinstance(self.sampler, EpochSampler) else None
+            if asked is not None:  # the caller's set_epoch on loader.sampler, as with a DistributedSampler
+                self.epoch = asked
             self._skip_batches = 0
             self._yielded = 0
             self._skipped = []
@@ -345,8 +364,7 @@ class VLDataLoader(DataLoader):
         """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
         epoch, resumed = self._begin_epoch()
         if self._requests is None:
-            if isinstance(self.sampler, DistributedSampler):
-                self.sampler.set_epoch(epoch)
+            enter_epoch(self.sampler, epoch)
             yield from super().__iter__()
             return
         if not self._requests.endless:
