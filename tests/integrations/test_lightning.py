@@ -143,3 +143,23 @@ def test_bad_settings_are_refused_with_a_clear_error(export):
     data.setup("fit")
     with pytest.raises(ConfigurationError, match="no 'val' part"):
         data.val_dataloader()
+
+
+def test_loaders_built_anew_each_epoch_draw_each_epochs_order(export):
+    """reload_dataloaders_every_n_epochs builds the train loader at every epoch: each drew epoch
+    0's order, so every epoch trained on the same batches."""
+    seen: dict[str, list] = {}
+
+    class Recording(Digits):
+        def training_step(self, batch, index):
+            seen.setdefault(self.run, []).append(batch[0].sum().item())
+            return super().training_step(batch, index)
+
+    for run, options in (("kept", {}), ("rebuilt", {"reload_dataloaders_every_n_epochs": 1})):
+        model = Recording()
+        model.run = run
+        _trainer(max_epochs=3, **options).fit(model, datamodule=_module(export))
+    per_epoch = len(seen["kept"]) // 3
+    epochs = [seen["rebuilt"][i * per_epoch : (i + 1) * per_epoch] for i in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2], "every rebuilt loader drew the same order"
+    assert seen["rebuilt"] == seen["kept"], "a rebuilt loader should draw what the kept one draws"

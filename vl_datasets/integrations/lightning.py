@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from torch.utils.data import DistributedSampler
 
 from ..errors import ConfigurationError
 from ..loading.dataset import VisualLayerDataset
@@ -107,6 +108,11 @@ class VLDataModule(pl.LightningDataModule):
         loader = self._part("train").dataloader(
             self.hparams["batch_size"], shuffle=True, num_workers=self.hparams["num_workers"], seed=self.hparams["seed"]
         )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.current_epoch and isinstance(loader.sampler, DistributedSampler):
+            # Built again each epoch (reload_dataloaders_every_n_epochs): it draws the trainer's
+            # epoch, not epoch 0's order every time. A loaded state still names its own epoch.
+            loader.sampler.set_epoch(trainer.current_epoch)
         return WholeEpochs(loader)
 
     def val_dataloader(self) -> Any:

@@ -28,9 +28,8 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from torch.utils.data import DistributedSampler
-
 from .batches import BatchRequest
+from .sampler import enter_epoch
 
 
 class RequestSampler:
@@ -69,8 +68,7 @@ class RequestSampler:
     def _batches(self) -> Iterator[Sequence[int]]:
         epochs: Iterable[int] = itertools.count(self.first_epoch) if self.endless else (self.first_epoch,)
         for epoch in epochs:
-            if isinstance(self.sampler, DistributedSampler):
-                self.sampler.set_epoch(epoch)
+            enter_epoch(self.sampler, epoch)
             skip = self.skip_first if epoch == self.first_epoch else 0
             yield from itertools.islice(iter(self.per_epoch), skip, None)
 

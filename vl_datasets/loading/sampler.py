@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterator, Sized
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -91,6 +91,15 @@ def item_shards(dataset: object) -> np.ndarray | None:
     return method() if callable(method) else None
 
 
+def enter_epoch(sampler: Any, epoch: int) -> None:
+    """Give a loader's per-epoch sampler the epoch it draws now: an ``EpochSampler`` without taking
+    it for a caller's ``set_epoch``, any other ``DistributedSampler`` by ``set_epoch``."""
+    if isinstance(sampler, EpochSampler):
+        sampler.epoch = epoch
+    elif isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+
+
 class EpochSampler(DistributedSampler):
     """This rank's indices of each epoch (see the module's docstring), from ``resume_at``'s position
     in the epoch it names.
@@ -125,6 +134,7 @@ class EpochSampler(DistributedSampler):
         self._drawn: tuple[torch.Generator, int] | None = None  # "random": the generator and its draws so far
         self._before: dict[int, torch.Tensor] = {}  # "random": the generator's state before recent epochs' draws
         self._last: tuple[int, torch.Tensor] | None = None  # the last epoch's order, for a second read
+        self._asked_epoch: int | None = None  # what a caller's set_epoch asked for, until a loader takes it
         # "shards": each item's shard number (-1: none), and how many shards are shuffled together
         self.groups = checked_groups(groups, self.size) if groups is not None else None
         self.window = checked_window(window)
@@ -132,6 +142,18 @@ class EpochSampler(DistributedSampler):
         self._window_items: int | None = None
         if order == "shards" and self.groups is None:
             raise ConfigurationError("order 'shards' needs groups: the shard number of each item (-1 for none).")
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration of its loader draws, as ``DistributedSampler.set_epoch`` (the
+        pattern of training loops and of Lightning): a loader built anew each epoch starts there,
+        where it would count from 0 and draw epoch 0's order every time. The loader counts on."""
+        super().set_epoch(epoch)
+        self._asked_epoch = epoch
+
+    def take_asked_epoch(self) -> int | None:
+        """The epoch a caller asked for with ``set_epoch`` since a loader last took it, if any."""
+        asked, self._asked_epoch = self._asked_epoch, None
+        return asked
 
     def resume_at(
         self,
