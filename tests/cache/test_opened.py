@@ -135,39 +135,3 @@ def test_a_metadata_file_edited_with_its_size_and_mtime_put_back_is_indexed_agai
         labels = [after.classes[after[i][1]] for i in range(len(after))]
         assert labels == [fresh.classes[fresh[i][1]] for i in range(len(fresh))], "stale labels were served"
         assert (labels[0] == other) != replace
-
-
-def test_images_added_moved_or_removed_in_an_opened_folder_are_indexed_again(tmp_path):
-    """The index of a folder export found each row's image by listing images/: after a change
-    there, the missing image added or another moved, the old index gave the old answer."""
-    import json
-    import shutil
-
-    import pytest
-
-    from vl_datasets import VisualLayerDataset, errors
-    from vl_datasets.cache.opened import open_export
-    from vl_datasets.testing import write_dataset
-
-    folder = tmp_path / "export"
-    write_dataset(folder.parent, folder.name, n_items=6)
-    paths = [item["file_path"] for item in json.loads((folder / "metadata.json").read_text())["media_items"]]
-    aside = tmp_path / "aside.jpg"
-    shutil.move(folder / "images" / paths[0], aside)
-
-    def opened():
-        return VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", task=None, missing_images="drop")
-
-    first = opened()
-    assert len(first) == 5
-    version = open_export(folder, cache_dir=tmp_path / "cache").version
-    assert open_export(folder, cache_dir=tmp_path / "cache").version == version, "nothing changed: no new index"
-    shutil.move(aside, folder / "images" / paths[0])  # the missing image added
-    assert len(opened()) == 6, "the image added to images/ is still missing"
-    nested = folder / "images" / "deeper" / "still"
-    nested.mkdir(parents=True)
-    shutil.move(folder / "images" / paths[1], nested / "moved.jpg")  # away from its file_path, under new folders
-    assert len(opened()) == 5, "an image moved away is still found where it was"
-    shutil.rmtree(folder / "images")
-    with pytest.raises(errors.CurationError, match="missing_images"):  # images/ removed: no row has one
-        opened()

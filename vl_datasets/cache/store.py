@@ -32,7 +32,6 @@ from ..errors import CorruptArchiveError
 from ..locks import hold_lock
 from ..metadata.index import index_export
 from ..records import ExportTask
-from . import folder_stamps
 from .layout import (
     CACHEDIR_TAG,
     DERIVED,
@@ -358,8 +357,6 @@ class CacheStore:
         new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
         export_dir = opened_from if opened_from is not None else staging
         _check_images_folder(export_dir, _describe_source(key, task, export_dir))
-        if opened_from is not None:
-            folder_stamps.record(opened_from / "images", staging)
         indexed = index_export(export_dir, staging)
         if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
@@ -431,9 +428,10 @@ class CacheStore:
                     remove_tree(child)
 
     def source_changed(self, entry: LocalExport) -> bool:
-        """Whether the metadata file of an export opened from a folder, or the folders of its
-        images/ (``folder_stamps``), changed since ``entry`` was published from it (a manifest that
-        did not record the metadata's state counts as changed)."""
+        """Whether the metadata file of an export opened from a folder changed since ``entry`` was
+        published from it (a manifest that did not record it counts as changed). Its images/ is
+        not compared: a version's prepared images are keyed by it, and a job that prepared them
+        may remove the originals; touching the metadata file builds the index again."""
         if entry.entry_dir is None or entry.version is None:
             return True
         manifest = read_json(self.manifest_of(entry)) or {}
@@ -444,12 +442,7 @@ class CacheStore:
         if manifest.get("metadata_mtime_ns") != stat.st_mtime_ns:
             return True
         marks = _change_marks(stat)  # a manifest from before they were recorded compares its mtime alone
-        if any(manifest.get(name, now) != now for name, now in marks.items()):
-            return True
-        images = entry.metadata_path.parent / "images"
-        if bool(manifest.get("images")) != images.is_dir():  # images/ made, or removed, since
-            return True
-        return folder_stamps.changed(images, entry.entry_dir / entry.version)
+        return any(manifest.get(name, now) != now for name, now in marks.items())
 
     def remove_leftovers(self, entry_dir: Path, *, keep_resumable: bool = False) -> list[Path]:
         """Delete what ``leftovers`` lists (but, with ``keep_resumable``, a download or the chunks of
