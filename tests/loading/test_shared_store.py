@@ -133,6 +133,35 @@ def test_a_damaged_image_in_the_store_itself_reads_as_missing_with_a_warning(tmp
     assert all(np.array_equal(store.get(p), IMAGES[p]) for p in others)
 
 
+def test_a_damaged_record_in_the_store_s_index_reads_as_missing_not_as_a_huge_allocation(tmp_path, caplog):
+    """A flipped bit in a record's height made the read allocate terabytes: a MemoryError blamed
+    on the healthy original (and the image skipped under on_error='skip')."""
+    url = str(tmp_path / "store")
+    write_shared_store(url, IMAGES, settings=SETTINGS, export="m1")
+    path = "folder/img_7.jpg"
+    for index in (tmp_path / "store" / "index").glob("*.npy"):  # the share whose index holds it
+        records = np.load(index)
+        found = np.flatnonzero(records["lo"] == keys_of([path])[0, 1])
+        if len(found):
+            records["height"][found[0]] |= 1 << 31  # and the width: terabytes asked for
+            records["width"][found[0]] |= 1 << 24
+            np.save(index, records)
+    store = open_store(url, tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        assert store.get(path) is None
+    assert path in caplog.text and "damaged" in caplog.text
+    assert all(np.array_equal(store.get(p), IMAGES[p]) for p in IMAGES if p != path)
+
+
+def test_a_share_listing_a_shard_without_its_size_is_a_damaged_store(tmp_path):
+    url = str(tmp_path / "store")
+    write_shared_store(url, IMAGES, settings=SETTINGS, export="m1")
+    share = sorted((tmp_path / "store" / "shares").glob("*.json"))[0]
+    share.write_text(share.read_text().replace('"bytes"', '"bites"', 1))
+    with pytest.raises(errors.SharedStoreError, match=r"shares/.*lists a shard without a name and a size"):
+        open_store(url, tmp_path / "cache")
+
+
 def read_in_child(store, path, results):
     results.put(np.array_equal(store.get(path), IMAGES[path]))
 

@@ -187,7 +187,7 @@ class SharedStore:
         parts = []
         for share in manifest.get("shares") or []:
             name = share["name"] if isinstance(share, dict) else str(share)
-            listed = [_shard_of(s) for s in self._share_json(name).get("shards") or []]
+            listed = [self._shard_of(s, name) for s in self._share_json(name).get("shards") or []]
             records = self._share_index(name)
             valid = (records["shard"] < len(listed)) if listed else np.zeros(len(records), bool)
             records = records[valid].copy()
@@ -201,6 +201,21 @@ class SharedStore:
         with replacing(meta / _SHARDS) as tmp:
             tmp.write_text(json.dumps([[s.name, s.size, s.xxh3] for s in shards]))
         _save(meta / _RECORDS, merged)  # last: its presence says the folder is whole
+
+    def _shard_of(self, listed: Any, share: str) -> Shard:
+        """A shard as shares/<share>.json lists it (its name under ``shards/``, or with that folder);
+        ``SharedStoreError`` for an entry that is not one (a damaged store, not a KeyError)."""
+        try:
+            name, size = str(listed["name"]), int(listed["bytes"])
+            if size < 0:
+                raise ValueError(size)
+        except (KeyError, TypeError, ValueError):
+            raise SharedStoreError(
+                f"{SHARES}/{share}.json of {self.display_url} lists a shard without a name and a size in "
+                "bytes: the store is damaged.",
+                url=self.display_url,
+            ) from None
+        return Shard(name.removeprefix(f"{SHARDS}/"), size, listed.get("xxh3"))
 
     def _share_json(self, share: str) -> dict[str, Any]:
         try:
@@ -298,6 +313,11 @@ class SharedStore:
         check; None (a WARNING, once a record) when the store's own copy does."""
         shard = self.shards[int(record["shard"])]
         height, width, offset = int(record["height"]), int(record["width"]), int(record["offset"])
+        if height < 1 or width < 1 or offset < 0 or offset + height * width * 3 > shard.size:
+            # A damaged record (a flipped bit in a size): missing, not an allocation of terabytes
+            # blamed on the original, which is then prepared again.
+            self._warn_damaged(path, shard, offset, f"its record says {width}x{height} at byte {offset}")
+            return None
         pixels = np.empty((height, width, 3), np.uint8)
         for attempt in range(2):
             fd = self._open_shard(shard)
@@ -326,24 +346,19 @@ class SharedStore:
                 self._failed[shard.name] = (time.monotonic(), exc)
             raise
 
-    def _warn_damaged(self, path: str, shard: Shard, offset: int) -> None:
+    def _warn_damaged(self, path: str, shard: Shard, offset: int, why: str = "its checksum does not match") -> None:
         with self._lock:
             named = (hash(shard.name), offset) in self._warned
             self._warned.add((hash(shard.name), offset))
         if not named:
             logger.warning(
-                "The prepared copy of the image at %s in the shard %s of %s is damaged (its checksum does not "
-                "match); it is prepared again from its original",
+                "The prepared copy of the image at %s in the shard %s of %s is damaged (%s); it is prepared "
+                "again from its original",
                 path,
                 shard.name,
                 self.display_url,
+                why,
             )
-
-
-def _shard_of(listed: dict[str, Any]) -> Shard:
-    """A shard as shares/<share>.json lists it (its name under ``shards/``, or with that folder)."""
-    name = str(listed["name"])
-    return Shard(name.removeprefix(f"{SHARDS}/"), int(listed["bytes"]), listed.get("xxh3"))
 
 
 def _same_source(recorded: int, expected: int) -> bool:
