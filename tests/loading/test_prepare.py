@@ -300,6 +300,19 @@ def test_a_store_damaged_under_a_job_with_skip_skips_nothing(export, tmp_path, d
     assert warning in caplog.text
 
 
+def test_a_prepare_with_nothing_left_to_do_writes_nothing(export, tmp_path):
+    """It rewrote the manifest every time: on a store mounted read-only since it was finished, a
+    bare OSError (Errno 30) where the summary should come back."""
+    ds = open_prepared(export, tmp_path, image_size=40)
+    ds.prepare(num_workers=0, progress=False)
+    manifest = ds.images._source.store.path / MANIFEST_FILE
+    before = manifest.stat()
+    summary = open_prepared(export, tmp_path, image_size=40).prepare(num_workers=0, progress=False)
+    assert (summary.images, summary.prepared) == (ITEMS, 0)
+    after = manifest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "the manifest was written again"
+
+
 @pytest.mark.parametrize(
     "manifest",
     ["[]", '"done"', '{"parts": []}', '{"parts": {"PART": {}}}', '{"parts": {"PART": {"pixel_bytes": "all"}}}',

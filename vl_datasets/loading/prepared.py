@@ -325,6 +325,12 @@ class PreparedStore:
             "library_version": __version__,
             **facts,
         }
+        try:
+            kept = json.loads((self.path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and _same_but_when(kept, manifest):
+            return kept  # a run that prepared nothing: no write (the store may be read-only by now)
         write_json_atomic(self.path / MANIFEST_FILE, manifest)
         return manifest
 
@@ -522,6 +528,14 @@ def _checks(records: np.ndarray) -> np.ndarray:
     size = (records["height"].astype(np.uint64) << 32) | records["width"]
     mixed = records["hi"] ^ records["lo"] ^ records["offset"] ^ size ^ records["source"] ^ records["pixels"]
     return mixed ^ records["written"] ^ np.uint64(_SALT)
+
+
+def _same_but_when(kept: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Whether two manifests say the same but when, and by which version, they were written."""
+    fleeting = ("created_at", "library_version")
+    return {k: v for k, v in kept.items() if k not in fleeting} == {
+        k: v for k, v in manifest.items() if k not in fleeting
+    }
 
 
 def _fsync(path: Path) -> int:
