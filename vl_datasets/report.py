@@ -121,7 +121,7 @@ def _labels_section(figure: type, names: pa.ListArray, kept: np.ndarray) -> str:
     rows = np.arange(len(shown))
     ax.barh(rows - 0.2, [before[n] for n in shown], height=0.4, color="#bbb", label="before curation")
     ax.barh(rows + 0.2, [after.get(n, 0) for n in shown], height=0.4, color="#3b75af", label="after curation")
-    ax.set_yticks(rows, shown)
+    ax.set_yticks(rows, shown, parse_math=False)  # a label is drawn as written, "$" and all: not mathtext
     ax.invert_yaxis()  # most frequent on top
     ax.set_xlabel("items")
     legend_above(ax)

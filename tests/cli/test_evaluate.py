@@ -74,3 +74,51 @@ def test_bad_arguments_exit_2(export, tmp_path, capsys):
     assert main([*argv, "--min-confidence", "60"]) == 2
     assert "min_confidence must be from 0 to 1" in capsys.readouterr().err
     assert main([*argv, "--drop-issue", "blur"]) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"PAR1 then nothing"])
+def test_a_parquet_file_that_is_not_parquet_exits_1_naming_it(export, tmp_path, capsys, content):
+    predictions = tmp_path / "p.parquet"
+    predictions.write_bytes(content)
+    code = main(["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"error: {predictions}: cannot be read as parquet" in err
+
+
+def test_train_ids_that_cannot_be_read_exit_2_naming_the_file(export, tmp_path, capsys):
+    predictions = tmp_path / "p.csv"
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("m0\ncaf\xe9\n".encode("latin-1"))
+    argv = ["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")]
+    for train_ids, message in ((tmp_path / "missing.txt", "cannot read media ids"), (latin, "media ids must be UTF-8")):
+        assert main([*argv, "--train-ids", str(train_ids)]) == 2
+        assert f"error: {train_ids}: {message}" in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_exit_2_before_scoring(export, tmp_path, capsys):
+    predictions = tmp_path / "p.csv"
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    (tmp_path / "file").write_text("")
+    argv = ["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")]
+    for option, path, message in (
+        ("--out", tmp_path, "is a folder"),
+        ("--label-errors", tmp_path, "is a folder"),
+        ("--out", tmp_path / "file" / "eval.html", "cannot create its folder"),
+        ("--label-errors", tmp_path / "file" / "errors.txt", "cannot create its folder"),
+    ):
+        assert main([*argv, option, str(path)]) == 2
+        captured = capsys.readouterr()
+        assert f"error: {option} {path}: {message}" in captured.err
+        assert "items scored" not in captured.out  # refused before the scoring, not after it
+
+
+def test_a_nan_score_in_a_csv_is_refused_not_read_as_no_score(export, tmp_path, capsys):
+    predictions = tmp_path / "p.csv"
+    predictions.write_text("media_id,prediction,score\nm0,cat,0.99\nm1,cat,nan\n")
+    errors = tmp_path / "errors.txt"
+    argv = ["evaluate", str(export), "--predictions", str(predictions), "--label-errors", str(errors)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "row 1 (media id 'm1'): score nan is not a number from 0 to 1" in capsys.readouterr().err
+    assert not errors.exists()  # m1 is not listed as a suspected label error with no score

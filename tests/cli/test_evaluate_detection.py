@@ -94,6 +94,7 @@ def box(**fields):
         (box(category_name=None), "row 1: 'category_name' or 'category_id' is missing"),
         (box(bbox=[1, 2, 3]), "row 1 (media id 'm0'): bbox [1, 2, 3] is not [x, y, width, height]"),
         (box(bbox=[1, 2, -3, 4]), "width and height >= 0"),
+        (box(bbox=[10**400, 0, 1, 1]), "row 1 (media id 'm0'): bbox [1000"),  # an int no float holds
         (box(score=1.5), "row 1 (media id 'm0'): score 1.5 is not a number from 0 to 1"),
         (box(score=None), "score None is not a number"),
         (box(media_id="zz"), "media id 'zz' is not an item of this export"),
@@ -134,6 +135,16 @@ def test_classification_only_options_are_refused_for_boxes(service, tmp_path, ca
     assert "--label-errors and --min-confidence apply to classification predictions" in capsys.readouterr().err
     assert run(service, tmp_path, predictions, "--resamples", "-1") == 2
     assert "n_resamples must be 0 or more" in capsys.readouterr().err
+    assert run(service, tmp_path, predictions, "--seed", "-1") == 2
+    assert "seed must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_folder_exits_2_before_scoring(service, tmp_path, capsys):
+    predictions = tmp_path / "boxes.json"
+    predictions.write_text(json.dumps(BOXES))
+    assert run(service, tmp_path, predictions, "--out", str(tmp_path)) == 2
+    captured = capsys.readouterr()
+    assert f"error: --out {tmp_path}: is a folder" in captured.err and "images scored" not in captured.out
 
 
 def test_the_error_carries_the_row_field_and_media_id(tmp_path):

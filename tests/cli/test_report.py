@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 
 import pytest
 
+from tests.evaluation.helpers import item, write_export
 from tests.helpers import thumbnails
 from vl_datasets.cli import build_parser, main
 
@@ -98,3 +101,19 @@ def test_report_command_dedupe_threshold_is_optional():
         "dark=0.9",
         "bright=1",
     ]
+
+
+def test_report_command_refuses_an_out_it_cannot_write_before_curating(export, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for path, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "r.html", "cannot create its folder")):
+        assert main(["report", str(export), "--out", str(path), "--cache-dir", str(tmp_path / "cache")]) == 2
+        assert f"error: --out {path}: {message}" in capsys.readouterr().err
+
+
+def test_report_command_draws_labels_with_dollars_as_written(tmp_path):
+    # "cat$_$dog" is not valid matplotlib mathtext: the label bars would stop the report.
+    export = write_export(tmp_path, [item("m0", "cat$_$dog"), item("m1", "$5 bill")])
+    out = tmp_path / "r.html"
+    assert main(["report", str(export), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    plots = [base64.b64decode(b).decode() for b in re.findall(r'data:image/svg\+xml;base64,([^"]+)', out.read_text())]
+    assert any("cat$_$dog" in plot and "$5 bill" in plot for plot in plots)

@@ -106,6 +106,8 @@ def test_bad_input_is_named(dataset):
         evaluate_detection(dataset, {"zz": FOUND})
     with pytest.raises(ConfigurationError, match="n_resamples"):
         evaluate_detection(dataset, {}, n_resamples=-1)
+    with pytest.raises(ConfigurationError, match="seed must be 0 or more, got -1"):  # not numpy's ValueError
+        evaluate_detection(dataset, {}, seed=-1)
     with pytest.raises(ConfigurationError, match="min_cluster_images"):
         evaluate_detection(dataset, {}, min_cluster_images=0)
 

@@ -69,3 +69,16 @@ def test_the_list_feeds_the_next_curation_and_a_selective_export(dataset, tmp_pa
 def test_a_confidence_threshold_outside_0_1_is_refused(dataset):
     with pytest.raises(ConfigurationError, match="min_confidence"):
         evaluate(dataset, SCORES, min_confidence=60)
+
+
+def test_a_media_ids_file_that_cannot_be_read_or_written_is_named(dataset, tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    for path, message in ((tmp_path / "missing.txt", "cannot read media ids"), (latin, "must be UTF-8 text")):
+        with pytest.raises(ConfigurationError, match=message) as caught:
+            read_media_ids(path)
+        assert str(path) in str(caught.value)
+    result = evaluate(dataset, SCORES, min_confidence=0.6)
+    with pytest.raises(ConfigurationError, match="cannot write the media ids there") as caught:
+        result.write_label_errors(tmp_path)  # a folder
+    assert str(tmp_path) in str(caught.value)

@@ -48,6 +48,11 @@ def test_parquet_with_class_indices(tmp_path):
         ("media_id,prediction,score\na,cat,0.5\nb,dog,1.5\n", "score", 1, "b", "score 1.5 is not a number from 0 to 1"),
         ("media_id,prediction,score\na,cat,high\n", "score", None, None, "column 'score' must hold numbers"),
         ("media_id,prediction\n,cat\n", "media_id", 0, None, "is not a non-empty string"),
+        # "nan" is a score that is not a number, not a missing score (pyarrow's default nulls).
+        ("media_id,prediction,score\na,cat,0.5\nb,dog,nan\n", "score", 1, "b", "score nan is not a number from 0"),
+        ("media_id,prediction,score\na,cat,NaN\n", "score", 0, "a", "score nan is not a number from 0"),
+        ("media_id,prediction,score\na,cat,N/A\n", "score", None, None, "column 'score' must hold numbers"),
+        ("media_id,prediction,prediction\na,cat,dog\n", "prediction", None, None, "'prediction' appears more than"),
     ],
 )
 def test_bad_files_name_the_column_row_and_media_id(tmp_path, text, column, row, media_id, message):

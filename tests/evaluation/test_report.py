@@ -10,7 +10,7 @@ import pytest
 from tests.evaluation.helpers import duplicate, item, mislabel, write_export
 from tests.helpers import render_in_browser, thumbnails
 from tests.test_report import browser  # noqa: F401  (the fixture: Debian's Chromium through playwright)
-from vl_datasets import VisualLayerDataset
+from vl_datasets import ConfigurationError, VisualLayerDataset
 from vl_datasets.evaluation import evaluate
 
 
@@ -64,3 +64,22 @@ def test_report_renders_in_a_browser(browser, result, tmp_path):  # noqa: F811
     page, decoded = render_in_browser(browser, report, tmp_path / "eval.png")
     assert len(decoded) == 2 + thumbnails(report.read_text())
     assert page.evaluate("() => document.querySelectorAll('table tr').length") > 20  # the slice tables are there
+
+
+def test_class_names_with_dollars_are_drawn_as_written(tmp_path):
+    # "$...$" would be matplotlib mathtext, and "cat$_$dog" is not valid mathtext: no report at all.
+    items = [item("m0", "cat$_$dog"), item("m1", "dog"), item("m2", "$5 bill")]
+    ds = VisualLayerDataset.from_export(write_export(tmp_path, items), cache_dir=tmp_path / "c")
+    result = evaluate(ds, {"m0": "cat$_$dog", "m1": "$5 bill", "m2": "$5 bill"})
+    page = result.write_report(tmp_path / "eval.html").read_text(encoding="utf-8")
+    plots = [base64.b64decode(b).decode() for b in re.findall(r'data:image/svg\+xml;base64,([^"]+)', page)]
+    confusion = plots[-1]
+    assert "cat$_$dog" in confusion and "$5 bill" in confusion  # the tick labels, as written
+
+
+def test_a_report_path_that_cannot_be_written_is_named(result, tmp_path):
+    (tmp_path / "file").write_text("")
+    for path in (tmp_path, tmp_path / "file" / "eval.html"):  # a folder; a parent that is a file
+        with pytest.raises(ConfigurationError, match="cannot write the report there") as caught:
+            result.write_report(path)
+        assert str(path) in str(caught.value)

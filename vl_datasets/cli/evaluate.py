@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..evaluation.detection_slices import N_RESAMPLES, SEED
-from .options import add_api_options, add_curation_options, add_source, open_dataset
+from .options import add_api_options, add_curation_options, add_source, check_output, open_dataset
 from .report import parse_drop_issues
 
 
@@ -65,6 +65,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return run_detection(args)
     if args.resamples is not None or args.seed is not None:
         raise ConfigurationError("--resamples and --seed apply to detection predictions (a JSON or a bbox column).")
+    check_output(args.out, "--out")  # before the scoring, which may take minutes
+    check_output(args.label_errors, "--label-errors")
     from ..evaluation import evaluate, read_media_ids
 
     # Items without exactly one label are kept out of training, not out of the evaluation: their
@@ -73,8 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "invalid_labels": "drop",
         **_shared_options(args),
     }
+    train_ids = read_media_ids(args.train_ids) if args.train_ids else None  # a bad file fails before the export
     dataset = open_dataset(args, **options)
-    train_ids = read_media_ids(args.train_ids) if args.train_ids else None
     min_confidence = 0.5 if args.min_confidence is None else args.min_confidence
     result = evaluate(dataset, args.predictions, train_ids=train_ids, min_confidence=min_confidence, title=args.title)
     print(summary_text(result))
@@ -92,12 +94,14 @@ def run_detection(args: argparse.Namespace) -> int:
 
     if args.label_errors or args.min_confidence is not None:
         raise ConfigurationError("--label-errors and --min-confidence apply to classification predictions.")
+    check_output(args.out, "--out")  # before the scoring, which may take minutes
+    train_ids = read_media_ids(args.train_ids) if args.train_ids else None  # a bad file fails before the export
     dataset = open_dataset(args, task="detection", **_shared_options(args))
     predictions = read_detections(args.predictions, list(dataset.classes))
     result = evaluate_detection(
         dataset,
         predictions,
-        train_ids=read_media_ids(args.train_ids) if args.train_ids else None,
+        train_ids=train_ids,
         n_resamples=N_RESAMPLES if args.resamples is None else args.resamples,
         seed=SEED if args.seed is None else args.seed,
         title=args.title,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,3 +94,20 @@ def open_dataset(args: argparse.Namespace, **options: Any) -> VisualLayerDataset
     return VisualLayerDataset(
         args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
     )
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """Refuse ``option``'s output ``path`` before the work that fills it: a folder given as the
+    file, or a folder for it that is a file or cannot be created, would fail only after it."""
+    from ..errors import ConfigurationError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigurationError(f"{option} {path}: is a folder; give the path of the file to write.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # made now rather than after the work anyway
+    except OSError as exc:
+        raise ConfigurationError(f"{option} {path}: cannot create its folder: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"{option} {path}: its folder {path.parent} is not writable.")

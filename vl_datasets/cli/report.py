@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import errors
-from .options import add_api_options, add_curation_options, add_source, open_dataset
+from .options import add_api_options, add_curation_options, add_source, check_output, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -42,6 +42,7 @@ def run_report(args: argparse.Namespace) -> int:
         "labels": args.labels,
         "label_source": args.label_source,
     }
+    check_output(args.out, "--out")  # before an export or a curation that may take minutes
     dataset = open_dataset(args, **options)
     print(dataset.report(args.out, title=args.title))
     return 0

@@ -34,12 +34,13 @@ def is_detection_file(path: Path) -> bool:
     if suffix in DETECTION_SUFFIXES:
         return True
     if suffix in (".parquet", ".pq") and path.is_file():
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             return "bbox" in pq.read_schema(path).names
-        except OSError:
-            return False  # not Parquet after all: the classification reader says so
+        except (pa.ArrowInvalid, OSError) as exc:  # empty, truncated, or not Parquet at all
+            raise PredictionsError(f"{path}: cannot be read as parquet: {exc}") from None
     return False
 
 
@@ -100,7 +101,7 @@ def _parse(record: Any, classes: list[str], path: Path, row: int) -> tuple[str, 
     if (
         not isinstance(box, (list, tuple))
         or len(box) != 4
-        or not all(_is_number(v) and math.isfinite(v) for v in box)
+        or not all(_is_finite(v) for v in box)
         or box[2] < 0
         or box[3] < 0
     ):
@@ -143,3 +144,11 @@ def _label(record: dict, classes: list[str], where: str, failure: dict[str, Any]
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A number that is a finite float: JSON's integers have no bound, and one past 1e308 is not."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:  # math.isfinite turns an int into a float first
+        return False

@@ -55,6 +55,8 @@ class Bootstrap:
     def __post_init__(self) -> None:
         if self.n_resamples < 0:
             raise ConfigurationError(f"n_resamples must be 0 or more, got {self.n_resamples}.")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ConfigurationError(f"seed must be 0 or more, got {self.seed}.")
 
     def resampled(self, matches: BoxMatches, rows: np.ndarray) -> np.ndarray:
         """Per resample of ``rows``: mAP, mAP@0.5, then each class's AP (resamples x 2 + classes)."""

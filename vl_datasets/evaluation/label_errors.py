@@ -95,12 +95,21 @@ def write_media_ids(media_ids: Iterable[str] | pa.Table, path: str | os.PathLike
     if isinstance(media_ids, pa.Table):
         media_ids = media_ids.column("media_id").to_pylist()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(target) as tmp:
-        tmp.write_text("".join(f"{media_id}\n" for media_id in media_ids), encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(target) as tmp:
+            tmp.write_text("".join(f"{media_id}\n" for media_id in media_ids), encoding="utf-8")
+    except OSError as exc:  # a folder at ``path``, a parent that is a file or read-only, a full disk
+        raise ConfigurationError(f"{target}: cannot write the media ids there: {exc.strerror or exc}") from None
     return target
 
 
 def read_media_ids(path: str | os.PathLike) -> list[str]:
     """The media ids of a file written by ``write_media_ids`` (blank lines ignored)."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a binary file given by mistake, or another encoding
+        raise ConfigurationError(f"{path}: media ids must be UTF-8 text, one a line: {exc}") from None
+    except OSError as exc:  # missing, a folder, unreadable: a ConfigurationError names the file
+        raise ConfigurationError(f"{path}: cannot read media ids: {exc.strerror or exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

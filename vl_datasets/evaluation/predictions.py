@@ -82,9 +82,7 @@ def read_table(path: Path) -> pa.Table:
         if suffix == ".csv":
             from pyarrow import csv
 
-            # As text: a class named "07" or a numeric media id must stay what it says.
-            text = {name: pa.string() for name in REQUIRED_COLUMNS}
-            return csv.read_csv(path, convert_options=csv.ConvertOptions(column_types=text))
+            return csv.read_csv(path, convert_options=_csv_options())
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
@@ -92,6 +90,21 @@ def read_table(path: Path) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as exc:
         raise PredictionsError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
     raise PredictionsError(f"{path}: predictions must be a .csv or .parquet file.")
+
+
+def _csv_options() -> Any:
+    """How a predictions CSV is read: media ids and classes as text, and only an empty field as null."""
+    from pyarrow import csv
+
+    return csv.ConvertOptions(
+        # As text: a class named "07" or a numeric media id must stay what it says.
+        column_types={name: pa.string() for name in REQUIRED_COLUMNS},
+        # pyarrow's default nulls (nan, NaN, null, N/A, ...) would read a score of "nan" as no
+        # score at all, which the score check never sees: only an empty score is missing.
+        null_values=[""],
+        strings_can_be_null=False,  # an empty media id or class stays "", which the checks name
+        quoted_strings_can_be_null=True,  # a quoted "" score is as missing as an empty one
+    )
 
 
 def from_mapping(mapping: Mapping[Any, Any], classes: list[str]) -> ClassPredictions:
@@ -132,6 +145,7 @@ def from_arrays(
 
 def from_table(table: pa.Table, classes: list[str], *, source: str) -> ClassPredictions:
     """Predictions from a table with ``media_id``, ``prediction`` and an optional ``score`` column."""
+    _check_unique_columns(table.column_names, source)
     missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
     if missing:
         raise PredictionsError(
@@ -155,6 +169,14 @@ def from_table(table: pa.Table, classes: list[str], *, source: str) -> ClassPred
         raise PredictionsError(
             f"{source}: {error.message}", column=error.column, row=error.row, media_id=error.media_id
         ) from None
+
+
+def _check_unique_columns(names: list[str], source: str) -> None:
+    # A CSV header or a Parquet schema may repeat a name: which of the two columns is meant
+    # cannot be guessed (pyarrow refuses to pick one by name). Other columns are never read.
+    for name in (*REQUIRED_COLUMNS, "score"):
+        if names.count(name) > 1:
+            raise PredictionsError(f"{source}: column {name!r} appears more than once (columns: {names}).", column=name)
 
 
 def _score_column(column: pa.ChunkedArray, source: str) -> list[float | None]:

@@ -144,8 +144,9 @@ def _confusion_plot(figure: type, matrix: np.ndarray, classes: list[str]) -> str
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, classes, rotation=90)
-    ax.set_yticks(ticks, classes)
+    # parse_math=False: a class name is drawn as written; "cat$_$dog" is not mathtext to parse.
+    ax.set_xticks(ticks, classes, rotation=90, parse_math=False)
+    ax.set_yticks(ticks, classes, parse_math=False)
     ax.set(xlabel="predicted", ylabel="label")
     if len(classes) <= 20:  # counts in the cells stay readable up to here
         peak = matrix.max()
