@@ -46,3 +46,14 @@ def test_cli_bad_credentials_and_unreachable_api(local_vl_auth, tmp_path, monkey
     monkeypatch.setenv("VL_API_MAX_RETRIES", "0")
     assert main(["-v", "export", "ds-ready", "--cache-dir", str(tmp_path)]) == 8
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["./nope_export.zip", "exports/nope", "nope.ZIP"])
+def test_a_missing_path_is_named_at_once_not_taken_for_a_dataset_id(quick_vl, tmp_path, monkeypatch, capsys, source):
+    """Taken for a dataset id, a mistyped path cost the API's retries, then 'cannot be reached'."""
+    monkeypatch.setenv("VL_API_URL", quick_vl.url)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", source, "--out", str(tmp_path / "r.html"), "--cache-dir", str(tmp_path / "c")]) != 0
+    err = capsys.readouterr().err
+    assert "No export at" in err and source.lstrip("./").split("/")[-1] in err
+    assert quick_vl.requests == [], "the API was asked for a path"

@@ -85,15 +85,21 @@ def add_source(parser: argparse.ArgumentParser) -> None:
 
 
 def open_dataset(args: argparse.Namespace, **options: Any) -> VisualLayerDataset:
-    """``args.source`` as a dataset: a local export (ZIP or folder) when that path exists, else a
-    dataset id exported through ``--api-url`` (or ``VL_API_URL``)."""
+    """``args.source`` as a dataset: a local export (ZIP or folder) when that path exists or is
+    spelled as a path, else a dataset id exported through ``--api-url`` (or ``VL_API_URL``)."""
     from ..loading.dataset import VisualLayerDataset
 
-    if Path(args.source).exists():
+    if Path(args.source).exists() or _spelled_as_path(args.source):  # a missing one: ExportNotFoundError
         return VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
     return VisualLayerDataset(
         args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
     )
+
+
+def _spelled_as_path(source: str) -> bool:
+    """Whether ``source`` can only be a path: a folder separator, or an archive's suffix. (A dataset
+    id is a UUID: taken for one, a mistyped path cost the API's retries, then 'cannot be reached'.)"""
+    return "/" in source or os.sep in source or source.lower().endswith(".zip")
 
 
 def check_output(path: Path | None, option: str) -> None:
