@@ -442,7 +442,7 @@ def _size_limit(image_cache: str | int) -> int:
 def root_reading(images_root: str | os.PathLike | None) -> RootReading | None:
     """How ``images_root`` reads a path: ``"literal"`` (a local folder, object storage), else
     ``"decoded"`` (http(s), and any protocol not known to take names literally); None without a
-    root (the export's own images, a local folder)."""
+    root (the export's own images, read from its folder)."""
     if images_root is None:
         return None
     if not is_remote(images_root):
