@@ -122,3 +122,24 @@ def test_a_nan_score_in_a_csv_is_refused_not_read_as_no_score(export, tmp_path, 
     assert main([*argv, "--cache-dir", str(tmp_path / "c")]) == 1
     assert "row 1 (media id 'm1'): score nan is not a number from 0 to 1" in capsys.readouterr().err
     assert not errors.exists()  # m1 is not listed as a suspected label error with no score
+
+
+def test_empty_predictions_an_unknown_id_and_unknown_train_ids_are_said(export, tmp_path, capsys, caplog):
+    """'0 items scored; accuracy -' with exit 0 hid a results file never written; an id the export
+    lacks was reported without the file it came from; train ids of another dataset found no leak."""
+    cache = ["--cache-dir", str(tmp_path / "c")]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("media_id,prediction\n")
+    assert main(["evaluate", str(export), "--predictions", str(empty), *cache]) == 1
+    assert f"{empty}: holds no predictions to score" in capsys.readouterr().err
+    stranger = tmp_path / "stranger.csv"
+    stranger.write_text("media_id,prediction\nm0,cat\nnot-here,dog\n")
+    assert main(["evaluate", str(export), "--predictions", str(stranger), *cache]) == 1
+    assert f"{stranger}: row 1: media id 'not-here' is not an item of this export" in capsys.readouterr().err
+    predictions, train_ids = tmp_path / "p.csv", tmp_path / "train.txt"
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    train_ids.write_text("m0\nother-1\nother-2\n")
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        code = main(["evaluate", str(export), "--predictions", str(predictions), "--train-ids", str(train_ids), *cache])
+    assert code == 0
+    assert "2 of the 3 train media ids are no item of this export" in caplog.text

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, PredictionsError
-from ..metadata.splits import find_leaks
 from .detection import DetectionScores, detection_classes, match_boxes
 from .detection_slices import N_RESAMPLES, SEED, Bootstrap, detection_families
+from .scored import train_leaks
 
 ITEM_COLUMNS = ("media_id", "uniqueness_score", "cluster_id", "issues", "file_path", "image_path", "removed_by")
 
@@ -73,7 +73,7 @@ def evaluate_detection(
     matches = match_boxes(items, classes, dataset.label_source, predictions)
     leaks = None
     if train_ids is not None:
-        leaks = find_leaks(details, list(train_ids), items.column("media_id").to_pylist())
+        leaks = train_leaks(details, list(train_ids), items.column("media_id").to_pylist())
     every = np.arange(len(items))
     intervals = bootstrap.intervals(matches, every)
     return DetectionEvaluation(

@@ -13,6 +13,7 @@ that is not a number from 0 to 1, scores of the wrong length.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ class ClassPredictions:
     predicted: np.ndarray
     confidence: np.ndarray
     scores: np.ndarray | None = None
+    source: str = "the predictions"  # what errors name: the file's path, or what was given
 
     def __len__(self) -> int:
         return len(self.media_ids)
@@ -60,13 +62,19 @@ def read_predictions(source: Any, classes: Sequence[str]) -> ClassPredictions:
     if not classes:
         raise PredictionsError("The dataset has no classes to score predictions against (task must be classification).")
     if isinstance(source, ClassPredictions):
-        return source
-    if isinstance(source, Mapping):
-        return from_mapping(source, classes)
-    if isinstance(source, pa.Table):
-        return from_table(source, classes, source="the predictions table")
-    if isinstance(source, (str, os.PathLike)):
-        return from_table(read_table(Path(source)), classes, source=str(source))
+        parsed = source
+    elif isinstance(source, Mapping):
+        parsed = dataclasses.replace(from_mapping(source, classes), source="the predictions mapping")
+    elif isinstance(source, pa.Table):
+        parsed = from_table(source, classes, source="the predictions table")
+    elif isinstance(source, (str, os.PathLike)):
+        parsed = from_table(read_table(Path(source)), classes, source=str(source))
+    else:
+        parsed = None
+    if parsed is not None:
+        if not parsed.media_ids:  # "0 items scored", exit 0: a results file that was never written
+            raise PredictionsError(f"{parsed.source}: holds no predictions to score.")
+        return parsed
     raise PredictionsError(
         "Predictions must be a mapping of media id to class, a table, or a CSV/Parquet path; "
         f"got {type(source).__name__}."
@@ -164,11 +172,12 @@ def from_table(table: pa.Table, classes: list[str], *, source: str) -> ClassPred
     if "score" in table.column_names:
         score = _score_column(table.column("score"), source)
     try:
-        return from_arrays(media_ids.to_pylist(), classes, labels=prediction.to_pylist(), confidence=score)
+        parsed = from_arrays(media_ids.to_pylist(), classes, labels=prediction.to_pylist(), confidence=score)
     except PredictionsError as error:
         raise PredictionsError(
             f"{source}: {error.message}", column=error.column, row=error.row, media_id=error.media_id
         ) from None
+    return dataclasses.replace(parsed, source=source)
 
 
 def _check_unique_columns(names: list[str], source: str) -> None:

@@ -15,11 +15,10 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError
 from ..metadata.curation import CurationRules
-from ..metadata.splits import find_leaks
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
-from .scored import scored_items
+from .scored import scored_items, train_leaks
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def evaluate(
 
 def _leakage(dataset: Any, scored: pa.Table, train_ids: list[str]) -> Leakage:
     media_ids = scored.column("media_id")
-    leaks = find_leaks(dataset.curation_details(), train_ids, media_ids.to_pylist())
+    leaks = train_leaks(dataset.curation_details(), train_ids, media_ids.to_pylist())
     clean = pc.invert(pc.is_in(media_ids, value_set=leaks.column("media_id")))
     return Leakage(
         train_items=len(train_ids),

@@ -10,6 +10,7 @@ slice, the label-error list and the report read this one table.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,10 @@ import pyarrow.compute as pc
 
 from ..errors import PredictionsError
 from ..metadata.curation import selected_labels
+from ..metadata.splits import find_leaks
 from .predictions import ClassPredictions
+
+logger = logging.getLogger("vl_datasets")
 
 METADATA_COLUMNS = ("uniqueness_score", "cluster_id", "issues", "file_path", "image_path", "removed_by")
 
@@ -30,7 +34,7 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
     unknown one raises ``PredictionsError`` naming it and its row.
     """
     details = dataset.curation_details()
-    rows = _rows_of(details, predictions.media_ids)
+    rows = _rows_of(details, predictions.media_ids, predictions.source)
     picked = details.take(pa.array(rows, pa.int64()))
     label = _single_labels(selected_labels(picked, dataset.label_source), predictions.classes)
     predicted = pa.array(predictions.predicted_names, pa.string())
@@ -46,13 +50,28 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
     return pa.table(columns)
 
 
-def _rows_of(details: pa.Table, media_ids: list[str]) -> np.ndarray:
+def train_leaks(details: pa.Table, train_ids: list[str], eval_ids: list[str]) -> pa.Table:
+    """``find_leaks`` of ``eval_ids`` against ``train_ids``, with a WARNING when some of the train
+    ids are no item of this export: a file of another dataset's ids would find no leak, which
+    reads as a clean result."""
+    known = pc.is_in(pa.array(train_ids, pa.string()), value_set=details.column("media_id"))
+    unknown = len(train_ids) - int(pc.sum(known).as_py() or 0)
+    if unknown:
+        logger.warning(
+            "%d of the %d train media ids are no item of this export: the leakage check cannot see them.",
+            unknown,
+            len(train_ids),
+        )
+    return find_leaks(details, train_ids, eval_ids)
+
+
+def _rows_of(details: pa.Table, media_ids: list[str], source: str) -> np.ndarray:
     index = pc.index_in(pa.array(media_ids, pa.string()), value_set=details.column("media_id"))
     unknown = pc.is_null(index).to_numpy(zero_copy_only=False)
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise PredictionsError(
-            f"row {row}: media id {media_ids[row]!r} is not an item of this export "
+            f"{source}: row {row}: media id {media_ids[row]!r} is not an item of this export "
             f"({int(unknown.sum()):,} predicted media id(s) are not).",
             column="media_id",
             row=row,
