@@ -116,6 +116,13 @@ def env_number(name: str, value: float | None, default: float, env: Mapping[str,
     return number
 
 
+def check_seconds(name: str, seconds: float | None) -> None:
+    """Refuse a NaN as the bound ``name`` of a wait (None: no bound). Every comparison with NaN is
+    false, so a deadline of NaN would never pass: the wait it bounds would never end."""
+    if seconds is not None and math.isnan(seconds):
+        raise ConfigurationError(f"{name} must be a number of seconds or None, got nan.")
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
     """Cache root: argument, then ``VL_DATASETS_CACHE``, then the user cache folder.
 

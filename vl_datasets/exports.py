@@ -9,7 +9,6 @@ partial download behind, and the next run resumes both instead of starting over.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import replace
@@ -28,7 +27,7 @@ from .chunks import (
     limit_named_in,
     planned_chunk_size,
 )
-from .config import env_flag, is_remote, resolve_cache_dir, resolve_client_settings
+from .config import check_seconds, env_flag, is_remote, resolve_cache_dir, resolve_client_settings
 from .locks import hold_lock
 from .records import check_export_format
 from .tasks import start_or_resume
@@ -82,9 +81,8 @@ def fetch_export(
         raise errors.ConfigurationError("Give at most one of media_ids or cluster_ids.")
     if max_images_per_export is not None and max_images_per_export < 1:
         raise errors.ConfigurationError(f"max_images_per_export must be at least 1, got {max_images_per_export}.")
-    for name, seconds in (("export_timeout_s", export_timeout_s), ("lock_timeout_s", lock_timeout_s)):
-        if seconds is not None and math.isnan(seconds):  # every comparison with NaN is false: no bound
-            raise errors.ConfigurationError(f"{name} must be a number of seconds or None, got nan.")
+    check_seconds("export_timeout_s", export_timeout_s)  # before an export starts, not at its wait
+    check_seconds("lock_timeout_s", lock_timeout_s)
     offline = env_flag("VL_DATASETS_OFFLINE") if offline is None else offline
     explicit_host = client is not None or bool(os.environ.get("VL_API_URL"))
     base_url = client.base_url if client is not None else resolve_client_settings().base_url

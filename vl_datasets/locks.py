@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
 
 import filelock
 
-from .errors import ConfigurationError, LockTimeoutError
+from .config import check_seconds
+from .errors import LockTimeoutError
 
 logger = logging.getLogger("vl_datasets")
 
@@ -24,8 +24,7 @@ LOG_EVERY_S = 10.0
 
 
 def _acquire(lock: filelock.BaseFileLock, timeout_s: float | None, what: str) -> None:
-    if timeout_s is not None and math.isnan(timeout_s):  # every comparison with NaN is false: no bound
-        raise ConfigurationError(f"The lock timeout for {what} must be a number of seconds or None, got nan.")
+    check_seconds(f"The lock timeout for {what}", timeout_s)
     start = time.monotonic()
     while True:
         waited = time.monotonic() - start

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import errors
 from ..backoff import Attempts, RetryPolicy
-from ..config import env_number, progress_enabled, resolve_client_settings
+from ..config import check_seconds, env_number, progress_enabled, resolve_client_settings
 from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
 from .auth import TokenProvider
@@ -196,8 +196,7 @@ class Client:
         when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes. ``progress``
         overrides the client's setting for this call's bar.
         """
-        if timeout_s is not None and math.isnan(timeout_s):  # every comparison with NaN is false: no bound
-            raise errors.ConfigurationError("timeout_s must be a number of seconds or None, got nan.")
+        check_seconds("timeout_s", timeout_s)
         deadline = None if timeout_s is None else self._clock() + timeout_s
         interval = POLL_START_S
         scale = _ProgressScale()
