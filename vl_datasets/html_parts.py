@@ -129,12 +129,13 @@ def thumbnail(path: str | None, media_id: str | None, size: int, read: Callable[
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a report."""
+def write_atomic(path: Path, text: str, what: str = "the report") -> Path:
+    """Write to a process-unique temp file beside ``path``, then rename: no reader sees half a
+    report. A write that fails is a ``ConfigurationError`` naming the path and ``what`` was written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as exc:  # a folder at ``path``, a parent that is a file or read-only, a full disk
-        raise ConfigurationError(f"{path}: cannot write the report there: {exc.strerror or exc}") from None
+        raise ConfigurationError(f"{path}: cannot write {what} there: {exc.strerror or exc}") from None
     return path

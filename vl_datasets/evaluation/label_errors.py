@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..atomic import replacing
 from ..errors import ConfigurationError
+from ..html_parts import write_atomic
 from ..metadata.curation import flat_issues
 
 MISLABELS = "mislabels"
@@ -94,14 +94,7 @@ def write_media_ids(media_ids: Iterable[str] | pa.Table, path: str | os.PathLike
     atomically; ``read_media_ids`` reads them back for ``media_ids=``, ``subset=`` or ``where=``."""
     if isinstance(media_ids, pa.Table):
         media_ids = media_ids.column("media_id").to_pylist()
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(target) as tmp:
-            tmp.write_text("".join(f"{media_id}\n" for media_id in media_ids), encoding="utf-8")
-    except OSError as exc:  # a folder at ``path``, a parent that is a file or read-only, a full disk
-        raise ConfigurationError(f"{target}: cannot write the media ids there: {exc.strerror or exc}") from None
-    return target
+    return write_atomic(Path(path), "".join(f"{media_id}\n" for media_id in media_ids), "the media ids")
 
 
 def read_media_ids(path: str | os.PathLike) -> list[str]:
