@@ -49,7 +49,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     resolved, ambiguous = _exact_steps(file_path, file_name, members)
     taken = None
     if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
-        flat = _exact(_under_images(table.column("image_filename").combine_chunks()), members)
+        flat = _exact(_member_in_images(table.column("image_filename").combine_chunks()), members)
         # Steps 0 and 1 look in one folder: a row whose own flat image is missing must not take,
         # by its file_path, the image another row names (an ambiguity, as in steps 2-3).
         taken = pc.and_(pc.is_null(flat), pc.fill_null(pc.is_in(resolved, value_set=pc.drop_null(flat)), False))
@@ -102,10 +102,10 @@ class ExactPaths:
     def found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Each row's image, as its position among ``members`` (-1 where neither step finds one),
         and whether step 0 (``image_filename``) found it."""
-        found = self._positions(_under_images(table.column("file_path").combine_chunks()))
+        found = self._positions(_member_in_images(table.column("file_path").combine_chunks()))
         by_name = np.zeros(len(found), dtype=bool)
         if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
-            named = _under_images(table.column("image_filename").combine_chunks())
+            named = _member_in_images(table.column("image_filename").combine_chunks())
             flat = self._positions(named)
             by_name = flat >= 0
             found = np.where(by_name, flat, found)
@@ -164,13 +164,14 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
     Also says which rows are ambiguous: those whose step-2 file another row claims too (frames named
     ``output_000001.jpg`` in an export laid out by file name).
     """
-    resolved = _exact(_under_images(file_path), members)
+    file_path = _member_form(file_path)
+    resolved = _exact(_in_images(file_path), members)
     no_conflict = pa.array(np.zeros(len(resolved), dtype=bool))
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if not len(pending):
         return resolved, no_conflict
-    path, name = _member_form(file_path.take(pending)), _member_form(file_name.take(pending))
-    by_name = pc.binary_join_element_wise("images/", name, "")
+    path, name = file_path.take(pending), _member_form(file_name.take(pending))
+    by_name = _in_images(name)
     candidates = [
         _as_root_path(path),
         pc.if_else(pc.fill_null(pc.equal(name, path), False), _NO_STRING, by_name),  # already tried
@@ -193,9 +194,13 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
     return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)), _scatter(no_conflict, pending, shared))
 
 
-def _under_images(paths: pa.Array) -> pa.Array:
+def _member_in_images(paths: pa.Array) -> pa.Array:
     """``images/<path>`` for each of ``paths``, in the form the export's files are named in."""
-    return pc.binary_join_element_wise("images/", _member_form(paths), "")
+    return _in_images(_member_form(paths))
+
+
+def _in_images(paths: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise("images/", paths, "")
 
 
 def _member_form(paths: pa.Array) -> pa.Array:
@@ -250,7 +255,7 @@ def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:
 def _media_id_stems(members: pa.Array, member_base: pa.Array) -> pa.Array:
     """``<stem>`` of each member ``images/<stem>.<image extension>``; null for every other member."""
     lower = pc.utf8_lower(member_base)
-    is_image = pc.equal(members, pc.binary_join_element_wise("images/", member_base, ""))
+    is_image = pc.equal(members, _in_images(member_base))
     has_extension = pc.ends_with(lower, f".{IMAGE_EXTENSIONS[0]}")
     for ext in IMAGE_EXTENSIONS[1:]:
         has_extension = pc.or_(has_extension, pc.ends_with(lower, f".{ext}"))
