@@ -186,9 +186,8 @@ class ImageReader:
     ) -> None:
         self.options = options
         self.items = items
-        # Only whether images come from a root of their own, and how it reads a path: the root
-        # itself may carry a credential.
-        self.own_root = options.images_root is not None
+        # Only how a root of the images' own reads a path (None: the export's own images): the
+        # root itself may carry a credential.
         self.reading = root_reading(options.images_root)
         self._entry, self._cache_dir = entry, cache_dir  # where a shared store's shards are cached
         self._originals: ImageSource = open_source(
@@ -212,6 +211,11 @@ class ImageReader:
                 self._source = self._with_shared_store(self._source)
         self.root = self._source.display_root  # never a credential: it reaches reprs and reports
         self._reads = Reads()  # its threads start in the process that reads, after any fork
+
+    @property
+    def own_root(self) -> bool:
+        """Whether the images come from a root of their own (``images_root``)."""
+        return self.reading is not None
 
     def _with_shared_store(self, local: PreparedSource) -> SharedPreparedSource:
         """``local`` behind the shared store under the ``prepared_root``, as it is now."""
