@@ -193,8 +193,11 @@ class Handler(BaseHTTPRequestHandler):
         body: bytes = b"",
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        *,
+        drip_s: float | None = None,
     ) -> None:
-        """Answer with ``body`` (not sent for HEAD) and its Content-Length."""
+        """Answer with ``body`` (not sent for HEAD) and its Content-Length; with ``drip_s``, the
+        body a byte every ``drip_s`` seconds, until the client hangs up."""
         self.record(status)  # before answering: a client that has its answer sees the record
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -202,8 +205,18 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if drip_s is None:
             self.wfile.write(body)
+            return
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(drip_s)
+        except OSError:  # the client gave up: what a trickled answer is there to make it do
+            self.close_connection = True
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         """Answer a JSON document, byte for byte as FastAPI's JSONResponse renders it."""
@@ -215,26 +228,9 @@ class Handler(BaseHTTPRequestHandler):
         if forced.body is not None:
             body = forced.body.encode() if isinstance(forced.body, str) else forced.body
             content_type = forced.content_type or "text/plain"
-            if forced.drip_s is not None:
-                return self._send_dripping(forced.status, self._echoed(body), content_type, forced.drip_s)
-            return self.send(forced.status, self._echoed(body), content_type, headers)
+            return self.send(forced.status, self._echoed(body), content_type, headers, drip_s=forced.drip_s)
         detail = forced.detail if forced.detail is not None else f"Injected {forced.status}"
         self.refuse(forced.status, json.loads(self._echoed(json.dumps(detail).encode())), headers=headers)
-
-    def _send_dripping(self, status: int, body: bytes, content_type: str, interval_s: float) -> None:
-        """Headers at once, then the body a byte every ``interval_s``, until the client hangs up."""
-        self.record(status)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            for i in range(len(body)):
-                self.wfile.write(body[i : i + 1])
-                self.wfile.flush()
-                time.sleep(interval_s)
-        except OSError:  # the client gave up: what this fault is there to make it do
-            self.close_connection = True
 
     def _echoed(self, text: bytes) -> bytes:
         """``text`` with ``{header:<Name>}`` replaced by the request's header, ``{token}`` by the
