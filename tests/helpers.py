@@ -82,3 +82,16 @@ def change_dataset(root: Path, dataset_id: str, *, remove: int) -> str:
     document["info"]["total_media_items"] = len(kept)
     (folder / "metadata.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
     return kept[0]["media_id"]
+
+
+def without_flock(monkeypatch) -> None:
+    """The library's locks as on a filesystem without flock: they fall back to soft locks."""
+    import filelock
+
+    from vl_datasets import locks
+
+    class NoFlock(filelock.FileLock):
+        def _acquire(self):
+            raise NotImplementedError("flock not supported on this filesystem")
+
+    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)

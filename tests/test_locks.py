@@ -10,15 +10,10 @@ from vl_datasets import errors
 
 
 def test_lock_falls_back_to_a_soft_lock_without_flock(tmp_path, monkeypatch):
-    import filelock
-
+    from tests.helpers import without_flock
     from vl_datasets import locks
 
-    class NoFlock(filelock.FileLock):
-        def _acquire(self):
-            raise NotImplementedError("flock not supported on this filesystem")
-
-    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)
+    without_flock(monkeypatch)
     path = tmp_path / "entry.lock"
     with locks.hold_lock(path, timeout_s=5, what="test"):
         assert Path(str(path) + ".soft").exists()

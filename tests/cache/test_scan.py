@@ -194,15 +194,9 @@ def test_an_entry_a_build_holds_is_skipped_and_goes_at_the_next_prune(full_cache
 def test_an_entry_removed_under_a_soft_lock_keeps_that_lock_while_it_is_held(full_cache, monkeypatch):
     """Without flock the lock is a file of its own (.lock.soft): deleted with the entry halfway
     through the removal, another process could take the lock while the removal still ran."""
-    import filelock
+    from tests.helpers import without_flock
 
-    from vl_datasets import locks
-
-    class NoFlock(filelock.FileLock):
-        def _acquire(self):
-            raise NotImplementedError("flock not supported on this filesystem")
-
-    monkeypatch.setattr(locks.filelock, "FileLock", NoFlock)
+    without_flock(monkeypatch)
     held, _, _ = full_cache
     entry_dir = held["opened"].entry_dir
     seen = []
