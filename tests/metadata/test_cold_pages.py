@@ -65,7 +65,7 @@ def test_the_cold_columns_pages_are_advised_away_and_no_column_read_next(tmp_pat
     spans = _column_spans(path)
     hot = {span for name in index_writer._READ_NEXT for span in spans.get(name, [])}
     cold = {span for name, found in spans.items() if name not in index_writer._READ_NEXT for span in found}
-    assert {"caption", "video_name"} <= set(spans) - index_writer._READ_NEXT
+    assert {"caption", "url"} <= set(spans) - index_writer._READ_NEXT
     assert len(spans["caption"]) == 5, "the test needs several batches"
     assert not set(advised) & hot
     assert set(advised) == cold

@@ -39,6 +39,7 @@ from .deferred import (
     joined_file_slices,
 )
 from .index import IMAGE_COLUMN
+from .item_codes import plain_table, take_rows
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
 from .options import check_choice, doc
@@ -232,14 +233,14 @@ class CuratedItems:
         """The items' rows of the normalized metadata, in index order (taken from the index when
         first asked for: at millions of items, ask for ``column`` instead where one column will do)."""
         if self._table is None:
-            self._table = self._index_with(None).take(pa.array(self.rows))
+            self._table = take_rows(self._index_with(None), self.rows)
         return self._table
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of ``table``, taken from the index alone."""
         if self._table is not None:
             return self._table.column(name)
-        return self._index_with([name]).column(name).take(pa.array(self.rows))
+        return take_rows(self._index_with([name]).select([name]), self.rows).column(0)
 
     @property
     def column_names(self) -> list[str]:
@@ -267,11 +268,16 @@ class CuratedItems:
         them is kept (a split: ``split_files``); None for items curated in memory."""
         return None if self._files is None else self._files.folder
 
-    def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+    def slices(self, columns: Iterable[str] | None = None, *, coded: bool = False) -> Iterator[tuple[int, pa.Table]]:
         """(first item, table) for consecutive slices of the items' rows, holding only those of
         ``columns`` the metadata has: ``table`` a slice at a time, for work over millions of items.
         Items from the cache read their index file with ordinary reads (``row_batches.file_slices``),
-        so what a pass over every item reads is not left resident in this process."""
+        so what a pass over every item reads is not left resident in this process. With
+        ``coded``, the item columns stay as the index holds them (``item_codes``)."""
+        for start, part in self._slices(columns):
+            yield start, part if coded else plain_table(part)
+
+    def _slices(self, columns: Iterable[str] | None) -> Iterator[tuple[int, pa.Table]]:
         wanted = self._deferred if columns is None else self._deferred.intersection(columns)
         if self._files is not None and not wanted:
             yield from file_slices(self._files.index, self.rows, columns)
@@ -284,11 +290,11 @@ class CuratedItems:
         # Items curated in memory, or deferred columns a cache could not keep: taken from the tables.
         source = select_present(self._index_with(columns), columns, keep_rows=True)
         for start in range(0, max(len(self), 1), SLICE_ROWS):
-            yield start, source.take(pa.array(self.rows[start : start + SLICE_ROWS]))
+            yield start, take_rows(source, self.rows[start : start + SLICE_ROWS])
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
         """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""
-        return select_present(self._index_with(columns), columns).take(pa.array(self.rows[positions]))
+        return take_rows(select_present(self._index_with(columns), columns), self.rows[positions])
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:
@@ -393,7 +399,7 @@ class CuratedItems:
         # usable label for the task (the summary names which of these ran).
         later = pc.if_else(pc.is_valid(rows.column(IMAGE_COLUMN)), "invalid_labels", "missing_images")
         reasons = pc.if_else(pa.array(held), pa.scalar(None, pa.string()), pc.coalesce(reasons, later))
-        return rows.append_column("removed_by", reasons)
+        return plain_table(rows).append_column("removed_by", reasons)
 
 
 def _without_image(rows: pa.Table) -> pa.Table:

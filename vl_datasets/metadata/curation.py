@@ -9,7 +9,7 @@ many items each rule removed: ``subset``, ``labels``, ``min_uniqueness``, ``drop
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from types import MappingProxyType
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, CurationError
+from .item_codes import distinct, expanded, plain, plain_table
 from .media_ids import MediaIds
 from .options import doc, string_list
 from .ordered_map import WORKERS, ordered_map
@@ -199,11 +200,20 @@ def _row_mask_from_parents(parents: pa.Array, n_rows: int) -> np.ndarray:
     return mask
 
 
-def flat_issues(table: pa.Table) -> tuple[pa.StructArray, np.ndarray]:
-    """Every issue of every row, with the index of the row it belongs to."""
-    issues = one_array(table.column("issues"))
-    parents = pc.list_parent_indices(issues).to_numpy(zero_copy_only=False)
-    return pc.list_flatten(issues), parents
+def flat_issues(
+    table: pa.Table, which: Callable[[pa.StructArray], np.ndarray] | None = None
+) -> tuple[pa.StructArray, np.ndarray]:
+    """Every issue of every row (those ``which`` keeps, given the issues), with the index of the
+    row it belongs to. Coded issues (``item_codes``) are read and chosen once per distinct list."""
+    lists, codes = distinct(one_array(table.column("issues")))
+    flat, parents = pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    if which is not None:
+        chosen = which(flat)
+        flat, parents = flat.filter(pa.array(chosen)), parents[chosen]
+    if codes is None:
+        return flat, parents
+    positions, rows = expanded(parents, codes, len(lists))
+    return flat.take(pa.array(positions)), rows
 
 
 def label_sources(source: str | Iterable[str] | None) -> list[str] | None:
@@ -214,7 +224,7 @@ def label_sources(source: str | Iterable[str] | None) -> list[str] | None:
 
 def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.ListArray:
     """Each row's label names, counting only labels whose ``source`` is chosen (all by default)."""
-    labels = one_array(table.column("labels"))
+    labels = one_array(plain(table.column("labels")))
     sources = label_sources(source)
     all_names = pc.struct_field(labels.values, "category_name")
     if sources is None and all_names.null_count == 0:
@@ -327,12 +337,11 @@ def _duplicates_of(
     row and the row's uniqueness score (unscored: -1, below any score); then the thresholds its
     duplicates issues carry."""
     offset, part = item
-    flat, parents = flat_issues(part)
-    is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
+    flat, parents = flat_issues(part, which=is_duplicates)
     thresholds = flat.field("duplicate_threshold").to_numpy(zero_copy_only=False)
-    present = set(np.unique(thresholds[is_dup & ~np.isnan(thresholds)]).tolist())
+    present = set(np.unique(thresholds[~np.isnan(thresholds)]).tolist())
     has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
-    member = is_dup & has_group & kept[offset + parents]
+    member = has_group & kept[offset + parents]
     scores = pc.fill_null(part.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)
     found = (
         flat.field("duplicate_group_id").filter(pa.array(member)),
@@ -342,6 +351,11 @@ def _duplicates_of(
     )
     release_pages(part)  # here, once read (copies are returned): several threads read slices at once
     return (*found, present)
+
+
+def is_duplicates(issues: pa.StructArray) -> np.ndarray:
+    """Which of ``issues`` are duplicates issues."""
+    return pc.fill_null(pc.equal(issues.field("issue_type"), "duplicates"), False).to_numpy(zero_copy_only=False)
 
 
 def _named(item: tuple[int, pa.Table]) -> str:
@@ -438,6 +452,7 @@ def removal_reasons(table: pa.Table, rules: CurationRules) -> pa.Array:
 def _where_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     mask = np.zeros(len(table), dtype=bool)
     for offset, part in row_slices(table):
+        part = plain_table(part)  # an expression over the items reads them one list per row
         index = pa.array(np.arange(offset, offset + len(part)))
         try:
             matched = part.append_column("__row__", index).filter(rules.where).column("__row__")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +138,13 @@ def _never_null(metadata: Path, column: str) -> bool:
     return True
 
 
-def recorded(deferral: Deferral, schema: pa.Schema, index_dir: Path, metadata: Path) -> Deferral:
+def recorded(deferral: Deferral, names: Sequence[str], index_dir: Path, metadata: Path) -> Deferral:
     """``deferral`` with what the index's schema must say: the order of the whole index's columns
-    (``schema``) and where the metadata file is from the index's folder."""
+    (``names``, as read: its items in place of their codes) and where the metadata file is from
+    the index's folder."""
     # Beside the index, by its name alone: the folder is built under one name and published under another.
     where = metadata.name if metadata.parent.resolve() == index_dir.resolve() else str(metadata.resolve())
-    return Deferral(deferral.columns, deferral.read, tuple(schema.names), where)
+    return Deferral(deferral.columns, deferral.read, tuple(names), where)
 
 
 def column_names(index: pa.Table) -> list[str]:

@@ -6,7 +6,8 @@ later open memory-maps it instead of parsing the metadata and listing the images
 path under ``images/`` (null when the export has no image for the row) and travels with the rows
 through every filter until the dataset moves it out. The index of a Parquet export leaves the
 columns nothing but the user reads (url, media_type, cluster_id) in the metadata file until they
-are asked for (``deferred``).
+are asked for (``deferred``), and holds each row's items (labels, issues, objects...) as a code
+into a second file beside it, which keeps each distinct list once (``item_codes``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import ImageNotFoundError, SchemaError
 from .deferred import plan, skipped_on_read
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
+from .item_codes import ITEMS_COLUMN, items_path, join_items
 from .read import find_metadata_file, metadata_slices, read_metadata_file
 from .table_file import read_normalized
 
@@ -99,10 +101,19 @@ def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.Path
 
 
 def read_index(path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> pa.Table | None:
-    """The index at ``path``, memory-mapped; None when it is missing, unreadable, from another
-    version of the library, or (with ``source``) built from another state of that metadata file."""
+    """The index at ``path`` and its items (``item_codes``), memory-mapped; None when either is
+    missing or unreadable, they are not a pair, the index is from another version of the library,
+    or (with ``source``) was built from another state of that metadata file."""
     table = read_normalized(path, source=source)
-    return table if table is not None and IMAGE_COLUMN in table.column_names else None
+    if table is None or IMAGE_COLUMN not in table.column_names:
+        return None
+    if ITEMS_COLUMN not in table.column_names:  # written before the items were coded: they are in it
+        return table
+    try:
+        items = pa.ipc.open_file(pa.memory_map(str(items_path(path)), "r")).read_all()
+    except (OSError, pa.ArrowException):
+        return None
+    return join_items(table, items)
 
 
 def list_files(root: str | os.PathLike) -> list[str]:

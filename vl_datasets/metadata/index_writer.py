@@ -1,7 +1,9 @@
 """An export's index written a normalized slice at a time, in memory bounded by a slice.
 
 The slices (``read.metadata_slices``) go to an Arrow IPC file as record batches, each with its
-image column, so a reader memory-maps a table of many chunks. Two things need every row:
+image column, so a reader memory-maps a table of many chunks. Each batch's item columns go to a
+second file as the batch of the same number, a distinct list once, the index holding a code per
+row (``item_codes``). Two things need every row:
 
 - the media ids' uniqueness, checked on 64-bit hashes of the ids (``unique_ids``), 8 bytes a row;
 - the image of a row whose ``file_path`` names no file, which is looked up by file name among all
@@ -20,7 +22,9 @@ import contextlib
 import json
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from ..atomic import replacing
 from .cold_pages import ColdPages
 from .deferred import DEFERRED_KEY, Deferral, recorded
 from .image_paths import ExactPaths, resolve_image_paths
+from .item_codes import CODE_TYPE, ITEMS_COLUMN, PAIR_KEY, items_path, split_items
 from .normalize import duplicate_id
 from .read import MetadataSlices
 from .row_batches import one_array, select_present
@@ -49,9 +54,7 @@ _READ_NEXT = frozenset(
         "height",
         "width",
         "uniqueness_score",
-        "labels",
-        "issues",
-        "objects",
+        ITEMS_COLUMN,
         IMAGE_COLUMN,
     )
 )
@@ -117,19 +120,33 @@ def _write_index_file(
     slices: MetadataSlices, path: Path, metadata: Path, members: pa.Array | None, deferral: Deferral | None
 ) -> int:
     hashes = IdHashes()
-    tables = _hashed(slices.tables, hashes)
-    with replacing(path) as tmp:
+    coded = (split_items(table) for table in _hashed(slices.tables, hashes))
+    with replacing(path) as tmp, replacing(items_path(path)) as items_tmp:
+        out = _Output(tmp, items_tmp, metadata, deferral)
         if slices.same_schema and members is None:
-            rows = _write(tmp, tables, metadata, schema=None, images=None, deferral=deferral)
+            rows = _write(out, coded, schema=None, images=None)
             _check_unique(hashes, metadata, lambda: _read(tmp).column("media_id"))
             return rows
         with tempfile.TemporaryDirectory(prefix=".vl_datasets_slices.", dir=path.parent) as folder:
-            spilled = _spill(tables, Path(folder))
-            _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(spilled, ["media_id"]), pa.string()))
-            schema = _unified_schema([_load(part, schema_only=True).schema for part in spilled])
-            images = None if members is None else _resolve(spilled, schema, members)
-            conformed = (_conform(table, schema) for table in _loaded(spilled, consume=True))
-            return _write(tmp, conformed, metadata, schema=schema, images=images, deferral=deferral)
+            spilled = _spill(coded, Path(folder))
+            tables = [table for table, _ in spilled]
+            _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(tables, ["media_id"]), pa.string()))
+            schema = _unified_schema([_load(part, schema_only=True).schema for part in tables])
+            images = None if members is None else _resolve(tables, schema, members)
+            conformed = (_conform(table, schema) for table in _loaded(tables, consume=True))
+            items = _loaded([part for _, part in spilled], consume=True)
+            return _write(out, zip(conformed, items, strict=True), schema=schema, images=images)
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where an index is written: its file and its items' (``item_codes``), both temporary until
+    the build succeeds; the metadata file it is made of, and the columns it leaves there."""
+
+    index: Path
+    items: Path
+    metadata: Path
+    deferral: Deferral | None
 
 
 def _hashed(tables: Iterable[pa.Table], hashes: IdHashes) -> Iterator[pa.Table]:
@@ -149,58 +166,79 @@ ImagesOf = Callable[[int, int], pa.Array]
 
 
 def _write(
-    tmp: Path,
-    tables: Iterable[pa.Table],
-    metadata: Path,
-    *,
-    schema: pa.Schema | None,
-    images: ImagesOf | None,
-    deferral: Deferral | None,
+    out: _Output, tables: Iterable[tuple[pa.Table, pa.Table]], *, schema: pa.Schema | None, images: ImagesOf | None
 ) -> int:
-    """Write ``tables`` as record batches of one IPC file, each with its rows' ``images`` (all null
-    without them) and without the columns ``deferral`` names. ``schema``: theirs, or None to take
-    the first table's."""
-    rows, writer, cold, kept = 0, None, None, None
-    with pa.OSFile(str(tmp), "wb") as sink:
+    """Write ``tables`` (each with the items its codes point at) as record batches of the index
+    file, each with its rows' ``images`` (all null without them) and without the columns
+    ``out.deferral`` names, and their items as the batches of the same numbers in the items file.
+    ``schema``: the tables', or None to take the first table's."""
+    rows, writer, items_writer, cold, kept, items_schema = 0, None, None, None, None, None
+    pair = {PAIR_KEY: uuid.uuid4().hex.encode()}
+    with pa.OSFile(str(out.index), "wb") as sink, pa.OSFile(str(out.items), "wb") as items_sink:
         try:
-            for table in _coalesced(tables, WRITE_ROWS):
+            for table, items in _coalesced(tables, WRITE_ROWS):
                 if writer is None:
-                    schema, kept = _index_schema(schema or table.schema, metadata, deferral, tmp.parent)
-                    writer = pa.ipc.new_file(sink, schema)
-                    cold = ColdPages(tmp, schema, hot=_READ_NEXT)
-                assert schema is not None and cold is not None and kept is not None
+                    schema, kept = _index_schema(schema or table.schema, items.schema, out, pair)
+                    items_schema = items.schema.with_metadata(pair)
+                    writer, items_writer = pa.ipc.new_file(sink, schema), pa.ipc.new_file(items_sink, items_schema)
+                    cold = ColdPages(out.index, schema, hot=_READ_NEXT)
+                assert schema is not None and cold is not None and kept is not None and items_writer is not None
                 column = pa.nulls(table.num_rows, pa.string()) if images is None else images(rows, table.num_rows)
                 columns = [*table.columns, column]
                 start = sink.tell()
-                writer.write_table(pa.Table.from_arrays([columns[i] for i in kept], schema=schema))
+                # A batch each, empty ones too: the items' batch of a number is the index's of that number.
+                writer.write_batch(pa.RecordBatch.from_arrays([one_array(columns[i]) for i in kept], schema=schema))
                 cold.written(start, sink.tell())
+                items_writer.write_batch(
+                    pa.RecordBatch.from_arrays([one_array(c) for c in items.columns], schema=items_schema)
+                )
                 rows += table.num_rows
-            if writer is not None:
+            if writer is not None and items_writer is not None:
                 writer.close()
+                items_writer.close()
         finally:
             if cold is not None:
                 cold.close()
     return rows
 
 
-def _coalesced(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Consecutive ``tables`` joined into tables of at least ``rows`` rows, one chunk per column.
+def _coalesced(tables: Iterable[tuple[pa.Table, pa.Table]], rows: int) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Consecutive ``tables`` joined into tables of at least ``rows`` rows, one chunk per column,
+    each with its items joined and its codes moved past the items of the tables before it.
 
     A table of ``rows`` alone (the slices are read that size) has only its chunked columns joined:
     joining every column copied the whole index once more, 5 s of the writer's thread at 10M items.
     """
-    group: list[pa.Table] = []
-    for table in tables:
-        group.append(table)
-        if sum(part.num_rows for part in group) >= rows:
+    group: list[tuple[pa.Table, pa.Table]] = []
+    for pair in tables:
+        group.append(pair)
+        if sum(len(table) for table, _ in group) >= rows:
             yield _one_chunk(group)
             group = []
     if group:
         yield _one_chunk(group)
 
 
-def _one_chunk(tables: list[pa.Table]) -> pa.Table:
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+def _one_chunk(group: list[tuple[pa.Table, pa.Table]]) -> tuple[pa.Table, pa.Table]:
+    if len(group) == 1:
+        table, items = group[0]
+    else:
+        bases = np.cumsum([0] + [len(items) for _, items in group[:-1]])
+        table = pa.concat_tables([_codes_from(table, int(base)) for (table, _), base in zip(group, bases)])
+        items = pa.concat_tables([items for _, items in group])
+    return _chunk_each(table), _chunk_each(items)
+
+
+def _codes_from(table: pa.Table, base: int) -> pa.Table:
+    """``table`` with its codes counted from ``base``: past the items of the tables joined before it."""
+    if not base:
+        return table
+    at = table.schema.get_field_index(ITEMS_COLUMN)
+    codes = pc.add(one_array(table.column(at)), pa.scalar(base, CODE_TYPE))
+    return table.set_column(at, table.schema.field(at), codes)
+
+
+def _chunk_each(table: pa.Table) -> pa.Table:
     if all(column.num_chunks == 1 for column in table.columns):
         return table
     columns = [one_array(column) for column in table.columns]
@@ -208,14 +246,17 @@ def _one_chunk(tables: list[pa.Table]) -> pa.Table:
 
 
 def _index_schema(
-    schema: pa.Schema, metadata: Path, deferral: Deferral | None, folder: Path
+    schema: pa.Schema, items: pa.Schema, out: _Output, pair: dict[bytes, bytes]
 ) -> tuple[pa.Schema, list[int]]:
     """The index's schema (the slices' with the image column, stamped with the metadata file's
-    state, less the deferred columns, which its metadata names) and the positions it keeps."""
+    state and the items file's pairing, less the deferred columns, which its metadata names) and
+    the positions it keeps. ``items``: the schema of the items its codes point at."""
     whole = schema.append(pa.field(IMAGE_COLUMN, pa.string()))
-    extra = {**(schema.metadata or {}), **source_stamp(metadata)}
+    extra = {**(schema.metadata or {}), **source_stamp(out.metadata), **pair}
+    deferral = out.deferral
     if deferral is not None:
-        extra[DEFERRED_KEY] = recorded(deferral, whole, folder, metadata).to_json()
+        names = [part for name in whole.names for part in (items.names if name == ITEMS_COLUMN else [name])]
+        extra[DEFERRED_KEY] = recorded(deferral, names, out.index.parent, out.metadata).to_json()
     left_out = set(deferral.columns) if deferral is not None else set()
     kept = [i for i, name in enumerate(whole.names) if name not in left_out]
     return pa.schema([whole.field(i) for i in kept], metadata=extra), kept
@@ -225,13 +266,14 @@ def _read(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
-def _spill(tables: Iterable[pa.Table], folder: Path) -> list[Path]:
-    """Each table written to its own file in ``folder``."""
+def _spill(tables: Iterable[tuple[pa.Table, pa.Table]], folder: Path) -> list[tuple[Path, Path]]:
+    """Each table and its items written to files of their own in ``folder``."""
     spilled = []
-    for i, table in enumerate(tables):
-        spilled.append(folder / f"{i:06d}.arrow")
-        with pa.OSFile(str(spilled[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+    for i, pair in enumerate(tables):
+        spilled.append((folder / f"{i:06d}.arrow", folder / f"{i:06d}.items.arrow"))
+        for table, part in zip(pair, spilled[-1]):
+            with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
     return spilled
 
 

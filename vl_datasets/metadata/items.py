@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import SchemaError
+from .item_codes import coded_columns, coded_type
 from .json_depth import MAX_DEPTH, count_byte, describe, first_too_deep, most_opening_brackets
 from .row_batches import one_array
 
@@ -156,8 +157,12 @@ class _Items(NamedTuple):
     props: dict[str, pa.Array]
 
 
-def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: str) -> dict[str, pa.ChunkedArray]:
-    """The ``ITEM_FIELDS`` columns for a ``metadata_items`` column of any shape (None: absent)."""
+def extract_item_columns(
+    column: pa.ChunkedArray | None, n_rows: int, source: str, *, coded: bool = False
+) -> dict[str, pa.ChunkedArray]:
+    """The ``ITEM_FIELDS`` columns for a ``metadata_items`` column of any shape (None: absent).
+    With ``coded``, each is a dictionary array: the distinct lists once, a code per row sharing
+    them (``item_codes``: what the index keeps), where a take would copy them per row."""
     if column is None:
         column = pa.chunked_array([pa.nulls(n_rows, RAW_ITEMS)])
     chunks, row = [], 0
@@ -169,9 +174,18 @@ def extract_item_columns(column: pa.ChunkedArray | None, n_rows: int, source: st
             # by the first row holding it: the first row at fault, whichever that is.
             items = _flatten(part.lists, ITEM_PROPS, "metadata_items", source, rows=row + part.first_rows)
             columns = _item_columns(items, source)
-            chunks.append(columns if part.rows is None else {name: _taken(c, part.rows) for name, c in columns.items()})
+            if coded:
+                codes = pa.array(np.arange(part.n_rows, dtype=np.int32)) if part.rows is None else part.rows
+                chunks.append(dict(zip(columns, coded_columns(list(columns.values()), codes))))
+            elif part.rows is not None:
+                chunks.append({name: _taken(c, part.rows) for name, c in columns.items()})
+            else:
+                chunks.append(columns)
             row += part.n_rows
-    return {f.name: pa.chunked_array([c[f.name] for c in chunks], f.type) for f in ITEM_FIELDS}
+    return {
+        f.name: pa.chunked_array([c[f.name] for c in chunks], coded_type(f.type) if coded else f.type)
+        for f in ITEM_FIELDS
+    }
 
 
 def _taken(column: pa.Array, rows: pa.Array) -> pa.Array:

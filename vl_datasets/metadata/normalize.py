@@ -60,6 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import SchemaError
+from .item_codes import ITEM_NAMES, coded_type
 from .items import (
     ITEM_FIELDS,
     SCALAR_INPUT_TYPES,
@@ -76,13 +77,15 @@ from .items import (
 )
 from .json_export import table_from_media_items
 
-NORMALIZED_VERSION = "4"  # 2: values validated when read; image_filename kept beside file_path
+NORMALIZED_VERSION = "5"  # 2: values validated when read; image_filename kept beside file_path
 # 3: an index may leave columns in its metadata file (``deferred``). A library that reads only 2
 # sees no such index as its own, where it would have read one without its url or clusters; this
 # one reads either (a table of 2 is one of 3 that leaves nothing out).
 # 4: a column it leaves there may be made of another (``DERIVED_FROM``): a library that reads up
 # to 3 would look for file_size_bytes in the file, so it sees no index of 4 as its own.
-_READABLE_VERSIONS = (b"2", b"3", NORMALIZED_VERSION.encode())
+# 5: an index may hold its items as a code per row, the distinct lists in a file beside it
+# (``item_codes``): a library that reads up to 4 would find no labels in it.
+_READABLE_VERSIONS = (b"2", b"3", b"4", NORMALIZED_VERSION.encode())
 VERSION_KEY = b"vl_datasets.normalized_version"
 INFO_KEY = b"vl_datasets.info"
 
@@ -145,16 +148,18 @@ def normalize_raw(
     row_offset: int = 0,
     check_unique: bool = True,
     left_out: Collection[str] = (),
+    coded_items: bool = False,
 ) -> pa.Table:
     """The normalized table of a raw one. A slice of a larger table passes the row of its first
     row (``row_offset``: errors name rows of the whole) and leaves the media ids' uniqueness,
     which no slice can see, to its caller (``check_unique=False``). Of ``DERIVED_FROM``'s columns,
-    those named in ``left_out`` (an index leaves them in its metadata file) are null, not made."""
+    those named in ``left_out`` (an index leaves them in its metadata file) are null, not made.
+    With ``coded_items``, the item columns come as an index keeps them (``item_codes``)."""
     extra = {VERSION_KEY: NORMALIZED_VERSION.encode()}
     if info is not None:
         extra[INFO_KEY] = json.dumps(info, default=str).encode()
     with _rows_named(raw, row_offset):
-        table = _normalize_table(raw, source, row_offset, check_unique, frozenset(left_out))
+        table = _normalize_table(raw, source, row_offset, check_unique, frozenset(left_out), coded_items)
     return with_schema_metadata(table, extra)
 
 
@@ -197,7 +202,9 @@ def is_normalized(table: pa.Table) -> bool:
     return (table.schema.metadata or {}).get(VERSION_KEY) in _READABLE_VERSIONS
 
 
-def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: bool, left_out: frozenset) -> pa.Table:
+def _normalize_table(
+    raw: pa.Table, source: str, row_offset: int, check_unique: bool, left_out: frozenset, coded_items: bool
+) -> pa.Table:
     raw = _held_items_only(raw)
     _check_text(raw, source, row_offset)
     names = set(raw.column_names)
@@ -231,8 +238,11 @@ def _normalize_table(raw: pa.Table, source: str, row_offset: int, check_unique: 
     for size in ("height", "width"):
         check_not_negative(out[size], size, source)
     items = raw.column("metadata_items") if "metadata_items" in names else None
-    out.update(extract_item_columns(items, raw.num_rows, source))
-    fields = list(NORMALIZED_SCHEMA)
+    out.update(extract_item_columns(items, raw.num_rows, source, coded=coded_items))
+    fields = [
+        field.with_type(coded_type(field.type)) if coded_items and field.name in ITEM_NAMES else field
+        for field in NORMALIZED_SCHEMA
+    ]
     for name in raw.column_names:
         # With a file_path too, image_filename names the image inside the export's flat images/
         # folder (the docs' parquet layout): it stays, for resolve_image_paths.

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CacheMissError
+from .item_codes import ITEMS_COLUMN, items_path, join_batch, join_items, plain_table, same_pair, take_rows
 
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
 
@@ -74,26 +75,50 @@ def file_slices(
     it ends, while a read's buffers go with its slice. ``CacheMissError`` when the file is gone."""
     try:
         source = pa.OSFile(os.fspath(path))
-        names = pa.ipc.open_file(source).schema.names
+        schema = pa.ipc.open_file(source).schema
     except (OSError, pa.ArrowException):
         raise CacheMissError(f"The index {path} is gone or unreadable; open the dataset again.") from None
-    wanted = None if columns is None else set(columns)
+    names, wanted = schema.names, None if columns is None else set(columns)
+    items = _items_reader(path, schema, wanted) if ITEMS_COLUMN in names else None
+    if items is not None and wanted is not None:
+        wanted.add(ITEMS_COLUMN)
     fields = [i for i, name in enumerate(names) if wanted is None or name in wanted] or [0]
     with source:
         reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
         start, first = 0, 0
         for number in range(reader.num_record_batches):
             batch = reader.get_batch(number)
+            table = pa.Table.from_batches([batch]) if items is None else join_batch(batch, items.get_batch(number))
             low, high = np.searchsorted(rows, [start, start + batch.num_rows])
             if high > low:  # rows are ascending and distinct: all of the batch's, or a take of some
                 whole = high - low == batch.num_rows
-                chosen = pa.Table.from_batches([batch if whole else batch.take(pa.array(rows[low:high] - start))])
+                chosen = table if whole else table.take(pa.array(rows[low:high] - start))
                 for offset in range(0, len(chosen), SLICE_ROWS):
                     yield first, chosen.slice(offset, SLICE_ROWS)
                     first += min(SLICE_ROWS, len(chosen) - offset)
             start += batch.num_rows
         if first == 0:  # no row is still one (empty) slice, as in row_slices
-            yield 0, reader.schema.empty_table()
+            empty = reader.schema.empty_table()
+            yield 0, empty if items is None else join_items(empty, items.schema.empty_table())
+
+
+def _items_reader(
+    path: str | os.PathLike[str], index: pa.Schema, wanted: set[str] | None
+) -> pa.ipc.RecordBatchFileReader | None:
+    """The reader of the items beside the index at ``path`` (whose schema is ``index``), of those
+    ``wanted`` (None: all); None when none is. ``CacheMissError`` when the file is gone, or is
+    not the one written with the index."""
+    try:
+        source = pa.OSFile(os.fspath(items_path(path)))
+        schema = pa.ipc.open_file(source).schema
+        if not same_pair(index, schema):
+            raise ValueError("another index's items")
+        fields = [i for i, name in enumerate(schema.names) if wanted is None or name in wanted]
+        if not fields:
+            return None
+        return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+    except (OSError, ValueError, pa.ArrowException):
+        raise CacheMissError(f"The items of the index {path} are gone or unreadable; open the dataset again.") from None
 
 
 class TableRows:
@@ -107,11 +132,12 @@ class TableRows:
     def __len__(self) -> int:
         return len(self.table)
 
-    def slices(self, columns: Iterable[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
-        return row_slices(self.table, columns)
+    def slices(self, columns: Iterable[str] | None = None, *, coded: bool = False) -> Iterator[tuple[int, pa.Table]]:
+        for offset, part in row_slices(self.table, columns):
+            yield offset, part if coded else plain_table(part)
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
-        return select_present(self.table, columns).take(pa.array(positions))
+        return take_rows(select_present(self.table, columns), positions)
 
 
 class ReleasingMap:
@@ -122,22 +148,41 @@ class ReleasingMap:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        self._maps = [_Map(path)]
+        self.table = self._maps[0].table
+        if ITEMS_COLUMN in self.table.column_names:  # an index and its items: both mapped so
+            self._maps.append(_Map(items_path(path)))
+            joined = join_items(self.table, self._maps[1].table)
+            if joined is None:
+                raise ValueError(f"{items_path(path)} is not the items of {path}")
+            self.table = joined
+        with _LOCK:
+            _RELEASING.add(self)
+
+    def release(self, data: pa.Table | pa.RecordBatch | pa.ChunkedArray | pa.Array) -> None:
+        """Hand back the pages of these maps from the first to the last byte of ``data``'s buffers
+        in each: the columns between them too, whose pages the kernel maps around those read."""
+        if not _CAN_RELEASE:
+            return
+        buffers = list(_buffers(data))
+        for mapped in self._maps:
+            mapped.release(buffers)
+
+
+class _Map:
+    """One Arrow IPC file mapped read-only, and its table."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
         with open(path, "rb") as file:
             self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         buffer = pa.py_buffer(self._map)
         self._start, self._size = buffer.address, buffer.size
         self.table = pa.ipc.open_file(pa.BufferReader(buffer)).read_all()
-        with _LOCK:
-            _RELEASING.add(self)
 
-    def release(self, data: pa.Table | pa.RecordBatch | pa.ChunkedArray | pa.Array) -> None:
-        """Hand back the pages of this map from the first to the last byte of ``data``'s buffers in
-        it: the columns between them too, whose pages the kernel maps around those read."""
-        if not _CAN_RELEASE:
-            return
+    def release(self, buffers: list[pa.Buffer]) -> None:
         spans = [
             (buffer.address - self._start, buffer.address - self._start + buffer.size)
-            for buffer in _buffers(data)
+            for buffer in buffers
             if self._start <= buffer.address < self._start + self._size
         ]
         if spans:
@@ -169,3 +214,5 @@ def _buffers(data: pa.Table | pa.RecordBatch | pa.ChunkedArray | pa.Array) -> It
             yield from _buffers(chunk)
     else:
         yield from (buffer for buffer in data.buffers() if buffer is not None)
+        if isinstance(data, pa.DictionaryArray):  # its buffers are its codes': the values' are the dictionary's
+            yield from _buffers(data.dictionary)

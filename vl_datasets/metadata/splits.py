@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from ..atomic import replacing
 from ..errors import ConfigurationError, SchemaError
-from .curation import flat_issues
+from .curation import flat_issues, is_duplicates
+from .item_codes import plain
 from .media_ids import MEDIA_ID, MediaIds
 from .row_batches import TableRows, one_array
 from .split_files import kept_split, split_folder
@@ -205,17 +206,16 @@ def _read_links(rows: Any, stratify: bool) -> _Links:
     duplicates: list[tuple[np.ndarray, np.ndarray]] = []
     first_labels = np.zeros(n if stratify else 0, dtype=np.int32)  # read only to stratify
     label_codes: dict[str, int] = {}
-    for offset, part in rows.slices(["cluster_id", "issues"] + (["labels"] if stratify else [])):
+    for offset, part in rows.slices(["cluster_id", "issues"] + (["labels"] if stratify else []), coded=True):
         end = offset + len(part)
         if "cluster_id" in part.column_names:
             valid, hashes = _hashed(part.column("cluster_id"))
             has_cluster[offset:end] = valid
             cluster_hashes[offset:end][valid] = hashes
         if "issues" in part.column_names:
-            flat, parents = flat_issues(part)
-            is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
-            valid, hashes = _hashed(flat.field("duplicate_group_id").filter(is_dup))
-            duplicates.append((parents[is_dup.to_numpy(zero_copy_only=False)][valid].astype(dtype) + offset, hashes))
+            flat, parents = flat_issues(part, which=is_duplicates)
+            valid, hashes = _hashed(flat.field("duplicate_group_id"))
+            duplicates.append((parents[valid].astype(dtype) + offset, hashes))
         if stratify:
             first_labels[offset:end] = _first_label_codes(part, label_codes)
     memberships: list[tuple[np.ndarray, np.ndarray]] = []
@@ -245,7 +245,7 @@ def _first_label_codes(part: pa.Table, codes: dict[str, int]) -> np.ndarray:
     grows by the slice's new names: one per class), or -1 for an unlabeled row."""
     if "labels" not in part.column_names:
         return np.zeros(len(part), dtype=np.int32)
-    labels = one_array(part.column("labels"))
+    labels = one_array(plain(part.column("labels")))
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
     encoded = pc.dictionary_encode(pc.struct_field(first, "category_name"))
     lookup = [codes.setdefault(name, len(codes)) for name in encoded.dictionary.to_pylist()]
@@ -363,14 +363,13 @@ def _group_memberships(rows: Any) -> Iterator[tuple[str, _Groups, np.ndarray]]:
     """(kind, group of each membership, row of that membership) for clusters and duplicate groups,
     read a slice of rows at a time and encoded as numbers: no column of group ids is ever whole."""
     clusters, duplicates, duplicate_rows = [], [], []
-    for offset, part in rows.slices(["cluster_id", "issues"]):
+    for offset, part in rows.slices(["cluster_id", "issues"], coded=True):
         if "cluster_id" in part.column_names:
             clusters.append(pc.dictionary_encode(one_array(part.column("cluster_id")).cast(pa.string())))
         if "issues" in part.column_names:
-            flat, parents = flat_issues(part)
-            is_dup = pc.fill_null(pc.equal(flat.field("issue_type"), "duplicates"), False)
-            duplicates.append(pc.dictionary_encode(flat.field("duplicate_group_id").filter(is_dup).cast(pa.string())))
-            duplicate_rows.append(offset + parents[is_dup.to_numpy(zero_copy_only=False)])
+            flat, parents = flat_issues(part, which=is_duplicates)
+            duplicates.append(pc.dictionary_encode(flat.field("duplicate_group_id").cast(pa.string())))
+            duplicate_rows.append(offset + parents)
     if "cluster_id" in rows.column_names:
         yield "cluster_id", _unified(clusters), np.arange(len(rows))
     if "issues" in rows.column_names:

@@ -80,7 +80,7 @@ def parquet_slices(
             empty = False
             yield table
     if empty:  # no rows: still the file's columns
-        yield normalize_raw(schema.empty_table(), source, None, check_unique=False, left_out=left_out)
+        yield normalize_raw(schema.empty_table(), source, None, check_unique=False, left_out=left_out, coded_items=True)
 
 
 def _items_as_text(schema: pa.Schema) -> bool:
@@ -121,7 +121,9 @@ def _raw_slices(path: Path, batches: Iterator[pa.RecordBatch], whole: pa.Schema 
 
 
 def _normalized_slice(raw: _RawSlice, left_out: frozenset[str]) -> pa.Table:
-    return normalize_raw(raw.table, raw.source, None, row_offset=raw.offset, check_unique=False, left_out=left_out)
+    return normalize_raw(
+        raw.table, raw.source, None, row_offset=raw.offset, check_unique=False, left_out=left_out, coded_items=True
+    )
 
 
 def _slice_name(raw: _RawSlice) -> str:
@@ -209,4 +211,4 @@ def _values(path: Path, prefix: str) -> Iterator[Any]:
 
 def _normalized_items(items: list, source: str, offset: int, info: Any) -> pa.Table:
     raw = table_from_media_items(items, source, row_offset=offset)
-    return normalize_raw(raw, source, info, row_offset=offset, check_unique=False)
+    return normalize_raw(raw, source, info, row_offset=offset, check_unique=False, coded_items=True)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from ..errors import CurationError
 from .curation import label_sources, list_offsets, selected_labels
+from .item_codes import distinct, plain
 from .row_batches import one_array
 
 TASKS = ("classification", "multilabel", "detection", None)
@@ -21,7 +22,15 @@ INVALID_LABEL_CHOICES = ("raise", "drop")
 
 
 def distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.ListArray:
-    """Each row's distinct label names (an item may carry the same label from several sources)."""
+    """Each row's distinct label names (an item may carry the same label from several sources).
+    Coded labels (``item_codes``) are read once per distinct list, then given to each row."""
+    lists, codes = distinct(one_array(table.column("labels")))
+    if codes is not None:
+        return _distinct_labels(pa.table({"labels": lists}), label_source).take(pa.array(codes))
+    return _distinct_labels(table, label_source)
+
+
+def _distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.ListArray:
     names = selected_labels(table, label_source)
     if pc.max(pc.list_value_length(names)).as_py() in (None, 0, 1):
         return names  # the common case: nothing to deduplicate
@@ -35,7 +44,7 @@ def distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -
 
 def object_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.Array:
     """Every object's category name, across rows (objects from unchosen sources left out)."""
-    objects = pc.list_flatten(one_array(table.column("objects")))
+    objects = pc.list_flatten(one_array(plain(table.column("objects"))))
     sources = label_sources(label_source)
     if sources is not None:
         objects = objects.filter(pc.is_in(objects.field("source"), value_set=pa.array(sources, pa.string())))
