@@ -362,7 +362,7 @@ def test_a_dataset_over_an_index_of_many_batches_is_the_one_over_a_single_batch(
     monkeypatch.setattr(stream, "BATCH_ROWS", 97)
     many = VisualLayerDataset.from_export(sample, cache_dir=tmp_path / "many", **options)
     index = read_index(next((tmp_path / "many").rglob(INDEX_FILE)))
-    assert index is not None and index.column("labels").num_chunks > 10
+    assert index is not None and index.column("media_id").num_chunks > 10
     assert many.curation_summary() == one.curation_summary()
     assert (many.media_ids, many.classes, many.fingerprint()) == (one.media_ids, one.classes, one.fingerprint())
     assert many.table.to_pylist() == one.table.to_pylist()
@@ -415,6 +415,7 @@ from vl_datasets.metadata import row_batches
 from vl_datasets.metadata.curated import CuratedItems, TargetOptions
 from vl_datasets.metadata.curation import CurationRules
 from vl_datasets.metadata.index import read_index
+from vl_datasets.metadata.item_codes import with_items
 row_batches.SLICE_ROWS = 8192  # a constant, at any size: the pages of one slice at a time
 def status(key):
     lines = Path("/proc/self/status").read_text().splitlines()
@@ -428,7 +429,7 @@ def index_pages():  # resident pages of the maps of the index alone (RssFile cou
             total += int(line.split()[1]) * 1024
     return total
 mapped = row_batches.ReleasingMap(sys.argv[1]) if sys.argv[2] == "releasing" else None
-index = mapped.table if mapped is not None else read_index(sys.argv[1])
+index = mapped.table if mapped is not None else with_items(read_index(sys.argv[1]), sys.argv[1])
 Path("/proc/self/clear_refs").write_text("5")  # the peak so far (the imports') is forgotten
 rss, file_pages = status("VmRSS:"), index_pages()
 rules = CurationRules(min_uniqueness=0.3, dedupe=True, label_source="User")
@@ -449,7 +450,8 @@ def test_curating_an_index_hands_back_the_pages_it_read(tmp_path):
     write_export_index(export.parent, path, batch_rows=8192)
     index = read_index(path)
     assert index is not None
-    read = sum(index.column(name).nbytes for name in ("uniqueness_score", "issues", "labels", "file_path", "media_id"))
+    # What curation reads of the index file (the items' codes among it; their lists are in a file beside it).
+    read = sum(index.column(name).nbytes for name in ("uniqueness_score", "__items__", "file_path", "media_id"))
     del index
     found = {}
     for how in ("plain", "releasing"):

@@ -21,6 +21,7 @@ from vl_datasets.metadata.item_codes import (
     items_path,
     plain_table,
     take_rows,
+    with_items,
 )
 from vl_datasets.metadata.items import ITEM_FIELDS
 
@@ -58,7 +59,8 @@ def test_each_distinct_items_text_is_kept_once_and_reads_back_as_every_rows_list
     texts = pc.count_distinct(pa.parquet.read_table(export / "metadata.parquet").column("metadata_items")).as_py()
     assert texts <= len(items_file) < len(index_file), "the rows repeating a text share its lists"
     index = read_index(path)
-    assert index is not None
+    assert index is not None and ITEMS_COLUMN in index.column_names, "an open reads no item until asked"
+    index = with_items(index, path)
     assert (
         plain_table(index).select(list(ITEM_NAMES)).to_pylist()
         == build_index(export).select(list(ITEM_NAMES)).to_pylist()
@@ -77,8 +79,9 @@ def test_an_index_never_reads_another_builds_items(tmp_path):
 def test_rows_taken_across_batches_in_any_order_are_the_plain_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(index_writer, "WRITE_ROWS", 1)
     export = _export(tmp_path)
-    index = read_index(_index(tmp_path, export, batch_rows=32))
-    assert index is not None and index.column("labels").num_chunks > 3
+    path = _index(tmp_path, export, batch_rows=32)
+    index = with_items(read_index(path), path)
+    assert index.column("labels").num_chunks > 3
     rows = np.random.default_rng(0).permutation(len(index))[:150]
     rows = np.concatenate([rows, rows[:5]])  # a row taken twice too
     taken = take_rows(index, rows)
@@ -97,8 +100,8 @@ def test_expanded_gives_each_row_its_lists_elements_in_order():
 
 def test_issues_read_coded_are_the_issues_read_plain(tmp_path):
     export = _export(tmp_path)
-    index = read_index(_index(tmp_path, export))
-    assert index is not None
+    path = _index(tmp_path, export)
+    index = with_items(read_index(path), path)
     for which in (None, is_duplicates):
         coded_flat, coded_rows = flat_issues(index.slice(0, 128), which=which)
         flat, rows = flat_issues(plain_table(index.slice(0, 128)), which=which)

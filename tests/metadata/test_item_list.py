@@ -17,6 +17,7 @@ from vl_datasets.metadata import row_batches
 from vl_datasets.metadata.curated import CuratedItems, TargetOptions
 from vl_datasets.metadata.curation import CurationRules
 from vl_datasets.metadata.index import INDEX_FILE, read_index, write_export_index
+from vl_datasets.metadata.item_codes import with_items
 from vl_datasets.metadata.item_list import FACTS_FILE, read_item_list
 
 LABELS = ("cat", "dog", "bird")
@@ -44,7 +45,7 @@ def index(tmp_path):
     write_export_index(export.parent, tmp_path / INDEX_FILE, batch_rows=64)
     rows = read_index(tmp_path / INDEX_FILE)
     assert rows is not None
-    return rows
+    return with_items(rows, tmp_path / INDEX_FILE)
 
 
 def _curated(index, folder, **options):
@@ -91,7 +92,7 @@ def test_targets_are_indices_of_the_sorted_classes_whatever_slice_a_name_is_firs
     ]
     export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=64)
     write_export_index(export.parent, tmp_path / INDEX_FILE, batch_rows=64)
-    index = read_index(tmp_path / INDEX_FILE)
+    index = with_items(read_index(tmp_path / INDEX_FILE), tmp_path / INDEX_FILE)
     label_source = "User" if task == "classification" else None
     rules = CurationRules(label_source=label_source)
     items = CuratedItems(
@@ -147,7 +148,7 @@ def test_targets_across_slices_are_those_of_the_rules_row_by_row(tmp_path, monke
     ]
     export = write_parquet(tmp_path / "export", json_strings_table(media), row_group_size=32)
     write_export_index(export.parent, tmp_path / INDEX_FILE, batch_rows=32)
-    index = read_index(tmp_path / INDEX_FILE)
+    index = with_items(read_index(tmp_path / INDEX_FILE), tmp_path / INDEX_FILE)
     options = TargetOptions(task=task, classes=given, invalid_labels="drop")
     items = CuratedItems(index, CurationRules(), options, paths_from_file_path=lambda p: p, folder=tmp_path / "list")
     classes, expected = _reference_targets(names_of_rows, task, given)

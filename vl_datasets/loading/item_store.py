@@ -28,6 +28,7 @@ from ..errors import VLDatasetsError
 from ..locks import hold_lock
 from ..metadata.curated import CuratedItems, MissingImages, TargetOptions
 from ..metadata.curation import CurationRules
+from ..metadata.item_codes import with_items
 from ..metadata.item_list import LIST_DIR, ItemFiles, list_settings, publish_item_list, read_item_list, settings_digest
 from ..metadata.row_batches import ReleasingMap
 from .sources import RootReading, source_paths
@@ -61,7 +62,7 @@ def open_items(
         paths = None if own_root is None else functools.partial(source_paths, reading=own_root)
         mapped = _releasing(files.index, index)  # held to the end of the curation: its pages go as they are read
         return CuratedItems(
-            index if mapped is None else mapped.table,
+            with_items(index, files.index) if mapped is None else mapped.table,
             rules,
             targets,
             missing_images=missing_images,
@@ -113,7 +114,7 @@ def _releasing(path: Path, index: pa.Table) -> ReleasingMap | None:
         mapped = ReleasingMap(path)
     except (OSError, ValueError, pa.ArrowException):
         return None
-    same = mapped.table.schema.equals(index.schema, check_metadata=True) and len(mapped.table) == len(index)
+    same = mapped.index.schema.equals(index.schema, check_metadata=True) and len(mapped.index) == len(index)
     return mapped if same else None
 
 

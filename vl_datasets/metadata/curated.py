@@ -39,7 +39,7 @@ from .deferred import (
     joined_file_slices,
 )
 from .index import IMAGE_COLUMN
-from .item_codes import plain_table, take_rows
+from .item_codes import ITEM_NAMES, ITEMS_COLUMN, plain_table, take_rows, with_items
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
 from .options import check_choice, doc
@@ -117,6 +117,7 @@ class CuratedItems:
         index_path: Path | None = None,
     ) -> None:
         check_missing_images(missing_images)
+        rows = rows if index_path is None else with_items(rows, index_path)  # curation reads the items
         build = ListBuild(rows, targets, curation.label_source, missing_images, paths_from_file_path, where)
         # A where= expression may read any column: it sees them all, the deferred ones joined.
         curated_rows = rows if curation.where is None else complete_index(rows, index_path)
@@ -163,6 +164,7 @@ class CuratedItems:
         self._deferred = frozenset(self._deferral.columns) if self._deferral is not None else frozenset()
         self._deferred_columns: DeferredColumns | None = None
         self._whole: pa.Table | None = None
+        self._with_items: pa.Table | None = None  # the index with its items joined, once asked for
         # The rules as known here: whole, or (unpickled) without the subset ids, which stay on disk
         # until someone asks for ``rules``.
         self._known_rules = rules
@@ -248,13 +250,26 @@ class CuratedItems:
         return [name for name in column_names(self._read_index) if name != IMAGE_COLUMN]
 
     def _index_with(self, columns: Iterable[str] | None) -> pa.Table:
-        """The index, with the deferred columns joined when ``columns`` (None: all) names one."""
-        if not self._deferred or (columns is not None and self._deferred.isdisjoint(columns)):
-            return self._read_index
+        """The index, with its items joined in place of their codes (``item_codes``) and the
+        deferred columns joined when ``columns`` (None: all) names one of them."""
+        wanted = None if columns is None else set(columns)
+        coded = ITEMS_COLUMN in self._read_index.column_names
+        with_items = coded and (wanted is None or not wanted.isdisjoint(ITEM_NAMES))
+        if not self._deferred or (wanted is not None and self._deferred.isdisjoint(wanted)):
+            return _without_image(self._rows_with_items()) if with_items else self._read_index
         if self._whole is None:
             assert self._deferral is not None
-            self._whole = _without_image(joined(self._rows_table, self._read_deferred().table, self._deferral))
+            self._whole = _without_image(joined(self._rows_with_items(), self._read_deferred().table, self._deferral))
         return self._whole
+
+    def _rows_with_items(self) -> pa.Table:
+        if self._with_items is None:
+            if ITEMS_COLUMN not in self._rows_table.column_names:
+                self._with_items = self._rows_table
+            else:
+                assert self._index_path is not None  # a coded index comes from a file
+                self._with_items = with_items(self._rows_table, self._index_path)
+        return self._with_items
 
     def _read_deferred(self) -> DeferredColumns:
         """The columns the index left in its metadata file, read into a file beside it when first asked for."""

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from ..atomic import left_beside, replacing
 from ..errors import CacheMissError, VLDatasetsError
 from ..locks import hold_lock
+from .item_codes import ITEM_NAMES, ITEMS_COLUMN, with_items
 from .items import is_text
 from .normalize import DERIVED_FROM, normalized_pass_through
 from .row_batches import file_slices
@@ -148,15 +149,23 @@ def recorded(deferral: Deferral, names: Sequence[str], index_dir: Path, metadata
 
 
 def column_names(index: pa.Table) -> list[str]:
-    """The whole index's columns, in order, whether or not some are deferred."""
+    """The whole index's columns, in order, whether or not some are deferred, its items' among
+    them whether or not they are joined yet (``item_codes``)."""
     deferral = Deferral.of(index)
-    return index.column_names if deferral is None else list(deferral.order)
+    if deferral is not None:
+        return list(deferral.order)
+    return [part for name in index.column_names for part in (ITEM_NAMES if name == ITEMS_COLUMN else [name])]
 
 
 def complete_index(index: pa.Table, index_path: Path | None) -> pa.Table:
-    """``index`` with its deferred columns (``deferred_store``) joined in their places: the table
-    the index would have been with every column. The index as it is when nothing is deferred."""
+    """``index`` with its items in place of their codes (``item_codes``) and its deferred columns
+    (``deferred_store``) joined in their places: the table the index would have been with every
+    column. The index as it is when it holds them all."""
     deferral = Deferral.of(index)
+    if ITEMS_COLUMN in index.column_names:
+        if index_path is None:
+            raise ValueError("An index that holds its items' codes needs index_path=, the file it was read from.")
+        index = with_items(index, index_path)
     return index if deferral is None else joined(index, deferred_store(index, index_path).table, deferral)
 
 

@@ -25,7 +25,7 @@ from ..errors import ImageNotFoundError, SchemaError
 from .deferred import plan, skipped_on_read
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
-from .item_codes import ITEMS_COLUMN, items_path, join_items
+from .item_codes import ITEMS_COLUMN, items_beside
 from .read import find_metadata_file, metadata_slices, read_metadata_file
 from .table_file import read_normalized
 
@@ -101,19 +101,16 @@ def build_index(export_dir: str | os.PathLike[str], *, images_dir: str | os.Path
 
 
 def read_index(path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> pa.Table | None:
-    """The index at ``path`` and its items (``item_codes``), memory-mapped; None when either is
-    missing or unreadable, they are not a pair, the index is from another version of the library,
-    or (with ``source``) was built from another state of that metadata file."""
+    """The index at ``path``, memory-mapped, its items as their codes (``with_items`` joins them);
+    None when it or its items are missing or unreadable, they are not a pair, the index is from
+    another version of the library, or (with ``source``) was built from another state of that
+    metadata file."""
     table = read_normalized(path, source=source)
     if table is None or IMAGE_COLUMN not in table.column_names:
         return None
-    if ITEMS_COLUMN not in table.column_names:  # written before the items were coded: they are in it
-        return table
-    try:
-        items = pa.ipc.open_file(pa.memory_map(str(items_path(path)), "r")).read_all()
-    except (OSError, pa.ArrowException):
+    if ITEMS_COLUMN in table.column_names and not items_beside(path, table):
         return None
-    return join_items(table, items)
+    return table
 
 
 def list_files(root: str | os.PathLike) -> list[str]:

@@ -8,11 +8,12 @@ second of its build. The index holds instead one int32 code per row (``ITEMS_COL
 second file beside it (``items_path``) holds, per record batch of the index, the distinct lists
 its codes point at, in a record batch of the same number.
 
-Read back, each item column is an Arrow dictionary array per batch: the codes as its indices, the
-batch's distinct lists as its dictionary, both memory-mapped, nothing copied. Takes, filters and
-slices move the codes alone; what computes over the lists reads each distinct list once
-(``distinct``) or decodes (``plain``); what a user is handed is decoded (``plain_table``), as the
-index without codes held it.
+An index is read with its codes (``index.read_index``: a cached open reads no item); what reads
+the items joins them (``with_items``): each item column becomes an Arrow dictionary array per
+batch, the codes as its indices, the batch's distinct lists as its dictionary, both
+memory-mapped, nothing copied. Takes, filters and slices move the codes alone; what computes
+over the lists reads each distinct list once (``distinct``) or decodes (``plain``); what a user
+is handed is decoded (``plain_table``, ``take_rows``), as the index without codes held it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from ..errors import CacheMissError
 
 ITEMS_COLUMN = "__items__"
 # The item columns ``metadata_items`` is made into (``items.ITEM_FIELDS`` in that order): the columns coded.
@@ -99,13 +102,58 @@ def _aligned(columns: list[pa.ChunkedArray]) -> bool:
             if column.num_chunks != first.num_chunks:
                 return False
             other = column.chunk(number).indices
-            if not (other is chunk.indices or other.equals(chunk.indices)):
+            if not (_same_buffer(other, chunk.indices) or other.equals(chunk.indices)):
                 return False
     return True
 
 
+def _same_buffer(one: pa.Array, other: pa.Array) -> bool:
+    """Whether two arrays are views of the same values (the codes ``items`` gives every column)."""
+    return (one.offset, len(one), one.buffers()[1].address) == (other.offset, len(other), other.buffers()[1].address)
+
+
 def _plain_field(field: pa.Field) -> pa.Field:
     return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+
+
+def with_items(index: pa.Table, path: str | os.PathLike) -> pa.Table:
+    """The index ``index.read_index`` read at ``path`` with its item columns in place of their codes
+    (``item_codes``), memory-mapped; ``index`` itself when it holds them. ``CacheMissError`` when
+    its items are gone since.
+
+    Apart, because joining reads: each batch's dictionary array is validated as it is made, which
+    touches a few pages of every buffer of every batch's items (~90 MiB at 10M items). An open
+    that reads no item (the item list does not) leaves them untouched.
+    """
+    if ITEMS_COLUMN not in index.column_names:
+        return index
+    items = read_items(path, index)
+    joined = None if items is None else join_items(index, items)
+    if joined is None:
+        raise CacheMissError(f"The items of the index {path} are gone or unreadable; open the dataset again.")
+    return joined
+
+
+def read_items(path: str | os.PathLike, index: pa.Table) -> pa.Table | None:
+    """The items written with ``index`` beside it (the index at ``path``), memory-mapped; None
+    when they are not there."""
+    reader = _items_file(path, index)
+    return None if reader is None else reader.read_all()
+
+
+def items_beside(path: str | os.PathLike, index: pa.Table) -> bool:
+    """Whether the items written with ``index`` are beside it (the index at ``path``): their
+    file's footer read, nothing else."""
+    return _items_file(path, index) is not None
+
+
+def _items_file(path: str | os.PathLike, index: pa.Table) -> pa.ipc.RecordBatchFileReader | None:
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(items_path(path)), "r"))
+    except (OSError, pa.ArrowException):
+        return None
+    same = same_pair(index.schema, reader.schema) and reader.num_record_batches == index.column(0).num_chunks
+    return reader if same else None
 
 
 def same_pair(index: pa.Schema, items: pa.Schema) -> bool:

@@ -25,11 +25,12 @@ import pyarrow.compute as pc
 from ..errors import CurationError, ImageNotFoundError
 from .curation import CurationSummary, list_offsets
 from .index import IMAGE_COLUMN
+from .item_codes import expanded
 from .item_list import ItemList, ItemListWriter, TargetKind, map_item_list
 from .json_depth import as_text, text_bytes
 from .ordered_map import WORKERS, ordered_map
 from .row_batches import one_array, release_pages, row_slices
-from .targets import UnusableLabels, distinct_labels, object_labels, resolve_classes
+from .targets import UnusableLabels, distinct_labels_once, object_labels, resolve_classes
 
 if TYPE_CHECKING:
     from .curated import TargetOptions
@@ -174,7 +175,7 @@ class ListBuild:
         batch = {"row": pa.array(chosen, pa.int64()), "path": paths, "media_id": taken.column("media_id")}
         names = None
         if self._target_column == "labels":
-            batch["labels"] = _coded(distinct_labels(taken, self.label_source))
+            batch["labels"] = _coded(*distinct_labels_once(taken, self.label_source))
         elif self._target_column == "objects":
             names = object_labels(taken, self.label_source)
         return pa.RecordBatch.from_pydict({name: one_array(values) for name, values in batch.items()}), no_image, names
@@ -213,14 +214,21 @@ def _slice_name(item: tuple[int, pa.Table, np.ndarray]) -> str:
     return f"Raised while listing the kept items of rows {offset} to {offset + len(part) - 1} of the index."
 
 
-def _coded(labels: pa.ListArray) -> pa.ListArray:
-    """``labels`` (lists of names) with the names dictionary-encoded, by the thread that made the
+def _coded(labels: pa.ListArray, rows: np.ndarray | None) -> pa.ListArray:
+    """Each row's list of names with the names dictionary-encoded, by the thread that made the
     slice: the writer then numbers a slice's few distinct names, not each of its millions of labels
-    (a null list becomes an empty one: neither holds a label)."""
+    (a null list becomes an empty one: neither holds a label). ``labels``: each row's, or with
+    ``rows``, each distinct list's, ``rows`` giving each row's (its names are encoded once)."""
     counts = pc.fill_null(pc.list_value_length(labels), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(labels) + 1, dtype=np.int32)
+    names = pc.dictionary_encode(pc.list_flatten(labels))
+    if rows is not None:
+        positions, _ = expanded(np.repeat(np.arange(len(labels)), counts), rows, len(labels))
+        indices = names.indices.to_numpy(zero_copy_only=False)[positions]
+        names = pa.DictionaryArray.from_arrays(pa.array(indices), names.dictionary)
+        counts = counts[rows]
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pc.dictionary_encode(pc.list_flatten(labels)))
+    return pa.ListArray.from_arrays(pa.array(offsets), names)
 
 
 class _Targets:

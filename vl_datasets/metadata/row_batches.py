@@ -141,15 +141,16 @@ class TableRows:
 
 
 class ReleasingMap:
-    """The table of an Arrow IPC file mapped read-only (``table``), whose pages ``release`` hands
-    back to the page cache: the way to read every row of an index once, in bounded resident memory.
+    """The table of an Arrow IPC file mapped read-only (``table``; an index's with its items,
+    ``item_codes``), whose pages ``release`` hands back to the page cache: the way to read every
+    row of an index once, in bounded resident memory.
 
     Only pages inside this map are ever released: the same advice on ordinary memory would zero it.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self._maps = [_Map(path)]
-        self.table = self._maps[0].table
+        self.index = self.table = self._maps[0].table  # the file's table; ``table``, with its items
         if ITEMS_COLUMN in self.table.column_names:  # an index and its items: both mapped so
             self._maps.append(_Map(items_path(path)))
             joined = join_items(self.table, self._maps[1].table)

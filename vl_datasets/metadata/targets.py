@@ -24,10 +24,17 @@ INVALID_LABEL_CHOICES = ("raise", "drop")
 def distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.ListArray:
     """Each row's distinct label names (an item may carry the same label from several sources).
     Coded labels (``item_codes``) are read once per distinct list, then given to each row."""
+    names, codes = distinct_labels_once(table, label_source)
+    return names if codes is None else names.take(pa.array(codes))
+
+
+def distinct_labels_once(
+    table: pa.Table, label_source: str | Iterable[str] | None
+) -> tuple[pa.ListArray, np.ndarray | None]:
+    """``distinct_labels`` of each distinct list of coded labels (``item_codes``), and each row's
+    list; of each row, and None, for labels that are not coded."""
     lists, codes = distinct(one_array(table.column("labels")))
-    if codes is not None:
-        return _distinct_labels(pa.table({"labels": lists}), label_source).take(pa.array(codes))
-    return _distinct_labels(table, label_source)
+    return _distinct_labels(table if codes is None else pa.table({"labels": lists}), label_source), codes
 
 
 def _distinct_labels(table: pa.Table, label_source: str | Iterable[str] | None) -> pa.ListArray:
