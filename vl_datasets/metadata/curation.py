@@ -205,15 +205,25 @@ def flat_issues(
 ) -> tuple[pa.StructArray, np.ndarray]:
     """Every issue of every row (those ``which`` keeps, given the issues), with the index of the
     row it belongs to. Coded issues (``item_codes``) are read and chosen once per distinct list."""
+    flat, positions, rows = distinct_issues(table, which)
+    return (flat, rows) if positions is None else (flat.take(pa.array(positions)), rows)
+
+
+def distinct_issues(
+    table: pa.Table, which: Callable[[pa.StructArray], np.ndarray] | None = None
+) -> tuple[pa.StructArray, np.ndarray | None, np.ndarray]:
+    """``flat_issues`` before the issues of distinct lists are given to each row holding them:
+    (the issues, each row's issue's position among them (None: they are one per row already),
+    its row). What is computed per issue is then computed once per distinct list."""
     lists, codes = distinct(one_array(table.column("issues")))
     flat, parents = pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     if which is not None:
         chosen = which(flat)
         flat, parents = flat.filter(pa.array(chosen)), parents[chosen]
     if codes is None:
-        return flat, parents
+        return flat, None, parents
     positions, rows = expanded(parents, codes, len(lists))
-    return flat.take(pa.array(positions)), rows
+    return flat, positions, rows
 
 
 def label_sources(source: str | Iterable[str] | None) -> list[str] | None:
@@ -337,14 +347,17 @@ def _duplicates_of(
     row and the row's uniqueness score (unscored: -1, below any score); then the thresholds its
     duplicates issues carry."""
     offset, part = item
-    flat, parents = flat_issues(part, which=is_duplicates)
+    flat, positions, parents = distinct_issues(part, which=is_duplicates)
+    groups = flat.field("duplicate_group_id")
     thresholds = flat.field("duplicate_threshold").to_numpy(zero_copy_only=False)
+    has_group = pc.is_valid(groups).to_numpy(zero_copy_only=False)
+    if positions is not None:  # read once per distinct list, given to each row holding it
+        thresholds, has_group = thresholds[positions], has_group[positions]
     present = set(np.unique(thresholds[~np.isnan(thresholds)]).tolist())
-    has_group = pc.is_valid(flat.field("duplicate_group_id")).to_numpy(zero_copy_only=False)
     member = has_group & kept[offset + parents]
     scores = pc.fill_null(part.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)
     found = (
-        flat.field("duplicate_group_id").filter(pa.array(member)),
+        groups.filter(pa.array(member)) if positions is None else groups.take(pa.array(positions[member])),
         thresholds[member],
         offset + parents[member],
         scores[parents[member]],

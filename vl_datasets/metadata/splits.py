@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from ..atomic import replacing
 from ..errors import ConfigurationError, SchemaError
-from .curation import flat_issues, is_duplicates
-from .item_codes import plain
+from .curation import distinct_issues, flat_issues, is_duplicates
+from .item_codes import distinct
 from .media_ids import MEDIA_ID, MediaIds
 from .row_batches import TableRows, one_array
 from .split_files import kept_split, split_folder
@@ -213,8 +213,12 @@ def _read_links(rows: Any, stratify: bool) -> _Links:
             has_cluster[offset:end] = valid
             cluster_hashes[offset:end][valid] = hashes
         if "issues" in part.column_names:
-            flat, parents = flat_issues(part, which=is_duplicates)
-            valid, hashes = _hashed(flat.field("duplicate_group_id"))
+            flat, positions, parents = distinct_issues(part, which=is_duplicates)
+            valid, hashes = _hashed(flat.field("duplicate_group_id"))  # of each distinct list's issues
+            if positions is not None:  # then of each row's
+                every = np.zeros(len(flat), np.uint64)
+                every[valid] = hashes
+                valid, hashes = valid[positions], every[positions[valid[positions]]]
             duplicates.append((parents[valid].astype(dtype) + offset, hashes))
         if stratify:
             first_labels[offset:end] = _first_label_codes(part, label_codes)
@@ -245,13 +249,19 @@ def _first_label_codes(part: pa.Table, codes: dict[str, int]) -> np.ndarray:
     grows by the slice's new names: one per class), or -1 for an unlabeled row."""
     if "labels" not in part.column_names:
         return np.zeros(len(part), dtype=np.int32)
-    labels = one_array(plain(part.column("labels")))
+    labels, rows = distinct(one_array(part.column("labels")))  # coded labels: each distinct list once
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(labels), 0), labels, None), 0)
     encoded = pc.dictionary_encode(pc.struct_field(first, "category_name"))
-    lookup = [codes.setdefault(name, len(codes)) for name in encoded.dictionary.to_pylist()]
-    lookup.append(-1)  # where a null index (-1) lands
     indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-    return np.array(lookup, dtype=np.int32)[indices]
+    if rows is not None:
+        indices = indices[rows]
+    # The names are numbered as the rows meet them, whatever order their lists came in.
+    held, first_row = np.unique(indices[indices >= 0], return_index=True)
+    names = encoded.dictionary.to_pylist()
+    lookup = np.full(len(names) + 1, -1, dtype=np.int32)  # a null index (-1) lands on the last
+    for at in held[np.argsort(first_row)]:
+        lookup[at] = codes.setdefault(names[at], len(codes))
+    return lookup[indices]
 
 
 def _linked_components(rows: Any) -> np.ndarray:
