@@ -269,10 +269,12 @@ def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     wanted = pa.array(sorted(rules.labels or ()), pa.string())
     masks = []
     for _, part in row_slices(table, ["labels"]):
-        names = selected_labels(part, rules.label_source)
+        lists, codes = distinct(one_array(part.column("labels")))  # coded labels: each distinct list once
+        names = selected_labels(part if codes is None else pa.table({"labels": lists}), rules.label_source)
         parents = pc.list_parent_indices(names)
         hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
-        masks.append(_row_mask_from_parents(parents.filter(hits), len(part)))
+        hit = _row_mask_from_parents(parents.filter(hits), len(names))
+        masks.append(hit if codes is None else hit[codes])
     return np.concatenate(masks)
 
 
@@ -298,8 +300,9 @@ def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     present: set[str] = set()
     mask = np.ones(len(table), dtype=bool)
     for offset, part in row_slices(table, ["issues"]):
-        flat, parents = flat_issues(part)
-        present |= set(pc.unique(flat.field("issue_type")).to_pylist()) - {None}
+        flat, positions, parents = distinct_issues(part)  # each distinct list's issues judged once
+        held = flat.field("issue_type")
+        present |= set(pc.unique(held if positions is None else held.take(np.unique(positions))).to_pylist()) - {None}
         doomed = np.zeros(len(flat), dtype=bool)
         for issue_type, threshold in drop_issues.items():
             hit = pc.and_(
@@ -307,7 +310,7 @@ def _issues_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
                 pc.greater_equal(flat.field("confidence"), float(threshold)),
             )
             doomed |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
-        mask[offset + parents[doomed]] = False
+        mask[offset + parents[doomed if positions is None else doomed[positions]]] = False
     for issue_type in drop_issues:
         # A typo ("duplicate") would otherwise remove nothing without a word.
         if issue_type not in present | KNOWN_ISSUE_TYPES:
