@@ -119,3 +119,20 @@ def test_a_users_table_holds_plain_lists(tmp_path, name):
     assert ds.table.schema.field(name).type == expected
     assert ds.items.column(name).type == expected
     assert all(part.schema.field(name).type == expected for _, part in ds.items.slices([name]))
+
+
+def test_an_exports_own_categorical_column_is_taken_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 1)
+    path = _index(tmp_path, _export(tmp_path), batch_rows=32)
+    index = with_items(read_index(path), path)
+    shade = pa.chunked_array(
+        [
+            pc.dictionary_encode(pa.array(["dark", "light"] * (len(chunk) // 2) + ["dark"] * (len(chunk) % 2)))
+            for chunk in index.column("media_id").chunks
+        ]
+    )
+    index = index.append_column("shade", shade)
+    rows = np.random.default_rng(1).permutation(len(index))[:40]
+    taken = take_rows(index, rows)
+    assert pa.types.is_dictionary(taken.schema.field("shade").type)
+    assert taken.column("shade").to_pylist() == index.column("shade").take(pa.array(rows)).to_pylist()

@@ -41,7 +41,6 @@ from ..metadata.curated import CuratedItems, TargetOptions
 from ..metadata.curation import CurationRules, CurationSummary
 from ..metadata.deferred import complete_index
 from ..metadata.index import IMAGE_COLUMN, build_index, read_index
-from ..metadata.item_codes import with_items
 from ..metadata.options import group_from, keyword_parameters, options_doc
 from ..metadata.read import find_metadata_file, read_metadata_file
 from .batches import BatchLayout, BatchRequest, LoadedBatch, SkippedSample
@@ -465,8 +464,7 @@ def _load_rows(entry: LocalExport, *, own_root: RootReading | None) -> pa.Table:
     if entry.index_path is not None:
         table = read_index(entry.index_path)
         if table is not None:
-            # With the items in place of their codes and the columns left in the metadata file.
-            table = complete_index(with_items(table, entry.index_path), entry.index_path)
+            table = complete_index(table, entry.index_path)  # with its items, and the columns left in the metadata file
             return with_source_paths(table, own_root) if own_root is not None else table
     if own_root is not None:
         return with_source_paths(read_metadata_file(find_metadata_file(entry.path)), own_root)

@@ -117,7 +117,7 @@ class CuratedItems:
         index_path: Path | None = None,
     ) -> None:
         check_missing_images(missing_images)
-        rows = rows if index_path is None else with_items(rows, index_path)  # curation reads the items
+        rows = with_items(rows, index_path)  # curation reads the items
         build = ListBuild(rows, targets, curation.label_source, missing_images, paths_from_file_path, where)
         # A where= expression may read any column: it sees them all, the deferred ones joined.
         curated_rows = rows if curation.where is None else complete_index(rows, index_path)
@@ -264,11 +264,7 @@ class CuratedItems:
 
     def _rows_with_items(self) -> pa.Table:
         if self._with_items is None:
-            if ITEMS_COLUMN not in self._rows_table.column_names:
-                self._with_items = self._rows_table
-            else:
-                assert self._index_path is not None  # a coded index comes from a file
-                self._with_items = with_items(self._rows_table, self._index_path)
+            self._with_items = with_items(self._rows_table, self._index_path)
         return self._with_items
 
     def _read_deferred(self) -> DeferredColumns:

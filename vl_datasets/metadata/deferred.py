@@ -162,10 +162,7 @@ def complete_index(index: pa.Table, index_path: Path | None) -> pa.Table:
     (``deferred_store``) joined in their places: the table the index would have been with every
     column. The index as it is when it holds them all."""
     deferral = Deferral.of(index)
-    if ITEMS_COLUMN in index.column_names:
-        if index_path is None:
-            raise ValueError("An index that holds its items' codes needs index_path=, the file it was read from.")
-        index = with_items(index, index_path)
+    index = with_items(index, index_path)
     return index if deferral is None else joined(index, deferred_store(index, index_path).table, deferral)
 
 

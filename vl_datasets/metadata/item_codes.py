@@ -116,10 +116,10 @@ def _plain_field(field: pa.Field) -> pa.Field:
     return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
 
 
-def with_items(index: pa.Table, path: str | os.PathLike) -> pa.Table:
+def with_items(index: pa.Table, path: str | os.PathLike | None) -> pa.Table:
     """The index ``index.read_index`` read at ``path`` with its item columns in place of their codes
-    (``item_codes``), memory-mapped; ``index`` itself when it holds them. ``CacheMissError`` when
-    its items are gone since.
+    (``item_codes``), memory-mapped; ``index`` itself when it holds them (``path`` may then be
+    None). ``CacheMissError`` when its items are gone since.
 
     Apart, because joining reads: each batch's dictionary array is validated as it is made, which
     touches a few pages of every buffer of every batch's items (~90 MiB at 10M items). An open
@@ -127,6 +127,8 @@ def with_items(index: pa.Table, path: str | os.PathLike) -> pa.Table:
     """
     if ITEMS_COLUMN not in index.column_names:
         return index
+    if path is None:
+        raise ValueError("An index that holds its items' codes needs index_path=, the file it was read from.")
     items = read_items(path, index)
     joined = None if items is None else join_items(index, items)
     if joined is None:
@@ -170,19 +172,21 @@ def join_items(index: pa.Table, items: pa.Table) -> pa.Table | None:
         return None
     if any(column.num_chunks != codes.num_chunks for column in items.columns):
         return None
-    columns = [[] for _ in items.columns]  # type: list[list[pa.Array]]
-    for number, code in enumerate(codes.chunks):
-        for values, column in zip(columns, items.columns):
-            values.append(pa.DictionaryArray.from_arrays(code, column.chunk(number), safe=False))
-    joined = [pa.chunked_array(chunks, coded_type(field.type)) for chunks, field in zip(columns, items.schema)]
+    batches = [
+        coded_columns([column.chunk(number) for column in items.columns], code)
+        for number, code in enumerate(codes.chunks)
+    ]
+    joined = [
+        pa.chunked_array([batch[at] for batch in batches], coded_type(field.type))
+        for at, field in enumerate(items.schema)
+    ]
     return _in_place_of_codes(index, items.schema, joined)
 
 
 def join_batch(batch: pa.RecordBatch, items: pa.RecordBatch) -> pa.Table:
     """One record batch of an index with the item columns ``items`` (its batch of the same number
     in the items file) holds in place of its codes, as a table."""
-    code = batch.column(ITEMS_COLUMN)
-    joined = [pa.DictionaryArray.from_arrays(code, column, safe=False) for column in items.columns]
+    joined = coded_columns(items.columns, batch.column(ITEMS_COLUMN))
     return _in_place_of_codes(pa.Table.from_batches([batch]), items.schema, joined)
 
 
@@ -240,8 +244,8 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     Arrow takes from a column of many chunks by joining them first, which dictionaries of lists
     cannot be (each batch has its own). Each coded column is taken a chunk at a time instead."""
     rows = np.asarray(rows, dtype=np.int64)
-    coded = [name for name, column in zip(table.column_names, table.columns) if pa.types.is_dictionary(column.type)]
-    taken = plain_table(table.drop_columns(coded).take(pa.array(rows))) if coded else table.take(pa.array(rows))
+    coded = [name for name in ITEM_NAMES if name in table.column_names and pa.types.is_dictionary(table[name].type)]
+    taken = table.drop_columns(coded).take(pa.array(rows))  # an export's own categorical column stays one
     for name in coded:
         at = table.schema.get_field_index(name)
         field = table.schema.field(at)
