@@ -86,6 +86,8 @@ def test_rows_taken_across_batches_in_any_order_are_the_plain_tables(tmp_path, m
     rows = np.concatenate([rows, rows[:5]])  # a row taken twice too
     taken = take_rows(index, rows)
     expected = build_index(export).select(taken.column_names).take(pa.array(rows))  # less the deferred columns
+    reordered = ["issues", "media_id", "labels"]  # the coded columns in another order than the index's
+    assert take_rows(index.select(reordered), rows).to_pylist() == expected.select(reordered).to_pylist()
     assert taken.schema.field("issues").type == expected.schema.field("issues").type
     assert taken.to_pylist() == expected.to_pylist()
 

@@ -244,7 +244,8 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     Arrow takes from a column of many chunks by joining them first, which dictionaries of lists
     cannot be (each batch has its own). Each coded column is taken a chunk at a time instead."""
     rows = np.asarray(rows, dtype=np.int64)
-    coded = [name for name in ITEM_NAMES if name in table.column_names and pa.types.is_dictionary(table[name].type)]
+    # In the table's order: each goes back to its place, after those before it.
+    coded = [field.name for field in table.schema if field.name in ITEM_NAMES and pa.types.is_dictionary(field.type)]
     taken = table.drop_columns(coded).take(pa.array(rows))  # an export's own categorical column stays one
     for name in coded:
         at = table.schema.get_field_index(name)
