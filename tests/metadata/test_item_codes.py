@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.metadata.helpers import json_strings_table, realistic_media_items, write_parquet
+from vl_datasets.errors import CacheMissError
 from vl_datasets.metadata import index_writer
 from vl_datasets.metadata.curation import flat_issues, is_duplicates
 from vl_datasets.metadata.index import INDEX_FILE, build_index, read_index, write_export_index
@@ -24,6 +25,7 @@ from vl_datasets.metadata.item_codes import (
     with_items,
 )
 from vl_datasets.metadata.items import ITEM_FIELDS
+from vl_datasets.metadata.row_batches import file_slices
 
 
 def _export(tmp_path, rows: int = 300):
@@ -74,6 +76,19 @@ def test_an_index_never_reads_another_builds_items(tmp_path):
     assert read_index(first) is None
     items_path(second).unlink()
     assert read_index(second) is None
+
+
+def test_items_of_other_batches_than_the_index_are_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_writer, "WRITE_ROWS", 40)
+    path = _index(tmp_path, _export(tmp_path, 100), batch_rows=40)
+    index = read_index(path)
+    with pa.memory_map(str(items_path(path))) as source:
+        items = pa.ipc.open_file(source).read_all().combine_chunks()  # its own pair, in one batch
+    with pa.OSFile(str(items_path(path)), "wb") as sink, pa.ipc.new_file(sink, items.schema) as writer:
+        writer.write_table(items)
+    with pytest.raises(CacheMissError, match=r"items of the index .* are gone or unreadable"):
+        list(file_slices(path, np.arange(len(index))))
+    assert read_index(path) is None
 
 
 def test_rows_taken_across_batches_in_any_order_are_the_plain_tables(tmp_path, monkeypatch):

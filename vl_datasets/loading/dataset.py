@@ -34,13 +34,14 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from ..cache.entry_index import entry_index
 from ..cache.opened import open_export
 from ..cache.store import LocalExport
 from ..errors import VLDatasetsError
 from ..metadata.curated import CuratedItems, TargetOptions
 from ..metadata.curation import CurationRules, CurationSummary
 from ..metadata.deferred import complete_index
-from ..metadata.index import IMAGE_COLUMN, build_index, read_index
+from ..metadata.index import IMAGE_COLUMN, build_index
 from ..metadata.options import group_from, keyword_parameters, options_doc
 from ..metadata.read import find_metadata_file, read_metadata_file
 from .batches import BatchLayout, BatchRequest, LoadedBatch, SkippedSample
@@ -447,10 +448,10 @@ def _curated_items(entry: LocalExport, options: _Options) -> CuratedItems:
     """The dataset's items: from the list the cache keeps for these options (``item_store``), or,
     for an export the cache holds no index of, curated from its metadata now."""
     own_root, missing = root_reading(options.images.images_root), options.images.missing_images
-    index = read_index(entry.index_path) if entry.index_path is not None else None
+    index = entry_index(entry)
     if index is not None:
         return open_items(entry, index, options.curation, options.targets, missing_images=missing, own_root=own_root)
-    rows = _load_rows(entry, own_root=own_root)
+    rows = _rows_in_memory(entry, own_root=own_root)
     return CuratedItems(rows, options.curation, options.targets, missing_images=missing, where=str(entry.path))
 
 
@@ -458,14 +459,18 @@ def _load_rows(entry: LocalExport, *, own_root: RootReading | None) -> pa.Table:
     """The export's index: its normalized metadata plus each row's image path (null when it has none).
 
     The cache built it when it published the entry, so this is a memory map. With an images_root
-    each row's path is its ``file_path``, never looked up in a listing (contract §7). An index the
-    cache could not build (an ambiguous image name, which this then reports) is built here instead.
+    each row's path is its ``file_path``, never looked up in a listing (contract §7).
     """
-    if entry.index_path is not None:
-        table = read_index(entry.index_path)
-        if table is not None:
-            table = complete_index(table, entry.index_path)  # with its items, and the columns left in the metadata file
-            return with_source_paths(table, own_root) if own_root is not None else table
+    table = entry_index(entry)
+    if table is None:
+        return _rows_in_memory(entry, own_root=own_root)
+    table = complete_index(table, entry.index_path)  # with its items, and the columns left in the metadata file
+    return with_source_paths(table, own_root) if own_root is not None else table
+
+
+def _rows_in_memory(entry: LocalExport, *, own_root: RootReading | None) -> pa.Table:
+    """``_load_rows`` for a version the cache holds no index of (an ambiguous image name, which
+    this then reports; a cache it cannot be written into): read whole, into memory."""
     if own_root is not None:
         return with_source_paths(read_metadata_file(find_metadata_file(entry.path)), own_root)
     return build_index(entry.path)

@@ -132,8 +132,13 @@ def with_items(index: pa.Table, path: str | os.PathLike | None) -> pa.Table:
     items = read_items(path, index)
     joined = None if items is None else join_items(index, items)
     if joined is None:
-        raise CacheMissError(f"The items of the index {path} are gone or unreadable; open the dataset again.")
+        raise items_gone(path)
     return joined
+
+
+def items_gone(path: str | os.PathLike) -> CacheMissError:
+    """The error of a read of the items beside the index at ``path`` that are no longer there."""
+    return CacheMissError(f"The items of the index {path} are gone or unreadable; open the dataset again.")
 
 
 def read_items(path: str | os.PathLike, index: pa.Table) -> pa.Table | None:

@@ -23,7 +23,16 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CacheMissError
-from .item_codes import ITEMS_COLUMN, items_path, join_batch, join_items, plain_table, same_pair, take_rows
+from .item_codes import (
+    ITEMS_COLUMN,
+    items_gone,
+    items_path,
+    join_batch,
+    join_items,
+    plain_table,
+    same_pair,
+    take_rows,
+)
 
 SLICE_ROWS = 1 << 18  # ~256K rows: a rule's temporaries stay in the tens of MiB whatever the export's size
 
@@ -85,6 +94,8 @@ def file_slices(
     fields = [i for i, name in enumerate(names) if wanted is None or name in wanted] or [0]
     with source:
         reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+        if items is not None and items.num_record_batches != reader.num_record_batches:
+            raise items_gone(path)
         start, first = 0, 0
         for number in range(reader.num_record_batches):
             batch = reader.get_batch(number)
@@ -107,7 +118,7 @@ def _items_reader(
 ) -> pa.ipc.RecordBatchFileReader | None:
     """The reader of the items beside the index at ``path`` (whose schema is ``index``), of those
     ``wanted`` (None: all); None when none is. ``CacheMissError`` when the file is gone, or is
-    not the one written with the index."""
+    not the one written with the index (``file_slices`` checks it holds a batch per batch of it)."""
     try:
         source = pa.OSFile(os.fspath(items_path(path)))
         schema = pa.ipc.open_file(source).schema
@@ -118,7 +129,7 @@ def _items_reader(
             return None
         return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
     except (OSError, ValueError, pa.ArrowException):
-        raise CacheMissError(f"The items of the index {path} are gone or unreadable; open the dataset again.") from None
+        raise items_gone(path) from None
 
 
 class TableRows:
