@@ -186,8 +186,8 @@ class Transport:
                     continue
             if status >= 400:
                 try:
-                    what = f"{what} ({attempts.summary()})" if retryable else what
-                    raise_for_response(response, what=what, secrets=self._tokens_sent(authenticate))
+                    asked = f"{what} ({attempts.summary()})" if retryable else what
+                    raise_for_response(response, what=asked, secrets=self._tokens_sent(authenticate))
                 finally:
                     response.close()
             return response

@@ -447,13 +447,18 @@ def root_reading(images_root: str | os.PathLike | None) -> RootReading | None:
         return None
     if not is_remote(images_root):
         return "literal"
-    import fsspec
-
-    return _reading_of((fsspec.core.split_protocol(os.fspath(images_root))[0] or "file").lower())
+    return _reading_of(_protocol(os.fspath(images_root)).lower())
 
 
 def _reading_of(protocol: str) -> RootReading:
     return "literal" if protocol in _LITERAL_PROTOCOLS else "decoded"
+
+
+def _protocol(url: str) -> str:
+    """The protocol of ``url`` as fsspec reads it (``file`` for a plain path)."""
+    import fsspec
+
+    return fsspec.core.split_protocol(url)[0] or "file"
 
 
 # Protocols whose filesystems take a name as it is (the local disk; SDKs that encode an object's
@@ -567,7 +572,7 @@ def _checked_protocol(url: str) -> str:
     """``url``'s protocol, once fsspec is known to have a filesystem for it here."""
     import fsspec
 
-    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    protocol = _protocol(url)
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
