@@ -194,6 +194,7 @@ MAY_CALL = {
     "cache": {
         ("metadata.index", "index_export"),
         ("metadata.index", "read_index"),
+        ("metadata.index", "rewritable"),
         ("metadata.index", "write_export_index"),
     },
     "loading": {("exports", "fetch_export"), ("report", "write_report")},

@@ -14,7 +14,7 @@ from vl_datasets.loading import dataset as dataset_module
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.metadata.index import read_index
 from vl_datasets.metadata.item_codes import items_path
-from vl_datasets.metadata.normalize import VERSION_KEY
+from vl_datasets.metadata.normalize import NORMALIZED_VERSION, VERSION_KEY
 from vl_datasets.testing import LocalVisualLayer, write_dataset
 
 OPTIONS = {"min_uniqueness": 0.3, "dedupe": True, "invalid_labels": "drop", "image_size": 8}
@@ -47,14 +47,17 @@ def _delete_index(index):
     index.unlink()
 
 
-def _older_format(index):
-    """The index as a library that wrote another normalized version would have left it."""
+def _stamped(index, version: bytes):
+    """The index as a library that wrote normalized ``version`` would have left it."""
     table = pa.ipc.open_file(pa.memory_map(str(index))).read_all()
-    metadata = {**table.schema.metadata, VERSION_KEY: b"1"}
-    older = table.replace_schema_metadata(metadata)
+    stamped = table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: version})
     index.unlink()  # the map above still holds the old file's pages
-    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_file(sink, older.schema) as writer:
-        writer.write_table(older)
+    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_file(sink, stamped.schema) as writer:
+        writer.write_table(stamped)
+
+
+def _older_format(index):
+    _stamped(index, b"1")
 
 
 @pytest.mark.parametrize("damage", [_delete_items, _truncate_items, _delete_index, _older_format])
@@ -95,3 +98,16 @@ def test_a_cache_that_cannot_take_the_index_again_says_so_and_reads_the_metadata
     assert "Cannot write the index" in caplog.text and str(first.entry.index_path) in caplog.text
     assert again.media_ids == first.media_ids and again.fingerprint() == first.fingerprint()
     assert again.curation_summary() == first.curation_summary()
+
+
+def test_an_index_a_later_version_wrote_is_left_to_it(open_dataset, caplog):
+    """A cache shared by jobs of two versions: the later one's index is never overwritten under its jobs."""
+    first = open_dataset()
+    later = str(int(NORMALIZED_VERSION) + 1).encode()
+    _stamped(first.entry.index_path, later)
+    written = first.entry.index_path.read_bytes(), items_path(first.entry.index_path).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        again = open_dataset()
+    assert "written by a later version of vl_datasets" in caplog.text and "writing it again" not in caplog.text
+    assert (first.entry.index_path.read_bytes(), items_path(first.entry.index_path).read_bytes()) == written
+    assert again.media_ids == first.media_ids and again.fingerprint() == first.fingerprint()

@@ -6,7 +6,8 @@ format this one does not read, every open would read the whole metadata into mem
 10M items, gigabytes in each process, on every open. So the index is written again in its place,
 from the version's own metadata, the way publication wrote it: streamed, atomically, under the
 entry's lock (ranks opening at once wait for the one that writes it). A cache that cannot be
-written to leaves the caller the whole read, with a warning saying why.
+written to leaves the caller the whole read, with a warning saying why; so does an index a later
+version of the library wrote (a cache shared by jobs of two versions): its jobs may be reading it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 
 from ..errors import ImageNotFoundError, VLDatasetsError
 from ..locks import hold_lock
-from ..metadata.index import read_index, write_export_index
+from ..metadata.index import read_index, rewritable, write_export_index
 from .layout import LOCK
 from .store import LocalExport
 
@@ -43,6 +44,13 @@ def entry_index(entry: LocalExport) -> pa.Table | None:
             index = read_index(path)  # another process may have written it meanwhile
             if index is not None:
                 return index
+            if not rewritable(path):
+                logger.warning(
+                    "The index at %s was written by a later version of vl_datasets, which this one does not "
+                    "read: reading the metadata into memory (upgrade vl_datasets to map it).",
+                    path,
+                )
+                return None
             logger.warning(
                 "The index at %s is missing, damaged or from another version of vl_datasets: writing it again from %s.",
                 path,

@@ -26,6 +26,7 @@ from .deferred import plan, skipped_on_read
 from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .item_codes import ITEMS_COLUMN, items_beside
+from .normalize import normalized_by_newer
 from .read import find_metadata_file, metadata_slices, read_metadata_file
 from .table_file import read_normalized
 
@@ -111,6 +112,17 @@ def read_index(path: str | os.PathLike, *, source: str | os.PathLike | None = No
     if ITEMS_COLUMN in table.column_names and not items_beside(path, table):
         return None
     return table
+
+
+def rewritable(path: str | os.PathLike) -> bool:
+    """Whether an index at ``path`` that does not read (``read_index``) may be written again in its
+    place: not when a later version of the library wrote it, whose jobs may be reading it."""
+    try:
+        with pa.memory_map(os.fspath(path), "r") as source:
+            schema = pa.ipc.open_file(source).schema
+    except (OSError, pa.ArrowException):
+        return True  # missing or damaged
+    return not normalized_by_newer(schema)
 
 
 def list_files(root: str | os.PathLike) -> list[str]:

@@ -202,6 +202,12 @@ def is_normalized(table: pa.Table) -> bool:
     return (table.schema.metadata or {}).get(VERSION_KEY) in _READABLE_VERSIONS
 
 
+def normalized_by_newer(schema: pa.Schema) -> bool:
+    """Whether a table of ``schema`` was normalized by a later version of the library than this one."""
+    version = (schema.metadata or {}).get(VERSION_KEY, b"")
+    return version.isdigit() and int(version) > int(NORMALIZED_VERSION)
+
+
 def _normalize_table(
     raw: pa.Table, source: str, row_offset: int, check_unique: bool, left_out: frozenset, coded_items: bool
 ) -> pa.Table:
