@@ -63,6 +63,7 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import pickle
@@ -323,6 +324,12 @@ def run_child(name: str, paths: dict, limits: Limits) -> dict:
         result["error"] = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1][:300]
     else:
         result.update(json.loads(stdout.strip().splitlines()[-1]))
+        # A warning (a split that could not be kept, an index written again) changes what the
+        # figures mean: it goes into the report beside them.
+        warnings = [line for line in stderr.splitlines() if line.startswith("WARNING")]
+        if warnings:
+            result["warnings"] = warnings[-5:]
+            print(f"  {name}: " + "\n  ".join(warnings[-5:]), file=sys.stderr)
     if "error" in result:
         print(f"  {name}: {result['error']}", file=sys.stderr)
     return result
@@ -675,6 +682,14 @@ def report(results: list[dict]) -> str:
     for key in LOADS:
         loads = [_load(found.get(key)) for found in results]
         lines.append(f"| {key} | {' | '.join(loads)} |")
+    warned = [
+        f"- {_size(found['rows'])} {key}: {line}"
+        for found in results
+        for key in LOADS
+        for line in (found.get(key) or {}).get("warnings", [])
+    ]
+    if warned:
+        lines += ["", "Warnings the measurements logged (each changes what its figures mean):", "", *warned]
     for found in results:
         lines += ["", f"Targets of issue 19 (set at 10M) at {_size(found['rows'])}:", ""]
         for what, value, passed in targets(found):
@@ -706,6 +721,7 @@ def main() -> None:
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         print(json.dumps(CHILDREN[args.child](json.loads(args.paths))))
         return
     results = []
