@@ -556,7 +556,11 @@ FIGURES: list[Figure] = [
     ("items kept by the curation", "", lambda f: _get(f, "first", "n")),
     ("cached open of the curated dataset", "s", lambda f: _get(f, "cached", "s")),
     ("cached open, peak RSS above baseline", "MiB", lambda f: _above_baseline(f, "cached")),
-    ("our cache on disk (index + curation)", "MiB", lambda f: f.get("cache_mib")),
+    (
+        "our cache on disk at the end (index, read columns, item lists, splits)",
+        "MiB",
+        lambda f: f.get("cache_mib"),
+    ),
     ("`len(pickle.dumps(ds))`", "KiB", lambda f: _kib(f, "cached")),
     ("`pickle.dumps(ds)` time", "s", lambda f: _get(f, "cached", "pickle_s")),
     ("spawn: worker's first batch after the epoch's start", "s", lambda f: _worker(f, "spawn", "ours", "s")),
