@@ -326,10 +326,10 @@ def run_child(name: str, paths: dict, limits: Limits) -> dict:
         result.update(json.loads(stdout.strip().splitlines()[-1]))
         # A warning (a split that could not be kept, an index written again) changes what the
         # figures mean: it goes into the report beside them.
-        warnings = [line for line in stderr.splitlines() if line.startswith("WARNING")]
+        warnings = [line for line in stderr.splitlines() if line.startswith("WARNING")][-5:]
         if warnings:
-            result["warnings"] = warnings[-5:]
-            print(f"  {name}: " + "\n  ".join(warnings[-5:]), file=sys.stderr)
+            result["warnings"] = warnings
+            print(f"  {name}: " + "\n  ".join(warnings), file=sys.stderr)
     if "error" in result:
         print(f"  {name}: {result['error']}", file=sys.stderr)
     return result
