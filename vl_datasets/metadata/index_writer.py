@@ -19,7 +19,6 @@ and written under the schema that unifies them, as a whole-file read would have 
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import threading
 import uuid
@@ -40,6 +39,7 @@ from .normalize import duplicate_id
 from .read import MetadataSlices
 from .row_batches import one_array, select_present
 from .table_file import source_stamp
+from .unify import conformed, unified_schema
 from .unique_ids import IdHashes
 
 IMAGE_COLUMN = "__image_path__"
@@ -131,11 +131,11 @@ def _write_index_file(
             spilled = _spill(coded, Path(folder))
             tables = [table for table, _ in spilled]
             _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(tables, ["media_id"]), pa.string()))
-            schema = _unified_schema([_load(part, schema_only=True).schema for part in tables])
+            schema = unified_schema([_load(part, schema_only=True).schema for part in tables])
             images = None if members is None else _resolve(tables, schema, members)
-            conformed = (_conform(table, schema) for table in _loaded(tables, consume=True))
+            whole = (conformed(table, schema) for table in _loaded(tables, consume=True))
             items = _loaded([part for _, part in spilled], consume=True)
-            return _write(out, zip(conformed, items, strict=True), schema=schema, images=images)
+            return _write(out, zip(whole, items, strict=True), schema=schema, images=images)
 
 
 @dataclass(frozen=True)
@@ -296,43 +296,6 @@ def _loaded(spilled: list[Path], columns: list[str] | None = None, *, consume: b
         yield select_present(table, columns)
 
 
-def _unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
-    """One schema for every slice: each column's types promoted to one, or text where none holds
-    them all (as a whole-file read turns values of mixed types into text); schema metadata merged."""
-    fields = []
-    for name in dict.fromkeys(name for schema in schemas for name in schema.names):
-        found = [pa.schema([schema.field(name)]) for schema in schemas if name in schema.names]
-        try:
-            fields.append(pa.unify_schemas(found, promote_options="permissive").field(0))
-        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            fields.append(pa.field(name, pa.string()))
-    metadata = {key: value for schema in schemas for key, value in (schema.metadata or {}).items()}
-    return pa.schema(fields, metadata=metadata)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    columns = []
-    for field in schema:
-        if field.name not in table.column_names:
-            columns.append(pa.chunked_array([pa.nulls(table.num_rows, field.type)]))
-            continue
-        column = table.column(field.name)
-        if column.type != field.type:
-            column = column.cast(field.type) if not _as_text(column, field) else _json_text(column)
-        columns.append(column)
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _as_text(column: pa.ChunkedArray, field: pa.Field) -> bool:
-    return pa.types.is_string(field.type) and not pa.types.is_null(column.type)
-
-
-def _json_text(column: pa.ChunkedArray) -> pa.Array:
-    # As json_export._infer does for a column of mixed types: strings as they are, the rest as JSON.
-    values = column.to_pylist()
-    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
-
-
 def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> ImagesOf:
     """Each row's image path under ``images/`` (null when it has none): by its exact path a slice at
     a time when that finds every row's, else over all the rows at once."""
@@ -340,7 +303,7 @@ def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> Image
     exact = _exact_images(spilled, lookup, members)
     if exact is not None:
         return exact
-    parts = [_conform(table, lookup) for table in _loaded(spilled, lookup.names)]
+    parts = [conformed(table, lookup) for table in _loaded(spilled, lookup.names)]
     resolved = _under_images(resolve_image_paths(pa.concat_tables(parts), members, on_missing="null"))
     return lambda start, count: resolved.slice(start, count)
 
@@ -348,7 +311,7 @@ def _resolve(spilled: list[Path], schema: pa.Schema, members: pa.Array) -> Image
 def _exact_images(spilled: list[Path], lookup: pa.Schema, members: pa.Array) -> ImagesOf | None:
     """The images found by every row's exact path (``ExactPaths``), or None when a row has none there."""
     exact = ExactPaths(members)
-    parts = [exact.found(_conform(table, lookup)) for table in _loaded(spilled, lookup.names)]
+    parts = [exact.found(conformed(table, lookup)) for table in _loaded(spilled, lookup.names)]
     found = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
     by_name = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, bool)
     if not (found >= 0).all() or np.isin(found[~by_name], found[by_name]).any():
