@@ -48,8 +48,11 @@ def _starts(service, *, images: bool) -> list:
 
 
 def _content(entry) -> tuple:
-    images = sorted(
-        (p.relative_to(entry.images_dir).as_posix(), p.read_bytes()) for p in entry.images_dir.rglob("*") if p.is_file()
+    folder = entry.images_dir
+    images = (
+        sorted((p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+        if folder
+        else []
     )
     rows = sorted(read_metadata_file(entry.metadata_path).to_pylist(), key=lambda row: row["media_id"])
     return rows, images
@@ -102,11 +105,11 @@ def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp
         "import os, signal\n"
         "import vl_datasets.chunks as chunks\n"
         "real, calls = chunks._check_chunk, [0]\n"
-        "def check(*args):\n"
+        "def check(*args, **kwargs):\n"
         "    calls[0] += 1\n"
         "    if calls[0] == 3:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return real(*args)\n"
+        "    return real(*args, **kwargs)\n"
         "chunks._check_chunk = check\n"
         "from vl_datasets import Client, fetch_export\n"
         f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
@@ -252,3 +255,88 @@ def test_metadata_too_large_for_one_export_is_a_clear_error(big_root, tmp_path, 
         fetch_export("big", client=_client(service), cache_dir=tmp_path, include_images=include_images)
     assert caught.value.status == "REJECTED" and "exceeds threshold" in caught.value.result_message
     assert not list(tmp_path.rglob("*.manifest.json")), "nothing was published"
+
+
+@pytest.fixture
+def entity_capped(big_root):
+    """The local service with at most 4 entities per metadata-only export and 3 images per export."""
+    with LocalVisualLayer(big_root, export_polls=0, max_images_per_export=3, max_entities_per_export=4) as service:
+        yield service
+
+
+def _selection(big_root, tmp_path) -> list[str]:
+    """Seven of the dataset's media ids and two it does not hold (sorted last: the last chunk of
+    four holds one of them alone)."""
+    with LocalVisualLayer(big_root, export_polls=0) as service:
+        entry = fetch_export("big", client=_client(service), cache_dir=tmp_path / "ids", include_images=False)
+    known = sorted(read_metadata_file(entry.metadata_path).column("media_id").to_pylist())
+    return [*known[:7], "zz-not-in-the-dataset-1", "zz-not-in-the-dataset-2"]
+
+
+@pytest.mark.parametrize("export_format", ["parquet", "json"])
+def test_a_selection_too_large_for_one_metadata_export_comes_in_chunks(
+    big_root, entity_capped, tmp_path, export_format
+):
+    selection = _selection(big_root, tmp_path)
+    with LocalVisualLayer(big_root, export_polls=0) as uncapped:
+        reference = fetch_export(
+            "big", client=_client(uncapped), cache_dir=tmp_path / "reference", include_images=False,
+            media_ids=selection, export_format=export_format,
+        )  # fmt: skip
+    entry = fetch_export(
+        "big", client=_client(entity_capped), cache_dir=tmp_path / "cache", include_images=False,
+        media_ids=selection, export_format=export_format,
+    )  # fmt: skip
+    assert entry.metadata_path.name == f"metadata.{export_format}"
+    assert entry.row_count == 7, "the chunks should hold the seven ids the dataset has"
+    assert _content(entry) == _content(reference), "the chunked selection differs from one export of it"
+    # One export of the nine ids, rejected; then chunks of 4, 4 and 1 (the limit the answer named).
+    assert len(_starts(entity_capped, images=False)) == 1 + 3
+    assert not any(entry.entry_dir.rglob(".chunks")), "the chunks were not cleaned up after publishing"
+    entity_capped.clear_requests()
+    again = fetch_export(
+        "big", client=_client(entity_capped), cache_dir=tmp_path / "cache", include_images=False,
+        media_ids=selection, export_format=export_format,
+    )  # fmt: skip
+    assert again == entry and entity_capped.requests == [], "a cached chunked selection must be reused as it is"
+
+
+def test_a_selection_with_images_too_large_for_its_metadata_export(big_root, entity_capped, tmp_path):
+    """Its images come in chunks of the ids its metadata names, and that metadata in chunks of its own."""
+    selection = _selection(big_root, tmp_path)
+    with LocalVisualLayer(big_root, export_polls=0) as uncapped:
+        reference = fetch_export("big", client=_client(uncapped), cache_dir=tmp_path / "reference", media_ids=selection)
+    entry = fetch_export("big", client=_client(entity_capped), cache_dir=tmp_path / "cache", media_ids=selection)
+    assert entry.row_count == 7 and len(list(entry.images_dir.rglob("*.jpg"))) == 7
+    assert _content(entry) == _content(reference), "the chunked selection differs from one export of it"
+
+
+def test_a_killed_chunked_selection_finishes_only_the_chunks_it_had_not(big_root, entity_capped, tmp_path):
+    selection = _selection(big_root, tmp_path)
+    code = (
+        "import os, signal\n"
+        "import vl_datasets.chunks as chunks\n"
+        "real, calls = chunks._check_chunk, [0]\n"
+        "def check(*args, **kwargs):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*args, **kwargs)\n"
+        "chunks._check_chunk = check\n"
+        "from vl_datasets import Client, fetch_export\n"
+        f"fetch_export('big', client=Client({entity_capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
+        f"include_images=False, media_ids={selection!r}, chunks_in_flight=1)\n"
+    )
+    result = run_child([sys.executable, "-c", code], env=child_env())
+    assert result.returncode == -signal.SIGKILL, f"the child was not killed at its second chunk: {result.stderr}"
+    chunk_dirs = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir() and not p.name.startswith("."))
+    assert chunk_dirs == ["0"], f"expected chunk 0 kept after the kill, found {chunk_dirs}"
+    before = len(_starts(entity_capped, images=False))
+    entry = fetch_export(
+        "big", client=_client(entity_capped), cache_dir=tmp_path, include_images=False, media_ids=selection,
+        chunks_in_flight=1,
+    )  # fmt: skip
+    started = len(_starts(entity_capped, images=False)) - before
+    # Chunk 1 was exported when the child died: its task is resumed, and only chunk 2 is started.
+    assert started == 1, f"the resumed run started {started} exports; only chunk 2 had not been"
+    assert entry.row_count == 7

@@ -8,9 +8,15 @@ recorded when it starts and kept once it is unpacked and checked, so a run kille
 chunks finishes only the other 13. When every media id has arrived exactly once, the chunks are
 linked into one staging folder and published as one entry, manifest last.
 
+A metadata-only export has a limit of its own (on entities). A selection of media ids over it is
+cut the same way, from the selection's own ids, and its chunks' metadata files are joined into one
+(``metadata.concat``); a chunk none of whose ids the dataset holds is empty. A whole dataset over
+it cannot be cut: no documented call lists its media ids.
+
 In the entry's work area (``CacheStore.work_area``), until then::
 
-    plan.json          what the chunks were cut from: the metadata version, the chunk size, and when
+    plan.json          what the chunks were cut from: the metadata version (or the selection), the
+                       chunk size, and when
     <i>.task           chunk i's export task while it runs (``CacheStore.task_record``)
     <i>.zip            its download (resumable)
     <i>/               chunk i, unpacked and checked
@@ -23,8 +29,10 @@ import os
 import re
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +44,7 @@ from tqdm.auto import tqdm
 from . import errors
 from .cache.archive import extract_archive
 from .cache.store import CacheStore, ExportKey, LocalExport, read_json, write_json_atomic
+from .metadata.concat import concatenate_metadata, media_ids_of
 from .metadata.image_paths import resolve_image_paths
 from .metadata.index import list_files, read_index
 from .metadata.read import find_metadata_file, read_metadata_file
@@ -91,30 +100,87 @@ def build_chunked(
     holds the entry's lock."""
     ids = _media_ids(metadata)
     folder = store.work_area(key)
-    size = images_per_export
+    fetch = _Fetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
+    n_chunks = _fetch_chunks(fetch, ids, images_per_export, metadata.version)
+    entry_dir = store.entry_dir(key)
+    with store.staging(entry_dir) as staging:
+        _assemble(staging, metadata, folder, n_chunks)
+        entry = store.publish(entry_dir, staging, key=key, task=metadata.task, expected_rows=len(ids))
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("Cached dataset %r from %d chunked exports at %s", key.dataset_id, n_chunks, entry.path)
+    return entry
+
+
+def build_chunked_metadata(
+    client: Client,
+    store: CacheStore,
+    key: ExportKey,
+    ids_per_export: int,
+    *,
+    in_flight: int = DEFAULT_CHUNKS_IN_FLIGHT,
+    export_timeout_s: float | None,
+    lock_timeout_s: float | None,
+) -> LocalExport:
+    """Publish the entry of ``key`` (a metadata-only export of media ids) from selective exports
+    of at most ``ids_per_export`` of them each, their metadata files joined into one
+    (``concat``). Ids the dataset does not hold are left out, as one export would leave them. The
+    caller holds the entry's lock."""
+    assert key.media_ids is not None and not key.include_images
+    folder = store.work_area(key)
+    fetch = _Fetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
+    n_chunks = _fetch_chunks(fetch, list(key.media_ids), ids_per_export, _SELECTION)
+    entry_dir = store.entry_dir(key)
+    with store.staging(entry_dir) as staging:
+        chunks = [folder / str(i) for i in range(n_chunks)]
+        parts = [find_metadata_file(chunk) for chunk in chunks if any(chunk.iterdir())]  # an empty chunk has none
+        if not parts:
+            raise errors.ExportFailedError(
+                f"Dataset {key.dataset_id!r} holds none of the {len(key.media_ids)} media ids selected.",
+                dataset_id=key.dataset_id,
+                status="REJECTED",
+            )
+        rows = concatenate_metadata(parts, staging)
+        entry = store.publish(entry_dir, staging, key=key, expected_rows=rows)
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("Cached the metadata of %r from %d chunked exports at %s", key.dataset_id, n_chunks, entry.path)
+    return entry
+
+
+# What a metadata-only selection's chunks are cut from: the key's own media ids, whatever the dataset's version.
+_SELECTION = "the selection's media ids"
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """How the chunks of ``key`` are fetched."""
+
+    client: Client
+    store: CacheStore
+    key: ExportKey
+    in_flight: int
+    export_timeout_s: float | None
+    lock_timeout_s: float | None
+
+
+def _fetch_chunks(fetch: _Fetch, ids: list[str], size: int, source: str | None) -> int:
+    """Fetch ``ids`` (cut from ``source``) in chunks of ``size``, or smaller ones while the server
+    rejects those as too large, into the work area; return how many chunks there are."""
     while True:
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        _plan(store, key, metadata, size)
+        _plan(fetch.store, fetch.key, source, size)
         try:
-            _fetch_all(client, store, key, chunks, in_flight, export_timeout_s, lock_timeout_s)
-            break
+            _fetch_all(fetch, chunks)
+            return len(chunks)
         except _ChunkTooLarge as exc:
             smaller = exc.limit if exc.limit is not None and exc.limit < size else size // 2
             if smaller < 1:
                 raise errors.ExportFailedError(
-                    f"Dataset {key.dataset_id!r}: even an export of one image is rejected as too large.",
-                    dataset_id=key.dataset_id,
+                    f"Dataset {fetch.key.dataset_id!r}: even an export of one media item is rejected as too large.",
+                    dataset_id=fetch.key.dataset_id,
                     status="REJECTED",
                 ) from None
-            logger.warning("Chunks of %d images are still too large; cutting chunks of %d", size, smaller)
+            logger.warning("Chunks of %d media items are still too large; cutting chunks of %d", size, smaller)
             size = smaller
-    entry_dir = store.entry_dir(key)
-    with store.staging(entry_dir) as staging:
-        _assemble(staging, metadata, folder, len(chunks))
-        entry = store.publish(entry_dir, staging, key=key, task=metadata.task, expected_rows=len(ids))
-    shutil.rmtree(folder, ignore_errors=True)
-    logger.info("Cached dataset %r from %d chunked exports at %s", key.dataset_id, len(chunks), entry.path)
-    return entry
 
 
 def _media_ids(metadata: LocalExport) -> list[str]:
@@ -152,11 +218,12 @@ def _unfinished_plan(store: CacheStore, key: ExportKey) -> dict:
     return {}
 
 
-def _plan(store: CacheStore, key: ExportKey, metadata: LocalExport, size: int) -> None:
-    """Keep the chunks of an earlier run only if they were cut the same way from the same version
-    of the metadata, and no version was published from them yet."""
+def _plan(store: CacheStore, key: ExportKey, source: str | None, size: int) -> None:
+    """Keep the chunks of an earlier run only if they were cut the same way from the same ids
+    (``source``: the version of the metadata that names them), and no version was published from
+    them yet."""
     folder = store.work_area(key)
-    plan = {"metadata_version": metadata.version, "chunk_size": size}
+    plan = {"metadata_version": source, "chunk_size": size}
     earlier = _unfinished_plan(store, key)
     if {name: earlier.get(name) for name in plan} == plan:
         return
@@ -165,31 +232,24 @@ def _plan(store: CacheStore, key: ExportKey, metadata: LocalExport, size: int) -
     write_json_atomic(folder / "plan.json", {**plan, "planned_at": datetime.now(timezone.utc).isoformat()})
 
 
-def _fetch_all(
-    client: Client,
-    store: CacheStore,
-    key: ExportKey,
-    chunks: list[list[str]],
-    in_flight: int,
-    export_timeout_s: float | None,
-    lock_timeout_s: float | None,
-) -> None:
-    folder = store.work_area(key)
+def _fetch_all(fetch: _Fetch, chunks: list[list[str]]) -> None:
+    folder = fetch.store.work_area(fetch.key)
     pending = [i for i in range(len(chunks)) if not (folder / str(i)).is_dir()]
     if len(pending) < len(chunks):
         logger.info("Resuming a chunked export: %d of %d chunks are in", len(chunks) - len(pending), len(chunks))
-    desc = f"images of {key.dataset_id}"
+    desc = f"{'images' if fetch.key.include_images else 'metadata'} of {fetch.key.dataset_id}"
     with (
         tqdm(
-            total=len(chunks), initial=len(chunks) - len(pending), unit="chunk", desc=desc, disable=not client.progress
+            total=len(chunks),
+            initial=len(chunks) - len(pending),
+            unit="chunk",
+            desc=desc,
+            disable=not fetch.client.progress,
         ) as bar,
-        ThreadPoolExecutor(max(1, in_flight)) as pool,
+        ThreadPoolExecutor(max(1, fetch.in_flight)) as pool,
     ):
         received = 0
-        futures = [
-            pool.submit(_fetch_chunk, client, store, key, i, chunks[i], export_timeout_s, lock_timeout_s)
-            for i in pending
-        ]
+        futures = [pool.submit(_fetch_chunk, fetch, i, chunks[i]) for i in pending]
         remaining = set(futures)
         while remaining:
             done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
@@ -204,32 +264,31 @@ def _fetch_all(
                 bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
 
 
-def _fetch_chunk(
-    client: Client,
-    store: CacheStore,
-    key: ExportKey,
-    i: int,
-    ids: Sequence[str],
-    export_timeout_s: float | None,
-    lock_timeout_s: float | None,
-) -> int:
+def _fetch_chunk(fetch: _Fetch, i: int, ids: Sequence[str]) -> int:
     """Export, download, unpack and check chunk ``i``; return its size in bytes."""
-    folder, record = store.work_area(key), store.task_record(key, chunk=i)
+    client, key = fetch.client, fetch.key
+    folder, record = fetch.store.work_area(key), fetch.store.task_record(key, chunk=i)
     task = start_or_resume(client, record, key, media_ids=ids)
     try:
-        task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s, progress=False)
+        task = client.wait_for_export(key.dataset_id, task.id, timeout_s=fetch.export_timeout_s, progress=False)
     except errors.ExportFailedError as exc:
         record.clear()
         if is_too_large(exc):
             raise _ChunkTooLarge(limit_named_in(exc)) from None
-        raise
+        if key.include_images or exc.status != "REJECTED":
+            raise
+        # Contract §4: a rejection not for size is an empty selection. The selection as a whole was
+        # rejected for its size, so it holds other items: none of this chunk's ids is in the dataset.
+        logger.info("Chunk %d (export %s): none of its %d media ids is in the dataset", i, task.id, len(ids))
+        (folder / str(i)).mkdir(exist_ok=True)  # in, and empty: no metadata file
+        return 0
     zip_path = folder / f"{i}.zip"
-    client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s, progress=False)
+    client.download_export(task, zip_path, lock_timeout_s=fetch.lock_timeout_s, progress=False)
     size = zip_path.stat().st_size
     staging = folder / f".{i}.unpacking-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         extract_archive(zip_path, staging)
-        _check_chunk(staging, ids, i, task)
+        _check_chunk(staging, ids, i, task, images=key.include_images)
         os.rename(staging, folder / str(i))
     except (errors.CorruptArchiveError, errors.UnsafeArchiveError):
         zip_path.unlink(missing_ok=True)  # a bad download is not resumed
@@ -242,25 +301,32 @@ def _fetch_chunk(
     return size
 
 
-def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask) -> None:
-    """A chunk must hold the rows of exactly its media ids, none missing, none from elsewhere, and
-    each row's image file, named as the export's layout names it."""
+def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask, *, images: bool) -> None:
+    """A chunk with ``images`` must hold the rows of exactly its media ids (the metadata named
+    them), none missing, none from elsewhere, and each row's image file, named as the export's
+    layout names it. A chunk of a metadata-only selection may lack ids the dataset does not hold,
+    as one export of the selection would; it holds no other row, and none twice."""
     try:
-        table = read_metadata_file(find_metadata_file(staging))
+        metadata = find_metadata_file(staging)
+        # A metadata-only chunk's ids alone: its rows are normalized once the chunks are joined.
+        table = read_metadata_file(metadata) if images else None
+        got = table.column("media_id").to_pylist() if table is not None else media_ids_of(metadata)
     except errors.SchemaError as exc:
         raise errors.CorruptArchiveError(
             f"Chunk {i} (export {task.id}) has unreadable metadata: {exc}", path=str(staging)
         ) from None
-    got = table.column("media_id").to_pylist()
-    missing, extra = set(ids) - set(got), set(got) - set(ids)
-    if missing or extra or len(got) != len(ids):
-        example = next(iter(missing or extra), None)
+    missing = set(ids) - set(got) if images else set()
+    extra = set(got) - set(ids)
+    repeated = {media_id for media_id, rows in Counter(got).items() if rows > 1}
+    if missing or extra or repeated:
+        example = next(iter(missing or extra or repeated))
         raise errors.CorruptArchiveError(
-            f"Chunk {i} (export {task.id}) holds {len(got)} rows for {len(ids)} media ids: "
-            f"{len(missing)} missing and {len(extra)} unexpected, e.g. {example!r}.",
+            f"Chunk {i} (export {task.id}) holds {len(got)} rows for {len(ids)} media ids: {len(missing)} "
+            f"missing, {len(extra)} unexpected and {len(repeated)} more than once, e.g. {example!r}.",
             path=str(staging),
         )
-    _check_chunk_images(staging, table, i, task)
+    if table is not None:
+        _check_chunk_images(staging, table, i, task)
 
 
 def _check_chunk_images(staging: Path, table: pa.Table, i: int, task: ExportTask) -> None:

@@ -23,6 +23,7 @@ from .chunks import (
     DEFAULT_CHUNKS_IN_FLIGHT,
     DEFAULT_IMAGES_PER_EXPORT,
     build_chunked,
+    build_chunked_metadata,
     is_too_large,
     limit_named_in,
     planned_chunk_size,
@@ -173,8 +174,10 @@ class _Fetch:
 
     def _build(self, key: ExportKey) -> LocalExport:
         limit = self.max_images_per_export
-        if key.include_images and (planned := planned_chunk_size(self.store, key)) is not None:
-            return self._build_chunked(key, planned)  # a killed run's chunks: finish them
+        if (planned := planned_chunk_size(self.store, key)) is not None:  # a killed run's chunks: finish them
+            if key.include_images:
+                return self._build_chunked(key, planned)
+            return self._build_chunked_metadata(key, planned)
         if key.include_images and self._over(key, limit):
             return self._build_chunked(key, limit or DEFAULT_IMAGES_PER_EXPORT)
         try:
@@ -183,7 +186,17 @@ class _Fetch:
             if not is_too_large(exc):
                 raise
             if not key.include_images:
-                raise _metadata_too_large(key, exc) from None
+                if key.media_ids is None:
+                    raise _metadata_too_large(key, exc) from None
+                self.store.task_record(key).clear()
+                size = limit_named_in(exc) or max(1, len(key.media_ids) // 2)
+                logger.warning(
+                    "Visual Layer rejected the export of %s as too large (%s); exporting it in chunks of %d media ids",
+                    _describe(key),
+                    exc.result_message,
+                    size,
+                )
+                return self._build_chunked_metadata(key, size)
             self.store.task_record(key).clear()
             learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
             logger.warning(
@@ -202,6 +215,17 @@ class _Fetch:
         if key.media_ids is not None:
             return len(key.media_ids) > limit
         return (self.client.get_dataset(key.dataset_id).n_images or 0) > limit
+
+    def _build_chunked_metadata(self, key: ExportKey, ids_per_export: int) -> LocalExport:
+        return build_chunked_metadata(
+            self.client,
+            self.store,
+            key,
+            ids_per_export,
+            in_flight=self.chunks_in_flight,
+            export_timeout_s=self.export_timeout_s,
+            lock_timeout_s=self.lock_timeout_s,
+        )
 
     def _build_chunked(self, key: ExportKey, images_per_export: int) -> LocalExport:
         metadata = self.entry(replace(key, include_images=False))
@@ -269,14 +293,15 @@ def _exact_version(store: CacheStore, key: ExportKey, version: str, *, refresh: 
 
 
 def _metadata_too_large(key: ExportKey, exc: errors.ExportFailedError) -> errors.ExportFailedError:
-    """The error for a metadata-only export rejected as too large. Images come in chunks of media
-    ids the metadata names, but no documented call lists a dataset's media ids without an export
-    (contract §5: third parties split such exports by selections of their own)."""
+    """The error for a metadata-only export of a whole dataset (or of clusters) rejected as too
+    large. A selection of media ids is exported in chunks of them, but no documented call lists a
+    dataset's media ids without an export (contract §5: third parties split such exports by
+    selections of their own)."""
     return errors.ExportFailedError(
         f"Visual Layer rejected the metadata-only export of {_describe(key)} as too large "
         f"({exc.result_message}). Its metadata cannot be split without its media ids: export it in "
-        "parts with media_ids= or cluster_ids= (each a selective export), or ask Visual Layer to raise "
-        "the limit on entities per export.",
+        "parts with media_ids= (a selection too large for one export is exported in chunks of its ids) "
+        "or cluster_ids=, or ask Visual Layer to raise the limit on entities per export.",
         task_id=exc.task_id,
         dataset_id=exc.dataset_id,
         status=exc.status,

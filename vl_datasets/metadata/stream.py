@@ -140,13 +140,13 @@ def json_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Tab
     with a byte-order mark): the caller reads such a file whole, as it always did, to report it."""
     check_utf8(path)  # as for a whole read: ijson would decode bytes that are not UTF-8 its own way
     check_file_depth(path)  # yajl keeps its nesting on the heap, but the items are then walked recursively
-    prefix = _items_prefix(path)
+    prefix = items_prefix(path)
     if prefix is None:
         return None
     return _json_slices(path, prefix, batch_rows or BATCH_ROWS)
 
 
-def _items_prefix(path: Path) -> str | None:
+def items_prefix(path: Path) -> str | None:
     """``media_items.item`` for an export object, ``item`` for a bare list; None for anything else."""
     with open(path, "rb") as stream:
         while chunk := stream.read(4096):
@@ -171,22 +171,22 @@ def _json_slices(path: Path, prefix: str, batch_rows: int) -> Iterator[pa.Table]
 
 def _check_items_is_a_list(path: Path) -> None:
     # Only when no item was found: what stands under "media_items" is then small, or no list.
-    items = next(_values(path, "media_items"), None)
+    items = next(json_values(path, "media_items"), None)
     if not isinstance(items, list):
         raise SchemaError(f"{path}: the JSON export has no 'media_items' list.", field="media_items")
 
 
 def _items(path: Path, prefix: str) -> Iterator[Any]:
     with gc_paused():  # millions of small containers: the cyclic collector would rescan them all
-        yield from _values(path, prefix)
+        yield from json_values(path, prefix)
 
 
 def _info(path: Path) -> Any:
     """The export's ``info`` (None when it has none); the parse stops once it is read."""
-    return next(_values(path, "info"), None)
+    return next(json_values(path, "info"), None)
 
 
-def _values(path: Path, prefix: str) -> Iterator[Any]:
+def json_values(path: Path, prefix: str) -> Iterator[Any]:
     """The values under ``prefix`` in the JSON file ``path``, parsed incrementally.
 
     yajl (ijson's C backend) refuses an integer past 64 bits as an "integer overflow", where
