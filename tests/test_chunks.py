@@ -98,23 +98,30 @@ def test_a_rejection_that_is_not_about_size_stays_an_error(capped, tmp_path):
     assert len(_starts(capped, images=False)) == 0, "a rejection not about size must not start chunking"
 
 
-def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp_path):
-    # The child dies while checking its third chunk, one chunk at a time: chunks 0 and 1 are in,
-    # chunk 2 is downloaded but unchecked, chunk 3 never started.
-    code = (
+def _killed_at_check(n: int, arguments: str) -> str:
+    """A child's code: ``fetch_export('big', ...)`` of ``arguments`` (``url`` the service's), one
+    chunk at a time, killed by SIGKILL when it starts checking its ``n``-th chunk."""
+    return (
         "import os, signal\n"
         "import vl_datasets.chunks as chunks\n"
         "real, calls = chunks._check_chunk, [0]\n"
         "def check(*args, **kwargs):\n"
         "    calls[0] += 1\n"
-        "    if calls[0] == 3:\n"
+        f"    if calls[0] == {n}:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*args, **kwargs)\n"
         "chunks._check_chunk = check\n"
         "from vl_datasets import Client, fetch_export\n"
-        f"fetch_export('big', client=Client({capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
-        "chunks_in_flight=1)\n"
+        "def fetch(url, **options):\n"
+        "    return fetch_export('big', client=Client(url, progress=False), chunks_in_flight=1, **options)\n"
+        f"fetch({arguments})\n"
     )
+
+
+def test_a_killed_chunked_export_finishes_only_the_chunks_it_had_not(capped, tmp_path):
+    # The child dies while checking its third chunk, one chunk at a time: chunks 0 and 1 are in,
+    # chunk 2 is downloaded but unchecked, chunk 3 never started.
+    code = _killed_at_check(3, f"url={capped.url!r}, cache_dir={str(tmp_path)!r}")
     result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == -signal.SIGKILL, f"the child was not killed at its third chunk: {result.stderr}"
     chunk_dirs = sorted(p.name for p in tmp_path.rglob(".chunks/*") if p.is_dir() and not p.name.startswith("."))
@@ -313,19 +320,8 @@ def test_a_selection_with_images_too_large_for_its_metadata_export(big_root, ent
 
 def test_a_killed_chunked_selection_finishes_only_the_chunks_it_had_not(big_root, entity_capped, tmp_path):
     selection = _selection(big_root, tmp_path)
-    code = (
-        "import os, signal\n"
-        "import vl_datasets.chunks as chunks\n"
-        "real, calls = chunks._check_chunk, [0]\n"
-        "def check(*args, **kwargs):\n"
-        "    calls[0] += 1\n"
-        "    if calls[0] == 2:\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return real(*args, **kwargs)\n"
-        "chunks._check_chunk = check\n"
-        "from vl_datasets import Client, fetch_export\n"
-        f"fetch_export('big', client=Client({entity_capped.url!r}, progress=False), cache_dir={str(tmp_path)!r}, "
-        f"include_images=False, media_ids={selection!r}, chunks_in_flight=1)\n"
+    code = _killed_at_check(
+        2, f"url={entity_capped.url!r}, cache_dir={str(tmp_path)!r}, include_images=False, media_ids={selection!r}"
     )
     result = run_child([sys.executable, "-c", code], env=child_env())
     assert result.returncode == -signal.SIGKILL, f"the child was not killed at its second chunk: {result.stderr}"
