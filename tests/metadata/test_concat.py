@@ -85,3 +85,12 @@ def test_a_chunks_media_ids_are_read_without_its_items(tmp_path):
     pq.write_table(pa.table({"id": ["a"]}), parquet)
     with pytest.raises(SchemaError, match="no readable media_id"):
         media_ids_of(parquet)
+
+
+def test_a_json_chunk_nested_too_deep_is_refused_before_it_is_walked(tmp_path):
+    part = _chunk(tmp_path, 0, "metadata.json")
+    part.write_text('[{"media_id": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}]")
+    with pytest.raises(SchemaError, match="nests 65 levels deep"):
+        media_ids_of(part)
+    with pytest.raises(SchemaError, match="nests 65 levels deep"):
+        concatenate_metadata([part], tmp_path)

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptArchiveError, SchemaError
+from .json_depth import check_file_depth
+from .json_export import check_utf8
 from .stream import is_parquet, items_prefix, json_values
 from .unify import conformed, unified_schema
 
@@ -38,7 +40,7 @@ def media_ids_of(path: Path) -> list:
     try:
         if is_parquet(path):
             return pq.read_table(path, columns=["media_id"]).column(0).to_pylist()
-        prefix = items_prefix(path)
+        prefix = _json_prefix(path)
         if prefix is None:
             raise SchemaError(f"{path} is neither a JSON export object nor a list of media items.", field="metadata")
         return [item.get("media_id") if isinstance(item, dict) else None for item in json_values(path, prefix)]
@@ -58,8 +60,16 @@ def _parquet(parts: list[Path], target: Path) -> int:
     return rows
 
 
+def _json_prefix(path: Path) -> str | None:
+    """``stream.items_prefix`` of a JSON file checked first as a streamed read checks it: UTF-8, and
+    nested no deeper than the items are walked (``json.dumps`` recurses too)."""
+    check_utf8(path)
+    check_file_depth(path)
+    return items_prefix(path)
+
+
 def _json(parts: list[Path], target: Path) -> int:
-    prefixes = [items_prefix(part) for part in parts]
+    prefixes = [_json_prefix(part) for part in parts]
     for part, prefix in zip(parts, prefixes):
         if prefix is None:
             raise CorruptArchiveError(
