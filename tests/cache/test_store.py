@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import pickle
+
 import pytest
 
 from vl_datasets import errors, fetch_export
@@ -154,3 +159,20 @@ def test_a_dataset_id_of_dots_keeps_its_entry_under_exports(tmp_path, dataset_id
     store = local_store(tmp_path / "cache")
     entry_dir = store.entry_dir(ExportKey.build("http://vl", dataset_id, "parquet", True)).resolve()
     assert entry_dir.parent.parent == (tmp_path / "cache" / "exports").resolve()
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [{}, {"media_ids": ["b", "a", "b"]}, {"cluster_ids": ["c"]}],
+    ids=["whole", "media ids", "cluster ids"],
+)
+def test_an_entrys_name_is_the_one_earlier_versions_gave_it(selection):
+    """Entries cached by earlier versions are found by the same name: the hash of the key's
+    fields as sorted, compact JSON, whichever way the key is built or copied."""
+    key = ExportKey.build("https://app.visual-layer.com", "ds-1", "parquet", True, **selection)
+    blob = json.dumps(dataclasses.asdict(key), sort_keys=True, separators=(",", ":"))
+    assert key.digest == hashlib.sha256(blob.encode()).hexdigest()[:20]
+    copied = pickle.loads(pickle.dumps(key))
+    assert copied == key and copied.digest == key.digest
+    moved = key.on_host("other:1")
+    assert moved.digest != key.digest and moved.on_host(key.api_host).digest == key.digest
