@@ -336,3 +336,26 @@ def test_a_killed_chunked_selection_finishes_only_the_chunks_it_had_not(big_root
     # Chunk 1 was exported when the child died: its task is resumed, and only chunk 2 is started.
     assert started == 1, f"the resumed run started {started} exports; only chunk 2 had not been"
     assert entry.row_count == 7
+
+
+@pytest.mark.parametrize("include_images", [False, True])
+def test_a_selection_of_more_ids_than_one_request_carries_comes_in_chunks(big_root, tmp_path, include_images):
+    """A proxy before the platform refuses a body over its size (413, nginx's default is 1 MiB:
+    about 27,000 media ids); the selection is then asked for in chunks, halved until one fits."""
+    selection = _selection(big_root, tmp_path)
+    with LocalVisualLayer(big_root, export_polls=0) as uncapped:
+        reference = fetch_export(
+            "big", client=_client(uncapped), cache_dir=tmp_path / "reference", media_ids=selection,
+            include_images=include_images,
+        )  # fmt: skip
+    with LocalVisualLayer(big_root, export_polls=0, max_images_per_export=3, max_body_bytes=120) as service:
+        entry = fetch_export(
+            "big", client=_client(service), cache_dir=tmp_path / "cache", media_ids=selection,
+            include_images=include_images,
+        )  # fmt: skip
+        posted = [len(r.json["media_ids"]) for r in service.requests if r.method == "POST" and r.status == 200]
+        refused = [r for r in service.requests if r.status == 413]
+    assert entry.row_count == 7 and _content(entry) == _content(reference), "the chunks differ from one export"
+    assert refused, "the service should have refused the whole selection's request"
+    # Two ids make a 95-byte body, four 175: chunks were halved until they carried two at most.
+    assert max(posted) <= 2, f"a selective export of {max(posted)} ids got through a 120-byte limit"

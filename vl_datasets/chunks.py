@@ -268,7 +268,10 @@ def _fetch_chunk(fetch: _Fetch, i: int, ids: Sequence[str]) -> int:
     """Export, download, unpack and check chunk ``i``; return its size in bytes."""
     client, key = fetch.client, fetch.key
     folder, record = fetch.store.work_area(key), fetch.store.task_record(key, chunk=i)
-    task = start_or_resume(client, record, key, media_ids=ids)
+    try:
+        task = start_or_resume(client, record, key, media_ids=ids)
+    except errors.RequestTooLargeError:  # too many ids for one request: smaller chunks
+        raise _ChunkTooLarge(None) from None
     try:
         task = client.wait_for_export(key.dataset_id, task.id, timeout_s=fetch.export_timeout_s, progress=False)
     except errors.ExportFailedError as exc:

@@ -10,6 +10,7 @@
     │   │   ├── DatasetNotFoundError (LookupError)   404: no such dataset
     │   │   ├── ExportTaskNotFoundError (LookupError)   404: the dataset exists, the export task does not
     │   │   ├── DatasetNotReadyError                 409, or a dataset whose status is not READY
+    │   │   ├── RequestTooLargeError                 413: a request body (a selection's ids) over the server's limit
     │   │   ├── RateLimitError                       429 after the retries ran out
     │   │   └── ServerError                          5xx after the retries ran out
     │   ├── APIConnectionError (ConnectionError)     no answer at all
@@ -113,6 +114,11 @@ class APIStatusError(APIError):
 
 class BadRequestError(APIStatusError, ValueError):
     """400 or 422: the request's parameters were refused."""
+
+
+class RequestTooLargeError(APIStatusError):
+    """413: the request's body is larger than the server (or a proxy before it) takes: a selective
+    export of too many media ids for one request. ``fetch_export`` then exports them in chunks."""
 
 
 class AuthenticationError(APIStatusError, PermissionError):

@@ -182,6 +182,10 @@ class _Fetch:
             return self._build_chunked(key, limit or DEFAULT_IMAGES_PER_EXPORT)
         try:
             return _build_entry(self.client, self.store, key, self.export_timeout_s, self.lock_timeout_s)
+        except errors.RequestTooLargeError as exc:
+            if key.media_ids is None:  # only a selection of ids makes a request body
+                raise
+            return self._build_chunked_request(key, exc)
         except errors.ExportFailedError as exc:
             if not is_too_large(exc):
                 raise
@@ -207,6 +211,24 @@ class _Fetch:
                 learned,
             )
             return self._build_chunked(key, learned)
+
+    def _build_chunked_request(self, key: ExportKey, exc: errors.RequestTooLargeError) -> LocalExport:
+        """A selection of more media ids than one request may carry (a 413, from the server or a proxy
+        before it, whose limit is in bytes and unknown), in chunks of half of them, halved again
+        while a chunk's request is refused too."""
+        assert key.media_ids is not None
+        size = max(1, len(key.media_ids) // 2)
+        if key.include_images:
+            size = min(size, self.max_images_per_export or DEFAULT_IMAGES_PER_EXPORT)
+        logger.warning(
+            "The request for the export of %s was refused as too large (%s); exporting it in chunks of %d media ids",
+            _describe(key),
+            exc,
+            size,
+        )
+        if key.include_images:
+            return self._build_chunked(key, size)
+        return self._build_chunked_metadata(key, size)
 
     def _over(self, key: ExportKey, limit: int | None) -> bool:
         """Whether the export is known to exceed ``limit`` before asking for it."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server.helpers import finished, start_full
+from tests.server.helpers import finished, start_full, start_selective
 from tests.server.process import ServeProcess
 from vl_datasets import Client, errors
 
@@ -143,22 +143,30 @@ def test_serve_names_a_missing_folder_before_starting(tmp_path, monkeypatch, cap
 
 def test_serve_rejects_exports_over_its_limits_as_the_platform_does(dataset_root):
     from vl_datasets.cli import serve as serve_cli
-    from vl_datasets.server import jobs
+    from vl_datasets.server import handler, jobs
 
-    assert (serve_cli.DEFAULT_MAX_IMAGES_PER_EXPORT, serve_cli.DEFAULT_MAX_ENTITIES_PER_EXPORT) == (
+    assert (
+        serve_cli.DEFAULT_MAX_IMAGES_PER_EXPORT,
+        serve_cli.DEFAULT_MAX_ENTITIES_PER_EXPORT,
+        serve_cli.MAX_BODY_BYTES,
+    ) == (
         jobs.DEFAULT_MAX_IMAGES_PER_EXPORT,
         jobs.DEFAULT_MAX_ENTITIES_PER_EXPORT,
+        handler.MAX_BODY_BYTES,
     ), "serve's defaults drifted from the service's"
     with ServeProcess(
-        "--root", str(dataset_root), "--max-images-per-export", "3", "--max-entities-per-export", "5"
-    ) as serve:
+        "--root", str(dataset_root), "--max-images-per-export", "3", "--max-entities-per-export", "5",
+        "--max-body-bytes", "64",
+    ) as serve:  # fmt: skip
         with_images = finished(serve, start_full(serve, include_images="true"))
         without = finished(serve, start_full(serve, include_images="false"))
+        too_many_ids = start_selective(serve, {"media_ids": [f"media-{i:04d}" for i in range(5)]})
         assert serve.stop() == 0, serve.stderr
     assert with_images["status"] == "REJECTED"
     assert "8 images exceeds threshold of 3" in with_images["result_message"]
     assert without["status"] == "REJECTED"
     assert "8 entities exceeds threshold of 5" in without["result_message"]
+    assert too_many_ids.status_code == 413 and "over 64 bytes" in too_many_ids.json()["detail"]
 
 
 @pytest.mark.parametrize("api_key", [None, "k1"], ids=["on-prem", "token-auth"])

@@ -78,6 +78,7 @@ _STATUS_ERRORS: dict[int, type[errors.APIStatusError]] = {
     403: errors.PermissionDeniedError,
     404: errors.DatasetNotFoundError,
     409: errors.DatasetNotReadyError,
+    413: errors.RequestTooLargeError,
     422: errors.BadRequestError,
     429: errors.RateLimitError,
 }

@@ -21,6 +21,7 @@ DOWNLOAD_URI_STYLES = ("relative", "absolute")
 # thread, but would load http.server and pyarrow for every `vl-datasets --help`.
 DEFAULT_MAX_IMAGES_PER_EXPORT = 5_000
 DEFAULT_MAX_ENTITIES_PER_EXPORT = 10_000_000
+MAX_BODY_BYTES = 16 << 20
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -53,6 +54,12 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         type=int,
         default=DEFAULT_MAX_ENTITIES_PER_EXPORT,
         help=f"reject a larger export without images (default {DEFAULT_MAX_ENTITIES_PER_EXPORT:,})",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help=f"answer 413 to a larger request body, a selection of too many ids (default {MAX_BODY_BYTES:,})",
     )
     serve.add_argument(
         "--index-dir",
@@ -88,6 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
         download_uri_style=args.download_uri,
         max_images_per_export=args.max_images_per_export,
         max_entities_per_export=args.max_entities_per_export,
+        max_body_bytes=args.max_body_bytes,
         index_dir=args.index_dir,
     )
     return 0

@@ -31,7 +31,15 @@ def json_bytes(payload: Any) -> bytes:
 
 
 class BadRequest(Exception):
-    """The request cannot be read: answered 400 and the connection closed."""
+    """The request cannot be read: answered ``status`` (400) and the connection closed."""
+
+    status = 400
+
+
+class BodyTooLarge(BadRequest):
+    """A body over the service's limit: 413, as a proxy's ``client_max_body_size`` answers it."""
+
+    status = 413
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
             self.parse()
         except BadRequest as exc:
             self.close_connection = True  # what is left of the body is unread: the stream is lost
-            return self.refuse(400, str(exc), headers={"Connection": "close"})
+            return self.refuse(exc.status, str(exc), headers={"Connection": "close"})
         try:
             self.route_request()
         except Exception:
@@ -145,10 +153,13 @@ class Handler(BaseHTTPRequestHandler):
             return b""
         if not raw.strip().isdigit():
             raise BadRequest(f"Invalid Content-Length: {raw!r}")
-        length = int(raw)
-        if length > MAX_BODY_BYTES:
-            raise BadRequest(f"Request body over {MAX_BODY_BYTES} bytes")
+        length, limit = int(raw), self._max_body_bytes()
+        if length > limit:
+            raise BodyTooLarge(f"Request body over {limit} bytes")
         return self.rfile.read(length)
+
+    def _max_body_bytes(self) -> int:
+        return getattr(self.service, "max_body_bytes", MAX_BODY_BYTES)
 
     def _read_chunked(self) -> bytes:
         body = bytearray()
@@ -163,8 +174,8 @@ class Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                     pass
                 return bytes(body)
-            if len(body) + size > MAX_BODY_BYTES:
-                raise BadRequest(f"Request body over {MAX_BODY_BYTES} bytes")
+            if len(body) + size > self._max_body_bytes():
+                raise BodyTooLarge(f"Request body over {self._max_body_bytes()} bytes")
             body += self.rfile.read(size)
             self.rfile.readline(3)  # the CRLF after each chunk
 

@@ -16,6 +16,7 @@ from .api import ApiHandler
 from .archive import IMAGE_LAYOUTS, METADATA_ITEM_ENCODINGS
 from .datasets import DatasetStore
 from .faults import Faults
+from .handler import MAX_BODY_BYTES
 from .indexes import IndexStore
 from .jobs import DEFAULT_MAX_ENTITIES_PER_EXPORT, DEFAULT_MAX_IMAGES_PER_EXPORT, ExportJob, JobRunner, TaskState
 from .log import RecordedRequest, RequestLog
@@ -79,6 +80,8 @@ class LocalVisualLayer:
     "json" | "nested"; ``minimal_start_response``, start answers holding only ``{"id"}``;
     ``max_images_per_export`` and ``max_entities_per_export``, the platform's limits: a larger export
     (with images, or without) ends REJECTED with "exceeds threshold", as clients expect.
+    ``max_body_bytes``: the largest request body taken; a larger one is answered 413, as a proxy
+    in front of the platform would answer a selection of too many ids for one request.
     ``index_dir``: where the columnar form of each metadata.json is kept (``indexes``); by default
     a folder of the service's own, removed on stop, so each start indexes its datasets again.
     """
@@ -101,6 +104,7 @@ class LocalVisualLayer:
         minimal_start_response: bool = False,
         max_images_per_export: int = DEFAULT_MAX_IMAGES_PER_EXPORT,
         max_entities_per_export: int = DEFAULT_MAX_ENTITIES_PER_EXPORT,
+        max_body_bytes: int = MAX_BODY_BYTES,
         index_dir: str | Path | None = None,
     ) -> None:
         if (api_key is None) != (api_secret is None):
@@ -114,8 +118,8 @@ class LocalVisualLayer:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}.")
         if export_polls < 0 or presign_ttl_s <= 0 or progress_scale <= 0:
             raise ValueError("export_polls must be >= 0; presign_ttl_s and progress_scale > 0.")
-        if max_images_per_export < 1 or max_entities_per_export < 1:
-            raise ValueError("max_images_per_export and max_entities_per_export must be >= 1.")
+        if max_images_per_export < 1 or max_entities_per_export < 1 or max_body_bytes < 1:
+            raise ValueError("max_images_per_export, max_entities_per_export and max_body_bytes must be >= 1.")
         self.root = Path(root)
         self.host, self.port, self.storage_port = host, port, storage_port
         self.download_uri_style = download_uri_style
@@ -125,6 +129,7 @@ class LocalVisualLayer:
         self.parquet_metadata_items = parquet_metadata_items
         self.minimal_start_response = minimal_start_response
         self.max_images_per_export, self.max_entities_per_export = max_images_per_export, max_entities_per_export
+        self.max_body_bytes = max_body_bytes
         self.api_key = api_key
         # Both or neither (checked above).
         self._verifier = TokenVerifier(api_key, api_secret) if api_key is not None and api_secret is not None else None
