@@ -359,3 +359,17 @@ def test_a_selection_of_more_ids_than_one_request_carries_comes_in_chunks(big_ro
     assert refused, "the service should have refused the whole selection's request"
     # Two ids make a 95-byte body, four 175: chunks were halved until they carried two at most.
     assert max(posted) <= 2, f"a selective export of {max(posted)} ids got through a 120-byte limit"
+
+
+def test_a_proxys_413_page_for_a_selection_is_answered_with_chunks(big_root, tmp_path):
+    """The refusal a client meets in front of the real platform: nginx's HTML page, not JSON."""
+    selection = _selection(big_root, tmp_path)
+    page = "<html><head><title>413 Request Entity Too Large</title></head><body>nginx</body></html>"
+    with LocalVisualLayer(big_root, export_polls=0) as service:
+        service.faults.fail_next("selective_export", 413, body=page, content_type="text/html")
+        entry = fetch_export(
+            "big", client=_client(service), cache_dir=tmp_path / "cache", media_ids=selection, include_images=False
+        )
+        posted = [len(r.json["media_ids"]) for r in service.requests if r.method == "POST" and r.status == 200]
+    assert entry.row_count == 7
+    assert sorted(posted) == [4, 5], "after the refusal, the selection should come in two halves"

@@ -217,7 +217,7 @@ class _Fetch:
         before it, whose limit is in bytes and unknown), in chunks of half of them, halved again
         while a chunk's request is refused too."""
         assert key.media_ids is not None
-        size = max(1, len(key.media_ids) // 2)
+        size = (len(key.media_ids) + 1) // 2  # two chunks, not three for an odd count
         if key.include_images:
             size = min(size, self.max_images_per_export or DEFAULT_IMAGES_PER_EXPORT)
         logger.warning(
