@@ -18,7 +18,8 @@ from .faults import ForcedAnswer
 from .log import Headers, RecordedRequest
 
 _ECHOED_HEADER = re.compile(rb"\{header:([A-Za-z0-9-]+)\}")
-# A local service has no business receiving more; refusing keeps a runaway client from filling memory.
+# The default limit on a request body (``LocalVisualLayer(max_body_bytes=)``): a local service has no
+# business receiving more, and refusing keeps a runaway client from filling memory.
 MAX_BODY_BYTES = 16 << 20
 
 
@@ -159,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _max_body_bytes(self) -> int:
-        return getattr(self.service, "max_body_bytes", MAX_BODY_BYTES)
+        return int(self.service.max_body_bytes)
 
     def _read_chunked(self) -> bytes:
         body = bytearray()
