@@ -100,7 +100,7 @@ def build_chunked(
     holds the entry's lock."""
     ids = _media_ids(metadata)
     folder = store.work_area(key)
-    fetch = _Fetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
+    fetch = _ChunkFetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
     n_chunks = _fetch_chunks(fetch, ids, images_per_export, metadata.version)
     entry_dir = store.entry_dir(key)
     with store.staging(entry_dir) as staging:
@@ -127,7 +127,7 @@ def build_chunked_metadata(
     caller holds the entry's lock."""
     assert key.media_ids is not None and not key.include_images
     folder = store.work_area(key)
-    fetch = _Fetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
+    fetch = _ChunkFetch(client, store, key, in_flight, export_timeout_s, lock_timeout_s)
     n_chunks = _fetch_chunks(fetch, list(key.media_ids), ids_per_export, _SELECTION)
     entry_dir = store.entry_dir(key)
     with store.staging(entry_dir) as staging:
@@ -151,7 +151,7 @@ _SELECTION = "the selection's media ids"
 
 
 @dataclass(frozen=True)
-class _Fetch:
+class _ChunkFetch:
     """How the chunks of ``key`` are fetched."""
 
     client: Client
@@ -162,7 +162,7 @@ class _Fetch:
     lock_timeout_s: float | None
 
 
-def _fetch_chunks(fetch: _Fetch, ids: list[str], size: int, source: str | None) -> int:
+def _fetch_chunks(fetch: _ChunkFetch, ids: list[str], size: int, source: str | None) -> int:
     """Fetch ``ids`` (cut from ``source``) in chunks of ``size``, or smaller ones while the server
     rejects those as too large, into the work area; return how many chunks there are."""
     while True:
@@ -232,7 +232,7 @@ def _plan(store: CacheStore, key: ExportKey, source: str | None, size: int) -> N
     write_json_atomic(folder / "plan.json", {**plan, "planned_at": datetime.now(timezone.utc).isoformat()})
 
 
-def _fetch_all(fetch: _Fetch, chunks: list[list[str]]) -> None:
+def _fetch_all(fetch: _ChunkFetch, chunks: list[list[str]]) -> None:
     folder = fetch.store.work_area(fetch.key)
     pending = [i for i in range(len(chunks)) if not (folder / str(i)).is_dir()]
     if len(pending) < len(chunks):
@@ -264,7 +264,7 @@ def _fetch_all(fetch: _Fetch, chunks: list[list[str]]) -> None:
                 bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
 
 
-def _fetch_chunk(fetch: _Fetch, i: int, ids: Sequence[str]) -> int:
+def _fetch_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
     """Export, download, unpack and check chunk ``i``; return its size in bytes."""
     client, key = fetch.client, fetch.key
     folder, record = fetch.store.work_area(key), fetch.store.task_record(key, chunk=i)

@@ -175,57 +175,37 @@ class _Fetch:
     def _build(self, key: ExportKey) -> LocalExport:
         limit = self.max_images_per_export
         if (planned := planned_chunk_size(self.store, key)) is not None:  # a killed run's chunks: finish them
-            if key.include_images:
-                return self._build_chunked(key, planned)
-            return self._build_chunked_metadata(key, planned)
+            return self._build_in_chunks(key, planned)
         if key.include_images and self._over(key, limit):
             return self._build_chunked(key, limit or DEFAULT_IMAGES_PER_EXPORT)
         try:
             return _build_entry(self.client, self.store, key, self.export_timeout_s, self.lock_timeout_s)
         except errors.RequestTooLargeError as exc:
+            # More ids than one request carries (a 413, from the server or a proxy before it, whose
+            # limit is in bytes and unknown): halves, halved again while a chunk's request is refused.
             if key.media_ids is None:  # only a selection of ids makes a request body
                 raise
-            return self._build_chunked_request(key, exc)
+            size = _half(key.media_ids)
+            if key.include_images:
+                size = min(size, limit or DEFAULT_IMAGES_PER_EXPORT)
+            why = f"the request was refused as too large ({exc})"
         except errors.ExportFailedError as exc:
             if not is_too_large(exc):
                 raise
-            if not key.include_images:
-                if key.media_ids is None:
-                    raise _metadata_too_large(key, exc) from None
-                self.store.task_record(key).clear()
-                size = limit_named_in(exc) or max(1, len(key.media_ids) // 2)
-                logger.warning(
-                    "Visual Layer rejected the export of %s as too large (%s); exporting it in chunks of %d media ids",
-                    _describe(key),
-                    exc.result_message,
-                    size,
-                )
-                return self._build_chunked_metadata(key, size)
+            if not key.include_images and key.media_ids is None:
+                raise _metadata_too_large(key, exc) from None
             self.store.task_record(key).clear()
-            learned = limit_named_in(exc) or limit or DEFAULT_IMAGES_PER_EXPORT
-            logger.warning(
-                "Visual Layer rejected the export of %s as too large (%s); exporting its metadata, then its "
-                "images in chunks of %d (pass max_images_per_export / --max-images-per-export to start that way)",
-                _describe(key),
-                exc.result_message,
-                learned,
-            )
-            return self._build_chunked(key, learned)
+            fallback = (limit or DEFAULT_IMAGES_PER_EXPORT) if key.include_images else _half(key.media_ids or ())
+            size = limit_named_in(exc) or fallback
+            why = f"Visual Layer rejected it as too large ({exc.result_message})"
+        hint = " (pass max_images_per_export / --max-images-per-export to start that way)" if key.include_images else ""
+        what = "its metadata, then its images," if key.include_images else "it"
+        logger.warning("Exporting %s: %s; exporting %s in chunks of %d%s", _describe(key), why, what, size, hint)
+        return self._build_in_chunks(key, size)
 
-    def _build_chunked_request(self, key: ExportKey, exc: errors.RequestTooLargeError) -> LocalExport:
-        """A selection of more media ids than one request may carry (a 413, from the server or a proxy
-        before it, whose limit is in bytes and unknown), in chunks of half of them, halved again
-        while a chunk's request is refused too."""
-        assert key.media_ids is not None
-        size = (len(key.media_ids) + 1) // 2  # two chunks, not three for an odd count
-        if key.include_images:
-            size = min(size, self.max_images_per_export or DEFAULT_IMAGES_PER_EXPORT)
-        logger.warning(
-            "The request for the export of %s was refused as too large (%s); exporting it in chunks of %d media ids",
-            _describe(key),
-            exc,
-            size,
-        )
+    def _build_in_chunks(self, key: ExportKey, size: int) -> LocalExport:
+        """``key`` from exports of ``size`` media ids each: its images (the metadata from an export of
+        its own), or, without images, its selection's metadata."""
         if key.include_images:
             return self._build_chunked(key, size)
         return self._build_chunked_metadata(key, size)
@@ -312,6 +292,11 @@ def _exact_version(store: CacheStore, key: ExportKey, version: str, *, refresh: 
         key=key.digest,
         version=version,
     )
+
+
+def _half(ids: tuple[str, ...]) -> int:
+    """Half of a selection's ids, rounded up: two chunks, not three for an odd count."""
+    return (len(ids) + 1) // 2
 
 
 def _metadata_too_large(key: ExportKey, exc: errors.ExportFailedError) -> errors.ExportFailedError:

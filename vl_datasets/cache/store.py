@@ -105,10 +105,8 @@ class ExportKey:
     def digest(self) -> str:
         """The key's name in the cache: a hash of its fields as JSON. Worked out once per key: a
         selection of a million media ids is 40 MB of JSON, and every path of its entry, its work
-        area and each chunk's task record is named by it. Its fields are read as they are, not by
-        ``asdict``, which deep-copies every id."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        area and each chunk's task record is named by it."""
+        blob = json.dumps(self._fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def on_host(self, api_host: str) -> ExportKey:
@@ -116,8 +114,11 @@ class ExportKey:
         return replace(self, api_host=api_host)
 
     def as_json(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._fields().items()}
+
+    def _fields(self) -> dict[str, Any]:
+        # As they are: ``asdict`` would deep-copy a selection's ids.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ExportKey:
