@@ -188,7 +188,7 @@ class _Fetch:
             size = _half(key.media_ids)
             if key.include_images:
                 size = min(size, limit or DEFAULT_IMAGES_PER_EXPORT)
-            why = f"the request was refused as too large ({exc})"
+            why = f"The request for the export of {_describe(key)} was refused as too large ({exc})"
         except errors.ExportFailedError as exc:
             if not is_too_large(exc):
                 raise
@@ -197,10 +197,14 @@ class _Fetch:
             self.store.task_record(key).clear()
             fallback = (limit or DEFAULT_IMAGES_PER_EXPORT) if key.include_images else _half(key.media_ids or ())
             size = limit_named_in(exc) or fallback
-            why = f"Visual Layer rejected it as too large ({exc.result_message})"
-        hint = " (pass max_images_per_export / --max-images-per-export to start that way)" if key.include_images else ""
-        what = "its metadata, then its images," if key.include_images else "it"
-        logger.warning("Exporting %s: %s; exporting %s in chunks of %d%s", _describe(key), why, what, size, hint)
+            why = f"Visual Layer rejected the export of {_describe(key)} as too large ({exc.result_message})"
+        how = (
+            f"its metadata, then its images in chunks of {size} (pass max_images_per_export / "
+            "--max-images-per-export to start that way)"
+            if key.include_images
+            else f"it in chunks of {size} media ids"
+        )
+        logger.warning("%s; exporting %s", why, how)
         return self._build_in_chunks(key, size)
 
     def _build_in_chunks(self, key: ExportKey, size: int) -> LocalExport:
