@@ -318,6 +318,45 @@ def test_a_selection_with_images_too_large_for_its_metadata_export(big_root, ent
     assert _content(entry) == _content(reference), "the chunked selection differs from one export of it"
 
 
+def test_a_chunk_rejected_for_another_reason_ends_the_fetch(big_root, entity_capped, tmp_path):
+    """Only a rejection that says the selection is empty means none of a chunk's ids is in the
+    dataset; any other is final (contract §4): a chunk's rows are never left out unsaid."""
+    selection = _selection(big_root, tmp_path)
+    message = "Export rejected: too many concurrent exports for this account"
+    entity_capped.faults.fail_exports(message, status="REJECTED", times=1)  # the first chunk's
+    with pytest.raises(errors.ExportFailedError, match="too many concurrent exports") as caught:
+        fetch_export(
+            "big", client=_client(entity_capped), cache_dir=tmp_path / "cache", include_images=False,
+            media_ids=selection, chunks_in_flight=1,
+        )  # fmt: skip
+    assert caught.value.status == "REJECTED"
+    assert not list((tmp_path / "cache").rglob("*.manifest.json")), "nothing was published"
+    # Once the platform takes it, the same call finishes the selection whole.
+    entry = fetch_export(
+        "big", client=_client(entity_capped), cache_dir=tmp_path / "cache", include_images=False,
+        media_ids=selection, chunks_in_flight=1,
+    )  # fmt: skip
+    assert entry.row_count == 7
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ("REJECTED", "Too many entities in this export (limit 2)"),  # the contract's reason, in other words
+        ("FAILED", "Export failed: 4 entities exceeds threshold of 2"),  # the message is what says it
+    ],
+)
+def test_a_chunk_too_large_in_other_words_is_cut_smaller(big_root, entity_capped, tmp_path, status, message):
+    selection = _selection(big_root, tmp_path)
+    entity_capped.faults.fail_exports(message, status=status, times=1)  # the first chunk's
+    entry = fetch_export(
+        "big", client=_client(entity_capped), cache_dir=tmp_path / "cache", include_images=False,
+        media_ids=selection, chunks_in_flight=1,
+    )  # fmt: skip
+    assert entry.row_count == 7, "every id the dataset holds must arrive, in smaller chunks"
+    assert len(_starts(entity_capped, images=False)) > 1 + 3, "the chunks were not cut smaller"
+
+
 def test_a_killed_chunked_selection_finishes_only_the_chunks_it_had_not(big_root, entity_capped, tmp_path):
     selection = _selection(big_root, tmp_path)
     code = _killed_at_check(

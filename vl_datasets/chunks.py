@@ -10,7 +10,8 @@ linked into one staging folder and published as one entry, manifest last.
 
 A metadata-only export has a limit of its own (on entities). A selection of media ids over it is
 cut the same way, from the selection's own ids, and its chunks' metadata files are joined into one
-(``metadata.concat``); a chunk none of whose ids the dataset holds is empty. A whole dataset over
+(``metadata.concat``); a chunk rejected as an empty selection (none of its ids is in the dataset)
+is kept empty, and a chunk rejected for any other reason ends the fetch. A whole dataset over
 it cannot be cut: no documented call lists its media ids.
 
 In the entry's work area (``CacheStore.work_area``), until then::
@@ -58,14 +59,26 @@ logger = logging.getLogger("vl_datasets")
 
 DEFAULT_IMAGES_PER_EXPORT = 5_000  # the web app's documented limit, when the answer names none
 DEFAULT_CHUNKS_IN_FLIGHT = 4
-# How clients of the real platform recognise "too large" (contract §4).
-_TOO_LARGE = re.compile(r"exceeds\s+threshold|entities.*rejected|rejected.*entities", re.IGNORECASE | re.DOTALL)
+# How clients of the real platform recognise "too large" (contract §4), and the other reason it
+# names for a REJECTED, "too many entities", however it is worded.
+_TOO_LARGE = re.compile(
+    r"exceeds\s+threshold|entities.*rejected|rejected.*entities|too\s+many\s+entities", re.IGNORECASE | re.DOTALL
+)
 _THRESHOLD = re.compile(r"threshold\D{0,24}?(\d[\d,]*)", re.IGNORECASE)
+# The other reason the contract gives for a REJECTED: a selection that matches nothing.
+_EMPTY_SELECTION = re.compile(r"\bempty\b|\bno\b[^.;]{0,40}\b(?:matched|match|found)\b", re.IGNORECASE)
 
 
 def is_too_large(error: errors.ExportFailedError) -> bool:
-    """Whether an export was rejected for its size (any other rejection is final)."""
-    return error.status == "REJECTED" and bool(_TOO_LARGE.search(error.result_message or ""))
+    """Whether an export failed for its size (contract §4: the message says so, on a REJECTED or a
+    FAILED); any other rejection is final."""
+    return error.status in ("REJECTED", "FAILED") and bool(_TOO_LARGE.search(error.result_message or ""))
+
+
+def is_empty_selection(error: errors.ExportFailedError) -> bool:
+    """Whether an export was rejected because its selection matched no media item, as its message says."""
+    message = error.result_message or ""
+    return error.status == "REJECTED" and bool(_EMPTY_SELECTION.search(message)) and not _TOO_LARGE.search(message)
 
 
 def limit_named_in(error: errors.ExportFailedError) -> int | None:
@@ -278,10 +291,10 @@ def _fetch_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
         record.clear()
         if is_too_large(exc):
             raise _ChunkTooLarge(limit_named_in(exc)) from None
-        if key.include_images or exc.status != "REJECTED":
-            raise
-        # Contract §4: a rejection not for size is an empty selection. The selection as a whole was
-        # rejected for its size, so it holds other items: none of this chunk's ids is in the dataset.
+        if key.include_images or not is_empty_selection(exc):
+            raise  # any other rejection is final (contract §4): a chunk's rows are never dropped unsaid
+        # The selection as a whole was rejected for its size, so it holds other items: none of this
+        # chunk's ids is in the dataset, and one export of the selection would have left them out.
         logger.info("Chunk %d (export %s): none of its %d media ids is in the dataset", i, task.id, len(ids))
         (folder / str(i)).mkdir(exist_ok=True)  # in, and empty: no metadata file
         return 0
