@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -41,6 +42,18 @@ def test_cold_fetch_publishes_a_complete_entry(quick_vl, quick_client, tmp_path)
     assert leftovers == [], "the build left work files behind"
     assert entry.index_path is not None and entry.index_path.is_file(), "the entry was published without its index"
     assert (tmp_path / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+
+
+def test_an_entities_count_other_than_the_rows_is_kept_and_said(quick_vl, quick_client, tmp_path, caplog):
+    """The contract does not say what a task's entities_count counts (objects too? the ids asked
+    for?): a good export whose count differs is cached, with a warning naming both, not refused."""
+    quick_vl.faults.miscount_entities(by=3)
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    assert entry.row_count == 8 and entry.task.entities_count == 11
+    assert "announced 11 entities; its metadata holds 8 media items" in caplog.text
+    quick_vl.clear_requests()
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path) == entry and quick_vl.requests == []
 
 
 def test_warm_hit_makes_no_request(quick_vl, quick_client, tmp_path):

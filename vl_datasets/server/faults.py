@@ -55,6 +55,7 @@ class Faults:
             self._job_failures_left: int | None = None
             self._hold_s: float | None = 0.0
             self._images_dropped = 0
+            self._entities_miscounted: list[int] = []
             self._hold_since = 0.0
             # A stall sleeps on this event: setting it wakes every stalled download at once.
             self._wake.set()
@@ -139,6 +140,13 @@ class Faults:
         with self._lock:
             self._hold_s = 0.0
 
+    def miscount_entities(self, by: int, *, times: int = 1) -> None:
+        """The next ``times`` export jobs announce an ``entities_count`` ``by`` more than the media
+        items they export: the contract does not say what the count counts (objects too, or the ids
+        asked for)."""
+        with self._lock:
+            self._entities_miscounted.extend([by] * times)
+
     # -- consumed by the server ------------------------------------------------------------
 
     def take_forced(self, endpoint: str) -> ForcedAnswer | None:
@@ -188,6 +196,11 @@ class Faults:
                 if self._job_failures_left <= 0:
                     self._job_failure = None
             return failure
+
+    def take_entities_miscount(self) -> int:
+        """How many entities more than its media items the job starting now announces."""
+        with self._lock:
+            return self._entities_miscounted.pop(0) if self._entities_miscounted else 0
 
     def take_dropped_image(self) -> bool:
         """True when the export being built now must leave out its first row's image."""

@@ -142,7 +142,7 @@ class JobRunner:
         return self._state(job)
 
     def _decide(self, job: ExportJob, rows: Rows) -> None:
-        job.entities_count = rows.count
+        job.entities_count = rows.count + self.faults.take_entities_miscount()
         refusal = self._refusal(rows.count, job.request.include_images)
         job.outcome = refusal or job.fault or (self.faults.take_job_failure() if job.fault is None else None)
 
