@@ -93,6 +93,21 @@ def test_ambiguous_name_settled_by_media_id():
     assert _resolve(members)[2] == f"images/{VIDEO_B}.jpg"
 
 
+def test_a_file_named_by_media_id_in_a_folder_settles_an_ambiguous_name():
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/x/output_000001.jpg",
+        "images/y/output_000001.jpg",
+        f"images/videos/b.mp4/{VIDEO_B}.jpg",
+        "images/bare.png",
+    ]
+    assert _resolve(members)[2] == f"images/videos/b.mp4/{VIDEO_B}.jpg"
+    twice = [*members, f"images/elsewhere/{VIDEO_B}.jpeg"]
+    with pytest.raises(ImageNotFoundError, match=VIDEO_B):  # two files named by one id settle nothing
+        _resolve(twice, on_missing="null")
+
+
 def test_missing_image_raises_or_is_null():
     members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/bare.png"]
     with pytest.raises(ImageNotFoundError) as caught:

@@ -29,7 +29,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     1. ``images/<file_path>`` (then ``<file_path>`` itself if it already starts with ``images/``);
     2. ``images/<file_name>`` (then ``<file_name>`` if it starts with ``images/``);
     3. the one member whose base name is the file name's base name;
-    4. ``images/<media_id>.<ext>`` for an image extension.
+    4. ``images/<media_id>.<ext>`` for an image extension, in any folder under ``images/``.
 
     Steps 2-3 never hand one file to two rows: a file name that several files or several rows share,
     and that no other step settles, raises ``ImageNotFoundError`` naming the media_id and the
@@ -253,9 +253,11 @@ def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:
 
 
 def _media_id_stems(members: pa.Array, member_base: pa.Array) -> pa.Array:
-    """``<stem>`` of each member ``images/<stem>.<image extension>``; null for every other member."""
+    """``<stem>`` of each member ``images/[<folders>/]<stem>.<image extension>``; null for every
+    other member. The contract does not say where such a file sits: in any folder, as the base
+    names of step 3 are found, and a stem two members share settles no row."""
     lower = pc.utf8_lower(member_base)
-    is_image = pc.equal(members, _in_images(member_base))
+    is_image = pc.starts_with(members, "images/")
     has_extension = pc.ends_with(lower, f".{IMAGE_EXTENSIONS[0]}")
     for ext in IMAGE_EXTENSIONS[1:]:
         has_extension = pc.or_(has_extension, pc.ends_with(lower, f".{ext}"))
