@@ -27,17 +27,31 @@ def test_bad_base_url_is_a_configuration_error():
         normalize_base_url("ftp://host")
 
 
+@pytest.mark.parametrize("url", ["http://[::1:2080", "http://host:99999999", "http://host:port", "http://:2080"])
+def test_a_url_no_request_could_use_is_refused_when_the_client_is_made(url):
+    """Not at each request after, retried as if the network had failed."""
+    with pytest.raises(errors.ConfigurationError, match="Invalid Visual Layer API URL"):
+        Client(url, env={}, progress=False)
+
+
 @pytest.mark.parametrize(
-    "url", ["http://alice:Pw-s3cret@host:8080", "https://alice:Pw-s3cret@host/api/v1", "alice:Pw-s3cret@host"]
+    "url",
+    [
+        "http://alice:Pw-s3cret@host:8080",
+        "https://alice:Pw-s3cret@host/api/v1",
+        "alice:Pw-s3cret@host",
+        "https://alice:Pw/s3cret@host",  # a raw secret holding "/" (an AWS secret key): the parsed host ends early
+        "https://alice:Pw-s3cret?x#y@host:2080",
+    ],
 )
 def test_credentials_in_the_base_url_are_refused_without_echoing_them(url):
     """They would show in the client's repr, key the cache and be written into its manifests."""
     with pytest.raises(errors.ConfigurationError, match="holds credentials") as caught:
         resolve_client_settings(base_url=url, env={})
-    assert "Pw-s3cret" not in str(caught.value) and "alice" not in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
     with pytest.raises(errors.ConfigurationError) as caught:
         resolve_client_settings(env={"VL_API_URL": url})
-    assert "Pw-s3cret" not in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_arguments_win_over_environment_which_wins_over_defaults():

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .redaction import redact_url
+from .redaction import has_raw_user_info, redact_url
 
 DEFAULT_API_URL = "https://app.visual-layer.com"
 
@@ -65,16 +65,25 @@ def normalize_base_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url if _looks_local(url) else "https://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
+    # Credentials would show in the client's repr, key the cache (a new password, a new cache) and
+    # be written into its manifests; the API authenticates by key and secret, or a token. A raw
+    # password holding "/" (as AWS secret keys do) ends the parsed host early: looked for first.
+    credentials = ConfigurationError(
+        f"The Visual Layer API URL {redact_url(url)!r} holds credentials (user:password@): "
+        "pass api_key and api_secret, or token, instead."
+    )
+    if has_raw_user_info(url):
+        raise credentials
+    invalid = ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (read to check: a bad port raises here, not at every request after)
+    except ValueError:  # an unbalanced IPv6 bracket, a port that is no number or out of range
+        raise invalid from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid
     if "@" in parts.netloc:
-        # It would show in the client's repr, key the cache (a new password, a new cache) and be
-        # written into its manifests; the API authenticates by key and secret, or a token.
-        raise ConfigurationError(
-            f"The Visual Layer API URL {redact_url(url)!r} holds credentials (user:password@): "
-            "pass api_key and api_secret, or token, instead."
-        )
+        raise credentials
     path = parts.path
     if path.endswith("/api/v1"):
         path = path[: -len("/api/v1")]

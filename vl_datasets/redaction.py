@@ -57,13 +57,24 @@ DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s
 _RAW_USER_INFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@:\s]*:(?![0-9]*(?:[/?#]|$))[^@\s]*@")
 
 
+def has_raw_user_info(url: str) -> bool:
+    """Whether ``url`` opens with user:password@ whose password ends the authority early (holds
+    "/", "?" or "#"), so that the URL's parsed host does not show it."""
+    return _RAW_USER_INFO.match(url) is not None
+
+
 def _without_raw_user_info(url: str) -> str:
     return _RAW_USER_INFO.sub(r"\g<scheme>", url, count=1)
 
 
 def redact_url(url: str) -> str:
     """Drop the query string and any user:password: presigned URLs carry their signature there."""
-    parts = urlsplit(_without_raw_user_info(url))
+    url = _without_raw_user_info(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket, say: cut at the query and at any "@"
+        scheme, separator, rest = url.split("?", 1)[0].split("#", 1)[0].partition("://")
+        return f"{scheme}{separator}{rest.rsplit('@', 1)[-1]}"
     netloc = parts.netloc.rsplit("@", 1)[-1]  # user:password@ is a credential too
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

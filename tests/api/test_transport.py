@@ -251,3 +251,19 @@ def test_a_token_no_header_may_hold_is_refused_without_sending_or_retrying(local
         client.get_dataset("ds-ready")
     assert token not in str(caught.value)
     assert local_vl.count("dataset") == 0 and fake_time.sleeps == []
+
+
+@pytest.mark.parametrize("credentials", ["signed", "opaque token"])
+def test_a_token_echoed_in_an_answer_that_is_not_json_never_rides_with_the_error(local_vl, fake_time, credentials):
+    """A 200 page that repeats the token (a portal or proxy's login page) is no answer: the
+    decoder's error holds the whole page, so it must not travel as the raised error's context."""
+    secret, token = "s3cret-value-0123456789abcdef0123456789", "opaque-Tok3n-abcdefghijklmnop"
+    kwargs = {"api_key": "k", "api_secret": secret} if credentials == "signed" else {"token": token}
+    client = make_client(local_vl, fake_time, max_retries=0, **kwargs)
+    local_vl.faults.fail_next("dataset", 200, body="<html>session {token}</html>", content_type="text/html")
+    with pytest.raises(errors.ResponseValidationError, match="not JSON") as caught:
+        client.get_dataset("ds-ready")
+    sent = local_vl.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+    assert len(sent) > 20, "no token was sent: the test would prove nothing"
+    leaked = [s for s in _strings_reachable_from(caught.value) if sent in s or secret in s]
+    assert leaked == [], f"the token is reachable from the raised error: {leaked[:3]}"

@@ -280,11 +280,13 @@ class Client:
         try:
             return response.json()
         except ValueError:
-            raise errors.ResponseValidationError(
-                f"{what}: the answer is not JSON (HTTP {response.status_code}, "
-                f"{response.headers.get('Content-Type', 'no content type')}).",
-                url=url,
-            ) from None
+            pass  # raised below, outside this block: the decoder's error holds the whole body (a
+            # page that echoes the token), and as the new error's __context__ it would travel with it
+        raise errors.ResponseValidationError(
+            f"{what}: the answer is not JSON (HTTP {response.status_code}, "
+            f"{response.headers.get('Content-Type', 'no content type')}).",
+            url=url,
+        )
 
 
 def _export_timeout(dataset_id: str, task_id: str, state: str) -> errors.ExportTimeoutError:
