@@ -338,6 +338,8 @@ def test_curation_given_twice_is_refused_before_any_export(quick_vl, quick_clien
         VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, curation=CurationRules(), dedupe=0.9)
     with pytest.raises(errors.ConfigurationError, match="decode"):
         VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, decode="numpy")
+    with pytest.raises(errors.ConfigurationError, match="classes must be a collection"):  # not ["c", "a", "t"]
+        VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, classes="cat")
     assert quick_vl.count("export") == 0
 
 

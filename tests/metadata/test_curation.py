@@ -241,3 +241,33 @@ def test_rules_pickle_with_their_values(table):
 def test_bad_rules_are_refused_naming_the_field(rules, field_at_fault):
     with pytest.raises(ConfigurationError, match=f"^{field_at_fault}"):
         CurationRules(**rules)
+
+
+def test_an_empty_subset_is_an_error_not_a_crash(table):
+    """An empty part of a split, passed on as subset=, would keep nothing."""
+    with pytest.raises(CurationError, match="subset is empty"):
+        curate(table, CurationRules(subset=[]))
+
+
+def test_dedupe_over_duplicates_issues_without_a_group_is_an_error():
+    """A threshold without a group id names no group to keep one item of: removing nothing there
+    would be unfiltered data without a word."""
+    groupless = [issue("duplicates", 0.97, None, 0.96)]
+    rows = [{"id": "a", "score": 0.4, "issues": groupless}, {"id": "b", "score": 0.9, "issues": groupless}]
+    with pytest.raises(CurationError, match="duplicate_group_id"):
+        curate(make_table(rows), CurationRules(dedupe=True))
+    rows.append({"id": "c", "score": 0.1, "issues": [issue("duplicates", 0.97, "g1", 0.98)]})
+    rows.append({"id": "d", "score": 0.2, "issues": [issue("duplicates", 0.97, "g1", 0.98)]})
+    # The lowest threshold that has groups is chosen, not the groupless one below it.
+    assert kept_ids(make_table(rows), CurationRules(dedupe=True))[0] == ["a", "b", "d"]
+
+
+def test_a_label_or_label_source_no_item_carries_is_an_error(table):
+    """A typo would keep fewer items (labels) or leave every item without a label (label_source)."""
+    with pytest.raises(CurationError, match=r"'dgo'.*its labels are 'bird', 'cat', 'dog'"):
+        curate(table, CurationRules(labels=["cat", "dgo"]))
+    for source in ("Usr", ["User", "Nope"]):
+        with pytest.raises(CurationError, match=r"label_source names '(Usr|Nope)'.*come from 'Model', 'User'"):
+            curate(table, CurationRules(label_source=source))
+    with pytest.raises(CurationError, match="'dog', which no item of this export carries from 'Model'"):
+        curate(table, CurationRules(labels=["dog"], label_source="Model"))

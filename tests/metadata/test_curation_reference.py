@@ -5,8 +5,9 @@ removals, that the rules as documented keep and count, one row at a time: labels
 source), min_uniqueness (with keep_unscored), drop_issues at a confidence, then dedupe (the most
 unique kept member of each group at the chosen threshold, ties to the first row; a member of two
 groups goes when it is not the best of either), each counting what it removes among what the
-rules before it kept. The exports mix what real ones hold and what they may: unscored items, null
-names and confidences, groups without a threshold, an issue listed twice.
+rules before it kept; a label, or a label source, that no item carries is an error, and dedupe
+chooses among thresholds that name groups. The exports mix what real ones hold and what they may:
+unscored items, null names and confidences, groups without a threshold, an issue listed twice.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def _reference(rows: list[dict], rules: CurationRules) -> tuple[list[int], dict[
             for lab in rows[i]["labels"]
         )
 
+    chosen = [lab for r in rows for lab in r["labels"] if rules.label_source in (None, lab["source"])]
+    if rules.label_source is not None and not chosen:
+        raise CurationError("no label of that source")
     if rules.labels is not None:
+        if set(rules.labels) - {lab["category_name"] for lab in chosen}:
+            raise CurationError("a label no item carries")
         rule("labels", labelled)
     if rules.min_uniqueness is not None:
         scores = [r.get("score") for r in rows]
@@ -63,7 +69,13 @@ def _reference(rows: list[dict], rules: CurationRules) -> tuple[list[int], dict[
         rule("drop_issues", clean)
     if rules.dedupe is not False:
         duplicates = [(i, x) for i, r in enumerate(rows) for x in r["issues"] if x["issue_type"] == "duplicates"]
-        present = sorted({x["duplicate_threshold"] for _, x in duplicates if x["duplicate_threshold"] is not None})
+        present = sorted(
+            {
+                x["duplicate_threshold"]
+                for _, x in duplicates
+                if x["duplicate_threshold"] is not None and x["duplicate_group_id"] is not None
+            }
+        )
         chosen = (present or [None])[0] if rules.dedupe is True else rules.dedupe
         if chosen is None or not any(math.isclose(p, chosen) for p in present):
             raise CurationError("no duplicate groups at that threshold")

@@ -97,10 +97,37 @@ def test_stratified_split_gives_each_part_its_share_of_every_class():
     assert 4 <= rare_in_test <= 12  # about 20% of the 40 rare items, in whole clusters of 4
 
 
-@pytest.mark.parametrize("fractions", [{}, {"train": 0.8, "test": 0.3}, {"train": 1.2, "test": -0.2}])
+@pytest.mark.parametrize(
+    "fractions",
+    [
+        {},
+        {"train": 0.8, "test": 0.3},
+        {"train": 1.2, "test": -0.2},
+        [0.8, 0.2],
+        {"train": "0.5", "test": "0.5"},
+        {"train": True, "test": 0.0},
+        {"train": float("nan"), "test": 0.5},
+    ],
+)
 def test_bad_fractions_raise_a_configuration_error(chained, fractions):
     with pytest.raises(ConfigurationError, match="fraction"):
         leakage_safe_split(chained, fractions)
+
+
+@pytest.mark.parametrize(("option", "value"), [("seed", -1), ("seed", "x"), ("seed", 1.5), ("stratify", "no")])
+def test_a_bad_seed_or_stratify_is_a_configuration_error(chained, option, value):
+    with pytest.raises(ConfigurationError, match=option):
+        leakage_safe_split(chained, {"train": 0.8, "test": 0.2}, **{option: value})
+
+
+def test_a_part_left_empty_by_too_few_linked_sets_is_said(caplog):
+    """Linked items are never cut: 40 items in one cluster make one part of everything."""
+    table = _table([(f"m{i}", "c0", [], "cat") for i in range(40)])
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        parts = leakage_safe_split(table, {"train": 0.5, "test": 0.5})
+    assert sorted(len(ids) for ids in parts.values()) == [0, 40]
+    empty = next(name for name, ids in parts.items() if not len(ids))
+    assert f"part(s) {empty!r} hold no item" in caplog.text
 
 
 def test_find_leaks_names_the_shared_group_preferring_duplicates():

@@ -42,7 +42,7 @@ from .index import IMAGE_COLUMN
 from .item_codes import ITEM_NAMES, ITEMS_COLUMN, plain_table, take_rows, with_items
 from .item_list import LIST_DIR, ItemFiles, ItemList
 from .list_build import ListBuild
-from .options import check_choice, doc
+from .options import check_choice, doc, string_list
 from .row_batches import SLICE_ROWS, file_slices, select_present
 from .targets import (
     INVALID_LABEL_CHOICES,
@@ -79,8 +79,8 @@ class TargetOptions:
         check_choice("invalid_labels", self.invalid_labels, INVALID_LABEL_CHOICES)
         if self.target_transform is not None and not callable(self.target_transform):
             raise ConfigurationError(f"target_transform must be callable, got {type(self.target_transform).__name__}.")
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(self.classes))  # frozen; a copy the caller cannot change
+        if self.classes is not None:  # frozen; a copy the caller cannot change, each name a str
+            object.__setattr__(self, "classes", tuple(string_list("classes", self.classes)))
         if self.object_drop_issues is not None:
             object.__setattr__(self, "object_drop_issues", dict(self.object_drop_issues))
 

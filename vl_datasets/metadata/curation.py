@@ -254,6 +254,8 @@ def selected_labels(table: pa.Table, source: str | Iterable[str] | None) -> pa.L
 
 def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     wanted = rules.subset.to_arrow() if isinstance(rules.subset, MediaIds) else pa.array(rules.subset, pa.string())
+    if not len(wanted):  # an empty part of a split, say: it would keep nothing
+        raise CurationError("subset is empty: it names no media id to keep. Pass subset=None to keep every item.")
     media_ids = table.column("media_id")
     found = pc.is_in(wanted, value_set=media_ids)
     if not pc.all(found).as_py():
@@ -267,15 +269,49 @@ def _subset_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
 
 def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
     wanted = pa.array(sorted(rules.labels or ()), pa.string())
-    masks = []
+    masks, present = [], set()
     for _, part in row_slices(table, ["labels"]):
         lists, codes = distinct(one_array(part.column("labels")))  # coded labels: each distinct list once
         names = selected_labels(part if codes is None else pa.table({"labels": lists}), rules.label_source)
+        present |= set(pc.unique(pc.list_flatten(names)).to_pylist())
         parents = pc.list_parent_indices(names)
         hits = pc.is_in(pc.list_flatten(names), value_set=wanted)
         hit = _row_mask_from_parents(parents.filter(hits), len(names))
         masks.append(hit if codes is None else hit[codes])
+    unknown = sorted(set(rules.labels or ()) - present)
+    if unknown:  # a typo ("dgo") would otherwise keep fewer items without a word
+        source = "" if rules.label_source is None else f" from {rules.label_source!r}"
+        raise CurationError(
+            f"labels names {', '.join(map(repr, unknown))}, which no item of this export carries{source}; "
+            f"its labels are {_some(present)}."
+        )
     return np.concatenate(masks)
+
+
+def check_label_sources(table: pa.Table, source: str | Iterable[str] | None) -> None:
+    """``CurationError`` when a label source ``source`` names is held by no label of ``table``: a
+    typo ("Usr") would leave every item without a label, for ``labels`` and for the targets."""
+    wanted = label_sources(source)
+    if wanted is None:
+        return
+    present: set[str] = set()
+    for _, part in row_slices(table, ["labels"]):
+        lists, _ = distinct(one_array(part.column("labels")))
+        present |= set(pc.unique(pc.struct_field(pc.list_flatten(plain(lists)), "source")).to_pylist())
+    unknown = [name for name in wanted if name not in present]
+    if unknown:
+        raise CurationError(
+            f"label_source names {', '.join(map(repr, unknown))}, which no label of this export has; "
+            f"its labels come from {_some(present)}."
+        )
+
+
+def _some(names: set, shown: int = 20) -> str:
+    """Up to ``shown`` of ``names`` (None left out), sorted, for an error message."""
+    listed = sorted(name for name in names if name is not None)
+    if not listed:
+        return "none"
+    return ", ".join(map(repr, listed[:shown])) + (f" and {len(listed) - shown:,} more" if len(listed) > shown else "")
 
 
 def _uniqueness_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
@@ -356,7 +392,8 @@ def _duplicates_of(
     has_group = pc.is_valid(groups).to_numpy(zero_copy_only=False)
     if positions is not None:  # read once per distinct list, given to each row holding it
         thresholds, has_group = thresholds[positions], has_group[positions]
-    present = set(np.unique(thresholds[~np.isnan(thresholds)]).tolist())
+    # A threshold counts where an issue names its group: one without a group id dedupes nothing.
+    present = set(np.unique(thresholds[has_group & ~np.isnan(thresholds)]).tolist())
     member = has_group & kept[offset + parents]
     scores = pc.fill_null(part.column("uniqueness_score"), -1.0).to_numpy(zero_copy_only=False)
     found = (
@@ -398,7 +435,10 @@ def _kept_of_group(groups: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> 
 def _dedupe_threshold(rules: CurationRules, present: np.ndarray) -> float:
     """The duplicate threshold ``dedupe`` keeps one item per group at, among those ``present``."""
     if present.size == 0:
-        raise CurationError("dedupe is set but no item carries a duplicates issue with a duplicate_threshold.")
+        raise CurationError(
+            "dedupe is set but no item carries a duplicates issue with both a duplicate_group_id and a "
+            "duplicate_threshold: there is no group to keep one item of."
+        )
     chosen = present.min() if rules.dedupe is True else float(rules.dedupe)
     if not np.isclose(present, chosen).any():
         raise CurationError(
@@ -414,6 +454,7 @@ def _apply(table: pa.Table, rules: CurationRules) -> tuple[np.ndarray, list[str]
     removed_at = np.full(len(table), -1, dtype=np.int8)
     names: list[str] = []
     removed: dict[str, int] = {}
+    check_label_sources(table, rules.label_source)
     steps = [
         ("subset", rules.subset is not None, lambda: _subset_mask(table, rules)),
         ("labels", rules.labels is not None, lambda: _labels_mask(table, rules)),

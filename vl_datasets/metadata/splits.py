@@ -9,6 +9,7 @@ keeps each connected set of those groups whole, then deals the sets to splits by
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +26,8 @@ from .media_ids import MEDIA_ID, MediaIds
 from .row_batches import TableRows, one_array
 from .split_files import kept_split, split_folder
 from .unique_ids import hash_strings
+
+logger = logging.getLogger("vl_datasets")
 
 
 def leakage_safe_split(
@@ -48,6 +51,10 @@ def leakage_safe_split(
     those files instead of splitting again, and its parts pickle as their paths.
     """
     names, targets = _check_fractions(fractions)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}.")
+    if not isinstance(stratify, (bool, np.bool_)):  # a str such as "no" is truthy: the opposite of what was meant
+        raise ConfigurationError(f"stratify must be True or False, got {stratify!r}.")
     rows = _split_rows(table)
     if "media_id" not in rows.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
@@ -56,12 +63,20 @@ def leakage_safe_split(
         return _part_of_item(rows, len(names), targets, seed, stratify)
 
     list_folder = getattr(rows, "list_folder", None)
+    kept = None
     if list_folder is not None:
         folder = split_folder(list_folder, dict(zip(names, map(float, targets))), seed, stratify)
         kept = kept_split(folder, names, lambda files: _write_parts(rows, part_of_item(), files))
-        if kept is not None:
-            return kept
-    return _media_ids_by_part(rows, part_of_item(), names)
+    parts = kept if kept is not None else _media_ids_by_part(rows, part_of_item(), names)
+    empty = [name for name in names if not len(parts[name])]
+    if empty and len(rows):
+        # Linked sets are never cut: too few of them for the fractions leaves a part with none.
+        logger.warning(
+            "leakage_safe_split: part(s) %s hold no item: the %d items form too few linked sets (shared "
+            "clusters and duplicate groups) for fractions %s.",
+            ", ".join(map(repr, empty)), len(rows), dict(zip(names, map(float, targets))),
+        )  # fmt: skip
+    return parts
 
 
 def _part_of_item(rows: Any, parts: int, targets: np.ndarray, seed: int, stratify: bool) -> np.ndarray:
@@ -179,9 +194,18 @@ def _memberships_table(table: pa.Table) -> pa.Table:
 
 
 def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
-    if not fractions:
-        raise ConfigurationError("leakage_safe_split needs at least one fraction, e.g. {'train': 0.8, 'test': 0.2}.")
+    if not isinstance(fractions, Mapping) or not fractions:
+        raise ConfigurationError(
+            f"leakage_safe_split needs a mapping of part names to fractions, e.g. {{'train': 0.8, 'test': 0.2}}, "
+            f"got {fractions!r}."
+        )
     names = list(fractions)
+    for name in names:
+        value = fractions[name]
+        if not isinstance(name, str):
+            raise ConfigurationError(f"Split part names must be strings, got {name!r}.")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigurationError(f"The fraction of part {name!r} must be a number, got {value!r}.")
     values = np.array([float(fractions[n]) for n in names])
     if (values <= 0).any() or not np.isclose(values.sum(), 1.0):
         raise ConfigurationError(f"Split fractions must be positive and add up to 1, got {dict(fractions)}.")
