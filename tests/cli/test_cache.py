@@ -70,3 +70,25 @@ def test_cache_list_and_prune_cover_the_image_cache(tmp_path, capsys):
     assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(cache)]) == 0
     assert "removed image cache" in capsys.readouterr().out
     assert not images.folder.exists()
+
+
+def test_an_empty_key_removes_nothing(quick_vl, tmp_path, capsys):
+    """ "" is a prefix of every key: a script's unset "$KEY" must not remove the only export."""
+    entry = fetch_export("ds-ready", client=Client(quick_vl.url, progress=False, env={}), cache_dir=tmp_path)
+    for key in ("", "  "):
+        assert main(["cache", "rm", key, "--cache-dir", str(tmp_path)]) == 2
+        assert "key to remove is empty" in capsys.readouterr().err
+    assert entry.metadata_path.is_file(), "the cached export was removed"
+
+
+def test_a_manifest_of_another_json_shape_is_no_version(quick_vl, tmp_path, capsys):
+    """Valid JSON that is no manifest (a list) is a damaged version, as garbage is: left out of
+    the listing, and not found offline, never an AttributeError."""
+    from vl_datasets import errors
+
+    entry = fetch_export("ds-ready", client=Client(quick_vl.url, progress=False, env={}), cache_dir=tmp_path)
+    (entry.entry_dir / f"{entry.version}.manifest.json").write_text("[]")
+    assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert "ds-ready" not in capsys.readouterr().out
+    with pytest.raises(errors.CacheMissError):
+        fetch_export("ds-ready", cache_dir=tmp_path, offline=True)

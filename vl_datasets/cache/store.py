@@ -315,7 +315,9 @@ class CacheStore:
                 opened_from=manifest.get("opened_from"),
                 metadata_digest=manifest.get("metadata_sha256"),
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        # A damaged manifest is no version: valid JSON of another shape too (a list, a field of
+        # another type: AttributeError), and JSON nested past what json.loads takes.
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
 
     def entry_dirs(self) -> Iterator[Path]:

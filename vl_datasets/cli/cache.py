@@ -129,6 +129,10 @@ def run_rm(args: argparse.Namespace) -> int:
         chosen = [e for e in info.entries if e.dataset == args.dataset]
         what = f"dataset {args.dataset!r}"
     else:
+        if not args.key.strip():  # "" is a prefix of every key: an unset "$KEY" must not pick one
+            raise ConfigurationError(
+                "The key to remove is empty: give the key (or a prefix of it) that 'cache list' shows."
+            )
         chosen = [e for e in info.entries if e.key.startswith(args.key)]
         what = f"key {args.key!r}"
         if len(chosen) > 1:
