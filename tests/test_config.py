@@ -90,6 +90,15 @@ def test_numeric_settings_from_the_environment():
         Client(env={"VL_API_MAX_RETRIES": "many"})
 
 
+@pytest.mark.parametrize(
+    ("cache_dir", "says"), [("", "cache_dir is empty"), ("  ", "cache_dir is empty"), ("~no-such-user-x/c", "~user")]
+)
+def test_a_cache_dir_that_names_no_folder_is_refused_not_replaced(cache_dir, says):
+    """ "" is not the default folder (nor the current one): a setting that went missing says so."""
+    with pytest.raises(errors.ConfigurationError, match=says):
+        resolve_cache_dir(cache_dir, env={})
+
+
 def test_cache_dir_resolution(tmp_path):
     assert resolve_cache_dir(tmp_path / "x", env={}) == str(tmp_path / "x")
     assert resolve_cache_dir(env={"VL_DATASETS_CACHE": "s3://b/p/"}) == "s3://b/p"

@@ -264,9 +264,13 @@ def test_killed_fetch_resumes_its_export_and_download(quick_vl, tmp_path):
     assert ranges == [None, "bytes=2000-"]
 
 
+@pytest.mark.parametrize("value", [float("nan"), "3", True])
 @pytest.mark.parametrize("setting", ["export_timeout_s", "lock_timeout_s"])
-def test_a_nan_timeout_is_refused_before_an_export_starts(quick_vl, quick_client, tmp_path, setting):
-    """Every comparison with NaN is false: the wait it bounds would never end."""
+def test_a_timeout_that_is_no_number_is_refused_before_an_export_starts(
+    quick_vl, quick_client, tmp_path, setting, value
+):
+    """Every comparison with NaN is false: the wait it bounds would never end. A str would fail
+    only at the wait, once the export had started."""
     with pytest.raises(errors.ConfigurationError, match=setting):
-        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, **{setting: float("nan")})
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, **{setting: value})
     assert quick_vl.count("export") == 0

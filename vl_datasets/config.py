@@ -7,6 +7,7 @@ Nothing here reads the environment at import time, so tests and long-lived proce
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -126,10 +127,13 @@ def env_number(name: str, value: float | None, default: float, env: Mapping[str,
 
 
 def check_seconds(name: str, seconds: float | None) -> None:
-    """Refuse a NaN as the bound ``name`` of a wait (None: no bound). Every comparison with NaN is
-    false, so a deadline of NaN would never pass: the wait it bounds would never end."""
-    if seconds is not None and math.isnan(seconds):
-        raise ConfigurationError(f"{name} must be a number of seconds or None, got nan.")
+    """Refuse anything but a number, or None (no bound), as the bound ``name`` of a wait: a NaN
+    above all. Every comparison with NaN is false, so a deadline of NaN would never pass: the wait
+    it bounds would never end."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or math.isnan(seconds):
+        raise ConfigurationError(f"{name} must be a number of seconds or None, got {seconds!r}.")
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -139,6 +143,8 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[s
     that is a file, or lies under one, raises ``ConfigurationError`` naming the setting.
     """
     env = os.environ if env is None else env
+    if cache_dir is not None and not os.fspath(cache_dir).strip():  # not the default: that is another folder
+        raise ConfigurationError("cache_dir is empty: give a folder or URL, or leave it unset for the default.")
     chosen = cache_dir if cache_dir is not None else env.get("VL_DATASETS_CACHE")
     setting = "cache_dir" if cache_dir is not None else "VL_DATASETS_CACHE"
     if not chosen:
@@ -147,9 +153,21 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None, env: Mapping[s
     chosen = os.fspath(chosen)
     if is_remote(chosen):
         return chosen.rstrip("/")
-    root = Path(chosen).expanduser().resolve()
+    root = local_folder(setting, chosen)
     _check_cache_root(root, setting)
     return str(root)
+
+
+def local_folder(setting: str, path: str | os.PathLike) -> Path:
+    """``path`` (a local path, ``~`` expanded) made absolute; ``ConfigurationError`` naming
+    ``setting`` when it is empty or its ``~user`` names no home folder here."""
+    text = os.fspath(path)
+    if not text.strip():  # "" would be the current folder, whatever that is when a worker reads
+        raise ConfigurationError(f"{setting} is empty: give a folder.")
+    try:
+        return Path(text).expanduser().resolve()
+    except RuntimeError:  # Path.expanduser: "~nouser/..." with no such user
+        raise ConfigurationError(f"{setting} {text!r} starts with a ~user with no home folder here.") from None
 
 
 def _check_cache_root(root: Path, setting: str) -> None:

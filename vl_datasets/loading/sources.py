@@ -29,7 +29,7 @@ import xxhash
 
 from ..backoff import RetryPolicy, image_read_policy
 from ..cache.opened import local_store
-from ..config import is_remote, parse_size
+from ..config import is_remote, local_folder, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, ImageReadError
 from ..metadata.index import IMAGE_COLUMN
 from ..metadata.json_depth import text_bytes
@@ -385,7 +385,7 @@ def check_source_options(
     else:
         if storage_options is not None:
             raise ConfigurationError(f"storage_options apply to an fsspec URL; images_root {images_root} is a folder.")
-        root = Path(images_root).expanduser().resolve()
+        root = local_folder("images_root", images_root)
         _check_folder(root, root)
     if image_cache is not None:
         _size_limit(image_cache)
@@ -424,7 +424,7 @@ def open_source(
     source: ImageSource = (
         FsspecRoot(os.fspath(images_root), storage_options, retry=retry)
         if is_remote(images_root)
-        else LocalFolder(Path(images_root).expanduser().resolve(), retry=retry)
+        else LocalFolder(local_folder("images_root", images_root), retry=retry)
     )
     if image_cache is None:
         return source
