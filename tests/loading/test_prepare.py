@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.waits import join
-from vl_datasets import ConfigurationError, ImageDecodeError, PreparedStoreError, PrepareTimeoutError
+from vl_datasets import ConfigurationError, ImageDecodeError, PrepareTimeoutError
 from vl_datasets.loading import prepare as prepare_job
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import MANIFEST_FILE, RECORD, keys_of, list_stores
@@ -334,14 +334,28 @@ def test_a_hand_edited_manifest_vouches_for_nothing_and_prepare_checks_every_ima
     assert all(torch.equal(a, b) for a, b in zip(every_image(open_prepared(export, tmp_path, image_size=40)), before))
 
 
-@pytest.mark.parametrize("identity", ["[]", "null", '"store"'])
-def test_a_store_json_that_is_no_object_is_a_typed_error_naming_it(export, tmp_path, identity):
+@pytest.mark.parametrize("damage", ["[]", "null", '"store"', "truncated", "flipped"])
+def test_a_damaged_store_json_is_written_again_and_its_images_kept(export, tmp_path, damage, caplog):
+    """What store.json says, the store's folder name says too: a damaged one is no reason to lose
+    (or to ask the user to delete) every prepared image, each checked as it is read anyway."""
     ds = open_prepared(export, tmp_path, image_size=40)
-    store = ds.images._source.store.path
-    (store / "store.json").write_text(identity)
-    with pytest.raises(PreparedStoreError, match=r"store\.json is damaged") as caught:
-        open_prepared(export, tmp_path, image_size=40)
-    assert str(store) in str(caught.value)
+    ds.prepare(num_workers=0, progress=False)
+    before = every_image(ds)
+    identity = ds.images._source.store.path / "store.json"
+    text = identity.read_text()
+    if damage == "truncated":
+        identity.write_text(text[: len(text) // 2])
+    elif damage == "flipped":
+        identity.write_text(text.replace('"', "'", 1))
+    else:
+        identity.write_text(damage)
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        again = open_prepared(export, tmp_path, image_size=40)
+    assert f"{identity} was damaged and is written again" in caplog.text
+    assert json.loads(identity.read_text())["version"] == identity.parent.name.rsplit("-", 1)[0]
+    summary = again.prepare(num_workers=0, progress=False)
+    assert (summary.images, summary.prepared) == (ITEMS, 0), "the prepared images were not kept"
+    assert all(torch.equal(a, b) for a, b in zip(every_image(again), before))
 
 
 def test_a_remote_original_replaced_is_prepared_again_by_prepare(export, tmp_path):

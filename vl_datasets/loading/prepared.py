@@ -143,12 +143,18 @@ def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
     """The store of ``entry``'s version with ``settings``, created (empty) if there is none yet."""
     path = store_path(entry, settings)
     identity = {"version": entry.version, "settings": settings.as_json()}
+    facts = {"created_at": _now(), "library_version": __version__, "count": _COUNT}
     if not (path / STORE_FILE).is_file():
         (path / PARTS).mkdir(parents=True, exist_ok=True)
         # Every process creating it at once writes the same bytes; the renames replace each other.
-        facts = {"created_at": _now(), "library_version": __version__, "count": _COUNT}
         write_json_atomic(path / STORE_FILE, {**identity, **facts})
-    found = _read_json(path / STORE_FILE)
+    found = _json_object(path / STORE_FILE)
+    if found is None:
+        # Damaged (truncated, a byte flipped, a JSON list): what it says is what the folder's name
+        # says, so it is written again; the prepared images stay, each checked as it is read.
+        logger.warning("%s was damaged and is written again; the images it prepared are kept", path / STORE_FILE)
+        write_json_atomic(path / STORE_FILE, {**identity, **facts})
+        found = identity
     if {k: found.get(k) for k in identity} != identity:
         raise PreparedStoreError(
             f"{path / STORE_FILE} describes another store ({found.get('version')}, {found.get('settings')}); "
@@ -619,20 +625,6 @@ def _read_into(fd: int, pixels: np.ndarray, offset: int) -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise PreparedStoreError(f"Cannot read {path}: {exc}", path=str(path.parent)) from None
-    if not isinstance(found, dict):
-        raise PreparedStoreError(
-            f"{path} is damaged: it holds a JSON {type(found).__name__}, not an object; remove {path.parent} "
-            "to prepare it again.",
-            path=str(path.parent),
-        )
-    return found
 
 
 # -- what the cache commands see ------------------------------------------------------------------
