@@ -68,6 +68,44 @@ def test_other_options_make_another_list_and_a_damaged_list_is_made_again(folder
     assert VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS).items.list.rows.base is not None
 
 
+def _flip_a_byte(path, at):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))  # in place: the same size, so nothing at open can tell
+
+
+@pytest.mark.parametrize(
+    ("file", "read"),
+    [
+        ("target.i64", lambda ds, i: ds[i]),  # a class index past the classes
+        ("path.offsets.i64", lambda ds, i: ds[i]),  # a wild offset: Arrow would allocate it and abort
+        ("path.data", lambda ds, i: ds.image_path(i)),  # a path that is no UTF-8
+        ("rows.i64", lambda ds, i: ds.items.media_id(i)),  # a row past the index
+    ],
+)
+def test_a_list_changed_in_place_is_named_where_read_and_made_again(folder, tmp_path, file, read):
+    """A bad copy or a failing disk changes bytes without changing sizes: the item that reads them
+    is refused with the file named, never a wrong target or a dead process; the next open rebuilds."""
+    cache = tmp_path / "cache"
+    first = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    expected = [first[i][1] for i in range(len(first))]
+    (listed,) = item_lists(cache)
+    damaged = listed.path / "list" / file
+    middle = len(first) // 2
+    at = {"target.i64": middle * 8, "path.offsets.i64": (middle + 1) * 8 + 3, "rows.i64": middle * 8 + 6}
+    if file == "path.data":
+        damaged.write_bytes(damaged.read_bytes().replace(b"/", b"\xff", 1))
+    else:
+        _flip_a_byte(damaged, at[file])
+    opened = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    with pytest.raises(errors.CacheMissError, match=f"{file} .*open the dataset again") as caught:
+        for i in range(len(opened)):
+            read(opened, i)
+    assert str(listed.path) in str(caught.value)
+    rebuilt = VisualLayerDataset.from_export(folder, cache_dir=cache, **OPTIONS)
+    assert [rebuilt[i][1] for i in range(len(rebuilt))] == expected, "the list was not made again"
+
+
 def test_a_list_whose_facts_were_never_written_is_made_again(folder, tmp_path):
     """The list's files are complete only once ``list.json`` is written, last: without it they are
     no list, and the next open curates again rather than reading columns of unknown length."""

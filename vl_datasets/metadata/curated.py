@@ -156,6 +156,8 @@ class CuratedItems:
         index_path: Path | None = None,
     ) -> None:
         self._rows_table, self.list, self.options, self._files = rows, items, targets, files
+        self._checked_rows: np.ndarray | None = None  # ``rows`` and ``paths`` once checked whole
+        self._checked_paths: pa.Array | None = None
         # The index as read: without the columns it leaves in its metadata file (``deferred``),
         # joined only when one of them is asked for.
         self._read_index = _without_image(rows)
@@ -174,13 +176,17 @@ class CuratedItems:
 
     @property
     def rows(self) -> np.ndarray:
-        """Each item's row in the index (int64, ascending)."""
-        return self.list.rows
+        """Each item's row in the index (int64, ascending), checked whole the first time (``item_list``)."""
+        if self._checked_rows is None:
+            self._checked_rows = self.list.checked_rows()
+        return self._checked_rows
 
     @property
     def paths(self) -> pa.Array:
-        """Each item's image path, relative to the images' root."""
-        return self.list.paths
+        """Each item's image path, relative to the images' root, checked whole the first time."""
+        if self._checked_paths is None:
+            self._checked_paths = self.list.checked_paths()
+        return self._checked_paths
 
     @property
     def classes(self) -> list[str]:
@@ -305,7 +311,7 @@ class CuratedItems:
 
     def take(self, columns: Sequence[str], positions: np.ndarray) -> pa.Table:
         """The rows of the items at ``positions``, holding only those of ``columns`` the metadata has."""
-        return take_rows(select_present(self._index_with(columns), columns), self.rows[positions])
+        return take_rows(select_present(self._index_with(columns), columns), self.list.rows_at(positions))
 
     def _index_column(self, name: str) -> pa.ChunkedArray:
         if name not in self._columns:
@@ -313,7 +319,7 @@ class CuratedItems:
         return self._columns[name]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.list.rows)  # not ``rows``: a length reads no row
 
     def __repr__(self) -> str:
         classes = f", classes={len(self.classes)}" if self.classes else ""
@@ -326,15 +332,15 @@ class CuratedItems:
 
     def media_id(self, index: int) -> str:
         """The media id of ``index``."""
-        return self._index_column("media_id")[int(self.rows[index])].as_py()
+        return self._index_column("media_id")[self.list.row(index)].as_py()
 
     def image_file(self, index: int) -> str:
         """Where ``index``'s image is, relative to the images' root."""
-        return self.paths[index].as_py()
+        return self.list.path(index)
 
     def original_size(self, index: int) -> tuple[int | None, int | None]:
         """(width, height) of ``index``'s image as the metadata gives it (None where it does not)."""
-        row = int(self.rows[index])
+        row = self.list.row(index)
         return self._index_column("width")[row].as_py(), self._index_column("height")[row].as_py()
 
     def target(self, index: int) -> Any:
@@ -345,12 +351,8 @@ class CuratedItems:
         if task == "detection":
             return self._detection_target(index)
         if task is None:
-            return self._index_with(None).slice(int(self.rows[index]), 1).to_pylist()[0]
-        targets = self.list.targets
-        assert targets is not None  # built for classification and multilabel
-        if task == "classification":
-            return int(targets[index])
-        return targets[index].values.to_numpy()
+            return self._index_with(None).slice(self.list.row(index), 1).to_pylist()[0]
+        return self.list.target(index)
 
     def _detection_target(self, index: int) -> dict[str, Any]:
         class_to_idx = self.class_to_idx
@@ -358,7 +360,7 @@ class CuratedItems:
         chosen = None if sources is None else set(sources)
         drop = self.options.object_drop_issues or {}
         boxes, labels = [], []
-        for obj in self._index_column("objects")[int(self.rows[index])].as_py():
+        for obj in self._index_column("objects")[self.list.row(index)].as_py():
             if chosen is not None and obj.get("source") not in chosen:
                 continue
             if obj.get("category_name") not in class_to_idx or _has_issue(obj, drop):

@@ -18,11 +18,19 @@ whose lengths disagree with it are no list. Opening one maps each file and wraps
 are (numpy for the rows and class indices, one Arrow array for the paths or the multilabel
 targets): a process pays only for the pages it touches, and every process on a node shares them
 in the page cache. A list of 100M items is about 5 GB, mostly paths.
+
+So nothing reads a whole list to check it when it opens. Bytes changed in place (a bad copy, a
+failing disk) are found where they are read: an item's row, path and target are checked against
+their bounds as it is read (``row``, ``path``, ``target``), and a whole column the first time one
+is read whole (``checked_rows``, ``checked_paths``). Found damaged, the list is set aside (its
+``list.json`` renamed) and ``CacheMissError`` says to open the dataset again, which rebuilds it:
+never a process killed by a wild offset, nor a class index past the classes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +72,113 @@ class ItemList:
     summary: CurationSummary
     fingerprint: str
     index_rows: int
+    folder: Path | None = None  # where its files are; None: not from files
+    facts_id: tuple[int, int] | None = None  # (device, inode) of the list.json it was read with
+
+    # -- an item, checked as it is read (see the module) ------------------------------------------
+
+    def row(self, index: int) -> int:
+        """Item ``index``'s row in the index."""
+        row = int(self.rows[index])
+        if not 0 <= row < self.index_rows:
+            raise self.damaged(_ROWS, f"gives item {index} row {row} of an index of {self.index_rows:,}")
+        return row
+
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """The rows of the items at ``positions``, each checked to lie inside the index."""
+        rows = self.rows[positions]
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.index_rows):
+            raise self.damaged(_ROWS, f"holds rows outside an index of {self.index_rows:,}")
+        return rows
+
+    def path(self, index: int) -> str:
+        """Item ``index``'s image path."""
+        offsets, size = self._path_bounds
+        if not 0 <= offsets[index] <= offsets[index + 1] <= size:
+            raise self.damaged(_PATH_OFFSETS, f"gives item {index} bytes outside {_PATH_DATA}")
+        try:
+            return self.paths[index].as_py()
+        except UnicodeDecodeError:
+            raise self.damaged(_PATH_DATA, f"holds bytes of item {index}'s path that are not UTF-8") from None
+
+    @functools.cached_property
+    def _path_bounds(self) -> tuple[np.ndarray, int]:
+        """The paths' offsets, read as numbers (Arrow trusts them), and their data's size."""
+        return _bounds(self.paths)
+
+    @functools.cached_property
+    def _target_bounds(self) -> tuple[np.ndarray, int]:
+        assert isinstance(self.targets, pa.Array)  # multilabel's
+        return _bounds(self.targets)
+
+    @functools.cached_property
+    def _target_values(self) -> np.ndarray:
+        assert isinstance(self.targets, pa.Array)
+        return self.targets.values.to_numpy()  # int64 without nulls: a view of the mapped file
+
+    def target(self, index: int) -> int | np.ndarray:
+        """Item ``index``'s class index (classification), or its class indices (multilabel)."""
+        targets, classes = self.targets, len(self.classes)
+        assert targets is not None  # built for classification and multilabel
+        if isinstance(targets, np.ndarray):
+            value = int(targets[index])
+            if not 0 <= value < classes:
+                raise self.damaged(_TARGET, f"gives item {index} class {value} of {classes}")
+            return value
+        offsets, size = self._target_bounds
+        start, end = offsets[index], offsets[index + 1]
+        if not 0 <= start <= end <= size:
+            raise self.damaged(_TARGET_OFFSETS, f"gives item {index} values outside {_TARGET_VALUES}")
+        values = self._target_values[start:end]
+        if len(values) and (values.min() < 0 or values.max() >= classes):
+            raise self.damaged(_TARGET_VALUES, f"gives item {index} a class outside the {classes}")
+        return values
+
+    def checked_rows(self) -> np.ndarray:
+        """``rows``, each checked (ascending, inside the index), a block at a time."""
+        rows = self.rows
+        for start in range(0, len(rows), _CHECK_BLOCK):
+            block = rows[start : start + _CHECK_BLOCK + 1]
+            if (np.diff(block) <= 0).any():
+                raise self.damaged(_ROWS, f"is out of order between items {start:,} and {start + len(block) - 1:,}")
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.index_rows):  # ascending: the ends bound the rest
+            raise self.damaged(_ROWS, f"holds rows outside an index of {self.index_rows:,}")
+        return rows
+
+    def checked_paths(self) -> pa.Array:
+        """``paths``, checked whole: offsets in order and inside the data, and UTF-8."""
+        try:
+            self.paths.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise self.damaged(f"{_PATH_OFFSETS} or {_PATH_DATA}", f"does not hold paths ({exc})") from None
+        return self.paths
+
+    def damaged(self, file: str, detail: str) -> CacheMissError:
+        """The error for damage found in ``file``, once the list is set aside to be rebuilt."""
+        where = self.folder if self.folder is not None else "in memory"
+        if self.folder is not None and self.facts_id is not None:
+            facts = self.folder / FACTS_FILE
+            with contextlib.suppress(OSError):  # set aside only the list.json it was read with, not a newer one
+                found = facts.stat()
+                if (found.st_dev, found.st_ino) == self.facts_id:
+                    os.replace(facts, beside(facts, "damaged"))
+        return CacheMissError(
+            f"The curated item list {where} is damaged: {file} {detail}. It is set aside; open the dataset "
+            "again to rebuild it."
+        )
+
+
+_CHECK_BLOCK = 1 << 20  # rows checked at once: 8 MiB of them
+
+
+def _bounds(array: pa.Array) -> tuple[np.ndarray, int]:
+    """The offsets of a large_string or large_list ``array``, as numbers from its first element,
+    and the size of the data they point into (bytes, or values)."""
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], "<i8")[array.offset : array.offset + len(array) + 1]
+    if pa.types.is_large_string(array.type):
+        return offsets, buffers[2].size if buffers[2] is not None else 0
+    return offsets, len(array.values)
 
 
 def list_settings(
@@ -215,7 +330,8 @@ def read_item_list(folder: str | os.PathLike, *, index_rows: int) -> ItemList | 
 
 def map_item_list(folder: Path, *, index_rows: int) -> ItemList:
     """``read_item_list``, raising ``ValueError`` (or the ``OSError``) where that returns None."""
-    facts = json.loads((folder / FACTS_FILE).read_bytes())
+    with open(folder / FACTS_FILE, "rb") as stream:
+        facts, stat = json.loads(stream.read()), os.fstat(stream.fileno())
     if facts.get("format") != FORMAT or facts.get("index_rows") != index_rows:
         raise ValueError(f"{folder} is a list of another format or index")
     count = facts["count"]
@@ -247,6 +363,8 @@ def map_item_list(folder: Path, *, index_rows: int) -> ItemList:
         summary=CurationSummary(summary["total"], summary["kept"], dict(summary["removed_by"])),
         fingerprint=facts["fingerprint"],
         index_rows=index_rows,
+        folder=folder,
+        facts_id=(stat.st_dev, stat.st_ino),
     )
 
 
