@@ -108,6 +108,12 @@ def test_a_file_named_by_media_id_in_a_folder_settles_an_ambiguous_name():
         _resolve(twice, on_missing="null")
 
 
+def test_an_ambiguous_name_whose_file_another_row_took_names_that_file():
+    table = normalize([{"media_id": "a", "file_path": "ok.jpg"}, {"media_id": "b", "file_path": "sub/../ok.jpg"}])
+    with pytest.raises(ImageNotFoundError, match=r"'b'.*shared by 2 row\(s\), matches 1 file\(s\): images/ok\.jpg"):
+        resolve_image_paths(table, ["images/ok.jpg"])
+
+
 def test_missing_image_raises_or_is_null():
     members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/bare.png"]
     with pytest.raises(ImageNotFoundError) as caught:

@@ -40,7 +40,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     """
     if on_missing not in ("raise", "null"):
         raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
-    members = _member_array(member_names)
+    members = every_member = _member_array(member_names)
     if not len(members):  # a metadata-only export: no row has an image, and no lookup can find one
         return _none_found(table, on_missing)
     media_id = table.column("media_id").combine_chunks()
@@ -70,7 +70,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         _raise_taken(table, pc.index(pc.and_(unresolved, taken), True).as_py())
     if pc.any(ambiguous).as_py():
         row = pc.index(ambiguous, True).as_py()
-        _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), members, file_name)
+        # Every file of that name, those other rows took by their exact path too: the message's candidates.
+        _raise_ambiguous(media_id[row].as_py(), file_name[row].as_py(), every_member, file_name)
     if on_missing == "raise" and pc.any(unresolved).as_py():
         row = pc.index(unresolved, True).as_py()
         raise _no_image(table, row, pc.sum(unresolved).as_py())
