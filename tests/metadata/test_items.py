@@ -422,3 +422,32 @@ def test_a_whole_number_property_of_2_5_is_refused_whichever_reader_takes_it(
         _read(tmp_path, variant, media)
     assert caught.value.field == f"metadata_items.properties.{name}"
     assert media_id in str(caught.value), f"the message does not name the media id: {caught.value}"
+
+
+def _with_properties_as_text(media_items):
+    """Each item's ``properties`` as its JSON text: a Parquet writer's way with objects whose keys
+    differ from item to item (list<struct<type: string, properties: string>>)."""
+    for media in media_items:
+        for item in media.get("metadata_items") or []:
+            item["properties"] = json.dumps(item["properties"]) if item.get("properties") is not None else None
+    return media_items
+
+
+def test_properties_kept_as_json_text_read_as_the_objects_they_spell(tmp_path):
+    nested = read_metadata(write_parquet(tmp_path / "nested", nested_table()).parent)
+    as_text = _with_properties_as_text(items())
+    table = nested_table(as_text)
+    assert pa.types.is_string(table.schema.field("metadata_items").type.value_type.field("properties").type)
+    read = read_metadata(write_parquet(tmp_path / "text", table).parent)
+    assert read.to_pylist() == nested.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("properties", "says"),
+    [("[1, 2]", "holds a list, not an object"), ('{"confidence": 0.5', "is not valid JSON"), ("[" * 100, "nests")],
+)
+def test_properties_text_that_is_no_object_is_refused_naming_the_row(tmp_path, properties, says):
+    media_items = _with_properties_as_text(items())
+    media_items[1]["metadata_items"] = [{"type": "issue", "properties": properties}]
+    error = schema_error(tmp_path, nested_table(media_items))
+    assert says in str(error) and repr(media_items[1]["media_id"]) in str(error)

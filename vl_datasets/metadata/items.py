@@ -351,6 +351,18 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
     None when the reader refuses the slice (a number where a string is expected, invalid JSON...),
     or, with ``infer``, when the types it inferred are not a list of items ``_flatten`` can take.
     """
+    column = _read_wrapped(strings, None if infer else pa.schema([("m", RAW_ITEMS)]))
+    if column is None or not infer:
+        return column
+    if pa.types.is_null(column.type):
+        return pa.nulls(len(strings), RAW_ITEMS)
+    return column if inferred_items_usable(column.type, ITEM_PROPS) else None
+
+
+def _read_wrapped(strings: pa.Array, schema: pa.Schema | None) -> pa.Array | None:
+    """Each of ``strings`` (JSON texts, ``null`` for none) parsed by Arrow's reader, wrapped as
+    ``{"m": <text>}`` on a line of its own: the types inferred, or ``schema``'s. None when the
+    reader refuses them, or gives back other than one value per text."""
     lines = pc.binary_join_element_wise('{"m":', strings, "}\n", "")
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
     body = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
@@ -358,7 +370,6 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
     # holds one when the body holds more than the one that ends each line (a count over the bytes,
     # where a substring search per value costs about 30 times as much).
     newlines = count_byte(np.frombuffer(body, dtype=np.uint8), ord("\n")) > len(strings)
-    schema = None if infer else pa.schema([("m", RAW_ITEMS)])
     try:
         table = pa_json.read_json(
             pa.BufferReader(body),
@@ -366,7 +377,7 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
             parse_options=pa_json.ParseOptions(
                 explicit_schema=schema,
                 newlines_in_values=bool(newlines),
-                unexpected_field_behavior="infer" if infer else "ignore",
+                unexpected_field_behavior="infer" if schema is None else "ignore",
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -375,13 +386,7 @@ def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
         return None
     if not reader_output_valid(table):
         return None
-    column = table.column("m")
-    if infer:
-        if pa.types.is_null(column.type):
-            return pa.nulls(len(strings), RAW_ITEMS)
-        if not inferred_items_usable(column.type, ITEM_PROPS):
-            return None
-    return one_array(column)
+    return one_array(table.column("m"))
 
 
 def reader_output_valid(table: pa.Table) -> bool:
@@ -675,6 +680,8 @@ def _flatten(
     types = cast_or_raise(fields.get("type", pa.nulls(n)), pa.string(), f"{where}.type", source, rows=item_rows)
     raw_props = fields.get("properties", pa.nulls(n))
     present: dict[str, pa.Array] = {}
+    if is_text(raw_props.type):
+        raw_props = _properties_from_text(raw_props, where, source, item_rows)
     if pa.types.is_struct(raw_props.type):
         present = {raw_props.type.field(i).name: c for i, c in enumerate(raw_props.flatten())}
     elif not pa.types.is_null(raw_props.type):
@@ -691,6 +698,30 @@ def _flatten(
         else:
             props[name] = cast_or_raise(array, type_, f"{where}.properties.{name}", source, rows=item_rows)
     return _Items(len(lists), parent, item_rows, types, props)
+
+
+def _properties_from_text(texts: pa.Array, where: str, source: str, rows: np.ndarray) -> pa.Array:
+    """Items' ``properties`` kept as JSON text (a Parquet writer's way with objects whose keys differ
+    from item to item), parsed into objects, to be typed as a JSON export's are. ``rows[i]``: the
+    table row of text ``i``, named in errors."""
+    field = f"{where}.properties"
+    texts = _json_lines_input(texts)
+    too_deep = first_too_deep(texts)
+    if too_deep is not None:
+        at, depth, offset = too_deep
+        detail = f"{field} is not JSON this library reads: it {describe(depth, offset)}"
+        raise row_error(source, int(rows[at]), detail, field)
+    parsed = _read_wrapped(texts, None)
+    if parsed is not None and (pa.types.is_struct(parsed.type) or pa.types.is_null(parsed.type)):
+        return parsed
+    for at, text in enumerate(texts.to_pylist()):  # the first text at fault, named
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise row_error(source, int(rows[at]), f"{field} is not valid JSON ({exc}).", field) from None
+        if value is not None and not isinstance(value, dict):
+            raise row_error(source, int(rows[at]), f"{field} holds a {type(value).__name__}, not an object.", field)
+    raise SchemaError(f"{source}: {field} holds objects whose values differ in type from item to item.", field=field)
 
 
 def cast_or_raise(values, type_: pa.DataType, field: str, source: str, *, rows: np.ndarray | None = None):
