@@ -106,6 +106,19 @@ def test_a_list_changed_in_place_is_named_where_read_and_made_again(folder, tmp_
     assert [rebuilt[i][1] for i in range(len(rebuilt))] == expected, "the list was not made again"
 
 
+def test_items_counted_from_the_end_are_read_as_a_sequence_reads_them(folder, tmp_path):
+    """ds[-1] is the last item, and reading it changes nothing in the cache."""
+    ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", **OPTIONS)
+    n = len(ds)
+    for back in (1, 2, n):
+        assert torch.equal(ds[-back][0], ds[n - back][0]) and ds[-back][1] == ds[n - back][1]
+        assert ds.image_path(-back) == ds.image_path(n - back)
+    with pytest.raises(IndexError):
+        ds.image_path(n)
+    (listed,) = item_lists(tmp_path / "cache")
+    assert (listed.path / "list" / "list.json").is_file(), "a read set a sound list aside"
+
+
 def test_a_list_whose_facts_were_never_written_is_made_again(folder, tmp_path):
     """The list's files are complete only once ``list.json`` is written, last: without it they are
     no list, and the next open curates again rather than reading columns of unknown length."""

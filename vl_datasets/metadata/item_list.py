@@ -77,8 +77,16 @@ class ItemList:
 
     # -- an item, checked as it is read (see the module) ------------------------------------------
 
+    def _position(self, index: int) -> int:
+        """``index`` from 0 (a negative one counts from the end, as a sequence's does)."""
+        count = len(self.rows)
+        if not -count <= index < count:
+            raise IndexError(f"item {index} of a list of {count:,}")
+        return index + count if index < 0 else index
+
     def row(self, index: int) -> int:
         """Item ``index``'s row in the index."""
+        index = self._position(index)
         row = int(self.rows[index])
         if not 0 <= row < self.index_rows:
             raise self.damaged(_ROWS, f"gives item {index} row {row} of an index of {self.index_rows:,}")
@@ -93,6 +101,7 @@ class ItemList:
 
     def path(self, index: int) -> str:
         """Item ``index``'s image path."""
+        index = self._position(index)
         offsets, size = self._path_bounds
         if not 0 <= offsets[index] <= offsets[index + 1] <= size:
             raise self.damaged(_PATH_OFFSETS, f"gives item {index} bytes outside {_PATH_DATA}")
@@ -118,6 +127,7 @@ class ItemList:
 
     def target(self, index: int) -> int | np.ndarray:
         """Item ``index``'s class index (classification), or its class indices (multilabel)."""
+        index = self._position(index)
         targets, classes = self.targets, len(self.classes)
         assert targets is not None  # built for classification and multilabel
         if isinstance(targets, np.ndarray):
