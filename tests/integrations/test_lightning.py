@@ -104,20 +104,23 @@ class _StopAt(Callback):
             raise _Preempted(f"preempted at step {self.step}")
 
 
-@pytest.mark.parametrize("where", ["mid-epoch", "epoch end"])
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch end", "mid-epoch after the first"])
 def test_a_preempted_fit_resumes_from_its_checkpoint_with_the_batches_an_uninterrupted_fit_sees(
     export, tmp_path, where
 ):
     data = _module(export)
     data.setup("fit")
     per_epoch = len(data.train_dataloader())
-    saved_at = 5 if where == "mid-epoch" else per_epoch
+    # After the first epoch, the module asks the loader for the trainer's epoch: the resumed epoch
+    # must not leave that ask to send the next epoch back to it.
+    saved_at = {"mid-epoch": 5, "epoch end": per_epoch, "mid-epoch after the first": per_epoch + 3}[where]
+    epochs = 3 if where == "mid-epoch after the first" else 2
     uninterrupted = Digits()
-    _trainer(max_epochs=2).fit(uninterrupted, datamodule=_module(export))
+    _trainer(max_epochs=epochs).fit(uninterrupted, datamodule=_module(export))
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=saved_at, save_top_k=-1)
     preempted = Digits()
-    trainer = _trainer(max_epochs=2, enable_checkpointing=True, callbacks=[checkpoints, _StopAt(saved_at + 2)])
+    trainer = _trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoints, _StopAt(saved_at + 2)])
     with pytest.raises(_Preempted):
         trainer.fit(preempted, datamodule=_module(export))
     (checkpoint,) = tmp_path.glob(f"*step={saved_at}.ckpt")
@@ -125,8 +128,8 @@ def test_a_preempted_fit_resumes_from_its_checkpoint_with_the_batches_an_uninter
     assert saved["datamodule_hyper_parameters"]["rules"]["dedupe"] is True
 
     resumed = Digits()
-    _trainer(max_epochs=2).fit(resumed, datamodule=_module(export), ckpt_path=checkpoint)
-    assert len(uninterrupted.seen) == 2 * per_epoch
+    _trainer(max_epochs=epochs).fit(resumed, datamodule=_module(export), ckpt_path=checkpoint)
+    assert len(uninterrupted.seen) == epochs * per_epoch
     assert preempted.seen[:saved_at] + resumed.seen == uninterrupted.seen
     for before, after in zip(uninterrupted.parameters(), resumed.parameters()):
         assert torch.allclose(before, after, atol=1e-6)

@@ -345,10 +345,12 @@ class VLDataLoader(DataLoader):
     def _begin_epoch(self) -> tuple[int, bool]:
         """Count an epoch begun: the loaded state's, or the next. Returns it, and whether it is resumed."""
         state, self._pending = self._pending, None
+        # Taken either way: a loaded state names its own epoch, and an ask left for later would
+        # send the epoch after the resumed one back to the resumed one's number.
+        asked = self.sampler.take_asked_epoch() if isinstance(self.sampler, EpochSampler) else None
         if state is not None:
             self._resume(state)
         else:
-            asked = self.sampler.take_asked_epoch() if isinstance(self.sampler, EpochSampler) else None
             if asked is not None:  # the caller's set_epoch on loader.sampler, as with a DistributedSampler
                 self.epoch = asked
             self._skip_batches = 0
