@@ -69,6 +69,25 @@ def test_overall_and_per_class(export, tmp_path):
     assert (table["low"], table["high"]) == pytest.approx(wilson_interval(2, 3))
 
 
+def test_predictions_outside_the_subset_are_left_out_and_missing_ones_said(export, tmp_path, caplog):
+    """A model run on the whole export: its training items must not count in the test part's accuracy."""
+    from vl_datasets.errors import PredictionsError
+
+    parts = {"subset": ["a0", "a1", "a2", "a3"], "classes": ["bird", "cat", "dog"]}  # the classes of train
+    test = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c", **parts)
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        result = evaluate(test, PREDICTIONS)
+    assert (result.items, result.accuracy) == (4, pytest.approx(2 / 4))  # a0 and a2 wrong
+    assert "6 of the 10 predictions are for items outside this dataset's subset=" in caplog.text
+    assert "removed by subset" not in rows(result.slices["curation"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        assert evaluate(test, {"a1": "cat"}).items == 1
+    assert "3 of the dataset's 4 items have no prediction" in caplog.text
+    with pytest.raises(PredictionsError, match="none of the 1 predicted items is in this dataset's subset="):
+        evaluate(test, {"a7": "cat"})
+
+
 def test_issue_slices_count_each_type_once_at_its_band(export, tmp_path):
     ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c", invalid_labels="drop")
     issue = rows(evaluate(ds, PREDICTIONS).slices["issue"])

@@ -10,6 +10,7 @@ slice, the label-error list and the report read this one table.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -31,10 +32,33 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
     """The scored-items table (module docstring) of ``predictions`` on ``dataset``'s export.
 
     Every predicted media id must be an item of the export (kept by curation or not); an
-    unknown one raises ``PredictionsError`` naming it and its row.
+    unknown one raises ``PredictionsError`` naming it and its row. Items outside the dataset's
+    ``subset=`` (another part of a split: a model's training items, say) are left out, with a
+    WARNING: scored, they would count in the accuracy of a part they are not in. A WARNING also
+    says how many of the dataset's items have no prediction.
     """
     details = dataset.curation_details()
     rows = _rows_of(details, predictions.media_ids, predictions.source)
+    outside = pc.fill_null(pc.equal(details.column("removed_by").take(pa.array(rows)), "subset"), False)
+    outside = outside.to_numpy(zero_copy_only=False)
+    if outside.any():
+        logger.warning(
+            "%d of the %d predictions are for items outside this dataset's subset= (another part of the "
+            "split): left out of the evaluation.",
+            int(outside.sum()), len(rows),
+        )  # fmt: skip
+        if outside.all():
+            raise PredictionsError(
+                f"{predictions.source}: none of the {len(rows):,} predicted items is in this dataset's subset=."
+            )
+        predictions = _only(predictions, ~outside)
+        rows = rows[~outside]
+    unpredicted = len(dataset) - int(pc.sum(pc.is_null(details.column("removed_by").take(pa.array(rows)))).as_py() or 0)
+    if unpredicted:
+        logger.warning(
+            "%d of the dataset's %d items have no prediction: the evaluation covers the %d that do.",
+            unpredicted, len(dataset), len(dataset) - unpredicted,
+        )  # fmt: skip
     picked = details.take(pa.array(rows, pa.int64()))
     label = _single_labels(selected_labels(picked, dataset.label_source), predictions.classes)
     predicted = pa.array(predictions.predicted_names, pa.string())
@@ -48,6 +72,17 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
     for name in METADATA_COLUMNS:
         columns[name] = picked.column(name)
     return pa.table(columns)
+
+
+def _only(predictions: ClassPredictions, chosen: np.ndarray) -> ClassPredictions:
+    """``predictions`` of the items ``chosen`` (a mask), in their order."""
+    return dataclasses.replace(
+        predictions,
+        media_ids=[media_id for media_id, keep in zip(predictions.media_ids, chosen.tolist()) if keep],
+        predicted=predictions.predicted[chosen],
+        confidence=predictions.confidence[chosen],
+        scores=None if predictions.scores is None else predictions.scores[chosen],
+    )
 
 
 def train_leaks(details: pa.Table, train_ids: list[str], eval_ids: list[str]) -> pa.Table:
