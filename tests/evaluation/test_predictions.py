@@ -17,11 +17,15 @@ def test_a_mapping_of_names_indices_or_scores():
     names = read_predictions({"a": "dog", "b": "07"}, CLASSES)
     assert names.predicted.tolist() == [1, 2] and np.isnan(names.confidence).all() and names.scores is None
     assert read_predictions({"a": 0, "b": 2}, CLASSES).predicted_names == ["cat", "07"]
-    scores = read_predictions({"a": [0.1, 0.7, 0.2], "b": [2.0, 0.0, 0.0]}, CLASSES)  # b: logits
-    assert scores.predicted.tolist() == [1, 0]
-    assert scores.confidence[0] == pytest.approx(0.7)
-    assert scores.confidence[1] == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    scores = read_predictions({"a": [0.1, 0.7, 0.2], "b": [0.0, 0.25, 0.75]}, CLASSES)  # probabilities
+    assert scores.predicted.tolist() == [1, 2] and scores.confidence.tolist() == pytest.approx([0.7, 0.75])
     assert scores.scores.shape == (2, 3)
+    logits = read_predictions({"a": [2.0, 0.0, 0.0], "b": [0.2, 0.3, 0.5]}, CLASSES)
+    assert logits.confidence[0] == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    # One model gives one kind: a row of logits that looks like a distribution is still logits.
+    assert logits.confidence[1] == pytest.approx(np.exp(0.5) / (np.exp(0.2) + np.exp(0.3) + np.exp(0.5)))
+    rounded = read_predictions({"a": [0.96, 0.02, 0.01], "b": [0.34, 0.33, 0.34]}, CLASSES)  # to two places
+    assert rounded.confidence[0] == pytest.approx(0.96 / 0.99)
 
 
 def test_csv_keeps_classes_and_ids_as_text(tmp_path):

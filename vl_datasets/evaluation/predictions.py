@@ -133,8 +133,8 @@ def from_arrays(
     confidence: Sequence[float | None] | None = None,
 ) -> ClassPredictions:
     """Predictions from parallel arrays: ``labels`` (class names or indices) with an optional
-    ``confidence``, or ``scores`` (items x classes: probabilities or logits turned into
-    probabilities by a softmax when a row does not sum to 1)."""
+    ``confidence``, or ``scores`` (items x classes: probabilities when every row is a distribution,
+    within rounding; else logits, every row turned into probabilities by a softmax)."""
     classes = list(classes)
     ids = _check_ids(list(media_ids), "media_id")
     if (labels is None) == (scores is None):
@@ -273,9 +273,13 @@ def _probabilities(scores: Any, ids: list[str], n_classes: int) -> np.ndarray:
                 media_id=ids[row],
             )
         out[row] = vector
-    is_distribution = (out >= 0).all(axis=1) & np.isclose(out.sum(axis=1), 1.0, atol=1e-3)
-    logits = out[~is_distribution]
-    # Logits: a softmax, shifted by the row's maximum so exp() cannot overflow.
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    out[~is_distribution] = exp / exp.sum(axis=1, keepdims=True)
-    return out
+    # One reading for the whole array, as a model gives one kind: probabilities when every row is
+    # one (printed or rounded to two places, a row sums to 0.99 or 1.01), else logits, every row:
+    # a row of logits can look like a distribution by chance, and read apart it would be misread.
+    if len(out) and ((out >= 0) & (out <= 1)).all() and np.allclose(out.sum(axis=1), 1.0, atol=_SUM_TOLERANCE):
+        return out / out.sum(axis=1, keepdims=True)
+    exp = np.exp(out - out.max(axis=1, keepdims=True))  # a softmax, shifted so exp() cannot overflow
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+_SUM_TOLERANCE = 0.02  # how far from 1 a row of probabilities may sum: rounding, not logits
