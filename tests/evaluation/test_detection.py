@@ -76,4 +76,38 @@ def test_bad_detections_are_named(dataset):
         mean_average_precision(dataset, {"m0": {"boxes": [[5, 0, 1, 1]], "scores": [0.5], "labels": ["cat"]}})
     with pytest.raises(PredictionsError, match="'horse' is not one of"):
         mean_average_precision(dataset, {"m0": {"boxes": [[0, 0, 1, 1]], "scores": [0.5], "labels": ["horse"]}})
+    for score in (float("nan"), 7.0, -3.0):
+        with pytest.raises(PredictionsError, match="scores must be confidences from 0 to 1"):
+            mean_average_precision(dataset, {"m0": {"boxes": [[0, 0, 1, 1]], "scores": [score], "labels": ["cat"]}})
+    with pytest.raises(PredictionsError, match=r"N x 4 .*\(2, 5\)") as caught:
+        mean_average_precision(dataset, {"m0": {"boxes": [[0] * 5] * 2, "scores": [0.5] * 2, "labels": ["cat"] * 2}})
+    assert caught.value.media_id == "m0"
     assert not math.isnan(mean_average_precision(dataset, {}).map)
+
+
+def test_tensors_as_a_torchvision_model_gives_them_are_taken(dataset):
+    """The dataset's own targets, handed back as predictions, score one."""
+    import torch
+
+    predictions = {}
+    for i in range(len(dataset)):
+        target = dataset[i][1]
+        boxes = torch.as_tensor(target["boxes"])
+        predictions[target["media_id"]] = {"boxes": boxes, "scores": torch.ones(len(boxes)), "labels": target["labels"]}
+    assert isinstance(predictions["m0"]["labels"], torch.Tensor)
+    assert mean_average_precision(dataset, predictions).map == pytest.approx(1.0)
+
+
+def test_the_true_boxes_are_the_targets_object_drop_issues_leaves(tmp_path):
+    """A box the training targets leave out (an issue at or over its threshold) is no missed box."""
+    blurred = {"issue_type": "blur", "confidence": 0.95}
+    objects = (("cat", [10, 10, 40, 40]), ("cat", [50, 50, 40, 40]))
+    items = [item("m0", None, objects=objects)]
+    items[0]["width"] = items[0]["height"] = 100
+    items[0]["metadata_items"][1]["properties"]["metadata_items"] = [{"type": "issue", "properties": blurred}]
+    options = {"task": "detection", "cache_dir": tmp_path / "c", "object_drop_issues": {"blur": 0.8}}
+    dataset = VisualLayerDataset.from_export(write_export(tmp_path, items), **options)
+    (target,) = [dataset[0][1]]
+    assert target["boxes"].tolist() == [[10, 10, 50, 50]], "the blurred box should leave the targets"
+    found = {"m0": {"boxes": target["boxes"], "scores": [0.9], "labels": target["labels"]}}
+    assert mean_average_precision(dataset, found).map == pytest.approx(1.0)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigurationError, PredictionsError
+from ..metadata.curated import has_issue
 from ..metadata.curation import label_sources
 
 
@@ -51,7 +52,9 @@ def mean_average_precision(dataset: Any, predictions: Mapping[str, Mapping[str, 
                 column="media_id",
                 media_id=media_id,
             )
-    matches = match_boxes(dataset.table, classes, dataset.label_source, predictions)
+    matches = match_boxes(
+        dataset.table, classes, dataset.label_source, predictions, drop_issues=dataset.object_drop_issues
+    )
     return matches.scores(np.arange(len(media_ids)))
 
 
@@ -64,12 +67,19 @@ def detection_classes(dataset: Any) -> list[str]:
 
 
 def match_boxes(
-    table: pa.Table, classes: list[str], label_source: Any, predictions: Mapping[str, Mapping[str, Any]]
+    table: pa.Table,
+    classes: list[str],
+    label_source: Any,
+    predictions: Mapping[str, Mapping[str, Any]],
+    *,
+    drop_issues: Mapping[str, float] | None = None,
 ) -> BoxMatches:
     """Each row of ``table`` (with ``media_id`` and ``objects``) matched by COCOeval against its
-    entry in ``predictions`` (none: no predicted box), ready to be scored over any rows."""
+    entry in ``predictions`` (none: no predicted box), ready to be scored over any rows. The true
+    boxes are the dataset's targets: ``drop_issues`` (its ``object_drop_issues``) leaves out those
+    its training targets leave out."""
     coco = _coco()
-    truth = true_boxes(table, classes, label_source)
+    truth = true_boxes(table, classes, label_source, drop_issues)
     media_ids = table.column("media_id").to_pylist()
     found = [_predicted(predictions[m], classes, m) if m in predictions else None for m in media_ids]
     images_with_class = np.zeros(len(classes), np.int64)
@@ -177,10 +187,14 @@ def mean_precision(precision: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else float("nan")
 
 
-def true_boxes(table: pa.Table, classes: list[str], label_source: Any) -> list[dict[str, np.ndarray]]:
-    """Each row's objects of a known class (and chosen source) with a box, as xyxy boxes and class indices."""
+def true_boxes(
+    table: pa.Table, classes: list[str], label_source: Any, drop_issues: Mapping[str, float] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Each row's objects of a known class (and chosen source) with a box and without an issue
+    ``drop_issues`` drops, as xyxy boxes and class indices: the dataset's detection targets."""
     index = {name: i for i, name in enumerate(classes)}
     sources = label_sources(label_source)
+    drop = drop_issues or {}
     out: list[dict[str, np.ndarray]] = []
     for objects in table.column("objects").to_pylist():
         boxes: list[tuple[float, float, float, float]] = []
@@ -188,7 +202,7 @@ def true_boxes(table: pa.Table, classes: list[str], label_source: Any) -> list[d
         for obj in objects:
             if sources is not None and obj.get("source") not in sources:
                 continue
-            if obj.get("category_name") not in index or obj.get("bbox") is None:
+            if obj.get("category_name") not in index or obj.get("bbox") is None or has_issue(obj, drop):
                 continue
             x, y, w, h = obj["bbox"]
             boxes.append((x, y, x + w, y + h))  # the export's xywh, top-left origin, to xyxy
@@ -204,19 +218,34 @@ def _predicted(entry: Mapping[str, Any], classes: list[str], media_id: str) -> d
     missing = [key for key in ("boxes", "scores", "labels") if key not in entry]
     if missing:
         raise fail(f"the prediction lacks {missing[0]!r}", missing[0])
-    boxes = np.asarray(entry["boxes"], dtype=np.float32).reshape(-1, 4) if len(entry["boxes"]) else np.zeros((0, 4))
-    scores = np.asarray(entry["scores"], dtype=np.float32).reshape(-1)
-    labels = _label_indices(entry["labels"], classes, fail)
+    try:  # lists, numpy arrays or tensors (a torchvision model's output, the dataset's own targets)
+        boxes = np.asarray(_plain(entry["boxes"]), dtype=np.float32)
+        scores = np.asarray(_plain(entry["scores"]), dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise fail("boxes and scores must be numbers", "boxes") from None
+    boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise fail(f"boxes must be N x 4 (x1, y1, x2, y2), got shape {tuple(boxes.shape)}", "boxes")
+    labels = _label_indices(_plain(entry["labels"]), classes, fail)
     if not len(boxes) == len(scores) == len(labels):
         raise fail(f"{len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels differ in number", "boxes")
     if not np.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any():
         raise fail("boxes must be finite xyxy with x2 >= x1 and y2 >= y1", "boxes")
-    return {"boxes": boxes.astype(np.float32), "scores": scores, "labels": labels}
+    if not ((scores >= 0) & (scores <= 1)).all():  # NaN fails this too: a score ranks the boxes
+        raise fail("scores must be confidences from 0 to 1", "scores")
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+def _plain(values: Any) -> Any:
+    """``values`` as plain numbers: a tensor (on any device) as a numpy array, anything else as it is."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        return values.detach().cpu().numpy()
+    return values
 
 
 def _label_indices(values: Sequence[Any], classes: list[str], fail: Any) -> np.ndarray:
     out = []
-    for value in list(values):
+    for value in np.asarray(values).tolist() if isinstance(values, np.ndarray) else list(values):
         if isinstance(value, str) and value in classes:
             out.append(classes.index(value))
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(classes):

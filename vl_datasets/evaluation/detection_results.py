@@ -70,7 +70,7 @@ def evaluate_detection(
     classes = detection_classes(dataset)
     details = dataset.curation_details()
     items = _scored_images(details, predictions)
-    matches = match_boxes(items, classes, dataset.label_source, predictions)
+    matches = match_boxes(items, classes, dataset.label_source, predictions, drop_issues=dataset.object_drop_issues)
     leaks = None
     if train_ids is not None:
         leaks = train_leaks(details, list(train_ids), items.column("media_id").to_pylist())

@@ -363,7 +363,7 @@ class CuratedItems:
         for obj in self._index_column("objects")[self.list.row(index)].as_py():
             if chosen is not None and obj.get("source") not in chosen:
                 continue
-            if obj.get("category_name") not in class_to_idx or _has_issue(obj, drop):
+            if obj.get("category_name") not in class_to_idx or has_issue(obj, drop):
                 continue
             if obj.get("bbox") is None:  # a labelled object with no box (the metadata allows it) is no target box
                 continue
@@ -419,7 +419,8 @@ def _without_image(rows: pa.Table) -> pa.Table:
     return rows.drop_columns([IMAGE_COLUMN]) if IMAGE_COLUMN in rows.column_names else rows
 
 
-def _has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
+def has_issue(obj: dict, thresholds: Mapping[str, float]) -> bool:
+    """Whether object ``obj`` carries an issue at or above its type's threshold (``object_drop_issues``)."""
     return any(
         issue.get("issue_type") in thresholds and (issue.get("confidence") or 0) >= thresholds[issue["issue_type"]]
         for issue in obj.get("issues") or []
