@@ -208,3 +208,46 @@ def test_vltrainer_refuses_a_dataset_that_is_not_ours(open_part, tmp_path):
     trainer = VLTrainer(model=_tiny_vit(open_part("train")), args=_args(tmp_path, max_steps=1), train_dataset=[1, 2])
     with pytest.raises(ConfigurationError, match="train_dataset must be a VisualLayerDataset"):
         trainer.train()
+
+
+def test_vltrainer_refuses_eval_classes_numbered_otherwise_than_train(open_part, tmp_path):
+    """The model's outputs are numbered as train's classes: an eval set of other classes would be
+    scored against the wrong names without a word."""
+    train = open_part("train")
+    test = open_part("test", classes=[str(d) for d in reversed(range(10))])
+    for eval_dataset in (test, {"test": test}):
+        with pytest.raises(ConfigurationError, match=r"classes=train_dataset\.classes"):
+            VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, eval_dataset=eval_dataset)
+    VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, eval_dataset=open_part("test"))
+
+
+class _MultimodalProcessor:
+    """What AutoProcessor gives for CLIP or SigLIP: an image processor inside, no image_mean of its own."""
+
+    def __init__(self, image_processor) -> None:
+        self.image_processor = image_processor
+
+
+def test_vltrainer_takes_the_image_processor_a_multimodal_processor_holds(open_part, tmp_path):
+    train = open_part("train")
+    inner = ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.6, 0.7])
+    trainer = VLTrainer(
+        model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, processing_class=_MultimodalProcessor(inner)
+    )
+    assert trainer.pixel_values.processor is inner
+    with pytest.raises(ConfigurationError, match="has no image processor"):
+        VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, processing_class=object())
+
+
+def test_hf_collate_takes_multilabel_targets_and_names_pil_images(open_part):
+    multilabel = open_part("train", task="multilabel")
+    collated = HFCollate()([multilabel[i] for i in range(4)])
+    ours = next(iter(to_hf_batches(multilabel.dataloader(4, shuffle=False, num_workers=0))))
+    assert collated["labels"].shape == (4, 10) and torch.equal(collated["labels"], ours["labels"])
+    pil = open_part("train", decode="pil")
+    with pytest.raises(ConfigurationError, match="decode='pil'"):
+        HFCollate()([pil[i] for i in range(2)])
+    with pytest.raises(ConfigurationError, match="mean must be 1 or 3"):
+        PixelValues(mean=[])
+    with pytest.raises(ConfigurationError, match="std must be 1 or 3"):
+        PixelValues(std=[float("nan")] * 3)

@@ -18,8 +18,9 @@ rescale and normalization, as Trainer would apply it), or, without one, from our
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -56,8 +57,8 @@ class PixelValues:
         if processor is not None and (mean is not None or std is not None):
             raise ConfigurationError("PixelValues takes a processor or mean/std, not both: the processor normalizes.")
         self.processor = processor
-        self.mean = _per_channel("mean", mean or (0.5, 0.5, 0.5))
-        self.std = _per_channel("std", std or (0.5, 0.5, 0.5))
+        self.mean = _per_channel("mean", (0.5, 0.5, 0.5) if mean is None else mean)  # [] is no default
+        self.std = _per_channel("std", (0.5, 0.5, 0.5) if std is None else std)
 
     @classmethod
     def like(cls, processor: Any) -> PixelValues:
@@ -66,6 +67,7 @@ class PixelValues:
         return cls(mean=processor.image_mean, std=processor.image_std)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        _check_tensor(images)
         if self.processor is not None:
             return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         # In place on the new float tensor, which keeps the batch's channels-last memory.
@@ -77,9 +79,17 @@ class PixelValues:
         return f"PixelValues(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
+def _check_tensor(images: Any) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise ConfigurationError(
+            f"pixel values are made from uint8 image tensors, got {type(images).__name__}: open the dataset "
+            "with decode='tensor' (the default), not decode='pil'."
+        )
+
+
 def _per_channel(name: str, values: Sequence[float]) -> torch.Tensor:
     values = list(values)
-    if len(values) not in (1, 3) or any(name == "std" and v <= 0 for v in values):
+    if len(values) not in (1, 3) or not all(math.isfinite(v) and (name != "std" or v > 0) for v in values):
         raise ConfigurationError(f"{name} must be 1 or 3 numbers (std above 0), got {values!r}.")
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -92,9 +102,13 @@ class HFCollate:
         self.pixel_values = pixel_values or PixelValues()
 
     def __call__(self, samples: list) -> dict[str, torch.Tensor]:
-        images = torch.stack([image for image, _ in samples])
-        labels = torch.as_tensor([label for _, label in samples])
-        return {"pixel_values": self.pixel_values(images), "labels": labels}
+        images = [image for image, _ in samples]
+        for image in images:
+            _check_tensor(image)
+        labels = [label for _, label in samples]
+        # Class indices (classification) or multi-hot vectors (multilabel), as the loader collates them.
+        stacked = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.as_tensor(labels)
+        return {"pixel_values": self.pixel_values(torch.stack(images)), "labels": stacked}
 
 
 class HFBatches(WholeEpochs):
@@ -147,8 +161,8 @@ class VLTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        processor = self.processing_class if hasattr(self.processing_class, "image_mean") else None
-        self.pixel_values = PixelValues(processor, mean=pixel_mean, std=pixel_std)
+        self.pixel_values = PixelValues(_image_processor(self.processing_class), mean=pixel_mean, std=pixel_std)
+        _check_same_classes(self.train_dataset, self.eval_dataset)
         self._train_batches: HFBatches | None = None
         self._loader_state: dict[str, Any] | None = None
         self.add_callback(_SaveLoaderState(self))
@@ -206,6 +220,34 @@ class VLTrainer(Trainer):
                 f"Resuming mid-epoch with gradient_accumulation_steps={accumulation} needs the epoch's "
                 f"{batches} batches to be a multiple of it; resume from an epoch's end, or pick a batch "
                 "size or accumulation that divides the epoch."
+            )
+
+
+def _image_processor(processing_class: Any) -> Any:
+    """The image processor of Trainer's ``processing_class``: itself, or the one a multimodal
+    processor (``AutoProcessor`` of CLIP, SigLIP...) holds; None without one. A processing class
+    with no image processor is refused: its normalization would be dropped without a word."""
+    if processing_class is None:
+        return None
+    for candidate in (processing_class, getattr(processing_class, "image_processor", None)):
+        if candidate is not None and hasattr(candidate, "image_mean"):
+            return candidate
+    raise ConfigurationError(
+        f"processing_class {type(processing_class).__name__} has no image processor (image_mean, image_std): "
+        "pass the checkpoint's image processor, or pixel_mean and pixel_std."
+    )
+
+
+def _check_same_classes(train: Any, evaluated: Any) -> None:
+    """Every eval dataset must number the classes as train does: the model's outputs are train's."""
+    if train is None or evaluated is None:
+        return
+    named = evaluated.items() if isinstance(evaluated, Mapping) else [("eval_dataset", evaluated)]
+    for name, dataset in named:
+        if list(getattr(dataset, "classes", [])) != list(train.classes):
+            raise ConfigurationError(
+                f"{name}'s classes {list(dataset.classes)} are not train_dataset's {list(train.classes)}: the model's "
+                "outputs are numbered as train's. Open it with classes=train_dataset.classes."
             )
 
 
