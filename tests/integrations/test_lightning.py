@@ -136,10 +136,19 @@ def test_a_preempted_fit_resumes_from_its_checkpoint_with_the_batches_an_uninter
 
 
 def test_bad_settings_are_refused_with_a_clear_error(export):
-    with pytest.raises(ConfigurationError, match="'train' part"):
-        _module(export, split={"fit": 0.8, "test": 0.2})
+    for split in ({"fit": 0.8, "test": 0.2}, {"train": 0.8, "holdout": 0.2}, {"train": 0.8, "validation": 0.2}):
+        with pytest.raises(ConfigurationError, match=r"train \(required\), val and test"):  # never a part unused
+            _module(export, split=split)
     with pytest.raises(ConfigurationError, match="neither subset"):
         _module(export, rules=CurationRules(subset=["a"]))
+    with pytest.raises(ConfigurationError, match="no field 'min_uniq'"):
+        _module(export, rules={"min_uniq": 0.1})
+    with pytest.raises(ConfigurationError, match="as rules=, not curation="):
+        _module(export, curation=CurationRules(min_uniqueness=0.5))
+    with pytest.raises(ConfigurationError, match="leaves the test part"):
+        _module(export, split={"train": 0.9999, "test": 0.0001}).setup("fit")
+    rebuilt = VLDataModule(**_module(export, task="multilabel", classes=list("0123456789")).hparams)
+    assert (rebuilt.hparams["task"], rebuilt.hparams["classes"]) == ("multilabel", list("0123456789"))
     data = _module(export, split={"train": 0.8, "test": 0.2})
     with pytest.raises(ConfigurationError, match="setup"):
         data.train_dataloader()

@@ -64,8 +64,12 @@ class VLDataModule(pl.LightningDataModule):
         super().__init__()
         self.rules = _rules(rules)
         self.split = dict(split or DEFAULT_SPLIT)
-        if "train" not in self.split:
-            raise ConfigurationError(f"split needs a 'train' part, got {sorted(self.split)}.")
+        if "train" not in self.split or not set(self.split) <= set(DEFAULT_SPLIT):
+            # Any other name ("validation", "holdout") would be split off and never used.
+            raise ConfigurationError(f"split names the parts train (required), val and test, got {sorted(self.split)}.")
+        for name in ("curation", "subset"):
+            if name in dataset_options:
+                raise ConfigurationError(f"VLDataModule takes its curation as rules=, not {name}=.")
         self.source = source
         self.local = isinstance(source, os.PathLike) or Path(source).exists()
         self.dataset_options = {"image_size": image_size, "cache_dir": cache_dir, **dataset_options}
@@ -81,6 +85,8 @@ class VLDataModule(pl.LightningDataModule):
                 "num_workers": num_workers,
                 "seed": seed,
                 "image_size": image_size,
+                # What decides the targets, when given: VLDataModule(**hparams) must rebuild the same module.
+                **{name: dataset_options[name] for name in ("task", "classes") if name in dataset_options},
             }
         )
         self.datasets: dict[str, VisualLayerDataset] = {}
@@ -91,6 +97,12 @@ class VLDataModule(pl.LightningDataModule):
             return
         everything = self._open(task=None)
         parts = leakage_safe_split(everything, self.split, seed=self.hparams["split_seed"])
+        empty = [name for name, ids in parts.items() if not len(ids)]
+        if empty:
+            raise ConfigurationError(
+                f"The split {self.split} leaves the {', '.join(empty)} part(s) empty: the export's "
+                f"{len(everything):,} items form too few linked groups for it. Change split= or use more data."
+            )
         train = self._open(curation=dataclasses.replace(self.rules, subset=parts["train"]))
         self.datasets["train"] = train
         for name in (name for name in ("val", "test") if name in parts):
@@ -143,7 +155,11 @@ class VLDataModule(pl.LightningDataModule):
 def _rules(rules: CurationRules | Mapping[str, Any] | None) -> CurationRules:
     if rules is None:
         return CurationRules()
-    rules = rules if isinstance(rules, CurationRules) else CurationRules(**rules)
+    if not isinstance(rules, CurationRules):
+        unknown = sorted(set(rules) - {field.name for field in dataclasses.fields(CurationRules)})
+        if unknown:
+            raise ConfigurationError(f"rules has no field {', '.join(map(repr, unknown))}; see CurationRules.")
+        rules = CurationRules(**rules)
     if rules.subset is not None or rules.where is not None:
         raise ConfigurationError(
             "VLDataModule's rules take neither subset (the split makes each part's) nor where (a pyarrow "
