@@ -162,3 +162,10 @@ def _good(tmp_path):
     path = tmp_path / "good.json"
     path.write_text(json.dumps([box(), box(category_name="dog", score=0.25)]))
     return path
+
+
+def test_a_predictions_file_without_a_box_exits_1_as_an_empty_classification_file_does(service, tmp_path, capsys):
+    predictions = tmp_path / "boxes.json"
+    predictions.write_text("[]")
+    assert run(service, tmp_path, predictions) == 1
+    assert f"{predictions}: holds no predicted box" in capsys.readouterr().err

@@ -48,6 +48,8 @@ def read_detections(path: str | Path, classes: list[str]) -> dict[str, dict[str,
     """The box predictions in the JSON or Parquet file at ``path`` (module docstring), by media id."""
     path = Path(path)
     rows = _rows(path)
+    if not rows:  # as a classification file with no row: a wrong file, far likelier than a blind model
+        raise PredictionsError(f"{path}: holds no predicted box.")
     found: dict[str, dict[str, list[Any]]] = {}
     for row, record in enumerate(rows):
         media_id, label, box, score = _parse(record, classes, path, row)
