@@ -203,3 +203,53 @@ def test_torchrun_two_ranks_get_equal_disjoint_shards(quick_vl, tmp_path):
         assert len(set(rank0[epoch]) | set(rank1[epoch])) == 8, f"epoch {epoch}: the ranks together missed items"
     assert rank0[0] != rank0[1]  # reshuffled each epoch without set_epoch
     assert quick_vl.count("export") == 1
+
+
+def test_epochs_without_a_batch_end_at_once_with_workers(folder):
+    """drop_last with fewer items than a batch: every epoch is empty, and the workers' stream of
+    such epochs must not spin forever waiting for a first batch (it did, at 100% CPU)."""
+    code = (
+        "import sys\n"
+        "from vl_datasets.loading.dataset import VisualLayerDataset\n"
+        f"ds = VisualLayerDataset.from_export({str(folder)!r}, task=None, image_size=8)\n"
+        f"loader = ds.dataloader({ITEMS + 5}, num_workers=1, drop_last=True, seed=0, multiprocessing_context='fork')\n"
+        "print(len(loader), [len(list(loader)) for _ in range(2)])\n"
+    )
+    result = run_child([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, limit_s=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0 [0, 0]"
+
+
+@pytest.mark.parametrize("batch_size", [None, 0, -1, 2.5, True])
+def test_a_batch_size_that_is_no_positive_integer_is_refused_naming_it(folder, batch_size):
+    from vl_datasets import ConfigurationError
+
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    with pytest.raises(ConfigurationError, match="batch_size must be a positive integer"):
+        ds.dataloader(batch_size)
+
+
+def test_batches_out_of_order_are_refused_for_they_cannot_resume(folder):
+    from vl_datasets import ConfigurationError
+
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    with pytest.raises(ConfigurationError, match="in_order=False"):
+        ds.dataloader(3, num_workers=2, in_order=False)
+
+
+@pytest.mark.parametrize("batch_size", [3, 2, 1])
+def test_a_state_after_a_drop_last_epochs_last_batch_resumes_to_an_empty_rest_at_any_batch_size(folder, batch_size):
+    """The items drop_last left are no rest of the epoch: at another batch size they made a batch more."""
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    loader = ds.dataloader(4, num_workers=0, seed=0, drop_last=True)
+    assert ITEMS % 4, "the test needs items that drop_last leaves"
+    batches = iter(loader)
+    for _ in range(len(loader)):
+        next(batches)
+    state = loader.state_dict()
+    resumed = ds.dataloader(batch_size, num_workers=0, seed=0, drop_last=True)
+    resumed.load_state_dict(state)
+    assert list(resumed) == [], "the finished epoch's dropped items came back"
+    reference = ds.dataloader(batch_size, num_workers=0, seed=0, drop_last=True)
+    epoch_ids(reference)  # epoch 0
+    assert epoch_ids(resumed) == epoch_ids(reference), "the epoch after it is not epoch 1 as it comes"

@@ -70,7 +70,15 @@ class RequestSampler:
         for epoch in epochs:
             enter_epoch(self.sampler, epoch)
             skip = self.skip_first if epoch == self.first_epoch else 0
-            yield from itertools.islice(iter(self.per_epoch), skip, None)
+            empty = True
+            for batch in itertools.islice(iter(self.per_epoch), skip, None):
+                empty = False
+                yield batch
+            if empty and epoch > self.first_epoch:
+                # A whole epoch without a batch (drop_last, fewer items than a batch) has every later
+                # one without: the stream ends, where it would spin forever waiting for a first batch.
+                # (The first epoch may be a resumed one's empty rest, with whole epochs after it.)
+                return
 
     def epoch_length(self) -> int:
         """Batches in a whole epoch."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -171,6 +172,13 @@ class VLDataLoader(DataLoader):
         **kwargs: Any,
     ) -> None:
         """``DataLoader``'s arguments, with the same meaning; ``kwargs`` are its keyword-only ones."""
+        if kwargs.get("in_order", True) is not True:
+            raise ConfigurationError(
+                "in_order=False yields batches as workers finish them, out of the order a state_dict counts: a "
+                "resume would repeat some items and lose others. The loader keeps order (its reads run ahead)."
+            )
+        if batch_size is not None:  # None: torch's unbatched loading
+            _check_batch_size(batch_size)
         self._skip_batches = 0  # the resumed epoch's batches to skip, with a sampler of the caller's own
         options = {"num_workers": num_workers, "pin_memory": pin_memory, **kwargs}
         if isinstance(dataset, IterableDataset) or (batch_size is None and batch_sampler is None):
@@ -212,7 +220,7 @@ class VLDataLoader(DataLoader):
             dataset, batch_size, shuffle, sampler, batch_sampler, drop_last, options.get("generator")
         )
         workers = options["num_workers"]
-        streams = workers > 0 and options.get("persistent_workers", False) and options.get("in_order", True)
+        streams = workers > 0 and options.get("persistent_workers", False)
         self._requests = RequestSampler(
             per_epoch, sampler, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
         )
@@ -309,6 +317,10 @@ class VLDataLoader(DataLoader):
         """How far the epoch in progress is: items of its global order done by all ranks together,
         or with a sampler of the caller's own, index batches done by this rank."""
         if isinstance(self.sampler, EpochSampler):
+            if self.drop_last and self._taken >= self._batches_in(epoch):
+                # Its last batch taken, the epoch is done: the items drop_last left are no rest,
+                # which at another batch size or world size would make a batch more.
+                return self.sampler.size
             return self.sampler.position_after(epoch, self._taken * (self.batch_size or 1))
         return self._skip_batches + self._taken
 
@@ -436,6 +448,11 @@ def _per_epoch(
     return sampler, BatchSampler(sampler, batch_size, drop_last), batch_size
 
 
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}.")
+
+
 def _rank_of(sampler) -> tuple[int, int]:
     """(rank, world size) of a sampler: a DistributedSampler's, else (0, 1)."""
     if isinstance(sampler, DistributedSampler):
@@ -457,6 +474,7 @@ def make_dataloader(
 ) -> VLDataLoader:
     """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults.
     ``order`` and ``shard_window``: see ``vl_datasets.loading.sampler.epoch_sampler``."""
+    _check_batch_size(batch_size)  # here, not at the first batch: None would be torch's unbatched loading
     if num_workers is None:
         num_workers = min(usable_cores(), 8)
     base_seed = seed if seed is not None else torch.initial_seed() % 2**63
