@@ -233,3 +233,15 @@ def test_poll_of_an_empty_task_id_is_a_404_not_a_422(local_vl):
     assert answer.status_code == 404
     task = poll(local_vl, start_full(local_vl).json()["id"])
     assert task["status"] == "IN_PROGRESS"
+
+
+def test_a_body_nested_past_what_json_reads_is_answered_not_dropped(local_vl):
+    """50,000 brackets (100 KB, under the body limit) made json.loads recurse out: the connection
+    was closed without an answer, on every route, a GET's ignored body included."""
+    body = b"[" * 50_000 + b"]" * 50_000
+    headers = {"Content-Type": "application/json"}
+    start = requests.post(
+        api(local_vl, "ds-ready/export_entities_async"), params={"export_format": "json"}, data=body, headers=headers
+    )
+    assert start.status_code == 400 and start.json() == {"detail": "There was an error parsing the body"}
+    assert requests.get(api(local_vl, "ds-ready"), data=body, headers=headers).status_code == 200

@@ -143,7 +143,8 @@ class Handler(BaseHTTPRequestHandler):
         self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         self.body = self._read_body()
         if self.body:
-            with contextlib.suppress(ValueError):  # the API decides whether a non-JSON body is an error
+            # The API decides whether a body that is no JSON (or nests past what json.loads takes) is an error.
+            with contextlib.suppress(ValueError, RecursionError):
                 self.body_json = json.loads(self.body)
 
     def _read_body(self) -> bytes:

@@ -124,7 +124,7 @@ def json_body(content_type: str | None, body: bytes) -> tuple[Any, Errors]:
         return json.loads(body), []
     except json.JSONDecodeError as exc:
         return MISSING, [entry("json_invalid", ["body", exc.pos], "JSON decode error", {}, {"error": exc.msg})]
-    except ValueError:  # not UTF-8/16/32: Starlette's request.json() fails before any JSON is seen
+    except (ValueError, RecursionError):  # not UTF-8/16/32, or nested past json.loads: unparsable
         raise BodyParseError from None
 
 
