@@ -119,6 +119,25 @@ def test_serve_takes_exactly_one_of_root_or_sample(capsys):
     assert "not allowed with" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--port", "99999"], "'99999' is not a port from 0 to 65535"),
+        (["--storage-port", "-1"], "'-1' is not a port"),
+        (["--max-body-bytes", "0"], "'0' is not a whole number of 1 or more"),
+        (["--max-images-per-export", "-3"], "'-3' is not a whole number"),
+    ],
+)
+def test_serve_refuses_a_bad_port_or_limit_as_a_usage_error(capsys, argv, says):
+    """Not a bind() traceback once the service starts."""
+    from vl_datasets.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--sample", *argv])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
 def test_serve_root_is_the_folder_or_the_shipped_sample(dataset_root, tmp_path, monkeypatch):
     import vl_datasets.sample
     from vl_datasets.cli import build_parser

@@ -24,6 +24,19 @@ DEFAULT_MAX_ENTITIES_PER_EXPORT = 10_000_000
 MAX_BODY_BYTES = 16 << 20
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse (0: any free one), whose usage line then names the bad value."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 to 65535")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve", parents=parents, help="run the local Visual Layer service over a folder of datasets"
@@ -34,8 +47,8 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)"
     )
-    serve.add_argument("--port", type=int, default=2080, help="port of the API (0: any free one, printed at start)")
-    serve.add_argument("--storage-port", type=int, default=0, help="port of the download origin (0: any free)")
+    serve.add_argument("--port", type=_port, default=2080, help="port of the API (0: any free one, printed at start)")
+    serve.add_argument("--storage-port", type=_port, default=0, help="port of the download origin (0: any free)")
     serve.add_argument(
         "--download-uri",
         choices=DOWNLOAD_URI_STYLES,
@@ -45,19 +58,19 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     serve.add_argument(
         "--max-images-per-export",
-        type=int,
+        type=_positive,
         default=DEFAULT_MAX_IMAGES_PER_EXPORT,
         help=f"reject a larger export with images, as the platform does (default {DEFAULT_MAX_IMAGES_PER_EXPORT:,})",
     )
     serve.add_argument(
         "--max-entities-per-export",
-        type=int,
+        type=_positive,
         default=DEFAULT_MAX_ENTITIES_PER_EXPORT,
         help=f"reject a larger export without images (default {DEFAULT_MAX_ENTITIES_PER_EXPORT:,})",
     )
     serve.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=_positive,
         default=MAX_BODY_BYTES,
         help=f"answer 413 to a larger request body, a selection of too many ids (default {MAX_BODY_BYTES:,})",
     )
