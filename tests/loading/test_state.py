@@ -499,3 +499,18 @@ def reopened(ds):
 @pytest.fixture
 def sharded_copy(ds):
     return read_from_shards(reopened(ds))
+
+
+def test_a_random_state_drawn_from_another_seed_is_refused_when_loaded(ds):
+    """A state put together from two (its seed from one, its generator from another) would resume
+    another order: items repeated and lost, without a word."""
+
+    def state_of(seed):
+        loader = loader_of(ds, 0, seed=seed)
+        next(iter(loader))
+        return loader.state_dict()
+
+    spliced = {**state_of(0), "random_state": state_of(1)["random_state"]}
+    with pytest.raises(errors.ConfigurationError, match="random_state was drawn from seed 1, not from its seed 0"):
+        loader_of(ds, 0, seed=0).load_state_dict(spliced)
+    loader_of(ds, 0, seed=0).load_state_dict(state_of(0))  # its own is taken

@@ -294,6 +294,7 @@ class VLDataLoader(DataLoader):
             )
         if isinstance(self.sampler, EpochSampler):
             self.sampler.check_shards(state["order"], state.get("shards"))
+            self.sampler.check_random_state(state["seed"], state["random_state"])
         else:
             self._check_same_batches(state)
         self._pending = dict(state)

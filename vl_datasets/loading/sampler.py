@@ -229,12 +229,21 @@ class EpochSampler(DistributedSampler):
         return [drawn, base64.b64encode(self._before[drawn].numpy().tobytes()).decode("ascii")]
 
     def _restore(self, epoch: int, encoded: str) -> None:
-        generator = torch.Generator()
-        try:
-            generator.set_state(torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.uint8))
-        except (RuntimeError, ValueError):  # another torch's layout: drawn again from the seed instead
+        generator = _generator_of(encoded)
+        if generator is None:  # another torch's layout: drawn again from the seed instead
             return
         self._drawn, self._before, self._last = (generator, 2 * epoch), {epoch: generator.get_state()}, None
+
+    @staticmethod
+    def check_random_state(seed: int, random_state: list | None) -> None:
+        """Refuse a state's ``random_state`` drawn from another seed than its ``seed`` (a generator
+        keeps the seed it was made from): it would resume another order, without a word."""
+        generator = _generator_of(random_state[1]) if random_state is not None else None
+        if generator is not None and generator.initial_seed() != seed:
+            raise ConfigurationError(
+                f"This loader state's random_state was drawn from seed {generator.initial_seed()}, not from its "
+                f"seed {seed}: it would resume another order. The state was edited or put together."
+            )
 
     def start(self, epoch: int) -> int:
         """Where ``epoch`` starts in its global order: 0, or the resume position."""
@@ -298,3 +307,13 @@ class EpochSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.rank_length(self.epoch)
+
+
+def _generator_of(encoded: str) -> torch.Generator | None:
+    """The generator a state's ``random_state`` holds; None in another torch's layout."""
+    generator = torch.Generator()
+    try:
+        generator.set_state(torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.uint8))
+    except (RuntimeError, ValueError):
+        return None
+    return generator
