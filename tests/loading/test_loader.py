@@ -253,3 +253,17 @@ def test_a_state_after_a_drop_last_epochs_last_batch_resumes_to_an_empty_rest_at
     reference = ds.dataloader(batch_size, num_workers=0, seed=0, drop_last=True)
     epoch_ids(reference)  # epoch 0
     assert epoch_ids(resumed) == epoch_ids(reference), "the epoch after it is not epoch 1 as it comes"
+
+
+def test_an_iterator_of_an_earlier_epoch_takes_nothing_from_a_later_one(folder, caplog):
+    """A loop that broke out of an epoch keeps its iterator: used after the next epoch began, it
+    took batches from the stream the epochs share, and a later epoch repeated items."""
+    ds = VisualLayerDataset.from_export(folder, task=None, image_size=8)
+    loader = ds.dataloader(3, num_workers=2, seed=5, multiprocessing_context="fork")
+    stale = iter(loader)
+    next(stale)
+    assert sorted(epoch_ids(loader)) == ds.media_ids
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        assert list(stale) == []
+    assert "An iterator of epoch 0 was used after a later iter(loader)" in caplog.text
+    assert sorted(epoch_ids(loader)) == ds.media_ids, "the epoch after it missed or repeated items"

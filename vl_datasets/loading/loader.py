@@ -210,6 +210,7 @@ class VLDataLoader(DataLoader):
         self._yielded = 0
         self._skipped: list[SkippedSample] = []
         self._pending: dict[str, Any] | None = None  # a loaded state, for the next iter
+        self._iterations = 0  # epochs begun on the stream: an iterator of an earlier one ends
 
     def _init_with_requests(
         self, dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options: dict[str, Any]
@@ -392,7 +393,14 @@ class VLDataLoader(DataLoader):
             self._requests.start_at(epoch, self._skip_batches)
             self._stream = super().__iter__()
         self._epoch_unfinished = True
+        self._iterations += 1
+        this = self._iterations
         for _ in range(self._batches_in(epoch)):
+            if self._iterations != this:
+                # An iterator of an earlier epoch, used after a later one began: it would take that
+                # epoch's batches from the one stream they share.
+                logger.warning("An iterator of epoch %d was used after a later iter(loader): it ends here.", epoch)
+                return
             yield next(self._stream)
         self._epoch_unfinished = False
 
