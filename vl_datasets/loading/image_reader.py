@@ -159,6 +159,8 @@ class ItemPaths(Protocol):
     @property
     def paths(self) -> pa.Array | pa.ChunkedArray: ...
 
+    def all_paths(self) -> pa.Array | pa.ChunkedArray: ...
+
     @property
     def list_folder(self) -> Path | None: ...
 
@@ -406,7 +408,7 @@ class ImageReader:
 
         return prepare_images(
             self._source,
-            self.items.paths,
+            self.items.all_paths(),
             self.items.column("media_id"),
             on_error=self.options.on_error,
             num_workers=num_workers,
@@ -422,7 +424,7 @@ class ImageReader:
         summary = publish_shared(
             self._source,
             location,
-            self.items.paths.to_pylist(),
+            self.items.all_paths().to_pylist(),
             self.items.column("media_id").to_pylist(),
             export=CacheStore.content_name(self._entry),
             version=self._entry.version,

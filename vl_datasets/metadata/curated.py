@@ -183,7 +183,12 @@ class CuratedItems:
 
     @property
     def paths(self) -> pa.Array:
-        """Each item's image path, relative to the images' root, checked whole the first time."""
+        """Each item's image path, relative to the images' root, as mapped: for its length, or a few
+        of them. Reading every one: ``all_paths``."""
+        return self.list.paths
+
+    def all_paths(self) -> pa.Array:
+        """``paths``, checked whole the first time (``item_list``): for a pass over every path."""
         if self._checked_paths is None:
             self._checked_paths = self.list.checked_paths()
         return self._checked_paths
