@@ -5,8 +5,8 @@ removals, that the rules as documented keep and count, one row at a time: labels
 source), min_uniqueness (with keep_unscored), drop_issues at a confidence, then dedupe (the most
 unique kept member of each group at the chosen threshold, ties to the first row; a member of two
 groups goes when it is not the best of either), each counting what it removes among what the
-rules before it kept; a label, or a label source, that no item carries is an error, and dedupe
-chooses among thresholds that name groups. The exports mix what real ones hold and what they may:
+rules before it kept; a label source that no label has is an error, and dedupe chooses among
+thresholds that name groups. The exports mix what real ones hold and what they may:
 unscored items, null names and confidences, groups without a threshold, an issue listed twice.
 """
 
@@ -45,8 +45,6 @@ def _reference(rows: list[dict], rules: CurationRules) -> tuple[list[int], dict[
     if rules.label_source is not None and not chosen:
         raise CurationError("no label of that source")
     if rules.labels is not None:
-        if set(rules.labels) - {lab["category_name"] for lab in chosen}:
-            raise CurationError("a label no item carries")
         rule("labels", labelled)
     if rules.min_uniqueness is not None:
         scores = [r.get("score") for r in rows]

@@ -8,6 +8,7 @@ many items each rule removed: ``subset``, ``labels``, ``min_uniqueness``, ``drop
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,8 @@ from .media_ids import MediaIds
 from .options import doc, string_list
 from .ordered_map import WORKERS, ordered_map
 from .row_batches import one_array, release_pages, row_slices
+
+logger = logging.getLogger("vl_datasets")
 
 
 @dataclass(frozen=True)
@@ -279,25 +282,30 @@ def _labels_mask(table: pa.Table, rules: CurationRules) -> np.ndarray:
         hit = _row_mask_from_parents(parents.filter(hits), len(names))
         masks.append(hit if codes is None else hit[codes])
     unknown = sorted(set(rules.labels or ()) - present)
-    if unknown:  # a typo ("dgo") would otherwise keep fewer items without a word
+    if unknown:
+        # A typo ("dgo") would keep fewer items without a word; a label absent from one part of a
+        # split, or one export of several, is no mistake: said, not refused (none kept is refused).
         source = "" if rules.label_source is None else f" from {rules.label_source!r}"
-        raise CurationError(
-            f"labels names {', '.join(map(repr, unknown))}, which no item of this export carries{source}; "
-            f"its labels are {_some(present)}."
-        )
+        logger.warning(
+            "labels names %s, which no item of this export carries%s; its labels are %s.",
+            ", ".join(map(repr, unknown)), source, _some(present),
+        )  # fmt: skip
     return np.concatenate(masks)
 
 
 def check_label_sources(table: pa.Table, source: str | Iterable[str] | None) -> None:
-    """``CurationError`` when a label source ``source`` names is held by no label of ``table``: a
-    typo ("Usr") would leave every item without a label, for ``labels`` and for the targets."""
+    """``CurationError`` when a label source ``source`` names is held by no label of ``table``, of
+    an image or of an object (detection's targets): a typo ("Usr") would leave every item without
+    a label, for ``labels`` and for the targets."""
     wanted = label_sources(source)
     if wanted is None:
         return
     present: set[str] = set()
-    for _, part in row_slices(table, ["labels"]):
-        lists, _ = distinct(one_array(part.column("labels")))
-        present |= set(pc.unique(pc.struct_field(pc.list_flatten(plain(lists)), "source")).to_pylist())
+    columns = [name for name in ("labels", "objects") if name in table.column_names]
+    for _, part in row_slices(table, columns):
+        for name in columns:
+            lists, _ = distinct(one_array(part.column(name)))
+            present |= set(pc.unique(pc.struct_field(pc.list_flatten(plain(lists)), "source")).to_pylist())
     unknown = [name for name in wanted if name not in present]
     if unknown:
         raise CurationError(
