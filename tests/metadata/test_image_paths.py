@@ -106,6 +106,8 @@ def test_a_file_named_by_media_id_in_a_folder_settles_an_ambiguous_name():
     twice = [*members, f"images/elsewhere/{VIDEO_B}.jpeg"]
     with pytest.raises(ImageNotFoundError, match=VIDEO_B):  # two files named by one id settle nothing
         _resolve(twice, on_missing="null")
+    top = [*twice, f"images/{VIDEO_B}.jpg"]  # in images/ itself: the image, a thumbnail folder no rival
+    assert _resolve(top)[2] == f"images/{VIDEO_B}.jpg"
 
 
 def test_an_ambiguous_name_whose_file_another_row_took_names_that_file():

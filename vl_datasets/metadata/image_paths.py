@@ -29,7 +29,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     1. ``images/<file_path>`` (then ``<file_path>`` itself if it already starts with ``images/``);
     2. ``images/<file_name>`` (then ``<file_name>`` if it starts with ``images/``);
     3. the one member whose base name is the file name's base name;
-    4. ``images/<media_id>.<ext>`` for an image extension, in any folder under ``images/``.
+    4. ``images/<media_id>.<ext>`` for an image extension, then such a file alone in any folder under it.
 
     Steps 2-3 never hand one file to two rows: a file name that several files or several rows share,
     and that no other step settles, raises ``ImageNotFoundError`` naming the media_id and the
@@ -61,7 +61,12 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         members = members.filter(pc.invert(pc.is_in(members, value_set=pc.drop_null(resolved))))
         member_base = basename(members)
         by_base, base_ambiguous = _unique_match(basename(file_name.take(pending)), member_base, members)
-        by_id, id_ambiguous = _unique_match(media_id.take(pending), _media_id_stems(members, member_base), members)
+        ids = media_id.take(pending)
+        by_id, id_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=False), members)
+        # In images/ itself first (a thumbnail folder beside it is no rival), then in any folder.
+        nested, nested_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=True), members)
+        id_ambiguous = pc.or_(id_ambiguous, pc.and_(pc.is_null(by_id), nested_ambiguous))
+        by_id = pc.coalesce(by_id, nested)
         resolved = _scatter(resolved, pending, pc.coalesce(by_base, by_id))
         ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending), pc.or_(base_ambiguous, id_ambiguous)))
     unresolved = pc.is_null(resolved)
@@ -253,12 +258,11 @@ def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:
     return pc.fill_null(pc.greater(counts.field("counts").take(pc.index_in(keys, counts.field("values"))), 1), False)
 
 
-def _media_id_stems(members: pa.Array, member_base: pa.Array) -> pa.Array:
-    """``<stem>`` of each member ``images/[<folders>/]<stem>.<image extension>``; null for every
-    other member. The contract does not say where such a file sits: in any folder, as the base
-    names of step 3 are found, and a stem two members share settles no row."""
+def _media_id_stems(members: pa.Array, member_base: pa.Array, *, nested: bool) -> pa.Array:
+    """``<stem>`` of each member ``images/<stem>.<image extension>`` (with ``nested``, in any folder
+    under ``images/``: the contract does not say where such a file sits); null for every other."""
     lower = pc.utf8_lower(member_base)
-    is_image = pc.starts_with(members, "images/")
+    is_image = pc.starts_with(members, "images/") if nested else pc.equal(members, _in_images(member_base))
     has_extension = pc.ends_with(lower, f".{IMAGE_EXTENSIONS[0]}")
     for ext in IMAGE_EXTENSIONS[1:]:
         has_extension = pc.or_(has_extension, pc.ends_with(lower, f".{ext}"))
