@@ -26,6 +26,10 @@ def test_a_mapping_of_names_indices_or_scores():
     assert logits.confidence[1] == pytest.approx(np.exp(0.5) / (np.exp(0.2) + np.exp(0.3) + np.exp(0.5)))
     rounded = read_predictions({"a": [0.96, 0.02, 0.01], "b": [0.34, 0.33, 0.34]}, CLASSES)  # to two places
     assert rounded.confidence[0] == pytest.approx(0.96 / 0.99)
+    # Within 0-1 but not summing to 1 (sigmoids, a broken row): neither kind, never guessed.
+    with pytest.raises(PredictionsError, match=r"row 1 \(media id 'b'\): .* sums to 0.96, not 1") as caught:
+        read_predictions({"a": [0.9, 0.05, 0.05], "b": [0.5, 0.46, 0.0]}, CLASSES)
+    assert caught.value.media_id == "b"
 
 
 def test_csv_keeps_classes_and_ids_as_text(tmp_path):

@@ -134,7 +134,8 @@ def from_arrays(
 ) -> ClassPredictions:
     """Predictions from parallel arrays: ``labels`` (class names or indices) with an optional
     ``confidence``, or ``scores`` (items x classes: probabilities when every row is a distribution,
-    within rounding; else logits, every row turned into probabilities by a softmax)."""
+    within rounding; logits, every row turned into probabilities by a softmax, when a score lies
+    outside 0-1; scores all within 0-1 whose rows do not sum to 1 are refused)."""
     classes = list(classes)
     ids = _check_ids(list(media_ids), "media_id")
     if (labels is None) == (scores is None):
@@ -274,10 +275,22 @@ def _probabilities(scores: Any, ids: list[str], n_classes: int) -> np.ndarray:
             )
         out[row] = vector
     # One reading for the whole array, as a model gives one kind: probabilities when every row is
-    # one (printed or rounded to two places, a row sums to 0.99 or 1.01), else logits, every row:
-    # a row of logits can look like a distribution by chance, and read apart it would be misread.
-    if len(out) and ((out >= 0) & (out <= 1)).all() and np.allclose(out.sum(axis=1), 1.0, atol=_SUM_TOLERANCE):
-        return out / out.sum(axis=1, keepdims=True)
+    # one (printed or rounded to two places, a row sums to 0.99 or 1.01); logits when some score
+    # lies outside 0-1, every row then (one of logits can look like a distribution by chance).
+    sums = out.sum(axis=1)
+    off = np.flatnonzero(~np.isclose(sums, 1.0, atol=_SUM_TOLERANCE))
+    if ((out >= 0) & (out <= 1)).all():
+        if not len(off):
+            return out / sums[:, None]
+        row = int(off[0])
+        raise PredictionsError(
+            f"row {row} (media id {ids[row]!r}): scores all lie from 0 to 1, as probabilities do, but this row "
+            f"sums to {sums[row]:.3g}, not 1 ({len(off):,} rows do not): give each item's probabilities "
+            "(a softmax) or its logits, one kind for every row.",
+            column="scores",
+            row=row,
+            media_id=ids[row],
+        )
     exp = np.exp(out - out.max(axis=1, keepdims=True))  # a softmax, shifted so exp() cannot overflow
     return exp / exp.sum(axis=1, keepdims=True)
 
