@@ -16,6 +16,7 @@ from vl_datasets.config import normalize_base_url, resolve_cache_dir, resolve_cl
         ("localhost:2080", "http://localhost:2080"),
         ("10.0.0.5:2080", "https://10.0.0.5:2080"),
         ("http://onprem:2080/", "http://onprem:2080"),
+        ("http://[::1]:2080/vl@team", "http://[::1]:2080/vl@team"),  # an "@" in the path of an IPv6 host
     ],
 )
 def test_base_url_forms(given, expected):

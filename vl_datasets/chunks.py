@@ -66,7 +66,10 @@ _TOO_LARGE = re.compile(
 )
 _THRESHOLD = re.compile(r"threshold\D{0,24}?(\d[\d,]*)", re.IGNORECASE)
 # The other reason the contract gives for a REJECTED: a selection that matches nothing.
-_EMPTY_SELECTION = re.compile(r"\bempty\b|\bno\b[^.;]{0,40}\b(?:matched|match|found)\b", re.IGNORECASE)
+_EMPTY_SELECTION = re.compile(
+    r"\bempty\b|\bno\s+(?:media(?:\s+items?)?|items?|entities|ids)\b[^.;]{0,40}\b(?:matched|match|found)\b",
+    re.IGNORECASE,
+)
 
 
 def is_too_large(error: errors.ExportFailedError) -> bool:

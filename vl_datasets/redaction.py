@@ -53,8 +53,8 @@ DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s
 
 # user:password@ whose password holds a character that ends a URL's authority ("/", "?", "#", as a
 # raw AWS secret key holds "/"): URL libraries then take it for the host and the path, and show it.
-# A colon followed by digits up to the path is a port, not a password.
-_RAW_USER_INFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@:\s]*:(?![0-9]*(?:[/?#]|$))[^@\s]*@")
+# A colon followed by digits up to the path is a port, not a password; "[" opens an IPv6 host, never a user.
+_RAW_USER_INFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@:\s\[]*:(?![0-9]*(?:[/?#]|$))[^@\s]*@")
 
 
 def has_raw_user_info(url: str) -> bool:

@@ -82,6 +82,8 @@ def test_bad_detections_are_named(dataset):
     with pytest.raises(PredictionsError, match=r"N x 4 .*\(2, 5\)") as caught:
         mean_average_precision(dataset, {"m0": {"boxes": [[0] * 5] * 2, "scores": [0.5] * 2, "labels": ["cat"] * 2}})
     assert caught.value.media_id == "m0"
+    one_flat = {"m1": {"boxes": [0, 0, 20, 20], "scores": [0.7], "labels": [0]}}  # a single box, flat
+    assert mean_average_precision(dataset, one_flat).per_class["cat"] > 0
     assert not math.isnan(mean_average_precision(dataset, {}).map)
 
 

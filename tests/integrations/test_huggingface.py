@@ -237,6 +237,10 @@ def test_vltrainer_takes_the_image_processor_a_multimodal_processor_holds(open_p
     assert trainer.pixel_values.processor is inner
     with pytest.raises(ConfigurationError, match="has no image processor"):
         VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, processing_class=object())
+    chosen = VLTrainer(
+        model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, processing_class=object(), pixel_mean=[0.4]
+    )
+    assert chosen.pixel_values.processor is None and chosen.pixel_values.mean.flatten().tolist() == [pytest.approx(0.4)]
 
 
 def test_hf_collate_takes_multilabel_targets_and_names_pil_images(open_part):

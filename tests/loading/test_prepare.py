@@ -358,6 +358,30 @@ def test_a_damaged_store_json_is_written_again_and_its_images_kept(export, tmp_p
     assert all(torch.equal(a, b) for a, b in zip(every_image(again), before))
 
 
+def test_a_store_json_that_cannot_be_read_is_named_not_rewritten(export, tmp_path, monkeypatch):
+    """Unreadable (permissions on a shared cache, a failing disk) is not damaged: a rewrite there
+    would fail as a bare PermissionError, or replace a sound file."""
+    import pathlib
+
+    from vl_datasets import PreparedStoreError
+
+    ds = open_prepared(export, tmp_path, image_size=40)
+    identity = ds.images._source.store.path / "store.json"
+    before = identity.read_bytes()
+    real = pathlib.Path.read_bytes
+
+    def refused(path):
+        if path == identity:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refused)
+    with pytest.raises(PreparedStoreError, match=r"Cannot read .*store\.json: .*Permission denied"):
+        open_prepared(export, tmp_path, image_size=40)
+    monkeypatch.undo()
+    assert identity.read_bytes() == before, "an unreadable store.json was rewritten"
+
+
 def test_a_remote_original_replaced_is_prepared_again_by_prepare(export, tmp_path):
     import fsspec
 

@@ -442,6 +442,17 @@ def test_properties_kept_as_json_text_read_as_the_objects_they_spell(tmp_path):
     assert read.to_pylist() == nested.to_pylist()
 
 
+def test_properties_text_whose_unknown_keys_differ_in_type_reads_as_a_json_export_does(tmp_path):
+    media_items = items()
+    media_items[0]["metadata_items"][0]["properties"]["note"] = "text"
+    media_items[1]["metadata_items"] = [{"type": "issue", "properties": {"issue_type": "blur", "note": 3}}]
+    expected = read_metadata(write_json_export(tmp_path / "json", media_items).parent)
+    as_text = read_metadata(
+        write_parquet(tmp_path / "text", nested_table(_with_properties_as_text(media_items))).parent
+    )
+    assert as_text.select(["labels", "issues"]).to_pylist() == expected.select(["labels", "issues"]).to_pylist()
+
+
 @pytest.mark.parametrize(
     ("properties", "says"),
     [("[1, 2]", "holds a list, not an object"), ('{"confidence": 0.5', "is not valid JSON"), ("[" * 100, "nests")],

@@ -223,7 +223,7 @@ def _predicted(entry: Mapping[str, Any], classes: list[str], media_id: str) -> d
         scores = np.asarray(_plain(entry["scores"]), dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):
         raise fail("boxes and scores must be numbers", "boxes") from None
-    boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes
+    boxes = boxes.reshape(-1, 4) if boxes.size == 0 or boxes.shape == (4,) else boxes  # none, or one box flat
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise fail(f"boxes must be N x 4 (x1, y1, x2, y2), got shape {tuple(boxes.shape)}", "boxes")
     labels = _label_indices(_plain(entry["labels"]), classes, fail)

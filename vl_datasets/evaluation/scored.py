@@ -39,8 +39,8 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
     """
     details = dataset.curation_details()
     rows = _rows_of(details, predictions.media_ids, predictions.source)
-    outside = pc.fill_null(pc.equal(details.column("removed_by").take(pa.array(rows)), "subset"), False)
-    outside = outside.to_numpy(zero_copy_only=False)
+    removed_by = details.column("removed_by").take(pa.array(rows))
+    outside = pc.fill_null(pc.equal(removed_by, "subset"), False).to_numpy(zero_copy_only=False)
     if outside.any():
         logger.warning(
             "%d of the %d predictions are for items outside this dataset's subset= (another part of the "
@@ -52,8 +52,8 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
                 f"{predictions.source}: none of the {len(rows):,} predicted items is in this dataset's subset=."
             )
         predictions = _only(predictions, ~outside)
-        rows = rows[~outside]
-    unpredicted = len(dataset) - int(pc.sum(pc.is_null(details.column("removed_by").take(pa.array(rows)))).as_py() or 0)
+        rows, removed_by = rows[~outside], removed_by.filter(pa.array(~outside))
+    unpredicted = len(dataset) - int(pc.sum(pc.is_null(removed_by)).as_py() or 0)
     if unpredicted:
         logger.warning(
             "%d of the dataset's %d items have no prediction: the evaluation covers the %d that do.",

@@ -161,7 +161,9 @@ class VLTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.pixel_values = PixelValues(_image_processor(self.processing_class), mean=pixel_mean, std=pixel_std)
+        given = pixel_mean is not None or pixel_std is not None
+        processor = _image_processor(self.processing_class, normalization_given=given)
+        self.pixel_values = PixelValues(processor, mean=pixel_mean, std=pixel_std)
         _check_same_classes(self.train_dataset, self.eval_dataset)
         self._train_batches: HFBatches | None = None
         self._loader_state: dict[str, Any] | None = None
@@ -223,15 +225,18 @@ class VLTrainer(Trainer):
             )
 
 
-def _image_processor(processing_class: Any) -> Any:
+def _image_processor(processing_class: Any, *, normalization_given: bool) -> Any:
     """The image processor of Trainer's ``processing_class``: itself, or the one a multimodal
     processor (``AutoProcessor`` of CLIP, SigLIP...) holds; None without one. A processing class
-    with no image processor is refused: its normalization would be dropped without a word."""
+    with no image processor, and no ``pixel_mean``/``pixel_std`` given, is refused: the pixels'
+    normalization would be left to a default without a word."""
     if processing_class is None:
         return None
     for candidate in (processing_class, getattr(processing_class, "image_processor", None)):
         if candidate is not None and hasattr(candidate, "image_mean"):
             return candidate
+    if normalization_given:  # a tokenizer, say, beside the normalization the caller chose
+        return None
     raise ConfigurationError(
         f"processing_class {type(processing_class).__name__} has no image processor (image_mean, image_std): "
         "pass the checkpoint's image processor, or pixel_mean and pixel_std."

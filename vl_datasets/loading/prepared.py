@@ -148,7 +148,11 @@ def open_store(entry: LocalExport, settings: StoreSettings) -> PreparedStore:
         (path / PARTS).mkdir(parents=True, exist_ok=True)
         # Every process creating it at once writes the same bytes; the renames replace each other.
         write_json_atomic(path / STORE_FILE, {**identity, **facts})
-    found = _json_object(path / STORE_FILE)
+    try:
+        text = (path / STORE_FILE).read_bytes()
+    except OSError as exc:  # unreadable (permissions, a failing disk) is not damaged: nothing is rewritten
+        raise PreparedStoreError(f"Cannot read {path / STORE_FILE}: {exc}", path=str(path)) from None
+    found = _json_object_of(text)
     if found is None:
         # Damaged (truncated, a byte flipped, a JSON list): what it says is what the folder's name
         # says, so it is written again; the prepared images stay, each checked as it is read.
@@ -671,8 +675,17 @@ def _json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when it is missing, unreadable, nested past what json.loads
     takes, or not an object."""
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        return _json_object_of(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _json_object_of(text: bytes) -> dict[str, Any] | None:
+    """The JSON object ``text`` holds; None when it is no JSON (or not UTF-8), nests past what
+    json.loads takes, or is not an object."""
+    try:
+        found = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return found if isinstance(found, dict) else None
 

@@ -700,6 +700,9 @@ def _flatten(
     return _Items(len(lists), parent, item_rows, types, props)
 
 
+_PROPERTIES = RAW_ITEMS.value_type.field("properties").type  # the documented properties, typed
+
+
 def _properties_from_text(texts: pa.Array, where: str, source: str, rows: np.ndarray) -> pa.Array:
     """Items' ``properties`` kept as JSON text (a Parquet writer's way with objects whose keys differ
     from item to item), parsed into objects, to be typed as a JSON export's are. ``rows[i]``: the
@@ -712,6 +715,8 @@ def _properties_from_text(texts: pa.Array, where: str, source: str, rows: np.nda
         detail = f"{field} is not JSON this library reads: it {describe(depth, offset)}"
         raise row_error(source, int(rows[at]), detail, field)
     parsed = _read_wrapped(texts, None)
+    if parsed is None:  # types inferred apart by key (an unknown key a number here, text there): the known keys alone
+        parsed = _read_wrapped(texts, pa.schema([("m", _PROPERTIES)]))
     if parsed is not None and (pa.types.is_struct(parsed.type) or pa.types.is_null(parsed.type)):
         return parsed
     for at, text in enumerate(texts.to_pylist()):  # the first text at fault, named
