@@ -92,3 +92,20 @@ def test_a_manifest_of_another_json_shape_is_no_version(quick_vl, tmp_path, caps
     assert "ds-ready" not in capsys.readouterr().out
     with pytest.raises(errors.CacheMissError):
         fetch_export("ds-ready", cache_dir=tmp_path, offline=True)
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "1e400", "1000000"])
+def test_a_prune_age_that_is_no_date_exits_2_naming_it(tmp_path, capsys, days):
+    """NaN removed nothing without a word; a cutoff before the calendar's start was a traceback."""
+    assert main(["cache", "prune", "--older-than", days, "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "older_than_days must be a number of days from 0 to 100,000" in err and "Traceback" not in err
+
+
+def test_a_prune_policy_takes_numbers_of_days_and_whole_bytes_only():
+    from vl_datasets import ConfigurationError, PrunePolicy
+
+    for policy in ({"max_size": float("nan")}, {"max_size": True}, {"max_size": 2.5}, {"older_than_days": "3"}):
+        with pytest.raises(ConfigurationError):
+            PrunePolicy(**policy)
+    assert PrunePolicy(older_than_days=0.5, max_size=0).max_size == 0

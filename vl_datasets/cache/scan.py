@@ -15,6 +15,7 @@ identity may say how to count a partial store's items: ``{"count": {"what": "ima
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -157,13 +158,22 @@ class PrunePolicy:
     max_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.older_than_days is not None and self.older_than_days < 0:
-            raise ConfigurationError(f"older_than_days must be 0 or more, got {self.older_than_days}.")
-        if self.max_size is not None and self.max_size < 0:
-            raise ConfigurationError(f"max_size must be 0 or more bytes, got {self.max_size}.")
+        days = self.older_than_days
+        # NaN compares false with every age (it would remove nothing, silently), and a cutoff of
+        # more days than the calendar goes back overflows.
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, numbers.Real) or not 0 <= days <= _MAX_DAYS
+        ):
+            raise ConfigurationError(f"older_than_days must be a number of days from 0 to {_MAX_DAYS:,}, got {days!r}.")
+        size = self.max_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0):
+            raise ConfigurationError(f"max_size must be a whole number of bytes, 0 or more, got {size!r}.")
 
     def cutoff(self, now: datetime) -> datetime | None:
         return None if self.older_than_days is None else now - timedelta(days=self.older_than_days)
+
+
+_MAX_DAYS = 100_000  # about 270 years: further back, the cutoff is no date (before year 1)
 
 
 @dataclass(frozen=True)
