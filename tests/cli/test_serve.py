@@ -208,3 +208,21 @@ def test_serve_banner_gives_the_lines_a_client_shell_needs_never_the_secret(data
         assert len(key_lines) == 1 and key_lines[0].startswith("  export VL_API_KEY=k1 ")
         assert "VL_API_SECRET" in key_lines[0]
         assert secret not in first + "\n".join(rest)
+
+
+def test_serve_refuses_a_port_in_use_and_an_index_dir_that_is_a_file(tmp_path, capsys):
+    """Not an 'Address already in use' traceback, nor a service whose every export answers 500."""
+    import socket
+
+    from vl_datasets.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--sample", "--port", str(port)]) == 2
+        assert f"--port {port}: the port is in use on 127.0.0.1" in capsys.readouterr().err
+    a_file = tmp_path / "index"
+    a_file.write_text("")
+    assert main(["serve", "--sample", "--port", "0", "--index-dir", str(a_file)]) == 2
+    assert f"--index-dir {a_file} is not a folder" in capsys.readouterr().err

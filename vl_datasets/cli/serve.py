@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,6 +99,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server import serve
 
     secret = api_secret(args, os.environ)
+    if args.index_dir is not None and args.index_dir.exists() and not args.index_dir.is_dir():
+        # Found at start: found by the first export, every export answered 500.
+        raise errors.ConfigurationError(f"--index-dir {args.index_dir} is not a folder.")
+    for option, port in (("--port", args.port), ("--storage-port", args.storage_port)):
+        if port and not _port_free(args.host, port):
+            raise errors.ConfigurationError(f"{option} {port}: the port is in use on {args.host}.")
     serve(
         serve_root(args),
         host=args.host,
@@ -112,6 +119,18 @@ def run_serve(args: argparse.Namespace) -> int:
         index_dir=args.index_dir,
     )
     return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` now (the service binds it a moment later), with
+    SO_REUSEADDR as the service binds: a port left in TIME_WAIT by its last run is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def api_secret(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:

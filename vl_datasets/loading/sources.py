@@ -371,6 +371,8 @@ def check_source_options(
 ) -> None:
     """Refuse options that cannot work together, before anything is fetched or read. (``storage_options``
     also serve a ``prepared_root`` URL: then they need no images_root.)"""
+    if prepared_root is not None and not is_remote(prepared_root):
+        local_folder("prepared_root", prepared_root)  # "" would be the current folder
     if prepared_root is not None and is_remote(prepared_root):
         _checked_protocol(os.fspath(prepared_root))
         storage_options = None  # theirs as much as the images'
