@@ -109,3 +109,18 @@ def test_a_prune_policy_takes_numbers_of_days_and_whole_bytes_only():
         with pytest.raises(ConfigurationError):
             PrunePolicy(**policy)
     assert PrunePolicy(older_than_days=0.5, max_size=0).max_size == 0
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_job_whose_entry_is_pruned_under_it_is_told_so_never_skips_its_images(quick_vl, tmp_path, capsys, on_error):
+    """Every image read after the prune failed as 'no image for media_id ...', or, skipping, an
+    epoch of nothing with one log line."""
+    from vl_datasets import CacheMissError, VisualLayerDataset
+
+    client = Client(quick_vl.url, progress=False, env={})
+    ds = VisualLayerDataset("ds-ready", client=client, cache_dir=tmp_path, image_size=8, on_error=on_error)
+    ds[0]
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(tmp_path)]) == 0
+    assert "pruned 1 of 1" in capsys.readouterr().out
+    with pytest.raises(CacheMissError, match=r"images at .* are gone .*pruned"):
+        ds[1]

@@ -29,7 +29,7 @@ from torch.utils.data import get_worker_info
 from ..backoff import RetryPolicy
 from ..cache.store import CacheStore, LocalExport
 from ..config import is_remote
-from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError
+from ..errors import CacheMissError, ConfigurationError, ImageDecodeError, ImageNotFoundError
 from ..metadata.curated import MissingImages, check_missing_images
 from ..metadata.options import check_choice, doc
 from . import images
@@ -380,6 +380,14 @@ class ImageReader:
         ``exc`` as its ``__context__`` (``from None`` only hides it from tracebacks), and ``exc`` may
         hold a URL's query string or user info that error trackers would then record."""
         media_id, path = self.items.media_id(index), self.items.image_file(index)
+        gone = not self.own_root and not os.path.isdir(self._originals.display_root)
+        if isinstance(exc, FileNotFoundError) and gone:
+            # The export's own images/ went with its cache entry: not this image's fault, and never
+            # one to skip (every later image would be skipped too, an epoch of nothing).
+            raise CacheMissError(
+                f"The export's images at {self._originals.display_root} are gone (its cache entry pruned, or "
+                "its folder moved, while this job ran?): open the dataset again."
+            )
         error = image_error(exc, media_id=media_id, source=self._originals, path=path)
         del exc
         if self.options.on_error == "raise":
