@@ -126,6 +126,7 @@ def test_an_unreadable_image_is_a_decode_error_naming_it(split_export, tmp_path)
         ({"images_root": "/no/such/folder"}, "not a folder"),
         ({"images_root": ""}, "images_root is empty"),  # not the current folder
         ({"prepared_root": "", "prepare": 32}, "prepared_root is empty"),
+        ({"prepared_root": "bogus://x", "prepare": 32}, "prepared_root bogus://x: fsspec knows no protocol"),
         ({"images_root": "~no-such-user-x/images"}, "~user"),
         ({"images_root": "file:///no/such/folder"}, "file:///no/such/folder is not a folder"),
         ({"images_root": "nope://bucket/x"}, "no protocol 'nope'"),

@@ -374,7 +374,7 @@ def check_source_options(
     if prepared_root is not None and not is_remote(prepared_root):
         local_folder("prepared_root", prepared_root)  # "" would be the current folder
     if prepared_root is not None and is_remote(prepared_root):
-        _checked_protocol(os.fspath(prepared_root))
+        _checked_protocol(os.fspath(prepared_root), "prepared_root")
         storage_options = None  # theirs as much as the images'
     if images_root is None:
         for name, value in (("storage_options", storage_options), ("image_cache", image_cache)):
@@ -570,8 +570,8 @@ def _parameters(query: str) -> list[tuple[str, str, str]]:
     return [part.partition("=") for part in query.split("&") if part]
 
 
-def _checked_protocol(url: str) -> str:
-    """``url``'s protocol, once fsspec is known to have a filesystem for it here."""
+def _checked_protocol(url: str, setting: str = "images_root") -> str:
+    """``url``'s protocol, once fsspec is known to have a filesystem for it here; errors name ``setting``."""
     import fsspec
 
     protocol = _protocol(url)
@@ -580,9 +580,9 @@ def _checked_protocol(url: str) -> str:
     except ImportError as exc:
         extra = EXTRAS.get(protocol)
         hint = f"pip install 'vl_datasets[{extra}]'" if extra else "install the fsspec implementation it names"
-        raise ConfigurationError(f"images_root {redact_url(url)} needs a package: {exc}; {hint}.") from None
+        raise ConfigurationError(f"{setting} {redact_url(url)} needs a package: {exc}; {hint}.") from None
     except ValueError:
-        raise ConfigurationError(f"images_root {redact_url(url)}: fsspec knows no protocol {protocol!r}.") from None
+        raise ConfigurationError(f"{setting} {redact_url(url)}: fsspec knows no protocol {protocol!r}.") from None
     return protocol
 
 
