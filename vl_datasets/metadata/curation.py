@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from ..errors import ConfigurationError, CurationError
 from .item_codes import distinct, expanded, plain, plain_table
 from .media_ids import MediaIds
-from .options import doc, string_list
+from .options import doc, flag, string_list
 from .ordered_map import WORKERS, ordered_map
 from .row_batches import one_array, release_pages, row_slices
 
@@ -80,9 +80,9 @@ class CurationRules:
         normalized = {
             "subset": self.subset if isinstance(self.subset, MediaIds) else _strings("subset", self.subset, tuple),
             "min_uniqueness": None if self.min_uniqueness is None else _fraction("min_uniqueness", self.min_uniqueness),
-            "keep_unscored": None if self.keep_unscored is None else _flag("keep_unscored", self.keep_unscored),
+            "keep_unscored": None if self.keep_unscored is None else flag("keep_unscored", self.keep_unscored),
             "drop_issues": _thresholds("drop_issues", self.drop_issues),
-            "dedupe": _flag("dedupe", self.dedupe)
+            "dedupe": flag("dedupe", self.dedupe)
             if isinstance(self.dedupe, (bool, np.bool_))
             else _fraction("dedupe", self.dedupe),
             "labels": _strings("labels", self.labels, frozenset),
@@ -122,13 +122,6 @@ def _fraction(name: str, value: Any) -> float:
     if not 0.0 <= float(value) <= 1.0:  # NaN fails this too
         raise ConfigurationError(f"{name} must be from 0 to 1, got {value!r}.")
     return float(value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    # A str such as "false" is truthy: taking it as a flag would do the opposite of what was meant.
-    if not isinstance(value, (bool, np.bool_)):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
-    return bool(value)
 
 
 def _expression(name: str, value: Any) -> pc.Expression | None:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigurationError
 
 DOC = "doc"
@@ -23,6 +25,14 @@ DOC = "doc"
 def doc(text: str) -> dict[str, str]:
     """A group field's metadata: its doc line (``field(default=..., metadata=doc("..."))``)."""
     return {DOC: text}
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, refused unless it is one: a str such as "false" is truthy, and taking
+    it as a flag would do the opposite of what was meant."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

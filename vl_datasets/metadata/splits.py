@@ -23,6 +23,7 @@ from ..errors import ConfigurationError, SchemaError
 from .curation import distinct_issues, flat_issues, is_duplicates
 from .item_codes import distinct
 from .media_ids import MEDIA_ID, MediaIds
+from .options import flag
 from .row_batches import TableRows, one_array
 from .split_files import kept_split, split_folder
 from .unique_ids import hash_strings
@@ -53,8 +54,7 @@ def leakage_safe_split(
     names, targets = _check_fractions(fractions)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}.")
-    if not isinstance(stratify, (bool, np.bool_)):  # a str such as "no" is truthy: the opposite of what was meant
-        raise ConfigurationError(f"stratify must be True or False, got {stratify!r}.")
+    stratify = flag("stratify", stratify)
     rows = _split_rows(table)
     if "media_id" not in rows.column_names:
         raise SchemaError("leakage_safe_split needs a media_id column; pass a dataset's .table or curation_details().")
