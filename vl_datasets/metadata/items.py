@@ -326,13 +326,16 @@ def _parse_json_parts(strings: pa.Array, source: str, *, row_offset: int, infer:
     return parts
 
 
-def _check_depth(strings: pa.Array, source: str, row_offset: int) -> None:
-    """A row whose JSON nests past ``json_depth.MAX_DEPTH`` is refused before a parser recurses into it."""
+def _check_depth(
+    strings: pa.Array, source: str, row_offset: int, *, field: str = "metadata_items", rows: np.ndarray | None = None
+) -> None:
+    """A row whose JSON nests past ``json_depth.MAX_DEPTH`` is refused before a parser recurses
+    into it. Text ``i`` is in row ``row_offset + i``, or ``rows[i]``; ``field`` names what it is."""
     found = first_too_deep(strings)
     if found is not None:
-        row, depth, offset = found
-        detail = f"metadata_items is not JSON this library reads: it {describe(depth, offset)}"
-        raise row_error(source, row_offset + row, detail, "metadata_items")
+        at, depth, offset = found
+        row = row_offset + at if rows is None else int(rows[at])
+        raise row_error(source, row, f"{field} is not JSON this library reads: it {describe(depth, offset)}", field)
 
 
 def _json_lines_input(strings: pa.Array) -> pa.Array:
@@ -432,13 +435,13 @@ def inferred_items_usable(type_: pa.DataType, spec: list) -> bool:
     return True
 
 
-def _loads_row(text: str | None, source: str, row: int) -> Any:
+def _loads_row(text: str | None, source: str, row: int, field: str = "metadata_items") -> Any:
     if text is None or not text.strip():
         return None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise row_error(source, row, f"metadata_items is not valid JSON ({exc}).", "metadata_items") from None
+        raise row_error(source, row, f"{field} is not valid JSON ({exc}).", field) from None
 
 
 @contextmanager
@@ -709,21 +712,14 @@ def _properties_from_text(texts: pa.Array, where: str, source: str, rows: np.nda
     table row of text ``i``, named in errors."""
     field = f"{where}.properties"
     texts = _json_lines_input(texts)
-    too_deep = first_too_deep(texts)
-    if too_deep is not None:
-        at, depth, offset = too_deep
-        detail = f"{field} is not JSON this library reads: it {describe(depth, offset)}"
-        raise row_error(source, int(rows[at]), detail, field)
+    _check_depth(texts, source, 0, field=field, rows=rows)
     parsed = _read_wrapped(texts, None)
     if parsed is None:  # types inferred apart by key (an unknown key a number here, text there): the known keys alone
         parsed = _read_wrapped(texts, pa.schema([("m", _PROPERTIES)]))
     if parsed is not None and (pa.types.is_struct(parsed.type) or pa.types.is_null(parsed.type)):
         return parsed
     for at, text in enumerate(texts.to_pylist()):  # the first text at fault, named
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise row_error(source, int(rows[at]), f"{field} is not valid JSON ({exc}).", field) from None
+        value = _loads_row(text, source, int(rows[at]), field)
         if value is not None and not isinstance(value, dict):
             raise row_error(source, int(rows[at]), f"{field} holds a {type(value).__name__}, not an object.", field)
     raise SchemaError(f"{source}: {field} holds objects whose values differ in type from item to item.", field=field)
