@@ -69,26 +69,32 @@ def normalize_base_url(url: str) -> str:
     # Credentials would show in the client's repr, key the cache (a new password, a new cache) and
     # be written into its manifests; the API authenticates by key and secret, or a token. A raw
     # password holding "/" (as AWS secret keys do) ends the parsed host early: looked for first.
-    credentials = ConfigurationError(
-        f"The Visual Layer API URL {redact_url(url)!r} holds credentials (user:password@): "
-        "pass api_key and api_secret, or token, instead."
-    )
     if has_raw_user_info(url):
-        raise credentials
-    invalid = ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
+        raise _holds_credentials(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (read to check: a bad port raises here, not at every request after)
     except ValueError:  # an unbalanced IPv6 bracket, a port that is no number or out of range
-        raise invalid from None
+        raise _invalid_url(url) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid
+        raise _invalid_url(url)
     if "@" in parts.netloc:
-        raise credentials
+        raise _holds_credentials(url)
     path = parts.path
     if path.endswith("/api/v1"):
         path = path[: -len("/api/v1")]
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _holds_credentials(url: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"The Visual Layer API URL {redact_url(url)!r} holds credentials (user:password@): "
+        "pass api_key and api_secret, or token, instead."
+    )
+
+
+def _invalid_url(url: str) -> ConfigurationError:
+    return ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
 
 
 def _looks_local(host: str) -> bool:

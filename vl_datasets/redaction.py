@@ -72,9 +72,8 @@ def redact_url(url: str) -> str:
     url = _without_raw_user_info(url)
     try:
         parts = urlsplit(url)
-    except ValueError:  # an unbalanced IPv6 bracket, say: cut at the query and at any "@"
-        scheme, separator, rest = url.split("?", 1)[0].split("#", 1)[0].partition("://")
-        return f"{scheme}{separator}{rest.rsplit('@', 1)[-1]}"
+    except ValueError:  # an unbalanced IPv6 bracket, say
+        return _cut(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]  # user:password@ is a credential too
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
@@ -110,13 +109,17 @@ def _redacted_url(match: re.Match) -> str:
     try:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
-    except ValueError:  # an unbalanced IPv6 bracket, say: cut at the first "?" and any "@" instead
-        head = url.split("?", 1)[0]
-        scheme, _, rest = head.partition("://")
-        return f"{scheme}://{rest.rsplit('@', 1)[-1]}" + (f"?{REDACTED}" if "?" in url else "")
+    except ValueError:  # an unbalanced IPv6 bracket, say
+        return _cut(url) + (f"?{REDACTED}" if "?" in url else "")
     query = REDACTED if parts.query else ""
     fragment = REDACTED if parts.fragment else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _cut(url: str) -> str:
+    """A URL no parser takes, without its query, its fragment and anything up to its last "@"."""
+    scheme, separator, rest = url.split("?", 1)[0].split("#", 1)[0].partition("://")
+    return f"{scheme}{separator}{rest.rsplit('@', 1)[-1]}"
 
 
 class _RedactingFactory:
