@@ -29,7 +29,8 @@ def read_store(url: str, options: dict) -> dict:
     found.update(shares={}, index={}, shards={}, pixels={})
     for share in manifest["shares"]:
         part = json.loads(fs.cat_file(f"{base}/shares/{share}.json"))
-        index = np.load(io.BytesIO(fs.cat_file(f"{base}/index/{share}.npy")), allow_pickle=False)
+        named = share if "build" not in part else f"{share}-{part['build']}"  # a share built again
+        index = np.load(io.BytesIO(fs.cat_file(f"{base}/index/{named}.npy")), allow_pickle=False)
         assert tuple(index.dtype.names) == RECORD_FIELDS
         order = np.lexsort((index["lo"], index["hi"]))
         assert (order == np.arange(len(index))).all(), f"index of share {share} is not sorted by key"

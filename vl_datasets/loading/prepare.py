@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..config import progress_enabled, usable_cores
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, PrepareTimeoutError
 from .batches import SkippedSample
+from .object_identity import ListedIdentities
 from .prepared import image_key, keys_of
 from .prepared_source import PreparedSource, prepare_pixels
 from .sources import image_error
@@ -196,8 +197,7 @@ def _run(source: PreparedSource, paths: list[str], media_ids: list[str], workers
     held, once they are let go (or after ``stall_timeout_s``)."""
     blocks = _chunks(len(paths), workers)
     job = {"source": source, "paths": paths, "media_ids": media_ids, "wait_s": stall_timeout_s}
-    lister = getattr(source.source, "identities", None)  # a fresh listing per job: it sees replaced originals
-    job["listed"] = lister() if callable(lister) else None
+    job["listed"] = listings(source)
     if workers == 0:
         _JOB.update(job)  # in this process, its threads as they are
         yield from _two_passes(map, blocks)
@@ -334,20 +334,33 @@ def _stale_or_absent(source: PreparedSource, paths: list[str]) -> dict[int, int]
 
 
 def _identities(source: PreparedSource, paths: list[str]) -> list[int]:
-    """The originals' identities: from listings of their folders where the root lists ETags (a
-    request per 1,000 objects, not one per image); else, or once a listing failed (a bucket this
-    job may read but not list), one look-up each, with a WARNING once."""
-    listed = _JOB.get("listed")
+    found, _JOB["listed"] = original_identities(source, paths, _JOB.get("listed"))
+    return found
+
+
+def original_identities(
+    source: PreparedSource, paths: list[str], listed: ListedIdentities | None
+) -> tuple[list[int], ListedIdentities | None]:
+    """The originals' identities: from ``listed`` (listings of their folders, where the root lists
+    ETags: a request per 1,000 objects, not one per image); else, or once a listing failed (a
+    bucket this job may read but not list), one look-up each, with a WARNING. Returns them with
+    the listings to use next (None once they failed)."""
     if listed is not None:
         try:
-            return listed.identities(paths)
+            return listed.identities(paths), listed
         except Exception as exc:
             reason = source.source.scrub(f"{type(exc).__name__}: {exc}")
             logger.warning(
                 "Cannot list the originals under %s (%s): asking each image's instead", source.display_root, reason
             )
-            _JOB["listed"] = None
-    return [source.identity(path) for path in paths]
+    return [source.identity(path) for path in paths], None
+
+
+def listings(source: PreparedSource) -> ListedIdentities | None:
+    """Fresh listings of the originals' folders, for one job (they see originals replaced since the
+    last); None where the root's listings carry no identities."""
+    lister = getattr(source.source, "identities", None)
+    return lister() if callable(lister) else None
 
 
 def _wait_for_node(source: PreparedSource, keys: np.ndarray, *, rank: int, ranks: int, stall_timeout_s: float) -> None:

@@ -10,6 +10,12 @@ URL) for every machine of a cluster. Every file is written whole, then never cha
         shares/<share>.json              written once the share's shards and index are up
         manifest.json                    written last: a reader trusts only a store that has one
 
+A share built again (its originals replaced since: ``shared_store_writer``) gets shards and an index
+of new names, ``<share>-<build>-<n:05d>.pixels`` and ``<share>-<build>.npy``, which its new
+shares/<share>.json names; then the manifest is written again. The files a running job read are
+left as they were, so it reads the share it started with, whole, and a job that opens the store
+meanwhile reads each share whole, old or new.
+
 A share is the images whose keys fall in one range (``share_of``): the key (``prepared.image_key``)
 is a hash, so the shares come out even, and a share's index covers one range of keys. Their count
 is fixed by the first build in store.json, so a resumed build (on any number of machines) cuts the
@@ -17,6 +23,8 @@ same shares and redoes only those without a shares/<share>.json.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 
@@ -62,12 +70,26 @@ def share_name(share: int) -> str:
     return f"{share:05d}"
 
 
-def shard_name(share: str, number: int) -> str:
-    return f"{SHARDS}/{share}-{number:05d}.pixels"
+def shard_name(share: str, number: int, build: str | None = None) -> str:
+    return f"{SHARDS}/{_built(share, build)}-{number:05d}.pixels"
 
 
-def index_name(share: str) -> str:
-    return f"{INDEX}/{share}.npy"
+def index_name(share: str, build: str | None = None) -> str:
+    return f"{INDEX}/{_built(share, build)}.npy"
+
+
+def is_build(build: object) -> bool:
+    """Whether ``build`` is a build's name as a writer makes them (``new_build``): hex digits only."""
+    return isinstance(build, str) and 0 < len(build) <= 32 and all(c in "0123456789abcdef" for c in build)
+
+
+def new_build() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _built(share: str, build: str | None) -> str:
+    """A share's name in the names of its files: with the build that made it again, if one did."""
+    return share if build is None else f"{share}-{build}"
 
 
 def share_file(share: str) -> str:

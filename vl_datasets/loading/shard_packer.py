@@ -31,9 +31,11 @@ class PackedShare:
     images: int = 0
     failed: list[str] = field(default_factory=list)  # the paths whose preparation failed
     bytes: int = 0
+    build: str | None = None  # the build that made the share again (its files' names say it); None: the first
 
     def as_json(self) -> dict[str, Any]:
-        return {"shards": self.shards, "images": self.images, "failed": self.failed}
+        found = {"shards": self.shards, "images": self.images, "failed": self.failed}
+        return found if self.build is None else {**found, "build": self.build}
 
 
 def pack_share(
@@ -44,10 +46,12 @@ def pack_share(
     identity: Callable[[str], int],
     location: SharedLocation,
     shard_bytes: int,
+    build: str | None = None,
 ) -> PackedShare:
     """Publish ``share``: ``images`` ((key, path) pairs, sorted by key) from ``store``, each the copy
-    of its original as ``identity`` gives it (0: any copy), packed into shards of ~``shard_bytes``."""
-    packed, records = PackedShare(), []
+    of its original as ``identity`` gives it (0: any copy), packed into shards of ~``shard_bytes``.
+    ``build``: the build making a published share again, which names its new files (``shard_format``)."""
+    packed, records = PackedShare(build=build), []
     with tempfile.TemporaryDirectory(prefix="vl-shard-") as work:
         shard = _Shard(Path(work) / "shard.pixels")
         try:
@@ -66,7 +70,7 @@ def pack_share(
                 _publish(shard, share, packed, location)
         finally:
             shard.close()
-    location.write_bytes(index_name(share), npy_bytes(np.array(records, SHARD_RECORD)))
+    location.write_bytes(index_name(share, build), npy_bytes(np.array(records, SHARD_RECORD)))
     location.write_json(share_file(share), packed.as_json())
     return packed
 
@@ -102,7 +106,7 @@ class _Shard:
 
 
 def _publish(shard: _Shard, share: str, packed: PackedShare, location: SharedLocation) -> None:
-    name = shard_name(share, len(packed.shards))
+    name = shard_name(share, len(packed.shards), packed.build)
     facts = shard.publish(lambda local: location.upload(local, name))
     packed.shards.append({"name": name, **facts})
     packed.bytes += facts["bytes"]

@@ -63,14 +63,22 @@ class SharedLocation:
             self._base = base.rstrip("/")
         return self._fs, self._base
 
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        """The JSON object in ``name``, or None when there is no such file."""
+    def read_bytes(self, name: str) -> bytes | None:
+        """The bytes of ``name``, or None when there is no such file."""
         fs, base = self.filesystem()
         try:
             with self._failing(f"read {name}"):
-                data = json.loads(fs.cat_file(f"{base}/{name}"))
+                return fs.cat_file(f"{base}/{name}")
         except FileNotFoundError:
             return None
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object in ``name``, or None when there is no such file."""
+        raw = self.read_bytes(name)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
         except ValueError:
             data = None
         if not isinstance(data, dict):  # written whole, so never half a file: someone else's

@@ -12,7 +12,8 @@ its original, and a WARNING says so once per process.
 A shared copy is not compared with its original's identity on each read: it was prepared on
 another machine, where a local original's size and mtime are not this machine's. The store is
 keyed by what the export holds (a digest of its metadata file: a refreshed export whose
-metadata changed has a new one) and the settings; rebuild it after replacing originals in place.
+metadata changed has a new one) and the settings; the build run again on a published store makes
+again the shares of originals replaced under an object store (``shared_store_check``).
 
 Where the store is: ``<prepared_root>/exports/<dataset>/<key digest>/derived/prepared/<content>-
 <settings digest>``, laid out as the cache lays out its node-local store (``shared_store_url``), so

@@ -41,7 +41,16 @@ from ..atomic import replacing
 from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
-from .shard_format import INDEX, MANIFEST_FILE, SHARD_RECORD, SHARDS, SHARES, STORE_FILE, store_identity
+from .shard_format import (
+    MANIFEST_FILE,
+    SHARD_RECORD,
+    SHARDS,
+    SHARES,
+    STORE_FILE,
+    index_name,
+    is_build,
+    store_identity,
+)
 from .sources import FsspecRoot
 
 logger = logging.getLogger("vl_datasets")
@@ -49,6 +58,8 @@ logger = logging.getLogger("vl_datasets")
 META = ".meta"  # the merged index, under the shard cache's folder: one per manifest
 _HI, _RECORDS, _SHARDS = ".hi.npy", ".records.npy", ".shards.json"
 RETRY_FAILED_S = 60.0  # a shard whose download failed is asked for again after this long
+# What a reader of a damaged store is told: a build checks the published shares and makes damaged ones again.
+REPAIR = "; building it again repairs it ('vl-datasets prepare SOURCE --size S --to URL', or ds.prepare())."
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class SharedStore:
                     url=self.display_url,
                 )
             return SharedStoreError(
-                f"The shared store {self.display_url} lacks {name}: it is damaged.", url=self.display_url
+                f"The shared store {self.display_url} lacks {name}: it is damaged{REPAIR}", url=self.display_url
             )
         reason = self._files.scrub(str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}")
         return SharedStoreError(
@@ -168,7 +179,7 @@ class SharedStore:
             found = None
         if not isinstance(found, dict):
             raise SharedStoreError(
-                f"{name} of the shared store {self.display_url} is not JSON: the store is damaged.",
+                f"{name} of the shared store {self.display_url} is not JSON: the store is damaged{REPAIR}",
                 url=self.display_url,
             )
         expected = store_identity(self.export, self.settings.as_json())
@@ -187,8 +198,9 @@ class SharedStore:
         parts = []
         for share in manifest.get("shares") or []:
             name = share["name"] if isinstance(share, dict) else str(share)
-            listed = [self._shard_of(s, name) for s in self._share_json(name).get("shards") or []]
-            records = self._share_index(name)
+            found = self._share_json(name)
+            listed = [self._shard_of(s, name) for s in found.get("shards") or []]
+            records = self._share_index(name, found)
             valid = (records["shard"] < len(listed)) if listed else np.zeros(len(records), bool)
             records = records[valid].copy()
             records["shard"] += len(shards)
@@ -212,7 +224,7 @@ class SharedStore:
         except (KeyError, TypeError, ValueError):
             raise SharedStoreError(
                 f"{SHARES}/{share}.json of {self.display_url} lists a shard without a name and a size in "
-                "bytes: the store is damaged.",
+                f"bytes: the store is damaged{REPAIR}",
                 url=self.display_url,
             ) from None
         return Shard(name.removeprefix(f"{SHARDS}/"), size, listed.get("xxh3"))
@@ -224,19 +236,28 @@ class SharedStore:
             found = None
         if not isinstance(found, dict):
             raise SharedStoreError(
-                f"{SHARES}/{share}.json of {self.display_url} is not a JSON object: the store is damaged.",
+                f"{SHARES}/{share}.json of {self.display_url} is not a JSON object: the store is damaged{REPAIR}",
                 url=self.display_url,
             )
         return found
 
-    def _share_index(self, share: str) -> np.ndarray:
+    def _share_index(self, share: str, found: dict[str, Any]) -> np.ndarray:
+        """The index of ``share``, whose shares/<share>.json is ``found``: the one its build wrote."""
+        build = found.get("build")
+        if build is not None and not is_build(build):
+            raise SharedStoreError(
+                f"{SHARES}/{share}.json of {self.display_url} names no build of this format: the store is "
+                f"damaged{REPAIR}",
+                url=self.display_url,
+            )
+        name = index_name(share, build)
         try:
-            records = np.load(io.BytesIO(self._read(f"{INDEX}/{share}.npy")), allow_pickle=False)
+            records = np.load(io.BytesIO(self._read(name)), allow_pickle=False)
         except ValueError:
             records = None
         if records is None or records.dtype != SHARD_RECORD or records.ndim != 1:
             raise SharedStoreError(
-                f"{INDEX}/{share}.npy of {self.display_url} is not an index of this format: the store is damaged.",
+                f"{name} of {self.display_url} is not an index of this format: the store is damaged{REPAIR}",
                 url=self.display_url,
             )
         return records

@@ -38,14 +38,15 @@ from .shard_format import (
     SHARE_IMAGES,
     SHARES,
     STORE_FILE,
+    new_build,
     share_count,
     share_file,
     share_name,
-    share_of,
     store_identity,
 )
 from .shard_packer import pack_share
 from .shared_location import SharedLocation, shared_store_url
+from .shared_store_check import Images, shares_to_build_again
 
 logger = logging.getLogger("vl_datasets")
 
@@ -93,20 +94,23 @@ def publish_shared(
     keys = keys_of(paths)
     wanted = share_count(len(paths), share_images)
     made_from = {"export": export, "version": version}
-    plan = ranks.broadcast(_plan(location, made_from, source.store.settings, wanted) if ranks.rank == 0 else None)
+    images = Images(paths, keys)
+    plan = ranks.broadcast(_plan(location, made_from, source, wanted, images) if ranks.rank == 0 else None)
     if isinstance(plan, Exception):
         raise plan  # rank 0's refusal, on every rank
-    shares, left = plan
-    groups = _by_share(keys, share_of(keys, shares))
     build = _ShareBuild(source, location, paths, media_ids, keys, worker_count(num_workers, ranks.local_world))
     prepared, failures, built = 0, list[tuple[Exception, str]](), list[str]()
-    for share in left[ranks.rank :: ranks.world]:
-        chosen = groups.get(share, np.empty(0, np.int64))
+    for share in plan.shares_to_build[ranks.rank :: ranks.world]:
         made, failed = build.run(
-            share, chosen, shard_bytes=shard_bytes, progress=progress, stall_timeout_s=stall_timeout_s
+            share,
+            images.of_share(share, plan.shares),
+            shard_bytes=shard_bytes,
+            progress=progress,
+            stall_timeout_s=stall_timeout_s,
+            again=plan.again if share in plan.built_again else None,
         )
         prepared, failures, built = prepared + made, failures + failed, [*built, share_name(share)]
-    manifest = finish(location, made_from, source.store.settings, shares, stall_timeout_s=stall_timeout_s)
+    manifest = finish(location, made_from, source.store.settings, plan, stall_timeout_s=stall_timeout_s)
     ranks.barrier()
     return SharedPrepareSummary(
         store=location.display,
@@ -131,10 +135,18 @@ class _ShareBuild:
     workers: int
 
     def run(
-        self, share: int, chosen: np.ndarray, *, shard_bytes: int, progress: bool | None, stall_timeout_s: float
+        self,
+        share: int,
+        chosen: np.ndarray,
+        *,
+        shard_bytes: int,
+        progress: bool | None,
+        stall_timeout_s: float,
+        again: str | None,
     ) -> tuple[int, list[tuple[Exception, str]]]:
         """Prepare the images at positions ``chosen`` (in key order), then pack and publish them as
-        ``share``: (how many were prepared now, the failures with each image's location)."""
+        ``share``: (how many were prepared now, the failures with each image's location).
+        ``again``: the build making a published share again (its new files' names), else None."""
         made, failed = prepare_listed(
             self.source,
             [self.paths[i] for i in chosen],
@@ -150,6 +162,7 @@ class _ShareBuild:
             identity=self.source.identity if self.source.checks_every_read else _any_copy,
             location=self.location,
             shard_bytes=shard_bytes,
+            build=again,
         )
         return made, failed
 
@@ -171,15 +184,37 @@ def store_location(
     return SharedLocation(shared_store_url(os.fspath(prepared_root), entry, settings), storage_options)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a build does: the store's share count, the shares never published (``left``), those
+    published but to be made again (``built_again``), under the name ``again``."""
+
+    shares: int
+    left: list[int]
+    built_again: list[int]
+    again: str = field(default_factory=new_build)
+
+    @property
+    def shares_to_build(self) -> list[int]:
+        return sorted(self.left + self.built_again)
+
+
 def _plan(
-    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int
-) -> tuple[int, list[int]] | PreparedStoreError:
-    """(the store's share count, the shares left to build), or why the store cannot be built."""
+    location: SharedLocation,
+    export: dict[str, str | None],
+    source: PreparedSource,
+    shares: int,
+    images: Images,
+) -> _Plan | PreparedStoreError:
+    """What the build does, or why the store cannot be built; ``images``: the dataset's, for the
+    check of the shares already published (``shared_store_check``)."""
     try:
-        count = open_store(location, export, settings, shares)
+        count = open_store(location, export, source.store.settings, shares)
+        left = _left(location, count)
+        published = sorted(set(range(count)) - set(left))
+        return _Plan(count, left, shares_to_build_again(location, source, published, images, count))
     except PreparedStoreError as exc:
         return exc
-    return count, _left(location, count)
 
 
 def open_store(location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int) -> int:
@@ -198,7 +233,7 @@ def open_store(location: SharedLocation, export: dict[str, str | None], settings
         }
         location.write_json(STORE_FILE, found)
     _check_identity(location, STORE_FILE, found, identity)
-    manifest = location.read_json(MANIFEST_FILE)
+    manifest = _manifest(location)
     if manifest is not None:
         _check_identity(location, MANIFEST_FILE, manifest, identity)
     count = found.get("shares")
@@ -212,21 +247,21 @@ def finish(
     location: SharedLocation,
     export: dict[str, str | None],
     settings: StoreSettings,
-    shares: int,
+    plan: _Plan,
     *,
     stall_timeout_s: float,
 ) -> dict[str, Any]:
-    """The store's manifest, written now if every share is published and there is none yet; else
-    waited for while the other ranks publish theirs (``PrepareTimeoutError`` after
+    """The store's manifest, written now if every share of ``plan`` is published and no rank wrote
+    it yet; else waited for while the other ranks publish theirs (``PrepareTimeoutError`` after
     ``stall_timeout_s`` without a new share)."""
     left, since = -1, time.monotonic()
     while True:
-        manifest = location.read_json(MANIFEST_FILE)
-        if manifest is not None:
+        manifest = _manifest(location)
+        if manifest is not None and (not plan.built_again or manifest.get("build") == plan.again):
             return manifest
-        now_left = len(_left(location, shares))
+        now_left = len(_left(location, plan.shares)) + len(_not_built_again(location, plan))
         if now_left == 0:
-            return _write_manifest(location, export, settings, shares)
+            return _write_manifest(location, export, settings, plan)
         if now_left != left:
             left, since = now_left, time.monotonic()
         elif time.monotonic() - since > stall_timeout_s:
@@ -238,10 +273,28 @@ def finish(
         time.sleep(POLL_S)
 
 
+def _manifest(location: SharedLocation) -> dict[str, Any] | None:
+    """The store's manifest; None where there is none, or it is damaged (the build writes it again)."""
+    try:
+        return location.read_json(MANIFEST_FILE)
+    except PreparedStoreError as exc:
+        if "is not a JSON object" not in str(exc):
+            raise  # it could not be read: no reason to think it damaged
+        logger.warning("%s: it is written again once every share is published", exc)
+        return None
+
+
+def _not_built_again(location: SharedLocation, plan: _Plan) -> list[int]:
+    """The shares ``plan`` builds again whose share file does not say its build yet."""
+    return [
+        s for s in plan.built_again if (location.read_json(share_file(share_name(s))) or {}).get("build") != plan.again
+    ]
+
+
 def _write_manifest(
-    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int
+    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, plan: _Plan
 ) -> dict[str, Any]:
-    names = [share_name(share) for share in range(shares)]
+    names = [share_name(share) for share in range(plan.shares)]
     parts = [location.read_json(share_file(name)) or {} for name in names]
     manifest = {
         **store_identity(export["export"], settings.as_json()),
@@ -253,6 +306,7 @@ def _write_manifest(
         "shards": sum(len(part.get("shards", ())) for part in parts),
         "created_at": _now(),
         "library_version": __version__,
+        **({"build": plan.again} if plan.built_again else {}),
     }
     location.write_json(MANIFEST_FILE, manifest)
     logger.info("Published the prepared store %s: %d images", location.display, manifest["images"])
@@ -263,15 +317,6 @@ def _left(location: SharedLocation, shares: int) -> list[int]:
     """The shares not published yet (no shares/<share>.json)."""
     done = location.names(SHARES)
     return [share for share in range(shares) if share_file(share_name(share)).removeprefix(f"{SHARES}/") not in done]
-
-
-def _by_share(keys: np.ndarray, shares: np.ndarray) -> dict[int, np.ndarray]:
-    """Share -> the positions of its images, in the order of their keys."""
-    order = np.lexsort((keys[:, 1], keys[:, 0])) if len(keys) else np.empty(0, np.int64)
-    grouped: dict[int, list[int]] = {}
-    for at in order.tolist():
-        grouped.setdefault(int(shares[at]), []).append(at)
-    return {share: np.array(positions, np.int64) for share, positions in grouped.items()}
 
 
 def _same_store_everywhere(location: SharedLocation, ranks: Ranks) -> None:
