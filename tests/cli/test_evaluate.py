@@ -97,6 +97,18 @@ def test_train_ids_that_cannot_be_read_exit_2_naming_the_file(export, tmp_path, 
         assert f"error: {train_ids}: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["missing.csv", "missing.parquet", "missing.json", "missing", "."])
+def test_a_predictions_path_that_names_no_file_exits_2_naming_it(export, tmp_path, capsys, name):
+    """It exited 1 with the hint for predictions that do not fit the dataset (a row, a media id)."""
+    predictions = tmp_path / name
+    code = main(["evaluate", str(export), "--predictions", str(predictions), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: --predictions {predictions}: " in err
+    assert ("is a folder" if predictions.is_dir() else "no such file") in err
+    assert "media id" not in err
+
+
 def test_output_paths_that_cannot_be_written_exit_2_before_scoring(export, tmp_path, capsys):
     predictions = tmp_path / "p.csv"
     pyarrow.csv.write_csv(PREDICTIONS, predictions)

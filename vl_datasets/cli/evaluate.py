@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..evaluation.detection_slices import N_RESAMPLES, SEED
-from .options import add_api_options, add_curation_options, add_source, check_output, open_dataset
+from .options import add_api_options, add_curation_options, add_source, check_input, check_output, open_dataset
 from .report import parse_drop_issues
 
 
@@ -61,6 +61,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.box_predictions import is_detection_file
 
+    check_input(args.predictions, "--predictions")  # before its kind is read and the export opened
     if is_detection_file(args.predictions):
         return run_detection(args)
     if args.resamples is not None or args.seed is not None:

@@ -102,6 +102,17 @@ def _spelled_as_path(source: str) -> bool:
     return "/" in source or os.sep in source or source.lower().endswith(".zip")
 
 
+def check_input(path: Path, option: str) -> None:
+    """Refuse ``option``'s input ``path`` when it names no file: found later by the reader, it was
+    told as a fault in the file's contents (exit 1), after the export was opened for nothing."""
+    from ..errors import ConfigurationError
+
+    if path.is_dir():
+        raise ConfigurationError(f"{option} {path}: is a folder; give the path of the file to read.")
+    if not path.is_file():
+        raise ConfigurationError(f"{option} {path}: no such file.")
+
+
 def check_output(path: Path | None, option: str) -> None:
     """Refuse ``option``'s output ``path`` before the work that fills it: a folder given as the
     file, or a folder for it that is a file or cannot be created, would fail only after it."""
