@@ -53,7 +53,7 @@ def test_a_missing_path_is_named_at_once_not_taken_for_a_dataset_id(quick_vl, tm
     """Taken for a dataset id, a mistyped path cost the API's retries, then 'cannot be reached'."""
     monkeypatch.setenv("VL_API_URL", quick_vl.url)
     monkeypatch.chdir(tmp_path)
-    assert main(["report", source, "--out", str(tmp_path / "r.html"), "--cache-dir", str(tmp_path / "c")]) != 0
+    assert main(["report", source, "--out", str(tmp_path / "r.html"), "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "No export at" in err and source.lstrip("./").split("/")[-1] in err
     assert quick_vl.requests == [], "the API was asked for a path"

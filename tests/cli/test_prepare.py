@@ -33,6 +33,18 @@ def test_prepare_fills_the_store_a_training_job_then_reads(export, tmp_path, cap
     assert "6 images complete" in listing
 
 
+@pytest.mark.parametrize("source", ["{tmp}/nope", "./nope.zip", "exports/nope", "nope.ZIP", "~/vl-nope-export"])
+def test_a_missing_local_source_exits_2_naming_it(tmp_path, monkeypatch, capsys, source):
+    """It exited 1, as a damaged export does; a path that names nothing is a bad argument."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source = source.format(tmp=tmp_path)
+    assert main(["prepare", source, "--size", "8", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert f"source {source!r} names no ZIP file or export folder" in err
+    assert "hint: check the command's arguments" in err
+
+
 def test_cache_prune_removes_the_stores_of_superseded_versions(export, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     assert main(["prepare", str(export), "--size", "48", "--workers", "0", "--cache-dir", cache]) == 0

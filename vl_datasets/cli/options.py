@@ -89,7 +89,8 @@ def open_dataset(args: argparse.Namespace, **options: Any) -> VisualLayerDataset
     spelled as a path, else a dataset id exported through ``--api-url`` (or ``VL_API_URL``)."""
     from ..loading.dataset import VisualLayerDataset
 
-    if Path(args.source).exists() or _spelled_as_path(args.source):  # a missing one: ExportNotFoundError
+    if Path(args.source).exists() or _spelled_as_path(args.source):
+        _check_local_source(args.source)
         return VisualLayerDataset.from_export(args.source, cache_dir=args.cache_dir, **options)
     return VisualLayerDataset(
         args.source, client=client_for(args), cache_dir=args.cache_dir, offline=args.offline, **options
@@ -100,6 +101,22 @@ def _spelled_as_path(source: str) -> bool:
     """Whether ``source`` can only be a path: a folder separator, or an archive's suffix. (A dataset
     id is a UUID: taken for one, a mistyped path cost the API's retries, then 'cannot be reached'.)"""
     return "/" in source or os.sep in source or source.lower().endswith(".zip")
+
+
+def _check_local_source(source: str) -> None:
+    """Refuse a ``source`` spelled as a local path that names nothing, as a usage error: found by
+    ``from_export``, it exited 1 like a damaged export. A URL is left to ``from_export``."""
+    from ..config import is_remote, local_folder
+    from ..errors import ConfigurationError
+
+    if is_remote(source):
+        return
+    path = local_folder("source", source)
+    if not path.exists():
+        raise ConfigurationError(
+            f"No export at {path}: source {source!r} names no ZIP file or export folder "
+            "(a dataset id has no '/' and no .zip suffix)."
+        )
 
 
 def check_input(path: Path, option: str) -> None:
