@@ -17,6 +17,14 @@ from vl_datasets.config import normalize_base_url, resolve_cache_dir, resolve_cl
         ("10.0.0.5:2080", "https://10.0.0.5:2080"),
         ("http://onprem:2080/", "http://onprem:2080"),
         ("http://[::1]:2080/vl@team", "http://[::1]:2080/vl@team"),  # an "@" in the path of an IPv6 host
+        ("app.visual-layer.com", "https://app.visual-layer.com"),
+        ("localhost:8000", "http://localhost:8000"),
+        ("localhost", "http://localhost"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+        ("https://api.example.com/v1", "https://api.example.com/v1"),
+        ("[fe80::1]", "https://[fe80::1]"),
+        ("onprem:2080", "https://onprem:2080"),
+        ("https://onprem", "https://onprem"),  # a one-word host, meant: its scheme says so
     ],
 )
 def test_base_url_forms(given, expected):
@@ -33,6 +41,14 @@ def test_a_url_no_request_could_use_is_refused_when_the_client_is_made(url):
     """Not at each request after, retried as if the network had failed."""
     with pytest.raises(errors.ConfigurationError, match="Invalid Visual Layer API URL"):
         Client(url, env={}, progress=False)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "notaurl/api/v1", "vl-server"])
+def test_a_bare_word_is_no_host(url):
+    """It became https://notaurl, and failed only after the client's retries (about 11 s)."""
+    for given in ({"base_url": url, "env": {}}, {"env": {"VL_API_URL": url}}):
+        with pytest.raises(errors.ConfigurationError, match=f"Invalid Visual Layer API URL '{url}': no scheme"):
+            resolve_client_settings(**given)
 
 
 @pytest.mark.parametrize(

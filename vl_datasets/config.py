@@ -62,9 +62,12 @@ def resolve_client_settings(
 
 
 def normalize_base_url(url: str) -> str:
-    """Accept ``host:port``, ``http(s)://host[:port]`` or a URL ending in ``/api/v1``; return the origin."""
+    """Accept ``host:port``, ``host.domain``, ``http(s)://host[:port]`` or a URL ending in ``/api/v1``;
+    return the origin. A bare word (no scheme, dot or port; not localhost) is refused: a one-word
+    host is written with its scheme, ``https://word``."""
     url = url.strip().rstrip("/")
-    if "://" not in url:
+    given, schemeless = url, "://" not in url
+    if schemeless:
         url = "http://" + url if _looks_local(url) else "https://" + url
     # Credentials would show in the client's repr, key the cache (a new password, a new cache) and
     # be written into its manifests; the API authenticates by key and secret, or a token. A raw
@@ -73,13 +76,18 @@ def normalize_base_url(url: str) -> str:
         raise _holds_credentials(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  (read to check: a bad port raises here, not at every request after)
+        port = parts.port  # read to check: a bad port raises here, not at every request after
     except ValueError:  # an unbalanced IPv6 bracket, a port that is no number or out of range
         raise _invalid_url(url) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _invalid_url(url)
     if "@" in parts.netloc:
         raise _holds_credentials(url)
+    if schemeless and not _names_a_host(parts.hostname, port):
+        raise ConfigurationError(
+            f"Invalid Visual Layer API URL {redact_url(given)!r}: no scheme, dot or port, so no host; expected "
+            f"http(s)://host[:port], host.domain or host:port (https://{parts.hostname} for a host of that name)."
+        )
     path = parts.path
     if path.endswith("/api/v1"):
         path = path[: -len("/api/v1")]
@@ -95,6 +103,13 @@ def _holds_credentials(url: str) -> ConfigurationError:
 
 def _invalid_url(url: str) -> ConfigurationError:
     return ConfigurationError(f"Invalid Visual Layer API URL {redact_url(url)!r}: expected http(s)://host[:port].")
+
+
+def _names_a_host(hostname: str, port: int | None) -> bool:
+    """Whether a value given without a scheme names a host: a domain or IPv4 address (a dot), an
+    IPv6 address (a colon), a port, or localhost. A lone word (a mistyped flag's value) would
+    become https://word and fail only after the client's retries, as if the network were down."""
+    return port is not None or hostname == "localhost" or "." in hostname or ":" in hostname
 
 
 def _looks_local(host: str) -> bool:

@@ -53,6 +53,20 @@ def test_report_and_prepare_take_api_url_for_a_dataset_id(quick_vl, wrong_api_ur
     assert quick_vl.count("export") == 1, "prepare exported again instead of using report's cached copy"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["export"], ["report", "--out", "r.html"], ["prepare", "--size", "8"], ["evaluate", "--predictions", "p.csv"]],
+)
+def test_an_api_url_that_is_no_url_exits_2_naming_the_flag(wrong_api_url, tmp_path, monkeypatch, capsys, command):
+    """It became https://notaurl and exited 8 after the client's retries."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.csv").write_text("media_id,prediction\nm0,cat\n")
+    name, *options = command
+    argv = [name, "ds-ready", *options, "--api-url", "notaurl", "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert "error: --api-url: Invalid Visual Layer API URL 'notaurl'" in capsys.readouterr().err
+
+
 def _export(url: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
     """``vl-datasets export ds-ready`` by the real entry point in a child process, whose stderr is
     what a user's terminal shows; no VL_* variable but ``env``."""

@@ -49,7 +49,13 @@ def client_for(args: argparse.Namespace) -> Client | None:
     if not args.api_url:
         return None
     from ..api.client import Client
+    from ..config import normalize_base_url
+    from ..errors import ConfigurationError
 
+    try:
+        normalize_base_url(args.api_url)  # checked here, so that its error names the flag
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--api-url: {exc}") from None
     return Client(args.api_url)
 
 
