@@ -70,3 +70,21 @@ def test_422_for_a_body_that_is_not_json_and_a_missing_task_id(local_vl):
     assert missing.status_code == 422
     assert missing.json()["detail"][0]["loc"] == ["query", "export_task_id"]
     assert start_full(local_vl, export_format="xml").json()["detail"][0]["loc"] == ["query", "export_format"]
+
+
+def test_an_encoded_slash_is_decoded_before_routing_as_in_starlette(local_vl):
+    task_id = start_full(local_vl).json()["id"]
+    # uvicorn decodes the path once and Starlette routes what it gets: %2F is a "/".
+    status = requests.get(api(local_vl, "ds-ready%2Fexport_status"), params={"export_task_id": task_id})
+    assert status.status_code == 200, status.text
+    assert (status.json()["id"], status.json()["dataset_id"]) == (task_id, "ds-ready")
+    assert requests.get(api(local_vl, "ds-ready/export%5Fstatus"), params={"export_task_id": task_id}).ok
+    no_route = requests.get(api(local_vl, "ds-ready%2Fnope"))
+    assert (no_route.status_code, no_route.json()) == (404, {"detail": "Not Found"})
+    # Another dataset's route is never given this task, whatever the path's spelling.
+    other = requests.get(api(local_vl, "ds-indexing%2Fexport_status"), params={"export_task_id": task_id})
+    assert (other.status_code, other.json()) == (404, {"detail": f"Export task {task_id} not found"})
+    # Decoded once only: %252D is the id "ds%2Dready", not ds-ready, and the message says so.
+    assert requests.get(api(local_vl, "ds%2Dready")).json()["id"] == "ds-ready"
+    twice = requests.get(api(local_vl, "ds%252Dready"))
+    assert (twice.status_code, twice.json()) == (404, {"detail": "Dataset ds%2Dready not found"})

@@ -5,6 +5,9 @@ list of ``{"type", "loc", "msg", "input"[, "ctx"]}`` (``validation``). Checks ru
 order: auth, then parameter validation, then what the endpoint itself decides (404 dataset,
 409 not READY). Required, as the docs show them: ``file_name`` and ``export_format`` to start a
 full export, ``export_format`` to start a selective one, ``export_task_id`` to poll.
+
+Routing is Starlette's: the path is percent-decoded once, before any route is matched, so an
+encoded slash (``%2F``) separates segments like ``/`` and a path parameter is never decoded again.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ class ApiHandler(Handler):
         """Errors as FastAPI sends them: ``{"detail": message}``."""
         self.send_json(status, {"detail": message}, headers)
 
+    def parse(self) -> None:
+        """The request, with its path decoded as uvicorn hands it to Starlette."""
+        super().parse()
+        # Matching the raw path and decoding the parameters after it would take ``a%2Fb`` to the
+        # dataset route as id "a/b", where FastAPI finds no route; and decoding a parameter a second
+        # time would turn ``a%252Fb`` (the id "a%2Fb") into "a/b", a dataset nobody asked for.
+        self.route = unquote(self.route)
+
     def route_request(self) -> None:
         for method, pattern, name in _ROUTES:
             match = pattern.match(self.route)
@@ -69,7 +80,7 @@ class ApiHandler(Handler):
             # /cdn is reached by following a redirect without the bearer: it needs none.
             if name != "cdn" and (refusal := self.service.auth_refusal(self.headers.get("Authorization"))):
                 return self.refuse(401, refusal, headers={"WWW-Authenticate": "Bearer"})
-            return getattr(self, f"_{name}")(*(unquote(group) for group in match.groups()))
+            return getattr(self, f"_{name}")(*match.groups())
         self.refuse(404, "Not Found")
 
     # -- endpoints -------------------------------------------------------------------------
