@@ -8,13 +8,15 @@ full export, ``export_format`` to start a selective one, ``export_task_id`` to p
 
 Routing is Starlette's: the path is percent-decoded once, before any route is matched, so an
 encoded slash (``%2F``) separates segments like ``/`` and a path parameter is never decoded again.
+A path that matches no route but would without its trailing slashes is redirected there (307),
+as Starlette's ``redirect_slashes`` does, before auth, faults or the method are looked at.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from .archive import EXPORT_FORMATS
 from .datasets import StoredDataset
@@ -40,6 +42,8 @@ _ROUTES = [
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)/export_status$"), "export_status"),
     ("GET", re.compile(r"^/cdn/([^/]+)/images/([^/]+)/([^/]+)\.zip$"), "cdn"),
 ]
+# What a Location's path leaves unquoted: RFC 3986's pchar, less "%", so the path decodes back to itself.
+_LOCATION_SAFE = "/:@!$&'()*+,;="
 SELECTION_KEYS = ("media_ids", "cluster_ids")
 # How long a dataset request waits for the service to index a new metadata.json before answering
 # 503 with Retry-After: within any client's request timeout.
@@ -81,7 +85,19 @@ class ApiHandler(Handler):
             if name != "cdn" and (refusal := self.service.auth_refusal(self.headers.get("Authorization"))):
                 return self.refuse(401, refusal, headers={"WWW-Authenticate": "Bearer"})
             return getattr(self, f"_{name}")(*match.groups())
+        if self.route.endswith("/") and _is_routed(self.route.rstrip("/")):
+            return self._redirect(self.route.rstrip("/"))
         self.refuse(404, "Not Found")
+
+    def _redirect(self, path: str) -> None:
+        """307 to ``path`` with the same query, as Starlette's RedirectResponse: an absolute URL on
+        the Host asked, no body. requests follows it with the method, body and bearer token."""
+        host = self.headers.get("Host") or "{}:{}".format(*self.connection.getsockname()[:2])
+        query = urlsplit(self.path).query
+        # Starlette leaves "%" unquoted, so its Location for ``a%252Fb/`` is ``a%2Fb``, which the next
+        # request decodes to "a/b": quoting it keeps the redirect on the id that was asked for.
+        location = f"http://{host}{quote(path, safe=_LOCATION_SAFE)}" + (f"?{query}" if query else "")
+        self.send(307, b"", None, {"Location": location})
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -162,6 +178,11 @@ class ApiHandler(Handler):
         state = self.service.jobs.start(dataset, request)
         # The docs show start answers that hold only the id: the option serves that variant.
         self.send_json(200, {"id": state.id} if self.service.minimal_start_response else self.service.task_json(state))
+
+
+def _is_routed(path: str) -> bool:
+    """Whether a route takes ``path``, whatever its method."""
+    return any(pattern.match(path) for _, pattern, _ in _ROUTES)
 
 
 def parse_selection(body: Any, errors: Errors) -> Wanted | None:

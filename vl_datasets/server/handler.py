@@ -204,16 +204,18 @@ class Handler(BaseHTTPRequestHandler):
         self,
         status: int,
         body: bytes = b"",
-        content_type: str = "application/json",
+        content_type: str | None = "application/json",
         headers: dict[str, str] | None = None,
         *,
         drip_s: float | None = None,
     ) -> None:
-        """Answer with ``body`` (not sent for HEAD) and its Content-Length; with ``drip_s``, the
-        body a byte every ``drip_s`` seconds, until the client hangs up."""
+        """Answer with ``body`` (not sent for HEAD) and its Content-Length, and no Content-Type when
+        ``content_type`` is None; with ``drip_s``, the body a byte every ``drip_s`` seconds, until
+        the client hangs up."""
         self.record(status)  # before answering: a client that has its answer sees the record
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
