@@ -61,6 +61,7 @@ from .errors import (
     SharedStoreError,
     SharedStoreNotFoundError,
     UnsafeArchiveError,
+    VersionInUseError,
     VersionNotFoundError,
     VLDatasetsError,
 )
@@ -175,6 +176,7 @@ __all__ = [
     "TargetOptions",
     "UnsafeArchiveError",
     "VLDatasetsError",
+    "VersionInUseError",
     "VersionNotFoundError",
     "VisualLayerDataset",
     "__version__",

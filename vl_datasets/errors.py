@@ -25,6 +25,7 @@
     │   ├── CacheMissError (FileNotFoundError)       offline and nothing cached for the key
     │   │   └── VersionNotFoundError                 the export version asked for is not in the cache
     │   ├── LockTimeoutError (TimeoutError)          another process held the cache lock too long
+    │   ├── VersionInUseError                        cache rm of a version a running job reads
     │   ├── ExportNotFoundError (FileNotFoundError)  a local export path that does not exist
     │   ├── UnsafeArchiveError (ValueError)          a ZIP that would write outside its folder, or
     │   │                                            whose member names collide or are too long
@@ -284,6 +285,14 @@ class LockTimeoutError(CacheError, TimeoutError):
     def __init__(self, message: str = "", *, lock_path: str | None = None) -> None:
         super().__init__(message)
         self.lock_path = lock_path
+
+
+class VersionInUseError(CacheError):
+    """``cache rm`` of an export whose version a running job reads (``cache.readers``)."""
+
+    def __init__(self, message: str = "", *, versions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.versions = versions or []
 
 
 class ExportNotFoundError(CacheError, FileNotFoundError):

@@ -9,12 +9,14 @@ from pathlib import Path
 from ..errors import LockTimeoutError
 from ..locks import hold_lock
 from .layout import DERIVED_MANIFEST, remove_tree
+from .readers import unread
 from .scan import CacheInfo, EntryInfo, NodeAreaInfo, PrunePolicy, PruneStrategy, Removal, walk_files
 from .store import CacheStore
 
 logger = logging.getLogger("vl_datasets")
 
 LEFTOVER_LOCK_TIMEOUT_S = 1.0  # a build holds its entry's lock for hours: skip it, never wait
+BUILD_RUNNING = "a build is running there"
 
 
 def plan(info: CacheInfo, policy: PrunePolicy) -> PruneStrategy:
@@ -23,7 +25,7 @@ def plan(info: CacheInfo, policy: PrunePolicy) -> PruneStrategy:
     for entry in info.entries:
         removals += [Removal("version", v.path, v.size_on_disk, entry, v) for v in entry.versions[:-1]]
         superseded = [d for d in entry.derived if d.version != entry.current.version]
-        removals += [Removal("derived store", d.path, d.size_on_disk, entry) for d in superseded]
+        removals += [Removal("derived store", d.path, d.size_on_disk, entry, of_version=d.version) for d in superseded]
     removals += [Removal("leftover", x.path, x.size_on_disk, leftover=x) for x in info.leftovers]
     removals += _by_policy(info, policy, datetime.now(timezone.utc))
     return PruneStrategy(tuple(removals), len(info.entries))
@@ -81,8 +83,22 @@ def _trimmable(folder: Path) -> list[tuple[Path, int, float]]:
     return found
 
 
-def remove(removal: Removal) -> bool:
-    """Carry out one removal; False when it was skipped (a build holds the leftover's entry)."""
+def remove(removal: Removal) -> str | None:
+    """Carry out one removal; or, when it was skipped, why: a build holds the entry, or a running
+    job reads a version it would remove (``readers``)."""
+    read: list[str] = []
+    if removal.entry is not None:
+        with unread(removal.entry.path, removal.versions_read()) as read:
+            if not read:
+                return _remove(removal)
+    else:
+        return _remove(removal)
+    named = ", ".join(read)
+    logger.info("Skipped %s %s: a running job reads version %s", removal.what, removal.path, named)
+    return f"a running job reads version {named}"
+
+
+def _remove(removal: Removal) -> str | None:
     what, path = removal.what, removal.path
     if what == "version" and removal.entry is not None and removal.version is not None:
         CacheStore(removal.entry.store_root).remove_version(removal.version.export)
@@ -90,12 +106,12 @@ def remove(removal: Removal) -> bool:
         (path / DERIVED_MANIFEST).unlink(missing_ok=True)  # first: a half-removed store is never complete
         remove_tree(path)
     elif what == "leftover" and removal.leftover is not None:
-        return _remove_leftover(removal)
+        return None if _remove_leftover(removal) else BUILD_RUNNING
     elif what == "entry" and removal.entry is not None:
         try:
             CacheStore(removal.entry.store_root).remove(path, lock_timeout_s=LEFTOVER_LOCK_TIMEOUT_S)
         except LockTimeoutError:  # a build holds it: it goes at a later prune
-            return False
+            return BUILD_RUNNING
     elif what == "image cache":
         remove_tree(path)
     elif what == "image files":
@@ -104,7 +120,7 @@ def remove(removal: Removal) -> bool:
     else:
         raise ValueError(f"Cannot carry out {removal!r}")
     logger.info("Pruned %s %s", what, path)
-    return True
+    return None
 
 
 def _remove_leftover(removal: Removal) -> bool:

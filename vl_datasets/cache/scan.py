@@ -23,9 +23,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, VersionInUseError
 from .layout import DERIVED_IDENTITY, DERIVED_MANIFEST, read_json, split_derived_name
 from .opened import local_store
+from .readers import unread
 from .store import CacheStore, LocalExport
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -188,17 +189,30 @@ class Removal:
     version: VersionInfo | None = None
     files: tuple[Path, ...] = field(default=(), repr=False)
     leftover: LeftoverInfo | None = None
+    of_version: str | None = None  # a derived store's version
+
+    def versions_read(self) -> list[str]:
+        """The versions a job must not be reading for this to go (``readers``)."""
+        if self.what == "version" and self.version is not None:
+            return [self.version.version]
+        if self.what == "derived store" and self.of_version is not None:
+            return [self.of_version]
+        if self.what == "entry" and self.entry is not None:
+            return [v.version for v in self.entry.versions]
+        return []
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """What ``execute()`` removed, what it skipped (a leftover whose build still runs), the bytes
-    it freed, and how many of the entries scanned it removed whole."""
+    """What ``execute()`` removed, what it skipped (a leftover whose build still runs, a version a
+    running job reads) and why (``skipped_why``, one each), the bytes it freed, and how many of the
+    entries scanned it removed whole."""
 
     removed: tuple[Removal, ...]
     skipped: tuple[Removal, ...]
     freed_bytes: int
     entries_scanned: int
+    skipped_why: tuple[str, ...] = ()
 
     @property
     def entries_removed(self) -> int:
@@ -217,15 +231,22 @@ class PruneStrategy:
         return sum(r.size_on_disk for r in self.removals)
 
     def execute(self) -> PruneResult:
-        """Remove what was planned. A leftover whose entry a build holds is skipped, not waited for."""
+        """Remove what was planned. A leftover whose entry a build holds, and a version a running job
+        reads (with what is derived from it), are skipped, not waited for."""
         from .pruning import remove
 
         removed: list[Removal] = []
-        skipped: list[Removal] = []
+        skipped: list[tuple[Removal, str]] = []
         for removal in self.removals:
-            (removed if remove(removal) else skipped).append(removal)
+            why = remove(removal)
+            if why is None:
+                removed.append(removal)
+            else:
+                skipped.append((removal, why))
         freed = sum(r.size_on_disk for r in removed)
-        return PruneResult(tuple(removed), tuple(skipped), freed, self.entries_scanned)
+        return PruneResult(
+            tuple(removed), tuple(r for r, _ in skipped), freed, self.entries_scanned, tuple(w for _, w in skipped)
+        )
 
 
 def scan(cache_dir: str | os.PathLike[str] | None = None) -> CacheInfo:
@@ -261,8 +282,16 @@ REMOVE_LOCK_TIMEOUT_S = 10.0  # "cache rm" of an entry a build holds: say so, ra
 
 def remove_entry(entry: EntryInfo, *, lock_timeout_s: float | None = REMOVE_LOCK_TIMEOUT_S) -> None:
     """Delete a whole entry: every version and what is derived from them. ``LockTimeoutError``
-    when a build holds it longer than ``lock_timeout_s``."""
-    CacheStore(entry.store_root).remove(entry.path, lock_timeout_s=lock_timeout_s)
+    when a build holds it longer than ``lock_timeout_s``; ``VersionInUseError`` when a running
+    job reads one of its versions (``readers``)."""
+    with unread(entry.path, [v.version for v in entry.versions]) as read:
+        if read:
+            raise VersionInUseError(
+                f"Not removing {entry.key} ({entry.dataset}): a running job reads its version {', '.join(read)}. "
+                "Remove it once the job ends; nothing of it was removed.",
+                versions=read,
+            )
+        CacheStore(entry.store_root).remove(entry.path, lock_timeout_s=lock_timeout_s)
 
 
 def _entry_info(store: CacheStore, folder: Path, versions: list[LocalExport], *, mirrored: bool) -> EntryInfo:

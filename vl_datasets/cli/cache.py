@@ -155,8 +155,9 @@ def run_prune(args: argparse.Namespace) -> int:
 def _print_pruned(result: PruneResult) -> None:
     for removal in result.removed:
         print(_describe(removal))
-    for removal in result.skipped:
-        print(f"skipped {removal.leftover.entry_dir if removal.leftover else removal.path}: a build is running there")
+    for removal, why in zip(result.skipped, result.skipped_why, strict=True):
+        what = removal.leftover.entry_dir if removal.leftover else _describe(removal).removeprefix("removed ")
+        print(f"skipped {what}: {why}")
     print(
         f"pruned {result.entries_removed} of {result.entries_scanned} cached exports; "
         f"freed {human_size(result.freed_bytes)}"

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from ..cache.entry_index import entry_index
 from ..cache.opened import open_export
+from ..cache.readers import reading_version
 from ..cache.store import LocalExport
 from ..errors import VLDatasetsError
 from ..metadata.curated import CuratedItems, TargetOptions
@@ -130,6 +131,7 @@ class VisualLayerDataset(Dataset):
 
     def _open(self, entry: LocalExport, options: _Options, cache_dir: str | os.PathLike | None) -> None:
         self.entry = entry  # the cache entry's exact version: what a checkpoint pins
+        self._reading = reading_version(entry)  # held while the dataset lives: a prune leaves the version be
         self.export_dir = entry.path
         self.items = _curated_items(entry, options)
         self.images = ImageReader(
