@@ -215,6 +215,28 @@ def test_missing_and_corrupt_images(tmp_path):
     assert [s.media_id for s in loader.skipped] == ["m002"]
 
 
+@pytest.mark.parametrize("task", ["classification", "multilabel", None])
+def test_slices_whose_kept_rows_have_no_image_are_said_or_dropped_whatever_the_task(tmp_path, monkeypatch, task):
+    """A metadata-only export opened without an images_root, and an export whose first slice of
+    rows has no image: the error that says what to do, or those rows dropped (an Arrow error
+    about dictionaries of labels, where a slice had no item left)."""
+    from vl_datasets.metadata import row_batches
+
+    monkeypatch.setattr(row_batches, "SLICE_ROWS", 2)
+    folder = export_folder(tmp_path, [item(i) for i in range(6)])
+    for i in (0, 1, 3):  # the whole first slice, and one row of the second
+        (folder / "images" / "folder" / f"img_{i}.jpg").unlink()
+    ds = VisualLayerDataset.from_export(folder, missing_images="drop", task=task, cache_dir=tmp_path / "c")
+    assert ds.media_ids == ["m002", "m004", "m005"]
+    assert ds.curation_summary().removed_by["missing_images"] == 3
+    for image in (folder / "images").rglob("*.jpg"):
+        image.unlink()
+    (folder / "images" / "folder").rmdir()
+    (folder / "images").rmdir()  # metadata only
+    with pytest.raises(errors.ImageNotFoundError, match="pass images_root="):
+        VisualLayerDataset.from_export(folder, task=task, cache_dir=tmp_path / "c")
+
+
 def test_dataset_pickles_without_live_resources(quick_vl, quick_client, tmp_path):
     ds = VisualLayerDataset("ds-ready", client=quick_client, cache_dir=tmp_path, image_size=8)
     copy = pickle.loads(pickle.dumps(ds))

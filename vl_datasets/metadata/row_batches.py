@@ -42,6 +42,8 @@ def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     A slice's columns come in one chunk each: those copies were ~1 GB of a 10M-item first open."""
     if isinstance(column, pa.Array):
         return column
+    if column.num_chunks == 0:  # a filter that kept no row: combine_chunks cannot make a dictionary of none
+        return pa.nulls(0, column.type)
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
