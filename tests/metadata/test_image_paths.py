@@ -158,3 +158,34 @@ def test_image_filename_beside_file_path_names_the_flat_image():
     assert table.column("file_path").to_pylist()[0] == "videos/1/frame.jpg", "file_path must stay as exported"
     members = ["images/frame.jpg", "images/frame_1.jpg", "images/x.jpg"]
     assert resolve_image_paths(table, members).to_pylist() == members, "image_filename should name each image"
+
+
+def _table(**columns):
+    names = columns["file_path"]
+    base = {"media_id": [f"m{i}" for i in range(len(names))], "file_name": [p.rsplit("/", 1)[-1] for p in names]}
+    return normalize(pa.table({**base, **columns}))
+
+
+def test_an_image_filename_two_rows_give_is_neither_s_and_their_file_paths_decide():
+    # Each row's own folder holds its image; the flat name both give is a file too (row m1's).
+    table = _table(file_path=["cats/x.jpg", "x.jpg"], image_filename=["x.jpg", "x.jpg"])
+    assert resolve_image_paths(table, ["images/cats/x.jpg", "images/x.jpg"]).to_pylist() == [
+        "images/cats/x.jpg",
+        "images/x.jpg",
+    ]
+    # Frames of two videos named alike, one file of that name: never one row's image silently.
+    frames = _table(
+        file_path=["v1/output_000001.jpg", "v2/output_000001.jpg"], image_filename=["output_000001.jpg"] * 2
+    )
+    with pytest.raises(ImageNotFoundError, match="ambiguous"):
+        resolve_image_paths(frames, ["images/output_000001.jpg"], on_missing="null")
+
+
+def test_a_frame_missing_from_its_video_is_not_a_frame_of_that_name_in_another():
+    # v1's frame is its row's by its exact path; v2's is missing, and v1's and v3's share its name.
+    table = _table(file_path=["v1/output_000001.jpg", "v2/output_000001.jpg"])
+    with pytest.raises(ImageNotFoundError, match="matches 2 file"):
+        resolve_image_paths(table, ["images/v1/output_000001.jpg", "images/v3/output_000001.jpg"], on_missing="null")
+    # The only file of that name is another row's: this row has none, which is no ambiguity.
+    only = resolve_image_paths(table, ["images/v1/output_000001.jpg"], on_missing="null")
+    assert only.to_pylist() == ["images/v1/output_000001.jpg", None]

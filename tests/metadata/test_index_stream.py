@@ -245,6 +245,26 @@ def test_a_row_never_takes_by_file_path_the_image_another_names_by_image_filenam
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
 
 
+def test_frames_two_rows_name_alike_in_a_flat_folder_are_refused_by_both_builds(tmp_path):
+    """Two rows give one image_filename, one file of that name: the exact lookup a slice at a time
+    would hand it to both; both builds refuse it as ambiguous."""
+    table = pa.table(
+        {
+            "media_id": [f"m{i:03d}" for i in range(40)],
+            "file_path": ["v1/output_000001.jpg", "v2/output_000001.jpg", *[f"sub/{i}.jpg" for i in range(2, 40)]],
+            "image_filename": ["output_000001.jpg"] * 2 + [f"{i}.jpg" for i in range(2, 40)],
+        }
+    )
+    export = write_parquet(tmp_path / "export", table).parent
+    (export / "images").mkdir()
+    for name in ["output_000001.jpg", *[f"{i}.jpg" for i in range(2, 40)]]:
+        (export / "images" / name).write_bytes(b"")
+    with pytest.raises(ImageNotFoundError, match=r"media_id 'm000' is ambiguous"):
+        build_index(export)
+    with pytest.raises(ImageNotFoundError, match=r"media_id 'm000' is ambiguous"):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
+
+
 def _with_images(folder, media, *, flat_from: int):
     """An export of ``media`` whose images lie at ``images/<file_path>``, but for the rows from
     ``flat_from`` on, which name theirs in a flat folder by ``image_filename`` (the docs' layout)."""

@@ -31,8 +31,10 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     3. the one member whose base name is the file name's base name;
     4. ``images/<media_id>.<ext>`` for an image extension, then such a file alone in any folder under it.
 
-    Steps 2-3 never hand one file to two rows: a file name that several files or several rows share,
-    and that no other step settles, raises ``ImageNotFoundError`` naming the media_id and the
+    No step hands one file to two rows: an image_filename several rows give is left to the other
+    steps, and a file another row has by its exact path settles no other. Steps 2-4 count every
+    file of the export. A file name that several files or several rows share, and that no other
+    step settles, raises ``ImageNotFoundError`` naming the media_id and the
     candidates, whatever ``on_missing`` says (an ambiguous name is never resolved silently). A row
     with no image raises ``ImageNotFoundError`` (``on_missing="raise"``) or gets null (``"null"``),
     so the caller can drop it. ``table`` is a normalized table; ``member_names`` are the export's
@@ -50,6 +52,9 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     taken = None
     if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
         flat = _exact(_member_in_images(table.column("image_filename").combine_chunks()), members)
+        # A flat name several rows give is none of theirs (one file, or frames named alike): those
+        # rows are left to their file_path and the later steps, which never share a file either.
+        flat = pc.if_else(_repeated(flat, pc.drop_null(flat)), _NO_STRING, flat)
         # Steps 0 and 1 look in one folder: a row whose own flat image is missing must not take,
         # by its file_path, the image another row names (an ambiguity, as in steps 2-3).
         taken = pc.and_(pc.is_null(flat), pc.fill_null(pc.is_in(resolved, value_set=pc.drop_null(flat)), False))
@@ -57,8 +62,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         ambiguous = pc.or_(ambiguous, taken)
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
-        # A member another row found by its exact path is that row's image, whatever its name.
-        members = members.filter(pc.invert(pc.is_in(members, value_set=pc.drop_null(resolved))))
+        # Unique among every file of the export, those other rows found by their exact paths too
+        # (a frame missing from one video is not the frame of the same name in another).
         member_base = basename(members)
         by_base, base_ambiguous = _unique_match(basename(file_name.take(pending)), member_base, members)
         ids = media_id.take(pending)
@@ -67,6 +72,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         nested, nested_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=True), members)
         id_ambiguous = pc.or_(id_ambiguous, pc.and_(pc.is_null(by_id), nested_ambiguous))
         by_id = pc.coalesce(by_id, nested)
+        # A file another row has by its exact path is that row's image: this row has none there.
+        by_base, by_id = _unclaimed(by_base, resolved), _unclaimed(by_id, resolved)
         resolved = _scatter(resolved, pending, pc.coalesce(by_base, by_id))
         ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending), pc.or_(base_ambiguous, id_ambiguous)))
     unresolved = pc.is_null(resolved)
@@ -248,6 +255,11 @@ def _unique_match(keys: pa.Array, member_keys: pa.Array, members: pa.Array) -> t
     first = members.take(pc.index_in(keys, member_keys))
     several = pc.and_(pc.is_valid(first), pc.or_(_repeated(keys, keys), _repeated(keys, member_keys)))
     return pc.if_else(several, _NO_STRING, first), several
+
+
+def _unclaimed(found: pa.Array, resolved: pa.Array) -> pa.Array:
+    """``found`` less the files rows already have in ``resolved``."""
+    return pc.if_else(pc.fill_null(pc.is_in(found, value_set=pc.drop_null(resolved)), False), _NO_STRING, found)
 
 
 def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:

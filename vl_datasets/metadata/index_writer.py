@@ -314,7 +314,8 @@ def _exact_images(spilled: list[Path], lookup: pa.Schema, members: pa.Array) -> 
     parts = [exact.found(conformed(table, lookup)) for table in _loaded(spilled, lookup.names)]
     found = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
     by_name = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, bool)
-    if not (found >= 0).all() or np.isin(found[~by_name], found[by_name]).any():
+    named = found[by_name]
+    if not (found >= 0).all() or np.isin(found[~by_name], named).any() or len(np.unique(named)) < len(named):
         return None  # the lookup over all the rows says which rows have none, or which are ambiguous
     return lambda start, count: _under_images(exact.members.take(pa.array(found[start : start + count])))
 
