@@ -4,7 +4,7 @@ It shares only the contract (docs/API contract) with the client, never its code,
 checks the other. Modules, in the order a request travels:
 
     service    LocalVisualLayer: both origins in threads; foreground: serve() until a signal
-    api        the API origin (dataset, export start, export status, /cdn redirect)
+    api        the API origin (dataset, snapshots, export start, export status, /cdn redirect)
     validation query and body parsing with FastAPI's rules and pydantic's 422 entries
     tokens     bearer-token checks (cloud mode)
     datasets   the dataset folders it serves; synthetic, synthetic_bulk: datasets to serve

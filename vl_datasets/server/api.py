@@ -1,4 +1,4 @@
-"""The API origin: dataset status, export start (full and selective), export status, /cdn redirect.
+"""The API origin: dataset status and snapshots, export start (full and selective), export status, /cdn redirect.
 
 Errors follow FastAPI, which the platform runs on: ``{"detail": "..."}``, and for 422 pydantic's
 list of ``{"type", "loc", "msg", "input"[, "ctx"]}`` (``validation``). Checks run in FastAPI's
@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .archive import EXPORT_FORMATS
+from .columnar import Summary
 from .datasets import StoredDataset
 from .handler import Handler
 from .jobs import ExportRequest
@@ -37,6 +38,7 @@ from .validation import (
 
 _ROUTES = [
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)$"), "dataset"),
+    ("GET", re.compile(r"^/api/v1/dataset/([^/]+)/snapshot$"), "snapshot"),
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)/export_context_async$"), "export"),
     ("POST", re.compile(r"^/api/v1/dataset/([^/]+)/export_entities_async$"), "selective_export"),
     ("GET", re.compile(r"^/api/v1/dataset/([^/]+)/export_status$"), "export_status"),
@@ -102,17 +104,12 @@ class ApiHandler(Handler):
     # -- endpoints -------------------------------------------------------------------------
 
     def _dataset(self, dataset_id: str) -> None:
-        if (dataset := self._dataset_or_404(dataset_id)) is None:
-            return
-        index = dataset.index.wait(DATASET_WAIT_S)  # raises if metadata.json cannot be read: a 500
-        if index is None:
-            return self.refuse(
-                503,
-                f"Dataset {dataset_id} is being indexed by the local service "
-                f"({dataset.index.progress:.0%} of its metadata.json read); retry later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        self.send_json(200, dataset.as_json(index.summary))
+        if (found := self._summarized(dataset_id)) is not None:
+            self.send_json(200, found[0].as_json(found[1]))
+
+    def _snapshot(self, dataset_id: str) -> None:
+        if (found := self._summarized(dataset_id)) is not None:
+            self.send_json(200, found[0].snapshots(found[1]))
 
     def _export(self, dataset_id: str) -> None:
         errors: Errors = []
@@ -165,6 +162,21 @@ class ApiHandler(Handler):
         if dataset is None:
             self.refuse(404, f"Dataset {dataset_id} not found")
         return dataset
+
+    def _summarized(self, dataset_id: str) -> tuple[StoredDataset, Summary] | None:
+        """The dataset and the counts of its metadata, or None once 404 or 503 has been answered."""
+        if (dataset := self._dataset_or_404(dataset_id)) is None:
+            return None
+        index = dataset.index.wait(DATASET_WAIT_S)  # raises if metadata.json cannot be read: a 500
+        if index is None:
+            self.refuse(
+                503,
+                f"Dataset {dataset_id} is being indexed by the local service "
+                f"({dataset.index.progress:.0%} of its metadata.json read); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+            return None
+        return dataset, index.summary
 
     def _exportable(self, dataset_id: str) -> StoredDataset | None:
         """The dataset, or None once 404 or 409 has been answered."""

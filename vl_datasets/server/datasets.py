@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ from .indexes import IndexBuild, IndexStore
 
 # Folder names only: a dataset id must never reach outside the root (``..``, slashes).
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Snapshot ids are uuids, as the platform's are, derived so that the same dataset keeps the same one.
+_SNAPSHOT_IDS = uuid.UUID("6f1c0a52-8f3e-4d8e-9b1a-5c2d7e4f9a10")
 
 
 def status_key(value: object) -> str:
@@ -76,6 +79,15 @@ class StoredDataset:
         }
         body.update(self.fields)
         return body
+
+    def snapshots(self, summary: Summary) -> list[dict[str, Any]]:
+        """The snapshot list (§2). The service keeps no history, and an export reads the dataset as it is
+        now, so that is the one snapshot: current, taken at creation, with the dataset object's counts."""
+        dataset = self.as_json(summary)
+        snapshot_id = uuid.uuid5(_SNAPSHOT_IDS, f"{self.id}@{dataset['created_at']}")
+        return [
+            {"snapshot_id": str(snapshot_id), "n_images": dataset["n_images"], "is_current": True, "reason": "creation"}
+        ]
 
     def image_path(self, item: dict[str, Any]) -> Path:
         """Where an item's image lies on disk."""

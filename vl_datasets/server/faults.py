@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-ENDPOINTS = ("dataset", "export", "selective_export", "export_status", "cdn", "storage")
+ENDPOINTS = ("dataset", "snapshot", "export", "selective_export", "export_status", "cdn", "storage")
 JOB_FAILURES = ("FAILED", "REJECTED")
 
 
