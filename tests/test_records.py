@@ -15,6 +15,13 @@ from vl_datasets.records import DatasetInfo, ExportTask, normalize_status
         ("read_only", "READ_ONLY"),
         ("Partial Index", "PARTIAL_INDEX"),
         ("CANCELLED", "CANCELED"),
+        # Contract §3: case, spaces and underscores are ignored, so a spelling without separators is the same status.
+        ("ReadOnly", "READ_ONLY"),
+        ("READONLY", "READ_ONLY"),
+        ("PARTIALINDEX", "PARTIAL_INDEX"),
+        ("InProgress", "IN_PROGRESS"),
+        (" Ready ", "READY"),
+        ("Some New State", "SOME_NEW_STATE"),  # not in the contract: kept readable
     ],
 )
 def test_status_spellings(raw, expected):
@@ -35,6 +42,11 @@ def test_dataset_prefers_status_new_over_legacy_status():
     assert info.n_images == 3
     assert info.created_at.year == 2025
     assert DatasetInfo.from_json({"id": "d", "status": "INDEXING"}).status == "INDEXING"
+
+
+def test_a_read_only_status_spelt_without_separators_is_read_only_and_not_exportable():
+    info = DatasetInfo.from_json({"id": "d", "status_new": "ReadOnly"})
+    assert (info.status, info.ready) == ("READ_ONLY", False)
 
 
 def test_export_task_variants():

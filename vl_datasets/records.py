@@ -25,14 +25,26 @@ def check_export_format(export_format: str) -> None:
 
 TERMINAL_EXPORT_STATUSES = frozenset({"COMPLETED", "FAILED", "REJECTED", "CANCELED"})
 KNOWN_EXPORT_STATUSES = TERMINAL_EXPORT_STATUSES | {"INIT", "IN_PROGRESS"}
+DATASET_STATUSES = frozenset({"DRAFT", "INDEXING", "READ_ONLY", "PARTIAL_INDEX", "READY", "ERROR"})
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def _status_key(text: str) -> str:
+    """The contract's comparison (§3): case, spaces and underscores ignored."""
+    return _SEPARATORS.sub("", text).upper()
+
+
+_DOCUMENTED_STATUSES = {_status_key(s): s for s in DATASET_STATUSES | KNOWN_EXPORT_STATUSES} | {"CANCELLED": "CANCELED"}
 
 
 def normalize_status(value: Any) -> str | None:
-    """``"Read Only"``, ``"read_only"`` and ``"READ ONLY"`` all become ``"READ_ONLY"``."""
+    """A status spelt as the contract documents it, whatever its case and separators: ``"Read Only"``,
+    ``"read_only"``, ``"ReadOnly"`` and ``"READONLY"`` all become ``"READ_ONLY"``. A status the contract
+    does not list keeps its words, in capitals joined by underscores, so messages stay readable."""
     if value is None:
         return None
-    text = re.sub(r"[\s_\-]+", "_", str(value).strip()).upper()
-    return "CANCELED" if text == "CANCELLED" else text
+    text = str(value).strip()
+    return _DOCUMENTED_STATUSES.get(_status_key(text)) or _SEPARATORS.sub("_", text).upper()
 
 
 def _parse_time(value: Any) -> datetime | None:
