@@ -199,6 +199,7 @@ def test_progress_scale_is_inferred():
 
     fraction = _ProgressScale()
     assert fraction.percent(task(0.25)) == 25.0
+    assert fraction.percent(task(1.0)) == 99.0, "an unfinished export showed 100%"
     percent = _ProgressScale()
     assert percent.percent(task(40.0)) == 40.0
     assert percent.percent(task(1.0)) == 1.0

@@ -30,6 +30,7 @@ POLL_START_S, POLL_GROWTH, POLL_MAX_S = 2.0, 1.5, 10.0
 # "export 1a2b3c4d:  40%|████      | 00:12 waited". The bar counts the server's percent, so tqdm's
 # default n/total and rate ("37.5/100 [2383.37%/s]") would read as nonsense.
 EXPORT_BAR_FORMAT = "{l_bar}{bar}| {elapsed} waited"
+_UNFINISHED_MAX_PERCENT = 99.0  # tqdm would round 99.5 up to "100%"
 
 
 class Client:
@@ -346,7 +347,10 @@ def _completed_or_raise(task: ExportTask) -> ExportTask:
 class _ProgressScale:
     """Turn the server's progress into percent; its scale (0-1 or 0-100) is not documented.
 
-    Values above 1 mean percent; until one is seen, values are read as fractions.
+    Values above 1 mean percent; until one is seen, values are read as fractions: a server counting
+    in percent is mistaken only within its first percent, where a reading of "least it can mean"
+    would show a server counting in fractions at under 1 % for its whole export. Whatever the
+    scale, an unfinished export never shows 100 % (a percent server's early 1.0 read as a fraction).
     """
 
     def __init__(self) -> None:
@@ -359,4 +363,4 @@ class _ProgressScale:
             return 0.0
         self.percent_scale = self.percent_scale or task.progress > 1.0
         value = task.progress if self.percent_scale else task.progress * 100.0
-        return max(0.0, min(value, 100.0))
+        return max(0.0, min(value, _UNFINISHED_MAX_PERCENT))
