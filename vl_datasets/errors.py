@@ -337,11 +337,13 @@ class PrepareTimeoutError(PreparedStoreError, TimeoutError):
 
 class SharedStoreError(PreparedStoreError):
     """A shared prepared store (``prepared_root=``) cannot be read, or is not the one asked for;
-    ``url`` is where it is, without credentials."""
+    ``url`` is where it is, without credentials; ``damaged``: its files are not a store's (building
+    it again repairs it), rather than unreachable or another store."""
 
-    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+    def __init__(self, message: str = "", *, url: str | None = None, damaged: bool = False) -> None:
         super().__init__(message, path=url)
         self.url = url
+        self.damaged = damaged
 
 
 class SharedStoreNotFoundError(SharedStoreError, FileNotFoundError):

@@ -27,9 +27,10 @@ def read_store(url: str, options: dict) -> dict:
     manifest = json.loads(fs.cat_file(f"{base}/manifest.json"))
     found = {"store": json.loads(fs.cat_file(f"{base}/store.json")), "manifest": manifest}
     found.update(shares={}, index={}, shards={}, pixels={})
-    for share in manifest["shares"]:
-        part = json.loads(fs.cat_file(f"{base}/shares/{share}.json"))
-        named = share if "build" not in part else f"{share}-{part['build']}"  # a share built again
+    for entry in manifest["shares"]:
+        share = entry if isinstance(entry, str) else entry["name"]
+        named = entry if isinstance(entry, str) else f"{entry['name']}-{entry['build']}"  # a share built again
+        part = json.loads(fs.cat_file(f"{base}/shares/{named}.json"))
         index = np.load(io.BytesIO(fs.cat_file(f"{base}/index/{named}.npy")), allow_pickle=False)
         assert tuple(index.dtype.names) == RECORD_FIELDS
         order = np.lexsort((index["lo"], index["hi"]))

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from tests.loading.s3_server import serving_folder
-from vl_datasets import SharedStoreError
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.shared_store_writer import store_location
 
@@ -29,8 +28,9 @@ def bucket(split_export, monkeypatch):
         yield server, export
 
 
-def open_shared(server, export, cache, *, shared=True):
-    options = {"prepared_root": f"s3://{server.bucket}/prepared"} if shared else {}
+def open_shared(server, export, cache, *, shared=True, **options):
+    if shared:
+        options["prepared_root"] = f"s3://{server.bucket}/prepared"
     return VisualLayerDataset.from_export(
         export,
         images_root=f"s3://{server.bucket}/photos",
@@ -85,12 +85,12 @@ def test_the_share_of_a_replaced_original_is_built_again_and_a_running_job_keeps
     after = store_files(server, builder)
     changed = {name for name in after if after[name] != published.get(name)}
     share = again.shares[0]
-    written = {"manifest.json", f"shares/{share}.json"}
-    assert written <= changed, f"the share file and the manifest were not written again: {sorted(changed)}"
-    new = changed - written
-    assert new and all(name.startswith((f"shards/{share}-", f"index/{share}-")) for name in new), sorted(new)
-    assert all(after[name] == etag for name, etag in published.items() if name not in written), (
-        "a shard or an index a running job reads was changed"
+    assert "manifest.json" in changed, "the manifest was not written again"
+    new = changed - {"manifest.json"}
+    prefixes = (f"shards/{share}-", f"index/{share}-", f"shares/{share}-")
+    assert new and all(name.startswith(prefixes) and name not in published for name in new), sorted(new)
+    assert all(after[name] == etag for name, etag in published.items() if name != "manifest.json"), (
+        "a file a running job reads was written over"
     )
 
     reader = open_shared(server, export, tmp_path / "node-2")
@@ -105,6 +105,62 @@ def test_the_share_of_a_replaced_original_is_built_again_and_a_running_job_keeps
     assert build(builder).shares == [], "a store that stands for its originals was built again"
 
 
+def test_a_refresh_that_never_published_its_manifest_leaves_the_store_as_it_was(bucket, tmp_path):
+    """Every file a refresh writes has a new name, the manifest last: until it is written, a node
+    that opens the store reads the store as it was, whole; the next build does the refresh again."""
+    server, export = bucket
+    builder = open_shared(server, export, tmp_path / "node-0")
+    build(builder)
+    fs, base = store_folder(server, builder)
+    first_manifest = fs.cat_file(f"{base}/manifest.json")
+    before = [open_shared(server, export, tmp_path / "node-1")[i][0] for i in range(len(builder))]
+    replace_original(server, builder, 5)
+    assert len(build(builder).shares) == 1
+    fs.pipe(f"{base}/manifest.json", first_manifest)  # as if the refresh died before its manifest
+    stale = open_shared(server, export, tmp_path / "node-2")
+    for i in range(len(stale)):
+        assert torch.equal(stale[i][0], before[i]), f"item {i} mixes the refresh into the store its manifest names"
+    assert len(build(builder).shares) == 1, "the refresh was not done again"
+    fresh = open_shared(server, export, tmp_path / "node-3")
+    assert not torch.equal(fresh[5][0], before[5])
+
+
+def test_a_curated_dataset_does_not_build_again_a_share_holding_images_it_lacks(bucket, tmp_path, caplog):
+    server, export = bucket
+    whole = open_shared(server, export, tmp_path / "node-0")
+    build(whole)
+    replace_original(server, whole, 5)
+    curated = open_shared(server, export, tmp_path / "node-0", subset=[whole.media_ids[5]])
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        assert build(curated).shares == []
+    assert "build the store from the whole export" in caplog.text
+    reader = open_shared(server, export, tmp_path / "node-1")
+    assert reader.images._source.store.counts()[0] == 0
+    assert all(reader[i][0] is not None for i in range(len(reader)))
+    assert reader.images._source.store.counts()[0] == 0, "the curated build dropped other images from the store"
+
+
+def test_a_build_again_over_http_sends_no_request_per_original(split_export, shared_bucket, tmp_path, monkeypatch):
+    from tests.loading.image_server import ImageServer
+
+    monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
+    export, source = split_export
+    root, _ = shared_bucket  # reached through fsspec's s3 settings: storage_options would go to http too
+    with ImageServer(source) as server:
+        ds = VisualLayerDataset.from_export(
+            export,
+            images_root=server.url,
+            cache_dir=tmp_path / "c",
+            task=None,
+            prepare=SIZE,
+            prepared_root=root,
+        )
+        assert len(build(ds).shares) > 1
+        gets, heads = len(server.requests), len(server.heads)
+        assert build(ds).shares == []
+        assert (len(server.requests), len(server.heads)) == (gets, heads), "the check asked each original"
+
+
 def test_shares_of_local_originals_are_not_compared_across_machines(shared_export, tmp_path, shared_bucket):
     from tests.loading.shared_store_files import open_shared as open_local
 
@@ -116,33 +172,43 @@ def test_shares_of_local_originals_are_not_compared_across_machines(shared_expor
     assert other.prepare(num_workers=0, progress=False, share_images=8).shares == []
 
 
-@pytest.mark.parametrize("damage", ["index", "share file", "shard", "manifest"])
-def test_the_command_that_builds_a_store_repairs_its_damaged_files(bucket, tmp_path, caplog, damage):
-    server, export = bucket
-    builder = open_shared(server, export, tmp_path / "node-0")
-    build(builder)
-    before = [builder[i][0] for i in range(len(builder))]
-    files = store_files(server, builder)
-    fs, base = store_folder(server, builder)
-    target = {
-        "index": "index/00001.npy",
-        "share file": "shares/00001.json",
-        "shard": next(name for name in sorted(files) if name.startswith("shards/00001-")),
-        "manifest": "manifest.json",
-    }[damage]
-    if damage == "shard":
-        fs.rm(f"{base}/{target}")
-    else:
-        fs.pipe(f"{base}/{target}", b"not what it was")
+DAMAGE = {  # what is done to which file of share 00001 (or of the store)
+    "index": ("index/00001.npy", b"not what it was"),
+    "empty index": ("index/00001.npy", b""),
+    "share file": ("shares/00001.json", b"not what it was"),
+    "share file gone": ("shares/00001.json", None),
+    "shard gone": ("shards/00001-00000.pixels", None),
+    "shard cut": ("shards/00001-00000.pixels", b"cut"),
+    "manifest": ("manifest.json", b"not what it was"),
+    "store file": ("store.json", b"not what it was"),
+}
 
-    if damage != "shard":  # a missing shard is read from the originals under a job: see test_shared_prepared
-        with pytest.raises(SharedStoreError, match="building it again repairs it"):
-            open_shared(server, export, tmp_path / "node-x")
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_store_is_read_around_then_repaired_by_the_command_that_builds_it(bucket, tmp_path, caplog, damage):
+    server, export = bucket
+    built = build(open_shared(server, export, tmp_path / "node-0"))
+    expected = [open_shared(server, export, tmp_path / "local", shared=False)[i][0] for i in range(built.images)]
+    fs, base = store_folder(server, open_shared(server, export, tmp_path / "node-0"))
+    name, data = DAMAGE[damage]
+    if data is None:
+        fs.rm(f"{base}/{name}")
+    else:
+        fs.pipe(f"{base}/{name}", data)
+
     with caplog.at_level(logging.WARNING, logger="vl_datasets"):
-        repaired = build(builder)
-    assert repaired.shares == ([] if damage == "manifest" else ["00001"])
-    assert ("is damaged" in caplog.text) if damage != "manifest" else ("is written again" in caplog.text)
+        fresh = open_shared(server, export, tmp_path / "node-x")  # a node that never read the store
+    if not damage.startswith("shard"):  # a shard is read, or found missing, only when an image needs it
+        assert "is damaged" in caplog.text and "building it again repairs it" in caplog.text, caplog.text
+    for i in range(len(fresh)):
+        assert torch.equal(fresh[i][0], expected[i]), f"item {i} reads otherwise from a damaged store"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vl_datasets"):
+        repaired = build(open_shared(server, export, tmp_path / "node-y"))  # the repair, from a fresh open
+    assert repaired.shares == ([] if damage in ("manifest", "store file") else ["00001"]), caplog.text
+    assert ("written again" if damage in ("manifest", "store file") else "is damaged") in caplog.text
+
     reader = open_shared(server, export, tmp_path / "node-1")
     for i in range(len(reader)):
-        assert torch.equal(reader[i][0], before[i]), f"item {i} reads otherwise after the repair"
+        assert torch.equal(reader[i][0], expected[i]), f"item {i} reads otherwise after the repair"
     assert reader.images._source.store.counts()[0] == 0, "the reader prepared images itself: the store is not whole"

@@ -10,11 +10,11 @@ URL) for every machine of a cluster. Every file is written whole, then never cha
         shares/<share>.json              written once the share's shards and index are up
         manifest.json                    written last: a reader trusts only a store that has one
 
-A share built again (its originals replaced since: ``shared_store_writer``) gets shards and an index
-of new names, ``<share>-<build>-<n:05d>.pixels`` and ``<share>-<build>.npy``, which its new
-shares/<share>.json names; then the manifest is written again. The files a running job read are
-left as they were, so it reads the share it started with, whole, and a job that opens the store
-meanwhile reads each share whole, old or new.
+A share built again (damaged, or its originals replaced since: ``shared_store_check``) gets files
+of new names, ``shards/<share>-<build>-<n:05d>.pixels``, ``index/<share>-<build>.npy`` and
+``shares/<share>-<build>.json``, and the manifest, written again last, names each share's build
+(``{"name": share, "build": build}`` in its "shares"). No file is ever written over but the
+manifest: a job reads the store its manifest names, whole, whenever it opened it.
 
 A share is the images whose keys fall in one range (``share_of``): the key (``prepared.image_key``)
 is a hash, so the shares come out even, and a share's index covers one range of keys. Their count
@@ -78,6 +78,32 @@ def index_name(share: str, build: str | None = None) -> str:
     return f"{INDEX}/{_built(share, build)}.npy"
 
 
+def share_file(share: str, build: str | None = None) -> str:
+    return f"{SHARES}/{_built(share, build)}.json"
+
+
+def manifest_shares(manifest: dict) -> list[tuple[str, str | None]] | None:
+    """(name, build) of each share the manifest names (build None: the first); None when its
+    "shares" are not a list of names and builds."""
+    listed = manifest.get("shares")
+    if not isinstance(listed, list):
+        return None
+    found: list[tuple[str, str | None]] = []
+    for share in listed:
+        if isinstance(share, str) and _is_share_name(share):
+            found.append((share, None))
+        elif isinstance(share, dict) and _is_share_name(share.get("name")) and is_build(share.get("build")):
+            found.append((share["name"], share["build"]))
+        else:
+            return None
+    return found
+
+
+def _is_share_name(name: object) -> bool:
+    """A name a share's files can carry: letters, digits and underscores (no folder, no "-")."""
+    return isinstance(name, str) and name.isascii() and name.replace("_", "").isalnum()
+
+
 def is_build(build: object) -> bool:
     """Whether ``build`` is a build's name as a writer makes them (``new_build``): hex digits only."""
     return isinstance(build, str) and 0 < len(build) <= 32 and all(c in "0123456789abcdef" for c in build)
@@ -90,7 +116,3 @@ def new_build() -> str:
 def _built(share: str, build: str | None) -> str:
     """A share's name in the names of its files: with the build that made it again, if one did."""
     return share if build is None else f"{share}-{build}"
-
-
-def share_file(share: str) -> str:
-    return f"{SHARES}/{share}.json"

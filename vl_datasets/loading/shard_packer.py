@@ -4,7 +4,7 @@ The pixels are those the node-local store holds (``prepared``), read back throug
 copy that fails its checksum is never packed), in the order of their keys, so the same images
 always make the same shards and the same index. Each shard is written to a local temporary file
 and published whole before the next one starts, so a share never holds more than one shard on the
-local disk; the share's index goes up after its shards, its shares/<share>.json after its index.
+local disk; the share's index goes up after its shards, its share file after its index.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ class PackedShare:
     images: int = 0
     failed: list[str] = field(default_factory=list)  # the paths whose preparation failed
     bytes: int = 0
-    build: str | None = None  # the build that made the share again (its files' names say it); None: the first
+    build: str | None = None  # the build that made the share again, in its files' names; None: the first
 
     def as_json(self) -> dict[str, Any]:
-        found = {"shards": self.shards, "images": self.images, "failed": self.failed}
-        return found if self.build is None else {**found, "build": self.build}
+        return {"shards": self.shards, "images": self.images, "failed": self.failed}
 
 
 def pack_share(
@@ -71,7 +70,7 @@ def pack_share(
         finally:
             shard.close()
     location.write_bytes(index_name(share, build), npy_bytes(np.array(records, SHARD_RECORD)))
-    location.write_json(share_file(share), packed.as_json())
+    location.write_json(share_file(share, build), packed.as_json())
     return packed
 
 

@@ -85,6 +85,16 @@ class SharedLocation:
             raise PreparedStoreError(f"{self.where(name)} is not a JSON object of a shared store.", path=self.display)
         return data
 
+    def sizes(self, folder: str) -> dict[str, int]:
+        """The size of each file in ``folder`` (none when it does not exist), from one listing."""
+        fs, base = self.filesystem()
+        try:
+            with self._failing(f"list {folder}"):
+                found = fs.ls(f"{base}/{folder}", detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        return {str(info["name"]).rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0) for info in found}
+
     def names(self, folder: str) -> set[str]:
         """The names of the files in ``folder`` (none when it does not exist)."""
         fs, base = self.filesystem()

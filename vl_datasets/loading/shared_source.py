@@ -122,6 +122,12 @@ def with_shared_store(
             extra={NO_STORE_YET: True},
         )
         return SharedPreparedSource(local, None, None)
+    except SharedStoreError as exc:
+        if not exc.damaged:
+            raise  # unreachable (a retry may do), or another store than this dataset's
+        # As under a running job: speed, not results. The command that builds it repairs it.
+        logger.warning("%s All %d images are prepared from their originals on this node.", exc, len(paths))
+        return SharedPreparedSource(local, None, None)
     item_shards = _item_shards(shared, paths, list_folder)
     _say_what_is_missing(shared, item_shards, local)
     return SharedPreparedSource(local, shared, item_shards)

@@ -45,10 +45,10 @@ from .shard_format import (
     MANIFEST_FILE,
     SHARD_RECORD,
     SHARDS,
-    SHARES,
     STORE_FILE,
     index_name,
-    is_build,
+    manifest_shares,
+    share_file,
     store_identity,
 )
 from .sources import FsspecRoot
@@ -162,9 +162,7 @@ class SharedStore:
                     f"last, when a build finishes). Build it with ds.prepare() or 'vl-datasets prepare ... --to'.",
                     url=self.display_url,
                 )
-            return SharedStoreError(
-                f"The shared store {self.display_url} lacks {name}: it is damaged{REPAIR}", url=self.display_url
-            )
+            return self._damaged(f"it lacks {name}")
         reason = self._files.scrub(str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}")
         return SharedStoreError(
             f"Cannot read {name} of the shared store {self.display_url}: {reason}", url=self.display_url
@@ -178,10 +176,7 @@ class SharedStore:
         except ValueError:
             found = None
         if not isinstance(found, dict):
-            raise SharedStoreError(
-                f"{name} of the shared store {self.display_url} is not JSON: the store is damaged{REPAIR}",
-                url=self.display_url,
-            )
+            raise self._damaged(f"{name} is not JSON")
         expected = store_identity(self.export, self.settings.as_json())
         if {key: found.get(key) for key in expected} != expected:
             raise SharedStoreError(
@@ -194,13 +189,15 @@ class SharedStore:
 
     def _merge_into(self, meta: Path, manifest: dict[str, Any]) -> None:
         """Every share's index, with store-wide shard numbers, merged by key into ``meta``."""
+        shares = manifest_shares(manifest)
+        if shares is None:
+            raise self._damaged(f"{MANIFEST_FILE} names its shares in no known form")
         shards: list[Shard] = []
         parts = []
-        for share in manifest.get("shares") or []:
-            name = share["name"] if isinstance(share, dict) else str(share)
-            found = self._share_json(name)
-            listed = [self._shard_of(s, name) for s in found.get("shards") or []]
-            records = self._share_index(name, found)
+        for name, build in shares:
+            found = self._share_json(share_file(name, build))
+            listed = [self._shard_of(s, share_file(name, build)) for s in found.get("shards") or []]
+            records = self._share_index(index_name(name, build))
             valid = (records["shard"] < len(listed)) if listed else np.zeros(len(records), bool)
             records = records[valid].copy()
             records["shard"] += len(shards)
@@ -214,52 +211,38 @@ class SharedStore:
             tmp.write_text(json.dumps([[s.name, s.size, s.xxh3] for s in shards]))
         _save(meta / _RECORDS, merged)  # last: its presence says the folder is whole
 
-    def _shard_of(self, listed: Any, share: str) -> Shard:
-        """A shard as shares/<share>.json lists it (its name under ``shards/``, or with that folder);
-        ``SharedStoreError`` for an entry that is not one (a damaged store, not a KeyError)."""
+    def _damaged(self, what: str) -> SharedStoreError:
+        return SharedStoreError(
+            f"The shared store {self.display_url} is damaged: {what}{REPAIR}", url=self.display_url, damaged=True
+        )
+
+    def _shard_of(self, listed: Any, share_json: str) -> Shard:
+        """A shard as the share file ``share_json`` lists it (its name under ``shards/``, or with that
+        folder); ``SharedStoreError`` for an entry that is not one (a damaged store, not a KeyError)."""
         try:
             name, size = str(listed["name"]), int(listed["bytes"])
             if size < 0:
                 raise ValueError(size)
         except (KeyError, TypeError, ValueError):
-            raise SharedStoreError(
-                f"{SHARES}/{share}.json of {self.display_url} lists a shard without a name and a size in "
-                f"bytes: the store is damaged{REPAIR}",
-                url=self.display_url,
-            ) from None
+            raise self._damaged(f"{share_json} lists a shard without a name and a size in bytes") from None
         return Shard(name.removeprefix(f"{SHARDS}/"), size, listed.get("xxh3"))
 
-    def _share_json(self, share: str) -> dict[str, Any]:
+    def _share_json(self, name: str) -> dict[str, Any]:
         try:
-            found = json.loads(self._read(f"{SHARES}/{share}.json"))
+            found = json.loads(self._read(name))
         except ValueError:
             found = None
         if not isinstance(found, dict):
-            raise SharedStoreError(
-                f"{SHARES}/{share}.json of {self.display_url} is not a JSON object: the store is damaged{REPAIR}",
-                url=self.display_url,
-            )
+            raise self._damaged(f"{name} is not a JSON object")
         return found
 
-    def _share_index(self, share: str, found: dict[str, Any]) -> np.ndarray:
-        """The index of ``share``, whose shares/<share>.json is ``found``: the one its build wrote."""
-        build = found.get("build")
-        if build is not None and not is_build(build):
-            raise SharedStoreError(
-                f"{SHARES}/{share}.json of {self.display_url} names no build of this format: the store is "
-                f"damaged{REPAIR}",
-                url=self.display_url,
-            )
-        name = index_name(share, build)
+    def _share_index(self, name: str) -> np.ndarray:
         try:
             records = np.load(io.BytesIO(self._read(name)), allow_pickle=False)
-        except ValueError:
+        except (ValueError, EOFError, OSError):  # an empty or cut file reads as no array
             records = None
         if records is None or records.dtype != SHARD_RECORD or records.ndim != 1:
-            raise SharedStoreError(
-                f"{name} of {self.display_url} is not an index of this format: the store is damaged{REPAIR}",
-                url=self.display_url,
-            )
+            raise self._damaged(f"{name} is not an index of this format")
         return records
 
     def _open_meta(self) -> None:

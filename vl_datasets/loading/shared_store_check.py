@@ -7,14 +7,17 @@ Each share's index records the identity of the original each image was prepared 
 ``prepared_root``) runs on a store already published, each share is compared with the originals
 as they are now, and one holding an image of a replaced original is built again
 (``shared_store_writer``; its new files get new names, ``shard_format``). So is a share whose
-files cannot be read as one (its share file, its index, a shard it lists): a damaged store is
-repaired by the command that builds it.
+files cannot be read as one (its share file, its index, a shard it lists, gone or not the size
+its share file says): a damaged store is repaired by the command that builds it.
 
-Only identities that every machine sees alike are compared: an object store's ETag (from listings,
-a request per 1,000 objects on S3 and GCS) or an http server's headers (a look-up per image). A
-local original's identity is its size and modification time on one machine, and every node's copy
-of an export has its own, so a share another node built would look replaced: shares of local
-originals are checked for damage only (remove the store to rebuild it after replacing them).
+Only identities every machine sees alike, and that one listing of each folder of originals tells,
+are compared: an object store's ETag (S3 and GCS: a request per 1,000 objects). A local original's
+identity is its size and modification time on one machine, and every node's copy of an export has
+its own, so a share another node built would look replaced; over http there is no listing, and a
+look-up per image would take hours at millions of images, on every build. Shares of such
+originals are checked for damage only (remove the store to build it again after replacing them).
+A share that holds images the building dataset lacks (a curated one) is not built again from it:
+it would lose them; a WARNING says to build from the whole export.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import logging
 
 import numpy as np
 
-from .prepare import listings, original_identities
+from .prepare import listings
 from .prepared_source import PreparedSource
-from .shard_format import SHARD_RECORD, SHARDS, index_name, is_build, share_file, share_name, share_of
+from .shard_format import SHARD_RECORD, SHARDS, index_name, share_file, share_name, share_of
 from .shared_location import SharedLocation
 
 logger = logging.getLogger("vl_datasets")
@@ -53,16 +56,19 @@ class Images:
 
 
 def shares_to_build_again(
-    location: SharedLocation, source: PreparedSource, published: list[int], images: Images, shares: int
+    location: SharedLocation,
+    source: PreparedSource,
+    published: dict[int, str | None],
+    images: Images,
+    shares: int,
 ) -> list[int]:
-    """Those of the ``published`` shares (of ``shares``) to build again (see the module), each said
-    in a WARNING."""
-    compared = not source.checks_every_read  # a remote root: identities every machine sees alike
-    listed = listings(source) if compared else None
-    stored = location.names(SHARDS)
+    """Those of the ``published`` shares (each with its build; of ``shares``) to build again (see
+    the module), each said in a WARNING."""
+    listed = None if source.checks_every_read else listings(source)  # None: identities are not compared
+    stored = location.sizes(SHARDS)
     again: list[int] = []
-    for share in published:
-        records, damage = _published(location, share_name(share), stored)
+    for share, build in sorted(published.items()):
+        records, damage = _published(location, share_name(share), build, stored)
         if records is None:
             logger.warning(
                 "Share %s of the shared store %s is damaged (%s): it is built again",
@@ -72,15 +78,34 @@ def shares_to_build_again(
             )
             again.append(share)
             continue
-        if not compared:
+        if listed is None:
             continue
         positions = _positions_of(records, images, images.of_share(share, shares))
         recorded = records["source"][positions >= 0]
         paths = [images.paths[at] for at in positions[positions >= 0].tolist()]
-        current, listed = original_identities(source, paths, listed)
-        now = np.array(current, np.uint64)
+        try:
+            now = np.array(listed.identities(paths), np.uint64)
+        except Exception as exc:  # a bucket this job may read but not list: nothing compared, and said so
+            reason = source.source.scrub(f"{type(exc).__name__}: {exc}")
+            logger.warning(
+                "Cannot list the originals under %s (%s): the shared store is not compared with them",
+                source.display_root,
+                reason,
+            )
+            listed = None
+            continue
         replaced = int(((recorded != 0) & (now != 0) & (recorded != now)).sum())  # 0: not known, or gone
-        if replaced:
+        if replaced and (positions < 0).any():  # built again from this dataset, the share would lose those
+            logger.warning(
+                "%d image(s) of share %s of the shared store %s were prepared from originals replaced since, but "
+                "the share also holds %d image(s) this dataset does not (a curated dataset: subset= or rules): "
+                "build the store from the whole export to make it again",
+                replaced,
+                share_name(share),
+                location.display,
+                int((positions < 0).sum()),
+            )
+        elif replaced:
             logger.warning(
                 "%d image(s) of share %s of the shared store %s were prepared from originals replaced since: "
                 "the share is built again",
@@ -92,31 +117,39 @@ def shares_to_build_again(
     return again
 
 
-def _published(location: SharedLocation, share: str, stored: set[str]) -> tuple[np.ndarray | None, str]:
-    """(the index of the published ``share``, "") or (None, what is damaged). ``stored``: the names
-    of the store's shard files. A failure to read is raised (``PreparedStoreError``), not damage."""
-    raw = location.read_bytes(share_file(share))
+def _published(
+    location: SharedLocation, share: str, build: str | None, stored: dict[str, int]
+) -> tuple[np.ndarray | None, str]:
+    """(the index of the published ``share`` of ``build``, "") or (None, what is damaged).
+    ``stored``: the size of each of the store's shard files. A failure to read is raised
+    (``PreparedStoreError``), not damage."""
+    name = share_file(share, build)
+    raw = location.read_bytes(name)
     try:
         found = json.loads(raw) if raw is not None else None
     except ValueError:
         found = None
-    if not isinstance(found, dict) or ("build" in found and not is_build(found["build"])):
-        return None, f"{share_file(share)} is not a share's file"
-    shards = found.get("shards")
-    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in shards):
-        return None, f"{share_file(share)} lists no shards"
-    lost = [s["name"] for s in shards if s["name"].removeprefix(f"{SHARDS}/") not in stored]
-    if lost:
-        return None, f"{lost[0]} is gone"
-    name = index_name(share, found.get("build"))
-    raw = location.read_bytes(name)
+    if not isinstance(found, dict) or not isinstance(found.get("shards"), list):
+        return None, f"{name} is not a share's file" if raw is not None else f"{name} is gone"
+    for shard in found["shards"]:
+        if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and _is_size(shard.get("bytes"))):
+            return None, f"{name} lists a shard without a name and a size in bytes"
+        size = stored.get(shard["name"].removeprefix(f"{SHARDS}/"))
+        if size != shard["bytes"]:
+            return None, f"{shard['name']} is gone" if size is None else f"{shard['name']} is not the size it was"
+    index = index_name(share, build)
+    raw = location.read_bytes(index)
     try:
         records = np.load(io.BytesIO(raw), allow_pickle=False) if raw is not None else None
-    except ValueError:
+    except (ValueError, EOFError, OSError):  # an empty or cut file reads as no array
         records = None
     if records is None or records.dtype != SHARD_RECORD or records.ndim != 1:
-        return None, f"{name} is not a share's index"
+        return None, f"{index} is not a share's index"
     return records, ""
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _positions_of(records: np.ndarray, images: Images, positions: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from .shard_format import (
     SHARE_IMAGES,
     SHARES,
     STORE_FILE,
+    manifest_shares,
     new_build,
     share_count,
     share_file,
@@ -186,10 +187,12 @@ def store_location(
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a build does: the store's share count, the shares never published (``left``), those
-    published but to be made again (``built_again``), under the name ``again``."""
+    """What a build does: the store's share count, each published share's build (None: its
+    first), the shares never published (``left``), and those published but to be made again
+    (``built_again``), under the name ``again``."""
 
     shares: int
+    published: dict[int, str | None]
     left: list[int]
     built_again: list[int]
     again: str = field(default_factory=new_build)
@@ -197,6 +200,11 @@ class _Plan:
     @property
     def shares_to_build(self) -> list[int]:
         return sorted(self.left + self.built_again)
+
+    def builds(self) -> list[tuple[str, str | None]]:
+        """(name, build) of every share once this build is done: what its manifest names."""
+        again = set(self.built_again)
+        return [(share_name(s), self.again if s in again else self.published.get(s)) for s in range(self.shares)]
 
 
 def _plan(
@@ -207,12 +215,20 @@ def _plan(
     images: Images,
 ) -> _Plan | PreparedStoreError:
     """What the build does, or why the store cannot be built; ``images``: the dataset's, for the
-    check of the shares already published (``shared_store_check``)."""
+    check of the shares already published (``shared_store_check``). A store with a manifest has
+    published the shares it names, with their builds; one without, those with a share file."""
     try:
         count = open_store(location, export, source.store.settings, shares)
-        left = _left(location, count)
-        published = sorted(set(range(count)) - set(left))
-        return _Plan(count, left, shares_to_build_again(location, source, published, images, count))
+        manifest = _manifest(location, warn=True)
+        named = None if manifest is None else manifest_shares(manifest)
+        if named is not None and [name for name, _ in named] == [share_name(s) for s in range(count)]:
+            published = {int(name): build for name, build in named}
+        else:
+            files = location.names(SHARES)
+            published = {s: None for s in range(count) if share_file(share_name(s)).removeprefix(f"{SHARES}/") in files}
+        left = [s for s in range(count) if s not in published]
+        again = shares_to_build_again(location, source, published, images, count)
+        return _Plan(count, published, left, again)
     except PreparedStoreError as exc:
         return exc
 
@@ -220,9 +236,18 @@ def _plan(
 def open_store(location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int) -> int:
     """The number of shares of the store at ``location``, which is created (its store.json) with
     ``shares`` if it does not exist. ``export``: {"export": its content name, "version": the node's
-    name of it}. Raises ``PreparedStoreError`` when it holds another export or other settings."""
+    name of it}. Raises ``PreparedStoreError`` when it holds another export or other settings. A
+    damaged store.json is written again from the manifest, which names the same store."""
     identity = store_identity(export["export"], settings.as_json())
-    found = location.read_json(STORE_FILE)
+    try:
+        found = location.read_json(STORE_FILE)
+    except PreparedStoreError as exc:
+        if "is not a JSON object" not in str(exc):
+            raise  # it could not be read: no reason to think it damaged
+        found = _store_file_from_manifest(location, identity, exc)
+    manifest = _manifest(location)
+    if manifest is not None:
+        _check_identity(location, MANIFEST_FILE, manifest, identity)
     if found is None:
         found = {
             **identity,
@@ -233,14 +258,27 @@ def open_store(location: SharedLocation, export: dict[str, str | None], settings
         }
         location.write_json(STORE_FILE, found)
     _check_identity(location, STORE_FILE, found, identity)
-    manifest = _manifest(location)
-    if manifest is not None:
-        _check_identity(location, MANIFEST_FILE, manifest, identity)
     count = found.get("shares")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         where = location.where(STORE_FILE)
         raise PreparedStoreError(f"{where} names no share count: not a shared store.", path=location.display)
     return count
+
+
+def _store_file_from_manifest(location: SharedLocation, identity: dict[str, Any], damage: Exception) -> dict[str, Any]:
+    """store.json written again from the manifest (its identity and share count), when it has one."""
+    manifest = _manifest(location)
+    named = None if manifest is None else manifest_shares(manifest)
+    if manifest is None or named is None or not named:
+        raise PreparedStoreError(
+            f"{damage}; with no manifest to tell its shares, remove {location.display} to build it again.",
+            path=location.display,
+        )
+    _check_identity(location, MANIFEST_FILE, manifest, identity)
+    logger.warning("%s: written again from the store's manifest", damage)
+    found = {**identity, "version": manifest.get("version"), "shares": len(named), "created_at": _now()}
+    location.write_json(STORE_FILE, {**found, "library_version": __version__})
+    return found
 
 
 def finish(
@@ -251,17 +289,19 @@ def finish(
     *,
     stall_timeout_s: float,
 ) -> dict[str, Any]:
-    """The store's manifest, written now if every share of ``plan`` is published and no rank wrote
-    it yet; else waited for while the other ranks publish theirs (``PrepareTimeoutError`` after
-    ``stall_timeout_s`` without a new share)."""
+    """The store's manifest naming every share as ``plan`` leaves them: written now once every share
+    it builds is published, unless a rank of the build wrote it already; else waited for while the
+    other ranks publish theirs (``PrepareTimeoutError`` after ``stall_timeout_s`` without a new share)."""
     left, since = -1, time.monotonic()
+    builds = plan.builds()
+    wanted = {share_file(name, build).removeprefix(f"{SHARES}/") for name, build in builds}
     while True:
         manifest = _manifest(location)
-        if manifest is not None and (not plan.built_again or manifest.get("build") == plan.again):
+        if manifest is not None and manifest_shares(manifest) == builds:
             return manifest
-        now_left = len(_left(location, plan.shares)) + len(_not_built_again(location, plan))
+        now_left = len(wanted - location.names(SHARES))  # one listing, however many shares
         if now_left == 0:
-            return _write_manifest(location, export, settings, plan)
+            return _write_manifest(location, export, settings, builds)
         if now_left != left:
             left, since = now_left, time.monotonic()
         elif time.monotonic() - since > stall_timeout_s:
@@ -273,50 +313,40 @@ def finish(
         time.sleep(POLL_S)
 
 
-def _manifest(location: SharedLocation) -> dict[str, Any] | None:
-    """The store's manifest; None where there is none, or it is damaged (the build writes it again)."""
+def _manifest(location: SharedLocation, *, warn: bool = False) -> dict[str, Any] | None:
+    """The store's manifest; None where there is none, or it is damaged (the build writes it again:
+    ``warn`` says so)."""
     try:
         return location.read_json(MANIFEST_FILE)
     except PreparedStoreError as exc:
         if "is not a JSON object" not in str(exc):
             raise  # it could not be read: no reason to think it damaged
-        logger.warning("%s: it is written again once every share is published", exc)
+        if warn:
+            logger.warning("%s: it is written again once every share is published", exc)
         return None
 
 
-def _not_built_again(location: SharedLocation, plan: _Plan) -> list[int]:
-    """The shares ``plan`` builds again whose share file does not say its build yet."""
-    return [
-        s for s in plan.built_again if (location.read_json(share_file(share_name(s))) or {}).get("build") != plan.again
-    ]
-
-
 def _write_manifest(
-    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, plan: _Plan
+    location: SharedLocation,
+    export: dict[str, str | None],
+    settings: StoreSettings,
+    builds: list[tuple[str, str | None]],
 ) -> dict[str, Any]:
-    names = [share_name(share) for share in range(plan.shares)]
-    parts = [location.read_json(share_file(name)) or {} for name in names]
+    parts = [location.read_json(share_file(name, build)) or {} for name, build in builds]
     manifest = {
         **store_identity(export["export"], settings.as_json()),
         "version": export["version"],
-        "shares": names,
+        "shares": [name if build is None else {"name": name, "build": build} for name, build in builds],
         "images": sum(int(part.get("images", 0)) for part in parts),
         "failed": sum(len(part.get("failed", ())) for part in parts),
         "bytes": sum(int(shard["bytes"]) for part in parts for shard in part.get("shards", ())),
         "shards": sum(len(part.get("shards", ())) for part in parts),
         "created_at": _now(),
         "library_version": __version__,
-        **({"build": plan.again} if plan.built_again else {}),
     }
     location.write_json(MANIFEST_FILE, manifest)
     logger.info("Published the prepared store %s: %d images", location.display, manifest["images"])
     return manifest
-
-
-def _left(location: SharedLocation, shares: int) -> list[int]:
-    """The shares not published yet (no shares/<share>.json)."""
-    done = location.names(SHARES)
-    return [share for share in range(shares) if share_file(share_name(share)).removeprefix(f"{SHARES}/") not in done]
 
 
 def _same_store_everywhere(location: SharedLocation, ranks: Ranks) -> None:
