@@ -113,3 +113,18 @@ def test_the_true_boxes_are_the_targets_object_drop_issues_leaves(tmp_path):
     assert target["boxes"].tolist() == [[10, 10, 50, 50]], "the blurred box should leave the targets"
     found = {"m0": {"boxes": target["boxes"], "scores": [0.9], "labels": target["labels"]}}
     assert mean_average_precision(dataset, found).map == pytest.approx(1.0)
+
+
+def test_predictions_of_items_curation_left_out_are_not_scored_and_said(tmp_path, caplog):
+    items = [item(f"m{i}", None, uniqueness=0.9 - i * 0.6, objects=(("cat", [10, 10, 40, 40]),)) for i in range(2)]
+    for entry in items:
+        entry["width"] = entry["height"] = 100
+    export = write_export(tmp_path, items)
+    kept = VisualLayerDataset.from_export(export, task="detection", cache_dir=tmp_path / "c", min_uniqueness=0.5)
+    found = {"boxes": [[10, 10, 50, 50]], "scores": [0.9], "labels": ["cat"]}
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        scores = mean_average_precision(kept, {"m0": found, "m1": found})
+    assert "1 of the 2 predicted items are items this dataset's curation left out" in caplog.text
+    assert scores.images == 1 and scores.map == pytest.approx(1.0)
+    with pytest.raises(PredictionsError, match="None of the 1 predicted items is in the dataset"):
+        mean_average_precision(kept, {"m1": found})

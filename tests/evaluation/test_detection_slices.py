@@ -136,3 +136,22 @@ def test_detection_report_renders_in_a_browser(browser, dataset, tmp_path):  # n
     page, decoded = render_in_browser(browser, report, tmp_path / "detection.png")
     assert len(decoded) == 1 + thumbnails(report.read_text())
     assert page.evaluate("() => document.querySelectorAll('table tr').length") > 10
+
+
+def test_predictions_outside_the_subset_are_left_out_of_the_headline_with_a_warning(tmp_path, caplog):
+    """A model run on the whole export, evaluated on one part of a split: the other part's items
+    (its training images, say) must not count in the test's mAP."""
+    items = [item(f"m{i}", None, objects=(("cat", CAT),)) for i in range(4)]
+    for entry in items:
+        entry["width"] = entry["height"] = 100
+    export = write_export(tmp_path, items)
+    test_part = VisualLayerDataset.from_export(export, task="detection", cache_dir=tmp_path / "c", subset=["m0", "m1"])
+    found_everywhere = {f"m{i}": FOUND for i in range(4)}
+    with caplog.at_level("WARNING", logger="vl_datasets"):
+        result = evaluate_detection(test_part, {"m0": FOUND, "m2": FOUND, "m3": FOUND}, n_resamples=20)
+    assert "2 of the 3 predicted items are items outside this dataset's subset=" in caplog.text
+    # m0's cat found, m1's missed: precision 1 up to recall 0.5 (51 of 101 points); m2, m3 not scored.
+    assert result.scores.images == 2 and result.scores.per_class["cat"] == pytest.approx(51 / 101)
+    assert evaluate_detection(test_part, found_everywhere, n_resamples=20).scores.map == pytest.approx(1.0)
+    with pytest.raises(PredictionsError, match="None of the 2 predicted items is in the dataset"):
+        evaluate_detection(test_part, {"m2": FOUND, "m3": FOUND}, n_resamples=20)

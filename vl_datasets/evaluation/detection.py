@@ -12,16 +12,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, PredictionsError
 from ..metadata.curated import has_issue
 from ..metadata.curation import label_sources
+
+logger = logging.getLogger("vl_datasets")
 
 
 @dataclass(frozen=True)
@@ -43,19 +47,44 @@ def mean_average_precision(dataset: Any, predictions: Mapping[str, Mapping[str, 
     entry counts as one with no predicted box (its true boxes are all missed).
     """
     classes = detection_classes(dataset)
-    media_ids = dataset.table.column("media_id").to_pylist()
-    known = set(media_ids)
-    for row, media_id in enumerate(predictions):
-        if media_id not in known:
-            raise PredictionsError(
-                f"row {row}: media id {media_id!r} is not an item of this dataset.",
-                column="media_id",
-                media_id=media_id,
-            )
+    predictions = of_the_dataset(dataset.curation_details(), predictions, kept_only=True)
     matches = match_boxes(
         dataset.table, classes, dataset.label_source, predictions, drop_issues=dataset.object_drop_issues
     )
-    return matches.scores(np.arange(len(media_ids)))
+    return matches.scores(np.arange(len(dataset.table)))
+
+
+def of_the_dataset(details: pa.Table, predictions: Mapping[str, Any], *, kept_only: bool) -> Mapping[str, Any]:
+    """``predictions`` less those of the export's items the dataset leaves out, each kind said in a
+    WARNING: those outside its ``subset=`` (another part of a split: a model's training items
+    would count in the test's mAP) and, with ``kept_only``, those other curation rules removed.
+    A media id the export lacks raises ``PredictionsError`` naming it; so do predictions none of
+    which is of the dataset. ``details``: the dataset's ``curation_details()``."""
+    media_ids = details.column("media_id")
+    predicted = pa.array(list(predictions), pa.string())
+    at = pc.index_in(predicted, value_set=media_ids)
+    if at.null_count:
+        row = pc.index(pc.is_null(at), True).as_py()
+        raise PredictionsError(
+            f"media id {predicted[row].as_py()!r} is not an item of this export "
+            f"({at.null_count:,} predicted media id(s) are not).",
+            column="media_id",
+            media_id=predicted[row].as_py(),
+        )
+    removed_by = details.column("removed_by").take(at)
+    outside = pc.fill_null(pc.equal(removed_by, "subset"), False)
+    if kept_only:
+        outside = pc.is_valid(removed_by)
+    left_out = outside.to_numpy(zero_copy_only=False)
+    if not left_out.any():
+        return predictions
+    what = "items this dataset's curation left out" if kept_only else "items outside this dataset's subset="
+    if left_out.all():
+        raise PredictionsError(f"None of the {len(predicted):,} predicted items is in the dataset: all are {what}.")
+    logger.warning(
+        "%d of the %d predicted items are %s: left out of the evaluation.", int(left_out.sum()), len(predicted), what
+    )
+    return {media_id: predictions[media_id] for media_id, out in zip(predictions, left_out.tolist()) if not out}
 
 
 def detection_classes(dataset: Any) -> list[str]:

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigurationError, PredictionsError
-from .detection import DetectionScores, detection_classes, match_boxes
+from ..errors import ConfigurationError
+from .detection import DetectionScores, detection_classes, match_boxes, of_the_dataset
 from .detection_slices import N_RESAMPLES, SEED, Bootstrap, detection_families
 from .scored import train_leaks
 
@@ -93,17 +93,8 @@ def evaluate_detection(
 
 
 def _scored_images(details: pa.Table, predictions: Mapping[str, Any]) -> pa.Table:
-    """The export's rows that are scored: those curation kept, and those predicted."""
-    media_ids = details.column("media_id")
-    predicted = pa.array(list(predictions), pa.string())
-    known = pc.is_in(predicted, value_set=media_ids).to_numpy(zero_copy_only=False)
-    if not known.all():
-        row = int(np.flatnonzero(~known)[0])
-        raise PredictionsError(
-            f"media id {predicted[row].as_py()!r} is not an item of this export "
-            f"({int((~known).sum()):,} predicted media id(s) are not).",
-            column="media_id",
-            media_id=predicted[row].as_py(),
-        )
-    scored = pc.or_(pc.is_null(details.column("removed_by")), pc.is_in(media_ids, value_set=predicted))
+    """The export's rows that are scored: those curation kept, and those predicted but outside no
+    ``subset=`` (``of_the_dataset``: those are left out, with a WARNING)."""
+    predicted = pa.array(list(of_the_dataset(details, predictions, kept_only=False)), pa.string())
+    scored = pc.or_(pc.is_null(details.column("removed_by")), pc.is_in(details.column("media_id"), value_set=predicted))
     return details.filter(scored)
