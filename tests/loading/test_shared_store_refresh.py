@@ -212,3 +212,28 @@ def test_a_damaged_store_is_read_around_then_repaired_by_the_command_that_builds
     for i in range(len(reader)):
         assert torch.equal(reader[i][0], expected[i]), f"item {i} reads otherwise after the repair"
     assert reader.images._source.store.counts()[0] == 0, "the reader prepared images itself: the store is not whole"
+
+
+def test_a_node_keeps_the_merged_index_of_an_earlier_build_only_while_a_process_maps_it(bucket, tmp_path):
+    import gc
+
+    server, export = bucket
+    builder = open_shared(server, export, tmp_path / "node-0")
+    build(builder)
+    node = tmp_path / "node-1"
+    running = open_shared(server, export, node)  # maps the merged index of the first build
+    running[0]
+    replace_original(server, builder, 5)
+    assert len(build(builder).shares) == 1
+
+    def merged_indexes():
+        return sorted(p.parent.name for p in node.rglob(".meta/*/.records.npy"))
+
+    later = open_shared(server, export, node)
+    assert len(merged_indexes()) == 2, "the index a running job maps was removed under it"
+    assert torch.equal(running[0][0], later[0][0]) and not torch.equal(running[5][0], later[5][0])
+    del running
+    gc.collect()
+    again = open_shared(server, export, node)
+    assert len(merged_indexes()) == 1, "the merged index no process maps was left on the node"
+    assert torch.equal(again[5][0], later[5][0])

@@ -54,23 +54,7 @@ class ReadingVersion:
 
     def __init__(self, entry_dir: Path, version: str, manifest: Path) -> None:
         self.path = readers_path(entry_dir, version)
-        self._fd: int | None = None
-        if fcntl is None:
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:  # a read-only cache: no prune can remove it either
-            logger.debug("Cannot hold %s (%s): a prune may remove this version under the job", self.path, exc)
-            return
-        try:
-            held = _locked(fd, fcntl.LOCK_SH, WAIT_FOR_REMOVAL_S)
-        except BaseException:
-            os.close(fd)
-            raise
-        if held:
-            self._fd = fd
-        else:  # no flock on this filesystem, or a removal that never ends: hold nothing
-            os.close(fd)
+        self._fd, _ = lock_file(self.path, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
         if not manifest.is_file():  # removed by the prune this waited for
             self.release()
             raise CacheMissError(
@@ -104,15 +88,11 @@ def unread(entry_dir: Path, versions: list[str]) -> Iterator[list[str]]:
     try:
         for version in versions:
             path = readers_path(entry_dir, version)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError:
-                continue  # gone with its entry, or a read-only cache: no job holds what cannot be opened
-            if fcntl is None or _locked(fd, fcntl.LOCK_EX, 0.0):
-                held.append((fd, path, version))
-            else:
-                os.close(fd)
+            fd, busy = lock_file(path, shared=False, wait_s=0.0)
+            if busy:
                 read.append(version)
+            elif fd is not None:
+                held.append((fd, path, version))
         yield read
     finally:
         for fd, path, version in held:
@@ -121,9 +101,31 @@ def unread(entry_dir: Path, versions: list[str]) -> Iterator[list[str]]:
             os.close(fd)
 
 
-def _locked(fd: int, operation: int, wait_s: float) -> bool:
-    """Whether ``flock(fd, operation)`` was taken within ``wait_s`` (0: one try). False also where
-    the filesystem has no flock."""
+def lock_file(path: Path, *, shared: bool, wait_s: float) -> tuple[int | None, bool]:
+    """(the open file ``path`` (created if need be) holding a shared or exclusive ``flock``, taken
+    within ``wait_s``; False) or (None, whether another process holds it). (None, False): nothing
+    can be held there (no such folder, a read-only cache, no flock on the filesystem, Windows)."""
+    if fcntl is None:
+        return None, False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        logger.debug("Cannot lock %s (%s)", path, exc)
+        return None, False
+    try:
+        taken = _locked(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, wait_s)
+    except BaseException:
+        os.close(fd)
+        raise
+    if taken is True:
+        return fd, False
+    os.close(fd)
+    return None, taken is None
+
+
+def _locked(fd: int, operation: int, wait_s: float) -> bool | None:
+    """True when ``flock(fd, operation)`` was taken within ``wait_s`` (0: one try), None when
+    another process held it throughout, False where the filesystem has no flock."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -131,8 +133,8 @@ def _locked(fd: int, operation: int, wait_s: float) -> bool:
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(_POLL_S)
         except OSError as exc:  # ENOLCK, EOPNOTSUPP: no flock here
-            logger.debug("No flock on the cache's readers files (%s): running jobs are not protected from prune", exc)
+            logger.debug("No flock on %s's filesystem (%s): what it guards is not protected", fd, exc)
             return False
