@@ -225,43 +225,44 @@ def test_a_file_path_spelled_otherwise_finds_the_image_its_export_unpacked(tmp_p
     assert streamed.column("file_path").to_pylist()[0] == spelled.format("class0", "x0.jpg"), "kept as exported"
 
 
-def test_a_row_never_takes_by_file_path_the_image_another_names_by_image_filename(tmp_path):
-    """Steps 0 and 1 look in one folder: m001's own flat image is missing, and its file_path names
-    the file m000 names by image_filename. Both builds refuse it as ambiguous, whatever on_missing."""
+@pytest.mark.parametrize(
+    ("file_paths", "flat_names", "files", "refused"),
+    [
+        # Steps 0 and 1 look in one folder: m001's own flat image is missing, and its file_path
+        # names the file m000 names by image_filename.
+        (
+            ["sub/x.jpg", "x.jpg"],
+            ["x.jpg", "other.jpg"],
+            ["x.jpg"],
+            r"media_id 'm001' is ambiguous.*of media_id 'm000'",
+        ),
+        # Two rows give one image_filename, one file of that name: the exact lookup a slice at a
+        # time would hand it to both.
+        (
+            ["v1/output_000001.jpg", "v2/output_000001.jpg"],
+            ["output_000001.jpg"] * 2,
+            ["output_000001.jpg"],
+            "media_id 'm000' is ambiguous",
+        ),
+    ],
+)
+def test_a_flat_image_two_rows_could_claim_is_refused_by_both_builds(tmp_path, file_paths, flat_names, files, refused):
+    """Both builds (the whole table, and slices) refuse it as ambiguous, whatever on_missing."""
+    rest = range(len(file_paths), 40)
     table = pa.table(
         {
             "media_id": [f"m{i:03d}" for i in range(40)],
-            "file_path": ["sub/x.jpg", "x.jpg", *[f"sub/{i}.jpg" for i in range(2, 40)]],
-            "image_filename": ["x.jpg", "other.jpg", *[f"{i}.jpg" for i in range(2, 40)]],
+            "file_path": [*file_paths, *[f"sub/{i}.jpg" for i in rest]],
+            "image_filename": [*flat_names, *[f"{i}.jpg" for i in rest]],
         }
     )
     export = write_parquet(tmp_path / "export", table).parent
     (export / "images").mkdir()
-    for name in ["x.jpg", *[f"{i}.jpg" for i in range(2, 40)]]:
+    for name in [*files, *[f"{i}.jpg" for i in rest]]:
         (export / "images" / name).write_bytes(b"")
-    with pytest.raises(ImageNotFoundError, match=r"media_id 'm001' is ambiguous.*image of media_id 'm000'"):
+    with pytest.raises(ImageNotFoundError, match=refused):
         build_index(export)
-    with pytest.raises(ImageNotFoundError, match=r"media_id 'm001' is ambiguous.*image of media_id 'm000'"):
-        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
-
-
-def test_frames_two_rows_name_alike_in_a_flat_folder_are_refused_by_both_builds(tmp_path):
-    """Two rows give one image_filename, one file of that name: the exact lookup a slice at a time
-    would hand it to both; both builds refuse it as ambiguous."""
-    table = pa.table(
-        {
-            "media_id": [f"m{i:03d}" for i in range(40)],
-            "file_path": ["v1/output_000001.jpg", "v2/output_000001.jpg", *[f"sub/{i}.jpg" for i in range(2, 40)]],
-            "image_filename": ["output_000001.jpg"] * 2 + [f"{i}.jpg" for i in range(2, 40)],
-        }
-    )
-    export = write_parquet(tmp_path / "export", table).parent
-    (export / "images").mkdir()
-    for name in ["output_000001.jpg", *[f"{i}.jpg" for i in range(2, 40)]]:
-        (export / "images" / name).write_bytes(b"")
-    with pytest.raises(ImageNotFoundError, match=r"media_id 'm000' is ambiguous"):
-        build_index(export)
-    with pytest.raises(ImageNotFoundError, match=r"media_id 'm000' is ambiguous"):
+    with pytest.raises(ImageNotFoundError, match=refused):
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
 
 
