@@ -182,10 +182,13 @@ def test_an_image_filename_two_rows_give_is_neither_s_and_their_file_paths_decid
 
 
 def test_a_frame_missing_from_its_video_is_not_a_frame_of_that_name_in_another():
-    # v1's frame is its row's by its exact path; v2's is missing, and v1's and v3's share its name.
-    table = _table(file_path=["v1/output_000001.jpg", "v2/output_000001.jpg"])
-    with pytest.raises(ImageNotFoundError, match="matches 2 file"):
-        resolve_image_paths(table, ["images/v1/output_000001.jpg", "images/v3/output_000001.jpg"], on_missing="null")
-    # The only file of that name is another row's: this row has none, which is no ambiguity.
-    only = resolve_image_paths(table, ["images/v1/output_000001.jpg"], on_missing="null")
-    assert only.to_pylist() == ["images/v1/output_000001.jpg", None]
+    table = _table(file_path=["v1/output_000001.jpg", "v2/output_000001.jpg", "v3/output_000001.jpg"])
+    own = ["images/v1/output_000001.jpg", "images/v2/output_000001.jpg"]
+    # v3's frame is missing; the files of its name are the other rows' own: it has no image, which
+    # is no ambiguity (that would refuse the whole export, whatever missing_images says).
+    assert resolve_image_paths(table, own, on_missing="null").to_pylist() == [*own, None]
+    with pytest.raises(ImageNotFoundError, match="No image in the export for media_id 'm2'"):
+        resolve_image_paths(table, own)
+    # One more file of that name, no row's own: no more v3's than the others are.
+    with pytest.raises(ImageNotFoundError, match="media_id 'm2' is ambiguous"):
+        resolve_image_paths(table, [*own, "images/v9/output_000001.jpg"], on_missing="null")

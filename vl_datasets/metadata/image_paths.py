@@ -32,8 +32,9 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     4. ``images/<media_id>.<ext>`` for an image extension, then such a file alone in any folder under it.
 
     No step hands one file to two rows: an image_filename several rows give is left to the other
-    steps, and a file another row has by its exact path settles no other. Steps 2-4 count every
-    file of the export. A file name that several files or several rows share, and that no other
+    steps, and a file another row has by its exact path settles no other (a row whose only
+    candidates are such files has no image). Step 3 takes a base name only where no other file
+    of the export carries it. A file name that several files or several rows share, and that no other
     step settles, raises ``ImageNotFoundError`` naming the media_id and the
     candidates, whatever ``on_missing`` says (an ambiguous name is never resolved silently). A row
     with no image raises ``ImageNotFoundError`` (``on_missing="raise"``) or gets null (``"null"``),
@@ -62,18 +63,22 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         ambiguous = pc.or_(ambiguous, taken)
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
-        # Unique among every file of the export, those other rows found by their exact paths too
-        # (a frame missing from one video is not the frame of the same name in another).
+        # A member another row found by its exact path is that row's image, whatever its name.
+        bases = basename(file_name.take(pending))
+        shared = _repeated(bases, basename(members))  # by files other rows have too
+        members = members.filter(pc.invert(pc.is_in(members, value_set=pc.drop_null(resolved))))
         member_base = basename(members)
-        by_base, base_ambiguous = _unique_match(basename(file_name.take(pending)), member_base, members)
+        by_base, base_ambiguous = _unique_match(bases, member_base, members)
+        # The one file of that name no row has is no more this row's than the others of that name
+        # (a frame missing from one video, and one of another video not in the export): ambiguous.
+        unsure = pc.and_(pc.is_valid(by_base), shared)
+        by_base, base_ambiguous = pc.if_else(unsure, _NO_STRING, by_base), pc.or_(base_ambiguous, unsure)
         ids = media_id.take(pending)
         by_id, id_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=False), members)
         # In images/ itself first (a thumbnail folder beside it is no rival), then in any folder.
         nested, nested_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=True), members)
         id_ambiguous = pc.or_(id_ambiguous, pc.and_(pc.is_null(by_id), nested_ambiguous))
         by_id = pc.coalesce(by_id, nested)
-        # A file another row has by its exact path is that row's image: this row has none there.
-        by_base, by_id = _unclaimed(by_base, resolved), _unclaimed(by_id, resolved)
         resolved = _scatter(resolved, pending, pc.coalesce(by_base, by_id))
         ambiguous = _scatter(ambiguous, pending, pc.or_(ambiguous.take(pending), pc.or_(base_ambiguous, id_ambiguous)))
     unresolved = pc.is_null(resolved)
@@ -255,11 +260,6 @@ def _unique_match(keys: pa.Array, member_keys: pa.Array, members: pa.Array) -> t
     first = members.take(pc.index_in(keys, member_keys))
     several = pc.and_(pc.is_valid(first), pc.or_(_repeated(keys, keys), _repeated(keys, member_keys)))
     return pc.if_else(several, _NO_STRING, first), several
-
-
-def _unclaimed(found: pa.Array, resolved: pa.Array) -> pa.Array:
-    """``found`` less the files rows already have in ``resolved``."""
-    return pc.if_else(pc.fill_null(pc.is_in(found, value_set=pc.drop_null(resolved)), False), _NO_STRING, found)
 
 
 def _repeated(keys: pa.Array, among: pa.Array) -> pa.Array:
