@@ -4,6 +4,7 @@ prune removes meanwhile is told so."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -35,6 +36,15 @@ print("read", flush=True)
 def export(tmp_path, monkeypatch):
     monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
     return write_dataset(tmp_path, "ds", n_items=6)
+
+
+def open_files() -> list[str]:
+    """What this process's file descriptors are open on (one closed meanwhile is left out)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
 
 
 def prune(cache, capsys, *options: str) -> str:
@@ -116,3 +126,16 @@ def test_a_dataset_pickles_without_the_lock_its_process_holds(export, tmp_path):
     copy = pickle.loads(pickle.dumps(ds))
     assert copy._reading is not None and "held=False" in repr(copy._reading)
     assert "held=True" in repr(ds._reading)
+
+
+def test_datasets_of_one_version_in_a_process_share_one_readers_file(export, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    datasets = [VisualLayerDataset.from_export(export, cache_dir=cache, task=None) for _ in range(5)]
+    readers = str(datasets[0]._reading.path)
+    assert open_files().count(readers) == 1, "each dataset of one version holds a descriptor of its own"
+    del datasets[:4]
+    gc.collect()
+    assert "a running job reads version" in prune(cache, capsys, "--max-size", "0"), "the last dataset let go"
+    datasets.clear()
+    gc.collect()
+    assert "pruned 1 of 1" in prune(cache, capsys, "--max-size", "0")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,12 +51,22 @@ def reading_version(entry: LocalExport) -> ReadingVersion | None:
 
 
 class ReadingVersion:
-    """A shared lock on one version's readers file, held until this object is collected. Pickles
-    to one that holds nothing: the process it came from holds the lock."""
+    """A shared lock on one version's readers file, held until this object is collected (one
+    file a process, however many datasets read the version). Pickles to one that holds nothing:
+    the process it came from holds the lock."""
 
     def __init__(self, entry_dir: Path, version: str, manifest: Path) -> None:
         self.path = readers_path(entry_dir, version)
-        self._fd, _ = lock_file(self.path, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
+        self._held: _Held | None = None
+        with _HELD_LOCK:
+            held = _HELD.get(self.path)
+        if held is None:
+            fd, _ = lock_file(self.path, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
+            if fd is not None:
+                held = _Held(fd)
+                with _HELD_LOCK:
+                    _HELD[self.path] = held
+        self._held = held
         if not manifest.is_file():  # removed by the prune this waited for
             self.release()
             raise CacheMissError(
@@ -63,18 +75,27 @@ class ReadingVersion:
             )
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the file lets the lock go
-            self._fd = None
-
-    def __del__(self) -> None:
-        self.release()
+        self._held = None  # the last of this process's holders to go closes the file
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_fd": None}
+        return {"path": self.path, "_held": None}
 
     def __repr__(self) -> str:
-        return f"ReadingVersion({str(self.path)!r}, held={self._fd is not None})"
+        return f"ReadingVersion({str(self.path)!r}, held={self._held is not None})"
+
+
+class _Held:
+    """An open readers file holding its lock, shared by a process's holders of one version."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.close(self.fd)  # closing the file lets the lock go
+
+
+_HELD: weakref.WeakValueDictionary[Path, _Held] = weakref.WeakValueDictionary()
+_HELD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -107,11 +128,14 @@ def lock_file(path: Path, *, shared: bool, wait_s: float) -> tuple[int | None, b
     can be held there (no such folder, a read-only cache, no flock on the filesystem, Windows)."""
     if fcntl is None:
         return None, False
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        logger.debug("Cannot lock %s (%s)", path, exc)
-        return None, False
+    try:  # open for writing: over NFS flock is a POSIX lock, and an exclusive one needs it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        try:  # a file another user made, or a read-only cache: a shared lock still holds
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            logger.debug("Cannot lock %s (%s)", path, exc)
+            return None, False
     try:
         taken = _locked(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, wait_s)
     except BaseException:
