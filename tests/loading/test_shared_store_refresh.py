@@ -237,3 +237,26 @@ def test_a_node_keeps_the_merged_index_of_an_earlier_build_only_while_a_process_
     again = open_shared(server, export, node)
     assert len(merged_indexes()) == 1, "the merged index no process maps was left on the node"
     assert torch.equal(again[5][0], later[5][0])
+
+
+def test_a_prune_of_the_node_s_shard_cache_keeps_the_merged_index_a_process_maps(bucket, tmp_path, capsys):
+    import gc
+
+    from vl_datasets.cli import main
+
+    server, export = bucket
+    build(open_shared(server, export, tmp_path / "node-0"))
+    node = tmp_path / "node-1"
+    reader = open_shared(server, export, node)
+    first = reader[0][0]
+
+    def merged_indexes():
+        return list(node.rglob(".meta/*/.records.npy"))
+
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(node)]) == 0
+    assert len(merged_indexes()) == 1, "a prune removed the merged index a running job maps by path"
+    assert torch.equal(reader[0][0], first) and reader[len(reader) - 1][0] is not None
+    del reader
+    gc.collect()
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(node)]) == 0
+    assert merged_indexes() == [], capsys.readouterr().out

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LockTimeoutError
 from ..locks import hold_lock
 from .layout import DERIVED_MANIFEST, remove_tree
-from .readers import unread
+from .readers import MERGED_INDEXES, READERS_FILE, lock_file, unread
 from .scan import CacheInfo, EntryInfo, NodeAreaInfo, PrunePolicy, PruneStrategy, Removal, walk_files
 from .store import CacheStore
 
@@ -113,7 +114,7 @@ def _remove(removal: Removal) -> str | None:
         except LockTimeoutError:  # a build holds it: it goes at a later prune
             return BUILD_RUNNING
     elif what == "image cache":
-        remove_tree(path)
+        _remove_area(path)
     elif what == "image files":
         for file in removal.files:
             file.unlink(missing_ok=True)  # a reader that misses it reads the image from its root again
@@ -121,6 +122,25 @@ def _remove(removal: Removal) -> str | None:
         raise ValueError(f"Cannot carry out {removal!r}")
     logger.info("Pruned %s %s", what, path)
     return None
+
+
+def _remove_area(path: Path) -> None:
+    """Remove a node area but the merged indexes of shared stores a running process maps (each
+    held by a shared lock, ``shared_store``): a spawned worker maps them by path."""
+    held = []
+    for index in (i for meta in path.rglob(MERGED_INDEXES) for i in meta.iterdir() if i.is_dir()):
+        fd, busy = lock_file(index / READERS_FILE, shared=False, wait_s=0.0)
+        if busy:
+            held.append(index)  # mapped: it stays, with the folders above it
+        elif fd is not None:
+            os.close(fd)
+    if not held:
+        remove_tree(path)
+        return
+    for child in [c for c in path.rglob("*") if not c.is_dir()]:
+        if not any(index in child.parents for index in held):
+            child.unlink(missing_ok=True)
+    logger.info("Kept %d merged index(es) of shared stores under %s: a running process maps them", len(held), path)
 
 
 def _remove_leftover(removal: Removal) -> bool:

@@ -34,6 +34,9 @@ except ImportError:  # Windows: nothing is held, nothing protected
 logger = logging.getLogger("vl_datasets")
 
 READERS_PREFIX = ".readers-"
+# A shared prepared store's merged indexes in the node's shard cache (``loading.shared_store``),
+# each with the readers file its mapping processes hold shared: a prune removes none they hold.
+MERGED_INDEXES, READERS_FILE = ".meta", ".readers"
 WAIT_FOR_REMOVAL_S = 120.0  # a prune holds a version's readers file while it removes the version
 _POLL_S = 0.05
 

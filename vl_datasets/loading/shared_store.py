@@ -39,7 +39,7 @@ import numpy as np
 import xxhash
 
 from ..atomic import replacing
-from ..cache.readers import WAIT_FOR_REMOVAL_S, lock_file
+from ..cache.readers import MERGED_INDEXES, READERS_FILE, WAIT_FOR_REMOVAL_S, lock_file
 from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
@@ -57,8 +57,8 @@ from .sources import FsspecRoot
 
 logger = logging.getLogger("vl_datasets")
 
-META = ".meta"  # the merged index, under the shard cache's folder: one per manifest
-_HI, _RECORDS, _SHARDS, _READERS = ".hi.npy", ".records.npy", ".shards.json", ".readers"
+META = MERGED_INDEXES  # the merged index, under the shard cache's folder: one per manifest
+_HI, _RECORDS, _SHARDS, _READERS = ".hi.npy", ".records.npy", ".shards.json", READERS_FILE
 RETRY_FAILED_S = 60.0  # a shard whose download failed is asked for again after this long
 # What a reader of a damaged store is told: a build checks the published shares and makes damaged ones again.
 REPAIR = "; building it again repairs it ('vl-datasets prepare SOURCE --size S --to URL', or ds.prepare())."

@@ -34,7 +34,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     No step hands one file to two rows: an image_filename several rows give is left to the other
     steps, and a file another row has by its exact path settles no other (a row whose only
     candidates are such files has no image). Step 3 takes a base name only where no other file
-    of the export carries it. A file name that several files or several rows share, and that no other
+    of the export carries it, else the row has none there. A file name that several files no
+    row has, or several rows, share, and that no other
     step settles, raises ``ImageNotFoundError`` naming the media_id and the
     candidates, whatever ``on_missing`` says (an ambiguous name is never resolved silently). A row
     with no image raises ``ImageNotFoundError`` (``on_missing="raise"``) or gets null (``"null"``),
@@ -70,9 +71,9 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
         member_base = basename(members)
         by_base, base_ambiguous = _unique_match(bases, member_base, members)
         # The one file of that name no row has is no more this row's than the others of that name
-        # (a frame missing from one video, and one of another video not in the export): ambiguous.
-        unsure = pc.and_(pc.is_valid(by_base), shared)
-        by_base, base_ambiguous = pc.if_else(unsure, _NO_STRING, by_base), pc.or_(base_ambiguous, unsure)
+        # (a frame missing from one video is not one of another video; a thumbnail is no original):
+        # the row has no image there, which missing_images decides on, never an image picked.
+        by_base = pc.if_else(shared, _NO_STRING, by_base)
         ids = media_id.take(pending)
         by_id, id_ambiguous = _unique_match(ids, _media_id_stems(members, member_base, nested=False), members)
         # In images/ itself first (a thumbnail folder beside it is no rival), then in any folder.
