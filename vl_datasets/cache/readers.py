@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 import weakref
@@ -122,6 +123,42 @@ def unread(entry_dir: Path, versions: list[str]) -> Iterator[list[str]]:
         for fd, path, version in held:
             if not (entry_dir / version).exists():
                 path.unlink(missing_ok=True)  # a job waiting on it finds its version gone, as it checks
+            os.close(fd)
+
+
+def merged_index_folder(shard_cache: Path, name: str) -> Path:
+    """Where a shared prepared store's merged index ``name`` lies in the node's shard cache of it."""
+    return shard_cache / MERGED_INDEXES / name
+
+
+def hold_merged_index(folder: Path) -> int | None:
+    """The open readers file of the merged index ``folder`` (made if need be), holding a shared
+    lock (None where nothing can be held): close it to let the index go."""
+    fd = None
+    for _ in range(3):  # another process's sweep may remove a folder just made, before its lock is held
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, _ = lock_file(folder / READERS_FILE, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
+        if (folder / READERS_FILE).is_file():
+            break  # held, or nothing can be held here
+        if fd is not None:
+            os.close(fd)
+            fd = None
+    return fd
+
+
+def sweep_merged_indexes(kept: Path) -> None:
+    """Remove the merged indexes beside ``kept`` (a store's earlier builds: hundreds of MiB at
+    millions of images) that no process holds (``hold_merged_index``)."""
+    for other in kept.parent.iterdir():
+        if other == kept or not other.is_dir():
+            continue
+        fd, _ = lock_file(other / READERS_FILE, shared=False, wait_s=0.0)
+        if fd is None:
+            continue  # a process maps it, or nothing can be locked here: it stays
+        try:
+            shutil.rmtree(other, ignore_errors=True)
+            logger.debug("Removed %s, the merged index of an earlier build of a shared store", other)
+        finally:
             os.close(fd)
 
 

@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import numpy as np
 import xxhash
 
 from ..atomic import replacing
-from ..cache.readers import MERGED_INDEXES, READERS_FILE, WAIT_FOR_REMOVAL_S, lock_file
+from ..cache.readers import hold_merged_index, merged_index_folder, sweep_merged_indexes
 from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
@@ -57,8 +56,7 @@ from .sources import FsspecRoot
 
 logger = logging.getLogger("vl_datasets")
 
-META = MERGED_INDEXES  # the merged index, under the shard cache's folder: one per manifest
-_HI, _RECORDS, _SHARDS, _READERS = ".hi.npy", ".records.npy", ".shards.json", READERS_FILE
+_HI, _RECORDS, _SHARDS = ".hi.npy", ".records.npy", ".shards.json"  # a merged index's files
 RETRY_FAILED_S = 60.0  # a shard whose download failed is asked for again after this long
 # What a reader of a damaged store is told: a build checks the published shares and makes damaged ones again.
 REPAIR = "; building it again repairs it ('vl-datasets prepare SOURCE --size S --to URL', or ds.prepare())."
@@ -95,7 +93,7 @@ class SharedStore:
         self._files = FsspecRoot(url, self.storage_options)
         self.display_url = self._files.display_root
         self._meta_dir: Path | None = None
-        self._meta_lock: int | None = None  # the readers lock on the merged index (``_hold``)
+        self._meta_lock: int | None = None  # the readers lock on the merged index (``hold_merged_index``)
         self._reset()
 
     def _reset(self) -> None:
@@ -127,29 +125,17 @@ class SharedStore:
         raw = self._read(MANIFEST_FILE)
         manifest = self._identity_checked(MANIFEST_FILE, raw)
         self._identity_checked(STORE_FILE, self._read(STORE_FILE))
-        meta = self.cache.local_dir / META / hashlib.sha256(raw).hexdigest()[:20]
-        self._hold(meta)
+        meta = merged_index_folder(self.cache.local_dir, hashlib.sha256(raw).hexdigest()[:20])
+        # Held while this store lives (forked workers share it; spawned ones map what their parent
+        # holds): no sweep or prune removes the merged index this process maps.
+        held = hold_merged_index(meta)
+        self._release()
+        self._meta_lock = held
         if not (meta / _RECORDS).is_file():
             self._merge_into(meta, manifest)
         self._meta_dir = meta
         self._open_meta()
-        _sweep(meta)
-
-    def _hold(self, meta: Path) -> None:
-        """Hold a shared lock on ``meta``'s readers file while this store lives (its forked workers
-        share it; spawned ones map what their parent holds), so that no other build's sweep
-        removes the merged index this process maps."""
-        fd = None
-        for _ in range(3):  # another node process's sweep may remove the folder before the lock is held
-            meta.mkdir(parents=True, exist_ok=True)
-            fd, _ = lock_file(meta / _READERS, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
-            if (meta / _READERS).is_file():
-                break  # held, or nothing can be held here
-            if fd is not None:
-                os.close(fd)
-                fd = None
-        self._release()
-        self._meta_lock = fd
+        sweep_merged_indexes(meta)  # those of earlier builds of the store no process holds
 
     def _release(self) -> None:
         held, self._meta_lock = getattr(self, "_meta_lock", None), None
@@ -393,22 +379,6 @@ class SharedStore:
                 self.display_url,
                 why,
             )
-
-
-def _sweep(kept: Path) -> None:
-    """Remove the merged indexes of the store's earlier manifests that no process on this node
-    holds (``_hold``): each build of the store left one, hundreds of MiB at millions of images."""
-    for other in kept.parent.iterdir():
-        if other == kept or not other.is_dir():
-            continue
-        fd, _ = lock_file(other / _READERS, shared=False, wait_s=0.0)
-        if fd is None:
-            continue  # a process maps it, or nothing can be locked here: it stays
-        try:
-            shutil.rmtree(other, ignore_errors=True)
-            logger.debug("Removed %s, the merged index of an earlier build of the store", other)
-        finally:
-            os.close(fd)
 
 
 def _same_source(recorded: int, expected: int) -> bool:
