@@ -10,6 +10,9 @@ A job that opens a version while a prune removes it waits for the removal to end
 then finds its version gone: ``CacheMissError``, and opening again gets the current one. Where
 ``flock`` does not work (some network filesystems, Windows) nothing is held and a prune removes
 what it chooses, as it would without this module.
+
+The merged indexes of shared prepared stores in the node's shard cache are held the same way by
+the processes that map them (``hold_merged_index``): a new build's sweep and a prune leave those be.
 """
 
 from __future__ import annotations
