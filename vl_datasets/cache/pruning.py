@@ -87,13 +87,11 @@ def _trimmable(folder: Path) -> list[tuple[Path, int, float]]:
 def remove(removal: Removal) -> str | None:
     """Carry out one removal; or, when it was skipped, why: a build holds the entry, or a running
     job reads a version it would remove (``readers``)."""
-    read: list[str] = []
-    if removal.entry is not None:
-        with unread(removal.entry.path, removal.versions_read()) as read:
-            if not read:
-                return _remove(removal)
-    else:
+    if removal.entry is None:  # no version of an entry: nothing a job holds
         return _remove(removal)
+    with unread(removal.entry.path, removal.versions_read()) as read:
+        if not read:
+            return _remove(removal)
     named = ", ".join(read)
     logger.info("Skipped %s %s: a running job reads version %s", removal.what, removal.path, named)
     return f"a running job reads version {named}"

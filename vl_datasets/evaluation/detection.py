@@ -72,9 +72,7 @@ def of_the_dataset(details: pa.Table, predictions: Mapping[str, Any], *, kept_on
             media_id=predicted[row].as_py(),
         )
     removed_by = details.column("removed_by").take(at)
-    outside = pc.fill_null(pc.equal(removed_by, "subset"), False)
-    if kept_only:
-        outside = pc.is_valid(removed_by)
+    outside = pc.is_valid(removed_by) if kept_only else pc.fill_null(pc.equal(removed_by, "subset"), False)
     left_out = outside.to_numpy(zero_copy_only=False)
     if not left_out.any():
         return predictions

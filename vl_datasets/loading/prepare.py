@@ -334,26 +334,20 @@ def _stale_or_absent(source: PreparedSource, paths: list[str]) -> dict[int, int]
 
 
 def _identities(source: PreparedSource, paths: list[str]) -> list[int]:
-    found, _JOB["listed"] = original_identities(source, paths, _JOB.get("listed"))
-    return found
-
-
-def original_identities(
-    source: PreparedSource, paths: list[str], listed: ListedIdentities | None
-) -> tuple[list[int], ListedIdentities | None]:
-    """The originals' identities: from ``listed`` (listings of their folders, where the root lists
-    ETags: a request per 1,000 objects, not one per image); else, or once a listing failed (a
-    bucket this job may read but not list), one look-up each, with a WARNING. Returns them with
-    the listings to use next (None once they failed)."""
+    """The originals' identities: from listings of their folders where the root lists ETags (a
+    request per 1,000 objects, not one per image); else, or once a listing failed (a bucket this
+    job may read but not list), one look-up each, with a WARNING once."""
+    listed = _JOB.get("listed")
     if listed is not None:
         try:
-            return listed.identities(paths), listed
+            return listed.identities(paths)
         except Exception as exc:
             reason = source.source.scrub(f"{type(exc).__name__}: {exc}")
             logger.warning(
                 "Cannot list the originals under %s (%s): asking each image's instead", source.display_root, reason
             )
-    return [source.identity(path) for path in paths], None
+            _JOB["listed"] = None
+    return [source.identity(path) for path in paths]
 
 
 def listings(source: PreparedSource) -> ListedIdentities | None:

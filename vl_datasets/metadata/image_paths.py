@@ -35,12 +35,12 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     steps, and a file another row has by its exact path settles no other (a row whose only
     candidates are such files has no image). Step 3 takes a base name only where no other file
     of the export carries it, else the row has none there. A file name that several files no
-    row has, or several rows, share, and that no other
-    step settles, raises ``ImageNotFoundError`` naming the media_id and the
-    candidates, whatever ``on_missing`` says (an ambiguous name is never resolved silently). A row
-    with no image raises ``ImageNotFoundError`` (``on_missing="raise"``) or gets null (``"null"``),
-    so the caller can drop it. ``table`` is a normalized table; ``member_names`` are the export's
-    files relative to its root (a ZIP's names, or paths under the extracted folder).
+    row has, or several rows, share, and that no other step settles, raises
+    ``ImageNotFoundError`` naming the media_id and the candidates, whatever ``on_missing`` says (an
+    ambiguous name is never resolved silently). A row with no image raises ``ImageNotFoundError``
+    (``on_missing="raise"``) or gets null (``"null"``), so the caller can drop it. ``table`` is a
+    normalized table; ``member_names`` are the export's files relative to its root (a ZIP's names,
+    or paths under the extracted folder).
     """
     if on_missing not in ("raise", "null"):
         raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
