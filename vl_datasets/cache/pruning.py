@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LockTimeoutError
 from ..locks import hold_lock
 from .layout import DERIVED_MANIFEST, remove_tree
-from .readers import MERGED_INDEXES, READERS_FILE, lock_file, unread
+from .readers import MERGED_INDEXES, remove_unheld_indexes, unread
 from .scan import CacheInfo, EntryInfo, NodeAreaInfo, PrunePolicy, PruneStrategy, Removal, walk_files
 from .store import CacheStore
 
@@ -125,13 +124,7 @@ def _remove(removal: Removal) -> str | None:
 def _remove_area(path: Path) -> None:
     """Remove a node area but the merged indexes of shared stores a running process maps (each
     held by a shared lock, ``shared_store``): a spawned worker maps them by path."""
-    held = []
-    for index in (i for meta in path.rglob(MERGED_INDEXES) for i in meta.iterdir() if i.is_dir()):
-        fd, busy = lock_file(index / READERS_FILE, shared=False, wait_s=0.0)
-        if busy:
-            held.append(index)  # mapped: it stays, with the folders above it
-        elif fd is not None:
-            os.close(fd)
+    held = [index for folder in path.rglob(MERGED_INDEXES) for index in remove_unheld_indexes(folder)]
     if not held:
         remove_tree(path)
         return

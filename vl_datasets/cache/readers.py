@@ -152,17 +152,27 @@ def hold_merged_index(folder: Path) -> int | None:
 def sweep_merged_indexes(kept: Path) -> None:
     """Remove the merged indexes beside ``kept`` (a store's earlier builds: hundreds of MiB at
     millions of images) that no process holds (``hold_merged_index``)."""
-    for other in kept.parent.iterdir():
-        if other == kept or not other.is_dir():
+    remove_unheld_indexes(kept.parent, keep=kept)
+
+
+def remove_unheld_indexes(folder: Path, *, keep: Path | None = None) -> list[Path]:
+    """Remove the merged indexes in ``folder`` (a shard cache's ``MERGED_INDEXES``) but ``keep`` and
+    those a process holds; returns those held (which stay). Where nothing can be locked, they stay."""
+    held = []
+    for index in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if index == keep or not index.is_dir():
             continue
-        fd, _ = lock_file(other / READERS_FILE, shared=False, wait_s=0.0)
+        fd, busy = lock_file(index / READERS_FILE, shared=False, wait_s=0.0)
+        if busy:
+            held.append(index)
         if fd is None:
             continue  # a process maps it, or nothing can be locked here: it stays
         try:
-            shutil.rmtree(other, ignore_errors=True)
-            logger.debug("Removed %s, the merged index of an earlier build of a shared store", other)
+            shutil.rmtree(index, ignore_errors=True)
+            logger.debug("Removed %s, a merged index of a shared store no process maps", index)
         finally:
             os.close(fd)
+    return held
 
 
 def lock_file(path: Path, *, shared: bool, wait_s: float) -> tuple[int | None, bool]:
