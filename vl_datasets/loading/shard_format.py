@@ -24,6 +24,7 @@ same shares and redoes only those without a shares/<share>.json.
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import numpy as np
@@ -45,6 +46,16 @@ SHARD_RECORD = np.dtype(
         ("pixels", "<u8"),  # xxh3-64 of the pixel bytes
     ]
 )
+
+
+def index_records(raw: bytes | None) -> np.ndarray | None:
+    """The records of a share's index file (its bytes; None: no such file), or None when they are
+    not an index of this format (damaged: an empty or cut file reads as no array)."""
+    try:
+        records = np.load(io.BytesIO(raw), allow_pickle=False) if raw is not None else None
+    except (ValueError, EOFError, OSError):
+        return None
+    return records if records is not None and records.dtype == SHARD_RECORD and records.ndim == 1 else None
 
 
 def store_identity(export: str | None, settings: dict) -> dict:

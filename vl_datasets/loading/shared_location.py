@@ -73,17 +73,28 @@ class SharedLocation:
             return None
 
     def read_json(self, name: str) -> dict[str, Any] | None:
-        """The JSON object in ``name``, or None when there is no such file."""
+        """The JSON object in ``name``, or None when there is no such file; ``PreparedStoreError``
+        when it holds none (``read_object`` tells that apart instead)."""
+        data, damaged = self.read_object(name)
+        if damaged:  # written whole, so never half a file: someone else's
+            raise PreparedStoreError(f"{self.not_an_object(name)}.", path=self.display)
+        return data
+
+    def read_object(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the JSON object in ``name``, False), (None, False) when there is no such file, or (None,
+        True) when the file holds no JSON object: damaged. A failure to read raises."""
         raw = self.read_bytes(name)
         if raw is None:
-            return None
+            return None, False
         try:
             data = json.loads(raw)
         except ValueError:
             data = None
-        if not isinstance(data, dict):  # written whole, so never half a file: someone else's
-            raise PreparedStoreError(f"{self.where(name)} is not a JSON object of a shared store.", path=self.display)
-        return data
+        return (data, False) if isinstance(data, dict) else (None, True)
+
+    def not_an_object(self, name: str) -> str:
+        """What is wrong with ``name`` when ``read_object`` finds it damaged."""
+        return f"{self.where(name)} is not a JSON object of a shared store"
 
     def sizes(self, folder: str) -> dict[str, int]:
         """The size of each file in ``folder`` (none when it does not exist), from one listing."""

@@ -24,7 +24,6 @@ the image), so the image is prepared from its original instead.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from .shard_format import (
     SHARDS,
     STORE_FILE,
     index_name,
+    index_records,
     manifest_shares,
     share_file,
     store_identity,
@@ -253,11 +253,8 @@ class SharedStore:
         return found
 
     def _share_index(self, name: str) -> np.ndarray:
-        try:
-            records = np.load(io.BytesIO(self._read(name)), allow_pickle=False)
-        except (ValueError, EOFError, OSError):  # an empty or cut file reads as no array
-            records = None
-        if records is None or records.dtype != SHARD_RECORD or records.ndim != 1:
+        records = index_records(self._read(name))
+        if records is None:
             raise self._damaged(f"{name} is not an index of this format")
         return records
 

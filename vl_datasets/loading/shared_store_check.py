@@ -22,15 +22,13 @@ it would lose them; a WARNING says to build from the whole export.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 
 import numpy as np
 
 from .prepare import listings
 from .prepared_source import PreparedSource
-from .shard_format import SHARD_RECORD, SHARDS, index_name, share_file, share_name, share_of
+from .shard_format import SHARDS, index_name, index_records, share_file, share_name, share_of
 from .shared_location import SharedLocation
 
 logger = logging.getLogger("vl_datasets")
@@ -124,13 +122,9 @@ def _published(
     ``stored``: the size of each of the store's shard files. A failure to read is raised
     (``PreparedStoreError``), not damage."""
     name = share_file(share, build)
-    raw = location.read_bytes(name)
-    try:
-        found = json.loads(raw) if raw is not None else None
-    except ValueError:
-        found = None
-    if not isinstance(found, dict) or not isinstance(found.get("shards"), list):
-        return None, f"{name} is not a share's file" if raw is not None else f"{name} is gone"
+    found, damaged = location.read_object(name)
+    if found is None or not isinstance(found.get("shards"), list):
+        return None, f"{name} is gone" if found is None and not damaged else f"{name} is not a share's file"
     for shard in found["shards"]:
         if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and _is_size(shard.get("bytes"))):
             return None, f"{name} lists a shard without a name and a size in bytes"
@@ -138,12 +132,8 @@ def _published(
         if size != shard["bytes"]:
             return None, f"{shard['name']} is gone" if size is None else f"{shard['name']} is not the size it was"
     index = index_name(share, build)
-    raw = location.read_bytes(index)
-    try:
-        records = np.load(io.BytesIO(raw), allow_pickle=False) if raw is not None else None
-    except (ValueError, EOFError, OSError):  # an empty or cut file reads as no array
-        records = None
-    if records is None or records.dtype != SHARD_RECORD or records.ndim != 1:
+    records = index_records(location.read_bytes(index))
+    if records is None:
         return None, f"{index} is not a share's index"
     return records, ""
 

@@ -218,8 +218,7 @@ def _plan(
     check of the shares already published (``shared_store_check``). A store with a manifest has
     published the shares it names, with their builds; one without, those with a share file."""
     try:
-        count = open_store(location, export, source.store.settings, shares)
-        manifest = _manifest(location, warn=True)
+        count, manifest = open_store(location, export, source.store.settings, shares)
         named = None if manifest is None else manifest_shares(manifest)
         if named is not None and [name for name, _ in named] == [share_name(s) for s in range(count)]:
             published = {int(name): build for name, build in named}
@@ -233,21 +232,24 @@ def _plan(
         return exc
 
 
-def open_store(location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int) -> int:
-    """The number of shares of the store at ``location``, which is created (its store.json) with
-    ``shares`` if it does not exist. ``export``: {"export": its content name, "version": the node's
-    name of it}. Raises ``PreparedStoreError`` when it holds another export or other settings. A
-    damaged store.json is written again from the manifest, which names the same store."""
+def open_store(
+    location: SharedLocation, export: dict[str, str | None], settings: StoreSettings, shares: int
+) -> tuple[int, dict[str, Any] | None]:
+    """(the number of shares of the store at ``location``, its manifest: None where there is none,
+    or it is damaged, said in a WARNING, to be written again). The store is created (its
+    store.json) with ``shares`` if it does not exist. ``export``: {"export": its content name,
+    "version": the node's name of it}. Raises ``PreparedStoreError`` when it holds another export
+    or other settings. A damaged store.json is written again from the manifest, which names the
+    same store."""
     identity = store_identity(export["export"], settings.as_json())
-    try:
-        found = location.read_json(STORE_FILE)
-    except PreparedStoreError as exc:
-        if "is not a JSON object" not in str(exc):
-            raise  # it could not be read: no reason to think it damaged
-        found = _store_file_from_manifest(location, identity, exc)
-    manifest = _manifest(location)
+    manifest, damaged = location.read_object(MANIFEST_FILE)
+    if damaged:
+        logger.warning("%s: it is written again once every share is published", location.not_an_object(MANIFEST_FILE))
     if manifest is not None:
         _check_identity(location, MANIFEST_FILE, manifest, identity)
+    found, damaged = location.read_object(STORE_FILE)
+    if damaged:
+        found = _store_file_from_manifest(location, identity, manifest)
     if found is None:
         found = {
             **identity,
@@ -262,19 +264,21 @@ def open_store(location: SharedLocation, export: dict[str, str | None], settings
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         where = location.where(STORE_FILE)
         raise PreparedStoreError(f"{where} names no share count: not a shared store.", path=location.display)
-    return count
+    return count, manifest
 
 
-def _store_file_from_manifest(location: SharedLocation, identity: dict[str, Any], damage: Exception) -> dict[str, Any]:
-    """store.json written again from the manifest (its identity and share count), when it has one."""
-    manifest = _manifest(location)
+def _store_file_from_manifest(
+    location: SharedLocation, identity: dict[str, Any], manifest: dict[str, Any] | None
+) -> dict[str, Any]:
+    """store.json written again from the ``manifest`` (its identity, checked, and share count),
+    when there is one."""
+    damage = location.not_an_object(STORE_FILE)
     named = None if manifest is None else manifest_shares(manifest)
-    if manifest is None or named is None or not named:
+    if manifest is None or not named:
         raise PreparedStoreError(
             f"{damage}; with no manifest to tell its shares, remove {location.display} to build it again.",
             path=location.display,
         )
-    _check_identity(location, MANIFEST_FILE, manifest, identity)
     logger.warning("%s: written again from the store's manifest", damage)
     found = {**identity, "version": manifest.get("version"), "shares": len(named), "created_at": _now()}
     location.write_json(STORE_FILE, {**found, "library_version": __version__})
@@ -296,7 +300,7 @@ def finish(
     builds = plan.builds()
     wanted = {share_file(name, build).removeprefix(f"{SHARES}/") for name, build in builds}
     while True:
-        manifest = _manifest(location)
+        manifest, _ = location.read_object(MANIFEST_FILE)  # a damaged one is written again below
         if manifest is not None and manifest_shares(manifest) == builds:
             return manifest
         now_left = len(wanted - location.names(SHARES))  # one listing, however many shares
@@ -311,19 +315,6 @@ def finish(
                 path=location.display,
             )
         time.sleep(POLL_S)
-
-
-def _manifest(location: SharedLocation, *, warn: bool = False) -> dict[str, Any] | None:
-    """The store's manifest; None where there is none, or it is damaged (the build writes it again:
-    ``warn`` says so)."""
-    try:
-        return location.read_json(MANIFEST_FILE)
-    except PreparedStoreError as exc:
-        if "is not a JSON object" not in str(exc):
-            raise  # it could not be read: no reason to think it damaged
-        if warn:
-            logger.warning("%s: it is written again once every share is published", exc)
-        return None
 
 
 def _write_manifest(
