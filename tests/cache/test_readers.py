@@ -139,3 +139,20 @@ def test_datasets_of_one_version_in_a_process_share_one_readers_file(export, tmp
     datasets.clear()
     gc.collect()
     assert "pruned 1 of 1" in prune(cache, capsys, "--max-size", "0")
+
+
+def test_the_readers_file_closes_without_the_modules_globals_as_at_the_interpreters_exit(export, tmp_path, monkeypatch):
+    """At exit, Python may clear this module's globals before a dataset kept to the end goes:
+    closing its readers file must not need them (before, each exit printed an ignored exception)."""
+    from vl_datasets.cache import readers as readers_module
+
+    ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "cache", task=None)
+    path = str(ds._reading.path)
+    faults = []
+    monkeypatch.setattr(sys, "unraisablehook", faults.append)
+    monkeypatch.setattr(readers_module, "os", None)  # what the exit's teardown does to a module
+    del ds
+    gc.collect()
+    monkeypatch.undo()
+    assert not faults, f"closing the readers file raised: {faults[0].exc_value!r}"
+    assert path not in open_files(), "the readers file stayed open"

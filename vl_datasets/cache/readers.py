@@ -64,13 +64,13 @@ class ReadingVersion:
 
     def __init__(self, entry_dir: Path, version: str, manifest: Path) -> None:
         self.path = readers_path(entry_dir, version)
-        self._held: _Held | None = None
+        self._held: HeldLock | None = None
         with _HELD_LOCK:
             held = _HELD.get(self.path)
         if held is None:
             fd, _ = lock_file(self.path, shared=True, wait_s=WAIT_FOR_REMOVAL_S)
             if fd is not None:
-                held = _Held(fd)
+                held = HeldLock(fd)
                 with _HELD_LOCK:
                     _HELD[self.path] = held
         self._held = held
@@ -91,17 +91,20 @@ class ReadingVersion:
         return f"ReadingVersion({str(self.path)!r}, held={self._held is not None})"
 
 
-class _Held:
-    """An open readers file holding its lock, shared by a process's holders of one version."""
+class HeldLock:
+    """An open readers file holding its lock (shared by a process's holders of one version, or
+    a store's of one merged index). Closing the file lets the lock go: ``close()``, or a finalizer
+    when the last holder goes or at the interpreter's exit, whichever comes first (a ``__del__``
+    run during the exit's teardown of modules found this module's ``os`` gone)."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self._close = weakref.finalize(self, os.close, fd)
 
-    def __del__(self) -> None:
-        os.close(self.fd)  # closing the file lets the lock go
+    def close(self) -> None:
+        self._close()  # runs once: a later call, or the finalizer, does nothing
 
 
-_HELD: weakref.WeakValueDictionary[Path, _Held] = weakref.WeakValueDictionary()
+_HELD: weakref.WeakValueDictionary[Path, HeldLock] = weakref.WeakValueDictionary()
 _HELD_LOCK = threading.Lock()
 
 
@@ -134,9 +137,9 @@ def merged_index_folder(shard_cache: Path, name: str) -> Path:
     return shard_cache / MERGED_INDEXES / name
 
 
-def hold_merged_index(folder: Path) -> int | None:
+def hold_merged_index(folder: Path) -> HeldLock | None:
     """The open readers file of the merged index ``folder`` (made if need be), holding a shared
-    lock (None where nothing can be held): close it to let the index go."""
+    lock (None where nothing can be held): close it, or let it go, to let the index go."""
     fd = None
     for _ in range(3):  # another process's sweep may remove a folder just made, before its lock is held
         folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,7 @@ def hold_merged_index(folder: Path) -> int | None:
         if fd is not None:
             os.close(fd)
             fd = None
-    return fd
+    return None if fd is None else HeldLock(fd)
 
 
 def sweep_merged_indexes(kept: Path) -> None:

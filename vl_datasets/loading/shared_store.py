@@ -37,7 +37,7 @@ import numpy as np
 import xxhash
 
 from ..atomic import replacing
-from ..cache.readers import hold_merged_index, merged_index_folder, sweep_merged_indexes
+from ..cache.readers import HeldLock, hold_merged_index, merged_index_folder, sweep_merged_indexes
 from ..errors import ImageReadError, ShardReadError, SharedStoreError, SharedStoreNotFoundError
 from .prepared import StoreSettings, image_key
 from .shard_cache import ShardCache
@@ -93,7 +93,7 @@ class SharedStore:
         self._files = FsspecRoot(url, self.storage_options)
         self.display_url = self._files.display_root
         self._meta_dir: Path | None = None
-        self._meta_lock: int | None = None  # the readers lock on the merged index (``hold_merged_index``)
+        self._meta_lock: HeldLock | None = None  # the readers lock on the merged index (``hold_merged_index``)
         self._reset()
 
     def _reset(self) -> None:
@@ -140,10 +140,7 @@ class SharedStore:
     def _release(self) -> None:
         held, self._meta_lock = getattr(self, "_meta_lock", None), None
         if held is not None:
-            os.close(held)
-
-    def __del__(self) -> None:
-        self._release()
+            held.close()
 
     @property
     def build(self) -> str:
