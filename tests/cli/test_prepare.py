@@ -45,6 +45,16 @@ def test_a_missing_local_source_exits_2_naming_it(tmp_path, monkeypatch, capsys,
     assert "hint: check the command's arguments" in err
 
 
+@pytest.mark.parametrize("source", ["s3://bucket/exports/x.zip", "https://host/export.zip"])
+def test_an_export_named_by_a_url_exits_2_saying_to_copy_it_here(tmp_path, monkeypatch, capsys, source):
+    """It exited 1 with "No export at <cwd>/s3:/bucket/exports/x.zip": the URL taken for a path."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", source, "--size", "8", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert f"{source!r} is a URL" in err and "Copy it to this machine first" in err
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "https:").exists()
+
+
 def test_cache_prune_removes_the_stores_of_superseded_versions(export, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     assert main(["prepare", str(export), "--size", "48", "--workers", "0", "--cache-dir", cache]) == 0

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..config import is_remote, resolve_cache_dir
-from ..errors import ExportNotFoundError
+from ..errors import ConfigurationError, ExportNotFoundError
 from ..locks import hold_lock
 from .archive import extract_archive
 from .store import CacheStore, LocalExport
@@ -26,6 +26,12 @@ OPEN_LOCK_TIMEOUT_S = 3600.0  # unpacking a large ZIP takes a while; waiters mus
 
 def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> LocalExport:
     """The published cache entry of the local export at ``path`` (a ZIP file or an extracted folder)."""
+    if is_remote(path):
+        # Taken for a local path, s3://bucket/x.zip became <cwd>/s3:/bucket/x.zip, "not found".
+        raise ConfigurationError(
+            f"from_export opens a local ZIP or export folder; {os.fspath(path)!r} is a URL. Copy it to "
+            "this machine first, or export the dataset by its id, with a shared cache_dir for a cluster."
+        )
     source = Path(path).expanduser().resolve()
     if not source.exists():
         raise ExportNotFoundError(
