@@ -167,6 +167,45 @@ def test_the_wait_s_deadline_bounds_the_retries_of_its_polls(local_vl, client, f
     assert local_vl.count("export_status") >= (1 if retry_after > 10 else 4), "the polls were not retried"
 
 
+def test_a_wait_polls_a_last_time_at_its_deadline(local_vl, fake_time):
+    """It gave up an interval early (2 s into a 4 s wait, saying "after 4s"), while the export
+    finished at 2.5 s: the last sleep now ends at the deadline, and the poll there decides."""
+    task_started = make_client(local_vl, fake_time).start_export("ds-ready")
+    local_vl.faults.hold_exports()
+    start, sleep = fake_time.now, fake_time.sleep
+
+    def sleep_then_finish_at_the_deadline(seconds: float) -> None:
+        sleep(seconds)
+        if fake_time.now - start >= 4:
+            local_vl.faults.release_exports()
+
+    fake_time.sleep = sleep_then_finish_at_the_deadline  # type: ignore[method-assign]
+    with make_client(local_vl, fake_time) as client:
+        assert client.wait_for_export("ds-ready", task_started.id, timeout_s=4).succeeded
+    assert fake_time.now - start == pytest.approx(4), "the last poll was not at the deadline"
+
+
+def test_a_wait_on_a_server_answering_408_ends_in_its_timeout(local_vl, client, fake_time):
+    """A 408 is retried like a 503; at the deadline it was raised as a plain APIStatusError."""
+    task = client.start_export("ds-ready")
+    local_vl.faults.fail_next("export_status", 408, times=100, retry_after=3)
+    with pytest.raises(errors.ExportTimeoutError) as caught:
+        client.wait_for_export("ds-ready", task.id, timeout_s=5)
+    assert caught.value.task_id == task.id and "HTTP 408" in str(caught.value)
+
+
+def test_a_polled_task_the_server_forgets_is_told_within_the_wait_s_deadline(local_vl, client, fake_time):
+    """A 404 on the task asks the dataset which is missing: that request spent the client's whole
+    retry policy (six 100 s Retry-Afters inside a 5 s wait) and ended in the dataset's 503."""
+    task = client.start_export("ds-ready")
+    local_vl.faults.fail_next("export_status", 404)
+    local_vl.faults.fail_next("dataset", 503, times=100, retry_after=100)
+    start = fake_time.now
+    with pytest.raises(errors.ExportTimeoutError):
+        client.wait_for_export("ds-ready", task.id, timeout_s=5)
+    assert fake_time.now - start <= 5, f"the wait went on {fake_time.now - start:g} s past its start"
+
+
 @pytest.mark.parametrize("timeout_s", [0.0, -1.0, float("inf")])
 def test_a_wait_with_no_time_left_or_no_limit_still_polls_once(quick_vl, quick_client, timeout_s):
     """timeout_s=0 asks for the state now: an export already done is returned, not a timeout."""

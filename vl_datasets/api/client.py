@@ -15,7 +15,7 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from .. import errors
-from ..backoff import Attempts, RetryPolicy
+from ..backoff import RETRYABLE_STATUSES, Attempts, RetryPolicy
 from ..config import check_seconds, env_number, progress_enabled, resolve_client_settings
 from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
@@ -103,10 +103,11 @@ class Client:
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    def get_dataset(self, dataset_id: str) -> DatasetInfo:
-        """The dataset's status and counts (``GET /api/v1/dataset/{id}``)."""
+    def get_dataset(self, dataset_id: str, *, attempts: Attempts | None = None) -> DatasetInfo:
+        """The dataset's status and counts (``GET /api/v1/dataset/{id}``). ``attempts``: what the
+        request's retries spend from (by default, the client's policy afresh)."""
         url = self._api_url(dataset_id)
-        payload = self._get_json(url, what=f"Dataset {dataset_id!r}")
+        payload = self._get_json(url, what=f"Dataset {dataset_id!r}", attempts=attempts)
         return DatasetInfo.from_json(payload, url=url)
 
     def start_export(
@@ -167,7 +168,9 @@ class Client:
         try:
             payload = self._get_json(url, what=what, params={"export_task_id": task_id}, attempts=attempts)
         except errors.DatasetNotFoundError as exc:
-            self.get_dataset(dataset_id)  # raises DatasetNotFoundError if the dataset is what is missing
+            # Raises DatasetNotFoundError if the dataset is what is missing; from the same attempts, so
+            # that a bounded wait's poll stays inside its deadline.
+            self.get_dataset(dataset_id, attempts=attempts)
             raise errors.ExportTaskNotFoundError(
                 f"{what}: the server has no such export task (HTTP 404).",
                 task_id=task_id,
@@ -220,9 +223,13 @@ class Client:
                 if task.status not in KNOWN_EXPORT_STATUSES and task.status not in warned:
                     warned.add(task.status)
                     logger.warning("Export %s has unknown status %r; still waiting", task_id, task.status)
-                if deadline is not None and self._clock() + interval > deadline:
-                    raise _export_timeout(dataset_id, task_id, f"is still {task.status} after {timeout_s:g}s")
-                self._sleep(interval)
+                pause = interval
+                if deadline is not None:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        raise _export_timeout(dataset_id, task_id, f"is still {task.status} after {timeout_s:g}s")
+                    pause = min(interval, left)  # the last poll at the deadline, not an interval before it
+                self._sleep(pause)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
     def _poll(self, dataset_id: str, task_id: str, deadline: float | None, timeout_s: float | None) -> ExportTask:
@@ -239,8 +246,8 @@ class Client:
         )
         try:
             return self.get_export_status(dataset_id, task_id, attempts=attempts)
-        except (errors.APIConnectionError, errors.ServerError, errors.RateLimitError) as exc:
-            if not (attempts.deadline_hit or attempts.remaining_s() == 0.0):
+        except errors.APIError as exc:
+            if not (_retried(exc) and (attempts.deadline_hit or attempts.remaining_s() == 0.0)):
                 raise  # given up for another reason than the time left
             state = f"has no status before its {timeout_s:g} s timeout ({exc})"
             raise _export_timeout(dataset_id, task_id, state) from None
@@ -288,6 +295,14 @@ class Client:
             f"{response.headers.get('Content-Type', 'no content type')}).",
             url=url,
         )
+
+
+def _retried(exc: errors.APIError) -> bool:
+    """Whether the transport retries what raised ``exc`` (a connection error, 408, 429, 5xx): the
+    errors a poll that ran out of time ends with, to be told as the wait's timeout."""
+    if isinstance(exc, errors.APIConnectionError):
+        return True
+    return isinstance(exc, errors.APIStatusError) and exc.status_code in RETRYABLE_STATUSES
 
 
 def _export_timeout(dataset_id: str, task_id: str, state: str) -> errors.ExportTimeoutError:
