@@ -72,6 +72,32 @@ def test_cache_list_and_prune_cover_the_image_cache(tmp_path, capsys):
     assert not images.folder.exists()
 
 
+@pytest.mark.parametrize("command", [["list"], ["prune"], ["prune", "--older-than", "0"], ["prune", "--max-size", "0"]])
+def test_a_folder_that_is_no_cache_is_refused_and_keeps_every_file(tmp_path, capsys, command):
+    """--cache-dir naming an export folder (or a home folder): its images/ sub-folders read as image
+    caches and its exports/<a>/<b>/<c> as a killed build's leftovers, and a prune removed them."""
+    folder = tmp_path / "my-photos"
+    files = [folder / "metadata.json", folder / "images/train/cat/1.jpg", folder / "exports/2024/trip/day1/2.jpg"]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
+    assert main(["cache", *command, "--cache-dir", str(folder)]) == 2
+    assert "is not a vl_datasets cache" in capsys.readouterr().err
+    assert all(path.read_text() == "mine" for path in files), "a file of the user's was removed"
+
+
+def test_a_cache_holding_only_a_shared_roots_mirror_is_a_cache(quick_vl, tmp_path, monkeypatch, capsys):
+    """The local root of a shared (s3://...) cache_dir holds mirrors/ alone: still a cache to list and prune."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    shared = f"memory://vl-shared-{tmp_path.name}"
+    fetch_export("ds-ready", client=Client(quick_vl.url, progress=False, env={}), cache_dir=shared)
+    local = tmp_path / "xdg" / "vl_datasets"
+    assert sorted(p.name for p in local.iterdir()) == ["CACHEDIR.TAG", "mirrors"]
+    assert main(["cache", "list", "--cache-dir", str(local)]) == 0
+    assert "ds-ready" in capsys.readouterr().out
+    assert main(["cache", "prune", "--cache-dir", str(local)]) == 0
+
+
 def test_an_empty_key_removes_nothing(quick_vl, tmp_path, capsys):
     """ "" is a prefix of every key: a script's unset "$KEY" must not remove the only export."""
     entry = fetch_export("ds-ready", client=Client(quick_vl.url, progress=False, env={}), cache_dir=tmp_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, VersionInUseError
-from .layout import DERIVED_IDENTITY, DERIVED_MANIFEST, read_json, split_derived_name
+from .layout import CACHEDIR_TAG, DERIVED_IDENTITY, DERIVED_MANIFEST, read_json, split_derived_name
 from .opened import local_store
 from .readers import unread
 from .store import CacheStore, LocalExport
@@ -253,6 +253,11 @@ def scan(cache_dir: str | os.PathLike[str] | None = None) -> CacheInfo:
     """Everything the cache at ``cache_dir`` (else ``VL_DATASETS_CACHE``, else the default) holds:
     for a shared (fsspec) root, this machine's mirror of it."""
     store = local_store(cache_dir)
+    if not store.is_cache():
+        raise ConfigurationError(
+            f"{store.root} is not a vl_datasets cache (it holds other files and no {CACHEDIR_TAG}, which "
+            "every cache root gets): nothing there is listed or removed. Check --cache-dir / VL_DATASETS_CACHE."
+        )
     entries: list[EntryInfo] = []
     leftovers: list[LeftoverInfo] = []
     areas: list[NodeAreaInfo] = []

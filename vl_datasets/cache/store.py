@@ -245,6 +245,7 @@ class CacheStore:
         prepared store's shards (``digest`` names the store's shards folder)."""
         if kind not in NODE_AREAS:
             raise ValueError(f"Unknown node-level area {kind!r}; expected one of {NODE_AREAS}.")
+        self._tag_root()  # the area is written next: the root is a cache from now on (``is_cache``)
         return self.root / kind / safe_name(digest)
 
     def node_areas(self) -> list[tuple[str, Path]]:
@@ -464,12 +465,22 @@ class CacheStore:
             remove_tree(path)
         return doomed
 
+    def is_cache(self) -> bool:
+        """Whether the root is a cache of this library, or nothing yet: every build tags the root it
+        writes in (``CACHEDIR.TAG``), so a folder of other files without one (an export's, a home
+        folder, whose ``images/`` would read as image caches) is none, and is never pruned."""
+        tagged = (self.root / CACHEDIR_TAG).is_file()
+        return tagged or not self.root.is_dir() or not any(self.root.iterdir())
+
     def _tag_root(self) -> None:
-        tag = self.root / CACHEDIR_TAG
-        if not tag.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            with replacing(tag) as tmp:
-                tmp.write_text(_TAG_TEXT, encoding="utf-8")
+        # A mirror's writes make the root holding it a cache too (it may hold nothing else).
+        roots = [self.root, self.root.parent.parent] if self.root.parent.name == MIRRORS else [self.root]
+        for root in roots:
+            tag = root / CACHEDIR_TAG
+            if not tag.exists():
+                root.mkdir(parents=True, exist_ok=True)
+                with replacing(tag) as tmp:
+                    tmp.write_text(_TAG_TEXT, encoding="utf-8")
 
 
 def _age_order(entry: LocalExport) -> tuple[datetime, str]:
