@@ -45,6 +45,34 @@ def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_p
     assert client.download_export(task, tmp_path / "b.zip").read_bytes() == expected
 
 
+def test_a_resume_answered_from_another_byte_starts_the_whole_archive_again(local_vl, client, reference_zip, tmp_path):
+    """A 206 from byte 100 to a 'bytes=1000-' was written as a fresh file: the right size, the
+    wrong bytes (a ZIP that would not open)."""
+    task, expected = reference_zip
+    local_vl.faults.break_download_after(1000)
+    local_vl.faults.misplace_range(100)
+    path = client.download_export(task, tmp_path / "a.zip")
+    assert path.read_bytes() == expected
+    assert _range_headers(local_vl) == [None, "bytes=1000-", None]
+
+
+@pytest.mark.parametrize("cut", [None, 2000])
+def test_an_answer_that_is_no_zip_archive_is_not_saved_as_one(local_vl, client, reference_zip, tmp_path, cut):
+    """An HTML page answered 200 (a proxy's login page), or an archive cut short with no length
+    announced, was renamed into place as the archive and blamed on it at unpacking."""
+    task, _ = reference_zip
+    if cut is None:
+        local_vl.faults.fail_next("storage", 200, body="<html>Sign in</html>", content_type="text/html")
+    else:
+        local_vl.faults.fail_next("storage", 200, body=reference_zip[1][:cut], content_type="application/zip")
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    with pytest.raises(errors.DownloadError, match="is no ZIP archive") as caught:
+        client.download_export(task, folder / "a.zip")
+    assert ("sent as text/html" if cut is None else "sent as application/zip") in str(caught.value)
+    assert os.listdir(folder) == [], "the answer was kept"
+
+
 def test_download_that_keeps_breaking_leaves_nothing_at_dest_and_resumes_later(
     local_vl, fake_time, reference_zip, tmp_path
 ):

@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
@@ -106,6 +107,7 @@ class _Download:
         self.refresh_task = refresh_task
         self.progress = progress
         self.url_refreshes = 0
+        self.content_type = ""  # of the last answer that carried bytes, for an error about them
         self.attempts = transport.retry.start(f"Download of export {task.id}")
         self.size_at_last_failure = self._have()  # bytes a break must add to count as progress
 
@@ -118,7 +120,7 @@ class _Download:
             except errors.PermissionDeniedError:
                 self._renew_url()
                 continue
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # broke off: resume
+            except (requests.RequestException, urllib3.exceptions.HTTPError, _AnsweredElsewhere) as exc:  # resume
                 self._after_broken_stream(exc)
                 continue
             if total is not None and self._have() < total:
@@ -129,6 +131,17 @@ class _Download:
             self.partial.unlink(missing_ok=True)
             raise errors.DownloadError(
                 f"Download of export {self.task.id} is {self._have()} bytes, expected {total}; discarded.",
+                url=redact_url(self._url()),
+            )
+        if not zipfile.is_zipfile(self.partial):
+            # An error page answered 200, or an archive cut short with no length announced: kept, it
+            # would be blamed on the archive at unpacking, or resumed from its broken bytes.
+            size = self._have()
+            self.partial.unlink(missing_ok=True)
+            sent_as = f", sent as {self.content_type}" if self.content_type else ""
+            raise errors.DownloadError(
+                f"Download of export {self.task.id} is no ZIP archive ({size:,} bytes"
+                f"{sent_as}); discarded, the next attempt downloads it again.",
                 url=redact_url(self._url()),
             )
         os.replace(self.partial, self.dest)
@@ -178,9 +191,21 @@ class _Download:
                     url=redact_url(url),
                 )
             start, total = _range_of(response, have)
-            if start != have:  # Range ignored (200) or answered from elsewhere: start over
+            if start not in (have, 0):
+                # A part from elsewhere than asked: written from byte 0 it made a file of the right
+                # size and the wrong bytes. Of no use: the whole archive again, without a Range.
+                if not have:
+                    raise errors.DownloadError(
+                        f"Download of export {self.task.id}: asked for the whole archive, the storage "
+                        f"answered from byte {start}.",
+                        url=redact_url(url),
+                    )
+                self.partial.unlink(missing_ok=True)
+                raise _AnsweredElsewhere(f"answered from byte {start}, not {have}")
+            if start != have:  # Range ignored (200): start over
                 logger.info("Server did not resume at byte %d; restarting the download", have)
                 have = 0
+            self.content_type = response.headers.get("Content-Type", "")
             self._check_disk_space(total, have)
             mode = "ab" if have else "wb"
             # Unbuffered: bytes received are on disk for the next run even if this process is killed.
@@ -242,6 +267,11 @@ class _Download:
             disable=not self.progress,
             leave=False,
         )
+
+
+class _AnsweredElsewhere(Exception):
+    """A resumed download answered from another byte than asked: its bytes are discarded, and the
+    next attempt asks for the whole archive."""
 
 
 def _range_of(response: requests.Response, have: int) -> tuple[int, int | None]:

@@ -50,6 +50,7 @@ class Faults:
             self._breaks: list[int] = []
             self._stalls: list[tuple[int, float]] = []
             self._ignore_range: int | None = 0
+            self._misplaced_ranges: list[int] = []
             self._expired_urls = 0
             self._job_failure: JobFailure | None = None
             self._job_failures_left: int | None = None
@@ -104,6 +105,12 @@ class Faults:
         """Answer 200 with the whole file even when ``Range`` is asked (None: until reset)."""
         with self._lock:
             self._ignore_range = times
+
+    def misplace_range(self, start: int, *, times: int = 1) -> None:
+        """The next ``times`` ranged downloads are answered 206 from byte ``start``, whatever was asked
+        (a cache or proxy answering from its own copy's offset)."""
+        with self._lock:
+            self._misplaced_ranges.extend([start] * times)
 
     def expire_urls(self, times: int = 1) -> None:
         """The next ``times`` presigned URLs are signed already expired."""
@@ -178,6 +185,11 @@ class Faults:
                 self._ignore_range -= 1
                 return True
             return False
+
+    def take_misplaced_range(self) -> int | None:
+        """The byte this ranged download must be answered from instead of the one asked, if any."""
+        with self._lock:
+            return self._misplaced_ranges.pop(0) if self._misplaced_ranges else None
 
     def take_expired_url(self) -> bool:
         """True when the URL being signed now must be already expired."""

@@ -103,6 +103,9 @@ class StorageHandler(Handler):
         status, start, end = parse_range(self.headers.get("Range"), total)
         if status == 206 and self.service.faults.take_ignore_range():
             status, start, end = 200, 0, total - 1
+        misplaced = self.service.faults.take_misplaced_range() if status == 206 else None
+        if misplaced is not None:
+            start = min(misplaced, end)
         if status == 416:
             return self.send(
                 416,
