@@ -341,8 +341,11 @@ def _build_entry(
     task = start_or_resume(client, record, key)
     task = client.wait_for_export(key.dataset_id, task.id, timeout_s=export_timeout_s)
     entry_dir = store.entry_dir(key)
-    zip_path = store.download_path(entry_dir)
-    client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s)
+    zip_path = store.download_path(entry_dir, task.id)
+    if zip_path.is_file():  # complete (a download is renamed into place whole): a run killed unpacking it
+        logger.info("Unpacking the download of export %s that an earlier run left", task.id)
+    else:
+        client.download_export(task, zip_path, lock_timeout_s=lock_timeout_s)
     try:
         with store.staging(entry_dir) as staging:
             extract_archive(zip_path, staging)

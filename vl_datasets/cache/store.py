@@ -204,8 +204,10 @@ class CacheStore:
     def lock_path(self, entry_dir: Path) -> Path:
         return entry_dir / LOCK
 
-    def download_path(self, entry_dir: Path) -> Path:
-        return entry_dir / DOWNLOAD / "export.zip"
+    def download_path(self, entry_dir: Path, task_id: str) -> Path:
+        """Where the archive of export ``task_id`` is downloaded to: by task, so that a complete
+        download is reused only by the task that made it."""
+        return entry_dir / DOWNLOAD / f"{safe_name(task_id)}-{hashlib.sha256(task_id.encode()).hexdigest()[:8]}.zip"
 
     def task_record(self, key: ExportKey, *, chunk: int | None = None) -> TaskRecord:
         """The record of the export task building ``key``'s entry, or with ``chunk``, the task of
