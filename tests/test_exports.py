@@ -133,6 +133,16 @@ def test_offline_hit_and_miss(quick_vl, quick_client, tmp_path, monkeypatch):
     assert quick_vl.requests == []
 
 
+def test_offline_with_refresh_is_refused_as_contradictory(quick_vl, quick_client, tmp_path):
+    """It said 'It is cached from <the very host asked>: set VL_API_URL to that host'."""
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    quick_vl.clear_requests()
+    with pytest.raises(errors.ConfigurationError, match="refresh=True starts a new export, which offline=True"):
+        fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, offline=True, refresh=True)
+    assert quick_vl.requests == []
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, offline=True) == entry
+
+
 def test_refresh_with_the_api_down_keeps_the_entry(quick_vl, quick_client, tmp_path):
     entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
     quick_vl.faults.fail_next("export", 503, times=50)

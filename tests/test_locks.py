@@ -33,3 +33,18 @@ def test_a_nan_lock_timeout_is_refused_not_waited_forever(tmp_path):
         hold_lock(tmp_path / "l.lock", timeout_s=float("nan"), what="x"),
     ):
         pass
+
+
+@pytest.mark.parametrize("timeout_s", [0, 0.0, -1.0])
+def test_a_lock_timeout_of_zero_takes_a_free_lock_and_refuses_a_held_one_at_once(tmp_path, timeout_s):
+    """0 means 'do not wait': it gave up without trying, blaming 'another process holding the lock'
+    and advising to delete the lock file, while no process held it."""
+    from vl_datasets.locks import hold_lock
+
+    path = tmp_path / "entry.lock"
+    with (
+        hold_lock(path, timeout_s=timeout_s, what="a free lock"),
+        pytest.raises(errors.LockTimeoutError, match="another process holding the lock"),
+        hold_lock(path, timeout_s=timeout_s, what="a held lock"),
+    ):
+        pass

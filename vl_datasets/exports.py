@@ -94,6 +94,10 @@ def fetch_export(
 
     if not refresh and (entry := store.lookup(key)) is not None:
         return entry  # the common case: no lock, no network, no API import
+    if offline and refresh:
+        raise errors.ConfigurationError(
+            "refresh=True starts a new export, which offline=True (or VL_DATASETS_OFFLINE=1) forbids."
+        )
     if offline:
         return _offline_lookup(store, key, explicit_host)
     root = resolve_cache_dir(cache_dir)

@@ -26,17 +26,19 @@ LOG_EVERY_S = 10.0
 def _acquire(lock: filelock.BaseFileLock, timeout_s: float | None, what: str) -> None:
     check_seconds(f"The lock timeout for {what}", timeout_s)
     start = time.monotonic()
+    tried = False  # a timeout of 0 (or past) still tries once: "do not wait", not "give up unasked"
     while True:
         waited = time.monotonic() - start
         remaining = None if timeout_s is None else timeout_s - waited
-        if remaining is not None and remaining <= 0:
+        if remaining is not None and remaining <= 0 and tried:
             raise LockTimeoutError(
                 f"Gave up after {waited:.0f}s waiting for another process holding the lock on {what} "
                 f"({lock.lock_file}). If no process is working on it, delete that file.",
                 lock_path=lock.lock_file,
             )
         try:
-            lock.acquire(timeout=LOG_EVERY_S if remaining is None else min(LOG_EVERY_S, remaining))
+            tried = True
+            lock.acquire(timeout=LOG_EVERY_S if remaining is None else max(min(LOG_EVERY_S, remaining), 0.0))
             return
         except filelock.Timeout:
             logger.warning("Waiting for another process to finish %s (%.0fs so far)", what, time.monotonic() - start)
