@@ -110,6 +110,18 @@ def test_report_command_refuses_an_out_it_cannot_write_before_curating(export, t
         assert f"error: --out {path}: {message}" in capsys.readouterr().err
 
 
+def test_report_command_expands_a_home_out_and_refuses_a_url(export, tmp_path, monkeypatch, capsys):
+    """'--out ~/r.html' (quoted, so the shell left it) wrote ./~/r.html, and file:///x ./file:/x."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["report", str(export), "--out", "~/r.html", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (tmp_path / "home" / "r.html").is_file() and not (tmp_path / "~").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(export), "--out", "file:///tmp/r.html", "--cache-dir", str(tmp_path / "cache")])
+    assert exited.value.code == 2 and "is a URL" in capsys.readouterr().err
+    assert not (tmp_path / "file:").exists()
+
+
 def test_report_command_draws_labels_with_dollars_as_written(tmp_path):
     # "cat$_$dog" is not valid matplotlib mathtext: the label bars would stop the report.
     export = write_export(tmp_path, [item("m0", "cat$_$dog"), item("m1", "$5 bill")])

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
 from ..evaluation.detection_slices import N_RESAMPLES, SEED
-from .options import add_api_options, add_curation_options, add_source, check_input, check_output, open_dataset
+from .options import (
+    add_api_options,
+    add_curation_options,
+    add_source,
+    check_input,
+    check_output,
+    local_file,
+    open_dataset,
+)
 from .report import parse_drop_issues
 
 
@@ -22,18 +29,24 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     add_source(evaluate)
     evaluate.add_argument(
         "--predictions",
-        type=Path,
+        type=local_file,
         required=True,
         help="classification: a CSV or Parquet file of media_id, prediction (a class name) and an optional "
         "score (0-1); detection: a JSON list (COCO results) or a Parquet file of media_id, category_name, "
         "bbox ([x, y, width, height] in the export's pixels) and score, one box a row",
     )
-    evaluate.add_argument("--out", type=Path, help="write the HTML evaluation report here")
+    evaluate.add_argument("--out", type=local_file, help="write the HTML evaluation report here")
     evaluate.add_argument(
-        "--label-errors", type=Path, metavar="FILE", help="write the suspected label errors' media ids here, one a line"
+        "--label-errors",
+        type=local_file,
+        metavar="FILE",
+        help="write the suspected label errors' media ids here, one a line",
     )
     evaluate.add_argument(
-        "--train-ids", type=Path, metavar="FILE", help="media ids the model was trained on, one a line: checks leakage"
+        "--train-ids",
+        type=local_file,
+        metavar="FILE",
+        help="media ids the model was trained on, one a line: checks leakage",
     )
     evaluate.add_argument(
         "--min-confidence",

@@ -136,6 +136,14 @@ def check_input(path: Path, option: str) -> None:
         raise ConfigurationError(f"{option} {path}: no such file.")
 
 
+def local_file(text: str) -> Path:
+    """An argparse type for a local file's path: ``~`` expanded as the shell does for an unquoted
+    one (it wrote ``./~/r.html``), and a URL refused (it wrote ``./file:/tmp/r.html``)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; give a path on this machine")
+    return Path(text).expanduser()
+
+
 def check_output(path: Path | None, option: str) -> None:
     """Refuse ``option``'s output ``path`` before the work that fills it: a folder given as the
     file, or a folder for it that is a file or cannot be created, would fail only after it."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from .. import errors
-from .options import add_api_options, add_curation_options, add_source, check_output, open_dataset
+from .options import add_api_options, add_curation_options, add_source, check_output, local_file, open_dataset
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -15,7 +14,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         "report", parents=parents, help="write an HTML report of what curation keeps and removes"
     )
     add_source(report)
-    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.add_argument("--out", type=local_file, required=True, help="the HTML file to write")
     report.add_argument("--title", help="the report's heading (default: 'Curation report: ' and the dataset)")
     report.add_argument(
         "--keep-unscored",
