@@ -193,6 +193,7 @@ SIDES = {**dict.fromkeys(BASE, "base"), "chunks": "exports", "tasks": "exports",
 MAY_CALL = {
     "cache": {
         ("metadata.index", "index_export"),
+        ("metadata.index", "metadata_below_root"),
         ("metadata.index", "read_index"),
         ("metadata.index", "rewritable"),
         ("metadata.index", "write_export_index"),

@@ -135,3 +135,21 @@ def test_a_metadata_file_edited_with_its_size_and_mtime_put_back_is_indexed_agai
         labels = [after.classes[after[i][1]] for i in range(len(after))]
         assert labels == [fresh.classes[fresh[i][1]] for i in range(len(fresh))], "stale labels were served"
         assert (labels[0] == other) != replace
+
+
+def test_a_zip_whose_export_sits_in_a_folder_is_named_with_where_its_metadata_is(tmp_path):
+    """The error named the staging folder it was unpacked into, gone by the time it was read."""
+    import json
+    import zipfile
+
+    import pytest
+
+    from vl_datasets import VisualLayerDataset, errors
+
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("export/metadata.json", json.dumps({"info": {}, "media_items": []}))
+    with pytest.raises(errors.CorruptArchiveError) as caught:
+        VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache")
+    assert str(caught.value).startswith(f"{archive} holds no metadata.parquet or metadata.json at its root")
+    assert "there is one at export/metadata.json" in str(caught.value)

@@ -52,7 +52,7 @@ def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[st
             if source.is_dir():
                 return store.publish(entry_dir, staging, opened_from=source)
             extract_archive(source, staging)
-            return store.publish(entry_dir, staging)
+            return store.publish(entry_dir, staging, archive=source)
 
 
 def local_store(cache_dir: str | os.PathLike[str] | None) -> CacheStore:

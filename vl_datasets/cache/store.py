@@ -31,7 +31,7 @@ from .._version import __version__
 from ..atomic import replacing
 from ..errors import CorruptArchiveError
 from ..locks import hold_lock
-from ..metadata.index import index_export
+from ..metadata.index import index_export, metadata_below_root
 from ..records import ExportTask
 from .layout import (
     CACHEDIR_TAG,
@@ -362,18 +362,22 @@ class CacheStore:
         task: ExportTask | None = None,
         expected_rows: int | None = None,
         opened_from: Path | None = None,
+        archive: Path | None = None,
         version: str | None = None,
     ) -> LocalExport:
         """Make the export in ``staging`` (or, with ``opened_from``, the user's folder it indexes) a
         new version of the entry: verify its metadata, write its index, move the folder into place,
         then write the manifest that makes it exist. Older versions are kept. ``version`` names the
-        new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name."""
+        new version (a mirror keeps the shared one's name); by default a fresh, time-ordered name.
+        ``archive``: the ZIP a user handed over, that ``staging`` holds unpacked (named in errors)."""
         export_dir = opened_from if opened_from is not None else staging
-        _check_images_folder(export_dir, _describe_source(key, task, export_dir))
+        source = str(archive) if archive is not None else _describe_source(key, task, export_dir)
+        _check_images_folder(export_dir, source)
         indexed = index_export(export_dir, staging)
         if indexed is None:  # an archive without its metadata is a broken archive
             raise CorruptArchiveError(
-                f"{export_dir} holds no metadata.parquet or metadata.json at its root.", path=str(export_dir)
+                f"{source} holds no metadata.parquet or metadata.json at its root{_found_deeper(export_dir)}.",
+                path=str(archive or export_dir),
             )
         metadata_file, rows = indexed.metadata_file, indexed.rows
         if expected_rows is not None and rows != expected_rows:
@@ -526,6 +530,13 @@ def _change_marks(stat: os.stat_result) -> dict[str, int]:
     moves it, and then the index is built again, which is safe. (Not the inode: some mounts number
     files anew at each mount, and each open would then build the index again.)"""
     return {"metadata_ctime_ns": stat.st_ctime_ns}
+
+
+def _found_deeper(export_dir: Path) -> str:
+    """Where a metadata file lies below the root, if one does: said, the fault is plain (a ZIP made
+    of the export's folder, not of what is in it); unsaid, the error named a staging folder."""
+    found = metadata_below_root(export_dir)
+    return "" if found is None else f" (there is one at {found}: the export must be at the root)"
 
 
 def _describe_source(key: ExportKey | None, task: ExportTask | None, export_dir: Path) -> str:

@@ -27,7 +27,7 @@ from .image_paths import resolve_image_paths
 from .index_writer import IMAGE_COLUMN, write_index_file
 from .item_codes import ITEMS_COLUMN, items_beside
 from .normalize import normalized_by_newer
-from .read import find_metadata_file, metadata_slices, read_metadata_file
+from .read import METADATA_FILE_NAMES, find_metadata_file, metadata_slices, read_metadata_file
 from .table_file import read_normalized
 
 logger = logging.getLogger("vl_datasets")
@@ -47,6 +47,15 @@ class IndexedExport:
     rows: int
     index_file: str | None
     metadata_stat: os.stat_result
+
+
+def metadata_below_root(export_dir: Path) -> str | None:
+    """Where below ``export_dir``'s root a metadata file lies (relative, with '/'), if one does:
+    what a ZIP made of the export's folder, rather than of what is in it, holds."""
+    for path in sorted(export_dir.rglob("metadata.*")):
+        if path.name in METADATA_FILE_NAMES and path.is_file():
+            return path.relative_to(export_dir).as_posix()
+    return None
 
 
 def index_export(export_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> IndexedExport | None:
