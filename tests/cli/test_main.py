@@ -57,3 +57,18 @@ def test_a_missing_path_is_named_at_once_not_taken_for_a_dataset_id(quick_vl, tm
     err = capsys.readouterr().err
     assert "No export at" in err and source.lstrip("./").split("/")[-1] in err
     assert quick_vl.requests == [], "the API was asked for a path"
+
+
+def test_a_cache_dir_that_cannot_be_made_is_a_one_line_usage_error(tmp_path, monkeypatch, capsys):
+    """Under /proc nothing can be made, as on a read-only mount: it printed FileNotFoundError's
+    traceback and exited 1."""
+    from vl_datasets.testing import write_dataset
+
+    monkeypatch.setenv("VL_DATASETS_PROGRESS", "0")
+    export = write_dataset(tmp_path, "ds", n_items=2)
+    cache = "/proc/vl-datasets-no-such-folder/cache"
+    assert main(["prepare", str(export), "--size", "8", "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "/proc/vl-datasets-no-such-folder" in err
+    assert "hint: --cache-dir must be a folder this user can create and write" in err
+    assert "Traceback" not in err

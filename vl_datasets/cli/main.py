@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -56,6 +57,24 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
     return 1, ""
 
 
+def _cache_option(args: argparse.Namespace, filename: str) -> str:
+    """The setting naming the cache that ``filename`` lies in, or is a folder above ("--cache-dir",
+    "VL_DATASETS_CACHE", or the default cache folder), or "" when it is elsewhere."""
+    from pathlib import Path
+
+    from ..config import is_remote, resolve_cache_dir
+
+    root = resolve_cache_dir(getattr(args, "cache_dir", None))
+    if is_remote(root):
+        return ""
+    path, root_path = Path(os.fspath(filename)), Path(root).expanduser().absolute()
+    if not (path.is_relative_to(root_path) or root_path.is_relative_to(path)):  # in it, or a folder made for it
+        return ""
+    if getattr(args, "cache_dir", None):
+        return "--cache-dir"
+    return "VL_DATASETS_CACHE" if os.environ.get("VL_DATASETS_CACHE") else f"the default cache folder {root}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --verbose works before or after the command; SUPPRESS keeps a subcommand from resetting it.
     verbose = argparse.ArgumentParser(add_help=False)
@@ -92,3 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
         return code
+    except OSError as exc:
+        if exc.filename is None:  # not about a file of ours: a fault to see whole
+            raise
+        # A folder that cannot be created or written (a cache on a read-only mount, under /proc):
+        # the system's own words name the file, and a traceback adds nothing but noise.
+        if args.verbose:
+            traceback.print_exc()
+        where = _cache_option(args, exc.filename)
+        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        if where:
+            print(f"hint: {where} must be a folder this user can create and write", file=sys.stderr)
+            return 2
+        return 1
