@@ -15,6 +15,7 @@ import email.utils
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -157,6 +158,24 @@ class Attempts:
         if self.deadline_hit or remaining == 0.0:
             return f"{text}, at the {self.policy.deadline_s:g} s deadline"
         return text
+
+
+def stoppable(
+    sleep: Callable[[float], None], stop: threading.Event, stopped: Callable[[], BaseException]
+) -> Callable[[float], None]:
+    """``sleep``, cut short by ``stop`` (set by another thread): once it is set, raise ``stopped()``
+    rather than go on with the loop the sleep paces. A test's own ``sleep``, which never waits, is
+    kept, and ``stop`` looked at after it."""
+
+    def pause(seconds: float) -> None:
+        if sleep is time.sleep:
+            stop.wait(seconds)
+        else:
+            sleep(seconds)
+        if stop.is_set():
+            raise stopped()
+
+    return pause
 
 
 # Image reads: a batch waits on its slowest image, so they wait less than API calls, and give up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import threading
 import zipfile
 
 import pyarrow.parquet as pq
@@ -150,6 +151,34 @@ def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
     done = client.wait_for_export("ds-ready", caught.value.task_id)
     assert done.succeeded
     assert local_vl.count("export") == 1
+
+
+def test_a_stopped_wait_ends_at_once_as_a_timeout(quick_vl):
+    """``stop``, set by another thread (a chunked export ending), cuts the wait between two polls short."""
+    client = vl_datasets.Client(quick_vl.url, progress=False, env={})  # real sleeps: 2 s to the next poll
+    quick_vl.faults.hold_exports()
+    task = client.start_export("ds-ready")
+    stop = threading.Event()
+    with pytest.raises(errors.ExportTimeoutError, match="until stopped; it keeps running") as caught:
+        client.wait_for_export("ds-ready", task.id, on_progress=lambda polled: stop.set(), stop=stop)
+    assert caught.value.task_id == task.id and quick_vl.count("export_status") == 1
+    quick_vl.faults.release_exports()
+    assert client.wait_for_export("ds-ready", task.id).succeeded
+
+
+def test_a_stop_ends_the_retries_of_a_poll_too(local_vl, fake_time):
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:  # the stop comes while the first retry waits
+        fake_time.sleep(seconds)
+        stop.set()
+
+    client = vl_datasets.Client(local_vl.url, sleep=sleep, clock=fake_time.clock, progress=False, env={})
+    task = client.start_export("ds-ready")
+    local_vl.faults.fail_next("export_status", 503, times=100)
+    with pytest.raises(errors.ExportTimeoutError, match="until stopped"):
+        client.wait_for_export("ds-ready", task.id, stop=stop)
+    assert local_vl.count("export_status") == 1, "a stopped wait retried its poll"
 
 
 @pytest.mark.parametrize("retry_after", [30, 2])

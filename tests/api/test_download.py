@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 import zipfile
 
 import pytest
 
 from tests.api.helpers import export_and_download, make_client
 from vl_datasets import errors, fetch_export
-from vl_datasets.api.download import lock_path
+from vl_datasets.api.download import lock_path, partial_path
 from vl_datasets.locks import hold_lock
 from vl_datasets.records import ExportTask
 
@@ -36,6 +37,22 @@ def test_broken_download_resumes_with_range(local_vl, client, reference_zip, tmp
     path = client.download_export(task, tmp_path / "a.zip")
     assert path.read_bytes() == expected
     assert _range_headers(local_vl) == [None, "bytes=1000-", "bytes=2000-"]
+
+
+def test_a_stopped_download_keeps_its_bytes_for_the_next_to_resume(local_vl, client, reference_zip, tmp_path):
+    """``stop`` (a chunked export ending) ends a download after the block of bytes under way."""
+    task, expected = reference_zip
+    local_vl.faults.stall_download_after(200, 60)  # 200 bytes, then nothing for a minute
+    stop = threading.Event()
+    stop.set()
+    dest = tmp_path / "s.zip"
+    with pytest.raises(errors.DownloadError, match="stopped at byte"):
+        client.download_export(task, dest, stop=stop)
+    local_vl.faults.reset()  # wakes the stalled answer
+    kept = partial_path(dest, task.id).stat().st_size
+    assert 0 < kept <= 200 and not dest.exists()
+    assert client.download_export(task, dest).read_bytes() == expected
+    assert _range_headers(local_vl) == [None, f"bytes={kept}-"]
 
 
 def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_path):

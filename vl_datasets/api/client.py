@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from urllib.parse import quote
 from tqdm.auto import tqdm
 
 from .. import errors
-from ..backoff import RETRYABLE_STATUSES, Attempts, RetryPolicy
+from ..backoff import RETRYABLE_STATUSES, Attempts, RetryPolicy, stoppable
 from ..config import check_seconds, env_number, progress_enabled, resolve_client_settings
 from ..records import KNOWN_EXPORT_STATUSES, DatasetInfo, ExportTask, check_export_format
 from . import download
@@ -192,16 +193,21 @@ class Client:
         timeout_s: float | None = DEFAULT_EXPORT_TIMEOUT_S,
         on_progress: Callable[[ExportTask], None] | None = None,
         progress: bool | None = None,
+        stop: threading.Event | None = None,
     ) -> ExportTask:
         """Poll until the export completes; return the COMPLETED task.
 
         Raises ``ExportFailedError`` (FAILED, REJECTED, CANCELED) with the server's
         ``result_message``, and ``ExportTimeoutError`` (carrying ``task_id``, so waiting can resume)
         when ``timeout_s`` passes first. ``timeout_s=None`` waits as long as it takes. ``progress``
-        overrides the client's setting for this call's bar.
+        overrides the client's setting for this call's bar. ``stop``, set by another thread, ends
+        the wait as a timeout would, at once or when the poll under way is answered.
         """
         check_seconds("timeout_s", timeout_s)
         deadline = None if timeout_s is None else self._clock() + timeout_s
+        pause = self._sleep  # between polls, and between the retries of one
+        if stop is not None:
+            pause = stoppable(pause, stop, lambda: _export_timeout(dataset_id, task_id, "was waited for until stopped"))
         interval = POLL_START_S
         scale = _ProgressScale()
         warned: set[str] = set()
@@ -213,7 +219,7 @@ class Client:
             leave=False,
         ) as bar:
             while True:
-                task = self._poll(dataset_id, task_id, deadline, timeout_s)
+                task = self._poll(dataset_id, task_id, deadline, timeout_s, pause)
                 bar.n = scale.percent(task)
                 bar.refresh()
                 if on_progress is not None:
@@ -223,27 +229,34 @@ class Client:
                 if task.status not in KNOWN_EXPORT_STATUSES and task.status not in warned:
                     warned.add(task.status)
                     logger.warning("Export %s has unknown status %r; still waiting", task_id, task.status)
-                pause = interval
+                wait_s = interval
                 if deadline is not None:
                     left = deadline - self._clock()
                     if left <= 0:
                         raise _export_timeout(dataset_id, task_id, f"is still {task.status} after {timeout_s:g}s")
-                    pause = min(interval, left)  # the last poll at the deadline, not an interval before it
-                self._sleep(pause)
+                    wait_s = min(interval, left)  # the last poll at the deadline, not an interval before it
+                pause(wait_s)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
 
-    def _poll(self, dataset_id: str, task_id: str, deadline: float | None, timeout_s: float | None) -> ExportTask:
+    def _poll(
+        self,
+        dataset_id: str,
+        task_id: str,
+        deadline: float | None,
+        timeout_s: float | None,
+        pause: Callable[[float], None],
+    ) -> ExportTask:
         """One status poll of ``wait_for_export``, its retries spending only what is left before
         ``deadline`` (a server answering 503 with a long Retry-After, or not at all, would hold
         the wait past it): the wait's ``ExportTimeoutError`` when that runs out. Past the deadline
-        already (a ``timeout_s`` of 0), one attempt; with none, or an infinite one, the client's policy."""
+        already (a ``timeout_s`` of 0), one attempt; with none, or an infinite one, the client's
+        policy. Its retries wait by ``pause``, which a stopped wait ends."""
         left = None if deadline is None else deadline - self._clock()
+        policy = self._transport.retry.replace(sleep=pause)
+        what = f"Export task {task_id!r}"
         if left is None or not math.isfinite(left):
-            return self.get_export_status(dataset_id, task_id)
-        policy = self._transport.retry
-        attempts = (policy.replace(max_attempts=1) if left <= 0 else policy.replace(deadline_s=left)).start(
-            f"Export task {task_id!r}"
-        )
+            return self.get_export_status(dataset_id, task_id, attempts=policy.start(what))
+        attempts = (policy.replace(max_attempts=1) if left <= 0 else policy.replace(deadline_s=left)).start(what)
         try:
             return self.get_export_status(dataset_id, task_id, attempts=attempts)
         except errors.APIError as exc:
@@ -259,8 +272,12 @@ class Client:
         *,
         lock_timeout_s: float | None = None,
         progress: bool | None = None,
+        stop: threading.Event | None = None,
     ) -> Path:
-        """Download a completed export's ZIP to ``dest`` (resumable; see ``vl_datasets.download``)."""
+        """Download a completed export's ZIP to ``dest`` (resumable; see ``vl_datasets.download``).
+
+        ``stop``, set by another thread, ends the download with ``DownloadError`` after the block
+        of bytes (or the request) under way, its bytes kept for the next download to resume from."""
 
         def refresh(stale: ExportTask) -> ExportTask:
             return _completed_or_raise(self.get_export_status(stale.dataset_id, stale.id))
@@ -273,6 +290,7 @@ class Client:
             refresh_task=refresh,
             progress=_shown(progress, self.progress),
             lock_timeout_s=lock_timeout_s,
+            stop=stop,
         )
 
     # -- plumbing ----------------------------------------------------------------------------

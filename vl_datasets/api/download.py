@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ import urllib3
 from tqdm.auto import tqdm
 
 from .. import errors
+from ..backoff import stoppable
 from ..locks import hold_lock
 from ..records import ExportTask
 from ..redaction import redact_url
@@ -86,19 +88,21 @@ def download_export(
     refresh_task: Callable[[ExportTask], ExportTask],
     progress: bool = True,
     lock_timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
-    """Fetch ``task``'s archive into ``dest`` and return ``dest``; see the module docstring."""
+    """Fetch ``task``'s archive into ``dest`` and return ``dest``; see the module docstring.
+    ``stop``, once set, ends it with ``DownloadError``, the bytes received kept for a resume."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with hold_lock(lock_path(dest), timeout_s=lock_timeout_s, what=f"download of {dest}"):
-        _Download(transport, task, dest, base_url, refresh_task, progress).run()
+        _Download(transport, task, dest, base_url, refresh_task, progress, stop).run()
     return dest
 
 
 class _Download:
     """One download's state: the task (its URL may be refreshed), the partial file, the retries."""
 
-    def __init__(self, transport, task, dest, base_url, refresh_task, progress) -> None:
+    def __init__(self, transport, task, dest, base_url, refresh_task, progress, stop) -> None:
         self.transport = transport
         self.task = task
         self.dest = dest
@@ -106,9 +110,13 @@ class _Download:
         self.base_url = base_url
         self.refresh_task = refresh_task
         self.progress = progress
+        self.stop = stop
         self.url_refreshes = 0
         self.content_type = ""  # of the last answer that carried bytes, for an error about them
-        self.attempts = transport.retry.start(f"Download of export {task.id}")
+        retry = transport.retry
+        if stop is not None:  # a stop ends the waits between attempts too
+            retry = retry.replace(sleep=stoppable(retry.sleep, stop, self._stopped))
+        self.attempts = retry.start(f"Download of export {task.id}")
         self.size_at_last_failure = self._have()  # bytes a break must add to count as progress
 
     def run(self) -> None:
@@ -214,8 +222,17 @@ class _Download:
                 while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                     out.write(chunk)
                     bar.update(len(chunk))
+                    if self.stop is not None and self.stop.is_set():
+                        raise self._stopped()
                 os.fsync(out.fileno())
         return total
+
+    def _stopped(self) -> errors.DownloadError:
+        return errors.DownloadError(
+            f"Download of export {self.task.id} was stopped at byte {self._have()}; the bytes are kept in "
+            f"{self.partial} and the next attempt resumes from there.",
+            url=redact_url(self._url()) if self.task.download_uri else None,
+        )
 
     def _fail(self, exc: errors.APIStatusError):
         raise errors.DownloadError(f"Download of export {self.task.id} failed: {exc}", url=exc.url) from None
