@@ -200,9 +200,10 @@ def test_a_chunk_lacking_an_image_file_is_refused_not_published(capped, tmp_path
     client = _client(capped)
     metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False, export_format=export_format)
     ids = sorted(read_metadata_file(metadata.metadata_path).column("media_id").to_pylist())
-    capped.faults.drop_an_image()  # chunk 0 holds its 3 rows but only 2 images
+    capped.faults.drop_an_image()  # chunk 1 of 4 holds its 3 rows but only 2 images
     with pytest.raises(
-        errors.CorruptArchiveError, match=r"Chunk 0 .*lacks the image file of 1 of its 3 rows"
+        errors.CorruptArchiveError,
+        match=r"^Chunk 1 of 4 \(media ids .*\): Export \S+ lacks the image file of 1 of its 3 rows",
     ) as caught:
         fetch_export(
             "big",
@@ -412,3 +413,13 @@ def test_a_proxys_413_page_for_a_selection_is_answered_with_chunks(big_root, tmp
         posted = [len(r.json["media_ids"]) for r in service.requests if r.method == "POST" and r.status == 200]
     assert entry.row_count == 7
     assert sorted(posted) == [4, 5], "after the refusal, the selection should come in two halves"
+
+
+def test_a_chunks_failed_download_names_the_chunk(capped, tmp_path):
+    client = _client(capped)
+    metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False)
+    first, last = sorted(read_metadata_file(metadata.metadata_path).column("media_id").to_pylist())[:3][::2]
+    capped.faults.fail_next("cdn", 404)
+    with pytest.raises(errors.DownloadError, match=r"HTTP 404") as caught:
+        fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3, chunks_in_flight=1)
+    assert str(caught.value).startswith(f"Chunk 1 of 4 (media ids {first!r}..{last!r}): Download of export ")

@@ -265,7 +265,7 @@ def _fetch_all(fetch: _ChunkFetch, chunks: list[list[str]]) -> None:
         ThreadPoolExecutor(max(1, fetch.in_flight)) as pool,
     ):
         received = 0
-        futures = [pool.submit(_fetch_chunk, fetch, i, chunks[i]) for i in pending]
+        futures = [pool.submit(_fetch_chunk, fetch, chunks, i) for i in pending]
         remaining = set(futures)
         while remaining:
             done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
@@ -280,7 +280,20 @@ def _fetch_all(fetch: _ChunkFetch, chunks: list[list[str]]) -> None:
                 bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
 
 
-def _fetch_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
+def _fetch_chunk(fetch: _ChunkFetch, chunks: list[list[str]], i: int) -> int:
+    """``_export_chunk`` of chunk ``i``. An error of the library it raises says which chunk failed,
+    in its message: its type and fields stay, so a caller's ``except`` clauses still match."""
+    try:
+        return _export_chunk(fetch, i, chunks[i])
+    except errors.VLDatasetsError as exc:
+        ids = chunks[i]
+        which = f"media id {ids[0]!r}" if len(ids) == 1 else f"media ids {ids[0]!r}..{ids[-1]!r}"
+        exc.message = f"Chunk {i + 1} of {len(chunks)} ({which}): {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+def _export_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
     """Export, download, unpack and check chunk ``i``; return its size in bytes."""
     client, key = fetch.client, fetch.key
     folder, record = fetch.store.work_area(key), fetch.store.task_record(key, chunk=i)
@@ -298,7 +311,7 @@ def _fetch_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
             raise  # any other rejection is final (contract §4): a chunk's rows are never dropped unsaid
         # The selection as a whole was rejected for its size, so it holds other items: none of this
         # chunk's ids is in the dataset, and one export of the selection would have left them out.
-        logger.info("Chunk %d (export %s): none of its %d media ids is in the dataset", i, task.id, len(ids))
+        logger.info("Chunk %d (export %s): none of its %d media ids is in the dataset", i + 1, task.id, len(ids))
         (folder / str(i)).mkdir(exist_ok=True)  # in, and empty: no metadata file
         return 0
     zip_path = folder / f"{i}.zip"
@@ -332,7 +345,7 @@ def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask, *,
         got = table.column("media_id").to_pylist() if table is not None else media_ids_of(metadata)
     except errors.SchemaError as exc:
         raise errors.CorruptArchiveError(
-            f"Chunk {i} (export {task.id}) has unreadable metadata: {exc}", path=str(staging)
+            f"Export {task.id} has unreadable metadata: {exc}", path=str(staging)
         ) from None
     missing = set(ids) - set(got) if images else set()
     extra = set(got) - set(ids)
@@ -340,7 +353,7 @@ def _check_chunk(staging: Path, ids: Sequence[str], i: int, task: ExportTask, *,
     if missing or extra or repeated:
         example = next(iter(missing or extra or repeated))
         raise errors.CorruptArchiveError(
-            f"Chunk {i} (export {task.id}) holds {len(got)} rows for {len(ids)} media ids: {len(missing)} "
+            f"Export {task.id} holds {len(got)} rows for {len(ids)} media ids: {len(missing)} "
             f"missing, {len(extra)} unexpected and {len(repeated)} more than once, e.g. {example!r}.",
             path=str(staging),
         )
@@ -356,13 +369,13 @@ def _check_chunk_images(staging: Path, table: pa.Table, i: int, task: ExportTask
         resolved = resolve_image_paths(table, members, on_missing="null")
     except errors.ImageNotFoundError as exc:
         # An ambiguous name: the whole export publishes such a set without an index, and so does this.
-        logger.warning("Chunk %d (export %s): its images cannot be matched to rows one to one: %s", i, task.id, exc)
+        logger.warning("Chunk %d (export %s): its images cannot be matched to rows one to one: %s", i + 1, task.id, exc)
         return
     absent = pc.is_null(resolved)
     if pc.any(absent).as_py():
         lacking = table.column("media_id").filter(absent).to_pylist()
         raise errors.CorruptArchiveError(
-            f"Chunk {i} (export {task.id}) lacks the image file of {len(lacking)} of its {table.num_rows} rows, "
+            f"Export {task.id} lacks the image file of {len(lacking)} of its {table.num_rows} rows, "
             f"e.g. media {lacking[0]!r}.",
             path=str(staging),
         )
