@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from dataclasses import replace
 
 import pytest
 
 from tests.helpers import change_dataset, child_env
-from tests.waits import run_child
+from tests.waits import Child, Stall, run_child, wait_until
 from vl_datasets import Client, errors, fetch_export
+from vl_datasets.cache.layout import TaskRecord
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.chunks import planned_chunk_size
 from vl_datasets.metadata.read import read_metadata_file
@@ -413,6 +416,111 @@ def test_a_proxys_413_page_for_a_selection_is_answered_with_chunks(big_root, tmp
         posted = [len(r.json["media_ids"]) for r in service.requests if r.method == "POST" and r.status == 200]
     assert entry.row_count == 7
     assert sorted(posted) == [4, 5], "after the refusal, the selection should come in two halves"
+
+
+def _polls_of(service, task_id: str) -> int:
+    return sum(
+        1 for r in service.requests if r.endpoint == "export_status" and r.query.get("export_task_id") == task_id
+    )
+
+
+def _work_area(service, tmp_path):
+    return CacheStore(tmp_path).work_area(ExportKey.build(_client(service).base_url, "big", "parquet", True))
+
+
+def test_one_ctrl_c_stops_a_chunked_export_which_the_next_run_resumes(capped, tmp_path):
+    """Chunks wait on their exports in threads, polling for up to export_timeout_s (3 h by default):
+    a Ctrl-C once waited for them all, and the CLI took three to stop, printing a traceback."""
+    # A first run, one chunk at a time, is killed while it checks chunk 1 (0-based): chunk 0 is in.
+    killed = run_child([sys.executable, "-c", _killed_at_check(2, f"url={capped.url!r}, cache_dir={str(tmp_path)!r}")])
+    assert killed.returncode == -signal.SIGKILL, f"the first run was not killed at its second chunk: {killed.stderr}"
+    capped.faults.hold_exports(None)  # the chunks started from now on stay IN_PROGRESS
+    work = _work_area(capped, tmp_path)
+    code = (
+        "import signal, sys\n"
+        # A shell starts a command in the background ignoring SIGINT: the child takes it as Ctrl-C.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from vl_datasets.cli.main import main\n"
+        f"sys.exit(main(['export', 'big', '--api-url', {capped.url!r}, '--cache-dir', {str(tmp_path)!r}]))\n"
+    )
+    with Child([sys.executable, "-c", code], env={**child_env(), "VL_DATASETS_PROGRESS": "0"}) as child:
+
+        def waiting_on_held_chunks() -> bool:
+            # Chunk 1 in from its completed task, chunks 2 and 3 exported and polled twice: their
+            # threads sleep between polls.
+            records = [TaskRecord(work / f"{i}.task").read() for i in (2, 3)]
+            return (work / "1").is_dir() and all(r is not None and _polls_of(capped, r) >= 2 for r in records)
+
+        child.until(waiting_on_held_chunks, "chunks 2 and 3 polled twice while held")
+        polls = capped.count("export_status")
+        os.kill(child.pid, signal.SIGINT)
+        # Stopped, the child polls no more than the polls under way when the Ctrl-C came (one per
+        # chunk in flight); a child that waits on its chunks goes on polling them every few seconds.
+        wait_until(
+            lambda: child.process.poll() is not None or capped.count("export_status") - polls > 6,
+            "the child's end after one Ctrl-C",
+            progress=child.progress,
+        )
+        assert child.process.poll() is not None, (
+            f"one Ctrl-C did not stop the chunked export: its chunks were polled "
+            f"{capped.count('export_status') - polls} times since"
+        )
+        assert child.wait() == 130, child.report("did not exit 130 (interrupted)")
+        assert "Traceback" not in child.text("stderr"), child.report("printed a traceback")
+    kept = {p.name for p in work.iterdir()}
+    assert {"0", "1", "2.task", "3.task"} <= kept, f"the interrupted chunks' records were not kept: {sorted(kept)}"
+    capped.faults.reset()
+    capped.clear_requests()
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path)  # the entry's lock is free
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+    assert _starts(capped, images=True) == [], "the next run exported again chunks that were in or recorded"
+
+
+def test_a_chunk_failing_for_good_ends_the_fetch_at_once_naming_the_chunk(capped, tmp_path):
+    """A chunk's REJECTED was raised only once every chunk in flight had ended (hours, by default),
+    and did not say which chunk of how many it was."""
+    client = Client(capped.url, progress=False, env={})  # real waits: a chunk in flight polls every few seconds
+    metadata = fetch_export("big", client=client, cache_dir=tmp_path, include_images=False)
+    ids = sorted(read_metadata_file(metadata.metadata_path).column("media_id").to_pylist())
+    capped.faults.hold_exports(None)  # every chunk stays IN_PROGRESS ...
+    capped.faults.fail_exports("Export rejected: permission denied", status="REJECTED", times=1)  # ... one is rejected
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            fetch_export("big", client=client, cache_dir=tmp_path, max_images_per_export=3)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    try:
+        # Its siblings poll once, maybe twice, before they are stopped; waited on, they poll on.
+        polls = Stall(lambda: capped.count("export_status"))
+        wait_until(
+            lambda: not thread.is_alive() or capped.count("export_status") > 12, "the rejection's error", progress=polls
+        )
+        assert not thread.is_alive(), (
+            f"the rejection waited for the chunks in flight: {capped.count('export_status')} status polls so far"
+        )
+    finally:
+        capped.faults.reset()  # a fetch still waiting gets its chunks, and ends
+        thread.join()
+    (error,) = outcome
+    assert isinstance(error, errors.ExportFailedError) and error.status == "REJECTED", repr(error)
+    # The chunk rejected is the one whose task record is gone; its siblings' stay for the next run.
+    work = _work_area(capped, tmp_path)
+    started = {ids.index(r.json["media_ids"][0]) // 3 for r in _starts(capped, images=True)}
+    recorded = {int(p.stem) for p in work.glob("*.task")}
+    (rejected,) = started - recorded
+    first, last = ids[3 * rejected], ids[min(3 * rejected + 2, N_ITEMS - 1)]
+    which = f"media id {first!r}" if first == last else f"media ids {first!r}..{last!r}"
+    assert str(error).startswith(f"Chunk {rejected + 1} of 4 ({which}): Export {error.task_id} "), str(error)
+    assert "Export rejected: permission denied" in str(error)
+    before = len(_starts(capped, images=True))
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path, max_images_per_export=3)
+    assert entry.row_count == N_ITEMS
+    assert len(_starts(capped, images=True)) - before == 1, "only the rejected chunk should be exported again"
 
 
 def test_a_chunks_failed_download_names_the_chunk(capped, tmp_path):

@@ -5,8 +5,9 @@ one with a message that says "exceeds threshold". The metadata then comes from o
 without images (a cache entry of its own), and the images from selective exports of its media
 ids, cut into chunks under the limit and run several at a time. Each chunk is its own task,
 recorded when it starts and kept once it is unpacked and checked, so a run killed after 7 of 20
-chunks finishes only the other 13. When every media id has arrived exactly once, the chunks are
-linked into one staging folder and published as one entry, manifest last.
+chunks finishes only the other 13; a chunk that fails for good, or a Ctrl-C, stops the others at
+their next step, their tasks and downloads kept for that run. When every media id has arrived
+exactly once, the chunks are linked into one staging folder and published as one entry, manifest last.
 
 A metadata-only export has a limit of its own (on entities). A selection of media ids over it is
 cut the same way, from the selection's own ids, and its chunks' metadata files are joined into one
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -90,6 +92,10 @@ def limit_named_in(error: errors.ExportFailedError) -> int | None:
     if match is None:
         return None
     return int(match.group(1).replace(",", "")) or None
+
+
+class _Stopped(Exception):
+    """A chunk left unfinished because the fetch is ending (a Ctrl-C, or another chunk's failure)."""
 
 
 class _ChunkTooLarge(Exception):
@@ -254,37 +260,43 @@ def _fetch_all(fetch: _ChunkFetch, chunks: list[list[str]]) -> None:
     if len(pending) < len(chunks):
         logger.info("Resuming a chunked export: %d of %d chunks are in", len(chunks) - len(pending), len(chunks))
     desc = f"{'images' if fetch.key.include_images else 'metadata'} of {fetch.key.dataset_id}"
-    with (
-        tqdm(
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max(1, fetch.in_flight))
+    try:
+        with tqdm(
             total=len(chunks),
             initial=len(chunks) - len(pending),
             unit="chunk",
             desc=desc,
             disable=not fetch.client.progress,
-        ) as bar,
-        ThreadPoolExecutor(max(1, fetch.in_flight)) as pool,
-    ):
-        received = 0
-        futures = [pool.submit(_fetch_chunk, fetch, chunks, i) for i in pending]
-        remaining = set(futures)
-        while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
-            for future in done:
-                failure = future.exception()
-                if failure is not None:
-                    for other in remaining:
-                        other.cancel()  # chunks not started stay for the next run; started ones finish
-                    raise failure
-                received += future.result()
-                bar.update(1)
-                bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
+        ) as bar:
+            received = 0
+            remaining = {pool.submit(_fetch_chunk, fetch, chunks, i, stop) for i in pending}
+            while remaining:
+                # In short waits: a Ctrl-C reaches this thread between two on every platform.
+                done, remaining = wait(remaining, timeout=1.0, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    failure = future.exception()
+                    if failure is not None:
+                        raise failure  # the first: the chunks still in flight are stopped below
+                    received += future.result()
+                    bar.update(1)
+                    bar.set_postfix_str(f"{received / 2**20:,.1f} MiB")
+    finally:
+        # After a chunk's failure or a Ctrl-C (nothing is left otherwise) the chunks not started stay
+        # for the next run, and those in flight stop at their next poll, wait or block of bytes (a
+        # request under way first ends, within the client's timeout_s), their task records and
+        # partial downloads kept for it. They are waited for: none may write into the work area
+        # once the caller lets go of the entry's lock.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _fetch_chunk(fetch: _ChunkFetch, chunks: list[list[str]], i: int) -> int:
+def _fetch_chunk(fetch: _ChunkFetch, chunks: list[list[str]], i: int, stop: threading.Event) -> int:
     """``_export_chunk`` of chunk ``i``. An error of the library it raises says which chunk failed,
     in its message: its type and fields stay, so a caller's ``except`` clauses still match."""
     try:
-        return _export_chunk(fetch, i, chunks[i])
+        return _export_chunk(fetch, i, chunks[i], stop)
     except errors.VLDatasetsError as exc:
         ids = chunks[i]
         which = f"media id {ids[0]!r}" if len(ids) == 1 else f"media ids {ids[0]!r}..{ids[-1]!r}"
@@ -293,16 +305,22 @@ def _fetch_chunk(fetch: _ChunkFetch, chunks: list[list[str]], i: int) -> int:
         raise
 
 
-def _export_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
-    """Export, download, unpack and check chunk ``i``; return its size in bytes."""
+def _export_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str], stop: threading.Event) -> int:
+    """Export, download, unpack and check chunk ``i``; return its size in bytes. Once ``stop`` is
+    set, end at the next poll or block of bytes, leaving the task record and the partial download
+    for the next run."""
     client, key = fetch.client, fetch.key
     folder, record = fetch.store.work_area(key), fetch.store.task_record(key, chunk=i)
+    if stop.is_set():
+        raise _Stopped()  # taken from the queue as the fetch ended: no export is started
     try:
         task = start_or_resume(client, record, key, media_ids=ids)
     except errors.RequestTooLargeError:  # too many ids for one request: smaller chunks
         raise _ChunkTooLarge(None) from None
     try:
-        task = client.wait_for_export(key.dataset_id, task.id, timeout_s=fetch.export_timeout_s, progress=False)
+        task = client.wait_for_export(
+            key.dataset_id, task.id, timeout_s=fetch.export_timeout_s, progress=False, stop=stop
+        )
     except errors.ExportFailedError as exc:
         record.clear()
         if is_too_large(exc):
@@ -315,7 +333,8 @@ def _export_chunk(fetch: _ChunkFetch, i: int, ids: Sequence[str]) -> int:
         (folder / str(i)).mkdir(exist_ok=True)  # in, and empty: no metadata file
         return 0
     zip_path = folder / f"{i}.zip"
-    client.download_export(task, zip_path, lock_timeout_s=fetch.lock_timeout_s, progress=False)
+    # Once whole, the archive is unpacked even when stopped: the next run would download it again.
+    client.download_export(task, zip_path, lock_timeout_s=fetch.lock_timeout_s, progress=False, stop=stop)
     size = zip_path.stat().st_size
     staging = folder / f".{i}.unpacking-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
