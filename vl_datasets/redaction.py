@@ -9,7 +9,9 @@ libraries we drive, whose DEBUG lines hold full request URLs.
 Text is redacted in every form a URL takes on its way through them: a URL with its user info or
 its query in it, a query string after a bare path (a request line), and a credential parameter
 (``sig=``, ``X-Amz-Signature=``, ...) wherever it stands, its ``=`` percent-encoded too, as after
-a URL is quoted into another one.
+a URL is quoted into another one; and in the forms a storage SDK logs a request in: its headers
+(a session token, a SigV4 Authorization's key id and signature) and a bucket that kept the
+``user:password@`` of its URL.
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ _CREDENTIAL = re.compile(
 _AUTHORIZATION = re.compile(
     r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z0-9\-._~+/]*[0-9])(?=[A-Za-z0-9\-._~+/]*[A-Za-z])[A-Za-z0-9\-._~+/]{16,}=*"
 )
+# A storage service's credential as its SDK logs a request's headers (botocore at DEBUG): a header
+# line of the canonical request ("x-amz-security-token:VALUE") or an entry of a headers dict
+# ("'X-Amz-Security-Token': b'VALUE'"). These names are never words, so a colon is enough.
+_HEADER_CREDENTIAL = re.compile(
+    r"(?i)\b(x-amz-security-token|x-amz-credential|x-amz-signature|x-goog-credential|x-goog-signature|"
+    r"x-amz-server-side-encryption-customer-key)(['\"]?:[ \t]*(?:b?['\"])?)[^\s'\"&,;]+"
+)
+# A SigV4 Authorization header, "AWS4-HMAC-SHA256 Credential=KEYID/20250101/us-east-1/s3/aws4_request,
+# SignedHeaders=..., Signature=HEX": its access key id goes (the scope after it is no secret, and
+# tells a wrong region), its Signature by _CREDENTIAL. And botocore's "Signature:\nHEX" line.
+_SIGV4_KEY_ID = re.compile(r"(?i)\b(AWS4-[A-Z0-9-]+\s+Credential=)[^/\s,'\"]+")
+_SIGV4_SIGNATURE = re.compile(r"(?i)\b(signature:\s*)[0-9a-f]{64}\b")
+# user:password@ with no scheme before it, where a word starts: s3fs logs the bucket of
+# "s3://KEY:SECRET@bucket/..." as {'Bucket': 'KEY:SECRET@bucket'}, and botocore refuses that name
+# quoting it. Not "//" after the colon: what is left of a URL ("http://host/a:b@c") is no user info;
+# nor a drive letter ("C:/photos@2x").
+_BARE_USER_INFO = re.compile(r"(?<![^\s'\"(\[{,=])[^\s'\"<>()\[\]{}/:@]{2,}:(?!//)[^\s'\"<>@]+@(?=[A-Za-z0-9])")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _XML_CREDENTIAL = re.compile(
     r"(?is)<((?:[A-Za-z0-9]*:)?(?:SignatureProvided|StringToSign(?:Bytes)?|CanonicalRequest(?:Bytes)?|"
@@ -48,7 +67,18 @@ _XML_CREDENTIAL = re.compile(
 )
 # Our logger and those of the libraries that reach storage and the API: their records (and those of
 # their child loggers, "fsspec.http" under "fsspec") are redacted as they are made.
-DEFAULT_LOGGERS = ("vl_datasets", "fsspec", "aiohttp", "urllib3", "requests", "s3fs", "botocore", "gcsfs", "adlfs")
+DEFAULT_LOGGERS = (
+    "vl_datasets",
+    "fsspec",
+    "aiohttp",
+    "urllib3",
+    "requests",
+    "s3fs",
+    "botocore",
+    "aiobotocore",
+    "gcsfs",
+    "adlfs",
+)
 
 
 # user:password@ whose password holds a character that ends a URL's authority ("/", "?", "#", as a
@@ -83,6 +113,9 @@ def redact_text(text: str) -> str:
     token, JWT and storage signature blanked."""
     text = _QUERY.sub(f"?{REDACTED}", _URL.sub(_redacted_url, text))
     text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _HEADER_CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _SIGV4_SIGNATURE.sub(rf"\g<1>{REDACTED}", _SIGV4_KEY_ID.sub(rf"\g<1>{REDACTED}", text))
+    text = _BARE_USER_INFO.sub(f"{REDACTED}@", text)
     text = _XML_CREDENTIAL.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
     return _JWT.sub(REDACTED, _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
 

@@ -221,7 +221,10 @@ def test_a_signature_the_storage_echoes_never_reaches_the_download_error(dataset
 
 
 def test_plain_words_in_a_detail_are_not_taken_for_credentials(local_vl, client):
-    detail = "Basic checks failed: bearer tokens expire (Bearer token_expired); fix the basic setup.py first"
+    detail = (
+        "Basic checks failed: bearer tokens expire (Bearer token_expired); fix the basic setup.py first. "
+        "Signature: mismatch at 10:30, x-amz-security-token header missing; mail ops@example.com, see C:/a@2x.png"
+    )
     local_vl.faults.fail_next("dataset", 400, detail=detail)
     with pytest.raises(errors.BadRequestError) as caught:
         client.get_dataset("ds-ready")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.loading.image_server import ImageServer
+from tests.loading.s3_server import serving_folder
 from vl_datasets import errors
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.sources import OUTSIDE_LITERAL_ROOT, OUTSIDE_ROOT, source_paths
@@ -403,6 +404,35 @@ def test_no_credential_in_an_s3_endpoint_reaches_a_file_of_the_cache_or_a_repr(s
     (store,) = list_stores(ds.entry.entry_dir)
     again = opened("rotated-Password-8", "ROTATED")
     assert [s.path for s in list_stores(again.entry.entry_dir)] == [store.path], "new credentials made another store"
+
+
+def test_no_s3_credential_reaches_a_debug_line_of_botocore_or_s3fs(split_export, tmp_path, monkeypatch, caplog):
+    """At DEBUG botocore logs each request's headers (the session token, the SigV4 Authorization
+    with the access key id) and its canonical request, and s3fs logs the bucket of an
+    s3://KEY:SECRET@bucket root as {'Bucket': 'KEY:SECRET@bucket'}: none of them may show."""
+    export, source = split_export
+    monkeypatch.setenv("VL_DATASETS_READ_ATTEMPTS", "1")
+    key_id, token = "AKIAEXAMPLEKEY000042", "FwoGZXIvYXdzEXAMPLE-session-Q9zSECRET"
+    caplog.set_level(logging.DEBUG)
+    with serving_folder(source, monkeypatch) as server:
+        options = {"endpoint_url": server.endpoint, "key": key_id, "secret": PASSWORD, "token": token}
+        ds = VisualLayerDataset.from_export(
+            export, images_root=f"s3://{server.bucket}/photos", storage_options=options, cache_dir=tmp_path / "c"
+        )
+        ds[0]
+        in_url = VisualLayerDataset.from_export(
+            export,
+            images_root=f"s3://{key_id}:{PASSWORD}@{server.bucket}/photos",
+            storage_options={"endpoint_url": server.endpoint},
+            cache_dir=tmp_path / "c",
+        )
+        with pytest.raises(errors.ImageDecodeError):  # s3fs takes no credentials from the URL
+            in_url[0]
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("x-amz-security-token:" in line for line in logged), "botocore logged no canonical request"
+    assert any("'Bucket': '" in line for line in logged), "s3fs logged no call"
+    assert [line for line in logged if key_id in line or token in line or PASSWORD in line] == []
+    assert key_id not in caplog.text and token not in caplog.text and PASSWORD not in caplog.text
 
 
 @pytest.mark.parametrize("scheme", ["http", "s3"])
