@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 # A URL in running text: a scheme, then anything up to a space, a quote or a bracket.
@@ -118,6 +118,31 @@ def redact_text(text: str) -> str:
     text = _BARE_USER_INFO.sub(f"{REDACTED}@", text)
     text = _XML_CREDENTIAL.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
     return _JWT.sub(REDACTED, _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
+
+
+def redact_text_of(text: str, url: str) -> str:
+    """``text`` (a library's message about ``url``) with every credential redacted (``redact_text``),
+    then ``url``'s own wherever they are left, as written and percent-decoded: its user info, its
+    query and each long value in it (a library may re-encode or reorder a query), and the parts of
+    a raw password holding "/" (a bucket URL's is cut there: its bucket is "KEY:SECRE", the rest
+    its path)."""
+    text = redact_text(text)
+    raw = _RAW_USER_INFO.match(url)
+    try:
+        parts = urlsplit(url)
+        user_info = url[len(raw["scheme"]) : raw.end() - 1] if raw else parts.netloc.rpartition("@")[0]
+        query = parts.query
+    except ValueError:  # an unbalanced IPv6 bracket: what redact_text leaves is all there is to go by
+        return text
+    values = [value for _, _, value in (part.partition("=") for part in query.split("&"))]
+    pieces = [
+        *(value for value in values if len(value) >= 16),  # signatures, not "sv=2024"
+        *(piece for piece in re.split(r"[/?#]", user_info) if len(piece) >= 6),
+    ]
+    secrets = {form for secret in (query, user_info, *pieces) if secret for form in (secret, unquote(secret))}
+    for secret in sorted(secrets, key=len, reverse=True):  # the whole before a piece of it
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def redact_value(value: Any, secrets: tuple[str, ...] = ()) -> Any:

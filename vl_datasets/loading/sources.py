@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ from ..config import is_remote, local_folder, parse_size
 from ..errors import ConfigurationError, ImageDecodeError, ImageNotFoundError, ImageReadError
 from ..metadata.index import IMAGE_COLUMN
 from ..metadata.json_depth import text_bytes
-from ..redaction import REDACTED, redact_logs_of, redact_text, redact_url
+from ..redaction import redact_logs_of, redact_text, redact_text_of, redact_url
 from .image_cache import ImageCache
 from .object_identity import GETS_WITH_IDENTITY, LISTED_PROTOCOLS, ListedIdentities, info_identity
 from .retries import read_with_retries
@@ -271,18 +271,8 @@ class FsspecRoot:
         return f"{self.display_root}/{path}"
 
     def scrub(self, text: str) -> str:
-        """``text`` (an error message) without this root's query string or user info: every URL and
-        credential parameter redacted (``redact_text``), then this root's own secrets wherever they
-        are left, as written and percent-decoded."""
-        text = redact_text(text)
-        user_info = urlsplit(self._base).netloc.rpartition("@")[0]
-        signatures = [value for _, _, value in _parameters(self._query) if len(value) >= 16]  # not "sv=2024"
-        secrets = {
-            form for secret in (self._query, user_info, *signatures) if secret for form in (secret, unquote(secret))
-        }
-        for secret in sorted(secrets, key=len, reverse=True):  # the whole query before a value in it
-            text = text.replace(secret, REDACTED)
-        return text
+        """``text`` (an error message) without this root's query string or user info (``redact_text_of``)."""
+        return redact_text_of(text, f"{self._base}?{self._query}" if self._query else self._base)
 
     def _open(self) -> tuple[Any, str]:
         # Per process: an async filesystem's event loop and connections do not survive a fork.
@@ -563,11 +553,6 @@ def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path:
     return ImageDecodeError(
         f"Cannot read the image of media_id {media_id!r} at {location}: {reason}", media_id=media_id, path=location
     )
-
-
-def _parameters(query: str) -> list[tuple[str, str, str]]:
-    """(name, "=", value) of each parameter of a query string, as written."""
-    return [part.partition("=") for part in query.split("&") if part]
 
 
 def _checked_protocol(url: str, setting: str = "images_root") -> str:
