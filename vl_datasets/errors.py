@@ -31,6 +31,7 @@
     │   │                                            whose member names collide or are too long
     │   ├── CorruptArchiveError (ValueError)         a ZIP that is truncated, fails its CRCs, or
     │   │                                            holds a member that cannot be decompressed
+    │   ├── RemoteCacheError (OSError)               a shared cache root (cache_dir=URL) cannot be used
     │   └── PreparedStoreError                       a prepared-image store is damaged or gone
     │       ├── PrepareTimeoutError (TimeoutError)   the node's other ranks stopped preparing their share
     │       └── SharedStoreError                     a shared store (prepared_root=) cannot be read
@@ -321,6 +322,16 @@ class CorruptArchiveError(CacheError, ValueError):
         super().__init__(message)
         self.path = path
         self.member = member
+
+
+class RemoteCacheError(CacheError, OSError):
+    """A shared cache root (``cache_dir`` an fsspec URL) could not be listed, read or written;
+    ``url`` is the root without its credentials. The storage library's error is not kept: its
+    text may hold the root's credentials (a signed URL, a bucket named with ``user:password@``)."""
+
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class PreparedStoreError(CacheError):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from vl_datasets import Client, fetch_export
+import logging
+import pickle
+
+import pytest
+
+from vl_datasets import Client, errors, fetch_export
 
 
 def test_shared_object_storage_root_serves_a_second_machine(quick_vl, s3_root, tmp_path, monkeypatch):
@@ -30,3 +35,33 @@ def test_memory_filesystem_root_works_too(quick_vl, tmp_path, monkeypatch):
     entry = fetch_export("ds-ready", client=client, cache_dir="memory://vl-test-cache", include_images=False)
     assert entry.row_count == 8
     assert quick_vl.requests == []
+
+
+SECRET = "Q9zSECRET-sig-0123456789"
+
+
+@pytest.mark.parametrize("where", ["signed https", "s3 user info"])
+def test_a_shared_root_that_fails_is_a_cache_error_without_its_credentials(where, quick_vl, s3_root, tmp_path, caplog):
+    """A storage failure (a 403 whose aiohttp error names the signed URL; botocore refusing the
+    bucket of s3://KEY:SECRET@bucket) is a RemoteCacheError naming the root without the secret,
+    and chains no error of the storage library's that holds it (error trackers record those)."""
+    from tests.loading.image_server import ImageServer
+
+    caplog.set_level(logging.DEBUG)
+    client = Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
+    with ImageServer(tmp_path) as server:
+        server.fail_next(10, 403)
+        root, shown = {
+            "signed https": (f"{server.url}/vl?sig={SECRET}", f"{server.url}/vl"),
+            "s3 user info": (f"s3://AKIAEXAMPLE:{SECRET}@shared-bucket/vl", "s3://shared-bucket/vl"),
+        }[where]
+        with pytest.raises(errors.RemoteCacheError, match="Cannot list the shared cache") as caught:
+            fetch_export("ds-ready", client=client, cache_dir=root)
+    error = caught.value
+    assert isinstance(error, errors.CacheError) and error.url == shown and shown in str(error)
+    assert "403" in str(error) if where == "signed https" else "Invalid bucket name" in str(error)
+    shown_text = f"{error} {error!r} {error.args!r} {vars(error)!r} {pickle.loads(pickle.dumps(error))!r}"
+    assert SECRET not in shown_text
+    assert error.__cause__ is None and error.__context__ is None, "the storage library's error travels with it"
+    assert quick_vl.requests == [], "no export may start before the shared root was read"
+    assert SECRET not in caplog.text

@@ -152,3 +152,14 @@ def test_a_job_whose_entry_is_removed_under_it_is_told_so_never_skips_its_images
     CacheStore(tmp_path).remove(ds.entry.entry_dir, lock_timeout_s=1)
     with pytest.raises(CacheMissError, match=r"images at .* are gone .*pruned"):
         ds[1]
+
+
+def test_export_to_a_shared_root_with_credentials_in_it_fails_without_showing_them(quick_vl, s3_root, capsys):
+    """s3fs takes no user:password@ from a URL: botocore refuses the bucket, quoting it. The command
+    says which root failed and how, with no traceback and no secret."""
+    root = "s3://AKIAEXAMPLE:wJalr/SECRET-key-0123@shared-bucket/vl"  # AWS secret keys hold "/"
+    assert main(["export", "ds-ready", "--api-url", quick_vl.url, "--cache-dir", root]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot list the shared cache s3://") and "Invalid bucket name" in err
+    assert "Traceback" not in err and "hint: check the shared cache URL" in err
+    assert [piece for piece in ("wJalr", "SECRET-key-0123") if piece in err] == []

@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 
+from ..errors import RemoteCacheError
 from ..records import ExportTask
+from ..redaction import redact_logs_of, redact_text_of, redact_url
 from .store import CacheStore, ExportKey, LocalExport
 
 logger = logging.getLogger("vl_datasets")
+
+T = TypeVar("T")
 
 
 class RemoteCache:
@@ -26,9 +31,24 @@ class RemoteCache:
 
     def __init__(self, url: str, *, local_root: str | os.PathLike[str] | None = None) -> None:
         self.url = url
-        self.fs, prefix = fsspec.core.url_to_fs(url)
+        self.display_url = redact_url(url)
+        redact_logs_of()  # the storage libraries' DEBUG lines hold the root's URL, credentials and all
+        self.fs, prefix = self._storage("open", fsspec.core.url_to_fs, url)
         self.prefix = prefix.rstrip("/")
         self.local_root = Path(local_root) if local_root is not None else CacheStore.mirror_of(url).root
+
+    def _storage(self, doing: str, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, a storage call; its failure raised as ``RemoteCacheError``, saying what
+        failed, with the root and the reason shown without the root's credentials.
+
+        Raised outside the ``except`` block: there the storage library's error (aiohttp's names the
+        signed URL, botocore's the bucket of s3://KEY:SECRET@bucket) would travel with it as its
+        ``__context__``, which ``from None`` only hides from tracebacks, not from error trackers."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            reason = redact_text_of(f"{type(exc).__name__}: {exc}", self.url)
+        raise RemoteCacheError(f"Cannot {doing} the shared cache {self.display_url}: {reason}", url=self.display_url)
 
     def _entry_dir(self, key: ExportKey) -> str:
         return f"{self.prefix}/{CacheStore.entry_name(key)}"
@@ -36,11 +56,8 @@ class RemoteCache:
     def read_manifest(self, key: ExportKey) -> dict[str, Any] | None:
         """The manifest of the shared entry's newest complete version for ``key``, or None."""
         newest: dict[str, Any] | None = None
-        for path in self.fs.glob(f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
-            try:
-                manifest = json.loads(self.fs.cat_file(path))
-            except (FileNotFoundError, ValueError, RecursionError):  # nested past what json.loads takes
-                continue
+        for path in self._storage("list", self.fs.glob, f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
+            manifest = self._storage("read", self._manifest_at, path)
             if not isinstance(manifest, dict):
                 continue
             if manifest.get("key") == key.as_json() and (
@@ -48,6 +65,13 @@ class RemoteCache:
             ):
                 newest = manifest
         return newest
+
+    def _manifest_at(self, path: str) -> Any:
+        """The JSON at ``path``; None when it is gone (pruned since listed) or no JSON."""
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except (FileNotFoundError, ValueError, RecursionError):  # nested past what json.loads takes
+            return None
 
     def mirror(self, key: ExportKey, store: CacheStore) -> LocalExport | None:
         """Copy the shared entry for ``key`` into the local store as a new version; None when there is none."""
@@ -57,17 +81,17 @@ class RemoteCache:
         remote_version = f"{self._entry_dir(key)}/{manifest['version']}"
         entry_dir = store.entry_dir(key)
         with store.staging(entry_dir) as staging:
-            remote_files = [p for p in self.fs.find(remote_version) if not p.endswith("/")]
+            remote_files = [p for p in self._storage("list", self.fs.find, remote_version) if not p.endswith("/")]
             local_files = [str(staging / os.path.relpath(p, remote_version)) for p in remote_files]
             for path in local_files:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(remote_files, local_files)
+            self._storage("download from", self.fs.get, remote_files, local_files)
             metadata = staging / manifest["metadata_file"]
             if not metadata.is_file() or metadata.stat().st_size != manifest["metadata_bytes"]:
                 logger.warning("Shared cache entry %s is incomplete; ignoring it", remote_version)
                 return None
             task = ExportTask.from_json(manifest["task"], dataset_id=key.dataset_id) if manifest.get("task") else None
-            logger.info("Mirrored shared export %s from %s", manifest["version"], self.url)
+            logger.info("Mirrored shared export %s from %s", manifest["version"], self.display_url)
             return store.publish(
                 entry_dir, staging, key=key, task=task, expected_rows=manifest["row_count"], version=manifest["version"]
             )
@@ -80,6 +104,6 @@ class RemoteCache:
         remote_version = f"{self._entry_dir(key)}/{entry.version}"
         local_files = [p for p in entry.path.rglob("*") if p.is_file()]
         remote_files = [f"{remote_version}/{p.relative_to(entry.path).as_posix()}" for p in local_files]
-        self.fs.put([str(p) for p in local_files], remote_files)
-        self.fs.pipe_file(f"{self._entry_dir(key)}/{manifest_name}", manifest)
-        logger.info("Shared export %s at %s", entry.version, self.url)
+        self._storage("upload to", self.fs.put, [str(p) for p in local_files], remote_files)
+        self._storage("upload to", self.fs.pipe_file, f"{self._entry_dir(key)}/{manifest_name}", manifest)
+        logger.info("Shared export %s at %s", entry.version, self.display_url)
