@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import ConfigurationError, ResponseValidationError
-from .redaction import redact_url
+from .redaction import redact_url, redact_value
 
 EXPORT_FORMATS = ("parquet", "json")
 
@@ -45,6 +45,15 @@ def normalize_status(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return _DOCUMENTED_STATUSES.get(_status_key(text)) or _SEPARATORS.sub("_", text).upper()
+
+
+def _server_text(value: Any, secrets: tuple[str, ...]) -> str | None:
+    """The server's free text (why an export failed, a dataset's fatal error), redacted once, here:
+    a storage failure may quote a presigned URL, a proxy the Authorization it got, and the text
+    reaches error messages, reprs, logs, cache manifests and the CLI. ``secrets``: the tokens the
+    client sent, blanked even bare. Words stay as they are ("exceeds threshold of 5000", which the
+    chunking reads)."""
+    return None if value is None else redact_value(str(value), secrets)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -95,7 +104,7 @@ class DatasetInfo:
         return self.status == "READY"
 
     @classmethod
-    def from_json(cls, payload: Any, *, url: str | None = None) -> DatasetInfo:
+    def from_json(cls, payload: Any, *, url: str | None = None, secrets: tuple[str, ...] = ()) -> DatasetInfo:
         payload = _require_object(payload, "a dataset", url)
         # status_new is the current field; status is the legacy one.
         status = normalize_status(payload.get("status_new") or payload.get("status"))
@@ -110,7 +119,7 @@ class DatasetInfo:
             n_images=_as_int(payload.get("n_images")),
             n_videos=_as_int(payload.get("n_videos")),
             n_objects=_as_int(payload.get("n_objects")),
-            fatal_error_msg=payload.get("fatal_error_msg"),
+            fatal_error_msg=_server_text(payload.get("fatal_error_msg"), secrets),
             raw=payload,
         )
 
@@ -151,7 +160,9 @@ class ExportTask:
         return self.is_terminal and not self.succeeded
 
     @classmethod
-    def from_json(cls, payload: Any, *, dataset_id: str, url: str | None = None) -> ExportTask:
+    def from_json(
+        cls, payload: Any, *, dataset_id: str, url: str | None = None, secrets: tuple[str, ...] = ()
+    ) -> ExportTask:
         payload = _require_object(payload, "an export task", url)
         # A start answer may hold only {"id": ...}: that is a task not yet started.
         status = normalize_status(payload.get("status")) or "INIT"
@@ -159,7 +170,6 @@ class ExportTask:
         uri = payload.get("download_uri")
         if uri is not None and not isinstance(uri, str):
             raise ResponseValidationError("The export task's 'download_uri' is not a string.", url=url)
-        message = payload.get("result_message")
         return cls(
             id=_require_id(payload, "export task", url),
             dataset_id=str(payload.get("dataset_id") or dataset_id),
@@ -167,7 +177,7 @@ class ExportTask:
             progress=float(progress) if isinstance(progress, (int, float)) else None,
             download_uri=uri or None,
             entities_count=_as_int(payload.get("entities_count")),
-            result_message=None if message is None else str(message),
+            result_message=_server_text(payload.get("result_message"), secrets),
             created_at=_parse_time(payload.get("created_at")),
             raw=payload,
         )

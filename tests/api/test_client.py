@@ -139,6 +139,33 @@ def test_failed_export_carries_result_message(local_vl, client):
     assert caught.value.status == "FAILED"
 
 
+def test_the_servers_free_text_is_redacted_wherever_it_is_shown(local_vl, fake_time):
+    """A failed export's result_message and a dataset's fatal_error_msg are the server's words: a
+    storage failure may quote the presigned URL it could not write, a proxy the token it got. What
+    the chunking reads in them ("exceeds threshold of N") stays."""
+    from vl_datasets.chunks import is_too_large, limit_named_in
+
+    token = "opaque-Tok3n-abcdefghijklmnop"
+    client = make_client(local_vl, fake_time, token=token)
+    signed = "https://bucket.s3.amazonaws.com/x.zip?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=Q9zSECRET"
+    secrets = ("AKIAEXAMPLE", "Q9zSECRET", token)
+    message = f"Export exceeds threshold of 4 entities; upload to {signed} failed for token {token}"
+    local_vl.faults.fail_exports(message, status="REJECTED")
+    task = client.start_export("ds-ready")
+    with pytest.raises(errors.ExportFailedError) as caught:
+        client.wait_for_export("ds-ready", task.id)
+    error = caught.value
+    shown = f"{error} {error!r} {error.args!r} {vars(error)!r} {vars(pickle.loads(pickle.dumps(error)))!r}"
+    assert [secret for secret in secrets if secret in shown] == [], shown
+    assert "upload to https://bucket.s3.amazonaws.com/x.zip?[redacted] failed for token [redacted]" in str(error)
+    assert is_too_large(error) and limit_named_in(error) == 4
+    fatal = {"id": "ds-ready", "status_new": "ERROR", "fatal_error_msg": f"indexing wrote {signed} with {{token}}"}
+    local_vl.faults.fail_next("dataset", 200, body=json.dumps(fatal), content_type="application/json")
+    info = client.get_dataset("ds-ready")
+    assert [secret for secret in secrets if secret in repr(info)] == [], repr(info)
+    assert info.fatal_error_msg == "indexing wrote https://bucket.s3.amazonaws.com/x.zip?[redacted] with [redacted]"
+
+
 def test_wait_times_out_with_a_resumable_task_id(local_vl, client, tmp_path):
     local_vl.faults.hold_exports()
     task = client.start_export("ds-ready")

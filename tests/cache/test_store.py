@@ -38,6 +38,29 @@ def test_row_count_must_match_the_task(quick_vl, quick_client, tmp_path):
     assert store.versions(entry.entry_dir) == [entry], "a refused version must not be published"
 
 
+def test_a_manifest_keeps_the_task_without_its_secrets(quick_vl, quick_client, tmp_path):
+    """The manifest records the server's task, but not its presigned download URI, nor the
+    signed URL its result_message may quote."""
+    import shutil
+
+    from vl_datasets.records import ExportTask
+
+    entry = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    store = CacheStore(tmp_path)
+    answer = {
+        "id": "t",
+        "status": "COMPLETED",
+        "download_uri": "https://bucket/x.zip?X-Amz-Signature=Q9zSECRET-uri",
+        "result_message": "done; its log: https://bucket/log?X-Amz-Signature=Q9zSECRET-log",
+    }
+    task = ExportTask.from_json(answer, dataset_id="ds-ready")
+    with store.staging(entry.entry_dir) as staging:
+        shutil.copytree(entry.path, staging, dirs_exist_ok=True)
+        version = store.publish(entry.entry_dir, staging, key=entry.key, task=task)
+    manifest = (entry.entry_dir / f"{version.version}.manifest.json").read_text()
+    assert "Q9zSECRET" not in manifest and "done; its log: https://bucket/log?[redacted]" in manifest
+
+
 def test_dataset_ids_cannot_take_reserved_names(quick_vl, quick_client, tmp_path, dataset_root):
     from vl_datasets.testing import write_dataset
 

@@ -497,6 +497,8 @@ def _task_record(task: ExportTask | None) -> dict[str, Any] | None:
     if task is None:
         return None
     record = {k: v for k, v in task.raw.items() if k != "download_uri"}  # presigned URLs are secrets
+    if "result_message" in record:
+        record["result_message"] = task.result_message  # the server's free text, as redacted (records.py)
     record.setdefault("id", task.id)
     return record
 
