@@ -215,6 +215,31 @@ def test_missing_and_corrupt_images(tmp_path):
     assert [s.media_id for s in loader.skipped] == ["m002"]
 
 
+@pytest.mark.parametrize(
+    "spelled", ["folder/img_1.jpg", "folder\\img_1.jpg", "./folder/img_1.jpg", "folder//img_1.jpg"]
+)
+@pytest.mark.parametrize("form", ["json", "parquet"])
+def test_one_image_two_rows_name_is_neither_s(tmp_path, spelled, form):
+    """m002's file_path names m001's image, however spelled: no file is ever given to two rows, so
+    the export is refused as ambiguous (never dropped silently), JSON or Parquet."""
+    import pyarrow.parquet as pq
+
+    from tests.metadata.helpers import json_strings_table
+
+    items = [item(i) for i in range(4)]
+    items[2]["file_path"] = spelled
+    folder = export_folder(tmp_path, items)
+    for extra in (folder / "images").iterdir():  # a literal "folder\\img_1.jpg" write_dataset made
+        if extra.is_file():
+            extra.unlink()
+    if form == "parquet":
+        pq.write_table(json_strings_table(items), folder / "metadata.parquet")
+        (folder / "metadata.json").unlink()
+    for missing in ("raise", "drop"):
+        with pytest.raises(errors.ImageNotFoundError, match=r"media_id 'm001'.*media_id 'm002' names too"):
+            VisualLayerDataset.from_export(folder, missing_images=missing, cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize("task", ["classification", "multilabel", None])
 def test_slices_whose_kept_rows_have_no_image_are_said_or_dropped_whatever_the_task(tmp_path, monkeypatch, task):
     """A metadata-only export opened without an images_root, and an export whose first slice of

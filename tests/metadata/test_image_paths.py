@@ -74,6 +74,61 @@ def test_one_file_for_two_rows_of_the_same_name_is_ambiguous():
         resolve_image_paths(normalize(media), members)
 
 
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "videos/a.mp4/output_000001.jpg",
+        "videos\\a.mp4\\output_000001.jpg",
+        "./videos/a.mp4/output_000001.jpg",
+        "videos//a.mp4/output_000001.jpg",
+        "videos/./a.mp4/output_000001.jpg",
+    ],
+)
+def test_one_file_two_rows_name_by_file_path_is_ambiguous(spelled):
+    """Two rows whose file_path names one file, however spelled, neither take it, whatever on_missing."""
+    media = items()
+    media[2]["file_path"] = spelled  # VIDEO_B's now names VIDEO_A's file
+    members = ["images/train/cat/cat_01.jpg", "images/videos/a.mp4/output_000001.jpg", "images/bare.png"]
+    for on_missing in ("raise", "null"):
+        with pytest.raises(ImageNotFoundError, match=f"media_id '{VIDEO_A}'.*media_id '{VIDEO_B}' names too") as caught:
+            resolve_image_paths(normalize(media), members, on_missing=on_missing)
+        assert caught.value.media_id == VIDEO_A
+
+
+def test_one_file_two_rows_name_is_nobody_s_even_where_a_later_step_settles_them():
+    """The file neither row may have is given to no row by a later step either, and a row that a
+    file of its own settles (by its media_id) is not refused for it."""
+    media = items()
+    media[2]["file_path"] = media[1]["file_path"]
+    media[2]["file_name"] = "elsewhere.jpg"
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        f"images/{VIDEO_A}.jpg",
+        f"images/{VIDEO_B}.jpg",
+        "images/bare.png",
+    ]
+    assert resolve_image_paths(normalize(media), members).to_pylist()[1:3] == [
+        f"images/{VIDEO_A}.jpg",
+        f"images/{VIDEO_B}.jpg",
+    ]
+
+
+def test_a_name_two_files_carry_once_a_backslash_is_a_separator_is_ambiguous():
+    """A folder on Linux may hold ``a.mp4\\output_000001.jpg`` beside ``a.mp4/output_000001.jpg``:
+    both are ``images/videos/a.mp4/output_000001.jpg`` here, and no row is given either."""
+    members = [
+        "images/train/cat/cat_01.jpg",
+        "images/videos/a.mp4/output_000001.jpg",
+        "images/videos/a.mp4\\output_000001.jpg",
+        "images/videos/b.mp4/output_000001.jpg",
+        "images/bare.png",
+    ]
+    with pytest.raises(ImageNotFoundError, match="several files of the export") as caught:
+        _resolve(members, on_missing="null")
+    assert caught.value.media_id == VIDEO_A
+
+
 def test_export_laid_out_by_file_name_never_gives_two_rows_one_image():
     members = ["images/cat_01.jpg", "images/output_000001.jpg", "images/bare.png"]
     with pytest.raises(ImageNotFoundError, match=r"output_000001\.jpg") as caught:

@@ -266,6 +266,48 @@ def test_a_flat_image_two_rows_could_claim_is_refused_by_both_builds(tmp_path, f
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
 
 
+@pytest.mark.parametrize("spelled", ["{}/{}", "{}\\{}", "./{}/{}", "{}//{}", "{}/./{}"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_one_file_two_rows_of_two_slices_name_is_refused_by_both_builds(tmp_path, spelled, flat):
+    """Row 30's file_path names row 3's file, however spelled, in another slice of rows: no file
+    is ever two rows', so both builds refuse it, as with every row named in a flat folder but those."""
+    media = realistic_media_items(40)
+    media[30]["file_path"] = spelled.format(*media[3]["file_path"].split("/", 1))
+    table = json_strings_table(media)
+    if flat:  # the docs' layout, those two rows' image_filename naming no file
+        names = [None if i in (3, 30) else f"flat_{i}.jpg" for i in range(40)]
+        table = table.append_column("image_filename", pa.array(names, pa.string()))
+    export = write_parquet(tmp_path / "export", table).parent
+    for i in range(40):  # row 30's file is row 3's
+        name = f"flat_{i}.jpg" if flat and i not in (3, 30) else media[3 if i == 30 else i]["file_path"]
+        image = export / "images" / name
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(b"")
+    refused = rf"media_id '{media[3]['media_id']}'.*media_id '{media[30]['media_id']}' names too"
+    with pytest.raises(ImageNotFoundError, match=refused):
+        build_index(export)
+    with pytest.raises(ImageNotFoundError, match=refused):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
+
+
+def test_a_file_named_with_a_backslash_beside_its_slashed_name_is_refused_by_both_builds(tmp_path):
+    """A folder on Linux may hold ``x\\a.jpg`` beside ``x/a.jpg``: both read ``images/x/a.jpg``
+    in the lookup, so neither is given, where the row naming ``x\\a.jpg`` got ``x/a.jpg``'s image."""
+    media = realistic_media_items(40)
+    media[30]["file_path"] = media[30]["file_path"].replace("/", "\\")
+    export = write_parquet(tmp_path / "export", json_strings_table(media)).parent
+    for m in media:
+        for name in {m["file_path"], m["file_path"].replace("\\", "/")}:  # both, for row 30
+            image = export / "images" / name
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes(b"")
+    refused = rf"media_id '{media[30]['media_id']}'.*several files of the export"
+    with pytest.raises(ImageNotFoundError, match=refused):
+        build_index(export)
+    with pytest.raises(ImageNotFoundError, match=refused):
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
+
+
 def _with_images(folder, media, *, flat_from: int):
     """An export of ``media`` whose images lie at ``images/<file_path>``, but for the rows from
     ``flat_from`` on, which name theirs in a flat folder by ``image_filename`` (the docs' layout)."""

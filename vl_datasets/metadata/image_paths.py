@@ -33,7 +33,10 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
 
     No step hands one file to two rows: an image_filename several rows give is left to the other
     steps, and a file another row has by its exact path settles no other (a row whose only
-    candidates are such files has no image). Step 3 takes a base name only where no other file
+    candidates are such files has no image). A file several rows name by their file_path
+    (``x/a.jpg``, ``x\\a.jpg``, ``./x/a.jpg``, ...), or a name several files carry once a backslash
+    is a folder separator, is no row's: a row that named one and that no later step settles (with
+    another file) is ambiguous. Step 3 takes a base name only where no other file
     of the export carries it, else the row has none there. A file name that several files no
     row has, or several rows, share, and that no other step settles, raises
     ``ImageNotFoundError`` naming the media_id and the candidates, whatever ``on_missing`` says (an
@@ -44,19 +47,28 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     """
     if on_missing not in ("raise", "null"):
         raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
-    members = every_member = _member_array(member_names)
+    members, folded = _member_array(member_names)
+    every_member = members
     if not len(members):  # a metadata-only export: no row has an image, and no lookup can find one
         return _none_found(table, on_missing)
     media_id = table.column("media_id").combine_chunks()
-    file_path = table.column("file_path").combine_chunks()
+    file_path = _member_form(table.column("file_path").combine_chunks())
     file_name = table.column("file_name").combine_chunks()
-    resolved, ambiguous = _exact_steps(file_path, file_name, members)
-    taken = None
+    flat = taken = None
     if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
         flat = _exact(_member_in_images(table.column("image_filename").combine_chunks()), members)
         # A flat name several rows give is none of theirs (one file, or frames named alike): those
         # rows are left to their file_path and the later steps, which never share a file either.
         flat = pc.if_else(_repeated(flat, pc.drop_null(flat)), _NO_STRING, flat)
+    at = pc.index_in(_in_images(file_path), value_set=members)  # step 1, as positions among members
+    by_path = members.take(at)
+    contested, claimed = _contested(at, by_path, flat, members, folded)
+    if contested is not None:  # the rare export where two rows name one file: none of them has it
+        flat = None if flat is None else pc.if_else(pc.is_in(flat, value_set=contested), _NO_STRING, flat)
+        by_path = pc.if_else(pc.is_in(by_path, value_set=contested), _NO_STRING, by_path)
+        members = members.filter(pc.invert(pc.is_in(members, value_set=contested)))
+    resolved, ambiguous = _exact_steps(by_path, file_path, file_name, members)
+    if flat is not None:
         # Steps 0 and 1 look in one folder: a row whose own flat image is missing must not take,
         # by its file_path, the image another row names (an ambiguity, as in steps 2-3).
         taken = pc.and_(pc.is_null(flat), pc.fill_null(pc.is_in(resolved, value_set=pc.drop_null(flat)), False))
@@ -66,7 +78,7 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     if len(pending):  # steps 3 and 4 only for the rows the exact paths left: usually none
         # A member another row found by its exact path is that row's image, whatever its name.
         bases = basename(file_name.take(pending))
-        shared = _repeated(bases, basename(members))  # by files other rows have too
+        shared = _repeated(bases, basename(every_member))  # by files other rows have, or no row may have, too
         members = members.filter(pc.invert(pc.is_in(members, value_set=pc.drop_null(resolved))))
         member_base = basename(members)
         by_base, base_ambiguous = _unique_match(bases, member_base, members)
@@ -86,6 +98,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     ambiguous = pc.and_(unresolved, ambiguous)
     if taken is not None and pc.any(pc.and_(unresolved, taken)).as_py():
         _raise_taken(table, pc.index(pc.and_(unresolved, taken), True).as_py())
+    if claimed is not None and pc.any(pc.and_(unresolved, pc.is_valid(claimed))).as_py():
+        _raise_contested(table, pc.index(pc.and_(unresolved, pc.is_valid(claimed)), True).as_py(), claimed)
     if pc.any(ambiguous).as_py():
         row = pc.index(ambiguous, True).as_py()
         # Every file of that name, those other rows took by their exact path too: the message's candidates.
@@ -105,30 +119,38 @@ class ExactPaths:
 
     Those steps look at a row's own values, and a row they settle keeps that image whatever the
     other rows hold (the later steps only settle the rows these leave, and only those can be
-    ambiguous), unless step 1 hands a row the image another row names by step 0: when they
-    settle every row of an export without that, the images are theirs, found in memory bounded
-    by a slice. The files are looked up by 64-bit hashes of their names, sorted once (16
-    bytes a file), where a hash table per slice (``pc.is_in``) would hash every file again for
-    each; a hash found is checked against the name itself.
+    ambiguous), unless they hand two rows one file (two file_paths spelled alike or otherwise,
+    or step 1 the file another row names by step 0): when they settle every row of an export,
+    each with a file of its own, the images are theirs, found in memory bounded by a slice. The
+    files are looked up by 64-bit hashes of their names, sorted once (16 bytes a file), where a
+    hash table per slice (``pc.is_in``) would hash every file again for each; a hash found is
+    checked against the name itself.
     """
 
     def __init__(self, member_names: Iterable[str]) -> None:
-        self.members = _member_array(member_names)
+        self.members, _ = _member_array(member_names)
         hashes = hash_strings(self.members)
         self._order = np.argsort(hashes)
         self._sorted = hashes[self._order]
+        # The first of each run of equal hashes: the position a name of that hash is found at.
+        runs = np.flatnonzero(self._sorted[1:] == self._sorted[:-1])
+        self._doubled = self._order[runs] if len(runs) else None
 
-    def found(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's image, as its position among ``members`` (-1 where neither step finds one),
-        and whether step 0 (``image_filename``) found it."""
+    def found(self, table: pa.Table) -> np.ndarray:
+        """Each row's image, as its position among ``members`` (-1 where neither step finds one)."""
         found = self._positions(_member_in_images(table.column("file_path").combine_chunks()))
-        by_name = np.zeros(len(found), dtype=bool)
         if "image_filename" in table.column_names:  # it names the image inside the export: it comes first
-            named = _member_in_images(table.column("image_filename").combine_chunks())
-            flat = self._positions(named)
-            by_name = flat >= 0
-            found = np.where(by_name, flat, found)
-        return found, by_name
+            flat = self._positions(_member_in_images(table.column("image_filename").combine_chunks()))
+            found = np.where(flat >= 0, flat, found)
+        return found
+
+    def doubled(self, found: np.ndarray) -> bool:
+        """Whether one of the positions ``found`` is a file whose name another file carries too (a
+        folder on Linux may hold ``x\\a.jpg`` beside ``x/a.jpg``, both ``images/x/a.jpg`` here),
+        or whose hash another name has: the lookup over all the rows tells those apart."""
+        if self._doubled is None:
+            return False
+        return bool(np.isin(found, self._doubled).any())
 
     def _positions(self, candidates: pa.Array) -> np.ndarray:
         positions = np.full(len(candidates), -1, dtype=np.int64)
@@ -164,7 +186,9 @@ def _no_image(table: pa.Table, row: int, count: int) -> ImageNotFoundError:
     )
 
 
-def _member_array(member_names: Iterable[str]) -> pa.Array:
+def _member_array(member_names: Iterable[str]) -> tuple[pa.Array, bool]:
+    """The names as an array, each backslash a folder separator, and whether one was (only then
+    can two of a folder's names be one)."""
     if isinstance(member_names, pa.ChunkedArray):
         members = member_names.combine_chunks()
     elif isinstance(member_names, pa.Array):
@@ -172,19 +196,22 @@ def _member_array(member_names: Iterable[str]) -> pa.Array:
     else:
         members = pa.array(list(member_names), pa.string())
     members = members.cast(pa.string())
-    if pc.any(pc.match_substring(members, "\\")).as_py():  # a copy of every name only where one needs it
+    folded = bool(pc.any(pc.match_substring(members, "\\")).as_py())
+    if folded:  # a copy of every name only where one needs it
         members = pc.replace_substring(members, "\\", "/")
-    return pc.drop_null(members) if members.null_count else members
+    return (pc.drop_null(members) if members.null_count else members), folded
 
 
-def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """Steps 1 and 2: ``images/<file_path>`` for every row, the other candidates only where it fails.
+def _exact_steps(
+    by_path: pa.Array, file_path: pa.Array, file_name: pa.Array, members: pa.Array
+) -> tuple[pa.Array, pa.Array]:
+    """Steps 1 and 2: ``images/<file_path>`` for every row (``by_path``, found among ``members``;
+    ``file_path`` in their form), the other candidates only where it fails.
 
     Also says which rows are ambiguous: those whose step-2 file another row claims too (frames named
     ``output_000001.jpg`` in an export laid out by file name).
     """
-    file_path = _member_form(file_path)
-    resolved = _exact(_in_images(file_path), members)
+    resolved = by_path
     no_conflict = pa.array(np.zeros(len(resolved), dtype=bool))
     pending = pc.indices_nonzero(pc.is_null(resolved))
     if not len(pending):
@@ -211,6 +238,32 @@ def _exact_steps(file_path: pa.Array, file_name: pa.Array, members: pa.Array) ->
         ),
     )
     return (_scatter(resolved, pending, pc.if_else(shared, _NO_STRING, found)), _scatter(no_conflict, pending, shared))
+
+
+def _contested(
+    at: pa.Array, by_path: pa.Array, flat: pa.Array | None, members: pa.Array, folded: bool
+) -> tuple[pa.Array, pa.Array] | tuple[None, None]:
+    """The files no row may have, as no file is ever given to two rows: one that several rows name
+    by their file_path (however spelled: ``x\\a.jpg``, ``./x/a.jpg`` and ``x//a.jpg`` all name
+    ``images/x/a.jpg``), and, where a backslash was ``folded`` into a folder separator, a name
+    several files carry (a folder on Linux may hold ``x\\a.jpg`` beside ``x/a.jpg``). With each
+    row's file among them, by step 0 or 1 (null for the others); (None, None) when there is none,
+    as usual. ``at``: each row's step-1 file as a position among ``members`` (``by_path`` its name).
+
+    Rows with a flat image (step 0) claim nothing by their file_path: it is not theirs to take.
+    """
+    positions = pc.fill_null(at, -1).to_numpy(zero_copy_only=False)
+    if flat is not None:
+        positions = np.where(pc.is_valid(flat).to_numpy(zero_copy_only=False), -1, positions)
+    # Counted by position, where counting the names would hash every row's again.
+    twice = np.flatnonzero(np.bincount(positions[positions >= 0], minlength=len(members)) > 1)
+    contested = members.take(pa.array(twice, pa.int64()))
+    if folded:
+        contested = pc.unique(pa.concat_arrays([contested, members.filter(_repeated(members, members))]))
+    if not len(contested):
+        return None, None
+    claims = by_path if flat is None else pc.coalesce(flat, by_path)
+    return contested, pc.if_else(pc.fill_null(pc.is_in(claims, value_set=contested), False), claims, _NO_STRING)
 
 
 def _member_in_images(paths: pa.Array) -> pa.Array:
@@ -301,6 +354,22 @@ def _raise_taken(table: pa.Table, row: int) -> None:
     raise ImageNotFoundError(
         f"The image of media_id {media_id!r} is ambiguous: its image_filename {image_filename!r} names no file, "
         f"and its file_path {file_path!r} names the image of {owner} (by its image_filename).",
+        media_id=media_id,
+    )
+
+
+def _raise_contested(table: pa.Table, row: int, claimed: pa.Array) -> None:
+    media_id, file_path = (table.column(c)[row].as_py() for c in ("media_id", "file_path"))
+    file = claimed[row].as_py()
+    others = table.column("media_id").filter(pc.fill_null(pc.equal(claimed, file), False))
+    other = next((m for m in others.to_pylist() if m != media_id), None)
+    if other is not None:
+        rival = f"which media_id {other!r} names too ({len(others)} rows in all)"
+    else:  # several files of that name, once a backslash is read as a folder separator
+        rival = "a name several files of the export carry once a backslash is read as a folder separator"
+    raise ImageNotFoundError(
+        f"The image of media_id {media_id!r} (file_path {file_path!r}) is ambiguous: it names {file!r}, {rival}; "
+        "no file is given to two rows.",
         media_id=media_id,
     )
 
