@@ -48,3 +48,12 @@ def split_export(tmp_path: Path, n_items: int) -> tuple[Path, Path]:
     source = tmp_path / "source"
     shutil.move(export / "images", source)
     return export, source
+
+
+def swapped_images(source, folder):
+    """``folder`` holding ``source``'s images, each under another's path (a root of other images)."""
+    names = sorted(p.relative_to(source) for p in source.rglob("*.jpg"))
+    for name, other in zip(names, reversed(names), strict=True):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / other, folder / name)
+    return folder

@@ -16,10 +16,20 @@ from urllib.parse import unquote, urlsplit
 
 
 class ImageServer:
-    """Serves the files under ``root`` at ``url``; use as a context manager."""
+    """Serves the files under ``root`` at ``url``; use as a context manager. ``roots_by_query``:
+    other folders served for a request of that exact query string (an endpoint that picks a
+    version of its images by query)."""
 
-    def __init__(self, root: Path, *, latency_s: float = 0.0, lifetime_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        latency_s: float = 0.0,
+        lifetime_s: float = 60.0,
+        roots_by_query: dict[str, Path] | None = None,
+    ) -> None:
         self.root, self.latency_s, self.lifetime_s = Path(root), latency_s, lifetime_s
+        self.roots_by_query = {query: Path(folder) for query, folder in (roots_by_query or {}).items()}
         self.requests: list[str] = []
         self.heads: list[str] = []
         self.in_flight = self.most_in_flight = 0
@@ -62,12 +72,18 @@ class ImageServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def file(self, raw_path: str) -> Path | None:
+        """The file a request of ``raw_path`` is answered with; None where there is none."""
+        parts = urlsplit(raw_path)
+        root = self.roots_by_query.get(parts.query, self.root)
+        path = (root / unquote(parts.path).lstrip("/")).resolve()
+        return path if path.is_file() and root.resolve() in path.parents else None
+
     def _slowness(self) -> tuple[str, float] | None:
         with self._lock:
             return self._slow.pop(0) if self._slow else None
 
     def _answer(self, raw_path: str) -> tuple[int, bytes]:
-        parts = urlsplit(raw_path)
         with self._lock:
             self.requests.append(raw_path)
             self.in_flight += 1
@@ -77,10 +93,8 @@ class ImageServer:
             time.sleep(self.latency_s)
             if status is not None:
                 return status, b"SlowDown"
-            path = (self.root / unquote(parts.path).lstrip("/")).resolve()
-            if not path.is_file() or self.root.resolve() not in path.parents:
-                return 404, b"not found"
-            return 200, path.read_bytes()
+            path = self.file(raw_path)
+            return (404, b"not found") if path is None else (200, path.read_bytes())
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -118,10 +132,9 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             with server._lock:
                 server.heads.append(self.path)
-            path = (server.root / unquote(urlsplit(self.path).path).lstrip("/")).resolve()
-            found = path.is_file() and server.root.resolve() in path.parents
-            self.send_response(200 if found else 404)
-            self.send_header("Content-Length", str(path.stat().st_size if found else 0))
+            path = server.file(self.path)
+            self.send_response(200 if path is not None else 404)
+            self.send_header("Content-Length", str(path.stat().st_size if path is not None else 0))
             self.end_headers()
 
         def log_message(self, format, *args) -> None:  # quiet: pytest shows what matters

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.loading.helpers import split_export
+from tests.loading.helpers import split_export, swapped_images
 from tests.loading.image_server import ImageServer
 from vl_datasets.config import parse_size
 from vl_datasets.errors import ConfigurationError
@@ -62,6 +62,54 @@ def test_the_second_epoch_reads_nothing_from_the_network(split_export, tmp_path)
     cache = ds.images._source.cache
     stored = [cache.get(ds.table.column("file_path")[i].as_py()) for i in range(len(ds))]
     assert sorted(stored) == sorted(p.read_bytes() for p in source.rglob("*.jpg"))
+
+
+def test_roots_that_differ_only_in_their_query_or_user_info_have_caches_of_their_own(split_export, tmp_path):
+    """An endpoint that picks a version of its images by query (``?set=B``): the root whose query,
+    or user info, is another's reads its own images, never the copies cached for the other, and
+    neither the query nor the password (tokens, often) is in any name or file of the cache."""
+    export, source = split_export
+    cache_dir = tmp_path / "cache"
+    b_query = "set=B&sig=SECRET-B"
+    with ImageServer(source, roots_by_query={b_query: swapped_images(source, tmp_path / "b")}) as server:
+        host = server.url.removeprefix("http://")
+
+        def images(root, **options):
+            ds = VisualLayerDataset.from_export(export, images_root=root, image_size=8, cache_dir=cache_dir, **options)
+            return [ds[i][0] for i in range(len(ds))]
+
+        a = images(f"http://{host}/?set=A&sig=SECRET-A", image_cache="10M")
+        b = images(f"http://{host}/?{b_query}")  # no cache: what B's images are
+        assert not any(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        for root in (f"http://{host}/?{b_query}", f"http://user:SECRET-C@{host}/?{b_query}"):
+            cached = images(root, image_cache="10M")
+            assert all(torch.equal(x, y) for x, y in zip(cached, b, strict=True)), root
+            assert all(torch.equal(x, y) for x, y in zip(images(root, image_cache="10M"), b, strict=True)), root
+    assert len(list((cache_dir / "images").iterdir())) == 3, "a cache for each root"
+    for path in cache_dir.rglob("*"):
+        assert "SECRET" not in str(path)
+        assert path.is_dir() or b"SECRET" not in path.read_bytes(), path
+
+
+def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
+    """Keyed by a digest of the whole root where it holds what is not shown (a query, user info),
+    never the text; a root without such parts keeps the identity it had (and its stores), and the
+    endpoint's credentials, which pick no other images, change nothing (``test_sources``)."""
+    import json
+
+    from vl_datasets.loading.shared_source import _store_digest
+    from vl_datasets.loading.sources import root_identity
+
+    assert json.loads(root_identity("s3://bucket/images/", "s3://bucket/images", None)) == {
+        "root": "s3://bucket/images",
+        "endpoint": None,
+    }
+    shown = "https://host/images"
+    roots = [shown, f"{shown}?sig=SECRET1", f"{shown}?sig=SECRET2", "https://u:SECRET3@host/images"]
+    assert len({root_identity(root, shown, None) for root in roots}) == 4
+    assert len({_store_digest(root, shown, None) for root in roots}) == 4
+    for root in roots:
+        assert "SECRET" not in root_identity(root, shown, {"endpoint_url": "https://k:SECRET4@s3.example"})
 
 
 def test_past_its_limit_the_least_recently_used_images_go(split_export, tmp_path):

@@ -186,6 +186,27 @@ def test_images_from_another_root_get_their_own_store(export, tmp_path):
     assert from_root[0][0].shape == (3, 40, 40)
 
 
+def test_roots_that_differ_only_in_their_query_get_their_own_store(export, tmp_path):
+    """An endpoint that picks a version of its images by query (``?set=B``): B's store is not A's,
+    whose copies would be served for B's paths, and the query (a token, often) is in no file."""
+    from tests.loading.helpers import swapped_images
+    from tests.loading.image_server import ImageServer
+
+    b_query = "set=B&sig=SECRET-B"
+    other = swapped_images(export / "images", tmp_path / "b")
+    with ImageServer(export / "images", roots_by_query={b_query: other}) as server:
+        a = open_prepared(export, tmp_path, images_root=f"{server.url}/?set=A&sig=SECRET-A", image_size=40)
+        a.prepare(num_workers=0, progress=False)
+        b = open_prepared(export, tmp_path, images_root=f"{server.url}/?{b_query}", image_size=40)
+        elsewhere = open_prepared(export, tmp_path / "fresh", images_root=f"{server.url}/?{b_query}", image_size=40)
+        assert all(torch.equal(b[i][0], elsewhere[i][0]) for i in range(ITEMS))
+        assert not any(torch.equal(b[i][0], a[i][0]) for i in range(ITEMS))
+        assert b.images._source.store.path != a.images._source.store.path
+    for path in (tmp_path / "cache").rglob("*"):
+        assert "SECRET" not in str(path)
+        assert path.is_dir() or b"SECRET" not in path.read_bytes(), path
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

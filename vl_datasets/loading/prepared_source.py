@@ -163,7 +163,7 @@ def prepared_source(
 ) -> PreparedSource:
     """``source`` behind the store of ``entry``'s version at ``size`` (and, for an images_root, that
     root: another root holds other images)."""
-    root = None if images_root is None else root_identity(source.display_root, storage_options)
+    root = None if images_root is None else root_identity(images_root, source.display_root, storage_options)
     store = open_store(entry, StoreSettings(size, root))
     store.load()  # here, before any fork: the workers share what is already prepared
     return PreparedSource(source, store)

@@ -47,7 +47,7 @@ from .shard_cache import ShardCache
 from .shard_format import SHARDS
 from .shared_location import join_url, shared_store_url
 from .shared_store import SharedStore
-from .sources import FsspecRoot
+from .sources import FsspecRoot, whole_root
 
 logger = logging.getLogger("vl_datasets")
 
@@ -179,8 +179,9 @@ def open_shared_store(
 ) -> SharedStore:
     """The shared store at ``url``, loaded (before any fork: workers share its index), its shards
     read through this node's cache of them (``url``: ``shared_store_url``)."""
-    shards = FsspecRoot(join_url(url, SHARDS), storage_options)
-    folder = local_store(cache_dir).node_area("shards", _store_digest(shards.display_root, storage_options))
+    shards_url = join_url(url, SHARDS)
+    shards = FsspecRoot(shards_url, storage_options)
+    folder = local_store(cache_dir).node_area("shards", _store_digest(shards_url, shards.display_root, storage_options))
     cache = ShardCache(folder, resolve_cache_limit(cache_limit), shards)
     store = SharedStore(url, dict(storage_options or {}), settings, CacheStore.content_name(entry), cache)
     store.load()
@@ -233,9 +234,11 @@ def _say_what_is_missing(shared: SharedStore, item_shards: np.ndarray, local: Pr
         logger.info("All %d images are read from the shared store %s", len(item_shards), shared.display_url)
 
 
-def _store_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
-    """The shard cache folder of a store: the same bucket behind another endpoint is another store."""
+def _store_digest(url: str, display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+    """The shard cache folder of a store: the same bucket behind another endpoint is another store,
+    and so is the same path under another query string or user info (``whole_root``; hashed,
+    never written)."""
     options = storage_options or {}
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    blob = json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
+    blob = json.dumps({"root": whole_root(url, display_root), "endpoint": endpoint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -175,11 +175,7 @@ class FsspecRoot:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.protocol = _checked_protocol(url)
-        parts = urlsplit(url)
-        # An https root's query (a SAS token, say) belongs after each image's path, not in it.
-        self._query = parts.query if self.protocol in ("http", "https") else ""
-        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) if self._query else url
-        self._base = base.rstrip("/")
+        self._base, self._query = _root_parts(url, self.protocol)
         self.display_root = redact_url(self._base)
         self.storage_options = _with_pool_size(self.protocol, dict(storage_options or {}), reads_in_flight)
         self.retry = retry or image_read_policy()
@@ -420,7 +416,8 @@ def open_source(
     )
     if image_cache is None:
         return source
-    folder = local_store(cache_dir).node_area("images", _root_digest(source.display_root, storage_options))
+    digest = _root_digest(images_root, source.display_root, storage_options)
+    folder = local_store(cache_dir).node_area("images", digest)
     return CachedSource(source, ImageCache(folder, _size_limit(image_cache)))
 
 
@@ -579,17 +576,45 @@ def _with_pool_size(protocol: str, options: dict[str, Any], reads: int) -> dict[
     return {**options, "config_kwargs": config}
 
 
-def root_identity(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+def root_identity(images_root: str | os.PathLike, display_root: str, storage_options: Mapping[str, Any] | None) -> str:
     """What stores kept for a root (its image cache, its prepared store) are keyed by, as JSON: the
-    same bucket behind another endpoint is another store. Only the endpoint joins the root, without
-    its credentials (user info, a token in its query): they rotate without changing what is
-    stored, and this text is written to disk (a prepared store's settings)."""
+    root as shown (``display_root``), and its endpoint, as the same bucket behind another endpoint
+    is another store. Only the endpoint joins the root, without its credentials (user info, a token
+    in its query): they rotate without changing which bucket is read.
+
+    Two roots that differ only in what is not shown of them, their query string or user info
+    (``?set=B`` picking other images, another account's token), may hold other images: where the
+    root has such a part, a SHA-256 of the whole root joins the identity, never its text, which is
+    written to disk (a prepared store's settings). So a root's token that rotates starts cold
+    stores: nothing says the images behind it are the same."""
     options = storage_options or {}
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
     endpoint = redact_url(str(endpoint)) if endpoint else endpoint
-    return json.dumps({"root": display_root, "endpoint": endpoint}, sort_keys=True)
+    identity = {"root": display_root, "endpoint": endpoint}
+    whole = whole_root(images_root, display_root)
+    if whole != display_root:  # only then: a root without such parts keeps its stores
+        identity["whole"] = hashlib.sha256(whole.encode()).hexdigest()
+    return json.dumps(identity, sort_keys=True)
 
 
-def _root_digest(display_root: str, storage_options: Mapping[str, Any] | None) -> str:
+def whole_root(root: str | os.PathLike, display_root: str) -> str:
+    """``root`` with all that its source reads it by (``display_root`` for a folder: its path is all of it)."""
+    if not is_remote(root):
+        return display_root
+    url = os.fspath(root)
+    base, query = _root_parts(url, _protocol(url))
+    return f"{base}?{query}" if query else base
+
+
+def _root_parts(url: str, protocol: str) -> tuple[str, str]:
+    """(the base, the query) of an fsspec root, as ``FsspecRoot`` reads it: an https root's query
+    (a SAS token, say) belongs after each image's path, not in it."""
+    parts = urlsplit(url)
+    query = parts.query if protocol in ("http", "https") else ""
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) if query else url
+    return base.rstrip("/"), query
+
+
+def _root_digest(images_root: str | os.PathLike, display_root: str, storage_options: Mapping[str, Any] | None) -> str:
     """The image cache folder of a root (``root_identity``)."""
-    return hashlib.sha256(root_identity(display_root, storage_options).encode()).hexdigest()[:20]
+    return hashlib.sha256(root_identity(images_root, display_root, storage_options).encode()).hexdigest()[:20]
