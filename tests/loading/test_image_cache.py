@@ -92,9 +92,9 @@ def test_roots_that_differ_only_in_their_query_or_user_info_have_caches_of_their
 
 
 def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
-    """Keyed by a digest of the whole root where it holds what is not shown (a query, user info),
-    never the text; a root without such parts keeps the identity it had (and its stores), and the
-    endpoint's credentials, which pick no other images, change nothing (``test_sources``)."""
+    """Keyed by a digest of what the root's query and user name pick, never their text; a root
+    without such parts keeps the identity it had (and its stores), and credentials (a password, a
+    URL's signature, the endpoint's), which pick no other images, change nothing."""
     import json
 
     from vl_datasets.loading.shared_source import _store_digest
@@ -105,11 +105,20 @@ def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
         "endpoint": None,
     }
     shown = "https://host/images"
-    roots = [shown, f"{shown}?sig=SECRET1", f"{shown}?sig=SECRET2", "https://u:SECRET3@host/images"]
+    roots = [shown, f"{shown}?set=B&sig=SECRET1", f"{shown}?v=2", "https://u:SECRET3@host/images"]
     assert len({root_identity(root, shown, None) for root in roots}) == 4
     assert len({_store_digest(root, shown, None) for root in roots}) == 4
     for root in roots:
         assert "SECRET" not in root_identity(root, shown, {"endpoint_url": "https://k:SECRET4@s3.example"})
+    # What signs a URL says who may read, not what: a token that rotates keeps the stores it built.
+    same = [
+        (f"{shown}?set=B&sig=SECRET1&se=2026-12-05", f"{shown}?se=2026-12-06&sig=SECRET2&set=B"),
+        (f"{shown}?X-Amz-Signature=SECRET1&X-Amz-Date=1", f"{shown}?X-Amz-Signature=SECRET2&X-Amz-Date=2"),
+        ("https://u:SECRET3@host/images", "https://u:SECRET5@host/images"),
+    ]
+    for one, other in same:
+        assert root_identity(one, shown, None) == root_identity(other, shown, None), (one, other)
+    assert root_identity(f"{shown}?X-Amz-Signature=SECRET1", shown, None) == root_identity(shown, shown, None)
 
 
 def test_past_its_limit_the_least_recently_used_images_go(split_export, tmp_path):

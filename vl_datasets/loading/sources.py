@@ -598,12 +598,38 @@ def root_identity(images_root: str | os.PathLike, display_root: str, storage_opt
 
 
 def whole_root(root: str | os.PathLike, display_root: str) -> str:
-    """``root`` with all that its source reads it by (``display_root`` for a folder: its path is all of it)."""
+    """``root`` with all that picks the images its source reads: ``display_root``, and where the root
+    has them, its user name and the parameters of its query (``?set=B``), sorted. Not a password,
+    nor what URL-signing schemes add to a query (a signature, its date and expiry): those rotate
+    over the same images, and a store built under yesterday's token serves today's."""
     if not is_remote(root):
         return display_root
     url = os.fspath(root)
     base, query = _root_parts(url, _protocol(url))
-    return f"{base}?{query}" if query else base
+    parts = urlsplit(base)
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    picked = sorted(p for p in query.split("&") if p and not _signs(p.partition("=")[0]))
+    if not user and not picked:
+        return display_root
+    return f"{display_root}?user={user}&{'&'.join(picked)}"
+
+
+# Query parameters of the URL-signing schemes of S3 (X-Amz-*), GCS (X-Goog-*), Azure SAS and
+# CloudFront, and common token names: they say who may read, not what is read.
+_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
+_SIGNING_NAMES = frozenset(
+    {
+        *("sig", "signature", "token", "access_token", "expires", "policy", "key-pair-id"),
+        *("awsaccesskeyid", "googleaccessid"),  # S3's and GCS's query-string authentication of old
+        *("se", "st", "sv", "ss", "srt", "sp", "spr", "si", "sr", "sip", "ses"),  # an Azure SAS
+        *("skoid", "sktid", "skt", "ske", "sks", "skv", "sdd"),  # an Azure user-delegation SAS
+    }
+)
+
+
+def _signs(name: str) -> bool:
+    name = name.lower()
+    return name in _SIGNING_NAMES or name.startswith(_SIGNING_PREFIXES)
 
 
 def _root_parts(url: str, protocol: str) -> tuple[str, str]:
