@@ -283,11 +283,9 @@ def test_one_file_two_rows_of_two_slices_name_is_refused_by_both_builds(tmp_path
         image = export / "images" / name
         image.parent.mkdir(parents=True, exist_ok=True)
         image.write_bytes(b"")
-    refused = rf"media_id '{media[3]['media_id']}'.*media_id '{media[30]['media_id']}' names too"
-    with pytest.raises(ImageNotFoundError, match=refused):
-        build_index(export)
-    with pytest.raises(ImageNotFoundError, match=refused):
-        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
+    _refused_by_both_builds(
+        export, tmp_path, rf"media_id '{media[3]['media_id']}'.*media_id '{media[30]['media_id']}' names too"
+    )
 
 
 def test_a_file_named_with_a_backslash_beside_its_slashed_name_is_refused_by_both_builds(tmp_path):
@@ -301,10 +299,14 @@ def test_a_file_named_with_a_backslash_beside_its_slashed_name_is_refused_by_bot
             image = export / "images" / name
             image.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(b"")
-    refused = rf"media_id '{media[30]['media_id']}'.*several files of the export"
-    with pytest.raises(ImageNotFoundError, match=refused):
+    _refused_by_both_builds(export, tmp_path, rf"media_id '{media[30]['media_id']}'.*several files of the export")
+
+
+def _refused_by_both_builds(export, tmp_path, message: str) -> None:
+    """The whole-table build and the slice-at-a-time one (slices of 16 rows) both refuse ``export``."""
+    with pytest.raises(ImageNotFoundError, match=message):
         build_index(export)
-    with pytest.raises(ImageNotFoundError, match=refused):
+    with pytest.raises(ImageNotFoundError, match=message):
         write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
 
 
