@@ -218,7 +218,14 @@ def test_vltrainer_refuses_eval_classes_numbered_otherwise_than_train(open_part,
     for eval_dataset in (test, {"test": test}):
         with pytest.raises(ConfigurationError, match=r"classes=train_dataset\.classes"):
             VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, eval_dataset=eval_dataset)
-    VLTrainer(model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, eval_dataset=open_part("test"))
+    trainer = VLTrainer(
+        model=_tiny_vit(train), args=_args(tmp_path), train_dataset=train, eval_dataset=open_part("test")
+    )
+    # Datasets handed to evaluate() and predict() are held to train's numbering too.
+    with pytest.raises(ConfigurationError, match=r"eval_dataset's classes .* classes=train_dataset\.classes"):
+        trainer.evaluate(eval_dataset=test)
+    with pytest.raises(ConfigurationError, match=r"test_dataset's classes .* classes=train_dataset\.classes"):
+        trainer.predict(test)
 
 
 class _MultimodalProcessor:

@@ -207,7 +207,11 @@ class VLTrainer(Trainer):
         return self._in_order(test_dataset, "test_dataset")
 
     def _in_order(self, dataset: Any, name: str) -> HFBatches:
-        loader = _classification(name, dataset).dataloader(
+        dataset = _classification(name, dataset)
+        # Again here, not only at construction: evaluate(eval_dataset=...) and predict(...) bring
+        # datasets __init__ never saw.
+        _check_same_classes(self.train_dataset, {name: dataset})
+        loader = dataset.dataloader(
             self.args.eval_batch_size, shuffle=False, num_workers=self.args.dataloader_num_workers
         )
         return HFBatches(loader, self.pixel_values)
@@ -245,8 +249,8 @@ def _image_processor(processing_class: Any, *, normalization_given: bool) -> Any
 
 def _check_same_classes(train: Any, evaluated: Any) -> None:
     """Every eval dataset must number the classes as train does: the model's outputs are train's."""
-    if train is None or evaluated is None:
-        return
+    if not isinstance(train, VisualLayerDataset) or evaluated is None:
+        return  # no numbering to hold to (a train_dataset not ours is refused by get_train_dataloader)
     named = evaluated.items() if isinstance(evaluated, Mapping) else [("eval_dataset", evaluated)]
     for name, dataset in named:
         if list(getattr(dataset, "classes", [])) != list(train.classes):
