@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+
+import psutil
 import pytest
 import torch
 from transformers import (
@@ -14,6 +17,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from tests.waits import cpu_of_children, wait_until
 from vl_datasets import ConfigurationError
 from vl_datasets.integrations.huggingface import (
     LOADER_STATE_FILE,
@@ -91,6 +95,42 @@ def test_batches_have_the_keys_dtypes_and_shapes_a_model_takes(open_part):
     assert -1.0 <= batch["pixel_values"].min() < 0 < batch["pixel_values"].max() <= 1.0
     logits = _tiny_vit(train)(**batch).logits
     assert tuple(logits.shape) == (32, 10)
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_a_dropped_hf_loader_ends_its_workers_without_the_garbage_collector(open_part):
+    """HFBatches holds no reference to itself: dropped (each evaluate() drops its loaders), its
+    loader's workers and shared-memory batch slots go at once, not whenever the cyclic garbage
+    collector happens to run (here: never)."""
+    train = open_part("train")
+    gc.collect()
+    before = {child.pid for child in psutil.Process().children()}
+    gc.disable()
+    try:
+        batches = to_hf_batches(train.dataloader(64, shuffle=False, num_workers=2))
+        for _ in batches:
+            pass
+        workers = [child for child in psutil.Process().children() if child.pid not in before]
+        assert workers, "the loader started no worker: nothing to see end"
+        del batches
+        wait_until(
+            lambda: not _alive(workers),
+            f"the dropped loader's workers {[w.pid for w in workers]} to end with the garbage collector off",
+            progress=cpu_of_children(),
+            stall_s=60,
+        )
+    finally:
+        gc.enable()
 
 
 def test_the_processor_path_and_our_normalization_agree(open_part):

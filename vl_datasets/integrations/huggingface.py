@@ -120,9 +120,19 @@ class HFBatches(WholeEpochs):
 
     def __init__(self, loader: Any, pixel_values: PixelValues | None = None) -> None:
         self.pixel_values = pixel_values or PixelValues()
-        super().__init__(loader, self._as_dict)
+        # Not a bound method of self: that would be a reference cycle, and a dropped HFBatches (each
+        # evaluate() makes new ones) would keep its loader's workers and shared-memory batch slots
+        # until the cyclic garbage collector happened to run.
+        super().__init__(loader, _AsDict(self.pixel_values))
 
-    def _as_dict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+
+class _AsDict:
+    """A loader's ``(images, labels)`` batch as ``{"pixel_values", "labels"}``."""
+
+    def __init__(self, pixel_values: PixelValues) -> None:
+        self.pixel_values = pixel_values
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, labels = batch
         return {"pixel_values": self.pixel_values(images), "labels": labels}
 
