@@ -298,6 +298,12 @@ def test_hf_collate_takes_multilabel_targets_and_names_pil_images(open_part):
     pil = open_part("train", decode="pil")
     with pytest.raises(ConfigurationError, match="decode='pil'"):
         HFCollate()([pil[i] for i in range(2)])
+    with pytest.raises(ConfigurationError, match="decode='pil'"):
+        to_hf_batches(pil.dataloader(2, num_workers=0))
+    # Metadata rows (task=None) and boxes are no labels for a classifier: refused, not passed on.
+    for task in (None, "detection"):
+        with pytest.raises(ConfigurationError, match="task 'classification' or 'multilabel'"):
+            to_hf_batches(open_part("train", task=task, classes=None).dataloader(2, num_workers=0))
     with pytest.raises(ConfigurationError, match="mean must be 1 or 3"):
         PixelValues(mean=[])
     with pytest.raises(ConfigurationError, match="std must be 1 or 3"):

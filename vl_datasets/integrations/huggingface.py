@@ -119,6 +119,7 @@ class HFBatches(WholeEpochs):
     """
 
     def __init__(self, loader: Any, pixel_values: PixelValues | None = None) -> None:
+        _check_batches_of(loader.dataset)
         self.pixel_values = pixel_values or PixelValues()
         # Not a bound method of self: that would be a reference cycle, and a dropped HFBatches (each
         # evaluate() makes new ones) would keep its loader's workers and shared-memory batch slots
@@ -135,6 +136,21 @@ class _AsDict:
     def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, labels = batch
         return {"pixel_values": self.pixel_values(images), "labels": labels}
+
+
+def _check_batches_of(dataset: Any) -> None:
+    """Refuse, up front, a dataset whose batches are not image tensors and class targets: PIL images
+    would fail in torch's collate with a TypeError, and the metadata rows of task=None (or
+    detection's boxes) would pass as "labels" without a word."""
+    if not isinstance(dataset, VisualLayerDataset) or dataset.task not in ("classification", "multilabel"):
+        raise ConfigurationError(
+            f"Hugging Face batches need a VisualLayerDataset of task 'classification' or 'multilabel', got {dataset!r}."
+        )
+    if dataset.decode != "tensor":
+        raise ConfigurationError(
+            f"Hugging Face batches are made from uint8 image tensors: open the dataset with decode='tensor' "
+            f"(the default), not decode={dataset.decode!r}."
+        )
 
 
 def to_hf_batches(
