@@ -16,6 +16,7 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessor,
 )
+from transformers.trainer_utils import HPSearchBackend
 
 from tests.waits import cpu_of_children, wait_until
 from vl_datasets import ConfigurationError
@@ -233,6 +234,32 @@ def test_a_preempted_trainer_resumes_with_the_batches_an_uninterrupted_run_sees(
     assert preempted.seen[:saved_at] + resumed.seen == uninterrupted.seen
     for before, after in zip(uninterrupted.model.parameters(), resumed.model.parameters()):
         assert torch.allclose(before, after, atol=1e-5)
+
+
+class _Trial:
+    """What Trainer reads of an optuna trial: its number names the trial's folder, run-<number>."""
+
+    def __init__(self, number: int) -> None:
+        self.number, self.params = number, {}
+
+
+def test_a_hyperparameter_search_trial_saves_the_loader_state_into_its_own_checkpoints(
+    open_part, tmp_path, monkeypatch
+):
+    """Under hyperparameter_search, Trainer saves a trial's checkpoints in <output_dir>/run-<n>/: the
+    loader state goes there, and not into <output_dir>/checkpoint-<step> (an earlier run's, here)."""
+    train = open_part("train")
+    trainer = _recording_trainer(train, tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
+    earlier = tmp_path / "out" / "checkpoint-2"
+    earlier.mkdir(parents=True)
+    # What hyperparameter_search(backend="optuna") sets before it trains a trial, without optuna:
+    # Trainer asks optuna for a trial's parameters only to record them.
+    trainer.hp_search_backend = HPSearchBackend.OPTUNA
+    trainer.hp_space = lambda trial: {}
+    monkeypatch.setattr("transformers.integrations.hp_params", lambda trial: trial.params)
+    trainer.train(trial=_Trial(3))
+    assert (tmp_path / "out" / "run-3" / "checkpoint-2" / LOADER_STATE_FILE).exists()
+    assert not (earlier / LOADER_STATE_FILE).exists()
 
 
 def test_resuming_from_a_checkpoint_without_the_loader_state_is_refused(open_part, tmp_path):

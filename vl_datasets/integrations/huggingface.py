@@ -296,7 +296,11 @@ class _SaveLoaderState(TrainerCallback):
         batches = self.trainer._train_batches
         if batches is None or not args.should_save:
             return
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        # The folder Trainer._save_checkpoint has just written: under a hyperparameter search's
+        # trial that is <output_dir>/run-<n>/checkpoint-<step>, not <output_dir>/checkpoint-<step>
+        # (which may hold an earlier run's checkpoint).
+        run_dir = self.trainer._get_output_dir(self.trainer._trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         partial = os.path.join(folder, LOADER_STATE_FILE + ".partial")
         torch.save(batches.state_dict(), partial)
         os.replace(partial, os.path.join(folder, LOADER_STATE_FILE))
