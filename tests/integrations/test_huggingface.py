@@ -194,6 +194,16 @@ class _Recording(VLTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+class _Epochs(TrainerCallback):
+    """Records Trainer's state.epoch after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.epochs: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.epochs.append(state.epoch)
+
+
 class _Preempted(Exception):
     pass
 
@@ -211,29 +221,46 @@ def _recording_trainer(train, tmp_path, **options) -> _Recording:
     options = {"max_steps": 30, **options}
     trainer = _Recording(model=_tiny_resnet(train), args=_args(tmp_path, **options), train_dataset=train)
     trainer.seen = []
+    trainer.epochs = _Epochs()
+    trainer.add_callback(trainer.epochs)
     return trainer
 
 
-@pytest.mark.parametrize("where", ["mid-epoch", "epoch end"])
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch end", "mid-epoch, accumulating 2 batches"])
 def test_a_preempted_trainer_resumes_with_the_batches_an_uninterrupted_run_sees(open_part, tmp_path, where):
     train = open_part("train")
-    per_epoch = len(train.dataloader(64, num_workers=0))
-    saved_at = 5 if where == "mid-epoch" else per_epoch  # 30 steps cross into the second epoch either way
-    uninterrupted = _recording_trainer(train, tmp_path / "a")
+    per_epoch = len(train.dataloader(64, num_workers=0))  # odd (17): accumulating 2, an epoch ends on 1
+    accumulation = 2 if "accumulating" in where else 1
+    saved_at = per_epoch if where == "epoch end" else 5  # in steps; 30 batches cross into the second epoch
+    options = {"max_steps": 30 // accumulation, "gradient_accumulation_steps": accumulation}
+    uninterrupted = _recording_trainer(train, tmp_path / "a", **options)
     uninterrupted.train()
 
-    preempted = _recording_trainer(train, tmp_path / "b", save_strategy="steps", save_steps=saved_at)
+    options.update(save_strategy="steps", save_steps=saved_at)
+    preempted = _recording_trainer(train, tmp_path / "b", **options)
     preempted.add_callback(_StopAfter(saved_at + 2))  # two steps past the checkpoint: those are lost
     with pytest.raises(_Preempted):
         preempted.train()
     checkpoint = tmp_path / "b" / "out" / f"checkpoint-{saved_at}"
     assert (checkpoint / LOADER_STATE_FILE).exists()
 
-    resumed = _recording_trainer(train, tmp_path / "b", save_strategy="steps", save_steps=saved_at)
+    resumed = _recording_trainer(train, tmp_path / "b", **options)
     resumed.train(resume_from_checkpoint=True)
-    assert preempted.seen[:saved_at] + resumed.seen == uninterrupted.seen
+    assert preempted.seen[: saved_at * accumulation] + resumed.seen == uninterrupted.seen
+    # Trainer's epoch (logged, saved in checkpoints) goes on as it would have, not from the resumed epoch's start.
+    assert preempted.epochs.epochs[:saved_at] + resumed.epochs.epochs == uninterrupted.epochs.epochs
     for before, after in zip(uninterrupted.model.parameters(), resumed.model.parameters()):
         assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_resuming_at_another_batch_size_is_refused(open_part, tmp_path):
+    """Trainer would count the resumed epoch's batches at the new size from its own checkpoint, and
+    end the epoch before (or after) the loader's rest."""
+    train = open_part("train")
+    _recording_trainer(train, tmp_path, save_strategy="steps", save_steps=5, max_steps=5).train()
+    other = _recording_trainer(train, tmp_path, per_device_train_batch_size=32)
+    with pytest.raises(ConfigurationError, match="after 5 batches of 32, the checkpoint's loader state after 5 of 64"):
+        other.train(resume_from_checkpoint=True)
 
 
 class _Trial:

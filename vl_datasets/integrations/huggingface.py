@@ -175,8 +175,8 @@ class VLTrainer(Trainer):
 
     Each checkpoint folder also holds the train loader's state (``LOADER_STATE_FILE``), and
     ``train(resume_from_checkpoint=...)`` loads it, so the resumed run sees exactly the batches an
-    uninterrupted one would. The loader skips by index arithmetic, so Trainer's own skipping
-    (which rebuilds a plain DataLoader) is turned off during ``train``.
+    uninterrupted one would. The loader skips by index arithmetic, in place of Trainer's own
+    skipping (which would draw and drop the skipped batches): ``ignore_data_skip`` has no effect.
     """
 
     def __init__(
@@ -202,8 +202,11 @@ class VLTrainer(Trainer):
             if checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         self._loader_state = _read_loader_state(checkpoint) if checkpoint else None
+        # Trainer then counts the resumed epoch's steps from where the checkpoint left it (its
+        # state.epoch, and where accumulation steps the optimizer, follow that count), and hands
+        # its train loader to get_resumed_dataloader, which needs no skipping: the state loaded did it.
         skipping = self.args.ignore_data_skip
-        self.args.ignore_data_skip = True
+        self.args.ignore_data_skip = False
         try:
             return super().train(checkpoint, *args, **kwargs)
         finally:
@@ -220,9 +223,23 @@ class VLTrainer(Trainer):
         )
         self._train_batches = HFBatches(loader, self.pixel_values)
         if self._loader_state is not None:
-            self._check_accumulation(len(loader), self._loader_state)
             self._train_batches.load_state_dict(self._loader_state)
         return self._train_batches
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        # The train loader as it is: its loaded state already resumes it after the checkpoint's
+        # batches. Trainer counts the batches left from its own checkpoint: at another batch size or
+        # accumulation the two would disagree, and Trainer would end the epoch early (the loader's
+        # last batches lost) or late.
+        state = self._loader_state or {}
+        saved = (state.get("batches_yielded"), state.get("batch_size"))
+        if saved != (num_batches, dataloader.batch_size):
+            raise ConfigurationError(
+                f"Trainer resumes its epoch after {num_batches} batches of {dataloader.batch_size}, the "
+                f"checkpoint's loader state after {saved[0]} of {saved[1]}: resume with the batch size and "
+                "gradient_accumulation_steps the checkpoint was saved with."
+            )
+        return dataloader
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> HFBatches:  # type: ignore[override]
         if isinstance(eval_dataset, str):
@@ -241,18 +258,6 @@ class VLTrainer(Trainer):
             self.args.eval_batch_size, shuffle=False, num_workers=self.args.dataloader_num_workers
         )
         return HFBatches(loader, self.pixel_values)
-
-    def _check_accumulation(self, batches: int, state: dict[str, Any]) -> None:
-        # With accumulation, Trainer counts a resumed epoch's steps from the point it resumes at,
-        # and steps the optimizer at multiples of the accumulation from there: the last, partial
-        # group of the epoch would then not step.
-        accumulation = self.args.gradient_accumulation_steps
-        if accumulation > 1 and batches % accumulation and 0 < state["batches_yielded"] < batches:
-            raise ConfigurationError(
-                f"Resuming mid-epoch with gradient_accumulation_steps={accumulation} needs the epoch's "
-                f"{batches} batches to be a multiple of it; resume from an epoch's end, or pick a batch "
-                "size or accumulation that divides the epoch."
-            )
 
 
 def _image_processor(processing_class: Any, *, normalization_given: bool) -> Any:
