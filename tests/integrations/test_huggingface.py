@@ -253,6 +253,27 @@ def test_a_preempted_trainer_resumes_with_the_batches_an_uninterrupted_run_sees(
         assert torch.allclose(before, after, atol=1e-5)
 
 
+def test_before_trainers_resume_hook_the_resumed_batches_are_exact_too(open_part, tmp_path, monkeypatch):
+    """transformers < 5.25 has no get_resumed_dataloader: Trainer skipped the resumed epoch's first
+    batches itself, which the loader's state had already skipped. Its skipping is turned off there."""
+    from vl_datasets.integrations import huggingface
+
+    monkeypatch.setattr(huggingface, "resumes_through_hook", lambda: False)
+    train = open_part("train")
+    uninterrupted = _recording_trainer(train, tmp_path / "a", max_steps=12)
+    uninterrupted.train()
+    preempted = _recording_trainer(train, tmp_path / "b", max_steps=12, save_strategy="steps", save_steps=5)
+    preempted.add_callback(_StopAfter(7))
+    with pytest.raises(_Preempted):
+        preempted.train()
+    resumed = _recording_trainer(train, tmp_path / "b", max_steps=12, save_strategy="steps", save_steps=5)
+    resumed.train(resume_from_checkpoint=True)
+    assert preempted.seen[:5] + resumed.seen == uninterrupted.seen
+    odd = _recording_trainer(train, tmp_path / "b", max_steps=12, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigurationError, match=r"older than 5\.25"):
+        odd.train(resume_from_checkpoint=True)
+
+
 def test_resuming_at_another_batch_size_is_refused(open_part, tmp_path):
     """Trainer would count the resumed epoch's batches at the new size from its own checkpoint, and
     end the epoch before (or after) the loader's rest."""

@@ -205,8 +205,10 @@ class VLTrainer(Trainer):
         # Trainer then counts the resumed epoch's steps from where the checkpoint left it (its
         # state.epoch, and where accumulation steps the optimizer, follow that count), and hands
         # its train loader to get_resumed_dataloader, which needs no skipping: the state loaded did it.
+        # Before that hook (transformers < 5.25), Trainer would skip again what the state skipped:
+        # its skipping is turned off instead, and it counts the resumed epoch from its start.
         skipping = self.args.ignore_data_skip
-        self.args.ignore_data_skip = False
+        self.args.ignore_data_skip = not resumes_through_hook()
         try:
             return super().train(checkpoint, *args, **kwargs)
         finally:
@@ -223,6 +225,8 @@ class VLTrainer(Trainer):
         )
         self._train_batches = HFBatches(loader, self.pixel_values)
         if self._loader_state is not None:
+            if not resumes_through_hook():
+                _check_accumulation(len(loader), self.args.gradient_accumulation_steps, self._loader_state)
             self._train_batches.load_state_dict(self._loader_state)
         return self._train_batches
 
@@ -258,6 +262,24 @@ class VLTrainer(Trainer):
             self.args.eval_batch_size, shuffle=False, num_workers=self.args.dataloader_num_workers
         )
         return HFBatches(loader, self.pixel_values)
+
+
+def resumes_through_hook() -> bool:
+    """Whether Trainer hands a resumed epoch's loader to ``get_resumed_dataloader`` (transformers
+    5.25 on), where VLTrainer returns its own, already resumed, as it is."""
+    return hasattr(Trainer, "get_resumed_dataloader")
+
+
+def _check_accumulation(batches: int, accumulation: int, state: dict[str, Any]) -> None:
+    """Before ``get_resumed_dataloader``, Trainer counts a resumed epoch's steps from the point it
+    resumes at and steps the optimizer at multiples of the accumulation from there: the last,
+    partial group of an epoch whose batches it does not divide would not step."""
+    if accumulation > 1 and batches % accumulation and 0 < state["batches_yielded"] < batches:
+        raise ConfigurationError(
+            f"Resuming mid-epoch with gradient_accumulation_steps={accumulation} needs the epoch's {batches} "
+            "batches to be a multiple of it with transformers older than 5.25; resume from an epoch's end, "
+            "pick a batch size or accumulation that divides the epoch, or upgrade transformers."
+        )
 
 
 def _image_processor(processing_class: Any, *, normalization_given: bool) -> Any:
