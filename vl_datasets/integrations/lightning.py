@@ -121,10 +121,14 @@ class VLDataModule(pl.LightningDataModule):
             self.hparams["batch_size"], shuffle=True, num_workers=self.hparams["num_workers"], seed=self.hparams["seed"]
         )
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.current_epoch and isinstance(loader.sampler, DistributedSampler):
-            # Built again each epoch (reload_dataloaders_every_n_epochs): it draws the trainer's
-            # epoch, not epoch 0's order every time. A loaded state still names its own epoch.
-            loader.sampler.set_epoch(trainer.current_epoch)
+        if trainer is not None and isinstance(loader.sampler, DistributedSampler):
+            # The loader counts its epochs from 0, and Lightning begins iterating it before it sets
+            # samplers' epochs: it draws the epoch the trainer is at, where it would draw epoch 0's
+            # order when built again each epoch (reload_dataloaders_every_n_epochs) or when a fit
+            # resumes from an epoch-end checkpoint, which Lightning loads no loader state from. Not
+            # trainer.current_epoch: a resume restores it only after this. A loaded state (a
+            # mid-epoch checkpoint) still names its own epoch.
+            loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return WholeEpochs(loader)
 
     def val_dataloader(self) -> Any:
