@@ -10,6 +10,7 @@ import pytest
 
 from vl_datasets import CurationRules, VisualLayerDataset, leakage_safe_split
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
+from vl_datasets.testing import write_dataset
 
 # The example's curation of the sample: each rule removes the defects injected for it.
 RULES = CurationRules(
@@ -39,3 +40,11 @@ def open_part(sample_export) -> Callable[..., VisualLayerDataset]:
         return VisualLayerDataset.from_export(folder, cache_dir=cache, curation=subset, image_size=16, **options)
 
     return open_part
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A synthetic 120-item export (each item its own cluster, so a split has groups enough), and a
+    cache of its own: small enough for a test to run many fits."""
+    root = tmp_path_factory.mktemp("tiny")
+    return write_dataset(root, "tiny", n_items=120, n_clusters=120), root / "cache"

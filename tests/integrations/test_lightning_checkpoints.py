@@ -10,16 +10,13 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from vl_datasets.integrations.lightning import VLDataModule
-from vl_datasets.testing import write_dataset
 
 EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 120-item export, each item its own cluster (so the split has groups enough), and a cache."""
-    root = tmp_path_factory.mktemp("tiny")
-    return write_dataset(root, "tiny", n_items=120, n_clusters=120), root / "cache"
+def tiny(tiny_export):
+    return tiny_export
 
 
 def _module(tiny, **options) -> VLDataModule:
@@ -126,4 +123,21 @@ def test_a_fit_resumed_from_any_checkpoint_sees_the_batches_an_uninterrupted_fit
 ):
     """From an epoch-end checkpoint Lightning loads no loader state, and the module built the train
     loader before Lightning restored its epoch: the resumed fit replayed epoch 0's order."""
+    _preempted_and_resumed(tiny, tmp_path, saved, workers, **options)
+
+
+@pytest.mark.parametrize(
+    ("saved", "workers", "options"),
+    [
+        ("last batch", 0, {"limit_train_batches": 3}),
+        ("last batch", 2, {"limit_train_batches": 0.25}),
+        ("mid-epoch", 0, {"limit_train_batches": 0.25}),
+        ("epoch end, validated", 2, {"limit_train_batches": 3}),
+    ],
+)
+def test_under_a_batch_limit_a_resumed_fit_begins_the_next_epoch_not_the_cut_rest(
+    tiny, tmp_path, saved, workers, options
+):
+    """limit_train_batches ends each epoch early: the state saved at the limit was mid-epoch, and the
+    resumed fit trained on the rest of the epoch before, where the uninterrupted one began the next."""
     _preempted_and_resumed(tiny, tmp_path, saved, workers, **options)

@@ -9,6 +9,10 @@ count as one more epoch. Here the epoch ends in the loader as soon as its last b
 Such a trainer also takes ``len()`` as the batches of every epoch, the resumed one included (it
 counts that one's batches from its own checkpoint). A loader with a state loaded gives the length
 of the resumed epoch's rest, so ``len()`` here is the loader's as it was built.
+
+A trainer told to take fewer batches an epoch (Lightning's ``limit_train_batches``) leaves each
+epoch's rest untaken and begins the next epoch: given that limit, the epoch ends in the loader as
+its limit's last batch is taken, so a state saved then resumes to the next epoch, not to the rest.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ _END = object()
 
 class WholeEpochs:
     """``loader``'s batches (through ``convert`` when given), each epoch ended as its last batch is
-    taken. ``state_dict()`` is the loader's state after the last batch yielded; after
-    ``load_state_dict`` of a state saved at an epoch's end, iteration goes on with the next epoch.
-    ``loader`` must have no state loaded yet: ``len()`` is its whole epoch's.
+    taken, or with ``limit`` its ``limit``-th. ``state_dict()`` is the loader's state after the last
+    batch yielded; after ``load_state_dict`` of a state saved at an epoch's end, iteration goes on
+    with the next epoch. ``loader`` must have no state loaded yet: ``len()`` is its whole epoch's
+    (a trainer with a limit takes the limit from it).
     """
 
-    def __init__(self, loader: Any, convert: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, loader: Any, convert: Callable[[Any], Any] | None = None, *, limit: int | None = None) -> None:
         self.loader = loader
         self.convert = convert
         self._batches_per_epoch = len(loader)
+        # None: the whole epoch, which the loader ends itself (and keeps prefetching across).
+        self._limit = limit if limit is not None and limit < self._batches_per_epoch else None
         self._state: dict[str, Any] | None = None  # during an epoch: the state after the last batch yielded
         self._resumed = False
 
@@ -55,7 +62,15 @@ class WholeEpochs:
         self._resumed = False
         while current is not _END:
             self._state = self.loader.state_dict()
-            following = next(batches, _END)  # after the last batch: ends the epoch in the loader now
+            if self._limit is not None and self._state["batches_yielded"] >= self._limit:
+                # The limit's last batch (batches_yielded counts a resumed epoch's earlier ones too):
+                # the trainer takes no more of this epoch. Closed now, not when collected: without
+                # persistent workers, its workers would run on beside the next epoch's.
+                batches.close()
+                self.loader.end_epoch()
+                following, self._state = _END, None
+            else:
+                following = next(batches, _END)  # after the last batch: ends the epoch in the loader now
             yield current if self.convert is None else self.convert(current)
             current = following
         self._state = None

@@ -129,7 +129,7 @@ class VLDataModule(pl.LightningDataModule):
             # trainer.current_epoch: a resume restores it only after this. A loaded state (a
             # mid-epoch checkpoint) still names its own epoch.
             loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
-        return WholeEpochs(loader)
+        return WholeEpochs(loader, limit=_batch_limit(trainer, len(loader)))
 
     def val_dataloader(self) -> Any:
         return self._in_order("val")
@@ -154,6 +154,15 @@ class VLDataModule(pl.LightningDataModule):
         if self.local:
             return VisualLayerDataset.from_export(self.source, **options)
         return VisualLayerDataset(str(self.source), **options)
+
+
+def _batch_limit(trainer: pl.Trainer | None, batches: int) -> int | None:
+    """The batches the trainer takes an epoch of ``batches`` (``limit_train_batches``: a count, or
+    a fraction, as Lightning reads it); None without a trainer."""
+    if trainer is None:
+        return None
+    limit = trainer.limit_train_batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
 def _rules(rules: CurationRules | Mapping[str, Any] | None) -> CurationRules:

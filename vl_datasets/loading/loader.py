@@ -356,6 +356,16 @@ class VLDataLoader(DataLoader):
 
     # -- epochs ----------------------------------------------------------------------------------
 
+    def end_epoch(self) -> None:
+        """End the epoch in progress after the batches yielded so far, its rest left untaken (a
+        trainer's limit of batches an epoch): ``state_dict()`` then names the next epoch's start, as
+        after an epoch's last batch, and the next ``iter(loader)`` begins it. That epoch's iterator
+        is done with: drop it. Without this, a state saved at the limit would resume to the rest."""
+        if self._finished:
+            return
+        self._finished = True
+        self.skipped = self._skipped
+
     def _begin_epoch(self) -> tuple[int, bool]:
         """Count an epoch begun: the loaded state's, or the next. Returns it, and whether it is resumed."""
         state, self._pending = self._pending, None
