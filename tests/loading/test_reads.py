@@ -67,11 +67,11 @@ def test_read_ahead_starts_the_next_batch_while_this_one_decodes(split_export, t
 
 def test_the_request_sampler_hands_each_worker_its_next_batch():
     batches = BatchSampler(SequentialSampler(range(10)), batch_size=2, drop_last=False)
-    requests = RequestSampler(batches, None, workers=2, endless=False)
+    requests = RequestSampler(None, per_epoch=batches, workers=2)
     two = list(requests)
     assert [list(b) for b in two] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert [b.next_indices for b in two] == [(4, 5), (6, 7), (8, 9), (), ()]
-    zero = RequestSampler(batches, None, workers=0, endless=False)
+    zero = RequestSampler(None, per_epoch=batches, workers=0)
     assert [b.next_indices for b in zero] == [(2, 3), (4, 5), (6, 7), (8, 9), ()]
     assert len(requests) == 5
     assert requests.batch_size == 2  # the wrapped sampler's attributes stay reachable
@@ -85,7 +85,7 @@ def test_workers_fed_by_the_lookahead_sampler_load_every_item_once(split_export,
         ds = open_remote(export, server, tmp_path, task=None)
         ds[0]  # the parent reads too before it forks: each worker must open its own connections
         per_epoch = BatchSampler(SequentialSampler(ds), batch_size=4, drop_last=False)
-        batches = RequestSampler(per_epoch, None, workers=2, endless=False)
+        batches = RequestSampler(None, per_epoch=per_epoch, workers=2)
         loader = DataLoader(
             ds, batch_sampler=batches, num_workers=2, collate_fn=TaskCollate(True), multiprocessing_context="fork"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from torch.utils.data import BatchSampler
 
 from vl_datasets.errors import ConfigurationError
 from vl_datasets.loading.batch_sampler import RequestSampler
@@ -140,7 +139,7 @@ def test_each_request_names_a_batch_half_a_window_ahead_whose_shards_come_next()
     # is 8 batches later, so from the middle of each window the next window's shards are named.
     groups = sharded(40 * 32, 32)
     sampler = EpochSampler(range(len(groups)), order="shards", seed=3, groups=groups, window=4)
-    requests = list(RequestSampler(BatchSampler(sampler, 8, drop_last=False), sampler, workers=2, endless=False))
+    requests = list(RequestSampler(sampler, 8, workers=2))
     assert [r.indices for r in requests[8:]] == [r.ahead_indices for r in requests[:-8]]
     assert all(not r.ahead_indices for r in requests[-8:])
     windows = [{int(groups[i]) for r in requests[w * 16 : w * 16 + 16] for i in r.indices} for w in range(10)]
@@ -150,6 +149,4 @@ def test_each_request_names_a_batch_half_a_window_ahead_whose_shards_come_next()
     two_ranks = EpochSampler(range(len(groups)), order="shards", seed=3, groups=groups, window=4, world_size=2)
     assert two_ranks.window_items() == 64 and sampler.window_items() == 128
     random = EpochSampler(range(len(groups)), order="random", seed=3)
-    assert all(
-        not r.ahead_indices for r in RequestSampler(BatchSampler(random, 8, False), random, workers=2, endless=False)
-    )
+    assert all(not r.ahead_indices for r in RequestSampler(random, 8, workers=2))

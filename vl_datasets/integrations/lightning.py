@@ -42,6 +42,8 @@ class VLDataModule(pl.LightningDataModule):
     split_seed: the split's seed. curate_eval: apply the rules to val and test too (True, the
         default: a flipped label there would mark a right answer wrong), or only to train.
     batch_size, num_workers, seed: the loaders' (see ``VisualLayerDataset.dataloader``).
+    predict_part: the part ``trainer.predict(model, datamodule=...)`` goes over, in order ("test",
+        the default; "val" or "train").
     image_size, cache_dir, and any other keyword: for every ``VisualLayerDataset`` of the module
         (``label_source`` belongs in ``rules``).
     """
@@ -57,6 +59,7 @@ class VLDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         seed: int = 0,
+        predict_part: str = "test",
         image_size: int | tuple[int, int] | None = None,
         cache_dir: str | os.PathLike | None = None,
         **dataset_options: Any,
@@ -67,6 +70,8 @@ class VLDataModule(pl.LightningDataModule):
         if "train" not in self.split or not set(self.split) <= set(DEFAULT_SPLIT):
             # Any other name ("validation", "holdout") would be split off and never used.
             raise ConfigurationError(f"split names the parts train (required), val and test, got {sorted(self.split)}.")
+        if predict_part not in DEFAULT_SPLIT:
+            raise ConfigurationError(f"predict_part names a part, train, val or test, got {predict_part!r}.")
         for name in ("curation", "subset"):
             if name in dataset_options:
                 raise ConfigurationError(f"VLDataModule takes its curation as rules=, not {name}=.")
@@ -84,6 +89,7 @@ class VLDataModule(pl.LightningDataModule):
                 "batch_size": batch_size,
                 "num_workers": num_workers,
                 "seed": seed,
+                "predict_part": predict_part,
                 "image_size": image_size,
                 # What decides the targets, when given: VLDataModule(**hparams) must rebuild the same module.
                 **{name: dataset_options[name] for name in ("task", "classes") if name in dataset_options},
@@ -136,6 +142,9 @@ class VLDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         return self._in_order("test")
+
+    def predict_dataloader(self) -> Any:
+        return self._in_order(self.hparams["predict_part"])
 
     def _in_order(self, name: str) -> Any:
         return self._part(name).dataloader(

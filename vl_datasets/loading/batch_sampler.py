@@ -28,6 +28,8 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from torch.utils.data import BatchSampler
+
 from .batches import BatchRequest
 from .sampler import enter_epoch
 
@@ -39,10 +41,23 @@ class RequestSampler:
     ``workers`` is the loader's worker count, which places each worker's next batch. ``sampler``
     (the per-epoch sampler, if any) gets ``set_epoch`` when it is a ``DistributedSampler``, and, when
     it has ``window_items`` (a shard-aware order's ``EpochSampler``), places the batch ahead.
+
+    Without ``per_epoch``, the batches are ``BatchSampler(sampler, batch_size, drop_last)``'s: it is
+    built with torch's ``BatchSampler`` arguments too, as Lightning rebuilds a loader's batch sampler
+    (to predict, with ``drop_last=False``, the rebuilt one wrapped to record the indices).
     """
 
-    def __init__(self, per_epoch: Iterable[Sequence[int]], sampler: Any, *, workers: int, endless: bool) -> None:
-        self.per_epoch = per_epoch
+    def __init__(
+        self,
+        sampler: Any,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        *,
+        per_epoch: Iterable[Sequence[int]] | None = None,
+        workers: int = 0,
+        endless: bool = False,
+    ) -> None:
+        self.per_epoch = per_epoch if per_epoch is not None else BatchSampler(sampler, batch_size, drop_last)
         self.sampler = sampler
         self.distance = max(1, workers)
         self.endless = endless

@@ -223,7 +223,7 @@ class VLDataLoader(DataLoader):
         workers = options["num_workers"]
         streams = workers > 0 and options.get("persistent_workers", False)
         self._requests = RequestSampler(
-            per_epoch, sampler, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
+            sampler, per_epoch=per_epoch, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
         )
         if not isinstance(collate_fn, TaskCollate):
             collate_fn = CallerCollate(collate_fn or default_collate)
