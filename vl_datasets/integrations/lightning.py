@@ -4,12 +4,15 @@
                         split={"train": 0.8, "val": 0.1, "test": 0.1}, batch_size=64, image_size=224)
     trainer = pytorch_lightning.Trainer(max_epochs=10)
     trainer.fit(model, datamodule=data)          # ckpt_path=... after a preemption: resumes mid-epoch
+    trainer.predict(model, datamodule=data)      # over predict_part ("test"), in order
 
 train, val and test come from one ``leakage_safe_split`` of the whole export, so no near-duplicate
 crosses them; the curation rules and the split are the module's hyperparameters, in every
 checkpoint. The train loader has ``state_dict()`` / ``load_state_dict()``, which Lightning saves in
 its checkpoints and loads before it iterates again, so a fit resumed from a mid-epoch checkpoint
-sees exactly the batches an uninterrupted one would.
+sees exactly the batches an uninterrupted one would. From an epoch-end checkpoint Lightning loads
+no loader state: the loader starts at the epoch the trainer resumes at. Under
+``limit_train_batches`` each epoch ends at the limit in the loader too (see ``WholeEpochs``).
 """
 
 from __future__ import annotations
