@@ -215,6 +215,19 @@ def test_set_epoch_on_a_new_loaders_sampler_draws_that_epoch(ds):
         assert [ids(batch) for batch in fresh] == whole[epoch + 1], "the loader counts on from the epoch set"
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_set_epoch_between_epochs_draws_that_epoch_though_workers_prefetched_another(ds, num_workers):
+    """Workers run on into the next epoch while the caller finishes this one: set_epoch naming
+    another epoch drew the prefetched one's order, though the loader counted (and saved) the epoch set."""
+    whole = epochs_of(loader_of(ds, 0), 4)
+    loader = loader_of(ds, num_workers)
+    assert [ids(batch) for batch in loader] == whole[0]
+    loader.sampler.set_epoch(2)
+    assert [ids(batch) for batch in loader] == whole[2]
+    loader.sampler.set_epoch(3)  # the epoch the loader counts next: the stream goes on
+    assert [ids(batch) for batch in loader] == whole[3]
+
+
 # -- a pinned export version ------------------------------------------------------------------
 
 

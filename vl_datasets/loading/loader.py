@@ -367,11 +367,13 @@ class VLDataLoader(DataLoader):
         self.skipped = self._skipped
 
     def _begin_epoch(self) -> tuple[int, bool]:
-        """Count an epoch begun: the loaded state's, or the next. Returns it, and whether it is resumed."""
+        """Count an epoch begun: the loaded state's, the one a caller's ``set_epoch`` asked for, or the
+        next. Returns it, and whether it is another than the stream runs on into (resumed or asked)."""
         state, self._pending = self._pending, None
         # Taken either way: a loaded state names its own epoch, and an ask left for later would
         # send the epoch after the resumed one back to the resumed one's number.
         asked = self.sampler.take_asked_epoch() if isinstance(self.sampler, EpochSampler) else None
+        jumped = state is not None or (asked is not None and asked != self.epoch)
         if state is not None:
             self._resume(state)
         else:
@@ -384,11 +386,11 @@ class VLDataLoader(DataLoader):
         self.epoch += 1
         self._taken = 0
         self._finished = False
-        return epoch, state is not None
+        return epoch, jumped
 
     def _epoch_batches(self):
         """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
-        epoch, resumed = self._begin_epoch()
+        epoch, jumped = self._begin_epoch()
         if self._requests is None:
             enter_epoch(self.sampler, epoch)
             yield from super().__iter__()
@@ -397,9 +399,10 @@ class VLDataLoader(DataLoader):
             self._requests.start_at(epoch, self._skip_batches)  # an iteration is this epoch alone
             yield from super().__iter__()
             return
-        if self._stream is None or self._epoch_unfinished or resumed:
-            # First epoch, the last one was left unfinished, or a state was loaded: (re)start the
-            # stream here. DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
+        if self._stream is None or self._epoch_unfinished or jumped:
+            # First epoch, the last one was left unfinished, or a state was loaded or set_epoch named
+            # another epoch than the one the stream prefetched: (re)start the stream here.
+            # DataLoader.__iter__ resets its persistent workers, dropping what they prefetched.
             self._requests.start_at(epoch, self._skip_batches)
             self._stream = super().__iter__()
         self._epoch_unfinished = True
