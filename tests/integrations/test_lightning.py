@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from tests.integrations.lightning_helpers import Preempted, StopAt, quiet_trainer
 from vl_datasets import ConfigurationError, CurationRules, leakage_safe_split
 from vl_datasets.integrations.lightning import VLDataModule
 from vl_datasets.metadata.splits import find_leaks
@@ -42,17 +43,7 @@ class Digits(pl.LightningModule):
 
 
 def _trainer(**options) -> pl.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-    }
-    return pl.Trainer(**{**defaults, **options})
+    return quiet_trainer(**options)
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +82,6 @@ def test_a_fit_learns_and_tests_above_chance(export):
     assert sum(model.accuracy) / len(model.accuracy) > 0.5  # chance is 0.1
 
 
-class _Preempted(Exception):
-    pass
-
-
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise _Preempted(f"preempted at step {self.step}")
-
-
 @pytest.mark.parametrize("where", ["mid-epoch", "last batch", "mid-epoch after the first"])
 def test_a_preempted_fit_resumes_from_its_checkpoint_with_the_batches_an_uninterrupted_fit_sees(
     export, tmp_path, where
@@ -122,8 +100,8 @@ def test_a_preempted_fit_resumes_from_its_checkpoint_with_the_batches_an_uninter
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=saved_at, save_top_k=-1)
     preempted = Digits()
-    trainer = _trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoints, _StopAt(saved_at + 2)])
-    with pytest.raises(_Preempted):
+    trainer = _trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoints, StopAt(saved_at + 2)])
+    with pytest.raises(Preempted):
         trainer.fit(preempted, datamodule=_module(export))
     (checkpoint,) = tmp_path.glob(f"*step={saved_at}.ckpt")
     saved = torch.load(checkpoint, weights_only=True)  # plain values only: hyperparameters and loader state

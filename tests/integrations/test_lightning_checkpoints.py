@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from tests.integrations.lightning_helpers import Preempted, StopAt, quiet_trainer
 from vl_datasets.integrations.lightning import VLDataModule
 
 EPOCHS = 3
@@ -54,31 +55,7 @@ class Recording(pl.LightningModule):
 
 
 def _trainer(**options) -> pl.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "max_epochs": EPOCHS,
-    }
-    return pl.Trainer(**{**defaults, **options})
-
-
-class _Preempted(Exception):
-    pass
-
-
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise _Preempted(f"preempted at step {self.step}")
+    return quiet_trainer(**{"max_epochs": EPOCHS, **options})
 
 
 def _preempted_and_resumed(tiny, tmp_path, saved: str, workers: int, **options) -> None:
@@ -95,8 +72,8 @@ def _preempted_and_resumed(tiny, tmp_path, saved: str, workers: int, **options) 
     if saved == "epoch end, validated":
         options["limit_val_batches"] = 1.0
     preempted = Recording()
-    trainer = _trainer(enable_checkpointing=True, callbacks=[checkpoints, _StopAt(step + 2)], **options)
-    with pytest.raises(_Preempted):
+    trainer = _trainer(enable_checkpointing=True, callbacks=[checkpoints, StopAt(step + 2)], **options)
+    with pytest.raises(Preempted):
         trainer.fit(preempted, datamodule=_module(tiny, num_workers=workers))
     (checkpoint,) = tmp_path.glob(f"*step={step}.ckpt")
 
