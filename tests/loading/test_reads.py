@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-import time
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tests.loading.helpers import split_export as split_export_of
 from tests.loading.image_server import ImageServer
+from tests.waits import Stall, wait_until
 from vl_datasets import errors
 from vl_datasets.backoff import image_read_policy
 from vl_datasets.loading.batch_sampler import RequestSampler
@@ -38,14 +38,11 @@ def test_a_batch_reads_all_its_images_at_once(split_export, tmp_path):
     export, source = split_export
     with ImageServer(source, latency_s=LATENCY_S) as server:
         ds = open_remote(export, server, tmp_path)
-        ds[16]  # imports and the HTTP session: once per process, not what is measured
-        start = time.perf_counter()
+        ds[16]  # imports and the HTTP session: once per process
         batch = ds.__getitems__(list(range(16)))
-        took = time.perf_counter() - start
         most = server.most_in_flight
     assert len(batch) == 16
-    # One at a time would take 16 x 200 ms; at once about 200 ms. A shared machine is noisy: be generous.
-    assert took < 8 * LATENCY_S, f"16 reads of {LATENCY_S}s each took {took:.2f}s: they did not overlap"
+    # Counted by the server, not timed (16 x 200 ms one at a time): a loaded machine slows both ways.
     assert most >= 8, f"at most {most} reads were in flight at once"
 
 
@@ -54,12 +51,15 @@ def test_read_ahead_starts_the_next_batch_while_this_one_decodes(split_export, t
     with ImageServer(source, latency_s=LATENCY_S) as server:
         ds = open_remote(export, server, tmp_path)
         first = ds.load_batch(range(8), next_indices=range(8, 16)).samples
-        time.sleep(2 * LATENCY_S)  # the caller's training step; the next batch arrives meanwhile
-        start = time.perf_counter()
+        # The caller's training step: the next batch's reads reach the server before it is asked for.
+        wait_until(
+            lambda: server.count() == 16,
+            "the next batch's 8 reads to reach the server before load_batch asks for them",
+            progress=Stall(server.count),
+            stall_s=60,
+        )
         second = ds.load_batch(range(8, 16)).samples
-        took = time.perf_counter() - start
         assert server.count() == 16, "an image was read twice"
-    assert took < LATENCY_S / 2, f"the prefetched batch still took {took:.2f}s"
     assert ds.images._reads.pending() == 0
     reference = VisualLayerDataset.from_export(export, images_root=source, image_size=8, cache_dir=tmp_path / "c")
     assert all(torch.equal(a[0], reference[i][0]) for i, a in enumerate(first + second))
