@@ -152,7 +152,7 @@ class _Fetch:
         if (entry := self._current(key)) is not None:
             return entry
         entry_dir = store.entry_dir(key)
-        entry_dir.mkdir(parents=True, exist_ok=True)
+        store.make_entry_dir(entry_dir)
         with hold_lock(store.lock_path(entry_dir), timeout_s=self.lock_timeout_s, what=f"export of {_describe(key)}"):
             if (entry := self._current(key)) is not None:
                 return entry  # another process published it (or refreshed it) while we waited

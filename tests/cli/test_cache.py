@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vl_datasets import Client, fetch_export
+from vl_datasets import Client, errors, fetch_export
 from vl_datasets.cache.store import ExportKey
 from vl_datasets.cli import main
 
@@ -96,6 +96,26 @@ def test_a_cache_holding_only_a_shared_roots_mirror_is_a_cache(quick_vl, tmp_pat
     assert main(["cache", "list", "--cache-dir", str(local)]) == 0
     assert "ds-ready" in capsys.readouterr().out
     assert main(["cache", "prune", "--cache-dir", str(local)]) == 0
+
+
+def test_a_cache_whose_first_export_failed_before_publishing_is_still_a_cache(quick_vl, tmp_path, capsys):
+    """The root was tagged only when an export was unpacked: one failed or killed before left
+    a lock and a task record in a root `cache prune` then refused to clean."""
+    quick_vl.faults.hold_exports()
+    client = Client(quick_vl.url, progress=False, env={})
+    with pytest.raises(errors.ExportTimeoutError):
+        fetch_export("ds-ready", client=client, cache_dir=tmp_path / "cache", export_timeout_s=0)
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path / "cache")]) == 0
+
+
+def test_a_cache_in_a_folder_named_mirrors_tags_no_folder_above_it(tmp_path):
+    """Only a mirror's writes tag the root holding it: a folder above a cache named like one was
+    tagged too (backup tools skip a tagged folder; prune would take it for a cache)."""
+    from vl_datasets.cache.store import CacheStore
+
+    CacheStore(tmp_path / "mirrors" / "cache").node_area("images", "0123456789abcdef0123")
+    assert (tmp_path / "mirrors" / "cache" / "CACHEDIR.TAG").is_file()
+    assert not (tmp_path / "CACHEDIR.TAG").exists()
 
 
 def test_an_empty_key_removes_nothing(quick_vl, tmp_path, capsys):

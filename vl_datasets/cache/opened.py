@@ -42,7 +42,7 @@ def open_export(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[st
     current = _current(store, entry_dir, source)
     if current is not None:
         return current
-    entry_dir.mkdir(parents=True, exist_ok=True)
+    store.make_entry_dir(entry_dir)
     with hold_lock(store.lock_path(entry_dir), timeout_s=OPEN_LOCK_TIMEOUT_S, what=f"opening {source}"):
         current = _current(store, entry_dir, source)  # another process may have published it meanwhile
         if current is not None:

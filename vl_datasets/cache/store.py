@@ -169,8 +169,9 @@ def _utcnow() -> datetime:
 class CacheStore:
     """A cache root on the local filesystem."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, within: Path | None = None) -> None:
         self.root = Path(root)
+        self.within = within  # a mirror's: the cache root holding it, a cache too once it is written
 
     # -- where things live -----------------------------------------------------------------
 
@@ -262,7 +263,8 @@ class CacheStore:
     @classmethod
     def mirror_of(cls, url: str) -> CacheStore:
         """This machine's mirror of the shared root ``url``."""
-        return cls(mirror_root(url))
+        root = mirror_root(url)
+        return cls(root, within=root.parent.parent)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -478,10 +480,15 @@ class CacheStore:
         tagged = (self.root / CACHEDIR_TAG).is_file()
         return tagged or not self.root.is_dir() or not any(self.root.iterdir())
 
+    def make_entry_dir(self, entry_dir: Path) -> None:
+        """Make ``entry_dir``, the root tagged first: a build killed before it publishes leaves a
+        root ``cache prune`` must still take for a cache, to clean."""
+        self._tag_root()
+        entry_dir.mkdir(parents=True, exist_ok=True)
+
     def _tag_root(self) -> None:
         # A mirror's writes make the root holding it a cache too (it may hold nothing else).
-        roots = [self.root, self.root.parent.parent] if self.root.parent.name == MIRRORS else [self.root]
-        for root in roots:
+        for root in [self.root] if self.within is None else [self.root, self.within]:
             tag = root / CACHEDIR_TAG
             if not tag.exists():
                 root.mkdir(parents=True, exist_ok=True)
