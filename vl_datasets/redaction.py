@@ -59,7 +59,11 @@ _SIGV4_SIGNATURE = re.compile(r"(?i)\b(signature:\s*)[0-9a-f]{64}\b")
 # "s3://KEY:SECRET@bucket/..." as {'Bucket': 'KEY:SECRET@bucket'}, and botocore refuses that name
 # quoting it. Not "//" after the colon: what is left of a URL ("http://host/a:b@c") is no user info;
 # nor a drive letter ("C:/photos@2x").
-_BARE_USER_INFO = re.compile(r"(?<![^\s'\"(\[{,=])[^\s'\"<>()\[\]{}/:@]{2,}:(?!//)[^\s'\"<>@]+@(?=[A-Za-z0-9])")
+# Bounded, so that a long token with colons and no "@" is not rescanned from every start (seconds
+# for a 64 KB line); and only tried where an "@" is.
+_BARE_USER_INFO = re.compile(
+    r"(?<![^\s'\"(\[{,=])[^\s'\"<>()\[\]{}/:@]{2,256}:(?!//)[^\s'\"<>@]{1,256}@(?=[A-Za-z0-9])"
+)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _XML_CREDENTIAL = re.compile(
     r"(?is)<((?:[A-Za-z0-9]*:)?(?:SignatureProvided|StringToSign(?:Bytes)?|CanonicalRequest(?:Bytes)?|"
@@ -115,7 +119,8 @@ def redact_text(text: str) -> str:
     text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _HEADER_CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _SIGV4_SIGNATURE.sub(rf"\g<1>{REDACTED}", _SIGV4_KEY_ID.sub(rf"\g<1>{REDACTED}", text))
-    text = _BARE_USER_INFO.sub(f"{REDACTED}@", text)
+    if "@" in text:
+        text = _BARE_USER_INFO.sub(f"{REDACTED}@", text)
     text = _XML_CREDENTIAL.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
     return _JWT.sub(REDACTED, _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
 
@@ -135,11 +140,15 @@ def redact_text_of(text: str, url: str) -> str:
     except ValueError:  # an unbalanced IPv6 bracket: what redact_text leaves is all there is to go by
         return text
     values = [value for _, _, value in (part.partition("=") for part in query.split("&"))]
+    password = user_info.partition(":")[2]  # the user name is no secret, and short ones are words
     pieces = [
         *(value for value in values if len(value) >= 16),  # signatures, not "sv=2024"
-        *(piece for piece in re.split(r"[/?#]", user_info) if len(piece) >= 6),
+        *(piece for piece in re.split(r"[/?#]", password) if len(piece) >= 6),
     ]
-    secrets = {form for secret in (query, user_info, *pieces) if secret for form in (secret, unquote(secret))}
+    # Blanked wherever they stand: only what is long enough not to be a word ("u", "a=1" would
+    # blank letters all over the message).
+    whole = [secret for secret in (query, password) if len(secret) >= 4]
+    secrets = {form for secret in (*whole, *pieces) if secret for form in (secret, unquote(secret))}
     for secret in sorted(secrets, key=len, reverse=True):  # the whole before a piece of it
         text = text.replace(secret, REDACTED)
     return text

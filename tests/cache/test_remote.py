@@ -65,3 +65,13 @@ def test_a_shared_root_that_fails_is_a_cache_error_without_its_credentials(where
     assert error.__cause__ is None and error.__context__ is None, "the storage library's error travels with it"
     assert quick_vl.requests == [], "no export may start before the shared root was read"
     assert SECRET not in caplog.text
+
+
+def test_a_message_about_a_root_blanks_its_password_not_its_user_name():
+    """A remote cache's error is redacted with its root's own credentials: the user name (no secret,
+    often one letter) was blanked too, wherever it stood, 'FileNotFo[redacted]ndError'."""
+    from vl_datasets.redaction import redact_text_of
+
+    message = "FileNotFoundError: cache not found for user u (password p4ssw0rd-x)"
+    redacted = redact_text_of(message, "sftp://u:p4ssw0rd-x@host/cache")
+    assert redacted == "FileNotFoundError: cache not found for user u (password [redacted])"
