@@ -6,6 +6,7 @@ Each error family exits with its own code and a one-line hint; ``--verbose`` add
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from .. import errors
 from .._version import __version__
+from ..redaction import redact_text
 from . import cache, evaluate, export, prepare, report, serve
 
 # One exit code per error family, so scripts can branch on what went wrong.
@@ -56,6 +58,9 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
         if isinstance(exc, cls):
             return code, hint
     return 1, ""
+
+
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR}
 
 
 def _cache_option(args: argparse.Namespace, filename: str) -> str:
@@ -119,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the system's own words name the file, and a traceback adds nothing but noise.
         if args.verbose:
             traceback.print_exc()
-        where = _cache_option(args, exc.filename)
-        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        filename = redact_text(os.fsdecode(exc.filename))
+        print(f"error: {exc.strerror or exc}: {filename}", file=sys.stderr)
+        # A full disk, say, is no fault of the setting: only a folder it cannot make or write is.
+        where = _cache_option(args, filename) if exc.errno in _NOT_WRITABLE else ""
         if where:
             print(f"hint: {where} must be a folder this user can create and write", file=sys.stderr)
             return 2
