@@ -115,9 +115,11 @@ def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
         (f"{shown}?set=B&sig=SECRET1&se=2026-12-05", f"{shown}?se=2026-12-06&sig=SECRET2&set=B"),
         (f"{shown}?X-Amz-Signature=SECRET1&X-Amz-Date=1", f"{shown}?X-Amz-Signature=SECRET2&X-Amz-Date=2"),
         ("https://u:SECRET3@host/images", "https://u:SECRET5@host/images"),
+        ("s3://AKIAOLD:SECRET6@bucket/images", "s3://AKIANEW:SECRET7@bucket/images"),  # keys rotate
     ]
     for one, other in same:
-        assert root_identity(one, shown, None) == root_identity(other, shown, None), (one, other)
+        display = "s3://bucket/images" if one.startswith("s3") else shown
+        assert root_identity(one, display, None) == root_identity(other, display, None), (one, other)
     assert root_identity(f"{shown}?X-Amz-Signature=SECRET1", shown, None) == root_identity(shown, shown, None)
 
 

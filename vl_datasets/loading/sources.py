@@ -607,7 +607,9 @@ def whole_root(root: str | os.PathLike, display_root: str) -> str:
     url = os.fspath(root)
     base, query = _root_parts(url, _protocol(url))
     parts = urlsplit(base)
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    # An http user picks what a server shows; an object store's user info is its access key id,
+    # which rotates with the credentials.
+    user = parts.netloc.rpartition("@")[0].partition(":")[0] if parts.scheme in ("http", "https") else ""
     picked = sorted(p for p in query.split("&") if p and not _signs(p.partition("=")[0]))
     if not user and not picked:
         return display_root
