@@ -222,8 +222,8 @@ class _Download:
                 while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                     out.write(chunk)
                     bar.update(len(chunk))
-                    if self.stop is not None and self.stop.is_set():
-                        raise self._stopped()
+                    if self.stop is not None and self.stop.is_set() and (total is None or self._have() < total):
+                        raise self._stopped()  # not after the last block: the archive is whole
                 os.fsync(out.fileno())
         return total
 
