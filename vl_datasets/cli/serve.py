@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import errors
+from .options import local_file
 
 SECRET_ENV = "VL_API_SECRET"
 DOWNLOAD_URI_STYLES = ("relative", "absolute")
@@ -43,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         "serve", parents=parents, help="run the local Visual Layer service over a folder of datasets"
     )
     source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--root", type=Path, help="folder holding one folder per dataset id")
+    source.add_argument("--root", type=local_file, help="folder holding one folder per dataset id")
     source.add_argument("--sample", action="store_true", help="serve the sample dataset shipped with the package")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)"
@@ -77,7 +78,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     serve.add_argument(
         "--index-dir",
-        type=Path,
+        type=local_file,
         help="keep the columnar form of each dataset's metadata.json here, across restarts (default: a "
         "temporary folder, so each start indexes the datasets again)",
     )
@@ -87,7 +88,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     secret = serve.add_mutually_exclusive_group()
     secret.add_argument(
-        "--api-secret-file", type=Path, help=f"file holding the secret that signs the tokens (instead of {SECRET_ENV})"
+        "--api-secret-file",
+        type=local_file,
+        help=f"file holding the secret that signs the tokens (instead of {SECRET_ENV})",
     )
     secret.add_argument(
         "--api-secret", help=f"the secret itself: visible to every user in `ps`; prefer {SECRET_ENV} or a file"
