@@ -140,10 +140,10 @@ def redact_text_of(text: str, url: str) -> str:
     except ValueError:  # an unbalanced IPv6 bracket: what redact_text leaves is all there is to go by
         return text
     values = [value for _, _, value in (part.partition("=") for part in query.split("&"))]
-    password = user_info.partition(":")[2]  # the user name is no secret, and short ones are words
+    password = user_info.partition(":")[2]  # without one, the user name is no secret (and may be "u")
     pieces = [
         *(value for value in values if len(value) >= 16),  # signatures, not "sv=2024"
-        *(piece for piece in re.split(r"[/?#]", password) if len(piece) >= 6),
+        *(piece for piece in re.split(r"[/?#]", user_info if password else "") if len(piece) >= 6),
     ]
     # Blanked wherever they stand: only what is long enough not to be a word ("u", "a=1" would
     # blank letters all over the message).
