@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from tests.loading.helpers import split_export, swapped_images
 from tests.loading.image_server import ImageServer
@@ -214,6 +216,11 @@ def as_another_user():
     cache's files are another user's (no access-time update) and its folders read-only to it."""
     if os.geteuid() != 0:
         pytest.skip("acting as another user needs root (CI runs as root)")
+    # What the block imports lazily, imported as root: nobody may not read this interpreter's
+    # files (it failed run alone; run after another test that had made a loader, it passed).
+    importlib.import_module("multiprocessing.sharedctypes")  # the library loader's batch slots
+    list(DataLoader(range(2), num_workers=1, multiprocessing_context="fork"))  # workers, queues, locks
+
     os.setegid(NOBODY)
     os.seteuid(NOBODY)
     try:
