@@ -139,7 +139,9 @@ def check_input(path: Path, option: str) -> None:
 def local_file(text: str) -> Path:
     """An argparse type for a local file's path: ``~`` expanded as the shell does for an unquoted
     one (it wrote ``./~/r.html``), and a URL refused (it wrote ``./file:/tmp/r.html``)."""
-    if "://" in text:
+    from ..config import is_remote
+
+    if is_remote(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a URL; give a path on this machine")
     return Path(text).expanduser()
 

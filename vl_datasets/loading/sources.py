@@ -582,11 +582,11 @@ def root_identity(images_root: str | os.PathLike, display_root: str, storage_opt
     is another store. Only the endpoint joins the root, without its credentials (user info, a token
     in its query): they rotate without changing which bucket is read.
 
-    Two roots that differ only in what is not shown of them, their query string or user info
-    (``?set=B`` picking other images, another account's token), may hold other images: where the
-    root has such a part, a SHA-256 of the whole root joins the identity, never its text, which is
-    written to disk (a prepared store's settings). So a root's token that rotates starts cold
-    stores: nothing says the images behind it are the same."""
+    Two roots that differ only in what is not shown of them, their query string or an http user
+    name (``?set=B`` picking other images, another account), may hold other images: where the root
+    has such a part, a SHA-256 of what picks them (``whole_root``) joins the identity, never its
+    text, which is written to disk (a prepared store's settings). What signs a URL (a password, a
+    signature and its expiry) is left out: a root's token that rotates keeps its stores."""
     options = storage_options or {}
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
     endpoint = redact_url(str(endpoint)) if endpoint else endpoint
