@@ -15,8 +15,10 @@ from vl_datasets import Client, errors
 
 
 @pytest.mark.parametrize("sigint_at_start", ["default", "ignored"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_cleanly_and_exits_0_on_sigterm_and_sigint(dataset_root, tmp_path, sig, sigint_at_start):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_serve_stops_cleanly_and_exits_0_on_sigterm_sigint_and_a_closed_terminal(
+    dataset_root, tmp_path, sig, sigint_at_start
+):
     # "ignored": how a shell starts a background job. The handlers must replace that disposition.
     work = tmp_path / "tmp"
     work.mkdir()
@@ -28,6 +30,20 @@ def test_serve_stops_cleanly_and_exits_0_on_sigterm_and_sigint(dataset_root, tmp
     assert code == 0, f"serve exited {code} on {sig.name} (SIGINT {sigint_at_start} at start): {serve.stderr}"
     assert f"stopped ({sig.name})" in serve.stderr
     assert "Traceback" not in serve.stderr
+    assert list(work.iterdir()) == [], "serve left its exports behind: it did not stop cleanly"
+
+
+def test_serve_started_under_nohup_outlives_its_terminal(dataset_root, tmp_path):
+    work = tmp_path / "tmp"
+    work.mkdir()
+    with ServeProcess("--root", str(dataset_root), sighup="ignored", tmpdir=work) as serve:
+        serve.proc.send_signal(signal.SIGHUP)
+        # Still serving after the hangup: a whole export, started after it, completes.
+        task = finished(serve, start_full(serve, include_images="true"))
+        assert task["status"] == "COMPLETED", task
+        assert serve.proc.poll() is None, serve.child.text("stderr")
+        code = serve.stop(signal.SIGTERM)
+    assert code == 0, serve.stderr
     assert list(work.iterdir()) == [], "serve left its exports behind: it did not stop cleanly"
 
 

@@ -20,20 +20,27 @@ from tests.waits import Child
 _LAUNCHER = (
     "import os, signal, sys; "
     "signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    "signal.signal(signal.SIGHUP, getattr(signal, sys.argv[2])); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
 )
-SIGINT_AT_START = {"default": "SIG_DFL", "ignored": "SIG_IGN"}
+AT_START = {"default": "SIG_DFL", "ignored": "SIG_IGN"}
 
 
 class ServeProcess:
-    """``python -m vl_datasets serve --port 0 ARGS`` with SIGINT ``sigint`` ("default" or "ignored").
+    """``python -m vl_datasets serve --port 0 ARGS`` with SIGINT ``sigint`` and SIGHUP ``sighup``
+    ("default" or "ignored"; a SIGHUP ignored is how ``nohup`` starts a command).
 
     ``url`` is read from its banner. ``stop(sig)`` sends a signal and returns the exit code; ``stderr``
     holds what it wrote once it has ended. A context manager that never leaves the child running.
     """
 
     def __init__(
-        self, *args: str, sigint: str = "default", env: dict[str, str] | None = None, tmpdir: Path | None = None
+        self,
+        *args: str,
+        sigint: str = "default",
+        sighup: str = "default",
+        env: dict[str, str] | None = None,
+        tmpdir: Path | None = None,
     ) -> None:
         environment = child_env()
         environment.pop("VL_API_SECRET", None)  # the child sees the secret the test gives, or none
@@ -44,7 +51,8 @@ class ServeProcess:
         self.command = command
         self.stderr = ""
         self._ended = False
-        self.child = Child([sys.executable, "-c", _LAUNCHER, SIGINT_AT_START[sigint], *command[1:]], env=environment)
+        launcher = [sys.executable, "-c", _LAUNCHER, AT_START[sigint], AT_START[sighup]]
+        self.child = Child([*launcher, *command[1:]], env=environment)
         self.proc = self.child.process
         try:
             self.child.until(lambda: "\n" in self.child.text(), "serve's banner")

@@ -1,9 +1,11 @@
-"""``serve``: the local service in the foreground, until SIGTERM or SIGINT, then a clean stop.
+"""``serve``: the local service in the foreground, until SIGTERM, SIGINT or SIGHUP, then a clean stop.
 
-Both signals get handlers of their own. SIGTERM is what ``docker stop``, systemd and CI runners
+Each signal gets a handler of its own. SIGTERM is what ``docker stop``, systemd and CI runners
 send, and Python's default for it is to die at once, leaving the export folder behind. SIGINT is
 ignored in a process that a shell started in the background, so waiting for a KeyboardInterrupt
-would wait forever there: installing a handler replaces that inherited SIG_IGN.
+would wait forever there: installing a handler replaces that inherited SIG_IGN. SIGHUP comes when
+the terminal that started the service closes; there an inherited SIG_IGN is kept, since it means
+``nohup``: the user asked for the service to outlive the terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 from .service import LocalVisualLayer
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Stops too, unless the process was started ignoring it.
+HANGUP = signal.SIGHUP
 # How often the foreground loop looks at the stop flag; a signal handler only sets that flag.
 WAKE_S = 0.05
 
@@ -41,6 +45,8 @@ def _stop_on_signals(request: _StopRequest) -> Iterator[None]:
         request.signum = signum
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    if signal.getsignal(HANGUP) is not signal.SIG_IGN:
+        previous[HANGUP] = signal.signal(HANGUP, handler)
     try:
         yield
     finally:
@@ -77,7 +83,8 @@ def serve(
     stop: threading.Event | None = None,
     **options: Any,
 ) -> None:
-    """Run the service in the foreground until SIGTERM, SIGINT (Ctrl-C) or ``stop`` is set.
+    """Run the service in the foreground until SIGTERM, SIGINT (Ctrl-C), SIGHUP (unless started
+    under ``nohup``) or ``stop`` is set.
 
     ``options`` go to ``LocalVisualLayer``. Returns normally once the service has stopped and its
     exports are removed, so a command wrapping it exits 0.
