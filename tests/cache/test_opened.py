@@ -153,3 +153,22 @@ def test_a_zip_whose_export_sits_in_a_folder_is_named_with_where_its_metadata_is
         VisualLayerDataset.from_export(archive, cache_dir=tmp_path / "cache")
     assert str(caught.value).startswith(f"{archive} holds no metadata.parquet or metadata.json at its root")
     assert "there is one at export/metadata.json" in str(caught.value)
+
+
+def test_a_folder_with_no_metadata_is_named_as_no_export_not_as_a_damaged_archive(tmp_path):
+    """A folder of images, or one holding the export a level down, was a CorruptArchiveError whose
+    hint (on the command line) said to download the archive again."""
+    import json
+
+    import pytest
+
+    from vl_datasets import VisualLayerDataset, errors
+
+    folder = tmp_path / "photos"
+    (folder / "export").mkdir(parents=True)
+    (folder / "export" / "metadata.json").write_text(json.dumps({"info": {}, "media_items": []}))
+    with pytest.raises(errors.ExportNotFoundError) as caught:
+        VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache")
+    assert str(caught.value).startswith(f"{folder} is no Visual Layer export: it holds no metadata.parquet")
+    assert "there is one at export/metadata.json" in str(caught.value)
+    assert not isinstance(caught.value, errors.CorruptArchiveError)

@@ -59,6 +59,16 @@ def test_a_missing_path_is_named_at_once_not_taken_for_a_dataset_id(quick_vl, tm
     assert quick_vl.requests == [], "the API was asked for a path"
 
 
+def test_a_folder_that_holds_no_export_is_a_usage_error_that_says_what_an_export_holds(tmp_path, capsys):
+    """It exited 1 with the hint "the archive is damaged: download or export it again"."""
+    (tmp_path / "images").mkdir()
+    out, cache = str(tmp_path / "r.html"), str(tmp_path / "cache")
+    assert main(["report", str(tmp_path / "images"), "--out", out, "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'images'} is no Visual Layer export" in err
+    assert "the folder holding metadata.parquet or metadata.json" in err and "damaged" not in err
+
+
 def test_a_cache_dir_that_cannot_be_made_is_a_one_line_usage_error(tmp_path, monkeypatch, capsys):
     """Under /proc nothing can be made, as on a read-only mount: it printed FileNotFoundError's
     traceback and exited 1."""

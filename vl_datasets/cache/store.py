@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from .._version import __version__
 from ..atomic import replacing
-from ..errors import CorruptArchiveError
+from ..errors import CorruptArchiveError, ExportNotFoundError
 from ..locks import hold_lock
 from ..metadata.index import index_export, metadata_below_root
 from ..records import ExportTask
@@ -376,11 +376,11 @@ class CacheStore:
         source = str(archive) if archive is not None else _describe_source(key, task, export_dir)
         _check_images_folder(export_dir, source)
         indexed = index_export(export_dir, staging)
-        if indexed is None:  # an archive without its metadata is a broken archive
-            raise CorruptArchiveError(
-                f"{source} holds no metadata.parquet or metadata.json at its root{_found_deeper(export_dir)}.",
-                path=str(archive or export_dir),
-            )
+        if indexed is None:
+            missing = f"no metadata.parquet or metadata.json at its root{_found_deeper(export_dir)}"
+            if opened_from is not None:  # a folder the user named: not an export, rather than a damaged one
+                raise ExportNotFoundError(f"{source} is no Visual Layer export: it holds {missing}.", path=source)
+            raise CorruptArchiveError(f"{source} holds {missing}.", path=str(archive or export_dir))
         metadata_file, rows = indexed.metadata_file, indexed.rows
         if expected_rows is not None and rows != expected_rows:
             raise CorruptArchiveError(

@@ -31,6 +31,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.APIConnectionError, 8, "the API cannot be reached; check the URL and network"),
     (errors.ConfigurationError, 2, "check the command's arguments and VL_* environment variables"),
     (errors.RemoteCacheError, 1, "check the shared cache URL and its storage's credentials (AWS_*, a profile)"),
+    (errors.ExportNotFoundError, 2, "give a ZIP, or the folder holding metadata.parquet or metadata.json"),
     (errors.CorruptArchiveError, 1, "the archive is damaged: download or export it again"),
     (errors.UnsafeArchiveError, 1, "the archive was refused before anything was unpacked; export it again"),
     (errors.PredictionsError, 1, "the predictions do not fit the dataset; the message names the row and media id"),
