@@ -131,6 +131,8 @@ def test_an_unreadable_image_is_a_decode_error_naming_it(split_export, tmp_path)
         ({"images_root": "~no-such-user-x/images"}, "~user"),
         ({"images_root": "file:///no/such/folder"}, "file:///no/such/folder is not a folder"),
         ({"images_root": "nope://bucket/x"}, "no protocol 'nope'"),
+        # Each read asked for http://host/set and failed alone: what follows '#' never reaches a server.
+        ({"images_root": "http://127.0.0.1:9/set#1/images"}, "http://127.0.0.1:9/set#1/images holds a '#'"),
         ({"images_root": "memory://x", "image_cache": "lots"}, "not a size"),
         ({"images_root": "memory://x", "image_cache": 0}, "positive size"),
     ],

@@ -368,8 +368,16 @@ def check_source_options(
                 raise ConfigurationError(f"{name} applies to images read from an images_root; none was given.")
         return
     if is_remote(images_root):
-        if _checked_protocol(os.fspath(images_root)) in ("file", "local"):  # a folder too: checked as one
+        protocol = _checked_protocol(os.fspath(images_root))
+        if protocol in ("file", "local"):  # a folder too: checked as one
             _check_folder(Path(_local_path(os.fspath(images_root))), images_root)
+        if protocol in ("http", "https") and "#" in os.fspath(images_root):
+            # Found by each read, every item failed alone, asking for what lies before the '#'.
+            before, after = os.fspath(images_root).split("#", 1)
+            raise ConfigurationError(
+                f"images_root {redact_url(before)}#{after} holds a '#', which begins a URL's fragment, "
+                "never sent to the server: write it %23."
+            )
     else:
         if storage_options is not None:
             raise ConfigurationError(f"storage_options apply to an fsspec URL; images_root {images_root} is a folder.")
