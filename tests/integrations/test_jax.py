@@ -50,6 +50,64 @@ def test_a_resumed_loop_sees_the_batches_an_uninterrupted_one_sees(open_part):
     assert seen == expected
 
 
+def test_the_processes_of_a_multi_host_job_share_the_items_and_resume_at_another_count(open_part):
+    """rank=jax.process_index(), world_size=jax.process_count(): without torch.distributed there
+    was no way to shard, and every host of a JAX job trained on every item."""
+    train = open_part("train")
+    # Each item known by its pixels and label (the sample's curated items are all distinct).
+    item_of = {_item(image.permute(1, 2, 0).numpy(), label): i for i, (image, label) in enumerate(train)}
+    assert len(item_of) == len(train)
+    world, batch_size, everything = 3, 16, set(range(len(train)))
+
+    def items(batches) -> list[int]:
+        return [item_of[_item(b["image"][k], b["label"][k])] for b in batches for k in range(len(b["label"]))]
+
+    def hosts():
+        return [
+            numpy_batches(train.dataloader(batch_size, seed=5, num_workers=0, rank=r, world_size=world))
+            for r in range(world)
+        ]
+
+    job, epochs = hosts(), []
+    for epoch in range(2):
+        shares = [items(host) for host in job]
+        assert len({len(share) for share in shares}) == 1, f"epoch {epoch}: shares of unequal size"
+        assert set().union(*shares) == everything, f"epoch {epoch}: the hosts together missed items"
+        assert sum(map(len, shares)) - len(everything) < world, f"epoch {epoch}: more than the padding repeated"
+        epochs.append(shares)
+    assert epochs[0] != epochs[1], "every epoch drew the same order"
+    assert [items(host) for host in hosts()] == epochs[0], "another run of the job drew another order"
+
+    # Preempted after two batches of the first epoch on every host; resumed as a job of one host.
+    job, done = hosts(), []
+    for host in job:
+        iterator = iter(host)
+        done += items([next(iterator), next(iterator)])
+    alone = numpy_batches(train.dataloader(batch_size, seed=5, num_workers=0))
+    alone.load_state_dict(job[0].state_dict())
+    rest = items(alone)
+    assert len(done) == 2 * batch_size * world and len(set(done)) == len(done)
+    assert sorted(done + rest) == sorted(everything), "the resumed job saw items twice or missed some"
+
+
+def _item(image: np.ndarray, label) -> tuple:
+    return int(label), image.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("ranks", "match"),
+    [
+        ({"rank": 0}, "rank and world_size go together"),
+        ({"rank": 2, "world_size": 2}, r"rank must be in \[0, world_size\)"),
+        ({"rank": -1, "world_size": 2}, r"rank must be in \[0, world_size\)"),
+        ({"rank": 1.0, "world_size": 2}, "rank must be an integer"),
+    ],
+)
+def test_ranks_that_describe_no_process_of_a_job_are_refused(open_part, ranks, match):
+    with pytest.raises(ConfigurationError, match=match):
+        open_part("train").dataloader(8, num_workers=0, **ranks)
+
+
 def test_grain_reads_the_curated_dataset_and_resumes_its_own_iterator(open_part):
     train = open_part("train")
     source = GrainSource(train)

@@ -8,6 +8,9 @@
 
     source = GrainSource(train)                               # grain.MapDataset.source(source), grain.DataLoader(...)
 
+On several hosts, give the loader this host's share: ``train.dataloader(64, seed=0,
+rank=jax.process_index(), world_size=jax.process_count())`` (torch.distributed is not there to say it).
+
 ``numpy_batches`` keeps everything of ``ds.dataloader()``: its workers and read-ahead, the epochs'
 order (from the seed alone), and ``state_dict()`` / ``load_state_dict()`` with their exact resume.
 Images come channels-last, as JAX convolutions and Flax take them, with no copy: the loader's

@@ -406,10 +406,14 @@ class VisualLayerDataset(Dataset):
         drop_last: bool = False,
         order: str | None = None,
         shard_window: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
         **kwargs: Any,
     ) -> VLDataLoader:
         """A DataLoader with sensible defaults (persistent workers, one thread per worker, the task's
-        collate), sharded across ranks under ``torch.distributed``; see ``vl_datasets.loader``.
+        collate), sharded across ranks under ``torch.distributed``, or across the ``world_size``
+        processes of a job it does not run, this one ``rank`` (a multi-host JAX job:
+        ``jax.process_index()`` of ``jax.process_count()``); see ``vl_datasets.loader``.
 
         ``order``: None (default) is "shards" when the images are read from a shared prepared store
         (``item_shards()``), else "uniform"; "shards" deals shards in a shuffled order, the items of
@@ -424,6 +428,8 @@ class VisualLayerDataset(Dataset):
             drop_last=drop_last,
             order=order,
             shard_window=shard_window,
+            rank=rank,
+            world_size=world_size,
             **kwargs,
         )
 

@@ -492,11 +492,15 @@ def make_dataloader(
     drop_last: bool = False,
     order: str | None = None,
     shard_window: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     **kwargs: Any,
 ) -> VLDataLoader:
     """Build the DataLoader; ``kwargs`` go to ``torch.utils.data.DataLoader`` and win over defaults.
-    ``order`` and ``shard_window``: see ``vl_datasets.loading.sampler.epoch_sampler``."""
+    ``order`` and ``shard_window``: see ``vl_datasets.loading.sampler.epoch_sampler``. ``rank`` and
+    ``world_size``: this process's share where ``torch.distributed`` does not say it (see ``given_ranks``)."""
     _check_batch_size(batch_size)  # here, not at the first batch: None would be torch's unbatched loading
+    ranks = given_ranks(rank, world_size)
     if num_workers is None:
         num_workers = min(usable_cores(), 8)
     base_seed = seed if seed is not None else torch.initial_seed() % 2**63
@@ -513,6 +517,7 @@ def make_dataloader(
         drop_last=drop_last,
         order=order,
         shard_window=shard_window,
+        ranks=ranks,
     )
     layout = batch_layout(dataset)
     collate = TaskCollate(targets_as_list=layout.targets_as_list)
@@ -530,6 +535,22 @@ def make_dataloader(
     if options["collate_fn"] is collate:
         collate.slots = _batch_slots(layout, options)
     return VLDataLoader(dataset, **options)
+
+
+def given_ranks(rank: int | None, world_size: int | None) -> tuple[int, int] | None:
+    """(rank, world size) a caller gives for a job that ``torch.distributed`` does not run (a
+    multi-host JAX job: ``jax.process_index()``, ``jax.process_count()``); None when it gives neither.
+    Given, they win over ``torch.distributed``'s: the caller knows which processes share the data."""
+    if rank is None and world_size is None:
+        return None
+    if rank is None or world_size is None:
+        raise ConfigurationError("rank and world_size go together: give both, or neither for torch.distributed's.")
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"{name} must be an integer, got {value!r}.")
+    if not 0 <= rank < world_size:
+        raise ConfigurationError(f"rank must be in [0, world_size), got rank={rank} of world_size={world_size}.")
+    return rank, world_size
 
 
 class WorkerInit:

@@ -55,9 +55,11 @@ def epoch_sampler(
     drop_last: bool,
     order: str | None = None,
     shard_window: int | None = None,
+    ranks: tuple[int, int] | None = None,
 ) -> EpochSampler:
-    """The loader's sampler: this rank's share under ``torch.distributed``, the order ``order`` and
-    ``shuffle`` pick (see ``CHOSEN_ORDERS``), seeded so that every rank draws the same."""
+    """The loader's sampler: this rank's share under ``torch.distributed``, or of ``ranks`` (rank,
+    world size) where the caller gives them, the order ``order`` and ``shuffle`` pick (see
+    ``CHOSEN_ORDERS``), seeded so that every rank draws the same."""
     groups = item_shards(dataset)
     if order not in CHOSEN_ORDERS:
         raise ConfigurationError(f"order must be one of {list(CHOSEN_ORDERS)}, got {order!r}.")
@@ -69,15 +71,18 @@ def epoch_sampler(
     shards = shuffle and order != "uniform" and groups is not None
     if shard_window is not None and not shards:
         raise ConfigurationError("shard_window applies only to order='shards' (a dataset read from shards).")
-    distributed = dist.is_available() and dist.is_initialized()
+    if ranks is None and dist.is_available() and dist.is_initialized():
+        ranks = (dist.get_rank(), dist.get_world_size())
+    distributed = ranks is not None
+    rank, world_size = ranks or (0, 1)
     uniform: Order = "distributed" if distributed else "random"
     return EpochSampler(
         dataset,
         order="shards" if shards else uniform if shuffle else "sequential",
         # DistributedSampler's order: every rank must draw the same, so no per-process default seed.
         seed=(seed or 0) if distributed else base_seed,
-        rank=dist.get_rank() if distributed else 0,
-        world_size=dist.get_world_size() if distributed else 1,
+        rank=rank,
+        world_size=world_size,
         drop_last=drop_last,
         groups=groups,
         window=shard_window if shard_window is not None else DEFAULT_WINDOW,
