@@ -46,6 +46,17 @@ def test_each_seed_fraction_and_stratification_is_a_split_of_its_own(everything)
     assert len(list((everything.items.list_folder / SPLITS).iterdir())) == len(calls)
 
 
+def test_the_same_fractions_in_another_order_never_change_a_part_handed_over_before(everything):
+    """A part pickles as its file's path: the reordered call wrote its parts into the same folder,
+    and the first call's "train", unpickled in a worker, held the second's "test"."""
+    parts = leakage_safe_split(everything, {"train": 0.8, "test": 0.2}, seed=0)
+    handed_over = pickle.dumps(parts["train"])
+    reordered = leakage_safe_split(everything, {"test": 0.2, "train": 0.8}, seed=0)
+    assert reordered == leakage_safe_split(everything.table, {"test": 0.2, "train": 0.8}, seed=0)
+    assert pickle.loads(handed_over) == parts["train"]
+    assert leakage_safe_split(everything, {"train": 0.8, "test": 0.2}, seed=0) == parts
+
+
 @pytest.mark.parametrize("damage", ["truncated", "removed", "manifest"])
 def test_a_damaged_kept_split_is_split_again(everything, damage):
     reference = leakage_safe_split(everything.table, FRACTIONS, seed=1)

@@ -40,7 +40,16 @@ LOCK_TIMEOUT_S = 3600.0  # splitting 100M items takes minutes: the other ranks m
 
 def split_folder(list_folder: Path, fractions: dict[str, float], seed: int, stratify: bool) -> Path:
     """Where the split of the items listed in ``list_folder`` with these settings is kept."""
-    settings = {"format": FORMAT, "library": __version__, "fractions": fractions, "seed": seed, "stratify": stratify}
+    # The fractions in their order, as pairs: the parts are drawn in it, and their files are numbered
+    # by it. As a mapping, sort_keys made {"test", "train"} the folder of {"train", "test"}, and a part
+    # pickled as its file's path came back as the other part once the second call wrote its own.
+    settings = {
+        "format": FORMAT,
+        "library": __version__,
+        "fractions": list(fractions.items()),
+        "seed": seed,
+        "stratify": stratify,
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return list_folder / SPLITS / digest
 
