@@ -55,6 +55,19 @@ def test_a_stopped_download_keeps_its_bytes_for_the_next_to_resume(local_vl, cli
     assert _range_headers(local_vl) == [None, f"bytes={kept}-"]
 
 
+@pytest.mark.parametrize("whatever_asked", [False, True], ids=["gzip when accepted", "gzip whatever asked"])
+def test_an_archive_compressed_on_its_way_arrives_as_its_own_bytes(
+    local_vl, client, reference_zip, tmp_path, whatever_asked
+):
+    """requests asked for gzip by default; a compressing proxy's Content-Length counted compressed
+    bytes, and the whole archive was discarded as "0 bytes, expected 1234"."""
+    task, expected = reference_zip
+    local_vl.faults.compress_downloads(whatever_asked=whatever_asked)
+    assert client.download_export(task, tmp_path / "a.zip").read_bytes() == expected
+    [request] = [r for r in local_vl.requests if r.origin == "storage"]
+    assert {k.lower(): v for k, v in request.headers.items()}["accept-encoding"] == "identity"
+
+
 def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_path):
     task, expected = reference_zip
     local_vl.faults.break_download_after(1000, times=1)

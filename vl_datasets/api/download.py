@@ -136,9 +136,10 @@ class _Download:
                 continue
             break
         if total is not None and self._have() != total:
+            size = self._have()
             self.partial.unlink(missing_ok=True)
             raise errors.DownloadError(
-                f"Download of export {self.task.id} is {self._have()} bytes, expected {total}; discarded.",
+                f"Download of export {self.task.id} is {size} bytes, expected {total}; discarded.",
                 url=redact_url(self._url()),
             )
         if not zipfile.is_zipfile(self.partial):
@@ -171,7 +172,9 @@ class _Download:
     def _attempt(self) -> int | None:
         """Stream once, appending to the partial file; return the archive's total size if known."""
         url, have = self._url(), self._have()
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        # The archive's own bytes: requests asks for gzip by default, and a proxy that takes it up
+        # sends a Content-Length (and ranges) of compressed bytes, which the ZIP's are not.
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
         try:
             response = self.transport.request(
                 "GET",
@@ -199,6 +202,13 @@ class _Download:
                     url=redact_url(url),
                 )
             start, total = _range_of(response, have)
+            encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            if encoded and response.status_code == 206:  # a range of compressed bytes: no part of the file
+                self.partial.unlink(missing_ok=True)
+                raise _AnsweredElsewhere("answered a range of compressed bytes")
+            if encoded:
+                # Compressed all the same: its length counts other bytes than the file's.
+                start, total = 0, None
             if start not in (have, 0):
                 # A part from elsewhere than asked: written from byte 0 it made a file of the right
                 # size and the wrong bytes. Of no use: the whole archive again, without a Range.
@@ -219,7 +229,7 @@ class _Download:
             # Unbuffered: bytes received are on disk for the next run even if this process is killed.
             with open(self.partial, mode, buffering=0) as out, self._bar(total, have) as bar:
                 # read1 hands over whatever has arrived, so bytes before a break are kept for the resume.
-                while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
+                while chunk := response.raw.read1(CHUNK_BYTES, decode_content=encoded):
                     out.write(chunk)
                     bar.update(len(chunk))
                     if self.stop is not None and self.stop.is_set() and (total is None or self._have() < total):

@@ -51,6 +51,7 @@ class Faults:
             self._stalls: list[tuple[int, float]] = []
             self._ignore_range: int | None = 0
             self._misplaced_ranges: list[int] = []
+            self._compression: str | None = None
             self._expired_urls = 0
             self._job_failure: JobFailure | None = None
             self._job_failures_left: int | None = None
@@ -111,6 +112,12 @@ class Faults:
         (a cache or proxy answering from its own copy's offset)."""
         with self._lock:
             self._misplaced_ranges.extend([start] * times)
+
+    def compress_downloads(self, *, whatever_asked: bool = False) -> None:
+        """Whole-file downloads go gzipped, with the compressed Content-Length, as a compressing proxy
+        sends them: to a request that accepts gzip, or with ``whatever_asked`` to every one. Until reset."""
+        with self._lock:
+            self._compression = "always" if whatever_asked else "when accepted"
 
     def expire_urls(self, times: int = 1) -> None:
         """The next ``times`` presigned URLs are signed already expired."""
@@ -185,6 +192,12 @@ class Faults:
                 self._ignore_range -= 1
                 return True
             return False
+
+    def compresses(self, accept_encoding: str) -> bool:
+        """True when a whole-file download asked with this Accept-Encoding must go gzipped."""
+        with self._lock:
+            accepted = "gzip" in accept_encoding.lower()
+            return self._compression == "always" or (self._compression == "when accepted" and accepted)
 
     def take_misplaced_range(self) -> int | None:
         """The byte this ranged download must be answered from instead of the one asked, if any."""

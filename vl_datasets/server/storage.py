@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import socket
 from pathlib import Path
@@ -113,6 +114,8 @@ class StorageHandler(Handler):
                 "application/xml",
                 {"Content-Range": f"bytes */{total}", "Accept-Ranges": "bytes"},
             )
+        if status == 200 and self.service.faults.compresses(self.headers.get("Accept-Encoding", "")):
+            return self._send_gzipped(path)
         length = end - start + 1
         self.record(status)
         self.send_response(status)
@@ -124,6 +127,17 @@ class StorageHandler(Handler):
         self.end_headers()
         if self.command != "HEAD":
             self._send_body(path, start, length)
+
+    def _send_gzipped(self, path: Path) -> None:
+        body = gzip.compress(path.read_bytes())
+        self.record(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _send_body(self, path: Path, start: int, length: int) -> None:
         faults = self.service.faults
