@@ -3,6 +3,7 @@ at the destination, and their lock lives elsewhere."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import tempfile
@@ -10,9 +11,10 @@ import threading
 import zipfile
 
 import pytest
+import requests
 
 from tests.api.helpers import export_and_download, make_client
-from vl_datasets import errors, fetch_export
+from vl_datasets import Client, errors, fetch_export
 from vl_datasets.api.download import lock_path, partial_path
 from vl_datasets.locks import hold_lock
 from vl_datasets.records import ExportTask
@@ -66,6 +68,45 @@ def test_an_archive_compressed_on_its_way_arrives_as_its_own_bytes(
     assert client.download_export(task, tmp_path / "a.zip").read_bytes() == expected
     [request] = [r for r in local_vl.requests if r.origin == "storage"]
     assert {k.lower(): v for k, v in request.headers.items()}["accept-encoding"] == "identity"
+
+
+class _PrefixProxy(http.server.BaseHTTPRequestHandler):
+    """An on-prem service published under /vl by a reverse proxy: /vl/X is the service's /X, and
+    anything else is not found."""
+
+    upstream = ""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/vl/"):
+            self.send_error(404)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        answer = requests.get(self.upstream + self.path[3:], headers=headers, allow_redirects=False, timeout=30)
+        self.send_response(answer.status_code)
+        for name in ("Content-Type", "Location"):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_relative_download_uri_goes_after_the_whole_base_url_as_the_docs_clients_join_it(local_vl, tmp_path):
+    """Behind a proxy at /vl, the on-prem "/cdn/..." was asked at the host's root: 404."""
+    handler = type("Proxy", (_PrefixProxy,), {"upstream": local_vl.url})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{proxy.server_address[1]}/vl"
+            client = Client(url, progress=False, env={}, sleep=lambda s: None)
+            entry = fetch_export("ds-ready", client=client, cache_dir=tmp_path / "cache")
+        finally:
+            proxy.shutdown()
+    assert entry.row_count == 8
+    assert any(r.path.startswith("/cdn/") for r in local_vl.requests), "the download went elsewhere"
 
 
 def test_ignored_range_restarts_from_zero(local_vl, client, reference_zip, tmp_path):

@@ -160,8 +160,13 @@ class _Download:
             raise errors.ResponseValidationError(
                 f"Export {self.task.id} is {self.task.status} but has no download_uri; wait for it to complete."
             )
-        # On-prem answers a server-relative path; cloud a presigned absolute URL.
-        return urljoin(self.base_url + "/", self.task.download_uri)
+        # On-prem answers a server-relative path; cloud a presigned absolute URL. The path goes after
+        # the base URL whole, as the docs' clients join it: behind a proxy at /vl, "/cdn/..." is
+        # "/vl/cdn/...", where urljoin put it at the host's root.
+        uri = self.task.download_uri
+        if uri.startswith("/") and not uri.startswith("//"):
+            return self.base_url + uri
+        return urljoin(self.base_url + "/", uri)
 
     def _have(self) -> int:
         try:
