@@ -93,6 +93,18 @@ def test_chunks_still_too_large_are_cut_smaller(capped, tmp_path):
     assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
 
 
+def test_a_rejection_naming_no_limit_halves_from_the_items_there_are(big_root, capped, tmp_path):
+    """Halved from the default 5,000, the 10 images went whole in 9 exports (5,000, 2,500, ... 19)
+    before chunks of 9 and 4 got under the limit of 3."""
+    capped.faults.name_no_limit()
+    entry = fetch_export("big", client=_client(capped), cache_dir=tmp_path)
+    assert entry.row_count == N_ITEMS and len(list(entry.images_dir.rglob("*.jpg"))) == N_ITEMS
+    sizes = [len(r.json["media_ids"]) for r in _starts(capped, images=True) if "export_entities_async" in r.path]
+    # Chunks of all 10 (rejected), halved to 5 (rejected at the first), then 2, 2, 2, 2, 2: under 3.
+    assert sizes.count(N_ITEMS) == 1 and sizes[1] == N_ITEMS // 2, sizes
+    assert len(sizes) <= 1 + 2 + 5, sizes
+
+
 def test_a_rejection_that_is_not_about_size_stays_an_error(capped, tmp_path):
     capped.jobs.max_images_per_export = 100  # this rejection comes from elsewhere
     capped.faults.fail_exports(result_message="The selection is empty", status="REJECTED")

@@ -52,6 +52,7 @@ class Faults:
             self._ignore_range: int | None = 0
             self._misplaced_ranges: list[int] = []
             self._compression: str | None = None
+            self._limits_unnamed = False
             self._expired_urls = 0
             self._job_failure: JobFailure | None = None
             self._job_failures_left: int | None = None
@@ -118,6 +119,16 @@ class Faults:
         sends them: to a request that accepts gzip, or with ``whatever_asked`` to every one. Until reset."""
         with self._lock:
             self._compression = "always" if whatever_asked else "when accepted"
+
+    def name_no_limit(self) -> None:
+        """A too-large export is REJECTED as "Export rejected: too many entities", naming no
+        threshold (the contract's other spelling, §4). Until reset."""
+        with self._lock:
+            self._limits_unnamed = True
+
+    def limits_named(self) -> bool:
+        with self._lock:
+            return not self._limits_unnamed
 
     def expire_urls(self, times: int = 1) -> None:
         """The next ``times`` presigned URLs are signed already expired."""

@@ -153,6 +153,8 @@ class JobRunner:
         limit, what = (
             (self.max_images_per_export, "images") if include_images else (self.max_entities_per_export, "entities")
         )
+        if count > limit and not self.faults.limits_named():
+            return JobFailure("REJECTED", "Export rejected: too many entities")
         if count > limit:
             return JobFailure(
                 "REJECTED", f"Export rejected: {count:,} {what} exceeds threshold of {limit} {what} per export."
