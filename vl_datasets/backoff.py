@@ -54,9 +54,9 @@ class RetryPolicy:
     ``max_attempts`` counts every try, the first included. Before try n+1 the wait is
     ``min(cap_s, base_s * 2**n)``, of which the fraction ``jitter`` is random (0.5: uniform in
     [half, all] of it, so waits still grow while ranks that failed together spread out). A
-    ``Retry-After`` replaces the wait, up to ``retry_after_max_s``. ``attempt_timeout_s`` bounds one
-    try, ``deadline_s`` all of them together (None: no bound); a wait that would end past the
-    deadline is not started.
+    ``Retry-After`` replaces the wait; one longer than ``retry_after_max_s`` ends the attempts.
+    ``attempt_timeout_s`` bounds one try, ``deadline_s`` all of them together (None: no bound); a
+    wait that would end past the deadline is not started.
     """
 
     max_attempts: int = 6
@@ -104,6 +104,7 @@ class Attempts:
         self.made = 1
         self.started = policy.clock()
         self.deadline_hit = False
+        self.asked_wait_s: float | None = None  # a Retry-After longer than the policy waits
 
     def elapsed_s(self) -> float:
         return self.policy.clock() - self.started
@@ -123,6 +124,11 @@ class Attempts:
         """After a failed attempt: count the next one and return the wait before it; or None when
         the attempts are spent or the wait would end past the deadline."""
         if self.made >= self.policy.max_attempts:
+            return None
+        if retry_after_s is not None and retry_after_s > self.policy.retry_after_max_s:
+            # Resent sooner than asked, the request is refused again (or counts against us): give
+            # up now, saying how long the server asked for.
+            self.asked_wait_s = retry_after_s
             return None
         delay = self.policy.delay_s(self.made - 1, retry_after_s)
         remaining = self.remaining_s()
@@ -154,6 +160,8 @@ class Attempts:
         """Why the operation stopped, for an error message: ``gave up after 3 of 6 attempts in 2.1 s,
         at the 2 s deadline``."""
         text = f"gave up after {self.made} of {self.policy.max_attempts} attempts in {self.elapsed_s():.1f} s"
+        if self.asked_wait_s is not None:
+            return f"{text}: the server asked to be retried in {self.asked_wait_s:g} s, try again then"
         remaining = self.remaining_s()
         if self.deadline_hit or remaining == 0.0:
             return f"{text}, at the {self.policy.deadline_s:g} s deadline"

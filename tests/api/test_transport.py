@@ -25,6 +25,16 @@ def test_retryable_status_is_retried_honouring_retry_after(local_vl, client, fak
     assert local_vl.count("dataset") == 3
 
 
+def test_a_retry_after_longer_than_the_client_waits_ends_the_attempts_naming_it(local_vl, client, fake_time):
+    """Asked to come back in 10 minutes, the client came back after 2, three times, and was
+    refused each time."""
+    local_vl.faults.fail_next("dataset", 429, times=5, retry_after=600)
+    with pytest.raises(errors.RateLimitError, match="asked to be retried in 600 s") as caught:
+        client.get_dataset("ds-ready")
+    assert caught.value.status_code == 429
+    assert fake_time.sleeps == [] and local_vl.count("dataset") == 1
+
+
 def test_retries_are_capped(local_vl, fake_time):
     local_vl.faults.fail_next(
         "dataset", 502, times=50, body="<html><h1>502 Bad Gateway</h1></html>", content_type="text/html"
