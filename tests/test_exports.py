@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from tests.helpers import change_dataset, child_env
 from tests.waits import Child, run_child
 from vl_datasets import Client, errors, fetch_export
+from vl_datasets.cache import store as store_module
 from vl_datasets.cache.store import CacheStore, ExportKey
 from vl_datasets.cli import main
 from vl_datasets.locks import hold_lock
@@ -116,6 +118,22 @@ def test_a_refresh_never_resumes_a_task_recorded_before_it(tmp_path):
         change_dataset(tmp_path / "datasets", "ds", remove=3)
         new = fetch_export("ds", client=client, cache_dir=tmp_path / "cache", refresh=True)
     assert old.row_count == 8 and new.row_count == 5, "the refresh resumed a task started before it was asked for"
+
+
+def test_a_refresh_is_not_judged_by_a_clock_that_ran_ahead(quick_vl, quick_client, tmp_path, dataset_root, monkeypatch):
+    """A version published while this machine's clock ran an hour ahead (NTP stepped it back since,
+    or the cache came from another machine) is still the one a refresh replaces: the refresh exports
+    anew, and its version, not the old one, is the newest from then on."""
+    real_clock = store_module._utcnow
+    monkeypatch.setattr(store_module, "_utcnow", lambda: real_clock() + timedelta(hours=1))
+    old = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path)
+    monkeypatch.setattr(store_module, "_utcnow", real_clock)
+    change_dataset(dataset_root, "ds-ready", remove=3)
+    new = fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path, refresh=True)
+    assert quick_vl.count("export") == 2, "the refresh returned the old version without exporting"
+    assert (old.row_count, new.row_count) == (8, 5)
+    assert new.created_at > old.created_at, "a new version ranks below the one it replaces"
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=tmp_path) == new
 
 
 def test_offline_hit_and_miss(quick_vl, quick_client, tmp_path, monkeypatch):

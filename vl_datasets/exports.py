@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -109,7 +108,7 @@ def fetch_export(
         lock_timeout_s,
         max_images_per_export,
         chunks_in_flight,
-        asked_at=datetime.now(timezone.utc) if refresh else None,
+        superseded=_cached_versions(store, key) if refresh else None,
     )
     return job.entry(key)
 
@@ -118,9 +117,11 @@ class _Fetch:
     """One ``fetch_export`` call's settings, shared by the entries it may need (a chunked export
     needs the metadata-only entry too).
 
-    ``asked_at`` is when a refresh was asked for (None: no refresh). It holds for every entry the
-    call builds, the nested metadata-only one included: each must be a version made after it, so
-    a refreshed chunked export is never cut from metadata older than the refresh."""
+    ``superseded`` names the versions cached when a refresh was asked for (None: no refresh). It
+    holds for every entry the call builds, the nested metadata-only one included: each must be a
+    version other than those, so a refreshed chunked export is never cut from metadata older than
+    the refresh. What was there is compared, not clocks: a version written while the clock ran
+    ahead (stepped back since, another machine's) would read as made after the refresh."""
 
     def __init__(
         self,
@@ -132,9 +133,9 @@ class _Fetch:
         max_images_per_export: int | None,
         chunks_in_flight: int,
         *,
-        asked_at: datetime | None = None,
+        superseded: frozenset[str] | None = None,
     ) -> None:
-        self._client, self.store, self.remote, self.asked_at = client, store, remote, asked_at
+        self._client, self.store, self.remote, self.superseded = client, store, remote, superseded
         self.export_timeout_s, self.lock_timeout_s = export_timeout_s, lock_timeout_s
         self.max_images_per_export, self.chunks_in_flight = max_images_per_export, chunks_in_flight
 
@@ -156,7 +157,7 @@ class _Fetch:
         with hold_lock(store.lock_path(entry_dir), timeout_s=self.lock_timeout_s, what=f"export of {_describe(key)}"):
             if (entry := self._current(key)) is not None:
                 return entry  # another process published it (or refreshed it) while we waited
-            refresh = self.asked_at is not None
+            refresh = self.superseded is not None
             # A killed build's task, download and chunks resume, but never into a refresh: they were
             # asked for before it, and chunks may be those of a version already published.
             store.remove_leftovers(entry_dir, keep_resumable=not refresh)
@@ -170,11 +171,12 @@ class _Fetch:
             return entry
 
     def _current(self, key: ExportKey) -> LocalExport | None:
-        """The cached version of ``key`` this call may return: any, or with a refresh, one made since."""
+        """The cached version of ``key`` this call may return: any, or with a refresh, one published
+        since it was asked for (by this call, or by another process meanwhile)."""
         entry = self.store.lookup(key)
-        if entry is None or self.asked_at is None:
+        if entry is None or self.superseded is None:
             return entry
-        return entry if entry.created_at is not None and entry.created_at >= self.asked_at else None
+        return None if entry.version in self.superseded else entry
 
     def _build(self, key: ExportKey) -> LocalExport:
         limit = self.max_images_per_export
@@ -249,6 +251,13 @@ class _Fetch:
             export_timeout_s=self.export_timeout_s,
             lock_timeout_s=self.lock_timeout_s,
         )
+
+
+def _cached_versions(store: CacheStore, key: ExportKey) -> frozenset[str]:
+    """The versions cached now of ``key``'s entry and of the metadata-only entry a chunked export
+    of it is cut from: those a refresh must not return."""
+    keys = (key, replace(key, include_images=False))
+    return frozenset(v.version for k in keys for v in store.versions(store.entry_dir(k)) if v.version is not None)
 
 
 def _remote(root: str) -> RemoteCache:

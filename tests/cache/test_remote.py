@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+from datetime import timedelta
 
 import pytest
 
+from tests.helpers import change_dataset
 from vl_datasets import Client, errors, fetch_export
+from vl_datasets.cache import store as store_module
 
 
 def test_shared_object_storage_root_serves_a_second_machine(quick_vl, s3_root, tmp_path, monkeypatch):
@@ -24,6 +27,27 @@ def test_shared_object_storage_root_serves_a_second_machine(quick_vl, s3_root, t
     assert second.row_count == 8
     assert len(list(second.images_dir.rglob("*.jpg"))) == 8
     assert second.metadata_path.read_bytes() == first.metadata_path.read_bytes()
+
+
+def test_a_node_whose_clock_ran_ahead_does_not_hide_a_later_refresh(
+    quick_vl, s3_root, tmp_path, dataset_root, monkeypatch
+):
+    """Shared versions are ordered by the clocks of the machines that uploaded them. Machine A's
+    clock runs an hour ahead when it exports; machine B, with the right time, refreshes later; a
+    new machine C mirrors B's version, the newer export, not A's."""
+    client = Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
+    real_clock = store_module._utcnow
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    monkeypatch.setattr(store_module, "_utcnow", lambda: real_clock() + timedelta(hours=1))
+    first = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+    monkeypatch.setattr(store_module, "_utcnow", real_clock)
+    change_dataset(dataset_root, "ds-ready", remove=3)
+    refreshed = fetch_export("ds-ready", client=client, cache_dir=s3_root, refresh=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-c"))
+    mirrored = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    assert (first.row_count, refreshed.row_count) == (8, 5)
+    assert mirrored.version == refreshed.version and mirrored.row_count == 5, "machine C mirrored the older export"
 
 
 def test_memory_filesystem_root_works_too(quick_vl, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ import fsspec
 from ..errors import RemoteCacheError
 from ..records import ExportTask
 from ..redaction import redact_logs_of, redact_text_of, redact_url
-from .store import CacheStore, ExportKey, LocalExport
+from .store import CacheStore, ExportKey, LocalExport, created_after
 
 logger = logging.getLogger("vl_datasets")
 
@@ -56,14 +57,14 @@ class RemoteCache:
     def read_manifest(self, key: ExportKey) -> dict[str, Any] | None:
         """The manifest of the shared entry's newest complete version for ``key``, or None."""
         newest: dict[str, Any] | None = None
+        newest_at: datetime | None = None
         for path in self._storage("list", self.fs.glob, f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
             manifest = self._storage("read", self._manifest_at, path)
-            if not isinstance(manifest, dict):
+            if not isinstance(manifest, dict) or manifest.get("key") != key.as_json():
                 continue
-            if manifest.get("key") == key.as_json() and (
-                newest is None or manifest["created_at"] > newest["created_at"]
-            ):
-                newest = manifest
+            created_at = _created_at(manifest)
+            if created_at is not None and (newest_at is None or created_at > newest_at):
+                newest, newest_at = manifest, created_at
         return newest
 
     def _manifest_at(self, path: str) -> Any:
@@ -99,11 +100,24 @@ class RemoteCache:
     def upload(self, key: ExportKey, entry: LocalExport) -> None:
         """Publish a local version to the shared root: every file first, the manifest last."""
         assert entry.version is not None
-        manifest_name = CacheStore.manifest_name(entry.version)
-        manifest = CacheStore.manifest_of(entry).read_bytes()
         remote_version = f"{self._entry_dir(key)}/{entry.version}"
         local_files = [p for p in entry.path.rglob("*") if p.is_file()]
         remote_files = [f"{remote_version}/{p.relative_to(entry.path).as_posix()}" for p in local_files]
         self._storage("upload to", self.fs.put, [str(p) for p in local_files], remote_files)
-        self._storage("upload to", self.fs.pipe_file, f"{self._entry_dir(key)}/{manifest_name}", manifest)
+        manifest = json.loads(CacheStore.manifest_of(entry).read_bytes())
+        # Shared versions are ordered by the clocks of the machines that uploaded them: one that ran
+        # ahead must not leave this later version ranked below its own, and new nodes mirroring that.
+        newest = self.read_manifest(key)
+        manifest["created_at"] = created_after(_created_at(newest) if newest else None).isoformat()
+        manifest_path = f"{self._entry_dir(key)}/{CacheStore.manifest_name(entry.version)}"
+        self._storage("upload to", self.fs.pipe_file, manifest_path, json.dumps(manifest).encode())
         logger.info("Shared export %s at %s", entry.version, self.display_url)
+
+
+def _created_at(manifest: dict[str, Any]) -> datetime | None:
+    """When a shared manifest's version was made; None when it says nothing comparable (no version)."""
+    try:
+        created_at = datetime.fromisoformat(manifest["created_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return created_at if created_at.tzinfo is not None else None

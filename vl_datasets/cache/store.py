@@ -22,7 +22,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -164,6 +164,15 @@ class LocalExport:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def created_after(newest: datetime | None) -> datetime:
+    """The ``created_at`` of a version published now beside one made at ``newest``: now, or just
+    after ``newest`` where the clock reads earlier. Versions are ordered by it, and a clock that was
+    ahead when ``newest`` was written (stepped back since, another machine's) must not rank the new
+    version below the one it replaces."""
+    now = _utcnow()
+    return now if newest is None or now > newest else newest + timedelta(microseconds=1)
 
 
 class CacheStore:
@@ -395,7 +404,9 @@ class CacheStore:
         # it is built (seconds at 10M rows), and then the next open finds it changed and builds again.
         metadata_stat = indexed.metadata_stat
         has_images = (export_dir / "images").is_dir()
-        version = version or f"v{_utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        existing = self.versions(entry_dir)
+        created_at = created_after(existing[-1].created_at if existing else None)
+        version = version or f"v{created_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         os.rename(staging, entry_dir / version)  # same filesystem: atomic
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -403,7 +414,7 @@ class CacheStore:
             "opened_from": str(opened_from) if opened_from is not None else None,
             "version": version,
             "task": _task_record(task),
-            "created_at": _utcnow().isoformat(),
+            "created_at": created_at.isoformat(),
             "library_version": __version__,
             "metadata_file": metadata_file,
             "metadata_bytes": metadata_stat.st_size,
