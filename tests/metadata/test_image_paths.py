@@ -38,6 +38,13 @@ def test_resolution_by_unique_base_name_and_by_media_id():
     assert _resolve(members) == [members[0], members[1], members[2], members[3]]
 
 
+@pytest.mark.parametrize("extension", ["heic", "AVIF", "jp2"])
+def test_an_image_named_by_its_media_id_in_a_phones_format_is_found(extension):
+    """Only nine web formats were looked for: a HEIC named by its media id was a missing image."""
+    members = [f"images/{BARE}.{extension}", f"images/{BARE}.json"]
+    assert _resolve(members, on_missing="null")[3] == members[0]
+
+
 def test_root_relative_paths_that_already_start_with_images():
     table = normalize(
         [

@@ -18,7 +18,12 @@ from .json_depth import text_bytes
 from .normalize import basename
 from .unique_ids import hash_strings
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif")
+# What ``<media_id>.<ext>`` may end with (contract §5, step 4): the formats cameras, phones and the
+# web save in, HEIC and AVIF among them, not any suffix (a sidecar <media_id>.json is no image).
+IMAGE_EXTENSIONS = (
+    "jpg", "jpeg", "jpe", "jfif", "png", "apng", "bmp", "gif", "webp", "tif", "tiff",
+    "heic", "heif", "avif", "jp2", "j2k", "jxl", "qoi", "tga", "ppm", "pgm", "pbm", "pnm",
+)  # fmt: skip
 
 
 def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_missing: str = "raise") -> pa.Array:
