@@ -23,6 +23,16 @@ def test_damaged_manifest_is_not_an_entry(quick_vl, quick_client, tmp_path):
     assert quick_vl.count("export") == 2
 
 
+def test_services_behind_one_host_at_two_paths_never_share_an_export():
+    """A reverse proxy publishing two on-prem services at /a and /b: both keyed by the host alone,
+    the second's dataset was served from the first's cache."""
+    first, second = (ExportKey.build(f"http://gateway:8080/{path}", "ds", "parquet", True) for path in "ab")
+    assert first.digest != second.digest
+    assert (first.api_host, second.api_host) == ("gateway:8080/a", "gateway:8080/b")
+    # A base URL without a path keys as it always has: the caches made so far stay warm.
+    assert ExportKey.build("http://Gateway:8080", "ds", "parquet", True).api_host == "gateway:8080"
+
+
 def test_row_count_must_match_the_task(quick_vl, quick_client, tmp_path):
     import shutil
 

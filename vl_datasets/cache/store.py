@@ -92,8 +92,11 @@ class ExportKey:
         def canonical(ids: Iterable[str] | None) -> tuple[str, ...] | None:  # selections are sets
             return None if ids is None else tuple(sorted({str(i) for i in ids}))
 
+        url = urlsplit(base_url)
         return cls(
-            api_host=urlsplit(base_url).netloc.lower(),
+            # With the base URL's path: two services published behind one host at /a and /b (a
+            # reverse proxy's) are two Visual Layers. Without one, the host alone, as ever.
+            api_host=url.netloc.lower() + url.path.rstrip("/"),
             dataset_id=dataset_id,
             export_format=export_format,
             include_images=include_images,
