@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -93,12 +94,22 @@ def test_roots_that_differ_only_in_their_query_or_user_info_have_caches_of_their
         assert path.is_dir() or b"SECRET" not in path.read_bytes(), path
 
 
-def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
+@pytest.fixture
+def no_endpoint_configured(monkeypatch, tmp_path):
+    """No S3 endpoint set anywhere s3fs or botocore would find one (fsspec's config, the environment,
+    the AWS config file), whatever the machine running the tests has set."""
+    import fsspec.config
+
+    monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+
+
+def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show(no_endpoint_configured):
     """Keyed by a digest of what the root's query and user name pick, never their text; a root
     without such parts keeps the identity it had (and its stores), and credentials (a password, a
     URL's signature, the endpoint's), which pick no other images, change nothing."""
-    import json
-
     from vl_datasets.loading.shared_source import _store_digest
     from vl_datasets.loading.sources import root_identity
 
@@ -123,6 +134,113 @@ def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show():
         display = "s3://bucket/images" if one.startswith("s3") else shown
         assert root_identity(one, display, None) == root_identity(other, display, None), (one, other)
     assert root_identity(f"{shown}?X-Amz-Signature=SECRET1", shown, None) == root_identity(shown, shown, None)
+
+
+def test_a_root_with_no_endpoint_set_anywhere_keeps_the_stores_it_had(no_endpoint_configured):
+    """With no endpoint set anywhere, a root's identity and the cache folders named after it are
+    what they were before endpoints were looked for outside storage_options: no cache goes cold."""
+    from vl_datasets.loading.shared_source import _store_digest
+    from vl_datasets.loading.sources import _root_digest, root_identity
+
+    root = "s3://bucket/images"
+    assert root_identity(root, root, None) == '{"endpoint": null, "root": "s3://bucket/images"}'
+    assert _root_digest(root, root, None) == "7a57f9aa063d508652fa"
+    assert _root_digest("https://host/images?set=B", "https://host/images", None) == "11b6c8b38629bb0a8ea5"
+    shards = "s3://bucket/prepared/shards"
+    assert _store_digest(shards, shards, None) == "4fd6d3a0f079c2c7097b"
+
+
+def _set_s3_endpoint(where: str, endpoint: str, monkeypatch, tmp_path) -> None:
+    import fsspec.config
+
+    if where == "fsspec config":
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+    elif where == "fsspec config client_kwargs":
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})
+    elif where == "AWS config file":
+        (tmp_path / "aws-config").write_text(f"[default]\nendpoint_url = {endpoint}\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    else:
+        monkeypatch.setenv(where, endpoint)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["fsspec config", "fsspec config client_kwargs", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS config file"],
+)
+def test_an_s3_endpoint_set_outside_storage_options_keys_the_roots_stores(
+    where, no_endpoint_configured, monkeypatch, tmp_path
+):
+    """The endpoint s3fs and botocore will read from, wherever it was set, keys the image cache, the
+    prepared store (``root_identity``) and the shard cache (``_store_digest``): the same bucket name
+    on another service is another store, and one endpoint has one store wherever it is set. Its
+    credentials (user info, a token) never join the identity."""
+    from vl_datasets.loading.shared_source import _store_digest
+    from vl_datasets.loading.sources import root_identity
+
+    root = "s3://bucket/images"
+    endpoint = "http://minio:SECRET1@10.0.0.7:9000/?X-Amz-Security-Token=SECRET2"
+
+    def keys(options=None):
+        return root_identity(root, root, options), _store_digest(root, root, options)
+
+    nowhere, given = keys(), keys({"endpoint_url": endpoint})
+    _set_s3_endpoint(where, endpoint, monkeypatch, tmp_path)
+    assert keys() == given != nowhere
+    assert json.loads(keys()[0])["endpoint"] == "http://10.0.0.7:9000/"
+    assert keys({"endpoint_url": "http://10.0.0.8:9000"}) != given, "storage_options' endpoint comes first"
+
+
+def test_an_endpoint_botocore_is_told_to_ignore_is_no_part_of_the_identity(no_endpoint_configured, monkeypatch):
+    """AWS_IGNORE_CONFIGURED_ENDPOINT_URLS: botocore reads the service's own endpoint, and so does the identity."""
+    from vl_datasets.loading.sources import root_identity
+
+    root = "s3://bucket/images"
+    nowhere = root_identity(root, root, None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://10.0.0.7:9000")
+    assert root_identity(root, root, None) != nowhere
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert root_identity(root, root, None) == nowhere
+
+
+def test_the_same_bucket_on_another_endpoint_is_never_read_from_the_first_ones_cache(
+    split_export, s3_root, monkeypatch, tmp_path
+):
+    """Two S3 services with a bucket of one name (staging and production MinIO, say), their endpoint
+    set where s3fs and botocore find it rather than in storage_options: fsspec's config (as s3_root
+    sets it), AWS_ENDPOINT_URL. A job on the second reads the second, never the first one's cached
+    images; the second's endpoint given in storage_options finds the second's cache."""
+    import fsspec
+    import fsspec.config
+
+    from tests.loading.s3_server import SlowDownS3
+
+    export, source = split_export
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), "shared-bucket/photos", recursive=True)
+    cache_dir = tmp_path / "cache"
+
+    def images(**options):
+        root = "s3://shared-bucket/photos"
+        ds = VisualLayerDataset.from_export(
+            export, images_root=root, image_cache="10M", image_size=8, cache_dir=cache_dir, **options
+        )
+        return [ds[i][0] for i in range(len(ds))]
+
+    first = images()  # on s3_root's endpoint, from fsspec's config
+    # Another server: the same bucket (moto's backend is one per process), read through another endpoint.
+    with SlowDownS3() as other:
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"skip_instance_cache": True})
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", other.endpoint)
+        second = images()
+        assert other.object_requests() >= len(second), "the job on the other endpoint was served the first's cache"
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        read = other.object_requests()
+        again = images(storage_options={"endpoint_url": other.endpoint})
+        assert all(torch.equal(x, y) for x, y in zip(again, second, strict=True))
+        assert other.object_requests() == read, "the same endpoint, given in storage_options, has another cache"
+    assert len(second) == len(first)
+    assert len(list((cache_dir / "images").iterdir())) == 2, "a cache for each endpoint"
 
 
 def test_past_its_limit_the_least_recently_used_images_go(split_export, tmp_path):

@@ -47,7 +47,7 @@ from .shard_cache import ShardCache
 from .shard_format import SHARDS
 from .shared_location import join_url, shared_store_url
 from .shared_store import SharedStore
-from .sources import FsspecRoot, whole_root
+from .sources import FsspecRoot, root_endpoint, whole_root
 
 logger = logging.getLogger("vl_datasets")
 
@@ -238,7 +238,7 @@ def _store_digest(url: str, display_root: str, storage_options: Mapping[str, Any
     """The shard cache folder of a store: the same bucket behind another endpoint is another store,
     and so is the same path under another query string or user info (``whole_root``; hashed,
     never written)."""
-    options = storage_options or {}
-    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    blob = json.dumps({"root": whole_root(url, display_root), "endpoint": endpoint}, sort_keys=True)
+    blob = json.dumps(
+        {"root": whole_root(url, display_root), "endpoint": root_endpoint(url, storage_options)}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]

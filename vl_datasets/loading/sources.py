@@ -586,23 +586,61 @@ def _with_pool_size(protocol: str, options: dict[str, Any], reads: int) -> dict[
 
 def root_identity(images_root: str | os.PathLike, display_root: str, storage_options: Mapping[str, Any] | None) -> str:
     """What stores kept for a root (its image cache, its prepared store) are keyed by, as JSON: the
-    root as shown (``display_root``), and its endpoint, as the same bucket behind another endpoint
-    is another store. Only the endpoint joins the root, without its credentials (user info, a token
-    in its query): they rotate without changing which bucket is read.
+    root as shown (``display_root``), and its endpoint (``root_endpoint``), as the same bucket behind
+    another endpoint is another store.
 
     Two roots that differ only in what is not shown of them, their query string or an http user
     name (``?set=B`` picking other images, another account), may hold other images: where the root
     has such a part, a SHA-256 of what picks them (``whole_root``) joins the identity, never its
     text, which is written to disk (a prepared store's settings). What signs a URL (a password, a
     signature and its expiry) is left out: a root's token that rotates keeps its stores."""
-    options = storage_options or {}
-    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    endpoint = redact_url(str(endpoint)) if endpoint else endpoint
-    identity = {"root": display_root, "endpoint": endpoint}
+    identity = {"root": display_root, "endpoint": root_endpoint(images_root, storage_options)}
     whole = whole_root(images_root, display_root)
     if whole != display_root:  # only then: a root without such parts keeps its stores
         identity["whole"] = hashlib.sha256(whole.encode()).hexdigest()
     return json.dumps(identity, sort_keys=True)
+
+
+def root_endpoint(root: str | os.PathLike, storage_options: Mapping[str, Any] | None) -> str | None:
+    """The endpoint that ``root``'s filesystem reads from, wherever it was chosen: ``storage_options``,
+    fsspec's config, and for S3 also what botocore reads (``AWS_ENDPOINT_URL_S3``,
+    ``AWS_ENDPOINT_URL``, the AWS config file); None where nothing chose one, the service's own.
+    Without its credentials (user info, a token in its query): they rotate over the same bucket."""
+    import fsspec.config
+
+    protocol = _protocol(os.fspath(root))
+    options = dict(storage_options or {})
+    if protocol in ("s3", "s3a"):
+        endpoint = _s3_endpoint(options)
+    else:  # the options fsspec builds the filesystem with: its config's defaults, then ours
+        options = fsspec.config.apply_config(fsspec.get_filesystem_class(protocol), options)
+        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    return redact_url(str(endpoint)) if endpoint else None
+
+
+def _s3_endpoint(options: dict[str, Any]) -> str | None:
+    """The endpoint s3fs's client will have, asked of the filesystem fsspec builds (its config
+    applied) and of the botocore session it will use, never of the network: s3fs hands its
+    ``endpoint_url`` to botocore, which otherwise looks in the environment and the AWS config file."""
+    import botocore.session
+    import fsspec
+    from botocore.configprovider import ConfiguredEndpointProvider
+
+    # Built, never connected; a throwaway, so not kept in fsspec's cache of filesystems.
+    fs = fsspec.filesystem("s3", **{**options, "skip_instance_cache": True})
+    endpoint = fs.endpoint_url or fs.client_kwargs.get("endpoint_url")
+    if endpoint:
+        return endpoint
+    # A session as s3fs makes its own (the same profile), read for its config only: without the
+    # request handlers, whose registration is most of a session's 20 ms.
+    session = fs.session or botocore.session.Session(**{**fs.kwargs, "include_builtin_handlers": False})
+    ignore = fs.config_kwargs.get("ignore_configured_endpoint_urls")  # botocore's switch: client config first
+    if ignore is None:
+        ignore = session.get_config_variable("ignore_configured_endpoint_urls")
+    if ignore:
+        return None
+    # botocore's own lookup, in its order (a private class, but the one its clients use: a test pins it).
+    return ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
 
 
 def whole_root(root: str | os.PathLike, display_root: str) -> str:
