@@ -624,7 +624,6 @@ def _s3_endpoint(options: dict[str, Any]) -> str | None:
     ``endpoint_url`` to botocore, which otherwise looks in the environment and the AWS config file."""
     import botocore.session
     import fsspec
-    from botocore.configprovider import ConfiguredEndpointProvider
 
     # Built, never connected; a throwaway, so not kept in fsspec's cache of filesystems.
     fs = fsspec.filesystem("s3", **{**options, "skip_instance_cache": True})
@@ -639,7 +638,10 @@ def _s3_endpoint(options: dict[str, Any]) -> str | None:
         ignore = session.get_config_variable("ignore_configured_endpoint_urls")
     if ignore:
         return None
-    # botocore's own lookup, in its order (a private class, but the one its clients use: a test pins it).
+    try:  # botocore's own lookup, in its order: a private class, but the one its clients use
+        from botocore.configprovider import ConfiguredEndpointProvider
+    except ImportError:  # moved, or a botocore before configured endpoints: the variables at least
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
 
 
