@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .cache.archive import extract_archive
@@ -61,7 +61,9 @@ def fetch_export(
     """Return a complete local copy of the export, starting one only when none is cached.
 
     ``cache_dir`` (else ``VL_DATASETS_CACHE``, else ``~/.cache/vl_datasets``) may be an fsspec
-    URL such as ``s3://bucket/prefix``: entries are then shared through it and mirrored locally.
+    URL such as ``s3://bucket/prefix``: entries are then shared through it and mirrored locally,
+    and each call returns the newest version the shared root holds (one listing of the entry and a
+    read of its manifests), mirrored when this machine's copy is older; offline, the mirror alone.
     ``offline=True`` (or ``VL_DATASETS_OFFLINE=1``) makes no network call at all; with no client
     and no ``VL_API_URL`` it takes the newest copy cached from any API host.
     ``refresh=True`` starts a new export and publishes it as a new version of the entry; the
@@ -91,24 +93,27 @@ def fetch_export(
     if version is not None:
         return _exact_version(store, key, version, refresh=refresh)
 
-    if not refresh and (entry := store.lookup(key)) is not None:
-        return entry  # the common case: no lock, no network, no API import
     if offline and refresh:
         raise errors.ConfigurationError(
             "refresh=True starts a new export, which offline=True (or VL_DATASETS_OFFLINE=1) forbids."
         )
+    root = resolve_cache_dir(cache_dir)
+    # A shared root is asked for its newest version at every open: another node may have published
+    # one since this node's mirror was made, and a job's nodes must read the same export.
+    remote = _remote(root) if is_remote(root) and not offline else None
+    if not refresh and remote is None and (entry := store.lookup(key)) is not None:
+        return entry  # the common case: no lock, no network, no API import
     if offline:
         return _offline_lookup(store, key, explicit_host)
-    root = resolve_cache_dir(cache_dir)
     job = _Fetch(
         client,
         store,
-        _remote(root) if is_remote(root) else None,
+        remote,
         export_timeout_s,
         lock_timeout_s,
         max_images_per_export,
         chunks_in_flight,
-        superseded=_cached_versions(store, key) if refresh else None,
+        superseded=_cached_versions(store, remote, key) if refresh else None,
     )
     return job.entry(key)
 
@@ -150,29 +155,45 @@ class _Fetch:
     def entry(self, key: ExportKey) -> LocalExport:
         """The entry of ``key``: cached, mirrored from the shared root, or built, under its lock."""
         store = self.store
-        if (entry := self._current(key)) is not None:
+        refresh = self.superseded is not None
+        # A refresh listed the shared root as it was asked for; it looks again under the lock.
+        shared = None if refresh else self._shared_newest(key)
+        if (entry := self._current(key, shared)) is not None:
             return entry
         entry_dir = store.entry_dir(key)
         store.make_entry_dir(entry_dir)
         with hold_lock(store.lock_path(entry_dir), timeout_s=self.lock_timeout_s, what=f"export of {_describe(key)}"):
-            if (entry := self._current(key)) is not None:
+            shared = self._shared_newest(key)  # what another node published while we waited counts too
+            if (entry := self._current(key, shared)) is not None:
                 return entry  # another process published it (or refreshed it) while we waited
-            refresh = self.superseded is not None
             # A killed build's task, download and chunks resume, but never into a refresh: they were
             # asked for before it, and chunks may be those of a version already published.
             store.remove_leftovers(entry_dir, keep_resumable=not refresh)
             if refresh:
                 store.task_record(key).clear()
-            if self.remote is not None and not refresh and (entry := self.remote.mirror(key, store)) is not None:
+            if self.remote is not None and shared is not None and (entry := self.remote.mirror(key, store, shared)):
                 return entry
             entry = self._build(key)
             if self.remote is not None:
                 self.remote.upload(key, entry)
             return entry
 
-    def _current(self, key: ExportKey) -> LocalExport | None:
-        """The cached version of ``key`` this call may return: any, or with a refresh, one published
-        since it was asked for (by this call, or by another process meanwhile)."""
+    def _shared_newest(self, key: ExportKey) -> dict[str, Any] | None:
+        """The manifest of the shared root's newest version of ``key`` if this call may return it
+        (with a refresh, only one published since it was asked for); None without a shared root."""
+        if self.remote is None:
+            return None
+        manifest = self.remote.read_manifest(key)
+        if manifest is None or (self.superseded is not None and manifest["version"] in self.superseded):
+            return None
+        return manifest
+
+    def _current(self, key: ExportKey, shared: dict[str, Any] | None) -> LocalExport | None:
+        """The cached version of ``key`` this call may return: the ``shared`` root's newest once it
+        is mirrored here; else any, or with a refresh, one published since it was asked for (by this
+        call, or by another process meanwhile)."""
+        if shared is not None:
+            return self.store.lookup(key, version=shared["version"])
         entry = self.store.lookup(key)
         if entry is None or self.superseded is None:
             return entry
@@ -253,11 +274,14 @@ class _Fetch:
         )
 
 
-def _cached_versions(store: CacheStore, key: ExportKey) -> frozenset[str]:
+def _cached_versions(store: CacheStore, remote: RemoteCache | None, key: ExportKey) -> frozenset[str]:
     """The versions cached now of ``key``'s entry and of the metadata-only entry a chunked export
-    of it is cut from: those a refresh must not return."""
+    of it is cut from, here and on the shared root: those a refresh must not return. A node whose
+    disk is new (or was wiped) holds none here, and its refresh must not take the shared ones."""
     keys = (key, replace(key, include_images=False))
-    return frozenset(v.version for k in keys for v in store.versions(store.entry_dir(k)) if v.version is not None)
+    local = {v.version for k in keys for v in store.versions(store.entry_dir(k)) if v.version is not None}
+    shared = {name for k in keys for name in remote.version_names(k)} if remote is not None else set()
+    return frozenset(local | shared)
 
 
 def _remote(root: str) -> RemoteCache:

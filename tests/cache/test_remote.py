@@ -50,6 +50,90 @@ def test_a_node_whose_clock_ran_ahead_does_not_hide_a_later_refresh(
     assert mirrored.version == refreshed.version and mirrored.row_count == 5, "machine C mirrored the older export"
 
 
+def test_a_node_opens_the_version_another_node_refreshed_since(quick_vl, s3_root, tmp_path, dataset_root, monkeypatch):
+    """Machine B mirrored the first export; machine A then refreshes it. B's next open returns A's
+    version, as a machine that starts later does, not its own older mirror: one job's machines read
+    one export. It is mirrored once; offline, the mirror alone answers; a pinned version stays."""
+    import fsspec.config
+
+    client = Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    first = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+    assert fetch_export("ds-ready", client=client, cache_dir=s3_root).version == first.version
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    change_dataset(dataset_root, "ds-ready", remove=3)
+    refreshed = fetch_export("ds-ready", client=client, cache_dir=s3_root, refresh=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+    quick_vl.clear_requests()
+    opened = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    assert opened.version == refreshed.version and opened.row_count == 5, "machine B kept its older mirror"
+    assert str(opened.path).startswith(str(tmp_path / "machine-b"))
+    assert quick_vl.requests == []  # no export, no download from the API: it came from the shared root
+    assert fetch_export("ds-ready", client=client, cache_dir=s3_root) == opened  # mirrored once
+    pinned = fetch_export("ds-ready", client=client, cache_dir=s3_root, version=first.version)
+    assert (pinned.version, pinned.row_count) == (first.version, 8)
+    # Offline asks nothing of the shared root: its storage is out of reach now.
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": "http://127.0.0.1:9", "skip_instance_cache": True})
+    assert fetch_export("ds-ready", client=client, cache_dir=s3_root, offline=True) == opened
+
+
+def test_a_refresh_exports_anew_past_what_the_shared_root_holds(quick_vl, s3_root, tmp_path, monkeypatch):
+    """A refresh on a machine whose disk is new (or was wiped) must not return the shared root's
+    version, which it never held: it was there when the refresh was asked for."""
+    client = Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    first = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-new"))
+    quick_vl.clear_requests()
+    refreshed = fetch_export("ds-ready", client=client, cache_dir=s3_root, refresh=True)
+    assert refreshed.version != first.version
+    assert sum(r.endpoint == "export" for r in quick_vl.requests) == 1
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    assert fetch_export("ds-ready", client=client, cache_dir=s3_root).version == refreshed.version
+
+
+def test_a_refresh_adopts_the_version_another_node_publishes_while_it_waits(
+    quick_vl, s3_root, tmp_path, dataset_root, monkeypatch
+):
+    """Machine B's refresh waits for its entry's lock (held here, as another process of B would);
+    meanwhile machine A's refresh publishes a new version to the shared root. B takes A's version,
+    as it would one that another process of B published, rather than export a third."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vl_datasets import exports
+    from vl_datasets.cache.store import CacheStore
+    from vl_datasets.locks import hold_lock
+
+    client = Client(quick_vl.url, progress=False, env={}, sleep=lambda s: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    first = fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+    fetch_export("ds-ready", client=client, cache_dir=s3_root)
+    lock_path = CacheStore.mirror_of(s3_root).lock_path(CacheStore.mirror_of(s3_root).entry_dir(first.key))
+    locking = threading.Event()  # B's refresh has listed what it supersedes, and goes for the lock
+    real_hold_lock = exports.hold_lock
+
+    def hold_lock_seen(*args, **kwargs):
+        locking.set()
+        return real_hold_lock(*args, **kwargs)
+
+    monkeypatch.setattr(exports, "hold_lock", hold_lock_seen)
+    with ThreadPoolExecutor(1) as pool:
+        with hold_lock(lock_path, timeout_s=10, what="machine B's entry, for the test"):
+            b_refresh = pool.submit(fetch_export, "ds-ready", client=client, cache_dir=s3_root, refresh=True)
+            assert locking.wait(60)
+            monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))  # B's call has its store already
+            change_dataset(dataset_root, "ds-ready", remove=3)
+            quick_vl.clear_requests()
+            refreshed = fetch_export("ds-ready", client=client, cache_dir=s3_root, refresh=True)
+        adopted = b_refresh.result(timeout=120)
+    assert adopted.version == refreshed.version and adopted.row_count == 5
+    assert str(adopted.path).startswith(str(tmp_path / "machine-b"))
+    assert sum(r.endpoint == "export" for r in quick_vl.requests) == 1, "machine B exported again"
+
+
 def test_memory_filesystem_root_works_too(quick_vl, tmp_path, monkeypatch):
     client = Client(quick_vl.url, progress=False, env={})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))

@@ -20,6 +20,7 @@ import fsspec
 from ..errors import RemoteCacheError
 from ..records import ExportTask
 from ..redaction import redact_logs_of, redact_text_of, redact_url
+from .layout import MANIFEST_SUFFIX
 from .store import CacheStore, ExportKey, LocalExport, created_after
 
 logger = logging.getLogger("vl_datasets")
@@ -54,11 +55,22 @@ class RemoteCache:
     def _entry_dir(self, key: ExportKey) -> str:
         return f"{self.prefix}/{CacheStore.entry_name(key)}"
 
+    def _manifests(self, key: ExportKey) -> list[str]:
+        """The paths of the shared entry's manifests for ``key``: one listing, made anew (a listing
+        the filesystem object kept from earlier in the call would hide a version published since)."""
+        entry_dir = self._entry_dir(key)
+        self.fs.invalidate_cache(entry_dir)
+        return self._storage("list", self.fs.glob, f"{entry_dir}/{CacheStore.manifest_name('*')}")
+
+    def version_names(self, key: ExportKey) -> frozenset[str]:
+        """The names of the shared entry's versions for ``key``, from one listing (no manifest read)."""
+        return frozenset(path.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX) for path in self._manifests(key))
+
     def read_manifest(self, key: ExportKey) -> dict[str, Any] | None:
         """The manifest of the shared entry's newest complete version for ``key``, or None."""
         newest: dict[str, Any] | None = None
         newest_at: datetime | None = None
-        for path in self._storage("list", self.fs.glob, f"{self._entry_dir(key)}/{CacheStore.manifest_name('*')}"):
+        for path in self._manifests(key):
             manifest = self._storage("read", self._manifest_at, path)
             if not isinstance(manifest, dict) or manifest.get("key") != key.as_json():
                 continue
@@ -74,11 +86,9 @@ class RemoteCache:
         except (FileNotFoundError, ValueError, RecursionError):  # nested past what json.loads takes
             return None
 
-    def mirror(self, key: ExportKey, store: CacheStore) -> LocalExport | None:
-        """Copy the shared entry for ``key`` into the local store as a new version; None when there is none."""
-        manifest = self.read_manifest(key)
-        if manifest is None:
-            return None
+    def mirror(self, key: ExportKey, store: CacheStore, manifest: dict[str, Any]) -> LocalExport | None:
+        """Copy the shared version ``manifest`` describes (as ``read_manifest`` returned it) into the
+        local store as a new version, under the same name; None when the shared copy is incomplete."""
         remote_version = f"{self._entry_dir(key)}/{manifest['version']}"
         entry_dir = store.entry_dir(key)
         with store.staging(entry_dir) as staging:
