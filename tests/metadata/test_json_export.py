@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pyarrow as pa
 import pytest
 
+from tests.helpers import child_env
 from tests.metadata.helpers import (
     INFO,
     items,
@@ -14,6 +16,7 @@ from tests.metadata.helpers import (
     write_json_export,
     write_parquet,
 )
+from tests.waits import run_child
 from vl_datasets.errors import SchemaError
 from vl_datasets.metadata.normalize import info_of, normalize
 from vl_datasets.metadata.read import read_metadata
@@ -121,6 +124,41 @@ def test_json_load_fallback_refuses_what_is_not_utf8_too(tmp_path, monkeypatch):
         read_metadata(tmp_path)
 
 
+_READ_EACH = """
+import json, sys
+from pathlib import Path
+from vl_datasets.errors import SchemaError
+from vl_datasets.metadata import read
+for path in sys.argv[1:]:
+    for streamed in (False, True):
+        read.JSON_STREAM_BYTES = 0 if streamed else 64 << 20
+        try:
+            list(read.metadata_slices(Path(path)).tables)
+            print("read")
+        except SchemaError as exc:
+            print(json.dumps({"field": exc.field, "message": str(exc)}))
+        sys.stdout.flush()
+"""
+
+
+def test_a_json_text_that_is_no_object_or_list_is_a_schema_error_not_a_crash(tmp_path):
+    texts = ["null", " null", "null null", "\ufeff\n null", "42", '"media_items"', ""]
+    paths = []
+    for i, text in enumerate(texts):
+        (tmp_path / str(i)).mkdir()
+        paths.append(tmp_path / str(i) / "metadata.json")
+        paths[-1].write_text(text, encoding="utf-8")
+    # A child process: Arrow's reader crashed (SIGSEGV) on a text that opens with null.
+    result = run_child([sys.executable, "-c", _READ_EACH, *map(str, paths)], env=child_env())
+    assert result.returncode == 0, f"reading the texts killed the process: {result.stderr[-2000:]}"
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 2 * len(paths), result.stdout
+    for i, answer in enumerate(answers):
+        assert answer["field"] == "metadata", answer
+        path = paths[i // 2]
+        assert answer["message"] == f"{path} is neither a JSON export object nor a list of media items.", answer
+
+
 # -- nesting: a bounded depth, checked before any parser recurses ----------------------------------
 
 _READ_AT_DEPTHS = """
@@ -170,9 +208,6 @@ def _deep_exports(tmp_path, where: str) -> list:
 )
 def test_metadata_nested_a_thousand_to_100000_deep_is_a_schema_error_not_a_crash(tmp_path, where):
     import subprocess
-    import sys
-
-    from tests.helpers import child_env
 
     paths = _deep_exports(tmp_path, where)
     # A child process: Arrow's reader once overflowed the C stack at 100,000 levels (SIGSEGV). Its

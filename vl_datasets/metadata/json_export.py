@@ -38,6 +38,7 @@ from .row_batches import one_array
 
 _MAX_BLOCK_BYTES = (1 << 31) - 1  # the JSON reader's block size is an int32
 _UTF8_SLICE_BYTES = 16 << 20
+_BLANKS = b" \t\r\n"  # JSON's whitespace
 # Typed, so that the reader leaves the ISO times as text; other keys are inferred (a time among
 # them becomes a datetime, kept in the info as str(datetime)).
 _INFO_TYPE = pa.struct(
@@ -132,6 +133,18 @@ def not_utf8(path: Path, offset: int, reason: str) -> SchemaError:
         "Visual Layer writes metadata.json as UTF-8; was the file re-encoded?",
         field="metadata",
     )
+
+
+def check_export_opening(path: Path) -> None:
+    """SchemaError unless the JSON text of ``path`` opens with ``{`` or ``[`` (past blanks and a
+    byte-order mark), as an export object or a list of media items does. Checked before Arrow's
+    reader sees the text: one that opens with ``null`` crashes it (SIGSEGV)."""
+    with open(path, "rb") as stream:
+        head = stream.read(4096).removeprefix(codecs.BOM_UTF8).lstrip(_BLANKS)
+        while not head and (more := stream.read(4096)):
+            head = more.lstrip(_BLANKS)
+    if head[:1] not in (b"{", b"["):
+        raise SchemaError(f"{path} is neither a JSON export object nor a list of media items.", field="metadata")
 
 
 def read_json_export(path: Path) -> tuple[pa.Table, Any] | None:
