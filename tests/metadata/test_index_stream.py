@@ -120,6 +120,22 @@ def test_a_media_id_repeated_in_another_batch_is_named(tmp_path):
     assert not list((tmp_path / "out").iterdir()), "a failed build left files"
 
 
+@pytest.mark.parametrize("shape", ["parquet with images", "streamed json"])
+def test_a_media_id_repeated_in_a_build_that_spills_its_slices_is_named(tmp_path, monkeypatch, shape):
+    """A build that spills its slices to disk (to resolve the images, or to unify a streamed JSON
+    export's types) reads the ids back from there to name the repeated one."""
+    media = realistic_media_items(60)
+    media[50]["media_id"] = media[10]["media_id"]
+    if shape == "streamed json":
+        monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)
+        export = write_json_export(tmp_path / "export", media).parent
+    else:
+        export = _with_images(tmp_path / "export", media, flat_from=len(media))
+    with pytest.raises(SchemaError, match="media_id 'id-0000010' appears more than once") as caught:
+        write_export_index(export, tmp_path / INDEX_FILE, batch_rows=16)
+    assert caught.value.field == "media_id"
+
+
 def test_an_error_in_a_later_batch_names_the_row_in_the_file(tmp_path):
     media = realistic_media_items(100)
     media[73]["uniqueness_score"] = 1.5

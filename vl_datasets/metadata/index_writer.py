@@ -131,7 +131,7 @@ def _write_index_file(
         with tempfile.TemporaryDirectory(prefix=".vl_datasets_slices.", dir=path.parent) as folder:
             spilled = _spill(coded, Path(folder))
             tables = [table for table, _ in spilled]
-            _check_unique(hashes, metadata, lambda: pa.chunked_array(_loaded(tables, ["media_id"]), pa.string()))
+            _check_unique(hashes, metadata, lambda: _spilled_media_ids(tables))
             schema = unified_schema([_load(part, schema_only=True).schema for part in tables])
             images = None if members is None else _resolve(tables, schema, members)
             whole = (conformed(table, schema) for table in _loaded(tables, consume=True))
@@ -154,6 +154,12 @@ def _hashed(tables: Iterable[pa.Table], hashes: IdHashes) -> Iterator[pa.Table]:
     for table in tables:
         hashes.add(table.column("media_id"))
         yield table
+
+
+def _spilled_media_ids(spilled: list[Path]) -> pa.ChunkedArray:
+    """The media ids of the spilled tables, in their order."""
+    tables = _loaded(spilled, ["media_id"])
+    return pa.chunked_array([chunk for table in tables for chunk in table.column("media_id").chunks], pa.string())
 
 
 def _check_unique(hashes: IdHashes, metadata: Path, media_ids: Callable[[], pa.ChunkedArray]) -> None:
