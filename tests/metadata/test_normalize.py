@@ -222,6 +222,20 @@ def test_duplicate_and_null_media_ids(tmp_path):
     assert schema_error(tmp_path / "null", nested_table(media)).field == "media_id"
 
 
+@pytest.mark.parametrize("name", ["media_id", "file_path", "metadata_items", "url", "extra"])
+def test_a_column_name_two_parquet_columns_share_is_refused_naming_it(tmp_path, name):
+    table = json_strings_table().append_column("extra", pa.array([1, 2, 3, 4]))
+    table = pa.Table.from_arrays([*table.columns, table[name]], names=[*table.column_names, name])
+    message = f"the column {name!r} appears more than once"
+    error = schema_error(tmp_path, table)  # the whole file read at once
+    assert error.field == name and message in str(error), error
+    with pytest.raises(SchemaError, match=message) as caught:  # read a record batch at a time
+        list(metadata_slices(tmp_path / "metadata.parquet").tables)
+    assert caught.value.field == name
+    with pytest.raises(SchemaError, match=message):
+        normalize(table)
+
+
 def _read_variant(tmp_path, variant, media):
     """``media`` read the way one variant of contract §6 is read: from a file, or from Python."""
     if variant == "json export":  # Arrow's JSON reader

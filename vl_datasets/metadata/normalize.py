@@ -300,17 +300,27 @@ def _held_items_only(raw: pa.Table) -> pa.Table:
     return raw.set_column(at, field, pa.chunked_array([first_seen(c) for c in raw.column(at).chunks], field.type))
 
 
+def check_names(schema: pa.Schema, source: str) -> None:
+    """SchemaError for a column name that is not UTF-8 (see ``_check_text``), or that two columns
+    share: a Parquet writer may write either, and Arrow looks up no column by a repeated name."""
+    seen = set()
+    for i, field in enumerate(schema):
+        if not _names_are_utf8(field):
+            raise SchemaError(f"{source}: the name of column {i}, or of a field in it, is not UTF-8.", field="metadata")
+        if field.name in seen:
+            raise SchemaError(f"{source}: the column {field.name!r} appears more than once.", field=field.name)
+        seen.add(field.name)
+
+
 def _check_text(raw: pa.Table, source: str, row_offset: int) -> None:
-    """SchemaError for a column name or a text value that is not UTF-8.
+    """SchemaError for a column name (``check_names``) or a text value that is not UTF-8.
 
     Arrow's readers do not check it (nor do all parquet writers), and such bytes would raise a
     bare UnicodeDecodeError wherever they are turned into Python, even while an error message is
     built. Arrow's full validation checks every string at memory speed; only when it fails are
     the column and the row at fault looked for.
     """
-    for i, field in enumerate(raw.schema):
-        if not _names_are_utf8(field):
-            raise SchemaError(f"{source}: the name of column {i}, or of a field in it, is not UTF-8.", field="metadata")
+    check_names(raw.schema, source)
     try:
         raw.validate(full=True)
         return

@@ -19,7 +19,7 @@ from ..errors import SchemaError
 from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_export_opening, check_utf8, not_utf8, read_json_export
-from .normalize import normalize, normalize_raw
+from .normalize import check_names, normalize, normalize_raw
 from .stream import JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
 from .table_file import read_normalized, stamp_source, write_normalized
 
@@ -98,6 +98,7 @@ def read_metadata_file(path: str | os.PathLike) -> pa.Table:
     path = Path(path)
     if is_parquet(path):
         try:
+            check_names(pq.read_schema(path), str(path))  # read_table refuses a repeated name, naming no column
             raw = pq.read_table(path)
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a column name that is not UTF-8
             raise SchemaError(f"{path} is not a readable parquet file ({exc}).", field="metadata") from None
