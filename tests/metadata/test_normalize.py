@@ -119,6 +119,34 @@ def test_unknown_columns_are_kept_after_the_known_ones(tmp_path):
     assert normalize(media).column("license").to_pylist()[0] == {"name": "cc-by"}
 
 
+@pytest.mark.parametrize(
+    "order",
+    [["raw_labels", "labels"], ["labels", "raw_labels", "raw_raw_labels"], ["raw_labels"]],
+)
+def test_a_column_renamed_for_a_collision_never_lands_on_another(tmp_path, order):
+    """``labels`` collides with a normalized name and becomes ``raw_labels``; the export's own
+    ``raw_labels`` (and ``raw_raw_labels``) then takes one more ``raw_``, whatever the order."""
+    table = nested_table()
+    for name in order:
+        table = table.append_column(name, pa.array([f"{name}-{i}" for i in range(4)]))
+    normalized = read_metadata(write_parquet(tmp_path, table).parent)
+    assert normalized.column_names[len(NORMALIZED_SCHEMA) :] == [f"raw_{name}" for name in order]
+    for name in order:
+        assert normalized.column(f"raw_{name}").to_pylist() == [f"{name}-{i}" for i in range(4)], name
+
+
+def test_a_renamed_column_is_named_alike_in_every_streamed_slice(tmp_path, monkeypatch):
+    """Only the first slice holds ``raw_labels``: ``labels`` is still ``raw_labels`` in each."""
+    media = items()
+    for i, item in enumerate(media):
+        item["labels"] = f"labels-{i}"
+    media[0]["raw_labels"] = "raw_labels-0"
+    monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)
+    slices = [t for t in metadata_slices(write_json_export(tmp_path, media), batch_rows=2).tables if t.num_rows]
+    assert [t.column("raw_labels").to_pylist() for t in slices] == [["labels-0", "labels-1"], ["labels-2", "labels-3"]]
+    assert slices[0].column("raw_raw_labels").to_pylist() == ["raw_labels-0", None]
+
+
 def test_empty_export(tmp_path):
     table = read_metadata(write_json_export(tmp_path, []).parent)
     assert table.num_rows == 0

@@ -1,7 +1,8 @@
 """Read a Visual Layer export's metadata, in every variant of contract §6, into one Arrow table.
 
 One row per media item, columns in this order (``NORMALIZED_SCHEMA``), then the export's unknown
-top-level columns as they were (renamed ``raw_<name>`` if one collides with a name below):
+top-level columns as they were (renamed ``raw_<name>`` if one collides with a name below; an
+export's own ``raw_<such a name>`` then takes one more ``raw_``, see ``_kept_name``):
 
     media_id            string, never null, unique
     media_type          string           "image" or "video_frame"
@@ -111,6 +112,8 @@ NORMALIZED_SCHEMA = pa.schema(
 DERIVED_FROM = {"file_size_bytes": ("file_size",), "file_name": ("file_name", "file_path", "image_filename")}
 # Input columns this module maps; every other column is kept as it is.
 _CONSUMED = set(SCALAR_INPUT_TYPES) | {"metadata_items"}
+# Normalized names that an input column kept as it is may have (``_kept_name`` renames it).
+_TAKEN_NAMES = set(NORMALIZED_SCHEMA.names) - _CONSUMED
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # ASCII letters only: under (?i), RE2 would also match the Kelvin sign for K.
 _SIZE_PATTERN = r"^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*(?:[KkMmGgTt][Ii]?)?[Bb]?\s*$"
@@ -255,10 +258,21 @@ def _normalize_table(
         kept = name == "image_filename" and "file_path" in names
         if (name in _CONSUMED and not kept) or name.startswith("__index_level_"):
             continue
-        target = name if name not in out else f"raw_{name}"
+        target = _kept_name(name)
         out[target] = raw.column(name)
         fields.append(raw.schema.field(name).with_name(target))
     return pa.table(out, schema=pa.schema(fields))
+
+
+def _kept_name(name: str) -> str:
+    """The output name of an input column kept as it is. A normalized column took ``labels``: it
+    becomes ``raw_labels``, and an export's own ``raw_labels`` (``raw_raw_labels``...) takes one
+    more ``raw_``, so that the two never meet. The name alone decides, not the other columns: a
+    streamed slice holds only some of the file's, and each slice must name a column alike."""
+    base = name
+    while base.startswith("raw_"):
+        base = base.removeprefix("raw_")
+    return f"raw_{name}" if base in _TAKEN_NAMES else name
 
 
 def _column(raw: pa.Table, name: str, source: str) -> pa.ChunkedArray:
