@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
 from tests.metadata.helpers import BARE, VIDEO_A, VIDEO_B, items
+from vl_datasets import VisualLayerDataset
 from vl_datasets.errors import ConfigurationError, ImageNotFoundError
 from vl_datasets.metadata.image_paths import resolve_image_paths
 from vl_datasets.metadata.normalize import normalize
+from vl_datasets.testing import write_dataset
 
 
 def _resolve(members, **kwargs):
@@ -199,7 +203,30 @@ def test_resolution_accepts_arrow_members_and_backslashes():
             "images/bare.png",
         ]
     )
-    assert _resolve(members)[0] == "images/train/cat/cat_01.jpg"
+    assert _resolve(members)[0] == "images\\train\\cat\\cat_01.jpg", "not the file as it is named"
+    assert _resolve(pa.array(["images/train\\cat/cat_01.jpg", *members.to_pylist()[1:]]))[0] == (
+        "images/train\\cat/cat_01.jpg"
+    )
+
+
+@pytest.mark.skipif(os.sep != "/", reason="a backslash is part of a file's name only where it separates no folders")
+@pytest.mark.parametrize("lookup", ["exact paths", "all the rows"])
+def test_a_file_named_with_a_backslash_is_found_and_read_by_its_own_name(tmp_path, lookup):
+    """An export unpacked on Linux may hold a file literally named ``images/sub\\x.jpg``: the row
+    whose file_path says ``sub\\x.jpg`` finds it (a backslash read as a folder separator), and then
+    reads that file, not ``images/sub/x.jpg``. Every row found by its exact path, or a row found by
+    its file name making the lookup take all the rows at once."""
+    media = [
+        {"media_id": f"m-{i}", "file_path": path, "file_name": path.rsplit("/", 1)[-1], "width": 8, "height": 6}
+        for i, path in enumerate(["sub\\x.jpg", "y.jpg", "gone/z.jpg"])
+    ]
+    export = write_dataset(tmp_path, "backslash", media_items=media)
+    assert (export / "images" / "sub\\x.jpg").is_file()
+    if lookup == "all the rows":
+        (export / "images" / "gone" / "z.jpg").rename(export / "images" / "z.jpg")
+    ds = VisualLayerDataset.from_export(export, task=None, cache_dir=tmp_path / "cache")
+    assert ds.image_path(0) == str(export / "images" / "sub\\x.jpg")
+    assert [ds[i][0].shape for i in range(3)] == [ds[1][0].shape] * 3, "an image was not read"
 
 
 def test_image_filename_beside_file_path_names_the_flat_image():

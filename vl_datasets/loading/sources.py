@@ -525,12 +525,17 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     percent-encoded, so that "photo #1.jpg", "q?x.jpg" or "100%.jpg" reach the server as those
     names rather than as a fragment, a query or an escape. Other protocols take the name as it is:
     s3fs, gcsfs and the local disk treat a key or a file name literally.
+
+    A backslash is a folder separator to the check, whatever the root (a share mounted here may
+    read it so), and in the name read, but on this system's disk where the separator is ``/``:
+    there it is part of a file's name (an unpacked export may hold ``images/sub\\x.jpg``).
     """
+    name = path.lstrip("/")
     path = path.replace("\\", "/").lstrip("/")
     if not path or _OUTSIDE[_reading_of(protocol)].search(path):
         raise ImageNotFoundError(f"The file_path {path!r} could name a file outside images_root: it is never read.")
     if protocol == "file" and os.sep == "/":  # the path is already this system's: spare a split and a
-        return root + path if root[-1:] in ("", "/") else f"{root}/{path}"  # join (a stat per prepared read)
+        return root + name if root[-1:] in ("", "/") else f"{root}/{name}"  # join (a stat per prepared read)
     segments = path.split("/")
     if protocol in ("http", "https"):
         segments = [quote(segment, safe="") for segment in segments]

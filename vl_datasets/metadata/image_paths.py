@@ -27,7 +27,8 @@ IMAGE_EXTENSIONS = (
 
 
 def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_missing: str = "raise") -> pa.Array:
-    """Each row's image as a path inside the export (e.g. ``images/train/cat/x.jpg``), contract §5:
+    """Each row's image as a path inside the export (e.g. ``images/train/cat/x.jpg``, one of
+    ``member_names`` as given, where a backslash is read as a folder separator), contract §5:
 
     0. ``images/<image_filename>``, where the export has that column beside ``file_path`` (the
        docs' parquet layout: every image in one flat folder, named by that column);
@@ -52,7 +53,8 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     """
     if on_missing not in ("raise", "null"):
         raise ConfigurationError(f"on_missing must be 'raise' or 'null', not {on_missing!r}.")
-    members, folded = _member_array(member_names)
+    names, members = _member_array(member_names)
+    folded = members is not names  # a backslash was read as a folder separator
     every_member = members
     if not len(members):  # a metadata-only export: no row has an image, and no lookup can find one
         return _none_found(table, on_missing)
@@ -112,7 +114,9 @@ def resolve_image_paths(table: pa.Table, member_names: Iterable[str], *, on_miss
     if on_missing == "raise" and pc.any(unresolved).as_py():
         row = pc.index(unresolved, True).as_py()
         raise _no_image(table, row, pc.sum(unresolved).as_py())
-    return resolved
+    # Each file as it is named (a folder on Linux may hold ``sub\\x.jpg``): no name several files
+    # carry once folded is any row's, so the first file of a folded name is the one.
+    return names.take(pc.index_in(resolved, value_set=every_member)) if folded else resolved
 
 
 _NO_STRING = pa.nulls(1, pa.string())[0]  # pa.scalar(None, ...) would import pandas (0.2 s) at every start
@@ -133,7 +137,7 @@ class ExactPaths:
     """
 
     def __init__(self, member_names: Iterable[str]) -> None:
-        self.members, _ = _member_array(member_names)
+        self.names, self.members = _member_array(member_names)  # as named, and as compared (``_member_array``)
         hashes = hash_strings(self.members)
         self._order = np.argsort(hashes)
         self._sorted = hashes[self._order]
@@ -191,20 +195,20 @@ def _no_image(table: pa.Table, row: int, count: int) -> ImageNotFoundError:
     )
 
 
-def _member_array(member_names: Iterable[str]) -> tuple[pa.Array, bool]:
-    """The names as an array, each backslash a folder separator, and whether one was (only then
-    can two of a folder's names be one)."""
+def _member_array(member_names: Iterable[str]) -> tuple[pa.Array, pa.Array]:
+    """The names as an array, and as the lookup compares them: each backslash a folder separator
+    (the same array where no name has one: only then can two of a folder's names be one)."""
     if isinstance(member_names, pa.ChunkedArray):
         members = member_names.combine_chunks()
     elif isinstance(member_names, pa.Array):
         members = member_names
     else:
         members = pa.array(list(member_names), pa.string())
-    members = members.cast(pa.string())
-    folded = bool(pc.any(pc.match_substring(members, "\\")).as_py())
-    if folded:  # a copy of every name only where one needs it
-        members = pc.replace_substring(members, "\\", "/")
-    return (pc.drop_null(members) if members.null_count else members), folded
+    names = members.cast(pa.string())
+    names = pc.drop_null(names) if names.null_count else names
+    if pc.any(pc.match_substring(names, "\\")).as_py():  # a copy of every name only where one needs it
+        return names, pc.replace_substring(names, "\\", "/")
+    return names, names
 
 
 def _exact_steps(

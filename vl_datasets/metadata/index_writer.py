@@ -322,7 +322,7 @@ def _exact_images(spilled: list[Path], lookup: pa.Schema, members: pa.Array) -> 
     found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if not (found >= 0).all() or _given_twice(found, len(exact.members)) or exact.doubled(found):
         return None  # the lookup over all the rows says which rows have none, or which are ambiguous
-    return lambda start, count: _under_images(exact.members.take(pa.array(found[start : start + count])))
+    return lambda start, count: _under_images(exact.names.take(pa.array(found[start : start + count])))
 
 
 def _given_twice(found: np.ndarray, members: int) -> bool:
