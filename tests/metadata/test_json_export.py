@@ -18,6 +18,7 @@ from tests.metadata.helpers import (
 )
 from tests.waits import run_child
 from vl_datasets.errors import SchemaError
+from vl_datasets.metadata import read
 from vl_datasets.metadata.normalize import info_of, normalize
 from vl_datasets.metadata.read import read_metadata
 
@@ -115,13 +116,28 @@ def test_metadata_json_with_a_utf8_byte_order_mark_is_read(tmp_path, expected):
 
 
 def test_json_load_fallback_refuses_what_is_not_utf8_too(tmp_path, monkeypatch):
-    from vl_datasets.metadata import read
-
     monkeypatch.setattr(read, "check_utf8", lambda path: None)  # as if the file changed after the check
     data, offset = _not_utf8(json.dumps(items()).encode(), b'"cat_01.jpg"', b'"cat_\xff1.jpg"')
     (tmp_path / "metadata.json").write_bytes(data)
     with pytest.raises(SchemaError, match=f"offset {offset:,}"):
         read_metadata(tmp_path)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_json_export_with_two_media_items_lists_is_refused(tmp_path, monkeypatch, streamed):
+    """A whole read kept the last list, a streamed one both: neither is known to be the export's."""
+    if streamed:
+        monkeypatch.setattr(read, "JSON_STREAM_BYTES", 0)
+    media = items()
+    path = write_json_export(tmp_path, media[:2])
+    path.write_text(path.read_text()[:-1] + ', "media_items": ' + json.dumps(media[2:]) + "}", encoding="utf-8")
+    with pytest.raises(SchemaError, match="holds the key 'media_items' more than once") as caught:
+        list(read.metadata_slices(path).tables)
+    assert caught.value.field == "media_items"
+    # The key's text elsewhere is no second list; past an integer yajl refuses, the keys are read on.
+    media[0]["note"], media[1]["extra"], media[2]["big"] = "media_items", {"media_items": [1]}, 2**70
+    write_json_export(tmp_path, media)
+    assert sum(table.num_rows for table in read.metadata_slices(path).tables) == 4
 
 
 _READ_EACH = """

@@ -20,7 +20,7 @@ from .items import gc_paused
 from .json_depth import check_file_depth
 from .json_export import check_export_opening, check_utf8, not_utf8, read_json_export
 from .normalize import check_names, normalize, normalize_raw
-from .stream import JSON_STREAM_BYTES, is_parquet, json_slices, parquet_slices
+from .stream import JSON_STREAM_BYTES, check_items_key_once, is_parquet, json_slices, parquet_slices
 from .table_file import read_normalized, stamp_source, write_normalized
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def read_metadata_file(path: str | os.PathLike) -> pa.Table:
         check_utf8(path)  # both readers below would take bytes that are not UTF-8
         check_file_depth(path)  # and recurse once per level: a deep nesting would overflow their stacks
         check_export_opening(path)  # and Arrow's reader crashes on a text that opens with null
+        check_items_key_once(path)  # both would keep the last of two media_items lists
         parsed = read_json_export(path)
         table = (
             normalize(_load_json(path), source=str(path))

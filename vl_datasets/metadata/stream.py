@@ -10,11 +10,11 @@ one schema; a JSON export's unknown keys are typed per slice, and the caller uni
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from contextlib import closing
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import ijson
 import pyarrow as pa
@@ -143,6 +143,8 @@ def json_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Tab
     prefix = items_prefix(path)
     if prefix is None:
         return None
+    if prefix == "media_items.item":
+        check_items_key_once(path)  # ijson would give the items of every media_items list
     return _json_slices(path, prefix, batch_rows or BATCH_ROWS)
 
 
@@ -154,6 +156,26 @@ def items_prefix(path: Path) -> str | None:
             if stripped:
                 return {b"{": "media_items.item", b"[": "item"}.get(stripped[:1])
     return None
+
+
+def check_items_key_once(path: Path) -> None:
+    """SchemaError when the export object in ``path`` holds the key ``media_items`` more than once:
+    a whole read keeps the last list, a streamed one every list, and neither is known to be the
+    export's. The bytes are searched first (a key spelled with escapes, which no writer does, is
+    not looked for): only a file that holds the key's text twice is parsed for its top-level keys."""
+    if _occurrences(path, b'"media_items"') > 1 and list(_top_level_keys(path)).count("media_items") > 1:
+        raise SchemaError(f"{path}: the JSON export holds the key 'media_items' more than once.", field="media_items")
+
+
+def _occurrences(path: Path, text: bytes) -> int:
+    """How many times the bytes ``text`` occur in the file ``path``, read a slice at a time."""
+    count, tail, short = 0, b"", len(text) - 1
+    with open(path, "rb") as stream:
+        while chunk := stream.read(16 << 20):
+            # In the slice, and across its start: the bytes before it, too few to hold one, with its first.
+            count += chunk.count(text) + (tail + chunk[:short]).count(text)
+            tail = (tail + chunk[-short:])[-short:]
+    return count
 
 
 def _json_slices(path: Path, prefix: str, batch_rows: int) -> Iterator[pa.Table]:
@@ -187,18 +209,29 @@ def _info(path: Path) -> Any:
 
 
 def json_values(path: Path, prefix: str) -> Iterator[Any]:
-    """The values under ``prefix`` in the JSON file ``path``, parsed incrementally.
+    """The values under ``prefix`` in the JSON file ``path``, parsed incrementally (``_parsed``)."""
+    return _parsed(path, lambda backend, stream: backend.items(stream, prefix, use_float=True, buf_size=_READ_BYTES))
+
+
+def _top_level_keys(path: Path) -> Iterator[str]:
+    """The keys of the object the JSON file ``path`` holds, in order, parsed incrementally."""
+    events = _parsed(path, lambda backend, stream: backend.parse(stream, use_float=True, buf_size=_READ_BYTES))
+    return (value for prefix, event, value in events if prefix == "" and event == "map_key")
+
+
+def _parsed(path: Path, parse: Callable[[Any, BinaryIO], Iterator[Any]]) -> Iterator[Any]:
+    """What ``parse(backend, stream)`` gives of the JSON file ``path`` with ijson's fastest backend.
 
     yajl (ijson's C backend) refuses an integer past 64 bits as an "integer overflow", where
     ``json.loads``, which reads a smaller export whole, takes it (a value the normalization then
     judges, as for any file). At such an integer the parse starts again with ijson's Python
-    backend (about 20 times slower, but unbounded) past the values already given.
+    backend (about 20 times slower, but unbounded) past what was already given.
     """
     given = 0
     for backend in (_FAST, _UNBOUNDED):
         with open(path, "rb") as stream:
             try:
-                for i, value in enumerate(backend.items(stream, prefix, use_float=True, buf_size=_READ_BYTES)):
+                for i, value in enumerate(parse(backend, stream)):
                     if i >= given:
                         given += 1
                         yield value
