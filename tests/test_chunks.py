@@ -507,10 +507,11 @@ def test_a_chunk_failing_for_good_ends_the_fetch_at_once_naming_the_chunk(capped
     thread = threading.Thread(target=fetch, daemon=True)
     thread.start()
     try:
-        # Its siblings poll once, maybe twice, before they are stopped; waited on, they poll on.
+        # Its siblings poll once, maybe a few times on a loaded machine, before they are stopped;
+        # waited on, they poll on for good: a bound far above the first, reached only by the second.
         polls = Stall(lambda: capped.count("export_status"))
         wait_until(
-            lambda: not thread.is_alive() or capped.count("export_status") > 12, "the rejection's error", progress=polls
+            lambda: not thread.is_alive() or capped.count("export_status") > 60, "the rejection's error", progress=polls
         )
         assert not thread.is_alive(), (
             f"the rejection waited for the chunks in flight: {capped.count('export_status')} status polls so far"
