@@ -160,6 +160,27 @@ def test_older_than_removes_image_files_unused_since(full_cache):
     assert len(trim.files) == 5 and result.entries_removed == 0, "the entries are younger than a day"
 
 
+def test_older_than_ages_an_export_by_when_a_dataset_last_opened_it(quick_client, tmp_path):
+    """An export made two months ago and trained on every day was removed as 'not used since'."""
+    from datetime import datetime, timedelta, timezone
+
+    from vl_datasets import VisualLayerDataset
+    from vl_datasets.cache.store import CacheStore
+
+    cache = tmp_path / "cache"
+    used = fetch_export("ds-ready", client=quick_client, cache_dir=cache)
+    write_dataset(tmp_path, "mine", n_items=3)
+    unused = open_export(tmp_path / "mine", cache_dir=cache)
+    made = (datetime.now(timezone.utc) - timedelta(days=60)).isoformat()
+    for entry in (used, unused):
+        manifest = CacheStore.manifest_of(entry)
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "created_at": made}))
+    VisualLayerDataset("ds-ready", client=quick_client, cache_dir=cache, image_size=8)  # today's job
+    result = prune(cache, PrunePolicy(older_than_days=30))
+    assert [r.path for r in result.removed if r.what == "entry"] == [unused.entry_dir]
+    assert fetch_export("ds-ready", client=quick_client, cache_dir=cache, offline=True).version == used.version
+
+
 def test_a_policy_refuses_negative_limits():
     with pytest.raises(vl_datasets.ConfigurationError, match="max_size"):
         PrunePolicy(max_size=-1)

@@ -32,14 +32,15 @@ def plan(info: CacheInfo, policy: PrunePolicy) -> PruneStrategy:
 
 
 def _by_policy(info: CacheInfo, policy: PrunePolicy, now: datetime) -> list[Removal]:
-    """Entries and image-cache files, oldest first: those older than the cutoff, then as many more
-    as it takes to fit in ``max_size`` (an entry counts its current version and derived stores)."""
+    """Entries and image-cache files, least recently used first (an entry by when its current
+    version was made or last opened): those unused since the cutoff, then as many more as it takes
+    to fit in ``max_size`` (an entry counts its current version and derived stores)."""
     cutoff = policy.cutoff(now)
     if cutoff is None and policy.max_size is None:
         return []
     # (age, size, entry or (area, file)): one list, so the oldest thing goes first whatever it is.
     candidates: list[tuple[float, int, EntryInfo | tuple[NodeAreaInfo, Path]]] = [
-        ((e.current.created_at or now).timestamp(), e.current_size_on_disk, e) for e in info.entries
+        ((e.current.used_at or now).timestamp(), e.current_size_on_disk, e) for e in info.entries
     ]
     images = {area: _trimmable(area.path) for area in info.node_areas}
     for area, found in images.items():

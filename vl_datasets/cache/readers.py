@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import CacheMissError
@@ -74,6 +75,7 @@ class ReadingVersion:
                 with _HELD_LOCK:
                     _HELD[self.path] = held
         self._held = held
+        _mark_used(self.path)
         if not manifest.is_file():  # removed by the prune this waited for
             self.release()
             raise CacheMissError(
@@ -89,6 +91,21 @@ class ReadingVersion:
 
     def __repr__(self) -> str:
         return f"ReadingVersion({str(self.path)!r}, held={self._held is not None})"
+
+
+def _mark_used(path: Path) -> None:
+    """The readers file's mtime is when the version was last opened: ``cache prune --older-than``
+    ages an entry by it. A cache this user may not write (another's, read-only) keeps its times."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def last_used(entry_dir: Path, version: str) -> datetime | None:
+    """When ``version`` was last opened by a dataset, if it ever was (``_mark_used``)."""
+    try:
+        return datetime.fromtimestamp(readers_path(entry_dir, version).stat().st_mtime, timezone.utc)
+    except OSError:
+        return None
 
 
 class HeldLock:

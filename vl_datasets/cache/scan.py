@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import ConfigurationError, VersionInUseError
 from .layout import CACHEDIR_TAG, DERIVED_IDENTITY, DERIVED_MANIFEST, read_json, split_derived_name
 from .opened import local_store
-from .readers import unread
+from .readers import last_used, unread
 from .store import CacheStore, LocalExport
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -42,6 +42,13 @@ class VersionInfo:
     size_on_disk: int
     current: bool
     export: LocalExport = field(repr=False)
+    opened_at: datetime | None = None  # when a dataset last opened it (``readers.last_used``)
+
+    @property
+    def used_at(self) -> datetime | None:
+        """When it was last made or opened: what a prune by age or size goes by."""
+        times = [t for t in (self.created_at, self.opened_at) if t is not None]
+        return max(times) if times else None
 
 
 @dataclass(frozen=True)
@@ -301,7 +308,16 @@ def remove_entry(entry: EntryInfo, *, lock_timeout_s: float | None = REMOVE_LOCK
 
 def _entry_info(store: CacheStore, folder: Path, versions: list[LocalExport], *, mirrored: bool) -> EntryInfo:
     infos = tuple(
-        VersionInfo(v.version or "?", v.path, v.created_at, v.total_bytes or 0, v is versions[-1], v) for v in versions
+        VersionInfo(
+            v.version or "?",
+            v.path,
+            v.created_at,
+            v.total_bytes or 0,
+            v is versions[-1],
+            v,
+            last_used(folder, v.version) if v.version else None,
+        )
+        for v in versions
     )
     derived = tuple(_derived_info(path) for path in store.derived_dirs(folder))
     return EntryInfo(folder, store.root, mirrored, infos, derived)

@@ -32,7 +32,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     limit = prune.add_mutually_exclusive_group()
     limit.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="also remove exports made more than DAYS days ago"
+        "--older-than", type=float, metavar="DAYS", help="also remove exports not made or opened in DAYS days"
     )
     limit.add_argument(
         "--max-size",
