@@ -19,9 +19,11 @@ from vl_datasets import Client
 from vl_datasets.sample import SAMPLE_DATASET_ID, SAMPLE_ROOT
 from vl_datasets.testing import LocalVisualLayer
 
+PLATFORM_VARIABLES = ("VL_API_KEY", "VL_API_TOKEN", "VL_API_URL")
+
 
 def credentials_set() -> bool:
-    return any(os.environ.get(name) for name in ("VL_API_KEY", "VL_API_TOKEN", "VL_API_URL"))
+    return any(os.environ.get(name) for name in PLATFORM_VARIABLES)
 
 
 @contextlib.contextmanager
@@ -33,7 +35,11 @@ def platform_or_sample(dataset_id: str | None, cache_dir: str | None) -> Iterato
     """
     if credentials_set():
         if dataset_id is None:
-            raise SystemExit("--dataset-id is required when talking to Visual Layer")
+            named = ", ".join(name for name in PLATFORM_VARIABLES if os.environ.get(name))
+            raise SystemExit(
+                f"--dataset-id is required when talking to Visual Layer ({named} set); "
+                "unset it to run on the embedded sample"
+            )
         yield Client(), dataset_id, cache_dir
         return
     with tempfile.TemporaryDirectory() as tmp, LocalVisualLayer(SAMPLE_ROOT, export_polls=1) as service:

@@ -138,6 +138,16 @@ def test_main_command_uses_the_platform_when_credentials_are_set(tmp_path):
         assert secret not in result.stdout + result.stderr
 
 
+def test_main_command_in_the_shell_serve_set_up_says_what_took_it_off_the_sample(tmp_path):
+    """`export VL_API_URL=...`, as serve's banner says, then the README's command: it exited with
+    "--dataset-id is required" and no word of why it had left the sample."""
+    env = _clean_env(tmp_path) | {"VL_API_URL": "http://127.0.0.1:2080"}
+    result = run_child([sys.executable, str(REPO / "examples" / "train_classifier.py")], env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--dataset-id is required" in result.stderr
+    assert "VL_API_URL set" in result.stderr and "unset it to run on the embedded sample" in result.stderr
+
+
 def test_resume_picks_up_a_killed_run_and_trains_the_same_models(tmp_path):
     """--resume: SIGKILL the run part-way through the second model, run it again; the first model
     comes from its checkpoint, the second goes on from its last one, and both come out as an
