@@ -1,9 +1,11 @@
-"""Run every benchmark in one go and write benchmarks/RESULTS.md.
+"""Run every benchmark in one go and write benchmarks/RESULTS_LATEST.md.
 
     pip install scikit-image   # corpora's source photos; torchvision / datasets join as peers if installed
     python benchmarks/run.py
 
 Each benchmark runs in its own process and writes its part; the parts are joined into one file.
+RESULTS.md is the record kept by hand: the runs the README quotes, with the sections written as each
+issue was measured. A run writes beside it, never over it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+LATEST = "RESULTS_LATEST.md"
 
 
 def _versions() -> str:
@@ -54,10 +57,10 @@ def main() -> None:
     ]
     # Each part starts with a top-level heading; nest it under this file's title.
     body = [part.read_text().replace("# ", "## ", 1) for part in parts]
-    (HERE / "RESULTS.md").write_text("\n".join(header) + "\n".join(body))
+    (HERE / LATEST).write_text("\n".join(header) + "\n".join(body))
     for part in parts:
         part.unlink()
-    print((HERE / "RESULTS.md").read_text())
+    print((HERE / LATEST).read_text())
 
 
 if __name__ == "__main__":
