@@ -149,7 +149,8 @@ def api_secret(args: argparse.Namespace, environ: Mapping[str, str]) -> str | No
         return None
     if args.api_secret_file is not None:
         try:
-            # Only the line ending a file's last line is dropped: any other character may be the secret's.
+            # Only the line endings after the last line are dropped (an editor's, or a blank line
+            # more): no secret ends in one, and any other character may be the secret's own.
             secret = args.api_secret_file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             raise errors.ConfigurationError(
