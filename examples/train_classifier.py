@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--image-size",
         type=int,
-        help="side in pixels (default: 16 for the sample's 8x8 digit scans, 64 on the platform)",
+        help="side in pixels (default: 16 for the sample's 32x32 digit JPEGs, 64 on the platform)",
     )
     parser.add_argument("--min-uniqueness", type=float, default=0.05)
     parser.add_argument(

@@ -49,7 +49,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)"
     )
-    serve.add_argument("--port", type=_port, default=2080, help="port of the API (0: any free one, printed at start)")
+    serve.add_argument(
+        "--port", type=_port, default=2080, help="port of the API (default 2080; 0: any free one, printed at start)"
+    )
     serve.add_argument("--storage-port", type=_port, default=0, help="port of the download origin (0: any free)")
     serve.add_argument(
         "--download-uri",
