@@ -54,7 +54,8 @@ class RetryPolicy:
     ``max_attempts`` counts every try, the first included. Before try n+1 the wait is
     ``min(cap_s, base_s * 2**n)``, of which the fraction ``jitter`` is random (0.5: uniform in
     [half, all] of it, so waits still grow while ranks that failed together spread out). A
-    ``Retry-After`` replaces the wait; one longer than ``retry_after_max_s`` ends the attempts.
+    ``Retry-After`` replaces the wait; one longer than ``retry_after_max_s`` ends the attempts
+    (``gives_up_on_long_retry_after``) or is cut to it.
     ``attempt_timeout_s`` bounds one try, ``deadline_s`` all of them together (None: no bound); a
     wait that would end past the deadline is not started.
     """
@@ -66,6 +67,10 @@ class RetryPolicy:
     attempt_timeout_s: float | None = None
     jitter: float = 0.5
     retry_after_max_s: float = 120.0
+    # A longer Retry-After: give up, saying so (an API call, which the caller can make again
+    # later), or wait ``retry_after_max_s`` and try (an image read: sooner than asked beats an
+    # image lost to the batch).
+    gives_up_on_long_retry_after: bool = True
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
@@ -125,7 +130,8 @@ class Attempts:
         the attempts are spent or the wait would end past the deadline."""
         if self.made >= self.policy.max_attempts:
             return None
-        if retry_after_s is not None and retry_after_s > self.policy.retry_after_max_s:
+        long_wait = retry_after_s is not None and retry_after_s > self.policy.retry_after_max_s
+        if long_wait and self.policy.gives_up_on_long_retry_after:
             # Resent sooner than asked, the request is refused again (or counts against us): give
             # up now, saying how long the server asked for.
             self.asked_wait_s = retry_after_s
@@ -205,5 +211,6 @@ def image_read_policy(env: Mapping[str, str] | None = None, **overrides) -> Retr
         "base_s": 0.1,
         "cap_s": 5.0,
         "retry_after_max_s": 5.0,
+        "gives_up_on_long_retry_after": False,
     }
     return RetryPolicy(**{**settings, **overrides})

@@ -69,4 +69,6 @@ def test_readme_lists_every_command_and_the_exit_codes_main_returns():
     assert missing == [], f"commands missing from the README's Command line table: {missing}"
     assert "--api-url" in section
     readme_codes = {int(code) for code in re.findall(r"(\d+) \w", section.split("Exit codes:")[1].split("\n\n")[0])}
-    assert readme_codes == {code for _, code, _ in EXIT_CODES} | {2}, "README's exit codes differ from the CLI's"
+    returned = {code for _, code, _ in EXIT_CODES} | {2, 130}  # usage errors, and Ctrl-C
+    assert readme_codes == returned, "README's exit codes differ from the CLI's"
+    assert returned == set(EXIT_CODE_MEANINGS) - {0}, "--help's exit codes differ from the CLI's"

@@ -68,3 +68,21 @@ def test_retries_are_bounded_and_keep_the_last_error():
     assert isinstance(caught.value.__cause__, ConnectionResetError)
     assert "gave up after 3 of 3 attempts" in str(caught.value)
     assert (len(calls), len(waits)) == (3, 2)
+
+
+def test_an_image_asked_to_wait_longer_than_reads_wait_is_read_again_after_their_longest_wait():
+    """Unlike an API call, which gives up on such an answer, a read tries again sooner than asked:
+    an image lost costs the batch more than a refused try."""
+    from vl_datasets.backoff import image_read_policy
+
+    waits, calls = [], []
+    policy = image_read_policy({}, sleep=waits.append)
+
+    def read(timeout_s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise http_error(503, **{"Retry-After": "600"})
+        return b"pixels"
+
+    assert read_with_retries(policy, read, what="read of x") == b"pixels"
+    assert waits == [policy.retry_after_max_s] == [5.0]

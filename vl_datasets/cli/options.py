@@ -39,7 +39,10 @@ def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="the cache root, a folder or an fsspec URL (default: VL_DATASETS_CACHE, else ~/.cache/vl_datasets)",
+        help=(
+            "the cache root, a folder or an fsspec URL (default: VL_DATASETS_CACHE, else "
+            "$XDG_CACHE_HOME/vl_datasets or ~/.cache/vl_datasets)"
+        ),
     )
 
 
