@@ -69,6 +69,13 @@ def test_report_shows_counts_rules_plots_and_thumbnails(export, tmp_path):
     )
 
 
+def test_the_same_data_gives_the_same_file(export, tmp_path):
+    # matplotlib salts the SVG's element ids with a random uuid unless told otherwise.
+    ds = VisualLayerDataset.from_export(export, **RULES)
+    first = ds.report(tmp_path / "a.html").read_bytes()
+    assert ds.report(tmp_path / "b.html").read_bytes() == first
+
+
 def test_a_subset_is_counted_but_its_outside_is_not_shown_as_removed(export, tmp_path):
     everything = VisualLayerDataset.from_export(export, task=None)
     subset = everything.media_ids[:25]

@@ -94,8 +94,13 @@ def legend_above(ax: Any) -> None:
 
 def svg(fig: Any) -> str:
     """The figure as an SVG data URI."""
+    from matplotlib import rc_context
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same data, the same file
+    # The same data, the same file: no date, and element ids hashed with a fixed salt (matplotlib
+    # salts them with a random uuid by default, so every report differed from the last).
+    with rc_context({"svg.hashsalt": "vl_datasets"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

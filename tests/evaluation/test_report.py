@@ -53,6 +53,11 @@ def test_report_shows_tables_plots_clusters_and_label_errors(result, tmp_path):
     assert "&lt;b&gt;odd&lt;/b&gt;.jpg" in page and "<b>odd</b>" not in page
 
 
+def test_the_same_evaluation_gives_the_same_file(result, tmp_path):
+    first = result.write_report(tmp_path / "a.html").read_bytes()
+    assert result.write_report(tmp_path / "b.html").read_bytes() == first
+
+
 def test_thumbnails_and_clusters_can_be_capped(result, tmp_path):
     page = result.write_report(tmp_path / "r.html", max_clusters=0, max_thumbnails=2).read_text()
     assert thumbnails(page) == 2
