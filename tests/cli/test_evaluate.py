@@ -155,3 +155,23 @@ def test_empty_predictions_an_unknown_id_and_unknown_train_ids_are_said(export, 
         code = main(["evaluate", str(export), "--predictions", str(predictions), "--train-ids", str(train_ids), *cache])
     assert code == 0
     assert "2 of the 3 train media ids are no item of this export" in caplog.text
+
+
+def test_a_class_curation_removes_whole_keeps_its_index_and_its_name(tmp_path, capsys):
+    """The classes came from the kept items: with every bird blurred and dropped, a perfect model's
+    class indices (bird 0, cat 1, dog 2) read as other classes, and its birds by name were refused."""
+    blur = ({"issue_type": "blur", "confidence": 0.9},)
+    items = [item(f"b{i}", "bird", issues=blur) for i in range(2)]
+    items += [item(f"c{i}", "cat") for i in range(2)] + [item(f"d{i}", "dog") for i in range(2)]
+    export = write_export(tmp_path, items)
+    by_index, by_name = tmp_path / "index.parquet", tmp_path / "name.parquet"
+    pq.write_table(pa.table({"media_id": ["c0", "c1", "d0", "d1"], "prediction": [1, 1, 2, 2]}), by_index)
+    names = ["bird", "bird", "cat", "cat", "dog", "dog"]
+    pq.write_table(pa.table({"media_id": [it["media_id"] for it in items], "prediction": names}), by_name)
+    argv = ["evaluate", str(export), "--drop-issue", "blur=0.8", "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--predictions", str(by_index)]) == 0
+    assert "4 items scored; accuracy 100.0%" in capsys.readouterr().out
+    assert main([*argv, "--predictions", str(by_name)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 items scored; accuracy 100.0%" in printed
+    assert "  removed by drop_issues: 2 items, accuracy 100.0%" in printed

@@ -150,3 +150,16 @@ def test_an_export_path_with_rules_and_scores_work_as_input(export, tmp_path):
     ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c", invalid_labels="drop")
     with pytest.raises(ConfigurationError, match="curation= applies to an export path"):
         evaluate(ds, scores, curation=CurationRules(dedupe=True))
+
+
+def test_an_export_path_keeps_the_classes_curation_removed_whole(tmp_path):
+    from vl_datasets import CurationRules
+
+    blur = ({"issue_type": "blur", "confidence": 0.9},)
+    items = [item("b0", "bird", issues=blur), item("c0", "cat"), item("d0", "dog")]
+    export = write_export(tmp_path, items)
+    rules = CurationRules(drop_issues={"blur": 0.5})
+    result = evaluate(export, {"b0": "bird", "c0": 1, "d0": 2}, curation=rules)
+    assert result.classes == ["bird", "cat", "dog"]
+    assert result.accuracy == 1.0
+    assert rows(result.slices["curation"]) == {"kept": (2, 2), "removed by drop_issues": (1, 1)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from typing import Any
 
@@ -82,6 +83,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_output(args.out, "--out")  # before the scoring, which may take minutes
     check_output(args.label_errors, "--label-errors")
     from ..evaluation import evaluate, read_media_ids
+    from ..evaluation.results import with_export_classes
 
     # Items without exactly one label are kept out of training, not out of the evaluation: their
     # predictions are listed but not scored.
@@ -90,7 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         **_shared_options(args),
     }
     train_ids = read_media_ids(args.train_ids) if args.train_ids else None  # a bad file fails before the export
-    dataset = open_dataset(args, **options)
+    dataset = with_export_classes(functools.partial(open_dataset, args, **options))
     min_confidence = 0.5 if args.min_confidence is None else args.min_confidence
     result = evaluate(dataset, args.predictions, train_ids=train_ids, min_confidence=min_confidence, title=args.title)
     print(summary_text(result))

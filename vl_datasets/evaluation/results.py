@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError
-from ..metadata.curation import CurationRules
+from ..metadata.curation import CurationRules, selected_labels
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
@@ -120,7 +121,8 @@ def evaluate(
 
     ``dataset`` is a classification ``VisualLayerDataset`` (its classes, label source and curation
     rules are used) or the path of a local export, opened with the ``curation`` rules (items
-    without exactly one label are then left out of the classes, not an error). ``predictions`` is
+    without exactly one label are then left out of the classes, not an error) and the whole
+    export's classes (``with_export_classes``). ``predictions`` is
     anything ``read_predictions`` takes: ``{media_id: class | scores}``, a table, a CSV or Parquet
     path. Predicted items may include items curation removed: the ``curation`` slices compare
     them with the kept ones. With ``train_ids`` (the media ids the model was trained on), the
@@ -129,7 +131,8 @@ def evaluate(
     if isinstance(dataset, (str, os.PathLike)):
         from ..loading.dataset import VisualLayerDataset
 
-        dataset = VisualLayerDataset.from_export(dataset, curation=curation, invalid_labels="drop")
+        opener = functools.partial(VisualLayerDataset.from_export, dataset, curation=curation, invalid_labels="drop")
+        dataset = with_export_classes(opener)
     elif curation is not None:
         raise ConfigurationError("curation= applies to an export path; a dataset already has its rules.")
     if min_cluster_items < 1:
@@ -157,6 +160,28 @@ def evaluate(
         leakage=leakage,
         dataset=dataset,
     )
+
+
+def with_export_classes(open_dataset: Callable[..., Any]) -> Any:
+    """The dataset ``open_dataset()`` opens, numbered by the classes of the whole export.
+
+    A dataset's classes are those of the items curation kept: a rule that removes every item of
+    a class drops it, which shifts the index of every class after it (a model's class indices then
+    read as other classes) and refuses the removed items' predictions by that name. A model
+    trained on the export knows them all, so when they differ the dataset is opened again with
+    ``open_dataset(classes=...)``.
+    """
+    dataset = open_dataset()
+    classes = export_classes(dataset.curation_details(), dataset.label_source)
+    return dataset if classes == list(dataset.classes) else open_dataset(classes=classes)
+
+
+def export_classes(details: pa.Table, label_source: Any) -> list[str]:
+    """The sorted names of the items of ``details`` with one label (of ``label_source``), kept or
+    not: the classes training on the whole export numbers."""
+    names = selected_labels(details, label_source)
+    single = pc.equal(pc.list_value_length(names), 1)
+    return sorted(pc.unique(pc.list_flatten(names.filter(single))).to_pylist())
 
 
 def _leakage(dataset: Any, scored: pa.Table, train_ids: list[str]) -> Leakage:
