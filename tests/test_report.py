@@ -206,3 +206,29 @@ def test_thumbnails_of_images_behind_a_remote_root_are_shown(tmp_path):
         page = ds.report(tmp_path / "report.html").read_text()
     assert thumbnails(page) == 6, "the images read over HTTP should appear as thumbnails"
     assert "unreadable image" not in page
+
+
+def test_an_image_the_server_refuses_gets_a_placeholder_and_no_secret_shows(tmp_path):
+    """A 403 for one thumbnail ended the whole report with aiohttp's error, the signed URL in it."""
+    import shutil
+
+    from tests.loading.image_server import ImageServer
+
+    export = write_dataset(tmp_path, "remote", n_items=6)
+    source = tmp_path / "source"
+    shutil.move(export / "images", source)
+    secrets = ("PASSW0RD", "SECRETSIG", "SECRETTOK")
+    with ImageServer(source) as server:
+        root = server.url.replace("//", "//alice:PASSW0RD@") + "/?X-Amz-Signature=SECRETSIG&token=SECRETTOK"
+        ds = VisualLayerDataset.from_export(export, images_root=root, cache_dir=tmp_path / "c", task=None)
+        server.fail_next(1, 403)
+        page = ds.report(tmp_path / "report.html").read_text()
+        server.fail_next(1, 401)
+        image_path = ds.curation_details().column("image_path")[0].as_py()
+        with pytest.raises(errors.ImageDecodeError) as raised:
+            ds.read_image(image_path)
+    assert thumbnails(page) == 5
+    assert page.count("<div class=missing>unreadable image</div>") == 1
+    assert not [secret for secret in secrets if secret in page]
+    assert "401" in str(raised.value) and not [secret for secret in secrets if secret in str(raised.value)]
+    assert raised.value.__context__ is None and raised.value.__cause__ is None

@@ -261,11 +261,18 @@ class ImageReader:
 
     def read_original(self, location: str) -> bytes:
         """The bytes at a ``location`` (one of ``locations``), read from where the images live,
-        never from a prepared copy."""
+        never from a prepared copy. A failed read raises ``ImageNotFoundError`` or
+        ``ImageDecodeError`` (``image_error``): a storage library's own error (an HTTP 403, say)
+        quotes the signed URL it asked for."""
         prefix = self.root + self._source.separator
         if not location.startswith(prefix):
             raise ImageNotFoundError(f"{location} is not under this dataset's images ({self.root}).")
-        return self._originals.read(location[len(prefix) :])
+        path = location[len(prefix) :]
+        try:
+            return self._originals.read(path)
+        except Exception as exc:  # any filesystem's failure: image_error types it and scrubs its message
+            failure = exc
+        raise image_error(failure, media_id=None, source=self._originals, path=path)  # outside the handler: see _failed
 
     # -- images ---------------------------------------------------------------------------------
 

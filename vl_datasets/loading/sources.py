@@ -544,13 +544,15 @@ def object_path(root: str, path: str, *, protocol: str) -> str:
     return f"{root.rstrip('/')}/{'/'.join(segments)}"
 
 
-def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path: str) -> Exception:
-    """The typed error for a failed read of ``media_id``'s image: ``ImageNotFoundError`` for a missing
-    one, else ``ImageDecodeError``; both name the media id and the image's location, with no secret."""
+def image_error(exc: BaseException, *, media_id: str | None, source: ImageSource, path: str) -> Exception:
+    """The typed error for a failed read of ``media_id``'s image (None: not known to the reader):
+    ``ImageNotFoundError`` for a missing one, else ``ImageDecodeError``; both name the media id and
+    the image's location, with no secret."""
     location = source.location(path)
+    image = "the image" if media_id is None else f"the image of media_id {media_id!r}"
     if isinstance(exc, ImageReadError):
         return ImageReadError(
-            f"Cannot read the image of media_id {media_id!r} at {location}: {source.scrub(str(exc))}",
+            f"Cannot read {image} at {location}: {source.scrub(str(exc))}",
             media_id=media_id,
             path=location,
             attempts=exc.attempts,
@@ -559,10 +561,9 @@ def image_error(exc: BaseException, *, media_id: str, source: ImageSource, path:
         return exc
     reason = source.scrub(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, FileNotFoundError):
-        return ImageNotFoundError(f"No image for media_id {media_id!r} at {location} ({reason})", media_id=media_id)
-    return ImageDecodeError(
-        f"Cannot read the image of media_id {media_id!r} at {location}: {reason}", media_id=media_id, path=location
-    )
+        named = "" if media_id is None else f" for media_id {media_id!r}"
+        return ImageNotFoundError(f"No image{named} at {location} ({reason})", media_id=media_id)
+    return ImageDecodeError(f"Cannot read {image} at {location}: {reason}", media_id=media_id, path=location)
 
 
 def _checked_protocol(url: str, setting: str = "images_root") -> str:
