@@ -126,6 +126,31 @@ def test_output_paths_that_cannot_be_written_exit_2_before_scoring(export, tmp_p
         assert "items scored" not in captured.out  # refused before the scoring, not after it
 
 
+def test_an_output_naming_an_input_or_the_other_output_exits_2_naming_both(export, tmp_path, capsys):
+    """--out naming the predictions file overwrote it with the report, exit 0."""
+    predictions, train_ids = tmp_path / "p.csv", tmp_path / "train.txt"
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    train_ids.write_text("m0\n")
+    before = predictions.read_bytes()
+    argv = ["evaluate", str(export), "--predictions", str(predictions), "--train-ids", str(train_ids)]
+    argv += ["--cache-dir", str(tmp_path / "c")]
+    same_predictions = tmp_path / "sub" / ".." / "p.csv"  # another spelling of the same file
+    for option, path, other in (
+        ("--out", same_predictions, "--predictions"),
+        ("--label-errors", predictions, "--predictions"),
+        ("--out", train_ids, "--train-ids"),
+        ("--label-errors", train_ids, "--train-ids"),
+    ):
+        assert main([*argv, option, str(path)]) == 2
+        captured = capsys.readouterr()
+        assert f"error: {option} {path}: is the file {other} names" in captured.err
+        assert "items scored" not in captured.out
+    out = tmp_path / "r.html"
+    assert main([*argv, "--out", str(out), "--label-errors", str(out)]) == 2
+    assert f"error: --label-errors {out}: is the file --out names" in capsys.readouterr().err
+    assert predictions.read_bytes() == before and train_ids.read_text() == "m0\n" and not out.exists()
+
+
 def test_a_nan_score_in_a_csv_is_refused_not_read_as_no_score(export, tmp_path, capsys):
     predictions = tmp_path / "p.csv"
     predictions.write_text("media_id,prediction,score\nm0,cat,0.99\nm1,cat,nan\n")

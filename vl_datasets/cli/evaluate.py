@@ -13,6 +13,7 @@ from .options import (
     add_api_options,
     add_curation_options,
     add_source,
+    check_distinct_outputs,
     check_input,
     check_output,
     local_file,
@@ -76,6 +77,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.box_predictions import is_detection_file
 
     check_input(args.predictions, "--predictions")  # before its kind is read and the export opened
+    check_distinct_outputs(
+        {"--out": args.out, "--label-errors": args.label_errors},
+        {"--predictions": args.predictions, "--train-ids": args.train_ids},
+    )
     if is_detection_file(args.predictions):
         return run_detection(args)
     if args.resamples is not None or args.seed is not None:

@@ -164,3 +164,17 @@ def check_output(path: Path | None, option: str) -> None:
         raise ConfigurationError(f"{option} {path}: cannot create its folder: {exc.strerror or exc}") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConfigurationError(f"{option} {path}: its folder {path.parent} is not writable.")
+
+
+def check_distinct_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse an output (option -> path) naming the same file as an input or another output:
+    written once the work is done, it overwrote that file (the user's predictions, say), exit 0."""
+    from ..errors import ConfigurationError
+
+    taken = {path.resolve(): option for option, path in inputs.items() if path is not None}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        other = taken.setdefault(path.resolve(), option)
+        if other != option:
+            raise ConfigurationError(f"{option} {path}: is the file {other} names; writing it would overwrite it.")
