@@ -128,3 +128,21 @@ def test_predictions_of_items_curation_left_out_are_not_scored_and_said(tmp_path
     assert scores.images == 1 and scores.map == pytest.approx(1.0)
     with pytest.raises(PredictionsError, match="None of the 1 predicted items is in the dataset"):
         mean_average_precision(kept, {"m1": found})
+
+
+def test_a_dataset_of_another_task_is_refused_naming_the_task_expected(tmp_path):
+    """Boxes scored on a classification dataset matched them against its image labels' classes;
+    classes scored on a multilabel or a detection dataset gave an accuracy of nothing in particular."""
+    from vl_datasets.evaluation import evaluate, evaluate_detection
+
+    items = [item(f"m{i}", "cat", objects=(("cat", [10, 10, 40, 40]),)) for i in range(2)]
+    export = write_export(tmp_path, items)
+    boxes = {f"m{i}": {"boxes": [[10, 10, 50, 50]], "scores": [0.9], "labels": ["cat"]} for i in range(2)}
+    classification = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c")
+    for score in (mean_average_precision, lambda ds, p: evaluate_detection(ds, p, n_resamples=0)):
+        with pytest.raises(PredictionsError, match="task is 'classification': open it with task='detection'"):
+            score(classification, boxes)
+    for task in ("multilabel", "detection"):
+        dataset = VisualLayerDataset.from_export(export, task=task, cache_dir=tmp_path / "c")
+        with pytest.raises(PredictionsError, match=f"task='classification' dataset; this one's task is '{task}'"):
+            evaluate(dataset, {"m0": "cat", "m1": "cat"})

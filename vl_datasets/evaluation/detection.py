@@ -86,7 +86,12 @@ def of_the_dataset(details: pa.Table, predictions: Mapping[str, Any], *, kept_on
 
 
 def detection_classes(dataset: Any) -> list[str]:
-    """The dataset's object classes; an error when it has none (not opened for detection)."""
+    """The dataset's object classes; an error when it was not opened for detection or has none."""
+    if dataset.task != "detection":  # a classification dataset's classes are its image labels, not objects
+        raise PredictionsError(
+            f"Boxes are scored on a task='detection' dataset; this one's task is {dataset.task!r}: "
+            "open it with task='detection'."
+        )
     classes = list(dataset.classes)
     if not classes:
         raise PredictionsError("The dataset has no object classes: open it with task='detection'.")

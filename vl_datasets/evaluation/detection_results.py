@@ -62,7 +62,7 @@ def evaluate_detection(
     "labels": N class names or indices}`` (``read_detections`` reads one from a file). The scored
     images are the dataset's items, where a missing entry means no box found, and any item that
     curation removed but the model ran on (the ``curation`` slices compare them). A media id
-    the export lacks raises ``PredictionsError`` naming it.
+    the export lacks, or a dataset of another task, raises ``PredictionsError`` naming it.
     """
     if min_cluster_images < 1:
         raise ConfigurationError(f"min_cluster_images must be at least 1, got {min_cluster_images}.")

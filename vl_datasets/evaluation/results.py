@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PredictionsError
 from ..metadata.curation import CurationRules, selected_labels
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
@@ -120,13 +120,14 @@ def evaluate(
     Layer knows of each item.
 
     ``dataset`` is a classification ``VisualLayerDataset`` (its classes, label source and curation
-    rules are used) or the path of a local export, opened with the ``curation`` rules (items
-    without exactly one label are then left out of the classes, not an error) and the whole
-    export's classes (``with_export_classes``). ``predictions`` is
-    anything ``read_predictions`` takes: ``{media_id: class | scores}``, a table, a CSV or Parquet
-    path. Predicted items may include items curation removed: the ``curation`` slices compare
-    them with the kept ones. With ``train_ids`` (the media ids the model was trained on), the
-    leakage check says how much of the accuracy comes from items sharing a group with them.
+    rules are used; another task raises ``PredictionsError``) or the path of a local export,
+    opened with the ``curation`` rules (items without exactly one label are then left out of the
+    classes, not an error) and the whole export's classes (``with_export_classes``).
+    ``predictions`` is anything ``read_predictions`` takes: ``{media_id: class | scores}``, a
+    table, a CSV or Parquet path. Predicted items may include items curation removed: the
+    ``curation`` slices compare them with the kept ones. With ``train_ids`` (the media ids the
+    model was trained on), the leakage check says how much of the accuracy comes from items
+    sharing a group with them.
     """
     if isinstance(dataset, (str, os.PathLike)):
         from ..loading.dataset import VisualLayerDataset
@@ -137,6 +138,11 @@ def evaluate(
         raise ConfigurationError("curation= applies to an export path; a dataset already has its rules.")
     if min_cluster_items < 1:
         raise ConfigurationError(f"min_cluster_items must be at least 1, got {min_cluster_items}.")
+    if dataset.task != "classification":  # a multilabel item's labels, or a detection item's, are not one class
+        raise PredictionsError(
+            f"evaluate scores one class per item on a task='classification' dataset; this one's task is "
+            f"{dataset.task!r} (evaluate_detection scores boxes)."
+        )
     parsed: ClassPredictions = read_predictions(predictions, dataset.classes)
     scored = scored_items(dataset, parsed)
     families = {
