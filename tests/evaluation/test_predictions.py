@@ -81,6 +81,11 @@ def test_bad_python_values_are_refused():
     with pytest.raises(PredictionsError, match="scores must be 3 finite numbers") as caught:
         read_predictions({"a": [0.5, 0.5]}, CLASSES)
     assert caught.value.media_id == "a"
+    # Class names in a list (a multilabel model's output) are no scores: it was numpy's ValueError.
+    with pytest.raises(PredictionsError, match=r"row 1 \(media id 'b'\): scores must be 3 finite numbers.*'dog'"):
+        read_predictions({"a": [0.2, 0.3, 0.5], "b": ["cat", "dog"]}, CLASSES)
+    with pytest.raises(PredictionsError, match=r"row 0 \(media id 'a'\)"):
+        read_predictions({"a": ["cat", "dog"], "b": ["bird"]}, CLASSES)
     with pytest.raises(PredictionsError, match=r"\.csv or \.parquet"):
         read_predictions(__file__, CLASSES)
     with pytest.raises(PredictionsError, match="no such predictions file"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,10 +266,11 @@ def _probabilities(scores: Any, ids: list[str], n_classes: int) -> np.ndarray:
         raise PredictionsError(f"{len(rows):,} rows of scores for {len(ids):,} media ids.", column="scores")
     out = np.empty((len(ids), n_classes))
     for row, values in enumerate(rows):
-        vector = np.asarray(values, dtype=float).reshape(-1)
-        if len(vector) != n_classes or not np.isfinite(vector).all():
+        vector = _numbers(values)
+        if vector is None or len(vector) != n_classes or not np.isfinite(vector).all():
             raise PredictionsError(
-                f"row {row} (media id {ids[row]!r}): scores must be {n_classes} finite numbers, one per class.",
+                f"row {row} (media id {ids[row]!r}): scores must be {n_classes} finite numbers, one per class, "
+                f"not {reprlib.repr(values)}.",
                 column="scores",
                 row=row,
                 media_id=ids[row],
@@ -293,6 +295,15 @@ def _probabilities(scores: Any, ids: list[str], n_classes: int) -> np.ndarray:
         )
     exp = np.exp(out - out.max(axis=1, keepdims=True))  # a softmax, shifted so exp() cannot overflow
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _numbers(values: Any) -> np.ndarray | None:
+    """``values`` as a flat array of floats; None when they are not all numbers (class names, say)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # lists nested unevenly
+        return None
+    return array.astype(float).reshape(-1) if array.dtype.kind in "biuf" else None
 
 
 _SUM_TOLERANCE = 0.02  # how far from 1 a row of probabilities may sum: rounding, not logits
