@@ -104,3 +104,27 @@ def test_unknown_media_ids_are_named(tmp_path):
     with pytest.raises(PredictionsError, match="media id 'zz' is not an item of this export") as caught:
         evaluate(ds, {"a": "cat", "zz": "dog"})
     assert (caught.value.row, caught.value.media_id) == (1, "zz")
+
+
+def test_predictions_read_against_other_classes_are_mapped_by_name(tmp_path):
+    """They were taken as they were: indices into the training set's classes, which later failed
+    in the confusion matrix and the report with a KeyError."""
+    from tests.evaluation.helpers import item, write_export
+    from vl_datasets import VisualLayerDataset
+    from vl_datasets.evaluation import evaluate
+
+    export = write_export(tmp_path, [item("a", "cat"), item("b", "dog"), item("c", "dog")])
+    ds = VisualLayerDataset.from_export(export, cache_dir=tmp_path / "c")  # classes: cat, dog
+    trained = ["bird", "dog", "cat"]
+    result = evaluate(ds, read_predictions({"a": "cat", "b": "dog", "c": "cat"}, trained))
+    assert result.classes == ["cat", "dog"] and result.accuracy == pytest.approx(2 / 3)
+    assert result.confusion_matrix().tolist() == [[1, 0], [1, 1]]
+    result.write_report(tmp_path / "r.html")
+    with pytest.raises(PredictionsError, match="row 1 \\(media id 'b'\\): class 'bird' is not one of") as caught:
+        evaluate(ds, read_predictions({"a": "cat", "b": "bird", "c": "dog"}, trained))
+    assert (caught.value.row, caught.value.media_id) == (1, "b")
+    # Scores of the same classes in another order are re-ordered; scores of other classes dropped.
+    swapped = read_predictions(read_predictions({"a": [0.8, 0.2]}, ["dog", "cat"]), ["cat", "dog"])
+    assert swapped.predicted_names == ["dog"] and swapped.scores.tolist() == [[0.2, 0.8]]
+    fewer = read_predictions(read_predictions({"a": [0.1, 0.2, 0.7]}, trained), ["cat", "dog"])
+    assert fewer.predicted_names == ["cat"] and fewer.scores is None and fewer.confidence.tolist() == [0.7]

@@ -63,7 +63,7 @@ def read_predictions(source: Any, classes: Sequence[str]) -> ClassPredictions:
     if not classes:
         raise PredictionsError("The dataset has no classes to score predictions against (task must be classification).")
     if isinstance(source, ClassPredictions):
-        parsed = source
+        parsed = onto_classes(source, classes)
     elif isinstance(source, Mapping):
         parsed = dataclasses.replace(from_mapping(source, classes), source="the predictions mapping")
     elif isinstance(source, pa.Table):
@@ -80,6 +80,23 @@ def read_predictions(source: Any, classes: Sequence[str]) -> ClassPredictions:
         "Predictions must be a mapping of media id to class, a table, or a CSV/Parquet path; "
         f"got {type(source).__name__}."
     )
+
+
+def onto_classes(predictions: ClassPredictions, classes: list[str]) -> ClassPredictions:
+    """``predictions`` read against other classes (a training set's, say), their predicted classes
+    mapped by name onto ``classes``: one these lack raises ``PredictionsError`` naming its row.
+    The scores are kept, in ``classes``' order, where they score the same classes; else dropped."""
+    if predictions.classes == classes:
+        return predictions
+    media_ids = predictions.media_ids
+    predicted = np.array(
+        [_class_index(name, classes, row, media_ids[row]) for row, name in enumerate(predictions.predicted_names)],
+        np.int64,
+    )
+    scores = None
+    if predictions.scores is not None and sorted(predictions.classes) == sorted(classes):
+        scores = predictions.scores[:, [predictions.classes.index(name) for name in classes]]
+    return dataclasses.replace(predictions, classes=classes, predicted=predicted, scores=scores)
 
 
 def read_table(path: Path) -> pa.Table:
