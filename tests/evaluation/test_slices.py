@@ -138,6 +138,21 @@ def test_leakage_says_how_much_accuracy_comes_from_near_duplicates_in_train(expo
     assert leakage.points_from_leaks == pytest.approx(4 / 7 - 2 / 3)
 
 
+def test_an_evaluated_item_in_train_is_a_leak_of_its_own(tmp_path):
+    """Without a cluster or a duplicate group it was 'no group shared with train'."""
+    items = [item("s0", "cat"), item("s1", "cat"), item("k0", "dog", cluster="k"), item("k1", "dog", cluster="k")]
+    ds = VisualLayerDataset.from_export(write_export(tmp_path, items), cache_dir=tmp_path / "c")
+    result = evaluate(ds, {"s0": "cat", "s1": "dog", "k0": "dog", "k1": "dog"}, train_ids=["s0", "k0"])
+    assert result.leakage.leaks.column("shared").to_pylist() == ["media_id", "cluster_id", "media_id"]  # k0, k1, s0
+    assert (result.leakage.leaked_items, result.leakage.in_train, result.leakage.near_duplicates) == (3, 2, 0)
+    assert rows(result.slices["leakage"]) == {
+        "the item itself is in train": (2, 2),
+        "same cluster as a train item": (1, 1),
+        "no group shared with train": (1, 0),
+    }
+    assert result.leakage.accuracy_without_leaks == 0.0
+
+
 def test_an_export_path_with_rules_and_scores_work_as_input(export, tmp_path):
     from vl_datasets import ConfigurationError, CurationRules
 

@@ -145,6 +145,13 @@ def test_find_leaks_names_the_shared_group_preferring_duplicates():
         {"media_id": "b", "shared": "duplicate_group", "group": "g1", "train_media_id": "a"},
         {"media_id": "d", "shared": "cluster_id", "group": "c2", "train_media_id": "c"},
     ]
+    # An item in train is the plainest leak, with a group of its own or none (it was no leak at all).
+    leaks = find_leaks(table.drop_columns(["cluster_id"]), train_ids=["a", "e"], eval_ids=["a", "b", "e"])
+    assert leaks.to_pylist() == [
+        {"media_id": "a", "shared": "media_id", "group": "a", "train_media_id": "a"},
+        {"media_id": "b", "shared": "duplicate_group", "group": "g1", "train_media_id": "a"},
+        {"media_id": "e", "shared": "media_id", "group": "e", "train_media_id": "e"},
+    ]
 
 
 def test_parts_are_media_ids_in_table_order():

@@ -155,8 +155,9 @@ def summary_text(result) -> str:
         leakage = result.leakage
         without = _pct(leakage.accuracy_without_leaks)
         lines.append(
-            f"{leakage.leaked_items:,} items share a group with a training item "
-            f"({leakage.near_duplicates:,} near-duplicates); accuracy without them {without}"
+            f"{leakage.leaked_items:,} items share a group with a training item or are one "
+            f"({leakage.near_duplicates:,} near-duplicates, {leakage.in_train:,} in train); "
+            f"accuracy without them {without}"
         )
     lines.append(f"{len(result.label_errors):,} suspected label errors")
     return "\n".join(lines)
@@ -172,7 +173,7 @@ def detection_summary_text(result) -> str:
     for row in result.slices["curation"].to_pylist():
         lines.append(f"  {row['value']}: {row['images']:,} images, mAP@0.5:0.95 {_pct(row['map'])}")
     if result.leaks is not None:
-        lines.append(f"{len(result.leaks):,} images share a group with a training item")
+        lines.append(f"{len(result.leaks):,} images share a group with a training item or are one")
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def _summary_section(evaluation: Any) -> str:
         ("Intervals", f"bootstrap over images: {bootstrap.n_resamples:,} resamples, seed {bootstrap.seed}"),
     ]
     if evaluation.leaks is not None:
-        rows.append(("Images sharing a group with a training item", f"{len(evaluation.leaks):,}"))
+        rows.append(("Images in train or sharing a group with a training item", f"{len(evaluation.leaks):,}"))
     body = "".join(
         f"<tr><td>{html.escape(name)}</td><td class=n>{html.escape(value)}</td></tr>" for name, value in rows
     )

@@ -29,7 +29,7 @@ SLICE_HEADINGS = {
     "uniqueness": "Per uniqueness decile (1: least unique)",
     "duplicates": "Duplicate-group members against singletons",
     "curation": "Kept by curation against removed",
-    "leakage": "Sharing a group with a training item",
+    "leakage": "Training items, and items sharing a group with one",
     "cluster": "Similarity clusters, worst first",
 }
 
@@ -91,8 +91,9 @@ def _summary_section(evaluation: Any) -> str:
     if leakage is not None:
         rows += [
             (
-                "Items sharing a group with a training item",
-                f"{leakage.leaked_items:,} ({leakage.near_duplicates:,} near-duplicates)",
+                "Items in train or sharing a group with a training item",
+                f"{leakage.leaked_items:,} "
+                f"({leakage.near_duplicates:,} near-duplicates, {leakage.in_train:,} in train)",
             ),
             ("Accuracy without them", share(leakage.accuracy_without_leaks)),
             ("Accuracy points owed to them", f"{100 * leakage.points_from_leaks:+.1f}"),

@@ -24,7 +24,7 @@ from .scored import scored_items, train_leaks
 
 @dataclass(frozen=True)
 class Leakage:
-    """How much of the accuracy comes from items that share a group with a training item.
+    """How much of the accuracy comes from items that are training items or share a group with one.
 
     ``leaks`` is ``find_leaks``' table for the scored items; ``points_from_leaks`` is the overall
     accuracy minus the accuracy on the items without a leak (positive: the leaks flatter it).
@@ -43,6 +43,11 @@ class Leakage:
     def near_duplicates(self) -> int:
         """Leaked items sharing a duplicate group (not only a cluster) with a training item."""
         return int(pc.sum(pc.equal(self.leaks.column("shared"), "duplicate_group")).as_py() or 0)
+
+    @property
+    def in_train(self) -> int:
+        """Leaked items that are training items themselves."""
+        return int(pc.sum(pc.equal(self.leaks.column("shared"), "media_id")).as_py() or 0)
 
     @property
     def points_from_leaks(self) -> float:
@@ -126,8 +131,8 @@ def evaluate(
     ``predictions`` is anything ``read_predictions`` takes: ``{media_id: class | scores}``, a
     table, a CSV or Parquet path. Predicted items may include items curation removed: the
     ``curation`` slices compare them with the kept ones. With ``train_ids`` (the media ids the
-    model was trained on), the leakage check says how much of the accuracy comes from items
-    sharing a group with them.
+    model was trained on), the leakage check says how much of the accuracy comes from those items
+    and the items sharing a group with them.
     """
     if isinstance(dataset, (str, os.PathLike)):
         from ..loading.dataset import VisualLayerDataset

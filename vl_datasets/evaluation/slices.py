@@ -182,15 +182,19 @@ def curation_members(items: pa.Table) -> tuple[np.ndarray, list[str]]:
 
 
 def by_leakage(scored: pa.Table, leaks: pa.Table) -> pa.Table:
-    """Items sharing a duplicate group with a training item, sharing only a similarity cluster
-    with one, and neither (``leaks`` is ``find_leaks``' table)."""
+    """Items that are training items themselves, items sharing a duplicate group with one, sharing
+    only a similarity cluster with one, and none of these (``leaks`` is ``find_leaks``' table)."""
     return slice_table("leakage", *leakage_members(scored, leaks), outcomes(scored))
 
 
 def leakage_members(items: pa.Table, leaks: pa.Table) -> tuple[np.ndarray, list[str]]:
     """Every row, by what it shares with the training items (``by_leakage``)."""
     shared = dict(zip(leaks.column("media_id").to_pylist(), leaks.column("shared").to_pylist()))
-    names = {"duplicate_group": "near-duplicate in train", "cluster_id": "same cluster as a train item"}
+    names = {
+        "media_id": "the item itself is in train",
+        "duplicate_group": "near-duplicate in train",
+        "cluster_id": "same cluster as a train item",
+    }
     values = [
         names.get(shared.get(media_id, ""), "no group shared with train")
         for media_id in items.column("media_id").to_pylist()

@@ -143,17 +143,20 @@ def _split_rows(source: pa.Table | Any) -> Any:
 
 
 def find_leaks(table: pa.Table, train_ids: Iterable[str], eval_ids: Iterable[str]) -> pa.Table:
-    """The items of ``eval_ids`` that share a cluster or a duplicate group with an item of ``train_ids``.
+    """The items of ``eval_ids`` that are items of ``train_ids`` or share a cluster or a duplicate
+    group with one.
 
-    One row per leaking item: ``media_id``, ``shared`` (``"cluster_id"`` or ``"duplicate_group"``),
-    ``group`` (its id) and ``train_media_id`` (one training item in that group).
+    One row per leaking item: ``media_id``, ``shared`` (``"media_id"``: the item itself is in
+    train; else ``"duplicate_group"`` or ``"cluster_id"``), ``group`` (its id: the media id for the
+    item itself) and ``train_media_id`` (one training item in that group).
     """
-    memberships = _memberships_table(table)
+    memberships = pa.concat_tables([_itself_table(table), _memberships_table(table)])
     in_train = pc.is_in(memberships.column("media_id"), value_set=_id_array(train_ids))
     in_eval = pc.is_in(memberships.column("media_id"), value_set=_id_array(eval_ids))
     train = memberships.filter(in_train).rename_columns(["train_media_id", "shared", "group"])
     joined = memberships.filter(in_eval).join(train, keys=["shared", "group"], join_type="inner")
-    # A shared duplicate group is the worse leak: report it before a shared cluster.
+    # The item itself, then a shared duplicate group, is the worse leak: reported before a shared
+    # cluster ("shared" sorts descending: media_id, duplicate_group, cluster_id).
     joined = joined.sort_by([("media_id", "ascending"), ("shared", "descending"), ("train_media_id", "ascending")])
     _, first = np.unique(joined.column("media_id").to_numpy(zero_copy_only=False), return_index=True)
     return joined.take(pa.array(first)).select(["media_id", "shared", "group", "train_media_id"])
@@ -164,6 +167,15 @@ def _id_array(ids: Iterable[str]) -> pa.Array:
     if isinstance(ids, MediaIds):
         return ids.to_arrow().combine_chunks()
     return pa.array(list(ids), pa.string())
+
+
+def _itself_table(table: pa.Table) -> pa.Table:
+    """Each item as a group of its own, for ``find_leaks``: an item in train leaks as itself,
+    whether or not it has a cluster or a duplicate group."""
+    media_ids = one_array(table.column("media_id"))
+    return pa.table(
+        {"media_id": media_ids, "shared": pa.repeat("media_id", len(media_ids)), "group": media_ids.cast(pa.string())}
+    )
 
 
 def _memberships_table(table: pa.Table) -> pa.Table:
