@@ -151,6 +151,22 @@ def test_an_output_naming_an_input_or_the_other_output_exits_2_naming_both(expor
     assert predictions.read_bytes() == before and train_ids.read_text() == "m0\n" and not out.exists()
 
 
+def test_a_file_name_too_long_for_the_system_exits_2_naming_the_option(export, tmp_path, capsys):
+    """Path.is_dir() raised ENAMETOOLONG: exit 1, an error naming no option."""
+    predictions, long_name = tmp_path / "p.csv", tmp_path / ("x" * 300 + ".html")
+    pyarrow.csv.write_csv(PREDICTIONS, predictions)
+    argv = ["evaluate", str(export), "--cache-dir", str(tmp_path / "c")]
+    for option, extra in (
+        ("--out", ["--predictions", str(predictions)]),
+        ("--label-errors", ["--predictions", str(predictions)]),
+        ("--predictions", []),
+    ):
+        assert main([*argv, *extra, option, str(long_name)]) == 2
+        captured = capsys.readouterr()
+        assert f"error: {option} {long_name}: not a usable path: " in captured.err
+        assert "items scored" not in captured.out
+
+
 def test_a_nan_score_in_a_csv_is_refused_not_read_as_no_score(export, tmp_path, capsys):
     predictions = tmp_path / "p.csv"
     predictions.write_text("media_id,prediction,score\nm0,cat,0.99\nm1,cat,nan\n")

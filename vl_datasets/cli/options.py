@@ -133,10 +133,21 @@ def check_input(path: Path, option: str) -> None:
     told as a fault in the file's contents (exit 1), after the export was opened for nothing."""
     from ..errors import ConfigurationError
 
-    if path.is_dir():
+    if _is_dir(path, option):
         raise ConfigurationError(f"{option} {path}: is a folder; give the path of the file to read.")
     if not path.is_file():
         raise ConfigurationError(f"{option} {path}: no such file.")
+
+
+def _is_dir(path: Path, option: str) -> bool:
+    """Whether ``path`` is a folder; a path the system refuses to look up (a name too long for it:
+    ENAMETOOLONG, which ``Path.is_dir`` raises) is a ConfigurationError naming ``option``."""
+    from ..errors import ConfigurationError
+
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise ConfigurationError(f"{option} {path}: not a usable path: {exc.strerror or exc}") from None
 
 
 def local_file(text: str) -> Path:
@@ -156,7 +167,7 @@ def check_output(path: Path | None, option: str) -> None:
 
     if path is None:
         return
-    if path.is_dir():
+    if _is_dir(path, option):
         raise ConfigurationError(f"{option} {path}: is a folder; give the path of the file to write.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # made now rather than after the work anyway
