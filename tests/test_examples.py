@@ -20,6 +20,10 @@ def _clean_env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VL_API_", "VL_DATASETS_"))}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["XDG_CACHE_HOME"] = str(tmp_path / "user-cache")
+    # The sample's service keeps its exports in a temporary folder, removed as it stops: a run
+    # killed on purpose leaves it here, with the test's files, not in the machine's /tmp.
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(tmp_path / "tmp")
     return env
 
 
