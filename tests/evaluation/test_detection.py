@@ -8,7 +8,7 @@ import pytest
 
 from tests.evaluation.helpers import item, write_export
 from vl_datasets import PredictionsError, VisualLayerDataset
-from vl_datasets.evaluation.detection import mean_average_precision
+from vl_datasets.evaluation import mean_average_precision  # the public name the README uses
 
 
 @pytest.fixture

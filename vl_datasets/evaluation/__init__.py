@@ -18,6 +18,7 @@ bootstrap intervals, ``detection_results`` (``evaluate_detection``) ties them to
 from __future__ import annotations
 
 from .box_predictions import read_detections
+from .detection import mean_average_precision
 from .detection_results import DetectionEvaluation, evaluate_detection
 from .label_errors import read_media_ids, suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
@@ -31,6 +32,7 @@ __all__ = [
     "Leakage",
     "evaluate",
     "evaluate_detection",
+    "mean_average_precision",
     "read_detections",
     "read_media_ids",
     "read_predictions",
