@@ -25,6 +25,7 @@ BOXES = [
     {"image_id": "m1", "category_name": "cat", "bbox": [60.0, 60.0, 30.0, 30.0], "score": 0.8},
     {"media_id": "m2", "category_id": 0, "bbox": CAT, "score": 0.7},  # class 0 of ["cat", "dog"]
 ]
+NAMES = {"b0": "bird", "c0": "cat", "d0": "dog"}  # one box each, where the prediction puts it
 
 
 @pytest.fixture
@@ -169,3 +170,24 @@ def test_a_predictions_file_without_a_box_exits_1_as_an_empty_classification_fil
     predictions.write_text("[]")
     assert run(service, tmp_path, predictions) == 1
     assert f"{predictions}: holds no predicted box" in capsys.readouterr().err
+
+
+def test_a_class_curation_removes_whole_keeps_its_index_and_its_name(tmp_path, capsys):
+    """The classes came from the objects of the kept items: with the only bird blurred and dropped,
+    a perfect detector's category ids (bird 0, cat 1, dog 2) read as other classes, and its bird by
+    name was refused."""
+    items = [item(m, None, issues=(BLUR,) if m == "b0" else (), objects=((n, CAT),)) for m, n in NAMES.items()]
+    for entry in items:
+        entry["width"] = entry["height"] = 100
+    export = write_export(tmp_path, items)
+    by_index, by_name = tmp_path / "index.json", tmp_path / "name.json"
+    found = {"bbox": CAT, "score": 0.9}
+    by_index.write_text(json.dumps([{"media_id": m, "category_id": i, **found} for m, i in (("c0", 1), ("d0", 2))]))
+    by_name.write_text(json.dumps([{"media_id": m, "category_name": n, **found} for m, n in NAMES.items()]))
+    argv = ["evaluate", str(export), "--drop-issue", "blur=0.8", "--resamples", "0", "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--predictions", str(by_index)]) == 0
+    assert "2 images scored; mAP@0.5:0.95 100.0%" in capsys.readouterr().out
+    assert main([*argv, "--predictions", str(by_name)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images scored; mAP@0.5:0.95 100.0%" in printed
+    assert "  removed by drop_issues: 1 images, mAP@0.5:0.95 100.0%" in printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -146,3 +147,25 @@ def test_a_dataset_of_another_task_is_refused_naming_the_task_expected(tmp_path)
         dataset = VisualLayerDataset.from_export(export, task=task, cache_dir=tmp_path / "c")
         with pytest.raises(PredictionsError, match=f"task='classification' dataset; this one's task is '{task}'"):
             evaluate(dataset, {"m0": "cat", "m1": "cat"})
+
+
+def test_the_export_classes_are_every_object_label_of_the_chosen_source_before_curation(tmp_path):
+    from vl_datasets.evaluation.results import with_export_classes
+
+    blur = {"issue_type": "blur", "confidence": 0.9}
+    items = [
+        item("b0", None, issues=(blur,), objects=(("bird", [0, 0, 8, 8]),)),
+        item("c0", None, objects=(("cat", [0, 0, 8, 8]), ("dog", [8, 8, 8, 8]))),
+    ]
+    items[1]["metadata_items"][1]["properties"]["source"] = "VL"  # the dog is not the user's
+    export = write_export(tmp_path, items)
+    opener = functools.partial(
+        VisualLayerDataset.from_export,
+        export,
+        task="detection",
+        drop_issues={"blur": 0.5},
+        label_source="User",
+        cache_dir=tmp_path / "c",
+    )
+    assert opener().classes == ["cat"]
+    assert with_export_classes(opener).classes == ["bird", "cat"]

@@ -112,12 +112,15 @@ def run_detection(args: argparse.Namespace) -> int:
     """Box predictions: mAP overall and per slice, with bootstrap intervals."""
     from ..evaluation import evaluate_detection, read_media_ids
     from ..evaluation.box_predictions import read_detections
+    from ..evaluation.results import with_export_classes
 
     if args.label_errors or args.min_confidence is not None:
         raise ConfigurationError("--label-errors and --min-confidence apply to classification predictions.")
     check_output(args.out, "--out")  # before the scoring, which may take minutes
     train_ids = read_media_ids(args.train_ids) if args.train_ids else None  # a bad file fails before the export
-    dataset = open_dataset(args, task="detection", **_shared_options(args))
+    # Numbered as the whole export, before curation: a class whose every box curation removed
+    # keeps its index for the predictions' category_id, and its name (with_export_classes).
+    dataset = with_export_classes(functools.partial(open_dataset, args, task="detection", **_shared_options(args)))
     predictions = read_detections(args.predictions, list(dataset.classes))
     result = evaluate_detection(
         dataset,

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, PredictionsError
 from ..metadata.curation import CurationRules, selected_labels
+from ..metadata.targets import object_labels
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
@@ -177,22 +178,27 @@ def with_export_classes(open_dataset: Callable[..., Any]) -> Any:
     """The dataset ``open_dataset()`` opens, numbered by the classes of the whole export.
 
     A dataset's classes are those of the items curation kept: a rule that removes every item of
-    a class drops it, which shifts the index of every class after it (a model's class indices then
-    read as other classes) and refuses the removed items' predictions by that name. A model
-    trained on the export knows them all, so when they differ the dataset is opened again with
-    ``open_dataset(classes=...)``.
+    a class (detection: every item with a box of it) drops it, which shifts the index of every class after it
+    (a model's class indices then read as other classes) and refuses the removed items'
+    predictions by that name. A model trained on the export knows them all, so when they differ
+    the dataset is opened again with ``open_dataset(classes=...)``.
     """
     dataset = open_dataset()
-    classes = export_classes(dataset.curation_details(), dataset.label_source)
+    objects = dataset.task == "detection"
+    classes = export_classes(dataset.curation_details(), dataset.label_source, objects=objects)
     return dataset if classes == list(dataset.classes) else open_dataset(classes=classes)
 
 
-def export_classes(details: pa.Table, label_source: Any) -> list[str]:
-    """The sorted names of the items of ``details`` with one label (of ``label_source``), kept or
-    not: the classes training on the whole export numbers."""
-    names = selected_labels(details, label_source)
-    single = pc.equal(pc.list_value_length(names), 1)
-    return sorted(pc.unique(pc.list_flatten(names.filter(single))).to_pylist())
+def export_classes(details: pa.Table, label_source: Any, *, objects: bool = False) -> list[str]:
+    """The classes training on the whole export numbers, from every item of ``details``, kept or
+    not, counting the labels of ``label_source``: the sorted names of the items with one image
+    label, or with ``objects`` (detection) of every object label."""
+    if objects:
+        names = object_labels(details, label_source)
+    else:
+        labels = selected_labels(details, label_source)
+        names = pc.list_flatten(labels.filter(pc.equal(pc.list_value_length(labels), 1)))
+    return sorted(pc.unique(pc.drop_null(names)).to_pylist())
 
 
 def _leakage(dataset: Any, scored: pa.Table, train_ids: list[str]) -> Leakage:
