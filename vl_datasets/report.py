@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .errors import ConfigurationError
 from .html_parts import PAGE, figure_class, img, legend_above, percent, spread_sample, svg, thumbnail, write_atomic
-from .metadata.curation import selected_labels
+from .metadata.targets import distinct_labels
 
 MAX_LABEL_BARS = 30  # beyond this a bar chart is unreadable; the report says how many it left out
 
@@ -53,7 +53,7 @@ def write_report(
     # subset= scopes the dataset to one part of a split: the other parts were never candidates,
     # so they are counted but left out of the plots and grids.
     details = details.filter(pc.fill_null(pc.not_equal(details.column("removed_by"), "subset"), True))
-    names = selected_labels(details, dataset.label_source)
+    names = distinct_labels(details, dataset.label_source)
     removed_by = details.column("removed_by")
     kept = pc.is_null(removed_by).to_numpy(zero_copy_only=False)
     if title is None:

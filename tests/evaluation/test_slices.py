@@ -178,3 +178,15 @@ def test_an_export_path_keeps_the_classes_curation_removed_whole(tmp_path):
     assert result.classes == ["bird", "cat", "dog"]
     assert result.accuracy == 1.0
     assert rows(result.slices["curation"]) == {"kept": (2, 2), "removed by drop_issues": (1, 1)}
+
+
+def test_an_item_labelled_alike_by_two_sources_has_one_label_in_the_classes_and_the_scores(tmp_path):
+    """A User and a VL label of the same name: the dataset counts one label, the export's classes
+    counted two and dropped every such cat from the evaluation, leaving ["dog"]."""
+    cats = [item(f"c{i}", "cat") for i in range(3)]
+    for cat in cats:
+        cat["metadata_items"].append({"type": "image_label", "properties": {"category_name": "cat", "source": "VL"}})
+    export = write_export(tmp_path, [*cats, item("d0", "dog")])
+    result = evaluate(export, {"c0": "cat", "c1": "cat", "c2": "dog", "d0": "dog"})
+    assert result.classes == ["cat", "dog"]
+    assert (result.scored.num_rows, result.accuracy) == (4, 0.75)

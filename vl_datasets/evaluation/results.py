@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigurationError, PredictionsError
-from ..metadata.curation import CurationRules, selected_labels
-from ..metadata.targets import object_labels
+from ..metadata.curation import CurationRules
+from ..metadata.targets import distinct_labels, object_labels
 from . import slices
 from .label_errors import suspected_label_errors, write_media_ids
 from .predictions import ClassPredictions, read_predictions
@@ -196,7 +196,8 @@ def export_classes(details: pa.Table, label_source: Any, *, objects: bool = Fals
     if objects:
         names = object_labels(details, label_source)
     else:
-        labels = selected_labels(details, label_source)
+        # Distinct per item, as the dataset counts them: a label from two sources is one label.
+        labels = distinct_labels(details, label_source)
         names = pc.list_flatten(labels.filter(pc.equal(pc.list_value_length(labels), 1)))
     return sorted(pc.unique(pc.drop_null(names)).to_pylist())
 

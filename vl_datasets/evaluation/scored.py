@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import PredictionsError
-from ..metadata.curation import selected_labels
 from ..metadata.splits import find_leaks
+from ..metadata.targets import distinct_labels
 from .predictions import ClassPredictions
 
 logger = logging.getLogger("vl_datasets")
@@ -60,7 +60,7 @@ def scored_items(dataset: Any, predictions: ClassPredictions) -> pa.Table:
             unpredicted, len(dataset), len(dataset) - unpredicted,
         )  # fmt: skip
     picked = details.take(pa.array(rows, pa.int64()))
-    label = _single_labels(selected_labels(picked, dataset.label_source), predictions.classes)
+    label = _single_labels(distinct_labels(picked, dataset.label_source), predictions.classes)
     predicted = pa.array(predictions.predicted_names, pa.string())
     columns: dict[str, Any] = {
         "media_id": pa.array(predictions.media_ids, pa.string()),
