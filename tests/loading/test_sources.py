@@ -132,7 +132,7 @@ def test_an_unreadable_image_is_a_decode_error_naming_it(split_export, tmp_path)
         ({"images_root": "file:///no/such/folder"}, "file:///no/such/folder is not a folder"),
         ({"images_root": "nope://bucket/x"}, "no protocol 'nope'"),
         # Each read asked for http://host/set and failed alone: what follows '#' never reaches a server.
-        ({"images_root": "http://127.0.0.1:9/set#1/images"}, "http://127.0.0.1:9/set#1/images holds a '#'"),
+        ({"images_root": "http://127.0.0.1:9/set#1/images"}, "http://127.0.0.1:9/set%231/images holds a '#'"),
         ({"images_root": "memory://x", "image_cache": "lots"}, "not a size"),
         ({"images_root": "memory://x", "image_cache": 0}, "positive size"),
     ],
@@ -142,6 +142,15 @@ def test_options_that_cannot_work_are_refused_before_any_export(split_export, tm
     options = {"images_root": source, **options}
     with pytest.raises(errors.ConfigurationError, match=match):
         VisualLayerDataset("never-fetched", cache_dir=tmp_path, offline=True, **options)
+
+
+@pytest.mark.parametrize(
+    "root", ["https://alice:pa#SECRET@127.0.0.1:9/images", "https://127.0.0.1:9/x?sig=abc#def&token=SECRET"]
+)
+def test_a_root_refused_for_its_hash_sign_is_named_without_its_secrets(split_export, tmp_path, root):
+    with pytest.raises(errors.ConfigurationError, match="holds a '#'") as caught:
+        VisualLayerDataset("never-fetched", cache_dir=tmp_path, offline=True, images_root=root)
+    assert "SECRET" not in str(caught.value)
 
 
 def test_storage_options_and_image_cache_need_an_images_root(split_export, tmp_path):

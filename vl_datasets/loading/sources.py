@@ -373,10 +373,12 @@ def check_source_options(
             _check_folder(Path(_local_path(os.fspath(images_root))), images_root)
         if protocol in ("http", "https") and "#" in os.fspath(images_root):
             # Found by each read, every item failed alone, asking for what lies before the '#'.
-            before, after = os.fspath(images_root).split("#", 1)
+            # Shown with its '#' as %23, so the whole URL is redacted: what follows a '#' may be a
+            # password's rest (user:pa#ss@host) or a signed query's.
+            shown = redact_url(os.fspath(images_root).replace("#", "%23"))
             raise ConfigurationError(
-                f"images_root {redact_url(before)}#{after} holds a '#', which begins a URL's fragment, "
-                "never sent to the server: write it %23."
+                f"images_root {shown} holds a '#' (shown as %23), which begins a URL's fragment, never "
+                "sent to the server: write it %23."
             )
     else:
         if storage_options is not None:
