@@ -106,6 +106,25 @@ def no_endpoint_configured(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
 
 
+def test_an_s3_roots_identity_is_worked_out_without_starting_a_thread(no_endpoint_configured):
+    """Worked out by building an S3 filesystem, it started fsspec's IO thread in the process that
+    forks the DataLoader's workers next."""
+    import sys
+
+    from tests.helpers import child_env
+    from tests.waits import run_child
+
+    code = (
+        "import threading\n"
+        "from vl_datasets.loading.sources import root_identity\n"
+        "root_identity('s3://bucket/photos', 's3://bucket/photos', {'profile': None})\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    result = run_child([sys.executable, "-c", code], env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['MainThread']"
+
+
 def test_a_roots_identity_tells_roots_apart_by_what_it_does_not_show(no_endpoint_configured):
     """Keyed by a digest of what the root's query and user name pick, never their text; a root
     without such parts keeps the identity it had (and its stores), and credentials (a password, a

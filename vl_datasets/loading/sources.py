@@ -627,30 +627,38 @@ def root_endpoint(root: str | os.PathLike, storage_options: Mapping[str, Any] | 
 
 
 def _s3_endpoint(options: dict[str, Any]) -> str | None:
-    """The endpoint s3fs's client will have, asked of the filesystem fsspec builds (its config
-    applied) and of the botocore session it will use, never of the network: s3fs hands its
-    ``endpoint_url`` to botocore, which otherwise looks in the environment and the AWS config file."""
+    """The endpoint s3fs's client will have, from the options fsspec builds it with (its config
+    applied) and the botocore session it will use, never from the network nor a filesystem built
+    here (that starts fsspec's IO thread, in a process that forks DataLoader workers next): s3fs
+    hands its ``endpoint_url`` to botocore, which otherwise looks in the environment and the AWS
+    config file."""
+    import botocore.exceptions
     import botocore.session
     import fsspec
+    import fsspec.config
 
-    # Built, never connected; a throwaway, so not kept in fsspec's cache of filesystems.
-    fs = fsspec.filesystem("s3", **{**options, "skip_instance_cache": True})
-    endpoint = fs.endpoint_url or fs.client_kwargs.get("endpoint_url")
+    options = fsspec.config.apply_config(fsspec.get_filesystem_class("s3"), dict(options))
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
     if endpoint:
         return endpoint
-    # A session as s3fs makes its own (the same profile), read for its config only: without the
-    # request handlers, whose registration is most of a session's 20 ms.
-    session = fs.session or botocore.session.Session(**{**fs.kwargs, "include_builtin_handlers": False})
-    ignore = fs.config_kwargs.get("ignore_configured_endpoint_urls")  # botocore's switch: client config first
-    if ignore is None:
-        ignore = session.get_config_variable("ignore_configured_endpoint_urls")
-    if ignore:
-        return None
-    try:  # botocore's own lookup, in its order: a private class, but the one its clients use
-        from botocore.configprovider import ConfiguredEndpointProvider
-    except ImportError:  # moved, or a botocore before configured endpoints: the variables at least
-        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
+    try:
+        # The session s3fs makes (its profile), read for its config only: without the request
+        # handlers, whose registration is most of a session's 20 ms.
+        session = options.get("session") or botocore.session.Session(
+            profile=options.get("profile"), include_builtin_handlers=False
+        )
+        ignore = (options.get("config_kwargs") or {}).get("ignore_configured_endpoint_urls")  # the client's first
+        if ignore is None:
+            ignore = session.get_config_variable("ignore_configured_endpoint_urls")
+        if ignore:
+            return None
+        try:  # botocore's own lookup, in its order: a private class, but the one its clients use
+            from botocore.configprovider import ConfiguredEndpointProvider
+        except ImportError:  # moved, or a botocore before configured endpoints: the variables at least
+            return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
+    except botocore.exceptions.BotoCoreError as exc:  # a profile that is not there, a config that does not parse
+        raise ConfigurationError(f"The AWS configuration for the images_root cannot be read: {exc}") from None
 
 
 def whole_root(root: str | os.PathLike, display_root: str) -> str:
