@@ -223,6 +223,15 @@ def test_the_wait_s_deadline_bounds_the_retries_of_its_polls(local_vl, client, f
     assert local_vl.count("export_status") >= (1 if retry_after > 10 else 4), "the polls were not retried"
 
 
+def test_a_wait_waits_out_a_long_retry_after_within_its_timeout(local_vl, client, fake_time):
+    """A poll told to come back in 300 s gave up at once (longer than an API call waits), ending a
+    two-hour wait in its first minutes with an APIStatusError."""
+    task = client.start_export("ds-ready")
+    local_vl.faults.fail_next("export_status", 503, times=2, retry_after=300)
+    assert client.wait_for_export("ds-ready", task.id, timeout_s=7200).succeeded
+    assert fake_time.sleeps[:2] == [300, 300]
+
+
 def test_a_wait_polls_a_last_time_at_its_deadline(local_vl, fake_time):
     """It gave up an interval early (2 s into a 4 s wait, saying "after 4s"), while the export
     finished at 2.5 s: the last sleep now ends at the deadline, and the poll there decides."""

@@ -256,7 +256,10 @@ class Client:
         what = f"Export task {task_id!r}"
         if left is None or not math.isfinite(left):
             return self.get_export_status(dataset_id, task_id, attempts=policy.start(what))
-        attempts = (policy.replace(max_attempts=1) if left <= 0 else policy.replace(deadline_s=left)).start(what)
+        # Within the wait, a Retry-After is waited out however long, up to the time left: an export
+        # runs for hours, and a poll given up on would end the wait sooner than its deadline.
+        within = policy.replace(deadline_s=left, retry_after_max_s=max(policy.retry_after_max_s, left))
+        attempts = (policy.replace(max_attempts=1) if left <= 0 else within).start(what)
         try:
             return self.get_export_status(dataset_id, task_id, attempts=attempts)
         except errors.APIError as exc:
