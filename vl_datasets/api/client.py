@@ -258,8 +258,11 @@ class Client:
             return self.get_export_status(dataset_id, task_id, attempts=policy.start(what))
         # Within the wait, a Retry-After is waited out however long, up to the time left: an export
         # runs for hours, and a poll given up on would end the wait sooner than its deadline.
-        within = policy.replace(deadline_s=left, retry_after_max_s=max(policy.retry_after_max_s, left))
-        attempts = (policy.replace(max_attempts=1) if left <= 0 else within).start(what)
+        if left <= 0:
+            attempts = policy.replace(max_attempts=1).start(what)
+        else:
+            waits_out = max(policy.retry_after_max_s, left)
+            attempts = policy.replace(deadline_s=left, retry_after_max_s=waits_out).start(what)
         try:
             return self.get_export_status(dataset_id, task_id, attempts=attempts)
         except errors.APIError as exc:
