@@ -297,7 +297,8 @@ class VersionInUseError(CacheError):
 
 
 class ExportNotFoundError(CacheError, FileNotFoundError):
-    """A local export path (ZIP or folder) that does not exist."""
+    """A local export path (ZIP or folder) that does not exist, or a folder that holds no export
+    (no metadata file at its root)."""
 
     def __init__(self, message: str = "", *, path: str | None = None) -> None:
         super().__init__(message)

@@ -22,8 +22,8 @@ from typing import Any
 from .service import LocalVisualLayer
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Stops too, unless the process was started ignoring it.
-HANGUP = signal.SIGHUP
+# Stops too, unless the process was started ignoring it (Windows has no SIGHUP).
+HANGUP = getattr(signal, "SIGHUP", None)
 # How often the foreground loop looks at the stop flag; a signal handler only sets that flag.
 WAKE_S = 0.05
 
@@ -45,7 +45,7 @@ def _stop_on_signals(request: _StopRequest) -> Iterator[None]:
         request.signum = signum
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    if signal.getsignal(HANGUP) is not signal.SIG_IGN:
+    if HANGUP is not None and signal.getsignal(HANGUP) is not signal.SIG_IGN:
         previous[HANGUP] = signal.signal(HANGUP, handler)
     try:
         yield
