@@ -165,6 +165,7 @@ def test_older_than_ages_an_export_by_when_a_dataset_last_opened_it(quick_client
     from datetime import datetime, timedelta, timezone
 
     from vl_datasets import VisualLayerDataset
+    from vl_datasets.cache.readers import unread
     from vl_datasets.cache.store import CacheStore
 
     cache = tmp_path / "cache"
@@ -176,6 +177,8 @@ def test_older_than_ages_an_export_by_when_a_dataset_last_opened_it(quick_client
         manifest = CacheStore.manifest_of(entry)
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "created_at": made}))
     VisualLayerDataset("ds-ready", client=quick_client, cache_dir=cache, image_size=8)  # today's job
+    with unread(unused.entry_dir, [unused.version]):  # what a prune or 'cache rm' holds: no use
+        pass
     result = prune(cache, PrunePolicy(older_than_days=30))
     assert [r.path for r in result.removed if r.what == "entry"] == [unused.entry_dir]
     assert fetch_export("ds-ready", client=quick_client, cache_dir=cache, offline=True).version == used.version

@@ -103,9 +103,10 @@ def _mark_used(path: Path) -> None:
 def last_used(entry_dir: Path, version: str) -> datetime | None:
     """When ``version`` was last opened by a dataset, if it ever was (``_mark_used``)."""
     try:
-        return datetime.fromtimestamp(readers_path(entry_dir, version).stat().st_mtime, timezone.utc)
+        mtime = readers_path(entry_dir, version).stat().st_mtime
     except OSError:
         return None
+    return datetime.fromtimestamp(mtime, timezone.utc) if mtime > 0 else None  # 0: made by a prune
 
 
 class HeldLock:
@@ -136,11 +137,15 @@ def unread(entry_dir: Path, versions: list[str]) -> Iterator[list[str]]:
     try:
         for version in versions:
             path = readers_path(entry_dir, version)
+            opened_before = path.exists()
             fd, busy = lock_file(path, shared=False, wait_s=0.0)
             if busy:
                 read.append(version)
             elif fd is not None:
                 held.append((fd, path, version))
+                if not opened_before:  # made here, not by a reader: its time is no use (``last_used``)
+                    with contextlib.suppress(OSError):
+                        os.utime(path, (0, 0))
         yield read
     finally:
         for fd, path, version in held:
