@@ -145,6 +145,26 @@ def test_memory_filesystem_root_works_too(quick_vl, tmp_path, monkeypatch):
     assert quick_vl.requests == []
 
 
+def test_a_shared_manifest_with_no_version_is_passed_over(quick_vl, tmp_path, monkeypatch):
+    """Read as the newest, a manifest without its version failed every open with a KeyError."""
+    import json
+
+    import fsspec
+
+    root = "memory://vl-damaged-manifest"
+    client = Client(quick_vl.url, progress=False, env={})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
+    first = fetch_export("ds-ready", client=client, cache_dir=root, include_images=False)
+    fs = fsspec.filesystem("memory")
+    [path] = fs.glob(f"{root}/**/*.manifest.json")
+    damaged = json.loads(fs.cat_file(path))
+    del damaged["version"]
+    damaged["created_at"] = "2999-01-01T00:00:00+00:00"  # the newest, were it read
+    fs.pipe_file(path.replace(first.version, "v-damaged"), json.dumps(damaged).encode())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert fetch_export("ds-ready", client=client, cache_dir=root, include_images=False).version == first.version
+
+
 SECRET = "Q9zSECRET-sig-0123456789"
 
 

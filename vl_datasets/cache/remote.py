@@ -74,6 +74,8 @@ class RemoteCache:
             manifest = self._storage("read", self._manifest_at, path)
             if not isinstance(manifest, dict) or manifest.get("key") != key.as_json():
                 continue
+            if not isinstance(manifest.get("version"), str):
+                continue  # damaged, or of another format: not a version to mirror
             created_at = _created_at(manifest)
             if created_at is not None and (newest_at is None or created_at > newest_at):
                 newest, newest_at = manifest, created_at
@@ -103,9 +105,8 @@ class RemoteCache:
                 return None
             task = ExportTask.from_json(manifest["task"], dataset_id=key.dataset_id) if manifest.get("task") else None
             logger.info("Mirrored shared export %s from %s", manifest["version"], self.display_url)
-            return store.publish(
-                entry_dir, staging, key=key, task=task, expected_rows=manifest["row_count"], version=manifest["version"]
-            )
+            rows, version = manifest.get("row_count"), manifest["version"]
+            return store.publish(entry_dir, staging, key=key, task=task, expected_rows=rows, version=version)
 
     def upload(self, key: ExportKey, entry: LocalExport) -> None:
         """Publish a local version to the shared root: every file first, the manifest last."""
