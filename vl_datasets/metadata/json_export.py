@@ -135,15 +135,22 @@ def not_utf8(path: Path, offset: int, reason: str) -> SchemaError:
     )
 
 
+def opening_byte(path: Path, *, past_bom: bool) -> bytes:
+    """The first byte of the JSON text of ``path`` past its blanks (and, ``past_bom``, a byte-order
+    mark); ``b""`` for a file of blanks."""
+    with open(path, "rb") as stream:
+        head = stream.read(4096)
+        head = (head.removeprefix(codecs.BOM_UTF8) if past_bom else head).lstrip(_BLANKS)
+        while not head and (more := stream.read(4096)):
+            head = more.lstrip(_BLANKS)
+    return head[:1]
+
+
 def check_export_opening(path: Path) -> None:
     """SchemaError unless the JSON text of ``path`` opens with ``{`` or ``[`` (past blanks and a
     byte-order mark), as an export object or a list of media items does. Checked before Arrow's
     reader sees the text: one that opens with ``null`` crashes it (SIGSEGV)."""
-    with open(path, "rb") as stream:
-        head = stream.read(4096).removeprefix(codecs.BOM_UTF8).lstrip(_BLANKS)
-        while not head and (more := stream.read(4096)):
-            head = more.lstrip(_BLANKS)
-    if head[:1] not in (b"{", b"["):
+    if opening_byte(path, past_bom=True) not in (b"{", b"["):
         raise SchemaError(f"{path} is neither a JSON export object nor a list of media items.", field="metadata")
 
 

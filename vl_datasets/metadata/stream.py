@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ..errors import SchemaError
 from .items import gc_paused, is_text
 from .json_depth import check_file_depth
-from .json_export import check_utf8, table_from_media_items
+from .json_export import check_utf8, opening_byte, table_from_media_items
 from .normalize import normalize_raw
 from .ordered_map import WORKERS, ordered_map
 
@@ -150,12 +150,8 @@ def json_slices(path: Path, *, batch_rows: int | None = None) -> Iterator[pa.Tab
 
 def items_prefix(path: Path) -> str | None:
     """``media_items.item`` for an export object, ``item`` for a bare list; None for anything else."""
-    with open(path, "rb") as stream:
-        while chunk := stream.read(4096):
-            stripped = chunk.lstrip(b" \t\r\n")  # a byte-order mark too is left to the whole read
-            if stripped:
-                return {b"{": "media_items.item", b"[": "item"}.get(stripped[:1])
-    return None
+    # A byte-order mark is left to the whole read.
+    return {b"{": "media_items.item", b"[": "item"}.get(opening_byte(path, past_bom=False))
 
 
 def check_items_key_once(path: Path) -> None:
