@@ -613,37 +613,30 @@ def root_endpoint(root: str | os.PathLike, storage_options: Mapping[str, Any] | 
     """The endpoint that ``root``'s filesystem reads from, wherever it was chosen: ``storage_options``,
     fsspec's config, and for S3 also what botocore reads (``AWS_ENDPOINT_URL_S3``,
     ``AWS_ENDPOINT_URL``, the AWS config file); None where nothing chose one, the service's own.
-    Without its credentials (user info, a token in its query): they rotate over the same bucket."""
+    Without its credentials (user info, a token in its query): they rotate over the same bucket.
+
+    Read from the options fsspec builds the filesystem with (its config's defaults, then ours),
+    never from a filesystem built here: an S3 one starts fsspec's IO thread, in a process that
+    forks DataLoader workers next."""
     import fsspec.config
 
     protocol = _protocol(os.fspath(root))
-    options = dict(storage_options or {})
-    if protocol in ("s3", "s3a"):
-        endpoint = _s3_endpoint(options)
-    else:  # the options fsspec builds the filesystem with: its config's defaults, then ours
-        options = fsspec.config.apply_config(fsspec.get_filesystem_class(protocol), options)
-        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    options = fsspec.config.apply_config(fsspec.get_filesystem_class(protocol), dict(storage_options or {}))
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    if not endpoint and protocol in ("s3", "s3a"):
+        endpoint = _botocore_endpoint(options)
     return redact_url(str(endpoint)) if endpoint else None
 
 
-def _s3_endpoint(options: dict[str, Any]) -> str | None:
-    """The endpoint s3fs's client will have, from the options fsspec builds it with (its config
-    applied) and the botocore session it will use, never from the network nor a filesystem built
-    here (that starts fsspec's IO thread, in a process that forks DataLoader workers next): s3fs
-    hands its ``endpoint_url`` to botocore, which otherwise looks in the environment and the AWS
-    config file."""
+def _botocore_endpoint(options: dict[str, Any]) -> str | None:
+    """The S3 endpoint botocore finds itself, where s3fs hands it none: in the environment or the
+    AWS config file, from the session s3fs will use (its profile); never from the network."""
     import botocore.exceptions
     import botocore.session
-    import fsspec
-    import fsspec.config
 
-    options = fsspec.config.apply_config(fsspec.get_filesystem_class("s3"), dict(options))
-    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    if endpoint:
-        return endpoint
     try:
-        # The session s3fs makes (its profile), read for its config only: without the request
-        # handlers, whose registration is most of a session's 20 ms.
+        # Read for its config only: without the request handlers, whose registration is most of a
+        # session's 20 ms.
         session = options.get("session") or botocore.session.Session(
             profile=options.get("profile"), include_builtin_handlers=False
         )
