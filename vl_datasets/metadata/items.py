@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from ..errors import SchemaError
 from .item_codes import coded_columns, coded_type
+from .item_lines import items_read_once, read_json_lines, text_body
 from .json_depth import MAX_DEPTH, count_byte, describe, first_too_deep, most_opening_brackets
 from .row_batches import one_array
 
@@ -116,9 +116,6 @@ SCALAR_INPUT_TYPES = {
 }
 # Rows per json-reader call: keeps a refused slice (and its slow re-parse) small.
 JSON_SLICE_ROWS = 131_072
-# The reader parses a block per task and returns a chunk per block: a slice's texts in one block
-# (~30 MiB of realistic items at JSON_SLICE_ROWS) make its columns come out in one chunk.
-_JSON_BLOCK_BYTES = 64 << 20
 _SECONDS = r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?)$"
 
 
@@ -349,12 +346,16 @@ def _json_lines_input(strings: pa.Array) -> pa.Array:
 
 
 def _read_json_fast(strings: pa.Array, *, infer: bool) -> pa.Array | None:
-    """Wrap each string as ``{"m": <string>}`` on its own line and let Arrow's reader parse them all.
+    """Let Arrow's reader parse ``strings`` (JSON texts, ``null`` for none): with ``infer``, each
+    distinct item on a line of its own where the texts allow it (``item_lines``), else each text
+    wrapped as ``{"m": <text>}`` on its own line.
 
     None when the reader refuses the slice (a number where a string is expected, invalid JSON...),
     or, with ``infer``, when the types it inferred are not a list of items ``_flatten`` can take.
     """
-    column = _read_wrapped(strings, None if infer else pa.schema([("m", RAW_ITEMS)]))
+    column = items_read_once(strings) if infer else None
+    if column is None:
+        column = _read_wrapped(strings, None if infer else pa.schema([("m", RAW_ITEMS)]))
     if column is None or not infer:
         return column
     if pa.types.is_null(column.type):
@@ -366,42 +367,15 @@ def _read_wrapped(strings: pa.Array, schema: pa.Schema | None) -> pa.Array | Non
     """Each of ``strings`` (JSON texts, ``null`` for none) parsed by Arrow's reader, wrapped as
     ``{"m": <text>}`` on a line of its own: the types inferred, or ``schema``'s. None when the
     reader refuses them, or gives back other than one value per text."""
-    lines = pc.binary_join_element_wise('{"m":', strings, "}\n", "")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    body = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    body = text_body(pc.binary_join_element_wise('{"m":', strings, "}\n", ""))
     # The reader splits its input into blocks at newlines only when no value holds one: a value
     # holds one when the body holds more than the one that ends each line (a count over the bytes,
     # where a substring search per value costs about 30 times as much).
     newlines = count_byte(np.frombuffer(body, dtype=np.uint8), ord("\n")) > len(strings)
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(body),
-            read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK_BYTES),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=schema,
-                newlines_in_values=bool(newlines),
-                unexpected_field_behavior="infer" if schema is None else "ignore",
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != len(strings) or "m" not in table.column_names:  # a value closed its wrapper early
-        return None
-    if not reader_output_valid(table):
-        return None
+    table = read_json_lines(body, schema=schema, newlines=bool(newlines))
+    if table is None or table.num_rows != len(strings) or "m" not in table.column_names:
+        return None  # refused, or a value closed its wrapper early
     return one_array(table.column("m"))
-
-
-def reader_output_valid(table: pa.Table) -> bool:
-    """Whether what Arrow's JSON reader returned is a valid table. Inferring the types of a list that
-    opens with null (``[null, {...}]``, ``"bbox": [null, 1]``), it builds a list whose offsets run
-    past its values, which a take or a concatenation refuses, or reads beyond. The check reads each
-    array's bounds, not its values (microseconds a slice)."""
-    try:
-        table.validate()
-    except pa.ArrowInvalid:
-        return False
-    return True
 
 
 def inferred_items_usable(type_: pa.DataType, spec: list) -> bool:

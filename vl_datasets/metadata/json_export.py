@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from ..errors import SchemaError
+from .item_lines import reader_output_valid
 from .items import (
     ITEM_PROPS,
     RAW_ITEMS,
@@ -31,7 +32,6 @@ from .items import (
     named,
     no_integer_equals,
     python_items,
-    reader_output_valid,
     row_error,
 )
 from .row_batches import one_array
