@@ -471,16 +471,17 @@ def test_ids_whose_hashes_collide_are_compared_as_text(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("one_thread_below", [1 << 20, 16])
 def test_a_duplicate_id_is_found_wherever_its_rows_fall(monkeypatch, one_thread_below):
-    """The hashes are sorted a part per thread past a size, then merged: a duplicate whose rows lie
-    in different parts (or the same one) is found, and the one named is the one seen first."""
+    """Past a size, the hashes are sorted a part at a time and compared a range of values at a
+    time: a duplicate whose rows lie in different parts (or the same one) is found, and the one
+    named is the one seen first."""
     monkeypatch.setattr(unique_ids, "_SORTED_BY_ONE_THREAD", one_thread_below)
     ids = [f"id-{i:06d}" for i in range(5000)]
 
     def first_duplicate(ids: list[str]) -> str | None:
-        hashes = unique_ids.IdHashes()
-        for start in range(0, len(ids), 700):
-            hashes.add(pa.array(ids[start : start + 700]))
-        return hashes.first_duplicate(lambda rows: [ids[row] for row in rows.tolist()])
+        hashes, batches = unique_ids.IdHashes(), [pa.array(ids[at : at + 700]) for at in range(0, len(ids), 700)]
+        for batch in batches:
+            hashes.add(batch)
+        return hashes.first_duplicate(lambda: pa.chunked_array(batches))
 
     assert first_duplicate(ids) is None
     ids[4990], ids[2600], ids[40] = ids[3000], ids[100], ids[41]  # rows 100 and 2600: parts apart

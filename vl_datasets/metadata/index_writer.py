@@ -163,7 +163,7 @@ def _spilled_media_ids(spilled: list[Path]) -> pa.ChunkedArray:
 
 
 def _check_unique(hashes: IdHashes, metadata: Path, media_ids: Callable[[], pa.ChunkedArray]) -> None:
-    duplicate = hashes.first_duplicate(lambda rows: media_ids().take(pa.array(rows)).to_pylist())
+    duplicate = hashes.first_duplicate(media_ids)
     if duplicate is not None:
         raise duplicate_id(str(metadata), duplicate)
 

@@ -2,7 +2,7 @@
 
 A hash table of every id (Arrow's ``count_distinct``, a Python set) costs the ids themselves
 again, gigabytes at 100M items. Instead each batch's ids are hashed to 64 bits in numpy, the hashes
-are sorted once at the end, and only equal hashes are compared as text: two different ids share a
+are sorted at the end, and only equal hashes are compared as text: two different ids share a
 hash about once in 2**64 / n**2 indexes, so that comparison is almost always of real duplicates.
 """
 
@@ -22,10 +22,12 @@ _BASE = np.uint64(0x100000001B3)
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 _BLOCK_ROWS = 1 << 14
 _SORTED_BY_ONE_THREAD = 1 << 20  # hashes below which a pool of threads costs more than it saves
+_BUCKETS = 64  # ranges of hash values checked apart: the top 6 bits of the (uniform) hashes
+_BUCKET_STARTS = np.arange(1, _BUCKETS, dtype=np.uint64) << np.uint64(58)
 
 
 class IdHashes:
-    """The hashes of every media id added so far, in row order."""
+    """The hashes of every media id added so far, a part per batch."""
 
     def __init__(self) -> None:
         self._parts: list[np.ndarray] = []
@@ -35,19 +37,20 @@ class IdHashes:
         chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
         self._parts.extend(uniqueness_hashes(chunk) for chunk in chunks)
 
-    def first_duplicate(self, ids_at: Callable[[np.ndarray], list[str]]) -> str | None:
-        """The duplicated id whose first row comes first, or None when every id is unique.
-        ``ids_at(rows)`` returns the ids of those rows: called only for rows whose hashes collide."""
-        ordered = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
-        _sort_in_place(ordered)  # 8 bytes a row and a merge of at most 4, where an argsort would add 8 more
-        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-        del ordered
+    def first_duplicate(self, media_ids: Callable[[], pa.ChunkedArray]) -> str | None:
+        """The duplicated id whose first row comes first, or None when every id is unique; the
+        hashes are used up. ``media_ids()`` returns every id added, in order: called only when
+        hashes collide, to find their rows and compare their ids."""
+        parts, self._parts = self._parts, []
+        repeated = _repeated(parts)
+        del parts
         if not len(repeated):
             return None
-        rows = self._rows_with(repeated)
+        ids = media_ids()
+        rows = _rows_with(ids, repeated)
         first_row: dict[str, int] = {}
         duplicated_at: list[int] = []
-        for row, media_id in zip(rows.tolist(), ids_at(rows)):
+        for row, media_id in zip(rows.tolist(), ids.take(pa.array(rows)).to_pylist()):
             if media_id in first_row:
                 duplicated_at.append(first_row[media_id])
             else:
@@ -57,27 +60,44 @@ class IdHashes:
         earliest = min(duplicated_at)
         return next(media_id for media_id, row in first_row.items() if row == earliest)
 
-    def _rows_with(self, values: np.ndarray) -> np.ndarray:
-        """The rows whose hash is one of ``values``, ascending."""
-        rows, start = [], 0
-        for part in self._parts:
-            rows.append(start + np.flatnonzero(np.isin(part, values)))
-            start += len(part)
-        return np.concatenate(rows)
+
+def _rows_with(ids: pa.ChunkedArray, values: np.ndarray) -> np.ndarray:
+    """The rows whose id hashes to one of ``values``, ascending (the ids hashed again)."""
+    rows, start = [], 0
+    for chunk in ids.chunks:
+        rows.append(start + np.flatnonzero(np.isin(uniqueness_hashes(chunk), values)))
+        start += len(chunk)
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
-def _sort_in_place(values: np.ndarray) -> None:
-    """Sort ``values`` in place, a part per thread (numpy's sort releases the GIL), then merge the
-    sorted parts: the stable sort (timsort) finds them as runs and merges them in one pass, with
-    half the array at most as its buffer. At 10M hashes on 2 cores: 0.38 s against 0.65 s for one
-    thread, at the end of the index build, when nothing else keeps the other core busy."""
-    if WORKERS == 1 or len(values) < _SORTED_BY_ONE_THREAD:
-        values.sort()
-        return
+def _repeated(parts: list[np.ndarray]) -> np.ndarray:
+    """The values found more than once in ``parts`` (each sorted in place), ascending.
+
+    Not one sorted array of them all: its 8 bytes a row would be memory the process touches for
+    the first time, which on a virtual machine costs as much as the sort itself (0.4-0.7 s for 80
+    MB at 10M ids). Each part is sorted instead, a part per thread (numpy's sort releases the
+    GIL), and equal values are looked for in ``_BUCKETS`` ranges of values at a time: each range's
+    slices of the parts, put together (~1/64 of the ids, memory the allocator reuses) and merged by
+    the stable sort (timsort, which takes them as sorted runs).
+    """
+    if sum(len(part) for part in parts) < _SORTED_BY_ONE_THREAD:
+        ordered = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        return np.unique(_equal_neighbours(ordered))
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vl_datasets-sort") as pool:
-        for _ in pool.map(np.ndarray.sort, np.array_split(values, WORKERS)):  # views: each part sorts in place
+        for _ in pool.map(np.ndarray.sort, parts):
             pass
-    values.sort(kind="stable")
+        bounds = [np.concatenate(([0], np.searchsorted(part, _BUCKET_STARTS), [len(part)])) for part in parts]
+
+        def repeated_in(bucket: int) -> np.ndarray:
+            values = np.concatenate([part[at[bucket] : at[bucket + 1]] for part, at in zip(parts, bounds)])
+            values.sort(kind="stable")
+            return _equal_neighbours(values)
+
+        return np.unique(np.concatenate(list(pool.map(repeated_in, range(_BUCKETS)))))
+
+
+def _equal_neighbours(ordered: np.ndarray) -> np.ndarray:
+    return ordered[1:][ordered[1:] == ordered[:-1]]
 
 
 def uniqueness_hashes(array: pa.Array) -> np.ndarray:
