@@ -20,7 +20,7 @@ The cut needs no scan of where strings and brackets are, because a wrong cut can
 Every line starts with ``{`` and ends with ``}``, so each is read as one row or more, or refused:
 the reader refusing the items, or returning other than one row per line, sends the whole slice to
 the texts' reader instead (``items._read_json_fast``). Texts of another shape (a newline in them, a
-nested list of objects in the first, items that are not objects) go there at once.
+nested list of objects, items that are not objects) go there at once.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ def items_read_once(texts: pa.Array) -> pa.Array | None:
     inner = pc.binary_slice(texts.cast(pa.binary()), 2, -2)  # "[{" and "}]" off; each item gets its braces back
     if pc.any(no_items).as_py():
         inner = pc.if_else(no_items, pa.scalar(None, pa.binary()), inner)
-    separator = _separator(texts.filter(shaped)[0].as_py())
-    if separator is None or b"\n" in text_body(inner).to_pybytes():
+    data = text_body(inner).to_pybytes()
+    if b"\n" in data or _nests_objects(data):
         return None
-    per_text = pc.split_pattern(inner, separator)
+    per_text = pc.split_pattern(inner, _separator(texts.filter(shaped)[0].as_py()))
     items = pc.dictionary_encode(per_text.flatten())
     distinct = items.dictionary
     table = read_json_lines(text_body(pc.binary_join_element_wise(b"{", distinct, b"}\n", b"")))
@@ -100,11 +100,15 @@ def items_read_once(texts: pa.Array) -> pa.Array | None:
     return pa.ListArray.from_arrays(per_text.offsets, values, mask=pc.equal(texts, "null"), type=pa.list_(values.type))
 
 
-def _separator(text: str) -> str | None:
+def _separator(text: str) -> str:
     """What the export puts between two items, as its first text with items shows: ``}, {``
-    (Python's json) unless that text has ``},{`` (compact writers) only. None when that text nests
-    a list of objects (``"metadata_items": [{...}]`` in an object label), whose items the cut would
-    part at once: such slices are read whole."""
-    if "[{" in text[1:]:
-        return None
+    (Python's json) unless that text has ``},{`` (compact writers) only."""
     return "},{" if "},{" in text and "}, {" not in text else "}, {"
+
+
+def _nests_objects(items: bytes) -> bool:
+    """Whether a list of objects opens inside the items (``"metadata_items": [{...}, {...}]`` in an
+    object label): the cut would part its objects, the reader refuse the lines, and the slice be
+    read twice. Looked for with ``memchr`` first: the items of a classification export hold no
+    list at all."""
+    return b"[" in items and b"[{" in items
