@@ -79,7 +79,8 @@ def items_read_once(texts: pa.Array) -> pa.Array | None:
     """A list of item structs per text of ``texts`` (plain strings without nulls, ``null`` for no
     items), with the types Arrow's reader infers from the texts whole; each distinct item parsed
     once. None when a text is not of the shape this reads, or an item is refused."""
-    no_items = pc.or_(pc.equal(texts, "null"), pc.equal(texts, "[]"))
+    null = pc.equal(texts, "null")
+    no_items = pc.or_(null, pc.equal(texts, "[]"))
     shaped = pc.and_(pc.starts_with(texts, "[{"), pc.ends_with(texts, "}]"))
     if not pc.all(pc.or_(no_items, shaped)).as_py() or not pc.any(shaped).as_py():
         return None
@@ -90,14 +91,14 @@ def items_read_once(texts: pa.Array) -> pa.Array | None:
     data = text_body(inner).to_pybytes()
     if b"\n" in data or _nests_objects(data):
         return None
-    per_text = pc.split_pattern(inner, _separator(texts.filter(shaped)[0].as_py()))
+    per_text = pc.split_pattern(inner, _separator(texts[pc.index(shaped, True).as_py()].as_py()))
     items = pc.dictionary_encode(per_text.flatten())
     distinct = items.dictionary
     table = read_json_lines(text_body(pc.binary_join_element_wise(b"{", distinct, b"}\n", b"")))
     if table is None or table.num_rows != len(distinct) or not table.num_columns:
         return None
     values = one_array(table.to_struct_array()).take(items.indices)
-    return pa.ListArray.from_arrays(per_text.offsets, values, mask=pc.equal(texts, "null"), type=pa.list_(values.type))
+    return pa.ListArray.from_arrays(per_text.offsets, values, mask=null, type=pa.list_(values.type))
 
 
 def _separator(text: str) -> str:

@@ -9,7 +9,8 @@ one vectorized pass extracts every item type:
                ─ filter by ``type`` ─> typed child arrays ─ offsets from ``bincount`` ─> list<...> per row
 
 JSON strings are parsed by Arrow's multithreaded JSON reader, slice by slice, with inferred types
-(half the CPU time of ``json.loads`` + ``pa.array``, spread over every core); a slice whose
+(half the CPU time of ``json.loads`` + ``pa.array``, spread over every core), each distinct item
+once where the texts allow it (``item_lines``); a slice whose
 inferred types will not do is read again with an explicit schema, and a slice that reader refuses
 too (a number where a string was expected, a trailing comma) is parsed with ``json.loads`` and
 coerced field by field, so odd data costs time only where it occurs and a real error names the
