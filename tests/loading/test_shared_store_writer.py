@@ -26,6 +26,7 @@ from vl_datasets.cli import main
 from vl_datasets.loading.dataset import VisualLayerDataset
 from vl_datasets.loading.prepared import StoreSettings, keys_of
 from vl_datasets.loading.prepared_source import prepare_pixels
+from vl_datasets.loading.shard_packer import PACKING
 
 JOB = REPO / "tests" / "loading" / "shared_build_job.py"
 
@@ -175,8 +176,10 @@ def test_a_killed_build_resumes_with_only_the_missing_shares_and_equals_a_clean_
         kill_job(job)
     killed = (url, shared_bucket[1])
     before = killed_mid_build(shared_export, cache, killed)
+    assert len(packing(cache)) == 1, "the killed build was not packing a shard"
     ds = open_shared(shared_export, cache, killed)
     summary = ds.prepare(num_workers=0, progress=False, shard_bytes=3000, share_images=4)
+    assert packing(cache) == [], "the killed build's shard was left in the node's cache"
     assert summary.shares == [share for share in ALL_SHARES if share not in before]
     resumed_only_the_missing_shares(shared_export, cache, killed, before)
     resumed = read_store(location_of(ds, killed).url, shared_bucket[1])
@@ -184,6 +187,11 @@ def test_a_killed_build_resumes_with_only_the_missing_shares_and_equals_a_clean_
 
 
 ALL_SHARES = [f"{share:05d}" for share in range(5)]
+
+
+def packing(cache) -> list:
+    """The shards being packed (or left by a killed packer) in the node's prepared stores under ``cache``."""
+    return sorted(cache.rglob(f"{PACKING}/*"))
 
 
 def share_files(export, cache, bucket) -> tuple[dict, bool]:

@@ -13,6 +13,8 @@ new one. The cache hands out its folder (``derived_dir(entry, "prepared", settin
                                identity, its pixels' checksum, when it was written, and a check
                                of the record itself
         manifest.json          written last by a finished preparation: counts, parts, bytes
+        packing/               the shard each process packs for a shared store, while it packs
+                               (``shard_packer``)
 
 ``vl_datasets.cache.scan`` reads the two JSON files (store.json says how to count a partial
 store's images), so ``vl-datasets cache list`` and ``prune`` show and remove the store.

@@ -2,14 +2,14 @@
 
 The pixels are those the node-local store holds (``prepared``), read back through its checks (a
 copy that fails its checksum is never packed), in the order of their keys, so the same images
-always make the same shards and the same index. Each shard is written to a local temporary file
-and published whole before the next one starts, so a share never holds more than one shard on the
-local disk; the share's index goes up after its shards, its share file after its index.
+always make the same shards and the same index. Each shard is written to a scratch file in the
+node's prepared store (``PACKING``; a killed packer's is removed by the next one on the node) and
+published whole before the next one starts, so a share never holds more than one shard on the local
+disk; the share's index goes up after its shards, its share file after its index.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,11 @@ import numpy as np
 import xxhash
 
 from .prepared import PreparedStore
+from .scratch_files import scratch_file
 from .shard_format import SHARD_RECORD, index_name, shard_name, share_file
 from .shared_location import SharedLocation, npy_bytes
+
+PACKING = "packing"  # in the node's prepared store: the shards being filled, one per packer
 
 
 @dataclass
@@ -51,8 +54,8 @@ def pack_share(
     of its original as ``identity`` gives it (0: any copy), packed into shards of ~``shard_bytes``.
     ``build``: the build making a published share again, which names its new files (``shard_format``)."""
     packed, records = PackedShare(build=build), []
-    with tempfile.TemporaryDirectory(prefix="vl-shard-") as work:
-        shard = _Shard(Path(work) / "shard.pixels")
+    with scratch_file(store.path / PACKING, ".pixels") as scratch:
+        shard = _Shard(scratch)
         try:
             for key, path in images:
                 found = store.get_with_source(path, source=identity(path))
