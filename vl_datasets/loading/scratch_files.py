@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..cache.layout import safe_name
+from ..cache.store import safe_name
 
 try:
     import fcntl
