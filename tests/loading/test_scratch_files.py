@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.helpers import REPO, child_env
 from tests.waits import Child
-from vl_datasets.loading.scratch_files import scratch_file, sweep
+from vl_datasets.loading.scratch_files import scratch_file, sweep, this_host
 
 # Holds a scratch file, prints its path, then sleeps until killed.
 HOLDER = """
@@ -48,9 +48,15 @@ def test_a_live_writers_file_stays_and_a_dead_ones_goes_at_the_next_write(tmp_pa
 def test_the_sweep_leaves_other_hosts_and_other_kinds_of_file(tmp_path):
     folder = tmp_path / "packing"
     folder.mkdir()
-    other_host = folder / "another-host-123-abcd1234.pixels"
-    other_kind = folder / "notes.txt"
-    other_host.write_bytes(b"x")
-    other_kind.write_bytes(b"x")
-    assert sweep(folder, ".pixels") == []
-    assert other_host.exists() and other_kind.exists()
+    others = [
+        folder / "another-host-123-abcd1234.pixels",
+        folder / f"{this_host()}-2-123-abcd1234.pixels",  # host "<this host>-2", whose name begins as ours does
+        folder / f"{this_host()}-123-abcd1234.txt",
+        folder / "notes.txt",
+    ]
+    for other in others:
+        other.write_bytes(b"x")
+    dead = folder / f"{this_host()}-123-abcd1234.pixels"
+    dead.write_bytes(b"x")
+    assert sweep(folder, ".pixels") == [dead]
+    assert all(other.exists() for other in others)

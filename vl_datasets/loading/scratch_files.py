@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 
-def _host() -> str:
+def this_host() -> str:
+    """This host's name as scratch file names begin with."""
     return safe_name(socket.gethostname())[:40]
 
 
@@ -48,7 +50,7 @@ def scratch_file(folder: Path, suffix: str) -> Iterator[Path]:
 def _created(folder: Path, suffix: str) -> tuple[int, Path]:
     """(a descriptor holding the lock, the path) of a new file in ``folder``."""
     while True:
-        path = folder / f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+        path = folder / f"{this_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         if fcntl is None:
             return fd, path
@@ -64,8 +66,10 @@ def sweep(folder: Path, suffix: str) -> list[Path]:
     died (their lock free); the paths removed."""
     if fcntl is None or not folder.is_dir():
         return []
-    removed = []
-    for path in folder.glob(f"{_host()}-*{suffix}"):
+    removed, ours = [], re.compile(re.escape(this_host()) + r"-\d+-[0-9a-f]{8}" + re.escape(suffix))
+    for path in folder.glob(f"*{suffix}"):
+        if not ours.fullmatch(path.name):  # another host's (a host "vm" must not take "vm-2"'s), or no scratch
+            continue
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:  # removed meanwhile
