@@ -19,12 +19,22 @@ own ``batch_sampler``). It owns three things a plain batch sampler does not:
 
 It holds no reference to the loader: a cycle through the loader's iterator would keep workers
 alive after the loader is dropped, to be shut down later by whichever process collects the cycle.
+
+Around a batch sampler that records the indices of the batches drawn from it (Lightning's, when it
+predicts: its prediction writers are given each batch's indices), the request sampler is one of its
+class too (``request_sampler_for``), which is what Lightning looks for on a loader, and the loader
+records into it the indices of the items of each batch it yields (``seen_batch_indices``). The
+wrapped sampler's own record would be wrong here: workers draw batches ahead, into the next epoch
+with persistent workers, where the record starts again, and items skipped for an unreadable image
+are not in their batch.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -46,6 +56,8 @@ class RequestSampler:
     built with torch's ``BatchSampler`` arguments too, as Lightning rebuilds a loader's batch sampler
     (to predict, with ``drop_last=False``, the rebuilt one wrapped to record the indices).
     """
+
+    records_indices = False  # whether a loader fills its seen_batch_indices (see request_sampler_for)
 
     def __init__(
         self,
@@ -110,6 +122,33 @@ class RequestSampler:
         if name == "per_epoch":
             raise AttributeError(name)
         return getattr(self.per_epoch, name)
+
+
+# Where Lightning keeps the wrapper it puts around a batch sampler to predict (pytorch_lightning, or
+# the lightning package's copy of it): looked up among the loaded modules, never imported, since
+# Lightning wraps batch samplers only once it is loaded.
+LIGHTNING_WRAPPERS = ("pytorch_lightning.overrides.distributed", "lightning.pytorch.overrides.distributed")
+
+
+def request_sampler_for(per_epoch: Any) -> type[RequestSampler]:
+    """The class of the request sampler around ``per_epoch``: ``RequestSampler``, or, when
+    ``per_epoch`` is Lightning's predict wrapper, a ``RequestSampler`` of the wrapper's class too,
+    whose ``seen_batch_indices`` the loader fills."""
+    for module in LIGHTNING_WRAPPERS:
+        wrapper = getattr(sys.modules.get(module), "_IndexBatchSamplerWrapper", None)
+        if isinstance(wrapper, type) and isinstance(per_epoch, wrapper):
+            return _recording(wrapper)
+    return RequestSampler
+
+
+@functools.cache
+def _recording(wrapper: type) -> type[RequestSampler]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        RequestSampler.__init__(self, *args, **kwargs)  # not the wrapper's: the batches are per_epoch's
+        self.seen_batch_indices = []  # each batch the loader yielded this epoch: its items' indices
+
+    namespace = {"__init__": __init__, "records_indices": True}
+    return type(f"Recording{RequestSampler.__name__}", (RequestSampler, wrapper), namespace)
 
 
 def with_next(batches: Iterable[Sequence[int]], distance: int, ahead: int = 0) -> Iterator[BatchRequest]:

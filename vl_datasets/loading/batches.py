@@ -57,13 +57,15 @@ class BatchRequest:
 
 @dataclass
 class LoadedBatch:
-    """A batch as a dataset loaded it: its samples in order, less the ``skipped`` items; or the
-    ``error`` of ours that loading it raised, with the ``traceback`` of where it was raised."""
+    """A batch as a dataset loaded it: its samples in order, less the ``skipped`` items, with the
+    dataset ``indices`` of those samples (None: the dataset did not say); or the ``error`` of ours
+    that loading it raised, with the ``traceback`` of where it was raised."""
 
     samples: list[Any] = field(default_factory=list)
     skipped: list[SkippedSample] = field(default_factory=list)
     error: VLDatasetsError | None = None
     traceback: str = ""
+    indices: tuple[int, ...] | None = None
 
 
 class BatchLayout(NamedTuple):

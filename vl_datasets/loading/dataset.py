@@ -314,8 +314,9 @@ class VisualLayerDataset(Dataset):
             if not keep_errors:
                 raise
             return LoadedBatch(error=exc, traceback=traceback.format_exc())
-        kept = [sample for sample in samples if not isinstance(sample, SkippedSample)]
-        return LoadedBatch(kept, [sample for sample in samples if isinstance(sample, SkippedSample)])
+        kept = [(index, sample) for index, sample in zip(indices, samples) if not isinstance(sample, SkippedSample)]
+        skipped = [sample for sample in samples if isinstance(sample, SkippedSample)]
+        return LoadedBatch([sample for _, sample in kept], skipped, indices=tuple(int(index) for index, _ in kept))
 
     def _samples(self, indices: Sequence[int], next_indices: Sequence[int], ahead_indices: Sequence[int]) -> list:
         """The samples of ``indices`` in order, a ``SkippedSample`` where one was skipped."""

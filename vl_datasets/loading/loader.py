@@ -51,7 +51,7 @@ from torch.utils.data import (
 
 from ..config import usable_cores
 from ..errors import ConfigurationError
-from .batch_sampler import RequestSampler
+from .batch_sampler import RequestSampler, request_sampler_for
 from .batch_slots import BatchSlots, SlotBatch
 from .batches import BatchLayout, LoadedBatch, SkippedSample, batch_layout
 from .sampler import EpochSampler, enter_epoch, epoch_sampler
@@ -92,12 +92,14 @@ def stack_images(images: list) -> torch.Tensor:
 
 
 class CollatedBatch(NamedTuple):
-    """What a worker sends for a batch: the collated samples, the items skipped from it, and the
-    error of ours that loading it raised (then with no data); the loader unwraps it."""
+    """What a worker sends for a batch: the collated samples, the items skipped from it, the
+    error of ours that loading it raised (then with no data), and the dataset indices of the
+    samples (None: the dataset did not say); the loader unwraps it."""
 
     data: Any
     skipped: list[SkippedSample]
     error: LoadedBatch | None = None
+    indices: tuple[int, ...] | None = None
 
 
 def loaded(batch: LoadedBatch | list) -> LoadedBatch:
@@ -130,7 +132,7 @@ class TaskCollate:
             same_size = all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images)
             stacked = stack_images(images) if same_size or not self.targets_as_list else images
         data = (stacked, targets if self.targets_as_list else default_collate(targets))
-        return CollatedBatch(data, batch.skipped)
+        return CollatedBatch(data, batch.skipped, indices=batch.indices)
 
 
 class CallerCollate:
@@ -144,7 +146,7 @@ class CallerCollate:
         batch = loaded(batch)
         if batch.error is not None or not batch.samples:
             return CollatedBatch(None, batch.skipped, batch if batch.error is not None else None)
-        return CollatedBatch(self.collate_fn(batch.samples), batch.skipped)
+        return CollatedBatch(self.collate_fn(batch.samples), batch.skipped, indices=batch.indices)
 
 
 class VLDataLoader(DataLoader):
@@ -222,7 +224,7 @@ class VLDataLoader(DataLoader):
         )
         workers = options["num_workers"]
         streams = workers > 0 and options.get("persistent_workers", False)
-        self._requests = RequestSampler(
+        self._requests = request_sampler_for(per_epoch)(
             sampler, per_epoch=per_epoch, workers=workers, endless=bool(streams) and hasattr(per_epoch, "__len__")
         )
         if not isinstance(collate_fn, TaskCollate):
@@ -418,6 +420,10 @@ class VLDataLoader(DataLoader):
         self._epoch_unfinished = False
 
     def __iter__(self):
+        recorded: list[list[int]] | None = None
+        if self._requests is not None and self._requests.records_indices:
+            # Lightning reads the list again at each batch: a new one each epoch, filled as batches are yielded.
+            recorded = self._requests.seen_batch_indices = []  # type: ignore[attr-defined]
         for batch in self._epoch_batches():
             if not isinstance(batch, CollatedBatch):  # torch's own way (see __init__)
                 self._taken += 1
@@ -438,6 +444,8 @@ class VLDataLoader(DataLoader):
             if batch.data is None:
                 continue
             self._yielded += 1
+            if recorded is not None:
+                recorded.append(list(batch.indices or ()))  # () where the dataset did not say
             yield self._unpacked(batch.data)
         self._finished = True
         self.skipped = skipped = self._skipped
