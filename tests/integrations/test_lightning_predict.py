@@ -82,15 +82,17 @@ def test_a_prediction_writer_is_told_each_batchs_item_indices(tiny_export, worke
     assert writer.epoch == [[batch for batch, _ in writer.batches]]
 
 
-def test_an_item_skipped_for_its_image_is_not_among_the_indices_a_writer_is_told(tiny_export, tmp_path):
+def test_an_item_skipped_for_its_image_is_reported_and_not_among_the_indices_a_writer_is_told(tiny_export, tmp_path):
     folder = shutil.copytree(tiny_export[0], tmp_path / "export")
     ds = VisualLayerDataset.from_export(folder, cache_dir=tmp_path / "cache", image_size=8, on_error="skip")
     broken = 9
     image = folder / "images" / ds.images.paths[broken].as_py()
     image.write_bytes(image.read_bytes()[:100])
     writer = IndicesWriter()
-    loader = ds.dataloader(4, shuffle=False, num_workers=2)
-    _trainer(callbacks=[writer]).predict(Recording(), dataloaders=loader, return_predictions=False)
+    trainer = _trainer(callbacks=[writer])
+    trainer.predict(Recording(), dataloaders=ds.dataloader(4, shuffle=False, num_workers=2), return_predictions=False)
     indices = [index for batch_indices, _ in writer.batches for index in batch_indices]
     assert indices == [i for i in range(len(ds)) if i != broken]
     assert all(len(batch) == len(predicted) for batch, predicted in writer.batches)
+    # Reported though Lightning asks for no batch after the epoch's last: the loader it built again, and iterated.
+    assert [s.media_id for s in trainer.predict_dataloaders.skipped] == [ds.media_ids[broken]]

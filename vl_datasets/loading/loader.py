@@ -213,6 +213,8 @@ class VLDataLoader(DataLoader):
         self._skipped: list[SkippedSample] = []
         self._pending: dict[str, Any] | None = None  # a loaded state, for the next iter
         self._iterations = 0  # epochs begun on the stream: an iterator of an earlier one ends
+        self._epoch_batches_count: int | None = None  # batches the epoch in progress takes (None: unknown)
+        self._reported = True  # whether the epoch in progress has reported its skipped samples
 
     def _init_with_requests(
         self, dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn, drop_last, options: dict[str, Any]
@@ -388,11 +390,14 @@ class VLDataLoader(DataLoader):
         self.epoch += 1
         self._taken = 0
         self._finished = False
+        self._reported = False
         return epoch, jumped
 
     def _epoch_batches(self):
         """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
         epoch, jumped = self._begin_epoch()
+        sized = self._requests is not None and hasattr(self._requests.per_epoch, "__len__")
+        self._epoch_batches_count = self._batches_in(epoch) if sized else None
         if self._requests is None:
             enter_epoch(self.sampler, epoch)
             yield from super().__iter__()
@@ -446,8 +451,19 @@ class VLDataLoader(DataLoader):
             self._yielded += 1
             if recorded is not None:
                 recorded.append(list(batch.indices or ()))  # () where the dataset did not say
+            if self._taken == self._epoch_batches_count:
+                # The epoch's last batch: a caller that counts its batches (Lightning's loops) asks
+                # for none after it, so what the epoch skipped is reported now, not at its end.
+                self._report_skipped()
             yield self._unpacked(batch.data)
         self._finished = True
+        self._report_skipped()
+
+    def _report_skipped(self) -> None:
+        """``skipped`` set to the epoch's skipped samples, and a warning naming them: once an epoch."""
+        if self._reported:
+            return
+        self._reported = True
         self.skipped = skipped = self._skipped
         if skipped:
             shown = ", ".join(s.media_id for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
