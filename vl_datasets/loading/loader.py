@@ -397,7 +397,7 @@ class VLDataLoader(DataLoader):
         """This epoch's collated batches, from the endless stream when workers prefetch across epochs."""
         epoch, jumped = self._begin_epoch()
         sized = self._requests is not None and hasattr(self._requests.per_epoch, "__len__")
-        self._epoch_batches_count = self._batches_in(epoch) if sized else None
+        count = self._epoch_batches_count = self._batches_in(epoch) if sized else None
         if self._requests is None:
             enter_epoch(self.sampler, epoch)
             yield from super().__iter__()
@@ -415,7 +415,8 @@ class VLDataLoader(DataLoader):
         self._epoch_unfinished = True
         self._iterations += 1
         this = self._iterations
-        for _ in range(self._batches_in(epoch)):
+        assert count is not None  # the stream runs only over a sized batch sampler
+        for _ in range(count):
             if self._iterations != this:
                 # An iterator of an earlier epoch, used after a later one began: it would take that
                 # epoch's batches from the one stream they share.
